@@ -1,0 +1,36 @@
+/*
+** context.c - per-interpreter state: default dtype, storage pool, tapes, RNG, budget.
+** Everything mutable lives here, so separate contexts in separate threads are independent.
+*/
+#include "mg_impl.h"
+
+#include <stdlib.h>
+
+mg_ctx *mg_ctx_new(void) {
+  mg_ctx *C = calloc(1, sizeof *C);
+  if (C == NULL) return NULL;
+  C->pool = mg_pool_new();
+  if (C->pool == NULL) { free(C); return NULL; }
+  C->default_dtype = MG_F32;
+  C->memory_budget = (size_t)1 << 30;
+  mg_manual_seed(C, 0);
+  return C;
+}
+
+/* Tensors still alive keep the pool (refcounted), so closing early is safe. */
+void mg_ctx_close(mg_ctx *C) {
+  if (C == NULL) return;
+  while (C->active != NULL) mg_tape_stop(C->active);
+  mg_pool_unref(C->pool);
+  free(C);
+}
+
+mg_dtype mg_default_dtype(const mg_ctx *C) { return C->default_dtype; }
+void mg_set_default_dtype(mg_ctx *C, mg_dtype dt) { C->default_dtype = dt; }
+size_t mg_live_bytes(const mg_ctx *C) { return mg_pool_live(C->pool); }
+size_t mg_cached_bytes(const mg_ctx *C) { return mg_pool_cached(C->pool); }
+void mg_empty_cache(mg_ctx *C) { mg_pool_trim(C->pool); }
+void mg_set_memory_budget(mg_ctx *C, size_t bytes) { C->memory_budget = bytes; }
+size_t mg_memory_budget(const mg_ctx *C) { return C->memory_budget; }
+void mg_no_grad_enter(mg_ctx *C) { C->no_grad++; }
+void mg_no_grad_exit(mg_ctx *C) { if (C->no_grad > 0) C->no_grad--; }

@@ -1,0 +1,25 @@
+/*
+** error.c - the context's error slot and shape formatting for messages.
+*/
+#include "mg_impl.h"
+
+#include <stdio.h>
+
+mg_status mg_fail(mg_ctx *C, mg_status st, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(C->errmsg, sizeof C->errmsg, fmt, ap);
+  va_end(ap);
+  return st;
+}
+
+const char *mg_errmsg(const mg_ctx *C) { return C->errmsg; }
+
+char *mg_shapestr(char *buf, size_t n, int ndim, const int64_t *shape) {
+  size_t k = 0;
+  k += (size_t)snprintf(buf, n, "(");
+  for (int i = 0; i < ndim && k < n; i++)
+    k += (size_t)snprintf(buf + k, n - k, i ? ",%lld" : "%lld", (long long)shape[i]);
+  if (k < n) snprintf(buf + k, n - k, ")");
+  return buf;
+}

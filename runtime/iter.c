@@ -1,0 +1,92 @@
+/*
+** iter.c - strided iteration over up to four operands with NumPy broadcasting.
+** Dimensions are collapsed where every operand is contiguous across them, so the inner loop
+** is as long as possible; kernels then special-case unit and zero strides.
+*/
+#include "mg_impl.h"
+
+bool mg_broadcast_shape(int na, const int64_t *a, int nb, const int64_t *b, int *nout,
+                        int64_t *out) {
+  int n = na > nb ? na : nb;
+  for (int i = 0; i < n; i++) {
+    int ia = na - n + i, ib = nb - n + i;
+    int64_t sa = ia >= 0 ? a[ia] : 1, sb = ib >= 0 ? b[ib] : 1;
+    if (sa != sb && sa != 1 && sb != 1) return false;
+    out[i] = sa == 1 ? sb : sa;
+  }
+  *nout = n;
+  return true;
+}
+
+void mg_iter_init(mg_iter *it, int ndim, const int64_t *shape, int nops,
+                  mg_tensor *const *ops) {
+  int64_t sh[MG_MAXDIM], st[MG_MAXOPS][MG_MAXDIM];
+  int nd = 0;
+  for (int d = 0; d < ndim; d++) {          /* drop size-1 dims; right-align operands */
+    if (shape[d] == 1) continue;
+    sh[nd] = shape[d];
+    for (int k = 0; k < nops; k++) {
+      const mg_tensor *t = ops[k];
+      int td = t->ndim - ndim + d;
+      st[k][nd] = (td >= 0 && t->shape[td] != 1) ? t->stride[td] : 0;
+    }
+    nd++;
+  }
+  it->nops = nops;
+  for (int k = 0; k < nops; k++) {
+    it->esize[k] = mg_dtype_size(ops[k]->dtype);
+    it->ptr[k] = (char *)ops[k]->storage->data + ops[k]->offset * (int64_t)it->esize[k];
+  }
+  int m = 0;                                 /* collapse dim d into the kept inner one */
+  for (int d = nd - 1; d >= 0; d--) {
+    if (m > 0) {
+      bool ok = true;
+      for (int k = 0; k < nops && ok; k++)
+        ok = st[k][d] == it->stride[k][m - 1] * it->shape[m - 1];
+      if (ok) {
+        it->shape[m - 1] *= sh[d];
+        continue;
+      }
+    }
+    it->shape[m] = sh[d];
+    for (int k = 0; k < nops; k++) it->stride[k][m] = st[k][d];
+    m++;
+  }
+  /* 'it' now holds dims innermost first; reverse to outermost first */
+  for (int i = 0, j = m - 1; i < j; i++, j--) {
+    int64_t t = it->shape[i]; it->shape[i] = it->shape[j]; it->shape[j] = t;
+    for (int k = 0; k < nops; k++) {
+      t = it->stride[k][i]; it->stride[k][i] = it->stride[k][j]; it->stride[k][j] = t;
+    }
+  }
+  it->ndim = m;
+}
+
+void mg_iter_run(const mg_iter *it, mg_loop_fn fn, void *ud) {
+  int nops = it->nops, nd = it->ndim;
+  char *p[MG_MAXOPS];
+  int64_t s[MG_MAXOPS];
+  for (int k = 0; k < nops; k++) p[k] = it->ptr[k];
+  if (nd == 0) {                               /* one element */
+    for (int k = 0; k < nops; k++) s[k] = 0;
+    fn(1, p, s, ud);
+    return;
+  }
+  for (int k = 0; k < nops; k++) s[k] = it->stride[k][nd - 1];
+  int64_t inner = it->shape[nd - 1], idx[MG_MAXDIM] = {0};
+  for (int d = 0; d < nd - 1; d++)
+    if (it->shape[d] == 0) return;
+  if (inner == 0) return;
+  for (;;) {
+    fn(inner, p, s, ud);
+    int d = nd - 2;                            /* odometer over the outer dims */
+    for (; d >= 0; d--) {
+      for (int k = 0; k < nops; k++) p[k] += it->stride[k][d] * (int64_t)it->esize[k];
+      if (++idx[d] < it->shape[d]) break;
+      for (int k = 0; k < nops; k++)
+        p[k] -= it->stride[k][d] * it->shape[d] * (int64_t)it->esize[k];
+      idx[d] = 0;
+    }
+    if (d < 0) return;
+  }
+}

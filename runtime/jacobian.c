@@ -1,0 +1,288 @@
+/*
+** jacobian.c - vectorized Jacobians over a tape. The basis cotangents (reverse mode) or
+** tangents (forward mode) travel as one leading dim through every rule, so a Jacobian costs
+** one sweep, split in chunks of basis vectors when it would exceed the memory budget.
+*/
+#include "mg_impl.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+/* Rows [k0, k0+kc) of the K x K identity, shaped (kc, [1,] shape...) for a batch of 'B'
+** (expanded along the batch dim, no copy) or (kc, shape...) when B < 0. */
+static mg_status basis(mg_ctx *C, mg_dtype dt, int64_t k0, int64_t kc, int64_t K, int64_t B,
+                       int ndim, const int64_t *shape, mg_tensor **out) {
+  int64_t sh[MG_MAXDIM];
+  mg_tensor *e, *x;
+  sh[0] = kc;
+  sh[1] = 1;
+  sh[2] = K;
+  mg_status st = mg_tensor_zeros(C, dt, 3, sh, &e);
+  if (st != MG_OK) return st;
+  for (int64_t i = 0; i < kc; i++) {
+    int64_t idx[3] = { i, 0, k0 + i };
+    mg_tensor_set(e, idx, 1.0);
+  }
+  if (B >= 0) {
+    sh[1] = B;
+    st = mg_tensor_expand(C, e, 3, sh, &x);
+    mg_tensor_release(e);
+    if (st != MG_OK) return st;
+    e = x;
+  }
+  int nd = 0;
+  sh[nd++] = kc;
+  if (B >= 0) sh[nd++] = B;
+  for (int i = 0; i < ndim; i++) sh[nd++] = shape[i];
+  st = mg_tensor_reshape(C, e, nd, sh, out);
+  mg_tensor_release(e);
+  return st;
+}
+
+/* Largest number of elements of a tensor the tape holds. */
+static int64_t largest(const mg_tape *T) {
+  int64_t m = 1;
+  for (size_t i = 0; i < T->n; i++)
+    for (int k = 0; k < T->nodes[i].nout; k++) {
+      int64_t n = mg_tensor_numel(T->nodes[i].out[k]);
+      if (n > m) m = n;
+    }
+  return m;
+}
+
+/* Basis vectors per sweep allowed by the memory budget. */
+static int64_t chunk_size(const mg_tape *T, int64_t K, int64_t extra) {
+  int64_t per = 8 * 4 * (largest(T) > extra ? largest(T) : extra);   /* bytes per basis vector */
+  int64_t c = (int64_t)(T->ctx->memory_budget / (size_t)per);
+  return c < 1 ? 1 : (c > K ? K : c);
+}
+
+/* Move dim 'from' of 't' to position 'to'. */
+static mg_status move_dim(mg_ctx *C, mg_tensor *t, int from, int to, mg_tensor **out) {
+  int perm[MG_MAXDIM], k = 0;
+  for (int i = 0; i < t->ndim; i++) {
+    if (k == to) perm[k++] = from;
+    if (i != from) perm[k++] = i;
+  }
+  if (k == to) perm[k++] = from;
+  return mg_tensor_permute(C, t, perm, out);
+}
+
+/* Final Jacobian from chunk results: each (kc, B?, src...) (reverse) or (kc, B?, tgt...)
+** (forward), joined along the basis dim and laid out as the caller's 'shape'. */
+static mg_status assemble(mg_ctx *C, int nch, mg_tensor **parts, bool batch, bool fwd,
+                          int ndim, const int64_t *shape, mg_tensor **out) {
+  mg_tensor *all, *moved, *c;
+  mg_status st = nch == 1 ? (all = mg_tensor_retain(parts[0]), MG_OK)
+                          : mg_tensor_cat(C, nch, parts, 0, &all);
+  if (st != MG_OK) return st;
+  int to = fwd ? all->ndim - 1 : (batch ? 1 : 0);
+  st = to == 0 ? (moved = mg_tensor_retain(all), MG_OK) : move_dim(C, all, 0, to, &moved);
+  mg_tensor_release(all);
+  if (st != MG_OK) return st;
+  st = mg_tensor_contiguous(C, moved, &c);
+  mg_tensor_release(moved);
+  if (st != MG_OK) return st;
+  st = mg_tensor_reshape(C, c, ndim, shape, out);
+  mg_tensor_release(c);
+  return st;
+}
+
+typedef struct {
+  mg_tape *T;
+  mg_tensor *target;
+  bool batch, uz;
+  int64_t B, K;           /* batch size (or -1), elements of target per batch entry */
+} jac_job;
+
+/* Per-entry view of a tensor's shape: without its batch dim when batching. */
+static int rest(const jac_job *J, const mg_tensor *t, const int64_t **shape) {
+  *shape = t->shape + (J->batch ? 1 : 0);
+  return t->ndim - (J->batch ? 1 : 0);
+}
+
+/* Output shape: target .. source (batch: B, target rest.., source rest..). */
+static int jac_shape(const jac_job *J, const mg_tensor *src, int64_t *sh) {
+  const int64_t *ts, *ss;
+  int nt = rest(J, J->target, &ts), ns = rest(J, src, &ss), nd = 0;
+  if (J->batch) sh[nd++] = J->B;
+  for (int i = 0; i < nt; i++) sh[nd++] = ts[i];
+  for (int i = 0; i < ns; i++) sh[nd++] = ss[i];
+  return nd;
+}
+
+/* Reverse mode: chunks of basis cotangents of the target, all sources in each sweep. */
+static mg_status jac_reverse(const jac_job *J, int nsrc, mg_tensor *const *srcs, mg_tensor **jac) {
+  mg_ctx *C = J->T->ctx;
+  int64_t kc = chunk_size(J->T, J->K, mg_tensor_numel(J->target));
+  int nch = (int)((J->K + kc - 1) / kc);
+  mg_tensor **parts = calloc((size_t)nch * (size_t)nsrc, sizeof *parts);
+  mg_tensor **g = calloc((size_t)nsrc, sizeof *g);
+  mg_status st = parts && g ? MG_OK : mg_fail(C, MG_ENOMEM, "out of memory");
+  const int64_t *ts;
+  int nt = rest(J, J->target, &ts);
+  for (int c = 0; c < nch && st == MG_OK; c++) {
+    int64_t k0 = c * kc, n = J->K - k0 < kc ? J->K - k0 : kc;
+    mg_tensor *seed;
+    st = basis(C, J->target->dtype, k0, n, J->K, J->batch ? J->B : -1, nt, ts, &seed);
+    if (st != MG_OK) break;
+    st = mg_tape_gradient_sweep(J->T, 1, &J->target, &seed, 1, nsrc, srcs, true, g);
+    mg_tensor_release(seed);
+    for (int j = 0; j < nsrc && st == MG_OK; j++) parts[(size_t)j * nch + c] = g[j];
+  }
+  for (int j = 0; j < nsrc && st == MG_OK; j++) {
+    int64_t sh[MG_MAXDIM];
+    int nd = jac_shape(J, srcs[j], sh);
+    st = assemble(C, nch, parts + (size_t)j * nch, J->batch, false, nd, sh, &jac[j]);
+    if (st != MG_OK) for (int k = 0; k < j; k++) { mg_tensor_release(jac[k]); jac[k] = NULL; }
+  }
+  if (parts) for (size_t i = 0; i < (size_t)nch * (size_t)nsrc; i++) mg_tensor_release(parts[i]);
+  free(parts);
+  free(g);
+  return st;
+}
+
+/* Forward mode: per source, chunks of basis tangents pushed to the target. */
+static mg_status jac_forward(const jac_job *J, int nsrc, mg_tensor *const *srcs, mg_tensor **jac) {
+  mg_ctx *C = J->T->ctx;
+  mg_status st = MG_OK;
+  for (int j = 0; j < nsrc && st == MG_OK; j++) {
+    const int64_t *ss;
+    int ns = rest(J, srcs[j], &ss);
+    int64_t Ks = mg_shape_numel(ns, ss), kc = chunk_size(J->T, Ks, mg_tensor_numel(srcs[j]));
+    int nch = (int)((Ks + kc - 1) / kc);
+    mg_tensor **parts = calloc((size_t)nch, sizeof *parts);
+    if (parts == NULL) st = mg_fail(C, MG_ENOMEM, "out of memory");
+    for (int c = 0; c < nch && st == MG_OK; c++) {
+      int64_t k0 = c * kc, n = Ks - k0 < kc ? Ks - k0 : kc;
+      mg_tensor *tan;
+      st = basis(C, srcs[j]->dtype, k0, n, Ks, J->batch ? J->B : -1, ns, ss, &tan);
+      if (st != MG_OK) break;
+      st = mg_tape_forward_sweep(J->T, 1, &srcs[j], &tan, 1, 1, &J->target, &parts[c]);
+      mg_tensor_release(tan);
+    }
+    if (st == MG_OK) {
+      int64_t sh[MG_MAXDIM];
+      int nd = jac_shape(J, srcs[j], sh);
+      /* chunks join along dim 0 (the source basis), which moves last */
+      mg_tensor *all;
+      st = nch == 1 ? (all = mg_tensor_retain(parts[0]), MG_OK) : mg_tensor_cat(C, nch, parts, 0, &all);
+      if (st == MG_OK) {
+        st = assemble(C, 1, &all, J->batch, true, nd, sh, &jac[j]);
+        mg_tensor_release(all);
+      }
+    }
+    if (parts) for (int c = 0; c < nch; c++) mg_tensor_release(parts[c]);
+    free(parts);
+    if (st != MG_OK) for (int k = 0; k < j; k++) { mg_tensor_release(jac[k]); jac[k] = NULL; }
+  }
+  return st;
+}
+
+/* batch_jacobian's check: a second sweep with the batch entries' seeds weighted 1, 2, ...;
+** if target[i] depends only on source[i], each gradient block scales by its own weight. */
+static mg_status check_independent(const jac_job *J, int nsrc, mg_tensor *const *srcs,
+                                   mg_tensor *const *jac) {
+  mg_ctx *C = J->T->ctx;
+  int64_t wsh[MG_MAXDIM];
+  const int64_t *ts;
+  int nt = rest(J, J->target, &ts);
+  mg_tensor *w, *seed = NULL;
+  mg_status st = mg_tensor_empty(C, J->target->dtype, 1, &J->B, &w);
+  if (st != MG_OK) return st;
+  for (int64_t b = 0; b < J->B; b++) mg_tensor_set(w, &b, (double)(b + 1));
+  wsh[0] = J->B;
+  for (int i = 1; i <= nt; i++) wsh[i] = 1;
+  mg_tensor *wr;
+  if ((st = mg_tensor_reshape(C, w, nt + 1, wsh, &wr)) != MG_OK) { mg_tensor_release(w); return st; }
+  mg_tensor_release(w);
+  /* seed_w[b, ...] = w[b]: one sweep gives sum_i w_i d target[i] / d source */
+  st = mg_tensor_expand(C, wr, J->target->ndim, J->target->shape, &seed);
+  mg_tensor **g = calloc((size_t)nsrc, sizeof *g);
+  if (st == MG_OK && g == NULL) st = mg_fail(C, MG_ENOMEM, "out of memory");
+  if (st == MG_OK) {
+    st = mg_tape_gradient_sweep(J->T, 1, &J->target, &seed, 0, nsrc, srcs, true, g);
+    mg_tensor_release(seed);
+  }
+  for (int j = 0; j < nsrc && st == MG_OK; j++) {
+    /* expected: w[b] * sum over target entries of jac[b, ...] */
+    mg_tensor *s, *e, *wj;
+    uint32_t mask = 0;
+    for (int i = 1; i <= nt; i++) mask |= 1u << i;
+    int64_t sh[MG_MAXDIM];
+    sh[0] = J->B;
+    for (int i = 1; i < srcs[j]->ndim; i++) sh[i] = 1;
+    if ((st = mg_tensor_sum(C, jac[j], mask, false, &s)) != MG_OK) break;
+    if ((st = mg_tensor_reshape(C, wr, srcs[j]->ndim, sh, &wj)) == MG_OK) {
+      st = mg_tensor_binary(C, MG_B_MUL, s, wj, &e);
+      mg_tensor_release(wj);
+    }
+    mg_tensor_release(s);
+    if (st != MG_OK) break;
+    double err = 0, scale = 1e-30;
+    int64_t n = mg_tensor_numel(e);
+    mg_tensor *ec, *gc;
+    mg_tensor_contiguous(C, e, &ec);
+    mg_tensor_contiguous(C, g[j], &gc);
+    for (int64_t i = 0; i < n; i++) {
+      double a = ec->dtype == MG_F64 ? MG_F64P(ec)[i] : MG_F32P(ec)[i];
+      double b = gc->dtype == MG_F64 ? MG_F64P(gc)[i] : MG_F32P(gc)[i];
+      if (fabs(a - b) > err) err = fabs(a - b);
+      if (fabs(a) > scale) scale = fabs(a);
+    }
+    mg_tensor_release(ec);
+    mg_tensor_release(gc);
+    mg_tensor_release(e);
+    double tol = (J->target->dtype == MG_F64 ? 1e-9 : 1e-4) * scale * (double)J->B;
+    if (err > tol)
+      st = mg_fail(C, MG_EARG, "batch_jacobian: target entries depend on other batch entries "
+                   "of source %d (mismatch %g): the batch dimension is not independent", j + 1, err);
+  }
+  mg_tensor_release(wr);
+  for (int j = 0; g && j < nsrc; j++) mg_tensor_release(g[j]);
+  free(g);
+  return st;
+}
+
+mg_status mg_tape_jacobian(mg_tape *T, mg_tensor *target, int nsources,
+                           mg_tensor *const *sources, bool batch, int mode, bool check,
+                           bool unconnected_zero, mg_tensor **jac) {
+  mg_ctx *C = T->ctx;
+  char s1[96], s2[96];
+  const char *fn = batch ? "batch_jacobian" : "jacobian";
+  jac_job J = { T, target, batch, unconnected_zero, -1, mg_tensor_numel(target) };
+  if (batch) {
+    if (target->ndim < 1) return mg_fail(C, MG_ESHAPE, "%s: target must have a batch dimension", fn);
+    J.B = target->shape[0];
+    J.K = J.B ? J.K / J.B : 0;
+    for (int j = 0; j < nsources; j++)
+      if (sources[j]->ndim < 1 || sources[j]->shape[0] != J.B)
+        return mg_fail(C, MG_ESHAPE, "%s: target %s and source %s differ in batch size", fn,
+                       mg_shapestr(s1, sizeof s1, target->ndim, target->shape),
+                       mg_shapestr(s2, sizeof s2, sources[j]->ndim, sources[j]->shape));
+  }
+  for (int j = 0; j < nsources; j++)
+    if (target->ndim + sources[j]->ndim - (batch ? 1 : 0) > MG_MAXDIM - 1)
+      return mg_fail(C, MG_ESHAPE, "%s: the result would have more than %d dimensions", fn, MG_MAXDIM - 1);
+  int64_t src_total = 0;
+  for (int j = 0; j < nsources; j++)
+    src_total += mg_tensor_numel(sources[j]) / (batch && J.B ? J.B : 1);
+  bool fwd = mode == 1 || (mode == 2 && src_total < J.K);
+  mg_status st = mg_tape_begin(T);
+  if (st != MG_OK) return st;
+  if (J.K == 0 || (batch && J.B == 0)) {            /* empty: zeros of the right shape */
+    for (int j = 0; j < nsources && st == MG_OK; j++) {
+      int64_t sh[MG_MAXDIM];
+      int nd = jac_shape(&J, sources[j], sh);
+      st = mg_tensor_zeros(C, target->dtype, nd, sh, &jac[j]);
+    }
+  } else {
+    st = fwd ? jac_forward(&J, nsources, sources, jac) : jac_reverse(&J, nsources, sources, jac);
+    if (st == MG_OK && batch && check) {
+      st = check_independent(&J, nsources, sources, jac);
+      if (st != MG_OK) for (int j = 0; j < nsources; j++) { mg_tensor_release(jac[j]); jac[j] = NULL; }
+    }
+  }
+  mg_tape_end(T);
+  return st;
+}

@@ -1,0 +1,212 @@
+/*
+** linalg.c - matrix products through OpenBLAS's CBLAS: 2-d and batched with broadcast
+** leading dims, 1-d operands as NumPy. When the right operand is one matrix, all rows of the
+** left one go through a single GEMM. Also the BLAS thread count and kernel names.
+*/
+#include "mg_impl.h"
+
+#include <cblas.h>
+#include <stdlib.h>
+
+extern char *openblas_get_corename(void);
+extern void openblas_set_num_threads(int);
+extern int openblas_get_num_threads(void);
+
+void mg_set_num_threads(int n) { openblas_set_num_threads(n < 1 ? 1 : n); }
+int mg_get_num_threads(void) { return openblas_get_num_threads(); }
+const char *mg_blas_corename(void) { return openblas_get_corename(); }
+
+const char *mg_cpu_best_corename(void) {
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f")) return "SkylakeX";
+  if (__builtin_cpu_supports("avx2")) return "Haswell";
+  return "generic";
+#else
+  return "generic";
+#endif
+}
+
+/* How to hand one matrix (the last two dims of 't') to BLAS without a copy. */
+typedef struct { bool ok, trans; int64_t ld; } layout;
+
+static layout blas_layout(const mg_tensor *t) {
+  int nd = t->ndim;
+  int64_t r = t->shape[nd - 2], c = t->shape[nd - 1], sr = t->stride[nd - 2], sc = t->stride[nd - 1];
+  if ((sc == 1 || c == 1) && sr >= (c > 1 ? c : 1)) return (layout){ true, false, sr };
+  if ((sr == 1 || r == 1) && sc >= (r > 1 ? r : 1)) return (layout){ true, true, sc };
+  if (r <= 1 || c <= 1) return (layout){ true, false, c > 1 ? c : 1 };
+  return (layout){ false, false, 0 };
+}
+
+static void gemm(mg_dtype dt, layout la, layout lb, int64_t M, int64_t N, int64_t K,
+                 const void *a, const void *b, void *y, int64_t ldy) {
+  enum CBLAS_TRANSPOSE ta = la.trans ? CblasTrans : CblasNoTrans;
+  enum CBLAS_TRANSPOSE tb = lb.trans ? CblasTrans : CblasNoTrans;
+  if (dt == MG_F64)
+    cblas_dgemm(CblasRowMajor, ta, tb, (int)M, (int)N, (int)K, 1.0, a, (int)la.ld, b, (int)lb.ld,
+                0.0, y, (int)ldy);
+  else
+    cblas_sgemm(CblasRowMajor, ta, tb, (int)M, (int)N, (int)K, 1.0f, a, (int)la.ld, b, (int)lb.ld,
+                0.0f, y, (int)ldy);
+}
+
+/* Left operand's batch dims and rows as one (rows, K) matrix, when its strides allow. */
+static bool rows_foldable(const mg_tensor *a, layout la, int nbatch, const int64_t *bshape) {
+  if (la.trans) return false;
+  int nd = a->ndim;
+  int64_t expect = a->stride[nd - 2] * a->shape[nd - 2];
+  for (int i = nbatch - 1; i >= 0; i--) {
+    int ad = nd - 2 - nbatch + i;
+    int64_t size = ad >= 0 ? a->shape[ad] : 1;
+    if (size != bshape[i]) return false;          /* 'a' broadcast along this dim */
+    if (size != 1 && a->stride[ad] != expect) return false;
+    expect *= size;
+  }
+  return true;
+}
+
+static mg_status matmul_nd(mg_ctx *C, mg_tensor *a, mg_tensor *b, mg_tensor **out) {
+  char s1[96], s2[96];
+  int na = a->ndim, nb = b->ndim;
+  int64_t M = a->shape[na - 2], K = a->shape[na - 1], N = b->shape[nb - 1];
+  int64_t batch[MG_MAXDIM], oshape[MG_MAXDIM];
+  int nbatch;
+  if (b->shape[nb - 2] != K)
+    return mg_fail(C, MG_ESHAPE, "matmul: shapes %s and %s are not aligned (%lld ~= %lld)",
+                   mg_shapestr(s1, sizeof s1, na, a->shape), mg_shapestr(s2, sizeof s2, nb, b->shape),
+                   (long long)K, (long long)b->shape[nb - 2]);
+  if (!mg_broadcast_shape(na - 2, a->shape, nb - 2, b->shape, &nbatch, batch) || nbatch + 2 > MG_MAXDIM)
+    return mg_fail(C, MG_ESHAPE, "matmul: batch dimensions of %s and %s cannot be broadcast",
+                   mg_shapestr(s1, sizeof s1, na, a->shape), mg_shapestr(s2, sizeof s2, nb, b->shape));
+  memcpy(oshape, batch, (size_t)nbatch * sizeof *batch);
+  oshape[nbatch] = M;
+  oshape[nbatch + 1] = N;
+  mg_tensor *y, *ac = mg_tensor_retain(a), *bc = mg_tensor_retain(b);
+  mg_status st = MG_OK;
+  mg_no_grad_enter(C);                               /* copies here are not separate ops */
+  if (!blas_layout(ac).ok) { mg_tensor_release(ac); st = mg_tensor_clone(C, a, &ac); }
+  if (st == MG_OK && !blas_layout(bc).ok) { mg_tensor_release(bc); st = mg_tensor_clone(C, b, &bc); }
+  mg_no_grad_exit(C);
+  if (st != MG_OK) { mg_tensor_release(bc); return st; }
+  if ((st = (K == 0 ? mg_tensor_zeros : mg_tensor_empty)(C, a->dtype, nbatch + 2, oshape, &y)) != MG_OK)
+    goto done;
+  layout la = blas_layout(ac), lb = blas_layout(bc);
+  int64_t nmat = mg_shape_numel(nbatch, batch), esz = (int64_t)mg_dtype_size(a->dtype);
+  if (M == 0 || N == 0 || K == 0 || nmat == 0) goto done;
+  bool b_single = true;
+  for (int i = 0; i < nb - 2; i++) b_single = b_single && (bc->shape[i] == 1 || bc->stride[i] == 0);
+  if (b_single && rows_foldable(ac, la, nbatch, batch)) {
+    gemm(a->dtype, la, lb, M * nmat, N, K, mg_tensor_data(ac), mg_tensor_data(bc), mg_tensor_data(y), N);
+    goto done;
+  }
+  int64_t idx[MG_MAXDIM] = { 0 };
+  for (int64_t m = 0; m < nmat; m++) {
+    int64_t oa = 0, ob = 0;
+    for (int i = 0; i < nbatch; i++) {
+      int ad = na - 2 - nbatch + i, bd = nb - 2 - nbatch + i;
+      if (ad >= 0 && ac->shape[ad] != 1) oa += idx[i] * ac->stride[ad];
+      if (bd >= 0 && bc->shape[bd] != 1) ob += idx[i] * bc->stride[bd];
+    }
+    gemm(a->dtype, la, lb, M, N, K, (char *)mg_tensor_data(ac) + oa * esz,
+         (char *)mg_tensor_data(bc) + ob * esz, (char *)mg_tensor_data(y) + m * M * N * esz, N);
+    for (int i = nbatch - 1; i >= 0 && ++idx[i] == batch[i]; i--) idx[i] = 0;
+  }
+done:
+  mg_tensor_release(ac);
+  mg_tensor_release(bc);
+  if (st != MG_OK) return st;
+  if (mg_recording(C)) {
+    mg_tensor *in[2] = { a, b };
+    st = mg_record(C, MG_OP_MATMUL, 2, in, 1, &y, 0, NULL, NULL);
+    if (st != MG_OK) { mg_tensor_release(y); return st; }
+  }
+  *out = y;
+  return MG_OK;
+}
+
+mg_status mg_tensor_matmul(mg_ctx *C, mg_tensor *a, mg_tensor *b, mg_tensor **out) {
+  char s1[96], s2[96];
+  if (a->ndim == 0 || b->ndim == 0)
+    return mg_fail(C, MG_ESHAPE, "matmul: shapes %s and %s: operands must have at least 1 dimension",
+                   mg_shapestr(s1, sizeof s1, a->ndim, a->shape), mg_shapestr(s2, sizeof s2, b->ndim, b->shape));
+  mg_tensor *in[2] = { mg_tensor_retain(a), mg_tensor_retain(b) }, *y = NULL;
+  mg_status st = MG_OK;
+  if (a->dtype != b->dtype) {                         /* promote, recorded */
+    int lo = a->dtype == MG_F32 ? 0 : 1;
+    mg_tensor *c;
+    if ((st = mg_tensor_cast(C, in[lo], MG_F64, &c)) == MG_OK) { mg_tensor_release(in[lo]); in[lo] = c; }
+  }
+  bool va = a->ndim == 1, vb = b->ndim == 1;
+  if (st == MG_OK && va) {
+    mg_tensor *u;
+    if ((st = mg_tensor_unsqueeze(C, in[0], 0, &u)) == MG_OK) { mg_tensor_release(in[0]); in[0] = u; }
+  }
+  if (st == MG_OK && vb) {
+    mg_tensor *u;
+    if ((st = mg_tensor_unsqueeze(C, in[1], 1, &u)) == MG_OK) { mg_tensor_release(in[1]); in[1] = u; }
+  }
+  if (st == MG_OK) st = matmul_nd(C, in[0], in[1], &y);
+  if (st == MG_OK && (va || vb)) {                   /* drop the added dims */
+    mg_tensor *s;
+    int64_t sh[MG_MAXDIM];
+    int nd = 0;
+    for (int i = 0; i < y->ndim; i++)
+      if (!((va && i == y->ndim - 2) || (vb && i == y->ndim - 1))) sh[nd++] = y->shape[i];
+    st = mg_tensor_reshape(C, y, nd, sh, &s);
+    mg_tensor_release(y);
+    y = st == MG_OK ? s : NULL;
+  }
+  mg_tensor_release(in[0]);
+  mg_tensor_release(in[1]);
+  if (st == MG_OK) *out = y;
+  return st;
+}
+
+/* ================================================================ rules */
+
+static mg_status mT(mg_ctx *C, mg_tensor *x, mg_tensor **out) {
+  return mg_tensor_transpose(C, x, x->ndim - 2, x->ndim - 1, out);
+}
+
+static mg_status matmul_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *g,
+                            const bool *need, mg_tensor **gin) {
+  if (g[0] == NULL) return MG_OK;
+  for (int k = 0; k < 2; k++) {
+    if (!need[k]) continue;
+    mg_tensor *other = n->in[1 - k], *t, *full;
+    mg_status st = mT(C, other, &t);
+    if (st != MG_OK) return st;
+    st = k == 0 ? matmul_nd(C, g[0], t, &full) : matmul_nd(C, t, g[0], &full);
+    mg_tensor_release(t);
+    if (st != MG_OK) return st;
+    st = mg_unbroadcast(C, full, lead, n->in[k]->ndim, n->in[k]->shape, &gin[k]);
+    mg_tensor_release(full);
+    if (st != MG_OK) return st;
+  }
+  return MG_OK;
+}
+
+static mg_status matmul_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *t,
+                            mg_tensor **tout) {
+  mg_tensor *acc = NULL, *p;
+  for (int k = 0; k < 2; k++) {
+    if (t[k] == NULL) continue;
+    mg_status st = k == 0 ? matmul_nd(C, t[0], n->in[1], &p) : matmul_nd(C, n->in[0], t[1], &p);
+    if (st != MG_OK) { mg_tensor_release(acc); return st; }
+    if (acc == NULL) { acc = p; continue; }
+    mg_tensor *s;
+    st = mg_tensor_binary(C, MG_B_ADD, acc, p, &s);
+    mg_tensor_release(acc);
+    mg_tensor_release(p);
+    if (st != MG_OK) return st;
+    acc = s;
+  }
+  if (acc == NULL) return MG_OK;
+  mg_tensor *y = n->out[0];
+  mg_status st = mg_expand_lead(C, acc, lead, y->ndim, y->shape, &tout[0]);
+  mg_tensor_release(acc);
+  return st;
+}
+
+const mg_opdef mg_opdef_matmul = { "matmul", matmul_vjp, matmul_jvp };

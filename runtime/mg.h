@@ -1,0 +1,275 @@
+/*
+** mg.h - the public C interface of the moongrad runtime.
+**
+** A runtime call that can fail on user input returns an 'mg_status' (MG_OK is 0) and leaves a
+** message naming the op and the offending values in the context's error slot ('mg_errmsg').
+** On failure nothing the caller owns changes: outputs are assigned last.
+**
+** Ownership: every 'mg_tensor *' returned through an out-parameter is a new reference that the
+** caller releases with 'mg_tensor_release'. Tensor arguments are borrowed.
+**
+** Dimensions in this C interface are 0-based; the Lua bindings translate from 1-based.
+*/
+#ifndef MG_H
+#define MG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define MG_API __declspec(dllexport)
+#else
+#define MG_API __attribute__((visibility("default")))
+#endif
+
+#define MG_MAXDIM 12   /* most dimensions a tensor may have */
+
+typedef enum mg_dtype { MG_F32 = 0, MG_F64 = 1 } mg_dtype;
+
+typedef enum mg_status {
+  MG_OK = 0,
+  MG_EARG,      /* bad argument value */
+  MG_ESHAPE,    /* shapes do not fit the op */
+  MG_EINDEX,    /* index or dimension out of range */
+  MG_ENOMEM,    /* allocation failed or size overflows */
+  MG_EIO,       /* file could not be opened, read or written */
+  MG_EFORMAT,   /* malformed file */
+  MG_ESTATE     /* object used in a state that forbids it (e.g. a spent tape) */
+} mg_status;
+
+typedef struct mg_ctx mg_ctx;         /* per-interpreter state: RNG, default dtype, tapes, pool */
+typedef struct mg_tensor mg_tensor;   /* a strided view over reference-counted storage */
+typedef struct mg_tape mg_tape;       /* a gradient tape */
+
+/* Release callback for host memory wrapped by 'mg_tensor_wrap': called once, when the last
+** view of the memory is gone. */
+typedef void (*mg_release_fn)(void *ud, void *data);
+
+/* ----------------------------------------------------------------------------------------
+** Context
+** -------------------------------------------------------------------------------------- */
+
+/* New context (NULL when out of memory); free it with 'mg_ctx_close' once no tensor is in use. */
+MG_API mg_ctx *mg_ctx_new(void);
+MG_API void mg_ctx_close(mg_ctx *C);
+/* The message of the last failed call on 'C' ("" when none). Borrowed; valid until the next call. */
+MG_API const char *mg_errmsg(const mg_ctx *C);
+MG_API mg_dtype mg_default_dtype(const mg_ctx *C);
+MG_API void mg_set_default_dtype(mg_ctx *C, mg_dtype dt);
+/* Bytes of tensor storage currently alive, and cached by the pool for reuse. */
+MG_API size_t mg_live_bytes(const mg_ctx *C);
+MG_API size_t mg_cached_bytes(const mg_ctx *C);
+/* Return every cached block to the system. */
+MG_API void mg_empty_cache(mg_ctx *C);
+/* Bytes a vectorized Jacobian may use before it is split in chunks (default 1 GiB). */
+MG_API void mg_set_memory_budget(mg_ctx *C, size_t bytes);
+MG_API size_t mg_memory_budget(const mg_ctx *C);
+
+/* BLAS: the only process-wide state of the runtime. */
+MG_API void mg_set_num_threads(int n);
+MG_API int mg_get_num_threads(void);
+/* Name of the OpenBLAS kernels in use ("Haswell", "SkylakeX", ...), and of the best kernels
+** this CPU supports; both borrowed static strings. */
+MG_API const char *mg_blas_corename(void);
+MG_API const char *mg_cpu_best_corename(void);
+
+/* ----------------------------------------------------------------------------------------
+** Tensors
+** -------------------------------------------------------------------------------------- */
+
+MG_API const char *mg_dtype_name(mg_dtype dt);
+MG_API size_t mg_dtype_size(mg_dtype dt);
+
+MG_API mg_tensor *mg_tensor_retain(mg_tensor *t);
+MG_API void mg_tensor_release(mg_tensor *t);
+
+MG_API int mg_tensor_ndim(const mg_tensor *t);
+MG_API const int64_t *mg_tensor_shape(const mg_tensor *t);    /* elements per dim */
+MG_API const int64_t *mg_tensor_strides(const mg_tensor *t);  /* in elements */
+MG_API int64_t mg_tensor_numel(const mg_tensor *t);
+MG_API mg_dtype mg_tensor_dtype(const mg_tensor *t);
+MG_API bool mg_tensor_is_contiguous(const mg_tensor *t);
+/* Address of element (0,...,0): borrowed, valid while 't' lives. */
+MG_API void *mg_tensor_data(const mg_tensor *t);
+
+/* New uninitialized / zero-filled contiguous tensor. */
+MG_API mg_status mg_tensor_empty(mg_ctx *C, mg_dtype dt, int ndim, const int64_t *shape,
+                                 mg_tensor **out);
+MG_API mg_status mg_tensor_zeros(mg_ctx *C, mg_dtype dt, int ndim, const int64_t *shape,
+                                 mg_tensor **out);
+MG_API mg_status mg_tensor_full(mg_ctx *C, mg_dtype dt, int ndim, const int64_t *shape,
+                                double v, mg_tensor **out);
+/* Wrap host memory without copying ('strides' NULL = C order). 'release' (may be NULL) is
+** called with 'ud' and 'data' when the last view is gone. On failure 'release' is not called. */
+MG_API mg_status mg_tensor_wrap(mg_ctx *C, mg_dtype dt, int ndim, const int64_t *shape,
+                                const int64_t *strides, void *data, mg_release_fn release,
+                                void *ud, mg_tensor **out);
+MG_API double mg_tensor_get(const mg_tensor *t, const int64_t *idx);
+MG_API void mg_tensor_set(mg_tensor *t, const int64_t *idx, double v);
+
+
+/* ----------------------------------------------------------------------------------------
+** Ops. Each is recorded on every active tape of 'C' (see the Autograd section) and has
+** reverse- and forward-mode rules. Results are new references in '*out'.
+** Binary ops broadcast as NumPy does; mixed dtypes promote to float64.
+** -------------------------------------------------------------------------------------- */
+
+typedef enum mg_unary {
+  MG_U_NEG, MG_U_EXP, MG_U_LOG, MG_U_TANH, MG_U_SIGMOID, MG_U_RELU, MG_U_ABS, MG_U_SQRT,
+  MG_U_SIN, MG_U_COS, MG_U_SOFTPLUS, MG_U_SIGN, MG_U_STEP /* x > 0 */, MG_U_COUNT
+} mg_unary;
+
+typedef enum mg_binary {
+  MG_B_ADD, MG_B_SUB, MG_B_MUL, MG_B_DIV, MG_B_POW, MG_B_MAXIMUM, MG_B_MINIMUM,
+  MG_B_EQ, MG_B_NE, MG_B_LT, MG_B_LE, MG_B_GT, MG_B_GE,   /* comparisons: 0/1, not recorded */
+  MG_B_COUNT
+} mg_binary;
+
+MG_API mg_status mg_tensor_unary(mg_ctx *C, mg_unary op, mg_tensor *x, mg_tensor **out);
+MG_API mg_status mg_tensor_binary(mg_ctx *C, mg_binary op, mg_tensor *a, mg_tensor *b,
+                                  mg_tensor **out);
+/* 'x' op 'v' (or 'v' op 'x' when 'scalar_first'), 'v' taking the dtype of 'x'. */
+MG_API mg_status mg_tensor_binary_scalar(mg_ctx *C, mg_binary op, mg_tensor *x, double v,
+                                         bool scalar_first, mg_tensor **out);
+MG_API mg_status mg_tensor_clamp(mg_ctx *C, mg_tensor *x, double lo, double hi,
+                                 mg_tensor **out);
+/* where(cond != 0, a, b) */
+MG_API mg_status mg_tensor_where(mg_ctx *C, mg_tensor *cond, mg_tensor *a, mg_tensor *b,
+                                 mg_tensor **out);
+
+/* Views: share storage with 'x'. 'shape' of reshape may hold one -1. */
+MG_API mg_status mg_tensor_reshape(mg_ctx *C, mg_tensor *x, int ndim, const int64_t *shape,
+                                   mg_tensor **out);
+MG_API mg_status mg_tensor_permute(mg_ctx *C, mg_tensor *x, const int *perm, mg_tensor **out);
+MG_API mg_status mg_tensor_transpose(mg_ctx *C, mg_tensor *x, int d1, int d2,
+                                     mg_tensor **out);
+MG_API mg_status mg_tensor_squeeze(mg_ctx *C, mg_tensor *x, int dim /* <0: all size-1 */,
+                                   mg_tensor **out);
+MG_API mg_status mg_tensor_unsqueeze(mg_ctx *C, mg_tensor *x, int dim, mg_tensor **out);
+MG_API mg_status mg_tensor_narrow(mg_ctx *C, mg_tensor *x, int dim, int64_t start,
+                                  int64_t len, mg_tensor **out);
+MG_API mg_status mg_tensor_select(mg_ctx *C, mg_tensor *x, int dim, int64_t i,
+                                  mg_tensor **out);
+/* Broadcast 'x' to 'shape' (stride 0 where expanded). */
+MG_API mg_status mg_tensor_expand(mg_ctx *C, mg_tensor *x, int ndim, const int64_t *shape,
+                                  mg_tensor **out);
+/* Copies. 'contiguous' returns 'x' itself (a new reference) when already contiguous. */
+MG_API mg_status mg_tensor_contiguous(mg_ctx *C, mg_tensor *x, mg_tensor **out);
+MG_API mg_status mg_tensor_clone(mg_ctx *C, mg_tensor *x, mg_tensor **out);
+MG_API mg_status mg_tensor_cast(mg_ctx *C, mg_tensor *x, mg_dtype dt, mg_tensor **out);
+/* Zeros of 'size' along 'dim', with 'x' placed at 'start' (the adjoint of narrow). */
+MG_API mg_status mg_tensor_pad(mg_ctx *C, mg_tensor *x, int dim, int64_t start, int64_t size,
+                               mg_tensor **out);
+MG_API mg_status mg_tensor_cat(mg_ctx *C, int n, mg_tensor *const *xs, int dim,
+                               mg_tensor **out);
+MG_API mg_status mg_tensor_stack(mg_ctx *C, int n, mg_tensor *const *xs, int dim,
+                                 mg_tensor **out);
+
+/* In place, not recorded: copy 'src' (broadcast) into 'dst'; fill 'dst' with 'v'. */
+MG_API mg_status mg_tensor_copy_(mg_ctx *C, mg_tensor *dst, mg_tensor *src);
+MG_API void mg_tensor_fill_(mg_tensor *dst, double v);
+
+/* Reductions over the dims whose bit is set in 'mask' (all dims: mask = ~0). */
+MG_API mg_status mg_tensor_sum(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keepdim,
+                               mg_tensor **out);
+MG_API mg_status mg_tensor_mean(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keepdim,
+                                mg_tensor **out);
+/* Population variance (ddof 0) and its square root. */
+MG_API mg_status mg_tensor_var(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keepdim,
+                               mg_tensor **out);
+MG_API mg_status mg_tensor_std(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keepdim,
+                               mg_tensor **out);
+/* max/min values; the gradient is shared among ties. */
+MG_API mg_status mg_tensor_amax(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keepdim,
+                                mg_tensor **out);
+MG_API mg_status mg_tensor_amin(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keepdim,
+                                mg_tensor **out);
+/* Index (0-based, as float64) of the first max/min along 'dim' (dim < 0: of the flattened
+** tensor). Not differentiable. */
+MG_API mg_status mg_tensor_argmax(mg_ctx *C, mg_tensor *x, int dim, bool keepdim, bool is_min,
+                                  mg_tensor **out);
+/* 2-norm over 'mask'. */
+MG_API mg_status mg_tensor_norm(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keepdim,
+                                mg_tensor **out);
+MG_API mg_status mg_tensor_softmax(mg_ctx *C, mg_tensor *x, int dim, bool log,
+                                   mg_tensor **out);
+
+/* Matrix product: 1-d operands as NumPy, >= 2-d batched with broadcast leading dims. */
+MG_API mg_status mg_tensor_matmul(mg_ctx *C, mg_tensor *a, mg_tensor *b, mg_tensor **out);
+
+/* ----------------------------------------------------------------------------------------
+** Random numbers (per context; the same sequence on every machine for a seed)
+** -------------------------------------------------------------------------------------- */
+
+MG_API void mg_manual_seed(mg_ctx *C, uint64_t seed);
+/* Fill 't' in place: uniform in [lo, hi), normal(mean, std). */
+MG_API void mg_fill_uniform(mg_ctx *C, mg_tensor *t, double lo, double hi);
+MG_API void mg_fill_normal(mg_ctx *C, mg_tensor *t, double mean, double std);
+/* Keras initializers on a 2-d 't' (fan_in = rows, fan_out = cols). */
+MG_API mg_status mg_init_glorot_uniform(mg_ctx *C, mg_tensor *t);
+MG_API mg_status mg_init_orthogonal(mg_ctx *C, mg_tensor *t, double gain);
+
+/* ----------------------------------------------------------------------------------------
+** NumPy .npy files (float32/float64, C order)
+** -------------------------------------------------------------------------------------- */
+
+MG_API mg_status mg_npy_save(mg_ctx *C, mg_tensor *t, const char *path);
+MG_API mg_status mg_npy_load(mg_ctx *C, const char *path, mg_tensor **out);
+/* Parse an in-memory .npy image (used by the file reader and the fuzzer). */
+MG_API mg_status mg_npy_parse(mg_ctx *C, const void *buf, size_t len, mg_tensor **out);
+
+/* ----------------------------------------------------------------------------------------
+** Autograd
+** -------------------------------------------------------------------------------------- */
+
+/* A new tape, recording from now on (innermost of the active tapes). */
+MG_API mg_status mg_tape_new(mg_ctx *C, bool persistent, bool watch_accessed_variables,
+                             mg_tape **out);
+MG_API mg_tape *mg_tape_retain(mg_tape *T);
+MG_API void mg_tape_release(mg_tape *T);
+/* Stop recording (idempotent). */
+MG_API void mg_tape_stop(mg_tape *T);
+MG_API bool mg_tape_is_recording(const mg_tape *T);
+MG_API mg_status mg_tape_watch(mg_tape *T, mg_tensor *t);
+MG_API size_t mg_tape_nwatched(const mg_tape *T);
+MG_API mg_tensor *mg_tape_watched_at(const mg_tape *T, size_t i);   /* borrowed */
+/* Mark 't' a trainable Variable (watched on use by tapes with watch_accessed_variables). */
+MG_API void mg_tensor_set_variable(mg_tensor *t, bool on);
+MG_API bool mg_tensor_is_variable(const mg_tensor *t);
+/* Name of a Variable ("" when none): borrowed. Setting copies 'name'. */
+MG_API const char *mg_tensor_name(const mg_tensor *t);
+MG_API mg_status mg_tensor_set_name(mg_tensor *t, const char *name);
+/* Suspend / resume recording on every tape of 'C' (nests). */
+MG_API void mg_no_grad_enter(mg_ctx *C);
+MG_API void mg_no_grad_exit(mg_ctx *C);
+
+/* Reverse sweep. 'seeds[i]' is the cotangent of 'targets[i]' (NULL: ones), with 'lead'
+** extra leading dimensions (0 or 1) shared by every seed. grads[j] (new reference) has shape
+** lead dims .. shape of sources[j], or is NULL where sources[j] is not connected (zeros
+** when 'unconnected_zero'). */
+MG_API mg_status mg_tape_gradient(mg_tape *T, int ntargets, mg_tensor *const *targets,
+                                  mg_tensor *const *seeds, int lead, int nsources,
+                                  mg_tensor *const *sources, bool unconnected_zero,
+                                  mg_tensor **grads);
+/* Forward sweep over what 'T' recorded: tangents of 'sources' (lead dims .. source shape)
+** pushed to 'targets'. */
+MG_API mg_status mg_tape_forward(mg_tape *T, int nsources, mg_tensor *const *sources,
+                                 mg_tensor *const *tangents, int lead, int ntargets,
+                                 mg_tensor *const *targets, mg_tensor **out);
+/* Jacobians of 'target' w.r.t. each source, in one vectorized pass (chunked to the memory
+** budget). 'batch': batch_jacobian (dim 0 of target and sources is the batch). 'mode': 0
+** reverse, 1 forward, 2 auto. 'check' (batch only): verify target[i] depends on source[i] only.
+** jac[j] has shape target .. source[j] (batch: B, target rest.., source rest..). */
+MG_API mg_status mg_tape_jacobian(mg_tape *T, mg_tensor *target, int nsources,
+                                  mg_tensor *const *sources, bool batch, int mode, bool check,
+                                  bool unconnected_zero, mg_tensor **jac);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,196 @@
+/*
+** mg_impl.h - private structures of the moongrad runtime, shared by its .c files only.
+*/
+#ifndef MG_IMPL_H
+#define MG_IMPL_H
+
+#include "mg.h"
+#include "mg_ops.h"
+
+#include <assert.h>
+#include <stdarg.h>
+#include <string.h>
+
+#define MG_MAXIN_INLINE 3   /* node inputs stored inline; more go to the heap (cat) */
+#define MG_MAXOUT 2         /* most outputs an op produces (fused LSTM: h, c) */
+#define MG_MAXSAVED 4       /* extra tensors a node keeps for its rules */
+
+/* ----------------------------------------------------------------------------------------
+** Storage and tensors
+** -------------------------------------------------------------------------------------- */
+
+typedef struct mg_pool mg_pool;
+
+typedef struct mg_storage {
+  int64_t refs;
+  void *data;
+  size_t nbytes;            /* bytes asked for */
+  size_t cap;               /* bytes held (the pool's size class); 0 for host memory */
+  mg_pool *pool;            /* owner of 'data' (refcounted); NULL for host memory */
+  mg_release_fn release;    /* host memory: called with 'release_ud' and 'data' at the end */
+  void *release_ud;
+} mg_storage;
+
+enum { MG_TF_VARIABLE = 1 };
+
+struct mg_tensor {
+  int64_t refs;
+  mg_dtype dtype;
+  int ndim;
+  uint32_t flags;               /* MG_TF_* */
+  int64_t shape[MG_MAXDIM];     /* elements per dimension */
+  int64_t stride[MG_MAXDIM];    /* elements between neighbours along a dimension */
+  int64_t offset;               /* elements from the storage start to element (0,...,0) */
+  mg_storage *storage;
+  char *name;                   /* Variables only; owned */
+};
+
+/* Typed address of element (0,...,0). */
+#define MG_F32P(t) ((float *)(t)->storage->data + (t)->offset)
+#define MG_F64P(t) ((double *)(t)->storage->data + (t)->offset)
+
+/* ----------------------------------------------------------------------------------------
+** Tape
+** -------------------------------------------------------------------------------------- */
+
+/* Op-specific parameters of a recorded node. */
+typedef struct mg_attr {
+  int64_t i[2 * MG_MAXDIM];   /* dims, sizes, flags: meaning set by each op */
+  int ni;
+  double f[2];                /* scalars (clamp bounds, ...) */
+} mg_attr;
+
+typedef struct mg_node {
+  int op;                         /* MG_OP_* */
+  int nin, nout, nsaved;
+  mg_tensor **in;                 /* strong refs; points at 'in_inline' or the heap */
+  mg_tensor *in_inline[MG_MAXIN_INLINE];
+  mg_tensor *out[MG_MAXOUT];      /* strong refs */
+  mg_tensor *saved[MG_MAXSAVED];  /* strong refs: whatever the op's rules need */
+  mg_attr attr;
+} mg_node;
+
+struct mg_tape {
+  int64_t refs;
+  mg_ctx *ctx;
+  bool persistent;
+  bool watch_vars;              /* watch_accessed_variables */
+  bool recording;               /* on the context's active list */
+  bool spent;                   /* non-persistent and already differentiated */
+  int busy;                     /* > 0 while this tape is being differentiated */
+  mg_node *nodes;
+  size_t n, cap;
+  mg_tensor **watched;          /* strong refs, in watch order */
+  size_t nwatched, capwatched;
+  mg_tape *next_active;
+};
+
+/* ----------------------------------------------------------------------------------------
+** Context
+** -------------------------------------------------------------------------------------- */
+
+typedef struct mg_rng { uint64_t s[4]; double spare; bool has_spare; } mg_rng;
+
+struct mg_ctx {
+  char errmsg[256];
+  mg_dtype default_dtype;
+  mg_pool *pool;
+  mg_tape *active;              /* tapes recording now, innermost first */
+  int nactive;
+  int no_grad;                  /* > 0 inside no_grad: nothing is recorded */
+  size_t memory_budget;
+  mg_rng rng;
+};
+
+/* Set the context's error message and return 'st'. printf-style. */
+mg_status mg_fail(mg_ctx *C, mg_status st, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Append "(2,3)" for a shape to 'buf' (size 'n'); returns 'buf'. */
+char *mg_shapestr(char *buf, size_t n, int ndim, const int64_t *shape);
+
+/* ----------------------------------------------------------------------------------------
+** Internal tensor helpers (tensor.c)
+** -------------------------------------------------------------------------------------- */
+
+/* A new tensor header viewing 's' (which gains a reference). NULL when out of memory. */
+mg_tensor *mg_view_new(mg_ctx *C, mg_storage *s, mg_dtype dt, int ndim, const int64_t *shape,
+                       const int64_t *stride, int64_t offset);
+void mg_contiguous_strides(int ndim, const int64_t *shape, int64_t *stride);
+/* numel of a shape, or -1 when it overflows or a size is negative. */
+int64_t mg_shape_numel(int ndim, const int64_t *shape);
+bool mg_same_shape(const mg_tensor *a, const mg_tensor *b);
+/* Normalize 'dim' (negative counts from the end) into [0, ndim); -1 when out of range. */
+int mg_normdim(int dim, int ndim);
+
+/* Pool (pool.c): blocks of at least 'nbytes', reused by size class. */
+mg_pool *mg_pool_new(void);
+void mg_pool_unref(mg_pool *p);
+void *mg_pool_alloc(mg_pool *p, size_t nbytes, size_t *cap);
+void mg_pool_free(mg_pool *p, void *data, size_t cap);
+size_t mg_pool_live(const mg_pool *p);
+size_t mg_pool_cached(const mg_pool *p);
+void mg_pool_trim(mg_pool *p);
+
+/* ----------------------------------------------------------------------------------------
+** Strided iteration (iter.c): up to 4 operands over one broadcast shape.
+** -------------------------------------------------------------------------------------- */
+
+#define MG_MAXOPS 4
+
+typedef struct mg_iter {
+  int ndim, nops;                         /* after collapsing */
+  int64_t shape[MG_MAXDIM];
+  int64_t stride[MG_MAXOPS][MG_MAXDIM];   /* in elements; 0 where broadcast */
+  char *ptr[MG_MAXOPS];                   /* element (0,...,0) of each operand */
+  size_t esize[MG_MAXOPS];
+} mg_iter;
+
+/* Inner loop: 'n' elements; p[k] and s[k] (elements) for operand k. */
+typedef void (*mg_loop_fn)(int64_t n, char **p, const int64_t *s, void *ud);
+
+/* Set up iteration of 'ops' (each broadcastable to 'shape') over 'shape'. */
+void mg_iter_init(mg_iter *it, int ndim, const int64_t *shape, int nops,
+                  mg_tensor *const *ops);
+void mg_iter_run(const mg_iter *it, mg_loop_fn fn, void *ud);
+/* Broadcast shape of two shapes; false when they do not broadcast. */
+bool mg_broadcast_shape(int na, const int64_t *a, int nb, const int64_t *b, int *nout,
+                        int64_t *out);
+
+/* ----------------------------------------------------------------------------------------
+** Helpers for rules (autograd.c)
+** -------------------------------------------------------------------------------------- */
+
+/* Sum 'g' (lead dims .. broadcast shape) down to lead dims .. 'shape'. New reference. */
+mg_status mg_unbroadcast(mg_ctx *C, mg_tensor *g, int lead, int ndim, const int64_t *shape,
+                         mg_tensor **out);
+/* Expand 't' (lead dims .. some shape broadcastable to 'shape') to lead dims .. 'shape'. */
+mg_status mg_expand_lead(mg_ctx *C, mg_tensor *t, int lead, int ndim, const int64_t *shape,
+                         mg_tensor **out);
+/* The 'lead' leading sizes of 'g' followed by 'ndim' sizes of 'shape' into 'dst'. */
+int mg_lead_shape(const mg_tensor *g, int lead, int ndim, const int64_t *shape, int64_t *dst);
+
+/* ----------------------------------------------------------------------------------------
+** Recording (tape.c)
+** -------------------------------------------------------------------------------------- */
+
+/* True when an op run now would be recorded by some tape. */
+static inline bool mg_recording(const mg_ctx *C) { return C->active != NULL && C->no_grad == 0; }
+
+/* Record a node on every active tape. Inputs, outputs and saved tensors gain references.
+** Returns MG_ENOMEM (message set) when a tape cannot grow; the forward result stays valid. */
+mg_status mg_record(mg_ctx *C, int op, int nin, mg_tensor *const *in, int nout,
+                    mg_tensor *const *out, int nsaved, mg_tensor *const *saved,
+                    const mg_attr *attr);
+
+/* Sweeps inside a mg_tape_begin/mg_tape_end bracket (several sweeps may share one). */
+mg_status mg_tape_begin(mg_tape *T);
+void mg_tape_end(mg_tape *T);
+mg_status mg_tape_gradient_sweep(mg_tape *T, int ntargets, mg_tensor *const *targets,
+                                 mg_tensor *const *seeds, int lead, int nsources,
+                                 mg_tensor *const *sources, bool unconnected_zero,
+                                 mg_tensor **grads);
+mg_status mg_tape_forward_sweep(mg_tape *T, int nsources, mg_tensor *const *sources,
+                                mg_tensor *const *tangents, int lead, int ntargets,
+                                mg_tensor *const *targets, mg_tensor **out);
+
+#endif

@@ -1,0 +1,398 @@
+/*
+** reduce.c - sum, max and min over any set of dims (a bit mask), argmax/argmin, and the
+** composites mean, var, std, norm; fused softmax and log_softmax. Rules beside each op.
+*/
+#include "mg_impl.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+#define BIN(op, a, b, o) mg_tensor_binary(C, (op), (a), (b), (o))
+
+/* Shape with the masked dims set to 1 (keepdim) and without them; returns the latter's ndim. */
+static int reduced_shape(const mg_tensor *x, uint32_t mask, int64_t *keep, int64_t *drop) {
+  int nd = 0;
+  for (int i = 0; i < x->ndim; i++) {
+    bool r = (mask >> i) & 1u;
+    keep[i] = r ? 1 : x->shape[i];
+    if (!r) drop[nd++] = x->shape[i];
+  }
+  return nd;
+}
+
+static mg_status check_mask(mg_ctx *C, const char *fn, const mg_tensor *x, uint32_t *mask) {
+  if (x->ndim < 32) {
+    uint32_t all = (uint32_t)((1ull << x->ndim) - 1);
+    if (*mask != ~0u && (*mask & ~all))
+      return mg_fail(C, MG_EINDEX, "%s: dimension out of range for a %d-d tensor", fn, x->ndim);
+    *mask &= all;
+  }
+  return MG_OK;
+}
+
+/* ================================================================ kernels */
+
+enum { R_SUM, R_MAX, R_MIN };
+
+static void reduce_f32(int64_t n, char **p, const int64_t *s, void *ud) {
+  int kind = *(const int *)ud;
+  float *y = (float *)p[0];
+  const float *x = (const float *)p[1];
+  if (s[0] == 0) {                              /* reducing along the inner loop */
+    if (kind == R_SUM) {
+      double acc = 0;
+      for (int64_t i = 0; i < n; i++) acc += x[i * s[1]];
+      *y += (float)acc;
+    } else {
+      float m = *y;
+      for (int64_t i = 0; i < n; i++) {
+        float v = x[i * s[1]];
+        if (kind == R_MAX ? (v > m || v != v) : (v < m || v != v)) m = v;
+      }
+      *y = m;
+    }
+    return;
+  }
+  for (int64_t i = 0; i < n; i++) {
+    float v = x[i * s[1]], *o = &y[i * s[0]];
+    if (kind == R_SUM) *o += v;
+    else if (kind == R_MAX ? (v > *o || v != v) : (v < *o || v != v)) *o = v;
+  }
+}
+
+static void reduce_f64(int64_t n, char **p, const int64_t *s, void *ud) {
+  int kind = *(const int *)ud;
+  double *y = (double *)p[0];
+  const double *x = (const double *)p[1];
+  if (s[0] == 0) {
+    double m = *y;
+    for (int64_t i = 0; i < n; i++) {
+      double v = x[i * s[1]];
+      if (kind == R_SUM) m += v;
+      else if (kind == R_MAX ? (v > m || v != v) : (v < m || v != v)) m = v;
+    }
+    *y = m;
+    return;
+  }
+  for (int64_t i = 0; i < n; i++) {
+    double v = x[i * s[1]], *o = &y[i * s[0]];
+    if (kind == R_SUM) *o += v;
+    else if (kind == R_MAX ? (v > *o || v != v) : (v < *o || v != v)) *o = v;
+  }
+}
+
+/* Reduce into a new tensor; records op 'op' (with attr mask, keepdim). */
+static mg_status reduce(mg_ctx *C, const char *fn, int op, int kind, mg_tensor *x,
+                        uint32_t mask, bool keepdim, mg_tensor **out) {
+  int64_t keep[MG_MAXDIM], drop[MG_MAXDIM], st[MG_MAXDIM];
+  mg_status s = check_mask(C, fn, x, &mask);
+  if (s != MG_OK) return s;
+  int nd = reduced_shape(x, mask, keep, drop);
+  for (int i = 0; kind != R_SUM && i < x->ndim; i++)
+    if (((mask >> i) & 1u) && x->shape[i] == 0)
+      return mg_fail(C, MG_ESHAPE, "%s: cannot reduce over the empty dimension %d", fn, i + 1);
+  mg_tensor *y;
+  double init = kind == R_SUM ? 0.0 : (kind == R_MAX ? -INFINITY : INFINITY);
+  if ((s = mg_tensor_full(C, x->dtype, x->ndim, keep, init, &y)) != MG_OK) return s;
+  mg_tensor *ops[2] = { y, x };
+  mg_iter it;
+  mg_iter_init(&it, x->ndim, x->shape, 2, ops);
+  mg_iter_run(&it, x->dtype == MG_F64 ? reduce_f64 : reduce_f32, &kind);
+  if (!keepdim) {                                /* same storage, fewer dims */
+    y->ndim = nd;
+    memcpy(y->shape, drop, (size_t)nd * sizeof *drop);
+    mg_contiguous_strides(nd, drop, st);
+    memcpy(y->stride, st, (size_t)nd * sizeof *st);
+  }
+  if (mg_recording(C)) {
+    mg_attr at = { .ni = 2, .i = { mask, keepdim } };
+    s = mg_record(C, op, 1, &x, 1, &y, 0, NULL, &at);
+    if (s != MG_OK) { mg_tensor_release(y); return s; }
+  }
+  *out = y;
+  return MG_OK;
+}
+
+mg_status mg_tensor_sum(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keepdim, mg_tensor **out) {
+  return reduce(C, "sum", MG_OP_SUM, R_SUM, x, mask, keepdim, out);
+}
+mg_status mg_tensor_amax(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keepdim, mg_tensor **out) {
+  return reduce(C, "max", MG_OP_AMAX, R_MAX, x, mask, keepdim, out);
+}
+mg_status mg_tensor_amin(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keepdim, mg_tensor **out) {
+  return reduce(C, "min", MG_OP_AMIN, R_MIN, x, mask, keepdim, out);
+}
+
+/* Elements reduced by 'mask'. */
+static int64_t count(const mg_tensor *x, uint32_t mask) {
+  int64_t n = 1;
+  for (int i = 0; i < x->ndim; i++)
+    if ((mask >> i) & 1u) n *= x->shape[i];
+  return n;
+}
+
+mg_status mg_tensor_mean(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keepdim, mg_tensor **out) {
+  mg_tensor *s;
+  mg_status st = check_mask(C, "mean", x, &mask);
+  if (st != MG_OK || (st = mg_tensor_sum(C, x, mask, keepdim, &s)) != MG_OK) return st;
+  st = mg_tensor_binary_scalar(C, MG_B_DIV, s, (double)count(x, mask), false, out);
+  mg_tensor_release(s);
+  return st;
+}
+
+mg_status mg_tensor_var(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keepdim, mg_tensor **out) {
+  mg_tensor *m = NULL, *d = NULL, *d2 = NULL;
+  mg_status st = check_mask(C, "var", x, &mask);
+  if (st == MG_OK) st = mg_tensor_mean(C, x, mask, true, &m);
+  if (st == MG_OK) st = BIN(MG_B_SUB, x, m, &d);
+  if (st == MG_OK) st = BIN(MG_B_MUL, d, d, &d2);
+  if (st == MG_OK) st = mg_tensor_mean(C, d2, mask, keepdim, out);
+  mg_tensor_release(m);
+  mg_tensor_release(d);
+  mg_tensor_release(d2);
+  return st;
+}
+
+mg_status mg_tensor_std(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keepdim, mg_tensor **out) {
+  mg_tensor *v;
+  mg_status st = mg_tensor_var(C, x, mask, keepdim, &v);
+  if (st != MG_OK) return st;
+  st = mg_tensor_unary(C, MG_U_SQRT, v, out);
+  mg_tensor_release(v);
+  return st;
+}
+
+mg_status mg_tensor_norm(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keepdim, mg_tensor **out) {
+  mg_tensor *sq, *s;
+  mg_status st = BIN(MG_B_MUL, x, x, &sq);
+  if (st != MG_OK) return st;
+  st = mg_tensor_sum(C, sq, mask, keepdim, &s);
+  mg_tensor_release(sq);
+  if (st != MG_OK) return st;
+  st = mg_tensor_unary(C, MG_U_SQRT, s, out);
+  mg_tensor_release(s);
+  return st;
+}
+
+/* ================================================================ argmax */
+
+mg_status mg_tensor_argmax(mg_ctx *C, mg_tensor *x, int dim, bool keepdim, bool is_min,
+                           mg_tensor **out) {
+  const char *fn = is_min ? "argmin" : "argmax";
+  mg_tensor *c;
+  if (dim >= x->ndim) return mg_fail(C, MG_EINDEX, "%s: dimension %d out of range for a %d-d tensor", fn, dim + 1, x->ndim);
+  if (mg_tensor_numel(x) == 0) return mg_fail(C, MG_ESHAPE, "%s: empty tensor", fn);
+  mg_no_grad_enter(C);
+  mg_status st = mg_tensor_contiguous(C, x, &c);
+  mg_no_grad_exit(C);
+  if (st != MG_OK) return st;
+  int64_t outer = 1, n = mg_tensor_numel(c), inner = 1, keep[MG_MAXDIM], drop[MG_MAXDIM];
+  int nd = 0;
+  if (dim >= 0) {
+    for (int i = 0; i < dim; i++) outer *= x->shape[i];
+    for (int i = dim + 1; i < x->ndim; i++) inner *= x->shape[i];
+    n = x->shape[dim];
+    nd = reduced_shape(x, 1u << dim, keep, drop);
+  } else if (keepdim) {
+    for (int i = 0; i < x->ndim; i++) keep[i] = 1;
+  }
+  mg_tensor *y;
+  st = keepdim ? mg_tensor_empty(C, MG_F64, x->ndim, keep, &y) : mg_tensor_empty(C, MG_F64, nd, drop, &y);
+  if (st != MG_OK) { mg_tensor_release(c); return st; }
+  double *yo = MG_F64P(y);
+  for (int64_t o = 0; o < outer; o++)
+    for (int64_t in = 0; in < inner; in++) {
+      int64_t best = 0, base = o * n * inner + in;
+      double bv = c->dtype == MG_F64 ? MG_F64P(c)[base] : MG_F32P(c)[base];
+      for (int64_t k = 1; k < n && bv == bv; k++) {
+        int64_t at = base + k * inner;
+        double v = c->dtype == MG_F64 ? MG_F64P(c)[at] : MG_F32P(c)[at];
+        if (is_min ? (v < bv || v != v) : (v > bv || v != v)) { bv = v; best = k; }
+      }
+      yo[o * inner + in] = (double)best;
+    }
+  mg_tensor_release(c);
+  *out = y;
+  return MG_OK;
+}
+
+/* ================================================================ reduction rules */
+
+/* 'g' (lead .. reduced shape of node 'n') reshaped to lead .. keepdim shape. */
+static mg_status keepdim_view(mg_ctx *C, const mg_node *n, int lead, mg_tensor *g,
+                              mg_tensor **out) {
+  int64_t keep[MG_MAXDIM], drop[MG_MAXDIM], sh[MG_MAXDIM];
+  reduced_shape(n->in[0], (uint32_t)n->attr.i[0], keep, drop);
+  int nd = mg_lead_shape(g, lead, n->in[0]->ndim, keep, sh);
+  return mg_tensor_reshape(C, g, nd, sh, out);
+}
+
+static mg_status sum_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *g,
+                         const bool *need, mg_tensor **gin) {
+  if (!need[0] || g[0] == NULL) return MG_OK;
+  mg_tensor *k;
+  mg_status st = keepdim_view(C, n, lead, g[0], &k);
+  if (st != MG_OK) return st;
+  st = mg_expand_lead(C, k, lead, n->in[0]->ndim, n->in[0]->shape, &gin[0]);
+  mg_tensor_release(k);
+  return st;
+}
+
+static mg_status sum_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *t,
+                         mg_tensor **tout) {
+  if (t[0] == NULL) return MG_OK;
+  mg_tensor *full;                  /* the tangent may still be broadcast-shaped */
+  mg_status st = mg_expand_lead(C, t[0], lead, n->in[0]->ndim, n->in[0]->shape, &full);
+  if (st != MG_OK) return st;
+  st = mg_tensor_sum(C, full, (uint32_t)n->attr.i[0] << lead, n->attr.i[1] != 0, &tout[0]);
+  mg_tensor_release(full);
+  return st;
+}
+
+/* max/min: where x equals the extreme, divided by the number of ties (constants). */
+static mg_status extreme_weights(mg_ctx *C, const mg_node *n, mg_tensor **w) {
+  mg_tensor *yk = NULL, *eq = NULL, *cnt = NULL;
+  uint32_t mask = (uint32_t)n->attr.i[0];
+  mg_no_grad_enter(C);
+  mg_status st = keepdim_view(C, n, 0, n->out[0], &yk);
+  if (st == MG_OK) st = BIN(MG_B_EQ, n->in[0], yk, &eq);
+  if (st == MG_OK) st = mg_tensor_sum(C, eq, mask, true, &cnt);
+  if (st == MG_OK) st = BIN(MG_B_DIV, eq, cnt, w);
+  mg_no_grad_exit(C);
+  mg_tensor_release(yk);
+  mg_tensor_release(eq);
+  mg_tensor_release(cnt);
+  return st;
+}
+
+static mg_status extreme_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *g,
+                             const bool *need, mg_tensor **gin) {
+  if (!need[0] || g[0] == NULL) return MG_OK;
+  mg_tensor *w, *k;
+  mg_status st = extreme_weights(C, n, &w);
+  if (st != MG_OK) return st;
+  if ((st = keepdim_view(C, n, lead, g[0], &k)) == MG_OK) {
+    st = BIN(MG_B_MUL, k, w, &gin[0]);
+    mg_tensor_release(k);
+  }
+  mg_tensor_release(w);
+  return st;
+}
+
+static mg_status extreme_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *t,
+                             mg_tensor **tout) {
+  if (t[0] == NULL) return MG_OK;
+  mg_tensor *w, *p;
+  mg_status st = extreme_weights(C, n, &w);
+  if (st != MG_OK) return st;
+  if ((st = BIN(MG_B_MUL, t[0], w, &p)) == MG_OK) {
+    mg_tensor *full;
+    if ((st = mg_expand_lead(C, p, lead, n->in[0]->ndim, n->in[0]->shape, &full)) == MG_OK) {
+      st = mg_tensor_sum(C, full, (uint32_t)n->attr.i[0] << lead, n->attr.i[1] != 0, &tout[0]);
+      mg_tensor_release(full);
+    }
+    mg_tensor_release(p);
+  }
+  mg_tensor_release(w);
+  return st;
+}
+
+/* ================================================================ softmax */
+
+#define SOFTMAX_LOOP(T, EXP, LOG) do {                                             \
+    const T *xp = (const T *)mg_tensor_data(c); T *yp = (T *)mg_tensor_data(y);     \
+    for (int64_t o = 0; o < outer; o++)                                            \
+      for (int64_t in = 0; in < inner; in++) {                                     \
+        const T *xr = xp + o * n * inner + in; T *yr = yp + o * n * inner + in;    \
+        T m = xr[0];                                                               \
+        for (int64_t k = 1; k < n; k++) if (xr[k * inner] > m) m = xr[k * inner];  \
+        double z = 0;                                                              \
+        for (int64_t k = 0; k < n; k++) z += EXP(xr[k * inner] - m);               \
+        T lz = (T)log(z);                                                          \
+        for (int64_t k = 0; k < n; k++) {                                          \
+          T v = xr[k * inner] - m - lz;                                            \
+          yr[k * inner] = log_ ? v : EXP(v);                                       \
+        }                                                                          \
+      }                                                                            \
+  } while (0)
+
+mg_status mg_tensor_softmax(mg_ctx *C, mg_tensor *x, int dim, bool log_, mg_tensor **out) {
+  const char *fn = log_ ? "log_softmax" : "softmax";
+  if (dim < 0 || dim >= x->ndim)
+    return mg_fail(C, MG_EINDEX, "%s: dimension %d out of range for a %d-d tensor", fn, dim + 1, x->ndim);
+  mg_tensor *c, *y;
+  mg_no_grad_enter(C);
+  mg_status st = mg_tensor_contiguous(C, x, &c);
+  mg_no_grad_exit(C);
+  if (st != MG_OK) return st;
+  if ((st = mg_tensor_empty(C, x->dtype, x->ndim, x->shape, &y)) != MG_OK) {
+    mg_tensor_release(c);
+    return st;
+  }
+  int64_t outer = 1, inner = 1, n = x->shape[dim];
+  for (int i = 0; i < dim; i++) outer *= x->shape[i];
+  for (int i = dim + 1; i < x->ndim; i++) inner *= x->shape[i];
+  if (n > 0) {
+    if (x->dtype == MG_F64) SOFTMAX_LOOP(double, exp, log);
+    else SOFTMAX_LOOP(float, expf, logf);
+  }
+  mg_tensor_release(c);
+  if (mg_recording(C)) {
+    mg_attr at = { .ni = 1, .i = { dim } };
+    st = mg_record(C, log_ ? MG_OP_LOG_SOFTMAX : MG_OP_SOFTMAX, 1, &x, 1, &y, 0, NULL, &at);
+    if (st != MG_OK) { mg_tensor_release(y); return st; }
+  }
+  *out = y;
+  return MG_OK;
+}
+
+/* softmax: y (v - sum(v y)); log_softmax: v - exp(y) sum(v), along the softmax dim, for a
+** cotangent (reverse) or tangent (forward) 'v'. Both rules are this product with the
+** symmetric (softmax) or transposed (log_softmax) Jacobian. */
+static mg_status softmax_apply(mg_ctx *C, const mg_node *n, int lead, mg_tensor *v,
+                               bool transpose, mg_tensor **out) {
+  mg_tensor *y = n->out[0], *p = NULL, *s = NULL, *e = NULL, *q = NULL;
+  uint32_t mask = 1u << (lead + (int)n->attr.i[0]);
+  mg_status st;
+  if (n->op == MG_OP_SOFTMAX) {
+    if ((st = BIN(MG_B_MUL, v, y, &p)) == MG_OK && (st = mg_tensor_sum(C, p, mask, true, &s)) == MG_OK &&
+        (st = BIN(MG_B_SUB, v, s, &q)) == MG_OK)
+      st = BIN(MG_B_MUL, y, q, out);
+  } else if (transpose) {                    /* g - softmax * sum(g) */
+    if ((st = mg_tensor_unary(C, MG_U_EXP, y, &e)) == MG_OK &&
+        (st = mg_tensor_sum(C, v, mask, true, &s)) == MG_OK && (st = BIN(MG_B_MUL, e, s, &p)) == MG_OK)
+      st = BIN(MG_B_SUB, v, p, out);
+  } else {                                   /* t - sum(t * softmax) */
+    if ((st = mg_tensor_unary(C, MG_U_EXP, y, &e)) == MG_OK && (st = BIN(MG_B_MUL, v, e, &p)) == MG_OK &&
+        (st = mg_tensor_sum(C, p, mask, true, &s)) == MG_OK)
+      st = BIN(MG_B_SUB, v, s, out);
+  }
+  mg_tensor_release(p);
+  mg_tensor_release(s);
+  mg_tensor_release(e);
+  mg_tensor_release(q);
+  return st;
+}
+
+static mg_status softmax_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *g,
+                             const bool *need, mg_tensor **gin) {
+  if (!need[0] || g[0] == NULL) return MG_OK;
+  return softmax_apply(C, n, lead, g[0], true, &gin[0]);
+}
+
+static mg_status softmax_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *t,
+                             mg_tensor **tout) {
+  if (t[0] == NULL) return MG_OK;
+  mg_tensor *full;
+  mg_status st = mg_expand_lead(C, t[0], lead, n->in[0]->ndim, n->in[0]->shape, &full);
+  if (st != MG_OK) return st;
+  st = softmax_apply(C, n, lead, full, false, &tout[0]);
+  mg_tensor_release(full);
+  return st;
+}
+
+const mg_opdef mg_opdef_sum = { "sum", sum_vjp, sum_jvp };
+const mg_opdef mg_opdef_amax = { "max", extreme_vjp, extreme_jvp };
+const mg_opdef mg_opdef_amin = { "min", extreme_vjp, extreme_jvp };
+const mg_opdef mg_opdef_softmax = { "softmax", softmax_vjp, softmax_jvp };
+const mg_opdef mg_opdef_log_softmax = { "log_softmax", softmax_vjp, softmax_jvp };

@@ -1,0 +1,64 @@
+/*
+** rng.c - the per-context generator: xoshiro256** seeded through splitmix64, so a seed gives
+** the same numbers on every machine. Uniform from the top 53 (float64) or 24 (float32) bits;
+** normal by the Box-Muller transform.
+*/
+#include "mg_impl.h"
+
+#include <math.h>
+
+static uint64_t splitmix(uint64_t *x) {
+  uint64_t z = (*x += 0x9e3779b97f4a7c15ULL);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+static uint64_t next(mg_rng *r) {
+  uint64_t *s = r->s, res = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
+  s[2] ^= s[0]; s[3] ^= s[1]; s[1] ^= s[2]; s[0] ^= s[3];
+  s[2] ^= t;
+  s[3] = rotl(s[3], 45);
+  return res;
+}
+
+void mg_manual_seed(mg_ctx *C, uint64_t seed) {
+  uint64_t x = seed;
+  for (int i = 0; i < 4; i++) C->rng.s[i] = splitmix(&x);
+  C->rng.has_spare = false;
+}
+
+/* Uniform in [0, 1) with 53 random bits. */
+static double uniform01(mg_rng *r) { return (double)(next(r) >> 11) * 0x1.0p-53; }
+
+static double normal01(mg_rng *r) {
+  if (r->has_spare) { r->has_spare = false; return r->spare; }
+  double u1 = uniform01(r), u2 = uniform01(r);
+  double rad = sqrt(-2.0 * log(1.0 - u1)), th = 2.0 * M_PI * u2;   /* 1 - u1 is in (0, 1] */
+  r->spare = rad * sin(th);
+  r->has_spare = true;
+  return rad * cos(th);
+}
+
+/* Visit the elements of 't' in C order, setting each to gen(). */
+#define FILL(t, EXPR) do {                                                         \
+    int64_t n = mg_tensor_numel(t), idx[MG_MAXDIM] = { 0 };                        \
+    for (int64_t k = 0; k < n; k++) {                                              \
+      mg_tensor_set(t, idx, (EXPR));                                               \
+      for (int d = t->ndim - 1; d >= 0 && ++idx[d] == t->shape[d]; d--) idx[d] = 0; \
+    }                                                                              \
+  } while (0)
+
+void mg_fill_uniform(mg_ctx *C, mg_tensor *t, double lo, double hi) {
+  if (t->dtype == MG_F32) {
+    FILL(t, lo + (hi - lo) * (double)(next(&C->rng) >> 40) * 0x1.0p-24);
+  } else {
+    FILL(t, lo + (hi - lo) * uniform01(&C->rng));
+  }
+}
+
+void mg_fill_normal(mg_ctx *C, mg_tensor *t, double mean, double std) {
+  FILL(t, mean + std * normal01(&C->rng));
+}

@@ -1,0 +1,407 @@
+/*
+** tape.c - gradient tapes. A tape records nodes in execution order; the reverse sweep walks
+** them backwards (no recursion, so a 1,000-step recurrence cannot overflow the C stack),
+** the forward sweep walks them forwards. Cotangents and tangents may carry one leading
+** "basis" dim, so a whole Jacobian costs one sweep (split in chunks to the memory budget).
+*/
+#include "mg_impl.h"
+
+#include <stdlib.h>
+
+/* ================================================================ pointer map */
+
+/* Open-addressing map from a tensor to a slot: its cotangent/tangent and whether it is
+** reachable from a source. */
+typedef struct { const mg_tensor *key; mg_tensor *val; bool reach; } slot;
+typedef struct { slot *s; size_t cap, n; } tmap;
+
+static size_t hashp(const void *p) {
+  uint64_t x = (uint64_t)(uintptr_t)p;
+  x ^= x >> 33; x *= 0xff51afd7ed558ccdULL; x ^= x >> 33;
+  return (size_t)x;
+}
+
+static bool map_init(tmap *m, size_t hint) {
+  m->cap = 64;
+  while (m->cap < hint * 2) m->cap *= 2;
+  m->n = 0;
+  m->s = calloc(m->cap, sizeof *m->s);
+  return m->s != NULL;
+}
+
+static slot *map_find(const tmap *m, const mg_tensor *k) {
+  for (size_t i = hashp(k) & (m->cap - 1);; i = (i + 1) & (m->cap - 1)) {
+    if (m->s[i].key == k) return &m->s[i];
+    if (m->s[i].key == NULL) return NULL;
+  }
+}
+
+/* The slot of 'k', added if absent; NULL when out of memory. */
+static slot *map_get(tmap *m, const mg_tensor *k) {
+  slot *f = map_find(m, k);
+  if (f) return f;
+  if ((m->n + 1) * 2 > m->cap) {
+    tmap g = { calloc(m->cap * 2, sizeof(slot)), m->cap * 2, 0 };
+    if (g.s == NULL) return NULL;
+    for (size_t i = 0; i < m->cap; i++)
+      if (m->s[i].key) *map_get(&g, m->s[i].key) = m->s[i];
+    free(m->s);
+    *m = g;
+  }
+  size_t i = hashp(k) & (m->cap - 1);
+  while (m->s[i].key != NULL) i = (i + 1) & (m->cap - 1);
+  m->s[i] = (slot){ k, NULL, false };
+  m->n++;
+  return &m->s[i];
+}
+
+static void map_free(tmap *m) {
+  for (size_t i = 0; i < m->cap; i++) mg_tensor_release(m->s[i].val);
+  free(m->s);
+}
+
+/* ================================================================ tapes */
+
+static void link_active(mg_tape *T) {
+  mg_ctx *C = T->ctx;
+  T->next_active = C->active;
+  C->active = T;
+  C->nactive++;
+  T->recording = true;
+}
+
+mg_status mg_tape_new(mg_ctx *C, bool persistent, bool watch_vars, mg_tape **out) {
+  mg_tape *T = calloc(1, sizeof *T);
+  if (T == NULL) return mg_fail(C, MG_ENOMEM, "out of memory");
+  T->refs = 1;
+  T->ctx = C;
+  T->persistent = persistent;
+  T->watch_vars = watch_vars;
+  link_active(T);
+  T->refs++;                             /* the active list's reference */
+  *out = T;
+  return MG_OK;
+}
+
+mg_tape *mg_tape_retain(mg_tape *T) { T->refs++; return T; }
+
+static void node_clear(mg_node *n) {
+  for (int i = 0; i < n->nin; i++) mg_tensor_release(n->in[i]);
+  for (int i = 0; i < n->nout; i++) mg_tensor_release(n->out[i]);
+  for (int i = 0; i < n->nsaved; i++) mg_tensor_release(n->saved[i]);
+  if (n->in != n->in_inline) free(n->in);
+}
+
+static void drop_nodes(mg_tape *T) {
+  for (size_t i = 0; i < T->n; i++) node_clear(&T->nodes[i]);
+  free(T->nodes);
+  T->nodes = NULL;
+  T->n = T->cap = 0;
+}
+
+void mg_tape_release(mg_tape *T) {
+  if (T == NULL || --T->refs > 0) return;
+  drop_nodes(T);
+  for (size_t i = 0; i < T->nwatched; i++) mg_tensor_release(T->watched[i]);
+  free(T->watched);
+  free(T);
+}
+
+void mg_tape_stop(mg_tape *T) {
+  if (!T->recording) return;
+  mg_ctx *C = T->ctx;
+  for (mg_tape **p = &C->active; *p; p = &(*p)->next_active)
+    if (*p == T) { *p = T->next_active; break; }
+  C->nactive--;
+  T->recording = false;
+  mg_tape_release(T);                    /* the active list's reference */
+}
+
+bool mg_tape_is_recording(const mg_tape *T) { return T->recording; }
+
+static bool is_watched(const mg_tape *T, const mg_tensor *t) {
+  for (size_t i = 0; i < T->nwatched; i++)
+    if (T->watched[i] == t) return true;
+  return false;
+}
+
+mg_status mg_tape_watch(mg_tape *T, mg_tensor *t) {
+  if (is_watched(T, t)) return MG_OK;
+  if (T->nwatched == T->capwatched) {
+    size_t cap = T->capwatched ? 2 * T->capwatched : 8;
+    mg_tensor **w = realloc(T->watched, cap * sizeof *w);
+    if (w == NULL) return mg_fail(T->ctx, MG_ENOMEM, "out of memory");
+    T->watched = w;
+    T->capwatched = cap;
+  }
+  T->watched[T->nwatched++] = mg_tensor_retain(t);
+  return MG_OK;
+}
+
+size_t mg_tape_nwatched(const mg_tape *T) { return T->nwatched; }
+mg_tensor *mg_tape_watched_at(const mg_tape *T, size_t i) {
+  return i < T->nwatched ? T->watched[i] : NULL;
+}
+
+/* ================================================================ recording */
+
+static mg_status record_on(mg_tape *T, int op, int nin, mg_tensor *const *in, int nout,
+                           mg_tensor *const *out, int nsaved, mg_tensor *const *saved,
+                           const mg_attr *attr) {
+  if (T->n == T->cap) {
+    size_t cap = T->cap ? 2 * T->cap : 64;
+    mg_node *nn = realloc(T->nodes, cap * sizeof *nn);
+    if (nn == NULL) return MG_ENOMEM;
+    T->nodes = nn;
+    T->cap = cap;
+  }
+  mg_node *n = &T->nodes[T->n];
+  n->op = op;
+  n->nin = nin;
+  n->nout = nout;
+  n->nsaved = nsaved;
+  n->in = nin <= MG_MAXIN_INLINE ? n->in_inline : malloc((size_t)nin * sizeof *n->in);
+  if (n->in == NULL) return MG_ENOMEM;
+  for (int i = 0; i < nin; i++) {
+    n->in[i] = mg_tensor_retain(in[i]);
+    if (T->watch_vars && mg_tensor_is_variable(in[i]) && mg_tape_watch(T, in[i]) != MG_OK)
+      return MG_ENOMEM;   /* the node is complete but for this; the caller reports it */
+  }
+  for (int i = 0; i < nout; i++) n->out[i] = mg_tensor_retain(out[i]);
+  for (int i = 0; i < nsaved; i++) n->saved[i] = mg_tensor_retain(saved[i]);
+  if (attr) n->attr = *attr;
+  else n->attr.ni = 0;
+  T->n++;
+  return MG_OK;
+}
+
+mg_status mg_record(mg_ctx *C, int op, int nin, mg_tensor *const *in, int nout,
+                    mg_tensor *const *out, int nsaved, mg_tensor *const *saved,
+                    const mg_attr *attr) {
+  for (mg_tape *T = C->active; T; T = T->next_active) {
+    if (T->busy) continue;               /* a tape does not record its own differentiation */
+    if (record_on(T, op, nin, in, nout, out, nsaved, saved, attr) != MG_OK)
+      return mg_fail(C, MG_ENOMEM, "out of memory recording '%s' on a tape", mg_ops[op]->name);
+  }
+  return MG_OK;
+}
+
+/* ================================================================ sweeps */
+
+static mg_status spent_error(mg_tape *T) {
+  return mg_fail(T->ctx, MG_ESTATE,
+                 "GradientTape: a non-persistent tape can compute gradients only once "
+                 "(create it with persistent=true to call gradient/jacobian more than once)");
+}
+
+/* Mark every tensor computed from a source as reachable; returns the first node index
+** touched (nodes before it cannot matter). */
+static size_t mark_reach(const mg_tape *T, tmap *m, int nsources, mg_tensor *const *sources,
+                         bool *oom) {
+  size_t first = T->n;
+  *oom = false;
+  for (int j = 0; j < nsources; j++) {
+    slot *s = map_get(m, sources[j]);
+    if (s == NULL) { *oom = true; return first; }
+    s->reach = true;
+  }
+  for (size_t i = 0; i < T->n; i++) {
+    const mg_node *n = &T->nodes[i];
+    bool any = false;
+    for (int k = 0; k < n->nin && !any; k++) {
+      slot *s = map_find(m, n->in[k]);
+      any = s && s->reach;
+    }
+    if (!any) continue;
+    if (first == T->n) first = i;
+    for (int k = 0; k < n->nout; k++) {
+      slot *s = map_get(m, n->out[k]);
+      if (s == NULL) { *oom = true; return first; }
+      s->reach = true;
+    }
+  }
+  return first;
+}
+
+/* acc += g (both new references owned by the map slot / caller). */
+static mg_status accumulate(mg_ctx *C, slot *s, mg_tensor *g) {
+  if (s->val == NULL) { s->val = g; return MG_OK; }
+  mg_tensor *sum;
+  mg_status st = mg_tensor_binary(C, MG_B_ADD, s->val, g, &sum);
+  mg_tensor_release(g);
+  if (st != MG_OK) return st;
+  mg_tensor_release(s->val);
+  s->val = sum;
+  return MG_OK;
+}
+
+static bool is_source(const mg_tensor *t, int nsources, mg_tensor *const *sources) {
+  for (int j = 0; j < nsources; j++)
+    if (sources[j] == t) return true;
+  return false;
+}
+
+/* Zeros shaped lead dims of 'like' .. shape of 't'. */
+static mg_status zeros_like_lead(mg_ctx *C, const mg_tensor *like, int lead, const mg_tensor *t,
+                                 mg_tensor **out) {
+  int64_t sh[MG_MAXDIM];
+  int nd = mg_lead_shape(like, lead, t->ndim, t->shape, sh);
+  return mg_tensor_zeros(C, t->dtype, nd, sh, out);
+}
+
+mg_status mg_tape_gradient_sweep(mg_tape *T, int ntargets, mg_tensor *const *targets,
+                         mg_tensor *const *seeds, int lead, int nsources,
+                         mg_tensor *const *sources, bool unconnected_zero, mg_tensor **grads) {
+  mg_ctx *C = T->ctx;
+  tmap m;
+  bool oom;
+  if (!map_init(&m, T->n + (size_t)nsources)) return mg_fail(C, MG_ENOMEM, "out of memory");
+  size_t first = mark_reach(T, &m, nsources, sources, &oom);
+  mg_status st = oom ? mg_fail(C, MG_ENOMEM, "out of memory") : MG_OK;
+  mg_tensor *likeseed = NULL;
+  for (int i = 0; i < ntargets && st == MG_OK; i++) {
+    slot *s = map_get(&m, targets[i]);
+    if (s == NULL) { st = mg_fail(C, MG_ENOMEM, "out of memory"); break; }
+    mg_tensor *g;
+    if (seeds && seeds[i]) g = mg_tensor_retain(seeds[i]);
+    else st = mg_tensor_full(C, targets[i]->dtype, targets[i]->ndim, targets[i]->shape, 1.0, &g);
+    if (st == MG_OK) {
+      likeseed = seeds && seeds[i] ? seeds[i] : likeseed;
+      st = accumulate(C, s, g);
+    }
+  }
+  for (size_t i = T->n; i-- > first && st == MG_OK;) {
+    const mg_node *n = &T->nodes[i];
+    mg_tensor *g[MG_MAXOUT] = { NULL };
+    bool anyg = false;
+    for (int k = 0; k < n->nout; k++) {
+      slot *s = map_find(&m, n->out[k]);
+      g[k] = s ? s->val : NULL;
+      anyg |= g[k] != NULL;
+    }
+    if (!anyg) continue;
+    bool stackneed[8], *need = n->nin <= 8 ? stackneed : calloc((size_t)n->nin, sizeof *need);
+    mg_tensor *stackgin[8] = { NULL }, **gin = n->nin <= 8 ? stackgin : calloc((size_t)n->nin, sizeof *gin);
+    if (need == NULL || gin == NULL) st = mg_fail(C, MG_ENOMEM, "out of memory");
+    bool anyneed = false;
+    for (int k = 0; st == MG_OK && k < n->nin; k++) {
+      slot *s = map_find(&m, n->in[k]);
+      need[k] = s && s->reach;
+      anyneed |= need[k];
+    }
+    if (st == MG_OK && anyneed) st = mg_ops[n->op]->vjp(C, n, lead, g, need, gin);
+    for (int k = 0; k < n->nin; k++) {
+      if (gin[k] == NULL) continue;
+      if (st != MG_OK) { mg_tensor_release(gin[k]); continue; }
+      slot *s = map_get(&m, n->in[k]);
+      st = s ? accumulate(C, s, gin[k]) : mg_fail(C, MG_ENOMEM, "out of memory");
+    }
+    if (need != stackneed) free(need);
+    if (gin != stackgin) free(gin);
+    for (int k = 0; k < n->nout; k++) {      /* consumed: free unless asked for */
+      slot *s = map_find(&m, n->out[k]);
+      if (s && s->val && !is_source(n->out[k], nsources, sources)) {
+        mg_tensor_release(s->val);
+        s->val = NULL;
+      }
+    }
+  }
+  for (int j = 0; j < nsources && st == MG_OK; j++) {
+    slot *s = map_find(&m, sources[j]);
+    grads[j] = NULL;
+    if (s && s->val) {
+      st = mg_expand_lead(C, s->val, lead, sources[j]->ndim, sources[j]->shape, &grads[j]);
+    } else if (unconnected_zero) {
+      st = lead && likeseed ? zeros_like_lead(C, likeseed, lead, sources[j], &grads[j])
+                            : mg_tensor_zeros(C, sources[j]->dtype, sources[j]->ndim, sources[j]->shape, &grads[j]);
+    }
+  }
+  if (st != MG_OK)
+    for (int j = 0; j < nsources; j++) { mg_tensor_release(grads[j]); grads[j] = NULL; }
+  map_free(&m);
+  return st;
+}
+
+/* Bracket a differentiation of 'T': its own recording is suspended meanwhile, and a
+** non-persistent tape is spent at the end. */
+mg_status mg_tape_begin(mg_tape *T) {
+  if (T->spent) return spent_error(T);
+  T->busy++;
+  return MG_OK;
+}
+
+void mg_tape_end(mg_tape *T) {
+  T->busy--;
+  if (!T->persistent) {
+    T->spent = true;
+    drop_nodes(T);
+  }
+}
+
+mg_status mg_tape_gradient(mg_tape *T, int ntargets, mg_tensor *const *targets,
+                           mg_tensor *const *seeds, int lead, int nsources,
+                           mg_tensor *const *sources, bool unconnected_zero, mg_tensor **grads) {
+  mg_status st = mg_tape_begin(T);
+  if (st != MG_OK) return st;
+  st = mg_tape_gradient_sweep(T, ntargets, targets, seeds, lead, nsources, sources, unconnected_zero, grads);
+  mg_tape_end(T);
+  return st;
+}
+
+mg_status mg_tape_forward_sweep(mg_tape *T, int nsources, mg_tensor *const *sources,
+                         mg_tensor *const *tangents, int lead, int ntargets,
+                         mg_tensor *const *targets, mg_tensor **out) {
+  mg_ctx *C = T->ctx;
+  tmap m;
+  if (!map_init(&m, T->n + (size_t)nsources)) return mg_fail(C, MG_ENOMEM, "out of memory");
+  mg_status st = MG_OK;
+  for (int j = 0; j < nsources && st == MG_OK; j++) {
+    slot *s = map_get(&m, sources[j]);
+    if (s == NULL) st = mg_fail(C, MG_ENOMEM, "out of memory");
+    else st = accumulate(C, s, mg_tensor_retain(tangents[j]));
+  }
+  for (size_t i = 0; i < T->n && st == MG_OK; i++) {
+    const mg_node *n = &T->nodes[i];
+    mg_tensor *stackt[8], **t = n->nin <= 8 ? stackt : calloc((size_t)n->nin, sizeof *t);
+    mg_tensor *tout[MG_MAXOUT] = { NULL };
+    if (t == NULL) { st = mg_fail(C, MG_ENOMEM, "out of memory"); break; }
+    bool any = false;
+    for (int k = 0; k < n->nin; k++) {
+      slot *s = map_find(&m, n->in[k]);
+      t[k] = s ? s->val : NULL;
+      any |= t[k] != NULL;
+    }
+    if (any) st = mg_ops[n->op]->jvp(C, n, lead, t, tout);
+    if (t != stackt) free(t);
+    for (int k = 0; k < n->nout; k++) {
+      if (tout[k] == NULL) continue;
+      slot *s = st == MG_OK ? map_get(&m, n->out[k]) : NULL;
+      if (s == NULL) { mg_tensor_release(tout[k]); if (st == MG_OK) st = mg_fail(C, MG_ENOMEM, "out of memory"); continue; }
+      mg_tensor_release(s->val);       /* an output is produced once */
+      s->val = tout[k];
+    }
+  }
+  for (int j = 0; j < ntargets; j++) {
+    out[j] = NULL;
+    if (st != MG_OK) continue;
+    slot *s = map_find(&m, targets[j]);
+    if (s && s->val)
+      st = mg_expand_lead(C, s->val, lead, targets[j]->ndim, targets[j]->shape, &out[j]);
+    else
+      st = zeros_like_lead(C, tangents[0], lead, targets[j], &out[j]);
+  }
+  if (st != MG_OK)
+    for (int j = 0; j < ntargets; j++) { mg_tensor_release(out[j]); out[j] = NULL; }
+  map_free(&m);
+  return st;
+}
+
+mg_status mg_tape_forward(mg_tape *T, int nsources, mg_tensor *const *sources,
+                          mg_tensor *const *tangents, int lead, int ntargets,
+                          mg_tensor *const *targets, mg_tensor **out) {
+  mg_status st = mg_tape_begin(T);
+  if (st != MG_OK) return st;
+  st = mg_tape_forward_sweep(T, nsources, sources, tangents, lead, ntargets, targets, out);
+  mg_tape_end(T);
+  return st;
+}

@@ -1,0 +1,213 @@
+/*
+** tensor.c - storage, tensor headers, creation and element access.
+** A tensor is a strided view (shape, stride, offset, all in elements) over reference-counted
+** storage; views made by ops_shape.c share the storage of their base.
+*/
+#include "mg_impl.h"
+
+#include <stdlib.h>
+
+const char *mg_dtype_name(mg_dtype dt) { return dt == MG_F64 ? "float64" : "float32"; }
+size_t mg_dtype_size(mg_dtype dt) { return dt == MG_F64 ? 8 : 4; }
+
+/* ---------------------------------------------------------------- storage */
+
+static mg_storage *storage_new(mg_ctx *C, size_t nbytes) {
+  mg_storage *s = malloc(sizeof *s);
+  if (s == NULL) return NULL;
+  s->data = mg_pool_alloc(C->pool, nbytes, &s->cap);
+  if (s->data == NULL) { free(s); return NULL; }
+  s->refs = 1;
+  s->nbytes = nbytes;
+  s->pool = C->pool;
+  s->release = NULL;
+  s->release_ud = NULL;
+  return s;
+}
+
+static void storage_release(mg_storage *s) {
+  if (--s->refs > 0) return;
+  if (s->pool != NULL) mg_pool_free(s->pool, s->data, s->cap);
+  else if (s->release != NULL) s->release(s->release_ud, s->data);
+  free(s);
+}
+
+/* ---------------------------------------------------------------- shapes */
+
+int64_t mg_shape_numel(int ndim, const int64_t *shape) {
+  int64_t n = 1;
+  for (int i = 0; i < ndim; i++) {
+    if (shape[i] < 0) return -1;
+    if (shape[i] != 0 && n > INT64_MAX / 8 / shape[i]) return -1;   /* keep bytes in range */
+    n *= shape[i];
+  }
+  return n;
+}
+
+void mg_contiguous_strides(int ndim, const int64_t *shape, int64_t *stride) {
+  int64_t s = 1;
+  for (int i = ndim - 1; i >= 0; i--) {
+    stride[i] = s;
+    s *= shape[i] > 0 ? shape[i] : 1;
+  }
+}
+
+bool mg_same_shape(const mg_tensor *a, const mg_tensor *b) {
+  if (a->ndim != b->ndim) return false;
+  for (int i = 0; i < a->ndim; i++)
+    if (a->shape[i] != b->shape[i]) return false;
+  return true;
+}
+
+int mg_normdim(int dim, int ndim) {
+  if (dim < 0) dim += ndim;
+  return (dim < 0 || dim >= ndim) ? -1 : dim;
+}
+
+/* ---------------------------------------------------------------- headers */
+
+mg_tensor *mg_view_new(mg_ctx *C, mg_storage *s, mg_dtype dt, int ndim, const int64_t *shape,
+                       const int64_t *stride, int64_t offset) {
+  (void)C;
+  mg_tensor *t = malloc(sizeof *t);
+  if (t == NULL) return NULL;
+  t->refs = 1;
+  t->dtype = dt;
+  t->ndim = ndim;
+  t->flags = 0;
+  memcpy(t->shape, shape, (size_t)ndim * sizeof *shape);
+  memcpy(t->stride, stride, (size_t)ndim * sizeof *stride);
+  t->offset = offset;
+  t->storage = s;
+  t->name = NULL;
+  s->refs++;
+  return t;
+}
+
+mg_tensor *mg_tensor_retain(mg_tensor *t) {
+  t->refs++;
+  return t;
+}
+
+void mg_tensor_release(mg_tensor *t) {
+  if (t == NULL || --t->refs > 0) return;
+  storage_release(t->storage);
+  free(t->name);
+  free(t);
+}
+
+int mg_tensor_ndim(const mg_tensor *t) { return t->ndim; }
+const int64_t *mg_tensor_shape(const mg_tensor *t) { return t->shape; }
+const int64_t *mg_tensor_strides(const mg_tensor *t) { return t->stride; }
+int64_t mg_tensor_numel(const mg_tensor *t) { return mg_shape_numel(t->ndim, t->shape); }
+mg_dtype mg_tensor_dtype(const mg_tensor *t) { return t->dtype; }
+void *mg_tensor_data(const mg_tensor *t) {
+  return (char *)t->storage->data + t->offset * (int64_t)mg_dtype_size(t->dtype);
+}
+
+bool mg_tensor_is_contiguous(const mg_tensor *t) {
+  int64_t s = 1;
+  for (int i = t->ndim - 1; i >= 0; i--) {
+    if (t->shape[i] == 1) continue;
+    if (t->stride[i] != s) return false;
+    s *= t->shape[i];
+  }
+  return true;
+}
+
+/* ---------------------------------------------------------------- creation */
+
+static mg_status check_shape(mg_ctx *C, const char *fn, int ndim, const int64_t *shape,
+                             int64_t *numel) {
+  char b[128];
+  if (ndim < 0 || ndim > MG_MAXDIM)
+    return mg_fail(C, MG_ESHAPE, "%s: %d dimensions (at most %d)", fn, ndim, MG_MAXDIM);
+  *numel = mg_shape_numel(ndim, shape);
+  if (*numel < 0)
+    return mg_fail(C, MG_ESHAPE, "%s: invalid shape %s", fn, mg_shapestr(b, sizeof b, ndim, shape));
+  return MG_OK;
+}
+
+mg_status mg_tensor_empty(mg_ctx *C, mg_dtype dt, int ndim, const int64_t *shape,
+                          mg_tensor **out) {
+  int64_t n, stride[MG_MAXDIM];
+  mg_status st = check_shape(C, "empty", ndim, shape, &n);
+  if (st != MG_OK) return st;
+  mg_storage *s = storage_new(C, (size_t)n * mg_dtype_size(dt));
+  if (s == NULL) return mg_fail(C, MG_ENOMEM, "out of memory allocating %lld elements", (long long)n);
+  mg_contiguous_strides(ndim, shape, stride);
+  mg_tensor *t = mg_view_new(C, s, dt, ndim, shape, stride, 0);
+  storage_release(s);
+  if (t == NULL) return mg_fail(C, MG_ENOMEM, "out of memory");
+  *out = t;
+  return MG_OK;
+}
+
+mg_status mg_tensor_zeros(mg_ctx *C, mg_dtype dt, int ndim, const int64_t *shape,
+                          mg_tensor **out) {
+  mg_status st = mg_tensor_empty(C, dt, ndim, shape, out);
+  if (st == MG_OK) memset((*out)->storage->data, 0, (*out)->storage->nbytes);
+  return st;
+}
+
+mg_status mg_tensor_full(mg_ctx *C, mg_dtype dt, int ndim, const int64_t *shape, double v,
+                         mg_tensor **out) {
+  mg_status st = mg_tensor_empty(C, dt, ndim, shape, out);
+  if (st == MG_OK) mg_tensor_fill_(*out, v);
+  return st;
+}
+
+mg_status mg_tensor_wrap(mg_ctx *C, mg_dtype dt, int ndim, const int64_t *shape,
+                         const int64_t *strides, void *data, mg_release_fn release, void *ud,
+                         mg_tensor **out) {
+  int64_t n, stride[MG_MAXDIM];
+  mg_status st = check_shape(C, "wrap", ndim, shape, &n);
+  if (st != MG_OK) return st;
+  if (data == NULL && n > 0) return mg_fail(C, MG_EARG, "wrap: NULL data");
+  if (strides) memcpy(stride, strides, (size_t)ndim * sizeof *stride);
+  else mg_contiguous_strides(ndim, shape, stride);
+  mg_storage *s = malloc(sizeof *s);
+  if (s == NULL) return mg_fail(C, MG_ENOMEM, "out of memory");
+  *s = (mg_storage){ .refs = 1, .data = data, .nbytes = (size_t)n * mg_dtype_size(dt),
+                     .cap = 0, .pool = NULL, .release = release, .release_ud = ud };
+  mg_tensor *t = mg_view_new(C, s, dt, ndim, shape, stride, 0);
+  if (t == NULL) { free(s); return mg_fail(C, MG_ENOMEM, "out of memory"); }
+  s->refs--;   /* the view holds the only reference */
+  *out = t;
+  return MG_OK;
+}
+
+/* ---------------------------------------------------------------- elements */
+
+static int64_t elem_offset(const mg_tensor *t, const int64_t *idx) {
+  int64_t o = t->offset;
+  for (int i = 0; i < t->ndim; i++) o += idx[i] * t->stride[i];
+  return o;
+}
+
+double mg_tensor_get(const mg_tensor *t, const int64_t *idx) {
+  int64_t o = elem_offset(t, idx);
+  return t->dtype == MG_F64 ? ((double *)t->storage->data)[o] : ((float *)t->storage->data)[o];
+}
+
+void mg_tensor_set(mg_tensor *t, const int64_t *idx, double v) {
+  int64_t o = elem_offset(t, idx);
+  if (t->dtype == MG_F64) ((double *)t->storage->data)[o] = v;
+  else ((float *)t->storage->data)[o] = (float)v;
+}
+
+void mg_tensor_set_variable(mg_tensor *t, bool on) {
+  if (on) t->flags |= MG_TF_VARIABLE;
+  else t->flags &= ~(uint32_t)MG_TF_VARIABLE;
+}
+bool mg_tensor_is_variable(const mg_tensor *t) { return (t->flags & MG_TF_VARIABLE) != 0; }
+
+const char *mg_tensor_name(const mg_tensor *t) { return t->name ? t->name : ""; }
+
+mg_status mg_tensor_set_name(mg_tensor *t, const char *name) {
+  char *c = strdup(name);
+  if (c == NULL) return MG_ENOMEM;
+  free(t->name);
+  t->name = c;
+  return MG_OK;
+}
