@@ -42,16 +42,21 @@ mg_status mg_expand_lead(mg_ctx *C, mg_tensor *t, int lead, int ndim, const int6
     return mg_fail(C, MG_ESHAPE, "internal: tangent %s does not broadcast to %s",
                    mg_shapestr(s1, sizeof s1, t->ndim, t->shape), mg_shapestr(s2, sizeof s2, nd, sh));
   }
-  /* insert the missing dims after the lead dims, then expand */
-  int64_t mid[MG_MAXDIM];
-  int m = 0;
-  for (int i = 0; i < lead; i++) mid[m++] = t->shape[i];
-  for (int i = 0; i < ndim - (t->ndim - lead); i++) mid[m++] = 1;
-  for (int i = lead; i < t->ndim; i++) mid[m++] = t->shape[i];
-  mg_tensor *r;
-  mg_status st = mg_tensor_reshape(C, t, m, mid, &r);
+  mg_tensor *r;                                     /* missing dims after the lead dims */
+  mg_status st = mg_align_lead(C, t, lead, ndim, &r);
   if (st != MG_OK) return st;
   st = mg_tensor_expand(C, r, nd, sh, out);
   mg_tensor_release(r);
   return st;
+}
+
+mg_status mg_align_lead(mg_ctx *C, mg_tensor *t, int lead, int ndim, mg_tensor **out) {
+  int have = t->ndim - lead;
+  if (have >= ndim) { *out = mg_tensor_retain(t); return MG_OK; }
+  int64_t sh[MG_MAXDIM];
+  int m = 0;
+  for (int i = 0; i < lead; i++) sh[m++] = t->shape[i];
+  for (int i = 0; i < ndim - have; i++) sh[m++] = 1;
+  for (int i = lead; i < t->ndim; i++) sh[m++] = t->shape[i];
+  return mg_tensor_reshape(C, t, m, sh, out);
 }

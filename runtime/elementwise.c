@@ -402,12 +402,13 @@ static mg_status binary_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *co
   mg_tensor *acc = NULL;
   for (int k = 0; k < 2; k++) {
     if (t[k] == NULL) continue;
-    mg_tensor *d, *term;
-    mg_status st = binary_partial(C, n, k, &d);
-    if (st == MG_OK) {
-      st = times(C, t[k], d, &term);
+    mg_tensor *d, *term, *tk;
+    mg_status st = mg_align_lead(C, t[k], lead, n->out[0]->ndim, &tk);
+    if (st == MG_OK && (st = binary_partial(C, n, k, &d)) == MG_OK) {
+      st = times(C, tk, d, &term);
       mg_tensor_release(d);
     }
+    mg_tensor_release(tk);
     if (st == MG_OK) st = accumulate(C, &acc, term);
     if (st != MG_OK) { mg_tensor_release(acc); return st; }
   }
@@ -475,7 +476,12 @@ static mg_status where_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *con
   mg_tensor *acc = NULL, *term;
   for (int k = 1; k <= 2; k++) {
     if (t[k] == NULL) continue;
-    mg_status st = where_part(C, n, k, t[k], &term);
+    mg_tensor *tk;
+    mg_status st = mg_align_lead(C, t[k], lead, n->out[0]->ndim, &tk);
+    if (st == MG_OK) {
+      st = where_part(C, n, k, tk, &term);
+      mg_tensor_release(tk);
+    }
     if (st == MG_OK) st = accumulate(C, &acc, term);
     if (st != MG_OK) { mg_tensor_release(acc); return st; }
   }

@@ -192,7 +192,12 @@ static mg_status matmul_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *co
   mg_tensor *acc = NULL, *p;
   for (int k = 0; k < 2; k++) {
     if (t[k] == NULL) continue;
-    mg_status st = k == 0 ? matmul_nd(C, t[0], n->in[1], &p) : matmul_nd(C, n->in[0], t[1], &p);
+    mg_tensor *tk;                   /* batch dims right-aligned with the output's */
+    mg_status st = mg_align_lead(C, t[k], lead, n->out[0]->ndim, &tk);
+    if (st == MG_OK) {
+      st = k == 0 ? matmul_nd(C, tk, n->in[1], &p) : matmul_nd(C, n->in[0], tk, &p);
+      mg_tensor_release(tk);
+    }
     if (st != MG_OK) { mg_tensor_release(acc); return st; }
     if (acc == NULL) { acc = p; continue; }
     mg_tensor *s;

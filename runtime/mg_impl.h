@@ -166,6 +166,9 @@ mg_status mg_unbroadcast(mg_ctx *C, mg_tensor *g, int lead, int ndim, const int6
 /* Expand 't' (lead dims .. some shape broadcastable to 'shape') to lead dims .. 'shape'. */
 mg_status mg_expand_lead(mg_ctx *C, mg_tensor *t, int lead, int ndim, const int64_t *shape,
                          mg_tensor **out);
+/* Insert size-1 dims after the lead dims of 't' so that its own dims are right-aligned
+** with an 'ndim'-d output (a tangent of a lower-rank input). */
+mg_status mg_align_lead(mg_ctx *C, mg_tensor *t, int lead, int ndim, mg_tensor **out);
 /* The 'lead' leading sizes of 'g' followed by 'ndim' sizes of 'shape' into 'dst'. */
 int mg_lead_shape(const mg_tensor *g, int lead, int ndim, const int64_t *shape, int64_t *dst);
 

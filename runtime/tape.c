@@ -152,6 +152,8 @@ static mg_status record_on(mg_tape *T, int op, int nin, mg_tensor *const *in, in
     size_t cap = T->cap ? 2 * T->cap : 64;
     mg_node *nn = realloc(T->nodes, cap * sizeof *nn);
     if (nn == NULL) return MG_ENOMEM;
+    for (size_t i = 0; i < T->n; i++)     /* inline inputs moved with their nodes */
+      if (nn[i].nin <= MG_MAXIN_INLINE) nn[i].in = nn[i].in_inline;
     T->nodes = nn;
     T->cap = cap;
   }

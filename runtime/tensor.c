@@ -75,8 +75,10 @@ mg_tensor *mg_view_new(mg_ctx *C, mg_storage *s, mg_dtype dt, int ndim, const in
   t->dtype = dt;
   t->ndim = ndim;
   t->flags = 0;
-  memcpy(t->shape, shape, (size_t)ndim * sizeof *shape);
-  memcpy(t->stride, stride, (size_t)ndim * sizeof *stride);
+  if (ndim > 0) {                       /* a 0-d shape may be NULL */
+    memcpy(t->shape, shape, (size_t)ndim * sizeof *shape);
+    memcpy(t->stride, stride, (size_t)ndim * sizeof *stride);
+  }
   t->offset = offset;
   t->storage = s;
   t->name = NULL;
