@@ -170,6 +170,11 @@ mg_tensor *mg_lua_checkoperand(lua_State *L, lstate *S, int idx, mg_dtype dt) {
   return t;
 }
 
+/* Raise the context's message (out of memory, too many elements) for creation function 'fn'. */
+static int create_fail(lua_State *L, lstate *S, const char *fn) {
+  return luaL_error(L, "%s: %s", fn, mg_errmsg(S->C));
+}
+
 static bool optbool(lua_State *L, int idx, bool def) {
   return lua_isnoneornil(L, idx) ? def : lua_toboolean(L, idx);
 }
@@ -205,7 +210,7 @@ static int l_tensor(lua_State *L) {
   lua_settop(L, 2);
   mg_tensor **slot = mg_lua_newslot(L), *t;         /* at 3 */
   if (lua_type(L, 1) == LUA_TNUMBER) {
-    if (mg_tensor_full(S->C, dt, 0, NULL, lua_tonumber(L, 1), &t) != MG_OK) return mg_lua_fail(L, S->C);
+    if (mg_tensor_full(S->C, dt, 0, NULL, lua_tonumber(L, 1), &t) != MG_OK) return create_fail(L, S, "tensor");
     mg_lua_settensor(L, S, slot, t);
     return 1;
   }
@@ -213,11 +218,11 @@ static int l_tensor(lua_State *L) {
     mg_tensor *c;
     mg_status st = mg_tensor_cast(S->C, t, opt ? dt : mg_tensor_dtype(t), &c);
     if (st == MG_OK && c == t) { mg_tensor_release(c); st = mg_tensor_clone(S->C, t, &c); }
-    if (st != MG_OK) return mg_lua_fail(L, S->C);
+    if (st != MG_OK) return create_fail(L, S, "tensor");
     mg_lua_settensor(L, S, slot, c);
     return 1;
   }
-  luaL_checktype(L, 1, LUA_TTABLE);
+  if (!lua_istable(L, 1)) return luaL_typeerror(L, 1, "number, nested table or tensor");
   int64_t shape[MG_MAXDIM];
   int nd = 0;
   lua_pushvalue(L, 1);
@@ -228,7 +233,7 @@ static int l_tensor(lua_State *L) {
     lua_rawgeti(L, -1, 1);
   }
   lua_settop(L, 3);
-  if (mg_tensor_empty(S->C, dt, nd, shape, &t) != MG_OK) return mg_lua_fail(L, S->C);
+  if (mg_tensor_empty(S->C, dt, nd, shape, &t) != MG_OK) return create_fail(L, S, "tensor");
   *slot = t;                                        /* owned by the slot from here on */
   int64_t pos = 0;
   if (mg_tensor_numel(t) > 0) fill_nested(L, 1, t, 0, &pos, mg_tensor_data(t));
@@ -236,26 +241,26 @@ static int l_tensor(lua_State *L) {
   return 1;
 }
 
-static int l_full_shape(lua_State *L, double v) {
+static int l_full_shape(lua_State *L, const char *fn, double v) {
   LSTATE_ARG;
   int64_t shape[MG_MAXDIM];
   int nd = mg_lua_checkshape(L, 1, shape);
   mg_dtype dt = mg_lua_optdtype(L, S, mg_lua_options(L, 1));
   mg_tensor **slot = mg_lua_newslot(L), *t;
-  if (mg_tensor_full(S->C, dt, nd, shape, v, &t) != MG_OK) return mg_lua_fail(L, S->C);
+  if (mg_tensor_full(S->C, dt, nd, shape, v, &t) != MG_OK) return create_fail(L, S, fn);
   mg_lua_settensor(L, S, slot, t);
   return 1;
 }
 
-static int l_zeros(lua_State *L) { return l_full_shape(L, 0.0); }
-static int l_ones(lua_State *L) { return l_full_shape(L, 1.0); }
+static int l_zeros(lua_State *L) { return l_full_shape(L, "zeros", 0.0); }
+static int l_ones(lua_State *L) { return l_full_shape(L, "ones", 1.0); }
 
 static int l_full(lua_State *L) {
   int top = lua_gettop(L), opt = mg_lua_options(L, 2);
   int vi = opt ? opt - 1 : top;                     /* the value is the last non-option */
   double v = luaL_checknumber(L, vi);
   lua_remove(L, vi);
-  return l_full_shape(L, v);
+  return l_full_shape(L, "full", v);
 }
 
 static int l_eye(lua_State *L) {
@@ -264,7 +269,7 @@ static int l_eye(lua_State *L) {
   int64_t shape[2] = { n, m };
   mg_dtype dt = mg_lua_optdtype(L, S, mg_lua_options(L, 2));
   mg_tensor **slot = mg_lua_newslot(L), *t;
-  if (mg_tensor_zeros(S->C, dt, 2, shape, &t) != MG_OK) return mg_lua_fail(L, S->C);
+  if (mg_tensor_zeros(S->C, dt, 2, shape, &t) != MG_OK) return create_fail(L, S, "eye");
   for (int64_t i = 0; i < n && i < m; i++) {
     int64_t idx[2] = { i, i };
     mg_tensor_set(t, idx, 1.0);
@@ -273,10 +278,11 @@ static int l_eye(lua_State *L) {
   return 1;
 }
 
-static int make_range(lua_State *L, lstate *S, double a, double step, int64_t n, int opt) {
+static int make_range(lua_State *L, lstate *S, const char *fn, double a, double step,
+                      int64_t n, int opt) {
   mg_dtype dt = mg_lua_optdtype(L, S, opt);
   mg_tensor **slot = mg_lua_newslot(L), *t;
-  if (mg_tensor_empty(S->C, dt, 1, &n, &t) != MG_OK) return mg_lua_fail(L, S->C);
+  if (mg_tensor_empty(S->C, dt, 1, &n, &t) != MG_OK) return create_fail(L, S, fn);
   for (int64_t i = 0; i < n; i++) mg_tensor_set(t, &i, a + (double)i * step);
   mg_lua_settensor(L, S, slot, t);
   return 1;
@@ -294,14 +300,15 @@ static int l_arange(lua_State *L) {
   if (step == 0 || !isfinite(step)) return luaL_argerror(L, 3, "step must be finite and non-zero");
   double cnt = ceil((b - a) / step);
   if (!(cnt < 1e12)) return luaL_error(L, "arange: too many elements (%f)", cnt);
-  return make_range(L, S, a, step, cnt > 0 ? (int64_t)cnt : 0, opt);
+  return make_range(L, S, "arange", a, step, cnt > 0 ? (int64_t)cnt : 0, opt);
 }
 
 static int l_linspace(lua_State *L) {
   LSTATE_ARG;
   double a = luaL_checknumber(L, 1), b = luaL_checknumber(L, 2);
   int64_t n = checksize(L, 3);
-  return make_range(L, S, a, n > 1 ? (b - a) / (double)(n - 1) : 0, n, mg_lua_options(L, 4));
+  return make_range(L, S, "linspace", a, n > 1 ? (b - a) / (double)(n - 1) : 0, n,
+                    mg_lua_options(L, 4));
 }
 
 static int l_manual_seed(lua_State *L) {
@@ -329,12 +336,47 @@ static int random_fill(lua_State *L, int kind) {
   int nd = mg_lua_checkshape(L, 1, shape);
   mg_dtype dt = mg_lua_optdtype(L, S, opt);
   mg_tensor **slot = mg_lua_newslot(L), *t;
-  if (mg_tensor_empty(S->C, dt, nd, shape, &t) != MG_OK) return mg_lua_fail(L, S->C);
+  if (mg_tensor_empty(S->C, dt, nd, shape, &t) != MG_OK)
+    return create_fail(L, S, kind == 0 ? "rand" : kind == 1 ? "randn" : "uniform");
   if (kind == 1) mg_fill_normal(S->C, t, 0, 1);
   else mg_fill_uniform(S->C, t, lo, hi);
   mg_lua_settensor(L, S, slot, t);
   return 1;
 }
+
+/* glorot_uniform(rows, cols [, opts]) / orthogonal(rows, cols [, {gain=}] [, opts]): Keras's
+** initializers as new (rows, cols) tensors; 'dtype' may come in either table. */
+static int init_matrix(lua_State *L, bool ortho) {
+  LSTATE_ARG;
+  int64_t shape[2] = { checksize(L, 1), checksize(L, 2) };
+  double gain = 1;
+  int opt = 0;
+  for (int i = 3; i <= 4 && i <= lua_gettop(L); i++) {
+    if (lua_isnil(L, i)) continue;
+    if (ortho && i == 3 && lua_type(L, i) == LUA_TNUMBER) { gain = lua_tonumber(L, i); continue; }
+    luaL_checktype(L, i, LUA_TTABLE);
+    if (ortho && lua_getfield(L, i, "gain") != LUA_TNIL) {
+      int ok;
+      gain = lua_tonumberx(L, -1, &ok);
+      if (!ok) luaL_argerror(L, i, lua_pushfstring(L, "gain must be a number, got %s", luaL_typename(L, -1)));
+    }
+    lua_pop(L, ortho ? 1 : 0);
+    if (lua_getfield(L, i, "dtype") != LUA_TNIL) opt = i;
+    lua_pop(L, 1);
+  }
+  mg_dtype dt = mg_lua_optdtype(L, S, opt);
+  mg_tensor **slot = mg_lua_newslot(L), *t;
+  if (mg_tensor_empty(S->C, dt, 2, shape, &t) != MG_OK)
+    return create_fail(L, S, ortho ? "orthogonal" : "glorot_uniform");
+  *slot = t;                                        /* owned by the slot from here on */
+  if ((ortho ? mg_init_orthogonal(S->C, t, gain) : mg_init_glorot_uniform(S->C, t)) != MG_OK)
+    return mg_lua_fail(L, S->C);
+  mg_lua_settensor(L, S, slot, t);
+  return 1;
+}
+
+static int l_glorot_uniform(lua_State *L) { return init_matrix(L, false); }
+static int l_orthogonal(lua_State *L) { return init_matrix(L, true); }
 
 static int l_rand(lua_State *L) { return random_fill(L, 0); }
 static int l_randn(lua_State *L) { return random_fill(L, 1); }
@@ -406,10 +448,11 @@ static int t_totable(lua_State *L) {
 }
 
 /* t:get(i, j, ...) / t:set(v, i, j, ...) with 1-based indices: element access for scripts. */
-static void checkindex(lua_State *L, mg_tensor *t, int first, int64_t *idx) {
+static void checkindex(lua_State *L, const char *fn, mg_tensor *t, int first, int64_t *idx) {
   int nd = mg_tensor_ndim(t);
   if (lua_gettop(L) - first + 1 != nd)
-    luaL_error(L, "expected %d indices for a %d-d tensor, got %d", nd, nd, lua_gettop(L) - first + 1);
+    luaL_error(L, "%s: expected %d indices for a %d-d tensor, got %d", fn, nd, nd,
+               lua_gettop(L) - first + 1);
   for (int i = 0; i < nd; i++) {
     lua_Integer k = luaL_checkinteger(L, first + i), n = (lua_Integer)mg_tensor_shape(t)[i];
     lua_Integer z = k < 0 ? k + n : k - 1;
@@ -423,7 +466,7 @@ static void checkindex(lua_State *L, mg_tensor *t, int first, int64_t *idx) {
 static int t_get(lua_State *L) {
   mg_tensor *t = mg_lua_checktensor(L, 1);
   int64_t idx[MG_MAXDIM];
-  checkindex(L, t, 2, idx);
+  checkindex(L, "get", t, 2, idx);
   lua_pushnumber(L, mg_tensor_get(t, idx));
   return 1;
 }
@@ -432,7 +475,7 @@ static int t_set(lua_State *L) {
   mg_tensor *t = mg_lua_checktensor(L, 1);
   double v = luaL_checknumber(L, 2);
   int64_t idx[MG_MAXDIM];
-  checkindex(L, t, 3, idx);
+  checkindex(L, "set", t, 3, idx);
   mg_tensor_set(t, idx, v);
   lua_settop(L, 1);
   return 1;
@@ -757,7 +800,7 @@ static int l_log_softmax(lua_State *L) { return l_softmax_impl(L, true); }
 typedef mg_status (*reduce_fn)(mg_ctx *, mg_tensor *, uint32_t, bool, mg_tensor **);
 
 /* t:op() over all elements, t:op(d [, keepdim]) over one dim, t:op({d1, d2}) over several */
-static int reduction(lua_State *L, reduce_fn fn) {
+static int reduction(lua_State *L, const char *name, reduce_fn fn) {
   LSTATE_ARG;
   mg_tensor *t = mg_lua_checktensor(L, 1), *y = NULL;
   int nd = mg_tensor_ndim(t);
@@ -766,19 +809,25 @@ static int reduction(lua_State *L, reduce_fn fn) {
   else if (lua_istable(L, 2)) {
     int n = (int)luaL_len(L, 2);
     for (int i = 1; i <= n; i++) {
-      lua_rawgeti(L, 2, i);
-      mask |= 1u << mg_lua_checkdim(L, -1, nd);
+      int isint;
+      lua_Integer d = (lua_rawgeti(L, 2, i), lua_tointegerx(L, -1, &isint));
+      lua_Integer z = d < 0 ? d + nd : d - 1;
+      if (!isint || d == 0 || z < 0 || z >= nd)
+        return luaL_error(L, "%s: dimension %s out of range for a %d-d tensor", name,
+                          luaL_tolstring(L, -1, NULL), nd);
+      if ((mask >> z) & 1u) return luaL_error(L, "%s: dimension %d given twice", name, (int)d);
+      mask |= 1u << z;
       lua_pop(L, 1);
     }
   } else mask = 1u << mg_lua_checkdim(L, 2, nd);
   return mg_lua_result(L, S, fn(S->C, t, mask, optbool(L, 3, false), &y), &y);
 }
 
-static int t_sum(lua_State *L) { return reduction(L, mg_tensor_sum); }
-static int t_mean(lua_State *L) { return reduction(L, mg_tensor_mean); }
-static int t_var(lua_State *L) { return reduction(L, mg_tensor_var); }
-static int t_std(lua_State *L) { return reduction(L, mg_tensor_std); }
-static int t_norm(lua_State *L) { return reduction(L, mg_tensor_norm); }
+static int t_sum(lua_State *L) { return reduction(L, "sum", mg_tensor_sum); }
+static int t_mean(lua_State *L) { return reduction(L, "mean", mg_tensor_mean); }
+static int t_var(lua_State *L) { return reduction(L, "var", mg_tensor_var); }
+static int t_std(lua_State *L) { return reduction(L, "std", mg_tensor_std); }
+static int t_norm(lua_State *L) { return reduction(L, "norm", mg_tensor_norm); }
 
 static int argextreme(lua_State *L, bool is_min) {
   LSTATE_ARG;
@@ -798,9 +847,10 @@ static int t_argmin(lua_State *L) { return argextreme(L, true); }
 /* max()/min(): the value over everything; max(d [, keepdim]): values and 1-based indices */
 static int extreme(lua_State *L, bool is_min) {
   reduce_fn fn = is_min ? mg_tensor_amin : mg_tensor_amax;
-  if (lua_isnoneornil(L, 2) || lua_istable(L, 2)) return reduction(L, fn);
+  const char *name = is_min ? "min" : "max";
+  if (lua_isnoneornil(L, 2) || lua_istable(L, 2)) return reduction(L, name, fn);
   lua_settop(L, 3);
-  reduction(L, fn);                                  /* values at 4 */
+  reduction(L, name, fn);                            /* values at 4 */
   argextreme(L, is_min);                             /* indices at 5 */
   return 2;
 }
@@ -929,7 +979,7 @@ static const luaL_Reg module_functions[] = {
   { "tensor", l_tensor }, { "zeros", l_zeros }, { "ones", l_ones }, { "full", l_full },
   { "eye", l_eye }, { "arange", l_arange }, { "linspace", l_linspace },
   { "manual_seed", l_manual_seed }, { "rand", l_rand }, { "randn", l_randn },
-  { "uniform", l_uniform },
+  { "uniform", l_uniform }, { "glorot_uniform", l_glorot_uniform }, { "orthogonal", l_orthogonal },
   { "exp", l_exp }, { "log", l_log }, { "tanh", l_tanh }, { "sigmoid", l_sigmoid },
   { "relu", l_relu }, { "abs", l_abs }, { "sqrt", l_sqrt }, { "sin", l_sin }, { "cos", l_cos },
   { "softplus", l_softplus }, { "sign", l_sign }, { "neg", l_neg },

@@ -130,6 +130,11 @@ mg_status mg_tensor_matmul(mg_ctx *C, mg_tensor *a, mg_tensor *b, mg_tensor **ou
   if (a->ndim == 0 || b->ndim == 0)
     return mg_fail(C, MG_ESHAPE, "matmul: shapes %s and %s: operands must have at least 1 dimension",
                    mg_shapestr(s1, sizeof s1, a->ndim, a->shape), mg_shapestr(s2, sizeof s2, b->ndim, b->shape));
+  int64_t ka = a->shape[a->ndim - 1], kb = b->shape[b->ndim == 1 ? 0 : b->ndim - 2];
+  if (ka != kb)                                      /* checked here to show the shapes given */
+    return mg_fail(C, MG_ESHAPE, "matmul: shapes %s and %s are not aligned (%lld ~= %lld)",
+                   mg_shapestr(s1, sizeof s1, a->ndim, a->shape),
+                   mg_shapestr(s2, sizeof s2, b->ndim, b->shape), (long long)ka, (long long)kb);
   mg_tensor *in[2] = { mg_tensor_retain(a), mg_tensor_retain(b) }, *y = NULL;
   mg_status st = MG_OK;
   if (a->dtype != b->dtype) {                         /* promote, recorded */

@@ -8,11 +8,12 @@
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 
 static const char MAGIC[6] = { '\x93', 'N', 'U', 'M', 'P', 'Y' };
 
 mg_status mg_npy_save(mg_ctx *C, mg_tensor *t, const char *path) {
-  char hdr[512], shape[400];
+  char hdr[512], shape[400] = "";                    /* "" for a 0-d tensor: shape () */
   int k = 0;
   for (int i = 0; i < t->ndim; i++)
     k += snprintf(shape + k, sizeof shape - (size_t)k, "%lld,%s", (long long)t->shape[i],
@@ -159,6 +160,11 @@ mg_status mg_npy_parse(mg_ctx *C, const void *buf, size_t len, mg_tensor **out) 
 mg_status mg_npy_load(mg_ctx *C, const char *path, mg_tensor **out) {
   FILE *f = fopen(path, "rb");
   if (f == NULL) return mg_fail(C, MG_EIO, "load: cannot open '%s' (%s)", path, strerror(errno));
+  struct stat sb;
+  if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {   /* a directory opens too */
+    fclose(f);
+    return mg_fail(C, MG_EIO, "load: '%s' is not a regular file", path);
+  }
   long len = -1;
   if (fseek(f, 0, SEEK_END) == 0) len = ftell(f);
   if (len < 0 || fseek(f, 0, SEEK_SET) != 0) {

@@ -137,7 +137,9 @@ mg_status mg_tensor_reshape(mg_ctx *C, mg_tensor *x, int ndim, const int64_t *sh
   for (int i = 0; i < ndim; i++) {
     sh[i] = shape[i];
     if (shape[i] == -1 && infer < 0) { infer = i; continue; }
-    if (shape[i] < 0) return mg_fail(C, MG_ESHAPE, "reshape: invalid size %lld", (long long)shape[i]);
+    if (shape[i] < 0)
+      return mg_fail(C, MG_ESHAPE, "reshape: invalid size %lld in %s (one -1 at most)",
+                     (long long)shape[i], mg_shapestr(s2, sizeof s2, ndim, shape));
     if (shape[i] != 0 && known > INT64_MAX / shape[i]) known = -1;
     else known *= shape[i];
   }

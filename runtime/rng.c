@@ -51,11 +51,26 @@ static double normal01(mg_rng *r) {
     }                                                                              \
   } while (0)
 
+/* lo + (hi - lo) u, rounded to float32, can land on 'hi' (uniform(100, 101): about once in
+** 2^18 draws): step back below it, so the range stays [lo, hi). */
+static double below_f32(double v, double lo, double hi) {
+  float f = (float)v, h = (float)hi;
+  if (f >= h && lo < hi) {
+    f = nextafterf(h, -INFINITY);
+    if (f < (float)lo) f = (float)lo;
+  }
+  return f;
+}
+
+static double below_f64(double v, double lo, double hi) {
+  return (v >= hi && lo < hi) ? nextafter(hi, lo) : v;
+}
+
 void mg_fill_uniform(mg_ctx *C, mg_tensor *t, double lo, double hi) {
   if (t->dtype == MG_F32) {
-    FILL(t, lo + (hi - lo) * (double)(next(&C->rng) >> 40) * 0x1.0p-24);
+    FILL(t, below_f32(lo + (hi - lo) * (double)(next(&C->rng) >> 40) * 0x1.0p-24, lo, hi));
   } else {
-    FILL(t, lo + (hi - lo) * uniform01(&C->rng));
+    FILL(t, below_f64(lo + (hi - lo) * uniform01(&C->rng), lo, hi));
   }
 }
 

@@ -119,24 +119,32 @@ bool mg_tensor_is_contiguous(const mg_tensor *t) {
 
 /* ---------------------------------------------------------------- creation */
 
+/* 'fn' NULL: the message names no function (the caller's op does). */
 static mg_status check_shape(mg_ctx *C, const char *fn, int ndim, const int64_t *shape,
                              int64_t *numel) {
   char b[128];
+  const char *sep = fn ? ": " : "";
+  if (fn == NULL) fn = "";
   if (ndim < 0 || ndim > MG_MAXDIM)
-    return mg_fail(C, MG_ESHAPE, "%s: %d dimensions (at most %d)", fn, ndim, MG_MAXDIM);
+    return mg_fail(C, MG_ESHAPE, "%s%s%d dimensions (at most %d)", fn, sep, ndim, MG_MAXDIM);
   *numel = mg_shape_numel(ndim, shape);
   if (*numel < 0)
-    return mg_fail(C, MG_ESHAPE, "%s: invalid shape %s", fn, mg_shapestr(b, sizeof b, ndim, shape));
+    return mg_fail(C, MG_ESHAPE, "%s%sinvalid shape %s (negative size or too many elements)", fn,
+                   sep, mg_shapestr(b, sizeof b, ndim, shape));
   return MG_OK;
 }
 
 mg_status mg_tensor_empty(mg_ctx *C, mg_dtype dt, int ndim, const int64_t *shape,
                           mg_tensor **out) {
   int64_t n, stride[MG_MAXDIM];
-  mg_status st = check_shape(C, "empty", ndim, shape, &n);
+  mg_status st = check_shape(C, NULL, ndim, shape, &n);
   if (st != MG_OK) return st;
   mg_storage *s = storage_new(C, (size_t)n * mg_dtype_size(dt));
-  if (s == NULL) return mg_fail(C, MG_ENOMEM, "out of memory allocating %lld elements", (long long)n);
+  if (s == NULL) {
+    char b[128];
+    return mg_fail(C, MG_ENOMEM, "out of memory allocating a %s tensor of shape %s (%lld elements)",
+                   mg_dtype_name(dt), mg_shapestr(b, sizeof b, ndim, shape), (long long)n);
+  }
   mg_contiguous_strides(ndim, shape, stride);
   mg_tensor *t = mg_view_new(C, s, dt, ndim, shape, stride, 0);
   storage_release(s);
