@@ -43,8 +43,8 @@ static mg_status basis(mg_ctx *C, mg_dtype dt, int64_t k0, int64_t kc, int64_t K
 static int64_t largest(const mg_tape *T) {
   int64_t m = 1;
   for (size_t i = 0; i < T->n; i++)
-    for (int k = 0; k < T->nodes[i].nout; k++) {
-      int64_t n = mg_tensor_numel(T->nodes[i].out[k]);
+    for (int k = 0; k < mg_tape_node(T, i)->nout; k++) {
+      int64_t n = mg_tensor_numel(mg_tape_node(T, i)->out[k]);
       if (n > m) m = n;
     }
   return m;
@@ -72,7 +72,7 @@ static mg_status move_dim(mg_ctx *C, mg_tensor *t, int from, int to, mg_tensor *
 ** (forward), joined along the basis dim and laid out as the caller's 'shape'. */
 static mg_status assemble(mg_ctx *C, int nch, mg_tensor **parts, bool batch, bool fwd,
                           int ndim, const int64_t *shape, mg_tensor **out) {
-  mg_tensor *all, *moved, *c;
+  mg_tensor *all, *moved;
   mg_status st = nch == 1 ? (all = mg_tensor_retain(parts[0]), MG_OK)
                           : mg_tensor_cat(C, nch, parts, 0, &all);
   if (st != MG_OK) return st;
@@ -80,11 +80,10 @@ static mg_status assemble(mg_ctx *C, int nch, mg_tensor **parts, bool batch, boo
   st = to == 0 ? (moved = mg_tensor_retain(all), MG_OK) : move_dim(C, all, 0, to, &moved);
   mg_tensor_release(all);
   if (st != MG_OK) return st;
-  st = mg_tensor_contiguous(C, moved, &c);
+  /* a view when the basis dim's new place allows it (batch: (B, K, ...) over (K, B, ...)),
+  ** so the Jacobian is written once; reshape copies otherwise */
+  st = mg_tensor_reshape(C, moved, ndim, shape, out);
   mg_tensor_release(moved);
-  if (st != MG_OK) return st;
-  st = mg_tensor_reshape(C, c, ndim, shape, out);
-  mg_tensor_release(c);
   return st;
 }
 
@@ -126,6 +125,7 @@ static mg_status jac_reverse(const jac_job *J, int nsrc, mg_tensor *const *srcs,
     mg_tensor *seed;
     st = basis(C, J->target->dtype, k0, n, J->K, J->batch ? J->B : -1, nt, ts, &seed);
     if (st != MG_OK) break;
+    if (J->batch && nt == 1 && nch == 1) seed->flags |= MG_TF_EYE;   /* exactly (K, B, K) */
     st = mg_tape_gradient_sweep(J->T, 1, &J->target, &seed, 1, nsrc, srcs, true, g);
     mg_tensor_release(seed);
     for (int j = 0; j < nsrc && st == MG_OK; j++) parts[(size_t)j * nch + c] = g[j];

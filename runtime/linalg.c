@@ -174,11 +174,41 @@ static mg_status mT(mg_ctx *C, mg_tensor *x, mg_tensor **out) {
   return mg_tensor_transpose(C, x, x->ndim - 2, x->ndim - 1, out);
 }
 
+/* The cotangent of a (B, I) @ (I, N) product when it is the batch-Jacobian seed: row k of
+** the result is column k of W for every b, a broadcast view of W^T (made contiguous first,
+** when it will be read often, so that what consumes it reads unit strides). No GEMM by the
+** identity. */
+static mg_status eye_vjp(mg_ctx *C, const mg_node *n, mg_tensor **out) {
+  mg_tensor *w = n->in[1], *wt = NULL, *wc = NULL, *r = NULL;
+  int64_t K = w->shape[1], rows = w->shape[0], B = n->in[0]->shape[0];
+  int64_t sh[3] = { K, 1, rows };
+  mg_status st = mT(C, w, &wt);
+  if (st == MG_OK && B >= 4) st = mg_tensor_contiguous(C, wt, &wc);   /* read B times */
+  else if (st == MG_OK) wc = mg_tensor_retain(wt);
+  if (st == MG_OK) st = mg_tensor_reshape(C, wc, 3, sh, &r);
+  sh[1] = B;
+  if (st == MG_OK) st = mg_tensor_expand(C, r, 3, sh, out);
+  mg_tensor_release(wt);
+  mg_tensor_release(wc);
+  mg_tensor_release(r);
+  return st;
+}
+
+static bool is_eye_seed(const mg_node *n, int lead, const mg_tensor *g) {
+  return lead == 1 && (g->flags & MG_TF_EYE) && n->in[0]->ndim == 2 && n->in[1]->ndim == 2 &&
+         g->ndim == 3 && g->shape[0] == g->shape[2] && g->shape[2] == n->out[0]->shape[1];
+}
+
 static mg_status matmul_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *g,
                             const bool *need, mg_tensor **gin) {
   if (g[0] == NULL) return MG_OK;
   for (int k = 0; k < 2; k++) {
     if (!need[k]) continue;
+    if (k == 0 && is_eye_seed(n, lead, g[0])) {
+      mg_status st = eye_vjp(C, n, &gin[0]);
+      if (st != MG_OK) return st;
+      continue;
+    }
     mg_tensor *other = n->in[1 - k], *t, *full;
     mg_status st = mT(C, other, &t);
     if (st != MG_OK) return st;

@@ -14,6 +14,7 @@
 #define MG_MAXIN_INLINE 3   /* node inputs stored inline; more go to the heap (cat) */
 #define MG_MAXOUT 2         /* most outputs an op produces (fused LSTM: h, c) */
 #define MG_MAXSAVED 4       /* extra tensors a node keeps for its rules */
+#define MG_NODE_BLOCK0 64   /* nodes in a tape's first block; block b holds 64 << b */
 
 /* ----------------------------------------------------------------------------------------
 ** Storage and tensors
@@ -31,7 +32,12 @@ typedef struct mg_storage {
   void *release_ud;
 } mg_storage;
 
-enum { MG_TF_VARIABLE = 1 };
+enum {
+  MG_TF_VARIABLE = 1,
+  /* A batch-Jacobian seed, shape (K, B, K): element [k, b, j] is 1 if k == j, else 0.
+  ** Rules may use the structure instead of multiplying by it (matmul: a view of W^T). */
+  MG_TF_EYE = 2
+};
 
 struct mg_tensor {
   int64_t refs;
@@ -55,7 +61,7 @@ struct mg_tensor {
 
 /* Op-specific parameters of a recorded node. */
 typedef struct mg_attr {
-  int64_t i[2 * MG_MAXDIM];   /* dims, sizes, flags: meaning set by each op */
+  int64_t i[MG_MAXDIM];       /* dims, sizes, flags: meaning set by each op */
   int ni;
   double f[2];                /* scalars (clamp bounds, ...) */
 } mg_attr;
@@ -63,7 +69,7 @@ typedef struct mg_attr {
 typedef struct mg_node {
   int op;                         /* MG_OP_* */
   int nin, nout, nsaved;
-  mg_tensor **in;                 /* strong refs; points at 'in_inline' or the heap */
+  mg_tensor **in;                 /* strong refs; points at 'in_inline' or the heap (cat) */
   mg_tensor *in_inline[MG_MAXIN_INLINE];
   mg_tensor *out[MG_MAXOUT];      /* strong refs */
   mg_tensor *saved[MG_MAXSAVED];  /* strong refs: whatever the op's rules need */
@@ -78,8 +84,8 @@ struct mg_tape {
   bool recording;               /* on the context's active list */
   bool spent;                   /* non-persistent and already differentiated */
   int busy;                     /* > 0 while this tape is being differentiated */
-  mg_node *nodes;
-  size_t n, cap;
+  mg_node *blocks[40];          /* nodes in blocks of doubling size: they never move */
+  size_t n, nblocks;
   mg_tensor **watched;          /* strong refs, in watch order */
   size_t nwatched, capwatched;
   mg_tape *next_active;
@@ -127,6 +133,15 @@ mg_pool *mg_pool_new(void);
 void mg_pool_unref(mg_pool *p);
 void *mg_pool_alloc(mg_pool *p, size_t nbytes, size_t *cap);
 void mg_pool_free(mg_pool *p, void *data, size_t cap);
+/* Fresh zeroed pages straight from the system (huge pages from 2 MiB on); 'cap' again to free. */
+void *mg_pages_alloc(size_t cap);
+void mg_pages_free(void *q, size_t cap);
+/* Free lists of small fixed-size objects (bounded), so that per-op headers avoid malloc. */
+enum { MG_SMALL_TENSOR, MG_SMALL_STORAGE64, MG_SMALL_STORAGE256, MG_SMALL_COUNT };
+void *mg_pool_small_get(mg_pool *p, int cls);
+void mg_pool_small_put(mg_pool *p, int cls, void *q);
+/* Count 'bytes' held outside the pool's blocks (small storage) as live, or no longer. */
+void mg_pool_account(mg_pool *p, size_t bytes, bool add);
 size_t mg_pool_live(const mg_pool *p);
 size_t mg_pool_cached(const mg_pool *p);
 void mg_pool_trim(mg_pool *p);
@@ -184,6 +199,13 @@ static inline bool mg_recording(const mg_ctx *C) { return C->active != NULL && C
 mg_status mg_record(mg_ctx *C, int op, int nin, mg_tensor *const *in, int nout,
                     mg_tensor *const *out, int nsaved, mg_tensor *const *saved,
                     const mg_attr *attr);
+
+/* Node 'i' (in execution order) of a tape: block b starts at node 64 (2^b - 1). */
+static inline mg_node *mg_tape_node(const mg_tape *T, size_t i) {
+  size_t q = i / MG_NODE_BLOCK0 + 1;
+  int b = 63 - __builtin_clzll((unsigned long long)q);
+  return &T->blocks[b][i - MG_NODE_BLOCK0 * (((size_t)1 << b) - 1)];
+}
 
 /* Sweeps inside a mg_tape_begin/mg_tape_end bracket (several sweeps may share one). */
 mg_status mg_tape_begin(mg_tape *T);

@@ -20,6 +20,11 @@ struct mg_pool {
   size_t live;             /* bytes in use by storage */
   size_t cached;           /* bytes in the free lists */
   void *free[NCLASS];      /* per class: singly linked through each block's first word */
+  void *small[MG_SMALL_COUNT];     /* free tensor headers and small storages */
+  char *arena, *arena_end;         /* where new small objects are carved from */
+  void **chunks;                   /* arena chunks, returned when the pool goes */
+  size_t *chunk_size;
+  int nchunks;
 };
 
 mg_pool *mg_pool_new(void) {
@@ -37,11 +42,63 @@ static int sizeclass(size_t n, size_t *cap) {
   return (k - 16) * 4 + (int)j;
 }
 
-static void *fresh(size_t cap) {
-  void *q = mmap(NULL, cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+/* Fresh zeroed pages; from 2 MiB on, aligned to 2 MiB and marked for transparent huge
+** pages (an unaligned mapping would get none). */
+void *mg_pages_alloc(size_t cap) {
+  size_t extra = cap >= HUGE_MIN ? HUGE_MIN : 0;
+  char *q = mmap(NULL, cap + extra, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (q == MAP_FAILED) return NULL;
-  if (cap >= HUGE_MIN) madvise(q, cap, MADV_HUGEPAGE);
+  if (extra == 0) return q;
+  size_t head = (HUGE_MIN - (uintptr_t)q % HUGE_MIN) % HUGE_MIN;
+  if (head) munmap(q, head);
+  if (extra - head) munmap(q + head + cap, extra - head);
+  madvise(q + head, cap, MADV_HUGEPAGE);
+  return q + head;
+}
+
+static const size_t small_size[MG_SMALL_COUNT] = {
+  [MG_SMALL_TENSOR] = sizeof(mg_tensor),
+  [MG_SMALL_STORAGE64] = sizeof(mg_storage) + 64,
+  [MG_SMALL_STORAGE256] = sizeof(mg_storage) + 256,
+};
+
+/* A new arena chunk: 64 KiB doubling to 2 MiB, the large ones on huge pages (one fault
+** per 2 MiB instead of 512). */
+static bool arena_grow(mg_pool *p) {
+  size_t size = (size_t)64 << 10 << (p->nchunks < 5 ? p->nchunks : 5);
+  void **c = realloc(p->chunks, (size_t)(p->nchunks + 1) * sizeof *c);
+  if (c == NULL) return false;
+  p->chunks = c;
+  size_t *cs = realloc(p->chunk_size, (size_t)(p->nchunks + 1) * sizeof *cs);
+  if (cs == NULL) return false;
+  p->chunk_size = cs;
+  void *q = mg_pages_alloc(size);
+  if (q == NULL) return false;
+  c[p->nchunks] = q;
+  cs[p->nchunks++] = size;
+  p->arena = q;
+  p->arena_end = (char *)q + size;
+  return true;
+}
+
+void *mg_pool_small_get(mg_pool *p, int cls) {
+  void *q = p->small[cls];
+  if (q != NULL) {
+    p->small[cls] = *(void **)q;
+    return q;
+  }
+  size_t n = (small_size[cls] + 15) & ~(size_t)15;
+  if ((size_t)(p->arena_end - p->arena) < n && !arena_grow(p)) return NULL;
+  q = p->arena;
+  p->arena += n;
   return q;
+}
+
+/* Small objects go back to their free list (the arena is returned as a whole, with the
+** pool: its size is the peak number of small objects alive at once). */
+void mg_pool_small_put(mg_pool *p, int cls, void *q) {
+  *(void **)q = p->small[cls];
+  p->small[cls] = q;
 }
 
 void *mg_pool_alloc(mg_pool *p, size_t nbytes, size_t *cap) {
@@ -60,8 +117,8 @@ void *mg_pool_alloc(mg_pool *p, size_t nbytes, size_t *cap) {
     p->free[c] = *(void **)q;
     p->cached -= *cap;
   } else {
-    q = fresh(*cap);
-    if (q == NULL) { mg_pool_trim(p); q = fresh(*cap); }
+    q = mg_pages_alloc(*cap);
+    if (q == NULL) { mg_pool_trim(p); q = mg_pages_alloc(*cap); }
     if (q == NULL) return NULL;
   }
   p->live += *cap;
@@ -71,6 +128,9 @@ void *mg_pool_alloc(mg_pool *p, size_t nbytes, size_t *cap) {
 
 static void pool_destroy(mg_pool *p) {
   mg_pool_trim(p);
+  for (int i = 0; i < p->nchunks; i++) munmap(p->chunks[i], p->chunk_size[i]);
+  free(p->chunks);
+  free(p->chunk_size);
   free(p);
 }
 
@@ -106,5 +166,17 @@ void mg_pool_trim(mg_pool *p) {
   p->cached = 0;
 }
 
+void mg_pool_account(mg_pool *p, size_t bytes, bool add) {
+  if (add) {
+    p->live += bytes;
+    p->refs++;
+  } else {
+    p->live -= bytes;
+    mg_pool_unref(p);
+  }
+}
+
 size_t mg_pool_live(const mg_pool *p) { return p->live; }
 size_t mg_pool_cached(const mg_pool *p) { return p->cached; }
+
+void mg_pages_free(void *q, size_t cap) { munmap(q, cap); }

@@ -92,11 +92,23 @@ static void node_clear(mg_node *n) {
   if (n->in != n->in_inline) free(n->in);
 }
 
+static size_t block_bytes(size_t b) { return ((size_t)MG_NODE_BLOCK0 << b) * sizeof(mg_node); }
+
+/* Node blocks: malloc while small; large ones on (huge) pages of their own. */
+static mg_node *block_new(size_t b) {
+  size_t n = block_bytes(b);
+  return n < ((size_t)1 << 20) ? malloc(n) : mg_pages_alloc(n);
+}
+
+static void block_free(mg_node *blk, size_t b) {
+  if (block_bytes(b) < ((size_t)1 << 20)) free(blk);
+  else mg_pages_free(blk, block_bytes(b));
+}
+
 static void drop_nodes(mg_tape *T) {
-  for (size_t i = 0; i < T->n; i++) node_clear(&T->nodes[i]);
-  free(T->nodes);
-  T->nodes = NULL;
-  T->n = T->cap = 0;
+  for (size_t i = 0; i < T->n; i++) node_clear(mg_tape_node(T, i));
+  for (size_t b = 0; b < T->nblocks; b++) block_free(T->blocks[b], b);
+  T->n = T->nblocks = 0;
 }
 
 void mg_tape_release(mg_tape *T) {
@@ -148,16 +160,12 @@ mg_tensor *mg_tape_watched_at(const mg_tape *T, size_t i) {
 static mg_status record_on(mg_tape *T, int op, int nin, mg_tensor *const *in, int nout,
                            mg_tensor *const *out, int nsaved, mg_tensor *const *saved,
                            const mg_attr *attr) {
-  if (T->n == T->cap) {
-    size_t cap = T->cap ? 2 * T->cap : 64;
-    mg_node *nn = realloc(T->nodes, cap * sizeof *nn);
-    if (nn == NULL) return MG_ENOMEM;
-    for (size_t i = 0; i < T->n; i++)     /* inline inputs moved with their nodes */
-      if (nn[i].nin <= MG_MAXIN_INLINE) nn[i].in = nn[i].in_inline;
-    T->nodes = nn;
-    T->cap = cap;
+  if (T->n == MG_NODE_BLOCK0 * (((size_t)1 << T->nblocks) - 1)) {   /* full: a new block */
+    if (T->nblocks == sizeof T->blocks / sizeof T->blocks[0]) return MG_ENOMEM;
+    if ((T->blocks[T->nblocks] = block_new(T->nblocks)) == NULL) return MG_ENOMEM;
+    T->nblocks++;
   }
-  mg_node *n = &T->nodes[T->n];
+  mg_node *n = mg_tape_node(T, T->n);
   n->op = op;
   n->nin = nin;
   n->nout = nout;
@@ -208,7 +216,7 @@ static size_t mark_reach(const mg_tape *T, tmap *m, int nsources, mg_tensor *con
     s->reach = true;
   }
   for (size_t i = 0; i < T->n; i++) {
-    const mg_node *n = &T->nodes[i];
+    const mg_node *n = mg_tape_node(T, i);
     bool any = false;
     for (int k = 0; k < n->nin && !any; k++) {
       slot *s = map_find(m, n->in[k]);
@@ -273,7 +281,7 @@ mg_status mg_tape_gradient_sweep(mg_tape *T, int ntargets, mg_tensor *const *tar
     }
   }
   for (size_t i = T->n; i-- > first && st == MG_OK;) {
-    const mg_node *n = &T->nodes[i];
+    const mg_node *n = mg_tape_node(T, i);
     mg_tensor *g[MG_MAXOUT] = { NULL };
     bool anyg = false;
     for (int k = 0; k < n->nout; k++) {
@@ -334,9 +342,10 @@ mg_status mg_tape_begin(mg_tape *T) {
 
 void mg_tape_end(mg_tape *T) {
   T->busy--;
-  if (!T->persistent) {
+  if (!T->persistent) {                  /* spent: nothing it records could be used */
     T->spent = true;
     drop_nodes(T);
+    mg_tape_stop(T);
   }
 }
 
@@ -363,7 +372,7 @@ mg_status mg_tape_forward_sweep(mg_tape *T, int nsources, mg_tensor *const *sour
     else st = accumulate(C, s, mg_tensor_retain(tangents[j]));
   }
   for (size_t i = 0; i < T->n && st == MG_OK; i++) {
-    const mg_node *n = &T->nodes[i];
+    const mg_node *n = mg_tape_node(T, i);
     mg_tensor *stackt[8], **t = n->nin <= 8 ? stackt : calloc((size_t)n->nin, sizeof *t);
     mg_tensor *tout[MG_MAXOUT] = { NULL };
     if (t == NULL) { st = mg_fail(C, MG_ENOMEM, "out of memory"); break; }

@@ -12,11 +12,25 @@ size_t mg_dtype_size(mg_dtype dt) { return dt == MG_F64 ? 8 : 4; }
 
 /* ---------------------------------------------------------------- storage */
 
+#define INLINE_MAX 256   /* data bytes allocated together with the storage header */
+
+/* Small-object class of a storage with 'nbytes' of inline data. */
+static int inline_class(size_t nbytes) {
+  return nbytes <= 64 ? MG_SMALL_STORAGE64 : MG_SMALL_STORAGE256;
+}
+
 static mg_storage *storage_new(mg_ctx *C, size_t nbytes) {
-  mg_storage *s = malloc(sizeof *s);
+  bool inl = nbytes <= INLINE_MAX;
+  mg_storage *s = inl ? mg_pool_small_get(C->pool, inline_class(nbytes)) : malloc(sizeof *s);
   if (s == NULL) return NULL;
-  s->data = mg_pool_alloc(C->pool, nbytes, &s->cap);
-  if (s->data == NULL) { free(s); return NULL; }
+  if (inl) {
+    s->data = s + 1;                 /* mg_storage is 8-aligned and a multiple of 8 bytes */
+    s->cap = 0;
+    mg_pool_account(C->pool, sizeof *s + nbytes + sizeof(mg_tensor), true);
+  } else if ((s->data = mg_pool_alloc(C->pool, nbytes, &s->cap)) == NULL) {
+    free(s);
+    return NULL;
+  }
   s->refs = 1;
   s->nbytes = nbytes;
   s->pool = C->pool;
@@ -27,6 +41,12 @@ static mg_storage *storage_new(mg_ctx *C, size_t nbytes) {
 
 static void storage_release(mg_storage *s) {
   if (--s->refs > 0) return;
+  if (s->data == s + 1) {                         /* inline: back to the pool's free list */
+    mg_pool *p = s->pool;
+    mg_pool_small_put(p, inline_class(s->nbytes), s);
+    mg_pool_account(p, sizeof *s + s->nbytes + sizeof(mg_tensor), false);
+    return;
+  }
   if (s->pool != NULL) mg_pool_free(s->pool, s->data, s->cap);
   else if (s->release != NULL) s->release(s->release_ud, s->data);
   free(s);
@@ -68,8 +88,8 @@ int mg_normdim(int dim, int ndim) {
 
 mg_tensor *mg_view_new(mg_ctx *C, mg_storage *s, mg_dtype dt, int ndim, const int64_t *shape,
                        const int64_t *stride, int64_t offset) {
+  mg_tensor *t = s->pool ? mg_pool_small_get(s->pool, MG_SMALL_TENSOR) : malloc(sizeof *t);
   (void)C;
-  mg_tensor *t = malloc(sizeof *t);
   if (t == NULL) return NULL;
   t->refs = 1;
   t->dtype = dt;
@@ -93,9 +113,11 @@ mg_tensor *mg_tensor_retain(mg_tensor *t) {
 
 void mg_tensor_release(mg_tensor *t) {
   if (t == NULL || --t->refs > 0) return;
-  storage_release(t->storage);
+  mg_storage *s = t->storage;
   free(t->name);
-  free(t);
+  if (s->pool) mg_pool_small_put(s->pool, MG_SMALL_TENSOR, t);   /* while 's' keeps the pool */
+  else free(t);
+  storage_release(s);
 }
 
 int mg_tensor_ndim(const mg_tensor *t) { return t->ndim; }
