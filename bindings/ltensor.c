@@ -879,6 +879,7 @@ static mg_tensor **checklist(lua_State *L, int idx, int *n) {
 static int l_cat(lua_State *L) {
   LSTATE_ARG;
   int n;
+  lua_settop(L, 2);                                  /* the list's C array goes above 'dim' */
   mg_tensor **xs = checklist(L, 1, &n), *y = NULL;
   int d = lua_isnoneornil(L, 2) ? 0 : mg_lua_checkdim(L, 2, mg_tensor_ndim(xs[0]));
   return mg_lua_result(L, S, mg_tensor_cat(S->C, n, xs, d, &y), &y);
@@ -887,6 +888,7 @@ static int l_cat(lua_State *L) {
 static int l_stack(lua_State *L) {
   LSTATE_ARG;
   int n;
+  lua_settop(L, 2);                                  /* the list's C array goes above 'dim' */
   mg_tensor **xs = checklist(L, 1, &n), *y = NULL;
   int d = lua_isnoneornil(L, 2) ? 0 : mg_lua_checkdim(L, 2, mg_tensor_ndim(xs[0]) + 1);
   return mg_lua_result(L, S, mg_tensor_stack(S->C, n, xs, d, &y), &y);

@@ -98,8 +98,10 @@ static mg_status view(mg_ctx *C, int op, mg_tensor *x, int ndim, const int64_t *
   return finish1(C, op, x, y, at, out);
 }
 
+/* 'dim' is 0-based; the message counts from 1, as every other message does. */
 static mg_status bad_dim(mg_ctx *C, const char *fn, int dim, int ndim) {
-  return mg_fail(C, MG_EINDEX, "%s: dimension %d out of range for a %d-d tensor", fn, dim, ndim);
+  return mg_fail(C, MG_EINDEX, "%s: dimension %d out of range for a %d-d tensor", fn, dim + 1,
+                 ndim);
 }
 
 /* ================================================================ reshape */

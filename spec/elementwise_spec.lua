@@ -1,0 +1,318 @@
+-- Elementwise math (elementwise.c): arithmetic with numbers on either side, NumPy broadcasting
+-- (size-1, missing and 0-d dims, empty tensors), float64 promotion, the math functions,
+-- clamp, where, maximum/minimum and the 0/1 comparisons.
+local mg = require "moongrad"
+
+local F64 = { dtype = "float64" }
+
+local function raises(fn, ...)
+  local ok, msg = pcall(fn)
+  assert.is_false(ok, "expected an error")
+  msg = tostring(msg)
+  for _, s in ipairs { ... } do
+    assert.is_truthy(msg:find(s, 1, true), ("error %q does not mention %q"):format(msg, s))
+  end
+end
+
+local function close(expected, actual, tol, path)
+  path = path or "value"
+  if type(expected) == "table" then
+    assert.are.equal("table", type(actual), path .. " is not a table")
+    assert.are.equal(#expected, #actual, path .. " has the wrong length")
+    for i = 1, #expected do close(expected[i], actual[i], tol, path .. "[" .. i .. "]") end
+  elseif expected ~= expected then
+    assert.is_true(actual ~= actual, path .. ": expected nan, got " .. tostring(actual))
+  elseif expected == math.huge or expected == -math.huge then
+    assert.are.equal(expected, actual, path)
+  else
+    local scale = math.max(1, math.abs(expected))
+    assert.is_true(math.abs(expected - actual) <= (tol or 0) * scale,
+      ("%s: expected %.17g, got %.17g"):format(path, expected, actual))
+  end
+end
+
+-- Lua's f applied to every element of a nested table
+local function map(t, f)
+  if type(t) ~= "table" then return f(t) end
+  local r = {}
+  for i, v in ipairs(t) do r[i] = map(v, f) end
+  return r
+end
+
+describe("arithmetic", function()
+  local a
+  before_each(function() a = mg.tensor { { 1, 2, 3 }, { 4, 5, 6 } } end)
+
+  it("tensor op tensor", function()
+    local b = mg.tensor { { 6, 5, 4 }, { 3, 2, 1 } }
+    assert.are.same({ { 7, 7, 7 }, { 7, 7, 7 } }, (a + b):totable())
+    assert.are.same({ { -5, -3, -1 }, { 1, 3, 5 } }, (a - b):totable())
+    assert.are.same({ { 6, 10, 12 }, { 12, 10, 6 } }, (a * b):totable())
+    assert.are.same({ { 0.5, 1, 1.5 }, { 4, 5, 12 } }, (a / mg.tensor { { 2, 2, 2 }, { 1, 1, 0.5 } }):totable())
+    assert.are.same({ { 1, 32, 81 }, { 64, 25, 6 } }, (a ^ b):totable())
+    assert.are.same({ { -1, -2, -3 }, { -4, -5, -6 } }, (-a):totable())
+  end)
+
+  it("numbers on either side", function()
+    assert.are.same({ { 2, 3, 4 }, { 5, 6, 7 } }, (a + 1):totable())
+    assert.are.same({ { 2, 3, 4 }, { 5, 6, 7 } }, (1 + a):totable())
+    assert.are.same({ { 0, 1, 2 }, { 3, 4, 5 } }, (a - 1):totable())
+    assert.are.same({ { 0, -1, -2 }, { -3, -4, -5 } }, (1 - a):totable())
+    assert.are.same({ { 2, 4, 6 }, { 8, 10, 12 } }, (2 * a):totable())
+    assert.are.same({ { 0.5, 1, 1.5 }, { 2, 2.5, 3 } }, (a / 2):totable())
+    assert.are.same({ { 12, 6, 4 }, { 3, 2.4000000953674316, 2 } }, (12 / a):totable())
+    assert.are.same({ { 1, 4, 9 }, { 16, 25, 36 } }, (a ^ 2):totable())
+    assert.are.same({ { 2, 4, 8 }, { 16, 32, 64 } }, (2 ^ a):totable())
+    assert.are.same({ 3, 2, 1 }, mg.sub(4, mg.tensor { 1, 2, 3 }):totable())
+  end)
+
+  it("the function forms match the operators", function()
+    local b = mg.tensor { 1, 2, 3 }
+    assert.are.same((a + b):totable(), mg.add(a, b):totable())
+    assert.are.same((a - b):totable(), a:sub(b):totable())
+    assert.are.same((a * 3):totable(), mg.mul(a, 3):totable())
+    assert.are.same((a / b):totable(), mg.div(a, b):totable())
+    assert.are.same((a ^ 0.5):totable(), a:pow(0.5):totable())
+    assert.are.same((-a):totable(), mg.neg(a):totable())
+  end)
+
+  it("leaves the operands alone", function()
+    local b = a:clone()
+    local _ = a + a * 2 - a / 3
+    assert.are.same(b:totable(), a:totable())
+  end)
+
+  it("follows IEEE for division by zero and bad powers", function()
+    close({ math.huge, -math.huge, 0 / 0 }, (mg.tensor { 1, -1, 0 } / 0):totable())
+    close({ 0 / 0, 1 }, (mg.tensor { -2, 0 } ^ mg.tensor { 0.5, 0 }):totable())
+  end)
+
+  it("rejects operands that are not tensors or numbers, naming the op", function()
+    raises(function() return a + "x" end, "add", "tensor or number", "string")
+    raises(function() return {} * a end, "mul", "tensor or number", "table")
+    raises(function() return mg.add(1, 2) end, "add", "tensor")
+    raises(function() return a - true end, "sub", "boolean")
+    raises(function() return a / nil end, "div", "nil")
+    raises(function() return mg.pow(a, "2x") end, "pow", "string")
+  end)
+end)
+
+describe("broadcasting", function()
+  it("stretches size-1 and missing leading dims", function()
+    local a = mg.tensor { { 1, 2, 3 }, { 4, 5, 6 } }
+    assert.are.same({ { 11, 22, 33 }, { 14, 25, 36 } }, (a + mg.tensor { 10, 20, 30 }):totable())
+    assert.are.same({ { 11, 12, 13 }, { 24, 25, 26 } }, (a + mg.tensor { { 10 }, { 20 } }):totable())
+    assert.are.same({ { 11, 22, 33 }, { 14, 25, 36 } }, (mg.tensor { { 10, 20, 30 } } + a):totable())
+    local outer = mg.tensor { { 1 }, { 2 }, { 3 } } * mg.tensor { { 1, 10 } }
+    assert.are.same({ { 1, 10 }, { 2, 20 }, { 3, 30 } }, outer:totable())
+    local c = mg.ones(2, 1, 3) + mg.zeros(4, 1)
+    assert.are.same({ 2, 4, 3 }, c:shape())
+    assert.are.equal(24, c:sum():item())
+  end)
+
+  it("treats 0-d tensors as scalars on either side", function()
+    local a = mg.tensor { { 1, 2 }, { 3, 4 } }
+    assert.are.same({ { 101, 102 }, { 103, 104 } }, (a + mg.tensor(100)):totable())
+    assert.are.same({ { 99, 98 }, { 97, 96 } }, (mg.tensor(100) - a):totable())
+    local s = mg.tensor(3) * mg.tensor(4)
+    assert.are.equal(0, s:dim())
+    assert.are.equal(12, s:item())
+    assert.are.equal(0, (mg.tensor(3) + 1):dim())
+    assert.are.same({ 1 }, (mg.tensor(3) + mg.tensor { 1 }):shape())
+  end)
+
+  it("handles empty tensors", function()
+    assert.are.same({ 0, 3 }, (mg.ones(0, 3) + mg.ones(3)):shape())
+    assert.are.same({ 0, 3 }, (mg.ones(0, 1) * mg.ones(1, 3)):shape())
+    assert.are.same({ 2, 0 }, (mg.ones(2, 1) + mg.ones(0)):shape())
+  end)
+
+  it("works on non-contiguous and expanded operands", function()
+    local m = mg.arange(6):reshape(2, 3)
+    local t = m:transpose(1, 2)                                  -- (3,2), strides (1,3)
+    assert.are.same({ { 0, 6 }, { 2, 8 }, { 4, 10 } }, (t + t):totable())
+    assert.are.same({ { 0, 3 }, { 2, 5 }, { 4, 7 } }, (t + mg.tensor { { 0 }, { 1 }, { 2 } }):totable())
+    local e = mg.tensor { 1, 2 }:expand(3, 2)
+    assert.are.same({ { 1, 5 }, { 2, 6 }, { 3, 7 } }, (t + e):totable())
+    local n = mg.arange(12):reshape(3, 4):narrow(2, 2, 2)      -- rows with a gap
+    assert.are.same({ { 2, 4 }, { 10, 12 }, { 18, 20 } }, (n * 2):totable())
+  end)
+
+  it("rejects shapes that do not broadcast, naming the op and both shapes", function()
+    raises(function() return mg.ones(2, 3) + mg.ones(2) end, "add", "(2,3)", "(2)", "broadcast")
+    raises(function() return mg.ones(2, 3) * mg.ones(3, 2) end, "mul", "(2,3)", "(3,2)")
+    raises(function() return mg.ones(4) - mg.ones(0) end, "sub", "(4)", "(0)")
+    raises(function() return mg.ones(2, 3, 4) / mg.ones(3, 3, 4) end, "div", "(2,3,4)", "(3,3,4)")
+    raises(function() return mg.maximum(mg.ones(2), mg.ones(3)) end, "maximum", "(2)", "(3)")
+    raises(function() return mg.lt(mg.ones(2), mg.ones(3)) end, "lt", "(2)", "(3)")
+  end)
+end)
+
+-- the float32 nearest to x, as a Lua number
+local function f32(x) return (string.unpack("f", string.pack("f", x))) end
+
+describe("dtypes", function()
+  it("promote mixed float32/float64 to float64, on either side", function()
+    local f, d = mg.tensor { 0.5, 0.1 }, mg.tensor({ 0.25, 0.1 }, F64)
+    for _, r in ipairs { f + d, d + f, f * d, d - f, f / d, d ^ f, mg.maximum(f, d),
+                         mg.minimum(d, f), mg.eq(f, d), mg.where(mg.tensor { 1, 0 }, f, d) } do
+      assert.are.equal("float64", r.dtype)
+    end
+    local s = f + d
+    assert.are.equal(0.75, s:get(1))
+    assert.are.equal(f32(0.1) + 0.1, s:get(2))           -- the float32 value, exactly widened
+    assert.are.same({ 0, 0 }, mg.eq(f, d):totable())     -- f32(0.1) ~= 0.1
+  end)
+
+  it("numbers take the tensor's dtype", function()
+    assert.are.equal("float32", (mg.tensor { 1 } + 0.1).dtype)
+    assert.are.equal(f32(1 + f32(0.1)), (mg.tensor { 1 } + 0.1):item())
+    assert.are.equal("float64", (0.1 + mg.tensor({ 1 }, F64)).dtype)
+  end)
+
+  it("keeps float64 exact", function()
+    local x = mg.tensor({ 0.1, 1 / 3, 1e-300, 2 ^ 53 }, F64)
+    assert.are.same({ 0.1 + 0.2, 1 / 3 + 0.2, 1e-300 + 0.2, 2 ^ 53 + 0.2 }, (x + 0.2):totable())
+    assert.are.same({ 0.1 * 3, 1 / 3 * 3, 1e-300 * 3, 2 ^ 53 * 3 }, (x * 3):totable())
+    assert.are.same({ 0.1 / 7, 1 / 3 / 7, 1e-300 / 7, 2 ^ 53 / 7 }, (x / 7):totable())
+    assert.are.same({ 1 - 0.1, 1 - 1 / 3, 1 - 1e-300, 1 - 2 ^ 53 }, (1 - x):totable())
+    local y = mg.tensor({ 2 ^ 53, 1 }, F64) + mg.tensor({ 1, 2 ^ -52 }, F64)
+    assert.are.same({ 2 ^ 53, 1 + 2 ^ -52 }, y:totable())
+  end)
+end)
+
+describe("math functions", function()
+  local xs = { -3, -0.5, 0, 0.25, 1, 2.5 }
+  local pos = { 0.01, 0.5, 1, 2, 10 }
+  local function sigmoid(v) return 1 / (1 + math.exp(-v)) end
+  local function softplus(v) return math.log(1 + math.exp(v)) end
+  local function tanh(v) local e = math.exp(2 * v) return (e - 1) / (e + 1) end
+  local cases = {
+    { "exp", math.exp, xs }, { "log", math.log, pos }, { "tanh", tanh, xs },
+    { "sigmoid", sigmoid, xs }, { "relu", function(v) return math.max(v, 0) end, xs },
+    { "abs", math.abs, xs }, { "sqrt", math.sqrt, pos }, { "sin", math.sin, xs },
+    { "cos", math.cos, xs }, { "softplus", softplus, xs },
+  }
+  for _, c in ipairs(cases) do
+    local name, f, input = c[1], c[2], c[3]
+    it(name .. " matches the hand values in float64 and float32, as function and method", function()
+      local want = map(input, f)
+      close(want, mg[name](mg.tensor(input, F64)):totable(), 1e-14)
+      close(want, mg.tensor(input, F64)[name](mg.tensor(input, F64)):totable(), 1e-14)
+      local y = mg[name](mg.tensor(input))
+      assert.are.equal("float32", y.dtype)
+      close(want, y:totable(), 1e-6)
+      assert.are.equal(0, mg[name](mg.tensor(0.5)):dim())
+      local t = mg.tensor({ input, input }, F64):transpose(1, 2)      -- strided
+      close(map({ input, input }, f), mg[name](t):transpose(1, 2):totable(), 1e-14)
+    end)
+  end
+
+  it("sigmoid and softplus do not overflow at large inputs", function()
+    for _, opt in ipairs { F64, { dtype = "float32" } } do
+      local s = mg.sigmoid(mg.tensor({ -1000, -50, 50, 1000 }, opt)):totable()
+      close({ 0, sigmoid(-50), 1, 1 }, s, 1e-6)
+      local p = mg.softplus(mg.tensor({ -1000, -50, 50, 1000 }, opt)):totable()
+      close({ 0, math.exp(-50), 50, 1000 }, p, 1e-6)
+    end
+  end)
+
+  it("log, sqrt and division give IEEE results outside their domain", function()
+    close({ -math.huge, 0 / 0 }, mg.log(mg.tensor { 0, -1 }):totable())
+    close({ 0 / 0 }, mg.sqrt(mg.tensor { -1 }):totable())
+    close({ math.huge }, mg.exp(mg.tensor { 1000 }):totable())
+  end)
+
+  it("sign", function()
+    assert.are.same({ -1, 0, 1 }, mg.sign(mg.tensor { -2, 0, 3 }):totable())
+  end)
+
+  it("reject non-tensors, naming the function", function()
+    raises(function() return mg.exp(3) end, "exp", "moongrad.Tensor expected, got number")
+    raises(function() return mg.tanh("x") end, "tanh", "moongrad.Tensor expected, got string")
+    raises(function() return mg.relu() end, "relu", "no value")
+  end)
+end)
+
+describe("clamp", function()
+  it("bounds from below and above", function()
+    local x = mg.tensor { -2, -0.5, 0.5, 3 }
+    assert.are.same({ -1, -0.5, 0.5, 1 }, mg.clamp(x, -1, 1):totable())
+    assert.are.same({ 0, 0, 0.5, 3 }, mg.clamp(x, 0):totable())
+    assert.are.same({ -2, -0.5, 0, 0 }, x:clamp(nil, 0):totable())
+    assert.are.same({ 2, 2, 2, 2 }, x:clamp(2, 2):totable())
+  end)
+
+  it("rejects lo > hi, naming both", function()
+    raises(function() return mg.clamp(mg.tensor { 1 }, 1, -1) end, "clamp", "min 1", "max -1")
+    raises(function() return mg.clamp(mg.tensor { 1 }, "a") end, "clamp", "number")
+  end)
+end)
+
+describe("where", function()
+  it("picks from a where the condition is non-zero, from b elsewhere", function()
+    local c = mg.tensor { 1, 0, 2, -1 }
+    assert.are.same({ 1, -2, 3, 4 },
+                    mg.where(c, mg.tensor { 1, 2, 3, 4 }, mg.tensor { -1, -2, -3, -4 }):totable())
+    assert.are.same({ 5, -2, 5, 5 }, mg.where(c, 5, mg.tensor { -1, -2, -3, -4 }):totable())
+    assert.are.same({ 1, 7, 3, 4 }, mg.where(c, mg.tensor { 1, 2, 3, 4 }, 7):totable())
+    assert.are.same({ 5, 6, 5, 5 }, mg.where(c, 5, 6):totable())
+  end)
+
+  it("broadcasts all three", function()
+    local r = mg.where(mg.tensor { { 1 }, { 0 } }, mg.tensor { 1, 2, 3 }, mg.tensor(0))
+    assert.are.same({ { 1, 2, 3 }, { 0, 0, 0 } }, r:totable())
+    local masked = mg.where(mg.gt(mg.tensor { -1, 2 }, 0), mg.tensor { -1, 2 }, 0)
+    assert.are.same({ 0, 2 }, masked:totable())
+  end)
+
+  it("rejects shapes that do not broadcast, naming all three", function()
+    raises(function() return mg.where(mg.tensor { 1, 0 }, mg.tensor { 1, 2, 3 }, 0) end,
+           "where", "(2)", "(3)", "()")
+    raises(function() return mg.where(1, 2, 3) end, "where", "moongrad.Tensor expected")
+    raises(function() return mg.where(mg.tensor { 1 }, "a", 2) end, "where", "tensor or number")
+  end)
+end)
+
+describe("maximum and minimum", function()
+  it("are elementwise with broadcasting and numbers", function()
+    local a = mg.tensor { { 1, 5, 3 }, { 4, 2, 6 } }
+    assert.are.same({ { 3, 5, 3 }, { 4, 3, 6 } }, mg.maximum(a, 3):totable())
+    assert.are.same({ { 1, 2, 3 }, { 2, 2, 6 } }, mg.minimum(a, mg.tensor { 2, 2, 7 }):totable())
+    assert.are.same({ { 1, 3, 3 }, { 3, 2, 3 } }, mg.minimum(3, a):totable())
+    assert.are.same({ { 2, 5, 3 }, { 4, 2, 6 } }, a:maximum(mg.tensor { 2 }):totable())
+  end)
+
+  it("propagate nan, as NumPy", function()
+    close({ 0 / 0, 0 / 0 }, mg.maximum(mg.tensor { 0 / 0, 1 }, mg.tensor { 1, 0 / 0 }):totable())
+    close({ 0 / 0 }, mg.minimum(mg.tensor { 0 / 0 }, 1):totable())
+  end)
+end)
+
+describe("comparisons", function()
+  local a = mg.tensor { { 1, 2, 3 }, { 4, 5, 6 } }
+  local cases = {
+    eq = { { 0, 1, 0 }, { 0, 0, 0 } }, ne = { { 1, 0, 1 }, { 1, 1, 1 } },
+    lt = { { 1, 0, 0 }, { 0, 0, 0 } }, le = { { 1, 1, 0 }, { 0, 0, 0 } },
+    gt = { { 0, 0, 1 }, { 1, 1, 1 } }, ge = { { 0, 1, 1 }, { 1, 1, 1 } },
+  }
+  for name, want in pairs(cases) do
+    it(name .. " gives 0/1 with numbers, tensors and broadcasting", function()
+      assert.are.same(want, mg[name](a, 2):totable())
+      assert.are.same(want, mg[name](a, mg.tensor { 2, 2, 2 }):totable())
+      assert.are.same(want, mg[name](a, mg.tensor(2, F64)):totable())
+      assert.are.equal("float32", mg[name](a, 2).dtype)
+    end)
+  end
+
+  it("put the number on the left as given", function()
+    assert.are.same({ 1, 0, 0 }, mg.gt(2, mg.tensor { 1, 2, 3 }):totable())
+    assert.are.same({ 0, 1, 0 }, mg.eq(2, mg.tensor { 1, 2, 3 }):totable())
+  end)
+
+  it("treat nan as unequal to everything", function()
+    assert.are.same({ 0, 1, 0, 0 }, {
+      mg.eq(mg.tensor { 0 / 0 }, 0 / 0):item(), mg.ne(mg.tensor { 0 / 0 }, 0 / 0):item(),
+      mg.lt(mg.tensor { 0 / 0 }, 1):item(), mg.ge(mg.tensor { 0 / 0 }, 1):item() })
+  end)
+end)
