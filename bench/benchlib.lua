@@ -1,0 +1,88 @@
+-- benchlib.lua - timing and reporting helpers shared by the moongrad side of bench/*.lua.
+-- Mirrors bench/benchlib.py so that both sides measure the same way: a warm-up call, a
+-- calibrated number of calls per repetition, several repetitions, the median per call.
+-- Results go to standard output as tab-separated lines read by bench/report.lua:
+--   result <bench> <case> <impl> <seconds per call>
+--   meta <bench> <key> <value>
+-- Human-readable progress goes to standard error.
+local M = {}
+
+-- lua-system (installed with busted) gives a monotonic wall clock; a LUA_CPATH without ';;'
+-- hides the system directories, so look there too before giving up.
+local ok, system = pcall(require, "system")
+if not ok then
+  package.cpath = package.cpath .. ";/usr/local/lib/lua/5.4/?.so;/usr/lib/x86_64-linux-gnu/lua/5.4/?.so;/usr/lib/lua/5.4/?.so"
+  ok, system = pcall(require, "system")
+end
+if not ok or type(system.monotime) ~= "function" then
+  error("benchlib: the Lua module 'system' (Debian package lua-system) is needed for a " ..
+        "wall clock; install it or run the benchmarks through bench/run", 0)
+end
+M.now = system.monotime
+
+-- Load moongrad with one thread; a clear message when LUA_CPATH does not reach the build.
+function M.moongrad()
+  local found, mg = pcall(require, "moongrad")
+  if not found then
+    error("benchlib: cannot load moongrad (" .. tostring(mg) .. "); set " ..
+          "LUA_CPATH='build/lua/?.so' from the repository root, or use bench/run", 0)
+  end
+  mg.set_num_threads(1)
+  return mg
+end
+
+function M.median(xs)
+  local s = {}
+  for i, x in ipairs(xs) do s[i] = x end
+  table.sort(s)
+  local n = #s
+  if n % 2 == 1 then return s[(n + 1) // 2] end
+  return (s[n // 2] + s[n // 2 + 1]) / 2
+end
+
+-- measure(fn [, {reps=7, min_time=0.1, warmup=1, inner=, collect=false}]): median seconds per
+-- call of fn(), and the array of per-repetition times. Each repetition runs fn 'inner' times
+-- back to back (chosen so a repetition lasts about 'min_time' seconds unless given). The
+-- collector is left to its own pace, as in a user's loop: forcing a full collection between
+-- repetitions ('collect=true') upsets the incremental collector's pacing and makes the next
+-- repetitions of a many-small-tensors loop up to 5x slower and bimodal.
+function M.measure(fn, opts)
+  opts = opts or {}
+  local reps, min_time = opts.reps or 7, opts.min_time or 0.1
+  local t0 = M.now()
+  for _ = 1, opts.warmup or 1 do fn() end
+  local once = (M.now() - t0) / (opts.warmup or 1)
+  local inner = opts.inner or math.max(1, math.ceil(min_time / math.max(once, 1e-9)))
+  local times = {}
+  for r = 1, reps do
+    if opts.collect then collectgarbage() end
+    local t = M.now()
+    for _ = 1, inner do fn() end
+    times[r] = (M.now() - t) / inner
+  end
+  return M.median(times), times
+end
+
+function M.result(bench, case, impl, seconds)
+  io.stdout:write(string.format("result\t%s\t%s\t%s\t%.9g\n", bench, case, impl, seconds))
+  io.stdout:flush()
+end
+
+function M.meta(bench, key, value)
+  io.stdout:write(string.format("meta\t%s\t%s\t%s\n", bench, key, tostring(value)))
+  io.stdout:flush()
+end
+
+function M.log(fmt, ...)
+  io.stderr:write(string.format(fmt, ...), "\n")
+end
+
+-- The BLAS facts of this process, as one meta line each.
+function M.blas_meta(mg, bench)
+  local b = mg.blas()
+  M.meta(bench, "moongrad_blas_core", b.core)
+  M.meta(bench, "moongrad_blas_best", b.best)
+  M.meta(bench, "moongrad_threads", mg.get_num_threads())
+end
+
+return M

@@ -1,0 +1,80 @@
+"""Timing and reporting helpers shared by the PyTorch side of bench/*.py.
+
+Mirrors bench/benchlib.lua: a warm-up call, a calibrated number of calls per repetition,
+several repetitions, the median per call.  Results go to standard output as tab-separated
+lines read by bench/report.lua:
+    result <bench> <case> <impl> <seconds per call>
+    meta <bench> <key> <value>
+Human-readable progress goes to standard error.
+"""
+import ctypes
+import gc
+import statistics
+import sys
+import time
+
+import torch
+
+
+def _openblas():
+    """The OpenBLAS that torch loaded (same soname, so the same handle), or None."""
+    try:
+        lib = ctypes.CDLL("libopenblas.so.0")
+        lib.openblas_get_corename.restype = ctypes.c_char_p
+        return lib
+    except (OSError, AttributeError):
+        return None
+
+
+def one_thread():
+    """torch intra-op threads and torch's OpenBLAS threads both set to 1.
+
+    Debian's torch calls OpenBLAS (pthread build), which torch.set_num_threads does not
+    reach, so its thread count is set directly too."""
+    torch.set_num_threads(1)
+    lib = _openblas()
+    if lib is not None:
+        lib.openblas_set_num_threads(1)
+
+
+def blas_meta(bench):
+    lib = _openblas()
+    if lib is not None:
+        meta(bench, "torch_blas_core", lib.openblas_get_corename().decode())
+        meta(bench, "torch_blas_threads", lib.openblas_get_num_threads())
+    meta(bench, "torch_threads", torch.get_num_threads())
+    meta(bench, "torch_version", torch.__version__)
+
+
+def measure(fn, reps=7, min_time=0.1, warmup=1, inner=None, collect=False):
+    """Median seconds per call of fn() and the per-repetition times, as benchlib.lua's."""
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        fn()
+    once = (time.perf_counter() - t0) / warmup
+    if inner is None:
+        inner = max(1, -(-min_time // max(once, 1e-9)))
+        inner = int(inner)
+    times = []
+    for _ in range(reps):
+        if collect:
+            gc.collect()
+        t = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        times.append((time.perf_counter() - t) / inner)
+    return statistics.median(times), times
+
+
+def result(bench, case, impl, seconds):
+    sys.stdout.write("result\t%s\t%s\t%s\t%.9g\n" % (bench, case, impl, seconds))
+    sys.stdout.flush()
+
+
+def meta(bench, key, value):
+    sys.stdout.write("meta\t%s\t%s\t%s\n" % (bench, key, value))
+    sys.stdout.flush()
+
+
+def log(fmt, *args):
+    sys.stderr.write((fmt % args if args else fmt) + "\n")

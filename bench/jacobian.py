@@ -1,0 +1,112 @@
+"""jacobian.py - PyTorch side of bench/jacobian.lua: the batch Jacobian of
+h' = relu(h) @ W + b, J[k, i, j] = dh'[k, i] / dh[k, j], for the W, b, h that jacobian.lua
+saved in DIR, each way PyTorch 1.13 offers, each checked against moongrad's saved J
+(within 1e-5 relative to max |J|).
+
+    vmap(jacrev)          functorch.vmap(functorch.jacrev(f_row))(h), f_row on one (N,) row
+    jacobian(vec) full    torch.autograd.functional.jacobian(f, h, vectorize=True): the
+                          whole (B, N, B, N) Jacobian, then its diagonal blocks
+    jacobian(vec) sum     the same of h -> f(h).sum(0): (N, B, N), which holds the diagonal
+                          blocks because rows do not interact; permuted to (B, N, N)
+    N backward passes     one forward, then autograd.grad of f(h)[:, i].sum() for each i
+                          (what TensorFlow's batch_jacobian falls back to without pfor)
+    closed form           W.T * relu'(h), by hand: a floor, not an autodiff method
+Every timed call includes the forward pass, as mg.batch_jacobian's does.
+Usage: /usr/bin/python3 bench/jacobian.py DIR [B,N ...]   (after bench/jacobian.lua DIR)
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchlib as B  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import functorch  # noqa: E402
+
+BENCH = "jacobian"
+USAGE = ("usage: /usr/bin/python3 bench/jacobian.py DIR [B,N ...]  "
+         "(default sizes 1,100 32,100 32,512 8,1024)")
+RTOL = 1e-5
+
+
+def parse_sizes(args):
+    sizes = []
+    for a in args:
+        parts = a.split(",")
+        if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            sys.exit("jacobian.py: bad size '%s', expected B,N with positive integers; %s"
+                     % (a, USAGE))
+        sizes.append((int(parts[0]), int(parts[1])))
+    return sizes or [(1, 100), (32, 100), (32, 512), (8, 1024)]
+
+
+def load(directory, nb, n, name):
+    path = os.path.join(directory, "%d_%d_%s.npy" % (nb, n, name))
+    if not os.path.exists(path):
+        sys.exit("jacobian.py: %s is missing; run bench/jacobian.lua %s first"
+                 % (path, directory))
+    return torch.from_numpy(np.load(path))
+
+
+def methods(W, b):
+    def f(x):
+        return torch.relu(x) @ W + b
+
+    def vmap_jacrev(h):
+        return functorch.vmap(functorch.jacrev(f))(h)
+
+    def jac_full(h):
+        full = torch.autograd.functional.jacobian(f, h, vectorize=True)   # (B, N, B, N)
+        return torch.diagonal(full, dim1=0, dim2=2).permute(2, 0, 1)    # (B, N, N)
+
+    def jac_sum(h):
+        js = torch.autograd.functional.jacobian(lambda x: f(x).sum(0), h, vectorize=True)
+        return js.permute(1, 0, 2)                                      # (N, B, N) -> (B, N, N)
+
+    def backward_loop(h):
+        x = h.detach().requires_grad_(True)
+        y = f(x)
+        rows = [torch.autograd.grad(y[:, i].sum(), x, retain_graph=True)[0]
+                for i in range(y.shape[1])]
+        return torch.stack(rows, 1)
+
+    def closed_form(h):
+        return W.t().unsqueeze(0) * (h > 0).to(h.dtype).unsqueeze(1)
+
+    return [("vmap(jacrev)", vmap_jacrev), ("jacobian(vec) full", jac_full),
+            ("jacobian(vec) sum", jac_sum), ("N backward passes", backward_loop),
+            ("closed form", closed_form)]
+
+
+def main():
+    if len(sys.argv) < 2:
+        sys.exit("jacobian.py: no data directory given; " + USAGE)
+    directory = sys.argv[1]
+    if not os.path.isdir(directory):
+        sys.exit("jacobian.py: directory '%s' does not exist" % directory)
+    B.one_thread()
+    B.blas_meta(BENCH)
+    failed = []
+    for nb, n in parse_sizes(sys.argv[2:]):
+        case = "%d,%d" % (nb, n)
+        W, b, h, J_mg = (load(directory, nb, n, k) for k in ("W", "b", "h", "J"))
+        scale = J_mg.abs().max().item()
+        big = nb * n * n > 1e6
+        for name, fn in methods(W, b):
+            J = fn(h)
+            err = (J - J_mg).abs().max().item() / scale if J.shape == J_mg.shape else float("inf")
+            B.meta(BENCH, "relerr %s %s" % (case, name), "%.3g" % err)
+            if not err <= RTOL:
+                failed.append("(%s) %s: shape %s, relative error %g vs moongrad"
+                              % (case, name, tuple(J.shape), err))
+            del J
+            t, _ = B.measure(lambda: fn(h), reps=5 if big else 7, min_time=0 if big else 0.1)
+            B.result(BENCH, case, name, t)
+            B.log("pytorch   (%s) %-20s %10.4f ms   rel. err. vs moongrad %.2g",
+                  case, name, t * 1e3, err)
+    if failed:
+        sys.exit("jacobian.py: results differ from moongrad's:\n  " + "\n  ".join(failed))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""op_overhead.py - PyTorch side of bench/op_overhead.lua: per-op cost of a 16-element
+float32 add called from Python, 100,000 times.
+    no_tape            'c = a + b' under torch.no_grad()
+    recorded           a, b with requires_grad=True: every add builds a graph node
+    recorded+backward  'x = x + b' chained 100,000 times, then sum(x).backward() into a
+Usage: /usr/bin/python3 bench/op_overhead.py [n_ops]
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchlib as B  # noqa: E402
+import torch  # noqa: E402
+
+BENCH = "op_overhead"
+
+
+def main():
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 100000
+    if n < 1:
+        sys.exit("op_overhead.py: n_ops must be a positive integer, got %d" % n)
+    B.one_thread()
+    B.blas_meta(BENCH)
+    torch.manual_seed(0)
+    a0, b0 = torch.randn(16), torch.randn(16)
+
+    def adds():
+        with torch.no_grad():
+            c = None
+            for _ in range(n):
+                c = a0 + b0
+        return c
+
+    a1 = a0.clone().requires_grad_(True)
+    b1 = b0.clone().requires_grad_(True)
+
+    def recorded():
+        c = None
+        for _ in range(n):
+            c = a1 + b1
+        return c
+
+    def chain_backward():
+        a = a0.clone().requires_grad_(True)
+        x = a
+        for _ in range(n):
+            x = x + b0
+        x.sum().backward()
+        return a.grad
+
+    assert torch.equal(adds(), a0 + b0), "op_overhead: no_tape result is wrong"
+    assert recorded().grad_fn is not None, "op_overhead: add was not recorded"
+    assert torch.equal(chain_backward(), torch.ones(16)), "op_overhead: gradient is not ones"
+
+    for name, fn in (("no_tape", adds), ("recorded", recorded),
+                     ("recorded+backward", chain_backward)):
+        t, ts = B.measure(fn, reps=7, inner=1, warmup=2)
+        B.result(BENCH, name, "pytorch", t / n)
+        B.log("pytorch   %-18s %8.3f us/op  (repetitions %.3f .. %.3f)", name, t / n * 1e6,
+              min(ts) / n * 1e6, max(ts) / n * 1e6)
+
+
+if __name__ == "__main__":
+    main()
