@@ -1,0 +1,968 @@
+-- moongrad.plot: plots through gnuplot (mg.plot, also require "moongrad.plot").
+--
+-- Every call builds one gnuplot script (data inline as gnuplot 5 datablocks, `$name << EOD`),
+-- runs gnuplot on it and returns the path it wrote, or nil when the plot went to standard
+-- output. `opts.out` picks the output by extension: .png (pngcairo, or png without cairo),
+-- .svg, .pdf (pdfcairo), .txt (text, gnuplot's dumb terminal); without `out`, text is written
+-- with io.write (standard output unless io.output() was redirected), usable over ssh.
+-- `opts.width`, `opts.height` are pixels for .png and .svg (.pdf at 100 pixels an inch) and
+-- characters for text.
+--
+-- The script goes to gnuplot in a temporary file and gnuplot's stderr into another; both are
+-- removed on every path, so gnuplot's own error text can be reported without leaving files.
+-- Inputs are tensors (any dtype, any strides) or plain Lua arrays of numbers (nested for 2-d
+-- and 3-d). Heatmaps in text are drawn with a character ramp that the title explains.
+local mg = require "moongrad"
+
+local error, getmetatable, ipairs, pairs, pcall, select, setmetatable, tostring, type =
+      error, getmetatable, ipairs, pairs, pcall, select, setmetatable, tostring, type
+local io, math, os, string, table = io, math, os, string, table
+local _ENV = nil
+
+local is_tensor = mg.is_tensor
+
+local M = {}
+
+---------------------------------------------------------------- errors
+
+-- User mistakes are raised as a 'Failure' inside the implementation; 'api' turns them into
+-- "plot.<name>: message" at the level of the user's call.
+local Failure = {}
+
+local function fail(fmt, ...)
+  error(setmetatable({ msg = string.format(fmt, ...) }, Failure), 0)
+end
+
+local function api(name, impl)
+  return function(...)
+    local ok, res = pcall(impl, ...)
+    if ok then return res end
+    if getmetatable(res) == Failure then error(name .. ": " .. res.msg, 2) end
+    error(res, 0)
+  end
+end
+
+-- A short description of a bad value for messages: numbers and strings as themselves.
+local function describe(v)
+  if type(v) == "string" then return "'" .. v .. "'" end
+  if type(v) == "number" or type(v) == "boolean" then return tostring(v) end
+  if is_tensor(v) then return "a tensor" end
+  return "a " .. type(v)
+end
+
+local function shapestr(s)
+  local parts = {}
+  for i = 1, #s do parts[i] = tostring(s[i]) end
+  return "(" .. table.concat(parts, ",") .. ")"
+end
+
+---------------------------------------------------------------- inputs
+
+-- Nested tables of numbers and the shape of 'x' (a tensor, a number, or a rectangular Lua
+-- array of those). 'what' names the argument in messages.
+local function nested(x, what)
+  if is_tensor(x) then return x:totable(), x:shape() end
+  if type(x) == "number" then return x, {} end
+  if type(x) ~= "table" then
+    fail("%s must be a tensor or an array of numbers, got %s", what, describe(x))
+  end
+  local n = #x
+  if n == 0 then return {}, { 0 } end
+  local out, shape = {}, nil
+  for i = 1, n do
+    local d, s = nested(x[i], what .. "[" .. i .. "]")
+    if shape == nil then
+      shape = s
+    elseif shapestr(s) ~= shapestr(shape) then
+      fail("%s is not rectangular: %s[%d] has shape %s but %s[1] has shape %s",
+           what, what, i, shapestr(s), what, shapestr(shape))
+    end
+    out[i] = d
+  end
+  return out, { n, table.unpack(shape) }
+end
+
+-- Nested data of 'x' checked to have one of the ranks in 'ranks' (e.g. {2, 3}); 'expect'
+-- describes the accepted shapes for the message.
+local function ranked(x, what, ranks, expect)
+  local d, s = nested(x, what)
+  for _, r in ipairs(ranks) do
+    if #s == r then
+      for i = 1, r do
+        if s[i] == 0 then fail("%s is empty (shape %s)", what, shapestr(s)) end
+      end
+      return d, s
+    end
+  end
+  fail("expected %s %s, got shape %s", what, expect, shapestr(s))
+end
+
+local function finite(v) return v == v and v ~= math.huge and v ~= -math.huge end
+
+-- Visit every number of nested data 'd'.
+local function each(d, fn)
+  if type(d) == "number" then fn(d) return end
+  for _, e in ipairs(d) do each(e, fn) end
+end
+
+-- The largest finite |v| in 'd' (0 when there is none).
+local function absmax(d)
+  local m = 0
+  each(d, function(v) if finite(v) and math.abs(v) > m then m = math.abs(v) end end)
+  return m
+end
+
+---------------------------------------------------------------- options
+
+-- 'opts' checked against the allowed keys (a set): a typo is an error, not a silent default.
+local function options(opts, allowed)
+  if opts == nil then return {} end
+  if type(opts) ~= "table" or is_tensor(opts) then
+    fail("options must be a table, got %s", describe(opts))
+  end
+  for k in pairs(opts) do
+    if not allowed[k] then fail("unknown option '%s'", tostring(k)) end
+  end
+  return opts
+end
+
+local function keys(...)
+  local set = { out = true, width = true, height = true, title = true }
+  for i = 1, select("#", ...) do set[select(i, ...)] = true end
+  return set
+end
+
+local function opt_string(opts, k, default)
+  local v = opts[k]
+  if v == nil then return default end
+  if type(v) == "number" then return tostring(v) end
+  if type(v) ~= "string" then fail("option '%s' must be a string, got %s", k, describe(v)) end
+  return v
+end
+
+local function opt_int(opts, k, default, lo, hi)
+  local v = opts[k]
+  if v == nil then return default end
+  if type(v) ~= "number" or v ~= math.floor(v) or v < lo or (hi and v > hi) then
+    fail("option '%s' must be an integer %s, got %s", k,
+         hi and string.format("in %d..%d", lo, hi) or ">= " .. lo, describe(v))
+  end
+  return math.tointeger(v)
+end
+
+local function opt_bool(opts, k, default)
+  local v = opts[k]
+  if v == nil then return default end
+  if type(v) ~= "boolean" then fail("option '%s' must be true or false, got %s", k, describe(v)) end
+  return v
+end
+
+-- opts.norm = {lo, hi} (finite, lo < hi) or nil.
+local function opt_norm(opts)
+  local n = opts.norm
+  if n == nil then return nil end
+  if type(n) ~= "table" or is_tensor(n) or #n ~= 2 or type(n[1]) ~= "number"
+     or type(n[2]) ~= "number" or not finite(n[1]) or not finite(n[2]) or n[1] >= n[2] then
+    local s = describe(n)
+    if type(n) == "table" and not is_tensor(n) then
+      local p = {}
+      for i = 1, #n do p[i] = tostring(n[i]) end
+      s = "{" .. table.concat(p, ", ") .. "}"
+    end
+    fail("option 'norm' must be {lo, hi} with finite numbers lo < hi, got %s", s)
+  end
+  return n[1], n[2]
+end
+
+---------------------------------------------------------------- script text
+
+-- A number as gnuplot reads it in data (NaN and infinities mark undefined points).
+local function num(v)
+  if v ~= v then return "NaN" end
+  if v == math.huge then return "Inf" elseif v == -math.huge then return "-Inf" end
+  if math.type(v) == "integer" then return string.format("%d", v) end
+  return string.format("%.9g", v)
+end
+
+-- A gnuplot string literal holding 's' exactly (no enhanced-text markup is used).
+local function gstr(s)
+  s = s:gsub('[\\"]', "\\%0"):gsub("\n", "\\n"):gsub("[%c]", "")
+  return '"' .. s .. '"'
+end
+
+-- 's' quoted for the POSIX shell.
+local function shq(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+
+-- A datablock named 'name' from an array of lines.
+local function block(name, lines)
+  return "$" .. name .. " << EOD\n" .. table.concat(lines, "\n") .. "\nEOD\n"
+end
+
+-- A tic step giving at most about 'want' integer tics over 1..n.
+local function tic_step(n, want)
+  local raw = n / want
+  if raw <= 1 then return 1 end
+  local p = 10 ^ math.floor(math.log(raw, 10))
+  for _, m in ipairs{ 1, 2, 5, 10 } do
+    if m * p >= raw then return math.tointeger(m * p) or math.floor(m * p) end
+  end
+  return math.floor(10 * p)
+end
+
+local function fmtg(v) return string.format("%.4g", v) end
+
+-- 'set xtics' (axis "x") or 'set ytics' for integer positions 1..n, about 'want' of them.
+local function int_tics(axis, n, want)
+  local step = tic_step(n, want)
+  return string.format("set %stics %s out nomirror\n", axis, step == 1 and "1,1" or tostring(step))
+end
+
+-- Grid lines help on paper but clutter text.
+local function grid_cmd(cv) return cv.text and "" or "set grid\n" end
+
+---------------------------------------------------------------- colour maps
+
+-- Palettes as gnuplot 'set palette defined' stops; 'diverging' maps get a symmetric range.
+local CMAPS = {
+  bwr = { true, '0 "#0000ff", 0.5 "#ffffff", 1 "#ff0000"' },
+  coolwarm = { true, '0 "#3b4cc0", 0.25 "#8db0fe", 0.5 "#dddddd", 0.75 "#f49a7b", 1 "#b40426"' },
+  seismic = { true, '0 "#00004c", 0.25 "#0000ff", 0.5 "#ffffff", 0.75 "#ff0000", 1 "#7f0000"' },
+  RdBu = { true, '0 "#67001f", 0.25 "#f4a582", 0.5 "#f7f7f7", 0.75 "#92c5de", 1 "#053061"' },
+  viridis = { false, '0 "#440154", 0.25 "#3b528b", 0.5 "#21908d", 0.75 "#5dc963", 1 "#fde725"' },
+  magma = { false, '0 "#000004", 0.25 "#51127c", 0.5 "#b73779", 0.75 "#fc8961", 1 "#fcfdbf"' },
+  hot = { false, '0 "#000000", 0.375 "#ff0000", 0.75 "#ffff00", 1 "#ffffff"' },
+  jet = { false, '0 "#00007f", 0.125 "#0000ff", 0.375 "#00ffff", 0.625 "#ffff00", '
+                 .. '0.875 "#ff0000", 1 "#7f0000"' },
+  gray = { false, '0 "#000000", 1 "#ffffff"' },
+}
+CMAPS.grey = CMAPS.gray
+
+-- Character ramps for heatmaps in text, low to high.
+local RAMP_DIVERGING = { "#", "=", "-", ".", " ", "'", "+", "*", "@" }
+local RAMP_SEQUENTIAL = { " ", ".", ":", "-", "=", "+", "*", "#", "%", "@" }
+
+local function cmap_names()
+  local names = {}
+  for k in pairs(CMAPS) do if k ~= "grey" then names[#names + 1] = k end end
+  table.sort(names)
+  return table.concat(names, ", ")
+end
+
+-- The colour map named by opts.cmap: { diverging, stops, ramp, name }.
+local function opt_cmap(opts)
+  local name = opts.cmap or "bwr"
+  local c = type(name) == "string" and CMAPS[name]
+  if not c then fail("unknown cmap %s (use %s)", describe(name), cmap_names()) end
+  return { diverging = c[1], stops = c[2], name = name,
+           ramp = c[1] and RAMP_DIVERGING or RAMP_SEQUENTIAL }
+end
+
+-- The colour range: opts.norm, else symmetric +-max|v| for diverging maps, else min..max.
+local function color_range(opts, cmap, d)
+  local lo, hi = opt_norm(opts)
+  if lo then return lo, hi end
+  if cmap.diverging then
+    local m = absmax(d)
+    if m == 0 then m = 1 end
+    return -m, m
+  end
+  lo, hi = math.huge, -math.huge
+  each(d, function(v)
+    if finite(v) then lo, hi = math.min(lo, v), math.max(hi, v) end
+  end)
+  if lo > hi then return 0, 1 end
+  if lo == hi then return lo - 0.5, hi + 0.5 end
+  return lo, hi
+end
+
+-- The ramp character for 'v' on lo..hi.
+local function ramp_char(ramp, v, lo, hi)
+  local s = (v - lo) / (hi - lo)
+  local k = math.floor(s * #ramp) + 1
+  if k < 1 then k = 1 elseif k > #ramp then k = #ramp end
+  return ramp[k]
+end
+
+local function ramp_legend(cmap, lo, hi)
+  local r = cmap.ramp
+  if cmap.diverging then
+    return string.format("text shading: %s %s%s%s%s %s %s%s%s%s %s", fmtg(lo), r[1], r[2], r[3],
+                         r[4], fmtg((lo + hi) / 2), r[6], r[7], r[8], r[9], fmtg(hi))
+  end
+  return string.format("text shading: %s '%s' %s", fmtg(lo), table.concat(r), fmtg(hi))
+end
+
+---------------------------------------------------------------- gnuplot process
+
+local gnuplot_cmd = os.getenv("MOONGRAD_GNUPLOT") or "gnuplot"
+local probed = {}                    -- command -> set of terminal names
+
+--- plot.set_gnuplot(path): the gnuplot program to run (a name looked up in PATH, or a path);
+-- returns the previous one.
+function M.set_gnuplot(path)
+  if type(path) ~= "string" or path == "" then
+    error("plot.set_gnuplot: 'path' must be a non-empty string, got " .. describe(path), 2)
+  end
+  local old = gnuplot_cmd
+  gnuplot_cmd = path
+  return old
+end
+
+function M.get_gnuplot() return gnuplot_cmd end
+
+-- The terminals the configured gnuplot offers (as a set); fails if it cannot be found.
+local function terminals()
+  local cmd = gnuplot_cmd
+  if probed[cmd] then return probed[cmd] end
+  if not os.execute("command -v " .. shq(cmd) .. " >/dev/null 2>&1") then
+    fail("gnuplot not found as '%s' (apt-get install gnuplot-nox, or plot.set_gnuplot(path))", cmd)
+  end
+  local p = io.popen(shq(cmd) .. " -e 'set terminal' 2>&1 </dev/null", "r")
+  local list = p and p:read("a") or ""
+  if p then p:close() end
+  local set = {}
+  for name in list:gmatch("\n%s*([%w_]+) ") do set[name] = true end
+  probed[cmd] = set
+  return set
+end
+
+local function slurp(path)
+  local f = io.open(path, "rb")
+  if not f then return "" end
+  local s = f:read("a") or ""
+  f:close()
+  return s
+end
+
+-- gnuplot's message 'text' about script file 'sname', its line numbers made relative to the
+-- part after the first 'off' lines (the caller's script).
+local function tidy(text, sname, off)
+  text = text:gsub('"' .. sname:gsub("%p", "%%%0") .. '" line (%d+):', function(n)
+    n = math.tointeger(n) - off
+    return n > 0 and "script line " .. n .. ":" or "setup:"
+  end)
+  return (text:gsub("%s+$", ""))
+end
+
+-- Runs gnuplot on 'script' (from files 'sname', 'ename'); returns stdout and stderr text.
+local function exec(script, sname, ename, off)
+  local f, err = io.open(sname, "wb")
+  if not f then fail("cannot write a temporary file: %s", err) end
+  local ok, werr = f:write(script)
+  f:close()
+  if not ok then fail("cannot write a temporary file: %s", werr) end
+  local p, perr = io.popen(shq(gnuplot_cmd) .. " " .. shq(sname) .. " </dev/null 2>" .. shq(ename),
+                           "r")
+  if not p then fail("cannot run gnuplot: %s", perr) end
+  local out = p:read("a") or ""
+  local done, how, code = p:close()
+  local errtext = slurp(ename)
+  errtext = tidy(errtext, sname, off)
+  if not done then
+    if errtext == "" then errtext = "no message" end
+    fail("gnuplot failed (%s %s): %s", how, tostring(code), errtext)
+  end
+  return out, errtext
+end
+
+-- Runs 'script' (whose first 'off' lines are our setup); gnuplot's stdout is io.write'n when
+-- 'to_stdout', its warnings go to io.stderr. Both temporary files are removed on every path.
+local function run(script, to_stdout, off)
+  local sname = os.tmpname()
+  local ok, ename = pcall(os.tmpname)
+  if not ok then os.remove(sname) error(ename, 0) end
+  local ok2, out, errtext = pcall(exec, script, sname, ename, off)
+  os.remove(sname)
+  os.remove(ename)
+  if not ok2 then error(out, 0) end
+  if to_stdout then io.write(out) io.flush() end
+  if errtext ~= "" then io.stderr:write("gnuplot: ", errtext, "\n") end
+end
+
+---------------------------------------------------------------- outputs
+
+local EXT = { png = "png", svg = "svg", pdf = "pdf", txt = "txt" }
+
+-- The canvas a call draws on: { kind = "png"|"svg"|"pdf"|"txt"|"stdout", text, w, h, out }.
+-- 'size' = { w, h, tw, th }: default pixel and character sizes.
+local function canvas(opts, size)
+  local out, kind = opts.out, "stdout"
+  if out ~= nil then
+    if type(out) ~= "string" or out == "" then
+      fail("option 'out' must be a file name, got %s", describe(out))
+    end
+    local ext = out:match("%.([^./]*)$")
+    if not ext then
+      fail("output file '%s' has no extension (use .png, .svg, .pdf or .txt)", out)
+    end
+    kind = EXT[ext:lower()]
+    if not kind then
+      fail("unknown output extension '.%s' (use .png, .svg, .pdf or .txt)", ext)
+    end
+  end
+  local text = kind == "txt" or kind == "stdout"
+  return { kind = kind, text = text, out = out,
+           w = opt_int(opts, "width", text and size[3] or size[1], 1),
+           h = opt_int(opts, "height", text and size[4] or size[2], 1) }
+end
+
+-- The 'set terminal' and 'set output' lines for 'cv'.
+local function terminal_lines(cv, terms)
+  local k, w, h = cv.kind, cv.w, cv.h
+  local t
+  if k == "png" then
+    t = string.format("%s size %d,%d noenhanced", terms.pngcairo and "pngcairo" or "png", w, h)
+  elseif k == "svg" then
+    t = string.format("svg size %d,%d noenhanced", w, h)
+  elseif k == "pdf" then
+    if not terms.pdfcairo then
+      fail("pdf output needs gnuplot's pdfcairo terminal (gnuplot-nox)")
+    end
+    t = string.format("pdfcairo size %gin,%gin noenhanced", w / 100, h / 100)
+  else
+    t = string.format("dumb nofeed size %d,%d", w, h)
+  end
+  local lines = "set encoding utf8\nset terminal " .. t .. "\n"
+  if cv.out then lines = lines .. "set output " .. gstr(cv.out) .. "\n" end
+  return lines
+end
+
+-- Draws: terminal setup, then 'blocks' (datablocks), then 'body'; returns cv.out. gnuplot's
+-- messages count lines from the start of 'body'.
+local function render(cv, blocks, body)
+  local terms = terminals()
+  local existed = false
+  if cv.out then
+    local f = io.open(cv.out, "rb")
+    if f then existed = true f:close() end
+    local w, err = io.open(cv.out, "ab")
+    if not w then fail("cannot write '%s': %s", cv.out, err) end
+    w:close()
+  end
+  local head = terminal_lines(cv, terms) .. blocks
+  local _, off = head:gsub("\n", "")
+  local ok, err = pcall(run, head .. body, cv.kind == "stdout", off)
+  if not ok then
+    if cv.out and not existed then os.remove(cv.out) end
+    error(err, 0)
+  end
+  return cv.out
+end
+
+-- 's' with its lines broken at spaces to fit 'cv' (gnuplot clips a title that is too wide).
+local function wrap(cv, s)
+  local max = cv.text and cv.w - 2 or cv.w // 8          -- about 8 pixels a character
+  if max < 10 then return s end
+  local out = {}
+  for line in (s .. "\n"):gmatch("(.-)\n") do
+    while #line > max do
+      local head = line:sub(1, max + 1)
+      local cut = head:match("^.*,() ") or head:match("^.*() ")  -- after a comma if possible
+      if not cut or cut < 2 then cut = max + 1 end
+      out[#out + 1] = line:sub(1, cut - 1)
+      line = line:sub(cut):gsub("^ +", "")
+    end
+    out[#out + 1] = line
+  end
+  return table.concat(out, "\n")
+end
+
+-- Common labels of a single plot.
+local function labels(cv, title, xlabel, ylabel)
+  return string.format("set title %s\nset xlabel %s\nset ylabel %s\n",
+                       gstr(wrap(cv, title)), gstr(xlabel), gstr(ylabel))
+end
+
+---------------------------------------------------------------- plot.lines
+
+-- The series of plot.lines' 'ys': an array of arrays of numbers.
+local function series(ys)
+  if is_tensor(ys) then
+    local d, s = nested(ys, "'ys'")
+    if #s == 1 then return { d } end
+    if #s == 2 then return d end
+    fail("expected 'ys' as a 1-d or 2-d tensor, an array of numbers or an array of those, "
+         .. "got shape %s", shapestr(s))
+  end
+  if type(ys) ~= "table" then
+    fail("'ys' must be a tensor or an array of numbers, got %s", describe(ys))
+  end
+  if type(ys[1]) == "number" then
+    local d = nested(ys, "'ys'")
+    return { d }
+  end
+  local out = {}
+  for i = 1, #ys do
+    local what = "'ys'[" .. i .. "]"
+    local d, s = nested(ys[i], what)
+    if #s == 1 then
+      out[#out + 1] = d
+    elseif #s == 2 then
+      for _, row in ipairs(d) do out[#out + 1] = row end
+    else
+      fail("expected %s as a 1-d or 2-d tensor or an array of numbers, got shape %s", what,
+           shapestr(s))
+    end
+  end
+  return out
+end
+
+local LINES_OPTS = keys("xlabel", "ylabel", "labels", "legend", "x", "logy")
+
+local function lines(ys, opts)
+  opts = options(opts, LINES_OPTS)
+  local ss = series(ys)
+  if #ss == 0 then fail("nothing to plot ('ys' is empty)") end
+  local xs
+  if opts.x ~= nil then
+    local s
+    xs, s = nested(opts.x, "option 'x'")
+    if #s ~= 1 then fail("option 'x' must be 1-d, got shape %s", shapestr(s)) end
+  end
+  local names = opts.labels or opts.legend
+  if names ~= nil then
+    if type(names) ~= "table" or is_tensor(names) or #names ~= #ss then
+      fail("option 'labels' must be an array of %d names (one per line), got %s", #ss,
+           type(names) == "table" and not is_tensor(names) and #names .. " names"
+           or describe(names))
+    end
+    for i = 1, #names do
+      local v = names[i]
+      if type(v) ~= "string" and type(v) ~= "number" then
+        fail("option 'labels'[%d] must be a string, got %s", i, describe(v))
+      end
+    end
+  end
+  local logy = opt_bool(opts, "logy", false)
+  local blocks, plots = {}, {}
+  for i, s in ipairs(ss) do
+    if #s == 0 then fail("line %d is empty", i) end
+    if xs and #xs ~= #s then fail("option 'x' has %d values but line %d has %d", #xs, i, #s) end
+    local rows = {}
+    for j, v in ipairs(s) do rows[j] = num(xs and xs[j] or j) .. " " .. num(v) end
+    blocks[i] = block("line" .. i, rows)
+    local t = names and gstr(tostring(names[i])) or (#ss > 1 and #ss <= 10 and gstr("line " .. i))
+    plots[i] = string.format("$line%d using 1:2 with lines lw 1.5 %s", i,
+                             t and "title " .. t or "notitle")
+  end
+  if logy then
+    local pos = false
+    for _, s in ipairs(ss) do each(s, function(v) if v > 0 then pos = true end end) end
+    if not pos then fail("option 'logy' needs positive values, but no value is > 0") end
+  end
+  local cv = canvas(opts, { 800, 500, 80, 24 })
+  local title = opt_string(opts, "title", #ss == 1 and "Values vs. index"
+                           or string.format("%d lines: values vs. index", #ss))
+  local body = labels(cv, title, opt_string(opts, "xlabel", xs and "x" or "index"),
+                      opt_string(opts, "ylabel", "value"))
+               .. grid_cmd(cv) .. "set key outside right\n" .. (logy and "set logscale y\n" or "")
+               .. "plot " .. table.concat(plots, ", \\\n     ") .. "\n"
+  return render(cv, table.concat(blocks), body)
+end
+
+--- plot.lines(ys [, opts]): ys a 1-d tensor or array (one line), a 2-d tensor (one line per
+-- ROW: pass g:transpose(1, 2) to draw columns), or an array of those (lines may differ in
+-- length). opts: title, xlabel, ylabel, labels (alias legend), x (shared x values), logy,
+-- out, width, height.
+M.lines = api("plot.lines", lines)
+
+---------------------------------------------------------------- plot.scatter
+
+local SCATTER_OPTS = keys("xlabel", "ylabel", "label", "logy")
+
+local function scatter(x, y, opts)
+  opts = options(opts, SCATTER_OPTS)
+  local xd, xs = nested(x, "'x'")
+  local yd, ys = nested(y, "'y'")
+  if #xs ~= 1 then fail("expected 'x' 1-d, got shape %s", shapestr(xs)) end
+  if #ys ~= 1 then fail("expected 'y' 1-d, got shape %s", shapestr(ys)) end
+  if xs[1] ~= ys[1] then fail("'x' and 'y' differ in length (%d and %d)", xs[1], ys[1]) end
+  if xs[1] == 0 then fail("nothing to plot ('x' and 'y' are empty)") end
+  local logy = opt_bool(opts, "logy", false)
+  local rows = {}
+  for i = 1, #xd do rows[i] = num(xd[i]) .. " " .. num(yd[i]) end
+  local cv = canvas(opts, { 800, 500, 80, 24 })
+  local label = opts.label and gstr(opt_string(opts, "label")) or nil
+  local body = labels(cv, opt_string(opts, "title", string.format("y vs. x (%d points)", #xd)),
+                      opt_string(opts, "xlabel", "x"), opt_string(opts, "ylabel", "y"))
+               .. grid_cmd(cv) .. (logy and "set logscale y\n" or "")
+               .. "plot $xy using 1:2 with points pt 7 ps 0.8 "
+               .. (label and "title " .. label or "notitle") .. "\n"
+  return render(cv, block("xy", rows), body)
+end
+
+--- plot.scatter(x, y [, opts]): x, y 1-d of equal length. opts: title, xlabel, ylabel, label,
+-- logy, out, width, height.
+M.scatter = api("plot.scatter", scatter)
+
+---------------------------------------------------------------- plot.histogram
+
+local HIST_OPTS = keys("bins", "range", "xlabel", "ylabel", "logy")
+
+-- Counts of the finite values 'vals' in 'bins' equal bins over lo..hi.
+local function bin_counts(vals, bins, lo, hi)
+  local counts = {}
+  for i = 1, bins do counts[i] = 0 end
+  local w = (hi - lo) / bins
+  for _, v in ipairs(vals) do
+    if v >= lo and v <= hi then
+      local k = math.floor((v - lo) / w) + 1
+      if k > bins then k = bins end
+      counts[k] = counts[k] + 1
+    end
+  end
+  return counts, w
+end
+
+local function histogram(t, opts)
+  opts = options(opts, HIST_OPTS)
+  local d = nested(t, "'t'")
+  local vals, skipped = {}, 0
+  each(d, function(v) if finite(v) then vals[#vals + 1] = v else skipped = skipped + 1 end end)
+  if #vals == 0 then fail("no finite values to plot (%d values in all)", skipped) end
+  local bins = opt_int(opts, "bins", math.max(1, math.min(50, math.ceil(math.sqrt(#vals)))), 1)
+  local lo, hi
+  if opts.range ~= nil then
+    lo, hi = opt_norm{ norm = opts.range }
+  else
+    lo, hi = math.huge, -math.huge
+    for _, v in ipairs(vals) do lo, hi = math.min(lo, v), math.max(hi, v) end
+    if lo == hi then lo, hi = lo - 0.5, hi + 0.5 end
+  end
+  local counts, w = bin_counts(vals, bins, lo, hi)
+  local rows = {}
+  for i, c in ipairs(counts) do rows[i] = num(lo + (i - 0.5) * w) .. " " .. c end
+  local title = string.format("Histogram of %d values, %d bins", #vals, bins)
+  if skipped > 0 then title = title .. string.format(" (%d non-finite left out)", skipped) end
+  local cv = canvas(opts, { 800, 500, 80, 24 })
+  local logy = opt_bool(opts, "logy", false)
+  local body = labels(cv, opt_string(opts, "title", title), opt_string(opts, "xlabel", "value"),
+                      opt_string(opts, "ylabel", "count"))
+               .. grid_cmd(cv) .. string.format("set boxwidth %s absolute\nset xrange [%s:%s]\n",
+                                num(w), num(lo), num(hi))
+               .. (logy and "set logscale y\nset yrange [0.5:*]\n" or "set yrange [0:*]\n")
+               .. "set style fill solid 0.6 border -1\n"
+               .. "plot $hist using 1:2 with boxes notitle\n"
+  return render(cv, block("hist", rows), body)
+end
+
+--- plot.histogram(t [, opts]): the values of 't' (any shape, NaN and infinities left out).
+-- opts: bins (default min(50, ceil(sqrt(n)))), range = {lo, hi}, title, xlabel, ylabel, logy,
+-- out, width, height.
+M.histogram = api("plot.histogram", histogram)
+
+---------------------------------------------------------------- heatmaps
+
+-- 'v' with infinities made the largest finite values, so they show in the extreme colours.
+local function saturate(v)
+  if v == math.huge then return 1e300 elseif v == -math.huge then return -1e300 end
+  return v
+end
+
+-- The commands that draw the R x C matrix 'm' (nested rows; row 1 at the top) as one plot
+-- named 'name', colours over lo..hi; returns the datablock and the plot commands. In text,
+-- cells are characters of the colour map's ramp, repeated to fill about 'cw' x 'ch' chars.
+local function heat(cv, name, m, R, C, cmap, lo, hi, cw, ch)
+  local rows = {}
+  local setup = string.format("set xrange [0.5:%s]\nset yrange [%s:0.5]\n", num(C + 0.5),
+                              num(R + 0.5))
+                .. int_tics("x", C, cv.text and math.max(2, cw // 6) or 8)
+                .. int_tics("y", R, cv.text and math.max(2, ch // 2) or 8)
+  if cv.text then
+    local nx, ny = math.max(1, math.ceil(cw / C)), math.max(1, math.ceil(ch / R))
+    for r = 1, R do
+      for c = 1, C do
+        local v = m[r][c]
+        local ch_ = v == v and ramp_char(cmap.ramp, v, lo, hi) or " "
+        if ch_ ~= " " then
+          for a = 1, nx do
+            for b = 1, ny do
+              rows[#rows + 1] = string.format("%s %s \"%s\"", num(c - 0.5 + (a - 0.5) / nx),
+                                              num(r - 0.5 + (b - 0.5) / ny), ch_)
+            end
+          end
+        end
+      end
+    end
+    if #rows == 0 then rows[1] = "0 0 \" \"" end          -- all blank: keep the frame
+    return block(name, rows), setup .. "plot $" .. name .. " using 1:2:3 with labels notitle\n"
+  end
+  setup = setup .. string.format("set palette defined (%s)\nset cbrange [%s:%s]\n",
+                                 cmap.stops, num(lo), num(hi))
+  local nan = false
+  each(m, function(v) if v ~= v then nan = true end end)
+  -- 'with image' needs a 2 x 2 grid and warns about NaN; boxes take any cells
+  if R >= 2 and C >= 2 and not nan then
+    for r = 1, R do
+      local row = {}
+      for c = 1, C do row[c] = num(saturate(m[r][c])) end
+      rows[r] = table.concat(row, " ")
+    end
+    return block(name, rows),
+           setup .. "plot $" .. name .. " matrix using ($1+1):($2+1):3 with image notitle\n"
+  end
+  for r = 1, R do
+    for c = 1, C do rows[#rows + 1] = string.format("%d %d %s", c, r, num(saturate(m[r][c]))) end
+  end
+  return block(name, rows), setup .. "plot $" .. name .. " using 1:2:(0.5):(0.5):3 "
+         .. "with boxxyerror fs solid 1.0 noborder lc palette notitle\n"
+end
+
+local HEAT_OPTS = keys("norm", "cmap", "xlabel", "ylabel", "colorbar")
+
+local function heatmap(t, opts)
+  opts = options(opts, HEAT_OPTS)
+  local m, s = ranked(t, "'t'", { 2 }, "to be a 2-d (rows, columns) tensor")
+  local cmap = opt_cmap(opts)
+  local lo, hi = color_range(opts, cmap, m)
+  local cv = canvas(opts, { 800, 600, 80, 30 })
+  local title = opt_string(opts, "title", string.format("Heatmap of a %dx%d matrix", s[1], s[2]))
+  title = title .. string.format(", norm=(%s, %s)", fmtg(lo), fmtg(hi))
+  if cv.text then title = title .. "\n" .. ramp_legend(cmap, lo, hi) end
+  local colorbar = opt_bool(opts, "colorbar", true)
+  local blk, draw = heat(cv, "m", m, s[1], s[2], cmap, lo, hi, cv.w - 12, cv.h - 7)
+  local body = labels(cv, title, opt_string(opts, "xlabel", "column"),
+                      opt_string(opts, "ylabel", "row"))
+               .. (colorbar and "" or "unset colorbox\n") .. draw
+  return render(cv, blk, body)
+end
+
+--- plot.heatmap(t2d [, opts]): t2d (rows, columns), row 1 at the top. opts: norm = {lo, hi}
+-- (default +-max|v| for diverging maps, min..max otherwise), cmap ("bwr" default, "coolwarm",
+-- "seismic", "RdBu", "viridis", "magma", "hot", "jet", "gray"), title, xlabel, ylabel,
+-- colorbar (default true), out, width, height.
+M.heatmap = api("plot.heatmap", heatmap)
+
+---------------------------------------------------------------- features (seed: See RNN)
+
+-- Grid of 'n' panels: rows from opts.n_rows (default about square), columns to fit.
+local function grid(opts, n)
+  local rows = opt_int(opts, "n_rows", math.max(1, math.floor(math.sqrt(n))), 1, n)
+  return rows, math.ceil(n / rows)
+end
+
+-- The per-sample data (B, T, C) of a (T, C) or (B, T, C) input, and whether it had samples.
+local function samples(g, expect)
+  local d, s = ranked(g, "'g'", { 2, 3 }, expect)
+  if #s == 2 then return { d }, { 1, s[1], s[2] }, false end
+  return d, s, true
+end
+
+local F1_OPTS = keys("n_rows", "name", "equate_axes")
+
+local function features_1d(g, opts)
+  opts = options(opts, F1_OPTS)
+  local d, s, batched = samples(g, "to be a (B, T, C) or (T, C) tensor")
+  local B, T, C = s[1], s[2], s[3]
+  local nr, nc = grid(opts, C)
+  local name = opt_string(opts, "name", "Gradients")
+  local equate = opt_bool(opts, "equate_axes", true)
+  local blocks = {}
+  for c = 1, C do
+    local parts = {}
+    for b = 1, B do
+      local rows = {}
+      for t = 1, T do rows[t] = t .. " " .. num(d[b][t][c]) end
+      parts[b] = table.concat(rows, "\n")
+    end
+    blocks[c] = "$ch" .. c .. " << EOD\n" .. table.concat(parts, "\n\n\n") .. "\nEOD\n"
+  end
+  local cv = canvas(opts, { 1200, 800, math.max(80, 40 * nc), math.max(24, 14 * nr + 2) })
+  local title = opt_string(opts, "title", batched
+    and string.format("((%s vs. Timesteps) vs. Samples) vs. Channels", name)
+    or string.format("(%s vs. Timesteps) vs. Channels", name))
+  local body = { string.format("set multiplot layout %d,%d rowsfirst title %s\n", nr, nc,
+                               gstr(wrap(cv, title))),
+                 grid_cmd(cv), "unset key\n", string.format("set xrange [1:%d]\n", math.max(T, 2)),
+                 int_tics("x", T, cv.text and math.max(2, cv.w // nc // 8) or 8) }
+  if equate then
+    local m = absmax(d)
+    if m == 0 then m = 1 end
+    body[#body + 1] = string.format("set yrange [%s:%s]\n", num(-m * 1.05), num(m * 1.05))
+  end
+  for c = 1, C do
+    body[#body + 1] = string.format("set title %s\nset xlabel %s\nset ylabel %s\n",
+      gstr(string.format("%s, channel %d", name, c)),
+      gstr(c + nc > C and "timestep" or ""), gstr((c - 1) % nc == 0 and name or ""))
+    body[#body + 1] = string.format("plot for [b=0:%d] $ch%d index b using 1:2 with lines "
+                                    .. "lt b+1 lw 1.2 notitle\n", B - 1, c)
+  end
+  body[#body + 1] = "unset multiplot\n"
+  return render(cv, table.concat(blocks), table.concat(body))
+end
+
+--- plot.features_1d(g [, opts]): g (T, C) or (B, T, C); one panel per channel (value against
+-- timestep, one line per sample) in an n_rows x ceil(C / n_rows) grid; y axes equal and
+-- symmetric about 0 (equate_axes=false: each its own). opts: n_rows, name (what g holds,
+-- default "Gradients", e.g. "dL/dh_t"), title, equate_axes, out, width, height.
+M.features_1d = api("plot.features_1d", features_1d)
+
+local F2_OPTS = keys("n_rows", "norm", "reflect_half", "cmap", "name", "colorbar")
+
+-- Sample 'x' (T rows of C) as channels x timesteps; with 'reflect', the second half of the
+-- channels reversed in time (a bidirectional layer's backward direction read left to right).
+local function channels_by_time(x, T, C, reflect)
+  local m = {}
+  for c = 1, C do
+    local row = {}
+    local rev = reflect and c > C // 2
+    for t = 1, T do row[t] = x[rev and T + 1 - t or t][c] end
+    m[c] = row
+  end
+  return m
+end
+
+local function features_2d(g, opts)
+  opts = options(opts, F2_OPTS)
+  local d, s, batched = samples(g, "to be a (B, T, C) or (T, C) tensor")
+  local B, T, C = s[1], s[2], s[3]
+  local reflect = opt_bool(opts, "reflect_half", false)
+  if reflect and C % 2 ~= 0 then
+    fail("reflect_half needs an even number of channels (both directions), got %d", C)
+  end
+  local nr, nc = grid(opts, B)
+  local cmap = opt_cmap(opts)
+  local lo, hi = color_range(opts, cmap, d)
+  local name = opt_string(opts, "name", "Gradients")
+  local cv = canvas(opts, { math.max(600, 320 * nc), math.max(450, 280 * nr),
+                            math.max(80, 40 * nc), math.max(24, 16 * nr + 3) })
+  local title = opt_string(opts, "title", string.format(batched
+    and "%s: ((Channels vs. Timesteps) vs. Samples)" or "%s: (Channels vs. Timesteps)", name))
+  title = title .. string.format(", norm=(%s, %s)", fmtg(lo), fmtg(hi))
+    .. (reflect and ", second half reflected in time" or "")
+  if cv.text then title = title .. "\n" .. ramp_legend(cmap, lo, hi) end
+  local colorbar = opt_bool(opts, "colorbar", B == 1)
+  local blocks, body = {}, { string.format("set multiplot layout %d,%d rowsfirst title %s\n",
+                                           nr, nc, gstr(wrap(cv, title))),
+                             colorbar and "" or "unset colorbox\n" }
+  for b = 1, B do
+    local m = channels_by_time(d[b], T, C, reflect)
+    local blk, draw = heat(cv, "s" .. b, m, C, T, cmap, lo, hi, cv.w // nc - 12, cv.h // nr - 6)
+    blocks[b] = blk
+    body[#body + 1] = string.format("set title %s\nset xlabel %s\nset ylabel %s\n",
+      gstr(batched and "sample " .. b or ""), gstr(b + nc > B and "timestep" or ""),
+      gstr((b - 1) % nc == 0 and "channel" or ""))
+    body[#body + 1] = draw
+  end
+  body[#body + 1] = "unset multiplot\n"
+  return render(cv, table.concat(blocks), table.concat(body))
+end
+
+--- plot.features_2d(g [, opts]): g (B, T, C) or (T, C); one heatmap (channels x timesteps,
+-- channel 1 at the top) per sample in an n_rows x ceil(B / n_rows) grid, one colour scale for
+-- all. opts: n_rows, norm = {lo, hi} (default +-max|g|), reflect_half (flip the second half of
+-- the channels in time, for bidirectional layers), cmap ("bwr"), name, title, colorbar
+-- (default: only for one sample), out, width, height.
+M.features_2d = api("plot.features_2d", features_2d)
+
+local F0_OPTS = keys("name", "cmap")
+
+-- The palette that colours channels 1..C: 'cmap' in C discrete colours; no colour box in text.
+local function channel_palette(cv, cmap, C)
+  if cv.text then return "unset colorbox\n" end
+  return string.format("set palette defined (%s)\n%sset cbrange [0.5:%s]\nset cblabel %s\n"
+                       .. "set cbtics %d\n", cmap.stops,
+                       C > 1 and string.format("set palette maxcolors %d\n", C) or "",
+                       num(C + 0.5), gstr("channel"), tic_step(C, 10))
+end
+
+local function features_0d(g, opts)
+  opts = options(opts, F0_OPTS)
+  local d, s = ranked(g, "'g'", { 2 }, "to be a (B, C) tensor")
+  local B, C = s[1], s[2]
+  local cmap = opt_cmap{ cmap = opts.cmap or "viridis" }
+  local name = opt_string(opts, "name", "Gradients")
+  local rows = {}
+  for b = 1, B do
+    for c = 1, C do rows[#rows + 1] = string.format("%d %s %d", b, num(d[b][c]), c) end
+  end
+  local cv = canvas(opts, { 1200, 400, 80, 24 })
+  local title = opt_string(opts, "title", string.format("(%s vs. Samples) vs. Channels", name))
+  if cv.text then title = title .. "\nletters are channels: A = 1, B = 2, ..." end
+  local body = labels(cv, title, "sample", name)
+               .. string.format("set xrange [0.5:%s]\n", num(B + 0.5))
+               .. int_tics("x", B, cv.text and math.max(2, cv.w // 6) or 16)
+               .. "set xzeroaxis lt -1 lw 1\n" .. (cv.text and "" or "set grid ytics\n")
+               .. channel_palette(cv, cmap, C)
+               .. (cv.text and "plot $g0 using 1:2:3 with points pt variable notitle\n"
+                   or "plot $g0 using 1:2:3 with points pt 6 ps 1.2 lw 2 lc palette notitle\n")
+  return render(cv, block("g0", rows), body)
+end
+
+--- plot.features_0d(g [, opts]): g (B, C), e.g. the gradient w.r.t. a return_sequences=false
+-- output: one point per sample and channel (x = sample, colour = channel) and a y = 0 line.
+-- opts: name, title, cmap ("viridis": bwr, the seed's, hides middle channels on white), out,
+-- width, height.
+M.features_0d = api("plot.features_0d", features_0d)
+
+---------------------------------------------------------------- plot.gnuplot
+
+-- The datablock lines of 'v': numbers of rank 0..3 (one line per row; rank 3 gives blocks
+-- separated by two blank lines, gnuplot's 'index') or raw text.
+local function data_lines(v, what)
+  if type(v) == "string" then
+    if v:find("\n") then
+      local out = {}
+      for line in (v .. "\n"):gmatch("(.-)\n") do
+        if line == "EOD" then fail("%s contains a line 'EOD'", what) end
+        out[#out + 1] = line
+      end
+      return out
+    end
+    return { v }
+  end
+  local d, s = nested(v, what)
+  local function row(r)
+    if type(r) == "number" then return num(r) end
+    local p = {}
+    for i, x in ipairs(r) do p[i] = num(x) end
+    return table.concat(p, " ")
+  end
+  if #s == 0 then return { num(d) } end
+  if #s <= 2 then
+    local out = {}
+    for i, r in ipairs(d) do out[i] = row(r) end
+    return out
+  end
+  if #s == 3 then
+    local out = {}
+    for i, blk in ipairs(d) do
+      if i > 1 then out[#out + 1] = "" out[#out + 1] = "" end
+      for _, r in ipairs(blk) do out[#out + 1] = row(r) end
+    end
+    return out
+  end
+  fail("%s must have rank 0 to 3, got shape %s", what, shapestr(s))
+end
+
+local function gnuplot(script, data, opts)
+  if type(script) ~= "string" then fail("'script' must be a string, got %s", describe(script)) end
+  opts = options(opts, keys())
+  local blocks = {}
+  if data ~= nil then
+    if type(data) ~= "table" or is_tensor(data) then
+      fail("'data' must be a table of named datablocks, got %s", describe(data))
+    end
+    local names = {}
+    for k in pairs(data) do
+      if type(k) ~= "string" or not k:match("^[%a_][%w_]*$") then
+        fail("datablock names must be identifiers (used as $name), got %s", describe(k))
+      end
+      names[#names + 1] = k
+    end
+    table.sort(names)
+    for _, k in ipairs(names) do
+      blocks[#blocks + 1] = block(k, data_lines(data[k], "data." .. k))
+    end
+  end
+  local cv = canvas(opts, { 800, 500, 80, 24 })
+  return render(cv, table.concat(blocks), script:sub(-1) == "\n" and script or script .. "\n")
+end
+
+--- plot.gnuplot(script [, data [, opts]]): runs gnuplot 'script' after the terminal setup
+-- (from opts.out, width, height as for the other calls; text to standard output by default)
+-- and after the datablocks of 'data' = { name = rows, ... } (each a tensor or Lua array of
+-- rank 0..3 (rank 3: blocks for 'index'), or raw text), used in the script as $name.
+M.gnuplot = api("plot.gnuplot", gnuplot)
+
+return M
