@@ -43,7 +43,7 @@ local function L_mm(A, B)
   return C
 end
 local function sig(v) return 1 / (1 + math.exp(-v)) end
-local function cols(M, first, n)                       -- columns first..first+n-1 of M (or of a row vector)
+local function cols(M, first, n)                       -- columns first..first+n-1 of M
   local out = {}
   for i = 1, #M do
     out[i] = {}
@@ -51,12 +51,7 @@ local function cols(M, first, n)                       -- columns first..first+n
   end
   return out
 end
-local function vec(v, first, n)
-  local out = {}
-  for j = 1, n do out[j] = v[first + j - 1] end
-  return out
-end
--- elementwise f over same-shaped (B, n) tables, plus optional row vector adds
+-- a new table shaped like A with f(i, j) at (i, j)
 local function map2(A, f)
   local out = {}
   for i = 1, #A do
@@ -250,6 +245,9 @@ describe("cell initializers (Keras)", function()
     local b = cell.bias:totable()
     for j = 1, 64 do assert.are.equal((j > 16 and j <= 32) and 1 or 0, b[j]) end
     assert.are.equal(0, nn.LSTMCell(3, 4, { unit_forget_bias = false }).bias:abs():sum():item())
+    assert.are.same({ 0, 1, 0, 0 }, nn.LSTMCell(3, 1, { bias_initializer = "zeros" }).bias:totable())
+    local given = mg.full({ 4 }, 0.5)
+    assert.are.same({ 0.5, 0.5, 0.5, 0.5 }, nn.LSTMCell(3, 1, { bias_initializer = given }).bias:totable())
     assert.are.same({ "lstm/kernel", "lstm/recurrent_kernel", "lstm/bias" },
       (function() local n = {} for i, p in ipairs(cell:parameters()) do n[i] = p.name end return n end)())
   end)
@@ -394,6 +392,7 @@ describe("nn.Cell custom cells", function()
     local Wrong = nn.Cell { name = "wrong", state_size = 2,
       call = function(_, x) return x, { mg.zeros(1, 3, F64) } end }
     assert_error("wrong (new states returned by call): state 1 has shape (1,3), expected (1,2)", Wrong(), randn(1, 2))
+    assert_error("RNN: got the cell class 'two_state'; pass an instance, two_state(...)", nn.RNN, TwoState)
     local Neg = nn.Cell { name = "neg", state_size = -1, call = function() end }
     assert_error("neg: state_size[1] must be a positive integer", Neg)
   end)

@@ -98,9 +98,9 @@ local function activation(fn, a, default)
   return f
 end
 
--- A new (rows, cols) tensor (or (cols) when rows is nil) from an initializer: a name
--- ("glorot_uniform", "orthogonal", "zeros", "ones"), a function(shape, dtype) returning a
--- tensor, or a tensor of the right shape (copied).
+-- A tensor of 'shape' (an array) from an initializer: a name ("glorot_uniform",
+-- "orthogonal", "zeros", "ones"), a function(shape, dtype) returning a tensor, or a tensor of
+-- that shape. The result may share the given tensor (mg.Variable copies it).
 local function initial_value(fn, what, init, shape, dtype)
   local opt = { dtype = dtype }
   if is_tensor(init) then
@@ -322,11 +322,16 @@ function nn.SimpleRNNCell(nin, units, opts)
   return self
 end
 
+-- cell:step(x, h) -> h'
+function SimpleRNNCell:step(x, h)
+  local z = x:matmul(self.kernel) + h:matmul(self.recurrent_kernel)
+  if self.bias then z = z + self.bias end
+  return self.activation(z)
+end
+
 function SimpleRNNCell:call(x, states)
   check_features("SimpleRNNCell", x, self.input_size)
-  local z = x:matmul(self.kernel) + states[1]:matmul(self.recurrent_kernel)
-  if self.bias then z = z + self.bias end
-  local h = self.activation(z)
+  local h = self:step(x, states[1])
   return h, { h }
 end
 
@@ -356,18 +361,18 @@ end
 
 -- nn.LSTMCell(in, units [, {unit_forget_bias=true, use_bias=true, kernel_initializer=,
 -- recurrent_initializer=, bias_initializer=, dtype=, name="lstm"}]): states {h, c}, output h.
+-- unit_forget_bias sets the f block of the bias to 1 after the bias initializer.
 function nn.LSTMCell(nin, units, opts)
   local self
   self, opts = cell_init("LSTMCell", LSTMCell, nin, units, opts, GATED_OPTS, "lstm")
   local u = self.units
   self._ctor, self._state_size = nn.LSTMCell, { u, u }
   cell_weights(self, "LSTMCell", opts, 4, { 4 * u })
+  local forget_one = check_bool("LSTMCell", "unit_forget_bias", opts.unit_forget_bias, true)
   if self.bias then
-    if check_bool("LSTMCell", "unit_forget_bias", opts.unit_forget_bias, true)
-       and opts.bias_initializer == nil then
-      self.bias:narrow(1, u + 1, u):fill(1)
-    end
     self.bias = variable(self, "bias", self.bias)
+    -- as Keras, whatever the bias initializer; a bias given as a tensor is kept as it is
+    if forget_one and not is_tensor(opts.bias_initializer) then self.bias:narrow(1, u + 1, u):fill(1) end
   end
   return self
 end
@@ -426,6 +431,7 @@ function nn.GRUCell(nin, units, opts)
   return self
 end
 
+-- cell:step(x, h) -> h'
 function GRUCell:step(x, h)
   return nn.gru_step(x, h, self.kernel, self.recurrent_kernel, self.bias, self.reset_after)
 end
@@ -491,7 +497,7 @@ function nn.Cell(def)
   end
   function C.fresh(self, prefix) return new(prefix .. self.name, table.unpack(self._args, 1, self._args.n)) end
   return setmetatable({}, { __call = function(_, ...) return new(base, ...) end, __index = C,
-                            __tostring = function() return "nn.Cell class " .. base end })
+                            __tostring = function() return "nn.Cell class " .. base end, cell_class = base })
 end
 
 ---------------------------------------------------------------- RNN
@@ -500,6 +506,10 @@ local RNN = class("RNN", Layer)
 local RNN_OPTS = set("return_sequences", "return_state", "stateful", "go_backwards")
 
 local function check_cell(fn, cell)
+  local mt = type(cell) == "table" and getmetatable(cell)
+  if mt and mt.cell_class then
+    raisef("%s: got the cell class '%s'; pass an instance, %s(...)", fn, mt.cell_class, mt.cell_class)
+  end
   if type(cell) ~= "table" or type(cell.state_size) ~= "function" or type(cell.initial_state) ~= "function"
      or type(cell.call) ~= "function" then
     raisef("%s: expected a cell, got %s", fn, describe(cell))
