@@ -929,6 +929,30 @@ static int l_unstack(lua_State *L) {
   return 1;
 }
 
+/* ================================================================ fused cells */
+
+/* lstm_cell(x, h, c, kernel, recurrent_kernel, bias) -> h', c' */
+static int l_lstm_cell(lua_State *L) {
+  LSTATE_ARG;
+  mg_tensor *a[6];
+  for (int i = 0; i < 6; i++) a[i] = mg_lua_checktensor(L, i + 1);
+  lua_settop(L, 6);
+  mg_tensor **sh = mg_lua_newslot(L), **sc = mg_lua_newslot(L), *h = NULL, *c = NULL;
+  if (mg_lstm_cell(S->C, a[0], a[1], a[2], a[3], a[4], a[5], &h, &c) != MG_OK) return mg_lua_fail(L, S->C);
+  *sh = h;
+  mg_lua_settensor(L, S, sc, c);
+  return 2;
+}
+
+/* gru_cell(x, h, kernel, recurrent_kernel, bias [, reset_after=true]) -> h' */
+static int l_gru_cell(lua_State *L) {
+  LSTATE_ARG;
+  mg_tensor *a[5], *h = NULL;
+  for (int i = 0; i < 5; i++) a[i] = mg_lua_checktensor(L, i + 1);
+  bool ra = lua_isnoneornil(L, 6) ? true : lua_toboolean(L, 6);
+  return mg_lua_result(L, S, mg_gru_cell(S->C, a[0], a[1], a[2], a[3], a[4], ra, &h), &h);
+}
+
 /* ================================================================ files */
 
 static int l_save(lua_State *L) {
@@ -991,6 +1015,7 @@ static const luaL_Reg module_functions[] = {
   { "eq", l_eq }, { "ne", l_ne }, { "lt", l_lt }, { "le", l_le }, { "gt", l_gt }, { "ge", l_ge },
   { "matmul", l_matmul }, { "cat", l_cat }, { "stack", l_stack }, { "split", l_split },
   { "unstack", l_unstack }, { "save", l_save }, { "load", l_load },
+  { "lstm_cell", l_lstm_cell }, { "gru_cell", l_gru_cell },
   { "sum", t_sum }, { "mean", t_mean }, { "var", t_var }, { "std", t_std }, { "norm", t_norm },
   { "max", t_max }, { "min", t_min }, { "argmax", t_argmax }, { "argmin", t_argmin },
   { "reshape", t_reshape }, { "transpose", t_transpose }, { "permute", t_permute },

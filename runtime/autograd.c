@@ -60,3 +60,113 @@ mg_status mg_align_lead(mg_ctx *C, mg_tensor *t, int lead, int ndim, mg_tensor *
   for (int i = lead; i < t->ndim; i++) sh[m++] = t->shape[i];
   return mg_tensor_reshape(C, t, m, sh, out);
 }
+
+/* ================================================================ expressions */
+
+void mg_ex_begin(mg_ex *e, mg_ctx *C) {
+  e->C = C;
+  e->st = MG_OK;
+  e->n = 0;
+}
+
+mg_status mg_ex_end(mg_ex *e) {
+  for (int i = 0; i < e->n; i++) mg_tensor_release(e->t[i]);
+  e->n = 0;
+  return e->st;
+}
+
+/* Own a result (or record the failure). A pointer, read after the call that fills it. */
+static mg_tensor *own(mg_ex *e, mg_status st, mg_tensor **tp) {
+  mg_tensor *t = *tp;
+  if (st != MG_OK) { e->st = st; return NULL; }
+  if (e->n == MG_EX_MAX) {
+    mg_tensor_release(t);
+    e->st = mg_fail(e->C, MG_ENOMEM, "internal: expression too long");
+    return NULL;
+  }
+  return e->t[e->n++] = t;
+}
+
+#define EX_GUARD() do { if (e->st != MG_OK) return NULL; } while (0)
+
+mg_tensor *mg_ex_keep(mg_ex *e, mg_tensor *t) {
+  return (e->st == MG_OK && t) ? mg_tensor_retain(t) : NULL;
+}
+
+static mg_tensor *binary(mg_ex *e, mg_binary op, mg_tensor *a, mg_tensor *b) {
+  EX_GUARD();
+  mg_tensor *y = NULL;
+  return own(e, mg_tensor_binary(e->C, op, a, b, &y), &y);
+}
+
+mg_tensor *mg_ex_add(mg_ex *e, mg_tensor *a, mg_tensor *b) { return binary(e, MG_B_ADD, a, b); }
+mg_tensor *mg_ex_sub(mg_ex *e, mg_tensor *a, mg_tensor *b) { return binary(e, MG_B_SUB, a, b); }
+mg_tensor *mg_ex_mul(mg_ex *e, mg_tensor *a, mg_tensor *b) { return binary(e, MG_B_MUL, a, b); }
+
+mg_tensor *mg_ex_rsub(mg_ex *e, double v, mg_tensor *a) {
+  EX_GUARD();
+  mg_tensor *y = NULL;
+  return own(e, mg_tensor_binary_scalar(e->C, MG_B_SUB, a, v, true, &y), &y);
+}
+
+mg_tensor *mg_ex_unary(mg_ex *e, mg_unary op, mg_tensor *a) {
+  EX_GUARD();
+  mg_tensor *y = NULL;
+  return own(e, mg_tensor_unary(e->C, op, a, &y), &y);
+}
+
+mg_tensor *mg_ex_matmul(mg_ex *e, mg_tensor *a, mg_tensor *b) {
+  EX_GUARD();
+  mg_tensor *y = NULL;
+  return own(e, mg_tensor_matmul(e->C, a, b, &y), &y);
+}
+
+mg_tensor *mg_ex_mT(mg_ex *e, mg_tensor *a) {
+  EX_GUARD();
+  mg_tensor *y = NULL;
+  return own(e, mg_tensor_transpose(e->C, a, a->ndim - 2, a->ndim - 1, &y), &y);
+}
+
+mg_tensor *mg_ex_narrow(mg_ex *e, mg_tensor *a, int dim, int64_t start, int64_t len) {
+  EX_GUARD();
+  mg_tensor *y = NULL;
+  return own(e, mg_tensor_narrow(e->C, a, dim, start, len, &y), &y);
+}
+
+mg_tensor *mg_ex_select(mg_ex *e, mg_tensor *a, int dim, int64_t i) {
+  EX_GUARD();
+  mg_tensor *y = NULL;
+  return own(e, mg_tensor_select(e->C, a, dim, i, &y), &y);
+}
+
+mg_tensor *mg_ex_unsqueeze(mg_ex *e, mg_tensor *a, int dim) {
+  EX_GUARD();
+  mg_tensor *y = NULL;
+  return own(e, mg_tensor_unsqueeze(e->C, a, dim, &y), &y);
+}
+
+mg_tensor *mg_ex_cat(mg_ex *e, int n, mg_tensor *const *xs, int dim) {
+  EX_GUARD();
+  mg_tensor *y = NULL;
+  return own(e, mg_tensor_cat(e->C, n, xs, dim, &y), &y);
+}
+
+mg_tensor *mg_ex_sum(mg_ex *e, mg_tensor *a, uint32_t mask) {
+  EX_GUARD();
+  mg_tensor *y = NULL;
+  return own(e, mg_tensor_sum(e->C, a, mask, false, &y), &y);
+}
+
+mg_tensor *mg_ex_align(mg_ex *e, mg_tensor *t, int lead, int ndim) {
+  EX_GUARD();
+  mg_tensor *y = NULL;
+  return own(e, mg_align_lead(e->C, t, lead, ndim, &y), &y);
+}
+
+mg_tensor *mg_ex_zeros(mg_ex *e, mg_tensor *like, int lead, mg_tensor *shape_of) {
+  EX_GUARD();
+  int64_t sh[MG_MAXDIM];
+  int nd = mg_lead_shape(like, lead, shape_of->ndim, shape_of->shape, sh);
+  mg_tensor *y = NULL;
+  return own(e, mg_tensor_zeros(e->C, shape_of->dtype, nd, sh, &y), &y);
+}

@@ -39,6 +39,19 @@ static layout blas_layout(const mg_tensor *t) {
   return (layout){ false, false, 0 };
 }
 
+void mg_gemm(mg_dtype dt, bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha,
+             const void *a, int64_t lda, const void *b, int64_t ldb, double beta, void *y,
+             int64_t ldy) {
+  enum CBLAS_TRANSPOSE A = ta ? CblasTrans : CblasNoTrans, B = tb ? CblasTrans : CblasNoTrans;
+  if (M == 0 || N == 0) return;
+  if (dt == MG_F64)
+    cblas_dgemm(CblasRowMajor, A, B, (int)M, (int)N, (int)K, alpha, a, (int)lda, b, (int)ldb,
+                beta, y, (int)ldy);
+  else
+    cblas_sgemm(CblasRowMajor, A, B, (int)M, (int)N, (int)K, (float)alpha, a, (int)lda, b,
+                (int)ldb, (float)beta, y, (int)ldy);
+}
+
 static void gemm(mg_dtype dt, layout la, layout lb, int64_t M, int64_t N, int64_t K,
                  const void *a, const void *b, void *y, int64_t ldy) {
   enum CBLAS_TRANSPOSE ta = la.trans ? CblasTrans : CblasNoTrans;

@@ -202,6 +202,16 @@ MG_API mg_status mg_tensor_softmax(mg_ctx *C, mg_tensor *x, int dim, bool log,
 /* Matrix product: 1-d operands as NumPy, >= 2-d batched with broadcast leading dims. */
 MG_API mg_status mg_tensor_matmul(mg_ctx *C, mg_tensor *a, mg_tensor *b, mg_tensor **out);
 
+/* Fused recurrent cells, Keras layouts (RNN_REFERENCE.md), one recorded node per step.
+** LSTM (gates i, f, c, o): x (B, d), h and c (B, u), kernel (d, 4u), recurrent (u, 4u),
+** bias (4u); new h and c. GRU (gates z, r, h): kernel (d, 3u), recurrent (u, 3u), bias
+** (2, 3u) when 'reset_after' (rows: input, recurrent) else (3u); new h. */
+MG_API mg_status mg_lstm_cell(mg_ctx *C, mg_tensor *x, mg_tensor *h, mg_tensor *c,
+                              mg_tensor *W, mg_tensor *U, mg_tensor *b, mg_tensor **h_out,
+                              mg_tensor **c_out);
+MG_API mg_status mg_gru_cell(mg_ctx *C, mg_tensor *x, mg_tensor *h, mg_tensor *W,
+                             mg_tensor *U, mg_tensor *b, bool reset_after, mg_tensor **h_out);
+
 /* ----------------------------------------------------------------------------------------
 ** Random numbers (per context; the same sequence on every machine for a seed)
 ** -------------------------------------------------------------------------------------- */

@@ -103,6 +103,7 @@ struct mg_ctx {
   mg_pool *pool;
   mg_tape *active;              /* tapes recording now, innermost first */
   int nactive;
+  int nbusy;                    /* of those, how many are being differentiated (not recording) */
   int no_grad;                  /* > 0 inside no_grad: nothing is recorded */
   size_t memory_budget;
   mg_rng rng;
@@ -187,12 +188,55 @@ mg_status mg_align_lead(mg_ctx *C, mg_tensor *t, int lead, int ndim, mg_tensor *
 /* The 'lead' leading sizes of 'g' followed by 'ndim' sizes of 'shape' into 'dst'. */
 int mg_lead_shape(const mg_tensor *g, int lead, int ndim, const int64_t *shape, int64_t *dst);
 
+/* Row-major GEMM on raw buffers: y = alpha op(a) op(b) + beta y (linalg.c). */
+void mg_gemm(mg_dtype dt, bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha,
+             const void *a, int64_t lda, const void *b, int64_t ldb, double beta, void *y,
+             int64_t ldy);
+
+/* ----------------------------------------------------------------------------------------
+** Expressions for composite rules (autograd.c): each mg_ex_* returns a borrowed tensor
+** owned by the expression (released by mg_ex_end), or NULL once anything failed; the
+** first failure's status stays in 'st'. So a rule reads as the maths it computes.
+** -------------------------------------------------------------------------------------- */
+
+#define MG_EX_MAX 96
+
+typedef struct mg_ex {
+  mg_ctx *C;
+  mg_status st;
+  int n;
+  mg_tensor *t[MG_EX_MAX];
+} mg_ex;
+
+void mg_ex_begin(mg_ex *e, mg_ctx *C);
+/* Release every temporary; returns the status. */
+mg_status mg_ex_end(mg_ex *e);
+/* A new reference to 't' for the caller (NULL stays NULL). */
+mg_tensor *mg_ex_keep(mg_ex *e, mg_tensor *t);
+mg_tensor *mg_ex_add(mg_ex *e, mg_tensor *a, mg_tensor *b);
+mg_tensor *mg_ex_sub(mg_ex *e, mg_tensor *a, mg_tensor *b);
+mg_tensor *mg_ex_mul(mg_ex *e, mg_tensor *a, mg_tensor *b);
+mg_tensor *mg_ex_rsub(mg_ex *e, double v, mg_tensor *a);           /* v - a */
+mg_tensor *mg_ex_unary(mg_ex *e, mg_unary op, mg_tensor *a);
+mg_tensor *mg_ex_matmul(mg_ex *e, mg_tensor *a, mg_tensor *b);
+mg_tensor *mg_ex_mT(mg_ex *e, mg_tensor *a);                       /* swap the last two dims */
+mg_tensor *mg_ex_narrow(mg_ex *e, mg_tensor *a, int dim, int64_t start, int64_t len);
+mg_tensor *mg_ex_select(mg_ex *e, mg_tensor *a, int dim, int64_t i);
+mg_tensor *mg_ex_unsqueeze(mg_ex *e, mg_tensor *a, int dim);
+mg_tensor *mg_ex_cat(mg_ex *e, int n, mg_tensor *const *xs, int dim);
+mg_tensor *mg_ex_sum(mg_ex *e, mg_tensor *a, uint32_t mask);
+mg_tensor *mg_ex_align(mg_ex *e, mg_tensor *t, int lead, int ndim);
+/* Zeros of lead dims of 'like' .. shape of 'shape_of'. */
+mg_tensor *mg_ex_zeros(mg_ex *e, mg_tensor *like, int lead, mg_tensor *shape_of);
+
 /* ----------------------------------------------------------------------------------------
 ** Recording (tape.c)
 ** -------------------------------------------------------------------------------------- */
 
 /* True when an op run now would be recorded by some tape. */
-static inline bool mg_recording(const mg_ctx *C) { return C->active != NULL && C->no_grad == 0; }
+static inline bool mg_recording(const mg_ctx *C) {
+  return C->nactive > C->nbusy && C->no_grad == 0;
+}
 
 /* Record a node on every active tape. Inputs, outputs and saved tensors gain references.
 ** Returns MG_ENOMEM (message set) when a tape cannot grow; the forward result stays valid. */

@@ -22,6 +22,8 @@ typedef enum mg_opcode {
   MG_OP_SUM, MG_OP_AMAX, MG_OP_AMIN, MG_OP_SOFTMAX, MG_OP_LOG_SOFTMAX,
   /* linear algebra (linalg.c) */
   MG_OP_MATMUL,
+  /* fused recurrent cells (cells.c) */
+  MG_OP_LSTM_CELL, MG_OP_GRU_CELL,
   MG_OP_COUNT
 } mg_opcode;
 

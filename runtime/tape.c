@@ -125,6 +125,7 @@ void mg_tape_stop(mg_tape *T) {
   for (mg_tape **p = &C->active; *p; p = &(*p)->next_active)
     if (*p == T) { *p = T->next_active; break; }
   C->nactive--;
+  if (T->busy) C->nbusy--;
   T->recording = false;
   mg_tape_release(T);                    /* the active list's reference */
 }
@@ -336,12 +337,12 @@ mg_status mg_tape_gradient_sweep(mg_tape *T, int ntargets, mg_tensor *const *tar
 ** non-persistent tape is spent at the end. */
 mg_status mg_tape_begin(mg_tape *T) {
   if (T->spent) return spent_error(T);
-  T->busy++;
+  if (T->busy++ == 0 && T->recording) T->ctx->nbusy++;
   return MG_OK;
 }
 
 void mg_tape_end(mg_tape *T) {
-  T->busy--;
+  if (--T->busy == 0 && T->recording) T->ctx->nbusy--;
   if (!T->persistent) {                  /* spent: nothing it records could be used */
     T->spent = true;
     drop_nodes(T);

@@ -1,0 +1,470 @@
+/*
+** cells.c - fused recurrent cells (Keras layouts, RNN_REFERENCE.md): one GEMM for the input
+** part and one for the recurrent part of all gates, then one pass over the gates. Each step
+** is one recorded node.
+** Reverse rule: a fused kernel for first-order use (no other tape recording, no vectorized
+** lead dim); otherwise the same maths composed from recorded ops, with the gates recomputed
+** by recorded ops when another tape records (so gradients of gradients are exact).
+*/
+#include "mg_impl.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+/* Contiguous copies of node inputs, made without recording. New references. */
+static mg_status contiguous_all(mg_ctx *C, int n, mg_tensor *const *in, mg_tensor **out) {
+  mg_status st = MG_OK;
+  mg_no_grad_enter(C);
+  for (int i = 0; i < n; i++) {
+    out[i] = NULL;
+    if (st == MG_OK && in[i]) st = mg_tensor_contiguous(C, in[i], &out[i]);
+  }
+  mg_no_grad_exit(C);
+  if (st != MG_OK)
+    for (int i = 0; i < n; i++) { mg_tensor_release(out[i]); out[i] = NULL; }
+  return st;
+}
+
+static void release_all(int n, mg_tensor **t) {
+  for (int i = 0; i < n; i++) mg_tensor_release(t[i]);
+}
+
+static double sigm(double v) { return v >= 0 ? 1 / (1 + exp(-v)) : exp(v) / (1 + exp(v)); }
+
+/* Element k of a contiguous float32/float64 buffer, and its setter. */
+#define GETV(t, k) ((t)->dtype == MG_F64 ? MG_F64P(t)[k] : (double)MG_F32P(t)[k])
+#define SETV(t, k, v) do { if ((t)->dtype == MG_F64) MG_F64P(t)[k] = (v); \
+                           else MG_F32P(t)[k] = (float)(v); } while (0)
+
+/* Check a 2-d operand's shape; 'rows' < 0 accepts any. */
+static mg_status want2(mg_ctx *C, const char *fn, const char *what, const mg_tensor *t,
+                       int64_t rows, int64_t cols) {
+  char b[96];
+  if (t->ndim != 2 || (rows >= 0 && t->shape[0] != rows) || t->shape[1] != cols)
+    return mg_fail(C, MG_ESHAPE, "%s: %s has shape %s, expected (%s%lld,%lld)", fn, what,
+                   mg_shapestr(b, sizeof b, t->ndim, t->shape), rows < 0 ? "B" : "",
+                   (long long)(rows < 0 ? 0 : rows), (long long)cols);
+  return MG_OK;
+}
+
+static mg_status same_dtype(mg_ctx *C, const char *fn, int n, mg_tensor *const *t) {
+  for (int i = 1; i < n; i++)
+    if (t[i]->dtype != t[0]->dtype)
+      return mg_fail(C, MG_EARG, "%s: mixed dtypes (%s and %s)", fn, mg_dtype_name(t[0]->dtype),
+                     mg_dtype_name(t[i]->dtype));
+  return MG_OK;
+}
+
+/* ================================================================ LSTM */
+
+enum { LX, LH, LC, LW, LU, LB, LSTM_NIN };
+
+static mg_status lstm_check(mg_ctx *C, mg_tensor *const *in) {
+  const char *fn = "lstm_cell";
+  mg_tensor *x = in[LX];
+  char b[96];
+  if (x->ndim != 2)
+    return mg_fail(C, MG_ESHAPE, "%s: input has shape %s, expected (B, features)", fn,
+                   mg_shapestr(b, sizeof b, x->ndim, x->shape));
+  int64_t B = x->shape[0], d = x->shape[1], u = in[LH]->ndim == 2 ? in[LH]->shape[1] : -1;
+  mg_status st;
+  if ((st = want2(C, fn, "h", in[LH], B, u)) || (st = want2(C, fn, "c", in[LC], B, u)) ||
+      (st = want2(C, fn, "kernel", in[LW], d, 4 * u)) ||
+      (st = want2(C, fn, "recurrent_kernel", in[LU], u, 4 * u)))
+    return st;
+  if (in[LB]->ndim != 1 || in[LB]->shape[0] != 4 * u)
+    return mg_fail(C, MG_ESHAPE, "%s: bias has shape %s, expected (%lld)", fn,
+                   mg_shapestr(b, sizeof b, in[LB]->ndim, in[LB]->shape), (long long)(4 * u));
+  return same_dtype(C, fn, LSTM_NIN, in);
+}
+
+/* z = x W + h U + b, then the gates in place: G = [i f g o]; c' = f c + i g, h' = o tanh(c'). */
+static void lstm_forward(mg_tensor *const *k, mg_tensor *G, mg_tensor *hn, mg_tensor *cn) {
+  mg_tensor *x = k[LX], *h = k[LH], *c = k[LC], *b = k[LB];
+  int64_t B = x->shape[0], d = x->shape[1], u = h->shape[1];
+  mg_gemm(x->dtype, false, false, B, 4 * u, d, 1, mg_tensor_data(x), d, mg_tensor_data(k[LW]),
+          4 * u, 0, mg_tensor_data(G), 4 * u);
+  mg_gemm(x->dtype, false, false, B, 4 * u, u, 1, mg_tensor_data(h), u, mg_tensor_data(k[LU]),
+          4 * u, 1, mg_tensor_data(G), 4 * u);
+  for (int64_t r = 0; r < B; r++)
+    for (int64_t j = 0; j < u; j++) {
+      int64_t g0 = r * 4 * u + j, s = r * u + j;
+      double i = sigm(GETV(G, g0) + GETV(b, j)), f = sigm(GETV(G, g0 + u) + GETV(b, j + u));
+      double g = tanh(GETV(G, g0 + 2 * u) + GETV(b, j + 2 * u));
+      double o = sigm(GETV(G, g0 + 3 * u) + GETV(b, j + 3 * u));
+      double cc = f * GETV(c, s) + i * g;
+      SETV(G, g0, i); SETV(G, g0 + u, f); SETV(G, g0 + 2 * u, g); SETV(G, g0 + 3 * u, o);
+      SETV(cn, s, cc);
+      SETV(hn, s, o * tanh(cc));
+    }
+}
+
+mg_status mg_lstm_cell(mg_ctx *C, mg_tensor *x, mg_tensor *h, mg_tensor *c, mg_tensor *W,
+                       mg_tensor *U, mg_tensor *b, mg_tensor **h_out, mg_tensor **c_out) {
+  mg_tensor *in[LSTM_NIN] = { x, h, c, W, U, b }, *k[LSTM_NIN], *G = NULL, *hn = NULL, *cn = NULL;
+  mg_status st = lstm_check(C, in);
+  if (st != MG_OK || (st = contiguous_all(C, LSTM_NIN, in, k)) != MG_OK) return st;
+  int64_t B = x->shape[0], u = h->shape[1], gs[2] = { B, 4 * u };
+  if ((st = mg_tensor_empty(C, x->dtype, 2, gs, &G)) == MG_OK &&
+      (st = mg_tensor_empty(C, x->dtype, 2, h->shape, &hn)) == MG_OK &&
+      (st = mg_tensor_empty(C, x->dtype, 2, h->shape, &cn)) == MG_OK) {
+    lstm_forward(k, G, hn, cn);
+    if (mg_recording(C)) {
+      mg_tensor *out[2] = { hn, cn };
+      st = mg_record(C, MG_OP_LSTM_CELL, LSTM_NIN, in, 2, out, 1, &G, NULL);
+    }
+  }
+  release_all(LSTM_NIN, k);
+  mg_tensor_release(G);
+  if (st != MG_OK) { mg_tensor_release(hn); mg_tensor_release(cn); return st; }
+  *h_out = hn;
+  *c_out = cn;
+  return MG_OK;
+}
+
+/* Fused reverse rule: dz from the saved gates, then the GEMMs each needed input asks for. */
+static mg_status lstm_vjp_fused(mg_ctx *C, const mg_node *n, mg_tensor *gh, mg_tensor *gc,
+                                const bool *need, mg_tensor **gin) {
+  mg_tensor *k[LSTM_NIN], *G = n->saved[0], *cn = n->out[1], *dz = NULL, *dc = NULL;
+  mg_status st = contiguous_all(C, LSTM_NIN, n->in, k);
+  if (st != MG_OK) return st;
+  mg_tensor *g2[2] = { gh, gc }, *gk[2];
+  if ((st = contiguous_all(C, 2, g2, gk)) != MG_OK) { release_all(LSTM_NIN, k); return st; }
+  mg_dtype dt = n->in[LX]->dtype;
+  int64_t B = k[LX]->shape[0], d = k[LX]->shape[1], u = k[LH]->shape[1], gs[2] = { B, 4 * u };
+  if ((st = mg_tensor_empty(C, dt, 2, gs, &dz)) == MG_OK &&
+      (st = mg_tensor_empty(C, dt, 2, k[LH]->shape, &dc)) == MG_OK) {
+    for (int64_t r = 0; r < B; r++)
+      for (int64_t j = 0; j < u; j++) {
+        int64_t g0 = r * 4 * u + j, s = r * u + j;
+        double i = GETV(G, g0), f = GETV(G, g0 + u), g = GETV(G, g0 + 2 * u), o = GETV(G, g0 + 3 * u);
+        double tc = tanh(GETV(cn, s)), dh = gk[0] ? GETV(gk[0], s) : 0;
+        double dct = (gk[1] ? GETV(gk[1], s) : 0) + dh * o * (1 - tc * tc);
+        SETV(dz, g0, dct * g * i * (1 - i));
+        SETV(dz, g0 + u, dct * GETV(k[LC], s) * f * (1 - f));
+        SETV(dz, g0 + 2 * u, dct * i * (1 - g * g));
+        SETV(dz, g0 + 3 * u, dh * tc * o * (1 - o));
+        SETV(dc, s, dct * f);
+      }
+    /* (rows, cols) of each gradient and its GEMM: dx = dz W', dh = dz U', dW = x' dz, ... */
+    struct { int in; int64_t r, c, K; bool ta, tb; mg_tensor *a, *b; } mm[4] = {
+      { LX, B, d, 4 * u, false, true, dz, k[LW] }, { LH, B, u, 4 * u, false, true, dz, k[LU] },
+      { LW, d, 4 * u, B, true, false, k[LX], dz }, { LU, u, 4 * u, B, true, false, k[LH], dz } };
+    for (int m = 0; m < 4 && st == MG_OK; m++) {
+      if (!need[mm[m].in]) continue;
+      int64_t sh[2] = { mm[m].r, mm[m].c };
+      if ((st = mg_tensor_empty(C, dt, 2, sh, &gin[mm[m].in])) != MG_OK) break;
+      mg_gemm(dt, mm[m].ta, mm[m].tb, mm[m].r, mm[m].c, mm[m].K, 1, mg_tensor_data(mm[m].a),
+              mm[m].a->shape[1], mg_tensor_data(mm[m].b), mm[m].b->shape[1], 0,
+              mg_tensor_data(gin[mm[m].in]), mm[m].c);
+    }
+    if (st == MG_OK && need[LB]) st = mg_tensor_sum(C, dz, 1u, false, &gin[LB]);
+    if (st == MG_OK && need[LC]) gin[LC] = mg_tensor_retain(dc);
+  }
+  release_all(LSTM_NIN, k);
+  release_all(2, gk);
+  mg_tensor_release(dz);
+  mg_tensor_release(dc);
+  return st;
+}
+
+/* The gates i, f, g, o and tanh(c') as tensors: recomputed with recorded ops when another
+** tape records (so they are differentiable), else views of the saved ones. */
+static void lstm_gates(mg_ex *e, const mg_node *n, mg_tensor **gate, mg_tensor **tc) {
+  mg_tensor *const *in = n->in;
+  int64_t u = in[LH]->shape[1];
+  mg_tensor *z = n->saved[0], *cn = n->out[1];
+  bool live = mg_recording(e->C);
+  if (live)
+    z = mg_ex_add(e, mg_ex_add(e, mg_ex_matmul(e, in[LX], in[LW]), mg_ex_matmul(e, in[LH], in[LU])), in[LB]);
+  for (int q = 0; q < 4; q++) {
+    gate[q] = mg_ex_narrow(e, z, 1, q * u, u);
+    if (live) gate[q] = mg_ex_unary(e, q == 2 ? MG_U_TANH : MG_U_SIGMOID, gate[q]);
+  }
+  if (live) cn = mg_ex_add(e, mg_ex_mul(e, gate[1], in[LC]), mg_ex_mul(e, gate[0], gate[2]));
+  *tc = mg_ex_unary(e, MG_U_TANH, cn);
+}
+
+/* s (1 - s): the sigmoid's derivative from its value */
+static mg_tensor *dsig(mg_ex *e, mg_tensor *s) { return mg_ex_mul(e, s, mg_ex_rsub(e, 1, s)); }
+/* 1 - t^2: tanh's derivative from its value */
+static mg_tensor *dtanh(mg_ex *e, mg_tensor *t) { return mg_ex_rsub(e, 1, mg_ex_mul(e, t, t)); }
+
+static mg_status lstm_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *g,
+                          const bool *need, mg_tensor **gin) {
+  if (lead == 0 && !mg_recording(C)) return lstm_vjp_fused(C, n, g[0], g[1], need, gin);
+  mg_ex ex, *e = &ex;
+  mg_ex_begin(e, C);
+  mg_tensor *const *in = n->in, *gate[4], *tc;
+  lstm_gates(e, n, gate, &tc);
+  mg_tensor *like = g[0] ? g[0] : g[1];
+  mg_tensor *gh = g[0] ? g[0] : mg_ex_zeros(e, like, lead, n->out[0]);
+  mg_tensor *gc = g[1] ? g[1] : mg_ex_zeros(e, like, lead, n->out[1]);
+  mg_tensor *dct = mg_ex_add(e, gc, mg_ex_mul(e, mg_ex_mul(e, gh, gate[3]), dtanh(e, tc)));
+  mg_tensor *dz[4] = {
+    mg_ex_mul(e, mg_ex_mul(e, dct, gate[2]), dsig(e, gate[0])),
+    mg_ex_mul(e, mg_ex_mul(e, dct, in[LC]), dsig(e, gate[1])),
+    mg_ex_mul(e, mg_ex_mul(e, dct, gate[0]), dtanh(e, gate[2])),
+    mg_ex_mul(e, mg_ex_mul(e, gh, tc), dsig(e, gate[3])) };
+  mg_tensor *z = mg_ex_cat(e, 4, dz, lead + 1);
+  if (need[LX]) gin[LX] = mg_ex_keep(e, mg_ex_matmul(e, z, mg_ex_mT(e, in[LW])));
+  if (need[LH]) gin[LH] = mg_ex_keep(e, mg_ex_matmul(e, z, mg_ex_mT(e, in[LU])));
+  if (need[LC]) gin[LC] = mg_ex_keep(e, mg_ex_mul(e, dct, gate[1]));
+  if (need[LW]) gin[LW] = mg_ex_keep(e, mg_ex_matmul(e, mg_ex_mT(e, in[LX]), z));
+  if (need[LU]) gin[LU] = mg_ex_keep(e, mg_ex_matmul(e, mg_ex_mT(e, in[LH]), z));
+  if (need[LB]) gin[LB] = mg_ex_keep(e, mg_ex_sum(e, z, 1u << lead));
+  return mg_ex_end(e);
+}
+
+/* Sum of the terms that exist (NULL terms are zero). */
+static mg_tensor *add_opt(mg_ex *e, mg_tensor *a, mg_tensor *b) {
+  return a == NULL ? b : (b == NULL ? a : mg_ex_add(e, a, b));
+}
+
+static mg_tensor *mul_opt(mg_ex *e, mg_tensor *a, mg_tensor *b) {
+  return (a == NULL || b == NULL) ? NULL : mg_ex_mul(e, a, b);
+}
+
+/* Tangent of x W + h U + b (any of them may have none); NULL when all are NULL. */
+static mg_tensor *affine_tangent(mg_ex *e, const mg_node *n, int lead, mg_tensor *const *t,
+                                 int ix, int ih, int iw, int iu, mg_tensor *bias_t) {
+  mg_tensor *const *in = n->in, *z = NULL;
+  if (t[ix]) z = add_opt(e, z, mg_ex_matmul(e, t[ix], in[iw]));
+  if (t[iw]) z = add_opt(e, z, mg_ex_matmul(e, in[ix], t[iw]));
+  if (t[ih]) z = add_opt(e, z, mg_ex_matmul(e, t[ih], in[iu]));
+  if (t[iu]) z = add_opt(e, z, mg_ex_matmul(e, in[ih], t[iu]));
+  if (bias_t) z = add_opt(e, z, mg_ex_align(e, bias_t, lead, 2));
+  return z;
+}
+
+static mg_status lstm_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *t,
+                          mg_tensor **tout) {
+  mg_ex ex, *e = &ex;
+  mg_ex_begin(e, C);
+  mg_tensor *const *in = n->in, *gate[4], *tc, *tg[4] = { NULL };
+  int64_t u = in[LH]->shape[1];
+  lstm_gates(e, n, gate, &tc);
+  mg_tensor *tz = affine_tangent(e, n, lead, t, LX, LH, LW, LU, t[LB]);
+  for (int q = 0; tz && q < 4; q++) {
+    mg_tensor *zq = mg_ex_narrow(e, tz, lead + 1, q * u, u);
+    tg[q] = mg_ex_mul(e, zq, q == 2 ? dtanh(e, gate[q]) : dsig(e, gate[q]));
+  }
+  mg_tensor *tcn = add_opt(e, add_opt(e, mul_opt(e, tg[1], in[LC]), mul_opt(e, gate[1], t[LC])),
+                           add_opt(e, mul_opt(e, tg[0], gate[2]), mul_opt(e, gate[0], tg[2])));
+  mg_tensor *thn = add_opt(e, mul_opt(e, tg[3], tc), mul_opt(e, mul_opt(e, gate[3], dtanh(e, tc)), tcn));
+  mg_tensor *outs[2] = { thn, tcn };
+  for (int q = 0; q < 2 && e->st == MG_OK; q++) {
+    if (outs[q] == NULL) continue;
+    mg_status st = mg_expand_lead(C, outs[q], lead, 2, n->out[q]->shape, &tout[q]);
+    if (st != MG_OK) e->st = st;
+  }
+  return mg_ex_end(e);
+}
+
+const mg_opdef mg_opdef_lstm_cell = { "lstm_cell", lstm_vjp, lstm_jvp };
+
+/* ================================================================ GRU */
+
+enum { GX, GH, GW, GU, GB, GRU_NIN };
+
+static mg_status gru_check(mg_ctx *C, mg_tensor *const *in, bool reset_after) {
+  const char *fn = "gru_cell";
+  mg_tensor *x = in[GX], *b = in[GB];
+  char s[96];
+  if (x->ndim != 2)
+    return mg_fail(C, MG_ESHAPE, "%s: input has shape %s, expected (B, features)", fn,
+                   mg_shapestr(s, sizeof s, x->ndim, x->shape));
+  int64_t B = x->shape[0], d = x->shape[1], u = in[GH]->ndim == 2 ? in[GH]->shape[1] : -1;
+  mg_status st;
+  if ((st = want2(C, fn, "h", in[GH], B, u)) || (st = want2(C, fn, "kernel", in[GW], d, 3 * u)) ||
+      (st = want2(C, fn, "recurrent_kernel", in[GU], u, 3 * u)))
+    return st;
+  bool ok = reset_after ? (b->ndim == 2 && b->shape[0] == 2 && b->shape[1] == 3 * u)
+                        : (b->ndim == 1 && b->shape[0] == 3 * u);
+  if (!ok)
+    return mg_fail(C, MG_ESHAPE, "%s: bias has shape %s, expected %s(%lld)", fn,
+                   mg_shapestr(s, sizeof s, b->ndim, b->shape), reset_after ? "(2," : "(",
+                   (long long)(3 * u));
+  return same_dtype(C, fn, GRU_NIN, in);
+}
+
+/* Saved S (B, 4u) = [z r hh m], m = h U_h + b_r[h] (reset_after) or unused. */
+static void gru_forward(mg_tensor *const *k, bool ra, mg_tensor *S, mg_tensor *M, mg_tensor *hn) {
+  mg_tensor *x = k[GX], *h = k[GH], *b = k[GB];
+  mg_dtype dt = x->dtype;
+  int64_t B = x->shape[0], d = x->shape[1], u = h->shape[1], es = (int64_t)mg_dtype_size(dt);
+  char *U = mg_tensor_data(k[GU]);
+  /* M = x W: the input part of every gate */
+  mg_gemm(dt, false, false, B, 3 * u, d, 1, mg_tensor_data(x), d, mg_tensor_data(k[GW]), 3 * u,
+          0, mg_tensor_data(M), 3 * u);
+  /* S[:, :3u] (reset_after) or S[:, :2u]: the recurrent part h U */
+  mg_gemm(dt, false, false, B, ra ? 3 * u : 2 * u, u, 1, mg_tensor_data(h), u, U, 3 * u, 0,
+          mg_tensor_data(S), 4 * u);
+  int64_t bo = ra ? 3 * u : 0;                   /* where the recurrent bias starts */
+  for (int64_t r = 0; r < B; r++)
+    for (int64_t j = 0; j < u; j++) {
+      int64_t s0 = r * 4 * u + j, m0 = r * 3 * u + j;
+      double z = sigm(GETV(M, m0) + GETV(b, j) + GETV(S, s0) + (ra ? GETV(b, bo + j) : 0));
+      double rr = sigm(GETV(M, m0 + u) + GETV(b, j + u) + GETV(S, s0 + u) + (ra ? GETV(b, bo + u + j) : 0));
+      SETV(S, s0, z);
+      SETV(S, s0 + u, rr);
+      if (ra) SETV(S, s0 + 3 * u, GETV(S, s0 + 2 * u) + GETV(b, bo + 2 * u + j));
+      else SETV(S, s0 + 3 * u, rr * GETV(h, r * u + j));   /* r h, multiplied by U_h below */
+    }
+  if (!ra) {                                     /* S[:, 2u:3u] = (r h) U_h */
+    mg_gemm(dt, false, false, B, u, u, 1, (char *)mg_tensor_data(S) + 3 * u * es, 4 * u,
+            U + 2 * u * es, 3 * u, 0, (char *)mg_tensor_data(S) + 2 * u * es, 4 * u);
+  }
+  for (int64_t r = 0; r < B; r++)
+    for (int64_t j = 0; j < u; j++) {
+      int64_t s0 = r * 4 * u + j, m0 = r * 3 * u + j, hs = r * u + j;
+      double z = GETV(S, s0), rr = GETV(S, s0 + u);
+      double pre = GETV(M, m0 + 2 * u) + GETV(b, 2 * u + j) +
+                   (ra ? rr * GETV(S, s0 + 3 * u) : GETV(S, s0 + 2 * u));
+      double hh = tanh(pre);
+      SETV(S, s0 + 2 * u, hh);
+      SETV(hn, hs, z * GETV(h, hs) + (1 - z) * hh);
+    }
+}
+
+mg_status mg_gru_cell(mg_ctx *C, mg_tensor *x, mg_tensor *h, mg_tensor *W, mg_tensor *U,
+                      mg_tensor *b, bool reset_after, mg_tensor **h_out) {
+  mg_tensor *in[GRU_NIN] = { x, h, W, U, b }, *k[GRU_NIN], *S = NULL, *M = NULL, *hn = NULL;
+  mg_status st = gru_check(C, in, reset_after);
+  if (st != MG_OK || (st = contiguous_all(C, GRU_NIN, in, k)) != MG_OK) return st;
+  int64_t B = x->shape[0], u = h->shape[1], ss[2] = { B, 4 * u }, ms[2] = { B, 3 * u };
+  if ((st = mg_tensor_empty(C, x->dtype, 2, ss, &S)) == MG_OK &&
+      (st = mg_tensor_empty(C, x->dtype, 2, ms, &M)) == MG_OK &&
+      (st = mg_tensor_empty(C, x->dtype, 2, h->shape, &hn)) == MG_OK) {
+    gru_forward(k, reset_after, S, M, hn);
+    if (mg_recording(C)) {
+      mg_attr at = { .ni = 1, .i = { reset_after } };
+      st = mg_record(C, MG_OP_GRU_CELL, GRU_NIN, in, 1, &hn, 1, &S, &at);
+    }
+  }
+  release_all(GRU_NIN, k);
+  mg_tensor_release(S);
+  mg_tensor_release(M);
+  if (st != MG_OK) { mg_tensor_release(hn); return st; }
+  *h_out = hn;
+  return MG_OK;
+}
+
+/* The GRU's gates as tensors: z, r, hh and m (the recurrent h-gate term: h U_h + b_r[h]
+** for reset_after, r h otherwise), recomputed with recorded ops when another tape records. */
+static void gru_gates(mg_ex *e, const mg_node *n, mg_tensor **z, mg_tensor **r, mg_tensor **hh,
+                      mg_tensor **m) {
+  mg_tensor *const *in = n->in, *S = n->saved[0];
+  bool ra = n->attr.i[0] != 0;
+  int64_t u = in[GH]->shape[1];
+  if (!mg_recording(e->C)) {
+    *z = mg_ex_narrow(e, S, 1, 0, u);
+    *r = mg_ex_narrow(e, S, 1, u, u);
+    *hh = mg_ex_narrow(e, S, 1, 2 * u, u);
+    *m = mg_ex_narrow(e, S, 1, 3 * u, u);
+    return;
+  }
+  mg_tensor *bi = ra ? mg_ex_select(e, in[GB], 0, 0) : in[GB];
+  mg_tensor *mx = mg_ex_add(e, mg_ex_matmul(e, in[GX], in[GW]), bi);
+  mg_tensor *U = in[GU];
+  mg_tensor *mh = mg_ex_matmul(e, in[GH], ra ? U : mg_ex_narrow(e, U, 1, 0, 2 * u));
+  if (ra) mh = mg_ex_add(e, mh, mg_ex_select(e, in[GB], 0, 1));
+  *z = mg_ex_unary(e, MG_U_SIGMOID, mg_ex_add(e, mg_ex_narrow(e, mx, 1, 0, u), mg_ex_narrow(e, mh, 1, 0, u)));
+  *r = mg_ex_unary(e, MG_U_SIGMOID, mg_ex_add(e, mg_ex_narrow(e, mx, 1, u, u), mg_ex_narrow(e, mh, 1, u, u)));
+  *m = ra ? mg_ex_narrow(e, mh, 1, 2 * u, u) : mg_ex_mul(e, *r, in[GH]);
+  mg_tensor *rec = ra ? mg_ex_mul(e, *r, *m) : mg_ex_matmul(e, *m, mg_ex_narrow(e, U, 1, 2 * u, u));
+  *hh = mg_ex_unary(e, MG_U_TANH, mg_ex_add(e, mg_ex_narrow(e, mx, 1, 2 * u, u), rec));
+}
+
+static mg_status gru_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *g,
+                         const bool *need, mg_tensor **gin) {
+  mg_ex ex, *e = &ex;
+  mg_ex_begin(e, C);
+  mg_tensor *const *in = n->in, *z, *r, *hh, *m, *gh = g[0];
+  bool ra = n->attr.i[0] != 0;
+  int64_t u = in[GH]->shape[1];
+  gru_gates(e, n, &z, &r, &hh, &m);
+  mg_tensor *Uh = mg_ex_narrow(e, in[GU], 1, 2 * u, u);
+  mg_tensor *dzp = mg_ex_mul(e, mg_ex_mul(e, gh, mg_ex_sub(e, in[GH], hh)), dsig(e, z));
+  mg_tensor *dhp = mg_ex_mul(e, mg_ex_mul(e, gh, mg_ex_rsub(e, 1, z)), dtanh(e, hh));
+  /* reset_after: d m = dhp r, dr = dhp m; else d(r h) = dhp U_h', dr = d(rh) h */
+  mg_tensor *drh = ra ? NULL : mg_ex_matmul(e, dhp, mg_ex_mT(e, Uh));
+  mg_tensor *drp = mg_ex_mul(e, ra ? mg_ex_mul(e, dhp, m) : mg_ex_mul(e, drh, in[GH]), dsig(e, r));
+  mg_tensor *mx3[3] = { dzp, drp, dhp };
+  mg_tensor *dmx = mg_ex_cat(e, 3, mx3, lead + 1);
+  mg_tensor *mh3[3] = { dzp, drp, mg_ex_mul(e, dhp, r) };
+  mg_tensor *dmh = ra ? mg_ex_cat(e, 3, mh3, lead + 1) : mg_ex_cat(e, 2, mh3, lead + 1);
+  mg_tensor *Urec = ra ? in[GU] : mg_ex_narrow(e, in[GU], 1, 0, 2 * u);
+  if (need[GX]) gin[GX] = mg_ex_keep(e, mg_ex_matmul(e, dmx, mg_ex_mT(e, in[GW])));
+  if (need[GH]) {
+    mg_tensor *dh = mg_ex_add(e, mg_ex_mul(e, gh, z), mg_ex_matmul(e, dmh, mg_ex_mT(e, Urec)));
+    if (!ra) dh = mg_ex_add(e, dh, mg_ex_mul(e, drh, r));
+    gin[GH] = mg_ex_keep(e, dh);
+  }
+  if (need[GW]) gin[GW] = mg_ex_keep(e, mg_ex_matmul(e, mg_ex_mT(e, in[GX]), dmx));
+  if (need[GU]) {
+    mg_tensor *dU = mg_ex_matmul(e, mg_ex_mT(e, in[GH]), dmh);
+    if (!ra) {
+      mg_tensor *parts[2] = { dU, mg_ex_matmul(e, mg_ex_mT(e, m), dhp) };
+      dU = mg_ex_cat(e, 2, parts, lead + 1);
+    }
+    gin[GU] = mg_ex_keep(e, dU);
+  }
+  if (need[GB]) {
+    mg_tensor *bx = mg_ex_sum(e, dmx, 1u << lead);
+    if (ra) {
+      mg_tensor *two[2] = { mg_ex_unsqueeze(e, mg_ex_sum(e, dmx, 1u << lead), lead),
+                            mg_ex_unsqueeze(e, mg_ex_sum(e, dmh, 1u << lead), lead) };
+      bx = mg_ex_cat(e, 2, two, lead);
+    }
+    gin[GB] = mg_ex_keep(e, bx);
+  }
+  return mg_ex_end(e);
+}
+
+static mg_status gru_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *t,
+                         mg_tensor **tout) {
+  mg_ex ex, *e = &ex;
+  mg_ex_begin(e, C);
+  mg_tensor *const *in = n->in, *z, *r, *hh, *m;
+  bool ra = n->attr.i[0] != 0;
+  int64_t u = in[GH]->shape[1];
+  gru_gates(e, n, &z, &r, &hh, &m);
+  /* tangents of the input part (x W + b_i) and of the recurrent part (h U [+ b_r]) */
+  mg_tensor *tbi = t[GB] ? (ra ? mg_ex_select(e, t[GB], lead, 0) : t[GB]) : NULL;
+  mg_tensor *tbr = t[GB] && ra ? mg_ex_select(e, t[GB], lead, 1) : NULL;
+  mg_tensor *tmx = NULL, *tmh = NULL;
+  if (t[GX]) tmx = add_opt(e, tmx, mg_ex_matmul(e, t[GX], in[GW]));
+  if (t[GW]) tmx = add_opt(e, tmx, mg_ex_matmul(e, in[GX], t[GW]));
+  if (tbi) tmx = add_opt(e, tmx, mg_ex_align(e, tbi, lead, 2));
+  mg_tensor *U = ra ? in[GU] : mg_ex_narrow(e, in[GU], 1, 0, 2 * u);
+  if (t[GH]) tmh = add_opt(e, tmh, mg_ex_matmul(e, t[GH], U));
+  if (t[GU]) tmh = add_opt(e, tmh, mg_ex_matmul(e, in[GH], ra ? t[GU] : mg_ex_narrow(e, t[GU], lead + 1, 0, 2 * u)));
+  if (tbr) tmh = add_opt(e, tmh, mg_ex_align(e, tbr, lead, 2));
+  mg_tensor *tzp = add_opt(e, tmx ? mg_ex_narrow(e, tmx, lead + 1, 0, u) : NULL,
+                           tmh ? mg_ex_narrow(e, tmh, lead + 1, 0, u) : NULL);
+  mg_tensor *trp = add_opt(e, tmx ? mg_ex_narrow(e, tmx, lead + 1, u, u) : NULL,
+                           tmh ? mg_ex_narrow(e, tmh, lead + 1, u, u) : NULL);
+  mg_tensor *tz = mul_opt(e, tzp, dsig(e, z)), *tr = mul_opt(e, trp, dsig(e, r));
+  mg_tensor *tpre = tmx ? mg_ex_narrow(e, tmx, lead + 1, 2 * u, u) : NULL, *trec;
+  if (ra) {                              /* d(r m) with m = h U_h + b_r[h] */
+    mg_tensor *tm = tmh ? mg_ex_narrow(e, tmh, lead + 1, 2 * u, u) : NULL;
+    trec = add_opt(e, mul_opt(e, tr, m), mul_opt(e, r, tm));
+  } else {                               /* d((r h) U_h) */
+    mg_tensor *Uh = mg_ex_narrow(e, in[GU], 1, 2 * u, u);
+    mg_tensor *trh = add_opt(e, mul_opt(e, tr, in[GH]), mul_opt(e, r, t[GH]));
+    trec = trh ? mg_ex_matmul(e, trh, Uh) : NULL;
+    if (t[GU]) trec = add_opt(e, trec, mg_ex_matmul(e, m, mg_ex_narrow(e, t[GU], lead + 1, 2 * u, u)));
+  }
+  mg_tensor *thh = mul_opt(e, add_opt(e, tpre, trec), dtanh(e, hh));
+  /* h' = z h + (1 - z) hh */
+  mg_tensor *th = add_opt(e, mul_opt(e, tz, mg_ex_sub(e, in[GH], hh)), mul_opt(e, z, t[GH]));
+  th = add_opt(e, th, mul_opt(e, mg_ex_rsub(e, 1, z), thh));
+  if (th && e->st == MG_OK) {
+    mg_status st = mg_expand_lead(C, th, lead, 2, n->out[0]->shape, &tout[0]);
+    if (st != MG_OK) e->st = st;
+  }
+  return mg_ex_end(e);
+}
+
+const mg_opdef mg_opdef_gru_cell = { "gru_cell", gru_vjp, gru_jvp };
