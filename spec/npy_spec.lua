@@ -1,0 +1,269 @@
+-- NumPy .npy files (npy.c): save/load round trips in float32 and float64 (0-d, empty and
+-- non-contiguous tensors too), NumPy reading ours and we reading NumPy's (Fortran order,
+-- format 2.0), and every malformed file raising an error that names 'load' and the path.
+local mg = require "moongrad"
+
+local F64 = { dtype = "float64" }
+local PY = "/usr/bin/python3"
+local HAVE_NUMPY = os.execute(PY .. " -c 'import numpy' >/dev/null 2>&1") == true
+
+local function raises(fn, ...)
+  local ok, msg = pcall(fn)
+  assert.is_false(ok, "expected an error")
+  msg = tostring(msg)
+  for _, s in ipairs { ... } do
+    assert.is_truthy(msg:find(s, 1, true), ("error %q does not mention %q"):format(msg, s))
+  end
+end
+
+local dir
+setup(function()
+  dir = os.tmpname()
+  os.remove(dir)
+  assert(os.execute("mkdir -p '" .. dir .. "'"))
+end)
+teardown(function() os.execute("rm -rf '" .. dir .. "'") end)
+
+local function path(name) return dir .. "/" .. name end
+
+local function readall(p)
+  local f = assert(io.open(p, "rb"))
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+local function writeall(p, s)
+  local f = assert(io.open(p, "wb"))
+  f:write(s)
+  f:close()
+  return p
+end
+
+-- A version 1.0 .npy image: magic, version, header padded to 64 bytes with a newline, data.
+local function npy(header, data, version)
+  version = version or 1
+  local pre = 6 + 2 + (version == 1 and 2 or 4)
+  local total = pre + #header + 1
+  header = header .. string.rep(" ", (64 - total % 64) % 64) .. "\n"
+  local len = version == 1 and string.pack("<I2", #header) or string.pack("<I4", #header)
+  return "\x93NUMPY" .. string.char(version, 0) .. len .. header .. (data or "")
+end
+
+local function doubles(...)
+  local t = {}
+  for i, v in ipairs { ... } do t[i] = string.pack("<d", v) end
+  return table.concat(t)
+end
+
+-- Run 'code' with numpy as np, the directory as d; true when it exits with status 0.
+local function python(code)
+  local script = path("check.py")
+  writeall(script, "import sys\nimport numpy as np\nd = sys.argv[1]\n" .. code .. "\n")
+  local out = io.popen(PY .. " '" .. script .. "' '" .. dir .. "' 2>&1")
+  local text = out:read("a")
+  local ok = out:close()
+  assert.is_true(ok == true, "python failed:\n" .. text)
+  return text
+end
+
+describe("save and load", function()
+  it("round-trip float32 and float64 values and shapes exactly", function()
+    mg.manual_seed(1)
+    for _, dt in ipairs { "float32", "float64" } do
+      for _, shape in ipairs { {}, { 1 }, { 5 }, { 2, 3 }, { 2, 3, 4 }, { 0, 3 }, { 1, 1, 1, 1, 2 } } do
+        local t = mg.randn(shape, { dtype = dt })
+        local p = path("rt.npy")
+        mg.save(t, p)
+        local u = mg.load(p)
+        assert.are.equal(dt, u.dtype)
+        assert.are.same(t:shape(), u:shape())
+        assert.are.same(t:totable(), u:totable())
+      end
+    end
+    mg.save(mg.tensor({ 0.1, 1 / 3, 1e-310, -0.0 }, F64), path("exact.npy"))
+    local back = mg.load(path("exact.npy")):totable()
+    assert.are.same({ 0.1, 1 / 3, 1e-310 }, { back[1], back[2], back[3] })
+    assert.are.equal("-0.0", tostring(back[4]))
+  end)
+
+  it("save non-contiguous views in C order", function()
+    local base = mg.arange(24, F64):reshape(2, 3, 4)
+    for _, v in ipairs { base:transpose(1, 3), base:narrow(3, 2, 2), base:select(2, 2),
+                         mg.tensor { 1, 2 }:expand(3, 2), base:permute(2, 3, 1)[2] } do
+      mg.save(v, path("view.npy"))
+      local u = mg.load(path("view.npy"))
+      assert.are.same(v:shape(), u:shape())
+      assert.are.same(v:totable(), u:totable())
+      assert.is_true(u:is_contiguous())
+    end
+  end)
+
+  it("write a version 1.0 header NumPy can parse, padded to 64 bytes", function()
+    mg.save(mg.zeros(2, 3), path("h.npy"))
+    local s = readall(path("h.npy"))
+    assert.are.equal("\x93NUMPY\1\0", s:sub(1, 8))
+    local hlen = string.unpack("<I2", s, 9)
+    assert.are.equal(0, (10 + hlen) % 64)
+    local header = s:sub(11, 10 + hlen)
+    assert.are.equal("\n", header:sub(-1))
+    assert.is_truthy(header:find("'descr': '<f4'", 1, true))
+    assert.is_truthy(header:find("'fortran_order': False", 1, true))
+    assert.is_truthy(header:find("'shape': (2, 3)", 1, true))
+    assert.are.equal(10 + hlen + 24, #s)
+    mg.save(mg.tensor(1, F64), path("h0.npy"))
+    assert.is_truthy(readall(path("h0.npy")):find("'shape': ()", 1, true))
+    mg.save(mg.ones(7), path("h1.npy"))
+    assert.is_truthy(readall(path("h1.npy")):find("'shape': (7,)", 1, true))
+  end)
+
+  it("read files written by hand: format 2.0, extra spaces, Fortran order", function()
+    local data = doubles(1, 2, 3, 4, 5, 6)
+    local v2 = writeall(path("v2.npy"),
+      npy("{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), }", data, 2))
+    assert.are.same({ { 1, 2, 3 }, { 4, 5, 6 } }, mg.load(v2):totable())
+    local spaced = writeall(path("sp.npy"),
+      npy("{ 'shape' : ( 3 , 2 ) , 'fortran_order' : False , 'descr' : '<f8' }", data))
+    assert.are.same({ { 1, 2 }, { 3, 4 }, { 5, 6 } }, mg.load(spaced):totable())
+    local fortran = writeall(path("f.npy"),
+      npy("{'descr': '<f8', 'fortran_order': True, 'shape': (2, 3), }", data))
+    local f = mg.load(fortran)
+    assert.are.same({ { 1, 3, 5 }, { 2, 4, 6 } }, f:totable())  -- column-major data
+    assert.is_true(f:is_contiguous())
+    local f1 = writeall(path("f1.npy"),
+      npy("{'descr': '<f8', 'fortran_order': True, 'shape': (3,), }", doubles(7, 8, 9)))
+    assert.are.same({ 7, 8, 9 }, mg.load(f1):totable())
+  end)
+end)
+
+describe("interoperability with NumPy", function()
+  it("NumPy reads what moongrad writes", function()
+    if not HAVE_NUMPY then pending("/usr/bin/python3 has no numpy") return end
+    mg.save(mg.arange(24):reshape(2, 3, 4), path("m32.npy"))
+    mg.save(mg.arange(24, F64):reshape(2, 3, 4):transpose(1, 3), path("m64t.npy"))
+    mg.save(mg.tensor(2.5, F64), path("m0.npy"))
+    mg.save(mg.zeros(0, 3), path("me.npy"))
+    mg.save(mg.tensor({ 0.1, 1 / 3 }, F64), path("mx.npy"))
+    local out = python([==[
+a = np.load(f'{d}/m32.npy')
+assert a.dtype == np.float32 and a.shape == (2, 3, 4), (a.dtype, a.shape)
+assert np.array_equal(a, np.arange(24, dtype=np.float32).reshape(2, 3, 4))
+b = np.load(f'{d}/m64t.npy')
+assert b.dtype == np.float64 and b.shape == (4, 3, 2) and b.flags.c_contiguous
+assert np.array_equal(b, np.arange(24.0).reshape(2, 3, 4).transpose(2, 1, 0))
+c = np.load(f'{d}/m0.npy')
+assert c.shape == () and c == 2.5
+e = np.load(f'{d}/me.npy')
+assert e.shape == (0, 3) and e.dtype == np.float32
+x = np.load(f'{d}/mx.npy')
+assert x[0] == 0.1 and x[1] == 1 / 3
+print('ok')]==])
+    assert.is_truthy(out:find("ok", 1, true))
+  end)
+
+  it("moongrad reads what NumPy writes, including Fortran order and format 2.0", function()
+    if not HAVE_NUMPY then pending("/usr/bin/python3 has no numpy") return end
+    python([==[
+np.save(f'{d}/n32.npy', np.arange(6, dtype=np.float32).reshape(2, 3) / 4)
+np.save(f'{d}/n64.npy', np.array([[0.1, 1 / 3], [1e-300, -2.5]]))
+np.save(f'{d}/nf.npy', np.asfortranarray(np.arange(24.0).reshape(2, 3, 4)))
+np.save(f'{d}/n0.npy', np.float64(7.25))
+np.save(f'{d}/ne.npy', np.zeros((3, 0), dtype=np.float32))
+with open(f'{d}/nv2.npy', 'wb') as f:
+    np.lib.format.write_array(f, np.arange(4.0), version=(2, 0))
+np.save(f'{d}/ni8.npy', np.arange(3, dtype=np.int64))
+np.save(f'{d}/nbe.npy', np.arange(3, dtype='>f8'))]==])
+    local a = mg.load(path("n32.npy"))
+    assert.are.equal("float32", a.dtype)
+    assert.are.same({ { 0, 0.25, 0.5 }, { 0.75, 1, 1.25 } }, a:totable())
+    local b = mg.load(path("n64.npy"))
+    assert.are.equal("float64", b.dtype)
+    assert.are.same({ { 0.1, 1 / 3 }, { 1e-300, -2.5 } }, b:totable())
+    local f = mg.load(path("nf.npy"))
+    assert.are.same(mg.arange(24, F64):reshape(2, 3, 4):totable(), f:totable())
+    assert.are.equal(7.25, mg.load(path("n0.npy")):item())
+    assert.are.equal(0, mg.load(path("n0.npy")):dim())
+    assert.are.same({ 3, 0 }, mg.load(path("ne.npy")):shape())
+    assert.are.same({ 0, 1, 2, 3 }, mg.load(path("nv2.npy")):totable())
+    raises(function() return mg.load(path("ni8.npy")) end, "load", "'<i8'", "ni8.npy")
+    raises(function() return mg.load(path("nbe.npy")) end, "load", "'>f8'", "nbe.npy")
+  end)
+end)
+
+describe("malformed files", function()
+  local good = "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), }"
+  local data = doubles(1, 2, 3, 4, 5, 6)
+
+  local function bad(name, bytes, ...)
+    local p = writeall(path(name), bytes)
+    raises(function() return mg.load(p) end, "load", p, ...)
+  end
+
+  it("a missing file, a directory", function()
+    raises(function() return mg.load(path("nope.npy")) end, "load", path("nope.npy"), "cannot open",
+           "No such file")
+    raises(function() return mg.load(dir) end, "load", dir, "not a regular file")
+  end)
+
+  it("an empty file, bad magic, an unknown version", function()
+    bad("empty.npy", "", "no NUMPY magic")
+    bad("magic.npy", "\x93NUMPX" .. npy(good, data):sub(7), "no NUMPY magic")
+    bad("text.npy", "hello world, this is not a numpy file at all", "no NUMPY magic")
+    bad("ver.npy", "\x93NUMPY" .. string.char(9, 0) .. npy(good, data):sub(9), "unknown format version")
+  end)
+
+  it("truncated header or data", function()
+    local full = npy(good, data)
+    bad("trunc_hdr.npy", full:sub(1, 40), "truncated header")
+    bad("trunc_len.npy", full:sub(1, 9), "no NUMPY magic")
+    bad("trunc_v2.npy", npy(good, data, 2):sub(1, 11), "truncated header")
+    bad("trunc_data.npy", full:sub(1, #full - 1), "data size does not match the shape")
+    bad("extra_data.npy", full .. "\0", "data size does not match the shape")
+    bad("no_data.npy", npy(good, ""), "data size does not match the shape")
+  end)
+
+  it("bad headers", function()
+    bad("notdict.npy", npy("['descr', '<f8']", data), "header is not a dict")
+    bad("nokey.npy", npy("{'descr': '<f8', 'shape': (2, 3), }", data), "missing header key")
+    bad("unknownkey.npy", npy("{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), 'x': 1}", data),
+        "unknown header key")
+    bad("badorder.npy", npy("{'descr': '<f8', 'fortran_order': Maybe, 'shape': (2, 3), }", data),
+        "bad fortran_order")
+    bad("badshape.npy", npy("{'descr': '<f8', 'fortran_order': False, 'shape': (2, x), }", data), "bad shape")
+    bad("negshape.npy", npy("{'descr': '<f8', 'fortran_order': False, 'shape': (-6,), }", data), "bad shape")
+    bad("hugeshape.npy", npy("{'descr': '<f8', 'fortran_order': False, 'shape': (99999999999999999999,), }",
+        data), "bad shape")
+    bad("overflow.npy", npy("{'descr': '<f8', 'fortran_order': False, 'shape': (4294967296, 4294967296), }",
+        data), "shape too large")
+    bad("deep.npy", npy("{'descr': '<f8', 'fortran_order': False, 'shape': (1,1,1,1,1,1,1,1,1,1,1,1,1), }",
+        doubles(1)), "bad shape")
+    bad("unterminated.npy", npy("{'descr': '<f8", data), "bad")
+    bad("nobrace.npy", npy("{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3)", data), "bad header")
+    bad("longdescr.npy", npy("{'descr': '" .. string.rep("f", 100) .. "', 'fortran_order': False, 'shape': (6,), }",
+        data), "bad descr")
+  end)
+
+  it("dtypes other than little-endian float32 and float64", function()
+    for _, descr in ipairs { "<i8", "<f2", ">f4", "|u1", "<c16", "O" } do
+      bad("dt.npy", npy("{'descr': '" .. descr .. "', 'fortran_order': False, 'shape': (6,), }", data),
+          "unsupported dtype '" .. descr .. "'", "'<f4'", "'<f8'")
+    end
+  end)
+
+  it("leave nothing half-made: loading again after an error works", function()
+    bad("again.npy", npy(good, data:sub(9)), "data size")
+    local p = writeall(path("ok.npy"), npy(good, data))
+    assert.are.same({ { 1, 2, 3 }, { 4, 5, 6 } }, mg.load(p):totable())
+  end)
+end)
+
+describe("save errors", function()
+  it("name the function and the path", function()
+    raises(function() mg.save(mg.ones(2), "/nonexistent-dir/x.npy") end, "save",
+           "/nonexistent-dir/x.npy", "cannot open")
+    raises(function() mg.save(mg.ones(2), dir) end, "save", dir)
+    raises(function() mg.save(3, path("x.npy")) end, "save", "moongrad.Tensor expected")
+    raises(function() mg.save(mg.ones(2)) end, "save", "string expected")
+    raises(function() mg.load() end, "load", "string expected")
+  end)
+end)
