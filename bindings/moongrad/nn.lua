@@ -1,7 +1,8 @@
 -- moongrad.nn (mg.nn): Dense, the Keras recurrent cells, custom cells written in Lua, the RNN
--- driver with per-step traces, Bidirectional, Sequential and the losses. Everything is composed
--- from tensor ops, so every tape sees every step; layouts, gate orders and initializers are
--- Keras's (see RNN_REFERENCE.md), so weights and results compare one to one.
+-- driver with per-step traces, Bidirectional, Sequential and the losses. LSTM and GRU steps are
+-- the fused kernels (one recorded op per step), everything else is composed from tensor ops,
+-- so every tape sees every step; layouts, gate orders and initializers are Keras's (see
+-- RNN_REFERENCE.md), so weights and results compare one to one.
 local mg = require "moongrad"
 
 local error, getmetatable, ipairs, pairs, rawequal, rawget, rawset, select, setmetatable, tostring, type =
@@ -344,10 +345,9 @@ local GATED_OPTS = set("use_bias", "kernel_initializer", "recurrent_initializer"
 local GRU_OPTS = set("use_bias", "kernel_initializer", "recurrent_initializer",
   "bias_initializer", "reset_after", "dtype", "name")
 
--- nn.lstm_step(x, h, c, W, U, b) -> h', c': one LSTM step, Keras gate order i, f, c, o;
--- x (B, in), h and c (B, u), W (in, 4u), U (u, 4u), b (4u) or nil. LSTMCell calls it through
--- this table, so a fused kernel with the same contract can replace it.
-function nn.lstm_step(x, h, c, W, U, b)
+-- The LSTM step composed from tensor ops: the reference the fused kernel is tested against,
+-- and the path for a cell without bias or with operands of mixed dtypes.
+local function lstm_step_ops(x, h, c, W, U, b)
   local z = x:matmul(W) + h:matmul(U)                  -- every gate in two matmuls
   if b then z = z + b end
   local u = h:size(2)
@@ -358,6 +358,23 @@ function nn.lstm_step(x, h, c, W, U, b)
   local c2 = f * c + i * g
   return o * mg.tanh(c2), c2
 end
+
+local function same_dtype(...)
+  local dt = (...).dtype
+  for i = 2, select("#", ...) do
+    if select(i, ...).dtype ~= dt then return false end
+  end
+  return true
+end
+
+-- nn.lstm_step(x, h, c, W, U, b) -> h', c': one LSTM step, Keras gate order i, f, c, o;
+-- x (B, in), h and c (B, u), W (in, 4u), U (u, 4u), b (4u) or nil. The fused kernel
+-- (mg.lstm_cell: one recorded op per step) whenever it applies.
+function nn.lstm_step(x, h, c, W, U, b)
+  if b and same_dtype(x, h, c, W, U, b) then return mg.lstm_cell(x, h, c, W, U, b) end
+  return lstm_step_ops(x, h, c, W, U, b)
+end
+nn.lstm_step_ops = lstm_step_ops
 
 -- nn.LSTMCell(in, units [, {unit_forget_bias=true, use_bias=true, kernel_initializer=,
 -- recurrent_initializer=, bias_initializer=, dtype=, name="lstm"}]): states {h, c}, output h.
@@ -393,11 +410,8 @@ end
 local GRUCell = class("GRUCell", CellBase)
 GRUCell.describe, GRUCell.fresh = cell_describe, builtin_fresh
 
--- nn.gru_step(x, h, W, U, b, reset_after) -> h': one GRU step, Keras gate order z, r, h;
--- W (in, 3u), U (u, 3u); b is (2, 3u) (input bias row 1, recurrent bias row 2) when
--- reset_after, else (3u); b may be nil. GRUCell calls it through this table (fused kernels
--- replace it).
-function nn.gru_step(x, h, W, U, b, reset_after)
+-- The GRU step composed from tensor ops (reference and fallback, as lstm_step_ops).
+local function gru_step_ops(x, h, W, U, b, reset_after)
   local u = h:size(2)
   local function gate(t, k) return t:narrow(2, (k - 1) * u + 1, u) end
   local mx = x:matmul(W)
@@ -417,6 +431,15 @@ function nn.gru_step(x, h, W, U, b, reset_after)
   end
   return z * h + (1 - z) * hh
 end
+
+-- nn.gru_step(x, h, W, U, b, reset_after) -> h': one GRU step, Keras gate order z, r, h;
+-- W (in, 3u), U (u, 3u); b is (2, 3u) (input bias row 1, recurrent bias row 2) when
+-- reset_after, else (3u); b may be nil. The fused kernel (mg.gru_cell) whenever it applies.
+function nn.gru_step(x, h, W, U, b, reset_after)
+  if b and same_dtype(x, h, W, U, b) then return mg.gru_cell(x, h, W, U, b, reset_after) end
+  return gru_step_ops(x, h, W, U, b, reset_after)
+end
+nn.gru_step_ops = gru_step_ops
 
 -- nn.GRUCell(in, units [, {reset_after=true, use_bias=true, ..., dtype=, name="gru"}]):
 -- one state h; bias (2, 3u) when reset_after (PyTorch's GRU), else (3u).
