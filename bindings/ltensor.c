@@ -206,6 +206,7 @@ static void fill_nested(lua_State *L, int idx, mg_tensor *t, int d, int64_t *pos
 static int l_tensor(lua_State *L) {
   LSTATE_ARG;
   int opt = lua_istable(L, 2) ? 2 : 0;
+  if (!opt && !lua_isnoneornil(L, 2)) return luaL_typeerror(L, 2, "options table");
   mg_dtype dt = mg_lua_optdtype(L, S, opt);
   lua_settop(L, 2);
   mg_tensor **slot = mg_lua_newslot(L), *t;         /* at 3 */
@@ -236,7 +237,7 @@ static int l_tensor(lua_State *L) {
   if (mg_tensor_empty(S->C, dt, nd, shape, &t) != MG_OK) return create_fail(L, S, "tensor");
   *slot = t;                                        /* owned by the slot from here on */
   int64_t pos = 0;
-  if (mg_tensor_numel(t) > 0) fill_nested(L, 1, t, 0, &pos, mg_tensor_data(t));
+  if (nd > 0) fill_nested(L, 1, t, 0, &pos, mg_tensor_data(t));   /* when empty too: raggedness */
   mg_lua_settensor(L, S, slot, t);
   return 1;
 }
@@ -298,6 +299,8 @@ static int l_arange(lua_State *L) {
   else { b = a; a = 0; }
   if (nargs >= 3) step = luaL_checknumber(L, 3);
   if (step == 0 || !isfinite(step)) return luaL_argerror(L, 3, "step must be finite and non-zero");
+  if (!isfinite(a) || !isfinite(b))
+    return luaL_error(L, "arange: bounds must be finite, got %f and %f", a, b);
   double cnt = ceil((b - a) / step);
   if (!(cnt < 1e12)) return luaL_error(L, "arange: too many elements (%f)", cnt);
   return make_range(L, S, "arange", a, step, cnt > 0 ? (int64_t)cnt : 0, opt);

@@ -247,8 +247,16 @@ mg_status mg_tensor_where(mg_ctx *C, mg_tensor *cond, mg_tensor *a, mg_tensor *b
   mg_tensor *in[3] = { cond, a, b }, *c, *y;
   mg_status st = promote(C, &in[1], &in[2]);
   if (st != MG_OK) return st;
-  st = cond->dtype == in[1]->dtype ? (c = mg_tensor_retain(cond), MG_OK)
-                                   : mg_tensor_cast(C, cond, in[1]->dtype, &c);
+  if (cond->dtype == in[1]->dtype) c = mg_tensor_retain(cond);
+  else {                  /* cond != 0 before the cast: float64 1e-300 is 0 in float32 */
+    mg_tensor *nz;
+    mg_no_grad_enter(C);
+    if ((st = mg_tensor_binary_scalar(C, MG_B_NE, cond, 0.0, false, &nz)) == MG_OK) {
+      st = mg_tensor_cast(C, nz, in[1]->dtype, &c);
+      mg_tensor_release(nz);
+    }
+    mg_no_grad_exit(C);
+  }
   if (st == MG_OK) {
     in[0] = c;
     st = run_new(C, in[1]->dtype, nd, shape, 3, in,

@@ -259,6 +259,12 @@ describe("where", function()
     assert.are.same({ 5, 6, 5, 5 }, mg.where(c, 5, 6):totable())
   end)
 
+  it("tests the condition in its own dtype", function()
+    local c = mg.tensor({ 1e-300, 0, 0 / 0 }, F64)              -- 1e-300 is 0 in float32
+    assert.are.same({ 1, 0, 1 }, mg.where(c, mg.ones(3), mg.zeros(3)):totable())
+    assert.are.equal("float32", mg.where(c, mg.ones(3), mg.zeros(3)).dtype)
+  end)
+
   it("broadcasts all three", function()
     local r = mg.where(mg.tensor { { 1 }, { 0 } }, mg.tensor { 1, 2, 3 }, mg.tensor(0))
     assert.are.same({ { 1, 2, 3 }, { 0, 0, 0 } }, r:totable())
