@@ -7,9 +7,17 @@
 ** by recorded ops when another tape records (so gradients of gradients are exact).
 */
 #include "mg_impl.h"
+#include "fastmath.h"
 
 #include <math.h>
 #include <stdlib.h>
+
+/* The float32 gate loops are compiled for AVX-512 and AVX2 too, picked at load time. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define MG_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define MG_CLONES
+#endif
 
 /* Contiguous copies of node inputs, made without recording. New references. */
 static mg_status contiguous_all(mg_ctx *C, int n, mg_tensor *const *in, mg_tensor **out) {
@@ -78,6 +86,59 @@ static mg_status lstm_check(mg_ctx *C, mg_tensor *const *in) {
   return same_dtype(C, fn, LSTM_NIN, in);
 }
 
+/* The gate pass, typed: G holds z = x W + h U on entry and [i f g o] on exit. */
+#define LSTM_GATES(T, SIG, TANH) do {                                              \
+    for (int64_t r = 0; r < B; r++) {                                              \
+      T *z = G + r * 4 * u;                                                        \
+      for (int64_t j = 0; j < u; j++) {                                            \
+        T i = SIG(z[j] + b[j]), f = SIG(z[u + j] + b[u + j]);                     \
+        T g = TANH(z[2 * u + j] + b[2 * u + j]), o = SIG(z[3 * u + j] + b[3 * u + j]); \
+        T cc = f * c[r * u + j] + i * g;                                           \
+        z[j] = i; z[u + j] = f; z[2 * u + j] = g; z[3 * u + j] = o;               \
+        cn[r * u + j] = cc;                                                        \
+        hn[r * u + j] = o * TANH(cc);                                              \
+      }                                                                            \
+    }                                                                              \
+  } while (0)
+
+MG_CLONES static void lstm_gates_f32(int64_t B, int64_t u, float *G, const float *b, const float *c,
+                           float *cn, float *hn) {
+  LSTM_GATES(float, mg_sigmoidf, mg_tanhf);
+}
+
+static void lstm_gates_f64(int64_t B, int64_t u, double *G, const double *b, const double *c,
+                           double *cn, double *hn) {
+  LSTM_GATES(double, sigm, tanh);
+}
+
+/* The reverse gate pass, typed: dz (B, 4u) and dc (B, u) from the saved gates G, c and c',
+** and the cotangents gh, gc of h' and c' (NULL: zero). */
+#define LSTM_DZ(T, TANH) do {                                                      \
+    for (int64_t r = 0; r < B; r++)                                                \
+      for (int64_t j = 0; j < u; j++) {                                            \
+        int64_t g0 = r * 4 * u + j, s = r * u + j;                                 \
+        T i = G[g0], f = G[g0 + u], g = G[g0 + 2 * u], o = G[g0 + 3 * u];          \
+        T tc = TANH(cn[s]), dh = gh ? gh[s] : 0;                                   \
+        T dct = (gc ? gc[s] : 0) + dh * o * (1 - tc * tc);                         \
+        dz[g0] = dct * g * i * (1 - i);                                            \
+        dz[g0 + u] = dct * c[s] * f * (1 - f);                                     \
+        dz[g0 + 2 * u] = dct * i * (1 - g * g);                                    \
+        dz[g0 + 3 * u] = dh * tc * o * (1 - o);                                    \
+        dc[s] = dct * f;                                                           \
+      }                                                                            \
+  } while (0)
+
+MG_CLONES static void lstm_dz_f32(int64_t B, int64_t u, const float *G, const float *c, const float *cn,
+                        const float *gh, const float *gc, float *dz, float *dc) {
+  LSTM_DZ(float, mg_tanhf);
+}
+
+static void lstm_dz_f64(int64_t B, int64_t u, const double *G, const double *c,
+                        const double *cn, const double *gh, const double *gc, double *dz,
+                        double *dc) {
+  LSTM_DZ(double, tanh);
+}
+
 /* z = x W + h U + b, then the gates in place: G = [i f g o]; c' = f c + i g, h' = o tanh(c'). */
 static void lstm_forward(mg_tensor *const *k, mg_tensor *G, mg_tensor *hn, mg_tensor *cn) {
   mg_tensor *x = k[LX], *h = k[LH], *c = k[LC], *b = k[LB];
@@ -86,17 +147,10 @@ static void lstm_forward(mg_tensor *const *k, mg_tensor *G, mg_tensor *hn, mg_te
           4 * u, 0, mg_tensor_data(G), 4 * u);
   mg_gemm(x->dtype, false, false, B, 4 * u, u, 1, mg_tensor_data(h), u, mg_tensor_data(k[LU]),
           4 * u, 1, mg_tensor_data(G), 4 * u);
-  for (int64_t r = 0; r < B; r++)
-    for (int64_t j = 0; j < u; j++) {
-      int64_t g0 = r * 4 * u + j, s = r * u + j;
-      double i = sigm(GETV(G, g0) + GETV(b, j)), f = sigm(GETV(G, g0 + u) + GETV(b, j + u));
-      double g = tanh(GETV(G, g0 + 2 * u) + GETV(b, j + 2 * u));
-      double o = sigm(GETV(G, g0 + 3 * u) + GETV(b, j + 3 * u));
-      double cc = f * GETV(c, s) + i * g;
-      SETV(G, g0, i); SETV(G, g0 + u, f); SETV(G, g0 + 2 * u, g); SETV(G, g0 + 3 * u, o);
-      SETV(cn, s, cc);
-      SETV(hn, s, o * tanh(cc));
-    }
+  if (x->dtype == MG_F64)
+    lstm_gates_f64(B, u, MG_F64P(G), MG_F64P(b), MG_F64P(c), MG_F64P(cn), MG_F64P(hn));
+  else
+    lstm_gates_f32(B, u, MG_F32P(G), MG_F32P(b), MG_F32P(c), MG_F32P(cn), MG_F32P(hn));
 }
 
 mg_status mg_lstm_cell(mg_ctx *C, mg_tensor *x, mg_tensor *h, mg_tensor *c, mg_tensor *W,
@@ -134,18 +188,12 @@ static mg_status lstm_vjp_fused(mg_ctx *C, const mg_node *n, mg_tensor *gh, mg_t
   int64_t B = k[LX]->shape[0], d = k[LX]->shape[1], u = k[LH]->shape[1], gs[2] = { B, 4 * u };
   if ((st = mg_tensor_empty(C, dt, 2, gs, &dz)) == MG_OK &&
       (st = mg_tensor_empty(C, dt, 2, k[LH]->shape, &dc)) == MG_OK) {
-    for (int64_t r = 0; r < B; r++)
-      for (int64_t j = 0; j < u; j++) {
-        int64_t g0 = r * 4 * u + j, s = r * u + j;
-        double i = GETV(G, g0), f = GETV(G, g0 + u), g = GETV(G, g0 + 2 * u), o = GETV(G, g0 + 3 * u);
-        double tc = tanh(GETV(cn, s)), dh = gk[0] ? GETV(gk[0], s) : 0;
-        double dct = (gk[1] ? GETV(gk[1], s) : 0) + dh * o * (1 - tc * tc);
-        SETV(dz, g0, dct * g * i * (1 - i));
-        SETV(dz, g0 + u, dct * GETV(k[LC], s) * f * (1 - f));
-        SETV(dz, g0 + 2 * u, dct * i * (1 - g * g));
-        SETV(dz, g0 + 3 * u, dh * tc * o * (1 - o));
-        SETV(dc, s, dct * f);
-      }
+    if (dt == MG_F64)
+      lstm_dz_f64(B, u, MG_F64P(G), MG_F64P(k[LC]), MG_F64P(cn), gk[0] ? MG_F64P(gk[0]) : NULL,
+                  gk[1] ? MG_F64P(gk[1]) : NULL, MG_F64P(dz), MG_F64P(dc));
+    else
+      lstm_dz_f32(B, u, MG_F32P(G), MG_F32P(k[LC]), MG_F32P(cn), gk[0] ? MG_F32P(gk[0]) : NULL,
+                  gk[1] ? MG_F32P(gk[1]) : NULL, MG_F32P(dz), MG_F32P(dc));
     /* (rows, cols) of each gradient and its GEMM: dx = dz W', dh = dz U', dW = x' dz, ... */
     struct { int in; int64_t r, c, K; bool ta, tb; mg_tensor *a, *b; } mm[4] = {
       { LX, B, d, 4 * u, false, true, dz, k[LW] }, { LH, B, u, 4 * u, false, true, dz, k[LU] },
