@@ -118,9 +118,14 @@ static bool view_strides(const mg_tensor *x, int nd, const int64_t *shape, int64
       if (np < op) { if (nj >= nd) return false; np *= shape[nj++]; }
       else { if (oj >= on) return false; op *= x->shape[oj++]; }
     }
-    for (int k = oi; k < oj - 1; k++)
-      if (x->shape[k + 1] != 1 && x->stride[k] != x->stride[k + 1] * x->shape[k + 1]) return false;
-    stride[nj - 1] = x->stride[oj - 1];
+    int inner = -1, prev = -1;                  /* dims of the run not of size 1 */
+    for (int k = oj - 1; k >= oi; k--) {        /* size-1 dims take no part in the layout */
+      if (x->shape[k] == 1) continue;
+      if (prev >= 0 && x->stride[k] != x->stride[prev] * x->shape[prev]) return false;
+      if (inner < 0) inner = k;
+      prev = k;
+    }
+    stride[nj - 1] = inner >= 0 ? x->stride[inner] : 1;
     for (int k = nj - 1; k > ni; k--) stride[k - 1] = stride[k] * shape[k];
     oi = oj;
     ni = nj;

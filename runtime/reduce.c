@@ -181,7 +181,9 @@ mg_status mg_tensor_argmax(mg_ctx *C, mg_tensor *x, int dim, bool keepdim, bool 
   const char *fn = is_min ? "argmin" : "argmax";
   mg_tensor *c;
   if (dim >= x->ndim) return mg_fail(C, MG_EINDEX, "%s: dimension %d out of range for a %d-d tensor", fn, dim + 1, x->ndim);
-  if (mg_tensor_numel(x) == 0) return mg_fail(C, MG_ESHAPE, "%s: empty tensor", fn);
+  if (dim < 0 ? mg_tensor_numel(x) == 0 : x->shape[dim] == 0)   /* other dims may be empty */
+    return mg_fail(C, MG_ESHAPE, "%s: cannot reduce over an empty %s", fn,
+                   dim < 0 ? "tensor" : "dimension");
   mg_no_grad_enter(C);
   mg_status st = mg_tensor_contiguous(C, x, &c);
   mg_no_grad_exit(C);

@@ -46,6 +46,18 @@ describe("reshape", function()
     assert.are.same({ { { 0, 3 } }, { { 1, 4 } }, { { 2, 5 } } }, t:reshape(3, 1, 2):totable())
   end)
 
+  it("of a view with a size-1 dim between gapped dims copies when it must", function()
+    local g = iota(2, 4):narrow(2, 1, 2)                        -- (2,2), rows 4 apart
+    local u = g:reshape(2, 1, 2)                                -- a view
+    u:set(-1, 2, 1, 1)
+    assert.are.equal(-1, g:get(2, 1))
+    assert.are.same({ 0, 1, -1, 5 }, u:reshape(4):totable())    -- not a view: a gap inside
+    assert.are.same({ 0, 1, -1, 5 }, u:transpose(1, 2):reshape(-1):totable())
+    local s = iota(4, 4, 2):narrow(1, 3, 2):select(2, 4):narrow(1, 1, 2)
+    assert.are.same({ { { 22, 23 } }, { { 30, 31 } } }, s:reshape(2, 1, 2):totable())
+    assert.are.same({ 22, 23, 30, 31 }, s:reshape(2, 1, 2):reshape(-1):totable())
+  end)
+
   it("rejects sizes that do not match, naming both shapes", function()
     raises(function() return iota(2, 3):reshape(4) end, "reshape", "(2,3)", "(4)", "6 elements")
     raises(function() return iota(2, 3):reshape(-1, 4) end, "reshape", "(2,3)", "(-1,4)")
