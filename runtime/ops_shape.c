@@ -262,6 +262,9 @@ mg_status mg_tensor_expand(mg_ctx *C, mg_tensor *x, int ndim, const int64_t *sha
   int64_t st[MG_MAXDIM];
   char s1[96], s2[96];
   if (ndim < x->ndim || ndim > MG_MAXDIM) goto bad;
+  if (mg_shape_numel(ndim, shape) < 0)            /* stride 0 costs nothing, counting does */
+    return mg_fail(C, MG_ESHAPE, "expand: shape %s has too many elements",
+                   mg_shapestr(s2, sizeof s2, ndim, shape));
   for (int i = 0; i < ndim; i++) {
     int xd = x->ndim - ndim + i;
     int64_t xs = xd >= 0 ? x->shape[xd] : 1;

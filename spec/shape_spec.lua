@@ -218,6 +218,8 @@ describe("expand", function()
   it("rejects shapes it cannot broadcast to, naming both", function()
     raises(function() return mg.ones(2, 3):expand(3, 3) end, "expand", "(2,3)", "(3,3)")
     raises(function() return mg.ones(2, 3):expand(3) end, "expand", "(2,3)", "(3)")
+    raises(function() return mg.tensor(1):expand(2 ^ 40, 2 ^ 40) end, "expand",
+           "(1099511627776,1099511627776)", "too many elements")
   end)
 end)
 
