@@ -101,13 +101,14 @@ static mg_status lstm_check(mg_ctx *C, mg_tensor *const *in) {
     }                                                                              \
   } while (0)
 
-MG_CLONES static void lstm_gates_f32(int64_t B, int64_t u, float *G, const float *b, const float *c,
-                           float *cn, float *hn) {
+MG_CLONES static void lstm_gates_f32(int64_t B, int64_t u, float *restrict G,
+                                     const float *restrict b, const float *restrict c,
+                                     float *restrict cn, float *restrict hn) {
   LSTM_GATES(float, mg_sigmoidf, mg_tanhf);
 }
 
-static void lstm_gates_f64(int64_t B, int64_t u, double *G, const double *b, const double *c,
-                           double *cn, double *hn) {
+static void lstm_gates_f64(int64_t B, int64_t u, double *restrict G, const double *restrict b,
+                           const double *restrict c, double *restrict cn, double *restrict hn) {
   LSTM_GATES(double, sigm, tanh);
 }
 
@@ -128,8 +129,10 @@ static void lstm_gates_f64(int64_t B, int64_t u, double *G, const double *b, con
       }                                                                            \
   } while (0)
 
-MG_CLONES static void lstm_dz_f32(int64_t B, int64_t u, const float *G, const float *c, const float *cn,
-                        const float *gh, const float *gc, float *dz, float *dc) {
+MG_CLONES static void lstm_dz_f32(int64_t B, int64_t u, const float *restrict G,
+                                  const float *restrict c, const float *restrict cn,
+                                  const float *restrict gh, const float *restrict gc,
+                                  float *restrict dz, float *restrict dc) {
   LSTM_DZ(float, mg_tanhf);
 }
 

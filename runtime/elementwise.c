@@ -211,6 +211,24 @@ mg_status mg_tensor_binary(mg_ctx *C, mg_binary op, mg_tensor *a, mg_tensor *b,
   return st;
 }
 
+mg_status mg_tensor_add_(mg_ctx *C, mg_tensor *dst, mg_tensor *src) {
+  int64_t shape[MG_MAXDIM];
+  int nd;
+  if (src->dtype != dst->dtype || !mg_broadcast_shape(dst->ndim, dst->shape, src->ndim, src->shape, &nd, shape) ||
+      nd != dst->ndim || memcmp(shape, dst->shape, (size_t)nd * sizeof *shape) != 0) {
+    char s1[96], s2[96];
+    return mg_fail(C, MG_ESHAPE, "add_: %s %s does not broadcast to %s %s",
+                   mg_dtype_name(src->dtype), mg_shapestr(s1, sizeof s1, src->ndim, src->shape),
+                   mg_dtype_name(dst->dtype), mg_shapestr(s2, sizeof s2, dst->ndim, dst->shape));
+  }
+  mg_binary op = MG_B_ADD;
+  mg_tensor *ops[3] = { dst, dst, src };       /* out aliases the first operand: elementwise */
+  mg_iter it;
+  mg_iter_init(&it, dst->ndim, dst->shape, 3, ops);
+  mg_iter_run(&it, dst->dtype == MG_F64 ? binary_f64 : binary_f32, &op);
+  return MG_OK;
+}
+
 mg_status mg_tensor_binary_scalar(mg_ctx *C, mg_binary op, mg_tensor *x, double v,
                                   bool scalar_first, mg_tensor **out) {
   mg_tensor *s;

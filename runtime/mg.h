@@ -173,6 +173,8 @@ MG_API mg_status mg_tensor_stack(mg_ctx *C, int n, mg_tensor *const *xs, int dim
 /* In place, not recorded: copy 'src' (broadcast) into 'dst'; fill 'dst' with 'v'. */
 MG_API mg_status mg_tensor_copy_(mg_ctx *C, mg_tensor *dst, mg_tensor *src);
 MG_API void mg_tensor_fill_(mg_tensor *dst, double v);
+/* dst += src (same dtype, 'src' broadcast to dst's shape), in place and not recorded. */
+MG_API mg_status mg_tensor_add_(mg_ctx *C, mg_tensor *dst, mg_tensor *src);
 
 /* Reductions over the dims whose bit is set in 'mask' (all dims: mask = ~0). */
 MG_API mg_status mg_tensor_sum(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keepdim,

@@ -234,9 +234,21 @@ static size_t mark_reach(const mg_tape *T, tmap *m, int nsources, mg_tensor *con
   return first;
 }
 
+/* Whether the slot's tensor may be updated in place: nobody else can see it (no other
+** reference to it or its storage) and no tape would need the sum as a recorded op. */
+static bool private_sum(mg_ctx *C, const mg_tensor *acc, const mg_tensor *g) {
+  return !mg_recording(C) && acc->refs == 1 && acc->storage->refs == 1 && acc->flags == 0 &&
+         acc->dtype == g->dtype && mg_same_shape(acc, g) && mg_tensor_is_contiguous(acc);
+}
+
 /* acc += g (both new references owned by the map slot / caller). */
 static mg_status accumulate(mg_ctx *C, slot *s, mg_tensor *g) {
   if (s->val == NULL) { s->val = g; return MG_OK; }
+  if (private_sum(C, s->val, g)) {
+    mg_status st = mg_tensor_add_(C, s->val, g);
+    mg_tensor_release(g);
+    return st;
+  }
   mg_tensor *sum;
   mg_status st = mg_tensor_binary(C, MG_B_ADD, s->val, g, &sum);
   mg_tensor_release(g);
