@@ -1,8 +1,10 @@
 -- benchlib.lua - timing and reporting helpers shared by the moongrad side of bench/*.lua.
 -- Mirrors bench/benchlib.py so that both sides measure the same way: a warm-up call, a
--- calibrated number of calls per repetition, several repetitions, the median per call.
+-- calibrated number of calls per repetition, several repetitions, the median per call, on
+-- two clocks: the process's CPU time (os.clock; unaffected by other processes taking the
+-- CPU, which they do on a shared 2-core machine) and the wall clock.
 -- Results go to standard output as tab-separated lines read by bench/report.lua:
---   result <bench> <case> <impl> <seconds per call>
+--   result <bench> <case> <impl> <CPU seconds per call> <wall seconds per call>
 --   meta <bench> <key> <value>
 -- Human-readable progress goes to standard error.
 local M = {}
@@ -40,31 +42,35 @@ function M.median(xs)
   return (s[n // 2] + s[n // 2 + 1]) / 2
 end
 
--- measure(fn [, {reps=7, min_time=0.1, warmup=1, inner=, collect=false}]): median seconds per
--- call of fn(), and the array of per-repetition times. Each repetition runs fn 'inner' times
--- back to back (chosen so a repetition lasts about 'min_time' seconds unless given). The
--- collector is left to its own pace, as in a user's loop: forcing a full collection between
--- repetitions ('collect=true') upsets the incremental collector's pacing and makes the next
--- repetitions of a many-small-tensors loop up to 5x slower and bimodal.
+-- measure(fn [, {reps=7, min_time=0.1, warmup=1, inner=, collect=false}]): timings of fn()
+-- as {cpu=, wall= (median seconds per call), cpu_reps=, wall_reps= (per repetition)}.
+-- Each repetition runs fn 'inner' times back to back (chosen so a repetition lasts about
+-- 'min_time' seconds unless given). The collector is left to its own pace, as in a user's
+-- loop, unless 'collect' asks for a full collection before each repetition.
 function M.measure(fn, opts)
   opts = opts or {}
   local reps, min_time = opts.reps or 7, opts.min_time or 0.1
-  local t0 = M.now()
+  local t0 = os.clock()
   for _ = 1, opts.warmup or 1 do fn() end
-  local once = (M.now() - t0) / (opts.warmup or 1)
+  local once = (os.clock() - t0) / (opts.warmup or 1)
   local inner = opts.inner or math.max(1, math.ceil(min_time / math.max(once, 1e-9)))
-  local times = {}
+  local cpu, wall = {}, {}
   for r = 1, reps do
     if opts.collect then collectgarbage() end
-    local t = M.now()
+    local c, w = os.clock(), M.now()
     for _ = 1, inner do fn() end
-    times[r] = (M.now() - t) / inner
+    wall[r] = (M.now() - w) / inner
+    cpu[r] = (os.clock() - c) / inner
   end
-  return M.median(times), times
+  return { cpu = M.median(cpu), wall = M.median(wall), cpu_reps = cpu, wall_reps = wall }
 end
 
-function M.result(bench, case, impl, seconds)
-  io.stdout:write(string.format("result\t%s\t%s\t%s\t%.9g\n", bench, case, impl, seconds))
+-- result(bench, case, impl, m [, per]): one result line from measure's 'm', divided by 'per'
+-- (e.g. the number of ops a call ran).
+function M.result(bench, case, impl, m, per)
+  per = per or 1
+  io.stdout:write(string.format("result\t%s\t%s\t%s\t%.9g\t%.9g\n", bench, case, impl,
+                                m.cpu / per, m.wall / per))
   io.stdout:flush()
 end
 

@@ -1,14 +1,15 @@
 """Timing and reporting helpers shared by the PyTorch side of bench/*.py.
 
 Mirrors bench/benchlib.lua: a warm-up call, a calibrated number of calls per repetition,
-several repetitions, the median per call.  Results go to standard output as tab-separated
-lines read by bench/report.lua:
-    result <bench> <case> <impl> <seconds per call>
+several repetitions, the median per call, on two clocks: the process's CPU time and the
+wall clock.  Results go to standard output as tab-separated lines read by bench/report.lua:
+    result <bench> <case> <impl> <CPU seconds per call> <wall seconds per call>
     meta <bench> <key> <value>
 Human-readable progress goes to standard error.
 """
 import ctypes
 import gc
+import math
 import statistics
 import sys
 import time
@@ -47,27 +48,31 @@ def blas_meta(bench):
 
 
 def measure(fn, reps=7, min_time=0.1, warmup=1, inner=None, collect=False):
-    """Median seconds per call of fn() and the per-repetition times, as benchlib.lua's."""
-    t0 = time.perf_counter()
+    """Timings of fn() as benchlib.lua's measure: a dict with cpu, wall (median seconds per
+    call) and cpu_reps, wall_reps (per repetition)."""
+    t0 = time.process_time()
     for _ in range(warmup):
         fn()
-    once = (time.perf_counter() - t0) / warmup
+    once = (time.process_time() - t0) / warmup
     if inner is None:
-        inner = max(1, -(-min_time // max(once, 1e-9)))
-        inner = int(inner)
-    times = []
+        inner = max(1, math.ceil(min_time / max(once, 1e-9)))
+    cpu, wall = [], []
     for _ in range(reps):
         if collect:
             gc.collect()
-        t = time.perf_counter()
+        c, w = time.process_time(), time.perf_counter()
         for _ in range(inner):
             fn()
-        times.append((time.perf_counter() - t) / inner)
-    return statistics.median(times), times
+        wall.append((time.perf_counter() - w) / inner)
+        cpu.append((time.process_time() - c) / inner)
+    return {"cpu": statistics.median(cpu), "wall": statistics.median(wall),
+            "cpu_reps": cpu, "wall_reps": wall}
 
 
-def result(bench, case, impl, seconds):
-    sys.stdout.write("result\t%s\t%s\t%s\t%.9g\n" % (bench, case, impl, seconds))
+def result(bench, case, impl, m, per=1):
+    """One result line from measure's m, divided by per (e.g. the ops a call ran)."""
+    sys.stdout.write("result\t%s\t%s\t%s\t%.9g\t%.9g\n"
+                     % (bench, case, impl, m["cpu"] / per, m["wall"] / per))
     sys.stdout.flush()
 
 

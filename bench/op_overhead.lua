@@ -50,8 +50,9 @@ assert(g:shape()[1] == 16 and (g - 1):abs():max():item() == 0, "op_overhead: gra
 local cases = {
   { "no_tape", adds }, { "recorded", recorded }, { "recorded+backward", chain_backward } }
 for _, c in ipairs(cases) do
-  local t, ts = B.measure(c[2], { reps = 7, inner = 1, warmup = 2 })
-  B.result(BENCH, c[1], "moongrad", t / N)
-  B.log("moongrad  %-18s %8.3f us/op  (repetitions %.3f .. %.3f)", c[1], t / N * 1e6,
-        math.min(table.unpack(ts)) / N * 1e6, math.max(table.unpack(ts)) / N * 1e6)
+  local m = B.measure(c[2], { reps = 7, inner = 1, warmup = 2 })
+  B.result(BENCH, c[1], "moongrad", m, N)
+  B.log("moongrad  %-18s %7.3f us/op CPU (repetitions %.3f .. %.3f), %7.3f wall", c[1],
+        m.cpu / N * 1e6, math.min(table.unpack(m.cpu_reps)) / N * 1e6,
+        math.max(table.unpack(m.cpu_reps)) / N * 1e6, m.wall / N * 1e6)
 end

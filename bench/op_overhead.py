@@ -54,10 +54,11 @@ def main():
 
     for name, fn in (("no_tape", adds), ("recorded", recorded),
                      ("recorded+backward", chain_backward)):
-        t, ts = B.measure(fn, reps=7, inner=1, warmup=2)
-        B.result(BENCH, name, "pytorch", t / n)
-        B.log("pytorch   %-18s %8.3f us/op  (repetitions %.3f .. %.3f)", name, t / n * 1e6,
-              min(ts) / n * 1e6, max(ts) / n * 1e6)
+        m = B.measure(fn, reps=7, inner=1, warmup=2)
+        B.result(BENCH, name, "pytorch", m, n)
+        B.log("pytorch   %-18s %7.3f us/op CPU (repetitions %.3f .. %.3f), %7.3f wall", name,
+              m["cpu"] / n * 1e6, min(m["cpu_reps"]) / n * 1e6, max(m["cpu_reps"]) / n * 1e6,
+              m["wall"] / n * 1e6)
 
 
 if __name__ == "__main__":
