@@ -157,9 +157,10 @@ local function opt_bool(opts, k, default)
   return v
 end
 
--- opts.norm = {lo, hi} (finite, lo < hi) or nil.
-local function opt_norm(opts)
-  local n = opts.norm
+-- opts[k] (k "norm" by default) = {lo, hi} (finite, lo < hi) or nil.
+local function opt_norm(opts, k)
+  k = k or "norm"
+  local n = opts[k]
   if n == nil then return nil end
   if type(n) ~= "table" or is_tensor(n) or #n ~= 2 or type(n[1]) ~= "number"
      or type(n[2]) ~= "number" or not finite(n[1]) or not finite(n[2]) or n[1] >= n[2] then
@@ -169,7 +170,7 @@ local function opt_norm(opts)
       for i = 1, #n do p[i] = tostring(n[i]) end
       s = "{" .. table.concat(p, ", ") .. "}"
     end
-    fail("option 'norm' must be {lo, hi} with finite numbers lo < hi, got %s", s)
+    fail("option '%s' must be {lo, hi} with finite numbers lo < hi, got %s", k, s)
   end
   return n[1], n[2]
 end
@@ -365,6 +366,21 @@ local function exec(script, sname, ename, off)
   return out, errtext
 end
 
+-- 'text' (gnuplot's warnings) with a message repeated for many panels given once, counted.
+local function dedupe(text)
+  local order, count = {}, {}
+  text = text:gsub("\n%s*\t%s*", " ")                     -- continuation lines start with a tab
+  for msg in (text .. "\n"):gmatch("(.-)\n") do
+    local key = msg:gsub("^script line %d+: ", "")
+    if not count[key] then order[#order + 1] = key count[key] = 0 end
+    count[key] = count[key] + 1
+  end
+  for i, key in ipairs(order) do
+    order[i] = count[key] > 1 and string.format("%s (%d times)", key, count[key]) or key
+  end
+  return table.concat(order, "\n")
+end
+
 -- Runs 'script' (whose first 'off' lines are our setup); gnuplot's stdout is io.write'n when
 -- 'to_stdout', its warnings go to io.stderr. Both temporary files are removed on every path.
 local function run(script, to_stdout, off)
@@ -376,7 +392,7 @@ local function run(script, to_stdout, off)
   os.remove(ename)
   if not ok2 then error(out, 0) end
   if to_stdout then io.write(out) io.flush() end
-  if errtext ~= "" then io.stderr:write("gnuplot: ", errtext, "\n") end
+  if errtext ~= "" then io.stderr:write("gnuplot: ", dedupe(errtext), "\n") end
 end
 
 ---------------------------------------------------------------- outputs
@@ -430,16 +446,18 @@ end
 -- Draws: terminal setup, then 'blocks' (datablocks), then 'body'; returns cv.out. gnuplot's
 -- messages count lines from the start of 'body'.
 local function render(cv, blocks, body)
-  local terms = terminals()
+  local head = terminal_lines(cv, terminals()) .. blocks
   local existed = false
-  if cv.out then
+  if cv.out then                     -- a clear message before gnuplot's "cannot open file"
     local f = io.open(cv.out, "rb")
     if f then existed = true f:close() end
     local w, err = io.open(cv.out, "ab")
-    if not w then fail("cannot write '%s': %s", cv.out, err) end
+    if not w then
+      if err:sub(1, #cv.out + 2) == cv.out .. ": " then err = err:sub(#cv.out + 3) end
+      fail("cannot write '%s': %s", cv.out, err)
+    end
     w:close()
   end
-  local head = terminal_lines(cv, terms) .. blocks
   local _, off = head:gsub("\n", "")
   local ok, err = pcall(run, head .. body, cv.kind == "stdout", off)
   if not ok then
@@ -467,10 +485,29 @@ local function wrap(cv, s)
   return table.concat(out, "\n")
 end
 
+-- 'set ylabel'. Text cannot rotate a y label and drops one wider than the margin kept for
+-- the rotated label: there it is written level, in a margin made wide enough for it and for
+-- tic labels of up to 8 characters.
+local function ylabel_cmd(cv, ylabel)
+  if cv.text and ylabel ~= "" then
+    return string.format("set ylabel %s norotate\nset lmargin %d\n", gstr(ylabel), #ylabel + 11)
+  end
+  return string.format("set ylabel %s\n%s", gstr(ylabel), cv.text and "unset lmargin\n" or "")
+end
+
 -- Common labels of a single plot.
 local function labels(cv, title, xlabel, ylabel)
-  return string.format("set title %s\nset xlabel %s\nset ylabel %s\n",
-                       gstr(wrap(cv, title)), gstr(xlabel), gstr(ylabel))
+  return string.format("set title %s\nset xlabel %s\n", gstr(wrap(cv, title)), gstr(xlabel))
+         .. ylabel_cmd(cv, ylabel)
+end
+
+-- Labels of panel 'k' of a multiplot with 'n' panels in 'nc' columns: x label on the lowest
+-- panel of each column, y label on the first column.
+local function panel_labels(cv, k, n, nc, title, xlabel, ylabel)
+  if k + nc <= n then xlabel = "" end
+  if (k - 1) % nc ~= 0 then ylabel = "" end
+  return string.format("set title %s\nset xlabel %s\n", gstr(title), gstr(xlabel))
+         .. ylabel_cmd(cv, ylabel)
 end
 
 ---------------------------------------------------------------- plot.lines
@@ -623,7 +660,7 @@ local function histogram(t, opts)
   local bins = opt_int(opts, "bins", math.max(1, math.min(50, math.ceil(math.sqrt(#vals)))), 1)
   local lo, hi
   if opts.range ~= nil then
-    lo, hi = opt_norm{ norm = opts.range }
+    lo, hi = opt_norm(opts, "range")
   else
     lo, hi = math.huge, -math.huge
     for _, v in ipairs(vals) do lo, hi = math.min(lo, v), math.max(hi, v) end
@@ -662,12 +699,15 @@ end
 -- The commands that draw the R x C matrix 'm' (nested rows; row 1 at the top) as one plot
 -- named 'name', colours over lo..hi; returns the datablock and the plot commands. In text,
 -- cells are characters of the colour map's ramp, repeated to fill about 'cw' x 'ch' chars.
-local function heat(cv, name, m, R, C, cmap, lo, hi, cw, ch)
+-- 'notics': leave the tics as they are (a compact multiplot has none).
+local function heat(cv, name, m, R, C, cmap, lo, hi, cw, ch, notics)
   local rows = {}
   local setup = string.format("set xrange [0.5:%s]\nset yrange [%s:0.5]\n", num(C + 0.5),
                               num(R + 0.5))
-                .. int_tics("x", C, cv.text and math.max(2, cw // 6) or 8)
-                .. int_tics("y", R, cv.text and math.max(2, ch // 2) or 8)
+  if not notics then
+    setup = setup .. int_tics("x", C, cv.text and math.max(2, cw // 6) or 8)
+                  .. int_tics("y", R, cv.text and math.max(2, ch // 2) or 8)
+  end
   if cv.text then
     local nx, ny = math.max(1, math.ceil(cw / C)), math.max(1, math.ceil(ch / R))
     for r = 1, R do
@@ -735,10 +775,44 @@ M.heatmap = api("plot.heatmap", heatmap)
 
 ---------------------------------------------------------------- features (seed: See RNN)
 
--- Grid of 'n' panels: rows from opts.n_rows (default about square), columns to fit.
+-- More panels than this make a compact grid: no tics, titles or axis labels, each panel
+-- numbered in its corner (as the seed's show_xy_ticks=[0,0] for 256 units).
+local COMPACT = 16
+
+-- Grid of 'n' panels: rows from opts.n_rows (default about square), columns to fit, and
+-- whether it is compact.
 local function grid(opts, n)
   local rows = opt_int(opts, "n_rows", math.max(1, math.floor(math.sqrt(n))), 1, n)
-  return rows, math.ceil(n / rows)
+  return rows, math.ceil(n / rows), n > COMPACT
+end
+
+-- Default canvas sizes { w, h, text w, text h } for an nr x nc grid of panels that want
+-- about 'pw' x 'ph' pixels each (less when compact), within a minimum of 'w0' x 'h0'.
+local function grid_size(nr, nc, compact, pw, ph, w0, h0)
+  if compact then
+    return { math.max(w0, 90 * nc), math.max(h0, 70 * nr + 40),
+             math.min(240, math.max(80, 16 * nc)), math.min(120, math.max(24, 8 * nr + 3)) }
+  end
+  return { math.max(w0, pw * nc), math.max(h0, ph * nr),
+           math.max(80, 40 * nc), math.max(24, 15 * nr + 3) }
+end
+
+-- 'set multiplot' with 'title' for an nr x nc grid; compact grids get tight margins and no
+-- tics or labels.
+local function multiplot_cmd(cv, nr, nc, title, compact)
+  title = wrap(cv, title)
+  local s = string.format("set multiplot layout %d,%d rowsfirst title %s", nr, nc, gstr(title))
+  if not compact then return s .. "\n" end
+  local _, breaks = title:gsub("\n", "")
+  local top = cv.text and 1 - (breaks + 2) / cv.h or 1 - (20 * breaks + 34) / cv.h
+  return s .. string.format(" margins 0.01,0.99,0.01,%.4f spacing 0.004,0.004\n", top)
+         .. 'unset xtics\nunset ytics\nunset title\nset xlabel ""\nset ylabel ""\n'
+end
+
+-- The number of compact panel 'k', in its top left corner (green, as the seed's).
+local function corner_label(k)
+  return string.format('set label 1 "%d" at graph 0.03, graph 0.85 left front tc rgb "#008000"\n',
+                       k)
 end
 
 -- The per-sample data (B, T, C) of a (T, C) or (B, T, C) input, and whether it had samples.
@@ -754,7 +828,7 @@ local function features_1d(g, opts)
   opts = options(opts, F1_OPTS)
   local d, s, batched = samples(g, "to be a (B, T, C) or (T, C) tensor")
   local B, T, C = s[1], s[2], s[3]
-  local nr, nc = grid(opts, C)
+  local nr, nc, compact = grid(opts, C)
   local name = opt_string(opts, "name", "Gradients")
   local equate = opt_bool(opts, "equate_axes", true)
   local blocks = {}
@@ -767,23 +841,25 @@ local function features_1d(g, opts)
     end
     blocks[c] = "$ch" .. c .. " << EOD\n" .. table.concat(parts, "\n\n\n") .. "\nEOD\n"
   end
-  local cv = canvas(opts, { 1200, 800, math.max(80, 40 * nc), math.max(24, 14 * nr + 2) })
+  local cv = canvas(opts, grid_size(nr, nc, compact, 300, 200, 1200, 800))
   local title = opt_string(opts, "title", batched
     and string.format("((%s vs. Timesteps) vs. Samples) vs. Channels", name)
     or string.format("(%s vs. Timesteps) vs. Channels", name))
-  local body = { string.format("set multiplot layout %d,%d rowsfirst title %s\n", nr, nc,
-                               gstr(wrap(cv, title))),
-                 grid_cmd(cv), "unset key\n", string.format("set xrange [1:%d]\n", math.max(T, 2)),
-                 int_tics("x", T, cv.text and math.max(2, cv.w // nc // 8) or 8) }
+  local m = absmax(d)
+  if m == 0 then m = 1 end
+  if compact then
+    title = title .. string.format(", timesteps 1..%d", T)
+            .. (equate and string.format(", y axes +-%s", fmtg(m * 1.05)) or "")
+  end
+  local body = { grid_cmd(cv), "unset key\n", string.format("set xrange [1:%d]\n", math.max(T, 2)),
+                 int_tics("x", T, cv.text and math.max(2, cv.w // nc // 8) or 8),
+                 multiplot_cmd(cv, nr, nc, title, compact) }
   if equate then
-    local m = absmax(d)
-    if m == 0 then m = 1 end
     body[#body + 1] = string.format("set yrange [%s:%s]\n", num(-m * 1.05), num(m * 1.05))
   end
   for c = 1, C do
-    body[#body + 1] = string.format("set title %s\nset xlabel %s\nset ylabel %s\n",
-      gstr(string.format("%s, channel %d", name, c)),
-      gstr(c + nc > C and "timestep" or ""), gstr((c - 1) % nc == 0 and name or ""))
+    body[#body + 1] = compact and corner_label(c)
+      or panel_labels(cv, c, C, nc, string.format("%s, channel %d", name, c), "timestep", name)
     body[#body + 1] = string.format("plot for [b=0:%d] $ch%d index b using 1:2 with lines "
                                     .. "lt b+1 lw 1.2 notitle\n", B - 1, c)
   end
@@ -793,7 +869,8 @@ end
 
 --- plot.features_1d(g [, opts]): g (T, C) or (B, T, C); one panel per channel (value against
 -- timestep, one line per sample) in an n_rows x ceil(C / n_rows) grid; y axes equal and
--- symmetric about 0 (equate_axes=false: each its own). opts: n_rows, name (what g holds,
+-- symmetric about 0 (equate_axes=false: each its own); past 16 panels a compact grid, panels
+-- numbered in a corner, the scale in the title. opts: n_rows, name (what g holds,
 -- default "Gradients", e.g. "dL/dh_t"), title, equate_axes, out, width, height.
 M.features_1d = api("plot.features_1d", features_1d)
 
@@ -820,28 +897,27 @@ local function features_2d(g, opts)
   if reflect and C % 2 ~= 0 then
     fail("reflect_half needs an even number of channels (both directions), got %d", C)
   end
-  local nr, nc = grid(opts, B)
+  local nr, nc, compact = grid(opts, B)
   local cmap = opt_cmap(opts)
   local lo, hi = color_range(opts, cmap, d)
   local name = opt_string(opts, "name", "Gradients")
-  local cv = canvas(opts, { math.max(600, 320 * nc), math.max(450, 280 * nr),
-                            math.max(80, 40 * nc), math.max(24, 16 * nr + 3) })
+  local cv = canvas(opts, grid_size(nr, nc, compact, 320, 280, 600, 450))
   local title = opt_string(opts, "title", string.format(batched
     and "%s: ((Channels vs. Timesteps) vs. Samples)" or "%s: (Channels vs. Timesteps)", name))
   title = title .. string.format(", norm=(%s, %s)", fmtg(lo), fmtg(hi))
     .. (reflect and ", second half reflected in time" or "")
   if cv.text then title = title .. "\n" .. ramp_legend(cmap, lo, hi) end
   local colorbar = opt_bool(opts, "colorbar", B == 1)
-  local blocks, body = {}, { string.format("set multiplot layout %d,%d rowsfirst title %s\n",
-                                           nr, nc, gstr(wrap(cv, title))),
-                             colorbar and "" or "unset colorbox\n" }
+  if compact then title = title .. string.format(", %d channels x %d timesteps each", C, T) end
+  local blocks, body = {}, { colorbar and "" or "unset colorbox\n",
+                             multiplot_cmd(cv, nr, nc, title, compact) }
   for b = 1, B do
     local m = channels_by_time(d[b], T, C, reflect)
-    local blk, draw = heat(cv, "s" .. b, m, C, T, cmap, lo, hi, cv.w // nc - 12, cv.h // nr - 6)
+    local blk, draw = heat(cv, "s" .. b, m, C, T, cmap, lo, hi, cv.w // nc - 12, cv.h // nr - 6,
+                           compact)
     blocks[b] = blk
-    body[#body + 1] = string.format("set title %s\nset xlabel %s\nset ylabel %s\n",
-      gstr(batched and "sample " .. b or ""), gstr(b + nc > B and "timestep" or ""),
-      gstr((b - 1) % nc == 0 and "channel" or ""))
+    body[#body + 1] = compact and corner_label(b)
+      or panel_labels(cv, b, B, nc, batched and "sample " .. b or "", "timestep", "channel")
     body[#body + 1] = draw
   end
   body[#body + 1] = "unset multiplot\n"
@@ -849,10 +925,10 @@ local function features_2d(g, opts)
 end
 
 --- plot.features_2d(g [, opts]): g (B, T, C) or (T, C); one heatmap (channels x timesteps,
--- channel 1 at the top) per sample in an n_rows x ceil(B / n_rows) grid, one colour scale for
--- all. opts: n_rows, norm = {lo, hi} (default +-max|g|), reflect_half (flip the second half of
--- the channels in time, for bidirectional layers), cmap ("bwr"), name, title, colorbar
--- (default: only for one sample), out, width, height.
+-- channel 1 at the top) per sample in an n_rows x ceil(B / n_rows) grid (compact past 16),
+-- one colour scale for all. opts: n_rows, norm = {lo, hi} (default +-max|g|), reflect_half
+-- (flip the second half of the channels in time, for bidirectional layers), cmap ("bwr"),
+-- name, title, colorbar (default: only for one sample), out, width, height.
 M.features_2d = api("plot.features_2d", features_2d)
 
 local F0_OPTS = keys("name", "cmap")
