@@ -39,6 +39,7 @@ static lstate *getstate(lua_State *L) {
   lstate *S = lua_newuserdatauv(L, sizeof *S, 0);
   S->C = NULL;
   S->gc_threshold = (size_t)64 << 20;
+  S->gc_stepped = 0;
   lua_createtable(L, 0, 1);
   lua_pushcfunction(L, state_gc);
   lua_setfield(L, -2, "__gc");

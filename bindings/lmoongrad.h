@@ -18,6 +18,7 @@
 typedef struct lstate {
   mg_ctx *C;
   size_t gc_threshold;    /* live storage bytes that trigger a full collection */
+  size_t gc_stepped;      /* live storage bytes when the collector was last stepped */
 } lstate;
 
 #define LSTATE(L) ((lstate *)lua_touserdata((L), lua_upvalueindex(1)))

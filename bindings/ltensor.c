@@ -32,15 +32,29 @@ mg_tensor **mg_lua_newslot(lua_State *L) {
   return p;
 }
 
-void mg_lua_settensor(lua_State *L, lstate *S, mg_tensor **slot, mg_tensor *t) {
-  *slot = t;
+/* Lua's collector cannot see storage bytes: step it by as many KiB as storage grew (so
+** garbage tensors go back to the pool while it is still warm), and collect fully when live
+** storage doubles (the safety net for a collector that was stopped or fell behind). */
+static void gc_pressure(lua_State *L, lstate *S) {
   size_t live = mg_live_bytes(S->C);
-  if (live > S->gc_threshold) {             /* Lua cannot see storage bytes: collect for it */
+  if (live > S->gc_stepped + ((size_t)1 << 20)) {
+    lua_gc(L, LUA_GCSTEP, (int)((live - S->gc_stepped) >> 10));
+    S->gc_stepped = mg_live_bytes(S->C);
+  } else if (live < S->gc_stepped) {
+    S->gc_stepped = live;
+  }
+  if (live > S->gc_threshold) {
     lua_gc(L, LUA_GCCOLLECT);
     live = mg_live_bytes(S->C);
     size_t floor = (size_t)64 << 20;
     S->gc_threshold = live * 2 > floor ? live * 2 : floor;
+    S->gc_stepped = live;
   }
+}
+
+void mg_lua_settensor(lua_State *L, lstate *S, mg_tensor **slot, mg_tensor *t) {
+  *slot = t;
+  gc_pressure(L, S);
 }
 
 void mg_lua_pushtensor(lua_State *L, mg_tensor *t) {
@@ -662,13 +676,29 @@ static int t_copy(lua_State *L) {
   return 1;
 }
 
+/* The 0-based row of key 2 in t[i] or t[i] = v (1-based, negative from the end). Errors
+** name 'index' themselves: these metamethods also run from C (ipairs, table.insert), where
+** Lua knows no function name to put in an argument error. */
+static int64_t row_index(lua_State *L, mg_tensor *t) {
+  if (mg_tensor_ndim(t) == 0) luaL_error(L, "index: cannot index a 0-d tensor");
+  int isint;
+  lua_Integer i = lua_tointegerx(L, 2, &isint), n = (lua_Integer)mg_tensor_shape(t)[0];
+  if (!isint)
+    luaL_error(L, "index: index must be an integer, got %s", lua_type(L, 2) == LUA_TNUMBER
+               ? lua_pushfstring(L, "%f", lua_tonumber(L, 2)) : luaL_typename(L, 2));
+  lua_Integer z = i < 0 ? i + n : i - 1;
+  if (i == 0 || z < 0 || z >= n)
+    luaL_error(L, "index: index %d out of range for dimension 1 of size %d", (int)i, (int)n);
+  return (int64_t)z;
+}
+
 /* t[i] = select(1, i); other keys: methods, and the 'dtype' field */
 static int t_index(lua_State *L) {
   if (lua_type(L, 2) == LUA_TNUMBER) {
     LSTATE_ARG;
-    mg_tensor *t = mg_lua_checktensor(L, 1);
-    if (mg_tensor_ndim(t) == 0) return luaL_error(L, "index: cannot index a 0-d tensor");
-    return select_at(L, S, t, 0, luaL_checkinteger(L, 2), 2);
+    mg_tensor *t = mg_lua_checktensor(L, 1), *y = NULL;
+    int64_t z = row_index(L, t);
+    return mg_lua_result(L, S, mg_tensor_select(S->C, t, 0, z, &y), &y);
   }
   if (lua_type(L, 2) == LUA_TSTRING) {
     const char *k = lua_tostring(L, 2);
@@ -692,11 +722,7 @@ static int t_index(lua_State *L) {
 static int t_newindex(lua_State *L) {
   LSTATE_ARG;
   mg_tensor *t = mg_lua_checktensor(L, 1), *y = NULL;
-  if (mg_tensor_ndim(t) == 0) return luaL_error(L, "index: cannot index a 0-d tensor");
-  lua_Integer i = luaL_checkinteger(L, 2), n = (lua_Integer)mg_tensor_shape(t)[0];
-  lua_Integer z = i < 0 ? i + n : i - 1;
-  if (i == 0 || z < 0 || z >= n)
-    return luaL_argerror(L, 2, lua_pushfstring(L, "index %d out of range for dimension 1 of size %d", (int)i, (int)n));
+  int64_t z = row_index(L, t);
   mg_no_grad_enter(S->C);
   mg_status st = mg_tensor_select(S->C, t, 0, z, &y);
   mg_no_grad_exit(S->C);
@@ -731,7 +757,14 @@ static int l_cos(lua_State *L) { return unary(L, MG_U_COS); }
 static int l_softplus(lua_State *L) { return unary(L, MG_U_SOFTPLUS); }
 static int l_sign(lua_State *L) { return unary(L, MG_U_SIGN); }
 
-/* Binary op with numbers allowed on either side (one coercion point for every metamethod). */
+static const char *const binary_names[MG_B_COUNT] = {
+  [MG_B_ADD] = "add", [MG_B_SUB] = "sub", [MG_B_MUL] = "mul", [MG_B_DIV] = "div",
+  [MG_B_POW] = "pow", [MG_B_MAXIMUM] = "maximum", [MG_B_MINIMUM] = "minimum", [MG_B_EQ] = "eq",
+  [MG_B_NE] = "ne", [MG_B_LT] = "lt", [MG_B_LE] = "le", [MG_B_GT] = "gt", [MG_B_GE] = "ge" };
+
+/* Binary op with numbers allowed on either side (one coercion point for every metamethod).
+** Errors name the op themselves: the string library calls these metamethods from C for
+** "x" * t, where Lua knows no function name. */
 static int binary(lua_State *L, mg_binary op) {
   LSTATE_ARG;
   mg_tensor *a = mg_lua_totensor(L, 1), *b = mg_lua_totensor(L, 2), *y = NULL;
@@ -741,8 +774,11 @@ static int binary(lua_State *L, mg_binary op) {
     st = mg_tensor_binary_scalar(S->C, op, a, lua_tonumber(L, 2), false, &y);
   else if (b && lua_type(L, 1) == LUA_TNUMBER)
     st = mg_tensor_binary_scalar(S->C, op, b, lua_tonumber(L, 1), true, &y);
-  else if (!a && !b) return luaL_typeerror(L, 1, "tensor");
-  else return luaL_typeerror(L, a ? 2 : 1, "tensor or number");
+  else {
+    int bad = (a || (b && lua_type(L, 1) == LUA_TNUMBER)) ? 2 : 1;
+    return luaL_error(L, "%s: operand %d must be a tensor or number, got %s", binary_names[op], bad,
+                      mg_lua_checkslot_released(L, bad) ? "a released tensor" : luaL_typename(L, bad));
+  }
   return mg_lua_result(L, S, st, &y);
 }
 

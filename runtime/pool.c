@@ -10,7 +10,8 @@
 #include <stdlib.h>
 #include <sys/mman.h>
 
-#define SMALL_MAX ((size_t)64 << 10)     /* below this: plain malloc, not cached */
+#define SMALL_MAX ((size_t)2 << 10)      /* below this: plain malloc, not cached */
+#define MMAP_MIN ((size_t)64 << 10)      /* fresh blocks from here on come from mmap */
 #define HUGE_MIN ((size_t)2 << 20)       /* from this size on: ask for huge pages */
 #define CACHE_MAX ((size_t)1 << 30)      /* most bytes kept for reuse */
 #define NCLASS 192
@@ -39,7 +40,7 @@ static int sizeclass(size_t n, size_t *cap) {
   size_t base = (size_t)1 << k, step = base / 4;
   size_t j = (n - base + step - 1) / step;                /* 0..4 */
   *cap = base + j * step;
-  return (k - 16) * 4 + (int)j;
+  return (k - 11) * 4 + (int)j;
 }
 
 /* Fresh zeroed pages; from 2 MiB on, aligned to 2 MiB and marked for transparent huge
@@ -101,6 +102,13 @@ void mg_pool_small_put(mg_pool *p, int cls, void *q) {
   p->small[cls] = q;
 }
 
+/* A new block of a size class: malloc below MMAP_MIN, whole pages above. */
+static void *fresh(size_t cap) { return cap < MMAP_MIN ? malloc(cap) : mg_pages_alloc(cap); }
+static void unfresh(void *q, size_t cap) {
+  if (cap < MMAP_MIN) free(q);
+  else mg_pages_free(q, cap);
+}
+
 void *mg_pool_alloc(mg_pool *p, size_t nbytes, size_t *cap) {
   if (nbytes < SMALL_MAX) {
     void *q = malloc(nbytes ? nbytes : 1);
@@ -117,8 +125,8 @@ void *mg_pool_alloc(mg_pool *p, size_t nbytes, size_t *cap) {
     p->free[c] = *(void **)q;
     p->cached -= *cap;
   } else {
-    q = mg_pages_alloc(*cap);
-    if (q == NULL) { mg_pool_trim(p); q = mg_pages_alloc(*cap); }
+    q = fresh(*cap);
+    if (q == NULL) { mg_pool_trim(p); q = fresh(*cap); }
     if (q == NULL) return NULL;
   }
   p->live += *cap;
@@ -145,7 +153,7 @@ void mg_pool_free(mg_pool *p, void *data, size_t cap) {
     p->free[c] = data;
     p->cached += cap;
   } else {
-    munmap(data, cap);
+    unfresh(data, cap);
   }
   mg_pool_unref(p);
 }
@@ -156,11 +164,11 @@ void mg_pool_unref(mg_pool *p) {
 
 void mg_pool_trim(mg_pool *p) {
   for (int c = 0; c < NCLASS; c++) {
-    size_t cap = ((size_t)1 << (16 + c / 4)) + (size_t)(c % 4) * ((size_t)1 << (16 + c / 4)) / 4;
+    size_t base = (size_t)1 << (11 + c / 4), cap = base + (size_t)(c % 4) * base / 4;
     while (p->free[c] != NULL) {
       void *q = p->free[c];
       p->free[c] = *(void **)q;
-      munmap(q, cap);
+      unfresh(q, cap);
     }
   }
   p->cached = 0;
