@@ -4,6 +4,7 @@
 */
 #include "mg_impl.h"
 
+#include <cblas.h>
 #include <stdlib.h>
 
 /* ================================================================ copy kernels */
@@ -27,13 +28,29 @@ static void copy_loop(int64_t n, char **p, const int64_t *s, void *ud) {
   }
 }
 
+/* A 2-d transposing copy of one dtype (dst rows unit-stride, src columns unit-stride) goes
+** through BLAS's cache-blocked transpose; true when done. */
+static bool copy_transposed(const mg_iter *it, mg_dtype dt, mg_dtype st) {
+  if (it->ndim != 2 || dt != st || it->stride[0][1] != 1 || it->stride[1][0] != 1) return false;
+  int64_t r = it->shape[0], c = it->shape[1], ld_dst = it->stride[0][0], ld_src = it->stride[1][1];
+  if (r < 16 || c < 16 || ld_dst < c || ld_src < r || ld_dst > INT32_MAX || ld_src > INT32_MAX)
+    return false;
+  if (dt == MG_F64)
+    cblas_domatcopy(CblasRowMajor, CblasTrans, (int)c, (int)r, 1.0, (const double *)it->ptr[1],
+                    (int)ld_src, (double *)it->ptr[0], (int)ld_dst);
+  else
+    cblas_somatcopy(CblasRowMajor, CblasTrans, (int)c, (int)r, 1.0f, (const float *)it->ptr[1],
+                    (int)ld_src, (float *)it->ptr[0], (int)ld_dst);
+  return true;
+}
+
 /* Copy 'src' (broadcastable to dst's shape) into 'dst'. Shapes are checked by callers. */
 static void copy_into(mg_tensor *dst, mg_tensor *src) {
   mg_tensor *ops[2] = { dst, src };
   int kinds[2] = { dst->dtype, src->dtype };
   mg_iter it;
   mg_iter_init(&it, dst->ndim, dst->shape, 2, ops);
-  mg_iter_run(&it, copy_loop, kinds);
+  if (!copy_transposed(&it, dst->dtype, src->dtype)) mg_iter_run(&it, copy_loop, kinds);
 }
 
 mg_status mg_tensor_copy_(mg_ctx *C, mg_tensor *dst, mg_tensor *src) {

@@ -364,4 +364,21 @@ describe("split and unstack", function()
     raises(function() return mg.unstack(mg.tensor(1)) end, "unstack", "0-d")
     raises(function() return mg.unstack(mg.ones(2), 2) end, "unstack", "dimension 2 out of range")
   end)
+
+  it("contiguous() of large transposes (BLAS's blocked transpose) keeps every value", function()
+    for _, dt in ipairs { "float32", "float64" } do
+      local b = mg.randn(37, 53, { dtype = dt })
+      local c = b:transpose():contiguous()
+      assert.is_true(c:is_contiguous())
+      local bt, ct = b:totable(), c:totable()
+      for i = 1, 53 do
+        for j = 1, 37 do assert.are.equal(bt[j][i], ct[i][j]) end
+      end
+      local v = mg.randn(40, 30, { dtype = dt }):narrow(2, 3, 20)      -- strided rows
+      local vt, w = v:totable(), v:transpose(1, 2):clone():totable()
+      for i = 1, 20 do
+        for j = 1, 40 do assert.are.equal(vt[j][i], w[i][j]) end
+      end
+    end
+  end)
 end)
