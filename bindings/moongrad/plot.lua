@@ -490,7 +490,9 @@ end
 -- tic labels of up to 8 characters.
 local function ylabel_cmd(cv, ylabel)
   if cv.text and ylabel ~= "" then
-    return string.format("set ylabel %s norotate\nset lmargin %d\n", gstr(ylabel), #ylabel + 11)
+    -- gnuplot centres a level label where the rotated one would go: shift it left by half
+    return string.format("set ylabel %s norotate offset -%d,0\nset lmargin %d\n", gstr(ylabel),
+                         (#ylabel + 1) // 2, #ylabel + 11)
   end
   return string.format("set ylabel %s\n%s", gstr(ylabel), cv.text and "unset lmargin\n" or "")
 end
