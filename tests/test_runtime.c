@@ -1,0 +1,186 @@
+/*
+** test_runtime.c - C unit tests of the runtime through its public header alone (no Lua):
+** statuses and messages, broadcasting, views, matmul, reductions, the tape and Jacobians,
+** host memory with its release callback, independent contexts.
+*/
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "mg.h"
+
+static int failures, checks;
+
+#define CHECK(cond) do {                                                            \
+    checks++;                                                                       \
+    if (!(cond)) { failures++; fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); } \
+  } while (0)
+
+#define CHECK_NEAR(a, b, tol) CHECK(fabs((double)(a) - (double)(b)) <= (tol))
+
+static mg_tensor *vec(mg_ctx *C, mg_dtype dt, int n, const double *v) {
+  int64_t shape[1] = { n };
+  mg_tensor *t = NULL;
+  if (mg_tensor_empty(C, dt, 1, shape, &t) != MG_OK) return NULL;
+  for (int64_t i = 0; i < n; i++) mg_tensor_set(t, &i, v[i]);
+  return t;
+}
+
+static double at2(mg_tensor *t, int64_t i, int64_t j) {
+  int64_t idx[2] = { i, j };
+  return mg_tensor_get(t, idx);
+}
+
+static void test_errors(mg_ctx *C) {
+  int64_t s23[2] = { 2, 3 }, s45[2] = { 4, 5 };
+  mg_tensor *a, *b, *y = (mg_tensor *)0x1;
+  CHECK(mg_tensor_zeros(C, MG_F32, 2, s23, &a) == MG_OK);
+  CHECK(mg_tensor_zeros(C, MG_F32, 2, s45, &b) == MG_OK);
+  CHECK(mg_tensor_matmul(C, a, b, &y) == MG_ESHAPE);
+  CHECK(y == (mg_tensor *)0x1);                        /* outputs untouched on failure */
+  CHECK(strcmp(mg_errmsg(C), "matmul: shapes (2,3) and (4,5) are not aligned (3 ~= 4)") == 0);
+  CHECK(mg_tensor_binary(C, MG_B_ADD, a, b, &y) == MG_ESHAPE);
+  CHECK(strstr(mg_errmsg(C), "add: shapes (2,3) and (4,5) cannot be broadcast") != NULL);
+  int64_t bad[1] = { -1 };
+  CHECK(mg_tensor_empty(C, MG_F32, 1, bad, &y) == MG_ESHAPE);
+  CHECK(mg_tensor_narrow(C, a, 1, 2, 5, &y) == MG_EINDEX);
+  CHECK(mg_npy_load(C, "/nonexistent/x.npy", &y) == MG_EIO);
+  CHECK(strstr(mg_errmsg(C), "/nonexistent/x.npy") != NULL);
+  mg_tensor_release(a);
+  mg_tensor_release(b);
+}
+
+static void test_broadcast_views(mg_ctx *C) {
+  double av[3] = { 1, 2, 3 }, bv[2] = { 10, 20 };
+  mg_tensor *a = vec(C, MG_F64, 3, av), *b = vec(C, MG_F64, 2, bv), *bc, *y, *t, *s;
+  int64_t col[2] = { 2, 1 };
+  CHECK(mg_tensor_reshape(C, b, 2, col, &bc) == MG_OK);
+  CHECK(mg_tensor_binary(C, MG_B_ADD, a, bc, &y) == MG_OK);       /* (3) + (2,1) -> (2,3) */
+  CHECK(mg_tensor_ndim(y) == 2 && mg_tensor_shape(y)[0] == 2 && mg_tensor_shape(y)[1] == 3);
+  CHECK(at2(y, 1, 2) == 23);
+  CHECK(mg_tensor_transpose(C, y, 0, 1, &t) == MG_OK);
+  CHECK(!mg_tensor_is_contiguous(t) && at2(t, 2, 1) == 23);
+  mg_tensor_fill_(t, 7);                                           /* a view writes through */
+  CHECK(at2(y, 0, 0) == 7);
+  CHECK(mg_tensor_sum(C, y, ~0u, false, &s) == MG_OK);
+  CHECK(mg_tensor_ndim(s) == 0 && mg_tensor_get(s, NULL) == 42);
+  mg_tensor *objs[] = { a, b, bc, y, t, s };
+  for (size_t i = 0; i < sizeof objs / sizeof *objs; i++) mg_tensor_release(objs[i]);
+}
+
+static void test_matmul(mg_ctx *C) {
+  int64_t s[2] = { 2, 2 };
+  mg_tensor *a, *b, *y;
+  mg_tensor_empty(C, MG_F32, 2, s, &a);
+  mg_tensor_empty(C, MG_F32, 2, s, &b);
+  double av[4] = { 1, 2, 3, 4 }, bv[4] = { 5, 6, 7, 8 };
+  for (int64_t i = 0; i < 4; i++) {
+    int64_t idx[2] = { i / 2, i % 2 };
+    mg_tensor_set(a, idx, av[i]);
+    mg_tensor_set(b, idx, bv[i]);
+  }
+  CHECK(mg_tensor_matmul(C, a, b, &y) == MG_OK);
+  CHECK(at2(y, 0, 0) == 19 && at2(y, 0, 1) == 22 && at2(y, 1, 0) == 43 && at2(y, 1, 1) == 50);
+  mg_tensor_release(a);
+  mg_tensor_release(b);
+  mg_tensor_release(y);
+}
+
+/* d/dx sum(tanh(x) * x) = tanh(x) + x (1 - tanh(x)^2); and a batch Jacobian. */
+static void test_tape(mg_ctx *C) {
+  double xv[3] = { -1, 0.5, 2 };
+  mg_tensor *x = vec(C, MG_F64, 3, xv), *th, *p, *y, *g = NULL, *g2 = NULL;
+  mg_tape *T;
+  CHECK(mg_tape_new(C, false, true, &T) == MG_OK);
+  CHECK(mg_tape_watch(T, x) == MG_OK);
+  mg_tensor_unary(C, MG_U_TANH, x, &th);
+  mg_tensor_binary(C, MG_B_MUL, th, x, &p);
+  mg_tensor_sum(C, p, ~0u, false, &y);
+  CHECK(mg_tape_gradient(T, 1, &y, NULL, 0, 1, &x, false, &g) == MG_OK);
+  for (int64_t i = 0; i < 3; i++) {
+    double t = tanh(xv[i]);
+    CHECK_NEAR(mg_tensor_get(g, &i), t + xv[i] * (1 - t * t), 1e-14);
+  }
+  CHECK(mg_tape_gradient(T, 1, &y, NULL, 0, 1, &x, false, &g2) == MG_ESTATE);   /* spent */
+  CHECK(strstr(mg_errmsg(C), "persistent") != NULL);
+  mg_tape_release(T);
+  mg_tensor *objs[] = { x, th, p, y, g };
+  for (size_t i = 0; i < sizeof objs / sizeof *objs; i++) mg_tensor_release(objs[i]);
+
+  int64_t s[2] = { 2, 3 };
+  mg_tensor *h, *r, *J;
+  mg_tensor_empty(C, MG_F64, 2, s, &h);
+  for (int64_t i = 0; i < 6; i++) {
+    int64_t idx[2] = { i / 3, i % 3 };
+    mg_tensor_set(h, idx, (double)i - 2.5);
+  }
+  CHECK(mg_tape_new(C, true, true, &T) == MG_OK);
+  mg_tape_watch(T, h);
+  mg_tensor_unary(C, MG_U_RELU, h, &r);
+  CHECK(mg_tape_jacobian(T, r, 1, &h, true, 0, true, false, &J) == MG_OK);
+  CHECK(mg_tensor_ndim(J) == 3 && mg_tensor_shape(J)[0] == 2);
+  for (int64_t b = 0; b < 2; b++)
+    for (int64_t i = 0; i < 3; i++)
+      for (int64_t j = 0; j < 3; j++) {
+        int64_t idx[3] = { b, i, j }, hi[2] = { b, j };
+        CHECK(mg_tensor_get(J, idx) == (i == j && mg_tensor_get(h, hi) > 0 ? 1.0 : 0.0));
+      }
+  mg_tape_stop(T);
+  mg_tape_release(T);
+  mg_tensor_release(h);
+  mg_tensor_release(r);
+  mg_tensor_release(J);
+}
+
+static int released;
+static void on_release(void *ud, void *data) { released += (ud == data); }
+
+static void test_wrap(mg_ctx *C) {
+  float host[6] = { 1, 2, 3, 4, 5, 6 };
+  int64_t s[2] = { 2, 3 };
+  mg_tensor *t, *v;
+  CHECK(mg_tensor_wrap(C, MG_F32, 2, s, NULL, host, on_release, host, &t) == MG_OK);
+  CHECK(mg_tensor_select(C, t, 0, 1, &v) == MG_OK);
+  mg_tensor_release(t);
+  CHECK(released == 0);                                 /* a view still uses it */
+  int64_t i = 2;
+  CHECK(mg_tensor_get(v, &i) == 6);
+  mg_tensor_release(v);
+  CHECK(released == 1);
+}
+
+/* Two contexts share nothing: seeds and default dtypes are per context. */
+static void test_contexts(void) {
+  mg_ctx *A = mg_ctx_new(), *B = mg_ctx_new();
+  int64_t s[1] = { 4 };
+  mg_tensor *a, *b;
+  mg_manual_seed(A, 7);
+  mg_manual_seed(B, 7);
+  mg_set_default_dtype(A, MG_F64);
+  CHECK(mg_default_dtype(B) == MG_F32);
+  mg_tensor_empty(A, MG_F64, 1, s, &a);
+  mg_tensor_empty(B, MG_F64, 1, s, &b);
+  mg_fill_normal(A, a, 0, 1);
+  mg_fill_normal(B, b, 0, 1);
+  for (int64_t i = 0; i < 4; i++) CHECK(mg_tensor_get(a, &i) == mg_tensor_get(b, &i));
+  mg_ctx_close(A);                                      /* tensors may outlive their context */
+  mg_tensor_release(a);
+  mg_tensor_release(b);
+  mg_ctx_close(B);
+}
+
+int main(void) {
+  mg_ctx *C = mg_ctx_new();
+  CHECK(C != NULL);
+  test_errors(C);
+  test_broadcast_views(C);
+  test_matmul(C);
+  test_tape(C);
+  test_wrap(C);
+  mg_empty_cache(C);
+  CHECK(mg_cached_bytes(C) == 0);
+  mg_ctx_close(C);
+  test_contexts();
+  printf("%d passed, %d failed\n", checks - failures, failures);
+  return failures != 0;
+}
