@@ -179,6 +179,25 @@ static mg_status jac_forward(const jac_job *J, int nsrc, mg_tensor *const *srcs,
   return st;
 }
 
+/* Largest |a - b| over the elements of two same-shaped tensors, and largest |a|. */
+static mg_status max_diff(mg_ctx *C, mg_tensor *a, mg_tensor *b, double *err, double *scale) {
+  mg_tensor *ac, *bc;
+  mg_status st = mg_tensor_contiguous(C, a, &ac);
+  if (st != MG_OK) return st;
+  if ((st = mg_tensor_contiguous(C, b, &bc)) != MG_OK) { mg_tensor_release(ac); return st; }
+  *err = 0;
+  *scale = 1e-30;
+  for (int64_t i = 0, n = mg_tensor_numel(ac); i < n; i++) {
+    double x = ac->dtype == MG_F64 ? MG_F64P(ac)[i] : MG_F32P(ac)[i];
+    double y = bc->dtype == MG_F64 ? MG_F64P(bc)[i] : MG_F32P(bc)[i];
+    if (fabs(x - y) > *err) *err = fabs(x - y);
+    if (fabs(x) > *scale) *scale = fabs(x);
+  }
+  mg_tensor_release(ac);
+  mg_tensor_release(bc);
+  return MG_OK;
+}
+
 /* batch_jacobian's check: a second sweep with the batch entries' seeds weighted 1, 2, ...;
 ** if target[i] depends only on source[i], each gradient block scales by its own weight. */
 static mg_status check_independent(const jac_job *J, int nsrc, mg_tensor *const *srcs,
@@ -219,20 +238,10 @@ static mg_status check_independent(const jac_job *J, int nsrc, mg_tensor *const 
     }
     mg_tensor_release(s);
     if (st != MG_OK) break;
-    double err = 0, scale = 1e-30;
-    int64_t n = mg_tensor_numel(e);
-    mg_tensor *ec, *gc;
-    mg_tensor_contiguous(C, e, &ec);
-    mg_tensor_contiguous(C, g[j], &gc);
-    for (int64_t i = 0; i < n; i++) {
-      double a = ec->dtype == MG_F64 ? MG_F64P(ec)[i] : MG_F32P(ec)[i];
-      double b = gc->dtype == MG_F64 ? MG_F64P(gc)[i] : MG_F32P(gc)[i];
-      if (fabs(a - b) > err) err = fabs(a - b);
-      if (fabs(a) > scale) scale = fabs(a);
-    }
-    mg_tensor_release(ec);
-    mg_tensor_release(gc);
+    double err, scale;
+    st = max_diff(C, e, g[j], &err, &scale);
     mg_tensor_release(e);
+    if (st != MG_OK) break;
     double tol = (J->target->dtype == MG_F64 ? 1e-9 : 1e-4) * scale * (double)J->B;
     if (err > tol)
       st = mg_fail(C, MG_EARG, "batch_jacobian: target entries depend on other batch entries "

@@ -272,72 +272,84 @@ static mg_status zeros_like_lead(mg_ctx *C, const mg_tensor *like, int lead, con
   return mg_tensor_zeros(C, t->dtype, nd, sh, out);
 }
 
+/* The cotangents of the targets: 'seeds' (NULL entries: ones). '*like' gets a seed with the
+** lead dims (for shaping zeros later). */
+static mg_status seed_targets(mg_ctx *C, tmap *m, int ntargets, mg_tensor *const *targets,
+                              mg_tensor *const *seeds, mg_tensor **like) {
+  for (int i = 0; i < ntargets; i++) {
+    slot *s = map_get(m, targets[i]);
+    if (s == NULL) return mg_fail(C, MG_ENOMEM, "out of memory");
+    mg_tensor *g;
+    mg_status st = MG_OK;
+    if (seeds && seeds[i]) g = mg_tensor_retain(*like = seeds[i]);
+    else st = mg_tensor_full(C, targets[i]->dtype, targets[i]->ndim, targets[i]->shape, 1.0, &g);
+    if (st == MG_OK) st = accumulate(C, s, g);
+    if (st != MG_OK) return st;
+  }
+  return MG_OK;
+}
+
+/* One node of the reverse sweep: its rule turns the cotangents of its outputs into those of
+** the inputs that lead back to a source; the outputs' cotangents are then dropped (unless a
+** source asks for them). */
+static mg_status backward_node(mg_ctx *C, tmap *m, const mg_node *n, int lead,
+                               int nsources, mg_tensor *const *sources) {
+  mg_tensor *g[MG_MAXOUT] = { NULL };
+  bool anyg = false, anyneed = false;
+  for (int k = 0; k < n->nout; k++) {
+    slot *s = map_find(m, n->out[k]);
+    anyg |= (g[k] = s ? s->val : NULL) != NULL;
+  }
+  if (!anyg) return MG_OK;
+  bool stackneed[8], *need = n->nin <= 8 ? stackneed : calloc((size_t)n->nin, sizeof *need);
+  mg_tensor *stackgin[8] = { NULL }, **gin = n->nin <= 8 ? stackgin : calloc((size_t)n->nin, sizeof *gin);
+  mg_status st = need && gin ? MG_OK : mg_fail(C, MG_ENOMEM, "out of memory");
+  for (int k = 0; st == MG_OK && k < n->nin; k++) {
+    slot *s = map_find(m, n->in[k]);
+    anyneed |= (need[k] = s && s->reach);
+  }
+  if (st == MG_OK && anyneed) st = mg_ops[n->op]->vjp(C, n, lead, g, need, gin);
+  for (int k = 0; gin && k < n->nin; k++) {
+    if (gin[k] == NULL) continue;
+    if (st != MG_OK) { mg_tensor_release(gin[k]); continue; }
+    slot *s = map_get(m, n->in[k]);
+    st = s ? accumulate(C, s, gin[k]) : mg_fail(C, MG_ENOMEM, "out of memory");
+  }
+  if (need != stackneed) free(need);
+  if (gin != stackgin) free(gin);
+  for (int k = 0; k < n->nout; k++) {                  /* consumed: free unless asked for */
+    slot *s = map_find(m, n->out[k]);
+    if (s && s->val && !is_source(n->out[k], nsources, sources)) {
+      mg_tensor_release(s->val);
+      s->val = NULL;
+    }
+  }
+  return st;
+}
+
 mg_status mg_tape_gradient_sweep(mg_tape *T, int ntargets, mg_tensor *const *targets,
-                         mg_tensor *const *seeds, int lead, int nsources,
-                         mg_tensor *const *sources, bool unconnected_zero, mg_tensor **grads) {
+                                 mg_tensor *const *seeds, int lead, int nsources,
+                                 mg_tensor *const *sources, bool unconnected_zero,
+                                 mg_tensor **grads) {
   mg_ctx *C = T->ctx;
   tmap m;
   bool oom;
+  mg_tensor *like = NULL;
+  for (int j = 0; j < nsources; j++) grads[j] = NULL;
   if (!map_init(&m, T->n + (size_t)nsources)) return mg_fail(C, MG_ENOMEM, "out of memory");
   size_t first = mark_reach(T, &m, nsources, sources, &oom);
-  mg_status st = oom ? mg_fail(C, MG_ENOMEM, "out of memory") : MG_OK;
-  mg_tensor *likeseed = NULL;
-  for (int i = 0; i < ntargets && st == MG_OK; i++) {
-    slot *s = map_get(&m, targets[i]);
-    if (s == NULL) { st = mg_fail(C, MG_ENOMEM, "out of memory"); break; }
-    mg_tensor *g;
-    if (seeds && seeds[i]) g = mg_tensor_retain(seeds[i]);
-    else st = mg_tensor_full(C, targets[i]->dtype, targets[i]->ndim, targets[i]->shape, 1.0, &g);
-    if (st == MG_OK) {
-      likeseed = seeds && seeds[i] ? seeds[i] : likeseed;
-      st = accumulate(C, s, g);
-    }
-  }
-  for (size_t i = T->n; i-- > first && st == MG_OK;) {
-    const mg_node *n = mg_tape_node(T, i);
-    mg_tensor *g[MG_MAXOUT] = { NULL };
-    bool anyg = false;
-    for (int k = 0; k < n->nout; k++) {
-      slot *s = map_find(&m, n->out[k]);
-      g[k] = s ? s->val : NULL;
-      anyg |= g[k] != NULL;
-    }
-    if (!anyg) continue;
-    bool stackneed[8], *need = n->nin <= 8 ? stackneed : calloc((size_t)n->nin, sizeof *need);
-    mg_tensor *stackgin[8] = { NULL }, **gin = n->nin <= 8 ? stackgin : calloc((size_t)n->nin, sizeof *gin);
-    if (need == NULL || gin == NULL) st = mg_fail(C, MG_ENOMEM, "out of memory");
-    bool anyneed = false;
-    for (int k = 0; st == MG_OK && k < n->nin; k++) {
-      slot *s = map_find(&m, n->in[k]);
-      need[k] = s && s->reach;
-      anyneed |= need[k];
-    }
-    if (st == MG_OK && anyneed) st = mg_ops[n->op]->vjp(C, n, lead, g, need, gin);
-    for (int k = 0; k < n->nin; k++) {
-      if (gin[k] == NULL) continue;
-      if (st != MG_OK) { mg_tensor_release(gin[k]); continue; }
-      slot *s = map_get(&m, n->in[k]);
-      st = s ? accumulate(C, s, gin[k]) : mg_fail(C, MG_ENOMEM, "out of memory");
-    }
-    if (need != stackneed) free(need);
-    if (gin != stackgin) free(gin);
-    for (int k = 0; k < n->nout; k++) {      /* consumed: free unless asked for */
-      slot *s = map_find(&m, n->out[k]);
-      if (s && s->val && !is_source(n->out[k], nsources, sources)) {
-        mg_tensor_release(s->val);
-        s->val = NULL;
-      }
-    }
-  }
+  mg_status st = oom ? mg_fail(C, MG_ENOMEM, "out of memory")
+                     : seed_targets(C, &m, ntargets, targets, seeds, &like);
+  for (size_t i = T->n; i-- > first && st == MG_OK;)
+    st = backward_node(C, &m, mg_tape_node(T, i), lead, nsources, sources);
   for (int j = 0; j < nsources && st == MG_OK; j++) {
     slot *s = map_find(&m, sources[j]);
-    grads[j] = NULL;
-    if (s && s->val) {
+    if (s && s->val)
       st = mg_expand_lead(C, s->val, lead, sources[j]->ndim, sources[j]->shape, &grads[j]);
-    } else if (unconnected_zero) {
-      st = lead && likeseed ? zeros_like_lead(C, likeseed, lead, sources[j], &grads[j])
-                            : mg_tensor_zeros(C, sources[j]->dtype, sources[j]->ndim, sources[j]->shape, &grads[j]);
-    }
+    else if (unconnected_zero && lead && like)
+      st = zeros_like_lead(C, like, lead, sources[j], &grads[j]);
+    else if (unconnected_zero)
+      st = mg_tensor_zeros(C, sources[j]->dtype, sources[j]->ndim, sources[j]->shape, &grads[j]);
   }
   if (st != MG_OK)
     for (int j = 0; j < nsources; j++) { mg_tensor_release(grads[j]); grads[j] = NULL; }
