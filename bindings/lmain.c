@@ -285,11 +285,11 @@ static const char *field(lua_State *L, int t, const char *k) {
   return s;
 }
 
-/* A warning when OpenBLAS runs older kernels than this CPU supports, and why; returns
-** whether it printed one. Never changes OPENBLAS_CORETYPE: an explicit setting is respected. */
-static bool kernel_warning(FILE *f, const char *core, const char *best, const char *env) {
+/* A warning when OpenBLAS runs older kernels than this CPU supports, and what to do. Never
+** changes OPENBLAS_CORETYPE: an explicit setting is respected. */
+static void kernel_warning(FILE *f, const char *core, const char *best, const char *env) {
   int rc = kernel_rank(core), rb = kernel_rank(best);
-  if (rc < 0 || rb < 0 || rc >= rb) return false;
+  if (rc < 0 || rb < 0 || rc >= rb) return;
   const char *gain = rc == 2 && rb == 3 ? "about 2x faster for matmul" : "faster for matmul";
   fprintf(f, "warning: OpenBLAS uses its %s kernels", core);
   if (env)
@@ -298,27 +298,28 @@ static bool kernel_warning(FILE *f, const char *core, const char *best, const ch
   else
     fprintf(f, " but this CPU supports %s kernels, %s; OPENBLAS_CORETYPE=%s selects them if "
                "this OpenBLAS has them\n", best, gain, best);
-  return true;
 }
 
-/* What '-v' and the banner report: mg._VERSION and mg.blas()'s fields, as strings anchored
-** on the stack (clear it after use). */
+/* What '-v' and the banner report: the module's _VERSION and blas() fields ("?" when
+** missing), as strings anchored on the stack (the caller restores its top). The module is
+** package.loaded.moongrad, whatever a script made of the global 'mg'. */
 typedef struct blasinfo {
   const char *version, *core, *best, *threads, *env;
 } blasinfo;
 
 static blasinfo getblasinfo(lua_State *L) {
-  blasinfo b;
-  lua_getglobal(L, "mg");
+  blasinfo b = { "?", "?", "?", "?", getenv("OPENBLAS_CORETYPE") };
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  if (lua_getfield(L, -1, "moongrad") != LUA_TTABLE) return b;
   int mg = lua_gettop(L);
   b.version = field(L, mg, "_VERSION");
-  lua_getfield(L, mg, "blas");
+  if (lua_getfield(L, mg, "blas") != LUA_TFUNCTION) return b;
   lua_call(L, 0, 1);
+  if (!lua_istable(L, -1)) return b;
   int t = lua_gettop(L);
   b.core = field(L, t, "core");
   b.best = field(L, t, "best");
   b.threads = field(L, t, "threads");
-  b.env = getenv("OPENBLAS_CORETYPE");
   return b;
 }
 
@@ -358,7 +359,8 @@ typedef struct reader {
 } reader;
 
 /* readline's key source: after Ctrl-C at the prompt ('on_prompt_interrupt' interrupts the
-** read), empty the line and accept it, so 'readline' returns and the chunk is dropped. */
+** read), empty the line and accept it, so 'readline' returns and the chunk is dropped. A key
+** read with the Ctrl-C already pending came after it: keep it for the next line. */
 static int read_key(FILE *f) {
   for (;;) {
     if (prompt_interrupted) {
@@ -368,8 +370,9 @@ static int read_key(FILE *f) {
     }
     unsigned char c;
     ssize_t n = read(fileno(f), &c, 1);
-    if (n == 1) return c;
-    if (n == 0 || errno != EINTR) return EOF;
+    if (n == 1 && !prompt_interrupted) return c;
+    if (n == 1) rl_stuff_char(c);     /* typed after the Ctrl-C: it starts the next line */
+    else if (n == 0 || errno != EINTR) return EOF;
   }
 }
 
