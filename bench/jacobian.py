@@ -100,7 +100,7 @@ def main():
                 failed.append("(%s) %s: shape %s, relative error %g vs moongrad"
                               % (case, name, tuple(J.shape), err))
             del J
-            m = B.measure(lambda: fn(h), reps=5 if big else 7, min_time=0 if big else 0.1)
+            m = B.measure(lambda: fn(h), reps=5 if big else 11, min_time=0 if big else 0.05)
             B.result(BENCH, case, name, m)
             B.log("pytorch   (%s) %-20s %10.4f ms CPU, %10.4f ms wall; rel. err. vs moongrad %.2g",
                   case, name, m["cpu"] * 1e3, m["wall"] * 1e3, err)

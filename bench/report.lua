@@ -126,7 +126,7 @@ local function table_for(label, name, b)
   emit("")
   if cfg.target and checked > 0 then
     if #misses == 0 then
-      emit(string.format("Target (PyTorch%s / moongrad >= %dx): met in all %d rows.",
+      emit(string.format("Target (PyTorch%s / moongrad >= %dx): met in every row checked (%d).",
                          multi and "'s best" or "", cfg.target, checked))
     else
       emit(string.format("Target (PyTorch%s / moongrad >= %dx): MISSED in %s.",
