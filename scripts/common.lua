@@ -166,6 +166,11 @@ function common.check(ok, fmt, ...)
   end
 end
 
+-- 's' as a gnuplot string literal (for scripts given to mg.plot.gnuplot); "\n" breaks lines.
+function common.gstr(s)
+  return '"' .. s:gsub('[\\"]', "\\%0"):gsub("\n", "\\n") .. '"'
+end
+
 -- Prints where a picture went: "wrote <what>: <path>".
 function common.wrote(what, path)
   print(string.format("wrote %s: %s", what, path))

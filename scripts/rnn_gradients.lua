@@ -225,7 +225,7 @@ local function gate_png(m, layout, title, lim, path)
       r[2] - 1.5, C + 0.5, r[2] - 0.5) end
   end
   local script = table.concat({
-    "set title \"" .. title:gsub('[\\"]', "\\%0"):gsub("\n", "\\n") .. "\"",
+    "set title " .. common.gstr(title),
     "set palette defined (0 '#0000ff', 0.5 '#ffffff', 1 '#ff0000')",
     string.format("set cbrange [%.9g:%.9g]", -lim, lim),
     string.format("set xrange [0.5:%g]", C + 0.5), string.format("set yrange [%g:0.5]", R + 0.5),
