@@ -762,6 +762,21 @@ static const char *const binary_names[MG_B_COUNT] = {
   [MG_B_POW] = "pow", [MG_B_MAXIMUM] = "maximum", [MG_B_MINIMUM] = "minimum", [MG_B_EQ] = "eq",
   [MG_B_NE] = "ne", [MG_B_LT] = "lt", [MG_B_LE] = "le", [MG_B_GT] = "gt", [MG_B_GE] = "ge" };
 
+/* Raise the error for operands 1 and 2 of 'fn' that are not a tensor and a tensor or number
+** ('a', 'b': the tensors among them, else NULL). */
+static int operand_error(lua_State *L, const char *fn, mg_tensor *a, mg_tensor *b) {
+  for (int i = 1; i <= 2; i++) {
+    mg_tensor **p = luaL_testudata(L, i, MG_TENSOR_MT);
+    if (p && *p == NULL) return luaL_error(L, "%s: operand %d is a released tensor", fn, i);
+  }
+  if (!a && !b)
+    return luaL_error(L, "%s: expected a tensor operand, got %s and %s", fn, luaL_typename(L, 1),
+                      luaL_typename(L, 2));
+  int bad = a ? 2 : 1;
+  return luaL_error(L, "%s: operand %d must be a tensor or number, got %s", fn, bad,
+                    luaL_typename(L, bad));
+}
+
 /* Binary op with numbers allowed on either side (one coercion point for every metamethod).
 ** Errors name the op themselves: the string library calls these metamethods from C for
 ** "x" * t, where Lua knows no function name. */
@@ -774,11 +789,7 @@ static int binary(lua_State *L, mg_binary op) {
     st = mg_tensor_binary_scalar(S->C, op, a, lua_tonumber(L, 2), false, &y);
   else if (b && lua_type(L, 1) == LUA_TNUMBER)
     st = mg_tensor_binary_scalar(S->C, op, b, lua_tonumber(L, 1), true, &y);
-  else {
-    int bad = (a || (b && lua_type(L, 1) == LUA_TNUMBER)) ? 2 : 1;
-    return luaL_error(L, "%s: operand %d must be a tensor or number, got %s", binary_names[op], bad,
-                      mg_lua_checkslot_released(L, bad) ? "a released tensor" : luaL_typename(L, bad));
-  }
+  else return operand_error(L, binary_names[op], a, b);
   return mg_lua_result(L, S, st, &y);
 }
 

@@ -56,12 +56,14 @@ static void storage_release(mg_storage *s) {
 
 int64_t mg_shape_numel(int ndim, const int64_t *shape) {
   int64_t n = 1;
+  bool empty = false;
   for (int i = 0; i < ndim; i++) {
     if (shape[i] < 0) return -1;
-    if (shape[i] != 0 && n > INT64_MAX / 8 / shape[i]) return -1;   /* keep bytes in range */
+    if (shape[i] == 0) { empty = true; continue; }   /* the other sizes still make strides */
+    if (n > INT64_MAX / 8 / shape[i]) return -1;     /* keep bytes and strides in range */
     n *= shape[i];
   }
-  return n;
+  return empty ? 0 : n;
 }
 
 void mg_contiguous_strides(int ndim, const int64_t *shape, int64_t *stride) {
@@ -130,6 +132,8 @@ void *mg_tensor_data(const mg_tensor *t) {
 }
 
 bool mg_tensor_is_contiguous(const mg_tensor *t) {
+  for (int i = 0; i < t->ndim; i++)
+    if (t->shape[i] == 0) return true;              /* no elements: any strides will do */
   int64_t s = 1;
   for (int i = t->ndim - 1; i >= 0; i--) {
     if (t->shape[i] == 1) continue;
