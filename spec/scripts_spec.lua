@@ -1,0 +1,384 @@
+-- The experiment scripts (scripts/*.lua, one per seed, and gradient_flow.lua): each runs
+-- through the moongrad executable on a small setting, and its printed numbers are checked
+-- (the Glorot ratios, seed 002's values, Jacobian shapes and cross-checks, losses going
+-- down), then every picture it says it wrote: PNGs by signature and size, text plots by
+-- their titles and axis labels. Needs gnuplot (pending without it).
+local source = os.getenv("MOONGRAD_SOURCE") or "."
+local exe = (os.getenv("MOONGRAD_BUILD") or (source .. "/build")) .. "/moongrad"
+
+local function q(s) return "'" .. s:gsub("'", [['\'']]) .. "'" end
+
+local function slurp(name)
+  local f = assert(io.open(name, "rb"))
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+local have_gnuplot = os.execute("command -v gnuplot >/dev/null 2>&1") == true
+
+local tmpdirs = {}
+local function tmpdir()
+  local p = os.tmpname()
+  os.remove(p)
+  assert(os.execute("mkdir -p " .. q(p)))
+  tmpdirs[#tmpdirs + 1] = p
+  return p
+end
+
+-- Runs 'moongrad scripts/<name>.lua <args>' (with --out <dir> unless 'no_out'); returns
+-- stdout, stderr, the exit code and the output directory.
+local function run(name, args, no_out)
+  local dir = tmpdir()
+  local outf, errf = dir .. "/.stdout", dir .. "/.stderr"
+  local cmd = string.format("%s %s %s %s </dev/null >%s 2>%s", q(exe), q(source .. "/scripts/" .. name .. ".lua"),
+    no_out and "" or "--out " .. q(dir), args or "", q(outf), q(errf))
+  local _, _, code = os.execute(cmd)
+  return slurp(outf), slurp(errf), code, dir
+end
+
+-- Runs a script once per spec file (cached), asserting it succeeded.
+local cache = {}
+local function result(name, args)
+  local key = name .. " " .. (args or "")
+  if not cache[key] then
+    local out, err, code, dir = run(name, args)
+    if code ~= 0 then error(string.format("%s %s exited with %s:\n%s\n%s", name, args or "", tostring(code), out, err)) end
+    cache[key] = { out = out, err = err, dir = dir }
+  end
+  return cache[key]
+end
+
+-- The number captured by Lua pattern 'pat' in 'text' (which must match).
+local function num(text, pat)
+  local v = text:match(pat)
+  assert(v, "no line matches '" .. pat .. "' in:\n" .. text)
+  return assert(tonumber(v), "not a number: " .. v)
+end
+
+local function has(text, plain)
+  assert(text:find(plain, 1, true), "'" .. plain .. "' not found in:\n" .. text)
+end
+
+-- Width and height of a PNG file, after checking its signature and IHDR chunk.
+local function png_size(path)
+  local s = slurp(path)
+  assert.are.equal("\137PNG\r\n\26\n", s:sub(1, 8), path .. " is not a PNG")
+  assert.are.equal("IHDR", s:sub(13, 16), path .. " has no IHDR chunk")
+  local w = string.unpack(">I4", s, 17)
+  local h = string.unpack(">I4", s, 21)
+  assert.is_true(#s > 2000, path .. " is suspiciously small (" .. #s .. " bytes)")
+  return w, h
+end
+
+-- Every "wrote <what>: <path>" line of 'out': the file exists inside 'dir' and is a sane PNG
+-- or a non-empty text plot. Returns the paths by file name.
+local function check_pictures(out, dir, min_count)
+  local files, n = {}, 0
+  for path in out:gmatch("\nwrote [^\n]*: ([^\n]+)") do
+    n = n + 1
+    assert.are.equal(dir, path:sub(1, #dir), "picture outside the output directory: " .. path)
+    local ext = path:match("%.(%w+)$")
+    if ext == "png" then
+      local w, h = png_size(path)
+      assert.is_true(w >= 300 and w <= 4000 and h >= 200 and h <= 4000,
+        string.format("%s has a strange size %dx%d", path, w, h))
+    else
+      assert.are.equal("txt", ext)
+      local s = slurp(path)
+      assert.is_true(#s > 200 and s:find("[%+%-|]") ~= nil, path .. " does not look like a text plot")
+    end
+    files[path:match("[^/]+$")] = path
+  end
+  assert.is_true(n >= min_count, string.format("expected at least %d pictures, found %d", min_count, n))
+  return files
+end
+
+-- The text plot 'file' contains each plain string of 'expect' (title pieces, axis labels).
+local function text_has(files, file, expect)
+  local path = assert(files[file], file .. " was not written")
+  local s = slurp(path)
+  for _, e in ipairs(expect) do has(s, e) end
+end
+
+local pending_reason = not have_gnuplot and "gnuplot is not installed" or nil
+local function it_g(name, fn)
+  if pending_reason then return pending(name .. " (" .. pending_reason .. ")") end
+  return it(name, fn)
+end
+
+teardown(function()
+  for _, d in ipairs(tmpdirs) do os.execute("rm -rf " .. q(d)) end
+end)
+
+---------------------------------------------------------------- glorot_jacobian (seed 001)
+
+describe("scripts/glorot_jacobian.lua", function()
+  local ARGS = "--units 100 --steps 4 --trials 10 --decay_steps 12 --decay_batch 4"
+  it_g("var(dh_t/dh_(t-1)) * units is 0.5 for ReLU and 1.0 for the identity at 100 units", function()
+    local r = result("glorot_jacobian", ARGS)
+    assert.is_near(0.5, num(r.out, "relu mean var%(J%)%*units = ([%d.]+)"), 0.06)
+    assert.is_near(1.0, num(r.out, "identity mean var%(J%)%*units = ([%d.]+)"), 0.08)
+    for t = 1, 4 do
+      assert.is_near(0.5, num(r.out, "relu step " .. t .. " var%(J%)%*units = ([%d.]+)"), 0.1)
+    end
+  end)
+  it_g("holds for other seeds too (not a lucky draw)", function()
+    for _, seed in ipairs{ 1, 2 } do
+      local r = result("glorot_jacobian", ARGS .. " --seed " .. seed)
+      assert.is_near(0.5, num(r.out, "relu mean var%(J%)%*units = ([%d.]+)"), 0.06)
+      assert.is_near(1.0, num(r.out, "identity mean var%(J%)%*units = ([%d.]+)"), 0.08)
+    end
+  end)
+  it_g("every tape Jacobian equals the closed form W^T diag(act'(h))", function()
+    local r = result("glorot_jacobian", ARGS)
+    assert.is_true(num(r.out, "relu Jacobian vs closed form [^\n]-max |diff| = ([%d.e+-]+)") < 1e-6)
+    assert.is_true(num(r.out, "identity Jacobian vs closed form [^\n]-max |diff| = ([%d.e+-]+)") < 1e-6)
+  end)
+  it_g("||dh_T/dh_k|| vanishes for ReLU + Glorot and explodes with the gain", function()
+    local r = result("glorot_jacobian", ARGS)
+    assert.is_true(num(r.out, "decay relu: [^\n]-factor per step = ([%d.]+)") < 0.85)
+    assert.is_true(num(r.out, "decay identity_gain: [^\n]-factor per step = ([%d.]+)") > 1.1)
+    local id = num(r.out, "decay identity: [^\n]-factor per step = ([%d.]+)")
+    assert.is_true(id > 0.85 and id < 1.15)
+  end)
+  it_g("draws the decay as PNG and text with title and axis labels", function()
+    local r = result("glorot_jacobian", ARGS)
+    local files = check_pictures(r.out, r.dir, 2)
+    text_has(files, "glorot_jacobian_decay.txt", { "Vanishing and exploding", "k (source timestep", "log10 norm",
+      "ReLU, Glorot" })
+  end)
+end)
+
+---------------------------------------------------------------- manual_vs_autograd (seed 002)
+
+describe("scripts/manual_vs_autograd.lua", function()
+  it_g("reproduces the seed's float32 numbers and gives the float64 ones", function()
+    local r = result("manual_vs_autograd")
+    local f32 = r.out:match("example 8 float32[^\n]*")
+    has(f32, "dy2/dw_h tape 8.188806533813477 | hand 8.18880672682621 | backward pass 8.18880672682621")
+    has(f32, "dy2/dw_y tape 0.9092516899108887 | hand h2 0.9092516899108887")
+    local f64 = r.out:match("example 8 float64[^\n]*")
+    has(f64, "dy2/dw_h tape 8.188808168328672 | hand 8.188808168328672")
+    assert.is_near(math.tanh(2 * math.tanh(1)), num(f64, "dy2/dw_y tape ([%d.]+)"), 1e-15)
+    assert.is_true(num(r.out, "example 8 over w_h[^\n]-max |hand %- tape| = ([%d.e+-]+)") < 1e-12)
+  end)
+  it_g("every worked example: the tape equals the hand derivation", function()
+    local r = result("manual_vs_autograd")
+    local x = num(r.out, "example 1: d%(x%^2%)/dx at x = ([%d.]+)")
+    assert.are.equal(2 * x, num(r.out, "example 1:[^\n]-tape ([%d.]+)"))
+    assert.are.equal(2 * x, num(r.out, "example 1:[^\n]-hand 2x ([%d.]+)"))
+    local x2 = num(r.out, "example 2:[^\n]-at x = ([%d.]+)")
+    assert.are.equal(-2 * x2, num(r.out, "example 2:[^\n]-tape (%-[%d.]+)"))
+    has(r.out, "example 3: d((x^2 - y)^2)/dx at x = 1, y = 10: tape -36 | hand 2 (x^2 - y) 2x -36")
+    has(r.out, "dz/dw tape 2.5 | hand x 2.5; dz/db tape 1 | hand 1")
+    has(r.out, "tape (2, 10, 12) | hand 2x (2, 10, 12)")
+    assert.are.equal(0, num(r.out, "max |dW tape %- column sums of X| = ([%d.e+-]+)"))
+    assert.are.equal(0, num(r.out, "max |dX tape %- row sums of W| = ([%d.e+-]+)"))
+    has(r.out, "dB tape (5, 5, 5) | hand (rows of X) (5, 5, 5)")
+    has(r.out, "dh2/dw tape 2 | hand h0 w + h1 2; dh2/dh0 tape 4 | hand w^2 4")
+  end)
+  it_g("the hand-written BPTT equals the tape, dB_x included (the seed left it 0)", function()
+    local r = result("manual_vs_autograd", "--steps 3 --hidden 4")
+    for _, g in ipairs{ "dW_x", "dB_x", "dW_h", "dB_h", "dW_y", "dB_y" } do
+      assert.is_true(num(r.out, "BPTT " .. g .. ": [^\n]-max |diff| = ([%d.e+-]+)") < 1e-12)
+    end
+    local line = r.out:match("BPTT dB_x: seed's[^\n]*")
+    has(line, "seed's hand-written backward = 0")
+    local corrected, tape = line:match("corrected hand (%b()) | tape (%b())")
+    assert.are.equal(corrected, tape)
+    assert.is_truthy(corrected:find("[1-9]"))                 -- not zero
+    assert.are.equal(0, num(line, "max |dB_x %- dB_h| = ([%d.e+-]+)"))
+  end)
+  it_g("draws dy2/dw_h by hand and by the tape", function()
+    local r = result("manual_vs_autograd")
+    local files = check_pictures(r.out, r.dir, 2)
+    text_has(files, "manual_vs_autograd_tanh.txt", { "dy2/dw_h by hand and by the tape", "w_h", "hand formula", "tape" })
+  end)
+end)
+
+---------------------------------------------------------------- hidden_input_grads (seed 003)
+
+describe("scripts/hidden_input_grads.lua", function()
+  local ARGS = "--batch 2 --steps 4 --input 3 --units 6"
+  it_g("gives dh_t/dx_t of shape (B, T, units, input) for SimpleRNN h and LSTM h and c", function()
+    local r = result("hidden_input_grads", ARGS)
+    for _, case in ipairs{ { "SimpleRNN h", "h" }, { "LSTM h", "h" }, { "LSTM c", "c" } } do
+      has(r.out, case[1] .. ": d" .. case[2] .. "_t/dx_t shape (2,4,6,3) (batch, time, units, input)")
+      has(r.out, case[1] .. ": blocks d" .. case[2] .. "_t/dx_s from one batch_jacobian")
+      has(r.out, "4 tensors of shape (2,4,6,3)")
+    end
+  end)
+  it_g("cross-checks the blocks: per-t calls, a loop of tape:gradient, causality, the seed's sum", function()
+    local r = result("hidden_input_grads", ARGS)
+    for _, name in ipairs{ "SimpleRNN h", "LSTM h", "LSTM c" } do
+      local p = name:gsub("%p", "%%%0")
+      assert.is_true(num(r.out, p .. ": max |one call %- one batch_jacobian[^\n]-| = ([%d.e+-]+)") <= 1e-12)
+      assert.is_true(num(r.out, p .. ": max |d._T/dx_s %(one call%) %- loop of 6 tape:gradient calls| = ([%d.e+-]+)") <= 1e-12)
+      assert.are.equal(0, num(r.out, p .. ": max |d._t/dx_s| for s > t = ([%d.e+-]+)"))
+      assert.is_true(num(r.out, p .. ": the seed's [^\n]-gives shape %(2,4,3%) = sum over units[^\n]-max |diff| = ([%d.e+-]+)") < 1e-12)
+    end
+  end)
+  it_g("works in float32 too, to float32 precision", function()
+    local r = result("hidden_input_grads", ARGS .. " --dtype float32")
+    assert.is_true(num(r.out, "LSTM c: max |dc_T/dx_s %(one call%) %- loop[^\n]-| = ([%d.e+-]+)") <= 1e-5)
+  end)
+  it_g("draws the blocks and their norms as heatmaps", function()
+    local r = result("hidden_input_grads", ARGS)
+    local files = check_pictures(r.out, r.dir, 12)
+    text_has(files, "hidden_input_grads_lstm_c_norms.txt", { "log10 ||dc_t/dx_s||", "s (input timestep)",
+      "t (state timestep)" })
+    text_has(files, "hidden_input_grads_simplernn_h_blocks.txt", { "Jacobian blocks dh_t/dx_s", "timestep s, feature i",
+      "timestep t, unit u" })
+  end)
+end)
+
+---------------------------------------------------------------- rnn_gradients (seed 004)
+
+describe("scripts/rnn_gradients.lua", function()
+  local ARGS = "--iters 4 --long_iters 12 --units 4 --big_units 6 --steps 8 --batch 4 --lr 0.01"
+  it_g("trains LSTM, GRU and SimpleRNN, uni- and bidirectional, and the loss goes down", function()
+    local r = result("rnn_gradients", ARGS)
+    for _, name in ipairs{ "LSTM (4 units)", "LSTM (6 units)", "bi-LSTM (6 units)", "GRU (6 units)", "bi-GRU (6 units)",
+                           "SimpleRNN (6 units)", "bi-SimpleRNN (6 units)" } do
+      local p = name:gsub("%p", "%%%0")
+      local first = num(r.out, "\n" .. p .. ": 12 iterations, loss first ([%d.]+)")
+      local last = num(r.out, "\n" .. p .. ": 12 iterations, loss first [%d.]+, last ([%d.]+)")
+      assert.is_true(last < first, name .. ": loss " .. first .. " -> " .. last)
+    end
+    has(r.out, "LSTM (4 units): 4 iterations, loss first")
+  end)
+  it_g("takes gradients w.r.t. both layer outputs: (B, T, C) and (B, C)", function()
+    local r = result("rnn_gradients", ARGS)
+    has(r.out, "LSTM (4 units): dL/d(layer 1 output) shape (4,8,4), dL/d(layer 2 output) shape (4,4)")
+  end)
+  it_g("prints plain progress lines when stdout is not a terminal", function()
+    local r = result("rnn_gradients", ARGS)
+    assert.is_nil(r.out:find("\r", 1, true))
+    has(r.out, "LSTM (4 units): iteration 1/4  loss ")
+  end)
+  it_g("draws EX 1-7 and the gate-wise weights and gradients", function()
+    local r = result("rnn_gradients", ARGS)
+    local files = check_pictures(r.out, r.dir, 60)
+    for _, f in ipairs{ "ex1_lstm_one_sample_features_1d", "ex2_lstm_features_1d", "ex2_lstm_features_2d",
+                        "ex3_lstm_features_1d", "ex3_lstm_features_2d", "ex4_lstm_big_features_1d",
+                        "ex4_lstm_big_channel_1", "ex5_bigru_features_2d", "ex6_lstm_features_0d",
+                        "ex7_lstm_6u_features_2d", "ex7_gru_6u_features_2d", "ex7_simplernn_6u_features_2d" } do
+      assert.is_truthy(files["rnn_gradients_" .. f .. ".png"], f .. ".png missing")
+      assert.is_truthy(files["rnn_gradients_" .. f .. ".txt"], f .. ".txt missing")
+    end
+    for _, m in ipairs{ "lstm_6u", "bilstm_6u", "gru_6u", "bigru_6u", "simplernn_6u", "bisimplernn_6u" } do
+      for _, w in ipairs{ "weights", "gradients" } do
+        assert.is_truthy(files["rnn_gradients_" .. m .. "_gates_" .. w .. ".png"])
+      end
+    end
+    text_has(files, "rnn_gradients_ex2_lstm_features_2d.txt", { "EX 2", "timestep", "channel", "sample 4" })
+    text_has(files, "rnn_gradients_ex6_lstm_features_0d.txt", { "EX 6", "sample", "dL/d(output)" })
+    text_has(files, "rnn_gradients_ex1_lstm_one_sample_features_1d.txt", { "EX 1", "timestep" })
+    text_has(files, "rnn_gradients_lstm_6u_gates_gradients.txt", { "gradients dL/dW by gate (i, f, c, o)",
+      "row", "gates left to right" })
+  end)
+end)
+
+---------------------------------------------------------------- weight_histograms (seed 000)
+
+describe("scripts/weight_histograms.lua", function()
+  local ARGS = "--iters 60 --snapshots 6 --units 6 --steps 5 --batch 16 --bins 10"
+  it_g("trains the custom cell + LSTM model and the loss goes down", function()
+    local r = result("weight_histograms", ARGS)
+    local first = num(r.out, "training loss: first %d+ iterations mean ([%d.]+)")
+    local last = num(r.out, "training loss: [^\n]-last %d+ iterations mean ([%d.]+)")
+    assert.is_true(last < first, first .. " -> " .. last)
+    has(r.out, "recorded 7 snapshots (iterations 1, every 10, and 60)")
+  end)
+  it_g("histograms every group of every layer, per gate for the LSTM", function()
+    local r = result("weight_histograms", ARGS)
+    has(r.out, "histograms: 17 groups x 2 (weights, gradients), every snapshot's shares sum to 1")
+    for _, g in ipairs{ "i", "f", "c", "o" } do
+      has(r.out, "layer 2, LSTM, recurrent kernel, gate " .. g .. ": weight std")
+    end
+    has(r.out, "layer 1, the seed's custom cell, W_rec (linear_rec kernel): weight std")
+  end)
+  it_g("draws histograms over iterations and individual weights", function()
+    local r = result("weight_histograms", ARGS)
+    local files = check_pictures(r.out, r.dir, 26)
+    for _, l in ipairs{ "custom_rnn", "lstm", "head" } do
+      for _, w in ipairs{ "weights", "gradients" } do
+        assert.is_truthy(files["weight_histograms_" .. l .. "_" .. w .. ".png"])
+      end
+    end
+    text_has(files, "weight_histograms_lstm_bias_individual_gradients.txt", { "Individual gradients over iterations",
+      "iteration", "gradient", "bias, gate f [1]" })
+    text_has(files, "weight_histograms_custom_rnn_individual_weights.txt", { "weight value", "W_rec (linear_rec kernel) [1]" })
+  end)
+end)
+
+---------------------------------------------------------------- gradient_flow
+
+describe("scripts/gradient_flow.lua", function()
+  local ARGS = "--iters 150 --steps 5 --units 8 --eval_batch 16 --samples 4"
+  it_g("learns the recall task: training and evaluation losses go down", function()
+    local r = result("gradient_flow", ARGS)
+    local first = num(r.out, "training loss: first %d+ iterations mean ([%d.]+)")
+    local last = num(r.out, "training loss: [^\n]-last %d+ iterations mean ([%d.]+)")
+    assert.is_true(last < 0.5 * first, first .. " -> " .. last)
+    local before = num(r.out, "evaluation loss [^\n]-before ([%d.]+)")
+    local after = num(r.out, "evaluation loss [^\n]-after ([%d.]+)")
+    assert.is_true(after < 0.5 * before, before .. " -> " .. after)
+  end)
+  it_g("gets every dL/dh_t from one gradient call and every dh_T/dh_k from one batch_jacobian", function()
+    local r = result("gradient_flow", ARGS)
+    has(r.out, "dL/dh_t from one tape:gradient(loss, tr.h): 5 tensors of shape (16,8)")
+    assert.are.equal(0, num(r.out, "max |entry 1 %- its own gradient call| = ([%d.e+-]+)"))
+    has(r.out, "dh_T/dh_k from one batch_jacobian(h_T, {h_0..h_(T-1)}): 5 Jacobians of shape (16,8,8)")
+    for _, when in ipairs{ "before", "after" } do
+      assert.is_true(num(r.out, when .. " training: ||dL/dh_1|| = ([%d.e+-]+)") > 0)
+      assert.is_true(num(r.out, when .. " training: [^\n]-||dh_T/dh_0|| = ([%d.e+-]+)") > 0)
+    end
+  end)
+  it_g("writes the gradient norms, the Jacobian decay and the features_2d heatmap", function()
+    local r = result("gradient_flow", ARGS)
+    local files = check_pictures(r.out, r.dir, 8)
+    text_has(files, "gradient_flow_dL_dh.txt", { "log10 ||dL/dh_t|| per timestep", "t (timestep of the hidden state)",
+      "log10 norm", "before training", "after training" })
+    text_has(files, "gradient_flow_jacobian_decay.txt", { "log10 ||dh_T/dh_k||", "k (source timestep)" })
+    text_has(files, "gradient_flow_features_2d.txt", { "dL/dh_t after training", "timestep", "channel", "sample 4" })
+    text_has(files, "gradient_flow_loss.txt", { "Training loss", "iteration", "log10 loss" })
+  end)
+end)
+
+---------------------------------------------------------------- the command line
+
+describe("script options", function()
+  it("an unknown option stops with status 2 and the usage", function()
+    local out, err, code = run("gradient_flow", "--iterations 5")
+    assert.are.equal(2, code)
+    has(err, "gradient_flow.lua: unknown option --iterations")
+    has(err, "usage: moongrad gradient_flow.lua [options]")
+    has(err, "--iters")
+    assert.are.equal("", out)
+  end)
+  it("a bad value names the option and the value", function()
+    local _, err, code = run("glorot_jacobian", "--units ten")
+    assert.are.equal(2, code)
+    has(err, "option --units: expected a number, got 'ten'")
+    _, err, code = run("rnn_gradients", "--iters 2.5")
+    assert.are.equal(2, code)
+    has(err, "option --iters: expected an integer, got '2.5'")
+    _, err, code = run("weight_histograms", "--iters 0")
+    assert.are.equal(2, code)
+    has(err, "option --iters must be >= 1, got 0")
+    _, err, code = run("hidden_input_grads", "--dtype float16")
+    assert.are.equal(2, code)
+    has(err, "--dtype must be float32 or float64, got 'float16'")
+    _, err, code = run("manual_vs_autograd", "--steps")
+    assert.are.equal(2, code)
+    has(err, "option --steps needs a value")
+  end)
+  it("--help prints the usage and exits 0", function()
+    local out, _, code = run("hidden_input_grads", "--help", true)
+    assert.are.equal(0, code)
+    has(out, "usage: moongrad hidden_input_grads.lua [options]")
+    has(out, "--units")
+  end)
+end)
