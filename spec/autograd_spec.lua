@@ -1,13 +1,9 @@
 -- Every differentiable op: reverse (VJP) and forward (JVP) rules against central finite
 -- differences in float64, over broadcast shapes, 0-d tensors and non-contiguous views.
 local mg = require "moongrad"
+local support = require "support"
 
-local F64 = { dtype = "float64" }
-
-local function randn(...)
-  local shape = select("#", ...) == 1 and type(...) == "table" and ... or { ... }
-  return mg.randn(shape, F64)
-end
+local F64, randn = support.F64, support.randn
 
 -- a (rows, cols) tensor seen through a transpose: non-contiguous
 local function tview(rows, cols)

@@ -2,8 +2,9 @@
 -- written with tensor ops, the composite rules (vectorized / higher order) against finite
 -- differences, the fused reverse rule against the composite one, second derivatives.
 local mg = require "moongrad"
+local support = require "support"
 
-local F64 = { dtype = "float64" }
+local F64 = support.F64
 local B, d, u = 3, 4, 5
 
 local function near(expect, got, tol)

@@ -2,45 +2,12 @@
 -- transposed and otherwise strided operands, float64 kept exact; checked against hand values
 -- and against NumPy (/usr/bin/python3; pending when it has no numpy).
 local mg = require "moongrad"
+local support = require "support"
 
-local F64 = { dtype = "float64" }
-local PY = "/usr/bin/python3"
-local HAVE_NUMPY = os.execute(PY .. " -c 'import numpy' >/dev/null 2>&1") == true
-
-local function raises(fn, ...)
-  local ok, msg = pcall(fn)
-  assert.is_false(ok, "expected an error")
-  msg = tostring(msg)
-  for _, s in ipairs { ... } do
-    assert.is_truthy(msg:find(s, 1, true), ("error %q does not mention %q"):format(msg, s))
-  end
-end
-
-local function close(expected, actual, tol, path)
-  path = path or "value"
-  if type(expected) == "table" then
-    assert.are.equal("table", type(actual), path .. " is not a table")
-    assert.are.equal(#expected, #actual, path .. " has the wrong length")
-    for i = 1, #expected do close(expected[i], actual[i], tol, path .. "[" .. i .. "]") end
-  else
-    assert.is_true(math.abs(expected - actual) <= (tol or 0) * math.max(1, math.abs(expected)),
-      ("%s: expected %.17g, got %.17g"):format(path, expected, actual))
-  end
-end
-
--- The product by the definition, in Lua, of two 2-d tables.
-local function naive(a, b)
-  local c = {}
-  for i = 1, #a do
-    c[i] = {}
-    for j = 1, #b[1] do
-      local s = 0
-      for k = 1, #b do s = s + a[i][k] * b[k][j] end
-      c[i][j] = s
-    end
-  end
-  return c
-end
+local F64, raises = support.F64, support.raises
+local PY = support.PYTHON
+local HAVE_NUMPY = support.python_can_import("numpy")
+local naive = support.table_matmul            -- the product by the definition, in plain Lua
 
 describe("matmul of matrices", function()
   it("matches hand values, as function and method", function()
@@ -218,12 +185,8 @@ end)
 
 describe("matmul against NumPy", function()
   local dir
-  setup(function()
-    dir = os.tmpname()
-    os.remove(dir)
-    assert(os.execute("mkdir -p '" .. dir .. "'"))
-  end)
-  teardown(function() os.execute("rm -rf '" .. dir .. "'") end)
+  setup(function() dir = support.tmpdir() end)
+  teardown(function() support.rmtree(dir) end)
 
   it("agrees on every operand form, float32 and float64", function()
     if not HAVE_NUMPY then pending("/usr/bin/python3 has no numpy") return end

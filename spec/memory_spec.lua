@@ -2,18 +2,12 @@
 -- temporaries stay under 400 MB of peak RSS without the script calling collectgarbage(), and
 -- mg.memory() / mg.empty_cache() report and release storage bytes.
 local mg = require "moongrad"
+local support = require "support"
 
 local MB = 1024 * 1024
 local LIMIT = 400 * MB
 
--- A field of /proc/self/status in bytes (the kernel reports kB).
-local function status(key)
-  for line in io.lines("/proc/self/status") do
-    local v = line:match("^" .. key .. ":%s+(%d+)")
-    if v then return tonumber(v) * 1024 end
-  end
-  error("no " .. key .. " in /proc/self/status")
-end
+local status = support.proc_status           -- a field of /proc/self/status, in bytes
 
 -- Reset the peak (VmHWM) to the current RSS where the kernel allows it, so each loop is
 -- measured alone; otherwise the peak so far counts, which only makes the check stricter.

@@ -3,45 +3,15 @@
 -- Bidirectional, Sequential, nn.Cell custom cells (seed 001's two-state cell and its
 -- var(dh_t/dh_(t-1)) check), losses, gradchecks of all of them, and the error messages.
 local mg = require "moongrad"
+local support = require "support"
 local nn = mg.nn
-
-local F64 = { dtype = "float64" }
 
 ---------------------------------------------------------------- helpers
 
-local function randn(...) return mg.randn({ ... }, F64) end
+local F64, randn, maxdiff = support.F64, support.randn, support.maxdiff
+local assert_close, assert_error = support.assert_close, support.assert_error
+local L_mm = support.table_matmul                     -- plain-Lua linear algebra ("by hand")
 
-local function maxdiff(a, b)
-  assert.are.equal(mg.shapestr(a), mg.shapestr(b))
-  return (a - b):abs():max():item()
-end
-
-local function assert_close(a, b, tol)
-  local d = maxdiff(a, b)
-  assert(d <= (tol or 1e-12), string.format("max difference %.3g > %.3g", d, tol or 1e-12))
-end
-
--- pcall(f) must fail with a message containing 'text' (plain).
-local function assert_error(text, f, ...)
-  local ok, msg = pcall(f, ...)
-  assert(not ok, "expected an error containing: " .. text)
-  msg = tostring(msg)
-  assert(msg:find(text, 1, true), string.format("error %q does not contain %q", msg, text))
-end
-
--- Plain-Lua linear algebra on nested tables (the "by hand" side).
-local function L_mm(A, B)
-  local C = {}
-  for i = 1, #A do
-    C[i] = {}
-    for j = 1, #B[1] do
-      local s = 0
-      for k = 1, #B do s = s + A[i][k] * B[k][j] end
-      C[i][j] = s
-    end
-  end
-  return C
-end
 local function sig(v) return 1 / (1 + math.exp(-v)) end
 local function cols(M, first, n)                       -- columns first..first+n-1 of M
   local out = {}

@@ -2,43 +2,18 @@
 -- non-contiguous tensors too), NumPy reading ours and we reading NumPy's (Fortran order,
 -- format 2.0), and every malformed file raising an error that names 'load' and the path.
 local mg = require "moongrad"
+local support = require "support"
 
-local F64 = { dtype = "float64" }
-local PY = "/usr/bin/python3"
-local HAVE_NUMPY = os.execute(PY .. " -c 'import numpy' >/dev/null 2>&1") == true
-
-local function raises(fn, ...)
-  local ok, msg = pcall(fn)
-  assert.is_false(ok, "expected an error")
-  msg = tostring(msg)
-  for _, s in ipairs { ... } do
-    assert.is_truthy(msg:find(s, 1, true), ("error %q does not mention %q"):format(msg, s))
-  end
-end
+local F64, raises = support.F64, support.raises
+local read_file, write_file = support.read_file, support.write_file
+local PY = support.PYTHON
+local HAVE_NUMPY = support.python_can_import("numpy")
 
 local dir
-setup(function()
-  dir = os.tmpname()
-  os.remove(dir)
-  assert(os.execute("mkdir -p '" .. dir .. "'"))
-end)
-teardown(function() os.execute("rm -rf '" .. dir .. "'") end)
+setup(function() dir = support.tmpdir() end)
+teardown(function() support.rmtree(dir) end)
 
 local function path(name) return dir .. "/" .. name end
-
-local function readall(p)
-  local f = assert(io.open(p, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function writeall(p, s)
-  local f = assert(io.open(p, "wb"))
-  f:write(s)
-  f:close()
-  return p
-end
 
 -- A version 1.0 .npy image: magic, version, header padded to 64 bytes with a newline, data.
 local function npy(header, data, version)
@@ -59,7 +34,7 @@ end
 -- Run 'code' with numpy as np, the directory as d; true when it exits with status 0.
 local function python(code)
   local script = path("check.py")
-  writeall(script, "import sys\nimport numpy as np\nd = sys.argv[1]\n" .. code .. "\n")
+  write_file(script, "import sys\nimport numpy as np\nd = sys.argv[1]\n" .. code .. "\n")
   local out = io.popen(PY .. " '" .. script .. "' '" .. dir .. "' 2>&1")
   local text = out:read("a")
   local ok = out:close()
@@ -101,7 +76,7 @@ describe("save and load", function()
 
   it("write a version 1.0 header NumPy can parse, padded to 64 bytes", function()
     mg.save(mg.zeros(2, 3), path("h.npy"))
-    local s = readall(path("h.npy"))
+    local s = read_file(path("h.npy"))
     assert.are.equal("\x93NUMPY\1\0", s:sub(1, 8))
     local hlen = string.unpack("<I2", s, 9)
     assert.are.equal(0, (10 + hlen) % 64)
@@ -112,25 +87,25 @@ describe("save and load", function()
     assert.is_truthy(header:find("'shape': (2, 3)", 1, true))
     assert.are.equal(10 + hlen + 24, #s)
     mg.save(mg.tensor(1, F64), path("h0.npy"))
-    assert.is_truthy(readall(path("h0.npy")):find("'shape': ()", 1, true))
+    assert.is_truthy(read_file(path("h0.npy")):find("'shape': ()", 1, true))
     mg.save(mg.ones(7), path("h1.npy"))
-    assert.is_truthy(readall(path("h1.npy")):find("'shape': (7,)", 1, true))
+    assert.is_truthy(read_file(path("h1.npy")):find("'shape': (7,)", 1, true))
   end)
 
   it("read files written by hand: format 2.0, extra spaces, Fortran order", function()
     local data = doubles(1, 2, 3, 4, 5, 6)
-    local v2 = writeall(path("v2.npy"),
+    local v2 = write_file(path("v2.npy"),
       npy("{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), }", data, 2))
     assert.are.same({ { 1, 2, 3 }, { 4, 5, 6 } }, mg.load(v2):totable())
-    local spaced = writeall(path("sp.npy"),
+    local spaced = write_file(path("sp.npy"),
       npy("{ 'shape' : ( 3 , 2 ) , 'fortran_order' : False , 'descr' : '<f8' }", data))
     assert.are.same({ { 1, 2 }, { 3, 4 }, { 5, 6 } }, mg.load(spaced):totable())
-    local fortran = writeall(path("f.npy"),
+    local fortran = write_file(path("f.npy"),
       npy("{'descr': '<f8', 'fortran_order': True, 'shape': (2, 3), }", data))
     local f = mg.load(fortran)
     assert.are.same({ { 1, 3, 5 }, { 2, 4, 6 } }, f:totable())  -- column-major data
     assert.is_true(f:is_contiguous())
-    local f1 = writeall(path("f1.npy"),
+    local f1 = write_file(path("f1.npy"),
       npy("{'descr': '<f8', 'fortran_order': True, 'shape': (3,), }", doubles(7, 8, 9)))
     assert.are.same({ 7, 8, 9 }, mg.load(f1):totable())
   end)
@@ -195,7 +170,7 @@ describe("malformed files", function()
   local data = doubles(1, 2, 3, 4, 5, 6)
 
   local function bad(name, bytes, ...)
-    local p = writeall(path(name), bytes)
+    local p = write_file(path(name), bytes)
     raises(function() return mg.load(p) end, "load", p, ...)
   end
 
@@ -252,7 +227,7 @@ describe("malformed files", function()
 
   it("leave nothing half-made: loading again after an error works", function()
     bad("again.npy", npy(good, data:sub(9)), "data size")
-    local p = writeall(path("ok.npy"), npy(good, data))
+    local p = write_file(path("ok.npy"), npy(good, data))
     assert.are.same({ { 1, 2, 3 }, { 4, 5, 6 } }, mg.load(p):totable())
   end)
 end)

@@ -2,22 +2,13 @@
 -- their update rules computed by hand in plain Lua, the bookkeeping (nil gradients, layers as
 -- params, nothing changes on a bad call), and an LSTM learning a toy memory task.
 local mg = require "moongrad"
+local support = require "support"
 local nn, optim = mg.nn, mg.optim
 
-local F64 = { dtype = "float64" }
+local F64, assert_error = support.F64, support.assert_error
 
-local function assert_error(text, f, ...)
-  local ok, msg = pcall(f, ...)
-  assert(not ok, "expected an error containing: " .. text)
-  msg = tostring(msg)
-  assert(msg:find(text, 1, true), string.format("error %q does not contain %q", msg, text))
-end
-
-local function near_list(want, t, tol)
-  local got = t:totable()
-  assert.are.equal(#want, #got)
-  for i = 1, #want do assert.is_near(want[i], got[i], tol) end
-end
+-- The values of the 1-d tensor 't', each within 'tol' of 'want'.
+local function near_list(want, t, tol) support.near(want, t:totable(), tol) end
 
 -- Three steps of gradients for a 3-element parameter, and the start value.
 local P0 = { 0.5, -1.0, 2.0 }

@@ -5,9 +5,10 @@
 -- without it those tests are pending and only the errors (missing gnuplot included) run.
 local mg = require "moongrad"
 local plot = require "moongrad.plot"
+local support = require "support"
 
 local HAVE_GNUPLOT = os.execute("command -v gnuplot >/dev/null 2>&1") == true
-local F64 = { dtype = "float64" }
+local F64 = support.F64
 
 local function need_gnuplot()
   if HAVE_GNUPLOT then return true end
@@ -19,14 +20,7 @@ end
 
 local outdir                         -- a fresh directory for this run's pictures
 
-local function shq(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
-
-local function read(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local shq, read = support.shq, support.read_file
 
 local function exists(path)
   local f = io.open(path, "rb")
@@ -190,12 +184,8 @@ local CASES = {
 }
 
 describe("plot outputs", function()
-  setup(function()
-    local p = io.popen("mktemp -d")
-    outdir = p:read("l")
-    p:close()
-  end)
-  teardown(function() os.execute("rm -rf " .. shq(outdir)) end)
+  setup(function() outdir = support.tmpdir() end)
+  teardown(function() support.rmtree(outdir) end)
 
   for i, case in ipairs(CASES) do
     local name, draw, expect = case[1], case[2], case[3]
@@ -265,12 +255,8 @@ local function frame_rows(text)
 end
 
 describe("plot content", function()
-  setup(function()
-    local p = io.popen("mktemp -d")
-    outdir = p:read("l")
-    p:close()
-  end)
-  teardown(function() os.execute("rm -rf " .. shq(outdir)) end)
+  setup(function() outdir = support.tmpdir() end)
+  teardown(function() support.rmtree(outdir) end)
 
   it("heatmap: bwr from blue through white to red, left to right, range +-max|v|", function()
     if not need_gnuplot() then return end
@@ -683,12 +669,7 @@ end)
 describe("plot temporary files", function()
   it("are all removed, after successes and after gnuplot errors", function()
     if not need_gnuplot() then return end
-    local dir
-    do
-      local p = io.popen("mktemp -d")
-      dir = p:read("l")
-      p:close()
-    end
+    local dir = support.tmpdir()
     local made, tmpname = {}, os.tmpname
     os.tmpname = function()                                       -- luacheck: ignore
       local n = tmpname()
@@ -709,6 +690,6 @@ describe("plot temporary files", function()
     local listing = p:read("a")
     p:close()
     assert.are.equal("a.png\nb.svg\n", listing)                    -- nothing else, no c.png
-    os.execute("rm -rf " .. shq(dir))
+    support.rmtree(dir)
   end)
 end)

@@ -2,33 +2,10 @@
 -- argmin, norm over everything, one dim, several dims, with keepdim; softmax and log_softmax
 -- stay finite for large inputs.
 local mg = require "moongrad"
+local support = require "support"
 
-local F64 = { dtype = "float64" }
-
-local function raises(fn, ...)
-  local ok, msg = pcall(fn)
-  assert.is_false(ok, "expected an error")
-  msg = tostring(msg)
-  for _, s in ipairs { ... } do
-    assert.is_truthy(msg:find(s, 1, true), ("error %q does not mention %q"):format(msg, s))
-  end
-end
-
-local function close(expected, actual, tol, path)
-  path = path or "value"
-  if type(expected) == "table" then
-    assert.are.equal("table", type(actual), path .. " is not a table")
-    assert.are.equal(#expected, #actual, path .. " has the wrong length")
-    for i = 1, #expected do close(expected[i], actual[i], tol, path .. "[" .. i .. "]") end
-  elseif expected ~= expected then
-    assert.is_true(actual ~= actual, path .. ": expected nan, got " .. tostring(actual))
-  elseif expected == math.huge or expected == -math.huge then
-    assert.are.equal(expected, actual, path)
-  else
-    assert.is_true(math.abs(expected - actual) <= (tol or 0) * math.max(1, math.abs(expected)),
-      ("%s: expected %.17g, got %.17g"):format(path, expected, actual))
-  end
-end
+local F64, raises = support.F64, support.raises
+local close = support.closeness { tolerance = "relative", nonfinite = true }
 
 local a                                  -- {{1,2,3},{4,5,6}}, float64 so values are exact
 local cube                               -- 0..23 as (2,3,4): element (i,j,k) = 12i + 4j + k

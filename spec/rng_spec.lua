@@ -3,28 +3,10 @@
 -- machine), the ranges and moments of rand/randn/uniform, glorot_uniform's bound and
 -- orthogonal's orthonormal rows or columns.
 local mg = require "moongrad"
+local support = require "support"
 
-local F64 = { dtype = "float64" }
-
-local function raises(fn, ...)
-  local ok, msg = pcall(fn)
-  assert.is_false(ok, "expected an error")
-  msg = tostring(msg)
-  for _, s in ipairs { ... } do
-    assert.is_truthy(msg:find(s, 1, true), ("error %q does not mention %q"):format(msg, s))
-  end
-end
-
-local function close(expected, actual, tol, path)
-  path = path or "value"
-  if type(expected) == "table" then
-    assert.are.equal(#expected, #actual, path .. " has the wrong length")
-    for i = 1, #expected do close(expected[i], actual[i], tol, path .. "[" .. i .. "]") end
-  else
-    assert.is_true(math.abs(expected - actual) <= (tol or 0) * math.max(1, math.abs(expected)),
-      ("%s: expected %.17g, got %.17g"):format(path, expected, actual))
-  end
-end
+local F64, raises = support.F64, support.raises
+local close = support.closeness { tolerance = "relative" }
 
 describe("manual_seed", function()
   it("gives the same numbers for the same seed", function()

@@ -2,17 +2,9 @@
 -- select, t[i], expand share storage with their base, so fill/copy/set/t[i]=v on a view write
 -- through to it; contiguous, clone, to, cat, stack copy; split and unstack give views.
 local mg = require "moongrad"
+local support = require "support"
 
-local F64 = { dtype = "float64" }
-
-local function raises(fn, ...)
-  local ok, msg = pcall(fn)
-  assert.is_false(ok, "expected an error")
-  msg = tostring(msg)
-  for _, s in ipairs { ... } do
-    assert.is_truthy(msg:find(s, 1, true), ("error %q does not mention %q"):format(msg, s))
-  end
-end
+local F64, raises = support.F64, support.raises
 
 -- 0, 1, 2, ... in the given shape
 local function iota(...) return mg.arange(mg.zeros(...):numel()):reshape(...) end

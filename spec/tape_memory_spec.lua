@@ -2,13 +2,9 @@
 -- differentiating a 1,000-step recurrence 100 times keeps the resident set flat, without
 -- the user calling collectgarbage().
 local mg = require "moongrad"
+local support = require "support"
 
-local function rss_kib()
-  local f = assert(io.open("/proc/self/status"))
-  local s = f:read("a")
-  f:close()
-  return tonumber(s:match("VmRSS:%s+(%d+)"))
-end
+local function rss_kib() return support.proc_status("VmRSS") // 1024 end
 
 local function run_once(W, x0)
   local tape = mg.GradientTape()

@@ -1,14 +1,9 @@
 -- GradientTape semantics (TensorFlow's), Jacobians, the function transforms, and seed 002's
 -- worked examples reproduced with the tape, every number asserted in float64.
 local mg = require "moongrad"
+local support = require "support"
 
-local F64 = { dtype = "float64" }
-
-local function near_table(expect, got, tol)
-  if type(expect) == "number" then return assert.is_near(expect, got, tol) end
-  assert.are.equal(#expect, #got)
-  for i = 1, #expect do near_table(expect[i], got[i], tol) end
-end
+local F64, near_table = support.F64, support.near
 
 describe("seed 002: manual derivatives against the tape", function()
   it("d(x^2)/dx = 2x", function()

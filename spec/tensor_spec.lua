@@ -1,31 +1,10 @@
 -- Tensors (API.md, Conventions and Tensors): creation, inspection, tostring, dtypes and the
 -- default dtype, and the error every bad argument raises.
 local mg = require "moongrad"
+local support = require "support"
 
-local F64 = { dtype = "float64" }
-
--- 'fn' raises an error whose message contains every plain string that follows.
-local function raises(fn, ...)
-  local ok, msg = pcall(fn)
-  assert.is_false(ok, "expected an error")
-  msg = tostring(msg)
-  for _, s in ipairs { ... } do
-    assert.is_truthy(msg:find(s, 1, true), ("error %q does not mention %q"):format(msg, s))
-  end
-end
-
--- nested tables of numbers, equal within 'tol' (0: exactly)
-local function close(expected, actual, tol, path)
-  path = path or "value"
-  if type(expected) == "table" then
-    assert.are.equal("table", type(actual), path .. " is not a table")
-    assert.are.equal(#expected, #actual, path .. " has the wrong length")
-    for i = 1, #expected do close(expected[i], actual[i], tol, path .. "[" .. i .. "]") end
-  else
-    assert.is_true(math.abs(expected - actual) <= (tol or 0),
-      ("%s: expected %.17g, got %.17g"):format(path, expected, actual))
-  end
-end
+local F64, raises = support.F64, support.raises
+local close = support.closeness { tolerance = "absolute" }
 
 describe("mg.tensor", function()
   it("makes a 0-d tensor from a number", function()

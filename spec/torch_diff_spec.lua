@@ -4,25 +4,23 @@
 -- gradients w.r.t. inputs, initial states and every weight to 1e-9 — then Adam, SGD and the
 -- losses. Pending where /usr/bin/python3 cannot import torch.
 local mg = require "moongrad"
+local support = require "support"
 local nn, optim = mg.nn, mg.optim
 
-local PY = "/usr/bin/python3"
-local has_torch = os.execute(PY .. " -c 'import torch, numpy' >/dev/null 2>&1")
-if not has_torch then
+local PY = support.PYTHON
+if not support.python_can_import("torch, numpy") then
   describe("PyTorch differential tests", function()
     pending("needs " .. PY .. " with torch and numpy")
   end)
   return
 end
 
-local F64 = { dtype = "float64" }
+local F64, randn, assert_close = support.F64, support.randn, support.assert_close
 local TOL = 1e-9
 local SRC = os.getenv("MOONGRAD_SOURCE") or "."
 local SCRIPT = SRC .. "/spec/torch_ref.py"
 
 local dir
-
-local function randn(...) return mg.randn({ ... }, F64) end
 
 local function put(name, t) mg.save(t:to("float64"):contiguous(), dir .. "/" .. name .. ".npy") end
 local function get(name) return mg.load(dir .. "/out_" .. name .. ".npy") end
@@ -38,12 +36,6 @@ local function torch_run(case)
   end
 end
 
-local function assert_close(want, got, what)
-  assert.are.equal(mg.shapestr(want), mg.shapestr(got), what)
-  local d = (want - got):abs():max():item()
-  assert(d <= TOL, string.format("%s: max difference %.3g > %g", what, d, TOL))
-end
-
 -- A cell's weights to .npy under prefix (forward "" or backward "b_").
 local function put_weights(cell, pre)
   put(pre .. "kernel", cell.kernel)
@@ -55,14 +47,8 @@ local function randomize(layer)
   for _, p in ipairs(layer:parameters()) do p:assign(mg.randn(p:shape(), F64) * 0.4) end
 end
 
-setup(function()
-  dir = os.tmpname()
-  os.remove(dir)
-  assert(os.execute("mkdir -p " .. dir))
-end)
-teardown(function()
-  if dir then os.execute("rm -rf " .. dir) end
-end)
+setup(function() dir = support.tmpdir() end)
+teardown(function() support.rmtree(dir) end)
 
 ---------------------------------------------------------------- recurrent layers
 
@@ -108,21 +94,21 @@ local function compare(case, layer, cells, nstates)
   for _, p in ipairs(params) do sources[#sources + 1] = p end
   local g = tape:gradient(res[1], sources)
 
-  assert_close(get("out"), res[2], case .. " output")
-  assert_close(get("gx"), g[1], case .. " dL/dx")
+  assert_close(get("out"), res[2], TOL, case .. " output")
+  assert_close(get("gx"), g[1], TOL, case .. " dL/dx")
   local i = 2
   for k = 1, #cells do
     local names = nstates == 2 and { "h", "c" } or { "h" }
     for j, n in ipairs(names) do
       local idx = (k - 1) * nstates + j
-      assert_close(get(pres[k] .. n), res[2 + idx], case .. " final " .. pres[k] .. n)
-      assert_close(get("g" .. pres[k] .. n .. "0"), g[1 + idx], case .. " dL/d" .. pres[k] .. n .. "0")
+      assert_close(get(pres[k] .. n), res[2 + idx], TOL, case .. " final " .. pres[k] .. n)
+      assert_close(get("g" .. pres[k] .. n .. "0"), g[1 + idx], TOL, case .. " dL/d" .. pres[k] .. n .. "0")
       i = i + 1
     end
   end
   for k = 1, #cells do
     for j, w in ipairs({ "kernel", "recurrent_kernel", "bias" }) do
-      assert_close(get("g" .. pres[k] .. w), g[i + (k - 1) * 3 + j - 1], case .. " dL/d" .. pres[k] .. w)
+      assert_close(get("g" .. pres[k] .. w), g[i + (k - 1) * 3 + j - 1], TOL, case .. " dL/d" .. pres[k] .. w)
     end
   end
 end
@@ -180,7 +166,7 @@ describe("optimizers against torch.optim (float64)", function()
       opt:step({ g })
     end
     torch_run(case)
-    assert_close(get("p"), p, case)
+    assert_close(get("p"), p, TOL, case)
   end
 
   it("Adam (variant pytorch) equals torch.optim.Adam", function()
@@ -219,8 +205,8 @@ describe("losses against torch.nn.functional (float64)", function()
     }
     for name, c in pairs(cases) do
       local value, grad = mg.value_and_grad(c[1])(c[2])
-      assert_close(get(name), value, name)
-      assert_close(get("g" .. name), grad, name .. " gradient")
+      assert_close(get(name), value, TOL, name)
+      assert_close(get("g" .. name), grad, TOL, name .. " gradient")
     end
   end)
 end)

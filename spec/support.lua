@@ -1,0 +1,179 @@
+-- support.lua: the helpers the specs share (`local support = require "support"`). Not a spec
+-- itself (busted runs only *_spec.lua); found through busted's --lpath=<source>/spec/?.lua,
+-- which CMakeLists.txt passes to every spec test (run by hand, pass --lpath=spec/?.lua too).
+-- Assertions go through luassert, so a failed check fails the test with the message given.
+local mg = require "moongrad"
+local luassert = require "luassert"
+
+local support = {}
+
+-- Options for float64 tensors: mg.tensor(t, support.F64), mg.randn(3, 4, support.F64).
+support.F64 = { dtype = "float64" }
+
+---------------------------------------------------------------- errors
+
+-- support.raises(fn, ...): calling 'fn' (without arguments) raises an error whose message
+-- contains every plain string that follows.
+function support.raises(fn, ...)
+  local ok, msg = pcall(fn)
+  luassert.is_false(ok, "expected an error")
+  msg = tostring(msg)
+  for _, s in ipairs { ... } do
+    luassert.is_truthy(msg:find(s, 1, true), ("error %q does not mention %q"):format(msg, s))
+  end
+end
+
+-- support.assert_error(text, fn, ...): fn(...) raises an error whose message contains the
+-- plain string 'text'.
+function support.assert_error(text, fn, ...)
+  local ok, msg = pcall(fn, ...)
+  luassert(not ok, "expected an error containing: " .. text)
+  msg = tostring(msg)
+  luassert(msg:find(text, 1, true), string.format("error %q does not contain %q", msg, text))
+end
+
+---------------------------------------------------------------- numbers and tables
+
+-- support.closeness(opts) -> close(expected, actual [, tol]): a check that 'actual' equals
+-- 'expected' (a number or nested arrays of numbers, as tensor:totable() gives) element by
+-- element within 'tol' (default 0: exactly); a failure names the element, e.g. value[2][3].
+--   opts.tolerance = "relative": |expected - actual| <= tol * max(1, |expected|)
+--   opts.tolerance = "absolute": |expected - actual| <= tol
+--   opts.nonfinite = true: an expected nan matches only a nan, an expected +-inf only itself;
+--     without it nan and inf go through the formula above like any number (nan never matches).
+function support.closeness(opts)
+  local relative = opts.tolerance == "relative"
+  if not relative and opts.tolerance ~= "absolute" then
+    error("support.closeness: tolerance must be \"relative\" or \"absolute\", got "
+          .. tostring(opts.tolerance), 2)
+  end
+  local nonfinite = opts.nonfinite == true
+  local function close(expected, actual, tol, path)
+    path = path or "value"
+    if type(expected) == "table" then
+      luassert.are.equal("table", type(actual), path .. " is not a table")
+      luassert.are.equal(#expected, #actual, path .. " has the wrong length")
+      for i = 1, #expected do close(expected[i], actual[i], tol, path .. "[" .. i .. "]") end
+    elseif nonfinite and expected ~= expected then
+      luassert.is_true(actual ~= actual, path .. ": expected nan, got " .. tostring(actual))
+    elseif nonfinite and (expected == math.huge or expected == -math.huge) then
+      luassert.are.equal(expected, actual, path)
+    else
+      local bound = (tol or 0)
+      if relative then bound = bound * math.max(1, math.abs(expected)) end
+      luassert.is_true(math.abs(expected - actual) <= bound,
+        ("%s: expected %.17g, got %.17g"):format(path, expected, actual))
+    end
+  end
+  return function(expected, actual, tol) return close(expected, actual, tol) end
+end
+
+-- support.near(expected, actual, tol): luassert's is_near(expected, actual, tol) on a number
+-- or, element by element, on nested arrays of the same lengths.
+function support.near(expected, actual, tol)
+  if type(expected) == "number" then return luassert.is_near(expected, actual, tol) end
+  luassert.are.equal(#expected, #actual)
+  for i = 1, #expected do support.near(expected[i], actual[i], tol) end
+end
+
+-- support.table_matmul(A, B): the product of two matrices given as nested tables (rows), by
+-- the definition in plain Lua; a new nested table.
+function support.table_matmul(A, B)
+  local C = {}
+  for i = 1, #A do
+    C[i] = {}
+    for j = 1, #B[1] do
+      local s = 0
+      for k = 1, #B do s = s + A[i][k] * B[k][j] end
+      C[i][j] = s
+    end
+  end
+  return C
+end
+
+---------------------------------------------------------------- tensors
+
+-- support.randn(...): a float64 mg.randn of the shape given as sizes (randn(3, 4)) or as one
+-- array (randn({ 3, 4 }), randn({}) for 0-d).
+function support.randn(...)
+  local shape = select("#", ...) == 1 and type(...) == "table" and ... or { ... }
+  return mg.randn(shape, support.F64)
+end
+
+-- support.maxdiff(a, b [, what]): the largest |a - b| over two tensors, which must have the
+-- same shape ('what' labels the shape check).
+function support.maxdiff(a, b, what)
+  luassert.are.equal(mg.shapestr(a), mg.shapestr(b), what)
+  return (a - b):abs():max():item()
+end
+
+-- support.assert_close(a, b [, tol [, what]]): tensors of one shape whose elements differ by
+-- at most 'tol' (default 1e-12); 'what' prefixes the failure message.
+function support.assert_close(a, b, tol, what)
+  tol = tol or 1e-12
+  local d = support.maxdiff(a, b, what)
+  luassert(d <= tol, string.format("%smax difference %.3g > %.3g", what and what .. ": " or "", d, tol))
+end
+
+---------------------------------------------------------------- files, processes, Python
+
+-- support.shq(s): 's' quoted for the shell, as one word.
+function support.shq(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+
+-- support.read_file(path): the whole file, as bytes (fails when it cannot be opened).
+function support.read_file(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+-- support.write_file(path, s): writes the bytes 's' to 'path' (replacing it); returns 'path'.
+function support.write_file(path, s)
+  local f = assert(io.open(path, "wb"))
+  f:write(s)
+  f:close()
+  return path
+end
+
+-- support.tmpdir(): the path of a new empty directory (mktemp -d); the caller removes it
+-- with support.rmtree.
+function support.tmpdir()
+  local p = assert(io.popen("mktemp -d"))
+  local dir = p:read("l")
+  local ok = p:close()
+  assert(ok and dir and dir ~= "", "support.tmpdir: mktemp -d failed")
+  return dir
+end
+
+-- support.rmtree(dir): removes 'dir' and everything below it; nothing when 'dir' is nil.
+function support.rmtree(dir)
+  if dir then os.execute("rm -rf " .. support.shq(dir)) end
+end
+
+-- support.proc_status(key): a field of /proc/self/status ("VmRSS", "VmHWM", ...) in bytes
+-- (the kernel reports kB); fails when the field is absent.
+function support.proc_status(key)
+  for line in io.lines("/proc/self/status") do
+    local v = line:match("^" .. key .. ":%s+(%d+)")
+    if v then return tonumber(v) * 1024 end
+  end
+  error("no " .. key .. " in /proc/self/status")
+end
+
+-- The interpreter that has PyTorch and numpy (the 'python3' on PATH may not).
+support.PYTHON = "/usr/bin/python3"
+
+local importable = {}          -- modules string -> whether support.PYTHON imports it
+
+-- support.python_can_import(modules): whether support.PYTHON can run 'import <modules>'
+-- ("numpy", "torch, numpy"); asked once per string. Specs that need it go pending otherwise.
+function support.python_can_import(modules)
+  if importable[modules] == nil then
+    importable[modules] =
+      os.execute(support.PYTHON .. " -c 'import " .. modules .. "' >/dev/null 2>&1") == true
+  end
+  return importable[modules]
+end
+
+return support
