@@ -65,9 +65,7 @@ end
 local eval_x, eval_y = task(opt.eval_batch)
 local function measure()
   local tape, tr, loss = forward(eval_x, eval_y, true)
-  local hs = {}
-  for t = 1, T do hs[t] = tr.h[t] end
-  local dh = tape:gradient(loss, hs)                   -- ONE call: dL/dh_t for every t
+  local dh = tape:gradient(loss, tr.h)                 -- ONE call: dL/dh_t for t = 1..T (tr.h[0] is h_0)
   common.check(#dh == T, "gradient(loss, tr.h) returned %d tensors, expected %d", #dh, T)
   local gnorm = {}
   for t = 1, T do gnorm[t] = dh[t]:norm():item() end
