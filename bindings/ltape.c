@@ -84,7 +84,9 @@ static int tape_watched(lua_State *L) {
 /* record(fn, ...): fn's results; recording stops when fn returns or raises */
 static int tape_record(lua_State *L) {
   ltape *p = checktape(L, 1);
-  luaL_checktype(L, 2, LUA_TFUNCTION);
+  if (!lua_isfunction(L, 2) && !luaL_getmetafield(L, 2, "__call"))   /* layers are callable */
+    return luaL_typeerror(L, 2, "function or callable value");
+  lua_settop(L, lua_gettop(L) - (lua_isfunction(L, 2) ? 0 : 1));     /* drop the __call found */
   int base = 2, status = lua_pcall(L, lua_gettop(L) - 2, LUA_MULTRET, 0);
   mg_tape_stop(p->T);
   if (status != LUA_OK) return lua_error(L);

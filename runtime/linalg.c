@@ -18,7 +18,8 @@ const char *mg_blas_corename(void) { return openblas_get_corename(); }
 
 const char *mg_cpu_best_corename(void) {
 #if defined(__x86_64__)
-  __builtin_cpu_init();
+  __builtin_cpu_init();                 /* OpenBLAS's names for what this CPU can run */
+  if (__builtin_cpu_supports("avx512bf16")) return "Cooperlake";
   if (__builtin_cpu_supports("avx512f")) return "SkylakeX";
   if (__builtin_cpu_supports("avx2")) return "Haswell";
   return "generic";

@@ -594,7 +594,7 @@ local function lines(ys, opts)
                            or string.format("%d lines: values vs. index", #ss))
   local body = labels(cv, title, opt_string(opts, "xlabel", xs and "x" or "index"),
                       opt_string(opts, "ylabel", "value"))
-               .. grid_cmd(cv) .. "set key outside right\n" .. (logy and "set logscale y\n" or "")
+               .. grid_cmd(cv) .. "set key outside right\n" .. (logy and "set logscale y\nset format y \"%g\"\n" or "")
                .. "plot " .. table.concat(plots, ", \\\n     ") .. "\n"
   return render(cv, table.concat(blocks), body)
 end
@@ -624,7 +624,7 @@ local function scatter(x, y, opts)
   local label = opts.label and gstr(opt_string(opts, "label")) or nil
   local body = labels(cv, opt_string(opts, "title", string.format("y vs. x (%d points)", #xd)),
                       opt_string(opts, "xlabel", "x"), opt_string(opts, "ylabel", "y"))
-               .. grid_cmd(cv) .. (logy and "set logscale y\n" or "")
+               .. grid_cmd(cv) .. (logy and "set logscale y\nset format y \"%g\"\n" or "")
                .. "plot $xy using 1:2 with points pt 7 ps 0.8 "
                .. (label and "title " .. label or "notitle") .. "\n"
   return render(cv, block("xy", rows), body)
@@ -679,7 +679,7 @@ local function histogram(t, opts)
                       opt_string(opts, "ylabel", "count"))
                .. grid_cmd(cv) .. string.format("set boxwidth %s absolute\nset xrange [%s:%s]\n",
                                 num(w), num(lo), num(hi))
-               .. (logy and "set logscale y\nset yrange [0.5:*]\n" or "set yrange [0:*]\n")
+               .. (logy and "set logscale y\nset format y \"%g\"\nset yrange [0.5:*]\n" or "set yrange [0:*]\n")
                .. "set style fill solid 0.6 border -1\n"
                .. "plot $hist using 1:2 with boxes notitle\n"
   return render(cv, block("hist", rows), body)
