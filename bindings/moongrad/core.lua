@@ -3,9 +3,9 @@
 -- transforms (grad, vjp, jvp, jacobian, hessian) and gradcheck.
 local mg = require "moongrad"
 
-local assert, error, ipairs, pcall, select, setmetatable, tostring, type =
-      assert, error, ipairs, pcall, select, setmetatable, tostring, type
-local math, string, table = math, string, table
+local assert, error, ipairs, pairs, pcall, select, setmetatable, tostring, type =
+      assert, error, ipairs, pairs, pcall, select, setmetatable, tostring, type
+local debug, math, string, table = debug, math, string, table
 local rawset, require, getmetatable = rawset, require, getmetatable
 local _ENV = nil
 
@@ -123,6 +123,50 @@ end
 function Tensor.assign_add(v, t)
   check_variable(v, "assign_add")
   return v:copy(mg.no_grad(function() return v + t end))
+end
+
+---------------------------------------------------------------- checks for the Lua parts
+
+local SOURCE = debug.getinfo(1, "S").source
+
+-- mg._checks(source): the argument-check helpers of the Lua part (nn, optim) whose chunk is
+-- 'source' (its debug.getinfo(1, "S").source), one copy for all. Their errors point at the
+-- first caller that is neither C nor that chunk nor this one, so the position is the user's:
+--   raise(msg), raisef(fmt, ...)   raise msg, or string.format(fmt, ...)
+--   describe(v)                    "a tensor of shape (2,3)", "a table", "a nil", ...
+--   check_opts(fn, opts, allowed)  {} for nil, else 'opts', a table whose keys are all in the
+--                                  set 'allowed' (catches misspelt options); 'fn' names the call
+function mg._checks(source)
+  local c = {}
+
+  function c.raise(msg)
+    local level = 1
+    while true do
+      local info = debug.getinfo(level + 1, "S")
+      if info == nil then break end
+      level = level + 1
+      if info.source ~= source and info.source ~= SOURCE and info.what ~= "C" then break end
+    end
+    error(msg, level)
+  end
+
+  function c.raisef(fmt, ...) c.raise(string.format(fmt, ...)) end
+
+  function c.describe(v)
+    if is_tensor(v) then return "a tensor of shape " .. shapestr(v) end
+    return "a " .. type(v)
+  end
+
+  function c.check_opts(fn, opts, allowed)
+    if opts == nil then return {} end
+    if type(opts) ~= "table" then c.raisef("%s: options must be a table, got %s", fn, c.describe(opts)) end
+    for k in pairs(opts) do
+      if not allowed[k] then c.raisef("%s: unknown option '%s'", fn, tostring(k)) end
+    end
+    return opts
+  end
+
+  return c
 end
 
 ---------------------------------------------------------------- function transforms

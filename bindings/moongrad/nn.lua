@@ -5,8 +5,8 @@
 -- RNN_REFERENCE.md), so weights and results compare one to one.
 local mg = require "moongrad"
 
-local error, getmetatable, ipairs, pairs, rawequal, rawget, rawset, select, setmetatable, tostring, type =
-      error, getmetatable, ipairs, pairs, rawequal, rawget, rawset, select, setmetatable, tostring, type
+local getmetatable, ipairs, pairs, rawequal, rawget, rawset, select, setmetatable, tostring, type =
+      getmetatable, ipairs, pairs, rawequal, rawget, rawset, select, setmetatable, tostring, type
 local debug, math, string, table = debug, math, string, table
 local _ENV = nil
 
@@ -15,26 +15,8 @@ local is_tensor, shapestr = mg.is_tensor, mg.shapestr
 
 ---------------------------------------------------------------- errors and checks
 
-local SOURCE = debug.getinfo(1, "S").source
-
--- Raise 'msg' at the first caller outside this file, so the position is the user's line.
-local function raise(msg)
-  local level = 2
-  while true do
-    local info = debug.getinfo(level + 1, "S")
-    if info == nil then break end
-    if info.source ~= SOURCE and info.what ~= "C" then level = level + 1 break end
-    level = level + 1
-  end
-  error(msg, level)
-end
-
-local function raisef(fmt, ...) raise(string.format(fmt, ...)) end
-
-local function describe(v)
-  if is_tensor(v) then return "a tensor of shape " .. shapestr(v) end
-  return "a " .. type(v)
-end
+local checks = mg._checks(debug.getinfo(1, "S").source)   -- errors point at the user's line
+local raise, raisef, describe, check_opts = checks.raise, checks.raisef, checks.describe, checks.check_opts
 
 local function check_tensor(fn, what, x, ndim)
   if not is_tensor(x) then raisef("%s: %s must be a tensor, got %s", fn, what, describe(x)) end
@@ -49,16 +31,6 @@ local function check_size(fn, what, n)
     raisef("%s: %s must be a positive integer, got %s", fn, what, tostring(n))
   end
   return n
-end
-
--- opts must be nil or a table whose keys are all in 'allowed' (catches misspelt options).
-local function check_opts(fn, opts, allowed)
-  if opts == nil then return {} end
-  if type(opts) ~= "table" then raisef("%s: options must be a table, got %s", fn, describe(opts)) end
-  for k in pairs(opts) do
-    if not allowed[k] then raisef("%s: unknown option '%s'", fn, tostring(k)) end
-  end
-  return opts
 end
 
 local function set(...)

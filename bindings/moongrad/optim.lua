@@ -3,31 +3,15 @@
 -- returns them for that array) and updates the Variables in place, unrecorded.
 local mg = require "moongrad"
 
-local error, ipairs, pairs, setmetatable, tostring, type = error, ipairs, pairs, setmetatable, tostring, type
+local ipairs, pairs, setmetatable, tostring, type = ipairs, pairs, setmetatable, tostring, type
 local debug, math, string = debug, math, string
 local _ENV = nil
 
 local optim = {}
 local is_tensor, shapestr = mg.is_tensor, mg.shapestr
 
-local SOURCE = debug.getinfo(1, "S").source
-
--- Raise at the first caller outside this file (the user's line).
-local function raisef(fmt, ...)
-  local level = 1
-  while true do
-    local info = debug.getinfo(level + 1, "S")
-    if info == nil then break end
-    level = level + 1
-    if info.source ~= SOURCE and info.what ~= "C" then break end
-  end
-  error(string.format(fmt, ...), level)
-end
-
-local function describe(v)
-  if is_tensor(v) then return "a tensor of shape " .. shapestr(v) end
-  return "a " .. type(v)
-end
+local checks = mg._checks(debug.getinfo(1, "S").source)   -- errors point at the user's line
+local raisef, describe, check_opts = checks.raisef, checks.describe, checks.check_opts
 
 -- The Variables to optimize: an array of Variables, or a layer (anything with parameters()).
 local function check_params(fn, params)
@@ -47,15 +31,6 @@ local function check_params(fn, params)
   end
   if #out == 0 then raisef("%s: params is empty", fn) end
   return out
-end
-
-local function check_opts(fn, opts, allowed)
-  if opts == nil then return {} end
-  if type(opts) ~= "table" then raisef("%s: options must be a table, got %s", fn, describe(opts)) end
-  for k in pairs(opts) do
-    if not allowed[k] then raisef("%s: unknown option '%s'", fn, tostring(k)) end
-  end
-  return opts
 end
 
 local function check_number(fn, name, v, default, lo, hi, open_lo)
