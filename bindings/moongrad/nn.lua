@@ -253,6 +253,8 @@ local function cell_init(fn, c, nin, units, opts, allowed, name)
   return self, opts
 end
 
+-- The Variables 'kernel', 'recurrent_kernel' and (with use_bias) 'bias', in that order, from
+-- the initializer options; 'gates' blocks of 'units' columns, a bias of 'bias_shape'.
 local function cell_weights(self, fn, opts, gates, bias_shape)
   local nin, u = self.input_size, self.units
   self.kernel = variable(self, "kernel", initial_value(fn, "kernel",
@@ -260,7 +262,8 @@ local function cell_weights(self, fn, opts, gates, bias_shape)
   self.recurrent_kernel = variable(self, "recurrent_kernel", initial_value(fn, "recurrent_kernel",
     opts.recurrent_initializer or "orthogonal", { u, gates * u }, self.dtype))
   if self.use_bias then
-    self.bias = initial_value(fn, "bias", opts.bias_initializer or "zeros", bias_shape, self.dtype)
+    self.bias = variable(self, "bias", initial_value(fn, "bias",
+      opts.bias_initializer or "zeros", bias_shape, self.dtype))
   end
 end
 
@@ -291,7 +294,6 @@ function nn.SimpleRNNCell(nin, units, opts)
   self.activation = activation("SimpleRNNCell", opts.activation, "tanh")
   self._ctor, self._state_size = nn.SimpleRNNCell, { self.units }
   cell_weights(self, "SimpleRNNCell", opts, 1, { self.units })
-  if self.bias then self.bias = variable(self, "bias", self.bias) end
   return self
 end
 
@@ -358,10 +360,9 @@ function nn.LSTMCell(nin, units, opts)
   self._ctor, self._state_size = nn.LSTMCell, { u, u }
   cell_weights(self, "LSTMCell", opts, 4, { 4 * u })
   local forget_one = check_bool("LSTMCell", "unit_forget_bias", opts.unit_forget_bias, true)
-  if self.bias then
-    self.bias = variable(self, "bias", self.bias)
-    -- as Keras, whatever the bias initializer; a bias given as a tensor is kept as it is
-    if forget_one and not is_tensor(opts.bias_initializer) then self.bias:narrow(1, u + 1, u):fill(1) end
+  -- as Keras, whatever the bias initializer; a bias given as a tensor is kept as it is
+  if self.bias and forget_one and not is_tensor(opts.bias_initializer) then
+    self.bias:narrow(1, u + 1, u):fill(1)
   end
   return self
 end
@@ -422,7 +423,6 @@ function nn.GRUCell(nin, units, opts)
   self.reset_after = check_bool("GRUCell", "reset_after", opts.reset_after, true)
   self._ctor, self._state_size = nn.GRUCell, { u }
   cell_weights(self, "GRUCell", opts, 3, self.reset_after and { 2, 3 * u } or { 3 * u })
-  if self.bias then self.bias = variable(self, "bias", self.bias) end
   return self
 end
 
