@@ -432,17 +432,7 @@ describe("hostile arguments", function()
 
   -- Unclear errors already reported to the owners of the files that raise them: listed as
   -- pending (with a reproducer) until fixed; any other unclear error fails.
-  local KNOWN = {
-    ["mg.shapestr"] = "core.lua: shapestr does not check that its argument is a tensor",
-    ["mg.grad"] = "core.lua: grad/value_and_grad index a non-table 'opts'",
-    ["mg.value_and_grad"] = "core.lua: grad/value_and_grad index a non-table 'opts'",
-    ["mg.gradcheck"] = "core.lua: gradcheck does not check that 'f' is a function",
-    ["nn.Dense"] = "nn.lua: check_size accepts inf, which mg.glorot_uniform rejects unnamed",
-    ["nn.lstm_step"] = "nn.lua: lstm_step does not check its arguments",
-    ["nn.gru_step"] = "nn.lua: gru_step does not check its arguments",
-    ["nn.lstm_step_ops"] = "nn.lua: lstm_step_ops does not check its arguments",
-    ["nn.gru_step_ops"] = "nn.lua: gru_step_ops does not check its arguments",
-  }
+  local KNOWN = {}
 
   it("every error was clear", function()
     local lines, known, seen = {}, {}, {}

@@ -21,6 +21,7 @@ mg.is_tensor = is_tensor
 ---------------------------------------------------------------- printing
 
 local function shapestr(t)
+  if not is_tensor(t) then error("shapestr: expected a tensor, got " .. type(t), 2) end
   local s = t:shape()
   for i = 1, #s do s[i] = tostring(s[i]) end
   return "(" .. table.concat(s, ",") .. ")"
@@ -171,7 +172,10 @@ end
 
 ---------------------------------------------------------------- function transforms
 
-local function argnums_of(opts)
+local function argnums_of(opts, fname)
+  if opts ~= nil and type(opts) ~= "table" then
+    error(string.format("%s: options must be a table, got %s", fname, type(opts)), 3)
+  end
   local a = opts and opts.argnums or 1
   if type(a) == "number" then return { a }, true end
   if type(a) ~= "table" or #a == 0 then error("argnums must be a number or a non-empty array", 3) end
@@ -204,8 +208,16 @@ local function scalar_output(out, fname)
 end
 
 -- grad(f [, {argnums=}]): a function returning df/dx for the arguments at argnums.
+local function check_callable(f, fname)
+  local mt = getmetatable(f)
+  if type(f) ~= "function" and not (mt and mt.__call) then
+    error(string.format("%s: expected a function, got %s", fname, type(f)), 3)
+  end
+end
+
 function mg.grad(f, opts)
-  local nums, single = argnums_of(opts)
+  check_callable(f, "grad")
+  local nums, single = argnums_of(opts, "grad")
   return function(...)
     local tape, out, src = traced(f, nums, false, "grad", ...)
     local g = tape:gradient(scalar_output(out, "grad"), src, { unconnected = "zero" })
@@ -216,7 +228,8 @@ end
 
 -- value_and_grad(f [, opts]): a function returning f(...) and its gradient(s).
 function mg.value_and_grad(f, opts)
-  local nums, single = argnums_of(opts)
+  check_callable(f, "value_and_grad")
+  local nums, single = argnums_of(opts, "value_and_grad")
   return function(...)
     local tape, out, src = traced(f, nums, false, "value_and_grad", ...)
     local g = tape:gradient(scalar_output(out, "value_and_grad"), src, { unconnected = "zero" })
@@ -292,6 +305,10 @@ end
 -- compares the reverse- and forward-mode Jacobians of f at 'inputs' (float64 copies) with
 -- central differences. True, or an error naming the worst element and both values.
 function mg.gradcheck(f, inputs, opts)
+  check_callable(f, "gradcheck")
+  if opts ~= nil and type(opts) ~= "table" then
+    error("gradcheck: options must be a table, got " .. type(opts), 2)
+  end
   opts = opts or {}
   if is_tensor(inputs) then inputs = { inputs } end
   if type(inputs) ~= "table" or #inputs == 0 then error("gradcheck: inputs must be a tensor or an array of tensors", 2) end

@@ -27,10 +27,10 @@ local function check_tensor(fn, what, x, ndim)
 end
 
 local function check_size(fn, what, n)
-  if type(n) ~= "number" or n ~= math.floor(n) or n < 1 then
-    raisef("%s: %s must be a positive integer, got %s", fn, what, tostring(n))
+  if type(n) ~= "number" or n ~= math.floor(n) or n < 1 or n >= 2 ^ 31 then
+    raisef("%s: %s must be a positive integer below 2^31, got %s", fn, what, tostring(n))
   end
-  return n
+  return math.tointeger(n)
 end
 
 local function set(...)
@@ -321,7 +321,20 @@ local GRU_OPTS = set("use_bias", "kernel_initializer", "recurrent_initializer",
 
 -- The LSTM step composed from tensor ops: the reference the fused kernel is tested against,
 -- and the path for a cell without bias or with operands of mixed dtypes.
+-- The operands of a step function must be tensors (the bias may be nil).
+local function check_step(fn, names, ...)
+  for i = 1, #names do
+    local v = select(i, ...)
+    if not is_tensor(v) and not (v == nil and names[i] == "bias") then
+      raisef("%s: %s must be a tensor, got %s", fn, names[i], describe(v))
+    end
+  end
+end
+local LSTM_ARGS = { "x", "h", "c", "kernel", "recurrent_kernel", "bias" }
+local GRU_ARGS = { "x", "h", "kernel", "recurrent_kernel", "bias" }
+
 local function lstm_step_ops(x, h, c, W, U, b)
+  check_step("lstm_step", LSTM_ARGS, x, h, c, W, U, b)
   local z = x:matmul(W) + h:matmul(U)                  -- every gate in two matmuls
   if b then z = z + b end
   local u = h:size(2)
@@ -345,6 +358,7 @@ end
 -- x (B, in), h and c (B, u), W (in, 4u), U (u, 4u), b (4u) or nil. The fused kernel
 -- (mg.lstm_cell: one recorded op per step) whenever it applies.
 function nn.lstm_step(x, h, c, W, U, b)
+  check_step("lstm_step", LSTM_ARGS, x, h, c, W, U, b)
   if b and same_dtype(x, h, c, W, U, b) then return mg.lstm_cell(x, h, c, W, U, b) end
   return lstm_step_ops(x, h, c, W, U, b)
 end
@@ -385,6 +399,7 @@ GRUCell.describe, GRUCell.fresh = cell_describe, builtin_fresh
 
 -- The GRU step composed from tensor ops (reference and fallback, as lstm_step_ops).
 local function gru_step_ops(x, h, W, U, b, reset_after)
+  check_step("gru_step", GRU_ARGS, x, h, W, U, b)
   local u = h:size(2)
   local function gate(t, k) return t:narrow(2, (k - 1) * u + 1, u) end
   local mx = x:matmul(W)
@@ -409,6 +424,7 @@ end
 -- W (in, 3u), U (u, 3u); b is (2, 3u) (input bias row 1, recurrent bias row 2) when
 -- reset_after, else (3u); b may be nil. The fused kernel (mg.gru_cell) whenever it applies.
 function nn.gru_step(x, h, W, U, b, reset_after)
+  check_step("gru_step", GRU_ARGS, x, h, W, U, b)
   if b and same_dtype(x, h, W, U, b) then return mg.gru_cell(x, h, W, U, b, reset_after) end
   return gru_step_ops(x, h, W, U, b, reset_after)
 end
