@@ -22,12 +22,7 @@ local function tmpname(content)
   return name
 end
 
-local function slurp(name)
-  local f = assert(io.open(name, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local slurp = require("support").read_file
 
 -- Run '[env] moongrad <args>' with 'input' on stdin: stdout, stderr, exit status.
 local function run(args, input, env)
@@ -154,7 +149,8 @@ end)
 describe("moongrad -v", function()
   local blas = mg.blas()
   local avx512 = { SkylakeX = true, Cooperlake = true, SapphireRapids = true }
-  local older = { SkylakeX = "Haswell", Haswell = "Sandybridge" }   -- one family below
+  local older = { SapphireRapids = "Haswell", Cooperlake = "Haswell", SkylakeX = "Haswell",
+                  Haswell = "Sandybridge" }                       -- one family below
 
   it("prints the versions, the kernels in use and the best for this CPU, and BLAS threads",
      function()

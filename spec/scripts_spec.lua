@@ -8,12 +8,7 @@ local exe = (os.getenv("MOONGRAD_BUILD") or (source .. "/build")) .. "/moongrad"
 
 local function q(s) return "'" .. s:gsub("'", [['\'']]) .. "'" end
 
-local function slurp(name)
-  local f = assert(io.open(name, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local slurp = require("support").read_file
 
 local have_gnuplot = os.execute("command -v gnuplot >/dev/null 2>&1") == true
 
