@@ -36,6 +36,18 @@ def one_thread():
     lib = _openblas()
     if lib is not None:
         lib.openblas_set_num_threads(1)
+    settle()
+
+
+SETTLE_SECONDS = 0.3
+
+
+def settle():
+    """Let the BLAS worker threads finish the spin they start with (OpenBLAS: about 0.1 s),
+    so that their CPU time is not charged to the first measurements (as benchlib.lua)."""
+    t = time.perf_counter()
+    while time.perf_counter() - t < SETTLE_SECONDS:
+        pass
 
 
 def blas_meta(bench):
