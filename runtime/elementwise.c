@@ -149,24 +149,13 @@ static mg_status run_new(mg_ctx *C, mg_dtype dt, int ndim, const int64_t *shape,
   return MG_OK;
 }
 
-/* Record 'y' = op(in...) and hand it out, or release it when recording fails. */
-static mg_status finish(mg_ctx *C, int op, int nin, mg_tensor *const *in, mg_tensor *y,
-                        const mg_attr *attr, mg_tensor **out) {
-  if (mg_recording(C)) {
-    mg_status st = mg_record(C, op, nin, in, 1, &y, 0, NULL, attr);
-    if (st != MG_OK) { mg_tensor_release(y); return st; }
-  }
-  *out = y;
-  return MG_OK;
-}
-
 mg_status mg_tensor_unary(mg_ctx *C, mg_unary op, mg_tensor *x, mg_tensor **out) {
   mg_tensor *y;
   mg_status st = run_new(C, x->dtype, x->ndim, x->shape, 1, &x,
                          x->dtype == MG_F64 ? unary_f64 : unary_f32, &op, &y);
   if (st != MG_OK) return st;
   if (op == MG_U_SIGN || op == MG_U_STEP) { *out = y; return MG_OK; }   /* constants */
-  return finish(C, MG_OP_NEG + (int)op, 1, &x, y, NULL, out);
+  return mg_record_result(C, MG_OP_NEG + (int)op, 1, &x, y, NULL, out);
 }
 
 /* Promote both operands to a common dtype (casting is recorded). New references. */
@@ -204,7 +193,7 @@ mg_status mg_tensor_binary(mg_ctx *C, mg_binary op, mg_tensor *a, mg_tensor *b,
                in[0]->dtype == MG_F64 ? binary_f64 : binary_f32, &op, &y);
   if (st == MG_OK) {
     if (op >= MG_B_EQ) *out = y;                                     /* not differentiable */
-    else st = finish(C, MG_OP_ADD + (int)op, 2, in, y, NULL, out);
+    else st = mg_record_result(C, MG_OP_ADD + (int)op, 2, in, y, NULL, out);
   }
   mg_tensor_release(in[0]);
   mg_tensor_release(in[1]);
@@ -212,10 +201,7 @@ mg_status mg_tensor_binary(mg_ctx *C, mg_binary op, mg_tensor *a, mg_tensor *b,
 }
 
 mg_status mg_tensor_add_(mg_ctx *C, mg_tensor *dst, mg_tensor *src) {
-  int64_t shape[MG_MAXDIM];
-  int nd;
-  if (src->dtype != dst->dtype || !mg_broadcast_shape(dst->ndim, dst->shape, src->ndim, src->shape, &nd, shape) ||
-      nd != dst->ndim || memcmp(shape, dst->shape, (size_t)nd * sizeof *shape) != 0) {
+  if (src->dtype != dst->dtype || !mg_broadcasts_to(src, dst)) {
     char s1[96], s2[96];
     return mg_fail(C, MG_ESHAPE, "add_: %s %s does not broadcast to %s %s",
                    mg_dtype_name(src->dtype), mg_shapestr(s1, sizeof s1, src->ndim, src->shape),
@@ -247,7 +233,7 @@ mg_status mg_tensor_clamp(mg_ctx *C, mg_tensor *x, double lo, double hi, mg_tens
                          x->dtype == MG_F64 ? clamp_f64 : clamp_f32, &b, &y);
   if (st != MG_OK) return st;
   mg_attr at = { .ni = 0, .f = { lo, hi } };
-  return finish(C, MG_OP_CLAMP, 1, &x, y, &at, out);
+  return mg_record_result(C, MG_OP_CLAMP, 1, &x, y, &at, out);
 }
 
 mg_status mg_tensor_where(mg_ctx *C, mg_tensor *cond, mg_tensor *a, mg_tensor *b,
@@ -279,7 +265,7 @@ mg_status mg_tensor_where(mg_ctx *C, mg_tensor *cond, mg_tensor *a, mg_tensor *b
     in[0] = c;
     st = run_new(C, in[1]->dtype, nd, shape, 3, in,
                  in[1]->dtype == MG_F64 ? where_f64 : where_f32, NULL, &y);
-    if (st == MG_OK) st = finish(C, MG_OP_WHERE, 3, in, y, NULL, out);
+    if (st == MG_OK) st = mg_record_result(C, MG_OP_WHERE, 3, in, y, NULL, out);
     mg_tensor_release(c);
   }
   mg_tensor_release(in[1]);

@@ -18,6 +18,13 @@ bool mg_broadcast_shape(int na, const int64_t *a, int nb, const int64_t *b, int 
   return true;
 }
 
+bool mg_broadcasts_to(const mg_tensor *src, const mg_tensor *dst) {
+  int64_t shape[MG_MAXDIM];
+  int nd;
+  return mg_broadcast_shape(dst->ndim, dst->shape, src->ndim, src->shape, &nd, shape) &&
+         nd == dst->ndim && memcmp(shape, dst->shape, (size_t)nd * sizeof *shape) == 0;
+}
+
 void mg_iter_init(mg_iter *it, int ndim, const int64_t *shape, int nops,
                   mg_tensor *const *ops) {
   int64_t sh[MG_MAXDIM], st[MG_MAXOPS][MG_MAXDIM];

@@ -130,13 +130,8 @@ done:
   mg_tensor_release(ac);
   mg_tensor_release(bc);
   if (st != MG_OK) return st;
-  if (mg_recording(C)) {
-    mg_tensor *in[2] = { a, b };
-    st = mg_record(C, MG_OP_MATMUL, 2, in, 1, &y, 0, NULL, NULL);
-    if (st != MG_OK) { mg_tensor_release(y); return st; }
-  }
-  *out = y;
-  return MG_OK;
+  mg_tensor *in[2] = { a, b };
+  return mg_record_result(C, MG_OP_MATMUL, 2, in, y, NULL, out);
 }
 
 mg_status mg_tensor_matmul(mg_ctx *C, mg_tensor *a, mg_tensor *b, mg_tensor **out) {

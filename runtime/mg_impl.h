@@ -168,6 +168,8 @@ typedef void (*mg_loop_fn)(int64_t n, char **p, const int64_t *s, void *ud);
 void mg_iter_init(mg_iter *it, int ndim, const int64_t *shape, int nops,
                   mg_tensor *const *ops);
 void mg_iter_run(const mg_iter *it, mg_loop_fn fn, void *ud);
+/* Whether 'src' broadcasts to exactly the shape of 'dst' (in-place ops). */
+bool mg_broadcasts_to(const mg_tensor *src, const mg_tensor *dst);
 /* Broadcast shape of two shapes; false when they do not broadcast. */
 bool mg_broadcast_shape(int na, const int64_t *a, int nb, const int64_t *b, int *nout,
                         int64_t *out);
@@ -250,6 +252,11 @@ static inline mg_node *mg_tape_node(const mg_tape *T, size_t i) {
   int b = 63 - __builtin_clzll((unsigned long long)q);
   return &T->blocks[b][i - MG_NODE_BLOCK0 * (((size_t)1 << b) - 1)];
 }
+
+/* Hand out 'y', the only output of op(in...), recording it first when a tape records; on
+** failure 'y' is released. What every single-output op ends with. */
+mg_status mg_record_result(mg_ctx *C, int op, int nin, mg_tensor *const *in, mg_tensor *y,
+                           const mg_attr *attr, mg_tensor **out);
 
 /* Sweeps inside a mg_tape_begin/mg_tape_end bracket (several sweeps may share one). */
 mg_status mg_tape_begin(mg_tape *T);

@@ -54,10 +54,7 @@ static void copy_into(mg_tensor *dst, mg_tensor *src) {
 }
 
 mg_status mg_tensor_copy_(mg_ctx *C, mg_tensor *dst, mg_tensor *src) {
-  int64_t shape[MG_MAXDIM];
-  int nd;
-  if (!mg_broadcast_shape(dst->ndim, dst->shape, src->ndim, src->shape, &nd, shape) ||
-      nd != dst->ndim || memcmp(shape, dst->shape, (size_t)nd * sizeof *shape) != 0) {
+  if (!mg_broadcasts_to(src, dst)) {
     char s1[96], s2[96];
     return mg_fail(C, MG_ESHAPE, "copy: source %s does not broadcast to destination %s",
                    mg_shapestr(s1, sizeof s1, src->ndim, src->shape),
@@ -96,23 +93,12 @@ void mg_tensor_fill_(mg_tensor *dst, double v) {
 
 /* ================================================================ helpers */
 
-/* Record a one-input one-output node and hand 'y' out (released on failure). */
-static mg_status finish1(mg_ctx *C, int op, mg_tensor *x, mg_tensor *y, const mg_attr *at,
-                         mg_tensor **out) {
-  if (mg_recording(C)) {
-    mg_status st = mg_record(C, op, 1, &x, 1, &y, 0, NULL, at);
-    if (st != MG_OK) { mg_tensor_release(y); return st; }
-  }
-  *out = y;
-  return MG_OK;
-}
-
 static mg_status view(mg_ctx *C, int op, mg_tensor *x, int ndim, const int64_t *shape,
                       const int64_t *stride, int64_t offset, const mg_attr *at,
                       mg_tensor **out) {
   mg_tensor *y = mg_view_new(C, x->storage, x->dtype, ndim, shape, stride, offset);
   if (y == NULL) return mg_fail(C, MG_ENOMEM, "out of memory");
-  return finish1(C, op, x, y, at, out);
+  return mg_record_result(C, op, 1, &x, y, at, out);
 }
 
 /* 'dim' is 0-based; the message counts from 1, as every other message does. */
@@ -352,7 +338,7 @@ mg_status mg_tensor_pad(mg_ctx *C, mg_tensor *x, int dim, int64_t start, int64_t
   part.offset += start * y->stride[dim];
   copy_into(&part, x);
   mg_attr at = { .ni = 3, .i = { dim, start, size } };
-  return finish1(C, MG_OP_PAD, x, y, &at, out);
+  return mg_record_result(C, MG_OP_PAD, 1, &x, y, &at, out);
 }
 
 static mg_status narrow_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *g,
@@ -408,7 +394,7 @@ static mg_status copy_op(mg_ctx *C, int op, mg_tensor *x, mg_dtype dt, mg_tensor
   mg_status st = mg_tensor_empty(C, dt, x->ndim, x->shape, &y);
   if (st != MG_OK) return st;
   copy_into(y, x);
-  return finish1(C, op, x, y, NULL, out);
+  return mg_record_result(C, op, 1, &x, y, NULL, out);
 }
 
 mg_status mg_tensor_clone(mg_ctx *C, mg_tensor *x, mg_tensor **out) {
@@ -472,13 +458,8 @@ mg_status mg_tensor_cat(mg_ctx *C, int n, mg_tensor *const *xs, int dim, mg_tens
     copy_into(&part, xs[k]);
     at0 += xs[k]->shape[dim];
   }
-  if (mg_recording(C)) {
-    mg_attr at = { .ni = 1, .i = { dim } };
-    st = mg_record(C, MG_OP_CAT, n, xs, 1, &y, 0, NULL, &at);
-    if (st != MG_OK) { mg_tensor_release(y); return st; }
-  }
-  *out = y;
-  return MG_OK;
+  mg_attr at = { .ni = 1, .i = { dim } };
+  return mg_record_result(C, MG_OP_CAT, n, xs, y, &at, out);
 }
 
 mg_status mg_tensor_stack(mg_ctx *C, int n, mg_tensor *const *xs, int dim, mg_tensor **out) {

@@ -104,13 +104,8 @@ static mg_status reduce(mg_ctx *C, const char *fn, int op, int kind, mg_tensor *
     mg_contiguous_strides(nd, drop, st);
     memcpy(y->stride, st, (size_t)nd * sizeof *st);
   }
-  if (mg_recording(C)) {
-    mg_attr at = { .ni = 2, .i = { mask, keepdim } };
-    s = mg_record(C, op, 1, &x, 1, &y, 0, NULL, &at);
-    if (s != MG_OK) { mg_tensor_release(y); return s; }
-  }
-  *out = y;
-  return MG_OK;
+  mg_attr at = { .ni = 2, .i = { mask, keepdim } };
+  return mg_record_result(C, op, 1, &x, y, &at, out);
 }
 
 mg_status mg_tensor_sum(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keepdim, mg_tensor **out) {
@@ -339,13 +334,8 @@ mg_status mg_tensor_softmax(mg_ctx *C, mg_tensor *x, int dim, bool log_, mg_tens
     else SOFTMAX_LOOP(float, expf, logf);
   }
   mg_tensor_release(c);
-  if (mg_recording(C)) {
-    mg_attr at = { .ni = 1, .i = { dim } };
-    st = mg_record(C, log_ ? MG_OP_LOG_SOFTMAX : MG_OP_SOFTMAX, 1, &x, 1, &y, 0, NULL, &at);
-    if (st != MG_OK) { mg_tensor_release(y); return st; }
-  }
-  *out = y;
-  return MG_OK;
+  mg_attr at = { .ni = 1, .i = { dim } };
+  return mg_record_result(C, log_ ? MG_OP_LOG_SOFTMAX : MG_OP_SOFTMAX, 1, &x, y, &at, out);
 }
 
 /* softmax: y (v - sum(v y)); log_softmax: v - exp(y) sum(v), along the softmax dim, for a

@@ -197,6 +197,16 @@ mg_status mg_record(mg_ctx *C, int op, int nin, mg_tensor *const *in, int nout,
   return MG_OK;
 }
 
+mg_status mg_record_result(mg_ctx *C, int op, int nin, mg_tensor *const *in, mg_tensor *y,
+                           const mg_attr *attr, mg_tensor **out) {
+  if (mg_recording(C)) {
+    mg_status st = mg_record(C, op, nin, in, 1, &y, 0, NULL, attr);
+    if (st != MG_OK) { mg_tensor_release(y); return st; }
+  }
+  *out = y;
+  return MG_OK;
+}
+
 /* ================================================================ sweeps */
 
 static mg_status spent_error(mg_tape *T) {
