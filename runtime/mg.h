@@ -16,6 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdbool.h>
+#include <stdio.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -225,6 +226,34 @@ MG_API void mg_fill_normal(mg_ctx *C, mg_tensor *t, double mean, double std);
 /* Keras initializers on a 2-d 't' (fan_in = rows, fan_out = cols). */
 MG_API mg_status mg_init_glorot_uniform(mg_ctx *C, mg_tensor *t);
 MG_API mg_status mg_init_orthogonal(mg_ctx *C, mg_tensor *t, double gain);
+
+/* ----------------------------------------------------------------------------------------
+** Writing files safely (fileio.c): every file goes to a temporary name beside its target,
+** is flushed, fsynced and closed with errors checked, then renamed over the target; on any
+** failure the temporary is removed and the previous file stays as it was. 'op' names the
+** calling function in messages ("save: error writing 'x.npy' (No space left on device)").
+** -------------------------------------------------------------------------------------- */
+
+typedef struct mg_wfile {
+  FILE *f;      /* write here */
+  char *tmp;    /* its temporary name (owned) */
+} mg_wfile;
+
+/* Open a temporary file beside 'path' for writing. */
+MG_API mg_status mg_wfile_open(mg_ctx *C, const char *op, const char *path, mg_wfile *w);
+/* Flush, fsync, close and rename over 'path'; 'ok' false says the caller's own writes failed
+** (the file is then discarded and errno gives the reason). Always ends 'w'. */
+MG_API mg_status mg_wfile_commit(mg_ctx *C, const char *op, const char *path, mg_wfile *w,
+                                 bool ok);
+/* Close and remove the temporary (idempotent). */
+MG_API void mg_wfile_abort(mg_wfile *w);
+/* For libraries that write by file name (libzip, HDF5, gnuplot): create an empty temporary
+** beside 'path' and return its name in '*tmp' (caller-owned until commit/discard); then
+** 'mg_tmpfile_commit' fsyncs it and renames it over 'path' (freeing 'tmp', removing the file
+** on failure), or 'mg_tmpfile_discard' removes it. */
+MG_API mg_status mg_tmpfile_name(mg_ctx *C, const char *op, const char *path, char **tmp);
+MG_API mg_status mg_tmpfile_commit(mg_ctx *C, const char *op, char *tmp, const char *path);
+MG_API void mg_tmpfile_discard(char *tmp);
 
 /* ----------------------------------------------------------------------------------------
 ** NumPy .npy files (float32/float64, C order)

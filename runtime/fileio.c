@@ -1,0 +1,118 @@
+/*
+** fileio.c - writing files without ever destroying the previous version.
+**
+** Every file moongrad writes goes to a temporary name beside its target ("<path>.tmp-XXXXXX",
+** made by mkstemp, so in the same directory and file system), is flushed, fsynced and closed
+** with every error checked, and only then renamed over the target; the directory is fsynced
+** so the rename itself survives a crash. On any failure the temporary is removed and the
+** target is left as it was. Messages name the calling op, the path and strerror's reason.
+*/
+#include "mg_impl.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+/* "<dir of path>" into a new string ("." when 'path' has no slash). */
+static char *dirname_of(const char *path) {
+  const char *slash = strrchr(path, '/');
+  if (slash == NULL) return strdup(".");
+  if (slash == path) return strdup("/");
+  return strndup(path, (size_t)(slash - path));
+}
+
+static void fsync_dir(const char *path) {
+  char *dir = dirname_of(path);
+  if (dir == NULL) return;
+  int fd = open(dir, O_RDONLY | O_DIRECTORY);
+  if (fd >= 0) { (void)fsync(fd); close(fd); }   /* best effort: some file systems refuse */
+  free(dir);
+}
+
+mg_status mg_tmpfile_name(mg_ctx *C, const char *op, const char *path, char **tmp) {
+  *tmp = NULL;
+  size_t n = strlen(path) + sizeof ".tmp-XXXXXX";
+  char *name = malloc(n);
+  if (name == NULL) return mg_fail(C, MG_ENOMEM, "%s: out of memory", op);
+  snprintf(name, n, "%s.tmp-XXXXXX", path);
+  int fd = mkstemp(name);
+  if (fd < 0) {
+    int e = errno;
+    free(name);
+    return mg_fail(C, MG_EIO, "%s: cannot create a file beside '%s' (%s)", op, path, strerror(e));
+  }
+  close(fd);
+  *tmp = name;
+  return MG_OK;
+}
+
+mg_status mg_tmpfile_commit(mg_ctx *C, const char *op, char *tmp, const char *path) {
+  int e = 0;
+  int fd = open(tmp, O_RDONLY);
+  if (fd < 0 || fsync(fd) != 0) e = errno;
+  if (fd >= 0 && close(fd) != 0 && e == 0) e = errno;
+  if (e == 0 && rename(tmp, path) != 0) e = errno;
+  if (e != 0) {
+    unlink(tmp);
+    free(tmp);
+    return mg_fail(C, MG_EIO, "%s: cannot write '%s' (%s)", op, path, strerror(e));
+  }
+  free(tmp);
+  fsync_dir(path);
+  return MG_OK;
+}
+
+void mg_tmpfile_discard(char *tmp) {
+  if (tmp == NULL) return;
+  unlink(tmp);
+  free(tmp);
+}
+
+mg_status mg_wfile_open(mg_ctx *C, const char *op, const char *path, mg_wfile *w) {
+  w->f = NULL;
+  w->tmp = NULL;
+  char *tmp = NULL;
+  mg_status st = mg_tmpfile_name(C, op, path, &tmp);
+  if (st != MG_OK) return st;
+  FILE *f = fopen(tmp, "wb");
+  if (f == NULL) {
+    int e = errno;
+    mg_tmpfile_discard(tmp);
+    return mg_fail(C, MG_EIO, "%s: cannot open '%s' for writing (%s)", op, path, strerror(e));
+  }
+  w->f = f;
+  w->tmp = tmp;
+  return MG_OK;
+}
+
+mg_status mg_wfile_commit(mg_ctx *C, const char *op, const char *path, mg_wfile *w, bool ok) {
+  FILE *f = w->f;
+  char *tmp = w->tmp;
+  w->f = NULL;
+  w->tmp = NULL;
+  if (f == NULL) return mg_fail(C, MG_ESTATE, "%s: '%s' is not open for writing", op, path);
+  int e = ok ? 0 : (errno ? errno : EIO);           /* the caller's writes failed: why */
+  if (e == 0 && (fflush(f) != 0 || ferror(f) || fsync(fileno(f)) != 0)) e = errno ? errno : EIO;
+  if (fclose(f) != 0 && e == 0) e = errno ? errno : EIO;
+  if (e != 0) {
+    mg_tmpfile_discard(tmp);
+    return mg_fail(C, MG_EIO, "%s: error writing '%s' (%s)", op, path, strerror(e));
+  }
+  if (rename(tmp, path) != 0) {
+    e = errno;
+    mg_tmpfile_discard(tmp);
+    return mg_fail(C, MG_EIO, "%s: cannot write '%s' (%s)", op, path, strerror(e));
+  }
+  free(tmp);
+  fsync_dir(path);
+  return MG_OK;
+}
+
+void mg_wfile_abort(mg_wfile *w) {
+  if (w->f != NULL) fclose(w->f);
+  mg_tmpfile_discard(w->tmp);
+  w->f = NULL;
+  w->tmp = NULL;
+}
