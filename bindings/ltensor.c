@@ -738,29 +738,29 @@ static int t_newindex(lua_State *L) {
 
 /* ================================================================ math */
 
-static int unary(lua_State *L, mg_unary op) {
+/* t:name() / mg.name(t) for the elementwise unary kernel in upvalue 2 */
+static int unary(lua_State *L) {
   LSTATE_ARG;
+  mg_unary op = (mg_unary)lua_tointeger(L, lua_upvalueindex(2));
   mg_tensor *t = mg_lua_checktensor(L, 1), *y = NULL;
   return mg_lua_result(L, S, mg_tensor_unary(S->C, op, t, &y), &y);
 }
 
-static int l_neg(lua_State *L) { return unary(L, MG_U_NEG); }
-static int l_exp(lua_State *L) { return unary(L, MG_U_EXP); }
-static int l_log(lua_State *L) { return unary(L, MG_U_LOG); }
-static int l_tanh(lua_State *L) { return unary(L, MG_U_TANH); }
-static int l_sigmoid(lua_State *L) { return unary(L, MG_U_SIGMOID); }
-static int l_relu(lua_State *L) { return unary(L, MG_U_RELU); }
-static int l_abs(lua_State *L) { return unary(L, MG_U_ABS); }
-static int l_sqrt(lua_State *L) { return unary(L, MG_U_SQRT); }
-static int l_sin(lua_State *L) { return unary(L, MG_U_SIN); }
-static int l_cos(lua_State *L) { return unary(L, MG_U_COS); }
-static int l_softplus(lua_State *L) { return unary(L, MG_U_SOFTPLUS); }
-static int l_sign(lua_State *L) { return unary(L, MG_U_SIGN); }
-
-static const char *const binary_names[MG_B_COUNT] = {
-  [MG_B_ADD] = "add", [MG_B_SUB] = "sub", [MG_B_MUL] = "mul", [MG_B_DIV] = "div",
-  [MG_B_POW] = "pow", [MG_B_MAXIMUM] = "maximum", [MG_B_MINIMUM] = "minimum", [MG_B_EQ] = "eq",
-  [MG_B_NE] = "ne", [MG_B_LT] = "lt", [MG_B_LE] = "le", [MG_B_GT] = "gt", [MG_B_GE] = "ge" };
+/* The kernels of the op list with their Lua names, in kernel order (the kernel enums come
+** from the same rows). */
+typedef struct kernelrow { const char *name; int k; bool recorded; } kernelrow;
+static const kernelrow unary_kernels[] = {
+#define MG_UNARY_OP(kernel, opcode, name) { name, kernel, true },
+#define MG_UNARY_KERNEL(kernel, name) { name, kernel, false },
+#include "mg_ops.def"
+};
+static const kernelrow binary_kernels[] = {
+#define MG_BINARY_OP(kernel, opcode, name) { name, kernel, true },
+#define MG_BINARY_KERNEL(kernel, name) { name, kernel, false },
+#include "mg_ops.def"
+};
+_Static_assert(sizeof unary_kernels / sizeof unary_kernels[0] == MG_U_COUNT, "every unary kernel listed");
+_Static_assert(sizeof binary_kernels / sizeof binary_kernels[0] == MG_B_COUNT, "every binary kernel listed");
 
 /* Raise the error for operands 1 and 2 of 'fn' that are not a tensor and a tensor or number
 ** ('a', 'b': the tensors among them, else NULL). */
@@ -789,24 +789,14 @@ static int binary(lua_State *L, mg_binary op) {
     st = mg_tensor_binary_scalar(S->C, op, a, lua_tonumber(L, 2), false, &y);
   else if (b && lua_type(L, 1) == LUA_TNUMBER)
     st = mg_tensor_binary_scalar(S->C, op, b, lua_tonumber(L, 1), true, &y);
-  else return operand_error(L, binary_names[op], a, b);
+  else return operand_error(L, binary_kernels[op].name, a, b);
   return mg_lua_result(L, S, st, &y);
 }
 
-static int l_add(lua_State *L) { return binary(L, MG_B_ADD); }
-static int l_sub(lua_State *L) { return binary(L, MG_B_SUB); }
-static int l_mul(lua_State *L) { return binary(L, MG_B_MUL); }
-static int l_div(lua_State *L) { return binary(L, MG_B_DIV); }
-static int l_pow(lua_State *L) { return binary(L, MG_B_POW); }
-static int l_maximum(lua_State *L) { return binary(L, MG_B_MAXIMUM); }
-static int l_minimum(lua_State *L) { return binary(L, MG_B_MINIMUM); }
-static int l_eq(lua_State *L) { return binary(L, MG_B_EQ); }
-static int l_ne(lua_State *L) { return binary(L, MG_B_NE); }
-static int l_lt(lua_State *L) { return binary(L, MG_B_LT); }
-static int l_le(lua_State *L) { return binary(L, MG_B_LE); }
-static int l_gt(lua_State *L) { return binary(L, MG_B_GT); }
-static int l_ge(lua_State *L) { return binary(L, MG_B_GE); }
-static int l_unm(lua_State *L) { return unary(L, MG_U_NEG); }
+/* t:name(u) / mg.name(t, u) for the binary kernel in upvalue 2 (also the metamethods) */
+static int l_binary(lua_State *L) {
+  return binary(L, (mg_binary)lua_tointeger(L, lua_upvalueindex(2)));
+}
 
 static int l_clamp(lua_State *L) {
   LSTATE_ARG;
@@ -1034,20 +1024,15 @@ static const luaL_Reg tensor_methods[] = {
   { "unsqueeze", t_unsqueeze }, { "narrow", t_narrow }, { "select", t_select },
   { "expand", t_expand }, { "contiguous", t_contiguous }, { "clone", t_clone }, { "to", t_to },
   { "fill", t_fill }, { "copy", t_copy },
-  { "neg", l_neg }, { "exp", l_exp }, { "log", l_log }, { "tanh", l_tanh },
-  { "sigmoid", l_sigmoid }, { "relu", l_relu }, { "abs", l_abs }, { "sqrt", l_sqrt },
-  { "sin", l_sin }, { "cos", l_cos }, { "softplus", l_softplus }, { "sign", l_sign },
-  { "add", l_add }, { "sub", l_sub }, { "mul", l_mul }, { "div", l_div }, { "pow", l_pow },
   { "clamp", l_clamp }, { "softmax", l_softmax }, { "log_softmax", l_log_softmax },
-  { "matmul", l_matmul }, { "maximum", l_maximum }, { "minimum", l_minimum },
+  { "matmul", l_matmul },
   { "sum", t_sum }, { "mean", t_mean }, { "var", t_var }, { "std", t_std }, { "norm", t_norm },
   { "max", t_max }, { "min", t_min }, { "argmax", t_argmax }, { "argmin", t_argmin },
   { "split", l_split }, { "unstack", l_unstack },
   { NULL, NULL } };
 
 static const luaL_Reg tensor_metamethods[] = {
-  { "__add", l_add }, { "__sub", l_sub }, { "__mul", l_mul }, { "__div", l_div },
-  { "__pow", l_pow }, { "__unm", l_unm }, { "__len", t_len },
+  { "__len", t_len },
   { "__newindex", t_newindex }, { "__gc", tensor_release }, { "__close", tensor_release },
   { NULL, NULL } };
 
@@ -1056,14 +1041,8 @@ static const luaL_Reg module_functions[] = {
   { "eye", l_eye }, { "arange", l_arange }, { "linspace", l_linspace },
   { "manual_seed", l_manual_seed }, { "rand", l_rand }, { "randn", l_randn },
   { "uniform", l_uniform }, { "glorot_uniform", l_glorot_uniform }, { "orthogonal", l_orthogonal },
-  { "exp", l_exp }, { "log", l_log }, { "tanh", l_tanh }, { "sigmoid", l_sigmoid },
-  { "relu", l_relu }, { "abs", l_abs }, { "sqrt", l_sqrt }, { "sin", l_sin }, { "cos", l_cos },
-  { "softplus", l_softplus }, { "sign", l_sign }, { "neg", l_neg },
-  { "add", l_add }, { "sub", l_sub }, { "mul", l_mul }, { "div", l_div }, { "pow", l_pow },
   { "clamp", l_clamp }, { "softmax", l_softmax }, { "log_softmax", l_log_softmax },
-  { "where", l_where }, { "maximum", l_maximum }, { "minimum", l_minimum },
-  { "eq", l_eq }, { "ne", l_ne }, { "lt", l_lt }, { "le", l_le }, { "gt", l_gt }, { "ge", l_ge },
-  { "matmul", l_matmul }, { "cat", l_cat }, { "stack", l_stack }, { "split", l_split },
+  { "where", l_where }, { "matmul", l_matmul }, { "cat", l_cat }, { "stack", l_stack }, { "split", l_split },
   { "unstack", l_unstack }, { "save", l_save }, { "load", l_load },
   { "lstm_cell", l_lstm_cell }, { "gru_cell", l_gru_cell },
   { "sum", t_sum }, { "mean", t_mean }, { "var", t_var }, { "std", t_std }, { "norm", t_norm },
@@ -1074,12 +1053,39 @@ static const luaL_Reg module_functions[] = {
   { "clone", t_clone },
   { NULL, NULL } };
 
+/* Set field 'name' of the table at the top to 'f' with upvalues (state, kernel 'k'). */
+static void setkernel(lua_State *L, lstate *S, const char *name, lua_CFunction f, int k) {
+  lua_pushlightuserdata(L, S);
+  lua_pushinteger(L, k);
+  lua_pushcclosure(L, f, 2);
+  lua_setfield(L, -2, name);
+}
+
+/* The elementwise kernels of the op list into the table at the top: unary ones (but 'step',
+** relu's derivative) and recorded binary ones as methods and functions alike, comparisons as
+** functions only ('methods'). */
+static void setkernels(lua_State *L, lstate *S, bool methods) {
+  for (size_t i = 0; i < sizeof unary_kernels / sizeof unary_kernels[0]; i++)
+    if (unary_kernels[i].k != MG_U_STEP)
+      setkernel(L, S, unary_kernels[i].name, unary, unary_kernels[i].k);
+  for (size_t i = 0; i < sizeof binary_kernels / sizeof binary_kernels[0]; i++)
+    if (!methods || binary_kernels[i].recorded)
+      setkernel(L, S, binary_kernels[i].name, l_binary, binary_kernels[i].k);
+}
+
 /* Builds 'moongrad.Tensor' and adds the tensor functions to the module at the stack top. */
 void mg_lua_open_tensor(lua_State *L, lstate *S) {
+  static const struct { const char *name; mg_binary k; } arith[] = {
+    { "__add", MG_B_ADD }, { "__sub", MG_B_SUB }, { "__mul", MG_B_MUL }, { "__div", MG_B_DIV },
+    { "__pow", MG_B_POW } };
   luaL_newmetatable(L, MG_TENSOR_MT);
   mg_lua_setfuncs(L, S, tensor_metamethods);
+  for (size_t i = 0; i < sizeof arith / sizeof arith[0]; i++)
+    setkernel(L, S, arith[i].name, l_binary, arith[i].k);
+  setkernel(L, S, "__unm", unary, MG_U_NEG);
   lua_newtable(L);                                   /* method table */
   mg_lua_setfuncs(L, S, tensor_methods);
+  setkernels(L, S, true);
   lua_pushvalue(L, -1);
   lua_setfield(L, -4, "methods");                    /* core.lua adds methods through it */
   lua_pushlightuserdata(L, S);
@@ -1088,4 +1094,5 @@ void mg_lua_open_tensor(lua_State *L, lstate *S) {
   lua_setfield(L, -2, "__index");
   lua_pop(L, 1);
   mg_lua_setfuncs(L, S, module_functions);
+  setkernels(L, S, false);
 }

@@ -312,7 +312,7 @@ static mg_status lstm_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *cons
   return mg_ex_end(e);
 }
 
-const mg_opdef mg_opdef_lstm_cell = { "lstm_cell", lstm_vjp, lstm_jvp };
+const mg_rules mg_rules_lstm_cell = { lstm_vjp, lstm_jvp };
 
 /* ================================================================ GRU */
 
@@ -518,4 +518,4 @@ static mg_status gru_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const
   return mg_ex_end(e);
 }
 
-const mg_opdef mg_opdef_gru_cell = { "gru_cell", gru_vjp, gru_jvp };
+const mg_rules mg_rules_gru_cell = { gru_vjp, gru_jvp };

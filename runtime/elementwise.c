@@ -134,6 +134,26 @@ static void where_f64(int64_t n, char **p, const int64_t *s, void *ud) {
 
 /* ================================================================ forward */
 
+/* Each kernel's opcode (-1: not recorded) and name, from the op list. */
+static const int unary_opcode[] = {
+#define MG_UNARY_OP(kernel, opcode, name) [kernel] = opcode,
+#define MG_UNARY_KERNEL(kernel, name) [kernel] = -1,
+#include "mg_ops.def"
+};
+static const int binary_opcode[] = {
+#define MG_BINARY_OP(kernel, opcode, name) [kernel] = opcode,
+#define MG_BINARY_KERNEL(kernel, name) [kernel] = -1,
+#include "mg_ops.def"
+};
+static const char *const binary_name[] = {
+#define MG_BINARY_OP(kernel, opcode, name) [kernel] = name,
+#define MG_BINARY_KERNEL(kernel, name) [kernel] = name,
+#include "mg_ops.def"
+};
+_Static_assert(sizeof unary_opcode / sizeof unary_opcode[0] == MG_U_COUNT, "every unary kernel mapped");
+_Static_assert(sizeof binary_opcode / sizeof binary_opcode[0] == MG_B_COUNT, "every binary kernel mapped");
+_Static_assert(sizeof binary_name / sizeof binary_name[0] == MG_B_COUNT, "every binary kernel named");
+
 /* Run 'fn' with a new contiguous output of 'shape' and the operands 'in' (same dtype). */
 static mg_status run_new(mg_ctx *C, mg_dtype dt, int ndim, const int64_t *shape, int nin,
                          mg_tensor *const *in, mg_loop_fn fn, void *ud, mg_tensor **out) {
@@ -154,8 +174,8 @@ mg_status mg_tensor_unary(mg_ctx *C, mg_unary op, mg_tensor *x, mg_tensor **out)
   mg_status st = run_new(C, x->dtype, x->ndim, x->shape, 1, &x,
                          x->dtype == MG_F64 ? unary_f64 : unary_f32, &op, &y);
   if (st != MG_OK) return st;
-  if (op == MG_U_SIGN || op == MG_U_STEP) { *out = y; return MG_OK; }   /* constants */
-  return mg_record_result(C, MG_OP_NEG + (int)op, 1, &x, y, NULL, out);
+  if (unary_opcode[op] < 0) { *out = y; return MG_OK; }         /* not differentiable */
+  return mg_record_result(C, unary_opcode[op], 1, &x, y, NULL, out);
 }
 
 /* Promote both operands to a common dtype (casting is recorded). New references. */
@@ -175,14 +195,11 @@ static mg_status promote(mg_ctx *C, mg_tensor **a, mg_tensor **b) {
 
 mg_status mg_tensor_binary(mg_ctx *C, mg_binary op, mg_tensor *a, mg_tensor *b,
                            mg_tensor **out) {
-  static const char *const names[MG_B_COUNT] = {
-    "add", "sub", "mul", "div", "pow", "maximum", "minimum",
-    "eq", "ne", "lt", "le", "gt", "ge" };
   int64_t shape[MG_MAXDIM];
   int nd;
   if (!mg_broadcast_shape(a->ndim, a->shape, b->ndim, b->shape, &nd, shape) || nd > MG_MAXDIM) {
     char s1[96], s2[96];
-    return mg_fail(C, MG_ESHAPE, "%s: shapes %s and %s cannot be broadcast", names[op],
+    return mg_fail(C, MG_ESHAPE, "%s: shapes %s and %s cannot be broadcast", binary_name[op],
                    mg_shapestr(s1, sizeof s1, a->ndim, a->shape),
                    mg_shapestr(s2, sizeof s2, b->ndim, b->shape));
   }
@@ -192,8 +209,8 @@ mg_status mg_tensor_binary(mg_ctx *C, mg_binary op, mg_tensor *a, mg_tensor *b,
   st = run_new(C, in[0]->dtype, nd, shape, 2, in,
                in[0]->dtype == MG_F64 ? binary_f64 : binary_f32, &op, &y);
   if (st == MG_OK) {
-    if (op >= MG_B_EQ) *out = y;                                     /* not differentiable */
-    else st = mg_record_result(C, MG_OP_ADD + (int)op, 2, in, y, NULL, out);
+    if (binary_opcode[op] < 0) *out = y;                             /* not differentiable */
+    else st = mg_record_result(C, binary_opcode[op], 2, in, y, NULL, out);
   }
   mg_tensor_release(in[0]);
   mg_tensor_release(in[1]);
@@ -500,25 +517,7 @@ static mg_status where_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *con
   return finish_tangent(C, n, lead, acc, tout);
 }
 
-#define UNARY_DEF(var, nm) const mg_opdef var = { nm, unary_vjp, unary_jvp }
-UNARY_DEF(mg_opdef_neg, "neg");
-UNARY_DEF(mg_opdef_exp, "exp");
-UNARY_DEF(mg_opdef_log, "log");
-UNARY_DEF(mg_opdef_tanh, "tanh");
-UNARY_DEF(mg_opdef_sigmoid, "sigmoid");
-UNARY_DEF(mg_opdef_relu, "relu");
-UNARY_DEF(mg_opdef_abs, "abs");
-UNARY_DEF(mg_opdef_sqrt, "sqrt");
-UNARY_DEF(mg_opdef_sin, "sin");
-UNARY_DEF(mg_opdef_cos, "cos");
-UNARY_DEF(mg_opdef_softplus, "softplus");
-#define BINARY_DEF(var, nm) const mg_opdef var = { nm, binary_vjp, binary_jvp }
-BINARY_DEF(mg_opdef_add, "add");
-BINARY_DEF(mg_opdef_sub, "sub");
-BINARY_DEF(mg_opdef_mul, "mul");
-BINARY_DEF(mg_opdef_div, "div");
-BINARY_DEF(mg_opdef_pow, "pow");
-BINARY_DEF(mg_opdef_maximum, "maximum");
-BINARY_DEF(mg_opdef_minimum, "minimum");
-const mg_opdef mg_opdef_clamp = { "clamp", clamp_vjp, clamp_jvp };
-const mg_opdef mg_opdef_where = { "where", where_vjp, where_jvp };
+const mg_rules mg_rules_unary = { unary_vjp, unary_jvp };
+const mg_rules mg_rules_binary = { binary_vjp, binary_jvp };
+const mg_rules mg_rules_clamp = { clamp_vjp, clamp_jvp };
+const mg_rules mg_rules_where = { where_vjp, where_jvp };

@@ -521,12 +521,11 @@ static mg_status cat_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const
   return st;
 }
 
-const mg_opdef mg_opdef_reshape = { "reshape", reshape_vjp, reshape_jvp };
-const mg_opdef mg_opdef_permute = { "permute", permute_vjp, permute_jvp };
-const mg_opdef mg_opdef_expand = { "expand", expand_vjp, expand_jvp };
-const mg_opdef mg_opdef_narrow = { "narrow", narrow_vjp, narrow_jvp };
-const mg_opdef mg_opdef_select = { "select", select_vjp, select_jvp };
-const mg_opdef mg_opdef_pad = { "pad", pad_vjp, pad_jvp };
-const mg_opdef mg_opdef_cast = { "cast", copy_vjp, copy_jvp };
-const mg_opdef mg_opdef_copy = { "copy", copy_vjp, copy_jvp };
-const mg_opdef mg_opdef_cat = { "cat", cat_vjp, cat_jvp };
+const mg_rules mg_rules_reshape = { reshape_vjp, reshape_jvp };
+const mg_rules mg_rules_permute = { permute_vjp, permute_jvp };
+const mg_rules mg_rules_expand = { expand_vjp, expand_jvp };
+const mg_rules mg_rules_narrow = { narrow_vjp, narrow_jvp };
+const mg_rules mg_rules_select = { select_vjp, select_jvp };
+const mg_rules mg_rules_pad = { pad_vjp, pad_jvp };
+const mg_rules mg_rules_copy = { copy_vjp, copy_jvp };
+const mg_rules mg_rules_cat = { cat_vjp, cat_jvp };

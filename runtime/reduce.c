@@ -82,8 +82,9 @@ static void reduce_f64(int64_t n, char **p, const int64_t *s, void *ud) {
 }
 
 /* Reduce into a new tensor; records op 'op' (with attr mask, keepdim). */
-static mg_status reduce(mg_ctx *C, const char *fn, int op, int kind, mg_tensor *x,
-                        uint32_t mask, bool keepdim, mg_tensor **out) {
+static mg_status reduce(mg_ctx *C, int op, int kind, mg_tensor *x, uint32_t mask,
+                        bool keepdim, mg_tensor **out) {
+  const char *fn = mg_ops[op].name;
   int64_t keep[MG_MAXDIM], drop[MG_MAXDIM], st[MG_MAXDIM];
   mg_status s = check_mask(C, fn, x, &mask);
   if (s != MG_OK) return s;
@@ -109,13 +110,13 @@ static mg_status reduce(mg_ctx *C, const char *fn, int op, int kind, mg_tensor *
 }
 
 mg_status mg_tensor_sum(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keepdim, mg_tensor **out) {
-  return reduce(C, "sum", MG_OP_SUM, R_SUM, x, mask, keepdim, out);
+  return reduce(C, MG_OP_SUM, R_SUM, x, mask, keepdim, out);
 }
 mg_status mg_tensor_amax(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keepdim, mg_tensor **out) {
-  return reduce(C, "max", MG_OP_AMAX, R_MAX, x, mask, keepdim, out);
+  return reduce(C, MG_OP_AMAX, R_MAX, x, mask, keepdim, out);
 }
 mg_status mg_tensor_amin(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keepdim, mg_tensor **out) {
-  return reduce(C, "min", MG_OP_AMIN, R_MIN, x, mask, keepdim, out);
+  return reduce(C, MG_OP_AMIN, R_MIN, x, mask, keepdim, out);
 }
 
 /* Elements reduced by 'mask'. */
@@ -314,7 +315,8 @@ static mg_status extreme_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *c
   } while (0)
 
 mg_status mg_tensor_softmax(mg_ctx *C, mg_tensor *x, int dim, bool log_, mg_tensor **out) {
-  const char *fn = log_ ? "log_softmax" : "softmax";
+  int op = log_ ? MG_OP_LOG_SOFTMAX : MG_OP_SOFTMAX;
+  const char *fn = mg_ops[op].name;
   if (dim < 0 || dim >= x->ndim)
     return mg_fail(C, MG_EINDEX, "%s: dimension %d out of range for a %d-d tensor", fn, dim + 1, x->ndim);
   mg_tensor *c, *y;
@@ -335,7 +337,7 @@ mg_status mg_tensor_softmax(mg_ctx *C, mg_tensor *x, int dim, bool log_, mg_tens
   }
   mg_tensor_release(c);
   mg_attr at = { .ni = 1, .i = { dim } };
-  return mg_record_result(C, log_ ? MG_OP_LOG_SOFTMAX : MG_OP_SOFTMAX, 1, &x, y, &at, out);
+  return mg_record_result(C, op, 1, &x, y, &at, out);
 }
 
 /* softmax: y (v - sum(v y)); log_softmax: v - exp(y) sum(v), along the softmax dim, for a
@@ -383,8 +385,6 @@ static mg_status softmax_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *c
   return st;
 }
 
-const mg_opdef mg_opdef_sum = { "sum", sum_vjp, sum_jvp };
-const mg_opdef mg_opdef_amax = { "max", extreme_vjp, extreme_jvp };
-const mg_opdef mg_opdef_amin = { "min", extreme_vjp, extreme_jvp };
-const mg_opdef mg_opdef_softmax = { "softmax", softmax_vjp, softmax_jvp };
-const mg_opdef mg_opdef_log_softmax = { "log_softmax", softmax_vjp, softmax_jvp };
+const mg_rules mg_rules_sum = { sum_vjp, sum_jvp };
+const mg_rules mg_rules_extreme = { extreme_vjp, extreme_jvp };
+const mg_rules mg_rules_softmax = { softmax_vjp, softmax_jvp };
