@@ -35,7 +35,8 @@ typedef struct mg_storage {
 enum {
   MG_TF_VARIABLE = 1,
   /* A batch-Jacobian seed, shape (K, B, K): element [k, b, j] is 1 if k == j, else 0.
-  ** Rules may use the structure instead of multiplying by it (matmul: a view of W^T). */
+  ** Rules may use the structure instead of multiplying by it (matmul: a view of W^T); the
+  ** protocol is the rule contract in mg_ops.h. */
   MG_TF_EYE = 2
 };
 

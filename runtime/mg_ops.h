@@ -20,10 +20,34 @@ typedef enum mg_opcode {
 
 struct mg_node;
 
+/* ----------------------------------------------------------------------------------------
+** The rule contract, what every VJP and JVP may assume and must keep:
+**
+** - Rules read the node ('n->in', 'n->out', 'n->saved', 'n->attr') and the incoming
+**   cotangents 'g' (tangents 't'); they never write into any of them. A cotangent may be the
+**   caller's seed, a stride-0 expansion (sum's rule), or shared by several tape slots.
+** - A rule's results ('gin[i]', 'tout[k]') are new references. Passing an incoming tensor
+**   through unchanged is allowed and cheap, 'gin[i] = mg_tensor_retain(g[0])' (add's rule
+**   does, through 'times' and 'mg_unbroadcast'): the tensor keeps its flags, and they stay
+**   true because nothing writes into it (the sweep adds into a cotangent in place only when
+**   it has no flags and no other reference: 'private_sum' in tape.c). Any tensor a rule
+**   makes starts with flags 0.
+** - Rules compute with the public, recording ops (mg_tensor_*), so that every other active
+**   tape records them: that is what makes gradients of gradients and Hessians work.
+** - Flags an incoming cotangent may carry ('mg_tensor.flags', mg_impl.h):
+**     MG_TF_EYE       an identity seed: set by batch Jacobians ('jac_reverse' in jacobian.c)
+**                     on the basis cotangent of shape (K, B, K), lead == 1, whose element
+**                     [k, b, j] is 1 if k == j, else 0, when one sweep covers all K rows. A
+**                     rule may use the structure instead of multiplying by it (matmul_vjp's
+**                     'is_eye_seed' in linalg.c: the result is a view of W^T), after checking
+**                     the shapes it relies on; any other rule treats it as an ordinary tensor.
+**     MG_TF_VARIABLE  when the caller's seed is a Variable; meaningless to rules.
+**   Tangents (JVP) never carry MG_TF_EYE.
+** -------------------------------------------------------------------------------------- */
+
 /* Reverse rule. 'g[k]' is the cotangent of output k (NULL: zero), with 'lead' extra leading
 ** dimensions. For each input i with need[i], set gin[i] to a new reference shaped
-** lead dims .. input shape, or leave it NULL for zero. Rules compute with recording ops, so
-** other active tapes record them (gradients of gradients). */
+** lead dims .. input shape, or leave it NULL for zero. */
 typedef mg_status (*mg_vjp_fn)(mg_ctx *C, const struct mg_node *n, int lead,
                                mg_tensor *const *g, const bool *need, mg_tensor **gin);
 /* Forward rule. 't[i]' is the tangent of input i (NULL: zero), with 'lead' leading dims.
