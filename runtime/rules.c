@@ -1,5 +1,5 @@
 /*
-** autograd.c - shape helpers shared by the rules: summing a broadcast cotangent back to an
+** rules.c - shape helpers shared by the rules: summing a broadcast cotangent back to an
 ** input's shape, and broadcasting a tangent up to an output's shape, with 'lead' leading
 ** (vectorized) dims left alone.
 */
