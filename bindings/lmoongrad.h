@@ -54,5 +54,7 @@ void mg_lua_setfuncs(lua_State *L, lstate *S, const luaL_Reg *l);
 
 void mg_lua_open_tensor(lua_State *L, lstate *S);   /* metatable + module functions */
 void mg_lua_open_tape(lua_State *L, lstate *S);
+void mg_lua_open_cells(lua_State *L, lstate *S);  /* mg.lstm_cell, mg.gru_cell */
+void mg_lua_open_npy(lua_State *L, lstate *S);    /* mg.save, mg.load */
 
 #endif

@@ -969,49 +969,6 @@ static int l_unstack(lua_State *L) {
   return 1;
 }
 
-/* ================================================================ fused cells */
-
-/* lstm_cell(x, h, c, kernel, recurrent_kernel, bias) -> h', c' */
-static int l_lstm_cell(lua_State *L) {
-  LSTATE_ARG;
-  mg_tensor *a[6];
-  for (int i = 0; i < 6; i++) a[i] = mg_lua_checktensor(L, i + 1);
-  lua_settop(L, 6);
-  mg_tensor **sh = mg_lua_newslot(L), **sc = mg_lua_newslot(L), *h = NULL, *c = NULL;
-  if (mg_lstm_cell(S->C, a[0], a[1], a[2], a[3], a[4], a[5], &h, &c) != MG_OK) return mg_lua_fail(L, S->C);
-  *sh = h;
-  mg_lua_settensor(L, S, sc, c);
-  return 2;
-}
-
-/* gru_cell(x, h, kernel, recurrent_kernel, bias [, reset_after=true]) -> h' */
-static int l_gru_cell(lua_State *L) {
-  LSTATE_ARG;
-  mg_tensor *a[5], *h = NULL;
-  for (int i = 0; i < 5; i++) a[i] = mg_lua_checktensor(L, i + 1);
-  bool ra = lua_isnoneornil(L, 6) ? true : lua_toboolean(L, 6);
-  return mg_lua_result(L, S, mg_gru_cell(S->C, a[0], a[1], a[2], a[3], a[4], ra, &h), &h);
-}
-
-/* ================================================================ files */
-
-static int l_save(lua_State *L) {
-  LSTATE_ARG;
-  mg_tensor *t = mg_lua_checktensor(L, 1);
-  const char *path = luaL_checkstring(L, 2);
-  if (mg_npy_save(S->C, t, path) != MG_OK) return mg_lua_fail(L, S->C);
-  return 0;
-}
-
-static int l_load(lua_State *L) {
-  LSTATE_ARG;
-  const char *path = luaL_checkstring(L, 1);
-  mg_tensor **slot = mg_lua_newslot(L), *t;
-  if (mg_npy_load(S->C, path, &t) != MG_OK) return mg_lua_fail(L, S->C);
-  mg_lua_settensor(L, S, slot, t);
-  return 1;
-}
-
 /* ================================================================ registration */
 
 static const luaL_Reg tensor_methods[] = {
@@ -1043,8 +1000,7 @@ static const luaL_Reg module_functions[] = {
   { "uniform", l_uniform }, { "glorot_uniform", l_glorot_uniform }, { "orthogonal", l_orthogonal },
   { "clamp", l_clamp }, { "softmax", l_softmax }, { "log_softmax", l_log_softmax },
   { "where", l_where }, { "matmul", l_matmul }, { "cat", l_cat }, { "stack", l_stack }, { "split", l_split },
-  { "unstack", l_unstack }, { "save", l_save }, { "load", l_load },
-  { "lstm_cell", l_lstm_cell }, { "gru_cell", l_gru_cell },
+  { "unstack", l_unstack },
   { "sum", t_sum }, { "mean", t_mean }, { "var", t_var }, { "std", t_std }, { "norm", t_norm },
   { "max", t_max }, { "min", t_min }, { "argmax", t_argmax }, { "argmin", t_argmin },
   { "reshape", t_reshape }, { "transpose", t_transpose }, { "permute", t_permute },
