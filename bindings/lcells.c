@@ -6,30 +6,31 @@
 #define LSTATE_ARG lstate *S = LSTATE(L)
 
 /* lstm_cell(x, h, c, kernel, recurrent_kernel, bias) -> h', c' */
-static int l_lstm_cell(lua_State *L) {
+static int cell_lstm(lua_State *L) {
   LSTATE_ARG;
   mg_tensor *a[6];
   for (int i = 0; i < 6; i++) a[i] = mg_lua_checktensor(L, i + 1);
   lua_settop(L, 6);
-  mg_tensor **sh = mg_lua_newslot(L), **sc = mg_lua_newslot(L), *h = NULL, *c = NULL;
-  if (mg_lstm_cell(S->C, a[0], a[1], a[2], a[3], a[4], a[5], &h, &c) != MG_OK) return mg_lua_fail(L, S->C);
+  mg_tensor **sh = lmg_newslot(L), **sc = lmg_newslot(L), *h = NULL, *c = NULL;
+  if (mg_lstm_cell(S->C, a[0], a[1], a[2], a[3], a[4], a[5], &h, &c) != MG_OK)
+    return lmg_fail(L, S->C);
   *sh = h;
-  mg_lua_settensor(L, S, sc, c);
+  lmg_settensor(L, S, sc, c);
   return 2;
 }
 
 /* gru_cell(x, h, kernel, recurrent_kernel, bias [, reset_after=true]) -> h' */
-static int l_gru_cell(lua_State *L) {
+static int cell_gru(lua_State *L) {
   LSTATE_ARG;
   mg_tensor *a[5], *h = NULL;
   for (int i = 0; i < 5; i++) a[i] = mg_lua_checktensor(L, i + 1);
   bool ra = lua_isnoneornil(L, 6) ? true : lua_toboolean(L, 6);
-  return mg_lua_result(L, S, mg_gru_cell(S->C, a[0], a[1], a[2], a[3], a[4], ra, &h), &h);
+  return lmg_result(L, S, mg_gru_cell(S->C, a[0], a[1], a[2], a[3], a[4], ra, &h), &h);
 }
 
 static const luaL_Reg cell_functions[] = {
-  { "lstm_cell", l_lstm_cell }, { "gru_cell", l_gru_cell },
+  { "lstm_cell", cell_lstm }, { "gru_cell", cell_gru },
   { NULL, NULL } };
 
 /* Adds the cell functions to the module at the stack top. */
-void mg_lua_open_cells(lua_State *L, lstate *S) { mg_lua_setfuncs(L, S, cell_functions); }
+void lmg_open_cells(lua_State *L, lstate *S) { lmg_setfuncs(L, S, cell_functions); }
