@@ -16,7 +16,7 @@ static int npy_save(lua_State *L) {
 static int npy_load(lua_State *L) {
   LSTATE_ARG;
   const char *path = luaL_checkstring(L, 1);
-  mg_tensor **slot = lmg_newslot(L), *t;
+  mg_tensor **slot = lmg_newslot(L), *t = NULL;
   if (mg_npy_load(S->C, path, &t) != MG_OK) return lmg_fail(L, S->C);
   lmg_settensor(L, S, slot, t);
   return 1;

@@ -223,14 +223,14 @@ static int tensor_new(lua_State *L) {
   if (!opt && !lua_isnoneornil(L, 2)) return luaL_typeerror(L, 2, "options table");
   mg_dtype dt = lmg_optdtype(L, S, opt);
   lua_settop(L, 2);
-  mg_tensor **slot = lmg_newslot(L), *t;         /* at 3 */
+  mg_tensor **slot = lmg_newslot(L), *t = NULL;  /* at 3 */
   if (lua_type(L, 1) == LUA_TNUMBER) {
     if (mg_tensor_full(S->C, dt, 0, NULL, lua_tonumber(L, 1), &t) != MG_OK) return create_fail(L, S, "tensor");
     lmg_settensor(L, S, slot, t);
     return 1;
   }
   if ((t = lmg_totensor(L, 1)) != NULL) {
-    mg_tensor *c;
+    mg_tensor *c = NULL;
     mg_status st = mg_tensor_cast(S->C, t, opt ? dt : mg_tensor_dtype(t), &c);
     if (st == MG_OK && c == t) { mg_tensor_release(c); st = mg_tensor_clone(S->C, t, &c); }
     if (st != MG_OK) return create_fail(L, S, "tensor");
@@ -261,7 +261,7 @@ static int full_shape(lua_State *L, const char *fn, double v) {
   int64_t shape[MG_MAXDIM];
   int nd = lmg_checkshape(L, 1, shape);
   mg_dtype dt = lmg_optdtype(L, S, lmg_options(L, 1));
-  mg_tensor **slot = lmg_newslot(L), *t;
+  mg_tensor **slot = lmg_newslot(L), *t = NULL;
   if (mg_tensor_full(S->C, dt, nd, shape, v, &t) != MG_OK) return create_fail(L, S, fn);
   lmg_settensor(L, S, slot, t);
   return 1;
@@ -283,7 +283,7 @@ static int tensor_eye(lua_State *L) {
   int64_t n = checksize(L, 1), m = lua_isinteger(L, 2) ? checksize(L, 2) : n;
   int64_t shape[2] = { n, m };
   mg_dtype dt = lmg_optdtype(L, S, lmg_options(L, 2));
-  mg_tensor **slot = lmg_newslot(L), *t;
+  mg_tensor **slot = lmg_newslot(L), *t = NULL;
   if (mg_tensor_zeros(S->C, dt, 2, shape, &t) != MG_OK) return create_fail(L, S, "eye");
   for (int64_t i = 0; i < n && i < m; i++) {
     int64_t idx[2] = { i, i };
@@ -296,7 +296,7 @@ static int tensor_eye(lua_State *L) {
 static int make_range(lua_State *L, lstate *S, const char *fn, double a, double step,
                       int64_t n, int opt) {
   mg_dtype dt = lmg_optdtype(L, S, opt);
-  mg_tensor **slot = lmg_newslot(L), *t;
+  mg_tensor **slot = lmg_newslot(L), *t = NULL;
   if (mg_tensor_empty(S->C, dt, 1, &n, &t) != MG_OK) return create_fail(L, S, fn);
   for (int64_t i = 0; i < n; i++) mg_tensor_set(t, &i, a + (double)i * step);
   lmg_settensor(L, S, slot, t);
@@ -352,7 +352,7 @@ static int random_fill(lua_State *L, int kind) {
   int64_t shape[MG_MAXDIM];
   int nd = lmg_checkshape(L, 1, shape);
   mg_dtype dt = lmg_optdtype(L, S, opt);
-  mg_tensor **slot = lmg_newslot(L), *t;
+  mg_tensor **slot = lmg_newslot(L), *t = NULL;
   if (mg_tensor_empty(S->C, dt, nd, shape, &t) != MG_OK)
     return create_fail(L, S, kind == 0 ? "rand" : kind == 1 ? "randn" : "uniform");
   if (kind == 1) mg_fill_normal(S->C, t, 0, 1);
@@ -382,7 +382,7 @@ static int init_matrix(lua_State *L, bool ortho) {
     lua_pop(L, 1);
   }
   mg_dtype dt = lmg_optdtype(L, S, opt);
-  mg_tensor **slot = lmg_newslot(L), *t;
+  mg_tensor **slot = lmg_newslot(L), *t = NULL;
   if (mg_tensor_empty(S->C, dt, 2, shape, &t) != MG_OK)
     return create_fail(L, S, ortho ? "orthogonal" : "glorot_uniform");
   *slot = t;                                        /* owned by the slot from here on */

@@ -259,7 +259,7 @@ static mg_status accumulate(mg_ctx *C, slot *s, mg_tensor *g) {
     mg_tensor_release(g);
     return st;
   }
-  mg_tensor *sum;
+  mg_tensor *sum = NULL;
   mg_status st = mg_tensor_binary(C, MG_B_ADD, s->val, g, &sum);
   mg_tensor_release(g);
   if (st != MG_OK) return st;
@@ -289,7 +289,7 @@ static mg_status seed_targets(mg_ctx *C, tmap *m, int ntargets, mg_tensor *const
   for (int i = 0; i < ntargets; i++) {
     slot *s = map_get(m, targets[i]);
     if (s == NULL) return mg_fail(C, MG_ENOMEM, "out of memory");
-    mg_tensor *g;
+    mg_tensor *g = NULL;
     mg_status st = MG_OK;
     if (seeds && seeds[i]) g = mg_tensor_retain(*like = seeds[i]);
     else st = mg_tensor_full(C, targets[i]->dtype, targets[i]->ndim, targets[i]->shape, 1.0, &g);
