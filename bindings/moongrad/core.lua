@@ -358,6 +358,10 @@ function mg.gradcheck(f, inputs, opts)
   return true
 end
 
+---------------------------------------------------------------- ops composed in Lua
+
+require("moongrad.ops")(Tensor)
+
 ---------------------------------------------------------------- submodules
 
 setmetatable(mg, { __index = function(t, k)
