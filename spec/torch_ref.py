@@ -190,9 +190,9 @@ def as_f64(t):
 def op_case(cid, modes, nargs, diff, bsrc, expr):
     """One case: DIR/c<id>_a<k>.npy are the arguments, _ct the cotangent of single(outputs),
     _t<k> the tangents of the differentiable arguments. Writes out_c<id>_y<k> (forward),
-    _g<k> (VJP), _jvp, _bjac (w.r.t. argument 'bsrc', 1-based) and _mix (the largest
-    derivative of batch entry b's outputs w.r.t. another entry's inputs: the op mixes the
-    batch when it is not 0)."""
+    _g<k> (VJP), _jvp, and for each (1-based) argument k in 'bsrc' _bjac<k> (the batch
+    Jacobian) and _mix<k> (the largest derivative of batch entry b's outputs w.r.t. another
+    entry's inputs: the op mixes the batch when it is not 0)."""
     fn = eval("lambda " + ", ".join(ARGNAMES[:nargs]) + ": " + expr, OPS_SCOPE)
     pre = f"c{cid}"
     args = [load(f"{pre}_a{k + 1}") for k in range(nargs)]
@@ -220,32 +220,33 @@ def op_case(cid, modes, nargs, diff, bsrc, expr):
                                              tuple(detached[k] for k in dk),
                                              tuple(load(f"{pre}_t{k + 1}") for k in dk))
         save(f"{pre}_jvp", t)
-    if "b" in modes:
+    for k in bsrc:                       # "b": the batch Jacobian w.r.t. each of them
         def f1(x):
             full = list(detached)
-            full[bsrc - 1] = x
+            full[k - 1] = x
             return batched(outputs(fn(*full)))
-        x = detached[bsrc - 1]
+        x = detached[k - 1]
         J = torch.autograd.functional.jacobian(f1, x)
         B = x.shape[0]
         ys = J.shape[:J.dim() - x.dim()]
         J4 = J.reshape(B, -1, B, max(1, x[0].numel()))
         r = torch.arange(B)
-        save(f"{pre}_bjac", J4[r, :, r, :].reshape(tuple(ys) + tuple(x.shape[1:])))
+        save(f"{pre}_bjac{k}", J4[r, :, r, :].reshape(tuple(ys) + tuple(x.shape[1:])))
         off = J4.clone()
         off[r, :, r, :] = 0
-        save(f"{pre}_mix", off.abs().max() if off.numel() else torch.tensor(0.0))
+        save(f"{pre}_mix{k}", off.abs().max() if off.numel() else torch.tensor(0.0))
 
 
 def ops():
     """Every line of DIR/ops.tsv is: id, modes, number of arguments, a 0/1 flag per argument
-    (differentiable), the batch Jacobian's argument, the torch expression; tab-separated. A
+    (differentiable), the batch Jacobians' arguments (comma-separated, 0 for none), the torch
+    expression; tab-separated. A
     case that raises writes its traceback to out_c<id>.err and the others go on."""
     with open(f"{DIR}/ops.tsv") as f:
         lines = [ln.rstrip("\n").split("\t") for ln in f if ln.strip()]
     for cid, modes, nargs, diff, bsrc, expr in lines:
         try:
-            op_case(cid, modes, int(nargs), diff, int(bsrc), expr)
+            op_case(cid, modes, int(nargs), diff, [int(k) for k in bsrc.split(",") if k != "0"], expr)
         except Exception:
             with open(f"{DIR}/out_c{cid}.err", "w") as e:
                 e.write(traceback.format_exc())
