@@ -31,18 +31,16 @@ mg_status mg_npy_save(mg_ctx *C, mg_tensor *t, const char *path) {
   mg_status st = mg_tensor_contiguous(C, t, &c);
   mg_no_grad_exit(C);
   if (st != MG_OK) return st;
-  FILE *f = fopen(path, "wb");
-  if (f == NULL) {
-    mg_tensor_release(c);
-    return mg_fail(C, MG_EIO, "save: cannot open '%s' for writing (%s)", path, strerror(errno));
-  }
+  mg_wfile w;                                         /* a temporary renamed over 'path' */
+  st = mg_wfile_open(C, "save", path, &w);
+  if (st != MG_OK) { mg_tensor_release(c); return st; }
   unsigned char ver[4] = { 1, 0, (unsigned char)(hlen & 0xff), (unsigned char)(hlen >> 8) };
   size_t bytes = (size_t)mg_tensor_numel(c) * mg_dtype_size(c->dtype);
-  bool ok = fwrite(MAGIC, 1, 6, f) == 6 && fwrite(ver, 1, 4, f) == 4 &&
-            fwrite(hdr, 1, hlen, f) == hlen && fwrite(mg_tensor_data(c), 1, bytes, f) == bytes;
-  ok = (fclose(f) == 0) && ok;
+  errno = 0;
+  bool ok = fwrite(MAGIC, 1, 6, w.f) == 6 && fwrite(ver, 1, 4, w.f) == 4 &&
+            fwrite(hdr, 1, hlen, w.f) == hlen && fwrite(mg_tensor_data(c), 1, bytes, w.f) == bytes;
   mg_tensor_release(c);
-  return ok ? MG_OK : mg_fail(C, MG_EIO, "save: error writing '%s'", path);
+  return mg_wfile_commit(C, "save", path, &w, ok);
 }
 
 /* ---------------------------------------------------------------- header parsing */

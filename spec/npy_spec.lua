@@ -232,13 +232,120 @@ describe("malformed files", function()
   end)
 end)
 
+-- Runs Lua 'code' in a new lua5.4 (with this build's module) under the shell prefix 'pre'
+-- (e.g. "ulimit -f 8;"), the shell itself started through the command 'wrapper' when given
+-- ("unshare -m ...": mounts die with the child; "setpriv ...": another user); returns whether
+-- it exited 0 and its output (stdout and stderr).
+local function lua_child(pre, code, wrapper)
+  local script = path("child.lua")
+  write_file(script, 'local mg = require "moongrad"\nio.stdout:setvbuf("no")\n' .. code)
+  local cmd = "LUA_CPATH=" .. support.shq(package.cpath) .. " " .. (wrapper or "") .. " bash -c "
+              .. support.shq(pre .. " exec lua5.4 " .. support.shq(script)) .. " 2>&1"
+  local p = io.popen(cmd)
+  local out = p:read("a")
+  return p:close() == true, out
+end
+
+-- The names in directory 'd' (sorted).
+local function listing(d)
+  local p = io.popen("ls -A " .. support.shq(d))
+  local names = {}
+  for l in p:lines() do names[#names + 1] = l end
+  p:close()
+  table.sort(names)
+  return names
+end
+
+describe("save never destroys the previous file", function()
+  it("a write cut by a file-size limit leaves the old file byte-identical, no temporary", function()
+    local sub = path("fsize")
+    os.execute("mkdir -p " .. support.shq(sub))
+    local target = sub .. "/w.npy"
+    mg.save(mg.arange(5, F64), target)
+    local before = read_file(target)
+    -- 8 KiB limit (bash counts 1024-byte blocks), SIGXFSZ ignored so write() fails with EFBIG
+    local ok, out = lua_child("trap '' XFSZ; ulimit -f 8;", string.format([[
+local ok, err = pcall(mg.save, mg.zeros(10000, { dtype = "float64" }), %q)
+print(ok, err)]], target))
+    assert.is_true(ok, out)
+    assert.is_truthy(out:find("false\tsave: error writing '" .. target .. "' (File too large)", 1, true), out)
+    assert.are.equal(before, read_file(target))
+    assert.are.same({ "w.npy" }, listing(sub))
+  end)
+
+  it("a full disk leaves the old file byte-identical, no temporary (tiny tmpfs)", function()
+    local sub = path("full")
+    os.execute("mkdir -p " .. support.shq(sub))
+    local target = sub .. "/w.npy"
+    -- a private mount namespace: the 64 KiB tmpfs vanishes with the child
+    if not os.execute("unshare -m --propagation private true 2>/dev/null") then
+      pending("cannot make a mount namespace (unshare -m needs root)")
+      return
+    end
+    local ok, out = lua_child("mount -t tmpfs -o size=64k tmpfs " .. support.shq(sub)
+                              .. " 2>/dev/null || { echo NOMOUNT; exit 0; };", string.format([[
+mg.save(mg.arange(5, { dtype = "float64" }), %q)
+local f = io.open(%q, "rb"); local before = f:read("a"); f:close()
+local ok, err = pcall(mg.save, mg.zeros(100000, { dtype = "float64" }), %q)
+f = io.open(%q, "rb"); local after = f:read("a"); f:close()
+local p = io.popen("ls -A %s"); local names = p:read("a"); p:close()
+print(ok, err, before == after and "same" or "changed", (names:gsub("\n", " ")))]],
+      target, target, target, target, sub), "unshare -m --propagation private")
+    if out:find("NOMOUNT", 1, true) then pending("cannot mount a tmpfs (needs root)") return end
+    assert.is_true(ok, out)
+    assert.is_truthy(out:find("false\tsave: error writing '" .. target
+                              .. "' (No space left on device)\tsame\tw.npy \n", 1, true), out)
+  end)
+
+  it("keeps the permissions of the file it replaces", function()
+    local target = path("mode.npy")
+    mg.save(mg.ones(2), target)
+    os.execute("chmod 640 " .. support.shq(target))
+    mg.save(mg.ones(3), target)
+    local p = io.popen("stat -c %a " .. support.shq(target))
+    local mode = p:read("l")
+    p:close()
+    assert.are.equal("640", mode)
+    assert.are.same({ 1, 1, 1 }, mg.load(target):totable())
+  end)
+end)
+
 describe("save errors", function()
   it("name the function and the path", function()
     raises(function() mg.save(mg.ones(2), "/nonexistent-dir/x.npy") end, "save",
-           "/nonexistent-dir/x.npy", "cannot open")
-    raises(function() mg.save(mg.ones(2), dir) end, "save", dir)
+           "/nonexistent-dir/x.npy", "cannot open", "No such file or directory")
+    raises(function() mg.save(mg.ones(2), dir) end, "save", dir, "Is a directory")
     raises(function() mg.save(3, path("x.npy")) end, "save", "moongrad.Tensor expected")
     raises(function() mg.save(mg.ones(2)) end, "save", "string expected")
     raises(function() mg.load() end, "load", "string expected")
+  end)
+
+  it("an unwritable directory: the reason, and the old file kept", function()
+    local ro = path("ro")
+    os.execute("mkdir -p " .. support.shq(ro) .. " && chmod 755 " .. support.shq(dir))
+    mg.save(mg.ones(2), ro .. "/old.npy")
+    os.execute("chmod 555 " .. support.shq(ro))
+    -- root writes anywhere: then the child runs as 'nobody'
+    local wrapper
+    local p = io.popen("id -u")
+    if p:read("l") == "0" then
+      if not os.execute("command -v setpriv >/dev/null") then
+        pending("running as root without setpriv")
+        return
+      end
+      wrapper = "setpriv --reuid=65534 --regid=65534 --clear-groups"
+    end
+    p:close()
+    local ok, out = lua_child("", string.format([[
+print(pcall(mg.save, mg.ones(3), %q))
+print(pcall(mg.save, mg.ones(3), %q))]], ro .. "/new.npy", ro .. "/old.npy"), wrapper)
+    os.execute("chmod 755 " .. support.shq(ro))
+    assert.is_true(ok, out)
+    assert.is_truthy(out:find("false\tsave: cannot open '" .. ro .. "/new.npy' for writing "
+                              .. "(Permission denied)", 1, true), out)
+    assert.is_truthy(out:find("false\tsave: cannot open '" .. ro .. "/old.npy' for writing "
+                              .. "(Permission denied)", 1, true), out)
+    assert.are.same({ 1, 1 }, mg.load(ro .. "/old.npy"):totable())
+    assert.are.same({ "old.npy" }, listing(ro))
   end)
 end)
