@@ -146,8 +146,7 @@ np.save(f'{d}/n0.npy', np.float64(7.25))
 np.save(f'{d}/ne.npy', np.zeros((3, 0), dtype=np.float32))
 with open(f'{d}/nv2.npy', 'wb') as f:
     np.lib.format.write_array(f, np.arange(4.0), version=(2, 0))
-np.save(f'{d}/ni8.npy', np.arange(3, dtype=np.int64))
-np.save(f'{d}/nbe.npy', np.arange(3, dtype='>f8'))]==])
+np.save(f'{d}/ni8.npy', np.arange(3, dtype=np.int64))]==])
     local a = mg.load(path("n32.npy"))
     assert.are.equal("float32", a.dtype)
     assert.are.same({ { 0, 0.25, 0.5 }, { 0.75, 1, 1.25 } }, a:totable())
@@ -161,7 +160,42 @@ np.save(f'{d}/nbe.npy', np.arange(3, dtype='>f8'))]==])
     assert.are.same({ 3, 0 }, mg.load(path("ne.npy")):shape())
     assert.are.same({ 0, 1, 2, 3 }, mg.load(path("nv2.npy")):totable())
     raises(function() return mg.load(path("ni8.npy")) end, "load", "'<i8'", "ni8.npy")
-    raises(function() return mg.load(path("nbe.npy")) end, "load", "'>f8'", "nbe.npy")
+  end)
+
+  it("moongrad reads NumPy's big-endian float32 and float64, byte-swapped", function()
+    if not HAVE_NUMPY then pending("/usr/bin/python3 has no numpy") return end
+    python([==[
+np.save(f'{d}/be4.npy', ((np.arange(6.0).reshape(2, 3) - 2.5) / 4).astype('>f4'))
+np.save(f'{d}/be8.npy', np.array([0.1, 1 / 3, -1e300, 7], dtype='>f8'))
+np.save(f'{d}/be8f.npy', np.arange(24.0).reshape(2, 3, 4).astype('>f8', order='F'))
+np.save(f'{d}/be4s.npy', np.array(-1.5, dtype='>f4'))
+assert np.load(f'{d}/be4.npy').dtype.str == '>f4' and np.load(f'{d}/be8f.npy').dtype.str == '>f8']==])
+    local a = mg.load(path("be4.npy"))
+    assert.are.equal("float32", a.dtype)
+    assert.are.same({ { -0.625, -0.375, -0.125 }, { 0.125, 0.375, 0.625 } }, a:totable())
+    local b = mg.load(path("be8.npy"))
+    assert.are.equal("float64", b.dtype)
+    assert.are.same({ 0.1, 1 / 3, -1e300, 7 }, b:totable())
+    assert.are.same(mg.arange(24, F64):reshape(2, 3, 4):totable(), mg.load(path("be8f.npy")):totable())
+    assert.are.equal(-1.5, mg.load(path("be4s.npy")):item())
+  end)
+
+  it("a valid NumPy array of more than 12 dimensions is refused as such, not as malformed", function()
+    if not HAVE_NUMPY then pending("/usr/bin/python3 has no numpy") return end
+    python([==[
+np.save(f'{d}/d32.npy', np.zeros((1,) * 32, dtype=np.float32))
+np.save(f'{d}/d13.npy', np.arange(2.0).reshape((1,) * 12 + (2,)))
+np.save(f'{d}/d12.npy', np.arange(2.0).reshape((1,) * 11 + (2,)))]==])
+    for _, case in ipairs { { "d32.npy", "(the array has 32)" }, { "d13.npy", "(the array has 13)" } } do
+      local ok, err = pcall(mg.load, path(case[1]))
+      assert.is_false(ok)
+      assert.is_truthy(err:find("load: more than 12 dimensions " .. case[2], 1, true), err)
+      assert.is_truthy(err:find(path(case[1]), 1, true), err)
+      assert.is_falsy(err:find("malformed", 1, true), err)
+    end
+    local t = mg.load(path("d12.npy"))
+    assert.are.equal(12, t:dim())
+    assert.are.same({ 0, 1 }, t:reshape(2):totable())
   end)
 end)
 
@@ -211,18 +245,29 @@ describe("malformed files", function()
     bad("overflow.npy", npy("{'descr': '<f8', 'fortran_order': False, 'shape': (4294967296, 4294967296), }",
         data), "shape too large")
     bad("deep.npy", npy("{'descr': '<f8', 'fortran_order': False, 'shape': (1,1,1,1,1,1,1,1,1,1,1,1,1), }",
-        doubles(1)), "bad shape")
+        doubles(1)), "more than 12 dimensions (the array has 13)")
+    bad("deep_bad.npy", npy("{'descr': '<f8', 'fortran_order': False, 'shape': (1,1,1,1,1,1,1,1,1,1,1,1,1,x), }",
+        doubles(1)), "malformed", "bad shape")
     bad("unterminated.npy", npy("{'descr': '<f8", data), "bad")
     bad("nobrace.npy", npy("{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3)", data), "bad header")
     bad("longdescr.npy", npy("{'descr': '" .. string.rep("f", 100) .. "', 'fortran_order': False, 'shape': (6,), }",
         data), "bad descr")
   end)
 
-  it("dtypes other than little-endian float32 and float64", function()
-    for _, descr in ipairs { "<i8", "<f2", ">f4", "|u1", "<c16", "O" } do
+  it("dtypes other than float32 and float64", function()
+    for _, descr in ipairs { "<i8", "<f2", ">i4", ">f2", "|u1", "<c16", "O", "f8", "=f8", "<f8 " } do
       bad("dt.npy", npy("{'descr': '" .. descr .. "', 'fortran_order': False, 'shape': (6,), }", data),
           "unsupported dtype '" .. descr .. "'", "'<f4'", "'<f8'")
     end
+  end)
+
+  it("a NUL inside a header string (descr '<f8\\0...' is not '<f8')", function()
+    for _, descr in ipairs { "<f8\0", "<f8\0junk", "\0<f8" } do
+      bad("nul.npy", npy("{'descr': '" .. descr .. "', 'fortran_order': False, 'shape': (6,), }", data),
+          "malformed", "bad descr")
+    end
+    bad("nulkey.npy", npy("{'descr\0x': '<f8', 'fortran_order': False, 'shape': (6,), }", data),
+        "malformed", "bad header entry")
   end)
 
   it("leave nothing half-made: loading again after an error works", function()
