@@ -543,7 +543,8 @@ describe("plot errors", function()
   it("an unwritable output", function()
     if not need_gnuplot() then return end
     has_error(function() plot.lines({ 1, 2 }, { out = "/nonexistent/dir/x.png" }) end,
-              "plot.lines: cannot write '/nonexistent/dir/x.png': No such file or directory")
+              "plot.lines: cannot open '/nonexistent/dir/x.png' for writing "
+              .. "(No such file or directory)")
   end)
 
   it("lines: bad shapes and options", function()
@@ -661,6 +662,127 @@ describe("plot errors", function()
               "plot.gnuplot: data.d must have rank 0 to 3, got shape (1,1,1,1)")
     has_error(function() plot.gnuplot("plot x", { d = "1 2\nEOD\n3 4" }) end,
               "plot.gnuplot: data.d contains a line 'EOD'")
+  end)
+end)
+
+---------------------------------------------------------------- nothing lost
+
+-- Runs Lua 'code' in a new lua5.4 (this build's module; 'plot' and 'mg' defined) through the
+-- shell prefix 'pre' ("ulimit -f 8;", "VAR=x"), the shell started through 'wrapper' when
+-- given ("setpriv ..."); returns whether it exited 0 and its output.
+local function lua_child(dir, pre, code, wrapper)
+  local script = dir .. "/child.lua"
+  support.write_file(script, 'local mg = require "moongrad"\nlocal plot = require "moongrad.plot"\n'
+                     .. 'io.stdout:setvbuf("no")\n' .. code)
+  local cmd = "LUA_CPATH=" .. shq(package.cpath) .. " " .. (wrapper or "") .. " bash -c "
+              .. shq(pre .. " exec lua5.4 " .. shq(script)) .. " 2>&1"
+  local p = io.popen(cmd)
+  local out = p:read("a")
+  return p:close() == true, out
+end
+
+local function listing(dir)
+  local p = io.popen("ls -A " .. shq(dir))
+  local text = p:read("a")
+  p:close()
+  return text
+end
+
+describe("plots never leave a broken or empty picture", function()
+  local dir
+  before_each(function() dir = support.tmpdir() end)
+  after_each(function() support.rmtree(dir) end)
+
+  it("a gnuplot that exits 0 and writes nothing is an error naming the call; the old picture stays",
+     function()
+    if not need_gnuplot() then return end
+    local fake = support.write_file(dir .. "/fake-gnuplot", "#!/bin/sh\nexit 0\n")
+    os.execute("chmod +x " .. shq(fake))
+    local out = dir .. "/p.png"
+    plot.lines({ 1, 2, 3 }, { out = out })
+    local before = read(out)
+    local old = plot.set_gnuplot(fake)
+    local ok, e = pcall(plot.lines, { 3, 2, 1 }, { out = out })
+    local ok2, e2 = pcall(plot.heatmap, { { 1, 2 }, { 3, 4 } }, { out = dir .. "/new.svg" })
+    plot.set_gnuplot(old)
+    assert.is_false(ok)
+    has(e, "plot.lines: gnuplot ('" .. fake .. "') exited without error but its picture for '"
+           .. out .. "' is unusable: it is empty")
+    assert.is_false(ok2)
+    has(e2, "plot.heatmap: gnuplot ('" .. fake .. "') exited without error")
+    assert.are.equal(before, read(out))
+    assert.are.equal("fake-gnuplot\np.png\n", listing(dir))      -- no temporary, no new.svg
+  end)
+
+  it("a picture cut by a file-size limit (gnuplot exits 0) is an error; the old one stays", function()
+    if not need_gnuplot() then return end
+    local out = dir .. "/big.png"
+    plot.lines({ 1, 2 }, { out = out, width = 300, height = 200 })
+    local before = read(out)
+    assert.is_true(#before < 16384)
+    -- a short script (its temporary fits in 16 KiB), a picture of far more than 16 KiB
+    local ok, text = lua_child(dir, "trap '' XFSZ; ulimit -f 16;", string.format([[
+print(pcall(plot.gnuplot, "set isosamples 80\nsplot x*y with pm3d", nil,
+            { out = %q, width = 1600, height = 1200 }))]], out))
+    assert.is_true(ok, text)
+    has(text, "false\t")
+    has(text, "plot.gnuplot: gnuplot ('gnuplot') exited without error but its picture for '"
+              .. out .. "' is unusable: it is cut short (")
+    has(text, "no PNG IEND chunk")
+    assert.are.equal(before, read(out))
+    assert.are.equal("big.png\nchild.lua\n", listing(dir))
+  end)
+
+  it("an unwritable directory gives the reason", function()
+    if not need_gnuplot() then return end
+    local ro = dir .. "/ro"
+    os.execute("mkdir " .. shq(ro) .. " && chmod 755 " .. shq(dir) .. " && chmod 555 " .. shq(ro))
+    local wrapper
+    local p = io.popen("id -u")
+    if p:read("l") == "0" then                   -- root writes anywhere: run as 'nobody'
+      if not os.execute("command -v setpriv >/dev/null") then
+        pending("running as root without setpriv")
+        return
+      end
+      wrapper = "setpriv --reuid=65534 --regid=65534 --clear-groups"
+    end
+    p:close()
+    local ok, text = lua_child(dir, "", string.format([[
+print(pcall(plot.lines, { 1, 2 }, { out = %q }))]], ro .. "/x.png"), wrapper)
+    os.execute("chmod 755 " .. shq(ro))
+    assert.is_true(ok, text)
+    has(text, "false\t")
+    has(text, "plot.lines: cannot open '" .. ro .. "/x.png' for writing (Permission denied)")
+    assert.are.equal("", listing(ro))
+  end)
+
+  it("MOONGRAD_GNUPLOT empty means the default gnuplot", function()
+    if not need_gnuplot() then return end
+    local ok, text = lua_child(dir, "MOONGRAD_GNUPLOT= ", string.format([[
+print("program", plot.get_gnuplot())
+print(plot.lines({ 1, 2, 3 }, { out = %q }))]], dir .. "/e.txt"))
+    assert.is_true(ok, text)
+    has(text, "program\tgnuplot\n")
+    has(text, dir .. "/e.txt")
+    has(read(dir .. "/e.txt"), "Values vs. index")
+    ok, text = lua_child(dir, "MOONGRAD_GNUPLOT=/nonexistent/gp ", 'print(plot.get_gnuplot())')
+    assert.is_true(ok, text)
+    has(text, "/nonexistent/gp")
+  end)
+
+  it("a replaced picture keeps its permissions; gnuplot's error leaves the old one", function()
+    if not need_gnuplot() then return end
+    local out = dir .. "/m.svg"
+    plot.lines({ 1, 2, 3 }, { out = out })
+    os.execute("chmod 640 " .. shq(out))
+    plot.lines({ 3, 2, 1 }, { out = out })
+    local p = io.popen("stat -c %a " .. shq(out))
+    assert.are.equal("640", p:read("l"))
+    p:close()
+    local before = read(out)
+    assert.is_false(pcall(plot.gnuplot, "plot foo(x)", nil, { out = out }))
+    assert.are.equal(before, read(out))
+    assert.are.equal("m.svg\n", listing(dir))
   end)
 end)
 

@@ -10,6 +10,9 @@
 --
 -- The script goes to gnuplot in a temporary file and gnuplot's stderr into another; both are
 -- removed on every path, so gnuplot's own error text can be reported without leaving files.
+-- The picture itself is written to a temporary beside `opts.out` (fileio.c, through the
+-- internal mg._tmpfile/mg._commit_file) and renamed over it only when it is whole: a failed
+-- or cut-short plot leaves the previous picture untouched.
 -- Inputs are tensors (any dtype, any strides) or plain Lua arrays of numbers (nested for 2-d
 -- and 3-d). Heatmaps in text are drawn with a character ramp that the title explains.
 local mg = require "moongrad"
@@ -295,7 +298,9 @@ end
 
 ---------------------------------------------------------------- gnuplot process
 
-local gnuplot_cmd = os.getenv("MOONGRAD_GNUPLOT") or "gnuplot"
+-- MOONGRAD_GNUPLOT names the program; unset or empty means "gnuplot" from PATH.
+local gnuplot_cmd = os.getenv("MOONGRAD_GNUPLOT")
+if gnuplot_cmd == nil or gnuplot_cmd == "" then gnuplot_cmd = "gnuplot" end
 local probed = {}                    -- command -> set of terminal names
 
 --- plot.set_gnuplot(path): the gnuplot program to run (a name looked up in PATH, or a path);
@@ -422,8 +427,8 @@ local function canvas(opts, size)
            h = opt_int(opts, "height", text and size[4] or size[2], 1) }
 end
 
--- The 'set terminal' and 'set output' lines for 'cv'.
-local function terminal_lines(cv, terms)
+-- The 'set terminal' and 'set output' lines for 'cv' (the output goes to 'tmp').
+local function terminal_lines(cv, terms, tmp)
   local k, w, h = cv.kind, cv.w, cv.h
   local t
   if k == "png" then
@@ -439,31 +444,65 @@ local function terminal_lines(cv, terms)
     t = string.format("dumb nofeed size %d,%d", w, h)
   end
   local lines = "set encoding utf8\nset terminal " .. t .. "\n"
-  if cv.out then lines = lines .. "set output " .. gstr(cv.out) .. "\n" end
+  if tmp then lines = lines .. "set output " .. gstr(tmp) .. "\n" end
   return lines
 end
 
--- Draws: terminal setup, then 'blocks' (datablocks), then 'body'; returns cv.out. gnuplot's
--- messages count lines from the start of 'body'.
-local function render(cv, blocks, body)
-  local head = terminal_lines(cv, terminals()) .. blocks
-  local existed = false
-  if cv.out then                     -- a clear message before gnuplot's "cannot open file"
-    local f = io.open(cv.out, "rb")
-    if f then existed = true f:close() end
-    local w, err = io.open(cv.out, "ab")
-    if not w then
-      if err:sub(1, #cv.out + 2) == cv.out .. ": " then err = err:sub(#cv.out + 3) end
-      fail("cannot write '%s': %s", cv.out, err)
-    end
-    w:close()
+-- A message of fileio.c ("plot: cannot ...") as a Failure of the calling plot function.
+local function file_call(fn, ...)
+  local ok, err = pcall(fn, ...)
+  if ok then return err end
+  fail("%s", (tostring(err):gsub("^plot: ", "")))
+end
+
+-- How each picture format ends: a file cut short (gnuplot exits 0 when its writes fail on a
+-- full disk or at a file-size limit) lacks it.
+local ENDINGS = { png = { "IEND\xae\x42\x60\x82", "PNG IEND chunk" }, pdf = { "%%EOF", "%%EOF" },
+                  svg = { "</svg>", "</svg>" } }
+
+-- Why the picture gnuplot wrote to 'path' (a .'kind' file) is unusable, or nil when it is whole.
+local function incomplete(path, kind)
+  local f = io.open(path, "rb")
+  if not f then return "it is missing" end
+  local n = f:seek("end")
+  local tail = ""
+  if n > 0 then
+    f:seek("set", math.max(0, n - 64))
+    tail = f:read("a") or ""
   end
-  local _, off = head:gsub("\n", "")
-  local ok, err = pcall(run, head .. body, cv.kind == "stdout", off)
+  f:close()
+  if n == 0 then return "it is empty" end
+  local e = ENDINGS[kind]
+  if e and not tail:find(e[1], 1, true) then
+    return string.format("it is cut short (%d bytes, no %s: a full disk or a file-size limit?)",
+                         n, e[2])
+  end
+  return nil
+end
+
+-- Draws: terminal setup, then 'blocks' (datablocks), then 'body'; returns cv.out. gnuplot's
+-- messages count lines from the start of 'body'. A file output is written by gnuplot to a
+-- temporary beside it, checked to be whole (non-empty, and ending as its format must: a
+-- gnuplot that exits 0 having written nothing or part is an error) and only then renamed
+-- over cv.out: a failed plot leaves the previous picture as it was, never a part or nothing.
+local function render(cv, blocks, body)
+  local terms = terminals()
+  local tmp = cv.out and file_call(mg._tmpfile, cv.out, "plot")
+  local ok, err = pcall(function()
+    local head = terminal_lines(cv, terms, tmp) .. blocks
+    local _, off = head:gsub("\n", "")
+    run(head .. body, cv.kind == "stdout", off)
+    local why = tmp and incomplete(tmp, cv.kind)
+    if why then
+      fail("gnuplot ('%s') exited without error but its picture for '%s' is unusable: %s",
+           gnuplot_cmd, cv.out, why)
+    end
+  end)
   if not ok then
-    if cv.out and not existed then os.remove(cv.out) end
+    if tmp then os.remove(tmp) end
     error(err, 0)
   end
+  if tmp then file_call(mg._commit_file, tmp, cv.out, "plot") end
   return cv.out
 end
 
