@@ -587,10 +587,24 @@ local function ylabel_cmd(cv, ylabel, lm)
 end
 
 -- Common labels of a single plot.
-local function labels(cv, title, xlabel, ylabel)
-  return string.format("set title %s\nset xlabel %s\n", gstr(wrap(cv, title)), gstr(xlabel))
-         .. ylabel_cmd(cv, ylabel)
+-- gnuplot centres a plot's title over the plot, not the canvas: the tic labels and y label
+-- on the left and 'right' pixels (characters in text) of key or colour box on the right move
+-- that centre, so the title is wrapped to what is left with both moves counted.
+local function labels(cv, title, xlabel, ylabel, right)
+  local avail = cv.w - (cv.text and 12 or 84) - (right or 0)
+  return string.format("set title %s\nset xlabel %s\n", gstr(wrap(cv, title, avail)),
+                       gstr(xlabel)) .. ylabel_cmd(cv, ylabel)
 end
+
+-- The width (pixels, characters in text) of a key of the line titles 'names' (strings).
+local function key_width(cv, names)
+  local w = 0
+  for _, n in ipairs(names) do w = math.max(w, text_width(cv, n)) end
+  return w + (cv.text and 10 or 90)                      -- the sample line and the gaps
+end
+
+-- What a colour box with its tic labels takes right of a plot (none in text).
+local function colorbox_width(cv) return cv.text and 0 or 110 end
 
 -- Labels of panel 'k' of a multiplot with 'n' panels in 'nc' columns: x label on the lowest
 -- panel of each column, y label on the first column.
@@ -682,8 +696,12 @@ local function lines(ys, opts)
   local cv = canvas(opts, { 800, 500, 80, 24 })
   local title = opt_string(opts, "title", #ss == 1 and "Values vs. index"
                            or string.format("%d lines: values vs. index", #ss))
+  local keyed = {}
+  for i = 1, #ss do
+    keyed[#keyed + 1] = names and tostring(names[i]) or (#ss > 1 and #ss <= 10 and "line " .. i) or nil
+  end
   local body = labels(cv, title, opt_string(opts, "xlabel", xs and "x" or "index"),
-                      opt_string(opts, "ylabel", "value"))
+                      opt_string(opts, "ylabel", "value"), #keyed > 0 and key_width(cv, keyed) or 0)
                .. grid_cmd(cv) .. "set key outside right\n" .. (logy and "set logscale y\nset format y \"%g\"\n" or "")
                .. "plot " .. table.concat(plots, ", \\\n     ") .. "\n"
   return render(cv, table.concat(blocks), body)
@@ -869,7 +887,7 @@ local function heatmap(t, opts)
                             TEXT_RM, tm, bm)
   end
   local blk, draw = heat(cv, "m", m, s[1], s[2], cmap, lo, hi, cw, ch)
-  local body = labels(cv, title, xlabel, ylabel) .. margins
+  local body = labels(cv, title, xlabel, ylabel, colorbar and colorbox_width(cv) or 0) .. margins
                .. (colorbar and "" or "unset colorbox\n") .. draw
   return render(cv, blk, body)
 end
@@ -1089,8 +1107,10 @@ local function features_2d(g, opts)
     local blk, draw = heat(cv, "s" .. b, m, C, T, cmap, lo, hi, cw, ch, compact)
     blocks[b] = blk
     if shared_box then
-      local bottom = compact and 0.01 or GRID_BOTTOM / cv.h
-      local top = compact and compact_top(cv, wrap(cv, title)) or grid_top(cv, wrap(cv, title))
+      -- in a compact grid, clear of the edges by half a tic label (they centre on the ends)
+      local bottom = compact and 14 / cv.h or GRID_BOTTOM / cv.h
+      local top = compact and compact_top(cv, wrap(cv, title)) - 6 / cv.h
+                  or grid_top(cv, wrap(cv, title))
       body[#body + 1] = b < B and "unset colorbox\n" or string.format(
         "set colorbox user origin screen %.4f, screen %.4f size screen %.4f, screen %.4f\n",
         1 - 108 / cv.w, bottom, 14 / cv.w, top - bottom)
@@ -1135,7 +1155,7 @@ local function features_0d(g, opts)
   local cv = canvas(opts, { 1200, 400, 80, 24 })
   local title = opt_string(opts, "title", string.format("(%s vs. Samples) vs. Channels", name))
   if cv.text then title = title .. "\nletters are channels: A = 1, B = 2, ..." end
-  local body = labels(cv, title, "sample", name)
+  local body = labels(cv, title, "sample", name, colorbox_width(cv))
                .. string.format("set xrange [0.5:%s]\n", num(B + 0.5))
                .. int_tics("x", B, cv.text and math.max(2, cv.w // 6) or 16)
                .. "set xzeroaxis lt -1 lw 1\n" .. (cv.text and "" or "set grid ytics\n")
