@@ -882,7 +882,7 @@ local function heatmap(t, opts)
     local lm = ylabel ~= "" and #ylabel + 11 or 8
     local _, breaks = wrap(cv, title):gsub("\n", "")
     local tm, bm = breaks + 2, xlabel ~= "" and 3 or 2
-    cw, ch = cv.w - lm - TEXT_RM - 1, cv.h - tm - bm - 1
+    cw, ch = cv.w - lm - TEXT_RM - 2, cv.h - tm - bm - 2   -- the frame's inner characters
     margins = string.format("set lmargin %d\nset rmargin %d\nset tmargin %d\nset bmargin %d\n", lm,
                             TEXT_RM, tm, bm)
   end
@@ -1045,18 +1045,24 @@ end
 -- The default canvas of features_2d: pixels as grid_size gives (wider panels for their own
 -- colour boxes); in text, enough characters that every timestep and channel of a panel gets
 -- at least one character cell (nothing is lost).
+-- The character rows of a text panel of features_2d for C channels (frame and margins).
+local function f2_panel_rows(C)
+  return math.max(1, math.ceil(6 / C)) * C + TEXT_TM + TEXT_BM + 1
+end
+
 local function f2_size(nr, nc, compact, C, T, lm, colorbar)
   local size = grid_size(nr, nc, compact, 320, 280, 600, 450)
   if colorbar then                                    -- room for the shared colour box
     size[1] = math.max(600, (compact and 90 or 320) * nc + 120)
   end
-  local kx, ky = math.max(1, math.ceil(20 / T)), math.max(1, math.ceil(6 / C))
+  local kx = math.max(1, math.ceil(20 / T))
   if compact then
     size[3] = math.max(80, math.ceil(nc * (T + 2) / 0.98) + 1)
     size[4] = math.max(24, nr * (C + 2) + 6)
   else
-    size[3] = math.max(80, nc * (lm + TEXT_RM + 1 + kx * T))
-    size[4] = math.max(24, nr * (ky * C + TEXT_TM + TEXT_BM + 1) + 5)
+    size[3] = nc * (lm + TEXT_RM + 1 + kx * T) + 1
+    if size[3] < 80 then size[3] = nc * ((79 // nc) + 1) + 1 end      -- still divides evenly
+    size[4] = math.max(24, nr * f2_panel_rows(C) + 3)
   end
   return size
 end
@@ -1095,9 +1101,12 @@ local function features_2d(g, opts)
     cw = math.floor((0.98 * cv.w - 0.004 * cv.w * (nc - 1)) / nc) - 2
     ch = math.floor((compact_top(cv, wrap(cv, title)) - 0.01) * cv.h / nr) - 2
   elseif cv.text then
+    -- gnuplot's dumb layout: panels (w - 1) / nc wide and (h - 1 - title lines) / nr high,
+    -- frames inside the margins; by default the canvas is sized so these divide evenly
     local _, breaks = wrap(cv, title):gsub("\n", "")
-    cw = cv.w // nc - lm - TEXT_RM - 1
-    ch = (cv.h - breaks - 2) // nr - TEXT_TM - TEXT_BM - 1
+    if opts.height == nil then cv.h = math.max(cv.h, nr * f2_panel_rows(C) + 2 + breaks) end
+    cw = (cv.w - 1) // nc - lm - TEXT_RM - 1
+    ch = (cv.h - 2 - breaks) // nr - TEXT_TM - TEXT_BM - 1
   else
     cw, ch = cv.w // nc - 12, cv.h // nr - 6
   end
