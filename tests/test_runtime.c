@@ -1,11 +1,19 @@
 /*
 ** test_runtime.c - C unit tests of the runtime through its public header alone (no Lua):
 ** statuses and messages, broadcasting, views, matmul, reductions, the tape and Jacobians,
-** host memory with its release callback, independent contexts.
+** host memory with its release callback, independent contexts, safe file writing.
 */
+#define _POSIX_C_SOURCE 200809L   /* mkdtemp, setrlimit */
+#include <dirent.h>
+#include <errno.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "mg.h"
 
@@ -149,6 +157,31 @@ static void test_wrap(mg_ctx *C) {
   CHECK(released == 1);
 }
 
+/* A matmul whose copy of 'b' cannot be allocated fails with nothing changed: the caller's 'b'
+** keeps its reference (the host memory is released once, when the caller lets go) and the
+** copy already made of 'a' is freed. */
+static void test_matmul_nomem(mg_ctx *C) {
+  static float one = 2;
+  int64_t s11[2] = { 1, 1 }, sb[2] = { (int64_t)1 << 20, (int64_t)1 << 18 }, sa[2] = { 3, 1 << 20 };
+  mg_tensor *w, *b, *a1, *a, *y = (mg_tensor *)0x1;
+  size_t live = mg_live_bytes(C);
+  released = 0;
+  CHECK(mg_tensor_wrap(C, MG_F32, 2, s11, NULL, &one, on_release, &one, &w) == MG_OK);
+  CHECK(mg_tensor_expand(C, w, 2, sb, &b) == MG_OK);   /* (2^20, 2^18), strides 0: 1 TB as a copy */
+  mg_tensor_release(w);
+  CHECK(mg_tensor_full(C, MG_F32, 2, s11, 1, &a1) == MG_OK);
+  CHECK(mg_tensor_expand(C, a1, 2, sa, &a) == MG_OK);  /* strides 0: copied before BLAS */
+  mg_tensor_release(a1);
+  CHECK(mg_tensor_matmul(C, a, b, &y) == MG_ENOMEM);
+  CHECK(y == (mg_tensor *)0x1);
+  CHECK(released == 0);                                 /* 'b' is still ours */
+  CHECK(mg_tensor_get(b, (int64_t[]){ 5, 7 }) == 2);
+  mg_tensor_release(b);
+  CHECK(released == 1);
+  mg_tensor_release(a);
+  CHECK(mg_live_bytes(C) == live);                      /* the copy of 'a' did not leak */
+}
+
 /* Two contexts share nothing: seeds and default dtypes are per context. */
 static void test_contexts(void) {
   mg_ctx *A = mg_ctx_new(), *B = mg_ctx_new();
@@ -169,6 +202,126 @@ static void test_contexts(void) {
   mg_ctx_close(B);
 }
 
+/* ---------------------------------------------------------------- fileio.c */
+
+static char *slurp(const char *path, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  if (f == NULL) return NULL;
+  static char buf[1 << 16];
+  *len = fread(buf, 1, sizeof buf, f);
+  fclose(f);
+  return buf;
+}
+
+static bool has_content(const char *path, const char *want) {
+  size_t n = 0;
+  const char *s = slurp(path, &n);
+  return s != NULL && n == strlen(want) && memcmp(s, want, n) == 0;
+}
+
+static void put(const char *path, const char *text) {
+  FILE *f = fopen(path, "wb");
+  if (f) { fputs(text, f); fclose(f); }
+}
+
+/* Entries of 'dir' other than . and .. */
+static int entries(const char *dir) {
+  DIR *d = opendir(dir);
+  int n = 0;
+  if (d == NULL) return -1;
+  for (struct dirent *e; (e = readdir(d)) != NULL;)
+    if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0) n++;
+  closedir(d);
+  return n;
+}
+
+static mode_t mode_of(const char *path) {
+  struct stat sb;
+  return stat(path, &sb) == 0 ? sb.st_mode & 07777 : 0;
+}
+
+/* Every path of fileio.c leaves the old file or the new one, never a part, and no temporary:
+** committed writes, failed writes (ok = false, a file-size limit), aborts, name-based
+** writers; permissions are the umask's for a new file and the old file's for a replaced one. */
+static void test_fileio(mg_ctx *C) {
+  char dir[] = "/tmp/mg_fileio_XXXXXX", path[64], path2[64];
+  if (mkdtemp(dir) == NULL) { CHECK(!"mkdtemp"); return; }
+  snprintf(path, sizeof path, "%s/a.bin", dir);
+  snprintf(path2, sizeof path2, "%s/b.bin", dir);
+  mg_wfile w;
+  CHECK(mg_wfile_open(C, "test", path, &w) == MG_OK);
+  CHECK(entries(dir) == 1);                              /* only the temporary so far */
+  fputs("first", w.f);
+  CHECK(mg_wfile_commit(C, "test", path, &w, true) == MG_OK);
+  CHECK(has_content(path, "first") && entries(dir) == 1 && w.f == NULL && w.tmp == NULL);
+  mode_t um = umask(022);
+  umask(um);
+  CHECK(mode_of(path) == (0666 & ~um));                  /* as fopen would, not mkstemp's 0600 */
+  chmod(path, 0640);
+  CHECK(mg_wfile_open(C, "test", path, &w) == MG_OK);
+  fputs("second", w.f);
+  CHECK(mg_wfile_commit(C, "test", path, &w, true) == MG_OK);
+  CHECK(has_content(path, "second") && mode_of(path) == 0640);   /* the replaced file's mode */
+  CHECK(mg_wfile_open(C, "test", path, &w) == MG_OK);           /* the caller's write failed */
+  fputs("half", w.f);
+  errno = ENOSPC;
+  CHECK(mg_wfile_commit(C, "test", path, &w, false) == MG_EIO);
+  CHECK(strncmp(mg_errmsg(C), "test: error writing '", 21) == 0 && strstr(mg_errmsg(C), path));
+  CHECK(strstr(mg_errmsg(C), strerror(ENOSPC)) != NULL);
+  CHECK(has_content(path, "second") && entries(dir) == 1);
+  CHECK(mg_wfile_open(C, "test", path, &w) == MG_OK);           /* abort, twice */
+  fputs("never", w.f);
+  mg_wfile_abort(&w);
+  mg_wfile_abort(&w);
+  CHECK(has_content(path, "second") && entries(dir) == 1);
+  CHECK(mg_wfile_commit(C, "test", path, &w, true) == MG_ESTATE);  /* already ended */
+  /* a file-size limit: the write fails with EFBIG at the limit, the old file stays */
+  struct rlimit old, lim;
+  void (*oldsig)(int) = signal(SIGXFSZ, SIG_IGN);
+  if (getrlimit(RLIMIT_FSIZE, &old) == 0) {
+    lim = old;
+    lim.rlim_cur = 4096;
+    if (setrlimit(RLIMIT_FSIZE, &lim) == 0) {
+      static char big[16384];
+      memset(big, 'x', sizeof big);
+      CHECK(mg_wfile_open(C, "test", path, &w) == MG_OK);
+      errno = 0;
+      bool ok = fwrite(big, 1, sizeof big, w.f) == sizeof big && fflush(w.f) == 0;
+      CHECK(mg_wfile_commit(C, "test", path, &w, ok) == MG_EIO);
+      CHECK(strstr(mg_errmsg(C), strerror(EFBIG)) != NULL);
+      setrlimit(RLIMIT_FSIZE, &old);
+      CHECK(has_content(path, "second") && entries(dir) == 1);
+    }
+  }
+  signal(SIGXFSZ, oldsig);
+  /* writers by name: the temporary exists (empty), is committed or discarded */
+  char *tmp = NULL;
+  CHECK(mg_tmpfile_name(C, "test", path2, &tmp) == MG_OK && tmp != NULL);
+  CHECK(tmp != NULL && strncmp(tmp, path2, strlen(path2)) == 0 && has_content(tmp, ""));
+  if (tmp) put(tmp, "by name");
+  CHECK(mg_tmpfile_commit(C, "test", tmp, path2) == MG_OK);
+  CHECK(has_content(path2, "by name") && entries(dir) == 2);
+  CHECK(mg_tmpfile_name(C, "test", path2, &tmp) == MG_OK);
+  if (tmp) put(tmp, "dropped");
+  mg_tmpfile_discard(tmp);
+  mg_tmpfile_discard(NULL);
+  CHECK(has_content(path2, "by name") && entries(dir) == 2);
+  /* failures name the op, the path and the reason */
+  char missing[96];
+  snprintf(missing, sizeof missing, "%s/no/such/dir/x.bin", dir);
+  CHECK(mg_wfile_open(C, "save", missing, &w) == MG_EIO && w.f == NULL);
+  CHECK(strstr(mg_errmsg(C), "save: cannot open '") == mg_errmsg(C));
+  CHECK(strstr(mg_errmsg(C), missing) != NULL && strstr(mg_errmsg(C), strerror(ENOENT)) != NULL);
+  CHECK(mg_tmpfile_name(C, "plot", missing, &tmp) == MG_EIO && tmp == NULL);
+  CHECK(mg_wfile_open(C, "save", dir, &w) == MG_OK);   /* a directory as the target */
+  CHECK(mg_wfile_commit(C, "save", dir, &w, true) == MG_EIO);
+  CHECK(strstr(mg_errmsg(C), strerror(EISDIR)) != NULL || strstr(mg_errmsg(C), strerror(ENOTEMPTY)));
+  CHECK(entries(dir) == 2);
+  remove(path);
+  remove(path2);
+  CHECK(rmdir(dir) == 0);
+}
+
 int main(void) {
   mg_ctx *C = mg_ctx_new();
   CHECK(C != NULL);
@@ -177,6 +330,8 @@ int main(void) {
   test_matmul(C);
   test_tape(C);
   test_wrap(C);
+  test_matmul_nomem(C);
+  test_fileio(C);
   mg_empty_cache(C);
   CHECK(mg_cached_bytes(C) == 0);
   mg_ctx_close(C);
