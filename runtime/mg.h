@@ -178,7 +178,8 @@ MG_API mg_status mg_tensor_expand(mg_ctx *C, mg_tensor *x, int ndim, const int64
 MG_API mg_status mg_tensor_contiguous(mg_ctx *C, mg_tensor *x, mg_tensor **out);
 MG_API mg_status mg_tensor_clone(mg_ctx *C, mg_tensor *x, mg_tensor **out);
 MG_API mg_status mg_tensor_cast(mg_ctx *C, mg_tensor *x, mg_dtype dt, mg_tensor **out);
-/* Zeros of 'size' along 'dim', with 'x' placed at 'start' (the adjoint of narrow). */
+/* Zeros of 'size' along 'dim', with 'x' placed at 'start' (the adjoint of narrow, used by
+** rules; Lua's constant padding 'mg.pad' is composed in moongrad/ops.lua, not this). */
 MG_API mg_status mg_tensor_pad(mg_ctx *C, mg_tensor *x, int dim, int64_t start, int64_t size,
                                mg_tensor **out);
 MG_API mg_status mg_tensor_cat(mg_ctx *C, int n, mg_tensor *const *xs, int dim,
