@@ -236,6 +236,9 @@ mg_tensor *mg_ex_bins(mg_ex *e, mg_binary op, mg_tensor *a, double v);      /* a
 mg_tensor *mg_ex_sbin(mg_ex *e, mg_binary op, double v, mg_tensor *a);      /* v op a */
 mg_tensor *mg_ex_where(mg_ex *e, mg_tensor *c, mg_tensor *a, mg_tensor *b);
 mg_tensor *mg_ex_full(mg_ex *e, mg_dtype dt, double v);                     /* 0-d */
+/* Own the result '*tp' of a call that returned 'st' (for ops with no mg_ex_* of their own:
+** mg_ex_own(e, mg_tensor_flip(e->C, a, mask, &y), &y), 'y' read after the call). */
+mg_tensor *mg_ex_own(mg_ex *e, mg_status st, mg_tensor **tp);
 
 /* ----------------------------------------------------------------------------------------
 ** Recording (tape.c)

@@ -124,50 +124,38 @@ mg_status mg_tensor_diag_embed(mg_ctx *C, mg_tensor *x, int64_t offset, int d1, 
   return diag_scatter(C, x, offset, d1, d2, nd, sh, out);
 }
 
-static mg_status diagonal_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *g,
-                              const bool *need, mg_tensor **gin) {
-  if (!need[0] || g[0] == NULL) return MG_OK;
+/* The node's diagonal of 'v' (lead dims kept), or 'v' placed on that diagonal of zeros of
+** lead .. 'to's shape: each is the other's adjoint. */
+static mg_status diag_apply(mg_ctx *C, const mg_node *n, int lead, mg_tensor *v, bool embed,
+                            const mg_tensor *to, mg_tensor **res) {
   const int64_t *a = n->attr.i;
+  int d1 = lead + (int)a[1], d2 = lead + (int)a[2];
+  if (!embed) return mg_tensor_diagonal(C, v, a[0], d1, d2, res);
   int64_t sh[MG_MAXDIM];
-  int nd = mg_lead_shape(g[0], lead, n->in[0]->ndim, n->in[0]->shape, sh);
-  return diag_scatter(C, g[0], a[0], lead + (int)a[1], lead + (int)a[2], nd, sh, &gin[0]);
+  int nd = mg_lead_shape(v, lead, to->ndim, to->shape, sh);
+  return diag_scatter(C, v, a[0], d1, d2, nd, sh, res);
 }
 
-static mg_status diagonal_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *t,
-                              mg_tensor **tout) {
+/* diagonal's VJP embeds, diag_embed's takes the diagonal; the JVPs do as the forward. */
+static mg_status diag_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *g,
+                          const bool *need, mg_tensor **gin) {
+  if (!need[0] || g[0] == NULL) return MG_OK;
+  return diag_apply(C, n, lead, g[0], n->op == MG_OP_DIAGONAL, n->in[0], &gin[0]);
+}
+
+static mg_status diag_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *t,
+                          mg_tensor **tout) {
   if (t[0] == NULL) return MG_OK;
-  const int64_t *a = n->attr.i;
   mg_tensor *full = NULL;
   mg_status st = expand_to(C, t[0], lead, n->in[0], &full);
   if (st != MG_OK) return st;
-  st = mg_tensor_diagonal(C, full, a[0], lead + (int)a[1], lead + (int)a[2], &tout[0]);
+  st = diag_apply(C, n, lead, full, n->op == MG_OP_DIAG_EMBED, n->out[0], &tout[0]);
   mg_tensor_release(full);
   return st;
 }
 
-static mg_status diag_embed_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *g,
-                                const bool *need, mg_tensor **gin) {
-  if (!need[0] || g[0] == NULL) return MG_OK;
-  const int64_t *a = n->attr.i;
-  return mg_tensor_diagonal(C, g[0], a[0], lead + (int)a[1], lead + (int)a[2], &gin[0]);
-}
-
-static mg_status diag_embed_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *t,
-                                mg_tensor **tout) {
-  if (t[0] == NULL) return MG_OK;
-  const int64_t *a = n->attr.i;
-  mg_tensor *full = NULL;
-  mg_status st = expand_to(C, t[0], lead, n->in[0], &full);
-  if (st != MG_OK) return st;
-  int64_t sh[MG_MAXDIM];
-  int nd = mg_lead_shape(full, lead, n->out[0]->ndim, n->out[0]->shape, sh);
-  st = diag_scatter(C, full, a[0], lead + (int)a[1], lead + (int)a[2], nd, sh, &tout[0]);
-  mg_tensor_release(full);
-  return st;
-}
-
-const mg_rules mg_rules_diagonal = { diagonal_vjp, diagonal_jvp };
-const mg_rules mg_rules_diag_embed = { diag_embed_vjp, diag_embed_jvp };
+const mg_rules mg_rules_diagonal = { diag_vjp, diag_jvp };
+const mg_rules mg_rules_diag_embed = { diag_vjp, diag_jvp };
 
 /* ================================================================ gather, scatter_add */
 

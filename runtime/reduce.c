@@ -544,46 +544,34 @@ const mg_rules mg_rules_cumsum = { cumsum_vjp, cumsum_jvp };
 ** n x n tensor per row): O(n^2), but every mask is structural (positions, not values), so
 ** these rules are exact to every order, Hessians included. A reverse scan is the forward one
 ** on flipped operands. Everything is recorded: the rules differentiate again. */
-/* Own '*yp' (read after the call that fills it: an argument, evaluated in any order). */
-static mg_tensor *ex_own(mg_ex *e, mg_status st, mg_tensor **yp) {
-  mg_tensor *y = *yp;
-  if (st != MG_OK) { e->st = st; return NULL; }
-  if (e->n == MG_EX_MAX) {
-    mg_tensor_release(y);
-    e->st = mg_fail(e->C, MG_ENOMEM, "internal: expression too long");
-    return NULL;
-  }
-  return e->t[e->n++] = y;
-}
-
 static mg_tensor *ex_cumsum(mg_ex *e, mg_tensor *a, int dim, bool reverse) {
   mg_tensor *y = NULL;
   if (e->st != MG_OK) return NULL;
-  return ex_own(e, mg_tensor_cumsum(e->C, a, dim, reverse, &y), &y);
+  return mg_ex_own(e, mg_tensor_cumsum(e->C, a, dim, reverse, &y), &y);
 }
 
 static mg_tensor *ex_cumprod(mg_ex *e, mg_tensor *a, int dim, bool reverse) {
   mg_tensor *y = NULL;
   if (e->st != MG_OK) return NULL;
-  return ex_own(e, mg_tensor_cumprod(e->C, a, dim, reverse, &y), &y);
+  return mg_ex_own(e, mg_tensor_cumprod(e->C, a, dim, reverse, &y), &y);
 }
 
 /* 'a' with dims 'd' and its last swapped, and reversed along the last when 'flip'. */
 static mg_tensor *ex_scanlast(mg_ex *e, mg_tensor *a, int d, bool flip) {
   mg_tensor *y = NULL;
   if (e->st != MG_OK) return NULL;
-  a = ex_own(e, mg_tensor_transpose(e->C, a, d, a->ndim - 1, &y), &y);
+  a = mg_ex_own(e, mg_tensor_transpose(e->C, a, d, a->ndim - 1, &y), &y);
   if (!flip || a == NULL) return a;
-  return ex_own(e, mg_tensor_flip(e->C, a, 1u << (a->ndim - 1), &y), &y);
+  return mg_ex_own(e, mg_tensor_flip(e->C, a, 1u << (a->ndim - 1), &y), &y);
 }
 
 /* The inverse of ex_scanlast. */
 static mg_tensor *ex_unscan(mg_ex *e, mg_tensor *a, int d, bool flip) {
   mg_tensor *y = NULL;
   if (e->st != MG_OK) return NULL;
-  if (flip) a = ex_own(e, mg_tensor_flip(e->C, a, 1u << (a->ndim - 1), &y), &y);
+  if (flip) a = mg_ex_own(e, mg_tensor_flip(e->C, a, 1u << (a->ndim - 1), &y), &y);
   if (a == NULL) return NULL;
-  return ex_own(e, mg_tensor_transpose(e->C, a, d, a->ndim - 1, &y), &y);
+  return mg_ex_own(e, mg_tensor_transpose(e->C, a, d, a->ndim - 1, &y), &y);
 }
 
 /* An n x n constant: 1 where column j > row k ('strict') or j >= k. */
@@ -591,7 +579,7 @@ static mg_tensor *ex_band(mg_ex *e, mg_dtype dt, int64_t n, bool strict) {
   mg_tensor *y = NULL;
   int64_t sh[2] = { n, n };
   if (e->st != MG_OK) return NULL;
-  if (ex_own(e, mg_tensor_zeros(e->C, dt, 2, sh, &y), &y) == NULL) return NULL;
+  if (mg_ex_own(e, mg_tensor_zeros(e->C, dt, 2, sh, &y), &y) == NULL) return NULL;
   for (int64_t k = 0; k < n; k++)
     for (int64_t j = strict ? k + 1 : k; j < n; j++) {
       int64_t at[2] = { k, j };
@@ -610,14 +598,14 @@ static void cumprod_structure(mg_ex *e, mg_tensor *x, int d, bool rev, mg_tensor
   int64_t n = xt->shape[nd - 1], sh[MG_MAXDIM];
   memcpy(sh, xt->shape, sizeof sh);
   sh[nd - 1] = 1;
-  ones = ex_own(e, mg_tensor_full(e->C, x->dtype, nd, sh, 1.0, &ones), &ones);
+  ones = mg_ex_own(e, mg_tensor_full(e->C, x->dtype, nd, sh, 1.0, &ones), &ones);
   mg_tensor *parts[2] = { ones, mg_ex_narrow(e, xt, nd - 1, 0, n - 1) };
   if (e->st != MG_OK) return;
   *L = ex_cumprod(e, mg_ex_cat(e, 2, parts, nd - 1), nd - 1, false);
   sh[nd - 1] = n;
   sh[nd] = n;                                        /* [.., k, j] = x_j */
   mg_tensor *xu = mg_ex_unsqueeze(e, xt, nd - 1);
-  if (xu != NULL) xe = ex_own(e, mg_tensor_expand(e->C, xu, nd + 1, sh, &xe), &xe);
+  if (xu != NULL) xe = mg_ex_own(e, mg_tensor_expand(e->C, xu, nd + 1, sh, &xe), &xe);
   mg_tensor *w = mg_ex_where(e, ex_band(e, x->dtype, n, true), xe, mg_ex_full(e, x->dtype, 1));
   *Q = mg_ex_where(e, ex_band(e, x->dtype, n, false), ex_cumprod(e, w, nd, false),
                    mg_ex_full(e, x->dtype, 0));

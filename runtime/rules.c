@@ -198,3 +198,8 @@ mg_tensor *mg_ex_full(mg_ex *e, mg_dtype dt, double v) {
   mg_tensor *y = NULL;
   return own(e, mg_tensor_full(e->C, dt, 0, NULL, v, &y), &y);
 }
+
+mg_tensor *mg_ex_own(mg_ex *e, mg_status st, mg_tensor **tp) {
+  if (e->st != MG_OK) { if (st == MG_OK) mg_tensor_release(*tp); return NULL; }
+  return own(e, st, tp);
+}
