@@ -169,6 +169,7 @@ int luaopen_moongrad(lua_State *L) {
   mg_lua_setfuncs(L, S, settings);
   mg_lua_open_tensor(L, S);
   mg_lua_open_tape(L, S);
+  mg_lua_open_linalg(L, S);
   preload_modules(L);
   /* package.loaded.moongrad is this table while the Lua parts load (they require it) */
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);

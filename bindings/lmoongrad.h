@@ -54,5 +54,6 @@ void mg_lua_setfuncs(lua_State *L, lstate *S, const luaL_Reg *l);
 
 void mg_lua_open_tensor(lua_State *L, lstate *S);   /* metatable + module functions */
 void mg_lua_open_tape(lua_State *L, lstate *S);
+void mg_lua_open_linalg(lua_State *L, lstate *S); /* mg._linalg: LAPACK primitives */
 
 #endif

@@ -87,6 +87,8 @@ static mg_tensor *own(mg_ex *e, mg_status st, mg_tensor **tp) {
   return e->t[e->n++] = t;
 }
 
+mg_tensor *mg_ex_own(mg_ex *e, mg_status st, mg_tensor **tp) { return own(e, st, tp); }
+
 #define EX_GUARD() do { if (e->st != MG_OK) return NULL; } while (0)
 
 mg_tensor *mg_ex_keep(mg_ex *e, mg_tensor *t) {

@@ -205,6 +205,32 @@ MG_API mg_status mg_tensor_softmax(mg_ctx *C, mg_tensor *x, int dim, bool log,
 /* Matrix product: 1-d operands as NumPy, >= 2-d batched with broadcast leading dims. */
 MG_API mg_status mg_tensor_matmul(mg_ctx *C, mg_tensor *a, mg_tensor *b, mg_tensor **out);
 
+/* Linear algebra through LAPACK (lapack.c). 'A' is a matrix or a batch (..., m, n) of any
+** strides, float32 or float64; results are contiguous, batched like 'A'. Recorded, with
+** reverse and forward rules, except eig (its rules fail: no complex dtype).
+** qr: Q (m,k) and R (k,n), k = min(m,n); 'complete': Q (m,m), R (m,n).
+** svd: U (m,k), S (k) descending, Vh (k,n); 'full_matrices': U (m,m), Vh (n,n). Without
+**   'compute_uv' only S is computed (U, Vh untouched; may be NULL).
+** eigh: eigenvalues ascending (..., n) and eigenvectors as columns (V untouched, may be NULL,
+**   without 'compute_v'); reads the lower triangle.
+** eig: eigenvalues (real and imaginary parts) and eigenvectors (columns, real and imaginary
+**   parts; a complex pair j, j+1 is Vr[:,j] +- i Vi[:,j]), in LAPACK's order.
+** solve: X with A X = B, A (..., n, n), B (..., n, k), batch dims broadcast.
+** slogdet: sign and log|det| (..., ) (0 and -inf when singular).
+** cholesky: lower L with L L^T = A (reads the lower triangle). */
+MG_API mg_status mg_linalg_qr(mg_ctx *C, mg_tensor *A, bool complete, mg_tensor **Q,
+                              mg_tensor **R);
+MG_API mg_status mg_linalg_svd(mg_ctx *C, mg_tensor *A, bool full_matrices, bool compute_uv,
+                               mg_tensor **U, mg_tensor **S, mg_tensor **Vh);
+MG_API mg_status mg_linalg_eigh(mg_ctx *C, mg_tensor *A, bool compute_v, mg_tensor **w,
+                                mg_tensor **V);
+MG_API mg_status mg_linalg_eig(mg_ctx *C, mg_tensor *A, mg_tensor **w_re, mg_tensor **w_im,
+                               mg_tensor **V_re, mg_tensor **V_im);
+MG_API mg_status mg_linalg_solve(mg_ctx *C, mg_tensor *A, mg_tensor *B, mg_tensor **X);
+MG_API mg_status mg_linalg_slogdet(mg_ctx *C, mg_tensor *A, mg_tensor **sign,
+                                   mg_tensor **logabsdet);
+MG_API mg_status mg_linalg_cholesky(mg_ctx *C, mg_tensor *A, mg_tensor **L);
+
 /* Fused recurrent cells, Keras layouts (RNN_REFERENCE.md), one recorded node per step.
 ** LSTM (gates i, f, c, o): x (B, d), h and c (B, u), kernel (d, 4u), recurrent (u, 4u),
 ** bias (4u); new h and c. GRU (gates z, r, h): kernel (d, 3u), recurrent (u, 3u), bias

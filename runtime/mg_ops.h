@@ -24,6 +24,8 @@ typedef enum mg_opcode {
   MG_OP_MATMUL,
   /* fused recurrent cells (cells.c) */
   MG_OP_LSTM_CELL, MG_OP_GRU_CELL,
+  /* LAPACK (lapack.c) */
+  MG_OP_QR, MG_OP_SVD, MG_OP_EIGH, MG_OP_EIG, MG_OP_SOLVE, MG_OP_SLOGDET, MG_OP_CHOLESKY,
   MG_OP_COUNT
 } mg_opcode;
 

@@ -10,7 +10,8 @@ extern const mg_opdef mg_opdef_neg, mg_opdef_exp, mg_opdef_log, mg_opdef_tanh,
     mg_opdef_permute, mg_opdef_expand, mg_opdef_narrow, mg_opdef_select, mg_opdef_pad,
     mg_opdef_cast, mg_opdef_copy, mg_opdef_cat, mg_opdef_sum, mg_opdef_amax, mg_opdef_amin,
     mg_opdef_softmax, mg_opdef_log_softmax, mg_opdef_matmul, mg_opdef_lstm_cell,
-    mg_opdef_gru_cell;
+    mg_opdef_gru_cell, mg_opdef_qr, mg_opdef_svd, mg_opdef_eigh, mg_opdef_eig, mg_opdef_solve,
+    mg_opdef_slogdet, mg_opdef_cholesky;
 
 const mg_opdef *const mg_ops[] = {
   [MG_OP_NEG] = &mg_opdef_neg, [MG_OP_EXP] = &mg_opdef_exp, [MG_OP_LOG] = &mg_opdef_log,
@@ -30,6 +31,9 @@ const mg_opdef *const mg_ops[] = {
   [MG_OP_SOFTMAX] = &mg_opdef_softmax, [MG_OP_LOG_SOFTMAX] = &mg_opdef_log_softmax,
   [MG_OP_MATMUL] = &mg_opdef_matmul,
   [MG_OP_LSTM_CELL] = &mg_opdef_lstm_cell, [MG_OP_GRU_CELL] = &mg_opdef_gru_cell,
+  [MG_OP_QR] = &mg_opdef_qr, [MG_OP_SVD] = &mg_opdef_svd, [MG_OP_EIGH] = &mg_opdef_eigh,
+  [MG_OP_EIG] = &mg_opdef_eig, [MG_OP_SOLVE] = &mg_opdef_solve,
+  [MG_OP_SLOGDET] = &mg_opdef_slogdet, [MG_OP_CHOLESKY] = &mg_opdef_cholesky,
 };
 
 _Static_assert(sizeof mg_ops / sizeof mg_ops[0] == MG_OP_COUNT, "one registry entry per op");

@@ -361,7 +361,7 @@ end
 ---------------------------------------------------------------- submodules
 
 setmetatable(mg, { __index = function(t, k)
-  if k == "nn" or k == "optim" or k == "plot" then
+  if k == "nn" or k == "optim" or k == "plot" or k == "linalg" then
     local m = require("moongrad." .. k)
     rawset(t, k, m)
     return m
