@@ -360,11 +360,24 @@ end
 
 ---------------------------------------------------------------- submodules
 
+local SPECTRA = { lyapunov = true, jacobian_spectra = true }   -- functions of moongrad.spectra
+
 setmetatable(mg, { __index = function(t, k)
   if k == "nn" or k == "optim" or k == "plot" or k == "linalg" then
     local m = require("moongrad." .. k)
     rawset(t, k, m)
     return m
+  end
+  if k == "_spectra" then              -- for nn's rnn:lyapunov and friends
+    local s = require "moongrad.spectra"
+    rawset(t, k, s)
+    return s
+  end
+  if SPECTRA[k] then
+    local s = require "moongrad.spectra"
+    local f = function(step, h0, xs, opts) return s[k](step, h0, xs, opts) end
+    rawset(t, k, f)
+    return f
   end
 end })
 
