@@ -6,12 +6,12 @@
 
 /* Push 'n' empty slots, run the call through 'st', fill the slots (or raise). */
 static int results(lua_State *L, lstate *S, mg_status st, int n, mg_tensor **y, mg_tensor ***slots) {
-  if (st != MG_OK) return mg_lua_fail(L, S->C);
-  for (int k = 0; k < n; k++) mg_lua_settensor(L, S, slots[k], y[k]);
+  if (st != MG_OK) return lmg_fail(L, S->C);
+  for (int k = 0; k < n; k++) lmg_settensor(L, S, slots[k], y[k]);
   return n;
 }
 
-#define SLOTS(n) mg_tensor **sl[n]; for (int k_ = 0; k_ < (n); k_++) sl[k_] = mg_lua_newslot(L)
+#define SLOTS(n) mg_tensor **sl[n]; for (int k_ = 0; k_ < (n); k_++) sl[k_] = lmg_newslot(L)
 
 /* qr(A, complete) -> Q, R */
 static int linalg_qr(lua_State *L) {
@@ -65,7 +65,7 @@ static int linalg_eig(lua_State *L) {
 static int linalg_solve(lua_State *L) {
   lstate *S = LSTATE(L);
   mg_tensor *A = mg_lua_checktensor(L, 1), *B = mg_lua_checktensor(L, 2), *y = NULL;
-  return mg_lua_result(L, S, mg_linalg_solve(S->C, A, B, &y), &y);
+  return lmg_result(L, S, mg_linalg_solve(S->C, A, B, &y), &y);
 }
 
 /* slogdet(A) -> sign, logabsdet */
@@ -81,7 +81,7 @@ static int linalg_slogdet(lua_State *L) {
 static int linalg_cholesky(lua_State *L) {
   lstate *S = LSTATE(L);
   mg_tensor *A = mg_lua_checktensor(L, 1), *y = NULL;
-  return mg_lua_result(L, S, mg_linalg_cholesky(S->C, A, &y), &y);
+  return lmg_result(L, S, mg_linalg_cholesky(S->C, A, &y), &y);
 }
 
 static const luaL_Reg linalg_functions[] = {
@@ -90,8 +90,8 @@ static const luaL_Reg linalg_functions[] = {
   { NULL, NULL } };
 
 /* Adds 'mg._linalg' to the module at the stack top. */
-void mg_lua_open_linalg(lua_State *L, lstate *S) {
+void lmg_open_linalg(lua_State *L, lstate *S) {
   lua_newtable(L);
-  mg_lua_setfuncs(L, S, linalg_functions);
+  lmg_setfuncs(L, S, linalg_functions);
   lua_setfield(L, -2, "_linalg");
 }

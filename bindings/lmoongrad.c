@@ -13,7 +13,7 @@
 
 #define MG_STATE_KEY "moongrad.state"
 
-void mg_lua_setfuncs(lua_State *L, lstate *S, const luaL_Reg *l) {
+void lmg_setfuncs(lua_State *L, lstate *S, const luaL_Reg *l) {
   for (; l->name != NULL; l++) {
     lua_pushlightuserdata(L, S);
     lua_pushcclosure(L, l->func, 1);
@@ -54,35 +54,35 @@ mg_ctx *mg_lua_context(lua_State *L) { return getstate(L)->C; }
 
 /* ================================================================ settings */
 
-static int l_set_num_threads(lua_State *L) {
+static int lib_set_num_threads(lua_State *L) {
   lua_Integer n = luaL_checkinteger(L, 1);
   luaL_argcheck(L, n >= 1 && n <= 1024, 1, "thread count must be in 1..1024");
   mg_set_num_threads((int)n);
   return 0;
 }
 
-static int l_get_num_threads(lua_State *L) {
+static int lib_get_num_threads(lua_State *L) {
   lua_pushinteger(L, mg_get_num_threads());
   return 1;
 }
 
-static int l_set_default_dtype(lua_State *L) {
-  mg_set_default_dtype(LSTATE(L)->C, mg_lua_checkdtype(L, 1));
+static int lib_set_default_dtype(lua_State *L) {
+  mg_set_default_dtype(LSTATE(L)->C, lmg_checkdtype(L, 1));
   return 0;
 }
 
-static int l_get_default_dtype(lua_State *L) {
+static int lib_get_default_dtype(lua_State *L) {
   lua_pushstring(L, mg_dtype_name(mg_default_dtype(LSTATE(L)->C)));
   return 1;
 }
 
-static int l_empty_cache(lua_State *L) {
+static int lib_empty_cache(lua_State *L) {
   lua_gc(L, LUA_GCCOLLECT);
   mg_empty_cache(LSTATE(L)->C);
   return 0;
 }
 
-static int l_memory(lua_State *L) {
+static int lib_memory(lua_State *L) {
   mg_ctx *C = LSTATE(L)->C;
   lua_createtable(L, 0, 3);
   lua_pushinteger(L, (lua_Integer)mg_live_bytes(C));
@@ -94,7 +94,7 @@ static int l_memory(lua_State *L) {
   return 1;
 }
 
-static int l_set_memory_budget(lua_State *L) {
+static int lib_set_memory_budget(lua_State *L) {
   lua_Integer n = luaL_checkinteger(L, 1);
   luaL_argcheck(L, n > 0, 1, "budget must be a positive number of bytes");
   mg_set_memory_budget(LSTATE(L)->C, (size_t)n);
@@ -102,7 +102,7 @@ static int l_set_memory_budget(lua_State *L) {
 }
 
 /* blas(): kernels in use, the best this CPU supports, and OPENBLAS_CORETYPE if set */
-static int l_blas(lua_State *L) {
+static int lib_blas(lua_State *L) {
   lua_createtable(L, 0, 4);
   lua_pushstring(L, mg_blas_corename());
   lua_setfield(L, -2, "core");
@@ -120,28 +120,28 @@ static int l_blas(lua_State *L) {
 
 /* clock(): seconds from a monotonic wall clock, for timing (os.clock is CPU time of every
 ** thread, BLAS's spinning workers included) */
-static int l_clock(lua_State *L) {
+static int lib_clock(lua_State *L) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec * 1e-9);
   return 1;
 }
 
-static int l_no_grad_enter(lua_State *L) { mg_no_grad_enter(LSTATE(L)->C); return 0; }
-static int l_no_grad_exit(lua_State *L) { mg_no_grad_exit(LSTATE(L)->C); return 0; }
+static int lib_no_grad_enter(lua_State *L) { mg_no_grad_enter(LSTATE(L)->C); return 0; }
+static int lib_no_grad_exit(lua_State *L) { mg_no_grad_exit(LSTATE(L)->C); return 0; }
 
 static const luaL_Reg settings[] = {
-  { "set_num_threads", l_set_num_threads }, { "get_num_threads", l_get_num_threads },
-  { "set_default_dtype", l_set_default_dtype }, { "get_default_dtype", l_get_default_dtype },
-  { "empty_cache", l_empty_cache }, { "memory", l_memory },
-  { "set_memory_budget", l_set_memory_budget }, { "blas", l_blas }, { "clock", l_clock },
-  { "_no_grad_enter", l_no_grad_enter }, { "_no_grad_exit", l_no_grad_exit },
+  { "set_num_threads", lib_set_num_threads }, { "get_num_threads", lib_get_num_threads },
+  { "set_default_dtype", lib_set_default_dtype }, { "get_default_dtype", lib_get_default_dtype },
+  { "empty_cache", lib_empty_cache }, { "memory", lib_memory },
+  { "set_memory_budget", lib_set_memory_budget }, { "blas", lib_blas }, { "clock", lib_clock },
+  { "_no_grad_enter", lib_no_grad_enter }, { "_no_grad_exit", lib_no_grad_exit },
   { NULL, NULL } };
 
 /* ================================================================ Lua-side modules */
 
 static int load_embedded(lua_State *L) {
-  const mg_lua_module *m = lua_touserdata(L, lua_upvalueindex(1));
+  const embedded_module *m = lua_touserdata(L, lua_upvalueindex(1));
   if (luaL_loadbufferx(L, m->source, m->size, m->chunkname, "t") != LUA_OK) return lua_error(L);
   lua_pushvalue(L, 1);                               /* module name, as require passes it */
   lua_call(L, 1, 1);
@@ -150,7 +150,7 @@ static int load_embedded(lua_State *L) {
 
 static void preload_modules(lua_State *L) {
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
-  for (const mg_lua_module *m = mg_lua_modules; m->name != NULL; m++) {
+  for (const embedded_module *m = embedded_modules; m->name != NULL; m++) {
     if (lua_getfield(L, -1, m->name) == LUA_TNIL) {  /* a host's own loader wins */
       lua_pushlightuserdata(L, (void *)m);
       lua_pushcclosure(L, load_embedded, 1);
@@ -166,10 +166,12 @@ int luaopen_moongrad(lua_State *L) {
   lua_newtable(L);
   lua_pushliteral(L, "0.1.0");
   lua_setfield(L, -2, "_VERSION");
-  mg_lua_setfuncs(L, S, settings);
-  mg_lua_open_tensor(L, S);
-  mg_lua_open_tape(L, S);
-  mg_lua_open_linalg(L, S);
+  lmg_setfuncs(L, S, settings);
+  lmg_open_tensor(L, S);
+  lmg_open_tape(L, S);
+  lmg_open_cells(L, S);
+  lmg_open_npy(L, S);
+  lmg_open_linalg(L, S);
   preload_modules(L);
   /* package.loaded.moongrad is this table while the Lua parts load (they require it) */
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);

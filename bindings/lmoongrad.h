@@ -1,5 +1,10 @@
 /*
 ** lmoongrad.h - what the binding files share: the per-state record, argument helpers.
+**
+** Names: the host API of moongrad.h is 'mg_lua_*'; the helpers the binding files share are
+** 'lmg_*' (declared here, hidden from hosts); Lua-callable statics are named after the type
+** or library they belong to: 'tensor_*' (ltensor.c, and mg.Variable in ltape.c), 'tape_*'
+** (ltape.c), 'cell_*' (lcells.c), 'npy_*' (lnpy.c), 'lib_*' (lmoongrad.c's settings).
 */
 #ifndef LMOONGRAD_H
 #define LMOONGRAD_H
@@ -24,36 +29,38 @@ typedef struct lstate {
 #define LSTATE(L) ((lstate *)lua_touserdata((L), lua_upvalueindex(1)))
 
 /* Raise the context's error message as a Lua error. */
-int mg_lua_fail(lua_State *L, mg_ctx *C);
-/* Push an empty tensor slot (filled by mg_lua_settensor): an error before it is filled
+int lmg_fail(lua_State *L, mg_ctx *C);
+/* Push an empty tensor slot (filled by lmg_settensor): an error before it is filled
 ** leaves only a harmless empty value. */
-mg_tensor **mg_lua_newslot(lua_State *L);
+mg_tensor **lmg_newslot(lua_State *L);
 /* Fill a slot with a new reference, and let the collector know about the bytes. */
-void mg_lua_settensor(lua_State *L, lstate *S, mg_tensor **slot, mg_tensor *t);
+void lmg_settensor(lua_State *L, lstate *S, mg_tensor **slot, mg_tensor *t);
 /* Push the result of a runtime call: 'st' MG_OK pushes '*t' (a new reference, consumed),
 ** anything else raises the context's message. A pointer, so that '*t' is read after the
-** call that fills it: mg_lua_result(L, S, mg_tensor_exp(C, x, &y), &y). */
-int mg_lua_result(lua_State *L, lstate *S, mg_status st, mg_tensor **t);
+** call that fills it: lmg_result(L, S, mg_tensor_exp(C, x, &y), &y). */
+int lmg_result(lua_State *L, lstate *S, mg_status st, mg_tensor **t);
 /* Tensor at 'idx', or NULL when it is not a tensor. */
-mg_tensor *mg_lua_totensor(lua_State *L, int idx);
+mg_tensor *lmg_totensor(lua_State *L, int idx);
 /* Tensor or number at 'idx' (numbers become 0-d tensors of dtype 'dt'): a new reference. */
-mg_tensor *mg_lua_checkoperand(lua_State *L, lstate *S, int idx, mg_dtype dt);
+mg_tensor *lmg_checkoperand(lua_State *L, lstate *S, int idx, mg_dtype dt);
 /* 1-based (negative from the end) dim argument at 'idx' of a 'ndim'-d tensor -> 0-based. */
-int mg_lua_checkdim(lua_State *L, int idx, int ndim);
+int lmg_checkdim(lua_State *L, int idx, int ndim);
 /* Shape given as varargs from 'idx' or one table at 'idx'; stops before an options table.
 ** Returns ndim. */
-int mg_lua_checkshape(lua_State *L, int idx, int64_t *shape);
+int lmg_checkshape(lua_State *L, int idx, int64_t *shape);
 /* Index of a trailing options table after 'idx' (0 when none). */
-int mg_lua_options(lua_State *L, int idx);
+int lmg_options(lua_State *L, int idx);
 /* dtype from options table 'opt' (0: none), or the default. */
-mg_dtype mg_lua_optdtype(lua_State *L, lstate *S, int opt);
-mg_dtype mg_lua_checkdtype(lua_State *L, int idx);
+mg_dtype lmg_optdtype(lua_State *L, lstate *S, int opt);
+mg_dtype lmg_checkdtype(lua_State *L, int idx);
 
 /* Register functions with the per-state record as upvalue. */
-void mg_lua_setfuncs(lua_State *L, lstate *S, const luaL_Reg *l);
+void lmg_setfuncs(lua_State *L, lstate *S, const luaL_Reg *l);
 
-void mg_lua_open_tensor(lua_State *L, lstate *S);   /* metatable + module functions */
-void mg_lua_open_tape(lua_State *L, lstate *S);
-void mg_lua_open_linalg(lua_State *L, lstate *S); /* mg._linalg: LAPACK primitives */
+void lmg_open_tensor(lua_State *L, lstate *S);   /* metatable + module functions */
+void lmg_open_tape(lua_State *L, lstate *S);
+void lmg_open_cells(lua_State *L, lstate *S);    /* mg.lstm_cell, mg.gru_cell */
+void lmg_open_npy(lua_State *L, lstate *S);      /* mg.save, mg.load */
+void lmg_open_linalg(lua_State *L, lstate *S);   /* mg._linalg: the LAPACK primitives */
 
 #endif

@@ -15,7 +15,7 @@ static ltape *checktape(lua_State *L, int idx) {
 }
 
 /* GradientTape{persistent=false, watch_accessed_variables=true} */
-static int l_gradienttape(lua_State *L) {
+static int tape_new(lua_State *L) {
   lstate *S = LSTATE(L);
   bool persistent = false, watch_vars = true;
   if (!lua_isnoneornil(L, 1)) {
@@ -29,7 +29,7 @@ static int l_gradienttape(lua_State *L) {
   ltape *p = lua_newuserdatauv(L, sizeof *p, 0);
   p->T = NULL;
   luaL_setmetatable(L, MG_TAPE_MT);
-  if (mg_tape_new(S->C, persistent, watch_vars, &p->T) != MG_OK) return mg_lua_fail(L, S->C);
+  if (mg_tape_new(S->C, persistent, watch_vars, &p->T) != MG_OK) return lmg_fail(L, S->C);
   return 1;
 }
 
@@ -54,17 +54,17 @@ static int tape_watch(lua_State *L) {
   ltape *p = checktape(L, 1);
   int top = lua_gettop(L);
   for (int i = 2; i <= top; i++) {
-    if (lua_istable(L, i) && !mg_lua_totensor(L, i)) {
+    if (lua_istable(L, i) && !lmg_totensor(L, i)) {
       int n = (int)luaL_len(L, i);
       for (int k = 1; k <= n; k++) {
         lua_rawgeti(L, i, k);
-        mg_tensor *t = mg_lua_totensor(L, -1);
+        mg_tensor *t = lmg_totensor(L, -1);
         if (!t) return luaL_argerror(L, i, lua_pushfstring(L, "entry %d is not a tensor", k));
-        if (mg_tape_watch(p->T, t) != MG_OK) return mg_lua_fail(L, S->C);
+        if (mg_tape_watch(p->T, t) != MG_OK) return lmg_fail(L, S->C);
         lua_pop(L, 1);
       }
     } else if (mg_tape_watch(p->T, mg_lua_checktensor(L, i)) != MG_OK) {
-      return mg_lua_fail(L, S->C);
+      return lmg_fail(L, S->C);
     }
   }
   return 0;
@@ -95,7 +95,7 @@ static int tape_record(lua_State *L) {
 
 /* Tensors of a tensor-or-array argument: a new C array of borrowed pointers (free it). */
 static mg_tensor **tensorlist(lua_State *L, int idx, int *n, bool *single, const char *what) {
-  mg_tensor *t = mg_lua_totensor(L, idx);
+  mg_tensor *t = lmg_totensor(L, idx);
   *single = t != NULL;
   if (t) {
     mg_tensor **a = lua_newuserdatauv(L, sizeof *a, 0);
@@ -110,7 +110,7 @@ static mg_tensor **tensorlist(lua_State *L, int idx, int *n, bool *single, const
   mg_tensor **a = lua_newuserdatauv(L, (size_t)*n * sizeof *a, 0);    /* collected later */
   for (int i = 1; i <= *n; i++) {
     lua_rawgeti(L, idx, i);
-    a[i - 1] = mg_lua_totensor(L, -1);
+    a[i - 1] = lmg_totensor(L, -1);
     if (!a[i - 1])
       luaL_argerror(L, idx, lua_pushfstring(L, "%s: entry %d is a %s, not a tensor", what, i, luaL_typename(L, -1)));
     lua_pop(L, 1);
@@ -122,13 +122,13 @@ static mg_tensor **tensorlist(lua_State *L, int idx, int *n, bool *single, const
 static int push_results(lua_State *L, lstate *S, mg_tensor **res, int n, bool single) {
   if (single) {
     if (res[0] == NULL) { lua_pushnil(L); return 1; }
-    mg_lua_settensor(L, S, mg_lua_newslot(L), res[0]);
+    lmg_settensor(L, S, lmg_newslot(L), res[0]);
     return 1;
   }
   lua_createtable(L, n, 0);
   for (int i = 0; i < n; i++) {
     if (res[i] == NULL) continue;
-    mg_lua_settensor(L, S, mg_lua_newslot(L), res[i]);
+    lmg_settensor(L, S, lmg_newslot(L), res[i]);
     lua_rawseti(L, -2, i + 1);
   }
   return 1;
@@ -203,7 +203,7 @@ static int tape_gradient(lua_State *L) {
   bool uz = opt_unconnected_zero(L, opt);
   results *r = newresults(L, ns);
   if (mg_tape_gradient(p->T, nt, tg, seeds, 0, ns, src, uz, r->t) != MG_OK)
-    return mg_lua_fail(L, S->C);
+    return lmg_fail(L, S->C);
   return hand_out(L, S, r, single_s);
 }
 
@@ -225,7 +225,7 @@ static int jacobian(lua_State *L, bool batch) {
   bool uz = opt_unconnected_zero(L, opt);
   results *r = newresults(L, ns);
   if (mg_tape_jacobian(p->T, target, ns, src, batch, mode, check, uz, r->t) != MG_OK)
-    return mg_lua_fail(L, S->C);
+    return lmg_fail(L, S->C);
   return hand_out(L, S, r, single);
 }
 
@@ -261,7 +261,7 @@ static int tape_forward(lua_State *L) {
                                 : "forward: tangent %d does not have the shape of its source", i + 1);
   }
   results *r = newresults(L, nt);
-  if (mg_tape_forward(p->T, ns, src, tan, lead, nt, tg, r->t) != MG_OK) return mg_lua_fail(L, S->C);
+  if (mg_tape_forward(p->T, ns, src, tan, lead, nt, tg, r->t) != MG_OK) return lmg_fail(L, S->C);
   return hand_out(L, S, r, single);
 }
 
@@ -277,9 +277,9 @@ static int tape_tostring(lua_State *L) {
 /* ================================================================ Variable */
 
 /* Variable(t [, name]): a trainable copy of 't', updated in place by assign* */
-static int l_variable(lua_State *L) {
+static int tensor_variable(lua_State *L) {
   lstate *S = LSTATE(L);
-  mg_tensor *t = mg_lua_checkoperand(L, S, 1, mg_default_dtype(S->C)), *v = NULL;
+  mg_tensor *t = lmg_checkoperand(L, S, 1, mg_default_dtype(S->C)), *v = NULL;
   const char *name = luaL_optstring(L, 2, NULL);
   mg_no_grad_enter(S->C);
   mg_status st = mg_tensor_clone(S->C, t, &v);
@@ -292,7 +292,7 @@ static int l_variable(lua_State *L) {
       return luaL_error(L, "Variable: out of memory");
     }
   }
-  return mg_lua_result(L, S, st, &v);
+  return lmg_result(L, S, st, &v);
 }
 
 static const luaL_Reg tape_methods[] = {
@@ -305,17 +305,17 @@ static const luaL_Reg tape_metamethods[] = {
   { "__gc", tape_release }, { "__close", tape_stop }, { "__tostring", tape_tostring },
   { NULL, NULL } };
 
-void mg_lua_open_tape(lua_State *L, lstate *S) {
+void lmg_open_tape(lua_State *L, lstate *S) {
   luaL_newmetatable(L, MG_TAPE_MT);
-  mg_lua_setfuncs(L, S, tape_metamethods);
+  lmg_setfuncs(L, S, tape_metamethods);
   lua_newtable(L);
-  mg_lua_setfuncs(L, S, tape_methods);
+  lmg_setfuncs(L, S, tape_methods);
   lua_setfield(L, -2, "__index");
   lua_pop(L, 1);
   lua_pushlightuserdata(L, S);
-  lua_pushcclosure(L, l_gradienttape, 1);
+  lua_pushcclosure(L, tape_new, 1);
   lua_setfield(L, -2, "GradientTape");
   lua_pushlightuserdata(L, S);
-  lua_pushcclosure(L, l_variable, 1);
+  lua_pushcclosure(L, tensor_variable, 1);
   lua_setfield(L, -2, "Variable");
 }

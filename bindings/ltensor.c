@@ -20,12 +20,12 @@ static mg_tensor **checkslot(lua_State *L, int idx) {
 
 mg_tensor *mg_lua_checktensor(lua_State *L, int idx) { return *checkslot(L, idx); }
 
-mg_tensor *mg_lua_totensor(lua_State *L, int idx) {
+mg_tensor *lmg_totensor(lua_State *L, int idx) {
   mg_tensor **p = luaL_testudata(L, idx, MG_TENSOR_MT);
   return p ? *p : NULL;
 }
 
-mg_tensor **mg_lua_newslot(lua_State *L) {
+mg_tensor **lmg_newslot(lua_State *L) {
   mg_tensor **p = lua_newuserdatauv(L, sizeof *p, 0);
   *p = NULL;
   luaL_setmetatable(L, MG_TENSOR_MT);
@@ -52,22 +52,22 @@ static void gc_pressure(lua_State *L, lstate *S) {
   }
 }
 
-void mg_lua_settensor(lua_State *L, lstate *S, mg_tensor **slot, mg_tensor *t) {
+void lmg_settensor(lua_State *L, lstate *S, mg_tensor **slot, mg_tensor *t) {
   *slot = t;
   gc_pressure(L, S);
 }
 
 void mg_lua_pushtensor(lua_State *L, mg_tensor *t) {
-  mg_tensor **slot = mg_lua_newslot(L);
+  mg_tensor **slot = lmg_newslot(L);
   *slot = mg_tensor_retain(t);
 }
 
-int mg_lua_fail(lua_State *L, mg_ctx *C) { return luaL_error(L, "%s", mg_errmsg(C)); }
+int lmg_fail(lua_State *L, mg_ctx *C) { return luaL_error(L, "%s", mg_errmsg(C)); }
 
-int mg_lua_result(lua_State *L, lstate *S, mg_status st, mg_tensor **t) {
-  if (st != MG_OK) return mg_lua_fail(L, S->C);
-  mg_tensor **slot = mg_lua_newslot(L);
-  mg_lua_settensor(L, S, slot, *t);
+int lmg_result(lua_State *L, lstate *S, mg_status st, mg_tensor **t) {
+  if (st != MG_OK) return lmg_fail(L, S->C);
+  mg_tensor **slot = lmg_newslot(L);
+  lmg_settensor(L, S, slot, *t);
   return 1;
 }
 
@@ -83,13 +83,13 @@ static int tensor_release(lua_State *L) {
 
 static int dtype_of(const char *s);
 
-mg_dtype mg_lua_checkdtype(lua_State *L, int idx) {
+mg_dtype lmg_checkdtype(lua_State *L, int idx) {
   int d = dtype_of(luaL_checkstring(L, idx));
   if (d < 0) luaL_argerror(L, idx, lua_pushfstring(L, "dtype must be \"float32\" or \"float64\", got \"%s\"", lua_tostring(L, idx)));
   return (mg_dtype)d;
 }
 
-int mg_lua_options(lua_State *L, int idx) {
+int lmg_options(lua_State *L, int idx) {
   int top = lua_gettop(L);
   if (top < idx || !lua_istable(L, top)) return 0;
   if (top == idx) {                                 /* a lone table: options only if keyed */
@@ -112,7 +112,7 @@ static int dtype_of(const char *s) {
   return -1;
 }
 
-mg_dtype mg_lua_optdtype(lua_State *L, lstate *S, int opt) {
+mg_dtype lmg_optdtype(lua_State *L, lstate *S, int opt) {
   mg_dtype dt = mg_default_dtype(S->C);
   if (opt == 0) return dt;
   lua_getfield(L, opt, "dtype");
@@ -138,8 +138,8 @@ static int64_t checksize(lua_State *L, int idx) {
   return (int64_t)n;
 }
 
-int mg_lua_checkshape(lua_State *L, int idx, int64_t *shape) {
-  int top = lua_gettop(L), opt = mg_lua_options(L, idx), nd = 0;
+int lmg_checkshape(lua_State *L, int idx, int64_t *shape) {
+  int top = lua_gettop(L), opt = lmg_options(L, idx), nd = 0;
   if (opt) top = opt - 1;
   if (top >= idx && lua_istable(L, idx)) {
     int n = (int)luaL_len(L, idx);
@@ -166,7 +166,7 @@ int mg_lua_checkshape(lua_State *L, int idx, int64_t *shape) {
   return nd;
 }
 
-int mg_lua_checkdim(lua_State *L, int idx, int ndim) {
+int lmg_checkdim(lua_State *L, int idx, int ndim) {
   lua_Integer d = luaL_checkinteger(L, idx);
   lua_Integer z = d < 0 ? d + ndim : d - 1;
   if (d == 0 || z < 0 || z >= ndim)
@@ -176,11 +176,11 @@ int mg_lua_checkdim(lua_State *L, int idx, int ndim) {
 }
 
 /* A 0-d tensor for a number, or a new reference to the tensor at 'idx'. */
-mg_tensor *mg_lua_checkoperand(lua_State *L, lstate *S, int idx, mg_dtype dt) {
-  mg_tensor *t = mg_lua_totensor(L, idx);
+mg_tensor *lmg_checkoperand(lua_State *L, lstate *S, int idx, mg_dtype dt) {
+  mg_tensor *t = lmg_totensor(L, idx);
   if (t) return mg_tensor_retain(t);
   if (lua_type(L, idx) != LUA_TNUMBER) luaL_typeerror(L, idx, "tensor or number");
-  if (mg_tensor_full(S->C, dt, 0, NULL, lua_tonumber(L, idx), &t) != MG_OK) mg_lua_fail(L, S->C);
+  if (mg_tensor_full(S->C, dt, 0, NULL, lua_tonumber(L, idx), &t) != MG_OK) lmg_fail(L, S->C);
   return t;
 }
 
@@ -217,24 +217,24 @@ static void fill_nested(lua_State *L, int idx, mg_tensor *t, int d, int64_t *pos
   }
 }
 
-static int l_tensor(lua_State *L) {
+static int tensor_new(lua_State *L) {
   LSTATE_ARG;
   int opt = lua_istable(L, 2) ? 2 : 0;
   if (!opt && !lua_isnoneornil(L, 2)) return luaL_typeerror(L, 2, "options table");
-  mg_dtype dt = mg_lua_optdtype(L, S, opt);
+  mg_dtype dt = lmg_optdtype(L, S, opt);
   lua_settop(L, 2);
-  mg_tensor **slot = mg_lua_newslot(L), *t;         /* at 3 */
+  mg_tensor **slot = lmg_newslot(L), *t = NULL;  /* at 3 */
   if (lua_type(L, 1) == LUA_TNUMBER) {
     if (mg_tensor_full(S->C, dt, 0, NULL, lua_tonumber(L, 1), &t) != MG_OK) return create_fail(L, S, "tensor");
-    mg_lua_settensor(L, S, slot, t);
+    lmg_settensor(L, S, slot, t);
     return 1;
   }
-  if ((t = mg_lua_totensor(L, 1)) != NULL) {
-    mg_tensor *c;
+  if ((t = lmg_totensor(L, 1)) != NULL) {
+    mg_tensor *c = NULL;
     mg_status st = mg_tensor_cast(S->C, t, opt ? dt : mg_tensor_dtype(t), &c);
     if (st == MG_OK && c == t) { mg_tensor_release(c); st = mg_tensor_clone(S->C, t, &c); }
     if (st != MG_OK) return create_fail(L, S, "tensor");
-    mg_lua_settensor(L, S, slot, c);
+    lmg_settensor(L, S, slot, c);
     return 1;
   }
   if (!lua_istable(L, 1)) return luaL_typeerror(L, 1, "number, nested table or tensor");
@@ -252,61 +252,61 @@ static int l_tensor(lua_State *L) {
   *slot = t;                                        /* owned by the slot from here on */
   int64_t pos = 0;
   if (nd > 0) fill_nested(L, 1, t, 0, &pos, mg_tensor_data(t));   /* when empty too: raggedness */
-  mg_lua_settensor(L, S, slot, t);
+  lmg_settensor(L, S, slot, t);
   return 1;
 }
 
-static int l_full_shape(lua_State *L, const char *fn, double v) {
+static int full_shape(lua_State *L, const char *fn, double v) {
   LSTATE_ARG;
   int64_t shape[MG_MAXDIM];
-  int nd = mg_lua_checkshape(L, 1, shape);
-  mg_dtype dt = mg_lua_optdtype(L, S, mg_lua_options(L, 1));
-  mg_tensor **slot = mg_lua_newslot(L), *t;
+  int nd = lmg_checkshape(L, 1, shape);
+  mg_dtype dt = lmg_optdtype(L, S, lmg_options(L, 1));
+  mg_tensor **slot = lmg_newslot(L), *t = NULL;
   if (mg_tensor_full(S->C, dt, nd, shape, v, &t) != MG_OK) return create_fail(L, S, fn);
-  mg_lua_settensor(L, S, slot, t);
+  lmg_settensor(L, S, slot, t);
   return 1;
 }
 
-static int l_zeros(lua_State *L) { return l_full_shape(L, "zeros", 0.0); }
-static int l_ones(lua_State *L) { return l_full_shape(L, "ones", 1.0); }
+static int tensor_zeros(lua_State *L) { return full_shape(L, "zeros", 0.0); }
+static int tensor_ones(lua_State *L) { return full_shape(L, "ones", 1.0); }
 
-static int l_full(lua_State *L) {
-  int top = lua_gettop(L), opt = mg_lua_options(L, 2);
+static int tensor_full(lua_State *L) {
+  int top = lua_gettop(L), opt = lmg_options(L, 2);
   int vi = opt ? opt - 1 : top;                     /* the value is the last non-option */
   double v = luaL_checknumber(L, vi);
   lua_remove(L, vi);
-  return l_full_shape(L, "full", v);
+  return full_shape(L, "full", v);
 }
 
-static int l_eye(lua_State *L) {
+static int tensor_eye(lua_State *L) {
   LSTATE_ARG;
   int64_t n = checksize(L, 1), m = lua_isinteger(L, 2) ? checksize(L, 2) : n;
   int64_t shape[2] = { n, m };
-  mg_dtype dt = mg_lua_optdtype(L, S, mg_lua_options(L, 2));
-  mg_tensor **slot = mg_lua_newslot(L), *t;
+  mg_dtype dt = lmg_optdtype(L, S, lmg_options(L, 2));
+  mg_tensor **slot = lmg_newslot(L), *t = NULL;
   if (mg_tensor_zeros(S->C, dt, 2, shape, &t) != MG_OK) return create_fail(L, S, "eye");
   for (int64_t i = 0; i < n && i < m; i++) {
     int64_t idx[2] = { i, i };
     mg_tensor_set(t, idx, 1.0);
   }
-  mg_lua_settensor(L, S, slot, t);
+  lmg_settensor(L, S, slot, t);
   return 1;
 }
 
 static int make_range(lua_State *L, lstate *S, const char *fn, double a, double step,
                       int64_t n, int opt) {
-  mg_dtype dt = mg_lua_optdtype(L, S, opt);
-  mg_tensor **slot = mg_lua_newslot(L), *t;
+  mg_dtype dt = lmg_optdtype(L, S, opt);
+  mg_tensor **slot = lmg_newslot(L), *t = NULL;
   if (mg_tensor_empty(S->C, dt, 1, &n, &t) != MG_OK) return create_fail(L, S, fn);
   for (int64_t i = 0; i < n; i++) mg_tensor_set(t, &i, a + (double)i * step);
-  mg_lua_settensor(L, S, slot, t);
+  lmg_settensor(L, S, slot, t);
   return 1;
 }
 
 /* arange(a, b [, step]): a, a+step, ... < b (like NumPy); arange(n) = 0..n-1 */
-static int l_arange(lua_State *L) {
+static int tensor_arange(lua_State *L) {
   LSTATE_ARG;
-  int opt = mg_lua_options(L, 2);
+  int opt = lmg_options(L, 2);
   int nargs = opt ? opt - 1 : lua_gettop(L);
   double a = luaL_checknumber(L, 1), b, step = 1;
   if (nargs >= 2) b = luaL_checknumber(L, 2);
@@ -320,15 +320,15 @@ static int l_arange(lua_State *L) {
   return make_range(L, S, "arange", a, step, cnt > 0 ? (int64_t)cnt : 0, opt);
 }
 
-static int l_linspace(lua_State *L) {
+static int tensor_linspace(lua_State *L) {
   LSTATE_ARG;
   double a = luaL_checknumber(L, 1), b = luaL_checknumber(L, 2);
   int64_t n = checksize(L, 3);
   return make_range(L, S, "linspace", a, n > 1 ? (b - a) / (double)(n - 1) : 0, n,
-                    mg_lua_options(L, 4));
+                    lmg_options(L, 4));
 }
 
-static int l_manual_seed(lua_State *L) {
+static int tensor_manual_seed(lua_State *L) {
   LSTATE_ARG;
   mg_manual_seed(S->C, (uint64_t)luaL_checkinteger(L, 1));
   return 0;
@@ -337,7 +337,7 @@ static int l_manual_seed(lua_State *L) {
 /* rand/randn/uniform: shape args, then (uniform) lo, hi, then options */
 static int random_fill(lua_State *L, int kind) {
   LSTATE_ARG;
-  int opt = mg_lua_options(L, 1);
+  int opt = lmg_options(L, 1);
   double lo = 0, hi = 1;
   if (kind == 2) {                                  /* uniform(shape, lo, hi) */
     int last = opt ? opt - 1 : lua_gettop(L);
@@ -350,14 +350,14 @@ static int random_fill(lua_State *L, int kind) {
     if (opt) opt -= 2;
   }
   int64_t shape[MG_MAXDIM];
-  int nd = mg_lua_checkshape(L, 1, shape);
-  mg_dtype dt = mg_lua_optdtype(L, S, opt);
-  mg_tensor **slot = mg_lua_newslot(L), *t;
+  int nd = lmg_checkshape(L, 1, shape);
+  mg_dtype dt = lmg_optdtype(L, S, opt);
+  mg_tensor **slot = lmg_newslot(L), *t = NULL;
   if (mg_tensor_empty(S->C, dt, nd, shape, &t) != MG_OK)
     return create_fail(L, S, kind == 0 ? "rand" : kind == 1 ? "randn" : "uniform");
   if (kind == 1) mg_fill_normal(S->C, t, 0, 1);
   else mg_fill_uniform(S->C, t, lo, hi);
-  mg_lua_settensor(L, S, slot, t);
+  lmg_settensor(L, S, slot, t);
   return 1;
 }
 
@@ -381,27 +381,27 @@ static int init_matrix(lua_State *L, bool ortho) {
     if (lua_getfield(L, i, "dtype") != LUA_TNIL) opt = i;
     lua_pop(L, 1);
   }
-  mg_dtype dt = mg_lua_optdtype(L, S, opt);
-  mg_tensor **slot = mg_lua_newslot(L), *t;
+  mg_dtype dt = lmg_optdtype(L, S, opt);
+  mg_tensor **slot = lmg_newslot(L), *t = NULL;
   if (mg_tensor_empty(S->C, dt, 2, shape, &t) != MG_OK)
     return create_fail(L, S, ortho ? "orthogonal" : "glorot_uniform");
   *slot = t;                                        /* owned by the slot from here on */
   if ((ortho ? mg_init_orthogonal(S->C, t, gain) : mg_init_glorot_uniform(S->C, t)) != MG_OK)
-    return mg_lua_fail(L, S->C);
-  mg_lua_settensor(L, S, slot, t);
+    return lmg_fail(L, S->C);
+  lmg_settensor(L, S, slot, t);
   return 1;
 }
 
-static int l_glorot_uniform(lua_State *L) { return init_matrix(L, false); }
-static int l_orthogonal(lua_State *L) { return init_matrix(L, true); }
+static int tensor_glorot_uniform(lua_State *L) { return init_matrix(L, false); }
+static int tensor_orthogonal(lua_State *L) { return init_matrix(L, true); }
 
-static int l_rand(lua_State *L) { return random_fill(L, 0); }
-static int l_randn(lua_State *L) { return random_fill(L, 1); }
-static int l_uniform(lua_State *L) { return random_fill(L, 2); }
+static int tensor_rand(lua_State *L) { return random_fill(L, 0); }
+static int tensor_randn(lua_State *L) { return random_fill(L, 1); }
+static int tensor_uniform(lua_State *L) { return random_fill(L, 2); }
 
 /* ================================================================ inspection */
 
-static int t_shape(lua_State *L) {
+static int tensor_shape(lua_State *L) {
   mg_tensor *t = mg_lua_checktensor(L, 1);
   int nd = mg_tensor_ndim(t);
   lua_createtable(L, nd, 0);
@@ -412,31 +412,31 @@ static int t_shape(lua_State *L) {
   return 1;
 }
 
-static int t_size(lua_State *L) {
+static int tensor_size(lua_State *L) {
   mg_tensor *t = mg_lua_checktensor(L, 1);
-  if (lua_isnoneornil(L, 2)) return t_shape(L);
-  int d = mg_lua_checkdim(L, 2, mg_tensor_ndim(t));
+  if (lua_isnoneornil(L, 2)) return tensor_shape(L);
+  int d = lmg_checkdim(L, 2, mg_tensor_ndim(t));
   lua_pushinteger(L, (lua_Integer)mg_tensor_shape(t)[d]);
   return 1;
 }
 
-static int t_dim(lua_State *L) {
+static int tensor_dim(lua_State *L) {
   lua_pushinteger(L, mg_tensor_ndim(mg_lua_checktensor(L, 1)));
   return 1;
 }
 
-static int t_numel(lua_State *L) {
+static int tensor_numel(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)mg_tensor_numel(mg_lua_checktensor(L, 1)));
   return 1;
 }
 
-static int t_len(lua_State *L) {
+static int tensor_len(lua_State *L) {
   mg_tensor *t = mg_lua_checktensor(L, 1);
   lua_pushinteger(L, mg_tensor_ndim(t) ? (lua_Integer)mg_tensor_shape(t)[0] : 0);
   return 1;
 }
 
-static int t_item(lua_State *L) {
+static int tensor_item(lua_State *L) {
   mg_tensor *t = mg_lua_checktensor(L, 1);
   if (mg_tensor_numel(t) != 1)
     return luaL_error(L, "item: tensor has %d elements, expected exactly one", (int)mg_tensor_numel(t));
@@ -456,7 +456,7 @@ static void push_nested(lua_State *L, mg_tensor *t, int d, int64_t *idx) {
   }
 }
 
-static int t_totable(lua_State *L) {
+static int tensor_totable(lua_State *L) {
   mg_tensor *t = mg_lua_checktensor(L, 1);
   int64_t idx[MG_MAXDIM] = { 0 };
   if (mg_tensor_ndim(t) == 0) lua_pushnumber(L, mg_tensor_get(t, idx));
@@ -480,7 +480,7 @@ static void checkindex(lua_State *L, const char *fn, mg_tensor *t, int first, in
   }
 }
 
-static int t_get(lua_State *L) {
+static int tensor_get(lua_State *L) {
   mg_tensor *t = mg_lua_checktensor(L, 1);
   int64_t idx[MG_MAXDIM];
   checkindex(L, "get", t, 2, idx);
@@ -488,7 +488,7 @@ static int t_get(lua_State *L) {
   return 1;
 }
 
-static int t_set(lua_State *L) {
+static int tensor_set(lua_State *L) {
   mg_tensor *t = mg_lua_checktensor(L, 1);
   double v = luaL_checknumber(L, 2);
   int64_t idx[MG_MAXDIM];
@@ -498,17 +498,17 @@ static int t_set(lua_State *L) {
   return 1;
 }
 
-static int t_is_variable(lua_State *L) {
+static int tensor_is_variable(lua_State *L) {
   lua_pushboolean(L, mg_tensor_is_variable(mg_lua_checktensor(L, 1)));
   return 1;
 }
 
-static int t_is_contiguous(lua_State *L) {
+static int tensor_is_contiguous(lua_State *L) {
   lua_pushboolean(L, mg_tensor_is_contiguous(mg_lua_checktensor(L, 1)));
   return 1;
 }
 
-static int t_stride(lua_State *L) {
+static int tensor_stride(lua_State *L) {
   mg_tensor *t = mg_lua_checktensor(L, 1);
   int nd = mg_tensor_ndim(t);
   lua_createtable(L, nd, 0);
@@ -521,7 +521,7 @@ static int t_stride(lua_State *L) {
 
 /* ================================================================ views and copies */
 
-static int t_reshape(lua_State *L) {
+static int tensor_reshape(lua_State *L) {
   LSTATE_ARG;
   mg_tensor *t = mg_lua_checktensor(L, 1), *y = NULL;
   int64_t shape[MG_MAXDIM];
@@ -542,17 +542,17 @@ static int t_reshape(lua_State *L) {
       shape[nd++] = (int64_t)luaL_checkinteger(L, i);
     }
   }
-  return mg_lua_result(L, S, mg_tensor_reshape(S->C, t, nd, shape, &y), &y);
+  return lmg_result(L, S, mg_tensor_reshape(S->C, t, nd, shape, &y), &y);
 }
 
-static int t_view_flat(lua_State *L) {
+static int tensor_flatten(lua_State *L) {
   LSTATE_ARG;
   mg_tensor *t = mg_lua_checktensor(L, 1), *y = NULL;
   int64_t n = -1;
-  return mg_lua_result(L, S, mg_tensor_reshape(S->C, t, 1, &n, &y), &y);
+  return lmg_result(L, S, mg_tensor_reshape(S->C, t, 1, &n, &y), &y);
 }
 
-static int t_transpose(lua_State *L) {
+static int tensor_transpose(lua_State *L) {
   LSTATE_ARG;
   mg_tensor *t = mg_lua_checktensor(L, 1), *y = NULL;
   int nd = mg_tensor_ndim(t);
@@ -561,13 +561,13 @@ static int t_transpose(lua_State *L) {
     if (nd < 2) return luaL_error(L, "transpose: tensor has %d dimensions, expected at least 2", nd);
     d1 = nd - 2; d2 = nd - 1;
   } else {
-    d1 = mg_lua_checkdim(L, 2, nd);
-    d2 = mg_lua_checkdim(L, 3, nd);
+    d1 = lmg_checkdim(L, 2, nd);
+    d2 = lmg_checkdim(L, 3, nd);
   }
-  return mg_lua_result(L, S, mg_tensor_transpose(S->C, t, d1, d2, &y), &y);
+  return lmg_result(L, S, mg_tensor_transpose(S->C, t, d1, d2, &y), &y);
 }
 
-static int t_permute(lua_State *L) {
+static int tensor_permute(lua_State *L) {
   LSTATE_ARG;
   mg_tensor *t = mg_lua_checktensor(L, 1), *y = NULL;
   int nd = mg_tensor_ndim(t), perm[MG_MAXDIM], n = 0;
@@ -576,42 +576,42 @@ static int t_permute(lua_State *L) {
     if (n != nd) return luaL_error(L, "permute: %d dims given for a %d-d tensor", n, nd);
     for (int i = 1; i <= n; i++) {
       lua_rawgeti(L, 2, i);
-      perm[i - 1] = mg_lua_checkdim(L, -1, nd);
+      perm[i - 1] = lmg_checkdim(L, -1, nd);
       lua_pop(L, 1);
     }
   } else {
     n = lua_gettop(L) - 1;
     if (n != nd) return luaL_error(L, "permute: %d dims given for a %d-d tensor", n, nd);
-    for (int i = 0; i < n; i++) perm[i] = mg_lua_checkdim(L, i + 2, nd);
+    for (int i = 0; i < n; i++) perm[i] = lmg_checkdim(L, i + 2, nd);
   }
-  return mg_lua_result(L, S, mg_tensor_permute(S->C, t, perm, &y), &y);
+  return lmg_result(L, S, mg_tensor_permute(S->C, t, perm, &y), &y);
 }
 
-static int t_squeeze(lua_State *L) {
+static int tensor_squeeze(lua_State *L) {
   LSTATE_ARG;
   mg_tensor *t = mg_lua_checktensor(L, 1), *y = NULL;
-  int d = lua_isnoneornil(L, 2) ? -1 : mg_lua_checkdim(L, 2, mg_tensor_ndim(t));
-  return mg_lua_result(L, S, mg_tensor_squeeze(S->C, t, d, &y), &y);
+  int d = lua_isnoneornil(L, 2) ? -1 : lmg_checkdim(L, 2, mg_tensor_ndim(t));
+  return lmg_result(L, S, mg_tensor_squeeze(S->C, t, d, &y), &y);
 }
 
-static int t_unsqueeze(lua_State *L) {
+static int tensor_unsqueeze(lua_State *L) {
   LSTATE_ARG;
   mg_tensor *t = mg_lua_checktensor(L, 1), *y = NULL;
-  int d = mg_lua_checkdim(L, 2, mg_tensor_ndim(t) + 1);
-  return mg_lua_result(L, S, mg_tensor_unsqueeze(S->C, t, d, &y), &y);
+  int d = lmg_checkdim(L, 2, mg_tensor_ndim(t) + 1);
+  return lmg_result(L, S, mg_tensor_unsqueeze(S->C, t, d, &y), &y);
 }
 
-static int t_narrow(lua_State *L) {
+static int tensor_narrow(lua_State *L) {
   LSTATE_ARG;
   mg_tensor *t = mg_lua_checktensor(L, 1), *y = NULL;
-  int d = mg_lua_checkdim(L, 2, mg_tensor_ndim(t));
+  int d = lmg_checkdim(L, 2, mg_tensor_ndim(t));
   lua_Integer start = luaL_checkinteger(L, 3), len = luaL_checkinteger(L, 4);
   int64_t n = mg_tensor_shape(t)[d];
   if (start < 0) start += n + 1;
   if (start < 1 || len < 0 || start - 1 + len > n)
     return luaL_error(L, "narrow: range %d..%d out of bounds for dimension %d of size %d",
                       (int)start, (int)(start + len - 1), d + 1, (int)n);
-  return mg_lua_result(L, S, mg_tensor_narrow(S->C, t, d, start - 1, len, &y), &y);
+  return lmg_result(L, S, mg_tensor_narrow(S->C, t, d, start - 1, len, &y), &y);
 }
 
 static int select_at(lua_State *L, lstate *S, mg_tensor *t, int d, lua_Integer i, int argi) {
@@ -621,57 +621,57 @@ static int select_at(lua_State *L, lstate *S, mg_tensor *t, int d, lua_Integer i
   if (i == 0 || z < 0 || z >= n)
     return luaL_argerror(L, argi, lua_pushfstring(L, "index %d out of range for dimension %d of size %d",
                                                   (int)i, d + 1, (int)n));
-  return mg_lua_result(L, S, mg_tensor_select(S->C, t, d, z, &y), &y);
+  return lmg_result(L, S, mg_tensor_select(S->C, t, d, z, &y), &y);
 }
 
-static int t_select(lua_State *L) {
+static int tensor_select(lua_State *L) {
   LSTATE_ARG;
   mg_tensor *t = mg_lua_checktensor(L, 1);
   if (mg_tensor_ndim(t) == 0) return luaL_error(L, "select: cannot index a 0-d tensor");
-  int d = mg_lua_checkdim(L, 2, mg_tensor_ndim(t));
+  int d = lmg_checkdim(L, 2, mg_tensor_ndim(t));
   return select_at(L, S, t, d, luaL_checkinteger(L, 3), 3);
 }
 
-static int t_expand(lua_State *L) {
+static int tensor_expand(lua_State *L) {
   LSTATE_ARG;
   mg_tensor *t = mg_lua_checktensor(L, 1), *y = NULL;
   int64_t shape[MG_MAXDIM];
-  int nd = mg_lua_checkshape(L, 2, shape);
-  return mg_lua_result(L, S, mg_tensor_expand(S->C, t, nd, shape, &y), &y);
+  int nd = lmg_checkshape(L, 2, shape);
+  return lmg_result(L, S, mg_tensor_expand(S->C, t, nd, shape, &y), &y);
 }
 
-static int t_contiguous(lua_State *L) {
+static int tensor_contiguous(lua_State *L) {
   LSTATE_ARG;
   mg_tensor *t = mg_lua_checktensor(L, 1), *y = NULL;
-  return mg_lua_result(L, S, mg_tensor_contiguous(S->C, t, &y), &y);
+  return lmg_result(L, S, mg_tensor_contiguous(S->C, t, &y), &y);
 }
 
-static int t_clone(lua_State *L) {
+static int tensor_clone(lua_State *L) {
   LSTATE_ARG;
   mg_tensor *t = mg_lua_checktensor(L, 1), *y = NULL;
-  return mg_lua_result(L, S, mg_tensor_clone(S->C, t, &y), &y);
+  return lmg_result(L, S, mg_tensor_clone(S->C, t, &y), &y);
 }
 
-static int t_to(lua_State *L) {
+static int tensor_to(lua_State *L) {
   LSTATE_ARG;
   mg_tensor *t = mg_lua_checktensor(L, 1), *y = NULL;
-  return mg_lua_result(L, S, mg_tensor_cast(S->C, t, mg_lua_checkdtype(L, 2), &y), &y);
+  return lmg_result(L, S, mg_tensor_cast(S->C, t, lmg_checkdtype(L, 2), &y), &y);
 }
 
 /* In place, not recorded. */
-static int t_fill(lua_State *L) {
+static int tensor_fill(lua_State *L) {
   mg_tensor_fill_(mg_lua_checktensor(L, 1), luaL_checknumber(L, 2));
   lua_settop(L, 1);
   return 1;
 }
 
-static int t_copy(lua_State *L) {
+static int tensor_copy(lua_State *L) {
   LSTATE_ARG;
   mg_tensor *dst = mg_lua_checktensor(L, 1);
-  mg_tensor *src = mg_lua_checkoperand(L, S, 2, mg_tensor_dtype(dst));
+  mg_tensor *src = lmg_checkoperand(L, S, 2, mg_tensor_dtype(dst));
   mg_status st = mg_tensor_copy_(S->C, dst, src);
   mg_tensor_release(src);
-  if (st != MG_OK) return mg_lua_fail(L, S->C);
+  if (st != MG_OK) return lmg_fail(L, S->C);
   lua_settop(L, 1);
   return 1;
 }
@@ -693,12 +693,12 @@ static int64_t row_index(lua_State *L, mg_tensor *t) {
 }
 
 /* t[i] = select(1, i); other keys: methods, and the 'dtype' field */
-static int t_index(lua_State *L) {
+static int tensor_index(lua_State *L) {
   if (lua_type(L, 2) == LUA_TNUMBER) {
     LSTATE_ARG;
     mg_tensor *t = mg_lua_checktensor(L, 1), *y = NULL;
     int64_t z = row_index(L, t);
-    return mg_lua_result(L, S, mg_tensor_select(S->C, t, 0, z, &y), &y);
+    return lmg_result(L, S, mg_tensor_select(S->C, t, 0, z, &y), &y);
   }
   if (lua_type(L, 2) == LUA_TSTRING) {
     const char *k = lua_tostring(L, 2);
@@ -719,48 +719,48 @@ static int t_index(lua_State *L) {
 }
 
 /* t[i] = v: fill (number) or copy (tensor) into the selected slice */
-static int t_newindex(lua_State *L) {
+static int tensor_newindex(lua_State *L) {
   LSTATE_ARG;
   mg_tensor *t = mg_lua_checktensor(L, 1), *y = NULL;
   int64_t z = row_index(L, t);
   mg_no_grad_enter(S->C);
   mg_status st = mg_tensor_select(S->C, t, 0, z, &y);
   mg_no_grad_exit(S->C);
-  if (st != MG_OK) return mg_lua_fail(L, S->C);
-  mg_tensor **slot = mg_lua_newslot(L);             /* owns 'y' if what follows raises */
+  if (st != MG_OK) return lmg_fail(L, S->C);
+  mg_tensor **slot = lmg_newslot(L);             /* owns 'y' if what follows raises */
   *slot = y;
-  mg_tensor *src = mg_lua_checkoperand(L, S, 3, mg_tensor_dtype(t));
+  mg_tensor *src = lmg_checkoperand(L, S, 3, mg_tensor_dtype(t));
   st = mg_tensor_copy_(S->C, y, src);
   mg_tensor_release(src);
-  if (st != MG_OK) return mg_lua_fail(L, S->C);
+  if (st != MG_OK) return lmg_fail(L, S->C);
   return 0;
 }
 
 /* ================================================================ math */
 
-static int unary(lua_State *L, mg_unary op) {
+/* t:name() / mg.name(t) for the elementwise unary kernel in upvalue 2 */
+static int tensor_unary(lua_State *L) {
   LSTATE_ARG;
+  mg_unary op = (mg_unary)lua_tointeger(L, lua_upvalueindex(2));
   mg_tensor *t = mg_lua_checktensor(L, 1), *y = NULL;
-  return mg_lua_result(L, S, mg_tensor_unary(S->C, op, t, &y), &y);
+  return lmg_result(L, S, mg_tensor_unary(S->C, op, t, &y), &y);
 }
 
-static int l_neg(lua_State *L) { return unary(L, MG_U_NEG); }
-static int l_exp(lua_State *L) { return unary(L, MG_U_EXP); }
-static int l_log(lua_State *L) { return unary(L, MG_U_LOG); }
-static int l_tanh(lua_State *L) { return unary(L, MG_U_TANH); }
-static int l_sigmoid(lua_State *L) { return unary(L, MG_U_SIGMOID); }
-static int l_relu(lua_State *L) { return unary(L, MG_U_RELU); }
-static int l_abs(lua_State *L) { return unary(L, MG_U_ABS); }
-static int l_sqrt(lua_State *L) { return unary(L, MG_U_SQRT); }
-static int l_sin(lua_State *L) { return unary(L, MG_U_SIN); }
-static int l_cos(lua_State *L) { return unary(L, MG_U_COS); }
-static int l_softplus(lua_State *L) { return unary(L, MG_U_SOFTPLUS); }
-static int l_sign(lua_State *L) { return unary(L, MG_U_SIGN); }
-
-static const char *const binary_names[MG_B_COUNT] = {
-  [MG_B_ADD] = "add", [MG_B_SUB] = "sub", [MG_B_MUL] = "mul", [MG_B_DIV] = "div",
-  [MG_B_POW] = "pow", [MG_B_MAXIMUM] = "maximum", [MG_B_MINIMUM] = "minimum", [MG_B_EQ] = "eq",
-  [MG_B_NE] = "ne", [MG_B_LT] = "lt", [MG_B_LE] = "le", [MG_B_GT] = "gt", [MG_B_GE] = "ge" };
+/* The kernels of the op list with their Lua names, in kernel order (the kernel enums come
+** from the same rows). */
+typedef struct kernelrow { const char *name; int k; bool recorded; } kernelrow;
+static const kernelrow unary_kernels[] = {
+#define MG_UNARY_OP(kernel, opcode, name) { name, kernel, true },
+#define MG_UNARY_KERNEL(kernel, name) { name, kernel, false },
+#include "mg_ops.def"
+};
+static const kernelrow binary_kernels[] = {
+#define MG_BINARY_OP(kernel, opcode, name) { name, kernel, true },
+#define MG_BINARY_KERNEL(kernel, name) { name, kernel, false },
+#include "mg_ops.def"
+};
+_Static_assert(sizeof unary_kernels / sizeof unary_kernels[0] == MG_U_COUNT, "every unary kernel listed");
+_Static_assert(sizeof binary_kernels / sizeof binary_kernels[0] == MG_B_COUNT, "every binary kernel listed");
 
 /* Raise the error for operands 1 and 2 of 'fn' that are not a tensor and a tensor or number
 ** ('a', 'b': the tensors among them, else NULL). */
@@ -782,68 +782,58 @@ static int operand_error(lua_State *L, const char *fn, mg_tensor *a, mg_tensor *
 ** "x" * t, where Lua knows no function name. */
 static int binary(lua_State *L, mg_binary op) {
   LSTATE_ARG;
-  mg_tensor *a = mg_lua_totensor(L, 1), *b = mg_lua_totensor(L, 2), *y = NULL;
+  mg_tensor *a = lmg_totensor(L, 1), *b = lmg_totensor(L, 2), *y = NULL;
   mg_status st;
   if (a && b) st = mg_tensor_binary(S->C, op, a, b, &y);
   else if (a && lua_type(L, 2) == LUA_TNUMBER)
     st = mg_tensor_binary_scalar(S->C, op, a, lua_tonumber(L, 2), false, &y);
   else if (b && lua_type(L, 1) == LUA_TNUMBER)
     st = mg_tensor_binary_scalar(S->C, op, b, lua_tonumber(L, 1), true, &y);
-  else return operand_error(L, binary_names[op], a, b);
-  return mg_lua_result(L, S, st, &y);
+  else return operand_error(L, binary_kernels[op].name, a, b);
+  return lmg_result(L, S, st, &y);
 }
 
-static int l_add(lua_State *L) { return binary(L, MG_B_ADD); }
-static int l_sub(lua_State *L) { return binary(L, MG_B_SUB); }
-static int l_mul(lua_State *L) { return binary(L, MG_B_MUL); }
-static int l_div(lua_State *L) { return binary(L, MG_B_DIV); }
-static int l_pow(lua_State *L) { return binary(L, MG_B_POW); }
-static int l_maximum(lua_State *L) { return binary(L, MG_B_MAXIMUM); }
-static int l_minimum(lua_State *L) { return binary(L, MG_B_MINIMUM); }
-static int l_eq(lua_State *L) { return binary(L, MG_B_EQ); }
-static int l_ne(lua_State *L) { return binary(L, MG_B_NE); }
-static int l_lt(lua_State *L) { return binary(L, MG_B_LT); }
-static int l_le(lua_State *L) { return binary(L, MG_B_LE); }
-static int l_gt(lua_State *L) { return binary(L, MG_B_GT); }
-static int l_ge(lua_State *L) { return binary(L, MG_B_GE); }
-static int l_unm(lua_State *L) { return unary(L, MG_U_NEG); }
+/* t:name(u) / mg.name(t, u) for the binary kernel in upvalue 2 (also the metamethods) */
+static int tensor_binary(lua_State *L) {
+  return binary(L, (mg_binary)lua_tointeger(L, lua_upvalueindex(2)));
+}
 
-static int l_clamp(lua_State *L) {
+static int tensor_clamp(lua_State *L) {
   LSTATE_ARG;
   mg_tensor *t = mg_lua_checktensor(L, 1), *y = NULL;
   double lo = luaL_optnumber(L, 2, -HUGE_VAL), hi = luaL_optnumber(L, 3, HUGE_VAL);
-  return mg_lua_result(L, S, mg_tensor_clamp(S->C, t, lo, hi, &y), &y);
+  return lmg_result(L, S, mg_tensor_clamp(S->C, t, lo, hi, &y), &y);
 }
 
-static int l_where(lua_State *L) {
+static int tensor_where(lua_State *L) {
   LSTATE_ARG;
-  mg_tensor *c = mg_lua_checktensor(L, 1), *y = NULL, *ref = mg_lua_totensor(L, 2);
-  if (ref == NULL) ref = mg_lua_totensor(L, 3);
+  mg_tensor *c = mg_lua_checktensor(L, 1), *y = NULL, *ref = lmg_totensor(L, 2);
+  if (ref == NULL) ref = lmg_totensor(L, 3);
   mg_dtype dt = ref ? mg_tensor_dtype(ref) : mg_tensor_dtype(c);
-  mg_tensor *a = mg_lua_checkoperand(L, S, 2, dt);
-  mg_tensor **slot = mg_lua_newslot(L);             /* keeps 'a' alive across errors */
+  mg_tensor *a = lmg_checkoperand(L, S, 2, dt);
+  mg_tensor **slot = lmg_newslot(L);             /* keeps 'a' alive across errors */
   *slot = a;
-  mg_tensor *b = mg_lua_checkoperand(L, S, 3, dt);
+  mg_tensor *b = lmg_checkoperand(L, S, 3, dt);
   mg_status st = mg_tensor_where(S->C, c, a, b, &y);
   mg_tensor_release(b);
-  return mg_lua_result(L, S, st, &y);
+  return lmg_result(L, S, st, &y);
 }
 
-static int l_matmul(lua_State *L) {
+static int tensor_matmul(lua_State *L) {
   LSTATE_ARG;
   mg_tensor *a = mg_lua_checktensor(L, 1), *b = mg_lua_checktensor(L, 2), *y = NULL;
-  return mg_lua_result(L, S, mg_tensor_matmul(S->C, a, b, &y), &y);
+  return lmg_result(L, S, mg_tensor_matmul(S->C, a, b, &y), &y);
 }
 
-static int l_softmax_impl(lua_State *L, bool log_) {
+static int softmax_dim(lua_State *L, bool log_) {
   LSTATE_ARG;
   mg_tensor *t = mg_lua_checktensor(L, 1), *y = NULL;
-  int d = lua_isnoneornil(L, 2) ? mg_tensor_ndim(t) - 1 : mg_lua_checkdim(L, 2, mg_tensor_ndim(t));
+  int d = lua_isnoneornil(L, 2) ? mg_tensor_ndim(t) - 1 : lmg_checkdim(L, 2, mg_tensor_ndim(t));
   if (mg_tensor_ndim(t) == 0) return luaL_error(L, "%s: expected at least 1 dimension", log_ ? "log_softmax" : "softmax");
-  return mg_lua_result(L, S, mg_tensor_softmax(S->C, t, d, log_, &y), &y);
+  return lmg_result(L, S, mg_tensor_softmax(S->C, t, d, log_, &y), &y);
 }
-static int l_softmax(lua_State *L) { return l_softmax_impl(L, false); }
-static int l_log_softmax(lua_State *L) { return l_softmax_impl(L, true); }
+static int tensor_softmax(lua_State *L) { return softmax_dim(L, false); }
+static int tensor_log_softmax(lua_State *L) { return softmax_dim(L, true); }
 
 /* ================================================================ reductions */
 
@@ -869,30 +859,30 @@ static int reduction(lua_State *L, const char *name, reduce_fn fn) {
       mask |= 1u << z;
       lua_pop(L, 1);
     }
-  } else mask = 1u << mg_lua_checkdim(L, 2, nd);
-  return mg_lua_result(L, S, fn(S->C, t, mask, optbool(L, 3, false), &y), &y);
+  } else mask = 1u << lmg_checkdim(L, 2, nd);
+  return lmg_result(L, S, fn(S->C, t, mask, optbool(L, 3, false), &y), &y);
 }
 
-static int t_sum(lua_State *L) { return reduction(L, "sum", mg_tensor_sum); }
-static int t_mean(lua_State *L) { return reduction(L, "mean", mg_tensor_mean); }
-static int t_var(lua_State *L) { return reduction(L, "var", mg_tensor_var); }
-static int t_std(lua_State *L) { return reduction(L, "std", mg_tensor_std); }
-static int t_norm(lua_State *L) { return reduction(L, "norm", mg_tensor_norm); }
+static int tensor_sum(lua_State *L) { return reduction(L, "sum", mg_tensor_sum); }
+static int tensor_mean(lua_State *L) { return reduction(L, "mean", mg_tensor_mean); }
+static int tensor_var(lua_State *L) { return reduction(L, "var", mg_tensor_var); }
+static int tensor_std(lua_State *L) { return reduction(L, "std", mg_tensor_std); }
+static int tensor_norm(lua_State *L) { return reduction(L, "norm", mg_tensor_norm); }
 
 static int argextreme(lua_State *L, bool is_min) {
   LSTATE_ARG;
   mg_tensor *t = mg_lua_checktensor(L, 1), *y = NULL;
-  int d = lua_isnoneornil(L, 2) ? -1 : mg_lua_checkdim(L, 2, mg_tensor_ndim(t));
+  int d = lua_isnoneornil(L, 2) ? -1 : lmg_checkdim(L, 2, mg_tensor_ndim(t));
   mg_status st = mg_tensor_argmax(S->C, t, d, optbool(L, 3, false), is_min, &y);
   if (st == MG_OK) {                                 /* 1-based indices for Lua */
     double *p = mg_tensor_data(y);
     for (int64_t i = 0, n = mg_tensor_numel(y); i < n; i++) p[i] += 1;
   }
-  return mg_lua_result(L, S, st, &y);
+  return lmg_result(L, S, st, &y);
 }
 
-static int t_argmax(lua_State *L) { return argextreme(L, false); }
-static int t_argmin(lua_State *L) { return argextreme(L, true); }
+static int tensor_argmax(lua_State *L) { return argextreme(L, false); }
+static int tensor_argmin(lua_State *L) { return argextreme(L, true); }
 
 /* max()/min(): the value over everything; max(d [, keepdim]): values and 1-based indices */
 static int extreme(lua_State *L, bool is_min) {
@@ -905,8 +895,8 @@ static int extreme(lua_State *L, bool is_min) {
   return 2;
 }
 
-static int t_max(lua_State *L) { return extreme(L, false); }
-static int t_min(lua_State *L) { return extreme(L, true); }
+static int tensor_max(lua_State *L) { return extreme(L, false); }
+static int tensor_min(lua_State *L) { return extreme(L, true); }
 
 /* ================================================================ joins */
 
@@ -918,7 +908,7 @@ static mg_tensor **checklist(lua_State *L, int idx, int *n) {
   mg_tensor **xs = lua_newuserdatauv(L, (size_t)*n * sizeof *xs, 0);   /* freed by the GC */
   for (int i = 1; i <= *n; i++) {
     lua_rawgeti(L, idx, i);
-    xs[i - 1] = mg_lua_totensor(L, -1);
+    xs[i - 1] = lmg_totensor(L, -1);
     if (xs[i - 1] == NULL)
       luaL_argerror(L, idx, lua_pushfstring(L, "entry %d is a %s, expected a tensor", i, luaL_typename(L, -1)));
     lua_pop(L, 1);
@@ -926,166 +916,144 @@ static mg_tensor **checklist(lua_State *L, int idx, int *n) {
   return xs;
 }
 
-static int l_cat(lua_State *L) {
+static int tensor_cat(lua_State *L) {
   LSTATE_ARG;
   int n;
   lua_settop(L, 2);                                  /* the list's C array goes above 'dim' */
   mg_tensor **xs = checklist(L, 1, &n), *y = NULL;
-  int d = lua_isnoneornil(L, 2) ? 0 : mg_lua_checkdim(L, 2, mg_tensor_ndim(xs[0]));
-  return mg_lua_result(L, S, mg_tensor_cat(S->C, n, xs, d, &y), &y);
+  int d = lua_isnoneornil(L, 2) ? 0 : lmg_checkdim(L, 2, mg_tensor_ndim(xs[0]));
+  return lmg_result(L, S, mg_tensor_cat(S->C, n, xs, d, &y), &y);
 }
 
-static int l_stack(lua_State *L) {
+static int tensor_stack(lua_State *L) {
   LSTATE_ARG;
   int n;
   lua_settop(L, 2);                                  /* the list's C array goes above 'dim' */
   mg_tensor **xs = checklist(L, 1, &n), *y = NULL;
-  int d = lua_isnoneornil(L, 2) ? 0 : mg_lua_checkdim(L, 2, mg_tensor_ndim(xs[0]) + 1);
-  return mg_lua_result(L, S, mg_tensor_stack(S->C, n, xs, d, &y), &y);
+  int d = lua_isnoneornil(L, 2) ? 0 : lmg_checkdim(L, 2, mg_tensor_ndim(xs[0]) + 1);
+  return lmg_result(L, S, mg_tensor_stack(S->C, n, xs, d, &y), &y);
 }
 
 /* split(t, size, d): views of 'size' along d (the last may be shorter) */
-static int l_split(lua_State *L) {
+static int tensor_split(lua_State *L) {
   LSTATE_ARG;
   mg_tensor *t = mg_lua_checktensor(L, 1);
   lua_Integer size = luaL_checkinteger(L, 2);
   if (size < 1) return luaL_argerror(L, 2, "split size must be positive");
   if (mg_tensor_ndim(t) == 0) return luaL_error(L, "split: cannot split a 0-d tensor");
-  int d = lua_isnoneornil(L, 3) ? 0 : mg_lua_checkdim(L, 3, mg_tensor_ndim(t));
+  int d = lua_isnoneornil(L, 3) ? 0 : lmg_checkdim(L, 3, mg_tensor_ndim(t));
   int64_t n = mg_tensor_shape(t)[d];
   lua_newtable(L);
   int k = 1;
   for (int64_t at = 0; at < n; at += size, k++) {
     mg_tensor *y = NULL;
     int64_t len = n - at < size ? n - at : size;
-    mg_lua_result(L, S, mg_tensor_narrow(S->C, t, d, at, len, &y), &y);
+    lmg_result(L, S, mg_tensor_narrow(S->C, t, d, at, len, &y), &y);
     lua_rawseti(L, -2, k);
   }
   return 1;
 }
 
-static int l_unstack(lua_State *L) {
+static int tensor_unstack(lua_State *L) {
   LSTATE_ARG;
   mg_tensor *t = mg_lua_checktensor(L, 1);
   if (mg_tensor_ndim(t) == 0) return luaL_error(L, "unstack: cannot unstack a 0-d tensor");
-  int d = lua_isnoneornil(L, 2) ? 0 : mg_lua_checkdim(L, 2, mg_tensor_ndim(t));
+  int d = lua_isnoneornil(L, 2) ? 0 : lmg_checkdim(L, 2, mg_tensor_ndim(t));
   int64_t n = mg_tensor_shape(t)[d];
   lua_createtable(L, (int)n, 0);
   for (int64_t i = 0; i < n; i++) {
     mg_tensor *y = NULL;
-    mg_lua_result(L, S, mg_tensor_select(S->C, t, d, i, &y), &y);
+    lmg_result(L, S, mg_tensor_select(S->C, t, d, i, &y), &y);
     lua_rawseti(L, -2, (lua_Integer)i + 1);
   }
-  return 1;
-}
-
-/* ================================================================ fused cells */
-
-/* lstm_cell(x, h, c, kernel, recurrent_kernel, bias) -> h', c' */
-static int l_lstm_cell(lua_State *L) {
-  LSTATE_ARG;
-  mg_tensor *a[6];
-  for (int i = 0; i < 6; i++) a[i] = mg_lua_checktensor(L, i + 1);
-  lua_settop(L, 6);
-  mg_tensor **sh = mg_lua_newslot(L), **sc = mg_lua_newslot(L), *h = NULL, *c = NULL;
-  if (mg_lstm_cell(S->C, a[0], a[1], a[2], a[3], a[4], a[5], &h, &c) != MG_OK) return mg_lua_fail(L, S->C);
-  *sh = h;
-  mg_lua_settensor(L, S, sc, c);
-  return 2;
-}
-
-/* gru_cell(x, h, kernel, recurrent_kernel, bias [, reset_after=true]) -> h' */
-static int l_gru_cell(lua_State *L) {
-  LSTATE_ARG;
-  mg_tensor *a[5], *h = NULL;
-  for (int i = 0; i < 5; i++) a[i] = mg_lua_checktensor(L, i + 1);
-  bool ra = lua_isnoneornil(L, 6) ? true : lua_toboolean(L, 6);
-  return mg_lua_result(L, S, mg_gru_cell(S->C, a[0], a[1], a[2], a[3], a[4], ra, &h), &h);
-}
-
-/* ================================================================ files */
-
-static int l_save(lua_State *L) {
-  LSTATE_ARG;
-  mg_tensor *t = mg_lua_checktensor(L, 1);
-  const char *path = luaL_checkstring(L, 2);
-  if (mg_npy_save(S->C, t, path) != MG_OK) return mg_lua_fail(L, S->C);
-  return 0;
-}
-
-static int l_load(lua_State *L) {
-  LSTATE_ARG;
-  const char *path = luaL_checkstring(L, 1);
-  mg_tensor **slot = mg_lua_newslot(L), *t;
-  if (mg_npy_load(S->C, path, &t) != MG_OK) return mg_lua_fail(L, S->C);
-  mg_lua_settensor(L, S, slot, t);
   return 1;
 }
 
 /* ================================================================ registration */
 
 static const luaL_Reg tensor_methods[] = {
-  { "shape", t_shape }, { "size", t_size }, { "dim", t_dim }, { "numel", t_numel },
-  { "item", t_item }, { "totable", t_totable }, { "get", t_get }, { "set", t_set },
-  { "stride", t_stride }, { "is_contiguous", t_is_contiguous },
-  { "is_variable", t_is_variable },
-  { "reshape", t_reshape }, { "view", t_reshape }, { "flatten", t_view_flat },
-  { "transpose", t_transpose }, { "permute", t_permute }, { "squeeze", t_squeeze },
-  { "unsqueeze", t_unsqueeze }, { "narrow", t_narrow }, { "select", t_select },
-  { "expand", t_expand }, { "contiguous", t_contiguous }, { "clone", t_clone }, { "to", t_to },
-  { "fill", t_fill }, { "copy", t_copy },
-  { "neg", l_neg }, { "exp", l_exp }, { "log", l_log }, { "tanh", l_tanh },
-  { "sigmoid", l_sigmoid }, { "relu", l_relu }, { "abs", l_abs }, { "sqrt", l_sqrt },
-  { "sin", l_sin }, { "cos", l_cos }, { "softplus", l_softplus }, { "sign", l_sign },
-  { "add", l_add }, { "sub", l_sub }, { "mul", l_mul }, { "div", l_div }, { "pow", l_pow },
-  { "clamp", l_clamp }, { "softmax", l_softmax }, { "log_softmax", l_log_softmax },
-  { "matmul", l_matmul }, { "maximum", l_maximum }, { "minimum", l_minimum },
-  { "sum", t_sum }, { "mean", t_mean }, { "var", t_var }, { "std", t_std }, { "norm", t_norm },
-  { "max", t_max }, { "min", t_min }, { "argmax", t_argmax }, { "argmin", t_argmin },
-  { "split", l_split }, { "unstack", l_unstack },
+  { "shape", tensor_shape }, { "size", tensor_size }, { "dim", tensor_dim },
+  { "numel", tensor_numel }, { "item", tensor_item }, { "totable", tensor_totable },
+  { "get", tensor_get }, { "set", tensor_set }, { "stride", tensor_stride },
+  { "is_contiguous", tensor_is_contiguous }, { "is_variable", tensor_is_variable },
+  { "reshape", tensor_reshape }, { "view", tensor_reshape }, { "flatten", tensor_flatten },
+  { "transpose", tensor_transpose }, { "permute", tensor_permute },
+  { "squeeze", tensor_squeeze }, { "unsqueeze", tensor_unsqueeze },
+  { "narrow", tensor_narrow }, { "select", tensor_select }, { "expand", tensor_expand },
+  { "contiguous", tensor_contiguous }, { "clone", tensor_clone }, { "to", tensor_to },
+  { "fill", tensor_fill }, { "copy", tensor_copy },
+  { "clamp", tensor_clamp }, { "softmax", tensor_softmax },
+  { "log_softmax", tensor_log_softmax }, { "matmul", tensor_matmul },
+  { "sum", tensor_sum }, { "mean", tensor_mean }, { "var", tensor_var }, { "std", tensor_std },
+  { "norm", tensor_norm }, { "max", tensor_max }, { "min", tensor_min },
+  { "argmax", tensor_argmax }, { "argmin", tensor_argmin },
+  { "split", tensor_split }, { "unstack", tensor_unstack },
   { NULL, NULL } };
 
 static const luaL_Reg tensor_metamethods[] = {
-  { "__add", l_add }, { "__sub", l_sub }, { "__mul", l_mul }, { "__div", l_div },
-  { "__pow", l_pow }, { "__unm", l_unm }, { "__len", t_len },
-  { "__newindex", t_newindex }, { "__gc", tensor_release }, { "__close", tensor_release },
+  { "__len", tensor_len },
+  { "__newindex", tensor_newindex }, { "__gc", tensor_release }, { "__close", tensor_release },
   { NULL, NULL } };
 
 static const luaL_Reg module_functions[] = {
-  { "tensor", l_tensor }, { "zeros", l_zeros }, { "ones", l_ones }, { "full", l_full },
-  { "eye", l_eye }, { "arange", l_arange }, { "linspace", l_linspace },
-  { "manual_seed", l_manual_seed }, { "rand", l_rand }, { "randn", l_randn },
-  { "uniform", l_uniform }, { "glorot_uniform", l_glorot_uniform }, { "orthogonal", l_orthogonal },
-  { "exp", l_exp }, { "log", l_log }, { "tanh", l_tanh }, { "sigmoid", l_sigmoid },
-  { "relu", l_relu }, { "abs", l_abs }, { "sqrt", l_sqrt }, { "sin", l_sin }, { "cos", l_cos },
-  { "softplus", l_softplus }, { "sign", l_sign }, { "neg", l_neg },
-  { "add", l_add }, { "sub", l_sub }, { "mul", l_mul }, { "div", l_div }, { "pow", l_pow },
-  { "clamp", l_clamp }, { "softmax", l_softmax }, { "log_softmax", l_log_softmax },
-  { "where", l_where }, { "maximum", l_maximum }, { "minimum", l_minimum },
-  { "eq", l_eq }, { "ne", l_ne }, { "lt", l_lt }, { "le", l_le }, { "gt", l_gt }, { "ge", l_ge },
-  { "matmul", l_matmul }, { "cat", l_cat }, { "stack", l_stack }, { "split", l_split },
-  { "unstack", l_unstack }, { "save", l_save }, { "load", l_load },
-  { "lstm_cell", l_lstm_cell }, { "gru_cell", l_gru_cell },
-  { "sum", t_sum }, { "mean", t_mean }, { "var", t_var }, { "std", t_std }, { "norm", t_norm },
-  { "max", t_max }, { "min", t_min }, { "argmax", t_argmax }, { "argmin", t_argmin },
-  { "reshape", t_reshape }, { "transpose", t_transpose }, { "permute", t_permute },
-  { "squeeze", t_squeeze }, { "unsqueeze", t_unsqueeze }, { "narrow", t_narrow },
-  { "select", t_select }, { "expand", t_expand }, { "contiguous", t_contiguous },
-  { "clone", t_clone },
+  { "tensor", tensor_new }, { "zeros", tensor_zeros }, { "ones", tensor_ones },
+  { "full", tensor_full }, { "eye", tensor_eye }, { "arange", tensor_arange },
+  { "linspace", tensor_linspace }, { "manual_seed", tensor_manual_seed },
+  { "rand", tensor_rand }, { "randn", tensor_randn }, { "uniform", tensor_uniform },
+  { "glorot_uniform", tensor_glorot_uniform }, { "orthogonal", tensor_orthogonal },
+  { "clamp", tensor_clamp }, { "softmax", tensor_softmax },
+  { "log_softmax", tensor_log_softmax }, { "where", tensor_where }, { "matmul", tensor_matmul },
+  { "cat", tensor_cat }, { "stack", tensor_stack }, { "split", tensor_split },
+  { "unstack", tensor_unstack },
+  { "sum", tensor_sum }, { "mean", tensor_mean }, { "var", tensor_var }, { "std", tensor_std },
+  { "norm", tensor_norm }, { "max", tensor_max }, { "min", tensor_min },
+  { "argmax", tensor_argmax }, { "argmin", tensor_argmin },
+  { "reshape", tensor_reshape }, { "transpose", tensor_transpose },
+  { "permute", tensor_permute }, { "squeeze", tensor_squeeze },
+  { "unsqueeze", tensor_unsqueeze }, { "narrow", tensor_narrow }, { "select", tensor_select },
+  { "expand", tensor_expand }, { "contiguous", tensor_contiguous }, { "clone", tensor_clone },
   { NULL, NULL } };
 
+/* Set field 'name' of the table at the top to 'f' with upvalues (state, kernel 'k'). */
+static void setkernel(lua_State *L, lstate *S, const char *name, lua_CFunction f, int k) {
+  lua_pushlightuserdata(L, S);
+  lua_pushinteger(L, k);
+  lua_pushcclosure(L, f, 2);
+  lua_setfield(L, -2, name);
+}
+
+/* The elementwise kernels of the op list into the table at the top: unary ones (but 'step',
+** relu's derivative) and recorded binary ones as methods and functions alike, comparisons as
+** functions only ('methods'). */
+static void setkernels(lua_State *L, lstate *S, bool methods) {
+  for (size_t i = 0; i < sizeof unary_kernels / sizeof unary_kernels[0]; i++)
+    if (unary_kernels[i].k != MG_U_STEP)
+      setkernel(L, S, unary_kernels[i].name, tensor_unary, unary_kernels[i].k);
+  for (size_t i = 0; i < sizeof binary_kernels / sizeof binary_kernels[0]; i++)
+    if (!methods || binary_kernels[i].recorded)
+      setkernel(L, S, binary_kernels[i].name, tensor_binary, binary_kernels[i].k);
+}
+
 /* Builds 'moongrad.Tensor' and adds the tensor functions to the module at the stack top. */
-void mg_lua_open_tensor(lua_State *L, lstate *S) {
+void lmg_open_tensor(lua_State *L, lstate *S) {
+  static const struct { const char *name; mg_binary k; } arith[] = {
+    { "__add", MG_B_ADD }, { "__sub", MG_B_SUB }, { "__mul", MG_B_MUL }, { "__div", MG_B_DIV },
+    { "__pow", MG_B_POW } };
   luaL_newmetatable(L, MG_TENSOR_MT);
-  mg_lua_setfuncs(L, S, tensor_metamethods);
+  lmg_setfuncs(L, S, tensor_metamethods);
+  for (size_t i = 0; i < sizeof arith / sizeof arith[0]; i++)
+    setkernel(L, S, arith[i].name, tensor_binary, arith[i].k);
+  setkernel(L, S, "__unm", tensor_unary, MG_U_NEG);
   lua_newtable(L);                                   /* method table */
-  mg_lua_setfuncs(L, S, tensor_methods);
+  lmg_setfuncs(L, S, tensor_methods);
+  setkernels(L, S, true);
   lua_pushvalue(L, -1);
   lua_setfield(L, -4, "methods");                    /* core.lua adds methods through it */
   lua_pushlightuserdata(L, S);
   lua_insert(L, -2);
-  lua_pushcclosure(L, t_index, 2);                   /* upvalues: state, method table */
+  lua_pushcclosure(L, tensor_index, 2);                   /* upvalues: state, method table */
   lua_setfield(L, -2, "__index");
   lua_pop(L, 1);
-  mg_lua_setfuncs(L, S, module_functions);
+  lmg_setfuncs(L, S, module_functions);
+  setkernels(L, S, false);
 }

@@ -246,7 +246,7 @@ static mg_status lstm_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *cons
   if (lead == 0 && !mg_recording(C)) return lstm_vjp_fused(C, n, g[0], g[1], need, gin);
   mg_ex ex, *e = &ex;
   mg_ex_begin(e, C);
-  mg_tensor *const *in = n->in, *gate[4], *tc;
+  mg_tensor *const *in = n->in, *gate[4], *tc = NULL;
   lstm_gates(e, n, gate, &tc);
   mg_tensor *like = g[0] ? g[0] : g[1];
   mg_tensor *gh = g[0] ? g[0] : mg_ex_zeros(e, like, lead, n->out[0]);
@@ -292,7 +292,7 @@ static mg_status lstm_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *cons
                           mg_tensor **tout) {
   mg_ex ex, *e = &ex;
   mg_ex_begin(e, C);
-  mg_tensor *const *in = n->in, *gate[4], *tc, *tg[4] = { NULL };
+  mg_tensor *const *in = n->in, *gate[4], *tc = NULL, *tg[4] = { NULL };
   int64_t u = in[LH]->shape[1];
   lstm_gates(e, n, gate, &tc);
   mg_tensor *tz = affine_tangent(e, n, lead, t, LX, LH, LW, LU, t[LB]);
@@ -312,7 +312,7 @@ static mg_status lstm_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *cons
   return mg_ex_end(e);
 }
 
-const mg_opdef mg_opdef_lstm_cell = { "lstm_cell", lstm_vjp, lstm_jvp };
+const mg_rules mg_rules_lstm_cell = { lstm_vjp, lstm_jvp };
 
 /* ================================================================ GRU */
 
@@ -431,7 +431,7 @@ static mg_status gru_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const
                          const bool *need, mg_tensor **gin) {
   mg_ex ex, *e = &ex;
   mg_ex_begin(e, C);
-  mg_tensor *const *in = n->in, *z, *r, *hh, *m, *gh = g[0];
+  mg_tensor *const *in = n->in, *z = NULL, *r = NULL, *hh = NULL, *m = NULL, *gh = g[0];
   bool ra = n->attr.i[0] != 0;
   int64_t u = in[GH]->shape[1];
   gru_gates(e, n, &z, &r, &hh, &m);
@@ -477,7 +477,7 @@ static mg_status gru_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const
                          mg_tensor **tout) {
   mg_ex ex, *e = &ex;
   mg_ex_begin(e, C);
-  mg_tensor *const *in = n->in, *z, *r, *hh, *m;
+  mg_tensor *const *in = n->in, *z = NULL, *r = NULL, *hh = NULL, *m = NULL;
   bool ra = n->attr.i[0] != 0;
   int64_t u = in[GH]->shape[1];
   gru_gates(e, n, &z, &r, &hh, &m);
@@ -497,7 +497,7 @@ static mg_status gru_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const
   mg_tensor *trp = add_opt(e, tmx ? mg_ex_narrow(e, tmx, lead + 1, u, u) : NULL,
                            tmh ? mg_ex_narrow(e, tmh, lead + 1, u, u) : NULL);
   mg_tensor *tz = mul_opt(e, tzp, dsig(e, z)), *tr = mul_opt(e, trp, dsig(e, r));
-  mg_tensor *tpre = tmx ? mg_ex_narrow(e, tmx, lead + 1, 2 * u, u) : NULL, *trec;
+  mg_tensor *tpre = tmx ? mg_ex_narrow(e, tmx, lead + 1, 2 * u, u) : NULL, *trec = NULL;
   if (ra) {                              /* d(r m) with m = h U_h + b_r[h] */
     mg_tensor *tm = tmh ? mg_ex_narrow(e, tmh, lead + 1, 2 * u, u) : NULL;
     trec = add_opt(e, mul_opt(e, tr, m), mul_opt(e, r, tm));
@@ -518,4 +518,4 @@ static mg_status gru_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const
   return mg_ex_end(e);
 }
 
-const mg_opdef mg_opdef_gru_cell = { "gru_cell", gru_vjp, gru_jvp };
+const mg_rules mg_rules_gru_cell = { gru_vjp, gru_jvp };

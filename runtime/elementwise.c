@@ -134,10 +134,30 @@ static void where_f64(int64_t n, char **p, const int64_t *s, void *ud) {
 
 /* ================================================================ forward */
 
+/* Each kernel's opcode (-1: not recorded) and name, from the op list. */
+static const int unary_opcode[] = {
+#define MG_UNARY_OP(kernel, opcode, name) [kernel] = opcode,
+#define MG_UNARY_KERNEL(kernel, name) [kernel] = -1,
+#include "mg_ops.def"
+};
+static const int binary_opcode[] = {
+#define MG_BINARY_OP(kernel, opcode, name) [kernel] = opcode,
+#define MG_BINARY_KERNEL(kernel, name) [kernel] = -1,
+#include "mg_ops.def"
+};
+static const char *const binary_name[] = {
+#define MG_BINARY_OP(kernel, opcode, name) [kernel] = name,
+#define MG_BINARY_KERNEL(kernel, name) [kernel] = name,
+#include "mg_ops.def"
+};
+_Static_assert(sizeof unary_opcode / sizeof unary_opcode[0] == MG_U_COUNT, "every unary kernel mapped");
+_Static_assert(sizeof binary_opcode / sizeof binary_opcode[0] == MG_B_COUNT, "every binary kernel mapped");
+_Static_assert(sizeof binary_name / sizeof binary_name[0] == MG_B_COUNT, "every binary kernel named");
+
 /* Run 'fn' with a new contiguous output of 'shape' and the operands 'in' (same dtype). */
 static mg_status run_new(mg_ctx *C, mg_dtype dt, int ndim, const int64_t *shape, int nin,
                          mg_tensor *const *in, mg_loop_fn fn, void *ud, mg_tensor **out) {
-  mg_tensor *y, *ops[MG_MAXOPS];
+  mg_tensor *y = NULL, *ops[MG_MAXOPS];
   mg_status st = mg_tensor_empty(C, dt, ndim, shape, &y);
   if (st != MG_OK) return st;
   ops[0] = y;
@@ -150,12 +170,12 @@ static mg_status run_new(mg_ctx *C, mg_dtype dt, int ndim, const int64_t *shape,
 }
 
 mg_status mg_tensor_unary(mg_ctx *C, mg_unary op, mg_tensor *x, mg_tensor **out) {
-  mg_tensor *y;
+  mg_tensor *y = NULL;
   mg_status st = run_new(C, x->dtype, x->ndim, x->shape, 1, &x,
                          x->dtype == MG_F64 ? unary_f64 : unary_f32, &op, &y);
   if (st != MG_OK) return st;
-  if (op == MG_U_SIGN || op == MG_U_STEP) { *out = y; return MG_OK; }   /* constants */
-  return mg_record_result(C, MG_OP_NEG + (int)op, 1, &x, y, NULL, out);
+  if (unary_opcode[op] < 0) { *out = y; return MG_OK; }         /* not differentiable */
+  return mg_record_result(C, unary_opcode[op], 1, &x, y, NULL, out);
 }
 
 /* Promote both operands to a common dtype (casting is recorded). New references. */
@@ -165,7 +185,7 @@ static mg_status promote(mg_ctx *C, mg_tensor **a, mg_tensor **b) {
     mg_tensor_retain(*b);
     return MG_OK;
   }
-  mg_tensor **lo = (*a)->dtype == MG_F32 ? a : b, **hi = lo == a ? b : a, *c;
+  mg_tensor **lo = (*a)->dtype == MG_F32 ? a : b, **hi = lo == a ? b : a, *c = NULL;
   mg_status st = mg_tensor_cast(C, *lo, MG_F64, &c);
   if (st != MG_OK) return st;
   *lo = c;
@@ -175,25 +195,22 @@ static mg_status promote(mg_ctx *C, mg_tensor **a, mg_tensor **b) {
 
 mg_status mg_tensor_binary(mg_ctx *C, mg_binary op, mg_tensor *a, mg_tensor *b,
                            mg_tensor **out) {
-  static const char *const names[MG_B_COUNT] = {
-    "add", "sub", "mul", "div", "pow", "maximum", "minimum",
-    "eq", "ne", "lt", "le", "gt", "ge" };
   int64_t shape[MG_MAXDIM];
   int nd;
   if (!mg_broadcast_shape(a->ndim, a->shape, b->ndim, b->shape, &nd, shape) || nd > MG_MAXDIM) {
     char s1[96], s2[96];
-    return mg_fail(C, MG_ESHAPE, "%s: shapes %s and %s cannot be broadcast", names[op],
+    return mg_fail(C, MG_ESHAPE, "%s: shapes %s and %s cannot be broadcast", binary_name[op],
                    mg_shapestr(s1, sizeof s1, a->ndim, a->shape),
                    mg_shapestr(s2, sizeof s2, b->ndim, b->shape));
   }
-  mg_tensor *in[2] = { a, b }, *y;
+  mg_tensor *in[2] = { a, b }, *y = NULL;
   mg_status st = promote(C, &in[0], &in[1]);
   if (st != MG_OK) return st;
   st = run_new(C, in[0]->dtype, nd, shape, 2, in,
                in[0]->dtype == MG_F64 ? binary_f64 : binary_f32, &op, &y);
   if (st == MG_OK) {
-    if (op >= MG_B_EQ) *out = y;                                     /* not differentiable */
-    else st = mg_record_result(C, MG_OP_ADD + (int)op, 2, in, y, NULL, out);
+    if (binary_opcode[op] < 0) *out = y;                             /* not differentiable */
+    else st = mg_record_result(C, binary_opcode[op], 2, in, y, NULL, out);
   }
   mg_tensor_release(in[0]);
   mg_tensor_release(in[1]);
@@ -217,7 +234,7 @@ mg_status mg_tensor_add_(mg_ctx *C, mg_tensor *dst, mg_tensor *src) {
 
 mg_status mg_tensor_binary_scalar(mg_ctx *C, mg_binary op, mg_tensor *x, double v,
                                   bool scalar_first, mg_tensor **out) {
-  mg_tensor *s;
+  mg_tensor *s = NULL;
   mg_status st = mg_tensor_full(C, x->dtype, 0, NULL, v, &s);
   if (st != MG_OK) return st;
   st = scalar_first ? mg_tensor_binary(C, op, s, x, out) : mg_tensor_binary(C, op, x, s, out);
@@ -228,7 +245,7 @@ mg_status mg_tensor_binary_scalar(mg_ctx *C, mg_binary op, mg_tensor *x, double 
 mg_status mg_tensor_clamp(mg_ctx *C, mg_tensor *x, double lo, double hi, mg_tensor **out) {
   if (lo > hi) return mg_fail(C, MG_EARG, "clamp: min %g is greater than max %g", lo, hi);
   bounds b = { lo, hi };
-  mg_tensor *y;
+  mg_tensor *y = NULL;
   mg_status st = run_new(C, x->dtype, x->ndim, x->shape, 1, &x,
                          x->dtype == MG_F64 ? clamp_f64 : clamp_f32, &b, &y);
   if (st != MG_OK) return st;
@@ -248,12 +265,12 @@ mg_status mg_tensor_where(mg_ctx *C, mg_tensor *cond, mg_tensor *a, mg_tensor *b
                    mg_shapestr(x2, sizeof x2, a->ndim, a->shape),
                    mg_shapestr(x3, sizeof x3, b->ndim, b->shape));
   }
-  mg_tensor *in[3] = { cond, a, b }, *c, *y;
+  mg_tensor *in[3] = { cond, a, b }, *c = NULL, *y = NULL;
   mg_status st = promote(C, &in[1], &in[2]);
   if (st != MG_OK) return st;
   if (cond->dtype == in[1]->dtype) c = mg_tensor_retain(cond);
   else {                  /* cond != 0 before the cast: float64 1e-300 is 0 in float32 */
-    mg_tensor *nz;
+    mg_tensor *nz = NULL;
     mg_no_grad_enter(C);
     if ((st = mg_tensor_binary_scalar(C, MG_B_NE, cond, 0.0, false, &nz)) == MG_OK) {
       st = mg_tensor_cast(C, nz, in[1]->dtype, &c);
@@ -316,7 +333,7 @@ static mg_status unary_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *con
                            const bool *need, mg_tensor **gin) {
   (void)lead;
   if (!need[0] || g[0] == NULL) return MG_OK;
-  mg_tensor *d;
+  mg_tensor *d = NULL;
   mg_status st = unary_deriv(C, n, &d);
   if (st != MG_OK) return st;
   st = BIN(MG_B_MUL, g[0], d, &gin[0]);
@@ -376,7 +393,7 @@ static mg_status binary_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *co
   if (g[0] == NULL) return MG_OK;
   for (int k = 0; k < 2; k++) {
     if (!need[k]) continue;
-    mg_tensor *d, *full;
+    mg_tensor *d = NULL, *full = NULL;
     mg_status st = binary_partial(C, n, k, &d);
     if (st != MG_OK) return st;
     st = times(C, g[0], d, &full);
@@ -392,7 +409,7 @@ static mg_status binary_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *co
 /* Sum of tangent contributions, each broadcast to the output's shape. */
 static mg_status accumulate(mg_ctx *C, mg_tensor **acc, mg_tensor *term) {
   if (*acc == NULL) { *acc = term; return MG_OK; }
-  mg_tensor *s;
+  mg_tensor *s = NULL;
   mg_status st = BIN(MG_B_ADD, *acc, term, &s);
   mg_tensor_release(term);
   mg_tensor_release(*acc);
@@ -414,7 +431,7 @@ static mg_status binary_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *co
   mg_tensor *acc = NULL;
   for (int k = 0; k < 2; k++) {
     if (t[k] == NULL) continue;
-    mg_tensor *d, *term, *tk;
+    mg_tensor *d = NULL, *term = NULL, *tk = NULL;
     mg_status st = mg_align_lead(C, t[k], lead, n->out[0]->ndim, &tk);
     if (st == MG_OK && (st = binary_partial(C, n, k, &d)) == MG_OK) {
       st = times(C, tk, d, &term);
@@ -429,7 +446,7 @@ static mg_status binary_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *co
 
 /* clamp: the gradient passes where lo <= x <= hi. */
 static mg_status clamp_mask(mg_ctx *C, const mg_node *n, mg_tensor **mask) {
-  mg_tensor *x = n->in[0], *a, *b;
+  mg_tensor *x = n->in[0], *a = NULL, *b = NULL;
   mg_status st = BINS(MG_B_GE, x, n->attr.f[0], &a);
   if (st != MG_OK) return st;
   if ((st = BINS(MG_B_LE, x, n->attr.f[1], &b)) == MG_OK) {
@@ -444,7 +461,7 @@ static mg_status clamp_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *con
                            const bool *need, mg_tensor **gin) {
   (void)lead;
   if (!need[0] || g[0] == NULL) return MG_OK;
-  mg_tensor *m;
+  mg_tensor *m = NULL;
   mg_status st = clamp_mask(C, n, &m);
   if (st != MG_OK) return st;
   st = BIN(MG_B_MUL, g[0], m, &gin[0]);
@@ -460,7 +477,7 @@ static mg_status clamp_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *con
 
 /* where: the cotangent goes to a where cond holds, to b elsewhere. */
 static mg_status where_part(mg_ctx *C, const mg_node *n, int k, mg_tensor *g, mg_tensor **out) {
-  mg_tensor *z;
+  mg_tensor *z = NULL;
   mg_status st = mg_tensor_full(C, g->dtype, 0, NULL, 0.0, &z);
   if (st != MG_OK) return st;
   st = k == 1 ? mg_tensor_where(C, n->in[0], g, z, out) : mg_tensor_where(C, n->in[0], z, g, out);
@@ -473,7 +490,7 @@ static mg_status where_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *con
   if (g[0] == NULL) return MG_OK;
   for (int k = 1; k <= 2; k++) {
     if (!need[k]) continue;
-    mg_tensor *full;
+    mg_tensor *full = NULL;
     mg_status st = where_part(C, n, k, g[0], &full);
     if (st != MG_OK) return st;
     st = mg_unbroadcast(C, full, lead, n->in[k]->ndim, n->in[k]->shape, &gin[k]);
@@ -485,10 +502,10 @@ static mg_status where_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *con
 
 static mg_status where_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *t,
                            mg_tensor **tout) {
-  mg_tensor *acc = NULL, *term;
+  mg_tensor *acc = NULL, *term = NULL;
   for (int k = 1; k <= 2; k++) {
     if (t[k] == NULL) continue;
-    mg_tensor *tk;
+    mg_tensor *tk = NULL;
     mg_status st = mg_align_lead(C, t[k], lead, n->out[0]->ndim, &tk);
     if (st == MG_OK) {
       st = where_part(C, n, k, tk, &term);
@@ -500,25 +517,7 @@ static mg_status where_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *con
   return finish_tangent(C, n, lead, acc, tout);
 }
 
-#define UNARY_DEF(var, nm) const mg_opdef var = { nm, unary_vjp, unary_jvp }
-UNARY_DEF(mg_opdef_neg, "neg");
-UNARY_DEF(mg_opdef_exp, "exp");
-UNARY_DEF(mg_opdef_log, "log");
-UNARY_DEF(mg_opdef_tanh, "tanh");
-UNARY_DEF(mg_opdef_sigmoid, "sigmoid");
-UNARY_DEF(mg_opdef_relu, "relu");
-UNARY_DEF(mg_opdef_abs, "abs");
-UNARY_DEF(mg_opdef_sqrt, "sqrt");
-UNARY_DEF(mg_opdef_sin, "sin");
-UNARY_DEF(mg_opdef_cos, "cos");
-UNARY_DEF(mg_opdef_softplus, "softplus");
-#define BINARY_DEF(var, nm) const mg_opdef var = { nm, binary_vjp, binary_jvp }
-BINARY_DEF(mg_opdef_add, "add");
-BINARY_DEF(mg_opdef_sub, "sub");
-BINARY_DEF(mg_opdef_mul, "mul");
-BINARY_DEF(mg_opdef_div, "div");
-BINARY_DEF(mg_opdef_pow, "pow");
-BINARY_DEF(mg_opdef_maximum, "maximum");
-BINARY_DEF(mg_opdef_minimum, "minimum");
-const mg_opdef mg_opdef_clamp = { "clamp", clamp_vjp, clamp_jvp };
-const mg_opdef mg_opdef_where = { "where", where_vjp, where_jvp };
+const mg_rules mg_rules_unary = { unary_vjp, unary_jvp };
+const mg_rules mg_rules_binary = { binary_vjp, binary_jvp };
+const mg_rules mg_rules_clamp = { clamp_vjp, clamp_jvp };
+const mg_rules mg_rules_where = { where_vjp, where_jvp };

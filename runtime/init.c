@@ -38,7 +38,7 @@ mg_status mg_init_orthogonal(mg_ctx *C, mg_tensor *t, double gain) {
   bool flip = rows < cols;
   int m = (int)(flip ? cols : rows), n = (int)(flip ? rows : cols), info = 0, lwork = -1;
   int64_t shape[2] = { rows, cols };
-  mg_tensor *g;
+  mg_tensor *g = NULL;
   if ((st = mg_tensor_empty(C, MG_F64, 2, shape, &g)) != MG_OK) return st;
   mg_fill_normal(C, g, 0, 1);
   /* LAPACK is column-major: a (rows, cols) row-major array is its (cols, rows) transpose,

@@ -13,7 +13,7 @@
 static mg_status basis(mg_ctx *C, mg_dtype dt, int64_t k0, int64_t kc, int64_t K, int64_t B,
                        int ndim, const int64_t *shape, mg_tensor **out) {
   int64_t sh[MG_MAXDIM];
-  mg_tensor *e, *x;
+  mg_tensor *e = NULL, *x = NULL;
   sh[0] = kc;
   sh[1] = 1;
   sh[2] = K;
@@ -68,16 +68,23 @@ static mg_status move_dim(mg_ctx *C, mg_tensor *t, int from, int to, mg_tensor *
   return mg_tensor_permute(C, t, perm, out);
 }
 
+/* The chunks joined along dim 0: the one chunk itself (a new reference), else their cat. */
+static mg_status join(mg_ctx *C, int nch, mg_tensor **parts, mg_tensor **out) {
+  if (nch > 1) return mg_tensor_cat(C, nch, parts, 0, out);
+  *out = mg_tensor_retain(parts[0]);
+  return MG_OK;
+}
+
 /* Final Jacobian from chunk results: each (kc, B?, src...) (reverse) or (kc, B?, tgt...)
 ** (forward), joined along the basis dim and laid out as the caller's 'shape'. */
 static mg_status assemble(mg_ctx *C, int nch, mg_tensor **parts, bool batch, bool fwd,
                           int ndim, const int64_t *shape, mg_tensor **out) {
-  mg_tensor *all, *moved;
-  mg_status st = nch == 1 ? (all = mg_tensor_retain(parts[0]), MG_OK)
-                          : mg_tensor_cat(C, nch, parts, 0, &all);
+  mg_tensor *all = NULL, *moved = NULL;
+  mg_status st = join(C, nch, parts, &all);
   if (st != MG_OK) return st;
   int to = fwd ? all->ndim - 1 : (batch ? 1 : 0);
-  st = to == 0 ? (moved = mg_tensor_retain(all), MG_OK) : move_dim(C, all, 0, to, &moved);
+  if (to == 0) moved = mg_tensor_retain(all);
+  else st = move_dim(C, all, 0, to, &moved);
   mg_tensor_release(all);
   if (st != MG_OK) return st;
   /* a view when the basis dim's new place allows it (batch: (B, K, ...) over (K, B, ...)),
@@ -122,7 +129,7 @@ static mg_status jac_reverse(const jac_job *J, int nsrc, mg_tensor *const *srcs,
   int nt = rest(J, J->target, &ts);
   for (int c = 0; c < nch && st == MG_OK; c++) {
     int64_t k0 = c * kc, n = J->K - k0 < kc ? J->K - k0 : kc;
-    mg_tensor *seed;
+    mg_tensor *seed = NULL;
     st = basis(C, J->target->dtype, k0, n, J->K, J->batch ? J->B : -1, nt, ts, &seed);
     if (st != MG_OK) break;
     if (J->batch && nt == 1 && nch == 1) seed->flags |= MG_TF_EYE;   /* exactly (K, B, K) */
@@ -155,7 +162,7 @@ static mg_status jac_forward(const jac_job *J, int nsrc, mg_tensor *const *srcs,
     if (parts == NULL) st = mg_fail(C, MG_ENOMEM, "out of memory");
     for (int c = 0; c < nch && st == MG_OK; c++) {
       int64_t k0 = c * kc, n = Ks - k0 < kc ? Ks - k0 : kc;
-      mg_tensor *tan;
+      mg_tensor *tan = NULL;
       st = basis(C, srcs[j]->dtype, k0, n, Ks, J->batch ? J->B : -1, ns, ss, &tan);
       if (st != MG_OK) break;
       st = mg_tape_forward_sweep(J->T, 1, &srcs[j], &tan, 1, 1, &J->target, &parts[c]);
@@ -165,9 +172,8 @@ static mg_status jac_forward(const jac_job *J, int nsrc, mg_tensor *const *srcs,
       int64_t sh[MG_MAXDIM];
       int nd = jac_shape(J, srcs[j], sh);
       /* chunks join along dim 0 (the source basis), which moves last */
-      mg_tensor *all;
-      st = nch == 1 ? (all = mg_tensor_retain(parts[0]), MG_OK) : mg_tensor_cat(C, nch, parts, 0, &all);
-      if (st == MG_OK) {
+      mg_tensor *all = NULL;
+      if ((st = join(C, nch, parts, &all)) == MG_OK) {
         st = assemble(C, 1, &all, J->batch, true, nd, sh, &jac[j]);
         mg_tensor_release(all);
       }
@@ -181,7 +187,7 @@ static mg_status jac_forward(const jac_job *J, int nsrc, mg_tensor *const *srcs,
 
 /* Largest |a - b| over the elements of two same-shaped tensors, and largest |a|. */
 static mg_status max_diff(mg_ctx *C, mg_tensor *a, mg_tensor *b, double *err, double *scale) {
-  mg_tensor *ac, *bc;
+  mg_tensor *ac = NULL, *bc = NULL;
   mg_status st = mg_tensor_contiguous(C, a, &ac);
   if (st != MG_OK) return st;
   if ((st = mg_tensor_contiguous(C, b, &bc)) != MG_OK) { mg_tensor_release(ac); return st; }
@@ -206,13 +212,13 @@ static mg_status check_independent(const jac_job *J, int nsrc, mg_tensor *const 
   int64_t wsh[MG_MAXDIM];
   const int64_t *ts;
   int nt = rest(J, J->target, &ts);
-  mg_tensor *w, *seed = NULL;
+  mg_tensor *w = NULL, *seed = NULL;
   mg_status st = mg_tensor_empty(C, J->target->dtype, 1, &J->B, &w);
   if (st != MG_OK) return st;
   for (int64_t b = 0; b < J->B; b++) mg_tensor_set(w, &b, (double)(b + 1));
   wsh[0] = J->B;
   for (int i = 1; i <= nt; i++) wsh[i] = 1;
-  mg_tensor *wr;
+  mg_tensor *wr = NULL;
   if ((st = mg_tensor_reshape(C, w, nt + 1, wsh, &wr)) != MG_OK) { mg_tensor_release(w); return st; }
   mg_tensor_release(w);
   /* seed_w[b, ...] = w[b]: one sweep gives sum_i w_i d target[i] / d source */
@@ -225,7 +231,7 @@ static mg_status check_independent(const jac_job *J, int nsrc, mg_tensor *const 
   }
   for (int j = 0; j < nsrc && st == MG_OK; j++) {
     /* expected: w[b] * sum over target entries of jac[b, ...] */
-    mg_tensor *s, *e, *wj;
+    mg_tensor *s = NULL, *e = NULL, *wj = NULL;
     uint32_t mask = 0;
     for (int i = 1; i <= nt; i++) mask |= 1u << i;
     int64_t sh[MG_MAXDIM];

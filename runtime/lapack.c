@@ -672,7 +672,7 @@ static mg_status qr_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const 
   return st;
 }
 
-const mg_opdef mg_opdef_qr = { "linalg.qr", qr_vjp, qr_jvp };
+const mg_rules mg_rules_qr = { qr_vjp, qr_jvp };
 
 /* ================================================================ SVD rules */
 
@@ -770,7 +770,7 @@ static mg_status svd_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const
   return st;
 }
 
-const mg_opdef mg_opdef_svd = { "linalg.svd", svd_vjp, svd_jvp };
+const mg_rules mg_rules_svd = { svd_vjp, svd_jvp };
 
 /* ================================================================ eigh rules */
 
@@ -810,7 +810,7 @@ static mg_status eigh_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *cons
   return st;
 }
 
-const mg_opdef mg_opdef_eigh = { "linalg.eigh", eigh_vjp, eigh_jvp };
+const mg_rules mg_rules_eigh = { eigh_vjp, eigh_jvp };
 
 /* ================================================================ eig: no rules */
 
@@ -826,7 +826,7 @@ static mg_status eig_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const
   return eig_vjp(C, n, lead, t, NULL, tout);
 }
 
-const mg_opdef mg_opdef_eig = { "linalg.eig", eig_vjp, eig_jvp };
+const mg_rules mg_rules_eig = { eig_vjp, eig_jvp };
 
 /* ================================================================ solve rules */
 
@@ -868,7 +868,7 @@ static mg_status solve_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *con
   return st;
 }
 
-const mg_opdef mg_opdef_solve = { "linalg.solve", solve_vjp, solve_jvp };
+const mg_rules mg_rules_solve = { solve_vjp, solve_jvp };
 
 /* ================================================================ slogdet rules */
 
@@ -901,7 +901,7 @@ static mg_status slogdet_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *c
   return ex_give(&e, mg_ex_sum(&e, mg_ex_mul(&e, ex_inv_t(&e, A), dA), last2), &tout[1]);
 }
 
-const mg_opdef mg_opdef_slogdet = { "linalg.slogdet", slogdet_vjp, slogdet_jvp };
+const mg_rules mg_rules_slogdet = { slogdet_vjp, slogdet_jvp };
 
 /* ================================================================ Cholesky rules */
 
@@ -933,4 +933,4 @@ static mg_status cholesky_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *
   return ex_give(&e, mg_ex_matmul(&e, L, W), &tout[0]);
 }
 
-const mg_opdef mg_opdef_cholesky = { "linalg.cholesky", cholesky_vjp, cholesky_jvp };
+const mg_rules mg_rules_cholesky = { cholesky_vjp, cholesky_jvp };

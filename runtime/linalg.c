@@ -96,7 +96,7 @@ static mg_status matmul_nd(mg_ctx *C, mg_tensor *a, mg_tensor *b, mg_tensor **ou
   memcpy(oshape, batch, (size_t)nbatch * sizeof *batch);
   oshape[nbatch] = M;
   oshape[nbatch + 1] = N;
-  mg_tensor *y, *ac = mg_tensor_retain(a), *bc = mg_tensor_retain(b);
+  mg_tensor *y = NULL, *ac = mg_tensor_retain(a), *bc = mg_tensor_retain(b);
   mg_status st = MG_OK;
   mg_no_grad_enter(C);                               /* copies here are not separate ops */
   if (!blas_layout(ac).ok) { mg_tensor_release(ac); st = mg_tensor_clone(C, a, &ac); }
@@ -148,21 +148,21 @@ mg_status mg_tensor_matmul(mg_ctx *C, mg_tensor *a, mg_tensor *b, mg_tensor **ou
   mg_status st = MG_OK;
   if (a->dtype != b->dtype) {                         /* promote, recorded */
     int lo = a->dtype == MG_F32 ? 0 : 1;
-    mg_tensor *c;
+    mg_tensor *c = NULL;
     if ((st = mg_tensor_cast(C, in[lo], MG_F64, &c)) == MG_OK) { mg_tensor_release(in[lo]); in[lo] = c; }
   }
   bool va = a->ndim == 1, vb = b->ndim == 1;
   if (st == MG_OK && va) {
-    mg_tensor *u;
+    mg_tensor *u = NULL;
     if ((st = mg_tensor_unsqueeze(C, in[0], 0, &u)) == MG_OK) { mg_tensor_release(in[0]); in[0] = u; }
   }
   if (st == MG_OK && vb) {
-    mg_tensor *u;
+    mg_tensor *u = NULL;
     if ((st = mg_tensor_unsqueeze(C, in[1], 1, &u)) == MG_OK) { mg_tensor_release(in[1]); in[1] = u; }
   }
   if (st == MG_OK) st = matmul_nd(C, in[0], in[1], &y);
   if (st == MG_OK && (va || vb)) {                   /* drop the added dims */
-    mg_tensor *s;
+    mg_tensor *s = NULL;
     int64_t sh[MG_MAXDIM];
     int nd = 0;
     for (int i = 0; i < y->ndim; i++)
@@ -235,7 +235,7 @@ static mg_status matmul_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *co
       if (st != MG_OK) return st;
       continue;
     }
-    mg_tensor *other = n->in[1 - k], *t, *full;
+    mg_tensor *other = n->in[1 - k], *t = NULL, *full = NULL;
     mg_status st = mT(C, other, &t);
     if (st != MG_OK) return st;
     st = k == 0 ? matmul_nd(C, g[0], t, &full) : matmul_nd(C, t, g[0], &full);
@@ -250,10 +250,10 @@ static mg_status matmul_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *co
 
 static mg_status matmul_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *t,
                             mg_tensor **tout) {
-  mg_tensor *acc = NULL, *p;
+  mg_tensor *acc = NULL, *p = NULL;
   for (int k = 0; k < 2; k++) {
     if (t[k] == NULL) continue;
-    mg_tensor *tk;                   /* batch dims right-aligned with the output's */
+    mg_tensor *tk = NULL;            /* batch dims right-aligned with the output's */
     mg_status st = mg_align_lead(C, t[k], lead, n->out[0]->ndim, &tk);
     if (st == MG_OK) {
       st = k == 0 ? matmul_nd(C, tk, n->in[1], &p) : matmul_nd(C, n->in[0], tk, &p);
@@ -261,7 +261,7 @@ static mg_status matmul_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *co
     }
     if (st != MG_OK) { mg_tensor_release(acc); return st; }
     if (acc == NULL) { acc = p; continue; }
-    mg_tensor *s;
+    mg_tensor *s = NULL;
     st = mg_tensor_binary(C, MG_B_ADD, acc, p, &s);
     mg_tensor_release(acc);
     mg_tensor_release(p);
@@ -275,4 +275,4 @@ static mg_status matmul_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *co
   return st;
 }
 
-const mg_opdef mg_opdef_matmul = { "matmul", matmul_vjp, matmul_jvp };
+const mg_rules mg_rules_matmul = { matmul_vjp, matmul_jvp };

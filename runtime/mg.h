@@ -120,14 +120,19 @@ MG_API void mg_tensor_set(mg_tensor *t, const int64_t *idx, double v);
 ** Binary ops broadcast as NumPy does; mixed dtypes promote to float64.
 ** -------------------------------------------------------------------------------------- */
 
+/* Elementwise kernels, one value per row of the op list "mg_ops.def" (which also says which
+** of them are recorded): MG_U_NEG, MG_U_EXP, ... and MG_B_ADD, ..., MG_B_GE. */
 typedef enum mg_unary {
-  MG_U_NEG, MG_U_EXP, MG_U_LOG, MG_U_TANH, MG_U_SIGMOID, MG_U_RELU, MG_U_ABS, MG_U_SQRT,
-  MG_U_SIN, MG_U_COS, MG_U_SOFTPLUS, MG_U_SIGN, MG_U_STEP /* x > 0 */, MG_U_COUNT
+#define MG_UNARY_OP(kernel, opcode, name) kernel,
+#define MG_UNARY_KERNEL(kernel, name) kernel,
+#include "mg_ops.def"
+  MG_U_COUNT
 } mg_unary;
 
 typedef enum mg_binary {
-  MG_B_ADD, MG_B_SUB, MG_B_MUL, MG_B_DIV, MG_B_POW, MG_B_MAXIMUM, MG_B_MINIMUM,
-  MG_B_EQ, MG_B_NE, MG_B_LT, MG_B_LE, MG_B_GT, MG_B_GE,   /* comparisons: 0/1, not recorded */
+#define MG_BINARY_OP(kernel, opcode, name) kernel,
+#define MG_BINARY_KERNEL(kernel, name) kernel,   /* comparisons: 0/1, not recorded */
+#include "mg_ops.def"
   MG_B_COUNT
 } mg_binary;
 

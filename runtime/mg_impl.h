@@ -35,7 +35,8 @@ typedef struct mg_storage {
 enum {
   MG_TF_VARIABLE = 1,
   /* A batch-Jacobian seed, shape (K, B, K): element [k, b, j] is 1 if k == j, else 0.
-  ** Rules may use the structure instead of multiplying by it (matmul: a view of W^T). */
+  ** Rules may use the structure instead of multiplying by it (matmul: a view of W^T); the
+  ** protocol is the rule contract in mg_ops.h. */
   MG_TF_EYE = 2
 };
 
@@ -175,7 +176,7 @@ bool mg_broadcast_shape(int na, const int64_t *a, int nb, const int64_t *b, int 
                         int64_t *out);
 
 /* ----------------------------------------------------------------------------------------
-** Helpers for rules (autograd.c)
+** Helpers for rules (rules.c)
 ** -------------------------------------------------------------------------------------- */
 
 /* Sum 'g' (lead dims .. broadcast shape) down to lead dims .. 'shape'. New reference. */
@@ -196,7 +197,7 @@ void mg_gemm(mg_dtype dt, bool ta, bool tb, int64_t M, int64_t N, int64_t K, dou
              int64_t ldy);
 
 /* ----------------------------------------------------------------------------------------
-** Expressions for composite rules (autograd.c): each mg_ex_* returns a borrowed tensor
+** Expressions for composite rules (rules.c): each mg_ex_* returns a borrowed tensor
 ** owned by the expression (released by mg_ex_end), or NULL once anything failed; the
 ** first failure's status stays in 'st'. So a rule reads as the maths it computes.
 ** -------------------------------------------------------------------------------------- */

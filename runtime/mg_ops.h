@@ -1,40 +1,53 @@
 /*
 ** mg_ops.h - the op registry: one entry per recorded op, holding its name and its reverse
-** (VJP) and forward (JVP) rules. Each op's forward, shape rule and rules live side by side in
-** one ops_*.c file, which defines its 'mg_opdef_*'. ops.c assembles 'mg_ops'.
+** (VJP) and forward (JVP) rules. The op list "mg_ops.def" names every op once; each op's
+** forward, shape rule and rules live side by side in one .c file, which defines its
+** 'mg_rules_*'. ops.c assembles 'mg_ops' from the list.
 */
 #ifndef MG_OPS_H
 #define MG_OPS_H
 
 #include "mg.h"
 
+/* One opcode per recorded op of the op list "mg_ops.def": MG_OP_NEG, ..., MG_OP_GRU_CELL. */
 typedef enum mg_opcode {
-  /* elementwise unary (elementwise.c); order matches mg_unary */
-  MG_OP_NEG, MG_OP_EXP, MG_OP_LOG, MG_OP_TANH, MG_OP_SIGMOID, MG_OP_RELU, MG_OP_ABS,
-  MG_OP_SQRT, MG_OP_SIN, MG_OP_COS, MG_OP_SOFTPLUS,
-  /* elementwise binary (elementwise.c); order matches mg_binary */
-  MG_OP_ADD, MG_OP_SUB, MG_OP_MUL, MG_OP_DIV, MG_OP_POW, MG_OP_MAXIMUM, MG_OP_MINIMUM,
-  MG_OP_CLAMP, MG_OP_WHERE,
-  /* views and copies (ops_shape.c) */
-  MG_OP_RESHAPE, MG_OP_PERMUTE, MG_OP_EXPAND, MG_OP_NARROW, MG_OP_SELECT, MG_OP_PAD,
-  MG_OP_CAST, MG_OP_COPY, MG_OP_CAT,
-  /* reductions (reduce.c) */
-  MG_OP_SUM, MG_OP_AMAX, MG_OP_AMIN, MG_OP_SOFTMAX, MG_OP_LOG_SOFTMAX,
-  /* linear algebra (linalg.c) */
-  MG_OP_MATMUL,
-  /* fused recurrent cells (cells.c) */
-  MG_OP_LSTM_CELL, MG_OP_GRU_CELL,
-  /* LAPACK (lapack.c) */
-  MG_OP_QR, MG_OP_SVD, MG_OP_EIGH, MG_OP_EIG, MG_OP_SOLVE, MG_OP_SLOGDET, MG_OP_CHOLESKY,
+#define MG_UNARY_OP(kernel, opcode, name) opcode,
+#define MG_BINARY_OP(kernel, opcode, name) opcode,
+#define MG_OP(opcode, name, rules) opcode,
+#include "mg_ops.def"
   MG_OP_COUNT
 } mg_opcode;
 
 struct mg_node;
 
+/* ----------------------------------------------------------------------------------------
+** The rule contract, what every VJP and JVP may assume and must keep:
+**
+** - Rules read the node ('n->in', 'n->out', 'n->saved', 'n->attr') and the incoming
+**   cotangents 'g' (tangents 't'); they never write into any of them. A cotangent may be the
+**   caller's seed, a stride-0 expansion (sum's rule), or shared by several tape slots.
+** - A rule's results ('gin[i]', 'tout[k]') are new references. Passing an incoming tensor
+**   through unchanged is allowed and cheap, 'gin[i] = mg_tensor_retain(g[0])' (add's rule
+**   does, through 'times' and 'mg_unbroadcast'): the tensor keeps its flags, and they stay
+**   true because nothing writes into it (the sweep adds into a cotangent in place only when
+**   it has no flags and no other reference: 'private_sum' in tape.c). Any tensor a rule
+**   makes starts with flags 0.
+** - Rules compute with the public, recording ops (mg_tensor_*), so that every other active
+**   tape records them: that is what makes gradients of gradients and Hessians work.
+** - Flags an incoming cotangent may carry ('mg_tensor.flags', mg_impl.h):
+**     MG_TF_EYE       an identity seed: set by batch Jacobians ('jac_reverse' in jacobian.c)
+**                     on the basis cotangent of shape (K, B, K), lead == 1, whose element
+**                     [k, b, j] is 1 if k == j, else 0, when one sweep covers all K rows. A
+**                     rule may use the structure instead of multiplying by it (matmul_vjp's
+**                     'is_eye_seed' in linalg.c: the result is a view of W^T), after checking
+**                     the shapes it relies on; any other rule treats it as an ordinary tensor.
+**     MG_TF_VARIABLE  when the caller's seed is a Variable; meaningless to rules.
+**   Tangents (JVP) never carry MG_TF_EYE.
+** -------------------------------------------------------------------------------------- */
+
 /* Reverse rule. 'g[k]' is the cotangent of output k (NULL: zero), with 'lead' extra leading
 ** dimensions. For each input i with need[i], set gin[i] to a new reference shaped
-** lead dims .. input shape, or leave it NULL for zero. Rules compute with recording ops, so
-** other active tapes record them (gradients of gradients). */
+** lead dims .. input shape, or leave it NULL for zero. */
 typedef mg_status (*mg_vjp_fn)(mg_ctx *C, const struct mg_node *n, int lead,
                                mg_tensor *const *g, const bool *need, mg_tensor **gin);
 /* Forward rule. 't[i]' is the tangent of input i (NULL: zero), with 'lead' leading dims.
@@ -42,12 +55,24 @@ typedef mg_status (*mg_vjp_fn)(mg_ctx *C, const struct mg_node *n, int lead,
 typedef mg_status (*mg_jvp_fn)(mg_ctx *C, const struct mg_node *n, int lead,
                                mg_tensor *const *t, mg_tensor **tout);
 
-typedef struct mg_opdef {
-  const char *name;
+/* An op's two rules, defined beside its forward ('mg_rules_unary', ... as "mg_ops.def" names
+** them); ops with the same rules share one. */
+typedef struct mg_rules {
   mg_vjp_fn vjp;
   mg_jvp_fn jvp;
+} mg_rules;
+
+typedef struct mg_opdef {
+  const char *name;          /* in messages: "out of memory recording 'tanh' on a tape" */
+  const mg_rules *rules;
 } mg_opdef;
 
-extern const mg_opdef *const mg_ops[MG_OP_COUNT];
+/* The rules each op of the list names: elementwise rows share unary's and binary's. */
+extern const mg_rules mg_rules_unary, mg_rules_binary;
+#define MG_OP(opcode, name, rules) extern const mg_rules rules;
+#include "mg_ops.def"
+
+/* The registry, indexed by opcode (ops.c, generated from "mg_ops.def"). */
+extern const mg_opdef mg_ops[MG_OP_COUNT];
 
 #endif

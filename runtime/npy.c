@@ -26,7 +26,7 @@ mg_status mg_npy_save(mg_ctx *C, mg_tensor *t, const char *path) {
   memset(hdr + n, ' ', (size_t)pad);
   hdr[n + pad] = '\n';
   uint16_t hlen = (uint16_t)(n + pad + 1);
-  mg_tensor *c;
+  mg_tensor *c = NULL;
   mg_no_grad_enter(C);
   mg_status st = mg_tensor_contiguous(C, t, &c);
   mg_no_grad_exit(C);
@@ -142,7 +142,7 @@ mg_status mg_npy_parse(mg_ctx *C, const void *buf, size_t len, mg_tensor **out) 
   if (len - off - hlen != bytes) return bad(C, "data size does not match the shape");
   int64_t sh[MG_MAXDIM];
   for (int i = 0; i < nd; i++) sh[i] = fortran ? shape[nd - 1 - i] : shape[i];
-  mg_tensor *t, *v;
+  mg_tensor *t = NULL, *v = NULL;
   mg_status st = mg_tensor_empty(C, dt, nd, sh, &t);
   if (st != MG_OK) return st;
   memcpy(mg_tensor_data(t), b + off + hlen, bytes);

@@ -61,7 +61,7 @@ mg_status mg_tensor_copy_(mg_ctx *C, mg_tensor *dst, mg_tensor *src) {
                    mg_shapestr(s2, sizeof s2, dst->ndim, dst->shape));
   }
   if (src->storage == dst->storage) {         /* overlapping: go through a copy */
-    mg_tensor *tmp;
+    mg_tensor *tmp = NULL;
     mg_status st = mg_tensor_empty(C, src->dtype, src->ndim, src->shape, &tmp);
     if (st != MG_OK) return st;
     copy_into(tmp, src);
@@ -162,7 +162,7 @@ mg_status mg_tensor_reshape(mg_ctx *C, mg_tensor *x, int ndim, const int64_t *sh
     if (n == 0) mg_contiguous_strides(ndim, sh, stride);
     return view(C, MG_OP_RESHAPE, x, ndim, sh, stride, x->offset, NULL, out);
   }
-  mg_tensor *c;
+  mg_tensor *c = NULL;
   mg_status st = mg_tensor_clone(C, x, &c);
   if (st != MG_OK) return st;
   mg_contiguous_strides(ndim, sh, stride);
@@ -330,7 +330,7 @@ mg_status mg_tensor_pad(mg_ctx *C, mg_tensor *x, int dim, int64_t start, int64_t
   int64_t sh[MG_MAXDIM];
   memcpy(sh, x->shape, sizeof sh);
   sh[dim] = size;
-  mg_tensor *y;
+  mg_tensor *y = NULL;
   mg_status st = mg_tensor_zeros(C, x->dtype, x->ndim, sh, &y);
   if (st != MG_OK) return st;
   mg_tensor part = *y;                            /* a borrowed window, not a new tensor */
@@ -359,7 +359,7 @@ static mg_status select_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *co
                             const bool *need, mg_tensor **gin) {
   if (!need[0] || g[0] == NULL) return MG_OK;
   const int64_t *a = n->attr.i;
-  mg_tensor *u;
+  mg_tensor *u = NULL;
   mg_status st = mg_tensor_unsqueeze(C, g[0], lead + (int)a[0], &u);
   if (st != MG_OK) return st;
   st = mg_tensor_pad(C, u, lead + (int)a[0], a[1], n->in[0]->shape[a[0]], &gin[0]);
@@ -390,7 +390,7 @@ static mg_status pad_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const
 /* ================================================================ copies */
 
 static mg_status copy_op(mg_ctx *C, int op, mg_tensor *x, mg_dtype dt, mg_tensor **out) {
-  mg_tensor *y;
+  mg_tensor *y = NULL;
   mg_status st = mg_tensor_empty(C, dt, x->ndim, x->shape, &y);
   if (st != MG_OK) return st;
   copy_into(y, x);
@@ -447,7 +447,7 @@ mg_status mg_tensor_cat(mg_ctx *C, int n, mg_tensor *const *xs, int dim, mg_tens
   }
   memcpy(sh, x0->shape, sizeof sh);
   sh[dim] = total;
-  mg_tensor *y;
+  mg_tensor *y = NULL;
   mg_status st = mg_tensor_empty(C, dt, x0->ndim, sh, &y);
   if (st != MG_OK) return st;
   int64_t at0 = 0;
@@ -489,7 +489,7 @@ static mg_status cat_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const
   for (int k = 0; k < n->nin; k++) {
     int64_t len = n->in[k]->shape[dim];
     if (need[k]) {
-      mg_tensor *v;
+      mg_tensor *v = NULL;
       mg_status st = mg_tensor_narrow(C, g[0], lead + dim, at0, len, &v);
       if (st != MG_OK) return st;
       st = mg_tensor_cast(C, v, n->in[k]->dtype, &gin[k]);
@@ -521,12 +521,11 @@ static mg_status cat_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const
   return st;
 }
 
-const mg_opdef mg_opdef_reshape = { "reshape", reshape_vjp, reshape_jvp };
-const mg_opdef mg_opdef_permute = { "permute", permute_vjp, permute_jvp };
-const mg_opdef mg_opdef_expand = { "expand", expand_vjp, expand_jvp };
-const mg_opdef mg_opdef_narrow = { "narrow", narrow_vjp, narrow_jvp };
-const mg_opdef mg_opdef_select = { "select", select_vjp, select_jvp };
-const mg_opdef mg_opdef_pad = { "pad", pad_vjp, pad_jvp };
-const mg_opdef mg_opdef_cast = { "cast", copy_vjp, copy_jvp };
-const mg_opdef mg_opdef_copy = { "copy", copy_vjp, copy_jvp };
-const mg_opdef mg_opdef_cat = { "cat", cat_vjp, cat_jvp };
+const mg_rules mg_rules_reshape = { reshape_vjp, reshape_jvp };
+const mg_rules mg_rules_permute = { permute_vjp, permute_jvp };
+const mg_rules mg_rules_expand = { expand_vjp, expand_jvp };
+const mg_rules mg_rules_narrow = { narrow_vjp, narrow_jvp };
+const mg_rules mg_rules_select = { select_vjp, select_jvp };
+const mg_rules mg_rules_pad = { pad_vjp, pad_jvp };
+const mg_rules mg_rules_copy = { copy_vjp, copy_jvp };
+const mg_rules mg_rules_cat = { cat_vjp, cat_jvp };

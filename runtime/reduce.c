@@ -82,8 +82,9 @@ static void reduce_f64(int64_t n, char **p, const int64_t *s, void *ud) {
 }
 
 /* Reduce into a new tensor; records op 'op' (with attr mask, keepdim). */
-static mg_status reduce(mg_ctx *C, const char *fn, int op, int kind, mg_tensor *x,
-                        uint32_t mask, bool keepdim, mg_tensor **out) {
+static mg_status reduce(mg_ctx *C, int op, int kind, mg_tensor *x, uint32_t mask,
+                        bool keepdim, mg_tensor **out) {
+  const char *fn = mg_ops[op].name;
   int64_t keep[MG_MAXDIM], drop[MG_MAXDIM], st[MG_MAXDIM];
   mg_status s = check_mask(C, fn, x, &mask);
   if (s != MG_OK) return s;
@@ -91,7 +92,7 @@ static mg_status reduce(mg_ctx *C, const char *fn, int op, int kind, mg_tensor *
   for (int i = 0; kind != R_SUM && i < x->ndim; i++)
     if (((mask >> i) & 1u) && x->shape[i] == 0)
       return mg_fail(C, MG_ESHAPE, "%s: cannot reduce over the empty dimension %d", fn, i + 1);
-  mg_tensor *y;
+  mg_tensor *y = NULL;
   double init = kind == R_SUM ? 0.0 : (kind == R_MAX ? -INFINITY : INFINITY);
   if ((s = mg_tensor_full(C, x->dtype, x->ndim, keep, init, &y)) != MG_OK) return s;
   mg_tensor *ops[2] = { y, x };
@@ -109,13 +110,13 @@ static mg_status reduce(mg_ctx *C, const char *fn, int op, int kind, mg_tensor *
 }
 
 mg_status mg_tensor_sum(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keepdim, mg_tensor **out) {
-  return reduce(C, "sum", MG_OP_SUM, R_SUM, x, mask, keepdim, out);
+  return reduce(C, MG_OP_SUM, R_SUM, x, mask, keepdim, out);
 }
 mg_status mg_tensor_amax(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keepdim, mg_tensor **out) {
-  return reduce(C, "max", MG_OP_AMAX, R_MAX, x, mask, keepdim, out);
+  return reduce(C, MG_OP_AMAX, R_MAX, x, mask, keepdim, out);
 }
 mg_status mg_tensor_amin(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keepdim, mg_tensor **out) {
-  return reduce(C, "min", MG_OP_AMIN, R_MIN, x, mask, keepdim, out);
+  return reduce(C, MG_OP_AMIN, R_MIN, x, mask, keepdim, out);
 }
 
 /* Elements reduced by 'mask'. */
@@ -127,7 +128,7 @@ static int64_t count(const mg_tensor *x, uint32_t mask) {
 }
 
 mg_status mg_tensor_mean(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keepdim, mg_tensor **out) {
-  mg_tensor *s;
+  mg_tensor *s = NULL;
   mg_status st = check_mask(C, "mean", x, &mask);
   if (st != MG_OK || (st = mg_tensor_sum(C, x, mask, keepdim, &s)) != MG_OK) return st;
   st = mg_tensor_binary_scalar(C, MG_B_DIV, s, (double)count(x, mask), false, out);
@@ -149,7 +150,7 @@ mg_status mg_tensor_var(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keepdim, mg
 }
 
 mg_status mg_tensor_std(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keepdim, mg_tensor **out) {
-  mg_tensor *v;
+  mg_tensor *v = NULL;
   mg_status st = mg_tensor_var(C, x, mask, keepdim, &v);
   if (st != MG_OK) return st;
   st = mg_tensor_unary(C, MG_U_SQRT, v, out);
@@ -158,7 +159,7 @@ mg_status mg_tensor_std(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keepdim, mg
 }
 
 mg_status mg_tensor_norm(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keepdim, mg_tensor **out) {
-  mg_tensor *sq, *s;
+  mg_tensor *sq = NULL, *s = NULL;
   mg_status st = BIN(MG_B_MUL, x, x, &sq);
   if (st != MG_OK) return st;
   st = mg_tensor_sum(C, sq, mask, keepdim, &s);
@@ -174,7 +175,7 @@ mg_status mg_tensor_norm(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keepdim, m
 mg_status mg_tensor_argmax(mg_ctx *C, mg_tensor *x, int dim, bool keepdim, bool is_min,
                            mg_tensor **out) {
   const char *fn = is_min ? "argmin" : "argmax";
-  mg_tensor *c;
+  mg_tensor *c = NULL;
   if (dim >= x->ndim) return mg_fail(C, MG_EINDEX, "%s: dimension %d out of range for a %d-d tensor", fn, dim + 1, x->ndim);
   if (dim < 0 ? mg_tensor_numel(x) == 0 : x->shape[dim] == 0)   /* other dims may be empty */
     return mg_fail(C, MG_ESHAPE, "%s: cannot reduce over an empty %s", fn,
@@ -193,7 +194,7 @@ mg_status mg_tensor_argmax(mg_ctx *C, mg_tensor *x, int dim, bool keepdim, bool 
   } else if (keepdim) {
     for (int i = 0; i < x->ndim; i++) keep[i] = 1;
   }
-  mg_tensor *y;
+  mg_tensor *y = NULL;
   st = keepdim ? mg_tensor_empty(C, MG_F64, x->ndim, keep, &y) : mg_tensor_empty(C, MG_F64, nd, drop, &y);
   if (st != MG_OK) { mg_tensor_release(c); return st; }
   double *yo = MG_F64P(y);
@@ -227,7 +228,7 @@ static mg_status keepdim_view(mg_ctx *C, const mg_node *n, int lead, mg_tensor *
 static mg_status sum_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *g,
                          const bool *need, mg_tensor **gin) {
   if (!need[0] || g[0] == NULL) return MG_OK;
-  mg_tensor *k;
+  mg_tensor *k = NULL;
   mg_status st = keepdim_view(C, n, lead, g[0], &k);
   if (st != MG_OK) return st;
   st = mg_expand_lead(C, k, lead, n->in[0]->ndim, n->in[0]->shape, &gin[0]);
@@ -238,7 +239,7 @@ static mg_status sum_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const
 static mg_status sum_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *t,
                          mg_tensor **tout) {
   if (t[0] == NULL) return MG_OK;
-  mg_tensor *full;                  /* the tangent may still be broadcast-shaped */
+  mg_tensor *full = NULL;           /* the tangent may still be broadcast-shaped */
   mg_status st = mg_expand_lead(C, t[0], lead, n->in[0]->ndim, n->in[0]->shape, &full);
   if (st != MG_OK) return st;
   st = mg_tensor_sum(C, full, (uint32_t)n->attr.i[0] << lead, n->attr.i[1] != 0, &tout[0]);
@@ -265,7 +266,7 @@ static mg_status extreme_weights(mg_ctx *C, const mg_node *n, mg_tensor **w) {
 static mg_status extreme_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *g,
                              const bool *need, mg_tensor **gin) {
   if (!need[0] || g[0] == NULL) return MG_OK;
-  mg_tensor *w, *k;
+  mg_tensor *w = NULL, *k = NULL;
   mg_status st = extreme_weights(C, n, &w);
   if (st != MG_OK) return st;
   if ((st = keepdim_view(C, n, lead, g[0], &k)) == MG_OK) {
@@ -279,11 +280,11 @@ static mg_status extreme_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *c
 static mg_status extreme_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *t,
                              mg_tensor **tout) {
   if (t[0] == NULL) return MG_OK;
-  mg_tensor *w, *p;
+  mg_tensor *w = NULL, *p = NULL;
   mg_status st = extreme_weights(C, n, &w);
   if (st != MG_OK) return st;
   if ((st = BIN(MG_B_MUL, t[0], w, &p)) == MG_OK) {
-    mg_tensor *full;
+    mg_tensor *full = NULL;
     if ((st = mg_expand_lead(C, p, lead, n->in[0]->ndim, n->in[0]->shape, &full)) == MG_OK) {
       st = mg_tensor_sum(C, full, (uint32_t)n->attr.i[0] << lead, n->attr.i[1] != 0, &tout[0]);
       mg_tensor_release(full);
@@ -314,10 +315,11 @@ static mg_status extreme_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *c
   } while (0)
 
 mg_status mg_tensor_softmax(mg_ctx *C, mg_tensor *x, int dim, bool log_, mg_tensor **out) {
-  const char *fn = log_ ? "log_softmax" : "softmax";
+  int op = log_ ? MG_OP_LOG_SOFTMAX : MG_OP_SOFTMAX;
+  const char *fn = mg_ops[op].name;
   if (dim < 0 || dim >= x->ndim)
     return mg_fail(C, MG_EINDEX, "%s: dimension %d out of range for a %d-d tensor", fn, dim + 1, x->ndim);
-  mg_tensor *c, *y;
+  mg_tensor *c = NULL, *y = NULL;
   mg_no_grad_enter(C);
   mg_status st = mg_tensor_contiguous(C, x, &c);
   mg_no_grad_exit(C);
@@ -335,7 +337,7 @@ mg_status mg_tensor_softmax(mg_ctx *C, mg_tensor *x, int dim, bool log_, mg_tens
   }
   mg_tensor_release(c);
   mg_attr at = { .ni = 1, .i = { dim } };
-  return mg_record_result(C, log_ ? MG_OP_LOG_SOFTMAX : MG_OP_SOFTMAX, 1, &x, y, &at, out);
+  return mg_record_result(C, op, 1, &x, y, &at, out);
 }
 
 /* softmax: y (v - sum(v y)); log_softmax: v - exp(y) sum(v), along the softmax dim, for a
@@ -375,7 +377,7 @@ static mg_status softmax_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *c
 static mg_status softmax_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *t,
                              mg_tensor **tout) {
   if (t[0] == NULL) return MG_OK;
-  mg_tensor *full;
+  mg_tensor *full = NULL;
   mg_status st = mg_expand_lead(C, t[0], lead, n->in[0]->ndim, n->in[0]->shape, &full);
   if (st != MG_OK) return st;
   st = softmax_apply(C, n, lead, full, false, &tout[0]);
@@ -383,8 +385,6 @@ static mg_status softmax_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *c
   return st;
 }
 
-const mg_opdef mg_opdef_sum = { "sum", sum_vjp, sum_jvp };
-const mg_opdef mg_opdef_amax = { "max", extreme_vjp, extreme_jvp };
-const mg_opdef mg_opdef_amin = { "min", extreme_vjp, extreme_jvp };
-const mg_opdef mg_opdef_softmax = { "softmax", softmax_vjp, softmax_jvp };
-const mg_opdef mg_opdef_log_softmax = { "log_softmax", softmax_vjp, softmax_jvp };
+const mg_rules mg_rules_sum = { sum_vjp, sum_jvp };
+const mg_rules mg_rules_extreme = { extreme_vjp, extreme_jvp };
+const mg_rules mg_rules_softmax = { softmax_vjp, softmax_jvp };

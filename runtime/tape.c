@@ -192,7 +192,7 @@ mg_status mg_record(mg_ctx *C, int op, int nin, mg_tensor *const *in, int nout,
   for (mg_tape *T = C->active; T; T = T->next_active) {
     if (T->busy) continue;               /* a tape does not record its own differentiation */
     if (record_on(T, op, nin, in, nout, out, nsaved, saved, attr) != MG_OK)
-      return mg_fail(C, MG_ENOMEM, "out of memory recording '%s' on a tape", mg_ops[op]->name);
+      return mg_fail(C, MG_ENOMEM, "out of memory recording '%s' on a tape", mg_ops[op].name);
   }
   return MG_OK;
 }
@@ -259,7 +259,7 @@ static mg_status accumulate(mg_ctx *C, slot *s, mg_tensor *g) {
     mg_tensor_release(g);
     return st;
   }
-  mg_tensor *sum;
+  mg_tensor *sum = NULL;
   mg_status st = mg_tensor_binary(C, MG_B_ADD, s->val, g, &sum);
   mg_tensor_release(g);
   if (st != MG_OK) return st;
@@ -289,7 +289,7 @@ static mg_status seed_targets(mg_ctx *C, tmap *m, int ntargets, mg_tensor *const
   for (int i = 0; i < ntargets; i++) {
     slot *s = map_get(m, targets[i]);
     if (s == NULL) return mg_fail(C, MG_ENOMEM, "out of memory");
-    mg_tensor *g;
+    mg_tensor *g = NULL;
     mg_status st = MG_OK;
     if (seeds && seeds[i]) g = mg_tensor_retain(*like = seeds[i]);
     else st = mg_tensor_full(C, targets[i]->dtype, targets[i]->ndim, targets[i]->shape, 1.0, &g);
@@ -318,7 +318,7 @@ static mg_status backward_node(mg_ctx *C, tmap *m, const mg_node *n, int lead,
     slot *s = map_find(m, n->in[k]);
     anyneed |= (need[k] = s && s->reach);
   }
-  if (st == MG_OK && anyneed) st = mg_ops[n->op]->vjp(C, n, lead, g, need, gin);
+  if (st == MG_OK && anyneed) st = mg_ops[n->op].rules->vjp(C, n, lead, g, need, gin);
   for (int k = 0; gin && k < n->nin; k++) {
     if (gin[k] == NULL) continue;
     if (st != MG_OK) { mg_tensor_release(gin[k]); continue; }
@@ -417,7 +417,7 @@ mg_status mg_tape_forward_sweep(mg_tape *T, int nsources, mg_tensor *const *sour
       t[k] = s ? s->val : NULL;
       any |= t[k] != NULL;
     }
-    if (any) st = mg_ops[n->op]->jvp(C, n, lead, t, tout);
+    if (any) st = mg_ops[n->op].rules->jvp(C, n, lead, t, tout);
     if (t != stackt) free(t);
     for (int k = 0; k < n->nout; k++) {
       if (tout[k] == NULL) continue;

@@ -1,5 +1,5 @@
 /*
-** autograd.c - shape helpers shared by the rules: summing a broadcast cotangent back to an
+** rules.c - shape helpers shared by the rules: summing a broadcast cotangent back to an
 ** input's shape, and broadcasting a tangent up to an output's shape, with 'lead' leading
 ** (vectorized) dims left alone.
 */
@@ -19,7 +19,7 @@ mg_status mg_unbroadcast(mg_ctx *C, mg_tensor *g, int lead, int ndim, const int6
   for (int i = 0; i < ndim; i++)
     if (shape[i] == 1 && g->shape[lead + extra + i] != 1) mask |= 1u << (lead + extra + i);
   if (mask == 0 && extra == 0) { *out = mg_tensor_retain(g); return MG_OK; }
-  mg_tensor *s;
+  mg_tensor *s = NULL;
   mg_status st = mg_tensor_sum(C, g, mask, true, &s);
   if (st != MG_OK) return st;
   int64_t sh[MG_MAXDIM];
@@ -42,7 +42,7 @@ mg_status mg_expand_lead(mg_ctx *C, mg_tensor *t, int lead, int ndim, const int6
     return mg_fail(C, MG_ESHAPE, "internal: tangent %s does not broadcast to %s",
                    mg_shapestr(s1, sizeof s1, t->ndim, t->shape), mg_shapestr(s2, sizeof s2, nd, sh));
   }
-  mg_tensor *r;                                     /* missing dims after the lead dims */
+  mg_tensor *r = NULL;                              /* missing dims after the lead dims */
   mg_status st = mg_align_lead(C, t, lead, ndim, &r);
   if (st != MG_OK) return st;
   st = mg_tensor_expand(C, r, nd, sh, out);
