@@ -219,6 +219,8 @@ mg_status mg_linalg_qr(mg_ctx *C, mg_tensor *A, bool complete, mg_tensor **Qo, m
     lapack_int info = geqrf(dt, (lapack_int)m, (lapack_int)n, a, tau);
     if (info != 0) { st = lapack_fail(C, "linalg.qr", "geqrf", info, A); break; }
     store(y[1], i, a, m, UPPER);                     /* R: the upper triangle, rr rows */
+    if (qc > n)                                      /* columns orgqr reads but geqrf left */
+      memset((char *)a + es * (size_t)(m * n), 0, es * (size_t)(m * (qc - n)));
     info = orgqr(dt, (lapack_int)m, (lapack_int)qc, (lapack_int)k, a, tau);
     if (info != 0) { st = lapack_fail(C, "linalg.qr", "orgqr", info, A); break; }
     store(y[0], i, a, m, ALL);

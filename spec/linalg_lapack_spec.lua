@@ -326,6 +326,8 @@ describe("mg.linalg errors name the function and the shapes", function()
     raises(function() L.inv(S) end, "linalg.inv", "singular", "(2,2)")
     raises(function() L.solve(S, T { 1, 1 }) end, "linalg.solve", "singular")
     raises(function() L.matrix_power(S, -1) end, "linalg.matrix_power", "singular")
+    raises(function() L.lstsq(T { { 1, 2 }, { 2, 4 }, { 3, 6 } }, T { 1, 2, 3 }) end, "linalg.lstsq",
+           "(3,2)", "full rank")
     local B = mg.stack { T { { 1, 0 }, { 0, 1 } }, S }
     raises(function() L.inv(B) end, "linalg.inv", "singular", "matrix 2 of the batch", "(2,2,2)")
   end)

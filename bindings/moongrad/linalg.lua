@@ -4,7 +4,7 @@
 -- differentiable to any order without rules of its own.
 local mg = require "moongrad"
 
-local math, pcall, string, table, tostring, type = math, pcall, string, table, tostring, type
+local error, math, pcall, string, table, tostring, type = error, math, pcall, string, table, tostring, type
 local debug = debug
 local _ENV = nil
 
@@ -179,15 +179,27 @@ function linalg.lstsq(A, B)
            Bm:size(-2), A:size(-2))
   end
   local m, n = A:size(-2), A:size(-1)
+  -- rank-deficient: a diagonal entry of R at or below eps * max(m, n) * the largest one
+  local function full_rank(R)
+    if R:numel() == 0 then return true end
+    return mg.no_grad(function()
+      local d = (R * eye_like(R)):sum(-1):abs()
+      return (d:min(-1) - d:max(-1) * (EPS[A.dtype] * math.max(m, n))):min():item() > 0
+    end)
+  end
   local function run()
-    if m >= n then
-      local Q, R = P.qr(A, false)
-      return P.solve(R, mT(Q):matmul(Bm))
-    end
-    local Q, R = P.qr(mT(A), false)
+    local Q, R = P.qr(m >= n and A or mT(A), false)
+    if not full_rank(R) then error("singular", 0) end
+    if m >= n then return P.solve(R, mT(Q):matmul(Bm)) end
     return Q:matmul(P.solve(mT(R), Bm))
   end
-  local X = via("linalg.lstsq", "linalg.solve", run)
+  local ok, X = pcall(run)
+  if not ok then
+    if tostring(X):find("singular", 1, true) then
+      raisef("linalg.lstsq: A of shape %s does not have full rank (use linalg.pinv(A) @ B)", mg.shapestr(A))
+    end
+    raise(tostring(X))
+  end
   local res
   if m > n then
     local r = A:matmul(X) - Bm
