@@ -5,7 +5,9 @@
 */
 #include "mg_impl.h"
 
+#include <assert.h>
 #include <cblas.h>
+#include <stdint.h>
 #include <stdlib.h>
 
 extern char *openblas_get_corename(void);
@@ -28,23 +30,43 @@ const char *mg_cpu_best_corename(void) {
 #endif
 }
 
-/* How to hand one matrix (the last two dims of 't') to BLAS without a copy. */
+/* How to hand one matrix (the last two dims of 't') to BLAS without a copy. BLAS reads
+** element (i, j) at i*ld + j (row-major) or j*ld + i ('trans', column-major) and requires
+** ld >= max(1, cols) (resp. rows): then it reads exactly the view's elements. A dim of size 1
+** takes any stride (it is never stepped along); a stride of 0 along a dim of size > 1 (an
+** expanded operand, as the cotangents of sum and mean) fits neither form: 'ok' false, copy. */
 typedef struct { bool ok, trans; int64_t ld; } layout;
 
 static layout blas_layout(const mg_tensor *t) {
   int nd = t->ndim;
   int64_t r = t->shape[nd - 2], c = t->shape[nd - 1], sr = t->stride[nd - 2], sc = t->stride[nd - 1];
-  if ((sc == 1 || c == 1) && sr >= (c > 1 ? c : 1)) return (layout){ true, false, sr };
-  if ((sr == 1 || r == 1) && sc >= (r > 1 ? r : 1)) return (layout){ true, true, sc };
-  if (r <= 1 || c <= 1) return (layout){ true, false, c > 1 ? c : 1 };
+  int64_t lr = r > 1 ? r : 1, lc = c > 1 ? c : 1;
+  if (r == 0 || c == 0) return (layout){ true, false, lc };        /* nothing is read */
+  if ((c == 1 || sc == 1) && (r == 1 || (sr >= lc && sr <= INT32_MAX)))
+    return (layout){ true, false, r == 1 ? lc : sr };
+  if ((r == 1 || sr == 1) && (c == 1 || (sc >= lr && sc <= INT32_MAX)))
+    return (layout){ true, true, c == 1 ? lr : sc };
   return (layout){ false, false, 0 };
 }
 
+/* y = alpha op(a) op(b) + beta y, row-major (M x K times K x N); every ld at least
+** max(1, its row length), as BLAS requires. K == 0 is done here (y = beta y): BLAS would
+** reject the ld of 0 a (B, 0) operand brings. */
 void mg_gemm(mg_dtype dt, bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha,
              const void *a, int64_t lda, const void *b, int64_t ldb, double beta, void *y,
              int64_t ldy) {
   enum CBLAS_TRANSPOSE A = ta ? CblasTrans : CblasNoTrans, B = tb ? CblasTrans : CblasNoTrans;
   if (M == 0 || N == 0) return;
+  if (K == 0) {
+    for (int64_t i = 0; i < M; i++)
+      for (int64_t j = 0; j < N; j++)
+        if (dt == MG_F64) { double *p = (double *)y + i * ldy + j; *p = beta == 0 ? 0 : beta * *p; }
+        else { float *p = (float *)y + i * ldy + j; *p = beta == 0 ? 0 : (float)beta * *p; }
+    return;
+  }
+  assert(lda >= (ta ? M : K) && ldb >= (tb ? K : N) && ldy >= N);
+  assert(M <= INT32_MAX && N <= INT32_MAX && K <= INT32_MAX && lda <= INT32_MAX &&
+         ldb <= INT32_MAX && ldy <= INT32_MAX);
   if (dt == MG_F64)
     cblas_dgemm(CblasRowMajor, A, B, (int)M, (int)N, (int)K, alpha, a, (int)lda, b, (int)ldb,
                 beta, y, (int)ldy);
@@ -55,31 +77,36 @@ void mg_gemm(mg_dtype dt, bool ta, bool tb, int64_t M, int64_t N, int64_t K, dou
 
 static void gemm(mg_dtype dt, layout la, layout lb, int64_t M, int64_t N, int64_t K,
                  const void *a, const void *b, void *y, int64_t ldy) {
-  enum CBLAS_TRANSPOSE ta = la.trans ? CblasTrans : CblasNoTrans;
-  enum CBLAS_TRANSPOSE tb = lb.trans ? CblasTrans : CblasNoTrans;
-  if (dt == MG_F64)
-    cblas_dgemm(CblasRowMajor, ta, tb, (int)M, (int)N, (int)K, 1.0, a, (int)la.ld, b, (int)lb.ld,
-                0.0, y, (int)ldy);
-  else
-    cblas_sgemm(CblasRowMajor, ta, tb, (int)M, (int)N, (int)K, 1.0f, a, (int)la.ld, b, (int)lb.ld,
-                0.0f, y, (int)ldy);
+  mg_gemm(dt, la.trans, lb.trans, M, N, K, 1, a, la.ld, b, lb.ld, 0, y, ldy);
 }
 
-/* Left operand's batch dims and rows as one (rows, K) matrix, when its strides allow. */
+/* The left operand's batch dims and rows as one (batch * rows, K) matrix with the same 'ld',
+** when every batch dim steps by exactly the rows before it (no broadcast, no gap). */
 static bool rows_foldable(const mg_tensor *a, layout la, int nbatch, const int64_t *bshape) {
   if (la.trans) return false;
   int nd = a->ndim;
-  int64_t expect = a->stride[nd - 2] * a->shape[nd - 2];
+  int64_t expect = la.ld * a->shape[nd - 2], rows = a->shape[nd - 2];
   for (int i = nbatch - 1; i >= 0; i--) {
     int ad = nd - 2 - nbatch + i;
     int64_t size = ad >= 0 ? a->shape[ad] : 1;
     if (size != bshape[i]) return false;          /* 'a' broadcast along this dim */
     if (size != 1 && a->stride[ad] != expect) return false;
     expect *= size;
+    rows *= size;
   }
-  return true;
+  return rows <= INT32_MAX;
 }
 
+/* 't' itself (retained) when BLAS can read it, else a contiguous copy (not recorded). */
+static mg_status blas_operand(mg_ctx *C, mg_tensor *t, mg_tensor **out) {
+  if (blas_layout(t).ok) { *out = mg_tensor_retain(t); return MG_OK; }
+  mg_no_grad_enter(C);                               /* the copy is not a separate op */
+  mg_status st = mg_tensor_clone(C, t, out);
+  mg_no_grad_exit(C);
+  return st;
+}
+
+/* a @ b for operands of 2 or more dims (batch dims broadcast); recorded. */
 static mg_status matmul_nd(mg_ctx *C, mg_tensor *a, mg_tensor *b, mg_tensor **out) {
   char s1[96], s2[96];
   int na = a->ndim, nb = b->ndim;
@@ -93,21 +120,21 @@ static mg_status matmul_nd(mg_ctx *C, mg_tensor *a, mg_tensor *b, mg_tensor **ou
   if (!mg_broadcast_shape(na - 2, a->shape, nb - 2, b->shape, &nbatch, batch) || nbatch + 2 > MG_MAXDIM)
     return mg_fail(C, MG_ESHAPE, "matmul: batch dimensions of %s and %s cannot be broadcast",
                    mg_shapestr(s1, sizeof s1, na, a->shape), mg_shapestr(s2, sizeof s2, nb, b->shape));
+  if (M > INT32_MAX || N > INT32_MAX || K > INT32_MAX)
+    return mg_fail(C, MG_ESHAPE, "matmul: shapes %s and %s: a matrix dimension exceeds BLAS's "
+                   "limit of 2147483647", mg_shapestr(s1, sizeof s1, na, a->shape),
+                   mg_shapestr(s2, sizeof s2, nb, b->shape));
   memcpy(oshape, batch, (size_t)nbatch * sizeof *batch);
   oshape[nbatch] = M;
   oshape[nbatch + 1] = N;
-  mg_tensor *y = NULL, *ac = mg_tensor_retain(a), *bc = mg_tensor_retain(b);
-  mg_status st = MG_OK;
-  mg_no_grad_enter(C);                               /* copies here are not separate ops */
-  if (!blas_layout(ac).ok) { mg_tensor_release(ac); st = mg_tensor_clone(C, a, &ac); }
-  if (st == MG_OK && !blas_layout(bc).ok) { mg_tensor_release(bc); st = mg_tensor_clone(C, b, &bc); }
-  mg_no_grad_exit(C);
-  if (st != MG_OK) { mg_tensor_release(bc); return st; }
-  if ((st = (K == 0 ? mg_tensor_zeros : mg_tensor_empty)(C, a->dtype, nbatch + 2, oshape, &y)) != MG_OK)
-    goto done;
-  layout la = blas_layout(ac), lb = blas_layout(bc);
+  mg_tensor *ac = NULL, *bc = NULL, *y = NULL;
+  mg_status st = blas_operand(C, a, &ac);
+  if (st == MG_OK) st = blas_operand(C, b, &bc);
+  if (st == MG_OK) st = (K == 0 ? mg_tensor_zeros : mg_tensor_empty)(C, a->dtype, nbatch + 2, oshape, &y);
   int64_t nmat = mg_shape_numel(nbatch, batch), esz = (int64_t)mg_dtype_size(a->dtype);
-  if (M == 0 || N == 0 || K == 0 || nmat == 0) goto done;
+  if (st != MG_OK || M == 0 || N == 0 || K == 0 || nmat == 0) goto done;
+  layout la = blas_layout(ac), lb = blas_layout(bc);
+  assert(la.ok && lb.ok);
   bool b_single = true;
   for (int i = 0; i < nb - 2; i++) b_single = b_single && (bc->shape[i] == 1 || bc->stride[i] == 0);
   if (b_single && rows_foldable(ac, la, nbatch, batch)) {
@@ -129,7 +156,7 @@ static mg_status matmul_nd(mg_ctx *C, mg_tensor *a, mg_tensor *b, mg_tensor **ou
 done:
   mg_tensor_release(ac);
   mg_tensor_release(bc);
-  if (st != MG_OK) return st;
+  if (st != MG_OK) { mg_tensor_release(y); return st; }
   mg_tensor *in[2] = { a, b };
   return mg_record_result(C, MG_OP_MATMUL, 2, in, y, NULL, out);
 }

@@ -144,3 +144,39 @@ for _, ra in ipairs { true, false } do
     local _ = f
   end)
 end
+
+-- Inputs with 0 features (x of shape (B,0), kernel (0,G*u)): the input GEMM has K = 0 and an
+-- ld of 0, which BLAS rejects (it would leave the gates unwritten); the input part is zero.
+describe("cells with an input of 0 features", function()
+  setup(function() mg.manual_seed(24) end)
+  local function dirty() mg.full({ B, 4 * u }, 7, F64):sum() end   -- pool blocks hold 7s
+
+  it("lstm_cell is the recurrence of h alone, and its gradients have the shapes given", function()
+    local a = lstm_args()
+    a[1], a[4] = mg.zeros(B, 0, F64), mg.zeros(0, 4 * u, F64)
+    dirty()
+    local h, c = mg.lstm_cell(table.unpack(a))
+    local hr, cr = lstm_ref(mg.zeros(B, 1, F64), a[2], a[3], mg.zeros(1, 4 * u, F64), a[5], a[6])
+    near(hr, h, 1e-14)
+    near(cr, c, 1e-14)
+    local tape = mg.GradientTape()
+    tape:watch(a)
+    local out = tape:record(function() return lstm_out(table.unpack(a)) end)
+    local g = tape:gradient(out, a)
+    assert.are.same({ B, 0 }, g[1]:shape())
+    assert.are.same({ 0, 4 * u }, g[4]:shape())
+    local x, W = a[1], a[4]              -- gradcheck of empty inputs is issue 10's item 4
+    assert.is_true(mg.gradcheck(function(h, c, U, b) return lstm_out(x, h, c, W, U, b) end,
+                                { a[2], a[3], a[5], a[6] }))
+  end)
+
+  it("gru_cell, both reset_after forms", function()
+    for _, ra in ipairs { true, false } do
+      local a = gru_args(ra)
+      a[1], a[3] = mg.zeros(B, 0, F64), mg.zeros(0, 3 * u, F64)
+      dirty()
+      near(gru_ref(mg.zeros(B, 1, F64), a[2], mg.zeros(1, 3 * u, F64), a[4], a[5], ra),
+           mg.gru_cell(a[1], a[2], a[3], a[4], a[5], ra), 1e-14)
+    end
+  end)
+end)

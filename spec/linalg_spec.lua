@@ -71,6 +71,82 @@ describe("matmul of matrices", function()
   end)
 end)
 
+-- A stride 0 along a dim of size > 1 is no leading dimension BLAS accepts: such operands (an
+-- expanded vector, the cotangent sum/mean passes back) must be copied, never read as if dense.
+-- Each case holds its values in storage smaller than the matrix BLAS would read.
+describe("matmul with expanded (stride 0) vector operands", function()
+  local col = function(v, r) return mg.tensor({ { v } }, F64):expand(r, 1) end   -- (r,1), row stride 0
+  local row = function(v, c) return mg.tensor({ { v } }, F64):expand(1, c) end   -- (1,c), column stride 0
+
+  it("an (r,1) column with row stride 0, right or left", function()
+    local a = mg.tensor({ { 1, 2, 3 }, { 4, 5, 6 } }, F64)
+    assert.are.equal(0, col(2, 3):stride()[1])
+    assert.are.same({ { 12 }, { 30 } }, mg.matmul(a, col(2, 3)):totable())
+    assert.are.same({ { 2, 4, 6 }, { 2, 4, 6 }, { 2, 4, 6 } },
+                    mg.matmul(col(2, 3), mg.tensor({ { 1, 2, 3 } }, F64)):totable())
+    local v = mg.tensor({ 1, 2, 3 }, F64):unsqueeze(1):expand(3, 3):narrow(2, 2, 1)   -- (3,1) of 2s
+    assert.are.same({ { 12 }, { 30 } }, mg.matmul(a, v):totable())
+  end)
+
+  it("a (1,c) row with column stride 0, left or right", function()
+    local b = mg.tensor({ { 1, 2 }, { 3, 4 }, { 5, 6 } }, F64)
+    assert.are.same({ { 27, 36 } }, mg.matmul(row(3, 3), b):totable())
+    assert.are.same({ { 3, 3, 3 }, { 6, 6, 6 } },
+                    mg.matmul(mg.tensor({ { 1 }, { 2 } }, F64), row(3, 3)):totable())
+  end)
+
+  it("batched 1x1 and (r,1) matrices whose batch stride is 0", function()
+    local a = mg.tensor({ { { 3 } } }, F64):expand(3, 1, 1)
+    local w = mg.tensor({ { 1, 2, 3, 4 } }, F64)
+    assert.are.same({ { { 3, 6, 9, 12 } }, { { 3, 6, 9, 12 } }, { { 3, 6, 9, 12 } } },
+                    mg.matmul(a, w):totable())
+    local c = mg.tensor({ { { 2 } } }, F64):expand(2, 3, 1)            -- (2,3,1), strides 0
+    assert.are.same({ { { 2, 4, 6, 8 }, { 2, 4, 6, 8 }, { 2, 4, 6, 8 } },
+                      { { 2, 4, 6, 8 }, { 2, 4, 6, 8 }, { 2, 4, 6, 8 } } },
+                    mg.matmul(c, w):totable())
+  end)
+
+  it("the gradient through sum, whose cotangent has strides 0 (issue example)", function()
+    local A = mg.tensor({ { 1, 2 }, { 3, 4 }, { 5, 6 } }, F64)
+    local g = mg.grad(function(A) return mg.matmul(A, mg.tensor({ { 1 }, { 2 } }, F64)):sum() end)(A)
+    assert.are.same({ { 1, 2 }, { 1, 2 }, { 1, 2 } }, g:totable())
+    local gb = mg.grad(function(b) return mg.matmul(A, b):sum() end)(mg.tensor({ { 1 }, { 2 } }, F64))
+    assert.are.same({ { 9 }, { 12 } }, gb:totable())
+  end)
+
+  it("nn.Dense(n, 1) followed by mean", function()
+    mg.manual_seed(11)
+    local d = mg.nn.Dense(3, 1, { dtype = "float64" })
+    local x = support.randn(4, 3)
+    local tape = mg.GradientTape()
+    local loss = tape:record(function() return d(x):mean() end)
+    local gk, gx = table.unpack(tape:gradient(loss, { d.kernel, x }))
+    local xs, k = x:totable(), d.kernel:totable()
+    for j = 1, 3 do
+      local s = 0
+      for i = 1, 4 do s = s + xs[i][j] / 4 end
+      assert.is_near(s, gk:get(j, 1), 1e-14)
+      for i = 1, 4 do assert.is_near(k[j][1] / 4, gx:get(i, j), 1e-15) end
+    end
+  end)
+
+  it("batch Jacobians of a matmul chain through a width-1 layer", function()
+    local w1 = mg.tensor({ { 1 }, { 2 }, { 3 } }, F64)      -- (3,1)
+    local w2 = mg.tensor({ { 5, 7 } }, F64)                  -- (1,2)
+    local x = support.randn(4, 3)
+    for _, f in ipairs {
+      function(x) return mg.matmul(mg.matmul(x, w1), w2) end,
+      function(x) return mg.matmul(mg.tanh(mg.matmul(x, w1)) * 0 + mg.matmul(x, w1), w2) end,
+    } do
+      local J = mg.batch_jacobian(f, x)
+      assert.are.same({ 4, 2, 3 }, J:shape())
+      for b = 1, 4 do
+        assert.are.same({ { 5, 10, 15 }, { 7, 14, 21 } }, J[b]:totable())
+      end
+    end
+  end)
+end)
+
 describe("matmul with 1-d operands, as NumPy", function()
   local m = mg.tensor({ { 1, 2, 3 }, { 4, 5, 6 } }, F64)
   it("vector @ matrix and matrix @ vector drop the added dim", function()

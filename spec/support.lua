@@ -176,4 +176,16 @@ function support.python_can_import(modules)
   return importable[modules]
 end
 
+-- support.torch_ref(dir, case): runs spec/torch_ref.py on 'dir' for 'case' with
+-- support.PYTHON (the specs and the script exchange .npy files in 'dir'); fails with the
+-- script's standard error when it exits with an error. The source tree is MOONGRAD_SOURCE
+-- (ctest sets it) or the current directory.
+function support.torch_ref(dir, case)
+  local script = (os.getenv("MOONGRAD_SOURCE") or ".") .. "/spec/torch_ref.py"
+  local log = dir .. "/stderr.txt"
+  local ok = os.execute(string.format("%s %s %s %s 2>%s", support.PYTHON, support.shq(script),
+                                      support.shq(dir), support.shq(case), support.shq(log)))
+  if not ok then error("torch_ref.py " .. case .. " failed:\n" .. support.read_file(log), 2) end
+end
+
 return support

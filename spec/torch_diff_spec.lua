@@ -17,24 +17,12 @@ end
 
 local F64, randn, assert_close = support.F64, support.randn, support.assert_close
 local TOL = 1e-9
-local SRC = os.getenv("MOONGRAD_SOURCE") or "."
-local SCRIPT = SRC .. "/spec/torch_ref.py"
 
 local dir
 
 local function put(name, t) mg.save(t:to("float64"):contiguous(), dir .. "/" .. name .. ".npy") end
 local function get(name) return mg.load(dir .. "/out_" .. name .. ".npy") end
-
-local function torch_run(case)
-  local log = dir .. "/stderr.txt"
-  local ok = os.execute(string.format("%s %s %s %s 2>%s", PY, SCRIPT, dir, case, log))
-  if not ok then
-    local f = io.open(log)
-    local msg = f and f:read("a") or ""
-    if f then f:close() end
-    error("torch_ref.py " .. case .. " failed:\n" .. msg)
-  end
-end
+local function torch_run(case) support.torch_ref(dir, case) end
 
 -- A cell's weights to .npy under prefix (forward "" or backward "b_").
 local function put_weights(cell, pre)

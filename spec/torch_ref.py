@@ -1,4 +1,4 @@
-"""PyTorch reference for spec/torch_diff_spec.lua.
+"""PyTorch reference for spec/torch_diff_spec.lua and spec/torch_ops_spec.lua.
 
 usage: /usr/bin/python3 torch_ref.py DIR CASE
 
@@ -6,8 +6,12 @@ Reads DIR/<name>.npy written by the spec (weights in Keras layouts), runs CASE i
 with PyTorch, and writes DIR/out_<name>.npy, with every gradient mapped back to the Keras
 layout (gate orders as RNN_REFERENCE.md: LSTM i,f,c,o is PyTorch's i,f,g,o; GRU z,r,h is
 PyTorch's r,z,n with reset_after=True).
+
+CASE "ops" runs every case listed in DIR/ops.tsv (see ops() below) in this one process.
 """
+import math
 import sys
+import traceback
 
 import numpy as np
 import torch
@@ -128,6 +132,126 @@ def losses():
         save("g" + name, g)
 
 
+# ---------------------------------------------------------------- ops (torch_ops_spec.lua)
+
+def idx1(t):
+    """0-based int64 indices as moongrad's 1-based float indices."""
+    return t.double() + 1
+
+
+def lstm_keras(x, h, c, W, U, b):
+    """One LSTM step in Keras layout (gates i, f, c, o) by PyTorch's own cell kernel."""
+    h2, c2 = torch.lstm_cell(x, (h, c), W.T, U.T, b, torch.zeros_like(b))
+    return h2, c2
+
+
+def gru_keras(x, h, W, U, b, reset_after=True):
+    """One GRU step in Keras layout (gates z, r, h): PyTorch's cell for reset_after=True,
+    the formula of RNN_REFERENCE.md (written out here) for reset_after=False."""
+    u = h.shape[1]
+    if reset_after:
+        return torch.gru_cell(x, h, gru_order(W, u).T, gru_order(U, u).T,
+                              gru_order(b[0], u), gru_order(b[1], u))
+    Wz, Wr, Wh = W[:, :u], W[:, u:2 * u], W[:, 2 * u:]
+    Uz, Ur, Uh = U[:, :u], U[:, u:2 * u], U[:, 2 * u:]
+    z = torch.sigmoid(x @ Wz + h @ Uz + b[:u])
+    r = torch.sigmoid(x @ Wr + h @ Ur + b[u:2 * u])
+    hh = torch.tanh(x @ Wh + (r * h) @ Uh + b[2 * u:])
+    return z * h + (1 - z) * hh
+
+
+# Names a row's torch expression may use.
+OPS_SCOPE = {"torch": torch, "F": F, "math": math, "idx1": idx1, "lstm_keras": lstm_keras,
+             "gru_keras": gru_keras}
+ARGNAMES = "abcdefghijklmnop"
+
+
+def outputs(r):
+    return list(r) if isinstance(r, (tuple, list)) else [r]
+
+
+def single(outs):
+    """The one tensor derivatives are taken of: the output, or all outputs flattened and
+    joined (the spec's Lua side builds the same)."""
+    return outs[0] if len(outs) == 1 else torch.cat([o.reshape(-1) for o in outs])
+
+
+def batched(outs):
+    """As single(), keeping dim 0 (the batch): outputs joined as (B, -1) blocks."""
+    if len(outs) == 1:
+        return outs[0]
+    return torch.cat([o.reshape(o.shape[0], -1) for o in outs], 1)
+
+
+def as_f64(t):
+    return t.detach().to(torch.float64)
+
+
+def op_case(cid, modes, nargs, diff, bsrc, expr):
+    """One case: DIR/c<id>_a<k>.npy are the arguments, _ct the cotangent of single(outputs),
+    _t<k> the tangents of the differentiable arguments. Writes out_c<id>_y<k> (forward),
+    _g<k> (VJP), _jvp, and for each (1-based) argument k in 'bsrc' _bjac<k> (the batch
+    Jacobian) and _mix<k> (the largest derivative of batch entry b's outputs w.r.t. another
+    entry's inputs: the op mixes the batch when it is not 0)."""
+    fn = eval("lambda " + ", ".join(ARGNAMES[:nargs]) + ": " + expr, OPS_SCOPE)
+    pre = f"c{cid}"
+    args = [load(f"{pre}_a{k + 1}") for k in range(nargs)]
+    dk = [k for k in range(nargs) if diff[k] == "1"]
+    for k in dk:
+        args[k].requires_grad_()
+    outs = outputs(fn(*args))
+    for k, o in enumerate(outs):
+        save(f"{pre}_y{k + 1}", as_f64(o))
+    if "v" in modes:
+        y = single(outs)
+        gs = torch.autograd.grad(y, [args[k] for k in dk], load(f"{pre}_ct"), allow_unused=True)
+        for k, g in zip(dk, gs):
+            save(f"{pre}_g{k + 1}", torch.zeros_like(args[k]) if g is None else g)
+    detached = [a.detach() for a in args]
+
+    def with_diff(*xs):
+        full = list(detached)
+        for k, x in zip(dk, xs):
+            full[k] = x
+        return full
+
+    if "j" in modes:
+        _, t = torch.autograd.functional.jvp(lambda *xs: single(outputs(fn(*with_diff(*xs)))),
+                                             tuple(detached[k] for k in dk),
+                                             tuple(load(f"{pre}_t{k + 1}") for k in dk))
+        save(f"{pre}_jvp", t)
+    for k in bsrc:                       # "b": the batch Jacobian w.r.t. each of them
+        def f1(x):
+            full = list(detached)
+            full[k - 1] = x
+            return batched(outputs(fn(*full)))
+        x = detached[k - 1]
+        J = torch.autograd.functional.jacobian(f1, x)
+        B = x.shape[0]
+        ys = J.shape[:J.dim() - x.dim()]
+        J4 = J.reshape(B, -1, B, max(1, x[0].numel()))
+        r = torch.arange(B)
+        save(f"{pre}_bjac{k}", J4[r, :, r, :].reshape(tuple(ys) + tuple(x.shape[1:])))
+        off = J4.clone()
+        off[r, :, r, :] = 0
+        save(f"{pre}_mix{k}", off.abs().max() if off.numel() else torch.tensor(0.0))
+
+
+def ops():
+    """Every line of DIR/ops.tsv is: id, modes, number of arguments, a 0/1 flag per argument
+    (differentiable), the batch Jacobians' arguments (comma-separated, 0 for none), the torch
+    expression; tab-separated. A
+    case that raises writes its traceback to out_c<id>.err and the others go on."""
+    with open(f"{DIR}/ops.tsv") as f:
+        lines = [ln.rstrip("\n").split("\t") for ln in f if ln.strip()]
+    for cid, modes, nargs, diff, bsrc, expr in lines:
+        try:
+            op_case(cid, modes, int(nargs), diff, [int(k) for k in bsrc.split(",") if k != "0"], expr)
+        except Exception:
+            with open(f"{DIR}/out_c{cid}.err", "w") as e:
+                e.write(traceback.format_exc())
+
+
 if CASE in ("lstm", "gru", "rnn"):
     recurrent(CASE, False)
 elif CASE == "bilstm":
@@ -138,5 +262,7 @@ elif CASE in ("adam", "sgd"):
     optimizer(CASE)
 elif CASE == "losses":
     losses()
+elif CASE == "ops":
+    ops()
 else:
     sys.exit(f"torch_ref.py: unknown case {CASE}")

@@ -149,6 +149,31 @@ static void test_wrap(mg_ctx *C) {
   CHECK(released == 1);
 }
 
+/* A matmul whose copy of 'b' cannot be allocated fails with nothing changed: the caller's 'b'
+** keeps its reference (the host memory is released once, when the caller lets go) and the
+** copy already made of 'a' is freed. */
+static void test_matmul_nomem(mg_ctx *C) {
+  static float one = 2;
+  int64_t s11[2] = { 1, 1 }, sb[2] = { (int64_t)1 << 20, (int64_t)1 << 18 }, sa[2] = { 3, 1 << 20 };
+  mg_tensor *w, *b, *a1, *a, *y = (mg_tensor *)0x1;
+  size_t live = mg_live_bytes(C);
+  released = 0;
+  CHECK(mg_tensor_wrap(C, MG_F32, 2, s11, NULL, &one, on_release, &one, &w) == MG_OK);
+  CHECK(mg_tensor_expand(C, w, 2, sb, &b) == MG_OK);   /* (2^20, 2^18), strides 0: 1 TB as a copy */
+  mg_tensor_release(w);
+  CHECK(mg_tensor_full(C, MG_F32, 2, s11, 1, &a1) == MG_OK);
+  CHECK(mg_tensor_expand(C, a1, 2, sa, &a) == MG_OK);  /* strides 0: copied before BLAS */
+  mg_tensor_release(a1);
+  CHECK(mg_tensor_matmul(C, a, b, &y) == MG_ENOMEM);
+  CHECK(y == (mg_tensor *)0x1);
+  CHECK(released == 0);                                 /* 'b' is still ours */
+  CHECK(mg_tensor_get(b, (int64_t[]){ 5, 7 }) == 2);
+  mg_tensor_release(b);
+  CHECK(released == 1);
+  mg_tensor_release(a);
+  CHECK(mg_live_bytes(C) == live);                      /* the copy of 'a' did not leak */
+}
+
 /* Two contexts share nothing: seeds and default dtypes are per context. */
 static void test_contexts(void) {
   mg_ctx *A = mg_ctx_new(), *B = mg_ctx_new();
@@ -177,6 +202,7 @@ int main(void) {
   test_matmul(C);
   test_tape(C);
   test_wrap(C);
+  test_matmul_nomem(C);
   mg_empty_cache(C);
   CHECK(mg_cached_bytes(C) == 0);
   mg_ctx_close(C);

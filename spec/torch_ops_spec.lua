@@ -1,0 +1,775 @@
+-- Differential spec: every op of the module against PyTorch (spec/torch_ref.py, case "ops",
+-- float64 torch on the same values), table-driven. Each row of OPS below is run on random
+-- shapes (with broadcasting) in float32 and float64, its operands made transposed, narrowed,
+-- selected, permuted or expanded (stride 0) views, and checked in four modes:
+--   f  forward values (and shapes, and the output dtype)
+--   v  VJP: mg.vjp with a random cotangent, against torch.autograd.grad
+--   j  JVP: mg.jvp with random tangents, against torch.autograd.functional.jvp
+--   b  batch Jacobians (dim 1 the batch), reverse and forward mode: mg.batch_jacobian w.r.t.
+--      the first differentiable argument whose dim 1 is the outputs' (option bsrc picks
+--      another), tape:batch_jacobian w.r.t. all such arguments at once, against the diagonal
+--      blocks of torch's full Jacobians (torch also checks that the op mixes no batch
+--      entries; one that does is skipped, and every row with "b" needs a case that runs)
+-- Narrowed, selected and transposed views sit in storage padded with NaN, so a kernel that
+-- reads outside its view shows NaN. All cases are written first and one python process
+-- runs them all (ops.tsv and .npy files in a temporary directory); pending when
+-- /usr/bin/python3 cannot import torch.
+--
+-- ROW FORMAT: adding an op is adding one row to OPS:
+--   { name, mg_fn, torch_expr, domains [, option = value ...] }
+--   name        a label, unique in OPS ("log", "sum(2, keepdim)")
+--   mg_fn       function(a, b, ...) -> a tensor, several tensors, or an array of tensors
+--   torch_expr  a Python expression in a, b, ... (float64 torch tensors holding the same
+--               values) giving a tensor or a tuple of tensors, e.g. "torch.log(a)". In scope:
+--               torch, F (torch.nn.functional), math, and the helpers of torch_ref.py
+--               (idx1: 0-based indices as 1-based; lstm_keras, gru_keras). Dims are 0-based
+--               there, 1-based in mg_fn: a:sum(2) is "a.sum(1)".
+--   domains     one per argument, so #domains is the arity (see DOMAINS):
+--               "any" normal; "pos" in [0.3, 2.5] (log, sqrt, pow base); "nonzero" |x| in
+--               [0.2, 2] (relu, abs, sign, divisors: away from kinks); "unit" in (-0.9, 0.9);
+--               "distinct" values 0.05 or more apart (max, min: no ties; never expanded);
+--               "mask" 0/1 and "int" integers -2..2 (not differentiated: no gradient, no tangent)
+-- options:
+--   shape = a generator (see S): S.one(lo, hi [, smin]) (default for 1 argument: rank lo..hi,
+--           sizes smin (1)..4), S.bcast(n, lo, hi [, whole]) (default for n > 1: shapes
+--           broadcasting together, operand 'whole' (1) mostly of the full rank),
+--           S.same(n, lo, hi), S.fixed(shape, ...), or any function(R) returning one shape
+--           (an array of sizes) per argument, drawing from R (R.int, R.size, R.shape)
+--   modes = the modes to run, default "fvjb" ("f" for comparisons and indices)
+--   bsrc  = the argument mg.batch_jacobian differentiates by in mode b (default: the first
+--           differentiable one whose dim 1 is the outputs')
+--   dtype = the output dtype when it is not the operands' ("float64" for argmax), or an array
+--           of them for several outputs (nil entries: the operands')
+--   known = "reason": a known failure (a bug outside this spec's reach, with its issue):
+--           the row reports pending with its first mismatch instead of failing, and says so
+--           when it stops failing (remove the option then)
+local mg = require "moongrad"
+local support = require "support"
+
+if not support.python_can_import("torch, numpy") then
+  describe("ops against PyTorch", function()
+    pending("needs " .. support.PYTHON .. " with torch and numpy")
+  end)
+  return
+end
+
+-- MOONGRAD_OPS_SEED=n explores other draws (the suite runs the fixed one).
+local SEED = tonumber(os.getenv("MOONGRAD_OPS_SEED")) or 20261201
+local DTYPES = { "float32", "float64" }
+-- |moongrad - torch| <= TOL * max(1, |torch|), element by element. float64 differs from torch
+-- by rounding only (1e-15 seen); float32 rounds at 6e-8 per operation, and the longest chains
+-- here (LSTM and GRU steps and their derivatives) reach 1e-6.
+local TOL = { float64 = 1e-10, float32 = 1e-5 }
+
+---------------------------------------------------------------- random shapes
+
+-- R: what shape generators draw from (Lua's generator, seeded in setup).
+local R = {}
+function R.int(lo, hi) return math.random(lo, hi) end
+function R.size(lo, hi) return math.random(lo or 1, hi or 4) end
+-- A shape of random rank lo..hi and sizes smin..smax.
+function R.shape(lo, hi, smin, smax)
+  local s = {}
+  for i = 1, math.random(lo, hi) do s[i] = R.size(smin, smax) end
+  return s
+end
+
+local S = {}
+function S.one(lo, hi, smin) return function() return { R.shape(lo or 0, hi or 4, smin) } end end
+function S.same(n, lo, hi)
+  return function()
+    local s, out = R.shape(lo or 0, hi or 4), {}
+    for i = 1, n do out[i] = { table.unpack(s) } end
+    return out
+  end
+end
+-- n shapes broadcasting to a random shape: each a suffix of it (operand 'whole', default 1,
+-- often all of it) with some sizes set to 1.
+function S.bcast(n, lo, hi, whole)
+  return function()
+    local full, out = R.shape(lo or 0, hi or 4), {}
+    for i = 1, n do
+      local rank = (i == (whole or 1) and math.random() < 0.7) and #full or math.random(0, #full)
+      local s = {}
+      for k = 1, rank do
+        s[k] = full[#full - rank + k]
+        if math.random() < 0.3 then s[k] = 1 end
+      end
+      out[i] = s
+    end
+    return out
+  end
+end
+function S.fixed(...)
+  local shapes = { ... }
+  return function() return shapes end
+end
+
+---------------------------------------------------------------- value domains
+
+local function from_values(vals, shape, dtype)
+  return mg.tensor(vals, { dtype = dtype }):reshape(shape)
+end
+
+local function numel(shape)
+  local n = 1
+  for _, s in ipairs(shape) do n = n * s end
+  return n
+end
+
+local DOMAINS = {
+  any = function(sh, dt) return mg.randn(sh, { dtype = dt }) end,
+  pos = function(sh, dt) return mg.uniform(sh, 0.3, 2.5, { dtype = dt }) end,
+  unit = function(sh, dt) return mg.uniform(sh, -0.9, 0.9, { dtype = dt }) end,
+  nonzero = function(sh, dt)
+    local v = {}
+    for i = 1, numel(sh) do v[i] = (math.random() < 0.5 and -1 or 1) * (0.2 + 1.8 * math.random()) end
+    return from_values(v, sh, dt)
+  end,
+  distinct = function(sh, dt)
+    local n, v = numel(sh), {}
+    for i = 1, n do v[i] = (i - n / 2) * 0.125 end            -- exact in float32
+    for i = n, 2, -1 do local j = math.random(i) v[i], v[j] = v[j], v[i] end
+    return from_values(v, sh, dt)
+  end,
+  mask = function(sh, dt)
+    local v = {}
+    for i = 1, numel(sh) do v[i] = math.random(0, 1) end
+    return from_values(v, sh, dt)
+  end,
+  int = function(sh, dt)
+    local v = {}
+    for i = 1, numel(sh) do v[i] = math.random(-2, 2) end
+    return from_values(v, sh, dt)
+  end,
+}
+local NOT_DIFFERENTIABLE = { mask = true, int = true }
+
+---------------------------------------------------------------- operand layouts
+
+local NAN = 0 / 0
+
+-- A view holding the values of 'v' inside NaN-filled storage, 3 larger along dim 'd'.
+local function embed(v, d)
+  local sh = v:shape()
+  local n = sh[d]
+  sh[d] = n + 3
+  local w = mg.full(sh, NAN, { dtype = v.dtype }):narrow(d, 2, n)
+  w:copy(v)
+  return w
+end
+
+local function perm_inverse(p)
+  local q = {}
+  for k, pk in ipairs(p) do q[pk] = k end
+  return q
+end
+
+-- Each takes a contiguous 'v' and returns a view of other strides with the same values
+-- (expanded: values repeated along the expanded dims), or nil when the rank does not allow.
+local LAYOUTS = {
+  { "contiguous", function(v) return v end },
+  { "transposed", function(v)
+      local n = v:dim()
+      if n < 2 then return nil end
+      local i = math.random(n - 1)
+      local j = n                                      -- the last dim with another one
+      return embed(v:transpose(i, j):contiguous(), math.random(n)):transpose(i, j)
+    end },
+  { "narrowed", function(v)
+      if v:dim() < 1 then return nil end
+      return embed(v, math.random(v:dim()))
+    end },
+  { "selected", function(v)
+      local sh, d = v:shape(), math.random(v:dim() + 1)
+      table.insert(sh, d, 3)
+      local p = mg.full(sh, NAN, { dtype = v.dtype })
+      p:select(d, 2):copy(v)
+      return p:select(d, 2)
+    end },
+  { "permuted", function(v)
+      local n = v:dim()
+      if n < 2 then return nil end
+      local p = {}
+      for i = 1, n do p[i] = i end
+      repeat
+        for i = n, 2, -1 do local j = math.random(i) p[i], p[j] = p[j], p[i] end
+        local id = true
+        for i = 1, n do id = id and p[i] == i end
+      until not id
+      return embed(v:permute(p):contiguous(), math.random(n)):permute(perm_inverse(p))
+    end },
+  { "expanded", function(v, domain)
+      if domain == "distinct" then return nil end       -- repeated values would tie
+      local sh, big = v:shape(), {}
+      for d, s in ipairs(sh) do if s > 1 then big[#big + 1] = d end end
+      if #big == 0 then return nil end
+      local base = v
+      for _ = 1, math.random(math.min(2, #big)) do
+        local d = table.remove(big, math.random(#big))
+        base = base:narrow(d, 1, 1)
+      end
+      base = base:contiguous()
+      return embed(base, math.random(base:dim())):expand(sh)
+    end },
+}
+
+-- Layout 'k' (rotating) for operand 'i' of a case, the next one that applies.
+local function apply_layout(v, k, i, domain)
+  for step = 0, #LAYOUTS - 1 do
+    local L = LAYOUTS[(k + i - 2 + step) % #LAYOUTS + 1]
+    local t = L[2](v, domain)
+    if t then return t, L[1] end
+  end
+end
+
+---------------------------------------------------------------- the ops
+
+-- Matmul shapes: NumPy forms picked by 'kind', sizes often 1 (vectors as matrices).
+local function mm_shapes(kind)
+  return function()
+    local function z() return math.random() < 0.3 and 1 or R.size(2, 4) end
+    local M, K, N = z(), z(), z()
+    local b1, b2 = R.size(1, 3), R.size(1, 3)
+    local forms = {
+      vv = { { K }, { K } }, vm = { { K }, { K, N } }, mv = { { M, K }, { K } },
+      mm = { { M, K }, { K, N } },
+      bb = { { b1, M, K }, { b1, K, N } },
+      bm = { { b1, M, K }, { K, N } }, mb = { { M, K }, { b1, K, N } },
+      bcast = { { b2, 1, M, K }, { b1, K, N } }, bcast2 = { { 1, b1, M, K }, { b2, 1, K, N } },
+      vb = { { K }, { b1, K, N } }, bv = { { b1, M, K }, { K } },
+    }
+    return forms[kind]
+  end
+end
+
+local lstm_shapes = function()
+  local B, d, u = R.size(1, 3), R.size(1, 4), R.size(1, 3)
+  return { { B, d }, { B, u }, { B, u }, { d, 4 * u }, { u, 4 * u }, { 4 * u } }
+end
+local function gru_shapes(ra)
+  return function()
+    local B, d, u = R.size(1, 3), R.size(1, 4), R.size(1, 3)
+    return { { B, d }, { B, u }, { d, 3 * u }, { u, 3 * u }, ra and { 2, 3 * u } or { 3 * u } }
+  end
+end
+
+local r2, r3 = S.one(2, 4), S.one(3, 4)
+
+local OPS = {
+  -- unary math
+  { "neg", function(a) return mg.neg(a) end, "-a", { "any" } },
+  { "unary minus", function(a) return -a end, "-a", { "any" } },
+  { "exp", function(a) return mg.exp(a) end, "torch.exp(a)", { "any" } },
+  { "log", function(a) return mg.log(a) end, "torch.log(a)", { "pos" } },
+  { "tanh", function(a) return mg.tanh(a) end, "torch.tanh(a)", { "any" } },
+  { "sigmoid", function(a) return mg.sigmoid(a) end, "torch.sigmoid(a)", { "any" } },
+  { "relu", function(a) return mg.relu(a) end, "torch.relu(a)", { "nonzero" } },
+  { "abs", function(a) return mg.abs(a) end, "torch.abs(a)", { "nonzero" } },
+  { "sqrt", function(a) return mg.sqrt(a) end, "torch.sqrt(a)", { "pos" } },
+  { "sin", function(a) return mg.sin(a) end, "torch.sin(a)", { "any" } },
+  { "cos", function(a) return mg.cos(a) end, "torch.cos(a)", { "any" } },
+  { "softplus", function(a) return mg.softplus(a) end, "F.softplus(a)", { "any" } },
+  { "sign", function(a) return mg.sign(a) end, "torch.sign(a)", { "nonzero" } },
+  { "exp (method)", function(a) return a:exp() end, "torch.exp(a)", { "any" } },
+
+  -- binary, broadcasting; numbers on either side
+  { "add", function(a, b) return a + b end, "a + b", { "any", "any" } },
+  { "sub", function(a, b) return a - b end, "a - b", { "any", "any" } },
+  { "mul", function(a, b) return a * b end, "a * b", { "any", "any" } },
+  { "div", function(a, b) return a / b end, "a / b", { "any", "nonzero" } },
+  { "pow", function(a, b) return a ^ b end, "a ** b", { "pos", "any" } },
+  { "add (method)", function(a, b) return a:add(b) end, "a + b", { "any", "any" } },
+  { "mg.sub", function(a, b) return mg.sub(a, b) end, "a - b", { "any", "any" } },
+  { "mg.mul", function(a, b) return mg.mul(a, b) end, "a * b", { "any", "any" } },
+  { "mg.div", function(a, b) return mg.div(a, b) end, "a / b", { "any", "nonzero" } },
+  { "mg.pow", function(a, b) return mg.pow(a, b) end, "a ** b", { "pos", "any" } },
+  { "t + 2", function(a) return a + 2 end, "a + 2", { "any" } },
+  { "2 - t", function(a) return 2 - a end, "2 - a", { "any" } },
+  { "t * 3", function(a) return a * 3 end, "a * 3", { "any" } },
+  { "3 / t", function(a) return 3 / a end, "3 / a", { "nonzero" } },
+  { "t / 4", function(a) return a / 4 end, "a / 4", { "any" } },
+  { "t ^ 2", function(a) return a ^ 2 end, "a ** 2", { "any" } },
+  { "t ^ 3", function(a) return a ^ 3 end, "a ** 3", { "any" } },
+  { "t ^ 0.5", function(a) return a ^ 0.5 end, "a ** 0.5", { "pos" } },
+  { "t ^ -1.5", function(a) return a ^ -1.5 end, "a ** -1.5", { "pos" } },
+  { "2 ^ t", function(a) return 2 ^ a end, "2 ** a", { "any" } },
+  { "maximum", function(a, b) return mg.maximum(a, b) end, "torch.maximum(a, b)", { "any", "any" } },
+  { "minimum", function(a, b) return mg.minimum(a, b) end, "torch.minimum(a, b)", { "any", "any" } },
+  { "maximum (method)", function(a, b) return a:maximum(b) end, "torch.maximum(a, b)", { "any", "any" } },
+  { "minimum (method)", function(a, b) return a:minimum(b) end, "torch.minimum(a, b)", { "any", "any" } },
+  { "float32 + float64", function(a, b) return a:to("float32") + b:to("float64") end,
+    "a.float().double() + b", { "any", "any" }, dtype = "float64" },
+
+  -- comparisons (forward only; integers, so that ties occur)
+  { "eq", function(a, b) return mg.eq(a, b) end, "torch.eq(a, b)", { "int", "int" }, modes = "f" },
+  { "ne", function(a, b) return mg.ne(a, b) end, "torch.ne(a, b)", { "int", "int" }, modes = "f" },
+  { "lt", function(a, b) return mg.lt(a, b) end, "torch.lt(a, b)", { "int", "int" }, modes = "f" },
+  { "le", function(a, b) return mg.le(a, b) end, "torch.le(a, b)", { "int", "int" }, modes = "f" },
+  { "gt", function(a, b) return mg.gt(a, b) end, "torch.gt(a, b)", { "int", "int" }, modes = "f" },
+  { "ge", function(a, b) return mg.ge(a, b) end, "torch.ge(a, b)", { "int", "int" }, modes = "f" },
+  { "gt number", function(a) return mg.gt(a, 0.5) end, "a > 0.5", { "int" }, modes = "f" },
+
+  -- clamp, where
+  { "clamp(lo, hi)", function(a) return mg.clamp(a, -0.5, 0.7) end, "torch.clamp(a, -0.5, 0.7)", { "any" } },
+  { "clamp(lo)", function(a) return a:clamp(-0.3) end, "torch.clamp(a, min=-0.3)", { "any" } },
+  { "clamp(nil, hi)", function(a) return a:clamp(nil, 0.4) end, "torch.clamp(a, max=0.4)", { "any" } },
+  { "where", function(c, a, b) return mg.where(c, a, b) end, "torch.where(a > 0.5, b, c)",
+    { "mask", "any", "any" }, shape = S.bcast(3, 0, 4, 2) },
+  { "where(c, t, 0)", function(c, a) return mg.where(c, a, 0) end,
+    "torch.where(a > 0.5, b, torch.zeros(()))", { "mask", "any" }, shape = S.bcast(2, 0, 4, 2) },
+  { "where(c, 2, t)", function(c, a) return mg.where(c, 2, a) end,
+    "torch.where(a > 0.5, torch.full((), 2.0), b)", { "mask", "any" }, shape = S.bcast(2, 0, 4, 2) },
+
+  -- softmax
+  { "softmax", function(a) return mg.softmax(a) end, "torch.softmax(a, -1)", { "any" }, shape = S.one(1, 4) },
+  { "softmax(1)", function(a) return mg.softmax(a, 1) end, "torch.softmax(a, 0)", { "any" },
+    shape = S.one(1, 4), modes = "fvj" },
+  { "softmax(2)", function(a) return a:softmax(2) end, "torch.softmax(a, 1)", { "any" }, shape = r2 },
+  { "log_softmax", function(a) return mg.log_softmax(a) end, "torch.log_softmax(a, -1)", { "any" },
+    shape = S.one(1, 4) },
+  { "log_softmax(1)", function(a) return mg.log_softmax(a, 1) end, "torch.log_softmax(a, 0)", { "any" },
+    shape = S.one(1, 4), modes = "fvj" },
+  { "log_softmax(-2)", function(a) return a:log_softmax(-2) end, "torch.log_softmax(a, -2)", { "any" },
+    shape = r2 },
+
+  -- reductions
+  { "sum()", function(a) return a:sum() end, "a.sum()", { "any" }, modes = "fvj" },
+  { "sum(1)", function(a) return a:sum(1) end, "a.sum(0)", { "any" }, shape = S.one(1, 4), modes = "fvj" },
+  { "sum(2, keepdim)", function(a) return a:sum(2, true) end, "a.sum(1, keepdim=True)", { "any" }, shape = r2 },
+  { "sum(-1)", function(a) return mg.sum(a, -1) end, "a.sum(-1)", { "any" }, shape = S.one(1, 4) },
+  { "sum({1, 3})", function(a) return a:sum({ 1, 3 }) end, "a.sum((0, 2))", { "any" }, shape = r3,
+    modes = "fvj" },
+  { "sum({2, 3}, keepdim)", function(a) return a:sum({ 2, 3 }, true) end, "a.sum((1, 2), keepdim=True)",
+    { "any" }, shape = r3 },
+  { "mean()", function(a) return a:mean() end, "a.mean()", { "any" }, modes = "fvj" },
+  { "mean(2)", function(a) return mg.mean(a, 2) end, "a.mean(1)", { "any" }, shape = r2 },
+  { "mean(-1, keepdim)", function(a) return a:mean(-1, true) end, "a.mean(-1, keepdim=True)", { "any" },
+    shape = S.one(1, 4) },
+  { "mean({1, 2})", function(a) return a:mean({ 1, 2 }) end, "a.mean((0, 1))", { "any" }, shape = r2,
+    modes = "fvj" },
+  { "var()", function(a) return a:var() end, "a.var(unbiased=False)", { "any" }, shape = S.one(1, 4),
+    modes = "fvj" },
+  { "var(2)", function(a) return mg.var(a, 2) end, "a.var(1, unbiased=False)", { "any" }, shape = r2 },
+  { "var(1, keepdim)", function(a) return a:var(1, true) end, "a.var(0, unbiased=False, keepdim=True)",
+    { "any" }, shape = S.one(1, 4) },
+  { "var({2, 3})", function(a) return a:var({ 2, 3 }) end, "a.var((1, 2), unbiased=False)", { "any" },
+    shape = r3 },
+  -- std: distinct values over at least 2 elements (the gradient at std 0 is the known row below)
+  { "std()", function(a) return a:std() end, "a.std(unbiased=False)", { "distinct" }, shape = S.one(1, 4, 2),
+    modes = "fvj" },
+  { "std(-1, keepdim)", function(a) return mg.std(a, -1, true) end, "a.std(-1, unbiased=False, keepdim=True)",
+    { "distinct" }, shape = S.one(1, 4, 2) },
+  { "std({1, 2})", function(a) return a:std({ 1, 2 }) end, "a.std((0, 1), unbiased=False)", { "distinct" },
+    shape = S.one(2, 4, 2), modes = "fvj" },
+  { "std(-1) of a constant", function(a) return a:narrow(-1, 1, 1):expand(a:shape()):std(-1) end,
+    "a[..., :1].expand(a.shape).std(-1, unbiased=False)", { "any" }, shape = S.one(1, 3),
+    known = "issue 10, item 3: the gradient of std at 0 is NaN, PyTorch's is 0" },
+  { "norm()", function(a) return a:norm() end, "torch.linalg.vector_norm(a)", { "nonzero" }, modes = "fvj" },
+  { "norm(2)", function(a) return mg.norm(a, 2) end, "torch.linalg.vector_norm(a, dim=1)", { "nonzero" },
+    shape = r2 },
+  { "norm(-1, keepdim)", function(a) return a:norm(-1, true) end,
+    "torch.linalg.vector_norm(a, dim=-1, keepdim=True)", { "nonzero" }, shape = S.one(1, 4) },
+  { "norm({1, 3})", function(a) return a:norm({ 1, 3 }) end, "torch.linalg.vector_norm(a, dim=(0, 2))",
+    { "nonzero" }, shape = r3, modes = "fvj" },
+  { "norm() at zero", function(a) return (a * 0):norm() end, "torch.linalg.vector_norm(a * 0)", { "any" },
+    modes = "fvj", known = "issue 10, item 3: the gradient of norm at a zero vector is NaN, PyTorch's is 0" },
+  { "max()", function(a) return a:max() end, "a.max()", { "distinct" }, modes = "fvj" },
+  { "min()", function(a) return mg.min(a) end, "a.min()", { "distinct" }, modes = "fvj" },
+  { "max(2): values", function(a) return (a:max(2)) end, "a.max(1).values", { "distinct" }, shape = r2 },
+  { "min(1, keepdim): values", function(a) return (a:min(1, true)) end, "a.min(0, keepdim=True).values",
+    { "distinct" }, shape = S.one(1, 4), modes = "fvj" },
+  { "max(-1): values and indices", function(a) return a:max(-1) end,
+    "(a.max(-1).values, idx1(a.max(-1).indices))", { "distinct" }, shape = S.one(1, 4), modes = "f",
+    dtype = { [2] = "float64" } },
+  { "min(2, keepdim): values and indices", function(a) return a:min(2, true) end,
+    "(a.min(1, keepdim=True).values, idx1(a.min(1, keepdim=True).indices))", { "distinct" }, shape = r2,
+    modes = "f", dtype = { [2] = "float64" } },
+  { "max({1, 2})", function(a) return a:max({ 1, 2 }) end, "torch.amax(a, (0, 1))", { "distinct" },
+    shape = r2, modes = "fvj" },
+  { "min({2, 3})", function(a) return a:min({ 2, 3 }) end, "torch.amin(a, (1, 2))", { "distinct" },
+    shape = r3 },
+  { "argmax()", function(a) return a:argmax() end, "idx1(torch.argmax(a))", { "distinct" }, modes = "f",
+    dtype = "float64" },
+  { "argmax(2)", function(a) return mg.argmax(a, 2) end, "idx1(torch.argmax(a, 1))", { "distinct" },
+    shape = r2, modes = "f", dtype = "float64" },
+  { "argmax(-1, keepdim)", function(a) return a:argmax(-1, true) end,
+    "idx1(torch.argmax(a, -1, keepdim=True))", { "distinct" }, shape = S.one(1, 4), modes = "f",
+    dtype = "float64" },
+  { "argmin()", function(a) return mg.argmin(a) end, "idx1(torch.argmin(a))", { "distinct" }, modes = "f",
+    dtype = "float64" },
+  { "argmin(1)", function(a) return a:argmin(1) end, "idx1(torch.argmin(a, 0))", { "distinct" },
+    shape = S.one(1, 4), modes = "f", dtype = "float64" },
+
+  -- views
+  { "reshape(-1)", function(a) return a:reshape(-1) end, "a.reshape(-1)", { "any" }, modes = "fvj" },
+  { "reshape(n, -1)", function(a) return a:reshape(a:size(1), -1) end, "a.reshape(a.shape[0], -1)",
+    { "any" }, shape = r2 },
+  { "reshape {2, 3, 2}", function(a) return mg.reshape(a, { 2, 3, 2 }) end, "a.reshape(2, 3, 2)", { "any" },
+    shape = function() return ({ { { 3, 4 } }, { { 12 } }, { { 2, 6 } }, { { 6, 1, 2 } } })[R.int(1, 4)] end },
+  { "view", function(a) return a:view(-1, 2) end, "a.reshape(-1, 2)", { "any" },
+    shape = S.fixed({ 3, 2, 2 }), modes = "fvj" },
+  { "flatten", function(a) return a:flatten() end, "a.flatten()", { "any" } },
+  { "transpose()", function(a) return a:transpose() end, "a.transpose(-2, -1)", { "any" }, shape = r2 },
+  { "transpose(1, 3)", function(a) return mg.transpose(a, 1, 3) end, "a.transpose(0, 2)", { "any" },
+    shape = r3, modes = "fvj" },
+  { "permute(3, 1, 2)", function(a) return a:permute(3, 1, 2) end, "a.permute(2, 0, 1)", { "any" },
+    shape = S.one(3, 3), modes = "fvj" },
+  { "permute {2, 4, 1, 3}", function(a) return mg.permute(a, { 2, 4, 1, 3 }) end, "a.permute(1, 3, 0, 2)",
+    { "any" }, shape = S.one(4, 4), modes = "fvj" },
+  { "narrow(2, 2, 2)", function(a) return a:narrow(2, 2, 2) end, "a.narrow(1, 1, 2)", { "any" },
+    shape = function() return { { R.size(), R.size(3, 5), R.size() } } end },
+  { "narrow(-1, -2, 1)", function(a) return mg.narrow(a, -1, -2, 1) end, "a[..., -2:-1]", { "any" },
+    shape = function() return { { R.size(), R.size(2, 4) } } end },
+  { "select(2, 2)", function(a) return a:select(2, 2) end, "a.select(1, 1)", { "any" },
+    shape = function() return { { R.size(), R.size(2, 4), R.size() } } end },
+  { "select(1, -1)", function(a) return mg.select(a, 1, -1) end, "a[-1]", { "any" }, shape = S.one(1, 4),
+    modes = "fvj" },
+  { "t[i]", function(a) return a[2] end, "a[1]", { "any" },
+    shape = function() return { { R.size(2, 4), R.size() } } end, modes = "fvj" },
+  { "squeeze()", function(a) return a:squeeze() end, "a.squeeze()", { "any" },
+    shape = function() return { { R.size(), 1, R.size(), 1 } } end },
+  { "squeeze(2)", function(a) return mg.squeeze(a, 2) end, "a.squeeze(1)", { "any" },
+    shape = function() return { { R.size(), 1, R.size() } } end },
+  { "unsqueeze(1)", function(a) return a:unsqueeze(1) end, "a.unsqueeze(0)", { "any" } },
+  { "unsqueeze(-1)", function(a) return mg.unsqueeze(a, -1) end, "a.unsqueeze(-1)", { "any" } },
+  { "expand", function(a) return a:expand(2, 3, 4) end, "a.expand(2, 3, 4)", { "any" },
+    shape = function() return ({ { { 3, 1 } }, { { 1 } }, { { 4 } }, { { 2, 1, 4 } }, { {} } })[R.int(1, 5)] end },
+  { "mg.expand", function(a) return mg.expand(a, { 3, 2, 2 }) end, "a.expand(3, 2, 2)", { "any" },
+    shape = S.fixed({ 3, 1, 2 }) },
+
+  -- copies
+  { "contiguous", function(a) return a:contiguous() end, "a", { "any" } },
+  { "mg.contiguous", function(a) return mg.contiguous(a) end, "a", { "any" } },
+  { "clone", function(a) return a:clone() end, "a.clone()", { "any" } },
+  { "mg.clone", function(a) return mg.clone(a) end, "a.clone()", { "any" } },
+  { "to float64", function(a) return a:to("float64") end, "a", { "any" }, dtype = "float64" },
+  { "to float32", function(a) return a:to("float32") end, "a.float()", { "any" }, dtype = "float32" },
+
+  -- joins and splits
+  { "cat(1)", function(a, b, c) return mg.cat({ a, b, c }, 1) end, "torch.cat([a, b, c], 0)",
+    { "any", "any", "any" },
+    shape = function()
+      local s = R.shape(0, 3)
+      local out = {}
+      for i = 1, 3 do out[i] = { R.size(), table.unpack(s) } end
+      return out
+    end, modes = "fvj" },
+  { "cat(2)", function(a, b) return mg.cat({ a, b }, 2) end, "torch.cat([a, b], 1)", { "any", "any" },
+    shape = function()
+      local r = R.size()
+      return { { r, R.size(), 2 }, { r, R.size(), 2 } }
+    end },
+  { "cat(-1)", function(a, b) return mg.cat({ a, b }, -1) end, "torch.cat([a, b], -1)", { "any", "any" },
+    shape = function()
+      local r, s = R.size(), R.size()
+      return { { r, s, R.size() }, { r, s, R.size() } }
+    end },
+  { "stack(1)", function(a, b) return mg.stack({ a, b }) end, "torch.stack([a, b], 0)", { "any", "any" },
+    shape = S.same(2, 0, 3), modes = "fvj" },
+  { "stack(2)", function(a, b, c) return mg.stack({ a, b, c }, 2) end, "torch.stack([a, b, c], 1)",
+    { "any", "any", "any" }, shape = S.same(3, 1, 3) },
+  { "stack(-1)", function(a, b) return mg.stack({ a, b }, -1) end, "torch.stack([a, b], -1)", { "any", "any" },
+    shape = S.same(2, 1, 3) },
+  { "split(2, 1)", function(a) return mg.split(a, 2, 1) end, "torch.split(a, 2, 0)", { "any" },
+    shape = function() return { { R.size(1, 5), R.size() } } end },
+  { "split(1, 2)", function(a) return a:split(1, 2) end, "torch.split(a, 1, 1)", { "any" }, shape = r2 },
+  { "split(3, -1)", function(a) return mg.split(a, 3, -1) end, "torch.split(a, 3, -1)", { "any" },
+    shape = function() return { { R.size(), R.size(2, 7) } } end },
+  { "unstack(1)", function(a) return mg.unstack(a) end, "torch.unbind(a, 0)", { "any" }, shape = S.one(1, 3),
+    modes = "fvj" },
+  { "unstack(2)", function(a) return a:unstack(2) end, "torch.unbind(a, 1)", { "any" }, shape = r2 },
+
+  -- matmul, every NumPy form
+  { "matmul 1-d @ 1-d", function(a, b) return mg.matmul(a, b) end, "a @ b", { "any", "any" },
+    shape = mm_shapes("vv"), modes = "fvj" },
+  { "matmul 1-d @ 2-d", function(a, b) return mg.matmul(a, b) end, "a @ b", { "any", "any" },
+    shape = mm_shapes("vm"), modes = "fvj" },
+  { "matmul 2-d @ 1-d", function(a, b) return mg.matmul(a, b) end, "a @ b", { "any", "any" },
+    shape = mm_shapes("mv") },
+  { "matmul 2-d @ 2-d", function(a, b) return mg.matmul(a, b) end, "a @ b", { "any", "any" },
+    shape = mm_shapes("mm") },
+  { "matmul (method)", function(a, b) return a:matmul(b) end, "a @ b", { "any", "any" },
+    shape = mm_shapes("mm") },
+  { "matmul batched", function(a, b) return mg.matmul(a, b) end, "a @ b", { "any", "any" },
+    shape = mm_shapes("bb") },
+  { "matmul batched @ 2-d", function(a, b) return mg.matmul(a, b) end, "a @ b", { "any", "any" },
+    shape = mm_shapes("bm") },
+  { "matmul 2-d @ batched", function(a, b) return mg.matmul(a, b) end, "a @ b", { "any", "any" },
+    shape = mm_shapes("mb") },
+  { "matmul broadcast batch dims", function(a, b) return mg.matmul(a, b) end, "a @ b", { "any", "any" },
+    shape = mm_shapes("bcast") },
+  { "matmul broadcast batch dims, both", function(a, b) return mg.matmul(a, b) end, "a @ b",
+    { "any", "any" }, shape = mm_shapes("bcast2") },
+  { "matmul 1-d @ batched", function(a, b) return mg.matmul(a, b) end, "a @ b", { "any", "any" },
+    shape = mm_shapes("vb"), bsrc = 2 },
+  { "matmul batched @ 1-d", function(a, b) return mg.matmul(a, b) end, "a @ b", { "any", "any" },
+    shape = mm_shapes("bv") },
+  { "matmul then sum (stride-0 cotangent)", function(a, b) return mg.matmul(a, b):sum() end,
+    "(a @ b).sum()", { "any", "any" }, shape = mm_shapes("mm"), modes = "fvj" },
+  { "matmul then mean(1)", function(a, b) return mg.matmul(a, b):mean(1) end, "(a @ b).mean(0)",
+    { "any", "any" }, shape = mm_shapes("bb"), modes = "fvj" },
+  { "matmul chain through width 1", function(x, w1, w2) return mg.matmul(mg.matmul(x, w1), w2) end,
+    "(a @ b) @ c", { "any", "any", "any" },
+    shape = function() local k = R.size() return { { R.size(), k }, { k, 1 }, { 1, R.size() } } end },
+
+  -- fused recurrent cells (Keras layouts), against PyTorch's cells
+  { "lstm_cell", function(...) return mg.lstm_cell(...) end, "lstm_keras(a, b, c, d, e, f)",
+    { "any", "any", "any", "any", "any", "any" }, shape = lstm_shapes },
+  { "gru_cell", function(...) return mg.gru_cell(...) end, "gru_keras(a, b, c, d, e)",
+    { "any", "any", "any", "any", "any" }, shape = gru_shapes(true) },
+  { "gru_cell reset_after=false", function(x, h, W, U, b) return mg.gru_cell(x, h, W, U, b, false) end,
+    "gru_keras(a, b, c, d, e, False)", { "any", "any", "any", "any", "any" }, shape = gru_shapes(false) },
+}
+
+---------------------------------------------------------------- running the cases
+
+local dir
+local nextid = 0
+local state = {}          -- row -> { cases = {...}, err = message }
+
+local function is_tensor(x) return mg.is_tensor(x) end
+
+-- The outputs of a row's function as an array of tensors.
+local function outputs(...)
+  local r = table.pack(...)
+  if r.n == 1 and not is_tensor(r[1]) and type(r[1]) == "table" then return r[1] end
+  return { table.unpack(r, 1, r.n) }
+end
+
+-- What derivatives are taken of (as torch_ref.py's single and batched).
+local function single(outs)
+  if #outs == 1 then return outs[1] end
+  local p = {}
+  for i, o in ipairs(outs) do p[i] = o:reshape(-1) end
+  return mg.cat(p, 1)
+end
+
+local function batched(outs)
+  if #outs == 1 then return outs[1] end
+  local p = {}
+  for i, o in ipairs(outs) do p[i] = o:reshape(o:size(1), -1) end
+  return mg.cat(p, 2)
+end
+
+local function put(name, t) mg.save(t:to("float64"):contiguous(), dir .. "/" .. name .. ".npy") end
+local function exists(name)
+  local f = io.open(dir .. "/out_" .. name .. ".npy")
+  if f then f:close() end
+  return f ~= nil
+end
+local function get(name) return mg.load(dir .. "/out_" .. name .. ".npy") end
+
+local function shape_str(s) return "(" .. table.concat(s, ",") .. ")" end
+
+-- One case of 'row': operands (with their layouts), cotangent, tangents; the manifest line.
+local function make_case(row, dtype, k, manifest)
+  local domains = row[4]
+  local shapes = (row.shape or (#domains == 1 and S.one() or S.bcast(#domains)))(R)
+  assert(#shapes == #domains, "the shape generator gives " .. #shapes .. " shapes for "
+         .. #domains .. " arguments")
+  nextid = nextid + 1
+  local c = { id = nextid, dtype = dtype, args = {}, layouts = {}, diff = {}, tangents = {} }
+  local flags = {}
+  for i, dom in ipairs(domains) do
+    local gen = assert(DOMAINS[dom], "unknown domain " .. tostring(dom))
+    local t, name = apply_layout(gen(shapes[i], dtype), k, i, dom)
+    c.args[i], c.layouts[i] = t, name
+    c.diff[i] = not NOT_DIFFERENTIABLE[dom]
+    flags[i] = c.diff[i] and "1" or "0"
+    -- torch's operand: the values read element by element through the view
+    put("c" .. c.id .. "_a" .. i, mg.tensor(t:totable(), { dtype = "float64" }))
+  end
+  local outs = outputs(row[2](table.unpack(c.args)))
+  c.nout = #outs
+  local modes = row.modes or "fvjb"
+  local anydiff = false
+  for i = 1, #domains do anydiff = anydiff or c.diff[i] end
+  local m = "f"
+  if anydiff and modes:find("v") then
+    local y = single(outs)
+    c.ct = mg.randn(y:shape(), { dtype = y.dtype })
+    put("c" .. c.id .. "_ct", c.ct)
+    m = m .. "v"
+  end
+  if anydiff and modes:find("j") then
+    for i, a in ipairs(c.args) do
+      local o = { dtype = a.dtype }
+      c.tangents[i] = c.diff[i] and mg.randn(a:shape(), o) or mg.zeros(a:shape(), o)
+      if c.diff[i] then put("c" .. c.id .. "_t" .. i, c.tangents[i]) end
+    end
+    m = m .. "j"
+  end
+  c.bsrcs = {}                           -- the arguments batch Jacobians are taken w.r.t.
+  if modes:find("b") then
+    local order = { row.bsrc }
+    for i = 1, #domains do if i ~= row.bsrc then order[#order + 1] = i end end
+    for _, i in ipairs(order) do
+      local ok = c.diff[i] and c.args[i]:dim() >= 1
+      for _, o in ipairs(outs) do ok = ok and o:dim() >= 1 and o:size(1) == c.args[i]:size(1) end
+      if ok then c.bsrcs[#c.bsrcs + 1] = i end
+    end
+    if #c.bsrcs > 0 then m = m .. "b" end
+  end
+  c.modes = m
+  local bs = #c.bsrcs > 0 and table.concat(c.bsrcs, ",") or "0"
+  manifest[#manifest + 1] = table.concat({ c.id, m, #domains, table.concat(flags), bs, row[3] }, "\t")
+  return c
+end
+
+local function flatten(v, out)
+  out = out or {}
+  if type(v) == "table" then for _, x in ipairs(v) do flatten(x, out) end
+  else out[#out + 1] = v end
+  return out
+end
+
+-- nil when 'got' (a moongrad tensor) matches 'ref' (torch's, float64), else why not.
+local function mismatch(got, ref, tol)
+  if not is_tensor(got) then return "got a " .. type(got) .. ", not a tensor" end
+  if shape_str(got:shape()) ~= shape_str(ref:shape()) then
+    return "shape " .. shape_str(got:shape()) .. ", torch " .. shape_str(ref:shape())
+  end
+  local g, r = flatten(got:totable()), flatten(ref:totable())
+  for i = 1, #r do
+    if not (math.abs(g[i] - r[i]) <= tol * math.max(1, math.abs(r[i]))) then
+      return ("element %d of %d is %.17g, torch %.17g"):format(i, #r, g[i], r[i])
+    end
+  end
+end
+
+local function describe_case(row, c)
+  local s = {}
+  for i, a in ipairs(c.args) do s[i] = shape_str(a:shape()) .. " " .. c.layouts[i] end
+  return ("%s, %s, operands %s"):format(row[1], c.dtype, table.concat(s, ", "))
+end
+
+-- Checks one case in every mode it has; returns the first failure (or nil) and counts
+-- the modes checked into 'done'.
+local function check_case(row, c, done)
+  local pre = "c" .. c.id
+  local errf = io.open(dir .. "/out_" .. pre .. ".err")
+  if errf then
+    local msg = errf:read("a")
+    errf:close()
+    return "torch raised:\n" .. msg
+  end
+  local tol = TOL[c.dtype]
+  local outs = outputs(row[2](table.unpack(c.args)))
+  if #outs ~= c.nout or exists(pre .. "_y" .. (#outs + 1)) or not exists(pre .. "_y" .. #outs) then
+    return "the number of outputs differs from torch's"
+  end
+  local promoted = "float32"
+  for _, a in ipairs(c.args) do if a.dtype == "float64" then promoted = "float64" end end
+  for k, o in ipairs(outs) do
+    local want_dtype = (type(row.dtype) == "table" and row.dtype[k]) or
+                       (type(row.dtype) == "string" and row.dtype) or promoted
+    local why = mismatch(o, get(pre .. "_y" .. k), tol)
+    if not why and o.dtype ~= want_dtype then why = "dtype " .. o.dtype .. ", expected " .. want_dtype end
+    if why then return "forward, output " .. k .. ": " .. why end
+  end
+  done.f = done.f + 1
+  local function F(...) return single(outputs(row[2](...))) end
+  if c.modes:find("v") then
+    local _, pull = mg.vjp(F, table.unpack(c.args))
+    local gs = table.pack(pull(c.ct))
+    for i = 1, #c.args do
+      if c.diff[i] then
+        local why = mismatch(gs[i], get(pre .. "_g" .. i), tol)
+        if why then return "VJP, gradient of argument " .. i .. ": " .. why end
+      end
+    end
+    done.v = done.v + 1
+  end
+  if c.modes:find("j") then
+    local _, t = mg.jvp(F, c.args, c.tangents)
+    local why = mismatch(t, get(pre .. "_jvp"), tol)
+    if why then return "JVP: " .. why end
+    done.j = done.j + 1
+  end
+  local srcs = {}                        -- those the op does not mix the batch of
+  for _, i in ipairs(c.bsrcs) do if get(pre .. "_mix" .. i):item() == 0 then srcs[#srcs + 1] = i end end
+  if #srcs > 0 then
+    local function B(...) return batched(outputs(row[2](...))) end
+    for _, mode in ipairs { "rev", "fwd" } do
+      -- mg.batch_jacobian w.r.t. the first, tape:batch_jacobian w.r.t. all of them at once
+      local args, i1 = { table.unpack(c.args) }, srcs[1]
+      local J = mg.batch_jacobian(function(x)
+        args[i1] = x
+        return B(table.unpack(args, 1, #c.args))
+      end, c.args[i1], { mode = mode })
+      local why = mismatch(J, get(pre .. "_bjac" .. i1), tol)
+      if why then return ("batch Jacobian (%s) w.r.t. argument %d: %s"):format(mode, i1, why) end
+      if #srcs > 1 then
+        local tape, list = mg.GradientTape(), {}
+        for k, i in ipairs(srcs) do list[k] = c.args[i] end
+        tape:watch(list)
+        local y = tape:record(B, table.unpack(c.args))
+        local Js = tape:batch_jacobian(y, list, { mode = mode })
+        for k, i in ipairs(srcs) do
+          why = mismatch(Js[k], get(pre .. "_bjac" .. i), tol)
+          if why then
+            return ("tape:batch_jacobian (%s) w.r.t. arguments {%s}, argument %d: %s"):format(
+              mode, table.concat(srcs, ", "), i, why)
+          end
+        end
+      end
+    end
+    done.b = done.b + 1
+  end
+end
+
+local function check_row(row)
+  local st = state[row]
+  if st.err then error(st.err, 0) end
+  local done, first = { f = 0, v = 0, j = 0, b = 0 }, nil
+  for _, c in ipairs(st.cases) do
+    local ok, why = pcall(check_case, row, c, done)
+    if not ok then why = "moongrad raised: " .. tostring(why) end
+    if why then first = describe_case(row, c) .. ": " .. why break end
+  end
+  if not first then
+    for m in (row.modes or "fvjb"):gmatch(".") do
+      if done[m] == 0 and (m == "f" or st.anydiff) then
+        first = ("%s: no case ran mode %s (for b, the row's shapes need a differentiable "
+                 .. "argument whose dim 1 is the outputs', and an op that does not mix that dim; "
+                 .. "else drop %s from modes)"):format(row[1], m, m)
+      end
+    end
+  end
+  if row.known then
+    pending(first and ("known failure (" .. row.known .. "): " .. first)
+            or ("known failure (" .. row.known .. ") no longer fails: remove 'known' from its row"))
+    return
+  end
+  if first then error(first, 0) end
+end
+
+describe("every op against PyTorch (forward, VJP, JVP, batch Jacobian)", function()
+  setup(function()
+    dir = support.tmpdir()
+    math.randomseed(SEED)
+    mg.manual_seed(SEED)
+    local manifest, seen = {}, {}
+    for _, row in ipairs(OPS) do
+      assert(not seen[row[1]], "two rows are named " .. row[1])
+      seen[row[1]] = true
+      local st = { cases = {} }
+      state[row] = st
+      for _, d in ipairs(row[4]) do st.anydiff = st.anydiff or not NOT_DIFFERENTIABLE[d] end
+      local ok, err = pcall(function()
+        for _, dtype in ipairs(DTYPES) do
+          for k = 1, #LAYOUTS do st.cases[#st.cases + 1] = make_case(row, dtype, k, manifest) end
+        end
+      end)
+      if not ok then st.err = row[1] .. ": making its cases raised: " .. tostring(err) end
+    end
+    support.write_file(dir .. "/ops.tsv", table.concat(manifest, "\n") .. "\n")
+    support.torch_ref(dir, "ops")
+  end)
+  teardown(function() support.rmtree(dir) end)
+
+  for _, row in ipairs(OPS) do
+    it(row[1], function() check_row(row) end)
+  end
+end)
