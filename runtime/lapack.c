@@ -72,14 +72,20 @@ enum { ALL, UPPER, LOWER };   /* which triangle 'store' keeps (the rest becomes 
 static void store(mg_tensor *y, int64_t i, const void *src, int64_t ld, int tri) {
   int nd = y->ndim;
   int64_t r = y->shape[nd - 2], c = y->shape[nd - 1];
-  for (int64_t k = 0; k < r; k++)
-    for (int64_t j = 0; j < c; j++) {
-      bool zero = (tri == UPPER && k > j) || (tri == LOWER && k < j);
-      if (y->dtype == MG_F64)
-        MG_F64P(y)[i * r * c + k * c + j] = zero ? 0.0 : ((const double *)src)[k + j * ld];
-      else
-        MG_F32P(y)[i * r * c + k * c + j] = zero ? 0.0f : ((const float *)src)[k + j * ld];
+  for (int64_t k = 0; k < r; k++) {
+    int64_t j0 = tri == UPPER ? k : 0, j1 = tri == LOWER ? k + 1 : c;   /* kept: [j0, j1) */
+    if (j0 > c) j0 = c;
+    if (j1 > c) j1 = c;
+    if (y->dtype == MG_F64) {
+      double *d = MG_F64P(y) + i * r * c + k * c;
+      const double *s = (const double *)src + k;
+      for (int64_t j = 0; j < c; j++) d[j] = j >= j0 && j < j1 ? s[j * ld] : 0.0;
+    } else {
+      float *d = MG_F32P(y) + i * r * c + k * c;
+      const float *s = (const float *)src + k;
+      for (int64_t j = 0; j < c; j++) d[j] = j >= j0 && j < j1 ? s[j * ld] : 0.0f;
     }
+  }
 }
 
 /* Element 'k' of a typed buffer / vector entry 'k' of matrix 'i' of a contiguous 'y'. */
@@ -152,14 +158,34 @@ static mg_status finish(mg_ctx *C, int op, int nin, mg_tensor *const *in, int no
 #define F(p) ((float *)(p))
 #define D(p) ((double *)(p))
 
-static lapack_int geqrf(mg_dtype dt, lapack_int m, lapack_int n, void *a, void *tau) {
-  return dt == MG_F64 ? LAPACKE_dgeqrf(LCM, m, n, D(a), m > 1 ? m : 1, D(tau))
-                      : LAPACKE_sgeqrf(LCM, m, n, F(a), m > 1 ? m : 1, F(tau));
+/* QR through the _work routines with one caller-owned workspace for a whole batch (no
+** allocation or NaN scan per matrix: the hot loop of mg.lyapunov); lwork = -1 asks for
+** the size, returned in work[0]. */
+static lapack_int geqrf(mg_dtype dt, lapack_int m, lapack_int n, void *a, void *tau, void *work,
+                        lapack_int lwork) {
+  lapack_int lda = m > 1 ? m : 1;
+  return dt == MG_F64 ? LAPACKE_dgeqrf_work(LCM, m, n, D(a), lda, D(tau), D(work), lwork)
+                      : LAPACKE_sgeqrf_work(LCM, m, n, F(a), lda, F(tau), F(work), lwork);
 }
 
-static lapack_int orgqr(mg_dtype dt, lapack_int m, lapack_int n, lapack_int k, void *a, void *tau) {
-  return dt == MG_F64 ? LAPACKE_dorgqr(LCM, m, n, k, D(a), m > 1 ? m : 1, D(tau))
-                      : LAPACKE_sorgqr(LCM, m, n, k, F(a), m > 1 ? m : 1, F(tau));
+static lapack_int orgqr(mg_dtype dt, lapack_int m, lapack_int n, lapack_int k, void *a, void *tau,
+                        void *work, lapack_int lwork) {
+  lapack_int lda = m > 1 ? m : 1;
+  return dt == MG_F64 ? LAPACKE_dorgqr_work(LCM, m, n, k, D(a), lda, D(tau), D(work), lwork)
+                      : LAPACKE_sorgqr_work(LCM, m, n, k, F(a), lda, F(tau), F(work), lwork);
+}
+
+/* Workspace elements geqrf and orgqr want for one m x n matrix, Q with qc columns. */
+static lapack_int qr_lwork(mg_dtype dt, lapack_int m, lapack_int n, lapack_int qc, lapack_int k) {
+  double q1 = 0, q2 = 0;
+  float f1 = 0, f2 = 0;
+  void *w1 = dt == MG_F64 ? (void *)&q1 : (void *)&f1, *w2 = dt == MG_F64 ? (void *)&q2 : (void *)&f2;
+  geqrf(dt, m, n, NULL, NULL, w1, -1);
+  orgqr(dt, m, qc, k, NULL, NULL, w2, -1);
+  double a = dt == MG_F64 ? q1 : f1, b = dt == MG_F64 ? q2 : f2;
+  lapack_int w = (lapack_int)(a > b ? a : b);
+  lapack_int floor = (qc > n ? qc : n) + 1;
+  return w > floor ? w : floor;
 }
 
 static lapack_int gesdd(mg_dtype dt, char jobz, lapack_int m, lapack_int n, void *a, void *s,
@@ -208,25 +234,28 @@ mg_status mg_linalg_qr(mg_ctx *C, mg_tensor *A, bool complete, mg_tensor **Qo, m
   st = mg_tensor_zeros(C, dt, batch_shape(A, 2, qs, sh), sh, &y[0]);
   if (st == MG_OK) st = mg_tensor_zeros(C, dt, batch_shape(A, 2, rs, sh), sh, &y[1]);
   int64_t wq = qc > n ? qc : n;                      /* columns of the work matrix */
+  lapack_int lwork = k > 0 ? qr_lwork(dt, (lapack_int)m, (lapack_int)n, (lapack_int)qc, (lapack_int)k) : 1;
   void *a = malloc(es * (size_t)(m * wq + 1)), *tau = malloc(es * (size_t)(k + 1));
-  if (st == MG_OK && (a == NULL || tau == NULL)) st = mg_fail(C, MG_ENOMEM, "linalg.qr: out of memory");
+  void *work = malloc(es * (size_t)lwork);
+  if (st == MG_OK && !(a && tau && work)) st = mg_fail(C, MG_ENOMEM, "linalg.qr: out of memory");
   for (int64_t i = 0; st == MG_OK && i < nmat; i++) {
     if (k == 0) {                                    /* empty: Q is the identity (complete) */
       for (int64_t j = 0; j < qc && j < m; j++) yset(y[0], i * m * qc + j * qc + j, 1.0);
       continue;
     }
     load(A, i, a, m);
-    lapack_int info = geqrf(dt, (lapack_int)m, (lapack_int)n, a, tau);
+    lapack_int info = geqrf(dt, (lapack_int)m, (lapack_int)n, a, tau, work, lwork);
     if (info != 0) { st = lapack_fail(C, "linalg.qr", "geqrf", info, A); break; }
     store(y[1], i, a, m, UPPER);                     /* R: the upper triangle, rr rows */
     if (qc > n)                                      /* columns orgqr reads but geqrf left */
       memset((char *)a + es * (size_t)(m * n), 0, es * (size_t)(m * (qc - n)));
-    info = orgqr(dt, (lapack_int)m, (lapack_int)qc, (lapack_int)k, a, tau);
+    info = orgqr(dt, (lapack_int)m, (lapack_int)qc, (lapack_int)k, a, tau, work, lwork);
     if (info != 0) { st = lapack_fail(C, "linalg.qr", "orgqr", info, A); break; }
     store(y[0], i, a, m, ALL);
   }
   free(a);
   free(tau);
+  free(work);
   if (st != MG_OK) { mg_tensor_release(y[0]); mg_tensor_release(y[1]); return st; }
   mg_attr at = { .i = { complete }, .ni = 1 };
   mg_tensor **outs[2] = { Qo, Ro };
