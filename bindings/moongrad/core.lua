@@ -363,7 +363,7 @@ end
 local SPECTRA = { lyapunov = true, jacobian_spectra = true }   -- functions of moongrad.spectra
 
 setmetatable(mg, { __index = function(t, k)
-  if k == "nn" or k == "optim" or k == "plot" or k == "linalg" then
+  if k == "nn" or k == "optim" or k == "plot" or k == "linalg" or k == "plot_spectra" then
     local m = require("moongrad." .. k)
     rawset(t, k, m)
     return m
