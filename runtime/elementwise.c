@@ -134,9 +134,11 @@ static void where_f64(int64_t n, char **p, const int64_t *s, void *ud) {
 
 /* ================================================================ forward */
 
-/* Run 'fn' with a new contiguous output of 'shape' and the operands 'in' (same dtype). */
-static mg_status run_new(mg_ctx *C, mg_dtype dt, int ndim, const int64_t *shape, int nin,
-                         mg_tensor *const *in, mg_loop_fn fn, void *ud, mg_tensor **out) {
+/* Run 'fn' with a new contiguous output of 'shape' and the operands 'in' (same dtype); op
+** 'name' stops with "<name>: interrupted!" when the host's flag is set (output freed). */
+static mg_status run_new(mg_ctx *C, const char *name, mg_dtype dt, int ndim,
+                         const int64_t *shape, int nin, mg_tensor *const *in, mg_loop_fn fn,
+                         void *ud, mg_tensor **out) {
   mg_tensor *y, *ops[MG_MAXOPS];
   mg_status st = mg_tensor_empty(C, dt, ndim, shape, &y);
   if (st != MG_OK) return st;
@@ -144,14 +146,19 @@ static mg_status run_new(mg_ctx *C, mg_dtype dt, int ndim, const int64_t *shape,
   for (int k = 0; k < nin; k++) ops[k + 1] = in[k];
   mg_iter it;
   mg_iter_init(&it, ndim, shape, nin + 1, ops);
-  mg_iter_run(&it, fn, ud);
+  if ((st = mg_iter_run(C, name, &it, fn, ud)) != MG_OK) {
+    mg_tensor_release(y);
+    return st;
+  }
   *out = y;
   return MG_OK;
 }
 
 mg_status mg_tensor_unary(mg_ctx *C, mg_unary op, mg_tensor *x, mg_tensor **out) {
   mg_tensor *y;
-  mg_status st = run_new(C, x->dtype, x->ndim, x->shape, 1, &x,
+  const char *name = op == MG_U_SIGN ? "sign"
+                   : op == MG_U_STEP ? "step" : mg_ops[MG_OP_NEG + (int)op]->name;
+  mg_status st = run_new(C, name, x->dtype, x->ndim, x->shape, 1, &x,
                          x->dtype == MG_F64 ? unary_f64 : unary_f32, &op, &y);
   if (st != MG_OK) return st;
   if (op == MG_U_SIGN || op == MG_U_STEP) { *out = y; return MG_OK; }   /* constants */
@@ -189,7 +196,7 @@ mg_status mg_tensor_binary(mg_ctx *C, mg_binary op, mg_tensor *a, mg_tensor *b,
   mg_tensor *in[2] = { a, b }, *y;
   mg_status st = promote(C, &in[0], &in[1]);
   if (st != MG_OK) return st;
-  st = run_new(C, in[0]->dtype, nd, shape, 2, in,
+  st = run_new(C, names[op], in[0]->dtype, nd, shape, 2, in,
                in[0]->dtype == MG_F64 ? binary_f64 : binary_f32, &op, &y);
   if (st == MG_OK) {
     if (op >= MG_B_EQ) *out = y;                                     /* not differentiable */
@@ -211,8 +218,7 @@ mg_status mg_tensor_add_(mg_ctx *C, mg_tensor *dst, mg_tensor *src) {
   mg_tensor *ops[3] = { dst, dst, src };       /* out aliases the first operand: elementwise */
   mg_iter it;
   mg_iter_init(&it, dst->ndim, dst->shape, 3, ops);
-  mg_iter_run(&it, dst->dtype == MG_F64 ? binary_f64 : binary_f32, &op);
-  return MG_OK;
+  return mg_iter_run(NULL, NULL, &it, dst->dtype == MG_F64 ? binary_f64 : binary_f32, &op);
 }
 
 mg_status mg_tensor_binary_scalar(mg_ctx *C, mg_binary op, mg_tensor *x, double v,
@@ -229,7 +235,7 @@ mg_status mg_tensor_clamp(mg_ctx *C, mg_tensor *x, double lo, double hi, mg_tens
   if (lo > hi) return mg_fail(C, MG_EARG, "clamp: min %g is greater than max %g", lo, hi);
   bounds b = { lo, hi };
   mg_tensor *y;
-  mg_status st = run_new(C, x->dtype, x->ndim, x->shape, 1, &x,
+  mg_status st = run_new(C, "clamp", x->dtype, x->ndim, x->shape, 1, &x,
                          x->dtype == MG_F64 ? clamp_f64 : clamp_f32, &b, &y);
   if (st != MG_OK) return st;
   mg_attr at = { .ni = 0, .f = { lo, hi } };
@@ -263,7 +269,7 @@ mg_status mg_tensor_where(mg_ctx *C, mg_tensor *cond, mg_tensor *a, mg_tensor *b
   }
   if (st == MG_OK) {
     in[0] = c;
-    st = run_new(C, in[1]->dtype, nd, shape, 3, in,
+    st = run_new(C, "where", in[1]->dtype, nd, shape, 3, in,
                  in[1]->dtype == MG_F64 ? where_f64 : where_f32, NULL, &y);
     if (st == MG_OK) st = mg_record_result(C, MG_OP_WHERE, 3, in, y, NULL, out);
     mg_tensor_release(c);

@@ -97,7 +97,10 @@ static mg_status reduce(mg_ctx *C, const char *fn, int op, int kind, mg_tensor *
   mg_tensor *ops[2] = { y, x };
   mg_iter it;
   mg_iter_init(&it, x->ndim, x->shape, 2, ops);
-  mg_iter_run(&it, x->dtype == MG_F64 ? reduce_f64 : reduce_f32, &kind);
+  if ((s = mg_iter_run(C, fn, &it, x->dtype == MG_F64 ? reduce_f64 : reduce_f32, &kind)) != MG_OK) {
+    mg_tensor_release(y);
+    return s;
+  }
   if (!keepdim) {                                /* same storage, fewer dims */
     y->ndim = nd;
     memcpy(y->shape, drop, (size_t)nd * sizeof *drop);

@@ -351,7 +351,8 @@ mg_status mg_tape_gradient_sweep(mg_tape *T, int ntargets, mg_tensor *const *tar
   mg_status st = oom ? mg_fail(C, MG_ENOMEM, "out of memory")
                      : seed_targets(C, &m, ntargets, targets, seeds, &like);
   for (size_t i = T->n; i-- > first && st == MG_OK;)
-    st = backward_node(C, &m, mg_tape_node(T, i), lead, nsources, sources);
+    if ((st = mg_poll(C, "gradient")) == MG_OK)
+      st = backward_node(C, &m, mg_tape_node(T, i), lead, nsources, sources);
   for (int j = 0; j < nsources && st == MG_OK; j++) {
     slot *s = map_find(&m, sources[j]);
     if (s && s->val)
@@ -406,7 +407,7 @@ mg_status mg_tape_forward_sweep(mg_tape *T, int nsources, mg_tensor *const *sour
     if (s == NULL) st = mg_fail(C, MG_ENOMEM, "out of memory");
     else st = accumulate(C, s, mg_tensor_retain(tangents[j]));
   }
-  for (size_t i = 0; i < T->n && st == MG_OK; i++) {
+  for (size_t i = 0; i < T->n && st == MG_OK && (st = mg_poll(C, "jvp")) == MG_OK; i++) {
     const mg_node *n = mg_tape_node(T, i);
     mg_tensor *stackt[8], **t = n->nin <= 8 ? stackt : calloc((size_t)n->nin, sizeof *t);
     mg_tensor *tout[MG_MAXOUT] = { NULL };
