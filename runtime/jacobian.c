@@ -294,6 +294,6 @@ mg_status mg_tape_jacobian(mg_tape *T, mg_tensor *target, int nsources,
       if (st != MG_OK) for (int j = 0; j < nsources; j++) { mg_tensor_release(jac[j]); jac[j] = NULL; }
     }
   }
-  mg_tape_end(T);
+  mg_tape_end(T, st);
   return st;
 }

@@ -274,7 +274,7 @@ mg_status mg_record_result(mg_ctx *C, int op, int nin, mg_tensor *const *in, mg_
 
 /* Sweeps inside a mg_tape_begin/mg_tape_end bracket (several sweeps may share one). */
 mg_status mg_tape_begin(mg_tape *T);
-void mg_tape_end(mg_tape *T);
+void mg_tape_end(mg_tape *T, mg_status st);   /* st MG_EINTR: not spent */
 mg_status mg_tape_gradient_sweep(mg_tape *T, int ntargets, mg_tensor *const *targets,
                                  mg_tensor *const *seeds, int lead, int nsources,
                                  mg_tensor *const *sources, bool unconnected_zero,

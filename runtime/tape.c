@@ -369,16 +369,17 @@ mg_status mg_tape_gradient_sweep(mg_tape *T, int ntargets, mg_tensor *const *tar
 }
 
 /* Bracket a differentiation of 'T': its own recording is suspended meanwhile, and a
-** non-persistent tape is spent at the end. */
+** non-persistent tape is spent at the end, unless the host interrupted it ('st' MG_EINTR):
+** nothing was handed out, so it may be asked again. */
 mg_status mg_tape_begin(mg_tape *T) {
   if (T->spent) return spent_error(T);
   if (T->busy++ == 0 && T->recording) T->ctx->nbusy++;
   return MG_OK;
 }
 
-void mg_tape_end(mg_tape *T) {
+void mg_tape_end(mg_tape *T, mg_status st) {
   if (--T->busy == 0 && T->recording) T->ctx->nbusy--;
-  if (!T->persistent) {                  /* spent: nothing it records could be used */
+  if (!T->persistent && st != MG_EINTR) {                  /* spent: nothing it records could be used */
     T->spent = true;
     drop_nodes(T);
     mg_tape_stop(T);
@@ -391,7 +392,7 @@ mg_status mg_tape_gradient(mg_tape *T, int ntargets, mg_tensor *const *targets,
   mg_status st = mg_tape_begin(T);
   if (st != MG_OK) return st;
   st = mg_tape_gradient_sweep(T, ntargets, targets, seeds, lead, nsources, sources, unconnected_zero, grads);
-  mg_tape_end(T);
+  mg_tape_end(T, st);
   return st;
 }
 
@@ -449,6 +450,6 @@ mg_status mg_tape_forward(mg_tape *T, int nsources, mg_tensor *const *sources,
   mg_status st = mg_tape_begin(T);
   if (st != MG_OK) return st;
   st = mg_tape_forward_sweep(T, nsources, sources, tangents, lead, ntargets, targets, out);
-  mg_tape_end(T);
+  mg_tape_end(T, st);
   return st;
 }

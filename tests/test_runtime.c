@@ -179,12 +179,23 @@ static void test_interrupt(mg_ctx *C) {
   CHECK(mg_tensor_zeros(C, MG_F64, 3, s3, &m3) == MG_OK);
   CHECK(mg_tensor_matmul(C, m3, m3, &y) == MG_EINTR);                /* per batch matrix */
   CHECK(strcmp(mg_errmsg(C), "matmul: interrupted!") == 0);
+  CHECK(mg_tensor_softmax(C, m3, 2, true, &y) == MG_EINTR);          /* per row */
+  CHECK(strcmp(mg_errmsg(C), "log_softmax: interrupted!") == 0);
+  CHECK(mg_tensor_argmax(C, m3, 0, false, false, &y) == MG_EINTR);
+  CHECK(strcmp(mg_errmsg(C), "argmax: interrupted!") == 0);
+  CHECK(y == (mg_tensor *)0x1);
   CHECK(mg_tensor_copy_(C, m3, one) == MG_OK);                       /* writes: to the end */
   int64_t last[3] = { 63, 7, 7 };
   CHECK(mg_tensor_get(m3, last) == 1);
   CHECK(mg_tensor_sum(C, sq, ~0u, false, &s) == MG_OK);              /* short: never polls */
   CHECK(mg_tape_gradient(T, 1, &s, NULL, 0, 1, &x, false, &g) == MG_EINTR);   /* per node */
   CHECK(strcmp(mg_errmsg(C), "gradient: interrupted!") == 0 && g == NULL);
+  flag = 0;                                    /* not spent by the interrupted sweep */
+  CHECK(mg_tape_gradient(T, 1, &s, NULL, 0, 1, &x, false, &g) == MG_OK);
+  for (int64_t i = 0; i < 2; i++) CHECK(mg_tensor_get(g, &i) == 2 * xv[i]);
+  mg_tensor_release(g);
+  g = NULL;
+  flag = 1;
   mg_ctx *other = mg_ctx_new();                                      /* its own flag: none */
   mg_tensor *o1, *ob, *os;
   CHECK(mg_tensor_full(other, MG_F32, 2, s11, 1.0, &o1) == MG_OK);
