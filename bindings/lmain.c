@@ -1,7 +1,9 @@
 /*
-** lmain.c - the 'moongrad' executable: a stock Lua 5.4 interpreter (same options and 'arg'
-** table as 'lua') with the moongrad module preloaded as the global 'mg'; a readline REPL that
-** prints the value of each expression and keeps history; '-v' reports the OpenBLAS kernels.
+** lmain.c - the 'moongrad' executable: a stock Lua 5.4 interpreter (same options, LUA_INIT
+** and 'arg' table as 'lua') with the moongrad module preloaded as the global 'mg'; a readline
+** REPL that prints the value of each expression (tables as values), keeps history (a chunk
+** one entry) and completes names; Ctrl-C stops a long op through the context's interrupt
+** flag; '-v' reports the OpenBLAS kernels.
 */
 #include <ctype.h>
 #include <errno.h>
@@ -28,6 +30,7 @@
 #define HISTORY_NAME ".moongrad_history"   /* in $HOME, unless $MOONGRAD_HISTORY is set */
 #define HISTORY_MAX 1000                   /* entries kept in memory and in the file */
 #define EOFMARK "<eof>"                    /* ends the syntax error of an incomplete chunk */
+#define TENSOR_MT "moongrad.Tensor"        /* the tensors' metatable (its '__name') */
 
 static const char *progname = "moongrad";  /* prefix of error messages; NULL in the REPL */
 
@@ -427,7 +430,7 @@ static lua_State *completion_L = NULL;   /* the REPL's state, for readline's cal
 
 /* Replace the value on top by its metatable's '__index' (nil when none). A C function there
 ** (the tensors' selects on numbers and looks other keys up in its method table) stands for
-** the first table among its upvalues: completion never runs code. */
+** the first table among its upvalues: no code runs (only a submodule's loader may, below). */
 static void toindex(lua_State *L) {
   if (!lua_getmetatable(L, -1)) {
     lua_pop(L, 1);
@@ -928,18 +931,14 @@ static int other_keys(lua_State *L, int t, lua_Integer n) {
   return keys;
 }
 
-/* Push the entries of the table at 't' shown, joined as "{a, b, k = v}"; when an entry spans
-** lines or is a tensor, one entry a line; when only too wide, as many a line as fit. */
-static void show_table(lua_State *L, int t, int depth, int seen) {
-  lua_Integer n = 0;
-  while (lua_rawgeti(L, t, n + 1) != LUA_TNIL) { lua_pop(L, 1); n++; }
-  lua_pop(L, 1);
-  int keys = other_keys(L, t, n);
-  lua_Integer total = n + (lua_Integer)lua_rawlen(L, keys), shown = 0;
-  int first = lua_gettop(L) + 1;
+/* Push the shown entries of the table at 't' (its array part 1..'n', then the keys in the
+** array 'keys'), at most SHOW_ITEMS and then "... (k more)"; returns their total width, and
+** in '*tall' whether one spans lines or is a tensor. */
+static size_t push_entries(lua_State *L, int t, lua_Integer n, int keys, int depth, int seen,
+                           bool *tall) {
+  lua_Integer total = n + (lua_Integer)lua_rawlen(L, keys), i = 1;
   size_t width = 2;
-  bool tall = false;
-  for (lua_Integer i = 1; i <= total && shown < SHOW_ITEMS; i++, shown++) {
+  for (; i <= total && i <= SHOW_ITEMS; i++) {
     int top = lua_gettop(L);
     if (i <= n) {
       lua_rawgeti(L, t, i);
@@ -949,18 +948,23 @@ static void show_table(lua_State *L, int t, int depth, int seen) {
       lua_rawgeti(L, keys, i - n);
       lua_rawget(L, t);
     }
-    tall |= luaL_testudata(L, -1, "moongrad.Tensor") != NULL;
+    *tall |= luaL_testudata(L, -1, TENSOR_MT) != NULL;
     show(L, lua_gettop(L), depth + 1, seen);
     lua_remove(L, -2);                          /* the value */
     if (i > n) { lua_remove(L, top + 1); lua_concat(L, 2); }   /* key text .. value text */
     size_t len;
     const char *e = lua_tolstring(L, -1, &len);
-    tall |= memchr(e, '\n', len) != NULL;
+    *tall |= memchr(e, '\n', len) != NULL;
     width += len + 2;
   }
-  if (shown < total) lua_pushfstring(L, "... (%I more)", (lua_Integer)(total - shown));
+  if (i <= total) lua_pushfstring(L, "... (%I more)", (lua_Integer)(total - i + 1));
+  return width;
+}
+
+/* Push the strings first..last (removed) joined as "{a, b}"; 'tall': one a line, 'wide': as
+** many a line as fit; lines indented for 'depth'. */
+static void join_entries(lua_State *L, int first, int depth, bool tall, bool wide) {
   int last = lua_gettop(L);
-  bool wide = width > (size_t)SHOW_WIDTH - 2 * (size_t)depth;
   size_t indent = 2 * (size_t)depth + 2, col = SHOW_WIDTH;
   luaL_Buffer b;
   luaL_buffinit(L, &b);                         /* entries stay below the buffer */
@@ -986,8 +990,23 @@ static void show_table(lua_State *L, int t, int depth, int seen) {
   }
   luaL_addchar(&b, '}');
   luaL_pushresult(&b);
-  lua_replace(L, keys);
-  lua_settop(L, keys);
+  if (last >= first) {                          /* the result replaces the entries */
+    lua_replace(L, first);
+    lua_settop(L, first);
+  }
+}
+
+/* Push the table at 't' shown as a constructor: "{a, b, k = v}"; when an entry spans lines
+** or is a tensor, one entry a line; when only too wide, as many a line as fit. */
+static void show_table(lua_State *L, int t, int depth, int seen) {
+  lua_Integer n = 0;
+  while (lua_rawgeti(L, t, n + 1) != LUA_TNIL) { lua_pop(L, 1); n++; }
+  lua_pop(L, 1);
+  int keys = other_keys(L, t, n);
+  bool tall = false;
+  size_t width = push_entries(L, t, n, keys, depth, seen, &tall);
+  join_entries(L, keys + 1, depth, tall, width > (size_t)SHOW_WIDTH - 2 * (size_t)depth);
+  lua_remove(L, keys);
 }
 
 static bool is_empty(lua_State *L, int t) {
@@ -997,46 +1016,55 @@ static bool is_empty(lua_State *L, int t) {
   return false;
 }
 
+/* Push the string at 'i' quoted, escaped so that it reads back as itself. */
+static void show_string(lua_State *L, int i) {
+  luaL_Buffer b;
+  size_t n;
+  const char *str = lua_tolstring(L, i, &n);
+  luaL_buffinit(L, &b);
+  luaL_addchar(&b, '"');
+  for (size_t j = 0; j < n; j++) {
+    unsigned char c = (unsigned char)str[j];
+    if (c == '"' || c == '\\') {
+      luaL_addchar(&b, '\\');
+      luaL_addchar(&b, (char)c);
+    } else if (c == '\n') {
+      luaL_addstring(&b, "\\n");
+    } else if (c < 32 || c == 127) {            /* three digits: a digit may follow */
+      char esc[8];
+      snprintf(esc, sizeof esc, "\\%03d", c);
+      luaL_addstring(&b, esc);
+    } else {
+      luaL_addchar(&b, (char)c);
+    }
+  }
+  luaL_addchar(&b, '"');
+  luaL_pushresult(&b);
+}
+
 /* Push the value at 'i' as the REPL shows it inside a table: strings quoted, tables as
 ** constructors (to SHOW_DEPTH; a table already being shown, a cycle, as <cycle>), tensors
 ** on one line, the rest through 'tostring'. 'seen' is the set of tables on the path. */
 static void show(lua_State *L, int i, int depth, int seen) {
   luaL_checkstack(L, 2 * LUA_MINSTACK, "value too deep to show");
+  const void *p = lua_topointer(L, i);
   if (lua_type(L, i) == LUA_TSTRING) {
-    luaL_Buffer b;
-    size_t n;
-    const char *str = lua_tolstring(L, i, &n);
-    luaL_buffinit(L, &b);
-    luaL_addchar(&b, '"');
-    for (size_t j = 0; j < n; j++) {
-      unsigned char c = (unsigned char)str[j];
-      if (c == '"' || c == '\\') { luaL_addchar(&b, '\\'); luaL_addchar(&b, (char)c); }
-      else if (c == '\n') luaL_addstring(&b, "\\n");
-      else if (c < 32 || c == 127) {             /* three digits: a digit may follow */
-        char esc[8];
-        snprintf(esc, sizeof esc, "\\%03d", c);
-        luaL_addstring(&b, esc);
-      } else {
-        luaL_addchar(&b, (char)c);
-      }
-    }
-    luaL_addchar(&b, '"');
-    luaL_pushresult(&b);
-  } else if (luaL_testudata(L, i, "moongrad.Tensor")) {
+    show_string(L, i);
+  } else if (luaL_testudata(L, i, TENSOR_MT)) {
     show_tensor(L, i);
   } else if (lua_type(L, i) != LUA_TTABLE || has_own_tostring(L, i)) {
     luaL_tolstring(L, i, NULL);
-  } else if (lua_rawgetp(L, seen, lua_topointer(L, i)) != LUA_TNIL) {
+  } else if (lua_rawgetp(L, seen, p) != LUA_TNIL) {
     lua_pop(L, 1);
     lua_pushliteral(L, "<cycle>");
   } else if (lua_pop(L, 1), depth >= SHOW_DEPTH) {
     lua_pushstring(L, is_empty(L, i) ? "{}" : "{...}");
   } else {
     lua_pushboolean(L, 1);
-    lua_rawsetp(L, seen, lua_topointer(L, i));
+    lua_rawsetp(L, seen, p);
     show_table(L, i, depth, seen);
     lua_pushnil(L);
-    lua_rawsetp(L, seen, lua_topointer(L, i));
+    lua_rawsetp(L, seen, p);
   }
 }
 

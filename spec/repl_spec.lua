@@ -233,7 +233,7 @@ describe("the REPL in a terminal", function()
     run_tty(([[printf 'w = 2\nos.execute("kill -9 " .. io.open("/proc/self/stat"):read("n"))\n'; sleep 1]]),
             "MOONGRAD_HISTORY=" .. hist, outf)
     assert.is_true(#entries(hist) > 1000)
-    run_tty([[printf '']], "MOONGRAD_HISTORY=" .. hist)
+    run_tty([[printf 'print(1)\n']], "MOONGRAD_HISTORY=" .. hist)
     assert.are.equal(1000, #entries(hist))
   end)
 
