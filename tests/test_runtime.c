@@ -184,6 +184,19 @@ static void test_interrupt(mg_ctx *C) {
   CHECK(mg_tensor_argmax(C, m3, 0, false, false, &y) == MG_EINTR);
   CHECK(strcmp(mg_errmsg(C), "argmax: interrupted!") == 0);
   CHECK(y == (mg_tensor *)0x1);
+  mg_tensor *cx, *cW, *cU, *cb, *ch = (mg_tensor *)0x1, *cc = (mg_tensor *)0x1;
+  int64_t sx[2] = { 2, 3 }, sW[2] = { 3, 8 }, sU[2] = { 2, 8 }, sb[1] = { 8 }, sh[2] = { 2, 2 };
+  mg_tensor *h0, *c0;
+  CHECK(mg_tensor_zeros(C, MG_F64, 2, sx, &cx) == MG_OK);
+  CHECK(mg_tensor_zeros(C, MG_F64, 2, sW, &cW) == MG_OK);
+  CHECK(mg_tensor_zeros(C, MG_F64, 2, sU, &cU) == MG_OK);
+  CHECK(mg_tensor_zeros(C, MG_F64, 1, sb, &cb) == MG_OK);
+  CHECK(mg_tensor_zeros(C, MG_F64, 2, sh, &h0) == MG_OK);
+  CHECK(mg_tensor_zeros(C, MG_F64, 2, sh, &c0) == MG_OK);
+  CHECK(mg_lstm_cell(C, cx, h0, c0, cW, cU, cb, &ch, &cc) == MG_EINTR);   /* per step */
+  CHECK(strcmp(mg_errmsg(C), "lstm_cell: interrupted!") == 0 && ch == (mg_tensor *)0x1);
+  mg_tensor *cells[] = { cx, cW, cU, cb, h0, c0 };
+  for (size_t i = 0; i < 6; i++) mg_tensor_release(cells[i]);
   CHECK(mg_tensor_copy_(C, m3, one) == MG_OK);                       /* writes: to the end */
   int64_t last[3] = { 63, 7, 7 };
   CHECK(mg_tensor_get(m3, last) == 1);
