@@ -1,8 +1,8 @@
 -- moongrad.plot: plots through gnuplot (mg.plot, also require "moongrad.plot").
 --
 -- Every call builds one gnuplot script (data inline as gnuplot 5 datablocks, `$name << EOD`),
--- runs gnuplot on it and returns the path it wrote, or nil when the plot went to standard
--- output. `opts.out` picks the output by extension: .png (pngcairo, or png without cairo),
+-- runs gnuplot on it and returns the path it wrote, or nothing (no value: `local p = ...` is
+-- nil) when the plot went to standard output. `opts.out` picks the output by extension: .png (pngcairo, or png without cairo),
 -- .svg, .pdf (pdfcairo), .txt (text, gnuplot's dumb terminal); without `out`, text is written
 -- with io.write (standard output unless io.output() was redirected), usable over ssh.
 -- `opts.width`, `opts.height` are pixels for .png and .svg (.pdf at 100 pixels an inch) and
@@ -39,6 +39,7 @@ end
 local function api(name, impl)
   return function(...)
     local ok, res = pcall(impl, ...)
+    if ok and res == nil then return end     -- drawn to the terminal: no value (no REPL "nil")
     if ok then return res end
     if getmetatable(res) == Failure then error(name .. ": " .. res.msg, 2) end
     error(res, 0)
@@ -387,7 +388,8 @@ local function dedupe(text)
 end
 
 -- Runs 'script' (whose first 'off' lines are our setup); gnuplot's stdout is io.write'n when
--- 'to_stdout', its warnings go to io.stderr. Both temporary files are removed on every path.
+-- 'to_stdout' (ended by a newline), its warnings go to io.stderr. Both temporary files are
+-- removed on every path.
 local function run(script, to_stdout, off)
   local sname = os.tmpname()
   local ok, ename = pcall(os.tmpname)
@@ -396,7 +398,10 @@ local function run(script, to_stdout, off)
   os.remove(sname)
   os.remove(ename)
   if not ok2 then error(out, 0) end
-  if to_stdout then io.write(out) io.flush() end
+  if to_stdout then                  -- the dumb terminal leaves its last line open
+    io.write(out, out:sub(-1) == "\n" and "" or "\n")
+    io.flush()
+  end
   if errtext ~= "" then io.stderr:write("gnuplot: ", dedupe(errtext), "\n") end
 end
 
