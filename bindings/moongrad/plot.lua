@@ -593,10 +593,13 @@ end
 
 -- Common labels of a single plot.
 -- gnuplot centres a plot's title over the plot, not the canvas: the tic labels and y label
--- on the left and 'right' pixels (characters in text) of key or colour box on the right move
--- that centre, so the title is wrapped to what is left with both moves counted.
+-- on the left and 'right' pixels of key or colour box on the right move that centre, so the
+-- title is wrapped to what is left with both moves counted.
 local function labels(cv, title, xlabel, ylabel, right)
-  local avail = cv.w - (cv.text and 12 or 84) - (right or 0)
+  -- the plot's centre is off the canvas's by half the difference of the side margins (the
+  -- dumb terminal keeps a title inside its lines: there the canvas width is the limit)
+  local avail = cv.w - 2
+  if not cv.text then avail = cv.w - 24 - math.abs(80 - ((right or 0) + 20)) end
   return string.format("set title %s\nset xlabel %s\n", gstr(wrap(cv, title, avail)),
                        gstr(xlabel)) .. ylabel_cmd(cv, ylabel)
 end
