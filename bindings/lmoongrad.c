@@ -127,6 +127,31 @@ static int lib_clock(lua_State *L) {
   return 1;
 }
 
+/* _tmpfile(path, op): for a program that writes by file name (gnuplot), a new empty file
+** beside 'path' (fileio.c); returns its name. Raises "<op>: cannot open 'path' for writing
+** (reason)". Internal to moongrad.plot: not public API. */
+static int lib_tmpfile(lua_State *L) {
+  mg_ctx *C = LSTATE(L)->C;
+  const char *path = luaL_checkstring(L, 1), *op = luaL_checkstring(L, 2);
+  char *tmp = NULL;
+  if (mg_tmpfile_name(C, op, path, &tmp) != MG_OK) return lmg_fail(L, C);
+  lua_pushstring(L, tmp);                            /* may raise: free 'tmp' first */
+  free(tmp);
+  return 1;
+}
+
+/* _commit_file(tmp, path, op): fsync the finished 'tmp' and rename it over 'path'; on
+** failure 'tmp' is removed and "<op>: cannot write 'path' (reason)" raised. Internal. */
+static int lib_commit_file(lua_State *L) {
+  mg_ctx *C = LSTATE(L)->C;
+  const char *tmp = luaL_checkstring(L, 1), *path = luaL_checkstring(L, 2);
+  const char *op = luaL_checkstring(L, 3);
+  char *owned = strdup(tmp);
+  if (owned == NULL) return luaL_error(L, "%s: out of memory", op);
+  if (mg_tmpfile_commit(C, op, owned, path) != MG_OK) return lmg_fail(L, C);
+  return 0;
+}
+
 static int lib_no_grad_enter(lua_State *L) { mg_no_grad_enter(LSTATE(L)->C); return 0; }
 static int lib_no_grad_exit(lua_State *L) { mg_no_grad_exit(LSTATE(L)->C); return 0; }
 
@@ -136,6 +161,7 @@ static const luaL_Reg settings[] = {
   { "empty_cache", lib_empty_cache }, { "memory", lib_memory },
   { "set_memory_budget", lib_set_memory_budget }, { "blas", lib_blas }, { "clock", lib_clock },
   { "_no_grad_enter", lib_no_grad_enter }, { "_no_grad_exit", lib_no_grad_exit },
+  { "_tmpfile", lib_tmpfile }, { "_commit_file", lib_commit_file },
   { NULL, NULL } };
 
 /* ================================================================ Lua-side modules */

@@ -145,6 +145,11 @@ static const int binary_opcode[] = {
 #define MG_BINARY_KERNEL(kernel, name) [kernel] = -1,
 #include "mg_ops.def"
 };
+static const char *const unary_name[] = {
+#define MG_UNARY_OP(kernel, opcode, name) [kernel] = name,
+#define MG_UNARY_KERNEL(kernel, name) [kernel] = name,
+#include "mg_ops.def"
+};
 static const char *const binary_name[] = {
 #define MG_BINARY_OP(kernel, opcode, name) [kernel] = name,
 #define MG_BINARY_KERNEL(kernel, name) [kernel] = name,
@@ -152,11 +157,14 @@ static const char *const binary_name[] = {
 };
 _Static_assert(sizeof unary_opcode / sizeof unary_opcode[0] == MG_U_COUNT, "every unary kernel mapped");
 _Static_assert(sizeof binary_opcode / sizeof binary_opcode[0] == MG_B_COUNT, "every binary kernel mapped");
+_Static_assert(sizeof unary_name / sizeof unary_name[0] == MG_U_COUNT, "every unary kernel named");
 _Static_assert(sizeof binary_name / sizeof binary_name[0] == MG_B_COUNT, "every binary kernel named");
 
-/* Run 'fn' with a new contiguous output of 'shape' and the operands 'in' (same dtype). */
-static mg_status run_new(mg_ctx *C, mg_dtype dt, int ndim, const int64_t *shape, int nin,
-                         mg_tensor *const *in, mg_loop_fn fn, void *ud, mg_tensor **out) {
+/* Run 'fn' with a new contiguous output of 'shape' and the operands 'in' (same dtype); op
+** 'name' stops with "<name>: interrupted!" when the host's flag is set (output freed). */
+static mg_status run_new(mg_ctx *C, const char *name, mg_dtype dt, int ndim,
+                         const int64_t *shape, int nin, mg_tensor *const *in, mg_loop_fn fn,
+                         void *ud, mg_tensor **out) {
   mg_tensor *y = NULL, *ops[MG_MAXOPS];
   mg_status st = mg_tensor_empty(C, dt, ndim, shape, &y);
   if (st != MG_OK) return st;
@@ -164,14 +172,17 @@ static mg_status run_new(mg_ctx *C, mg_dtype dt, int ndim, const int64_t *shape,
   for (int k = 0; k < nin; k++) ops[k + 1] = in[k];
   mg_iter it;
   mg_iter_init(&it, ndim, shape, nin + 1, ops);
-  mg_iter_run(&it, fn, ud);
+  if ((st = mg_iter_run(C, name, &it, fn, ud)) != MG_OK) {
+    mg_tensor_release(y);
+    return st;
+  }
   *out = y;
   return MG_OK;
 }
 
 mg_status mg_tensor_unary(mg_ctx *C, mg_unary op, mg_tensor *x, mg_tensor **out) {
   mg_tensor *y = NULL;
-  mg_status st = run_new(C, x->dtype, x->ndim, x->shape, 1, &x,
+  mg_status st = run_new(C, unary_name[op], x->dtype, x->ndim, x->shape, 1, &x,
                          x->dtype == MG_F64 ? unary_f64 : unary_f32, &op, &y);
   if (st != MG_OK) return st;
   if (unary_opcode[op] < 0) { *out = y; return MG_OK; }         /* not differentiable */
@@ -206,7 +217,7 @@ mg_status mg_tensor_binary(mg_ctx *C, mg_binary op, mg_tensor *a, mg_tensor *b,
   mg_tensor *in[2] = { a, b }, *y = NULL;
   mg_status st = promote(C, &in[0], &in[1]);
   if (st != MG_OK) return st;
-  st = run_new(C, in[0]->dtype, nd, shape, 2, in,
+  st = run_new(C, binary_name[op], in[0]->dtype, nd, shape, 2, in,
                in[0]->dtype == MG_F64 ? binary_f64 : binary_f32, &op, &y);
   if (st == MG_OK) {
     if (binary_opcode[op] < 0) *out = y;                             /* not differentiable */
@@ -228,8 +239,7 @@ mg_status mg_tensor_add_(mg_ctx *C, mg_tensor *dst, mg_tensor *src) {
   mg_tensor *ops[3] = { dst, dst, src };       /* out aliases the first operand: elementwise */
   mg_iter it;
   mg_iter_init(&it, dst->ndim, dst->shape, 3, ops);
-  mg_iter_run(&it, dst->dtype == MG_F64 ? binary_f64 : binary_f32, &op);
-  return MG_OK;
+  return mg_iter_run(NULL, NULL, &it, dst->dtype == MG_F64 ? binary_f64 : binary_f32, &op);
 }
 
 mg_status mg_tensor_binary_scalar(mg_ctx *C, mg_binary op, mg_tensor *x, double v,
@@ -246,7 +256,7 @@ mg_status mg_tensor_clamp(mg_ctx *C, mg_tensor *x, double lo, double hi, mg_tens
   if (lo > hi) return mg_fail(C, MG_EARG, "clamp: min %g is greater than max %g", lo, hi);
   bounds b = { lo, hi };
   mg_tensor *y = NULL;
-  mg_status st = run_new(C, x->dtype, x->ndim, x->shape, 1, &x,
+  mg_status st = run_new(C, "clamp", x->dtype, x->ndim, x->shape, 1, &x,
                          x->dtype == MG_F64 ? clamp_f64 : clamp_f32, &b, &y);
   if (st != MG_OK) return st;
   mg_attr at = { .ni = 0, .f = { lo, hi } };
@@ -280,7 +290,7 @@ mg_status mg_tensor_where(mg_ctx *C, mg_tensor *cond, mg_tensor *a, mg_tensor *b
   }
   if (st == MG_OK) {
     in[0] = c;
-    st = run_new(C, in[1]->dtype, nd, shape, 3, in,
+    st = run_new(C, "where", in[1]->dtype, nd, shape, 3, in,
                  in[1]->dtype == MG_F64 ? where_f64 : where_f32, NULL, &y);
     if (st == MG_OK) st = mg_record_result(C, MG_OP_WHERE, 3, in, y, NULL, out);
     mg_tensor_release(c);

@@ -2,10 +2,12 @@
 ** fileio.c - writing files without ever destroying the previous version.
 **
 ** Every file moongrad writes goes to a temporary name beside its target ("<path>.tmp-XXXXXX",
-** made by mkstemp, so in the same directory and file system), is flushed, fsynced and closed
-** with every error checked, and only then renamed over the target; the directory is fsynced
-** so the rename itself survives a crash. On any failure the temporary is removed and the
-** target is left as it was. Messages name the calling op, the path and strerror's reason.
+** created exclusively, so in the same directory and file system), is flushed, fsynced and
+** closed with every error checked, and only then renamed over the target; the directory is
+** fsynced so the rename itself survives a crash. On any failure the temporary is removed and
+** the target is left as it was. Messages name the calling op, the path and strerror's reason.
+** The new file gets the permissions a plain fopen would give (0666 less the umask), or those
+** of the file it replaces; mkstemp's 0600 would make every saved file private.
 */
 #include "mg_impl.h"
 
@@ -13,6 +15,8 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 /* "<dir of path>" into a new string ("." when 'path' has no slash). */
@@ -31,17 +35,49 @@ static void fsync_dir(const char *path) {
   free(dir);
 }
 
-mg_status mg_tmpfile_name(mg_ctx *C, const char *op, const char *path, char **tmp) {
-  *tmp = NULL;
+/* Create '<path>.tmp-XXXXXX' exclusively (O_EXCL, close-on-exec: a plot's gnuplot child
+** must not inherit it) with the umask's permissions, or the replaced file's; returns the
+** open descriptor and the name in '*tmp' (new), or -1 with errno set. */
+static int create_beside(const char *path, char **tmp) {
+  static const char letters[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
   size_t n = strlen(path) + sizeof ".tmp-XXXXXX";
   char *name = malloc(n);
-  if (name == NULL) return mg_fail(C, MG_ENOMEM, "%s: out of memory", op);
-  snprintf(name, n, "%s.tmp-XXXXXX", path);
-  int fd = mkstemp(name);
+  if (name == NULL) { errno = ENOMEM; return -1; }
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  uint64_t x = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 20) ^ ((uint64_t)getpid() << 40)
+               ^ (uint64_t)(uintptr_t)name;
+  for (int attempt = 0; attempt < 100; attempt++) {
+    char suffix[7];
+    for (int i = 0; i < 6; i++) {
+      x = x * 6364136223846793005u + 1442695040888963407u;   /* LCG step: only uniqueness matters */
+      suffix[i] = letters[(x >> 33) % (sizeof letters - 1)];
+    }
+    suffix[6] = '\0';
+    snprintf(name, n, "%s.tmp-%s", path, suffix);
+    int fd = open(name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);   /* umask applies */
+    if (fd >= 0) {
+      struct stat sb;
+      if (stat(path, &sb) == 0 && S_ISREG(sb.st_mode)) (void)fchmod(fd, sb.st_mode & 07777);
+      *tmp = name;
+      return fd;
+    }
+    if (errno != EEXIST) break;
+  }
+  int e = errno;
+  free(name);
+  errno = e;
+  return -1;
+}
+
+mg_status mg_tmpfile_name(mg_ctx *C, const char *op, const char *path, char **tmp) {
+  *tmp = NULL;
+  char *name = NULL;
+  int fd = create_beside(path, &name);
   if (fd < 0) {
     int e = errno;
-    free(name);
-    return mg_fail(C, MG_EIO, "%s: cannot create a file beside '%s' (%s)", op, path, strerror(e));
+    if (e == ENOMEM) return mg_fail(C, MG_ENOMEM, "%s: out of memory", op);
+    return mg_fail(C, MG_EIO, "%s: cannot open '%s' for writing (%s)", op, path, strerror(e));
   }
   close(fd);
   *tmp = name;
@@ -74,11 +110,16 @@ mg_status mg_wfile_open(mg_ctx *C, const char *op, const char *path, mg_wfile *w
   w->f = NULL;
   w->tmp = NULL;
   char *tmp = NULL;
-  mg_status st = mg_tmpfile_name(C, op, path, &tmp);
-  if (st != MG_OK) return st;
-  FILE *f = fopen(tmp, "wb");
+  int fd = create_beside(path, &tmp);
+  if (fd < 0) {
+    int e = errno;
+    if (e == ENOMEM) return mg_fail(C, MG_ENOMEM, "%s: out of memory", op);
+    return mg_fail(C, MG_EIO, "%s: cannot open '%s' for writing (%s)", op, path, strerror(e));
+  }
+  FILE *f = fdopen(fd, "wb");
   if (f == NULL) {
     int e = errno;
+    close(fd);
     mg_tmpfile_discard(tmp);
     return mg_fail(C, MG_EIO, "%s: cannot open '%s' for writing (%s)", op, path, strerror(e));
   }

@@ -130,6 +130,7 @@ static mg_status jac_reverse(const jac_job *J, int nsrc, mg_tensor *const *srcs,
   for (int c = 0; c < nch && st == MG_OK; c++) {
     int64_t k0 = c * kc, n = J->K - k0 < kc ? J->K - k0 : kc;
     mg_tensor *seed = NULL;
+    if ((st = mg_poll(C, "jacobian")) != MG_OK) break;
     st = basis(C, J->target->dtype, k0, n, J->K, J->batch ? J->B : -1, nt, ts, &seed);
     if (st != MG_OK) break;
     if (J->batch && nt == 1 && nch == 1) seed->flags |= MG_TF_EYE;   /* exactly (K, B, K) */
@@ -163,6 +164,7 @@ static mg_status jac_forward(const jac_job *J, int nsrc, mg_tensor *const *srcs,
     for (int c = 0; c < nch && st == MG_OK; c++) {
       int64_t k0 = c * kc, n = Ks - k0 < kc ? Ks - k0 : kc;
       mg_tensor *tan = NULL;
+      if ((st = mg_poll(C, "jacobian")) != MG_OK) break;
       st = basis(C, srcs[j]->dtype, k0, n, Ks, J->batch ? J->B : -1, ns, ss, &tan);
       if (st != MG_OK) break;
       st = mg_tape_forward_sweep(J->T, 1, &srcs[j], &tan, 1, 1, &J->target, &parts[c]);
@@ -298,6 +300,6 @@ mg_status mg_tape_jacobian(mg_tape *T, mg_tensor *target, int nsources,
       if (st != MG_OK) for (int j = 0; j < nsources; j++) { mg_tensor_release(jac[j]); jac[j] = NULL; }
     }
   }
-  mg_tape_end(T);
+  mg_tape_end(T, st);
   return st;
 }

@@ -17,6 +17,7 @@
 #include <stdint.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <signal.h>   /* sig_atomic_t */
 
 #ifdef __cplusplus
 extern "C" {
@@ -40,7 +41,8 @@ typedef enum mg_status {
   MG_ENOMEM,    /* allocation failed or size overflows */
   MG_EIO,       /* file could not be opened, read or written */
   MG_EFORMAT,   /* malformed file */
-  MG_ESTATE     /* object used in a state that forbids it (e.g. a spent tape) */
+  MG_ESTATE,    /* object used in a state that forbids it (e.g. a spent tape) */
+  MG_EINTR      /* stopped by the host's interrupt flag ('mg_ctx_set_interrupt_flag') */
 } mg_status;
 
 typedef struct mg_ctx mg_ctx;         /* per-interpreter state: RNG, default dtype, tapes, pool */
@@ -70,6 +72,19 @@ MG_API void mg_empty_cache(mg_ctx *C);
 /* Bytes a vectorized Jacobian may use before it is split in chunks (default 1 GiB). */
 MG_API void mg_set_memory_budget(mg_ctx *C, size_t bytes);
 MG_API size_t mg_memory_budget(const mg_ctx *C);
+/* Interrupts. 'flag' (host-owned; NULL, the default, turns polling off) is read by the long
+** loops of ops on 'C': elementwise kernels and reductions every 65536 elements, softmax and
+** argmax per row, matmul per batch matrix, fused cells per step, tape sweeps per node,
+** Jacobians per chunk. Once '*flag' is non-zero, the op fails with MG_EINTR and the message
+** "<op>: interrupted!" (e.g. "sum: interrupted!"); its partial result is freed and nothing is
+** recorded on a tape; a non-persistent tape whose gradient was interrupted is not spent.
+** Loops that write into existing tensors (copy, fill, in-place add) and single BLAS calls
+** (one matmul, the gemms of a fused cell) run to their end. The runtime only reads the flag:
+** the host sets it (typically from a SIGINT handler, where a store to a 'volatile
+** sig_atomic_t' is all that is allowed) and clears it before its next call. The flag must
+** outlive its use by 'C'. Each context polls its own flag, so hosts running several contexts
+** in several threads decide which ones a signal stops. */
+MG_API void mg_ctx_set_interrupt_flag(mg_ctx *C, volatile sig_atomic_t *flag);
 
 /* BLAS: the only process-wide state of the runtime. */
 MG_API void mg_set_num_threads(int n);

@@ -108,11 +108,18 @@ struct mg_ctx {
   int no_grad;                  /* > 0 inside no_grad: nothing is recorded */
   size_t memory_budget;
   mg_rng rng;
+  volatile sig_atomic_t *interrupt;   /* host-owned flag polled by long loops; NULL: none */
 };
 
 /* Set the context's error message and return 'st'. printf-style. */
 mg_status mg_fail(mg_ctx *C, mg_status st, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* MG_EINTR with "<op>: interrupted!" once the host's interrupt flag is set, else MG_OK. A
+** load and a compare: call it per row, block, node or chunk, never per element. */
+static inline mg_status mg_poll(mg_ctx *C, const char *op) {
+  if (C->interrupt == NULL || *C->interrupt == 0) return MG_OK;
+  return mg_fail(C, MG_EINTR, "%s: interrupted!", op);
+}
 /* Append "(2,3)" for a shape to 'buf' (size 'n'); returns 'buf'. */
 char *mg_shapestr(char *buf, size_t n, int ndim, const int64_t *shape);
 
@@ -168,7 +175,14 @@ typedef void (*mg_loop_fn)(int64_t n, char **p, const int64_t *s, void *ud);
 /* Set up iteration of 'ops' (each broadcastable to 'shape') over 'shape'. */
 void mg_iter_init(mg_iter *it, int ndim, const int64_t *shape, int nops,
                   mg_tensor *const *ops);
-void mg_iter_run(const mg_iter *it, mg_loop_fn fn, void *ud);
+/* Call 'fn' over the whole iteration space. With a context, the loop polls its interrupt
+** flag every MG_POLL_ELEMS elements (inner rows are cut to at most MG_POLL_ROW elements for
+** that) and stops with MG_EINTR "<op>: interrupted!": only for ops computing a new output,
+** which the caller then frees. C == NULL: runs to the end (writes into existing tensors must
+** not stop halfway); returns MG_OK. */
+#define MG_POLL_ELEMS ((int64_t)1 << 16)
+#define MG_POLL_ROW ((int64_t)1 << 22)
+mg_status mg_iter_run(mg_ctx *C, const char *op, const mg_iter *it, mg_loop_fn fn, void *ud);
 /* Whether 'src' broadcasts to exactly the shape of 'dst' (in-place ops). */
 bool mg_broadcasts_to(const mg_tensor *src, const mg_tensor *dst);
 /* Broadcast shape of two shapes; false when they do not broadcast. */
@@ -263,7 +277,7 @@ mg_status mg_record_result(mg_ctx *C, int op, int nin, mg_tensor *const *in, mg_
 
 /* Sweeps inside a mg_tape_begin/mg_tape_end bracket (several sweeps may share one). */
 mg_status mg_tape_begin(mg_tape *T);
-void mg_tape_end(mg_tape *T);
+void mg_tape_end(mg_tape *T, mg_status st);   /* st MG_EINTR: not spent */
 mg_status mg_tape_gradient_sweep(mg_tape *T, int ntargets, mg_tensor *const *targets,
                                  mg_tensor *const *seeds, int lead, int nsources,
                                  mg_tensor *const *sources, bool unconnected_zero,

@@ -1,7 +1,8 @@
 /*
-** npy.c - NumPy .npy files, format versions 1.0-3.0: float32 and float64, little-endian,
-** C order (Fortran order is read too, as a transposed view). Malformed input is an error,
-** never a crash: the header is parsed with explicit bounds.
+** npy.c - NumPy .npy files, format versions 1.0-3.0: float32 and float64, C order, written
+** little-endian (big-endian '>f4'/'>f8' files are read too, byte-swapped; Fortran order is
+** read as a transposed copy). Malformed input is an error, never a crash: the header is
+** parsed with explicit bounds. Saving goes through fileio.c (the old file survives a failure).
 */
 #include "mg_impl.h"
 
@@ -31,18 +32,16 @@ mg_status mg_npy_save(mg_ctx *C, mg_tensor *t, const char *path) {
   mg_status st = mg_tensor_contiguous(C, t, &c);
   mg_no_grad_exit(C);
   if (st != MG_OK) return st;
-  FILE *f = fopen(path, "wb");
-  if (f == NULL) {
-    mg_tensor_release(c);
-    return mg_fail(C, MG_EIO, "save: cannot open '%s' for writing (%s)", path, strerror(errno));
-  }
+  mg_wfile w;                                         /* a temporary renamed over 'path' */
+  st = mg_wfile_open(C, "save", path, &w);
+  if (st != MG_OK) { mg_tensor_release(c); return st; }
   unsigned char ver[4] = { 1, 0, (unsigned char)(hlen & 0xff), (unsigned char)(hlen >> 8) };
   size_t bytes = (size_t)mg_tensor_numel(c) * mg_dtype_size(c->dtype);
-  bool ok = fwrite(MAGIC, 1, 6, f) == 6 && fwrite(ver, 1, 4, f) == 4 &&
-            fwrite(hdr, 1, hlen, f) == hlen && fwrite(mg_tensor_data(c), 1, bytes, f) == bytes;
-  ok = (fclose(f) == 0) && ok;
+  errno = 0;
+  bool ok = fwrite(MAGIC, 1, 6, w.f) == 6 && fwrite(ver, 1, 4, w.f) == 4 &&
+            fwrite(hdr, 1, hlen, w.f) == hlen && fwrite(mg_tensor_data(c), 1, bytes, w.f) == bytes;
   mg_tensor_release(c);
-  return ok ? MG_OK : mg_fail(C, MG_EIO, "save: error writing '%s'", path);
+  return mg_wfile_commit(C, "save", path, &w, ok);
 }
 
 /* ---------------------------------------------------------------- header parsing */
@@ -59,14 +58,15 @@ static bool eat(cursor *c, char ch) {
   return false;
 }
 
-/* A quoted string into 'buf'. */
+/* A quoted string into 'buf'; a NUL inside is malformed (it would cut the C string short:
+** '<f4\0junk' must not read as '<f4'). */
 static bool str(cursor *c, char *buf, size_t n) {
   skipws(c);
   if (c->p >= c->end || (*c->p != '\'' && *c->p != '"')) return false;
   char q = *c->p++;
   size_t k = 0;
   while (c->p < c->end && *c->p != q) {
-    if (k + 1 >= n) return false;
+    if (k + 1 >= n || *c->p == '\0') return false;
     buf[k++] = *c->p++;
   }
   if (c->p >= c->end) return false;
@@ -83,21 +83,34 @@ static bool word(cursor *c, const char *w) {
   return true;
 }
 
+/* A shape tuple: '*nd' gets the number of dims (which may exceed MG_MAXDIM: only the first
+** MG_MAXDIM are stored, so a valid deep array is told apart from a malformed header). */
 static bool tuple(cursor *c, int *nd, int64_t *shape) {
   if (!eat(c, '(')) return false;
   *nd = 0;
   for (;;) {
     skipws(c);
     if (eat(c, ')')) return true;
-    if (*nd >= MG_MAXDIM || c->p >= c->end || *c->p < '0' || *c->p > '9') return false;
+    if (*nd >= 1024 || c->p >= c->end || *c->p < '0' || *c->p > '9') return false;
     int64_t v = 0;
     while (c->p < c->end && *c->p >= '0' && *c->p <= '9') {
       if (v > (INT64_MAX - 9) / 10) return false;
       v = v * 10 + (*c->p++ - '0');
     }
-    shape[(*nd)++] = v;
+    if (*nd < MG_MAXDIM) shape[*nd] = v;
+    ++*nd;
     if (!eat(c, ',')) { return eat(c, ')'); }
   }
+}
+
+/* Reverse the bytes of each 'size'-byte element of 'p' ('n' elements). */
+static void byteswap(unsigned char *p, int64_t n, size_t size) {
+  for (int64_t i = 0; i < n; i++, p += size)
+    for (size_t a = 0, b = size - 1; a < b; a++, b--) {
+      unsigned char x = p[a];
+      p[a] = p[b];
+      p[b] = x;
+    }
 }
 
 static mg_status bad(mg_ctx *C, const char *why) {
@@ -133,9 +146,14 @@ mg_status mg_npy_parse(mg_ctx *C, const void *buf, size_t len, mg_tensor **out) 
   }
   if (nd < 0 || fortran < 0 || descr[0] == '\0') return bad(C, "missing header key");
   mg_dtype dt;
-  if (strcmp(descr, "<f4") == 0) dt = MG_F32;
-  else if (strcmp(descr, "<f8") == 0) dt = MG_F64;
-  else return mg_fail(C, MG_EFORMAT, "load: unsupported dtype '%s' (float32 '<f4' and float64 '<f8' only)", descr);
+  bool swap = descr[0] == '>';                       /* big-endian: swapped after the copy */
+  if (strcmp(descr, "<f4") == 0 || strcmp(descr, ">f4") == 0) dt = MG_F32;
+  else if (strcmp(descr, "<f8") == 0 || strcmp(descr, ">f8") == 0) dt = MG_F64;
+  else return mg_fail(C, MG_EFORMAT, "load: unsupported dtype '%s' (float32 '<f4'/'>f4' and "
+                      "float64 '<f8'/'>f8' only)", descr);
+  if (nd > MG_MAXDIM)
+    return mg_fail(C, MG_EFORMAT, "load: more than %d dimensions (the array has %d)",
+                   MG_MAXDIM, nd);
   int64_t n = mg_shape_numel(nd, shape);
   if (n < 0) return bad(C, "shape too large");
   size_t bytes = (size_t)n * mg_dtype_size(dt);
@@ -146,6 +164,7 @@ mg_status mg_npy_parse(mg_ctx *C, const void *buf, size_t len, mg_tensor **out) 
   mg_status st = mg_tensor_empty(C, dt, nd, sh, &t);
   if (st != MG_OK) return st;
   memcpy(mg_tensor_data(t), b + off + hlen, bytes);
+  if (swap) byteswap(mg_tensor_data(t), n, mg_dtype_size(dt));
   if (!fortran || nd < 2) { *out = t; return MG_OK; }
   int perm[MG_MAXDIM];                               /* reversed dims: a view, then a copy */
   for (int i = 0; i < nd; i++) perm[i] = nd - 1 - i;

@@ -50,7 +50,7 @@ static void copy_into(mg_tensor *dst, mg_tensor *src) {
   int kinds[2] = { dst->dtype, src->dtype };
   mg_iter it;
   mg_iter_init(&it, dst->ndim, dst->shape, 2, ops);
-  if (!copy_transposed(&it, dst->dtype, src->dtype)) mg_iter_run(&it, copy_loop, kinds);
+  if (!copy_transposed(&it, dst->dtype, src->dtype)) mg_iter_run(NULL, NULL, &it, copy_loop, kinds);
 }
 
 mg_status mg_tensor_copy_(mg_ctx *C, mg_tensor *dst, mg_tensor *src) {
@@ -88,7 +88,7 @@ void mg_tensor_fill_(mg_tensor *dst, double v) {
   struct { double v; int dt; } ud = { v, dst->dtype };
   mg_iter it;
   mg_iter_init(&it, dst->ndim, dst->shape, 1, &dst);
-  mg_iter_run(&it, fill_loop, &ud);
+  mg_iter_run(NULL, NULL, &it, fill_loop, &ud);
 }
 
 /* ================================================================ helpers */

@@ -98,7 +98,10 @@ static mg_status reduce(mg_ctx *C, int op, int kind, mg_tensor *x, uint32_t mask
   mg_tensor *ops[2] = { y, x };
   mg_iter it;
   mg_iter_init(&it, x->ndim, x->shape, 2, ops);
-  mg_iter_run(&it, x->dtype == MG_F64 ? reduce_f64 : reduce_f32, &kind);
+  if ((s = mg_iter_run(C, fn, &it, x->dtype == MG_F64 ? reduce_f64 : reduce_f32, &kind)) != MG_OK) {
+    mg_tensor_release(y);
+    return s;
+  }
   if (!keepdim) {                                /* same storage, fewer dims */
     y->ndim = nd;
     memcpy(y->shape, drop, (size_t)nd * sizeof *drop);
@@ -198,8 +201,8 @@ mg_status mg_tensor_argmax(mg_ctx *C, mg_tensor *x, int dim, bool keepdim, bool 
   st = keepdim ? mg_tensor_empty(C, MG_F64, x->ndim, keep, &y) : mg_tensor_empty(C, MG_F64, nd, drop, &y);
   if (st != MG_OK) { mg_tensor_release(c); return st; }
   double *yo = MG_F64P(y);
-  for (int64_t o = 0; o < outer; o++)
-    for (int64_t in = 0; in < inner; in++) {
+  for (int64_t o = 0; o < outer && st == MG_OK; o++)
+    for (int64_t in = 0; in < inner && (st = mg_poll(C, fn)) == MG_OK; in++) {   /* per row */
       int64_t best = 0, base = o * n * inner + in;
       double bv = c->dtype == MG_F64 ? MG_F64P(c)[base] : MG_F32P(c)[base];
       for (int64_t k = 1; k < n && bv == bv; k++) {
@@ -210,6 +213,7 @@ mg_status mg_tensor_argmax(mg_ctx *C, mg_tensor *x, int dim, bool keepdim, bool 
       yo[o * inner + in] = (double)best;
     }
   mg_tensor_release(c);
+  if (st != MG_OK) { mg_tensor_release(y); return st; }   /* interrupted */
   *out = y;
   return MG_OK;
 }
@@ -299,8 +303,8 @@ static mg_status extreme_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *c
 
 #define SOFTMAX_LOOP(T, EXP, LOG) do {                                             \
     const T *xp = (const T *)mg_tensor_data(c); T *yp = (T *)mg_tensor_data(y);     \
-    for (int64_t o = 0; o < outer; o++)                                            \
-      for (int64_t in = 0; in < inner; in++) {                                     \
+    for (int64_t o = 0; o < outer && st == MG_OK; o++)                             \
+      for (int64_t in = 0; in < inner && (st = mg_poll(C, fn)) == MG_OK; in++) {   \
         const T *xr = xp + o * n * inner + in; T *yr = yp + o * n * inner + in;    \
         T m = xr[0];                                                               \
         for (int64_t k = 1; k < n; k++) if (xr[k * inner] > m) m = xr[k * inner];  \
@@ -336,6 +340,7 @@ mg_status mg_tensor_softmax(mg_ctx *C, mg_tensor *x, int dim, bool log_, mg_tens
     else SOFTMAX_LOOP(float, expf, logf);
   }
   mg_tensor_release(c);
+  if (st != MG_OK) { mg_tensor_release(y); return st; }   /* interrupted */
   mg_attr at = { .ni = 1, .i = { dim } };
   return mg_record_result(C, op, 1, &x, y, &at, out);
 }

@@ -351,7 +351,8 @@ mg_status mg_tape_gradient_sweep(mg_tape *T, int ntargets, mg_tensor *const *tar
   mg_status st = oom ? mg_fail(C, MG_ENOMEM, "out of memory")
                      : seed_targets(C, &m, ntargets, targets, seeds, &like);
   for (size_t i = T->n; i-- > first && st == MG_OK;)
-    st = backward_node(C, &m, mg_tape_node(T, i), lead, nsources, sources);
+    if ((st = mg_poll(C, "gradient")) == MG_OK)
+      st = backward_node(C, &m, mg_tape_node(T, i), lead, nsources, sources);
   for (int j = 0; j < nsources && st == MG_OK; j++) {
     slot *s = map_find(&m, sources[j]);
     if (s && s->val)
@@ -368,16 +369,17 @@ mg_status mg_tape_gradient_sweep(mg_tape *T, int ntargets, mg_tensor *const *tar
 }
 
 /* Bracket a differentiation of 'T': its own recording is suspended meanwhile, and a
-** non-persistent tape is spent at the end. */
+** non-persistent tape is spent at the end, unless the host interrupted it ('st' MG_EINTR):
+** nothing was handed out, so it may be asked again. */
 mg_status mg_tape_begin(mg_tape *T) {
   if (T->spent) return spent_error(T);
   if (T->busy++ == 0 && T->recording) T->ctx->nbusy++;
   return MG_OK;
 }
 
-void mg_tape_end(mg_tape *T) {
+void mg_tape_end(mg_tape *T, mg_status st) {
   if (--T->busy == 0 && T->recording) T->ctx->nbusy--;
-  if (!T->persistent) {                  /* spent: nothing it records could be used */
+  if (!T->persistent && st != MG_EINTR) {                  /* spent: nothing it records could be used */
     T->spent = true;
     drop_nodes(T);
     mg_tape_stop(T);
@@ -390,7 +392,7 @@ mg_status mg_tape_gradient(mg_tape *T, int ntargets, mg_tensor *const *targets,
   mg_status st = mg_tape_begin(T);
   if (st != MG_OK) return st;
   st = mg_tape_gradient_sweep(T, ntargets, targets, seeds, lead, nsources, sources, unconnected_zero, grads);
-  mg_tape_end(T);
+  mg_tape_end(T, st);
   return st;
 }
 
@@ -406,7 +408,7 @@ mg_status mg_tape_forward_sweep(mg_tape *T, int nsources, mg_tensor *const *sour
     if (s == NULL) st = mg_fail(C, MG_ENOMEM, "out of memory");
     else st = accumulate(C, s, mg_tensor_retain(tangents[j]));
   }
-  for (size_t i = 0; i < T->n && st == MG_OK; i++) {
+  for (size_t i = 0; i < T->n && st == MG_OK && (st = mg_poll(C, "jvp")) == MG_OK; i++) {
     const mg_node *n = mg_tape_node(T, i);
     mg_tensor *stackt[8], **t = n->nin <= 8 ? stackt : calloc((size_t)n->nin, sizeof *t);
     mg_tensor *tout[MG_MAXOUT] = { NULL };
@@ -448,6 +450,6 @@ mg_status mg_tape_forward(mg_tape *T, int nsources, mg_tensor *const *sources,
   mg_status st = mg_tape_begin(T);
   if (st != MG_OK) return st;
   st = mg_tape_forward_sweep(T, nsources, sources, tangents, lead, ntargets, targets, out);
-  mg_tape_end(T);
+  mg_tape_end(T, st);
   return st;
 }

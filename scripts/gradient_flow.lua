@@ -150,9 +150,9 @@ for _, ext in ipairs{ "png", "txt" } do
   written[#written + 1] = { "Jacobian-norm decay ||dh_T/dh_k|| (" .. ext .. ")", path }
 
   local n = math.min(opt.samples, opt.eval_batch)
-  w, h = ext_size(ext, 1200, 700, 120, 44)
+  w, h = ext_size(ext, 1200, 700, nil, nil)          -- text: features_2d fits every timestep
   path = plot.features_2d(after.dh:narrow(1, 1, n), { n_rows = n >= 4 and 2 or 1, name = "dL/dh_t",
-    width = w, height = h,
+    width = w, height = h, ylabel = "unit",
     title = string.format("dL/dh_t after training: units (rows) x timesteps (columns), first %d evaluation samples", n),
     out = out .. "/gradient_flow_features_2d." .. ext })
   written[#written + 1] = { "dL/dh_t heatmaps, features_2d (" .. ext .. ")", path }

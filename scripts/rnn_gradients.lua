@@ -153,8 +153,9 @@ local function features_2d(base, what, g, n_rows, title, reflect)
   local nc = math.ceil(nb / n_rows)
   local o = { n_rows = n_rows, name = "dL/d(output)", title = title, norm = norm, reflect_half = reflect }
   for _, ext in ipairs{ "png", "txt" } do
-    o.width, o.height = size(ext, math.max(900, 260 * nc), math.max(550, 240 * n_rows),
-      math.max(90, 34 * nc), math.max(26, 16 * n_rows + 4))
+    -- png: room for the colour box; text: features_2d's own size, which gives every
+    -- timestep and channel a character
+    o.width, o.height = size(ext, math.max(900, 260 * nc + 120), math.max(550, 240 * n_rows), nil, nil)
     o.out = string.format("%s/rnn_gradients_%s.%s", out, base, ext)
     wrote(what .. " (" .. ext .. ")", plot.features_2d(g, o))
   end

@@ -177,11 +177,13 @@ local function histogram_grid(li, which)
   local nr, nc = #layer.rows, 0
   for _, row in ipairs(layer.rows) do nc = math.max(nc, #row) end
   local what = which == "w" and "weights" or "gradients"
+  -- the title in lines that fit the narrowest canvas (700 pixels); each panel's colour box
+  -- gives the share its colours stand for (the scale is each panel's own: cbrange [0:*])
   local lines = { string.format("set multiplot layout %d,%d rowsfirst title %s", nr, nc, common.gstr(string.format(
     "Histograms over iterations of the %s of %s\n(x: iteration, y: value, colour: share of the group in the bin%s)",
-    what, layer.title, which == "g" and "; bins span the 1st to 99th percentile, the edge bins hold the rest" or ""))),
+    what, layer.title, which == "g" and ";\nbins span the 1st to 99th percentile, the edge bins hold the rest" or ""))),
     "set palette defined (0 '#ffffff', 0.15 '#c6dbef', 0.5 '#4292c6', 1 '#08306b')",
-    "set cbrange [0:*]", "unset colorbox", "set tics out nomirror",
+    "set cbrange [0:*]", "set cblabel 'share'", "set rmargin 11", "set tics out nomirror",
     string.format("set xtics %d", math.max(1, (function()
       local step = opt.iters / 3
       local p = 10 ^ math.floor(math.log(step, 10))
@@ -215,7 +217,7 @@ local function histogram_grid(li, which)
   lines[#lines + 1] = "unset multiplot"
   local path = string.format("%s/weight_histograms_%s_%s.png", out, layer.slug, what)
   return plot.gnuplot(table.concat(lines, "\n"), data, { out = path,
-    width = math.max(700, 330 * nc), height = math.max(420, 260 * nr + 60) })
+    width = math.max(700, 420 * nc), height = math.max(420, 260 * nr + 80) })
 end
 
 local written = {}
@@ -227,21 +229,29 @@ for li, layer in ipairs(layers) do
 end
 print(string.format("histograms: %d groups x 2 (weights, gradients), every snapshot's shares sum to 1", checked // 2))
 
--- One line per group with the spread at the first and at the last snapshot.
+-- One line per group at the first and at the last snapshot: the spread (std) and size
+-- (|mean|) of a group of values; a group of one value (a Dense head's bias) has no spread,
+-- so its value itself is printed.
 local function std(v)
   local m, s = 0, 0
   for _, x in ipairs(v) do m = m + x end
   m = m / #v
   for _, x in ipairs(v) do s = s + (x - m) ^ 2 end
-  return math.sqrt(s / #v)
+  return math.sqrt(s / #v), math.abs(m)
+end
+local function spread(what, a, b)
+  if #a == 1 then return string.format("%s %.4g -> %.4g", what, a[1], b[1]) end
+  local sa, ma = std(a)
+  local sb, mb = std(b)
+  return string.format("%s std %.4g -> %.4g, |mean| %.4g -> %.4g", what, sa, sb, ma, mb)
 end
 for li, layer in ipairs(layers) do
   for ri, row in ipairs(layer.rows) do
     for ci, grp in ipairs(row) do
       local key = li .. "/" .. ri .. "/" .. ci
       local a, b = snaps[1], snaps[#snaps]
-      print(string.format("%s, %s: weight std %.4g -> %.4g, gradient std %.4g -> %.4g (iteration %d -> %d)",
-        layer.title, grp.name, std(a.w[key]), std(b.w[key]), std(a.g[key]), std(b.g[key]), a.iter, b.iter))
+      print(string.format("%s, %s: %s; %s (iteration %d -> %d)", layer.title, grp.name,
+        spread("weight", a.w[key], b.w[key]), spread("gradient", a.g[key], b.g[key]), a.iter, b.iter))
     end
   end
 end

@@ -146,8 +146,7 @@ np.save(f'{d}/n0.npy', np.float64(7.25))
 np.save(f'{d}/ne.npy', np.zeros((3, 0), dtype=np.float32))
 with open(f'{d}/nv2.npy', 'wb') as f:
     np.lib.format.write_array(f, np.arange(4.0), version=(2, 0))
-np.save(f'{d}/ni8.npy', np.arange(3, dtype=np.int64))
-np.save(f'{d}/nbe.npy', np.arange(3, dtype='>f8'))]==])
+np.save(f'{d}/ni8.npy', np.arange(3, dtype=np.int64))]==])
     local a = mg.load(path("n32.npy"))
     assert.are.equal("float32", a.dtype)
     assert.are.same({ { 0, 0.25, 0.5 }, { 0.75, 1, 1.25 } }, a:totable())
@@ -161,7 +160,42 @@ np.save(f'{d}/nbe.npy', np.arange(3, dtype='>f8'))]==])
     assert.are.same({ 3, 0 }, mg.load(path("ne.npy")):shape())
     assert.are.same({ 0, 1, 2, 3 }, mg.load(path("nv2.npy")):totable())
     raises(function() return mg.load(path("ni8.npy")) end, "load", "'<i8'", "ni8.npy")
-    raises(function() return mg.load(path("nbe.npy")) end, "load", "'>f8'", "nbe.npy")
+  end)
+
+  it("moongrad reads NumPy's big-endian float32 and float64, byte-swapped", function()
+    if not HAVE_NUMPY then pending("/usr/bin/python3 has no numpy") return end
+    python([==[
+np.save(f'{d}/be4.npy', ((np.arange(6.0).reshape(2, 3) - 2.5) / 4).astype('>f4'))
+np.save(f'{d}/be8.npy', np.array([0.1, 1 / 3, -1e300, 7], dtype='>f8'))
+np.save(f'{d}/be8f.npy', np.arange(24.0).reshape(2, 3, 4).astype('>f8', order='F'))
+np.save(f'{d}/be4s.npy', np.array(-1.5, dtype='>f4'))
+assert np.load(f'{d}/be4.npy').dtype.str == '>f4' and np.load(f'{d}/be8f.npy').dtype.str == '>f8']==])
+    local a = mg.load(path("be4.npy"))
+    assert.are.equal("float32", a.dtype)
+    assert.are.same({ { -0.625, -0.375, -0.125 }, { 0.125, 0.375, 0.625 } }, a:totable())
+    local b = mg.load(path("be8.npy"))
+    assert.are.equal("float64", b.dtype)
+    assert.are.same({ 0.1, 1 / 3, -1e300, 7 }, b:totable())
+    assert.are.same(mg.arange(24, F64):reshape(2, 3, 4):totable(), mg.load(path("be8f.npy")):totable())
+    assert.are.equal(-1.5, mg.load(path("be4s.npy")):item())
+  end)
+
+  it("a valid NumPy array of more than 12 dimensions is refused as such, not as malformed", function()
+    if not HAVE_NUMPY then pending("/usr/bin/python3 has no numpy") return end
+    python([==[
+np.save(f'{d}/d32.npy', np.zeros((1,) * 32, dtype=np.float32))
+np.save(f'{d}/d13.npy', np.arange(2.0).reshape((1,) * 12 + (2,)))
+np.save(f'{d}/d12.npy', np.arange(2.0).reshape((1,) * 11 + (2,)))]==])
+    for _, case in ipairs { { "d32.npy", "(the array has 32)" }, { "d13.npy", "(the array has 13)" } } do
+      local ok, err = pcall(mg.load, path(case[1]))
+      assert.is_false(ok)
+      assert.is_truthy(err:find("load: more than 12 dimensions " .. case[2], 1, true), err)
+      assert.is_truthy(err:find(path(case[1]), 1, true), err)
+      assert.is_falsy(err:find("malformed", 1, true), err)
+    end
+    local t = mg.load(path("d12.npy"))
+    assert.are.equal(12, t:dim())
+    assert.are.same({ 0, 1 }, t:reshape(2):totable())
   end)
 end)
 
@@ -211,18 +245,29 @@ describe("malformed files", function()
     bad("overflow.npy", npy("{'descr': '<f8', 'fortran_order': False, 'shape': (4294967296, 4294967296), }",
         data), "shape too large")
     bad("deep.npy", npy("{'descr': '<f8', 'fortran_order': False, 'shape': (1,1,1,1,1,1,1,1,1,1,1,1,1), }",
-        doubles(1)), "bad shape")
+        doubles(1)), "more than 12 dimensions (the array has 13)")
+    bad("deep_bad.npy", npy("{'descr': '<f8', 'fortran_order': False, 'shape': (1,1,1,1,1,1,1,1,1,1,1,1,1,x), }",
+        doubles(1)), "malformed", "bad shape")
     bad("unterminated.npy", npy("{'descr': '<f8", data), "bad")
     bad("nobrace.npy", npy("{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3)", data), "bad header")
     bad("longdescr.npy", npy("{'descr': '" .. string.rep("f", 100) .. "', 'fortran_order': False, 'shape': (6,), }",
         data), "bad descr")
   end)
 
-  it("dtypes other than little-endian float32 and float64", function()
-    for _, descr in ipairs { "<i8", "<f2", ">f4", "|u1", "<c16", "O" } do
+  it("dtypes other than float32 and float64", function()
+    for _, descr in ipairs { "<i8", "<f2", ">i4", ">f2", "|u1", "<c16", "O", "f8", "=f8", "<f8 " } do
       bad("dt.npy", npy("{'descr': '" .. descr .. "', 'fortran_order': False, 'shape': (6,), }", data),
           "unsupported dtype '" .. descr .. "'", "'<f4'", "'<f8'")
     end
+  end)
+
+  it("a NUL inside a header string (descr '<f8\\0...' is not '<f8')", function()
+    for _, descr in ipairs { "<f8\0", "<f8\0junk", "\0<f8" } do
+      bad("nul.npy", npy("{'descr': '" .. descr .. "', 'fortran_order': False, 'shape': (6,), }", data),
+          "malformed", "bad descr")
+    end
+    bad("nulkey.npy", npy("{'descr\0x': '<f8', 'fortran_order': False, 'shape': (6,), }", data),
+        "malformed", "bad header entry")
   end)
 
   it("leave nothing half-made: loading again after an error works", function()
@@ -232,13 +277,120 @@ describe("malformed files", function()
   end)
 end)
 
+-- Runs Lua 'code' in a new lua5.4 (with this build's module) under the shell prefix 'pre'
+-- (e.g. "ulimit -f 8;"), the shell itself started through the command 'wrapper' when given
+-- ("unshare -m ...": mounts die with the child; "setpriv ...": another user); returns whether
+-- it exited 0 and its output (stdout and stderr).
+local function lua_child(pre, code, wrapper)
+  local script = path("child.lua")
+  write_file(script, 'local mg = require "moongrad"\nio.stdout:setvbuf("no")\n' .. code)
+  local cmd = "LUA_CPATH=" .. support.shq(package.cpath) .. " " .. (wrapper or "") .. " bash -c "
+              .. support.shq(pre .. " exec lua5.4 " .. support.shq(script)) .. " 2>&1"
+  local p = io.popen(cmd)
+  local out = p:read("a")
+  return p:close() == true, out
+end
+
+-- The names in directory 'd' (sorted).
+local function listing(d)
+  local p = io.popen("ls -A " .. support.shq(d))
+  local names = {}
+  for l in p:lines() do names[#names + 1] = l end
+  p:close()
+  table.sort(names)
+  return names
+end
+
+describe("save never destroys the previous file", function()
+  it("a write cut by a file-size limit leaves the old file byte-identical, no temporary", function()
+    local sub = path("fsize")
+    os.execute("mkdir -p " .. support.shq(sub))
+    local target = sub .. "/w.npy"
+    mg.save(mg.arange(5, F64), target)
+    local before = read_file(target)
+    -- 8 KiB limit (bash counts 1024-byte blocks), SIGXFSZ ignored so write() fails with EFBIG
+    local ok, out = lua_child("trap '' XFSZ; ulimit -f 8;", string.format([[
+local ok, err = pcall(mg.save, mg.zeros(10000, { dtype = "float64" }), %q)
+print(ok, err)]], target))
+    assert.is_true(ok, out)
+    assert.is_truthy(out:find("false\tsave: error writing '" .. target .. "' (File too large)", 1, true), out)
+    assert.are.equal(before, read_file(target))
+    assert.are.same({ "w.npy" }, listing(sub))
+  end)
+
+  it("a full disk leaves the old file byte-identical, no temporary (tiny tmpfs)", function()
+    local sub = path("full")
+    os.execute("mkdir -p " .. support.shq(sub))
+    local target = sub .. "/w.npy"
+    -- a private mount namespace: the 64 KiB tmpfs vanishes with the child
+    if not os.execute("unshare -m --propagation private true 2>/dev/null") then
+      pending("cannot make a mount namespace (unshare -m needs root)")
+      return
+    end
+    local ok, out = lua_child("mount -t tmpfs -o size=64k tmpfs " .. support.shq(sub)
+                              .. " 2>/dev/null || { echo NOMOUNT; exit 0; };", string.format([[
+mg.save(mg.arange(5, { dtype = "float64" }), %q)
+local f = io.open(%q, "rb"); local before = f:read("a"); f:close()
+local ok, err = pcall(mg.save, mg.zeros(100000, { dtype = "float64" }), %q)
+f = io.open(%q, "rb"); local after = f:read("a"); f:close()
+local p = io.popen("ls -A %s"); local names = p:read("a"); p:close()
+print(ok, err, before == after and "same" or "changed", (names:gsub("\n", " ")))]],
+      target, target, target, target, sub), "unshare -m --propagation private")
+    if out:find("NOMOUNT", 1, true) then pending("cannot mount a tmpfs (needs root)") return end
+    assert.is_true(ok, out)
+    assert.is_truthy(out:find("false\tsave: error writing '" .. target
+                              .. "' (No space left on device)\tsame\tw.npy \n", 1, true), out)
+  end)
+
+  it("keeps the permissions of the file it replaces", function()
+    local target = path("mode.npy")
+    mg.save(mg.ones(2), target)
+    os.execute("chmod 640 " .. support.shq(target))
+    mg.save(mg.ones(3), target)
+    local p = io.popen("stat -c %a " .. support.shq(target))
+    local mode = p:read("l")
+    p:close()
+    assert.are.equal("640", mode)
+    assert.are.same({ 1, 1, 1 }, mg.load(target):totable())
+  end)
+end)
+
 describe("save errors", function()
   it("name the function and the path", function()
     raises(function() mg.save(mg.ones(2), "/nonexistent-dir/x.npy") end, "save",
-           "/nonexistent-dir/x.npy", "cannot open")
-    raises(function() mg.save(mg.ones(2), dir) end, "save", dir)
+           "/nonexistent-dir/x.npy", "cannot open", "No such file or directory")
+    raises(function() mg.save(mg.ones(2), dir) end, "save", dir, "Is a directory")
     raises(function() mg.save(3, path("x.npy")) end, "save", "moongrad.Tensor expected")
     raises(function() mg.save(mg.ones(2)) end, "save", "string expected")
     raises(function() mg.load() end, "load", "string expected")
+  end)
+
+  it("an unwritable directory: the reason, and the old file kept", function()
+    local ro = path("ro")
+    os.execute("mkdir -p " .. support.shq(ro) .. " && chmod 755 " .. support.shq(dir))
+    mg.save(mg.ones(2), ro .. "/old.npy")
+    os.execute("chmod 555 " .. support.shq(ro))
+    -- root writes anywhere: then the child runs as 'nobody'
+    local wrapper
+    local p = io.popen("id -u")
+    if p:read("l") == "0" then
+      if not os.execute("command -v setpriv >/dev/null") then
+        pending("running as root without setpriv")
+        return
+      end
+      wrapper = "setpriv --reuid=65534 --regid=65534 --clear-groups"
+    end
+    p:close()
+    local ok, out = lua_child("", string.format([[
+print(pcall(mg.save, mg.ones(3), %q))
+print(pcall(mg.save, mg.ones(3), %q))]], ro .. "/new.npy", ro .. "/old.npy"), wrapper)
+    os.execute("chmod 755 " .. support.shq(ro))
+    assert.is_true(ok, out)
+    assert.is_truthy(out:find("false\tsave: cannot open '" .. ro .. "/new.npy' for writing "
+                              .. "(Permission denied)", 1, true), out)
+    assert.is_truthy(out:find("false\tsave: cannot open '" .. ro .. "/old.npy' for writing "
+                              .. "(Permission denied)", 1, true), out)
+    assert.are.same({ 1, 1 }, mg.load(ro .. "/old.npy"):totable())
+    assert.are.same({ "old.npy" }, listing(ro))
   end)
 end)

@@ -543,7 +543,8 @@ describe("plot errors", function()
   it("an unwritable output", function()
     if not need_gnuplot() then return end
     has_error(function() plot.lines({ 1, 2 }, { out = "/nonexistent/dir/x.png" }) end,
-              "plot.lines: cannot write '/nonexistent/dir/x.png': No such file or directory")
+              "plot.lines: cannot open '/nonexistent/dir/x.png' for writing "
+              .. "(No such file or directory)")
   end)
 
   it("lines: bad shapes and options", function()
@@ -661,6 +662,280 @@ describe("plot errors", function()
               "plot.gnuplot: data.d must have rank 0 to 3, got shape (1,1,1,1)")
     has_error(function() plot.gnuplot("plot x", { d = "1 2\nEOD\n3 4" }) end,
               "plot.gnuplot: data.d contains a line 'EOD'")
+  end)
+end)
+
+---------------------------------------------------------------- pictures for a paper
+
+-- A PNG reader in the standard library's zlib (any 8-bit, non-interlaced colour type): for
+-- each file, how many non-white pixels lie in the 4-pixel band along each edge (text drawn
+-- past the canvas is cut there) and how many are deep blue (bwr's low end, #0000ff).
+local PNG_PROBE = [==[
+import struct, sys, zlib
+def decode(path):
+    data = open(path, 'rb').read()
+    assert data[:8] == b'\x89PNG\r\n\x1a\n', path
+    pos, idat, plte = 8, [], None
+    while pos < len(data):
+        n, typ = struct.unpack('>I4s', data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + n]
+        if typ == b'IHDR':
+            w, h, depth, ctype, _, _, inter = struct.unpack('>IIBBBBB', body)
+        elif typ == b'PLTE':
+            plte = [tuple(body[i:i + 3]) for i in range(0, len(body), 3)]
+        elif typ == b'IDAT':
+            idat.append(body)
+        pos += 12 + n
+    assert depth == 8 and inter == 0, (path, depth, inter)
+    bpp = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}[ctype]
+    raw, stride = zlib.decompress(b''.join(idat)), w * bpp
+    rows, prev = [], bytearray(stride)
+    for y in range(h):
+        f, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        for i in range(stride):
+            a = line[i - bpp] if i >= bpp else 0
+            b, c = prev[i], (prev[i - bpp] if i >= bpp else 0)
+            if f == 1: line[i] = (line[i] + a) & 255
+            elif f == 2: line[i] = (line[i] + b) & 255
+            elif f == 3: line[i] = (line[i] + (a + b) // 2) & 255
+            elif f == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+        prev = line
+        if ctype == 3: rows.append([plte[v] for v in line])
+        elif ctype in (0, 4): rows.append([(line[i],) * 3 for i in range(0, stride, bpp)])
+        else: rows.append([tuple(line[i:i + 3]) for i in range(0, stride, bpp)])
+    return w, h, rows
+W = (255, 255, 255)
+for path in sys.argv[1:]:
+    w, h, rows = decode(path)
+    B = 4
+    top = sum(rows[y][x] != W for y in range(B) for x in range(w))
+    bottom = sum(rows[y][x] != W for y in range(h - B, h) for x in range(w))
+    left = sum(rows[y][x] != W for y in range(h) for x in range(B))
+    right = sum(rows[y][x] != W for y in range(h) for x in range(w - B, w))
+    blue = sum(px[0] <= 60 and px[1] <= 60 and px[2] >= 200 for r in rows for px in r)
+    print(path, top, bottom, left, right, blue)
+]==]
+
+-- { [path] = { top, bottom, left, right, blue } } of the PNG files 'paths'.
+local function probe_pngs(dir, paths)
+  local script = support.write_file(dir .. "/probe.py", PNG_PROBE)
+  local args = {}
+  for i, p in ipairs(paths) do args[i] = shq(p) end
+  local p = io.popen(support.PYTHON .. " " .. shq(script) .. " " .. table.concat(args, " ") .. " 2>&1")
+  local text = p:read("a")
+  assert(p:close(), "the PNG probe failed:\n" .. text)
+  local res = {}
+  for path, a, b, c, d, e in text:gmatch("(%S+) (%d+) (%d+) (%d+) (%d+) (%d+)\n") do
+    res[path] = { tonumber(a), tonumber(b), tonumber(c), tonumber(d), tonumber(e) }
+  end
+  return res
+end
+
+describe("pictures for a paper", function()
+  local dir
+  setup(function() dir = support.tmpdir() outdir = dir end)
+  teardown(function() support.rmtree(dir) end)
+
+  -- a title far wider than any canvas, as the scripts' are ("EX 7: dL/d(layer 1 output) ...")
+  local LONG = "EX 7: dL/d(layer 1 output) of LSTM (32 units) after 200 iterations: channels x "
+               .. "timesteps per sample, norm=(-0.0001663, 0.0001663), the second half reflected "
+               .. "in time, WWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWW"
+  -- values >= 0 on a symmetric bwr scale: the cells are white to red, so deep blue can only
+  -- be the colour box's low end
+  local POS = mg.rand(5, 12, 6) * 0.5
+  local KINDS = {
+    { "lines", function(o) return plot.lines(mg.randn(3, 20), o) end },
+    { "scatter", function(o) return plot.scatter(mg.randn(30), mg.randn(30), o) end },
+    { "histogram", function(o) return plot.histogram(mg.randn(200), o) end },
+    { "heatmap", function(o) return plot.heatmap(POS[1], merge({ norm = { -1, 1 } }, o)) end,
+      true },
+    { "features_1d", function(o) return plot.features_1d(mg.randn(4, 12, 6), o) end },
+    { "features_1d compact", function(o) return plot.features_1d(mg.randn(12, 20), o) end },
+    { "features_2d one sample", function(o)
+        return plot.features_2d(POS[1], merge({ norm = { -1, 1 } }, o)) end, true },
+    { "features_2d samples", function(o)
+        return plot.features_2d(POS, merge({ norm = { -1, 1 }, n_rows = 2 }, o)) end, true },
+    { "features_2d compact", function(o)
+        return plot.features_2d(mg.rand(20, 8, 4), merge({ norm = { -1, 1 } }, o)) end, true },
+    { "features_0d", function(o) return plot.features_0d(mg.randn(16, 6), o) end },
+  }
+
+  it("every kind keeps its text inside the canvas, long titles wrapped; heatmaps have a colour box",
+     function()
+    if not need_gnuplot() then return end
+    if not support.python_can_import("zlib") then pending("no " .. support.PYTHON) return end
+    local paths, expect = {}, {}
+    for i, k in ipairs(KINDS) do
+      for j, size in ipairs { {}, { width = 520, height = 400 } } do
+        local path = string.format("%s/kind%02d_%d.png", dir, i, j)
+        quiet(function() k[2](merge({ out = path, title = LONG }, size)) end)
+        paths[#paths + 1], expect[path] = path, { k[1] .. (j == 2 and " (520x400)" or ""), k[3] }
+      end
+    end
+    local res = probe_pngs(dir, paths)
+    for _, path in ipairs(paths) do
+      local r, what = res[path], expect[path][1]
+      assert(r, "no probe result for " .. path)
+      assert(r[1] + r[2] + r[3] + r[4] == 0, string.format(
+        "%s: %d/%d/%d/%d non-white pixels in the top/bottom/left/right 4-pixel edges", what,
+        r[1], r[2], r[3], r[4]))
+      if expect[path][2] then
+        assert(r[5] >= 50, what .. ": no colour box (no pixel of its blue end)")
+      end
+    end
+  end)
+
+  it("features_2d in text: panels of equal width, every timestep of every panel shown", function()
+    if not need_gnuplot() then return end
+    local g = mg.zeros(4, 10, 3)                     -- value t at timestep t: 10 ramp characters
+    for b = 1, 4 do for t = 1, 10 do for c = 1, 3 do g:set(t, b, t, c) end end end
+    for _, o in ipairs { {}, { n_rows = 2 }, { n_rows = 1, width = 200 } } do
+      local _, text = capture(function()
+        return quiet(function() return plot.features_2d(g, merge({ cmap = "gray" }, o)) end)
+      end)
+      local widths, rows = {}, 0
+      for line in text:gmatch("[^\n]+") do
+        for inner in line:gmatch("|([^|]*)|") do
+          if not inner:find("^%s*$") then
+            widths[#inner] = true
+            rows = rows + 1
+            local runs, last = 0, nil                -- distinct characters, left to right
+            for ch in inner:gmatch(".") do
+              if ch ~= last then runs = runs + 1 last = ch end
+            end
+            assert(runs == 10, string.format("a frame row shows %d of 10 timesteps: '%s'", runs, inner))
+          end
+        end
+      end
+      local n = 0
+      for _ in pairs(widths) do n = n + 1 end
+      assert(n == 1, "panels of different widths:\n" .. text)
+      assert(rows >= 12, "fewer frame rows than channels x samples:\n" .. text)
+    end
+  end)
+end)
+
+---------------------------------------------------------------- nothing lost
+
+-- Runs Lua 'code' in a new lua5.4 (this build's module; 'plot' and 'mg' defined) through the
+-- shell prefix 'pre' ("ulimit -f 8;", "VAR=x"), the shell started through 'wrapper' when
+-- given ("setpriv ..."); returns whether it exited 0 and its output.
+local function lua_child(dir, pre, code, wrapper)
+  local script = dir .. "/child.lua"
+  support.write_file(script, 'local mg = require "moongrad"\nlocal plot = require "moongrad.plot"\n'
+                     .. 'io.stdout:setvbuf("no")\n' .. code)
+  local cmd = "LUA_CPATH=" .. shq(package.cpath) .. " " .. (wrapper or "") .. " bash -c "
+              .. shq(pre .. " exec lua5.4 " .. shq(script)) .. " 2>&1"
+  local p = io.popen(cmd)
+  local out = p:read("a")
+  return p:close() == true, out
+end
+
+local function listing(dir)
+  local p = io.popen("ls -A " .. shq(dir))
+  local text = p:read("a")
+  p:close()
+  return text
+end
+
+describe("plots never leave a broken or empty picture", function()
+  local dir
+  before_each(function() dir = support.tmpdir() end)
+  after_each(function() support.rmtree(dir) end)
+
+  it("a gnuplot that exits 0 and writes nothing is an error naming the call; the old picture stays",
+     function()
+    if not need_gnuplot() then return end
+    local fake = support.write_file(dir .. "/fake-gnuplot", "#!/bin/sh\nexit 0\n")
+    os.execute("chmod +x " .. shq(fake))
+    local out = dir .. "/p.png"
+    plot.lines({ 1, 2, 3 }, { out = out })
+    local before = read(out)
+    local old = plot.set_gnuplot(fake)
+    local ok, e = pcall(plot.lines, { 3, 2, 1 }, { out = out })
+    local ok2, e2 = pcall(plot.heatmap, { { 1, 2 }, { 3, 4 } }, { out = dir .. "/new.svg" })
+    plot.set_gnuplot(old)
+    assert.is_false(ok)
+    has(e, "plot.lines: gnuplot ('" .. fake .. "') exited without error but its picture for '"
+           .. out .. "' is unusable: it is empty")
+    assert.is_false(ok2)
+    has(e2, "plot.heatmap: gnuplot ('" .. fake .. "') exited without error")
+    assert.are.equal(before, read(out))
+    assert.are.equal("fake-gnuplot\np.png\n", listing(dir))      -- no temporary, no new.svg
+  end)
+
+  it("a picture cut by a file-size limit (gnuplot exits 0) is an error; the old one stays", function()
+    if not need_gnuplot() then return end
+    local out = dir .. "/big.png"
+    plot.lines({ 1, 2 }, { out = out, width = 300, height = 200 })
+    local before = read(out)
+    assert.is_true(#before < 16384)
+    -- a short script (its temporary fits in 16 KiB), a picture of far more than 16 KiB
+    local ok, text = lua_child(dir, "trap '' XFSZ; ulimit -f 16;", string.format([[
+print(pcall(plot.gnuplot, "set isosamples 80\nsplot x*y with pm3d", nil,
+            { out = %q, width = 1600, height = 1200 }))]], out))
+    assert.is_true(ok, text)
+    has(text, "false\t")
+    has(text, "plot.gnuplot: gnuplot ('gnuplot') exited without error but its picture for '"
+              .. out .. "' is unusable: it is cut short (")
+    has(text, "no PNG IEND chunk")
+    assert.are.equal(before, read(out))
+    assert.are.equal("big.png\nchild.lua\n", listing(dir))
+  end)
+
+  it("an unwritable directory gives the reason", function()
+    if not need_gnuplot() then return end
+    local ro = dir .. "/ro"
+    os.execute("mkdir " .. shq(ro) .. " && chmod 755 " .. shq(dir) .. " && chmod 555 " .. shq(ro))
+    local wrapper
+    local p = io.popen("id -u")
+    if p:read("l") == "0" then                   -- root writes anywhere: run as 'nobody'
+      if not os.execute("command -v setpriv >/dev/null") then
+        pending("running as root without setpriv")
+        return
+      end
+      wrapper = "setpriv --reuid=65534 --regid=65534 --clear-groups"
+    end
+    p:close()
+    local ok, text = lua_child(dir, "", string.format([[
+print(pcall(plot.lines, { 1, 2 }, { out = %q }))]], ro .. "/x.png"), wrapper)
+    os.execute("chmod 755 " .. shq(ro))
+    assert.is_true(ok, text)
+    has(text, "false\t")
+    has(text, "plot.lines: cannot open '" .. ro .. "/x.png' for writing (Permission denied)")
+    assert.are.equal("", listing(ro))
+  end)
+
+  it("MOONGRAD_GNUPLOT empty means the default gnuplot", function()
+    if not need_gnuplot() then return end
+    local ok, text = lua_child(dir, "MOONGRAD_GNUPLOT= ", string.format([[
+print("program", plot.get_gnuplot())
+print(plot.lines({ 1, 2, 3 }, { out = %q }))]], dir .. "/e.txt"))
+    assert.is_true(ok, text)
+    has(text, "program\tgnuplot\n")
+    has(text, dir .. "/e.txt")
+    has(read(dir .. "/e.txt"), "Values vs. index")
+    ok, text = lua_child(dir, "MOONGRAD_GNUPLOT=/nonexistent/gp ", 'print(plot.get_gnuplot())')
+    assert.is_true(ok, text)
+    has(text, "/nonexistent/gp")
+  end)
+
+  it("a replaced picture keeps its permissions; gnuplot's error leaves the old one", function()
+    if not need_gnuplot() then return end
+    local out = dir .. "/m.svg"
+    plot.lines({ 1, 2, 3 }, { out = out })
+    os.execute("chmod 640 " .. shq(out))
+    plot.lines({ 3, 2, 1 }, { out = out })
+    local p = io.popen("stat -c %a " .. shq(out))
+    assert.are.equal("640", p:read("l"))
+    p:close()
+    local before = read(out)
+    assert.is_false(pcall(plot.gnuplot, "plot foo(x)", nil, { out = out }))
+    assert.are.equal(before, read(out))
+    assert.are.equal("m.svg\n", listing(dir))
   end)
 end)
 

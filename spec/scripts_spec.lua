@@ -337,7 +337,7 @@ describe("scripts/gradient_flow.lua", function()
     text_has(files, "gradient_flow_dL_dh.txt", { "log10 ||dL/dh_t|| per timestep", "t (timestep of the hidden state)",
       "log10 norm", "before training", "after training" })
     text_has(files, "gradient_flow_jacobian_decay.txt", { "log10 ||dh_T/dh_k||", "k (source timestep)" })
-    text_has(files, "gradient_flow_features_2d.txt", { "dL/dh_t after training", "timestep", "channel", "sample 4" })
+    text_has(files, "gradient_flow_features_2d.txt", { "dL/dh_t after training", "timestep", "unit", "sample 4" })
     text_has(files, "gradient_flow_loss.txt", { "Training loss", "iteration", "log10 loss" })
   end)
 end)

@@ -179,14 +179,14 @@ end)
 
 local have_gnuplot = os.execute("command -v gnuplot >/dev/null 2>&1") == true
 
-describe("mg.plot_spectra", function()
+describe("mg.plot_spectrum and mg.plot_spectrum_bands", function()
   local dir
   setup(function() dir = support.tmpdir() end)
   teardown(function() support.rmtree(dir) end)
   local it_g = have_gnuplot and it or function(name) pending(name .. " (gnuplot is not installed)") end
 
   it_g("spectrum draws each series sorted, one line per condition", function()
-    local path = mg.plot_spectra.spectrum({ mg.tensor { -0.5, 0.1, -2 }, { 1, 3, 2 } },
+    local path = mg.plot_spectrum({ mg.tensor { -0.5, 0.1, -2 }, { 1, 3, 2 } },
       { labels = { "before", "after" }, title = "Lyapunov spectra", out = dir .. "/s.txt", width = 80, height = 20 })
     assert.are.equal(dir .. "/s.txt", path)
     local s = support.read_file(path)
@@ -198,17 +198,17 @@ describe("mg.plot_spectra", function()
   it_g("spectrum_bands draws the quantiles of each row of jacobian_spectra's singular values", function()
     local W = randn(4, 4) * 0.5
     local js = mg.jacobian_spectra(function(_, h) return h:matmul(W) end, randn(2, 4), nil, { steps = 5 })
-    local path = mg.plot_spectra.spectrum_bands(js.singular_values, { out = dir .. "/b.txt", width = 80, height = 20 })
+    local path = mg.plot_spectrum_bands(js.singular_values, { out = dir .. "/b.txt", width = 80, height = 20 })
     local s = support.read_file(path)
     for _, want in ipairs { "min", "median", "max", "log10 value" } do assert.is_truthy(s:find(want, 1, true), want) end
   end)
 
   it("errors name the function", function()
-    raises(function() mg.plot_spectra.spectrum({}) end, "plot_spectra.spectrum", "non-empty")
-    raises(function() mg.plot_spectra.spectrum({ randn(2, 2, 2) }) end, "plot_spectra.spectrum", "series 1", "1-d")
-    raises(function() mg.plot_spectra.spectrum_bands(mg.zeros(3, 2)) end, "plot_spectra.spectrum_bands", "positive")
-    raises(function() mg.plot_spectra.spectrum_bands(randn(3, 2), { quantiles = { 2 } }) end, "quantile 1", "[0, 1]")
-    raises(function() mg.plot_spectra.spectrum_bands(randn(3, 2), { x = { 1 } }) end, "x must be an array of 3")
+    raises(function() mg.plot_spectrum({}) end, "plot_spectrum", "non-empty")
+    raises(function() mg.plot_spectrum({ randn(2, 2, 2) }) end, "plot_spectrum", "series 1", "1-d")
+    raises(function() mg.plot_spectrum_bands(mg.zeros(3, 2)) end, "plot_spectrum_bands", "positive")
+    raises(function() mg.plot_spectrum_bands(randn(3, 2), { quantiles = { 2 } }) end, "quantile 1", "[0, 1]")
+    raises(function() mg.plot_spectrum_bands(randn(3, 2), { x = { 1 } }) end, "x must be an array of 3")
   end)
 end)
 

@@ -1,11 +1,20 @@
 /*
 ** test_runtime.c - C unit tests of the runtime through its public header alone (no Lua):
 ** statuses and messages, broadcasting, views, matmul, reductions, the tape and Jacobians,
-** host memory with its release callback, independent contexts, LAPACK's linalg.
+** host memory with its release callback, independent contexts, safe file writing, the interrupt flag,
+** LAPACK's linalg.
 */
+#define _POSIX_C_SOURCE 200809L   /* mkdtemp, setrlimit */
+#include <dirent.h>
+#include <errno.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "mg.h"
 
@@ -174,6 +183,97 @@ static void test_matmul_nomem(mg_ctx *C) {
   CHECK(mg_live_bytes(C) == live);                      /* the copy of 'a' did not leak */
 }
 
+/* The interrupt flag: a set flag stops long loops with MG_EINTR "<op>: interrupted!" and
+** frees what they made; nothing is recorded; a clear flag (or another context) runs as ever;
+** writes into existing tensors run to their end. */
+static void test_interrupt(mg_ctx *C) {
+  static volatile sig_atomic_t flag = 0;
+  mg_tensor *one, *big, *y = (mg_tensor *)0x1, *x, *sq, *s, *g = NULL, *m3 = NULL, *mm;
+  int64_t s11[2] = { 1, 1 }, sbig[2] = { 4096, 4096 }, s3[3] = { 64, 8, 8 };
+  double xv[2] = { 1, 2 };
+  CHECK(mg_tensor_full(C, MG_F64, 2, s11, 1.0, &one) == MG_OK);
+  CHECK(mg_tensor_expand(C, one, 2, sbig, &big) == MG_OK);
+  x = vec(C, MG_F64, 2, xv);
+  mg_tape *T;
+  CHECK(mg_tape_new(C, false, true, &T) == MG_OK);
+  mg_tape_watch(T, x);
+  CHECK(mg_tensor_binary(C, MG_B_MUL, x, x, &sq) == MG_OK);
+  size_t live = mg_live_bytes(C);
+  mg_ctx_set_interrupt_flag(C, &flag);
+  flag = 1;
+  CHECK(mg_tensor_sum(C, big, ~0u, false, &y) == MG_EINTR);
+  CHECK(strcmp(mg_errmsg(C), "sum: interrupted!") == 0);
+  CHECK(y == (mg_tensor *)0x1);
+  CHECK(mg_tensor_binary(C, MG_B_ADD, big, big, &y) == MG_EINTR);   /* elementwise */
+  CHECK(strcmp(mg_errmsg(C), "add: interrupted!") == 0);
+  CHECK(mg_tensor_unary(C, MG_U_EXP, big, &y) == MG_EINTR);
+  CHECK(strcmp(mg_errmsg(C), "exp: interrupted!") == 0);
+  CHECK(y == (mg_tensor *)0x1 && mg_live_bytes(C) == live);   /* partial results freed */
+  CHECK(mg_tensor_zeros(C, MG_F64, 3, s3, &m3) == MG_OK);
+  CHECK(mg_tensor_matmul(C, m3, m3, &y) == MG_EINTR);                /* per batch matrix */
+  CHECK(strcmp(mg_errmsg(C), "matmul: interrupted!") == 0);
+  CHECK(mg_tensor_softmax(C, m3, 2, true, &y) == MG_EINTR);          /* per row */
+  CHECK(strcmp(mg_errmsg(C), "log_softmax: interrupted!") == 0);
+  CHECK(mg_tensor_argmax(C, m3, 0, false, false, &y) == MG_EINTR);
+  CHECK(strcmp(mg_errmsg(C), "argmax: interrupted!") == 0);
+  CHECK(y == (mg_tensor *)0x1);
+  mg_tensor *cx, *cW, *cU, *cb, *ch = (mg_tensor *)0x1, *cc = (mg_tensor *)0x1;
+  int64_t sx[2] = { 2, 3 }, sW[2] = { 3, 8 }, sU[2] = { 2, 8 }, sb[1] = { 8 }, sh[2] = { 2, 2 };
+  mg_tensor *h0, *c0;
+  CHECK(mg_tensor_zeros(C, MG_F64, 2, sx, &cx) == MG_OK);
+  CHECK(mg_tensor_zeros(C, MG_F64, 2, sW, &cW) == MG_OK);
+  CHECK(mg_tensor_zeros(C, MG_F64, 2, sU, &cU) == MG_OK);
+  CHECK(mg_tensor_zeros(C, MG_F64, 1, sb, &cb) == MG_OK);
+  CHECK(mg_tensor_zeros(C, MG_F64, 2, sh, &h0) == MG_OK);
+  CHECK(mg_tensor_zeros(C, MG_F64, 2, sh, &c0) == MG_OK);
+  CHECK(mg_lstm_cell(C, cx, h0, c0, cW, cU, cb, &ch, &cc) == MG_EINTR);   /* per step */
+  CHECK(strcmp(mg_errmsg(C), "lstm_cell: interrupted!") == 0 && ch == (mg_tensor *)0x1);
+  mg_tensor *cells[] = { cx, cW, cU, cb, h0, c0 };
+  for (size_t i = 0; i < 6; i++) mg_tensor_release(cells[i]);
+  CHECK(mg_tensor_copy_(C, m3, one) == MG_OK);                       /* writes: to the end */
+  int64_t last[3] = { 63, 7, 7 };
+  CHECK(mg_tensor_get(m3, last) == 1);
+  CHECK(mg_tensor_sum(C, sq, ~0u, false, &s) == MG_OK);              /* short: never polls */
+  CHECK(mg_tape_gradient(T, 1, &s, NULL, 0, 1, &x, false, &g) == MG_EINTR);   /* per node */
+  CHECK(strcmp(mg_errmsg(C), "gradient: interrupted!") == 0 && g == NULL);
+  flag = 0;                                    /* not spent by the interrupted sweep */
+  CHECK(mg_tape_gradient(T, 1, &s, NULL, 0, 1, &x, false, &g) == MG_OK);
+  for (int64_t i = 0; i < 2; i++) CHECK(mg_tensor_get(g, &i) == 2 * xv[i]);
+  mg_tensor_release(g);
+  g = NULL;
+  flag = 1;
+  mg_ctx *other = mg_ctx_new();                                      /* its own flag: none */
+  mg_tensor *o1, *ob, *os;
+  CHECK(mg_tensor_full(other, MG_F32, 2, s11, 1.0, &o1) == MG_OK);
+  CHECK(mg_tensor_expand(other, o1, 2, sbig, &ob) == MG_OK);
+  CHECK(mg_tensor_sum(other, ob, ~0u, false, &os) == MG_OK);
+  int64_t none[1] = { 0 };
+  CHECK(mg_tensor_get(os, none) == 4096.0 * 4096.0);
+  mg_tensor *objs[] = { o1, ob, os };
+  for (size_t i = 0; i < 3; i++) mg_tensor_release(objs[i]);
+  mg_ctx_close(other);
+  flag = 0;                                    /* cleared by the host: all runs again */
+  CHECK(mg_tensor_sum(C, big, ~0u, false, &y) == MG_OK);
+  CHECK(mg_tensor_get(y, none) == 4096.0 * 4096.0);
+  CHECK(mg_tensor_matmul(C, m3, m3, &mm) == MG_OK);
+  mg_tape_release(T);
+  CHECK(mg_tape_new(C, false, true, &T) == MG_OK);   /* the interrupted sum recorded nothing */
+  mg_tape_watch(T, x);
+  mg_tensor *objs2[] = { y, sq, s, mm };
+  for (size_t i = 0; i < 4; i++) mg_tensor_release(objs2[i]);
+  CHECK(mg_tensor_binary(C, MG_B_MUL, x, x, &sq) == MG_OK);
+  flag = 1;
+  CHECK(mg_tensor_sum(C, big, ~0u, false, &y) == MG_EINTR);          /* while T records */
+  flag = 0;
+  CHECK(mg_tensor_sum(C, sq, ~0u, false, &s) == MG_OK);
+  CHECK(mg_tape_gradient(T, 1, &s, NULL, 0, 1, &x, false, &g) == MG_OK);
+  for (int64_t i = 0; i < 2; i++) CHECK(mg_tensor_get(g, &i) == 2 * xv[i]);
+  mg_ctx_set_interrupt_flag(C, NULL);
+  mg_tape_release(T);
+  mg_tensor *objs3[] = { one, big, x, sq, s, g, m3 };
+  for (size_t i = 0; i < 7; i++) mg_tensor_release(objs3[i]);
+}
+
 /* Two contexts share nothing: seeds and default dtypes are per context. */
 static void test_contexts(void) {
   mg_ctx *A = mg_ctx_new(), *B = mg_ctx_new();
@@ -192,6 +292,126 @@ static void test_contexts(void) {
   mg_tensor_release(a);
   mg_tensor_release(b);
   mg_ctx_close(B);
+}
+
+/* ---------------------------------------------------------------- fileio.c */
+
+static char *slurp(const char *path, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  if (f == NULL) return NULL;
+  static char buf[1 << 16];
+  *len = fread(buf, 1, sizeof buf, f);
+  fclose(f);
+  return buf;
+}
+
+static bool has_content(const char *path, const char *want) {
+  size_t n = 0;
+  const char *s = slurp(path, &n);
+  return s != NULL && n == strlen(want) && memcmp(s, want, n) == 0;
+}
+
+static void put(const char *path, const char *text) {
+  FILE *f = fopen(path, "wb");
+  if (f) { fputs(text, f); fclose(f); }
+}
+
+/* Entries of 'dir' other than . and .. */
+static int entries(const char *dir) {
+  DIR *d = opendir(dir);
+  int n = 0;
+  if (d == NULL) return -1;
+  for (struct dirent *e; (e = readdir(d)) != NULL;)
+    if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0) n++;
+  closedir(d);
+  return n;
+}
+
+static mode_t mode_of(const char *path) {
+  struct stat sb;
+  return stat(path, &sb) == 0 ? sb.st_mode & 07777 : 0;
+}
+
+/* Every path of fileio.c leaves the old file or the new one, never a part, and no temporary:
+** committed writes, failed writes (ok = false, a file-size limit), aborts, name-based
+** writers; permissions are the umask's for a new file and the old file's for a replaced one. */
+static void test_fileio(mg_ctx *C) {
+  char dir[] = "/tmp/mg_fileio_XXXXXX", path[64], path2[64];
+  if (mkdtemp(dir) == NULL) { CHECK(!"mkdtemp"); return; }
+  snprintf(path, sizeof path, "%s/a.bin", dir);
+  snprintf(path2, sizeof path2, "%s/b.bin", dir);
+  mg_wfile w;
+  CHECK(mg_wfile_open(C, "test", path, &w) == MG_OK);
+  CHECK(entries(dir) == 1);                              /* only the temporary so far */
+  fputs("first", w.f);
+  CHECK(mg_wfile_commit(C, "test", path, &w, true) == MG_OK);
+  CHECK(has_content(path, "first") && entries(dir) == 1 && w.f == NULL && w.tmp == NULL);
+  mode_t um = umask(022);
+  umask(um);
+  CHECK(mode_of(path) == (0666 & ~um));                  /* as fopen would, not mkstemp's 0600 */
+  chmod(path, 0640);
+  CHECK(mg_wfile_open(C, "test", path, &w) == MG_OK);
+  fputs("second", w.f);
+  CHECK(mg_wfile_commit(C, "test", path, &w, true) == MG_OK);
+  CHECK(has_content(path, "second") && mode_of(path) == 0640);   /* the replaced file's mode */
+  CHECK(mg_wfile_open(C, "test", path, &w) == MG_OK);           /* the caller's write failed */
+  fputs("half", w.f);
+  errno = ENOSPC;
+  CHECK(mg_wfile_commit(C, "test", path, &w, false) == MG_EIO);
+  CHECK(strncmp(mg_errmsg(C), "test: error writing '", 21) == 0 && strstr(mg_errmsg(C), path));
+  CHECK(strstr(mg_errmsg(C), strerror(ENOSPC)) != NULL);
+  CHECK(has_content(path, "second") && entries(dir) == 1);
+  CHECK(mg_wfile_open(C, "test", path, &w) == MG_OK);           /* abort, twice */
+  fputs("never", w.f);
+  mg_wfile_abort(&w);
+  mg_wfile_abort(&w);
+  CHECK(has_content(path, "second") && entries(dir) == 1);
+  CHECK(mg_wfile_commit(C, "test", path, &w, true) == MG_ESTATE);  /* already ended */
+  /* a file-size limit: the write fails with EFBIG at the limit, the old file stays */
+  struct rlimit old, lim;
+  void (*oldsig)(int) = signal(SIGXFSZ, SIG_IGN);
+  if (getrlimit(RLIMIT_FSIZE, &old) == 0) {
+    lim = old;
+    lim.rlim_cur = 4096;
+    if (setrlimit(RLIMIT_FSIZE, &lim) == 0) {
+      static char big[16384];
+      memset(big, 'x', sizeof big);
+      CHECK(mg_wfile_open(C, "test", path, &w) == MG_OK);
+      errno = 0;
+      bool ok = fwrite(big, 1, sizeof big, w.f) == sizeof big && fflush(w.f) == 0;
+      CHECK(mg_wfile_commit(C, "test", path, &w, ok) == MG_EIO);
+      CHECK(strstr(mg_errmsg(C), strerror(EFBIG)) != NULL);
+      setrlimit(RLIMIT_FSIZE, &old);
+      CHECK(has_content(path, "second") && entries(dir) == 1);
+    }
+  }
+  signal(SIGXFSZ, oldsig);
+  /* writers by name: the temporary exists (empty), is committed or discarded */
+  char *tmp = NULL;
+  CHECK(mg_tmpfile_name(C, "test", path2, &tmp) == MG_OK && tmp != NULL);
+  CHECK(tmp != NULL && strncmp(tmp, path2, strlen(path2)) == 0 && has_content(tmp, ""));
+  if (tmp) put(tmp, "by name");
+  CHECK(mg_tmpfile_commit(C, "test", tmp, path2) == MG_OK);
+  CHECK(has_content(path2, "by name") && entries(dir) == 2);
+  CHECK(mg_tmpfile_name(C, "test", path2, &tmp) == MG_OK);
+  if (tmp) put(tmp, "dropped");
+  mg_tmpfile_discard(tmp);
+  mg_tmpfile_discard(NULL);
+  CHECK(has_content(path2, "by name") && entries(dir) == 2);
+  /* failures name the op, the path and the reason */
+  char missing[96];
+  snprintf(missing, sizeof missing, "%s/no/such/dir/x.bin", dir);
+  CHECK(mg_wfile_open(C, "save", missing, &w) == MG_EIO && w.f == NULL);
+  CHECK(strstr(mg_errmsg(C), "save: cannot open '") == mg_errmsg(C));
+  CHECK(strstr(mg_errmsg(C), missing) != NULL && strstr(mg_errmsg(C), strerror(ENOENT)) != NULL);
+  CHECK(mg_tmpfile_name(C, "plot", missing, &tmp) == MG_EIO && tmp == NULL);
+  CHECK(mg_wfile_open(C, "save", dir, &w) == MG_OK);   /* a directory as the target */
+  CHECK(mg_wfile_commit(C, "save", dir, &w, true) == MG_EIO);
+  CHECK(strstr(mg_errmsg(C), strerror(EISDIR)) != NULL || strstr(mg_errmsg(C), strerror(ENOTEMPTY)));
+  CHECK(entries(dir) == 2);
+  remove(path);
+  remove(path2);
+  CHECK(rmdir(dir) == 0);
 }
 
 /* mg_linalg_*: values of a 2x2 by hand, errors and untouched outputs, nothing left alive. */
@@ -237,6 +457,8 @@ int main(void) {
   test_wrap(C);
   test_matmul_nomem(C);
   test_linalg(C);
+  test_fileio(C);
+  test_interrupt(C);
   mg_empty_cache(C);
   CHECK(mg_cached_bytes(C) == 0);
   mg_ctx_close(C);

@@ -360,10 +360,11 @@ end
 
 ---------------------------------------------------------------- submodules
 
-local SPECTRA = { lyapunov = true, jacobian_spectra = true }   -- functions of moongrad.spectra
+local SPECTRA = { lyapunov = true, jacobian_spectra = true,      -- functions of moongrad.spectra
+                  plot_spectrum = true, plot_spectrum_bands = true }
 
 setmetatable(mg, { __index = function(t, k)
-  if k == "nn" or k == "optim" or k == "plot" or k == "linalg" or k == "plot_spectra" then
+  if k == "nn" or k == "optim" or k == "plot" or k == "linalg" then
     local m = require("moongrad." .. k)
     rawset(t, k, m)
     return m

@@ -1,8 +1,8 @@
 -- moongrad.plot: plots through gnuplot (mg.plot, also require "moongrad.plot").
 --
 -- Every call builds one gnuplot script (data inline as gnuplot 5 datablocks, `$name << EOD`),
--- runs gnuplot on it and returns the path it wrote, or nil when the plot went to standard
--- output. `opts.out` picks the output by extension: .png (pngcairo, or png without cairo),
+-- runs gnuplot on it and returns the path it wrote, or nothing (no value: `local p = ...` is
+-- nil) when the plot went to standard output. `opts.out` picks the output by extension: .png (pngcairo, or png without cairo),
 -- .svg, .pdf (pdfcairo), .txt (text, gnuplot's dumb terminal); without `out`, text is written
 -- with io.write (standard output unless io.output() was redirected), usable over ssh.
 -- `opts.width`, `opts.height` are pixels for .png and .svg (.pdf at 100 pixels an inch) and
@@ -10,6 +10,9 @@
 --
 -- The script goes to gnuplot in a temporary file and gnuplot's stderr into another; both are
 -- removed on every path, so gnuplot's own error text can be reported without leaving files.
+-- The picture itself is written to a temporary beside `opts.out` (fileio.c, through the
+-- internal mg._tmpfile/mg._commit_file) and renamed over it only when it is whole: a failed
+-- or cut-short plot leaves the previous picture untouched.
 -- Inputs are tensors (any dtype, any strides) or plain Lua arrays of numbers (nested for 2-d
 -- and 3-d). Heatmaps in text are drawn with a character ramp that the title explains.
 local mg = require "moongrad"
@@ -36,6 +39,7 @@ end
 local function api(name, impl)
   return function(...)
     local ok, res = pcall(impl, ...)
+    if ok and res == nil then return end     -- drawn to the terminal: no value (no REPL "nil")
     if ok then return res end
     if getmetatable(res) == Failure then error(name .. ": " .. res.msg, 2) end
     error(res, 0)
@@ -295,7 +299,9 @@ end
 
 ---------------------------------------------------------------- gnuplot process
 
-local gnuplot_cmd = os.getenv("MOONGRAD_GNUPLOT") or "gnuplot"
+-- MOONGRAD_GNUPLOT names the program; unset or empty means "gnuplot" from PATH.
+local gnuplot_cmd = os.getenv("MOONGRAD_GNUPLOT")
+if gnuplot_cmd == nil or gnuplot_cmd == "" then gnuplot_cmd = "gnuplot" end
 local probed = {}                    -- command -> set of terminal names
 
 --- plot.set_gnuplot(path): the gnuplot program to run (a name looked up in PATH, or a path);
@@ -382,7 +388,8 @@ local function dedupe(text)
 end
 
 -- Runs 'script' (whose first 'off' lines are our setup); gnuplot's stdout is io.write'n when
--- 'to_stdout', its warnings go to io.stderr. Both temporary files are removed on every path.
+-- 'to_stdout' (ended by a newline), its warnings go to io.stderr. Both temporary files are
+-- removed on every path.
 local function run(script, to_stdout, off)
   local sname = os.tmpname()
   local ok, ename = pcall(os.tmpname)
@@ -391,7 +398,10 @@ local function run(script, to_stdout, off)
   os.remove(sname)
   os.remove(ename)
   if not ok2 then error(out, 0) end
-  if to_stdout then io.write(out) io.flush() end
+  if to_stdout then                  -- the dumb terminal leaves its last line open
+    io.write(out, out:sub(-1) == "\n" and "" or "\n")
+    io.flush()
+  end
   if errtext ~= "" then io.stderr:write("gnuplot: ", dedupe(errtext), "\n") end
 end
 
@@ -422,8 +432,8 @@ local function canvas(opts, size)
            h = opt_int(opts, "height", text and size[4] or size[2], 1) }
 end
 
--- The 'set terminal' and 'set output' lines for 'cv'.
-local function terminal_lines(cv, terms)
+-- The 'set terminal' and 'set output' lines for 'cv' (the output goes to 'tmp').
+local function terminal_lines(cv, terms, tmp)
   local k, w, h = cv.kind, cv.w, cv.h
   local t
   if k == "png" then
@@ -439,45 +449,127 @@ local function terminal_lines(cv, terms)
     t = string.format("dumb nofeed size %d,%d", w, h)
   end
   local lines = "set encoding utf8\nset terminal " .. t .. "\n"
-  if cv.out then lines = lines .. "set output " .. gstr(cv.out) .. "\n" end
+  if tmp then lines = lines .. "set output " .. gstr(tmp) .. "\n" end
   return lines
 end
 
--- Draws: terminal setup, then 'blocks' (datablocks), then 'body'; returns cv.out. gnuplot's
--- messages count lines from the start of 'body'.
-local function render(cv, blocks, body)
-  local head = terminal_lines(cv, terminals()) .. blocks
-  local existed = false
-  if cv.out then                     -- a clear message before gnuplot's "cannot open file"
-    local f = io.open(cv.out, "rb")
-    if f then existed = true f:close() end
-    local w, err = io.open(cv.out, "ab")
-    if not w then
-      if err:sub(1, #cv.out + 2) == cv.out .. ": " then err = err:sub(#cv.out + 3) end
-      fail("cannot write '%s': %s", cv.out, err)
-    end
-    w:close()
+-- A message of fileio.c ("plot: cannot ...") as a Failure of the calling plot function.
+local function file_call(fn, ...)
+  local ok, err = pcall(fn, ...)
+  if ok then return err end
+  fail("%s", (tostring(err):gsub("^plot: ", "")))
+end
+
+-- How each picture format ends: a file cut short (gnuplot exits 0 when its writes fail on a
+-- full disk or at a file-size limit) lacks it.
+local ENDINGS = { png = { "IEND\xae\x42\x60\x82", "PNG IEND chunk" }, pdf = { "%%EOF", "%%EOF" },
+                  svg = { "</svg>", "</svg>" } }
+
+-- Why the picture gnuplot wrote to 'path' (a .'kind' file) is unusable, or nil when it is whole.
+local function incomplete(path, kind)
+  local f = io.open(path, "rb")
+  if not f then return "it is missing" end
+  local n = f:seek("end")
+  local tail = ""
+  if n > 0 then
+    f:seek("set", math.max(0, n - 64))
+    tail = f:read("a") or ""
   end
-  local _, off = head:gsub("\n", "")
-  local ok, err = pcall(run, head .. body, cv.kind == "stdout", off)
+  f:close()
+  if n == 0 then return "it is empty" end
+  local e = ENDINGS[kind]
+  if e and not tail:find(e[1], 1, true) then
+    return string.format("it is cut short (%d bytes, no %s: a full disk or a file-size limit?)",
+                         n, e[2])
+  end
+  return nil
+end
+
+-- Draws: terminal setup, then 'blocks' (datablocks), then 'body'; returns cv.out. gnuplot's
+-- messages count lines from the start of 'body'. A file output is written by gnuplot to a
+-- temporary beside it, checked to be whole (non-empty, and ending as its format must: a
+-- gnuplot that exits 0 having written nothing or part is an error) and only then renamed
+-- over cv.out: a failed plot leaves the previous picture as it was, never a part or nothing.
+local function render(cv, blocks, body)
+  local terms = terminals()
+  local tmp = cv.out and file_call(mg._tmpfile, cv.out, "plot")
+  local ok, err = pcall(function()
+    local head = terminal_lines(cv, terms, tmp) .. blocks
+    local _, off = head:gsub("\n", "")
+    run(head .. body, cv.kind == "stdout", off)
+    local why = tmp and incomplete(tmp, cv.kind)
+    if why then
+      fail("gnuplot ('%s') exited without error but its picture for '%s' is unusable: %s",
+           gnuplot_cmd, cv.out, why)
+    end
+  end)
   if not ok then
-    if cv.out and not existed then os.remove(cv.out) end
+    if tmp then os.remove(tmp) end
     error(err, 0)
   end
+  if tmp then file_call(mg._commit_file, tmp, cv.out, "plot") end
   return cv.out
 end
 
--- 's' with its lines broken at spaces to fit 'cv' (gnuplot clips a title that is too wide).
-local function wrap(cv, s)
-  local max = cv.text and cv.w - 2 or cv.w // 8          -- about 8 pixels a character
-  if max < 10 then return s end
+---------------------------------------------------------------- text that fits
+
+-- Advance widths of DejaVu Sans, the font fontconfig gives gnuplot's png, svg and pdf
+-- terminals for their default "Sans"/"Arial", for ASCII 32..126 in thousandths of an em.
+local ADVANCE = {
+  317, 400, 459, 837, 636, 950, 779, 274, 390, 390, 500, 837, 317, 360, 317, 336, 636, 636,
+  636, 636, 636, 636, 636, 636, 636, 636, 336, 336, 837, 837, 837, 530, 1000, 684, 686, 698,
+  770, 631, 575, 774, 751, 294, 294, 655, 557, 862, 748, 787, 603, 787, 694, 634, 610, 731,
+  684, 988, 685, 610, 685, 390, 336, 390, 837, 500, 500, 612, 634, 549, 634, 615, 352, 634,
+  633, 277, 277, 579, 277, 974, 633, 611, 634, 634, 411, 520, 392, 633, 591, 817, 591, 591,
+  524, 636, 336, 636, 837 }
+
+-- Pixels per em of the terminals' 12-point default font: png 16 (12 pt at 96 dpi), pdf 16.7
+-- (12 pt on our 100 pixels an inch), svg 12 (font-size 12 in pixel units); measured on
+-- gnuplot 5.4's pngcairo, png and svg output.
+local EM = { png = 16, pdf = 16.7, svg = 12 }
+
+-- The width of byte 'b' of a string in thousandths of an em (a UTF-8 character counts a
+-- full em at its lead byte, nothing at its continuation bytes), or characters in text.
+local function byte_width(cv, b)
+  if b >= 0x80 and b < 0xC0 then return 0 end
+  if cv.text then return 1 end
+  return (b >= 32 and b <= 126) and ADVANCE[b - 31] or 1000
+end
+
+-- The width of one line 's' on 'cv': pixels, or characters in text.
+local function text_width(cv, s)
+  local w = 0
+  for i = 1, #s do w = w + byte_width(cv, s:byte(i)) end
+  return cv.text and w or w / 1000 * EM[cv.kind]
+end
+
+-- 's' with its lines broken at spaces (after a comma when that keeps half the line) so
+-- that each fits in 'avail' pixels (characters in text; default the canvas width less a
+-- margin): gnuplot clips text wider than the canvas. A word too long for a line is cut.
+local function wrap(cv, s, avail)
+  avail = avail or cv.w - (cv.text and 2 or 24)
+  if avail < (cv.text and 10 or 80) then return s end
+  local scale = cv.text and 1 or EM[cv.kind] / 1000
   local out = {}
   for line in (s .. "\n"):gmatch("(.-)\n") do
-    while #line > max do
-      local head = line:sub(1, max + 1)
-      local cut = head:match("^.*,() ") or head:match("^.*() ")  -- after a comma if possible
-      if not cut or cut < 2 then cut = max + 1 end
-      out[#out + 1] = line:sub(1, cut - 1)
+    while text_width(cv, line) > avail do
+      local fit, w = 0, 0                                 -- the longest prefix that fits
+      for i = 1, #line do
+        w = w + byte_width(cv, line:byte(i)) * scale
+        if w > avail then break end
+        fit = i
+      end
+      local head = line:sub(1, fit + 1)
+      local cut = head:match("^.*,() ")
+      if cut and text_width(cv, line:sub(1, cut - 1)) < avail / 2 then cut = nil end
+      cut = cut or head:match("^.*() ")
+      if not cut or cut < 2 then                          -- no space: cut inside the word
+        cut = math.max(fit, 1) + 1
+        while cut > 2 and cut <= #line and line:byte(cut) >= 0x80 and line:byte(cut) < 0xC0 do
+          cut = cut - 1                                   -- not inside a UTF-8 character
+        end
+      end
+      out[#out + 1] = line:sub(1, cut - 1):gsub(" +$", "")
       line = line:sub(cut):gsub("^ +", "")
     end
     out[#out + 1] = line
@@ -488,28 +580,48 @@ end
 -- 'set ylabel'. Text cannot rotate a y label and drops one wider than the margin kept for
 -- the rotated label: there it is written level, in a margin made wide enough for it and for
 -- tic labels of up to 8 characters.
-local function ylabel_cmd(cv, ylabel)
+-- 'lm' (text only): the left margin every panel of a multiplot keeps, label or not.
+local function ylabel_cmd(cv, ylabel, lm)
   if cv.text and ylabel ~= "" then
     -- gnuplot centres a level label where the rotated one would go: shift it left by half
     return string.format("set ylabel %s norotate offset -%d,0\nset lmargin %d\n", gstr(ylabel),
-                         (#ylabel + 1) // 2, #ylabel + 11)
+                         (#ylabel + 1) // 2, lm or #ylabel + 11)
   end
+  if cv.text and lm then return string.format("set ylabel \"\"\nset lmargin %d\n", lm) end
   return string.format("set ylabel %s\n%s", gstr(ylabel), cv.text and "unset lmargin\n" or "")
 end
 
 -- Common labels of a single plot.
-local function labels(cv, title, xlabel, ylabel)
-  return string.format("set title %s\nset xlabel %s\n", gstr(wrap(cv, title)), gstr(xlabel))
-         .. ylabel_cmd(cv, ylabel)
+-- gnuplot centres a plot's title over the plot, not the canvas: the tic labels and y label
+-- on the left and 'right' pixels of key or colour box on the right move that centre, so the
+-- title is wrapped to what is left with both moves counted.
+local function labels(cv, title, xlabel, ylabel, right)
+  -- the plot's centre is off the canvas's by half the difference of the side margins (the
+  -- dumb terminal keeps a title inside its lines: there the canvas width is the limit)
+  local avail = cv.w - 2
+  if not cv.text then avail = cv.w - 24 - math.abs(80 - ((right or 0) + 20)) end
+  return string.format("set title %s\nset xlabel %s\n", gstr(wrap(cv, title, avail)),
+                       gstr(xlabel)) .. ylabel_cmd(cv, ylabel)
 end
+
+-- The width (pixels, characters in text) of a key of the line titles 'names' (strings).
+local function key_width(cv, names)
+  local w = 0
+  for _, n in ipairs(names) do w = math.max(w, text_width(cv, n)) end
+  return w + (cv.text and 10 or 90)                      -- the sample line and the gaps
+end
+
+-- What a colour box with its tic labels takes right of a plot (none in text).
+local function colorbox_width(cv) return cv.text and 0 or 110 end
 
 -- Labels of panel 'k' of a multiplot with 'n' panels in 'nc' columns: x label on the lowest
 -- panel of each column, y label on the first column.
-local function panel_labels(cv, k, n, nc, title, xlabel, ylabel)
+local function panel_labels(cv, k, n, nc, title, xlabel, ylabel, lm)
   if k + nc <= n then xlabel = "" end
   if (k - 1) % nc ~= 0 then ylabel = "" end
-  return string.format("set title %s\nset xlabel %s\n", gstr(title), gstr(xlabel))
-         .. ylabel_cmd(cv, ylabel)
+  local avail = cv.w // nc - (cv.text and 2 or 24)
+  return string.format("set title %s\nset xlabel %s\n", gstr(wrap(cv, title, avail)),
+                       gstr(wrap(cv, xlabel, avail))) .. ylabel_cmd(cv, ylabel, lm)
 end
 
 ---------------------------------------------------------------- plot.lines
@@ -592,8 +704,12 @@ local function lines(ys, opts)
   local cv = canvas(opts, { 800, 500, 80, 24 })
   local title = opt_string(opts, "title", #ss == 1 and "Values vs. index"
                            or string.format("%d lines: values vs. index", #ss))
+  local keyed = {}
+  for i = 1, #ss do
+    keyed[#keyed + 1] = names and tostring(names[i]) or (#ss > 1 and #ss <= 10 and "line " .. i) or nil
+  end
   local body = labels(cv, title, opt_string(opts, "xlabel", xs and "x" or "index"),
-                      opt_string(opts, "ylabel", "value"))
+                      opt_string(opts, "ylabel", "value"), #keyed > 0 and key_width(cv, keyed) or 0)
                .. grid_cmd(cv) .. "set key outside right\n" .. (logy and "set logscale y\nset format y \"%g\"\n" or "")
                .. "plot " .. table.concat(plots, ", \\\n     ") .. "\n"
   return render(cv, table.concat(blocks), body)
@@ -692,6 +808,10 @@ M.histogram = api("plot.histogram", histogram)
 
 ---------------------------------------------------------------- heatmaps
 
+-- Text heatmaps fix their right, top and bottom margins (characters), so that the frame's
+-- size, and so each cell's characters, are known.
+local TEXT_RM, TEXT_TM, TEXT_BM = 2, 2, 3
+
 -- 'v' with infinities made the largest finite values, so they show in the extreme colours.
 local function saturate(v)
   if v == math.huge then return 1e300 elseif v == -math.huge then return -1e300 end
@@ -700,7 +820,10 @@ end
 
 -- The commands that draw the R x C matrix 'm' (nested rows; row 1 at the top) as one plot
 -- named 'name', colours over lo..hi; returns the datablock and the plot commands. In text,
--- cells are characters of the colour map's ramp, repeated to fill about 'cw' x 'ch' chars.
+-- the frame holds 'cw' x 'ch' characters (the caller sets the margins that make it so) and
+-- every one of them gets the ramp character of the cell under it, so cells of unequal
+-- character counts still tile the frame: none is lost, no gap opens (with fewer characters
+-- than cells, the frame is too small, and neighbouring cells share characters).
 -- 'notics': leave the tics as they are (a compact multiplot has none).
 local function heat(cv, name, m, R, C, cmap, lo, hi, cw, ch, notics)
   local rows = {}
@@ -711,18 +834,17 @@ local function heat(cv, name, m, R, C, cmap, lo, hi, cw, ch, notics)
                   .. int_tics("y", R, cv.text and math.max(2, ch // 2) or 8)
   end
   if cv.text then
-    local nx, ny = math.max(1, math.ceil(cw / C)), math.max(1, math.ceil(ch / R))
-    for r = 1, R do
-      for c = 1, C do
-        local v = m[r][c]
+    -- inner character k of W sits at 0.5 + k * C / (W + 1): the borders are at 0.5, C + 0.5
+    local W, H = math.max(1, cw), math.max(1, ch)
+    for j = 1, H do
+      local y = j * R / (H + 1)
+      local r = math.min(R, math.floor(y) + 1)
+      for k = 1, W do
+        local x = k * C / (W + 1)
+        local v = m[r][math.min(C, math.floor(x) + 1)]
         local ch_ = v == v and ramp_char(cmap.ramp, v, lo, hi) or " "
         if ch_ ~= " " then
-          for a = 1, nx do
-            for b = 1, ny do
-              rows[#rows + 1] = string.format("%s %s \"%s\"", num(c - 0.5 + (a - 0.5) / nx),
-                                              num(r - 0.5 + (b - 0.5) / ny), ch_)
-            end
-          end
+          rows[#rows + 1] = string.format("%s %s \"%s\"", num(0.5 + x), num(0.5 + y), ch_)
         end
       end
     end
@@ -762,9 +884,18 @@ local function heatmap(t, opts)
   title = title .. string.format(", norm=(%s, %s)", fmtg(lo), fmtg(hi))
   if cv.text then title = title .. "\n" .. ramp_legend(cmap, lo, hi) end
   local colorbar = opt_bool(opts, "colorbar", true)
-  local blk, draw = heat(cv, "m", m, s[1], s[2], cmap, lo, hi, cv.w - 12, cv.h - 7)
-  local body = labels(cv, title, opt_string(opts, "xlabel", "column"),
-                      opt_string(opts, "ylabel", "row"))
+  local xlabel, ylabel = opt_string(opts, "xlabel", "column"), opt_string(opts, "ylabel", "row")
+  local cw, ch, margins = cv.w - 12, cv.h - 7, ""
+  if cv.text then                        -- margins fixed, so the frame's size is known
+    local lm = ylabel ~= "" and #ylabel + 11 or 8
+    local _, breaks = wrap(cv, title):gsub("\n", "")
+    local tm, bm = breaks + 2, xlabel ~= "" and 3 or 2
+    cw, ch = cv.w - lm - TEXT_RM - 2, cv.h - tm - bm - 2   -- the frame's inner characters
+    margins = string.format("set lmargin %d\nset rmargin %d\nset tmargin %d\nset bmargin %d\n", lm,
+                            TEXT_RM, tm, bm)
+  end
+  local blk, draw = heat(cv, "m", m, s[1], s[2], cmap, lo, hi, cw, ch)
+  local body = labels(cv, title, xlabel, ylabel, colorbar and colorbox_width(cv) or 0) .. margins
                .. (colorbar and "" or "unset colorbox\n") .. draw
   return render(cv, blk, body)
 end
@@ -799,15 +930,34 @@ local function grid_size(nr, nc, compact, pw, ph, w0, h0)
            math.max(80, 40 * nc), math.max(24, 15 * nr + 3) }
 end
 
--- 'set multiplot' with 'title' for an nr x nc grid; compact grids get tight margins and no
--- tics or labels.
-local function multiplot_cmd(cv, nr, nc, title, compact)
+-- The top of a compact grid's panels (screen fraction) under the wrapped title 'title'.
+local function compact_top(cv, title)
+  local _, breaks = title:gsub("\n", "")
+  return cv.text and 1 - (breaks + 2) / cv.h or 1 - (20 * breaks + 34) / cv.h
+end
+
+-- A graphic grid with fixed margins: pixels below the panels (x tics, x label) and the top
+-- of the panels (screen fraction) under the wrapped 'title' and the first row's panel titles.
+local GRID_BOTTOM = 80
+local function grid_top(cv, title)
+  local _, breaks = title:gsub("\n", "")
+  return 1 - (20 * breaks + 70) / cv.h
+end
+
+-- 'set multiplot' with 'title' (wrapped to fit) for an nr x nc grid; compact grids get
+-- tight margins (the panels ending at screen fraction 'right', default 0.99) and no tics or
+-- labels. A graphic grid given 'right' gets fixed margins and spacing in pixels (tics and
+-- labels of each panel fit between the panels), its panels ending at 'right'.
+local function multiplot_cmd(cv, nr, nc, title, compact, right)
   title = wrap(cv, title)
   local s = string.format("set multiplot layout %d,%d rowsfirst title %s", nr, nc, gstr(title))
+  if not compact and right and not cv.text then
+    return s .. string.format(" margins %.4f,%.4f,%.4f,%.4f spacing %.4f,%.4f\n", 80 / cv.w,
+                              right, GRID_BOTTOM / cv.h, grid_top(cv, title), 60 / cv.w, 85 / cv.h)
+  end
   if not compact then return s .. "\n" end
-  local _, breaks = title:gsub("\n", "")
-  local top = cv.text and 1 - (breaks + 2) / cv.h or 1 - (20 * breaks + 34) / cv.h
-  return s .. string.format(" margins 0.01,0.99,0.01,%.4f spacing 0.004,0.004\n", top)
+  return s .. string.format(" margins 0.01,%.4f,0.01,%.4f spacing 0.004,0.004\n", right or 0.99,
+                            compact_top(cv, title))
          .. 'unset xtics\nunset ytics\nunset title\nset xlabel ""\nset ylabel ""\n'
 end
 
@@ -876,7 +1026,8 @@ end
 -- default "Gradients", e.g. "dL/dh_t"), title, equate_axes, out, width, height.
 M.features_1d = api("plot.features_1d", features_1d)
 
-local F2_OPTS = keys("n_rows", "norm", "reflect_half", "cmap", "name", "colorbar")
+local F2_OPTS = keys("n_rows", "norm", "reflect_half", "cmap", "name", "colorbar", "xlabel",
+                     "ylabel")
 
 -- Sample 'x' (T rows of C) as channels x timesteps; with 'reflect', the second half of the
 -- channels reversed in time (a bidirectional layer's backward direction read left to right).
@@ -891,6 +1042,39 @@ local function channels_by_time(x, T, C, reflect)
   return m
 end
 
+-- Text panels of features_2d: every panel gets the same margins (a y label only in the first
+-- column used to narrow that column's panels), so all are equally wide; 'lm' is the left
+-- margin (characters) that holds the level y label and the tic labels.
+local function text_panel_margins(lm)
+  return string.format("set lmargin %d\nset rmargin %d\nset tmargin %d\nset bmargin %d\n", lm,
+                       TEXT_RM, TEXT_TM, TEXT_BM)
+end
+
+-- The default canvas of features_2d: pixels as grid_size gives (wider panels for their own
+-- colour boxes); in text, enough characters that every timestep and channel of a panel gets
+-- at least one character cell (nothing is lost).
+-- The character rows of a text panel of features_2d for C channels (frame and margins).
+local function f2_panel_rows(C)
+  return math.max(1, math.ceil(6 / C)) * C + TEXT_TM + TEXT_BM + 1
+end
+
+local function f2_size(nr, nc, compact, C, T, lm, colorbar)
+  local size = grid_size(nr, nc, compact, 320, 280, 600, 450)
+  if colorbar then                                    -- room for the shared colour box
+    size[1] = math.max(600, (compact and 90 or 320) * nc + 120)
+  end
+  local kx = math.max(1, math.ceil(20 / T))
+  if compact then
+    size[3] = math.max(80, math.ceil(nc * (T + 2) / 0.98) + 1)
+    size[4] = math.max(24, nr * (C + 2) + 6)
+  else
+    size[3] = nc * (lm + TEXT_RM + 1 + kx * T) + 1
+    if size[3] < 80 then size[3] = nc * ((79 // nc) + 1) + 1 end      -- still divides evenly
+    size[4] = math.max(24, nr * f2_panel_rows(C) + 3)
+  end
+  return size
+end
+
 local function features_2d(g, opts)
   opts = options(opts, F2_OPTS)
   local d, s, batched = samples(g, "to be a (B, T, C) or (T, C) tensor")
@@ -903,23 +1087,54 @@ local function features_2d(g, opts)
   local cmap = opt_cmap(opts)
   local lo, hi = color_range(opts, cmap, d)
   local name = opt_string(opts, "name", "Gradients")
-  local cv = canvas(opts, grid_size(nr, nc, compact, 320, 280, 600, 450))
+  local xlabel = opt_string(opts, "xlabel", "timestep")
+  local ylabel = opt_string(opts, "ylabel", "channel")
+  local colorbar = opt_bool(opts, "colorbar", true)
+  local lm = ylabel ~= "" and #ylabel + 11 or 8
+  local cv = canvas(opts, f2_size(nr, nc, compact, C, T, lm, colorbar))
   local title = opt_string(opts, "title", string.format(batched
     and "%s: ((Channels vs. Timesteps) vs. Samples)" or "%s: (Channels vs. Timesteps)", name))
   title = title .. string.format(", norm=(%s, %s)", fmtg(lo), fmtg(hi))
     .. (reflect and ", second half reflected in time" or "")
   if cv.text then title = title .. "\n" .. ramp_legend(cmap, lo, hi) end
-  local colorbar = opt_bool(opts, "colorbar", B == 1)
   if compact then title = title .. string.format(", %d channels x %d timesteps each", C, T) end
-  local blocks, body = {}, { colorbar and "" or "unset colorbox\n",
-                             multiplot_cmd(cv, nr, nc, title, compact) }
+  -- one colour box for all panels (they share one scale), right of the grid
+  local shared_box = colorbar and not cv.text
+  local right = shared_box and 1 - 120 / cv.w or nil
+  local body = { colorbar and "" or "unset colorbox\n",
+                 multiplot_cmd(cv, nr, nc, title, compact, right) }
+  -- the characters each panel's frame holds in text (the layout divides the canvas evenly)
+  local cw, ch
+  if cv.text and compact then
+    cw = math.floor((0.98 * cv.w - 0.004 * cv.w * (nc - 1)) / nc) - 2
+    ch = math.floor((compact_top(cv, wrap(cv, title)) - 0.01) * cv.h / nr) - 2
+  elseif cv.text then
+    -- gnuplot's dumb layout: panels (w - 1) / nc wide and (h - 1 - title lines) / nr high,
+    -- frames inside the margins; by default the canvas is sized so these divide evenly
+    local _, breaks = wrap(cv, title):gsub("\n", "")
+    if opts.height == nil then cv.h = math.max(cv.h, nr * f2_panel_rows(C) + 2 + breaks) end
+    cw = (cv.w - 1) // nc - lm - TEXT_RM - 1
+    ch = (cv.h - 2 - breaks) // nr - TEXT_TM - TEXT_BM - 1
+  else
+    cw, ch = cv.w // nc - 12, cv.h // nr - 6
+  end
+  local blocks = {}
   for b = 1, B do
     local m = channels_by_time(d[b], T, C, reflect)
-    local blk, draw = heat(cv, "s" .. b, m, C, T, cmap, lo, hi, cv.w // nc - 12, cv.h // nr - 6,
-                           compact)
+    local blk, draw = heat(cv, "s" .. b, m, C, T, cmap, lo, hi, cw, ch, compact)
     blocks[b] = blk
+    if shared_box then
+      -- in a compact grid, clear of the edges by half a tic label (they centre on the ends)
+      local bottom = compact and 14 / cv.h or GRID_BOTTOM / cv.h
+      local top = compact and compact_top(cv, wrap(cv, title)) - 6 / cv.h
+                  or grid_top(cv, wrap(cv, title))
+      body[#body + 1] = b < B and "unset colorbox\n" or string.format(
+        "set colorbox user origin screen %.4f, screen %.4f size screen %.4f, screen %.4f\n",
+        1 - 108 / cv.w, bottom, 14 / cv.w, top - bottom)
+    end
+    if cv.text and not compact then body[#body + 1] = text_panel_margins(lm) end
     body[#body + 1] = compact and corner_label(b)
-      or panel_labels(cv, b, B, nc, batched and "sample " .. b or "", "timestep", "channel")
+      or panel_labels(cv, b, B, nc, batched and "sample " .. b or "", xlabel, ylabel, lm)
     body[#body + 1] = draw
   end
   body[#body + 1] = "unset multiplot\n"
@@ -928,9 +1143,9 @@ end
 
 --- plot.features_2d(g [, opts]): g (B, T, C) or (T, C); one heatmap (channels x timesteps,
 -- channel 1 at the top) per sample in an n_rows x ceil(B / n_rows) grid (compact past 16),
--- one colour scale for all. opts: n_rows, norm = {lo, hi} (default +-max|g|), reflect_half
--- (flip the second half of the channels in time, for bidirectional layers), cmap ("bwr"),
--- name, title, colorbar (default: only for one sample), out, width, height.
+-- one colour scale for all, shown by one colour box right of the grid. opts: n_rows, norm = {lo, hi} (default +-max|g|), reflect_half (flip the
+-- second half of the channels in time, for bidirectional layers), cmap ("bwr"), name, title,
+-- xlabel ("timestep"), ylabel ("channel"), colorbar (default true), out, width, height.
 M.features_2d = api("plot.features_2d", features_2d)
 
 local F0_OPTS = keys("name", "cmap")
@@ -957,7 +1172,7 @@ local function features_0d(g, opts)
   local cv = canvas(opts, { 1200, 400, 80, 24 })
   local title = opt_string(opts, "title", string.format("(%s vs. Samples) vs. Channels", name))
   if cv.text then title = title .. "\nletters are channels: A = 1, B = 2, ..." end
-  local body = labels(cv, title, "sample", name)
+  local body = labels(cv, title, "sample", name, colorbox_width(cv))
                .. string.format("set xrange [0.5:%s]\n", num(B + 0.5))
                .. int_tics("x", B, cv.text and math.max(2, cv.w // 6) or 16)
                .. "set xzeroaxis lt -1 lw 1\n" .. (cv.text and "" or "set grid ytics\n")

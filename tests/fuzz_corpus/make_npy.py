@@ -15,6 +15,10 @@ import numpy as np
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "npy")
 
 
+# Crash inputs libFuzzer found (tools/fuzz), committed as found: never rewritten or removed.
+FOUND = {"bad_empty_dim_huge_strides.npy", "empty_dims_contiguous.npy"}
+
+
 def npy(a, version=None):
     b = io.BytesIO()
     if version is None:
@@ -52,6 +56,13 @@ def main():
         "ok_f8_fortran_2x3x2.npy": npy(counting((2, 3, 2), "<f8", "F")),
         "ok_f4_v2_4x2.npy": npy(counting((4, 2), "<f4"), version=(2, 0)),
         "ok_f8_v3_3.npy": npy(counting((3,), "<f8"), version=(3, 0)),
+        "ok_f4_big_endian_2x3.npy": npy(counting((2, 3), ">f4")),
+        "ok_f8_big_endian_4.npy": npy(counting((4,), ">f8")),
+        "ok_f8_big_endian_fortran_2x3x2.npy": npy(counting((2, 3, 2), ">f8", "F")),
+        "ok_f4_12_dims.npy": npy(counting((1,) * 10 + (2, 3), "<f4")),
+        # valid NumPy files moongrad refuses: more than 12 dimensions
+        "bad_dims_13_numpy.npy": npy(counting((1,) * 12 + (2,), "<f8")),
+        "bad_dims_32_numpy.npy": npy(counting((1,) * 31 + (2,), "<f4")),
     }
     good = files["ok_f4_2x3.npy"]
     f4 = "{'descr': '<f4', 'fortran_order': False, 'shape': %s, }"
@@ -64,7 +75,8 @@ def main():
         "bad_data_truncated.npy": good[:-1],
         "bad_data_extra.npy": good + b"\x00\x00\x00\x00",
         "bad_dtype_i4.npy": npy(np.arange(6, dtype="<i4").reshape(2, 3)),
-        "bad_dtype_big_endian.npy": npy(np.arange(6, dtype=">f4").reshape(2, 3)),
+        "bad_dtype_big_endian_i4.npy": npy(np.arange(6, dtype=">i4").reshape(2, 3)),
+        "bad_dtype_big_endian_f2.npy": npy(np.arange(6, dtype=">f2").reshape(2, 3)),
         "bad_not_a_dict.npy": header("['descr', '<f4']") + bytes(24),
         "bad_unknown_key.npy": header("{'descr': '<f4', 'fortran_order': False, 'shape': (6,), 'x': 1, }") + bytes(24),
         "bad_missing_shape.npy": header("{'descr': '<f4', 'fortran_order': False, }") + bytes(4),
@@ -74,10 +86,14 @@ def main():
         "bad_shape_13_dims.npy": header(f4 % ("(" + "1, " * 13 + ")")) + bytes(4),
         "bad_shape_unclosed.npy": header(f4 % "(2, 3") + bytes(24),
         "bad_descr_unterminated.npy": header("{'descr': '<f4") + bytes(24),
+        "bad_descr_nul.npy": header("{'descr': '<f4\0', 'fortran_order': False, 'shape': (6,), }") + bytes(24),
+        "bad_descr_nul_junk.npy": header("{'descr': '<f4\0junk', 'fortran_order': False, 'shape': (6,), }") + bytes(24),
+        "bad_key_nul.npy": header("{'descr\0': '<f4', 'fortran_order': False, 'shape': (6,), }") + bytes(24),
         "bad_v2_hlen_huge.npy": b"\x93NUMPY\x02\x00\xff\xff\xff\xff" + bytes(64),
     })
-    for old in os.listdir(OUT):
-        os.remove(os.path.join(OUT, old))
+    for old in os.listdir(OUT):                   # inputs the fuzzer found stay (FOUND)
+        if old not in FOUND:
+            os.remove(os.path.join(OUT, old))
     for name, data in sorted(files.items()):
         with open(os.path.join(OUT, name), "wb") as f:
             f.write(data)
