@@ -149,6 +149,13 @@ describe("mg.jacobian_spectra", function()
       assert_close(mg.ones(2, F64), js.cond[k + 1] / (S[1] / S[4]), 1e-8)
     end
     assert_close(mg.linalg.svdvals(W):expand(T, 2, 4), js.step_singular_values, 1e-12)
+    local some = mg.jacobian_spectra(function(_, h) return h:matmul(W:transpose()) end, randn(2, 4), nil,
+                                     { steps = T, ks = { 4, 0 } })
+    assert.are.same({ 2, 2, 4 }, some.singular_values:shape())
+    assert_close(mg.linalg.svdvals(mg.linalg.matrix_power(W, T - 4)):expand(2, 4), some.singular_values[1], 1e-10)
+    assert_close(mg.linalg.svdvals(mg.linalg.matrix_power(W, T)):expand(2, 4), some.singular_values[2], 1e-10)
+    raises(function() mg.jacobian_spectra(function(_, h) return h end, randn(2, 4), nil, { steps = 3, ks = { 3 } }) end,
+           "jacobian_spectra", "ks[1]", "0..2")
     local O = mg.linalg.qr(randn(5, 5))
     local iso = mg.jacobian_spectra(function(_, h) return h:matmul(O) end, randn(3, 5), nil, { steps = 20 })
     assert_close(mg.ones(20, 3, 5, F64), iso.singular_values, 1e-12)

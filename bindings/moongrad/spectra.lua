@@ -138,9 +138,9 @@ function spectra.lyapunov(step, h0, xs, opts, fn, order)
       tan = d
     end
     if count then
-      local row, done = {}, counted - since             -- steps covered by the last QR
-      local mean = done > 0 and (sum / done):mean(1) or nil
-      for i = 1, k do row[i] = mean and mean:get(i) or 0 end
+      local done = counted - since                      -- steps covered by the last QR
+      local row = done > 0 and (sum / done):mean(1):totable() or nil
+      if row == nil then row = {} for i = 1, k do row[i] = 0 end end
       history[counted] = row
     end
   end
@@ -153,7 +153,7 @@ end
 
 ---------------------------------------------------------------- Jacobian spectra
 
-local JS_OPTS = { steps = true, per_step = true }
+local JS_OPTS = { steps = true, per_step = true, ks = true }
 
 local function cond_of(S)
   local n = S:size(-1)
@@ -175,14 +175,26 @@ function spectra.jacobian_spectra(step, h0, xs, opts, fn, order)
   tape:record(function()
     for t = 1, steps do zs[t] = join(step(x_at(t), split(zs[t - 1])), "the new") end
   end)
+  local ks = opts.ks
+  if ks == nil then
+    ks = {}
+    for t = 0, steps - 1 do ks[t + 1] = t end
+  elseif type(ks) ~= "table" or #ks == 0 then
+    raisef("%s: ks must be a non-empty array of steps in 0..%d, got %s", fn, steps - 1, describe(ks))
+  end
   local src = {}
-  for t = 0, steps - 1 do src[t + 1] = zs[t] end
-  local J = tape:batch_jacobian(zs[steps], src)            -- one reverse sweep: dh_T/dh_k, k = 0..T-1
+  for j, t in ipairs(ks) do
+    if math.type(t) ~= "integer" and not (type(t) == "number" and t == math.floor(t)) or t < 0 or t >= steps then
+      raisef("%s: ks[%d] must be a step in 0..%d, got %s", fn, j, steps - 1, describe(t))
+    end
+    src[j] = zs[math.tointeger(t)]
+  end
+  local J = tape:batch_jacobian(zs[steps], src)            -- one reverse sweep: dh_T/dh_k for every k
   local S = mg.linalg.svdvals(mg.stack(J))                -- (T, B, N)
   local out = { singular_values = S, cond = cond_of(S), states = zs }
   if opts.per_step ~= false then
     local Js = {}
-    for t = 1, steps do Js[t] = tape:batch_jacobian(zs[t], zs[t - 1]) end
+    for j, t in ipairs(ks) do Js[j] = tape:batch_jacobian(zs[t + 1], zs[t]) end
     local Ss = mg.linalg.svdvals(mg.stack(Js))
     out.step_singular_values, out.step_cond = Ss, cond_of(Ss)
   end
