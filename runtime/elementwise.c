@@ -208,7 +208,8 @@ mg_status mg_tensor_add_(mg_ctx *C, mg_tensor *dst, mg_tensor *src) {
                    mg_dtype_name(dst->dtype), mg_shapestr(s2, sizeof s2, dst->ndim, dst->shape));
   }
   mg_binary op = MG_B_ADD;
-  mg_tensor *ops[3] = { dst, dst, src };       /* out aliases the first operand: elementwise */
+  mg_tensor *ops[3] = { dst, dst, src };
+  mg_bump_version(dst);       /* out aliases the first operand: elementwise */
   mg_iter it;
   mg_iter_init(&it, dst->ndim, dst->shape, 3, ops);
   mg_iter_run(&it, dst->dtype == MG_F64 ? binary_f64 : binary_f32, &op);

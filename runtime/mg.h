@@ -111,6 +111,13 @@ MG_API mg_status mg_tensor_wrap(mg_ctx *C, mg_dtype dt, int ndim, const int64_t 
                                 void *ud, mg_tensor **out);
 MG_API double mg_tensor_get(const mg_tensor *t, const int64_t *idx);
 MG_API void mg_tensor_set(mg_tensor *t, const int64_t *idx, double v);
+/* Storage version: every in-place write (set, fill, copy, add_, the random fills) bumps it,
+** and a gradient or forward sweep refuses to use a recorded node whose tensors changed since
+** they were recorded ("<op>: a tensor saved for the gradient was modified in place ...").
+** A host that writes through 'mg_tensor_data' or wrapped memory after handing the tensor
+** to an op calls 'mg_tensor_bump_version' (any view of the same storage will do). */
+MG_API void mg_tensor_bump_version(mg_tensor *t);
+MG_API uint32_t mg_tensor_version(const mg_tensor *t);
 
 
 /* ----------------------------------------------------------------------------------------

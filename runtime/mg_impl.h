@@ -30,6 +30,7 @@ typedef struct mg_storage {
   mg_pool *pool;            /* owner of 'data' (refcounted); NULL for host memory */
   mg_release_fn release;    /* host memory: called with 'release_ud' and 'data' at the end */
   void *release_ud;
+  uint32_t version;         /* bumped by every in-place write (recorded nodes compare it) */
 } mg_storage;
 
 enum {
@@ -50,6 +51,9 @@ struct mg_tensor {
   mg_storage *storage;
   char *name;                   /* Variables only; owned */
 };
+
+/* Note an in-place write into 't' (every view of its storage sees it). */
+static inline void mg_bump_version(mg_tensor *t) { t->storage->version++; }
 
 /* Typed address of element (0,...,0). */
 #define MG_F32P(t) ((float *)(t)->storage->data + (t)->offset)
@@ -74,6 +78,11 @@ typedef struct mg_node {
   mg_tensor *out[MG_MAXOUT];      /* strong refs */
   mg_tensor *saved[MG_MAXSAVED];  /* strong refs: whatever the op's rules need */
   mg_attr attr;
+  /* Storage versions when recorded, checked before a rule reads the tensors' values. */
+  uint32_t *ver_in;               /* 'ver_in_inline' or after the heap 'in' array */
+  uint32_t ver_in_inline[MG_MAXIN_INLINE];
+  uint32_t ver_out[MG_MAXOUT];
+  uint32_t ver_saved[MG_MAXSAVED];
 } mg_node;
 
 struct mg_tape {

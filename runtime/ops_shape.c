@@ -60,6 +60,7 @@ mg_status mg_tensor_copy_(mg_ctx *C, mg_tensor *dst, mg_tensor *src) {
                    mg_shapestr(s1, sizeof s1, src->ndim, src->shape),
                    mg_shapestr(s2, sizeof s2, dst->ndim, dst->shape));
   }
+  mg_bump_version(dst);
   if (src->storage == dst->storage) {         /* overlapping: go through a copy */
     mg_tensor *tmp;
     mg_status st = mg_tensor_empty(C, src->dtype, src->ndim, src->shape, &tmp);
@@ -86,6 +87,7 @@ static void fill_loop(int64_t n, char **p, const int64_t *s, void *ud) {
 
 void mg_tensor_fill_(mg_tensor *dst, double v) {
   struct { double v; int dt; } ud = { v, dst->dtype };
+  mg_bump_version(dst);
   mg_iter it;
   mg_iter_init(&it, dst->ndim, dst->shape, 1, &dst);
   mg_iter_run(&it, fill_loop, &ud);

@@ -32,6 +32,7 @@ static mg_storage *storage_new(mg_ctx *C, size_t nbytes) {
     return NULL;
   }
   s->refs = 1;
+  s->version = 0;
   s->nbytes = nbytes;
   s->pool = C->pool;
   s->release = NULL;
@@ -228,9 +229,13 @@ double mg_tensor_get(const mg_tensor *t, const int64_t *idx) {
 
 void mg_tensor_set(mg_tensor *t, const int64_t *idx, double v) {
   int64_t o = elem_offset(t, idx);
+  mg_bump_version(t);
   if (t->dtype == MG_F64) ((double *)t->storage->data)[o] = v;
   else ((float *)t->storage->data)[o] = (float)v;
 }
+
+void mg_tensor_bump_version(mg_tensor *t) { mg_bump_version(t); }
+uint32_t mg_tensor_version(const mg_tensor *t) { return t->storage->version; }
 
 void mg_tensor_set_variable(mg_tensor *t, bool on) {
   if (on) t->flags |= MG_TF_VARIABLE;
