@@ -899,9 +899,17 @@ static int extreme(lua_State *L, bool is_min) {
   reduce_fn fn = is_min ? mg_tensor_amin : mg_tensor_amax;
   const char *name = is_min ? "min" : "max";
   if (lua_isnoneornil(L, 2) || lua_istable(L, 2)) return reduction(L, name, fn);
+  LSTATE_ARG;
+  mg_tensor *t = mg_lua_checktensor(L, 1), *v = NULL, *i = NULL;
+  int d = mg_lua_checkdim(L, 2, mg_tensor_ndim(t));
   lua_settop(L, 3);
-  reduction(L, name, fn);                            /* values at 4 */
-  argextreme(L, is_min);                             /* indices at 5 */
+  mg_tensor **sv = mg_lua_newslot(L), **si = mg_lua_newslot(L);
+  if (mg_tensor_max_dim(S->C, t, d, optbool(L, 3, false), is_min, &v, &i) != MG_OK)
+    return mg_lua_fail(L, S->C);
+  *sv = v;
+  double *p = mg_tensor_data(i);                     /* 1-based indices for Lua (fresh) */
+  for (int64_t k = 0, n = mg_tensor_numel(i); k < n; k++) p[k] += 1;
+  mg_lua_settensor(L, S, si, i);
   return 2;
 }
 

@@ -128,7 +128,7 @@ MG_API uint32_t mg_tensor_version(const mg_tensor *t);
 
 typedef enum mg_unary {
   MG_U_NEG, MG_U_EXP, MG_U_LOG, MG_U_TANH, MG_U_SIGMOID, MG_U_RELU, MG_U_ABS, MG_U_SQRT,
-  MG_U_SIN, MG_U_COS, MG_U_SOFTPLUS, MG_U_SIGN, MG_U_STEP /* x > 0 */, MG_U_COUNT
+  MG_U_SIN, MG_U_COS, MG_U_SOFTPLUS, MG_U_SIGN, MG_U_STEP /* 0 where x <= 0, else 1 (NaN too) */, MG_U_COUNT
 } mg_unary;
 
 typedef enum mg_binary {
@@ -193,11 +193,16 @@ MG_API mg_status mg_tensor_var(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keep
                                mg_tensor **out);
 MG_API mg_status mg_tensor_std(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keepdim,
                                mg_tensor **out);
-/* max/min values; the gradient is shared among ties. */
+/* max/min values; the gradient is shared evenly among ties (among the NaNs when the extreme
+** is NaN), as PyTorch's max() without a dim. */
 MG_API mg_status mg_tensor_amax(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keepdim,
                                 mg_tensor **out);
 MG_API mg_status mg_tensor_amin(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keepdim,
                                 mg_tensor **out);
+/* max(dim)/min(dim): values and first indices (0-based, float64) along 'dim'; the gradient
+** goes to the returned index only (as PyTorch's max(dim)). */
+MG_API mg_status mg_tensor_max_dim(mg_ctx *C, mg_tensor *x, int dim, bool keepdim, bool is_min,
+                                   mg_tensor **values, mg_tensor **indices);
 /* Index (0-based, as float64) of the first max/min along 'dim' (dim < 0: of the flattened
 ** tensor). Not differentiable. */
 MG_API mg_status mg_tensor_argmax(mg_ctx *C, mg_tensor *x, int dim, bool keepdim, bool is_min,

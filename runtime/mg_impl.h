@@ -135,6 +135,9 @@ void mg_contiguous_strides(int ndim, const int64_t *shape, int64_t *stride);
 /* numel of a shape, or -1 when it overflows or a size is negative. */
 int64_t mg_shape_numel(int ndim, const int64_t *shape);
 bool mg_same_shape(const mg_tensor *a, const mg_tensor *b);
+/* Whether some element of 't' equals 'v' (NaN: never). */
+bool mg_any_equal(const mg_tensor *t, double v);
+bool mg_any_nan(const mg_tensor *t);
 /* Normalize 'dim' (negative counts from the end) into [0, ndim); -1 when out of range. */
 int mg_normdim(int dim, int ndim);
 

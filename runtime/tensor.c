@@ -234,6 +234,25 @@ void mg_tensor_set(mg_tensor *t, const int64_t *idx, double v) {
   else ((float *)t->storage->data)[o] = (float)v;
 }
 
+bool mg_any_equal(const mg_tensor *t, double v) {
+  int64_t n = mg_tensor_numel(t), idx[MG_MAXDIM] = { 0 };
+  for (int64_t i = 0; i < n; i++) {
+    if (mg_tensor_get(t, idx) == v) return true;
+    for (int d = t->ndim - 1; d >= 0 && ++idx[d] == t->shape[d]; d--) idx[d] = 0;
+  }
+  return false;
+}
+
+bool mg_any_nan(const mg_tensor *t) {
+  int64_t n = mg_tensor_numel(t), idx[MG_MAXDIM] = { 0 };
+  for (int64_t i = 0; i < n; i++) {
+    double v = mg_tensor_get(t, idx);
+    if (v != v) return true;
+    for (int d = t->ndim - 1; d >= 0 && ++idx[d] == t->shape[d]; d--) idx[d] = 0;
+  }
+  return false;
+}
+
 void mg_tensor_bump_version(mg_tensor *t) { mg_bump_version(t); }
 uint32_t mg_tensor_version(const mg_tensor *t) { return t->storage->version; }
 
