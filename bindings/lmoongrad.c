@@ -21,11 +21,33 @@ void mg_lua_setfuncs(lua_State *L, lstate *S, const luaL_Reg *l) {
   }
 }
 
+/* The state's __gc: releases the tensors made inside finalizers that never got one of their
+** own (made while lua_close ran finalizers), then closes the context. Functions that run after
+** it raise "the moongrad context is closed" (mg_lua_state). */
 static int state_gc(lua_State *L) {
   lstate *S = lua_touserdata(L, 1);
+  while (S->orphans.next != &S->orphans) {
+    lslot *s = S->orphans.next;
+    mg_lua_unlink_slot(s);
+    mg_tensor_release(s->t);
+    s->t = NULL;
+  }
   if (S->C) mg_ctx_close(S->C);
   S->C = NULL;
   return 0;
+}
+
+void mg_lua_unlink_slot(lslot *s) {
+  if (s->next == NULL) return;
+  s->prev->next = s->next;
+  s->next->prev = s->prev;
+  s->prev = s->next = NULL;
+}
+
+lstate *mg_lua_state(lua_State *L) {
+  lstate *S = lua_touserdata(L, lua_upvalueindex(1));
+  if (S->C == NULL) luaL_error(L, "moongrad: the moongrad context is closed (the Lua state is closing)");
+  return S;
 }
 
 /* The state record of 'L', created on first use (stored in the registry, closed last). */
@@ -38,6 +60,8 @@ static lstate *getstate(lua_State *L) {
   lua_pop(L, 1);
   lstate *S = lua_newuserdatauv(L, sizeof *S, 0);
   S->C = NULL;
+  S->orphans.t = NULL;
+  S->orphans.prev = S->orphans.next = &S->orphans;
   S->gc_threshold = (size_t)64 << 20;
   S->gc_stepped = 0;
   lua_createtable(L, 0, 1);
@@ -51,6 +75,13 @@ static lstate *getstate(lua_State *L) {
 }
 
 mg_ctx *mg_lua_context(lua_State *L) { return getstate(L)->C; }
+
+/* The state record if 'L' has one (never creates it). */
+lstate *mg_lua_findstate(lua_State *L) {
+  lstate *S = lua_getfield(L, LUA_REGISTRYINDEX, MG_STATE_KEY) == LUA_TUSERDATA ? lua_touserdata(L, -1) : NULL;
+  lua_pop(L, 1);
+  return S;
+}
 
 /* ================================================================ settings */
 

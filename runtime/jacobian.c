@@ -50,11 +50,12 @@ static int64_t largest(const mg_tape *T) {
   return m;
 }
 
-/* Basis vectors per sweep allowed by the memory budget. */
+/* Basis vectors per sweep allowed by the memory budget: 1..K (1 when K is 0). */
 static int64_t chunk_size(const mg_tape *T, int64_t K, int64_t extra) {
-  int64_t per = 8 * 4 * (largest(T) > extra ? largest(T) : extra);   /* bytes per basis vector */
-  int64_t c = (int64_t)(T->ctx->memory_budget / (size_t)per);
-  return c < 1 ? 1 : (c > K ? K : c);
+  int64_t m = largest(T) > extra ? largest(T) : extra;             /* huge expanded views too */
+  uint64_t per = (uint64_t)m > UINT64_MAX / 32 ? UINT64_MAX : 32 * (uint64_t)m;   /* bytes */
+  uint64_t c = (uint64_t)T->ctx->memory_budget / per;
+  return c < 1 || K < 1 ? 1 : (c > (uint64_t)K ? K : (int64_t)c);
 }
 
 /* Move dim 'from' of 't' to position 'to'. */
@@ -150,6 +151,13 @@ static mg_status jac_forward(const jac_job *J, int nsrc, mg_tensor *const *srcs,
     const int64_t *ss;
     int ns = rest(J, srcs[j], &ss);
     int64_t Ks = mg_shape_numel(ns, ss), kc = chunk_size(J->T, Ks, mg_tensor_numel(srcs[j]));
+    if (Ks == 0) {                                  /* an empty source: no tangent to push */
+      int64_t sh[MG_MAXDIM];
+      int nd = jac_shape(J, srcs[j], sh);
+      st = mg_tensor_zeros(C, J->target->dtype, nd, sh, &jac[j]);
+      if (st != MG_OK) for (int k = 0; k < j; k++) { mg_tensor_release(jac[k]); jac[k] = NULL; }
+      continue;
+    }
     int nch = (int)((Ks + kc - 1) / kc);
     mg_tensor **parts = calloc((size_t)nch, sizeof *parts);
     if (parts == NULL) st = mg_fail(C, MG_ENOMEM, "out of memory");

@@ -301,8 +301,8 @@ mg_status mg_tensor_narrow(mg_ctx *C, mg_tensor *x, int dim, int64_t start, int6
                            mg_tensor **out) {
   if (dim < 0 || dim >= x->ndim) return bad_dim(C, "narrow", dim, x->ndim);
   if (start < 0 || len < 0 || start > x->shape[dim] - len)
-    return mg_fail(C, MG_EINDEX, "narrow: range %lld..%lld out of bounds for dimension %d of size %lld",
-                   (long long)start + 1, (long long)(start + len), dim + 1, (long long)x->shape[dim]);
+    return mg_fail(C, MG_EINDEX, "narrow: %lld elements from %lld out of bounds for dimension %d of size %lld",
+                   (long long)len, (long long)start, dim + 1, (long long)x->shape[dim]);
   int64_t sh[MG_MAXDIM];
   memcpy(sh, x->shape, sizeof sh);
   sh[dim] = len;
@@ -445,6 +445,9 @@ mg_status mg_tensor_cat(mg_ctx *C, int n, mg_tensor *const *xs, int dim, mg_tens
                      k + 1, mg_shapestr(s1, sizeof s1, x->ndim, x->shape),
                      mg_shapestr(s2, sizeof s2, x0->ndim, x0->shape), dim + 1);
     if (x->dtype == MG_F64) dt = MG_F64;
+    if (x->shape[dim] > INT64_MAX - total)        /* expanded views can be huge */
+      return mg_fail(C, MG_ESHAPE, "cat: the joined dimension %d has more than %lld elements",
+                     dim + 1, (long long)INT64_MAX);
     total += x->shape[dim];
   }
   memcpy(sh, x0->shape, sizeof sh);
