@@ -122,7 +122,38 @@ static int l_memory(lua_State *L) {
   lua_setfield(L, -2, "cached");
   lua_pushinteger(L, (lua_Integer)mg_memory_budget(C));
   lua_setfield(L, -2, "budget");
+  lua_pushinteger(L, (lua_Integer)mg_jacobian_limit(C));
+  lua_setfield(L, -2, "jacobian_limit");
   return 1;
+}
+
+/* set_jacobian_limit(bytes): most bytes of a Jacobian's result; 0: MemAvailable */
+static int l_set_jacobian_limit(lua_State *L) {
+  lua_Integer n = luaL_checkinteger(L, 1);
+  luaL_argcheck(L, n >= 0, 1, "limit must be a number of bytes (0: MemAvailable)");
+  mg_set_jacobian_limit(LSTATE(L)->C, (size_t)n);
+  return 0;
+}
+
+/* _check_result(fname, shape, dtype [, bytes_per_element]): raises "fname: the result of
+** shape ... needs N bytes, more than ..." when a result of 'shape' would not fit (hessian,
+** gradcheck check theirs before any sweep). */
+static int l_check_result(lua_State *L) {
+  mg_ctx *C = LSTATE(L)->C;
+  const char *fn = luaL_checkstring(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  int64_t shape[2 * MG_MAXDIM];
+  int nd = (int)luaL_len(L, 2);
+  luaL_argcheck(L, nd <= 2 * MG_MAXDIM, 2, "too many dimensions");
+  for (int i = 0; i < nd; i++) {
+    lua_rawgeti(L, 2, i + 1);
+    shape[i] = (int64_t)luaL_checkinteger(L, -1);
+    lua_pop(L, 1);
+  }
+  double esize = luaL_optnumber(L, 4, (double)mg_dtype_size(mg_lua_checkdtype(L, 3)));
+  const int64_t *ps = shape;
+  if (mg_check_result_bytes(C, fn, 1, &nd, &ps, esize) != MG_OK) return mg_lua_fail(L, C);
+  return 0;
 }
 
 static int l_set_memory_budget(lua_State *L) {
@@ -166,6 +197,7 @@ static const luaL_Reg settings[] = {
   { "set_default_dtype", l_set_default_dtype }, { "get_default_dtype", l_get_default_dtype },
   { "empty_cache", l_empty_cache }, { "memory", l_memory },
   { "set_memory_budget", l_set_memory_budget }, { "blas", l_blas }, { "clock", l_clock },
+  { "set_jacobian_limit", l_set_jacobian_limit }, { "_check_result", l_check_result },
   { "_no_grad_enter", l_no_grad_enter }, { "_no_grad_exit", l_no_grad_exit },
   { NULL, NULL } };
 

@@ -72,7 +72,16 @@ void mg_lua_pushtensor(lua_State *L, mg_tensor *t) {
   *slot = mg_tensor_retain(t);
 }
 
-int mg_lua_fail(lua_State *L, mg_ctx *C) { return luaL_error(L, "%s", mg_errmsg(C)); }
+/* A message that names no function ("out of memory allocating ...", from an op that does not
+** name its own) gets the name Lua called the function by: "add" for a + b, "matmul". */
+int mg_lua_fail(lua_State *L, mg_ctx *C) {
+  const char *msg = mg_errmsg(C), *sp = strchr(msg, ' ');
+  bool named = sp != NULL && sp > msg && sp[-1] == ':';      /* "matmul: ..." */
+  lua_Debug ar;
+  if (!named && lua_getstack(L, 0, &ar) && lua_getinfo(L, "n", &ar) && ar.name)
+    return luaL_error(L, "%s: %s", ar.name, msg);
+  return luaL_error(L, "%s", msg);
+}
 
 int mg_lua_result(lua_State *L, lstate *S, mg_status st, mg_tensor **t) {
   if (st != MG_OK) return mg_lua_fail(L, S->C);

@@ -153,7 +153,9 @@ mg_status mg_tensor_unary(mg_ctx *C, mg_unary op, mg_tensor *x, mg_tensor **out)
   mg_tensor *y;
   mg_status st = run_new(C, x->dtype, x->ndim, x->shape, 1, &x,
                          x->dtype == MG_F64 ? unary_f64 : unary_f32, &op, &y);
-  if (st != MG_OK) return st;
+  if (st != MG_OK)
+    return mg_name_error(C, st, op == MG_U_SIGN ? "sign" : op == MG_U_STEP ? "step"
+                                                         : mg_ops[MG_OP_NEG + (int)op]->name);
   if (op == MG_U_SIGN || op == MG_U_STEP) { *out = y; return MG_OK; }   /* constants */
   return mg_record_result(C, MG_OP_NEG + (int)op, 1, &x, y, NULL, out);
 }
@@ -197,7 +199,7 @@ mg_status mg_tensor_binary(mg_ctx *C, mg_binary op, mg_tensor *a, mg_tensor *b,
   }
   mg_tensor_release(in[0]);
   mg_tensor_release(in[1]);
-  return st;
+  return mg_name_error(C, st, names[op]);
 }
 
 mg_status mg_tensor_add_(mg_ctx *C, mg_tensor *dst, mg_tensor *src) {
@@ -232,7 +234,7 @@ mg_status mg_tensor_clamp(mg_ctx *C, mg_tensor *x, double lo, double hi, mg_tens
   mg_tensor *y;
   mg_status st = run_new(C, x->dtype, x->ndim, x->shape, 1, &x,
                          x->dtype == MG_F64 ? clamp_f64 : clamp_f32, &b, &y);
-  if (st != MG_OK) return st;
+  if (st != MG_OK) return mg_name_error(C, st, "clamp");
   mg_attr at = { .ni = 0, .f = { lo, hi } };
   return mg_record_result(C, MG_OP_CLAMP, 1, &x, y, &at, out);
 }
@@ -271,7 +273,7 @@ mg_status mg_tensor_where(mg_ctx *C, mg_tensor *cond, mg_tensor *a, mg_tensor *b
   }
   mg_tensor_release(in[1]);
   mg_tensor_release(in[2]);
-  return st;
+  return mg_name_error(C, st, "where");
 }
 
 /* ================================================================ rules */

@@ -6,7 +6,56 @@
 #include "mg_impl.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
+
+/* ================================================================ the result's size */
+
+/* Bytes the system could still give, from MemAvailable in /proc/meminfo; 0 if unknown. */
+static double mem_available(void) {
+  FILE *f = fopen("/proc/meminfo", "r");
+  if (f == NULL) return 0;
+  char line[128];
+  double kb = 0;
+  while (fgets(line, sizeof line, f))
+    if (sscanf(line, "MemAvailable: %lf kB", &kb) == 1) break;
+  fclose(f);
+  return kb * 1024;
+}
+
+/* Refuse 'bytes' of results when over the limit ('shape': of the largest of 'n' parts). */
+static mg_status check_bytes(mg_ctx *C, const char *fn, double bytes, int n, int ndim,
+                             const int64_t *shape) {
+  if (bytes <= (double)((size_t)64 << 20) && C->jacobian_limit == 0) return MG_OK;   /* cheap */
+  double limit = C->jacobian_limit ? (double)C->jacobian_limit : mem_available();
+  if (limit <= 0 || bytes <= limit) return MG_OK;
+  char sh[128];
+  mg_shapestr(sh, sizeof sh, ndim, shape);
+  return mg_fail(C, MG_ENOMEM, "%s: the result%s of shape %s needs %.0f bytes (%.1f GiB), more "
+                 "than the %.0f bytes %s", fn, n > 1 ? " (its largest part)" : "", sh, bytes,
+                 bytes / 1073741824.0, limit,
+                 C->jacobian_limit ? "of mg.set_jacobian_limit" : "available (MemAvailable)");
+}
+
+/* Bytes of a result of 'ndim' dims 'shape' (a double: no overflow). */
+static double result_bytes(int ndim, const int64_t *shape, double esize) {
+  for (int d = 0; d < ndim; d++) esize *= (double)shape[d];
+  return esize;
+}
+
+mg_status mg_check_result_bytes(mg_ctx *C, const char *fn, int n, const int *ndims,
+                                const int64_t *const *shapes, double esize) {
+  double bytes = 0, most = -1;
+  int big = 0;
+  for (int i = 0; i < n; i++) {
+    double b = result_bytes(ndims[i], shapes[i], esize);
+    if (b > most) { most = b; big = i; }
+    bytes += b;
+  }
+  return n < 1 ? MG_OK : check_bytes(C, fn, bytes, n, ndims[big], shapes[big]);
+}
+
+/* ================================================================ sweeps */
 
 /* Rows [k0, k0+kc) of the K x K identity, shaped (kc, [1,] shape...) for a batch of 'B'
 ** (expanded along the batch dim, no copy) or (kc, shape...) when B < 0. */
@@ -281,6 +330,20 @@ mg_status mg_tape_jacobian(mg_tape *T, mg_tensor *target, int nsources,
   for (int j = 0; j < nsources; j++)
     if (target->ndim + sources[j]->ndim - (batch ? 1 : 0) > MG_MAXDIM - 1)
       return mg_fail(C, MG_ESHAPE, "%s: the result would have more than %d dimensions", fn, MG_MAXDIM - 1);
+  double bytes = 0, most = -1;                      /* refuse what cannot fit, up front */
+  int64_t big[MG_MAXDIM];
+  int nbig = 0;
+  for (int j = 0; j < nsources; j++) {
+    int64_t sh[MG_MAXDIM];
+    int nd = jac_shape(&J, sources[j], sh);
+    double b = result_bytes(nd, sh, (double)mg_dtype_size(target->dtype));
+    if (b > most) { most = b; nbig = nd; memcpy(big, sh, sizeof sh); }
+    bytes += b;
+  }
+  if (nsources > 0) {
+    mg_status st0 = check_bytes(C, fn, bytes, nsources, nbig, big);
+    if (st0 != MG_OK) return st0;
+  }
   int64_t src_total = 0;
   for (int j = 0; j < nsources; j++)
     src_total += mg_tensor_numel(sources[j]) / (batch && J.B ? J.B : 1);

@@ -69,6 +69,16 @@ MG_API void mg_empty_cache(mg_ctx *C);
 /* Bytes a vectorized Jacobian may use before it is split in chunks (default 1 GiB). */
 MG_API void mg_set_memory_budget(mg_ctx *C, size_t bytes);
 MG_API size_t mg_memory_budget(const mg_ctx *C);
+/* Most bytes a Jacobian's result may have (jacobian, batch_jacobian, and the callers'
+** hessian, gradcheck): a larger one is refused before its first sweep, naming the function,
+** the shape and the bytes. 0 (the default): the MemAvailable of /proc/meminfo at the call
+** (no limit where that cannot be read). */
+MG_API void mg_set_jacobian_limit(mg_ctx *C, size_t bytes);
+MG_API size_t mg_jacobian_limit(const mg_ctx *C);
+/* MG_OK when 'n' results of the shapes 'shapes[i]' ('ndims[i]' dims) of 'esize' bytes per
+** element fit the limit above, else MG_ENOMEM with "<fn>: the result ... does not fit". */
+MG_API mg_status mg_check_result_bytes(mg_ctx *C, const char *fn, int n, const int *ndims,
+                                       const int64_t *const *shapes, double esize);
 
 /* BLAS: the only process-wide state of the runtime. */
 MG_API void mg_set_num_threads(int n);

@@ -115,12 +115,18 @@ struct mg_ctx {
   int nbusy;                    /* of those, how many are being differentiated (not recording) */
   int no_grad;                  /* > 0 inside no_grad: nothing is recorded */
   size_t memory_budget;
+  size_t jacobian_limit;        /* most bytes of a Jacobian's result; 0: MemAvailable */
   mg_rng rng;
 };
 
 /* Set the context's error message and return 'st'. printf-style. */
 mg_status mg_fail(mg_ctx *C, mg_status st, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* Whether 'msg' starts by naming its function ("matmul: ..."). */
+bool mg_error_named(const char *msg);
+/* Prefix the context's message with "op: " unless it names a function already (what tensor
+** creation reports, "out of memory allocating ...", is named by the op that asked); 'st'. */
+mg_status mg_name_error(mg_ctx *C, mg_status st, const char *op);
 /* Append "(2,3)" for a shape to 'buf' (size 'n'); returns 'buf'. */
 char *mg_shapestr(char *buf, size_t n, int ndim, const int64_t *shape);
 

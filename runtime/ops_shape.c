@@ -334,7 +334,7 @@ mg_status mg_tensor_pad(mg_ctx *C, mg_tensor *x, int dim, int64_t start, int64_t
   sh[dim] = size;
   mg_tensor *y;
   mg_status st = mg_tensor_zeros(C, x->dtype, x->ndim, sh, &y);
-  if (st != MG_OK) return st;
+  if (st != MG_OK) return mg_name_error(C, st, "pad");
   mg_tensor part = *y;                            /* a borrowed window, not a new tensor */
   part.shape[dim] = x->shape[dim];
   part.offset += start * y->stride[dim];
@@ -394,7 +394,7 @@ static mg_status pad_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const
 static mg_status copy_op(mg_ctx *C, int op, mg_tensor *x, mg_dtype dt, mg_tensor **out) {
   mg_tensor *y;
   mg_status st = mg_tensor_empty(C, dt, x->ndim, x->shape, &y);
-  if (st != MG_OK) return st;
+  if (st != MG_OK) return mg_name_error(C, st, mg_ops[op]->name);
   copy_into(y, x);
   return mg_record_result(C, op, 1, &x, y, NULL, out);
 }
@@ -454,7 +454,7 @@ mg_status mg_tensor_cat(mg_ctx *C, int n, mg_tensor *const *xs, int dim, mg_tens
   sh[dim] = total;
   mg_tensor *y;
   mg_status st = mg_tensor_empty(C, dt, x0->ndim, sh, &y);
-  if (st != MG_OK) return st;
+  if (st != MG_OK) return mg_name_error(C, st, "cat");
   int64_t at0 = 0;
   for (int k = 0; k < n; k++) {
     mg_tensor part = *y;

@@ -93,7 +93,7 @@ static mg_status reduce(mg_ctx *C, const char *fn, int op, int kind, mg_tensor *
       return mg_fail(C, MG_ESHAPE, "%s: cannot reduce over the empty dimension %d", fn, i + 1);
   mg_tensor *y;
   double init = kind == R_SUM ? 0.0 : (kind == R_MAX ? -INFINITY : INFINITY);
-  if ((s = mg_tensor_full(C, x->dtype, x->ndim, keep, init, &y)) != MG_OK) return s;
+  if ((s = mg_tensor_full(C, x->dtype, x->ndim, keep, init, &y)) != MG_OK) return mg_name_error(C, s, fn);
   mg_tensor *ops[2] = { y, x };
   mg_iter it;
   mg_iter_init(&it, x->ndim, x->shape, 2, ops);
