@@ -310,6 +310,21 @@ static mg_status check_independent(const jac_job *J, int nsrc, mg_tensor *const 
   return st;
 }
 
+/* Whether the job's results (all sources together) fit the Jacobian limit. */
+static mg_status job_fits(const jac_job *J, const char *fn, int nsources, mg_tensor *const *sources) {
+  double bytes = 0, most = -1;
+  int64_t big[MG_MAXDIM];
+  int nbig = 0;
+  for (int j = 0; j < nsources; j++) {
+    int64_t sh[MG_MAXDIM];
+    int nd = jac_shape(J, sources[j], sh);
+    double b = result_bytes(nd, sh, (double)mg_dtype_size(J->target->dtype));
+    if (b > most) { most = b; nbig = nd; memcpy(big, sh, sizeof sh); }
+    bytes += b;
+  }
+  return nsources > 0 ? check_bytes(J->T->ctx, fn, bytes, nsources, nbig, big) : MG_OK;
+}
+
 mg_status mg_tape_jacobian(mg_tape *T, mg_tensor *target, int nsources,
                            mg_tensor *const *sources, bool batch, int mode, bool check,
                            bool unconnected_zero, mg_tensor **jac) {
@@ -330,25 +345,13 @@ mg_status mg_tape_jacobian(mg_tape *T, mg_tensor *target, int nsources,
   for (int j = 0; j < nsources; j++)
     if (target->ndim + sources[j]->ndim - (batch ? 1 : 0) > MG_MAXDIM - 1)
       return mg_fail(C, MG_ESHAPE, "%s: the result would have more than %d dimensions", fn, MG_MAXDIM - 1);
-  double bytes = 0, most = -1;                      /* refuse what cannot fit, up front */
-  int64_t big[MG_MAXDIM];
-  int nbig = 0;
-  for (int j = 0; j < nsources; j++) {
-    int64_t sh[MG_MAXDIM];
-    int nd = jac_shape(&J, sources[j], sh);
-    double b = result_bytes(nd, sh, (double)mg_dtype_size(target->dtype));
-    if (b > most) { most = b; nbig = nd; memcpy(big, sh, sizeof sh); }
-    bytes += b;
-  }
-  if (nsources > 0) {
-    mg_status st0 = check_bytes(C, fn, bytes, nsources, nbig, big);
-    if (st0 != MG_OK) return st0;
-  }
+  mg_status st = job_fits(&J, fn, nsources, sources);   /* refuse what cannot fit, up front */
+  if (st != MG_OK) return st;
   int64_t src_total = 0;
   for (int j = 0; j < nsources; j++)
     src_total += mg_tensor_numel(sources[j]) / (batch && J.B ? J.B : 1);
   bool fwd = mode == 1 || (mode == 2 && src_total < J.K);
-  mg_status st = mg_tape_begin(T);
+  st = mg_tape_begin(T);
   if (st != MG_OK) return st;
   if (J.K == 0 || (batch && J.B == 0)) {            /* empty: zeros of the right shape */
     for (int j = 0; j < nsources && st == MG_OK; j++) {

@@ -44,8 +44,9 @@ static void storage_release(mg_storage *s) {
   if (--s->refs > 0) return;
   if (s->data == s + 1) {                         /* inline: back to the pool's free list */
     mg_pool *p = s->pool;
-    mg_pool_small_put(p, inline_class(s->nbytes), s);
-    mg_pool_account(p, sizeof *s + s->nbytes + sizeof(mg_tensor), false);
+    size_t nbytes = s->nbytes;                    /* 's' is gone once put back */
+    mg_pool_small_put(p, inline_class(nbytes), s);
+    mg_pool_account(p, sizeof *s + nbytes + sizeof(mg_tensor), false);
     return;
   }
   if (s->pool != NULL) mg_pool_free(s->pool, s->data, s->cap);
