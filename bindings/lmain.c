@@ -137,11 +137,17 @@ static void stop_hook(lua_State *L, lua_Debug *ar) {
 
 /* Ctrl-C while a chunk runs: a Lua state cannot be touched from a signal handler, so set the
 ** flag that a running op polls (it fails with "<op>: interrupted!") and a hook that raises at
-** the next Lua instruction, whichever comes first. The hook counts instructions only: a call
-** or return hook would fire in the message handler of the op's error. A second Ctrl-C (stuck
-** in one BLAS call, say) kills, as in 'lua'. */
+** the next Lua instruction, whichever comes first (the hook clears the flag, and so does the
+** end of the chunk). The hook counts instructions only: a call or return hook would fire in
+** the message handler of the op's error. A Ctrl-C while the last one is still pending (stuck
+** in one BLAS call, say) kills, as a second Ctrl-C does in 'lua'; once one took effect, the
+** next interrupts again (code that caught the error and went on). */
 static void on_interrupt(int sig) {
-  setsignal(sig, SIG_DFL);
+  if (interrupt_flag) {
+    setsignal(sig, SIG_DFL);
+    raise(sig);                       /* delivered when this handler returns */
+    return;
+  }
   interrupt_flag = 1;
   lua_sethook(running_L, stop_hook, LUA_MASKCOUNT, 1);
 }
