@@ -137,11 +137,17 @@ static void stop_hook(lua_State *L, lua_Debug *ar) {
 
 /* Ctrl-C while a chunk runs: a Lua state cannot be touched from a signal handler, so set the
 ** flag that a running op polls (it fails with "<op>: interrupted!") and a hook that raises at
-** the next Lua instruction, whichever comes first. The hook counts instructions only: a call
-** or return hook would fire in the message handler of the op's error. A second Ctrl-C (stuck
-** in one BLAS call, say) kills, as in 'lua'. */
+** the next Lua instruction, whichever comes first (the hook clears the flag, and so does the
+** end of the chunk). The hook counts instructions only: a call or return hook would fire in
+** the message handler of the op's error. A Ctrl-C while the last one is still pending (stuck
+** in one BLAS call, say) kills, as a second Ctrl-C does in 'lua'; once one took effect, the
+** next interrupts again (code that caught the error and went on). */
 static void on_interrupt(int sig) {
-  setsignal(sig, SIG_DFL);
+  if (interrupt_flag) {
+    setsignal(sig, SIG_DFL);
+    raise(sig);                       /* delivered when this handler returns */
+    return;
+  }
   interrupt_flag = 1;
   lua_sethook(running_L, stop_hook, LUA_MASKCOUNT, 1);
 }
@@ -672,19 +678,22 @@ static bool starts_stamped(const char *path) {
   return c0 == '#' && isdigit(c1);
 }
 
-/* Read 'path' into the (stifled) history: its newest HISTORY_MAX entries. */
-static void load_history(const char *path) {
+/* Read 'path' into the (stifled) history: its newest HISTORY_MAX entries. False when the
+** file exists but cannot be read (then it must not be written over). */
+static bool load_history(const char *path) {
   bool stamped = starts_stamped(path);
   history_multiline_entries = stamped;
   int st = read_history(path);
   history_multiline_entries = 1;
-  if (stamped || st != 0 || history_length == 0) return;
+  if (st != 0) return st == ENOENT;
+  if (stamped || history_length == 0) return true;
   HIST_ENTRY **list = history_list();
   for (int i = 0; list && list[i]; i++) {    /* the old form: give each line its mark */
     free(list[i]->timestamp);
     list[i]->timestamp = strdup("#0");
   }
   write_history(path);
+  return true;
 }
 
 /* Cut the file to its newest HISTORY_MAX entries (readline writes a temporary file and
@@ -693,8 +702,7 @@ static void load_history(const char *path) {
 static void trim_history(void) {
   if (history_file == NULL) return;
   clear_history();
-  load_history(history_file);
-  write_history(history_file);
+  if (load_history(history_file)) write_history(history_file);
 }
 
 /* Set up reading: in a terminal, readline with the history file and Ctrl-C at the prompt. */

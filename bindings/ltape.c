@@ -88,7 +88,7 @@ static int tape_record(lua_State *L) {
     return luaL_typeerror(L, 2, "function or callable value");
   lua_settop(L, lua_gettop(L) - (lua_isfunction(L, 2) ? 0 : 1));     /* drop the __call found */
   int base = 2, status = lua_pcall(L, lua_gettop(L) - 2, LUA_MULTRET, 0);
-  mg_tape_stop(p->T);
+  if (p->T) mg_tape_stop(p->T);          /* fn may have released the tape ('p' is at 1) */
   if (status != LUA_OK) return lua_error(L);
   return lua_gettop(L) - base + 1;
 }

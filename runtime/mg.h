@@ -85,6 +85,16 @@ MG_API size_t mg_memory_budget(const mg_ctx *C);
 ** outlive its use by 'C'. Each context polls its own flag, so hosts running several contexts
 ** in several threads decide which ones a signal stops. */
 MG_API void mg_ctx_set_interrupt_flag(mg_ctx *C, volatile sig_atomic_t *flag);
+/* Most bytes a Jacobian's result may have (jacobian, batch_jacobian, and the callers'
+** hessian, gradcheck): a larger one is refused before its first sweep, naming the function,
+** the shape and the bytes. 0 (the default): the MemAvailable of /proc/meminfo at the call
+** (no limit where that cannot be read). */
+MG_API void mg_set_jacobian_limit(mg_ctx *C, size_t bytes);
+MG_API size_t mg_jacobian_limit(const mg_ctx *C);
+/* MG_OK when 'n' results of the shapes 'shapes[i]' ('ndims[i]' dims) of 'esize' bytes per
+** element fit the limit above, else MG_ENOMEM with "<fn>: the result ... does not fit". */
+MG_API mg_status mg_check_result_bytes(mg_ctx *C, const char *fn, int n, const int *ndims,
+                                       const int64_t *const *shapes, double esize);
 
 /* BLAS: the only process-wide state of the runtime. */
 MG_API void mg_set_num_threads(int n);
@@ -127,6 +137,13 @@ MG_API mg_status mg_tensor_wrap(mg_ctx *C, mg_dtype dt, int ndim, const int64_t 
                                 void *ud, mg_tensor **out);
 MG_API double mg_tensor_get(const mg_tensor *t, const int64_t *idx);
 MG_API void mg_tensor_set(mg_tensor *t, const int64_t *idx, double v);
+/* Storage version: every in-place write (set, fill, copy, add_, the random fills) bumps it,
+** and a gradient or forward sweep refuses to use a recorded node whose tensors changed since
+** they were recorded ("<op>: a tensor saved for the gradient was modified in place ...").
+** A host that writes through 'mg_tensor_data' or wrapped memory after handing the tensor
+** to an op calls 'mg_tensor_bump_version' (any view of the same storage will do). */
+MG_API void mg_tensor_bump_version(mg_tensor *t);
+MG_API uint32_t mg_tensor_version(const mg_tensor *t);
 
 
 /* ----------------------------------------------------------------------------------------
@@ -207,11 +224,16 @@ MG_API mg_status mg_tensor_var(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keep
                                mg_tensor **out);
 MG_API mg_status mg_tensor_std(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keepdim,
                                mg_tensor **out);
-/* max/min values; the gradient is shared among ties. */
+/* max/min values; the gradient is shared evenly among ties (among the NaNs when the extreme
+** is NaN), as PyTorch's max() without a dim. */
 MG_API mg_status mg_tensor_amax(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keepdim,
                                 mg_tensor **out);
 MG_API mg_status mg_tensor_amin(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keepdim,
                                 mg_tensor **out);
+/* max(dim)/min(dim): values and first indices (0-based, float64) along 'dim'; the gradient
+** goes to the returned index only (as PyTorch's max(dim)). */
+MG_API mg_status mg_tensor_max_dim(mg_ctx *C, mg_tensor *x, int dim, bool keepdim, bool is_min,
+                                   mg_tensor **values, mg_tensor **indices);
 /* Index (0-based, as float64) of the first max/min along 'dim' (dim < 0: of the flattened
 ** tensor). Not differentiable. */
 MG_API mg_status mg_tensor_argmax(mg_ctx *C, mg_tensor *x, int dim, bool keepdim, bool is_min,

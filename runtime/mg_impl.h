@@ -30,6 +30,7 @@ typedef struct mg_storage {
   mg_pool *pool;            /* owner of 'data' (refcounted); NULL for host memory */
   mg_release_fn release;    /* host memory: called with 'release_ud' and 'data' at the end */
   void *release_ud;
+  uint32_t version;         /* bumped by every in-place write (recorded nodes compare it) */
 } mg_storage;
 
 enum {
@@ -51,6 +52,9 @@ struct mg_tensor {
   mg_storage *storage;
   char *name;                   /* Variables only; owned */
 };
+
+/* Note an in-place write into 't' (every view of its storage sees it). */
+static inline void mg_bump_version(mg_tensor *t) { t->storage->version++; }
 
 /* Typed address of element (0,...,0). */
 #define MG_F32P(t) ((float *)(t)->storage->data + (t)->offset)
@@ -75,6 +79,11 @@ typedef struct mg_node {
   mg_tensor *out[MG_MAXOUT];      /* strong refs */
   mg_tensor *saved[MG_MAXSAVED];  /* strong refs: whatever the op's rules need */
   mg_attr attr;
+  /* Storage versions when recorded, checked before a rule reads the tensors' values. */
+  uint32_t *ver_in;               /* 'ver_in_inline' or after the heap 'in' array */
+  uint32_t ver_in_inline[MG_MAXIN_INLINE];
+  uint32_t ver_out[MG_MAXOUT];
+  uint32_t ver_saved[MG_MAXSAVED];
 } mg_node;
 
 struct mg_tape {
@@ -107,6 +116,7 @@ struct mg_ctx {
   int nbusy;                    /* of those, how many are being differentiated (not recording) */
   int no_grad;                  /* > 0 inside no_grad: nothing is recorded */
   size_t memory_budget;
+  size_t jacobian_limit;        /* most bytes of a Jacobian's result; 0: MemAvailable */
   mg_rng rng;
   volatile sig_atomic_t *interrupt;   /* host-owned flag polled by long loops; NULL: none */
 };
@@ -120,6 +130,11 @@ static inline mg_status mg_poll(mg_ctx *C, const char *op) {
   if (C->interrupt == NULL || *C->interrupt == 0) return MG_OK;
   return mg_fail(C, MG_EINTR, "%s: interrupted!", op);
 }
+/* Whether 'msg' starts by naming its function ("matmul: ..."). */
+bool mg_error_named(const char *msg);
+/* Prefix the context's message with "op: " unless it names a function already (what tensor
+** creation reports, "out of memory allocating ...", is named by the op that asked); 'st'. */
+mg_status mg_name_error(mg_ctx *C, mg_status st, const char *op);
 /* Append "(2,3)" for a shape to 'buf' (size 'n'); returns 'buf'. */
 char *mg_shapestr(char *buf, size_t n, int ndim, const int64_t *shape);
 
@@ -134,6 +149,9 @@ void mg_contiguous_strides(int ndim, const int64_t *shape, int64_t *stride);
 /* numel of a shape, or -1 when it overflows or a size is negative. */
 int64_t mg_shape_numel(int ndim, const int64_t *shape);
 bool mg_same_shape(const mg_tensor *a, const mg_tensor *b);
+/* Whether some element of 't' equals 'v' (NaN: never). */
+bool mg_any_equal(const mg_tensor *t, double v);
+bool mg_any_nan(const mg_tensor *t);
 /* Normalize 'dim' (negative counts from the end) into [0, ndim); -1 when out of range. */
 int mg_normdim(int dim, int ndim);
 

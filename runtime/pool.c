@@ -10,6 +10,23 @@
 #include <stdlib.h>
 #include <sys/mman.h>
 
+/* Under AddressSanitizer (MG_SANITIZE builds, or -DMG_POOL_MALLOC) every block, header and
+** page goes to malloc/calloc and back to free at once, nothing cached: a tensor used after
+** its release is a heap-use-after-free ASan reports, instead of a read of a recycled block.
+** The accounting (live bytes, the pool's references) is the same. */
+#if !defined(MG_POOL_MALLOC)
+#  if defined(__SANITIZE_ADDRESS__)
+#    define MG_POOL_MALLOC 1
+#  elif defined(__has_feature)
+#    if __has_feature(address_sanitizer)
+#      define MG_POOL_MALLOC 1
+#    endif
+#  endif
+#endif
+#ifndef MG_POOL_MALLOC
+#  define MG_POOL_MALLOC 0
+#endif
+
 #define SMALL_MAX ((size_t)2 << 10)      /* below this: plain malloc, not cached */
 #define MMAP_MIN ((size_t)64 << 10)      /* fresh blocks from here on come from mmap */
 #define HUGE_MIN ((size_t)2 << 20)       /* from this size on: ask for huge pages */
@@ -46,6 +63,7 @@ static int sizeclass(size_t n, size_t *cap) {
 /* Fresh zeroed pages; from 2 MiB on, aligned to 2 MiB and marked for transparent huge
 ** pages (an unaligned mapping would get none). */
 void *mg_pages_alloc(size_t cap) {
+  if (MG_POOL_MALLOC) return calloc(1, cap);
   size_t extra = cap >= HUGE_MIN ? HUGE_MIN : 0;
   char *q = mmap(NULL, cap + extra, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (q == MAP_FAILED) return NULL;
@@ -83,6 +101,7 @@ static bool arena_grow(mg_pool *p) {
 }
 
 void *mg_pool_small_get(mg_pool *p, int cls) {
+  if (MG_POOL_MALLOC) return malloc(small_size[cls]);
   void *q = p->small[cls];
   if (q != NULL) {
     p->small[cls] = *(void **)q;
@@ -98,14 +117,17 @@ void *mg_pool_small_get(mg_pool *p, int cls) {
 /* Small objects go back to their free list (the arena is returned as a whole, with the
 ** pool: its size is the peak number of small objects alive at once). */
 void mg_pool_small_put(mg_pool *p, int cls, void *q) {
+  if (MG_POOL_MALLOC) { free(q); return; }
   *(void **)q = p->small[cls];
   p->small[cls] = q;
 }
 
 /* A new block of a size class: malloc below MMAP_MIN, whole pages above. */
-static void *fresh(size_t cap) { return cap < MMAP_MIN ? malloc(cap) : mg_pages_alloc(cap); }
+static void *fresh(size_t cap) {
+  return cap < MMAP_MIN || MG_POOL_MALLOC ? malloc(cap) : mg_pages_alloc(cap);
+}
 static void unfresh(void *q, size_t cap) {
-  if (cap < MMAP_MIN) free(q);
+  if (cap < MMAP_MIN || MG_POOL_MALLOC) free(q);
   else mg_pages_free(q, cap);
 }
 
@@ -146,7 +168,7 @@ void mg_pool_free(mg_pool *p, void *data, size_t cap) {
   p->live -= cap;
   if (cap < SMALL_MAX) {
     free(data);
-  } else if (p->refs > 1 && p->cached + cap <= CACHE_MAX) {  /* context alive: keep it */
+  } else if (!MG_POOL_MALLOC && p->refs > 1 && p->cached + cap <= CACHE_MAX) {   /* keep it */
     size_t c2;
     int c = sizeclass(cap, &c2);
     *(void **)data = p->free[c];
@@ -187,4 +209,7 @@ void mg_pool_account(mg_pool *p, size_t bytes, bool add) {
 size_t mg_pool_live(const mg_pool *p) { return p->live; }
 size_t mg_pool_cached(const mg_pool *p) { return p->cached; }
 
-void mg_pages_free(void *q, size_t cap) { munmap(q, cap); }
+void mg_pages_free(void *q, size_t cap) {
+  if (MG_POOL_MALLOC) free(q);
+  else munmap(q, cap);
+}

@@ -270,12 +270,19 @@ describe("the REPL in a terminal", function()
       [[printf 'print("x is", x, z)\nprint(tape:gradient(y, w))\n']],
       [[printf 'while true do end\n']], await(outf, "while true do end"), "sleep 0.3",
       [[printf '\003']], "sleep 0.5",
-      [[printf 'print("still", x)\n']] }, "; ")
+      [[printf 'print("still", x)\n']],
+      -- Ctrl-C once it took effect interrupts again (not the kill of a pending second one)
+      [[printf 'for i = 1, 3 do print("round" .. i) pcall(function() while true do end end) end print("loop" .. " done")\n']],
+      await(outf, "round1"), "sleep 0.3", [[printf '\003']],
+      await(outf, "round2"), "sleep 0.3", [[printf '\003']],
+      await(outf, "round3"), "sleep 0.3", [[printf '\003']],
+      await(outf, "loop done"), [[printf 'print("alive", x)\n']] }, "; ")
     local t0 = os.time()
     local out = run_tty(feeder, "MOONGRAD_HISTORY=", outf)
     assert.is_true(os.time() - t0 < 25, "the kernel was not stopped")
     contains(out, "sum: interrupted!", "\nx is\t42\tnil\n",
              tostring(mg.tensor({ 2, 4 }, { dtype = "float64" })) .. "\n",
-             "interrupted!\nstack traceback:\n\tstdin:1: in main chunk", "\nstill\t42\n")
+             "interrupted!\nstack traceback:\n\tstdin:1: in main chunk", "\nstill\t42\n",
+             "round3\n", "loop done\n", "\nalive\t42\n")
   end)
 end)

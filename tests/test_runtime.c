@@ -4,7 +4,7 @@
 ** host memory with its release callback, independent contexts, safe file writing, the interrupt flag,
 ** LAPACK's linalg.
 */
-#define _POSIX_C_SOURCE 200809L   /* mkdtemp, setrlimit */
+#define _POSIX_C_SOURCE 200809L   /* mkdtemp, setrlimit, symlink */
 #include <dirent.h>
 #include <errno.h>
 #include <math.h>
@@ -398,6 +398,23 @@ static void test_fileio(mg_ctx *C) {
   mg_tmpfile_discard(tmp);
   mg_tmpfile_discard(NULL);
   CHECK(has_content(path2, "by name") && entries(dir) == 2);
+  /* a symbolic link: the file it names is replaced, beside itself; the link stays */
+  char link[80];
+  snprintf(link, sizeof link, "%s/link.bin", dir);
+  CHECK(symlink("b.bin", link) == 0);
+  CHECK(mg_wfile_open(C, "test", link, &w) == MG_OK);
+  fputs("through the link", w.f);
+  CHECK(mg_wfile_commit(C, "test", link, &w, true) == MG_OK);
+  struct stat lsb;
+  CHECK(lstat(link, &lsb) == 0 && S_ISLNK(lsb.st_mode));
+  CHECK(has_content(path2, "through the link") && entries(dir) == 3);
+  CHECK(mg_tmpfile_name(C, "test", link, &tmp) == MG_OK);
+  if (tmp) put(tmp, "by name, through the link");
+  CHECK(tmp != NULL && strncmp(tmp, path2, strlen(path2)) == 0);   /* beside the real file */
+  CHECK(mg_tmpfile_commit(C, "test", tmp, link) == MG_OK);
+  CHECK(lstat(link, &lsb) == 0 && S_ISLNK(lsb.st_mode));
+  CHECK(has_content(path2, "by name, through the link") && entries(dir) == 3);
+  remove(link);
   /* failures name the op, the path and the reason */
   char missing[96];
   snprintf(missing, sizeof missing, "%s/no/such/dir/x.bin", dir);

@@ -280,6 +280,10 @@ end
 -- hessian(f, x): the Jacobian of the gradient, through nested tapes.
 function mg.hessian(f, x)
   if not is_tensor(x) then error("hessian: x must be a tensor", 2) end
+  local hs = x:shape()                                   -- the result: x's shape twice
+  for _, n in ipairs(x:shape()) do hs[#hs + 1] = n end
+  local ok, msg = pcall(mg._check_result, "hessian", hs, x.dtype)
+  if not ok then error(msg, 2) end
   local outer = mg.GradientTape { persistent = true }
   outer:watch(x)
   local g = outer:record(function()
@@ -324,6 +328,9 @@ function mg.gradcheck(f, inputs, opts)
   local ny = y0:numel()
   for k, x in ipairs(xs) do
     local nx = x:numel()
+    -- the numeric and analytic Jacobians as Lua arrays (16 bytes a number) and the tensor
+    local ok, msg = pcall(mg._check_result, "gradcheck", { ny, nx }, "float64", 40)
+    if not ok then error(msg, 2) end
     -- numeric Jacobian (ny x nx), column by column
     local flat = x:reshape(-1)          -- a view: writes go to x
     local num = {}

@@ -2,9 +2,10 @@
 --
 -- Every call builds one gnuplot script (data inline as gnuplot 5 datablocks, `$name << EOD`),
 -- runs gnuplot on it and returns the path it wrote, or nothing (no value: `local p = ...` is
--- nil) when the plot went to standard output. `opts.out` picks the output by extension: .png (pngcairo, or png without cairo),
--- .svg, .pdf (pdfcairo), .txt (text, gnuplot's dumb terminal); without `out`, text is written
--- with io.write (standard output unless io.output() was redirected), usable over ssh.
+-- nil) when the plot went to standard output. `opts.out` picks the output by extension: .png
+-- (pngcairo, or png without cairo), .svg, .pdf (pdfcairo), .txt (text, gnuplot's dumb
+-- terminal); without `out`, text is written with io.write (standard output unless io.output()
+-- was redirected), usable over ssh.
 -- `opts.width`, `opts.height` are pixels for .png and .svg (.pdf at 100 pixels an inch) and
 -- characters for text.
 --
