@@ -1,11 +1,15 @@
 /*
-** lmain.c - the 'moongrad' executable: a stock Lua 5.4 interpreter (same options and 'arg'
-** table as 'lua') with the moongrad module preloaded as the global 'mg'; a readline REPL that
-** prints the value of each expression and keeps history; '-v' reports the OpenBLAS kernels.
+** lmain.c - the 'moongrad' executable: a stock Lua 5.4 interpreter (same options, LUA_INIT
+** and 'arg' table as 'lua') with the moongrad module preloaded as the global 'mg'; a readline
+** REPL that prints the value of each expression (tables as values), keeps history (a chunk
+** one entry) and completes names; Ctrl-C stops a long op through the context's interrupt
+** flag; '-v' reports the OpenBLAS kernels.
 */
+#include <ctype.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +30,7 @@
 #define HISTORY_NAME ".moongrad_history"   /* in $HOME, unless $MOONGRAD_HISTORY is set */
 #define HISTORY_MAX 1000                   /* entries kept in memory and in the file */
 #define EOFMARK "<eof>"                    /* ends the syntax error of an incomplete chunk */
+#define TENSOR_MT "moongrad.Tensor"        /* the tensors' metatable (its '__name') */
 
 static const char *progname = "moongrad";  /* prefix of error messages; NULL in the REPL */
 
@@ -38,6 +43,8 @@ static void print_usage(FILE *f) {
     "  -l mod     require 'mod' into the global 'mod' (-l g=mod: into the global 'g')\n"
     "  -i         enter the REPL after running 'script'\n"
     "  -v         show versions and the OpenBLAS kernels in use\n"
+    "  -E         ignore the environment variables LUA_INIT, LUA_PATH and LUA_CPATH\n"
+    "  -W         turn warnings on\n"
     "  -h, --help show this help\n"
     "  --         stop handling options\n"
     "  -          run the script read from stdin\n"
@@ -71,8 +78,23 @@ static int report(lua_State *L, int status) {
   return status;
 }
 
+/* The level the traceback of an error starts at: the first frame of the user's code when
+** frames of moongrad's own Lua modules (chunks "@moongrad/...") come before it, so that the
+** helpers that checked the arguments do not hide where the call was made; else 1, as 'lua'. */
+static int first_user_level(lua_State *L) {
+  lua_Debug ar;
+  bool internal = false;
+  for (int level = 1; lua_getstack(L, level, &ar); level++) {
+    lua_getinfo(L, "S", &ar);
+    bool ours = strncmp(ar.source, "@moongrad/", 10) == 0;
+    internal |= ours;
+    if (!ours && strcmp(ar.what, "C") != 0) return internal ? level : 1;
+  }
+  return 1;
+}
+
 /* Message handler of every chunk: the error (through '__tostring' if it has one) with a
-** traceback. Stack: error object -> message. */
+** traceback from the user's first frame. Stack: error object -> message. */
 static int msghandler(lua_State *L) {
   const char *msg = lua_tostring(L, 1);
   if (msg == NULL) {
@@ -81,7 +103,7 @@ static int msghandler(lua_State *L) {
     else
       msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
   }
-  luaL_traceback(L, L, msg, 1);
+  luaL_traceback(L, L, msg, first_user_level(L));
   return 1;
 }
 
@@ -89,9 +111,11 @@ static int msghandler(lua_State *L) {
 
 /* A signal handler reaches nothing but statics: the state running a chunk, the handler to
 ** restore between chunks (in a terminal REPL, the one that cancels the line being typed),
-** and the flag it sets. */
+** the flag the runtime's long loops poll (the module's context points at it), and the flag
+** of a Ctrl-C at the prompt. */
 static lua_State *running_L = NULL;
 static void (*idle_handler)(int) = SIG_DFL;
+static volatile sig_atomic_t interrupt_flag = 0;
 static volatile sig_atomic_t prompt_interrupted = 0;
 
 /* No SA_RESTART: a read interrupted by Ctrl-C returns EINTR (see 'read_key'). */
@@ -103,17 +127,29 @@ static void setsignal(int sig, void (*handler)(int)) {
   sigaction(sig, &sa, NULL);
 }
 
+/* Raise at the next Lua instruction; the Ctrl-C is then consumed. */
 static void stop_hook(lua_State *L, lua_Debug *ar) {
   (void)ar;
   lua_sethook(L, NULL, 0, 0);
+  interrupt_flag = 0;
   luaL_error(L, "interrupted!");
 }
 
-/* Ctrl-C while a chunk runs: a Lua state cannot be touched from a signal handler, so set a
-** hook that raises at the next instruction; a second Ctrl-C (say, stuck in C) kills. */
+/* Ctrl-C while a chunk runs: a Lua state cannot be touched from a signal handler, so set the
+** flag that a running op polls (it fails with "<op>: interrupted!") and a hook that raises at
+** the next Lua instruction, whichever comes first (the hook clears the flag, and so does the
+** end of the chunk). The hook counts instructions only: a call or return hook would fire in
+** the message handler of the op's error. A Ctrl-C while the last one is still pending (stuck
+** in one BLAS call, say) kills, as a second Ctrl-C does in 'lua'; once one took effect, the
+** next interrupts again (code that caught the error and went on). */
 static void on_interrupt(int sig) {
-  setsignal(sig, SIG_DFL);
-  lua_sethook(running_L, stop_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKLINE | LUA_MASKCOUNT, 1);
+  if (interrupt_flag) {
+    setsignal(sig, SIG_DFL);
+    raise(sig);                       /* delivered when this handler returns */
+    return;
+  }
+  interrupt_flag = 1;
+  lua_sethook(running_L, stop_hook, LUA_MASKCOUNT, 1);
 }
 
 static void on_prompt_interrupt(int sig) {
@@ -121,15 +157,20 @@ static void on_prompt_interrupt(int sig) {
   prompt_interrupted = 1;
 }
 
-/* Call the function below 'narg' arguments with the message handler and Ctrl-C armed. */
+/* Call the function below 'narg' arguments with the message handler and Ctrl-C armed. An
+** interrupt that an op consumed leaves the hook set (no Lua instruction ran since): clear it
+** and the flag, so the next chunk starts clean. */
 static int docall(lua_State *L, int narg, int nres) {
   int base = lua_gettop(L) - narg;
   lua_pushcfunction(L, msghandler);
   lua_insert(L, base);
   running_L = L;
+  interrupt_flag = 0;
   setsignal(SIGINT, on_interrupt);
   int status = lua_pcall(L, narg, nres, base);
   setsignal(SIGINT, idle_handler);
+  if (lua_gethook(L) == stop_hook) lua_sethook(L, NULL, 0, 0);
+  interrupt_flag = 0;
   lua_remove(L, base);
   return status;
 }
@@ -200,7 +241,7 @@ typedef struct options {
   int script;     /* argv index of the script; 0: none */
   int optend;     /* argv[1 .. optend-1] are options */
   int bad;        /* argv index of a bad option; 0: none */
-  bool e, i, v, help;
+  bool e, i, v, E, help;
 } options;
 
 /* Option 'arg' at argv[*i]: record it in 'o'; false when it is bad. An '-e'/'-l' argument
@@ -211,6 +252,8 @@ static bool collectoption(char **argv, int *i, options *o) {
   switch (a[1]) {
     case 'i': o->i = true; return alone;
     case 'v': o->v = true; return alone;
+    case 'E': o->E = true; return alone;
+    case 'W': return alone;                      /* acted on in order by 'runargs' */
     case 'h': o->help = true; return alone;
     case 'e': case 'l':
       o->e = o->e || a[1] == 'e';
@@ -226,7 +269,7 @@ static bool collectoption(char **argv, int *i, options *o) {
 /* Scan argv as 'lua' does: options up to the first non-option (the script), "-" (the script
 ** is stdin) or "--" (the script, if any, comes next). */
 static options collectargs(int argc, char **argv) {
-  options o = { 0, argc, 0, false, false, false, false };
+  options o = { 0, argc, 0, false, false, false, false, false };
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (a[0] != '-' || a[1] == '\0') { o.script = o.optend = i; return o; }
@@ -243,16 +286,26 @@ static options collectargs(int argc, char **argv) {
   return o;
 }
 
-/* Run the '-e' and '-l' options in order; false when one fails. */
+/* Run the '-e', '-l' and '-W' options in order; false when one fails. */
 static bool runargs(lua_State *L, char **argv, int optend) {
   for (int i = 1; i < optend; i++) {
     int option = argv[i][1];
+    if (option == 'W') lua_warning(L, "@on", 0);
     if (option != 'e' && option != 'l') continue;
     const char *extra = argv[i][2] ? argv[i] + 2 : argv[++i];
     int status = option == 'e' ? dostring(L, extra, "=(command line)") : dolibrary(L, extra);
     if (status != LUA_OK) return false;
   }
   return true;
+}
+
+/* LUA_INIT_5_4, else LUA_INIT, as 'lua': "@file" runs the file, anything else is code. */
+static int handle_luainit(lua_State *L) {
+  const char *name = "=LUA_INIT_5_4", *init = getenv(name + 1);
+  if (init == NULL) init = getenv((name = "=LUA_INIT") + 1);
+  if (init == NULL) return LUA_OK;
+  if (init[0] == '@') return dochunk(L, luaL_loadfilex(L, init + 1, "bt"));
+  return dostring(L, init, name);
 }
 
 /* ================================================================ -v: versions and kernels */
@@ -383,7 +436,7 @@ static lua_State *completion_L = NULL;   /* the REPL's state, for readline's cal
 
 /* Replace the value on top by its metatable's '__index' (nil when none). A C function there
 ** (the tensors' selects on numbers and looks other keys up in its method table) stands for
-** the first table among its upvalues: completion never runs code. */
+** the first table among its upvalues: no code runs (only a submodule's loader may, below). */
 static void toindex(lua_State *L) {
   if (!lua_getmetatable(L, -1)) {
     lua_pop(L, 1);
@@ -405,8 +458,57 @@ static void toindex(lua_State *L) {
   lua_pushnil(L);
 }
 
+/* Push the name under which the table at 'i' is in package.loaded, or nil. */
+static void loaded_name(lua_State *L, int i) {
+  i = lua_absindex(L, i);
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  for (lua_pushnil(L); lua_next(L, -2); lua_pop(L, 1)) {
+    if (lua_type(L, -2) == LUA_TSTRING && lua_rawequal(L, -1, i)) {
+      lua_pop(L, 1);
+      lua_remove(L, -2);
+      return;
+    }
+  }
+  lua_pop(L, 1);
+  lua_pushnil(L);
+}
+
+/* Lua function (t, k): t[k], through its metamethods. */
+static int index_call(lua_State *L) {
+  lua_settop(L, 2);
+  lua_gettable(L, 1);
+  return 1;
+}
+
+/* Push t.k for the module 't' at 'i' when "<its name>.<k>" is a module 'require' knows (in
+** package.preload or package.loaded): such a submodule may be loaded on first use by the
+** module's '__index' (mg.nn), so ask it; the one case where completion runs code. Else nil. */
+static void submodule(lua_State *L, int i, const char *k) {
+  i = lua_absindex(L, i);
+  loaded_name(L, i);
+  if (lua_isnil(L, -1)) return;
+  const char *full = lua_pushfstring(L, "%s.%s", lua_tostring(L, -1), k);
+  bool known = false;
+  const char *const where[] = { LUA_PRELOAD_TABLE, LUA_LOADED_TABLE };
+  for (int w = 0; w < 2 && !known; w++) {
+    int top = lua_gettop(L);
+    if (lua_getfield(L, LUA_REGISTRYINDEX, where[w]) == LUA_TTABLE)
+      known = lua_getfield(L, -1, full) != LUA_TNIL;
+    lua_settop(L, top);
+  }
+  lua_pop(L, 2);                                /* the names */
+  if (!known) { lua_pushnil(L); return; }
+  lua_pushcfunction(L, index_call);
+  lua_pushvalue(L, i);
+  lua_pushstring(L, k);
+  if (lua_pcall(L, 2, 1, 0) != LUA_OK) {        /* a loader that fails: no completion */
+    lua_pop(L, 1);
+    lua_pushnil(L);
+  }
+}
+
 /* Push the field 'k' of the value at 'i', reading tables raw and following '__index' only
-** through tables (so no code runs); nil when there is none. */
+** through tables (so no code runs), or a submodule (above); nil when there is none. */
 static void rawlookup(lua_State *L, int i, const char *k) {
   lua_pushvalue(L, i);
   for (int d = 0; d < COMPLETION_DEPTH && !lua_isnil(L, -1); d++) {
@@ -421,7 +523,55 @@ static void rawlookup(lua_State *L, int i, const char *k) {
     toindex(L);
   }
   lua_pop(L, 1);
-  lua_pushnil(L);
+  if (lua_istable(L, i)) submodule(L, i, k);
+  else lua_pushnil(L);
+}
+
+/* Add to the set at 'subs' the submodule names (the part after "<name>.", without dots)
+** that start with 'prefix' of the modules in the registry table 'where'. */
+static void submodule_names(lua_State *L, const char *where, const char *name,
+                            const char *prefix, int subs) {
+  size_t nlen = strlen(name), plen = strlen(prefix);
+  lua_getfield(L, LUA_REGISTRYINDEX, where);
+  if (!lua_istable(L, -1)) { lua_pop(L, 1); return; }
+  for (lua_pushnil(L); lua_next(L, -2); lua_pop(L, 1)) {
+    const char *m = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+    if (m == NULL || strncmp(m, name, nlen) != 0 || m[nlen] != '.') continue;
+    m += nlen + 1;
+    if (strchr(m, '.') == NULL && strncmp(m, prefix, plen) == 0) {
+      lua_pushboolean(L, 1);
+      lua_setfield(L, subs, m);
+    }
+  }
+  lua_pop(L, 1);
+}
+
+/* Add to 'out' "<path><k>" for the submodules k of the table at 'i' that start with
+** 'prefix' and are not among its fields yet (not loaded, or required on their own). */
+static void addsubmodules(lua_State *L, int i, const char *path, size_t pathlen,
+                          const char *prefix, int out) {
+  loaded_name(L, i);
+  if (lua_isnil(L, -1)) { lua_pop(L, 1); return; }
+  lua_newtable(L);
+  int subs = lua_gettop(L);
+  submodule_names(L, LUA_PRELOAD_TABLE, lua_tostring(L, -2), prefix, subs);
+  submodule_names(L, LUA_LOADED_TABLE, lua_tostring(L, -2), prefix, subs);
+  for (lua_pushnil(L); lua_next(L, subs); lua_pop(L, 1)) {
+    const char *k = lua_tostring(L, -2);
+    lua_pushvalue(L, -2);
+    bool field = lua_rawget(L, i) != LUA_TNIL;  /* listed by 'addkeys' already */
+    lua_pop(L, 1);
+    if (field) continue;
+    submodule(L, i, k);
+    bool found = !lua_isnil(L, -1);
+    lua_pop(L, 1);
+    if (!found) continue;
+    lua_pushlstring(L, path, pathlen);
+    lua_pushstring(L, k);
+    lua_concat(L, 2);
+    lua_rawseti(L, out, (lua_Integer)luaL_len(L, out) + 1);
+  }
+  lua_pop(L, 2);
 }
 
 /* Add to the table at 'out' "<path><key>" for every string key of the value at 'i' (and
@@ -462,6 +612,8 @@ static int completions(lua_State *L) {
     seg = sep + 1;
   }
   addkeys(L, lua_gettop(L), text, (size_t)(seg - text), seg, out);
+  if (lua_istable(L, -1) && seg > text && seg[-1] == '.')
+    addsubmodules(L, lua_gettop(L), text, (size_t)(seg - text), seg, out);
   lua_settop(L, out);
   return 1;
 }
@@ -511,6 +663,48 @@ static char *history_path(void) {
   return path;
 }
 
+/* ---------------------------------------------------------------- history file */
+
+/* The file holds one entry per chunk, a multi-line chunk whole: readline's timestamp lines
+** ("#<seconds>") mark where each entry starts. A file without them (written by an older
+** moongrad) is read one entry a line and rewritten in this form. */
+static char *history_file = NULL;   /* for 'trim_history' at exit; owned by the reader */
+
+static bool starts_stamped(const char *path) {
+  FILE *f = fopen(path, "r");
+  if (f == NULL) return false;
+  int c0 = fgetc(f), c1 = fgetc(f);
+  fclose(f);
+  return c0 == '#' && isdigit(c1);
+}
+
+/* Read 'path' into the (stifled) history: its newest HISTORY_MAX entries. False when the
+** file exists but cannot be read (then it must not be written over). */
+static bool load_history(const char *path) {
+  bool stamped = starts_stamped(path);
+  history_multiline_entries = stamped;
+  int st = read_history(path);
+  history_multiline_entries = 1;
+  if (st != 0) return st == ENOENT;
+  if (stamped || history_length == 0) return true;
+  HIST_ENTRY **list = history_list();
+  for (int i = 0; list && list[i]; i++) {    /* the old form: give each line its mark */
+    free(list[i]->timestamp);
+    list[i]->timestamp = strdup("#0");
+  }
+  write_history(path);
+  return true;
+}
+
+/* Cut the file to its newest HISTORY_MAX entries (readline writes a temporary file and
+** renames it). At every exit: the normal end, os.exit (through atexit), and, for a session
+** killed by a signal, the next start. Entries other sessions appended meanwhile are kept. */
+static void trim_history(void) {
+  if (history_file == NULL) return;
+  clear_history();
+  if (load_history(history_file)) write_history(history_file);
+}
+
 /* Set up reading: in a terminal, readline with the history file and Ctrl-C at the prompt. */
 static void open_reader(reader *r, lua_State *L) {
   completion_L = L;
@@ -524,8 +718,14 @@ static void open_reader(reader *r, lua_State *L) {
   rl_basic_word_break_characters = " \t\n\"\\'><=;+-*/%^~#&|{}()[],";
   using_history();
   stifle_history(HISTORY_MAX);
-  r->history = history_path();
-  if (r->history) read_history(r->history);
+  history_comment_char = '#';         /* timestamps mark where multi-line entries start */
+  history_write_timestamps = 1;
+  r->history = history_file = history_path();
+  if (r->history) {
+    trim_history();
+    static bool registered = false;
+    if (!registered) registered = atexit(trim_history) == 0;
+  }
   idle_handler = on_prompt_interrupt;
   setsignal(SIGINT, idle_handler);
 }
@@ -534,15 +734,17 @@ static void close_reader(reader *r) {
   if (r->tty) {
     idle_handler = SIG_DFL;
     setsignal(SIGINT, SIG_DFL);
-    if (r->history) history_truncate_file(r->history, HISTORY_MAX);
+    trim_history();
   }
+  history_file = NULL;
   free(r->history);
   r->history = NULL;
 }
 
-/* Keep a typed line in the history (not blanks, not a repeat of the last) and append it to
-** the file at once, so a crash loses nothing; an unwritable file is skipped silently. */
-static void save_line(reader *r, const char *line) {
+/* Keep a chunk read (all its lines) as one history entry (not blanks, not a repeat of the
+** last) and append it to the file at once, so a crash loses nothing; an unwritable file is
+** skipped silently. */
+static void save_chunk(reader *r, const char *line) {
   if (!r->tty || line[strspn(line, " \t")] == '\0') return;
   HIST_ENTRY *last = history_get(history_base + history_length - 1);
   if (last && strcmp(last->line, line) == 0) return;
@@ -569,7 +771,6 @@ static int pushline(lua_State *L, reader *r, bool first) {
   if (line == NULL) return 0;
   size_t n = strlen(line);
   if (n > 0 && line[n - 1] == '\n') line[--n] = '\0';
-  save_line(r, line);
   lua_pushlstring(L, line, n);
   free(line);
   return 1;
@@ -584,13 +785,15 @@ static bool incomplete(lua_State *L, int status) {
   return n >= m && strcmp(msg + n - m, EOFMARK) == 0;
 }
 
-/* Compile the chunk on top as 'return <chunk>;' so that expressions print their values: on
-** success it is replaced by the function, otherwise left alone. */
+/* Compile the chunk on top as an expression returning its values, so that they print: on
+** success the function is pushed above it, otherwise nothing changes. Not 'return <chunk>' (as
+** 'lua' does): a call there is a tail call, whose error would have no line of the user's to
+** point at; the values pass through an identity function instead. */
 static bool addreturn(lua_State *L) {
-  const char *ret = lua_pushfstring(L, "return %s;", lua_tostring(L, -1));
+  const char *ret = lua_pushfstring(L, "return (function(...) return ... end)(%s\n)",
+                                    lua_tostring(L, -1));
   if (luaL_loadbufferx(L, ret, strlen(ret), "=stdin", "t") == LUA_OK) {
-    lua_replace(L, -3);
-    lua_pop(L, 1);
+    lua_remove(L, -2);
     return true;
   }
   lua_pop(L, 2);
@@ -599,20 +802,25 @@ static bool addreturn(lua_State *L) {
 
 /* Compile the chunk alone on the stack, first as an expression, then as statements; while
 ** it only ends too early, append continuation lines. Leaves the function or the error
-** message; returns the load status, or DISCARDED (stack empty) after Ctrl-C. */
+** message, the chunk kept in the history; returns the load status, or DISCARDED (stack
+** empty) after Ctrl-C. */
 static int loadchunk(lua_State *L, reader *r) {
   for (;;) {
-    if (addreturn(L)) return LUA_OK;
     size_t len;
     const char *chunk = lua_tolstring(L, 1, &len);
-    int status = luaL_loadbufferx(L, chunk, len, "=stdin", "t");
+    int status = addreturn(L) ? LUA_OK : luaL_loadbufferx(L, chunk, len, "=stdin", "t");
     if (!incomplete(L, status)) {
+      save_chunk(r, lua_tostring(L, 1));
       lua_remove(L, 1);
       return status;
     }
     int got = pushline(L, r, false);
     if (got == DISCARDED) { lua_settop(L, 0); return DISCARDED; }
-    if (got == 0) { lua_remove(L, 1); return status; }   /* input ended mid-chunk */
+    if (got == 0) {                                        /* input ended mid-chunk */
+      save_chunk(r, lua_tostring(L, 1));
+      lua_remove(L, 1);
+      return status;
+    }
     lua_remove(L, 2);                  /* the '<eof>' error */
     lua_pushliteral(L, "\n");
     lua_insert(L, 2);
@@ -638,13 +846,251 @@ static int loadline(lua_State *L, reader *r) {
   return loadchunk(L, r);
 }
 
-/* Lua function: write its arguments through 'tostring' (tensors pretty-print), tab-separated,
-** on one line of stdout. */
+/* ---------------------------------------------------------------- showing values */
+
+#define SHOW_DEPTH 3       /* tables nested deeper show as {...} */
+#define SHOW_ITEMS 30      /* entries shown per table, then "... (n more)" */
+#define SHOW_WIDTH 76      /* a table shown on one line fits this; wider: one entry a line */
+#define SHOW_SORTED 200    /* tables with more non-array keys show them in 'next' order */
+#define SHOW_TENSOR 60     /* a tensor in a table: its 'tostring' if one line this short */
+
+static void show(lua_State *L, int i, int depth, int seen);
+
+/* Whether the value at 'i' prints through its own '__tostring' or '__name' (tensors, files,
+** objects with a metatable that says how). */
+static bool has_own_tostring(lua_State *L, int i) {
+  int t = luaL_getmetafield(L, i, "__tostring");
+  if (t == LUA_TNIL) t = luaL_getmetafield(L, i, "__name");
+  if (t != LUA_TNIL) lua_pop(L, 1);
+  return t != LUA_TNIL;
+}
+
+/* Push a one-line form of the tensor at 'i': its 'tostring' when short and on one line, else
+** "tensor(shape=(2,3), dtype=float32)". */
+static void show_tensor(lua_State *L, int i) {
+  size_t n;
+  const char *s = luaL_tolstring(L, i, &n);
+  if (n <= SHOW_TENSOR && memchr(s, '\n', n) == NULL) return;
+  lua_pop(L, 1);
+  mg_tensor *t = mg_lua_checktensor(L, i);
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  luaL_addstring(&b, "tensor(shape=(");
+  for (int d = 0; d < mg_tensor_ndim(t); d++) {
+    lua_pushfstring(L, d ? ",%I" : "%I", (lua_Integer)mg_tensor_shape(t)[d]);
+    luaL_addvalue(&b);
+  }
+  lua_pushfstring(L, "), dtype=%s)", mg_dtype_name(mg_tensor_dtype(t)));
+  luaL_addvalue(&b);
+  luaL_pushresult(&b);
+}
+
+/* Push the key at 'i' as it is written in a constructor: 'name = ' or '[key] = '. */
+static void show_key(lua_State *L, int i, int depth, int seen) {
+  size_t n;
+  const char *k = lua_type(L, i) == LUA_TSTRING ? lua_tolstring(L, i, &n) : NULL;
+  bool name = k != NULL && n > 0 && (isalpha((unsigned char)k[0]) || k[0] == '_');
+  for (size_t j = 1; name && j < n; j++) name = isalnum((unsigned char)k[j]) || k[j] == '_';
+  if (name) {
+    lua_pushfstring(L, "%s = ", k);
+    return;
+  }
+  if (k != NULL) show(L, i, depth, seen);       /* a quoted string */
+  else luaL_tolstring(L, i, NULL);               /* numbers, booleans; tables by address */
+  lua_pushfstring(L, "[%s] = ", lua_tostring(L, -1));
+  lua_remove(L, -2);
+}
+
+/* Order of two keys for display: numbers, then strings, then the rest; each by value (the
+** rest by address). */
+static bool key_before(lua_State *L, int a, int b) {
+  static const int rank[LUA_NUMTYPES] = { [LUA_TNUMBER] = 0, [LUA_TSTRING] = 1,
+    [LUA_TBOOLEAN] = 2, [LUA_TTABLE] = 3, [LUA_TFUNCTION] = 3, [LUA_TUSERDATA] = 3,
+    [LUA_TLIGHTUSERDATA] = 3, [LUA_TTHREAD] = 3 };
+  int ta = lua_type(L, a), tb = lua_type(L, b);
+  if (rank[ta] != rank[tb]) return rank[ta] < rank[tb];
+  if (ta == LUA_TNUMBER || ta == LUA_TSTRING) return lua_compare(L, a, b, LUA_OPLT);
+  if (ta == LUA_TBOOLEAN) return !lua_toboolean(L, a) && lua_toboolean(L, b);
+  return (uintptr_t)lua_topointer(L, a) < (uintptr_t)lua_topointer(L, b);
+}
+
+/* The keys of table 't' outside its array part 1..'n' in a new table (an array), sorted
+** when there are at most SHOW_SORTED of them (insertion sort: no code runs). */
+static int other_keys(lua_State *L, int t, lua_Integer n) {
+  lua_newtable(L);
+  int keys = lua_gettop(L);
+  lua_Integer m = 0;
+  for (lua_pushnil(L); lua_next(L, t); lua_pop(L, 1)) {
+    if (lua_isinteger(L, -2) && lua_tointeger(L, -2) >= 1 && lua_tointeger(L, -2) <= n)
+      continue;
+    lua_pushvalue(L, -2);
+    lua_rawseti(L, keys, ++m);
+  }
+  for (lua_Integer i = 2; m <= SHOW_SORTED && i <= m; i++) {
+    lua_rawgeti(L, keys, i);
+    lua_Integer j = i - 1;
+    for (; j >= 1; j--) {
+      lua_rawgeti(L, keys, j);
+      if (!key_before(L, -2, -1)) { lua_pop(L, 1); break; }
+      lua_rawseti(L, keys, j + 1);
+    }
+    lua_rawseti(L, keys, j + 1);
+  }
+  return keys;
+}
+
+/* Push the shown entries of the table at 't' (its array part 1..'n', then the keys in the
+** array 'keys'), at most SHOW_ITEMS and then "... (k more)"; returns their total width, and
+** in '*tall' whether one spans lines or is a tensor. */
+static size_t push_entries(lua_State *L, int t, lua_Integer n, int keys, int depth, int seen,
+                           bool *tall) {
+  lua_Integer total = n + (lua_Integer)lua_rawlen(L, keys), i = 1;
+  size_t width = 2;
+  for (; i <= total && i <= SHOW_ITEMS; i++) {
+    int top = lua_gettop(L);
+    if (i <= n) {
+      lua_rawgeti(L, t, i);
+    } else {
+      lua_rawgeti(L, keys, i - n);
+      show_key(L, top + 1, depth + 1, seen);
+      lua_rawgeti(L, keys, i - n);
+      lua_rawget(L, t);
+    }
+    *tall |= luaL_testudata(L, -1, TENSOR_MT) != NULL;
+    show(L, lua_gettop(L), depth + 1, seen);
+    lua_remove(L, -2);                          /* the value */
+    if (i > n) { lua_remove(L, top + 1); lua_concat(L, 2); }   /* key text .. value text */
+    size_t len;
+    const char *e = lua_tolstring(L, -1, &len);
+    *tall |= memchr(e, '\n', len) != NULL;
+    width += len + 2;
+  }
+  if (i <= total) lua_pushfstring(L, "... (%I more)", (lua_Integer)(total - i + 1));
+  return width;
+}
+
+/* Push the strings first..last (removed) joined as "{a, b}"; 'tall': one a line, 'wide': as
+** many a line as fit; lines indented for 'depth'. */
+static void join_entries(lua_State *L, int first, int depth, bool tall, bool wide) {
+  int last = lua_gettop(L);
+  size_t indent = 2 * (size_t)depth + 2, col = SHOW_WIDTH;
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);                         /* entries stay below the buffer */
+  luaL_addchar(&b, '{');
+  for (int e = first; e <= last; e++) {
+    size_t len;
+    const char *str = lua_tolstring(L, e, &len);  /* nested tall tables come indented */
+    if (tall || (wide && col + len + 1 > SHOW_WIDTH)) {   /* a new line */
+      luaL_addchar(&b, '\n');
+      for (size_t d = 0; d < indent; d++) luaL_addchar(&b, ' ');
+      col = indent;
+    } else if (e > first) {
+      luaL_addchar(&b, ' ');
+      col++;
+    }
+    luaL_addlstring(&b, str, len);
+    col += len + 1;
+    if (e < last) luaL_addchar(&b, ',');
+  }
+  if ((tall || wide) && last >= first) {
+    luaL_addchar(&b, '\n');
+    for (size_t d = 0; d + 2 < indent; d++) luaL_addchar(&b, ' ');
+  }
+  luaL_addchar(&b, '}');
+  luaL_pushresult(&b);
+  if (last >= first) {                          /* the result replaces the entries */
+    lua_replace(L, first);
+    lua_settop(L, first);
+  }
+}
+
+/* Push the table at 't' shown as a constructor: "{a, b, k = v}"; when an entry spans lines
+** or is a tensor, one entry a line; when only too wide, as many a line as fit. */
+static void show_table(lua_State *L, int t, int depth, int seen) {
+  lua_Integer n = 0;
+  while (lua_rawgeti(L, t, n + 1) != LUA_TNIL) { lua_pop(L, 1); n++; }
+  lua_pop(L, 1);
+  int keys = other_keys(L, t, n);
+  bool tall = false;
+  size_t width = push_entries(L, t, n, keys, depth, seen, &tall);
+  join_entries(L, keys + 1, depth, tall, width > (size_t)SHOW_WIDTH - 2 * (size_t)depth);
+  lua_remove(L, keys);
+}
+
+static bool is_empty(lua_State *L, int t) {
+  lua_pushnil(L);
+  if (!lua_next(L, t)) return true;
+  lua_pop(L, 2);
+  return false;
+}
+
+/* Push the string at 'i' quoted, escaped so that it reads back as itself. */
+static void show_string(lua_State *L, int i) {
+  luaL_Buffer b;
+  size_t n;
+  const char *str = lua_tolstring(L, i, &n);
+  luaL_buffinit(L, &b);
+  luaL_addchar(&b, '"');
+  for (size_t j = 0; j < n; j++) {
+    unsigned char c = (unsigned char)str[j];
+    if (c == '"' || c == '\\') {
+      luaL_addchar(&b, '\\');
+      luaL_addchar(&b, (char)c);
+    } else if (c == '\n') {
+      luaL_addstring(&b, "\\n");
+    } else if (c < 32 || c == 127) {            /* three digits: a digit may follow */
+      char esc[8];
+      snprintf(esc, sizeof esc, "\\%03d", c);
+      luaL_addstring(&b, esc);
+    } else {
+      luaL_addchar(&b, (char)c);
+    }
+  }
+  luaL_addchar(&b, '"');
+  luaL_pushresult(&b);
+}
+
+/* Push the value at 'i' as the REPL shows it inside a table: strings quoted, tables as
+** constructors (to SHOW_DEPTH; a table already being shown, a cycle, as <cycle>), tensors
+** on one line, the rest through 'tostring'. 'seen' is the set of tables on the path. */
+static void show(lua_State *L, int i, int depth, int seen) {
+  luaL_checkstack(L, 2 * LUA_MINSTACK, "value too deep to show");
+  const void *p = lua_topointer(L, i);
+  if (lua_type(L, i) == LUA_TSTRING) {
+    show_string(L, i);
+  } else if (luaL_testudata(L, i, TENSOR_MT)) {
+    show_tensor(L, i);
+  } else if (lua_type(L, i) != LUA_TTABLE || has_own_tostring(L, i)) {
+    luaL_tolstring(L, i, NULL);
+  } else if (lua_rawgetp(L, seen, p) != LUA_TNIL) {
+    lua_pop(L, 1);
+    lua_pushliteral(L, "<cycle>");
+  } else if (lua_pop(L, 1), depth >= SHOW_DEPTH) {
+    lua_pushstring(L, is_empty(L, i) ? "{}" : "{...}");
+  } else {
+    lua_pushboolean(L, 1);
+    lua_rawsetp(L, seen, p);
+    show_table(L, i, depth, seen);
+    lua_pushnil(L);
+    lua_rawsetp(L, seen, p);
+  }
+}
+
+/* Lua function: write its arguments tab-separated on one line of stdout, as 'print' would
+** but tables as values ({2, 3}, {core = "Zen"}); strings as they are. */
 static int print_values(lua_State *L) {
   int n = lua_gettop(L);
+  lua_newtable(L);
+  int seen = n + 1;
   for (int i = 1; i <= n; i++) {
     size_t len;
-    const char *s = luaL_tolstring(L, i, &len);
+    const char *s;
+    if (lua_type(L, i) == LUA_TTABLE && !has_own_tostring(L, i)) {
+      show(L, i, 0, seen);
+      s = lua_tolstring(L, -1, &len);
+    } else {
+      s = luaL_tolstring(L, i, &len);
+    }
     if (i > 1) fputc('\t', stdout);
     fwrite(s, 1, len, stdout);
     lua_pop(L, 1);
@@ -699,14 +1145,20 @@ static int pmain(lua_State *L) {
   if (o.bad) { bad_usage(argv[o.bad]); return 0; }
   if (o.help) { print_usage(stdout); lua_pushboolean(L, 1); return 1; }
   luaL_checkversion(L);
+  if (o.E) {                          /* as 'lua -E': the package library reads no LUA_PATH */
+    lua_pushboolean(L, 1);
+    lua_setfield(L, LUA_REGISTRYINDEX, "LUA_NOENV");
+  }
   luaL_openlibs(L);
   lua_warning(L, "@off", 0);          /* as 'lua': warnings off */
   luaL_requiref(L, "moongrad", luaopen_moongrad, 0);
   lua_setglobal(L, "mg");
+  mg_ctx_set_interrupt_flag(mg_lua_context(L), &interrupt_flag);   /* Ctrl-C stops long ops */
   createargtable(L, argv, argc, o.script);
   lua_gc(L, LUA_GCRESTART);
   lua_gc(L, LUA_GCGEN, 0, 0);
   if (o.v) print_version(L);
+  if (!o.E && handle_luainit(L) != LUA_OK) return 0;
   if (!runargs(L, argv, o.optend)) return 0;
   if (o.script > 0 && handle_script(L, argv + o.script) != LUA_OK) return 0;
   bool repl = o.i || (o.script == 0 && !o.e && !o.v);

@@ -21,11 +21,33 @@ void lmg_setfuncs(lua_State *L, lstate *S, const luaL_Reg *l) {
   }
 }
 
+/* The state's __gc: releases the tensors made inside finalizers that never got one of their
+** own (made while lua_close ran finalizers), then closes the context. Functions that run after
+** it raise "the moongrad context is closed" (lmg_state). */
 static int state_gc(lua_State *L) {
   lstate *S = lua_touserdata(L, 1);
+  while (S->orphans.next != &S->orphans) {
+    lslot *s = S->orphans.next;
+    lmg_unlink_slot(s);
+    mg_tensor_release(s->t);
+    s->t = NULL;
+  }
   if (S->C) mg_ctx_close(S->C);
   S->C = NULL;
   return 0;
+}
+
+void lmg_unlink_slot(lslot *s) {
+  if (s->next == NULL) return;
+  s->prev->next = s->next;
+  s->next->prev = s->prev;
+  s->prev = s->next = NULL;
+}
+
+lstate *lmg_state(lua_State *L) {
+  lstate *S = lua_touserdata(L, lua_upvalueindex(1));
+  if (S->C == NULL) luaL_error(L, "moongrad: the moongrad context is closed (the Lua state is closing)");
+  return S;
 }
 
 /* The state record of 'L', created on first use (stored in the registry, closed last). */
@@ -38,6 +60,8 @@ static lstate *getstate(lua_State *L) {
   lua_pop(L, 1);
   lstate *S = lua_newuserdatauv(L, sizeof *S, 0);
   S->C = NULL;
+  S->orphans.t = NULL;
+  S->orphans.prev = S->orphans.next = &S->orphans;
   S->gc_threshold = (size_t)64 << 20;
   S->gc_stepped = 0;
   lua_createtable(L, 0, 1);
@@ -51,6 +75,13 @@ static lstate *getstate(lua_State *L) {
 }
 
 mg_ctx *mg_lua_context(lua_State *L) { return getstate(L)->C; }
+
+/* The state record if 'L' has one (never creates it). */
+lstate *lmg_findstate(lua_State *L) {
+  lstate *S = lua_getfield(L, LUA_REGISTRYINDEX, MG_STATE_KEY) == LUA_TUSERDATA ? lua_touserdata(L, -1) : NULL;
+  lua_pop(L, 1);
+  return S;
+}
 
 /* ================================================================ settings */
 
@@ -91,7 +122,38 @@ static int lib_memory(lua_State *L) {
   lua_setfield(L, -2, "cached");
   lua_pushinteger(L, (lua_Integer)mg_memory_budget(C));
   lua_setfield(L, -2, "budget");
+  lua_pushinteger(L, (lua_Integer)mg_jacobian_limit(C));
+  lua_setfield(L, -2, "jacobian_limit");
   return 1;
+}
+
+/* set_jacobian_limit(bytes): most bytes of a Jacobian's result; 0: MemAvailable */
+static int lib_set_jacobian_limit(lua_State *L) {
+  lua_Integer n = luaL_checkinteger(L, 1);
+  luaL_argcheck(L, n >= 0, 1, "limit must be a number of bytes (0: MemAvailable)");
+  mg_set_jacobian_limit(LSTATE(L)->C, (size_t)n);
+  return 0;
+}
+
+/* _check_result(fname, shape, dtype [, bytes_per_element]): raises "fname: the result of
+** shape ... needs N bytes, more than ..." when a result of 'shape' would not fit (hessian,
+** gradcheck check theirs before any sweep). */
+static int lib_check_result(lua_State *L) {
+  mg_ctx *C = LSTATE(L)->C;
+  const char *fn = luaL_checkstring(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  int64_t shape[2 * MG_MAXDIM];
+  int nd = (int)luaL_len(L, 2);
+  luaL_argcheck(L, nd <= 2 * MG_MAXDIM, 2, "too many dimensions");
+  for (int i = 0; i < nd; i++) {
+    lua_rawgeti(L, 2, i + 1);
+    shape[i] = (int64_t)luaL_checkinteger(L, -1);
+    lua_pop(L, 1);
+  }
+  double esize = luaL_optnumber(L, 4, (double)mg_dtype_size(lmg_checkdtype(L, 3)));
+  const int64_t *ps = shape;
+  if (mg_check_result_bytes(C, fn, 1, &nd, &ps, esize) != MG_OK) return lmg_fail(L, C);
+  return 0;
 }
 
 static int lib_set_memory_budget(lua_State *L) {
@@ -160,6 +222,7 @@ static const luaL_Reg settings[] = {
   { "set_default_dtype", lib_set_default_dtype }, { "get_default_dtype", lib_get_default_dtype },
   { "empty_cache", lib_empty_cache }, { "memory", lib_memory },
   { "set_memory_budget", lib_set_memory_budget }, { "blas", lib_blas }, { "clock", lib_clock },
+  { "set_jacobian_limit", lib_set_jacobian_limit }, { "_check_result", lib_check_result },
   { "_no_grad_enter", lib_no_grad_enter }, { "_no_grad_exit", lib_no_grad_exit },
   { "_tmpfile", lib_tmpfile }, { "_commit_file", lib_commit_file },
   { NULL, NULL } };
@@ -197,6 +260,7 @@ int luaopen_moongrad(lua_State *L) {
   lmg_open_tape(L, S);
   lmg_open_cells(L, S);
   lmg_open_npy(L, S);
+  lmg_open_linalg(L, S);
   preload_modules(L);
   /* package.loaded.moongrad is this table while the Lua parts load (they require it) */
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);

@@ -18,15 +18,31 @@
 #define MG_TENSOR_MT "moongrad.Tensor"
 #define MG_TAPE_MT "moongrad.GradientTape"
 
+/* A tensor's Lua value. 'prev'/'next' link the slots made inside a finalizer into their
+** state's 'orphans' list (else NULL): while lua_close runs finalizers, objects made get no
+** finalizer of their own, so the state's __gc releases what is still on the list. */
+typedef struct lslot {
+  mg_tensor *t;           /* first: a slot is used as a 'mg_tensor **' */
+  struct lslot *prev, *next;
+} lslot;
+
 /* Per lua_State: the runtime context and the collector's trigger. Every C function of the
 ** module has this record as upvalue 1. */
 typedef struct lstate {
-  mg_ctx *C;
+  mg_ctx *C;              /* NULL once the state's __gc closed it (lua_close) */
   size_t gc_threshold;    /* live storage bytes that trigger a full collection */
   size_t gc_stepped;      /* live storage bytes when the collector was last stepped */
+  lslot orphans;          /* sentinel of the slots made inside finalizers */
 } lstate;
 
-#define LSTATE(L) ((lstate *)lua_touserdata((L), lua_upvalueindex(1)))
+/* The running function's state record (upvalue 1), or a Lua error once its context is closed
+** (finalizers that run after the state's own while lua_close runs). */
+lstate *lmg_state(lua_State *L);
+#define LSTATE(L) lmg_state(L)
+/* Unlink a slot from its state's orphans (no-op when not linked). */
+void lmg_unlink_slot(lslot *s);
+/* The state record of 'L', or NULL before luaopen_moongrad (never creates it). */
+lstate *lmg_findstate(lua_State *L);
 
 /* Raise the context's error message as a Lua error. */
 int lmg_fail(lua_State *L, mg_ctx *C);
@@ -61,5 +77,6 @@ void lmg_open_tensor(lua_State *L, lstate *S);   /* metatable + module functions
 void lmg_open_tape(lua_State *L, lstate *S);
 void lmg_open_cells(lua_State *L, lstate *S);    /* mg.lstm_cell, mg.gru_cell */
 void lmg_open_npy(lua_State *L, lstate *S);      /* mg.save, mg.load */
+void lmg_open_linalg(lua_State *L, lstate *S);   /* mg._linalg: the LAPACK primitives */
 
 #endif

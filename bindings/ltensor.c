@@ -26,10 +26,20 @@ mg_tensor *lmg_totensor(lua_State *L, int idx) {
 }
 
 mg_tensor **lmg_newslot(lua_State *L) {
-  mg_tensor **p = lua_newuserdatauv(L, sizeof *p, 0);
-  *p = NULL;
+  lslot *p = lua_newuserdatauv(L, sizeof *p, 0);
+  p->t = NULL;
+  p->prev = p->next = NULL;
   luaL_setmetatable(L, MG_TENSOR_MT);
-  return p;
+  if (lua_gc(L, LUA_GCISRUNNING) < 0) {   /* inside a finalizer: perhaps lua_close's */
+    lstate *S = lmg_findstate(L);
+    if (S != NULL) {
+      p->next = S->orphans.next;
+      p->prev = &S->orphans;
+      S->orphans.next->prev = p;
+      S->orphans.next = p;
+    }
+  }
+  return &p->t;
 }
 
 /* Lua's collector cannot see storage bytes: step it by as many KiB as storage grew (so
@@ -62,7 +72,16 @@ void mg_lua_pushtensor(lua_State *L, mg_tensor *t) {
   *slot = mg_tensor_retain(t);
 }
 
-int lmg_fail(lua_State *L, mg_ctx *C) { return luaL_error(L, "%s", mg_errmsg(C)); }
+/* A message that names no function ("out of memory allocating ...", from an op that does not
+** name its own) gets the name Lua called the function by: "add" for a + b, "matmul". */
+int lmg_fail(lua_State *L, mg_ctx *C) {
+  const char *msg = mg_errmsg(C), *sp = strchr(msg, ' ');
+  bool named = sp != NULL && sp > msg && sp[-1] == ':';      /* "matmul: ..." */
+  lua_Debug ar;
+  if (!named && lua_getstack(L, 0, &ar) && lua_getinfo(L, "n", &ar) && ar.name)
+    return luaL_error(L, "%s: %s", ar.name, msg);
+  return luaL_error(L, "%s", msg);
+}
 
 int lmg_result(lua_State *L, lstate *S, mg_status st, mg_tensor **t) {
   if (st != MG_OK) return lmg_fail(L, S->C);
@@ -73,9 +92,10 @@ int lmg_result(lua_State *L, lstate *S, mg_status st, mg_tensor **t) {
 
 /* __gc and __close: one idempotent release */
 static int tensor_release(lua_State *L) {
-  mg_tensor **p = luaL_checkudata(L, 1, MG_TENSOR_MT);
-  mg_tensor_release(*p);
-  *p = NULL;
+  lslot *p = luaL_checkudata(L, 1, MG_TENSOR_MT);
+  lmg_unlink_slot(p);
+  mg_tensor_release(p->t);
+  p->t = NULL;
   return 0;
 }
 
@@ -134,7 +154,7 @@ static int64_t checksize(lua_State *L, int idx) {
     if (lua_type(L, idx) == LUA_TNUMBER) luaL_argerror(L, idx, "size must be an integer");
     luaL_typeerror(L, idx, "integer size");
   }
-  if (n < 0) luaL_argerror(L, idx, lua_pushfstring(L, "negative size %d", (int)n));
+  if (n < 0) luaL_argerror(L, idx, lua_pushfstring(L, "negative size %I", (LUAI_UACINT)n));
   return (int64_t)n;
 }
 
@@ -153,7 +173,7 @@ int lmg_checkshape(lua_State *L, int idx, int64_t *shape) {
           luaL_argerror(L, idx, lua_pushfstring(L, "shape entry %d is not an integer", i));
       }
       lua_Integer v = lua_tointeger(L, -1);
-      if (v < 0) luaL_argerror(L, idx, lua_pushfstring(L, "negative size %d in shape", (int)v));
+      if (v < 0) luaL_argerror(L, idx, lua_pushfstring(L, "negative size %I in shape", (LUAI_UACINT)v));
       shape[nd++] = (int64_t)v;
       lua_pop(L, 1);
     }
@@ -170,8 +190,8 @@ int lmg_checkdim(lua_State *L, int idx, int ndim) {
   lua_Integer d = luaL_checkinteger(L, idx);
   lua_Integer z = d < 0 ? d + ndim : d - 1;
   if (d == 0 || z < 0 || z >= ndim)
-    luaL_argerror(L, idx, lua_pushfstring(L, "dimension %d out of range for a %d-d tensor",
-                                          (int)d, ndim));
+    luaL_argerror(L, idx, lua_pushfstring(L, "dimension %I out of range for a %d-d tensor",
+                                          (LUAI_UACINT)d, ndim));
   return (int)z;
 }
 
@@ -439,7 +459,7 @@ static int tensor_len(lua_State *L) {
 static int tensor_item(lua_State *L) {
   mg_tensor *t = mg_lua_checktensor(L, 1);
   if (mg_tensor_numel(t) != 1)
-    return luaL_error(L, "item: tensor has %d elements, expected exactly one", (int)mg_tensor_numel(t));
+    return luaL_error(L, "item: tensor has %I elements, expected exactly one", (LUAI_UACINT)mg_tensor_numel(t));
   int64_t idx[MG_MAXDIM] = { 0 };
   lua_pushnumber(L, mg_tensor_get(t, idx));
   return 1;
@@ -474,8 +494,8 @@ static void checkindex(lua_State *L, const char *fn, mg_tensor *t, int first, in
     lua_Integer k = luaL_checkinteger(L, first + i), n = (lua_Integer)mg_tensor_shape(t)[i];
     lua_Integer z = k < 0 ? k + n : k - 1;
     if (k == 0 || z < 0 || z >= n)
-      luaL_argerror(L, first + i, lua_pushfstring(L, "index %d out of range for dimension %d of size %d",
-                                                  (int)k, i + 1, (int)n));
+      luaL_argerror(L, first + i, lua_pushfstring(L, "index %I out of range for dimension %d of size %I",
+                                                  (LUAI_UACINT)k, i + 1, (LUAI_UACINT)n));
     idx[i] = z;
   }
 }
@@ -607,10 +627,14 @@ static int tensor_narrow(lua_State *L) {
   int d = lmg_checkdim(L, 2, mg_tensor_ndim(t));
   lua_Integer start = luaL_checkinteger(L, 3), len = luaL_checkinteger(L, 4);
   int64_t n = mg_tensor_shape(t)[d];
-  if (start < 0) start += n + 1;
-  if (start < 1 || len < 0 || start - 1 + len > n)
-    return luaL_error(L, "narrow: range %d..%d out of bounds for dimension %d of size %d",
-                      (int)start, (int)(start + len - 1), d + 1, (int)n);
+  if (start < 0) start += n + 1;                     /* n + 1 + start: no overflow, start < 0 */
+  if (start < 1 || len < 0 || len > n - (start - 1)) {   /* start - 1 + len could overflow */
+    if (len < 0 || start > LUA_MAXINTEGER - len)
+      return luaL_error(L, "narrow: %I elements from %I out of bounds for dimension %d of size %I",
+                        (LUAI_UACINT)len, (LUAI_UACINT)start, d + 1, (LUAI_UACINT)n);
+    return luaL_error(L, "narrow: range %I..%I out of bounds for dimension %d of size %I",
+                      (LUAI_UACINT)start, (LUAI_UACINT)(start + len - 1), d + 1, (LUAI_UACINT)n);
+  }
   return lmg_result(L, S, mg_tensor_narrow(S->C, t, d, start - 1, len, &y), &y);
 }
 
@@ -619,8 +643,8 @@ static int select_at(lua_State *L, lstate *S, mg_tensor *t, int d, lua_Integer i
   int64_t n = mg_tensor_shape(t)[d];
   lua_Integer z = i < 0 ? i + n : i - 1;
   if (i == 0 || z < 0 || z >= n)
-    return luaL_argerror(L, argi, lua_pushfstring(L, "index %d out of range for dimension %d of size %d",
-                                                  (int)i, d + 1, (int)n));
+    return luaL_argerror(L, argi, lua_pushfstring(L, "index %I out of range for dimension %d of size %I",
+                                                  (LUAI_UACINT)i, d + 1, (LUAI_UACINT)n));
   return lmg_result(L, S, mg_tensor_select(S->C, t, d, z, &y), &y);
 }
 
@@ -688,7 +712,7 @@ static int64_t row_index(lua_State *L, mg_tensor *t) {
                ? lua_pushfstring(L, "%f", lua_tonumber(L, 2)) : luaL_typename(L, 2));
   lua_Integer z = i < 0 ? i + n : i - 1;
   if (i == 0 || z < 0 || z >= n)
-    luaL_error(L, "index: index %d out of range for dimension 1 of size %d", (int)i, (int)n);
+    luaL_error(L, "index: index %I out of range for dimension 1 of size %I", (LUAI_UACINT)i, (LUAI_UACINT)n);
   return (int64_t)z;
 }
 
@@ -909,7 +933,7 @@ static int reduction(lua_State *L, const char *name, reduce_fn fn) {
       if (!isint || d == 0 || z < 0 || z >= nd)
         return luaL_error(L, "%s: dimension %s out of range for a %d-d tensor", name,
                           luaL_tolstring(L, -1, NULL), nd);
-      if ((mask >> z) & 1u) return luaL_error(L, "%s: dimension %d given twice", name, (int)d);
+      if ((mask >> z) & 1u) return luaL_error(L, "%s: dimension %I given twice", name, (LUAI_UACINT)d);
       mask |= 1u << z;
       lua_pop(L, 1);
     }
@@ -943,9 +967,17 @@ static int extreme(lua_State *L, bool is_min) {
   reduce_fn fn = is_min ? mg_tensor_amin : mg_tensor_amax;
   const char *name = is_min ? "min" : "max";
   if (lua_isnoneornil(L, 2) || lua_istable(L, 2)) return reduction(L, name, fn);
+  LSTATE_ARG;
+  mg_tensor *t = mg_lua_checktensor(L, 1), *v = NULL, *i = NULL;
+  int d = lmg_checkdim(L, 2, mg_tensor_ndim(t));
   lua_settop(L, 3);
-  reduction(L, name, fn);                            /* values at 4 */
-  argextreme(L, is_min);                             /* indices at 5 */
+  mg_tensor **sv = lmg_newslot(L), **si = lmg_newslot(L);
+  if (mg_tensor_max_dim(S->C, t, d, optbool(L, 3, false), is_min, &v, &i) != MG_OK)
+    return lmg_fail(L, S->C);
+  *sv = v;
+  double *p = mg_tensor_data(i);                     /* 1-based indices for Lua (fresh) */
+  for (int64_t k = 0, n = mg_tensor_numel(i); k < n; k++) p[k] += 1;
+  lmg_settensor(L, S, si, i);
   return 2;
 }
 

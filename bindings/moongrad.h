@@ -23,7 +23,8 @@ MG_API int luaopen_moongrad(lua_State *L);
 MG_API void mg_lua_pushtensor(lua_State *L, mg_tensor *t);
 /* The tensor at 'idx' (borrowed, valid while the value lives), or a Lua error. */
 MG_API mg_tensor *mg_lua_checktensor(lua_State *L, int idx);
-/* The runtime context of 'L' (created by luaopen_moongrad). */
+/* The runtime context of 'L' (created by luaopen_moongrad); NULL once lua_close has closed
+** it (every module function then raises "the moongrad context is closed"). */
 MG_API mg_ctx *mg_lua_context(lua_State *L);
 
 #ifdef __cplusplus

@@ -166,7 +166,8 @@ mg_status mg_lstm_cell(mg_ctx *C, mg_tensor *x, mg_tensor *h, mg_tensor *c, mg_t
       (st = mg_tensor_empty(C, x->dtype, 2, h->shape, &hn)) == MG_OK &&
       (st = mg_tensor_empty(C, x->dtype, 2, h->shape, &cn)) == MG_OK) {
     lstm_forward(k, G, hn, cn);
-    if (mg_recording(C)) {
+    st = mg_poll(C, "lstm_cell");     /* per step: interrupted, unrecorded */
+    if (st == MG_OK && mg_recording(C)) {
       mg_tensor *out[2] = { hn, cn };
       st = mg_record(C, MG_OP_LSTM_CELL, LSTM_NIN, in, 2, out, 1, &G, NULL);
     }
@@ -388,7 +389,8 @@ mg_status mg_gru_cell(mg_ctx *C, mg_tensor *x, mg_tensor *h, mg_tensor *W, mg_te
       (st = mg_tensor_empty(C, x->dtype, 2, ms, &M)) == MG_OK &&
       (st = mg_tensor_empty(C, x->dtype, 2, h->shape, &hn)) == MG_OK) {
     gru_forward(k, reset_after, S, M, hn);
-    if (mg_recording(C)) {
+    st = mg_poll(C, "gru_cell");      /* per step: interrupted, unrecorded */
+    if (st == MG_OK && mg_recording(C)) {
       mg_attr at = { .ni = 1, .i = { reset_after } };
       st = mg_record(C, MG_OP_GRU_CELL, GRU_NIN, in, 1, &hn, 1, &S, &at);
     }

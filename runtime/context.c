@@ -32,5 +32,8 @@ size_t mg_cached_bytes(const mg_ctx *C) { return mg_pool_cached(C->pool); }
 void mg_empty_cache(mg_ctx *C) { mg_pool_trim(C->pool); }
 void mg_set_memory_budget(mg_ctx *C, size_t bytes) { C->memory_budget = bytes; }
 size_t mg_memory_budget(const mg_ctx *C) { return C->memory_budget; }
+void mg_ctx_set_interrupt_flag(mg_ctx *C, volatile sig_atomic_t *flag) { C->interrupt = flag; }
+void mg_set_jacobian_limit(mg_ctx *C, size_t bytes) { C->jacobian_limit = bytes; }
+size_t mg_jacobian_limit(const mg_ctx *C) { return C->jacobian_limit; }
 void mg_no_grad_enter(mg_ctx *C) { C->no_grad++; }
 void mg_no_grad_exit(mg_ctx *C) { if (C->no_grad > 0) C->no_grad--; }

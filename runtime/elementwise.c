@@ -31,14 +31,14 @@ static void unary_f32(int64_t n, char **p, const int64_t *s, void *ud) {
   case MG_U_LOG: LOOP1(float, logf(v)); break;
   case MG_U_TANH: LOOP1(float, tanhf(v)); break;
   case MG_U_SIGMOID: LOOP1(float, v >= 0 ? 1.0f / (1.0f + expf(-v)) : expf(v) / (1.0f + expf(v))); break;
-  case MG_U_RELU: LOOP1(float, v > 0 ? v : 0.0f); break;
+  case MG_U_RELU: LOOP1(float, v <= 0 ? 0.0f : v); break;          /* NaN stays NaN */
   case MG_U_ABS: LOOP1(float, fabsf(v)); break;
   case MG_U_SQRT: LOOP1(float, sqrtf(v)); break;
   case MG_U_SIN: LOOP1(float, sinf(v)); break;
   case MG_U_COS: LOOP1(float, cosf(v)); break;
   case MG_U_SOFTPLUS: LOOP1(float, v > 20 ? v : log1pf(expf(v))); break;
   case MG_U_SIGN: LOOP1(float, (float)((v > 0) - (v < 0))); break;
-  case MG_U_STEP: LOOP1(float, v > 0 ? 1.0f : 0.0f); break;
+  case MG_U_STEP: LOOP1(float, v <= 0 ? 0.0f : 1.0f); break;
   case MG_U_ERF: LOOP1(float, erff(v)); break;
   case MG_U_ERFC: LOOP1(float, erfcf(v)); break;
   case MG_U_SELU: LOOP1(float, v > 0 ? SELU_SCALE_F * v : SELU_SA_F * expm1f(v)); break;
@@ -75,14 +75,14 @@ static void unary_f64(int64_t n, char **p, const int64_t *s, void *ud) {
   case MG_U_LOG: LOOP1(double, log(v)); break;
   case MG_U_TANH: LOOP1(double, tanh(v)); break;
   case MG_U_SIGMOID: LOOP1(double, v >= 0 ? 1.0 / (1.0 + exp(-v)) : exp(v) / (1.0 + exp(v))); break;
-  case MG_U_RELU: LOOP1(double, v > 0 ? v : 0.0); break;
+  case MG_U_RELU: LOOP1(double, v <= 0 ? 0.0 : v); break;          /* NaN stays NaN */
   case MG_U_ABS: LOOP1(double, fabs(v)); break;
   case MG_U_SQRT: LOOP1(double, sqrt(v)); break;
   case MG_U_SIN: LOOP1(double, sin(v)); break;
   case MG_U_COS: LOOP1(double, cos(v)); break;
   case MG_U_SOFTPLUS: LOOP1(double, v > 30 ? v : log1p(exp(v))); break;
   case MG_U_SIGN: LOOP1(double, (double)((v > 0) - (v < 0))); break;
-  case MG_U_STEP: LOOP1(double, v > 0 ? 1.0 : 0.0); break;
+  case MG_U_STEP: LOOP1(double, v <= 0 ? 0.0 : 1.0); break;
   case MG_U_ERF: LOOP1(double, erf(v)); break;
   case MG_U_ERFC: LOOP1(double, erfc(v)); break;
   case MG_U_SELU: LOOP1(double, v > 0 ? SELU_SCALE * v : SELU_SA * expm1(v)); break;
@@ -202,6 +202,11 @@ static const int binary_opcode[] = {
 #define MG_BINARY_KERNEL(kernel, name) [kernel] = -1,
 #include "mg_ops.def"
 };
+static const char *const unary_name[] = {
+#define MG_UNARY_OP(kernel, opcode, name) [kernel] = name,
+#define MG_UNARY_KERNEL(kernel, name) [kernel] = name,
+#include "mg_ops.def"
+};
 static const char *const binary_name[] = {
 #define MG_BINARY_OP(kernel, opcode, name) [kernel] = name,
 #define MG_BINARY_KERNEL(kernel, name) [kernel] = name,
@@ -209,11 +214,14 @@ static const char *const binary_name[] = {
 };
 _Static_assert(sizeof unary_opcode / sizeof unary_opcode[0] == MG_U_COUNT, "every unary kernel mapped");
 _Static_assert(sizeof binary_opcode / sizeof binary_opcode[0] == MG_B_COUNT, "every binary kernel mapped");
+_Static_assert(sizeof unary_name / sizeof unary_name[0] == MG_U_COUNT, "every unary kernel named");
 _Static_assert(sizeof binary_name / sizeof binary_name[0] == MG_B_COUNT, "every binary kernel named");
 
-/* Run 'fn' with a new contiguous output of 'shape' and the operands 'in' (same dtype). */
-static mg_status run_new(mg_ctx *C, mg_dtype dt, int ndim, const int64_t *shape, int nin,
-                         mg_tensor *const *in, mg_loop_fn fn, void *ud, mg_tensor **out) {
+/* Run 'fn' with a new contiguous output of 'shape' and the operands 'in' (same dtype); op
+** 'name' stops with "<name>: interrupted!" when the host's flag is set (output freed). */
+static mg_status run_new(mg_ctx *C, const char *name, mg_dtype dt, int ndim,
+                         const int64_t *shape, int nin, mg_tensor *const *in, mg_loop_fn fn,
+                         void *ud, mg_tensor **out) {
   mg_tensor *y = NULL, *ops[MG_MAXOPS];
   mg_status st = mg_tensor_empty(C, dt, ndim, shape, &y);
   if (st != MG_OK) return st;
@@ -221,16 +229,19 @@ static mg_status run_new(mg_ctx *C, mg_dtype dt, int ndim, const int64_t *shape,
   for (int k = 0; k < nin; k++) ops[k + 1] = in[k];
   mg_iter it;
   mg_iter_init(&it, ndim, shape, nin + 1, ops);
-  mg_iter_run(&it, fn, ud);
+  if ((st = mg_iter_run(C, name, &it, fn, ud)) != MG_OK) {
+    mg_tensor_release(y);
+    return st;
+  }
   *out = y;
   return MG_OK;
 }
 
 mg_status mg_tensor_unary(mg_ctx *C, mg_unary op, mg_tensor *x, mg_tensor **out) {
   mg_tensor *y = NULL;
-  mg_status st = run_new(C, x->dtype, x->ndim, x->shape, 1, &x,
+  mg_status st = run_new(C, unary_name[op], x->dtype, x->ndim, x->shape, 1, &x,
                          x->dtype == MG_F64 ? unary_f64 : unary_f32, &op, &y);
-  if (st != MG_OK) return st;
+  if (st != MG_OK) return mg_name_error(C, st, unary_name[op]);
   if (unary_opcode[op] < 0) { *out = y; return MG_OK; }         /* not differentiable */
   return mg_record_result(C, unary_opcode[op], 1, &x, y, NULL, out);
 }
@@ -263,7 +274,7 @@ mg_status mg_tensor_binary(mg_ctx *C, mg_binary op, mg_tensor *a, mg_tensor *b,
   mg_tensor *in[2] = { a, b }, *y = NULL;
   mg_status st = promote(C, &in[0], &in[1]);
   if (st != MG_OK) return st;
-  st = run_new(C, in[0]->dtype, nd, shape, 2, in,
+  st = run_new(C, binary_name[op], in[0]->dtype, nd, shape, 2, in,
                in[0]->dtype == MG_F64 ? binary_f64 : binary_f32, &op, &y);
   if (st == MG_OK) {
     if (binary_opcode[op] < 0) *out = y;                             /* not differentiable */
@@ -271,7 +282,7 @@ mg_status mg_tensor_binary(mg_ctx *C, mg_binary op, mg_tensor *a, mg_tensor *b,
   }
   mg_tensor_release(in[0]);
   mg_tensor_release(in[1]);
-  return st;
+  return mg_name_error(C, st, binary_name[op]);
 }
 
 mg_status mg_tensor_add_(mg_ctx *C, mg_tensor *dst, mg_tensor *src) {
@@ -282,11 +293,11 @@ mg_status mg_tensor_add_(mg_ctx *C, mg_tensor *dst, mg_tensor *src) {
                    mg_dtype_name(dst->dtype), mg_shapestr(s2, sizeof s2, dst->ndim, dst->shape));
   }
   mg_binary op = MG_B_ADD;
-  mg_tensor *ops[3] = { dst, dst, src };       /* out aliases the first operand: elementwise */
+  mg_tensor *ops[3] = { dst, dst, src };
+  mg_bump_version(dst);       /* out aliases the first operand: elementwise */
   mg_iter it;
   mg_iter_init(&it, dst->ndim, dst->shape, 3, ops);
-  mg_iter_run(&it, dst->dtype == MG_F64 ? binary_f64 : binary_f32, &op);
-  return MG_OK;
+  return mg_iter_run(NULL, NULL, &it, dst->dtype == MG_F64 ? binary_f64 : binary_f32, &op);
 }
 
 mg_status mg_tensor_binary_scalar(mg_ctx *C, mg_binary op, mg_tensor *x, double v,
@@ -303,9 +314,9 @@ mg_status mg_tensor_clamp(mg_ctx *C, mg_tensor *x, double lo, double hi, mg_tens
   if (lo > hi) return mg_fail(C, MG_EARG, "clamp: min %g is greater than max %g", lo, hi);
   bounds b = { lo, hi };
   mg_tensor *y = NULL;
-  mg_status st = run_new(C, x->dtype, x->ndim, x->shape, 1, &x,
+  mg_status st = run_new(C, "clamp", x->dtype, x->ndim, x->shape, 1, &x,
                          x->dtype == MG_F64 ? clamp_f64 : clamp_f32, &b, &y);
-  if (st != MG_OK) return st;
+  if (st != MG_OK) return mg_name_error(C, st, "clamp");
   mg_attr at = { .ni = 0, .f = { lo, hi } };
   return mg_record_result(C, MG_OP_CLAMP, 1, &x, y, &at, out);
 }
@@ -337,14 +348,14 @@ mg_status mg_tensor_where(mg_ctx *C, mg_tensor *cond, mg_tensor *a, mg_tensor *b
   }
   if (st == MG_OK) {
     in[0] = c;
-    st = run_new(C, in[1]->dtype, nd, shape, 3, in,
+    st = run_new(C, "where", in[1]->dtype, nd, shape, 3, in,
                  in[1]->dtype == MG_F64 ? where_f64 : where_f32, NULL, &y);
     if (st == MG_OK) st = mg_record_result(C, MG_OP_WHERE, 3, in, y, NULL, out);
     mg_tensor_release(c);
   }
   mg_tensor_release(in[1]);
   mg_tensor_release(in[2]);
-  return st;
+  return mg_name_error(C, st, "where");
 }
 
 /* ---------------------------------------------------------------- with a parameter */
@@ -399,9 +410,9 @@ static mg_status unary_param(mg_ctx *C, int op, mg_tensor *x, double a, int v,
                              mg_tensor **out) {
   pparam q = { op, a, v };
   mg_tensor *y = NULL;
-  mg_status st = run_new(C, x->dtype, x->ndim, x->shape, 1, &x,
+  mg_status st = run_new(C, mg_ops[op].name, x->dtype, x->ndim, x->shape, 1, &x,
                          x->dtype == MG_F64 ? param_loop_f64 : param_loop_f32, &q, &y);
-  if (st != MG_OK) return st;
+  if (st != MG_OK) return mg_name_error(C, st, mg_ops[op].name);
   mg_attr at = { .ni = 1, .i = { v }, .f = { a, 0 } };
   return mg_record_result(C, op, 1, &x, y, &at, out);
 }
@@ -454,7 +465,7 @@ static mg_status unary_deriv(mg_ctx *C, const mg_node *n, mg_tensor **d) {
     if ((st = mg_tensor_binary_scalar(C, MG_B_SUB, y, 1.0, true, &t)) != MG_OK) return st;
     st = BIN(MG_B_MUL, y, t, d);
     break;
-  case MG_OP_RELU: return UN(MG_U_STEP, x, d);                 /* 0 at 0, as TF and PyTorch */
+  case MG_OP_RELU: return UN(MG_U_STEP, x, d);     /* 0 at 0, 1 at NaN, as PyTorch */
   case MG_OP_ABS: return UN(MG_U_SIGN, x, d);
   case MG_OP_SQRT: return mg_tensor_binary_scalar(C, MG_B_DIV, y, 0.5, true, d);
   case MG_OP_SIN: return UN(MG_U_COS, x, d);
@@ -492,6 +503,42 @@ static mg_status unary_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *con
   return unary_vjp(C, n, lead, t, &need, tout);
 }
 
+/* PyTorch's edges of pow's partials: d(a^b)/da is 0 where b = 0 (a^0 is the constant 1, even
+** at a = 0 where b a^(b-1) is 0 * inf), d(a^b)/db is 0 where a = 0 and b >= 0 (not 0 * log 0).
+** There the partial is computed at a = 1 instead, where it is 0 (b 1^(b-1) with b = 0,
+** y log 1), with every derivative of it finite: a new reference to 'a' or where(edge, 1, a). */
+static mg_status pow_base(mg_ctx *C, mg_tensor *a, mg_tensor *b, int k, mg_tensor **as) {
+  if (!mg_any_equal(k == 0 ? b : a, 0.0)) { *as = mg_tensor_retain(a); return MG_OK; }
+  mg_tensor *c = NULL, *c1 = NULL, *c2 = NULL, *one = NULL;
+  mg_no_grad_enter(C);                                        /* the mask is a constant */
+  mg_status st = BINS(MG_B_EQ, k == 0 ? b : a, 0.0, &c1);
+  if (st == MG_OK && k == 1 && (st = BINS(MG_B_GE, b, 0.0, &c2)) == MG_OK) st = BIN(MG_B_MUL, c1, c2, &c);
+  else if (st == MG_OK && k == 0) c = mg_tensor_retain(c1);
+  mg_no_grad_exit(C);
+  if (st == MG_OK) st = mg_tensor_full(C, a->dtype, 0, NULL, 1.0, &one);
+  if (st == MG_OK) st = mg_tensor_where(C, c, one, a, as);
+  mg_tensor_release(c); mg_tensor_release(c1); mg_tensor_release(c2); mg_tensor_release(one);
+  return st;
+}
+
+/* maximum/minimum, as PyTorch: at a tie each side gets half; otherwise the larger (smaller)
+** side all of it, and where a comparison is false both ways (NaN) both sides get all of it.
+** For side k: 1 - (k loses) - 0.5 (tie), a constant mask. */
+static mg_status extreme_partial(mg_ctx *C, bool is_max, mg_tensor *a, mg_tensor *b, int k,
+                                 mg_tensor **d) {
+  mg_tensor *lose = NULL, *tie = NULL, *half = NULL, *s = NULL;
+  mg_binary loses = (is_max == (k == 0)) ? MG_B_LT : MG_B_GT;   /* a < b: a loses a max */
+  mg_no_grad_enter(C);
+  mg_status st = BIN(loses, a, b, &lose);
+  if (st == MG_OK) st = BIN(MG_B_EQ, a, b, &tie);
+  if (st == MG_OK) st = BINS(MG_B_MUL, tie, 0.5, &half);
+  if (st == MG_OK) st = BIN(MG_B_ADD, lose, half, &s);
+  if (st == MG_OK) st = mg_tensor_binary_scalar(C, MG_B_SUB, s, 1.0, true, d);
+  mg_no_grad_exit(C);
+  mg_tensor_release(lose); mg_tensor_release(tie); mg_tensor_release(half); mg_tensor_release(s);
+  return st;
+}
+
 /* Partial derivatives of a binary node w.r.t. a (k = 0) and b (k = 1), broadcastable to the
 ** output shape; NULL in *d means "the identity" (no multiplication needed). */
 static mg_status binary_partial(mg_ctx *C, const mg_node *n, int k, mg_tensor **d) {
@@ -507,19 +554,20 @@ static mg_status binary_partial(mg_ctx *C, const mg_node *n, int k, mg_tensor **
     if ((st = BIN(MG_B_DIV, y, b, &t)) != MG_OK) return st;   /* -y / b */
     st = UN(MG_U_NEG, t, d);
     break;
-  case MG_OP_POW:
-    if (k == 0) {                                             /* b a^(b-1) */
-      if ((st = BINS(MG_B_SUB, b, 1.0, &t)) != MG_OK) return st;
-      if ((st = BIN(MG_B_POW, a, t, &u)) == MG_OK) st = BIN(MG_B_MUL, b, u, d);
-    } else {                                                  /* y log(a) */
-      if ((st = UN(MG_U_LOG, a, &t)) != MG_OK) return st;
+  case MG_OP_POW: {
+    mg_tensor *as;                                            /* a, or 1 at the edges */
+    if ((st = pow_base(C, a, b, k, &as)) != MG_OK) return st;
+    if (k == 0) {                                             /* b a^(b-1), 0 where b = 0 */
+      if ((st = BINS(MG_B_SUB, b, 1.0, &t)) == MG_OK && (st = BIN(MG_B_POW, as, t, &u)) == MG_OK)
+        st = BIN(MG_B_MUL, b, u, d);
+    } else if ((st = UN(MG_U_LOG, as, &t)) == MG_OK) {        /* y log(a), 0 where a = 0 <= b */
       st = BIN(MG_B_MUL, y, t, d);
     }
+    mg_tensor_release(as);
     break;
-  case MG_OP_MAXIMUM:                                         /* ties go to a, as TF */
-    return BIN(k == 0 ? MG_B_GE : MG_B_LT, a, b, d);
-  case MG_OP_MINIMUM:
-    return BIN(k == 0 ? MG_B_LE : MG_B_GT, a, b, d);
+  }
+  case MG_OP_MAXIMUM: case MG_OP_MINIMUM:
+    return extreme_partial(C, n->op == MG_OP_MAXIMUM, a, b, k, d);
   default: return mg_fail(C, MG_EARG, "internal: not a binary op");
   }
   mg_tensor_release(t);

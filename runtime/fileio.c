@@ -7,7 +7,9 @@
 ** fsynced so the rename itself survives a crash. On any failure the temporary is removed and
 ** the target is left as it was. Messages name the calling op, the path and strerror's reason.
 ** The new file gets the permissions a plain fopen would give (0666 less the umask), or those
-** of the file it replaces; mkstemp's 0600 would make every saved file private.
+** of the file it replaces; mkstemp's 0600 would make every saved file private. A target that
+** is a symbolic link has the file it names replaced (beside that file), as fopen would write
+** through the link; the link stays.
 */
 #include "mg_impl.h"
 
@@ -27,22 +29,51 @@ static char *dirname_of(const char *path) {
   return strndup(path, (size_t)(slash - path));
 }
 
+static char *real_target(const char *path);
+
 static void fsync_dir(const char *path) {
-  char *dir = dirname_of(path);
+  char *target = real_target(path);               /* the directory the rename changed */
+  char *dir = target ? dirname_of(target) : NULL;
+  free(target);
   if (dir == NULL) return;
   int fd = open(dir, O_RDONLY | O_DIRECTORY);
   if (fd >= 0) { (void)fsync(fd); close(fd); }   /* best effort: some file systems refuse */
   free(dir);
 }
 
+/* The file a write to 'path' must replace: when 'path' is a symbolic link, what it points
+** to (a rename over the link would replace the link itself and leave its target stale);
+** else 'path'. A new string, or NULL when out of memory. A dangling link is replaced. */
+static char *real_target(const char *path) {
+  struct stat sb;
+  if (lstat(path, &sb) == 0 && S_ISLNK(sb.st_mode)) {
+    char *r = realpath(path, NULL);
+    if (r != NULL) return r;
+  }
+  return strdup(path);
+}
+
+/* rename(tmp, 'path' or the file its symbolic link names); errno on failure. */
+static int rename_over(const char *tmp, const char *path) {
+  char *target = real_target(path);
+  if (target == NULL) { errno = ENOMEM; return -1; }
+  int r = rename(tmp, target);
+  int e = errno;
+  free(target);
+  errno = e;
+  return r;
+}
+
 /* Create '<path>.tmp-XXXXXX' exclusively (O_EXCL, close-on-exec: a plot's gnuplot child
 ** must not inherit it) with the umask's permissions, or the replaced file's; returns the
 ** open descriptor and the name in '*tmp' (new), or -1 with errno set. */
-static int create_beside(const char *path, char **tmp) {
+static int create_beside(const char *linkpath, char **tmp) {
   static const char letters[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+  char *path = real_target(linkpath);              /* beside the file that will be replaced */
+  if (path == NULL) { errno = ENOMEM; return -1; }
   size_t n = strlen(path) + sizeof ".tmp-XXXXXX";
   char *name = malloc(n);
-  if (name == NULL) { errno = ENOMEM; return -1; }
+  if (name == NULL) { free(path); errno = ENOMEM; return -1; }
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   uint64_t x = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 20) ^ ((uint64_t)getpid() << 40)
@@ -59,6 +90,7 @@ static int create_beside(const char *path, char **tmp) {
     if (fd >= 0) {
       struct stat sb;
       if (stat(path, &sb) == 0 && S_ISREG(sb.st_mode)) (void)fchmod(fd, sb.st_mode & 07777);
+      free(path);
       *tmp = name;
       return fd;
     }
@@ -66,6 +98,7 @@ static int create_beside(const char *path, char **tmp) {
   }
   int e = errno;
   free(name);
+  free(path);
   errno = e;
   return -1;
 }
@@ -89,7 +122,7 @@ mg_status mg_tmpfile_commit(mg_ctx *C, const char *op, char *tmp, const char *pa
   int fd = open(tmp, O_RDONLY);
   if (fd < 0 || fsync(fd) != 0) e = errno;
   if (fd >= 0 && close(fd) != 0 && e == 0) e = errno;
-  if (e == 0 && rename(tmp, path) != 0) e = errno;
+  if (e == 0 && rename_over(tmp, path) != 0) e = errno;
   if (e != 0) {
     unlink(tmp);
     free(tmp);
@@ -141,7 +174,7 @@ mg_status mg_wfile_commit(mg_ctx *C, const char *op, const char *path, mg_wfile 
     mg_tmpfile_discard(tmp);
     return mg_fail(C, MG_EIO, "%s: error writing '%s' (%s)", op, path, strerror(e));
   }
-  if (rename(tmp, path) != 0) {
+  if (rename_over(tmp, path) != 0) {
     e = errno;
     mg_tmpfile_discard(tmp);
     return mg_fail(C, MG_EIO, "%s: cannot write '%s' (%s)", op, path, strerror(e));

@@ -1,7 +1,8 @@
 /*
 ** iter.c - strided iteration over up to four operands with NumPy broadcasting.
 ** Dimensions are collapsed where every operand is contiguous across them, so the inner loop
-** is as long as possible; kernels then special-case unit and zero strides.
+** is as long as possible; kernels then special-case unit and zero strides. Loops computing a
+** new output poll the context's interrupt flag between rows (long rows are cut in pieces).
 */
 #include "mg_impl.h"
 
@@ -69,23 +70,44 @@ void mg_iter_init(mg_iter *it, int ndim, const int64_t *shape, int nops,
   it->ndim = m;
 }
 
-void mg_iter_run(const mg_iter *it, mg_loop_fn fn, void *ud) {
+/* One inner row of 'n' elements at 'p' (strides 's'), in pieces of at most 'piece'; with a
+** context, the flag is looked at each time '*since' passes MG_POLL_ELEMS elements. */
+static mg_status run_row(mg_ctx *C, const char *op, const mg_iter *it, mg_loop_fn fn, void *ud,
+                         int64_t n, char *const *p, const int64_t *s, int64_t piece,
+                         int64_t *since) {
+  char *q[MG_MAXOPS];
+  for (int64_t done = 0; done < n; done += piece) {
+    int64_t m = n - done < piece ? n - done : piece;
+    for (int k = 0; k < it->nops; k++) q[k] = p[k] + done * s[k] * (int64_t)it->esize[k];
+    fn(m, q, s, ud);
+    if (C != NULL && (*since += m) >= MG_POLL_ELEMS) {
+      *since = 0;
+      mg_status st = mg_poll(C, op);
+      if (st != MG_OK) return st;
+    }
+  }
+  return MG_OK;
+}
+
+mg_status mg_iter_run(mg_ctx *C, const char *op, const mg_iter *it, mg_loop_fn fn, void *ud) {
   int nops = it->nops, nd = it->ndim;
   char *p[MG_MAXOPS];
-  int64_t s[MG_MAXOPS];
+  int64_t s[MG_MAXOPS], since = 0;
   for (int k = 0; k < nops; k++) p[k] = it->ptr[k];
   if (nd == 0) {                               /* one element */
     for (int k = 0; k < nops; k++) s[k] = 0;
     fn(1, p, s, ud);
-    return;
+    return MG_OK;
   }
   for (int k = 0; k < nops; k++) s[k] = it->stride[k][nd - 1];
   int64_t inner = it->shape[nd - 1], idx[MG_MAXDIM] = {0};
+  int64_t piece = C != NULL && inner > MG_POLL_ROW ? MG_POLL_ROW : inner;
   for (int d = 0; d < nd - 1; d++)
-    if (it->shape[d] == 0) return;
-  if (inner == 0) return;
+    if (it->shape[d] == 0) return MG_OK;
+  if (inner == 0) return MG_OK;
   for (;;) {
-    fn(inner, p, s, ud);
+    mg_status st = run_row(C, op, it, fn, ud, inner, p, s, piece, &since);
+    if (st != MG_OK) return st;
     int d = nd - 2;                            /* odometer over the outer dims */
     for (; d >= 0; d--) {
       for (int k = 0; k < nops; k++) p[k] += it->stride[k][d] * (int64_t)it->esize[k];
@@ -94,6 +116,6 @@ void mg_iter_run(const mg_iter *it, mg_loop_fn fn, void *ud) {
         p[k] -= it->stride[k][d] * it->shape[d] * (int64_t)it->esize[k];
       idx[d] = 0;
     }
-    if (d < 0) return;
+    if (d < 0) return MG_OK;
   }
 }

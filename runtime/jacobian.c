@@ -6,7 +6,56 @@
 #include "mg_impl.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
+
+/* ================================================================ the result's size */
+
+/* Bytes the system could still give, from MemAvailable in /proc/meminfo; 0 if unknown. */
+static double mem_available(void) {
+  FILE *f = fopen("/proc/meminfo", "r");
+  if (f == NULL) return 0;
+  char line[128];
+  double kb = 0;
+  while (fgets(line, sizeof line, f))
+    if (sscanf(line, "MemAvailable: %lf kB", &kb) == 1) break;
+  fclose(f);
+  return kb * 1024;
+}
+
+/* Refuse 'bytes' of results when over the limit ('shape': of the largest of 'n' parts). */
+static mg_status check_bytes(mg_ctx *C, const char *fn, double bytes, int n, int ndim,
+                             const int64_t *shape) {
+  if (bytes <= (double)((size_t)64 << 20) && C->jacobian_limit == 0) return MG_OK;   /* cheap */
+  double limit = C->jacobian_limit ? (double)C->jacobian_limit : mem_available();
+  if (limit <= 0 || bytes <= limit) return MG_OK;
+  char sh[128];
+  mg_shapestr(sh, sizeof sh, ndim, shape);
+  return mg_fail(C, MG_ENOMEM, "%s: the result%s of shape %s needs %.0f bytes (%.1f GiB), more "
+                 "than the %.0f bytes %s", fn, n > 1 ? " (its largest part)" : "", sh, bytes,
+                 bytes / 1073741824.0, limit,
+                 C->jacobian_limit ? "of mg.set_jacobian_limit" : "available (MemAvailable)");
+}
+
+/* Bytes of a result of 'ndim' dims 'shape' (a double: no overflow). */
+static double result_bytes(int ndim, const int64_t *shape, double esize) {
+  for (int d = 0; d < ndim; d++) esize *= (double)shape[d];
+  return esize;
+}
+
+mg_status mg_check_result_bytes(mg_ctx *C, const char *fn, int n, const int *ndims,
+                                const int64_t *const *shapes, double esize) {
+  double bytes = 0, most = -1;
+  int big = 0;
+  for (int i = 0; i < n; i++) {
+    double b = result_bytes(ndims[i], shapes[i], esize);
+    if (b > most) { most = b; big = i; }
+    bytes += b;
+  }
+  return n < 1 ? MG_OK : check_bytes(C, fn, bytes, n, ndims[big], shapes[big]);
+}
+
+/* ================================================================ sweeps */
 
 /* Rows [k0, k0+kc) of the K x K identity, shaped (kc, [1,] shape...) for a batch of 'B'
 ** (expanded along the batch dim, no copy) or (kc, shape...) when B < 0. */
@@ -50,11 +99,12 @@ static int64_t largest(const mg_tape *T) {
   return m;
 }
 
-/* Basis vectors per sweep allowed by the memory budget. */
+/* Basis vectors per sweep allowed by the memory budget: 1..K (1 when K is 0). */
 static int64_t chunk_size(const mg_tape *T, int64_t K, int64_t extra) {
-  int64_t per = 8 * 4 * (largest(T) > extra ? largest(T) : extra);   /* bytes per basis vector */
-  int64_t c = (int64_t)(T->ctx->memory_budget / (size_t)per);
-  return c < 1 ? 1 : (c > K ? K : c);
+  int64_t m = largest(T) > extra ? largest(T) : extra;             /* huge expanded views too */
+  uint64_t per = (uint64_t)m > UINT64_MAX / 32 ? UINT64_MAX : 32 * (uint64_t)m;   /* bytes */
+  uint64_t c = (uint64_t)T->ctx->memory_budget / per;
+  return c < 1 || K < 1 ? 1 : (c > (uint64_t)K ? K : (int64_t)c);
 }
 
 /* Move dim 'from' of 't' to position 'to'. */
@@ -117,10 +167,16 @@ static int jac_shape(const jac_job *J, const mg_tensor *src, int64_t *sh) {
   return nd;
 }
 
+static mg_status too_many_sweeps(mg_ctx *C, int64_t K) {
+  return mg_fail(C, MG_ENOMEM, "jacobian: %lld basis vectors would need more than %d sweeps "
+                 "within the memory budget (mg.set_memory_budget)", (long long)K, INT32_MAX);
+}
+
 /* Reverse mode: chunks of basis cotangents of the target, all sources in each sweep. */
 static mg_status jac_reverse(const jac_job *J, int nsrc, mg_tensor *const *srcs, mg_tensor **jac) {
   mg_ctx *C = J->T->ctx;
   int64_t kc = chunk_size(J->T, J->K, mg_tensor_numel(J->target));
+  if ((J->K + kc - 1) / kc > INT32_MAX) return too_many_sweeps(C, J->K);
   int nch = (int)((J->K + kc - 1) / kc);
   mg_tensor **parts = calloc((size_t)nch * (size_t)nsrc, sizeof *parts);
   mg_tensor **g = calloc((size_t)nsrc, sizeof *g);
@@ -130,6 +186,7 @@ static mg_status jac_reverse(const jac_job *J, int nsrc, mg_tensor *const *srcs,
   for (int c = 0; c < nch && st == MG_OK; c++) {
     int64_t k0 = c * kc, n = J->K - k0 < kc ? J->K - k0 : kc;
     mg_tensor *seed = NULL;
+    if ((st = mg_poll(C, "jacobian")) != MG_OK) break;
     st = basis(C, J->target->dtype, k0, n, J->K, J->batch ? J->B : -1, nt, ts, &seed);
     if (st != MG_OK) break;
     if (J->batch && nt == 1 && nch == 1) seed->flags |= MG_TF_EYE;   /* exactly (K, B, K) */
@@ -157,12 +214,22 @@ static mg_status jac_forward(const jac_job *J, int nsrc, mg_tensor *const *srcs,
     const int64_t *ss;
     int ns = rest(J, srcs[j], &ss);
     int64_t Ks = mg_shape_numel(ns, ss), kc = chunk_size(J->T, Ks, mg_tensor_numel(srcs[j]));
+    if (Ks == 0) {                                  /* an empty source: no tangent to push */
+      int64_t sh[MG_MAXDIM];
+      int nd = jac_shape(J, srcs[j], sh);
+      st = mg_tensor_zeros(C, J->target->dtype, nd, sh, &jac[j]);
+      if (st != MG_OK) for (int k = 0; k < j; k++) { mg_tensor_release(jac[k]); jac[k] = NULL; }
+      continue;
+    }
+    if ((Ks + kc - 1) / kc > INT32_MAX) st = too_many_sweeps(C, Ks);
+    if (st != MG_OK) { for (int k = 0; k < j; k++) { mg_tensor_release(jac[k]); jac[k] = NULL; } break; }
     int nch = (int)((Ks + kc - 1) / kc);
     mg_tensor **parts = calloc((size_t)nch, sizeof *parts);
     if (parts == NULL) st = mg_fail(C, MG_ENOMEM, "out of memory");
     for (int c = 0; c < nch && st == MG_OK; c++) {
       int64_t k0 = c * kc, n = Ks - k0 < kc ? Ks - k0 : kc;
       mg_tensor *tan = NULL;
+      if ((st = mg_poll(C, "jacobian")) != MG_OK) break;
       st = basis(C, srcs[j]->dtype, k0, n, Ks, J->batch ? J->B : -1, ns, ss, &tan);
       if (st != MG_OK) break;
       st = mg_tape_forward_sweep(J->T, 1, &srcs[j], &tan, 1, 1, &J->target, &parts[c]);
@@ -259,6 +326,21 @@ static mg_status check_independent(const jac_job *J, int nsrc, mg_tensor *const 
   return st;
 }
 
+/* Whether the job's results (all sources together) fit the Jacobian limit. */
+static mg_status job_fits(const jac_job *J, const char *fn, int nsources, mg_tensor *const *sources) {
+  double bytes = 0, most = -1;
+  int64_t big[MG_MAXDIM];
+  int nbig = 0;
+  for (int j = 0; j < nsources; j++) {
+    int64_t sh[MG_MAXDIM];
+    int nd = jac_shape(J, sources[j], sh);
+    double b = result_bytes(nd, sh, (double)mg_dtype_size(J->target->dtype));
+    if (b > most) { most = b; nbig = nd; memcpy(big, sh, sizeof sh); }
+    bytes += b;
+  }
+  return nsources > 0 ? check_bytes(J->T->ctx, fn, bytes, nsources, nbig, big) : MG_OK;
+}
+
 mg_status mg_tape_jacobian(mg_tape *T, mg_tensor *target, int nsources,
                            mg_tensor *const *sources, bool batch, int mode, bool check,
                            bool unconnected_zero, mg_tensor **jac) {
@@ -279,11 +361,13 @@ mg_status mg_tape_jacobian(mg_tape *T, mg_tensor *target, int nsources,
   for (int j = 0; j < nsources; j++)
     if (target->ndim + sources[j]->ndim - (batch ? 1 : 0) > MG_MAXDIM - 1)
       return mg_fail(C, MG_ESHAPE, "%s: the result would have more than %d dimensions", fn, MG_MAXDIM - 1);
+  mg_status st = job_fits(&J, fn, nsources, sources);   /* refuse what cannot fit, up front */
+  if (st != MG_OK) return st;
   int64_t src_total = 0;
   for (int j = 0; j < nsources; j++)
     src_total += mg_tensor_numel(sources[j]) / (batch && J.B ? J.B : 1);
   bool fwd = mode == 1 || (mode == 2 && src_total < J.K);
-  mg_status st = mg_tape_begin(T);
+  st = mg_tape_begin(T);
   if (st != MG_OK) return st;
   if (J.K == 0 || (batch && J.B == 0)) {            /* empty: zeros of the right shape */
     for (int j = 0; j < nsources && st == MG_OK; j++) {
@@ -298,6 +382,6 @@ mg_status mg_tape_jacobian(mg_tape *T, mg_tensor *target, int nsources,
       if (st != MG_OK) for (int j = 0; j < nsources; j++) { mg_tensor_release(jac[j]); jac[j] = NULL; }
     }
   }
-  mg_tape_end(T);
+  mg_tape_end(T, st);
   return st;
 }

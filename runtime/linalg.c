@@ -142,7 +142,7 @@ static mg_status matmul_nd(mg_ctx *C, mg_tensor *a, mg_tensor *b, mg_tensor **ou
     goto done;
   }
   int64_t idx[MG_MAXDIM] = { 0 };
-  for (int64_t m = 0; m < nmat; m++) {
+  for (int64_t m = 0; m < nmat && (st = mg_poll(C, "matmul")) == MG_OK; m++) {
     int64_t oa = 0, ob = 0;
     for (int i = 0; i < nbatch; i++) {
       int ad = na - 2 - nbatch + i, bd = nb - 2 - nbatch + i;
@@ -156,7 +156,7 @@ static mg_status matmul_nd(mg_ctx *C, mg_tensor *a, mg_tensor *b, mg_tensor **ou
 done:
   mg_tensor_release(ac);
   mg_tensor_release(bc);
-  if (st != MG_OK) { mg_tensor_release(y); return st; }
+  if (st != MG_OK) { mg_tensor_release(y); return st; }   /* interrupted */
   mg_tensor *in[2] = { a, b };
   return mg_record_result(C, MG_OP_MATMUL, 2, in, y, NULL, out);
 }

@@ -17,6 +17,7 @@
 #include <stdint.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <signal.h>   /* sig_atomic_t */
 
 #ifdef __cplusplus
 extern "C" {
@@ -40,7 +41,8 @@ typedef enum mg_status {
   MG_ENOMEM,    /* allocation failed or size overflows */
   MG_EIO,       /* file could not be opened, read or written */
   MG_EFORMAT,   /* malformed file */
-  MG_ESTATE     /* object used in a state that forbids it (e.g. a spent tape) */
+  MG_ESTATE,    /* object used in a state that forbids it (e.g. a spent tape) */
+  MG_EINTR      /* stopped by the host's interrupt flag ('mg_ctx_set_interrupt_flag') */
 } mg_status;
 
 typedef struct mg_ctx mg_ctx;         /* per-interpreter state: RNG, default dtype, tapes, pool */
@@ -70,6 +72,29 @@ MG_API void mg_empty_cache(mg_ctx *C);
 /* Bytes a vectorized Jacobian may use before it is split in chunks (default 1 GiB). */
 MG_API void mg_set_memory_budget(mg_ctx *C, size_t bytes);
 MG_API size_t mg_memory_budget(const mg_ctx *C);
+/* Interrupts. 'flag' (host-owned; NULL, the default, turns polling off) is read by the long
+** loops of ops on 'C': elementwise kernels and reductions every 65536 elements, softmax and
+** argmax per row, matmul per batch matrix, fused cells per step, tape sweeps per node,
+** Jacobians per chunk. Once '*flag' is non-zero, the op fails with MG_EINTR and the message
+** "<op>: interrupted!" (e.g. "sum: interrupted!"); its partial result is freed and nothing is
+** recorded on a tape; a non-persistent tape whose gradient was interrupted is not spent.
+** Loops that write into existing tensors (copy, fill, in-place add) and single BLAS calls
+** (one matmul, the gemms of a fused cell) run to their end. The runtime only reads the flag:
+** the host sets it (typically from a SIGINT handler, where a store to a 'volatile
+** sig_atomic_t' is all that is allowed) and clears it before its next call. The flag must
+** outlive its use by 'C'. Each context polls its own flag, so hosts running several contexts
+** in several threads decide which ones a signal stops. */
+MG_API void mg_ctx_set_interrupt_flag(mg_ctx *C, volatile sig_atomic_t *flag);
+/* Most bytes a Jacobian's result may have (jacobian, batch_jacobian, and the callers'
+** hessian, gradcheck): a larger one is refused before its first sweep, naming the function,
+** the shape and the bytes. 0 (the default): the MemAvailable of /proc/meminfo at the call
+** (no limit where that cannot be read). */
+MG_API void mg_set_jacobian_limit(mg_ctx *C, size_t bytes);
+MG_API size_t mg_jacobian_limit(const mg_ctx *C);
+/* MG_OK when 'n' results of the shapes 'shapes[i]' ('ndims[i]' dims) of 'esize' bytes per
+** element fit the limit above, else MG_ENOMEM with "<fn>: the result ... does not fit". */
+MG_API mg_status mg_check_result_bytes(mg_ctx *C, const char *fn, int n, const int *ndims,
+                                       const int64_t *const *shapes, double esize);
 
 /* BLAS: the only process-wide state of the runtime. */
 MG_API void mg_set_num_threads(int n);
@@ -112,6 +137,13 @@ MG_API mg_status mg_tensor_wrap(mg_ctx *C, mg_dtype dt, int ndim, const int64_t 
                                 void *ud, mg_tensor **out);
 MG_API double mg_tensor_get(const mg_tensor *t, const int64_t *idx);
 MG_API void mg_tensor_set(mg_tensor *t, const int64_t *idx, double v);
+/* Storage version: every in-place write (set, fill, copy, add_, the random fills) bumps it,
+** and a gradient or forward sweep refuses to use a recorded node whose tensors changed since
+** they were recorded ("<op>: a tensor saved for the gradient was modified in place ...").
+** A host that writes through 'mg_tensor_data' or wrapped memory after handing the tensor
+** to an op calls 'mg_tensor_bump_version' (any view of the same storage will do). */
+MG_API void mg_tensor_bump_version(mg_tensor *t);
+MG_API uint32_t mg_tensor_version(const mg_tensor *t);
 
 
 /* ----------------------------------------------------------------------------------------
@@ -203,11 +235,16 @@ MG_API mg_status mg_tensor_var(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keep
                                mg_tensor **out);
 MG_API mg_status mg_tensor_std(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keepdim,
                                mg_tensor **out);
-/* max/min values; the gradient is shared among ties. */
+/* max/min values; the gradient is shared evenly among ties (among the NaNs when the extreme
+** is NaN), as PyTorch's max() without a dim. */
 MG_API mg_status mg_tensor_amax(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keepdim,
                                 mg_tensor **out);
 MG_API mg_status mg_tensor_amin(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keepdim,
                                 mg_tensor **out);
+/* max(dim)/min(dim): values and first indices (0-based, float64) along 'dim'; the gradient
+** goes to the returned index only (as PyTorch's max(dim)). */
+MG_API mg_status mg_tensor_max_dim(mg_ctx *C, mg_tensor *x, int dim, bool keepdim, bool is_min,
+                                   mg_tensor **values, mg_tensor **indices);
 /* Index (0-based, as float64) of the first max/min along 'dim' (dim < 0: of the flattened
 ** tensor). Not differentiable. */
 MG_API mg_status mg_tensor_argmax(mg_ctx *C, mg_tensor *x, int dim, bool keepdim, bool is_min,
@@ -255,6 +292,32 @@ MG_API mg_status mg_tensor_take_along_dim(mg_ctx *C, mg_tensor *x, mg_tensor *in
 
 /* Matrix product: 1-d operands as NumPy, >= 2-d batched with broadcast leading dims. */
 MG_API mg_status mg_tensor_matmul(mg_ctx *C, mg_tensor *a, mg_tensor *b, mg_tensor **out);
+
+/* Linear algebra through LAPACK (lapack.c). 'A' is a matrix or a batch (..., m, n) of any
+** strides, float32 or float64; results are contiguous, batched like 'A'. Recorded, with
+** reverse and forward rules, except eig (its rules fail: no complex dtype).
+** qr: Q (m,k) and R (k,n), k = min(m,n); 'complete': Q (m,m), R (m,n).
+** svd: U (m,k), S (k) descending, Vh (k,n); 'full_matrices': U (m,m), Vh (n,n). Without
+**   'compute_uv' only S is computed (U, Vh untouched; may be NULL).
+** eigh: eigenvalues ascending (..., n) and eigenvectors as columns (V untouched, may be NULL,
+**   without 'compute_v'); reads the lower triangle.
+** eig: eigenvalues (real and imaginary parts) and eigenvectors (columns, real and imaginary
+**   parts; a complex pair j, j+1 is Vr[:,j] +- i Vi[:,j]), in LAPACK's order.
+** solve: X with A X = B, A (..., n, n), B (..., n, k), batch dims broadcast.
+** slogdet: sign and log|det| (..., ) (0 and -inf when singular).
+** cholesky: lower L with L L^T = A (reads the lower triangle). */
+MG_API mg_status mg_linalg_qr(mg_ctx *C, mg_tensor *A, bool complete, mg_tensor **Q,
+                              mg_tensor **R);
+MG_API mg_status mg_linalg_svd(mg_ctx *C, mg_tensor *A, bool full_matrices, bool compute_uv,
+                               mg_tensor **U, mg_tensor **S, mg_tensor **Vh);
+MG_API mg_status mg_linalg_eigh(mg_ctx *C, mg_tensor *A, bool compute_v, mg_tensor **w,
+                                mg_tensor **V);
+MG_API mg_status mg_linalg_eig(mg_ctx *C, mg_tensor *A, mg_tensor **w_re, mg_tensor **w_im,
+                               mg_tensor **V_re, mg_tensor **V_im);
+MG_API mg_status mg_linalg_solve(mg_ctx *C, mg_tensor *A, mg_tensor *B, mg_tensor **X);
+MG_API mg_status mg_linalg_slogdet(mg_ctx *C, mg_tensor *A, mg_tensor **sign,
+                                   mg_tensor **logabsdet);
+MG_API mg_status mg_linalg_cholesky(mg_ctx *C, mg_tensor *A, mg_tensor **L);
 
 /* Fused recurrent cells, Keras layouts (RNN_REFERENCE.md), one recorded node per step.
 ** LSTM (gates i, f, c, o): x (B, d), h and c (B, u), kernel (d, 4u), recurrent (u, 4u),

@@ -12,7 +12,7 @@
 #include <string.h>
 
 #define MG_MAXIN_INLINE 3   /* node inputs stored inline; more go to the heap (cat) */
-#define MG_MAXOUT 2         /* most outputs an op produces (fused LSTM: h, c) */
+#define MG_MAXOUT 3         /* most outputs an op produces (linalg.svd: U, S, Vh) */
 #define MG_MAXSAVED 4       /* extra tensors a node keeps for its rules */
 #define MG_NODE_BLOCK0 64   /* nodes in a tape's first block; block b holds 64 << b */
 
@@ -30,6 +30,7 @@ typedef struct mg_storage {
   mg_pool *pool;            /* owner of 'data' (refcounted); NULL for host memory */
   mg_release_fn release;    /* host memory: called with 'release_ud' and 'data' at the end */
   void *release_ud;
+  uint32_t version;         /* bumped by every in-place write (recorded nodes compare it) */
 } mg_storage;
 
 enum {
@@ -51,6 +52,9 @@ struct mg_tensor {
   mg_storage *storage;
   char *name;                   /* Variables only; owned */
 };
+
+/* Note an in-place write into 't' (every view of its storage sees it). */
+static inline void mg_bump_version(mg_tensor *t) { t->storage->version++; }
 
 /* Typed address of element (0,...,0). */
 #define MG_F32P(t) ((float *)(t)->storage->data + (t)->offset)
@@ -75,6 +79,11 @@ typedef struct mg_node {
   mg_tensor *out[MG_MAXOUT];      /* strong refs */
   mg_tensor *saved[MG_MAXSAVED];  /* strong refs: whatever the op's rules need */
   mg_attr attr;
+  /* Storage versions when recorded, checked before a rule reads the tensors' values. */
+  uint32_t *ver_in;               /* 'ver_in_inline' or after the heap 'in' array */
+  uint32_t ver_in_inline[MG_MAXIN_INLINE];
+  uint32_t ver_out[MG_MAXOUT];
+  uint32_t ver_saved[MG_MAXSAVED];
 } mg_node;
 
 struct mg_tape {
@@ -107,12 +116,25 @@ struct mg_ctx {
   int nbusy;                    /* of those, how many are being differentiated (not recording) */
   int no_grad;                  /* > 0 inside no_grad: nothing is recorded */
   size_t memory_budget;
+  size_t jacobian_limit;        /* most bytes of a Jacobian's result; 0: MemAvailable */
   mg_rng rng;
+  volatile sig_atomic_t *interrupt;   /* host-owned flag polled by long loops; NULL: none */
 };
 
 /* Set the context's error message and return 'st'. printf-style. */
 mg_status mg_fail(mg_ctx *C, mg_status st, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* MG_EINTR with "<op>: interrupted!" once the host's interrupt flag is set, else MG_OK. A
+** load and a compare: call it per row, block, node or chunk, never per element. */
+static inline mg_status mg_poll(mg_ctx *C, const char *op) {
+  if (C->interrupt == NULL || *C->interrupt == 0) return MG_OK;
+  return mg_fail(C, MG_EINTR, "%s: interrupted!", op);
+}
+/* Whether 'msg' starts by naming its function ("matmul: ..."). */
+bool mg_error_named(const char *msg);
+/* Prefix the context's message with "op: " unless it names a function already (what tensor
+** creation reports, "out of memory allocating ...", is named by the op that asked); 'st'. */
+mg_status mg_name_error(mg_ctx *C, mg_status st, const char *op);
 /* Append "(2,3)" for a shape to 'buf' (size 'n'); returns 'buf'. */
 char *mg_shapestr(char *buf, size_t n, int ndim, const int64_t *shape);
 
@@ -127,6 +149,9 @@ void mg_contiguous_strides(int ndim, const int64_t *shape, int64_t *stride);
 /* numel of a shape, or -1 when it overflows or a size is negative. */
 int64_t mg_shape_numel(int ndim, const int64_t *shape);
 bool mg_same_shape(const mg_tensor *a, const mg_tensor *b);
+/* Whether some element of 't' equals 'v' (NaN: never). */
+bool mg_any_equal(const mg_tensor *t, double v);
+bool mg_any_nan(const mg_tensor *t);
 /* Normalize 'dim' (negative counts from the end) into [0, ndim); -1 when out of range. */
 int mg_normdim(int dim, int ndim);
 
@@ -168,7 +193,14 @@ typedef void (*mg_loop_fn)(int64_t n, char **p, const int64_t *s, void *ud);
 /* Set up iteration of 'ops' (each broadcastable to 'shape') over 'shape'. */
 void mg_iter_init(mg_iter *it, int ndim, const int64_t *shape, int nops,
                   mg_tensor *const *ops);
-void mg_iter_run(const mg_iter *it, mg_loop_fn fn, void *ud);
+/* Call 'fn' over the whole iteration space. With a context, the loop polls its interrupt
+** flag every MG_POLL_ELEMS elements (inner rows are cut to at most MG_POLL_ROW elements for
+** that) and stops with MG_EINTR "<op>: interrupted!": only for ops computing a new output,
+** which the caller then frees. C == NULL: runs to the end (writes into existing tensors must
+** not stop halfway); returns MG_OK. */
+#define MG_POLL_ELEMS ((int64_t)1 << 16)
+#define MG_POLL_ROW ((int64_t)1 << 22)
+mg_status mg_iter_run(mg_ctx *C, const char *op, const mg_iter *it, mg_loop_fn fn, void *ud);
 /* Whether 'src' broadcasts to exactly the shape of 'dst' (in-place ops). */
 bool mg_broadcasts_to(const mg_tensor *src, const mg_tensor *dst);
 /* Broadcast shape of two shapes; false when they do not broadcast. */
@@ -216,6 +248,8 @@ void mg_ex_begin(mg_ex *e, mg_ctx *C);
 mg_status mg_ex_end(mg_ex *e);
 /* A new reference to 't' for the caller (NULL stays NULL). */
 mg_tensor *mg_ex_keep(mg_ex *e, mg_tensor *t);
+/* Take over '*tp' (a new reference filled by the call that returned 'st') as a temporary. */
+mg_tensor *mg_ex_own(mg_ex *e, mg_status st, mg_tensor **tp);
 mg_tensor *mg_ex_add(mg_ex *e, mg_tensor *a, mg_tensor *b);
 mg_tensor *mg_ex_sub(mg_ex *e, mg_tensor *a, mg_tensor *b);
 mg_tensor *mg_ex_mul(mg_ex *e, mg_tensor *a, mg_tensor *b);
@@ -236,9 +270,6 @@ mg_tensor *mg_ex_bins(mg_ex *e, mg_binary op, mg_tensor *a, double v);      /* a
 mg_tensor *mg_ex_sbin(mg_ex *e, mg_binary op, double v, mg_tensor *a);      /* v op a */
 mg_tensor *mg_ex_where(mg_ex *e, mg_tensor *c, mg_tensor *a, mg_tensor *b);
 mg_tensor *mg_ex_full(mg_ex *e, mg_dtype dt, double v);                     /* 0-d */
-/* Own the result '*tp' of a call that returned 'st' (for ops with no mg_ex_* of their own:
-** mg_ex_own(e, mg_tensor_flip(e->C, a, mask, &y), &y), 'y' read after the call). */
-mg_tensor *mg_ex_own(mg_ex *e, mg_status st, mg_tensor **tp);
 
 /* ----------------------------------------------------------------------------------------
 ** Recording (tape.c)
@@ -269,7 +300,7 @@ mg_status mg_record_result(mg_ctx *C, int op, int nin, mg_tensor *const *in, mg_
 
 /* Sweeps inside a mg_tape_begin/mg_tape_end bracket (several sweeps may share one). */
 mg_status mg_tape_begin(mg_tape *T);
-void mg_tape_end(mg_tape *T);
+void mg_tape_end(mg_tape *T, mg_status st);   /* st MG_EINTR: not spent */
 mg_status mg_tape_gradient_sweep(mg_tape *T, int ntargets, mg_tensor *const *targets,
                                  mg_tensor *const *seeds, int lead, int nsources,
                                  mg_tensor *const *sources, bool unconnected_zero,

@@ -50,7 +50,7 @@ static void copy_into(mg_tensor *dst, mg_tensor *src) {
   int kinds[2] = { dst->dtype, src->dtype };
   mg_iter it;
   mg_iter_init(&it, dst->ndim, dst->shape, 2, ops);
-  if (!copy_transposed(&it, dst->dtype, src->dtype)) mg_iter_run(&it, copy_loop, kinds);
+  if (!copy_transposed(&it, dst->dtype, src->dtype)) mg_iter_run(NULL, NULL, &it, copy_loop, kinds);
 }
 
 mg_status mg_tensor_copy_(mg_ctx *C, mg_tensor *dst, mg_tensor *src) {
@@ -60,6 +60,7 @@ mg_status mg_tensor_copy_(mg_ctx *C, mg_tensor *dst, mg_tensor *src) {
                    mg_shapestr(s1, sizeof s1, src->ndim, src->shape),
                    mg_shapestr(s2, sizeof s2, dst->ndim, dst->shape));
   }
+  mg_bump_version(dst);
   if (src->storage == dst->storage) {         /* overlapping: go through a copy */
     mg_tensor *tmp = NULL;
     mg_status st = mg_tensor_empty(C, src->dtype, src->ndim, src->shape, &tmp);
@@ -86,9 +87,10 @@ static void fill_loop(int64_t n, char **p, const int64_t *s, void *ud) {
 
 void mg_tensor_fill_(mg_tensor *dst, double v) {
   struct { double v; int dt; } ud = { v, dst->dtype };
+  mg_bump_version(dst);
   mg_iter it;
   mg_iter_init(&it, dst->ndim, dst->shape, 1, &dst);
-  mg_iter_run(&it, fill_loop, &ud);
+  mg_iter_run(NULL, NULL, &it, fill_loop, &ud);
 }
 
 /* ================================================================ helpers */
@@ -299,8 +301,8 @@ mg_status mg_tensor_narrow(mg_ctx *C, mg_tensor *x, int dim, int64_t start, int6
                            mg_tensor **out) {
   if (dim < 0 || dim >= x->ndim) return bad_dim(C, "narrow", dim, x->ndim);
   if (start < 0 || len < 0 || start > x->shape[dim] - len)
-    return mg_fail(C, MG_EINDEX, "narrow: range %lld..%lld out of bounds for dimension %d of size %lld",
-                   (long long)start + 1, (long long)(start + len), dim + 1, (long long)x->shape[dim]);
+    return mg_fail(C, MG_EINDEX, "narrow: %lld elements from %lld out of bounds for dimension %d of size %lld",
+                   (long long)len, (long long)start, dim + 1, (long long)x->shape[dim]);
   int64_t sh[MG_MAXDIM];
   memcpy(sh, x->shape, sizeof sh);
   sh[dim] = len;
@@ -332,7 +334,7 @@ mg_status mg_tensor_pad(mg_ctx *C, mg_tensor *x, int dim, int64_t start, int64_t
   sh[dim] = size;
   mg_tensor *y = NULL;
   mg_status st = mg_tensor_zeros(C, x->dtype, x->ndim, sh, &y);
-  if (st != MG_OK) return st;
+  if (st != MG_OK) return mg_name_error(C, st, "pad");
   mg_tensor part = *y;                            /* a borrowed window, not a new tensor */
   part.shape[dim] = x->shape[dim];
   part.offset += start * y->stride[dim];
@@ -392,7 +394,7 @@ static mg_status pad_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const
 static mg_status copy_op(mg_ctx *C, int op, mg_tensor *x, mg_dtype dt, mg_tensor **out) {
   mg_tensor *y = NULL;
   mg_status st = mg_tensor_empty(C, dt, x->ndim, x->shape, &y);
-  if (st != MG_OK) return st;
+  if (st != MG_OK) return mg_name_error(C, st, mg_ops[op].name);
   copy_into(y, x);
   return mg_record_result(C, op, 1, &x, y, NULL, out);
 }
@@ -443,13 +445,16 @@ mg_status mg_tensor_cat(mg_ctx *C, int n, mg_tensor *const *xs, int dim, mg_tens
                      k + 1, mg_shapestr(s1, sizeof s1, x->ndim, x->shape),
                      mg_shapestr(s2, sizeof s2, x0->ndim, x0->shape), dim + 1);
     if (x->dtype == MG_F64) dt = MG_F64;
+    if (x->shape[dim] > INT64_MAX - total)        /* expanded views can be huge */
+      return mg_fail(C, MG_ESHAPE, "cat: the joined dimension %d has more than %lld elements",
+                     dim + 1, (long long)INT64_MAX);
     total += x->shape[dim];
   }
   memcpy(sh, x0->shape, sizeof sh);
   sh[dim] = total;
   mg_tensor *y = NULL;
   mg_status st = mg_tensor_empty(C, dt, x0->ndim, sh, &y);
-  if (st != MG_OK) return st;
+  if (st != MG_OK) return mg_name_error(C, st, "cat");
   int64_t at0 = 0;
   for (int k = 0; k < n; k++) {
     mg_tensor part = *y;

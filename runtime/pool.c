@@ -10,6 +10,27 @@
 #include <stdlib.h>
 #include <sys/mman.h>
 
+/* Under AddressSanitizer (MG_SANITIZE builds) the pool lets ASan see a tensor used after its
+** release: tensor headers and small storages come from malloc and go back to free at once
+** (ASan's quarantine keeps them unused for a while), and blocks kept in the cache are poisoned
+** until handed out again. The cache and its accounting stay as they are. */
+#if defined(__SANITIZE_ADDRESS__)
+#  define MG_POOL_ASAN 1
+#elif defined(__has_feature)
+#  if __has_feature(address_sanitizer)
+#    define MG_POOL_ASAN 1
+#  endif
+#endif
+#ifdef MG_POOL_ASAN
+#  include <sanitizer/asan_interface.h>
+#  define POISON(q, n) ASAN_POISON_MEMORY_REGION((q), (n))
+#  define UNPOISON(q, n) ASAN_UNPOISON_MEMORY_REGION((q), (n))
+#else
+#  define MG_POOL_ASAN 0
+#  define POISON(q, n) ((void)(q), (void)(n))
+#  define UNPOISON(q, n) ((void)(q), (void)(n))
+#endif
+
 #define SMALL_MAX ((size_t)2 << 10)      /* below this: plain malloc, not cached */
 #define MMAP_MIN ((size_t)64 << 10)      /* fresh blocks from here on come from mmap */
 #define HUGE_MIN ((size_t)2 << 20)       /* from this size on: ask for huge pages */
@@ -83,6 +104,7 @@ static bool arena_grow(mg_pool *p) {
 }
 
 void *mg_pool_small_get(mg_pool *p, int cls) {
+  if (MG_POOL_ASAN) return malloc(small_size[cls]);
   void *q = p->small[cls];
   if (q != NULL) {
     p->small[cls] = *(void **)q;
@@ -98,6 +120,7 @@ void *mg_pool_small_get(mg_pool *p, int cls) {
 /* Small objects go back to their free list (the arena is returned as a whole, with the
 ** pool: its size is the peak number of small objects alive at once). */
 void mg_pool_small_put(mg_pool *p, int cls, void *q) {
+  if (MG_POOL_ASAN) { free(q); return; }
   *(void **)q = p->small[cls];
   p->small[cls] = q;
 }
@@ -122,6 +145,7 @@ void *mg_pool_alloc(mg_pool *p, size_t nbytes, size_t *cap) {
   int c = sizeclass(nbytes, cap);
   void *q = p->free[c];
   if (q != NULL) {
+    UNPOISON(q, *cap);
     p->free[c] = *(void **)q;
     p->cached -= *cap;
   } else {
@@ -152,6 +176,7 @@ void mg_pool_free(mg_pool *p, void *data, size_t cap) {
     *(void **)data = p->free[c];
     p->free[c] = data;
     p->cached += cap;
+    POISON(data, cap);                      /* a use after release reads poison */
   } else {
     unfresh(data, cap);
   }
@@ -167,6 +192,7 @@ void mg_pool_trim(mg_pool *p) {
     size_t base = (size_t)1 << (11 + c / 4), cap = base + (size_t)(c % 4) * base / 4;
     while (p->free[c] != NULL) {
       void *q = p->free[c];
+      UNPOISON(q, cap);
       p->free[c] = *(void **)q;
       unfresh(q, cap);
     }

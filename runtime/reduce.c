@@ -94,11 +94,14 @@ static mg_status reduce(mg_ctx *C, int op, int kind, mg_tensor *x, uint32_t mask
       return mg_fail(C, MG_ESHAPE, "%s: cannot reduce over the empty dimension %d", fn, i + 1);
   mg_tensor *y = NULL;
   double init = kind == R_SUM ? 0.0 : (kind == R_MAX ? -INFINITY : INFINITY);
-  if ((s = mg_tensor_full(C, x->dtype, x->ndim, keep, init, &y)) != MG_OK) return s;
+  if ((s = mg_tensor_full(C, x->dtype, x->ndim, keep, init, &y)) != MG_OK) return mg_name_error(C, s, fn);
   mg_tensor *ops[2] = { y, x };
   mg_iter it;
   mg_iter_init(&it, x->ndim, x->shape, 2, ops);
-  mg_iter_run(&it, x->dtype == MG_F64 ? reduce_f64 : reduce_f32, &kind);
+  if ((s = mg_iter_run(C, fn, &it, x->dtype == MG_F64 ? reduce_f64 : reduce_f32, &kind)) != MG_OK) {
+    mg_tensor_release(y);
+    return s;
+  }
   if (!keepdim) {                                /* same storage, fewer dims */
     y->ndim = nd;
     memcpy(y->shape, drop, (size_t)nd * sizeof *drop);
@@ -149,11 +152,29 @@ mg_status mg_tensor_var(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keepdim, mg
   return st;
 }
 
+/* sqrt(v) for std and norm, whose derivative is 0 where v = 0, as PyTorch's (a norm penalty
+** on zero biases, the std of a constant): sqrt'(0) = inf times the zero derivative of v would
+** be NaN. Recorded as where(v == 0, 0, sqrt(where(v == 0, 1, v))), so every order of
+** derivative is 0 there; plain sqrt when nothing records or no element is 0. */
+static mg_status sqrt_zero_grad(mg_ctx *C, mg_tensor *v, mg_tensor **out) {
+  if (!mg_recording(C) || !mg_any_equal(v, 0.0)) return mg_tensor_unary(C, MG_U_SQRT, v, out);
+  mg_tensor *c = NULL, *z = NULL, *one = NULL, *v1 = NULL, *r = NULL;
+  mg_status st = mg_tensor_binary_scalar(C, MG_B_EQ, v, 0.0, false, &c);   /* not recorded */
+  if (st == MG_OK) st = mg_tensor_full(C, v->dtype, 0, NULL, 0.0, &z);
+  if (st == MG_OK) st = mg_tensor_full(C, v->dtype, 0, NULL, 1.0, &one);
+  if (st == MG_OK) st = mg_tensor_where(C, c, one, v, &v1);
+  if (st == MG_OK) st = mg_tensor_unary(C, MG_U_SQRT, v1, &r);
+  if (st == MG_OK) st = mg_tensor_where(C, c, z, r, out);
+  mg_tensor_release(c); mg_tensor_release(z); mg_tensor_release(one);
+  mg_tensor_release(v1); mg_tensor_release(r);
+  return st;
+}
+
 mg_status mg_tensor_std(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keepdim, mg_tensor **out) {
   mg_tensor *v = NULL;
   mg_status st = mg_tensor_var(C, x, mask, keepdim, &v);
   if (st != MG_OK) return st;
-  st = mg_tensor_unary(C, MG_U_SQRT, v, out);
+  st = sqrt_zero_grad(C, v, out);
   mg_tensor_release(v);
   return st;
 }
@@ -165,7 +186,7 @@ mg_status mg_tensor_norm(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keepdim, m
   st = mg_tensor_sum(C, sq, mask, keepdim, &s);
   mg_tensor_release(sq);
   if (st != MG_OK) return st;
-  st = mg_tensor_unary(C, MG_U_SQRT, s, out);
+  st = sqrt_zero_grad(C, s, out);
   mg_tensor_release(s);
   return st;
 }
@@ -198,8 +219,8 @@ mg_status mg_tensor_argmax(mg_ctx *C, mg_tensor *x, int dim, bool keepdim, bool 
   st = keepdim ? mg_tensor_empty(C, MG_F64, x->ndim, keep, &y) : mg_tensor_empty(C, MG_F64, nd, drop, &y);
   if (st != MG_OK) { mg_tensor_release(c); return st; }
   double *yo = MG_F64P(y);
-  for (int64_t o = 0; o < outer; o++)
-    for (int64_t in = 0; in < inner; in++) {
+  for (int64_t o = 0; o < outer && st == MG_OK; o++)
+    for (int64_t in = 0; in < inner && (st = mg_poll(C, fn)) == MG_OK; in++) {   /* per row */
       int64_t best = 0, base = o * n * inner + in;
       double bv = c->dtype == MG_F64 ? MG_F64P(c)[base] : MG_F32P(c)[base];
       for (int64_t k = 1; k < n && bv == bv; k++) {
@@ -210,7 +231,39 @@ mg_status mg_tensor_argmax(mg_ctx *C, mg_tensor *x, int dim, bool keepdim, bool 
       yo[o * inner + in] = (double)best;
     }
   mg_tensor_release(c);
+  if (st != MG_OK) { mg_tensor_release(y); return st; }   /* interrupted */
   *out = y;
+  return MG_OK;
+}
+
+/* max(dim)/min(dim): values and first indices along 'dim'. The values' node saves the
+** indices (keepdim) and marks attr.i[2], so its rules send the gradient to the returned index
+** alone, as PyTorch; max()/min() over a mask share it among ties. */
+mg_status mg_tensor_max_dim(mg_ctx *C, mg_tensor *x, int dim, bool keepdim, bool is_min,
+                            mg_tensor **values, mg_tensor **indices) {
+  const char *fn = is_min ? "min" : "max";
+  if (dim < 0 || dim >= x->ndim) return mg_fail(C, MG_EINDEX, "%s: dimension %d out of range for a %d-d tensor", fn, dim + 1, x->ndim);
+  mg_tensor *ik = NULL, *y = NULL, *idx = NULL;
+  mg_no_grad_enter(C);
+  mg_status st = reduce(C, is_min ? MG_OP_AMIN : MG_OP_AMAX, is_min ? R_MIN : R_MAX, x,
+                        1u << dim, keepdim, &y);
+  if (st == MG_OK) st = mg_tensor_argmax(C, x, dim, true, is_min, &ik);
+  if (st == MG_OK) {                  /* the caller's indices: a copy, not the saved ones */
+    mg_tensor *v = NULL;
+    if (keepdim) v = mg_tensor_retain(ik);
+    else st = mg_tensor_squeeze(C, ik, dim, &v);
+    if (st == MG_OK) st = mg_tensor_clone(C, v, &idx);
+    mg_tensor_release(v);
+  }
+  mg_no_grad_exit(C);
+  if (st == MG_OK && mg_recording(C)) {
+    mg_attr at = { .ni = 3, .i = { 1u << dim, keepdim, 1 } };
+    st = mg_record(C, is_min ? MG_OP_AMIN : MG_OP_AMAX, 1, &x, 1, &y, 1, &ik, &at);
+  }
+  mg_tensor_release(ik);
+  if (st != MG_OK) { mg_tensor_release(y); mg_tensor_release(idx); return st; }
+  *values = y;
+  *indices = idx;
   return MG_OK;
 }
 
@@ -247,15 +300,52 @@ static mg_status sum_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const
   return st;
 }
 
+/* max(dim)'s weights: 1 at the saved index along the dim (attr.i[0] has one bit), else 0. */
+static mg_status index_weights(mg_ctx *C, const mg_node *n, mg_tensor **w) {
+  mg_tensor *x = n->in[0], *iota;
+  int dim = __builtin_ctz((unsigned)n->attr.i[0]);
+  int64_t sh[MG_MAXDIM];
+  for (int i = 0; i < x->ndim; i++) sh[i] = i == dim ? x->shape[i] : 1;
+  mg_status st = mg_tensor_empty(C, MG_F64, x->ndim, sh, &iota);
+  if (st != MG_OK) return st;
+  for (int64_t k = 0; k < x->shape[dim]; k++) MG_F64P(iota)[k] = (double)k;
+  mg_tensor *eq;
+  if ((st = BIN(MG_B_EQ, iota, n->saved[0], &eq)) == MG_OK) {   /* float64 0/1 */
+    st = mg_tensor_cast(C, eq, x->dtype, w);
+    mg_tensor_release(eq);
+  }
+  mg_tensor_release(iota);
+  return st;
+}
+
+/* x == y, NaN counting as equal to NaN (where the extreme is NaN, the NaNs share). */
+static mg_status ties(mg_ctx *C, mg_tensor *x, mg_tensor *y, mg_tensor **eq) {
+  mg_status st = BIN(MG_B_EQ, x, y, eq);
+  if (st != MG_OK || !mg_any_nan(y)) return st;
+  mg_tensor *nx = NULL, *ny = NULL, *both = NULL, *sum = NULL;
+  if ((st = BIN(MG_B_NE, x, x, &nx)) == MG_OK && (st = BIN(MG_B_NE, y, y, &ny)) == MG_OK &&
+      (st = BIN(MG_B_MUL, nx, ny, &both)) == MG_OK && (st = BIN(MG_B_ADD, *eq, both, &sum)) == MG_OK) {
+    mg_tensor_release(*eq);
+    *eq = sum;
+  }
+  mg_tensor_release(nx); mg_tensor_release(ny); mg_tensor_release(both);
+  if (st != MG_OK) { mg_tensor_release(*eq); *eq = NULL; }
+  return st;
+}
+
 /* max/min: where x equals the extreme, divided by the number of ties (constants). */
 static mg_status extreme_weights(mg_ctx *C, const mg_node *n, mg_tensor **w) {
   mg_tensor *yk = NULL, *eq = NULL, *cnt = NULL;
   uint32_t mask = (uint32_t)n->attr.i[0];
   mg_no_grad_enter(C);
-  mg_status st = keepdim_view(C, n, 0, n->out[0], &yk);
-  if (st == MG_OK) st = BIN(MG_B_EQ, n->in[0], yk, &eq);
-  if (st == MG_OK) st = mg_tensor_sum(C, eq, mask, true, &cnt);
-  if (st == MG_OK) st = BIN(MG_B_DIV, eq, cnt, w);
+  mg_status st = MG_OK;
+  if (n->attr.ni > 2 && n->attr.i[2]) st = index_weights(C, n, w);
+  else {
+    st = keepdim_view(C, n, 0, n->out[0], &yk);
+    if (st == MG_OK) st = ties(C, n->in[0], yk, &eq);
+    if (st == MG_OK) st = mg_tensor_sum(C, eq, mask, true, &cnt);
+    if (st == MG_OK) st = BIN(MG_B_DIV, eq, cnt, w);
+  }
   mg_no_grad_exit(C);
   mg_tensor_release(yk);
   mg_tensor_release(eq);
@@ -299,8 +389,8 @@ static mg_status extreme_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *c
 
 #define SOFTMAX_LOOP(T, EXP, LOG) do {                                             \
     const T *xp = (const T *)mg_tensor_data(c); T *yp = (T *)mg_tensor_data(y);     \
-    for (int64_t o = 0; o < outer; o++)                                            \
-      for (int64_t in = 0; in < inner; in++) {                                     \
+    for (int64_t o = 0; o < outer && st == MG_OK; o++)                             \
+      for (int64_t in = 0; in < inner && (st = mg_poll(C, fn)) == MG_OK; in++) {   \
         const T *xr = xp + o * n * inner + in; T *yr = yp + o * n * inner + in;    \
         T m = xr[0];                                                               \
         for (int64_t k = 1; k < n; k++) if (xr[k * inner] > m) m = xr[k * inner];  \
@@ -336,6 +426,7 @@ mg_status mg_tensor_softmax(mg_ctx *C, mg_tensor *x, int dim, bool log_, mg_tens
     else SOFTMAX_LOOP(float, expf, logf);
   }
   mg_tensor_release(c);
+  if (st != MG_OK) { mg_tensor_release(y); return st; }   /* interrupted */
   mg_attr at = { .ni = 1, .i = { dim } };
   return mg_record_result(C, op, 1, &x, y, &at, out);
 }

@@ -67,6 +67,7 @@ static double below_f64(double v, double lo, double hi) {
 }
 
 void mg_fill_uniform(mg_ctx *C, mg_tensor *t, double lo, double hi) {
+  mg_bump_version(t);
   if (t->dtype == MG_F32) {
     FILL(t, below_f32(lo + (hi - lo) * (double)(next(&C->rng) >> 40) * 0x1.0p-24, lo, hi));
   } else {
@@ -75,5 +76,6 @@ void mg_fill_uniform(mg_ctx *C, mg_tensor *t, double lo, double hi) {
 }
 
 void mg_fill_normal(mg_ctx *C, mg_tensor *t, double mean, double std) {
+  mg_bump_version(t);
   FILL(t, mean + std * normal01(&C->rng));
 }

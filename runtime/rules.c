@@ -87,6 +87,8 @@ static mg_tensor *own(mg_ex *e, mg_status st, mg_tensor **tp) {
   return e->t[e->n++] = t;
 }
 
+mg_tensor *mg_ex_own(mg_ex *e, mg_status st, mg_tensor **tp) { return own(e, st, tp); }
+
 #define EX_GUARD() do { if (e->st != MG_OK) return NULL; } while (0)
 
 mg_tensor *mg_ex_keep(mg_ex *e, mg_tensor *t) {
@@ -197,9 +199,4 @@ mg_tensor *mg_ex_full(mg_ex *e, mg_dtype dt, double v) {
   EX_GUARD();
   mg_tensor *y = NULL;
   return own(e, mg_tensor_full(e->C, dt, 0, NULL, v, &y), &y);
-}
-
-mg_tensor *mg_ex_own(mg_ex *e, mg_status st, mg_tensor **tp) {
-  if (e->st != MG_OK) { if (st == MG_OK) mg_tensor_release(*tp); return NULL; }
-  return own(e, st, tp);
 }

@@ -6,6 +6,7 @@
 */
 #include "mg_impl.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 
 /* ================================================================ pointer map */
@@ -156,6 +157,70 @@ mg_tensor *mg_tape_watched_at(const mg_tape *T, size_t i) {
   return i < T->nwatched ? T->watched[i] : NULL;
 }
 
+/* ================================================================ versions */
+
+/* Which of a node's tensors no rule of its op reads the values of: writing into those after
+** recording cannot change a gradient, so the version check skips them. Unlisted ops (matmul,
+** the cells, any new op) have every input, output and saved tensor checked. */
+enum {
+  UNREAD_IN0 = 1, UNREAD_IN1 = 2, UNREAD_IN2 = 4,
+  UNREAD_INS = 0xff,                      /* every input (past the 8th: when this is set) */
+  UNREAD_OUT = 0x100,
+  UNREAD_ALL = UNREAD_INS | UNREAD_OUT    /* shapes only */
+};
+
+static unsigned unread(int op) {
+  switch (op) {
+  case MG_OP_NEG: case MG_OP_ADD: case MG_OP_SUB: case MG_OP_RESHAPE: case MG_OP_PERMUTE:
+  case MG_OP_EXPAND: case MG_OP_NARROW: case MG_OP_SELECT: case MG_OP_PAD: case MG_OP_CAST:
+  case MG_OP_COPY: case MG_OP_CAT: case MG_OP_SUM:
+    return UNREAD_ALL;
+  case MG_OP_EXP: case MG_OP_TANH: case MG_OP_SIGMOID: case MG_OP_SQRT: case MG_OP_SOFTMAX:
+  case MG_OP_LOG_SOFTMAX:
+    return UNREAD_INS;                    /* f' from the output */
+  case MG_OP_LOG: case MG_OP_RELU: case MG_OP_ABS: case MG_OP_SIN: case MG_OP_COS:
+  case MG_OP_SOFTPLUS: case MG_OP_MUL: case MG_OP_MAXIMUM: case MG_OP_MINIMUM: case MG_OP_CLAMP:
+    return UNREAD_OUT;                    /* f' from the inputs */
+  case MG_OP_DIV: return UNREAD_IN0;      /* 1/b and -y/b */
+  case MG_OP_WHERE: return UNREAD_IN1 | UNREAD_IN2 | UNREAD_OUT;   /* the condition only */
+  default: return 0;
+  }
+}
+
+static void describe_stale(char *buf, size_t n, const char *role, int k, const mg_tensor *t) {
+  char sh[96];
+  mg_shapestr(sh, sizeof sh, t->ndim, t->shape);
+  if (t->name && t->name[0])
+    snprintf(buf, n, "%s %d, Variable '%s', %s %s", role, k + 1, t->name, mg_dtype_name(t->dtype), sh);
+  else
+    snprintf(buf, n, "%s %d, a %s tensor of shape %s", role, k + 1, mg_dtype_name(t->dtype), sh);
+}
+
+static mg_status stale_error(mg_ctx *C, const mg_node *n, const char *role, int k,
+                             const mg_tensor *t, uint32_t then) {
+  char what[160];
+  describe_stale(what, sizeof what, role, k, t);
+  return mg_fail(C, MG_ESTATE, "%s: a tensor saved for the gradient was modified in place after "
+                 "it was recorded (%s; version %u when recorded, now %u)", mg_ops[n->op].name,
+                 what, (unsigned)then, (unsigned)t->storage->version);
+}
+
+/* Before a rule of 'n' runs: the tensors it reads still hold the values it recorded. */
+static mg_status check_versions(mg_ctx *C, const mg_node *n) {
+  unsigned skip = unread(n->op);
+  if (skip == UNREAD_ALL && n->nsaved == 0) return MG_OK;
+  for (int k = 0; k < n->nin; k++)
+    if (!(skip & (k < 8 ? 1u << k : (unsigned)UNREAD_INS)) && n->in[k]->storage->version != n->ver_in[k])
+      return stale_error(C, n, "input", k, n->in[k], n->ver_in[k]);
+  for (int k = 0; k < n->nout && !(skip & UNREAD_OUT); k++)
+    if (n->out[k]->storage->version != n->ver_out[k])
+      return stale_error(C, n, "output", k, n->out[k], n->ver_out[k]);
+  for (int k = 0; k < n->nsaved; k++)
+    if (n->saved[k]->storage->version != n->ver_saved[k])
+      return stale_error(C, n, "saved tensor", k, n->saved[k], n->ver_saved[k]);
+  return MG_OK;
+}
+
 /* ================================================================ recording */
 
 static mg_status record_on(mg_tape *T, int op, int nin, mg_tensor *const *in, int nout,
@@ -171,15 +236,28 @@ static mg_status record_on(mg_tape *T, int op, int nin, mg_tensor *const *in, in
   n->nin = nin;
   n->nout = nout;
   n->nsaved = nsaved;
-  n->in = nin <= MG_MAXIN_INLINE ? n->in_inline : malloc((size_t)nin * sizeof *n->in);
-  if (n->in == NULL) return MG_ENOMEM;
+  if (nin <= MG_MAXIN_INLINE) {
+    n->in = n->in_inline;
+    n->ver_in = n->ver_in_inline;
+  } else {                                /* the versions follow the pointers */
+    n->in = malloc((size_t)nin * (sizeof *n->in + sizeof *n->ver_in));
+    if (n->in == NULL) return MG_ENOMEM;
+    n->ver_in = (uint32_t *)(n->in + nin);
+  }
   for (int i = 0; i < nin; i++) {
     n->in[i] = mg_tensor_retain(in[i]);
+    n->ver_in[i] = in[i]->storage->version;
     if (T->watch_vars && mg_tensor_is_variable(in[i]) && mg_tape_watch(T, in[i]) != MG_OK)
       return MG_ENOMEM;   /* the node is complete but for this; the caller reports it */
   }
-  for (int i = 0; i < nout; i++) n->out[i] = mg_tensor_retain(out[i]);
-  for (int i = 0; i < nsaved; i++) n->saved[i] = mg_tensor_retain(saved[i]);
+  for (int i = 0; i < nout; i++) {
+    n->out[i] = mg_tensor_retain(out[i]);
+    n->ver_out[i] = out[i]->storage->version;
+  }
+  for (int i = 0; i < nsaved; i++) {
+    n->saved[i] = mg_tensor_retain(saved[i]);
+    n->ver_saved[i] = saved[i]->storage->version;
+  }
   if (attr) n->attr = *attr;
   else n->attr.ni = 0;
   T->n++;
@@ -318,7 +396,8 @@ static mg_status backward_node(mg_ctx *C, tmap *m, const mg_node *n, int lead,
     slot *s = map_find(m, n->in[k]);
     anyneed |= (need[k] = s && s->reach);
   }
-  if (st == MG_OK && anyneed) st = mg_ops[n->op].rules->vjp(C, n, lead, g, need, gin);
+  if (st == MG_OK && anyneed && (st = check_versions(C, n)) == MG_OK)
+    st = mg_ops[n->op].rules->vjp(C, n, lead, g, need, gin);
   for (int k = 0; gin && k < n->nin; k++) {
     if (gin[k] == NULL) continue;
     if (st != MG_OK) { mg_tensor_release(gin[k]); continue; }
@@ -351,7 +430,8 @@ mg_status mg_tape_gradient_sweep(mg_tape *T, int ntargets, mg_tensor *const *tar
   mg_status st = oom ? mg_fail(C, MG_ENOMEM, "out of memory")
                      : seed_targets(C, &m, ntargets, targets, seeds, &like);
   for (size_t i = T->n; i-- > first && st == MG_OK;)
-    st = backward_node(C, &m, mg_tape_node(T, i), lead, nsources, sources);
+    if ((st = mg_poll(C, "gradient")) == MG_OK)
+      st = backward_node(C, &m, mg_tape_node(T, i), lead, nsources, sources);
   for (int j = 0; j < nsources && st == MG_OK; j++) {
     slot *s = map_find(&m, sources[j]);
     if (s && s->val)
@@ -368,16 +448,17 @@ mg_status mg_tape_gradient_sweep(mg_tape *T, int ntargets, mg_tensor *const *tar
 }
 
 /* Bracket a differentiation of 'T': its own recording is suspended meanwhile, and a
-** non-persistent tape is spent at the end. */
+** non-persistent tape is spent at the end, unless the host interrupted it ('st' MG_EINTR):
+** nothing was handed out, so it may be asked again. */
 mg_status mg_tape_begin(mg_tape *T) {
   if (T->spent) return spent_error(T);
   if (T->busy++ == 0 && T->recording) T->ctx->nbusy++;
   return MG_OK;
 }
 
-void mg_tape_end(mg_tape *T) {
+void mg_tape_end(mg_tape *T, mg_status st) {
   if (--T->busy == 0 && T->recording) T->ctx->nbusy--;
-  if (!T->persistent) {                  /* spent: nothing it records could be used */
+  if (!T->persistent && st != MG_EINTR) {                  /* spent: nothing it records could be used */
     T->spent = true;
     drop_nodes(T);
     mg_tape_stop(T);
@@ -390,7 +471,7 @@ mg_status mg_tape_gradient(mg_tape *T, int ntargets, mg_tensor *const *targets,
   mg_status st = mg_tape_begin(T);
   if (st != MG_OK) return st;
   st = mg_tape_gradient_sweep(T, ntargets, targets, seeds, lead, nsources, sources, unconnected_zero, grads);
-  mg_tape_end(T);
+  mg_tape_end(T, st);
   return st;
 }
 
@@ -406,7 +487,7 @@ mg_status mg_tape_forward_sweep(mg_tape *T, int nsources, mg_tensor *const *sour
     if (s == NULL) st = mg_fail(C, MG_ENOMEM, "out of memory");
     else st = accumulate(C, s, mg_tensor_retain(tangents[j]));
   }
-  for (size_t i = 0; i < T->n && st == MG_OK; i++) {
+  for (size_t i = 0; i < T->n && st == MG_OK && (st = mg_poll(C, "jvp")) == MG_OK; i++) {
     const mg_node *n = mg_tape_node(T, i);
     mg_tensor *stackt[8], **t = n->nin <= 8 ? stackt : calloc((size_t)n->nin, sizeof *t);
     mg_tensor *tout[MG_MAXOUT] = { NULL };
@@ -417,7 +498,7 @@ mg_status mg_tape_forward_sweep(mg_tape *T, int nsources, mg_tensor *const *sour
       t[k] = s ? s->val : NULL;
       any |= t[k] != NULL;
     }
-    if (any) st = mg_ops[n->op].rules->jvp(C, n, lead, t, tout);
+    if (any && (st = check_versions(C, n)) == MG_OK) st = mg_ops[n->op].rules->jvp(C, n, lead, t, tout);
     if (t != stackt) free(t);
     for (int k = 0; k < n->nout; k++) {
       if (tout[k] == NULL) continue;
@@ -448,6 +529,6 @@ mg_status mg_tape_forward(mg_tape *T, int nsources, mg_tensor *const *sources,
   mg_status st = mg_tape_begin(T);
   if (st != MG_OK) return st;
   st = mg_tape_forward_sweep(T, nsources, sources, tangents, lead, ntargets, targets, out);
-  mg_tape_end(T);
+  mg_tape_end(T, st);
   return st;
 }

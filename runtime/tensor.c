@@ -32,6 +32,7 @@ static mg_storage *storage_new(mg_ctx *C, size_t nbytes) {
     return NULL;
   }
   s->refs = 1;
+  s->version = 0;
   s->nbytes = nbytes;
   s->pool = C->pool;
   s->release = NULL;
@@ -43,8 +44,9 @@ static void storage_release(mg_storage *s) {
   if (--s->refs > 0) return;
   if (s->data == s + 1) {                         /* inline: back to the pool's free list */
     mg_pool *p = s->pool;
-    mg_pool_small_put(p, inline_class(s->nbytes), s);
-    mg_pool_account(p, sizeof *s + s->nbytes + sizeof(mg_tensor), false);
+    size_t nbytes = s->nbytes;                    /* 's' is gone once put back */
+    mg_pool_small_put(p, inline_class(nbytes), s);
+    mg_pool_account(p, sizeof *s + nbytes + sizeof(mg_tensor), false);
     return;
   }
   if (s->pool != NULL) mg_pool_free(s->pool, s->data, s->cap);
@@ -228,9 +230,32 @@ double mg_tensor_get(const mg_tensor *t, const int64_t *idx) {
 
 void mg_tensor_set(mg_tensor *t, const int64_t *idx, double v) {
   int64_t o = elem_offset(t, idx);
+  mg_bump_version(t);
   if (t->dtype == MG_F64) ((double *)t->storage->data)[o] = v;
   else ((float *)t->storage->data)[o] = (float)v;
 }
+
+bool mg_any_equal(const mg_tensor *t, double v) {
+  int64_t n = mg_tensor_numel(t), idx[MG_MAXDIM] = { 0 };
+  for (int64_t i = 0; i < n; i++) {
+    if (mg_tensor_get(t, idx) == v) return true;
+    for (int d = t->ndim - 1; d >= 0 && ++idx[d] == t->shape[d]; d--) idx[d] = 0;
+  }
+  return false;
+}
+
+bool mg_any_nan(const mg_tensor *t) {
+  int64_t n = mg_tensor_numel(t), idx[MG_MAXDIM] = { 0 };
+  for (int64_t i = 0; i < n; i++) {
+    double v = mg_tensor_get(t, idx);
+    if (v != v) return true;
+    for (int d = t->ndim - 1; d >= 0 && ++idx[d] == t->shape[d]; d--) idx[d] = 0;
+  }
+  return false;
+}
+
+void mg_tensor_bump_version(mg_tensor *t) { mg_bump_version(t); }
+uint32_t mg_tensor_version(const mg_tensor *t) { return t->storage->version; }
 
 void mg_tensor_set_variable(mg_tensor *t, bool on) {
   if (on) t->flags |= MG_TF_VARIABLE;

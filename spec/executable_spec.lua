@@ -1,7 +1,7 @@
 -- The moongrad executable (API.md, The executable; bindings/lmain.c): -e, scripts and the
 -- 'arg' table (compared with lua5.4's), exit status and messages, -v and its OpenBLAS
--- warning, the piped REPL, the terminal REPL through a pseudo-terminal (util-linux 'script'),
--- Ctrl-C, and bad options.
+-- warning, -E, -W and LUA_INIT (compared with lua5.4), the piped REPL, Ctrl-C in a script,
+-- and bad options. The REPL in a terminal: spec/repl_spec.lua.
 local mg = require "moongrad"
 
 local source = os.getenv("MOONGRAD_SOURCE") or "."
@@ -247,44 +247,70 @@ describe("Ctrl-C", function()
     contains(slurp(err), "interrupted!", "stack traceback:")
     assert.are.equal(1, status)
   end)
+
+  it("stops a script inside one long kernel: '<op>: interrupted!' on the first Ctrl-C", function()
+    local marker = tmpname()
+    os.remove(marker)
+    local err = tmpname()
+    local chunk = ("io.open(%q, 'w'):close() local s = mg.ones(1, 1):expand(2e5, 2e5):sum()")
+      :format(marker)
+    local code = ("(%s -e %s 2>%s & pid=$!; %s; sleep 0.3; kill -INT $pid; wait $pid)")
+      :format(q(exe), q(chunk), err, await(marker))
+    local t0 = os.time()
+    local _, _, status = os.execute(code)
+    assert.is_true(os.time() - t0 < 10, "the kernel was not stopped")
+    contains(slurp(err), "sum: interrupted!", "stack traceback:")
+    assert.are.equal(1, status)
+  end)
 end)
 
-describe("the REPL in a terminal", function()
-  local have_script = os.execute("command -v script >/dev/null && command -v timeout >/dev/null")
+describe("-E, -W and LUA_INIT, as lua5.4", function()
+  local code = q "print(package.path:match('^[^;]*'), package.cpath:match('^[^;]*')) warn('hello')"
+  local env = "LUA_INIT=" .. q "print('init ran')" .. " LUA_PATH=" .. q "/nowhere/?.lua"
+              .. " LUA_CPATH=" .. q "/nowhere/?.so"
 
-  -- Run moongrad in a pseudo-terminal fed by the shell command 'feeder'; its output with the
-  -- carriage returns and escape sequences removed.
-  local function run_tty(feeder, env, outf)
-    outf = outf or tmpname()
-    local cmd = ("(%s) | timeout 20 script -qec %s /dev/null >%s 2>&1")
-      :format(feeder, q((env or "") .. " " .. q(exe)), outf)
-    os.execute(cmd)
-    return (slurp(outf):gsub("\r", ""):gsub("\27%[[%d;?]*[A-Za-z]", ""))
+  -- stdout and stderr of 'cmd'
+  local function both(cmd)
+    local outf, errf = tmpname(), tmpname()
+    os.execute(("%s >%s 2>%s </dev/null"):format(cmd, outf, errf))
+    return slurp(outf), slurp(errf)
   end
 
-  it("shows prompts, prints values, continues chunks and keeps history", function()
-    if not have_script then pending("no util-linux 'script' to make a terminal") return end
-    local hist = tmpname()
-    os.remove(hist)
-    local out = run_tty([[printf 'x = mg.ones(2)\nx + 1\nfor i=1,2 do\nprint(i)\nend\n']],
-                        "MOONGRAD_HISTORY=" .. hist)
-    contains(out, "moongrad " .. mg._VERSION, "mg> x + 1\n" .. tostring(mg.ones(2) + 1) .. "\n",
-             "mg> for i=1,2 do\n..> print(i)\n..> end\n1\n2\n")
-    assert.are.equal("x = mg.ones(2)\nx + 1\nfor i=1,2 do\nprint(i)\nend\n", slurp(hist))
-    -- a new session reads the file: five Ups go back past this session's line to 'x + 1'
-    local again = run_tty([[printf 'x = mg.ones(2)*2\n\033[A\033[A\033[A\033[A\033[A\n']],
-                          "MOONGRAD_HISTORY=" .. hist)
-    contains(again, tostring(mg.ones(2) * 2 + 1))
+  it("runs LUA_INIT first and takes LUA_PATH and LUA_CPATH without -E", function()
+    local out, err = run("-e " .. code, nil, env)
+    assert.are.equal("init ran\n/nowhere/?.lua\t/nowhere/?.so\n", out)
+    assert.are.equal("", err)                       -- warnings off
+    local lout, lerr = both(env .. " lua5.4 -e " .. code)
+    assert.are.same({ lout, lerr }, { out, err })
   end)
 
-  it("cancels the chunk being typed on Ctrl-C at the prompt", function()
-    if not have_script then pending("no util-linux 'script' to make a terminal") return end
-    local outf = tmpname()
-    local feeder = ([[printf 'for i=1,2 do\n'; for i in $(seq 200); do grep -q '[.][.]> ' %s && break; sleep 0.05; done; printf '\003'; printf 'print("after")\n']])
-      :format(outf)
-    local out = run_tty(feeder, "MOONGRAD_HISTORY=", outf)
-    contains(out, "\nafter\n")
-    lacks(out, "\n1\n")
+  it("ignores them with -E", function()
+    local out, err, status = run("-E -e " .. code, nil, env)
+    assert.are.same({ both(env .. " lua5.4 -E -e " .. code) }, { out, err })
+    lacks(out, "init ran")
+    lacks(out, "/nowhere/")
+    assert.are.equal(0, status)
+  end)
+
+  it("runs LUA_INIT=@file as a file, LUA_INIT_5_4 before LUA_INIT", function()
+    local init = tmpname("print('from file')\n")
+    assert.are.equal("from file\n1\n", run("-e 'print(1)'", nil, "LUA_INIT=@" .. init))
+    assert.are.equal("five four\n", run("-e ''", nil, "LUA_INIT_5_4=" .. q "print('five four')"
+                                          .. " LUA_INIT=" .. q "print('plain')"))
+  end)
+
+  it("turns warnings on with -W, in order with -e", function()
+    local w = "-e " .. q "warn('before')" .. " -W -e " .. q "warn('after')"
+    local out, err = run(w)
+    assert.are.equal("", out)
+    assert.are.equal("Lua warning: after\n", err)
+    assert.are.same({ both("lua5.4 " .. w) }, { out, err })
+  end)
+
+  it("reports a failing LUA_INIT with exit status 1", function()
+    local _, err, status = run("-e 'print(1)'", nil, "LUA_INIT=" .. q "error('bad init')")
+    contains(err, "moongrad: LUA_INIT:1: bad init")
+    assert.are.equal(1, status)
   end)
 end)
 
@@ -305,7 +331,7 @@ describe("the command line", function()
   it("prints the usage on stdout for -h and --help", function()
     for _, opt in ipairs { "-h", "--help" } do
       local out, err, code = run(opt)
-      contains(out, "usage: moongrad [options] [script [args]]", "-e code", "-i", "-v")
+      contains(out, "usage: moongrad [options] [script [args]]", "-e code", "-i", "-v", "-E", "-W")
       assert.are.equal("", err)
       assert.are.equal(0, code)
     end

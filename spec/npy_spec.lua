@@ -1,6 +1,8 @@
 -- NumPy .npy files (npy.c): save/load round trips in float32 and float64 (0-d, empty and
 -- non-contiguous tensors too), NumPy reading ours and we reading NumPy's (Fortran order,
--- format 2.0), and every malformed file raising an error that names 'load' and the path.
+-- format 2.0, big-endian, more than 12 dimensions), every malformed file raising an error
+-- that names 'load' and the path, and saving that never destroys the previous file (under a
+-- file-size limit, on a full tmpfs, in an unwritable directory).
 local mg = require "moongrad"
 local support = require "support"
 

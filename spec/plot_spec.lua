@@ -1,7 +1,11 @@
 -- mg.plot (bindings/moongrad/plot.lua): every call on every accepted input rank, written as
 -- .png, .svg, .pdf, .txt and to standard output; what the pictures hold (heatmap colours and
 -- orientation, symmetric axes, reflected halves, the data that reaches gnuplot); every user
--- mistake and its message; and that no temporary file is left behind. Drawing needs gnuplot:
+-- mistake and its message; that no temporary file is left behind; that a failed or empty
+-- picture (a fake gnuplot, a file-size limit, an unwritable directory) never replaces the
+-- previous one; and that the pictures are fit for a paper (no text past the canvas, in PNGs
+-- decoded with Python's zlib; a colour box on every heatmap; text heatmaps that lose no
+-- timestep and have equal panels). Drawing needs gnuplot:
 -- without it those tests are pending and only the errors (missing gnuplot included) run.
 local mg = require "moongrad"
 local plot = require "moongrad.plot"

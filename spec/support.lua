@@ -188,4 +188,19 @@ function support.torch_ref(dir, case)
   if not ok then error("torch_ref.py " .. case .. " failed:\n" .. support.read_file(log), 2) end
 end
 
+-- support.venv_python(): the Python of the test-only virtual environment that tools/venv
+-- makes (Keras 3 on JAX, tensorboard, safetensors, numpy, h5py): $MG_VENV/bin/python, or the
+-- repository's .venv. tools/test creates it before the suite runs. Raises when it is missing,
+-- so a spec that compares with a real peer fails instead of passing without it.
+function support.venv_python()
+  local venv = os.getenv("MG_VENV") or ((os.getenv("MOONGRAD_SOURCE") or ".") .. "/.venv")
+  local py = venv .. "/bin/python"
+  local f = io.open(py, "r")
+  if f == nil then
+    error("no test virtual environment at " .. venv .. " (run tools/venv, or set MG_VENV)", 2)
+  end
+  f:close()
+  return py
+end
+
 return support

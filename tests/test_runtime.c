@@ -1,9 +1,10 @@
 /*
 ** test_runtime.c - C unit tests of the runtime through its public header alone (no Lua):
 ** statuses and messages, broadcasting, views, matmul, reductions, the tape and Jacobians,
-** host memory with its release callback, independent contexts, safe file writing.
+** host memory with its release callback, independent contexts, safe file writing, the interrupt flag,
+** LAPACK's linalg.
 */
-#define _POSIX_C_SOURCE 200809L   /* mkdtemp, setrlimit */
+#define _POSIX_C_SOURCE 200809L   /* mkdtemp, setrlimit, symlink */
 #include <dirent.h>
 #include <errno.h>
 #include <math.h>
@@ -182,6 +183,97 @@ static void test_matmul_nomem(mg_ctx *C) {
   CHECK(mg_live_bytes(C) == live);                      /* the copy of 'a' did not leak */
 }
 
+/* The interrupt flag: a set flag stops long loops with MG_EINTR "<op>: interrupted!" and
+** frees what they made; nothing is recorded; a clear flag (or another context) runs as ever;
+** writes into existing tensors run to their end. */
+static void test_interrupt(mg_ctx *C) {
+  static volatile sig_atomic_t flag = 0;
+  mg_tensor *one, *big, *y = (mg_tensor *)0x1, *x, *sq, *s, *g = NULL, *m3 = NULL, *mm;
+  int64_t s11[2] = { 1, 1 }, sbig[2] = { 4096, 4096 }, s3[3] = { 64, 8, 8 };
+  double xv[2] = { 1, 2 };
+  CHECK(mg_tensor_full(C, MG_F64, 2, s11, 1.0, &one) == MG_OK);
+  CHECK(mg_tensor_expand(C, one, 2, sbig, &big) == MG_OK);
+  x = vec(C, MG_F64, 2, xv);
+  mg_tape *T;
+  CHECK(mg_tape_new(C, false, true, &T) == MG_OK);
+  mg_tape_watch(T, x);
+  CHECK(mg_tensor_binary(C, MG_B_MUL, x, x, &sq) == MG_OK);
+  size_t live = mg_live_bytes(C);
+  mg_ctx_set_interrupt_flag(C, &flag);
+  flag = 1;
+  CHECK(mg_tensor_sum(C, big, ~0u, false, &y) == MG_EINTR);
+  CHECK(strcmp(mg_errmsg(C), "sum: interrupted!") == 0);
+  CHECK(y == (mg_tensor *)0x1);
+  CHECK(mg_tensor_binary(C, MG_B_ADD, big, big, &y) == MG_EINTR);   /* elementwise */
+  CHECK(strcmp(mg_errmsg(C), "add: interrupted!") == 0);
+  CHECK(mg_tensor_unary(C, MG_U_EXP, big, &y) == MG_EINTR);
+  CHECK(strcmp(mg_errmsg(C), "exp: interrupted!") == 0);
+  CHECK(y == (mg_tensor *)0x1 && mg_live_bytes(C) == live);   /* partial results freed */
+  CHECK(mg_tensor_zeros(C, MG_F64, 3, s3, &m3) == MG_OK);
+  CHECK(mg_tensor_matmul(C, m3, m3, &y) == MG_EINTR);                /* per batch matrix */
+  CHECK(strcmp(mg_errmsg(C), "matmul: interrupted!") == 0);
+  CHECK(mg_tensor_softmax(C, m3, 2, true, &y) == MG_EINTR);          /* per row */
+  CHECK(strcmp(mg_errmsg(C), "log_softmax: interrupted!") == 0);
+  CHECK(mg_tensor_argmax(C, m3, 0, false, false, &y) == MG_EINTR);
+  CHECK(strcmp(mg_errmsg(C), "argmax: interrupted!") == 0);
+  CHECK(y == (mg_tensor *)0x1);
+  mg_tensor *cx, *cW, *cU, *cb, *ch = (mg_tensor *)0x1, *cc = (mg_tensor *)0x1;
+  int64_t sx[2] = { 2, 3 }, sW[2] = { 3, 8 }, sU[2] = { 2, 8 }, sb[1] = { 8 }, sh[2] = { 2, 2 };
+  mg_tensor *h0, *c0;
+  CHECK(mg_tensor_zeros(C, MG_F64, 2, sx, &cx) == MG_OK);
+  CHECK(mg_tensor_zeros(C, MG_F64, 2, sW, &cW) == MG_OK);
+  CHECK(mg_tensor_zeros(C, MG_F64, 2, sU, &cU) == MG_OK);
+  CHECK(mg_tensor_zeros(C, MG_F64, 1, sb, &cb) == MG_OK);
+  CHECK(mg_tensor_zeros(C, MG_F64, 2, sh, &h0) == MG_OK);
+  CHECK(mg_tensor_zeros(C, MG_F64, 2, sh, &c0) == MG_OK);
+  CHECK(mg_lstm_cell(C, cx, h0, c0, cW, cU, cb, &ch, &cc) == MG_EINTR);   /* per step */
+  CHECK(strcmp(mg_errmsg(C), "lstm_cell: interrupted!") == 0 && ch == (mg_tensor *)0x1);
+  mg_tensor *cells[] = { cx, cW, cU, cb, h0, c0 };
+  for (size_t i = 0; i < 6; i++) mg_tensor_release(cells[i]);
+  CHECK(mg_tensor_copy_(C, m3, one) == MG_OK);                       /* writes: to the end */
+  int64_t last[3] = { 63, 7, 7 };
+  CHECK(mg_tensor_get(m3, last) == 1);
+  CHECK(mg_tensor_sum(C, sq, ~0u, false, &s) == MG_OK);              /* short: never polls */
+  CHECK(mg_tape_gradient(T, 1, &s, NULL, 0, 1, &x, false, &g) == MG_EINTR);   /* per node */
+  CHECK(strcmp(mg_errmsg(C), "gradient: interrupted!") == 0 && g == NULL);
+  flag = 0;                                    /* not spent by the interrupted sweep */
+  CHECK(mg_tape_gradient(T, 1, &s, NULL, 0, 1, &x, false, &g) == MG_OK);
+  for (int64_t i = 0; i < 2; i++) CHECK(mg_tensor_get(g, &i) == 2 * xv[i]);
+  mg_tensor_release(g);
+  g = NULL;
+  flag = 1;
+  mg_ctx *other = mg_ctx_new();                                      /* its own flag: none */
+  mg_tensor *o1, *ob, *os;
+  CHECK(mg_tensor_full(other, MG_F32, 2, s11, 1.0, &o1) == MG_OK);
+  CHECK(mg_tensor_expand(other, o1, 2, sbig, &ob) == MG_OK);
+  CHECK(mg_tensor_sum(other, ob, ~0u, false, &os) == MG_OK);
+  int64_t none[1] = { 0 };
+  CHECK(mg_tensor_get(os, none) == 4096.0 * 4096.0);
+  mg_tensor *objs[] = { o1, ob, os };
+  for (size_t i = 0; i < 3; i++) mg_tensor_release(objs[i]);
+  mg_ctx_close(other);
+  flag = 0;                                    /* cleared by the host: all runs again */
+  CHECK(mg_tensor_sum(C, big, ~0u, false, &y) == MG_OK);
+  CHECK(mg_tensor_get(y, none) == 4096.0 * 4096.0);
+  CHECK(mg_tensor_matmul(C, m3, m3, &mm) == MG_OK);
+  mg_tape_release(T);
+  CHECK(mg_tape_new(C, false, true, &T) == MG_OK);   /* the interrupted sum recorded nothing */
+  mg_tape_watch(T, x);
+  mg_tensor *objs2[] = { y, sq, s, mm };
+  for (size_t i = 0; i < 4; i++) mg_tensor_release(objs2[i]);
+  CHECK(mg_tensor_binary(C, MG_B_MUL, x, x, &sq) == MG_OK);
+  flag = 1;
+  CHECK(mg_tensor_sum(C, big, ~0u, false, &y) == MG_EINTR);          /* while T records */
+  flag = 0;
+  CHECK(mg_tensor_sum(C, sq, ~0u, false, &s) == MG_OK);
+  CHECK(mg_tape_gradient(T, 1, &s, NULL, 0, 1, &x, false, &g) == MG_OK);
+  for (int64_t i = 0; i < 2; i++) CHECK(mg_tensor_get(g, &i) == 2 * xv[i]);
+  mg_ctx_set_interrupt_flag(C, NULL);
+  mg_tape_release(T);
+  mg_tensor *objs3[] = { one, big, x, sq, s, g, m3 };
+  for (size_t i = 0; i < 7; i++) mg_tensor_release(objs3[i]);
+}
+
 /* Two contexts share nothing: seeds and default dtypes are per context. */
 static void test_contexts(void) {
   mg_ctx *A = mg_ctx_new(), *B = mg_ctx_new();
@@ -306,6 +398,23 @@ static void test_fileio(mg_ctx *C) {
   mg_tmpfile_discard(tmp);
   mg_tmpfile_discard(NULL);
   CHECK(has_content(path2, "by name") && entries(dir) == 2);
+  /* a symbolic link: the file it names is replaced, beside itself; the link stays */
+  char link[80];
+  snprintf(link, sizeof link, "%s/link.bin", dir);
+  CHECK(symlink("b.bin", link) == 0);
+  CHECK(mg_wfile_open(C, "test", link, &w) == MG_OK);
+  fputs("through the link", w.f);
+  CHECK(mg_wfile_commit(C, "test", link, &w, true) == MG_OK);
+  struct stat lsb;
+  CHECK(lstat(link, &lsb) == 0 && S_ISLNK(lsb.st_mode));
+  CHECK(has_content(path2, "through the link") && entries(dir) == 3);
+  CHECK(mg_tmpfile_name(C, "test", link, &tmp) == MG_OK);
+  if (tmp) put(tmp, "by name, through the link");
+  CHECK(tmp != NULL && strncmp(tmp, path2, strlen(path2)) == 0);   /* beside the real file */
+  CHECK(mg_tmpfile_commit(C, "test", tmp, link) == MG_OK);
+  CHECK(lstat(link, &lsb) == 0 && S_ISLNK(lsb.st_mode));
+  CHECK(has_content(path2, "by name, through the link") && entries(dir) == 3);
+  remove(link);
   /* failures name the op, the path and the reason */
   char missing[96];
   snprintf(missing, sizeof missing, "%s/no/such/dir/x.bin", dir);
@@ -322,6 +431,39 @@ static void test_fileio(mg_ctx *C) {
   CHECK(rmdir(dir) == 0);
 }
 
+/* mg_linalg_*: values of a 2x2 by hand, errors and untouched outputs, nothing left alive. */
+static void test_linalg(mg_ctx *C) {
+  size_t live = mg_live_bytes(C);
+  int64_t s22[2] = { 2, 2 }, s21[2] = { 2, 1 }, s23[2] = { 2, 3 };
+  mg_tensor *A = NULL, *b = NULL, *x = NULL, *sg = NULL, *la = NULL, *Q = NULL, *R = NULL, *bad = NULL;
+  mg_tensor *y = (mg_tensor *)0x1, *y2 = (mg_tensor *)0x1;
+  CHECK(mg_tensor_empty(C, MG_F64, 2, s22, &A) == MG_OK);
+  double av[4] = { 1, 2, 3, 4 };
+  for (int64_t i = 0; i < 4; i++) { int64_t idx[2] = { i / 2, i % 2 }; mg_tensor_set(A, idx, av[i]); }
+  CHECK(mg_tensor_zeros(C, MG_F64, 2, s21, &b) == MG_OK);
+  int64_t b1[2] = { 1, 0 };
+  mg_tensor_set(b, b1, 2.0);                           /* b = (0, 2): x = (2, -1) */
+  CHECK(mg_linalg_solve(C, A, b, &x) == MG_OK);
+  CHECK_NEAR(at2(x, 0, 0), 2.0, 1e-14);
+  CHECK_NEAR(at2(x, 1, 0), -1.0, 1e-14);
+  CHECK(mg_linalg_slogdet(C, A, &sg, &la) == MG_OK);
+  CHECK(mg_tensor_get(sg, NULL) == -1.0);
+  CHECK_NEAR(mg_tensor_get(la, NULL), log(2.0), 1e-14);
+  CHECK(mg_linalg_qr(C, A, false, &Q, &R) == MG_OK);
+  CHECK_NEAR(fabs(at2(R, 0, 0)), sqrt(10.0), 1e-14);  /* |first column| */
+  CHECK(at2(R, 1, 0) == 0.0);
+  CHECK(mg_tensor_zeros(C, MG_F64, 2, s23, &bad) == MG_OK);
+  CHECK(mg_linalg_cholesky(C, bad, &y) == MG_ESHAPE);
+  CHECK(strcmp(mg_errmsg(C), "linalg.cholesky: expected square matrices, got shape (2,3)") == 0);
+  CHECK(mg_linalg_eigh(C, bad, true, &y, &y2) == MG_ESHAPE);
+  CHECK(mg_linalg_cholesky(C, A, &y) == MG_EARG);      /* A is not symmetric positive definite */
+  CHECK(strstr(mg_errmsg(C), "leading minor of order 2") != NULL);
+  CHECK(y == (mg_tensor *)0x1 && y2 == (mg_tensor *)0x1);
+  mg_tensor *ts[8] = { A, b, x, sg, la, Q, R, bad };
+  for (int i = 0; i < 8; i++) mg_tensor_release(ts[i]);
+  CHECK(mg_live_bytes(C) == live);
+}
+
 int main(void) {
   mg_ctx *C = mg_ctx_new();
   CHECK(C != NULL);
@@ -331,7 +473,9 @@ int main(void) {
   test_tape(C);
   test_wrap(C);
   test_matmul_nomem(C);
+  test_linalg(C);
   test_fileio(C);
+  test_interrupt(C);
   mg_empty_cache(C);
   CHECK(mg_cached_bytes(C) == 0);
   mg_ctx_close(C);

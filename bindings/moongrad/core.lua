@@ -280,6 +280,10 @@ end
 -- hessian(f, x): the Jacobian of the gradient, through nested tapes.
 function mg.hessian(f, x)
   if not is_tensor(x) then error("hessian: x must be a tensor", 2) end
+  local hs = x:shape()                                   -- the result: x's shape twice
+  for _, n in ipairs(x:shape()) do hs[#hs + 1] = n end
+  local ok, msg = pcall(mg._check_result, "hessian", hs, x.dtype)
+  if not ok then error(msg, 2) end
   local outer = mg.GradientTape { persistent = true }
   outer:watch(x)
   local g = outer:record(function()
@@ -324,6 +328,9 @@ function mg.gradcheck(f, inputs, opts)
   local ny = y0:numel()
   for k, x in ipairs(xs) do
     local nx = x:numel()
+    -- the numeric and analytic Jacobians as Lua arrays (16 bytes a number) and the tensor
+    local ok, msg = pcall(mg._check_result, "gradcheck", { ny, nx }, "float64", 40)
+    if not ok then error(msg, 2) end
     -- numeric Jacobian (ny x nx), column by column
     local flat = x:reshape(-1)          -- a view: writes go to x
     local num = {}
@@ -364,11 +371,25 @@ require("moongrad.ops")(Tensor)
 
 ---------------------------------------------------------------- submodules
 
+local SPECTRA = { lyapunov = true, jacobian_spectra = true,      -- functions of moongrad.spectra
+                  plot_spectrum = true, plot_spectrum_bands = true }
+
 setmetatable(mg, { __index = function(t, k)
-  if k == "nn" or k == "optim" or k == "plot" then
+  if k == "nn" or k == "optim" or k == "plot" or k == "linalg" then
     local m = require("moongrad." .. k)
     rawset(t, k, m)
     return m
+  end
+  if k == "_spectra" then              -- for nn's rnn:lyapunov and friends
+    local s = require "moongrad.spectra"
+    rawset(t, k, s)
+    return s
+  end
+  if SPECTRA[k] then
+    local s = require "moongrad.spectra"
+    local f = function(step, h0, xs, opts) return s[k](step, h0, xs, opts) end
+    rawset(t, k, f)
+    return f
   end
 end })
 

@@ -1,10 +1,11 @@
 -- moongrad.plot: plots through gnuplot (mg.plot, also require "moongrad.plot").
 --
 -- Every call builds one gnuplot script (data inline as gnuplot 5 datablocks, `$name << EOD`),
--- runs gnuplot on it and returns the path it wrote, or nil when the plot went to standard
--- output. `opts.out` picks the output by extension: .png (pngcairo, or png without cairo),
--- .svg, .pdf (pdfcairo), .txt (text, gnuplot's dumb terminal); without `out`, text is written
--- with io.write (standard output unless io.output() was redirected), usable over ssh.
+-- runs gnuplot on it and returns the path it wrote, or nothing (no value: `local p = ...` is
+-- nil) when the plot went to standard output. `opts.out` picks the output by extension: .png
+-- (pngcairo, or png without cairo), .svg, .pdf (pdfcairo), .txt (text, gnuplot's dumb
+-- terminal); without `out`, text is written with io.write (standard output unless io.output()
+-- was redirected), usable over ssh.
 -- `opts.width`, `opts.height` are pixels for .png and .svg (.pdf at 100 pixels an inch) and
 -- characters for text.
 --
@@ -39,6 +40,7 @@ end
 local function api(name, impl)
   return function(...)
     local ok, res = pcall(impl, ...)
+    if ok and res == nil then return end     -- drawn to the terminal: no value (no REPL "nil")
     if ok then return res end
     if getmetatable(res) == Failure then error(name .. ": " .. res.msg, 2) end
     error(res, 0)
@@ -387,7 +389,8 @@ local function dedupe(text)
 end
 
 -- Runs 'script' (whose first 'off' lines are our setup); gnuplot's stdout is io.write'n when
--- 'to_stdout', its warnings go to io.stderr. Both temporary files are removed on every path.
+-- 'to_stdout' (ended by a newline), its warnings go to io.stderr. Both temporary files are
+-- removed on every path.
 local function run(script, to_stdout, off)
   local sname = os.tmpname()
   local ok, ename = pcall(os.tmpname)
@@ -396,7 +399,10 @@ local function run(script, to_stdout, off)
   os.remove(sname)
   os.remove(ename)
   if not ok2 then error(out, 0) end
-  if to_stdout then io.write(out) io.flush() end
+  if to_stdout then                  -- the dumb terminal leaves its last line open
+    io.write(out, out:sub(-1) == "\n" and "" or "\n")
+    io.flush()
+  end
   if errtext ~= "" then io.stderr:write("gnuplot: ", dedupe(errtext), "\n") end
 end
 
@@ -588,10 +594,13 @@ end
 
 -- Common labels of a single plot.
 -- gnuplot centres a plot's title over the plot, not the canvas: the tic labels and y label
--- on the left and 'right' pixels (characters in text) of key or colour box on the right move
--- that centre, so the title is wrapped to what is left with both moves counted.
+-- on the left and 'right' pixels of key or colour box on the right move that centre, so the
+-- title is wrapped to what is left with both moves counted.
 local function labels(cv, title, xlabel, ylabel, right)
-  local avail = cv.w - (cv.text and 12 or 84) - (right or 0)
+  -- the plot's centre is off the canvas's by half the difference of the side margins (the
+  -- dumb terminal keeps a title inside its lines: there the canvas width is the limit)
+  local avail = cv.w - 2
+  if not cv.text then avail = cv.w - 24 - math.abs(80 - ((right or 0) + 20)) end
   return string.format("set title %s\nset xlabel %s\n", gstr(wrap(cv, title, avail)),
                        gstr(xlabel)) .. ylabel_cmd(cv, ylabel)
 end
