@@ -52,15 +52,19 @@ static void test_kernels(mg_ctx *C) {
   CHECK(mg_tape_new(C, true, true, &T) == MG_OK, "tape");
   CHECK(mg_tape_watch(T, x) == MG_OK, "watch");
   size_t before;
+  mg_status st;
   int nunary = 0, nbinary = 0;
+  /* the call first, then the check: as arguments of one call, 'y' could be read before the
+  ** op has set it (evaluation order is unspecified), releasing the previous result twice
+  ** and leaking the last */
 #define MG_UNARY_OP(kernel, opcode, name) \
-  before = T->n; check_kernel(C, T, name, opcode, mg_tensor_unary(C, kernel, x, &y), y, before); nunary++;
+  before = T->n; st = mg_tensor_unary(C, kernel, x, &y); check_kernel(C, T, name, opcode, st, y, before); nunary++;
 #define MG_UNARY_KERNEL(kernel, name) \
-  before = T->n; check_kernel(C, T, name, -1, mg_tensor_unary(C, kernel, x, &y), y, before); nunary++;
+  before = T->n; st = mg_tensor_unary(C, kernel, x, &y); check_kernel(C, T, name, -1, st, y, before); nunary++;
 #define MG_BINARY_OP(kernel, opcode, name) \
-  before = T->n; check_kernel(C, T, name, opcode, mg_tensor_binary(C, kernel, x, x, &y), y, before); nbinary++;
+  before = T->n; st = mg_tensor_binary(C, kernel, x, x, &y); check_kernel(C, T, name, opcode, st, y, before); nbinary++;
 #define MG_BINARY_KERNEL(kernel, name) \
-  before = T->n; check_kernel(C, T, name, -1, mg_tensor_binary(C, kernel, x, x, &y), y, before); nbinary++;
+  before = T->n; st = mg_tensor_binary(C, kernel, x, x, &y); check_kernel(C, T, name, -1, st, y, before); nbinary++;
 #include "mg_ops.def"
   CHECK(nunary == MG_U_COUNT && nbinary == MG_B_COUNT, "%d unary and %d binary rows", nunary, nbinary);
   mg_tape_release(T);
