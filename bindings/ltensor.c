@@ -1043,6 +1043,7 @@ static int tensor_diag(lua_State *L) {
   lua_Integer k = luaL_optinteger(L, 2, 0);
   int nd = mg_tensor_ndim(t);
   mg_status st;
+  luaL_argcheck(L, k >= -(1LL << 52) && k <= (1LL << 52), 2, "diagonal offset out of range");
   if (nd == 1) st = mg_tensor_diag_embed(S->C, t, (int64_t)k, 0, 1, &y);
   else if (nd == 2) st = mg_tensor_diagonal(S->C, t, (int64_t)k, 0, 1, &y);
   else return luaL_error(L, "diag: expected a 1-d or 2-d tensor, got %d dimensions", nd);
