@@ -44,6 +44,7 @@
 --           differentiable one whose dim 1 is the outputs')
 --   dtype = the output dtype when it is not the operands' ("float64" for argmax), or an array
 --           of them for several outputs (nil entries: the operands')
+--   tol   = the tolerance for both dtypes, when the row itself rounds to float32 (say why)
 --   known = "reason": a known failure (a bug outside this spec's reach, with its issue):
 --           the row reports pending with its first mismatch instead of failing, and says so
 --           when it stops failing (remove the option then)
@@ -514,6 +515,23 @@ local OPS = {
     "(a @ b).sum()", { "any", "any" }, shape = mm_shapes("mm"), modes = "fvjh" },
   { "matmul then mean(1)", function(a, b) return mg.matmul(a, b):mean(1) end, "(a @ b).mean(0)",
     { "any", "any" }, shape = mm_shapes("bb"), modes = "fvjh" },
+  -- the layouts of issue 10's matmul bug, whatever the rotation gives: stride 0 operands
+  { "matmul @ expanded (k,1) column", function(a, v) return mg.matmul(a, v:expand(a:size(2), 1)) end,
+    "a @ b.expand(a.shape[1], 1)", { "any", "any" },
+    shape = function() return { { R.size(), R.size(2, 4) }, { 1, 1 } } end },
+  { "matmul expanded (1,k) row @", function(v, b) return mg.matmul(v:expand(1, b:size(1)), b) end,
+    "a.expand(1, b.shape[0]) @ b", { "any", "any" },
+    shape = function() return { { 1, 1 }, { R.size(2, 4), R.size() } } end, bsrc = 2 },
+  { "matmul batch-expanded @ batched",
+    function(a, b) return mg.matmul(a:expand(b:size(1), a:size(2), a:size(3)), b) end,
+    "a.expand(b.shape[0], a.shape[1], a.shape[2]) @ b", { "any", "any" },
+    shape = function()
+      local k = R.size()
+      return { { 1, R.size(), k }, { R.size(2, 3), k, R.size() } }
+    end, bsrc = 2 },
+  { "matmul float32 @ float64", function(a, b) return mg.matmul(a:to("float32"), b:to("float64")) end,
+    "a.float().double() @ b", { "any", "any" }, shape = mm_shapes("bm"), dtype = "float64",
+    tol = TOL.float32 },    -- torch's reverse-mode Jacobian is rounded to float32 through a.float()
   { "matmul chain through width 1", function(x, w1, w2) return mg.matmul(mg.matmul(x, w1), w2) end,
     "(a @ b) @ c", { "any", "any", "any" },
     shape = function() local k = R.size() return { { R.size(), k }, { k, 1 }, { 1, R.size() } } end },
@@ -671,7 +689,7 @@ local function check_case(row, c, done)
     errf:close()
     return "torch raised:\n" .. msg
   end
-  local tol = TOL[c.dtype]
+  local tol = row.tol or TOL[c.dtype]
   local outs = outputs(row[2](table.unpack(c.args)))
   if #outs ~= c.nout or exists(pre .. "_y" .. (#outs + 1)) or not exists(pre .. "_y" .. #outs) then
     return "the number of outputs differs from torch's"
