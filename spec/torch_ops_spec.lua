@@ -155,14 +155,16 @@ local NOT_DIFFERENTIABLE = { mask = true, int = true }
 
 local NAN = 0 / 0
 
--- A view holding the values of 'v' inside NaN-filled storage, 3 larger along dim 'd'.
+-- A view holding the values of 'v' inside NaN-filled storage, 3 larger along dim 'd'; and
+-- that whole storage as a tensor.
 local function embed(v, d)
   local sh = v:shape()
   local n = sh[d]
   sh[d] = n + 3
-  local w = mg.full(sh, NAN, { dtype = v.dtype }):narrow(d, 2, n)
+  local p = mg.full(sh, NAN, { dtype = v.dtype })
+  local w = p:narrow(d, 2, n)
   w:copy(v)
-  return w
+  return w, p
 end
 
 local function perm_inverse(p)
@@ -172,7 +174,8 @@ local function perm_inverse(p)
 end
 
 -- Each takes a contiguous 'v' and returns a view of other strides with the same values
--- (expanded: values repeated along the expanded dims), or nil when the rank does not allow.
+-- (expanded: values repeated along the expanded dims) and the tensor of its whole storage,
+-- or nil when the rank does not allow.
 local LAYOUTS = {
   { "contiguous", function(v) return v end },
   { "transposed", function(v)
@@ -180,7 +183,8 @@ local LAYOUTS = {
       if n < 2 then return nil end
       local i = math.random(n - 1)
       local j = n                                      -- the last dim with another one
-      return embed(v:transpose(i, j):contiguous(), math.random(n)):transpose(i, j)
+      local w, p = embed(v:transpose(i, j):contiguous(), math.random(n))
+      return w:transpose(i, j), p
     end },
   { "narrowed", function(v)
       if v:dim() < 1 then return nil end
@@ -191,7 +195,7 @@ local LAYOUTS = {
       table.insert(sh, d, 3)
       local p = mg.full(sh, NAN, { dtype = v.dtype })
       p:select(d, 2):copy(v)
-      return p:select(d, 2)
+      return p:select(d, 2), p
     end },
   { "permuted", function(v)
       local n = v:dim()
@@ -203,7 +207,8 @@ local LAYOUTS = {
         local id = true
         for i = 1, n do id = id and p[i] == i end
       until not id
-      return embed(v:permute(p):contiguous(), math.random(n)):permute(perm_inverse(p))
+      local w, all = embed(v:permute(p):contiguous(), math.random(n))
+      return w:permute(perm_inverse(p)), all
     end },
   { "expanded", function(v, domain)
       if domain == "distinct" then return nil end       -- repeated values would tie
@@ -216,7 +221,8 @@ local LAYOUTS = {
         base = base:narrow(d, 1, 1)
       end
       base = base:contiguous()
-      return embed(base, math.random(base:dim())):expand(sh)
+      local w, p = embed(base, math.random(base:dim()))
+      return w:expand(sh), p
     end },
 }
 
@@ -224,8 +230,8 @@ local LAYOUTS = {
 local function apply_layout(v, k, i, domain)
   for step = 0, #LAYOUTS - 1 do
     local L = LAYOUTS[(k + i - 2 + step) % #LAYOUTS + 1]
-    local t = L[2](v, domain)
-    if t then return t, L[1] end
+    local t, storage = L[2](v, domain)
+    if t then return t, L[1], storage or t end
   end
 end
 
@@ -583,6 +589,13 @@ local function exists(name)
 end
 local function get(name) return mg.load(dir .. "/out_" .. name .. ".npy") end
 
+local function flatten(v, out)
+  out = out or {}
+  if type(v) == "table" then for _, x in ipairs(v) do flatten(x, out) end
+  else out[#out + 1] = v end
+  return out
+end
+
 local function shape_str(s) return "(" .. table.concat(s, ",") .. ")" end
 
 -- One case of 'row': operands (with their layouts), cotangent, tangents; the manifest line.
@@ -592,12 +605,14 @@ local function make_case(row, dtype, k, manifest)
   assert(#shapes == #domains, "the shape generator gives " .. #shapes .. " shapes for "
          .. #domains .. " arguments")
   nextid = nextid + 1
-  local c = { id = nextid, dtype = dtype, args = {}, layouts = {}, diff = {}, tangents = {} }
+  local c = { id = nextid, dtype = dtype, args = {}, layouts = {}, diff = {}, tangents = {},
+              storage = {}, stored = {} }
   local flags = {}
   for i, dom in ipairs(domains) do
     local gen = assert(DOMAINS[dom], "unknown domain " .. tostring(dom))
-    local t, name = apply_layout(gen(shapes[i], dtype), k, i, dom)
+    local t, name, storage = apply_layout(gen(shapes[i], dtype), k, i, dom)
     c.args[i], c.layouts[i] = t, name
+    c.storage[i], c.stored[i] = storage, flatten(storage:totable())
     c.diff[i] = not NOT_DIFFERENTIABLE[dom]
     flags[i] = c.diff[i] and "1" or "0"
     -- torch's operand: the values read element by element through the view
@@ -650,13 +665,6 @@ local function make_case(row, dtype, k, manifest)
   local bs = #c.bsrcs > 0 and table.concat(c.bsrcs, ",") or "0"
   manifest[#manifest + 1] = table.concat({ c.id, m, #domains, table.concat(flags), bs, row[3] }, "\t")
   return c
-end
-
-local function flatten(v, out)
-  out = out or {}
-  if type(v) == "table" then for _, x in ipairs(v) do flatten(x, out) end
-  else out[#out + 1] = v end
-  return out
 end
 
 -- nil when 'got' (a moongrad tensor) matches 'ref' (torch's, float64), else why not.
@@ -776,6 +784,15 @@ local function check_case(row, c, done)
       if why then return "second order (VJP of the VJP), argument " .. i .. ": " .. why end
     end
     done.h = done.h + 1
+  end
+  for i = 1, #c.args do                   -- no op wrote into its operands' storage
+    local now = flatten(c.storage[i]:totable())
+    for e, v in ipairs(c.stored[i]) do
+      if not (now[e] == v or (now[e] ~= now[e] and v ~= v)) then
+        return ("the storage of argument %d changed: element %d is %.17g, was %.17g"):format(
+          i, e, now[e], v)
+      end
+    end
   end
 end
 
