@@ -5,6 +5,10 @@
 --   f  forward values (and shapes, and the output dtype)
 --   v  VJP: mg.vjp with a random cotangent, against torch.autograd.grad
 --   j  JVP: mg.jvp with random tangents, against torch.autograd.functional.jvp
+--   J  full Jacobians (when at most JMAX elements), reverse and forward mode: mg.jacobian
+--      w.r.t. the first differentiable argument, tape:jacobian w.r.t. all of them at once,
+--      against torch.autograd.functional.jacobian (the basis travels as a leading dim
+--      through every rule, as in b)
 --   b  batch Jacobians (dim 1 the batch), reverse and forward mode: mg.batch_jacobian w.r.t.
 --      the first differentiable argument whose dim 1 is the outputs' (option bsrc picks
 --      another), tape:batch_jacobian w.r.t. all such arguments at once, against the diagonal
@@ -38,8 +42,8 @@
 --           broadcasting together, operand 'whole' (1) mostly of the full rank),
 --           S.same(n, lo, hi), S.fixed(shape, ...), or any function(R) returning one shape
 --           (an array of sizes) per argument, drawing from R (R.int, R.size, R.shape)
---   modes = the modes to run, default "fvjbh" ("f" for comparisons and indices, "fvjh" for
---           ops that mix dim 1)
+--   modes = the modes to run, default "fvjJbh" ("f" for comparisons and indices, "fvjJh"
+--           for ops that mix dim 1)
 --   bsrc  = the argument mg.batch_jacobian differentiates by in mode b (default: the first
 --           differentiable one whose dim 1 is the outputs')
 --   dtype = the output dtype when it is not the operands' ("float64" for argmax), or an array
@@ -66,6 +70,7 @@ local DTYPES = { "float32", "float64" }
 -- by rounding only (1e-15 seen); float32 rounds at 6e-8 per operation, and the longest chains
 -- here (LSTM and GRU steps and their derivatives) reach 1e-6.
 local TOL = { float64 = 1e-10, float32 = 1e-5 }
+local JMAX = 4096          -- mode J: full Jacobians of at most this many elements
 
 ---------------------------------------------------------------- random shapes
 
@@ -336,32 +341,32 @@ local OPS = {
   -- softmax
   { "softmax", function(a) return mg.softmax(a) end, "torch.softmax(a, -1)", { "any" }, shape = S.one(1, 4) },
   { "softmax(1)", function(a) return mg.softmax(a, 1) end, "torch.softmax(a, 0)", { "any" },
-    shape = S.one(1, 4), modes = "fvjh" },
+    shape = S.one(1, 4), modes = "fvjJh" },
   { "softmax(2)", function(a) return a:softmax(2) end, "torch.softmax(a, 1)", { "any" }, shape = r2 },
   { "log_softmax", function(a) return mg.log_softmax(a) end, "torch.log_softmax(a, -1)", { "any" },
     shape = S.one(1, 4) },
   { "log_softmax(1)", function(a) return mg.log_softmax(a, 1) end, "torch.log_softmax(a, 0)", { "any" },
-    shape = S.one(1, 4), modes = "fvjh" },
+    shape = S.one(1, 4), modes = "fvjJh" },
   { "log_softmax(-2)", function(a) return a:log_softmax(-2) end, "torch.log_softmax(a, -2)", { "any" },
     shape = r2 },
 
   -- reductions
-  { "sum()", function(a) return a:sum() end, "a.sum()", { "any" }, modes = "fvjh" },
-  { "sum(1)", function(a) return a:sum(1) end, "a.sum(0)", { "any" }, shape = S.one(1, 4), modes = "fvjh" },
+  { "sum()", function(a) return a:sum() end, "a.sum()", { "any" }, modes = "fvjJh" },
+  { "sum(1)", function(a) return a:sum(1) end, "a.sum(0)", { "any" }, shape = S.one(1, 4), modes = "fvjJh" },
   { "sum(2, keepdim)", function(a) return a:sum(2, true) end, "a.sum(1, keepdim=True)", { "any" }, shape = r2 },
   { "sum(-1)", function(a) return mg.sum(a, -1) end, "a.sum(-1)", { "any" }, shape = S.one(1, 4) },
   { "sum({1, 3})", function(a) return a:sum({ 1, 3 }) end, "a.sum((0, 2))", { "any" }, shape = r3,
-    modes = "fvjh" },
+    modes = "fvjJh" },
   { "sum({2, 3}, keepdim)", function(a) return a:sum({ 2, 3 }, true) end, "a.sum((1, 2), keepdim=True)",
     { "any" }, shape = r3 },
-  { "mean()", function(a) return a:mean() end, "a.mean()", { "any" }, modes = "fvjh" },
+  { "mean()", function(a) return a:mean() end, "a.mean()", { "any" }, modes = "fvjJh" },
   { "mean(2)", function(a) return mg.mean(a, 2) end, "a.mean(1)", { "any" }, shape = r2 },
   { "mean(-1, keepdim)", function(a) return a:mean(-1, true) end, "a.mean(-1, keepdim=True)", { "any" },
     shape = S.one(1, 4) },
   { "mean({1, 2})", function(a) return a:mean({ 1, 2 }) end, "a.mean((0, 1))", { "any" }, shape = r2,
-    modes = "fvjh" },
+    modes = "fvjJh" },
   { "var()", function(a) return a:var() end, "a.var(unbiased=False)", { "any" }, shape = S.one(1, 4),
-    modes = "fvjh" },
+    modes = "fvjJh" },
   { "var(2)", function(a) return mg.var(a, 2) end, "a.var(1, unbiased=False)", { "any" }, shape = r2 },
   { "var(1, keepdim)", function(a) return a:var(1, true) end, "a.var(0, unbiased=False, keepdim=True)",
     { "any" }, shape = S.one(1, 4) },
@@ -369,28 +374,28 @@ local OPS = {
     shape = r3 },
   -- std: distinct values over at least 2 elements (the gradient at std 0 is the known row below)
   { "std()", function(a) return a:std() end, "a.std(unbiased=False)", { "distinct" }, shape = S.one(1, 4, 2),
-    modes = "fvjh" },
+    modes = "fvjJh" },
   { "std(-1, keepdim)", function(a) return mg.std(a, -1, true) end, "a.std(-1, unbiased=False, keepdim=True)",
     { "distinct" }, shape = S.one(1, 4, 2) },
   { "std({1, 2})", function(a) return a:std({ 1, 2 }) end, "a.std((0, 1), unbiased=False)", { "distinct" },
-    shape = S.one(2, 4, 2), modes = "fvjh" },
+    shape = S.one(2, 4, 2), modes = "fvjJh" },
   { "std(-1) of a constant", function(a) return a:narrow(-1, 1, 1):expand(a:shape()):std(-1) end,
     "a[..., :1].expand(a.shape).std(-1, unbiased=False)", { "any" }, shape = S.one(1, 3),
     known = "issue 10, item 3: the gradient of std at 0 is NaN, PyTorch's is 0" },
-  { "norm()", function(a) return a:norm() end, "torch.linalg.vector_norm(a)", { "nonzero" }, modes = "fvjh" },
+  { "norm()", function(a) return a:norm() end, "torch.linalg.vector_norm(a)", { "nonzero" }, modes = "fvjJh" },
   { "norm(2)", function(a) return mg.norm(a, 2) end, "torch.linalg.vector_norm(a, dim=1)", { "nonzero" },
     shape = r2 },
   { "norm(-1, keepdim)", function(a) return a:norm(-1, true) end,
     "torch.linalg.vector_norm(a, dim=-1, keepdim=True)", { "nonzero" }, shape = S.one(1, 4) },
   { "norm({1, 3})", function(a) return a:norm({ 1, 3 }) end, "torch.linalg.vector_norm(a, dim=(0, 2))",
-    { "nonzero" }, shape = r3, modes = "fvjh" },
+    { "nonzero" }, shape = r3, modes = "fvjJh" },
   { "norm() at zero", function(a) return (a * 0):norm() end, "torch.linalg.vector_norm(a * 0)", { "any" },
-    modes = "fvjh", known = "issue 10, item 3: the gradient of norm at a zero vector is NaN, PyTorch's is 0" },
-  { "max()", function(a) return a:max() end, "a.max()", { "distinct" }, modes = "fvjh" },
-  { "min()", function(a) return mg.min(a) end, "a.min()", { "distinct" }, modes = "fvjh" },
+    modes = "fvjJh", known = "issue 10, item 3: the gradient of norm at a zero vector is NaN, PyTorch's is 0" },
+  { "max()", function(a) return a:max() end, "a.max()", { "distinct" }, modes = "fvjJh" },
+  { "min()", function(a) return mg.min(a) end, "a.min()", { "distinct" }, modes = "fvjJh" },
   { "max(2): values", function(a) return (a:max(2)) end, "a.max(1).values", { "distinct" }, shape = r2 },
   { "min(1, keepdim): values", function(a) return (a:min(1, true)) end, "a.min(0, keepdim=True).values",
-    { "distinct" }, shape = S.one(1, 4), modes = "fvjh" },
+    { "distinct" }, shape = S.one(1, 4), modes = "fvjJh" },
   { "max(-1): values and indices", function(a) return a:max(-1) end,
     "(a.max(-1).values, idx1(a.max(-1).indices))", { "distinct" }, shape = S.one(1, 4), modes = "f",
     dtype = { [2] = "float64" } },
@@ -398,7 +403,7 @@ local OPS = {
     "(a.min(1, keepdim=True).values, idx1(a.min(1, keepdim=True).indices))", { "distinct" }, shape = r2,
     modes = "f", dtype = { [2] = "float64" } },
   { "max({1, 2})", function(a) return a:max({ 1, 2 }) end, "torch.amax(a, (0, 1))", { "distinct" },
-    shape = r2, modes = "fvjh" },
+    shape = r2, modes = "fvjJh" },
   { "min({2, 3})", function(a) return a:min({ 2, 3 }) end, "torch.amin(a, (1, 2))", { "distinct" },
     shape = r3 },
   { "argmax()", function(a) return a:argmax() end, "idx1(torch.argmax(a))", { "distinct" }, modes = "f",
@@ -414,21 +419,21 @@ local OPS = {
     shape = S.one(1, 4), modes = "f", dtype = "float64" },
 
   -- views
-  { "reshape(-1)", function(a) return a:reshape(-1) end, "a.reshape(-1)", { "any" }, modes = "fvjh" },
+  { "reshape(-1)", function(a) return a:reshape(-1) end, "a.reshape(-1)", { "any" }, modes = "fvjJh" },
   { "reshape(n, -1)", function(a) return a:reshape(a:size(1), -1) end, "a.reshape(a.shape[0], -1)",
     { "any" }, shape = r2 },
   { "reshape {2, 3, 2}", function(a) return mg.reshape(a, { 2, 3, 2 }) end, "a.reshape(2, 3, 2)", { "any" },
     shape = function() return ({ { { 3, 4 } }, { { 12 } }, { { 2, 6 } }, { { 6, 1, 2 } } })[R.int(1, 4)] end },
   { "view", function(a) return a:view(-1, 2) end, "a.reshape(-1, 2)", { "any" },
-    shape = S.fixed({ 3, 2, 2 }), modes = "fvjh" },
+    shape = S.fixed({ 3, 2, 2 }), modes = "fvjJh" },
   { "flatten", function(a) return a:flatten() end, "a.flatten()", { "any" } },
   { "transpose()", function(a) return a:transpose() end, "a.transpose(-2, -1)", { "any" }, shape = r2 },
   { "transpose(1, 3)", function(a) return mg.transpose(a, 1, 3) end, "a.transpose(0, 2)", { "any" },
-    shape = r3, modes = "fvjh" },
+    shape = r3, modes = "fvjJh" },
   { "permute(3, 1, 2)", function(a) return a:permute(3, 1, 2) end, "a.permute(2, 0, 1)", { "any" },
-    shape = S.one(3, 3), modes = "fvjh" },
+    shape = S.one(3, 3), modes = "fvjJh" },
   { "permute {2, 4, 1, 3}", function(a) return mg.permute(a, { 2, 4, 1, 3 }) end, "a.permute(1, 3, 0, 2)",
-    { "any" }, shape = S.one(4, 4), modes = "fvjh" },
+    { "any" }, shape = S.one(4, 4), modes = "fvjJh" },
   { "narrow(2, 2, 2)", function(a) return a:narrow(2, 2, 2) end, "a.narrow(1, 1, 2)", { "any" },
     shape = function() return { { R.size(), R.size(3, 5), R.size() } } end },
   { "narrow(-1, -2, 1)", function(a) return mg.narrow(a, -1, -2, 1) end, "a[..., -2:-1]", { "any" },
@@ -436,14 +441,14 @@ local OPS = {
   { "select(2, 2)", function(a) return a:select(2, 2) end, "a.select(1, 1)", { "any" },
     shape = function() return { { R.size(), R.size(2, 4), R.size() } } end },
   { "select(1, -1)", function(a) return mg.select(a, 1, -1) end, "a[-1]", { "any" }, shape = S.one(1, 4),
-    modes = "fvjh" },
+    modes = "fvjJh" },
   { "t[i]", function(a) return a[2] end, "a[1]", { "any" },
-    shape = function() return { { R.size(2, 4), R.size() } } end, modes = "fvjh" },
+    shape = function() return { { R.size(2, 4), R.size() } } end, modes = "fvjJh" },
   { "squeeze()", function(a) return a:squeeze() end, "a.squeeze()", { "any" },
     shape = function() return { { R.size(), 1, R.size(), 1 } } end },
   { "squeeze(2)", function(a) return mg.squeeze(a, 2) end, "a.squeeze(1)", { "any" },
     shape = function() return { { R.size(), 1, R.size() } } end },
-  { "unsqueeze(1)", function(a) return a:unsqueeze(1) end, "a.unsqueeze(0)", { "any" }, modes = "fvjh" },
+  { "unsqueeze(1)", function(a) return a:unsqueeze(1) end, "a.unsqueeze(0)", { "any" }, modes = "fvjJh" },
   { "unsqueeze(-1)", function(a) return mg.unsqueeze(a, -1) end, "a.unsqueeze(-1)", { "any" } },
   { "expand", function(a) return a:expand(2, 3, 4) end, "a.expand(2, 3, 4)", { "any" },
     shape = function() return ({ { { 3, 1 } }, { { 1 } }, { { 4 } }, { { 2, 1, 4 } }, { {} } })[R.int(1, 5)] end },
@@ -466,7 +471,7 @@ local OPS = {
       local out = {}
       for i = 1, 3 do out[i] = { R.size(), table.unpack(s) } end
       return out
-    end, modes = "fvjh" },
+    end, modes = "fvjJh" },
   { "cat(2)", function(a, b) return mg.cat({ a, b }, 2) end, "torch.cat([a, b], 1)", { "any", "any" },
     shape = function()
       local r = R.size()
@@ -478,7 +483,7 @@ local OPS = {
       return { { r, s, R.size() }, { r, s, R.size() } }
     end },
   { "stack(1)", function(a, b) return mg.stack({ a, b }) end, "torch.stack([a, b], 0)", { "any", "any" },
-    shape = S.same(2, 0, 3), modes = "fvjh" },
+    shape = S.same(2, 0, 3), modes = "fvjJh" },
   { "stack(2)", function(a, b, c) return mg.stack({ a, b, c }, 2) end, "torch.stack([a, b, c], 1)",
     { "any", "any", "any" }, shape = S.same(3, 1, 3) },
   { "stack(-1)", function(a, b) return mg.stack({ a, b }, -1) end, "torch.stack([a, b], -1)", { "any", "any" },
@@ -489,14 +494,14 @@ local OPS = {
   { "split(3, -1)", function(a) return mg.split(a, 3, -1) end, "torch.split(a, 3, -1)", { "any" },
     shape = function() return { { R.size(), R.size(2, 7) } } end },
   { "unstack(1)", function(a) return mg.unstack(a) end, "torch.unbind(a, 0)", { "any" }, shape = S.one(1, 3),
-    modes = "fvjh" },
+    modes = "fvjJh" },
   { "unstack(2)", function(a) return a:unstack(2) end, "torch.unbind(a, 1)", { "any" }, shape = r2 },
 
   -- matmul, every NumPy form
   { "matmul 1-d @ 1-d", function(a, b) return mg.matmul(a, b) end, "a @ b", { "any", "any" },
-    shape = mm_shapes("vv"), modes = "fvjh" },
+    shape = mm_shapes("vv"), modes = "fvjJh" },
   { "matmul 1-d @ 2-d", function(a, b) return mg.matmul(a, b) end, "a @ b", { "any", "any" },
-    shape = mm_shapes("vm"), modes = "fvjh" },
+    shape = mm_shapes("vm"), modes = "fvjJh" },
   { "matmul 2-d @ 1-d", function(a, b) return mg.matmul(a, b) end, "a @ b", { "any", "any" },
     shape = mm_shapes("mv") },
   { "matmul 2-d @ 2-d", function(a, b) return mg.matmul(a, b) end, "a @ b", { "any", "any" },
@@ -518,9 +523,9 @@ local OPS = {
   { "matmul batched @ 1-d", function(a, b) return mg.matmul(a, b) end, "a @ b", { "any", "any" },
     shape = mm_shapes("bv") },
   { "matmul then sum (stride-0 cotangent)", function(a, b) return mg.matmul(a, b):sum() end,
-    "(a @ b).sum()", { "any", "any" }, shape = mm_shapes("mm"), modes = "fvjh" },
+    "(a @ b).sum()", { "any", "any" }, shape = mm_shapes("mm"), modes = "fvjJh" },
   { "matmul then mean(1)", function(a, b) return mg.matmul(a, b):mean(1) end, "(a @ b).mean(0)",
-    { "any", "any" }, shape = mm_shapes("bb"), modes = "fvjh" },
+    { "any", "any" }, shape = mm_shapes("bb"), modes = "fvjJh" },
   -- the layouts of issue 10's matmul bug, whatever the rotation gives: stride 0 operands
   { "matmul @ expanded (k,1) column", function(a, v) return mg.matmul(a, v:expand(a:size(2), 1)) end,
     "a @ b.expand(a.shape[1], 1)", { "any", "any" },
@@ -620,7 +625,7 @@ local function make_case(row, dtype, k, manifest)
   end
   local outs = outputs(row[2](table.unpack(c.args)))
   c.nout = #outs
-  local modes = row.modes or "fvjbh"
+  local modes = row.modes or "fvjJbh"
   local anydiff = false
   for i = 1, #domains do anydiff = anydiff or c.diff[i] end
   local m = "f"
@@ -649,6 +654,11 @@ local function make_case(row, dtype, k, manifest)
       if c.diff[i] then c.ct2[i] = random_view(a:shape(), a.dtype, 2 * n + 1 + i, "u" .. i) end
     end
     m = m .. "h"
+  end
+  if anydiff and modes:find("J") then     -- full Jacobians, when small
+    local size = 0
+    for i, a in ipairs(c.args) do if c.diff[i] then size = size + a:numel() end end
+    if size * single(outs):numel() <= JMAX then m = m .. "J" end
   end
   c.bsrcs = {}                           -- the arguments batch Jacobians are taken w.r.t.
   if modes:find("b") then
@@ -730,6 +740,34 @@ local function check_case(row, c, done)
     if why then return "JVP: " .. why end
     done.j = done.j + 1
   end
+  if c.modes:find("J") then
+    local dk = {}
+    for i = 1, #c.args do if c.diff[i] then dk[#dk + 1] = c.args[i] end end
+    for _, mode in ipairs { "rev", "fwd" } do
+      -- mg.jacobian w.r.t. the first, tape:jacobian w.r.t. all at once
+      local args, i1 = { table.unpack(c.args) }, nil
+      for i = #c.args, 1, -1 do if c.diff[i] then i1 = i end end
+      local J = mg.jacobian(function(x)
+        args[i1] = x
+        return F(table.unpack(args, 1, #c.args))
+      end, c.args[i1], { mode = mode })
+      local why = mismatch(J, get(pre .. "_J" .. i1), tol)
+      if why then return ("jacobian (%s) w.r.t. argument %d: %s"):format(mode, i1, why) end
+      local tape = mg.GradientTape()
+      tape:watch(dk)
+      local y = tape:record(F, table.unpack(c.args))
+      local Js = tape:jacobian(y, dk, { mode = mode, unconnected = "zero" })
+      local k = 0
+      for i = 1, #c.args do
+        if c.diff[i] then
+          k = k + 1
+          why = mismatch(Js[k], get(pre .. "_J" .. i), tol)
+          if why then return ("tape:jacobian (%s) w.r.t. all, argument %d: %s"):format(mode, i, why) end
+        end
+      end
+    end
+    done.J = done.J + 1
+  end
   local srcs = {}                        -- those the op does not mix the batch of
   for _, i in ipairs(c.bsrcs) do if get(pre .. "_mix" .. i):item() == 0 then srcs[#srcs + 1] = i end end
   if #srcs > 0 then
@@ -799,14 +837,14 @@ end
 local function check_row(row)
   local st = state[row]
   if st.err then error(st.err, 0) end
-  local done, first = { f = 0, v = 0, j = 0, b = 0, h = 0 }, nil
+  local done, first = { f = 0, v = 0, j = 0, J = 0, b = 0, h = 0 }, nil
   for _, c in ipairs(st.cases) do
     local ok, why = pcall(check_case, row, c, done)
     if not ok then why = "moongrad raised: " .. tostring(why) end
     if why then first = describe_case(row, c) .. ": " .. why break end
   end
   if not first then
-    for m in (row.modes or "fvjbh"):gmatch(".") do
+    for m in (row.modes or "fvjJbh"):gmatch(".") do
       if done[m] == 0 and (m == "f" or st.anydiff) then
         first = ("%s: no case ran mode %s (for b, the row's shapes need a differentiable "
                  .. "argument whose dim 1 is the outputs', and an op that does not mix that dim; "

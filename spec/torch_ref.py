@@ -193,7 +193,7 @@ def as_f64(t):
 def op_case(cid, modes, nargs, diff, bsrc, expr):
     """One case: DIR/c<id>_a<k>.npy are the arguments, _ct the cotangent of single(outputs),
     _t<k> the tangents of the differentiable arguments. Writes out_c<id>_y<k> (forward),
-    _g<k> (VJP), _jvp, _h<k> (the gradient of <VJP(ct), u>, _u<k> the second cotangents),
+    _g<k> (VJP), _jvp, _J<k> (full Jacobians of single(outputs)), _h<k> (the gradient of <VJP(ct), u>, _u<k> the second cotangents),
     and for each (1-based) argument k in 'bsrc' _bjac<k> (the batch
     Jacobian) and _mix<k> (the largest derivative of batch entry b's outputs w.r.t. another
     entry's inputs: the op mixes the batch when it is not 0)."""
@@ -235,6 +235,11 @@ def op_case(cid, modes, nargs, diff, bsrc, expr):
                                              tuple(detached[k] for k in dk),
                                              tuple(load(f"{pre}_t{k + 1}") for k in dk))
         save(f"{pre}_jvp", t)
+    if "J" in modes:                     # full Jacobians w.r.t. every differentiable argument
+        Js = torch.autograd.functional.jacobian(lambda *xs: single(outputs(fn(*with_diff(*xs)))),
+                                                tuple(detached[k] for k in dk))
+        for k, J in zip(dk, Js):
+            save(f"{pre}_J{k + 1}", J)
     for k in bsrc:                       # "b": the batch Jacobian w.r.t. each of them
         def f1(x):
             full = list(detached)
