@@ -1,7 +1,7 @@
 -- Differential spec: every op of the module against PyTorch (spec/torch_ref.py, case "ops",
 -- float64 torch on the same values), table-driven. Each row of OPS below is run on random
 -- shapes (with broadcasting) in float32 and float64, its operands made transposed, narrowed,
--- selected, permuted or expanded (stride 0) views, and checked in four modes:
+-- selected, permuted or expanded (stride 0) views, and checked in these modes:
 --   f  forward values (and shapes, and the output dtype)
 --   v  VJP: mg.vjp with a random cotangent, against torch.autograd.grad
 --   j  JVP: mg.jvp with random tangents, against torch.autograd.functional.jvp
@@ -34,8 +34,12 @@
 --   domains     one per argument, so #domains is the arity (see DOMAINS):
 --               "any" normal; "pos" in [0.3, 2.5] (log, sqrt, pow base); "nonzero" |x| in
 --               [0.2, 2] (relu, abs, sign, divisors: away from kinks); "unit" in (-0.9, 0.9);
---               "distinct" values 0.05 or more apart (max, min: no ties; never expanded);
---               "mask" 0/1 and "int" integers -2..2 (not differentiated: no gradient, no tangent)
+--               "distinct" values 0.125 or more apart (max, min: no ties; never expanded);
+--               "mask" 0/1 and "int" integers -2..2 (not differentiated: no gradient, no tangent).
+--               A new kind of argument (1-based indices for gather, say) is a new entry of
+--               DOMAINS, and of NOT_DIFFERENTIABLE when it takes no gradient.
+-- e.g. { "erf", function(a) return mg.erf(a) end, "torch.erf(a)", { "any" } }
+--      { "cumsum(2)", function(a) return a:cumsum(2) end, "a.cumsum(1)", { "any" }, shape = S.one(2, 4) }
 -- options:
 --   shape = a generator (see S): S.one(lo, hi [, smin]) (default for 1 argument: rank lo..hi,
 --           sizes smin (1)..4), S.bcast(n, lo, hi [, whole]) (default for n > 1: shapes
