@@ -74,7 +74,7 @@ local DTYPES = { "float32", "float64" }
 -- by rounding only (1e-15 seen); float32 rounds at 6e-8 per operation, and the longest chains
 -- here (LSTM and GRU steps and their derivatives) reach 1e-6.
 local TOL = { float64 = 1e-10, float32 = 1e-5 }
-local JMAX = 4096          -- mode J: full Jacobians of at most this many elements
+local JMAX = 1024          -- mode J: full Jacobians of at most this many elements
 
 ---------------------------------------------------------------- random shapes
 
