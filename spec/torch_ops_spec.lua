@@ -34,12 +34,8 @@
 --   domains     one per argument, so #domains is the arity (see DOMAINS):
 --               "any" normal; "pos" in [0.3, 2.5] (log, sqrt, pow base); "nonzero" |x| in
 --               [0.2, 2] (relu, abs, sign, divisors: away from kinks); "unit" in (-0.9, 0.9);
---               "distinct" values 0.125 or more apart (max, min: no ties; never expanded);
---               "mask" 0/1 and "int" integers -2..2 (not differentiated: no gradient, no tangent).
---               A new kind of argument (1-based indices for gather, say) is a new entry of
---               DOMAINS, and of NOT_DIFFERENTIABLE when it takes no gradient.
--- e.g. { "erf", function(a) return mg.erf(a) end, "torch.erf(a)", { "any" } }
---      { "cumsum(2)", function(a) return a:cumsum(2) end, "a.cumsum(1)", { "any" }, shape = S.one(2, 4) }
+--               "distinct" values 0.05 or more apart (max, min: no ties; never expanded);
+--               "mask" 0/1 and "int" integers -2..2 (not differentiated: no gradient, no tangent)
 -- options:
 --   shape = a generator (see S): S.one(lo, hi [, smin]) (default for 1 argument: rank lo..hi,
 --           sizes smin (1)..4), S.bcast(n, lo, hi [, whole]) (default for n > 1: shapes
@@ -56,6 +52,10 @@
 --   known = "reason": a known failure (a bug outside this spec's reach, with its issue):
 --           the row reports pending with its first mismatch instead of failing, and says so
 --           when it stops failing (remove the option then)
+-- e.g. { "erf", function(a) return mg.erf(a) end, "torch.erf(a)", { "any" } }
+--      { "cumsum(2)", function(a) return a:cumsum(2) end, "a.cumsum(1)", { "any" }, shape = S.one(2, 4) }
+-- A new kind of argument (1-based indices for gather, say) is a new entry of DOMAINS, and of
+-- NOT_DIFFERENTIABLE when it takes no gradient.
 local mg = require "moongrad"
 local support = require "support"
 
