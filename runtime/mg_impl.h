@@ -265,6 +265,11 @@ mg_tensor *mg_ex_sum(mg_ex *e, mg_tensor *a, uint32_t mask);
 mg_tensor *mg_ex_align(mg_ex *e, mg_tensor *t, int lead, int ndim);
 /* Zeros of lead dims of 'like' .. shape of 'shape_of'. */
 mg_tensor *mg_ex_zeros(mg_ex *e, mg_tensor *like, int lead, mg_tensor *shape_of);
+mg_tensor *mg_ex_div(mg_ex *e, mg_tensor *a, mg_tensor *b);
+mg_tensor *mg_ex_bins(mg_ex *e, mg_binary op, mg_tensor *a, double v);      /* a op v */
+mg_tensor *mg_ex_sbin(mg_ex *e, mg_binary op, double v, mg_tensor *a);      /* v op a */
+mg_tensor *mg_ex_where(mg_ex *e, mg_tensor *c, mg_tensor *a, mg_tensor *b);
+mg_tensor *mg_ex_full(mg_ex *e, mg_dtype dt, double v);                     /* 0-d */
 
 /* ----------------------------------------------------------------------------------------
 ** Recording (tape.c)

@@ -35,7 +35,10 @@
 --               "any" normal; "pos" in [0.3, 2.5] (log, sqrt, pow base); "nonzero" |x| in
 --               [0.2, 2] (relu, abs, sign, divisors: away from kinks); "unit" in (-0.9, 0.9);
 --               "distinct" values 0.05 or more apart (max, min: no ties; never expanded);
---               "mask" 0/1 and "int" integers -2..2 (not differentiated: no gradient, no tangent)
+--               "mask" 0/1 and "int" integers -2..2 (not differentiated: no gradient, no tangent);
+--               "kinks" exactly at the kinks of the hard activations (-3, -2.5, -1, 0, 1, 2.5,
+--               3, 6: PyTorch's derivative there is the convention checked), "halves" multiples
+--               of 1/2 (round's ties), "zeros" normal with about a third exact zeros (cumprod)
 -- options:
 --   shape = a generator (see S): S.one(lo, hi [, smin]) (default for 1 argument: rank lo..hi,
 --           sizes smin (1)..4), S.bcast(n, lo, hi [, whole]) (default for n > 1: shapes
@@ -155,6 +158,21 @@ local DOMAINS = {
   int = function(sh, dt)
     local v = {}
     for i = 1, numel(sh) do v[i] = math.random(-2, 2) end
+    return from_values(v, sh, dt)
+  end,
+  kinks = function(sh, dt)
+    local k, v = { -3, -2.5, -1, 0, 1, 2.5, 3, 6 }, {}
+    for i = 1, numel(sh) do v[i] = k[math.random(#k)] end
+    return from_values(v, sh, dt)
+  end,
+  halves = function(sh, dt)
+    local v = {}
+    for i = 1, numel(sh) do v[i] = math.random(-6, 6) / 2 end
+    return from_values(v, sh, dt)
+  end,
+  zeros = function(sh, dt)
+    local v = {}
+    for i = 1, numel(sh) do v[i] = math.random() < 0.35 and 0 or 0.5 + math.random() * (math.random() < 0.5 and -1.5 or 1.5) end
     return from_values(v, sh, dt)
   end,
 }
@@ -558,8 +576,193 @@ local OPS = {
     { "any", "any", "any", "any", "any" }, shape = gru_shapes(true) },
   { "gru_cell reset_after=false", function(x, h, W, U, b) return mg.gru_cell(x, h, W, U, b, false) end,
     "gru_keras(a, b, c, d, e, False)", { "any", "any", "any", "any", "any" }, shape = gru_shapes(false) },
-}
+  -- issue 12: elementwise (the hard ones also exactly at their kinks: PyTorch's convention)
+  { "erf", function(a) return mg.erf(a) end, "torch.erf(a)", { "any" } },
+  { "erfc", function(a) return a:erfc() end, "torch.erfc(a)", { "any" } },
+  { "gelu", function(a) return mg.gelu(a) end, "F.gelu(a)", { "any" } },
+  { "gelu tanh", function(a) return a:gelu("tanh") end, "F.gelu(a, approximate='tanh')", { "any" } },
+  { "gelu {approximate=tanh}", function(a) return mg.gelu(a, { approximate = "tanh" }) end,
+    "F.gelu(a, approximate='tanh')", { "any" } },
+  { "elu", function(a) return mg.elu(a) end, "F.elu(a)", { "any" } },
+  { "elu(0.5)", function(a) return a:elu(0.5) end, "F.elu(a, 0.5)", { "any" } },
+  { "elu(0.5) at kinks", function(a) return a:elu(0.5) end, "F.elu(a, 0.5)", { "kinks" } },
+  { "selu", function(a) return mg.selu(a) end, "F.selu(a)", { "any" } },
+  { "selu at kinks", function(a) return a:selu() end, "F.selu(a)", { "kinks" } },
+  { "celu", function(a) return mg.celu(a) end, "F.celu(a)", { "any" } },
+  -- alpha 0.5: torch 1.13 rounds 1/alpha to float32 in celu's float64 gradient (5e-8 off for 0.7)
+  { "celu(0.5) at kinks", function(a) return a:celu(0.5) end, "F.celu(a, 0.5)", { "kinks" } },
+  { "silu", function(a) return mg.silu(a) end, "F.silu(a)", { "any" } },
+  { "swish", function(a) return a:swish() end, "F.silu(a)", { "any" } },
+  { "mish", function(a) return mg.mish(a) end, "F.mish(a)", { "any" } },
+  { "softsign", function(a) return a:softsign() end, "F.softsign(a)", { "any" } },
+  { "softsign at kinks", function(a) return mg.softsign(a) end, "F.softsign(a)", { "kinks" } },
+  -- derivatives against relu6(x + 3) / 6, the same function with the same zero derivative at
+  -- -3 and 3 (torch.autograd.grad at the kinks gives 0 for F.hardsigmoid too): F.hardsigmoid
+  -- has no double backward (so no JVP) and its float64 gradient uses a float32 1/6 (3e-8 off)
+  { "hard_sigmoid", function(a) return mg.hard_sigmoid(a * 3) end, "F.hardsigmoid(a * 3)", { "any" },
+    modes = "f" },
+  { "hard_sigmoid as relu6", function(a) return mg.hard_sigmoid(a * 3) end, "F.relu6(a * 3 + 3) / 6", { "any" } },
+  { "hard_sigmoid at kinks", function(a) return a:hard_sigmoid() end, "F.hardsigmoid(a)", { "kinks" },
+    modes = "f" },
+  { "hard_sigmoid at kinks as relu6", function(a) return a:hard_sigmoid() end, "F.relu6(a + 3) / 6",
+    { "kinks" } },
+  { "hard_sigmoid keras2", function(a) return a:hard_sigmoid("keras2") end,
+    "torch.clamp(0.2 * a + 0.5, 0, 1)", { "nonzero" } },
+  { "hard_tanh", function(a) return mg.hard_tanh(a * 2) end, "F.hardtanh(a * 2)", { "any" } },
+  { "hard_tanh at kinks", function(a) return a:hard_tanh() end, "F.hardtanh(a)", { "kinks" } },
+  { "leaky_relu", function(a) return mg.leaky_relu(a) end, "F.leaky_relu(a)", { "nonzero" } },
+  { "leaky_relu(0.2) at kinks", function(a) return a:leaky_relu(0.2) end, "F.leaky_relu(a, 0.2)", { "kinks" } },
+  { "relu6", function(a) return mg.relu6(a * 5) end, "F.relu6(a * 5)", { "any" } },
+  { "relu6 at kinks", function(a) return a:relu6() end, "F.relu6(a)", { "kinks" } },
+  { "relu at kinks", function(a) return a:relu() end, "torch.relu(a)", { "kinks" } },
+  { "abs at kinks", function(a) return a:abs() end, "torch.abs(a)", { "kinks" } },
+  { "log1p", function(a) return mg.log1p(a) end, "torch.log1p(a)", { "pos" } },
+  { "expm1", function(a) return a:expm1() end, "torch.expm1(a)", { "any" } },
+  { "tan", function(a) return mg.tan(a) end, "torch.tan(a)", { "unit" } },
+  { "atan", function(a) return a:atan() end, "torch.atan(a)", { "any" } },
+  { "asinh", function(a) return mg.asinh(a) end, "torch.asinh(a)", { "any" } },
+  { "sinh", function(a) return a:sinh() end, "torch.sinh(a)", { "any" } },
+  { "cosh", function(a) return mg.cosh(a) end, "torch.cosh(a)", { "any" } },
+  { "square", function(a) return a:square() end, "torch.square(a)", { "any" } },
+  { "reciprocal", function(a) return mg.reciprocal(a) end, "torch.reciprocal(a)", { "nonzero" } },
+  { "rsqrt", function(a) return a:rsqrt() end, "torch.rsqrt(a)", { "pos" } },
+  { "exp2", function(a) return mg.exp2(a) end, "torch.exp2(a)", { "any" } },
+  { "log2", function(a) return a:log2() end, "torch.log2(a)", { "pos" } },
+  { "log10", function(a) return mg.log10(a) end, "torch.log10(a)", { "pos" } },
+  { "floor", function(a) return mg.floor(a * 3) end, "torch.floor(a * 3)", { "any" } },
+  { "ceil", function(a) return a:ceil() end, "torch.ceil(a)", { "halves" } },
+  { "round", function(a) return mg.round(a * 3) end, "torch.round(a * 3)", { "any" } },
+  { "round (ties to even)", function(a) return a:round() end, "torch.round(a)", { "halves" } },
+  { "trunc", function(a) return mg.trunc(a) end, "torch.trunc(a)", { "halves" } },
+  { "sign at kinks", function(a) return a:sign() end, "torch.sign(a)", { "kinks" } },
 
+  -- issue 12: reductions and scans
+  { "logsumexp()", function(a) return a:logsumexp() end, "torch.logsumexp(a.reshape(-1), 0)", { "any" },
+    modes = "fvj" },
+  { "logsumexp(2)", function(a) return mg.logsumexp(a, 2) end, "torch.logsumexp(a, 1)", { "any" }, shape = r2 },
+  { "logsumexp(-1, keepdim)", function(a) return a:logsumexp(-1, true) end,
+    "torch.logsumexp(a, -1, keepdim=True)", { "any" }, shape = S.one(1, 4) },
+  { "logsumexp({1, 3}) large", function(a) return a:logsumexp({ 1, 3 }) end,
+    "torch.logsumexp(a + 500, (0, 2)) - 500", { "any" }, shape = r3, modes = "fvj" },
+  { "cumsum(1)", function(a) return mg.cumsum(a, 1) end, "torch.cumsum(a, 0)", { "any" },
+    shape = S.one(1, 4), modes = "fvj" },
+  { "cumsum(-1)", function(a) return a:cumsum(-1) end, "torch.cumsum(a, -1)", { "any" }, shape = r2 },
+  { "cumprod(2)", function(a) return a:cumprod(2) end, "torch.cumprod(a, 1)", { "any" }, shape = r2 },
+  { "cumprod(1) with zeros", function(a) return mg.cumprod(a, 1) end, "torch.cumprod(a, 0)", { "zeros" },
+    shape = S.one(1, 4), modes = "fvj" },
+  { "cumprod(-1) with zeros", function(a) return a:cumprod(-1) end, "torch.cumprod(a, -1)", { "zeros" },
+    shape = function() return { { R.size(), R.size(3, 6) } } end },
+  { "prod()", function(a) return a:prod() end, "torch.prod(a)", { "zeros" }, modes = "fvj" },
+  { "prod(2)", function(a) return mg.prod(a, 2) end, "torch.prod(a, 1)", { "any" }, shape = r2 },
+  { "prod(-1, keepdim) with zeros", function(a) return a:prod(-1, true) end,
+    "torch.prod(a, -1, keepdim=True)", { "zeros" }, shape = S.one(1, 4) },
+
+  -- issue 12: reordering, triangles, diagonals
+  { "flip(1)", function(a) return a:flip(1) end, "torch.flip(a, (0,))", { "any" }, shape = S.one(1, 4),
+    modes = "fvj" },
+  { "flip({2, -1})", function(a) return mg.flip(a, { 2, -1 }) end, "torch.flip(a, (1, -1))", { "any" },
+    shape = r3 },
+  { "roll(1, 2)", function(a) return a:roll(1, 2) end, "torch.roll(a, 1, 1)", { "any" }, shape = r2 },
+  { "roll(-3, -1)", function(a) return mg.roll(a, -3, -1) end, "torch.roll(a, -3, -1)", { "any" },
+    shape = S.one(2, 4) },
+  { "roll(2) flattened", function(a) return a:roll(2) end, "torch.roll(a, 2)", { "any" }, modes = "fvj" },
+  { "roll({1, -1}, {2, 3})", function(a) return a:roll({ 1, -1 }, { 2, 3 }) end,
+    "torch.roll(a, (1, -1), (1, 2))", { "any" }, shape = r3 },
+  { "tril", function(a) return mg.tril(a) end, "torch.tril(a)", { "any" }, shape = r2 },
+  { "tril(-1)", function(a) return a:tril(-1) end, "torch.tril(a, -1)", { "any" }, shape = r2 },
+  { "triu", function(a) return a:triu() end, "torch.triu(a)", { "any" }, shape = r2 },
+  { "triu(1)", function(a) return mg.triu(a, 1) end, "torch.triu(a, 1)", { "any" }, shape = r3 },
+  { "diag 1-d", function(a) return mg.diag(a) end, "torch.diag(a)", { "any" }, shape = S.one(1, 1),
+    modes = "fvj" },
+  { "diag(1) 1-d", function(a) return a:diag(1) end, "torch.diag(a, 1)", { "any" }, shape = S.one(1, 1),
+    modes = "fvj" },
+  { "diag(-2) 1-d", function(a) return a:diag(-2) end, "torch.diag(a, -2)", { "any" }, shape = S.one(1, 1),
+    modes = "fvj" },
+  { "diag 2-d", function(a) return a:diag() end, "torch.diag(a)", { "any" }, shape = S.one(2, 2),
+    modes = "fvj" },
+  { "diag(-1) 2-d", function(a) return mg.diag(a, -1) end, "torch.diag(a, -1)", { "any" },
+    shape = S.one(2, 2), modes = "fvj" },
+  { "diagonal", function(a) return a:diagonal() end, "torch.diagonal(a)", { "any" }, shape = r2,
+    modes = "fvj" },
+  { "diagonal(1, 2, 3)", function(a) return mg.diagonal(a, 1, 2, 3) end, "torch.diagonal(a, 1, 1, 2)",
+    { "any" }, shape = function() return { { R.size(), R.size(2, 4), R.size(2, 4) } } end },
+  { "diagonal(-1, 3, 1)", function(a) return a:diagonal(-1, 3, 1) end, "torch.diagonal(a, -1, 2, 0)",
+    { "any" }, shape = r3, modes = "fvj" },
+  { "outer", function(a, b) return mg.outer(a, b) end, "torch.outer(a, b)", { "any", "any" },
+    shape = function() return { { R.size() }, { R.size() } } end },
+  { "outer (method)", function(a, b) return a:outer(b) end, "torch.outer(a, b)", { "any", "any" },
+    shape = function() return { { R.size() }, { R.size() } } end, modes = "fvj" },
+
+  -- issue 12: einsum
+  { "einsum ij,jk->ik", function(a, b) return mg.einsum("ij,jk->ik", a, b) end,
+    "torch.einsum('ij,jk->ik', a, b)", { "any", "any" }, shape = mm_shapes("mm") },
+  { "einsum bij,bjk->bik", function(a, b) return mg.einsum("bij,bjk->bik", a, b) end,
+    "torch.einsum('bij,bjk->bik', a, b)", { "any", "any" }, shape = mm_shapes("bb") },
+  { "einsum bhqd,bhkd->bhqk", function(a, b) return mg.einsum("bhqd,bhkd->bhqk", a, b) end,
+    "torch.einsum('bhqd,bhkd->bhqk', a, b)", { "any", "any" },
+    shape = function()
+      local B, H, D = R.size(), R.size(1, 2), R.size()
+      return { { B, H, R.size(), D }, { B, H, R.size(), D } }
+    end },
+  { "einsum i,i->", function(a, b) return mg.einsum("i,i->", a, b) end, "torch.einsum('i,i->', a, b)",
+    { "any", "any" }, shape = S.same(2, 1, 1), modes = "fvj" },
+  { "einsum i,j (implicit)", function(a, b) return mg.einsum("i,j", a, b) end, "torch.einsum('i,j', a, b)",
+    { "any", "any" }, shape = function() return { { R.size() }, { R.size() } } end },
+  { "einsum ij,kj->ki", function(a, b) return mg.einsum("ij,kj->ki", a, b) end,
+    "torch.einsum('ij,kj->ki', a, b)", { "any", "any" },
+    shape = function() local j = R.size() return { { R.size(), j }, { R.size(), j } } end, modes = "fvj" },
+  { "einsum bi,bij->bj", function(a, b) return mg.einsum("bi,bij->bj", a, b) end,
+    "torch.einsum('bi,bij->bj', a, b)", { "any", "any" },
+    shape = function() local B, i = R.size(), R.size() return { { B, i }, { B, i, R.size() } } end },
+  { "einsum ij->ji", function(a) return mg.einsum("ij->ji", a) end, "torch.einsum('ij->ji', a)", { "any" },
+    shape = S.one(2, 2), modes = "fvj" },
+  { "einsum ii (trace)", function(a) return mg.einsum("ii", a) end, "torch.einsum('ii', a)", { "any" },
+    shape = function() local n = R.size() return { { n, n } } end, modes = "fvj" },
+  { "einsum bii->bi", function(a) return mg.einsum("bii->bi", a) end, "torch.einsum('bii->bi', a)", { "any" },
+    shape = function() local n = R.size() return { { R.size(), n, n } } end },
+  { "einsum ijk->j", function(a) return mg.einsum("ijk->j", a) end, "torch.einsum('ijk->j', a)", { "any" },
+    shape = S.one(3, 3), modes = "fvj" },
+
+  -- issue 12: indexing (1-based index tensors on the moongrad side, 0-based in torch)
+  { "gather(2)", function(a) return a:gather(2, mg.tensor({ { 1, 3 }, { 2, 2 }, { 3, 1 } })) end,
+    "torch.gather(a, 1, torch.tensor([[0, 2], [1, 1], [2, 0]]))", { "any" }, shape = S.fixed({ 3, 3 }) },
+  { "gather(1)", function(a) return mg.gather(a, 1, mg.tensor({ { 2, 1 }, { 2, 2 } })) end,
+    "torch.gather(a, 0, torch.tensor([[1, 0], [1, 1]]))", { "any" }, shape = S.fixed({ 3, 4 }), modes = "fvj" },
+  { "gather(-1) 3-d", function(a) return a:gather(-1, mg.tensor({ { { 4 }, { 1 } }, { { 2 }, { 2 } } })) end,
+    "torch.gather(a, -1, torch.tensor([[[3], [0]], [[1], [1]]]))", { "any" }, shape = S.fixed({ 2, 2, 4 }) },
+  { "index_select(1)", function(a) return a:index_select(1, mg.tensor({ 3, 1, 3, 2 })) end,
+    "torch.index_select(a, 0, torch.tensor([2, 0, 2, 1]))", { "any" },
+    shape = function() return { { 3, R.size() } } end, modes = "fvj" },
+  { "index_select(2)", function(a) return mg.index_select(a, 2, mg.tensor({ 2, 2 })) end,
+    "torch.index_select(a, 1, torch.tensor([1, 1]))", { "any" },
+    shape = function() return { { R.size(), 2, R.size() } } end },
+  { "take_along_dim(2)", function(a) return a:take_along_dim(mg.tensor({ { 2, 1 }, { 3, 3 } }), 2) end,
+    "torch.take_along_dim(a, torch.tensor([[1, 0], [2, 2]]), 1)", { "any" }, shape = S.fixed({ 2, 3 }) },
+  { "take_along_dim broadcast", function(a) return mg.take_along_dim(a, mg.tensor({ { 1 }, { 3 } }), 2) end,
+    "torch.take_along_dim(a, torch.tensor([[0], [2]]), 1)", { "any" },
+    shape = function() return { { 2, 3 } } end },
+  { "take_along_dim flattened", function(a) return a:take_along_dim(mg.tensor({ 6, 1, 2 })) end,
+    "torch.take_along_dim(a, torch.tensor([5, 0, 1]))", { "any" }, shape = S.fixed({ 2, 3 }), modes = "fvj" },
+  { "masked_fill", function(a, m) return a:masked_fill(m, 2.5) end, "a.masked_fill(b > 0.5, 2.5)",
+    { "any", "mask" }, shape = function() local s = R.shape(1, 3) return { s, s } end },
+  { "masked_fill broadcast mask", function(a, m) return mg.masked_fill(a, m, -1) end,
+    "a.masked_fill(b > 0.5, -1)", { "any", "mask" },
+    shape = function() local r, c = R.size(), R.size() return { { r, c }, { c } } end },
+
+  -- issue 12: pad, repeats, tile
+  { "pad {1, 2}", function(a) return mg.pad(a, { 1, 2 }) end, "F.pad(a, (1, 2))", { "any" }, shape = S.one(1, 4) },
+  { "pad {0, 1, 2, 0} value", function(a) return a:pad({ 0, 1, 2, 0 }, 1.5) end,
+    "F.pad(a, (0, 1, 2, 0), value=1.5)", { "any" }, shape = r2, modes = "fvj" },
+  { "pad {-1, 1} crops", function(a) return a:pad({ -1, 1 }) end, "F.pad(a, (-1, 1))", { "any" },
+    shape = function() return { { R.size(), R.size(2, 4) } } end },
+  { "repeats(2, 3)", function(a) return a:repeats(2, 3) end, "a.repeat(2, 3)", { "any" }, shape = S.one(0, 2),
+    modes = "fvj" },
+  { "repeats {1, 2, 1, 2}", function(a) return mg.repeats(a, { 1, 2, 1, 2 }) end, "a.repeat(1, 2, 1, 2)",
+    { "any" }, shape = S.one(2, 3) },
+  { "tile {2}", function(a) return mg.tile(a, { 2 }) end, "torch.tile(a, (2,))", { "any" }, shape = S.one(1, 3) },
+  { "tile(2, 1, 2)", function(a) return a:tile(2, 1, 2) end, "torch.tile(a, (2, 1, 2))", { "any" },
+    shape = S.one(1, 3), modes = "fvj" },
+}
 ---------------------------------------------------------------- running the cases
 
 local dir

@@ -365,6 +365,10 @@ function mg.gradcheck(f, inputs, opts)
   return true
 end
 
+---------------------------------------------------------------- ops composed in Lua
+
+require("moongrad.ops")(Tensor)
+
 ---------------------------------------------------------------- submodules
 
 local SPECTRA = { lyapunov = true, jacobian_spectra = true,      -- functions of moongrad.spectra
