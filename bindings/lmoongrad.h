@@ -28,8 +28,16 @@ typedef struct lstate {
 
 #define LSTATE(L) ((lstate *)lua_touserdata((L), lua_upvalueindex(1)))
 
-/* Raise the context's error message as a Lua error. */
-int lmg_fail(lua_State *L, mg_ctx *C);
+/* Errors. Every binding raises runtime failures through lmg_fail (or lmg_result), argument
+** errors through luaL_argerror/luaL_typeerror/luaL_argcheck ("bad argument #2 to 'reshape'
+** (...)"); sizes and indices print with "%I" (lua_Integer), never through (int) casts.
+** Metamethods that C code may call without a function name (arithmetic from the string
+** library, t[i] from ipairs) raise with luaL_error and name themselves.
+** lmg_fail raises the context's last message as the error of the user-facing function 'fn'
+** (NULL: the message as the runtime wrote it). The runtime names its own op first
+** ("copy: ..."); 'fn' takes that place, or goes in front of a message that names none
+** ("out of memory ..."). */
+int lmg_fail(lua_State *L, lstate *S, const char *fn);
 /* Push an empty tensor slot (filled by lmg_settensor): an error before it is filled
 ** leaves only a harmless empty value. */
 mg_tensor **lmg_newslot(lua_State *L);

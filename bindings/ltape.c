@@ -29,7 +29,7 @@ static int tape_new(lua_State *L) {
   ltape *p = lua_newuserdatauv(L, sizeof *p, 0);
   p->T = NULL;
   luaL_setmetatable(L, MG_TAPE_MT);
-  if (mg_tape_new(S->C, persistent, watch_vars, &p->T) != MG_OK) return lmg_fail(L, S->C);
+  if (mg_tape_new(S->C, persistent, watch_vars, &p->T) != MG_OK) return lmg_fail(L, S, NULL);
   return 1;
 }
 
@@ -60,11 +60,11 @@ static int tape_watch(lua_State *L) {
         lua_rawgeti(L, i, k);
         mg_tensor *t = lmg_totensor(L, -1);
         if (!t) return luaL_argerror(L, i, lua_pushfstring(L, "entry %d is not a tensor", k));
-        if (mg_tape_watch(p->T, t) != MG_OK) return lmg_fail(L, S->C);
+        if (mg_tape_watch(p->T, t) != MG_OK) return lmg_fail(L, S, NULL);
         lua_pop(L, 1);
       }
     } else if (mg_tape_watch(p->T, mg_lua_checktensor(L, i)) != MG_OK) {
-      return lmg_fail(L, S->C);
+      return lmg_fail(L, S, NULL);
     }
   }
   return 0;
@@ -203,7 +203,7 @@ static int tape_gradient(lua_State *L) {
   bool uz = opt_unconnected_zero(L, opt);
   results *r = newresults(L, ns);
   if (mg_tape_gradient(p->T, nt, tg, seeds, 0, ns, src, uz, r->t) != MG_OK)
-    return lmg_fail(L, S->C);
+    return lmg_fail(L, S, NULL);
   return hand_out(L, S, r, single_s);
 }
 
@@ -225,7 +225,7 @@ static int jacobian(lua_State *L, bool batch) {
   bool uz = opt_unconnected_zero(L, opt);
   results *r = newresults(L, ns);
   if (mg_tape_jacobian(p->T, target, ns, src, batch, mode, check, uz, r->t) != MG_OK)
-    return lmg_fail(L, S->C);
+    return lmg_fail(L, S, NULL);
   return hand_out(L, S, r, single);
 }
 
@@ -250,16 +250,16 @@ static int tape_forward(lua_State *L) {
       return luaL_error(L, "forward: tangent %d does not have the shape of its source", i + 1);
   }
   results *r = newresults(L, nt);
-  if (mg_tape_forward(p->T, ns, src, tan, 0, nt, tg, r->t) != MG_OK) return lmg_fail(L, S->C);
+  if (mg_tape_forward(p->T, ns, src, tan, 0, nt, tg, r->t) != MG_OK) return lmg_fail(L, S, NULL);
   return hand_out(L, S, r, single);
 }
 
 static int tape_tostring(lua_State *L) {
   ltape *p = luaL_checkudata(L, 1, MG_TAPE_MT);
   if (p->T == NULL) lua_pushliteral(L, "GradientTape (released)");
-  else lua_pushfstring(L, "GradientTape (%s, %d watched)",
+  else lua_pushfstring(L, "GradientTape (%s, %I watched)",
                        mg_tape_is_recording(p->T) ? "recording" : "stopped",
-                       (int)mg_tape_nwatched(p->T));
+                       (lua_Integer)mg_tape_nwatched(p->T));
   return 1;
 }
 

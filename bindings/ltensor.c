@@ -62,10 +62,16 @@ void mg_lua_pushtensor(lua_State *L, mg_tensor *t) {
   *slot = mg_tensor_retain(t);
 }
 
-int lmg_fail(lua_State *L, mg_ctx *C) { return luaL_error(L, "%s", mg_errmsg(C)); }
+int lmg_fail(lua_State *L, lstate *S, const char *fn) {
+  const char *msg = mg_errmsg(S->C);
+  if (fn == NULL) return luaL_error(L, "%s", msg);
+  size_t n = strspn(msg, "abcdefghijklmnopqrstuvwxyz0123456789_");
+  if (n > 0 && msg[n] == ':' && msg[n + 1] == ' ') msg += n + 2;   /* the runtime's op name */
+  return luaL_error(L, "%s: %s", fn, msg);
+}
 
 int lmg_result(lua_State *L, lstate *S, mg_status st, mg_tensor **t) {
-  if (st != MG_OK) return lmg_fail(L, S->C);
+  if (st != MG_OK) return lmg_fail(L, S, NULL);
   mg_tensor **slot = lmg_newslot(L);
   lmg_settensor(L, S, slot, *t);
   return 1;
@@ -134,7 +140,7 @@ static int64_t checksize(lua_State *L, int idx) {
     if (lua_type(L, idx) == LUA_TNUMBER) luaL_argerror(L, idx, "size must be an integer");
     luaL_typeerror(L, idx, "integer size");
   }
-  if (n < 0) luaL_argerror(L, idx, lua_pushfstring(L, "negative size %d", (int)n));
+  if (n < 0) luaL_argerror(L, idx, lua_pushfstring(L, "negative size %I", n));
   return (int64_t)n;
 }
 
@@ -153,7 +159,7 @@ int lmg_checkshape(lua_State *L, int idx, int64_t *shape) {
           luaL_argerror(L, idx, lua_pushfstring(L, "shape entry %d is not an integer", i));
       }
       lua_Integer v = lua_tointeger(L, -1);
-      if (v < 0) luaL_argerror(L, idx, lua_pushfstring(L, "negative size %d in shape", (int)v));
+      if (v < 0) luaL_argerror(L, idx, lua_pushfstring(L, "negative size %I in shape", v));
       shape[nd++] = (int64_t)v;
       lua_pop(L, 1);
     }
@@ -166,12 +172,29 @@ int lmg_checkshape(lua_State *L, int idx, int64_t *shape) {
   return nd;
 }
 
+/* 0-based position of the 1-based index 'i' (negative: from the end) along 'n', or -1. */
+static lua_Integer position(lua_Integer i, lua_Integer n) {
+  lua_Integer z = i < 0 ? i + n : i - 1;
+  return i == 0 || z < 0 || z >= n ? -1 : z;
+}
+
+#define ONE_BASED(i) ((i) == 0 ? " (indices and dims are 1-based)" : "")
+
+/* Push and return "index 0 out of range for dimension 2 of size 3 (...)". */
+static const char *index_message(lua_State *L, lua_Integer i, int dim, lua_Integer n) {
+  return lua_pushfstring(L, "index %I out of range for dimension %d of size %I%s", i, dim, n,
+                         ONE_BASED(i));
+}
+
+/* Push and return "dimension 0 out of range for a 2-d tensor (...)". */
+static const char *dim_message(lua_State *L, lua_Integer d, int ndim) {
+  return lua_pushfstring(L, "dimension %I out of range for a %d-d tensor%s", d, ndim,
+                         ONE_BASED(d));
+}
+
 int lmg_checkdim(lua_State *L, int idx, int ndim) {
-  lua_Integer d = luaL_checkinteger(L, idx);
-  lua_Integer z = d < 0 ? d + ndim : d - 1;
-  if (d == 0 || z < 0 || z >= ndim)
-    luaL_argerror(L, idx, lua_pushfstring(L, "dimension %d out of range for a %d-d tensor",
-                                          (int)d, ndim));
+  lua_Integer d = luaL_checkinteger(L, idx), z = position(d, ndim);
+  if (z < 0) luaL_argerror(L, idx, dim_message(L, d, ndim));
   return (int)z;
 }
 
@@ -180,13 +203,8 @@ mg_tensor *lmg_checkoperand(lua_State *L, lstate *S, int idx, mg_dtype dt) {
   mg_tensor *t = lmg_totensor(L, idx);
   if (t) return mg_tensor_retain(t);
   if (lua_type(L, idx) != LUA_TNUMBER) luaL_typeerror(L, idx, "tensor or number");
-  if (mg_tensor_full(S->C, dt, 0, NULL, lua_tonumber(L, idx), &t) != MG_OK) lmg_fail(L, S->C);
+  if (mg_tensor_full(S->C, dt, 0, NULL, lua_tonumber(L, idx), &t) != MG_OK) lmg_fail(L, S, NULL);
   return t;
-}
-
-/* Raise the context's message (out of memory, too many elements) for creation function 'fn'. */
-static int create_fail(lua_State *L, lstate *S, const char *fn) {
-  return luaL_error(L, "%s: %s", fn, mg_errmsg(S->C));
 }
 
 static bool optbool(lua_State *L, int idx, bool def) {
@@ -210,7 +228,8 @@ static void fill_nested(lua_State *L, int idx, mg_tensor *t, int d, int64_t *pos
       (*pos)++;
     } else {
       if (!lua_istable(L, -1) || (int64_t)lua_rawlen(L, -1) != shape[d + 1])
-        luaL_error(L, "tensor: nested tables are ragged at depth %d (expected %d entries)", d + 2, (int)shape[d + 1]);
+        luaL_error(L, "tensor: nested tables are ragged at depth %d (expected %I entries)", d + 2,
+                   (lua_Integer)shape[d + 1]);
       fill_nested(L, lua_gettop(L), t, d + 1, pos, base);
     }
     lua_pop(L, 1);
@@ -225,7 +244,7 @@ static int tensor_new(lua_State *L) {
   lua_settop(L, 2);
   mg_tensor **slot = lmg_newslot(L), *t = NULL;  /* at 3 */
   if (lua_type(L, 1) == LUA_TNUMBER) {
-    if (mg_tensor_full(S->C, dt, 0, NULL, lua_tonumber(L, 1), &t) != MG_OK) return create_fail(L, S, "tensor");
+    if (mg_tensor_full(S->C, dt, 0, NULL, lua_tonumber(L, 1), &t) != MG_OK) return lmg_fail(L, S, "tensor");
     lmg_settensor(L, S, slot, t);
     return 1;
   }
@@ -233,7 +252,7 @@ static int tensor_new(lua_State *L) {
     mg_tensor *c = NULL;
     mg_status st = mg_tensor_cast(S->C, t, opt ? dt : mg_tensor_dtype(t), &c);
     if (st == MG_OK && c == t) { mg_tensor_release(c); st = mg_tensor_clone(S->C, t, &c); }
-    if (st != MG_OK) return create_fail(L, S, "tensor");
+    if (st != MG_OK) return lmg_fail(L, S, "tensor");
     lmg_settensor(L, S, slot, c);
     return 1;
   }
@@ -248,7 +267,7 @@ static int tensor_new(lua_State *L) {
     lua_rawgeti(L, -1, 1);
   }
   lua_settop(L, 3);
-  if (mg_tensor_empty(S->C, dt, nd, shape, &t) != MG_OK) return create_fail(L, S, "tensor");
+  if (mg_tensor_empty(S->C, dt, nd, shape, &t) != MG_OK) return lmg_fail(L, S, "tensor");
   *slot = t;                                        /* owned by the slot from here on */
   int64_t pos = 0;
   if (nd > 0) fill_nested(L, 1, t, 0, &pos, mg_tensor_data(t));   /* when empty too: raggedness */
@@ -262,7 +281,7 @@ static int full_shape(lua_State *L, const char *fn, double v) {
   int nd = lmg_checkshape(L, 1, shape);
   mg_dtype dt = lmg_optdtype(L, S, lmg_options(L, 1));
   mg_tensor **slot = lmg_newslot(L), *t = NULL;
-  if (mg_tensor_full(S->C, dt, nd, shape, v, &t) != MG_OK) return create_fail(L, S, fn);
+  if (mg_tensor_full(S->C, dt, nd, shape, v, &t) != MG_OK) return lmg_fail(L, S, fn);
   lmg_settensor(L, S, slot, t);
   return 1;
 }
@@ -284,7 +303,7 @@ static int tensor_eye(lua_State *L) {
   int64_t shape[2] = { n, m };
   mg_dtype dt = lmg_optdtype(L, S, lmg_options(L, 2));
   mg_tensor **slot = lmg_newslot(L), *t = NULL;
-  if (mg_tensor_zeros(S->C, dt, 2, shape, &t) != MG_OK) return create_fail(L, S, "eye");
+  if (mg_tensor_zeros(S->C, dt, 2, shape, &t) != MG_OK) return lmg_fail(L, S, "eye");
   for (int64_t i = 0; i < n && i < m; i++) {
     int64_t idx[2] = { i, i };
     mg_tensor_set(t, idx, 1.0);
@@ -297,7 +316,7 @@ static int make_range(lua_State *L, lstate *S, const char *fn, double a, double 
                       int64_t n, int opt) {
   mg_dtype dt = lmg_optdtype(L, S, opt);
   mg_tensor **slot = lmg_newslot(L), *t = NULL;
-  if (mg_tensor_empty(S->C, dt, 1, &n, &t) != MG_OK) return create_fail(L, S, fn);
+  if (mg_tensor_empty(S->C, dt, 1, &n, &t) != MG_OK) return lmg_fail(L, S, fn);
   for (int64_t i = 0; i < n; i++) mg_tensor_set(t, &i, a + (double)i * step);
   lmg_settensor(L, S, slot, t);
   return 1;
@@ -354,7 +373,7 @@ static int random_fill(lua_State *L, int kind) {
   mg_dtype dt = lmg_optdtype(L, S, opt);
   mg_tensor **slot = lmg_newslot(L), *t = NULL;
   if (mg_tensor_empty(S->C, dt, nd, shape, &t) != MG_OK)
-    return create_fail(L, S, kind == 0 ? "rand" : kind == 1 ? "randn" : "uniform");
+    return lmg_fail(L, S, kind == 0 ? "rand" : kind == 1 ? "randn" : "uniform");
   if (kind == 1) mg_fill_normal(S->C, t, 0, 1);
   else mg_fill_uniform(S->C, t, lo, hi);
   lmg_settensor(L, S, slot, t);
@@ -384,10 +403,10 @@ static int init_matrix(lua_State *L, bool ortho) {
   mg_dtype dt = lmg_optdtype(L, S, opt);
   mg_tensor **slot = lmg_newslot(L), *t = NULL;
   if (mg_tensor_empty(S->C, dt, 2, shape, &t) != MG_OK)
-    return create_fail(L, S, ortho ? "orthogonal" : "glorot_uniform");
+    return lmg_fail(L, S, ortho ? "orthogonal" : "glorot_uniform");
   *slot = t;                                        /* owned by the slot from here on */
   if ((ortho ? mg_init_orthogonal(S->C, t, gain) : mg_init_glorot_uniform(S->C, t)) != MG_OK)
-    return lmg_fail(L, S->C);
+    return lmg_fail(L, S, NULL);
   lmg_settensor(L, S, slot, t);
   return 1;
 }
@@ -439,7 +458,8 @@ static int tensor_len(lua_State *L) {
 static int tensor_item(lua_State *L) {
   mg_tensor *t = mg_lua_checktensor(L, 1);
   if (mg_tensor_numel(t) != 1)
-    return luaL_error(L, "item: tensor has %d elements, expected exactly one", (int)mg_tensor_numel(t));
+    return luaL_error(L, "item: tensor has %I elements, expected exactly one",
+                      (lua_Integer)mg_tensor_numel(t));
   int64_t idx[MG_MAXDIM] = { 0 };
   lua_pushnumber(L, mg_tensor_get(t, idx));
   return 1;
@@ -472,10 +492,8 @@ static void checkindex(lua_State *L, const char *fn, mg_tensor *t, int first, in
                lua_gettop(L) - first + 1);
   for (int i = 0; i < nd; i++) {
     lua_Integer k = luaL_checkinteger(L, first + i), n = (lua_Integer)mg_tensor_shape(t)[i];
-    lua_Integer z = k < 0 ? k + n : k - 1;
-    if (k == 0 || z < 0 || z >= n)
-      luaL_argerror(L, first + i, lua_pushfstring(L, "index %d out of range for dimension %d of size %d",
-                                                  (int)k, i + 1, (int)n));
+    lua_Integer z = position(k, n);
+    if (z < 0) luaL_argerror(L, first + i, index_message(L, k, i + 1, n));
     idx[i] = z;
   }
 }
@@ -606,21 +624,21 @@ static int tensor_narrow(lua_State *L) {
   mg_tensor *t = mg_lua_checktensor(L, 1), *y = NULL;
   int d = lmg_checkdim(L, 2, mg_tensor_ndim(t));
   lua_Integer start = luaL_checkinteger(L, 3), len = luaL_checkinteger(L, 4);
-  int64_t n = mg_tensor_shape(t)[d];
+  lua_Integer n = (lua_Integer)mg_tensor_shape(t)[d];
   if (start < 0) start += n + 1;
-  if (start < 1 || len < 0 || start - 1 + len > n)
-    return luaL_error(L, "narrow: range %d..%d out of bounds for dimension %d of size %d",
-                      (int)start, (int)(start + len - 1), d + 1, (int)n);
+  if (start < 1 || len < 0 || start - 1 > n - len) {         /* no overflow for huge 'len' */
+    const char *end = len < 0 || len - 1 > LUA_MAXINTEGER - start ? "..."
+                      : lua_pushfstring(L, "%I", start + len - 1);
+    return luaL_error(L, "narrow: range %I..%s out of bounds for dimension %d of size %I%s",
+                      start, end, d + 1, n, ONE_BASED(start));
+  }
   return lmg_result(L, S, mg_tensor_narrow(S->C, t, d, start - 1, len, &y), &y);
 }
 
 static int select_at(lua_State *L, lstate *S, mg_tensor *t, int d, lua_Integer i, int argi) {
   mg_tensor *y = NULL;
-  int64_t n = mg_tensor_shape(t)[d];
-  lua_Integer z = i < 0 ? i + n : i - 1;
-  if (i == 0 || z < 0 || z >= n)
-    return luaL_argerror(L, argi, lua_pushfstring(L, "index %d out of range for dimension %d of size %d",
-                                                  (int)i, d + 1, (int)n));
+  lua_Integer n = (lua_Integer)mg_tensor_shape(t)[d], z = position(i, n);
+  if (z < 0) return luaL_argerror(L, argi, index_message(L, i, d + 1, n));
   return lmg_result(L, S, mg_tensor_select(S->C, t, d, z, &y), &y);
 }
 
@@ -671,7 +689,7 @@ static int tensor_copy(lua_State *L) {
   mg_tensor *src = lmg_checkoperand(L, S, 2, mg_tensor_dtype(dst));
   mg_status st = mg_tensor_copy_(S->C, dst, src);
   mg_tensor_release(src);
-  if (st != MG_OK) return lmg_fail(L, S->C);
+  if (st != MG_OK) return lmg_fail(L, S, NULL);
   lua_settop(L, 1);
   return 1;
 }
@@ -686,9 +704,8 @@ static int64_t row_index(lua_State *L, mg_tensor *t) {
   if (!isint)
     luaL_error(L, "index: index must be an integer, got %s", lua_type(L, 2) == LUA_TNUMBER
                ? lua_pushfstring(L, "%f", lua_tonumber(L, 2)) : luaL_typename(L, 2));
-  lua_Integer z = i < 0 ? i + n : i - 1;
-  if (i == 0 || z < 0 || z >= n)
-    luaL_error(L, "index: index %d out of range for dimension 1 of size %d", (int)i, (int)n);
+  lua_Integer z = position(i, n);
+  if (z < 0) luaL_error(L, "index: %s", index_message(L, i, 1, n));
   return (int64_t)z;
 }
 
@@ -726,13 +743,13 @@ static int tensor_newindex(lua_State *L) {
   mg_no_grad_enter(S->C);
   mg_status st = mg_tensor_select(S->C, t, 0, z, &y);
   mg_no_grad_exit(S->C);
-  if (st != MG_OK) return lmg_fail(L, S->C);
+  if (st != MG_OK) return lmg_fail(L, S, NULL);
   mg_tensor **slot = lmg_newslot(L);             /* owns 'y' if what follows raises */
   *slot = y;
   mg_tensor *src = lmg_checkoperand(L, S, 3, mg_tensor_dtype(t));
   st = mg_tensor_copy_(S->C, y, src);
   mg_tensor_release(src);
-  if (st != MG_OK) return lmg_fail(L, S->C);
+  if (st != MG_OK) return lmg_fail(L, S, NULL);
   return 0;
 }
 
@@ -840,7 +857,7 @@ static int tensor_log_softmax(lua_State *L) { return softmax_dim(L, true); }
 typedef mg_status (*reduce_fn)(mg_ctx *, mg_tensor *, uint32_t, bool, mg_tensor **);
 
 /* t:op() over all elements, t:op(d [, keepdim]) over one dim, t:op({d1, d2}) over several */
-static int reduction(lua_State *L, const char *name, reduce_fn fn) {
+static int reduction(lua_State *L, reduce_fn fn) {
   LSTATE_ARG;
   mg_tensor *t = mg_lua_checktensor(L, 1), *y = NULL;
   int nd = mg_tensor_ndim(t);
@@ -851,11 +868,13 @@ static int reduction(lua_State *L, const char *name, reduce_fn fn) {
     for (int i = 1; i <= n; i++) {
       int isint;
       lua_Integer d = (lua_rawgeti(L, 2, i), lua_tointegerx(L, -1, &isint));
-      lua_Integer z = d < 0 ? d + nd : d - 1;
-      if (!isint || d == 0 || z < 0 || z >= nd)
-        return luaL_error(L, "%s: dimension %s out of range for a %d-d tensor", name,
-                          luaL_tolstring(L, -1, NULL), nd);
-      if ((mask >> z) & 1u) return luaL_error(L, "%s: dimension %d given twice", name, (int)d);
+      lua_Integer z = position(d, nd);
+      if (!isint)
+        return luaL_argerror(L, 2, lua_pushfstring(L, "dimension %s out of range for a %d-d tensor",
+                                                   luaL_tolstring(L, -1, NULL), nd));
+      if (z < 0) return luaL_argerror(L, 2, dim_message(L, d, nd));
+      if ((mask >> z) & 1u)
+        return luaL_argerror(L, 2, lua_pushfstring(L, "dimension %I given twice", d));
       mask |= 1u << z;
       lua_pop(L, 1);
     }
@@ -863,11 +882,11 @@ static int reduction(lua_State *L, const char *name, reduce_fn fn) {
   return lmg_result(L, S, fn(S->C, t, mask, optbool(L, 3, false), &y), &y);
 }
 
-static int tensor_sum(lua_State *L) { return reduction(L, "sum", mg_tensor_sum); }
-static int tensor_mean(lua_State *L) { return reduction(L, "mean", mg_tensor_mean); }
-static int tensor_var(lua_State *L) { return reduction(L, "var", mg_tensor_var); }
-static int tensor_std(lua_State *L) { return reduction(L, "std", mg_tensor_std); }
-static int tensor_norm(lua_State *L) { return reduction(L, "norm", mg_tensor_norm); }
+static int tensor_sum(lua_State *L) { return reduction(L, mg_tensor_sum); }
+static int tensor_mean(lua_State *L) { return reduction(L, mg_tensor_mean); }
+static int tensor_var(lua_State *L) { return reduction(L, mg_tensor_var); }
+static int tensor_std(lua_State *L) { return reduction(L, mg_tensor_std); }
+static int tensor_norm(lua_State *L) { return reduction(L, mg_tensor_norm); }
 
 static int argextreme(lua_State *L, bool is_min) {
   LSTATE_ARG;
@@ -887,10 +906,9 @@ static int tensor_argmin(lua_State *L) { return argextreme(L, true); }
 /* max()/min(): the value over everything; max(d [, keepdim]): values and 1-based indices */
 static int extreme(lua_State *L, bool is_min) {
   reduce_fn fn = is_min ? mg_tensor_amin : mg_tensor_amax;
-  const char *name = is_min ? "min" : "max";
-  if (lua_isnoneornil(L, 2) || lua_istable(L, 2)) return reduction(L, name, fn);
+  if (lua_isnoneornil(L, 2) || lua_istable(L, 2)) return reduction(L, fn);
   lua_settop(L, 3);
-  reduction(L, name, fn);                            /* values at 4 */
+  reduction(L, fn);                                  /* values at 4 */
   argextreme(L, is_min);                             /* indices at 5 */
   return 2;
 }
