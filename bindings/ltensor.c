@@ -694,6 +694,37 @@ static int tensor_copy(lua_State *L) {
   return 1;
 }
 
+/* v:assign(t), v:assign_add(t), v:assign_sub(t): write 't' (tensor or number, broadcast to
+** v's shape), v + t or v - t into the Variable 'v', in place and not recorded, as TensorFlow's
+** assign ops. 'op' < 0: plain assignment. Errors name 'fn'. */
+static int assign(lua_State *L, const char *fn, int op) {
+  LSTATE_ARG;
+  mg_tensor **p = luaL_testudata(L, 1, MG_TENSOR_MT);
+  if (p == NULL || *p == NULL || !mg_tensor_is_variable(*p))
+    return luaL_error(L, "%s: expected a Variable, got %s", fn, p == NULL ? luaL_typename(L, 1)
+                      : *p == NULL ? "a released tensor" : "a plain tensor");
+  mg_tensor *v = *p, **slot = lmg_newslot(L), *t = NULL;    /* the slot owns 'src' */
+  lua_insert(L, 2);
+  if (lua_type(L, 3) != LUA_TNUMBER && lmg_totensor(L, 3) == NULL)
+    return luaL_error(L, "%s: expected a tensor or number, got %s", fn, luaL_typename(L, 3));
+  *slot = lmg_checkoperand(L, S, 3, mg_tensor_dtype(v));
+  mg_status st = MG_OK;
+  if (op >= 0) {
+    mg_no_grad_enter(S->C);
+    st = mg_tensor_binary(S->C, (mg_binary)op, v, *slot, &t);
+    mg_no_grad_exit(S->C);
+  } else t = mg_tensor_retain(*slot);
+  if (st == MG_OK) st = mg_tensor_copy_(S->C, v, t);
+  mg_tensor_release(t);
+  if (st != MG_OK) return lmg_fail(L, S, fn);
+  lua_settop(L, 1);
+  return 1;
+}
+
+static int tensor_assign(lua_State *L) { return assign(L, "assign", -1); }
+static int tensor_assign_add(lua_State *L) { return assign(L, "assign_add", MG_B_ADD); }
+static int tensor_assign_sub(lua_State *L) { return assign(L, "assign_sub", MG_B_SUB); }
+
 /* The 0-based row of key 2 in t[i] or t[i] = v (1-based, negative from the end). Errors
 ** name 'index' themselves: these metamethods also run from C (ipairs, table.insert), where
 ** Lua knows no function name to put in an argument error. */
@@ -987,7 +1018,60 @@ static int tensor_unstack(lua_State *L) {
   return 1;
 }
 
+/* ================================================================ printing */
+
+#define TOSTRING_HOOK "moongrad.tostring"   /* registry field: the Lua formatter, or nil */
+
+/* tostring(t): "tensor(released)" for a released tensor; else what the hook set by
+** mg._set_tostring returns (core.lua's formatter, values as PyTorch prints them), or
+** without a hook "tensor(shape=(2,3), dtype=float32)". */
+static int tensor_tostring(lua_State *L) {
+  mg_tensor **p = luaL_checkudata(L, 1, MG_TENSOR_MT);
+  if (*p == NULL) {
+    lua_pushliteral(L, "tensor(released)");
+    return 1;
+  }
+  if (lua_getfield(L, LUA_REGISTRYINDEX, TOSTRING_HOOK) != LUA_TNIL) {
+    lua_pushvalue(L, 1);
+    lua_call(L, 1, 1);
+    if (lua_type(L, -1) != LUA_TSTRING) return luaL_error(L, "tostring: the hook must return a string");
+    return 1;
+  }
+  const int64_t *shape = mg_tensor_shape(*p);
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  luaL_addstring(&b, "tensor(shape=(");
+  for (int i = 0; i < mg_tensor_ndim(*p); i++) {
+    lua_pushfstring(L, i ? ",%I" : "%I", (lua_Integer)shape[i]);
+    luaL_addvalue(&b);
+  }
+  lua_pushfstring(L, "), dtype=%s)", mg_dtype_name(mg_tensor_dtype(*p)));
+  luaL_addvalue(&b);
+  luaL_pushresult(&b);
+  return 1;
+}
+
+/* mg._set_tostring(f): tostring(t) of a live tensor returns f(t) (nil: the plain form). */
+static int tensor_set_tostring(lua_State *L) {
+  if (!lua_isnil(L, 1)) luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_settop(L, 1);
+  lua_setfield(L, LUA_REGISTRYINDEX, TOSTRING_HOOK);
+  return 0;
+}
+
 /* ================================================================ registration */
+
+/* Everything a Tensor (metatable 'moongrad.Tensor', userdata holding one 'mg_tensor *', NULL
+** once released) answers:
+**   methods   tensor_methods below; assign, assign_add, assign_sub (Variables); and every
+**             elementwise kernel of the op list by its name (setkernels: t:tanh(), t:add(u))
+**   fields    t.dtype ("float32"/"float64"), t.name (a Variable's name, else nil), t[i]
+**             (select(1, i)) and t[i] = v (fill or copy into that row): tensor_index and
+**             tensor_newindex
+**   metamethods  __add __sub __mul __div __pow (numbers on either side), __unm, __len
+**             (size of dim 1), __index, __newindex, __tostring (tensor_tostring, refined by
+**             the hook mg._set_tostring), __gc and __close (one idempotent release), __name
+** Nothing else adds to it: the Lua parts build on these. */
 
 static const luaL_Reg tensor_methods[] = {
   { "shape", tensor_shape }, { "size", tensor_size }, { "dim", tensor_dim },
@@ -999,7 +1083,8 @@ static const luaL_Reg tensor_methods[] = {
   { "squeeze", tensor_squeeze }, { "unsqueeze", tensor_unsqueeze },
   { "narrow", tensor_narrow }, { "select", tensor_select }, { "expand", tensor_expand },
   { "contiguous", tensor_contiguous }, { "clone", tensor_clone }, { "to", tensor_to },
-  { "fill", tensor_fill }, { "copy", tensor_copy },
+  { "fill", tensor_fill }, { "copy", tensor_copy }, { "assign", tensor_assign },
+  { "assign_add", tensor_assign_add }, { "assign_sub", tensor_assign_sub },
   { "clamp", tensor_clamp }, { "softmax", tensor_softmax },
   { "log_softmax", tensor_log_softmax }, { "matmul", tensor_matmul },
   { "sum", tensor_sum }, { "mean", tensor_mean }, { "var", tensor_var }, { "std", tensor_std },
@@ -1010,7 +1095,8 @@ static const luaL_Reg tensor_methods[] = {
 
 static const luaL_Reg tensor_metamethods[] = {
   { "__len", tensor_len },
-  { "__newindex", tensor_newindex }, { "__gc", tensor_release }, { "__close", tensor_release },
+  { "__newindex", tensor_newindex }, { "__tostring", tensor_tostring },
+  { "__gc", tensor_release }, { "__close", tensor_release },
   { NULL, NULL } };
 
 static const luaL_Reg module_functions[] = {
@@ -1030,6 +1116,7 @@ static const luaL_Reg module_functions[] = {
   { "permute", tensor_permute }, { "squeeze", tensor_squeeze },
   { "unsqueeze", tensor_unsqueeze }, { "narrow", tensor_narrow }, { "select", tensor_select },
   { "expand", tensor_expand }, { "contiguous", tensor_contiguous }, { "clone", tensor_clone },
+  { "_set_tostring", tensor_set_tostring },
   { NULL, NULL } };
 
 /* Set field 'name' of the table at the top to 'f' with upvalues (state, kernel 'k'). */
@@ -1065,11 +1152,9 @@ void lmg_open_tensor(lua_State *L, lstate *S) {
   lua_newtable(L);                                   /* method table */
   lmg_setfuncs(L, S, tensor_methods);
   setkernels(L, S, true);
-  lua_pushvalue(L, -1);
-  lua_setfield(L, -4, "methods");                    /* core.lua adds methods through it */
   lua_pushlightuserdata(L, S);
   lua_insert(L, -2);
-  lua_pushcclosure(L, tensor_index, 2);                   /* upvalues: state, method table */
+  lua_pushcclosure(L, tensor_index, 2);              /* upvalues: state, method table */
   lua_setfield(L, -2, "__index");
   lua_pop(L, 1);
   lmg_setfuncs(L, S, module_functions);

@@ -1,5 +1,5 @@
 -- moongrad.core: the Lua half of the module. Loaded by luaopen_moongrad; extends the module
--- table with what composes the C primitives: printing, Variables, no_grad, the function
+-- table with what composes the C primitives: the printing hook, no_grad, the function
 -- transforms (grad, vjp, jvp, jacobian, hessian) and gradcheck.
 local mg = require "moongrad"
 
@@ -8,9 +8,6 @@ local assert, error, ipairs, pairs, pcall, select, setmetatable, tostring, type 
 local debug, math, string, table = debug, math, string, table
 local rawset, require, getmetatable = rawset, require, getmetatable
 local _ENV = nil
-
-local Tensor = mg.methods            -- the method table of every tensor
-mg.methods = nil
 
 local function is_tensor(x)
   local mt = getmetatable(x)
@@ -90,10 +87,10 @@ local function tensor_tostring(t)
   return string.format("tensor(%s, shape=%s, dtype=%s)", body, shapestr(t), t.dtype)
 end
 
-getmetatable(mg.zeros(0)).__tostring = tensor_tostring
+mg._set_tostring(tensor_tostring)     -- the hook of the C __tostring (ltensor.c)
 mg.shapestr = shapestr
 
----------------------------------------------------------------- no_grad, Variables
+---------------------------------------------------------------- no_grad
 
 -- Run fn(...) with recording suspended on every tape; returns fn's results.
 function mg.no_grad(fn, ...)
@@ -102,28 +99,6 @@ function mg.no_grad(fn, ...)
   mg._no_grad_exit()
   if not res[1] then error(res[2], 0) end
   return table.unpack(res, 2, res.n)
-end
-
-local function check_variable(v, fn)
-  if not is_tensor(v) or not v:is_variable() then
-    error(fn .. ": expected a Variable, got " .. (is_tensor(v) and "a plain tensor" or type(v)), 3)
-  end
-end
-
--- In place and not recorded, as TensorFlow's assign ops.
-function Tensor.assign(v, t)
-  check_variable(v, "assign")
-  return v:copy(t)
-end
-
-function Tensor.assign_sub(v, t)
-  check_variable(v, "assign_sub")
-  return v:copy(mg.no_grad(function() return v - t end))
-end
-
-function Tensor.assign_add(v, t)
-  check_variable(v, "assign_add")
-  return v:copy(mg.no_grad(function() return v + t end))
 end
 
 ---------------------------------------------------------------- checks for the Lua parts
