@@ -58,8 +58,16 @@ int lmg_checkdim(lua_State *L, int idx, int ndim);
 int lmg_checkshape(lua_State *L, int idx, int64_t *shape);
 /* Index of a trailing options table after 'idx' (0 when none). */
 int lmg_options(lua_State *L, int idx);
-/* dtype from options table 'opt' (0: none), or the default. */
-mg_dtype lmg_optdtype(lua_State *L, lstate *S, int opt);
+/* dtype from options table 'opt' (0: none) of function 'fn', or the default; any other key is
+** an error (lmg_checkoptions). */
+mg_dtype lmg_optdtype(lua_State *L, lstate *S, int opt, const char *fn);
+/* Strict options, one checker for C and Lua callers (mg._unknown_option): the table at 'idx'
+** has only keys among 'known' (NULL-terminated), else the message (pushed) names 'fn', the
+** key and the nearest known key: "GradientTape: unknown option 'persistant' (did you mean
+** 'persistent'?)". lmg_unknown_option returns it (NULL when all keys are known);
+** lmg_checkoptions raises it. */
+const char *lmg_unknown_option(lua_State *L, int idx, const char *fn, const char *const *known);
+void lmg_checkoptions(lua_State *L, int idx, const char *fn, const char *const *known);
 mg_dtype lmg_checkdtype(lua_State *L, int idx);
 
 /* Register functions with the per-state record as upvalue. */

@@ -17,9 +17,11 @@ static ltape *checktape(lua_State *L, int idx) {
 /* GradientTape{persistent=false, watch_accessed_variables=true} */
 static int tape_new(lua_State *L) {
   lstate *S = LSTATE(L);
+  static const char *const known[] = { "persistent", "watch_accessed_variables", NULL };
   bool persistent = false, watch_vars = true;
   if (!lua_isnoneornil(L, 1)) {
     luaL_checktype(L, 1, LUA_TTABLE);
+    lmg_checkoptions(L, 1, "GradientTape", known);
     lua_getfield(L, 1, "persistent");
     persistent = lua_toboolean(L, -1);
     lua_getfield(L, 1, "watch_accessed_variables");
@@ -118,19 +120,22 @@ static mg_tensor **tensorlist(lua_State *L, int idx, int *n, bool *single, const
   return a;
 }
 
-/* Push each result (taking ownership), as one tensor or an array with nil holes. */
+/* Push each result (taking ownership), as one tensor or an array with nil holes and its
+** length in field 'n' (optimizers tell a trailing hole from a missing gradient by it). */
 static int push_results(lua_State *L, lstate *S, mg_tensor **res, int n, bool single) {
   if (single) {
     if (res[0] == NULL) { lua_pushnil(L); return 1; }
     lmg_settensor(L, S, lmg_newslot(L), res[0]);
     return 1;
   }
-  lua_createtable(L, n, 0);
+  lua_createtable(L, n, 1);
   for (int i = 0; i < n; i++) {
     if (res[i] == NULL) continue;
     lmg_settensor(L, S, lmg_newslot(L), res[i]);
     lua_rawseti(L, -2, i + 1);
   }
+  lua_pushinteger(L, n);                /* the length, holes included (as table.pack) */
+  lua_setfield(L, -2, "n");
   return 1;
 }
 
@@ -177,10 +182,12 @@ static bool opt_unconnected_zero(lua_State *L, int opt) {
 
 /* gradient(target, sources [, {output_gradients=, unconnected="none"|"zero"}]) */
 static int tape_gradient(lua_State *L) {
+  static const char *const known[] = { "output_gradients", "unconnected", NULL };
   lstate *S = LSTATE(L);
   ltape *p = checktape(L, 1);
   int nt, ns, opt = lua_istable(L, 4) ? 4 : 0;
   bool single_t, single_s;
+  if (opt) lmg_checkoptions(L, opt, "gradient", known);
   mg_tensor **tg = tensorlist(L, 2, &nt, &single_t, "target");
   mg_tensor **src = tensorlist(L, 3, &ns, &single_s, "sources");
   mg_tensor **seeds = NULL;
@@ -208,11 +215,14 @@ static int tape_gradient(lua_State *L) {
 }
 
 static int jacobian(lua_State *L, bool batch) {
+  static const char *const plain[] = { "mode", "unconnected", NULL },
+                           *const batched[] = { "mode", "check", "unconnected", NULL };
   lstate *S = LSTATE(L);
   ltape *p = checktape(L, 1);
   mg_tensor *target = mg_lua_checktensor(L, 2);
   int ns, opt = lua_istable(L, 4) ? 4 : 0, mode = 0;
   bool single, check = false;
+  if (opt) lmg_checkoptions(L, opt, batch ? "batch_jacobian" : "jacobian", batch ? batched : plain);
   mg_tensor **src = tensorlist(L, 3, &ns, &single, "source");
   if (opt) {
     static const char *const modes[] = { "rev", "fwd", "auto", NULL };

@@ -97,17 +97,123 @@ mg_dtype lmg_checkdtype(lua_State *L, int idx) {
 
 int lmg_options(lua_State *L, int idx) {
   int top = lua_gettop(L);
-  if (top < idx || !lua_istable(L, top)) return 0;
-  if (top == idx) {                                 /* a lone table: options only if keyed */
-    lua_getfield(L, top, "dtype");
-    bool keyed = !lua_isnil(L, -1);
+  if (top < idx || !lua_istable(L, top) || lmg_totensor(L, top)) return 0;
+  if (top == idx) {       /* a lone table: options when keyed (any non-integer key), no [1] */
+    bool keyed = false;
+    lua_pushnil(L);
+    while (!keyed && lua_next(L, top)) {
+      keyed = !lua_isinteger(L, -2);
+      lua_pop(L, keyed ? 2 : 1);
+    }
+    if (!keyed) return 0;
+    bool arr = lua_rawgeti(L, top, 1) != LUA_TNIL;
     lua_pop(L, 1);
-    lua_rawgeti(L, top, 1);
-    bool arr = !lua_isnil(L, -1);
-    lua_pop(L, 1);
-    if (arr || !keyed) return 0;
+    if (arr) return 0;
   }
   return top;
+}
+
+/* ================================================================ strict options */
+
+/* Edit distance of 'a' and 'b' (Levenshtein; names longer than 63 bytes count as far). */
+static size_t distance(const char *a, const char *b) {
+  size_t na = strlen(a), nb = strlen(b), row[64];
+  if (na > 63 || nb > 63) return (size_t)-1;
+  for (size_t j = 0; j <= nb; j++) row[j] = j;
+  for (size_t i = 1; i <= na; i++) {
+    size_t diag = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= nb; j++) {
+      size_t up = row[j], best = diag + (a[i - 1] != b[j - 1]);
+      if (up + 1 < best) best = up + 1;
+      if (row[j - 1] + 1 < best) best = row[j - 1] + 1;
+      diag = up;
+      row[j] = best;
+    }
+  }
+  return row[nb];
+}
+
+static bool known_key(const char *k, const char *const *known) {
+  for (; *known != NULL; known++)
+    if (strcmp(k, *known) == 0) return true;
+  return false;
+}
+
+/* Push "fn: unknown option 'k' (did you mean 'x'?)" for the key at the top (popped); 'fn'
+** NULL: no name in front. */
+static const char *unknown_message(lua_State *L, const char *fn, const char *const *known) {
+  const char *msg, *sep = fn ? ": " : "";
+  if (fn == NULL) fn = "";
+  if (lua_type(L, -1) == LUA_TSTRING) {
+    const char *k = lua_tostring(L, -1), *near = known[0];
+    for (const char *const *c = known; *c != NULL; c++)
+      if (distance(k, *c) < distance(k, near)) near = *c;
+    msg = near ? lua_pushfstring(L, "%s%sunknown option '%s' (did you mean '%s'?)", fn, sep, k, near)
+               : lua_pushfstring(L, "%s%sunknown option '%s' (it takes none)", fn, sep, k);
+  } else {
+    const char *k = luaL_tolstring(L, -1, NULL);
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    for (const char *const *c = known; *c != NULL; c++) {
+      lua_pushfstring(L, "%s'%s'", c == known ? "" : ", ", *c);
+      luaL_addvalue(&b);
+    }
+    luaL_pushresult(&b);                            /* key, k, list */
+    msg = lua_pushfstring(L, "%s%sunknown option [%s] (options are named: %s)", fn, sep, k,
+                          lua_tostring(L, -1));
+    lua_replace(L, -3);                             /* key, msg, list */
+    lua_pop(L, 1);
+  }
+  lua_remove(L, -2);                                /* the key */
+  return msg;
+}
+
+const char *lmg_unknown_option(lua_State *L, int idx, const char *fn,
+                               const char *const *known) {
+  idx = lua_absindex(L, idx);
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    lua_pop(L, 1);
+    if (lua_type(L, -1) != LUA_TSTRING || !known_key(lua_tostring(L, -1), known))
+      return unknown_message(L, fn, known);
+  }
+  return NULL;
+}
+
+void lmg_checkoptions(lua_State *L, int idx, const char *fn, const char *const *known) {
+  if (lmg_unknown_option(L, idx, fn, known) == NULL) return;
+  luaL_where(L, 1);                                 /* the caller's line, as luaL_error */
+  lua_insert(L, -2);
+  lua_concat(L, 2);
+  lua_error(L);
+}
+
+/* mg._unknown_option(fn, opts, known): the message for the first key of the table 'opts' that
+** is not in 'known' (an array of names, or a set), or nil: the checker of the Lua parts ('fn'
+** nil: the message does not name the function). */
+static int tensor_unknown_option(lua_State *L) {
+  const char *fn = luaL_optstring(L, 1, NULL);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  luaL_checktype(L, 3, LUA_TTABLE);
+  int n = 0;
+  lua_pushnil(L);
+  while (lua_next(L, 3)) { n++; lua_pop(L, 1); }
+  const char **known = lua_newuserdatauv(L, ((size_t)n + 1) * sizeof *known, 0);
+  int k = 0;
+  lua_pushnil(L);
+  while (lua_next(L, 3)) {              /* the strings stay alive in 'known' (argument 3) */
+    int name = lua_type(L, -2) == LUA_TSTRING ? -2 : -1;
+    if (lua_type(L, name) == LUA_TSTRING) known[k++] = lua_tostring(L, name);
+    lua_pop(L, 1);
+  }
+  for (int i = 1; i < k; i++)           /* sorted: the same suggestion on every run */
+    for (int j = i; j > 0 && strcmp(known[j - 1], known[j]) > 0; j--) {
+      const char *t = known[j]; known[j] = known[j - 1]; known[j - 1] = t;
+    }
+  known[k] = NULL;
+  if (lmg_unknown_option(L, 2, fn, known) == NULL) lua_pushnil(L);
+  return 1;
 }
 
 /* dtype from a name: "float32"/"float" or "float64"/"double"; -1 if unknown. */
@@ -118,7 +224,8 @@ static int dtype_of(const char *s) {
   return -1;
 }
 
-mg_dtype lmg_optdtype(lua_State *L, lstate *S, int opt) {
+/* The 'dtype' of options table 'opt' (0: none), or the default; other keys unchecked. */
+static mg_dtype readdtype(lua_State *L, lstate *S, int opt) {
   mg_dtype dt = mg_default_dtype(S->C);
   if (opt == 0) return dt;
   lua_getfield(L, opt, "dtype");
@@ -130,6 +237,12 @@ mg_dtype lmg_optdtype(lua_State *L, lstate *S, int opt) {
   }
   lua_pop(L, 1);
   return dt;
+}
+
+mg_dtype lmg_optdtype(lua_State *L, lstate *S, int opt, const char *fn) {
+  static const char *const known[] = { "dtype", NULL };
+  if (opt != 0) lmg_checkoptions(L, opt, fn, known);
+  return readdtype(L, S, opt);
 }
 
 static int64_t checksize(lua_State *L, int idx) {
@@ -240,7 +353,7 @@ static int tensor_new(lua_State *L) {
   LSTATE_ARG;
   int opt = lua_istable(L, 2) ? 2 : 0;
   if (!opt && !lua_isnoneornil(L, 2)) return luaL_typeerror(L, 2, "options table");
-  mg_dtype dt = lmg_optdtype(L, S, opt);
+  mg_dtype dt = lmg_optdtype(L, S, opt, "tensor");
   lua_settop(L, 2);
   mg_tensor **slot = lmg_newslot(L), *t = NULL;  /* at 3 */
   if (lua_type(L, 1) == LUA_TNUMBER) {
@@ -279,7 +392,7 @@ static int full_shape(lua_State *L, const char *fn, double v) {
   LSTATE_ARG;
   int64_t shape[MG_MAXDIM];
   int nd = lmg_checkshape(L, 1, shape);
-  mg_dtype dt = lmg_optdtype(L, S, lmg_options(L, 1));
+  mg_dtype dt = lmg_optdtype(L, S, lmg_options(L, 1), fn);
   mg_tensor **slot = lmg_newslot(L), *t = NULL;
   if (mg_tensor_full(S->C, dt, nd, shape, v, &t) != MG_OK) return lmg_fail(L, S, fn);
   lmg_settensor(L, S, slot, t);
@@ -301,7 +414,7 @@ static int tensor_eye(lua_State *L) {
   LSTATE_ARG;
   int64_t n = checksize(L, 1), m = lua_isinteger(L, 2) ? checksize(L, 2) : n;
   int64_t shape[2] = { n, m };
-  mg_dtype dt = lmg_optdtype(L, S, lmg_options(L, 2));
+  mg_dtype dt = lmg_optdtype(L, S, lmg_options(L, 2), "eye");
   mg_tensor **slot = lmg_newslot(L), *t = NULL;
   if (mg_tensor_zeros(S->C, dt, 2, shape, &t) != MG_OK) return lmg_fail(L, S, "eye");
   for (int64_t i = 0; i < n && i < m; i++) {
@@ -314,7 +427,7 @@ static int tensor_eye(lua_State *L) {
 
 static int make_range(lua_State *L, lstate *S, const char *fn, double a, double step,
                       int64_t n, int opt) {
-  mg_dtype dt = lmg_optdtype(L, S, opt);
+  mg_dtype dt = lmg_optdtype(L, S, opt, fn);
   mg_tensor **slot = lmg_newslot(L), *t = NULL;
   if (mg_tensor_empty(S->C, dt, 1, &n, &t) != MG_OK) return lmg_fail(L, S, fn);
   for (int64_t i = 0; i < n; i++) mg_tensor_set(t, &i, a + (double)i * step);
@@ -368,12 +481,12 @@ static int random_fill(lua_State *L, int kind) {
     lua_remove(L, last - 1);
     if (opt) opt -= 2;
   }
+  const char *fn = kind == 0 ? "rand" : kind == 1 ? "randn" : "uniform";
   int64_t shape[MG_MAXDIM];
   int nd = lmg_checkshape(L, 1, shape);
-  mg_dtype dt = lmg_optdtype(L, S, opt);
+  mg_dtype dt = lmg_optdtype(L, S, opt, fn);
   mg_tensor **slot = lmg_newslot(L), *t = NULL;
-  if (mg_tensor_empty(S->C, dt, nd, shape, &t) != MG_OK)
-    return lmg_fail(L, S, kind == 0 ? "rand" : kind == 1 ? "randn" : "uniform");
+  if (mg_tensor_empty(S->C, dt, nd, shape, &t) != MG_OK) return lmg_fail(L, S, fn);
   if (kind == 1) mg_fill_normal(S->C, t, 0, 1);
   else mg_fill_uniform(S->C, t, lo, hi);
   lmg_settensor(L, S, slot, t);
@@ -383,7 +496,9 @@ static int random_fill(lua_State *L, int kind) {
 /* glorot_uniform(rows, cols [, opts]) / orthogonal(rows, cols [, {gain=}] [, opts]): Keras's
 ** initializers as new (rows, cols) tensors; 'dtype' may come in either table. */
 static int init_matrix(lua_State *L, bool ortho) {
+  static const char *const plain[] = { "dtype", NULL }, *const gained[] = { "dtype", "gain", NULL };
   LSTATE_ARG;
+  const char *fn = ortho ? "orthogonal" : "glorot_uniform";
   int64_t shape[2] = { checksize(L, 1), checksize(L, 2) };
   double gain = 1;
   int opt = 0;
@@ -391,6 +506,7 @@ static int init_matrix(lua_State *L, bool ortho) {
     if (lua_isnil(L, i)) continue;
     if (ortho && i == 3 && lua_type(L, i) == LUA_TNUMBER) { gain = lua_tonumber(L, i); continue; }
     luaL_checktype(L, i, LUA_TTABLE);
+    lmg_checkoptions(L, i, fn, ortho ? gained : plain);
     if (ortho && lua_getfield(L, i, "gain") != LUA_TNIL) {
       int ok;
       gain = lua_tonumberx(L, -1, &ok);
@@ -400,10 +516,9 @@ static int init_matrix(lua_State *L, bool ortho) {
     if (lua_getfield(L, i, "dtype") != LUA_TNIL) opt = i;
     lua_pop(L, 1);
   }
-  mg_dtype dt = lmg_optdtype(L, S, opt);
+  mg_dtype dt = readdtype(L, S, opt);
   mg_tensor **slot = lmg_newslot(L), *t = NULL;
-  if (mg_tensor_empty(S->C, dt, 2, shape, &t) != MG_OK)
-    return lmg_fail(L, S, ortho ? "orthogonal" : "glorot_uniform");
+  if (mg_tensor_empty(S->C, dt, 2, shape, &t) != MG_OK) return lmg_fail(L, S, fn);
   *slot = t;                                        /* owned by the slot from here on */
   if ((ortho ? mg_init_orthogonal(S->C, t, gain) : mg_init_glorot_uniform(S->C, t)) != MG_OK)
     return lmg_fail(L, S, NULL);
@@ -1116,7 +1231,7 @@ static const luaL_Reg module_functions[] = {
   { "permute", tensor_permute }, { "squeeze", tensor_squeeze },
   { "unsqueeze", tensor_unsqueeze }, { "narrow", tensor_narrow }, { "select", tensor_select },
   { "expand", tensor_expand }, { "contiguous", tensor_contiguous }, { "clone", tensor_clone },
-  { "_set_tostring", tensor_set_tostring },
+  { "_set_tostring", tensor_set_tostring }, { "_unknown_option", tensor_unknown_option },
   { NULL, NULL } };
 
 /* Set field 'name' of the table at the top to 'f' with upvalues (state, kernel 'k'). */
