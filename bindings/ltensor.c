@@ -535,15 +535,19 @@ static int tensor_uniform(lua_State *L) { return random_fill(L, 2); }
 
 /* ================================================================ inspection */
 
-static int tensor_shape(lua_State *L) {
-  mg_tensor *t = mg_lua_checktensor(L, 1);
-  int nd = mg_tensor_ndim(t);
-  lua_createtable(L, nd, 0);
-  for (int i = 0; i < nd; i++) {
-    lua_pushinteger(L, (lua_Integer)mg_tensor_shape(t)[i]);
+/* Push the 'n' sizes at 'v' as a new array; returns 1 (the stack effect). */
+static int push_sizes(lua_State *L, int n, const int64_t *v) {
+  lua_createtable(L, n, 0);
+  for (int i = 0; i < n; i++) {
+    lua_pushinteger(L, (lua_Integer)v[i]);
     lua_rawseti(L, -2, i + 1);
   }
   return 1;
+}
+
+static int tensor_shape(lua_State *L) {
+  mg_tensor *t = mg_lua_checktensor(L, 1);
+  return push_sizes(L, mg_tensor_ndim(t), mg_tensor_shape(t));
 }
 
 static int tensor_size(lua_State *L) {
@@ -643,13 +647,7 @@ static int tensor_is_contiguous(lua_State *L) {
 
 static int tensor_stride(lua_State *L) {
   mg_tensor *t = mg_lua_checktensor(L, 1);
-  int nd = mg_tensor_ndim(t);
-  lua_createtable(L, nd, 0);
-  for (int i = 0; i < nd; i++) {
-    lua_pushinteger(L, (lua_Integer)mg_tensor_strides(t)[i]);
-    lua_rawseti(L, -2, i + 1);
-  }
-  return 1;
+  return push_sizes(L, mg_tensor_ndim(t), mg_tensor_strides(t));
 }
 
 /* ================================================================ views and copies */

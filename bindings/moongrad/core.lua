@@ -268,27 +268,27 @@ local function check_callable(f, fname)
   end
 end
 
+-- A function returning f(...) and its gradient w.r.t. the arguments at argnums (one tensor
+-- when argnums is one number): value_and_grad, and grad without the value.
+local function value_and_gradient(fname, f, opts)
+  check_callable(f, fname)
+  local nums, single = argnums_of(fname, opts)
+  return function(...)
+    local tape, out, src = traced(f, nums, false, fname, ...)
+    local g = tape:gradient(scalar_output(out, fname), src, { unconnected = "zero" })
+    return out[1], single and g[1] or g
+  end
+end
+
 -- grad(f [, {argnums=}]): a function returning df/dx for the arguments at argnums.
 mg.grad = api(nil, function(f, opts)
-  check_callable(f, "grad")
-  local nums, single = argnums_of("grad", opts)
-  return api(nil, function(...)
-    local tape, out, src = traced(f, nums, false, "grad", ...)
-    local g = tape:gradient(scalar_output(out, "grad"), src, { unconnected = "zero" })
-    if single then return g[1] end
-    return g
-  end)
+  local vg = value_and_gradient("grad", f, opts)
+  return api(nil, function(...) return select(2, vg(...)) end)
 end)
 
 -- value_and_grad(f [, opts]): a function returning f(...) and its gradient(s).
 mg.value_and_grad = api(nil, function(f, opts)
-  check_callable(f, "value_and_grad")
-  local nums, single = argnums_of("value_and_grad", opts)
-  return api(nil, function(...)
-    local tape, out, src = traced(f, nums, false, "value_and_grad", ...)
-    local g = tape:gradient(scalar_output(out, "value_and_grad"), src, { unconnected = "zero" })
-    return out[1], single and g[1] or g
-  end)
+  return api(nil, value_and_gradient("value_and_grad", f, opts))
 end)
 
 -- vjp(f, ...): f(...) and a function mapping a cotangent of the output to the cotangents
