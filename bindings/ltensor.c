@@ -1176,8 +1176,9 @@ static int tensor_set_tostring(lua_State *L) {
 
 /* Everything a Tensor (metatable 'moongrad.Tensor', userdata holding one 'mg_tensor *', NULL
 ** once released) answers:
-**   methods   tensor_methods below; assign, assign_add, assign_sub (Variables); and every
-**             elementwise kernel of the op list by its name (setkernels: t:tanh(), t:add(u))
+**   methods   tensor_methods and tensor_shared below (assign, assign_add, assign_sub for
+**             Variables among them), and every elementwise kernel of the op list by its name
+**             (setkernels: t:tanh(), t:add(u))
 **   fields    t.dtype ("float32"/"float64"), t.name (a Variable's name, else nil), t[i]
 **             (select(1, i)) and t[i] = v (fill or copy into that row): tensor_index and
 **             tensor_newindex
@@ -1186,18 +1187,12 @@ static int tensor_set_tostring(lua_State *L) {
 **             the hook mg._set_tostring), __gc and __close (one idempotent release), __name
 ** Nothing else adds to it: the Lua parts build on these. */
 
-static const luaL_Reg tensor_methods[] = {
-  { "shape", tensor_shape }, { "size", tensor_size }, { "dim", tensor_dim },
-  { "numel", tensor_numel }, { "item", tensor_item }, { "totable", tensor_totable },
-  { "get", tensor_get }, { "set", tensor_set }, { "stride", tensor_stride },
-  { "is_contiguous", tensor_is_contiguous }, { "is_variable", tensor_is_variable },
-  { "reshape", tensor_reshape }, { "view", tensor_reshape }, { "flatten", tensor_flatten },
-  { "transpose", tensor_transpose }, { "permute", tensor_permute },
-  { "squeeze", tensor_squeeze }, { "unsqueeze", tensor_unsqueeze },
-  { "narrow", tensor_narrow }, { "select", tensor_select }, { "expand", tensor_expand },
-  { "contiguous", tensor_contiguous }, { "clone", tensor_clone }, { "to", tensor_to },
-  { "fill", tensor_fill }, { "copy", tensor_copy }, { "assign", tensor_assign },
-  { "assign_add", tensor_assign_add }, { "assign_sub", tensor_assign_sub },
+/* Methods that are 'mg' functions too: t:sum(1) is mg.sum(t, 1). */
+static const luaL_Reg tensor_shared[] = {
+  { "reshape", tensor_reshape }, { "transpose", tensor_transpose },
+  { "permute", tensor_permute }, { "squeeze", tensor_squeeze },
+  { "unsqueeze", tensor_unsqueeze }, { "narrow", tensor_narrow }, { "select", tensor_select },
+  { "expand", tensor_expand }, { "contiguous", tensor_contiguous }, { "clone", tensor_clone },
   { "clamp", tensor_clamp }, { "softmax", tensor_softmax },
   { "log_softmax", tensor_log_softmax }, { "matmul", tensor_matmul },
   { "sum", tensor_sum }, { "mean", tensor_mean }, { "var", tensor_var }, { "std", tensor_std },
@@ -1206,29 +1201,31 @@ static const luaL_Reg tensor_methods[] = {
   { "split", tensor_split }, { "unstack", tensor_unstack },
   { NULL, NULL } };
 
+/* Methods only. */
+static const luaL_Reg tensor_methods[] = {
+  { "shape", tensor_shape }, { "size", tensor_size }, { "dim", tensor_dim },
+  { "numel", tensor_numel }, { "item", tensor_item }, { "totable", tensor_totable },
+  { "get", tensor_get }, { "set", tensor_set }, { "stride", tensor_stride },
+  { "is_contiguous", tensor_is_contiguous }, { "is_variable", tensor_is_variable },
+  { "view", tensor_reshape }, { "flatten", tensor_flatten }, { "to", tensor_to },
+  { "fill", tensor_fill }, { "copy", tensor_copy }, { "assign", tensor_assign },
+  { "assign_add", tensor_assign_add }, { "assign_sub", tensor_assign_sub },
+  { NULL, NULL } };
+
 static const luaL_Reg tensor_metamethods[] = {
   { "__len", tensor_len },
   { "__newindex", tensor_newindex }, { "__tostring", tensor_tostring },
   { "__gc", tensor_release }, { "__close", tensor_release },
   { NULL, NULL } };
 
+/* 'mg' functions only. */
 static const luaL_Reg module_functions[] = {
   { "tensor", tensor_new }, { "zeros", tensor_zeros }, { "ones", tensor_ones },
   { "full", tensor_full }, { "eye", tensor_eye }, { "arange", tensor_arange },
   { "linspace", tensor_linspace }, { "manual_seed", tensor_manual_seed },
   { "rand", tensor_rand }, { "randn", tensor_randn }, { "uniform", tensor_uniform },
   { "glorot_uniform", tensor_glorot_uniform }, { "orthogonal", tensor_orthogonal },
-  { "clamp", tensor_clamp }, { "softmax", tensor_softmax },
-  { "log_softmax", tensor_log_softmax }, { "where", tensor_where }, { "matmul", tensor_matmul },
-  { "cat", tensor_cat }, { "stack", tensor_stack }, { "split", tensor_split },
-  { "unstack", tensor_unstack },
-  { "sum", tensor_sum }, { "mean", tensor_mean }, { "var", tensor_var }, { "std", tensor_std },
-  { "norm", tensor_norm }, { "max", tensor_max }, { "min", tensor_min },
-  { "argmax", tensor_argmax }, { "argmin", tensor_argmin },
-  { "reshape", tensor_reshape }, { "transpose", tensor_transpose },
-  { "permute", tensor_permute }, { "squeeze", tensor_squeeze },
-  { "unsqueeze", tensor_unsqueeze }, { "narrow", tensor_narrow }, { "select", tensor_select },
-  { "expand", tensor_expand }, { "contiguous", tensor_contiguous }, { "clone", tensor_clone },
+  { "where", tensor_where }, { "cat", tensor_cat }, { "stack", tensor_stack },
   { "_set_tostring", tensor_set_tostring }, { "_unknown_option", tensor_unknown_option },
   { NULL, NULL } };
 
@@ -1264,6 +1261,7 @@ void lmg_open_tensor(lua_State *L, lstate *S) {
   setkernel(L, S, "__unm", tensor_unary, MG_U_NEG);
   lua_newtable(L);                                   /* method table */
   lmg_setfuncs(L, S, tensor_methods);
+  lmg_setfuncs(L, S, tensor_shared);
   setkernels(L, S, true);
   lua_pushlightuserdata(L, S);
   lua_insert(L, -2);
@@ -1271,5 +1269,6 @@ void lmg_open_tensor(lua_State *L, lstate *S) {
   lua_setfield(L, -2, "__index");
   lua_pop(L, 1);
   lmg_setfuncs(L, S, module_functions);
+  lmg_setfuncs(L, S, tensor_shared);
   setkernels(L, S, false);
 }
