@@ -28,11 +28,13 @@ typedef struct lstate {
 
 #define LSTATE(L) ((lstate *)lua_touserdata((L), lua_upvalueindex(1)))
 
-/* Errors. Every binding raises runtime failures through lmg_fail (or lmg_result), argument
-** errors through luaL_argerror/luaL_typeerror/luaL_argcheck ("bad argument #2 to 'reshape'
-** (...)"); sizes and indices print with "%I" (lua_Integer), never through (int) casts.
-** Metamethods that C code may call without a function name (arithmetic from the string
-** library, t[i] from ipairs) raise with luaL_error and name themselves.
+/* Errors. Every binding raises runtime failures through lmg_fail (or lmg_result), errors of
+** one argument through luaL_argerror/luaL_typeerror/luaL_argcheck ("bad argument #2 to
+** 'reshape' (...)"); sizes and indices print with "%I" (lua_Integer), never through (int)
+** casts. luaL_error with the function's name first ("item: tensor has 4 elements, expected
+** exactly one") is for what no single argument is to blame for (the receiver's state, two
+** arguments that disagree) and in metamethods that C code may call without a function name
+** (arithmetic from the string library, t[i] from ipairs).
 ** lmg_fail raises the context's last message as the error of the user-facing function 'fn'
 ** (NULL: the message as the runtime wrote it). The runtime names its own op first
 ** ("copy: ..."); 'fn' takes that place, or goes in front of a message that names none

@@ -198,12 +198,14 @@ static int tape_gradient(lua_State *L) {
       bool single_g;
       seeds = tensorlist(L, lua_gettop(L), &nseed, &single_g, "output_gradients");
       if (nseed != nt)
-        return luaL_error(L, "gradient: %d output_gradients for %d targets", nseed, nt);
+        return luaL_argerror(L, 4, lua_pushfstring(L, "%d output_gradients for %d targets",
+                                                   nseed, nt));
       for (int i = 0; i < nt; i++) {
         int nd = mg_tensor_ndim(seeds[i]);
         if (nd != mg_tensor_ndim(tg[i]) ||
             memcmp(mg_tensor_shape(seeds[i]), mg_tensor_shape(tg[i]), (size_t)nd * sizeof(int64_t)) != 0)
-          return luaL_error(L, "gradient: output_gradients[%d] does not have the shape of target %d", i + 1, i + 1);
+          return luaL_argerror(L, 4, lua_pushfstring(L, "output_gradients[%d] does not have the shape "
+                                                     "of target %d", i + 1, i + 1));
       }
     }
   }
@@ -252,12 +254,14 @@ static int tape_forward(lua_State *L) {
   mg_tensor **src = tensorlist(L, 2, &ns, &s1, "sources");
   mg_tensor **tan = tensorlist(L, 3, &ntan, &s2, "tangents");
   mg_tensor **tg = tensorlist(L, 4, &nt, &single, "targets");
-  if (ns != ntan) return luaL_error(L, "forward: %d tangents for %d sources", ntan, ns);
+  if (ns != ntan)
+    return luaL_argerror(L, 3, lua_pushfstring(L, "%d tangents for %d sources", ntan, ns));
   for (int i = 0; i < ns; i++) {
     int nd = mg_tensor_ndim(src[i]);
     if (nd != mg_tensor_ndim(tan[i]) ||
         memcmp(mg_tensor_shape(src[i]), mg_tensor_shape(tan[i]), (size_t)nd * sizeof(int64_t)) != 0)
-      return luaL_error(L, "forward: tangent %d does not have the shape of its source", i + 1);
+      return luaL_argerror(L, 3, lua_pushfstring(L, "tangent %d does not have the shape of its source",
+                                                 i + 1));
   }
   results *r = newresults(L, nt);
   if (mg_tape_forward(p->T, ns, src, tan, 0, nt, tg, r->t) != MG_OK) return lmg_fail(L, S, NULL);
@@ -288,7 +292,7 @@ static int tensor_variable(lua_State *L) {
     mg_tensor_set_variable(v, true);
     if (name && mg_tensor_set_name(v, name) != MG_OK) {
       mg_tensor_release(v);
-      return luaL_error(L, "Variable: out of memory");
+      return luaL_error(L, "Variable: out of memory");          /* no message in the context */
     }
   }
   return lmg_result(L, S, st, &v);

@@ -335,14 +335,16 @@ static void fill_nested(lua_State *L, int idx, mg_tensor *t, int d, int64_t *pos
     if (d + 1 == mg_tensor_ndim(t)) {
       int ok;
       lua_Number v = lua_tonumberx(L, -1, &ok);
-      if (!ok) luaL_error(L, "tensor: expected a number at depth %d, got %s", d + 1, luaL_typename(L, -1));
+      if (!ok)
+        luaL_argerror(L, 1, lua_pushfstring(L, "expected a number at depth %d, got %s", d + 1,
+                                            luaL_typename(L, -1)));
       if (es == 8) ((double *)base)[*pos] = v;
       else ((float *)base)[*pos] = (float)v;
       (*pos)++;
     } else {
       if (!lua_istable(L, -1) || (int64_t)lua_rawlen(L, -1) != shape[d + 1])
-        luaL_error(L, "tensor: nested tables are ragged at depth %d (expected %I entries)", d + 2,
-                   (lua_Integer)shape[d + 1]);
+        luaL_argerror(L, 1, lua_pushfstring(L, "nested tables are ragged at depth %d (expected %I "
+                                            "entries)", d + 2, (lua_Integer)shape[d + 1]));
       fill_nested(L, lua_gettop(L), t, d + 1, pos, base);
     }
     lua_pop(L, 1);
