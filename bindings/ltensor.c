@@ -97,7 +97,7 @@ mg_dtype lmg_checkdtype(lua_State *L, int idx) {
 
 int lmg_options(lua_State *L, int idx) {
   int top = lua_gettop(L);
-  if (top < idx || !lua_istable(L, top) || lmg_totensor(L, top)) return 0;
+  if (top < idx || !lua_istable(L, top)) return 0;
   if (top == idx) {       /* a lone table: options when keyed (any non-integer key), no [1] */
     bool keyed = false;
     lua_pushnil(L);
@@ -742,8 +742,8 @@ static int tensor_narrow(lua_State *L) {
   lua_Integer n = (lua_Integer)mg_tensor_shape(t)[d];
   if (start < 0) start += n + 1;
   if (start < 1 || len < 0 || start - 1 > n - len) {         /* no overflow for huge 'len' */
-    const char *end = len < 0 || len - 1 > LUA_MAXINTEGER - start ? "..."
-                      : lua_pushfstring(L, "%I", start + len - 1);
+    bool fits = len >= 0 && (start < 1 || len - 1 <= LUA_MAXINTEGER - start);
+    const char *end = fits ? lua_pushfstring(L, "%I", start + len - 1) : "...";
     return luaL_error(L, "narrow: range %I..%s out of bounds for dimension %d of size %I%s",
                       start, end, d + 1, n, ONE_BASED(start));
   }
