@@ -14,8 +14,8 @@
 -- and 3-d). Heatmaps in text are drawn with a character ramp that the title explains.
 local mg = require "moongrad"
 
-local error, getmetatable, ipairs, pairs, pcall, select, setmetatable, tostring, type =
-      error, getmetatable, ipairs, pairs, pcall, select, setmetatable, tostring, type
+local error, ipairs, pairs, pcall, select, tostring, type =
+      error, ipairs, pairs, pcall, select, tostring, type
 local debug, io, math, os, string, table = debug, io, math, os, string, table
 local _ENV = nil
 
