@@ -1,15 +1,22 @@
 -- Differential spec: every op of the module against PyTorch (spec/torch_ref.py, case "ops",
 -- float64 torch on the same values), table-driven. Each row of OPS below is run on random
 -- shapes (with broadcasting) in float32 and float64, its operands made transposed, narrowed,
--- selected, permuted or expanded (stride 0) views, and checked in four modes:
+-- selected, permuted or expanded (stride 0) views, and checked in these modes:
 --   f  forward values (and shapes, and the output dtype)
 --   v  VJP: mg.vjp with a random cotangent, against torch.autograd.grad
 --   j  JVP: mg.jvp with random tangents, against torch.autograd.functional.jvp
+--   J  full Jacobians (when at most JMAX elements), reverse and forward mode: mg.jacobian
+--      w.r.t. the first differentiable argument, tape:jacobian w.r.t. all of them at once,
+--      against torch.autograd.functional.jacobian (the basis travels as a leading dim
+--      through every rule, as in b)
 --   b  batch Jacobians (dim 1 the batch), reverse and forward mode: mg.batch_jacobian w.r.t.
 --      the first differentiable argument whose dim 1 is the outputs' (option bsrc picks
 --      another), tape:batch_jacobian w.r.t. all such arguments at once, against the diagonal
 --      blocks of torch's full Jacobians (torch also checks that the op mixes no batch
 --      entries; one that does is skipped, and every row with "b" needs a case that runs)
+--   h  second order: the gradient of <VJP(ct), ct2> (a Hessian-vector product), so the
+--      reverse rules themselves are differentiated, against torch with create_graph
+-- Cotangents, tangents and second cotangents are random views of every layout too.
 -- Narrowed, selected and transposed views sit in storage padded with NaN, so a kernel that
 -- reads outside its view shows NaN. All cases are written first and one python process
 -- runs them all (ops.tsv and .npy files in a temporary directory); pending when
@@ -38,14 +45,20 @@
 --           broadcasting together, operand 'whole' (1) mostly of the full rank),
 --           S.same(n, lo, hi), S.fixed(shape, ...), or any function(R) returning one shape
 --           (an array of sizes) per argument, drawing from R (R.int, R.size, R.shape)
---   modes = the modes to run, default "fvjb" ("f" for comparisons and indices)
+--   modes = the modes to run, default "fvjJbh" ("f" for comparisons and indices, "fvjJh"
+--           for ops that mix dim 1)
 --   bsrc  = the argument mg.batch_jacobian differentiates by in mode b (default: the first
 --           differentiable one whose dim 1 is the outputs')
 --   dtype = the output dtype when it is not the operands' ("float64" for argmax), or an array
 --           of them for several outputs (nil entries: the operands')
+--   tol   = the tolerance for both dtypes, when the row itself rounds to float32 (say why)
 --   known = "reason": a known failure (a bug outside this spec's reach, with its issue):
 --           the row reports pending with its first mismatch instead of failing, and says so
 --           when it stops failing (remove the option then)
+-- e.g. { "erf", function(a) return mg.erf(a) end, "torch.erf(a)", { "any" } }
+--      { "cumsum(2)", function(a) return a:cumsum(2) end, "a.cumsum(1)", { "any" }, shape = S.one(2, 4) }
+-- A new kind of argument (1-based indices for gather, say) is a new entry of DOMAINS, and of
+-- NOT_DIFFERENTIABLE when it takes no gradient.
 local mg = require "moongrad"
 local support = require "support"
 
@@ -56,13 +69,15 @@ if not support.python_can_import("torch, numpy") then
   return
 end
 
--- MOONGRAD_OPS_SEED=n explores other draws (the suite runs the fixed one).
+-- MOONGRAD_OPS_SEED=n explores other draws (the suite runs the fixed one); MOONGRAD_OPS_KEEP=1
+-- keeps the cases' directory (ops.tsv, c<id>_*.npy in, out_c<id>_*.npy out) and prints it.
 local SEED = tonumber(os.getenv("MOONGRAD_OPS_SEED")) or 20261201
 local DTYPES = { "float32", "float64" }
 -- |moongrad - torch| <= TOL * max(1, |torch|), element by element. float64 differs from torch
 -- by rounding only (1e-15 seen); float32 rounds at 6e-8 per operation, and the longest chains
 -- here (LSTM and GRU steps and their derivatives) reach 1e-6.
 local TOL = { float64 = 1e-10, float32 = 1e-5 }
+local JMAX = 1024          -- mode J: full Jacobians of at most this many elements
 
 ---------------------------------------------------------------- random shapes
 
@@ -167,14 +182,16 @@ local NOT_DIFFERENTIABLE = { mask = true, int = true }
 
 local NAN = 0 / 0
 
--- A view holding the values of 'v' inside NaN-filled storage, 3 larger along dim 'd'.
+-- A view holding the values of 'v' inside NaN-filled storage, 3 larger along dim 'd'; and
+-- that whole storage as a tensor.
 local function embed(v, d)
   local sh = v:shape()
   local n = sh[d]
   sh[d] = n + 3
-  local w = mg.full(sh, NAN, { dtype = v.dtype }):narrow(d, 2, n)
+  local p = mg.full(sh, NAN, { dtype = v.dtype })
+  local w = p:narrow(d, 2, n)
   w:copy(v)
-  return w
+  return w, p
 end
 
 local function perm_inverse(p)
@@ -184,7 +201,8 @@ local function perm_inverse(p)
 end
 
 -- Each takes a contiguous 'v' and returns a view of other strides with the same values
--- (expanded: values repeated along the expanded dims), or nil when the rank does not allow.
+-- (expanded: values repeated along the expanded dims) and the tensor of its whole storage,
+-- or nil when the rank does not allow.
 local LAYOUTS = {
   { "contiguous", function(v) return v end },
   { "transposed", function(v)
@@ -192,7 +210,8 @@ local LAYOUTS = {
       if n < 2 then return nil end
       local i = math.random(n - 1)
       local j = n                                      -- the last dim with another one
-      return embed(v:transpose(i, j):contiguous(), math.random(n)):transpose(i, j)
+      local w, p = embed(v:transpose(i, j):contiguous(), math.random(n))
+      return w:transpose(i, j), p
     end },
   { "narrowed", function(v)
       if v:dim() < 1 then return nil end
@@ -203,7 +222,7 @@ local LAYOUTS = {
       table.insert(sh, d, 3)
       local p = mg.full(sh, NAN, { dtype = v.dtype })
       p:select(d, 2):copy(v)
-      return p:select(d, 2)
+      return p:select(d, 2), p
     end },
   { "permuted", function(v)
       local n = v:dim()
@@ -215,7 +234,8 @@ local LAYOUTS = {
         local id = true
         for i = 1, n do id = id and p[i] == i end
       until not id
-      return embed(v:permute(p):contiguous(), math.random(n)):permute(perm_inverse(p))
+      local w, all = embed(v:permute(p):contiguous(), math.random(n))
+      return w:permute(perm_inverse(p)), all
     end },
   { "expanded", function(v, domain)
       if domain == "distinct" then return nil end       -- repeated values would tie
@@ -228,7 +248,8 @@ local LAYOUTS = {
         base = base:narrow(d, 1, 1)
       end
       base = base:contiguous()
-      return embed(base, math.random(base:dim())):expand(sh)
+      local w, p = embed(base, math.random(base:dim()))
+      return w:expand(sh), p
     end },
 }
 
@@ -236,8 +257,8 @@ local LAYOUTS = {
 local function apply_layout(v, k, i, domain)
   for step = 0, #LAYOUTS - 1 do
     local L = LAYOUTS[(k + i - 2 + step) % #LAYOUTS + 1]
-    local t = L[2](v, domain)
-    if t then return t, L[1] end
+    local t, storage = L[2](v, domain)
+    if t then return t, L[1], storage or t end
   end
 end
 
@@ -342,32 +363,32 @@ local OPS = {
   -- softmax
   { "softmax", function(a) return mg.softmax(a) end, "torch.softmax(a, -1)", { "any" }, shape = S.one(1, 4) },
   { "softmax(1)", function(a) return mg.softmax(a, 1) end, "torch.softmax(a, 0)", { "any" },
-    shape = S.one(1, 4), modes = "fvj" },
+    shape = S.one(1, 4), modes = "fvjJh" },
   { "softmax(2)", function(a) return a:softmax(2) end, "torch.softmax(a, 1)", { "any" }, shape = r2 },
   { "log_softmax", function(a) return mg.log_softmax(a) end, "torch.log_softmax(a, -1)", { "any" },
     shape = S.one(1, 4) },
   { "log_softmax(1)", function(a) return mg.log_softmax(a, 1) end, "torch.log_softmax(a, 0)", { "any" },
-    shape = S.one(1, 4), modes = "fvj" },
+    shape = S.one(1, 4), modes = "fvjJh" },
   { "log_softmax(-2)", function(a) return a:log_softmax(-2) end, "torch.log_softmax(a, -2)", { "any" },
     shape = r2 },
 
   -- reductions
-  { "sum()", function(a) return a:sum() end, "a.sum()", { "any" }, modes = "fvj" },
-  { "sum(1)", function(a) return a:sum(1) end, "a.sum(0)", { "any" }, shape = S.one(1, 4), modes = "fvj" },
+  { "sum()", function(a) return a:sum() end, "a.sum()", { "any" }, modes = "fvjJh" },
+  { "sum(1)", function(a) return a:sum(1) end, "a.sum(0)", { "any" }, shape = S.one(1, 4), modes = "fvjJh" },
   { "sum(2, keepdim)", function(a) return a:sum(2, true) end, "a.sum(1, keepdim=True)", { "any" }, shape = r2 },
   { "sum(-1)", function(a) return mg.sum(a, -1) end, "a.sum(-1)", { "any" }, shape = S.one(1, 4) },
   { "sum({1, 3})", function(a) return a:sum({ 1, 3 }) end, "a.sum((0, 2))", { "any" }, shape = r3,
-    modes = "fvj" },
+    modes = "fvjJh" },
   { "sum({2, 3}, keepdim)", function(a) return a:sum({ 2, 3 }, true) end, "a.sum((1, 2), keepdim=True)",
     { "any" }, shape = r3 },
-  { "mean()", function(a) return a:mean() end, "a.mean()", { "any" }, modes = "fvj" },
+  { "mean()", function(a) return a:mean() end, "a.mean()", { "any" }, modes = "fvjJh" },
   { "mean(2)", function(a) return mg.mean(a, 2) end, "a.mean(1)", { "any" }, shape = r2 },
   { "mean(-1, keepdim)", function(a) return a:mean(-1, true) end, "a.mean(-1, keepdim=True)", { "any" },
     shape = S.one(1, 4) },
   { "mean({1, 2})", function(a) return a:mean({ 1, 2 }) end, "a.mean((0, 1))", { "any" }, shape = r2,
-    modes = "fvj" },
+    modes = "fvjJh" },
   { "var()", function(a) return a:var() end, "a.var(unbiased=False)", { "any" }, shape = S.one(1, 4),
-    modes = "fvj" },
+    modes = "fvjJh" },
   { "var(2)", function(a) return mg.var(a, 2) end, "a.var(1, unbiased=False)", { "any" }, shape = r2 },
   { "var(1, keepdim)", function(a) return a:var(1, true) end, "a.var(0, unbiased=False, keepdim=True)",
     { "any" }, shape = S.one(1, 4) },
@@ -375,28 +396,28 @@ local OPS = {
     shape = r3 },
   -- std: distinct values over at least 2 elements (the gradient at std 0 is the known row below)
   { "std()", function(a) return a:std() end, "a.std(unbiased=False)", { "distinct" }, shape = S.one(1, 4, 2),
-    modes = "fvj" },
+    modes = "fvjJh" },
   { "std(-1, keepdim)", function(a) return mg.std(a, -1, true) end, "a.std(-1, unbiased=False, keepdim=True)",
     { "distinct" }, shape = S.one(1, 4, 2) },
   { "std({1, 2})", function(a) return a:std({ 1, 2 }) end, "a.std((0, 1), unbiased=False)", { "distinct" },
-    shape = S.one(2, 4, 2), modes = "fvj" },
+    shape = S.one(2, 4, 2), modes = "fvjJh" },
   { "std(-1) of a constant", function(a) return a:narrow(-1, 1, 1):expand(a:shape()):std(-1) end,
     "a[..., :1].expand(a.shape).std(-1, unbiased=False)", { "any" }, shape = S.one(1, 3),
     known = "issue 10, item 3: the gradient of std at 0 is NaN, PyTorch's is 0" },
-  { "norm()", function(a) return a:norm() end, "torch.linalg.vector_norm(a)", { "nonzero" }, modes = "fvj" },
+  { "norm()", function(a) return a:norm() end, "torch.linalg.vector_norm(a)", { "nonzero" }, modes = "fvjJh" },
   { "norm(2)", function(a) return mg.norm(a, 2) end, "torch.linalg.vector_norm(a, dim=1)", { "nonzero" },
     shape = r2 },
   { "norm(-1, keepdim)", function(a) return a:norm(-1, true) end,
     "torch.linalg.vector_norm(a, dim=-1, keepdim=True)", { "nonzero" }, shape = S.one(1, 4) },
   { "norm({1, 3})", function(a) return a:norm({ 1, 3 }) end, "torch.linalg.vector_norm(a, dim=(0, 2))",
-    { "nonzero" }, shape = r3, modes = "fvj" },
+    { "nonzero" }, shape = r3, modes = "fvjJh" },
   { "norm() at zero", function(a) return (a * 0):norm() end, "torch.linalg.vector_norm(a * 0)", { "any" },
-    modes = "fvj", known = "issue 10, item 3: the gradient of norm at a zero vector is NaN, PyTorch's is 0" },
-  { "max()", function(a) return a:max() end, "a.max()", { "distinct" }, modes = "fvj" },
-  { "min()", function(a) return mg.min(a) end, "a.min()", { "distinct" }, modes = "fvj" },
+    modes = "fvjJh", known = "issue 10, item 3: the gradient of norm at a zero vector is NaN, PyTorch's is 0" },
+  { "max()", function(a) return a:max() end, "a.max()", { "distinct" }, modes = "fvjJh" },
+  { "min()", function(a) return mg.min(a) end, "a.min()", { "distinct" }, modes = "fvjJh" },
   { "max(2): values", function(a) return (a:max(2)) end, "a.max(1).values", { "distinct" }, shape = r2 },
   { "min(1, keepdim): values", function(a) return (a:min(1, true)) end, "a.min(0, keepdim=True).values",
-    { "distinct" }, shape = S.one(1, 4), modes = "fvj" },
+    { "distinct" }, shape = S.one(1, 4), modes = "fvjJh" },
   { "max(-1): values and indices", function(a) return a:max(-1) end,
     "(a.max(-1).values, idx1(a.max(-1).indices))", { "distinct" }, shape = S.one(1, 4), modes = "f",
     dtype = { [2] = "float64" } },
@@ -404,7 +425,7 @@ local OPS = {
     "(a.min(1, keepdim=True).values, idx1(a.min(1, keepdim=True).indices))", { "distinct" }, shape = r2,
     modes = "f", dtype = { [2] = "float64" } },
   { "max({1, 2})", function(a) return a:max({ 1, 2 }) end, "torch.amax(a, (0, 1))", { "distinct" },
-    shape = r2, modes = "fvj" },
+    shape = r2, modes = "fvjJh" },
   { "min({2, 3})", function(a) return a:min({ 2, 3 }) end, "torch.amin(a, (1, 2))", { "distinct" },
     shape = r3 },
   { "argmax()", function(a) return a:argmax() end, "idx1(torch.argmax(a))", { "distinct" }, modes = "f",
@@ -420,21 +441,21 @@ local OPS = {
     shape = S.one(1, 4), modes = "f", dtype = "float64" },
 
   -- views
-  { "reshape(-1)", function(a) return a:reshape(-1) end, "a.reshape(-1)", { "any" }, modes = "fvj" },
+  { "reshape(-1)", function(a) return a:reshape(-1) end, "a.reshape(-1)", { "any" }, modes = "fvjJh" },
   { "reshape(n, -1)", function(a) return a:reshape(a:size(1), -1) end, "a.reshape(a.shape[0], -1)",
     { "any" }, shape = r2 },
   { "reshape {2, 3, 2}", function(a) return mg.reshape(a, { 2, 3, 2 }) end, "a.reshape(2, 3, 2)", { "any" },
     shape = function() return ({ { { 3, 4 } }, { { 12 } }, { { 2, 6 } }, { { 6, 1, 2 } } })[R.int(1, 4)] end },
   { "view", function(a) return a:view(-1, 2) end, "a.reshape(-1, 2)", { "any" },
-    shape = S.fixed({ 3, 2, 2 }), modes = "fvj" },
+    shape = S.fixed({ 3, 2, 2 }), modes = "fvjJh" },
   { "flatten", function(a) return a:flatten() end, "a.flatten()", { "any" } },
   { "transpose()", function(a) return a:transpose() end, "a.transpose(-2, -1)", { "any" }, shape = r2 },
   { "transpose(1, 3)", function(a) return mg.transpose(a, 1, 3) end, "a.transpose(0, 2)", { "any" },
-    shape = r3, modes = "fvj" },
+    shape = r3, modes = "fvjJh" },
   { "permute(3, 1, 2)", function(a) return a:permute(3, 1, 2) end, "a.permute(2, 0, 1)", { "any" },
-    shape = S.one(3, 3), modes = "fvj" },
+    shape = S.one(3, 3), modes = "fvjJh" },
   { "permute {2, 4, 1, 3}", function(a) return mg.permute(a, { 2, 4, 1, 3 }) end, "a.permute(1, 3, 0, 2)",
-    { "any" }, shape = S.one(4, 4), modes = "fvj" },
+    { "any" }, shape = S.one(4, 4), modes = "fvjJh" },
   { "narrow(2, 2, 2)", function(a) return a:narrow(2, 2, 2) end, "a.narrow(1, 1, 2)", { "any" },
     shape = function() return { { R.size(), R.size(3, 5), R.size() } } end },
   { "narrow(-1, -2, 1)", function(a) return mg.narrow(a, -1, -2, 1) end, "a[..., -2:-1]", { "any" },
@@ -442,14 +463,14 @@ local OPS = {
   { "select(2, 2)", function(a) return a:select(2, 2) end, "a.select(1, 1)", { "any" },
     shape = function() return { { R.size(), R.size(2, 4), R.size() } } end },
   { "select(1, -1)", function(a) return mg.select(a, 1, -1) end, "a[-1]", { "any" }, shape = S.one(1, 4),
-    modes = "fvj" },
+    modes = "fvjJh" },
   { "t[i]", function(a) return a[2] end, "a[1]", { "any" },
-    shape = function() return { { R.size(2, 4), R.size() } } end, modes = "fvj" },
+    shape = function() return { { R.size(2, 4), R.size() } } end, modes = "fvjJh" },
   { "squeeze()", function(a) return a:squeeze() end, "a.squeeze()", { "any" },
     shape = function() return { { R.size(), 1, R.size(), 1 } } end },
   { "squeeze(2)", function(a) return mg.squeeze(a, 2) end, "a.squeeze(1)", { "any" },
     shape = function() return { { R.size(), 1, R.size() } } end },
-  { "unsqueeze(1)", function(a) return a:unsqueeze(1) end, "a.unsqueeze(0)", { "any" } },
+  { "unsqueeze(1)", function(a) return a:unsqueeze(1) end, "a.unsqueeze(0)", { "any" }, modes = "fvjJh" },
   { "unsqueeze(-1)", function(a) return mg.unsqueeze(a, -1) end, "a.unsqueeze(-1)", { "any" } },
   { "expand", function(a) return a:expand(2, 3, 4) end, "a.expand(2, 3, 4)", { "any" },
     shape = function() return ({ { { 3, 1 } }, { { 1 } }, { { 4 } }, { { 2, 1, 4 } }, { {} } })[R.int(1, 5)] end },
@@ -472,7 +493,7 @@ local OPS = {
       local out = {}
       for i = 1, 3 do out[i] = { R.size(), table.unpack(s) } end
       return out
-    end, modes = "fvj" },
+    end, modes = "fvjJh" },
   { "cat(2)", function(a, b) return mg.cat({ a, b }, 2) end, "torch.cat([a, b], 1)", { "any", "any" },
     shape = function()
       local r = R.size()
@@ -484,7 +505,7 @@ local OPS = {
       return { { r, s, R.size() }, { r, s, R.size() } }
     end },
   { "stack(1)", function(a, b) return mg.stack({ a, b }) end, "torch.stack([a, b], 0)", { "any", "any" },
-    shape = S.same(2, 0, 3), modes = "fvj" },
+    shape = S.same(2, 0, 3), modes = "fvjJh" },
   { "stack(2)", function(a, b, c) return mg.stack({ a, b, c }, 2) end, "torch.stack([a, b, c], 1)",
     { "any", "any", "any" }, shape = S.same(3, 1, 3) },
   { "stack(-1)", function(a, b) return mg.stack({ a, b }, -1) end, "torch.stack([a, b], -1)", { "any", "any" },
@@ -495,14 +516,14 @@ local OPS = {
   { "split(3, -1)", function(a) return mg.split(a, 3, -1) end, "torch.split(a, 3, -1)", { "any" },
     shape = function() return { { R.size(), R.size(2, 7) } } end },
   { "unstack(1)", function(a) return mg.unstack(a) end, "torch.unbind(a, 0)", { "any" }, shape = S.one(1, 3),
-    modes = "fvj" },
+    modes = "fvjJh" },
   { "unstack(2)", function(a) return a:unstack(2) end, "torch.unbind(a, 1)", { "any" }, shape = r2 },
 
   -- matmul, every NumPy form
   { "matmul 1-d @ 1-d", function(a, b) return mg.matmul(a, b) end, "a @ b", { "any", "any" },
-    shape = mm_shapes("vv"), modes = "fvj" },
+    shape = mm_shapes("vv"), modes = "fvjJh" },
   { "matmul 1-d @ 2-d", function(a, b) return mg.matmul(a, b) end, "a @ b", { "any", "any" },
-    shape = mm_shapes("vm"), modes = "fvj" },
+    shape = mm_shapes("vm"), modes = "fvjJh" },
   { "matmul 2-d @ 1-d", function(a, b) return mg.matmul(a, b) end, "a @ b", { "any", "any" },
     shape = mm_shapes("mv") },
   { "matmul 2-d @ 2-d", function(a, b) return mg.matmul(a, b) end, "a @ b", { "any", "any" },
@@ -524,9 +545,26 @@ local OPS = {
   { "matmul batched @ 1-d", function(a, b) return mg.matmul(a, b) end, "a @ b", { "any", "any" },
     shape = mm_shapes("bv") },
   { "matmul then sum (stride-0 cotangent)", function(a, b) return mg.matmul(a, b):sum() end,
-    "(a @ b).sum()", { "any", "any" }, shape = mm_shapes("mm"), modes = "fvj" },
+    "(a @ b).sum()", { "any", "any" }, shape = mm_shapes("mm"), modes = "fvjJh" },
   { "matmul then mean(1)", function(a, b) return mg.matmul(a, b):mean(1) end, "(a @ b).mean(0)",
-    { "any", "any" }, shape = mm_shapes("bb"), modes = "fvj" },
+    { "any", "any" }, shape = mm_shapes("bb"), modes = "fvjJh" },
+  -- the layouts of issue 10's matmul bug, whatever the rotation gives: stride 0 operands
+  { "matmul @ expanded (k,1) column", function(a, v) return mg.matmul(a, v:expand(a:size(2), 1)) end,
+    "a @ b.expand(a.shape[1], 1)", { "any", "any" },
+    shape = function() return { { R.size(), R.size(2, 4) }, { 1, 1 } } end },
+  { "matmul expanded (1,k) row @", function(v, b) return mg.matmul(v:expand(1, b:size(1)), b) end,
+    "a.expand(1, b.shape[0]) @ b", { "any", "any" },
+    shape = function() return { { 1, 1 }, { R.size(2, 4), R.size() } } end, bsrc = 2 },
+  { "matmul batch-expanded @ batched",
+    function(a, b) return mg.matmul(a:expand(b:size(1), a:size(2), a:size(3)), b) end,
+    "a.expand(b.shape[0], a.shape[1], a.shape[2]) @ b", { "any", "any" },
+    shape = function()
+      local k = R.size()
+      return { { 1, R.size(), k }, { R.size(2, 3), k, R.size() } }
+    end, bsrc = 2 },
+  { "matmul float32 @ float64", function(a, b) return mg.matmul(a:to("float32"), b:to("float64")) end,
+    "a.float().double() @ b", { "any", "any" }, shape = mm_shapes("bm"), dtype = "float64",
+    tol = TOL.float32 },    -- torch's reverse-mode Jacobian is rounded to float32 through a.float()
   { "matmul chain through width 1", function(x, w1, w2) return mg.matmul(mg.matmul(x, w1), w2) end,
     "(a @ b) @ c", { "any", "any", "any" },
     shape = function() local k = R.size() return { { R.size(), k }, { k, 1 }, { 1, R.size() } } end },
@@ -763,6 +801,13 @@ local function exists(name)
 end
 local function get(name) return mg.load(dir .. "/out_" .. name .. ".npy") end
 
+local function flatten(v, out)
+  out = out or {}
+  if type(v) == "table" then for _, x in ipairs(v) do flatten(x, out) end
+  else out[#out + 1] = v end
+  return out
+end
+
 local function shape_str(s) return "(" .. table.concat(s, ",") .. ")" end
 
 -- One case of 'row': operands (with their layouts), cotangent, tangents; the manifest line.
@@ -772,12 +817,14 @@ local function make_case(row, dtype, k, manifest)
   assert(#shapes == #domains, "the shape generator gives " .. #shapes .. " shapes for "
          .. #domains .. " arguments")
   nextid = nextid + 1
-  local c = { id = nextid, dtype = dtype, args = {}, layouts = {}, diff = {}, tangents = {} }
+  local c = { id = nextid, dtype = dtype, args = {}, layouts = {}, diff = {}, tangents = {},
+              storage = {}, stored = {} }
   local flags = {}
   for i, dom in ipairs(domains) do
     local gen = assert(DOMAINS[dom], "unknown domain " .. tostring(dom))
-    local t, name = apply_layout(gen(shapes[i], dtype), k, i, dom)
+    local t, name, storage = apply_layout(gen(shapes[i], dtype), k, i, dom)
     c.args[i], c.layouts[i] = t, name
+    c.storage[i], c.stored[i] = storage, flatten(storage:totable())
     c.diff[i] = not NOT_DIFFERENTIABLE[dom]
     flags[i] = c.diff[i] and "1" or "0"
     -- torch's operand: the values read element by element through the view
@@ -785,23 +832,40 @@ local function make_case(row, dtype, k, manifest)
   end
   local outs = outputs(row[2](table.unpack(c.args)))
   c.nout = #outs
-  local modes = row.modes or "fvjb"
+  local modes = row.modes or "fvjJbh"
   local anydiff = false
   for i = 1, #domains do anydiff = anydiff or c.diff[i] end
   local m = "f"
-  if anydiff and modes:find("v") then
+  -- cotangents and tangents are random views too (sum and mean pass back stride 0 ones)
+  local n = #domains
+  local function random_view(shape, dt, slot, name)
+    local t = apply_layout(mg.randn(shape, { dtype = dt }), k, slot, "any")
+    put("c" .. c.id .. "_" .. name, mg.tensor(t:totable(), { dtype = "float64" }))
+    return t
+  end
+  if anydiff and (modes:find("v") or modes:find("h")) then
     local y = single(outs)
-    c.ct = mg.randn(y:shape(), { dtype = y.dtype })
-    put("c" .. c.id .. "_ct", c.ct)
-    m = m .. "v"
+    c.ct = random_view(y:shape(), y.dtype, n + 1, "ct")
+    if modes:find("v") then m = m .. "v" end
   end
   if anydiff and modes:find("j") then
     for i, a in ipairs(c.args) do
-      local o = { dtype = a.dtype }
-      c.tangents[i] = c.diff[i] and mg.randn(a:shape(), o) or mg.zeros(a:shape(), o)
-      if c.diff[i] then put("c" .. c.id .. "_t" .. i, c.tangents[i]) end
+      c.tangents[i] = c.diff[i] and random_view(a:shape(), a.dtype, n + 1 + i, "t" .. i)
+                      or mg.zeros(a:shape(), { dtype = a.dtype })
     end
     m = m .. "j"
+  end
+  if anydiff and modes:find("h") then    -- second cotangents, one per differentiable argument
+    c.ct2 = {}
+    for i, a in ipairs(c.args) do
+      if c.diff[i] then c.ct2[i] = random_view(a:shape(), a.dtype, 2 * n + 1 + i, "u" .. i) end
+    end
+    m = m .. "h"
+  end
+  if anydiff and modes:find("J") then     -- full Jacobians, when small
+    local size = 0
+    for i, a in ipairs(c.args) do if c.diff[i] then size = size + a:numel() end end
+    if size * single(outs):numel() <= JMAX then m = m .. "J" end
   end
   c.bsrcs = {}                           -- the arguments batch Jacobians are taken w.r.t.
   if modes:find("b") then
@@ -818,13 +882,6 @@ local function make_case(row, dtype, k, manifest)
   local bs = #c.bsrcs > 0 and table.concat(c.bsrcs, ",") or "0"
   manifest[#manifest + 1] = table.concat({ c.id, m, #domains, table.concat(flags), bs, row[3] }, "\t")
   return c
-end
-
-local function flatten(v, out)
-  out = out or {}
-  if type(v) == "table" then for _, x in ipairs(v) do flatten(x, out) end
-  else out[#out + 1] = v end
-  return out
 end
 
 -- nil when 'got' (a moongrad tensor) matches 'ref' (torch's, float64), else why not.
@@ -844,7 +901,7 @@ end
 local function describe_case(row, c)
   local s = {}
   for i, a in ipairs(c.args) do s[i] = shape_str(a:shape()) .. " " .. c.layouts[i] end
-  return ("%s, %s, operands %s"):format(row[1], c.dtype, table.concat(s, ", "))
+  return ("%s, case %d, %s, operands %s"):format(row[1], c.id, c.dtype, table.concat(s, ", "))
 end
 
 -- Checks one case in every mode it has; returns the first failure (or nil) and counts
@@ -857,7 +914,7 @@ local function check_case(row, c, done)
     errf:close()
     return "torch raised:\n" .. msg
   end
-  local tol = TOL[c.dtype]
+  local tol = row.tol or TOL[c.dtype]
   local outs = outputs(row[2](table.unpack(c.args)))
   if #outs ~= c.nout or exists(pre .. "_y" .. (#outs + 1)) or not exists(pre .. "_y" .. #outs) then
     return "the number of outputs differs from torch's"
@@ -890,6 +947,34 @@ local function check_case(row, c, done)
     if why then return "JVP: " .. why end
     done.j = done.j + 1
   end
+  if c.modes:find("J") then
+    local dk = {}
+    for i = 1, #c.args do if c.diff[i] then dk[#dk + 1] = c.args[i] end end
+    for _, mode in ipairs { "rev", "fwd" } do
+      -- mg.jacobian w.r.t. the first, tape:jacobian w.r.t. all at once
+      local args, i1 = { table.unpack(c.args) }, nil
+      for i = #c.args, 1, -1 do if c.diff[i] then i1 = i end end
+      local J = mg.jacobian(function(x)
+        args[i1] = x
+        return F(table.unpack(args, 1, #c.args))
+      end, c.args[i1], { mode = mode })
+      local why = mismatch(J, get(pre .. "_J" .. i1), tol)
+      if why then return ("jacobian (%s) w.r.t. argument %d: %s"):format(mode, i1, why) end
+      local tape = mg.GradientTape()
+      tape:watch(dk)
+      local y = tape:record(F, table.unpack(c.args))
+      local Js = tape:jacobian(y, dk, { mode = mode, unconnected = "zero" })
+      local k = 0
+      for i = 1, #c.args do
+        if c.diff[i] then
+          k = k + 1
+          why = mismatch(Js[k], get(pre .. "_J" .. i), tol)
+          if why then return ("tape:jacobian (%s) w.r.t. all, argument %d: %s"):format(mode, i, why) end
+        end
+      end
+    end
+    done.J = done.J + 1
+  end
   local srcs = {}                        -- those the op does not mix the batch of
   for _, i in ipairs(c.bsrcs) do if get(pre .. "_mix" .. i):item() == 0 then srcs[#srcs + 1] = i end end
   if #srcs > 0 then
@@ -920,19 +1005,53 @@ local function check_case(row, c, done)
     end
     done.b = done.b + 1
   end
+  if c.modes:find("h") then
+    local dk = {}
+    for i = 1, #c.args do if c.diff[i] then dk[#dk + 1] = i end end
+    -- <d<F, ct>/dx, ct2>: the VJP's own rules recorded by an outer tape, differentiated
+    local function H(...)
+      local xs, src = table.pack(...), {}
+      for j, i in ipairs(dk) do src[j] = xs[i] end
+      local tape = mg.GradientTape()
+      tape:watch(src)
+      local y = tape:record(F, table.unpack(xs, 1, xs.n))
+      local gs = tape:gradient(y, src, { output_gradients = { c.ct }, unconnected = "zero" })
+      local total
+      for j, i in ipairs(dk) do
+        local t = (gs[j] * c.ct2[i]):sum()
+        total = total and total + t or t
+      end
+      return total
+    end
+    local hs = mg.grad(H, { argnums = dk })(table.unpack(c.args))
+    for j, i in ipairs(dk) do
+      local why = mismatch(hs[j], get(pre .. "_h" .. i), tol)
+      if why then return "second order (VJP of the VJP), argument " .. i .. ": " .. why end
+    end
+    done.h = done.h + 1
+  end
+  for i = 1, #c.args do                   -- no op wrote into its operands' storage
+    local now = flatten(c.storage[i]:totable())
+    for e, v in ipairs(c.stored[i]) do
+      if not (now[e] == v or (now[e] ~= now[e] and v ~= v)) then
+        return ("the storage of argument %d changed: element %d is %.17g, was %.17g"):format(
+          i, e, now[e], v)
+      end
+    end
+  end
 end
 
 local function check_row(row)
   local st = state[row]
   if st.err then error(st.err, 0) end
-  local done, first = { f = 0, v = 0, j = 0, b = 0 }, nil
+  local done, first = { f = 0, v = 0, j = 0, J = 0, b = 0, h = 0 }, nil
   for _, c in ipairs(st.cases) do
     local ok, why = pcall(check_case, row, c, done)
     if not ok then why = "moongrad raised: " .. tostring(why) end
     if why then first = describe_case(row, c) .. ": " .. why break end
   end
   if not first then
-    for m in (row.modes or "fvjb"):gmatch(".") do
+    for m in (row.modes or "fvjJbh"):gmatch(".") do
       if done[m] == 0 and (m == "f" or st.anydiff) then
         first = ("%s: no case ran mode %s (for b, the row's shapes need a differentiable "
                  .. "argument whose dim 1 is the outputs', and an op that does not mix that dim; "
@@ -970,7 +1089,10 @@ describe("every op against PyTorch (forward, VJP, JVP, batch Jacobian)", functio
     support.write_file(dir .. "/ops.tsv", table.concat(manifest, "\n") .. "\n")
     support.torch_ref(dir, "ops")
   end)
-  teardown(function() support.rmtree(dir) end)
+  teardown(function()
+    if os.getenv("MOONGRAD_OPS_KEEP") then print("torch_ops_spec: cases kept in " .. dir)
+    else support.rmtree(dir) end
+  end)
 
   for _, row in ipairs(OPS) do
     it(row[1], function() check_row(row) end)
