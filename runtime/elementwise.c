@@ -751,14 +751,21 @@ static mg_tensor *math_deriv(mg_ex *e, const mg_node *n, bool *known) {
   return r;
 }
 
+/* The derivative of the exponential-linear units: 'pos' for x > 0, 'neg' (an expression in
+** y) for x < 0, and the constant 'at0' at 0: PyTorch's values there in both orders (the
+** first derivative is the left-hand one, the second 0, as elu_double_backward's x < 0). */
+static mg_tensor *exp_branch(mg_ex *e, mg_tensor *x, double pos, mg_tensor *neg, double at0) {
+  mg_tensor *left = mg_ex_where(e, mg_ex_bins(e, MG_B_LT, x, 0), neg, mg_ex_full(e, x->dtype, at0));
+  return mg_ex_where(e, mg_ex_bins(e, MG_B_GT, x, 0), mg_ex_full(e, x->dtype, pos), left);
+}
+
 /* f'(x) of the issue-12 activations, parametric ones reading n->attr. */
 static mg_tensor *activation_deriv(mg_ex *e, const mg_node *n, bool *known) {
   mg_tensor *x = n->in[0], *y = n->out[0], *r = NULL;
   double a = n->attr.f[0];
   switch (n->op) {
   case MG_OP_SELU:                                 /* scale, or y + scale alpha */
-    r = mg_ex_where(e, mg_ex_bins(e, MG_B_GT, x, 0), mg_ex_full(e, x->dtype, SELU_SCALE),
-                    mg_ex_bins(e, MG_B_ADD, y, SELU_SA));
+    r = exp_branch(e, x, SELU_SCALE, mg_ex_bins(e, MG_B_ADD, y, SELU_SA), SELU_SA);
     break;
   case MG_OP_SILU: {                               /* s + y (1 - s) */
     mg_tensor *s = mg_ex_unary(e, MG_U_SIGMOID, x);
@@ -779,12 +786,10 @@ static mg_tensor *activation_deriv(mg_ex *e, const mg_node *n, bool *known) {
   case MG_OP_HARD_TANH: r = open_interval(e, x, -1, 1); break;
   case MG_OP_RELU6: r = open_interval(e, x, 0, 6); break;
   case MG_OP_ELU:                                  /* 1, or y + alpha (alpha e^x) */
-    r = mg_ex_where(e, mg_ex_bins(e, MG_B_GT, x, 0), mg_ex_full(e, x->dtype, 1),
-                    mg_ex_bins(e, MG_B_ADD, y, a));
+    r = exp_branch(e, x, 1, mg_ex_bins(e, MG_B_ADD, y, a), a);
     break;
   case MG_OP_CELU:                                 /* 1, or y / alpha + 1 (e^(x/alpha)) */
-    r = mg_ex_where(e, mg_ex_bins(e, MG_B_GT, x, 0), mg_ex_full(e, x->dtype, 1),
-                    mg_ex_bins(e, MG_B_ADD, mg_ex_bins(e, MG_B_DIV, y, a), 1));
+    r = exp_branch(e, x, 1, mg_ex_bins(e, MG_B_ADD, mg_ex_bins(e, MG_B_DIV, y, a), 1), 1);
     break;
   case MG_OP_LEAKY_RELU:                           /* alpha at 0, as PyTorch */
     r = mg_ex_where(e, mg_ex_bins(e, MG_B_GT, x, 0), mg_ex_full(e, x->dtype, 1),
