@@ -204,7 +204,7 @@ MG_API mg_status mg_tensor_softmax(mg_ctx *C, mg_tensor *x, int dim, bool log,
 /* Matrix product: 1-d operands as NumPy, >= 2-d batched with broadcast leading dims. */
 MG_API mg_status mg_tensor_matmul(mg_ctx *C, mg_tensor *a, mg_tensor *b, mg_tensor **out);
 
-/* Fused recurrent cells, Keras layouts (RNN_REFERENCE.md), one recorded node per step.
+/* Fused recurrent cells, Keras layouts (docs/cells.md), one recorded node per step.
 ** LSTM (gates i, f, c, o): x (B, d), h and c (B, u), kernel (d, 4u), recurrent (u, 4u),
 ** bias (4u); new h and c. GRU (gates z, r, h): kernel (d, 3u), recurrent (u, 3u), bias
 ** (2, 3u) when 'reset_after' (rows: input, recurrent) else (3u); new h. */

@@ -1,4 +1,4 @@
--- The moongrad executable (API.md, The executable; bindings/lmain.c): -e, scripts and the
+-- The moongrad executable (docs/executable.md; bindings/lmain.c): -e, scripts and the
 -- 'arg' table (compared with lua5.4's), exit status and messages, -v and its OpenBLAS
 -- warning, the piped REPL, the terminal REPL through a pseudo-terminal (util-linux 'script'),
 -- Ctrl-C, and bad options.
