@@ -7,8 +7,11 @@
 #  - README's minimal C host (its first ```c block), compiled with
 #    'pkg-config --cflags --libs moongrad' from the prefix's moongrad.pc, runs and prints
 #    the gradient it computed.
+# Under MG_SANITIZE, ctest sets MG_TEST_PRELOAD to the ASan runtime: the programs run here
+# (not the compiler) get it as LD_PRELOAD.
 set -eu
 build=$(cd "$1" && pwd); src=$(cd "$2" && pwd)
+run() { if [ -n "${MG_TEST_PRELOAD:-}" ]; then LD_PRELOAD=$MG_TEST_PRELOAD "$@"; else "$@"; fi; }
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 prefix=$tmp/prefix
 cmake --install "$build" --prefix "$prefix" >"$tmp/install.log"
@@ -19,7 +22,7 @@ done
 cd "$tmp"
 
 echo "== stock lua5.4, LUA_CPATH=$prefix/lib/lua/5.4/?.so"
-out=$(env -u LUA_PATH -u LUA_INIT LUA_CPATH="$prefix/lib/lua/5.4/?.so" lua5.4 -e '
+out=$(run env -u LUA_PATH -u LUA_INIT LUA_CPATH="$prefix/lib/lua/5.4/?.so" lua5.4 -e '
   local plot = require "moongrad.plot"
   local mg = require "moongrad"
   assert(mg.plot == plot)
@@ -30,7 +33,7 @@ out=$(env -u LUA_PATH -u LUA_INIT LUA_CPATH="$prefix/lib/lua/5.4/?.so" lua5.4 -e
 [ "$out" = "2.0 10.0 12.0" ] || { echo "install_test: stock lua5.4 printed '$out'"; exit 1; }
 
 echo "== the installed executable"
-out=$("$prefix/bin/moongrad" -e 'io.write(mg.ones(2, 3):sum():item())')
+out=$(run "$prefix/bin/moongrad" -e 'io.write(mg.ones(2, 3):sum():item())')
 [ "$out" = "6" ] || { echo "install_test: bin/moongrad printed '$out'"; exit 1; }
 
 echo "== README's C host, built with pkg-config against the prefix"
@@ -42,7 +45,7 @@ case $flags in *"-I$prefix/include/moongrad"*"-L$prefix/lib"*|*"-L$prefix/lib"*"
   *) echo "install_test: pkg-config gave '$flags', not the prefix"; exit 1 ;; esac
 # shellcheck disable=SC2086
 cc -std=c11 -Wall -Wextra -Werror -o host host.c $flags -Wl,-rpath,"$(pkg-config --variable=libdir moongrad)"
-out=$(./host)
+out=$(run ./host)
 [ "$out" = "dy/dx = 2 10 12" ] || { echo "install_test: the host printed '$out'"; exit 1; }
 ldd ./host | grep -q "$prefix/lib/libmoongrad.so" || { echo "install_test: host did not link the installed library"; ldd ./host; exit 1; }
 echo "install_test: ok"
