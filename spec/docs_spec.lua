@@ -214,6 +214,43 @@ describe("every ```lua block of README.md and docs/", function()
   end)
 end)
 
+---------------------------------------------------------------- links between the pages
+
+-- GitHub's anchor of a heading's text: lower case, punctuation dropped, spaces to hyphens.
+local function slug(text)
+  return (text:lower():gsub("[^%w%- _]", ""):gsub(" ", "-"))
+end
+
+describe("the links of README.md and docs/", function()
+  it("point at files that exist and at headings they have", function()
+    local files = { "README.md" }
+    for _, f in ipairs(doc_files()) do files[#files + 1] = f end
+    local bad = {}
+    for _, f in ipairs(files) do
+      local dir = f:match("^(.*)/[^/]*$") or "."
+      for target in support.read_file(source .. "/" .. f):gmatch("%]%(([^)%s]+)%)") do
+        if not target:match("^%a+:") then                 -- not http:, mailto:
+          local path, anchor = target:match("^([^#]*)#?(.*)$")
+          local full = path == "" and f or (dir .. "/" .. path)
+          local fh = io.open(source .. "/" .. full, "rb")
+          if not fh then
+            bad[#bad + 1] = f .. ": " .. target .. " (no such file)"
+          else
+            local text = fh:read("a")
+            fh:close()
+            if anchor ~= "" then
+              local found = false
+              for h in (text .. "\n"):gmatch("#+ ([^\n]+)\n") do found = found or slug(h) == anchor end
+              if not found then bad[#bad + 1] = f .. ": " .. target .. " (no such heading)" end
+            end
+          end
+        end
+      end
+    end
+    assert.are.same({}, bad, "broken links:\n" .. table.concat(bad, "\n"))
+  end)
+end)
+
 ---------------------------------------------------------------- (c) no citation of the outside
 
 describe("the repository", function()
