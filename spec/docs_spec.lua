@@ -57,6 +57,19 @@ end
 
 local ALIASES = { nn = "mg.nn", optim = "mg.optim", plot = "mg.plot" }
 
+-- The Tensor method table: an upvalue of the tensors' __index (a C closure), the table
+-- among them that holds 'sum'.
+local function tensor_methods()
+  local index = getmetatable(mg.zeros(1)).__index
+  if type(index) == "table" then return index end
+  for i = 1, 255 do
+    local name, v = debug.getupvalue(index, i)
+    if name == nil then break end
+    if type(v) == "table" and type(v.sum) == "function" then return v end
+  end
+  error("the Tensor method table was not found among the upvalues of __index")
+end
+
 -- The public functions of table 't' (keys not starting with '_'), sorted.
 local function public_functions(t)
   local out = {}
@@ -82,9 +95,7 @@ local function required_names()
       req[#req + 1] = { prefix .. "." .. k, short and (short .. "." .. k) or nil }
     end
   end
-  local _, methods = debug.getupvalue(getmetatable(mg.zeros(1)).__index, 2)
-  assert(type(methods) == "table" and methods.sum, "the Tensor method table was not found")
-  for _, k in ipairs(public_functions(methods)) do req[#req + 1] = { "t:" .. k } end
+  for _, k in ipairs(public_functions(tensor_methods())) do req[#req + 1] = { "t:" .. k } end
   for _, k in ipairs(public_functions(getmetatable(mg.GradientTape()).__index)) do
     req[#req + 1] = { "tape:" .. k }
   end
@@ -97,8 +108,7 @@ local function exists(name)
   local prefix, sep, rest = name:match("^([%a_][%w_]*)([%.:])(.+)$")
   if sep == ":" then
     if prefix == "t" then
-      local _, methods = debug.getupvalue(getmetatable(mg.zeros(1)).__index, 2)
-      return type(methods[rest]) == "function"
+      return type(tensor_methods()[rest]) == "function"
     elseif prefix == "tape" then
       return type(getmetatable(mg.GradientTape()).__index[rest]) == "function"
     end
