@@ -4,7 +4,7 @@ usage: /usr/bin/python3 torch_ref.py DIR CASE
 
 Reads DIR/<name>.npy written by the spec (weights in Keras layouts), runs CASE in float64
 with PyTorch, and writes DIR/out_<name>.npy, with every gradient mapped back to the Keras
-layout (gate orders as RNN_REFERENCE.md: LSTM i,f,c,o is PyTorch's i,f,g,o; GRU z,r,h is
+layout (gate orders as docs/cells.md: LSTM i,f,c,o is PyTorch's i,f,g,o; GRU z,r,h is
 PyTorch's r,z,n with reset_after=True).
 
 CASE "ops" runs every case listed in DIR/ops.tsv (see ops() below) in this one process.
