@@ -150,7 +150,7 @@ def lstm_keras(x, h, c, W, U, b):
 
 def gru_keras(x, h, W, U, b, reset_after=True):
     """One GRU step in Keras layout (gates z, r, h): PyTorch's cell for reset_after=True,
-    the formula of RNN_REFERENCE.md (written out here) for reset_after=False."""
+    the formula of docs/cells.md (written out here) for reset_after=False."""
     u = h.shape[1]
     if reset_after:
         return torch.gru_cell(x, h, gru_order(W, u).T, gru_order(U, u).T,
