@@ -1,0 +1,84 @@
+-- moongrad.summary (mg.summary): TensorBoard event files. The writer and the reader are C
+-- (runtime/summary.c, bound as mg._summary); here are the checked constructor and the
+-- methods composed from the C ones: 'scalars' (a table of scalars at one step) and
+-- 'parameters' (a histogram of every weight and gradient), what a training loop calls.
+local mg = require "moongrad"
+
+local ipairs, pairs, table, tostring, type = ipairs, pairs, table, tostring, type
+local debug, math = debug, math
+local _ENV = nil
+
+local P = mg._summary
+local ck = mg._checks(debug.getinfo(1, "S").source)
+local raisef, describe, check_opts = ck.raisef, ck.describe, ck.check_opts
+
+local summary = {}
+
+-- summary.writer(logdir [, {flush_secs = 120, filename_suffix = ""}]) -> a new writer
+local WRITER_OPTS = { flush_secs = true, filename_suffix = true }
+function summary.writer(logdir, opts)
+  if type(logdir) ~= "string" or logdir == "" then
+    raisef("summary.writer: expected a directory name, got %s", describe(logdir))
+  end
+  opts = check_opts("summary.writer", opts, WRITER_OPTS)
+  local fs, suffix = opts.flush_secs or 120, opts.filename_suffix or ""
+  if type(fs) ~= "number" or fs < 0 or fs ~= fs or fs == math.huge then
+    raisef("summary.writer: flush_secs must be a finite number >= 0, got %s", tostring(fs))
+  end
+  if type(suffix) ~= "string" then
+    raisef("summary.writer: filename_suffix must be a string, got %s", describe(suffix))
+  end
+  return P.open(logdir, suffix, fs)
+end
+
+-- summary.read(path) -> array of events { offset, wall_time, step, file_version?, values }
+function summary.read(path)
+  if type(path) ~= "string" then raisef("summary.read: expected a file name, got %s", describe(path)) end
+  return P.read(path)
+end
+
+local M = P.methods
+
+-- w:scalars(values, step [, prefix]): w:scalar(prefix .. k, v, step) for every pair of
+-- 'values' (names sorted, so the file does not depend on table order).
+function M.scalars(w, values, step, prefix)
+  if type(values) ~= "table" then raisef("summary.scalars: expected a table of numbers, got %s", describe(values)) end
+  prefix = prefix or ""
+  local keys = {}
+  for k, v in pairs(values) do
+    if type(k) ~= "string" or type(v) ~= "number" then
+      raisef("summary.scalars: expected string keys and number values, got [%s] = %s", tostring(k), describe(v))
+    end
+    keys[#keys + 1] = k
+  end
+  table.sort(keys)
+  for _, k in ipairs(keys) do w:scalar(prefix .. k, values[k], step) end
+end
+
+-- w:parameters(params, step [, {grads=, prefix="", bins=}]): the histogram of every
+-- Variable of 'params' as '<prefix>weights/<name>' and, with 'grads' (the gradients in the
+-- order of 'params', as tape:gradient returns them), of each gradient as
+-- '<prefix>gradients/<name>'. A parameter without a name is 'param<i>'.
+local PARAM_OPTS = { grads = true, prefix = true, bins = true }
+function M.parameters(w, params, step, opts)
+  opts = check_opts("summary.parameters", opts, PARAM_OPTS)
+  if type(params) ~= "table" then raisef("summary.parameters: expected an array of Variables, got %s", describe(params)) end
+  local grads, prefix = opts.grads, opts.prefix or ""
+  if grads ~= nil and (type(grads) ~= "table" or #grads ~= #params) then
+    raisef("summary.parameters: grads must be an array of %d tensors (one per parameter), got %s",
+      #params, type(grads) == "table" and (#grads .. " entries") or describe(grads))
+  end
+  local hopts = opts.bins and { bins = opts.bins } or nil
+  for i, p in ipairs(params) do
+    if not mg.is_tensor(p) then raisef("summary.parameters: parameter %d is %s, not a tensor", i, describe(p)) end
+    local name = (p:is_variable() and p.name) or ("param" .. i)
+    w:histogram(prefix .. "weights/" .. name, p, step, hopts)
+    local g = grads and grads[i]
+    if g ~= nil then
+      if not mg.is_tensor(g) then raisef("summary.parameters: gradient %d is %s, not a tensor", i, describe(g)) end
+      w:histogram(prefix .. "gradients/" .. name, g, step, hopts)
+    end
+  end
+end
+
+return summary
