@@ -57,7 +57,8 @@ static unsigned char *pixels(mg_ctx *C, const char *op, mg_tensor *t, int64_t *h
   for (size_t i = 0; i < n; i++) {
     double v = mg_tensor_dtype(c) == MG_F64 ? ((const double *)d)[i] : ((const float *)d)[i];
     if (!(v >= 0 && v <= 1)) {
-      mg_fail(C, MG_EARG, "%s: image values must lie in [0, 1], element %zu is %g", op, i + 1, v);
+      if (isnan(v)) mg_fail(C, MG_EARG, "%s: image values must lie in [0, 1], element %zu is nan", op, i + 1);
+      else mg_fail(C, MG_EARG, "%s: image values must lie in [0, 1], element %zu is %g", op, i + 1, v);
       free(px), mg_tensor_release(c);
       return NULL;
     }

@@ -465,7 +465,9 @@ static mg_status build_histogram(mg_ctx *C, const double *x, size_t n, int bins,
   const char *op = "summary.histogram";
   double lo = n ? x[0] : 0, hi = lo, s = 0, s2 = 0;
   for (size_t i = 0; i < n; i++) {
-    if (!isfinite(x[i])) return mg_fail(C, MG_EARG, "%s: element %zu is %g (values must be finite)", op, i + 1, x[i]);
+    if (!isfinite(x[i]))
+      return mg_fail(C, MG_EARG, "%s: element %zu is %s (values must be finite)", op, i + 1,
+                     isnan(x[i]) ? "nan" : x[i] > 0 ? "inf" : "-inf");
     lo = fmin(lo, x[i]), hi = fmax(hi, x[i]), s += x[i], s2 += x[i] * x[i];
   }
   h->min = lo, h->max = hi, h->num = (double)n, h->sum = s, h->sum_squares = s2;

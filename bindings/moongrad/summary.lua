@@ -4,13 +4,21 @@
 -- 'parameters' (a histogram of every weight and gradient), what a training loop calls.
 local mg = require "moongrad"
 
-local ipairs, pairs, table, tostring, type = ipairs, pairs, table, tostring, type
+local ipairs, pairs, pcall, table, tostring, type = ipairs, pairs, pcall, table, tostring, type
 local debug, math = debug, math
 local _ENV = nil
 
 local P = mg._summary
 local ck = mg._checks(debug.getinfo(1, "S").source)
-local raisef, describe, check_opts = ck.raisef, ck.describe, ck.check_opts
+local raise, raisef, describe, check_opts = ck.raise, ck.raisef, ck.describe, ck.check_opts
+
+-- f(...) with its error raised at the user's call (a C function called through pcall adds
+-- no position of its own)
+local function call(f, ...)
+  local ok, r = pcall(f, ...)
+  if not ok then raise(r) end
+  return r
+end
 
 local summary = {}
 
@@ -28,13 +36,13 @@ function summary.writer(logdir, opts)
   if type(suffix) ~= "string" then
     raisef("summary.writer: filename_suffix must be a string, got %s", describe(suffix))
   end
-  return P.open(logdir, suffix, fs)
+  return call(P.open, logdir, suffix, fs)
 end
 
 -- summary.read(path) -> array of events { offset, wall_time, step, file_version?, values }
 function summary.read(path)
   if type(path) ~= "string" then raisef("summary.read: expected a file name, got %s", describe(path)) end
-  return P.read(path)
+  return call(P.read, path)
 end
 
 local M = P.methods
@@ -71,7 +79,8 @@ function M.parameters(w, params, step, opts)
   local hopts = opts.bins and { bins = opts.bins } or nil
   for i, p in ipairs(params) do
     if not mg.is_tensor(p) then raisef("summary.parameters: parameter %d is %s, not a tensor", i, describe(p)) end
-    local name = (p:is_variable() and p.name) or ("param" .. i)
+    local name = p:is_variable() and p.name or ""
+    if name == "" then name = "param" .. i end
     w:histogram(prefix .. "weights/" .. name, p, step, hopts)
     local g = grads and grads[i]
     if g ~= nil then
