@@ -9,7 +9,10 @@ reader and by an independent decoder, printed as a Lua table literal.
                                   'tag<TAB>step<TAB>bins<TAB>values.npy' whose histograms are
                                   checked against numpy.histogram over the same edges.
 
-Both write OUT as 'return { file_version =, scalars = { [tag] = { {step, wall_time, value} } },
+  summary_ref.py write LOGDIR     (the test venv's Python) an event file written by
+                                  TensorBoard's own EventFileWriter, for mg.summary.read
+
+The readers write OUT as 'return { file_version =, scalars = { [tag] = { {step, wall_time, value} } },
 histograms = { [tag] = { {step =, min =, ..., bucket_limit = {}, bucket = {}} } },
 images = { [tag] = { {step =, width =, height =, colorspace =, hex =} } },
 texts = { [tag] = { {step, text} } }, records =, numpy_checked =, numpy_mismatches = {} }'.
@@ -231,7 +234,29 @@ def check_numpy(listing, raw):
     return checked, bad
 
 
+def write_tb(logdir):
+    from tensorboard.compat.proto import event_pb2, histogram_pb2, summary_pb2
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+    from tensorboard.plugins.text import metadata as text_metadata
+    from tensorboard.util import tensor_util
+    w = EventFileWriter(logdir)
+    V = summary_pb2.Summary.Value
+    for step in range(3):
+        w.add_event(event_pb2.Event(wall_time=100.0 + step, step=step, summary=summary_pb2.Summary(
+            value=[V(tag="tb/scalar", simple_value=0.25 * step)])))
+    h = histogram_pb2.HistogramProto(min=-1, max=2, num=3, sum=1, sum_squares=6,
+                                     bucket_limit=[0, 1, 2], bucket=[1, 1, 1])
+    w.add_event(event_pb2.Event(wall_time=200.0, step=7, summary=summary_pb2.Summary(value=[V(tag="tb/histo", histo=h)])))
+    meta = text_metadata.create_summary_metadata(display_name="", description="")
+    w.add_event(event_pb2.Event(wall_time=300.0, step=8, summary=summary_pb2.Summary(value=[V(
+        tag="tb/text", metadata=meta, tensor=tensor_util.make_tensor_proto("written by TensorBoard"))])))
+    w.close()
+
+
 def main():
+    if sys.argv[1] == "write":
+        write_tb(sys.argv[2])
+        return
     mode, path, outp = sys.argv[1:4]
     out = read_tb(path) if mode == "tb" else read_pb(path, sys.argv[4] if len(sys.argv) > 4 else None)
     with open(outp, "w") as f:

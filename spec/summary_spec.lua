@@ -457,3 +457,84 @@ describe("bad arguments", function()
     assert.are.equal(3, #ev[2].values[1].bucket)
   end)
 end)
+
+describe("other writers' files", function()
+  it("mg.summary.read reads what TensorBoard's own EventFileWriter writes", function()
+    local d = dir .. "/tbwritten"
+    local src = (os.getenv("MOONGRAD_SOURCE") or ".") .. "/spec/summary_ref.py"
+    assert.is_true(os.execute(string.format("%s %s write %s 2>%s", support.venv_python(), shq(src), shq(d),
+      shq(dir .. "/w.err"))) == true, read_file(dir .. "/w.err"))
+    local names = files(d)
+    assert.are.equal(1, #names)
+    assert.is_truthy(names[1]:match("^events%.out%.tfevents%.%d+%."))
+    local ev = mg.summary.read(d .. "/" .. names[1])
+    assert.are.equal("brain.Event:2", ev[1].file_version)
+    assert.are.equal(6, #ev)
+    for step = 0, 2 do
+      assert.are.equal(step, ev[2 + step].step)
+      assert.are.equal(100 + step, ev[2 + step].wall_time)
+      assert.are.same({ tag = "tb/scalar", kind = "scalar", value = 0.25 * step }, ev[2 + step].values[1])
+    end
+    local h = ev[5].values[1]
+    assert.are.same({ 0, 1, 2 }, h.bucket_limit)
+    assert.are.same({ 1, 1, 1 }, h.bucket)
+    assert.are.same({ -1, 2, 3, 1, 6 }, { h.min, h.max, h.num, h.sum, h.sum_squares })
+    assert.are.equal("written by TensorBoard", ev[6].values[1].text)
+  end)
+end)
+
+describe("summary.callback", function()
+  -- the protocol of nn.fit's callbacks, driven by hand: methods on the callback table
+  local function run(cb, epochs, batches, params)
+    cb:on_train_begin({ history = {} })
+    for epoch = 1, epochs do
+      for b = 1, batches do
+        local grads = {}
+        for i, p in ipairs(params) do grads[i] = mg.ones(table.unpack(p:shape())) * b end
+        cb:on_batch_end(b, { loss = 1 / (epoch * b), params = params, grads = grads, size = 4, epoch = epoch })
+      end
+      cb:on_epoch_end(epoch, { loss = 1 / epoch, val_loss = 2 / epoch, val_accuracy = 0.5, history = {} })
+    end
+    cb:on_train_end({ history = {} })
+  end
+
+  local function tags_of(d)
+    local names = files(d)
+    assert.are.equal(1, #names)
+    local by = {}
+    for i, e in ipairs(mg.summary.read(d .. "/" .. names[1])) do
+      if i > 1 then
+        local v = e.values[1]
+        by[v.tag] = by[v.tag] or {}
+        table.insert(by[v.tag], { e.step, v })
+      end
+    end
+    return by
+  end
+
+  it("logs as Keras's TensorBoard callback lays logs out: train and validation runs", function()
+    local d = dir .. "/cb"
+    local params = { mg.Variable(mg.randn(3, 2), "dense/kernel"), mg.Variable(mg.zeros(2), "dense/bias") }
+    run(mg.summary.callback(d, { histogram_freq = 3 }), 2, 4, params)
+    local tr, va = tags_of(d .. "/train"), tags_of(d .. "/validation")
+    assert.are.equal(8, #tr.batch_loss)
+    assert.are.equal(8, tr.batch_loss[8][1])
+    assert.are.equal(f32(1 / 8), tr.batch_loss[8][2].value)
+    assert.are.same({ 1, 2 }, { tr.epoch_loss[1][1], tr.epoch_loss[2][1] })
+    assert.are.equal(0.5, tr.epoch_loss[2][2].value)
+    assert.are.equal(2, #tr["weights/dense/kernel"])            -- steps 3 and 6
+    assert.are.same({ 3, 6 }, { tr["gradients/dense/bias"][1][1], tr["gradients/dense/bias"][2][1] })
+    assert.are.equal(4, tr["gradients/dense/bias"][2][2].sum)    -- step 6: epoch 2, batch 2: ones(2) * 2
+    assert.are.same({ 1, 2 }, { va.epoch_loss[1][1], va.epoch_loss[2][1] })
+    assert.are.equal(1, va.epoch_loss[2][2].value)
+    assert.are.equal(2, #va.epoch_accuracy)
+    assert.is_nil(tr.epoch_size)
+  end)
+
+  it("checks its options", function()
+    support.assert_error("summary.callback: histogram_freq must be an integer >= 0, got -1",
+      mg.summary.callback, dir, { histogram_freq = -1 })
+    support.assert_error("summary.callback: unknown option 'histogram'", mg.summary.callback, dir, { histogram = 1 })
+    support.assert_error("summary.callback: expected a directory name", mg.summary.callback, nil)
+  end)
+end)

@@ -5,6 +5,7 @@
 local mg = require "moongrad"
 
 local ipairs, pairs, pcall, table, tostring, type = ipairs, pairs, pcall, table, tostring, type
+local math_type = math.type
 local debug, math = debug, math
 local _ENV = nil
 
@@ -88,6 +89,74 @@ function M.parameters(w, params, step, opts)
       w:histogram(prefix .. "gradients/" .. name, g, step, hopts)
     end
   end
+end
+
+-- summary.callback(logdir [, {update_freq = 1, histogram_freq = 0, bins =, flush_secs =}]):
+-- a table of training-loop callbacks, called as methods (nn.fit's protocol:
+-- cb:on_train_begin(logs), cb:on_batch_end(b, logs) with logs.loss/params/grads,
+-- cb:on_epoch_end(epoch, logs), cb:on_train_end(logs)) that logs as Keras's TensorBoard callback lays logs out: run
+-- 'logdir/train' gets 'batch_loss' every 'update_freq' steps (0: never), 'epoch_<name>' for
+-- every number of the epoch's logs, and every 'histogram_freq' steps (0: never) the weights
+-- and gradients (w:parameters); run 'logdir/validation' gets 'epoch_<name>' for every
+-- 'val_<name>'. Steps count the batches of the whole run from 1; epochs are fit's.
+-- The writers open at on_train_begin and close at on_train_end.
+local CALLBACK_OPTS = { update_freq = true, histogram_freq = true, bins = true, flush_secs = true }
+local function count_opt(fn, o, k, default)
+  local v = o[k]
+  if v == nil then return default end
+  if math_type(v) ~= "integer" or v < 0 then raisef("%s: %s must be an integer >= 0, got %s", fn, k, tostring(v)) end
+  return v
+end
+
+function summary.callback(logdir, opts)
+  local fn = "summary.callback"
+  if type(logdir) ~= "string" or logdir == "" then raisef("%s: expected a directory name, got %s", fn, describe(logdir)) end
+  opts = check_opts(fn, opts, CALLBACK_OPTS)
+  local update, hfreq = count_opt(fn, opts, "update_freq", 1), count_opt(fn, opts, "histogram_freq", 0)
+  local wopts = { flush_secs = opts.flush_secs }
+  local bins = opts.bins
+  local cb, train, val, step = {}, nil, nil, 0
+  local function close()
+    if train then train:close() end
+    if val then val:close() end
+    train, val = nil, nil
+  end
+  function cb:on_train_begin()
+    close()
+    train, step = summary.writer(logdir .. "/train", wopts), 0
+  end
+  function cb:on_batch_end(_, logs)
+    if not train then return end
+    step = step + 1
+    if update > 0 and step % update == 0 and type(logs.loss) == "number" then
+      train:scalar("batch_loss", logs.loss, step)
+    end
+    if hfreq > 0 and step % hfreq == 0 and logs.params then
+      train:parameters(logs.params, step, { grads = logs.grads, bins = bins })
+    end
+  end
+  function cb:on_epoch_end(epoch, logs)
+    if not train then return end
+    local keys = {}
+    for k, v in pairs(logs) do
+      if type(k) == "string" and type(v) == "number" and k ~= "epoch" and k ~= "size" then keys[#keys + 1] = k end
+    end
+    table.sort(keys)
+    for _, k in ipairs(keys) do
+      local vname = k:match("^val_(.+)$")
+      if vname then
+        val = val or summary.writer(logdir .. "/validation", wopts)
+        val:scalar("epoch_" .. vname, logs[k], epoch)
+      else
+        train:scalar("epoch_" .. k, logs[k], epoch)
+      end
+    end
+    train:flush()
+    if val then val:flush() end
+  end
+  function cb:on_train_end() close() end
+  function cb:writers() return train, val end         -- for a loop that logs more itself
+  return cb
 end
 
 return summary
