@@ -76,21 +76,23 @@ mg_status mg_png_encode(mg_ctx *C, const char *op, mg_tensor *t, unsigned char *
   if (px == NULL) return MG_EARG;
   static const int TYPES[5] = { 0, PNG_COLOR_TYPE_GRAY, PNG_COLOR_TYPE_GRAY_ALPHA,
                                 PNG_COLOR_TYPE_RGB, PNG_COLOR_TYPE_RGB_ALPHA };
-  membuf b = { NULL, 0, 0, false };
-  png_bytep *rows = malloc((size_t)h * sizeof *rows);
+  /* What changes between setjmp and a longjmp from libpng lives on the heap, behind
+  ** pointers that do not change: no automatic variable is left indeterminate. */
+  membuf *b = calloc(1, sizeof *b);
+  png_bytep *rows = b ? malloc((size_t)h * sizeof *rows) : NULL;
   png_structp png = rows ? png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL) : NULL;
   png_infop info = png ? png_create_info_struct(png) : NULL;
   if (info == NULL) {
     png_destroy_write_struct(&png, NULL);
-    free(rows), free(px);
+    free(rows), free(b), free(px);
     return mg_fail(C, MG_ENOMEM, "%s: out of memory", op);
   }
   if (setjmp(png_jmpbuf(png))) {           /* libpng's errors come back here */
     png_destroy_write_struct(&png, &info);
-    free(rows), free(px), free(b.p);
+    free(rows), free(px), free(b->p), free(b);
     return mg_fail(C, MG_ENOMEM, "%s: PNG encoding failed", op);
   }
-  png_set_write_fn(png, &b, write_mem, flush_mem);
+  png_set_write_fn(png, b, write_mem, flush_mem);
   png_set_IHDR(png, info, (png_uint_32)w, (png_uint_32)h, 8, TYPES[ch], PNG_INTERLACE_NONE,
                PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
   for (int64_t i = 0; i < h; i++) rows[i] = px + (size_t)i * (size_t)w * (size_t)ch;
@@ -98,6 +100,7 @@ mg_status mg_png_encode(mg_ctx *C, const char *op, mg_tensor *t, unsigned char *
   png_write_png(png, info, PNG_TRANSFORM_IDENTITY, NULL);
   png_destroy_write_struct(&png, &info);
   free(rows), free(px);
-  *out = b.p, *len = b.len;
+  *out = b->p, *len = b->len;
+  free(b);
   return MG_OK;
 }

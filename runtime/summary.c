@@ -257,8 +257,10 @@ mg_status mg_summary_open(mg_ctx *C, const char *logdir, const char *suffix,
   int fd = -1, e = 0;
   /* TensorBoard's name; its last field, a per-process counter there, is here the first
   ** number that makes the name new (O_EXCL), which needs no shared state. */
+  int dlen = (int)strlen(logdir);
+  while (dlen > 1 && logdir[dlen - 1] == '/') dlen--;          /* "logs/" -> "logs/events..." */
   for (int uid = 0; fd < 0 && uid < 10000; uid++) {
-    snprintf(path, plen, "%s/events.out.tfevents.%010lld.%s.%ld.%d%s", logdir,
+    snprintf(path, plen, "%.*s/events.out.tfevents.%010lld.%s.%ld.%d%s", dlen, logdir,
              (long long)t, host, (long)getpid(), uid, suffix);
     fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0666);
     e = errno;

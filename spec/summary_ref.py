@@ -69,13 +69,26 @@ def read_tb(path):
         out["histograms"][t] = [histo_dict(e.step, e.histogram_value) for e in acc.Histograms(t)]
     for t in tags["images"]:
         out["images"][t] = [{"step": e.step, "width": e.width, "height": e.height,
-                             "hex": e.encoded_image_string.hex()} for e in acc.Images(t)]
+                             "hex": e.encoded_image_string.hex(),
+                             "pixels": png_pixels(e.encoded_image_string)} for e in acc.Images(t)]
     for t in tags["tensors"]:
         meta = acc.SummaryMetadata(t)
         if meta.plugin_data.plugin_name == "text":
             out["texts"][t] = [[e.step, tensor_util.make_ndarray(e.tensor_proto).item().decode("utf-8")]
                                for e in acc.Tensors(t)]
     return out
+
+
+def png_pixels(data):
+    """The PNG's mode and its pixels in row-major order, channels innermost (Pillow)."""
+    import io
+    from PIL import Image
+    im = Image.open(io.BytesIO(data))
+    im.load()
+    flat = []
+    for px in im.getdata():
+        flat.extend(px if isinstance(px, tuple) else (px,))
+    return {"mode": im.mode, "values": flat}
 
 
 # ---------------------------------------------------------------- the independent decoder

@@ -76,7 +76,14 @@ describe("a log TensorBoard reads", function()
     expect.images[#expect.images + 1] = { "plot/curve", 1, read_file(png_path) }
     local gray = mg.linspace(0, 1, 12):reshape(3, 4)
     w:image("img/gray", gray, 2)
-    w:image("img/rgb", mg.rand(5, 6, 3), 3)
+    local rgb = mg.rand(5, 6, 3)
+    w:image("img/rgb", rgb, 3)
+    local function bytes(t)                              -- round(v * 255), row-major, channels last
+      local out, flat = {}, t:contiguous():reshape(-1)
+      for i = 1, flat:numel() do out[i] = math.floor(flat[i]:item() * 255 + 0.5) end
+      return out
+    end
+    expect.pixels = { gray = bytes(gray), rgb = bytes(rgb) }
     w:text("notes", "hello **TensorBoard**, ünïcödé", 4)
     w:text("notes", "", 5)
     expect.texts = { { "notes", 4, "hello **TensorBoard**, ünïcödé" }, { "notes", 5, "" } }
@@ -141,8 +148,16 @@ describe("a log TensorBoard reads", function()
     assert.are.same({ { 4, expect.texts[1][3] }, { 5, "" } }, got.texts.notes)
   end
 
-  it("through TensorBoard's EventAccumulator", function()
-    check_peer(peer(support.venv_python(), "tb", path), "tensorboard")
+  it("through TensorBoard's EventAccumulator, the tensors' PNGs decoding to their pixels", function()
+    local got = peer(support.venv_python(), "tb", path)
+    check_peer(got, "tensorboard")
+    local g, c = got.images["img/gray"][1].pixels, got.images["img/rgb"][1].pixels
+    assert.are.equal("L", g.mode)
+    assert.are.equal("RGB", c.mode)
+    assert.are.same(expect.pixels.gray, g.values)
+    assert.are.same(expect.pixels.rgb, c.values)
+    assert.are.equal(0, g.values[1])
+    assert.are.equal(255, g.values[12])
   end)
 
   it("through an independent decoder, histograms as numpy.histogram counts them", function()
@@ -300,8 +315,9 @@ describe("writing", function()
   end)
 
   it("creates the log directory and its parents", function()
-    local w = mg.summary.writer(dir .. "/deep/er/logs")
+    local w = mg.summary.writer(dir .. "/deep/er/logs//")
     assert.are.equal(1, #files(dir .. "/deep/er/logs"))
+    assert.is_truthy(w:path():find(dir .. "/deep/er/logs/events.out.tfevents.", 1, true))
     w:close()
   end)
 end)
