@@ -303,6 +303,47 @@ describe("writing", function()
     assert.are.equal(5, ev[6].step)
   end)
 
+  it("flushes at the first event flush_secs after the last flush", function()
+    local w = mg.summary.writer(dir .. "/timer", { flush_secs = 1 })
+    w:scalar("a", 1, 1)
+    assert.are.equal(1, #events(w:path()))
+    os.execute("sleep 1.2")
+    w:scalar("a", 2, 2)                                  -- due: both go out
+    assert.are.equal(3, #events(w:path()))
+    w:scalar("a", 3, 3)
+    assert.are.equal(3, #events(w:path()))
+    w:close()
+  end)
+
+  it("a failed write is cut back to the last whole record (file-size limit)", function()
+    local script, logd = dir .. "/fsize.lua", dir .. "/fsize"
+    write_file(script, string.format([[
+      package.cpath = %q .. ";" .. package.cpath
+      local mg = require "moongrad"
+      local w = mg.summary.writer(%q, { flush_secs = 1000 })
+      for i = 1, 10 do w:scalar("s", i, i) end
+      w:flush()
+      w:scalar("s", 11, 11)
+      w:histogram("big", mg.randn(20000), 12, { bins = 2000 })   -- 32 KiB of buckets
+      w:scalar("s", 13, 13)
+      local ok, err = pcall(w.flush, w)
+      print(w:path())
+      print(ok, err)
+      ok, err = pcall(w.close, w)                         -- tries the pending records again
+      print(ok, err)
+    ]], package.cpath, logd))
+    -- 8 KiB limit (bash counts 1024-byte blocks), SIGXFSZ ignored so write() fails with EFBIG
+    local p = io.popen("bash -c " .. shq("trap '' XFSZ; ulimit -f 8; exec lua5.4 " .. shq(script)) .. " 2>&1")
+    local out = p:read("a")
+    assert.is_true(p:close(), out)
+    local path = out:match("^(%S+)\n")
+    assert.is_truthy(out:find("false\tsummary.flush: error writing '" .. path .. "' (File too large)", 1, true), out)
+    assert.is_truthy(out:find("false\tsummary.close: error writing", 1, true), out)
+    local ev = events(path)                              -- readable: 1 + 10 flushed + 11 (whole)
+    assert.are.equal(12, #ev)
+    assert.are.equal(11, ev[12].step)
+  end)
+
   it("two writers in one directory get two files", function()
     local a = mg.summary.writer(dir .. "/two")
     local b = mg.summary.writer(dir .. "/two", { filename_suffix = ".eval" })
