@@ -388,7 +388,7 @@ MG_API mg_status mg_png_encode(mg_ctx *C, const char *op, mg_tensor *t, unsigned
 ** All pointers in a log are borrowed from it, valid until mg_summary_log_free. */
 typedef enum mg_summary_kind {
   MG_SUMMARY_OTHER,       /* a value of a kind moongrad does not write: the tag only */
-  MG_SUMMARY_SCALAR,      /* 'scalar' */
+  MG_SUMMARY_SCALAR,      /* 'scalar' (a simple_value, or TensorFlow 2's 0-d "scalars" tensor) */
   MG_SUMMARY_HISTOGRAM,   /* 'min' ... 'bucket' */
   MG_SUMMARY_IMAGE,       /* 'height', 'width', 'colorspace', 'bytes' (the PNG) */
   MG_SUMMARY_TEXT         /* 'bytes' (the string) */

@@ -562,6 +562,29 @@ void mg_summary_log_free(mg_summary_log *log) {
   free(log);
 }
 
+/* A 0-d float32/float64 tensor's value (TensorFlow 2's scalar summaries) into '*v'. */
+static bool tensor_scalar(const Mgtb__TensorProto *t, double *v) {
+  if (t->tensor_shape && t->tensor_shape->n_dim != 0) return false;
+  const ProtobufCBinaryData *c = &t->tensor_content;
+  if (t->dtype == MGTB__DATA_TYPE__DT_FLOAT) {
+    float f;
+    if (t->n_float_val == 1) { *v = t->float_val[0]; return true; }
+    if (c->len != 4) return false;
+    uint32_t u = get_le32(c->data);
+    memcpy(&f, &u, 4);
+    *v = f;
+    return true;
+  }
+  if (t->dtype == MGTB__DATA_TYPE__DT_DOUBLE) {
+    if (t->n_double_val == 1) { *v = t->double_val[0]; return true; }
+    if (c->len != 8) return false;
+    uint64_t u = get_le64(c->data);
+    memcpy(v, &u, 8);
+    return true;
+  }
+  return false;
+}
+
 /* The view of one decoded Summary.Value. */
 static mg_status view_value(mg_ctx *C, const char *where, uint64_t off,
                             const Mgtb__Summary__Value *v, mg_summary_value *out) {
@@ -597,6 +620,9 @@ static mg_status view_value(mg_ctx *C, const char *where, uint64_t off,
         v->tensor->dtype == MGTB__DATA_TYPE__DT_STRING && v->tensor->n_string_val == 1) {
       out->kind = MG_SUMMARY_TEXT;
       out->bytes = v->tensor->string_val[0].data, out->nbytes = v->tensor->string_val[0].len;
+    } else if (out->plugin && strcmp(out->plugin, "scalars") == 0 &&
+               tensor_scalar(v->tensor, &out->scalar)) {
+      out->kind = MG_SUMMARY_SCALAR;   /* tf.summary.scalar in TensorFlow 2 */
     }
     break;
   default:

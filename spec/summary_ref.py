@@ -263,6 +263,17 @@ def write_tb(logdir):
     meta = text_metadata.create_summary_metadata(display_name="", description="")
     w.add_event(event_pb2.Event(wall_time=300.0, step=8, summary=summary_pb2.Summary(value=[V(
         tag="tb/text", metadata=meta, tensor=tensor_util.make_tensor_proto("written by TensorBoard"))])))
+    import numpy as np
+    from tensorboard.plugins.scalar import metadata as scalar_metadata
+    smeta = scalar_metadata.create_summary_metadata(display_name="", description="")
+    for step, x in ((9, np.float32(0.75)), (10, np.float64(1.0 / 3)), (11, np.array([2.5], np.float32).reshape(()))):
+        w.add_event(event_pb2.Event(wall_time=400.0, step=step, summary=summary_pb2.Summary(value=[V(
+            tag="tf2/scalar", metadata=smeta, tensor=tensor_util.make_tensor_proto(x))])))
+    t = tensor_util.make_tensor_proto(np.float64(0.125))
+    t.double_val[:] = []
+    t.tensor_content = np.float64(0.125).tobytes()          # the packed form TF also writes
+    w.add_event(event_pb2.Event(wall_time=400.0, step=12, summary=summary_pb2.Summary(value=[V(
+        tag="tf2/scalar", metadata=smeta, tensor=t)])))
     w.close()
 
 

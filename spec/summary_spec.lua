@@ -526,7 +526,7 @@ describe("other writers' files", function()
     assert.is_truthy(names[1]:match("^events%.out%.tfevents%.%d+%."))
     local ev = mg.summary.read(d .. "/" .. names[1])
     assert.are.equal("brain.Event:2", ev[1].file_version)
-    assert.are.equal(6, #ev)
+    assert.are.equal(10, #ev)
     for step = 0, 2 do
       assert.are.equal(step, ev[2 + step].step)
       assert.are.equal(100 + step, ev[2 + step].wall_time)
@@ -537,6 +537,11 @@ describe("other writers' files", function()
     assert.are.same({ 1, 1, 1 }, h.bucket)
     assert.are.same({ -1, 2, 3, 1, 6 }, { h.min, h.max, h.num, h.sum, h.sum_squares })
     assert.are.equal("written by TensorBoard", ev[6].values[1].text)
+    -- TensorFlow 2's scalars: 0-d float tensors with the "scalars" plugin's metadata
+    for i, want in ipairs { f32(0.75), 1 / 3, 2.5, 0.125 } do
+      assert.are.same({ tag = "tf2/scalar", kind = "scalar", plugin = "scalars", value = want }, ev[6 + i].values[1])
+      assert.are.equal(8 + i, ev[6 + i].step)
+    end
   end)
 end)
 
