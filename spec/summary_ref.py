@@ -76,6 +76,16 @@ def read_tb(path):
         if meta.plugin_data.plugin_name == "text":
             out["texts"][t] = [[e.step, tensor_util.make_ndarray(e.tensor_proto).item().decode("utf-8")]
                                for e in acc.Tensors(t)]
+    # what TensorBoard's server loads (the plugin accumulator migrates the legacy values to
+    # each plugin's tensors): tags per plugin, and each histogram's (k, 3) buckets total
+    from tensorboard.backend.event_processing import plugin_event_accumulator as pea
+    pacc = pea.EventAccumulator(path, size_guidance={"tensors": 0})
+    pacc.Reload()
+    out["plugins"] = {p: sorted(pacc.PluginTagToContent(p).keys())
+                      for p in ("scalars", "histograms", "images", "text")}
+    out["plugin_histogram_counts"] = {
+        t: [float(tensor_util.make_ndarray(e.tensor_proto)[:, 2].sum()) for e in pacc.Tensors(t)]
+        for t in out["plugins"]["histograms"]}
     return out
 
 

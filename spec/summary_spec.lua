@@ -158,6 +158,13 @@ describe("a log TensorBoard reads", function()
     assert.are.same(expect.pixels.rgb, c.values)
     assert.are.equal(0, g.values[1])
     assert.are.equal(255, g.values[12])
+    -- TensorBoard's server side: every tag under its plugin, the histograms whole
+    assert.are.same({ "loss", "metrics/accuracy" }, got.plugins.scalars)
+    assert.are.same({ "grads/uniform", "weights/w" }, got.plugins.histograms)
+    assert.are.same({ "img/gray", "img/rgb", "plot/curve" }, got.plugins.images)
+    assert.are.same({ "notes" }, got.plugins.text)
+    assert.are.same({ 500, 1200, 5 }, got.plugin_histogram_counts["weights/w"])
+    assert.are.same({ 1000, 77, 4 }, got.plugin_histogram_counts["grads/uniform"])
   end)
 
   it("through an independent decoder, histograms as numpy.histogram counts them", function()
