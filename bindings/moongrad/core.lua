@@ -449,7 +449,7 @@ local SPECTRA = { lyapunov = true, jacobian_spectra = true,      -- functions of
                   plot_spectrum = true, plot_spectrum_bands = true }
 
 setmetatable(mg, { __index = function(t, k)
-  if k == "nn" or k == "optim" or k == "plot" or k == "linalg" then
+  if k == "nn" or k == "optim" or k == "plot" or k == "linalg" or k == "summary" then
     local m = require("moongrad." .. k)
     rawset(t, k, m)
     return m
