@@ -62,7 +62,7 @@ if FRAMEWORK == "keras":
         mask = jnp.asarray(load(f"{name}_mask").astype(np.float32)) if c.get("mask") else None
 
         def f(p):
-            values = fn(t, p, **c["kw"])
+            values = fn(t, p, **dict(c["kw"]))
             return reduce_weighted_values(values, sw, mask, c.get("reduction", "sum_over_batch_size"))
 
         p = jnp.asarray(load(f"{name}_pred").astype(np.float32))

@@ -367,6 +367,13 @@ end
 
 ---------------------------------------------------------------- submodules
 
+-- mg._extend_nn(nn): called by nn.lua as it finishes loading: adds the training half of mg.nn,
+-- the losses (moongrad.losses: nn.mse, nn.huber, ...) and the loop nn.fit (moongrad.fit).
+function mg._extend_nn(nn)
+  for k, f in pairs(require "moongrad.losses") do nn[k] = f end
+  nn.fit = require("moongrad.fit").fit
+end
+
 setmetatable(mg, { __index = function(t, k)
   if k == "nn" or k == "optim" or k == "plot" then
     local m = require("moongrad." .. k)

@@ -825,4 +825,5 @@ function nn.binary_cross_entropy(p, target, opts)
   return -(target * mg.log(q) + (1 - target) * mg.log(1 - q)):mean()
 end
 
+mg._extend_nn(nn)   -- the losses and nn.fit (bindings/moongrad/losses.lua, fit.lua)
 return nn

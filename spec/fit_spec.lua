@@ -1,0 +1,218 @@
+-- nn.fit (bindings/moongrad/fit.lua): the loss falls, the history's lengths, the callbacks'
+-- order and what they see (each step's tape and gradients, checked against gradients taken
+-- by hand), the seeded shuffle (reproducible, a permutation per epoch), validation, the
+-- model's regularization losses, stopping, a Ctrl-C's "interrupted!" error, and the progress
+-- lines.
+local mg = require "moongrad"
+local support = require "support"
+local nn, optim = mg.nn, mg.optim
+
+local F64, assert_error = support.F64, support.assert_error
+
+-- y = x w + 0.5 with noise: 40 samples of 3 features.
+local function regression(n)
+  mg.manual_seed(11)
+  local x = mg.randn({ n or 40, 3 }, F64)
+  local y = mg.matmul(x, mg.tensor({ { 1 }, { -2 }, { 0.5 } }, F64)) + 0.5 + mg.randn({ n or 40, 1 }, F64) * 0.01
+  return x, y
+end
+
+local function dense()
+  mg.manual_seed(2)
+  return nn.Dense(3, 1, { dtype = "float64" })
+end
+
+describe("nn.fit", function()
+  it("lowers the loss; one history entry per epoch, val_loss the validation loss after it", function()
+    local x, y = regression()
+    local xv, yv = x:narrow(1, 1, 10) * 0.5, y:narrow(1, 1, 10)
+    local m = dense()
+    local seen = {}
+    local h = nn.fit(m, x, y, { epochs = 8, batch_size = 8, loss = "mse", optimizer = optim.Adam(m, { lr = 0.1 }),
+      validation_data = { xv, yv }, verbose = 0, seed = 1, callbacks = { {
+        on_epoch_end = function(_, epoch, logs) seen[epoch] = { nn.mse(m(xv), yv):item(), logs.val_loss } end } } })
+    assert.are.equal(8, #h.loss)
+    assert.are.equal(8, #h.val_loss)
+    assert.are.equal(8, h.epochs)
+    assert.is_nil(h.interrupted)
+    assert(h.loss[8] < h.loss[1] / 10, string.format("loss %g -> %g", h.loss[1], h.loss[8]))
+    for e = 1, 8 do
+      assert.is_near(seen[e][1], h.val_loss[e], 1e-14)
+      assert.are.equal(h.val_loss[e], seen[e][2])
+    end
+  end)
+
+  it("calls the callbacks in order; each step's tape and gradients are those of its batch", function()
+    local x, y = regression(10)
+    local m = dense()
+    local events, checked = {}, 0
+    local cb = {
+      on_train_begin = function() events[#events + 1] = "train_begin" end,
+      on_train_end = function(_, logs) events[#events + 1] = "train_end:" .. logs.history.epochs end,
+      on_epoch_begin = function(_, e) events[#events + 1] = "epoch_begin:" .. e end,
+      on_epoch_end = function(_, e) events[#events + 1] = "epoch_end:" .. e end,
+      on_batch_begin = function(_, b, logs) events[#events + 1] = "batch_begin:" .. b .. "/" .. logs.size end,
+      on_batch_end = function(_, b, logs)
+        events[#events + 1] = "batch_end:" .. b
+        -- the gradient of this batch's loss, taken by hand before the step (lr = 0: no step)
+        local first = (b - 1) * 4 + 1
+        local xb, yb = x:narrow(1, first, logs.size), y:narrow(1, first, logs.size)
+        local tape = mg.GradientTape()
+        local l = tape:record(function() return nn.mse(m(xb), yb) end)
+        local want = tape:gradient(l, m:parameters())
+        assert.are.equal(#want, #logs.grads)
+        for i = 1, #want do assert.is_true((want[i] - logs.grads[i]):abs():max():item() < 1e-14) end
+        assert.is_near(l:item(), logs.loss, 1e-14)
+        assert.are.equal(m:parameters()[1], logs.params[1])
+        -- the persistent tape answers other questions about the step: dL/dpred = 2 (pred - y) / n
+        local dpred = logs.tape:gradient(logs.loss_tensor, logs.pred)
+        assert.is_true((dpred - (logs.pred - yb) * (2 / logs.size)):abs():max():item() < 1e-14)
+        checked = checked + 1
+      end,
+    }
+    nn.fit(m, x, y, { epochs = 2, batch_size = 4, loss = "mse", optimizer = optim.SGD(m, { lr = 0 }),
+      shuffle = false, persistent_tape = true, callbacks = { cb }, verbose = 0 })
+    assert.are.same({ "train_begin",
+      "epoch_begin:1", "batch_begin:1/4", "batch_end:1", "batch_begin:2/4", "batch_end:2", "batch_begin:3/2",
+      "batch_end:3", "epoch_end:1",
+      "epoch_begin:2", "batch_begin:1/4", "batch_end:1", "batch_begin:2/4", "batch_end:2", "batch_begin:3/2",
+      "batch_end:3", "epoch_end:2", "train_end:2" }, events)
+    assert.are.equal(6, checked)
+  end)
+
+  it("shuffles with its seed: a permutation each epoch, the same for the same seed", function()
+    local n = 13
+    local x = mg.arange(1, n + 1, F64):unsqueeze(2)      -- feature = sample id
+    local y = x * 2
+    local function order(seed)
+      local m = nn.Dense(1, 1, { dtype = "float64" })
+      local ids, epochs = {}, {}
+      nn.fit(m, x, y, { epochs = 3, batch_size = 5, loss = "mse", optimizer = optim.SGD(m, { lr = 0 }), seed = seed,
+        verbose = 0, callbacks = { {
+          on_epoch_begin = function(_, e) ids = {} epochs[e] = ids end,
+          on_batch_end = function(_, _, logs)
+            for i = 1, logs.size do
+              ids[#ids + 1] = logs.x:get(i, 1)
+              assert.are.equal(logs.x:get(i, 1) * 2, logs.y:get(i, 1))   -- rows of x and y stay paired
+            end
+          end } } })
+      return epochs
+    end
+    local a, b, c = order(7), order(7), order(8)
+    assert.are.same(a, b)
+    assert.are_not.same(a, c)
+    assert.are_not.same(a[1], a[2])
+    for e = 1, 3 do
+      local sorted = { table.unpack(a[e]) }
+      table.sort(sorted)
+      for i = 1, n do assert.are.equal(i, sorted[i]) end
+    end
+    -- without a seed the order follows mg.manual_seed
+    mg.manual_seed(5)
+    local d = order(nil)
+    mg.manual_seed(5)
+    assert.are.same(d, order(nil))
+  end)
+
+  it("adds the model's regularization losses to the loss it minimizes", function()
+    local x, y = regression(8)
+    local d = dense()
+    local model = setmetatable({}, { __call = function(_, xb) return d(xb) end })
+    function model:parameters() return d:parameters() end
+    function model:losses() return { (d.kernel * d.kernel):sum() * 0.1 } end
+    local logs
+    nn.fit(model, x, y, { epochs = 1, batch_size = 8, loss = "mse", optimizer = optim.SGD(model, { lr = 0 }),
+      verbose = 0, callbacks = { { on_batch_end = function(_, _, l) logs = l end } } })
+    local want = nn.mse(d(x), y):item() + (d.kernel * d.kernel):sum():item() * 0.1
+    assert.is_near(want, logs.loss, 1e-14)
+    -- and its gradient: 2 * 0.1 * kernel more than the data term's
+    local tape = mg.GradientTape()
+    local l = tape:record(function() return nn.mse(d(x), y) end)
+    local g = tape:gradient(l, { d.kernel })[1]
+    assert.is_true((logs.grads[1] - g - d.kernel * 0.2):abs():max():item() < 1e-14)
+  end)
+
+  it("trains an LSTM with a loss function; takes an optimizer by name", function()
+    mg.manual_seed(1)
+    local x = mg.uniform({ 32, 6, 1 }, -1, 1)
+    local y = x:select(2, 1)
+    local model = nn.Sequential { nn.RNN(nn.LSTMCell(1, 12)), nn.Dense(12, 1) }
+    local h = nn.fit(model, x, y, { epochs = 40, batch_size = 16, verbose = 0, seed = 3,
+      optimizer = optim.Adam(model, { lr = 0.02 }), loss = function(p, t) return nn.huber(p, t, { delta = 0.5 }) end })
+    assert(h.loss[40] < h.loss[1] / 5, string.format("loss %g -> %g", h.loss[1], h.loss[40]))
+    -- an optimizer by its Keras name, with its defaults
+    local seen
+    nn.fit(model, x, y, { loss = "mse", optimizer = "Adam", verbose = 0, callbacks = { {
+      on_train_begin = function() end, on_batch_end = function(_, _, logs) seen = logs end } } })
+    assert.are.equal(#model:parameters(), #seen.grads)
+  end)
+
+  it("stops when a callback sets logs.stop_training; an interrupt ends it with the history so far", function()
+    local x, y = regression(8)
+    local m = dense()
+    local h = nn.fit(m, x, y, { epochs = 5, batch_size = 4, loss = "mse", verbose = 0, callbacks = { {
+      on_epoch_end = function(_, e, logs) if e == 2 then logs.stop_training = true end end } } })
+    assert.are.equal(2, #h.loss)
+    local ended
+    h = nn.fit(m, x, y, { epochs = 5, batch_size = 4, loss = "mse", verbose = 0, callbacks = { {
+      on_batch_begin = function(_, b, logs) if logs.epoch == 3 and b == 2 then error("stdin:1: interrupted!") end end,
+      on_train_end = function(_, logs) ended = logs.history end } } })
+    assert.is_true(h.interrupted)
+    assert.are.equal(2, #h.loss)
+    assert.are.equal(2, h.epochs)
+    assert.are.equal(h, ended)
+    -- any other error goes through
+    assert_error("boom", nn.fit, m, x, y, { loss = "mse", verbose = 0, callbacks = { {
+      on_batch_end = function() error("boom") end } } })
+  end)
+
+  it("a real Ctrl-C (SIGINT to the moongrad executable) ends fit with its history; the script goes on", function()
+    local exe = (os.getenv("MOONGRAD_BUILD") or "build") .. "/moongrad"
+    local code = [[local nn = mg.nn; mg.manual_seed(1); local x = mg.randn(64, 4); local y = x:sum(2, true)
+      local f = io.open("/proc/self/stat"); local pid = f:read("a"):match("^(%d+)"); f:close()
+      local h = nn.fit(nn.Dense(4, 1), x, y, {epochs = 4, batch_size = 8, loss = "mse", verbose = 0,
+        callbacks = {{ on_batch_begin = function(_, b, logs)
+          if logs.epoch == 3 and b == 4 then
+            io.popen("kill -INT " .. pid):close()          -- (os.execute would ignore SIGINT meanwhile)
+            for _ = 1, 1e7 do mg.ones(2) end              -- stopped by the Ctrl-C
+          end end }}})
+      print(#h.loss, h.epochs, h.interrupted, #h.loss == 2 and "after" or "")]]
+    local p = io.popen("timeout 60 " .. support.shq(exe) .. " -e " .. support.shq(code) .. " 2>&1")
+    local out = p:read("a")
+    local ok = p:close()
+    assert.is_true(ok, out)
+    assert.are.equal("2\t2\ttrue\tafter\n", out)
+  end)
+
+  it("prints a progress line per epoch (plain output)", function()
+    local exe = (os.getenv("MOONGRAD_BUILD") or "build") .. "/moongrad"
+    local code = [[local nn = mg.nn; mg.manual_seed(1); local x = mg.randn(10, 2); local y = x:sum(2, true)
+      nn.fit(nn.Dense(2, 1), x, y, {epochs = 2, batch_size = 4, loss = "mse",
+        validation_data = {x, y}})]]
+    local p = io.popen("MOONGRAD_PROGRESS=plain " .. support.shq(exe) .. " -e " .. support.shq(code))
+    local out = p:read("a")
+    p:close()
+    local lines = {}
+    for l in out:gmatch("[^\n]+") do lines[#lines + 1] = l end
+    assert.are.equal(2, #lines, out)
+    assert.is_truthy(lines[1]:find("^epoch 1/2: batch 3/3  loss %d+%.%d+  val_loss %d+%.%d+$"), lines[1])
+    assert.is_truthy(lines[2]:find("^epoch 2/2: batch 3/3  loss "), lines[2])
+  end)
+
+  it("reports bad arguments", function()
+    local x, y = regression(8)
+    local m = dense()
+    assert_error("fit: option 'loss' is required", nn.fit, m, x, y, {})
+    assert_error("fit: unknown loss \"msq\"", nn.fit, m, x, y, { loss = "msq" })
+    assert_error("fit: y has 4 samples (shape (4,1)) but x has 8", nn.fit, m, x, y:narrow(1, 1, 4), { loss = "mse" })
+    assert_error("fit: batch_size must be an integer >= 1, got 0", nn.fit, m, x, y, { loss = "mse", batch_size = 0 })
+    assert_error("fit: unknown optimizer \"adamax\"", nn.fit, m, x, y, { loss = "mse", optimizer = "adamax" })
+    assert_error("fit: unknown option 'epoch'", nn.fit, m, x, y, { loss = "mse", epoch = 2 })
+    assert_error("fit: validation_data must be {x_val, y_val}, got a tensor of shape (8,3)", nn.fit, m, x, y,
+      { loss = "mse", validation_data = x })
+    assert_error("fit: callbacks[1].on_epoch_end must be a function, got a number", nn.fit, m, x, y,
+      { loss = "mse", callbacks = { { on_epoch_end = 1 } } })
+    assert_error("fit: the loss must return a scalar tensor, got a tensor of shape (8,1)", nn.fit, m, x, y,
+      { loss = function(p, t) return p - t end, batch_size = 8, verbose = 0 })
+  end)
+end)
