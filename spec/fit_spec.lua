@@ -52,8 +52,9 @@ describe("nn.fit", function()
       on_epoch_begin = function(_, e) events[#events + 1] = "epoch_begin:" .. e end,
       on_epoch_end = function(_, e) events[#events + 1] = "epoch_end:" .. e end,
       on_batch_begin = function(_, b, logs) events[#events + 1] = "batch_begin:" .. b .. "/" .. logs.size end,
-      on_batch_end = function(_, b, logs)
-        events[#events + 1] = "batch_end:" .. b
+      on_batch_end = function(_, b) events[#events + 1] = "batch_end:" .. b end,
+      on_backward = function(_, b, logs)
+        events[#events + 1] = "backward:" .. b
         -- the gradient of this batch's loss, taken by hand before the step (lr = 0: no step)
         local first = (b - 1) * 4 + 1
         local xb, yb = x:narrow(1, first, logs.size), y:narrow(1, first, logs.size)
@@ -64,20 +65,50 @@ describe("nn.fit", function()
         for i = 1, #want do assert.is_true((want[i] - logs.grads[i]):abs():max():item() < 1e-14) end
         assert.is_near(l:item(), logs.loss, 1e-14)
         assert.are.equal(m:parameters()[1], logs.params[1])
-        -- the persistent tape answers other questions about the step: dL/dpred = 2 (pred - y) / n
+        -- on_backward makes the tape persistent: it answers more about the step, dL/dpred = 2 (pred - y) / n
         local dpred = logs.tape:gradient(logs.loss_tensor, logs.pred)
         assert.is_true((dpred - (logs.pred - yb) * (2 / logs.size)):abs():max():item() < 1e-14)
         checked = checked + 1
       end,
     }
     nn.fit(m, x, y, { epochs = 2, batch_size = 4, loss = "mse", optimizer = optim.SGD(m, { lr = 0 }),
-      shuffle = false, persistent_tape = true, callbacks = { cb }, verbose = 0 })
+      shuffle = false, callbacks = { cb }, verbose = 0 })
     assert.are.same({ "train_begin",
-      "epoch_begin:1", "batch_begin:1/4", "batch_end:1", "batch_begin:2/4", "batch_end:2", "batch_begin:3/2",
-      "batch_end:3", "epoch_end:1",
-      "epoch_begin:2", "batch_begin:1/4", "batch_end:1", "batch_begin:2/4", "batch_end:2", "batch_begin:3/2",
-      "batch_end:3", "epoch_end:2", "train_end:2" }, events)
+      "epoch_begin:1", "batch_begin:1/4", "backward:1", "batch_end:1", "batch_begin:2/4", "backward:2", "batch_end:2",
+      "batch_begin:3/2", "backward:3", "batch_end:3", "epoch_end:1",
+      "epoch_begin:2", "batch_begin:1/4", "backward:1", "batch_end:1", "batch_begin:2/4", "backward:2", "batch_end:2",
+      "batch_begin:3/2", "backward:3", "batch_end:3", "epoch_end:2", "train_end:2" }, events)
     assert.are.equal(6, checked)
+  end)
+
+  it("on_backward comes before the step: gradients through the Variables still work there", function()
+    mg.manual_seed(4)
+    local x = mg.uniform({ 8, 5, 2 }, -1, 1, F64)
+    local y = x:select(2, 1):narrow(2, 1, 1)
+    local rnn = nn.RNN(nn.LSTMCell(2, 4, { dtype = "float64" }), { return_sequences = true })
+    local head = nn.Dense(4, 1, { dtype = "float64" })
+    local model = setmetatable({}, { __call = function(self, xb)
+      self.outputs = rnn(xb)
+      return head(self.outputs:select(2, 5))
+    end })
+    function model:parameters()
+      local ps = rnn:parameters()
+      for _, p in ipairs(head:parameters()) do ps[#ps + 1] = p end
+      return ps
+    end
+    -- by hand, before training: only the last step's output reaches the loss,
+    -- dL/do_5 = 2 (pred - y) / B * kernel^T
+    local pred = head(rnn(x):select(2, 5))
+    local want = mg.matmul((pred - y) * (2 / 8), head.kernel:transpose(1, 2))
+    local got, kernel_before
+    nn.fit(model, x, y, { epochs = 1, batch_size = 8, loss = "mse", verbose = 0, shuffle = false,
+      optimizer = optim.SGD(model, { lr = 0.5 }), callbacks = { { on_backward = function(_, _, logs)
+        got = logs.tape:gradient(logs.loss_tensor, model.outputs)
+        kernel_before = head.kernel:clone()
+      end } } })
+    assert.is_true((kernel_before - head.kernel):abs():max():item() > 0)   -- the step came after
+    assert.is_true((got:select(2, 5) - want):abs():max():item() < 1e-12)
+    assert.are.equal(0, got:narrow(2, 1, 4):abs():max():item())
   end)
 
   it("shuffles with its seed: a permutation each epoch, the same for the same seed", function()

@@ -1,8 +1,8 @@
 -- moongrad.fit: nn.fit, a Keras-like training loop (installed into mg.nn). Mini-batches of
 -- the first dimension, shuffled each epoch by a seeded generator; per step a tape records the
--- forward pass, the loss and the model's regularization losses; the optimizer steps (and
--- applies the Variables' constraints); callbacks see the step's tape and gradients. A Ctrl-C
--- ends the loop with the history of the epochs completed.
+-- forward pass, the loss and the model's regularization losses; callbacks see the step's tape
+-- and gradients (on_backward, before the optimizer's step, which applies the Variables'
+-- constraints). A Ctrl-C ends the loop with the history of the epochs completed.
 local mg = require "moongrad"
 
 local error, ipairs, pcall, tostring, type = error, ipairs, pcall, tostring, type
@@ -19,7 +19,7 @@ local OPTS = { epochs = true, batch_size = true, loss = true, optimizer = true, 
   shuffle = true, callbacks = true, seed = true, verbose = true, persistent_tape = true }
 
 local CALLBACKS = { "on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end", "on_batch_begin",
-  "on_batch_end" }
+  "on_backward", "on_batch_end" }
 
 ---------------------------------------------------------------- checks
 
@@ -204,10 +204,11 @@ local function run_epoch(st, epoch)
     local tape = mg.GradientTape { persistent = o.persistent_tape }
     local loss, pred = tape:record(total_loss, model, st.lossfn, xb, yb)
     local grads = tape:gradient(loss, params)
-    opt:step(grads)
-    sum, count = sum + loss:item() * (last - first + 1), count + last - first + 1
     logs.loss, logs.loss_tensor, logs.pred, logs.x, logs.y = loss:item(), loss, pred, xb, yb
     logs.tape, logs.grads, logs.params = tape, grads, params
+    call(cbs, "on_backward", b, logs)               -- before the step: the tape still answers
+    opt:step(grads)
+    sum, count = sum + logs.loss * (last - first + 1), count + last - first + 1
     call(cbs, "on_batch_end", b, logs)
     if o.verbose > 0 and (b < nb) then progress(epoch, o.epochs, b, nb, sum / count) end
     if logs.stop_training then st.stop = true return sum / count end
@@ -235,6 +236,9 @@ function fit.fit(model, x, y, opts)
   st.opt = check_optimizer(o.optimizer, model:parameters())
   st.params = st.opt.params or model:parameters()   -- the gradients are taken for what it updates
   st.cbs = check_callbacks(o.callbacks)
+  for _, cb in ipairs(st.cbs) do
+    if cb.on_backward then st.o.persistent_tape = true end   -- so it can ask the tape more
+  end
   st.nb = (n + st.o.batch_size - 1) // st.o.batch_size
   local vx, vy
   if o.validation_data ~= nil then
