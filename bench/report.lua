@@ -24,6 +24,8 @@ local CONFIG = {
   char_lstm = { unit = "ms", scale = 1e3, row = "units", target = 2,
                 title = "char-LSTM train step: one-hot 76 -> 2 x LSTM (dropout 0.2) -> Dense, B=32, T=50, "
                         .. "cross-entropy + backward + global-norm clip + RMSprop" },
+  lyapunov = { unit = "ms", scale = 1e3, row = "N,k,T", target = 10,
+               title = "top-k Lyapunov spectrum of a GRU, B=16, float32, the whole run (PyTorch and JAX columns)" },
 }
 
 local function die(msg) io.stderr:write("report.lua: ", msg, "\n"); os.exit(1) end
@@ -92,7 +94,7 @@ local function table_for(label, name, b)
   local head = { cfg.row }
   for _, impl in ipairs(mgs) do head[#head + 1] = impl .. " " .. cfg.unit end
   for _, impl in ipairs(torch) do
-    head[#head + 1] = (multi and "PyTorch " .. impl or "PyTorch") .. " " .. cfg.unit ..
+    head[#head + 1] = (multi and (impl:match("^jax") and "JAX " .. impl:gsub("^jax ", "") or "PyTorch " .. impl) or "PyTorch") .. " " .. cfg.unit ..
                       ((cfg.floor and cfg.floor[impl]) and " (not autodiff)" or "")
   end
   if multi then head[#head + 1] = "PyTorch best " .. cfg.unit end

@@ -152,7 +152,7 @@ static int lib_check_result(lua_State *L) {
   }
   double esize = luaL_optnumber(L, 4, (double)mg_dtype_size(lmg_checkdtype(L, 3)));
   const int64_t *ps = shape;
-  if (mg_check_result_bytes(C, fn, 1, &nd, &ps, esize) != MG_OK) return lmg_fail(L, C);
+  if (mg_check_result_bytes(C, fn, 1, &nd, &ps, esize) != MG_OK) return lmg_fail(L, LSTATE(L), NULL);
   return 0;
 }
 
@@ -196,7 +196,7 @@ static int lib_tmpfile(lua_State *L) {
   mg_ctx *C = LSTATE(L)->C;
   const char *path = luaL_checkstring(L, 1), *op = luaL_checkstring(L, 2);
   char *tmp = NULL;
-  if (mg_tmpfile_name(C, op, path, &tmp) != MG_OK) return lmg_fail(L, C);
+  if (mg_tmpfile_name(C, op, path, &tmp) != MG_OK) return lmg_fail(L, LSTATE(L), NULL);
   lua_pushstring(L, tmp);                            /* may raise: free 'tmp' first */
   free(tmp);
   return 1;
@@ -210,7 +210,7 @@ static int lib_commit_file(lua_State *L) {
   const char *op = luaL_checkstring(L, 3);
   char *owned = strdup(tmp);
   if (owned == NULL) return luaL_error(L, "%s: out of memory", op);
-  if (mg_tmpfile_commit(C, op, owned, path) != MG_OK) return lmg_fail(L, C);
+  if (mg_tmpfile_commit(C, op, owned, path) != MG_OK) return lmg_fail(L, LSTATE(L), NULL);
   return 0;
 }
 
@@ -260,6 +260,7 @@ int luaopen_moongrad(lua_State *L) {
   lmg_open_tape(L, S);
   lmg_open_cells(L, S);
   lmg_open_npy(L, S);
+  lmg_open_linalg(L, S);
   preload_modules(L);
   /* package.loaded.moongrad is this table while the Lua parts load (they require it) */
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);

@@ -163,6 +163,31 @@ describe("nn.fit", function()
     assert.is_true((logs.grads[1] - g - d.kernel * 0.2):abs():max():item() < 1e-14)
   end)
 
+  it("calls the model with {training = true} when the layers take call options; validation without", function()
+    local x, y = regression(8)
+    local d = dense()
+    local seen = {}
+    local model = setmetatable({}, { __call = function(_, xb, call)
+      seen[#seen + 1] = call == nil and "none" or tostring(call.training)
+      return d(xb)
+    end })
+    function model:parameters() return d:parameters() end
+    local saved = rawget(nn, "Dropout")
+    local function run()
+      seen = {}
+      nn.fit(model, x, y, { epochs = 1, batch_size = 8, loss = "mse", verbose = 0, validation_data = { x, y } })
+      return seen
+    end
+    local ok, err = pcall(function()
+      nn.Dropout = nil                          -- layers without call options: model(x)
+      assert.are.same({ "none", "none" }, run())
+      nn.Dropout = function() end               -- the layer classes: model(x, {training = true})
+      assert.are.same({ "true", "none" }, run())
+    end)
+    nn.Dropout = saved
+    assert(ok, err)
+  end)
+
   it("trains an LSTM with a loss function; takes an optimizer by name", function()
     mg.manual_seed(1)
     local x = mg.uniform({ 32, 6, 1 }, -1, 1)

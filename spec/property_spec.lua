@@ -141,12 +141,14 @@ local stats = { calls = 0, ok = 0, errors = 0 }
 local plot                                   -- mg.plot, once loaded
 local function snapshot()
   return { threads = mg.get_num_threads(), dtype = mg.get_default_dtype(),
-           budget = mg.memory().budget, gnuplot = plot and plot.get_gnuplot() }
+           budget = mg.memory().budget, jacobian_limit = mg.memory().jacobian_limit,
+           gnuplot = plot and plot.get_gnuplot() }
 end
 local function restore(s)
   mg.set_num_threads(s.threads)
   mg.set_default_dtype(s.dtype)
   mg.set_memory_budget(s.budget)
+  mg.set_jacobian_limit(s.jacobian_limit)
   if plot then plot.set_gnuplot(s.gnuplot) end
 end
 

@@ -159,10 +159,18 @@ local function call(cbs, name, ...)
   end
 end
 
+-- The call options of a training step, {training = true} (dropout on), when mg.nn's layers
+-- take call options (the layer classes with nn.Dropout: layer(x [, states] [, opts])); nil
+-- before, when a layer's second argument can only be initial states.
+local function training_call()
+  return type(mg.nn.Dropout) == "function" and { training = true } or nil
+end
+
 -- The loss of 'model' on (xb, yb) plus its regularization losses (model:losses(), when the
--- model has that method): a scalar tensor; and the prediction.
-local function total_loss(model, lossfn, xb, yb)
-  local pred = model(xb)
+-- model has that method): a scalar tensor; and the prediction. 'call' is the call options.
+local function total_loss(model, lossfn, xb, yb, call)
+  local pred
+  if call then pred = model(xb, call) else pred = model(xb) end
   local loss = lossfn(pred, yb)
   if not is_tensor(loss) or loss:numel() ~= 1 then
     raisef("fit: the loss must return a scalar tensor, got %s", describe(loss))
@@ -202,7 +210,7 @@ local function run_epoch(st, epoch)
     call(cbs, "on_batch_begin", b, logs)
     local xb, yb = rows(st.x, idx, first, last), rows(st.y, idx, first, last)
     local tape = mg.GradientTape { persistent = o.persistent_tape }
-    local loss, pred = tape:record(total_loss, model, st.lossfn, xb, yb)
+    local loss, pred = tape:record(total_loss, model, st.lossfn, xb, yb, st.call)
     local grads = tape:gradient(loss, params)
     logs.loss, logs.loss_tensor, logs.pred, logs.x, logs.y = loss:item(), loss, pred, xb, yb
     logs.tape, logs.grads, logs.params = tape, grads, params
@@ -233,6 +241,7 @@ function fit.fit(model, x, y, opts)
     persistent_tape = o.persistent_tape and true or false } }
   local nn = mg.nn
   st.lossfn = check_loss(nn, o.loss)
+  st.call = training_call()
   st.opt = check_optimizer(o.optimizer, model:parameters())
   st.params = st.opt.params or model:parameters()   -- the gradients are taken for what it updates
   st.cbs = check_callbacks(o.callbacks)
@@ -277,5 +286,9 @@ function fit.fit(model, x, y, opts)
   call(st.cbs, "on_train_end", { history = history })
   return history
 end
+
+---------------------------------------------------------------- publishing
+
+checks.publish(fit)   -- errors point at the user's line (checks.api)
 
 return fit

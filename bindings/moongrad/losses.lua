@@ -232,7 +232,11 @@ function losses.sparse_categorical_crossentropy(pred, labels, opts)
   return reduce(fn, -(onehot * log_probs(pred, opts.from_logits)):sum(-1), opts)
 end
 
--- Keras's long names.
+---------------------------------------------------------------- publishing
+
+checks.publish(losses)   -- errors point at the user's line (checks.api)
+
+-- Keras's long names: the same (published) functions.
 losses.mean_squared_error = losses.mse
 losses.mean_absolute_error = losses.mae
 

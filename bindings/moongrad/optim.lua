@@ -5,19 +5,22 @@
 -- what Keras's optimizer.apply does, in its order: clip the gradients (clipnorm, or
 -- global_clipnorm, or clipvalue), decay the weights (weight_decay, decoupled: p -= p wd lr),
 -- the optimizer's own update with the learning rate at the current iteration, and then each
--- updated Variable's constraint (v.constraint, a function of the Variable returning its new
--- value), if it has one.
+-- updated Variable's constraint (nn.constraint(v), a function of the Variable returning its
+-- new value), if it has one.
 local mg = require "moongrad"
 
-local getmetatable, ipairs, pairs, setmetatable, tostring, type = getmetatable, ipairs, pairs, setmetatable,
-      tostring, type
+local getmetatable, ipairs, pairs, rawget, setmetatable, tostring, type = getmetatable, ipairs, pairs, rawget,
+      setmetatable, tostring, type
 local debug, math, string, table = debug, math, string, table
+local loaded = package.loaded
 local _ENV = nil
 
 local optim = {}
 local is_tensor, shapestr = mg.is_tensor, mg.shapestr
 
-local checks = mg._checks(debug.getinfo(1, "S").source)   -- errors point at the user's line
+-- Errors: raisef inside; every public function and method goes through checks.api
+-- (published at the end of this file), so messages point at the user's line.
+local checks = mg._checks(debug.getinfo(1, "S").source)
 local raise, raisef, describe, check_opts = checks.raise, checks.raisef, checks.describe, checks.check_opts
 
 ---------------------------------------------------------------- argument checks
@@ -74,11 +77,16 @@ local function check_grads(fn, grads, params)
     raisef("%s: step expects an array of gradients parallel to params, got %s", fn, describe(grads))
   end
   for k in pairs(grads) do
-    if type(k) ~= "number" or k < 1 or k > #params or k ~= math.floor(k) then
+    if k ~= "n" and (type(k) ~= "number" or k < 1 or k > #params or k ~= math.floor(k)) then
       raisef("%s: gradient index %s is out of range for %d params", fn, tostring(k), #params)
     end
   end
   for i, p in ipairs(params) do grad_for(fn, p, grads, i) end
+  local n = math.type(grads.n) == "integer" and grads.n or #grads   -- holes count when 'n' says
+  if n ~= #params then
+    raisef("%s: step got %d gradients for %d params (nil for a parameter without a gradient, "
+           .. "with 'n' set to the length when the last is nil, as tape:gradient does)", fn, n, #params)
+  end
 end
 
 local function set(list)
@@ -204,6 +212,15 @@ local function add_slot(self, name, value)
   return s
 end
 
+-- The function giving a Variable's constraint (mg.nn's nn.constraint(v): layers keep the
+-- constraint of each Variable their *_constraint options set), or nil while mg.nn, and so
+-- any layer, is not loaded.
+local function constraint_lookup()
+  local nn = rawget(mg, "nn") or loaded["moongrad.nn"]
+  if type(nn) == "table" and type(nn.constraint) == "function" then return nn.constraint end
+  return nil
+end
+
 -- opt:get_lr(): the learning rate the next step uses (a schedule evaluated at opt.iterations).
 function Optimizer:get_lr()
   local lr = self.lr
@@ -235,9 +252,10 @@ function Optimizer:step(grads)
     for i = 1, n do
       if gs[i] then self:update(i, ps[i], gs[i], lr, t) end
     end
+    local constraint = constraint_lookup()
     for i = 1, n do
       local p = ps[i]
-      local c = gs[i] and p.constraint
+      local c = gs[i] and constraint and constraint(p)
       if c then
         local v = c(p)
         if not is_tensor(v) or shapestr(v) ~= shapestr(p) then
@@ -529,12 +547,12 @@ local function schedule(name, fields, fn)
   fields.__name = name
   return setmetatable(fields, {
     __name = name,
-    __call = function(self, step)
+    __call = checks.api(nil, function(self, step)
       if type(step) ~= "number" or step ~= step or step < 0 then
         raisef("%s: step must be a number >= 0, got %s", name, tostring(step))
       end
       return fn(self, step)
-    end,
+    end),
     __tostring = function() return name .. "(...)" end,
   })
 end
@@ -622,5 +640,11 @@ function optim.CosineDecay(lr0, decay_steps, opts)
     return decay(sc, step - sc.warmup_steps, sc.warmup_target)
   end)
 end
+
+---------------------------------------------------------------- publishing
+
+-- The module's functions and the optimizers' shared methods (step, get_lr, state,
+-- load_state); the schedules' __call is an api of its own (schedule above).
+checks.publish(optim, Optimizer)
 
 return optim
