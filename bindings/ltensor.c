@@ -763,10 +763,11 @@ static int tensor_narrow(lua_State *L) {
   lua_Integer n = (lua_Integer)mg_tensor_shape(t)[d];
   if (start < 0) start += n + 1;
   if (start < 1 || len < 0 || start - 1 > n - len) {         /* no overflow for huge 'len' */
-    bool fits = len >= 0 && (start < 1 || len - 1 <= LUA_MAXINTEGER - start);
-    const char *end = fits ? lua_pushfstring(L, "%I", start + len - 1) : "...";
-    return luaL_error(L, "narrow: range %I..%s out of bounds for dimension %d of size %I%s",
-                      start, end, d + 1, n, ONE_BASED(start));
+    if (len < 0 || (start >= 1 && len > LUA_MAXINTEGER - (start - 1)))   /* no last index */
+      return luaL_error(L, "narrow: %I elements from %I out of bounds for dimension %d of size %I%s",
+                        len, start, d + 1, n, ONE_BASED(start));
+    return luaL_error(L, "narrow: range %I..%I out of bounds for dimension %d of size %I%s",
+                      start, (start - 1) + len, d + 1, n, ONE_BASED(start));
   }
   return lmg_result(L, S, mg_tensor_narrow(S->C, t, d, start - 1, len, &y), &y);
 }

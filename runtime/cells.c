@@ -1,5 +1,5 @@
 /*
-** cells.c - fused recurrent cells (Keras layouts, RNN_REFERENCE.md): one GEMM for the input
+** cells.c - fused recurrent cells (Keras layouts, docs/cells.md): one GEMM for the input
 ** part and one for the recurrent part of all gates, then one pass over the gates. Each step
 ** is one recorded node.
 ** Reverse rule: a fused kernel for first-order use (no other tape recording, no vectorized

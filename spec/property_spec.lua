@@ -386,7 +386,7 @@ describe("hostile arguments", function()
     return L, related
   end
 
-  -- The methods API.md documents for layers, cells and optimizers (the others are helpers
+  -- The methods the docs document for layers, cells and optimizers (the others are helpers
   -- the classes share, such as a cell's 'step'; optimizers' 'step' is public).
   local PUBLIC_METHODS = { parameters = true, initial_state = true, state_size = true, trace = true,
                            reset_states = true, add = true, describe = true, step = true }

@@ -1,5 +1,5 @@
--- Tensors (API.md, Conventions and Tensors): creation, inspection, tostring, dtypes and the
--- default dtype, and the error every bad argument raises.
+-- Tensors (docs/tensors.md, and the conventions of docs/README.md): creation, inspection,
+-- tostring, dtypes and the default dtype, and the error every bad argument raises.
 local mg = require "moongrad"
 local support = require "support"
 

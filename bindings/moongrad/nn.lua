@@ -2,7 +2,7 @@
 -- driver with per-step traces, Bidirectional, Sequential and the losses. LSTM and GRU steps are
 -- the fused kernels (one recorded op per step), everything else is composed from tensor ops,
 -- so every tape sees every step; layouts, gate orders and initializers are Keras's (see
--- RNN_REFERENCE.md), so weights and results compare one to one.
+-- docs/cells.md), so weights and results compare one to one.
 local mg = require "moongrad"
 
 local getmetatable, ipairs, pairs, pcall, rawequal, rawget, rawset, select, setmetatable, tostring, type =
