@@ -42,6 +42,26 @@ describe("nn.fit", function()
     end
   end)
 
+  it("matches Keras 3's model.fit: per-epoch losses (batch-size weighted) and final weights", function()
+    local x, y = regression(20)                         -- batches of 8, 8 and 4
+    mg.manual_seed(9)
+    local d = nn.Dense(3, 1)
+    local dir = support.tmpdir()
+    for k, t in pairs { x = x, y = y, kernel = d.kernel, bias = d.bias } do mg.save(t, dir .. "/f_" .. k .. ".npy") end
+    support.train_ref(dir, "keras", { { "f", { kind = "fit", loss = "mse", epochs = 3, batch_size = 8,
+      sgd = { learning_rate = 0.05, momentum = 0.5 } } } })
+    local h = nn.fit(d, x:to("float32"), y:to("float32"), { epochs = 3, batch_size = 8, loss = "mse", shuffle = false,
+      verbose = 0, optimizer = optim.SGD(d, { lr = 0.05, momentum = 0.5 }) })
+    local want = support.ref_out(dir, "f_loss"):totable()
+    for e = 1, 3 do
+      assert(math.abs(h.loss[e] - want[e]) <= 1e-5 * want[e], string.format("epoch %d: %.8g, Keras %.8g", e, h.loss[e],
+        want[e]))
+    end
+    assert.is_true((d.kernel - support.ref_out(dir, "f_kernel")):abs():max():item() < 1e-5)
+    assert.is_true((d.bias - support.ref_out(dir, "f_bias")):abs():max():item() < 1e-5)
+    support.rmtree(dir)
+  end)
+
   it("calls the callbacks in order; each step's tape and gradients are those of its batch", function()
     local x, y = regression(10)
     local m = dense()

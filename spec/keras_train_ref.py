@@ -70,7 +70,22 @@ if FRAMEWORK == "keras":
         save(f"{name}_loss", np.asarray(v))
         save(f"{name}_grad", np.asarray(g))
 
-    KINDS = {"opt": opt_case, "sched": sched_case, "loss": loss_case}
+    def fit_case(name, c):
+        """keras.Model.fit of Dense(c["units"]) from the weights <name>_kernel/_bias on
+        <name>_x, <name>_y with loss c["loss"] and SGD(**c["sgd"]), shuffle=False; the
+        history's losses and the final weights."""
+        x, y = load(f"{name}_x").astype(np.float32), load(f"{name}_y").astype(np.float32)
+        model = keras.Sequential([keras.Input((x.shape[1],)), keras.layers.Dense(y.shape[1])])
+        model.layers[0].set_weights([load(f"{name}_kernel").astype(np.float32),
+                                     load(f"{name}_bias").astype(np.float32)])
+        model.compile(optimizer=keras.optimizers.SGD(**c["sgd"]), loss=c["loss"])
+        h = model.fit(x, y, batch_size=c["batch_size"], epochs=c["epochs"], shuffle=False, verbose=0)
+        save(f"{name}_loss", h.history["loss"])
+        kernel, bias = model.layers[0].get_weights()
+        save(f"{name}_kernel", kernel)
+        save(f"{name}_bias", bias)
+
+    KINDS = {"opt": opt_case, "sched": sched_case, "loss": loss_case, "fit": fit_case}
 
 elif FRAMEWORK == "torch":
     import torch
