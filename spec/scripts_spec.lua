@@ -413,6 +413,50 @@ end)
 
 ---------------------------------------------------------------- the command line
 
+describe("scripts/char_lstm.lua", function()
+  it_g("--quick: the validation loss falls below the text's unigram entropy", function()
+    local r = result("char_lstm", "--quick")
+    local H = num(r.out, "unigram entropy of the training text = ([%d.]+) nats/char")
+    assert.is_true(H > 2.5 and H < 4.5, "a strange unigram entropy " .. H)    -- English text: about 3.1
+    local val = num(r.out, "final validation loss = ([%d.]+) nats/char")
+    assert(val < H - 0.2, string.format("validation loss %g is not below the unigram entropy %g", val, H))
+    local first = num(r.out, "training loss: first ([%d.]+)")
+    local last = num(r.out, "mean of the last %d+ ([%d.]+) nats/char")
+    assert.is_true(first > math.log(50) and last < first - 1)                -- from about log(V)
+  end)
+  it_g("the gates recomputed from the trace match it; ||dL/dh_t|| falls with distance", function()
+    local r = result("char_lstm", "--quick")
+    for k = 1, 2 do
+      assert.is_true(num(r.out, "layer " .. k .. ": gates recomputed from the trace, max |diff| on c_t and h_t = ([%d.e+-]+)")
+        < 1e-5)
+      for _, g in ipairs { "forget", "input ", "output" } do
+        local left = num(r.out, "layer " .. k .. " " .. g .. " gate: mean fraction left%-saturated ([%d.]+)")
+        local right = num(r.out, "layer " .. k .. " " .. g .. " gate: [^\n]- right%-saturated ([%d.]+)")
+        assert.is_true(left >= 0 and left <= 1 and right >= 0 and right <= 1 and left + right <= 1)
+      end
+    end
+    local d0 = num(r.out, "layer 2: (%-?[%d.]+) at distance 0")
+    local d24 = num(r.out, "layer 2: %-?[%d.]+ at distance 0, (%-?[%d.]+) at 24")
+    assert.is_true(d0 > d24 + 1, string.format("log10 norms %g at 0 and %g at 24", d0, d24))
+  end)
+  it_g("writes a checkpoint that loads, a sample, and its pictures", function()
+    local r = result("char_lstm", "--quick")
+    local manifest = slurp(r.dir .. "/char_lstm_checkpoint/manifest.txt")
+    has(manifest, "iteration 200")
+    has(manifest, "param lstm_1/kernel param_01_lstm_1_kernel.npy")
+    has(manifest, "optimizer velocity.1 optimizer_velocity_1.npy")
+    has(manifest, "optimizer iterations = 200")
+    local mg = require "moongrad"
+    local V = num(r.out, "vocabulary (%d+)")
+    assert.are.same({ V, 4 * 48 }, mg.load(r.dir .. "/char_lstm_checkpoint/param_01_lstm_1_kernel.npy"):shape())
+    assert.are.same({ V, 4 * 48 }, mg.load(r.dir .. "/char_lstm_checkpoint/optimizer_velocity_1.npy"):shape())
+    local sample = r.out:match("sample %(temperature 0%.8%):\n(.-)\n%(end of sample%)")
+    assert.is_truthy(sample, r.out)
+    assert.is_true(#sample >= 124 and sample:sub(1, 4) == "The ", sample)
+    check_pictures(r.out, r.dir, 8)
+  end)
+end)
+
 describe("script options", function()
   it("an unknown option stops with status 2 and the usage", function()
     local out, err, code = run("gradient_flow", "--iterations 5")
