@@ -132,13 +132,17 @@ local SOURCE = debug.getinfo(1, "S").source
 
 -- mg._checks(source): the argument-check helpers of the Lua part (nn, optim) whose chunk is
 -- 'source' (its debug.getinfo(1, "S").source), one copy for all. Their errors point at the
--- first caller that is neither C nor that chunk nor this one, so the position is the user's:
+-- first caller that is neither C nor a chunk that asked for checks (nn, optim, plot, core), so
+-- the position is the user's even when nn calls keras_names:
 --   raise(msg), raisef(fmt, ...)   raise msg, or string.format(fmt, ...)
 --   describe(v)                    "a tensor of shape (2,3)", "a table", "a nil", ...
 --   check_opts(fn, opts, allowed)  {} for nil, else 'opts', a table whose keys are all in the
 --                                  set 'allowed' (catches misspelt options); 'fn' names the call
+local LIBRARY = { [SOURCE] = true }                   -- every chunk that asked for checks
+
 function mg._checks(source)
   local c = {}
+  LIBRARY[source] = true                               -- nn calling keras_names: still the user's line
 
   function c.raise(msg)
     local level = 1
@@ -146,7 +150,7 @@ function mg._checks(source)
       local info = debug.getinfo(level + 1, "S")
       if info == nil then break end
       level = level + 1
-      if info.source ~= source and info.source ~= SOURCE and info.what ~= "C" then break end
+      if not LIBRARY[info.source] and info.what ~= "C" then break end
     end
     error(msg, level)
   end
