@@ -167,10 +167,16 @@ static int jac_shape(const jac_job *J, const mg_tensor *src, int64_t *sh) {
   return nd;
 }
 
+static mg_status too_many_sweeps(mg_ctx *C, int64_t K) {
+  return mg_fail(C, MG_ENOMEM, "jacobian: %lld basis vectors would need more than %d sweeps "
+                 "within the memory budget (mg.set_memory_budget)", (long long)K, INT32_MAX);
+}
+
 /* Reverse mode: chunks of basis cotangents of the target, all sources in each sweep. */
 static mg_status jac_reverse(const jac_job *J, int nsrc, mg_tensor *const *srcs, mg_tensor **jac) {
   mg_ctx *C = J->T->ctx;
   int64_t kc = chunk_size(J->T, J->K, mg_tensor_numel(J->target));
+  if ((J->K + kc - 1) / kc > INT32_MAX) return too_many_sweeps(C, J->K);
   int nch = (int)((J->K + kc - 1) / kc);
   mg_tensor **parts = calloc((size_t)nch * (size_t)nsrc, sizeof *parts);
   mg_tensor **g = calloc((size_t)nsrc, sizeof *g);
@@ -215,6 +221,8 @@ static mg_status jac_forward(const jac_job *J, int nsrc, mg_tensor *const *srcs,
       if (st != MG_OK) for (int k = 0; k < j; k++) { mg_tensor_release(jac[k]); jac[k] = NULL; }
       continue;
     }
+    if ((Ks + kc - 1) / kc > INT32_MAX) st = too_many_sweeps(C, Ks);
+    if (st != MG_OK) { for (int k = 0; k < j; k++) { mg_tensor_release(jac[k]); jac[k] = NULL; } break; }
     int nch = (int)((Ks + kc - 1) / kc);
     mg_tensor **parts = calloc((size_t)nch, sizeof *parts);
     if (parts == NULL) st = mg_fail(C, MG_ENOMEM, "out of memory");

@@ -10,21 +10,25 @@
 #include <stdlib.h>
 #include <sys/mman.h>
 
-/* Under AddressSanitizer (MG_SANITIZE builds, or -DMG_POOL_MALLOC) every block, header and
-** page goes to malloc/calloc and back to free at once, nothing cached: a tensor used after
-** its release is a heap-use-after-free ASan reports, instead of a read of a recycled block.
-** The accounting (live bytes, the pool's references) is the same. */
-#if !defined(MG_POOL_MALLOC)
-#  if defined(__SANITIZE_ADDRESS__)
-#    define MG_POOL_MALLOC 1
-#  elif defined(__has_feature)
-#    if __has_feature(address_sanitizer)
-#      define MG_POOL_MALLOC 1
-#    endif
+/* Under AddressSanitizer (MG_SANITIZE builds) the pool lets ASan see a tensor used after its
+** release: tensor headers and small storages come from malloc and go back to free at once
+** (ASan's quarantine keeps them unused for a while), and blocks kept in the cache are poisoned
+** until handed out again. The cache and its accounting stay as they are. */
+#if defined(__SANITIZE_ADDRESS__)
+#  define MG_POOL_ASAN 1
+#elif defined(__has_feature)
+#  if __has_feature(address_sanitizer)
+#    define MG_POOL_ASAN 1
 #  endif
 #endif
-#ifndef MG_POOL_MALLOC
-#  define MG_POOL_MALLOC 0
+#ifdef MG_POOL_ASAN
+#  include <sanitizer/asan_interface.h>
+#  define POISON(q, n) ASAN_POISON_MEMORY_REGION((q), (n))
+#  define UNPOISON(q, n) ASAN_UNPOISON_MEMORY_REGION((q), (n))
+#else
+#  define MG_POOL_ASAN 0
+#  define POISON(q, n) ((void)(q), (void)(n))
+#  define UNPOISON(q, n) ((void)(q), (void)(n))
 #endif
 
 #define SMALL_MAX ((size_t)2 << 10)      /* below this: plain malloc, not cached */
@@ -63,7 +67,6 @@ static int sizeclass(size_t n, size_t *cap) {
 /* Fresh zeroed pages; from 2 MiB on, aligned to 2 MiB and marked for transparent huge
 ** pages (an unaligned mapping would get none). */
 void *mg_pages_alloc(size_t cap) {
-  if (MG_POOL_MALLOC) return calloc(1, cap);
   size_t extra = cap >= HUGE_MIN ? HUGE_MIN : 0;
   char *q = mmap(NULL, cap + extra, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (q == MAP_FAILED) return NULL;
@@ -101,7 +104,7 @@ static bool arena_grow(mg_pool *p) {
 }
 
 void *mg_pool_small_get(mg_pool *p, int cls) {
-  if (MG_POOL_MALLOC) return malloc(small_size[cls]);
+  if (MG_POOL_ASAN) return malloc(small_size[cls]);
   void *q = p->small[cls];
   if (q != NULL) {
     p->small[cls] = *(void **)q;
@@ -117,17 +120,15 @@ void *mg_pool_small_get(mg_pool *p, int cls) {
 /* Small objects go back to their free list (the arena is returned as a whole, with the
 ** pool: its size is the peak number of small objects alive at once). */
 void mg_pool_small_put(mg_pool *p, int cls, void *q) {
-  if (MG_POOL_MALLOC) { free(q); return; }
+  if (MG_POOL_ASAN) { free(q); return; }
   *(void **)q = p->small[cls];
   p->small[cls] = q;
 }
 
 /* A new block of a size class: malloc below MMAP_MIN, whole pages above. */
-static void *fresh(size_t cap) {
-  return cap < MMAP_MIN || MG_POOL_MALLOC ? malloc(cap) : mg_pages_alloc(cap);
-}
+static void *fresh(size_t cap) { return cap < MMAP_MIN ? malloc(cap) : mg_pages_alloc(cap); }
 static void unfresh(void *q, size_t cap) {
-  if (cap < MMAP_MIN || MG_POOL_MALLOC) free(q);
+  if (cap < MMAP_MIN) free(q);
   else mg_pages_free(q, cap);
 }
 
@@ -144,6 +145,7 @@ void *mg_pool_alloc(mg_pool *p, size_t nbytes, size_t *cap) {
   int c = sizeclass(nbytes, cap);
   void *q = p->free[c];
   if (q != NULL) {
+    UNPOISON(q, *cap);
     p->free[c] = *(void **)q;
     p->cached -= *cap;
   } else {
@@ -168,12 +170,13 @@ void mg_pool_free(mg_pool *p, void *data, size_t cap) {
   p->live -= cap;
   if (cap < SMALL_MAX) {
     free(data);
-  } else if (!MG_POOL_MALLOC && p->refs > 1 && p->cached + cap <= CACHE_MAX) {   /* keep it */
+  } else if (p->refs > 1 && p->cached + cap <= CACHE_MAX) {  /* context alive: keep it */
     size_t c2;
     int c = sizeclass(cap, &c2);
     *(void **)data = p->free[c];
     p->free[c] = data;
     p->cached += cap;
+    POISON(data, cap);                      /* a use after release reads poison */
   } else {
     unfresh(data, cap);
   }
@@ -189,6 +192,7 @@ void mg_pool_trim(mg_pool *p) {
     size_t base = (size_t)1 << (11 + c / 4), cap = base + (size_t)(c % 4) * base / 4;
     while (p->free[c] != NULL) {
       void *q = p->free[c];
+      UNPOISON(q, cap);
       p->free[c] = *(void **)q;
       unfresh(q, cap);
     }
@@ -209,7 +213,4 @@ void mg_pool_account(mg_pool *p, size_t bytes, bool add) {
 size_t mg_pool_live(const mg_pool *p) { return p->live; }
 size_t mg_pool_cached(const mg_pool *p) { return p->cached; }
 
-void mg_pages_free(void *q, size_t cap) {
-  if (MG_POOL_MALLOC) free(q);
-  else munmap(q, cap);
-}
+void mg_pages_free(void *q, size_t cap) { munmap(q, cap); }

@@ -1042,6 +1042,24 @@ function RNN:__call(x, a, b)
   return out
 end
 
+-- rnn:lyapunov(x [, opts]), rnn:jacobian_spectra(x [, opts]) and the same on any cell: the
+-- spectra of the cell's map over x from opts.initial (zeros by default); see docs/linalg.md.
+function RNN:lyapunov(x, opts)
+  if self.cell == nil and is_tensor(x) and x:dim() == 3 then self:build(x:size(3)) end
+  return mg._spectra.cell_run("lyapunov", "RNN:lyapunov", self.cell, x, opts, self.go_backwards)
+end
+function RNN:jacobian_spectra(x, opts)
+  if self.cell == nil and is_tensor(x) and x:dim() == 3 then self:build(x:size(3)) end
+  return mg._spectra.cell_run("jacobian_spectra", "RNN:jacobian_spectra", self.cell, x, opts,
+                                              self.go_backwards)
+end
+function CellBase:lyapunov(x, opts)
+  return mg._spectra.cell_run("lyapunov", self.__name .. ":lyapunov", self, x, opts)
+end
+function CellBase:jacobian_spectra(x, opts)
+  return mg._spectra.cell_run("jacobian_spectra", self.__name .. ":jacobian_spectra", self, x, opts)
+end
+
 local LAYER_FIELDS = { "return_sequences", "return_state", "stateful", "go_backwards", "unroll",
   "zero_output_for_mask", "activity_regularizer", "units", "_ctor" }
 
