@@ -157,6 +157,11 @@ for _, kind in ipairs { "SimpleRNN", "LSTM", "GRU" } do
   }
   if kind ~= "SimpleRNN" then
     variants[#variants + 1] = { "recurrent_softplus", { recurrent_activation = "softplus", activation = "sigmoid" } }
+    variants[#variants + 1] = { "hard_sigmoid_gelu", { recurrent_activation = "hard_sigmoid", activation = "gelu" } }
+    variants[#variants + 1] = { "silu_mish", { recurrent_activation = "silu", activation = "mish", dropout = 0.2 } }
+  else
+    variants[#variants + 1] = { "selu", { activation = "selu" } }
+    variants[#variants + 1] = { "leaky_relu", { activation = "leaky_relu" } }
   end
   if kind == "GRU" then
     variants[#variants + 1] = { "reset_before", { reset_after = false } }
