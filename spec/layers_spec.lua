@@ -201,6 +201,25 @@ for _, kind in ipairs { "SimpleRNN", "LSTM", "GRU" } do
   end
 end
 
+-- stateful layers with masks: two calls, the second from the carried states of the first
+for _, kind in ipairs { "LSTM", "GRU" } do
+  local name = "stateful_" .. kind
+  case(name, function()
+    local x, x2 = rand32({ B, T, D }), rand32({ B, T, D })
+    local cfg = { units = 3, stateful = true, return_sequences = true, return_state = true }
+    local l = nn[kind](3, opts_of(cfg))
+    l:build(D)
+    randomize(l)
+    local mask = length_mask(B, T, { 5, 2, 3 })
+    put(name .. "_x", x); put(name .. "_x2", x2); put(name .. "_mask", mask)
+    local c = { kind = "layer", spec = keras_layer(kind, cfg), x = name .. "_x", x2 = name .. "_x2",
+      mask = name .. "_mask", weights = put_weights(name, l:parameters()) }
+    local out = { l(x, { mask = mask }) }
+    for _, t in ipairs { l(x2, { mask = mask }) } do out[#out + 1] = t end
+    return c, out
+  end)
+end
+
 -- stacked cells: nn.RNN{cells} against keras.layers.RNN([cells]), nested states
 case("stacked_lstm_gru", function()
   local x = rand32({ B, T, D })

@@ -72,15 +72,19 @@ return function(nn, I)
     end
   end
 
-  -- emb(ids [, {mask=, training=}]): ids (any shape, numbers) -> (ids shape..., output_dim),
-  -- a one-hot product, so the gradient reaches every used row of the table.
+  -- emb(ids [, {mask=, training=}]): ids (any shape, numbers) -> (ids shape..., output_dim):
+  -- the table's rows by mg.index_select, so the gradient reaches every used row exactly.
   function Embedding:__call(ids, opts)
     call_opts("Embedding", opts)
     check_tensor("Embedding", "the ids", ids)
     if ids:dim() == 0 then raisef("Embedding: the ids must have at least one dimension, got a 0-d tensor") end
     check_ids(self, ids)
-    local onehot = mg.eq(ids:unsqueeze(-1), mg.arange(1, self.input_dim + 1, { dtype = ids.dtype })):to(self.dtype)
-    local y = onehot:matmul(self.embeddings)
+    local flat = ids:contiguous():reshape(-1)
+    local rows = mg.index_select(self.embeddings, 1, mg.clamp(flat, 1, self.input_dim))
+    if self.mask_zero then rows = rows * mg.ne(flat, 0):to(self.dtype):unsqueeze(2) end   -- id 0: zeros
+    local shape = ids:shape()
+    shape[#shape + 1] = self.output_dim
+    local y = rows:reshape(shape)
     self._activity_losses = I.activity_losses(self.activity_regularizer, y)
     return y
   end
