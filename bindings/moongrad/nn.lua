@@ -293,6 +293,8 @@ local function check_states(fn, states, sizes, B)
   return states
 end
 
+local CELL_CALL_OPTS = set("training")
+
 -- cell(x_t, states [, {training=false}]) -> output, new_states; states default to
 -- cell:initial_state(B). With training = true a cell with dropout drops (its masks are drawn
 -- at the first such call and kept until cell:reset_dropout_mask(), as Keras's cells do).
@@ -302,7 +304,7 @@ function CellBase:__call(x, states, opts)
   if opts == nil and type(states) == "table" and not is_tensor(states) and type(next(states)) == "string" then
     states, opts = nil, states
   end
-  opts = check_opts(fn, opts, set("training"))
+  opts = check_opts(fn, opts, CELL_CALL_OPTS)
   local sizes = self:state_size()
   if states == nil then states = self:initial_state(x:size(1))
   else states = check_states(fn, states, sizes, x:size(1)) end
@@ -914,12 +916,12 @@ end
 -- The states a run starts from: the given ones, else the kept ones (stateful), else zeros.
 function RNN:start_states(x, initial)
   local B, sizes = x:size(1), self.cell:state_size()
-  if initial ~= nil then return check_states("RNN", flat_states(self.cell, initial), sizes, B) end
+  if initial ~= nil then return check_states(self.__name, flat_states(self.cell, initial), sizes, B) end
   local kept = self._states
   if kept then
     if kept[1]:size(1) ~= B then
-      raisef("RNN: stateful layer kept states for batch size %d, got batch size %d (call reset_states())",
-        kept[1]:size(1), B)
+      raisef("%s: stateful layer kept states for batch size %d, got batch size %d (call reset_states())",
+        self.__name, kept[1]:size(1), B)
     end
     return kept
   end
@@ -949,14 +951,15 @@ end
 
 -- The trace of one run (see rnn:trace); 'opts' are checked call options.
 function RNN:run(x, initial, opts)
-  check_tensor("RNN", "the input", x)
-  if x:dim() ~= 3 then raisef("RNN: input must be (batch, time, features), got shape %s", shapestr(x)) end
+  local fn = self.__name
+  check_tensor(fn, "the input", x)
+  if x:dim() ~= 3 then raisef("%s: input must be (batch, time, features), got shape %s", fn, shapestr(x)) end
   local T = x:size(2)
-  if T < 1 then raisef("RNN: input has no timesteps (shape %s)", shapestr(x)) end
+  if T < 1 then raisef("%s: input has no timesteps (shape %s)", fn, shapestr(x)) end
   self:build(x:size(3))
   local cell = self.cell
   local states = self:start_states(x, initial)
-  local mask = check_mask("RNN", opts.mask, x, states[1].dtype)
+  local mask = check_mask(fn, opts.mask, x, states[1].dtype)
   local copts, oi = { training = opts.training == true }, cell:output_state_index()
   local tr = { outputs = {}, states = {} }
   for k, s in ipairs(states) do tr.states[k] = { [0] = s } end
@@ -989,7 +992,7 @@ end
 -- adds cells={{h=, c=, ...} per cell} and h, c are the last cell's. A stateful layer keeps
 -- the final states, as a call does.
 function RNN:trace(x, a, b)
-  local initial, opts = call_args("RNN:trace", a, b)
+  local initial, opts = call_args(self.__name .. ":trace", a, b)
   return self:run(x, initial, opts)
 end
 
