@@ -209,6 +209,32 @@ describe("dropout in the cells", function()
   end)
 end)
 
+describe("the composed path", function()
+  it("equals the fused kernels for Keras's default activations given as functions", function()
+    for _, kind in ipairs { "LSTM", "GRU" } do
+      for _, ra in ipairs { true, false } do
+        local fused = nn[kind](3, { input_size = 2, dtype = "float64", return_sequences = true, reset_after = kind == "GRU" and ra or nil })
+        local composed = nn[kind](3, { input_size = 2, dtype = "float64", return_sequences = true,
+          activation = function(t) return mg.tanh(t) end, recurrent_activation = function(t) return mg.sigmoid(t) end,
+          reset_after = kind == "GRU" and ra or nil })
+        for i, p in ipairs(composed:parameters()) do p:assign(fused:parameters()[i]) end
+        local x = mg.randn(2, 5, 2, F64)
+        assert_close(fused(x), composed(x), 1e-14, kind)
+      end
+    end
+  end)
+  it("has the gradient finite differences give with per-gate recurrent dropout (LSTM)", function()
+    local l = nn.LSTM(2, { dropout = 0.3, recurrent_dropout = 0.5, input_size = 3, dtype = "float64",
+      return_sequences = true, activation = "elu" })
+    local R = mg.randn(2, 4, 2, F64)
+    assert.is_true(mg.gradcheck(function(x, U, b)
+      mg.manual_seed(78)
+      l.cell.recurrent_kernel, l.cell.bias = U, b
+      return (l(x, { training = true }) * R):sum()
+    end, { mg.randn(2, 4, 3, F64), l.cell.recurrent_kernel * 1, l.cell.bias * 1 }))
+  end)
+end)
+
 describe("Bidirectional", function()
   it("merge_mode none or false returns both directions; reset_state resets both", function()
     local bi = nn.Bidirectional(nn.LSTM(2, { return_sequences = true, stateful = true, input_size = 3, dtype = "float64" }),
