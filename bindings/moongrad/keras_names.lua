@@ -219,9 +219,12 @@ function K.initial_value(fn, what, init, shape, dtype)
   local p = params_of(fn, "initializer", name, params, def.defaults)
   if name == "variance_scaling" then
     if p.distribution == "normal" then p.distribution = "truncated_normal" end
-    if not MODES[p.mode] then raisef("%s: variance_scaling mode must be fan_in, fan_out or fan_avg, got %s", fn, p.mode) end
+    if not MODES[p.mode] then
+      raisef("%s: variance_scaling mode must be fan_in, fan_out or fan_avg, got %s", fn, p.mode)
+    end
     if not DISTRIBUTIONS[p.distribution] then
-      raisef("%s: variance_scaling distribution must be uniform, truncated_normal or untruncated_normal, got %s", fn, p.distribution)
+      raisef("%s: variance_scaling distribution must be uniform, truncated_normal or untruncated_normal, got %s",
+        fn, p.distribution)
     end
     if not (p.scale > 0) then raisef("%s: variance_scaling scale must be positive, got %s", fn, tostring(p.scale)) end
   end

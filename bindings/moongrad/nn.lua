@@ -145,7 +145,9 @@ function nn.constraint(v) return CONSTRAINTS[v] end
 -- has a constraint, unrecorded. Optimizers call it after each update (the hook).
 function nn.apply_constraints(params)
   if type(params) == "table" and type(params.parameters) == "function" then params = params:parameters() end
-  if type(params) ~= "table" then raisef("apply_constraints: expected an array of Variables, got %s", describe(params)) end
+  if type(params) ~= "table" then
+    raisef("apply_constraints: expected an array of Variables, got %s", describe(params))
+  end
   mg.no_grad(function()
     for _, v in ipairs(params) do
       local c = CONSTRAINTS[v]
@@ -210,7 +212,8 @@ function nn.Dense(nin, nout, opts)
     activation = activation("Dense", opts.activation, "linear"),
     activity_regularizer = K.regularizer("Dense", "activity_regularizer", opts.activity_regularizer) }, Dense)
   self.kernel = variable(self, "kernel", initial_value("Dense", "kernel",
-    opts.kernel_initializer or "glorot_uniform", { nin, nout }, self.dtype), reg_and_constraint("Dense", opts, "kernel"))
+    opts.kernel_initializer or "glorot_uniform", { nin, nout }, self.dtype),
+    reg_and_constraint("Dense", opts, "kernel"))
   if self.use_bias then
     self.bias = variable(self, "bias", initial_value("Dense", "bias",
       opts.bias_initializer or "zeros", { nout }, self.dtype), reg_and_constraint("Dense", opts, "bias"))
@@ -311,7 +314,9 @@ function CellBase:__call(x, states, opts)
   local out, new = self:call(x, states, opts.training == true)
   if is_tensor(new) then new = { new } end
   if not is_tensor(out) then raisef("%s: call returned %s as output, expected a tensor", fn, describe(out)) end
-  if type(new) ~= "table" then raisef("%s: call returned %s as states, expected an array of tensors", fn, describe(new)) end
+  if type(new) ~= "table" then
+    raisef("%s: call returned %s as states, expected an array of tensors", fn, describe(new))
+  end
   return out, check_states(fn .. " (new states returned by call)", new, sizes, x:size(1))
 end
 
@@ -402,9 +407,11 @@ end
 local function cell_weights(self, fn, opts, gates, bias_shape)
   local nin, u = self.input_size, self.units
   self.kernel = variable(self, "kernel", initial_value(fn, "kernel",
-    opts.kernel_initializer or "glorot_uniform", { nin, gates * u }, self.dtype), reg_and_constraint(fn, opts, "kernel"))
+    opts.kernel_initializer or "glorot_uniform", { nin, gates * u }, self.dtype),
+    reg_and_constraint(fn, opts, "kernel"))
   self.recurrent_kernel = variable(self, "recurrent_kernel", initial_value(fn, "recurrent_kernel",
-    opts.recurrent_initializer or "orthogonal", { u, gates * u }, self.dtype), reg_and_constraint(fn, opts, "recurrent"))
+    opts.recurrent_initializer or "orthogonal", { u, gates * u }, self.dtype),
+    reg_and_constraint(fn, opts, "recurrent"))
   if self.use_bias then
     self.bias = variable(self, "bias", initial_value(fn, "bias",
       opts.bias_initializer or "zeros", bias_shape, self.dtype), reg_and_constraint(fn, opts, "bias"))
@@ -853,7 +860,9 @@ local function flat_states(cell, states)
   local out = {}
   for i, s in ipairs(states) do
     if is_tensor(s) then s = { s } end
-    if type(s) ~= "table" then raisef("RNN: initial states of cell %d must be an array of tensors, got %s", i, describe(s)) end
+    if type(s) ~= "table" then
+      raisef("RNN: initial states of cell %d must be an array of tensors, got %s", i, describe(s))
+    end
     for _, t in ipairs(s) do out[#out + 1] = t end
   end
   return out
@@ -933,7 +942,8 @@ local function check_mask(fn, mask, x, dtype)
   if mask == nil then return nil end
   if not is_tensor(mask) then raisef("%s: mask must be a (batch, time) tensor, got %s", fn, describe(mask)) end
   if mask:dim() ~= 2 or mask:size(1) ~= x:size(1) or mask:size(2) ~= x:size(2) then
-    raisef("%s: mask has shape %s, expected (%d,%d) for input %s", fn, shapestr(mask), x:size(1), x:size(2), shapestr(x))
+    raisef("%s: mask has shape %s, expected (%d,%d) for input %s", fn, shapestr(mask), x:size(1), x:size(2),
+      shapestr(x))
   end
   return mg.ne(mask, 0):to(dtype)
 end
@@ -1014,7 +1024,9 @@ function RNN:reset_states(states)
   if type(s) ~= "table" or not is_tensor(s[1]) then
     raisef("RNN:reset_states: expected an array of tensors, got %s", describe(states))
   end
-  if self.cell == nil then raise("RNN:reset_states: the layer is not built yet (call it once, or give input_size=)") end
+  if self.cell == nil then
+    raise("RNN:reset_states: the layer is not built yet (call it once, or give input_size=)")
+  end
   self:keep(check_states("RNN:reset_states", s, self.cell:state_size(), s[1]:size(1)))
 end
 RNN.reset_state = RNN.reset_states
@@ -1164,7 +1176,8 @@ function Bidirectional:losses()
 end
 
 function Bidirectional:describe()
-  return string.format("Bidirectional(%s, %s)", tostring(self.forward_layer.cell or self.forward_layer), self.merge_mode)
+  local f = self.forward_layer
+  return string.format("Bidirectional(%s, %s)", tostring(f.cell or f), self.merge_mode)
 end
 
 function Bidirectional:compute_mask(_, mask) return self.return_sequences and mask or nil end

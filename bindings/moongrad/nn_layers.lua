@@ -4,7 +4,8 @@
 local mg = require "moongrad"
 local K = require "moongrad.keras_names"
 
-local getmetatable, ipairs, math, setmetatable, tostring, type = getmetatable, ipairs, math, setmetatable, tostring, type
+local getmetatable, ipairs, math, setmetatable, tostring, type =
+      getmetatable, ipairs, math, setmetatable, tostring, type
 local string = string
 local _ENV = nil
 
@@ -52,7 +53,8 @@ return function(nn, I)
       output_dim = check_size("Embedding", "output_dim", output_dim),
       dtype = I.check_dtype("Embedding", opts.dtype),
       mask_zero = check_bool("Embedding", "mask_zero", opts.mask_zero, false),
-      activity_regularizer = K.regularizer("Embedding", "activity_regularizer", opts.activity_regularizer) }, Embedding)
+      activity_regularizer = K.regularizer("Embedding", "activity_regularizer", opts.activity_regularizer) },
+      Embedding)
     self.embeddings = variable(self, "embeddings", K.initial_value("Embedding", "embeddings",
       opts.embeddings_initializer or "uniform", { self.input_dim, self.output_dim }, self.dtype),
       I.reg_and_constraint("Embedding", opts, "embeddings"))
@@ -89,8 +91,8 @@ return function(nn, I)
     return y
   end
 
-  function Embedding:compute_mask(ids, mask)
-    if not self.mask_zero then return mask end
+  function Embedding:compute_mask(ids)
+    if not self.mask_zero then return nil end           -- Keras: no mask without mask_zero
     return mg.ne(ids, 0):to(self.dtype)
   end
 
@@ -106,7 +108,9 @@ return function(nn, I)
   -- mask_value zeroed, and masked for the next layers (Keras's Masking).
   function nn.Masking(mask_value)
     if mask_value == nil then mask_value = 0 end
-    if type(mask_value) ~= "number" then raisef("Masking: mask_value must be a number, got %s", describe(mask_value)) end
+    if type(mask_value) ~= "number" then
+      raisef("Masking: mask_value must be a number, got %s", describe(mask_value))
+    end
     return setmetatable({ _params = {}, mask_value = mask_value }, Masking)
   end
 
@@ -150,7 +154,8 @@ return function(nn, I)
     local shape = x:shape()
     if self.noise_shape then
       if #self.noise_shape ~= #shape then
-        raisef("Dropout: noise_shape has %d entries, the input %s has %d dimensions", #self.noise_shape, shapestr(x), #shape)
+        raisef("Dropout: noise_shape has %d entries, the input %s has %d dimensions", #self.noise_shape,
+          shapestr(x), #shape)
       end
       for i, n in ipairs(self.noise_shape) do
         if n ~= -1 then
@@ -244,11 +249,13 @@ return function(nn, I)
     if self.built then return self end
     local o, fn = self._opts, "LayerNormalization"
     if self.scale or self.rms_scaling then
-      self.gamma = variable(self, "gamma", K.initial_value(fn, "gamma", o.gamma_initializer or "ones", { n }, self.dtype),
+      self.gamma = variable(self, "gamma",
+        K.initial_value(fn, "gamma", o.gamma_initializer or "ones", { n }, self.dtype),
         I.reg_and_constraint(fn, o, "gamma"))
     end
     if self.center and not self.rms_scaling then
-      self.beta = variable(self, "beta", K.initial_value(fn, "beta", o.beta_initializer or "zeros", { n }, self.dtype),
+      self.beta = variable(self, "beta",
+        K.initial_value(fn, "beta", o.beta_initializer or "zeros", { n }, self.dtype),
         I.reg_and_constraint(fn, o, "beta"))
     end
     self.built, self.size = true, n
