@@ -5,13 +5,13 @@
 -- generator that draws dropout masks. Internal: nn documents what the layers accept.
 local mg = require "moongrad"
 
-local ipairs, math, pairs, setmetatable, tostring, type = ipairs, math, pairs, setmetatable, tostring, type
+local ipairs, math, pairs, pcall, setmetatable, tostring, type = ipairs, math, pairs, pcall, setmetatable, tostring, type
 local debug, string, table = debug, string, table
 local _ENV = nil
 
 local K = {}
 local is_tensor, shapestr = mg.is_tensor, mg.shapestr
-local checks = mg._checks(debug.getinfo(1, "S").source)
+local checks = mg._checks(debug.getinfo(1, "S").source)   -- nn's public functions report them
 local raisef, describe = checks.raisef, checks.describe
 
 local EPSILON = 1e-7                                   -- keras.backend.epsilon()
@@ -71,6 +71,7 @@ local ACTIVATIONS = {
   silu = op("silu"), swish = op("silu"), mish = op("mish"), relu6 = op("relu6"),
   leaky_relu = op("leaky_relu", 0.2),                  -- Keras's negative_slope
 }
+checks.publish(ACTIVATIONS)                            -- called by users too (cell.activation)
 K.ACTIVATIONS = ACTIVATIONS
 
 -- The activation 'a' (a Keras name, a function, or nil for 'default') as a function, and its
@@ -231,7 +232,9 @@ function K.initial_value(fn, what, init, shape, dtype)
   if def.matrix and #shape ~= 2 then
     raisef("%s: initializer %s needs a matrix, %s is %s", fn, name, what, want)
   end
-  return def.make(shape, dtype, p)
+  local ok, t = pcall(def.make, shape, dtype, p)
+  if not ok then raisef("%s: cannot initialize %s (%s)", fn, what, checks.message(t)) end
+  return t
 end
 
 ---------------------------------------------------------------- regularizers

@@ -2,12 +2,14 @@
 -- driver with per-step traces, Bidirectional, Sequential and the losses. LSTM and GRU steps are
 -- the fused kernels (one recorded op per step), everything else is composed from tensor ops,
 -- so every tape sees every step; layouts, gate orders and initializers are Keras's (see
--- RNN_REFERENCE.md), so weights and results compare one to one.
+-- docs/cells.md), so weights and results compare one to one.
 local mg = require "moongrad"
 local K = require "moongrad.keras_names"
 
-local getmetatable, ipairs, next, require, pairs, rawequal, rawget, rawset, select, setmetatable, tostring, type =
-      getmetatable, ipairs, next, require, pairs, rawequal, rawget, rawset, select, setmetatable, tostring, type
+local getmetatable, ipairs, next, pairs, pcall, rawequal, rawget, rawset, require, select, setmetatable, tostring,
+      type =
+      getmetatable, ipairs, next, pairs, pcall, rawequal, rawget, rawset, require, select, setmetatable, tostring,
+      type
 local debug, math, string, table = debug, math, string, table
 local _ENV = nil
 
@@ -16,7 +18,9 @@ local is_tensor, shapestr = mg.is_tensor, mg.shapestr
 
 ---------------------------------------------------------------- errors and checks
 
-local checks = mg._checks(debug.getinfo(1, "S").source)   -- errors point at the user's line
+-- Errors: raise/raisef inside, and every public function and method goes through checks.api
+-- (published at the end of this file), so messages point at the user's line.
+local checks = mg._checks(debug.getinfo(1, "S").source)
 local raise, raisef, describe, check_opts = checks.raise, checks.raisef, checks.describe, checks.check_opts
 
 local function check_tensor(fn, what, x, ndim)
@@ -62,9 +66,12 @@ local activation, initial_value = K.activation, K.initial_value
 
 ---------------------------------------------------------------- classes
 
+local classes = {}                 -- the classes defined below, published at the end
+
 -- A class table: instances get it as metatable; '__index' finds methods here, then in 'parent'.
 local function class(name, parent)
   local c = { __name = name, _parent = parent }
+  if classes then classes[#classes + 1] = c end
   c.__index = c
   if parent then
     setmetatable(c, { __index = parent })
@@ -1377,5 +1384,13 @@ function nn.binary_cross_entropy(p, target, opts)
   local q = mg.clamp(p, BCE_EPS, 1 - BCE_EPS)
   return -(target * mg.log(q) + (1 - target) * mg.log(1 - q)):mean()
 end
+
+---------------------------------------------------------------- publishing
+
+-- Every function of 'nn' and every method and metamethod of its classes becomes a public
+-- entry point (checks.api): errors raised inside point at the user's line, and tracebacks
+-- start at the call the user made. Classes made later (nn.Cell) inherit published methods.
+checks.publish(nn, table.unpack(classes))
+classes = nil
 
 return nn
