@@ -369,7 +369,10 @@ describe("hostile arguments", function()
     local nn = mg.nn
     local cell = nn.SimpleRNNCell(3, 4)
     local custom = nn.Cell { state_size = 2,
-      init = function(self, n) self.W = mg.Variable(mg.randn(n, 2), "W") end,
+      init = function(self, n)   -- a user's init: hostile sizes must not make it allocate GiBs
+        if type(n) == "number" and n > 64 then error("the spec's custom cell takes at most 64 inputs") end
+        self.W = mg.Variable(mg.randn(n, 2), "W")
+      end,
       call = function(self, x, states) local h = mg.tanh(mg.matmul(x, self.W) + states[1]) return h, { h } end }
     local L = {
       nn.Dense(3, 4), nn.Dense(3, 2, { activation = "tanh" }), cell, nn.LSTMCell(3, 2),

@@ -4,9 +4,12 @@
 -- so every tape sees every step; layouts, gate orders and initializers are Keras's (see
 -- docs/cells.md), so weights and results compare one to one.
 local mg = require "moongrad"
+local K = require "moongrad.keras_names"
 
-local getmetatable, ipairs, pairs, pcall, rawequal, rawget, rawset, select, setmetatable, tostring, type =
-      getmetatable, ipairs, pairs, pcall, rawequal, rawget, rawset, select, setmetatable, tostring, type
+local getmetatable, ipairs, next, pairs, pcall, rawequal, rawget, rawset, require, select, setmetatable, tostring,
+      type =
+      getmetatable, ipairs, next, pairs, pcall, rawequal, rawget, rawset, require, select, setmetatable, tostring,
+      type
 local debug, math, string, table = debug, math, string, table
 local _ENV = nil
 
@@ -55,48 +58,11 @@ local function check_bool(fn, what, v, default)
   return v
 end
 
----------------------------------------------------------------- activations, initializers
+---------------------------------------------------------------- Keras's names
 
-local activations = {
-  linear = function(x) return x end,
-  tanh = mg.tanh, sigmoid = mg.sigmoid, relu = mg.relu, softplus = mg.softplus,
-  exponential = mg.exp,
-  softmax = function(x) return mg.softmax(x, -1) end,
-}
-
--- An activation given by name (Keras's names), as a function, or nil for 'default'.
-local function activation(fn, a, default)
-  if a == nil then a = default end
-  if type(a) == "function" then return a end
-  local f = activations[a]
-  if f == nil then raisef("%s: unknown activation %s", fn, tostring(a)) end
-  return f
-end
-
--- A tensor of 'shape' (an array) from an initializer: a name ("glorot_uniform",
--- "orthogonal", "zeros", "ones"), a function(shape, dtype) returning a tensor, or a tensor of
--- that shape. The result may share the given tensor (mg.Variable copies it).
-local function initial_value(fn, what, init, shape, dtype)
-  local opt = { dtype = dtype }
-  if is_tensor(init) then
-    if shapestr(init) ~= shapestr(mg.zeros(shape)) then
-      raisef("%s: %s has shape %s, expected %s", fn, what, shapestr(init), shapestr(mg.zeros(shape)))
-    end
-    return init:to(dtype)
-  elseif type(init) == "function" then
-    local t = init(shape, dtype)
-    if not is_tensor(t) then raisef("%s: the %s initializer returned %s", fn, what, describe(t)) end
-    return initial_value(fn, what, t, shape, dtype)
-  elseif init == "zeros" then return mg.zeros(shape, opt)
-  elseif init == "ones" then return mg.ones(shape, opt)
-  elseif init == "glorot_uniform" or init == "orthogonal" then
-    if #shape ~= 2 then raisef("%s: initializer %s needs a matrix, %s is %s", fn, init, what, shapestr(mg.zeros(shape))) end
-    local ok, t = pcall(mg[init], shape[1], shape[2], opt)
-    if not ok then raisef("%s: cannot initialize %s (%s)", fn, what, checks.message(t)) end
-    return t
-  end
-  raisef("%s: unknown initializer %s for %s", fn, tostring(init), what)
-end
+-- activation(fn, a, default) -> function, name; initial_value(fn, what, init, shape, dtype);
+-- regularizer(fn, what, spec), constraint(fn, what, spec) -> function or nil
+local activation, initial_value = K.activation, K.initial_value
 
 ---------------------------------------------------------------- classes
 
@@ -104,7 +70,7 @@ local classes = {}                 -- the classes defined below, published at th
 
 -- A class table: instances get it as metatable; '__index' finds methods here, then in 'parent'.
 local function class(name, parent)
-  local c = { __name = name }
+  local c = { __name = name, _parent = parent }
   if classes then classes[#classes + 1] = c end
   c.__index = c
   if parent then
@@ -114,32 +80,135 @@ local function class(name, parent)
   return c
 end
 
-local function variable(layer, suffix, value)
+-- Whether 'x' is an instance of class 'c' or of a class derived from it.
+local function is_a(x, c)
+  local mt = type(x) == "table" and getmetatable(x)
+  while mt do
+    if mt == c then return true end
+    mt = rawget(mt, "_parent")
+  end
+  return false
+end
+
+-- The constraint of each Variable that has one (weak keys: it goes with the Variable).
+local CONSTRAINTS = setmetatable({}, { __mode = "k" })
+
+-- A Variable named layer.name/suffix, appended to the layer's parameters; 'reg' (a function
+-- or nil) is its regularizer, 'constraint' its constraint.
+local function variable(layer, suffix, value, reg, constraint)
   local v = mg.Variable(value, layer.name .. "/" .. suffix)
   layer._params[#layer._params + 1] = v
+  if reg then
+    layer._regs = layer._regs or {}
+    layer._regs[#layer._regs + 1] = { v, reg }
+  end
+  CONSTRAINTS[v] = constraint
   return v
 end
 
+-- The regularizer and constraint options '<what>_regularizer', '<what>_constraint' of 'opts'.
+local function reg_and_constraint(fn, opts, what)
+  return K.regularizer(fn, what .. "_regularizer", opts[what .. "_regularizer"]),
+         K.constraint(fn, what .. "_constraint", opts[what .. "_constraint"])
+end
+
 local Layer = class("Layer")
+Layer.takes_call_options = true                        -- nn.Sequential passes {mask=, training=}
 
 -- layer:parameters(): a new ordered array of the layer's Variables (each has a 'name').
 function Layer:parameters()
   local out = {}
-  for i, v in ipairs(self._params) do out[i] = v end
+  for i, v in ipairs(self._params or {}) do out[i] = v end
   return out
 end
+
+-- layer:losses(): a new array of 0-d tensors, the penalties to add to the loss: each weight
+-- regularizer on its Variable (computed now, so under a tape they are recorded), then the
+-- activity regularizer's terms of the layer's last call.
+function Layer:losses()
+  local out = {}
+  for _, r in ipairs(self._regs or {}) do out[#out + 1] = r[2](r[1]) end
+  for _, l in ipairs(self._activity_losses or {}) do out[#out + 1] = l end
+  return out
+end
+
+-- layer:apply_constraints(): projects every constrained Variable of the layer in place
+-- (Keras applies constraints after each optimizer step).
+function Layer:apply_constraints()
+  nn.apply_constraints(self:parameters())
+end
+
+-- The output mask for an input mask (Keras's compute_mask): by default the mask passes on.
+function Layer:compute_mask(_, mask) return mask end
 
 function Layer:__tostring() return self:describe() end
 function Layer:describe() return self.__name end
 
+-- nn.constraint(v): the constraint function of Variable 'v' (from a layer's *_constraint
+-- option), or nil.
+function nn.constraint(v) return CONSTRAINTS[v] end
+
+-- nn.apply_constraints(params): v:assign(constraint(v)) for every Variable of the array that
+-- has a constraint, unrecorded. Optimizers call it after each update (the hook).
+function nn.apply_constraints(params)
+  if type(params) == "table" and type(params.parameters) == "function" then params = params:parameters() end
+  if type(params) ~= "table" then
+    raisef("apply_constraints: expected an array of Variables, got %s", describe(params))
+  end
+  mg.no_grad(function()
+    for _, v in ipairs(params) do
+      local c = CONSTRAINTS[v]
+      if c then v:assign(c(v)) end
+    end
+  end)
+end
+
+-- Keras's activity regularizer terms for the tensors a call returned: reg(t) / batch size each.
+local function activity_losses(reg, ...)
+  if reg == nil then return nil end
+  local out = {}
+  for i = 1, select("#", ...) do
+    local t = select(i, ...)
+    if is_tensor(t) then
+      local l = reg(t)
+      if t:dim() > 0 then l = l / t:size(1) end
+      out[#out + 1] = l
+    end
+  end
+  return out
+end
+
+-- Splits a layer call's trailing arguments (x [, states] [, {mask=, training=}]): a table with
+-- string keys (or an empty one) is the options. Returns states, options (never nil).
+local CALL_OPTS = set("mask", "training", "initial_state")
+local function call_args(fn, a, b)
+  local function is_opts(t)
+    if type(t) ~= "table" or is_tensor(t) then return false end
+    local k = next(t)
+    return k == nil or type(k) == "string"
+  end
+  local states, opts = a, b
+  if b == nil and is_opts(a) then states, opts = nil, a end
+  opts = check_opts(fn, opts, CALL_OPTS)
+  if opts.initial_state ~= nil then
+    if states ~= nil then raisef("%s: initial states given twice", fn) end
+    states = opts.initial_state
+  end
+  if opts.training ~= nil and type(opts.training) ~= "boolean" then
+    raisef("%s: option 'training' must be a boolean, got %s", fn, describe(opts.training))
+  end
+  return states, opts
+end
+
 ---------------------------------------------------------------- Dense
 
 local Dense = class("Dense", Layer)
-local DENSE_OPTS = set("activation", "use_bias", "kernel_initializer", "bias_initializer", "dtype", "name")
+local DENSE_OPTS = set("activation", "use_bias", "kernel_initializer", "bias_initializer", "dtype", "name",
+  "kernel_regularizer", "bias_regularizer", "activity_regularizer", "kernel_constraint", "bias_constraint")
 
 -- nn.Dense(in, out [, {activation=, use_bias=true, kernel_initializer="glorot_uniform",
--- bias_initializer="zeros", dtype=, name="dense"}]): y = activation(x W + b) on the last
--- dimension of any-rank input; W is (in, out) as in Keras.
+-- bias_initializer="zeros", *_regularizer=, *_constraint=, dtype=, name="dense"}]):
+-- y = activation(x W + b) on the last dimension of any-rank input; W is (in, out) as in Keras.
 function nn.Dense(nin, nout, opts)
   opts = check_opts("Dense", opts, DENSE_OPTS)
   local self = setmetatable({ _params = {}, name = opts.name or "dense",
@@ -147,18 +216,21 @@ function nn.Dense(nin, nout, opts)
     units = check_size("Dense", "the output size", nout),
     dtype = check_dtype("Dense", opts.dtype),
     use_bias = check_bool("Dense", "use_bias", opts.use_bias, true),
-    activation = activation("Dense", opts.activation, "linear") }, Dense)
+    activation = activation("Dense", opts.activation, "linear"),
+    activity_regularizer = K.regularizer("Dense", "activity_regularizer", opts.activity_regularizer) }, Dense)
   self.kernel = variable(self, "kernel", initial_value("Dense", "kernel",
-    opts.kernel_initializer or "glorot_uniform", { nin, nout }, self.dtype))
+    opts.kernel_initializer or "glorot_uniform", { nin, nout }, self.dtype),
+    reg_and_constraint("Dense", opts, "kernel"))
   if self.use_bias then
     self.bias = variable(self, "bias", initial_value("Dense", "bias",
-      opts.bias_initializer or "zeros", { nout }, self.dtype))
+      opts.bias_initializer or "zeros", { nout }, self.dtype), reg_and_constraint("Dense", opts, "bias"))
   end
   return self
 end
 
-function Dense:__call(x)
+function Dense:__call(x, opts)
   check_tensor("Dense", "the input", x)
+  if opts ~= nil then check_opts("Dense", opts, CALL_OPTS) end
   if x:dim() == 0 or x:size(-1) ~= self.input_size then
     raisef("Dense: input has %s features, expected %d (input shape %s)",
       x:dim() == 0 and "no" or tostring(x:size(-1)), self.input_size, shapestr(x))
@@ -167,7 +239,9 @@ function Dense:__call(x)
   if x:dim() == 1 then y = x:unsqueeze(1):matmul(self.kernel):squeeze(1)
   else y = x:matmul(self.kernel) end
   if self.bias then y = y + self.bias end
-  return self.activation(y)
+  y = self.activation(y)
+  self._activity_losses = activity_losses(self.activity_regularizer, y)
+  return y
 end
 
 function Dense:describe()
@@ -177,7 +251,7 @@ end
 ---------------------------------------------------------------- the cell protocol
 
 -- What every cell shares, built-in or nn.Cell: __call checks the input and the states, and
--- runs self:call(x, states) -> output, new_states.
+-- runs self:call(x, states, training) -> output, new_states.
 local CellBase = class("Cell", Layer)
 
 -- cell:state_size(): an array with the size of each state (LSTM: {units, units}).
@@ -229,17 +303,27 @@ local function check_states(fn, states, sizes, B)
   return states
 end
 
--- cell(x_t, states) -> output, new_states; states default to cell:initial_state(B).
-function CellBase:__call(x, states)
+local CELL_CALL_OPTS = set("training")
+
+-- cell(x_t, states [, {training=false}]) -> output, new_states; states default to
+-- cell:initial_state(B). With training = true a cell with dropout drops (its masks are drawn
+-- at the first such call and kept until cell:reset_dropout_mask(), as Keras's cells do).
+function CellBase:__call(x, states, opts)
   local fn = self.__name
   check_tensor(fn, "the input", x, 2)
+  if opts == nil and type(states) == "table" and not is_tensor(states) and type(next(states)) == "string" then
+    states, opts = nil, states
+  end
+  opts = check_opts(fn, opts, CELL_CALL_OPTS)
   local sizes = self:state_size()
   if states == nil then states = self:initial_state(x:size(1))
   else states = check_states(fn, states, sizes, x:size(1)) end
-  local out, new = self:call(x, states)
+  local out, new = self:call(x, states, opts.training == true)
   if is_tensor(new) then new = { new } end
   if not is_tensor(out) then raisef("%s: call returned %s as output, expected a tensor", fn, describe(out)) end
-  if type(new) ~= "table" then raisef("%s: call returned %s as states, expected an array of tensors", fn, describe(new)) end
+  if type(new) ~= "table" then
+    raisef("%s: call returned %s as states, expected an array of tensors", fn, describe(new))
+  end
   return out, check_states(fn .. " (new states returned by call)", new, sizes, x:size(1))
 end
 
@@ -249,29 +333,101 @@ local function check_features(fn, x, n)
   end
 end
 
+-- The cell's dropout masks are drawn once per sequence: nn.RNN resets them before and after
+-- running one. Cells without dropout have nothing to reset.
+function CellBase:reset_dropout_mask()
+  if self._dp == nil and self._rdp == nil then return end   -- (no writes into nn.Cell instances)
+  self.last_dropout_mask, self.last_recurrent_dropout_mask = self._dp, self._rdp
+  self._dp, self._rdp = nil, nil
+end
+
+-- The index (in the flat state array) of the state whose previous value Keras outputs at a
+-- masked step (zero_output_for_mask = false): states[1].
+function CellBase:output_state_index() return 1 end
+
+-- One mask (or, for 'count' gates, an array of masks) shaped like 'ref', from the cell's
+-- generator (its seed) or mg's.
+local function draw_masks(self, rate, ref)
+  local function one() return K.dropout_mask(self._gen, rate, ref:shape(), self.dtype) end
+  if not self._mask_count then return one() end
+  local out = {}
+  for k = 1, self._mask_count do out[k] = one() end
+  return out
+end
+
+-- The input / recurrent dropout masks of this sequence (nil without that dropout).
+function CellBase:dropout_mask(x)
+  if self._dp == nil and (self.dropout or 0) > 0 then self._dp = draw_masks(self, self.dropout, x) end
+  return self._dp
+end
+
+function CellBase:recurrent_dropout_mask(h)
+  if self._rdp == nil and (self.recurrent_dropout or 0) > 0 then
+    self._rdp = draw_masks(self, self.recurrent_dropout, h)
+  end
+  return self._rdp
+end
+
+local function check_rate(fn, what, v)
+  if v == nil then return 0 end
+  if type(v) ~= "number" or not (v >= 0 and v < 1) then
+    raisef("%s: %s must be a number in [0, 1), got %s", fn, what, tostring(v))
+  end
+  return v
+end
+
+-- The options every built-in cell takes (with 'extra' for one kind).
+local CELL_OPTS = { "activation", "use_bias", "kernel_initializer", "recurrent_initializer", "bias_initializer",
+  "kernel_regularizer", "recurrent_regularizer", "bias_regularizer", "kernel_constraint", "recurrent_constraint",
+  "bias_constraint", "dropout", "recurrent_dropout", "seed", "dtype", "name" }
+local function cell_opts(...)
+  local s = set(...)
+  for _, k in ipairs(CELL_OPTS) do s[k] = true end
+  return s
+end
+
 -- The arguments shared by the built-in cells: (in, units [, opts]).
 local function cell_init(fn, c, nin, units, opts, allowed, name)
   opts = check_opts(fn, opts, allowed)
+  if opts.seed ~= nil and math.type(opts.seed) ~= "integer" then
+    raisef("%s: option 'seed' must be an integer, got %s", fn, tostring(opts.seed))
+  end
   local self = setmetatable({ _params = {}, _opts = opts, name = opts.name or name,
     input_size = check_size(fn, "the input size", nin),
     units = check_size(fn, "units", units),
     dtype = check_dtype(fn, opts.dtype),
-    use_bias = check_bool(fn, "use_bias", opts.use_bias, true) }, c)
+    use_bias = check_bool(fn, "use_bias", opts.use_bias, true),
+    dropout = check_rate(fn, "dropout", opts.dropout),
+    recurrent_dropout = check_rate(fn, "recurrent_dropout", opts.recurrent_dropout),
+    seed = opts.seed }, c)
+  if opts.seed ~= nil then self._gen = K.generator(opts.seed) end
+  self.activation, self.activation_name = activation(fn, opts.activation, "tanh")
+  if allowed.recurrent_activation then
+    self.recurrent_activation, self.recurrent_activation_name = activation(fn, opts.recurrent_activation, "sigmoid")
+  end
   return self, opts
 end
 
 -- The Variables 'kernel', 'recurrent_kernel' and (with use_bias) 'bias', in that order, from
--- the initializer options; 'gates' blocks of 'units' columns, a bias of 'bias_shape'.
+-- the initializer, regularizer and constraint options; 'gates' blocks of 'units' columns, a
+-- bias of 'bias_shape'.
 local function cell_weights(self, fn, opts, gates, bias_shape)
   local nin, u = self.input_size, self.units
   self.kernel = variable(self, "kernel", initial_value(fn, "kernel",
-    opts.kernel_initializer or "glorot_uniform", { nin, gates * u }, self.dtype))
+    opts.kernel_initializer or "glorot_uniform", { nin, gates * u }, self.dtype),
+    reg_and_constraint(fn, opts, "kernel"))
   self.recurrent_kernel = variable(self, "recurrent_kernel", initial_value(fn, "recurrent_kernel",
-    opts.recurrent_initializer or "orthogonal", { u, gates * u }, self.dtype))
+    opts.recurrent_initializer or "orthogonal", { u, gates * u }, self.dtype),
+    reg_and_constraint(fn, opts, "recurrent"))
   if self.use_bias then
     self.bias = variable(self, "bias", initial_value(fn, "bias",
-      opts.bias_initializer or "zeros", bias_shape, self.dtype))
+      opts.bias_initializer or "zeros", bias_shape, self.dtype), reg_and_constraint(fn, opts, "bias"))
   end
+end
+
+-- Whether the cell runs the fused kernel: Keras's default activations, no recurrent dropout.
+local function fused(self)
+  return self.activation_name == "tanh" and self.recurrent_activation_name == "sigmoid" and not self._mask_count
 end
 
 local function cell_describe(self)
@@ -286,19 +442,42 @@ local function builtin_fresh(self, prefix)
   return self._ctor(self.input_size, self.units, opts)
 end
 
+-- Gate k's block (of 'u' columns or entries) of a matrix or a vector.
+local function block(t, k, u)
+  return t:narrow(t:dim(), (k - 1) * u + 1, u)
+end
+
+-- x_k W_k + h_k U_k (+ b_k): gate k's pre-activation with per-gate inputs (Keras's
+-- implementation 1, used when recurrent dropout gives each gate its own masks).
+local function gate_pre(self, k, xs, hs)
+  local u = self.units
+  local z = xs[k]:matmul(block(self.kernel, k, u)) + hs[k]:matmul(block(self.recurrent_kernel, k, u))
+  if self.bias then z = z + block(self.bias, k, u) end
+  return z
+end
+
+-- The inputs of each of 'n' gates: t times each gate's mask, or t itself for every gate.
+local function per_gate(t, masks, n)
+  local out = {}
+  for k = 1, n do
+    if type(masks) == "table" and not is_tensor(masks) then out[k] = t * masks[k]
+    elseif masks then out[k] = t * masks
+    else out[k] = t end
+  end
+  return out
+end
+
 ---------------------------------------------------------------- SimpleRNNCell
 
 local SimpleRNNCell = class("SimpleRNNCell", CellBase)
 SimpleRNNCell.describe, SimpleRNNCell.fresh = cell_describe, builtin_fresh
-local SIMPLE_OPTS = set("activation", "use_bias", "kernel_initializer", "recurrent_initializer",
-  "bias_initializer", "dtype", "name")
+local SIMPLE_OPTS = cell_opts()
 
--- nn.SimpleRNNCell(in, units [, {activation="tanh", use_bias=true, ..., dtype=, name=}]):
--- h' = activation(x W + h U + b).
+-- nn.SimpleRNNCell(in, units [, {activation="tanh", use_bias=true, ..., dropout=0,
+-- recurrent_dropout=0, seed=, dtype=, name=}]): h' = activation(x W + h U + b).
 function nn.SimpleRNNCell(nin, units, opts)
   local self
   self, opts = cell_init("SimpleRNNCell", SimpleRNNCell, nin, units, opts, SIMPLE_OPTS, "simple_rnn")
-  self.activation = activation("SimpleRNNCell", opts.activation, "tanh")
   self._ctor, self._state_size = nn.SimpleRNNCell, { self.units }
   cell_weights(self, "SimpleRNNCell", opts, 1, { self.units })
   return self
@@ -311,9 +490,15 @@ function SimpleRNNCell:step(x, h)
   return self.activation(z)
 end
 
-function SimpleRNNCell:call(x, states)
+function SimpleRNNCell:call(x, states, training)
   check_features("SimpleRNNCell", x, self.input_size)
-  local h = self:step(x, states[1])
+  local h = states[1]
+  if training then                                     -- keras SimpleRNNCell.call
+    local dp, rdp = self:dropout_mask(x), self:recurrent_dropout_mask(h)
+    if dp then x = x * dp end
+    if rdp then h = h * rdp end
+  end
+  h = self:step(x, h)
   return h, { h }
 end
 
@@ -321,10 +506,8 @@ end
 
 local LSTMCell = class("LSTMCell", CellBase)
 LSTMCell.describe, LSTMCell.fresh = cell_describe, builtin_fresh
-local GATED_OPTS = set("use_bias", "kernel_initializer", "recurrent_initializer",
-  "bias_initializer", "unit_forget_bias", "dtype", "name")
-local GRU_OPTS = set("use_bias", "kernel_initializer", "recurrent_initializer",
-  "bias_initializer", "reset_after", "dtype", "name")
+local LSTM_OPTS = cell_opts("recurrent_activation", "unit_forget_bias")
+local GRU_OPTS = cell_opts("recurrent_activation", "reset_after")
 
 -- The LSTM step composed from tensor ops: the reference the fused kernel is tested against,
 -- and the path for a cell without bias or with operands of mixed dtypes.
@@ -371,14 +554,16 @@ function nn.lstm_step(x, h, c, W, U, b)
 end
 nn.lstm_step_ops = lstm_step_ops
 
--- nn.LSTMCell(in, units [, {unit_forget_bias=true, use_bias=true, kernel_initializer=,
--- recurrent_initializer=, bias_initializer=, dtype=, name="lstm"}]): states {h, c}, output h.
+-- nn.LSTMCell(in, units [, {activation="tanh", recurrent_activation="sigmoid",
+-- unit_forget_bias=true, use_bias=true, *_initializer=, *_regularizer=, *_constraint=,
+-- dropout=0, recurrent_dropout=0, seed=, dtype=, name="lstm"}]): states {h, c}, output h.
 -- unit_forget_bias sets the f block of the bias to 1 after the bias initializer.
 function nn.LSTMCell(nin, units, opts)
   local self
-  self, opts = cell_init("LSTMCell", LSTMCell, nin, units, opts, GATED_OPTS, "lstm")
+  self, opts = cell_init("LSTMCell", LSTMCell, nin, units, opts, LSTM_OPTS, "lstm")
   local u = self.units
   self._ctor, self._state_size = nn.LSTMCell, { u, u }
+  if self.recurrent_dropout > 0 then self._mask_count = 4 end   -- Keras's implementation 1
   cell_weights(self, "LSTMCell", opts, 4, { 4 * u })
   local forget_one = check_bool("LSTMCell", "unit_forget_bias", opts.unit_forget_bias, true)
   -- as Keras, whatever the bias initializer; a bias given as a tensor is kept as it is
@@ -390,12 +575,30 @@ end
 
 -- cell:step(x, h, c) -> h', c' (the swappable kernel, with this cell's weights)
 function LSTMCell:step(x, h, c)
-  return nn.lstm_step(x, h, c, self.kernel, self.recurrent_kernel, self.bias)
+  if fused(self) then return nn.lstm_step(x, h, c, self.kernel, self.recurrent_kernel, self.bias) end
+  return self:gates(per_gate(x, nil, 4), per_gate(h, nil, 4), c)
 end
 
-function LSTMCell:call(x, states)
+-- The LSTM with this cell's activations from per-gate inputs (keras LSTMCell, implementation 1).
+function LSTMCell:gates(xs, hs, c)
+  local act, ract = self.activation, self.recurrent_activation
+  local i = ract(gate_pre(self, 1, xs, hs))
+  local f = ract(gate_pre(self, 2, xs, hs))
+  local c2 = f * c + i * act(gate_pre(self, 3, xs, hs))
+  local o = ract(gate_pre(self, 4, xs, hs))
+  return o * act(c2), c2
+end
+
+function LSTMCell:call(x, states, training)
   check_features("LSTMCell", x, self.input_size)
-  local h, c = self:step(x, states[1], states[2])
+  local h, c = states[1], states[2]
+  local dp = training and self:dropout_mask(x) or nil
+  local rdp = training and self:recurrent_dropout_mask(h) or nil
+  if self._mask_count then
+    h, c = self:gates(per_gate(x, dp, 4), per_gate(h, rdp, 4), c)
+  else
+    h, c = self:step(dp and x * dp or x, h, c)
+  end
   return h, { h, c }                                   -- the output IS h' (one tensor)
 end
 
@@ -437,26 +640,61 @@ function nn.gru_step(x, h, W, U, b, reset_after)
 end
 nn.gru_step_ops = gru_step_ops
 
--- nn.GRUCell(in, units [, {reset_after=true, use_bias=true, ..., dtype=, name="gru"}]):
--- one state h; bias (2, 3u) when reset_after (PyTorch's GRU), else (3u).
+-- nn.GRUCell(in, units [, {activation="tanh", recurrent_activation="sigmoid",
+-- reset_after=true, use_bias=true, ..., dropout=0, recurrent_dropout=0, seed=, dtype=,
+-- name="gru"}]): one state h; bias (2, 3u) when reset_after (PyTorch's GRU), else (3u).
 function nn.GRUCell(nin, units, opts)
   local self
   self, opts = cell_init("GRUCell", GRUCell, nin, units, opts, GRU_OPTS, "gru")
   local u = self.units
   self.reset_after = check_bool("GRUCell", "reset_after", opts.reset_after, true)
   self._ctor, self._state_size = nn.GRUCell, { u }
+  if self.recurrent_dropout > 0 then self._mask_count = 3 end
   cell_weights(self, "GRUCell", opts, 3, self.reset_after and { 2, 3 * u } or { 3 * u })
   return self
 end
 
 -- cell:step(x, h) -> h'
 function GRUCell:step(x, h)
-  return nn.gru_step(x, h, self.kernel, self.recurrent_kernel, self.bias, self.reset_after)
+  if fused(self) then
+    return nn.gru_step(x, h, self.kernel, self.recurrent_kernel, self.bias, self.reset_after)
+  end
+  return self:gates(per_gate(x, nil, 3), per_gate(h, nil, 3), h)
 end
 
-function GRUCell:call(x, states)
+-- The GRU with this cell's activations from per-gate inputs xs, hs (keras GRUCell,
+-- implementation 1); h is the undropped state the update gate mixes.
+function GRUCell:gates(xs, hs, h)
+  local u, b = self.units, self.bias
+  local ib, rb = b, nil
+  if b and self.reset_after then ib, rb = b:select(1, 1), b:select(1, 2) end
+  local W, U = self.kernel, self.recurrent_kernel
+  local function x_(k)
+    local t = xs[k]:matmul(block(W, k, u))
+    return ib and t + block(ib, k, u) or t
+  end
+  local function h_(k, hk)
+    local t = hk:matmul(block(U, k, u))
+    return rb and t + block(rb, k, u) or t
+  end
+  local z = self.recurrent_activation(x_(1) + h_(1, hs[1]))
+  local r = self.recurrent_activation(x_(2) + h_(2, hs[2]))
+  local rh
+  if self.reset_after then rh = r * h_(3, hs[3]) else rh = h_(3, r * hs[3]) end
+  local hh = self.activation(x_(3) + rh)
+  return z * h + (1 - z) * hh
+end
+
+function GRUCell:call(x, states, training)
   check_features("GRUCell", x, self.input_size)
-  local h = self:step(x, states[1])
+  local h = states[1]
+  local dp = training and self:dropout_mask(x) or nil
+  local rdp = training and self:recurrent_dropout_mask(h) or nil
+  if self._mask_count then
+    h = self:gates(per_gate(x, dp, 3), per_gate(h, rdp, 3), h)
+  else
+    h = self:step(dp and x * dp or x, h)
+  end
   return h, { h }
 end
 
@@ -518,10 +756,7 @@ function nn.Cell(def)
                             __tostring = function() return "nn.Cell class " .. base end, cell_class = base })
 end
 
----------------------------------------------------------------- RNN
-
-local RNN = class("RNN", Layer)
-local RNN_OPTS = set("return_sequences", "return_state", "stateful", "go_backwards")
+---------------------------------------------------------------- StackedRNNCells
 
 local function check_cell(fn, cell)
   local mt = type(cell) == "table" and getmetatable(cell)
@@ -535,58 +770,247 @@ local function check_cell(fn, cell)
   return cell
 end
 
--- nn.RNN(cell [, {return_sequences=false, return_state=false, stateful=false,
--- go_backwards=false}]): runs 'cell' over x (B, T, in).
-function nn.RNN(cell, opts)
-  opts = check_opts("RNN", opts, RNN_OPTS)
-  return setmetatable({ cell = check_cell("RNN", cell),
-    return_sequences = check_bool("RNN", "return_sequences", opts.return_sequences, false),
-    return_state = check_bool("RNN", "return_state", opts.return_state, false),
-    stateful = check_bool("RNN", "stateful", opts.stateful, false),
-    go_backwards = check_bool("RNN", "go_backwards", opts.go_backwards, false) }, RNN)
+local Stacked = class("StackedRNNCells", CellBase)
+
+-- nn.StackedRNNCells{cell1, cell2, ...}: one cell running the cells in turn, each on the
+-- previous one's output (Keras's StackedRNNCells). Its states are every cell's states in
+-- order, flat; the RNN layer takes and returns them nested per cell ({{h1, c1}, {h2, c2}}).
+function nn.StackedRNNCells(cells)
+  if type(cells) ~= "table" or is_tensor(cells) or getmetatable(cells) ~= nil or #cells == 0 then
+    raisef("StackedRNNCells: expected a non-empty array of cells, got %s", describe(cells))
+  end
+  local self = setmetatable({ cells = {}, name = "stacked_rnn_cells" }, Stacked)
+  for i, c in ipairs(cells) do self.cells[i] = check_cell("StackedRNNCells: cell " .. i, c) end
+  return self
 end
 
-function RNN:parameters() return self.cell:parameters() end
-function RNN:describe() return "RNN(" .. tostring(self.cell) .. ")" end
+function Stacked:state_size()
+  local out = {}
+  for _, c in ipairs(self.cells) do
+    for _, n in ipairs(c:state_size()) do out[#out + 1] = n end
+  end
+  return out
+end
+
+function Stacked:state_dtype() return self.cells[1]:state_dtype() end
+
+function Stacked:initial_state(B)
+  local out = {}
+  for _, c in ipairs(self.cells) do
+    for _, s in ipairs(c:initial_state(B)) do out[#out + 1] = s end
+  end
+  return out
+end
+
+local function each_cell(self, method)
+  local out = {}
+  for _, c in ipairs(self.cells) do
+    for _, p in ipairs(c[method](c)) do out[#out + 1] = p end
+  end
+  return out
+end
+function Stacked:parameters() return each_cell(self, "parameters") end
+function Stacked:losses() return each_cell(self, "losses") end
+
+function Stacked:call(x, states, training)
+  local new, k, opts = {}, 0, { training = training }
+  for _, c in ipairs(self.cells) do
+    local n = #c:state_size()
+    local out, s = c(x, table.move(states, k + 1, k + n, 1, {}), opts)
+    for j = 1, n do new[k + j] = s[j] end
+    x, k = out, k + n
+  end
+  return x, new
+end
+
+function Stacked:reset_dropout_mask()
+  for _, c in ipairs(self.cells) do c:reset_dropout_mask() end
+end
+
+function Stacked:output_state_index()                  -- the last cell's (Keras: states[-1][0])
+  local k = 0
+  for i = 1, #self.cells - 1 do k = k + #self.cells[i]:state_size() end
+  return k + self.cells[#self.cells]:output_state_index()
+end
+
+function Stacked:fresh(prefix)
+  local cells = {}
+  for i, c in ipairs(self.cells) do
+    if type(c.fresh) ~= "function" then raise("Bidirectional: the cell cannot be copied (give backward_layer=)") end
+    cells[i] = c:fresh(prefix)
+  end
+  return nn.StackedRNNCells(cells)
+end
+
+function Stacked:describe()
+  local parts = {}
+  for i, c in ipairs(self.cells) do parts[i] = tostring(c) end
+  return "StackedRNNCells{" .. table.concat(parts, ", ") .. "}"
+end
+
+-- Per-cell arrays of a stacked cell's flat states ({s1, s2, s3, s4} -> {{s1, s2}, {s3, s4}}).
+local function nest_states(cell, flat)
+  local out, k = {}, 0
+  for i, c in ipairs(cell.cells) do
+    local n = #c:state_size()
+    out[i] = table.move(flat, k + 1, k + n, 1, {})
+    k = k + n
+  end
+  return out
+end
+
+-- The flat states from states given nested per cell (or already flat).
+local function flat_states(cell, states)
+  if getmetatable(cell) ~= Stacked or type(states) ~= "table" or is_tensor(states) or is_tensor(states[1]) then
+    return states
+  end
+  local out = {}
+  for i, s in ipairs(states) do
+    if is_tensor(s) then s = { s } end
+    if type(s) ~= "table" then
+      raisef("RNN: initial states of cell %d must be an array of tensors, got %s", i, describe(s))
+    end
+    for _, t in ipairs(s) do out[#out + 1] = t end
+  end
+  return out
+end
+
+---------------------------------------------------------------- RNN
+
+local RNN = class("RNN", Layer)
+local RNN_OPTS = set("return_sequences", "return_state", "stateful", "go_backwards", "unroll",
+  "zero_output_for_mask", "activity_regularizer", "name")
+
+-- The layer options shared by nn.RNN and the layer classes.
+local function rnn_options(self, fn, opts)
+  self.return_sequences = check_bool(fn, "return_sequences", opts.return_sequences, false)
+  self.return_state = check_bool(fn, "return_state", opts.return_state, false)
+  self.stateful = check_bool(fn, "stateful", opts.stateful, false)
+  self.go_backwards = check_bool(fn, "go_backwards", opts.go_backwards, false)
+  self.unroll = check_bool(fn, "unroll", opts.unroll, false)   -- the same numbers either way
+  self.zero_output_for_mask = check_bool(fn, "zero_output_for_mask", opts.zero_output_for_mask, false)
+  self.activity_regularizer = K.regularizer(fn, "activity_regularizer", opts.activity_regularizer)
+  if opts.name ~= nil and type(opts.name) ~= "string" then raisef("%s: option 'name' must be a string", fn) end
+end
+
+-- nn.RNN(cell [, {return_sequences=false, return_state=false, stateful=false,
+-- go_backwards=false, unroll=false, zero_output_for_mask=false, activity_regularizer=,
+-- name=}]): runs 'cell' over x (B, T, in). An array of cells is nn.StackedRNNCells(cells).
+function nn.RNN(cell, opts)
+  opts = check_opts("RNN", opts, RNN_OPTS)
+  if type(cell) == "table" and getmetatable(cell) == nil and not is_tensor(cell) and cell[1] ~= nil then
+    cell = nn.StackedRNNCells(cell)
+  end
+  local self = setmetatable({ cell = check_cell("RNN", cell) }, RNN)
+  rnn_options(self, "RNN", opts)
+  self.name = opts.name or cell.name or "rnn"
+  return self
+end
+
+function RNN:parameters() return self.cell and self.cell:parameters() or {} end
+
+function RNN:losses()
+  local out = self.cell and self.cell:losses() or {}
+  for _, l in ipairs(self._activity_losses or {}) do out[#out + 1] = l end
+  return out
+end
+
+function RNN:describe()
+  if self.cell == nil then return string.format("%s(%d units, not built)", self.__name, self.units) end
+  return self.__name .. "(" .. tostring(self.cell) .. ")"
+end
+
+function RNN:compute_mask(_, mask) return self.return_sequences and mask or nil end
+
+-- rnn:build(in): makes the cell of a layer class (nn.LSTM(...)) for inputs of 'in' features;
+-- a call builds it from the input. Does nothing once built.
+function RNN:build(nin)
+  if self.cell == nil then self.cell = self._ctor(nin, self.units, self._cell_opts) end
+  return self
+end
 
 -- The states a run starts from: the given ones, else the kept ones (stateful), else zeros.
 function RNN:start_states(x, initial)
   local B, sizes = x:size(1), self.cell:state_size()
-  if initial ~= nil then return check_states("RNN", initial, sizes, B) end
+  if initial ~= nil then return check_states(self.__name, flat_states(self.cell, initial), sizes, B) end
   local kept = self._states
   if kept then
     if kept[1]:size(1) ~= B then
-      raisef("RNN: stateful layer kept states for batch size %d, got batch size %d (call reset_states())",
-        kept[1]:size(1), B)
+      raisef("%s: stateful layer kept states for batch size %d, got batch size %d (call reset_states())",
+        self.__name, kept[1]:size(1), B)
     end
     return kept
   end
   return self.cell:initial_state(B)
 end
 
--- rnn:trace(x [, initial_states]): runs the sequence and returns {outputs={o_1..o_T},
--- states={{h_0..h_T}, ...}, h=states[1], c=states[2]}, index 0 holding the initial states.
--- Every tensor is the one the recurrence produced and fed to the next step (no copies), so
--- tape:gradient(loss, tr.h) is the total dL/dh_t and batch_jacobian(tr.h[t], tr.h[t-1]) is
--- dh_t/dh_(t-1). With go_backwards, step t processes x[:, T-t+1]. A stateful layer keeps
--- the final states, as a call does.
-function RNN:trace(x, initial)
-  check_tensor("RNN", "the input", x)
-  if x:dim() ~= 3 then raisef("RNN: input must be (batch, time, features), got shape %s", shapestr(x)) end
+-- The mask option as a (B, T) 0/1 tensor of the states' dtype (nonzero entries are 1), or nil.
+local function check_mask(fn, mask, x, dtype)
+  if mask == nil then return nil end
+  if not is_tensor(mask) then raisef("%s: mask must be a (batch, time) tensor, got %s", fn, describe(mask)) end
+  if mask:dim() ~= 2 or mask:size(1) ~= x:size(1) or mask:size(2) ~= x:size(2) then
+    raisef("%s: mask has shape %s, expected (%d,%d) for input %s", fn, shapestr(mask), x:size(1), x:size(2),
+      shapestr(x))
+  end
+  return mg.ne(mask, 0):to(dtype)
+end
+
+-- One masked step (Keras's backend rnn): rows whose mask is 0 keep their states; their
+-- output is zero (zero_output_for_mask) or the previous output state. 'new' is copied.
+local function mask_step(self, m, o, new, states, oi)
+  local kept = {}
+  for k, s in ipairs(new) do kept[k] = mg.where(m, s, states[k]) end
+  if self.zero_output_for_mask then o = o * m
+  elseif rawequal(o, new[oi]) then o = kept[oi]           -- the output is that state: one tensor
+  else o = mg.where(m, o, states[oi]) end
+  return o, kept
+end
+
+-- The trace of one run (see rnn:trace); 'opts' are checked call options.
+function RNN:run(x, initial, opts)
+  local fn = self.__name
+  check_tensor(fn, "the input", x)
+  if x:dim() ~= 3 then raisef("%s: input must be (batch, time, features), got shape %s", fn, shapestr(x)) end
   local T = x:size(2)
-  if T < 1 then raisef("RNN: input has no timesteps (shape %s)", shapestr(x)) end
+  if T < 1 then raisef("%s: input has no timesteps (shape %s)", fn, shapestr(x)) end
+  self:build(x:size(3))
+  local cell = self.cell
   local states = self:start_states(x, initial)
+  local mask = check_mask(fn, opts.mask, x, states[1].dtype)
+  local copts, oi = { training = opts.training == true }, cell:output_state_index()
   local tr = { outputs = {}, states = {} }
   for k, s in ipairs(states) do tr.states[k] = { [0] = s } end
+  cell:reset_dropout_mask()
   for t = 1, T do
-    local o
-    o, states = self.cell(x:select(2, self.go_backwards and T - t + 1 or t), states)
+    local ti = self.go_backwards and T - t + 1 or t
+    local o, new = cell(x:select(2, ti), states, copts)
+    if mask then o, new = mask_step(self, mask:select(2, ti):unsqueeze(2), o, new, states, oi) end
     tr.outputs[t] = o
-    for k, s in ipairs(states) do tr.states[k][t] = s end
+    for k, s in ipairs(new) do tr.states[k][t] = s end
+    states = new
   end
+  cell:reset_dropout_mask()
   tr.h, tr.c = tr.states[1], tr.states[2]
+  if getmetatable(cell) == Stacked then
+    tr.cells = nest_states(cell, tr.states)
+    for _, c in ipairs(tr.cells) do c.h, c.c = c[1], c[2] end
+    tr.h, tr.c = tr.cells[#tr.cells].h, tr.cells[#tr.cells].c
+  end
   if self.stateful then self:keep(states) end
   return tr
+end
+
+-- rnn:trace(x [, initial_states] [, {mask=, training=}]): runs the sequence and returns
+-- {outputs={o_1..o_T}, states={{h_0..h_T}, ...}, h=states[1], c=states[2]}, index 0 holding
+-- the initial states. Every tensor is the one the recurrence produced and fed to the next
+-- step (no copies), so tape:gradient(loss, tr.h) is the total dL/dh_t and
+-- batch_jacobian(tr.h[t], tr.h[t-1]) is dh_t/dh_(t-1). With go_backwards, step t processes
+-- x[:, T-t+1]. With a mask, the states of a masked step are the carried ones. A stacked cell
+-- adds cells={{h=, c=, ...} per cell} and h, c are the last cell's. A stateful layer keeps
+-- the final states, as a call does.
+function RNN:trace(x, a, b)
+  local initial, opts = call_args(self.__name .. ":trace", a, b)
+  return self:run(x, initial, opts)
 end
 
 -- Keeps detached copies of 'states' for the next call (stateful layers).
@@ -598,15 +1022,21 @@ function RNN:keep(states)
   end)
 end
 
--- rnn:reset_states([states]): forget the kept states (or set them).
+-- rnn:reset_states([states]): forget the kept states (or set them); rnn:reset_state is the
+-- Keras 3 spelling.
 function RNN:reset_states(states)
   if states == nil then self._states = nil return end
   local s = is_tensor(states) and { states } or states
+  if self.cell then s = flat_states(self.cell, s) end
   if type(s) ~= "table" or not is_tensor(s[1]) then
     raisef("RNN:reset_states: expected an array of tensors, got %s", describe(states))
   end
+  if self.cell == nil then
+    raise("RNN:reset_states: the layer is not built yet (call it once, or give input_size=)")
+  end
   self:keep(check_states("RNN:reset_states", s, self.cell:state_size(), s[1]:size(1)))
 end
+RNN.reset_state = RNN.reset_states
 
 -- The final states of a trace, as an array.
 local function final_states(tr)
@@ -615,21 +1045,33 @@ local function final_states(tr)
   return out
 end
 
--- rnn(x [, initial_states]): output ((B, T, u) with return_sequences, else the last output),
--- then with return_state the final states.
-function RNN:__call(x, initial)
-  local tr = self:trace(x, initial)
+-- rnn(x [, initial_states] [, {mask=, training=, initial_state=}]): output ((B, T, u) with
+-- return_sequences, else the last output), then with return_state the final states (nested
+-- per cell for stacked cells).
+function RNN:__call(x, a, b)
+  local initial, opts = call_args(self.__name, a, b)
+  local tr = self:run(x, initial, opts)
   local out = self.return_sequences and mg.stack(tr.outputs, 2) or tr.outputs[#tr.outputs]
-  if self.return_state then return out, table.unpack(final_states(tr)) end
+  local st = final_states(tr)
+  if getmetatable(self.cell) == Stacked then st = nest_states(self.cell, st) end
+  if self.activity_regularizer then
+    local flat = { out }
+    for _, s in ipairs(final_states(tr)) do flat[#flat + 1] = s end
+    self._activity_losses = activity_losses(self.activity_regularizer,
+      table.unpack(flat, 1, self.return_state and #flat or 1))
+  end
+  if self.return_state then return out, table.unpack(st) end
   return out
 end
 
 -- rnn:lyapunov(x [, opts]), rnn:jacobian_spectra(x [, opts]) and the same on any cell: the
 -- spectra of the cell's map over x from opts.initial (zeros by default); see docs/linalg.md.
 function RNN:lyapunov(x, opts)
+  if self.cell == nil and is_tensor(x) and x:dim() == 3 then self:build(x:size(3)) end
   return mg._spectra.cell_run("lyapunov", "RNN:lyapunov", self.cell, x, opts, self.go_backwards)
 end
 function RNN:jacobian_spectra(x, opts)
+  if self.cell == nil and is_tensor(x) and x:dim() == 3 then self:build(x:size(3)) end
   return mg._spectra.cell_run("jacobian_spectra", "RNN:jacobian_spectra", self.cell, x, opts,
                                               self.go_backwards)
 end
@@ -640,14 +1082,56 @@ function CellBase:jacobian_spectra(x, opts)
   return mg._spectra.cell_run("jacobian_spectra", self.__name .. ":jacobian_spectra", self, x, opts)
 end
 
--- A new RNN over a fresh copy of the cell, the other direction (for Bidirectional).
+local LAYER_FIELDS = { "return_sequences", "return_state", "stateful", "go_backwards", "unroll",
+  "zero_output_for_mask", "activity_regularizer", "units", "_ctor" }
+
+-- A new RNN of the same class over a fresh copy of the cell (or, not built yet, of the
+-- cell's options), the other direction, named prefix .. name (for Bidirectional).
 function RNN:opposite(prefix)
-  if type(self.cell.fresh) ~= "function" then
-    raise("Bidirectional: the cell cannot be copied (give backward_layer=)")
+  local o = setmetatable({}, getmetatable(self))
+  for _, k in ipairs(LAYER_FIELDS) do o[k] = self[k] end
+  o.go_backwards, o.name = not self.go_backwards, prefix .. self.name
+  if self._cell_opts then
+    o._cell_opts = {}
+    for k, v in pairs(self._cell_opts) do o._cell_opts[k] = v end
+    o._cell_opts.name = o.name
   end
-  return nn.RNN(self.cell:fresh(prefix), { return_sequences = self.return_sequences,
-    return_state = self.return_state, stateful = self.stateful, go_backwards = not self.go_backwards })
+  if self.cell then
+    if type(self.cell.fresh) ~= "function" then
+      raise("Bidirectional: the cell cannot be copied (give backward_layer=)")
+    end
+    o.cell = self.cell:fresh(prefix)
+  end
+  return o
 end
+
+---------------------------------------------------------------- SimpleRNN, LSTM, GRU
+
+-- nn.SimpleRNN / nn.LSTM / nn.GRU (units [, opts]): Keras's layer classes, an nn.RNN whose
+-- cell (nn.SimpleRNNCell / LSTMCell / GRUCell with the cell options among 'opts') is made at
+-- the first call, for the input's feature count, or at once with input_size=.
+local function layer_class(kname, ctor, cell_allowed, default_name)
+  local C = class(kname, RNN)
+  local allowed = set("input_size")
+  for k in pairs(cell_allowed) do allowed[k] = true end
+  for k in pairs(RNN_OPTS) do allowed[k] = true end
+  nn[kname] = function(units, opts)
+    opts = check_opts(kname, opts, allowed)
+    local self = setmetatable({ units = check_size(kname, "units", units), _ctor = ctor, _cell_opts = {} }, C)
+    for k, v in pairs(opts) do
+      if cell_allowed[k] then self._cell_opts[k] = v end
+    end
+    rnn_options(self, kname, opts)
+    self.name = opts.name or default_name
+    self._cell_opts.name = self.name
+    if opts.input_size ~= nil then self:build(check_size(kname, "input_size", opts.input_size)) end
+    return self
+  end
+  return C
+end
+layer_class("SimpleRNN", nn.SimpleRNNCell, SIMPLE_OPTS, "simple_rnn")
+layer_class("LSTM", nn.LSTMCell, LSTM_OPTS, "lstm")
+layer_class("GRU", nn.GRUCell, GRU_OPTS, "gru")
 
 ---------------------------------------------------------------- Bidirectional
 
@@ -659,24 +1143,29 @@ local MERGES = {
   ave = function(a, b) return (a + b) * 0.5 end,
 }
 
--- nn.Bidirectional(rnn [, {merge_mode="concat"|"sum"|"mul"|"ave", backward_layer=}]): runs
--- 'rnn' forward and a copy of it (fresh weights, names prefixed "backward_") backward over
--- the sequence, flips the backward outputs into time order, and merges.
+-- nn.Bidirectional(rnn [, {merge_mode="concat"|"sum"|"mul"|"ave"|"none"|false,
+-- backward_layer=}]): runs 'rnn' forward and a copy of it (fresh weights, names prefixed
+-- "backward_") backward over the sequence, flips the backward outputs into time order, and
+-- merges; "none" (or false, Keras's None) returns both directions' outputs. As in Keras, both
+-- layers use zero_output_for_mask = return_sequences.
 function nn.Bidirectional(rnn, opts)
   opts = check_opts("Bidirectional", opts, set("merge_mode", "backward_layer"))
-  if getmetatable(rnn) ~= RNN then raisef("Bidirectional: expected an nn.RNN, got %s", describe(rnn)) end
-  local mode = opts.merge_mode or "concat"
-  if MERGES[mode] == nil then
-    raisef("Bidirectional: merge_mode must be concat, sum, mul or ave, got %s", tostring(mode))
+  if not is_a(rnn, RNN) then raisef("Bidirectional: expected an nn.RNN, got %s", describe(rnn)) end
+  local mode = opts.merge_mode
+  if mode == nil then mode = "concat" elseif mode == false then mode = "none" end
+  if mode ~= "none" and MERGES[mode] == nil then
+    raisef("Bidirectional: merge_mode must be concat, sum, mul or ave, got %s (or \"none\"/false for both outputs)",
+      tostring(mode))
   end
   local back = opts.backward_layer or rnn:opposite("backward_")
-  if getmetatable(back) ~= RNN then raisef("Bidirectional: backward_layer must be an nn.RNN, got %s", describe(back)) end
+  if not is_a(back, RNN) then raisef("Bidirectional: backward_layer must be an nn.RNN, got %s", describe(back)) end
   if back.go_backwards == rnn.go_backwards then
     raise("Bidirectional: backward_layer must have go_backwards different from the forward layer's")
   end
   if back.return_sequences ~= rnn.return_sequences or back.return_state ~= rnn.return_state then
     raise("Bidirectional: backward_layer must match the forward layer's return_sequences and return_state")
   end
+  rnn.zero_output_for_mask, back.zero_output_for_mask = rnn.return_sequences, rnn.return_sequences
   return setmetatable({ forward_layer = rnn, backward_layer = back, merge_mode = mode,
     return_sequences = rnn.return_sequences, return_state = rnn.return_state }, Bidirectional)
 end
@@ -687,50 +1176,75 @@ function Bidirectional:parameters()
   return out
 end
 
-function Bidirectional:describe()
-  return string.format("Bidirectional(%s, %s)", tostring(self.forward_layer.cell), self.merge_mode)
+function Bidirectional:losses()
+  local out = self.forward_layer:losses()
+  for _, p in ipairs(self.backward_layer:losses()) do out[#out + 1] = p end
+  return out
 end
 
--- bi:trace(x [, initial_states]): {forward=trace, backward=trace (in processing order, so
--- backward.outputs[t] belongs to time T-t+1), outputs={merged o_1..o_T in time order}}.
-function Bidirectional:trace(x, initial)
+function Bidirectional:describe()
+  local f = self.forward_layer
+  return string.format("Bidirectional(%s, %s)", tostring(f.cell or f), self.merge_mode)
+end
+
+function Bidirectional:compute_mask(_, mask) return self.return_sequences and mask or nil end
+
+local function merge(self, a, b)
+  if self.merge_mode == "none" then return { a, b } end
+  return MERGES[self.merge_mode](a, b)
+end
+
+-- bi:trace(x [, initial_states] [, {mask=, training=}]): {forward=trace, backward=trace (in
+-- processing order, so backward.outputs[t] belongs to time T-t+1), outputs={merged o_1..o_T
+-- in time order}} (merge_mode "none": each outputs[t] is {forward, backward}).
+function Bidirectional:trace(x, a, b)
+  local initial, opts = call_args("Bidirectional:trace", a, b)
   local fi, bi
   if initial ~= nil then
     if is_tensor(initial) or type(initial) ~= "table" then
       raisef("Bidirectional: initial states must be an array of tensors, got %s", describe(initial))
     end
+    if x ~= nil and is_tensor(x) and x:dim() == 3 then self.forward_layer:build(x:size(3)) end
     local n = #self.forward_layer.cell:state_size()
     if #initial ~= 2 * n then raisef("Bidirectional: got %d initial states, expected %d", #initial, 2 * n) end
     fi, bi = table.move(initial, 1, n, 1, {}), table.move(initial, n + 1, 2 * n, 1, {})
   end
-  local tf = self.forward_layer:trace(x, fi)
-  local tb = self.backward_layer:trace(x, bi)
-  local merge, T, outs = MERGES[self.merge_mode], #tf.outputs, {}
-  for t = 1, T do outs[t] = merge(tf.outputs[t], tb.outputs[T - t + 1]) end
+  local tf = self.forward_layer:run(x, fi, opts)
+  local tb = self.backward_layer:run(x, bi, opts)
+  local T, outs = #tf.outputs, {}
+  for t = 1, T do outs[t] = merge(self, tf.outputs[t], tb.outputs[T - t + 1]) end
   return { forward = tf, backward = tb, outputs = outs }
 end
 
--- bi(x [, initial_states]): the merged output, then with return_state the forward layer's
--- final states followed by the backward layer's.
-function Bidirectional:__call(x, initial)
-  local tr = self:trace(x, initial)
-  local out
+-- bi(x [, initial_states] [, {mask=, training=}]): the merged output (merge_mode "none": the
+-- forward and the backward output), then with return_state the forward layer's final states
+-- followed by the backward layer's.
+function Bidirectional:__call(x, a, b)
+  local tr = self:trace(x, a, b)
+  local of, ob
   if self.return_sequences then
-    out = mg.stack(tr.outputs, 2)
+    local T, fs, bs = #tr.forward.outputs, {}, {}
+    for t = 1, T do fs[t], bs[t] = tr.forward.outputs[t], tr.backward.outputs[T - t + 1] end
+    of, ob = mg.stack(fs, 2), mg.stack(bs, 2)
   else                                                 -- each direction's last step
-    out = MERGES[self.merge_mode](tr.forward.outputs[#tr.forward.outputs],
-                                  tr.backward.outputs[#tr.backward.outputs])
+    of, ob = tr.forward.outputs[#tr.forward.outputs], tr.backward.outputs[#tr.backward.outputs]
   end
-  if not self.return_state then return out end
-  local st = final_states(tr.forward)
-  for _, s in ipairs(final_states(tr.backward)) do st[#st + 1] = s end
-  return out, table.unpack(st)
+  local out = { of, ob }
+  if self.merge_mode ~= "none" then
+    out = { self.return_sequences and mg.stack(tr.outputs, 2) or MERGES[self.merge_mode](of, ob) }
+  end
+  if self.return_state then
+    for _, s in ipairs(final_states(tr.forward)) do out[#out + 1] = s end
+    for _, s in ipairs(final_states(tr.backward)) do out[#out + 1] = s end
+  end
+  return table.unpack(out)
 end
 
 function Bidirectional:reset_states()
   self.forward_layer:reset_states()
   self.backward_layer:reset_states()
 end
+Bidirectional.reset_state = Bidirectional.reset_states
 
 ---------------------------------------------------------------- Sequential
 
@@ -760,28 +1274,51 @@ function Sequential:add(layer)
   return self
 end
 
-function Sequential:__call(x)
-  for _, l in ipairs(self.layers) do x = l(x) end
+-- seq(x [, {mask=, training=}]): each layer of moongrad gets {mask=, training=}, the mask
+-- being the one the previous layer produced (nn.Masking, nn.Embedding with mask_zero) or
+-- passed on (layer:compute_mask); plain functions pass the mask on.
+function Sequential:__call(x, opts)
+  opts = check_opts("Sequential", opts, set("mask", "training"))
+  local mask, training = opts.mask, opts.training
+  for _, l in ipairs(self.layers) do
+    if type(l) == "table" and l.takes_call_options then
+      local y = l(x, { mask = mask, training = training })
+      mask, x = l:compute_mask(x, mask), y
+    else
+      x = l(x)
+    end
+  end
+  self._out_mask = mask
   return x
 end
 
-function Sequential:parameters()
+function Sequential:compute_mask() return self._out_mask end
+
+local function gather_layers(self, method)
   local out, seen = {}, {}
   for _, l in ipairs(self.layers) do
-    if type(l) == "table" and type(l.parameters) == "function" then
-      for _, p in ipairs(l:parameters()) do
+    if type(l) == "table" and type(l[method]) == "function" then
+      for _, p in ipairs(l[method](l)) do
         if not seen[p] then seen[p] = true; out[#out + 1] = p end
       end
     end
   end
   return out
 end
+function Sequential:parameters() return gather_layers(self, "parameters") end
+function Sequential:losses() return gather_layers(self, "losses") end
 
 function Sequential:describe()
   local parts = {}
   for i, l in ipairs(self.layers) do parts[i] = type(l) == "function" and "function" or tostring(l) end
   return "Sequential{" .. table.concat(parts, ", ") .. "}"
 end
+
+-- Embedding, Masking, Dropout, TimeDistributed, LayerNormalization (nn_layers.lua)
+require("moongrad.nn_layers")(nn, { class = class, Layer = Layer, variable = variable,
+  reg_and_constraint = reg_and_constraint, activity_losses = activity_losses, check_tensor = check_tensor,
+  check_size = check_size, check_dtype = check_dtype, check_bool = check_bool, check_opts = check_opts,
+  set = set, raisef = raisef, describe = describe })
 
 ---------------------------------------------------------------- losses
 
