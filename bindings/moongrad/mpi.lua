@@ -473,7 +473,10 @@ end
 M._show = show
 
 local function run_one(fn, configs, i)
-  local ok, r = xpcall(fn, function(e) return debug.traceback(tostring(e), 2) end, configs[i])
+  local ok, r = xpcall(fn, function(e)       -- the message and the frames inside fn
+    local tb = debug.traceback(tostring(e), 2)
+    return (tb:gsub("\n\t%[C%]: in function 'xpcall'.*$", ""))
+  end, configs[i])
   if not ok then return { ok = false, err = r } end
   local sok, s = pcall(M._serialize, r, "mpi.sweep")
   if not sok then return { ok = false, err = "its result cannot be sent to rank 0: " .. tostring(s) } end
