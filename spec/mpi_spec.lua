@@ -75,6 +75,29 @@ describe("moongrad.mpi", function()
     end)
   end
 
+  it("scripts/sweep.lua --quick: the same table on 1 and 2 ranks, Glorot's 0.5 and 1, the picture", function()
+    local exe = q(build .. "/moongrad") .. " " .. q(source .. "/scripts/sweep.lua") .. " --quick"
+    local tables = {}
+    for _, np in ipairs { 1, 2 } do
+      local dir = os.tmpname()
+      os.remove(dir)
+      local out, ok = run((np == 1 and "" or MPIRUN .. " ") .. exe .. " --out " .. q(dir))
+      assert.is_true(ok, out)
+      assert.truthy(out:find("8 configs (2 seeds x sizes 8,16 x relu,identity) on " .. np .. " rank", 1, true), out)
+      local relu = tonumber(out:match("relu mean var%(J%)%*units = ([%d.]+)"))
+      local id = tonumber(out:match("identity mean var%(J%)%*units = ([%d.]+)"))
+      assert.truthy(relu and math.abs(relu - 0.5) < 0.1, out)
+      assert.truthy(id and math.abs(id - 1) < 0.15, out)
+      local f = io.open(dir .. "/sweep_spectra.png", "rb")
+      assert.truthy(f, "no picture: " .. out)
+      assert.are.equal("\137PNG", f:read(4))
+      f:close()
+      os.execute("rm -rf " .. q(dir))
+      tables[np] = out:gsub("^[^\n]*\n", ""):gsub("wrote[^\n]*", "")   -- all but the timing and paths
+    end
+    assert.are.equal(tables[1], tables[2])
+  end)
+
   it("a run that raises: mpi.sweep reports it, every rank raises and exits non-zero, no hang", function()
     local dir = os.tmpname()
     os.remove(dir)
