@@ -15,8 +15,9 @@ local INSTALL = "install Open MPI's development files (Debian: apt-get install l
 
 local core, why_not, RANK, SIZE
 
--- moongrad_mpi.so on package.cpath, else beside the file moongrad was loaded from (build/lua/
--- for the build tree's moongrad executable, whose libmoongrad.so is in build/).
+-- moongrad_mpi.so on package.cpath, else beside the file moongrad was loaded from: build/lua/
+-- for the build tree's moongrad executable (libmoongrad.so in build/), PREFIX/lib/lua/5.4/ for
+-- an installed one (libmoongrad.so in PREFIX/lib/).
 local function find_core()
   if os.getenv("MOONGRAD_NO_MPI") and os.getenv("MOONGRAD_NO_MPI") ~= "" and os.getenv("MOONGRAD_NO_MPI") ~= "0" then
     return nil, "MOONGRAD_NO_MPI is set"
@@ -26,7 +27,8 @@ local function find_core()
   if not path then
     local dir = mg._module_dir()
     if dir then
-      for _, p in ipairs { dir .. "/moongrad_mpi.so", dir .. "/lua/moongrad_mpi.so" } do
+      for _, p in ipairs { dir .. "/moongrad_mpi.so", dir .. "/lua/moongrad_mpi.so",
+                           dir .. "/lua/5.4/moongrad_mpi.so" } do
         local f = io.open(p, "rb")
         if f then f:close(); path = p; break end
         tried[#tried + 1] = p
