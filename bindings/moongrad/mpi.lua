@@ -15,6 +15,11 @@ local INSTALL = "install Open MPI's development files (Debian: apt-get install l
 
 local core, why_not, RANK, SIZE
 
+-- Counts of the data allreduces (mpi.allreduce, average_gradients; not the small agreement
+-- checks) and of broadcast_parameters' broadcasts: the spec reads them to check that
+-- average_gradients and broadcast_parameters are one fused call. Internal.
+M._stats = { allreduce = 0, bcast = 0 }
+
 -- moongrad_mpi.so on package.cpath, else beside the file moongrad was loaded from: build/lua/
 -- for the build tree's moongrad executable (libmoongrad.so in build/), PREFIX/lib/lua/5.4/ for
 -- an installed one (libmoongrad.so in PREFIX/lib/).
@@ -138,6 +143,7 @@ function M.allreduce(t, op)
   agree(fn, signature(t) .. " " .. op, "shapes, dtypes or ops")
   local c, copied = contiguous(t)
   local p = mg._data_ptr(c, true)
+  M._stats.allreduce = M._stats.allreduce + 1
   c0.allreduce(p, c:numel(), c.dtype, OPS[op], op == "mean" and 1 / SIZE or 1, fn)
   write_back(t, c, copied)
   return t
@@ -407,6 +413,7 @@ function M.average_gradients(grads)
   for _, dt in ipairs(order) do
     local idx = by[dt]
     local buf = pack(list, idx)
+    M._stats.allreduce = M._stats.allreduce + 1
     c0.allreduce((mg._data_ptr(buf, true)), buf:numel(), dt, "sum", 1 / SIZE, fn)
     local off = 0
     for _, i in ipairs(idx) do
@@ -432,6 +439,7 @@ function M.broadcast_parameters(params, root)
     local idx = by[dt]
     local buf = pack(list, idx)
     local p, bytes = mg._data_ptr(buf, true)
+    M._stats.bcast = M._stats.bcast + 1
     c0.bcast(p, bytes, root, fn)
     if RANK ~= root then
       local off = 0

@@ -25,7 +25,9 @@ local function train(dt, x, y, distributed)
   local f, params = model(dt)
   if distributed then
     if r ~= 0 then for _, p in ipairs(params) do p:assign_add(1) end end   -- differ first
+    local before = mpi._stats.bcast
     mpi.broadcast_parameters(params, 0)
+    assert(mpi._stats.bcast == before + 1, "broadcast_parameters: one fused broadcast")
     local _, ref = model(dt)
     for i, p in ipairs(params) do C.equal(p, ref[i], dt .. " broadcast_parameters " .. i) end
     x, y = mpi.shard(x), mpi.shard(y)
@@ -36,7 +38,11 @@ local function train(dt, x, y, distributed)
     local tape = mg.GradientTape()
     local loss = nn.mse(f(x), y)
     local grads = tape:gradient(loss, params)
-    if distributed then grads = mpi.average_gradients(grads) end
+    if distributed then
+      local before = mpi._stats.allreduce
+      grads = mpi.average_gradients(grads)
+      assert(mpi._stats.allreduce == before + 1, "average_gradients: one fused allreduce for " .. #params .. " gradients")
+    end
     opt:step(grads)
     losses[step] = loss:item()
   end
