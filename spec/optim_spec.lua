@@ -168,3 +168,342 @@ describe("training", function()
     assert(last < first / 20, string.format("loss went from %g to %g", first, last))
   end)
 end)
+
+---------------------------------------------------------------- against Keras 3 and PyTorch
+
+-- Two parameters (3, 4) and (5) and STEPS steps of gradients, saved for the reference script
+-- as <name>_p<k>.npy and <name>_g<s>_<k>.npy (float64 values; Keras reads them as float32).
+local STEPS = 6
+local function problem(dir, name, scale)
+  mg.manual_seed(#name * 7 + 3)
+  local ps = { mg.randn({ 3, 4 }, F64), mg.randn({ 5 }, F64) }
+  local gs = {}
+  for s = 1, STEPS do
+    gs[s] = { mg.randn({ 3, 4 }, F64) * (scale or 1), mg.randn({ 5 }, F64) * (scale or 1) * 0.3 }
+    for k = 1, 2 do mg.save(gs[s][k], string.format("%s/%s_g%d_%d.npy", dir, name, s, k - 1)) end
+  end
+  for k = 1, 2 do mg.save(ps[k], string.format("%s/%s_p%d.npy", dir, name, k - 1)) end
+  return ps, gs
+end
+
+-- Runs 'make' (params -> optimizer) over the problem in 'dtype'; the final parameters.
+local function ours(ps, gs, dtype, make)
+  local vs = { mg.Variable(ps[1]:to(dtype), "a"), mg.Variable(ps[2]:to(dtype), "b") }
+  local opt = make(vs)
+  for s = 1, STEPS do opt:step({ gs[s][1]:to(dtype), gs[s][2]:to(dtype) }) end
+  return vs, opt
+end
+
+-- The largest relative difference |a - b| / max(1, |b|) over the two parameters.
+local function reldiff(vs, dir, name)
+  local worst = 0
+  for k = 1, 2 do
+    local want = support.ref_out(dir, string.format("%s_p%d", name, k - 1))
+    local d = ((vs[k]:to("float64") - want):abs() / mg.maximum(want:abs(), 1)):max():item()
+    if d > worst then worst = d end
+  end
+  return worst
+end
+
+describe("optimizers against Keras 3 (float32, N steps on the same gradients)", function()
+  local cases = {
+    { "sgd", "SGD", { learning_rate = 0.1 }, function(v) return optim.SGD(v, { lr = 0.1 }) end },
+    { "sgd_mom", "SGD", { learning_rate = 0.1, momentum = 0.9 },
+      function(v) return optim.SGD(v, { learning_rate = 0.1, momentum = 0.9 }) end },
+    { "sgd_nest", "SGD", { learning_rate = 0.05, momentum = 0.8, nesterov = true },
+      function(v) return optim.SGD(v, { lr = 0.05, momentum = 0.8, nesterov = true }) end },
+    { "sgd_wd", "SGD", { learning_rate = 0.1, weight_decay = 0.05 },
+      function(v) return optim.SGD(v, { lr = 0.1, weight_decay = 0.05 }) end },
+    { "rms", "RMSprop", { learning_rate = 0.01 }, function(v) return optim.RMSprop(v, { lr = 0.01 }) end },
+    { "rms_cm", "RMSprop", { learning_rate = 0.01, centered = true, momentum = 0.5, rho = 0.8 },
+      function(v) return optim.RMSprop(v, { lr = 0.01, centered = true, momentum = 0.5, rho = 0.8 }) end },
+    { "rms_eps", "RMSprop", { learning_rate = 0.01, momentum = 0.9, epsilon = 0.5 },
+      function(v) return optim.RMSprop(v, { lr = 0.01, momentum = 0.9, eps = 0.5 }) end },
+    { "adam", "Adam", { learning_rate = 0.01 }, function(v) return optim.Adam(v, { lr = 0.01 }) end },
+    { "adam_ams", "Adam", { learning_rate = 0.02, amsgrad = true, beta_1 = 0.8, beta_2 = 0.9, epsilon = 0.01 },
+      function(v) return optim.Adam(v, { lr = 0.02, amsgrad = true, beta1 = 0.8, beta2 = 0.9, eps = 0.01 }) end },
+    { "adamw", "AdamW", { learning_rate = 0.01, weight_decay = 0.1 },
+      function(v) return optim.AdamW(v, { lr = 0.01, weight_decay = 0.1 }) end },
+    { "adamw_def", "AdamW", {}, function(v) return optim.AdamW(v) end },
+    { "adagrad", "Adagrad", { learning_rate = 0.1, initial_accumulator_value = 0.2, epsilon = 0.01 },
+      function(v) return optim.Adagrad(v, { lr = 0.1, initial_accumulator_value = 0.2, eps = 0.01 }) end },
+    { "adagrad_def", "Adagrad", {}, function(v) return optim.Adagrad(v) end },
+    { "nadam", "Nadam", { learning_rate = 0.01 }, function(v) return optim.Nadam(v, { lr = 0.01 }) end },
+    { "nadam_b", "Nadam", { learning_rate = 0.05, beta_1 = 0.7, beta_2 = 0.95, epsilon = 0.1 },
+      function(v) return optim.Nadam(v, { lr = 0.05, beta1 = 0.7, beta2 = 0.95, eps = 0.1 }) end },
+    { "clipnorm", "SGD", { learning_rate = 0.1, clipnorm = 1.5 },
+      function(v) return optim.SGD(v, { lr = 0.1, clipnorm = 1.5 }) end },
+    { "gclip", "Adam", { learning_rate = 0.01, global_clipnorm = 2 },
+      function(v) return optim.Adam(v, { lr = 0.01, global_clipnorm = 2 }) end },
+    { "clipvalue", "RMSprop", { learning_rate = 0.01, clipvalue = 0.3 },
+      function(v) return optim.RMSprop(v, { lr = 0.01, clipvalue = 0.3 }) end },
+  }
+  local schedules = {
+    { "sch_exp", "Adam", { cls = "ExponentialDecay",
+        kw = { initial_learning_rate = 0.05, decay_steps = 2, decay_rate = 0.5 } },
+      function(v) return optim.Adam(v, { lr = optim.ExponentialDecay(0.05, 2, 0.5) }) end },
+    { "sch_cos", "SGD", { cls = "CosineDecay",
+        kw = { initial_learning_rate = 0.0, decay_steps = 4, warmup_target = 0.2, warmup_steps = 3 } },
+      function(v) return optim.SGD(v, { lr = optim.CosineDecay(0, 4, { warmup_target = 0.2, warmup_steps = 3 }),
+        momentum = 0.5 }) end, { momentum = 0.5 } },
+  }
+  local dir, results = support.tmpdir(), {}
+  lazy_setup(function()
+    local list = {}
+    for _, c in ipairs(cases) do
+      local ps, gs = problem(dir, c[1])
+      results[c[1]] = ours(ps, gs, "float32", c[4])
+      list[#list + 1] = { c[1], { kind = "opt", opt = c[2], kw = c[3], nparams = 2, steps = STEPS } }
+    end
+    for _, c in ipairs(schedules) do
+      local ps, gs = problem(dir, c[1])
+      results[c[1]] = ours(ps, gs, "float32", c[4])
+      list[#list + 1] = { c[1], { kind = "opt", opt = c[2], kw = c[5] or {}, schedule = c[3], nparams = 2,
+        steps = STEPS } }
+    end
+    support.train_ref(dir, "keras", list)
+  end)
+  lazy_teardown(function() support.rmtree(dir) end)
+  for _, c in ipairs(cases) do
+    it(c[1] .. " " .. support.pylit(c[3]), function()
+      local d = reldiff(results[c[1]], dir, c[1])
+      assert(d < 2e-6, string.format("%s: relative difference %g from Keras", c[1], d))
+    end)
+  end
+  for _, c in ipairs(schedules) do
+    it("with a schedule: " .. c[1], function()
+      local d = reldiff(results[c[1]], dir, c[1])
+      assert(d < 2e-6, string.format("%s: relative difference %g from Keras", c[1], d))
+    end)
+  end
+end)
+
+describe("optimizers against PyTorch 1.13 where the formulas coincide (float64)", function()
+  if not support.python_can_import("torch, numpy") then
+    pending("needs /usr/bin/python3 with torch and numpy")
+    return
+  end
+  -- name, torch class, torch options, ours, tolerance, torch clipping
+  local cases = {
+    { "t_sgd_mom", "SGD", { lr = 0.1, momentum = 0.9 },
+      function(v) return optim.SGD(v, { lr = 0.1, momentum = 0.9 }) end },
+    { "t_sgd_nest", "SGD", { lr = 0.05, momentum = 0.8, nesterov = true },
+      function(v) return optim.SGD(v, { lr = 0.05, momentum = 0.8, nesterov = true }) end },
+    -- RMSprop: PyTorch adds eps to sqrt(v), Keras inside it: they coincide at eps = 0
+    { "t_rms_cm", "RMSprop", { lr = 0.01, alpha = 0.8, eps = 0, centered = true, momentum = 0.5 },
+      function(v) return optim.RMSprop(v, { lr = 0.01, rho = 0.8, eps = 0, centered = true, momentum = 0.5 }) end },
+    { "t_rms", "RMSprop", { lr = 0.01, alpha = 0.9, eps = 0 },
+      function(v) return optim.RMSprop(v, { lr = 0.01, eps = 0 }) end },
+    { "t_adam", "Adam", { lr = 0.01 }, function(v) return optim.Adam(v, { lr = 0.01, variant = "pytorch" }) end },
+    { "t_adam_ams", "Adam", { lr = 0.02, betas = { 0.8, 0.9 }, eps = 0, amsgrad = true },
+      function(v) return optim.Adam(v, { lr = 0.02, beta1 = 0.8, beta2 = 0.9, eps = 0, amsgrad = true }) end },
+    { "t_adamw", "AdamW", { lr = 0.01, weight_decay = 0.1 },
+      function(v) return optim.AdamW(v, { lr = 0.01, weight_decay = 0.1, variant = "pytorch" }) end },
+    { "t_adagrad", "Adagrad", { lr = 0.1, initial_accumulator_value = 0.1, eps = 0 },
+      function(v) return optim.Adagrad(v, { lr = 0.1, eps = 0 }) end },
+    -- (NAdam is not here: PyTorch 1.13's mu_product_next is mu_product * mu * mu_next, mu
+    -- counted twice, where Keras has u_product * u_(t+1); Nadam is checked against Keras.)
+    -- clipping: clip_grad_norm_ divides by norm + 1e-6, Keras by the norm
+    { "t_gclip", "SGD", { lr = 0.1 }, function(v) return optim.SGD(v, { lr = 0.1, global_clipnorm = 2 }) end,
+      1e-6, { global = 2 } },
+    { "t_clipnorm", "SGD", { lr = 0.1 }, function(v) return optim.SGD(v, { lr = 0.1, clipnorm = 1.5 }) end,
+      1e-6, { each = 1.5 } },
+    { "t_clipvalue", "SGD", { lr = 0.1, momentum = 0.9 },
+      function(v) return optim.SGD(v, { lr = 0.1, momentum = 0.9, clipvalue = 0.3 }) end, 1e-12, { value = 0.3 } },
+  }
+  local dir, results = support.tmpdir(), {}
+  lazy_setup(function()
+    local list = {}
+    for _, c in ipairs(cases) do
+      local ps, gs = problem(dir, c[1])
+      results[c[1]] = ours(ps, gs, "float64", c[4])
+      list[#list + 1] = { c[1], { kind = "opt", opt = c[2], kw = c[3], nparams = 2, steps = STEPS,
+        clip = c[6] or support.NONE } }
+    end
+    support.train_ref(dir, "torch", list)
+  end)
+  lazy_teardown(function() support.rmtree(dir) end)
+  for _, c in ipairs(cases) do
+    it(c[1] .. " " .. support.pylit(c[3]), function()
+      local d = reldiff(results[c[1]], dir, c[1])
+      assert(d < (c[5] or 1e-12), string.format("%s: relative difference %g from PyTorch", c[1], d))
+    end)
+  end
+  it("eps placement: RMSprop and Keras-variant Adam differ from PyTorch once eps > 0", function()
+    local ps, gs = problem(dir, "t_rms")
+    local vs = ours(ps, gs, "float64", function(v) return optim.RMSprop(v, { lr = 0.01, eps = 1e-3 }) end)
+    assert.is_true(reldiff(vs, dir, "t_rms") > 1e-6)
+  end)
+  it("clip_by_global_norm against clip_grad_norm_ (values and the norm)", function()
+    local d2 = support.tmpdir()
+    mg.manual_seed(5)
+    local gs = { mg.randn({ 4, 3 }, F64) * 2, mg.randn({ 7 }, F64) }
+    for k = 1, 2 do mg.save(gs[k], string.format("%s/c_g%d.npy", d2, k - 1)) end
+    support.train_ref(d2, "torch", { { "c", { kind = "clip", n = 2, max_norm = 1.25 } } })
+    local out, norm = optim.clip_by_global_norm(gs, 1.25)
+    assert.is_near(support.ref_out(d2, "c_norm"):item(), norm, 1e-12)
+    for k = 1, 2 do
+      local want = support.ref_out(d2, "c_g" .. (k - 1))
+      assert.is_true((out[k] - want):abs():max():item() < 1e-6)
+    end
+    -- below the threshold nothing changes
+    local same = optim.clip_by_global_norm(gs, 1e3)
+    assert.are.same(gs[1]:totable(), same[1]:totable())
+    support.rmtree(d2)
+  end)
+end)
+
+describe("learning-rate schedules against Keras 3", function()
+  local steps = {}
+  for s = 0, 30 do steps[#steps + 1] = s end
+  steps[#steps + 1] = 4.5
+  steps[#steps + 1] = 1000
+  local cases = {
+    { "ExponentialDecay", { initial_learning_rate = 0.1, decay_steps = 7, decay_rate = 0.6 },
+      optim.ExponentialDecay(0.1, 7, 0.6) },
+    { "ExponentialDecay", { initial_learning_rate = 0.1, decay_steps = 7, decay_rate = 0.6, staircase = true },
+      optim.ExponentialDecay(0.1, 7, 0.6, { staircase = true }) },
+    { "PiecewiseConstantDecay", { boundaries = { 3, 10, 20 }, values = { 1.0, 0.5, 0.1, 0.01 } },
+      optim.PiecewiseConstantDecay({ 3, 10, 20 }, { 1.0, 0.5, 0.1, 0.01 }) },
+    { "CosineDecay", { initial_learning_rate = 0.2, decay_steps = 25 }, optim.CosineDecay(0.2, 25) },
+    { "CosineDecay", { initial_learning_rate = 0.2, decay_steps = 12, alpha = 0.1 },
+      optim.CosineDecay(0.2, 12, { alpha = 0.1 }) },
+    { "CosineDecay", { initial_learning_rate = 0.01, decay_steps = 15, alpha = 0.2, warmup_target = 0.3,
+      warmup_steps = 6 }, optim.CosineDecay(0.01, 15, { alpha = 0.2, warmup_target = 0.3, warmup_steps = 6 }) },
+  }
+  local dir = support.tmpdir()
+  lazy_setup(function()
+    local list = {}
+    for i, c in ipairs(cases) do list[i] = { "s" .. i, { kind = "sched", cls = c[1], kw = c[2], steps = steps } } end
+    support.train_ref(dir, "keras", list)
+  end)
+  lazy_teardown(function() support.rmtree(dir) end)
+  for i, c in ipairs(cases) do
+    it(c[1] .. " " .. support.pylit(c[2]), function()
+      local want = support.ref_out(dir, "s" .. i):totable()
+      local got = {}
+      for k, s in ipairs(steps) do got[k] = c[3](s) end
+      for k = 1, #steps do
+        assert(math.abs(got[k] - want[k]) <= 1e-6 * math.abs(want[k]) + 2e-8,   -- Keras: float32
+          string.format("step %g: %.9g, Keras %.9g", steps[k], got[k], want[k]))
+      end
+    end)
+  end
+  it("bad arguments", function()
+    assert_error("ExponentialDecay: decay_steps must be a positive number, got 0", optim.ExponentialDecay, 0.1, 0, 0.5)
+    assert_error("PiecewiseConstantDecay: values must have one more entry than boundaries (got 2 and 2)",
+      optim.PiecewiseConstantDecay, { 1, 2 }, { 1, 2 })
+    assert_error("PiecewiseConstantDecay: boundaries must be increasing numbers (entry 2 is 1)",
+      optim.PiecewiseConstantDecay, { 1, 1 }, { 1, 2, 3 })
+    assert_error("CosineDecay: warmup_target needs warmup_steps > 0", optim.CosineDecay, 0.1, 10, { warmup_target = 1 })
+    assert_error("CosineDecay: step must be a number >= 0, got -1", optim.CosineDecay(0.1, 10), -1)
+    local v = mg.Variable(mg.zeros(2), "v")
+    local opt = optim.SGD({ v }, { lr = function() return "fast" end })
+    assert_error("SGD: the learning-rate schedule returned fast at step 0, expected a number", opt.step, opt,
+      { mg.ones(2) })
+  end)
+end)
+
+describe("optimizer options, state and constraints", function()
+  local function fresh() return { mg.Variable(mg.tensor({ 1, -2, 3 }, F64), "w"), mg.Variable(mg.ones(2, F64), "b") } end
+  local function grads(s) return { mg.tensor({ 0.1 * s, -0.3, 0.2 }, F64), mg.tensor({ 0.5, -0.1 * s }, F64) } end
+  it("learning_rate is lr's Keras alias", function()
+    local a, b = fresh(), fresh()
+    local oa, ob = optim.RMSprop(a, { lr = 0.05 }), optim.RMSprop(b, { learning_rate = 0.05 })
+    oa:step(grads(1))
+    ob:step(grads(1))
+    assert.are.same(a[1]:totable(), b[1]:totable())
+    assert.are.equal(0.05, ob:get_lr())
+    assert_error("Adam: give lr or learning_rate, not both", optim.Adam, a, { lr = 1, learning_rate = 1 })
+    assert_error("SGD: only one of clipnorm, clipvalue and global_clipnorm can be set", optim.SGD, a,
+      { clipnorm = 1, clipvalue = 1 })
+    assert_error("Nadam: unknown option 'amsgrad'", optim.Nadam, a, { amsgrad = true })
+  end)
+  for _, make in ipairs {
+    function(p) return optim.SGD(p, { lr = 0.1, momentum = 0.9, nesterov = true }) end,
+    function(p) return optim.RMSprop(p, { lr = 0.1, momentum = 0.5, centered = true }) end,
+    function(p) return optim.Adam(p, { lr = 0.1, amsgrad = true }) end,
+    function(p) return optim.AdamW(p, { lr = 0.1 }) end,
+    function(p) return optim.Adagrad(p, { lr = 0.1 }) end,
+    function(p) return optim.Nadam(p, { lr = 0.1 }) end,
+  } do
+    local name = tostring(make(fresh())):match("^%a+")
+    it(name .. ": state() then load_state() into a new optimizer continues exactly", function()
+      local a = fresh()
+      local oa = make(a)
+      for s = 1, 6 do oa:step(grads(s)) end
+      local b = fresh()
+      local ob = make(b)
+      for s = 1, 3 do ob:step(grads(s)) end
+      local st = ob:state()
+      assert.are.equal(3, st.iterations)
+      local c = { mg.Variable(b[1]:clone(), "w"), mg.Variable(b[2]:clone(), "b") }
+      local oc = make(c)
+      oc:load_state(st)
+      for k, v in pairs(st) do                    -- a copy: later steps do not change it
+        if mg.is_tensor(v) then assert.are.same(v:totable(), oc:state()[k]:totable()) end
+      end
+      for s = 4, 6 do oc:step(grads(s)) end
+      assert.are.same(a[1]:totable(), c[1]:totable())
+      assert.are.same(a[2]:totable(), c[2]:totable())
+    end)
+  end
+  it("state names, and load_state's checks (a bad table changes nothing)", function()
+    local o = optim.Adam(fresh(), { amsgrad = true })
+    local st = o:state()
+    local names = {}
+    for k in pairs(st) do names[#names + 1] = k end
+    table.sort(names)
+    assert.are.same({ "iterations", "momentum.1", "momentum.2", "velocity.1", "velocity.2", "velocity_hat.1",
+      "velocity_hat.2" }, names)
+    assert.are.same({ "iterations", "u_product" }, (function()
+      local n = {}
+      for k, v in pairs(optim.Nadam(fresh()):state()) do if not mg.is_tensor(v) then n[#n + 1] = k end end
+      table.sort(n)
+      return n
+    end)())
+    local bad = o:state()
+    bad["momentum.2"] = mg.zeros(3, F64)
+    bad["momentum.1"] = mg.ones(3, F64)
+    assert_error("Adam:load_state: 'momentum.2' must be a tensor of shape (2), got a tensor of shape (3)",
+      o.load_state, o, bad)
+    assert.are.same({ 0, 0, 0 }, o:state()["momentum.1"]:totable())
+    local extra = o:state()
+    extra.foo = 1
+    assert_error("Adam:load_state: unknown entry 'foo'", o.load_state, o, extra)
+    local missing = o:state()
+    missing["velocity.1"] = nil
+    assert_error("Adam:load_state: missing entry 'velocity.1'", o.load_state, o, missing)
+  end)
+  it("calls each updated Variable's constraint (nn.constraint(v)) after its update", function()
+    -- the layers keep constraints where nn.constraint(v) finds them; here a stand-in for it
+    local ps = fresh()
+    local calls = {}
+    local function nonneg(v)
+      calls[#calls + 1] = v:totable()
+      return mg.maximum(v, 0)
+    end
+    local saved = rawget(nn, "constraint")
+    nn.constraint = function(v) return (rawequal(v, ps[1]) or rawequal(v, ps[2])) and nonneg or nil end
+    local ok, err = pcall(function()
+      local o = optim.SGD(ps, { lr = 1 })
+      o:step({ mg.tensor({ 2, 0, 0 }, F64), n = 2 })   -- only ps[1] has a gradient
+      local bad = optim.SGD({ ps[2] }, { lr = 1 })
+      nonneg = function() return 1 end
+      assert_error("SGD: the constraint of 'b' returned a number, expected a tensor of shape (2)", bad.step, bad,
+        { mg.ones(2, F64) })
+    end)
+    nn.constraint = saved
+    assert(ok, err)
+    assert.are.same({ { -1, -2, 3 } }, calls)      -- it saw the updated value, once
+    assert.are.same({ 0, 0, 3 }, ps[1]:totable())
+  end)
+  it("weight_decay decays before the update, with the step's learning rate", function()
+    local p = { mg.Variable(mg.tensor({ 2 }, F64), "p") }
+    local o = optim.SGD(p, { lr = optim.PiecewiseConstantDecay({ 0 }, { 0.5, 0.25 }), weight_decay = 0.1 })
+    o:step({ mg.tensor({ 1 }, F64) })            -- lr 0.5: 2 - 2*0.1*0.5 = 1.9, then - 0.5
+    assert.is_near(1.4, p[1]:item(), 1e-15)
+    o:step({ mg.tensor({ 1 }, F64) })            -- lr 0.25: 1.4 - 1.4*0.025 = 1.365, then - 0.25
+    assert.is_near(1.115, p[1]:item(), 1e-15)
+  end)
+end)

@@ -188,6 +188,32 @@ function support.torch_ref(dir, case)
   if not ok then error("torch_ref.py " .. case .. " failed:\n" .. support.read_file(log), 2) end
 end
 
+-- support.lua_child(script, pre, code [, wrapper]): writes 'code' (after `local mg = require
+-- "moongrad"`, with unbuffered output) to the file 'script' and runs it in a stock lua5.4 child
+-- through bash, 'pre' being shell run first in that bash (a `ulimit -f 8;`, a `trap`) and
+-- 'wrapper' a command prefix (support.unprivileged()); returns whether it exited 0 and its
+-- output (stdout and stderr).
+function support.lua_child(script, pre, code, wrapper)
+  support.write_file(script, 'local mg = require "moongrad"\nio.stdout:setvbuf("no")\n' .. code)
+  local cmd = "LUA_CPATH=" .. support.shq(package.cpath) .. " " .. (wrapper or "") .. " bash -c "
+              .. support.shq(pre .. " exec lua5.4 " .. support.shq(script)) .. " 2>&1"
+  local p = io.popen(cmd)
+  local out = p:read("a")
+  return p:close() == true, out
+end
+
+-- support.unprivileged(): the command prefix that runs a child without root's rights to
+-- write anywhere ("" when not root), or nil and the reason when there is none (then the spec
+-- goes pending: pending(reason)).
+function support.unprivileged()
+  local p = io.popen("id -u")
+  local uid = p:read("l")
+  p:close()
+  if uid ~= "0" then return "" end
+  if not os.execute("command -v setpriv >/dev/null") then return nil, "running as root without setpriv" end
+  return "setpriv --reuid=65534 --regid=65534 --clear-groups"
+end
+
 -- support.venv_python(): the Python of the test-only virtual environment that tools/venv
 -- makes (Keras 3 on JAX, tensorboard, safetensors, numpy, h5py): $MG_VENV/bin/python, or the
 -- repository's .venv. tools/test creates it before the suite runs. Raises when it is missing,
@@ -201,6 +227,69 @@ function support.venv_python()
   end
   f:close()
   return py
+end
+
+-- 'v' (a number, string, boolean or a table of them; support.NONE for None) as a Python
+-- literal: arrays become lists, other tables dicts with string keys.
+support.NONE = setmetatable({}, { __name = "None" })
+function support.pylit(v)
+  if v == support.NONE then return "None" end
+  local t = type(v)
+  if t == "number" then
+    if math.type(v) == "integer" then return tostring(v) end
+    local s = string.format("%.17g", v)
+    if s:find("^-?%d+$") then s = s .. ".0" end         -- a float stays a float in Python
+    return s
+  end
+  if t == "boolean" then return v and "True" or "False" end
+  if t == "string" then return string.format("%q", v) end
+  assert(t == "table", "pylit: cannot write a " .. t)
+  local parts = {}
+  if #v > 0 or next(v) == nil then
+    for i = 1, #v do parts[i] = support.pylit(v[i]) end
+    return "[" .. table.concat(parts, ", ") .. "]"
+  end
+  local keys = {}
+  for k in pairs(v) do keys[#keys + 1] = k end
+  table.sort(keys)
+  for _, k in ipairs(keys) do parts[#parts + 1] = string.format("%q: %s", k, support.pylit(v[k])) end
+  return "{" .. table.concat(parts, ", ") .. "}"
+end
+
+-- support.train_ref(dir, framework, cases): runs spec/keras_train_ref.py on 'dir' for
+-- 'framework' ("keras": the venv's Python; "torch": support.PYTHON) with 'cases', an array of
+-- { name, case-table } (written to dir/cases.txt; the arrays are already in 'dir'). Fails with
+-- the script's standard error when it exits with an error.
+function support.train_ref(dir, framework, cases)
+  local lines = {}
+  for i, c in ipairs(cases) do lines[i] = c[1] .. "\t" .. support.pylit(c[2]) end
+  support.write_file(dir .. "/cases.txt", table.concat(lines, "\n") .. "\n")
+  local py = framework == "keras" and support.venv_python() or support.PYTHON
+  local script = (os.getenv("MOONGRAD_SOURCE") or ".") .. "/spec/keras_train_ref.py"
+  local log = dir .. "/stderr.txt"
+  local ok = os.execute(string.format("KERAS_BACKEND=jax %s %s %s %s 2>%s", py, support.shq(script),
+                                      support.shq(dir), framework, support.shq(log)))
+  if not ok then error("keras_train_ref.py " .. framework .. " failed:\n" .. support.read_file(log), 2) end
+end
+
+-- support.ref_out(dir, name): the output array 'name' of a reference run (mg.load of
+-- dir/out_<name>.npy), failing with the case's Python traceback when it has none.
+function support.ref_out(dir, name)
+  local f = io.open(dir .. "/out_" .. name .. ".npy", "rb")
+  if f then
+    f:close()
+    return mg.load(dir .. "/out_" .. name .. ".npy")
+  end
+  local case = name:match("^(.-)_[^_]*$") or name
+  for _, c in ipairs { name, case } do
+    local e = io.open(dir .. "/out_" .. c .. "_error.txt", "r")
+    if e then
+      local msg = e:read("a")
+      e:close()
+      error("reference case " .. c .. " failed:\n" .. msg, 2)
+    end
+  end
+  error("reference output " .. name .. " is missing in " .. dir, 2)
 end
 
 return support

@@ -445,11 +445,18 @@ require "moongrad.ops"
 
 ---------------------------------------------------------------- submodules
 
+-- mg._extend_nn(nn): called by nn.lua as it finishes loading: adds the training half of mg.nn,
+-- the losses (moongrad.losses: nn.mse, nn.huber, ...) and the loop nn.fit (moongrad.fit).
+function mg._extend_nn(nn)
+  for k, f in pairs(require "moongrad.losses") do nn[k] = f end
+  nn.fit = require("moongrad.fit").fit
+end
+
 local SPECTRA = { lyapunov = true, jacobian_spectra = true,      -- functions of moongrad.spectra
                   plot_spectrum = true, plot_spectrum_bands = true }
 
 setmetatable(mg, { __index = function(t, k)
-  if k == "nn" or k == "optim" or k == "plot" or k == "linalg" then
+  if k == "nn" or k == "optim" or k == "plot" or k == "linalg" or k == "summary" then
     local m = require("moongrad." .. k)
     rawset(t, k, m)
     return m

@@ -856,4 +856,5 @@ end
 checks.publish(nn, table.unpack(classes))
 classes = nil
 
+mg._extend_nn(nn)   -- the losses and nn.fit (bindings/moongrad/losses.lua, fit.lua)
 return nn

@@ -1,0 +1,111 @@
+"""char_lstm.py - PyTorch side of bench/char_lstm.lua: one training step of the char-rnn
+model of scripts/char_lstm.lua. ids (32, 50) -> one-hot (76) -> nn.LSTM(76, units,
+num_layers=2, dropout=0.2, batch_first=True) -> dropout 0.2 -> Linear(units, 76) on every step
+-> cross_entropy -> backward -> clip_grad_norm_(5) -> RMSprop(lr=2e-3, alpha=0.9), float32,
+with the data and initial weights char_lstm.lua saved in DIR (Keras layout converted as in
+lstm.py, both layers). The input is one-hot as on the moongrad side (the same products as an
+Embedding feeding the first LSTM's kernel). Before timing, the loss and every gradient of one
+step without dropout are checked against moongrad's (within 1e-4 relative to each array's
+largest magnitude).
+Usage: /usr/bin/python3 bench/char_lstm.py DIR [units ...]   (after bench/char_lstm.lua DIR)
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchlib as B  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+BENCH = "char_lstm"
+USAGE = "usage: /usr/bin/python3 bench/char_lstm.py DIR [units ...]  (default units 128 512)"
+RTOL = 1e-4
+V, DROPOUT = 76, 0.2
+
+
+def load(directory, units, name):
+    path = os.path.join(directory, "%d_%s.npy" % (units, name))
+    if not os.path.exists(path):
+        sys.exit("char_lstm.py: %s is missing; run bench/char_lstm.lua %s first" % (path, directory))
+    return torch.from_numpy(np.load(path))
+
+
+class CharLSTM(torch.nn.Module):
+    def __init__(self, units):
+        super().__init__()
+        self.rnn = torch.nn.LSTM(V, units, num_layers=2, dropout=DROPOUT, batch_first=True)
+        self.head = torch.nn.Linear(units, V)
+
+    def forward(self, ids):
+        out, _ = self.rnn(F.one_hot(ids, V).float())
+        return self.head(F.dropout(out, DROPOUT, self.training))
+
+
+def set_weights(model, directory, units):
+    """Copies moongrad's initial weights; returns (parameter, moongrad name, transposed)."""
+    pairs = []
+    for k, layer in ((0, "lstm_1"), (1, "lstm_2")):
+        pairs += [(getattr(model.rnn, "weight_ih_l%d" % k), layer + "_kernel", True),
+                  (getattr(model.rnn, "weight_hh_l%d" % k), layer + "_recurrent_kernel", True),
+                  (getattr(model.rnn, "bias_ih_l%d" % k), layer + "_bias", False)]
+    pairs += [(model.head.weight, "head_kernel", True), (model.head.bias, "head_bias", False)]
+    with torch.no_grad():
+        for p, name, transposed in pairs:
+            v = load(directory, units, name)
+            p.copy_(v.t() if transposed else v)
+        model.rnn.bias_hh_l0.zero_()
+        model.rnn.bias_hh_l1.zero_()
+    return pairs
+
+
+def relerr(a, ref):
+    return (a - ref).abs().max().item() / max(ref.abs().max().item(), 1e-30)
+
+
+def train_step(model, opt, ids, y):
+    opt.zero_grad(set_to_none=True)
+    loss = F.cross_entropy(model(ids).reshape(-1, V), y.reshape(-1))
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+    opt.step()
+    return loss
+
+
+def main():
+    if len(sys.argv) < 2:
+        sys.exit("char_lstm.py: no data directory given; " + USAGE)
+    directory = sys.argv[1]
+    sizes = []
+    for a in sys.argv[2:]:
+        if not a.isdigit() or int(a) < 1:
+            sys.exit("char_lstm.py: bad units '%s', expected a positive integer; %s" % (a, USAGE))
+        sizes.append(int(a))
+    B.one_thread()
+    B.blas_meta(BENCH)
+    failed = []
+    for units in sizes or [128, 512]:
+        ids, y = load(directory, units, "ids").long(), load(directory, units, "y").long()
+        model = CharLSTM(units)
+        pairs = set_weights(model, directory, units)
+        model.eval()                                   # the check: no dropout
+        loss = F.cross_entropy(model(ids).reshape(-1, V), y.reshape(-1))
+        loss.backward()
+        errs = {"loss": relerr(loss.detach(), load(directory, units, "loss"))}
+        for p, name, transposed in pairs:
+            errs["grad " + name] = relerr(p.grad.t() if transposed else p.grad, load(directory, units, "grad_" + name))
+        for what, err in errs.items():
+            B.meta(BENCH, "relerr %d %s" % (units, what), "%.3g" % err)
+            if not err <= RTOL:
+                failed.append("units %d: %s differs from moongrad's by %g relative" % (units, what, err))
+        model.train()
+        opt = torch.optim.RMSprop(model.parameters(), lr=2e-3, alpha=0.9, eps=1e-7)
+        m = B.measure(lambda: train_step(model, opt, ids, y), reps=5, min_time=0.2)
+        B.result(BENCH, str(units), "nn.LSTM (2 layers, dropout)", m)
+        B.log("pytorch   units %-4d %9.3f ms CPU, %9.3f ms wall", units, m["cpu"] * 1e3, m["wall"] * 1e3)
+    if failed:
+        sys.exit("char_lstm.py: results differ from moongrad's:\n  " + "\n  ".join(failed))
+
+
+if __name__ == "__main__":
+    main()
