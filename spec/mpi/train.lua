@@ -64,4 +64,27 @@ for _, dt in ipairs { "float32", "float64" } do
   end
   assert(moved > 1e-3, "training moved the parameters (" .. moved .. ")")
 end
+-- nn.fit{distributed = true} equals nn.fit on the whole data in one process: 10 samples in
+-- batches of 4 (the last of 2) and of 3 (the last of 1: one rank gets no rows), shuffled
+for _, dt in ipairs { "float32", "float64" } do
+  for _, bs in ipairs { 4, 3 } do
+    mg.manual_seed(5)
+    local x = mg.randn({ 10, T, IN }, { dtype = dt })
+    local y = mg.randn({ 10, 1 }, { dtype = dt })
+    local function fitted(distributed)
+      mg.manual_seed(7 + (distributed and r or 0))          -- ranks start differently
+      local m = nn.Sequential { nn.RNN(nn.LSTMCell(IN, UNITS, { dtype = dt })), nn.Dense(UNITS, 1, { dtype = dt }) }
+      local h = nn.fit(m, x, y, { epochs = 2, batch_size = bs, loss = "mse", optimizer = "sgd", seed = 3,
+                                  verbose = 0, distributed = distributed })
+      return m:parameters(), h
+    end
+    local p1, h1 = fitted(false)
+    local p2, h2 = fitted(true)
+    local tol = dt == "float32" and 1e-6 or 1e-12
+    for i = 1, #p1 do C.equal(p2[i], p1[i], dt .. " nn.fit distributed, batch " .. bs .. ", parameter " .. i, tol) end
+    for e = 1, 2 do
+      assert(math.abs(h1.loss[e] - h2.loss[e]) <= tol * 10, dt .. " nn.fit history: " .. h1.loss[e] .. " vs " .. h2.loss[e])
+    end
+  end
+end
 C.done("train")
