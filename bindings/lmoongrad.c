@@ -3,6 +3,7 @@
 ** Lua-side modules (compiled in, registered in package.preload as moongrad.*, and opened by
 ** luaopen_moongrad_<name> for a stock lua5.4's 'require "moongrad.<name>"').
 */
+#include <dlfcn.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -215,6 +216,32 @@ static int lib_commit_file(lua_State *L) {
   return 0;
 }
 
+/* _data_ptr(t [, write]): the address (a light userdata) and byte size of the elements of the
+** contiguous tensor 't', for moongrad.mpi's C half (moongrad_mpi.so knows no tensors). 'write'
+** bumps t's version first (a tape sees the in-place write). The caller keeps 't' alive while it
+** uses the address. Internal: not public API. */
+static int lib_data_ptr(lua_State *L) {
+  mg_tensor *t = lmg_totensor(L, 1);
+  if (t == NULL) return luaL_typeerror(L, 1, "tensor");
+  if (!mg_tensor_is_contiguous(t)) return luaL_argerror(L, 1, "tensor is not contiguous");
+  if (lua_toboolean(L, 2)) mg_tensor_bump_version(t);
+  lua_pushlightuserdata(L, mg_tensor_data(t));
+  lua_pushinteger(L, (lua_Integer)(mg_tensor_numel(t) * (int64_t)mg_dtype_size(mg_tensor_dtype(t))));
+  return 2;
+}
+
+/* _module_dir(): the directory of the file this code was loaded from (moongrad.so, or
+** libmoongrad.so for the moongrad executable), or nil: where moongrad.mpi looks for
+** moongrad_mpi.so after package.cpath. Internal. */
+static int lib_module_dir(lua_State *L) {
+  Dl_info info;
+  if (dladdr((void *)luaopen_moongrad, &info) == 0 || info.dli_fname == NULL) return 0;
+  const char *slash = strrchr(info.dli_fname, '/');
+  if (slash == NULL) lua_pushliteral(L, ".");
+  else lua_pushlstring(L, info.dli_fname, (size_t)(slash - info.dli_fname));
+  return 1;
+}
+
 static int lib_no_grad_enter(lua_State *L) { mg_no_grad_enter(LSTATE(L)->C); return 0; }
 static int lib_no_grad_exit(lua_State *L) { mg_no_grad_exit(LSTATE(L)->C); return 0; }
 
@@ -226,6 +253,7 @@ static const luaL_Reg settings[] = {
   { "set_jacobian_limit", lib_set_jacobian_limit }, { "_check_result", lib_check_result },
   { "_no_grad_enter", lib_no_grad_enter }, { "_no_grad_exit", lib_no_grad_exit },
   { "_tmpfile", lib_tmpfile }, { "_commit_file", lib_commit_file },
+  { "_data_ptr", lib_data_ptr }, { "_module_dir", lib_module_dir },
   { NULL, NULL } };
 
 /* ================================================================ Lua-side modules */

@@ -5,7 +5,7 @@
 -- constraints). A Ctrl-C ends the loop with the history of the epochs completed.
 local mg = require "moongrad"
 
-local error, ipairs, pcall, tostring, type = error, ipairs, pcall, tostring, type
+local error, ipairs, pcall, tostring, type, require = error, ipairs, pcall, tostring, type, require
 local debug, io, math, os, string = debug, io, math, os, string
 local _ENV = nil
 
@@ -17,7 +17,7 @@ local raisef, describe, check_opts = checks.raisef, checks.describe, checks.chec
 
 local OPTS = { epochs = true, batch_size = true, loss = true, optimizer = true, validation_data = true,
   shuffle = true, callbacks = true, seed = true, verbose = true, persistent_tape = true,
-  tensorboard = true, histogram_freq = true }
+  tensorboard = true, histogram_freq = true, distributed = true }
 
 local CALLBACKS = { "on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end", "on_batch_begin",
   "on_backward", "on_batch_end" }
@@ -200,6 +200,52 @@ local function interrupted(err)
   return type(err) == "string" and err:find("interrupted!$") ~= nil
 end
 
+---------------------------------------------------------------- distributed (moongrad.mpi)
+-- nn.fit{distributed = true}: every rank runs the same loop over the same shuffled batches (one
+-- seed, rank 0's) and takes its share of each batch (m rows: m // size, the first m % size ranks
+-- one more). Its gradients and loss are weighted by share / m * size, so that the ONE fused
+-- allreduce of mpi.average_gradients (the loss travels in the same buffer) gives every rank the
+-- whole batch's mean-loss gradient and loss. Parameters start as rank 0's; progress, and the
+-- TensorBoard callback, on rank 0 only.
+
+local function dist_setup(st, o)
+  local mpi = require "moongrad.mpi"
+  if not mpi.available() then
+    local _, why = mpi.available()
+    raisef("fit: distributed = true needs moongrad.mpi, which is not available (%s)", tostring(why))
+  end
+  st.mpi, st.rank, st.size = mpi, mpi.rank(), mpi.size()
+  mpi.broadcast_parameters(st.params, 0)
+  if st.rank ~= 0 then st.o.verbose = 0 end
+end
+
+-- This rank's rows of the batch (nil when it gets none) and their weight share / m * size.
+local function dist_share(st, xb, yb)
+  local m = xb:size(1)
+  local base, extra = m // st.size, m % st.size
+  local len = base + (st.rank < extra and 1 or 0)
+  local first = st.rank * base + math.min(st.rank, extra) + 1
+  if len == 0 then return nil, nil, 0 end
+  return xb:narrow(1, first, len), yb:narrow(1, first, len), len / m * st.size
+end
+
+-- The whole batch's gradients and loss from this rank's (grads nil when it had no rows).
+local function dist_reduce(st, grads, loss, w)
+  local packed, n = {}, #st.params
+  for i = 1, n do
+    local g = grads and grads[i]
+    if grads == nil then g = mg.zeros(st.params[i]:shape(), { dtype = st.params[i].dtype })
+    elseif g ~= nil and w ~= 1 then g = g * w end
+    packed[i] = g
+  end
+  local dt = st.params[1] and st.params[1].dtype or "float32"
+  packed[n + 1] = mg.tensor({ (loss or 0) * w }, { dtype = dt })
+  local avg = st.mpi.average_gradients(packed)
+  local total = avg[n + 1]:item()
+  avg[n + 1] = nil
+  return avg, total
+end
+
 -- One epoch: returns the batch losses' mean weighted by batch size (Keras's loss tracker).
 local function run_epoch(st, epoch)
   local model, o, cbs, params, opt = st.model, st.o, st.cbs, st.params, st.opt
@@ -210,10 +256,17 @@ local function run_epoch(st, epoch)
     local logs = { size = last - first + 1, epoch = epoch }
     call(cbs, "on_batch_begin", b, logs)
     local xb, yb = rows(st.x, idx, first, last), rows(st.y, idx, first, last)
+    local w = 1
+    if st.mpi then xb, yb, w = dist_share(st, xb, yb) end
     local tape = mg.GradientTape { persistent = o.persistent_tape }
-    local loss, pred = tape:record(total_loss, model, st.lossfn, xb, yb, st.call)
-    local grads = tape:gradient(loss, params)
-    logs.loss, logs.loss_tensor, logs.pred, logs.x, logs.y = loss:item(), loss, pred, xb, yb
+    local loss, pred, grads
+    if xb then
+      loss, pred = tape:record(total_loss, model, st.lossfn, xb, yb, st.call)
+      grads = tape:gradient(loss, params)
+    end
+    local value = loss and loss:item()
+    if st.mpi then grads, value = dist_reduce(st, grads, value, w) end
+    logs.loss, logs.loss_tensor, logs.pred, logs.x, logs.y = value, loss, pred, xb, yb
     logs.tape, logs.grads, logs.params = tape, grads, params
     call(cbs, "on_backward", b, logs)               -- before the step: the tape still answers
     opt:step(grads)
@@ -246,7 +299,8 @@ function fit.fit(model, x, y, opts)
   st.opt = check_optimizer(o.optimizer, model:parameters())
   st.params = st.opt.params or model:parameters()   -- the gradients are taken for what it updates
   st.cbs = check_callbacks(o.callbacks)
-  if o.tensorboard ~= nil then             -- Keras's TensorBoard callback: logdir/train, /validation
+  if o.distributed then dist_setup(st, o) end
+  if o.tensorboard ~= nil and not (st.mpi and st.rank ~= 0) then             -- Keras's TensorBoard callback: logdir/train, /validation
     if type(o.tensorboard) ~= "string" then
       raisef("fit: tensorboard must be a directory name, got %s", describe(o.tensorboard))
     end
@@ -254,7 +308,7 @@ function fit.fit(model, x, y, opts)
     for i, cb in ipairs(st.cbs) do cbs[i] = cb end      -- not the caller's array
     cbs[#cbs + 1] = mg.summary.callback(o.tensorboard, { histogram_freq = o.histogram_freq })
     st.cbs = cbs
-  elseif o.histogram_freq ~= nil then
+  elseif o.histogram_freq ~= nil and o.tensorboard == nil then
     raisef("fit: histogram_freq needs the tensorboard option")
   end
   for _, cb in ipairs(st.cbs) do
@@ -272,6 +326,9 @@ function fit.fit(model, x, y, opts)
   local seed = o.seed
   if seed == nil then seed = math.floor(mg.rand(1):item() * 2 ^ 31) end
   if type(seed) ~= "number" or seed ~= math.floor(seed) then raisef("fit: seed must be an integer, got %s", tostring(seed)) end
+  if st.mpi then                           -- one shuffle for all ranks: rank 0's seed
+    seed = math.tointeger(st.mpi.broadcast(mg.tensor({ seed }, { dtype = "float64" }), 0):item())
+  end
   st.rand = generator(seed)
 
   local history = { loss = {}, epochs = 0 }
