@@ -307,6 +307,42 @@ MG_API mg_status mg_npy_load(mg_ctx *C, const char *path, mg_tensor **out);
 MG_API mg_status mg_npy_parse(mg_ctx *C, const void *buf, size_t len, mg_tensor **out);
 
 /* ----------------------------------------------------------------------------------------
+** Dictionaries of named tensors: safetensors files (safetensors.c) and NumPy .npz archives (npz.c)
+** -------------------------------------------------------------------------------------- */
+
+/* Parallel arrays. A set filled by a loader owns everything in it (free it with
+** 'mg_tensor_dict_free'); a set handed to a saver is only read (its strings and tensors are
+** borrowed, and the caller frees what it allocated itself). */
+typedef struct mg_tensor_dict {
+  int n;                      /* tensors */
+  char **names;               /* n names */
+  mg_tensor **tensors;        /* n tensors (a loader's are new references) */
+  int nmeta;                  /* metadata entries (safetensors '__metadata__'; .npz: none) */
+  char **meta_keys, **meta_values;
+} mg_tensor_dict;
+
+/* Release every tensor and string of a loaded set and zero it (idempotent). */
+MG_API void mg_tensor_dict_free(mg_tensor_dict *s);
+
+/* safetensors: an 8-byte little-endian header length, a JSON header mapping each name to
+** {"dtype", "shape", "data_offsets": [begin, end]} (plus "__metadata__": a string map), then
+** the raw little-endian data, the tensors in the order of the set. float32 ("F32") and float64
+** ("F64") are written; F16 and BF16 are read too (as float32). Saving is atomic (fileio.c).
+** Loading maps the file and copies each tensor out of the mapping once. Malformed files fail
+** with MG_EFORMAT and "load_tensors: malformed safetensors file '<path>' (<problem>)". */
+MG_API mg_status mg_safetensors_save(mg_ctx *C, const mg_tensor_dict *s, const char *path);
+MG_API mg_status mg_safetensors_load(mg_ctx *C, const char *path, mg_tensor_dict *out);
+/* Parse an in-memory safetensors image; 'name' stands for the file in messages (the fuzzer). */
+MG_API mg_status mg_safetensors_parse(mg_ctx *C, const void *buf, size_t len, const char *name,
+                                      mg_tensor_dict *out);
+
+/* NumPy .npz: a zip archive of '<name>.npy' members (numpy.savez; 'compressed': deflated, as
+** numpy.savez_compressed), written through libzip, atomically. Loading reads every member with
+** 'mg_npy_parse'; a member that is not a '.npy' file is an error. */
+MG_API mg_status mg_npz_save(mg_ctx *C, const mg_tensor_dict *s, bool compressed, const char *path);
+MG_API mg_status mg_npz_load(mg_ctx *C, const char *path, mg_tensor_dict *out);
+
+/* ----------------------------------------------------------------------------------------
 ** Autograd
 ** -------------------------------------------------------------------------------------- */
 
