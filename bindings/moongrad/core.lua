@@ -371,6 +371,7 @@ setmetatable(mg, { __index = function(t, k)
   if k == "nn" or k == "optim" or k == "plot" then
     local m = require("moongrad." .. k)
     rawset(t, k, m)
+    if k == "nn" then require "moongrad.serialize" end   -- adds state(), nn.save, ... to nn
     return m
   end
 end })
