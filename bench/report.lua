@@ -21,6 +21,8 @@ local CONFIG = {
   lstm = { unit = "ms", scale = 1e3, row = "units",
            title = "LSTM train step: T=100, B=16, in=8, forward + MSE on a Dense head + backward + Adam",
            pair = { ["LSTMCell loop + retain_grad"] = "moongrad + dL/dh_t" } },
+  lyapunov = { unit = "ms", scale = 1e3, row = "N,k,T", target = 10,
+               title = "top-k Lyapunov spectrum of a GRU, B=16, float32, the whole run (PyTorch and JAX columns)" },
 }
 
 local function die(msg) io.stderr:write("report.lua: ", msg, "\n"); os.exit(1) end
@@ -89,7 +91,7 @@ local function table_for(label, name, b)
   local head = { cfg.row }
   for _, impl in ipairs(mgs) do head[#head + 1] = impl .. " " .. cfg.unit end
   for _, impl in ipairs(torch) do
-    head[#head + 1] = (multi and "PyTorch " .. impl or "PyTorch") .. " " .. cfg.unit ..
+    head[#head + 1] = (multi and (impl:match("^jax") and "JAX " .. impl:gsub("^jax ", "") or "PyTorch " .. impl) or "PyTorch") .. " " .. cfg.unit ..
                       ((cfg.floor and cfg.floor[impl]) and " (not autodiff)" or "")
   end
   if multi then head[#head + 1] = "PyTorch best " .. cfg.unit end

@@ -78,5 +78,6 @@ void lmg_open_tape(lua_State *L, lstate *S);
 void lmg_open_cells(lua_State *L, lstate *S);    /* mg.lstm_cell, mg.gru_cell */
 void lmg_open_npy(lua_State *L, lstate *S);      /* mg.save, mg.load */
 void lmg_open_io(lua_State *L, lstate *S);       /* mg.save_tensors, mg.load_npz, ... */
+void lmg_open_linalg(lua_State *L, lstate *S);   /* mg._linalg: the LAPACK primitives */
 
 #endif

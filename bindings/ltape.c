@@ -232,25 +232,36 @@ static int jacobian(lua_State *L, bool batch) {
 static int tape_jacobian(lua_State *L) { return jacobian(L, false); }
 static int tape_batch_jacobian(lua_State *L) { return jacobian(L, true); }
 
-/* forward(sources, tangents, targets): push tangents of sources through what was recorded;
-** returns the targets' tangents (an array, or one tensor for one target tensor) */
+/* forward(sources, tangents, targets [, {lead = 0}]): push tangents of sources through what
+** was recorded; returns the targets' tangents (an array, or one tensor for one target tensor).
+** With lead = 1 every tangent has one extra leading dim of a common size K (K directions in
+** one sweep) and so do the results. */
 static int tape_forward(lua_State *L) {
   lstate *S = LSTATE(L);
   ltape *p = checktape(L, 1);
-  int ns, ntan, nt;
+  int ns, ntan, nt, lead = 0;
   bool s1, s2, single;
+  if (lua_istable(L, 5)) {
+    lua_getfield(L, 5, "lead");
+    lead = (int)luaL_optinteger(L, -1, 0);
+    lua_pop(L, 1);
+    luaL_argcheck(L, lead == 0 || lead == 1, 5, "lead must be 0 or 1");
+  }
+  lua_settop(L, 4);
   mg_tensor **src = tensorlist(L, 2, &ns, &s1, "sources");
   mg_tensor **tan = tensorlist(L, 3, &ntan, &s2, "tangents");
   mg_tensor **tg = tensorlist(L, 4, &nt, &single, "targets");
   if (ns != ntan) return luaL_error(L, "forward: %d tangents for %d sources", ntan, ns);
   for (int i = 0; i < ns; i++) {
     int nd = mg_tensor_ndim(src[i]);
-    if (nd != mg_tensor_ndim(tan[i]) ||
-        memcmp(mg_tensor_shape(src[i]), mg_tensor_shape(tan[i]), (size_t)nd * sizeof(int64_t)) != 0)
-      return luaL_error(L, "forward: tangent %d does not have the shape of its source", i + 1);
+    if (nd + lead != mg_tensor_ndim(tan[i]) ||
+        memcmp(mg_tensor_shape(src[i]), mg_tensor_shape(tan[i]) + lead, (size_t)nd * sizeof(int64_t)) != 0 ||
+        (lead && mg_tensor_shape(tan[i])[0] != mg_tensor_shape(tan[0])[0]))
+      return luaL_error(L, lead ? "forward: tangent %d is not (K, shape of its source) with one K for all"
+                                : "forward: tangent %d does not have the shape of its source", i + 1);
   }
   results *r = newresults(L, nt);
-  if (mg_tape_forward(p->T, ns, src, tan, 0, nt, tg, r->t) != MG_OK) return lmg_fail(L, S->C);
+  if (mg_tape_forward(p->T, ns, src, tan, lead, nt, tg, r->t) != MG_OK) return lmg_fail(L, S->C);
   return hand_out(L, S, r, single);
 }
 

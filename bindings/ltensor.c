@@ -829,6 +829,60 @@ static int tensor_clamp(lua_State *L) {
   return lmg_result(L, S, mg_tensor_clamp(S->C, t, lo, hi, &y), &y);
 }
 
+/* t:elu([alpha]) and the other activations with a parameter (issue 12) */
+typedef mg_status (*alpha_fn)(mg_ctx *, mg_tensor *, double, mg_tensor **);
+
+static int with_alpha(lua_State *L, alpha_fn fn, double def) {
+  LSTATE_ARG;
+  mg_tensor *t = mg_lua_checktensor(L, 1), *y = NULL;
+  double alpha = luaL_optnumber(L, 2, def);
+  return lmg_result(L, S, fn(S->C, t, alpha, &y), &y);
+}
+
+static int tensor_elu(lua_State *L) { return with_alpha(L, mg_tensor_elu, 1.0); }
+static int tensor_celu(lua_State *L) { return with_alpha(L, mg_tensor_celu, 1.0); }
+static int tensor_leaky_relu(lua_State *L) { return with_alpha(L, mg_tensor_leaky_relu, 0.01); }
+
+/* The option at 'idx': a string or boolean itself, or field 'key' of a table; nil if none. */
+static int option_at(lua_State *L, int idx, const char *key) {
+  if (lua_istable(L, idx)) {
+    lua_getfield(L, idx, key);
+    lua_replace(L, idx);
+  }
+  return lua_type(L, idx);
+}
+
+/* t:gelu([approximate]): "none" (default, exact), "tanh"; true/false; or {approximate=} */
+static int tensor_gelu(lua_State *L) {
+  LSTATE_ARG;
+  mg_tensor *t = mg_lua_checktensor(L, 1), *y = NULL;
+  int ty = option_at(L, 2, "approximate");
+  bool th = false;
+  if (ty == LUA_TBOOLEAN) th = lua_toboolean(L, 2);
+  else if (ty == LUA_TSTRING && strcmp(lua_tostring(L, 2), "tanh") == 0) th = true;
+  else if (ty != LUA_TNIL && ty != LUA_TNONE && !(ty == LUA_TSTRING && strcmp(lua_tostring(L, 2), "none") == 0))
+    return luaL_argerror(L, 2, lua_pushfstring(L, "approximate must be \"none\", \"tanh\" or a boolean, got %s",
+                                               luaL_tolstring(L, 2, NULL)));
+  return lmg_result(L, S, mg_tensor_gelu(S->C, t, th, &y), &y);
+}
+
+/* t:hard_sigmoid([version]): "keras3" (default: relu6(x + 3) / 6), "keras2" (clip(0.2 x +
+** 0.5, 0, 1)), or 3, 2, or {version=} */
+static int tensor_hard_sigmoid(lua_State *L) {
+  LSTATE_ARG;
+  mg_tensor *t = mg_lua_checktensor(L, 1), *y = NULL;
+  int ty = option_at(L, 2, "version"), k = 0;
+  if (ty == LUA_TNIL || ty == LUA_TNONE) k = 3;
+  else if (ty == LUA_TNUMBER && lua_tonumber(L, 2) == 3) k = 3;
+  else if (ty == LUA_TNUMBER && lua_tonumber(L, 2) == 2) k = 2;
+  else if (ty == LUA_TSTRING && strcmp(lua_tostring(L, 2), "keras3") == 0) k = 3;
+  else if (ty == LUA_TSTRING && strcmp(lua_tostring(L, 2), "keras2") == 0) k = 2;
+  if (k == 0)
+    return luaL_argerror(L, 2, lua_pushfstring(L, "version must be \"keras3\" or \"keras2\", got %s",
+                                               luaL_tolstring(L, 2, NULL)));
+  return lmg_result(L, S, mg_tensor_hard_sigmoid(S->C, t, k, &y), &y);
+}
+
 static int tensor_where(lua_State *L) {
   LSTATE_ARG;
   mg_tensor *c = mg_lua_checktensor(L, 1), *y = NULL, *ref = lmg_totensor(L, 2);
@@ -930,6 +984,111 @@ static int extreme(lua_State *L, bool is_min) {
 static int tensor_max(lua_State *L) { return extreme(L, false); }
 static int tensor_min(lua_State *L) { return extreme(L, true); }
 
+/* ================================================================ scans, reordering, indexing (issue 12) */
+
+static int tensor_logsumexp(lua_State *L) { return reduction(L, "logsumexp", mg_tensor_logsumexp); }
+
+/* t:cumsum(d) / t:cumprod(d) */
+static int scan_dim(lua_State *L, bool prod) {
+  LSTATE_ARG;
+  mg_tensor *t = mg_lua_checktensor(L, 1), *y = NULL;
+  if (mg_tensor_ndim(t) == 0) return luaL_error(L, "%s: expected at least 1 dimension", prod ? "cumprod" : "cumsum");
+  int d = lmg_checkdim(L, 2, mg_tensor_ndim(t));
+  mg_status st = prod ? mg_tensor_cumprod(S->C, t, d, false, &y) : mg_tensor_cumsum(S->C, t, d, false, &y);
+  return lmg_result(L, S, st, &y);
+}
+static int tensor_cumsum(lua_State *L) { return scan_dim(L, false); }
+static int tensor_cumprod(lua_State *L) { return scan_dim(L, true); }
+
+/* t:flip(d) or t:flip({d1, d2, ...}) */
+static int tensor_flip(lua_State *L) {
+  LSTATE_ARG;
+  mg_tensor *t = mg_lua_checktensor(L, 1), *y = NULL;
+  int nd = mg_tensor_ndim(t);
+  uint32_t mask = 0;
+  if (lua_istable(L, 2)) {
+    int n = (int)luaL_len(L, 2);
+    for (int i = 1; i <= n; i++) {
+      lua_rawgeti(L, 2, i);
+      int isint;
+      lua_Integer d = lua_tointegerx(L, -1, &isint), z = d < 0 ? d + nd : d - 1;
+      if (!isint || d == 0 || z < 0 || z >= nd)
+        return luaL_error(L, "flip: dimension %s out of range for a %d-d tensor", luaL_tolstring(L, -1, NULL), nd);
+      if ((mask >> z) & 1u) return luaL_error(L, "flip: dimension %d given twice", (int)d);
+      mask |= 1u << z;
+      lua_pop(L, 1);
+    }
+  } else mask = 1u << lmg_checkdim(L, 2, nd);
+  return lmg_result(L, S, mg_tensor_flip(S->C, t, mask, &y), &y);
+}
+
+/* t:diagonal([offset [, d1 [, d2]]]): defaults 0, 1, 2 */
+static int tensor_diagonal(lua_State *L) {
+  LSTATE_ARG;
+  mg_tensor *t = mg_lua_checktensor(L, 1), *y = NULL;
+  int nd = mg_tensor_ndim(t);
+  if (nd < 2) return luaL_error(L, "diagonal: expected at least 2 dimensions, got %d", nd);
+  lua_Integer off = luaL_optinteger(L, 2, 0);
+  int d1 = lua_isnoneornil(L, 3) ? 0 : lmg_checkdim(L, 3, nd);
+  int d2 = lua_isnoneornil(L, 4) ? 1 : lmg_checkdim(L, 4, nd);
+  if (d1 == d2) return luaL_error(L, "diagonal: dimensions %d and %d are the same", d1 + 1, d2 + 1);
+  return lmg_result(L, S, mg_tensor_diagonal(S->C, t, (int64_t)off, d1, d2, &y), &y);
+}
+
+/* t:diag([k]): a 1-d tensor to the square matrix with it on diagonal k, a 2-d tensor to its
+** diagonal k (torch.diag) */
+static int tensor_diag(lua_State *L) {
+  LSTATE_ARG;
+  mg_tensor *t = mg_lua_checktensor(L, 1), *y = NULL;
+  lua_Integer k = luaL_optinteger(L, 2, 0);
+  int nd = mg_tensor_ndim(t);
+  mg_status st;
+  if (nd == 1) st = mg_tensor_diag_embed(S->C, t, (int64_t)k, 0, 1, &y);
+  else if (nd == 2) st = mg_tensor_diagonal(S->C, t, (int64_t)k, 0, 1, &y);
+  else return luaL_error(L, "diag: expected a 1-d or 2-d tensor, got %d dimensions", nd);
+  return lmg_result(L, S, st, &y);
+}
+
+/* A new tensor of the 0-based indices for the 1-based index tensor at 'idx' (not recorded). */
+static mg_tensor *checkindices(lua_State *L, lstate *S, int idx) {
+  mg_tensor *ix = lmg_totensor(L, idx), *z = NULL;
+  if (ix == NULL) luaL_typeerror(L, idx, "tensor of indices");
+  mg_no_grad_enter(S->C);
+  mg_status st = mg_tensor_binary_scalar(S->C, MG_B_SUB, ix, 1.0, false, &z);
+  mg_no_grad_exit(S->C);
+  if (st != MG_OK) lmg_fail(L, S->C);
+  mg_tensor **slot = lmg_newslot(L);              /* owns 'z' if what follows raises */
+  *slot = z;
+  return z;
+}
+
+/* t:gather(d, index) / t:index_select(d, index) */
+static int index_dim(lua_State *L, bool select) {
+  LSTATE_ARG;
+  mg_tensor *t = mg_lua_checktensor(L, 1), *y = NULL;
+  const char *fn = select ? "index_select" : "gather";
+  if (mg_tensor_ndim(t) == 0) return luaL_error(L, "%s: expected at least 1 dimension", fn);
+  int d = lmg_checkdim(L, 2, mg_tensor_ndim(t));
+  mg_tensor *ix = checkindices(L, S, 3);
+  mg_status st = select ? mg_tensor_index_select(S->C, t, d, ix, &y) : mg_tensor_gather(S->C, t, d, ix, &y);
+  return lmg_result(L, S, st, &y);
+}
+static int tensor_gather(lua_State *L) { return index_dim(L, false); }
+static int tensor_index_select(lua_State *L) { return index_dim(L, true); }
+
+/* t:take_along_dim(index [, d]): without d, of the flattened tensor */
+static int tensor_take_along_dim(lua_State *L) {
+  LSTATE_ARG;
+  mg_tensor *t = mg_lua_checktensor(L, 1), *y = NULL;
+  int d = -1;
+  if (!lua_isnoneornil(L, 3)) {
+    if (mg_tensor_ndim(t) == 0) return luaL_error(L, "take_along_dim: expected at least 1 dimension");
+    d = lmg_checkdim(L, 3, mg_tensor_ndim(t));
+  }
+  mg_tensor *ix = checkindices(L, S, 2);
+  return lmg_result(L, S, mg_tensor_take_along_dim(S->C, t, ix, d, &y), &y);
+}
+
 /* ================================================================ joins */
 
 /* Tensors of the array at 'idx' into a new C array (free it), count in *n. */
@@ -1003,6 +1162,15 @@ static int tensor_unstack(lua_State *L) {
 
 /* ================================================================ registration */
 
+/* The ops of issue 12 that are both methods and functions. */
+#define ISSUE12_FUNCTIONS                                                                  \
+  { "elu", tensor_elu }, { "celu", tensor_celu }, { "leaky_relu", tensor_leaky_relu },     \
+  { "gelu", tensor_gelu }, { "hard_sigmoid", tensor_hard_sigmoid },                     \
+  { "logsumexp", tensor_logsumexp }, { "cumsum", tensor_cumsum },                          \
+  { "cumprod", tensor_cumprod }, { "flip", tensor_flip }, { "diagonal", tensor_diagonal },   \
+  { "diag", tensor_diag }, { "gather", tensor_gather }, { "index_select", tensor_index_select }, \
+  { "take_along_dim", tensor_take_along_dim },
+
 static const luaL_Reg tensor_methods[] = {
   { "shape", tensor_shape }, { "size", tensor_size }, { "dim", tensor_dim },
   { "numel", tensor_numel }, { "item", tensor_item }, { "totable", tensor_totable },
@@ -1020,6 +1188,7 @@ static const luaL_Reg tensor_methods[] = {
   { "norm", tensor_norm }, { "max", tensor_max }, { "min", tensor_min },
   { "argmax", tensor_argmax }, { "argmin", tensor_argmin },
   { "split", tensor_split }, { "unstack", tensor_unstack },
+  ISSUE12_FUNCTIONS
   { NULL, NULL } };
 
 static const luaL_Reg tensor_metamethods[] = {
@@ -1044,6 +1213,7 @@ static const luaL_Reg module_functions[] = {
   { "permute", tensor_permute }, { "squeeze", tensor_squeeze },
   { "unsqueeze", tensor_unsqueeze }, { "narrow", tensor_narrow }, { "select", tensor_select },
   { "expand", tensor_expand }, { "contiguous", tensor_contiguous }, { "clone", tensor_clone },
+  ISSUE12_FUNCTIONS
   { NULL, NULL } };
 
 /* Set field 'name' of the table at the top to 'f' with upvalues (state, kernel 'k'). */

@@ -9,6 +9,13 @@
 
 /* ================================================================ kernels */
 
+/* SELU's constants (Klambauer et al. 2017), and their product. */
+#define SELU_ALPHA 1.6732632423543772848170429916717
+#define SELU_SCALE 1.0507009873554804934193349852946
+#define SELU_SA (SELU_SCALE * SELU_ALPHA)
+#define SELU_SCALE_F ((float)SELU_SCALE)
+#define SELU_SA_F ((float)SELU_SA)
+
 /* Inner loop over 'n' elements: unit-stride fast path, else strided. */
 #define LOOP1(T, EXPR) do {                                                        \
     const T *x = (const T *)p[1]; T *y = (T *)p[0];                                \
@@ -32,6 +39,31 @@ static void unary_f32(int64_t n, char **p, const int64_t *s, void *ud) {
   case MG_U_SOFTPLUS: LOOP1(float, v > 20 ? v : log1pf(expf(v))); break;
   case MG_U_SIGN: LOOP1(float, (float)((v > 0) - (v < 0))); break;
   case MG_U_STEP: LOOP1(float, v <= 0 ? 0.0f : 1.0f); break;
+  case MG_U_ERF: LOOP1(float, erff(v)); break;
+  case MG_U_ERFC: LOOP1(float, erfcf(v)); break;
+  case MG_U_SELU: LOOP1(float, v > 0 ? SELU_SCALE_F * v : SELU_SA_F * expm1f(v)); break;
+  case MG_U_SILU: LOOP1(float, v / (1.0f + expf(-v))); break;
+  case MG_U_MISH: LOOP1(float, v * tanhf(v > 20 ? v : log1pf(expf(v)))); break;
+  case MG_U_SOFTSIGN: LOOP1(float, v / (1.0f + fabsf(v))); break;
+  case MG_U_HARD_TANH: LOOP1(float, v < -1 ? -1.0f : (v > 1 ? 1.0f : v)); break;
+  case MG_U_RELU6: LOOP1(float, v < 0 ? 0.0f : (v > 6 ? 6.0f : v)); break;
+  case MG_U_LOG1P: LOOP1(float, log1pf(v)); break;
+  case MG_U_EXPM1: LOOP1(float, expm1f(v)); break;
+  case MG_U_TAN: LOOP1(float, tanf(v)); break;
+  case MG_U_ATAN: LOOP1(float, atanf(v)); break;
+  case MG_U_ASINH: LOOP1(float, asinhf(v)); break;
+  case MG_U_SINH: LOOP1(float, sinhf(v)); break;
+  case MG_U_COSH: LOOP1(float, coshf(v)); break;
+  case MG_U_SQUARE: LOOP1(float, v * v); break;
+  case MG_U_RECIPROCAL: LOOP1(float, 1.0f / v); break;
+  case MG_U_RSQRT: LOOP1(float, 1.0f / sqrtf(v)); break;
+  case MG_U_EXP2: LOOP1(float, exp2f(v)); break;
+  case MG_U_LOG2: LOOP1(float, log2f(v)); break;
+  case MG_U_LOG10: LOOP1(float, log10f(v)); break;
+  case MG_U_FLOOR: LOOP1(float, floorf(v)); break;
+  case MG_U_CEIL: LOOP1(float, ceilf(v)); break;
+  case MG_U_ROUND: LOOP1(float, nearbyintf(v)); break;     /* half to even: the default mode */
+  case MG_U_TRUNC: LOOP1(float, truncf(v)); break;
   default: break;
   }
 }
@@ -51,6 +83,31 @@ static void unary_f64(int64_t n, char **p, const int64_t *s, void *ud) {
   case MG_U_SOFTPLUS: LOOP1(double, v > 30 ? v : log1p(exp(v))); break;
   case MG_U_SIGN: LOOP1(double, (double)((v > 0) - (v < 0))); break;
   case MG_U_STEP: LOOP1(double, v <= 0 ? 0.0 : 1.0); break;
+  case MG_U_ERF: LOOP1(double, erf(v)); break;
+  case MG_U_ERFC: LOOP1(double, erfc(v)); break;
+  case MG_U_SELU: LOOP1(double, v > 0 ? SELU_SCALE * v : SELU_SA * expm1(v)); break;
+  case MG_U_SILU: LOOP1(double, v / (1.0 + exp(-v))); break;
+  case MG_U_MISH: LOOP1(double, v * tanh(v > 20 ? v : log1p(exp(v)))); break;
+  case MG_U_SOFTSIGN: LOOP1(double, v / (1.0 + fabs(v))); break;
+  case MG_U_HARD_TANH: LOOP1(double, v < -1 ? -1.0 : (v > 1 ? 1.0 : v)); break;
+  case MG_U_RELU6: LOOP1(double, v < 0 ? 0.0 : (v > 6 ? 6.0 : v)); break;
+  case MG_U_LOG1P: LOOP1(double, log1p(v)); break;
+  case MG_U_EXPM1: LOOP1(double, expm1(v)); break;
+  case MG_U_TAN: LOOP1(double, tan(v)); break;
+  case MG_U_ATAN: LOOP1(double, atan(v)); break;
+  case MG_U_ASINH: LOOP1(double, asinh(v)); break;
+  case MG_U_SINH: LOOP1(double, sinh(v)); break;
+  case MG_U_COSH: LOOP1(double, cosh(v)); break;
+  case MG_U_SQUARE: LOOP1(double, v * v); break;
+  case MG_U_RECIPROCAL: LOOP1(double, 1.0 / v); break;
+  case MG_U_RSQRT: LOOP1(double, 1.0 / sqrt(v)); break;
+  case MG_U_EXP2: LOOP1(double, exp2(v)); break;
+  case MG_U_LOG2: LOOP1(double, log2(v)); break;
+  case MG_U_LOG10: LOOP1(double, log10(v)); break;
+  case MG_U_FLOOR: LOOP1(double, floor(v)); break;
+  case MG_U_CEIL: LOOP1(double, ceil(v)); break;
+  case MG_U_ROUND: LOOP1(double, nearbyint(v)); break;     /* half to even: the default mode */
+  case MG_U_TRUNC: LOOP1(double, trunc(v)); break;
   default: break;
   }
 }
@@ -301,12 +358,96 @@ mg_status mg_tensor_where(mg_ctx *C, mg_tensor *cond, mg_tensor *a, mg_tensor *b
   return mg_name_error(C, st, "where");
 }
 
+/* ---------------------------------------------------------------- with a parameter */
+
+/* The parametric kernels: which op, its parameter (alpha, slope), gelu's tanh form and
+** hard_sigmoid's Keras version in 'v'. */
+typedef struct pparam { int op; double a; int v; } pparam;
+
+#define GELU_K 0.7978845608028654              /* sqrt(2 / pi) */
+#define GELU_C 0.044715
+
+static double param_f64(const pparam *q, double v) {
+  switch (q->op) {
+  case MG_OP_ELU: return v > 0 ? v : q->a * expm1(v);
+  case MG_OP_CELU: return v > 0 ? v : q->a * expm1(v / q->a);
+  case MG_OP_LEAKY_RELU: return v > 0 ? v : q->a * v;
+  case MG_OP_GELU:
+    if (q->v) return 0.5 * v * (1 + tanh(GELU_K * (v + GELU_C * v * v * v)));
+    return 0.5 * v * (1 + erf(v * M_SQRT1_2));
+  default: {                                    /* hard_sigmoid: clip(a x + 1/2, 0, 1) */
+    double t = q->v == 3 ? (v + 3) / 6 : 0.2 * v + 0.5;
+    return t < 0 ? 0 : (t > 1 ? 1 : t);
+  }
+  }
+}
+
+static float param_f32(const pparam *q, float v) {
+  float a = (float)q->a;
+  switch (q->op) {
+  case MG_OP_ELU: return v > 0 ? v : a * expm1f(v);
+  case MG_OP_CELU: return v > 0 ? v : a * expm1f(v / a);
+  case MG_OP_LEAKY_RELU: return v > 0 ? v : a * v;
+  case MG_OP_GELU:
+    if (q->v) return 0.5f * v * (1 + tanhf((float)GELU_K * (v + (float)GELU_C * v * v * v)));
+    return 0.5f * v * (1 + erff(v * (float)M_SQRT1_2));
+  default: {
+    float t = q->v == 3 ? (v + 3) / 6 : 0.2f * v + 0.5f;
+    return t < 0 ? 0 : (t > 1 ? 1 : t);
+  }
+  }
+}
+
+static void param_loop_f32(int64_t n, char **p, const int64_t *s, void *ud) {
+  LOOP1(float, param_f32(ud, v));
+}
+static void param_loop_f64(int64_t n, char **p, const int64_t *s, void *ud) {
+  LOOP1(double, param_f64(ud, v));
+}
+
+/* Run parametric op 'op' on 'x', recording 'a' in attr.f[0] and 'v' in attr.i[0]. */
+static mg_status unary_param(mg_ctx *C, int op, mg_tensor *x, double a, int v,
+                             mg_tensor **out) {
+  pparam q = { op, a, v };
+  mg_tensor *y = NULL;
+  mg_status st = run_new(C, mg_ops[op].name, x->dtype, x->ndim, x->shape, 1, &x,
+                         x->dtype == MG_F64 ? param_loop_f64 : param_loop_f32, &q, &y);
+  if (st != MG_OK) return mg_name_error(C, st, mg_ops[op].name);
+  mg_attr at = { .ni = 1, .i = { v }, .f = { a, 0 } };
+  return mg_record_result(C, op, 1, &x, y, &at, out);
+}
+
+mg_status mg_tensor_elu(mg_ctx *C, mg_tensor *x, double alpha, mg_tensor **out) {
+  return unary_param(C, MG_OP_ELU, x, alpha, 0, out);
+}
+
+mg_status mg_tensor_celu(mg_ctx *C, mg_tensor *x, double alpha, mg_tensor **out) {
+  if (alpha == 0) return mg_fail(C, MG_EARG, "celu: alpha must not be 0");
+  return unary_param(C, MG_OP_CELU, x, alpha, 0, out);
+}
+
+mg_status mg_tensor_leaky_relu(mg_ctx *C, mg_tensor *x, double alpha, mg_tensor **out) {
+  return unary_param(C, MG_OP_LEAKY_RELU, x, alpha, 0, out);
+}
+
+mg_status mg_tensor_gelu(mg_ctx *C, mg_tensor *x, bool tanh_form, mg_tensor **out) {
+  return unary_param(C, MG_OP_GELU, x, 0, tanh_form, out);
+}
+
+mg_status mg_tensor_hard_sigmoid(mg_ctx *C, mg_tensor *x, int keras, mg_tensor **out) {
+  if (keras != 2 && keras != 3)
+    return mg_fail(C, MG_EARG, "hard_sigmoid: Keras version must be 2 or 3, got %d", keras);
+  return unary_param(C, MG_OP_HARD_SIGMOID, x, keras == 3 ? 1.0 / 6 : 0.2, keras, out);
+}
+
 /* ================================================================ rules */
 
 /* Shorthands for rules: each returns a status and sets a new reference. */
 #define UN(op, x, o) mg_tensor_unary(C, (op), (x), (o))
 #define BIN(op, a, b, o) mg_tensor_binary(C, (op), (a), (b), (o))
 #define BINS(op, a, v, o) mg_tensor_binary_scalar(C, (op), (a), (v), false, (o))
+
+static mg_status more_deriv(mg_ctx *C, const mg_node *n, mg_tensor **d);
 
 /* f'(x) of a unary node, as a tensor of x's shape (computed with recorded ops). */
 static mg_status unary_deriv(mg_ctx *C, const mg_node *n, mg_tensor **d) {
@@ -333,17 +474,21 @@ static mg_status unary_deriv(mg_ctx *C, const mg_node *n, mg_tensor **d) {
     st = UN(MG_U_NEG, t, d);
     break;
   case MG_OP_SOFTPLUS: return UN(MG_U_SIGMOID, x, d);
-  default: return mg_fail(C, MG_EARG, "internal: not a unary op");
+  default: return more_deriv(C, n, d);
   }
   mg_tensor_release(t);
   return st;
 }
 
+static bool zero_gradient(int op);
+static mg_status zeros_like_lead(mg_ctx *C, const mg_node *n, int lead, mg_tensor *g,
+                                 mg_tensor **out);
+
 /* Elementwise unary: both rules multiply by the diagonal f'(x). */
 static mg_status unary_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *g,
                            const bool *need, mg_tensor **gin) {
-  (void)lead;
   if (!need[0] || g[0] == NULL) return MG_OK;
+  if (zero_gradient(n->op)) return zeros_like_lead(C, n, lead, g[0], &gin[0]);
   mg_tensor *d = NULL;
   mg_status st = unary_deriv(C, n, &d);
   if (st != MG_OK) return st;
@@ -569,3 +714,113 @@ const mg_rules mg_rules_unary = { unary_vjp, unary_jvp };
 const mg_rules mg_rules_binary = { binary_vjp, binary_jvp };
 const mg_rules mg_rules_clamp = { clamp_vjp, clamp_jvp };
 const mg_rules mg_rules_where = { where_vjp, where_jvp };
+
+/* ================================================================ issue 12: derivatives */
+
+/* floor, ceil, round, trunc and sign: piecewise constant, a zero gradient (as PyTorch). */
+static bool zero_gradient(int op) {
+  return op == MG_OP_SIGN || op == MG_OP_FLOOR || op == MG_OP_CEIL || op == MG_OP_ROUND ||
+         op == MG_OP_TRUNC;
+}
+
+/* Zeros shaped lead dims of 'g' .. the node's input shape (a cotangent or tangent). */
+static mg_status zeros_like_lead(mg_ctx *C, const mg_node *n, int lead, mg_tensor *g,
+                                 mg_tensor **out) {
+  int64_t sh[MG_MAXDIM];
+  int nd = mg_lead_shape(g, lead, n->in[0]->ndim, n->in[0]->shape, sh);
+  return mg_tensor_zeros(C, n->in[0]->dtype, nd, sh, out);
+}
+
+#define SQRT_2_PI 1.1283791670955126          /* 2 / sqrt(pi) */
+#define INV_SQRT_2PI 0.3989422804014327       /* 1 / sqrt(2 pi) */
+
+/* 1 where lo < x < hi, else 0 (a constant: the hard ops' gradient is 0 at their kinks, as
+** PyTorch's). */
+static mg_tensor *open_interval(mg_ex *e, mg_tensor *x, double lo, double hi) {
+  return mg_ex_mul(e, mg_ex_bins(e, MG_B_GT, x, lo), mg_ex_bins(e, MG_B_LT, x, hi));
+}
+
+/* f'(x) of the issue-12 unary and parametric nodes, with recording ops. */
+static mg_status more_deriv(mg_ctx *C, const mg_node *n, mg_tensor **d) {
+  mg_tensor *x = n->in[0], *y = n->out[0], *r = NULL;
+  double a = n->attr.f[0];
+  mg_ex ex, *e = &ex;
+  mg_ex_begin(e, C);
+  switch (n->op) {
+  case MG_OP_ERF: case MG_OP_ERFC:                 /* +-2/sqrt(pi) exp(-x^2) */
+    r = mg_ex_bins(e, MG_B_MUL, mg_ex_unary(e, MG_U_EXP, mg_ex_unary(e, MG_U_NEG, mg_ex_mul(e, x, x))),
+                   n->op == MG_OP_ERF ? SQRT_2_PI : -SQRT_2_PI);
+    break;
+  case MG_OP_SELU:                                 /* scale, or y + scale alpha */
+    r = mg_ex_where(e, mg_ex_bins(e, MG_B_GT, x, 0), mg_ex_full(e, x->dtype, SELU_SCALE),
+                    mg_ex_bins(e, MG_B_ADD, y, SELU_SA));
+    break;
+  case MG_OP_SILU: {                               /* s + y (1 - s) */
+    mg_tensor *s = mg_ex_unary(e, MG_U_SIGMOID, x);
+    r = mg_ex_add(e, s, mg_ex_mul(e, y, mg_ex_rsub(e, 1, s)));
+    break;
+  }
+  case MG_OP_MISH: {                               /* t + x (1 - t^2) sigmoid(x) */
+    mg_tensor *t = mg_ex_unary(e, MG_U_TANH, mg_ex_unary(e, MG_U_SOFTPLUS, x));
+    r = mg_ex_add(e, t, mg_ex_mul(e, mg_ex_mul(e, x, mg_ex_rsub(e, 1, mg_ex_mul(e, t, t))),
+                                  mg_ex_unary(e, MG_U_SIGMOID, x)));
+    break;
+  }
+  case MG_OP_SOFTSIGN: {                           /* 1 / (1 + |x|)^2 */
+    mg_tensor *u = mg_ex_bins(e, MG_B_ADD, mg_ex_unary(e, MG_U_ABS, x), 1);
+    r = mg_ex_sbin(e, MG_B_DIV, 1, mg_ex_mul(e, u, u));
+    break;
+  }
+  case MG_OP_HARD_TANH: r = open_interval(e, x, -1, 1); break;
+  case MG_OP_RELU6: r = open_interval(e, x, 0, 6); break;
+  case MG_OP_LOG1P: r = mg_ex_sbin(e, MG_B_DIV, 1, mg_ex_bins(e, MG_B_ADD, x, 1)); break;
+  case MG_OP_EXPM1: r = mg_ex_bins(e, MG_B_ADD, y, 1); break;
+  case MG_OP_TAN: r = mg_ex_bins(e, MG_B_ADD, mg_ex_mul(e, y, y), 1); break;
+  case MG_OP_ATAN: r = mg_ex_sbin(e, MG_B_DIV, 1, mg_ex_bins(e, MG_B_ADD, mg_ex_mul(e, x, x), 1)); break;
+  case MG_OP_ASINH:
+    r = mg_ex_unary(e, MG_U_RSQRT, mg_ex_bins(e, MG_B_ADD, mg_ex_mul(e, x, x), 1));
+    break;
+  case MG_OP_SINH: r = mg_ex_unary(e, MG_U_COSH, x); break;
+  case MG_OP_COSH: r = mg_ex_unary(e, MG_U_SINH, x); break;
+  case MG_OP_SQUARE: r = mg_ex_bins(e, MG_B_MUL, x, 2); break;
+  case MG_OP_RECIPROCAL: r = mg_ex_unary(e, MG_U_NEG, mg_ex_mul(e, y, y)); break;
+  case MG_OP_RSQRT: r = mg_ex_bins(e, MG_B_MUL, mg_ex_mul(e, y, mg_ex_mul(e, y, y)), -0.5); break;
+  case MG_OP_EXP2: r = mg_ex_bins(e, MG_B_MUL, y, M_LN2); break;
+  case MG_OP_LOG2: r = mg_ex_sbin(e, MG_B_DIV, 1 / M_LN2, x); break;
+  case MG_OP_LOG10: r = mg_ex_sbin(e, MG_B_DIV, 1 / M_LN10, x); break;
+  case MG_OP_ELU:                                  /* 1, or y + alpha (alpha e^x) */
+    r = mg_ex_where(e, mg_ex_bins(e, MG_B_GT, x, 0), mg_ex_full(e, x->dtype, 1),
+                    mg_ex_bins(e, MG_B_ADD, y, a));
+    break;
+  case MG_OP_CELU:                                 /* 1, or y / alpha + 1 (e^(x/alpha)) */
+    r = mg_ex_where(e, mg_ex_bins(e, MG_B_GT, x, 0), mg_ex_full(e, x->dtype, 1),
+                    mg_ex_bins(e, MG_B_ADD, mg_ex_bins(e, MG_B_DIV, y, a), 1));
+    break;
+  case MG_OP_LEAKY_RELU:                           /* alpha at 0, as PyTorch */
+    r = mg_ex_where(e, mg_ex_bins(e, MG_B_GT, x, 0), mg_ex_full(e, x->dtype, 1),
+                    mg_ex_full(e, x->dtype, a));
+    break;
+  case MG_OP_GELU:
+    if (n->attr.i[0]) {      /* 0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 c x^2), t = tanh(u) */
+      mg_tensor *x2 = mg_ex_mul(e, x, x);
+      mg_tensor *u = mg_ex_bins(e, MG_B_MUL, mg_ex_add(e, x, mg_ex_bins(e, MG_B_MUL, mg_ex_mul(e, x2, x), GELU_C)), GELU_K);
+      mg_tensor *t = mg_ex_unary(e, MG_U_TANH, u);
+      mg_tensor *du = mg_ex_bins(e, MG_B_MUL, mg_ex_bins(e, MG_B_ADD, mg_ex_bins(e, MG_B_MUL, x2, 3 * GELU_C), 1), GELU_K);
+      mg_tensor *p = mg_ex_mul(e, mg_ex_mul(e, mg_ex_rsub(e, 1, mg_ex_mul(e, t, t)), x), du);
+      r = mg_ex_bins(e, MG_B_MUL, mg_ex_add(e, mg_ex_bins(e, MG_B_ADD, t, 1), p), 0.5);
+    } else {                 /* Phi(x) + x phi(x) */
+      mg_tensor *Phi = mg_ex_bins(e, MG_B_MUL, mg_ex_bins(e, MG_B_ADD, mg_ex_unary(e, MG_U_ERF, mg_ex_bins(e, MG_B_MUL, x, M_SQRT1_2)), 1), 0.5);
+      mg_tensor *phi = mg_ex_bins(e, MG_B_MUL, mg_ex_unary(e, MG_U_EXP, mg_ex_bins(e, MG_B_MUL, mg_ex_mul(e, x, x), -0.5)), INV_SQRT_2PI);
+      r = mg_ex_add(e, Phi, mg_ex_mul(e, x, phi));
+    }
+    break;
+  case MG_OP_HARD_SIGMOID: {                       /* slope inside (-1/2, 1/2) / slope */
+    double h = 0.5 / a;
+    r = mg_ex_bins(e, MG_B_MUL, open_interval(e, x, -h, h), a);
+    break;
+  }
+  default: mg_ex_end(e); return mg_fail(C, MG_EARG, "internal: not a unary op");
+  }
+  *d = mg_ex_keep(e, r);
+  return mg_ex_end(e);
+}

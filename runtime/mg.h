@@ -180,6 +180,16 @@ MG_API mg_status mg_tensor_clamp(mg_ctx *C, mg_tensor *x, double lo, double hi,
 MG_API mg_status mg_tensor_where(mg_ctx *C, mg_tensor *cond, mg_tensor *a, mg_tensor *b,
                                  mg_tensor **out);
 
+/* Activations with a parameter (recorded; the gradient at 0 is PyTorch's): elu, x > 0 ? x :
+** alpha (e^x - 1); celu, x > 0 ? x : alpha (e^(x/alpha) - 1) (alpha != 0); leaky_relu,
+** x > 0 ? x : alpha x; gelu, x Phi(x), or its tanh approximation; hard_sigmoid, Keras 3's
+** relu6(x + 3) / 6 ('keras' 3) or Keras 2's clip(0.2 x + 0.5, 0, 1) ('keras' 2). */
+MG_API mg_status mg_tensor_elu(mg_ctx *C, mg_tensor *x, double alpha, mg_tensor **out);
+MG_API mg_status mg_tensor_celu(mg_ctx *C, mg_tensor *x, double alpha, mg_tensor **out);
+MG_API mg_status mg_tensor_leaky_relu(mg_ctx *C, mg_tensor *x, double alpha, mg_tensor **out);
+MG_API mg_status mg_tensor_gelu(mg_ctx *C, mg_tensor *x, bool tanh_form, mg_tensor **out);
+MG_API mg_status mg_tensor_hard_sigmoid(mg_ctx *C, mg_tensor *x, int keras, mg_tensor **out);
+
 /* Views: share storage with 'x'. 'shape' of reshape may hold one -1. */
 MG_API mg_status mg_tensor_reshape(mg_ctx *C, mg_tensor *x, int ndim, const int64_t *shape,
                                    mg_tensor **out);
@@ -200,7 +210,8 @@ MG_API mg_status mg_tensor_expand(mg_ctx *C, mg_tensor *x, int ndim, const int64
 MG_API mg_status mg_tensor_contiguous(mg_ctx *C, mg_tensor *x, mg_tensor **out);
 MG_API mg_status mg_tensor_clone(mg_ctx *C, mg_tensor *x, mg_tensor **out);
 MG_API mg_status mg_tensor_cast(mg_ctx *C, mg_tensor *x, mg_dtype dt, mg_tensor **out);
-/* Zeros of 'size' along 'dim', with 'x' placed at 'start' (the adjoint of narrow). */
+/* Zeros of 'size' along 'dim', with 'x' placed at 'start' (the adjoint of narrow, used by
+** rules; Lua's constant padding 'mg.pad' is composed in moongrad/ops.lua, not this). */
 MG_API mg_status mg_tensor_pad(mg_ctx *C, mg_tensor *x, int dim, int64_t start, int64_t size,
                                mg_tensor **out);
 MG_API mg_status mg_tensor_cat(mg_ctx *C, int n, mg_tensor *const *xs, int dim,
@@ -244,8 +255,69 @@ MG_API mg_status mg_tensor_norm(mg_ctx *C, mg_tensor *x, uint32_t mask, bool kee
 MG_API mg_status mg_tensor_softmax(mg_ctx *C, mg_tensor *x, int dim, bool log,
                                    mg_tensor **out);
 
+/* log(sum(exp(x))) over 'mask', stable (shifted by the maximum). */
+MG_API mg_status mg_tensor_logsumexp(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keepdim,
+                                     mg_tensor **out);
+/* Running sum / product along 'dim' (from the last element when 'reverse'). cumprod's
+** gradient is exact with zeros in 'x'. */
+MG_API mg_status mg_tensor_cumsum(mg_ctx *C, mg_tensor *x, int dim, bool reverse,
+                                  mg_tensor **out);
+MG_API mg_status mg_tensor_cumprod(mg_ctx *C, mg_tensor *x, int dim, bool reverse,
+                                   mg_tensor **out);
+
+/* Reordering and indexing (ops_index.c). flip: a copy reversed along the dims in 'mask'.
+** diagonal: a view of the 'offset' diagonal of dims 'd1', 'd2' (removed; the diagonal is
+** the last dim), as torch.diagonal; diag_embed: the last dim of 'x' placed on that diagonal
+** of new dims 'd1', 'd2' (of the output) of zeros, as torch.diag_embed. */
+MG_API mg_status mg_tensor_flip(mg_ctx *C, mg_tensor *x, uint32_t mask, mg_tensor **out);
+MG_API mg_status mg_tensor_diagonal(mg_ctx *C, mg_tensor *x, int64_t offset, int d1, int d2,
+                                    mg_tensor **out);
+MG_API mg_status mg_tensor_diag_embed(mg_ctx *C, mg_tensor *x, int64_t offset, int d1, int d2,
+                                      mg_tensor **out);
+/* Indices are tensors of 0-based integers stored as floats (either dtype); a value out of
+** range or not an integer fails naming the op and the index (counted from 1 in messages).
+** gather (torch.gather): out[..i..] = x[.. index[..i..] at 'dim' ..], 'index' of x's rank,
+** no larger than 'x' except along 'dim'; out has index's shape. scatter_add, its adjoint:
+** zeros of 'shape' plus 'src' added at 'index' along 'dim' (src and index of one shape).
+** index_select: the entries 'index' (1-d) along 'dim'. take_along_dim: gather with 'x' and
+** 'index' broadcast together but along 'dim' (torch.take_along_dim). */
+MG_API mg_status mg_tensor_gather(mg_ctx *C, mg_tensor *x, int dim, mg_tensor *index,
+                                  mg_tensor **out);
+MG_API mg_status mg_tensor_scatter_add(mg_ctx *C, mg_tensor *src, int dim, mg_tensor *index,
+                                       int ndim, const int64_t *shape, mg_tensor **out);
+MG_API mg_status mg_tensor_index_select(mg_ctx *C, mg_tensor *x, int dim, mg_tensor *index,
+                                        mg_tensor **out);
+MG_API mg_status mg_tensor_take_along_dim(mg_ctx *C, mg_tensor *x, mg_tensor *index, int dim,
+                                          mg_tensor **out);
+
 /* Matrix product: 1-d operands as NumPy, >= 2-d batched with broadcast leading dims. */
 MG_API mg_status mg_tensor_matmul(mg_ctx *C, mg_tensor *a, mg_tensor *b, mg_tensor **out);
+
+/* Linear algebra through LAPACK (lapack.c). 'A' is a matrix or a batch (..., m, n) of any
+** strides, float32 or float64; results are contiguous, batched like 'A'. Recorded, with
+** reverse and forward rules, except eig (its rules fail: no complex dtype).
+** qr: Q (m,k) and R (k,n), k = min(m,n); 'complete': Q (m,m), R (m,n).
+** svd: U (m,k), S (k) descending, Vh (k,n); 'full_matrices': U (m,m), Vh (n,n). Without
+**   'compute_uv' only S is computed (U, Vh untouched; may be NULL).
+** eigh: eigenvalues ascending (..., n) and eigenvectors as columns (V untouched, may be NULL,
+**   without 'compute_v'); reads the lower triangle.
+** eig: eigenvalues (real and imaginary parts) and eigenvectors (columns, real and imaginary
+**   parts; a complex pair j, j+1 is Vr[:,j] +- i Vi[:,j]), in LAPACK's order.
+** solve: X with A X = B, A (..., n, n), B (..., n, k), batch dims broadcast.
+** slogdet: sign and log|det| (..., ) (0 and -inf when singular).
+** cholesky: lower L with L L^T = A (reads the lower triangle). */
+MG_API mg_status mg_linalg_qr(mg_ctx *C, mg_tensor *A, bool complete, mg_tensor **Q,
+                              mg_tensor **R);
+MG_API mg_status mg_linalg_svd(mg_ctx *C, mg_tensor *A, bool full_matrices, bool compute_uv,
+                               mg_tensor **U, mg_tensor **S, mg_tensor **Vh);
+MG_API mg_status mg_linalg_eigh(mg_ctx *C, mg_tensor *A, bool compute_v, mg_tensor **w,
+                                mg_tensor **V);
+MG_API mg_status mg_linalg_eig(mg_ctx *C, mg_tensor *A, mg_tensor **w_re, mg_tensor **w_im,
+                               mg_tensor **V_re, mg_tensor **V_im);
+MG_API mg_status mg_linalg_solve(mg_ctx *C, mg_tensor *A, mg_tensor *B, mg_tensor **X);
+MG_API mg_status mg_linalg_slogdet(mg_ctx *C, mg_tensor *A, mg_tensor **sign,
+                                   mg_tensor **logabsdet);
+MG_API mg_status mg_linalg_cholesky(mg_ctx *C, mg_tensor *A, mg_tensor **L);
 
 /* Fused recurrent cells, Keras layouts (RNN_REFERENCE.md), one recorded node per step.
 ** LSTM (gates i, f, c, o): x (B, d), h and c (B, u), kernel (d, 4u), recurrent (u, 4u),

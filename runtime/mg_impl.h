@@ -12,7 +12,7 @@
 #include <string.h>
 
 #define MG_MAXIN_INLINE 3   /* node inputs stored inline; more go to the heap (cat) */
-#define MG_MAXOUT 2         /* most outputs an op produces (fused LSTM: h, c) */
+#define MG_MAXOUT 3         /* most outputs an op produces (linalg.svd: U, S, Vh) */
 #define MG_MAXSAVED 4       /* extra tensors a node keeps for its rules */
 #define MG_NODE_BLOCK0 64   /* nodes in a tape's first block; block b holds 64 << b */
 
@@ -253,6 +253,8 @@ void mg_ex_begin(mg_ex *e, mg_ctx *C);
 mg_status mg_ex_end(mg_ex *e);
 /* A new reference to 't' for the caller (NULL stays NULL). */
 mg_tensor *mg_ex_keep(mg_ex *e, mg_tensor *t);
+/* Take over '*tp' (a new reference filled by the call that returned 'st') as a temporary. */
+mg_tensor *mg_ex_own(mg_ex *e, mg_status st, mg_tensor **tp);
 mg_tensor *mg_ex_add(mg_ex *e, mg_tensor *a, mg_tensor *b);
 mg_tensor *mg_ex_sub(mg_ex *e, mg_tensor *a, mg_tensor *b);
 mg_tensor *mg_ex_mul(mg_ex *e, mg_tensor *a, mg_tensor *b);
@@ -268,6 +270,11 @@ mg_tensor *mg_ex_sum(mg_ex *e, mg_tensor *a, uint32_t mask);
 mg_tensor *mg_ex_align(mg_ex *e, mg_tensor *t, int lead, int ndim);
 /* Zeros of lead dims of 'like' .. shape of 'shape_of'. */
 mg_tensor *mg_ex_zeros(mg_ex *e, mg_tensor *like, int lead, mg_tensor *shape_of);
+mg_tensor *mg_ex_div(mg_ex *e, mg_tensor *a, mg_tensor *b);
+mg_tensor *mg_ex_bins(mg_ex *e, mg_binary op, mg_tensor *a, double v);      /* a op v */
+mg_tensor *mg_ex_sbin(mg_ex *e, mg_binary op, double v, mg_tensor *a);      /* v op a */
+mg_tensor *mg_ex_where(mg_ex *e, mg_tensor *c, mg_tensor *a, mg_tensor *b);
+mg_tensor *mg_ex_full(mg_ex *e, mg_dtype dt, double v);                     /* 0-d */
 
 /* ----------------------------------------------------------------------------------------
 ** Recording (tape.c)

@@ -479,3 +479,285 @@ static mg_status softmax_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *c
 const mg_rules mg_rules_sum = { sum_vjp, sum_jvp };
 const mg_rules mg_rules_extreme = { extreme_vjp, extreme_jvp };
 const mg_rules mg_rules_softmax = { softmax_vjp, softmax_jvp };
+
+/* ================================================================ logsumexp (issue 12) */
+
+/* log(sum(exp(x))) over 'mask', shifted by the maximum (a non-finite maximum shifts by 0:
+** all -inf gives -inf, any +inf gives +inf). Computed unrecorded, recorded as one node. */
+mg_status mg_tensor_logsumexp(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keepdim,
+                              mg_tensor **out) {
+  int64_t keep[MG_MAXDIM], drop[MG_MAXDIM];
+  mg_status st = check_mask(C, "logsumexp", x, &mask);
+  if (st != MG_OK) return st;
+  int nd = reduced_shape(x, mask, keep, drop);
+  mg_tensor *m = NULL, *fin = NULL, *zero = NULL, *sh = NULL, *d = NULL, *e = NULL, *s = NULL,
+            *l = NULL, *y = NULL, *r = NULL;
+  mg_no_grad_enter(C);
+  if (mg_tensor_numel(x) == 0 || count(x, mask) == 0) st = mg_tensor_full(C, x->dtype, x->ndim, keep, -INFINITY, &r);
+  else {
+    if ((st = mg_tensor_amax(C, x, mask, true, &m)) == MG_OK &&
+        (st = mg_tensor_binary(C, MG_B_SUB, m, m, &fin)) == MG_OK &&       /* 0, or NaN if not finite */
+        (st = mg_tensor_full(C, x->dtype, 0, NULL, 0.0, &zero)) == MG_OK &&
+        (st = mg_tensor_binary(C, MG_B_EQ, fin, fin, &d)) == MG_OK &&
+        (st = mg_tensor_where(C, d, m, zero, &sh)) == MG_OK) {
+      mg_tensor_release(d);
+      d = NULL;
+      if ((st = mg_tensor_binary(C, MG_B_SUB, x, sh, &d)) == MG_OK &&
+          (st = mg_tensor_unary(C, MG_U_EXP, d, &e)) == MG_OK &&
+          (st = mg_tensor_sum(C, e, mask, true, &s)) == MG_OK &&
+          (st = mg_tensor_unary(C, MG_U_LOG, s, &l)) == MG_OK)
+        st = mg_tensor_binary(C, MG_B_ADD, l, sh, &r);
+    }
+  }
+  if (st == MG_OK && keepdim) y = mg_tensor_retain(r);
+  else if (st == MG_OK) st = mg_tensor_reshape(C, r, nd, drop, &y);
+  mg_no_grad_exit(C);
+  mg_tensor *tmp[] = { m, fin, zero, sh, d, e, s, l, r };
+  for (size_t i = 0; i < sizeof tmp / sizeof tmp[0]; i++) mg_tensor_release(tmp[i]);
+  if (st != MG_OK) return st;
+  mg_attr at = { .ni = 2, .i = { mask, keepdim } };
+  return mg_record_result(C, MG_OP_LOGSUMEXP, 1, &x, y, &at, out);
+}
+
+/* exp(x - y): the softmax over the reduced dims (recorded: x and y are the node's own). */
+static mg_status lse_weights(mg_ctx *C, const mg_node *n, mg_tensor **w) {
+  mg_tensor *yk = NULL, *d = NULL;
+  mg_status st = keepdim_view(C, n, 0, n->out[0], &yk);
+  if (st == MG_OK && (st = BIN(MG_B_SUB, n->in[0], yk, &d)) == MG_OK)
+    st = mg_tensor_unary(C, MG_U_EXP, d, w);
+  mg_tensor_release(yk);
+  mg_tensor_release(d);
+  return st;
+}
+
+static mg_status logsumexp_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *g,
+                               const bool *need, mg_tensor **gin) {
+  if (!need[0] || g[0] == NULL) return MG_OK;
+  mg_tensor *w = NULL, *k = NULL;
+  mg_status st = lse_weights(C, n, &w);
+  if (st == MG_OK && (st = keepdim_view(C, n, lead, g[0], &k)) == MG_OK)
+    st = BIN(MG_B_MUL, k, w, &gin[0]);
+  mg_tensor_release(w);
+  mg_tensor_release(k);
+  return st;
+}
+
+static mg_status logsumexp_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *t,
+                               mg_tensor **tout) {
+  if (t[0] == NULL) return MG_OK;
+  mg_tensor *w = NULL, *p = NULL, *full = NULL;
+  mg_status st = lse_weights(C, n, &w);
+  if (st == MG_OK && (st = BIN(MG_B_MUL, t[0], w, &p)) == MG_OK &&
+      (st = mg_expand_lead(C, p, lead, n->in[0]->ndim, n->in[0]->shape, &full)) == MG_OK)
+    st = mg_tensor_sum(C, full, (uint32_t)n->attr.i[0] << lead, n->attr.i[1] != 0, &tout[0]);
+  mg_tensor_release(w);
+  mg_tensor_release(p);
+  mg_tensor_release(full);
+  return st;
+}
+
+const mg_rules mg_rules_logsumexp = { logsumexp_vjp, logsumexp_jvp };
+
+/* ================================================================ cumsum, cumprod (issue 12) */
+
+/* Scan 'y' (contiguous) in place along 'dim': running sum or product, from the end when
+** 'reverse'; accumulated in double. */
+static void scan(mg_tensor *y, int dim, bool prod, bool reverse) {
+  int64_t outer = 1, inner = 1, n = y->shape[dim];
+  for (int i = 0; i < dim; i++) outer *= y->shape[i];
+  for (int i = dim + 1; i < y->ndim; i++) inner *= y->shape[i];
+  for (int64_t o = 0; o < outer; o++)
+    for (int64_t in = 0; in < inner; in++) {
+      int64_t base = o * n * inner + in;
+      double acc = prod ? 1 : 0;
+      for (int64_t j = 0; j < n; j++) {
+        int64_t at = base + (reverse ? n - 1 - j : j) * inner;
+        if (y->dtype == MG_F64) {
+          double *p = MG_F64P(y) + at;
+          acc = prod ? acc * *p : acc + *p;
+          *p = acc;
+        } else {
+          float *p = MG_F32P(y) + at;
+          acc = prod ? acc * *p : acc + *p;
+          *p = (float)acc;
+        }
+      }
+    }
+}
+
+/* Recorded scan of 'x' along 'dim' as op 'op' (attr: dim, reverse). */
+static mg_status scan_op(mg_ctx *C, int op, mg_tensor *x, int dim, bool reverse,
+                         mg_tensor **out) {
+  if (dim < 0 || dim >= x->ndim)
+    return mg_fail(C, MG_EINDEX, "%s: dimension %d out of range for a %d-d tensor",
+                   mg_ops[op].name, dim + 1, x->ndim);
+  mg_tensor *y = NULL;
+  mg_no_grad_enter(C);
+  mg_status st = mg_tensor_clone(C, x, &y);
+  mg_no_grad_exit(C);
+  if (st != MG_OK) return st;
+  scan(y, dim, op == MG_OP_CUMPROD, reverse);
+  mg_attr at = { .ni = 2, .i = { dim, reverse } };
+  return mg_record_result(C, op, 1, &x, y, &at, out);
+}
+
+mg_status mg_tensor_cumsum(mg_ctx *C, mg_tensor *x, int dim, bool reverse, mg_tensor **out) {
+  return scan_op(C, MG_OP_CUMSUM, x, dim, reverse, out);
+}
+
+mg_status mg_tensor_cumprod(mg_ctx *C, mg_tensor *x, int dim, bool reverse, mg_tensor **out) {
+  return scan_op(C, MG_OP_CUMPROD, x, dim, reverse, out);
+}
+
+static mg_status cumsum_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *g,
+                            const bool *need, mg_tensor **gin) {
+  if (!need[0] || g[0] == NULL) return MG_OK;
+  return mg_tensor_cumsum(C, g[0], lead + (int)n->attr.i[0], n->attr.i[1] == 0, &gin[0]);
+}
+
+static mg_status cumsum_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *t,
+                            mg_tensor **tout) {
+  if (t[0] == NULL) return MG_OK;
+  mg_tensor *full = NULL;
+  mg_status st = mg_expand_lead(C, t[0], lead, n->in[0]->ndim, n->in[0]->shape, &full);
+  if (st != MG_OK) return st;
+  st = mg_tensor_cumsum(C, full, lead + (int)n->attr.i[0], n->attr.i[1] != 0, &tout[0]);
+  mg_tensor_release(full);
+  return st;
+}
+
+const mg_rules mg_rules_cumsum = { cumsum_vjp, cumsum_jvp };
+
+/* cumprod's rules. Without zeros in x (the usual case, O(n)): with y = cumprod(x),
+**   vjp: rcumsum(g y) / x          jvp: y cumsum(t / x)
+** With a zero, dy_j/dx_k = L_k Q_kj for k <= j (else 0), L_k = prod_{i<k} x_i (an exclusive
+** cumprod) and Q_kj = prod_{k<i<=j} x_i (a cumprod along j of x_j masked to 1 for j <= k, an
+** n x n tensor per row): O(n^2), but every mask is structural (positions, not values), so
+** these rules are exact to every order, Hessians included. A reverse scan is the forward one
+** on flipped operands. Everything is recorded: the rules differentiate again. */
+static mg_tensor *ex_cumsum(mg_ex *e, mg_tensor *a, int dim, bool reverse) {
+  mg_tensor *y = NULL;
+  if (e->st != MG_OK) return NULL;
+  return mg_ex_own(e, mg_tensor_cumsum(e->C, a, dim, reverse, &y), &y);
+}
+
+static mg_tensor *ex_cumprod(mg_ex *e, mg_tensor *a, int dim, bool reverse) {
+  mg_tensor *y = NULL;
+  if (e->st != MG_OK) return NULL;
+  return mg_ex_own(e, mg_tensor_cumprod(e->C, a, dim, reverse, &y), &y);
+}
+
+/* 'a' with dims 'd' and its last swapped, and reversed along the last when 'flip'. */
+static mg_tensor *ex_scanlast(mg_ex *e, mg_tensor *a, int d, bool flip) {
+  mg_tensor *y = NULL;
+  if (e->st != MG_OK) return NULL;
+  a = mg_ex_own(e, mg_tensor_transpose(e->C, a, d, a->ndim - 1, &y), &y);
+  if (!flip || a == NULL) return a;
+  return mg_ex_own(e, mg_tensor_flip(e->C, a, 1u << (a->ndim - 1), &y), &y);
+}
+
+/* The inverse of ex_scanlast. */
+static mg_tensor *ex_unscan(mg_ex *e, mg_tensor *a, int d, bool flip) {
+  mg_tensor *y = NULL;
+  if (e->st != MG_OK) return NULL;
+  if (flip) a = mg_ex_own(e, mg_tensor_flip(e->C, a, 1u << (a->ndim - 1), &y), &y);
+  if (a == NULL) return NULL;
+  return mg_ex_own(e, mg_tensor_transpose(e->C, a, d, a->ndim - 1, &y), &y);
+}
+
+/* An n x n constant: 1 where column j > row k ('strict') or j >= k. */
+static mg_tensor *ex_band(mg_ex *e, mg_dtype dt, int64_t n, bool strict) {
+  mg_tensor *y = NULL;
+  int64_t sh[2] = { n, n };
+  if (e->st != MG_OK) return NULL;
+  if (mg_ex_own(e, mg_tensor_zeros(e->C, dt, 2, sh, &y), &y) == NULL) return NULL;
+  for (int64_t k = 0; k < n; k++)
+    for (int64_t j = strict ? k + 1 : k; j < n; j++) {
+      int64_t at[2] = { k, j };
+      mg_tensor_set(y, at, 1.0);
+    }
+  return y;
+}
+
+/* L (..., n) and Q masked to k <= j (..., n, n) of x, the scan dim last (see above). */
+static void cumprod_structure(mg_ex *e, mg_tensor *x, int d, bool rev, mg_tensor **L,
+                              mg_tensor **Q) {
+  mg_tensor *xt = ex_scanlast(e, x, d, rev), *ones = NULL, *xe = NULL;
+  *L = *Q = NULL;
+  if (xt == NULL) return;
+  int nd = xt->ndim;
+  int64_t n = xt->shape[nd - 1], sh[MG_MAXDIM];
+  memcpy(sh, xt->shape, sizeof sh);
+  sh[nd - 1] = 1;
+  ones = mg_ex_own(e, mg_tensor_full(e->C, x->dtype, nd, sh, 1.0, &ones), &ones);
+  mg_tensor *parts[2] = { ones, mg_ex_narrow(e, xt, nd - 1, 0, n - 1) };
+  if (e->st != MG_OK) return;
+  *L = ex_cumprod(e, mg_ex_cat(e, 2, parts, nd - 1), nd - 1, false);
+  sh[nd - 1] = n;
+  sh[nd] = n;                                        /* [.., k, j] = x_j */
+  mg_tensor *xu = mg_ex_unsqueeze(e, xt, nd - 1);
+  if (xu != NULL) xe = mg_ex_own(e, mg_tensor_expand(e->C, xu, nd + 1, sh, &xe), &xe);
+  mg_tensor *w = mg_ex_where(e, ex_band(e, x->dtype, n, true), xe, mg_ex_full(e, x->dtype, 1));
+  *Q = mg_ex_where(e, ex_band(e, x->dtype, n, false), ex_cumprod(e, w, nd, false),
+                   mg_ex_full(e, x->dtype, 0));
+}
+
+/* Whether 'x' holds a zero. */
+static bool has_zero(const mg_tensor *x) {
+  int64_t n = mg_tensor_numel(x), idx[MG_MAXDIM] = { 0 };
+  for (int64_t k = 0; k < n; k++) {
+    if (mg_tensor_get(x, idx) == 0) return true;
+    for (int d = x->ndim - 1; d >= 0; d--) {
+      if (++idx[d] < x->shape[d]) break;
+      idx[d] = 0;
+    }
+  }
+  return false;
+}
+
+static mg_status cumprod_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *g,
+                             const bool *need, mg_tensor **gin) {
+  if (!need[0] || g[0] == NULL) return MG_OK;
+  mg_tensor *x = n->in[0], *L = NULL, *Q = NULL;
+  int d = (int)n->attr.i[0], dim = lead + d;
+  bool rev = n->attr.i[1] != 0;
+  mg_ex ex, *e = &ex;
+  mg_ex_begin(e, C);
+  if (!has_zero(x)) {
+    gin[0] = mg_ex_keep(e, mg_ex_div(e, ex_cumsum(e, mg_ex_mul(e, g[0], n->out[0]), dim, !rev), x));
+    return mg_ex_end(e);
+  }
+  cumprod_structure(e, x, d, rev, &L, &Q);
+  mg_tensor *gt = ex_scanlast(e, g[0], dim, rev);
+  if (gt != NULL) {                        /* s_k = sum_j g_j Q_kj; the gradient is L s */
+    mg_tensor *s = mg_ex_sum(e, mg_ex_mul(e, mg_ex_unsqueeze(e, gt, gt->ndim - 1), Q), 1u << gt->ndim);
+    gin[0] = mg_ex_keep(e, ex_unscan(e, mg_ex_mul(e, L, s), dim, rev));
+  }
+  return mg_ex_end(e);
+}
+
+static mg_status cumprod_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *t,
+                             mg_tensor **tout) {
+  if (t[0] == NULL) return MG_OK;
+  mg_tensor *x = n->in[0], *full = NULL, *L = NULL, *Q = NULL;
+  int d = (int)n->attr.i[0], dim = lead + d;
+  bool rev = n->attr.i[1] != 0;
+  mg_status st = mg_expand_lead(C, t[0], lead, x->ndim, x->shape, &full);
+  if (st != MG_OK) return st;
+  mg_ex ex, *e = &ex;
+  mg_ex_begin(e, C);
+  if (!has_zero(x)) {
+    tout[0] = mg_ex_keep(e, mg_ex_mul(e, n->out[0], ex_cumsum(e, mg_ex_div(e, full, x), dim, rev)));
+  } else {
+    cumprod_structure(e, x, d, rev, &L, &Q);
+    mg_tensor *u = mg_ex_mul(e, ex_scanlast(e, full, dim, rev), L);   /* t_k L_k */
+    if (u != NULL) {                       /* dy_j = sum_k t_k L_k Q_kj */
+      mg_tensor *s = mg_ex_sum(e, mg_ex_mul(e, mg_ex_unsqueeze(e, u, u->ndim), Q), 1u << (u->ndim - 1));
+      tout[0] = mg_ex_keep(e, ex_unscan(e, s, dim, rev));
+    }
+  }
+  mg_tensor_release(full);
+  return mg_ex_end(e);
+}
+
+const mg_rules mg_rules_cumprod = { cumprod_vjp, cumprod_jvp };

@@ -87,6 +87,8 @@ static mg_tensor *own(mg_ex *e, mg_status st, mg_tensor **tp) {
   return e->t[e->n++] = t;
 }
 
+mg_tensor *mg_ex_own(mg_ex *e, mg_status st, mg_tensor **tp) { return own(e, st, tp); }
+
 #define EX_GUARD() do { if (e->st != MG_OK) return NULL; } while (0)
 
 mg_tensor *mg_ex_keep(mg_ex *e, mg_tensor *t) {
@@ -169,4 +171,32 @@ mg_tensor *mg_ex_zeros(mg_ex *e, mg_tensor *like, int lead, mg_tensor *shape_of)
   int nd = mg_lead_shape(like, lead, shape_of->ndim, shape_of->shape, sh);
   mg_tensor *y = NULL;
   return own(e, mg_tensor_zeros(e->C, shape_of->dtype, nd, sh, &y), &y);
+}
+
+/* ---------------------------------------------------------------- issue 12 additions */
+
+mg_tensor *mg_ex_div(mg_ex *e, mg_tensor *a, mg_tensor *b) { return binary(e, MG_B_DIV, a, b); }
+
+mg_tensor *mg_ex_bins(mg_ex *e, mg_binary op, mg_tensor *a, double v) {
+  EX_GUARD();
+  mg_tensor *y = NULL;
+  return own(e, mg_tensor_binary_scalar(e->C, op, a, v, false, &y), &y);
+}
+
+mg_tensor *mg_ex_sbin(mg_ex *e, mg_binary op, double v, mg_tensor *a) {
+  EX_GUARD();
+  mg_tensor *y = NULL;
+  return own(e, mg_tensor_binary_scalar(e->C, op, a, v, true, &y), &y);
+}
+
+mg_tensor *mg_ex_where(mg_ex *e, mg_tensor *c, mg_tensor *a, mg_tensor *b) {
+  EX_GUARD();
+  mg_tensor *y = NULL;
+  return own(e, mg_tensor_where(e->C, c, a, b, &y), &y);
+}
+
+mg_tensor *mg_ex_full(mg_ex *e, mg_dtype dt, double v) {
+  EX_GUARD();
+  mg_tensor *y = NULL;
+  return own(e, mg_tensor_full(e->C, dt, 0, NULL, v, &y), &y);
 }

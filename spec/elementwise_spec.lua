@@ -298,3 +298,109 @@ describe("comparisons", function()
       mg.lt(mg.tensor { 0 / 0 }, 1):item(), mg.ge(mg.tensor { 0 / 0 }, 1):item() })
   end)
 end)
+
+describe("math functions of issue 12", function()
+  local xs = { -3, -2.5, -1, -0.5, 0, 0.25, 1, 2.5, 7 }
+  local pos = { 0.01, 0.5, 1, 2, 10 }
+  local nonzero = { -3, -0.5, 0.25, 1, 2.5 }
+  local small = { -3, -2.5, -1, -0.5, 0, 0.25, 1, 2.5 }              -- where the series below holds
+  local ALPHA, SCALE = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
+  -- erf by its Maclaurin series (|x| <= 3 here: the terms stay below 1e4, so ~1e-12 absolute)
+  local function erf(v)
+    local term, sum = v, v
+    for n = 1, 120 do
+      term = -term * v * v / n
+      sum = sum + term / (2 * n + 1)
+    end
+    return 2 / math.sqrt(math.pi) * sum
+  end
+  local function sigmoid(v) return 1 / (1 + math.exp(-v)) end
+  local function tanh(v) local e = math.exp(2 * v) return (e - 1) / (e + 1) end
+  local function softplus(v) return math.log(1 + math.exp(v)) end
+  local function clip(v, lo, hi) return math.min(math.max(v, lo), hi) end
+  local function round_even(v)
+    local f = math.floor(v)
+    if v - f ~= 0.5 then return math.floor(v + 0.5) end
+    return f % 2 == 0 and f or f + 1
+  end
+  local function trunc(v) return v < 0 and math.ceil(v) or math.floor(v) end
+  local k = math.sqrt(2 / math.pi)
+  -- { name, Lua formula, inputs, float64 tolerance, extra arguments }
+  local cases = {
+    { "erf", erf, small, 1e-11 }, { "erfc", function(v) return 1 - erf(v) end, small, 1e-11 },
+    { "selu", function(v) return v > 0 and SCALE * v or SCALE * ALPHA * (math.exp(v) - 1) end, xs, 1e-14 },
+    { "silu", function(v) return v * sigmoid(v) end, xs, 1e-14 },
+    { "swish", function(v) return v * sigmoid(v) end, xs, 1e-14 },
+    { "mish", function(v) return v * tanh(softplus(v)) end, xs, 1e-14 },
+    { "softsign", function(v) return v / (1 + math.abs(v)) end, xs, 1e-15 },
+    { "hard_tanh", function(v) return clip(v, -1, 1) end, xs, 0 },
+    { "relu6", function(v) return clip(v, 0, 6) end, xs, 0 },
+    { "log1p", function(v) return math.log(1 + v) end, pos, 1e-14 },
+    { "expm1", function(v) return math.exp(v) - 1 end, xs, 1e-14 },
+    { "tan", math.tan, { -1.2, -0.5, 0, 0.25, 1 }, 1e-14 }, { "atan", math.atan, xs, 1e-15 },
+    { "asinh", function(v) return v < 0 and -math.log(-v + math.sqrt(v * v + 1)) or math.log(v + math.sqrt(v * v + 1)) end, xs, 1e-14 },
+    { "sinh", function(v) return (math.exp(v) - math.exp(-v)) / 2 end, xs, 1e-14 },
+    { "cosh", function(v) return (math.exp(v) + math.exp(-v)) / 2 end, xs, 1e-14 },
+    { "square", function(v) return v * v end, xs, 0 },
+    { "reciprocal", function(v) return 1 / v end, nonzero, 1e-16 },
+    { "rsqrt", function(v) return 1 / math.sqrt(v) end, pos, 1e-15 },
+    { "exp2", function(v) return 2 ^ v end, xs, 1e-15 },
+    { "log2", function(v) return math.log(v, 2) end, pos, 1e-15 },
+    { "log10", function(v) return math.log(v, 10) end, pos, 1e-15 },
+    { "floor", math.floor, xs, 0 }, { "ceil", math.ceil, xs, 0 },
+    { "round", round_even, { -2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 0.49, -0.51, 3.7 }, 0 },
+    { "trunc", trunc, xs, 0 },
+    { "sign", function(v) return v > 0 and 1 or (v < 0 and -1 or 0) end, xs, 0 },
+    { "gelu", function(v) return 0.5 * v * (1 + erf(v / math.sqrt(2))) end, small, 1e-11 },
+    { "gelu", function(v) return 0.5 * v * (1 + tanh(k * (v + 0.044715 * v ^ 3))) end, xs, 1e-14, { "tanh" } },
+    { "gelu", function(v) return 0.5 * v * (1 + tanh(k * (v + 0.044715 * v ^ 3))) end, xs, 1e-14, { { approximate = "tanh" } } },
+    { "elu", function(v) return v > 0 and v or math.exp(v) - 1 end, xs, 1e-14 },
+    { "elu", function(v) return v > 0 and v or 0.3 * (math.exp(v) - 1) end, xs, 1e-14, { 0.3 } },
+    { "celu", function(v) return v > 0 and v or 2 * (math.exp(v / 2) - 1) end, xs, 1e-14, { 2 } },
+    { "leaky_relu", function(v) return v > 0 and v or 0.01 * v end, xs, 1e-16 },
+    { "leaky_relu", function(v) return v > 0 and v or 0.2 * v end, xs, 1e-16, { 0.2 } },
+    { "hard_sigmoid", function(v) return clip(v + 3, 0, 6) / 6 end, xs, 1e-16 },
+    { "hard_sigmoid", function(v) return clip(0.2 * v + 0.5, 0, 1) end, xs, 1e-16, { "keras2" } },
+    { "hard_sigmoid", function(v) return clip(0.2 * v + 0.5, 0, 1) end, xs, 1e-16, { { version = 2 } } },
+  }
+  for _, c in ipairs(cases) do
+    local name, f, input, tol, extra = c[1], c[2], c[3], c[4], c[5] or {}
+    local label = name .. (#extra > 0 and " with " .. (type(extra[1]) == "table" and "an options table" or tostring(extra[1])) or "")
+    it(label .. " matches the hand values in float64 and float32, as function and method, strided", function()
+      local want = map(input, f)
+      local x64 = mg.tensor(input, F64)
+      close(want, mg[name](x64, table.unpack(extra)):totable(), tol)
+      close(want, x64[name](x64, table.unpack(extra)):totable(), tol)
+      local y = mg[name](mg.tensor(input), table.unpack(extra))
+      assert.are.equal("float32", y.dtype)
+      close(want, y:totable(), 2e-6)
+      assert.are.equal(0, mg[name](mg.tensor(0.5), table.unpack(extra)):dim())
+      local t = mg.tensor({ input, input }, F64):transpose(1, 2)      -- strided
+      close(map({ input, input }, f), mg[name](t, table.unpack(extra)):transpose(1, 2):totable(), tol)
+    end)
+  end
+
+  it("rounds half to even, as PyTorch (and keeps the sign of zero)", function()
+    assert.are.same({ -2, -2, -0.0, 0, 2, 2 }, mg.round(mg.tensor({ -2.5, -1.5, -0.5, 0.5, 1.5, 2.5 }, F64)):totable())
+    assert.are.equal(-math.huge, 1 / mg.round(mg.tensor(-0.4, F64)):item())
+  end)
+
+  it("the stable forms do not overflow", function()
+    local big = mg.tensor({ -1000, 1000 }, F64)
+    assert.are.same({ -0.0, 1000 }, mg.silu(big):totable())
+    assert.are.same({ -0.0, 1000 }, mg.mish(big):totable())
+    assert.are.same({ -1, 1 }, mg.softsign(mg.tensor({ -1e308, 1e308 }, F64)):totable())
+    close({ -0.0, 1000 }, mg.gelu(big):totable(), 0)
+  end)
+
+  it("bad parameters name the function", function()
+    local x = mg.tensor { 1, 2 }
+    raises(function() mg.celu(x, 0) end, "celu: alpha must not be 0")
+    raises(function() mg.hard_sigmoid(x, "keras4") end,
+           "bad argument #2 to 'hard_sigmoid' (version must be \"keras3\" or \"keras2\", got keras4)")
+    raises(function() mg.gelu(x, 3) end,
+           "bad argument #2 to 'gelu' (approximate must be \"none\", \"tanh\" or a boolean, got 3)")
+    raises(function() mg.elu(x, "a") end, "bad argument #2 to 'elu' (number expected, got string)")
+    raises(function() mg.erf(3) end, "bad argument #1 to 'erf'")
+  end)
+end)

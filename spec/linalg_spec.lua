@@ -221,6 +221,9 @@ describe("matmul errors", function()
            "matmul", "(2,2,3)", "(3,3,1)", "cannot be broadcast")
     raises(function() return mg.matmul(mg.ones(2, 3), mg.tensor(1)) end, "matmul", "(2,3)", "()",
            "at least 1 dimension")
+    local big = 2 ^ 31                                    -- expanded: nothing is allocated
+    raises(function() return mg.matmul(mg.ones(1, 1):expand(1, big), mg.ones(1, 1):expand(big, 1)) end,
+           "matmul: shapes (1,2147483648) and (2147483648,1)", "exceeds BLAS's limit of 2147483647")
     raises(function() return mg.matmul(mg.ones(2, 3), 2) end, "matmul", "moongrad.Tensor expected")
     raises(function() return mg.ones(2, 3):matmul({}) end, "matmul", "moongrad.Tensor expected")
   end)

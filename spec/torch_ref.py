@@ -26,7 +26,10 @@ def load(name):
 
 
 def save(name, t):
-    np.save(f"{DIR}/out_{name}.npy", t.detach().numpy().astype(np.float64))
+    t = t.detach()
+    if t._is_zerotensor():   # torch 1.13's "efficient zeros" (abs's second derivative from
+        t = torch.zeros(t.shape, dtype=t.dtype)   # autograd.grad) have no memory to export
+    np.save(f"{DIR}/out_{name}.npy", t.numpy().astype(np.float64))
 
 
 def gru_order(m, u):
@@ -190,7 +193,8 @@ def as_f64(t):
 def op_case(cid, modes, nargs, diff, bsrc, expr):
     """One case: DIR/c<id>_a<k>.npy are the arguments, _ct the cotangent of single(outputs),
     _t<k> the tangents of the differentiable arguments. Writes out_c<id>_y<k> (forward),
-    _g<k> (VJP), _jvp, and for each (1-based) argument k in 'bsrc' _bjac<k> (the batch
+    _g<k> (VJP), _jvp, _J<k> (full Jacobians of single(outputs)), _h<k> (the gradient of <VJP(ct), u>, _u<k> the second cotangents),
+    and for each (1-based) argument k in 'bsrc' _bjac<k> (the batch
     Jacobian) and _mix<k> (the largest derivative of batch entry b's outputs w.r.t. another
     entry's inputs: the op mixes the batch when it is not 0)."""
     fn = eval("lambda " + ", ".join(ARGNAMES[:nargs]) + ": " + expr, OPS_SCOPE)
@@ -207,6 +211,17 @@ def op_case(cid, modes, nargs, diff, bsrc, expr):
         gs = torch.autograd.grad(y, [args[k] for k in dk], load(f"{pre}_ct"), allow_unused=True)
         for k, g in zip(dk, gs):
             save(f"{pre}_g{k + 1}", torch.zeros_like(args[k]) if g is None else g)
+    if "h" in modes:                     # the gradient of <VJP(ct), u>: second order
+        xs = [a.detach().requires_grad_() if diff[k] == "1" else a.detach() for k, a in enumerate(args)]
+        gs = torch.autograd.grad(single(outputs(fn(*xs))), [xs[k] for k in dk], load(f"{pre}_ct"),
+                                 create_graph=True, allow_unused=True)
+        terms = [(g * load(f"{pre}_u{k + 1}")).sum() for k, g in zip(dk, gs)
+                 if g is not None and g.requires_grad]
+        hs = [None] * len(dk)
+        if terms:
+            hs = torch.autograd.grad(sum(terms), [xs[k] for k in dk], allow_unused=True)
+        for k, h in zip(dk, hs):
+            save(f"{pre}_h{k + 1}", torch.zeros_like(args[k]) if h is None else h)
     detached = [a.detach() for a in args]
 
     def with_diff(*xs):
@@ -220,6 +235,11 @@ def op_case(cid, modes, nargs, diff, bsrc, expr):
                                              tuple(detached[k] for k in dk),
                                              tuple(load(f"{pre}_t{k + 1}") for k in dk))
         save(f"{pre}_jvp", t)
+    if "J" in modes:                     # full Jacobians w.r.t. every differentiable argument
+        Js = torch.autograd.functional.jacobian(lambda *xs: single(outputs(fn(*with_diff(*xs)))),
+                                                tuple(detached[k] for k in dk))
+        for k, J in zip(dk, Js):
+            save(f"{pre}_J{k + 1}", J)
     for k in bsrc:                       # "b": the batch Jacobian w.r.t. each of them
         def f1(x):
             full = list(detached)
@@ -242,6 +262,7 @@ def ops():
     (differentiable), the batch Jacobians' arguments (comma-separated, 0 for none), the torch
     expression; tab-separated. A
     case that raises writes its traceback to out_c<id>.err and the others go on."""
+    torch.set_num_threads(1)             # tiny tensors: threads only cost time on a busy machine
     with open(f"{DIR}/ops.tsv") as f:
         lines = [ln.rstrip("\n").split("\t") for ln in f if ln.strip()]
     for cid, modes, nargs, diff, bsrc, expr in lines:

@@ -1,7 +1,8 @@
 /*
 ** test_runtime.c - C unit tests of the runtime through its public header alone (no Lua):
 ** statuses and messages, broadcasting, views, matmul, reductions, the tape and Jacobians,
-** host memory with its release callback, independent contexts, safe file writing, the interrupt flag.
+** host memory with its release callback, independent contexts, safe file writing, the interrupt flag,
+** LAPACK's linalg.
 */
 #define _POSIX_C_SOURCE 200809L   /* mkdtemp, setrlimit, symlink */
 #include <dirent.h>
@@ -430,6 +431,39 @@ static void test_fileio(mg_ctx *C) {
   CHECK(rmdir(dir) == 0);
 }
 
+/* mg_linalg_*: values of a 2x2 by hand, errors and untouched outputs, nothing left alive. */
+static void test_linalg(mg_ctx *C) {
+  size_t live = mg_live_bytes(C);
+  int64_t s22[2] = { 2, 2 }, s21[2] = { 2, 1 }, s23[2] = { 2, 3 };
+  mg_tensor *A = NULL, *b = NULL, *x = NULL, *sg = NULL, *la = NULL, *Q = NULL, *R = NULL, *bad = NULL;
+  mg_tensor *y = (mg_tensor *)0x1, *y2 = (mg_tensor *)0x1;
+  CHECK(mg_tensor_empty(C, MG_F64, 2, s22, &A) == MG_OK);
+  double av[4] = { 1, 2, 3, 4 };
+  for (int64_t i = 0; i < 4; i++) { int64_t idx[2] = { i / 2, i % 2 }; mg_tensor_set(A, idx, av[i]); }
+  CHECK(mg_tensor_zeros(C, MG_F64, 2, s21, &b) == MG_OK);
+  int64_t b1[2] = { 1, 0 };
+  mg_tensor_set(b, b1, 2.0);                           /* b = (0, 2): x = (2, -1) */
+  CHECK(mg_linalg_solve(C, A, b, &x) == MG_OK);
+  CHECK_NEAR(at2(x, 0, 0), 2.0, 1e-14);
+  CHECK_NEAR(at2(x, 1, 0), -1.0, 1e-14);
+  CHECK(mg_linalg_slogdet(C, A, &sg, &la) == MG_OK);
+  CHECK(mg_tensor_get(sg, NULL) == -1.0);
+  CHECK_NEAR(mg_tensor_get(la, NULL), log(2.0), 1e-14);
+  CHECK(mg_linalg_qr(C, A, false, &Q, &R) == MG_OK);
+  CHECK_NEAR(fabs(at2(R, 0, 0)), sqrt(10.0), 1e-14);  /* |first column| */
+  CHECK(at2(R, 1, 0) == 0.0);
+  CHECK(mg_tensor_zeros(C, MG_F64, 2, s23, &bad) == MG_OK);
+  CHECK(mg_linalg_cholesky(C, bad, &y) == MG_ESHAPE);
+  CHECK(strcmp(mg_errmsg(C), "linalg.cholesky: expected square matrices, got shape (2,3)") == 0);
+  CHECK(mg_linalg_eigh(C, bad, true, &y, &y2) == MG_ESHAPE);
+  CHECK(mg_linalg_cholesky(C, A, &y) == MG_EARG);      /* A is not symmetric positive definite */
+  CHECK(strstr(mg_errmsg(C), "leading minor of order 2") != NULL);
+  CHECK(y == (mg_tensor *)0x1 && y2 == (mg_tensor *)0x1);
+  mg_tensor *ts[8] = { A, b, x, sg, la, Q, R, bad };
+  for (int i = 0; i < 8; i++) mg_tensor_release(ts[i]);
+  CHECK(mg_live_bytes(C) == live);
+}
+
 int main(void) {
   mg_ctx *C = mg_ctx_new();
   CHECK(C != NULL);
@@ -439,6 +473,7 @@ int main(void) {
   test_tape(C);
   test_wrap(C);
   test_matmul_nomem(C);
+  test_linalg(C);
   test_fileio(C);
   test_interrupt(C);
   mg_empty_cache(C);

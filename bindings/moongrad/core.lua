@@ -365,14 +365,32 @@ function mg.gradcheck(f, inputs, opts)
   return true
 end
 
+---------------------------------------------------------------- ops composed in Lua
+
+require("moongrad.ops")(Tensor)
+
 ---------------------------------------------------------------- submodules
 
+local SPECTRA = { lyapunov = true, jacobian_spectra = true,      -- functions of moongrad.spectra
+                  plot_spectrum = true, plot_spectrum_bands = true }
+
 setmetatable(mg, { __index = function(t, k)
-  if k == "nn" or k == "optim" or k == "plot" then
+  if k == "nn" or k == "optim" or k == "plot" or k == "linalg" then
     local m = require("moongrad." .. k)
     rawset(t, k, m)
     if k == "nn" then require "moongrad.serialize" end   -- adds state(), nn.save, ... to nn
     return m
+  end
+  if k == "_spectra" then              -- for nn's rnn:lyapunov and friends
+    local s = require "moongrad.spectra"
+    rawset(t, k, s)
+    return s
+  end
+  if SPECTRA[k] then
+    local s = require "moongrad.spectra"
+    local f = function(step, h0, xs, opts) return s[k](step, h0, xs, opts) end
+    rawset(t, k, f)
+    return f
   end
 end })
 

@@ -617,6 +617,22 @@ function RNN:__call(x, initial)
   return out
 end
 
+-- rnn:lyapunov(x [, opts]), rnn:jacobian_spectra(x [, opts]) and the same on any cell: the
+-- spectra of the cell's map over x from opts.initial (zeros by default); see docs/linalg.md.
+function RNN:lyapunov(x, opts)
+  return mg._spectra.cell_run("lyapunov", "RNN:lyapunov", self.cell, x, opts, self.go_backwards)
+end
+function RNN:jacobian_spectra(x, opts)
+  return mg._spectra.cell_run("jacobian_spectra", "RNN:jacobian_spectra", self.cell, x, opts,
+                                              self.go_backwards)
+end
+function CellBase:lyapunov(x, opts)
+  return mg._spectra.cell_run("lyapunov", self.__name .. ":lyapunov", self, x, opts)
+end
+function CellBase:jacobian_spectra(x, opts)
+  return mg._spectra.cell_run("jacobian_spectra", self.__name .. ":jacobian_spectra", self, x, opts)
+end
+
 -- A new RNN over a fresh copy of the cell, the other direction (for Bidirectional).
 function RNN:opposite(prefix)
   if type(self.cell.fresh) ~= "function" then

@@ -1,0 +1,58 @@
+-- lyapunov.lua - the top-k Lyapunov spectrum of a GRU (moongrad side; the PyTorch side is
+-- lyapunov.py and the JAX side lyapunov_jax.py, which check their exponents against the ones
+-- saved here). For each case N,k,T: a GRUCell(8, N) float32 (Keras layout, reset_after),
+-- inputs x (B=16, T, 8), initial tangents Q0 (B, N, k) from a fixed seed are saved as .npy in
+-- DIR with moongrad's exponents (B, k) (mg.lyapunov: k tangents as one vectorized JVP per
+-- step, batched QR, log|diag R| accumulated; sorted descending).
+-- Timed: the whole T-step run, rnn:lyapunov(x, {k = k, Q0 = Q0}).
+-- Usage: LUA_CPATH='build/lua/?.so' lua5.4 bench/lyapunov.lua DIR [N,k,T ...]
+--   (default cases 64,16,1000 64,64,1000 256,16,1000 256,256,1000: minutes in all)
+package.path = (arg[0]:match("^(.*/)") or "./") .. "?.lua;" .. package.path
+local B = require "benchlib"
+local mg = B.moongrad()
+
+local BENCH = "lyapunov"
+local USAGE = "usage: lua5.4 bench/lyapunov.lua DIR [N,k,T ...]  (default 64,16,1000 64,64,1000 256,16,1000 256,256,1000)"
+local BATCH, FEATURES = 16, 8
+local dir = arg[1]
+if not dir then error("lyapunov.lua: no output directory given; " .. USAGE, 0) end
+if not os.rename(dir, dir) then error("lyapunov.lua: directory '" .. dir .. "' does not exist", 0) end
+
+local cases = {}
+for i = 2, #arg do
+  local n, k, t = arg[i]:match("^(%d+),(%d+),(%d+)$")
+  n, k, t = tonumber(n), tonumber(k), tonumber(t)
+  if not n or n < 1 or k < 1 or k > n or t < 1 then
+    error("lyapunov.lua: bad case '" .. arg[i] .. "', expected N,k,T with 1 <= k <= N; " .. USAGE, 0)
+  end
+  cases[#cases + 1] = { n, k, t }
+end
+if #cases == 0 then cases = { { 64, 16, 1000 }, { 64, 64, 1000 }, { 256, 16, 1000 }, { 256, 256, 1000 } } end
+
+B.blas_meta(mg, BENCH)
+B.meta(BENCH, "batch", BATCH)
+
+for _, c in ipairs(cases) do
+  local n, k, t = c[1], c[2], c[3]
+  local case = string.format("%d,%d,%d", n, k, t)
+  mg.manual_seed(7 * n + k)
+  local cell = mg.nn.GRUCell(FEATURES, n)
+  mg.no_grad(function() cell.bias:assign(mg.randn(2, 3 * n) * 0.1) end)
+  local x = mg.randn(BATCH, t, FEATURES)
+  local Q0 = mg.linalg.qr(mg.randn(BATCH, n, k))
+  local rnn = mg.nn.RNN(cell)
+  local function run() return rnn:lyapunov(x, { k = k, Q0 = Q0 }) end
+  local r = run()
+  local prefix = string.format("%s/%d_%d_%d_", dir, n, k, t)
+  mg.save(cell.kernel, prefix .. "kernel.npy")
+  mg.save(cell.recurrent_kernel, prefix .. "recurrent_kernel.npy")
+  mg.save(cell.bias, prefix .. "bias.npy")
+  mg.save(x, prefix .. "x.npy")
+  mg.save(Q0:contiguous(), prefix .. "Q0.npy")
+  mg.save(r.exponents, prefix .. "exponents.npy")
+  local m = B.measure(run, { reps = 3, warmup = 1, inner = 1 })
+  B.result(BENCH, case, "moongrad", m)
+  B.log("moongrad  (%s) lyapunov %10.1f ms CPU, %10.1f ms wall; top exponent %.4f", case,
+        m.cpu * 1e3, m.wall * 1e3, r.mean:get(1))
+  collectgarbage()
+end

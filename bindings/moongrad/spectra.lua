@@ -1,0 +1,353 @@
+-- moongrad.spectra: the spectra of gradient flow through a recurrence h_t = step(x_t, h_(t-1)):
+-- mg.lyapunov (the top-k Lyapunov exponents by the QR method, the k tangents pushed through
+-- each step as one vectorized forward-mode JVP) and mg.jacobian_spectra (singular values of
+-- dh_T/dh_k for every k from one vectorized reverse sweep, and of each step's Jacobian).
+-- Also behind rnn:lyapunov / cell:lyapunov and rnn:jacobian_spectra / cell:jacobian_spectra,
+-- and the pictures mg.plot_spectrum and mg.plot_spectrum_bands.
+local mg = require "moongrad"
+
+local ipairs, math, pairs, table, type = ipairs, math, pairs, table, type
+local debug = debug
+local _ENV = nil
+
+local ck = mg._checks(debug.getinfo(1, "S").source)
+local raisef, describe, check_opts = ck.raisef, ck.describe, ck.check_opts
+
+local spectra = {}
+
+---------------------------------------------------------------- states
+
+-- A state given as one (B, N) tensor or an array of (B, N_i) tensors (LSTM: {h, c}), seen as
+-- one flat (B, N) tensor: returns z0, split(z) -> the state's form, join(state) -> z, sizes.
+local function flat_state(fn, h0)
+  local parts = mg.is_tensor(h0) and { h0 } or h0
+  if type(parts) ~= "table" or #parts == 0 then
+    raisef("%s: h0 must be a (B, N) tensor or an array of them, got %s", fn, describe(h0))
+  end
+  local sizes, B = {}, nil
+  for i, p in ipairs(parts) do
+    if not mg.is_tensor(p) or p:dim() ~= 2 then
+      raisef("%s: state %d must be a (B, N) tensor, got %s", fn, i, describe(p))
+    end
+    B = B or p:size(1)
+    if p:size(1) ~= B then raisef("%s: state %d has batch size %d, expected %d", fn, i, p:size(1), B) end
+    sizes[i] = p:size(2)
+  end
+  local single = mg.is_tensor(h0)
+  local function split(z)
+    if single then return z end
+    local out, at = {}, 1
+    for i, n in ipairs(sizes) do out[i] = z:narrow(2, at, n); at = at + n end
+    return out
+  end
+  local function join(s, what)
+    if mg.is_tensor(s) then s = { s } end
+    if type(s) ~= "table" or #s ~= #sizes then
+      raisef("%s: step returned %s, expected a state like h0 (%d tensors)", fn, describe(s), #sizes)
+    end
+    for i, n in ipairs(sizes) do
+      if not mg.is_tensor(s[i]) or s[i]:dim() ~= 2 or s[i]:size(1) ~= B or s[i]:size(2) ~= n then
+        raisef("%s: %s state %d is %s, expected (%d,%d)", fn, what, i, describe(s[i]), B, n)
+      end
+    end
+    if #s == 1 then return s[1] end
+    return mg.cat(s, 2)
+  end
+  return join(parts, "h0"), split, join
+end
+
+-- The inputs: x_t = xs[:, t] for t = 1..T (xs (B, T, F)), or nil for an autonomous map run
+-- 'steps' times. Returns a function t -> x_t and the number of steps available.
+local function inputs(fn, xs, B, steps, first)
+  if xs == nil then
+    if steps == nil then raisef("%s: without inputs (xs = nil) give the number of steps, opts.steps", fn) end
+    return function() return nil end, math.huge
+  end
+  if not mg.is_tensor(xs) or xs:dim() ~= 3 then
+    raisef("%s: xs must be a (B, T, F) tensor or nil, got %s", fn, describe(xs))
+  end
+  if xs:size(1) ~= B then raisef("%s: xs has batch size %d but h0 has %d", fn, xs:size(1), B) end
+  return function(t) return xs:select(2, first and first(t) or t) end, xs:size(2)
+end
+
+local function check_count(fn, what, v, default, min)
+  if v == nil then return default end
+  if math.type(v) ~= "integer" and not (type(v) == "number" and v == math.floor(v)) or v < min then
+    raisef("%s: %s must be an integer >= %d, got %s", fn, what, min, describe(v))
+  end
+  return math.tointeger(v)
+end
+
+-- Sort each row of a (R, k) table of numbers descending, in place.
+local function sort_rows(rows)
+  for _, r in ipairs(rows) do table.sort(r, function(a, b) return a > b end) end
+  return rows
+end
+
+---------------------------------------------------------------- Lyapunov exponents
+
+local LYAP_OPTS = { k = true, warmup = true, reortho_every = true, steps = true, Q0 = true }
+
+-- The tangents as (B, N, k) <-> (k, B, N).
+local function to_lead(Q) return Q:permute(3, 1, 2):contiguous() end
+local function from_lead(D) return D:permute(2, 3, 1) end
+
+-- lyapunov(step, h0, xs [, opts]): see docs/linalg.md. 'fn' names the caller in messages,
+-- 'order' (t -> index into xs) reverses time for go_backwards layers.
+function spectra.lyapunov(step, h0, xs, opts, fn, order)
+  fn = fn or "lyapunov"
+  if type(step) ~= "function" and not (type(step) == "table" and (debug.getmetatable(step) or {}).__call) then
+    raisef("%s: step must be a function, got %s", fn, describe(step))
+  end
+  opts = check_opts(fn, opts, LYAP_OPTS)
+  local z, split, join = flat_state(fn, h0)
+  local B, N = z:size(1), z:size(2)
+  local k = check_count(fn, "k", opts.k, N, 1)
+  if k > N then raisef("%s: k = %d is more than the state size %d", fn, k, N) end
+  local warmup = check_count(fn, "warmup", opts.warmup, 0, 0)
+  local every = check_count(fn, "reortho_every", opts.reortho_every, 1, 1)
+  local x_at, T = inputs(fn, xs, B, opts.steps, order)
+  local steps = check_count(fn, "steps", opts.steps, T - warmup, 1)
+  if warmup + steps > T then
+    raisef("%s: warmup (%d) + steps (%d) is more than the %d timesteps of xs", fn, warmup, steps, T)
+  end
+  local Q = opts.Q0
+  if Q == nil then
+    Q = mg.linalg.qr(mg.randn({ B, N, k }, { dtype = z.dtype }))
+  elseif not mg.is_tensor(Q) or Q:dim() ~= 3 or Q:size(1) ~= B or Q:size(2) ~= N or Q:size(3) ~= k then
+    raisef("%s: Q0 must be a (%d,%d,%d) tensor with orthonormal columns, got %s", fn, B, N, k, describe(Q))
+  end
+  local tan = to_lead(Q:to(z.dtype))
+  local eye = mg.eye(k, { dtype = z.dtype })
+  local sum = mg.zeros({ B, k }, { dtype = z.dtype })
+  local history, counted, since = {}, 0, 0
+  for t = 1, warmup + steps do
+    local tape = mg.GradientTape { watch_accessed_variables = false }
+    tape:watch(z)
+    local zn = tape:record(function() return join(step(x_at(t), split(z)), "the new") end)
+    local d = tape:forward(z, tan, zn, { lead = 1 })       -- (k, B, N): J_t applied to k tangents
+    z = zn
+    local count = t > warmup
+    if count then counted, since = counted + 1, since + 1 end
+    if t % every == 0 or t == warmup + steps or t == warmup then
+      local Qn, R = mg.linalg.qr(from_lead(d))
+      tan = to_lead(Qn)
+      if count then sum = sum + ((R * eye):sum(-1)):abs():log() end
+      since = 0
+    else
+      tan = d
+    end
+    if count then
+      local done = counted - since                      -- steps covered by the last QR
+      local row = done > 0 and (sum / done):mean(1):totable() or nil
+      if row == nil then row = {} for i = 1, k do row[i] = 0 end end
+      history[counted] = row
+    end
+  end
+  local ex = (sum / steps):totable()
+  sort_rows(ex)
+  local exponents = mg.tensor(ex, { dtype = z.dtype })
+  return { exponents = exponents, mean = exponents:mean(1),
+           history = mg.tensor(sort_rows(history), { dtype = z.dtype }) }
+end
+
+---------------------------------------------------------------- Jacobian spectra
+
+local JS_OPTS = { steps = true, per_step = true, ks = true }
+
+local function cond_of(S)
+  local n = S:size(-1)
+  return S:select(-1, 1) / S:select(-1, n)
+end
+
+-- jacobian_spectra(step, h0, xs [, opts]): see docs/linalg.md ('fn', 'order' as lyapunov's).
+function spectra.jacobian_spectra(step, h0, xs, opts, fn, order)
+  fn = fn or "jacobian_spectra"
+  opts = check_opts(fn, opts, JS_OPTS)
+  local z, split, join = flat_state(fn, h0)
+  local B = z:size(1)
+  local x_at, T = inputs(fn, xs, B, opts.steps, order)
+  local steps = check_count(fn, "steps", opts.steps, T, 1)
+  if steps > T then raisef("%s: steps (%d) is more than the %d timesteps of xs", fn, steps, T) end
+  local tape = mg.GradientTape { persistent = true, watch_accessed_variables = false }
+  tape:watch(z)
+  local zs = { [0] = z }
+  tape:record(function()
+    for t = 1, steps do zs[t] = join(step(x_at(t), split(zs[t - 1])), "the new") end
+  end)
+  local ks = opts.ks
+  if ks == nil then
+    ks = {}
+    for t = 0, steps - 1 do ks[t + 1] = t end
+  elseif type(ks) ~= "table" or #ks == 0 then
+    raisef("%s: ks must be a non-empty array of steps in 0..%d, got %s", fn, steps - 1, describe(ks))
+  end
+  local src = {}
+  for j, t in ipairs(ks) do
+    if math.type(t) ~= "integer" and not (type(t) == "number" and t == math.floor(t)) or t < 0 or t >= steps then
+      raisef("%s: ks[%d] must be a step in 0..%d, got %s", fn, j, steps - 1, describe(t))
+    end
+    src[j] = zs[math.tointeger(t)]
+  end
+  local J = tape:batch_jacobian(zs[steps], src)            -- one reverse sweep: dh_T/dh_k for every k
+  local S = mg.linalg.svdvals(mg.stack(J))                -- (T, B, N)
+  local out = { singular_values = S, cond = cond_of(S), states = zs }
+  if opts.per_step ~= false then
+    local Js = {}
+    for j, t in ipairs(ks) do Js[j] = tape:batch_jacobian(zs[t + 1], zs[t]) end
+    local Ss = mg.linalg.svdvals(mg.stack(Js))
+    out.step_singular_values, out.step_cond = Ss, cond_of(Ss)
+  end
+  return out
+end
+
+---------------------------------------------------------------- pictures
+-- mg.plot_spectrum and mg.plot_spectrum_bands, drawn with mg.plot.lines (so every output
+-- mg.plot knows); to move into mg.plot (as plot.spectrum, plot.spectrum_bands) later.
+
+-- The numbers of a 1-d tensor or an array, sorted descending.
+local function sorted(fn, v, i)
+  local vals = {}
+  if mg.is_tensor(v) then
+    if v:dim() ~= 1 then raisef("%s: series %d must be 1-d, got shape %s", fn, i, mg.shapestr(v)) end
+    vals = v:totable()
+  elseif type(v) == "table" then
+    for j, x in ipairs(v) do
+      if type(x) ~= "number" then raisef("%s: series %d, entry %d is %s, expected a number", fn, i, j, describe(x)) end
+      vals[j] = x
+    end
+  else
+    raisef("%s: series %d is %s, expected a 1-d tensor or an array of numbers", fn, i, describe(v))
+  end
+  if #vals == 0 then raisef("%s: series %d is empty", fn, i) end
+  table.sort(vals, function(a, b) return a > b end)
+  return vals
+end
+
+-- The options mg.plot.lines takes from 'opts', with 'defaults' where absent.
+local PASSED = { "out", "width", "height", "title", "xlabel", "ylabel", "logy" }
+local function lines_opts(opts, defaults)
+  local o = {}
+  for _, k in ipairs(PASSED) do o[k] = opts[k] end
+  for k, v in pairs(defaults) do if o[k] == nil then o[k] = v end end
+  return o
+end
+
+local SPECTRUM_OPTS = { out = true, width = true, height = true, title = true, xlabel = true,
+                        ylabel = true, logy = true, labels = true }
+
+-- plot_spectrum(series [, opts]): 'series' a 1-d tensor, a 2-d tensor (one condition per row), or
+-- an array of 1-d tensors / arrays of numbers; each drawn sorted descending against its
+-- index. Options: labels (one per series), title, xlabel, ylabel, logy, out, width, height.
+-- Returns what mg.plot.lines returns (the path written, or nil for standard output).
+function spectra.plot_spectrum(series, opts)
+  local fn = "plot_spectrum"
+  opts = check_opts(fn, opts, SPECTRUM_OPTS)
+  local list = series
+  if mg.is_tensor(series) then
+    if series:dim() == 1 then list = { series }
+    elseif series:dim() == 2 then list = series:unstack(1)
+    else raisef("%s: a tensor of series must be 1-d or 2-d, got shape %s", fn, mg.shapestr(series)) end
+  elseif type(series) ~= "table" or #series == 0 then
+    raisef("%s: series must be a tensor or a non-empty array of series, got %s", fn, describe(series))
+  elseif type(series[1]) == "number" then
+    list = { series }
+  end
+  local ys = {}
+  for i, s in ipairs(list) do ys[i] = sorted(fn, s, i) end
+  local o = lines_opts(opts, { title = "Spectrum (sorted, descending)", xlabel = "i (descending)",
+                               ylabel = "value" })
+  o.labels = opts.labels
+  return mg.plot.lines(ys, o)
+end
+
+local BANDS_OPTS = { out = true, width = true, height = true, title = true, xlabel = true,
+                     ylabel = true, quantiles = true, log10 = true, x = true }
+
+local function quantile(sorted_vals, q)
+  local n = #sorted_vals
+  local pos = 1 + q * (n - 1)
+  local lo = math.floor(pos)
+  local hi = math.min(lo + 1, n)
+  return sorted_vals[lo] + (pos - lo) * (sorted_vals[hi] - sorted_vals[lo])
+end
+
+local function qname(q)
+  if q == 0 then return "min" elseif q == 1 then return "max" elseif q == 0.5 then return "median" end
+  return ("%g%%"):format(q * 100)
+end
+
+-- plot_spectrum_bands(S [, opts]): for each row k of S (K, ...) (mg.jacobian_spectra's
+-- singular_values (T, B, N): every sequence and index of dh_T/dh_(k-1)), the quantiles of its
+-- values, one line per quantile, against x (default 0 .. K-1). Options: quantiles (default
+-- {0, 0.25, 0.5, 0.75, 1}), log10 (default true: log10 of the values, which must be > 0),
+-- x, title, xlabel, ylabel, out, width, height.
+function spectra.plot_spectrum_bands(S, opts)
+  local fn = "plot_spectrum_bands"
+  opts = check_opts(fn, opts, BANDS_OPTS)
+  if not mg.is_tensor(S) or S:dim() < 2 or S:numel() == 0 then
+    raisef("%s: S must be a non-empty tensor (K, ...) with at least 2 dims, got %s", fn, describe(S))
+  end
+  local qs = opts.quantiles or { 0, 0.25, 0.5, 0.75, 1 }
+  if type(qs) ~= "table" or #qs == 0 then raisef("%s: quantiles must be a non-empty array, got %s", fn, describe(qs)) end
+  for i, q in ipairs(qs) do
+    if type(q) ~= "number" or q < 0 or q > 1 then raisef("%s: quantile %d must be in [0, 1], got %s", fn, i, describe(q)) end
+  end
+  local log = opts.log10 ~= false
+  local K = S:size(1)
+  local x = opts.x
+  if x == nil then
+    x = {}
+    for k = 1, K do x[k] = k - 1 end
+  elseif type(x) ~= "table" or #x ~= K then
+    raisef("%s: x must be an array of %d numbers (one per row of S), got %s", fn, K, describe(x))
+  end
+  local flat = S:contiguous():reshape(K, -1)
+  local ys = {}
+  for j = 1, #qs do ys[j] = {} end
+  for k = 1, K do
+    local v = flat[k]:totable()
+    table.sort(v)
+    for j, q in ipairs(qs) do
+      local y = quantile(v, q)
+      if log then
+        if not (y > 0) then raisef("%s: log10 needs positive values, row %d has %g (pass log10 = false)", fn, k, y) end
+        y = math.log(y, 10)
+      end
+      ys[j][k] = y
+    end
+  end
+  local labels = {}
+  for j, q in ipairs(qs) do labels[j] = qname(q) end
+  local o = lines_opts(opts, { title = "Spectrum over k: quantiles of each row", xlabel = "k",
+                               ylabel = log and "log10 value" or "value" })
+  o.labels, o.x = labels, x
+  return mg.plot.lines(ys, o)
+end
+
+---------------------------------------------------------------- cells and RNN layers
+
+-- The map of a cell: states -> new states (its output is dropped).
+local function cell_step(cell)
+  return function(x, states)
+    local _, new = cell(x, states)
+    return new
+  end
+end
+
+-- For rnn:lyapunov / cell:lyapunov ('what' = "lyapunov") and the jacobian_spectra methods:
+-- the cell's map over x (B, T, F) from opts.initial (default zero states); 'backwards'
+-- reverses time as go_backwards does.
+function spectra.cell_run(what, fn, cell, x, opts, backwards)
+  if opts ~= nil and type(opts) ~= "table" then raisef("%s: options must be a table, got %s", fn, describe(opts)) end
+  if not mg.is_tensor(x) or x:dim() ~= 3 then raisef("%s: x must be a (B, T, F) tensor, got %s", fn, describe(x)) end
+  local o = {}
+  for key, v in pairs(opts or {}) do if key ~= "initial" then o[key] = v end end
+  local T = x:size(2)
+  local order = backwards and function(t) return T - t + 1 end or nil
+  local h0 = (opts or {}).initial or cell:initial_state(x:size(1))
+  if mg.is_tensor(h0) then h0 = { h0 } end
+  return spectra[what](cell_step(cell), h0, x, o, fn, order)
+end
+
+return spectra

@@ -1,0 +1,251 @@
+-- mg.lyapunov and mg.jacobian_spectra (bindings/moongrad/spectra.lua), with rnn:/cell: methods
+-- and tape:forward's {lead = 1}: the exact results (a linear map's exponents are the logs of
+-- its eigenvalues' moduli; Newman's for products of Gaussian matrices), the forward-mode path
+-- against full Jacobians formed step by step, dynamical isometry, and errors by message.
+local mg = require "moongrad"
+local support = require "support"
+local nn = mg.nn
+
+local F64, randn, assert_close, raises = support.F64, support.randn, support.assert_close, support.raises
+
+-- The reference: full (B, N, N) Jacobians of each step by mg.batch_jacobian, their product
+-- with Q re-orthonormalized by QR every step; exponents sorted descending per trajectory.
+local function reference(step, z, xs, T, Q, warmup)
+  warmup = warmup or 0
+  local B, k = z:size(1), Q:size(3)
+  local sum = mg.zeros(B, k, F64)
+  for t = 1, warmup + T do
+    local xt = xs and xs:select(2, t)
+    local J = mg.batch_jacobian(function(h) return step(xt, h) end, z)
+    z = step(xt, z)
+    local q, R = mg.linalg.qr(J:matmul(Q))
+    Q = q
+    if t > warmup then sum = sum + (R * mg.eye(k, F64)):sum(-1):abs():log() end
+  end
+  local ex = (sum / T):totable()
+  for _, row in ipairs(ex) do table.sort(row, function(a, b) return a > b end) end
+  return mg.tensor(ex, F64)
+end
+
+-- W = O diag-ish(D) O^T: a normal matrix with eigenvalue moduli 'mods' (a rotation block for
+-- the pair), so that its Lyapunov exponents are exactly log(mods).
+local function normal_matrix()
+  local O = mg.linalg.qr(randn(4, 4))
+  local r, a = 0.6, 0.9
+  local D = mg.tensor({ { 1.25, 0, 0, 0 }, { 0, -0.8, 0, 0 }, { 0, 0, r * math.cos(a), -r * math.sin(a) },
+                        { 0, 0, r * math.sin(a), r * math.cos(a) } }, F64)
+  return O:matmul(D):matmul(O:transpose())
+end
+
+describe("mg.lyapunov", function()
+  it("a linear RNN h_t = W h_(t-1): exponents = log|eig(W)| to 1e-3 after 3,000 steps, error ~ 1/T", function()
+    mg.manual_seed(1)
+    local W = normal_matrix()
+    local wr, wi = mg.linalg.eigvals(W)
+    local logs = (wr * wr + wi * wi):sqrt():log():totable()
+    table.sort(logs, function(a, b) return a > b end)
+    local step = function(_, h) return h:matmul(W:transpose()) end
+    local expect = mg.tensor(logs, F64)
+    -- from random tangents the estimate is off by O(1/T) (their initial alignment)
+    local r = mg.lyapunov(step, randn(3, 4), nil, { steps = 3000 })
+    assert.are.same({ 3, 4 }, r.exponents:shape())
+    assert.are.same({ 4 }, r.mean:shape())
+    assert.are.same({ 3000, 4 }, r.history:shape())
+    local e300 = (r.history[300] - expect):abs():max():item()
+    local e3000 = (r.history[3000] - expect):abs():max():item()
+    assert.is_true(e3000 < 2e-3 and e3000 < e300 / 5, string.format("error %g at T=300, %g at T=3000", e300, e3000))
+    -- after a warmup that aligns the tangents: every trajectory to 1e-3
+    r = mg.lyapunov(step, randn(3, 4), nil, { steps = 3000, warmup = 100 })
+    assert_close(expect:expand(3, 4), r.exponents, 1e-3)
+    -- the exponents are descending
+    for i = 1, 3 do assert.is_true(r.mean:get(i) >= r.mean:get(i + 1)) end
+  end)
+
+  it("the top k alone (k < N) are the top k of the full spectrum", function()
+    mg.manual_seed(2)
+    local W = normal_matrix()
+    local step = function(_, h) return h:matmul(W:transpose()) end
+    local full = mg.lyapunov(step, randn(2, 4), nil, { steps = 2000 })
+    local top = mg.lyapunov(step, randn(2, 4), nil, { steps = 2000, k = 2 })
+    assert.are.same({ 2, 2 }, top.exponents:shape())
+    assert_close(full.mean:narrow(1, 1, 2), top.mean, 2e-3)
+  end)
+
+  it("equals the QR method on full Jacobians (GRU, SimpleRNN, LSTM with (h, c) together)", function()
+    mg.manual_seed(3)
+    local x = randn(2, 15, 3)
+    for _, cell in ipairs { nn.GRUCell(3, 5, F64), nn.SimpleRNNCell(3, 5, F64) } do
+      local Q0 = mg.linalg.qr(randn(2, 5, 3))
+      local got = nn.RNN(cell):lyapunov(x, { k = 3, Q0 = Q0 })
+      local step = function(xt, h) local _, s = cell(xt, { h }) return s[1] end
+      assert_close(reference(step, mg.zeros(2, 5, F64), x, 15, Q0), got.exponents, 1e-10, tostring(cell))
+    end
+    local lstm = nn.LSTMCell(3, 4, F64)
+    local Q0 = mg.linalg.qr(randn(2, 8, 5))
+    local got = lstm:lyapunov(x, { k = 5, Q0 = Q0 })
+    local step = function(xt, z)
+      local _, s = lstm(xt, { z:narrow(2, 1, 4), z:narrow(2, 5, 4) })
+      return mg.cat(s, 2)
+    end
+    assert_close(reference(step, mg.zeros(2, 8, F64), x, 15, Q0), got.exponents, 1e-10, "LSTM")
+  end)
+
+  it("warmup steps are not counted; reortho_every > 1 gives the same exponents", function()
+    mg.manual_seed(4)
+    local cell = nn.GRUCell(2, 4, F64)
+    local x = randn(2, 30, 2)
+    local step = function(xt, h) local _, s = cell(xt, { h }) return s[1] end
+    local Q0 = mg.linalg.qr(randn(2, 4, 4))
+    local got = mg.lyapunov(step, mg.zeros(2, 4, F64), x, { warmup = 10, Q0 = Q0 })
+    assert.are.same({ 20, 4 }, got.history:shape())
+    assert_close(reference(step, mg.zeros(2, 4, F64), x, 20, Q0, 10), got.exponents, 1e-10)
+    local every = mg.lyapunov(step, mg.zeros(2, 4, F64), x, { Q0 = Q0, reortho_every = 5 })
+    local each = mg.lyapunov(step, mg.zeros(2, 4, F64), x, { Q0 = Q0 })
+    assert_close(each.exponents, every.exponents, 1e-9)
+  end)
+
+  it("errors name the function and the value", function()
+    local step = function(_, h) return h end
+    raises(function() mg.lyapunov(42, randn(2, 3), nil, { steps = 3 }) end, "lyapunov", "step must be a function")
+    raises(function() mg.lyapunov(step, randn(2, 3), nil) end, "lyapunov", "opts.steps")
+    raises(function() mg.lyapunov(step, randn(2, 3), nil, { steps = 3, k = 4 }) end, "lyapunov", "k = 4", "3")
+    raises(function() mg.lyapunov(step, randn(2, 3), randn(2, 5, 1), { warmup = 4, steps = 3 }) end,
+           "lyapunov", "warmup (4) + steps (3)", "5 timesteps")
+    raises(function() mg.lyapunov(step, randn(2, 3), randn(3, 5, 1)) end, "lyapunov", "batch size 3", "2")
+    raises(function() mg.lyapunov(step, randn(3), nil, { steps = 2 }) end, "lyapunov", "(B, N)")
+    raises(function() mg.lyapunov(step, randn(2, 3), nil, { steps = 2, Q0 = randn(2, 3) }) end, "lyapunov", "Q0")
+    raises(function() mg.lyapunov(function() return randn(2, 4) end, randn(2, 3), nil, { steps = 2 }) end,
+           "lyapunov", "expected (2,3)")
+    raises(function() mg.lyapunov(step, randn(2, 3), nil, { steps = 2, k0 = 1 }) end, "lyapunov", "unknown option 'k0'")
+    raises(function() nn.RNN(nn.GRUCell(2, 3)):lyapunov(randn(2, 3)) end, "RNN:lyapunov", "(B, T, F)")
+  end)
+end)
+
+describe("tape:forward with {lead = 1}", function()
+  it("pushes K tangents at once, as K separate sweeps would", function()
+    local W = randn(3, 3)
+    local x = randn(2, 3)
+    local V = randn(4, 2, 3)
+    local tape = mg.GradientTape { persistent = true }
+    tape:watch(x)
+    local y = tape:record(function() return (x:matmul(W)):tanh() end)
+    local D = tape:forward(x, V, y, { lead = 1 })
+    assert.are.same({ 4, 2, 3 }, D:shape())
+    for i = 1, 4 do assert_close(tape:forward(x, V[i], y), D[i], 1e-14) end
+    raises(function() tape:forward(x, randn(2, 3), y, { lead = 1 }) end, "forward", "(K, shape of its source)")
+  end)
+end)
+
+describe("mg.jacobian_spectra", function()
+  it("a linear map: dh_T/dh_k = W^(T-k); orthogonal W keeps every singular value at 1", function()
+    mg.manual_seed(6)
+    local W = randn(4, 4) * 0.3 + mg.eye(4, F64) * 0.8
+    local T = 6
+    local js = mg.jacobian_spectra(function(_, h) return h:matmul(W:transpose()) end, randn(2, 4), nil, { steps = T })
+    assert.are.same({ T, 2, 4 }, js.singular_values:shape())
+    for k = 0, T - 1 do
+      local S = mg.linalg.svdvals(mg.linalg.matrix_power(W, T - k))
+      assert_close(S:expand(2, 4), js.singular_values[k + 1], 1e-10, "k = " .. k)
+      assert_close(mg.ones(2, F64), js.cond[k + 1] / (S[1] / S[4]), 1e-8)
+    end
+    assert_close(mg.linalg.svdvals(W):expand(T, 2, 4), js.step_singular_values, 1e-12)
+    local some = mg.jacobian_spectra(function(_, h) return h:matmul(W:transpose()) end, randn(2, 4), nil,
+                                     { steps = T, ks = { 4, 0 } })
+    assert.are.same({ 2, 2, 4 }, some.singular_values:shape())
+    assert_close(mg.linalg.svdvals(mg.linalg.matrix_power(W, T - 4)):expand(2, 4), some.singular_values[1], 1e-10)
+    assert_close(mg.linalg.svdvals(mg.linalg.matrix_power(W, T)):expand(2, 4), some.singular_values[2], 1e-10)
+    raises(function() mg.jacobian_spectra(function(_, h) return h end, randn(2, 4), nil, { steps = 3, ks = { 3 } }) end,
+           "jacobian_spectra", "ks[1]", "0..2")
+    local O = mg.linalg.qr(randn(5, 5))
+    local iso = mg.jacobian_spectra(function(_, h) return h:matmul(O) end, randn(3, 5), nil, { steps = 20 })
+    assert_close(mg.ones(20, 3, 5, F64), iso.singular_values, 1e-12)
+    assert_close(mg.ones(20, 3, F64), iso.cond, 1e-12)
+  end)
+
+  it("cells and RNN layers: per-step spectra are those of batch_jacobian(h_t, h_(t-1))", function()
+    mg.manual_seed(7)
+    local cell = nn.GRUCell(2, 3, F64)
+    local x = randn(2, 5, 2)
+    local js = nn.RNN(cell):jacobian_spectra(x)
+    local tr = nn.RNN(cell):trace(x)
+    local tape = mg.GradientTape { persistent = true }
+    tape:watch(tr.h[0])
+    local h = tr.h[0]
+    local hs = { [0] = h }
+    tape:record(function() for t = 1, 5 do local _, s = cell(x:select(2, t), { hs[t - 1] }); hs[t] = s[1] end end)
+    for t = 1, 5 do
+      local S = mg.linalg.svdvals(tape:batch_jacobian(hs[t], hs[t - 1]))
+      assert_close(S, js.step_singular_values[t], 1e-12)
+      assert_close(mg.linalg.svdvals(tape:batch_jacobian(hs[5], hs[t - 1])), js.singular_values[t], 1e-12)
+    end
+    assert.are.same({ 5, 2, 6 }, nn.LSTMCell(2, 3, F64):jacobian_spectra(x).singular_values:shape())
+  end)
+end)
+
+---------------------------------------------------------------- pictures
+
+local have_gnuplot = os.execute("command -v gnuplot >/dev/null 2>&1") == true
+
+describe("mg.plot_spectrum and mg.plot_spectrum_bands", function()
+  local dir
+  setup(function() dir = support.tmpdir() end)
+  teardown(function() support.rmtree(dir) end)
+  local it_g = have_gnuplot and it or function(name) pending(name .. " (gnuplot is not installed)") end
+
+  it_g("spectrum draws each series sorted, one line per condition", function()
+    local path = mg.plot_spectrum({ mg.tensor { -0.5, 0.1, -2 }, { 1, 3, 2 } },
+      { labels = { "before", "after" }, title = "Lyapunov spectra", out = dir .. "/s.txt", width = 80, height = 20 })
+    assert.are.equal(dir .. "/s.txt", path)
+    local s = support.read_file(path)
+    for _, want in ipairs { "Lyapunov spectra", "before", "after", "i (descending)" } do
+      assert.is_truthy(s:find(want, 1, true), want)
+    end
+  end)
+
+  it_g("spectrum_bands draws the quantiles of each row of jacobian_spectra's singular values", function()
+    local W = randn(4, 4) * 0.5
+    local js = mg.jacobian_spectra(function(_, h) return h:matmul(W) end, randn(2, 4), nil, { steps = 5 })
+    local path = mg.plot_spectrum_bands(js.singular_values, { out = dir .. "/b.txt", width = 80, height = 20 })
+    local s = support.read_file(path)
+    for _, want in ipairs { "min", "median", "max", "log10 value" } do assert.is_truthy(s:find(want, 1, true), want) end
+  end)
+
+  it("errors name the function", function()
+    raises(function() mg.plot_spectrum({}) end, "plot_spectrum", "non-empty")
+    raises(function() mg.plot_spectrum({ randn(2, 2, 2) }) end, "plot_spectrum", "series 1", "1-d")
+    raises(function() mg.plot_spectrum_bands(mg.zeros(3, 2)) end, "plot_spectrum_bands", "positive")
+    raises(function() mg.plot_spectrum_bands(randn(3, 2), { quantiles = { 2 } }) end, "quantile 1", "[0, 1]")
+    raises(function() mg.plot_spectrum_bands(randn(3, 2), { x = { 1 } }) end, "x must be an array of 3")
+  end)
+end)
+
+---------------------------------------------------------------- Newman (1986)
+
+if not support.python_can_import("scipy.special") then
+  describe("Newman's exponents", function() pending("needs " .. support.PYTHON .. " with scipy") end)
+  return
+end
+
+describe("Newman's exact exponents for products of Gaussian matrices", function()
+  it("lambda_i = (ln(2 s^2) + psi((N - i + 1) / 2)) / 2, within 4 standard errors", function()
+    local N, s, B, T = 4, 0.5, 16, 3000
+    local p = assert(io.popen(support.PYTHON .. " -c \"from scipy.special import digamma; import math; "
+      .. string.format("print(' '.join(repr((math.log(2*%.17g**2)+digamma((%d-i+1)/2))/2) for i in range(1,%d)))\"", s, N, N + 1)))
+    local line = p:read("l")
+    p:close()
+    local expect = {}
+    for v in line:gmatch("%S+") do expect[#expect + 1] = tonumber(v) end
+    assert.are.equal(N, #expect)
+    mg.manual_seed(8)
+    local step = function(_, h)                        -- a fresh W_t per step and per trajectory
+      return h:unsqueeze(2):matmul(mg.randn(B, N, N, F64) * s):squeeze(2)
+    end
+    local r = mg.lyapunov(step, randn(B, N), nil, { steps = T })
+    local se = ((r.exponents - r.mean) ^ 2):sum(1) / (B - 1)
+    for i = 1, N do
+      local err, sei = math.abs(r.mean:get(i) - expect[i]), math.sqrt(se:get(i) / B)
+      assert.is_true(err < 4 * sei, string.format("lambda_%d: %.5f vs Newman %.5f (standard error %.5f)",
+                                                   i, r.mean:get(i), expect[i], sei))
+    end
+  end)
+end)
