@@ -378,7 +378,10 @@ setmetatable(mg, { __index = function(t, k)
   if k == "nn" or k == "optim" or k == "plot" or k == "linalg" then
     local m = require("moongrad." .. k)
     rawset(t, k, m)
-    if k == "nn" then require "moongrad.serialize" end   -- adds state(), nn.save, ... to nn
+    if k == "nn" then                                  -- add state(), nn.save, nn.from_torch, ...
+      require "moongrad.serialize"
+      require "moongrad.interop"
+    end
     return m
   end
   if k == "_spectra" then              -- for nn's rnn:lyapunov and friends
