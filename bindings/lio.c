@@ -71,15 +71,9 @@ static void checkset(lua_State *L, int idx, const char *fn, mg_tensor_dict *s) {
   s->tensors = ts;
 }
 
-/* opts.metadata (a string -> string table) into 's' (arrays in userdata on the stack). */
-static void checkmeta(lua_State *L, int opt, const char *fn, mg_tensor_dict *s) {
-  if (opt == 0) return;
-  for (lua_pushnil(L); lua_next(L, opt); lua_pop(L, 1))
-    if (lua_type(L, -2) != LUA_TSTRING || strcmp(lua_tostring(L, -2), "metadata") != 0)
-      luaL_error(L, "%s: unknown option '%s' (allowed: metadata)", fn, luaL_tolstring(L, -2, NULL));
-  if (lua_getfield(L, opt, "metadata") == LUA_TNIL) { lua_pop(L, 1); return; }
-  if (!lua_istable(L, -1)) luaL_error(L, "%s: option 'metadata' must be a table of strings", fn);
-  int m = lua_gettop(L), n = 0;
+/* The string -> string table at 'm' into the metadata of 's' (arrays in userdata on the stack). */
+static void checkstrings(lua_State *L, int m, const char *fn, mg_tensor_dict *s) {
+  int n = 0;
   for (lua_pushnil(L); lua_next(L, m); lua_pop(L, 1)) {
     if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
       luaL_error(L, "%s: metadata must map strings to strings (got a %s key with a %s value)", fn,
@@ -96,6 +90,17 @@ static void checkmeta(lua_State *L, int opt, const char *fn, mg_tensor_dict *s) 
   s->nmeta = n;
   s->meta_keys = keys;
   s->meta_values = vals;
+}
+
+/* opts.metadata of the options table at 'opt' (0: none) into 's'. */
+static void checkmeta(lua_State *L, int opt, const char *fn, mg_tensor_dict *s) {
+  if (opt == 0) return;
+  for (lua_pushnil(L); lua_next(L, opt); lua_pop(L, 1))
+    if (lua_type(L, -2) != LUA_TSTRING || strcmp(lua_tostring(L, -2), "metadata") != 0)
+      luaL_error(L, "%s: unknown option '%s' (allowed: metadata)", fn, luaL_tolstring(L, -2, NULL));
+  if (lua_getfield(L, opt, "metadata") == LUA_TNIL) { lua_pop(L, 1); return; }
+  if (!lua_istable(L, -1)) luaL_error(L, "%s: option 'metadata' must be a table of strings", fn);
+  checkstrings(L, lua_gettop(L), fn, s);
 }
 
 /* save_tensors(tbl, path [, {metadata={string=string}}]) */
@@ -122,6 +127,15 @@ static void pushset(lua_State *L, lstate *S, mg_tensor_dict *s) {
   }
 }
 
+/* Pushes the metadata of 's' as a new table. */
+static void pushmeta(lua_State *L, const mg_tensor_dict *s) {
+  lua_createtable(L, 0, s->nmeta);
+  for (int i = 0; i < s->nmeta; i++) {
+    lua_pushstring(L, s->meta_values[i]);
+    lua_setfield(L, -2, s->meta_keys[i]);
+  }
+}
+
 /* load_tensors(path) -> tbl, metadata */
 static int io_load_tensors(lua_State *L) {
   LSTATE_ARG;
@@ -129,11 +143,7 @@ static int io_load_tensors(lua_State *L) {
   mg_tensor_dict *s = newset(L);
   if (mg_safetensors_load(S->C, path, s) != MG_OK) return lmg_fail(L, S->C);
   pushset(L, S, s);
-  lua_createtable(L, 0, s->nmeta);
-  for (int i = 0; i < s->nmeta; i++) {
-    lua_pushstring(L, s->meta_values[i]);
-    lua_setfield(L, -2, s->meta_keys[i]);
-  }
+  pushmeta(L, s);
   mg_tensor_dict_free(s);
   return 2;
 }
@@ -172,9 +182,42 @@ static int io_load_npz(lua_State *L) {
   return 1;
 }
 
+/* _h5_load(path, op) -> datasets, attributes (h5.c's dictionary). Internal to
+** moongrad.interop (nn.load_keras): not public API. */
+static int io_h5_load(lua_State *L) {
+  LSTATE_ARG;
+  const char *path = luaL_checkstring(L, 1), *op = luaL_checkstring(L, 2);
+  mg_tensor_dict *s = newset(L);
+  if (mg_h5_load(S->C, op, path, s) != MG_OK) return lmg_fail(L, S->C);
+  pushset(L, S, s);
+  pushmeta(L, s);
+  mg_tensor_dict_free(s);
+  return 2;
+}
+
+/* _h5_save(datasets, path, attributes, op). Internal (nn.save_keras). */
+static int io_h5_save(lua_State *L) {
+  LSTATE_ARG;
+  const char *path = luaL_checkstring(L, 2), *op = luaL_checkstring(L, 4);
+  luaL_checktype(L, 3, LUA_TTABLE);
+  lua_settop(L, 4);
+  mg_tensor_dict s;
+  checkset(L, 1, op, &s);
+  checkstrings(L, 3, op, &s);
+  if (mg_h5_save(S->C, op, &s, path) != MG_OK) return lmg_fail(L, S->C);
+  return 0;
+}
+
+/* _h5_available() -> whether this build reads and writes HDF5. Internal. */
+static int io_h5_available(lua_State *L) {
+  lua_pushboolean(L, mg_h5_available());
+  return 1;
+}
+
 static const luaL_Reg io_functions[] = {
   { "save_tensors", io_save_tensors }, { "load_tensors", io_load_tensors },
   { "save_npz", io_save_npz }, { "load_npz", io_load_npz },
+  { "_h5_load", io_h5_load }, { "_h5_save", io_h5_save }, { "_h5_available", io_h5_available },
   { NULL, NULL } };
 
 /* Adds the named-tensor file functions to the module at the stack top. */

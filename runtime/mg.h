@@ -414,6 +414,18 @@ MG_API mg_status mg_safetensors_parse(mg_ctx *C, const void *buf, size_t len, co
 MG_API mg_status mg_npz_save(mg_ctx *C, const mg_tensor_dict *s, bool compressed, const char *path);
 MG_API mg_status mg_npz_load(mg_ctx *C, const char *path, mg_tensor_dict *out);
 
+/* HDF5 (h5.c, an optional component: built when libhdf5 is found). A file as a dictionary:
+** every float or integer dataset by its path without the leading '/' ("layers/lstm/cell/vars/0";
+** float16/float32 data as float32, the rest as float64), and every string attribute (scalar
+** or 1-d, fixed or variable length; arrays joined by '\n') as metadata keyed "<object path>@<name>"
+** ("@name" for the root's). 'op' names the caller in messages. Saving writes each tensor as a
+** little-endian float dataset (groups created as needed) and each metadata entry as a
+** variable-length UTF-8 string attribute of the group its key names, atomically (fileio.c).
+** Without HDF5 both fail with MG_ESTATE and say so; 'mg_h5_available' tells which. */
+MG_API bool mg_h5_available(void);
+MG_API mg_status mg_h5_load(mg_ctx *C, const char *op, const char *path, mg_tensor_dict *out);
+MG_API mg_status mg_h5_save(mg_ctx *C, const char *op, const mg_tensor_dict *d, const char *path);
+
 /* ----------------------------------------------------------------------------------------
 ** Autograd
 ** -------------------------------------------------------------------------------------- */

@@ -152,6 +152,8 @@ void mg_contiguous_strides(int ndim, const int64_t *shape, int64_t *stride);
 size_t mg_npy_header(const mg_tensor *t, unsigned char *out);
 /* safetensors.c: append 'name' (copied) and 't' (owned by the set; released on failure). */
 mg_status mg_tensor_dict_push(mg_ctx *C, mg_tensor_dict *s, const char *name, mg_tensor *t);
+/* ... and a metadata entry (both strings copied). */
+mg_status mg_tensor_dict_meta_push(mg_ctx *C, mg_tensor_dict *s, const char *key, const char *value);
 int64_t mg_shape_numel(int ndim, const int64_t *shape);
 bool mg_same_shape(const mg_tensor *a, const mg_tensor *b);
 /* Whether some element of 't' equals 'v' (NaN: never). */

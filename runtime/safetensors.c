@@ -56,7 +56,7 @@ mg_status mg_tensor_dict_push(mg_ctx *C, mg_tensor_dict *s, const char *name, mg
   return MG_OK;
 }
 
-static mg_status meta_push(mg_ctx *C, mg_tensor_dict *s, const char *k, const char *v) {
+mg_status mg_tensor_dict_meta_push(mg_ctx *C, mg_tensor_dict *s, const char *k, const char *v) {
   char **nk = realloc(s->meta_keys, (size_t)(s->nmeta + 1) * sizeof *nk);
   if (nk != NULL) s->meta_keys = nk;
   char **nv = nk ? realloc(s->meta_values, (size_t)(s->nmeta + 1) * sizeof *nv) : NULL;
@@ -240,7 +240,7 @@ static mg_status read_metadata(reader *r, const cJSON *m, mg_tensor_dict *s) {
   if (!cJSON_IsObject(m)) return bad(r, "__metadata__ is not an object");
   for (const cJSON *kv = m->child; kv; kv = kv->next) {
     if (!cJSON_IsString(kv)) return bad(r, "__metadata__ value of '%s' is not a string", kv->string);
-    mg_status st = meta_push(r->C, s, kv->string, kv->valuestring);
+    mg_status st = mg_tensor_dict_meta_push(r->C, s, kv->string, kv->valuestring);
     if (st != MG_OK) return st;
   }
   return MG_OK;

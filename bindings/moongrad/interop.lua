@@ -5,14 +5,22 @@
 local mg = require "moongrad"
 local nn = require "moongrad.nn"
 
-local getmetatable, ipairs, pairs, string, table, tostring, type =
-      getmetatable, ipairs, pairs, string, table, tostring, type
+local getmetatable, ipairs, pairs, pcall, string, table, tostring, type =
+      getmetatable, ipairs, pairs, pcall, string, table, tostring, type
 local debug = debug
 local _ENV = nil
 
 local is_tensor, shapestr = mg.is_tensor, mg.shapestr
 local checks = mg._checks(debug.getinfo(1, "S").source)
-local raisef, describe, check_opts = checks.raisef, checks.describe, checks.check_opts
+local raise, raisef, describe, check_opts = checks.raise, checks.raisef, checks.describe, checks.check_opts
+
+-- Calls the C function 'f'; its error is raised again at the user's line, without the
+-- position inside this file ("moongrad/interop.lua:12: ").
+local function call(f, ...)
+  local ok, a, b = pcall(f, ...)
+  if not ok then raise((tostring(a):gsub("^moongrad/interop%.lua:%d+: ", ""))) end
+  return a, b
+end
 
 local function class_of(l)
   local mt = type(l) == "table" and getmetatable(l)
@@ -237,6 +245,162 @@ function nn.to_torch(layer, opts)
   local out = {}
   mg.no_grad(function() layer_to_torch(out, prefix, layer) end)
   return out
+end
+
+---------------------------------------------------------------- Keras HDF5 files
+
+-- Keras 3 '.weights.h5' (keras/src/saving/saving_lib.py): a model's layers are groups
+-- "layers/<snake_case class name>" (a second of one class "_1", then "_2", ...: by class,
+-- never by layer name), each object's own variables the datasets "<path>/vars/0", "1", ...
+-- in the order the object created them, with its name as the attribute "name" of the "vars"
+-- group; an RNN layer's weights belong to its "cell", a Bidirectional's to "forward_layer" and
+-- "backward_layer". Legacy Keras 2 '.h5' (keras/src/legacy/saving/legacy_h5_format.py): the
+-- root (or its "model_weights" group) lists "layer_names"; the layers that have weights, in
+-- that order, match the model's layers that have weights, in order; each layer's group lists
+-- "weight_names", datasets under the layer's group, in get_weights order.
+
+-- The Keras class of a moongrad layer ("lstm", ...), and the paths of its variables under
+-- the layer's group, in parameters() order.
+local CELL_CLASS = { LSTMCell = "lstm", GRUCell = "gru", SimpleRNNCell = "simple_rnn" }
+local CELL_NAME = { LSTMCell = "lstm_cell", GRUCell = "gru_cell", SimpleRNNCell = "simple_rnn_cell" }
+
+local function cell_paths(cell, at)
+  local out = { at .. "/vars/0", at .. "/vars/1" }
+  if cell.bias then out[3] = at .. "/vars/2" end
+  return out
+end
+
+local function keras_layout(fn, l)
+  local c = class_of(l)
+  if c == "Dense" then
+    return "dense", { "/vars/0", l.bias and "/vars/1" or nil }, { ["/vars"] = l.name }
+  elseif c == "RNN" and CELL_CLASS[class_of(l.cell)] then
+    local k = class_of(l.cell)
+    return CELL_CLASS[k], cell_paths(l.cell, "/cell"), { ["/vars"] = l.cell.name, ["/cell/vars"] = CELL_NAME[k] }
+  elseif c == "Bidirectional" and CELL_CLASS[class_of(l.forward_layer.cell)] then
+    local k = class_of(l.forward_layer.cell)
+    local paths = cell_paths(l.forward_layer.cell, "/forward_layer/cell")
+    for _, p in ipairs(cell_paths(l.backward_layer.cell, "/backward_layer/cell")) do paths[#paths + 1] = p end
+    return "bidirectional", paths, { ["/vars"] = "bidirectional",
+      ["/forward_layer/vars"] = "forward_" .. l.forward_layer.cell.name, ["/forward_layer/cell/vars"] = CELL_NAME[k],
+      ["/backward_layer/vars"] = l.backward_layer.cell.name, ["/backward_layer/cell/vars"] = CELL_NAME[k] }
+  end
+  raisef("%s: no Keras layout for %s", fn, tostring(l))
+end
+
+-- The layers of a model that have weights: a Sequential's children, or the layer itself.
+local function weighted_layers(model)
+  local ls = class_of(model) == "Sequential" and model.layers or { model }
+  local out = {}
+  for _, l in ipairs(ls) do
+    if is_layer(l) and #l:parameters() > 0 then out[#out + 1] = l end
+  end
+  return out
+end
+
+-- Each weighted layer with its Keras 3 group "layers/<class>[_k]" and variable paths.
+local function keras3_plan(fn, model)
+  local used, out = {}, {}
+  for _, l in ipairs(weighted_layers(model)) do
+    local cls, paths, names = keras_layout(fn, l)
+    local name = cls
+    if used[cls] then used[cls] = used[cls] + 1; name = cls .. "_" .. used[cls] else used[cls] = 0 end
+    out[#out + 1] = { layer = l, group = "layers/" .. name, paths = paths, names = names }
+  end
+  return out
+end
+
+local function split_lines(s)
+  local out = {}
+  if s == nil or s == "" then return out end
+  for part in (s .. "\n"):gmatch("(.-)\n") do out[#out + 1] = part end
+  return out
+end
+
+-- Checks every value against its Variable (count and shapes), then copies them all.
+local function assign_all(fn, path, pairs_)
+  for _, pr in ipairs(pairs_) do
+    local v, t, where = pr[1], pr[2], pr[3]
+    if t == nil then raisef("%s: '%s' has no weight '%s' (for '%s')", fn, path, where, tostring(v.name)) end
+    if shapestr(t) ~= shapestr(v) then
+      raisef("%s: '%s': weight '%s' has shape %s, '%s' of the model is %s", fn, path, where, shapestr(t),
+        tostring(v.name), shapestr(v))
+    end
+  end
+  mg.no_grad(function()
+    for _, pr in ipairs(pairs_) do pr[1]:copy(pr[2]) end
+  end)
+end
+
+local function load_legacy(fn, model, path, data, meta, g)
+  local names = {}
+  for _, n in ipairs(split_lines(meta[g .. "@layer_names"])) do
+    if #split_lines(meta[g .. n .. "@weight_names"]) > 0 then names[#names + 1] = n end
+  end
+  local layers = weighted_layers(model)
+  if #names ~= #layers then
+    raisef("%s: '%s' has %d layers with weights (%s), the model %d", fn, path, #names,
+      table.concat(names, ", "), #layers)
+  end
+  local todo = {}
+  for k, n in ipairs(names) do
+    local wn, ps = split_lines(meta[g .. n .. "@weight_names"]), layers[k]:parameters()
+    if #wn ~= #ps then
+      raisef("%s: '%s': layer '%s' has %d weights, the model's layer %d (%s) has %d", fn, path, n, #wn, k,
+        tostring(layers[k]), #ps)
+    end
+    for i, p in ipairs(ps) do
+      local where = g .. n .. "/" .. wn[i]
+      todo[#todo + 1] = { p, data[where], where }
+    end
+  end
+  assign_all(fn, path, todo)
+end
+
+-- nn.load_keras(model, path): the weights of a Keras model saved with save_weights (Keras 3
+-- '.weights.h5', or a legacy Keras 2 / tf.keras '.h5', told apart by their layout) into a
+-- moongrad model built with the same layers in the same order (a Sequential, or one layer).
+-- Every weight is checked before any changes.
+function nn.load_keras(model, path)
+  local fn = "load_keras"
+  if not is_layer(model) then raisef("%s: expected a model, got %s", fn, describe(model)) end
+  if type(path) ~= "string" then raisef("%s: path must be a string, got %s", fn, describe(path)) end
+  local data, meta = call(mg._h5_load, path, fn)
+  if meta["@layer_names"] then return load_legacy(fn, model, path, data, meta, "") end
+  if meta["model_weights@layer_names"] then return load_legacy(fn, model, path, data, meta, "model_weights/") end
+  local todo, used = {}, {}
+  for _, e in ipairs(keras3_plan(fn, model)) do
+    for i, p in ipairs(e.layer:parameters()) do
+      local where = e.group .. e.paths[i]
+      todo[#todo + 1] = { p, data[where], where }
+      used[where] = true
+    end
+  end
+  local extra = {}
+  for k in pairs(data) do
+    if not used[k] then extra[#extra + 1] = k end
+  end
+  table.sort(extra)
+  if #extra > 0 then
+    raisef("%s: '%s' has weights the model does not: %s (is the model built with the same layers?)", fn, path,
+      table.concat(extra, ", "))
+  end
+  assign_all(fn, path, todo)
+  return model
+end
+
+-- nn.save_keras(model, path): the model's weights as a Keras 3 '.weights.h5' file, which
+-- model.load_weights(path) of a Keras model built with the same layers reads. Atomic.
+function nn.save_keras(model, path)
+  local fn = "save_keras"
+  if not is_layer(model) then raisef("%s: expected a model, got %s", fn, describe(model)) end
+  if type(path) ~= "string" then raisef("%s: path must be a string, got %s", fn, describe(path)) end
+  local data, attrs = {}, { ["vars@name"] = class_of(model) == "Sequential" and "sequential" or "model" }
+  for _, e in ipairs(keras3_plan(fn, model)) do
+    for i, p in ipairs(e.layer:parameters()) do data[e.group .. e.paths[i]] = p end
+    for sub, name in pairs(e.names) do attrs[e.group .. sub .. "@name"] = name end
+  end
+  call(mg._h5_save, data, path, attrs, fn)
 end
 
 return true
