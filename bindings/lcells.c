@@ -13,7 +13,7 @@ static int cell_lstm(lua_State *L) {
   lua_settop(L, 6);
   mg_tensor **sh = lmg_newslot(L), **sc = lmg_newslot(L), *h = NULL, *c = NULL;
   if (mg_lstm_cell(S->C, a[0], a[1], a[2], a[3], a[4], a[5], &h, &c) != MG_OK)
-    return lmg_fail(L, S->C);
+    return lmg_fail(L, S, NULL);
   *sh = h;
   lmg_settensor(L, S, sc, c);
   return 2;

@@ -112,7 +112,7 @@ static int io_save_tensors(lua_State *L) {
   mg_tensor_dict s;
   checkset(L, 1, "save_tensors", &s);
   checkmeta(L, lua_istable(L, 3) ? 3 : 0, "save_tensors", &s);
-  if (mg_safetensors_save(S->C, &s, path) != MG_OK) return lmg_fail(L, S->C);
+  if (mg_safetensors_save(S->C, &s, path) != MG_OK) return lmg_fail(L, S, NULL);
   return 0;
 }
 
@@ -141,7 +141,7 @@ static int io_load_tensors(lua_State *L) {
   LSTATE_ARG;
   const char *path = luaL_checkstring(L, 1);
   mg_tensor_dict *s = newset(L);
-  if (mg_safetensors_load(S->C, path, s) != MG_OK) return lmg_fail(L, S->C);
+  if (mg_safetensors_load(S->C, path, s) != MG_OK) return lmg_fail(L, S, NULL);
   pushset(L, S, s);
   pushmeta(L, s);
   mg_tensor_dict_free(s);
@@ -167,7 +167,7 @@ static int io_save_npz(lua_State *L) {
   }
   mg_tensor_dict s;
   checkset(L, 1, "save_npz", &s);
-  if (mg_npz_save(S->C, &s, compressed, path) != MG_OK) return lmg_fail(L, S->C);
+  if (mg_npz_save(S->C, &s, compressed, path) != MG_OK) return lmg_fail(L, S, NULL);
   return 0;
 }
 
@@ -176,7 +176,7 @@ static int io_load_npz(lua_State *L) {
   LSTATE_ARG;
   const char *path = luaL_checkstring(L, 1);
   mg_tensor_dict *s = newset(L);
-  if (mg_npz_load(S->C, path, s) != MG_OK) return lmg_fail(L, S->C);
+  if (mg_npz_load(S->C, path, s) != MG_OK) return lmg_fail(L, S, NULL);
   pushset(L, S, s);
   mg_tensor_dict_free(s);
   return 1;
@@ -188,7 +188,7 @@ static int io_h5_load(lua_State *L) {
   LSTATE_ARG;
   const char *path = luaL_checkstring(L, 1), *op = luaL_checkstring(L, 2);
   mg_tensor_dict *s = newset(L);
-  if (mg_h5_load(S->C, op, path, s) != MG_OK) return lmg_fail(L, S->C);
+  if (mg_h5_load(S->C, op, path, s) != MG_OK) return lmg_fail(L, S, NULL);
   pushset(L, S, s);
   pushmeta(L, s);
   mg_tensor_dict_free(s);
@@ -204,7 +204,7 @@ static int io_h5_save(lua_State *L) {
   mg_tensor_dict s;
   checkset(L, 1, op, &s);
   checkstrings(L, 3, op, &s);
-  if (mg_h5_save(S->C, op, &s, path) != MG_OK) return lmg_fail(L, S->C);
+  if (mg_h5_save(S->C, op, &s, path) != MG_OK) return lmg_fail(L, S, NULL);
   return 0;
 }
 

@@ -6,7 +6,7 @@
 
 /* Push 'n' empty slots, run the call through 'st', fill the slots (or raise). */
 static int results(lua_State *L, lstate *S, mg_status st, int n, mg_tensor **y, mg_tensor ***slots) {
-  if (st != MG_OK) return lmg_fail(L, S->C);
+  if (st != MG_OK) return lmg_fail(L, S, NULL);
   for (int k = 0; k < n; k++) lmg_settensor(L, S, slots[k], y[k]);
   return n;
 }

@@ -1,6 +1,7 @@
 /*
 ** lmoongrad.c - luaopen_moongrad: the per-state context, module-level settings, and the
-** Lua-side modules (compiled in, registered in package.preload as moongrad.*).
+** Lua-side modules (compiled in, registered in package.preload as moongrad.*, and opened by
+** luaopen_moongrad_<name> for a stock lua5.4's 'require "moongrad.<name>"').
 */
 #include <stdlib.h>
 #include <string.h>
@@ -152,7 +153,7 @@ static int lib_check_result(lua_State *L) {
   }
   double esize = luaL_optnumber(L, 4, (double)mg_dtype_size(lmg_checkdtype(L, 3)));
   const int64_t *ps = shape;
-  if (mg_check_result_bytes(C, fn, 1, &nd, &ps, esize) != MG_OK) return lmg_fail(L, C);
+  if (mg_check_result_bytes(C, fn, 1, &nd, &ps, esize) != MG_OK) return lmg_fail(L, LSTATE(L), NULL);
   return 0;
 }
 
@@ -196,7 +197,7 @@ static int lib_tmpfile(lua_State *L) {
   mg_ctx *C = LSTATE(L)->C;
   const char *path = luaL_checkstring(L, 1), *op = luaL_checkstring(L, 2);
   char *tmp = NULL;
-  if (mg_tmpfile_name(C, op, path, &tmp) != MG_OK) return lmg_fail(L, C);
+  if (mg_tmpfile_name(C, op, path, &tmp) != MG_OK) return lmg_fail(L, LSTATE(L), NULL);
   lua_pushstring(L, tmp);                            /* may raise: free 'tmp' first */
   free(tmp);
   return 1;
@@ -210,7 +211,7 @@ static int lib_commit_file(lua_State *L) {
   const char *op = luaL_checkstring(L, 3);
   char *owned = strdup(tmp);
   if (owned == NULL) return luaL_error(L, "%s: out of memory", op);
-  if (mg_tmpfile_commit(C, op, owned, path) != MG_OK) return lmg_fail(L, C);
+  if (mg_tmpfile_commit(C, op, owned, path) != MG_OK) return lmg_fail(L, LSTATE(L), NULL);
   return 0;
 }
 
@@ -273,3 +274,22 @@ int luaopen_moongrad(lua_State *L) {
   lua_call(L, 1, 0);                                 /* extends the module table */
   return 1;
 }
+
+/* 'require "moongrad.nn"' (likewise plot, optim, core) before, or without, 'require "moongrad"':
+** a stock lua5.4 finds no moongrad/nn.lua or moongrad/nn.so, then its all-in-one C loader
+** finds moongrad.so on package.cpath and calls luaopen_moongrad_nn from it. Opening the module
+** registers the Lua parts in package.preload; the inner require then loads this one from there
+** (package.loaded[name] is not set while the outer require runs). */
+static int open_submodule(lua_State *L, const char *name) {
+  luaL_requiref(L, "moongrad", luaopen_moongrad, 0);
+  lua_pop(L, 1);
+  lua_getglobal(L, "require");
+  lua_pushstring(L, name);
+  lua_call(L, 1, 1);
+  return 1;
+}
+
+#define MG_SUBMODULE_OPENER(n) \
+  MG_API int luaopen_moongrad_##n(lua_State *L); \
+  MG_API int luaopen_moongrad_##n(lua_State *L) { return open_submodule(L, "moongrad." #n); }
+MG_LUA_MODULE_NAMES(MG_SUBMODULE_OPENER)

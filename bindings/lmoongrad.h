@@ -44,8 +44,18 @@ void lmg_unlink_slot(lslot *s);
 /* The state record of 'L', or NULL before luaopen_moongrad (never creates it). */
 lstate *lmg_findstate(lua_State *L);
 
-/* Raise the context's error message as a Lua error. */
-int lmg_fail(lua_State *L, mg_ctx *C);
+/* Errors. Every binding raises runtime failures through lmg_fail (or lmg_result), errors of
+** one argument through luaL_argerror/luaL_typeerror/luaL_argcheck ("bad argument #2 to
+** 'reshape' (...)"); sizes and indices print with "%I" (lua_Integer), never through (int)
+** casts. luaL_error with the function's name first ("item: tensor has 4 elements, expected
+** exactly one") is for what no single argument is to blame for (the receiver's state, two
+** arguments that disagree) and in metamethods that C code may call without a function name
+** (arithmetic from the string library, t[i] from ipairs).
+** lmg_fail raises the context's last message as the error of the user-facing function 'fn'
+** (NULL: the message as the runtime wrote it). The runtime names its own op first
+** ("copy: ..."); 'fn' takes that place, or goes in front of a message that names none
+** ("out of memory ..."). */
+int lmg_fail(lua_State *L, lstate *S, const char *fn);
 /* Push an empty tensor slot (filled by lmg_settensor): an error before it is filled
 ** leaves only a harmless empty value. */
 mg_tensor **lmg_newslot(lua_State *L);
@@ -66,8 +76,16 @@ int lmg_checkdim(lua_State *L, int idx, int ndim);
 int lmg_checkshape(lua_State *L, int idx, int64_t *shape);
 /* Index of a trailing options table after 'idx' (0 when none). */
 int lmg_options(lua_State *L, int idx);
-/* dtype from options table 'opt' (0: none), or the default. */
-mg_dtype lmg_optdtype(lua_State *L, lstate *S, int opt);
+/* dtype from options table 'opt' (0: none) of function 'fn', or the default; any other key is
+** an error (lmg_checkoptions). */
+mg_dtype lmg_optdtype(lua_State *L, lstate *S, int opt, const char *fn);
+/* Strict options, one checker for C and Lua callers (mg._unknown_option): the table at 'idx'
+** has only keys among 'known' (NULL-terminated), else the message (pushed) names 'fn', the
+** key and the nearest known key: "GradientTape: unknown option 'persistant' (did you mean
+** 'persistent'?)". lmg_unknown_option returns it (NULL when all keys are known);
+** lmg_checkoptions raises it. */
+const char *lmg_unknown_option(lua_State *L, int idx, const char *fn, const char *const *known);
+void lmg_checkoptions(lua_State *L, int idx, const char *fn, const char *const *known);
 mg_dtype lmg_checkdtype(lua_State *L, int idx);
 
 /* Register functions with the per-state record as upvalue. */

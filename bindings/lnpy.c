@@ -9,7 +9,7 @@ static int npy_save(lua_State *L) {
   LSTATE_ARG;
   mg_tensor *t = mg_lua_checktensor(L, 1);
   const char *path = luaL_checkstring(L, 2);
-  if (mg_npy_save(S->C, t, path) != MG_OK) return lmg_fail(L, S->C);
+  if (mg_npy_save(S->C, t, path) != MG_OK) return lmg_fail(L, S, NULL);
   return 0;
 }
 
@@ -17,7 +17,7 @@ static int npy_load(lua_State *L) {
   LSTATE_ARG;
   const char *path = luaL_checkstring(L, 1);
   mg_tensor **slot = lmg_newslot(L), *t = NULL;
-  if (mg_npy_load(S->C, path, &t) != MG_OK) return lmg_fail(L, S->C);
+  if (mg_npy_load(S->C, path, &t) != MG_OK) return lmg_fail(L, S, NULL);
   lmg_settensor(L, S, slot, t);
   return 1;
 }

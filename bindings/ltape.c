@@ -17,9 +17,11 @@ static ltape *checktape(lua_State *L, int idx) {
 /* GradientTape{persistent=false, watch_accessed_variables=true} */
 static int tape_new(lua_State *L) {
   lstate *S = LSTATE(L);
+  static const char *const known[] = { "persistent", "watch_accessed_variables", NULL };
   bool persistent = false, watch_vars = true;
   if (!lua_isnoneornil(L, 1)) {
     luaL_checktype(L, 1, LUA_TTABLE);
+    lmg_checkoptions(L, 1, "GradientTape", known);
     lua_getfield(L, 1, "persistent");
     persistent = lua_toboolean(L, -1);
     lua_getfield(L, 1, "watch_accessed_variables");
@@ -29,7 +31,7 @@ static int tape_new(lua_State *L) {
   ltape *p = lua_newuserdatauv(L, sizeof *p, 0);
   p->T = NULL;
   luaL_setmetatable(L, MG_TAPE_MT);
-  if (mg_tape_new(S->C, persistent, watch_vars, &p->T) != MG_OK) return lmg_fail(L, S->C);
+  if (mg_tape_new(S->C, persistent, watch_vars, &p->T) != MG_OK) return lmg_fail(L, S, NULL);
   return 1;
 }
 
@@ -60,11 +62,11 @@ static int tape_watch(lua_State *L) {
         lua_rawgeti(L, i, k);
         mg_tensor *t = lmg_totensor(L, -1);
         if (!t) return luaL_argerror(L, i, lua_pushfstring(L, "entry %d is not a tensor", k));
-        if (mg_tape_watch(p->T, t) != MG_OK) return lmg_fail(L, S->C);
+        if (mg_tape_watch(p->T, t) != MG_OK) return lmg_fail(L, S, NULL);
         lua_pop(L, 1);
       }
     } else if (mg_tape_watch(p->T, mg_lua_checktensor(L, i)) != MG_OK) {
-      return lmg_fail(L, S->C);
+      return lmg_fail(L, S, NULL);
     }
   }
   return 0;
@@ -118,19 +120,22 @@ static mg_tensor **tensorlist(lua_State *L, int idx, int *n, bool *single, const
   return a;
 }
 
-/* Push each result (taking ownership), as one tensor or an array with nil holes. */
+/* Push each result (taking ownership), as one tensor or an array with nil holes and its
+** length in field 'n' (optimizers tell a trailing hole from a missing gradient by it). */
 static int push_results(lua_State *L, lstate *S, mg_tensor **res, int n, bool single) {
   if (single) {
     if (res[0] == NULL) { lua_pushnil(L); return 1; }
     lmg_settensor(L, S, lmg_newslot(L), res[0]);
     return 1;
   }
-  lua_createtable(L, n, 0);
+  lua_createtable(L, n, 1);
   for (int i = 0; i < n; i++) {
     if (res[i] == NULL) continue;
     lmg_settensor(L, S, lmg_newslot(L), res[i]);
     lua_rawseti(L, -2, i + 1);
   }
+  lua_pushinteger(L, n);                /* the length, holes included (as table.pack) */
+  lua_setfield(L, -2, "n");
   return 1;
 }
 
@@ -177,10 +182,12 @@ static bool opt_unconnected_zero(lua_State *L, int opt) {
 
 /* gradient(target, sources [, {output_gradients=, unconnected="none"|"zero"}]) */
 static int tape_gradient(lua_State *L) {
+  static const char *const known[] = { "output_gradients", "unconnected", NULL };
   lstate *S = LSTATE(L);
   ltape *p = checktape(L, 1);
   int nt, ns, opt = lua_istable(L, 4) ? 4 : 0;
   bool single_t, single_s;
+  if (opt) lmg_checkoptions(L, opt, "gradient", known);
   mg_tensor **tg = tensorlist(L, 2, &nt, &single_t, "target");
   mg_tensor **src = tensorlist(L, 3, &ns, &single_s, "sources");
   mg_tensor **seeds = NULL;
@@ -191,28 +198,33 @@ static int tape_gradient(lua_State *L) {
       bool single_g;
       seeds = tensorlist(L, lua_gettop(L), &nseed, &single_g, "output_gradients");
       if (nseed != nt)
-        return luaL_error(L, "gradient: %d output_gradients for %d targets", nseed, nt);
+        return luaL_argerror(L, 4, lua_pushfstring(L, "%d output_gradients for %d targets",
+                                                   nseed, nt));
       for (int i = 0; i < nt; i++) {
         int nd = mg_tensor_ndim(seeds[i]);
         if (nd != mg_tensor_ndim(tg[i]) ||
             memcmp(mg_tensor_shape(seeds[i]), mg_tensor_shape(tg[i]), (size_t)nd * sizeof(int64_t)) != 0)
-          return luaL_error(L, "gradient: output_gradients[%d] does not have the shape of target %d", i + 1, i + 1);
+          return luaL_argerror(L, 4, lua_pushfstring(L, "output_gradients[%d] does not have the shape "
+                                                     "of target %d", i + 1, i + 1));
       }
     }
   }
   bool uz = opt_unconnected_zero(L, opt);
   results *r = newresults(L, ns);
   if (mg_tape_gradient(p->T, nt, tg, seeds, 0, ns, src, uz, r->t) != MG_OK)
-    return lmg_fail(L, S->C);
+    return lmg_fail(L, S, NULL);
   return hand_out(L, S, r, single_s);
 }
 
 static int jacobian(lua_State *L, bool batch) {
+  static const char *const plain[] = { "mode", "unconnected", NULL },
+                           *const batched[] = { "mode", "check", "unconnected", NULL };
   lstate *S = LSTATE(L);
   ltape *p = checktape(L, 1);
   mg_tensor *target = mg_lua_checktensor(L, 2);
   int ns, opt = lua_istable(L, 4) ? 4 : 0, mode = 0;
   bool single, check = false;
+  if (opt) lmg_checkoptions(L, opt, batch ? "batch_jacobian" : "jacobian", batch ? batched : plain);
   mg_tensor **src = tensorlist(L, 3, &ns, &single, "source");
   if (opt) {
     static const char *const modes[] = { "rev", "fwd", "auto", NULL };
@@ -225,7 +237,7 @@ static int jacobian(lua_State *L, bool batch) {
   bool uz = opt_unconnected_zero(L, opt);
   results *r = newresults(L, ns);
   if (mg_tape_jacobian(p->T, target, ns, src, batch, mode, check, uz, r->t) != MG_OK)
-    return lmg_fail(L, S->C);
+    return lmg_fail(L, S, NULL);
   return hand_out(L, S, r, single);
 }
 
@@ -251,26 +263,28 @@ static int tape_forward(lua_State *L) {
   mg_tensor **src = tensorlist(L, 2, &ns, &s1, "sources");
   mg_tensor **tan = tensorlist(L, 3, &ntan, &s2, "tangents");
   mg_tensor **tg = tensorlist(L, 4, &nt, &single, "targets");
-  if (ns != ntan) return luaL_error(L, "forward: %d tangents for %d sources", ntan, ns);
+  if (ns != ntan)
+    return luaL_argerror(L, 3, lua_pushfstring(L, "%d tangents for %d sources", ntan, ns));
   for (int i = 0; i < ns; i++) {
     int nd = mg_tensor_ndim(src[i]);
     if (nd + lead != mg_tensor_ndim(tan[i]) ||
         memcmp(mg_tensor_shape(src[i]), mg_tensor_shape(tan[i]) + lead, (size_t)nd * sizeof(int64_t)) != 0 ||
         (lead && mg_tensor_shape(tan[i])[0] != mg_tensor_shape(tan[0])[0]))
-      return luaL_error(L, lead ? "forward: tangent %d is not (K, shape of its source) with one K for all"
-                                : "forward: tangent %d does not have the shape of its source", i + 1);
+      return luaL_argerror(L, 3, lua_pushfstring(L, lead
+                               ? "tangent %d is not (K, shape of its source) with one K for all"
+                               : "tangent %d does not have the shape of its source", i + 1));
   }
   results *r = newresults(L, nt);
-  if (mg_tape_forward(p->T, ns, src, tan, lead, nt, tg, r->t) != MG_OK) return lmg_fail(L, S->C);
+  if (mg_tape_forward(p->T, ns, src, tan, lead, nt, tg, r->t) != MG_OK) return lmg_fail(L, S, NULL);
   return hand_out(L, S, r, single);
 }
 
 static int tape_tostring(lua_State *L) {
   ltape *p = luaL_checkudata(L, 1, MG_TAPE_MT);
   if (p->T == NULL) lua_pushliteral(L, "GradientTape (released)");
-  else lua_pushfstring(L, "GradientTape (%s, %d watched)",
+  else lua_pushfstring(L, "GradientTape (%s, %I watched)",
                        mg_tape_is_recording(p->T) ? "recording" : "stopped",
-                       (int)mg_tape_nwatched(p->T));
+                       (lua_Integer)mg_tape_nwatched(p->T));
   return 1;
 }
 
@@ -289,7 +303,7 @@ static int tensor_variable(lua_State *L) {
     mg_tensor_set_variable(v, true);
     if (name && mg_tensor_set_name(v, name) != MG_OK) {
       mg_tensor_release(v);
-      return luaL_error(L, "Variable: out of memory");
+      return luaL_error(L, "Variable: out of memory");          /* no message in the context */
     }
   }
   return lmg_result(L, S, st, &v);

@@ -9,6 +9,7 @@
 #include "lmoongrad.h"
 
 #define LSTATE_ARG lstate *S = LSTATE(L)
+#define METHODS_KEY "moongrad.Tensor.methods"   /* registry: the Tensor method table */
 
 /* ================================================================ userdata */
 
@@ -72,19 +73,25 @@ void mg_lua_pushtensor(lua_State *L, mg_tensor *t) {
   *slot = mg_tensor_retain(t);
 }
 
-/* A message that names no function ("out of memory allocating ...", from an op that does not
-** name its own) gets the name Lua called the function by: "add" for a + b, "matmul". */
-int lmg_fail(lua_State *L, mg_ctx *C) {
-  const char *msg = mg_errmsg(C), *sp = strchr(msg, ' ');
-  bool named = sp != NULL && sp > msg && sp[-1] == ':';      /* "matmul: ..." */
-  lua_Debug ar;
-  if (!named && lua_getstack(L, 0, &ar) && lua_getinfo(L, "n", &ar) && ar.name)
-    return luaL_error(L, "%s: %s", ar.name, msg);
-  return luaL_error(L, "%s", msg);
+/* Raise the context's message. 'fn' (the user-facing name) replaces the runtime's op name;
+** with 'fn' NULL, a message that names no function ("out of memory allocating ...", from an op
+** that does not name its own) gets the name Lua called the function by: "add" for a + b. */
+int lmg_fail(lua_State *L, lstate *S, const char *fn) {
+  const char *msg = mg_errmsg(S->C);
+  size_t n = strspn(msg, "abcdefghijklmnopqrstuvwxyz0123456789_");
+  bool named = n > 0 && msg[n] == ':' && msg[n + 1] == ' ';     /* "matmul: ..." */
+  if (fn == NULL) {
+    lua_Debug ar;
+    if (!named && lua_getstack(L, 0, &ar) && lua_getinfo(L, "n", &ar) && ar.name)
+      return luaL_error(L, "%s: %s", ar.name, msg);
+    return luaL_error(L, "%s", msg);
+  }
+  if (named) msg += n + 2;
+  return luaL_error(L, "%s: %s", fn, msg);
 }
 
 int lmg_result(lua_State *L, lstate *S, mg_status st, mg_tensor **t) {
-  if (st != MG_OK) return lmg_fail(L, S->C);
+  if (st != MG_OK) return lmg_fail(L, S, NULL);
   mg_tensor **slot = lmg_newslot(L);
   lmg_settensor(L, S, slot, *t);
   return 1;
@@ -112,16 +119,122 @@ mg_dtype lmg_checkdtype(lua_State *L, int idx) {
 int lmg_options(lua_State *L, int idx) {
   int top = lua_gettop(L);
   if (top < idx || !lua_istable(L, top)) return 0;
-  if (top == idx) {                                 /* a lone table: options only if keyed */
-    lua_getfield(L, top, "dtype");
-    bool keyed = !lua_isnil(L, -1);
+  if (top == idx) {       /* a lone table: options when keyed (any non-integer key), no [1] */
+    bool keyed = false;
+    lua_pushnil(L);
+    while (!keyed && lua_next(L, top)) {
+      keyed = !lua_isinteger(L, -2);
+      lua_pop(L, keyed ? 2 : 1);
+    }
+    if (!keyed) return 0;
+    bool arr = lua_rawgeti(L, top, 1) != LUA_TNIL;
     lua_pop(L, 1);
-    lua_rawgeti(L, top, 1);
-    bool arr = !lua_isnil(L, -1);
-    lua_pop(L, 1);
-    if (arr || !keyed) return 0;
+    if (arr) return 0;
   }
   return top;
+}
+
+/* ================================================================ strict options */
+
+/* Edit distance of 'a' and 'b' (Levenshtein; names longer than 63 bytes count as far). */
+static size_t distance(const char *a, const char *b) {
+  size_t na = strlen(a), nb = strlen(b), row[64];
+  if (na > 63 || nb > 63) return (size_t)-1;
+  for (size_t j = 0; j <= nb; j++) row[j] = j;
+  for (size_t i = 1; i <= na; i++) {
+    size_t diag = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= nb; j++) {
+      size_t up = row[j], best = diag + (a[i - 1] != b[j - 1]);
+      if (up + 1 < best) best = up + 1;
+      if (row[j - 1] + 1 < best) best = row[j - 1] + 1;
+      diag = up;
+      row[j] = best;
+    }
+  }
+  return row[nb];
+}
+
+static bool known_key(const char *k, const char *const *known) {
+  for (; *known != NULL; known++)
+    if (strcmp(k, *known) == 0) return true;
+  return false;
+}
+
+/* Push "fn: unknown option 'k' (did you mean 'x'?)" for the key at the top (popped); 'fn'
+** NULL: no name in front. */
+static const char *unknown_message(lua_State *L, const char *fn, const char *const *known) {
+  const char *msg, *sep = fn ? ": " : "";
+  if (fn == NULL) fn = "";
+  if (lua_type(L, -1) == LUA_TSTRING) {
+    const char *k = lua_tostring(L, -1), *near = known[0];
+    for (const char *const *c = known; *c != NULL; c++)
+      if (distance(k, *c) < distance(k, near)) near = *c;
+    msg = near ? lua_pushfstring(L, "%s%sunknown option '%s' (did you mean '%s'?)", fn, sep, k, near)
+               : lua_pushfstring(L, "%s%sunknown option '%s' (it takes none)", fn, sep, k);
+  } else {
+    const char *k = luaL_tolstring(L, -1, NULL);
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    for (const char *const *c = known; *c != NULL; c++) {
+      lua_pushfstring(L, "%s'%s'", c == known ? "" : ", ", *c);
+      luaL_addvalue(&b);
+    }
+    luaL_pushresult(&b);                            /* key, k, list */
+    msg = lua_pushfstring(L, "%s%sunknown option [%s] (options are named: %s)", fn, sep, k,
+                          lua_tostring(L, -1));
+    lua_replace(L, -3);                             /* key, msg, list */
+    lua_pop(L, 1);
+  }
+  lua_remove(L, -2);                                /* the key */
+  return msg;
+}
+
+const char *lmg_unknown_option(lua_State *L, int idx, const char *fn,
+                               const char *const *known) {
+  idx = lua_absindex(L, idx);
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    lua_pop(L, 1);
+    if (lua_type(L, -1) != LUA_TSTRING || !known_key(lua_tostring(L, -1), known))
+      return unknown_message(L, fn, known);
+  }
+  return NULL;
+}
+
+void lmg_checkoptions(lua_State *L, int idx, const char *fn, const char *const *known) {
+  if (lmg_unknown_option(L, idx, fn, known) == NULL) return;
+  luaL_where(L, 1);                                 /* the caller's line, as luaL_error */
+  lua_insert(L, -2);
+  lua_concat(L, 2);
+  lua_error(L);
+}
+
+/* mg._unknown_option(fn, opts, known): the message for the first key of the table 'opts' that
+** is not in 'known' (an array of names, or a set), or nil: the checker of the Lua parts ('fn'
+** nil: the message does not name the function). */
+static int tensor_unknown_option(lua_State *L) {
+  const char *fn = luaL_optstring(L, 1, NULL);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  luaL_checktype(L, 3, LUA_TTABLE);
+  int n = 0;
+  lua_pushnil(L);
+  while (lua_next(L, 3)) { n++; lua_pop(L, 1); }
+  const char **known = lua_newuserdatauv(L, ((size_t)n + 1) * sizeof *known, 0);
+  int k = 0;
+  lua_pushnil(L);
+  while (lua_next(L, 3)) {              /* the strings stay alive in 'known' (argument 3) */
+    int name = lua_type(L, -2) == LUA_TSTRING ? -2 : -1;
+    if (lua_type(L, name) == LUA_TSTRING) known[k++] = lua_tostring(L, name);
+    lua_pop(L, 1);
+  }
+  for (int i = 1; i < k; i++)           /* sorted: the same suggestion on every run */
+    for (int j = i; j > 0 && strcmp(known[j - 1], known[j]) > 0; j--) {
+      const char *t = known[j]; known[j] = known[j - 1]; known[j - 1] = t;
+    }
+  known[k] = NULL;
+  if (lmg_unknown_option(L, 2, fn, known) == NULL) lua_pushnil(L);
+  return 1;
 }
 
 /* dtype from a name: "float32"/"float" or "float64"/"double"; -1 if unknown. */
@@ -132,7 +245,8 @@ static int dtype_of(const char *s) {
   return -1;
 }
 
-mg_dtype lmg_optdtype(lua_State *L, lstate *S, int opt) {
+/* The 'dtype' of options table 'opt' (0: none), or the default; other keys unchecked. */
+static mg_dtype readdtype(lua_State *L, lstate *S, int opt) {
   mg_dtype dt = mg_default_dtype(S->C);
   if (opt == 0) return dt;
   lua_getfield(L, opt, "dtype");
@@ -146,6 +260,12 @@ mg_dtype lmg_optdtype(lua_State *L, lstate *S, int opt) {
   return dt;
 }
 
+mg_dtype lmg_optdtype(lua_State *L, lstate *S, int opt, const char *fn) {
+  static const char *const known[] = { "dtype", NULL };
+  if (opt != 0) lmg_checkoptions(L, opt, fn, known);
+  return readdtype(L, S, opt);
+}
+
 static int64_t checksize(lua_State *L, int idx) {
   lua_Integer n;
   int isnum;
@@ -154,7 +274,7 @@ static int64_t checksize(lua_State *L, int idx) {
     if (lua_type(L, idx) == LUA_TNUMBER) luaL_argerror(L, idx, "size must be an integer");
     luaL_typeerror(L, idx, "integer size");
   }
-  if (n < 0) luaL_argerror(L, idx, lua_pushfstring(L, "negative size %I", (LUAI_UACINT)n));
+  if (n < 0) luaL_argerror(L, idx, lua_pushfstring(L, "negative size %I", n));
   return (int64_t)n;
 }
 
@@ -173,7 +293,7 @@ int lmg_checkshape(lua_State *L, int idx, int64_t *shape) {
           luaL_argerror(L, idx, lua_pushfstring(L, "shape entry %d is not an integer", i));
       }
       lua_Integer v = lua_tointeger(L, -1);
-      if (v < 0) luaL_argerror(L, idx, lua_pushfstring(L, "negative size %I in shape", (LUAI_UACINT)v));
+      if (v < 0) luaL_argerror(L, idx, lua_pushfstring(L, "negative size %I in shape", v));
       shape[nd++] = (int64_t)v;
       lua_pop(L, 1);
     }
@@ -186,12 +306,29 @@ int lmg_checkshape(lua_State *L, int idx, int64_t *shape) {
   return nd;
 }
 
+/* 0-based position of the 1-based index 'i' (negative: from the end) along 'n', or -1. */
+static lua_Integer position(lua_Integer i, lua_Integer n) {
+  lua_Integer z = i < 0 ? i + n : i - 1;
+  return i == 0 || z < 0 || z >= n ? -1 : z;
+}
+
+#define ONE_BASED(i) ((i) == 0 ? " (indices and dims are 1-based)" : "")
+
+/* Push and return "index 0 out of range for dimension 2 of size 3 (...)". */
+static const char *index_message(lua_State *L, lua_Integer i, int dim, lua_Integer n) {
+  return lua_pushfstring(L, "index %I out of range for dimension %d of size %I%s", i, dim, n,
+                         ONE_BASED(i));
+}
+
+/* Push and return "dimension 0 out of range for a 2-d tensor (...)". */
+static const char *dim_message(lua_State *L, lua_Integer d, int ndim) {
+  return lua_pushfstring(L, "dimension %I out of range for a %d-d tensor%s", d, ndim,
+                         ONE_BASED(d));
+}
+
 int lmg_checkdim(lua_State *L, int idx, int ndim) {
-  lua_Integer d = luaL_checkinteger(L, idx);
-  lua_Integer z = d < 0 ? d + ndim : d - 1;
-  if (d == 0 || z < 0 || z >= ndim)
-    luaL_argerror(L, idx, lua_pushfstring(L, "dimension %I out of range for a %d-d tensor",
-                                          (LUAI_UACINT)d, ndim));
+  lua_Integer d = luaL_checkinteger(L, idx), z = position(d, ndim);
+  if (z < 0) luaL_argerror(L, idx, dim_message(L, d, ndim));
   return (int)z;
 }
 
@@ -200,13 +337,8 @@ mg_tensor *lmg_checkoperand(lua_State *L, lstate *S, int idx, mg_dtype dt) {
   mg_tensor *t = lmg_totensor(L, idx);
   if (t) return mg_tensor_retain(t);
   if (lua_type(L, idx) != LUA_TNUMBER) luaL_typeerror(L, idx, "tensor or number");
-  if (mg_tensor_full(S->C, dt, 0, NULL, lua_tonumber(L, idx), &t) != MG_OK) lmg_fail(L, S->C);
+  if (mg_tensor_full(S->C, dt, 0, NULL, lua_tonumber(L, idx), &t) != MG_OK) lmg_fail(L, S, NULL);
   return t;
-}
-
-/* Raise the context's message (out of memory, too many elements) for creation function 'fn'. */
-static int create_fail(lua_State *L, lstate *S, const char *fn) {
-  return luaL_error(L, "%s: %s", fn, mg_errmsg(S->C));
 }
 
 static bool optbool(lua_State *L, int idx, bool def) {
@@ -224,13 +356,16 @@ static void fill_nested(lua_State *L, int idx, mg_tensor *t, int d, int64_t *pos
     if (d + 1 == mg_tensor_ndim(t)) {
       int ok;
       lua_Number v = lua_tonumberx(L, -1, &ok);
-      if (!ok) luaL_error(L, "tensor: expected a number at depth %d, got %s", d + 1, luaL_typename(L, -1));
+      if (!ok)
+        luaL_argerror(L, 1, lua_pushfstring(L, "expected a number at depth %d, got %s", d + 1,
+                                            luaL_typename(L, -1)));
       if (es == 8) ((double *)base)[*pos] = v;
       else ((float *)base)[*pos] = (float)v;
       (*pos)++;
     } else {
       if (!lua_istable(L, -1) || (int64_t)lua_rawlen(L, -1) != shape[d + 1])
-        luaL_error(L, "tensor: nested tables are ragged at depth %d (expected %d entries)", d + 2, (int)shape[d + 1]);
+        luaL_argerror(L, 1, lua_pushfstring(L, "nested tables are ragged at depth %d (expected %I "
+                                            "entries)", d + 2, (lua_Integer)shape[d + 1]));
       fill_nested(L, lua_gettop(L), t, d + 1, pos, base);
     }
     lua_pop(L, 1);
@@ -241,11 +376,11 @@ static int tensor_new(lua_State *L) {
   LSTATE_ARG;
   int opt = lua_istable(L, 2) ? 2 : 0;
   if (!opt && !lua_isnoneornil(L, 2)) return luaL_typeerror(L, 2, "options table");
-  mg_dtype dt = lmg_optdtype(L, S, opt);
+  mg_dtype dt = lmg_optdtype(L, S, opt, "tensor");
   lua_settop(L, 2);
   mg_tensor **slot = lmg_newslot(L), *t = NULL;  /* at 3 */
   if (lua_type(L, 1) == LUA_TNUMBER) {
-    if (mg_tensor_full(S->C, dt, 0, NULL, lua_tonumber(L, 1), &t) != MG_OK) return create_fail(L, S, "tensor");
+    if (mg_tensor_full(S->C, dt, 0, NULL, lua_tonumber(L, 1), &t) != MG_OK) return lmg_fail(L, S, "tensor");
     lmg_settensor(L, S, slot, t);
     return 1;
   }
@@ -253,7 +388,7 @@ static int tensor_new(lua_State *L) {
     mg_tensor *c = NULL;
     mg_status st = mg_tensor_cast(S->C, t, opt ? dt : mg_tensor_dtype(t), &c);
     if (st == MG_OK && c == t) { mg_tensor_release(c); st = mg_tensor_clone(S->C, t, &c); }
-    if (st != MG_OK) return create_fail(L, S, "tensor");
+    if (st != MG_OK) return lmg_fail(L, S, "tensor");
     lmg_settensor(L, S, slot, c);
     return 1;
   }
@@ -268,7 +403,7 @@ static int tensor_new(lua_State *L) {
     lua_rawgeti(L, -1, 1);
   }
   lua_settop(L, 3);
-  if (mg_tensor_empty(S->C, dt, nd, shape, &t) != MG_OK) return create_fail(L, S, "tensor");
+  if (mg_tensor_empty(S->C, dt, nd, shape, &t) != MG_OK) return lmg_fail(L, S, "tensor");
   *slot = t;                                        /* owned by the slot from here on */
   int64_t pos = 0;
   if (nd > 0) fill_nested(L, 1, t, 0, &pos, mg_tensor_data(t));   /* when empty too: raggedness */
@@ -280,9 +415,9 @@ static int full_shape(lua_State *L, const char *fn, double v) {
   LSTATE_ARG;
   int64_t shape[MG_MAXDIM];
   int nd = lmg_checkshape(L, 1, shape);
-  mg_dtype dt = lmg_optdtype(L, S, lmg_options(L, 1));
+  mg_dtype dt = lmg_optdtype(L, S, lmg_options(L, 1), fn);
   mg_tensor **slot = lmg_newslot(L), *t = NULL;
-  if (mg_tensor_full(S->C, dt, nd, shape, v, &t) != MG_OK) return create_fail(L, S, fn);
+  if (mg_tensor_full(S->C, dt, nd, shape, v, &t) != MG_OK) return lmg_fail(L, S, fn);
   lmg_settensor(L, S, slot, t);
   return 1;
 }
@@ -302,9 +437,9 @@ static int tensor_eye(lua_State *L) {
   LSTATE_ARG;
   int64_t n = checksize(L, 1), m = lua_isinteger(L, 2) ? checksize(L, 2) : n;
   int64_t shape[2] = { n, m };
-  mg_dtype dt = lmg_optdtype(L, S, lmg_options(L, 2));
+  mg_dtype dt = lmg_optdtype(L, S, lmg_options(L, 2), "eye");
   mg_tensor **slot = lmg_newslot(L), *t = NULL;
-  if (mg_tensor_zeros(S->C, dt, 2, shape, &t) != MG_OK) return create_fail(L, S, "eye");
+  if (mg_tensor_zeros(S->C, dt, 2, shape, &t) != MG_OK) return lmg_fail(L, S, "eye");
   for (int64_t i = 0; i < n && i < m; i++) {
     int64_t idx[2] = { i, i };
     mg_tensor_set(t, idx, 1.0);
@@ -315,9 +450,9 @@ static int tensor_eye(lua_State *L) {
 
 static int make_range(lua_State *L, lstate *S, const char *fn, double a, double step,
                       int64_t n, int opt) {
-  mg_dtype dt = lmg_optdtype(L, S, opt);
+  mg_dtype dt = lmg_optdtype(L, S, opt, fn);
   mg_tensor **slot = lmg_newslot(L), *t = NULL;
-  if (mg_tensor_empty(S->C, dt, 1, &n, &t) != MG_OK) return create_fail(L, S, fn);
+  if (mg_tensor_empty(S->C, dt, 1, &n, &t) != MG_OK) return lmg_fail(L, S, fn);
   for (int64_t i = 0; i < n; i++) mg_tensor_set(t, &i, a + (double)i * step);
   lmg_settensor(L, S, slot, t);
   return 1;
@@ -369,12 +504,12 @@ static int random_fill(lua_State *L, int kind) {
     lua_remove(L, last - 1);
     if (opt) opt -= 2;
   }
+  const char *fn = kind == 0 ? "rand" : kind == 1 ? "randn" : "uniform";
   int64_t shape[MG_MAXDIM];
   int nd = lmg_checkshape(L, 1, shape);
-  mg_dtype dt = lmg_optdtype(L, S, opt);
+  mg_dtype dt = lmg_optdtype(L, S, opt, fn);
   mg_tensor **slot = lmg_newslot(L), *t = NULL;
-  if (mg_tensor_empty(S->C, dt, nd, shape, &t) != MG_OK)
-    return create_fail(L, S, kind == 0 ? "rand" : kind == 1 ? "randn" : "uniform");
+  if (mg_tensor_empty(S->C, dt, nd, shape, &t) != MG_OK) return lmg_fail(L, S, fn);
   if (kind == 1) mg_fill_normal(S->C, t, 0, 1);
   else mg_fill_uniform(S->C, t, lo, hi);
   lmg_settensor(L, S, slot, t);
@@ -384,7 +519,9 @@ static int random_fill(lua_State *L, int kind) {
 /* glorot_uniform(rows, cols [, opts]) / orthogonal(rows, cols [, {gain=}] [, opts]): Keras's
 ** initializers as new (rows, cols) tensors; 'dtype' may come in either table. */
 static int init_matrix(lua_State *L, bool ortho) {
+  static const char *const plain[] = { "dtype", NULL }, *const gained[] = { "dtype", "gain", NULL };
   LSTATE_ARG;
+  const char *fn = ortho ? "orthogonal" : "glorot_uniform";
   int64_t shape[2] = { checksize(L, 1), checksize(L, 2) };
   double gain = 1;
   int opt = 0;
@@ -392,6 +529,7 @@ static int init_matrix(lua_State *L, bool ortho) {
     if (lua_isnil(L, i)) continue;
     if (ortho && i == 3 && lua_type(L, i) == LUA_TNUMBER) { gain = lua_tonumber(L, i); continue; }
     luaL_checktype(L, i, LUA_TTABLE);
+    lmg_checkoptions(L, i, fn, ortho ? gained : plain);
     if (ortho && lua_getfield(L, i, "gain") != LUA_TNIL) {
       int ok;
       gain = lua_tonumberx(L, -1, &ok);
@@ -401,13 +539,12 @@ static int init_matrix(lua_State *L, bool ortho) {
     if (lua_getfield(L, i, "dtype") != LUA_TNIL) opt = i;
     lua_pop(L, 1);
   }
-  mg_dtype dt = lmg_optdtype(L, S, opt);
+  mg_dtype dt = readdtype(L, S, opt);
   mg_tensor **slot = lmg_newslot(L), *t = NULL;
-  if (mg_tensor_empty(S->C, dt, 2, shape, &t) != MG_OK)
-    return create_fail(L, S, ortho ? "orthogonal" : "glorot_uniform");
+  if (mg_tensor_empty(S->C, dt, 2, shape, &t) != MG_OK) return lmg_fail(L, S, fn);
   *slot = t;                                        /* owned by the slot from here on */
   if ((ortho ? mg_init_orthogonal(S->C, t, gain) : mg_init_glorot_uniform(S->C, t)) != MG_OK)
-    return lmg_fail(L, S->C);
+    return lmg_fail(L, S, NULL);
   lmg_settensor(L, S, slot, t);
   return 1;
 }
@@ -421,15 +558,19 @@ static int tensor_uniform(lua_State *L) { return random_fill(L, 2); }
 
 /* ================================================================ inspection */
 
-static int tensor_shape(lua_State *L) {
-  mg_tensor *t = mg_lua_checktensor(L, 1);
-  int nd = mg_tensor_ndim(t);
-  lua_createtable(L, nd, 0);
-  for (int i = 0; i < nd; i++) {
-    lua_pushinteger(L, (lua_Integer)mg_tensor_shape(t)[i]);
+/* Push the 'n' sizes at 'v' as a new array; returns 1 (the stack effect). */
+static int push_sizes(lua_State *L, int n, const int64_t *v) {
+  lua_createtable(L, n, 0);
+  for (int i = 0; i < n; i++) {
+    lua_pushinteger(L, (lua_Integer)v[i]);
     lua_rawseti(L, -2, i + 1);
   }
   return 1;
+}
+
+static int tensor_shape(lua_State *L) {
+  mg_tensor *t = mg_lua_checktensor(L, 1);
+  return push_sizes(L, mg_tensor_ndim(t), mg_tensor_shape(t));
 }
 
 static int tensor_size(lua_State *L) {
@@ -459,7 +600,8 @@ static int tensor_len(lua_State *L) {
 static int tensor_item(lua_State *L) {
   mg_tensor *t = mg_lua_checktensor(L, 1);
   if (mg_tensor_numel(t) != 1)
-    return luaL_error(L, "item: tensor has %I elements, expected exactly one", (LUAI_UACINT)mg_tensor_numel(t));
+    return luaL_error(L, "item: tensor has %I elements, expected exactly one",
+                      (lua_Integer)mg_tensor_numel(t));
   int64_t idx[MG_MAXDIM] = { 0 };
   lua_pushnumber(L, mg_tensor_get(t, idx));
   return 1;
@@ -492,10 +634,8 @@ static void checkindex(lua_State *L, const char *fn, mg_tensor *t, int first, in
                lua_gettop(L) - first + 1);
   for (int i = 0; i < nd; i++) {
     lua_Integer k = luaL_checkinteger(L, first + i), n = (lua_Integer)mg_tensor_shape(t)[i];
-    lua_Integer z = k < 0 ? k + n : k - 1;
-    if (k == 0 || z < 0 || z >= n)
-      luaL_argerror(L, first + i, lua_pushfstring(L, "index %I out of range for dimension %d of size %I",
-                                                  (LUAI_UACINT)k, i + 1, (LUAI_UACINT)n));
+    lua_Integer z = position(k, n);
+    if (z < 0) luaL_argerror(L, first + i, index_message(L, k, i + 1, n));
     idx[i] = z;
   }
 }
@@ -530,13 +670,7 @@ static int tensor_is_contiguous(lua_State *L) {
 
 static int tensor_stride(lua_State *L) {
   mg_tensor *t = mg_lua_checktensor(L, 1);
-  int nd = mg_tensor_ndim(t);
-  lua_createtable(L, nd, 0);
-  for (int i = 0; i < nd; i++) {
-    lua_pushinteger(L, (lua_Integer)mg_tensor_strides(t)[i]);
-    lua_rawseti(L, -2, i + 1);
-  }
-  return 1;
+  return push_sizes(L, mg_tensor_ndim(t), mg_tensor_strides(t));
 }
 
 /* ================================================================ views and copies */
@@ -626,25 +760,21 @@ static int tensor_narrow(lua_State *L) {
   mg_tensor *t = mg_lua_checktensor(L, 1), *y = NULL;
   int d = lmg_checkdim(L, 2, mg_tensor_ndim(t));
   lua_Integer start = luaL_checkinteger(L, 3), len = luaL_checkinteger(L, 4);
-  int64_t n = mg_tensor_shape(t)[d];
-  if (start < 0) start += n + 1;                     /* n + 1 + start: no overflow, start < 0 */
-  if (start < 1 || len < 0 || len > n - (start - 1)) {   /* start - 1 + len could overflow */
-    if (len < 0 || start > LUA_MAXINTEGER - len)
-      return luaL_error(L, "narrow: %I elements from %I out of bounds for dimension %d of size %I",
-                        (LUAI_UACINT)len, (LUAI_UACINT)start, d + 1, (LUAI_UACINT)n);
-    return luaL_error(L, "narrow: range %I..%I out of bounds for dimension %d of size %I",
-                      (LUAI_UACINT)start, (LUAI_UACINT)(start + len - 1), d + 1, (LUAI_UACINT)n);
+  lua_Integer n = (lua_Integer)mg_tensor_shape(t)[d];
+  if (start < 0) start += n + 1;
+  if (start < 1 || len < 0 || start - 1 > n - len) {         /* no overflow for huge 'len' */
+    bool fits = len >= 0 && (start < 1 || len - 1 <= LUA_MAXINTEGER - start);
+    const char *end = fits ? lua_pushfstring(L, "%I", start + len - 1) : "...";
+    return luaL_error(L, "narrow: range %I..%s out of bounds for dimension %d of size %I%s",
+                      start, end, d + 1, n, ONE_BASED(start));
   }
   return lmg_result(L, S, mg_tensor_narrow(S->C, t, d, start - 1, len, &y), &y);
 }
 
 static int select_at(lua_State *L, lstate *S, mg_tensor *t, int d, lua_Integer i, int argi) {
   mg_tensor *y = NULL;
-  int64_t n = mg_tensor_shape(t)[d];
-  lua_Integer z = i < 0 ? i + n : i - 1;
-  if (i == 0 || z < 0 || z >= n)
-    return luaL_argerror(L, argi, lua_pushfstring(L, "index %I out of range for dimension %d of size %I",
-                                                  (LUAI_UACINT)i, d + 1, (LUAI_UACINT)n));
+  lua_Integer n = (lua_Integer)mg_tensor_shape(t)[d], z = position(i, n);
+  if (z < 0) return luaL_argerror(L, argi, index_message(L, i, d + 1, n));
   return lmg_result(L, S, mg_tensor_select(S->C, t, d, z, &y), &y);
 }
 
@@ -695,10 +825,41 @@ static int tensor_copy(lua_State *L) {
   mg_tensor *src = lmg_checkoperand(L, S, 2, mg_tensor_dtype(dst));
   mg_status st = mg_tensor_copy_(S->C, dst, src);
   mg_tensor_release(src);
-  if (st != MG_OK) return lmg_fail(L, S->C);
+  if (st != MG_OK) return lmg_fail(L, S, NULL);
   lua_settop(L, 1);
   return 1;
 }
+
+/* v:assign(t), v:assign_add(t), v:assign_sub(t): write 't' (tensor or number, broadcast to
+** v's shape), v + t or v - t into the Variable 'v', in place and not recorded, as TensorFlow's
+** assign ops. 'op' < 0: plain assignment. Errors name 'fn'. */
+static int assign(lua_State *L, const char *fn, int op) {
+  LSTATE_ARG;
+  mg_tensor **p = luaL_testudata(L, 1, MG_TENSOR_MT);
+  if (p == NULL || *p == NULL || !mg_tensor_is_variable(*p))
+    return luaL_error(L, "%s: expected a Variable, got %s", fn, p == NULL ? luaL_typename(L, 1)
+                      : *p == NULL ? "a released tensor" : "a plain tensor");
+  mg_tensor *v = *p, **slot = lmg_newslot(L), *t = NULL;    /* the slot owns 'src' */
+  lua_insert(L, 2);
+  if (lua_type(L, 3) != LUA_TNUMBER && lmg_totensor(L, 3) == NULL)
+    return luaL_error(L, "%s: expected a tensor or number, got %s", fn, luaL_typename(L, 3));
+  *slot = lmg_checkoperand(L, S, 3, mg_tensor_dtype(v));
+  mg_status st = MG_OK;
+  if (op >= 0) {
+    mg_no_grad_enter(S->C);
+    st = mg_tensor_binary(S->C, (mg_binary)op, v, *slot, &t);
+    mg_no_grad_exit(S->C);
+  } else t = mg_tensor_retain(*slot);
+  if (st == MG_OK) st = mg_tensor_copy_(S->C, v, t);
+  mg_tensor_release(t);
+  if (st != MG_OK) return lmg_fail(L, S, fn);
+  lua_settop(L, 1);
+  return 1;
+}
+
+static int tensor_assign(lua_State *L) { return assign(L, "assign", -1); }
+static int tensor_assign_add(lua_State *L) { return assign(L, "assign_add", MG_B_ADD); }
+static int tensor_assign_sub(lua_State *L) { return assign(L, "assign_sub", MG_B_SUB); }
 
 /* The 0-based row of key 2 in t[i] or t[i] = v (1-based, negative from the end). Errors
 ** name 'index' themselves: these metamethods also run from C (ipairs, table.insert), where
@@ -710,9 +871,8 @@ static int64_t row_index(lua_State *L, mg_tensor *t) {
   if (!isint)
     luaL_error(L, "index: index must be an integer, got %s", lua_type(L, 2) == LUA_TNUMBER
                ? lua_pushfstring(L, "%f", lua_tonumber(L, 2)) : luaL_typename(L, 2));
-  lua_Integer z = i < 0 ? i + n : i - 1;
-  if (i == 0 || z < 0 || z >= n)
-    luaL_error(L, "index: index %I out of range for dimension 1 of size %I", (LUAI_UACINT)i, (LUAI_UACINT)n);
+  lua_Integer z = position(i, n);
+  if (z < 0) luaL_error(L, "index: %s", index_message(L, i, 1, n));
   return (int64_t)z;
 }
 
@@ -750,13 +910,13 @@ static int tensor_newindex(lua_State *L) {
   mg_no_grad_enter(S->C);
   mg_status st = mg_tensor_select(S->C, t, 0, z, &y);
   mg_no_grad_exit(S->C);
-  if (st != MG_OK) return lmg_fail(L, S->C);
+  if (st != MG_OK) return lmg_fail(L, S, NULL);
   mg_tensor **slot = lmg_newslot(L);             /* owns 'y' if what follows raises */
   *slot = y;
   mg_tensor *src = lmg_checkoperand(L, S, 3, mg_tensor_dtype(t));
   st = mg_tensor_copy_(S->C, y, src);
   mg_tensor_release(src);
-  if (st != MG_OK) return lmg_fail(L, S->C);
+  if (st != MG_OK) return lmg_fail(L, S, NULL);
   return 0;
 }
 
@@ -918,7 +1078,7 @@ static int tensor_log_softmax(lua_State *L) { return softmax_dim(L, true); }
 typedef mg_status (*reduce_fn)(mg_ctx *, mg_tensor *, uint32_t, bool, mg_tensor **);
 
 /* t:op() over all elements, t:op(d [, keepdim]) over one dim, t:op({d1, d2}) over several */
-static int reduction(lua_State *L, const char *name, reduce_fn fn) {
+static int reduction(lua_State *L, reduce_fn fn) {
   LSTATE_ARG;
   mg_tensor *t = mg_lua_checktensor(L, 1), *y = NULL;
   int nd = mg_tensor_ndim(t);
@@ -929,11 +1089,13 @@ static int reduction(lua_State *L, const char *name, reduce_fn fn) {
     for (int i = 1; i <= n; i++) {
       int isint;
       lua_Integer d = (lua_rawgeti(L, 2, i), lua_tointegerx(L, -1, &isint));
-      lua_Integer z = d < 0 ? d + nd : d - 1;
-      if (!isint || d == 0 || z < 0 || z >= nd)
-        return luaL_error(L, "%s: dimension %s out of range for a %d-d tensor", name,
-                          luaL_tolstring(L, -1, NULL), nd);
-      if ((mask >> z) & 1u) return luaL_error(L, "%s: dimension %I given twice", name, (LUAI_UACINT)d);
+      lua_Integer z = position(d, nd);
+      if (!isint)
+        return luaL_argerror(L, 2, lua_pushfstring(L, "dimension %s out of range for a %d-d tensor",
+                                                   luaL_tolstring(L, -1, NULL), nd));
+      if (z < 0) return luaL_argerror(L, 2, dim_message(L, d, nd));
+      if ((mask >> z) & 1u)
+        return luaL_argerror(L, 2, lua_pushfstring(L, "dimension %I given twice", d));
       mask |= 1u << z;
       lua_pop(L, 1);
     }
@@ -941,11 +1103,11 @@ static int reduction(lua_State *L, const char *name, reduce_fn fn) {
   return lmg_result(L, S, fn(S->C, t, mask, optbool(L, 3, false), &y), &y);
 }
 
-static int tensor_sum(lua_State *L) { return reduction(L, "sum", mg_tensor_sum); }
-static int tensor_mean(lua_State *L) { return reduction(L, "mean", mg_tensor_mean); }
-static int tensor_var(lua_State *L) { return reduction(L, "var", mg_tensor_var); }
-static int tensor_std(lua_State *L) { return reduction(L, "std", mg_tensor_std); }
-static int tensor_norm(lua_State *L) { return reduction(L, "norm", mg_tensor_norm); }
+static int tensor_sum(lua_State *L) { return reduction(L, mg_tensor_sum); }
+static int tensor_mean(lua_State *L) { return reduction(L, mg_tensor_mean); }
+static int tensor_var(lua_State *L) { return reduction(L, mg_tensor_var); }
+static int tensor_std(lua_State *L) { return reduction(L, mg_tensor_std); }
+static int tensor_norm(lua_State *L) { return reduction(L, mg_tensor_norm); }
 
 static int argextreme(lua_State *L, bool is_min) {
   LSTATE_ARG;
@@ -965,16 +1127,15 @@ static int tensor_argmin(lua_State *L) { return argextreme(L, true); }
 /* max()/min(): the value over everything; max(d [, keepdim]): values and 1-based indices */
 static int extreme(lua_State *L, bool is_min) {
   reduce_fn fn = is_min ? mg_tensor_amin : mg_tensor_amax;
-  const char *name = is_min ? "min" : "max";
-  if (lua_isnoneornil(L, 2) || lua_istable(L, 2)) return reduction(L, name, fn);
+  if (lua_isnoneornil(L, 2) || lua_istable(L, 2)) return reduction(L, fn);
   LSTATE_ARG;
   mg_tensor *t = mg_lua_checktensor(L, 1), *v = NULL, *i = NULL;
   int d = lmg_checkdim(L, 2, mg_tensor_ndim(t));
   lua_settop(L, 3);
   mg_tensor **sv = lmg_newslot(L), **si = lmg_newslot(L);
   if (mg_tensor_max_dim(S->C, t, d, optbool(L, 3, false), is_min, &v, &i) != MG_OK)
-    return lmg_fail(L, S->C);
-  *sv = v;
+    return lmg_fail(L, S, NULL);
+  lmg_settensor(L, S, sv, v);
   double *p = mg_tensor_data(i);                     /* 1-based indices for Lua (fresh) */
   for (int64_t k = 0, n = mg_tensor_numel(i); k < n; k++) p[k] += 1;
   lmg_settensor(L, S, si, i);
@@ -986,7 +1147,7 @@ static int tensor_min(lua_State *L) { return extreme(L, true); }
 
 /* ================================================================ scans, reordering, indexing (issue 12) */
 
-static int tensor_logsumexp(lua_State *L) { return reduction(L, "logsumexp", mg_tensor_logsumexp); }
+static int tensor_logsumexp(lua_State *L) { return reduction(L, mg_tensor_logsumexp); }
 
 /* t:cumsum(d) / t:cumprod(d) */
 static int scan_dim(lua_State *L, bool prod) {
@@ -1056,7 +1217,7 @@ static mg_tensor *checkindices(lua_State *L, lstate *S, int idx) {
   mg_no_grad_enter(S->C);
   mg_status st = mg_tensor_binary_scalar(S->C, MG_B_SUB, ix, 1.0, false, &z);
   mg_no_grad_exit(S->C);
-  if (st != MG_OK) lmg_fail(L, S->C);
+  if (st != MG_OK) lmg_fail(L, S, NULL);
   mg_tensor **slot = lmg_newslot(L);              /* owns 'z' if what follows raises */
   *slot = z;
   return z;
@@ -1160,6 +1321,62 @@ static int tensor_unstack(lua_State *L) {
   return 1;
 }
 
+/* ================================================================ printing */
+
+#define TOSTRING_HOOK "moongrad.tostring"   /* registry field: the Lua formatter, or nil */
+
+/* tostring(t): "tensor(released)" for a released tensor; else what the hook set by
+** mg._set_tostring returns (core.lua's formatter, values as PyTorch prints them), or
+** without a hook "tensor(shape=(2,3), dtype=float32)". */
+static int tensor_tostring(lua_State *L) {
+  mg_tensor **p = luaL_checkudata(L, 1, MG_TENSOR_MT);
+  if (*p == NULL) {
+    lua_pushliteral(L, "tensor(released)");
+    return 1;
+  }
+  if (lua_getfield(L, LUA_REGISTRYINDEX, TOSTRING_HOOK) != LUA_TNIL) {
+    lua_pushvalue(L, 1);
+    lua_call(L, 1, 1);
+    if (lua_type(L, -1) != LUA_TSTRING) return luaL_error(L, "tostring: the hook must return a string");
+    return 1;
+  }
+  const int64_t *shape = mg_tensor_shape(*p);
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  luaL_addstring(&b, "tensor(shape=(");
+  for (int i = 0; i < mg_tensor_ndim(*p); i++) {
+    lua_pushfstring(L, i ? ",%I" : "%I", (lua_Integer)shape[i]);
+    luaL_addvalue(&b);
+  }
+  lua_pushfstring(L, "), dtype=%s)", mg_dtype_name(mg_tensor_dtype(*p)));
+  luaL_addvalue(&b);
+  luaL_pushresult(&b);
+  return 1;
+}
+
+/* mg._set_tostring(f): tostring(t) of a live tensor returns f(t) (nil: the plain form). */
+static int tensor_set_tostring(lua_State *L) {
+  if (!lua_isnil(L, 1)) luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_settop(L, 1);
+  lua_setfield(L, LUA_REGISTRYINDEX, TOSTRING_HOOK);
+  return 0;
+}
+
+/* _add_methods(tbl): the ops that the Lua parts compose (moongrad.ops: prod, roll, tile, ...)
+** become Tensor methods too, under the names of 'tbl'. */
+static int tensor_add_methods(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_getfield(L, LUA_REGISTRYINDEX, METHODS_KEY);
+  lua_pushnil(L);
+  while (lua_next(L, 1) != 0) {
+    luaL_checktype(L, -1, LUA_TFUNCTION);
+    lua_pushvalue(L, -2);
+    lua_insert(L, -2);
+    lua_rawset(L, 2);
+  }
+  return 0;
+}
+
 /* ================================================================ registration */
 
 /* The ops of issue 12 that are both methods and functions. */
@@ -1171,17 +1388,26 @@ static int tensor_unstack(lua_State *L) {
   { "diag", tensor_diag }, { "gather", tensor_gather }, { "index_select", tensor_index_select }, \
   { "take_along_dim", tensor_take_along_dim },
 
-static const luaL_Reg tensor_methods[] = {
-  { "shape", tensor_shape }, { "size", tensor_size }, { "dim", tensor_dim },
-  { "numel", tensor_numel }, { "item", tensor_item }, { "totable", tensor_totable },
-  { "get", tensor_get }, { "set", tensor_set }, { "stride", tensor_stride },
-  { "is_contiguous", tensor_is_contiguous }, { "is_variable", tensor_is_variable },
-  { "reshape", tensor_reshape }, { "view", tensor_reshape }, { "flatten", tensor_flatten },
-  { "transpose", tensor_transpose }, { "permute", tensor_permute },
-  { "squeeze", tensor_squeeze }, { "unsqueeze", tensor_unsqueeze },
-  { "narrow", tensor_narrow }, { "select", tensor_select }, { "expand", tensor_expand },
-  { "contiguous", tensor_contiguous }, { "clone", tensor_clone }, { "to", tensor_to },
-  { "fill", tensor_fill }, { "copy", tensor_copy },
+/* Everything a Tensor (metatable 'moongrad.Tensor', userdata holding one 'mg_tensor *', NULL
+** once released) answers:
+**   methods   tensor_methods and tensor_shared below (assign, assign_add, assign_sub for
+**             Variables among them), and every elementwise kernel of the op list by its name
+**             (setkernels: t:tanh(), t:add(u))
+**   fields    t.dtype ("float32"/"float64"), t.name (a Variable's name, else nil), t[i]
+**             (select(1, i)) and t[i] = v (fill or copy into that row): tensor_index and
+**             tensor_newindex
+**   metamethods  __add __sub __mul __div __pow (numbers on either side), __unm, __len
+**             (size of dim 1), __index, __newindex, __tostring (tensor_tostring, refined by
+**             the hook mg._set_tostring), __gc and __close (one idempotent release), __name
+** The only other methods are the ops composed in Lua (moongrad.ops), added through
+** mg._add_methods. */
+
+/* Methods that are 'mg' functions too: t:sum(1) is mg.sum(t, 1). */
+static const luaL_Reg tensor_shared[] = {
+  { "reshape", tensor_reshape }, { "transpose", tensor_transpose },
+  { "permute", tensor_permute }, { "squeeze", tensor_squeeze },
+  { "unsqueeze", tensor_unsqueeze }, { "narrow", tensor_narrow }, { "select", tensor_select },
+  { "expand", tensor_expand }, { "contiguous", tensor_contiguous }, { "clone", tensor_clone },
   { "clamp", tensor_clamp }, { "softmax", tensor_softmax },
   { "log_softmax", tensor_log_softmax }, { "matmul", tensor_matmul },
   { "sum", tensor_sum }, { "mean", tensor_mean }, { "var", tensor_var }, { "std", tensor_std },
@@ -1191,29 +1417,33 @@ static const luaL_Reg tensor_methods[] = {
   ISSUE12_FUNCTIONS
   { NULL, NULL } };
 
-static const luaL_Reg tensor_metamethods[] = {
-  { "__len", tensor_len },
-  { "__newindex", tensor_newindex }, { "__gc", tensor_release }, { "__close", tensor_release },
+/* Methods only. */
+static const luaL_Reg tensor_methods[] = {
+  { "shape", tensor_shape }, { "size", tensor_size }, { "dim", tensor_dim },
+  { "numel", tensor_numel }, { "item", tensor_item }, { "totable", tensor_totable },
+  { "get", tensor_get }, { "set", tensor_set }, { "stride", tensor_stride },
+  { "is_contiguous", tensor_is_contiguous }, { "is_variable", tensor_is_variable },
+  { "view", tensor_reshape }, { "flatten", tensor_flatten }, { "to", tensor_to },
+  { "fill", tensor_fill }, { "copy", tensor_copy }, { "assign", tensor_assign },
+  { "assign_add", tensor_assign_add }, { "assign_sub", tensor_assign_sub },
   { NULL, NULL } };
 
+static const luaL_Reg tensor_metamethods[] = {
+  { "__len", tensor_len },
+  { "__newindex", tensor_newindex }, { "__tostring", tensor_tostring },
+  { "__gc", tensor_release }, { "__close", tensor_release },
+  { NULL, NULL } };
+
+/* 'mg' functions only. */
 static const luaL_Reg module_functions[] = {
   { "tensor", tensor_new }, { "zeros", tensor_zeros }, { "ones", tensor_ones },
   { "full", tensor_full }, { "eye", tensor_eye }, { "arange", tensor_arange },
   { "linspace", tensor_linspace }, { "manual_seed", tensor_manual_seed },
   { "rand", tensor_rand }, { "randn", tensor_randn }, { "uniform", tensor_uniform },
   { "glorot_uniform", tensor_glorot_uniform }, { "orthogonal", tensor_orthogonal },
-  { "clamp", tensor_clamp }, { "softmax", tensor_softmax },
-  { "log_softmax", tensor_log_softmax }, { "where", tensor_where }, { "matmul", tensor_matmul },
-  { "cat", tensor_cat }, { "stack", tensor_stack }, { "split", tensor_split },
-  { "unstack", tensor_unstack },
-  { "sum", tensor_sum }, { "mean", tensor_mean }, { "var", tensor_var }, { "std", tensor_std },
-  { "norm", tensor_norm }, { "max", tensor_max }, { "min", tensor_min },
-  { "argmax", tensor_argmax }, { "argmin", tensor_argmin },
-  { "reshape", tensor_reshape }, { "transpose", tensor_transpose },
-  { "permute", tensor_permute }, { "squeeze", tensor_squeeze },
-  { "unsqueeze", tensor_unsqueeze }, { "narrow", tensor_narrow }, { "select", tensor_select },
-  { "expand", tensor_expand }, { "contiguous", tensor_contiguous }, { "clone", tensor_clone },
-  ISSUE12_FUNCTIONS
+  { "where", tensor_where }, { "cat", tensor_cat }, { "stack", tensor_stack },
+  { "_set_tostring", tensor_set_tostring }, { "_unknown_option", tensor_unknown_option },
+  { "_add_methods", tensor_add_methods },
   { NULL, NULL } };
 
 /* Set field 'name' of the table at the top to 'f' with upvalues (state, kernel 'k'). */
@@ -1248,14 +1478,16 @@ void lmg_open_tensor(lua_State *L, lstate *S) {
   setkernel(L, S, "__unm", tensor_unary, MG_U_NEG);
   lua_newtable(L);                                   /* method table */
   lmg_setfuncs(L, S, tensor_methods);
+  lmg_setfuncs(L, S, tensor_shared);
   setkernels(L, S, true);
   lua_pushvalue(L, -1);
-  lua_setfield(L, -4, "methods");                    /* core.lua adds methods through it */
+  lua_setfield(L, LUA_REGISTRYINDEX, METHODS_KEY);   /* for mg._add_methods */
   lua_pushlightuserdata(L, S);
   lua_insert(L, -2);
-  lua_pushcclosure(L, tensor_index, 2);                   /* upvalues: state, method table */
+  lua_pushcclosure(L, tensor_index, 2);              /* upvalues: state, method table */
   lua_setfield(L, -2, "__index");
   lua_pop(L, 1);
   lmg_setfuncs(L, S, module_functions);
+  lmg_setfuncs(L, S, tensor_shared);
   setkernels(L, S, false);
 }

@@ -1,5 +1,5 @@
 /*
-** cells.c - fused recurrent cells (Keras layouts, RNN_REFERENCE.md): one GEMM for the input
+** cells.c - fused recurrent cells (Keras layouts, docs/cells.md): one GEMM for the input
 ** part and one for the recurrent part of all gates, then one pass over the gates. Each step
 ** is one recorded node.
 ** Reverse rule: a fused kernel for first-order use (no other tape recording, no vectorized
@@ -63,23 +63,36 @@ static mg_status same_dtype(mg_ctx *C, const char *fn, int n, mg_tensor *const *
   return MG_OK;
 }
 
+/* The shapes both fused cells check alike: x (B, d), h (B, u), kernel (d, gates u),
+** recurrent_kernel (u, gates u); '*units' gets u. */
+static mg_status cell_shapes(mg_ctx *C, const char *fn, mg_tensor *const *xhWU, int gates,
+                             int64_t *units) {
+  mg_tensor *x = xhWU[0], *h = xhWU[1];
+  char b[96];
+  if (x->ndim != 2)
+    return mg_fail(C, MG_ESHAPE, "%s: input has shape %s, expected (B, features)", fn,
+                   mg_shapestr(b, sizeof b, x->ndim, x->shape));
+  int64_t B = x->shape[0], d = x->shape[1], u = h->ndim == 2 ? h->shape[1] : -1;
+  mg_status st;
+  if ((st = want2(C, fn, "h", h, B, u)) || (st = want2(C, fn, "kernel", xhWU[2], d, gates * u)) ||
+      (st = want2(C, fn, "recurrent_kernel", xhWU[3], u, gates * u)))
+    return st;
+  *units = u;
+  return MG_OK;
+}
+
 /* ================================================================ LSTM */
 
 enum { LX, LH, LC, LW, LU, LB, LSTM_NIN };
 
 static mg_status lstm_check(mg_ctx *C, mg_tensor *const *in) {
-  const char *fn = "lstm_cell";
-  mg_tensor *x = in[LX];
+  const char *fn = mg_ops[MG_OP_LSTM_CELL].name;
+  mg_tensor *xhWU[4] = { in[LX], in[LH], in[LW], in[LU] };
+  int64_t u = 0;
   char b[96];
-  if (x->ndim != 2)
-    return mg_fail(C, MG_ESHAPE, "%s: input has shape %s, expected (B, features)", fn,
-                   mg_shapestr(b, sizeof b, x->ndim, x->shape));
-  int64_t B = x->shape[0], d = x->shape[1], u = in[LH]->ndim == 2 ? in[LH]->shape[1] : -1;
-  mg_status st;
-  if ((st = want2(C, fn, "h", in[LH], B, u)) || (st = want2(C, fn, "c", in[LC], B, u)) ||
-      (st = want2(C, fn, "kernel", in[LW], d, 4 * u)) ||
-      (st = want2(C, fn, "recurrent_kernel", in[LU], u, 4 * u)))
-    return st;
+  mg_status st = cell_shapes(C, fn, xhWU, 4, &u);
+  if (st == MG_OK) st = want2(C, fn, "c", in[LC], in[LX]->shape[0], u);
+  if (st != MG_OK) return st;
   if (in[LB]->ndim != 1 || in[LB]->shape[0] != 4 * u)
     return mg_fail(C, MG_ESHAPE, "%s: bias has shape %s, expected (%lld)", fn,
                    mg_shapestr(b, sizeof b, in[LB]->ndim, in[LB]->shape), (long long)(4 * u));
@@ -320,17 +333,12 @@ const mg_rules mg_rules_lstm_cell = { lstm_vjp, lstm_jvp };
 enum { GX, GH, GW, GU, GB, GRU_NIN };
 
 static mg_status gru_check(mg_ctx *C, mg_tensor *const *in, bool reset_after) {
-  const char *fn = "gru_cell";
-  mg_tensor *x = in[GX], *b = in[GB];
+  const char *fn = mg_ops[MG_OP_GRU_CELL].name;
+  mg_tensor *b = in[GB], *xhWU[4] = { in[GX], in[GH], in[GW], in[GU] };
+  int64_t u = 0;
   char s[96];
-  if (x->ndim != 2)
-    return mg_fail(C, MG_ESHAPE, "%s: input has shape %s, expected (B, features)", fn,
-                   mg_shapestr(s, sizeof s, x->ndim, x->shape));
-  int64_t B = x->shape[0], d = x->shape[1], u = in[GH]->ndim == 2 ? in[GH]->shape[1] : -1;
-  mg_status st;
-  if ((st = want2(C, fn, "h", in[GH], B, u)) || (st = want2(C, fn, "kernel", in[GW], d, 3 * u)) ||
-      (st = want2(C, fn, "recurrent_kernel", in[GU], u, 3 * u)))
-    return st;
+  mg_status st = cell_shapes(C, fn, xhWU, 3, &u);
+  if (st != MG_OK) return st;
   bool ok = reset_after ? (b->ndim == 2 && b->shape[0] == 2 && b->shape[1] == 3 * u)
                         : (b->ndim == 1 && b->shape[0] == 3 * u);
   if (!ok)

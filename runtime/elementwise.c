@@ -448,8 +448,9 @@ mg_status mg_tensor_hard_sigmoid(mg_ctx *C, mg_tensor *x, int keras, mg_tensor *
 #define BINS(op, a, v, o) mg_tensor_binary_scalar(C, (op), (a), (v), false, (o))
 
 static mg_status more_deriv(mg_ctx *C, const mg_node *n, mg_tensor **d);
+static mg_status clamp_mask(mg_ctx *C, const mg_node *n, mg_tensor **mask);
 
-/* f'(x) of a unary node, as a tensor of x's shape (computed with recorded ops). */
+/* f'(x) of a unary node (clamp's too), as a tensor of x's shape (computed with recorded ops). */
 static mg_status unary_deriv(mg_ctx *C, const mg_node *n, mg_tensor **d) {
   mg_tensor *x = n->in[0], *y = n->out[0], *t = NULL;
   mg_status st;
@@ -474,6 +475,7 @@ static mg_status unary_deriv(mg_ctx *C, const mg_node *n, mg_tensor **d) {
     st = UN(MG_U_NEG, t, d);
     break;
   case MG_OP_SOFTPLUS: return UN(MG_U_SIGMOID, x, d);
+  case MG_OP_CLAMP: return clamp_mask(C, n, d);
   default: return more_deriv(C, n, d);
   }
   mg_tensor_release(t);
@@ -484,7 +486,7 @@ static bool zero_gradient(int op);
 static mg_status zeros_like_lead(mg_ctx *C, const mg_node *n, int lead, mg_tensor *g,
                                  mg_tensor **out);
 
-/* Elementwise unary: both rules multiply by the diagonal f'(x). */
+/* Elementwise unary (and clamp): both rules multiply by the diagonal f'(x). */
 static mg_status unary_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *g,
                            const bool *need, mg_tensor **gin) {
   if (!need[0] || g[0] == NULL) return MG_OK;
@@ -650,24 +652,6 @@ static mg_status clamp_mask(mg_ctx *C, const mg_node *n, mg_tensor **mask) {
   return st;
 }
 
-static mg_status clamp_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *g,
-                           const bool *need, mg_tensor **gin) {
-  (void)lead;
-  if (!need[0] || g[0] == NULL) return MG_OK;
-  mg_tensor *m = NULL;
-  mg_status st = clamp_mask(C, n, &m);
-  if (st != MG_OK) return st;
-  st = BIN(MG_B_MUL, g[0], m, &gin[0]);
-  mg_tensor_release(m);
-  return st;
-}
-
-static mg_status clamp_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *t,
-                           mg_tensor **tout) {
-  bool need = true;
-  return clamp_vjp(C, n, lead, t, &need, tout);
-}
-
 /* where: the cotangent goes to a where cond holds, to b elsewhere. */
 static mg_status where_part(mg_ctx *C, const mg_node *n, int k, mg_tensor *g, mg_tensor **out) {
   mg_tensor *z = NULL;
@@ -712,7 +696,6 @@ static mg_status where_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *con
 
 const mg_rules mg_rules_unary = { unary_vjp, unary_jvp };
 const mg_rules mg_rules_binary = { binary_vjp, binary_jvp };
-const mg_rules mg_rules_clamp = { clamp_vjp, clamp_jvp };
 const mg_rules mg_rules_where = { where_vjp, where_jvp };
 
 /* ================================================================ issue 12: derivatives */

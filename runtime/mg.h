@@ -319,7 +319,7 @@ MG_API mg_status mg_linalg_slogdet(mg_ctx *C, mg_tensor *A, mg_tensor **sign,
                                    mg_tensor **logabsdet);
 MG_API mg_status mg_linalg_cholesky(mg_ctx *C, mg_tensor *A, mg_tensor **L);
 
-/* Fused recurrent cells, Keras layouts (RNN_REFERENCE.md), one recorded node per step.
+/* Fused recurrent cells, Keras layouts (docs/cells.md), one recorded node per step.
 ** LSTM (gates i, f, c, o): x (B, d), h and c (B, u), kernel (d, 4u), recurrent (u, 4u),
 ** bias (4u); new h and c. GRU (gates z, r, h): kernel (d, 3u), recurrent (u, 3u), bias
 ** (2, 3u) when 'reset_after' (rows: input, recurrent) else (3u); new h. */

@@ -1,7 +1,7 @@
 /*
 ** pool.c - storage blocks. Small blocks come from malloc. Large ones are rounded up to a size
 ** class (four per power of two) and, once freed, kept for reuse: on these machines a fresh
-** page costs ~100x the writing of its bytes (PERFORMANCE.md section 2). Fresh large blocks
+** page costs ~100x the writing of its bytes (docs/performance.md). Fresh large blocks
 ** come from mmap with MADV_HUGEPAGE. The cache is bounded and trimmed when mmap fails.
 */
 #define _DEFAULT_SOURCE

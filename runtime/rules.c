@@ -91,14 +91,20 @@ mg_tensor *mg_ex_own(mg_ex *e, mg_status st, mg_tensor **tp) { return own(e, st,
 
 #define EX_GUARD() do { if (e->st != MG_OK) return NULL; } while (0)
 
+/* The body of an mg_ex_* call: nothing after a failure, else own the result of 'call', which
+** fills the local 'y'. */
+#define EX_RETURN(call) do {                                                       \
+    EX_GUARD();                                                                    \
+    mg_tensor *y = NULL;                                                           \
+    return own(e, (call), &y);                                                     \
+  } while (0)
+
 mg_tensor *mg_ex_keep(mg_ex *e, mg_tensor *t) {
   return (e->st == MG_OK && t) ? mg_tensor_retain(t) : NULL;
 }
 
 static mg_tensor *binary(mg_ex *e, mg_binary op, mg_tensor *a, mg_tensor *b) {
-  EX_GUARD();
-  mg_tensor *y = NULL;
-  return own(e, mg_tensor_binary(e->C, op, a, b, &y), &y);
+  EX_RETURN(mg_tensor_binary(e->C, op, a, b, &y));
 }
 
 mg_tensor *mg_ex_add(mg_ex *e, mg_tensor *a, mg_tensor *b) { return binary(e, MG_B_ADD, a, b); }
@@ -106,63 +112,43 @@ mg_tensor *mg_ex_sub(mg_ex *e, mg_tensor *a, mg_tensor *b) { return binary(e, MG
 mg_tensor *mg_ex_mul(mg_ex *e, mg_tensor *a, mg_tensor *b) { return binary(e, MG_B_MUL, a, b); }
 
 mg_tensor *mg_ex_rsub(mg_ex *e, double v, mg_tensor *a) {
-  EX_GUARD();
-  mg_tensor *y = NULL;
-  return own(e, mg_tensor_binary_scalar(e->C, MG_B_SUB, a, v, true, &y), &y);
+  EX_RETURN(mg_tensor_binary_scalar(e->C, MG_B_SUB, a, v, true, &y));
 }
 
 mg_tensor *mg_ex_unary(mg_ex *e, mg_unary op, mg_tensor *a) {
-  EX_GUARD();
-  mg_tensor *y = NULL;
-  return own(e, mg_tensor_unary(e->C, op, a, &y), &y);
+  EX_RETURN(mg_tensor_unary(e->C, op, a, &y));
 }
 
 mg_tensor *mg_ex_matmul(mg_ex *e, mg_tensor *a, mg_tensor *b) {
-  EX_GUARD();
-  mg_tensor *y = NULL;
-  return own(e, mg_tensor_matmul(e->C, a, b, &y), &y);
+  EX_RETURN(mg_tensor_matmul(e->C, a, b, &y));
 }
 
 mg_tensor *mg_ex_mT(mg_ex *e, mg_tensor *a) {
-  EX_GUARD();
-  mg_tensor *y = NULL;
-  return own(e, mg_tensor_transpose(e->C, a, a->ndim - 2, a->ndim - 1, &y), &y);
+  EX_RETURN(mg_tensor_transpose(e->C, a, a->ndim - 2, a->ndim - 1, &y));
 }
 
 mg_tensor *mg_ex_narrow(mg_ex *e, mg_tensor *a, int dim, int64_t start, int64_t len) {
-  EX_GUARD();
-  mg_tensor *y = NULL;
-  return own(e, mg_tensor_narrow(e->C, a, dim, start, len, &y), &y);
+  EX_RETURN(mg_tensor_narrow(e->C, a, dim, start, len, &y));
 }
 
 mg_tensor *mg_ex_select(mg_ex *e, mg_tensor *a, int dim, int64_t i) {
-  EX_GUARD();
-  mg_tensor *y = NULL;
-  return own(e, mg_tensor_select(e->C, a, dim, i, &y), &y);
+  EX_RETURN(mg_tensor_select(e->C, a, dim, i, &y));
 }
 
 mg_tensor *mg_ex_unsqueeze(mg_ex *e, mg_tensor *a, int dim) {
-  EX_GUARD();
-  mg_tensor *y = NULL;
-  return own(e, mg_tensor_unsqueeze(e->C, a, dim, &y), &y);
+  EX_RETURN(mg_tensor_unsqueeze(e->C, a, dim, &y));
 }
 
 mg_tensor *mg_ex_cat(mg_ex *e, int n, mg_tensor *const *xs, int dim) {
-  EX_GUARD();
-  mg_tensor *y = NULL;
-  return own(e, mg_tensor_cat(e->C, n, xs, dim, &y), &y);
+  EX_RETURN(mg_tensor_cat(e->C, n, xs, dim, &y));
 }
 
 mg_tensor *mg_ex_sum(mg_ex *e, mg_tensor *a, uint32_t mask) {
-  EX_GUARD();
-  mg_tensor *y = NULL;
-  return own(e, mg_tensor_sum(e->C, a, mask, false, &y), &y);
+  EX_RETURN(mg_tensor_sum(e->C, a, mask, false, &y));
 }
 
 mg_tensor *mg_ex_align(mg_ex *e, mg_tensor *t, int lead, int ndim) {
-  EX_GUARD();
-  mg_tensor *y = NULL;
-  return own(e, mg_align_lead(e->C, t, lead, ndim, &y), &y);
+  EX_RETURN(mg_align_lead(e->C, t, lead, ndim, &y));
 }
 
 mg_tensor *mg_ex_zeros(mg_ex *e, mg_tensor *like, int lead, mg_tensor *shape_of) {

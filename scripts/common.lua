@@ -48,8 +48,9 @@ local function usage(name, about, spec)
 end
 
 -- common.options(args, name, about, spec): parses "--key value" and "--key=value".
--- 'spec' is an array of { key, default, help [, min] }: the value takes the default's kind
--- (an integer, a number, a string or a boolean) and a number must be >= min when min is given.
+-- 'spec' is an array of { key, default, help [, min or choices] }: the value takes the
+-- default's kind (an integer, a number, a string or a boolean); a number must be >= min when
+-- min is given, a string one of 'choices' (an array) when they are given.
 -- A mistake prints the message and the usage to stderr and exits with status 2; --help prints
 -- the usage and exits with 0. Returns a table key -> value.
 function common.options(args, name, about, spec)
@@ -83,11 +84,33 @@ function common.options(args, name, about, spec)
     local kind = kind_of(o[2])
     local v, why = convert(value, kind)
     if v == nil then fail(string.format("option --%s: %s, got '%s'", key, why, value)) end
-    if o[4] and v < o[4] then fail(string.format("option --%s must be >= %s, got %s", key, tostring(o[4]), value)) end
+    if type(o[4]) == "table" then
+      local ok = false
+      for _, c in ipairs(o[4]) do ok = ok or c == v end
+      if not ok then
+        fail(string.format("option --%s must be %s, got '%s'", key, table.concat(o[4], " or "), value))
+      end
+    elseif o[4] and v < o[4] then
+      fail(string.format("option --%s must be >= %s, got %s", key, tostring(o[4]), value))
+    end
     opts[key] = v
     i = i + 1
   end
   return opts
+end
+
+-- common.setup(args, name, about, seed, spec): the preamble every script shares. Options as
+-- common.options, with --out (default "out": the output directory, created) before 'spec' and
+-- --seed (default 'seed', given to mg.manual_seed) after it. Returns the options and the
+-- output directory.
+function common.setup(args, name, about, seed, spec)
+  local full = { { "out", "out", "output directory" } }
+  for _, o in ipairs(spec) do full[#full + 1] = o end
+  full[#full + 1] = { "seed", seed, "random seed" }
+  local opt = common.options(args, name, about, full)
+  local out = common.outdir(opt.out)
+  mg.manual_seed(opt.seed)
+  return opt, out
 end
 
 ---------------------------------------------------------------- files

@@ -19,9 +19,8 @@
 local common = dofile((arg[0]:match("^(.*)[/\\]") or ".") .. "/common.lua")
 local nn, plot = mg.nn, mg.plot
 
-local opt = common.options(arg, "glorot_jacobian.lua",
-  "dh_t/dh_(t-1) of the seed-001 two-state cell: var(J)*units for ReLU and identity, and ||dh_T/dh_k|| against k", {
-  { "out", "out", "output directory" },
+local opt, out = common.setup(arg, "glorot_jacobian.lua",
+  "dh_t/dh_(t-1) of the seed-001 two-state cell: var(J)*units for ReLU and identity, and ||dh_T/dh_k|| against k", 42, {
   { "units", 100, "units of the cell", 1 },
   { "steps", 4, "timesteps of the per-step loop (the seed's time_steps)", 1 },
   { "batch", 1, "batch size of the per-step loop (the seed's batch_size)", 1 },
@@ -30,10 +29,7 @@ local opt = common.options(arg, "glorot_jacobian.lua",
   { "decay_steps", 40, "sequence length T of the decay picture", 2 },
   { "decay_batch", 8, "samples averaged in the decay picture", 1 },
   { "gain", 1.25, "scale of the Glorot weights for the exploding curve", 0 },
-  { "seed", 42, "random seed" },
 })
-local out = common.outdir(opt.out)
-mg.manual_seed(opt.seed)
 
 ---------------------------------------------------------------- the seed's cell
 

@@ -16,9 +16,8 @@
 local common = dofile((arg[0]:match("^(.*)[/\\]") or ".") .. "/common.lua")
 local nn, plot = mg.nn, mg.plot
 
-local opt = common.options(arg, "gradient_flow.lua",
-  "train a small LSTM to recall the first input; per-timestep gradient norms, Jacobian-norm decay, dL/dh_t heatmaps", {
-  { "out", "out", "output directory" },
+local opt, out = common.setup(arg, "gradient_flow.lua",
+  "train a small LSTM to recall the first input; per-timestep gradient norms, Jacobian-norm decay, dL/dh_t heatmaps", 1, {
   { "iters", 2000, "training iterations", 1 },
   { "steps", 20, "sequence length T", 2 },
   { "units", 16, "LSTM units", 1 },
@@ -26,10 +25,7 @@ local opt = common.options(arg, "gradient_flow.lua",
   { "eval_batch", 64, "size of the fixed evaluation batch", 1 },
   { "samples", 8, "samples drawn in the dL/dh_t heatmaps", 1 },
   { "lr", 0.01, "Adam learning rate", 0 },
-  { "seed", 1, "random seed" },
 })
-local out = common.outdir(opt.out)
-mg.manual_seed(opt.seed)
 local T, U = opt.steps, opt.units
 
 ---------------------------------------------------------------- model and task

@@ -16,22 +16,14 @@
 local common = dofile((arg[0]:match("^(.*)[/\\]") or ".") .. "/common.lua")
 local nn, plot = mg.nn, mg.plot
 
-local opt = common.options(arg, "hidden_input_grads.lua",
-  "seed 003: dh_t/dx_s Jacobian blocks of SimpleRNN and LSTM (h and c), shapes, cross-checks and heatmaps", {
-  { "out", "out", "output directory" },
+local opt, out = common.setup(arg, "hidden_input_grads.lua",
+  "seed 003: dh_t/dx_s Jacobian blocks of SimpleRNN and LSTM (h and c), shapes, cross-checks and heatmaps", 3, {
   { "batch", 2, "batch size (the seed's 2)", 1 },
   { "steps", 5, "timesteps (the seed's 5)", 1 },
   { "input", 10, "input features (the seed's 10)", 1 },
   { "units", 32, "units (the seed's 32)", 1 },
-  { "dtype", "float64", "float32 or float64" },
-  { "seed", 3, "random seed" },
+  { "dtype", "float64", "float32 or float64", { "float32", "float64" } },
 })
-if opt.dtype ~= "float32" and opt.dtype ~= "float64" then
-  io.stderr:write("hidden_input_grads.lua: --dtype must be float32 or float64, got '", opt.dtype, "'\n")
-  os.exit(2)
-end
-local out = common.outdir(opt.out)
-mg.manual_seed(opt.seed)
 local B, T, I, U = opt.batch, opt.steps, opt.input, opt.units
 local DT = { dtype = opt.dtype }
 local tol = opt.dtype == "float64" and 1e-12 or 1e-5       -- agreement expected of the cross-checks

@@ -13,15 +13,11 @@
 local common = dofile((arg[0]:match("^(.*)[/\\]") or ".") .. "/common.lua")
 local plot = mg.plot
 
-local opt = common.options(arg, "manual_vs_autograd.lua",
-  "seed 002: derivatives by hand beside the tape's, and a hand-written BPTT of a tanh RNN", {
-  { "out", "out", "output directory" },
+local opt, out = common.setup(arg, "manual_vs_autograd.lua",
+  "seed 002: derivatives by hand beside the tape's, and a hand-written BPTT of a tanh RNN", 7, {
   { "steps", 2, "timesteps N of the BPTT example (the seed's N = 2)", 1 },
   { "hidden", 3, "hidden units of the BPTT example (the seed's 3)", 1 },
-  { "seed", 7, "random seed" },
 })
-local out = common.outdir(opt.out)
-mg.manual_seed(opt.seed)
 
 local F32, F64 = { dtype = "float32" }, { dtype = "float64" }
 

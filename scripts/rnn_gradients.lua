@@ -26,9 +26,8 @@
 local common = dofile((arg[0]:match("^(.*)[/\\]") or ".") .. "/common.lua")
 local nn, plot = mg.nn, mg.plot
 
-local opt = common.options(arg, "rnn_gradients.lua",
-  "seed 004: gradients w.r.t. RNN layer outputs (features_1d/2d/0d, EX 1-7) and gate-wise weights", {
-  { "out", "out", "output directory" },
+local opt, out = common.setup(arg, "rnn_gradients.lua",
+  "seed 004: gradients w.r.t. RNN layer outputs (features_1d/2d/0d, EX 1-7) and gate-wise weights", 4, {
   { "iters", 20, "short training (the seed's 20 iterations)", 1 },
   { "long_iters", 200, "long training (the seed's 200)", 1 },
   { "units", 6, "units of the small models (the seed's 6)", 2 },
@@ -37,10 +36,7 @@ local opt = common.options(arg, "rnn_gradients.lua",
   { "steps", 20, "timesteps", 4 },
   { "channels", 8, "input channels", 1 },
   { "lr", 0.002, "Adam learning rate", 0 },
-  { "seed", 4, "random seed" },
 })
-local out = common.outdir(opt.out)
-mg.manual_seed(opt.seed)
 local B, T = opt.batch, opt.steps
 
 -- The fixed training batch: label 1 when channel 1 sums to more than 0 over the first quarter.

@@ -15,9 +15,8 @@
 local common = dofile((arg[0]:match("^(.*)[/\\]") or ".") .. "/common.lua")
 local nn, plot = mg.nn, mg.plot
 
-local opt = common.options(arg, "weight_histograms.lua",
-  "seed 000: histograms over iterations of weights and gradients per layer and gate, and individual weights", {
-  { "out", "out", "output directory" },
+local opt, out = common.setup(arg, "weight_histograms.lua",
+  "seed 000: histograms over iterations of weights and gradients per layer and gate, and individual weights", 0, {
   { "iters", 300, "training iterations", 1 },
   { "snapshots", 30, "how many times the weights and gradients are recorded", 2 },
   { "bins", 30, "histogram bins", 2 },
@@ -26,10 +25,7 @@ local opt = common.options(arg, "weight_histograms.lua",
   { "batch", 32, "batch size", 1 },
   { "input", 3, "input features", 1 },
   { "lr", 0.01, "Adam learning rate", 0 },
-  { "seed", 0, "random seed" },
 })
-local out = common.outdir(opt.out)
-mg.manual_seed(opt.seed)
 local U, T = opt.units, opt.steps
 
 ---------------------------------------------------------------- model

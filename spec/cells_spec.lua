@@ -1,4 +1,4 @@
--- Fused LSTM and GRU steps (runtime/cells.c): forward against RNN_REFERENCE.md's formulas
+-- Fused LSTM and GRU steps (runtime/cells.c): forward against docs/cells.md's formulas
 -- written with tensor ops, the composite rules (vectorized / higher order) against finite
 -- differences, the fused reverse rule against the composite one, second derivatives.
 local mg = require "moongrad"

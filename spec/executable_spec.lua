@@ -1,4 +1,4 @@
--- The moongrad executable (API.md, The executable; bindings/lmain.c): -e, scripts and the
+-- The moongrad executable (docs/executable.md; bindings/lmain.c): -e, scripts and the
 -- 'arg' table (compared with lua5.4's), exit status and messages, -v and its OpenBLAS
 -- warning, -E, -W and LUA_INIT (compared with lua5.4), the piped REPL, Ctrl-C in a script,
 -- and bad options. The REPL in a terminal: spec/repl_spec.lua.

@@ -141,12 +141,14 @@ local stats = { calls = 0, ok = 0, errors = 0 }
 local plot                                   -- mg.plot, once loaded
 local function snapshot()
   return { threads = mg.get_num_threads(), dtype = mg.get_default_dtype(),
-           budget = mg.memory().budget, gnuplot = plot and plot.get_gnuplot() }
+           budget = mg.memory().budget, jacobian_limit = mg.memory().jacobian_limit,
+           gnuplot = plot and plot.get_gnuplot() }
 end
 local function restore(s)
   mg.set_num_threads(s.threads)
   mg.set_default_dtype(s.dtype)
   mg.set_memory_budget(s.budget)
+  mg.set_jacobian_limit(s.jacobian_limit)
   if plot then plot.set_gnuplot(s.gnuplot) end
 end
 
@@ -384,7 +386,7 @@ describe("hostile arguments", function()
     return L, related
   end
 
-  -- The methods API.md documents for layers, cells and optimizers (the others are helpers
+  -- The methods the docs document for layers, cells and optimizers (the others are helpers
   -- the classes share, such as a cell's 'step'; optimizers' 'step' is public).
   local PUBLIC_METHODS = { parameters = true, initial_state = true, state_size = true, trace = true,
                            reset_states = true, add = true, describe = true, step = true }

@@ -1,5 +1,5 @@
--- Tensors (API.md, Conventions and Tensors): creation, inspection, tostring, dtypes and the
--- default dtype, and the error every bad argument raises.
+-- Tensors (docs/tensors.md, and the conventions of docs/README.md): creation, inspection,
+-- tostring, dtypes and the default dtype, and the error every bad argument raises.
 local mg = require "moongrad"
 local support = require "support"
 
@@ -223,6 +223,36 @@ describe("tostring", function()
 
   it("prints empty tensors", function()
     assert.are.equal("tensor([], shape=(0,3), dtype=float32)", tostring(mg.zeros(0, 3)))
+  end)
+
+  it("of a released tensor is tensor(released), not an error", function()
+    local t = mg.ones(2, 3)
+    getmetatable(t).__close(t)
+    assert.are.equal("tensor(released)", tostring(t))
+    assert.are.equal("tensor(released)", string.format("%s", t))
+  end)
+
+  it("is registered in C with the Lua formatter as a hook (without it: shape and dtype)", function()
+    local t = mg.tensor({ { 1, 2 }, { 3, 4 } }, F64)
+    local mt = getmetatable(t)
+    assert.are.equal("function", type(rawget(mt, "__tostring")))
+    assert.is_nil(rawget(mt, "methods"))
+    assert.is_nil(mg.methods)
+    local formatted = tostring(t)
+    mg._set_tostring(nil)
+    local ok, plain = pcall(tostring, t)
+    mg._set_tostring(function(x) return "T" .. mg.shapestr(x) end)
+    local hooked = tostring(t)
+    mg._set_tostring(nil)
+    local plain0 = tostring(mg.tensor(1))
+    package.loaded["moongrad.core"] = nil
+    require "moongrad.core"                     -- sets the formatter again
+    assert.is_true(ok)
+    assert.are.equal("tensor(shape=(2,2), dtype=float64)", plain)
+    assert.are.equal("tensor(shape=(), dtype=float32)", plain0)
+    assert.are.equal("T(2,2)", hooked)
+    assert.are.equal(formatted, tostring(t))
+    assert.are.equal("tensor([[1., 2.],\n        [3., 4.]], shape=(2,2), dtype=float64)", formatted)
   end)
 end)
 

@@ -4,7 +4,7 @@ usage: /usr/bin/python3 torch_ref.py DIR CASE
 
 Reads DIR/<name>.npy written by the spec (weights in Keras layouts), runs CASE in float64
 with PyTorch, and writes DIR/out_<name>.npy, with every gradient mapped back to the Keras
-layout (gate orders as RNN_REFERENCE.md: LSTM i,f,c,o is PyTorch's i,f,g,o; GRU z,r,h is
+layout (gate orders as docs/cells.md: LSTM i,f,c,o is PyTorch's i,f,g,o; GRU z,r,h is
 PyTorch's r,z,n with reset_after=True).
 
 CASE "ops" runs every case listed in DIR/ops.tsv (see ops() below) in this one process.
@@ -150,7 +150,7 @@ def lstm_keras(x, h, c, W, U, b):
 
 def gru_keras(x, h, W, U, b, reset_after=True):
     """One GRU step in Keras layout (gates z, r, h): PyTorch's cell for reset_after=True,
-    the formula of RNN_REFERENCE.md (written out here) for reset_after=False."""
+    the formula of docs/cells.md (written out here) for reset_after=False."""
     u = h.shape[1]
     if reset_after:
         return torch.gru_cell(x, h, gru_order(W, u).T, gru_order(U, u).T,

@@ -36,6 +36,7 @@ static int recorded(mg_tape *T, size_t before) {
 
 static void check_kernel(mg_ctx *C, mg_tape *T, const char *row, int want, mg_status st,
                          mg_tensor *y, size_t before) {
+  CHECK(st != MG_OK || y != NULL, "%s: no result", row);
   CHECK(st == MG_OK, "%s: %s", row, mg_errmsg(C));
   int got = recorded(T, before);
   CHECK(got == want, "%s recorded opcode %d, its row says %d", row, got, want);
@@ -52,17 +53,25 @@ static void test_kernels(mg_ctx *C) {
   CHECK(mg_tape_new(C, true, true, &T) == MG_OK, "tape");
   CHECK(mg_tape_watch(T, x) == MG_OK, "watch");
   size_t before;
+  mg_status st;
   int nunary = 0, nbinary = 0;
+  /* the call fills 'y' before check_kernel reads it (a separate statement: arguments are
+  ** evaluated in no fixed order) */
 #define MG_UNARY_OP(kernel, opcode, name) \
-  before = T->n; check_kernel(C, T, name, opcode, mg_tensor_unary(C, kernel, x, &y), y, before); nunary++;
+  before = T->n; y = NULL; st = mg_tensor_unary(C, kernel, x, &y); \
+  check_kernel(C, T, name, opcode, st, y, before); nunary++;
 #define MG_UNARY_KERNEL(kernel, name) \
-  before = T->n; check_kernel(C, T, name, -1, mg_tensor_unary(C, kernel, x, &y), y, before); nunary++;
+  before = T->n; y = NULL; st = mg_tensor_unary(C, kernel, x, &y); \
+  check_kernel(C, T, name, -1, st, y, before); nunary++;
 #define MG_BINARY_OP(kernel, opcode, name) \
-  before = T->n; check_kernel(C, T, name, opcode, mg_tensor_binary(C, kernel, x, x, &y), y, before); nbinary++;
+  before = T->n; y = NULL; st = mg_tensor_binary(C, kernel, x, x, &y); \
+  check_kernel(C, T, name, opcode, st, y, before); nbinary++;
 #define MG_BINARY_KERNEL(kernel, name) \
-  before = T->n; check_kernel(C, T, name, -1, mg_tensor_binary(C, kernel, x, x, &y), y, before); nbinary++;
+  before = T->n; y = NULL; st = mg_tensor_binary(C, kernel, x, x, &y); \
+  check_kernel(C, T, name, -1, st, y, before); nbinary++;
 #include "mg_ops.def"
   CHECK(nunary == MG_U_COUNT && nbinary == MG_B_COUNT, "%d unary and %d binary rows", nunary, nbinary);
+  mg_tape_stop(T);                      /* off the context's active list, then freed */
   mg_tape_release(T);
   mg_tensor_release(x);
 }

@@ -1,5 +1,5 @@
 -- moongrad.core: the Lua half of the module. Loaded by luaopen_moongrad; extends the module
--- table with what composes the C primitives: printing, Variables, no_grad, the function
+-- table with what composes the C primitives: the printing hook, no_grad, the function
 -- transforms (grad, vjp, jvp, jacobian, hessian) and gradcheck.
 local mg = require "moongrad"
 
@@ -9,19 +9,127 @@ local debug, math, string, table = debug, math, string, table
 local rawset, require, getmetatable = rawset, require, getmetatable
 local _ENV = nil
 
-local Tensor = mg.methods            -- the method table of every tensor
-mg.methods = nil
-
 local function is_tensor(x)
   local mt = getmetatable(x)
   return mt ~= nil and mt.__name == "moongrad.Tensor"
 end
 mg.is_tensor = is_tensor
 
+local shapestr                          -- "(2,3)": under printing
+
+---------------------------------------------------------------- errors of the Lua parts
+
+-- One mechanism for every Lua part (core, nn, optim, plot), no hand-counted error levels:
+-- public functions are wrapped by api(name, impl); inside, fail(fmt, ...) raises a Failure.
+-- The wrapper turns it into "<user's file>:<line>: [name: ]message", the position being the
+-- first caller outside the library's chunks (so also inside a user's function that a
+-- transform calls); an error raised by C at a line of the library (mg.matmul inside a layer)
+-- is moved to the user's line the same way; any other error (the user's own) passes
+-- untouched. The wrapper's pcall unwinds the library's helper frames, so tracebacks start at
+-- the public function.
+local LIBRARY = {}                     -- chunk source -> its short_src, for every Lua part
+
+local function library_source(source)
+  LIBRARY[source] = source:sub(1, 1) == "@" and source:sub(2) or source
+end
+library_source(debug.getinfo(1, "S").source)
+
+-- "file:line: " of the first caller outside the library and C, or "" when there is none.
+local function where()
+  for level = 2, 200 do
+    local info = debug.getinfo(level, "Sl")
+    if info == nil then break end
+    if info.what ~= "C" and LIBRARY[info.source] == nil then
+      return info.currentline > 0 and (info.short_src .. ":" .. info.currentline .. ": ") or ""
+    end
+  end
+  return ""
+end
+
+-- The message of an error raised at a line of the library, without that position; nil for
+-- any other error.
+local function library_message(e)
+  if type(e) ~= "string" then return nil end
+  for _, short in pairs(LIBRARY) do
+    if e:sub(1, #short + 1) == short .. ":" then
+      local rest = e:match("^:%d+: (.*)$", #short + 1)
+      if rest then return rest end
+    end
+  end
+  return nil
+end
+
+local Failure = {}
+Failure.__index = Failure
+function Failure:__tostring() return self.msg end
+
+local function fail(fmt, ...)
+  error(setmetatable({ msg = select("#", ...) > 0 and string.format(fmt, ...) or fmt }, Failure), 0)
+end
+
+local function api(name, impl)
+  local prefix = name and name .. ": " or ""
+  return function(...)             -- raises itself (no tail call): tracebacks start here
+    local r = table.pack(pcall(impl, ...))
+    if r[1] then return table.unpack(r, 2, r.n) end
+    local e = r[2]
+    if getmetatable(e) == Failure then error(where() .. prefix .. e.msg, 0) end
+    local moved = library_message(e)
+    if moved then error(where() .. moved, 0) end
+    error(e, 0)
+  end
+end
+
+local function describe(v)
+  if is_tensor(v) then return "a tensor of shape " .. shapestr(v) end
+  return "a " .. type(v)
+end
+
+-- 'opts' of function 'fn': {} for nil, else a table whose keys are all in 'allowed' (a set or
+-- an array of names); a typo names the nearest known option, through the one checker that
+-- the C functions use too (mg._unknown_option, ltensor.c).
+local function check_opts(fn, opts, allowed)
+  if opts == nil then return {} end
+  if type(opts) ~= "table" or is_tensor(opts) then
+    fail("%s: options must be a table, got %s", fn, describe(opts))
+  end
+  local msg = mg._unknown_option(fn, opts, allowed)
+  if msg then fail(msg) end
+  return opts
+end
+
+-- Every function of the tables given becomes a public entry point: api(nil, f).
+local function publish(...)
+  for _, t in ipairs { ... } do
+    for k, f in pairs(t) do
+      if type(f) == "function" then t[k] = api(nil, f) end
+    end
+  end
+end
+
+-- mg._checks(source): the error helpers above for the Lua part whose chunk is 'source' (its
+-- debug.getinfo(1, "S").source), which becomes part of the library for 'where':
+--   api(name, impl)         the public function 'impl', its errors named 'name' (nil: the
+--                           messages name their function themselves)
+--   fail(fmt, ...)          raise string.format(fmt, ...) (one argument: as it is)
+--   raise, raisef           the same as fail
+--   describe(v)             "a tensor of shape (2,3)", "a table", "a nil", ...
+--   check_opts(fn, opts, allowed)
+--   publish(t, ...)         api(nil, f) for every function f of the tables t, ...
+--   message(e)              the error 'e' caught from a call, as text without the library's
+--                           position ("orthogonal: matrix too large")
+local function message(e) return library_message(e) or tostring(e) end
+
+function mg._checks(source)
+  library_source(source)
+  return { api = api, fail = fail, raise = fail, raisef = fail, describe = describe,
+           check_opts = check_opts, publish = publish, message = message }
+end
+
 ---------------------------------------------------------------- printing
 
-local function shapestr(t)
-  if not is_tensor(t) then error("shapestr: expected a tensor, got " .. type(t), 2) end
+function shapestr(t)
+  if not is_tensor(t) then fail("shapestr: expected a tensor, got %s", type(t)) end
   local s = t:shape()
   for i = 1, #s do s[i] = tostring(s[i]) end
   return "(" .. table.concat(s, ",") .. ")"
@@ -90,10 +198,10 @@ local function tensor_tostring(t)
   return string.format("tensor(%s, shape=%s, dtype=%s)", body, shapestr(t), t.dtype)
 end
 
-getmetatable(mg.zeros(0)).__tostring = tensor_tostring
-mg.shapestr = shapestr
+mg._set_tostring(tensor_tostring)     -- the hook of the C __tostring (ltensor.c)
+mg.shapestr = api(nil, shapestr)
 
----------------------------------------------------------------- no_grad, Variables
+---------------------------------------------------------------- no_grad
 
 -- Run fn(...) with recording suspended on every tape; returns fn's results.
 function mg.no_grad(fn, ...)
@@ -104,82 +212,28 @@ function mg.no_grad(fn, ...)
   return table.unpack(res, 2, res.n)
 end
 
-local function check_variable(v, fn)
-  if not is_tensor(v) or not v:is_variable() then
-    error(fn .. ": expected a Variable, got " .. (is_tensor(v) and "a plain tensor" or type(v)), 3)
-  end
-end
-
--- In place and not recorded, as TensorFlow's assign ops.
-function Tensor.assign(v, t)
-  check_variable(v, "assign")
-  return v:copy(t)
-end
-
-function Tensor.assign_sub(v, t)
-  check_variable(v, "assign_sub")
-  return v:copy(mg.no_grad(function() return v - t end))
-end
-
-function Tensor.assign_add(v, t)
-  check_variable(v, "assign_add")
-  return v:copy(mg.no_grad(function() return v + t end))
-end
-
----------------------------------------------------------------- checks for the Lua parts
-
-local SOURCE = debug.getinfo(1, "S").source
-
--- mg._checks(source): the argument-check helpers of the Lua part (nn, optim) whose chunk is
--- 'source' (its debug.getinfo(1, "S").source), one copy for all. Their errors point at the
--- first caller that is neither C nor that chunk nor this one, so the position is the user's:
---   raise(msg), raisef(fmt, ...)   raise msg, or string.format(fmt, ...)
---   describe(v)                    "a tensor of shape (2,3)", "a table", "a nil", ...
---   check_opts(fn, opts, allowed)  {} for nil, else 'opts', a table whose keys are all in the
---                                  set 'allowed' (catches misspelt options); 'fn' names the call
-function mg._checks(source)
-  local c = {}
-
-  function c.raise(msg)
-    local level = 1
-    while true do
-      local info = debug.getinfo(level + 1, "S")
-      if info == nil then break end
-      level = level + 1
-      if info.source ~= source and info.source ~= SOURCE and info.what ~= "C" then break end
-    end
-    error(msg, level)
-  end
-
-  function c.raisef(fmt, ...) c.raise(string.format(fmt, ...)) end
-
-  function c.describe(v)
-    if is_tensor(v) then return "a tensor of shape " .. shapestr(v) end
-    return "a " .. type(v)
-  end
-
-  function c.check_opts(fn, opts, allowed)
-    if opts == nil then return {} end
-    if type(opts) ~= "table" then c.raisef("%s: options must be a table, got %s", fn, c.describe(opts)) end
-    for k in pairs(opts) do
-      if not allowed[k] then c.raisef("%s: unknown option '%s'", fn, tostring(k)) end
-    end
-    return opts
-  end
-
-  return c
-end
-
 ---------------------------------------------------------------- function transforms
 
-local function argnums_of(opts, fname)
-  if opts ~= nil and type(opts) ~= "table" then
-    error(string.format("%s: options must be a table, got %s", fname, type(opts)), 3)
+local ONE_BASED = " (indices and dims are 1-based)"
+
+-- The argument positions 'opts.argnums' asks for (default 1) and whether it was one number.
+local function argnums_of(fname, opts)
+  opts = check_opts(fname, opts, { "argnums" })
+  local a = opts.argnums
+  if a == nil then return { 1 }, true end
+  local list = type(a) == "table" and a or { a }
+  if #list == 0 or (type(a) == "table" and is_tensor(a)) then
+    fail("%s: argnums must be a positive integer or a non-empty array of them, got %s", fname,
+         describe(a))
   end
-  local a = opts and opts.argnums or 1
-  if type(a) == "number" then return { a }, true end
-  if type(a) ~= "table" or #a == 0 then error("argnums must be a number or a non-empty array", 3) end
-  return a, false
+  for _, k in ipairs(list) do
+    if math.type(k) ~= "integer" and not (type(k) == "number" and k == math.floor(k)) then
+      fail("%s: argnums must be a positive integer or a non-empty array of them, got %s %s",
+           fname, describe(k), type(k) == "string" and "'" .. k .. "'" or tostring(k))
+    end
+    if k < 1 then fail("%s: argnums %d is not a positive integer%s", fname, k, k == 0 and ONE_BASED or "") end
+  end
+  return list, type(a) ~= "table"
 end
 
 -- f(...) under a tape watching the arguments at 'nums'; returns tape, outputs, sources.
@@ -188,7 +242,7 @@ local function traced(f, nums, persistent, fname, ...)
   local src = {}
   for i, k in ipairs(nums) do
     if not is_tensor(args[k]) then
-      error(string.format("%s: argument %d is a %s, expected a tensor", fname, k, type(args[k])), 3)
+      fail("%s: argument %d is a %s, expected a tensor", fname, k, type(args[k]))
     end
     src[i] = args[k]
   end
@@ -200,90 +254,113 @@ end
 
 local function scalar_output(out, fname)
   local y = out[1]
-  if not is_tensor(y) then error(fname .. ": the function must return a tensor", 3) end
+  if not is_tensor(y) then fail("%s: the function must return a tensor, got %s", fname, describe(y)) end
   if y:numel() ~= 1 then
-    error(string.format("%s: the function must return a scalar, got shape %s", fname, shapestr(y)), 3)
+    fail("%s: the function must return a scalar, got shape %s", fname, shapestr(y))
   end
   return y
 end
 
--- grad(f [, {argnums=}]): a function returning df/dx for the arguments at argnums.
 local function check_callable(f, fname)
   local mt = getmetatable(f)
   if type(f) ~= "function" and not (mt and mt.__call) then
-    error(string.format("%s: expected a function, got %s", fname, type(f)), 3)
+    fail("%s: expected a function, got %s", fname, type(f))
   end
 end
 
-function mg.grad(f, opts)
-  check_callable(f, "grad")
-  local nums, single = argnums_of(opts, "grad")
+-- A function returning f(...) and its gradient w.r.t. the arguments at argnums (one tensor
+-- when argnums is one number): value_and_grad, and grad without the value.
+local function value_and_gradient(fname, f, opts)
+  check_callable(f, fname)
+  local nums, single = argnums_of(fname, opts)
   return function(...)
-    local tape, out, src = traced(f, nums, false, "grad", ...)
-    local g = tape:gradient(scalar_output(out, "grad"), src, { unconnected = "zero" })
-    if single then return g[1] end
-    return g
-  end
-end
-
--- value_and_grad(f [, opts]): a function returning f(...) and its gradient(s).
-function mg.value_and_grad(f, opts)
-  check_callable(f, "value_and_grad")
-  local nums, single = argnums_of(opts, "value_and_grad")
-  return function(...)
-    local tape, out, src = traced(f, nums, false, "value_and_grad", ...)
-    local g = tape:gradient(scalar_output(out, "value_and_grad"), src, { unconnected = "zero" })
+    local tape, out, src = traced(f, nums, false, fname, ...)
+    local g = tape:gradient(scalar_output(out, fname), src, { unconnected = "zero" })
     return out[1], single and g[1] or g
   end
 end
 
+-- grad(f [, {argnums=}]): a function returning df/dx for the arguments at argnums.
+mg.grad = api(nil, function(f, opts)
+  local vg = value_and_gradient("grad", f, opts)
+  return api(nil, function(...) return select(2, vg(...)) end)
+end)
+
+-- value_and_grad(f [, opts]): a function returning f(...) and its gradient(s).
+mg.value_and_grad = api(nil, function(f, opts)
+  return api(nil, value_and_gradient("value_and_grad", f, opts))
+end)
+
 -- vjp(f, ...): f(...) and a function mapping a cotangent of the output to the cotangents
 -- of every argument.
-function mg.vjp(f, ...)
+mg.vjp = api(nil, function(f, ...)
+  check_callable(f, "vjp")
   local nums = {}
   for i = 1, select("#", ...) do nums[i] = i end
   local tape, out, src = traced(f, nums, true, "vjp", ...)
   local y = out[1]
-  return y, function(ct)
-    if not is_tensor(ct) then error("vjp: the cotangent must be a tensor", 2) end
+  if not is_tensor(y) then fail("vjp: the function must return a tensor, got %s", describe(y)) end
+  return y, api(nil, function(ct)
+    if not is_tensor(ct) then fail("vjp: the cotangent must be a tensor, got %s", describe(ct)) end
+    if shapestr(ct) ~= shapestr(y) then
+      fail("vjp: the cotangent has shape %s, the output %s", shapestr(ct), shapestr(y))
+    end
     local g = tape:gradient(y, src, { output_gradients = { ct }, unconnected = "zero" })
     return table.unpack(g, 1, #src)
-  end
-end
+  end)
+end)
 
 -- jvp(f, primals, tangents): f(primals...) and its directional derivative along tangents.
-function mg.jvp(f, primals, tangents)
-  if type(primals) ~= "table" or type(tangents) ~= "table" or is_tensor(primals) then
-    error("jvp: primals and tangents must be arrays of tensors", 2)
+mg.jvp = api(nil, function(f, primals, tangents)
+  check_callable(f, "jvp")
+  if type(primals) ~= "table" or type(tangents) ~= "table" or is_tensor(primals) or is_tensor(tangents) then
+    fail("jvp: primals and tangents must be arrays of tensors")
   end
-  if #primals ~= #tangents then error("jvp: primals and tangents differ in length", 2) end
+  if #primals ~= #tangents then
+    fail("jvp: %d primals but %d tangents", #primals, #tangents)
+  end
   local nums = {}
-  for i = 1, #primals do nums[i] = i end
+  for i = 1, #primals do
+    nums[i] = i
+    local p, t = primals[i], tangents[i]
+    if not is_tensor(t) then fail("jvp: tangent %d is %s, expected a tensor", i, describe(t)) end
+    if is_tensor(p) and shapestr(p) ~= shapestr(t) then
+      fail("jvp: tangent %d has shape %s, its primal %s", i, shapestr(t), shapestr(p))
+    end
+  end
   local tape, out, src = traced(f, nums, true, "jvp", table.unpack(primals))
   local y = out[1]
+  if not is_tensor(y) then fail("jvp: the function must return a tensor, got %s", describe(y)) end
   return y, tape:forward(src, tangents, y)
-end
+end)
 
 -- jacobian(f, x [, {mode="rev"|"fwd"|"auto"}]): J[i..., j...] = d f(x)[i...] / d x[j...]
-function mg.jacobian(f, x, opts)
+mg.jacobian = api(nil, function(f, x, opts)
+  check_callable(f, "jacobian")
+  opts = check_opts("jacobian", opts, { "mode" })
   local tape, out = traced(f, { 1 }, false, "jacobian", x)
-  return tape:jacobian(out[1], x, { mode = opts and opts.mode, unconnected = "zero" })
-end
+  if not is_tensor(out[1]) then fail("jacobian: the function must return a tensor, got %s", describe(out[1])) end
+  return tape:jacobian(out[1], x, { mode = opts.mode, unconnected = "zero" })
+end)
 
--- batch_jacobian(f, x [, {check=}]): J[b, i..., j...] = d f(x)[b, i...] / d x[b, j...]
-function mg.batch_jacobian(f, x, opts)
+-- batch_jacobian(f, x [, {check=, mode=}]): J[b, i..., j...] = d f(x)[b, i...] / d x[b, j...]
+mg.batch_jacobian = api(nil, function(f, x, opts)
+  check_callable(f, "batch_jacobian")
+  opts = check_opts("batch_jacobian", opts, { "check", "mode" })
   local tape, out = traced(f, { 1 }, false, "batch_jacobian", x)
-  return tape:batch_jacobian(out[1], x, { check = opts and opts.check, mode = opts and opts.mode,
-                                          unconnected = "zero" })
-end
+  if not is_tensor(out[1]) then
+    fail("batch_jacobian: the function must return a tensor, got %s", describe(out[1]))
+  end
+  return tape:batch_jacobian(out[1], x, { check = opts.check, mode = opts.mode, unconnected = "zero" })
+end)
 
 -- hessian(f, x): the Jacobian of the gradient, through nested tapes.
-function mg.hessian(f, x)
-  if not is_tensor(x) then error("hessian: x must be a tensor", 2) end
+mg.hessian = api(nil, function(f, x)
+  check_callable(f, "hessian")
+  if not is_tensor(x) then fail("hessian: x must be a tensor, got %s", describe(x)) end
   local hs = x:shape()                                   -- the result: x's shape twice
   for _, n in ipairs(x:shape()) do hs[#hs + 1] = n end
-  local ok, msg = pcall(mg._check_result, "hessian", hs, x.dtype)
-  if not ok then error(msg, 2) end
+  mg._check_result("hessian", hs, x.dtype)             -- before f runs: refuse what cannot fit
   local outer = mg.GradientTape { persistent = true }
   outer:watch(x)
   local g = outer:record(function()
@@ -294,7 +371,7 @@ function mg.hessian(f, x)
     return inner:gradient(y, x, { unconnected = "zero" })
   end)
   return outer:jacobian(g, x, { unconnected = "zero" })
-end
+end)
 
 ---------------------------------------------------------------- gradcheck
 
@@ -308,23 +385,20 @@ end
 -- gradcheck(f, inputs [, {eps=1e-6, atol=1e-5, rtol=1e-3, modes={"rev","fwd"}}]):
 -- compares the reverse- and forward-mode Jacobians of f at 'inputs' (float64 copies) with
 -- central differences. True, or an error naming the worst element and both values.
-function mg.gradcheck(f, inputs, opts)
+mg.gradcheck = api(nil, function(f, inputs, opts)
   check_callable(f, "gradcheck")
-  if opts ~= nil and type(opts) ~= "table" then
-    error("gradcheck: options must be a table, got " .. type(opts), 2)
-  end
-  opts = opts or {}
+  opts = check_opts("gradcheck", opts, { "eps", "atol", "rtol", "modes" })
   if is_tensor(inputs) then inputs = { inputs } end
-  if type(inputs) ~= "table" or #inputs == 0 then error("gradcheck: inputs must be a tensor or an array of tensors", 2) end
+  if type(inputs) ~= "table" or #inputs == 0 then fail("gradcheck: inputs must be a tensor or an array of tensors") end
   local eps, atol, rtol = opts.eps or 1e-6, opts.atol or 1e-5, opts.rtol or 1e-3
   local xs = {}
   for i, x in ipairs(inputs) do
-    if not is_tensor(x) then error(string.format("gradcheck: input %d is not a tensor", i), 2) end
+    if not is_tensor(x) then fail("gradcheck: input %d is not a tensor", i) end
     xs[i] = x:to("float64"):clone()
   end
   local function call() return f(table.unpack(xs)) end
   local y0 = call()
-  if not is_tensor(y0) then error("gradcheck: f must return a tensor", 2) end
+  if not is_tensor(y0) then fail("gradcheck: f must return a tensor") end
   local ny = y0:numel()
   for k, x in ipairs(xs) do
     local nx = x:numel()
@@ -356,18 +430,18 @@ function mg.gradcheck(f, inputs, opts)
         if excess > worst then worst, wi, wa, wn = excess, i, an[i], num[i] end
       end
       if worst > 0 then
-        error(string.format("gradcheck: input %d, %s mode: Jacobian element (output %d, input %d) "
+        fail("gradcheck: input %d, %s mode: Jacobian element (output %d, input %d) "
           .. "is %.10g analytically but %.10g by finite differences", k, mode,
-          (wi - 1) // nx + 1, (wi - 1) % nx + 1, wa, wn), 2)
+          (wi - 1) // nx + 1, (wi - 1) % nx + 1, wa, wn)
       end
     end
   end
   return true
-end
+end)
 
 ---------------------------------------------------------------- ops composed in Lua
 
-require("moongrad.ops")(Tensor)
+require "moongrad.ops"
 
 ---------------------------------------------------------------- submodules
 

@@ -2,11 +2,11 @@
 -- driver with per-step traces, Bidirectional, Sequential and the losses. LSTM and GRU steps are
 -- the fused kernels (one recorded op per step), everything else is composed from tensor ops,
 -- so every tape sees every step; layouts, gate orders and initializers are Keras's (see
--- RNN_REFERENCE.md), so weights and results compare one to one.
+-- docs/cells.md), so weights and results compare one to one.
 local mg = require "moongrad"
 
-local getmetatable, ipairs, pairs, rawequal, rawget, rawset, select, setmetatable, tostring, type =
-      getmetatable, ipairs, pairs, rawequal, rawget, rawset, select, setmetatable, tostring, type
+local getmetatable, ipairs, pairs, pcall, rawequal, rawget, rawset, select, setmetatable, tostring, type =
+      getmetatable, ipairs, pairs, pcall, rawequal, rawget, rawset, select, setmetatable, tostring, type
 local debug, math, string, table = debug, math, string, table
 local _ENV = nil
 
@@ -15,7 +15,9 @@ local is_tensor, shapestr = mg.is_tensor, mg.shapestr
 
 ---------------------------------------------------------------- errors and checks
 
-local checks = mg._checks(debug.getinfo(1, "S").source)   -- errors point at the user's line
+-- Errors: raise/raisef inside, and every public function and method goes through checks.api
+-- (published at the end of this file), so messages point at the user's line.
+local checks = mg._checks(debug.getinfo(1, "S").source)
 local raise, raisef, describe, check_opts = checks.raise, checks.raisef, checks.describe, checks.check_opts
 
 local function check_tensor(fn, what, x, ndim)
@@ -89,16 +91,21 @@ local function initial_value(fn, what, init, shape, dtype)
   elseif init == "ones" then return mg.ones(shape, opt)
   elseif init == "glorot_uniform" or init == "orthogonal" then
     if #shape ~= 2 then raisef("%s: initializer %s needs a matrix, %s is %s", fn, init, what, shapestr(mg.zeros(shape))) end
-    return mg[init](shape[1], shape[2], opt)
+    local ok, t = pcall(mg[init], shape[1], shape[2], opt)
+    if not ok then raisef("%s: cannot initialize %s (%s)", fn, what, checks.message(t)) end
+    return t
   end
   raisef("%s: unknown initializer %s for %s", fn, tostring(init), what)
 end
 
 ---------------------------------------------------------------- classes
 
+local classes = {}                 -- the classes defined below, published at the end
+
 -- A class table: instances get it as metatable; '__index' finds methods here, then in 'parent'.
 local function class(name, parent)
   local c = { __name = name }
+  if classes then classes[#classes + 1] = c end
   c.__index = c
   if parent then
     setmetatable(c, { __index = parent })
@@ -840,5 +847,13 @@ function nn.binary_cross_entropy(p, target, opts)
   local q = mg.clamp(p, BCE_EPS, 1 - BCE_EPS)
   return -(target * mg.log(q) + (1 - target) * mg.log(1 - q)):mean()
 end
+
+---------------------------------------------------------------- publishing
+
+-- Every function of 'nn' and every method and metamethod of its classes becomes a public
+-- entry point (checks.api): errors raised inside point at the user's line, and tracebacks
+-- start at the call the user made. Classes made later (nn.Cell) inherit published methods.
+checks.publish(nn, table.unpack(classes))
+classes = nil
 
 return nn

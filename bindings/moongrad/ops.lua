@@ -1,8 +1,7 @@
 -- moongrad.ops: the ops of issue 12 composed in Lua from recorded primitives (their
 -- gradients and tangents come from those primitives' rules): prod (from cumprod: exact with
 -- zeros), roll, tril, triu, outer, einsum, masked_fill, pad, repeat, tile, and the alias
--- swish of silu. Called once by core.lua with the method table of every tensor; adds each as
--- a function of mg and a Tensor method.
+-- swish of silu. Loaded once by core.lua; adds each as a function of mg and a Tensor method.
 local mg = require "moongrad"
 
 local ipairs, pairs, math, table, type, tostring = ipairs, pairs, math, table, type, tostring
@@ -345,10 +344,14 @@ function mg.tile(x, ...)
   return repeat_by(x, reps, "tile")
 end
 
-return function(Tensor)
-  mg.swish = mg.silu
-  for _, name in ipairs({ "prod", "roll", "tril", "triu", "outer", "einsum", "masked_fill", "pad",
-                          "repeats", "tile", "swish" }) do
-    if name ~= "einsum" then Tensor[name] = mg[name] end
-  end
+-- Public: each function's errors name it at the user's line (core.lua's api); all but
+-- einsum are Tensor methods too.
+mg.swish = mg.silu
+local methods = {}
+for _, name in ipairs({ "prod", "roll", "tril", "triu", "outer", "einsum", "masked_fill", "pad",
+                        "repeats", "tile" }) do
+  mg[name] = c.api(nil, mg[name])
+  if name ~= "einsum" then methods[name] = mg[name] end
 end
+methods.swish = mg.swish
+mg._add_methods(methods)

@@ -10,7 +10,9 @@ local _ENV = nil
 local optim = {}
 local is_tensor, shapestr = mg.is_tensor, mg.shapestr
 
-local checks = mg._checks(debug.getinfo(1, "S").source)   -- errors point at the user's line
+-- Errors: raisef inside; every public function and method goes through checks.api
+-- (published at the end of this file), so messages point at the user's line.
+local checks = mg._checks(debug.getinfo(1, "S").source)
 local raisef, describe, check_opts = checks.raisef, checks.describe, checks.check_opts
 
 -- The Variables to optimize: an array of Variables, or a layer (anything with parameters()).
@@ -59,11 +61,16 @@ local function check_grads(fn, grads, params)
     raisef("%s: step expects an array of gradients parallel to params, got %s", fn, describe(grads))
   end
   for k in pairs(grads) do
-    if type(k) ~= "number" or k < 1 or k > #params or k ~= math.floor(k) then
+    if k ~= "n" and (type(k) ~= "number" or k < 1 or k > #params or k ~= math.floor(k)) then
       raisef("%s: gradient index %s is out of range for %d params", fn, tostring(k), #params)
     end
   end
   for i, p in ipairs(params) do grad_for(fn, p, grads, i) end
+  local n = math.type(grads.n) == "integer" and grads.n or #grads   -- holes count when 'n' says
+  if n ~= #params then
+    raisef("%s: step got %d gradients for %d params (nil for a parameter without a gradient, "
+           .. "with 'n' set to the length when the last is nil, as tape:gradient does)", fn, n, #params)
+  end
 end
 
 local function zeros_like(p) return mg.zeros(p:shape(), { dtype = p.dtype }) end
@@ -165,5 +172,9 @@ function Adam:__tostring()
   return string.format("Adam(lr=%g, beta1=%g, beta2=%g, eps=%g, %s, %d params)", self.lr, self.beta1,
     self.beta2, self.eps, self.variant, #self.params)
 end
+
+---------------------------------------------------------------- publishing
+
+checks.publish(optim, SGD, Adam)
 
 return optim

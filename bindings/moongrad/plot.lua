@@ -18,9 +18,9 @@
 -- and 3-d). Heatmaps in text are drawn with a character ramp that the title explains.
 local mg = require "moongrad"
 
-local error, getmetatable, ipairs, pairs, pcall, select, setmetatable, tostring, type =
-      error, getmetatable, ipairs, pairs, pcall, select, setmetatable, tostring, type
-local io, math, os, string, table = io, math, os, string, table
+local error, ipairs, pairs, pcall, select, tostring, type =
+      error, ipairs, pairs, pcall, select, tostring, type
+local debug, io, math, os, string, table = debug, io, math, os, string, table
 local _ENV = nil
 
 local is_tensor = mg.is_tensor
@@ -29,22 +29,16 @@ local M = {}
 
 ---------------------------------------------------------------- errors
 
--- User mistakes are raised as a 'Failure' inside the implementation; 'api' turns them into
--- "plot.<name>: message" at the level of the user's call.
-local Failure = {}
-
-local function fail(fmt, ...)
-  error(setmetatable({ msg = string.format(fmt, ...) }, Failure), 0)
-end
-
+-- User mistakes are raised by 'fail' inside the implementation; 'api' turns them into
+-- "plot.<name>: message" at the user's line (the mechanism of every Lua part: core.lua).
+-- A plot drawn to the terminal returns no value, so the REPL echoes no "nil".
+local checks = mg._checks(debug.getinfo(1, "S").source)
+local fail = checks.fail
 local function api(name, impl)
-  return function(...)
-    local ok, res = pcall(impl, ...)
-    if ok and res == nil then return end     -- drawn to the terminal: no value (no REPL "nil")
-    if ok then return res end
-    if getmetatable(res) == Failure then error(name .. ": " .. res.msg, 2) end
-    error(res, 0)
-  end
+  return checks.api(name, function(...)
+    local res = impl(...)
+    if res ~= nil then return res end
+  end)
 end
 
 -- A short description of a bad value for messages: numbers and strings as themselves.
@@ -125,9 +119,8 @@ local function options(opts, allowed)
   if type(opts) ~= "table" or is_tensor(opts) then
     fail("options must be a table, got %s", describe(opts))
   end
-  for k in pairs(opts) do
-    if not allowed[k] then fail("unknown option '%s'", tostring(k)) end
-  end
+  local msg = mg._unknown_option(nil, opts, allowed)      -- the one checker (ltensor.c)
+  if msg then fail(msg) end
   return opts
 end
 

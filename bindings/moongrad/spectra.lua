@@ -350,4 +350,6 @@ function spectra.cell_run(what, fn, cell, x, opts, backwards)
   return spectra[what](cell_step(cell), h0, x, o, fn, order)
 end
 
+ck.publish(spectra)       -- errors at the user's line, tracebacks from the public function
+
 return spectra
