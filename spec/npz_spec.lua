@@ -16,7 +16,7 @@ local function path(name) return dir .. "/" .. name end
 
 local function venv(code)
   local script = write_file(path("script.py"), code)
-  local p = io.popen(shq(support.venv_python()) .. " " .. shq(script) .. " " .. shq(dir) .. " 2>&1")
+  local p = io.popen("env -u LD_PRELOAD " .. shq(support.venv_python()) .. " " .. shq(script) .. " " .. shq(dir) .. " 2>&1")
   local out = p:read("a")
   assert(p:close(), "python failed:\n" .. out)
   return out

@@ -18,7 +18,7 @@ local function path(name) return dir .. "/" .. name end
 -- Runs Python 'code' in the test venv (argv[1] is the spec's directory); its stdout.
 local function venv(code)
   local script = write_file(path("script.py"), code)
-  local p = io.popen(shq(support.venv_python()) .. " " .. shq(script) .. " " .. shq(dir) .. " 2>&1")
+  local p = io.popen("env -u LD_PRELOAD " .. shq(support.venv_python()) .. " " .. shq(script) .. " " .. shq(dir) .. " 2>&1")
   local out = p:read("a")
   assert(p:close(), "python failed:\n" .. out)
   return out

@@ -219,6 +219,24 @@ describe("resuming training from a checkpoint", function()
       "holds the state of a SGD optimizer, not of a Adam")
   end)
 
+  it("a bad optimizer state leaves model and optimizer as they were", function()
+    local m = model()
+    local opt = optim.Adam(m)
+    nn.save(m, path("adam.safetensors"), { optimizer = opt })
+    local t, meta = mg.load_tensors(path("adam.safetensors"))
+    local p1 = m:parameters()[1]
+    t["@optimizer/m/1"] = mg.zeros(p1:size(1) + 1, p1:size(2))   -- a slot of the wrong shape
+    mg.save_tensors(t, path("bad.safetensors"), { metadata = meta })
+    local other = model()
+    local before = {}
+    for k, v in pairs(other:state()) do before[k] = bits(v) end
+    local oa = optim.Adam(other)
+    raises(function() nn.load(other, path("bad.safetensors"), { optimizer = oa }) end,
+      "nn.load: optimizer slot m[1] has shape")
+    for k, v in pairs(other:state()) do assert.are.equal(before[k], bits(v), k) end
+    assert.are.equal(0, oa.iterations)
+  end)
+
   it("checks its arguments", function()
     raises(function() nn.save(3, path("x")) end, "nn.save: expected a layer, got a number")
     raises(function() nn.save(nn.Dense(1, 1), path("x"), { optimiser = 1 }) end, "nn.save: unknown option 'optimiser'")

@@ -9,8 +9,8 @@
 local mg = require "moongrad"
 local nn = require "moongrad.nn"
 
-local getmetatable, ipairs, math, pairs, rawget, select, string, table, tonumber, tostring, type =
-      getmetatable, ipairs, math, pairs, rawget, select, string, table, tonumber, tostring, type
+local getmetatable, ipairs, math, pairs, pcall, rawget, string, table, tonumber, tostring, type =
+      getmetatable, ipairs, math, pairs, pcall, rawget, string, table, tonumber, tostring, type
 local debug = debug
 local _ENV = nil
 
@@ -273,8 +273,15 @@ function nn.load(layer, path, opts)
     end
     ost.class = nil
   end
+  local before = opt ~= nil and layer:get_weights() or nil
   local missing, unexpected = layer:load_state(own, { strict = opts.strict })
-  if opt ~= nil then opt_load_state("nn.load", opt, ost) end
+  if opt ~= nil then                                 -- a bad optimizer state changes nothing
+    local ok, err = pcall(opt_load_state, "nn.load", opt, ost)
+    if not ok then
+      layer:set_weights(before)
+      raise((tostring(err):gsub("^moongrad/serialize%.lua:%d+: ", "")))
+    end
+  end
   return missing, unexpected
 end
 
