@@ -80,6 +80,17 @@ describe("nn.save / nn.load round trips", function()
   end
 end)
 
+describe("loading", function()
+  it("require 'moongrad.nn' alone comes with state(), nn.save, nn.from_torch, nn.load_keras", function()
+    local p = io.popen("LUA_CPATH=" .. support.shq(package.cpath) .. [[ lua5.4 -e 'local nn = require "moongrad.nn"
+      print(type(nn.save), type(nn.load), type(nn.from_torch), type(nn.to_torch), type(nn.load_keras),
+            type(nn.save_keras), type(nn.Dense(1, 1).state), type(nn.Dense(1, 1).get_weights))' 2>&1]])
+    local out = p:read("a")
+    p:close()
+    assert.are.equal(string.rep("function\t", 7) .. "function\n", out)
+  end)
+end)
+
 describe("layer:state()", function()
   it("names Variables as '<layer>/<weight>', children of a Sequential as '<index>/...'", function()
     local m = nn.Sequential { nn.Bidirectional(nn.RNN(nn.LSTMCell(3, 4))), mg.relu, nn.Dense(8, 2) }
