@@ -263,6 +263,7 @@ int luaopen_moongrad(lua_State *L) {
   lmg_open_npy(L, S);
   lmg_open_io(L, S);
   lmg_open_linalg(L, S);
+  lmg_open_summary(L, S);
   preload_modules(L);
   /* package.loaded.moongrad is this table while the Lua parts load (they require it) */
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);

@@ -97,5 +97,6 @@ void lmg_open_cells(lua_State *L, lstate *S);    /* mg.lstm_cell, mg.gru_cell */
 void lmg_open_npy(lua_State *L, lstate *S);      /* mg.save, mg.load */
 void lmg_open_io(lua_State *L, lstate *S);       /* mg.save_tensors, mg.load_npz, ... */
 void lmg_open_linalg(lua_State *L, lstate *S);   /* mg._linalg: the LAPACK primitives */
+void lmg_open_summary(lua_State *L, lstate *S);  /* mg._summary: TensorBoard event files */
 
 #endif

@@ -763,10 +763,11 @@ static int tensor_narrow(lua_State *L) {
   lua_Integer n = (lua_Integer)mg_tensor_shape(t)[d];
   if (start < 0) start += n + 1;
   if (start < 1 || len < 0 || start - 1 > n - len) {         /* no overflow for huge 'len' */
-    bool fits = len >= 0 && (start < 1 || len - 1 <= LUA_MAXINTEGER - start);
-    const char *end = fits ? lua_pushfstring(L, "%I", start + len - 1) : "...";
-    return luaL_error(L, "narrow: range %I..%s out of bounds for dimension %d of size %I%s",
-                      start, end, d + 1, n, ONE_BASED(start));
+    if (len < 0 || (start >= 1 && len > LUA_MAXINTEGER - (start - 1)))   /* no last index */
+      return luaL_error(L, "narrow: %I elements from %I out of bounds for dimension %d of size %I%s",
+                        len, start, d + 1, n, ONE_BASED(start));
+    return luaL_error(L, "narrow: range %I..%I out of bounds for dimension %d of size %I%s",
+                      start, (start - 1) + len, d + 1, n, ONE_BASED(start));
   }
   return lmg_result(L, S, mg_tensor_narrow(S->C, t, d, start - 1, len, &y), &y);
 }
@@ -1204,6 +1205,7 @@ static int tensor_diag(lua_State *L) {
   lua_Integer k = luaL_optinteger(L, 2, 0);
   int nd = mg_tensor_ndim(t);
   mg_status st;
+  luaL_argcheck(L, k >= -(1LL << 52) && k <= (1LL << 52), 2, "diagonal offset out of range");
   if (nd == 1) st = mg_tensor_diag_embed(S->C, t, (int64_t)k, 0, 1, &y);
   else if (nd == 2) st = mg_tensor_diagonal(S->C, t, (int64_t)k, 0, 1, &y);
   else return luaL_error(L, "diag: expected a 1-d or 2-d tensor, got %d dimensions", nd);

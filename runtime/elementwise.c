@@ -723,20 +723,49 @@ static mg_tensor *open_interval(mg_ex *e, mg_tensor *x, double lo, double hi) {
   return mg_ex_mul(e, mg_ex_bins(e, MG_B_GT, x, lo), mg_ex_bins(e, MG_B_LT, x, hi));
 }
 
-/* f'(x) of the issue-12 unary and parametric nodes, with recording ops. */
-static mg_status more_deriv(mg_ctx *C, const mg_node *n, mg_tensor **d) {
+/* f'(x) of the issue-12 math functions (recording ops); *known false if not one. */
+static mg_tensor *math_deriv(mg_ex *e, const mg_node *n, bool *known) {
   mg_tensor *x = n->in[0], *y = n->out[0], *r = NULL;
-  double a = n->attr.f[0];
-  mg_ex ex, *e = &ex;
-  mg_ex_begin(e, C);
   switch (n->op) {
   case MG_OP_ERF: case MG_OP_ERFC:                 /* +-2/sqrt(pi) exp(-x^2) */
     r = mg_ex_bins(e, MG_B_MUL, mg_ex_unary(e, MG_U_EXP, mg_ex_unary(e, MG_U_NEG, mg_ex_mul(e, x, x))),
                    n->op == MG_OP_ERF ? SQRT_2_PI : -SQRT_2_PI);
     break;
+  case MG_OP_LOG1P: r = mg_ex_sbin(e, MG_B_DIV, 1, mg_ex_bins(e, MG_B_ADD, x, 1)); break;
+  case MG_OP_EXPM1: r = mg_ex_bins(e, MG_B_ADD, y, 1); break;
+  case MG_OP_TAN: r = mg_ex_bins(e, MG_B_ADD, mg_ex_mul(e, y, y), 1); break;
+  case MG_OP_ATAN: r = mg_ex_sbin(e, MG_B_DIV, 1, mg_ex_bins(e, MG_B_ADD, mg_ex_mul(e, x, x), 1)); break;
+  case MG_OP_ASINH:
+    r = mg_ex_unary(e, MG_U_RSQRT, mg_ex_bins(e, MG_B_ADD, mg_ex_mul(e, x, x), 1));
+    break;
+  case MG_OP_SINH: r = mg_ex_unary(e, MG_U_COSH, x); break;
+  case MG_OP_COSH: r = mg_ex_unary(e, MG_U_SINH, x); break;
+  case MG_OP_SQUARE: r = mg_ex_bins(e, MG_B_MUL, x, 2); break;
+  case MG_OP_RECIPROCAL: r = mg_ex_unary(e, MG_U_NEG, mg_ex_mul(e, y, y)); break;
+  case MG_OP_RSQRT: r = mg_ex_bins(e, MG_B_MUL, mg_ex_mul(e, y, mg_ex_mul(e, y, y)), -0.5); break;
+  case MG_OP_EXP2: r = mg_ex_bins(e, MG_B_MUL, y, M_LN2); break;
+  case MG_OP_LOG2: r = mg_ex_sbin(e, MG_B_DIV, 1 / M_LN2, x); break;
+  case MG_OP_LOG10: r = mg_ex_sbin(e, MG_B_DIV, 1 / M_LN10, x); break;
+  default: *known = false; break;
+  }
+  return r;
+}
+
+/* The derivative of the exponential-linear units: 'pos' for x > 0, 'neg' (an expression in
+** y) for x < 0, and the constant 'at0' at 0: PyTorch's values there in both orders (the
+** first derivative is the left-hand one, the second 0, as elu_double_backward's x < 0). */
+static mg_tensor *exp_branch(mg_ex *e, mg_tensor *x, double pos, mg_tensor *neg, double at0) {
+  mg_tensor *left = mg_ex_where(e, mg_ex_bins(e, MG_B_LT, x, 0), neg, mg_ex_full(e, x->dtype, at0));
+  return mg_ex_where(e, mg_ex_bins(e, MG_B_GT, x, 0), mg_ex_full(e, x->dtype, pos), left);
+}
+
+/* f'(x) of the issue-12 activations, parametric ones reading n->attr. */
+static mg_tensor *activation_deriv(mg_ex *e, const mg_node *n, bool *known) {
+  mg_tensor *x = n->in[0], *y = n->out[0], *r = NULL;
+  double a = n->attr.f[0];
+  switch (n->op) {
   case MG_OP_SELU:                                 /* scale, or y + scale alpha */
-    r = mg_ex_where(e, mg_ex_bins(e, MG_B_GT, x, 0), mg_ex_full(e, x->dtype, SELU_SCALE),
-                    mg_ex_bins(e, MG_B_ADD, y, SELU_SA));
+    r = exp_branch(e, x, SELU_SCALE, mg_ex_bins(e, MG_B_ADD, y, SELU_SA), SELU_SA);
     break;
   case MG_OP_SILU: {                               /* s + y (1 - s) */
     mg_tensor *s = mg_ex_unary(e, MG_U_SIGMOID, x);
@@ -756,28 +785,11 @@ static mg_status more_deriv(mg_ctx *C, const mg_node *n, mg_tensor **d) {
   }
   case MG_OP_HARD_TANH: r = open_interval(e, x, -1, 1); break;
   case MG_OP_RELU6: r = open_interval(e, x, 0, 6); break;
-  case MG_OP_LOG1P: r = mg_ex_sbin(e, MG_B_DIV, 1, mg_ex_bins(e, MG_B_ADD, x, 1)); break;
-  case MG_OP_EXPM1: r = mg_ex_bins(e, MG_B_ADD, y, 1); break;
-  case MG_OP_TAN: r = mg_ex_bins(e, MG_B_ADD, mg_ex_mul(e, y, y), 1); break;
-  case MG_OP_ATAN: r = mg_ex_sbin(e, MG_B_DIV, 1, mg_ex_bins(e, MG_B_ADD, mg_ex_mul(e, x, x), 1)); break;
-  case MG_OP_ASINH:
-    r = mg_ex_unary(e, MG_U_RSQRT, mg_ex_bins(e, MG_B_ADD, mg_ex_mul(e, x, x), 1));
-    break;
-  case MG_OP_SINH: r = mg_ex_unary(e, MG_U_COSH, x); break;
-  case MG_OP_COSH: r = mg_ex_unary(e, MG_U_SINH, x); break;
-  case MG_OP_SQUARE: r = mg_ex_bins(e, MG_B_MUL, x, 2); break;
-  case MG_OP_RECIPROCAL: r = mg_ex_unary(e, MG_U_NEG, mg_ex_mul(e, y, y)); break;
-  case MG_OP_RSQRT: r = mg_ex_bins(e, MG_B_MUL, mg_ex_mul(e, y, mg_ex_mul(e, y, y)), -0.5); break;
-  case MG_OP_EXP2: r = mg_ex_bins(e, MG_B_MUL, y, M_LN2); break;
-  case MG_OP_LOG2: r = mg_ex_sbin(e, MG_B_DIV, 1 / M_LN2, x); break;
-  case MG_OP_LOG10: r = mg_ex_sbin(e, MG_B_DIV, 1 / M_LN10, x); break;
   case MG_OP_ELU:                                  /* 1, or y + alpha (alpha e^x) */
-    r = mg_ex_where(e, mg_ex_bins(e, MG_B_GT, x, 0), mg_ex_full(e, x->dtype, 1),
-                    mg_ex_bins(e, MG_B_ADD, y, a));
+    r = exp_branch(e, x, 1, mg_ex_bins(e, MG_B_ADD, y, a), a);
     break;
   case MG_OP_CELU:                                 /* 1, or y / alpha + 1 (e^(x/alpha)) */
-    r = mg_ex_where(e, mg_ex_bins(e, MG_B_GT, x, 0), mg_ex_full(e, x->dtype, 1),
-                    mg_ex_bins(e, MG_B_ADD, mg_ex_bins(e, MG_B_DIV, y, a), 1));
+    r = exp_branch(e, x, 1, mg_ex_bins(e, MG_B_ADD, mg_ex_bins(e, MG_B_DIV, y, a), 1), 1);
     break;
   case MG_OP_LEAKY_RELU:                           /* alpha at 0, as PyTorch */
     r = mg_ex_where(e, mg_ex_bins(e, MG_B_GT, x, 0), mg_ex_full(e, x->dtype, 1),
@@ -802,7 +814,24 @@ static mg_status more_deriv(mg_ctx *C, const mg_node *n, mg_tensor **d) {
     r = mg_ex_bins(e, MG_B_MUL, open_interval(e, x, -h, h), a);
     break;
   }
-  default: mg_ex_end(e); return mg_fail(C, MG_EARG, "internal: not a unary op");
+  default: *known = false; break;
+  }
+  return r;
+}
+
+/* f'(x) of the issue-12 unary and parametric nodes. */
+static mg_status more_deriv(mg_ctx *C, const mg_node *n, mg_tensor **d) {
+  mg_ex ex, *e = &ex;
+  bool known = true;
+  mg_ex_begin(e, C);
+  mg_tensor *r = math_deriv(e, n, &known);
+  if (!known) {
+    known = true;
+    r = activation_deriv(e, n, &known);
+  }
+  if (!known) {
+    mg_ex_end(e);
+    return mg_fail(C, MG_EARG, "internal: not a unary op");
   }
   *d = mg_ex_keep(e, r);
   return mg_ex_end(e);

@@ -103,18 +103,35 @@ static int create_beside(const char *linkpath, char **tmp) {
   return -1;
 }
 
-mg_status mg_tmpfile_name(mg_ctx *C, const char *op, const char *path, char **tmp) {
+/* The temporary beside 'path', open for writing in '*fd' (its name in '*tmp'), or the error
+** that says why not. */
+static mg_status open_beside(mg_ctx *C, const char *op, const char *path, int *fd, char **tmp) {
   *tmp = NULL;
-  char *name = NULL;
-  int fd = create_beside(path, &name);
-  if (fd < 0) {
+  *fd = create_beside(path, tmp);
+  if (*fd >= 0) return MG_OK;
+  int e = errno;
+  if (e == ENOMEM) return mg_fail(C, MG_ENOMEM, "%s: out of memory", op);
+  return mg_fail(C, MG_EIO, "%s: cannot open '%s' for writing (%s)", op, path, strerror(e));
+}
+
+/* Rename the finished 'tmp' over 'path' and make the rename durable; on failure remove it.
+** Frees 'tmp' either way. */
+static mg_status replace_with(mg_ctx *C, const char *op, char *tmp, const char *path) {
+  if (rename_over(tmp, path) != 0) {
     int e = errno;
-    if (e == ENOMEM) return mg_fail(C, MG_ENOMEM, "%s: out of memory", op);
-    return mg_fail(C, MG_EIO, "%s: cannot open '%s' for writing (%s)", op, path, strerror(e));
+    mg_tmpfile_discard(tmp);
+    return mg_fail(C, MG_EIO, "%s: cannot write '%s' (%s)", op, path, strerror(e));
   }
-  close(fd);
-  *tmp = name;
+  free(tmp);
+  fsync_dir(path);
   return MG_OK;
+}
+
+mg_status mg_tmpfile_name(mg_ctx *C, const char *op, const char *path, char **tmp) {
+  int fd = -1;
+  mg_status st = open_beside(C, op, path, &fd, tmp);
+  if (st == MG_OK) close(fd);
+  return st;
 }
 
 mg_status mg_tmpfile_commit(mg_ctx *C, const char *op, char *tmp, const char *path) {
@@ -122,15 +139,11 @@ mg_status mg_tmpfile_commit(mg_ctx *C, const char *op, char *tmp, const char *pa
   int fd = open(tmp, O_RDONLY);
   if (fd < 0 || fsync(fd) != 0) e = errno;
   if (fd >= 0 && close(fd) != 0 && e == 0) e = errno;
-  if (e == 0 && rename_over(tmp, path) != 0) e = errno;
   if (e != 0) {
-    unlink(tmp);
-    free(tmp);
+    mg_tmpfile_discard(tmp);
     return mg_fail(C, MG_EIO, "%s: cannot write '%s' (%s)", op, path, strerror(e));
   }
-  free(tmp);
-  fsync_dir(path);
-  return MG_OK;
+  return replace_with(C, op, tmp, path);
 }
 
 void mg_tmpfile_discard(char *tmp) {
@@ -143,12 +156,9 @@ mg_status mg_wfile_open(mg_ctx *C, const char *op, const char *path, mg_wfile *w
   w->f = NULL;
   w->tmp = NULL;
   char *tmp = NULL;
-  int fd = create_beside(path, &tmp);
-  if (fd < 0) {
-    int e = errno;
-    if (e == ENOMEM) return mg_fail(C, MG_ENOMEM, "%s: out of memory", op);
-    return mg_fail(C, MG_EIO, "%s: cannot open '%s' for writing (%s)", op, path, strerror(e));
-  }
+  int fd = -1;
+  mg_status st = open_beside(C, op, path, &fd, &tmp);
+  if (st != MG_OK) return st;
   FILE *f = fdopen(fd, "wb");
   if (f == NULL) {
     int e = errno;
@@ -174,14 +184,7 @@ mg_status mg_wfile_commit(mg_ctx *C, const char *op, const char *path, mg_wfile 
     mg_tmpfile_discard(tmp);
     return mg_fail(C, MG_EIO, "%s: error writing '%s' (%s)", op, path, strerror(e));
   }
-  if (rename_over(tmp, path) != 0) {
-    e = errno;
-    mg_tmpfile_discard(tmp);
-    return mg_fail(C, MG_EIO, "%s: cannot write '%s' (%s)", op, path, strerror(e));
-  }
-  free(tmp);
-  fsync_dir(path);
-  return MG_OK;
+  return replace_with(C, op, tmp, path);
 }
 
 void mg_wfile_abort(mg_wfile *w) {

@@ -427,6 +427,102 @@ MG_API mg_status mg_h5_load(mg_ctx *C, const char *op, const char *path, mg_tens
 MG_API mg_status mg_h5_save(mg_ctx *C, const char *op, const mg_tensor_dict *d, const char *path);
 
 /* ----------------------------------------------------------------------------------------
+** TensorBoard event files (summary.c): TFRecord framing (uint64 length, masked CRC32C of
+** the length, an 'Event' protobuf, masked CRC32C of the data), the messages of TensorBoard's
+** event.proto/summary.proto (runtime/proto/tfevents.proto). A writer appends to
+** 'logdir/events.out.tfevents.<time>.<host>.<pid>.<n><suffix>'; events are buffered and
+** written, whole records one write(2) each, then fsynced, by 'mg_summary_flush', by close,
+** and by the next event once 'flush_secs' have passed since the last flush. Messages name
+** the 'summary.<method>' called. 'wall_time' < 0 means now.
+** -------------------------------------------------------------------------------------- */
+
+typedef struct mg_summary_writer mg_summary_writer;
+
+/* Create 'logdir' (and its parents) if needed and a new event file in it, holding the
+** 'file_version' event, flushed. '*out' is new (close it with mg_summary_close). */
+MG_API mg_status mg_summary_open(mg_ctx *C, const char *logdir, const char *suffix,
+                                 double flush_secs, mg_summary_writer **out);
+/* The event file's path: borrowed, valid until close. */
+MG_API const char *mg_summary_path(const mg_summary_writer *w);
+MG_API bool mg_summary_closed(const mg_summary_writer *w);
+MG_API mg_status mg_summary_scalar(mg_ctx *C, mg_summary_writer *w, const char *tag,
+                                   double value, int64_t step, double wall_time);
+/* Histogram of the elements of 't' (any shape, float32/float64, all finite): 'bins' 0 uses
+** TensorFlow's default exponential bucket edges (mg_summary_default_edges), else 'bins'
+** uniform buckets from min to max (min - 0.5 to max + 0.5 when they are equal). */
+MG_API mg_status mg_summary_histogram(mg_ctx *C, mg_summary_writer *w, const char *tag,
+                                      mg_tensor *t, int bins, int64_t step, double wall_time);
+/* TensorFlow's default histogram edges: -DBL_MAX, ..., -1e-12, 0, 1e-12, ... (x1.1 each),
+** DBL_MAX. Writes up to 'cap' of them to 'edges' (may be NULL) and returns their count. */
+MG_API size_t mg_summary_default_edges(double *edges, size_t cap);
+/* An image from the bytes of a PNG file (its size and colour type read from its IHDR). */
+MG_API mg_status mg_summary_image_png(mg_ctx *C, mg_summary_writer *w, const char *tag,
+                                      const unsigned char *png, size_t len, int64_t step,
+                                      double wall_time);
+/* An image from an (H, W) or (H, W, C) tensor, C 1, 3 or 4, values in [0, 1]: PNG-encoded. */
+MG_API mg_status mg_summary_image_tensor(mg_ctx *C, mg_summary_writer *w, const char *tag,
+                                         mg_tensor *t, int64_t step, double wall_time);
+/* A string for the text plugin (a DT_STRING tensor of shape () with metadata "text"). */
+MG_API mg_status mg_summary_text(mg_ctx *C, mg_summary_writer *w, const char *tag,
+                                 const char *s, size_t len, int64_t step, double wall_time);
+MG_API mg_status mg_summary_flush(mg_ctx *C, mg_summary_writer *w);
+/* Flush, fsync and close the file (idempotent: a closed writer stays valid, its methods
+** fail with MG_ESTATE). */
+MG_API mg_status mg_summary_close(mg_ctx *C, mg_summary_writer *w);
+/* Close if open (errors dropped) and free. */
+MG_API void mg_summary_free(mg_summary_writer *w);
+
+/* PNG encoding through libpng (png.c): an (H, W) or (H, W, C) tensor, C 1, 3 or 4, values
+** in [0, 1] (rounded to 8 bits). '*out' is new (free it); 'op' names the caller. */
+MG_API mg_status mg_png_encode(mg_ctx *C, const char *op, mg_tensor *t, unsigned char **out,
+                               size_t *len);
+
+/* Reading an event file: every record's CRCs are checked, every event decoded; any
+** corruption fails with MG_EFORMAT and a "summary.read: ..." message naming the byte offset.
+** All pointers in a log are borrowed from it, valid until mg_summary_log_free. */
+typedef enum mg_summary_kind {
+  MG_SUMMARY_OTHER,       /* a value of a kind moongrad does not write: the tag only */
+  MG_SUMMARY_SCALAR,      /* 'scalar' (a simple_value, or TensorFlow 2's 0-d "scalars" tensor) */
+  MG_SUMMARY_HISTOGRAM,   /* 'min' ... 'bucket' */
+  MG_SUMMARY_IMAGE,       /* 'height', 'width', 'colorspace', 'bytes' (the PNG) */
+  MG_SUMMARY_TEXT         /* 'bytes' (the string) */
+} mg_summary_kind;
+
+typedef struct mg_summary_value {
+  const char *tag;
+  const char *plugin;     /* the metadata's plugin name, or NULL */
+  mg_summary_kind kind;
+  double scalar;
+  double min, max, num, sum, sum_squares;
+  size_t nbuckets;        /* entries of 'bucket_limit' and of 'bucket' */
+  const double *bucket_limit, *bucket;
+  int height, width, colorspace;
+  const unsigned char *bytes;
+  size_t nbytes;
+} mg_summary_value;
+
+typedef struct mg_summary_event {
+  uint64_t offset;        /* byte offset of its record in the file */
+  double wall_time;
+  int64_t step;
+  const char *file_version;   /* NULL unless the event is a file version */
+  size_t nvalues;
+  const mg_summary_value *values;
+} mg_summary_event;
+
+typedef struct mg_summary_log mg_summary_log;
+
+MG_API mg_status mg_summary_read(mg_ctx *C, const char *path, mg_summary_log **out);
+/* Decode an in-memory event file (used by the file reader and the fuzzer). */
+MG_API mg_status mg_summary_parse(mg_ctx *C, const void *buf, size_t len, mg_summary_log **out);
+MG_API size_t mg_summary_log_count(const mg_summary_log *log);
+MG_API const mg_summary_event *mg_summary_log_event(const mg_summary_log *log, size_t i);
+MG_API void mg_summary_log_free(mg_summary_log *log);
+/* CRC32C (Castagnoli) of 'len' bytes, and TFRecord's mask of it. */
+MG_API uint32_t mg_crc32c(const void *buf, size_t len);
+MG_API uint32_t mg_crc32c_mask(uint32_t crc);
+
+/* ----------------------------------------------------------------------------------------
 ** Autograd
 ** -------------------------------------------------------------------------------------- */
 

@@ -74,7 +74,10 @@ static void diag_window(const mg_tensor *x, int64_t offset, int d1, int d2, mg_t
   w->offset = x->offset + start;
 }
 
-static mg_status check_pair(mg_ctx *C, const char *fn, int d1, int d2, int ndim) {
+static mg_status check_pair(mg_ctx *C, const char *fn, int64_t offset, int d1, int d2,
+                            int ndim) {
+  if (offset < -(INT64_C(1) << 52) || offset > (INT64_C(1) << 52))   /* -offset, n + |offset| */
+    return mg_fail(C, MG_EARG, "%s: diagonal offset %lld out of range", fn, (long long)offset);
   if (d1 < 0 || d1 >= ndim) return bad_dim(C, fn, d1, ndim);
   if (d2 < 0 || d2 >= ndim) return bad_dim(C, fn, d2, ndim);
   if (d1 == d2) return mg_fail(C, MG_EARG, "%s: dimensions %d and %d are the same", fn, d1 + 1, d2 + 1);
@@ -83,7 +86,7 @@ static mg_status check_pair(mg_ctx *C, const char *fn, int d1, int d2, int ndim)
 
 mg_status mg_tensor_diagonal(mg_ctx *C, mg_tensor *x, int64_t offset, int d1, int d2,
                              mg_tensor **out) {
-  mg_status st = check_pair(C, "diagonal", d1, d2, x->ndim);
+  mg_status st = check_pair(C, "diagonal", offset, d1, d2, x->ndim);
   if (st != MG_OK) return st;
   mg_tensor w;
   diag_window(x, offset, d1, d2, &w);
@@ -117,7 +120,7 @@ mg_status mg_tensor_diag_embed(mg_ctx *C, mg_tensor *x, int64_t offset, int d1, 
   int nd = x->ndim + 1;
   if (x->ndim < 1) return mg_fail(C, MG_ESHAPE, "diag_embed: expected at least 1 dimension");
   if (nd > MG_MAXDIM) return mg_fail(C, MG_ESHAPE, "diag_embed: a tensor may have at most %d dimensions", MG_MAXDIM);
-  mg_status st = check_pair(C, "diag_embed", d1, d2, nd);
+  mg_status st = check_pair(C, "diag_embed", offset, d1, d2, nd);
   if (st != MG_OK) return st;
   int64_t sh[MG_MAXDIM], n = x->shape[x->ndim - 1] + (offset < 0 ? -offset : offset);
   for (int d = 0, k = 0; d < nd; d++) sh[d] = (d == d1 || d == d2) ? n : x->shape[k++];

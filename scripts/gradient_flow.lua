@@ -10,14 +10,21 @@
 --     (the total derivative of the loss w.r.t. each hidden state, through all later steps);
 --   * ||dh_T/dh_k|| for every k, from ONE tape:batch_jacobian(h_T, {h_0, ..., h_(T-1)});
 --   * dL/dh_t itself per sample, unit and timestep (plot.features_2d).
--- It prints the numbers and where the pictures are.
+-- It prints the numbers and where the pictures are. A TensorBoard log (mg.summary, in
+-- OUT/tensorboard or --logdir) holds the training loss at every iteration and, every
+-- --log_every iterations, the evaluation loss and ||dL/dh_t|| for each t (tags
+-- 'dL_dh_norm/t_01' ...); and the profiles before and after training with the timestep as
+-- step ('dL_dh_profile/before_training', 'dh_T_dh_k_profile/after_training', ...). Open it
+-- with 'tensorboard --logdir OUT/tensorboard'.
 --
---   moongrad scripts/gradient_flow.lua [--out out] [--iters 2000] [--steps 20] [--units 16]
+--   moongrad scripts/gradient_flow.lua [--out out] [--logdir DIR] [--iters 2000] [--steps 20] [--units 16]
 local common = dofile((arg[0]:match("^(.*)[/\\]") or ".") .. "/common.lua")
 local nn, plot = mg.nn, mg.plot
 
 local opt, out = common.setup(arg, "gradient_flow.lua",
   "train a small LSTM to recall the first input; per-timestep gradient norms, Jacobian-norm decay, dL/dh_t heatmaps", 1, {
+  { "logdir", "", "TensorBoard log directory (default: OUT/tensorboard)" },
+  { "log_every", 0, "TensorBoard: evaluation loss and ||dL/dh_t|| every this many iterations (0: iters/20)", 0 },
   { "iters", 2000, "training iterations", 1 },
   { "steps", 20, "sequence length T", 2 },
   { "units", 16, "LSTM units", 1 },
@@ -77,20 +84,51 @@ local function measure()
            jshape = common.shape(J[1]) }
 end
 
+-- ||dL/dh_t|| (t = 1..T) and the loss on the evaluation batch, from one gradient call.
+local function eval_gnorm()
+  local tape, tr, loss = forward(eval_x, eval_y, false)
+  local dh = tape:gradient(loss, tr.h)
+  local g = {}
+  for t = 1, T do g[t] = dh[t]:norm():item() end
+  return loss:item(), g
+end
+
+---------------------------------------------------------------- TensorBoard log
+
+local logdir = opt.logdir ~= "" and opt.logdir or (out .. "/tensorboard")
+local tb = mg.summary.writer(logdir)
+local log_every = opt.log_every > 0 and opt.log_every or math.max(1, opt.iters // 20)
+local function log_eval(it)
+  local l, g = eval_gnorm()
+  tb:scalar("loss/eval", l, it)
+  for t = 1, T do tb:scalar(string.format("dL_dh_norm/t_%02d", t), g[t], it) end
+end
+local function log_profile(when, m)
+  for t = 1, T do
+    tb:scalar("dL_dh_profile/" .. when, m.gnorm[t], t)       -- step: the timestep t
+    tb:scalar("dh_T_dh_k_profile/" .. when, m.jnorm[t], t - 1) -- step: the source timestep k
+  end
+end
+
 ---------------------------------------------------------------- training
 
 print(string.format("task: output x_1 of a (B, %d, 1) noise sequence at step %d; LSTM %d units, Dense head, MSE, Adam lr %g",
   T, T, U, opt.lr))
 local before = measure()
+log_profile("before_training", before)
+log_eval(0)
 local losses, iters = {}, {}
 for it = 1, opt.iters do
   local x, y = task(opt.batch)
   local tape, _, loss = forward(x, y, false)
   adam:step(tape:gradient(loss, params))
   losses[it], iters[it] = loss:item(), it
+  tb:scalar("loss/train", losses[it], it)
+  if it % log_every == 0 or it == opt.iters then log_eval(it) end
   common.progress("training", it, opt.iters, losses[it])
 end
 local after = measure()
+log_profile("after_training", after)
 
 -- mean training loss over the first and the last tenth of the run (single batches are noisy)
 local function window_mean(lo, hi)
@@ -161,3 +199,5 @@ for _, ext in ipairs{ "png", "txt" } do
   written[#written + 1] = { "training loss (" .. ext .. ")", path }
 end
 for _, w in ipairs(written) do common.wrote(w[1], w[2]) end
+tb:close()
+print(string.format("TensorBoard log: %s (tensorboard --logdir %s)", tb:path(), logdir))

@@ -3,7 +3,10 @@
 -- gate, and draw what TensorBoard's histogram dashboard shows: for every group of weights
 -- the histogram of its values at each recorded iteration (x: iteration, y: value, colour:
 -- share of the group in that bin), for the weights and for the gradients; and the paths of
--- individual weights and of their gradients over the iterations.
+-- individual weights and of their gradients over the iterations. The same goes to a TensorBoard
+-- log (mg.summary, in OUT/tensorboard or --logdir): every group's weight and gradient histogram
+-- at each snapshot, the first entry of each group and its gradient as scalars, the loss at
+-- every iteration; open it with 'tensorboard --logdir OUT/tensorboard'.
 --
 -- The model: layer 1 is the seed's custom two-state cell as an nn.Cell,
 --     h_t = relu(W_rec h_(t-1) + b_rec),  c_t = c_(t-1) - h_(t-1) + h_t,  o_t = sigmoid(W_in x_t + c_t)
@@ -11,12 +14,13 @@
 -- gradient); layer 2 an LSTM (gates i, f, c, o) reading layer 1's outputs; a Dense head on
 -- the LSTM's last output. Task: predict the mean of input channel 1 over the sequence (MSE).
 --
---   moongrad scripts/weight_histograms.lua [--out out] [--iters 300] [--snapshots 30] ...
+--   moongrad scripts/weight_histograms.lua [--out out] [--logdir DIR] [--iters 300] [--snapshots 30] ...
 local common = dofile((arg[0]:match("^(.*)[/\\]") or ".") .. "/common.lua")
 local nn, plot = mg.nn, mg.plot
 
 local opt, out = common.setup(arg, "weight_histograms.lua",
   "seed 000: histograms over iterations of weights and gradients per layer and gate, and individual weights", 0, {
+  { "logdir", "", "TensorBoard log directory (default: OUT/tensorboard)" },
   { "iters", 300, "training iterations", 1 },
   { "snapshots", 30, "how many times the weights and gradients are recorded", 2 },
   { "bins", 30, "histogram bins", 2 },
@@ -82,6 +86,27 @@ for i, p in ipairs(params) do index[p] = i end
 
 ---------------------------------------------------------------- training with snapshots
 
+-- The TensorBoard log: tags '<weights|gradients>/<layer>/<group>' (histograms) and
+-- 'individual_<weights|gradients>/<layer>/<group>[1]' (scalars); TensorBoard groups the tags
+-- by their first component.
+local logdir = opt.logdir ~= "" and opt.logdir or (out .. "/tensorboard")
+local tb = mg.summary.writer(logdir)
+local function tag_of(layer, grp) return layer.slug .. "/" .. grp.name:gsub("[^%w]+", "_"):gsub("_$", "") end
+local function log_snapshot(it, grads)
+  for _, layer in ipairs(layers) do
+    for _, row in ipairs(layer.rows) do
+      for _, grp in ipairs(row) do
+        local tag = tag_of(layer, grp)
+        local w, g = grp.view(grp.param), grp.view(grads[index[grp.param]])
+        tb:histogram("weights/" .. tag, w, it)
+        tb:histogram("gradients/" .. tag, g, it)
+        tb:scalar("individual_weights/" .. tag .. "[1]", w:reshape(-1)[1]:item(), it)
+        tb:scalar("individual_gradients/" .. tag .. "[1]", g:reshape(-1)[1]:item(), it)
+      end
+    end
+  end
+end
+
 local function batch()
   local x = mg.randn(opt.batch, T, opt.input)
   return x, x:select(3, 1):mean(2, true)               -- (B, 1): the mean of channel 1
@@ -109,9 +134,11 @@ for it = 1, opt.iters do
       end
     end
     snaps[#snaps + 1] = s
+    log_snapshot(it, grads)
   end
   adam:step(grads)
   losses[it] = loss:item()
+  tb:scalar("loss", losses[it], it)
   common.progress("training", it, opt.iters, losses[it])
 end
 local tenth = math.max(1, opt.iters // 10)
@@ -297,3 +324,5 @@ for li, layer in ipairs(layers) do
   end
 end
 for _, w in ipairs(written) do common.wrote(w[1], w[2]) end
+tb:close()
+print(string.format("TensorBoard log: %s (tensorboard --logdir %s)", tb:path(), logdir))

@@ -284,13 +284,7 @@ end)
 -- ("unshare -m ...": mounts die with the child; "setpriv ...": another user); returns whether
 -- it exited 0 and its output (stdout and stderr).
 local function lua_child(pre, code, wrapper)
-  local script = path("child.lua")
-  write_file(script, 'local mg = require "moongrad"\nio.stdout:setvbuf("no")\n' .. code)
-  local cmd = "LUA_CPATH=" .. support.shq(package.cpath) .. " " .. (wrapper or "") .. " bash -c "
-              .. support.shq(pre .. " exec lua5.4 " .. support.shq(script)) .. " 2>&1"
-  local p = io.popen(cmd)
-  local out = p:read("a")
-  return p:close() == true, out
+  return support.lua_child(path("child.lua"), pre, code, wrapper)
 end
 
 -- The names in directory 'd' (sorted).
@@ -372,17 +366,8 @@ describe("save errors", function()
     os.execute("mkdir -p " .. support.shq(ro) .. " && chmod 755 " .. support.shq(dir))
     mg.save(mg.ones(2), ro .. "/old.npy")
     os.execute("chmod 555 " .. support.shq(ro))
-    -- root writes anywhere: then the child runs as 'nobody'
-    local wrapper
-    local p = io.popen("id -u")
-    if p:read("l") == "0" then
-      if not os.execute("command -v setpriv >/dev/null") then
-        pending("running as root without setpriv")
-        return
-      end
-      wrapper = "setpriv --reuid=65534 --regid=65534 --clear-groups"
-    end
-    p:close()
+    local wrapper, why = support.unprivileged()   -- root writes anywhere: run as 'nobody'
+    if wrapper == nil then pending(why) return end
     local ok, out = lua_child("", string.format([[
 print(pcall(mg.save, mg.ones(3), %q))
 print(pcall(mg.save, mg.ones(3), %q))]], ro .. "/new.npy", ro .. "/old.npy"), wrapper)

@@ -49,6 +49,8 @@ describe("diagonal, diag", function()
     raises(function() mg.diag(mg.zeros(2, 2, 2)) end, "diag: expected a 1-d or 2-d tensor, got 3 dimensions")
     raises(function() mg.diagonal(mg.zeros(3)) end, "diagonal: expected at least 2 dimensions")
     raises(function() m:diagonal(0, 2, 2) end, "diagonal: dimensions 2 and 2 are the same")
+    raises(function() mg.diag(mg.ones(2), math.mininteger) end, "'diag'", "diagonal offset out of range")
+    raises(function() m:diagonal(math.maxinteger) end, "diagonal: diagonal offset 9223372036854775807 out of range")
   end)
 end)
 

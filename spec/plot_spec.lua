@@ -828,14 +828,8 @@ end)
 -- shell prefix 'pre' ("ulimit -f 8;", "VAR=x"), the shell started through 'wrapper' when
 -- given ("setpriv ..."); returns whether it exited 0 and its output.
 local function lua_child(dir, pre, code, wrapper)
-  local script = dir .. "/child.lua"
-  support.write_file(script, 'local mg = require "moongrad"\nlocal plot = require "moongrad.plot"\n'
-                     .. 'io.stdout:setvbuf("no")\n' .. code)
-  local cmd = "LUA_CPATH=" .. shq(package.cpath) .. " " .. (wrapper or "") .. " bash -c "
-              .. shq(pre .. " exec lua5.4 " .. shq(script)) .. " 2>&1"
-  local p = io.popen(cmd)
-  local out = p:read("a")
-  return p:close() == true, out
+  return support.lua_child(dir .. "/child.lua", pre, 'local plot = require "moongrad.plot"\n' .. code,
+                           wrapper)
 end
 
 local function listing(dir)
@@ -894,16 +888,8 @@ print(pcall(plot.gnuplot, "set isosamples 80\nsplot x*y with pm3d", nil,
     if not need_gnuplot() then return end
     local ro = dir .. "/ro"
     os.execute("mkdir " .. shq(ro) .. " && chmod 755 " .. shq(dir) .. " && chmod 555 " .. shq(ro))
-    local wrapper
-    local p = io.popen("id -u")
-    if p:read("l") == "0" then                   -- root writes anywhere: run as 'nobody'
-      if not os.execute("command -v setpriv >/dev/null") then
-        pending("running as root without setpriv")
-        return
-      end
-      wrapper = "setpriv --reuid=65534 --regid=65534 --clear-groups"
-    end
-    p:close()
+    local wrapper, why = support.unprivileged()   -- root writes anywhere: run as 'nobody'
+    if wrapper == nil then pending(why) return end
     local ok, text = lua_child(dir, "", string.format([[
 print(pcall(plot.lines, { 1, 2 }, { out = %q }))]], ro .. "/x.png"), wrapper)
     os.execute("chmod 755 " .. shq(ro))

@@ -10,6 +10,25 @@ local function q(s) return "'" .. s:gsub("'", [['\'']]) .. "'" end
 
 local slurp = require("support").read_file
 
+-- The events of the one TensorBoard event file in 'dir' (mg.summary.read), and the script's
+-- line naming it; grouped by tag: tag -> { {step, value-table} }.
+local function tensorboard_log(out, dir)
+  local path = out:match("\nTensorBoard log: (%S+) %(tensorboard %-%-logdir ")
+  assert(path, "no 'TensorBoard log:' line in:\n" .. out)
+  assert.are.equal(dir .. "/tensorboard/", path:sub(1, #dir + 13))
+  local mg = require "moongrad"
+  local ev = mg.summary.read(path)
+  assert.are.equal("brain.Event:2", ev[1].file_version)
+  local by = {}
+  for i = 2, #ev do
+    for _, v in ipairs(ev[i].values) do
+      by[v.tag] = by[v.tag] or {}
+      table.insert(by[v.tag], { ev[i].step, v })
+    end
+  end
+  return by
+end
+
 local have_gnuplot = os.execute("command -v gnuplot >/dev/null 2>&1") == true
 
 local tmpdirs = {}
@@ -306,6 +325,35 @@ describe("scripts/weight_histograms.lua", function()
       "iteration", "gradient", "bias, gate f [1]" })
     text_has(files, "weight_histograms_custom_rnn_individual_weights.txt", { "weight value", "W_rec (linear_rec kernel) [1]" })
   end)
+  it_g("writes a TensorBoard log of every group's histograms, individual weights and the loss", function()
+    local r = result("weight_histograms", ARGS)
+    local by = tensorboard_log(r.out, r.dir)
+    local hist, indiv = 0, 0
+    for tag, list in pairs(by) do
+      local kind = tag:match("^([%w_]+)/")
+      if kind == "weights" or kind == "gradients" then
+        hist = hist + 1
+        assert.are.same({ 1, 10, 20, 30, 40, 50, 60 }, (function()
+          local s = {}
+          for i, e in ipairs(list) do s[i] = e[1] end
+          return s
+        end)())
+        assert.are.equal("histogram", list[1][2].kind)
+      elseif kind == "individual_weights" or kind == "individual_gradients" then
+        indiv = indiv + 1
+        assert.are.equal(7, #list)
+        assert.are.equal("scalar", list[1][2].kind)
+      end
+    end
+    assert.are.equal(34, hist)                          -- 17 groups x (weights, gradients)
+    assert.are.equal(34, indiv)
+    assert.are.equal(60, #by.loss)
+    for _, g in ipairs { "i", "f", "c", "o" } do
+      local h = by["weights/lstm/recurrent_kernel_gate_" .. g][1][2]
+      assert.are.equal(6 * 6, h.num)                    -- one gate's columns of the (6, 24) kernel
+    end
+    assert.are.equal(6, by["gradients/head/kernel"][1][2].num)
+  end)
 end)
 
 ---------------------------------------------------------------- gradient_flow
@@ -339,6 +387,27 @@ describe("scripts/gradient_flow.lua", function()
     text_has(files, "gradient_flow_jacobian_decay.txt", { "log10 ||dh_T/dh_k||", "k (source timestep)" })
     text_has(files, "gradient_flow_features_2d.txt", { "dL/dh_t after training", "timestep", "unit", "sample 4" })
     text_has(files, "gradient_flow_loss.txt", { "Training loss", "iteration", "log10 loss" })
+  end)
+  it_g("writes a TensorBoard log of the losses and ||dL/dh_t|| per timestep", function()
+    local r = result("gradient_flow", ARGS)
+    local by = tensorboard_log(r.out, r.dir)
+    assert.are.equal(150, #by["loss/train"])
+    local steps = {}
+    for i, e in ipairs(by["loss/eval"]) do steps[i] = e[1] end
+    assert.are.same({ 0, 7, 14, 21, 28, 35, 42, 49, 56, 63, 70, 77, 84, 91, 98, 105, 112, 119, 126, 133, 140, 147, 150 }, steps)
+    for t = 1, 5 do assert.are.equal(#steps, #by[string.format("dL_dh_norm/t_%02d", t)]) end
+    -- the profiles are the numbers the script prints
+    for _, when in ipairs { "before", "after" } do
+      local p = by["dL_dh_profile/" .. when .. "_training"]
+      assert.are.equal(5, #p)
+      assert.are.equal(1, p[1][1])
+      local printed = num(r.out, when .. " training: ||dL/dh_1|| = ([%d.e+-]+)")
+      assert.is_true(math.abs(p[1][2].value - printed) <= 1e-3 * printed, p[1][2].value .. " vs " .. printed)
+      assert.are.equal(0, by["dh_T_dh_k_profile/" .. when .. "_training"][1][1])
+    end
+    -- the last evaluation is the model after training: its ||dL/dh_1|| is the 'after' one
+    local last = by["dL_dh_norm/t_01"][#steps][2].value
+    assert.is_true(math.abs(last - by["dL_dh_profile/after_training"][1][2].value) <= 1e-6 * last)
   end)
 end)
 

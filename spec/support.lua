@@ -188,6 +188,32 @@ function support.torch_ref(dir, case)
   if not ok then error("torch_ref.py " .. case .. " failed:\n" .. support.read_file(log), 2) end
 end
 
+-- support.lua_child(script, pre, code [, wrapper]): writes 'code' (after `local mg = require
+-- "moongrad"`, with unbuffered output) to the file 'script' and runs it in a stock lua5.4 child
+-- through bash, 'pre' being shell run first in that bash (a `ulimit -f 8;`, a `trap`) and
+-- 'wrapper' a command prefix (support.unprivileged()); returns whether it exited 0 and its
+-- output (stdout and stderr).
+function support.lua_child(script, pre, code, wrapper)
+  support.write_file(script, 'local mg = require "moongrad"\nio.stdout:setvbuf("no")\n' .. code)
+  local cmd = "LUA_CPATH=" .. support.shq(package.cpath) .. " " .. (wrapper or "") .. " bash -c "
+              .. support.shq(pre .. " exec lua5.4 " .. support.shq(script)) .. " 2>&1"
+  local p = io.popen(cmd)
+  local out = p:read("a")
+  return p:close() == true, out
+end
+
+-- support.unprivileged(): the command prefix that runs a child without root's rights to
+-- write anywhere ("" when not root), or nil and the reason when there is none (then the spec
+-- goes pending: pending(reason)).
+function support.unprivileged()
+  local p = io.popen("id -u")
+  local uid = p:read("l")
+  p:close()
+  if uid ~= "0" then return "" end
+  if not os.execute("command -v setpriv >/dev/null") then return nil, "running as root without setpriv" end
+  return "setpriv --reuid=65534 --regid=65534 --clear-groups"
+end
+
 -- support.venv_python(): the Python of the test-only virtual environment that tools/venv
 -- makes (Keras 3 on JAX, tensorboard, safetensors, numpy, h5py): $MG_VENV/bin/python, or the
 -- repository's .venv. tools/test creates it before the suite runs. Raises when it is missing,

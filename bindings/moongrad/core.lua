@@ -466,7 +466,7 @@ do
 end
 
 setmetatable(mg, { __index = function(t, k)
-  if k == "nn" or k == "optim" or k == "plot" or k == "linalg" then
+  if k == "nn" or k == "optim" or k == "plot" or k == "linalg" or k == "summary" then
     local m = require("moongrad." .. k)
     rawset(t, k, m)
     return m

@@ -177,14 +177,17 @@ local function numel(sizes, list)
   return n
 end
 
--- einsum(spec, a [, b]): Einstein summation over one or two operands, as torch.einsum, for
--- letter subscripts ("ij,jk->ik", "bij,bjk->bik", "ii->i", "ij->"; implicit output: the
--- letters seen once, in alphabetical order). Done by diagonal, sum, permute, reshape and
--- one batched matmul, so it is as fast as matmul and differentiable.
-function mg.einsum(spec, ...)
+local function concat_lists(...)
+  local r = {}
+  for _, l in ipairs({ ... }) do for _, ch in ipairs(l) do r[#r + 1] = ch end end
+  return r
+end
+
+-- The subscripts of 'spec' checked against the operands: each operand's letters, each
+-- letter's size, and the output's letters (implicit: those seen once, alphabetically).
+local function einsum_parse(spec, ops)
   local fn = "einsum"
   if type(spec) ~= "string" then raisef("einsum: the subscripts must be a string, got %s", describe(spec)) end
-  local ops = { ... }
   local s = spec:gsub("%s", "")
   local lhs, rhs = s:match("^(.-)%->(.*)$")
   if not lhs then lhs = s end
@@ -201,14 +204,12 @@ function mg.einsum(spec, ...)
     end
     for i, ch in ipairs(ls[k]) do
       local n = ops[k]:size(i)
-      if sizes[ch] and sizes[ch] ~= n then
-        raisef("einsum: subscript '%s' has sizes %d and %d", ch, sizes[ch], n)
-      end
+      if sizes[ch] and sizes[ch] ~= n then raisef("einsum: subscript '%s' has sizes %d and %d", ch, sizes[ch], n) end
       sizes[ch] = n
       count[ch] = (count[ch] or 0) + 1
     end
   end
-  local out
+  local out = {}
   if rhs then
     out = letters_of(rhs, fn)
     for i, ch in ipairs(out) do
@@ -216,49 +217,53 @@ function mg.einsum(spec, ...)
       if index_of(out, ch) ~= i then raisef("einsum: output subscript '%s' repeated", ch) end
     end
   else
-    out = {}
     for ch, n in pairs(count) do if n == 1 then out[#out + 1] = ch end end
     table.sort(out)
   end
+  return ls, sizes, out
+end
+
+-- Two operands (diagonals taken) contracted: letters only one side needs are summed first;
+-- then a (B, A, K) @ b (B, K, Bo) as one batched matmul, B the letters both operands and the
+-- output have, K those both have and the output does not.
+local function einsum_pair(xs, ls, sizes, out, keep)
+  for k = 1, 2 do
+    local kk = {}
+    for _, ch in ipairs(ls[3 - k]) do kk[ch] = true end
+    for ch in pairs(keep) do kk[ch] = true end
+    xs[k], ls[k] = sum_out(xs[k], ls[k], kk)
+  end
+  local ina, inb = {}, {}
+  for _, ch in ipairs(ls[1]) do ina[ch] = true end
+  for _, ch in ipairs(ls[2]) do inb[ch] = true end
+  local B, A, K, Bo = {}, {}, {}, {}
+  for _, ch in ipairs(ls[1]) do
+    local l = not inb[ch] and A or (keep[ch] and B or K)
+    l[#l + 1] = ch
+  end
+  for _, ch in ipairs(ls[2]) do if not ina[ch] then Bo[#Bo + 1] = ch end end
+  local nb, na, nk, nbo = numel(sizes, B), numel(sizes, A), numel(sizes, K), numel(sizes, Bo)
+  local a3 = permute_to(xs[1], ls[1], concat_lists(B, A, K)):reshape(nb, na, nk)
+  local b3 = permute_to(xs[2], ls[2], concat_lists(B, K, Bo)):reshape(nb, nk, nbo)
+  local res, sh = concat_lists(B, A, Bo), {}
+  for i, ch in ipairs(res) do sh[i] = sizes[ch] end
+  return permute_to(mg.matmul(a3, b3):reshape(sh), res, out)
+end
+
+-- einsum(spec, a [, b]): Einstein summation over one or two operands, as torch.einsum, for
+-- letter subscripts ("ij,jk->ik", "bij,bjk->bik", "ii->i", "ij->"; implicit output: the
+-- letters seen once, in alphabetical order). Done by diagonal, sum, permute, reshape and
+-- one batched matmul, so it is as fast as matmul and differentiable.
+function mg.einsum(spec, ...)
+  local ops = { ... }
+  local ls, sizes, out = einsum_parse(spec, ops)
   local keep = {}
   for _, ch in ipairs(out) do keep[ch] = true end
   local xs = {}
   for k = 1, #ops do xs[k], ls[k] = take_diagonals(ops[k], ls[k]) end
-  if #ops == 1 then
-    local x, rest = sum_out(xs[1], ls[1], keep)
-    return permute_to(x, rest, out)
-  end
-  -- a letter survives in an operand if the output or the other operand has it
-  for k = 1, 2 do
-    local other = {}
-    for _, ch in ipairs(ls[3 - k]) do other[ch] = true end
-    local kk = {}
-    for _, ch in ipairs(ls[k]) do kk[ch] = keep[ch] or other[ch] end
-    xs[k], ls[k] = sum_out(xs[k], ls[k], kk)
-  end
-  local inb = {}
-  for _, ch in ipairs(ls[2]) do inb[ch] = true end
-  local B, A, K, Bo = {}, {}, {}, {}
-  for _, ch in ipairs(ls[1]) do
-    if inb[ch] then
-      if keep[ch] then B[#B + 1] = ch else K[#K + 1] = ch end
-    else A[#A + 1] = ch end
-  end
-  local ina = {}
-  for _, ch in ipairs(ls[1]) do ina[ch] = true end
-  for _, ch in ipairs(ls[2]) do if not ina[ch] then Bo[#Bo + 1] = ch end end
-  local function cat_(...)
-    local r = {}
-    for _, l in ipairs({ ... }) do for _, ch in ipairs(l) do r[#r + 1] = ch end end
-    return r
-  end
-  local nb, na, nk, nbo = numel(sizes, B), numel(sizes, A), numel(sizes, K), numel(sizes, Bo)
-  local a3 = permute_to(xs[1], ls[1], cat_(B, A, K)):reshape(nb, na, nk)
-  local b3 = permute_to(xs[2], ls[2], cat_(B, K, Bo)):reshape(nb, nk, nbo)
-  local res = cat_(B, A, Bo)
-  local sh = {}
-  for i, ch in ipairs(res) do sh[i] = sizes[ch] end
-  return permute_to(mg.matmul(a3, b3):reshape(sh), res, out)
+  if #ops == 2 then return einsum_pair(xs, ls, sizes, out, keep) end
+  local x, rest = sum_out(xs[1], ls[1], keep)
+  return permute_to(x, rest, out)
 end
 
 ---------------------------------------------------------------- masked_fill, pad
