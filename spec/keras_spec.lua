@@ -11,7 +11,7 @@ local nn = mg.nn
 
 local raises, shq = support.raises, support.shq
 local close = support.closeness { tolerance = "relative" }
-local SCRIPT = (os.getenv("MOONGRAD_SOURCE") or ".") .. "/spec/keras_ref.py"
+local SCRIPT = (os.getenv("MOONGRAD_SOURCE") or ".") .. "/spec/keras_weights_ref.py"
 local TOL = 1e-5
 
 -- Runs 'cmd' (without the sanitizer build's preloaded ASan runtime: JAX cannot start under it).

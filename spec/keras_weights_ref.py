@@ -1,14 +1,14 @@
-"""keras_ref.py: the Keras side of spec/keras_spec.lua, run by the test venv's Python.
+"""keras_weights_ref.py: the Keras side of spec/keras_spec.lua, run by the test venv's Python.
 
-  keras_ref.py make DIR     Keras 3 (JAX backend): each model of MODELS with random weights
+  keras_weights_ref.py make DIR     Keras 3 (JAX backend): each model of MODELS with random weights
                             (biases too), saved with save_weights as DIR/<m>.weights.h5 and,
                             through Keras's own legacy writer (legacy_h5_format), as
                             DIR/<m>.legacy.h5; the input DIR/<m>.x.npy and the output
                             DIR/<m>.out.npy
-  keras_ref.py check DIR    for each model, a fresh Keras model load_weights(DIR/<m>.ours.weights.h5)
+  keras_weights_ref.py check DIR    for each model, a fresh Keras model load_weights(DIR/<m>.ours.weights.h5)
                             (written by moongrad's nn.save_keras); prints "RESULT <m> <the largest relative
                             difference of its output on DIR/<m>.x.npy from DIR/<m>.ours_out.npy>"
-  keras_ref.py tf DIR       tf-keras (Keras 2): the same models saved with save_weights as
+  keras_weights_ref.py tf DIR       tf-keras (Keras 2): the same models saved with save_weights as
                             DIR/<m>.tf.h5, outputs DIR/<m>.tf_out.npy
 """
 import os
