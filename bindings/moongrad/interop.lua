@@ -36,7 +36,7 @@ local GATES = { LSTMCell = 4, GRUCell = 3, SimpleRNNCell = 1 }
 local function rnn_stack(layer)
   local function one(l)
     local c = class_of(l)
-    if c == "RNN" and GATES[class_of(l.cell)] then
+    if c ~= "Bidirectional" and type(l) == "table" and GATES[class_of(l.cell)] then   -- RNN, LSTM, ...
       if l.go_backwards then return nil end
       return { fwd = l.cell }
     elseif c == "Bidirectional" and GATES[class_of(l.forward_layer.cell)] then
@@ -274,7 +274,7 @@ local function keras_layout(fn, l)
   local c = class_of(l)
   if c == "Dense" then
     return "dense", { "/vars/0", l.bias and "/vars/1" or nil }, { ["/vars"] = l.name }
-  elseif c == "RNN" and CELL_CLASS[class_of(l.cell)] then
+  elseif c ~= "Bidirectional" and CELL_CLASS[class_of(l.cell)] then   -- nn.RNN(cell), nn.LSTM, ...
     local k = class_of(l.cell)
     return CELL_CLASS[k], cell_paths(l.cell, "/cell"), { ["/vars"] = l.cell.name, ["/cell/vars"] = CELL_NAME[k] }
   elseif c == "Bidirectional" and CELL_CLASS[class_of(l.forward_layer.cell)] then
