@@ -289,6 +289,7 @@ int luaopen_moongrad(lua_State *L) {
   lmg_open_tape(L, S);
   lmg_open_cells(L, S);
   lmg_open_npy(L, S);
+  lmg_open_io(L, S);
   lmg_open_linalg(L, S);
   lmg_open_summary(L, S);
   preload_modules(L);

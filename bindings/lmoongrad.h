@@ -4,7 +4,7 @@
 ** Names: the host API of moongrad.h is 'mg_lua_*'; the helpers the binding files share are
 ** 'lmg_*' (declared here, hidden from hosts); Lua-callable statics are named after the type
 ** or library they belong to: 'tensor_*' (ltensor.c, and mg.Variable in ltape.c), 'tape_*'
-** (ltape.c), 'cell_*' (lcells.c), 'npy_*' (lnpy.c), 'lib_*' (lmoongrad.c's settings).
+** (ltape.c), 'cell_*' (lcells.c), 'npy_*' (lnpy.c), 'io_*' (lio.c), 'lib_*' (lmoongrad.c's settings).
 */
 #ifndef LMOONGRAD_H
 #define LMOONGRAD_H
@@ -95,6 +95,7 @@ void lmg_open_tensor(lua_State *L, lstate *S);   /* metatable + module functions
 void lmg_open_tape(lua_State *L, lstate *S);
 void lmg_open_cells(lua_State *L, lstate *S);    /* mg.lstm_cell, mg.gru_cell */
 void lmg_open_npy(lua_State *L, lstate *S);      /* mg.save, mg.load */
+void lmg_open_io(lua_State *L, lstate *S);       /* mg.save_tensors, mg.load_npz, ... */
 void lmg_open_linalg(lua_State *L, lstate *S);   /* mg._linalg: the LAPACK primitives */
 void lmg_open_summary(lua_State *L, lstate *S);  /* mg._summary: TensorBoard event files */
 

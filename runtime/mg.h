@@ -379,6 +379,54 @@ MG_API mg_status mg_npy_load(mg_ctx *C, const char *path, mg_tensor **out);
 MG_API mg_status mg_npy_parse(mg_ctx *C, const void *buf, size_t len, mg_tensor **out);
 
 /* ----------------------------------------------------------------------------------------
+** Dictionaries of named tensors: safetensors files (safetensors.c) and NumPy .npz archives (npz.c)
+** -------------------------------------------------------------------------------------- */
+
+/* Parallel arrays. A set filled by a loader owns everything in it (free it with
+** 'mg_tensor_dict_free'); a set handed to a saver is only read (its strings and tensors are
+** borrowed, and the caller frees what it allocated itself). */
+typedef struct mg_tensor_dict {
+  int n;                      /* tensors */
+  char **names;               /* n names */
+  mg_tensor **tensors;        /* n tensors (a loader's are new references) */
+  int nmeta;                  /* metadata entries (safetensors '__metadata__'; .npz: none) */
+  char **meta_keys, **meta_values;
+} mg_tensor_dict;
+
+/* Release every tensor and string of a loaded set and zero it (idempotent). */
+MG_API void mg_tensor_dict_free(mg_tensor_dict *s);
+
+/* safetensors: an 8-byte little-endian header length, a JSON header mapping each name to
+** {"dtype", "shape", "data_offsets": [begin, end]} (plus "__metadata__": a string map), then
+** the raw little-endian data, the tensors in the order of the set. float32 ("F32") and float64
+** ("F64") are written; F16 and BF16 are read too (as float32). Saving is atomic (fileio.c).
+** Loading maps the file and copies each tensor out of the mapping once. Malformed files fail
+** with MG_EFORMAT and "load_tensors: malformed safetensors file '<path>' (<problem>)". */
+MG_API mg_status mg_safetensors_save(mg_ctx *C, const mg_tensor_dict *s, const char *path);
+MG_API mg_status mg_safetensors_load(mg_ctx *C, const char *path, mg_tensor_dict *out);
+/* Parse an in-memory safetensors image; 'name' stands for the file in messages (the fuzzer). */
+MG_API mg_status mg_safetensors_parse(mg_ctx *C, const void *buf, size_t len, const char *name,
+                                      mg_tensor_dict *out);
+
+/* NumPy .npz: a zip archive of '<name>.npy' members (numpy.savez; 'compressed': deflated, as
+** numpy.savez_compressed), written through libzip, atomically. Loading reads every member with
+** 'mg_npy_parse'; a member that is not a '.npy' file is an error. */
+MG_API mg_status mg_npz_save(mg_ctx *C, const mg_tensor_dict *s, bool compressed, const char *path);
+MG_API mg_status mg_npz_load(mg_ctx *C, const char *path, mg_tensor_dict *out);
+
+/* HDF5 (h5.c, an optional component: built when libhdf5 is found). A file as a dictionary:
+** every float or integer dataset by its path without the leading '/' ("layers/lstm/cell/vars/0";
+** float16/float32 data as float32, the rest as float64), and every string attribute (scalar
+** or 1-d, fixed or variable length; arrays joined by '\n') as metadata keyed "<object path>@<name>"
+** ("@name" for the root's). 'op' names the caller in messages. Saving writes each tensor as a
+** little-endian float dataset (groups created as needed) and each metadata entry as a
+** variable-length UTF-8 string attribute of the group its key names, atomically (fileio.c).
+** Without HDF5 both fail with MG_ESTATE and say so; 'mg_h5_available' tells which. */
+MG_API bool mg_h5_available(void);
+MG_API mg_status mg_h5_load(mg_ctx *C, const char *op, const char *path, mg_tensor_dict *out);
+MG_API mg_status mg_h5_save(mg_ctx *C, const char *op, const mg_tensor_dict *d, const char *path);
+
+/* ----------------------------------------------------------------------------------------
 ** TensorBoard event files (summary.c): TFRecord framing (uint64 length, masked CRC32C of
 ** the length, an 'Event' protobuf, masked CRC32C of the data), the messages of TensorBoard's
 ** event.proto/summary.proto (runtime/proto/tfevents.proto). A writer appends to

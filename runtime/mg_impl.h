@@ -147,6 +147,13 @@ mg_tensor *mg_view_new(mg_ctx *C, mg_storage *s, mg_dtype dt, int ndim, const in
                        const int64_t *stride, int64_t offset);
 void mg_contiguous_strides(int ndim, const int64_t *shape, int64_t *stride);
 /* numel of a shape, or -1 when it overflows or a size is negative. */
+/* npy.c: the .npy header of 't' into 'out' (MG_NPY_HEADER_MAX bytes); returns its length. */
+#define MG_NPY_HEADER_MAX 522
+size_t mg_npy_header(const mg_tensor *t, unsigned char *out);
+/* safetensors.c: append 'name' (copied) and 't' (owned by the set; released on failure). */
+mg_status mg_tensor_dict_push(mg_ctx *C, mg_tensor_dict *s, const char *name, mg_tensor *t);
+/* ... and a metadata entry (both strings copied). */
+mg_status mg_tensor_dict_meta_push(mg_ctx *C, mg_tensor_dict *s, const char *key, const char *value);
 int64_t mg_shape_numel(int ndim, const int64_t *shape);
 bool mg_same_shape(const mg_tensor *a, const mg_tensor *b);
 /* Whether some element of 't' equals 'v' (NaN: never). */

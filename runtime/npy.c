@@ -13,7 +13,9 @@
 
 static const char MAGIC[6] = { '\x93', 'N', 'U', 'M', 'P', 'Y' };
 
-mg_status mg_npy_save(mg_ctx *C, mg_tensor *t, const char *path) {
+/* The .npy header of 't' (magic, version 1.0, length, dict padded to 64 bytes) into 'out'
+** ('MG_NPY_HEADER_MAX' bytes); returns its length. */
+size_t mg_npy_header(const mg_tensor *t, unsigned char *out) {
   char hdr[512], shape[400] = "";                    /* "" for a 0-d tensor: shape () */
   int k = 0;
   for (int i = 0; i < t->ndim; i++)
@@ -27,6 +29,16 @@ mg_status mg_npy_save(mg_ctx *C, mg_tensor *t, const char *path) {
   memset(hdr + n, ' ', (size_t)pad);
   hdr[n + pad] = '\n';
   uint16_t hlen = (uint16_t)(n + pad + 1);
+  unsigned char ver[4] = { 1, 0, (unsigned char)(hlen & 0xff), (unsigned char)(hlen >> 8) };
+  memcpy(out, MAGIC, 6);
+  memcpy(out + 6, ver, 4);
+  memcpy(out + 10, hdr, hlen);
+  return 10 + (size_t)hlen;
+}
+
+mg_status mg_npy_save(mg_ctx *C, mg_tensor *t, const char *path) {
+  unsigned char hdr[MG_NPY_HEADER_MAX];
+  size_t hlen = mg_npy_header(t, hdr);
   mg_tensor *c = NULL;
   mg_no_grad_enter(C);
   mg_status st = mg_tensor_contiguous(C, t, &c);
@@ -35,11 +47,9 @@ mg_status mg_npy_save(mg_ctx *C, mg_tensor *t, const char *path) {
   mg_wfile w;                                         /* a temporary renamed over 'path' */
   st = mg_wfile_open(C, "save", path, &w);
   if (st != MG_OK) { mg_tensor_release(c); return st; }
-  unsigned char ver[4] = { 1, 0, (unsigned char)(hlen & 0xff), (unsigned char)(hlen >> 8) };
   size_t bytes = (size_t)mg_tensor_numel(c) * mg_dtype_size(c->dtype);
   errno = 0;
-  bool ok = fwrite(MAGIC, 1, 6, w.f) == 6 && fwrite(ver, 1, 4, w.f) == 4 &&
-            fwrite(hdr, 1, hlen, w.f) == hlen && fwrite(mg_tensor_data(c), 1, bytes, w.f) == bytes;
+  bool ok = fwrite(hdr, 1, hlen, w.f) == hlen && fwrite(mg_tensor_data(c), 1, bytes, w.f) == bytes;
   mg_tensor_release(c);
   return mg_wfile_commit(C, "save", path, &w, ok);
 }

@@ -7,6 +7,7 @@ local assert, error, ipairs, pairs, pcall, select, setmetatable, tostring, type 
       assert, error, ipairs, pairs, pcall, select, setmetatable, tostring, type
 local debug, math, string, table = debug, math, string, table
 local rawset, require, getmetatable = rawset, require, getmetatable
+local package = package
 local _ENV = nil
 
 local function is_tensor(x)
@@ -454,6 +455,22 @@ end
 
 local SPECTRA = { lyapunov = true, jacobian_spectra = true,      -- functions of moongrad.spectra
                   plot_spectrum = true, plot_spectrum_bands = true }
+
+-- moongrad.nn, however it is required (mg.nn or require "moongrad.nn"), comes with what
+-- moongrad.serialize and moongrad.interop add to it (layer:state(), nn.save, nn.from_torch,
+-- nn.load_keras, ...): they extend nn's classes from outside nn.lua, once it has loaded.
+do
+  local load_nn = package.preload["moongrad.nn"]
+  if load_nn then
+    package.preload["moongrad.nn"] = function(...)
+      local nn = load_nn(...)
+      package.loaded["moongrad.nn"] = nn             -- so the extensions' require finds it
+      require "moongrad.serialize"
+      require "moongrad.interop"
+      return nn
+    end
+  end
+end
 
 setmetatable(mg, { __index = function(t, k)
   if k == "nn" or k == "optim" or k == "plot" or k == "linalg" or k == "summary" then

@@ -1,0 +1,406 @@
+-- moongrad.interop: weights from and to other frameworks, added to nn (loaded with mg.nn).
+-- PyTorch: nn.from_torch / nn.to_torch map a state_dict (weight_ih_l0, bias_hh_l1_reverse,
+-- weight, bias) onto moongrad layers and back, with the gate and bias layouts of
+-- docs/checkpoints.md. Keras: nn.load_keras / nn.save_keras (HDF5, when built with libhdf5).
+local mg = require "moongrad"
+local nn = require "moongrad.nn"
+
+local getmetatable, ipairs, pairs, pcall, string, table, tostring, type =
+      getmetatable, ipairs, pairs, pcall, string, table, tostring, type
+local debug = debug
+local _ENV = nil
+
+local is_tensor, shapestr = mg.is_tensor, mg.shapestr
+local checks = mg._checks(debug.getinfo(1, "S").source)
+local raise, raisef, describe, check_opts = checks.raise, checks.raisef, checks.describe, checks.check_opts
+
+-- Calls the C function 'f'; its error is raised again at the user's line, without the
+-- position inside this file ("moongrad/interop.lua:12: ").
+local function call(f, ...)
+  local ok, a, b = pcall(f, ...)
+  if not ok then raise((tostring(a):gsub("^moongrad/interop%.lua:%d+: ", ""))) end
+  return a, b
+end
+
+local function class_of(l)
+  local mt = type(l) == "table" and getmetatable(l)
+  return mt and mt.__name or nil
+end
+
+local function is_layer(l) return type(l) == "table" and type(l.parameters) == "function" end
+
+local GATES = { LSTMCell = 4, GRUCell = 3, SimpleRNNCell = 1 }
+
+-- The recurrent layers of 'layer' as torch numbers them: an array of {fwd=cell, bwd=cell}
+-- (layer k is torch's _l(k-1)); nil when 'layer' is not recurrent (or a Sequential of them).
+local function rnn_stack(layer)
+  local function one(l)
+    local c = class_of(l)
+    if c ~= "Bidirectional" and type(l) == "table" and GATES[class_of(l.cell)] then   -- RNN, LSTM, ...
+      if l.go_backwards then return nil end
+      return { fwd = l.cell }
+    elseif c == "Bidirectional" and GATES[class_of(l.forward_layer.cell)] then
+      return { fwd = l.forward_layer.cell, bwd = l.backward_layer.cell }
+    end
+  end
+  local s = one(layer)
+  if s then return { s } end
+  if class_of(layer) ~= "Sequential" or #layer.layers == 0 then return nil end
+  local out = {}
+  for i, l in ipairs(layer.layers) do
+    out[i] = one(l)
+    if out[i] == nil then return nil end
+    if i > 1 and (out[i].bwd ~= nil) ~= (out[1].bwd ~= nil) then return nil end
+  end
+  return out
+end
+
+-- Column blocks of a (k*u) vector or the rows of a (k*u, n) matrix, reordered: 'order'[j] is
+-- the source block of block j.
+local function reorder(t, u, order)
+  local parts = {}
+  for j, src in ipairs(order) do parts[j] = t:narrow(1, (src - 1) * u + 1, u) end
+  return mg.cat(parts, 1)
+end
+local GRU_TO_KERAS = { 2, 1, 3 }     -- torch r, z, n -> keras z, r, h
+local GRU_TO_TORCH = { 2, 1, 3 }     -- the same swap back
+
+---------------------------------------------------------------- from_torch
+
+-- A pending assignment list: {var, value} pairs, and the names used.
+local function plan(fn, sd, prefix)
+  local p = { fn = fn, sd = sd, prefix = prefix, sets = {}, used = {}, missing = {} }
+  function p.get(name, shape)
+    local full = p.prefix .. name
+    local t = sd[full]
+    if t == nil then p.missing[#p.missing + 1] = full return nil end
+    if not is_tensor(t) then raisef("%s: '%s' is %s, expected a tensor", fn, full, describe(t)) end
+    p.used[full] = true
+    if shape and shapestr(t) ~= shape then
+      raisef("%s: '%s' has shape %s, the layer needs %s", fn, full, shapestr(t), shape)
+    end
+    return t
+  end
+  function p.set(var, value) p.sets[#p.sets + 1] = { var, value } end
+  return p
+end
+
+local function dims(...) return "(" .. table.concat({ ... }, ",") .. ")" end
+
+-- One torch direction (suffix "_l0", "_l1_reverse", ...) into 'cell'.
+local function cell_from_torch(p, cell, suffix)
+  local kind, u, d = class_of(cell), cell.units, cell.input_size
+  local k = GATES[kind]
+  if kind == "GRUCell" and not cell.reset_after then
+    raisef("%s: PyTorch's GRU applies the reset gate after the matmul: build the GRUCell with reset_after=true", p.fn)
+  end
+  local wih = p.get("weight_ih" .. suffix, dims(k * u, d))
+  local whh = p.get("weight_hh" .. suffix, dims(k * u, u))
+  local bih, bhh
+  if cell.bias then
+    bih = p.get("bias_ih" .. suffix, dims(k * u))
+    bhh = p.get("bias_hh" .. suffix, dims(k * u))
+  end
+  if wih == nil or whh == nil or (cell.bias and (bih == nil or bhh == nil)) then return end
+  if kind == "GRUCell" then
+    p.set(cell.kernel, reorder(wih, u, GRU_TO_KERAS):transpose(1, 2))
+    p.set(cell.recurrent_kernel, reorder(whh, u, GRU_TO_KERAS):transpose(1, 2))
+    if cell.bias then
+      p.set(cell.bias, mg.stack({ reorder(bih, u, GRU_TO_KERAS), reorder(bhh, u, GRU_TO_KERAS) }, 1))
+    end
+  else                                               -- LSTM (i, f, g, o = i, f, c, o), RNN
+    p.set(cell.kernel, wih:transpose(1, 2))
+    p.set(cell.recurrent_kernel, whh:transpose(1, 2))
+    if cell.bias then p.set(cell.bias, bih + bhh) end
+  end
+end
+
+local function layer_from_torch(p, layer)
+  local stack = rnn_stack(layer)
+  if stack then
+    for k, s in ipairs(stack) do
+      cell_from_torch(p, s.fwd, "_l" .. (k - 1))
+      if s.bwd then cell_from_torch(p, s.bwd, "_l" .. (k - 1) .. "_reverse") end
+    end
+    return
+  end
+  local c = class_of(layer)
+  if c == "Dense" then
+    local w = p.get("weight", dims(layer.units, layer.input_size))
+    if w then p.set(layer.kernel, w:transpose(1, 2)) end
+    if layer.bias then
+      local b = p.get("bias", dims(layer.units))
+      if b then p.set(layer.bias, b) end
+    end
+  elseif c == "Sequential" then                      -- a torch nn.Sequential: "0.", "1.", ...
+    local prefix = p.prefix
+    for i, l in ipairs(layer.layers) do
+      if is_layer(l) and #l:parameters() > 0 then
+        p.prefix = prefix .. (i - 1) .. "."
+        layer_from_torch(p, l)
+      end
+    end
+    p.prefix = prefix
+  else
+    raisef("%s: no PyTorch mapping for %s", p.fn, tostring(layer))
+  end
+end
+
+-- The state dict argument: a table, or the path of a safetensors or .npz file.
+local function state_dict(fn, sd)
+  if type(sd) == "string" then
+    if sd:sub(-4) == ".npz" then return mg.load_npz(sd) end
+    return (mg.load_tensors(sd))
+  end
+  if type(sd) ~= "table" or is_tensor(sd) then
+    raisef("%s: expected a state dict (a table of tensors or a file name), got %s", fn, describe(sd))
+  end
+  return sd
+end
+
+-- nn.from_torch(layer, state_dict [, {prefix="", strict=true}]): sets the layer's weights from
+-- a PyTorch state_dict (a table name -> tensor, or a safetensors / .npz file of one). Names are
+-- looked up under 'prefix' ("rnn." for a submodule). Every name and shape is checked before a
+-- weight changes; with 'strict', names under the prefix that the layer does not use are errors.
+function nn.from_torch(layer, sd, opts)
+  opts = check_opts("from_torch", opts, { prefix = true, strict = true })
+  if not is_layer(layer) then raisef("from_torch: expected a layer, got %s", describe(layer)) end
+  sd = state_dict("from_torch", sd)
+  local prefix = opts.prefix or ""
+  if type(prefix) ~= "string" then raisef("from_torch: prefix must be a string, got %s", describe(prefix)) end
+  local p = plan("from_torch", sd, prefix)
+  layer_from_torch(p, layer)
+  if #p.missing > 0 then
+    table.sort(p.missing)
+    raisef("from_torch: the state dict has no %s", table.concat(p.missing, ", "))
+  end
+  if opts.strict ~= false then
+    local extra = {}
+    for k in pairs(sd) do
+      if type(k) == "string" and k:sub(1, #prefix) == prefix and not p.used[k] then extra[#extra + 1] = k end
+    end
+    table.sort(extra)
+    if #extra > 0 then raisef("from_torch: unexpected names for %s: %s", tostring(layer), table.concat(extra, ", ")) end
+  end
+  mg.no_grad(function()
+    for _, s in ipairs(p.sets) do s[1]:copy(s[2]) end
+  end)
+  return layer
+end
+
+---------------------------------------------------------------- to_torch
+
+local function cell_to_torch(out, prefix, cell, suffix)
+  local kind, u = class_of(cell), cell.units
+  if kind == "GRUCell" then
+    if not cell.reset_after then
+      raisef("to_torch: PyTorch's GRU is reset_after=true; this GRUCell has reset_after=false")
+    end
+    out[prefix .. "weight_ih" .. suffix] = reorder(cell.kernel:transpose(1, 2), u, GRU_TO_TORCH)
+    out[prefix .. "weight_hh" .. suffix] = reorder(cell.recurrent_kernel:transpose(1, 2), u, GRU_TO_TORCH)
+    if cell.bias then
+      out[prefix .. "bias_ih" .. suffix] = reorder(cell.bias:select(1, 1), u, GRU_TO_TORCH)
+      out[prefix .. "bias_hh" .. suffix] = reorder(cell.bias:select(1, 2), u, GRU_TO_TORCH)
+    end
+  else
+    out[prefix .. "weight_ih" .. suffix] = cell.kernel:transpose(1, 2):contiguous()
+    out[prefix .. "weight_hh" .. suffix] = cell.recurrent_kernel:transpose(1, 2):contiguous()
+    if cell.bias then                                -- Keras's one bias: all of it in bias_ih
+      out[prefix .. "bias_ih" .. suffix] = cell.bias:clone()
+      out[prefix .. "bias_hh" .. suffix] = mg.zeros(cell.bias:shape(), { dtype = cell.bias.dtype })
+    end
+  end
+end
+
+local function layer_to_torch(out, prefix, layer)
+  local stack = rnn_stack(layer)
+  if stack then
+    for k, s in ipairs(stack) do
+      cell_to_torch(out, prefix, s.fwd, "_l" .. (k - 1))
+      if s.bwd then cell_to_torch(out, prefix, s.bwd, "_l" .. (k - 1) .. "_reverse") end
+    end
+    return
+  end
+  local c = class_of(layer)
+  if c == "Dense" then
+    out[prefix .. "weight"] = layer.kernel:transpose(1, 2):contiguous()
+    if layer.bias then out[prefix .. "bias"] = layer.bias:clone() end
+  elseif c == "Sequential" then
+    for i, l in ipairs(layer.layers) do
+      if is_layer(l) and #l:parameters() > 0 then layer_to_torch(out, prefix .. (i - 1) .. ".", l) end
+    end
+  else
+    raisef("to_torch: no PyTorch mapping for %s", tostring(layer))
+  end
+end
+
+-- nn.to_torch(layer [, {prefix=""}]): a new table of PyTorch state_dict names -> tensors
+-- (copies) for the layer, the inverse of nn.from_torch; save it with mg.save_tensors or
+-- mg.save_npz for torch's load_state_dict.
+function nn.to_torch(layer, opts)
+  opts = check_opts("to_torch", opts, { prefix = true })
+  if not is_layer(layer) then raisef("to_torch: expected a layer, got %s", describe(layer)) end
+  local prefix = opts.prefix or ""
+  if type(prefix) ~= "string" then raisef("to_torch: prefix must be a string, got %s", describe(prefix)) end
+  local out = {}
+  mg.no_grad(function() layer_to_torch(out, prefix, layer) end)
+  return out
+end
+
+---------------------------------------------------------------- Keras HDF5 files
+
+-- Keras 3 '.weights.h5' (keras/src/saving/saving_lib.py): a model's layers are groups
+-- "layers/<snake_case class name>" (a second of one class "_1", then "_2", ...: by class,
+-- never by layer name), each object's own variables the datasets "<path>/vars/0", "1", ...
+-- in the order the object created them, with its name as the attribute "name" of the "vars"
+-- group; an RNN layer's weights belong to its "cell", a Bidirectional's to "forward_layer" and
+-- "backward_layer". Legacy Keras 2 '.h5' (keras/src/legacy/saving/legacy_h5_format.py): the
+-- root (or its "model_weights" group) lists "layer_names"; the layers that have weights, in
+-- that order, match the model's layers that have weights, in order; each layer's group lists
+-- "weight_names", datasets under the layer's group, in get_weights order.
+
+-- The Keras class of a moongrad layer ("lstm", ...), and the paths of its variables under
+-- the layer's group, in parameters() order.
+local CELL_CLASS = { LSTMCell = "lstm", GRUCell = "gru", SimpleRNNCell = "simple_rnn" }
+local CELL_NAME = { LSTMCell = "lstm_cell", GRUCell = "gru_cell", SimpleRNNCell = "simple_rnn_cell" }
+
+local function cell_paths(cell, at)
+  local out = { at .. "/vars/0", at .. "/vars/1" }
+  if cell.bias then out[3] = at .. "/vars/2" end
+  return out
+end
+
+local function keras_layout(fn, l)
+  local c = class_of(l)
+  if c == "Dense" then
+    return "dense", { "/vars/0", l.bias and "/vars/1" or nil }, { ["/vars"] = l.name }
+  elseif c ~= "Bidirectional" and CELL_CLASS[class_of(l.cell)] then   -- nn.RNN(cell), nn.LSTM, ...
+    local k = class_of(l.cell)
+    return CELL_CLASS[k], cell_paths(l.cell, "/cell"), { ["/vars"] = l.cell.name, ["/cell/vars"] = CELL_NAME[k] }
+  elseif c == "Bidirectional" and CELL_CLASS[class_of(l.forward_layer.cell)] then
+    local k = class_of(l.forward_layer.cell)
+    local paths = cell_paths(l.forward_layer.cell, "/forward_layer/cell")
+    for _, p in ipairs(cell_paths(l.backward_layer.cell, "/backward_layer/cell")) do paths[#paths + 1] = p end
+    return "bidirectional", paths, { ["/vars"] = "bidirectional",
+      ["/forward_layer/vars"] = "forward_" .. l.forward_layer.cell.name, ["/forward_layer/cell/vars"] = CELL_NAME[k],
+      ["/backward_layer/vars"] = l.backward_layer.cell.name, ["/backward_layer/cell/vars"] = CELL_NAME[k] }
+  end
+  raisef("%s: no Keras layout for %s", fn, tostring(l))
+end
+
+-- The layers of a model that have weights: a Sequential's children, or the layer itself.
+local function weighted_layers(model)
+  local ls = class_of(model) == "Sequential" and model.layers or { model }
+  local out = {}
+  for _, l in ipairs(ls) do
+    if is_layer(l) and #l:parameters() > 0 then out[#out + 1] = l end
+  end
+  return out
+end
+
+-- Each weighted layer with its Keras 3 group "layers/<class>[_k]" and variable paths.
+local function keras3_plan(fn, model)
+  local used, out = {}, {}
+  for _, l in ipairs(weighted_layers(model)) do
+    local cls, paths, names = keras_layout(fn, l)
+    local name = cls
+    if used[cls] then used[cls] = used[cls] + 1; name = cls .. "_" .. used[cls] else used[cls] = 0 end
+    out[#out + 1] = { layer = l, group = "layers/" .. name, paths = paths, names = names }
+  end
+  return out
+end
+
+local function split_lines(s)
+  local out = {}
+  if s == nil or s == "" then return out end
+  for part in (s .. "\n"):gmatch("(.-)\n") do out[#out + 1] = part end
+  return out
+end
+
+-- Checks every value against its Variable (count and shapes), then copies them all.
+local function assign_all(fn, path, pairs_)
+  for _, pr in ipairs(pairs_) do
+    local v, t, where = pr[1], pr[2], pr[3]
+    if t == nil then raisef("%s: '%s' has no weight '%s' (for '%s')", fn, path, where, tostring(v.name)) end
+    if shapestr(t) ~= shapestr(v) then
+      raisef("%s: '%s': weight '%s' has shape %s, '%s' of the model is %s", fn, path, where, shapestr(t),
+        tostring(v.name), shapestr(v))
+    end
+  end
+  mg.no_grad(function()
+    for _, pr in ipairs(pairs_) do pr[1]:copy(pr[2]) end
+  end)
+end
+
+local function load_legacy(fn, model, path, data, meta, g)
+  local names = {}
+  for _, n in ipairs(split_lines(meta[g .. "@layer_names"])) do
+    if #split_lines(meta[g .. n .. "@weight_names"]) > 0 then names[#names + 1] = n end
+  end
+  local layers = weighted_layers(model)
+  if #names ~= #layers then
+    raisef("%s: '%s' has %d layers with weights (%s), the model %d", fn, path, #names,
+      table.concat(names, ", "), #layers)
+  end
+  local todo = {}
+  for k, n in ipairs(names) do
+    local wn, ps = split_lines(meta[g .. n .. "@weight_names"]), layers[k]:parameters()
+    if #wn ~= #ps then
+      raisef("%s: '%s': layer '%s' has %d weights, the model's layer %d (%s) has %d", fn, path, n, #wn, k,
+        tostring(layers[k]), #ps)
+    end
+    for i, p in ipairs(ps) do
+      local where = g .. n .. "/" .. wn[i]
+      todo[#todo + 1] = { p, data[where], where }
+    end
+  end
+  assign_all(fn, path, todo)
+end
+
+-- nn.load_keras(model, path): the weights of a Keras model saved with save_weights (Keras 3
+-- '.weights.h5', or a legacy Keras 2 / tf.keras '.h5', told apart by their layout) into a
+-- moongrad model built with the same layers in the same order (a Sequential, or one layer).
+-- Every weight is checked before any changes.
+function nn.load_keras(model, path)
+  local fn = "load_keras"
+  if not is_layer(model) then raisef("%s: expected a model, got %s", fn, describe(model)) end
+  if type(path) ~= "string" then raisef("%s: path must be a string, got %s", fn, describe(path)) end
+  local data, meta = call(mg._h5_load, path, fn)
+  if meta["@layer_names"] then return load_legacy(fn, model, path, data, meta, "") end
+  if meta["model_weights@layer_names"] then return load_legacy(fn, model, path, data, meta, "model_weights/") end
+  local todo, used = {}, {}
+  for _, e in ipairs(keras3_plan(fn, model)) do
+    for i, p in ipairs(e.layer:parameters()) do
+      local where = e.group .. e.paths[i]
+      todo[#todo + 1] = { p, data[where], where }
+      used[where] = true
+    end
+  end
+  local extra = {}
+  for k in pairs(data) do
+    if not used[k] then extra[#extra + 1] = k end
+  end
+  table.sort(extra)
+  if #extra > 0 then
+    raisef("%s: '%s' has weights the model does not: %s (is the model built with the same layers?)", fn, path,
+      table.concat(extra, ", "))
+  end
+  assign_all(fn, path, todo)
+  return model
+end
+
+-- nn.save_keras(model, path): the model's weights as a Keras 3 '.weights.h5' file, which
+-- model.load_weights(path) of a Keras model built with the same layers reads. Atomic.
+function nn.save_keras(model, path)
+  local fn = "save_keras"
+  if not is_layer(model) then raisef("%s: expected a model, got %s", fn, describe(model)) end
+  if type(path) ~= "string" then raisef("%s: path must be a string, got %s", fn, describe(path)) end
+  local data, attrs = {}, { ["vars@name"] = class_of(model) == "Sequential" and "sequential" or "model" }
+  for _, e in ipairs(keras3_plan(fn, model)) do
+    for i, p in ipairs(e.layer:parameters()) do data[e.group .. e.paths[i]] = p end
+    for sub, name in pairs(e.names) do attrs[e.group .. sub .. "@name"] = name end
+  end
+  call(mg._h5_save, data, path, attrs, fn)
+end
+
+return true
