@@ -236,14 +236,19 @@ describe("resuming training from a checkpoint", function()
     nn.save(m, path("adam.safetensors"), { optimizer = opt })
     local t, meta = mg.load_tensors(path("adam.safetensors"))
     local p1 = m:parameters()[1]
-    t["@optimizer/m/1"] = mg.zeros(p1:size(1) + 1, p1:size(2))   -- a slot of the wrong shape
+    local slot                                        -- the first slot of parameter 1
+    for k in pairs(t) do
+      if k:match("^@optimizer/.*%.1$") and (slot == nil or k < slot) then slot = k end
+    end
+    assert.is_truthy(slot, "no slot of parameter 1 in the checkpoint")
+    t[slot] = mg.zeros(p1:size(1) + 1, p1:size(2))    -- a slot of the wrong shape
     mg.save_tensors(t, path("bad.safetensors"), { metadata = meta })
     local other = model()
     local before = {}
     for k, v in pairs(other:state()) do before[k] = bits(v) end
     local oa = optim.Adam(other)
     raises(function() nn.load(other, path("bad.safetensors"), { optimizer = oa }) end,
-      "nn.load: optimizer slot m[1] has shape")
+      "Adam:load_state: '" .. slot:sub(#"@optimizer/" + 1) .. "' must be a tensor of shape")
     for k, v in pairs(other:state()) do assert.are.equal(before[k], bits(v), k) end
     assert.are.equal(0, oa.iterations)
   end)
