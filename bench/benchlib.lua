@@ -20,14 +20,34 @@ local function settle(clock)
   while clock() - t < SETTLE_SECONDS do end
 end
 
--- Load moongrad with one thread; a clear message when LUA_CPATH does not reach the build.
+-- The thread count of both sides: MOONGRAD_BENCH_THREADS (bench/run sets 2 for its
+-- 2-thread run), else 1. benchlib.py reads the same variable.
+function M.threads()
+  local v = os.getenv("MOONGRAD_BENCH_THREADS")
+  local n = v and math.tointeger(tonumber(v))
+  if v and (not n or n < 1) then error("benchlib: bad MOONGRAD_BENCH_THREADS '" .. v .. "'", 0) end
+  return n or 1
+end
+
+-- Peak resident set size of this process so far, in MiB (VmHWM in /proc/self/status), or nil.
+function M.peak_rss_mib()
+  local f = io.open("/proc/self/status")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  local kb = s:match("VmHWM:%s*(%d+)%s*kB")
+  return kb and tonumber(kb) / 1024
+end
+
+-- Load moongrad with M.threads() threads (one by default); a clear message when LUA_CPATH
+-- does not reach the build.
 function M.moongrad()
   local found, mg = pcall(require, "moongrad")
   if not found then
     error("benchlib: cannot load moongrad (" .. tostring(mg) .. "); set " ..
           "LUA_CPATH='build/lua/?.so' from the repository root, or use bench/run", 0)
   end
-  mg.set_num_threads(1)
+  mg.set_num_threads(M.threads())
   M.now = mg.clock
   settle(mg.clock)
   return mg
@@ -43,7 +63,8 @@ function M.median(xs)
 end
 
 -- measure(fn [, {reps=7, min_time=0.1, warmup=1, inner=, collect=false}]): timings of fn()
--- as {cpu=, wall= (median seconds per call), cpu_reps=, wall_reps= (per repetition)}.
+-- as {cpu=, wall= (median seconds per call), cpu_reps=, wall_reps= (per repetition),
+-- calls= (how many calls of fn ran)}.
 -- Each repetition runs fn 'inner' times back to back (chosen so a repetition lasts about
 -- 'min_time' seconds unless given). The collector is left to its own pace, as in a user's
 -- loop, unless 'collect' asks for a full collection before each repetition.
@@ -62,7 +83,8 @@ function M.measure(fn, opts)
     wall[r] = (M.now() - w) / inner
     cpu[r] = (os.clock() - c) / inner
   end
-  return { cpu = M.median(cpu), wall = M.median(wall), cpu_reps = cpu, wall_reps = wall }
+  return { cpu = M.median(cpu), wall = M.median(wall), cpu_reps = cpu, wall_reps = wall,
+           calls = (opts.warmup or 1) + reps * inner }
 end
 
 -- result(bench, case, impl, m [, per]): one result line from measure's 'm', divided by 'per'

@@ -10,6 +10,7 @@ Human-readable progress goes to standard error.
 import ctypes
 import gc
 import math
+import os
 import statistics
 import sys
 import time
@@ -27,15 +28,40 @@ def _openblas():
         return None
 
 
+def threads():
+    """The thread count of both sides: MOONGRAD_BENCH_THREADS (bench/run sets 2 for its
+    2-thread run), else 1 (as benchlib.lua)."""
+    v = os.environ.get("MOONGRAD_BENCH_THREADS")
+    if v is None:
+        return 1
+    if not v.isdigit() or int(v) < 1:
+        sys.exit("benchlib: bad MOONGRAD_BENCH_THREADS '%s'" % v)
+    return int(v)
+
+
+def peak_rss_mib():
+    """Peak resident set size of this process so far, in MiB (VmHWM), or None."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def one_thread():
-    """torch intra-op threads and torch's OpenBLAS threads both set to 1.
+    """torch intra-op threads and torch's OpenBLAS threads both set to threads() (1 unless
+    MOONGRAD_BENCH_THREADS says otherwise).
 
     Debian's torch calls OpenBLAS (pthread build), which torch.set_num_threads does not
     reach, so its thread count is set directly too."""
-    torch.set_num_threads(1)
+    n = threads()
+    torch.set_num_threads(n)
     lib = _openblas()
     if lib is not None:
-        lib.openblas_set_num_threads(1)
+        lib.openblas_set_num_threads(n)
     settle()
 
 
@@ -61,7 +87,7 @@ def blas_meta(bench):
 
 def measure(fn, reps=7, min_time=0.1, warmup=1, inner=None, collect=False):
     """Timings of fn() as benchlib.lua's measure: a dict with cpu, wall (median seconds per
-    call) and cpu_reps, wall_reps (per repetition)."""
+    call), cpu_reps, wall_reps (per repetition) and calls (how many calls of fn ran)."""
     t0 = time.process_time()
     for _ in range(warmup):
         fn()
@@ -78,7 +104,7 @@ def measure(fn, reps=7, min_time=0.1, warmup=1, inner=None, collect=False):
         wall.append((time.perf_counter() - w) / inner)
         cpu.append((time.process_time() - c) / inner)
     return {"cpu": statistics.median(cpu), "wall": statistics.median(wall),
-            "cpu_reps": cpu, "wall_reps": wall}
+            "cpu_reps": cpu, "wall_reps": wall, "calls": warmup + reps * inner}
 
 
 def result(bench, case, impl, m, per=1):

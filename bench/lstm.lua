@@ -8,6 +8,9 @@
 --                      retain_grad() on every h_t)
 -- For each size, DIR receives x, y, the initial weights, the loss, the first step's
 -- gradients and dL/dh_t (stacked to (16, 100, units)) as .npy files.
+-- Beside each time: moongrad's achieved GFLOP/s (the step's GEMM FLOPs, see 'flops', over
+-- the CPU time; the wall clock with more than one thread), and after the timing, the process's peak RSS (VmHWM) once RSS_STEPS training
+-- steps in all have run at that size (meta lines 'gflops UNITS IMPL', 'peak_rss_mib UNITS').
 -- Usage: LUA_CPATH='build/lua/?.so' lua5.4 bench/lstm.lua DIR [units ...]
 package.path = (arg[0]:match("^(.*/)") or "./") .. "?.lua;" .. package.path
 local B = require "benchlib"
@@ -29,6 +32,14 @@ end
 if #sizes == 0 then sizes = { 6, 32, 256 } end
 
 B.blas_meta(mg, BENCH)
+
+local RSS_STEPS = 200
+
+-- FLOPs of one training step's GEMMs: forward x W + h U (2 B (in + u) 4u per step), and
+-- backward the same three times over (dx, dh; dW, dU), over T steps; the head's are negligible.
+local function flops(units)
+  return 3 * 2 * BATCH * 4 * units * (NIN + units) * STEPS
+end
 
 -- The model, its optimizer and the two step functions for 'units'.
 local function model(units)
@@ -55,7 +66,9 @@ local function model(units)
     return loss, tape:gradient(loss, sources)
   end
 
+  m.steps = 0
   function m.step(x, y, per_step)
+    m.steps = m.steps + 1
     local loss, grads = m.loss_and_grads(x, y, per_step)
     if per_step then grads = table.move(grads, 1, #params, 1, {}) end
     m.opt:step(grads)
@@ -91,7 +104,17 @@ for _, units in ipairs(sizes) do
   for _, c in ipairs { { "moongrad", false }, { "moongrad + dL/dh_t", true } } do
     local r = B.measure(function() return m.step(x, y, c[2]) end, { reps = 7, min_time = 0.2 })
     B.result(BENCH, tostring(units), c[1], r)
-    B.log("moongrad  units %-4d %-20s %9.3f ms CPU, %9.3f ms wall", units, c[1], r.cpu * 1e3,
-          r.wall * 1e3)
+    -- per the clock the report shows: CPU time on one thread, wall clock on more (CPU time
+    -- adds up the threads)
+    local gf = flops(units) / (B.threads() == 1 and r.cpu or r.wall) / 1e9
+    B.meta(BENCH, string.format("gflops %d %s", units, c[1]), string.format("%.1f", gf))
+    B.log("moongrad  units %-4d %-20s %9.3f ms CPU, %9.3f ms wall, %6.1f GFLOP/s", units,
+          c[1], r.cpu * 1e3, r.wall * 1e3, gf)
+  end
+  while m.steps < RSS_STEPS do m.step(x, y, false) end
+  local rss = B.peak_rss_mib()
+  if rss then
+    B.meta(BENCH, string.format("peak_rss_mib %d", units), string.format("%.1f", rss))
+    B.log("moongrad  units %-4d peak RSS after %d steps: %.1f MiB", units, m.steps, rss)
   end
 end

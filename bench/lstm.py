@@ -21,6 +21,7 @@ import torch  # noqa: E402
 BENCH = "lstm"
 USAGE = "usage: /usr/bin/python3 bench/lstm.py DIR [units ...]  (default units 6 32 256)"
 RTOL = 1e-4
+RSS_STEPS = 200
 
 
 def load(directory, units, name):
@@ -136,6 +137,15 @@ def main():
             B.result(BENCH, str(units), name, m)
             B.log("pytorch   units %-4d %-28s %9.3f ms CPU, %9.3f ms wall",
                   units, name, m["cpu"] * 1e3, m["wall"] * 1e3)
+            if name == "nn.LSTM fused":
+                # the peak RSS once RSS_STEPS steps in all have run (as lstm.lua)
+                for _ in range(max(0, RSS_STEPS - m["calls"])):
+                    train_step(model, opt, x, y)
+                rss = B.peak_rss_mib()
+                if rss is not None:
+                    B.meta(BENCH, "peak_rss_mib_torch %d" % units, "%.1f" % rss)
+                    B.log("pytorch   units %-4d peak RSS after %d steps: %.1f MiB",
+                          units, max(RSS_STEPS, m["calls"]), rss)
     if failed:
         sys.exit("lstm.py: results differ from moongrad's:\n  " + "\n  ".join(failed))
 

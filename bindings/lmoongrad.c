@@ -64,7 +64,7 @@ static lstate *getstate(lua_State *L) {
   S->C = NULL;
   S->orphans.t = NULL;
   S->orphans.prev = S->orphans.next = &S->orphans;
-  S->gc_threshold = (size_t)64 << 20;
+  S->gc_threshold = (size_t)16 << 20;
   S->gc_stepped = 0;
   lua_createtable(L, 0, 1);
   lua_pushcfunction(L, state_gc);

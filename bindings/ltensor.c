@@ -57,7 +57,7 @@ static void gc_pressure(lua_State *L, lstate *S) {
   if (live > S->gc_threshold) {
     lua_gc(L, LUA_GCCOLLECT);
     live = mg_live_bytes(S->C);
-    size_t floor = (size_t)64 << 20;
+    size_t floor = (size_t)16 << 20;
     S->gc_threshold = live * 2 > floor ? live * 2 : floor;
     S->gc_stepped = live;
   }

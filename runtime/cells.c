@@ -193,9 +193,11 @@ mg_status mg_lstm_cell(mg_ctx *C, mg_tensor *x, mg_tensor *h, mg_tensor *c, mg_t
   return MG_OK;
 }
 
-/* Fused reverse rule: dz from the saved gates, then the GEMMs each needed input asks for. */
+/* Fused reverse rule: dz from the saved gates, then the GEMMs each needed input asks for,
+** each into a new tensor, or with beta = 1 into acc[i] when the sweep gives one (acc NULL:
+** none). */
 static mg_status lstm_vjp_fused(mg_ctx *C, const mg_node *n, mg_tensor *gh, mg_tensor *gc,
-                                const bool *need, mg_tensor **gin) {
+                                const bool *need, mg_tensor **gin, mg_tensor *const *acc) {
   mg_tensor *k[LSTM_NIN], *G = n->saved[0], *cn = n->out[1], *dz = NULL, *dc = NULL;
   mg_status st = contiguous_all(C, LSTM_NIN, n->in, k);
   if (st != MG_OK) return st;
@@ -216,12 +218,15 @@ static mg_status lstm_vjp_fused(mg_ctx *C, const mg_node *n, mg_tensor *gh, mg_t
       { LX, B, d, 4 * u, false, true, dz, k[LW] }, { LH, B, u, 4 * u, false, true, dz, k[LU] },
       { LW, d, 4 * u, B, true, false, k[LX], dz }, { LU, u, 4 * u, B, true, false, k[LH], dz } };
     for (int m = 0; m < 4 && st == MG_OK; m++) {
-      if (!need[mm[m].in]) continue;
+      int i = mm[m].in;
+      if (!need[i]) continue;
       int64_t sh[2] = { mm[m].r, mm[m].c };
-      if ((st = mg_tensor_empty(C, dt, 2, sh, &gin[mm[m].in])) != MG_OK) break;
+      mg_tensor *into = acc ? acc[i] : NULL;       /* the running sum, added to in place */
+      if (into == NULL && (st = mg_tensor_empty(C, dt, 2, sh, &gin[i])) != MG_OK) break;
       mg_gemm(dt, mm[m].ta, mm[m].tb, mm[m].r, mm[m].c, mm[m].K, 1, mg_tensor_data(mm[m].a),
-              mm[m].a->shape[1], mg_tensor_data(mm[m].b), mm[m].b->shape[1], 0,
-              mg_tensor_data(gin[mm[m].in]), mm[m].c);
+              mm[m].a->shape[1], mg_tensor_data(mm[m].b), mm[m].b->shape[1], into ? 1 : 0,
+              mg_tensor_data(into ? into : gin[i]), mm[m].c);
+      if (into) mg_bump_version(into);         /* an in-place write, as mg_tensor_add_ */
     }
     if (st == MG_OK && need[LB]) st = mg_tensor_sum(C, dz, 1u, false, &gin[LB]);
     if (st == MG_OK && need[LC]) gin[LC] = mg_tensor_retain(dc);
@@ -257,7 +262,7 @@ static mg_tensor *dtanh(mg_ex *e, mg_tensor *t) { return mg_ex_rsub(e, 1, mg_ex_
 
 static mg_status lstm_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *g,
                           const bool *need, mg_tensor **gin) {
-  if (lead == 0 && !mg_recording(C)) return lstm_vjp_fused(C, n, g[0], g[1], need, gin);
+  if (lead == 0 && !mg_recording(C)) return lstm_vjp_fused(C, n, g[0], g[1], need, gin, NULL);
   mg_ex ex, *e = &ex;
   mg_ex_begin(e, C);
   mg_tensor *const *in = n->in, *gate[4], *tc = NULL;
@@ -326,7 +331,13 @@ static mg_status lstm_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *cons
   return mg_ex_end(e);
 }
 
-const mg_rules mg_rules_lstm_cell = { lstm_vjp, lstm_jvp };
+/* The sweep's accumulating form (mg_vjp_acc_fn): first-order only, as lstm_vjp's fused path. */
+static mg_status lstm_vjp_acc(mg_ctx *C, const mg_node *n, mg_tensor *const *g, const bool *need,
+                              mg_tensor **gin, mg_tensor *const *acc) {
+  return lstm_vjp_fused(C, n, g[0], g[1], need, gin, acc);
+}
+
+const mg_rules mg_rules_lstm_cell = { .vjp = lstm_vjp, .jvp = lstm_jvp, .vjp_acc = lstm_vjp_acc };
 
 /* ================================================================ GRU */
 
@@ -528,4 +539,4 @@ static mg_status gru_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const
   return mg_ex_end(e);
 }
 
-const mg_rules mg_rules_gru_cell = { gru_vjp, gru_jvp };
+const mg_rules mg_rules_gru_cell = { .vjp = gru_vjp, .jvp = gru_jvp };

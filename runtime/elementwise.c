@@ -694,9 +694,9 @@ static mg_status where_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *con
   return finish_tangent(C, n, lead, acc, tout);
 }
 
-const mg_rules mg_rules_unary = { unary_vjp, unary_jvp };
-const mg_rules mg_rules_binary = { binary_vjp, binary_jvp };
-const mg_rules mg_rules_where = { where_vjp, where_jvp };
+const mg_rules mg_rules_unary = { .vjp = unary_vjp, .jvp = unary_jvp };
+const mg_rules mg_rules_binary = { .vjp = binary_vjp, .jvp = binary_jvp };
+const mg_rules mg_rules_where = { .vjp = where_vjp, .jvp = where_jvp };
 
 /* ================================================================ issue 12: derivatives */
 

@@ -703,7 +703,7 @@ static mg_status qr_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const 
   return st;
 }
 
-const mg_rules mg_rules_qr = { qr_vjp, qr_jvp };
+const mg_rules mg_rules_qr = { .vjp = qr_vjp, .jvp = qr_jvp };
 
 /* ================================================================ SVD rules */
 
@@ -801,7 +801,7 @@ static mg_status svd_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const
   return st;
 }
 
-const mg_rules mg_rules_svd = { svd_vjp, svd_jvp };
+const mg_rules mg_rules_svd = { .vjp = svd_vjp, .jvp = svd_jvp };
 
 /* ================================================================ eigh rules */
 
@@ -841,7 +841,7 @@ static mg_status eigh_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *cons
   return st;
 }
 
-const mg_rules mg_rules_eigh = { eigh_vjp, eigh_jvp };
+const mg_rules mg_rules_eigh = { .vjp = eigh_vjp, .jvp = eigh_jvp };
 
 /* ================================================================ eig: no rules */
 
@@ -857,7 +857,7 @@ static mg_status eig_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const
   return eig_vjp(C, n, lead, t, NULL, tout);
 }
 
-const mg_rules mg_rules_eig = { eig_vjp, eig_jvp };
+const mg_rules mg_rules_eig = { .vjp = eig_vjp, .jvp = eig_jvp };
 
 /* ================================================================ solve rules */
 
@@ -899,7 +899,7 @@ static mg_status solve_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *con
   return st;
 }
 
-const mg_rules mg_rules_solve = { solve_vjp, solve_jvp };
+const mg_rules mg_rules_solve = { .vjp = solve_vjp, .jvp = solve_jvp };
 
 /* ================================================================ slogdet rules */
 
@@ -932,7 +932,7 @@ static mg_status slogdet_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *c
   return ex_give(&e, mg_ex_sum(&e, mg_ex_mul(&e, ex_inv_t(&e, A), dA), last2), &tout[1]);
 }
 
-const mg_rules mg_rules_slogdet = { slogdet_vjp, slogdet_jvp };
+const mg_rules mg_rules_slogdet = { .vjp = slogdet_vjp, .jvp = slogdet_jvp };
 
 /* ================================================================ Cholesky rules */
 
@@ -964,4 +964,4 @@ static mg_status cholesky_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *
   return ex_give(&e, mg_ex_matmul(&e, L, W), &tout[0]);
 }
 
-const mg_rules mg_rules_cholesky = { cholesky_vjp, cholesky_jvp };
+const mg_rules mg_rules_cholesky = { .vjp = cholesky_vjp, .jvp = cholesky_jvp };

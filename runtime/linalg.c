@@ -302,4 +302,4 @@ static mg_status matmul_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *co
   return st;
 }
 
-const mg_rules mg_rules_matmul = { matmul_vjp, matmul_jvp };
+const mg_rules mg_rules_matmul = { .vjp = matmul_vjp, .jvp = matmul_jvp };

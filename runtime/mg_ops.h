@@ -57,9 +57,20 @@ typedef mg_status (*mg_jvp_fn)(mg_ctx *C, const struct mg_node *n, int lead,
 
 /* An op's two rules, defined beside its forward ('mg_rules_unary', ... as "mg_ops.def" names
 ** them); ops with the same rules share one. */
+/* Optional reverse rule for first-order sweeps (lead 0, no tape recording) that can add into
+** the running sums: acc[i], when not NULL, is the sweep's cotangent sum so far for input i,
+** private to the sweep (contiguous, the input's dtype and shape, no other reference, no
+** flags). The rule may add input i's cotangent into acc[i] in place and leave gin[i] NULL;
+** otherwise as mg_vjp_fn. The result must equal what vjp then the sweep's own add give.
+** (The LSTM cell's: its weight gradients become GEMMs with beta = 1 into the sums, no
+** fresh (in, 4u) tensor per step; docs/design.md.) */
+typedef mg_status (*mg_vjp_acc_fn)(mg_ctx *C, const struct mg_node *n, mg_tensor *const *g,
+                                   const bool *need, mg_tensor **gin, mg_tensor *const *acc);
+
 typedef struct mg_rules {
   mg_vjp_fn vjp;
   mg_jvp_fn jvp;
+  mg_vjp_acc_fn vjp_acc;       /* NULL for most ops */
 } mg_rules;
 
 typedef struct mg_opdef {

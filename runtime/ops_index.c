@@ -53,7 +53,7 @@ static mg_status flip_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *cons
   return st;
 }
 
-const mg_rules mg_rules_flip = { flip_vjp, flip_jvp };
+const mg_rules mg_rules_flip = { .vjp = flip_vjp, .jvp = flip_jvp };
 
 /* ================================================================ diagonal, diag_embed */
 
@@ -157,8 +157,8 @@ static mg_status diag_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *cons
   return st;
 }
 
-const mg_rules mg_rules_diagonal = { diag_vjp, diag_jvp };
-const mg_rules mg_rules_diag_embed = { diag_vjp, diag_jvp };
+const mg_rules mg_rules_diagonal = { .vjp = diag_vjp, .jvp = diag_jvp };
+const mg_rules mg_rules_diag_embed = { .vjp = diag_vjp, .jvp = diag_jvp };
 
 /* ================================================================ gather, scatter_add */
 
@@ -313,8 +313,8 @@ static mg_status gather_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *co
   return st;
 }
 
-const mg_rules mg_rules_gather = { gather_vjp, gather_jvp };
-const mg_rules mg_rules_scatter_add = { gather_vjp, gather_jvp };
+const mg_rules mg_rules_gather = { .vjp = gather_vjp, .jvp = gather_jvp };
+const mg_rules mg_rules_scatter_add = { .vjp = gather_vjp, .jvp = gather_jvp };
 
 /* ================================================================ index_select, take_along_dim */
 

@@ -476,9 +476,9 @@ static mg_status softmax_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *c
   return st;
 }
 
-const mg_rules mg_rules_sum = { sum_vjp, sum_jvp };
-const mg_rules mg_rules_extreme = { extreme_vjp, extreme_jvp };
-const mg_rules mg_rules_softmax = { softmax_vjp, softmax_jvp };
+const mg_rules mg_rules_sum = { .vjp = sum_vjp, .jvp = sum_jvp };
+const mg_rules mg_rules_extreme = { .vjp = extreme_vjp, .jvp = extreme_jvp };
+const mg_rules mg_rules_softmax = { .vjp = softmax_vjp, .jvp = softmax_jvp };
 
 /* ================================================================ logsumexp (issue 12) */
 
@@ -556,7 +556,7 @@ static mg_status logsumexp_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor 
   return st;
 }
 
-const mg_rules mg_rules_logsumexp = { logsumexp_vjp, logsumexp_jvp };
+const mg_rules mg_rules_logsumexp = { .vjp = logsumexp_vjp, .jvp = logsumexp_jvp };
 
 /* ================================================================ cumsum, cumprod (issue 12) */
 
@@ -626,7 +626,7 @@ static mg_status cumsum_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *co
   return st;
 }
 
-const mg_rules mg_rules_cumsum = { cumsum_vjp, cumsum_jvp };
+const mg_rules mg_rules_cumsum = { .vjp = cumsum_vjp, .jvp = cumsum_jvp };
 
 /* cumprod's rules. Without zeros in x (the usual case, O(n)): with y = cumprod(x),
 **   vjp: rcumsum(g y) / x          jvp: y cumsum(t / x)
@@ -760,4 +760,4 @@ static mg_status cumprod_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *c
   return mg_ex_end(e);
 }
 
-const mg_rules mg_rules_cumprod = { cumprod_vjp, cumprod_jvp };
+const mg_rules mg_rules_cumprod = { .vjp = cumprod_vjp, .jvp = cumprod_jvp };

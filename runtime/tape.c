@@ -377,6 +377,21 @@ static mg_status seed_targets(mg_ctx *C, tmap *m, int ntargets, mg_tensor *const
   return MG_OK;
 }
 
+/* The node's reverse rule; its accumulating form (mg_vjp_acc_fn) when it has one and the
+** sweep is first-order, handed the running sums that may be updated in place. */
+static mg_status run_vjp(mg_ctx *C, tmap *m, const mg_node *n, int lead, mg_tensor *const *g,
+                         const bool *need, mg_tensor **gin) {
+  const mg_rules *r = mg_ops[n->op].rules;
+  if (r->vjp_acc == NULL || lead != 0 || mg_recording(C) || n->nin > 8)
+    return r->vjp(C, n, lead, g, need, gin);
+  mg_tensor *acc[8] = { NULL };
+  for (int k = 0; k < n->nin; k++) {
+    slot *s = need[k] ? map_find(m, n->in[k]) : NULL;
+    if (s && s->val && private_sum(C, s->val, n->in[k])) acc[k] = s->val;
+  }
+  return r->vjp_acc(C, n, g, need, gin, acc);
+}
+
 /* One node of the reverse sweep: its rule turns the cotangents of its outputs into those of
 ** the inputs that lead back to a source; the outputs' cotangents are then dropped (unless a
 ** source asks for them). */
@@ -397,7 +412,7 @@ static mg_status backward_node(mg_ctx *C, tmap *m, const mg_node *n, int lead,
     anyneed |= (need[k] = s && s->reach);
   }
   if (st == MG_OK && anyneed && (st = check_versions(C, n)) == MG_OK)
-    st = mg_ops[n->op].rules->vjp(C, n, lead, g, need, gin);
+    st = run_vjp(C, m, n, lead, g, need, gin);
   for (int k = 0; gin && k < n->nin; k++) {
     if (gin[k] == NULL) continue;
     if (st != MG_OK) { mg_tensor_release(gin[k]); continue; }

@@ -19,7 +19,7 @@ describe("tape memory", function()
     mg.manual_seed(0)
     local W = mg.randn(32, 32) * 0.1
     local x0 = mg.randn(8, 32)
-    -- warm up past the collector's trigger (64 MiB of garbage tensors), then stay flat
+    -- warm up past the collector's trigger (16 MiB of garbage tensors), then stay flat
     for _ = 1, 60 do run_once(W, x0) end
     local before = rss_kib()
     local g
