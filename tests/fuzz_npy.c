@@ -66,35 +66,23 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size) {
 #define FUZZ_NAME "fuzz_npy"
 #include "fuzz_replay.h"
 
-/* Replay one file: invariants always, the expectation its name carries. 0 if it passed. */
-static int replay_file(mg_ctx *C, const char *path) {
-  size_t len;
-  unsigned char *buf = fuzz_slurp(path, &len);
-  if (buf == NULL) return 1;
-  int expect = fuzz_expect(path);
+/* The file's bytes: invariants always, the expectation its name carries. 0 if it passed. */
+static int replay_input(mg_ctx *C, const char *path, const unsigned char *buf, size_t len,
+                        int expect) {
   mg_tensor *t = parse_checked(C, buf, len);
-  int failed = 0;
-  if (expect == 'b' && t != NULL) {
-    fprintf(stderr, "%s: accepted, expected a rejection\n", path);
-    failed = 1;
-  } else if (expect == 'o') {
-    if (t == NULL) {
-      fprintf(stderr, "%s: rejected (%s), expected a tensor\n", path, mg_errmsg(C));
-      failed = 1;
-    } else {                            /* elements 0, 1, 2, ... in C order */
-      const char *p = mg_tensor_data(t);
-      for (int64_t i = 0, n = mg_tensor_numel(t); i < n && !failed; i++) {
-        double v = mg_tensor_dtype(t) == MG_F64 ? ((const double *)p)[i] : ((const float *)p)[i];
-        if (v != (double)i) {
-          fprintf(stderr, "%s: element %lld is %g, expected %lld\n", path, (long long)i, v, (long long)i);
-          failed = 1;
-        }
+  int failed = fuzz_verdict(path, expect, t != NULL, "a tensor", C);
+  if (expect == 'o' && t != NULL) {     /* elements 0, 1, 2, ... in C order */
+    const char *p = mg_tensor_data(t);
+    for (int64_t i = 0, n = mg_tensor_numel(t); i < n && !failed; i++) {
+      double v = mg_tensor_dtype(t) == MG_F64 ? ((const double *)p)[i] : ((const float *)p)[i];
+      if (v != (double)i) {
+        fprintf(stderr, "%s: element %lld is %g, expected %lld\n", path, (long long)i, v, (long long)i);
+        failed = 1;
       }
     }
   }
   mg_tensor_release(t);
   if (mg_live_bytes(C) != 0) broken("storage alive after the tensor was released", C);
-  free(buf);
   return failed;
 }
 

@@ -5,8 +5,10 @@
 **
 ** Include it once, outside MG_LIBFUZZER, after defining FUZZ_NAME (the program's name in
 ** messages, a string literal). The target then defines
-**     static int replay_file(mg_ctx *C, const char *path);
-** (0 if the file passed), using fuzz_slurp to read it and fuzz_expect for what its name says.
+**     static int replay_input(mg_ctx *C, const char *path, const unsigned char *buf, size_t len,
+**                             int expect);
+** which runs the target on the file's bytes 'buf' and returns 0 if it passed; 'expect' is
+** what the file's name says (fuzz_expect), fuzz_verdict checks acceptance against it.
 */
 #ifndef MG_FUZZ_REPLAY_H
 #define MG_FUZZ_REPLAY_H
@@ -19,7 +21,8 @@
 
 #include "mg.h"
 
-static int replay_file(mg_ctx *C, const char *path);
+static int replay_input(mg_ctx *C, const char *path, const unsigned char *buf, size_t len,
+                        int expect);
 
 /* Whole file into a new buffer (free it); NULL on error (message printed). */
 static unsigned char *fuzz_slurp(const char *path, size_t *len) {
@@ -53,6 +56,30 @@ static int fuzz_expect(const char *path) {
   if (strncmp(base, "bad_", 4) == 0) return 'b';
   if (strncmp(base, "ok_", 3) == 0) return 'o';
   return 0;
+}
+
+/* 1 (a message printed) when the input was accepted though its name says 'bad_*', or rejected
+** though it says 'ok_*' ('what' is what an accepted one gives, for the message); else 0. */
+static int fuzz_verdict(const char *path, int expect, int accepted, const char *what, const mg_ctx *C) {
+  if (expect == 'b' && accepted) {
+    fprintf(stderr, "%s: accepted, expected a rejection\n", path);
+    return 1;
+  }
+  if (expect == 'o' && !accepted) {
+    fprintf(stderr, "%s: rejected (%s), expected %s\n", path, mg_errmsg(C), what);
+    return 1;
+  }
+  return 0;
+}
+
+/* Replay one file: invariants always, the expectation its name carries. 0 if it passed. */
+static int replay_file(mg_ctx *C, const char *path) {
+  size_t len;
+  unsigned char *buf = fuzz_slurp(path, &len);
+  if (buf == NULL) return 1;
+  int failed = replay_input(C, path, buf, len, fuzz_expect(path));
+  free(buf);
+  return failed;
 }
 
 /* Replay 'path' (a file, or every regular file of a directory). Counts into *n. */

@@ -109,30 +109,20 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size) {
 #define FUZZ_NAME "fuzz_tfevents"
 #include "fuzz_replay.h"
 
-/* Replay one file: invariants always, the expectation its name carries. 0 if it passed. */
-static int replay_file(mg_ctx *C, const char *path) {
-  size_t len;
-  unsigned char *buf = fuzz_slurp(path, &len);
-  if (buf == NULL) return 1;
-  int expect = fuzz_expect(path);
+/* The file's bytes: invariants always, the expectation its name carries. 0 if it passed. */
+static int replay_input(mg_ctx *C, const char *path, const unsigned char *buf, size_t len,
+                        int expect) {
   parse_framed(C, buf, len);
   mg_summary_log *log = parse_checked(C, buf, len);
-  int failed = 0;
-  if (expect == 'b' && log != NULL) {
-    fprintf(stderr, "%s: accepted, expected a rejection\n", path);
-    failed = 1;
-  } else if (expect == 'o') {
-    const mg_summary_event *e = log ? mg_summary_log_event(log, 0) : NULL;
-    if (log == NULL) {
-      fprintf(stderr, "%s: rejected (%s), expected events\n", path, mg_errmsg(C));
-      failed = 1;
-    } else if (e == NULL || e->file_version == NULL || strcmp(e->file_version, "brain.Event:2") != 0) {
+  int failed = fuzz_verdict(path, expect, log != NULL, "events", C);
+  if (expect == 'o' && log != NULL) {
+    const mg_summary_event *e = mg_summary_log_event(log, 0);
+    if (e == NULL || e->file_version == NULL || strcmp(e->file_version, "brain.Event:2") != 0) {
       fprintf(stderr, "%s: the first event is not the file version brain.Event:2\n", path);
       failed = 1;
     }
   }
   mg_summary_log_free(log);
-  free(buf);
   return failed;
 }
 
