@@ -113,4 +113,22 @@ function M.blas_meta(mg, bench)
   M.meta(bench, "moongrad_threads", mg.get_num_threads())
 end
 
+-- M.args(script, usage, what, expect, parse, default): the command line of a bench that saves
+-- into a directory: arg[1] the directory (it must exist), arg[2..] its cases, each turned into
+-- a value by parse(string) (nil when malformed: an error "<script>: bad <what> '<arg>',
+-- expected <expect>; <usage>"); 'default' when none is given. Returns dir, cases.
+function M.args(script, usage, what, expect, parse, default)
+  local dir = arg[1]
+  if not dir then error(script .. ": no output directory given; " .. usage, 0) end
+  if not os.rename(dir, dir) then error(script .. ": directory '" .. dir .. "' does not exist", 0) end
+  local cases = {}
+  for i = 2, #arg do
+    local c = parse(arg[i])
+    if c == nil then error(script .. ": bad " .. what .. " '" .. arg[i] .. "', expected " .. expect .. "; " .. usage, 0) end
+    cases[#cases + 1] = c
+  end
+  if #cases == 0 then cases = default end
+  return dir, cases
+end
+
 return M

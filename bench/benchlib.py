@@ -15,7 +15,31 @@ import statistics
 import sys
 import time
 
+import numpy as np
 import torch
+
+
+def int_cases(args, n, message, default, ok=lambda case: True):
+    """The command-line cases 'args', each n positive integers joined by commas ("32,100"), as
+    tuples; 'default' when there are none. A malformed one, or one 'ok' refuses, exits with
+    message % arg."""
+    cases = []
+    for a in args:
+        parts = a.split(",")
+        if len(parts) != n or not all(p.isdigit() and int(p) > 0 for p in parts) \
+                or not ok(tuple(int(p) for p in parts)):
+            sys.exit(message % a)
+        cases.append(tuple(int(p) for p in parts))
+    return cases or default
+
+
+def load_saved(script, directory, filename):
+    """The array bench/<script's stem>.lua saved in 'directory' as 'filename', as a tensor;
+    exits saying which run is missing when it is not there ('script' names bench/*.py)."""
+    path = os.path.join(directory, filename)
+    if not os.path.exists(path):
+        sys.exit("%s: %s is missing; run bench/%s.lua %s first" % (script, path, script[:-3], directory))
+    return torch.from_numpy(np.load(path))
 
 
 def _openblas():

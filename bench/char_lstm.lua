@@ -13,16 +13,10 @@ local nn, optim = mg.nn, mg.optim
 
 local BENCH, BATCH, SEQ, V, DROPOUT = "char_lstm", 32, 50, 76, 0.2
 local USAGE = "usage: lua5.4 bench/char_lstm.lua DIR [units ...]  (default units 128 512)"
-local dir = arg[1]
-if not dir then error("char_lstm.lua: no output directory given; " .. USAGE, 0) end
-if not os.rename(dir, dir) then error("char_lstm.lua: directory '" .. dir .. "' does not exist", 0) end
-local sizes = {}
-for i = 2, #arg do
-  local u = math.tointeger(tonumber(arg[i]))
-  if not u or u < 1 then error("char_lstm.lua: bad units '" .. arg[i] .. "', expected a positive integer; " .. USAGE, 0) end
-  sizes[#sizes + 1] = u
-end
-if #sizes == 0 then sizes = { 128, 512 } end
+local dir, sizes = B.args("char_lstm.lua", USAGE, "units", "a positive integer", function(a)
+  local u = math.tointeger(tonumber(a))
+  if u and u >= 1 then return u end
+end, { 128, 512 })
 
 B.blas_meta(mg, BENCH)
 local classes = mg.arange(1, V + 1)

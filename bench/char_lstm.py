@@ -14,7 +14,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib as B  # noqa: E402
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
@@ -25,10 +24,7 @@ V, DROPOUT = 76, 0.2
 
 
 def load(directory, units, name):
-    path = os.path.join(directory, "%d_%s.npy" % (units, name))
-    if not os.path.exists(path):
-        sys.exit("char_lstm.py: %s is missing; run bench/char_lstm.lua %s first" % (path, directory))
-    return torch.from_numpy(np.load(path))
+    return B.load_saved("char_lstm.py", directory, "%d_%s.npy" % (units, name))
 
 
 class CharLSTM(torch.nn.Module):

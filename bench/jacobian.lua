@@ -11,19 +11,10 @@ local mg = B.moongrad()
 
 local BENCH = "jacobian"
 local USAGE = "usage: lua5.4 bench/jacobian.lua DIR [B,N ...]  (default sizes 1,100 32,100 32,512 8,1024)"
-local dir = arg[1]
-if not dir then error("jacobian.lua: no output directory given; " .. USAGE, 0) end
-if not os.rename(dir, dir) then error("jacobian.lua: directory '" .. dir .. "' does not exist", 0) end
-
-local sizes = {}
-for i = 2, #arg do
-  local b, n = arg[i]:match("^(%d+),(%d+)$")
-  if not b or tonumber(b) < 1 or tonumber(n) < 1 then
-    error("jacobian.lua: bad size '" .. arg[i] .. "', expected B,N with positive integers; " .. USAGE, 0)
-  end
-  sizes[#sizes + 1] = { tonumber(b), tonumber(n) }
-end
-if #sizes == 0 then sizes = { { 1, 100 }, { 32, 100 }, { 32, 512 }, { 8, 1024 } } end
+local dir, sizes = B.args("jacobian.lua", USAGE, "size", "B,N with positive integers", function(a)
+  local b, n = a:match("^(%d+),(%d+)$")
+  if b and tonumber(b) >= 1 and tonumber(n) >= 1 then return { tonumber(b), tonumber(n) } end
+end, { { 1, 100 }, { 32, 100 }, { 32, 512 }, { 8, 1024 } })
 
 B.blas_meta(mg, BENCH)
 

@@ -19,7 +19,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib as B  # noqa: E402
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import functorch  # noqa: E402
 
@@ -30,22 +29,12 @@ RTOL = 1e-5
 
 
 def parse_sizes(args):
-    sizes = []
-    for a in args:
-        parts = a.split(",")
-        if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
-            sys.exit("jacobian.py: bad size '%s', expected B,N with positive integers; %s"
-                     % (a, USAGE))
-        sizes.append((int(parts[0]), int(parts[1])))
-    return sizes or [(1, 100), (32, 100), (32, 512), (8, 1024)]
+    return B.int_cases(args, 2, "jacobian.py: bad size '%s', expected B,N with positive integers; " + USAGE,
+                       [(1, 100), (32, 100), (32, 512), (8, 1024)])
 
 
 def load(directory, nb, n, name):
-    path = os.path.join(directory, "%d_%d_%s.npy" % (nb, n, name))
-    if not os.path.exists(path):
-        sys.exit("jacobian.py: %s is missing; run bench/jacobian.lua %s first"
-                 % (path, directory))
-    return torch.from_numpy(np.load(path))
+    return B.load_saved("jacobian.py", directory, "%d_%d_%s.npy" % (nb, n, name))
 
 
 def methods(W, b):

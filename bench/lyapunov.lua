@@ -14,20 +14,11 @@ local mg = B.moongrad()
 local BENCH = "lyapunov"
 local USAGE = "usage: lua5.4 bench/lyapunov.lua DIR [N,k,T ...]  (default 64,16,1000 64,64,1000 256,16,1000 256,256,1000)"
 local BATCH, FEATURES = 16, 8
-local dir = arg[1]
-if not dir then error("lyapunov.lua: no output directory given; " .. USAGE, 0) end
-if not os.rename(dir, dir) then error("lyapunov.lua: directory '" .. dir .. "' does not exist", 0) end
-
-local cases = {}
-for i = 2, #arg do
-  local n, k, t = arg[i]:match("^(%d+),(%d+),(%d+)$")
+local dir, cases = B.args("lyapunov.lua", USAGE, "case", "N,k,T with 1 <= k <= N", function(a)
+  local n, k, t = a:match("^(%d+),(%d+),(%d+)$")
   n, k, t = tonumber(n), tonumber(k), tonumber(t)
-  if not n or n < 1 or k < 1 or k > n or t < 1 then
-    error("lyapunov.lua: bad case '" .. arg[i] .. "', expected N,k,T with 1 <= k <= N; " .. USAGE, 0)
-  end
-  cases[#cases + 1] = { n, k, t }
-end
-if #cases == 0 then cases = { { 64, 16, 1000 }, { 64, 64, 1000 }, { 256, 16, 1000 }, { 256, 256, 1000 } } end
+  if n and n >= 1 and k >= 1 and k <= n and t >= 1 then return { n, k, t } end
+end, { { 64, 16, 1000 }, { 64, 64, 1000 }, { 256, 16, 1000 }, { 256, 256, 1000 } })
 
 B.blas_meta(mg, BENCH)
 B.meta(BENCH, "batch", BATCH)

@@ -17,7 +17,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib as B  # noqa: E402
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import functorch  # noqa: E402
 
@@ -28,21 +27,13 @@ ATOL = 1e-3
 
 
 def parse_cases(args):
-    cases = []
-    for a in args:
-        parts = a.split(",")
-        if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts) \
-                or int(parts[1]) > int(parts[0]):
-            sys.exit("lyapunov.py: bad case '%s', expected N,k,T with 1 <= k <= N; %s" % (a, USAGE))
-        cases.append(tuple(int(p) for p in parts))
-    return cases or [(64, 16, 1000), (64, 64, 1000), (256, 16, 1000), (256, 256, 1000)]
+    return B.int_cases(args, 3, "lyapunov.py: bad case '%s', expected N,k,T with 1 <= k <= N; " + USAGE,
+                       [(64, 16, 1000), (64, 64, 1000), (256, 16, 1000), (256, 256, 1000)],
+                       ok=lambda case: case[1] <= case[0])
 
 
 def load(directory, case, name):
-    path = os.path.join(directory, "%d_%d_%d_%s.npy" % (case + (name,)))
-    if not os.path.exists(path):
-        sys.exit("lyapunov.py: %s is missing; run bench/lyapunov.lua %s first" % (path, directory))
-    return torch.from_numpy(np.load(path))
+    return B.load_saved("lyapunov.py", directory, "%d_%d_%d_%s.npy" % (case + (name,)))
 
 
 def gru_step(W, U, b, n):

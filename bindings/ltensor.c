@@ -1150,12 +1150,17 @@ static int tensor_min(lua_State *L) { return extreme(L, true); }
 
 static int tensor_logsumexp(lua_State *L) { return reduction(L, mg_tensor_logsumexp); }
 
+/* The dim argument at 'idx' for 'fn' on 't', which must have at least one dimension. */
+static int checkdim_of(lua_State *L, mg_tensor *t, int idx, const char *fn) {
+  if (mg_tensor_ndim(t) == 0) luaL_error(L, "%s: expected at least 1 dimension", fn);
+  return lmg_checkdim(L, idx, mg_tensor_ndim(t));
+}
+
 /* t:cumsum(d) / t:cumprod(d) */
 static int scan_dim(lua_State *L, bool prod) {
   LSTATE_ARG;
   mg_tensor *t = mg_lua_checktensor(L, 1), *y = NULL;
-  if (mg_tensor_ndim(t) == 0) return luaL_error(L, "%s: expected at least 1 dimension", prod ? "cumprod" : "cumsum");
-  int d = lmg_checkdim(L, 2, mg_tensor_ndim(t));
+  int d = checkdim_of(L, t, 2, prod ? "cumprod" : "cumsum");
   mg_status st = prod ? mg_tensor_cumprod(S->C, t, d, false, &y) : mg_tensor_cumsum(S->C, t, d, false, &y);
   return lmg_result(L, S, st, &y);
 }
@@ -1229,9 +1234,7 @@ static mg_tensor *checkindices(lua_State *L, lstate *S, int idx) {
 static int index_dim(lua_State *L, bool select) {
   LSTATE_ARG;
   mg_tensor *t = mg_lua_checktensor(L, 1), *y = NULL;
-  const char *fn = select ? "index_select" : "gather";
-  if (mg_tensor_ndim(t) == 0) return luaL_error(L, "%s: expected at least 1 dimension", fn);
-  int d = lmg_checkdim(L, 2, mg_tensor_ndim(t));
+  int d = checkdim_of(L, t, 2, select ? "index_select" : "gather");
   mg_tensor *ix = checkindices(L, S, 3);
   mg_status st = select ? mg_tensor_index_select(S->C, t, d, ix, &y) : mg_tensor_gather(S->C, t, d, ix, &y);
   return lmg_result(L, S, st, &y);
@@ -1243,11 +1246,7 @@ static int tensor_index_select(lua_State *L) { return index_dim(L, true); }
 static int tensor_take_along_dim(lua_State *L) {
   LSTATE_ARG;
   mg_tensor *t = mg_lua_checktensor(L, 1), *y = NULL;
-  int d = -1;
-  if (!lua_isnoneornil(L, 3)) {
-    if (mg_tensor_ndim(t) == 0) return luaL_error(L, "take_along_dim: expected at least 1 dimension");
-    d = lmg_checkdim(L, 3, mg_tensor_ndim(t));
-  }
+  int d = lua_isnoneornil(L, 3) ? -1 : checkdim_of(L, t, 3, "take_along_dim");
   mg_tensor *ix = checkindices(L, S, 2);
   return lmg_result(L, S, mg_tensor_take_along_dim(S->C, t, ix, d, &y), &y);
 }

@@ -16,17 +16,13 @@
 local common = dofile((arg[0]:match("^(.*)[/\\]") or ".") .. "/common.lua")
 local nn, plot = mg.nn, mg.plot
 
-local opt = common.options(arg, "jacobian_spectra.lua",
-  "singular values of dh_T/dh_k against the horizon: orthogonal vs Glorot recurrent kernels, linear vs tanh", {
-  { "out", "out", "output directory" },
+local opt, out = common.setup(arg, "jacobian_spectra.lua",
+  "singular values of dh_T/dh_k against the horizon: orthogonal vs Glorot recurrent kernels, linear vs tanh", 1, {
   { "units", 32, "units of the SimpleRNN", 2 },
   { "steps", 40, "sequence length T", 2 },
   { "batch", 4, "sequences (the spectra are per sequence; the report takes their median)", 1 },
   { "input", 4, "input features", 1 },
-  { "seed", 1, "random seed" },
 })
-local out = common.outdir(opt.out)
-mg.manual_seed(opt.seed)
 local U, T, B = opt.units, opt.steps, opt.batch
 local x = mg.randn(B, T, opt.input, { dtype = "float64" })
 

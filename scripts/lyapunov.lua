@@ -18,9 +18,8 @@
 local common = dofile((arg[0]:match("^(.*)[/\\]") or ".") .. "/common.lua")
 local nn, plot, linalg = mg.nn, mg.plot, mg.linalg
 
-local opt = common.options(arg, "lyapunov.lua",
-  "Lyapunov spectra: a linear RNN (log|eig W|), Newman's Gaussian products, LSTM/GRU before and after training", {
-  { "out", "out", "output directory" },
+local opt, out = common.setup(arg, "lyapunov.lua",
+  "Lyapunov spectra: a linear RNN (log|eig W|), Newman's Gaussian products, LSTM/GRU before and after training", 1, {
   { "n", 6, "state size of the linear RNN and of the Gaussian products", 2 },
   { "steps", 3000, "steps of the linear RNN and of the Gaussian products", 10 },
   { "batch", 16, "independent trajectories of the Gaussian products", 2 },
@@ -30,10 +29,7 @@ local opt = common.options(arg, "lyapunov.lua",
   { "iters", 1000, "training iterations per network", 0 },
   { "lr", 0.01, "Adam learning rate", 0 },
   { "lyap_steps", 300, "input steps the trained networks' spectra are measured over", 10 },
-  { "seed", 1, "random seed" },
 })
-local out = common.outdir(opt.out)
-mg.manual_seed(opt.seed)
 local F64 = { dtype = "float64" }
 local written = {}
 

@@ -70,6 +70,12 @@ local function num(text, pat)
   return assert(tonumber(v), "not a number: " .. v)
 end
 
+-- The mean training loss over the first and over the last iterations, as a script prints them.
+local function training_loss(text)
+  return num(text, "training loss: first %d+ iterations mean ([%d.]+)"),
+    num(text, "training loss: [^\n]-last %d+ iterations mean ([%d.]+)")
+end
+
 local function has(text, plain)
   assert(text:find(plain, 1, true), "'" .. plain .. "' not found in:\n" .. text)
 end
@@ -300,8 +306,7 @@ describe("scripts/weight_histograms.lua", function()
   local ARGS = "--iters 60 --snapshots 6 --units 6 --steps 5 --batch 16 --bins 10"
   it_g("trains the custom cell + LSTM model and the loss goes down", function()
     local r = result("weight_histograms", ARGS)
-    local first = num(r.out, "training loss: first %d+ iterations mean ([%d.]+)")
-    local last = num(r.out, "training loss: [^\n]-last %d+ iterations mean ([%d.]+)")
+    local first, last = training_loss(r.out)
     assert.is_true(last < first, first .. " -> " .. last)
     has(r.out, "recorded 7 snapshots (iterations 1, every 10, and 60)")
   end)
@@ -362,8 +367,7 @@ describe("scripts/gradient_flow.lua", function()
   local ARGS = "--iters 150 --steps 5 --units 8 --eval_batch 16 --samples 4"
   it_g("learns the recall task: training and evaluation losses go down", function()
     local r = result("gradient_flow", ARGS)
-    local first = num(r.out, "training loss: first %d+ iterations mean ([%d.]+)")
-    local last = num(r.out, "training loss: [^\n]-last %d+ iterations mean ([%d.]+)")
+    local first, last = training_loss(r.out)
     assert.is_true(last < 0.5 * first, first .. " -> " .. last)
     local before = num(r.out, "evaluation loss [^\n]-before ([%d.]+)")
     local after = num(r.out, "evaluation loss [^\n]-after ([%d.]+)")

@@ -105,35 +105,29 @@ describe("recurrent layers against PyTorch (float64, 1e-9)", function()
   setup(function() mg.manual_seed(30) end)
   local opts = { return_sequences = true, return_state = true }
 
-  it("LSTM: outputs, final h and c, gradients w.r.t. x, h0, c0, kernel, recurrent kernel, bias", function()
-    local cell = nn.LSTMCell(4, 5, F64)
-    randomize(cell)
-    compare("lstm", nn.RNN(cell, opts), { cell }, 2)
-  end)
+  -- title, PyTorch module, cell, compare's last argument
+  for _, c in ipairs {
+    { "LSTM: outputs, final h and c, gradients w.r.t. x, h0, c0, kernel, recurrent kernel, bias", "lstm", "LSTMCell", 2 },
+    { "GRU reset_after=true is PyTorch's GRU (gates z, r, h <-> r, z, n)", "gru", "GRUCell", 1 },
+    { "SimpleRNN is PyTorch's tanh RNN", "rnn", "SimpleRNNCell", 1 },
+  } do
+    it(c[1], function()
+      local cell = nn[c[3]](4, 5, F64)
+      randomize(cell)
+      compare(c[2], nn.RNN(cell, opts), { cell }, c[4])
+    end)
+  end
 
-  it("GRU reset_after=true is PyTorch's GRU (gates z, r, h <-> r, z, n)", function()
-    local cell = nn.GRUCell(4, 5, F64)
-    randomize(cell)
-    compare("gru", nn.RNN(cell, opts), { cell }, 1)
-  end)
-
-  it("SimpleRNN is PyTorch's tanh RNN", function()
-    local cell = nn.SimpleRNNCell(4, 5, F64)
-    randomize(cell)
-    compare("rnn", nn.RNN(cell, opts), { cell }, 1)
-  end)
-
-  it("Bidirectional LSTM (concat) is PyTorch's bidirectional LSTM", function()
-    local bi = nn.Bidirectional(nn.RNN(nn.LSTMCell(4, 3, F64), opts))
-    randomize(bi)
-    compare("bilstm", bi, { bi.forward_layer.cell, bi.backward_layer.cell }, 2)
-  end)
-
-  it("Bidirectional GRU (concat) is PyTorch's bidirectional GRU", function()
-    local bi = nn.Bidirectional(nn.RNN(nn.GRUCell(4, 3, F64), opts))
-    randomize(bi)
-    compare("bigru", bi, { bi.forward_layer.cell, bi.backward_layer.cell }, 1)
-  end)
+  for _, c in ipairs {
+    { "Bidirectional LSTM (concat) is PyTorch's bidirectional LSTM", "bilstm", "LSTMCell", 2 },
+    { "Bidirectional GRU (concat) is PyTorch's bidirectional GRU", "bigru", "GRUCell", 1 },
+  } do
+    it(c[1], function()
+      local bi = nn.Bidirectional(nn.RNN(nn[c[3]](4, 3, F64), opts))
+      randomize(bi)
+      compare(c[2], bi, { bi.forward_layer.cell, bi.backward_layer.cell }, c[4])
+    end)
+  end
 end)
 
 ---------------------------------------------------------------- optimizers

@@ -14,11 +14,9 @@
 ** events whose record offsets start at 0 and increase within the input, and whose every
 ** string, bucket array and byte string can be read whole (out of bounds shows in ASan).
 */
-#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "mg.h"
 
@@ -108,88 +106,23 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size) {
 
 #ifndef MG_LIBFUZZER
 
-/* Whole file into a new buffer (free it); NULL on error (message printed). */
-static unsigned char *slurp(const char *path, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  if (f == NULL) { perror(path); return NULL; }
-  unsigned char *buf = NULL;
-  size_t cap = 0;
-  *len = 0;
-  for (;;) {
-    if (*len == cap) {
-      cap = cap ? 2 * cap : 4096;
-      unsigned char *nb = realloc(buf, cap);
-      if (nb == NULL) { free(buf); fclose(f); fprintf(stderr, "%s: out of memory\n", path); return NULL; }
-      buf = nb;
-    }
-    size_t got = fread(buf + *len, 1, cap - *len, f);
-    *len += got;
-    if (got == 0) break;
-  }
-  int err = ferror(f);
-  fclose(f);
-  if (err) { free(buf); fprintf(stderr, "%s: read error\n", path); return NULL; }
-  return buf;
-}
+#define FUZZ_NAME "fuzz_tfevents"
+#include "fuzz_replay.h"
 
-/* Replay one file: invariants always, the expectation its name carries. 0 if it passed. */
-static int replay_file(mg_ctx *C, const char *path) {
-  size_t len;
-  unsigned char *buf = slurp(path, &len);
-  if (buf == NULL) return 1;
-  const char *base = strrchr(path, '/');
-  base = base ? base + 1 : path;
+/* The file's bytes: invariants always, the expectation its name carries. 0 if it passed. */
+static int replay_input(mg_ctx *C, const char *path, const unsigned char *buf, size_t len,
+                        int expect) {
   parse_framed(C, buf, len);
   mg_summary_log *log = parse_checked(C, buf, len);
-  int failed = 0;
-  if (strncmp(base, "bad_", 4) == 0 && log != NULL) {
-    fprintf(stderr, "%s: accepted, expected a rejection\n", path);
-    failed = 1;
-  } else if (strncmp(base, "ok_", 3) == 0) {
-    const mg_summary_event *e = log ? mg_summary_log_event(log, 0) : NULL;
-    if (log == NULL) {
-      fprintf(stderr, "%s: rejected (%s), expected events\n", path, mg_errmsg(C));
-      failed = 1;
-    } else if (e == NULL || e->file_version == NULL || strcmp(e->file_version, "brain.Event:2") != 0) {
+  int failed = fuzz_verdict(path, expect, log != NULL, "events", C);
+  if (expect == 'o' && log != NULL) {
+    const mg_summary_event *e = mg_summary_log_event(log, 0);
+    if (e == NULL || e->file_version == NULL || strcmp(e->file_version, "brain.Event:2") != 0) {
       fprintf(stderr, "%s: the first event is not the file version brain.Event:2\n", path);
       failed = 1;
     }
   }
   mg_summary_log_free(log);
-  free(buf);
-  return failed;
-}
-
-/* Replay 'path' (a file, or every regular file of a directory). Counts into *n. */
-static int replay_path(mg_ctx *C, const char *path, int *n) {
-  struct stat sb;
-  if (stat(path, &sb) != 0) { perror(path); return 1; }
-  if (!S_ISDIR(sb.st_mode)) { ++*n; return replay_file(C, path); }
-  DIR *d = opendir(path);
-  if (d == NULL) { perror(path); return 1; }
-  int failed = 0;
-  for (struct dirent *e; (e = readdir(d)) != NULL;) {
-    char sub[4096];
-    if (e->d_name[0] == '.') continue;
-    snprintf(sub, sizeof sub, "%s/%s", path, e->d_name);
-    if (stat(sub, &sb) == 0 && S_ISREG(sb.st_mode)) { ++*n; failed |= replay_file(C, sub); }
-  }
-  closedir(d);
-  return failed;
-}
-
-int main(int argc, char **argv) {
-  if (argc < 2) {
-    fprintf(stderr, "usage: %s FILE_OR_DIR...\n", argv[0]);
-    return 2;
-  }
-  mg_ctx *C = mg_ctx_new();
-  if (C == NULL) { fprintf(stderr, "fuzz_tfevents: out of memory\n"); return 1; }
-  int failed = 0, n = 0;
-  for (int i = 1; i < argc; i++) failed |= replay_path(C, argv[i], &n);
-  mg_ctx_close(C);
-  if (n == 0) { fprintf(stderr, "fuzz_tfevents: no input files\n"); return 1; }
-  printf("fuzz_tfevents: %d inputs replayed, %s\n", n, failed ? "FAILED" : "all as expected");
   return failed;
 }
 
