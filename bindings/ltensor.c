@@ -764,7 +764,7 @@ static int tensor_narrow(lua_State *L) {
   if (start < 0) start += n + 1;
   if (start < 1 || len < 0 || start - 1 > n - len) {         /* no overflow for huge 'len' */
     bool fits = len >= 0 && (start < 1 || len - 1 <= LUA_MAXINTEGER - start);
-    const char *end = fits ? lua_pushfstring(L, "%I", start + len - 1) : "...";
+    const char *end = fits ? lua_pushfstring(L, "%I", start + (len - 1)) : "...";   /* no overflow */
     return luaL_error(L, "narrow: range %I..%s out of bounds for dimension %d of size %I%s",
                       start, end, d + 1, n, ONE_BASED(start));
   }
