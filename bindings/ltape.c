@@ -254,6 +254,8 @@ static int tape_forward(lua_State *L) {
   int ns, ntan, nt, lead = 0;
   bool s1, s2, single;
   if (lua_istable(L, 5)) {
+    static const char *const known[] = { "lead", NULL };
+    lmg_checkoptions(L, 5, "forward", known);
     lua_getfield(L, 5, "lead");
     lead = (int)luaL_optinteger(L, -1, 0);
     lua_pop(L, 1);

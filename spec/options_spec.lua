@@ -55,7 +55,7 @@ describe("strict options", function()
     assert.are.same({}, mg.zeros({}):shape())
   end)
 
-  it("tapes: GradientTape, gradient, jacobian, batch_jacobian", function()
+  it("tapes: GradientTape, gradient, jacobian, batch_jacobian, forward", function()
     fails_at_call("GradientTape: unknown option 'persistant' (did you mean 'persistent'?)",
                   function() local r = mg.GradientTape { persistant = true } return r end)
     local x = mg.ones(2, 3, F64)
@@ -70,6 +70,9 @@ describe("strict options", function()
                   function() local r = tape:jacobian(y, x, { check = true }) return r end)
     fails_at_call("batch_jacobian: unknown option 'chek' (did you mean 'check'?)",
                   function() local r = tape:batch_jacobian(y, x, { chek = true }) return r end)
+    fails_at_call("forward: unknown option 'leed' (did you mean 'lead'?)",
+                  function() local r = tape:forward(x, mg.ones(2, 3, F64), y, { leed = 1 }) return r end)
+    assert.are.same({ 4, 2, 3 }, tape:forward(x, mg.ones(4, 2, 3, F64), y, { lead = 1 }):shape())
     assert.are.same({ 2, 3, 3 }, tape:batch_jacobian(y, x, { check = true, mode = "fwd" }):shape())
     assert.are.same({ 2, 3 }, tape:gradient(y, x, { unconnected = "zero" }):shape())
   end)

@@ -4,11 +4,15 @@
 -- history (a multi-line chunk is one entry; the file is trimmed at every exit), Tab
 -- completion of mg.nn/mg.optim/mg.plot before their first use, and Ctrl-C (at the prompt it
 -- drops the chunk being typed; during a long kernel or a Lua loop it stops the chunk with
--- "interrupted!" and the session goes on, its variables and tapes intact).
+-- "interrupted!" and the session goes on, its variables and tapes intact). And the README's
+-- tour: its ```lua blocks typed into the REPL line by line run without an error and print
+-- what the tour says they print.
 local mg = require "moongrad"
 
 local source = os.getenv("MOONGRAD_SOURCE") or "."
 local exe = (os.getenv("MOONGRAD_BUILD") or (source .. "/build")) .. "/moongrad"
+if exe:sub(1, 1) ~= "/" then exe = os.getenv("PWD") .. "/" .. exe end
+if source:sub(1, 1) ~= "/" then source = os.getenv("PWD") .. "/" .. source end
 local slurp = require("support").read_file
 
 -- 's' quoted for sh
@@ -52,12 +56,14 @@ local have_script = os.execute("command -v script >/dev/null && command -v timeo
 local have_gnuplot = os.execute("command -v gnuplot >/dev/null 2>&1")
 
 -- Run moongrad in a pseudo-terminal fed by the shell command 'feeder' (with the environment
--- assignments 'env'); its output (also left in 'outf' as it comes, for a feeder that waits
--- on it) with the carriage returns and escape sequences removed.
-local function run_tty(feeder, env, outf)
+-- assignments 'env', in the directory 'dir' if given, for at most 'seconds', default 30);
+-- its output (also left in 'outf' as it comes, for a feeder that waits on it) with the
+-- carriage returns and escape sequences removed.
+local function run_tty(feeder, env, outf, dir, seconds)
   outf = outf or tmpname()
-  local cmd = ("(%s) | timeout 30 script -qec %s /dev/null >%s 2>&1")
-    :format(feeder, q((env or "") .. " " .. q(exe)), outf)
+  local cmd = ("%s(%s) | timeout %d script -qec %s /dev/null >%s 2>&1")
+    :format(dir and ("cd " .. q(dir) .. " && ") or "", feeder, seconds or 30,
+            q((env or "") .. " " .. q(exe)), outf)
   os.execute(cmd)
   return (slurp(outf):gsub("\r", ""):gsub("\27%[[%d;?]*[A-Za-z]", ""))
 end
@@ -284,5 +290,59 @@ describe("the REPL in a terminal", function()
              tostring(mg.tensor({ 2, 4 }, { dtype = "float64" })) .. "\n",
              "interrupted!\nstack traceback:\n\tstdin:1: in main chunk", "\nstill\t42\n",
              "round3\n", "loop done\n", "\nalive\t42\n")
+  end)
+end)
+
+describe("the README's tour", function()
+  -- The lines of README.md's ```lua blocks, in order (docs_spec runs the same blocks as
+  -- scripts; here they are typed into the REPL, as a reader pastes them line by line).
+  local function tour_lines()
+    local lines, inside = {}, false
+    for line in io.lines(source .. "/README.md") do
+      if inside and line:match("^```%s*$") then inside = false
+      elseif inside then lines[#lines + 1] = line
+      elseif line:match("^```lua%s*$") then inside = true end
+    end
+    assert.is_true(#lines >= 20, "README.md has only " .. #lines .. " lines of Lua")
+    return lines
+  end
+
+  it("typed into the REPL line by line, runs without an error and prints what it says",
+     function()
+    if not have_script then pending("no util-linux 'script' to make a terminal") return end
+    if not have_gnuplot then pending("no gnuplot for the tour's plot") return end
+    local lines = tour_lines()
+    for i, l in ipairs(lines) do
+      assert.is_falsy(l:find("\t", 1, true), "line " .. i .. " has a Tab (it would complete)")
+    end
+    -- after the tour, lines that show what it left in its globals
+    local checks = {
+      'print("shapes", mg.shapestr(J), #dL_dh, mg.shapestr(Js[3]), mg.shapestr(H))',
+      'print("saved", mg.eq(a, c):sum():item(), c:get(1, 1), c:get(2, 3))',
+      'print("picture", io.open("out/grads.png", "rb"):read(4) == "\\137PNG")',
+    }
+    local typed = tmpname(table.concat(lines, "\n") .. "\n" .. table.concat(checks, "\n") .. "\n")
+    local dir = os.tmpname()
+    os.remove(dir)
+    assert(os.execute("mkdir " .. q(dir)))
+    local out = run_tty("cat " .. q(typed), "MOONGRAD_HISTORY=", nil, dir, 120)
+    os.execute("rm -rf " .. q(dir))
+    local F64 = { dtype = "float64" }
+    -- every line was read as a chunk of its own, at the prompt, and nothing failed
+    local _, prompts = out:gsub("mg> ", "")
+    assert.is_true(prompts >= #lines + #checks, out)
+    for _, bad in ipairs { "..> ", "stack traceback", "stdin:", "rror", "lives only in its own chunk" } do
+      lacks(out, bad)
+    end
+    -- what the tour's comments promise
+    contains(out,
+      "mg> print(tape:gradient(y, x))",
+      tostring(mg.tensor({ 2, 10, 12 }, F64)) .. "\n",                       -- (2, 10, 12)
+      tostring(mg.tensor({ { 4, 2 }, { 2, 6 } }, F64)) .. "\ttrue\n",         -- A + A', gradcheck
+      "\t" .. tostring(mg.tensor({ 6, 15 })) .. "\t",                         -- a:sum(2)
+      "\nout/grads.png\n",                                                  -- the plot's path
+      "\nshapes\t(8,32,32)\t20\t(8,32,32)\t(2,2)\n",                         -- J, dL/dh_1..T, Js
+      "\nsaved\t6.0\t0.0\t6.0\n",                                            -- a[1] = 0, save/load
+      "\npicture\ttrue\n")
   end)
 end)

@@ -106,6 +106,8 @@ describe("sizes and indices from user integers do not overflow", function()
   it("narrow with a huge length or start", function()
     support.raises(function() t:narrow(1, 2, big) end, "narrow", "out of bounds")
     support.raises(function() t:narrow(1, big, 1) end, "narrow", "out of bounds")
+    support.raises(function() t:narrow(1, big, 1) end,          -- the end, big + 1 - 1, in range
+                   ("range %d..%d out of bounds"):format(big, big))
     support.raises(function() t:narrow(1, small, 1) end, "narrow", "out of bounds")
     support.raises(function() t:narrow(1, 2, small) end, "narrow", "out of bounds")
     support.raises(function() mg.narrow(t, 2, -big, 2) end, "narrow", "out of bounds")
