@@ -218,7 +218,10 @@ end
 -- makes (Keras 3 on JAX, tensorboard, safetensors, numpy, h5py): $MG_VENV/bin/python, or the
 -- repository's .venv. tools/test creates it before the suite runs. Raises when it is missing,
 -- so a spec that compares with a real peer fails instead of passing without it.
+local venv_wrapper                       -- the interpreter behind a wrapper, made once
+
 function support.venv_python()
+  if venv_wrapper then return venv_wrapper end
   local venv = os.getenv("MG_VENV") or ((os.getenv("MOONGRAD_SOURCE") or ".") .. "/.venv")
   local py = venv .. "/bin/python"
   local f = io.open(py, "r")
@@ -226,7 +229,12 @@ function support.venv_python()
     error("no test virtual environment at " .. venv .. " (run tools/venv, or set MG_VENV)", 2)
   end
   f:close()
-  return py
+  -- Under the sanitizer build the specs' lua5.4 runs with the ASan runtime in LD_PRELOAD,
+  -- which JAX cannot start under: the peers run through a wrapper without it.
+  venv_wrapper = os.tmpname()
+  support.write_file(venv_wrapper, "#!/bin/sh\nunset LD_PRELOAD\nexec " .. support.shq(py) .. ' "$@"\n')
+  assert(os.execute("chmod +x " .. support.shq(venv_wrapper)))
+  return venv_wrapper
 end
 
 -- 'v' (a number, string, boolean or a table of them; support.NONE for None) as a Python
