@@ -15,22 +15,9 @@ teardown(function() support.rmtree(dir) end)
 
 local function path(name) return dir .. "/" .. name end
 
--- Runs Python 'code' in the test venv (argv[1] is the spec's directory); its stdout.
-local function venv(code)
-  local script = write_file(path("script.py"), code)
-  local p = io.popen("env -u LD_PRELOAD " .. shq(support.venv_python()) .. " " .. shq(script) .. " " .. shq(dir) .. " 2>&1")
-  local out = p:read("a")
-  assert(p:close(), "python failed:\n" .. out)
-  return out
-end
+local function venv(code) return support.venv_run(dir, code) end   -- in the test venv
 
--- Every element of 't' with its bits as a string (a bit-equality key).
-local function bits(t)
-  local fmt = t.dtype == "float64" and "<d" or "<f"
-  local flat, parts = t:contiguous():reshape(-1), {}
-  for i = 1, flat:numel() do parts[i] = string.pack(fmt, flat:get(i)) end
-  return mg.shapestr(t) .. t.dtype .. table.concat(parts)
-end
+local bits = support.bits
 
 -- A safetensors image from a header string and data bytes.
 local function image(header, data) return string.pack("<I8", #header) .. header .. (data or "") end

@@ -15,12 +15,7 @@ setup(function() dir = support.tmpdir() end)
 teardown(function() support.rmtree(dir) end)
 local function path(name) return dir .. "/" .. name end
 
-local function bits(t)
-  local fmt = t.dtype == "float64" and "<d" or "<f"
-  local flat, parts = t:contiguous():reshape(-1), {}
-  for i = 1, flat:numel() do parts[i] = string.pack(fmt, flat:get(i)) end
-  return mg.shapestr(t) .. t.dtype .. table.concat(parts)
-end
+local bits = support.bits
 
 local function keys(t)
   local ks = {}

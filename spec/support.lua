@@ -300,4 +300,24 @@ function support.ref_out(dir, name)
   error("reference output " .. name .. " is missing in " .. dir, 2)
 end
 
+-- support.bits(t): every element of 't' with its bits, as a string (a bit-equality key that
+-- includes the shape and dtype).
+function support.bits(t)
+  local fmt = t.dtype == "float64" and "<d" or "<f"
+  local flat, parts = t:contiguous():reshape(-1), {}
+  for i = 1, flat:numel() do parts[i] = string.pack(fmt, flat:get(i)) end
+  return mg.shapestr(t) .. t.dtype .. table.concat(parts)
+end
+
+-- support.venv_run(dir, code): runs the Python 'code' (written to dir/script.py) in the test
+-- venv with 'dir' as argv[1]; its output. Fails with that output when Python fails.
+function support.venv_run(dir, code)
+  local script = support.write_file(dir .. "/script.py", code)
+  local p = io.popen(support.shq(support.venv_python()) .. " " .. support.shq(script) .. " "
+                     .. support.shq(dir) .. " 2>&1")
+  local out = p:read("a")
+  assert(p:close(), "python failed:\n" .. out)
+  return out
+end
+
 return support
