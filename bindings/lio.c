@@ -94,10 +94,9 @@ static void checkstrings(lua_State *L, int m, const char *fn, mg_tensor_dict *s)
 
 /* opts.metadata of the options table at 'opt' (0: none) into 's'. */
 static void checkmeta(lua_State *L, int opt, const char *fn, mg_tensor_dict *s) {
+  static const char *const known[] = { "metadata", NULL };
   if (opt == 0) return;
-  for (lua_pushnil(L); lua_next(L, opt); lua_pop(L, 1))
-    if (lua_type(L, -2) != LUA_TSTRING || strcmp(lua_tostring(L, -2), "metadata") != 0)
-      luaL_error(L, "%s: unknown option '%s' (allowed: metadata)", fn, luaL_tolstring(L, -2, NULL));
+  lmg_checkoptions(L, opt, fn, known);
   if (lua_getfield(L, opt, "metadata") == LUA_TNIL) { lua_pop(L, 1); return; }
   if (!lua_istable(L, -1)) luaL_error(L, "%s: option 'metadata' must be a table of strings", fn);
   checkstrings(L, lua_gettop(L), fn, s);
@@ -155,10 +154,9 @@ static int io_save_npz(lua_State *L) {
   lua_settop(L, 3);                                  /* the arrays go above the arguments */
   bool compressed = false;
   if (!lua_isnoneornil(L, 3)) {
+    static const char *const known[] = { "compressed", NULL };
     luaL_checktype(L, 3, LUA_TTABLE);
-    for (lua_pushnil(L); lua_next(L, 3); lua_pop(L, 1))
-      if (lua_type(L, -2) != LUA_TSTRING || strcmp(lua_tostring(L, -2), "compressed") != 0)
-        return luaL_error(L, "save_npz: unknown option '%s' (allowed: compressed)", luaL_tolstring(L, -2, NULL));
+    lmg_checkoptions(L, 3, "save_npz", known);
     lua_getfield(L, 3, "compressed");
     if (!lua_isnil(L, -1) && !lua_isboolean(L, -1))
       return luaL_error(L, "save_npz: option 'compressed' must be a boolean, got %s", luaL_typename(L, -1));
