@@ -7,8 +7,7 @@ local mg = require "moongrad"
 local source = os.getenv("MOONGRAD_SOURCE") or "."
 local exe = (os.getenv("MOONGRAD_BUILD") or (source .. "/build")) .. "/moongrad"
 
--- 's' quoted for sh
-local function q(s) return "'" .. s:gsub("'", [['\'']]) .. "'" end
+local q = require("support").shq                  -- quoted for sh
 
 local tmpfiles = {}
 

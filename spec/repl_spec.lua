@@ -15,8 +15,7 @@ if exe:sub(1, 1) ~= "/" then exe = os.getenv("PWD") .. "/" .. exe end
 if source:sub(1, 1) ~= "/" then source = os.getenv("PWD") .. "/" .. source end
 local slurp = require("support").read_file
 
--- 's' quoted for sh
-local function q(s) return "'" .. s:gsub("'", [['\'']]) .. "'" end
+local q = require("support").shq                  -- quoted for sh
 
 local tmpfiles = {}
 
