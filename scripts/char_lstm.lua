@@ -39,20 +39,19 @@ for i = 1, #arg do
   end
 end
 local SPEC = {
-  { "out", "out", "output directory" },
+  common.opt.out("out"),
   { "text", "/usr/share/common-licenses/GPL-3", "the training text" },
-  { "units", 128, "LSTM units per layer", 1 },
+  common.opt.units(128),
   { "seq", 50, "characters per truncated-BPTT chunk", 2 },
-  { "batch", 32, "streams per batch", 1 },
-  { "iters", 600, "training iterations", 1 },
+  common.opt.batch(32), common.opt.iters(600),
   { "optimizer", "rmsprop", "rmsprop or adam" },
-  { "lr", 2e-3, "learning rate", 0 },
+  common.opt.lr(2e-3),
   { "clip", 5.0, "global gradient-norm clip", 0 },
   { "dropout", 0.2, "dropout rate between layers", 0 },
   { "every", 100, "validate and checkpoint every this many iterations", 1 },
   { "temperature", 0.8, "sampling temperature", 0 },
   { "sample_len", 400, "characters to sample", 1 },
-  { "seed", 1, "random seed" },
+  common.opt.seed(1),
   { "quick", false, "small and fast (for specs): 48 units, seq 25, batch 16, 200 iterations, lr 0.01, no dropout" },
 }
 if quick then

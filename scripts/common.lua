@@ -99,14 +99,34 @@ function common.options(args, name, about, spec)
   return opts
 end
 
+-- common.opt.NAME(default [, min]): the entry of 'spec' for an option several scripts take,
+-- with its one help text and its least value (a script may ask for a larger one):
+-- common.opt.units(100) is { "units", 100, "units of the recurrent layers", 1 }. An option
+-- that means something else in a script (the steps of a Lyapunov run) is declared there.
+local SHARED = {
+  out = { "output directory" },
+  seed = { "random seed" },
+  units = { "units of the recurrent layers", 1 },
+  steps = { "timesteps T of a sequence", 1 },
+  batch = { "batch size", 1 },
+  input = { "input features", 1 },
+  iters = { "training iterations", 1 },
+  lr = { "learning rate", 0 },
+  logdir = { "TensorBoard log directory (default: OUT/tensorboard)" },
+}
+common.opt = {}
+for key, o in pairs(SHARED) do
+  common.opt[key] = function(default, min) return { key, default, o[1], min or o[2] } end
+end
+
 -- common.setup(args, name, about, seed, spec): the preamble every script shares. Options as
 -- common.options, with --out (default "out": the output directory, created) before 'spec' and
 -- --seed (default 'seed', given to mg.manual_seed) after it. Returns the options and the
 -- output directory.
 function common.setup(args, name, about, seed, spec)
-  local full = { { "out", "out", "output directory" } }
+  local full = { common.opt.out("out") }
   for _, o in ipairs(spec) do full[#full + 1] = o end
-  full[#full + 1] = { "seed", seed, "random seed" }
+  full[#full + 1] = common.opt.seed(seed)
   local opt = common.options(args, name, about, full)
   local out = common.outdir(opt.out)
   mg.manual_seed(opt.seed)

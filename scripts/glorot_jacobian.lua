@@ -21,10 +21,7 @@ local nn, plot = mg.nn, mg.plot
 
 local opt, out = common.setup(arg, "glorot_jacobian.lua",
   "dh_t/dh_(t-1) of the seed-001 two-state cell: var(J)*units for ReLU and identity, and ||dh_T/dh_k|| against k", 42, {
-  { "units", 100, "units of the cell", 1 },
-  { "steps", 4, "timesteps of the per-step loop (the seed's time_steps)", 1 },
-  { "batch", 1, "batch size of the per-step loop (the seed's batch_size)", 1 },
-  { "input", 2, "input features (the seed's input_dim)", 1 },
+  common.opt.units(100), common.opt.steps(4), common.opt.batch(1), common.opt.input(2),  -- of the per-step loop
   { "trials", 10, "independent Glorot draws averaged in part 1", 1 },
   { "decay_steps", 40, "sequence length T of the decay picture", 2 },
   { "decay_batch", 8, "samples averaged in the decay picture", 1 },

@@ -23,15 +23,12 @@ local nn, plot = mg.nn, mg.plot
 
 local opt, out = common.setup(arg, "gradient_flow.lua",
   "train a small LSTM to recall the first input; per-timestep gradient norms, Jacobian-norm decay, dL/dh_t heatmaps", 1, {
-  { "logdir", "", "TensorBoard log directory (default: OUT/tensorboard)" },
+  common.opt.logdir(""),
   { "log_every", 0, "TensorBoard: evaluation loss and ||dL/dh_t|| every this many iterations (0: iters/20)", 0 },
-  { "iters", 2000, "training iterations", 1 },
-  { "steps", 20, "sequence length T", 2 },
-  { "units", 16, "LSTM units", 1 },
-  { "batch", 32, "training batch size", 1 },
+  common.opt.iters(2000), common.opt.steps(20, 2), common.opt.units(16), common.opt.batch(32),
   { "eval_batch", 64, "size of the fixed evaluation batch", 1 },
   { "samples", 8, "samples drawn in the dL/dh_t heatmaps", 1 },
-  { "lr", 0.01, "Adam learning rate", 0 },
+  common.opt.lr(0.01),
 })
 local T, U = opt.steps, opt.units
 

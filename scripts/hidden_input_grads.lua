@@ -18,10 +18,7 @@ local nn, plot = mg.nn, mg.plot
 
 local opt, out = common.setup(arg, "hidden_input_grads.lua",
   "seed 003: dh_t/dx_s Jacobian blocks of SimpleRNN and LSTM (h and c), shapes, cross-checks and heatmaps", 3, {
-  { "batch", 2, "batch size (the seed's 2)", 1 },
-  { "steps", 5, "timesteps (the seed's 5)", 1 },
-  { "input", 10, "input features (the seed's 10)", 1 },
-  { "units", 32, "units (the seed's 32)", 1 },
+  common.opt.batch(2), common.opt.steps(5), common.opt.input(10), common.opt.units(32),  -- the seed's sizes
   { "dtype", "float64", "float32 or float64", { "float32", "float64" } },
 })
 local B, T, I, U = opt.batch, opt.steps, opt.input, opt.units

@@ -18,10 +18,8 @@ local nn, plot = mg.nn, mg.plot
 
 local opt, out = common.setup(arg, "jacobian_spectra.lua",
   "singular values of dh_T/dh_k against the horizon: orthogonal vs Glorot recurrent kernels, linear vs tanh", 1, {
-  { "units", 32, "units of the SimpleRNN", 2 },
-  { "steps", 40, "sequence length T", 2 },
+  common.opt.units(32, 2), common.opt.steps(40, 2), common.opt.input(4),
   { "batch", 4, "sequences (the spectra are per sequence; the report takes their median)", 1 },
-  { "input", 4, "input features", 1 },
 })
 local U, T, B = opt.units, opt.steps, opt.batch
 local x = mg.randn(B, T, opt.input, { dtype = "float64" })

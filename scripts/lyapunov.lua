@@ -24,10 +24,8 @@ local opt, out = common.setup(arg, "lyapunov.lua",
   { "steps", 3000, "steps of the linear RNN and of the Gaussian products", 10 },
   { "batch", 16, "independent trajectories of the Gaussian products", 2 },
   { "s", 0.5, "standard deviation of the Gaussian matrices' entries", 0 },
-  { "units", 16, "LSTM and GRU units", 1 },
+  common.opt.units(16), common.opt.iters(1000, 0), common.opt.lr(0.01),  -- of the LSTM and the GRU
   { "seq", 10, "sequence length T of the memory task", 2 },
-  { "iters", 1000, "training iterations per network", 0 },
-  { "lr", 0.01, "Adam learning rate", 0 },
   { "lyap_steps", 300, "input steps the trained networks' spectra are measured over", 10 },
 })
 local F64 = { dtype = "float64" }

@@ -28,14 +28,12 @@ local nn, plot = mg.nn, mg.plot
 
 local opt, out = common.setup(arg, "rnn_gradients.lua",
   "seed 004: gradients w.r.t. RNN layer outputs (features_1d/2d/0d, EX 1-7) and gate-wise weights", 4, {
-  { "iters", 20, "short training (the seed's 20 iterations)", 1 },
-  { "long_iters", 200, "long training (the seed's 200)", 1 },
+  common.opt.iters(20),
+  { "long_iters", 200, "iterations of the long training (the seed's 200)", 1 },
   { "units", 6, "units of the small models (the seed's 6)", 2 },
   { "big_units", 32, "units of the large models (the seed's 256)", 2 },
-  { "batch", 16, "samples (the seed's 16)", 1 },
-  { "steps", 20, "timesteps", 4 },
+  common.opt.batch(16), common.opt.steps(20, 4), common.opt.lr(0.002),
   { "channels", 8, "input channels", 1 },
-  { "lr", 0.002, "Adam learning rate", 0 },
 })
 local B, T = opt.batch, opt.steps
 

@@ -20,15 +20,10 @@ local nn, plot = mg.nn, mg.plot
 
 local opt, out = common.setup(arg, "weight_histograms.lua",
   "seed 000: histograms over iterations of weights and gradients per layer and gate, and individual weights", 0, {
-  { "logdir", "", "TensorBoard log directory (default: OUT/tensorboard)" },
-  { "iters", 300, "training iterations", 1 },
+  common.opt.logdir(""), common.opt.iters(300),
   { "snapshots", 30, "how many times the weights and gradients are recorded", 2 },
   { "bins", 30, "histogram bins", 2 },
-  { "units", 16, "units of both recurrent layers", 1 },
-  { "steps", 10, "timesteps", 1 },
-  { "batch", 32, "batch size", 1 },
-  { "input", 3, "input features", 1 },
-  { "lr", 0.01, "Adam learning rate", 0 },
+  common.opt.units(16), common.opt.steps(10), common.opt.batch(32), common.opt.input(3), common.opt.lr(0.01),
 })
 local U, T = opt.units, opt.steps
 
