@@ -9,11 +9,7 @@
 local mg = require "moongrad"
 local support = require "support"
 
-local source = os.getenv("MOONGRAD_SOURCE") or "."
-if source:sub(1, 1) ~= "/" then source = os.getenv("PWD") .. "/" .. source end
-local build = os.getenv("MOONGRAD_BUILD") or (source .. "/build")
-if build:sub(1, 1) ~= "/" then build = os.getenv("PWD") .. "/" .. build end
-local q = support.shq
+local source, build, q = support.SOURCE, support.BUILD, support.shq
 
 -- Lines of a command's output.
 local function lines_of(cmd)

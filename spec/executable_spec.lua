@@ -3,25 +3,12 @@
 -- warning, -E, -W and LUA_INIT (compared with lua5.4), the piped REPL, Ctrl-C in a script,
 -- and bad options. The REPL in a terminal: spec/repl_spec.lua.
 local mg = require "moongrad"
+local support = require "support"
 
-local source = os.getenv("MOONGRAD_SOURCE") or "."
-local exe = (os.getenv("MOONGRAD_BUILD") or (source .. "/build")) .. "/moongrad"
-
-local q = require("support").shq                  -- quoted for sh
-
-local tmpfiles = {}
-
--- A new temporary file name (removed after the specs), holding 'content' if given.
-local function tmpname(content)
-  local name = os.tmpname()
-  tmpfiles[#tmpfiles + 1] = name
-  local f = assert(io.open(name, "w"))
-  f:write(content or "")
-  f:close()
-  return name
-end
-
-local slurp = require("support").read_file
+local exe = support.EXE
+local q, slurp = support.shq, support.read_file   -- quoted for sh; a file's bytes
+local contains, lacks = support.contains, support.lacks
+local tmpname = support.tmpnames(teardown)
 
 -- Run '[env] moongrad <args>' with 'input' on stdin: stdout, stderr, exit status.
 local function run(args, input, env)
@@ -30,21 +17,6 @@ local function run(args, input, env)
   local _, _, code = os.execute(cmd)
   return slurp(outf), slurp(errf), code
 end
-
--- 'haystack' contains each plain string that follows
-local function contains(haystack, ...)
-  for _, s in ipairs { ... } do
-    assert.is_truthy(haystack:find(s, 1, true), ("%q\ndoes not contain %q"):format(haystack, s))
-  end
-end
-
-local function lacks(haystack, s)
-  assert.is_falsy(haystack:find(s, 1, true), ("%q\nshould not contain %q"):format(haystack, s))
-end
-
-teardown(function()
-  for _, f in ipairs(tmpfiles) do os.remove(f) end
-end)
 
 describe("moongrad -e", function()
   it("runs the code with the module as the global 'mg', tensors printing through tostring",

@@ -5,11 +5,7 @@
 -- the error path is checked in-process; it is checked in every build through MOONGRAD_NO_MPI.
 local support = require "support"
 
-local source = os.getenv("MOONGRAD_SOURCE") or "."
-if source:sub(1, 1) ~= "/" then source = os.getenv("PWD") .. "/" .. source end
-local build = os.getenv("MOONGRAD_BUILD") or (source .. "/build")
-if build:sub(1, 1) ~= "/" then build = os.getenv("PWD") .. "/" .. build end
-local q = support.shq
+local source, build, q = support.SOURCE, support.BUILD, support.shq
 
 local lua = "lua5.4 -e " .. q("package.cpath = " .. string.format("%q", build .. "/lua/?.so;") .. " .. package.cpath")
 local built = io.open(build .. "/lua/moongrad_mpi.so", "rb")

@@ -11,11 +11,7 @@ local read_file, write_file = support.read_file, support.write_file
 local PY = support.PYTHON
 local HAVE_NUMPY = support.python_can_import("numpy")
 
-local dir
-setup(function() dir = support.tmpdir() end)
-teardown(function() support.rmtree(dir) end)
-
-local function path(name) return dir .. "/" .. name end
+local dir, path = support.scratch(teardown)
 
 -- A version 1.0 .npy image: magic, version, header padded to 64 bytes with a newline, data.
 local function npy(header, data, version)

@@ -8,11 +8,7 @@ local support = require "support"
 local F64, raises = support.F64, support.raises
 local read_file, write_file, shq = support.read_file, support.write_file, support.shq
 
-local dir
-setup(function() dir = support.tmpdir() end)
-teardown(function() support.rmtree(dir) end)
-
-local function path(name) return dir .. "/" .. name end
+local dir, path = support.scratch(teardown)
 
 local function venv(code) return support.venv_run(dir, code) end   -- in the test venv
 

@@ -9,40 +9,12 @@
 -- what the tour says they print.
 local mg = require "moongrad"
 
-local source = os.getenv("MOONGRAD_SOURCE") or "."
-local exe = (os.getenv("MOONGRAD_BUILD") or (source .. "/build")) .. "/moongrad"
-if exe:sub(1, 1) ~= "/" then exe = os.getenv("PWD") .. "/" .. exe end
-if source:sub(1, 1) ~= "/" then source = os.getenv("PWD") .. "/" .. source end
-local slurp = require("support").read_file
+local support = require "support"
 
-local q = require("support").shq                  -- quoted for sh
-
-local tmpfiles = {}
-
--- A new temporary file name (removed after the specs), holding 'content' if given.
-local function tmpname(content)
-  local name = os.tmpname()
-  tmpfiles[#tmpfiles + 1] = name
-  local f = assert(io.open(name, "w"))
-  f:write(content or "")
-  f:close()
-  return name
-end
-
-teardown(function()
-  for _, f in ipairs(tmpfiles) do os.remove(f) end
-end)
-
--- 'haystack' contains each plain string that follows
-local function contains(haystack, ...)
-  for _, s in ipairs { ... } do
-    assert.is_truthy(haystack:find(s, 1, true), ("%q\ndoes not contain %q"):format(haystack, s))
-  end
-end
-
-local function lacks(haystack, s)
-  assert.is_falsy(haystack:find(s, 1, true), ("%q\nshould not contain %q"):format(haystack, s))
-end
+local source, exe = support.SOURCE, support.EXE
+local q, slurp = support.shq, support.read_file   -- quoted for sh; a file's bytes
+local contains, lacks = support.contains, support.lacks
+local tmpname = support.tmpnames(teardown)
 
 -- The REPL on a pipe fed 'input': stdout, stderr.
 local function repl(input)

@@ -4,10 +4,7 @@
 -- LUA_CPATH naming only the build's module directory, so nothing has required "moongrad" first.
 local support = require "support"
 
-local source = os.getenv("MOONGRAD_SOURCE") or "."
-local build = os.getenv("MOONGRAD_BUILD") or (source .. "/build")
-if build:sub(1, 1) ~= "/" then build = os.getenv("PWD") .. "/" .. build end   -- run by hand
-local q = support.shq
+local build, q = support.BUILD, support.shq
 
 -- Run 'code' in a fresh stock lua5.4: its stdout, stderr and whether it exited with 0.
 local function stock_lua(code)

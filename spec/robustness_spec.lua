@@ -6,8 +6,7 @@ local mg = require "moongrad"
 local support = require "support"
 local F = support.F64
 
-local source = os.getenv("MOONGRAD_SOURCE") or "."
-local build = os.getenv("MOONGRAD_BUILD") or (source .. "/build")
+local build = support.BUILD
 
 -- Run 'code' in a stock lua5.4 that finds the in-tree module: its output and exit status.
 local function child(code)

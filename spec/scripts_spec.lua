@@ -3,12 +3,10 @@
 -- (the Glorot ratios, seed 002's values, Jacobian shapes and cross-checks, losses going
 -- down), then every picture it says it wrote: PNGs by signature and size, text plots by
 -- their titles and axis labels. Needs gnuplot (pending without it).
-local source = os.getenv("MOONGRAD_SOURCE") or "."
-local exe = (os.getenv("MOONGRAD_BUILD") or (source .. "/build")) .. "/moongrad"
+local support = require "support"
 
-local function q(s) return "'" .. s:gsub("'", [['\'']]) .. "'" end
-
-local slurp = require("support").read_file
+local source, exe = support.SOURCE, support.EXE
+local q, slurp = support.shq, support.read_file
 
 -- The events of the one TensorBoard event file in 'dir' (mg.summary.read), and the script's
 -- line naming it; grouped by tag: tag -> { {step, value-table} }.
@@ -31,12 +29,12 @@ end
 
 local have_gnuplot = os.execute("command -v gnuplot >/dev/null 2>&1") == true
 
-local tmpdirs = {}
+local scratch = support.scratch(teardown)         -- every run's output directory is below it
+local runs = 0
 local function tmpdir()
-  local p = os.tmpname()
-  os.remove(p)
-  assert(os.execute("mkdir -p " .. q(p)))
-  tmpdirs[#tmpdirs + 1] = p
+  runs = runs + 1
+  local p = scratch .. "/run" .. runs
+  assert(os.execute("mkdir " .. q(p)))
   return p
 end
 
@@ -76,9 +74,7 @@ local function training_loss(text)
     num(text, "training loss: [^\n]-last %d+ iterations mean ([%d.]+)")
 end
 
-local function has(text, plain)
-  assert(text:find(plain, 1, true), "'" .. plain .. "' not found in:\n" .. text)
-end
+local has = support.contains
 
 -- Width and height of a PNG file, after checking its signature and IHDR chunk.
 local function png_size(path)
@@ -126,10 +122,6 @@ local function it_g(name, fn)
   if pending_reason then return pending(name .. " (" .. pending_reason .. ")") end
   return it(name, fn)
 end
-
-teardown(function()
-  for _, d in ipairs(tmpdirs) do os.execute("rm -rf " .. q(d)) end
-end)
 
 ---------------------------------------------------------------- glorot_jacobian (seed 001)
 

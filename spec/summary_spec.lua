@@ -12,9 +12,7 @@ local support = require "support"
 local F64, raises = support.F64, support.raises
 local read_file, write_file, shq = support.read_file, support.write_file, support.shq
 
-local dir
-setup(function() dir = support.tmpdir() end)
-teardown(function() support.rmtree(dir) end)
+local dir = support.scratch(teardown)
 
 local function f32(x) return (string.unpack("<f", string.pack("<f", x))) end
 

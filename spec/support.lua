@@ -10,6 +10,14 @@ local support = {}
 -- Options for float64 tensors: mg.tensor(t, support.F64), mg.randn(3, 4, support.F64).
 support.F64 = { dtype = "float64" }
 
+-- The source tree and the build tree as absolute paths: MOONGRAD_SOURCE and MOONGRAD_BUILD
+-- (ctest sets them), else (run by hand) the current directory and its build/; and the
+-- moongrad executable of the build.
+local function absolute(p) return p:sub(1, 1) == "/" and p or os.getenv("PWD") .. "/" .. p end
+support.SOURCE = absolute(os.getenv("MOONGRAD_SOURCE") or ".")
+support.BUILD = absolute(os.getenv("MOONGRAD_BUILD") or (support.SOURCE .. "/build"))
+support.EXE = support.BUILD .. "/moongrad"
+
 ---------------------------------------------------------------- errors
 
 -- support.raises(fn, ...): calling 'fn' (without arguments) raises an error whose message
@@ -30,6 +38,18 @@ function support.assert_error(text, fn, ...)
   luassert(not ok, "expected an error containing: " .. text)
   msg = tostring(msg)
   luassert(msg:find(text, 1, true), string.format("error %q does not contain %q", msg, text))
+end
+
+-- support.contains(haystack, ...): the string 'haystack' contains each plain string that
+-- follows; support.lacks(haystack, s): it does not contain 's'.
+function support.contains(haystack, ...)
+  for _, s in ipairs { ... } do
+    luassert.is_truthy(haystack:find(s, 1, true), ("%q\ndoes not contain %q"):format(haystack, s))
+  end
+end
+
+function support.lacks(haystack, s)
+  luassert.is_falsy(haystack:find(s, 1, true), ("%q\nshould not contain %q"):format(haystack, s))
 end
 
 ---------------------------------------------------------------- numbers and tables
@@ -144,6 +164,28 @@ function support.tmpdir()
   local ok = p:close()
   assert(ok and dir and dir ~= "", "support.tmpdir: mktemp -d failed")
   return dir
+end
+
+-- support.scratch(teardown): a new empty directory for the tests of one spec file, and
+-- path(name), the path of its file 'name'. Pass the spec's own 'teardown' (busted gives its
+-- functions to spec files, not to modules), which removes the directory after the file's tests.
+function support.scratch(teardown)
+  local dir = support.tmpdir()
+  teardown(function() support.rmtree(dir) end)
+  return dir, function(name) return dir .. "/" .. name end
+end
+
+-- support.tmpnames(teardown) -> tmpname([content]): a maker of new temporary file names,
+-- each file holding 'content' if given; the spec's 'teardown' (as for support.scratch)
+-- removes them all after the file's tests.
+function support.tmpnames(teardown)
+  local made = {}
+  teardown(function() for _, f in ipairs(made) do os.remove(f) end end)
+  return function(content)
+    local name = os.tmpname()
+    made[#made + 1] = name
+    return support.write_file(name, content or "")
+  end
 end
 
 -- support.rmtree(dir): removes 'dir' and everything below it; nothing when 'dir' is nil.

@@ -18,7 +18,7 @@ end
 local F64, randn, assert_close = support.F64, support.randn, support.assert_close
 local TOL = 1e-9
 
-local dir
+local dir = support.scratch(teardown)
 
 local function put(name, t) mg.save(t:to("float64"):contiguous(), dir .. "/" .. name .. ".npy") end
 local function get(name) return mg.load(dir .. "/out_" .. name .. ".npy") end
@@ -34,9 +34,6 @@ end
 local function randomize(layer)
   for _, p in ipairs(layer:parameters()) do p:assign(mg.randn(p:shape(), F64) * 0.4) end
 end
-
-setup(function() dir = support.tmpdir() end)
-teardown(function() support.rmtree(dir) end)
 
 ---------------------------------------------------------------- recurrent layers
 
