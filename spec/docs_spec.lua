@@ -38,12 +38,16 @@ end
 ---------------------------------------------------------------- (a) every function has an entry
 
 -- The call forms named by the heading lines of 'path': { ["mg.zeros"] = true, ["t:sum"] = true }.
--- A call form is a backquoted span starting with a dotted name, ':method' optional.
+-- A call form is a backquoted span starting with a dotted name, ':method' optional; a name
+-- that is a Lua keyword is indexed with a string: `mg["repeat"](t, 2)` names mg.repeat,
+-- `t["repeat"](t, 2)` the method t:repeat.
 local function heading_names(path, into)
   for line in io.lines(source .. "/" .. path) do
     if line:match("^#+%s") then
       for span in line:gmatch("`([^`]+)`") do
         local name = span:match("^([%a_][%w_]*[%.:][%a_][%w_%.:]*)")
+        local t, key = span:match('^([%a_][%w_]*)%["([%a_][%w_]*)"%]')
+        if key then name = t .. (t == "t" and ":" or ".") .. key end
         if name then into[name] = into[name] or path end
       end
     end

@@ -1,6 +1,6 @@
 -- moongrad.ops: the ops of issue 12 composed in Lua from recorded primitives (their
 -- gradients and tangents come from those primitives' rules): prod (from cumprod: exact with
--- zeros), roll, tril, triu, outer, einsum, masked_fill, pad, repeat, tile, and the alias
+-- zeros), roll, tril, triu, outer, einsum, masked_fill, pad, repeat (also as repeats), tile, and the alias
 -- swish of silu. Loaded once by core.lua; adds each as a function of mg and a Tensor method.
 local mg = require "moongrad"
 
@@ -333,13 +333,17 @@ local function repeat_by(x, reps, fn)
   return x:reshape(inter):expand(wide):reshape(final)
 end
 
--- repeats(x, r1, r2, ...) (or a table): x tiled r_i times along each dim, as torch's
--- Tensor.repeat (more repeats than dims add leading dims). Named 'repeats' because 'repeat'
--- is a Lua keyword (x:repeat(2) does not parse).
-function mg.repeats(x, ...)
-  check_tensor(x, "repeats")
-  return repeat_by(x, int_list("repeats", "repeat", ...), "repeats")
+-- repeat(x, r1, r2, ...) (or a table): x tiled r_i times along each dim, as torch's
+-- Tensor.repeat (more repeats than dims add leading dims). 'repeat' is a Lua keyword, so
+-- x:repeat(2) does not parse: the function is both mg["repeat"] (x["repeat"](x, 2), as
+-- PyTorch names it) and mg.repeats (x:repeats(2)), each naming itself in its errors.
+local function repeat_named(fn)
+  return function(x, ...)
+    check_tensor(x, fn)
+    return repeat_by(x, int_list(fn, "repeat", ...), fn)
+  end
 end
+mg.repeats, mg["repeat"] = repeat_named("repeats"), repeat_named("repeat")
 
 -- tile(x, reps): as numpy.tile / torch.tile: fewer reps than dims count from the last dim.
 function mg.tile(x, ...)
@@ -354,7 +358,7 @@ end
 mg.swish = mg.silu
 local methods = {}
 for _, name in ipairs({ "prod", "roll", "tril", "triu", "outer", "einsum", "masked_fill", "pad",
-                        "repeats", "tile" }) do
+                        "repeats", "repeat", "tile" }) do
   mg[name] = c.api(nil, mg[name])
   if name ~= "einsum" then methods[name] = mg[name] end
 end
