@@ -694,9 +694,33 @@ static mg_status where_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *con
   return finish_tangent(C, n, lead, acc, tout);
 }
 
-const mg_rules mg_rules_unary = { .vjp = unary_vjp, .jvp = unary_jvp };
-const mg_rules mg_rules_binary = { .vjp = binary_vjp, .jvp = binary_jvp };
-const mg_rules mg_rules_where = { .vjp = where_vjp, .jvp = where_jvp };
+/* What unary_deriv (and clamp's mask) reads, per op; ops not named read x and y. */
+static unsigned unary_unread(int op) {
+  switch (op) {
+  case MG_OP_NEG: return MG_UNREAD_ALL;                        /* f' = -1 */
+  case MG_OP_EXP: case MG_OP_TANH: case MG_OP_SIGMOID: case MG_OP_SQRT:
+    return MG_UNREAD_INS;                                      /* f' from y */
+  case MG_OP_LOG: case MG_OP_RELU: case MG_OP_ABS: case MG_OP_SIN: case MG_OP_COS:
+  case MG_OP_SOFTPLUS: case MG_OP_CLAMP:
+    return MG_UNREAD_OUT;                                      /* f' from x */
+  default: return 0;
+  }
+}
+
+/* What binary_vjp and binary_jvp read, per op; ops not named read a, b and y. */
+static unsigned binary_unread(int op) {
+  switch (op) {
+  case MG_OP_ADD: case MG_OP_SUB: return MG_UNREAD_ALL;
+  case MG_OP_MUL: case MG_OP_MAXIMUM: case MG_OP_MINIMUM: return MG_UNREAD_OUT;
+  case MG_OP_DIV: return MG_UNREAD_IN0;                        /* 1/b and -y/b */
+  default: return 0;
+  }
+}
+
+const mg_rules mg_rules_unary = { .vjp = unary_vjp, .jvp = unary_jvp, .unread_op = unary_unread };
+const mg_rules mg_rules_binary = { .vjp = binary_vjp, .jvp = binary_jvp, .unread_op = binary_unread };
+const mg_rules mg_rules_where = { .vjp = where_vjp, .jvp = where_jvp,       /* the condition only */
+                                  .unread = MG_UNREAD_IN1 | MG_UNREAD_IN2 | MG_UNREAD_OUT };
 
 /* ================================================================ issue 12: derivatives */
 

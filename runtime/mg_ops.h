@@ -67,10 +67,25 @@ typedef mg_status (*mg_jvp_fn)(mg_ctx *C, const struct mg_node *n, int lead,
 typedef mg_status (*mg_vjp_acc_fn)(mg_ctx *C, const struct mg_node *n, mg_tensor *const *g,
                                    const bool *need, mg_tensor **gin, mg_tensor *const *acc);
 
+/* Which of a node's tensors no rule of its op reads the values of ('mg_rules.unread'):
+** writing into those after recording cannot change a gradient, so the tape's version check
+** skips them. 0 (the default, for any new op) has every input, output and saved tensor
+** checked; saved tensors are always checked. */
+enum {
+  MG_UNREAD_IN0 = 1, MG_UNREAD_IN1 = 2, MG_UNREAD_IN2 = 4,   /* input k: 1 << k, k < 8 */
+  MG_UNREAD_INS = 0xff,                    /* every input (past the 8th: when this is set) */
+  MG_UNREAD_OUT = 0x100,                   /* every output */
+  MG_UNREAD_ALL = MG_UNREAD_INS | MG_UNREAD_OUT   /* shapes only (add, reshape, sum) */
+};
+
 typedef struct mg_rules {
   mg_vjp_fn vjp;
   mg_jvp_fn jvp;
   mg_vjp_acc_fn vjp_acc;       /* NULL for most ops */
+  unsigned unread;             /* MG_UNREAD_* bits */
+  /* Rules several ops share that read different tensors (the elementwise unary and binary
+  ** rows of "mg_ops.def"): the bits per opcode, in place of 'unread'; NULL for most. */
+  unsigned (*unread_op)(int op);
 } mg_rules;
 
 typedef struct mg_opdef {

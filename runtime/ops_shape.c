@@ -526,11 +526,11 @@ static mg_status cat_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const
   return st;
 }
 
-const mg_rules mg_rules_reshape = { .vjp = reshape_vjp, .jvp = reshape_jvp };
-const mg_rules mg_rules_permute = { .vjp = permute_vjp, .jvp = permute_jvp };
-const mg_rules mg_rules_expand = { .vjp = expand_vjp, .jvp = expand_jvp };
-const mg_rules mg_rules_narrow = { .vjp = narrow_vjp, .jvp = narrow_jvp };
-const mg_rules mg_rules_select = { .vjp = select_vjp, .jvp = select_jvp };
-const mg_rules mg_rules_pad = { .vjp = pad_vjp, .jvp = pad_jvp };
-const mg_rules mg_rules_copy = { .vjp = copy_vjp, .jvp = copy_jvp };
-const mg_rules mg_rules_cat = { .vjp = cat_vjp, .jvp = cat_jvp };
+const mg_rules mg_rules_reshape = { .vjp = reshape_vjp, .jvp = reshape_jvp, .unread = MG_UNREAD_ALL };
+const mg_rules mg_rules_permute = { .vjp = permute_vjp, .jvp = permute_jvp, .unread = MG_UNREAD_ALL };
+const mg_rules mg_rules_expand = { .vjp = expand_vjp, .jvp = expand_jvp, .unread = MG_UNREAD_ALL };
+const mg_rules mg_rules_narrow = { .vjp = narrow_vjp, .jvp = narrow_jvp, .unread = MG_UNREAD_ALL };
+const mg_rules mg_rules_select = { .vjp = select_vjp, .jvp = select_jvp, .unread = MG_UNREAD_ALL };
+const mg_rules mg_rules_pad = { .vjp = pad_vjp, .jvp = pad_jvp, .unread = MG_UNREAD_ALL };
+const mg_rules mg_rules_copy = { .vjp = copy_vjp, .jvp = copy_jvp, .unread = MG_UNREAD_ALL };
+const mg_rules mg_rules_cat = { .vjp = cat_vjp, .jvp = cat_jvp, .unread = MG_UNREAD_ALL };

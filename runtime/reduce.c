@@ -476,9 +476,10 @@ static mg_status softmax_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *c
   return st;
 }
 
-const mg_rules mg_rules_sum = { .vjp = sum_vjp, .jvp = sum_jvp };
+const mg_rules mg_rules_sum = { .vjp = sum_vjp, .jvp = sum_jvp, .unread = MG_UNREAD_ALL };
 const mg_rules mg_rules_extreme = { .vjp = extreme_vjp, .jvp = extreme_jvp };
-const mg_rules mg_rules_softmax = { .vjp = softmax_vjp, .jvp = softmax_jvp };
+const mg_rules mg_rules_softmax = { .vjp = softmax_vjp, .jvp = softmax_jvp,
+                                     .unread = MG_UNREAD_INS };     /* from the output */
 
 /* ================================================================ logsumexp (issue 12) */
 

@@ -159,32 +159,11 @@ mg_tensor *mg_tape_watched_at(const mg_tape *T, size_t i) {
 
 /* ================================================================ versions */
 
-/* Which of a node's tensors no rule of its op reads the values of: writing into those after
-** recording cannot change a gradient, so the version check skips them. Unlisted ops (matmul,
-** the cells, any new op) have every input, output and saved tensor checked. */
-enum {
-  UNREAD_IN0 = 1, UNREAD_IN1 = 2, UNREAD_IN2 = 4,
-  UNREAD_INS = 0xff,                      /* every input (past the 8th: when this is set) */
-  UNREAD_OUT = 0x100,
-  UNREAD_ALL = UNREAD_INS | UNREAD_OUT    /* shapes only */
-};
-
-static unsigned unread(int op) {
-  switch (op) {
-  case MG_OP_NEG: case MG_OP_ADD: case MG_OP_SUB: case MG_OP_RESHAPE: case MG_OP_PERMUTE:
-  case MG_OP_EXPAND: case MG_OP_NARROW: case MG_OP_SELECT: case MG_OP_PAD: case MG_OP_CAST:
-  case MG_OP_COPY: case MG_OP_CAT: case MG_OP_SUM:
-    return UNREAD_ALL;
-  case MG_OP_EXP: case MG_OP_TANH: case MG_OP_SIGMOID: case MG_OP_SQRT: case MG_OP_SOFTMAX:
-  case MG_OP_LOG_SOFTMAX:
-    return UNREAD_INS;                    /* f' from the output */
-  case MG_OP_LOG: case MG_OP_RELU: case MG_OP_ABS: case MG_OP_SIN: case MG_OP_COS:
-  case MG_OP_SOFTPLUS: case MG_OP_MUL: case MG_OP_MAXIMUM: case MG_OP_MINIMUM: case MG_OP_CLAMP:
-    return UNREAD_OUT;                    /* f' from the inputs */
-  case MG_OP_DIV: return UNREAD_IN0;      /* 1/b and -y/b */
-  case MG_OP_WHERE: return UNREAD_IN1 | UNREAD_IN2 | UNREAD_OUT;   /* the condition only */
-  default: return 0;
-  }
+/* The tensors of node 'n' that no rule of its op reads (MG_UNREAD_* bits, mg_ops.h), as
+** the op's rules declare them. */
+static unsigned unread(const mg_node *n) {
+  const mg_rules *r = mg_ops[n->op].rules;
+  return r->unread_op ? r->unread_op(n->op) : r->unread;
 }
 
 static void describe_stale(char *buf, size_t n, const char *role, int k, const mg_tensor *t) {
@@ -207,12 +186,12 @@ static mg_status stale_error(mg_ctx *C, const mg_node *n, const char *role, int 
 
 /* Before a rule of 'n' runs: the tensors it reads still hold the values it recorded. */
 static mg_status check_versions(mg_ctx *C, const mg_node *n) {
-  unsigned skip = unread(n->op);
-  if (skip == UNREAD_ALL && n->nsaved == 0) return MG_OK;
+  unsigned skip = unread(n);
+  if (skip == MG_UNREAD_ALL && n->nsaved == 0) return MG_OK;
   for (int k = 0; k < n->nin; k++)
-    if (!(skip & (k < 8 ? 1u << k : (unsigned)UNREAD_INS)) && n->in[k]->storage->version != n->ver_in[k])
+    if (!(skip & (k < 8 ? 1u << k : (unsigned)MG_UNREAD_INS)) && n->in[k]->storage->version != n->ver_in[k])
       return stale_error(C, n, "input", k, n->in[k], n->ver_in[k]);
-  for (int k = 0; k < n->nout && !(skip & UNREAD_OUT); k++)
+  for (int k = 0; k < n->nout && !(skip & MG_UNREAD_OUT); k++)
     if (n->out[k]->storage->version != n->ver_out[k])
       return stale_error(C, n, "output", k, n->out[k], n->ver_out[k]);
   for (int k = 0; k < n->nsaved; k++)

@@ -95,6 +95,50 @@ describe("in-place writes into recorded tensors", function()
     assert.are.same({ 1, 1 }, tape:gradient(y, x):totable())
   end)
 
+  -- Per op, what its rules declare unread (mg_rules.unread in mg_ops.h): a write into the
+  -- tensor named ("a", "b", "c" the inputs, "y" the output) after recording is harmless
+  -- (the gradient is the one at the recorded values) or raises.
+  for _, case in ipairs {
+    { "neg", function(a) return -a end, { a = true, y = true } },
+    { "exp", mg.exp, { a = true, y = false } },
+    { "log", mg.log, { a = false, y = true } },
+    { "clamp", function(a) return a:clamp(0.5, 3) end, { a = false, y = true } },
+    { "sub", function(a, b) return a - b end, { a = true, b = true, y = true } },
+    { "mul", function(a, b) return a * b end, { a = false, b = false, y = true } },
+    { "div", function(a, b) return a / b end, { a = true, b = false, y = false } },
+    { "pow", function(a, b) return a ^ b end, { a = false, b = false, y = false } },
+    { "where", mg.where, { a = false, b = true, c = true, y = true } },          -- a: the condition
+    { "reshape", function(a) return a:reshape(2, 1) end, { a = true, y = true } },
+    { "sum", function(a) return a:sum(1, true) end, { a = true, y = true } },
+    { "softmax", function(a) return mg.softmax(a, 1) end, { a = true, y = false } },
+  } do
+    for _, who in ipairs { "a", "b", "c", "y" } do
+      local harmless = case[3][who]
+      if harmless ~= nil then
+        it(case[1] .. ": a write into " .. who .. " after recording " .. (harmless and "is harmless" or "raises"), function()
+          local function inputs() return { a = mg.tensor({ 1, 2 }, F), b = mg.tensor({ 3, 0.5 }, F), c = mg.tensor({ -1, 4 }, F) } end
+          local function grad(write)
+            local t = inputs()
+            local tape = mg.GradientTape()
+            tape:watch(t.a, t.b, t.c)
+            t.y = case[2](t.a, t.b, t.c)
+            local s = t.y:sum()                              -- sum reads no values
+            if write then t[who]:fill(0.25) end
+            return tape:gradient(s, { t.a, t.b, t.c })
+          end
+          if harmless then
+            local want, got = grad(false), grad(true)
+            for k = 1, 3 do
+              if want[k] then support.assert_close(want[k], got[k], 0, case[1] .. " input " .. k) end
+            end
+          else
+            support.raises(function() grad(true) end, case[1] .. ": ", MSG)
+          end
+        end)
+      end
+    end
+  end
+
   it("the write happened before recording: no error, the gradient at the new value", function()
     local x = mg.tensor({ 1, 2 }, F)
     x:fill(3)
