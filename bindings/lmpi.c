@@ -177,14 +177,20 @@ static int l_bcast_string(lua_State *L) {
   return 1;
 }
 
-/* gather(sendptr, recvptr or nil, nbytes, root, fname) */
-static int l_gather(lua_State *L) {
+/* The rooted byte collectives MPI_Gather and MPI_Scatter, which take the same arguments. */
+typedef int (*rooted_fn)(const void *, int, MPI_Datatype, void *, int, MPI_Datatype, int, MPI_Comm);
+
+/* f(sendptr, recvptr, nbytes per rank, root, fname): either pointer may be nil off the root. */
+static int rooted(lua_State *L, rooted_fn f, const char *fname) {
   need_init(L);
   void *s = checkptr(L, 1), *r = checkptr(L, 2);
   int n = checkcount(L, 3), root = (int)luaL_checkinteger(L, 4);
-  check_ok(L, MPI_Gather(s, n, MPI_BYTE, r, n, MPI_BYTE, root, g_comm), luaL_optstring(L, 5, "mpi.gather"));
+  check_ok(L, f(s, n, MPI_BYTE, r, n, MPI_BYTE, root, g_comm), luaL_optstring(L, 5, fname));
   return 0;
 }
+
+/* gather(sendptr, recvptr or nil, nbytes, root, fname) */
+static int l_gather(lua_State *L) { return rooted(L, MPI_Gather, "mpi.gather"); }
 
 /* allgather(sendptr, recvptr, nbytes, fname) */
 static int l_allgather(lua_State *L) {
@@ -196,13 +202,7 @@ static int l_allgather(lua_State *L) {
 }
 
 /* scatter(sendptr or nil, recvptr, nbytes per rank, root, fname) */
-static int l_scatter(lua_State *L) {
-  need_init(L);
-  void *s = checkptr(L, 1), *r = checkptr(L, 2);
-  int n = checkcount(L, 3), root = (int)luaL_checkinteger(L, 4);
-  check_ok(L, MPI_Scatter(s, n, MPI_BYTE, r, n, MPI_BYTE, root, g_comm), luaL_optstring(L, 5, "mpi.scatter"));
-  return 0;
-}
+static int l_scatter(lua_State *L) { return rooted(L, MPI_Scatter, "mpi.scatter"); }
 
 /* send(ptr or string, nbytes or nil, dest, tag [, internal]) */
 static int l_send(lua_State *L) {

@@ -12,10 +12,28 @@ static mg_status bad_dim(mg_ctx *C, const char *fn, int dim, int ndim) {
                  ndim);
 }
 
-/* 't' (lead dims .. some shape broadcastable to 'like's) expanded to lead .. like's shape. */
-static mg_status expand_to(mg_ctx *C, mg_tensor *t, int lead, const mg_tensor *like,
-                           mg_tensor **out) {
-  return mg_expand_lead(C, t, lead, like->ndim, like->shape, out);
+/* The recorded ops of this file are linear in their input, so their rules are one function
+** each, 'apply': the op as the node recorded it (adjoint false) or its adjoint (true) on 'v',
+** a tensor of 'lead' leading dims, into the new reference 'res'. The VJP applies the adjoint
+** to the cotangent; the JVP applies the op to the tangent broadcast to the input's shape. */
+typedef mg_status (*linear_fn)(mg_ctx *C, const mg_node *n, int lead, mg_tensor *v,
+                               bool adjoint, mg_tensor **res);
+
+static mg_status linear_vjp(linear_fn apply, mg_ctx *C, const mg_node *n, int lead,
+                            mg_tensor *const *g, const bool *need, mg_tensor **gin) {
+  if (!need[0] || g[0] == NULL) return MG_OK;
+  return apply(C, n, lead, g[0], true, &gin[0]);
+}
+
+static mg_status linear_jvp(linear_fn apply, mg_ctx *C, const mg_node *n, int lead,
+                            mg_tensor *const *t, mg_tensor **tout) {
+  if (t[0] == NULL) return MG_OK;
+  mg_tensor *full = NULL;
+  mg_status st = mg_expand_lead(C, t[0], lead, n->in[0]->ndim, n->in[0]->shape, &full);
+  if (st != MG_OK) return st;
+  st = apply(C, n, lead, full, false, &tout[0]);
+  mg_tensor_release(full);
+  return st;
 }
 
 /* ================================================================ flip */
@@ -36,21 +54,21 @@ mg_status mg_tensor_flip(mg_ctx *C, mg_tensor *x, uint32_t mask, mg_tensor **out
   return mg_record_result(C, MG_OP_FLIP, 1, &x, y, &at, out);
 }
 
+/* A flip is its own adjoint. */
+static mg_status flip_apply(mg_ctx *C, const mg_node *n, int lead, mg_tensor *v, bool adjoint,
+                            mg_tensor **res) {
+  (void)adjoint;
+  return mg_tensor_flip(C, v, (uint32_t)n->attr.i[0] << lead, res);
+}
+
 static mg_status flip_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *g,
                           const bool *need, mg_tensor **gin) {
-  if (!need[0] || g[0] == NULL) return MG_OK;
-  return mg_tensor_flip(C, g[0], (uint32_t)n->attr.i[0] << lead, &gin[0]);
+  return linear_vjp(flip_apply, C, n, lead, g, need, gin);
 }
 
 static mg_status flip_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *t,
                           mg_tensor **tout) {
-  if (t[0] == NULL) return MG_OK;
-  mg_tensor *full = NULL;
-  mg_status st = expand_to(C, t[0], lead, n->in[0], &full);
-  if (st != MG_OK) return st;
-  st = mg_tensor_flip(C, full, (uint32_t)n->attr.i[0] << lead, &tout[0]);
-  mg_tensor_release(full);
-  return st;
+  return linear_jvp(flip_apply, C, n, lead, t, tout);
 }
 
 const mg_rules mg_rules_flip = { .vjp = flip_vjp, .jvp = flip_jvp };
@@ -128,33 +146,27 @@ mg_status mg_tensor_diag_embed(mg_ctx *C, mg_tensor *x, int64_t offset, int d1, 
 }
 
 /* The node's diagonal of 'v' (lead dims kept), or 'v' placed on that diagonal of zeros of
-** lead .. 'to's shape: each is the other's adjoint. */
-static mg_status diag_apply(mg_ctx *C, const mg_node *n, int lead, mg_tensor *v, bool embed,
-                            const mg_tensor *to, mg_tensor **res) {
+** lead .. the input's shape (the adjoint, for diagonal) or the output's (diag_embed): each is
+** the other's adjoint. */
+static mg_status diag_apply(mg_ctx *C, const mg_node *n, int lead, mg_tensor *v, bool adjoint,
+                            mg_tensor **res) {
   const int64_t *a = n->attr.i;
   int d1 = lead + (int)a[1], d2 = lead + (int)a[2];
-  if (!embed) return mg_tensor_diagonal(C, v, a[0], d1, d2, res);
+  if ((n->op == MG_OP_DIAGONAL) != adjoint) return mg_tensor_diagonal(C, v, a[0], d1, d2, res);
+  const mg_tensor *to = adjoint ? n->in[0] : n->out[0];
   int64_t sh[MG_MAXDIM];
   int nd = mg_lead_shape(v, lead, to->ndim, to->shape, sh);
   return diag_scatter(C, v, a[0], d1, d2, nd, sh, res);
 }
 
-/* diagonal's VJP embeds, diag_embed's takes the diagonal; the JVPs do as the forward. */
 static mg_status diag_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *g,
                           const bool *need, mg_tensor **gin) {
-  if (!need[0] || g[0] == NULL) return MG_OK;
-  return diag_apply(C, n, lead, g[0], n->op == MG_OP_DIAGONAL, n->in[0], &gin[0]);
+  return linear_vjp(diag_apply, C, n, lead, g, need, gin);
 }
 
 static mg_status diag_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *t,
                           mg_tensor **tout) {
-  if (t[0] == NULL) return MG_OK;
-  mg_tensor *full = NULL;
-  mg_status st = expand_to(C, t[0], lead, n->in[0], &full);
-  if (st != MG_OK) return st;
-  st = diag_apply(C, n, lead, full, n->op == MG_OP_DIAG_EMBED, n->out[0], &tout[0]);
-  mg_tensor_release(full);
-  return st;
+  return linear_jvp(diag_apply, C, n, lead, t, tout);
 }
 
 const mg_rules mg_rules_diagonal = { .vjp = diag_vjp, .jvp = diag_jvp };
@@ -276,14 +288,17 @@ static mg_status lead_index(mg_ctx *C, const mg_node *n, int lead, const mg_tens
   return st;
 }
 
-/* gather's VJP is scatter_add's forward and the reverse; 'tout' of shape lead .. 'to'. */
-static mg_status gather_or_scatter(mg_ctx *C, const mg_node *n, int lead, mg_tensor *v,
-                                   bool scatter, const mg_tensor *to, mg_tensor **res) {
+/* The node's gather of 'v' at its index, or 'v' scatter-added at it into zeros of lead .. the
+** input's shape (the adjoint, for gather) or the output's (scatter_add): each is the other's
+** adjoint. */
+static mg_status gather_apply(mg_ctx *C, const mg_node *n, int lead, mg_tensor *v, bool adjoint,
+                              mg_tensor **res) {
   mg_tensor *ix = NULL;
   int dim = lead + (int)n->attr.i[0];
   mg_status st = lead_index(C, n, lead, v, &ix);
   if (st != MG_OK) return st;
-  if (scatter) {
+  if ((n->op == MG_OP_GATHER) == adjoint) {
+    const mg_tensor *to = adjoint ? n->in[0] : n->out[0];
     int64_t sh[MG_MAXDIM];
     int nd = mg_lead_shape(v, lead, to->ndim, to->shape, sh);
     st = mg_tensor_scatter_add(C, v, dim, ix, nd, sh, res);
@@ -296,21 +311,12 @@ static mg_status gather_or_scatter(mg_ctx *C, const mg_node *n, int lead, mg_ten
 
 static mg_status gather_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *g,
                             const bool *need, mg_tensor **gin) {
-  if (!need[0] || g[0] == NULL) return MG_OK;
-  if (n->op == MG_OP_GATHER) return gather_or_scatter(C, n, lead, g[0], true, n->in[0], &gin[0]);
-  return gather_or_scatter(C, n, lead, g[0], false, NULL, &gin[0]);
+  return linear_vjp(gather_apply, C, n, lead, g, need, gin);
 }
 
 static mg_status gather_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *t,
                             mg_tensor **tout) {
-  if (t[0] == NULL) return MG_OK;
-  mg_tensor *full = NULL;
-  mg_status st = expand_to(C, t[0], lead, n->in[0], &full);
-  if (st != MG_OK) return st;
-  if (n->op == MG_OP_GATHER) st = gather_or_scatter(C, n, lead, full, false, NULL, &tout[0]);
-  else st = gather_or_scatter(C, n, lead, full, true, n->out[0], &tout[0]);
-  mg_tensor_release(full);
-  return st;
+  return linear_jvp(gather_apply, C, n, lead, t, tout);
 }
 
 const mg_rules mg_rules_gather = { .vjp = gather_vjp, .jvp = gather_jvp };

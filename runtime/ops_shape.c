@@ -343,18 +343,26 @@ mg_status mg_tensor_pad(mg_ctx *C, mg_tensor *x, int dim, int64_t start, int64_t
   return mg_record_result(C, MG_OP_PAD, 1, &x, y, &at, out);
 }
 
-static mg_status narrow_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *g,
-                            const bool *need, mg_tensor **gin) {
-  if (!need[0] || g[0] == NULL) return MG_OK;
-  const int64_t *a = n->attr.i;
-  return mg_tensor_pad(C, g[0], lead + (int)a[0], a[1], n->in[0]->shape[a[0]], &gin[0]);
+/* narrow and pad (attr: dim, start, and the window's or the padded dim's size) are each
+** other's adjoint: the VJP of one is the other back to the input's size, the JVP the op
+** itself on the tangent. */
+static mg_status window(mg_ctx *C, const mg_node *n, int lead, mg_tensor *v, bool pad,
+                        int64_t size, mg_tensor **res) {
+  int dim = lead + (int)n->attr.i[0];
+  if (pad) return mg_tensor_pad(C, v, dim, n->attr.i[1], size, res);
+  return mg_tensor_narrow(C, v, dim, n->attr.i[1], size, res);
 }
 
-static mg_status narrow_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *t,
+static mg_status window_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *g,
+                            const bool *need, mg_tensor **gin) {
+  if (!need[0] || g[0] == NULL) return MG_OK;
+  return window(C, n, lead, g[0], n->op == MG_OP_NARROW, n->in[0]->shape[n->attr.i[0]], &gin[0]);
+}
+
+static mg_status window_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *t,
                             mg_tensor **tout) {
   if (t[0] == NULL) return MG_OK;
-  const int64_t *a = n->attr.i;
-  return mg_tensor_narrow(C, t[0], lead + (int)a[0], a[1], a[2], &tout[0]);
+  return window(C, n, lead, t[0], n->op == MG_OP_PAD, n->attr.i[2], &tout[0]);
 }
 
 static mg_status select_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *g,
@@ -373,20 +381,6 @@ static mg_status select_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *co
                             mg_tensor **tout) {
   if (t[0] == NULL) return MG_OK;
   return mg_tensor_select(C, t[0], lead + (int)n->attr.i[0], n->attr.i[1], &tout[0]);
-}
-
-static mg_status pad_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *g,
-                         const bool *need, mg_tensor **gin) {
-  if (!need[0] || g[0] == NULL) return MG_OK;
-  const int64_t *a = n->attr.i;
-  return mg_tensor_narrow(C, g[0], lead + (int)a[0], a[1], n->in[0]->shape[a[0]], &gin[0]);
-}
-
-static mg_status pad_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *t,
-                         mg_tensor **tout) {
-  if (t[0] == NULL) return MG_OK;
-  const int64_t *a = n->attr.i;
-  return mg_tensor_pad(C, t[0], lead + (int)a[0], a[1], a[2], &tout[0]);
 }
 
 /* ================================================================ copies */
@@ -529,8 +523,8 @@ static mg_status cat_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const
 const mg_rules mg_rules_reshape = { .vjp = reshape_vjp, .jvp = reshape_jvp, .unread = MG_UNREAD_ALL };
 const mg_rules mg_rules_permute = { .vjp = permute_vjp, .jvp = permute_jvp, .unread = MG_UNREAD_ALL };
 const mg_rules mg_rules_expand = { .vjp = expand_vjp, .jvp = expand_jvp, .unread = MG_UNREAD_ALL };
-const mg_rules mg_rules_narrow = { .vjp = narrow_vjp, .jvp = narrow_jvp, .unread = MG_UNREAD_ALL };
+const mg_rules mg_rules_narrow = { .vjp = window_vjp, .jvp = window_jvp, .unread = MG_UNREAD_ALL };
 const mg_rules mg_rules_select = { .vjp = select_vjp, .jvp = select_jvp, .unread = MG_UNREAD_ALL };
-const mg_rules mg_rules_pad = { .vjp = pad_vjp, .jvp = pad_jvp, .unread = MG_UNREAD_ALL };
+const mg_rules mg_rules_pad = { .vjp = window_vjp, .jvp = window_jvp, .unread = MG_UNREAD_ALL };
 const mg_rules mg_rules_copy = { .vjp = copy_vjp, .jvp = copy_jvp, .unread = MG_UNREAD_ALL };
 const mg_rules mg_rules_cat = { .vjp = cat_vjp, .jvp = cat_jvp, .unread = MG_UNREAD_ALL };
