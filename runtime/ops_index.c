@@ -1,7 +1,8 @@
 /*
 ** ops_index.c - reordering and indexing (issue 12): flip, diagonal and its adjoint
 ** diag_embed, gather and its adjoint scatter_add, with index_select and take_along_dim made
-** from gather. Each beside its rules.
+** from gather. Each beside its 'apply' (the op or its adjoint), from which the one pair of
+** rules of these linear ops, linear_vjp and linear_jvp, computes.
 */
 #include "mg_impl.h"
 
@@ -12,26 +13,27 @@ static mg_status bad_dim(mg_ctx *C, const char *fn, int dim, int ndim) {
                  ndim);
 }
 
-/* The recorded ops of this file are linear in their input, so their rules are one function
-** each, 'apply': the op as the node recorded it (adjoint false) or its adjoint (true) on 'v',
-** a tensor of 'lead' leading dims, into the new reference 'res'. The VJP applies the adjoint
-** to the cotangent; the JVP applies the op to the tangent broadcast to the input's shape. */
-typedef mg_status (*linear_fn)(mg_ctx *C, const mg_node *n, int lead, mg_tensor *v,
-                               bool adjoint, mg_tensor **res);
+/* The recorded ops of this file are linear in their input, so one pair of rules serves them
+** all, through each op's 'apply' (flip_apply, ...; dispatched by linear_apply at the end):
+** the op as the node recorded it (adjoint false) or its adjoint (true) on 'v', a tensor of
+** 'lead' leading dims, into the new reference 'res'. The VJP applies the adjoint to the
+** cotangent; the JVP applies the op to the tangent broadcast to the input's shape. */
+static mg_status linear_apply(mg_ctx *C, const mg_node *n, int lead, mg_tensor *v, bool adjoint,
+                              mg_tensor **res);
 
-static mg_status linear_vjp(linear_fn apply, mg_ctx *C, const mg_node *n, int lead,
-                            mg_tensor *const *g, const bool *need, mg_tensor **gin) {
+static mg_status linear_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *g,
+                            const bool *need, mg_tensor **gin) {
   if (!need[0] || g[0] == NULL) return MG_OK;
-  return apply(C, n, lead, g[0], true, &gin[0]);
+  return linear_apply(C, n, lead, g[0], true, &gin[0]);
 }
 
-static mg_status linear_jvp(linear_fn apply, mg_ctx *C, const mg_node *n, int lead,
-                            mg_tensor *const *t, mg_tensor **tout) {
+static mg_status linear_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *t,
+                            mg_tensor **tout) {
   if (t[0] == NULL) return MG_OK;
   mg_tensor *full = NULL;
   mg_status st = mg_expand_lead(C, t[0], lead, n->in[0]->ndim, n->in[0]->shape, &full);
   if (st != MG_OK) return st;
-  st = apply(C, n, lead, full, false, &tout[0]);
+  st = linear_apply(C, n, lead, full, false, &tout[0]);
   mg_tensor_release(full);
   return st;
 }
@@ -61,17 +63,7 @@ static mg_status flip_apply(mg_ctx *C, const mg_node *n, int lead, mg_tensor *v,
   return mg_tensor_flip(C, v, (uint32_t)n->attr.i[0] << lead, res);
 }
 
-static mg_status flip_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *g,
-                          const bool *need, mg_tensor **gin) {
-  return linear_vjp(flip_apply, C, n, lead, g, need, gin);
-}
-
-static mg_status flip_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *t,
-                          mg_tensor **tout) {
-  return linear_jvp(flip_apply, C, n, lead, t, tout);
-}
-
-const mg_rules mg_rules_flip = { .vjp = flip_vjp, .jvp = flip_jvp };
+const mg_rules mg_rules_flip = { .vjp = linear_vjp, .jvp = linear_jvp };
 
 /* ================================================================ diagonal, diag_embed */
 
@@ -159,18 +151,8 @@ static mg_status diag_apply(mg_ctx *C, const mg_node *n, int lead, mg_tensor *v,
   return diag_scatter(C, v, a[0], d1, d2, nd, sh, res);
 }
 
-static mg_status diag_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *g,
-                          const bool *need, mg_tensor **gin) {
-  return linear_vjp(diag_apply, C, n, lead, g, need, gin);
-}
-
-static mg_status diag_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *t,
-                          mg_tensor **tout) {
-  return linear_jvp(diag_apply, C, n, lead, t, tout);
-}
-
-const mg_rules mg_rules_diagonal = { .vjp = diag_vjp, .jvp = diag_jvp };
-const mg_rules mg_rules_diag_embed = { .vjp = diag_vjp, .jvp = diag_jvp };
+const mg_rules mg_rules_diagonal = { .vjp = linear_vjp, .jvp = linear_jvp };
+const mg_rules mg_rules_diag_embed = { .vjp = linear_vjp, .jvp = linear_jvp };
 
 /* ================================================================ gather, scatter_add */
 
@@ -309,18 +291,8 @@ static mg_status gather_apply(mg_ctx *C, const mg_node *n, int lead, mg_tensor *
   return st;
 }
 
-static mg_status gather_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *g,
-                            const bool *need, mg_tensor **gin) {
-  return linear_vjp(gather_apply, C, n, lead, g, need, gin);
-}
-
-static mg_status gather_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *t,
-                            mg_tensor **tout) {
-  return linear_jvp(gather_apply, C, n, lead, t, tout);
-}
-
-const mg_rules mg_rules_gather = { .vjp = gather_vjp, .jvp = gather_jvp };
-const mg_rules mg_rules_scatter_add = { .vjp = gather_vjp, .jvp = gather_jvp };
+const mg_rules mg_rules_gather = { .vjp = linear_vjp, .jvp = linear_jvp };
+const mg_rules mg_rules_scatter_add = { .vjp = linear_vjp, .jvp = linear_jvp };
 
 /* ================================================================ index_select, take_along_dim */
 
@@ -383,4 +355,15 @@ mg_status mg_tensor_take_along_dim(mg_ctx *C, mg_tensor *x, mg_tensor *index, in
   mg_tensor_release(xs);
   mg_tensor_release(is);
   return st;
+}
+
+/* ================================================================ the rules' dispatch */
+
+static mg_status linear_apply(mg_ctx *C, const mg_node *n, int lead, mg_tensor *v, bool adjoint,
+                              mg_tensor **res) {
+  switch (n->op) {
+  case MG_OP_FLIP: return flip_apply(C, n, lead, v, adjoint, res);
+  case MG_OP_DIAGONAL: case MG_OP_DIAG_EMBED: return diag_apply(C, n, lead, v, adjoint, res);
+  default: return gather_apply(C, n, lead, v, adjoint, res);   /* gather, scatter_add */
+  }
 }
