@@ -135,17 +135,27 @@ static void pushmeta(lua_State *L, const mg_tensor_dict *s) {
   }
 }
 
-/* load_tensors(path) -> tbl, metadata */
-static int io_load_tensors(lua_State *L) {
+/* The results of a loader that filled the set 's' (newset's) with status 'st': the table of
+** its tensors, then with 'meta' the table of its strings; or the loader's error. */
+static int loaded(lua_State *L, lstate *S, mg_tensor_dict *s, mg_status st, bool meta) {
+  if (st != MG_OK) return lmg_fail(L, S, NULL);
+  pushset(L, S, s);
+  if (meta) pushmeta(L, s);
+  mg_tensor_dict_free(s);
+  return meta ? 2 : 1;
+}
+
+/* f(path) for a loader of one file format: its tensors [and metadata]. */
+typedef mg_status (*loader_fn)(mg_ctx *C, const char *path, mg_tensor_dict *out);
+static int load_with(lua_State *L, loader_fn load, bool meta) {
   LSTATE_ARG;
   const char *path = luaL_checkstring(L, 1);
   mg_tensor_dict *s = newset(L);
-  if (mg_safetensors_load(S->C, path, s) != MG_OK) return lmg_fail(L, S, NULL);
-  pushset(L, S, s);
-  pushmeta(L, s);
-  mg_tensor_dict_free(s);
-  return 2;
+  return loaded(L, S, s, load(S->C, path, s), meta);
 }
+
+/* load_tensors(path) -> tbl, metadata */
+static int io_load_tensors(lua_State *L) { return load_with(L, mg_safetensors_load, true); }
 
 /* save_npz(tbl, path [, {compressed=false}]) */
 static int io_save_npz(lua_State *L) {
@@ -170,15 +180,7 @@ static int io_save_npz(lua_State *L) {
 }
 
 /* load_npz(path) -> tbl */
-static int io_load_npz(lua_State *L) {
-  LSTATE_ARG;
-  const char *path = luaL_checkstring(L, 1);
-  mg_tensor_dict *s = newset(L);
-  if (mg_npz_load(S->C, path, s) != MG_OK) return lmg_fail(L, S, NULL);
-  pushset(L, S, s);
-  mg_tensor_dict_free(s);
-  return 1;
-}
+static int io_load_npz(lua_State *L) { return load_with(L, mg_npz_load, false); }
 
 /* _h5_load(path, op) -> datasets, attributes (h5.c's dictionary). Internal to
 ** moongrad.interop (nn.load_keras): not public API. */
@@ -186,11 +188,7 @@ static int io_h5_load(lua_State *L) {
   LSTATE_ARG;
   const char *path = luaL_checkstring(L, 1), *op = luaL_checkstring(L, 2);
   mg_tensor_dict *s = newset(L);
-  if (mg_h5_load(S->C, op, path, s) != MG_OK) return lmg_fail(L, S, NULL);
-  pushset(L, S, s);
-  pushmeta(L, s);
-  mg_tensor_dict_free(s);
-  return 2;
+  return loaded(L, S, s, mg_h5_load(S->C, op, path, s), true);
 }
 
 /* _h5_save(datasets, path, attributes, op). Internal (nn.save_keras). */
