@@ -88,13 +88,9 @@ with zipfile.ZipFile(sys.argv[1] + "/badnpy.npz", "w") as z: z.writestr("x.npy",
     local target = sub .. "/w.npz"
     mg.save_npz({ a = mg.arange(5, F64) }, target)
     local before = read_file(target)
-    local script = write_file(path("child.lua"), string.format([[
-local mg = require "moongrad"
-print(pcall(mg.save_npz, { big = mg.randn(10000, { dtype = "float64" }) }, %q))]], target))
-    local p = io.popen("LUA_CPATH=" .. shq(package.cpath) .. " bash -c "
-      .. shq("trap '' XFSZ; ulimit -f 8; exec lua5.4 " .. shq(script)) .. " 2>&1")
-    local out = p:read("a")
-    assert(p:close(), out)
+    local ok, out = support.lua_child(path("child.lua"), "trap '' XFSZ; ulimit -f 8;", string.format(
+      "print(pcall(mg.save_npz, { big = mg.randn(10000, { dtype = 'float64' }) }, %q))", target))
+    assert(ok, out)
     assert.is_truthy(out:find("false\tsave_npz: error writing '" .. target .. "'", 1, true), out)
     assert.are.equal(before, read_file(target))
     assert.are.equal("w.npz\n", io.popen("ls -A " .. shq(sub)):read("a"))

@@ -165,13 +165,9 @@ describe("save_tensors never destroys the previous file", function()
     local target = sub .. "/ckpt.safetensors"
     mg.save_tensors({ a = mg.arange(5, F64) }, target)
     local before = read_file(target)
-    local script = write_file(path("child.lua"), string.format([[
-local mg = require "moongrad"
-print(pcall(mg.save_tensors, { big = mg.zeros(10000, { dtype = "float64" }) }, %q))]], target))
-    local p = io.popen("LUA_CPATH=" .. shq(package.cpath) .. " bash -c "
-      .. shq("trap '' XFSZ; ulimit -f 8; exec lua5.4 " .. shq(script)) .. " 2>&1")
-    local out = p:read("a")
-    assert(p:close(), out)
+    local ok, out = support.lua_child(path("child.lua"), "trap '' XFSZ; ulimit -f 8;", string.format(
+      "print(pcall(mg.save_tensors, { big = mg.zeros(10000, { dtype = 'float64' }) }, %q))", target))
+    assert(ok, out)
     assert.is_truthy(out:find("false\tsave_tensors: error writing '" .. target .. "' (File too large)", 1, true), out)
     assert.are.equal(before, read_file(target))
     local ls = io.popen("ls -A " .. shq(sub)):read("a")
