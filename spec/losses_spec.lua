@@ -102,8 +102,8 @@ local CASES = {
 }
 
 describe("losses against Keras 3 (float32: value and gradient)", function()
-  local dir, got = support.tmpdir(), {}
-  lazy_setup(function()
+  local got = {}
+  local dir = support.reference_run(lazy_setup, lazy_teardown, "keras", function(dir)
     local list = {}
     for _, c in ipairs(CASES) do
       local pred, target, sw, mask = data(dir, c[1], c[5])
@@ -115,9 +115,8 @@ describe("losses against Keras 3 (float32: value and gradient)", function()
       list[#list + 1] = { c[1], { kind = "loss", fn = c[3], kw = c[4], sparse = c[5].sparse or false,
         sw = sw ~= nil, mask = mask ~= nil } }
     end
-    support.train_ref(dir, "keras", list)
+    return list
   end)
-  lazy_teardown(function() support.rmtree(dir) end)
   for _, c in ipairs(CASES) do
     it(c[1], function()
       local want, wgrad = support.ref_out(dir, c[1] .. "_loss"):item(), support.ref_out(dir, c[1] .. "_grad")
@@ -155,8 +154,8 @@ describe("losses against PyTorch 1.13 (float64: value and gradient)", function()
     { "t_scce_w", "sparse_categorical_crossentropy", { from_logits = true, sample_weight = true },
       "(F.cross_entropy(p, t, reduction='none') * w).mean()", { scale = 2, sparse = true, shape = { 6, 4 }, sw = { 6 } } },
   }
-  local dir, got = support.tmpdir(), {}
-  lazy_setup(function()
+  local got = {}
+  local dir = support.reference_run(lazy_setup, lazy_teardown, "torch", function(dir)
     local list = {}
     for _, c in ipairs(T) do
       local pred, target, sw = data(dir, c[1], c[5])
@@ -166,9 +165,8 @@ describe("losses against PyTorch 1.13 (float64: value and gradient)", function()
       got[c[1]] = { ours(c[2], pred, target, opts, "float64") }
       list[#list + 1] = { c[1], { kind = "loss", expr = c[4], sparse = c[5].sparse or false, sw = sw ~= nil } }
     end
-    support.train_ref(dir, "torch", list)
+    return list
   end)
-  lazy_teardown(function() support.rmtree(dir) end)
   for _, c in ipairs(T) do
     it(c[1] .. ": " .. c[4], function()
       local want, wgrad = support.ref_out(dir, c[1] .. "_loss"):item(), support.ref_out(dir, c[1] .. "_grad")

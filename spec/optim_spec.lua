@@ -186,8 +186,10 @@ local function problem(dir, name, scale)
   return ps, gs
 end
 
--- Runs 'make' (params -> optimizer) over the problem in 'dtype'; the final parameters.
-local function ours(ps, gs, dtype, make)
+-- Runs 'make' (params -> optimizer) in 'dtype' over the problem 'name' (its arrays saved in
+-- 'dir' for the reference run); the final parameters.
+local function ours(dir, name, dtype, make)
+  local ps, gs = problem(dir, name)
   local vs = { mg.Variable(ps[1]:to(dtype), "a"), mg.Variable(ps[2]:to(dtype), "b") }
   local opt = make(vs)
   for s = 1, STEPS do opt:step({ gs[s][1]:to(dtype), gs[s][2]:to(dtype) }) end
@@ -247,23 +249,20 @@ describe("optimizers against Keras 3 (float32, N steps on the same gradients)", 
       function(v) return optim.SGD(v, { lr = optim.CosineDecay(0, 4, { warmup_target = 0.2, warmup_steps = 3 }),
         momentum = 0.5 }) end, { momentum = 0.5 } },
   }
-  local dir, results = support.tmpdir(), {}
-  lazy_setup(function()
+  local results = {}
+  local dir = support.reference_run(lazy_setup, lazy_teardown, "keras", function(dir)
     local list = {}
     for _, c in ipairs(cases) do
-      local ps, gs = problem(dir, c[1])
-      results[c[1]] = ours(ps, gs, "float32", c[4])
+      results[c[1]] = ours(dir, c[1], "float32", c[4])
       list[#list + 1] = { c[1], { kind = "opt", opt = c[2], kw = c[3], nparams = 2, steps = STEPS } }
     end
     for _, c in ipairs(schedules) do
-      local ps, gs = problem(dir, c[1])
-      results[c[1]] = ours(ps, gs, "float32", c[4])
+      results[c[1]] = ours(dir, c[1], "float32", c[4])
       list[#list + 1] = { c[1], { kind = "opt", opt = c[2], kw = c[5] or {}, schedule = c[3], nparams = 2,
         steps = STEPS } }
     end
-    support.train_ref(dir, "keras", list)
+    return list
   end)
-  lazy_teardown(function() support.rmtree(dir) end)
   for _, c in ipairs(cases) do
     it(c[1] .. " " .. support.pylit(c[3]), function()
       local d = reldiff(results[c[1]], dir, c[1])
@@ -311,18 +310,16 @@ describe("optimizers against PyTorch 1.13 where the formulas coincide (float64)"
     { "t_clipvalue", "SGD", { lr = 0.1, momentum = 0.9 },
       function(v) return optim.SGD(v, { lr = 0.1, momentum = 0.9, clipvalue = 0.3 }) end, 1e-12, { value = 0.3 } },
   }
-  local dir, results = support.tmpdir(), {}
-  lazy_setup(function()
+  local results = {}
+  local dir = support.reference_run(lazy_setup, lazy_teardown, "torch", function(dir)
     local list = {}
     for _, c in ipairs(cases) do
-      local ps, gs = problem(dir, c[1])
-      results[c[1]] = ours(ps, gs, "float64", c[4])
+      results[c[1]] = ours(dir, c[1], "float64", c[4])
       list[#list + 1] = { c[1], { kind = "opt", opt = c[2], kw = c[3], nparams = 2, steps = STEPS,
         clip = c[6] or support.NONE } }
     end
-    support.train_ref(dir, "torch", list)
+    return list
   end)
-  lazy_teardown(function() support.rmtree(dir) end)
   for _, c in ipairs(cases) do
     it(c[1] .. " " .. support.pylit(c[3]), function()
       local d = reldiff(results[c[1]], dir, c[1])
@@ -330,8 +327,7 @@ describe("optimizers against PyTorch 1.13 where the formulas coincide (float64)"
     end)
   end
   it("eps placement: RMSprop and Keras-variant Adam differ from PyTorch once eps > 0", function()
-    local ps, gs = problem(dir, "t_rms")
-    local vs = ours(ps, gs, "float64", function(v) return optim.RMSprop(v, { lr = 0.01, eps = 1e-3 }) end)
+    local vs = ours(dir, "t_rms", "float64", function(v) return optim.RMSprop(v, { lr = 0.01, eps = 1e-3 }) end)
     assert.is_true(reldiff(vs, dir, "t_rms") > 1e-6)
   end)
   it("clip_by_global_norm against clip_grad_norm_ (values and the norm)", function()
@@ -371,13 +367,11 @@ describe("learning-rate schedules against Keras 3", function()
     { "CosineDecay", { initial_learning_rate = 0.01, decay_steps = 15, alpha = 0.2, warmup_target = 0.3,
       warmup_steps = 6 }, optim.CosineDecay(0.01, 15, { alpha = 0.2, warmup_target = 0.3, warmup_steps = 6 }) },
   }
-  local dir = support.tmpdir()
-  lazy_setup(function()
+  local dir = support.reference_run(lazy_setup, lazy_teardown, "keras", function()
     local list = {}
     for i, c in ipairs(cases) do list[i] = { "s" .. i, { kind = "sched", cls = c[1], kw = c[2], steps = steps } } end
-    support.train_ref(dir, "keras", list)
+    return list
   end)
-  lazy_teardown(function() support.rmtree(dir) end)
   for i, c in ipairs(cases) do
     it(c[1] .. " " .. support.pylit(c[2]), function()
       local want = support.ref_out(dir, "s" .. i):totable()

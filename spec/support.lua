@@ -322,6 +322,18 @@ function support.train_ref(dir, framework, cases)
   if not ok then error("keras_train_ref.py " .. framework .. " failed:\n" .. support.read_file(log), 2) end
 end
 
+-- support.reference_run(lazy_setup, lazy_teardown, framework, cases) -> dir: for a describe
+-- block that compares with a reference run: a new directory 'dir'; before the block's tests,
+-- cases(dir) (which may compute ours on the way) gives the cases support.train_ref runs there
+-- with 'framework'; after them the directory is removed. Pass the block's own lazy_setup and
+-- lazy_teardown (busted gives them to spec files, not to modules).
+function support.reference_run(lazy_setup, lazy_teardown, framework, cases)
+  local dir = support.tmpdir()
+  lazy_setup(function() support.train_ref(dir, framework, cases(dir)) end)
+  lazy_teardown(function() support.rmtree(dir) end)
+  return dir
+end
+
 -- support.ref_out(dir, name): the output array 'name' of a reference run (mg.load of
 -- dir/out_<name>.npy), failing with the case's Python traceback when it has none.
 function support.ref_out(dir, name)
