@@ -114,6 +114,23 @@ end
 
 local function new_tensor(shape, dtype) return mg.zeros(shape, { dtype = dtype }) end
 
+-- The checks of a collective on tensor 't' rooted at 'root' (default 0): the core, and the
+-- root after every rank agreed on it and on t's shape and dtype.
+local function rooted(fn, t, root)
+  local c0 = C(fn)
+  check_tensor(fn, t)
+  root = check_rank(fn, root == nil and 0 or root, "root")
+  agree(fn, signature(t) .. " root " .. root, "shapes, dtypes or roots")
+  return c0, root
+end
+
+-- A new tensor for every rank's 't' stacked along a new first dimension.
+local function stacked(t)
+  local shape = t:shape()
+  table.insert(shape, 1, SIZE)
+  return new_tensor(shape, t.dtype)
+end
+
 ---------------------------------------------------------------- basics
 
 -- mpi.available() -> true, or false and the reason
@@ -151,10 +168,8 @@ end
 
 function M.broadcast(t, root)
   local fn = "mpi.broadcast"
-  local c0 = C(fn)
-  check_tensor(fn, t)
-  root = check_rank(fn, root == nil and 0 or root, "root")
-  agree(fn, signature(t) .. " root " .. root, "shapes, dtypes or roots")
+  local c0
+  c0, root = rooted(fn, t, root)
   local c, copied = contiguous(t)
   local p, n = mg._data_ptr(c, RANK ~= root)
   c0.bcast(p, n, root, fn)
@@ -164,17 +179,13 @@ end
 
 function M.gather(t, root)
   local fn = "mpi.gather"
-  local c0 = C(fn)
-  check_tensor(fn, t)
-  root = check_rank(fn, root == nil and 0 or root, "root")
-  agree(fn, signature(t) .. " root " .. root, "shapes, dtypes or roots")
+  local c0
+  c0, root = rooted(fn, t, root)
   local c = contiguous(t)
   local p, n = mg._data_ptr(c)
   local out, q
   if RANK == root then
-    local shape = t:shape()
-    table.insert(shape, 1, SIZE)
-    out = new_tensor(shape, t.dtype)
+    out = stacked(t)
     q = mg._data_ptr(out, true)
   end
   c0.gather(p, q, n, root, fn)
@@ -188,9 +199,7 @@ function M.allgather(t)
   agree(fn, signature(t), "shapes or dtypes")
   local c = contiguous(t)
   local p, n = mg._data_ptr(c)
-  local shape = t:shape()
-  table.insert(shape, 1, SIZE)
-  local out = new_tensor(shape, t.dtype)
+  local out = stacked(t)
   c0.allgather(p, (mg._data_ptr(out, true)), n, fn)
   return out
 end
