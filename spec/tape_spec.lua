@@ -264,12 +264,16 @@ describe("Jacobians", function()
     W = mg.randn(4, 3, F64)
   end)
   local function f(h) return mg.matmul(mg.tanh(h), W) end
+  -- A persistent tape that watched 'x' and recorded y = f(x): the tape and y.
+  local function recorded(x)
+    local tape = mg.GradientTape { persistent = true }
+    tape:watch(x)
+    return tape, f(x)
+  end
 
   it("jacobian equals a loop of single gradients, in reverse, forward and auto mode", function()
     local x = mg.randn(2, 4, F64)
-    local tape = mg.GradientTape { persistent = true }
-    tape:watch(x)
-    local y = f(x)
+    local tape, y = recorded(x)
     local J = tape:jacobian(y, x)
     assert.are.same({ 2, 3, 2, 4 }, J:shape())
     for i = 1, 2 do
@@ -285,9 +289,7 @@ describe("Jacobians", function()
   end)
   it("batch_jacobian is the diagonal blocks of the full Jacobian", function()
     local x = mg.randn(3, 4, F64)
-    local tape = mg.GradientTape { persistent = true }
-    tape:watch(x)
-    local y = f(x)
+    local tape, y = recorded(x)
     local BJ = tape:batch_jacobian(y, x)
     local J = tape:jacobian(y, x)
     assert.are.same({ 3, 3, 4 }, BJ:shape())
@@ -314,9 +316,7 @@ describe("Jacobians", function()
   end)
   it("chunks to the memory budget with the same result", function()
     local x = mg.randn(3, 4, F64)
-    local tape = mg.GradientTape { persistent = true }
-    tape:watch(x)
-    local y = f(x)
+    local tape, y = recorded(x)
     local full = tape:batch_jacobian(y, x):totable()
     local budget = mg.memory().budget
     mg.set_memory_budget(1)                         -- one basis vector per sweep
