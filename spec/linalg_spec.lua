@@ -263,9 +263,7 @@ describe("BLAS threads", function()
 end)
 
 describe("matmul against NumPy", function()
-  local dir
-  setup(function() dir = support.tmpdir() end)
-  teardown(function() support.rmtree(dir) end)
+  local dir = support.scratch(teardown)
 
   it("agrees on every operand form, float32 and float64", function()
     if not HAVE_NUMPY then pending("/usr/bin/python3 has no numpy") return end

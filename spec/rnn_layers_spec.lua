@@ -272,9 +272,7 @@ describe("against PyTorch (spec/torch_layers_ref.py, float64)", function()
     pending("needs " .. PY .. " with torch and numpy")
     return
   end
-  local dir
-  setup(function() dir = support.tmpdir() end)
-  teardown(function() support.rmtree(dir) end)
+  local dir = support.scratch(teardown)
   local function put(name, t) mg.save(t:to("float64"):contiguous(), dir .. "/" .. name .. ".npy") end
   local function get(name) return mg.load(dir .. "/out_" .. name .. ".npy") end
   local function run(case)

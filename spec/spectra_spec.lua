@@ -187,9 +187,7 @@ end)
 local have_gnuplot = os.execute("command -v gnuplot >/dev/null 2>&1") == true
 
 describe("mg.plot_spectrum and mg.plot_spectrum_bands", function()
-  local dir
-  setup(function() dir = support.tmpdir() end)
-  teardown(function() support.rmtree(dir) end)
+  local dir = support.scratch(teardown)
   local it_g = have_gnuplot and it or function(name) pending(name .. " (gnuplot is not installed)") end
 
   it_g("spectrum draws each series sorted, one line per condition", function()
