@@ -244,6 +244,29 @@ function support.lua_child(script, pre, code, wrapper)
   return p:close() == true, out
 end
 
+-- support.save_cut_short(dir, fn, name, small, big): what every saving function promises (it
+-- writes a temporary file, then renames it): a save cut short, here by a file-size limit in a
+-- child process, fails naming the file and leaves the previous file byte for byte, with no
+-- temporary beside it. mg[fn] saves the table 'small' to dir/cut/<name>, then the child
+-- saves 'big' (Lua source of a table too large for 8 blocks) over it. Returns the child's
+-- output (pcall's "false", tab, the message).
+function support.save_cut_short(dir, fn, name, small, big)
+  local sub = dir .. "/cut"
+  os.execute("mkdir -p " .. support.shq(sub))
+  local target = sub .. "/" .. name
+  mg[fn](small, target)
+  local before = support.read_file(target)
+  local ok, out = support.lua_child(dir .. "/child.lua", "trap '' XFSZ; ulimit -f 8;",
+                                    string.format("print(pcall(mg.%s, %s, %q))", fn, big, target))
+  luassert(ok, out)
+  support.contains(out, "false\t" .. fn .. ": error writing '" .. target .. "'")
+  luassert.are.equal(before, support.read_file(target))
+  local p = io.popen("ls -A " .. support.shq(sub))
+  luassert.are.equal(name .. "\n", p:read("a"))
+  p:close()
+  return out
+end
+
 -- support.unprivileged(): the command prefix that runs a child without root's rights to
 -- write anywhere ("" when not root), or nil and the reason when there is none (then the spec
 -- goes pending: pending(reason)).
