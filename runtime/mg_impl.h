@@ -229,6 +229,17 @@ mg_status mg_expand_lead(mg_ctx *C, mg_tensor *t, int lead, int ndim, const int6
 mg_status mg_align_lead(mg_ctx *C, mg_tensor *t, int lead, int ndim, mg_tensor **out);
 /* The 'lead' leading sizes of 'g' followed by 'ndim' sizes of 'shape' into 'dst'. */
 int mg_lead_shape(const mg_tensor *g, int lead, int ndim, const int64_t *shape, int64_t *dst);
+/* The rules of an op linear in its input in[0] (flip, diagonal, gather, softmax's VJP in the
+** cotangent, ...) from one function 'apply': the op as node 'n' recorded it (adjoint false)
+** or its adjoint (true) on 'v' (with 'lead' leading dims), a new reference in 'res'.
+** mg_linear_vjp applies the adjoint to the cotangent g[0]; mg_linear_jvp the op to the
+** tangent t[0] broadcast to the input's shape. As mg_vjp_fn and mg_jvp_fn otherwise. */
+typedef mg_status (*mg_linear_fn)(mg_ctx *C, const mg_node *n, int lead, mg_tensor *v,
+                                  bool adjoint, mg_tensor **res);
+mg_status mg_linear_vjp(mg_linear_fn apply, mg_ctx *C, const mg_node *n, int lead,
+                        mg_tensor *const *g, const bool *need, mg_tensor **gin);
+mg_status mg_linear_jvp(mg_linear_fn apply, mg_ctx *C, const mg_node *n, int lead,
+                        mg_tensor *const *t, mg_tensor **tout);
 
 /* Row-major GEMM on raw buffers: y = alpha op(a) op(b) + beta y (linalg.c). */
 void mg_gemm(mg_dtype dt, bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha,

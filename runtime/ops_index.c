@@ -14,28 +14,19 @@ static mg_status bad_dim(mg_ctx *C, const char *fn, int dim, int ndim) {
 }
 
 /* The recorded ops of this file are linear in their input, so one pair of rules serves them
-** all, through each op's 'apply' (flip_apply, ...; dispatched by linear_apply at the end):
-** the op as the node recorded it (adjoint false) or its adjoint (true) on 'v', a tensor of
-** 'lead' leading dims, into the new reference 'res'. The VJP applies the adjoint to the
-** cotangent; the JVP applies the op to the tangent broadcast to the input's shape. */
+** all: mg_linear_vjp and mg_linear_jvp (rules.c) with each op's 'apply' (flip_apply, ...;
+** dispatched by linear_apply at the end of the file). */
 static mg_status linear_apply(mg_ctx *C, const mg_node *n, int lead, mg_tensor *v, bool adjoint,
                               mg_tensor **res);
 
 static mg_status linear_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *g,
                             const bool *need, mg_tensor **gin) {
-  if (!need[0] || g[0] == NULL) return MG_OK;
-  return linear_apply(C, n, lead, g[0], true, &gin[0]);
+  return mg_linear_vjp(linear_apply, C, n, lead, g, need, gin);
 }
 
 static mg_status linear_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *t,
                             mg_tensor **tout) {
-  if (t[0] == NULL) return MG_OK;
-  mg_tensor *full = NULL;
-  mg_status st = mg_expand_lead(C, t[0], lead, n->in[0]->ndim, n->in[0]->shape, &full);
-  if (st != MG_OK) return st;
-  st = linear_apply(C, n, lead, full, false, &tout[0]);
-  mg_tensor_release(full);
-  return st;
+  return mg_linear_jvp(linear_apply, C, n, lead, t, tout);
 }
 
 /* ================================================================ flip */

@@ -29,6 +29,23 @@ mg_status mg_unbroadcast(mg_ctx *C, mg_tensor *g, int lead, int ndim, const int6
   return st;
 }
 
+mg_status mg_linear_vjp(mg_linear_fn apply, mg_ctx *C, const mg_node *n, int lead,
+                        mg_tensor *const *g, const bool *need, mg_tensor **gin) {
+  if (!need[0] || g[0] == NULL) return MG_OK;
+  return apply(C, n, lead, g[0], true, &gin[0]);
+}
+
+mg_status mg_linear_jvp(mg_linear_fn apply, mg_ctx *C, const mg_node *n, int lead,
+                        mg_tensor *const *t, mg_tensor **tout) {
+  if (t[0] == NULL) return MG_OK;
+  mg_tensor *full = NULL;
+  mg_status st = mg_expand_lead(C, t[0], lead, n->in[0]->ndim, n->in[0]->shape, &full);
+  if (st != MG_OK) return st;
+  st = apply(C, n, lead, full, false, &tout[0]);
+  mg_tensor_release(full);
+  return st;
+}
+
 mg_status mg_expand_lead(mg_ctx *C, mg_tensor *t, int lead, int ndim, const int64_t *shape,
                          mg_tensor **out) {
   int64_t sh[MG_MAXDIM];
