@@ -199,12 +199,22 @@ local function try(name, fn, a, n)
   end
 end
 
+local KEYWORDS = {}
+for w in ("and break do else elseif end false for function goto if in local nil not or repeat "
+          .. "return then true until while"):gmatch("%a+") do KEYWORDS[w] = true end
+
 -- A function calling 'obj.name(...)', or 'self:name(...)' when 'obj' is nil, from compiled
 -- code and not as a tail call: error messages then name the function as in a user's script.
+-- A name that is a Lua keyword is called as a user must: obj["repeat"](...), self["repeat"](self, ...).
 local function named(obj, name)
-  local call = obj and "obj." .. name or "self:" .. name
+  local call
+  if KEYWORDS[name] then
+    call = obj and string.format("obj[%q](", name) or string.format("self[%q](self, ", name)
+  else
+    call = obj and "obj." .. name .. "(" or "self:" .. name .. "("
+  end
   local src = "local obj = ...\nreturn function(" .. (obj and "..." or "self, ...") .. ")\n" ..
-              "  local r = table.pack(" .. call .. "(...))\n  return table.unpack(r, 1, r.n)\nend"
+              "  local r = table.pack(" .. call .. "...))\n  return table.unpack(r, 1, r.n)\nend"
   return assert(load(src, "=fuzz", "t"))(obj)
 end
 
