@@ -65,6 +65,37 @@ end
 local GRU_TO_KERAS = { 2, 1, 3 }     -- torch r, z, n -> keras z, r, h
 local GRU_TO_TORCH = { 2, 1, 3 }     -- the same swap back
 
+-- Whether 'l' is a layer whose weights are made at its first call and are not made yet
+-- (nn.LSTM(units) and the other layer classes, nn.LayerNormalization()).
+local function unbuilt(l)
+  if class_of(l) == "Bidirectional" then return unbuilt(l.forward_layer) end
+  if class_of(l) == "LayerNormalization" then return not l.built end
+  return type(l) == "table" and l._ctor ~= nil and l.cell == nil
+end
+
+-- Builds the unbuilt layer 'l' for inputs of 'n' features (nothing when n is nil).
+local function build(l, n)
+  if n == nil or not unbuilt(l) then return end
+  if class_of(l) == "Bidirectional" then
+    l.forward_layer:build(n)
+    l.backward_layer:build(n)
+  else
+    l:build(n)
+  end
+end
+
+-- The torch submodule name of child i of a Sequential: modules[i] when the caller named
+-- them (a custom torch Module: "emb", "lstm", ...), else torch's nn.Sequential index i - 1.
+local function module_name(fn, modules, i, l)
+  if modules == nil then return tostring(i - 1) end
+  local m = modules[i]
+  if type(m) ~= "string" or m == "" then
+    raisef("%s: modules[%d] must name the torch submodule of the Sequential's child %d (%s), got %s", fn, i, i,
+      tostring(l), describe(m))
+  end
+  return m
+end
+
 ---------------------------------------------------------------- from_torch
 
 -- A pending assignment list: {var, value} pairs, and the names used.
@@ -115,7 +146,34 @@ local function cell_from_torch(p, cell, suffix)
   end
 end
 
+-- Whether 'l' is a recurrent layer (built or not), a torch RNN module's counterpart.
+local function recurrent(l)
+  if class_of(l) == "Bidirectional" then return recurrent(l.forward_layer) end
+  return type(l) == "table" and ((l._ctor ~= nil and l.cell == nil) or GATES[class_of(l.cell)] ~= nil)
+end
+
+-- Builds the unbuilt layer 'l' (at p.prefix, torch layer 'suffix' "_l0", "_l1", ...) for the
+-- input size the state dict's shapes give.
+local function build_from_torch(p, l, suffix)
+  if not unbuilt(l) then return end
+  local function size(name, d)
+    local t = p.sd[p.prefix .. name]
+    if is_tensor(t) and t:dim() >= d then return t:size(d) end
+  end
+  if class_of(l) == "LayerNormalization" then build(l, size("weight", 1) or size("bias", 1))
+  else build(l, size("weight_ih" .. suffix, 2)) end
+end
+
 local function layer_from_torch(p, layer)
+  if class_of(layer) == "Sequential" then
+    local stacked = #layer.layers > 0
+    for _, l in ipairs(layer.layers) do stacked = stacked and recurrent(l) end
+    if stacked then
+      for k, l in ipairs(layer.layers) do build_from_torch(p, l, "_l" .. (k - 1)) end
+    end
+  else
+    build_from_torch(p, layer, "_l0")
+  end
   local stack = rnn_stack(layer)
   if stack then
     for k, s in ipairs(stack) do
@@ -132,11 +190,28 @@ local function layer_from_torch(p, layer)
       local b = p.get("bias", dims(layer.units))
       if b then p.set(layer.bias, b) end
     end
-  elseif c == "Sequential" then                      -- a torch nn.Sequential: "0.", "1.", ...
-    local prefix = p.prefix
+  elseif c == "Embedding" then                       -- with mask_zero, torch's row 0 is the padding row
+    local pad = layer.mask_zero and 1 or 0
+    local w = p.get("weight", dims(layer.input_dim + pad, layer.output_dim))
+    if w then p.set(layer.embeddings, w:narrow(1, 1 + pad, layer.input_dim)) end
+  elseif c == "LayerNormalization" then
+    if layer.axis ~= -1 then
+      raisef("%s: torch.nn.LayerNorm normalizes the last dimension; this LayerNormalization has axis = %d",
+        p.fn, layer.axis)
+    end
+    for _, wb in ipairs { { "weight", layer.gamma }, { "bias", layer.beta } } do
+      if wb[2] then
+        local t = p.get(wb[1], dims(layer.size))
+        if t then p.set(wb[2], t) end
+      end
+    end
+  elseif c == "Sequential" then                      -- a torch nn.Sequential "0.", "1.", ... or 'modules'
+    local prefix, modules = p.prefix, p.modules
+    p.modules = nil                                  -- names only the outermost Sequential's children
     for i, l in ipairs(layer.layers) do
-      if is_layer(l) and #l:parameters() > 0 then
-        p.prefix = prefix .. (i - 1) .. "."
+      if is_layer(l) and (unbuilt(l) or #l:parameters() > 0) then
+        p.prefix = prefix .. module_name(p.fn, modules, i, l) .. "."
+        build_from_torch(p, l, "_l0")
         layer_from_torch(p, l)
       end
     end
@@ -158,17 +233,27 @@ local function state_dict(fn, sd)
   return sd
 end
 
--- nn.from_torch(layer, state_dict [, {prefix="", strict=true}]): sets the layer's weights from
--- a PyTorch state_dict (a table name -> tensor, or a safetensors / .npz file of one). Names are
--- looked up under 'prefix' ("rnn." for a submodule). Every name and shape is checked before a
--- weight changes; with 'strict', names under the prefix that the layer does not use are errors.
+local function check_modules(fn, modules)
+  if modules ~= nil and (type(modules) ~= "table" or is_tensor(modules)) then
+    raisef("%s: modules must be an array of torch submodule names, got %s", fn, describe(modules))
+  end
+  return modules
+end
+
+-- nn.from_torch(layer, state_dict [, {prefix="", strict=true, modules=}]): sets the layer's
+-- weights from a PyTorch state_dict (a table name -> tensor, or a safetensors / .npz file of
+-- one). Names are looked up under 'prefix' ("rnn." for a submodule); 'modules' names the
+-- torch submodules of a Sequential's children (a custom torch Module). Every name and shape
+-- is checked before a weight changes; with 'strict', names under the prefix that the layer
+-- does not use are errors. Unbuilt layers (nn.LSTM(units)) are built from the shapes.
 function nn.from_torch(layer, sd, opts)
-  opts = check_opts("from_torch", opts, { prefix = true, strict = true })
+  opts = check_opts("from_torch", opts, { prefix = true, strict = true, modules = true })
   if not is_layer(layer) then raisef("from_torch: expected a layer, got %s", describe(layer)) end
   sd = state_dict("from_torch", sd)
   local prefix = opts.prefix or ""
   if type(prefix) ~= "string" then raisef("from_torch: prefix must be a string, got %s", describe(prefix)) end
   local p = plan("from_torch", sd, prefix)
+  p.modules = check_modules("from_torch", opts.modules)
   layer_from_torch(p, layer)
   if #p.missing > 0 then
     table.sort(p.missing)
@@ -212,7 +297,7 @@ local function cell_to_torch(out, prefix, cell, suffix)
   end
 end
 
-local function layer_to_torch(out, prefix, layer)
+local function layer_to_torch(out, prefix, layer, modules)
   local stack = rnn_stack(layer)
   if stack then
     for k, s in ipairs(stack) do
@@ -225,25 +310,45 @@ local function layer_to_torch(out, prefix, layer)
   if c == "Dense" then
     out[prefix .. "weight"] = layer.kernel:transpose(1, 2):contiguous()
     if layer.bias then out[prefix .. "bias"] = layer.bias:clone() end
+  elseif c == "Embedding" then                       -- mask_zero: a zero padding row 0 first
+    local e = layer.embeddings
+    out[prefix .. "weight"] = layer.mask_zero
+      and mg.cat({ mg.zeros({ 1, layer.output_dim }, { dtype = e.dtype }), e }, 1) or e:clone()
+  elseif c == "LayerNormalization" then
+    if layer.axis ~= -1 then
+      raisef("to_torch: torch.nn.LayerNorm normalizes the last dimension; this LayerNormalization has axis = %d",
+        layer.axis)
+    end
+    if layer.gamma then out[prefix .. "weight"] = layer.gamma:clone() end
+    if layer.beta then out[prefix .. "bias"] = layer.beta:clone() end
   elseif c == "Sequential" then
     for i, l in ipairs(layer.layers) do
-      if is_layer(l) and #l:parameters() > 0 then layer_to_torch(out, prefix .. (i - 1) .. ".", l) end
+      if is_layer(l) and unbuilt(l) then
+        raisef("to_torch: layer %d (%s) has no weights yet: call the model once, or give input_size=", i, tostring(l))
+      end
+      if is_layer(l) and #l:parameters() > 0 then
+        layer_to_torch(out, prefix .. module_name("to_torch", modules, i, l) .. ".", l)
+      end
     end
   else
     raisef("to_torch: no PyTorch mapping for %s", tostring(layer))
   end
 end
 
--- nn.to_torch(layer [, {prefix=""}]): a new table of PyTorch state_dict names -> tensors
+-- nn.to_torch(layer [, {prefix="", modules=}]): a new table of PyTorch state_dict names -> tensors
 -- (copies) for the layer, the inverse of nn.from_torch; save it with mg.save_tensors or
 -- mg.save_npz for torch's load_state_dict.
 function nn.to_torch(layer, opts)
-  opts = check_opts("to_torch", opts, { prefix = true })
+  opts = check_opts("to_torch", opts, { prefix = true, modules = true })
   if not is_layer(layer) then raisef("to_torch: expected a layer, got %s", describe(layer)) end
   local prefix = opts.prefix or ""
   if type(prefix) ~= "string" then raisef("to_torch: prefix must be a string, got %s", describe(prefix)) end
   local out = {}
-  mg.no_grad(function() layer_to_torch(out, prefix, layer) end)
+  local modules = check_modules("to_torch", opts.modules)
+  if unbuilt(layer) then
+    raisef("to_torch: %s has no weights yet: call it once, or give input_size=", tostring(layer))
+  end
+  mg.no_grad(function() layer_to_torch(out, prefix, layer, modules) end)
   return out
 end
 
