@@ -364,53 +364,121 @@ end
 -- that order, match the model's layers that have weights, in order; each layer's group lists
 -- "weight_names", datasets under the layer's group, in get_weights order.
 
--- The Keras class of a moongrad layer ("lstm", ...), and the paths of its variables under
--- the layer's group, in parameters() order.
+-- Each moongrad layer's Keras layout: its Keras class in snake case (the group name), and an
+-- entry { var, path [, load=, save=] } per Variable in parameters() order, 'path' under the
+-- layer's group; 'load' turns Keras's value into the Variable's, 'save' the reverse (nil:
+-- the same array). 'names' holds the "name" attributes of the groups, as Keras writes them.
 local CELL_CLASS = { LSTMCell = "lstm", GRUCell = "gru", SimpleRNNCell = "simple_rnn" }
 local CELL_NAME = { LSTMCell = "lstm_cell", GRUCell = "gru_cell", SimpleRNNCell = "simple_rnn_cell" }
+local LAYER_CLASS = { LSTM = "lstm", GRU = "gru", SimpleRNN = "simple_rnn" }   -- unbuilt layer classes
 
-local function cell_paths(cell, at)
-  local out = { at .. "/vars/0", at .. "/vars/1" }
-  if cell.bias then out[3] = at .. "/vars/2" end
-  return out
+-- A unique name among 'used' (Keras's saving_lib._get_unique_name: "x", "x_1", "x_2", ...).
+local function unique(used, name)
+  if used[name] then used[name] = used[name] + 1 return name .. "_" .. used[name] end
+  used[name] = 0
+  return name
+end
+
+-- A cell's variables at 'at' (a cell group): a built-in cell's "vars/0..2"; a
+-- StackedRNNCells's cells each under "cells/<class>[_k]" (saving_lib's list of saveables).
+local function cell_layout(fn, cell, at, out, names)
+  local k = class_of(cell)
+  if k == "StackedRNNCells" then
+    names[at .. "/vars"] = "stacked_rnn_cells"
+    local used = {}
+    for _, c in ipairs(cell.cells) do
+      if CELL_NAME[class_of(c)] == nil and class_of(c) ~= "StackedRNNCells" then
+        raisef("%s: no Keras layout for the cell %s", fn, tostring(c))
+      end
+      cell_layout(fn, c, at .. "/cells/" .. unique(used, CELL_NAME[class_of(c)] or "stacked_rnn_cells"), out, names)
+    end
+    return
+  end
+  if CELL_NAME[k] == nil then raisef("%s: no Keras layout for the cell %s", fn, tostring(cell)) end
+  names[at .. "/vars"] = CELL_NAME[k]
+  for i, v in ipairs(cell:parameters()) do out[#out + 1] = { var = v, path = at .. "/vars/" .. (i - 1) } end
+end
+
+local function own_vars(l, out)
+  for i, v in ipairs(l:parameters()) do out[#out + 1] = { var = v, path = "/vars/" .. (i - 1) } end
+end
+
+-- The Keras class of 'l' (nil: none), for a built or an unbuilt layer.
+local function keras_class(l)
+  local c = class_of(l)
+  if c == "Dense" or c == "Embedding" or c == "TimeDistributed" or c == "Bidirectional" then
+    return c == "TimeDistributed" and "time_distributed" or c:lower()
+  elseif c == "LayerNormalization" then return "layer_normalization"
+  elseif type(l) == "table" and l.cell ~= nil then
+    if class_of(l.cell) == "StackedRNNCells" then return "rnn" end   -- keras.layers.RNN([cells])
+    return CELL_CLASS[class_of(l.cell)]
+  elseif unbuilt(l) then return LAYER_CLASS[c]
+  end
 end
 
 local function keras_layout(fn, l)
-  local c = class_of(l)
-  if c == "Dense" then
-    return "dense", { "/vars/0", l.bias and "/vars/1" or nil }, { ["/vars"] = l.name }
-  elseif c ~= "Bidirectional" and CELL_CLASS[class_of(l.cell)] then   -- nn.RNN(cell), nn.LSTM, ...
-    local k = class_of(l.cell)
-    return CELL_CLASS[k], cell_paths(l.cell, "/cell"), { ["/vars"] = l.cell.name, ["/cell/vars"] = CELL_NAME[k] }
-  elseif c == "Bidirectional" and CELL_CLASS[class_of(l.forward_layer.cell)] then
-    local k = class_of(l.forward_layer.cell)
-    local paths = cell_paths(l.forward_layer.cell, "/forward_layer/cell")
-    for _, p in ipairs(cell_paths(l.backward_layer.cell, "/backward_layer/cell")) do paths[#paths + 1] = p end
-    return "bidirectional", paths, { ["/vars"] = "bidirectional",
-      ["/forward_layer/vars"] = "forward_" .. l.forward_layer.cell.name, ["/forward_layer/cell/vars"] = CELL_NAME[k],
-      ["/backward_layer/vars"] = l.backward_layer.cell.name, ["/backward_layer/cell/vars"] = CELL_NAME[k] }
+  local c, cls = class_of(l), keras_class(l)
+  if cls == nil then raisef("%s: no Keras layout for %s", fn, tostring(l)) end
+  local out, names = {}, { ["/vars"] = l.name or cls }
+  if c == "Dense" or c == "LayerNormalization" then        -- kernel, bias; gamma, beta (build() order)
+    own_vars(l, out)
+  elseif c == "Embedding" then
+    local e = { var = l.embeddings, path = "/vars/0" }
+    if l.mask_zero then                                -- Keras's table has the padding row 0
+      e.load = function(t)
+        if t:dim() ~= 2 or t:size(1) ~= l.input_dim + 1 then return t end   -- (the shape check names it)
+        return t:narrow(1, 2, l.input_dim)
+      end
+      e.save = function(v) return mg.cat({ mg.zeros({ 1, l.output_dim }, { dtype = v.dtype }), v }, 1) end
+      e.shape = dims(l.input_dim + 1, l.output_dim)
+    end
+    out[1] = e
+  elseif c == "TimeDistributed" then
+    local _, inner, inames = keras_layout(fn, l.layer)
+    for _, e in ipairs(inner) do e.path = "/layer" .. e.path; out[#out + 1] = e end
+    for k, v in pairs(inames) do names["/layer" .. k] = v end
+    names["/vars"] = "time_distributed"
+  elseif c == "Bidirectional" then
+    cell_layout(fn, l.forward_layer.cell, "/forward_layer/cell", out, names)
+    cell_layout(fn, l.backward_layer.cell, "/backward_layer/cell", out, names)
+    names["/vars"], names["/forward_layer/vars"] = "bidirectional", "forward_" .. tostring(l.forward_layer.name)
+    names["/backward_layer/vars"] = tostring(l.backward_layer.name)
+  else                                                 -- nn.RNN(cell), nn.LSTM, ...: the cell's
+    cell_layout(fn, l.cell, "/cell", out, names)
+    names["/vars"] = tostring(l.name or l.cell.name)
   end
-  raisef("%s: no Keras layout for %s", fn, tostring(l))
+  return cls, out, names
 end
 
--- The layers of a model that have weights: a Sequential's children, or the layer itself.
+-- The layers of a model that have weights (or will have: unbuilt): a Sequential's children,
+-- or the layer itself.
 local function weighted_layers(model)
   local ls = class_of(model) == "Sequential" and model.layers or { model }
   local out = {}
   for _, l in ipairs(ls) do
-    if is_layer(l) and #l:parameters() > 0 then out[#out + 1] = l end
+    if is_layer(l) and (unbuilt(l) or #l:parameters() > 0) then out[#out + 1] = l end
   end
   return out
 end
 
--- Each weighted layer with its Keras 3 group "layers/<class>[_k]" and variable paths.
-local function keras3_plan(fn, model)
+-- Each weighted layer with its Keras 3 group "layers/<class>[_k]" and variable entries. An
+-- unbuilt layer is built first, for the input size of its first weight in the file
+-- ('first_var'(group) gives it: Keras's kernels are (in, ...), gamma and beta (n)).
+local function keras3_plan(fn, model, first_var)
   local used, out = {}, {}
   for _, l in ipairs(weighted_layers(model)) do
-    local cls, paths, names = keras_layout(fn, l)
-    local name = cls
-    if used[cls] then used[cls] = used[cls] + 1; name = cls .. "_" .. used[cls] else used[cls] = 0 end
-    out[#out + 1] = { layer = l, group = "layers/" .. name, paths = paths, names = names }
+    local cls = keras_class(l)
+    if cls == nil then raisef("%s: no Keras layout for %s", fn, tostring(l)) end
+    local group = "layers/" .. unique(used, cls)
+    if unbuilt(l) then
+      local sub = class_of(l) == "Bidirectional" and "/forward_layer/cell/vars/0"
+        or class_of(l) == "LayerNormalization" and "/vars/0" or "/cell/vars/0"
+      local t = first_var and first_var(group .. sub)
+      if t == nil then raisef("%s: %s has no weights yet: call the model once, or give input_size=", fn, tostring(l)) end
+      build(l, t:size(1))
+    end
+    local _, entries, names = keras_layout(fn, l)
+    out[#out + 1] = { layer = l, group = group, entries = entries, names = names }
   end
   return out
 end
@@ -422,19 +490,34 @@ local function split_lines(s)
   return out
 end
 
--- Checks every value against its Variable (count and shapes), then copies them all.
-local function assign_all(fn, path, pairs_)
-  for _, pr in ipairs(pairs_) do
-    local v, t, where = pr[1], pr[2], pr[3]
+-- Checks every value (todo: {entry, value, where}) against the Keras shape of its entry,
+-- then copies them all (through the entry's 'load').
+local function assign_all(fn, path, todo)
+  for _, pr in ipairs(todo) do
+    local e, t, where = pr[1], pr[2], pr[3]
+    local v = e.var
     if t == nil then raisef("%s: '%s' has no weight '%s' (for '%s')", fn, path, where, tostring(v.name)) end
-    if shapestr(t) ~= shapestr(v) then
-      raisef("%s: '%s': weight '%s' has shape %s, '%s' of the model is %s", fn, path, where, shapestr(t),
-        tostring(v.name), shapestr(v))
+    local want = e.shape or shapestr(v)
+    if shapestr(t) ~= want then
+      raisef("%s: '%s': weight '%s' has shape %s, '%s' of the model is %s%s", fn, path, where, shapestr(t),
+        tostring(v.name), shapestr(v), want ~= shapestr(v) and " (" .. want .. " in Keras)" or "")
     end
   end
   mg.no_grad(function()
-    for _, pr in ipairs(pairs_) do pr[1]:copy(pr[2]) end
+    for _, pr in ipairs(todo) do pr[1].var:copy(pr[1].load and pr[1].load(pr[2]) or pr[2]) end
   end)
+end
+
+-- A layer's entries for the legacy format, where only the order counts: its Keras layout,
+-- or (no Keras counterpart, e.g. a custom cell) its parameters as they are.
+local function legacy_entries(fn, l)
+  if keras_class(l) ~= nil then
+    local ok, _, entries = pcall(keras_layout, fn, l)
+    if ok then return entries end
+  end
+  local out = {}
+  for i, v in ipairs(l:parameters()) do out[i] = { var = v } end
+  return out
 end
 
 local function load_legacy(fn, model, path, data, meta, g)
@@ -449,23 +532,29 @@ local function load_legacy(fn, model, path, data, meta, g)
   end
   local todo = {}
   for k, n in ipairs(names) do
-    local wn, ps = split_lines(meta[g .. n .. "@weight_names"]), layers[k]:parameters()
-    if #wn ~= #ps then
-      raisef("%s: '%s': layer '%s' has %d weights, the model's layer %d (%s) has %d", fn, path, n, #wn, k,
-        tostring(layers[k]), #ps)
+    local wn, l = split_lines(meta[g .. n .. "@weight_names"]), layers[k]
+    if unbuilt(l) then                                 -- built for its first weight's (in, ...)
+      local t = data[g .. n .. "/" .. wn[1]]
+      if t ~= nil and t:dim() >= 1 then build(l, t:size(1)) end
     end
-    for i, p in ipairs(ps) do
+    local entries = legacy_entries(fn, l)
+    if #wn ~= #entries then
+      raisef("%s: '%s': layer '%s' has %d weights, the model's layer %d (%s) has %d", fn, path, n, #wn, k,
+        tostring(l), #entries)
+    end
+    for i, e in ipairs(entries) do
       local where = g .. n .. "/" .. wn[i]
-      todo[#todo + 1] = { p, data[where], where }
+      todo[#todo + 1] = { e, data[where], where }
     end
   end
   assign_all(fn, path, todo)
+  return model
 end
 
 -- nn.load_keras(model, path): the weights of a Keras model saved with save_weights (Keras 3
 -- '.weights.h5', or a legacy Keras 2 / tf.keras '.h5', told apart by their layout) into a
 -- moongrad model built with the same layers in the same order (a Sequential, or one layer).
--- Every weight is checked before any changes.
+-- Unbuilt layers are built from the file's shapes. Every weight is checked before any changes.
 function nn.load_keras(model, path)
   local fn = "load_keras"
   if not is_layer(model) then raisef("%s: expected a model, got %s", fn, describe(model)) end
@@ -474,10 +563,14 @@ function nn.load_keras(model, path)
   if meta["@layer_names"] then return load_legacy(fn, model, path, data, meta, "") end
   if meta["model_weights@layer_names"] then return load_legacy(fn, model, path, data, meta, "model_weights/") end
   local todo, used = {}, {}
-  for _, e in ipairs(keras3_plan(fn, model)) do
-    for i, p in ipairs(e.layer:parameters()) do
-      local where = e.group .. e.paths[i]
-      todo[#todo + 1] = { p, data[where], where }
+  local function first_var(where)
+    local t = data[where]
+    if t ~= nil and t:dim() >= 1 then return t end
+  end
+  for _, e in ipairs(keras3_plan(fn, model, first_var)) do
+    for _, v in ipairs(e.entries) do
+      local where = e.group .. v.path
+      todo[#todo + 1] = { v, data[where], where }
       used[where] = true
     end
   end
@@ -501,10 +594,12 @@ function nn.save_keras(model, path)
   if not is_layer(model) then raisef("%s: expected a model, got %s", fn, describe(model)) end
   if type(path) ~= "string" then raisef("%s: path must be a string, got %s", fn, describe(path)) end
   local data, attrs = {}, { ["vars@name"] = class_of(model) == "Sequential" and "sequential" or "model" }
-  for _, e in ipairs(keras3_plan(fn, model)) do
-    for i, p in ipairs(e.layer:parameters()) do data[e.group .. e.paths[i]] = p end
-    for sub, name in pairs(e.names) do attrs[e.group .. sub .. "@name"] = name end
-  end
+  mg.no_grad(function()
+    for _, e in ipairs(keras3_plan(fn, model)) do
+      for _, v in ipairs(e.entries) do data[e.group .. v.path] = v.save and v.save(v.var) or v.var end
+      for sub, name in pairs(e.names) do attrs[e.group .. sub .. "@name"] = name end
+    end
+  end)
   call(mg._h5_save, data, path, attrs, fn)
 end
 
