@@ -3,7 +3,8 @@
 -- a differently initialized copy (values bit-equal, outputs equal), load_state's checks
 -- (shapes, missing and unexpected names, strict), get_weights/set_weights in Keras order, and
 -- training resumed from a checkpoint with its optimizer state giving bit-for-bit the run that
--- was never interrupted (SGD with momentum, Adam).
+-- was never interrupted (SGD with momentum, Adam), and through nn.fit (model.optimizer, the
+-- checkpoint option, initial_epoch).
 local mg = require "moongrad"
 local support = require "support"
 local nn, optim = mg.nn, mg.optim
@@ -214,6 +215,78 @@ describe("resuming training from a checkpoint", function()
       assert.are_not.equal(bits(a:state()["2/dense/kernel"]), bits(d:state()["2/dense/kernel"]))
     end)
   end
+
+  -- nn.fit: 2 epochs = 1 epoch, checkpoint (model.optimizer, the one fit built from a name
+  -- or was given), a fresh model and optimizer loaded from it, 1 more epoch (initial_epoch = 1,
+  -- the same seed: the same shuffled batches)
+  local FIT_OPTS = {
+    { "adam by name, saved with nn.save and model.optimizer", "adam", function(p) return optim.Adam(p) end },
+    { "the default rmsprop, saved by fit's checkpoint option", nil, function(p) return optim.RMSprop(p) end, true },
+    { "an SGD object, saved by an on_epoch_end callback", function(p) return optim.SGD(p, { lr = 0.05, momentum = 0.9 }) end,
+      function(p) return optim.SGD(p, { lr = 0.05, momentum = 0.9 }) end, "callback" },
+  }
+  for _, o in ipairs(FIT_OPTS) do
+    it("nn.fit with " .. o[1] .. ": resumed training is bit-equal to the uninterrupted fit", function()
+      mg.manual_seed(4)
+      local x, y = mg.randn(11, 6, 2), mg.randn(11, 1)
+      local init = path("fit_init.safetensors")
+      local a = model()
+      nn.save(a, init)
+      local function opt_for(m) return type(o[2]) == "function" and o[2](m) or o[2] end
+      local fit = { loss = "mse", batch_size = 4, seed = 9, verbose = 0 }
+      local function with(t)
+        local r = {}
+        for k, v in pairs(fit) do r[k] = v end
+        for k, v in pairs(t) do r[k] = v end
+        return r
+      end
+      local ha = nn.fit(a, x, y, with { epochs = 2, optimizer = opt_for(a) })
+      assert.are.equal(a.optimizer, ha.optimizer)
+      local b = model()
+      nn.load(b, init)
+      local ckpt = path("fit_ckpt.safetensors")
+      if o[4] == true then
+        nn.fit(b, x, y, with { epochs = 1, optimizer = opt_for(b), checkpoint = dir .. "/fit_{epoch}.safetensors" })
+        ckpt = path("fit_1.safetensors")
+      elseif o[4] == "callback" then
+        nn.fit(b, x, y, with { epochs = 1, optimizer = opt_for(b), callbacks = { {
+          on_epoch_end = function(_, _, logs) nn.save(logs.model, ckpt, { optimizer = logs.optimizer }) end } } })
+      else
+        nn.fit(b, x, y, with { epochs = 1, optimizer = opt_for(b) })
+        nn.save(b, ckpt, { optimizer = b.optimizer })
+      end
+      mg.manual_seed(77)                                -- another process: other initial weights
+      local c = model()
+      local oc = o[3](c)
+      nn.load(c, ckpt, { optimizer = oc })
+      assert.are.equal(3, oc.iterations)              -- 11 samples in batches of 4
+      local hc = nn.fit(c, x, y, with { epochs = 2, initial_epoch = 1, optimizer = oc })
+      same_state(a, c)
+      assert.are.same({ 2 }, hc.epoch)
+      assert.are.equal(ha.loss[2], hc.loss[1])
+      -- the same without the skipped epoch's shuffle differs (the test can fail)
+      local d = model()
+      local od = o[3](d)
+      nn.load(d, ckpt, { optimizer = od })
+      nn.fit(d, x, y, with { epochs = 1, optimizer = od })
+      assert.are_not.equal(bits(a:state()["2/dense/kernel"]), bits(d:state()["2/dense/kernel"]))
+    end)
+  end
+
+  it("nn.fit keeps model.optimizer from one fit to the next, as a compiled Keras model", function()
+    local m = model()
+    local x, y = mg.randn(4, 6, 2), mg.randn(4, 1)
+    local h1 = nn.fit(m, x, y, { loss = "mse", optimizer = "adam", verbose = 0 })
+    local h2 = nn.fit(m, x, y, { loss = "mse", verbose = 0 })
+    assert.are.equal(h1.optimizer, h2.optimizer)
+    assert.are.equal(2, m.optimizer.iterations)
+    local h3 = nn.fit(m, x, y, { loss = "mse", optimizer = "sgd", verbose = 0 })
+    assert.are_not.equal(h1.optimizer, h3.optimizer)
+    raises(function() nn.fit(m, x, y, { loss = "mse", verbose = 0, checkpoint = 3 }) end,
+      "fit: checkpoint must be a file name, got a number")
+    raises(function() nn.fit(m, x, y, { loss = "mse", verbose = 0, initial_epoch = -1 }) end,
+      "fit: initial_epoch must be an integer >= 0, got -1")
+  end)
 
   it("refuses a checkpoint without optimizer state, or of another optimizer", function()
     local m = model()
