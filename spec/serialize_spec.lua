@@ -43,6 +43,7 @@ local Custom = nn.Cell { name = "mycell", state_size = 3,
   end }
 
 local seq_input = function(dt) return mg.randn({ 2, 5, 3 }, { dtype = dt }) end
+local ids_input = function() return mg.tensor { { 1, 6, 2, 2, 5 }, { 3, 4, 4, 1, 6 } } end
 local LAYERS = {
   { "Dense", function(dt) return nn.Dense(3, 4, { dtype = dt }) end, function(dt) return mg.randn({ 2, 3 }, { dtype = dt }) end },
   { "SimpleRNNCell in RNN", function(dt) return nn.RNN(nn.SimpleRNNCell(3, 4, { dtype = dt })) end, seq_input },
@@ -55,6 +56,31 @@ local LAYERS = {
       return nn.Sequential { nn.Bidirectional(nn.RNN(nn.LSTMCell(3, 4, { dtype = dt }), { return_sequences = true })),
         nn.Bidirectional(nn.RNN(nn.GRUCell(8, 2, { dtype = dt }))), mg.tanh, nn.Dense(4, 1, { dtype = dt }) }
     end, seq_input },
+  { "the layer classes SimpleRNN, LSTM, GRU", function(dt)
+      return nn.Sequential { nn.SimpleRNN(4, { input_size = 3, return_sequences = true, dtype = dt }),
+        nn.LSTM(3, { input_size = 4, return_sequences = true, dtype = dt }), nn.GRU(2, { input_size = 3, dtype = dt }) }
+    end, seq_input },
+  { "stacked cells nn.RNN({cells})", function(dt)
+      return nn.RNN({ nn.LSTMCell(3, 4, { dtype = dt }), nn.LSTMCell(4, 4, { dtype = dt }), nn.GRUCell(4, 2, { dtype = dt }) },
+        { return_sequences = true })
+    end, seq_input },
+  { "Bidirectional over stacked cells", function(dt)
+      return nn.Bidirectional(nn.RNN(nn.StackedRNNCells { nn.SimpleRNNCell(3, 2, { dtype = dt }), nn.LSTMCell(2, 2, { dtype = dt }) }))
+    end, seq_input },
+  { "Embedding", function(dt) return nn.Embedding(6, 3, { dtype = dt }) end, ids_input },
+  { "Embedding with mask_zero in a Sequential with an LSTM", function(dt)
+      return nn.Sequential { nn.Embedding(5, 3, { mask_zero = true, dtype = dt }), nn.RNN(nn.LSTMCell(3, 2, { dtype = dt })) }
+    end, function() return mg.tensor { { 1, 5, 2, 0, 0 }, { 3, 3, 4, 1, 2 } } end },
+  { "LayerNormalization", function(dt)
+      return nn.LayerNormalization { input_size = 3, dtype = dt, beta_initializer = "random_normal",
+        gamma_initializer = "random_normal" }
+    end, seq_input },
+  { "TimeDistributed(Dense)", function(dt) return nn.TimeDistributed(nn.Dense(3, 2, { dtype = dt })) end, seq_input },
+  { "Embedding, LSTM, LayerNormalization, Dropout, TimeDistributed(Dense)", function(dt)
+      return nn.Sequential { nn.Embedding(6, 3, { dtype = dt }), nn.RNN(nn.LSTMCell(3, 4, { dtype = dt }), { return_sequences = true }),
+        nn.LayerNormalization { input_size = 4, dtype = dt, gamma_initializer = "random_normal" }, nn.Dropout(0.5),
+        nn.TimeDistributed(nn.Dense(4, 2, { dtype = dt })) }
+    end, ids_input },
 }
 
 describe("nn.save / nn.load round trips", function()
@@ -71,9 +97,41 @@ describe("nn.save / nn.load round trips", function()
         nn.load(b, path("m.safetensors"))
         same_state(a, b)
         assert.are.equal(bits(a(x)), bits(b(x)))
+        -- state() / load_state, in memory, into a third copy
+        mg.manual_seed(3)
+        local c = c[2](dt)
+        c:load_state(a:state())
+        same_state(a, c)
+        assert.are.equal(bits(a(x)), bits(c(x)))
+        -- strict: a name taken away and one added are both listed
+        local st = a:state()
+        local names = keys(st)
+        local gone = names[#names]
+        st[gone], st["9/extra"] = nil, mg.zeros(1)
+        raises(function() c:load_state(st) end, "load_state: the state does not fit", "missing: " .. gone,
+          "unexpected: 9/extra")
+        local missing, unexpected = c:load_state(st, { strict = false })
+        assert.are.same({ gone }, missing)
+        assert.are.same({ "9/extra" }, unexpected)
       end)
     end
   end
+
+  it("loads into the layer classes before they are built, building them from the shapes", function()
+    local function make()
+      return nn.Sequential { nn.Embedding(6, 3), nn.LSTM(4, { return_sequences = true }),
+        nn.Bidirectional(nn.GRU(2, { return_sequences = true })), nn.LayerNormalization(), nn.Dense(4, 1) }
+    end
+    local a = make()
+    local x = ids_input()
+    a(x)
+    nn.save(a, path("lazy.safetensors"))
+    local b = make()
+    assert.are.equal(3, #b:parameters())              -- the Embedding's table, the Dense's two
+    nn.load(b, path("lazy.safetensors"))
+    same_state(a, b)
+    assert.are.equal(bits(a(x)), bits(b(x)))
+  end)
 end)
 
 describe("loading", function()
@@ -95,6 +153,18 @@ describe("layer:state()", function()
     assert.are.same({ "gru/bias", "gru/kernel", "gru/recurrent_kernel" }, keys(nn.GRUCell(2, 2):state()))
     local inner = nn.Sequential { nn.Sequential { nn.Dense(2, 2) }, nn.Dense(2, 2) }
     assert.are.same({ "1/1/dense/bias", "1/1/dense/kernel", "2/dense/bias", "2/dense/kernel" }, keys(inner:state()))
+  end)
+
+  it("names stacked cells 'cells/<i>/...', so two cells of one class stay apart; TimeDistributed its layer's", function()
+    local m = nn.Sequential { nn.Bidirectional(nn.RNN({ nn.LSTMCell(3, 2), nn.LSTMCell(2, 2) })),
+      nn.TimeDistributed(nn.Dense(4, 1)), nn.Embedding(3, 2), nn.LayerNormalization { input_size = 2 } }
+    local want = { "1/cells/1/backward_lstm/bias", "1/cells/1/backward_lstm/kernel", "1/cells/1/backward_lstm/recurrent_kernel",
+      "1/cells/1/lstm/bias", "1/cells/1/lstm/kernel", "1/cells/1/lstm/recurrent_kernel",
+      "1/cells/2/backward_lstm/bias", "1/cells/2/backward_lstm/kernel", "1/cells/2/backward_lstm/recurrent_kernel",
+      "1/cells/2/lstm/bias", "1/cells/2/lstm/kernel", "1/cells/2/lstm/recurrent_kernel",
+      "2/dense/bias", "2/dense/kernel", "3/embedding/embeddings", "4/layer_normalization/beta", "4/layer_normalization/gamma" }
+    assert.are.same(want, keys(m:state()))
+    assert.are.equal(m.layers[1].forward_layer.cell.cells[2].kernel, m:state()["1/cells/2/lstm/kernel"])
   end)
 
   it("holds the layer's own Variables", function()

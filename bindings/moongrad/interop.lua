@@ -65,24 +65,7 @@ end
 local GRU_TO_KERAS = { 2, 1, 3 }     -- torch r, z, n -> keras z, r, h
 local GRU_TO_TORCH = { 2, 1, 3 }     -- the same swap back
 
--- Whether 'l' is a layer whose weights are made at its first call and are not made yet
--- (nn.LSTM(units) and the other layer classes, nn.LayerNormalization()).
-local function unbuilt(l)
-  if class_of(l) == "Bidirectional" then return unbuilt(l.forward_layer) end
-  if class_of(l) == "LayerNormalization" then return not l.built end
-  return type(l) == "table" and l._ctor ~= nil and l.cell == nil
-end
-
--- Builds the unbuilt layer 'l' for inputs of 'n' features (nothing when n is nil).
-local function build(l, n)
-  if n == nil or not unbuilt(l) then return end
-  if class_of(l) == "Bidirectional" then
-    l.forward_layer:build(n)
-    l.backward_layer:build(n)
-  else
-    l:build(n)
-  end
-end
+local unbuilt, build = nn._unbuilt, nn._build_lazy   -- (serialize.lua)
 
 -- The torch submodule name of child i of a Sequential: modules[i] when the caller named
 -- them (a custom torch Module: "emb", "lstm", ...), else torch's nn.Sequential index i - 1.
