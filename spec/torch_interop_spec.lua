@@ -6,7 +6,7 @@
 -- float64; what nn.to_torch gives loads back into PyTorch with load_state_dict(strict=True)
 -- and reproduces the outputs. Models mixing Embedding and LayerNorm with recurrent layers
 -- (a custom Module through 'modules', a torch nn.Sequential) compare the weight gradients too.
--- Then the layouts one by one and the errors: missing and unexpected names, wrong shapes.
+-- A 3-layer LSTM as stacked cells and a layer class. Then the layouts one by one and the errors: missing and unexpected names, wrong shapes.
 local mg = require "moongrad"
 local support = require "support"
 local nn = mg.nn
@@ -38,8 +38,13 @@ local MODELS = {
     return nn.Sequential { rs(nn.SimpleRNNCell(3, 4, r)), rs(nn.SimpleRNNCell(4, 4, r)) }
   end,
   linear = function(o) return nn.Dense(3, 2, o) end,
+  -- stacked cells, then a layer class: torch's layers 0 and 1, then 2 (built from the shapes)
+  lstm_3layer = function(o)
+    return nn.Sequential { nn.RNN({ nn.LSTMCell(3, 4, o), nn.LSTMCell(4, 4, o) }, { return_sequences = true }),
+      nn.LSTM(4, { return_sequences = true, dtype = o.dtype }) }
+  end,
 }
-local CASES = { "lstm_2layer_bi", "gru", "gru_2layer_bi", "rnn_tanh", "rnn_relu_2layer", "linear" }
+local CASES = { "lstm_2layer_bi", "gru", "gru_2layer_bi", "rnn_tanh", "rnn_relu_2layer", "linear", "lstm_3layer" }
 
 -- Embedding and LayerNorm with recurrent layers: torch's ids are moongrad's minus 1, or the
 -- same with padding_idx=0 / mask_zero (torch's padding row 0 is not stored here). The layer

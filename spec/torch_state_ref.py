@@ -25,6 +25,7 @@ CASES = {
     "rnn_tanh": lambda: torch.nn.RNN(3, 4, batch_first=True),
     "rnn_relu_2layer": lambda: torch.nn.RNN(3, 4, num_layers=2, nonlinearity="relu", batch_first=True),
     "linear": lambda: torch.nn.Linear(3, 2),
+    "lstm_3layer": lambda: torch.nn.LSTM(3, 4, num_layers=3, batch_first=True),
 }
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 

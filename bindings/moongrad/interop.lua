@@ -31,26 +31,43 @@ local function is_layer(l) return type(l) == "table" and type(l.parameters) == "
 
 local GATES = { LSTMCell = 4, GRUCell = 3, SimpleRNNCell = 1 }
 
+-- The cells of stacked cells (nn.RNN({cells})) when all are built-in cells of one kind: one
+-- multi-layer torch RNN (stepping the stack per time step or each layer over the whole
+-- sequence gives the same outputs); nil otherwise.
+local function stacked_cells(cell)
+  if class_of(cell) ~= "StackedRNNCells" then return nil end
+  local kind = class_of(cell.cells[1])
+  for _, c in ipairs(cell.cells) do
+    if class_of(c) ~= kind or not GATES[kind] then return nil end
+  end
+  return cell.cells
+end
+
 -- The recurrent layers of 'layer' as torch numbers them: an array of {fwd=cell, bwd=cell}
 -- (layer k is torch's _l(k-1)); nil when 'layer' is not recurrent (or a Sequential of them).
 local function rnn_stack(layer)
   local function one(l)
     local c = class_of(l)
-    if c ~= "Bidirectional" and type(l) == "table" and GATES[class_of(l.cell)] then   -- RNN, LSTM, ...
-      if l.go_backwards then return nil end
-      return { fwd = l.cell }
+    if c ~= "Bidirectional" and type(l) == "table" and (GATES[class_of(l.cell)] or stacked_cells(l.cell)) then
+      if l.go_backwards then return nil end            -- RNN, LSTM, ...; stacked cells
+      local out = {}
+      for k, cell in ipairs(stacked_cells(l.cell) or { l.cell }) do out[k] = { fwd = cell } end
+      return out
     elseif c == "Bidirectional" and GATES[class_of(l.forward_layer.cell)] then
-      return { fwd = l.forward_layer.cell, bwd = l.backward_layer.cell }
+      return { { fwd = l.forward_layer.cell, bwd = l.backward_layer.cell } }
     end
   end
   local s = one(layer)
-  if s then return { s } end
+  if s then return s end
   if class_of(layer) ~= "Sequential" or #layer.layers == 0 then return nil end
   local out = {}
-  for i, l in ipairs(layer.layers) do
-    out[i] = one(l)
-    if out[i] == nil then return nil end
-    if i > 1 and (out[i].bwd ~= nil) ~= (out[1].bwd ~= nil) then return nil end
+  for _, l in ipairs(layer.layers) do
+    local ls = one(l)
+    if ls == nil then return nil end
+    for _, e in ipairs(ls) do
+      out[#out + 1] = e
+      if (e.bwd ~= nil) ~= (out[1].bwd ~= nil) then return nil end
+    end
   end
   return out
 end
@@ -132,7 +149,8 @@ end
 -- Whether 'l' is a recurrent layer (built or not), a torch RNN module's counterpart.
 local function recurrent(l)
   if class_of(l) == "Bidirectional" then return recurrent(l.forward_layer) end
-  return type(l) == "table" and ((l._ctor ~= nil and l.cell == nil) or GATES[class_of(l.cell)] ~= nil)
+  return type(l) == "table" and ((l._ctor ~= nil and l.cell == nil) or GATES[class_of(l.cell)] ~= nil
+    or stacked_cells(l.cell) ~= nil)
 end
 
 -- Builds the unbuilt layer 'l' (at p.prefix, torch layer 'suffix' "_l0", "_l1", ...) for the
@@ -152,7 +170,11 @@ local function layer_from_torch(p, layer)
     local stacked = #layer.layers > 0
     for _, l in ipairs(layer.layers) do stacked = stacked and recurrent(l) end
     if stacked then
-      for k, l in ipairs(layer.layers) do build_from_torch(p, l, "_l" .. (k - 1)) end
+      local k = 0                                    -- torch's layer index of each child
+      for _, l in ipairs(layer.layers) do
+        build_from_torch(p, l, "_l" .. k)
+        k = k + (type(l) == "table" and stacked_cells(l.cell) and #l.cell.cells or 1)
+      end
     end
   else
     build_from_torch(p, layer, "_l0")
