@@ -141,6 +141,8 @@ describe("Keras weight files", function()
     local Custom = nn.Cell { state_size = 1, init = function(self) self.w = self:variable("w", mg.zeros(1)) end,
       call = function(_, x, s) return x, s end }
     raises(function() nn.save_keras(nn.RNN(Custom()), dir .. "/c.h5") end, "save_keras: no Keras layout for")
+    raises(function() nn.save_keras(nn.Sequential { nn.LSTM(2), nn.Dense(2, 1) }, dir .. "/u.weights.h5") end,
+      "save_keras: LSTM(2 units, not built) has no weights yet: call the model once, or give input_size=")
   end)
 
   it("a save cut by a file-size limit leaves the previous file intact", function()

@@ -61,15 +61,17 @@ local LAYERS = {
         nn.LSTM(3, { input_size = 4, return_sequences = true, dtype = dt }), nn.GRU(2, { input_size = 3, dtype = dt }) }
     end, seq_input },
   { "stacked cells nn.RNN({cells})", function(dt)
-      return nn.RNN({ nn.LSTMCell(3, 4, { dtype = dt }), nn.LSTMCell(4, 4, { dtype = dt }), nn.GRUCell(4, 2, { dtype = dt }) },
-        { return_sequences = true })
+      local o = { dtype = dt }
+      return nn.RNN({ nn.LSTMCell(3, 4, o), nn.LSTMCell(4, 4, o), nn.GRUCell(4, 2, o) }, { return_sequences = true })
     end, seq_input },
   { "Bidirectional over stacked cells", function(dt)
-      return nn.Bidirectional(nn.RNN(nn.StackedRNNCells { nn.SimpleRNNCell(3, 2, { dtype = dt }), nn.LSTMCell(2, 2, { dtype = dt }) }))
+      local o = { dtype = dt }
+      return nn.Bidirectional(nn.RNN(nn.StackedRNNCells { nn.SimpleRNNCell(3, 2, o), nn.LSTMCell(2, 2, o) }))
     end, seq_input },
   { "Embedding", function(dt) return nn.Embedding(6, 3, { dtype = dt }) end, ids_input },
   { "Embedding with mask_zero in a Sequential with an LSTM", function(dt)
-      return nn.Sequential { nn.Embedding(5, 3, { mask_zero = true, dtype = dt }), nn.RNN(nn.LSTMCell(3, 2, { dtype = dt })) }
+      return nn.Sequential { nn.Embedding(5, 3, { mask_zero = true, dtype = dt }),
+        nn.RNN(nn.LSTMCell(3, 2, { dtype = dt })) }
     end, function() return mg.tensor { { 1, 5, 2, 0, 0 }, { 3, 3, 4, 1, 2 } } end },
   { "LayerNormalization", function(dt)
       return nn.LayerNormalization { input_size = 3, dtype = dt, beta_initializer = "random_normal",
@@ -77,7 +79,8 @@ local LAYERS = {
     end, seq_input },
   { "TimeDistributed(Dense)", function(dt) return nn.TimeDistributed(nn.Dense(3, 2, { dtype = dt })) end, seq_input },
   { "Embedding, LSTM, LayerNormalization, Dropout, TimeDistributed(Dense)", function(dt)
-      return nn.Sequential { nn.Embedding(6, 3, { dtype = dt }), nn.RNN(nn.LSTMCell(3, 4, { dtype = dt }), { return_sequences = true }),
+      return nn.Sequential { nn.Embedding(6, 3, { dtype = dt }),
+        nn.RNN(nn.LSTMCell(3, 4, { dtype = dt }), { return_sequences = true }),
         nn.LayerNormalization { input_size = 4, dtype = dt, gamma_initializer = "random_normal" }, nn.Dropout(0.5),
         nn.TimeDistributed(nn.Dense(4, 2, { dtype = dt })) }
     end, ids_input },
@@ -158,11 +161,13 @@ describe("layer:state()", function()
   it("names stacked cells 'cells/<i>/...', so two cells of one class stay apart; TimeDistributed its layer's", function()
     local m = nn.Sequential { nn.Bidirectional(nn.RNN({ nn.LSTMCell(3, 2), nn.LSTMCell(2, 2) })),
       nn.TimeDistributed(nn.Dense(4, 1)), nn.Embedding(3, 2), nn.LayerNormalization { input_size = 2 } }
-    local want = { "1/cells/1/backward_lstm/bias", "1/cells/1/backward_lstm/kernel", "1/cells/1/backward_lstm/recurrent_kernel",
+    local want = { "1/cells/1/backward_lstm/bias", "1/cells/1/backward_lstm/kernel",
+      "1/cells/1/backward_lstm/recurrent_kernel",
       "1/cells/1/lstm/bias", "1/cells/1/lstm/kernel", "1/cells/1/lstm/recurrent_kernel",
       "1/cells/2/backward_lstm/bias", "1/cells/2/backward_lstm/kernel", "1/cells/2/backward_lstm/recurrent_kernel",
       "1/cells/2/lstm/bias", "1/cells/2/lstm/kernel", "1/cells/2/lstm/recurrent_kernel",
-      "2/dense/bias", "2/dense/kernel", "3/embedding/embeddings", "4/layer_normalization/beta", "4/layer_normalization/gamma" }
+      "2/dense/bias", "2/dense/kernel", "3/embedding/embeddings", "4/layer_normalization/beta",
+      "4/layer_normalization/gamma" }
     assert.are.same(want, keys(m:state()))
     assert.are.equal(m.layers[1].forward_layer.cell.cells[2].kernel, m:state()["1/cells/2/lstm/kernel"])
   end)
@@ -292,7 +297,8 @@ describe("resuming training from a checkpoint", function()
   local FIT_OPTS = {
     { "adam by name, saved with nn.save and model.optimizer", "adam", function(p) return optim.Adam(p) end },
     { "the default rmsprop, saved by fit's checkpoint option", nil, function(p) return optim.RMSprop(p) end, true },
-    { "an SGD object, saved by an on_epoch_end callback", function(p) return optim.SGD(p, { lr = 0.05, momentum = 0.9 }) end,
+    { "an SGD object, saved by an on_epoch_end callback",
+      function(p) return optim.SGD(p, { lr = 0.05, momentum = 0.9 }) end,
       function(p) return optim.SGD(p, { lr = 0.05, momentum = 0.9 }) end, "callback" },
   }
   for _, o in ipairs(FIT_OPTS) do

@@ -6,7 +6,8 @@
 -- float64; what nn.to_torch gives loads back into PyTorch with load_state_dict(strict=True)
 -- and reproduces the outputs. Models mixing Embedding and LayerNorm with recurrent layers
 -- (a custom Module through 'modules', a torch nn.Sequential) compare the weight gradients too.
--- A 3-layer LSTM as stacked cells and a layer class. Then the layouts one by one and the errors: missing and unexpected names, wrong shapes.
+-- A 3-layer LSTM as stacked cells and a layer class. Then the layouts one by one and the
+-- errors: missing and unexpected names, wrong shapes.
 local mg = require "moongrad"
 local support = require "support"
 local nn = mg.nn

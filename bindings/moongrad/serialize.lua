@@ -84,14 +84,15 @@ end
 -- Variable's name ("lstm/kernel", "backward_lstm/bias"), or "param<i>" when it has none;
 -- stacked cells' names under "cells/<i>/" ("cells/2/lstm/kernel").
 -- Two Variables with one name are an error (give the layers distinct names).
-local function add_state(self, out, prefix, st)
-  for k, v in pairs(st) do
-    local key = prefix .. k
-    if out[key] ~= nil and out[key] ~= v then
-      raisef("state: two Variables of %s are named '%s' (give the layers distinct names)", tostring(self), key)
-    end
-    out[key] = v
+local function put(self, out, key, v)
+  if out[key] ~= nil and out[key] ~= v then
+    raisef("state: two Variables of %s are named '%s' (give the layers distinct names)", tostring(self), key)
   end
+  out[key] = v
+end
+
+local function add_state(self, out, prefix, st)
+  for k, v in pairs(st) do put(self, out, prefix .. k, v) end
   return out
 end
 
@@ -115,10 +116,7 @@ function Layer:state()
   for i, p in ipairs(self:parameters()) do
     local k = p.name
     if k == nil or k == "" then k = "param" .. i end
-    if out[k] ~= nil and out[k] ~= p then
-      raisef("state: two Variables of %s are named '%s' (give the layers distinct names)", tostring(self), k)
-    end
-    out[k] = p
+    put(self, out, k, p)
   end
   return out
 end
