@@ -349,6 +349,29 @@ describe("resuming training from a checkpoint", function()
     end)
   end
 
+  it("nn.fit builds the layer classes before its optimizer, which then updates every parameter", function()
+    local m = nn.Sequential { nn.LSTM(4, { stateful = true }), nn.LayerNormalization(), nn.Dense(4, 1) }
+    local x, y = mg.randn(8, 5, 2), mg.randn(8, 1)
+    local h = nn.fit(m, x, y, { loss = "mse", optimizer = "adam", verbose = 0, batch_size = 8, shuffle = false })
+    assert.are.equal(7, #m:parameters())
+    assert.are.equal(7, #h.optimizer.params)
+    -- the same training as a model built by a call beforehand: the build call drew the same
+    -- weights and left no states behind in the stateful LSTM
+    local function make() return nn.Sequential { nn.LSTM(4, { stateful = true }), nn.LayerNormalization(), nn.Dense(4, 1) } end
+    local opts = { loss = "mse", verbose = 0, batch_size = 4, shuffle = false, epochs = 2 }
+    mg.manual_seed(5)
+    local a = make()
+    opts.optimizer = "adam"
+    nn.fit(a, x, y, opts)
+    mg.manual_seed(5)
+    local b = make()
+    mg.no_grad(function() b(x:narrow(1, 1, 1)) end)
+    b.layers[1]:reset_states()
+    opts.optimizer = optim.Adam(b)
+    nn.fit(b, x, y, opts)
+    same_state(a, b)
+  end)
+
   it("nn.fit keeps model.optimizer from one fit to the next, as a compiled Keras model", function()
     local m = model()
     local x, y = mg.randn(4, 6, 2), mg.randn(4, 1)

@@ -89,6 +89,31 @@ local function check_optimizer(opt, params, model)
   return opt
 end
 
+-- The layers of 'model' (itself, a Sequential's children, a TimeDistributed's layer, ...).
+local function each_layer(l, f)
+  if type(l) ~= "table" then return end
+  f(l)
+  if type(l.layers) == "table" then
+    for _, c in ipairs(l.layers) do each_layer(c, f) end
+  end
+  each_layer(l.layer, f)
+end
+
+-- Builds the layers of 'model' whose weights are made at their first call (nn.LSTM(units),
+-- nn.LayerNormalization()) by one unrecorded call on the first sample, as Keras builds a
+-- model before compiling its optimizer, so that the optimizer gets every parameter; the
+-- states a stateful layer kept from that call are reset.
+local function build_model(model, x)
+  local unbuilt, any = mg.nn._unbuilt, false
+  if type(unbuilt) ~= "function" then return end
+  each_layer(model, function(l) any = any or unbuilt(l) end)
+  if not any then return end
+  mg.no_grad(function() model(x:narrow(1, 1, 1)) end)
+  each_layer(model, function(l)
+    if l.stateful and type(l.reset_states) == "function" then l:reset_states() end
+  end)
+end
+
 -- The checkpoint option: a file name, "{epoch}" in it replaced by the epoch's number.
 local function check_checkpoint(path)
   if path ~= nil and (type(path) ~= "string" or path == "") then
@@ -321,6 +346,7 @@ function fit.fit(model, x, y, opts)
   local nn = mg.nn
   st.lossfn = check_loss(nn, o.loss)
   st.call = training_call()
+  build_model(model, x)
   st.opt = check_optimizer(o.optimizer, model:parameters(), model)
   if type(model) == "table" then model.optimizer = st.opt end   -- Keras's model.optimizer
   st.initial_epoch = check_int("initial_epoch", o.initial_epoch, 0, 0)
