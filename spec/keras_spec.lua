@@ -1,7 +1,9 @@
 -- Keras weight files (runtime/h5.c through libhdf5, bindings/moongrad/interop.lua): real
 -- Keras 3 (JAX backend) models with random weights saved with save_weights are loaded with
 -- nn.load_keras into moongrad models built with the same layers (bidirectional LSTM, GRU
--- with reset_after true and false, SimpleRNN, Dense with an activation) and give Keras's
+-- with reset_after true and false, SimpleRNN, Dense with an activation; Embedding with and
+-- without mask_zero, stacked cells RNN([cells]) plain and Bidirectional, LayerNormalization,
+-- TimeDistributed; the layer classes built from the file) and give Keras's
 -- outputs; Keras loads what nn.save_keras writes and gives moongrad's outputs; the legacy
 -- Keras 2 layout is read from files of Keras's own legacy writer and of real tf-keras
 -- (save_weights "x.h5"); errors; an interrupted save leaves the previous file.
@@ -33,8 +35,21 @@ local MODELS = {
     return nn.Sequential { rs(nn.SimpleRNNCell(3, 4)), rs(nn.GRUCell(4, 3, { reset_after = false })),
       nn.RNN(nn.LSTMCell(3, 2)), nn.Dense(2, 2, { activation = "tanh" }) }
   end,
+  -- Embedding(10, 4, mask_zero=True), RNN([LSTMCell(3), GRUCell(2)]), LayerNormalization,
+  -- TimeDistributed(Dense(2)): Keras's table has the padding row 0, ours does not
+  emb_stacked_ln_td = function()
+    return nn.Sequential { nn.Embedding(9, 4, { mask_zero = true }),
+      nn.RNN({ nn.LSTMCell(4, 3), nn.GRUCell(3, 2) }, { return_sequences = true }),
+      nn.LayerNormalization(), nn.TimeDistributed(nn.Dense(2, 2)) }
+  end,
+  emb_bi_stacked_dense = function()
+    return nn.Sequential { nn.Embedding(8, 3), nn.Bidirectional(nn.RNN(nn.StackedRNNCells { nn.LSTMCell(3, 2),
+      nn.SimpleRNNCell(2, 2) })), nn.Dense(4, 1) }
+  end,
+  -- the layer classes, built by load_keras from the file's shapes
+  ln_lstm_dense = function() return nn.Sequential { nn.LayerNormalization(), nn.LSTM(4), nn.Dense(4, 2) } end,
 }
-local NAMES = { "bi_lstm_gru_dense", "rnn_gru_lstm_dense" }
+local NAMES = { "bi_lstm_gru_dense", "rnn_gru_lstm_dense", "emb_stacked_ln_td", "emb_bi_stacked_dense", "ln_lstm_dense" }
 
 -- HDF5 is an optional component: without it the calls say so, and this spec is pending.
 if not mg._h5_available() then
@@ -74,9 +89,11 @@ describe("Keras weight files", function()
     for _, name in ipairs(NAMES) do
       mg.manual_seed(5)
       local m = MODELS[name]()
+      local x = mg.load(p(name, ".x.npy"))
+      m(x)                                             -- builds the layer classes
       for _, v in ipairs(m:parameters()) do v:copy(mg.randn(v:shape()) * 0.5) end   -- biases too
       nn.save_keras(m, p(name, ".ours.weights.h5"))
-      mg.save(m(mg.load(p(name, ".x.npy"))), p(name, ".ours_out.npy"))
+      mg.save(m(x), p(name, ".ours_out.npy"))
       local back = MODELS[name]()
       nn.load_keras(back, p(name, ".ours.weights.h5"))
       for k, v in pairs(m:state()) do assert.are.same(v:totable(), back:state()[k]:totable(), k) end
@@ -109,6 +126,12 @@ describe("Keras weight files", function()
     local wrong = nn.Sequential { nn.Bidirectional(rs(nn.LSTMCell(3, 5))), nn.RNN(nn.GRUCell(10, 2)), nn.Dense(2, 1) }
     raises(function() nn.load_keras(wrong, f) end,
       "weight 'layers/bidirectional/forward_layer/cell/vars/0' has shape (3,16), 'lstm/kernel' of the model is (3,20)")
+    local e = p("emb_stacked_ln_td", ".weights.h5")
+    local wide = nn.Sequential { nn.Embedding(10, 4, { mask_zero = true }),
+      nn.RNN({ nn.LSTMCell(4, 3), nn.GRUCell(3, 2) }, { return_sequences = true }),
+      nn.LayerNormalization(), nn.TimeDistributed(nn.Dense(2, 2)) }
+    raises(function() nn.load_keras(wide, e) end, "weight 'layers/embedding/vars/0' has shape (10,4), "
+      .. "'embedding/embeddings' of the model is (10,4) ((11,4) in Keras)")
     local lg = p("bi_lstm_gru_dense", ".legacy.h5")
     raises(function() nn.load_keras(nn.Sequential { nn.Dense(3, 3) }, lg) end,
       "load_keras: '" .. lg .. "' has 3 layers with weights (bidirectional, gru, dense), the model 1")
@@ -118,6 +141,8 @@ describe("Keras weight files", function()
     local Custom = nn.Cell { state_size = 1, init = function(self) self.w = self:variable("w", mg.zeros(1)) end,
       call = function(_, x, s) return x, s end }
     raises(function() nn.save_keras(nn.RNN(Custom()), dir .. "/c.h5") end, "save_keras: no Keras layout for")
+    raises(function() nn.save_keras(nn.Sequential { nn.LSTM(2), nn.Dense(2, 1) }, dir .. "/u.weights.h5") end,
+      "save_keras: LSTM(2 units, not built) has no weights yet: call the model once, or give input_size=")
   end)
 
   it("a save cut by a file-size limit leaves the previous file intact", function()

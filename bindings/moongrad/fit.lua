@@ -17,7 +17,7 @@ local raisef, describe, check_opts = checks.raisef, checks.describe, checks.chec
 
 local OPTS = { epochs = true, batch_size = true, loss = true, optimizer = true, validation_data = true,
   shuffle = true, callbacks = true, seed = true, verbose = true, persistent_tape = true,
-  tensorboard = true, histogram_freq = true, distributed = true }
+  tensorboard = true, histogram_freq = true, distributed = true, initial_epoch = true, checkpoint = true }
 
 local CALLBACKS = { "on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end", "on_batch_begin",
   "on_backward", "on_batch_end" }
@@ -57,19 +57,69 @@ end
 local OPTIMIZERS = { sgd = "SGD", rmsprop = "RMSprop", adam = "Adam", adamw = "AdamW", adagrad = "Adagrad",
   nadam = "Nadam" }
 
+local function is_optimizer(opt) return type(opt) == "table" and type(opt.step) == "function" end
+
+-- Whether 'opt' updates exactly 'params' (the same Variables, in order).
+local function over(opt, params)
+  local ps = opt.params
+  if type(ps) ~= "table" or #ps ~= #params then return false end
+  for i, p in ipairs(params) do
+    if ps[i] ~= p then return false end
+  end
+  return true
+end
+
 -- The optimizer: an optimizer object (built over the model's parameters), or a Keras name
--- ("rmsprop", Keras's compile default, "adam", ...) for one with its default settings.
-local function check_optimizer(opt, params)
+-- ("rmsprop", Keras's compile default, "adam", ...) for one with its default settings; none:
+-- the model's optimizer of an earlier fit (model.optimizer, over the same parameters), as a
+-- compiled Keras model keeps its optimizer from one fit to the next, else "rmsprop".
+local function check_optimizer(opt, params, model)
+  if opt == nil and type(model) == "table" and is_optimizer(model.optimizer) and over(model.optimizer, params) then
+    return model.optimizer
+  end
   opt = opt or "rmsprop"
   if type(opt) == "string" then
     local name = OPTIMIZERS[opt:lower()]
     if name == nil then raisef("fit: unknown optimizer \"%s\"", opt) end
     return mg.optim[name](params)
   end
-  if type(opt) ~= "table" or type(opt.step) ~= "function" then
+  if not is_optimizer(opt) then
     raisef("fit: optimizer must be an optimizer or a name, got %s", describe(opt))
   end
   return opt
+end
+
+-- The layers of 'model' (itself, a Sequential's children, a TimeDistributed's layer, ...).
+local function each_layer(l, f)
+  if type(l) ~= "table" then return end
+  f(l)
+  if type(l.layers) == "table" then
+    for _, c in ipairs(l.layers) do each_layer(c, f) end
+  end
+  each_layer(l.layer, f)
+end
+
+-- Builds the layers of 'model' whose weights are made at their first call (nn.LSTM(units),
+-- nn.LayerNormalization()) by one unrecorded call on the first sample, as Keras builds a
+-- model before compiling its optimizer, so that the optimizer gets every parameter; the
+-- states a stateful layer kept from that call are reset.
+local function build_model(model, x)
+  local unbuilt, any = mg.nn._unbuilt, false
+  if type(unbuilt) ~= "function" then return end
+  each_layer(model, function(l) any = any or unbuilt(l) end)
+  if not any then return end
+  mg.no_grad(function() model(x:narrow(1, 1, 1)) end)
+  each_layer(model, function(l)
+    if l.stateful and type(l.reset_states) == "function" then l:reset_states() end
+  end)
+end
+
+-- The checkpoint option: a file name, "{epoch}" in it replaced by the epoch's number.
+local function check_checkpoint(path)
+  if path ~= nil and (type(path) ~= "string" or path == "") then
+    raisef("fit: checkpoint must be a file name, got %s", describe(path))
+  end
+  return path
 end
 
 local function check_callbacks(cbs)
@@ -296,7 +346,11 @@ function fit.fit(model, x, y, opts)
   local nn = mg.nn
   st.lossfn = check_loss(nn, o.loss)
   st.call = training_call()
-  st.opt = check_optimizer(o.optimizer, model:parameters())
+  build_model(model, x)
+  st.opt = check_optimizer(o.optimizer, model:parameters(), model)
+  if type(model) == "table" then model.optimizer = st.opt end   -- Keras's model.optimizer
+  st.initial_epoch = check_int("initial_epoch", o.initial_epoch, 0, 0)
+  st.checkpoint = check_checkpoint(o.checkpoint)
   st.params = st.opt.params or model:parameters()   -- the gradients are taken for what it updates
   st.cbs = check_callbacks(o.callbacks)
   if o.distributed then dist_setup(st, o) end
@@ -330,19 +384,27 @@ function fit.fit(model, x, y, opts)
     seed = math.tointeger(st.mpi.broadcast(mg.tensor({ seed }, { dtype = "float64" }), 0):item())
   end
   st.rand = generator(seed)
+  for _ = 1, math.min(st.initial_epoch, st.o.epochs) do   -- the orders of the epochs before
+    permutation(n, st.o.shuffle, st.rand)
+  end
 
-  local history = { loss = {}, epochs = 0 }
+  local history = { loss = {}, epochs = 0, epoch = {}, optimizer = st.opt }
   if vx then history.val_loss = {} end
   call(st.cbs, "on_train_begin", { history = history })
   local ok, err = pcall(function()
-    for epoch = 1, st.o.epochs do
+    for epoch = st.initial_epoch + 1, st.o.epochs do
       call(st.cbs, "on_epoch_begin", epoch, { history = history })
       local loss = run_epoch(st, epoch)
       local val = vx and evaluate(model, st.lossfn, vx, vy, st.o.batch_size) or nil
-      history.loss[epoch], history.epochs = loss, epoch
-      if vx then history.val_loss[epoch] = val end
+      local k = history.epochs + 1
+      history.loss[k], history.epoch[k], history.epochs = loss, epoch, k
+      if vx then history.val_loss[k] = val end
       if st.o.verbose > 0 then progress(epoch, st.o.epochs, st.nb, st.nb, loss, val, true) end
-      local logs = { loss = loss, val_loss = val, history = history }
+      if st.checkpoint and not (st.mpi and st.rank ~= 0) then
+        local path = st.checkpoint:gsub("{epoch}", string.format("%d", epoch))
+        mg.nn.save(model, path, { optimizer = st.opt })
+      end
+      local logs = { loss = loss, val_loss = val, history = history, model = model, optimizer = st.opt }
       call(st.cbs, "on_epoch_end", epoch, logs)
       if st.stop or logs.stop_training then break end
     end

@@ -32,20 +32,91 @@ end
 
 local function is_layer(l) return type(l) == "table" and type(l.parameters) == "function" end
 
+local function class_of(l)
+  local mt = type(l) == "table" and getmetatable(l)
+  return mt and rawget(mt, "__name") or nil
+end
+
+---------------------------------------------------------------- layers built at their first call
+
+-- Whether 'l' is a layer whose weights are made at its first call and are not made yet
+-- (nn.LSTM(units) and the other layer classes, a Bidirectional of one, nn.LayerNormalization()).
+local function unbuilt(l)
+  if class_of(l) == "Bidirectional" then return unbuilt(l.forward_layer) end
+  if class_of(l) == "LayerNormalization" then return not l.built end
+  return type(l) == "table" and l._ctor ~= nil and l.cell == nil
+end
+
+-- Builds the unbuilt layer 'l' for inputs of 'n' features (nothing when n is nil).
+local function build(l, n)
+  if n == nil or not unbuilt(l) then return end
+  if class_of(l) == "Bidirectional" then
+    l.forward_layer:build(n)
+    l.backward_layer:build(n)
+  else
+    l:build(n)
+  end
+end
+nn._unbuilt, nn._build_lazy = unbuilt, build      -- for moongrad.interop (from_torch, load_keras)
+
+-- Builds the unbuilt layers of 'layer' (names under 'prefix', as state() gives them) for the
+-- sizes of the tensors of 'tbl' that will go into them: a recurrent layer's kernel is
+-- (in, k*units), a LayerNormalization's gamma and beta (n).
+local function build_from_state(layer, tbl, prefix)
+  local c = class_of(layer)
+  if c == "Sequential" then
+    for i, l in ipairs(layer.layers) do build_from_state(l, tbl, prefix .. i .. "/") end
+  elseif c == "TimeDistributed" then
+    build_from_state(layer.layer, tbl, prefix)
+  elseif unbuilt(layer) then
+    local function size(name)
+      local t = tbl[prefix .. tostring(name)]
+      if is_tensor(t) and t:dim() >= 1 then return t:size(1) end
+    end
+    if c == "LayerNormalization" then build(layer, size(layer.name .. "/gamma") or size(layer.name .. "/beta"))
+    else build(layer, size((c == "Bidirectional" and layer.forward_layer.name or layer.name) .. "/kernel")) end
+  end
+end
+
 ---------------------------------------------------------------- state
 
 -- layer:state(): a new table from stable names to the layer's own Variables (not copies): each
--- Variable's name ("lstm/kernel", "backward_lstm/bias"), or "param<i>" when it has none.
+-- Variable's name ("lstm/kernel", "backward_lstm/bias"), or "param<i>" when it has none;
+-- stacked cells' names under "cells/<i>/" ("cells/2/lstm/kernel").
 -- Two Variables with one name are an error (give the layers distinct names).
+local function put(self, out, key, v)
+  if out[key] ~= nil and out[key] ~= v then
+    raisef("state: two Variables of %s are named '%s' (give the layers distinct names)", tostring(self), key)
+  end
+  out[key] = v
+end
+
+local function add_state(self, out, prefix, st)
+  for k, v in pairs(st) do put(self, out, prefix .. k, v) end
+  return out
+end
+
 function Layer:state()
   local out = {}
+  local c = class_of(self)
+  -- stacked cells (nn.StackedRNNCells, an nn.RNN({cells})): cell i's names under "cells/<i>/",
+  -- so two cells of one class stay apart; a Bidirectional's directions, a TimeDistributed's
+  -- layer: their own states (which may hold stacked cells)
+  local stacked = c == "StackedRNNCells" and self
+    or (type(self) == "table" and class_of(rawget(self, "cell")) == "StackedRNNCells" and self.cell)
+  if stacked then
+    for i, cell in ipairs(stacked.cells) do add_state(self, out, "cells/" .. i .. "/", cell:state()) end
+    return out
+  elseif c == "Bidirectional" then
+    add_state(self, out, "", self.forward_layer:state())
+    return add_state(self, out, "", self.backward_layer:state())
+  elseif c == "TimeDistributed" and is_layer(self.layer) then
+    return self.layer:state()
+  end
   for i, p in ipairs(self:parameters()) do
     local k = p.name
     if k == nil or k == "" then k = "param" .. i end
-    if out[k] ~= nil and out[k] ~= p then
-      raisef("state: two Variables of %s are named '%s' (give the layers distinct names)", tostring(self), k)
-    end
-    out[k] = p
+    put(self, out, k, p)
   end
   return out
 end
@@ -70,11 +141,13 @@ end
 -- state() names them) into the layer's Variables, converting the dtype when it differs.
 -- Every name and shape is checked before anything is copied: a shape that differs is always
 -- an error, missing and unexpected names are errors under 'strict'. Returns the arrays of
--- missing and unexpected names (sorted).
+-- missing and unexpected names (sorted). Unbuilt layers (nn.LSTM(units)) are built first,
+-- for the sizes of the tensors given for them.
 function Layer:load_state(tbl, opts)
   opts = check_opts("load_state", opts, { strict = true })
   local strict = opts.strict ~= false
   if type(tbl) ~= "table" or is_tensor(tbl) then raisef("load_state: expected a table of tensors, got %s", describe(tbl)) end
+  build_from_state(self, tbl, "")
   local own = self:state()
   local missing, unexpected, wrong = {}, {}, {}
   for _, k in ipairs(sorted_keys(own)) do
