@@ -1,9 +1,12 @@
 """jacobian.py - PyTorch side of bench/jacobian.lua: the batch Jacobian of
 h' = relu(h) @ W + b, J[k, i, j] = dh'[k, i] / dh[k, j], for the W, b, h that jacobian.lua
-saved in DIR, each way PyTorch 1.13 offers, each checked against moongrad's saved J
-(within 1e-5 relative to max |J|).
+saved in DIR, each way PyTorch offers, each checked against moongrad's saved J (within 1e-5
+relative to max |J|). Runs under Debian's torch 1.13 and under the bench venv's current torch
+(bench/run runs both); the function transforms come from torch.func where it exists (2.x),
+else from functorch (1.13's spelling).
 
-    vmap(jacrev)          functorch.vmap(functorch.jacrev(f_row))(h), f_row on one (N,) row
+    vmap(jacrev)          vmap(jacrev(f_row))(h), f_row on one (N,) row
+    vmap(jacfwd)          vmap(jacfwd(f_row))(h): forward mode, N tangents per row
     jacobian(vec) full    torch.autograd.functional.jacobian(f, h, vectorize=True): the
                           whole (B, N, B, N) Jacobian, then its diagonal blocks
     jacobian(vec) sum     the same of h -> f(h).sum(0): (N, B, N), which holds the diagonal
@@ -12,18 +15,26 @@ saved in DIR, each way PyTorch 1.13 offers, each checked against moongrad's save
                           (what TensorFlow's batch_jacobian falls back to without pfor)
     closed form           W.T * relu'(h), by hand: a floor, not an autodiff method
 Every timed call includes the forward pass, as mg.batch_jacobian's does.
-Usage: /usr/bin/python3 bench/jacobian.py DIR [B,N ...]   (after bench/jacobian.lua DIR)
+Usage: PYTHON bench/jacobian.py DIR [B,N ...]   (after bench/jacobian.lua DIR)
 """
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib as B  # noqa: E402
+import warnings  # noqa: E402
+
 import torch  # noqa: E402
-import functorch  # noqa: E402
+
+# torch 2.x's jacfwd warns that torch.jit.script, which it calls inside, is deprecated
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+try:
+    from torch.func import jacfwd, jacrev, vmap  # noqa: E402  (torch >= 2.0)
+except ImportError:
+    from functorch import jacfwd, jacrev, vmap  # noqa: E402  (torch 1.13)
 
 BENCH = "jacobian"
-USAGE = ("usage: /usr/bin/python3 bench/jacobian.py DIR [B,N ...]  "
+USAGE = ("usage: PYTHON bench/jacobian.py DIR [B,N ...]  "
          "(default sizes 1,100 32,100 32,512 8,1024)")
 RTOL = 1e-5
 
@@ -42,7 +53,10 @@ def methods(W, b):
         return torch.relu(x) @ W + b
 
     def vmap_jacrev(h):
-        return functorch.vmap(functorch.jacrev(f))(h)
+        return vmap(jacrev(f))(h)
+
+    def vmap_jacfwd(h):
+        return vmap(jacfwd(f))(h)
 
     def jac_full(h):
         full = torch.autograd.functional.jacobian(f, h, vectorize=True)   # (B, N, B, N)
@@ -62,7 +76,7 @@ def methods(W, b):
     def closed_form(h):
         return W.t().unsqueeze(0) * (h > 0).to(h.dtype).unsqueeze(1)
 
-    return [("vmap(jacrev)", vmap_jacrev), ("jacobian(vec) full", jac_full),
+    return [("vmap(jacrev)", vmap_jacrev), ("vmap(jacfwd)", vmap_jacfwd), ("jacobian(vec) full", jac_full),
             ("jacobian(vec) sum", jac_sum), ("N backward passes", backward_loop),
             ("closed form", closed_form)]
 
@@ -91,8 +105,8 @@ def main():
             del J
             m = B.measure(lambda: fn(h), reps=5 if big else 11, min_time=0 if big else 0.05)
             B.result(BENCH, case, name, m)
-            B.log("pytorch   (%s) %-20s %10.4f ms CPU, %10.4f ms wall; rel. err. vs moongrad %.2g",
-                  case, name, m["cpu"] * 1e3, m["wall"] * 1e3, err)
+            B.log("%s (%s) %-20s %10.4f ms CPU, %10.4f ms wall; rel. err. vs moongrad %.2g",
+                  B.peer(), case, name, m["cpu"] * 1e3, m["wall"] * 1e3, err)
     if failed:
         sys.exit("jacobian.py: results differ from moongrad's:\n  " + "\n  ".join(failed))
 

@@ -1,0 +1,68 @@
+"""jacobian_jax.py - JAX side of bench/jacobian.lua: the batch Jacobian of
+h' = relu(h) @ W + b, J[k, i, j] = dh'[k, i] / dh[k, j], for the W, b, h that jacobian.lua
+saved in DIR, checked against moongrad's saved J (within 1e-5 relative to max |J|).
+
+    jit(vmap(jacrev))     jax.jit(jax.vmap(jax.jacrev(f_row)))(h), f_row on one (N,) row
+    jit(vmap(jacfwd))     the same in forward mode (N tangents per row)
+Each timed call includes the forward pass and waits for the result (block_until_ready);
+compilation is not timed (the warm-up call compiles).
+Usage: $(bench/venv)/bin/python bench/jacobian_jax.py DIR [B,N ...]   (after bench/jacobian.lua DIR)
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchlib as B  # noqa: E402
+
+B.xla_flags()
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+BENCH = "jacobian"
+USAGE = ("usage: $(bench/venv)/bin/python bench/jacobian_jax.py DIR [B,N ...]  "
+         "(default sizes 1,100 32,100 32,512 8,1024)")
+RTOL = 1e-5
+
+
+def main():
+    if len(sys.argv) < 2:
+        sys.exit("jacobian_jax.py: no data directory given; " + USAGE)
+    directory = sys.argv[1]
+    if not os.path.isdir(directory):
+        sys.exit("jacobian_jax.py: directory '%s' does not exist" % directory)
+    cases = B.int_cases(sys.argv[2:], 2, "jacobian_jax.py: bad size '%s', expected B,N with positive "
+                        "integers; " + USAGE, [(1, 100), (32, 100), (32, 512), (8, 1024)])
+    B.jax_meta(BENCH, jax)
+    B.settle()
+    failed = []
+    for nb, n in cases:
+        case = "%d,%d" % (nb, n)
+        W, b, h, J_mg = (B.load_array("jacobian_jax.py", directory, "%d_%d_%s.npy" % (nb, n, k))
+                         for k in ("W", "b", "h", "J"))
+        W, b, hj = jnp.asarray(W), jnp.asarray(b), jnp.asarray(h)
+
+        def f(x):
+            return jax.nn.relu(x) @ W + b
+
+        scale = np.abs(J_mg).max()
+        big = nb * n * n > 1e6
+        for name, transform in (("jit(vmap(jacrev))", jax.jacrev), ("jit(vmap(jacfwd))", jax.jacfwd)):
+            fn = jax.jit(jax.vmap(transform(f)))
+            J = np.asarray(fn(hj).block_until_ready())
+            err = np.abs(J - J_mg).max() / scale if J.shape == J_mg.shape else float("inf")
+            B.meta(BENCH, "relerr %s %s" % (case, name), "%.3g" % err)
+            if not err <= RTOL:
+                failed.append("(%s) %s: shape %s, relative error %g vs moongrad" % (case, name, J.shape, err))
+            del J
+            m = B.measure(lambda: fn(hj).block_until_ready(), reps=5 if big else 11,
+                          min_time=0 if big else 0.05)
+            B.result(BENCH, case, name, m)
+            B.log("%s (%s) %-20s %10.4f ms CPU, %10.4f ms wall; rel. err. vs moongrad %.2g",
+                  B.peer(), case, name, m["cpu"] * 1e3, m["wall"] * 1e3, err)
+    if failed:
+        sys.exit("jacobian_jax.py: results differ from moongrad's:\n  " + "\n  ".join(failed))
+
+
+if __name__ == "__main__":
+    main()

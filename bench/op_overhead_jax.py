@@ -1,0 +1,47 @@
+"""op_overhead_jax.py - JAX side of bench/op_overhead.lua: per-op cost of a 16-element
+float32 add called from Python, n_ops times (default 100,000), in JAX's eager mode: each
+`jnp` call is dispatched on its own, outside any `jit` (eager dispatch; JAX records nothing,
+so only the no-tape row has a JAX column). The result of the last add is waited for
+(block_until_ready) and checked.
+Usage: $(bench/venv)/bin/python bench/op_overhead_jax.py [n_ops]
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchlib as B  # noqa: E402
+
+B.xla_flags()
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+BENCH = "op_overhead"
+
+
+def main():
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 100000
+    if n < 1:
+        sys.exit("op_overhead_jax.py: n_ops must be a positive integer, got %d" % n)
+    B.jax_meta(BENCH, jax)
+    rng = np.random.default_rng(0)
+    a0 = jnp.asarray(rng.standard_normal(16, dtype=np.float32))
+    b0 = jnp.asarray(rng.standard_normal(16, dtype=np.float32))
+
+    def adds():
+        c = None
+        for _ in range(n):
+            c = a0 + b0
+        return c.block_until_ready()
+
+    if not np.array_equal(np.asarray(adds()), np.asarray(a0) + np.asarray(b0)):
+        sys.exit("op_overhead_jax.py: the add's result is wrong")
+    m = B.measure(adds, reps=7, inner=1, warmup=2)
+    B.result(BENCH, "no_tape", "a + b (eager dispatch)", m, n)
+    B.log("%s no_tape a + b (eager dispatch) %7.3f us/op CPU (repetitions %.3f .. %.3f), %7.3f wall",
+          B.peer(), m["cpu"] / n * 1e6, min(m["cpu_reps"]) / n * 1e6, max(m["cpu_reps"]) / n * 1e6,
+          m["wall"] / n * 1e6)
+
+
+if __name__ == "__main__":
+    main()
