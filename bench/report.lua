@@ -23,7 +23,7 @@
 local CONFIG = {
   op_overhead = { unit = "us", scale = 1e6, title = "per-op overhead, 16-element float32 add",
                   row = "mode", target = 6,
-                  rows = { no_tape = "no tape (PyTorch: no_grad / inference_mode; JAX: eager dispatch)",
+                  rows = { no_tape = "no tape (PyTorch: no_grad / inference_mode; JAX, TensorFlow: eager)",
                            recorded = "recorded (tape / requires_grad)",
                            ["recorded+backward"] = "recorded + backward, per op (chain)" },
                   notarget = { ["recorded+backward"] = true } },

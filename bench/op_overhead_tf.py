@@ -1,0 +1,72 @@
+"""op_overhead_tf.py - TensorFlow side of bench/op_overhead.lua: per-op cost of a 16-element
+float32 add called from Python in TensorFlow's eager mode, n_ops times (default 100,000).
+    no_tape            'c = a + b' on tf.constant tensors, no tape
+    recorded           the same under a tf.GradientTape watching a and b: every add recorded
+    recorded+backward  'x = x + b' chained under a tape, then tape.gradient(sum(x), a)
+Usage: $(bench/venv)/bin/python bench/op_overhead_tf.py [n_ops]
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchlib as B  # noqa: E402
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+BENCH = "op_overhead"
+
+
+def main():
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 100000
+    if n < 1:
+        sys.exit("op_overhead_tf.py: n_ops must be a positive integer, got %d" % n)
+    B.tf_threads(tf)
+    B.tf_meta(BENCH, tf)
+    rng = np.random.default_rng(0)
+    a0 = tf.constant(rng.standard_normal(16, dtype=np.float32))
+    b0 = tf.constant(rng.standard_normal(16, dtype=np.float32))
+
+    def adds():
+        c = None
+        for _ in range(n):
+            c = a0 + b0
+        return c
+
+    def recorded():
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(a0)
+            tape.watch(b0)
+            c = None
+            for _ in range(n):
+                c = a0 + b0
+        return c, tape
+
+    def chain_backward():
+        with tf.GradientTape() as tape:
+            tape.watch(a0)
+            x = a0
+            for _ in range(n):
+                x = x + b0
+            s = tf.reduce_sum(x)
+        return tape.gradient(s, a0)
+
+    want = a0.numpy() + b0.numpy()
+    if not np.array_equal(adds().numpy(), want):
+        sys.exit("op_overhead_tf.py: the add's result is wrong")
+    c, tape = recorded()
+    if tape.gradient(c, a0) is None:             # the target summed, as gradient does
+        sys.exit("op_overhead_tf.py: the add was not recorded")
+    del c, tape
+    if not np.array_equal(chain_backward().numpy(), np.ones(16, np.float32)):
+        sys.exit("op_overhead_tf.py: the gradient is not ones")
+    for name, fn in (("no_tape", adds), ("recorded", recorded), ("recorded+backward", chain_backward)):
+        m = B.measure(fn, reps=7, inner=1, warmup=2)
+        B.result(BENCH, name, "a + b (eager)", m, n)
+        B.log("%s %-18s a + b (eager) %7.3f us/op CPU (repetitions %.3f .. %.3f), %7.3f wall", B.peer(), name,
+              m["cpu"] / n * 1e6, min(m["cpu_reps"]) / n * 1e6, max(m["cpu_reps"]) / n * 1e6, m["wall"] / n * 1e6)
+
+
+if __name__ == "__main__":
+    main()
