@@ -53,6 +53,63 @@ def int_cases(args, n, message, default, ok=lambda case: True):
     return cases or default
 
 
+def data_dir(script, usage):
+    """The data directory a pair's Lua side saved into: the first command-line argument, which
+    must exist; exits naming 'script' otherwise."""
+    if len(sys.argv) < 2:
+        sys.exit("%s: no data directory given; %s" % (script, usage))
+    if not os.path.isdir(sys.argv[1]):
+        sys.exit("%s: directory '%s' does not exist" % (script, sys.argv[1]))
+    return sys.argv[1]
+
+
+def n_ops(script):
+    """op_overhead's command line: the number of adds (default 100,000)."""
+    a = sys.argv[1] if len(sys.argv) > 1 else "100000"
+    if not a.isdigit() or int(a) < 1:
+        sys.exit("%s: n_ops must be a positive integer, got '%s'" % (script, a))
+    return int(a)
+
+
+def per_op_result(bench, mode, impl, m, n):
+    """One op_overhead result line (measure's m over n ops) and its readable line."""
+    result(bench, mode, impl, m, n)
+    log("%s %-18s %-22s %7.3f us/op CPU (repetitions %.3f .. %.3f), %7.3f wall", peer(), mode, impl,
+        m["cpu"] / n * 1e6, min(m["cpu_reps"]) / n * 1e6, max(m["cpu_reps"]) / n * 1e6, m["wall"] / n * 1e6)
+
+
+def relerr(a, ref):
+    """max |a - ref| / max |ref| of two arrays (anything np.asarray takes); inf when the shapes
+    differ."""
+    a, ref = np.asarray(a), np.asarray(ref)
+    if a.shape != ref.shape:
+        return float("inf")
+    return float(np.abs(a - ref).max() / max(np.abs(ref).max(), 1e-30))
+
+
+def check_and_time(bench, case, name, fn, ref, rtol, failed, timed=None, **opts):
+    """Runs fn() once and compares its result with moongrad's 'ref' (relerr, written as the
+    meta line 'relerr CASE NAME'; beyond rtol a message is appended to 'failed'), then times
+    'timed' (default fn; e.g. one that also waits for an asynchronous result) with measure's
+    'opts' and writes the result line and a readable one. Returns the measurement."""
+    err = relerr(fn(), ref)
+    meta(bench, "relerr %s %s" % (case, name), "%.3g" % err)
+    if not err <= rtol:
+        failed.append("(%s) %s: relative error %g vs moongrad (shape %s expected)"
+                      % (case, name, err, tuple(np.shape(ref))))
+    m = measure(timed or fn, **opts)
+    result(bench, case, name, m)
+    log("%s (%s) %-28s %10.4f ms CPU, %10.4f ms wall; rel. err. vs moongrad %.2g",
+        peer(), case, name, m["cpu"] * 1e3, m["wall"] * 1e3, err)
+    return m
+
+
+def exit_if_failed(script, failed):
+    """Exits with every message in 'failed', after all the result lines were written."""
+    if failed:
+        sys.exit("%s: results differ from moongrad's:\n  %s" % (script, "\n  ".join(failed)))
+
+
 def load_saved(script, directory, filename):
     """The array bench/<script's stem>.lua saved in 'directory' as 'filename', as a tensor;
     exits saying which run is missing when it is not there ('script' names bench/*.py)."""

@@ -82,33 +82,18 @@ def methods(W, b):
 
 
 def main():
-    if len(sys.argv) < 2:
-        sys.exit("jacobian.py: no data directory given; " + USAGE)
-    directory = sys.argv[1]
-    if not os.path.isdir(directory):
-        sys.exit("jacobian.py: directory '%s' does not exist" % directory)
+    directory = B.data_dir("jacobian.py", USAGE)
     B.one_thread()
     B.blas_meta(BENCH)
     failed = []
     for nb, n in parse_sizes(sys.argv[2:]):
         case = "%d,%d" % (nb, n)
         W, b, h, J_mg = (load(directory, nb, n, k) for k in ("W", "b", "h", "J"))
-        scale = J_mg.abs().max().item()
         big = nb * n * n > 1e6
         for name, fn in methods(W, b):
-            J = fn(h)
-            err = (J - J_mg).abs().max().item() / scale if J.shape == J_mg.shape else float("inf")
-            B.meta(BENCH, "relerr %s %s" % (case, name), "%.3g" % err)
-            if not err <= RTOL:
-                failed.append("(%s) %s: shape %s, relative error %g vs moongrad"
-                              % (case, name, tuple(J.shape), err))
-            del J
-            m = B.measure(lambda: fn(h), reps=5 if big else 11, min_time=0 if big else 0.05)
-            B.result(BENCH, case, name, m)
-            B.log("%s (%s) %-20s %10.4f ms CPU, %10.4f ms wall; rel. err. vs moongrad %.2g",
-                  B.peer(), case, name, m["cpu"] * 1e3, m["wall"] * 1e3, err)
-    if failed:
-        sys.exit("jacobian.py: results differ from moongrad's:\n  " + "\n  ".join(failed))
+            B.check_and_time(BENCH, case, name, lambda: fn(h), J_mg, RTOL, failed,
+                             reps=5 if big else 11, min_time=0 if big else 0.05)
+    B.exit_if_failed("jacobian.py", failed)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ import benchlib as B  # noqa: E402
 B.xla_flags()
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 
 BENCH = "jacobian"
 USAGE = ("usage: $(bench/venv)/bin/python bench/jacobian_jax.py DIR [B,N ...]  "
@@ -26,11 +25,7 @@ RTOL = 1e-5
 
 
 def main():
-    if len(sys.argv) < 2:
-        sys.exit("jacobian_jax.py: no data directory given; " + USAGE)
-    directory = sys.argv[1]
-    if not os.path.isdir(directory):
-        sys.exit("jacobian_jax.py: directory '%s' does not exist" % directory)
+    directory = B.data_dir("jacobian_jax.py", USAGE)
     cases = B.int_cases(sys.argv[2:], 2, "jacobian_jax.py: bad size '%s', expected B,N with positive "
                         "integers; " + USAGE, [(1, 100), (32, 100), (32, 512), (8, 1024)])
     B.jax_meta(BENCH, jax)
@@ -45,23 +40,13 @@ def main():
         def f(x):
             return jax.nn.relu(x) @ W + b
 
-        scale = np.abs(J_mg).max()
         big = nb * n * n > 1e6
         for name, transform in (("jit(vmap(jacrev))", jax.jacrev), ("jit(vmap(jacfwd))", jax.jacfwd)):
             fn = jax.jit(jax.vmap(transform(f)))
-            J = np.asarray(fn(hj).block_until_ready())
-            err = np.abs(J - J_mg).max() / scale if J.shape == J_mg.shape else float("inf")
-            B.meta(BENCH, "relerr %s %s" % (case, name), "%.3g" % err)
-            if not err <= RTOL:
-                failed.append("(%s) %s: shape %s, relative error %g vs moongrad" % (case, name, J.shape, err))
-            del J
-            m = B.measure(lambda: fn(hj).block_until_ready(), reps=5 if big else 11,
-                          min_time=0 if big else 0.05)
-            B.result(BENCH, case, name, m)
-            B.log("%s (%s) %-20s %10.4f ms CPU, %10.4f ms wall; rel. err. vs moongrad %.2g",
-                  B.peer(), case, name, m["cpu"] * 1e3, m["wall"] * 1e3, err)
-    if failed:
-        sys.exit("jacobian_jax.py: results differ from moongrad's:\n  " + "\n  ".join(failed))
+            B.check_and_time(BENCH, case, name, lambda: fn(hj), J_mg, RTOL, failed,
+                             timed=lambda: fn(hj).block_until_ready(),
+                             reps=5 if big else 11, min_time=0 if big else 0.05)
+    B.exit_if_failed("jacobian_jax.py", failed)
 
 
 if __name__ == "__main__":

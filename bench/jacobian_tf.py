@@ -16,7 +16,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib as B  # noqa: E402
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 BENCH = "jacobian"
@@ -26,11 +25,7 @@ RTOL = 1e-5
 
 
 def main():
-    if len(sys.argv) < 2:
-        sys.exit("jacobian_tf.py: no data directory given; " + USAGE)
-    directory = sys.argv[1]
-    if not os.path.isdir(directory):
-        sys.exit("jacobian_tf.py: directory '%s' does not exist" % directory)
+    directory = B.data_dir("jacobian_tf.py", USAGE)
     cases = B.int_cases(sys.argv[2:], 2, "jacobian_tf.py: bad size '%s', expected B,N with positive "
                         "integers; " + USAGE, [(1, 100), (32, 100), (32, 512), (8, 1024)])
     tf.get_logger().setLevel("ERROR")      # eager batch_jacobian retraces pfor at each call, and says so
@@ -49,22 +44,12 @@ def main():
                 y = tf.nn.relu(x) @ W + b
             return tape.batch_jacobian(y, x)
 
-        scale = np.abs(J_mg).max()
         big = nb * n * n > 1e6
         for name, fn in (("batch_jacobian (tf.function)", tf.function(batch_jacobian)),
                          ("batch_jacobian (eager)", batch_jacobian)):
-            J = fn(ht).numpy()
-            err = np.abs(J - J_mg).max() / scale if J.shape == J_mg.shape else float("inf")
-            B.meta(BENCH, "relerr %s %s" % (case, name), "%.3g" % err)
-            if not err <= RTOL:
-                failed.append("(%s) %s: shape %s, relative error %g vs moongrad" % (case, name, J.shape, err))
-            del J
-            m = B.measure(lambda: fn(ht), reps=5 if big else 11, min_time=0 if big else 0.05)
-            B.result(BENCH, case, name, m)
-            B.log("%s (%s) %-28s %10.4f ms CPU, %10.4f ms wall; rel. err. vs moongrad %.2g",
-                  B.peer(), case, name, m["cpu"] * 1e3, m["wall"] * 1e3, err)
-    if failed:
-        sys.exit("jacobian_tf.py: results differ from moongrad's:\n  " + "\n  ".join(failed))
+            B.check_and_time(BENCH, case, name, lambda: fn(ht), J_mg, RTOL, failed,
+                             reps=5 if big else 11, min_time=0 if big else 0.05)
+    B.exit_if_failed("jacobian_tf.py", failed)
 
 
 if __name__ == "__main__":

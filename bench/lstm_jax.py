@@ -18,7 +18,6 @@ import benchlib as B  # noqa: E402
 B.xla_flags()
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 
 BENCH = "lstm"
 USAGE = "usage: $(bench/venv)/bin/python bench/lstm_jax.py DIR [units ...]  (default units 6 32 256)"
@@ -64,11 +63,7 @@ def adam(lr=1e-3, b1=0.9, b2=0.999, eps=1e-7):
 
 
 def main():
-    if len(sys.argv) < 2:
-        sys.exit("lstm_jax.py: no data directory given; " + USAGE)
-    directory = sys.argv[1]
-    if not os.path.isdir(directory):
-        sys.exit("lstm_jax.py: directory '%s' does not exist" % directory)
+    directory = B.data_dir("lstm_jax.py", USAGE)
     sizes = [u for (u,) in B.int_cases(sys.argv[2:], 1, "lstm_jax.py: bad units '%s', expected a "
                                        "positive integer; " + USAGE, [(6,), (32,), (256,)])]
     B.jax_meta(BENCH, jax)
@@ -92,11 +87,10 @@ def main():
         x, y = jnp.asarray(load("x")), jnp.asarray(load("y"))
         params = [jnp.asarray(load(n)) for n in NAMES]
         loss, grads = loss_and_grads(params, x, y)
-        errs = {"loss": (np.asarray(loss), load("loss"))}
+        errs = {"loss": B.relerr(loss, load("loss"))}
         for n, g in zip(NAMES, grads):
-            errs["grad " + n] = (np.asarray(g), load("grad_" + n))
-        for what, (a, ref) in errs.items():
-            err = float(np.abs(a - ref).max() / max(np.abs(ref).max(), 1e-30))
+            errs["grad " + n] = B.relerr(g, load("grad_" + n))
+        for what, err in errs.items():
             B.meta(BENCH, "relerr %d %s" % (units, what), "%.3g" % err)
             if not err <= RTOL:
                 failed.append("units %d: %s differs from moongrad's by %g relative" % (units, what, err))
@@ -117,8 +111,7 @@ def main():
             B.meta(BENCH, "peak_rss_mib_peer %d" % units, "%.1f" % rss)
             B.log("%s units %-4d peak RSS after %d steps: %.1f MiB", B.peer(), units,
                   max(RSS_STEPS, m["calls"]), rss)
-    if failed:
-        sys.exit("lstm_jax.py: results differ from moongrad's:\n  " + "\n  ".join(failed))
+    B.exit_if_failed("lstm_jax.py", failed)
 
 
 if __name__ == "__main__":

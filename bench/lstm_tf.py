@@ -20,7 +20,6 @@ import benchlib as B  # noqa: E402
 
 os.environ["KERAS_BACKEND"] = "tensorflow"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import keras  # noqa: E402
 
@@ -28,10 +27,6 @@ BENCH = "lstm"
 USAGE = "usage: $(bench/venv)/bin/python bench/lstm_tf.py DIR [units ...]  (default units 6 32 256)"
 RTOL = 1e-4
 RSS_STEPS = 200
-
-
-def relerr(a, ref):
-    return float(np.abs(np.asarray(a) - ref).max() / max(np.abs(ref).max(), 1e-30))
 
 
 def model_for(units, load, jit):
@@ -48,11 +43,7 @@ def model_for(units, load, jit):
 
 
 def main():
-    if len(sys.argv) < 2:
-        sys.exit("lstm_tf.py: no data directory given; " + USAGE)
-    directory = sys.argv[1]
-    if not os.path.isdir(directory):
-        sys.exit("lstm_tf.py: directory '%s' does not exist" % directory)
+    directory = B.data_dir("lstm_tf.py", USAGE)
     sizes = [u for (u,) in B.int_cases(sys.argv[2:], 1, "lstm_tf.py: bad units '%s', expected a "
                                        "positive integer; " + USAGE, [(6,), (32,), (256,)])]
     B.tf_threads(tf)
@@ -68,10 +59,10 @@ def main():
             with tf.GradientTape() as tape:
                 loss = tf.reduce_mean(tf.square(model(x, training=True) - y))
             grads = tape.gradient(loss, [v.value for _, v in grads_of])
-            errs = {"loss": relerr(loss, load("loss"))}
+            errs = {"loss": B.relerr(loss, load("loss"))}
             for (n, _), g in zip(grads_of, grads):
-                errs["grad " + n] = relerr(g, load("grad_" + n))
-            errs["train_on_batch loss"] = relerr(model.train_on_batch(x, y), load("loss"))
+                errs["grad " + n] = B.relerr(g, load("grad_" + n))
+            errs["train_on_batch loss"] = B.relerr(model.train_on_batch(x, y), load("loss"))
             for what, err in errs.items():
                 B.meta(BENCH, "relerr %d %s %s" % (units, name, what), "%.3g" % err)
                 if not err <= RTOL:
@@ -89,8 +80,7 @@ def main():
                     B.meta(BENCH, "peak_rss_mib_peer %d" % units, "%.1f" % rss)
                     B.log("%s units %-4d peak RSS after %d steps: %.1f MiB", B.peer(), units,
                           max(RSS_STEPS, m["calls"] + 1), rss)
-    if failed:
-        sys.exit("lstm_tf.py: results differ from moongrad's:\n  " + "\n  ".join(failed))
+    B.exit_if_failed("lstm_tf.py", failed)
 
 
 if __name__ == "__main__":

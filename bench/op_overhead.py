@@ -18,9 +18,7 @@ BENCH = "op_overhead"
 
 
 def main():
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 100000
-    if n < 1:
-        sys.exit("op_overhead.py: n_ops must be a positive integer, got %d" % n)
+    n = B.n_ops("op_overhead.py")
     B.one_thread()
     B.blas_meta(BENCH)
     torch.manual_seed(0)
@@ -64,11 +62,7 @@ def main():
 
     for name, impl, fn in (("no_tape", "a + b", adds), ("no_tape", "a + b, inference_mode", adds_inference),
                            ("recorded", "a + b", recorded), ("recorded+backward", "a + b", chain_backward)):
-        m = B.measure(fn, reps=7, inner=1, warmup=2)
-        B.result(BENCH, name, impl, m, n)
-        B.log("%s %-18s %-22s %7.3f us/op CPU (repetitions %.3f .. %.3f), %7.3f wall", B.peer(), name,
-              impl, m["cpu"] / n * 1e6, min(m["cpu_reps"]) / n * 1e6, max(m["cpu_reps"]) / n * 1e6,
-              m["wall"] / n * 1e6)
+        B.per_op_result(BENCH, name, impl, B.measure(fn, reps=7, inner=1, warmup=2), n)
 
 
 if __name__ == "__main__":

@@ -20,9 +20,7 @@ BENCH = "op_overhead"
 
 
 def main():
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 100000
-    if n < 1:
-        sys.exit("op_overhead_jax.py: n_ops must be a positive integer, got %d" % n)
+    n = B.n_ops("op_overhead_jax.py")
     B.jax_meta(BENCH, jax)
     rng = np.random.default_rng(0)
     a0 = jnp.asarray(rng.standard_normal(16, dtype=np.float32))
@@ -36,11 +34,7 @@ def main():
 
     if not np.array_equal(np.asarray(adds()), np.asarray(a0) + np.asarray(b0)):
         sys.exit("op_overhead_jax.py: the add's result is wrong")
-    m = B.measure(adds, reps=7, inner=1, warmup=2)
-    B.result(BENCH, "no_tape", "a + b (eager dispatch)", m, n)
-    B.log("%s no_tape a + b (eager dispatch) %7.3f us/op CPU (repetitions %.3f .. %.3f), %7.3f wall",
-          B.peer(), m["cpu"] / n * 1e6, min(m["cpu_reps"]) / n * 1e6, max(m["cpu_reps"]) / n * 1e6,
-          m["wall"] / n * 1e6)
+    B.per_op_result(BENCH, "no_tape", "a + b (eager dispatch)", B.measure(adds, reps=7, inner=1, warmup=2), n)
 
 
 if __name__ == "__main__":

@@ -19,9 +19,7 @@ BENCH = "op_overhead"
 
 
 def main():
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 100000
-    if n < 1:
-        sys.exit("op_overhead_tf.py: n_ops must be a positive integer, got %d" % n)
+    n = B.n_ops("op_overhead_tf.py")
     B.tf_threads(tf)
     B.tf_meta(BENCH, tf)
     rng = np.random.default_rng(0)
@@ -62,10 +60,7 @@ def main():
     if not np.array_equal(chain_backward().numpy(), np.ones(16, np.float32)):
         sys.exit("op_overhead_tf.py: the gradient is not ones")
     for name, fn in (("no_tape", adds), ("recorded", recorded), ("recorded+backward", chain_backward)):
-        m = B.measure(fn, reps=7, inner=1, warmup=2)
-        B.result(BENCH, name, "a + b (eager)", m, n)
-        B.log("%s %-18s a + b (eager) %7.3f us/op CPU (repetitions %.3f .. %.3f), %7.3f wall", B.peer(), name,
-              m["cpu"] / n * 1e6, min(m["cpu_reps"]) / n * 1e6, max(m["cpu_reps"]) / n * 1e6, m["wall"] / n * 1e6)
+        B.per_op_result(BENCH, name, "a + b (eager)", B.measure(fn, reps=7, inner=1, warmup=2), n)
 
 
 if __name__ == "__main__":
