@@ -110,6 +110,33 @@ def exit_if_failed(script, failed):
         sys.exit("%s: results differ from moongrad's:\n  %s" % (script, "\n  ".join(failed)))
 
 
+def add_operands():
+    """op_overhead's two 16-element float32 operands, from a fixed seed, as NumPy arrays."""
+    rng = np.random.default_rng(0)
+    return rng.standard_normal(16, dtype=np.float32), rng.standard_normal(16, dtype=np.float32)
+
+
+JACOBIAN_SIZES = [(1, 100), (32, 100), (32, 512), (8, 1024)]
+
+
+def jacobian_cases(script):
+    """jacobian's command line, DIR [B,N ...], checked, then (case, W, b, h, J, opts) per size: the NumPy
+    arrays bench/jacobian.lua saved in DIR (J is moongrad's batch Jacobian) and measure's
+    options for that size (one call per repetition for the large ones)."""
+    usage = ("usage: PYTHON bench/%s DIR [B,N ...]  (default sizes %s)"
+             % (script, " ".join("%d,%d" % s for s in JACOBIAN_SIZES)))
+    directory = data_dir(script, usage)
+    sizes = int_cases(sys.argv[2:], 2, script + ": bad size '%s', expected B,N with positive integers; "
+                      + usage, JACOBIAN_SIZES)
+
+    def load():
+        for nb, n in sizes:
+            W, b, h, J = (load_array(script, directory, "%d_%d_%s.npy" % (nb, n, k)) for k in ("W", "b", "h", "J"))
+            big = nb * n * n > 1e6
+            yield "%d,%d" % (nb, n), W, b, h, J, {"reps": 5 if big else 11, "min_time": 0 if big else 0.05}
+    return load()      # the command line is checked now, the arrays read one size at a time
+
+
 def load_saved(script, directory, filename):
     """The array bench/<script's stem>.lua saved in 'directory' as 'filename', as a tensor;
     exits saying which run is missing when it is not there ('script' names bench/*.py)."""

@@ -34,18 +34,7 @@ except ImportError:
     from functorch import jacfwd, jacrev, vmap  # noqa: E402  (torch 1.13)
 
 BENCH = "jacobian"
-USAGE = ("usage: PYTHON bench/jacobian.py DIR [B,N ...]  "
-         "(default sizes 1,100 32,100 32,512 8,1024)")
 RTOL = 1e-5
-
-
-def parse_sizes(args):
-    return B.int_cases(args, 2, "jacobian.py: bad size '%s', expected B,N with positive integers; " + USAGE,
-                       [(1, 100), (32, 100), (32, 512), (8, 1024)])
-
-
-def load(directory, nb, n, name):
-    return B.load_saved("jacobian.py", directory, "%d_%d_%s.npy" % (nb, n, name))
 
 
 def methods(W, b):
@@ -82,17 +71,14 @@ def methods(W, b):
 
 
 def main():
-    directory = B.data_dir("jacobian.py", USAGE)
+    cases = B.jacobian_cases("jacobian.py")
     B.one_thread()
     B.blas_meta(BENCH)
     failed = []
-    for nb, n in parse_sizes(sys.argv[2:]):
-        case = "%d,%d" % (nb, n)
-        W, b, h, J_mg = (load(directory, nb, n, k) for k in ("W", "b", "h", "J"))
-        big = nb * n * n > 1e6
+    for case, W, b, h, J_mg, opts in cases:
+        W, b, h = torch.from_numpy(W), torch.from_numpy(b), torch.from_numpy(h)
         for name, fn in methods(W, b):
-            B.check_and_time(BENCH, case, name, lambda: fn(h), J_mg, RTOL, failed,
-                             reps=5 if big else 11, min_time=0 if big else 0.05)
+            B.check_and_time(BENCH, case, name, lambda: fn(h), J_mg, RTOL, failed, **opts)
     B.exit_if_failed("jacobian.py", failed)
 
 

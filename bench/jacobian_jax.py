@@ -19,33 +19,24 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 BENCH = "jacobian"
-USAGE = ("usage: $(bench/venv)/bin/python bench/jacobian_jax.py DIR [B,N ...]  "
-         "(default sizes 1,100 32,100 32,512 8,1024)")
 RTOL = 1e-5
 
 
 def main():
-    directory = B.data_dir("jacobian_jax.py", USAGE)
-    cases = B.int_cases(sys.argv[2:], 2, "jacobian_jax.py: bad size '%s', expected B,N with positive "
-                        "integers; " + USAGE, [(1, 100), (32, 100), (32, 512), (8, 1024)])
+    cases = B.jacobian_cases("jacobian_jax.py")
     B.jax_meta(BENCH, jax)
     B.settle()
     failed = []
-    for nb, n in cases:
-        case = "%d,%d" % (nb, n)
-        W, b, h, J_mg = (B.load_array("jacobian_jax.py", directory, "%d_%d_%s.npy" % (nb, n, k))
-                         for k in ("W", "b", "h", "J"))
+    for case, W, b, h, J_mg, opts in cases:
         W, b, hj = jnp.asarray(W), jnp.asarray(b), jnp.asarray(h)
 
         def f(x):
             return jax.nn.relu(x) @ W + b
 
-        big = nb * n * n > 1e6
         for name, transform in (("jit(vmap(jacrev))", jax.jacrev), ("jit(vmap(jacfwd))", jax.jacfwd)):
             fn = jax.jit(jax.vmap(transform(f)))
             B.check_and_time(BENCH, case, name, lambda: fn(hj), J_mg, RTOL, failed,
-                             timed=lambda: fn(hj).block_until_ready(),
-                             reps=5 if big else 11, min_time=0 if big else 0.05)
+                             timed=lambda: fn(hj).block_until_ready(), **opts)
     B.exit_if_failed("jacobian_jax.py", failed)
 
 

@@ -19,23 +19,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 
 BENCH = "jacobian"
-USAGE = ("usage: $(bench/venv)/bin/python bench/jacobian_tf.py DIR [B,N ...]  "
-         "(default sizes 1,100 32,100 32,512 8,1024)")
 RTOL = 1e-5
 
 
 def main():
-    directory = B.data_dir("jacobian_tf.py", USAGE)
-    cases = B.int_cases(sys.argv[2:], 2, "jacobian_tf.py: bad size '%s', expected B,N with positive "
-                        "integers; " + USAGE, [(1, 100), (32, 100), (32, 512), (8, 1024)])
+    cases = B.jacobian_cases("jacobian_tf.py")
     tf.get_logger().setLevel("ERROR")      # eager batch_jacobian retraces pfor at each call, and says so
     B.tf_threads(tf)
     B.tf_meta(BENCH, tf)
     failed = []
-    for nb, n in cases:
-        case = "%d,%d" % (nb, n)
-        W, b, h, J_mg = (B.load_array("jacobian_tf.py", directory, "%d_%d_%s.npy" % (nb, n, k))
-                         for k in ("W", "b", "h", "J"))
+    for case, W, b, h, J_mg, opts in cases:
         W, b, ht = tf.constant(W), tf.constant(b), tf.constant(h)
 
         def batch_jacobian(x):
@@ -44,11 +37,9 @@ def main():
                 y = tf.nn.relu(x) @ W + b
             return tape.batch_jacobian(y, x)
 
-        big = nb * n * n > 1e6
         for name, fn in (("batch_jacobian (tf.function)", tf.function(batch_jacobian)),
                          ("batch_jacobian (eager)", batch_jacobian)):
-            B.check_and_time(BENCH, case, name, lambda: fn(ht), J_mg, RTOL, failed,
-                             reps=5 if big else 11, min_time=0 if big else 0.05)
+            B.check_and_time(BENCH, case, name, lambda: fn(ht), J_mg, RTOL, failed, **opts)
     B.exit_if_failed("jacobian_tf.py", failed)
 
 

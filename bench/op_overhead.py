@@ -21,22 +21,17 @@ def main():
     n = B.n_ops("op_overhead.py")
     B.one_thread()
     B.blas_meta(BENCH)
-    torch.manual_seed(0)
-    a0, b0 = torch.randn(16), torch.randn(16)
+    a0, b0 = (torch.from_numpy(x) for x in B.add_operands())
 
-    def adds():
-        with torch.no_grad():
-            c = None
-            for _ in range(n):
-                c = a0 + b0
-        return c
-
-    def adds_inference():
-        with torch.inference_mode():
-            c = None
-            for _ in range(n):
-                c = a0 + b0
-        return c
+    def adds_under(mode):
+        def adds():
+            with mode():
+                c = None
+                for _ in range(n):
+                    c = a0 + b0
+            return c
+        return adds
+    adds, adds_inference = adds_under(torch.no_grad), adds_under(torch.inference_mode)
 
     a1 = a0.clone().requires_grad_(True)
     b1 = b0.clone().requires_grad_(True)

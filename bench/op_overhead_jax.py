@@ -22,9 +22,7 @@ BENCH = "op_overhead"
 def main():
     n = B.n_ops("op_overhead_jax.py")
     B.jax_meta(BENCH, jax)
-    rng = np.random.default_rng(0)
-    a0 = jnp.asarray(rng.standard_normal(16, dtype=np.float32))
-    b0 = jnp.asarray(rng.standard_normal(16, dtype=np.float32))
+    a0, b0 = (jnp.asarray(x) for x in B.add_operands())
 
     def adds():
         c = None
