@@ -116,6 +116,22 @@ def add_operands():
     return rng.standard_normal(16, dtype=np.float32), rng.standard_normal(16, dtype=np.float32)
 
 
+def adds(a, b, n):
+    """op_overhead's loop: n adds c = a + b from Python; the last c."""
+    c = None
+    for _ in range(n):
+        c = a + b
+    return c
+
+
+def chain(a, b, n):
+    """op_overhead's chain: x = a, then x = x + b n times; the last x."""
+    x = a
+    for _ in range(n):
+        x = x + b
+    return x
+
+
 JACOBIAN_SIZES = [(1, 100), (32, 100), (32, 512), (8, 1024)]
 
 
