@@ -1,11 +1,16 @@
-"""Timing and reporting helpers shared by the PyTorch side of bench/*.py.
+"""Timing and reporting helpers shared by the peers' sides of the pairs: bench/NAME.py
+(PyTorch), bench/NAME_jax.py (JAX), bench/NAME_tf.py (TensorFlow).
 
 Mirrors bench/benchlib.lua: a warm-up call, a calibrated number of calls per repetition,
 several repetitions, the median per call, on two clocks: the process's CPU time and the
 wall clock.  Results go to standard output as tab-separated lines read by bench/report.lua:
-    result <bench> <case> <impl> <CPU seconds per call> <wall seconds per call>
-    meta <bench> <key> <value>
-Human-readable progress goes to standard error.
+    result <bench> <case> <impl> <CPU seconds per call> <wall seconds per call> <peer>
+    meta <bench> <key> <value> <peer>
+where <peer> names the framework and its version ("PyTorch 2.5.1", "JAX 0.4.35"): set by
+set_peer, else PyTorch's when torch is loaded, so that a torch script run by two
+interpreters (Debian's torch 1.13, the bench venv's current torch) gives two peers.
+Human-readable progress goes to standard error. torch is imported only by the functions
+that need it, so that the JAX and TensorFlow sides do not load it.
 """
 import ctypes
 import gc
@@ -16,7 +21,22 @@ import sys
 import time
 
 import numpy as np
-import torch
+
+_peer = None
+
+
+def set_peer(name, version):
+    """The peer this process's result and meta lines belong to, e.g. set_peer("JAX", v)."""
+    global _peer
+    _peer = "%s %s" % (name, version)
+
+
+def peer():
+    """The peer label of this process's lines (PyTorch's version when torch is loaded)."""
+    global _peer
+    if _peer is None and "torch" in sys.modules:
+        _peer = "PyTorch " + sys.modules["torch"].__version__
+    return _peer or "?"
 
 
 def int_cases(args, n, message, default, ok=lambda case: True):
@@ -33,18 +53,134 @@ def int_cases(args, n, message, default, ok=lambda case: True):
     return cases or default
 
 
+def data_dir(script, usage):
+    """The data directory a pair's Lua side saved into: the first command-line argument, which
+    must exist; exits naming 'script' otherwise."""
+    if len(sys.argv) < 2:
+        sys.exit("%s: no data directory given; %s" % (script, usage))
+    if not os.path.isdir(sys.argv[1]):
+        sys.exit("%s: directory '%s' does not exist" % (script, sys.argv[1]))
+    return sys.argv[1]
+
+
+def n_ops(script):
+    """op_overhead's command line: the number of adds (default 100,000)."""
+    a = sys.argv[1] if len(sys.argv) > 1 else "100000"
+    if not a.isdigit() or int(a) < 1:
+        sys.exit("%s: n_ops must be a positive integer, got '%s'" % (script, a))
+    return int(a)
+
+
+def per_op_result(bench, mode, impl, m, n):
+    """One op_overhead result line (measure's m over n ops) and its readable line."""
+    result(bench, mode, impl, m, n)
+    log("%s %-18s %-22s %7.3f us/op CPU (repetitions %.3f .. %.3f), %7.3f wall", peer(), mode, impl,
+        m["cpu"] / n * 1e6, min(m["cpu_reps"]) / n * 1e6, max(m["cpu_reps"]) / n * 1e6, m["wall"] / n * 1e6)
+
+
+def relerr(a, ref):
+    """max |a - ref| / max |ref| of two arrays (anything np.asarray takes); inf when the shapes
+    differ."""
+    a, ref = np.asarray(a), np.asarray(ref)
+    if a.shape != ref.shape:
+        return float("inf")
+    return float(np.abs(a - ref).max() / max(np.abs(ref).max(), 1e-30))
+
+
+def check_and_time(bench, case, name, fn, ref, rtol, failed, timed=None, **opts):
+    """Runs fn() once and compares its result with moongrad's 'ref' (relerr, written as the
+    meta line 'relerr CASE NAME'; beyond rtol a message is appended to 'failed'), then times
+    'timed' (default fn; e.g. one that also waits for an asynchronous result) with measure's
+    'opts' and writes the result line and a readable one. Returns the measurement."""
+    err = relerr(fn(), ref)
+    meta(bench, "relerr %s %s" % (case, name), "%.3g" % err)
+    if not err <= rtol:
+        failed.append("(%s) %s: relative error %g vs moongrad (shape %s expected)"
+                      % (case, name, err, tuple(np.shape(ref))))
+    m = measure(timed or fn, **opts)
+    result(bench, case, name, m)
+    log("%s (%s) %-28s %10.4f ms CPU, %10.4f ms wall; rel. err. vs moongrad %.2g",
+        peer(), case, name, m["cpu"] * 1e3, m["wall"] * 1e3, err)
+    return m
+
+
+def exit_if_failed(script, failed):
+    """Exits with every message in 'failed', after all the result lines were written."""
+    if failed:
+        sys.exit("%s: results differ from moongrad's:\n  %s" % (script, "\n  ".join(failed)))
+
+
+def add_operands():
+    """op_overhead's two 16-element float32 operands, from a fixed seed, as NumPy arrays."""
+    rng = np.random.default_rng(0)
+    return rng.standard_normal(16, dtype=np.float32), rng.standard_normal(16, dtype=np.float32)
+
+
+def adds(a, b, n):
+    """op_overhead's loop: n adds c = a + b from Python; the last c."""
+    c = None
+    for _ in range(n):
+        c = a + b
+    return c
+
+
+def chain(a, b, n):
+    """op_overhead's chain: x = a, then x = x + b n times; the last x."""
+    x = a
+    for _ in range(n):
+        x = x + b
+    return x
+
+
+JACOBIAN_SIZES = [(1, 100), (32, 100), (32, 512), (8, 1024)]
+
+
+def jacobian_cases(script):
+    """jacobian's command line, DIR [B,N ...], checked, then (case, W, b, h, J, opts) per size: the NumPy
+    arrays bench/jacobian.lua saved in DIR (J is moongrad's batch Jacobian) and measure's
+    options for that size (one call per repetition for the large ones)."""
+    usage = ("usage: PYTHON bench/%s DIR [B,N ...]  (default sizes %s)"
+             % (script, " ".join("%d,%d" % s for s in JACOBIAN_SIZES)))
+    directory = data_dir(script, usage)
+    sizes = int_cases(sys.argv[2:], 2, script + ": bad size '%s', expected B,N with positive integers; "
+                      + usage, JACOBIAN_SIZES)
+
+    def load():
+        for nb, n in sizes:
+            W, b, h, J = (load_array(script, directory, "%d_%d_%s.npy" % (nb, n, k)) for k in ("W", "b", "h", "J"))
+            big = nb * n * n > 1e6
+            yield "%d,%d" % (nb, n), W, b, h, J, {"reps": 5 if big else 11, "min_time": 0 if big else 0.05}
+    return load()      # the command line is checked now, the arrays read one size at a time
+
+
 def load_saved(script, directory, filename):
     """The array bench/<script's stem>.lua saved in 'directory' as 'filename', as a tensor;
     exits saying which run is missing when it is not there ('script' names bench/*.py)."""
     path = os.path.join(directory, filename)
+    import torch
+    return torch.from_numpy(load_array(script, directory, filename))
+
+
+def load_array(script, directory, filename):
+    """As load_saved, as a NumPy array; the pair's Lua side is the part of 'script' before
+    its first '.' or '_jax'/'_tf' suffix."""
+    path = os.path.join(directory, filename)
     if not os.path.exists(path):
-        sys.exit("%s: %s is missing; run bench/%s.lua %s first" % (script, path, script[:-3], directory))
-    return torch.from_numpy(np.load(path))
+        lua = script.split(".")[0]
+        for suffix in ("_jax", "_tf"):
+            lua = lua[:-len(suffix)] if lua.endswith(suffix) else lua
+        sys.exit("%s: %s is missing; run bench/%s.lua %s first" % (script, path, lua, directory))
+    return np.load(path)
 
 
 def _openblas():
-    """The OpenBLAS that torch loaded (same soname, so the same handle), or None."""
+    """The OpenBLAS this process already loaded (Debian's torch; the same soname gives the
+    same handle), or None: torch wheels from PyPI link MKL statically and load no OpenBLAS,
+    and loading the system's here would describe a library nobody calls."""
     try:
+        with open("/proc/self/maps") as f:
+            if "libopenblas" not in f.read():
+                return None
         lib = ctypes.CDLL("libopenblas.so.0")
         lib.openblas_get_corename.restype = ctypes.c_char_p
         return lib
@@ -81,6 +217,7 @@ def one_thread():
 
     Debian's torch calls OpenBLAS (pthread build), which torch.set_num_threads does not
     reach, so its thread count is set directly too."""
+    import torch
     n = threads()
     torch.set_num_threads(n)
     lib = _openblas()
@@ -100,13 +237,91 @@ def settle():
         pass
 
 
+def torch_config():
+    """What torch.__config__.show() says about the CPU kernels, as one line: its BLAS and
+    LAPACK (BLAS_INFO, LAPACK_INFO: "open" is OpenBLAS, "mkl" Intel's MKL), the MKL and
+    oneDNN (MKL-DNN) versions, the OpenMP, and the CPU capability its kernels use."""
+    import torch
+    text = torch.__config__.show()
+    keep = []
+    for line in text.splitlines():
+        line = line.strip().lstrip("- ").strip()
+        if line.startswith(("Intel(R)", "OpenMP", "LAPACK is", "CPU capability")):
+            keep.append(line.split(" (Git Hash")[0].replace(" for Intel(R) 64 architecture applications", ""))
+        elif line.startswith("Build settings:"):
+            for kv in line[len("Build settings:"):].split(","):
+                kv = kv.strip()
+                if kv.split("=")[0] in ("BLAS_INFO", "LAPACK_INFO", "USE_MKLDNN", "USE_OPENMP"):
+                    keep.append(kv)
+    return "; ".join(keep)
+
+
 def blas_meta(bench):
+    """The peer's kernels (peer_blas: torch_config, and OpenBLAS's core when torch calls
+    OpenBLAS) and threads (peer_threads), as meta lines; the old keys too (torch_*)."""
+    import torch
+    blas = torch_config()
     lib = _openblas()
+    threads_text = "torch %d" % torch.get_num_threads()
     if lib is not None:
-        meta(bench, "torch_blas_core", lib.openblas_get_corename().decode())
+        core = lib.openblas_get_corename().decode()
+        meta(bench, "torch_blas_core", core)
         meta(bench, "torch_blas_threads", lib.openblas_get_num_threads())
+        blas = "OpenBLAS %s kernels; %s" % (core, blas)
+        threads_text += ", OpenBLAS %d" % lib.openblas_get_num_threads()
     meta(bench, "torch_threads", torch.get_num_threads())
     meta(bench, "torch_version", torch.__version__)
+    meta(bench, "peer_blas", blas)
+    meta(bench, "peer_threads", threads_text)
+
+
+def xla_flags():
+    """Sets XLA_FLAGS (before jax is imported) so that XLA's CPU backend runs threads()
+    threads: one Eigen thread and one intra-op thread by default. Flags already set are kept
+    in front."""
+    n = threads()
+    flags = ("--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" if n == 1
+             else "--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads=%d" % n)
+    old = os.environ.get("XLA_FLAGS", "")
+    os.environ["XLA_FLAGS"] = (old + " " + flags).strip()
+    return os.environ["XLA_FLAGS"]
+
+
+def jax_meta(bench, jax):
+    """JAX's peer label, its backend and the XLA flags as meta lines."""
+    set_peer("JAX", jax.__version__)
+    try:
+        import jaxlib
+        version = "jaxlib " + jaxlib.__version__
+    except (ImportError, AttributeError):
+        version = "jaxlib ?"
+    dev = jax.devices()[0]
+    meta(bench, "peer_blas", "XLA:%s (%s; dots compiled by XLA, no external BLAS)"
+         % (dev.platform.upper(), version))
+    meta(bench, "peer_threads", "XLA_FLAGS=%s" % os.environ.get("XLA_FLAGS", ""))
+
+
+def tf_threads(tf):
+    """TensorFlow's intra-op pool set to threads() threads and its inter-op pool to one
+    (ops run one at a time, each on threads() threads), before any op runs."""
+    n = threads()
+    tf.config.threading.set_intra_op_parallelism_threads(n)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    settle()
+
+
+def tf_meta(bench, tf):
+    set_peer("TensorFlow", tf.__version__)
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+        onednn = "oneDNN %s" % ("on" if _pywrap_util_port.IsMklEnabled() else "off")
+    except (ImportError, AttributeError):
+        onednn = "oneDNN ?"
+    onednn += " (TF_ENABLE_ONEDNN_OPTS=%s)" % os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset")
+    meta(bench, "peer_blas", "Eigen; %s" % onednn)
+    meta(bench, "peer_threads", "intra-op %d, inter-op %d"
+         % (tf.config.threading.get_intra_op_parallelism_threads(),
+            tf.config.threading.get_inter_op_parallelism_threads()))
 
 
 def measure(fn, reps=7, min_time=0.1, warmup=1, inner=None, collect=False):
@@ -133,13 +348,13 @@ def measure(fn, reps=7, min_time=0.1, warmup=1, inner=None, collect=False):
 
 def result(bench, case, impl, m, per=1):
     """One result line from measure's m, divided by per (e.g. the ops a call ran)."""
-    sys.stdout.write("result\t%s\t%s\t%s\t%.9g\t%.9g\n"
-                     % (bench, case, impl, m["cpu"] / per, m["wall"] / per))
+    sys.stdout.write("result\t%s\t%s\t%s\t%.9g\t%.9g\t%s\n"
+                     % (bench, case, impl, m["cpu"] / per, m["wall"] / per, peer()))
     sys.stdout.flush()
 
 
 def meta(bench, key, value):
-    sys.stdout.write("meta\t%s\t%s\t%s\n" % (bench, key, value))
+    sys.stdout.write("meta\t%s\t%s\t%s\t%s\n" % (bench, key, value, peer()))
     sys.stdout.flush()
 
 

@@ -1,9 +1,12 @@
 """jacobian.py - PyTorch side of bench/jacobian.lua: the batch Jacobian of
 h' = relu(h) @ W + b, J[k, i, j] = dh'[k, i] / dh[k, j], for the W, b, h that jacobian.lua
-saved in DIR, each way PyTorch 1.13 offers, each checked against moongrad's saved J
-(within 1e-5 relative to max |J|).
+saved in DIR, each way PyTorch offers, each checked against moongrad's saved J (within 1e-5
+relative to max |J|). Runs under Debian's torch 1.13 and under the bench venv's current torch
+(bench/run runs both); the function transforms come from torch.func where it exists (2.x),
+else from functorch (1.13's spelling).
 
-    vmap(jacrev)          functorch.vmap(functorch.jacrev(f_row))(h), f_row on one (N,) row
+    vmap(jacrev)          vmap(jacrev(f_row))(h), f_row on one (N,) row
+    vmap(jacfwd)          vmap(jacfwd(f_row))(h): forward mode, N tangents per row
     jacobian(vec) full    torch.autograd.functional.jacobian(f, h, vectorize=True): the
                           whole (B, N, B, N) Jacobian, then its diagonal blocks
     jacobian(vec) sum     the same of h -> f(h).sum(0): (N, B, N), which holds the diagonal
@@ -12,29 +15,26 @@ saved in DIR, each way PyTorch 1.13 offers, each checked against moongrad's save
                           (what TensorFlow's batch_jacobian falls back to without pfor)
     closed form           W.T * relu'(h), by hand: a floor, not an autodiff method
 Every timed call includes the forward pass, as mg.batch_jacobian's does.
-Usage: /usr/bin/python3 bench/jacobian.py DIR [B,N ...]   (after bench/jacobian.lua DIR)
+Usage: PYTHON bench/jacobian.py DIR [B,N ...]   (after bench/jacobian.lua DIR)
 """
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib as B  # noqa: E402
+import warnings  # noqa: E402
+
 import torch  # noqa: E402
-import functorch  # noqa: E402
+
+# torch 2.x's jacfwd warns that torch.jit.script, which it calls inside, is deprecated
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+try:
+    from torch.func import jacfwd, jacrev, vmap  # noqa: E402  (torch >= 2.0)
+except ImportError:
+    from functorch import jacfwd, jacrev, vmap  # noqa: E402  (torch 1.13)
 
 BENCH = "jacobian"
-USAGE = ("usage: /usr/bin/python3 bench/jacobian.py DIR [B,N ...]  "
-         "(default sizes 1,100 32,100 32,512 8,1024)")
 RTOL = 1e-5
-
-
-def parse_sizes(args):
-    return B.int_cases(args, 2, "jacobian.py: bad size '%s', expected B,N with positive integers; " + USAGE,
-                       [(1, 100), (32, 100), (32, 512), (8, 1024)])
-
-
-def load(directory, nb, n, name):
-    return B.load_saved("jacobian.py", directory, "%d_%d_%s.npy" % (nb, n, name))
 
 
 def methods(W, b):
@@ -42,7 +42,10 @@ def methods(W, b):
         return torch.relu(x) @ W + b
 
     def vmap_jacrev(h):
-        return functorch.vmap(functorch.jacrev(f))(h)
+        return vmap(jacrev(f))(h)
+
+    def vmap_jacfwd(h):
+        return vmap(jacfwd(f))(h)
 
     def jac_full(h):
         full = torch.autograd.functional.jacobian(f, h, vectorize=True)   # (B, N, B, N)
@@ -62,39 +65,21 @@ def methods(W, b):
     def closed_form(h):
         return W.t().unsqueeze(0) * (h > 0).to(h.dtype).unsqueeze(1)
 
-    return [("vmap(jacrev)", vmap_jacrev), ("jacobian(vec) full", jac_full),
+    return [("vmap(jacrev)", vmap_jacrev), ("vmap(jacfwd)", vmap_jacfwd), ("jacobian(vec) full", jac_full),
             ("jacobian(vec) sum", jac_sum), ("N backward passes", backward_loop),
             ("closed form", closed_form)]
 
 
 def main():
-    if len(sys.argv) < 2:
-        sys.exit("jacobian.py: no data directory given; " + USAGE)
-    directory = sys.argv[1]
-    if not os.path.isdir(directory):
-        sys.exit("jacobian.py: directory '%s' does not exist" % directory)
+    cases = B.jacobian_cases("jacobian.py")
     B.one_thread()
     B.blas_meta(BENCH)
     failed = []
-    for nb, n in parse_sizes(sys.argv[2:]):
-        case = "%d,%d" % (nb, n)
-        W, b, h, J_mg = (load(directory, nb, n, k) for k in ("W", "b", "h", "J"))
-        scale = J_mg.abs().max().item()
-        big = nb * n * n > 1e6
+    for case, W, b, h, J_mg, opts in cases:
+        W, b, h = torch.from_numpy(W), torch.from_numpy(b), torch.from_numpy(h)
         for name, fn in methods(W, b):
-            J = fn(h)
-            err = (J - J_mg).abs().max().item() / scale if J.shape == J_mg.shape else float("inf")
-            B.meta(BENCH, "relerr %s %s" % (case, name), "%.3g" % err)
-            if not err <= RTOL:
-                failed.append("(%s) %s: shape %s, relative error %g vs moongrad"
-                              % (case, name, tuple(J.shape), err))
-            del J
-            m = B.measure(lambda: fn(h), reps=5 if big else 11, min_time=0 if big else 0.05)
-            B.result(BENCH, case, name, m)
-            B.log("pytorch   (%s) %-20s %10.4f ms CPU, %10.4f ms wall; rel. err. vs moongrad %.2g",
-                  case, name, m["cpu"] * 1e3, m["wall"] * 1e3, err)
-    if failed:
-        sys.exit("jacobian.py: results differ from moongrad's:\n  " + "\n  ".join(failed))
+            B.check_and_time(BENCH, case, name, lambda: fn(h), J_mg, RTOL, failed, **opts)
+    B.exit_if_failed("jacobian.py", failed)
 
 
 if __name__ == "__main__":

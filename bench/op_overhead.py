@@ -1,9 +1,11 @@
 """op_overhead.py - PyTorch side of bench/op_overhead.lua: per-op cost of a 16-element
 float32 add called from Python, 100,000 times.
-    no_tape            'c = a + b' under torch.no_grad()
+    no_tape            'c = a + b' under torch.no_grad(), and under torch.inference_mode()
+                       (no version counters either: PyTorch's cheapest mode)
     recorded           a, b with requires_grad=True: every add builds a graph node
     recorded+backward  'x = x + b' chained 100,000 times, then sum(x).backward() into a
-Usage: /usr/bin/python3 bench/op_overhead.py [n_ops]
+Runs under Debian's torch 1.13 and the bench venv's current torch (bench/run runs both).
+Usage: PYTHON bench/op_overhead.py [n_ops]
 """
 import os
 import sys
@@ -16,49 +18,37 @@ BENCH = "op_overhead"
 
 
 def main():
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 100000
-    if n < 1:
-        sys.exit("op_overhead.py: n_ops must be a positive integer, got %d" % n)
+    n = B.n_ops("op_overhead.py")
     B.one_thread()
     B.blas_meta(BENCH)
-    torch.manual_seed(0)
-    a0, b0 = torch.randn(16), torch.randn(16)
+    a0, b0 = (torch.from_numpy(x) for x in B.add_operands())
 
-    def adds():
-        with torch.no_grad():
-            c = None
-            for _ in range(n):
-                c = a0 + b0
-        return c
+    def adds_under(mode):
+        def adds():
+            with mode():
+                return B.adds(a0, b0, n)
+        return adds
+    adds, adds_inference = adds_under(torch.no_grad), adds_under(torch.inference_mode)
 
     a1 = a0.clone().requires_grad_(True)
     b1 = b0.clone().requires_grad_(True)
 
     def recorded():
-        c = None
-        for _ in range(n):
-            c = a1 + b1
-        return c
+        return B.adds(a1, b1, n)
 
     def chain_backward():
         a = a0.clone().requires_grad_(True)
-        x = a
-        for _ in range(n):
-            x = x + b0
-        x.sum().backward()
+        B.chain(a, b0, n).sum().backward()
         return a.grad
 
     assert torch.equal(adds(), a0 + b0), "op_overhead: no_tape result is wrong"
+    assert torch.equal(adds_inference(), a0 + b0), "op_overhead: inference_mode result is wrong"
     assert recorded().grad_fn is not None, "op_overhead: add was not recorded"
     assert torch.equal(chain_backward(), torch.ones(16)), "op_overhead: gradient is not ones"
 
-    for name, fn in (("no_tape", adds), ("recorded", recorded),
-                     ("recorded+backward", chain_backward)):
-        m = B.measure(fn, reps=7, inner=1, warmup=2)
-        B.result(BENCH, name, "pytorch", m, n)
-        B.log("pytorch   %-18s %7.3f us/op CPU (repetitions %.3f .. %.3f), %7.3f wall", name,
-              m["cpu"] / n * 1e6, min(m["cpu_reps"]) / n * 1e6, max(m["cpu_reps"]) / n * 1e6,
-              m["wall"] / n * 1e6)
+    for name, impl, fn in (("no_tape", "a + b", adds), ("no_tape", "a + b, inference_mode", adds_inference),
+                           ("recorded", "a + b", recorded), ("recorded+backward", "a + b", chain_backward)):
+        B.per_op_result(BENCH, name, impl, B.measure(fn, reps=7, inner=1, warmup=2), n)
 
 
 if __name__ == "__main__":

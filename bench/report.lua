@@ -1,20 +1,29 @@
--- report.lua - turns the result lines of bench/*.lua and bench/*.py into markdown tables.
+-- report.lua - turns the result lines of the bench sides (bench/NAME.lua for moongrad, and the
+-- peers: bench/NAME.py under each PyTorch, bench/NAME_jax.py, bench/NAME_tf.py) into markdown.
 -- Usage: lua5.4 bench/report.lua [--clock cpu|wall] LABEL=FILE.tsv [LABEL=FILE.tsv ...]
 -- Each FILE holds the 'result' and 'meta' lines of one environment (LABEL names it, e.g.
--- "as set here" or "tuned"); one table per benchmark and environment is printed, rows the
--- cases, columns moongrad then each PyTorch method as "time (PyTorch/moongrad)", then
--- PyTorch's best and its ratio, and a line saying whether the target ratio is met. Times are
--- the process CPU time medians unless '--clock wall' asks for the wall-clock medians.
+-- "as set here" or "tuned"):
+--   result <bench> <case> <impl> <CPU s> <wall s> [<peer>]     meta <bench> <key> <value> [<peer>]
+-- where <peer> ("PyTorch 2.5.1", "JAX 0.4.35", "TensorFlow 2.18.0") is absent on moongrad's
+-- lines (and on older peer lines: an impl "jax ..." is JAX's, any other non-moongrad impl
+-- PyTorch's, their versions from the meta keys jax_version and torch_version).
+-- Printed: each run's kernels and threads per side; per benchmark and environment a table
+-- with moongrad's columns, each peer's best method and the best of them all with its ratio
+-- best / moongrad (higher is better for moongrad) and whether the target is met, then every
+-- peer method's time and ratio; at the end a one-screen summary of every ratio against its
+-- target. Times are the process CPU time medians unless '--clock wall' asks for the
+-- wall-clock medians (runs with more than one thread always show the wall clock).
 
--- Per benchmark: unit, what the rows are, the target ratio of PyTorch's best to moongrad,
--- PyTorch columns that are not autodiff methods (shown, but not candidates for "best"), and
--- which moongrad column a PyTorch column is compared with when not plain "moongrad".
+-- Per benchmark: unit, what the rows are, the target ratio of the best peer to moongrad,
+-- peer methods that are not autodiff methods (shown, but not candidates for "best"), and
+-- which moongrad column a peer method is compared with when not plain "moongrad" (such a
+-- method is not a candidate for the row's best either).
 -- Targets are issue 18's: op_overhead 6x, jacobian 5x, lstm 5x at 6 and 32 units and 2x
--- from 256 units; 'case_target' overrides 'target' per case.
+-- from 256 units; issue 13's: lyapunov 10x; 'case_target' overrides 'target' per case.
 local CONFIG = {
   op_overhead = { unit = "us", scale = 1e6, title = "per-op overhead, 16-element float32 add",
                   row = "mode", target = 6,
-                  rows = { no_tape = "no tape (PyTorch: no_grad)",
+                  rows = { no_tape = "no tape (PyTorch: no_grad / inference_mode; JAX, TensorFlow: eager)",
                            recorded = "recorded (tape / requires_grad)",
                            ["recorded+backward"] = "recorded + backward, per op (chain)" },
                   notarget = { ["recorded+backward"] = true } },
@@ -28,7 +37,7 @@ local CONFIG = {
                 title = "char-LSTM train step: one-hot 76 -> 2 x LSTM (dropout 0.2) -> Dense, B=32, T=50, "
                         .. "cross-entropy + backward + global-norm clip + RMSprop" },
   lyapunov = { unit = "ms", scale = 1e3, row = "N,k,T", target = 10,
-               title = "top-k Lyapunov spectrum of a GRU, B=16, float32, the whole run (PyTorch and JAX columns)" },
+               title = "top-k Lyapunov spectrum of a GRU, B=16, float32, the whole run" },
 }
 
 -- The 2-thread speedup targets (moongrad's 1-thread over its 2-thread time, wall clock).
@@ -42,32 +51,71 @@ local function read_results(path)
   local f, err = io.open(path)
   if not f then die("cannot read " .. tostring(err)) end
   local data = { order = {}, benches = {} }
+  local function bench_of(name)
+    local b = data.benches[name]
+    if not b then
+      b = { cases = {}, wall = {}, case_order = {}, meta = {}, peer_meta = {}, peer_order = {},
+            methods = {}, moongrad = {} }
+      data.benches[name] = b
+      data.order[#data.order + 1] = name
+    end
+    return b
+  end
+  local function add_peer(b, peer)
+    if not b.peer_meta[peer] then
+      b.peer_meta[peer], b.methods[peer] = {}, {}
+      b.peer_order[#b.peer_order + 1] = peer
+    end
+  end
+  local pending = {}                      -- lines without a peer field, resolved at the end
   for line in f:lines() do
     local fields = {}
     for x in (line .. "\t"):gmatch("([^\t]*)\t") do fields[#fields + 1] = x end
-    local kind, bench = fields[1], fields[2]
-    if kind == "result" or kind == "meta" then
-      local b = data.benches[bench]
-      if not b then
-        b = { cases = {}, wall = {}, case_order = {}, impls = {}, impl_order = {}, meta = {} }
-        data.benches[bench] = b
-        data.order[#data.order + 1] = bench
-      end
-      if kind == "meta" then
-        b.meta[fields[3]] = fields[4]
+    local kind, name = fields[1], fields[2]
+    if kind == "meta" then
+      local b = bench_of(name)
+      local peer = fields[5]
+      if peer and peer ~= "" then
+        add_peer(b, peer)
+        b.peer_meta[peer][fields[3]] = fields[4]
       else
-        local case, impl, cpu, wall = fields[3], fields[4], tonumber(fields[5]), tonumber(fields[6])
-        if not cpu or not wall then die(path .. ": bad time in line: " .. line) end
-        if not b.cases[case] then
-          b.cases[case], b.wall[case] = {}, {}
-          b.case_order[#b.case_order + 1] = case
-        end
-        if not b.impls[impl] then b.impls[impl] = true; b.impl_order[#b.impl_order + 1] = impl end
-        b.cases[case][impl], b.wall[case][impl] = cpu, wall
+        b.meta[fields[3]] = fields[4]
       end
+    elseif kind == "result" then
+      local b = bench_of(name)
+      local case, impl, cpu, wall = fields[3], fields[4], tonumber(fields[5]), tonumber(fields[6])
+      if not cpu or not wall then die(path .. ": bad time in line: " .. line) end
+      pending[#pending + 1] = { b = b, case = case, impl = impl, cpu = cpu, wall = wall, peer = fields[7] }
     end
   end
   f:close()
+  for _, r in ipairs(pending) do
+    local b, peer, method = r.b, r.peer, r.impl
+    if not peer or peer == "" then
+      if r.impl:match("^moongrad") then
+        peer = nil
+      elseif r.impl:match("^jax ") then
+        peer, method = "JAX " .. (b.meta.jax_version or "?"), r.impl:gsub("^jax ", "")
+      else
+        peer = "PyTorch " .. (b.meta.torch_version or "?")
+      end
+    end
+    if not b.cases[r.case] then
+      b.cases[r.case], b.wall[r.case] = {}, {}
+      b.case_order[#b.case_order + 1] = r.case
+    end
+    local key
+    if peer then
+      add_peer(b, peer)
+      local ms = b.methods[peer]
+      if not ms[method] then ms[method] = true; ms[#ms + 1] = method end
+      key = peer .. "\0" .. method
+    else
+      if not b.moongrad[method] then b.moongrad[method] = true; b.moongrad[#b.moongrad + 1] = method end
+      key = method
+    end
+    b.cases[r.case][key], b.wall[r.case][key] = r.cpu, r.wall
+  end
   -- A run with more than one thread shows wall-clock medians: CPU time adds up the threads.
   for _, b in pairs(data.benches) do
     b.threads = tonumber(b.meta.moongrad_threads) or 1
@@ -90,58 +138,71 @@ local function fmt_ratio(r)
   return string.format("%.1fx", r)
 end
 
+-- "torch 1.13", "torch 2.5", "JAX", "TF": a peer's name in the summary's cells.
+local function short_peer(peer)
+  local v = peer:match("^PyTorch (%d+%.%d+)")
+  if v then return "torch " .. v end
+  if peer:match("^JAX") then return "JAX" end
+  if peer:match("^TensorFlow") then return "TF" end
+  return peer
+end
+
+-- The row's best for one peer (fastest autodiff method compared with plain moongrad).
+local function peer_best(cfg, b, case, peer)
+  local best, which
+  for _, method in ipairs(b.methods[peer]) do
+    local t = b.cases[case][peer .. "\0" .. method]
+    if t and not (cfg.floor and cfg.floor[method]) and not (cfg.pair and cfg.pair[method])
+       and (not best or t < best) then
+      best, which = t, method
+    end
+  end
+  return best, which
+end
+
 local function table_for(label, name, b)
   local cfg = CONFIG[name] or { unit = "s", scale = 1, title = name, row = "case" }
-  local mgs, torch = {}, {}
-  for _, impl in ipairs(b.impl_order) do
-    if impl:match("^moongrad") then mgs[#mgs + 1] = impl else torch[#torch + 1] = impl end
-  end
-  local multi = #torch > 1
   local out = {}
   local function emit(s) out[#out + 1] = s end
   emit(string.format("#### %s: %s (%s)", name, cfg.title, label))
   emit("")
-  emit(string.format("BLAS kernels: moongrad %s (best for this CPU: %s), PyTorch %s; %s " ..
-    "each; medians of %s time.", b.meta.moongrad_blas_core or "?",
-    b.meta.moongrad_blas_best or "?", b.meta.torch_blas_core or "?",
+  emit(string.format("moongrad's BLAS kernels %s (best for this CPU: %s); %s each; medians of %s time; " ..
+    "each peer's cell is its fastest method (named), the ratio best / moongrad.",
+    b.meta.moongrad_blas_core or "?", b.meta.moongrad_blas_best or "?",
     b.threads == 1 and "one thread" or b.threads .. " threads", b.clock))
   emit("")
   local head = { cfg.row }
-  for _, impl in ipairs(mgs) do head[#head + 1] = impl .. " " .. cfg.unit end
-  for _, impl in ipairs(torch) do
-    head[#head + 1] = (multi and (impl:match("^jax") and "JAX " .. impl:gsub("^jax ", "") or "PyTorch " .. impl) or "PyTorch") .. " " .. cfg.unit ..
-                      ((cfg.floor and cfg.floor[impl]) and " (not autodiff)" or "")
+  for _, m in ipairs(b.moongrad) do head[#head + 1] = m .. " " .. cfg.unit end
+  for _, peer in ipairs(b.peer_order) do
+    if #b.methods[peer] > 0 then head[#head + 1] = peer .. " " .. cfg.unit end
   end
-  if multi then head[#head + 1] = "PyTorch best " .. cfg.unit end
-  head[#head + 1] = multi and "best / moongrad" or "PyTorch / moongrad"
+  head[#head + 1] = "best of the peers " .. cfg.unit
+  head[#head + 1] = "best / moongrad"
   emit("| " .. table.concat(head, " | ") .. " |")
   emit("|" .. string.rep("---|", #head))
   local misses, checked = {}, 0
+  b.ratios = {}
   for _, case in ipairs(b.case_order) do
     local r = b.cases[case]
     local mg_t = r.moongrad
     local row = { (cfg.rows and cfg.rows[case]) or case }
-    for _, impl in ipairs(mgs) do row[#row + 1] = r[impl] and fmt_time(r[impl], cfg.scale) or "-" end
-    local best
-    for _, impl in ipairs(torch) do
-      local t = r[impl]
-      local cell = t and fmt_time(t, cfg.scale) or "-"
-      local other = cfg.pair and cfg.pair[impl]
-      local ref = r[other or "moongrad"]
-      if t and ref and multi then
-        cell = cell .. " (" .. fmt_ratio(t / ref) .. (other and " vs " .. other or "") .. ")"
+    for _, m in ipairs(b.moongrad) do row[#row + 1] = r[m] and fmt_time(r[m], cfg.scale) or "-" end
+    local best, best_peer
+    for _, peer in ipairs(b.peer_order) do
+      if #b.methods[peer] > 0 then
+        local t, method = peer_best(cfg, b, case, peer)
+        row[#row + 1] = t and string.format("%s (%s%s)", fmt_time(t, cfg.scale), method,
+                                            mg_t and ", " .. fmt_ratio(t / mg_t) or "") or "-"
+        if t and (not best or t < best) then best, best_peer = t, peer end
       end
-      row[#row + 1] = cell
-      if t and not (cfg.floor and cfg.floor[impl]) and (not best or t < best) then best = t end
     end
-    if multi then row[#row + 1] = best and fmt_time(best, cfg.scale) or "-" end
+    row[#row + 1] = best and string.format("%s (%s)", fmt_time(best, cfg.scale), best_peer) or "-"
     local ratio = (best and mg_t) and best / mg_t
     row[#row + 1] = ratio and ("**" .. fmt_ratio(ratio) .. "**") or "-"
     emit("| " .. table.concat(row, " | ") .. " |")
     local target = (cfg.case_target and cfg.case_target[case]) or cfg.target
     if cfg.notarget and cfg.notarget[case] then target = nil end
-    b.ratios = b.ratios or {}
-    b.ratios[case] = { ratio = ratio, target = target }
+    b.ratios[case] = { ratio = ratio, target = target, peer = best_peer }
     if target and ratio then
       checked = checked + 1
       if ratio < target then misses[#misses + 1] = string.format("%s (%s < %s)", case, fmt_ratio(ratio), fmt_ratio(target)) end
@@ -151,21 +212,53 @@ local function table_for(label, name, b)
   if cfg.target and checked > 0 then
     local what = cfg.case_target and "the row's target" or string.format("%dx", cfg.target)
     if #misses == 0 then
-      emit(string.format("Target (PyTorch%s / moongrad >= %s): met in every row checked (%d).",
-                         multi and "'s best" or "", what, checked))
+      emit(string.format("Target (the best peer / moongrad >= %s): met in every row checked (%d).", what, checked))
     else
-      emit(string.format("Target (PyTorch%s / moongrad >= %s): MISSED in %s.",
-                         multi and "'s best" or "", what, table.concat(misses, ", ")))
+      emit(string.format("Target (the best peer / moongrad >= %s): MISSED in %s.", what, table.concat(misses, ", ")))
     end
     emit("")
   end
-  local extra = {}                         -- moongrad's GFLOP/s and both sides' peak RSS
+  -- Every peer method, one row each, the cases as columns: time (ratio to its moongrad column).
+  local mhead = { "peer", "method" }
+  for _, case in ipairs(b.case_order) do mhead[#mhead + 1] = cfg.row .. " " .. case .. " " .. cfg.unit end
+  emit("Every method:")
+  emit("")
+  emit("| " .. table.concat(mhead, " | ") .. " |")
+  emit("|" .. string.rep("---|", #mhead))
+  for _, m in ipairs(b.moongrad) do
+    local row = { "moongrad", m }
+    for _, case in ipairs(b.case_order) do
+      local t = b.cases[case][m]
+      row[#row + 1] = t and fmt_time(t, cfg.scale) or "-"
+    end
+    emit("| " .. table.concat(row, " | ") .. " |")
+  end
+  for _, peer in ipairs(b.peer_order) do
+    for _, method in ipairs(b.methods[peer]) do
+      local other = cfg.pair and cfg.pair[method]
+      local row = { peer, method .. ((cfg.floor and cfg.floor[method]) and " (not autodiff)" or "") ..
+                          (other and " (vs " .. other .. ")" or "") }
+      for _, case in ipairs(b.case_order) do
+        local t, ref = b.cases[case][peer .. "\0" .. method], b.cases[case][other or "moongrad"]
+        row[#row + 1] = t and (fmt_time(t, cfg.scale) .. (ref and " (" .. fmt_ratio(t / ref) .. ")" or "")) or "-"
+      end
+      emit("| " .. table.concat(row, " | ") .. " |")
+    end
+  end
+  emit("")
+  local extra = {}                         -- moongrad's GFLOP/s and every side's peak RSS
   for _, case in ipairs(b.case_order) do
     local gf = b.meta["gflops " .. case .. " moongrad"]
-    local rss_mg, rss_pt = b.meta["peak_rss_mib " .. case], b.meta["peak_rss_mib_torch " .. case]
+    local rss_mg = b.meta["peak_rss_mib " .. case]
     if gf or rss_mg then
-      extra[#extra + 1] = string.format("%s: %s GFLOP/s, peak RSS %s MiB (PyTorch %s MiB)", case,
-                                        gf or "?", rss_mg or "?", rss_pt or "?")
+      local peers = {}
+      for _, peer in ipairs(b.peer_order) do
+        local pm = b.peer_meta[peer]
+        local v = pm["peak_rss_mib_torch " .. case] or pm["peak_rss_mib_peer " .. case]
+        if v then peers[#peers + 1] = short_peer(peer) .. " " .. v end
+      end
+      extra[#extra + 1] = string.format("%s: %s GFLOP/s, peak RSS %s MiB (%s)", case, gf or "?",
+                                        rss_mg or "?", #peers > 0 and table.concat(peers, ", ") .. " MiB" or "peers ?")
     end
   end
   if #extra > 0 then
@@ -192,19 +285,28 @@ for i = first, #arg do
     if not seen[name] then seen[name] = true; benches[#benches + 1] = name end
   end
 end
--- The header: each run's BLAS kernels, threads and versions, from its first benchmark's meta.
+-- The header: each run's kernels and threads per side, from the first benchmark saying them.
 local function short(label) return (label:match("^([^:]*)") or label) end
-print("BLAS kernels and threads per run:")
+print("Kernels and threads per run and side:")
 print("")
 for _, run in ipairs(runs) do
-  local m = {}
+  local m, peers, pseen = {}, {}, {}
   for _, name in ipairs(run.data.order) do
-    for k, v in pairs(run.data.benches[name].meta) do if m[k] == nil then m[k] = v end end
+    local b = run.data.benches[name]
+    for k, v in pairs(b.meta) do if m[k] == nil then m[k] = v end end
+    for _, peer in ipairs(b.peer_order) do
+      if not pseen[peer] then pseen[peer] = {}; peers[#peers + 1] = peer end
+      for k, v in pairs(b.peer_meta[peer]) do if pseen[peer][k] == nil then pseen[peer][k] = v end end
+    end
   end
-  print(string.format("- %s: moongrad %s (best for this CPU: %s), %s thread(s); PyTorch %s %s, " ..
-    "%s thread(s), OpenBLAS %s thread(s)", run.label, m.moongrad_blas_core or "?",
-    m.moongrad_blas_best or "?", m.moongrad_threads or "?", m.torch_version or "?",
-    m.torch_blas_core or "?", m.torch_threads or "?", m.torch_blas_threads or "?"))
+  print(string.format("- %s: moongrad %s (best for this CPU: %s), %s thread(s)", run.label,
+    m.moongrad_blas_core or "?", m.moongrad_blas_best or "?", m.moongrad_threads or "?"))
+  for _, peer in ipairs(peers) do
+    local pm = pseen[peer]
+    local blas = pm.peer_blas or (pm.torch_blas_core and "OpenBLAS " .. pm.torch_blas_core) or "?"
+    print(string.format("  - %s: %s; threads: %s", peer, blas,
+      pm.peer_threads or (pm.torch_threads and "torch " .. pm.torch_threads) or "?"))
+  end
 end
 print("")
 
@@ -216,8 +318,8 @@ for _, name in ipairs(benches) do
 end
 
 -- The summary: every ratio against its target, one row per benchmark case, one column per
--- run; then moongrad's own 2-thread speedup (its 1-thread wall time in the run of the same
--- environment over its 2-thread wall time) where a multi-thread run exists.
+-- run (the best peer named); then moongrad's own 2-thread speedup (its 1-thread wall time in
+-- the run of the same environment over its 2-thread wall time) where a multi-thread run exists.
 local function speedup(name, case, run)
   local b = run.data.benches[name]
   if not b or b.threads == 1 then return nil end
@@ -241,17 +343,18 @@ for _, run in ipairs(runs) do
 end
 for _, run in ipairs(multi_runs) do head[#head + 1] = "moongrad speedup, " .. short(run.label) end
 head[#head + 1] = "target"
-print("#### Summary: PyTorch's best / moongrad per run, against the targets")
+print("#### Summary: the best peer / moongrad per run (the best peer named), against the targets")
 print("")
 print("| " .. table.concat(head, " | ") .. " |")
 print("|" .. string.rep("---|", #head))
 local total, missed = 0, 0
-local function mark(v, target)
+local function mark(v, target, peer)
   if not v then return "-" end
-  if not target then return fmt_ratio(v) end
+  local who = peer and " (" .. short_peer(peer) .. ")" or ""
+  if not target then return fmt_ratio(v) .. who end
   total = total + 1
-  if v < target then missed = missed + 1; return "**" .. fmt_ratio(v) .. " MISSED**" end
-  return fmt_ratio(v) .. " met"
+  if v < target then missed = missed + 1; return "**" .. fmt_ratio(v) .. " MISSED**" .. who end
+  return fmt_ratio(v) .. " met" .. who
 end
 for _, name in ipairs(benches) do
   local cases, cseen = {}, {}
@@ -267,7 +370,7 @@ for _, name in ipairs(benches) do
       local b = run.data.benches[name]
       local r = b and b.ratios and b.ratios[case]
       if r and r.target then target = r.target end
-      row[#row + 1] = mark(r and r.ratio, r and r.target)
+      row[#row + 1] = mark(r and r.ratio, r and r.target, r and r.peer)
     end
     local ttarget = THREAD_TARGET[name] and THREAD_TARGET[name][case]
     for _, run in ipairs(multi_runs) do row[#row + 1] = mark(speedup(name, case, run), ttarget) end

@@ -1,0 +1,118 @@
+"""lstm_jax.py - JAX side of bench/lstm.lua: one training step of the same LSTM regressor,
+x (16, 100, 8) -> LSTM(8, units) over all steps (jax.lax.scan; Keras layout and gate order
+i, f, g, o, as moongrad's nn.LSTMCell) -> Dense(units, 1) on every step -> MSE against
+y (16, 100, 1) -> gradients (jax.value_and_grad) -> Adam (lr 1e-3, written out: JAX has no
+optimizer of its own), the whole step one jax.jit with the parameters and the optimizer's
+state donated, float32, from the data and initial weights that lstm.lua saved in DIR.
+Before timing, the loss and the parameter gradients are checked against moongrad's (within
+1e-4 relative to each array's largest magnitude). Compilation is not timed (the warm-up call
+compiles). After the timing, the peak RSS once 200 steps in all have run.
+Usage: $(bench/venv)/bin/python bench/lstm_jax.py DIR [units ...]   (after bench/lstm.lua DIR)
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchlib as B  # noqa: E402
+
+B.xla_flags()
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+BENCH = "lstm"
+USAGE = "usage: $(bench/venv)/bin/python bench/lstm_jax.py DIR [units ...]  (default units 6 32 256)"
+RTOL = 1e-4
+RSS_STEPS = 200
+NAMES = ("lstm_kernel", "lstm_recurrent_kernel", "lstm_bias", "dense_kernel", "dense_bias")
+
+
+def loss_fn(params, x, y):
+    K, R, b, Wd, bd = params
+    u = R.shape[0]
+
+    def cell(carry, xt):
+        h, c = carry
+        z = xt @ K + h @ R + b
+        i, f = jax.nn.sigmoid(z[:, :u]), jax.nn.sigmoid(z[:, u:2 * u])
+        g, o = jnp.tanh(z[:, 2 * u:3 * u]), jax.nn.sigmoid(z[:, 3 * u:])
+        c = f * c + i * g
+        h = o * jnp.tanh(c)
+        return (h, c), h
+
+    zeros = jnp.zeros((x.shape[0], u), x.dtype)
+    _, hs = jax.lax.scan(cell, (zeros, zeros), jnp.swapaxes(x, 0, 1))   # (T, B, u)
+    pred = jnp.swapaxes(hs, 0, 1) @ Wd + bd
+    return jnp.mean((pred - y) ** 2)
+
+
+def adam(lr=1e-3, b1=0.9, b2=0.999, eps=1e-7):
+    def init(params):
+        return (jnp.zeros((), jnp.int32), [jnp.zeros_like(p) for p in params],
+                [jnp.zeros_like(p) for p in params])
+
+    def update(params, grads, state):
+        t, ms, vs = state
+        t = t + 1
+        ms = [b1 * m + (1 - b1) * g for m, g in zip(ms, grads)]
+        vs = [b2 * v + (1 - b2) * g * g for v, g in zip(vs, grads)]
+        tf = t.astype(jnp.float32)
+        step = lr * jnp.sqrt(1 - b2 ** tf) / (1 - b1 ** tf)
+        params = [p - step * m / (jnp.sqrt(v) + eps) for p, m, v in zip(params, ms, vs)]
+        return params, (t, ms, vs)
+    return init, update
+
+
+def main():
+    directory = B.data_dir("lstm_jax.py", USAGE)
+    sizes = [u for (u,) in B.int_cases(sys.argv[2:], 1, "lstm_jax.py: bad units '%s', expected a "
+                                       "positive integer; " + USAGE, [(6,), (32,), (256,)])]
+    B.jax_meta(BENCH, jax)
+    B.settle()
+    opt_init, opt_update = adam()
+
+    @jax.jit
+    def loss_and_grads(params, x, y):
+        return jax.value_and_grad(loss_fn)(params, x, y)
+
+    def step(params, state, x, y):
+        loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
+        params, state = opt_update(params, grads, state)
+        return params, state, loss
+    train_step = jax.jit(step, donate_argnums=(0, 1))
+
+    failed = []
+    for units in sizes:
+        def load(name):
+            return B.load_array("lstm_jax.py", directory, "%d_%s.npy" % (units, name))
+        x, y = jnp.asarray(load("x")), jnp.asarray(load("y"))
+        params = [jnp.asarray(load(n)) for n in NAMES]
+        loss, grads = loss_and_grads(params, x, y)
+        errs = {"loss": B.relerr(loss, load("loss"))}
+        for n, g in zip(NAMES, grads):
+            errs["grad " + n] = B.relerr(g, load("grad_" + n))
+        for what, err in errs.items():
+            B.meta(BENCH, "relerr %d %s" % (units, what), "%.3g" % err)
+            if not err <= RTOL:
+                failed.append("units %d: %s differs from moongrad's by %g relative" % (units, what, err))
+        state = [params, opt_init(params)]
+
+        def one():
+            state[0], state[1], loss = train_step(state[0], state[1], x, y)
+            return loss.block_until_ready()
+        name = "jit(value_and_grad + Adam), lax.scan"
+        m = B.measure(one, reps=7, min_time=0.2)
+        B.result(BENCH, str(units), name, m)
+        B.log("%s units %-4d %-36s %9.3f ms CPU, %9.3f ms wall", B.peer(), units, name,
+              m["cpu"] * 1e3, m["wall"] * 1e3)
+        for _ in range(max(0, RSS_STEPS - m["calls"])):
+            one()
+        rss = B.peak_rss_mib()
+        if rss is not None:
+            B.meta(BENCH, "peak_rss_mib_peer %d" % units, "%.1f" % rss)
+            B.log("%s units %-4d peak RSS after %d steps: %.1f MiB", B.peer(), units,
+                  max(RSS_STEPS, m["calls"]), rss)
+    B.exit_if_failed("lstm_jax.py", failed)
+
+
+if __name__ == "__main__":
+    main()
