@@ -86,20 +86,27 @@ static void *at(mg_dtype dt, const void *p, int64_t k) {
   return (char *)p + k * (int64_t)mg_dtype_size(dt);
 }
 
-/* Column sums, accumulated in double. */
-#define COLSUM(T) do {                                                             \
+/* Column sums, row by row (in double for float32; 'acc' n doubles of scratch, or NULL:
+** accumulate in 'out' itself). */
+#define COLSUM(T, ACC) do {                                                        \
     const T *A = a;                                                                \
-    T *o = out;                                                                    \
-    for (int64_t j = 0; j < n; j++) {                                              \
-      double s = 0;                                                                \
-      for (int64_t r = 0; r < rows; r++) s += A[r * ld + j];                       \
-      o[j] = (T)s;                                                                 \
-    }                                                                              \
+    ACC *o = acc ? (ACC *)acc : (ACC *)out;                                        \
+    for (int64_t j = 0; j < n; j++) o[j] = 0;                                      \
+    for (int64_t r = 0; r < rows; r++)                                             \
+      for (int64_t j = 0; j < n; j++) o[j] += A[r * ld + j];                       \
+    if (acc) for (int64_t j = 0; j < n; j++) ((T *)out)[j] = (T)o[j];             \
   } while (0)
 
 void mg_colsum(mg_dtype dt, int64_t rows, int64_t n, const void *a, int64_t ld, void *out) {
-  if (dt == MG_F64) COLSUM(double);
-  else COLSUM(float);
+  if (dt == MG_F64) {
+    void *acc = NULL;
+    COLSUM(double, double);
+    return;
+  }
+  double *acc = malloc((size_t)n * sizeof *acc);
+  if (acc) COLSUM(float, double);
+  else COLSUM(float, float);                    /* no scratch: in float32 */
+  free(acc);
 }
 
 /* ================================================================ LSTM */
