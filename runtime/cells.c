@@ -497,29 +497,38 @@ void mg_gru_dr(mg_dtype dt, int64_t lo, int64_t hi, int64_t u, const void *S_, c
   else gru_dr_f32(lo, hi, u, S_, h_, drh_, dmx_, dmh_, dh_);
 }
 
+/* C = A op(B) + beta C through the packing P when there is one (float32), else BLAS. */
+void mg_rec_gemm(mg_dtype dt, const mg_packed *P, bool tb, int64_t M, int64_t N, int64_t K,
+                 const void *A, int64_t lda, const void *Bm, int64_t ldb, int beta, void *Cm,
+                 int64_t ldc) {
+  if (P && dt == MG_F32) mg_gemm_packed(P, M, A, lda, beta, Cm, ldc);
+  else mg_gemm(dt, false, tb, M, N, K, 1, A, lda, Bm, ldb, beta, Cm, ldc);
+}
+
 /* One step given M = x W: S = [z r hh m] and h' (cells.h). */
 void mg_gru_step_forward(mg_dtype dt, int64_t B, int64_t u, bool ra, const void *U,
-                         const void *b, const void *h, const void *M, void *S, void *hn) {
-  mg_gemm(dt, false, false, B, ra ? 3 * u : 2 * u, u, 1, h, u, U, 3 * u, 0, S, 4 * u);
+                         const mg_packed *P, const void *b, const void *h, const void *M,
+                         void *S, void *hn) {
+  mg_rec_gemm(dt, P, false, B, ra ? 3 * u : 2 * u, u, h, u, U, 3 * u, 0, S, 4 * u);
   mg_gru_pre(dt, 0, B, u, ra, M, S, b, h);
   if (!ra)                                       /* S[:, 2u:3u] = (r h) U_h */
-    mg_gemm(dt, false, false, B, u, u, 1, at(dt, S, 3 * u), 4 * u, at(dt, U, 2 * u), 3 * u, 0,
-            at(dt, S, 2 * u), 4 * u);
+    mg_rec_gemm(dt, P ? P + 1 : NULL, false, B, u, u, at(dt, S, 3 * u), 4 * u, at(dt, U, 2 * u),
+                3 * u, 0, at(dt, S, 2 * u), 4 * u);
   mg_gru_post(dt, 0, B, u, ra, M, S, b, h, hn);
 }
 
 /* One reverse step: dmx, dmh and dh = d h (NULL: not wanted) from gh (cells.h); drh is
 ** scratch (B, u) without ra. */
 void mg_gru_step_reverse(mg_dtype dt, int64_t B, int64_t u, bool ra, const void *U,
-                         const void *S, const void *h, const void *gh, void *dmx, void *dmh,
-                         void *drh, void *dh) {
+                         const mg_packed *P, const void *S, const void *h, const void *gh,
+                         void *dmx, void *dmh, void *drh, void *dh) {
   mg_gru_d1(dt, 0, B, u, ra, S, h, gh, dmx, dmh, dh);
   if (!ra) {                                     /* d(r h) = dhp U_h', then dr */
-    mg_gemm(dt, false, true, B, u, u, 1, at(dt, dmh, 2 * u), 3 * u, at(dt, U, 2 * u), 3 * u, 0,
-            drh, u);
+    mg_rec_gemm(dt, P ? P + 1 : NULL, true, B, u, u, at(dt, dmh, 2 * u), 3 * u, at(dt, U, 2 * u),
+                3 * u, 0, drh, u);
     mg_gru_dr(dt, 0, B, u, S, h, drh, dmx, dmh, dh);
   }
-  mg_gemm(dt, false, true, B, u, ra ? 3 * u : 2 * u, 1, dmh, 3 * u, U, 3 * u, 1, dh, u);
+  mg_rec_gemm(dt, P, true, B, u, ra ? 3 * u : 2 * u, dmh, 3 * u, U, 3 * u, 1, dh, u);
 }
 
 /* The weight gradients of 'rows' GRU rows (one step, or all T B of a sequence) from x, h
@@ -557,7 +566,7 @@ mg_status mg_gru_cell(mg_ctx *C, mg_tensor *x, mg_tensor *h, mg_tensor *W, mg_te
     int64_t d = x->shape[1];
     mg_gemm(x->dtype, false, false, B, 3 * u, d, 1, mg_tensor_data(k[GX]), d,
             mg_tensor_data(k[GW]), 3 * u, 0, mg_tensor_data(M), 3 * u);
-    mg_gru_step_forward(x->dtype, B, u, reset_after, mg_tensor_data(k[GU]), mg_tensor_data(k[GB]),
+    mg_gru_step_forward(x->dtype, B, u, reset_after, mg_tensor_data(k[GU]), NULL, mg_tensor_data(k[GB]),
                         mg_tensor_data(k[GH]), mg_tensor_data(M), mg_tensor_data(S),
                         mg_tensor_data(hn));
     st = mg_poll(C, "gru_cell");      /* per step: interrupted, unrecorded */
@@ -630,7 +639,7 @@ static mg_status gru_vjp_fused(mg_ctx *C, const mg_node *n, mg_tensor *gh, const
   if (st == MG_OK) st = mg_tensor_empty(C, dt, 2, k[GH]->shape, &dh);
   if (st == MG_OK) {
     const void *S = mg_tensor_data(n->saved[0]), *h = mg_tensor_data(k[GH]);
-    mg_gru_step_reverse(dt, B, u, ra, mg_tensor_data(k[GU]), S, h, mg_tensor_data(gk[0]),
+    mg_gru_step_reverse(dt, B, u, ra, mg_tensor_data(k[GU]), NULL, S, h, mg_tensor_data(gk[0]),
                         mg_tensor_data(dmx), mg_tensor_data(dmh), mg_tensor_data(drh),
                         mg_tensor_data(dh));
     mg_gru_weight_grads(dt, B, d, u, ra, mg_tensor_data(k[GX]), h, S, mg_tensor_data(k[GW]),

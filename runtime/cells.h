@@ -7,6 +7,7 @@
 #define MG_CELLS_H
 
 #include "mg_impl.h"
+#include "smallgemm.h"
 
 /* LSTM gates: G holds z = x W + h U (ld 4u) on entry and [i f g o] on exit (bias b added);
 ** c' = f c + i g, h' = o tanh(c'). */
@@ -42,13 +43,20 @@ void mg_gru_d1(mg_dtype dt, int64_t lo, int64_t hi, int64_t u, bool ra, const vo
 void mg_gru_dr(mg_dtype dt, int64_t lo, int64_t hi, int64_t u, const void *S, const void *h,
                const void *drh, void *dmx, void *dmh, void *dh);
 
-/* The per-step GEMMs of a GRU step: forward (S, M from x, h) and reverse (dh from dmx, dmh,
-** drh: see mg_gru_d1). Whole batches of B rows. */
+/* C = A op(B) + beta C (beta 0 or 1), through the packing P of op(B) when P is not NULL and
+** dt is float32 (smallgemm.h), else BLAS. */
+void mg_rec_gemm(mg_dtype dt, const mg_packed *P, bool tb, int64_t M, int64_t N, int64_t K,
+                 const void *A, int64_t lda, const void *Bm, int64_t ldb, int beta, void *Cm,
+                 int64_t ldc);
+/* A GRU step given M = x W: forward (S and h' from h), reverse (dmx, dmh and dh from gh; drh
+** scratch, see mg_gru_d1). Whole batches of B rows. P: NULL, or the packings of the
+** recurrent products (forward: U[:, :3u or 2u] and U_h; reverse: their transposes). */
 void mg_gru_step_forward(mg_dtype dt, int64_t B, int64_t u, bool ra, const void *U,
-                         const void *b, const void *h, const void *M, void *S, void *hn);
+                         const mg_packed *P, const void *b, const void *h, const void *M,
+                         void *S, void *hn);
 void mg_gru_step_reverse(mg_dtype dt, int64_t B, int64_t u, bool ra, const void *U,
-                         const void *S, const void *h, const void *gh, void *dmx, void *dmh,
-                         void *drh, void *dh);
+                         const mg_packed *P, const void *S, const void *h, const void *gh,
+                         void *dmx, void *dmh, void *drh, void *dh);
 
 /* GRU weight gradients over 'rows' rows (one step or a whole sequence: x (rows, d), h the
 ** states the rows started from, S their saved gates): into g[0..3] = gx, gW, gU, gb, each

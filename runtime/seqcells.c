@@ -113,6 +113,30 @@ static void run_outputs(const seqkind *k, seqrun *r, int64_t B, int64_t T, int64
   if (k->ns == 2) memcpy(mg_tensor_data(r->out[2]), at(dt, mg_tensor_data(r->sv[SV_C]), T * B * u), bu);
 }
 
+/* The packings of a sequence's recurrent products, made once per sequence (smallgemm.h): for
+** float32 only (NULL otherwise, or when out of memory: then BLAS). Forward: U (LSTM), or the
+** GRU's U[:, :3u or 2u] and U_h; 'rev': their transposes. Free with packs_free. */
+static const mg_packed *packs(const seqkind *k, mg_dtype dt, const float *U, int64_t u, bool ra,
+                              bool rev, mg_packed *P) {
+  memset(P, 0, 2 * sizeof *P);
+  if (dt != MG_F32) return NULL;
+  bool ok;
+  if (k->ns == 2) {
+    ok = rev ? mg_pack(&P[0], U, 4 * u, true, 4 * u, u) : mg_pack(&P[0], U, 4 * u, false, u, 4 * u);
+  } else {
+    int64_t n = ra ? 3 * u : 2 * u;
+    ok = rev ? mg_pack(&P[0], U, 3 * u, true, n, u) : mg_pack(&P[0], U, 3 * u, false, u, n);
+    if (ok && !ra) ok = mg_pack(&P[1], U + 2 * u, 3 * u, rev, u, u);
+  }
+  if (!ok) { mg_pack_free(&P[0]); mg_pack_free(&P[1]); return NULL; }
+  return P;
+}
+
+static void packs_free(mg_packed *P) {
+  mg_pack_free(&P[0]);
+  mg_pack_free(&P[1]);
+}
+
 /* Runs the sequence, records it, hands out the outputs (H, hT [, cT]). */
 static mg_status seq_forward(mg_ctx *C, const seqkind *k, mg_tensor *const *in, bool ra,
                              mg_tensor **outs) {
@@ -133,21 +157,24 @@ static mg_status seq_forward(mg_ctx *C, const seqkind *k, mg_tensor *const *in, 
   if (st == MG_OK)                                /* the input projection of all steps */
     mg_gemm(dt, false, false, T * B, gw, d, 1, mg_tensor_data(r.sv[SV_X]), d,
             mg_tensor_data(W), gw, 0, k->ns == 2 ? G : mg_tensor_data(M), gw);
+  mg_packed pk[2];
+  const mg_packed *P = packs(k, dt, mg_tensor_data(U), u, ra, false, pk);
   for (int64_t t = 0; t < T && st == MG_OK; t++) {
     void *Gt = at(dt, G, t * B * 4 * u), *h = at(dt, Hs, t * bu), *hn = at(dt, Hs, (t + 1) * bu);
     if (k->ns == 2) {
       char *Cs = mg_tensor_data(r.sv[SV_C]);
-      mg_gemm(dt, false, false, B, 4 * u, u, 1, h, u, mg_tensor_data(U), 4 * u, 1, Gt, 4 * u);
+      mg_rec_gemm(dt, P, false, B, 4 * u, u, h, u, mg_tensor_data(U), 4 * u, 1, Gt, 4 * u);
       if (dt == MG_F64)
         mg_lstm_gates_f64(0, B, u, Gt, mg_tensor_data(b), at(dt, Cs, t * bu), at(dt, Cs, (t + 1) * bu), hn);
       else
         mg_lstm_gates_f32(0, B, u, Gt, mg_tensor_data(b), at(dt, Cs, t * bu), at(dt, Cs, (t + 1) * bu), hn);
     } else {
-      mg_gru_step_forward(dt, B, u, ra, mg_tensor_data(U), mg_tensor_data(b), h,
+      mg_gru_step_forward(dt, B, u, ra, mg_tensor_data(U), P, mg_tensor_data(b), h,
                           at(dt, mg_tensor_data(M), t * B * 3 * u), Gt, hn);
     }
     st = mg_poll(C, fn);
   }
+  packs_free(pk);
   mg_tensor_release(M);
   if (st == MG_OK) {
     run_outputs(k, &r, B, T, u);
@@ -231,6 +258,8 @@ static mg_status lstm_seq_vjp_fused(mg_ctx *C, const mg_node *n, mg_tensor *cons
   if ((st = mg_tensor_empty(C, dt, 2, zs, &dZ)) == MG_OK &&
       (st = state_seed(C, gk[1], h0, &dh)) == MG_OK && (st = state_seed(C, gk[2], h0, &dc)) == MG_OK)
     st = mg_tensor_empty(C, dt, 2, h0->shape, &dc2);
+  mg_packed pk[2];
+  const mg_packed *P = st == MG_OK ? packs(&LSTM_SEQ, dt, mg_tensor_data(k[1]), u, false, true, pk) : NULL;
   for (int64_t t = T - 1; t >= 0 && st == MG_OK; t--) {
     void *Gt = at(dt, mg_tensor_data(G), t * B * 4 * u), *dzt = at(dt, mg_tensor_data(dZ), t * B * 4 * u);
     void *c = at(dt, mg_tensor_data(Cs), t * bu), *cn = at(dt, mg_tensor_data(Cs), (t + 1) * bu);
@@ -241,9 +270,10 @@ static mg_status lstm_seq_vjp_fused(mg_ctx *C, const mg_node *n, mg_tensor *cons
       mg_lstm_dz_f32(0, B, u, Gt, c, cn, mg_tensor_data(dh), mg_tensor_data(dc), dzt, mg_tensor_data(dc2));
     tmp = dc; dc = dc2; dc2 = tmp; tmp = NULL;
     if (t > 0 || need[QH])
-      mg_gemm(dt, false, true, B, u, 4 * u, 1, dzt, 4 * u, mg_tensor_data(k[1]), 4 * u, 0,
-              mg_tensor_data(dh), u);
+      mg_rec_gemm(dt, P, true, B, u, 4 * u, dzt, 4 * u, mg_tensor_data(k[1]), 4 * u, 0,
+                  mg_tensor_data(dh), u);
   }
+  if (P) packs_free(pk);
   int64_t xs[2] = { T * B, d }, ws[2] = { d, 4 * u }, us[2] = { u, 4 * u };
   if (st == MG_OK && need[QX] && (st = mg_tensor_empty(C, dt, 2, xs, &tmp)) == MG_OK) {
     mg_gemm(dt, false, true, T * B, d, 4 * u, 1, mg_tensor_data(dZ), 4 * u, mg_tensor_data(k[0]),
@@ -283,15 +313,18 @@ static mg_status gru_seq_vjp_fused(mg_ctx *C, const mg_node *n, mg_tensor *const
   if (st == MG_OK && (st = state_seed(C, gk[1], h0, &dh)) == MG_OK &&
       (st = mg_tensor_empty(C, dt, 2, h0->shape, &dh2)) == MG_OK)
     st = mg_tensor_empty(C, dt, 2, h0->shape, &drh);
+  mg_packed pk[2];
+  const mg_packed *P = st == MG_OK ? packs(&GRU_SEQ, dt, mg_tensor_data(k[1]), u, ra, true, pk) : NULL;
   for (int64_t t = T - 1; t >= 0 && st == MG_OK; t--) {
     if (gk[0]) add_step(dt, B, T, u, t, mg_tensor_data(gk[0]), mg_tensor_data(dh));
-    mg_gru_step_reverse(dt, B, u, ra, mg_tensor_data(k[1]), at(dt, mg_tensor_data(S), t * B * 4 * u),
+    mg_gru_step_reverse(dt, B, u, ra, mg_tensor_data(k[1]), P, at(dt, mg_tensor_data(S), t * B * 4 * u),
                         at(dt, mg_tensor_data(Hs), t * bu), mg_tensor_data(dh),
                         at(dt, mg_tensor_data(dmx), t * B * 3 * u),
                         at(dt, mg_tensor_data(dmh), t * B * 3 * u), mg_tensor_data(drh),
                         mg_tensor_data(dh2));
     mg_tensor *sw = dh; dh = dh2; dh2 = sw;
   }
+  if (P) packs_free(pk);
   if (st == MG_OK) {
     mg_gru_weight_grads(dt, T * B, d, u, ra, mg_tensor_data(X), mg_tensor_data(Hs),
                         mg_tensor_data(S), mg_tensor_data(k[0]), mg_tensor_data(dmx),

@@ -81,18 +81,22 @@ describe("mg.lstm_seq / mg.gru_seq against the per-step cells", function()
   setup(function() mg.manual_seed(7) end)
   for _, k in ipairs(KINDS) do
     for _, dt in ipairs { "float64", "float32" } do
-      it(k.name .. " " .. dt .. ": forward bit for bit, gradients to rounding", function()
-        local B, T, d, u = 3, 7, 4, 5
+      -- float64: both through BLAS, bit for bit; float32: the sequence's recurrent products
+      -- go through the packed kernel (smallgemm.c) on AVX-512, another summation order
+      it(k.name .. " " .. dt .. ": forward " .. (dt == "float64" and "bit for bit" or "to rounding") ..
+         ", gradients to rounding", function()
+        local B, T, d, u = dt == "float32" and 11 or 3, 7, 4, 37   -- rows: 8 + 3; 4u: panels + a tail
         local a = args(k, B, T, d, u, dt)
         local r1, r2 = { steps(k)(table.unpack(a)) }, { seq(k)(table.unpack(a)) }
         for i = 1, 1 + k.ns do
-          assert.are.equal(support.bits(r1[i]), support.bits(r2[i]), "output " .. i)
+          if dt == "float64" then assert.are.equal(support.bits(r1[i]), support.bits(r2[i]), "output " .. i)
+          else near(r1[i], r2[i], 2e-6, "output " .. i) end
         end
         local w = weights(B, T, u, dt)
         local an = all_argnums(#a)
         local g1 = mg.grad(loss_of(steps(k), w), { argnums = an })(table.unpack(a))
         local g2 = mg.grad(loss_of(seq(k), w), { argnums = an })(table.unpack(a))
-        for i = 1, #a do near(g1[i], g2[i], dt == "float64" and 1e-13 or 2e-6, "gradient " .. i) end
+        for i = 1, #a do near(g1[i], g2[i], dt == "float64" and 1e-13 or 1e-5, "gradient " .. i) end
       end)
     end
 
