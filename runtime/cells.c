@@ -154,20 +154,27 @@ void mg_lstm_gates_f64(int64_t lo, int64_t hi, int64_t u, double *restrict G,
   LSTM_GATES(double, sigm, tanh);
 }
 
-/* The reverse gate pass, typed, over rows [lo, hi) (cells.h). */
-#define LSTM_DZ(T, TANH) do {                                                      \
+/* The reverse gate pass, typed, over rows [lo, hi) (cells.h); GH(s), GC(s) read the
+** cotangents (or are 0), so that each case is a loop without branches (vectorized). */
+#define LSTM_DZ_LOOP(T, TANH, GH, GC) do {                                         \
     for (int64_t r = lo; r < hi; r++)                                              \
       for (int64_t j = 0; j < u; j++) {                                            \
         int64_t g0 = r * 4 * u + j, s = r * u + j;                                 \
         T i = G[g0], f = G[g0 + u], g = G[g0 + 2 * u], o = G[g0 + 3 * u];          \
-        T tc = TANH(cn[s]), dh = gh ? gh[s] : 0;                                   \
-        T dct = (gc ? gc[s] : 0) + dh * o * (1 - tc * tc);                         \
+        T tc = TANH(cn[s]), dh = GH;                                               \
+        T dct = GC + dh * o * (1 - tc * tc);                                       \
         dz[g0] = dct * g * i * (1 - i);                                            \
         dz[g0 + u] = dct * c[s] * f * (1 - f);                                     \
         dz[g0 + 2 * u] = dct * i * (1 - g * g);                                    \
         dz[g0 + 3 * u] = dh * tc * o * (1 - o);                                    \
         dc[s] = dct * f;                                                           \
       }                                                                            \
+  } while (0)
+#define LSTM_DZ(T, TANH) do {                                                      \
+    if (gh && gc) LSTM_DZ_LOOP(T, TANH, gh[s], gc[s]);                             \
+    else if (gh) LSTM_DZ_LOOP(T, TANH, gh[s], 0);                                  \
+    else if (gc) LSTM_DZ_LOOP(T, TANH, 0, gc[s]);                                  \
+    else LSTM_DZ_LOOP(T, TANH, 0, 0);                                              \
   } while (0)
 
 MG_CLONES void mg_lstm_dz_f32(int64_t lo, int64_t hi, int64_t u, const float *restrict G,
