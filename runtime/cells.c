@@ -450,14 +450,12 @@ static mg_status gru_check(mg_ctx *C, mg_tensor *const *in, bool reset_after) {
   } while (0)
 
 #define GRU_DR(T) do {                                                             \
-    const T *S = S_, *h = h_, *drh = drh_;                                         \
-    T *dmx = dmx_, *dmh = dmh_, *dh = dh_;                                         \
     for (int64_t r = lo; r < hi; r++)                                              \
       for (int64_t j = 0; j < u; j++) {                                            \
         int64_t s = r * u + j, x1 = r * 3 * u + u + j;                             \
-        T rr = S[r * 4 * u + u + j];                                               \
-        dmx[x1] = dmh[x1] = drh[s] * h[s] * rr * (1 - rr);                         \
-        dh[s] += drh[s] * rr;                                                      \
+        T rr = ((const T *)S_)[r * 4 * u + u + j], d = ((const T *)drh_)[s];       \
+        ((T *)dmx_)[x1] = ((T *)dmh_)[x1] = d * ((const T *)h_)[s] * rr * (1 - rr); \
+        ((T *)dh_)[s] += d * rr;                                                   \
       }                                                                            \
   } while (0)
 

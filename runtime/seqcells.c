@@ -504,22 +504,17 @@ static mg_status seq_vjp(mg_ctx *C, const mg_node *n, const seqkind *k, int lead
   return st;
 }
 
-static mg_status lstm_seq_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *g,
-                              const bool *need, mg_tensor **gin) {
-  return seq_vjp(C, n, &LSTM_SEQ, lead, g, need, gin);
-}
-static mg_status lstm_seq_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *t,
-                              mg_tensor **tout) {
-  return seq_jvp_steps(C, n, &LSTM_SEQ, lead, t, tout);
-}
-static mg_status gru_seq_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *g,
+/* The rules of both ops (the node's opcode tells which). */
+static const seqkind *kind_of(const mg_node *n) { return n->op == MG_OP_LSTM_SEQ ? &LSTM_SEQ : &GRU_SEQ; }
+
+static mg_status rnn_seq_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *g,
                              const bool *need, mg_tensor **gin) {
-  return seq_vjp(C, n, &GRU_SEQ, lead, g, need, gin);
-}
-static mg_status gru_seq_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *t,
-                             mg_tensor **tout) {
-  return seq_jvp_steps(C, n, &GRU_SEQ, lead, t, tout);
+  return seq_vjp(C, n, kind_of(n), lead, g, need, gin);
 }
 
-const mg_rules mg_rules_lstm_seq = { .vjp = lstm_seq_vjp, .jvp = lstm_seq_jvp };
-const mg_rules mg_rules_gru_seq = { .vjp = gru_seq_vjp, .jvp = gru_seq_jvp };
+static mg_status rnn_seq_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *t,
+                             mg_tensor **tout) {
+  return seq_jvp_steps(C, n, kind_of(n), lead, t, tout);
+}
+
+const mg_rules mg_rules_rnn_seq = { .vjp = rnn_seq_vjp, .jvp = rnn_seq_jvp };
