@@ -400,21 +400,21 @@ static mg_status gru_check(mg_ctx *C, mg_tensor *const *in, bool reset_after) {
 
 /* The GRU gate passes, typed, over rows [lo, hi) (cells.h); S = [z r hh m] (ld 4u), M and
 ** the cotangents dmx, dmh ld 3u, h, hn, dh, drh ld u. 'rb' is the recurrent bias (ra). */
-#define GRU_PRE(T, SIG) do {                                                       \
+#define GRU_PRE_LOOP(T, SIG, RA) do {                                                       \
     const T *M = M_, *b = b_, *h = h_, *rb = b + 3 * u;                             \
     T *S = S_;                                                                     \
     for (int64_t r = lo; r < hi; r++)                                              \
       for (int64_t j = 0; j < u; j++) {                                            \
         int64_t s0 = r * 4 * u + j, m0 = r * 3 * u + j;                            \
-        T z = SIG(M[m0] + b[j] + S[s0] + (ra ? rb[j] : 0));                        \
-        T rr = SIG(M[m0 + u] + b[u + j] + S[s0 + u] + (ra ? rb[u + j] : 0));       \
+        T z = SIG(M[m0] + b[j] + S[s0] + (RA ? rb[j] : 0));                        \
+        T rr = SIG(M[m0 + u] + b[u + j] + S[s0 + u] + (RA ? rb[u + j] : 0));       \
         S[s0] = z;                                                                 \
         S[s0 + u] = rr;                                                            \
-        S[s0 + 3 * u] = ra ? S[s0 + 2 * u] + rb[2 * u + j] : rr * h[r * u + j];    \
+        S[s0 + 3 * u] = RA ? S[s0 + 2 * u] + rb[2 * u + j] : rr * h[r * u + j];    \
       }                                                                            \
   } while (0)
 
-#define GRU_POST(T, TANH) do {                                                     \
+#define GRU_POST_LOOP(T, TANH, RA) do {                                                     \
     const T *M = M_, *b = b_, *h = h_;                                             \
     T *S = S_, *hn = hn_;                                                          \
     for (int64_t r = lo; r < hi; r++)                                              \
@@ -422,13 +422,13 @@ static mg_status gru_check(mg_ctx *C, mg_tensor *const *in, bool reset_after) {
         int64_t s0 = r * 4 * u + j, hs = r * u + j;                                \
         T z = S[s0], rr = S[s0 + u];                                               \
         T hh = TANH(M[r * 3 * u + 2 * u + j] + b[2 * u + j] +                      \
-                    (ra ? rr * S[s0 + 3 * u] : S[s0 + 2 * u]));                    \
+                    (RA ? rr * S[s0 + 3 * u] : S[s0 + 2 * u]));                    \
         S[s0 + 2 * u] = hh;                                                        \
         hn[hs] = z * h[hs] + (1 - z) * hh;                                         \
       }                                                                            \
   } while (0)
 
-#define GRU_D1(T) do {                                                             \
+#define GRU_D1_LOOP(T, RA) do {                                                             \
     const T *S = S_, *h = h_, *gh = gh_;                                           \
     T *dmx = dmx_, *dmh = dmh_, *dh = dh_;                                         \
     for (int64_t r = lo; r < hi; r++)                                              \
@@ -438,7 +438,7 @@ static mg_status gru_check(mg_ctx *C, mg_tensor *const *in, bool reset_after) {
         T dzp = g * (h[s] - hh) * z * (1 - z), dhp = g * (1 - z) * (1 - hh * hh);  \
         dmx[x0] = dmh[x0] = dzp;                                                   \
         dmx[x0 + 2 * u] = dhp;                                                     \
-        if (ra) {                                                                  \
+        if (RA) {                                                                  \
           T drp = dhp * S[s0 + 3 * u] * rr * (1 - rr);                             \
           dmx[x0 + u] = dmh[x0 + u] = drp;                                         \
           dmh[x0 + 2 * u] = dhp * rr;                                              \
@@ -448,6 +448,11 @@ static mg_status gru_check(mg_ctx *C, mg_tensor *const *in, bool reset_after) {
         dh[s] = g * z;                                                             \
       }                                                                            \
   } while (0)
+
+/* ra as a constant in each loop: no branch inside, so the loops vectorize. */
+#define GRU_PRE(T, SIG) do { if (ra) GRU_PRE_LOOP(T, SIG, 1); else GRU_PRE_LOOP(T, SIG, 0); } while (0)
+#define GRU_POST(T, TANH) do { if (ra) GRU_POST_LOOP(T, TANH, 1); else GRU_POST_LOOP(T, TANH, 0); } while (0)
+#define GRU_D1(T) do { if (ra) GRU_D1_LOOP(T, 1); else GRU_D1_LOOP(T, 0); } while (0)
 
 #define GRU_DR(T) do {                                                             \
     for (int64_t r = lo; r < hi; r++)                                              \
@@ -459,22 +464,27 @@ static mg_status gru_check(mg_ctx *C, mg_tensor *const *in, bool reset_after) {
       }                                                                            \
   } while (0)
 
-MG_CLONES static void gru_pre_f32(int64_t lo, int64_t hi, int64_t u, bool ra, const float *M_,
-                                  float *S_, const float *b_, const float *h_) {
+MG_CLONES static void gru_pre_f32(int64_t lo, int64_t hi, int64_t u, bool ra,
+                                  const float *restrict M_, float *restrict S_,
+                                  const float *restrict b_, const float *restrict h_) {
   GRU_PRE(float, mg_sigmoidf);
 }
-MG_CLONES static void gru_post_f32(int64_t lo, int64_t hi, int64_t u, bool ra, const float *M_,
-                                   float *S_, const float *b_, const float *h_, float *hn_) {
+MG_CLONES static void gru_post_f32(int64_t lo, int64_t hi, int64_t u, bool ra,
+                                   const float *restrict M_, float *restrict S_,
+                                   const float *restrict b_, const float *restrict h_,
+                                   float *restrict hn_) {
   GRU_POST(float, mg_tanhf);
 }
-MG_CLONES static void gru_d1_f32(int64_t lo, int64_t hi, int64_t u, bool ra, const float *S_,
-                                 const float *h_, const float *gh_, float *dmx_, float *dmh_,
-                                 float *dh_) {
+MG_CLONES static void gru_d1_f32(int64_t lo, int64_t hi, int64_t u, bool ra,
+                                 const float *restrict S_, const float *restrict h_,
+                                 const float *restrict gh_, float *restrict dmx_,
+                                 float *restrict dmh_, float *restrict dh_) {
   GRU_D1(float);
 }
-MG_CLONES static void gru_dr_f32(int64_t lo, int64_t hi, int64_t u, const float *S_,
-                                 const float *h_, const float *drh_, float *dmx_, float *dmh_,
-                                 float *dh_) {
+MG_CLONES static void gru_dr_f32(int64_t lo, int64_t hi, int64_t u, const float *restrict S_,
+                                 const float *restrict h_, const float *restrict drh_,
+                                 float *restrict dmx_, float *restrict dmh_,
+                                 float *restrict dh_) {
   GRU_DR(float);
 }
 
