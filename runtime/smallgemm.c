@@ -35,14 +35,18 @@ bool mg_pack(mg_packed *P, const float *src, int64_t ld, bool trans, int64_t K, 
   int64_t np = (N + nr - 1) / nr;
   float *d = aligned_alloc(64, (size_t)(np * K * nr) * sizeof *d);
   if (d == NULL) return false;
-  for (int64_t p = 0; p < np; p++)
-    for (int64_t k = 0; k < K; k++) {
-      float *o = d + (p * K + k) * nr;
-      for (int j = 0; j < nr; j++) {
-        int64_t n = p * nr + j;
-        o[j] = n >= N ? 0.0f : trans ? src[n * ld + k] : src[k * ld + n];
+  for (int64_t p = 0; p < np; p++) {
+    float *o = d + p * K * nr;
+    int nw = (int)(N - p * nr < nr ? N - p * nr : nr);
+    if (nw < nr) memset(o, 0, (size_t)(K * nr) * sizeof *o);
+    if (trans)                                   /* panel column j is src row p nr + j */
+      for (int j = 0; j < nw; j++) {
+        const float *row = src + (p * nr + j) * ld;
+        for (int64_t k = 0; k < K; k++) o[k * nr + j] = row[k];
       }
-    }
+    else
+      for (int64_t k = 0; k < K; k++) memcpy(o + k * nr, src + k * ld + p * nr, (size_t)nw * sizeof *o);
+  }
   P->nr = nr;
   P->data = d;
   return true;
