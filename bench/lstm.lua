@@ -1,50 +1,58 @@
--- lstm.lua - one training step of an LSTM regressor (moongrad side; the PyTorch side is
--- lstm.py, which checks its loss and gradients against the ones saved here).
--- x (16, 100, 8) -> nn.RNN(nn.LSTMCell(8, units), {return_sequences=true}) -> nn.Dense(units, 1)
--- on every step -> nn.mse against y (16, 100, 1); tape:gradient; mg.optim.Adam step. float32.
---   moongrad           the step above (PyTorch: fused nn.LSTM)
---   moongrad + dL/dh_t the same, with rnn:trace, also taking the gradient with respect to
---                      every h_t in the same sweep (PyTorch: an nn.LSTMCell loop with
---                      retain_grad() on every h_t)
--- For each size, DIR receives x, y, the initial weights, the loss, the first step's
--- gradients and dL/dh_t (stacked to (16, 100, units)) as .npy files.
+-- lstm.lua - one training step of an LSTM (or GRU) regressor (moongrad side; the PyTorch side
+-- is lstm.py, which checks its loss and gradients against the ones saved here).
+-- x (B, 100, 8) -> nn.RNN(nn.LSTMCell(8, units), {return_sequences=true}) -> nn.Dense(units, 1)
+-- on every step -> nn.mse against y (B, 100, 1); tape:gradient; mg.optim.Adam step. float32.
+-- A case is 'units' (an LSTM, batch 16) or 'kind:units:batch' (kind lstm or gru; the GRU is
+-- nn.GRUCell with reset_after = true, PyTorch's GRU): 256, lstm:512:64, gru:256:16.
+--   moongrad           the step above: nn.RNN runs the whole layer as one op (mg.lstm_seq /
+--                      mg.gru_seq; PyTorch: fused nn.LSTM / nn.GRU)
+--   moongrad + dL/dh_t the same, with rnn:trace (one op per step), also taking the gradient
+--                      with respect to every h_t in the same sweep (PyTorch: an nn.LSTMCell /
+--                      nn.GRUCell loop with retain_grad() on every h_t)
+-- For each case, DIR receives x, y, the initial weights, the loss, the first step's
+-- gradients and dL/dh_t (stacked to (B, 100, units)) as .npy files named '<case key>_...'.
 -- Beside each time: moongrad's achieved GFLOP/s (the step's GEMM FLOPs, see 'flops', over
 -- the CPU time; the wall clock with more than one thread), and after the timing, the process's peak RSS (VmHWM) once RSS_STEPS training
--- steps in all have run at that size (meta lines 'gflops UNITS IMPL', 'peak_rss_mib UNITS').
--- Usage: LUA_CPATH='build/lua/?.so' lua5.4 bench/lstm.lua DIR [units ...]
+-- steps in all have run at that size (meta lines 'gflops CASE IMPL', 'peak_rss_mib CASE').
+-- Usage: LUA_CPATH='build/lua/?.so' lua5.4 bench/lstm.lua DIR [case ...]  (default 6 32 256)
 package.path = (arg[0]:match("^(.*/)") or "./") .. "?.lua;" .. package.path
 local B = require "benchlib"
 local mg = B.moongrad()
 local ok, nn = pcall(function() return mg.nn end)
 if not ok or not nn then error("lstm.lua: mg.nn is not available in this build: " .. tostring(nn), 0) end
 
-local BENCH, BATCH, STEPS, NIN = "lstm", 16, 100, 8
-local USAGE = "usage: lua5.4 bench/lstm.lua DIR [units ...]  (default units 6 32 256)"
-local dir = arg[1]
-if not dir then error("lstm.lua: no output directory given; " .. USAGE, 0) end
-if not os.rename(dir, dir) then error("lstm.lua: directory '" .. dir .. "' does not exist", 0) end
-local sizes = {}
-for i = 2, #arg do
-  local u = math.tointeger(tonumber(arg[i]))
-  if not u or u < 1 then error("lstm.lua: bad units '" .. arg[i] .. "', expected a positive integer; " .. USAGE, 0) end
-  sizes[#sizes + 1] = u
+local BENCH, STEPS, NIN = "lstm", 100, 8
+local USAGE = "usage: lua5.4 bench/lstm.lua DIR [case ...]  (a case: units, or kind:units:batch with kind "
+  .. "lstm or gru; default 6 32 256)"
+
+-- A case from its argument: {kind=, units=, batch=, label= (as the report shows it), key= (file prefix)}.
+local function parse_case(a)
+  local u = math.tointeger(tonumber(a))
+  if u and u >= 1 then return { kind = "lstm", units = u, batch = 16, label = tostring(u), key = tostring(u) } end
+  local kind, us, bs = a:match("^(%a+):(%d+):(%d+)$")
+  u, bs = math.tointeger(tonumber(us)), math.tointeger(tonumber(bs))
+  if (kind ~= "lstm" and kind ~= "gru") or not u or u < 1 or not bs or bs < 1 then return nil end
+  return { kind = kind, units = u, batch = bs, label = a, key = kind .. "_" .. u .. "_" .. bs }
 end
-if #sizes == 0 then sizes = { 6, 32, 256 } end
+local dir, cases = B.args("lstm.lua", USAGE, "case", "units or kind:units:batch", parse_case,
+                          { parse_case("6"), parse_case("32"), parse_case("256") })
 
 B.blas_meta(mg, BENCH)
 
 local RSS_STEPS = 200
 
--- FLOPs of one training step's GEMMs: forward x W + h U (2 B (in + u) 4u per step), and
--- backward the same three times over (dx, dh; dW, dU), over T steps; the head's are negligible.
-local function flops(units)
-  return 3 * 2 * BATCH * 4 * units * (NIN + units) * STEPS
+-- FLOPs of one training step's GEMMs: forward x W + h U (2 B (in + u) G u per step, G gates:
+-- 4 for the LSTM, 3 for the GRU), and backward the same twice over (dx, dh; dW, dU), over T
+-- steps; the head's are negligible.
+local function flops(c)
+  return 3 * 2 * c.batch * (c.kind == "lstm" and 4 or 3) * c.units * (NIN + c.units) * STEPS
 end
 
--- The model, its optimizer and the two step functions for 'units'.
-local function model(units)
-  local rnn = nn.RNN(nn.LSTMCell(NIN, units), { return_sequences = true })
-  local head = nn.Dense(units, 1)
+-- The model, its optimizer and the two step functions for case 'c'.
+local function model(c)
+  local cell = c.kind == "lstm" and nn.LSTMCell(NIN, c.units) or nn.GRUCell(NIN, c.units)
+  local rnn = nn.RNN(cell, { return_sequences = true })
+  local head = nn.Dense(c.units, 1)
   local params = rnn:parameters()
   for _, p in ipairs(head:parameters()) do params[#params + 1] = p end
   local m = { rnn = rnn, head = head, params = params, opt = mg.optim.Adam(params, { lr = 1e-3 }) }
@@ -89,32 +97,33 @@ local function save_case(prefix, m, x, y)
   for i = 1, #m.params do
     local d = (g2[i] - g[i]):abs():max():item()
     if d > 1e-6 * (1 + g[i]:abs():max():item()) then
-      error(string.format("lstm.lua: units %d: gradients of %s differ between rnn() and rnn:trace() by %g",
-                          m.rnn.cell.units, m.params[i].name, d), 0)
+      error(string.format("lstm.lua: case %s: gradients of %s differ between rnn() and rnn:trace() by %g",
+                          m.label, m.params[i].name, d), 0)
     end
   end
 end
 
-for _, units in ipairs(sizes) do
-  mg.manual_seed(units)
-  local m = model(units)
-  local x = mg.randn(BATCH, STEPS, NIN)
-  local y = mg.randn(BATCH, STEPS, 1) * 0.5
-  save_case(string.format("%s/%d_", dir, units), m, x, y)
-  for _, c in ipairs { { "moongrad", false }, { "moongrad + dL/dh_t", true } } do
-    local r = B.measure(function() return m.step(x, y, c[2]) end, { reps = 7, min_time = 0.2 })
-    B.result(BENCH, tostring(units), c[1], r)
+for _, c in ipairs(cases) do
+  mg.manual_seed(c.units)
+  local m = model(c)
+  m.label = c.label
+  local x = mg.randn(c.batch, STEPS, NIN)
+  local y = mg.randn(c.batch, STEPS, 1) * 0.5
+  save_case(string.format("%s/%s_", dir, c.key), m, x, y)
+  for _, impl in ipairs { { "moongrad", false }, { "moongrad + dL/dh_t", true } } do
+    local r = B.measure(function() return m.step(x, y, impl[2]) end, { reps = 7, min_time = 0.2 })
+    B.result(BENCH, c.label, impl[1], r)
     -- per the clock the report shows: CPU time on one thread, wall clock on more (CPU time
     -- adds up the threads)
-    local gf = flops(units) / (B.threads() == 1 and r.cpu or r.wall) / 1e9
-    B.meta(BENCH, string.format("gflops %d %s", units, c[1]), string.format("%.1f", gf))
-    B.log("moongrad  units %-4d %-20s %9.3f ms CPU, %9.3f ms wall, %6.1f GFLOP/s", units,
-          c[1], r.cpu * 1e3, r.wall * 1e3, gf)
+    local gf = flops(c) / (B.threads() == 1 and r.cpu or r.wall) / 1e9
+    B.meta(BENCH, string.format("gflops %s %s", c.label, impl[1]), string.format("%.1f", gf))
+    B.log("moongrad  %-12s %-20s %9.3f ms CPU, %9.3f ms wall, %6.1f GFLOP/s", c.label,
+          impl[1], r.cpu * 1e3, r.wall * 1e3, gf)
   end
   while m.steps < RSS_STEPS do m.step(x, y, false) end
   local rss = B.peak_rss_mib()
   if rss then
-    B.meta(BENCH, string.format("peak_rss_mib %d", units), string.format("%.1f", rss))
-    B.log("moongrad  units %-4d peak RSS after %d steps: %.1f MiB", units, m.steps, rss)
+    B.meta(BENCH, string.format("peak_rss_mib %s", c.label), string.format("%.1f", rss))
+    B.log("moongrad  %-12s peak RSS after %d steps: %.1f MiB", c.label, m.steps, rss)
   end
 end

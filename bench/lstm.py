@@ -1,14 +1,17 @@
-"""lstm.py - PyTorch side of bench/lstm.lua: one training step of an LSTM regressor.
-x (16, 100, 8) -> LSTM(8, units) over all steps -> Linear(units, 1) on every step -> MSE
-against y (16, 100, 1) -> backward -> Adam step, float32, with the data and initial weights
+"""lstm.py - PyTorch side of bench/lstm.lua: one training step of an LSTM (or GRU) regressor.
+x (B, 100, 8) -> LSTM(8, units) over all steps -> Linear(units, 1) on every step -> MSE
+against y (B, 100, 1) -> backward -> Adam step, float32, with the data and initial weights
 that lstm.lua saved in DIR (Keras layout converted: weight_ih = kernel.T, weight_hh =
-recurrent_kernel.T, bias_ih = bias, bias_hh = 0; the gate order i, f, g, o is the same).
-    nn.LSTM fused                  torch.nn.LSTM(batch_first=True)
-    LSTMCell loop + retain_grad    torch.nn.LSTMCell stepped in Python, retain_grad() on
-                                   every h_t (the way to get dL/dh_t in PyTorch)
+recurrent_kernel.T; LSTM: bias_ih = bias, bias_hh = 0, the gate order i, f, g, o is the
+same; GRU (reset_after): bias_ih, bias_hh = the bias rows, Keras's gate order z, r, h
+reordered to torch's r, z, n). Cases as lstm.lua's: units (LSTM, batch 16) or
+kind:units:batch (lstm:512:64, gru:256:16).
+    nn.LSTM fused                  torch.nn.LSTM / nn.GRU (batch_first=True)
+    LSTMCell loop + retain_grad    torch.nn.LSTMCell / nn.GRUCell stepped in Python,
+                                   retain_grad() on every h_t (the way to get dL/dh_t)
 Before timing, both are checked against moongrad's loss, parameter gradients and dL/dh_t
 (within 1e-4 relative to each array's largest magnitude: float32 through 100 steps).
-Usage: /usr/bin/python3 bench/lstm.py DIR [units ...]   (after bench/lstm.lua DIR)
+Usage: /usr/bin/python3 bench/lstm.py DIR [case ...]   (after bench/lstm.lua DIR)
 """
 import os
 import sys
@@ -19,22 +22,35 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 BENCH = "lstm"
-USAGE = "usage: /usr/bin/python3 bench/lstm.py DIR [units ...]  (default units 6 32 256)"
+USAGE = ("usage: /usr/bin/python3 bench/lstm.py DIR [case ...]  (a case: units, or "
+         "kind:units:batch with kind lstm or gru; default 6 32 256)")
 RTOL = 1e-4
 RSS_STEPS = 200
 
 
-def load(directory, units, name):
-    path = os.path.join(directory, "%d_%s.npy" % (units, name))
+def parse_case(a):
+    """(kind, units, batch, label, file key) of a case argument, or None."""
+    if a.isdigit() and int(a) >= 1:
+        return ("lstm", int(a), 16, a, a)
+    parts = a.split(":")
+    if (len(parts) != 3 or parts[0] not in ("lstm", "gru") or not parts[1].isdigit()
+            or not parts[2].isdigit() or int(parts[1]) < 1 or int(parts[2]) < 1):
+        return None
+    return (parts[0], int(parts[1]), int(parts[2]), a, "%s_%s_%s" % tuple(parts))
+
+
+def load(directory, key, name):
+    path = os.path.join(directory, "%s_%s.npy" % (key, name))
     if not os.path.exists(path):
         sys.exit("lstm.py: %s is missing; run bench/lstm.lua %s first" % (path, directory))
     return torch.from_numpy(np.load(path))
 
 
 class Fused(torch.nn.Module):
-    def __init__(self, units):
+    def __init__(self, kind, units):
         super().__init__()
-        self.rnn = torch.nn.LSTM(8, units, batch_first=True)
+        self.kind = kind
+        self.rnn = (torch.nn.LSTM if kind == "lstm" else torch.nn.GRU)(8, units, batch_first=True)
         self.head = torch.nn.Linear(units, 1)
 
     def forward(self, x):
@@ -43,9 +59,10 @@ class Fused(torch.nn.Module):
 
 
 class CellLoop(torch.nn.Module):
-    def __init__(self, units):
+    def __init__(self, kind, units):
         super().__init__()
-        self.cell = torch.nn.LSTMCell(8, units)
+        self.kind = kind
+        self.cell = (torch.nn.LSTMCell if kind == "lstm" else torch.nn.GRUCell)(8, units)
         self.head = torch.nn.Linear(units, 1)
         self.units = units
 
@@ -54,27 +71,55 @@ class CellLoop(torch.nn.Module):
         c = x.new_zeros(x.shape[0], self.units)
         hs = []
         for t in range(x.shape[1]):
-            h, c = self.cell(x[:, t], (h, c))
+            if self.kind == "lstm":
+                h, c = self.cell(x[:, t], (h, c))
+            else:
+                h = self.cell(x[:, t], h)
             h.retain_grad()
             hs.append(h)
         return self.head(torch.stack(hs, 1)), hs
 
 
-def set_weights(model, directory, units):
-    """Copies moongrad's initial weights; returns (torch parameter, moongrad name, transposed)
-    triples for the gradient check."""
+def gru_order(t, units, dim):
+    """Keras's GRU gate blocks z, r, h along 'dim' as torch's r, z, n (its own inverse)."""
+    z, r, n = t.split(units, dim)
+    return torch.cat([r, z, n], dim)
+
+
+def set_weights(model, directory, key, units):
+    """Copies moongrad's initial weights; returns (torch parameter, moongrad name, to_keras)
+    triples for the gradient check, to_keras mapping the torch gradient to moongrad's layout."""
     rnn = model.rnn if isinstance(model, Fused) else model.cell
     sfx = "_l0" if isinstance(model, Fused) else ""
     w_ih, w_hh = getattr(rnn, "weight_ih" + sfx), getattr(rnn, "weight_hh" + sfx)
     b_ih, b_hh = getattr(rnn, "bias_ih" + sfx), getattr(rnn, "bias_hh" + sfx)
-    pairs = [(w_ih, "lstm_kernel", True), (w_hh, "lstm_recurrent_kernel", True),
-             (b_ih, "lstm_bias", False), (model.head.weight, "dense_kernel", True),
-             (model.head.bias, "dense_bias", False)]
+    kind = model.kind
+    if kind == "lstm":
+        def order(t, dim):
+            return t
+    else:
+        def order(t, dim):
+            return gru_order(t, units, dim)
+    pairs = [(w_ih, kind + "_kernel", lambda g: order(g, 0).t()),
+             (w_hh, kind + "_recurrent_kernel", lambda g: order(g, 0).t()),
+             (model.head.weight, "dense_kernel", lambda g: g.t()),
+             (model.head.bias, "dense_bias", lambda g: g)]
     with torch.no_grad():
-        for p, name, transposed in pairs:
-            v = load(directory, units, name)
-            p.copy_(v.t() if transposed else v)
-        b_hh.zero_()
+        for p, name, _ in pairs:
+            p.copy_(load(directory, key, name).t())
+        for p in (w_ih, w_hh):
+            p.copy_(order(p, 0))
+        b = load(directory, key, kind + "_bias")
+        if kind == "lstm":
+            b_ih.copy_(b)
+            b_hh.zero_()
+        else:
+            b_ih.copy_(order(b[0], 0))
+            b_hh.copy_(order(b[1], 0))
+    if kind == "lstm":
+        pairs.append((b_ih, "lstm_bias", lambda g: g))
+    else:
+        pairs.append(((b_ih, b_hh), "gru_bias", None))
     return pairs
 
 
@@ -82,19 +127,24 @@ def relerr(a, ref):
     return (a - ref).abs().max().item() / max(ref.abs().max().item(), 1e-30)
 
 
-def check(model, pairs, directory, units, x, y):
+def check(model, pairs, directory, key, x, y):
     """Loss, parameter gradients and (for the cell loop) dL/dh_t against moongrad's."""
     model.zero_grad(set_to_none=True)
     pred, hs = model(x)
     loss = torch.nn.functional.mse_loss(pred, y)
     loss.backward()
-    errs = {"loss": relerr(loss.detach(), load(directory, units, "loss"))}
-    for p, name, transposed in pairs:
-        g = load(directory, units, "grad_" + name)
-        errs["grad " + name] = relerr(p.grad.t() if transposed else p.grad, g)
+    errs = {"loss": relerr(loss.detach(), load(directory, key, "loss"))}
+    for p, name, to_keras in pairs:
+        g = load(directory, key, "grad_" + name)
+        if to_keras is None:       # the GRU's two bias rows
+            units = g.shape[1] // 3
+            mine = torch.stack([gru_order(q.grad, units, 0) for q in p])
+        else:
+            mine = to_keras(p.grad)
+        errs["grad " + name] = relerr(mine, g)
     if hs is not None:
         errs["dL/dh_t"] = relerr(torch.stack([h.grad for h in hs], 1),
-                                 load(directory, units, "dL_dh"))
+                                 load(directory, key, "dL_dh"))
     model.zero_grad(set_to_none=True)
     return errs
 
@@ -114,38 +164,39 @@ def main():
     directory = sys.argv[1]
     if not os.path.isdir(directory):
         sys.exit("lstm.py: directory '%s' does not exist" % directory)
-    sizes = []
+    cases = []
     for a in sys.argv[2:]:
-        if not a.isdigit() or int(a) < 1:
-            sys.exit("lstm.py: bad units '%s', expected a positive integer; %s" % (a, USAGE))
-        sizes.append(int(a))
+        c = parse_case(a)
+        if c is None:
+            sys.exit("lstm.py: bad case '%s', expected units or kind:units:batch; %s" % (a, USAGE))
+        cases.append(c)
     B.one_thread()
     B.blas_meta(BENCH)
     failed = []
-    for units in sizes or [6, 32, 256]:
-        x, y = load(directory, units, "x"), load(directory, units, "y")
+    for kind, units, _, label, key in cases or [parse_case(a) for a in ("6", "32", "256")]:
+        x, y = load(directory, key, "x"), load(directory, key, "y")
         for name, cls in (("nn.LSTM fused", Fused), ("LSTMCell loop + retain_grad", CellLoop)):
-            model = cls(units)
-            pairs = set_weights(model, directory, units)
-            for what, err in check(model, pairs, directory, units, x, y).items():
-                B.meta(BENCH, "relerr %d %s %s" % (units, name, what), "%.3g" % err)
+            model = cls(kind, units)
+            pairs = set_weights(model, directory, key, units)
+            for what, err in check(model, pairs, directory, key, x, y).items():
+                B.meta(BENCH, "relerr %s %s %s" % (label, name, what), "%.3g" % err)
                 if not err <= RTOL:
-                    failed.append("units %d, %s: %s differs from moongrad's by %g relative"
-                                  % (units, name, what, err))
+                    failed.append("case %s, %s: %s differs from moongrad's by %g relative"
+                                  % (label, name, what, err))
             opt = torch.optim.Adam(model.parameters(), lr=1e-3)
             m = B.measure(lambda: train_step(model, opt, x, y), reps=7, min_time=0.2)
-            B.result(BENCH, str(units), name, m)
-            B.log("pytorch   units %-4d %-28s %9.3f ms CPU, %9.3f ms wall",
-                  units, name, m["cpu"] * 1e3, m["wall"] * 1e3)
+            B.result(BENCH, label, name, m)
+            B.log("pytorch   %-12s %-28s %9.3f ms CPU, %9.3f ms wall",
+                  label, name, m["cpu"] * 1e3, m["wall"] * 1e3)
             if name == "nn.LSTM fused":
                 # the peak RSS once RSS_STEPS steps in all have run (as lstm.lua)
                 for _ in range(max(0, RSS_STEPS - m["calls"])):
                     train_step(model, opt, x, y)
                 rss = B.peak_rss_mib()
                 if rss is not None:
-                    B.meta(BENCH, "peak_rss_mib_torch %d" % units, "%.1f" % rss)
-                    B.log("pytorch   units %-4d peak RSS after %d steps: %.1f MiB",
-                          units, max(RSS_STEPS, m["calls"]), rss)
+                    B.meta(BENCH, "peak_rss_mib_torch %s" % label, "%.1f" % rss)
+                    B.log("pytorch   %-12s peak RSS after %d steps: %.1f MiB",
+                          label, max(RSS_STEPS, m["calls"]), rss)
     if failed:
         sys.exit("lstm.py: results differ from moongrad's:\n  " + "\n  ".join(failed))
 

@@ -1,5 +1,6 @@
 /*
-** lcells.c - the fused recurrent cells as module functions: mg.lstm_cell, mg.gru_cell.
+** lcells.c - the fused recurrent cells as module functions: mg.lstm_cell, mg.gru_cell,
+** and the whole-sequence mg.lstm_seq, mg.gru_seq.
 */
 #include "lmoongrad.h"
 
@@ -28,8 +29,40 @@ static int cell_gru(lua_State *L) {
   return lmg_result(L, S, mg_gru_cell(S->C, a[0], a[1], a[2], a[3], a[4], ra, &h), &h);
 }
 
+/* lstm_seq(x, h0, c0, kernel, recurrent_kernel, bias) -> H, h_T, c_T */
+static int cell_lstm_seq(lua_State *L) {
+  LSTATE_ARG;
+  mg_tensor *a[6];
+  for (int i = 0; i < 6; i++) a[i] = mg_lua_checktensor(L, i + 1);
+  lua_settop(L, 6);
+  mg_tensor **sH = lmg_newslot(L), **sh = lmg_newslot(L), **sc = lmg_newslot(L);
+  mg_tensor *H = NULL, *h = NULL, *c = NULL;
+  if (mg_lstm_seq(S->C, a[0], a[1], a[2], a[3], a[4], a[5], &H, &h, &c) != MG_OK)
+    return lmg_fail(L, S, NULL);
+  lmg_settensor(L, S, sH, H);
+  lmg_settensor(L, S, sh, h);
+  lmg_settensor(L, S, sc, c);
+  return 3;
+}
+
+/* gru_seq(x, h0, kernel, recurrent_kernel, bias [, reset_after=true]) -> H, h_T */
+static int cell_gru_seq(lua_State *L) {
+  LSTATE_ARG;
+  mg_tensor *a[5];
+  for (int i = 0; i < 5; i++) a[i] = mg_lua_checktensor(L, i + 1);
+  bool ra = lua_isnoneornil(L, 6) ? true : lua_toboolean(L, 6);
+  lua_settop(L, 6);
+  mg_tensor **sH = lmg_newslot(L), **sh = lmg_newslot(L), *H = NULL, *h = NULL;
+  if (mg_gru_seq(S->C, a[0], a[1], a[2], a[3], a[4], ra, &H, &h) != MG_OK)
+    return lmg_fail(L, S, NULL);
+  lmg_settensor(L, S, sH, H);
+  lmg_settensor(L, S, sh, h);
+  return 2;
+}
+
 static const luaL_Reg cell_functions[] = {
   { "lstm_cell", cell_lstm }, { "gru_cell", cell_gru },
+  { "lstm_seq", cell_lstm_seq }, { "gru_seq", cell_gru_seq },
   { NULL, NULL } };
 
 /* Adds the cell functions to the module at the stack top. */

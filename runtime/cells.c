@@ -6,7 +6,7 @@
 ** lead dim); otherwise the same maths composed from recorded ops, with the gates recomputed
 ** by recorded ops when another tape records (so gradients of gradients are exact).
 */
-#include "mg_impl.h"
+#include "cells.h"
 #include "fastmath.h"
 
 #include <math.h>
@@ -20,7 +20,7 @@
 #endif
 
 /* Contiguous copies of node inputs, made without recording. New references. */
-static mg_status contiguous_all(mg_ctx *C, int n, mg_tensor *const *in, mg_tensor **out) {
+mg_status mg_cell_contiguous(mg_ctx *C, int n, mg_tensor *const *in, mg_tensor **out) {
   mg_status st = MG_OK;
   mg_no_grad_enter(C);
   for (int i = 0; i < n; i++) {
@@ -33,20 +33,18 @@ static mg_status contiguous_all(mg_ctx *C, int n, mg_tensor *const *in, mg_tenso
   return st;
 }
 
-static void release_all(int n, mg_tensor **t) {
+void mg_cell_release(int n, mg_tensor **t) {
   for (int i = 0; i < n; i++) mg_tensor_release(t[i]);
 }
 
+#define contiguous_all mg_cell_contiguous
+#define release_all mg_cell_release
+
 static double sigm(double v) { return v >= 0 ? 1 / (1 + exp(-v)) : exp(v) / (1 + exp(v)); }
 
-/* Element k of a contiguous float32/float64 buffer, and its setter. */
-#define GETV(t, k) ((t)->dtype == MG_F64 ? MG_F64P(t)[k] : (double)MG_F32P(t)[k])
-#define SETV(t, k, v) do { if ((t)->dtype == MG_F64) MG_F64P(t)[k] = (v); \
-                           else MG_F32P(t)[k] = (float)(v); } while (0)
-
 /* Check a 2-d operand's shape; 'rows' < 0 accepts any. */
-static mg_status want2(mg_ctx *C, const char *fn, const char *what, const mg_tensor *t,
-                       int64_t rows, int64_t cols) {
+mg_status mg_cell_want2(mg_ctx *C, const char *fn, const char *what, const mg_tensor *t,
+                        int64_t rows, int64_t cols) {
   char b[96];
   if (t->ndim != 2 || (rows >= 0 && t->shape[0] != rows) || t->shape[1] != cols)
     return mg_fail(C, MG_ESHAPE, "%s: %s has shape %s, expected (%s%lld,%lld)", fn, what,
@@ -54,19 +52,21 @@ static mg_status want2(mg_ctx *C, const char *fn, const char *what, const mg_ten
                    (long long)(rows < 0 ? 0 : rows), (long long)cols);
   return MG_OK;
 }
+#define want2 mg_cell_want2
 
-static mg_status same_dtype(mg_ctx *C, const char *fn, int n, mg_tensor *const *t) {
+mg_status mg_cell_same_dtype(mg_ctx *C, const char *fn, int n, mg_tensor *const *t) {
   for (int i = 1; i < n; i++)
     if (t[i]->dtype != t[0]->dtype)
       return mg_fail(C, MG_EARG, "%s: mixed dtypes (%s and %s)", fn, mg_dtype_name(t[0]->dtype),
                      mg_dtype_name(t[i]->dtype));
   return MG_OK;
 }
+#define same_dtype mg_cell_same_dtype
 
 /* The shapes both fused cells check alike: x (B, d), h (B, u), kernel (d, gates u),
 ** recurrent_kernel (u, gates u); '*units' gets u. */
-static mg_status cell_shapes(mg_ctx *C, const char *fn, mg_tensor *const *xhWU, int gates,
-                             int64_t *units) {
+mg_status mg_cell_shapes(mg_ctx *C, const char *fn, mg_tensor *const *xhWU, int gates,
+                         int64_t *units) {
   mg_tensor *x = xhWU[0], *h = xhWU[1];
   char b[96];
   if (x->ndim != 2)
@@ -81,6 +81,34 @@ static mg_status cell_shapes(mg_ctx *C, const char *fn, mg_tensor *const *xhWU, 
   return MG_OK;
 }
 
+/* Element k of a typed buffer as a pointer. */
+static void *at(mg_dtype dt, const void *p, int64_t k) {
+  return (char *)p + k * (int64_t)mg_dtype_size(dt);
+}
+
+/* Column sums, row by row (in double for float32; 'acc' n doubles of scratch, or NULL:
+** accumulate in 'out' itself). */
+#define COLSUM(T, ACC) do {                                                        \
+    const T *A = a;                                                                \
+    ACC *o = acc ? (ACC *)acc : (ACC *)out;                                        \
+    for (int64_t j = 0; j < n; j++) o[j] = 0;                                      \
+    for (int64_t r = 0; r < rows; r++)                                             \
+      for (int64_t j = 0; j < n; j++) o[j] += A[r * ld + j];                       \
+    if (acc) for (int64_t j = 0; j < n; j++) ((T *)out)[j] = (T)o[j];             \
+  } while (0)
+
+void mg_colsum(mg_dtype dt, int64_t rows, int64_t n, const void *a, int64_t ld, void *out) {
+  if (dt == MG_F64) {
+    void *acc = NULL;
+    COLSUM(double, double);
+    return;
+  }
+  double *acc = malloc((size_t)n * sizeof *acc);
+  if (acc) COLSUM(float, double);
+  else COLSUM(float, float);                    /* no scratch: in float32 */
+  free(acc);
+}
+
 /* ================================================================ LSTM */
 
 enum { LX, LH, LC, LW, LU, LB, LSTM_NIN };
@@ -90,7 +118,7 @@ static mg_status lstm_check(mg_ctx *C, mg_tensor *const *in) {
   mg_tensor *xhWU[4] = { in[LX], in[LH], in[LW], in[LU] };
   int64_t u = 0;
   char b[96];
-  mg_status st = cell_shapes(C, fn, xhWU, 4, &u);
+  mg_status st = mg_cell_shapes(C, fn, xhWU, 4, &u);
   if (st == MG_OK) st = want2(C, fn, "c", in[LC], in[LX]->shape[0], u);
   if (st != MG_OK) return st;
   if (in[LB]->ndim != 1 || in[LB]->shape[0] != 4 * u)
@@ -99,9 +127,9 @@ static mg_status lstm_check(mg_ctx *C, mg_tensor *const *in) {
   return same_dtype(C, fn, LSTM_NIN, in);
 }
 
-/* The gate pass, typed: G holds z = x W + h U on entry and [i f g o] on exit. */
+/* The gate pass, typed, over rows [lo, hi) (cells.h). */
 #define LSTM_GATES(T, SIG, TANH) do {                                              \
-    for (int64_t r = 0; r < B; r++) {                                              \
+    for (int64_t r = lo; r < hi; r++) {                                            \
       T *z = G + r * 4 * u;                                                        \
       for (int64_t j = 0; j < u; j++) {                                            \
         T i = SIG(z[j] + b[j]), f = SIG(z[u + j] + b[u + j]);                     \
@@ -114,26 +142,27 @@ static mg_status lstm_check(mg_ctx *C, mg_tensor *const *in) {
     }                                                                              \
   } while (0)
 
-MG_CLONES static void lstm_gates_f32(int64_t B, int64_t u, float *restrict G,
-                                     const float *restrict b, const float *restrict c,
-                                     float *restrict cn, float *restrict hn) {
+MG_CLONES void mg_lstm_gates_f32(int64_t lo, int64_t hi, int64_t u, float *restrict G,
+                                 const float *restrict b, const float *restrict c,
+                                 float *restrict cn, float *restrict hn) {
   LSTM_GATES(float, mg_sigmoidf, mg_tanhf);
 }
 
-static void lstm_gates_f64(int64_t B, int64_t u, double *restrict G, const double *restrict b,
-                           const double *restrict c, double *restrict cn, double *restrict hn) {
+void mg_lstm_gates_f64(int64_t lo, int64_t hi, int64_t u, double *restrict G,
+                       const double *restrict b, const double *restrict c, double *restrict cn,
+                       double *restrict hn) {
   LSTM_GATES(double, sigm, tanh);
 }
 
-/* The reverse gate pass, typed: dz (B, 4u) and dc (B, u) from the saved gates G, c and c',
-** and the cotangents gh, gc of h' and c' (NULL: zero). */
-#define LSTM_DZ(T, TANH) do {                                                      \
-    for (int64_t r = 0; r < B; r++)                                                \
+/* The reverse gate pass, typed, over rows [lo, hi) (cells.h); GH(s), GC(s) read the
+** cotangents (or are 0), so that each case is a loop without branches (vectorized). */
+#define LSTM_DZ_LOOP(T, TANH, GH, GC) do {                                         \
+    for (int64_t r = lo; r < hi; r++)                                              \
       for (int64_t j = 0; j < u; j++) {                                            \
         int64_t g0 = r * 4 * u + j, s = r * u + j;                                 \
         T i = G[g0], f = G[g0 + u], g = G[g0 + 2 * u], o = G[g0 + 3 * u];          \
-        T tc = TANH(cn[s]), dh = gh ? gh[s] : 0;                                   \
-        T dct = (gc ? gc[s] : 0) + dh * o * (1 - tc * tc);                         \
+        T tc = TANH(cn[s]), dh = GH;                                               \
+        T dct = GC + dh * o * (1 - tc * tc);                                       \
         dz[g0] = dct * g * i * (1 - i);                                            \
         dz[g0 + u] = dct * c[s] * f * (1 - f);                                     \
         dz[g0 + 2 * u] = dct * i * (1 - g * g);                                    \
@@ -141,17 +170,23 @@ static void lstm_gates_f64(int64_t B, int64_t u, double *restrict G, const doubl
         dc[s] = dct * f;                                                           \
       }                                                                            \
   } while (0)
+#define LSTM_DZ(T, TANH) do {                                                      \
+    if (gh && gc) LSTM_DZ_LOOP(T, TANH, gh[s], gc[s]);                             \
+    else if (gh) LSTM_DZ_LOOP(T, TANH, gh[s], 0);                                  \
+    else if (gc) LSTM_DZ_LOOP(T, TANH, 0, gc[s]);                                  \
+    else LSTM_DZ_LOOP(T, TANH, 0, 0);                                              \
+  } while (0)
 
-MG_CLONES static void lstm_dz_f32(int64_t B, int64_t u, const float *restrict G,
-                                  const float *restrict c, const float *restrict cn,
-                                  const float *restrict gh, const float *restrict gc,
-                                  float *restrict dz, float *restrict dc) {
+MG_CLONES void mg_lstm_dz_f32(int64_t lo, int64_t hi, int64_t u, const float *restrict G,
+                              const float *restrict c, const float *restrict cn,
+                              const float *restrict gh, const float *restrict gc,
+                              float *restrict dz, float *restrict dc) {
   LSTM_DZ(float, mg_tanhf);
 }
 
-static void lstm_dz_f64(int64_t B, int64_t u, const double *G, const double *c,
-                        const double *cn, const double *gh, const double *gc, double *dz,
-                        double *dc) {
+void mg_lstm_dz_f64(int64_t lo, int64_t hi, int64_t u, const double *G, const double *c,
+                    const double *cn, const double *gh, const double *gc, double *dz,
+                    double *dc) {
   LSTM_DZ(double, tanh);
 }
 
@@ -164,9 +199,9 @@ static void lstm_forward(mg_tensor *const *k, mg_tensor *G, mg_tensor *hn, mg_te
   mg_gemm(x->dtype, false, false, B, 4 * u, u, 1, mg_tensor_data(h), u, mg_tensor_data(k[LU]),
           4 * u, 1, mg_tensor_data(G), 4 * u);
   if (x->dtype == MG_F64)
-    lstm_gates_f64(B, u, MG_F64P(G), MG_F64P(b), MG_F64P(c), MG_F64P(cn), MG_F64P(hn));
+    mg_lstm_gates_f64(0, B, u, MG_F64P(G), MG_F64P(b), MG_F64P(c), MG_F64P(cn), MG_F64P(hn));
   else
-    lstm_gates_f32(B, u, MG_F32P(G), MG_F32P(b), MG_F32P(c), MG_F32P(cn), MG_F32P(hn));
+    mg_lstm_gates_f32(0, B, u, MG_F32P(G), MG_F32P(b), MG_F32P(c), MG_F32P(cn), MG_F32P(hn));
 }
 
 mg_status mg_lstm_cell(mg_ctx *C, mg_tensor *x, mg_tensor *h, mg_tensor *c, mg_tensor *W,
@@ -208,10 +243,10 @@ static mg_status lstm_vjp_fused(mg_ctx *C, const mg_node *n, mg_tensor *gh, mg_t
   if ((st = mg_tensor_empty(C, dt, 2, gs, &dz)) == MG_OK &&
       (st = mg_tensor_empty(C, dt, 2, k[LH]->shape, &dc)) == MG_OK) {
     if (dt == MG_F64)
-      lstm_dz_f64(B, u, MG_F64P(G), MG_F64P(k[LC]), MG_F64P(cn), gk[0] ? MG_F64P(gk[0]) : NULL,
+      mg_lstm_dz_f64(0, B, u, MG_F64P(G), MG_F64P(k[LC]), MG_F64P(cn), gk[0] ? MG_F64P(gk[0]) : NULL,
                   gk[1] ? MG_F64P(gk[1]) : NULL, MG_F64P(dz), MG_F64P(dc));
     else
-      lstm_dz_f32(B, u, MG_F32P(G), MG_F32P(k[LC]), MG_F32P(cn), gk[0] ? MG_F32P(gk[0]) : NULL,
+      mg_lstm_dz_f32(0, B, u, MG_F32P(G), MG_F32P(k[LC]), MG_F32P(cn), gk[0] ? MG_F32P(gk[0]) : NULL,
                   gk[1] ? MG_F32P(gk[1]) : NULL, MG_F32P(dz), MG_F32P(dc));
     /* (rows, cols) of each gradient and its GEMM: dx = dz W', dh = dz U', dW = x' dz, ... */
     struct { int in; int64_t r, c, K; bool ta, tb; mg_tensor *a, *b; } mm[4] = {
@@ -343,59 +378,195 @@ const mg_rules mg_rules_lstm_cell = { .vjp = lstm_vjp, .jvp = lstm_jvp, .vjp_acc
 
 enum { GX, GH, GW, GU, GB, GRU_NIN };
 
-static mg_status gru_check(mg_ctx *C, mg_tensor *const *in, bool reset_after) {
-  const char *fn = mg_ops[MG_OP_GRU_CELL].name;
-  mg_tensor *b = in[GB], *xhWU[4] = { in[GX], in[GH], in[GW], in[GU] };
-  int64_t u = 0;
+mg_status mg_gru_bias_check(mg_ctx *C, const char *fn, const mg_tensor *b, bool ra, int64_t u) {
   char s[96];
-  mg_status st = cell_shapes(C, fn, xhWU, 3, &u);
-  if (st != MG_OK) return st;
-  bool ok = reset_after ? (b->ndim == 2 && b->shape[0] == 2 && b->shape[1] == 3 * u)
-                        : (b->ndim == 1 && b->shape[0] == 3 * u);
+  bool ok = ra ? (b->ndim == 2 && b->shape[0] == 2 && b->shape[1] == 3 * u)
+               : (b->ndim == 1 && b->shape[0] == 3 * u);
   if (!ok)
     return mg_fail(C, MG_ESHAPE, "%s: bias has shape %s, expected %s(%lld)", fn,
-                   mg_shapestr(s, sizeof s, b->ndim, b->shape), reset_after ? "(2," : "(",
+                   mg_shapestr(s, sizeof s, b->ndim, b->shape), ra ? "(2," : "(",
                    (long long)(3 * u));
-  return same_dtype(C, fn, GRU_NIN, in);
+  return MG_OK;
 }
 
-/* Saved S (B, 4u) = [z r hh m], m = h U_h + b_r[h] (reset_after) or unused. */
-static void gru_forward(mg_tensor *const *k, bool ra, mg_tensor *S, mg_tensor *M, mg_tensor *hn) {
-  mg_tensor *x = k[GX], *h = k[GH], *b = k[GB];
-  mg_dtype dt = x->dtype;
-  int64_t B = x->shape[0], d = x->shape[1], u = h->shape[1], es = (int64_t)mg_dtype_size(dt);
-  char *U = mg_tensor_data(k[GU]);
-  /* M = x W: the input part of every gate */
-  mg_gemm(dt, false, false, B, 3 * u, d, 1, mg_tensor_data(x), d, mg_tensor_data(k[GW]), 3 * u,
-          0, mg_tensor_data(M), 3 * u);
-  /* S[:, :3u] (reset_after) or S[:, :2u]: the recurrent part h U */
-  mg_gemm(dt, false, false, B, ra ? 3 * u : 2 * u, u, 1, mg_tensor_data(h), u, U, 3 * u, 0,
-          mg_tensor_data(S), 4 * u);
-  int64_t bo = ra ? 3 * u : 0;                   /* where the recurrent bias starts */
-  for (int64_t r = 0; r < B; r++)
-    for (int64_t j = 0; j < u; j++) {
-      int64_t s0 = r * 4 * u + j, m0 = r * 3 * u + j;
-      double z = sigm(GETV(M, m0) + GETV(b, j) + GETV(S, s0) + (ra ? GETV(b, bo + j) : 0));
-      double rr = sigm(GETV(M, m0 + u) + GETV(b, j + u) + GETV(S, s0 + u) + (ra ? GETV(b, bo + u + j) : 0));
-      SETV(S, s0, z);
-      SETV(S, s0 + u, rr);
-      if (ra) SETV(S, s0 + 3 * u, GETV(S, s0 + 2 * u) + GETV(b, bo + 2 * u + j));
-      else SETV(S, s0 + 3 * u, rr * GETV(h, r * u + j));   /* r h, multiplied by U_h below */
-    }
-  if (!ra) {                                     /* S[:, 2u:3u] = (r h) U_h */
-    mg_gemm(dt, false, false, B, u, u, 1, (char *)mg_tensor_data(S) + 3 * u * es, 4 * u,
-            U + 2 * u * es, 3 * u, 0, (char *)mg_tensor_data(S) + 2 * u * es, 4 * u);
+static mg_status gru_check(mg_ctx *C, mg_tensor *const *in, bool reset_after) {
+  const char *fn = mg_ops[MG_OP_GRU_CELL].name;
+  mg_tensor *xhWU[4] = { in[GX], in[GH], in[GW], in[GU] };
+  int64_t u = 0;
+  mg_status st = mg_cell_shapes(C, fn, xhWU, 3, &u);
+  if (st == MG_OK) st = mg_gru_bias_check(C, fn, in[GB], reset_after, u);
+  return st == MG_OK ? same_dtype(C, fn, GRU_NIN, in) : st;
+}
+
+/* The GRU gate passes, typed, over rows [lo, hi) (cells.h); S = [z r hh m] (ld 4u), M and
+** the cotangents dmx, dmh ld 3u, h, hn, dh, drh ld u. 'rb' is the recurrent bias (ra). */
+#define GRU_PRE_LOOP(T, SIG, RA) do {                                                       \
+    const T *M = M_, *b = b_, *h = h_, *rb = b + 3 * u;                             \
+    T *S = S_;                                                                     \
+    for (int64_t r = lo; r < hi; r++)                                              \
+      for (int64_t j = 0; j < u; j++) {                                            \
+        int64_t s0 = r * 4 * u + j, m0 = r * 3 * u + j;                            \
+        T z = SIG(M[m0] + b[j] + S[s0] + (RA ? rb[j] : 0));                        \
+        T rr = SIG(M[m0 + u] + b[u + j] + S[s0 + u] + (RA ? rb[u + j] : 0));       \
+        S[s0] = z;                                                                 \
+        S[s0 + u] = rr;                                                            \
+        S[s0 + 3 * u] = RA ? S[s0 + 2 * u] + rb[2 * u + j] : rr * h[r * u + j];    \
+      }                                                                            \
+  } while (0)
+
+#define GRU_POST_LOOP(T, TANH, RA) do {                                                     \
+    const T *M = M_, *b = b_, *h = h_;                                             \
+    T *S = S_, *hn = hn_;                                                          \
+    for (int64_t r = lo; r < hi; r++)                                              \
+      for (int64_t j = 0; j < u; j++) {                                            \
+        int64_t s0 = r * 4 * u + j, hs = r * u + j;                                \
+        T z = S[s0], rr = S[s0 + u];                                               \
+        T hh = TANH(M[r * 3 * u + 2 * u + j] + b[2 * u + j] +                      \
+                    (RA ? rr * S[s0 + 3 * u] : S[s0 + 2 * u]));                    \
+        S[s0 + 2 * u] = hh;                                                        \
+        hn[hs] = z * h[hs] + (1 - z) * hh;                                         \
+      }                                                                            \
+  } while (0)
+
+#define GRU_D1_LOOP(T, RA) do {                                                             \
+    const T *S = S_, *h = h_, *gh = gh_;                                           \
+    T *dmx = dmx_, *dmh = dmh_, *dh = dh_;                                         \
+    for (int64_t r = lo; r < hi; r++)                                              \
+      for (int64_t j = 0; j < u; j++) {                                            \
+        int64_t s0 = r * 4 * u + j, x0 = r * 3 * u + j, s = r * u + j;             \
+        T z = S[s0], rr = S[s0 + u], hh = S[s0 + 2 * u], g = gh[s];                \
+        T dzp = g * (h[s] - hh) * z * (1 - z), dhp = g * (1 - z) * (1 - hh * hh);  \
+        dmx[x0] = dmh[x0] = dzp;                                                   \
+        dmx[x0 + 2 * u] = dhp;                                                     \
+        if (RA) {                                                                  \
+          T drp = dhp * S[s0 + 3 * u] * rr * (1 - rr);                             \
+          dmx[x0 + u] = dmh[x0 + u] = drp;                                         \
+          dmh[x0 + 2 * u] = dhp * rr;                                              \
+        } else {                                                                   \
+          dmh[x0 + 2 * u] = dhp;                                                   \
+        }                                                                          \
+        dh[s] = g * z;                                                             \
+      }                                                                            \
+  } while (0)
+
+/* ra as a constant in each loop: no branch inside, so the loops vectorize. */
+#define GRU_PRE(T, SIG) do { if (ra) GRU_PRE_LOOP(T, SIG, 1); else GRU_PRE_LOOP(T, SIG, 0); } while (0)
+#define GRU_POST(T, TANH) do { if (ra) GRU_POST_LOOP(T, TANH, 1); else GRU_POST_LOOP(T, TANH, 0); } while (0)
+#define GRU_D1(T) do { if (ra) GRU_D1_LOOP(T, 1); else GRU_D1_LOOP(T, 0); } while (0)
+
+#define GRU_DR(T) do {                                                             \
+    for (int64_t r = lo; r < hi; r++)                                              \
+      for (int64_t j = 0; j < u; j++) {                                            \
+        int64_t s = r * u + j, x1 = r * 3 * u + u + j;                             \
+        T rr = ((const T *)S_)[r * 4 * u + u + j], d = ((const T *)drh_)[s];       \
+        ((T *)dmx_)[x1] = ((T *)dmh_)[x1] = d * ((const T *)h_)[s] * rr * (1 - rr); \
+        ((T *)dh_)[s] += d * rr;                                                   \
+      }                                                                            \
+  } while (0)
+
+MG_CLONES static void gru_pre_f32(int64_t lo, int64_t hi, int64_t u, bool ra,
+                                  const float *restrict M_, float *restrict S_,
+                                  const float *restrict b_, const float *restrict h_) {
+  GRU_PRE(float, mg_sigmoidf);
+}
+MG_CLONES static void gru_post_f32(int64_t lo, int64_t hi, int64_t u, bool ra,
+                                   const float *restrict M_, float *restrict S_,
+                                   const float *restrict b_, const float *restrict h_,
+                                   float *restrict hn_) {
+  GRU_POST(float, mg_tanhf);
+}
+MG_CLONES static void gru_d1_f32(int64_t lo, int64_t hi, int64_t u, bool ra,
+                                 const float *restrict S_, const float *restrict h_,
+                                 const float *restrict gh_, float *restrict dmx_,
+                                 float *restrict dmh_, float *restrict dh_) {
+  GRU_D1(float);
+}
+MG_CLONES static void gru_dr_f32(int64_t lo, int64_t hi, int64_t u, const float *restrict S_,
+                                 const float *restrict h_, const float *restrict drh_,
+                                 float *restrict dmx_, float *restrict dmh_,
+                                 float *restrict dh_) {
+  GRU_DR(float);
+}
+
+void mg_gru_pre(mg_dtype dt, int64_t lo, int64_t hi, int64_t u, bool ra, const void *M_,
+                void *S_, const void *b_, const void *h_) {
+  if (dt == MG_F64) GRU_PRE(double, sigm);
+  else gru_pre_f32(lo, hi, u, ra, M_, S_, b_, h_);
+}
+
+void mg_gru_post(mg_dtype dt, int64_t lo, int64_t hi, int64_t u, bool ra, const void *M_,
+                 void *S_, const void *b_, const void *h_, void *hn_) {
+  if (dt == MG_F64) GRU_POST(double, tanh);
+  else gru_post_f32(lo, hi, u, ra, M_, S_, b_, h_, hn_);
+}
+
+void mg_gru_d1(mg_dtype dt, int64_t lo, int64_t hi, int64_t u, bool ra, const void *S_,
+               const void *h_, const void *gh_, void *dmx_, void *dmh_, void *dh_) {
+  if (dt == MG_F64) GRU_D1(double);
+  else gru_d1_f32(lo, hi, u, ra, S_, h_, gh_, dmx_, dmh_, dh_);
+}
+
+void mg_gru_dr(mg_dtype dt, int64_t lo, int64_t hi, int64_t u, const void *S_, const void *h_,
+               const void *drh_, void *dmx_, void *dmh_, void *dh_) {
+  if (dt == MG_F64) GRU_DR(double);
+  else gru_dr_f32(lo, hi, u, S_, h_, drh_, dmx_, dmh_, dh_);
+}
+
+/* C = A op(B) + beta C through the packing P when there is one (float32), else BLAS. */
+void mg_rec_gemm(mg_dtype dt, const mg_packed *P, bool tb, int64_t M, int64_t N, int64_t K,
+                 const void *A, int64_t lda, const void *Bm, int64_t ldb, int beta, void *Cm,
+                 int64_t ldc) {
+  if (P && dt == MG_F32) mg_gemm_packed(P, M, A, lda, beta, Cm, ldc);
+  else mg_gemm(dt, false, tb, M, N, K, 1, A, lda, Bm, ldb, beta, Cm, ldc);
+}
+
+/* One step given M = x W: S = [z r hh m] and h' (cells.h). */
+void mg_gru_step_forward(mg_dtype dt, int64_t B, int64_t u, bool ra, const void *U,
+                         const mg_packed *P, const void *b, const void *h, const void *M,
+                         void *S, void *hn) {
+  mg_rec_gemm(dt, P, false, B, ra ? 3 * u : 2 * u, u, h, u, U, 3 * u, 0, S, 4 * u);
+  mg_gru_pre(dt, 0, B, u, ra, M, S, b, h);
+  if (!ra)                                       /* S[:, 2u:3u] = (r h) U_h */
+    mg_rec_gemm(dt, P ? P + 1 : NULL, false, B, u, u, at(dt, S, 3 * u), 4 * u, at(dt, U, 2 * u),
+                3 * u, 0, at(dt, S, 2 * u), 4 * u);
+  mg_gru_post(dt, 0, B, u, ra, M, S, b, h, hn);
+}
+
+/* One reverse step: dmx, dmh and dh = d h (NULL: not wanted) from gh (cells.h); drh is
+** scratch (B, u) without ra. */
+void mg_gru_step_reverse(mg_dtype dt, int64_t B, int64_t u, bool ra, const void *U,
+                         const mg_packed *P, const void *S, const void *h, const void *gh,
+                         void *dmx, void *dmh, void *drh, void *dh) {
+  mg_gru_d1(dt, 0, B, u, ra, S, h, gh, dmx, dmh, dh);
+  if (!ra) {                                     /* d(r h) = dhp U_h', then dr */
+    mg_rec_gemm(dt, P ? P + 1 : NULL, true, B, u, u, at(dt, dmh, 2 * u), 3 * u, at(dt, U, 2 * u),
+                3 * u, 0, drh, u);
+    mg_gru_dr(dt, 0, B, u, S, h, drh, dmx, dmh, dh);
   }
-  for (int64_t r = 0; r < B; r++)
-    for (int64_t j = 0; j < u; j++) {
-      int64_t s0 = r * 4 * u + j, m0 = r * 3 * u + j, hs = r * u + j;
-      double z = GETV(S, s0), rr = GETV(S, s0 + u);
-      double pre = GETV(M, m0 + 2 * u) + GETV(b, 2 * u + j) +
-                   (ra ? rr * GETV(S, s0 + 3 * u) : GETV(S, s0 + 2 * u));
-      double hh = tanh(pre);
-      SETV(S, s0 + 2 * u, hh);
-      SETV(hn, hs, z * GETV(h, hs) + (1 - z) * hh);
-    }
+  mg_rec_gemm(dt, P, true, B, u, ra ? 3 * u : 2 * u, dmh, 3 * u, U, 3 * u, 1, dh, u);
+}
+
+/* The weight gradients of 'rows' GRU rows (one step, or all T B of a sequence) from x, h
+** (the state each row started from), S and the cotangents: into the tensors of 'gin' that
+** are not NULL (gx (rows, d), gW (d, 3u), gU (u, 3u), gb (2, 3u) or (3u)). */
+void mg_gru_weight_grads(mg_dtype dt, int64_t rows, int64_t d, int64_t u, bool ra,
+                         const void *x, const void *h, const void *S, const void *W,
+                         const void *dmx, const void *dmh, mg_tensor *const *g) {
+  if (g[0]) mg_gemm(dt, false, true, rows, d, 3 * u, 1, dmx, 3 * u, W, 3 * u, 0,
+                    mg_tensor_data(g[0]), d);
+  if (g[1]) mg_gemm(dt, true, false, d, 3 * u, rows, 1, x, d, dmx, 3 * u, 0,
+                    mg_tensor_data(g[1]), 3 * u);
+  if (g[2]) {
+    void *gu = mg_tensor_data(g[2]);
+    mg_gemm(dt, true, false, u, ra ? 3 * u : 2 * u, rows, 1, h, u, dmh, 3 * u, 0, gu, 3 * u);
+    if (!ra)                                     /* U_h's from m = r h */
+      mg_gemm(dt, true, false, u, u, rows, 1, at(dt, S, 3 * u), 4 * u, at(dt, dmh, 2 * u), 3 * u,
+              0, at(dt, gu, 2 * u), 3 * u);
+  }
+  if (g[3]) {
+    mg_colsum(dt, rows, 3 * u, dmx, 3 * u, mg_tensor_data(g[3]));
+    if (ra) mg_colsum(dt, rows, 3 * u, dmh, 3 * u, at(dt, mg_tensor_data(g[3]), 3 * u));
+  }
 }
 
 mg_status mg_gru_cell(mg_ctx *C, mg_tensor *x, mg_tensor *h, mg_tensor *W, mg_tensor *U,
@@ -407,7 +578,12 @@ mg_status mg_gru_cell(mg_ctx *C, mg_tensor *x, mg_tensor *h, mg_tensor *W, mg_te
   if ((st = mg_tensor_empty(C, x->dtype, 2, ss, &S)) == MG_OK &&
       (st = mg_tensor_empty(C, x->dtype, 2, ms, &M)) == MG_OK &&
       (st = mg_tensor_empty(C, x->dtype, 2, h->shape, &hn)) == MG_OK) {
-    gru_forward(k, reset_after, S, M, hn);
+    int64_t d = x->shape[1];
+    mg_gemm(x->dtype, false, false, B, 3 * u, d, 1, mg_tensor_data(k[GX]), d,
+            mg_tensor_data(k[GW]), 3 * u, 0, mg_tensor_data(M), 3 * u);
+    mg_gru_step_forward(x->dtype, B, u, reset_after, mg_tensor_data(k[GU]), NULL, mg_tensor_data(k[GB]),
+                        mg_tensor_data(k[GH]), mg_tensor_data(M), mg_tensor_data(S),
+                        mg_tensor_data(hn));
     st = mg_poll(C, "gru_cell");      /* per step: interrupted, unrecorded */
     if (st == MG_OK && mg_recording(C)) {
       mg_attr at = { .ni = 1, .i = { reset_after } };
@@ -448,8 +624,56 @@ static void gru_gates(mg_ex *e, const mg_node *n, mg_tensor **z, mg_tensor **r, 
   *hh = mg_ex_unary(e, MG_U_TANH, mg_ex_add(e, mg_ex_narrow(e, mx, 1, 2 * u, u), rec));
 }
 
+/* Scratch and results of a fused GRU reverse over 'rows' rows: dmx, dmh (rows, 3u), and
+** the gradients of x, W, U, b each need asks for (new tensors in g[0..3]). */
+mg_status mg_gru_grad_buffers(mg_ctx *C, mg_dtype dt, int64_t rows, int64_t d, int64_t u,
+                              bool ra, const bool *need4, mg_tensor **dmx, mg_tensor **dmh,
+                              mg_tensor **g) {
+  int64_t s3[2] = { rows, 3 * u }, sh[4][2] = { { rows, d }, { d, 3 * u }, { u, 3 * u },
+                                                 { ra ? 2 : 3 * u, 3 * u } };
+  mg_status st = mg_tensor_empty(C, dt, 2, s3, dmx);
+  if (st == MG_OK) st = mg_tensor_empty(C, dt, 2, s3, dmh);
+  for (int i = 0; i < 4 && st == MG_OK; i++)
+    if (need4[i]) st = mg_tensor_empty(C, dt, i == 3 && !ra ? 1 : 2, sh[i], &g[i]);
+  return st;
+}
+
+/* Fused reverse rule of one GRU step (first order: lead 0, no tape recording). */
+static mg_status gru_vjp_fused(mg_ctx *C, const mg_node *n, mg_tensor *gh, const bool *need,
+                               mg_tensor **gin) {
+  mg_tensor *k[GRU_NIN], *g1[1] = { gh }, *gk[1], *dmx = NULL, *dmh = NULL, *drh = NULL,
+            *dh = NULL, *g[4] = { NULL };
+  mg_status st = contiguous_all(C, GRU_NIN, n->in, k);
+  if (st != MG_OK) return st;
+  if ((st = contiguous_all(C, 1, g1, gk)) != MG_OK) { release_all(GRU_NIN, k); return st; }
+  mg_dtype dt = k[GX]->dtype;
+  bool ra = n->attr.i[0] != 0, need4[4] = { need[GX], need[GW], need[GU], need[GB] };
+  int64_t B = k[GX]->shape[0], d = k[GX]->shape[1], u = k[GH]->shape[1];
+  st = mg_gru_grad_buffers(C, dt, B, d, u, ra, need4, &dmx, &dmh, g);
+  if (st == MG_OK) st = mg_tensor_empty(C, dt, 2, k[GH]->shape, &drh);
+  if (st == MG_OK) st = mg_tensor_empty(C, dt, 2, k[GH]->shape, &dh);
+  if (st == MG_OK) {
+    const void *S = mg_tensor_data(n->saved[0]), *h = mg_tensor_data(k[GH]);
+    mg_gru_step_reverse(dt, B, u, ra, mg_tensor_data(k[GU]), NULL, S, h, mg_tensor_data(gk[0]),
+                        mg_tensor_data(dmx), mg_tensor_data(dmh), mg_tensor_data(drh),
+                        mg_tensor_data(dh));
+    mg_gru_weight_grads(dt, B, d, u, ra, mg_tensor_data(k[GX]), h, S, mg_tensor_data(k[GW]),
+                        mg_tensor_data(dmx), mg_tensor_data(dmh), g);
+    int map[4] = { GX, GW, GU, GB };
+    for (int i = 0; i < 4; i++) { gin[map[i]] = g[i]; g[i] = NULL; }
+    if (need[GH]) { gin[GH] = dh; dh = NULL; }
+  }
+  release_all(GRU_NIN, k);
+  release_all(1, gk);
+  release_all(4, g);
+  mg_tensor *tmp[4] = { dmx, dmh, drh, dh };
+  release_all(4, tmp);
+  return st;
+}
+
 static mg_status gru_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *g,
                          const bool *need, mg_tensor **gin) {
+  if (lead == 0 && !mg_recording(C) && g[0]) return gru_vjp_fused(C, n, g[0], need, gin);
   mg_ex ex, *e = &ex;
   mg_ex_begin(e, C);
   mg_tensor *const *in = n->in, *z = NULL, *r = NULL, *hh = NULL, *m = NULL, *gh = g[0];

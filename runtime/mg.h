@@ -328,6 +328,15 @@ MG_API mg_status mg_lstm_cell(mg_ctx *C, mg_tensor *x, mg_tensor *h, mg_tensor *
                               mg_tensor **c_out);
 MG_API mg_status mg_gru_cell(mg_ctx *C, mg_tensor *x, mg_tensor *h, mg_tensor *W,
                              mg_tensor *U, mg_tensor *b, bool reset_after, mg_tensor **h_out);
+/* The same cells over a whole sequence x (B, T, d), T >= 1, from the states h0 (and c0),
+** as one recorded node (seqcells.c): every h_t as H (B, T, u), and the last states; the
+** numbers of T steps of the cell above (to float32 rounding). New references. */
+MG_API mg_status mg_lstm_seq(mg_ctx *C, mg_tensor *x, mg_tensor *h0, mg_tensor *c0,
+                             mg_tensor *W, mg_tensor *U, mg_tensor *b, mg_tensor **H,
+                             mg_tensor **h_out, mg_tensor **c_out);
+MG_API mg_status mg_gru_seq(mg_ctx *C, mg_tensor *x, mg_tensor *h0, mg_tensor *W,
+                            mg_tensor *U, mg_tensor *b, bool reset_after, mg_tensor **H,
+                            mg_tensor **h_out);
 
 /* ----------------------------------------------------------------------------------------
 ** Random numbers (per context; the same sequence on every machine for a seed)

@@ -302,6 +302,15 @@ local function gru_shapes(ra)
   end
 end
 
+-- A cell's shapes with the input over T steps: x (B, T, d).
+local function seq_shapes(cell_shapes)
+  return function()
+    local sh = cell_shapes()
+    sh[1] = { sh[1][1], R.size(1, 3), sh[1][2] }
+    return sh
+  end
+end
+
 local r2, r3 = S.one(2, 4), S.one(3, 4)
 
 local OPS = {
@@ -585,6 +594,13 @@ local OPS = {
     { "any", "any", "any", "any", "any" }, shape = gru_shapes(true) },
   { "gru_cell reset_after=false", function(x, h, W, U, b) return mg.gru_cell(x, h, W, U, b, false) end,
     "gru_keras(a, b, c, d, e, False)", { "any", "any", "any", "any", "any" }, shape = gru_shapes(false) },
+  -- whole-sequence layers (seqcells.c) against PyTorch's fused layer functions
+  { "lstm_seq", function(...) return mg.lstm_seq(...) end,
+    "(lambda r: (r[0], r[1][0], r[2][0]))(torch.lstm(a, (b[None], c[None]), [d.T, e.T, f, torch.zeros_like(f)], True, 1, 0.0, False, False, True))",
+    { "any", "any", "any", "any", "any", "any" }, shape = seq_shapes(lstm_shapes) },
+  { "gru_seq", function(...) return mg.gru_seq(...) end,
+    "(lambda o: (lambda r: (r[0], r[1][0]))(torch.gru(a, b[None], [o(c).T, o(d).T, o(e[0]), o(e[1])], True, 1, 0.0, False, False, True)))(lambda t: torch.cat([t[..., b.shape[1]:2 * b.shape[1]], t[..., :b.shape[1]], t[..., 2 * b.shape[1]:]], -1))",
+    { "any", "any", "any", "any", "any" }, shape = seq_shapes(gru_shapes(true)) },
   -- issue 12: elementwise (the hard ones also exactly at their kinks: PyTorch's convention)
   { "erf", function(a) return mg.erf(a) end, "torch.erf(a)", { "any" } },
   { "erfc", function(a) return a:erfc() end, "torch.erfc(a)", { "any" } },

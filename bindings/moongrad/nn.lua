@@ -966,8 +966,30 @@ local function mask_step(self, m, o, new, states, oi)
   return o, kept
 end
 
--- The trace of one run (see rnn:trace); 'opts' are checked call options.
-function RNN:run(x, initial, opts)
+-- The whole layer as one recorded op (mg.lstm_seq / mg.gru_seq) when that computes what the
+-- per-step loop would and no per-step tensor is wanted: a built-in LSTM or GRU cell on its
+-- fused kernel with a bias and its methods not replaced, one dtype, no mask, no dropout in
+-- this call. Returns the outputs (B, T, u) and the final states, or nil.
+local function seq_run(self, x, states, mask, training)
+  local cell = self.cell
+  local mt = getmetatable(cell)
+  if mask or (mt ~= LSTMCell and mt ~= GRUCell) or not fused(cell) or not cell.bias then return nil end
+  if rawget(cell, "call") or rawget(cell, "step") or rawget(cell, "gates") then return nil end
+  if training and (cell.dropout or 0) > 0 then return nil end
+  if not same_dtype(x, cell.kernel, cell.recurrent_kernel, cell.bias, table.unpack(states)) then return nil end
+  if x:size(3) ~= cell.input_size then check_features(cell.__name, x:select(2, 1), cell.input_size) end
+  if self.go_backwards then x = x:flip { 2 } end
+  if mt == LSTMCell then
+    local H, h, c = mg.lstm_seq(x, states[1], states[2], cell.kernel, cell.recurrent_kernel, cell.bias)
+    return H, { h, c }
+  end
+  local H, h = mg.gru_seq(x, states[1], cell.kernel, cell.recurrent_kernel, cell.bias, cell.reset_after)
+  return H, { h }
+end
+
+-- The trace of one run (see rnn:trace); 'opts' are checked call options. With 'whole', a run
+-- that seq_run can do returns {sequence = outputs (B, T, u), final = final states} instead.
+function RNN:run(x, initial, opts, whole)
   local fn = self.__name
   check_tensor(fn, "the input", x)
   if x:dim() ~= 3 then raisef("%s: input must be (batch, time, features), got shape %s", fn, shapestr(x)) end
@@ -981,6 +1003,14 @@ function RNN:run(x, initial, opts)
   local tr = { outputs = {}, states = {} }
   for k, s in ipairs(states) do tr.states[k] = { [0] = s } end
   cell:reset_dropout_mask()
+  if whole then
+    local H, final = seq_run(self, x, states, mask, copts.training)
+    if H then
+      cell:reset_dropout_mask()
+      if self.stateful then self:keep(final) end
+      return { sequence = H, final = final }
+    end
+  end
   for t = 1, T do
     local ti = self.go_backwards and T - t + 1 or t
     local o, new = cell(x:select(2, ti), states, copts)
@@ -1050,13 +1080,20 @@ end
 -- per cell for stacked cells).
 function RNN:__call(x, a, b)
   local initial, opts = call_args(self.__name, a, b)
-  local tr = self:run(x, initial, opts)
-  local out = self.return_sequences and mg.stack(tr.outputs, 2) or tr.outputs[#tr.outputs]
-  local st = final_states(tr)
+  local tr = self:run(x, initial, opts, true)
+  local out, flat_st
+  if tr.sequence then                                  -- the whole-layer op (seq_run)
+    flat_st = tr.final
+    out = self.return_sequences and tr.sequence or flat_st[self.cell:output_state_index()]
+  else
+    flat_st = final_states(tr)
+    out = self.return_sequences and mg.stack(tr.outputs, 2) or tr.outputs[#tr.outputs]
+  end
+  local st = flat_st
   if getmetatable(self.cell) == Stacked then st = nest_states(self.cell, st) end
   if self.activity_regularizer then
     local flat = { out }
-    for _, s in ipairs(final_states(tr)) do flat[#flat + 1] = s end
+    for _, s in ipairs(flat_st) do flat[#flat + 1] = s end
     self._activity_losses = activity_losses(self.activity_regularizer,
       table.unpack(flat, 1, self.return_state and #flat or 1))
   end

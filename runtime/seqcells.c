@@ -1,0 +1,520 @@
+/*
+** seqcells.c - whole LSTM and GRU layers over T steps as one recorded node each (the fused
+** cells' semantics and Keras layouts, docs/cells.md): the input projection of every step is
+** one GEMM over T B rows, then per step the recurrent GEMM and the gate pass. Internally
+** time-major: step t's rows are contiguous.
+** Reverse rule (first order: lead 0, no tape recording): per step, backwards, the gate pass
+** and the recurrent GEMM only; dX, dW and dU are then one GEMM each over all T B rows.
+** Otherwise (vectorized cotangents, gradients of gradients) and for the JVP: the per-step
+** cells' own rules, on one node per step built from the saved states, or, while another
+** tape records, from states recomputed by recorded per-step cell ops (so that everything is
+** differentiable again).
+*/
+#include "cells.h"
+
+#include <stdlib.h>
+
+/* Inputs: LSTM x h0 c0 W U b; GRU x h0 W U b. Outputs: H (B, T, u), the last states.
+** Saved: the gates of every step (T, B, 4u) ([i f g o] / [z r hh m]), the states h_0..h_T
+** (T + 1, B, u), x time-major (T, B, d), and for the LSTM c_0..c_T (T + 1, B, u). */
+enum { QX, QH };
+enum { SV_G, SV_H, SV_X, SV_C };
+
+typedef struct seqkind {
+  int op, cell_op, nin, ns;       /* ns: states (2: h, c; 1: h) */
+  const mg_rules *cell;
+} seqkind;
+
+static const seqkind LSTM_SEQ = { MG_OP_LSTM_SEQ, MG_OP_LSTM_CELL, 6, 2, &mg_rules_lstm_cell };
+static const seqkind GRU_SEQ = { MG_OP_GRU_SEQ, MG_OP_GRU_CELL, 5, 1, &mg_rules_gru_cell };
+
+static void *at(mg_dtype dt, const void *p, int64_t k) {
+  return (char *)p + k * (int64_t)mg_dtype_size(dt);
+}
+
+/* dst (T, B, n) from src (B, T, n), or back when 'back'. */
+static void transpose_bt(mg_dtype dt, int64_t B, int64_t T, int64_t n, const void *src,
+                         void *dst, bool back) {
+  size_t row = (size_t)n * mg_dtype_size(dt);
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t t = 0; t < T; t++) {
+      int64_t bt = (b * T + t) * n, tb = (t * B + b) * n;
+      memcpy(at(dt, dst, back ? bt : tb), at(dt, src, back ? tb : bt), row);
+    }
+}
+
+/* The checks of a sequence op: x (B, T, d) with T >= 1, then the cell's on step 0's shapes. */
+static mg_status seq_check(mg_ctx *C, const seqkind *k, mg_tensor *const *in, bool ra) {
+  const char *fn = mg_ops[k->op].name;
+  char s[96];
+  mg_tensor *x = in[QX];
+  if (x->ndim != 3 || x->shape[1] < 1)
+    return mg_fail(C, MG_ESHAPE, "%s: input has shape %s, expected (B, T, features), T >= 1",
+                   fn, mg_shapestr(s, sizeof s, x->ndim, x->shape));
+  mg_tensor x0 = *x;                             /* its shape as one step's, for the checks */
+  x0.ndim = 2;
+  x0.shape[1] = x->shape[2];
+  int64_t u = 0;
+  mg_tensor *xhWU[4] = { &x0, in[QH], in[k->ns + 1], in[k->ns + 2] };
+  mg_status st = mg_cell_shapes(C, fn, xhWU, k->ns == 2 ? 4 : 3, &u);
+  if (st != MG_OK) return st;
+  mg_tensor *b = in[k->ns + 3];
+  if (k->ns == 2) {
+    if ((st = mg_cell_want2(C, fn, "c", in[2], x->shape[0], u)) != MG_OK) return st;
+    if (b->ndim != 1 || b->shape[0] != 4 * u)
+      return mg_fail(C, MG_ESHAPE, "%s: bias has shape %s, expected (%lld)", fn,
+                     mg_shapestr(s, sizeof s, b->ndim, b->shape), (long long)(4 * u));
+  } else if ((st = mg_gru_bias_check(C, fn, b, ra, u)) != MG_OK) {
+    return st;
+  }
+  return mg_cell_same_dtype(C, fn, k->nin, in);
+}
+
+/* The buffers of a forward run: saved G (T, B, 4u), Hs and Cs (T + 1, B, u), Xt, and the
+** outputs H (B, T, u), hT, cT. */
+typedef struct seqrun {
+  mg_tensor *sv[4], *out[3];
+} seqrun;
+
+static void run_release(seqrun *r) {
+  mg_cell_release(4, r->sv);
+  mg_cell_release(3, r->out);
+}
+
+static mg_status run_alloc(mg_ctx *C, const seqkind *k, mg_tensor *const *kin, seqrun *r) {
+  mg_tensor *x = kin[QX];
+  mg_dtype dt = x->dtype;
+  int64_t B = x->shape[0], T = x->shape[1], d = x->shape[2], u = kin[QH]->shape[1];
+  int64_t g[3] = { T, B, 4 * u }, hs[3] = { T + 1, B, u }, xs[3] = { T, B, d },
+          os[3] = { B, T, u };
+  memset(r, 0, sizeof *r);
+  mg_status st = mg_tensor_empty(C, dt, 3, g, &r->sv[SV_G]);
+  if (st == MG_OK) st = mg_tensor_empty(C, dt, 3, hs, &r->sv[SV_H]);
+  if (st == MG_OK) st = mg_tensor_empty(C, dt, 3, xs, &r->sv[SV_X]);
+  if (st == MG_OK && k->ns == 2) st = mg_tensor_empty(C, dt, 3, hs, &r->sv[SV_C]);
+  if (st == MG_OK) st = mg_tensor_empty(C, dt, 3, os, &r->out[0]);
+  for (int q = 0; q < k->ns && st == MG_OK; q++)
+    st = mg_tensor_empty(C, dt, 2, kin[QH]->shape, &r->out[1 + q]);
+  if (st != MG_OK) { run_release(r); return st; }
+  size_t bu = (size_t)(B * u) * mg_dtype_size(dt);
+  transpose_bt(dt, B, T, d, mg_tensor_data(x), mg_tensor_data(r->sv[SV_X]), false);
+  memcpy(mg_tensor_data(r->sv[SV_H]), mg_tensor_data(kin[QH]), bu);
+  if (k->ns == 2) memcpy(mg_tensor_data(r->sv[SV_C]), mg_tensor_data(kin[2]), bu);
+  return MG_OK;
+}
+
+/* The outputs from the states: H (B, T, u) from h_1..h_T, the last states. */
+static void run_outputs(const seqkind *k, seqrun *r, int64_t B, int64_t T, int64_t u) {
+  mg_dtype dt = r->out[0]->dtype;
+  size_t bu = (size_t)(B * u) * mg_dtype_size(dt);
+  char *Hs = mg_tensor_data(r->sv[SV_H]);
+  transpose_bt(dt, B, T, u, at(dt, Hs, B * u), mg_tensor_data(r->out[0]), true);
+  memcpy(mg_tensor_data(r->out[1]), at(dt, Hs, T * B * u), bu);
+  if (k->ns == 2) memcpy(mg_tensor_data(r->out[2]), at(dt, mg_tensor_data(r->sv[SV_C]), T * B * u), bu);
+}
+
+/* The packings of a sequence's recurrent products, made once per sequence (smallgemm.h): for
+** float32 only (NULL otherwise, or when out of memory: then BLAS). Forward: U (LSTM), or the
+** GRU's U[:, :3u or 2u] and U_h; 'rev': their transposes. Free with packs_free. */
+static const mg_packed *packs(const seqkind *k, mg_dtype dt, const float *U, int64_t u, bool ra,
+                              bool rev, mg_packed *P) {
+  memset(P, 0, 2 * sizeof *P);
+  if (dt != MG_F32) return NULL;
+  bool ok;
+  if (k->ns == 2) {
+    ok = rev ? mg_pack(&P[0], U, 4 * u, true, 4 * u, u) : mg_pack(&P[0], U, 4 * u, false, u, 4 * u);
+  } else {
+    int64_t n = ra ? 3 * u : 2 * u;
+    ok = rev ? mg_pack(&P[0], U, 3 * u, true, n, u) : mg_pack(&P[0], U, 3 * u, false, u, n);
+    if (ok && !ra) ok = mg_pack(&P[1], U + 2 * u, 3 * u, rev, u, u);
+  }
+  if (!ok) { mg_pack_free(&P[0]); mg_pack_free(&P[1]); return NULL; }
+  return P;
+}
+
+static void packs_free(mg_packed *P) {
+  mg_pack_free(&P[0]);
+  mg_pack_free(&P[1]);
+}
+
+/* Runs the sequence, records it, hands out the outputs (H, hT [, cT]). */
+static mg_status seq_forward(mg_ctx *C, const seqkind *k, mg_tensor *const *in, bool ra,
+                             mg_tensor **outs) {
+  mg_tensor *kin[6];
+  const char *fn = mg_ops[k->op].name;
+  mg_status st = seq_check(C, k, in, ra);
+  if (st != MG_OK || (st = mg_cell_contiguous(C, k->nin, in, kin)) != MG_OK) return st;
+  seqrun r;
+  if ((st = run_alloc(C, k, kin, &r)) != MG_OK) { mg_cell_release(k->nin, kin); return st; }
+  mg_tensor *x = kin[QX], *W = kin[k->ns + 1], *U = kin[k->ns + 2], *b = kin[k->ns + 3];
+  mg_dtype dt = x->dtype;
+  int64_t B = x->shape[0], T = x->shape[1], d = x->shape[2], u = kin[QH]->shape[1];
+  int64_t gw = k->ns == 2 ? 4 * u : 3 * u, bu = B * u;
+  char *G = mg_tensor_data(r.sv[SV_G]), *Hs = mg_tensor_data(r.sv[SV_H]);
+  mg_tensor *M = NULL;                           /* GRU: x W of every step */
+  int64_t ms[2] = { T * B, 3 * u };
+  if (k->ns == 1) st = mg_tensor_empty(C, dt, 2, ms, &M);
+  if (st == MG_OK)                                /* the input projection of all steps */
+    mg_gemm(dt, false, false, T * B, gw, d, 1, mg_tensor_data(r.sv[SV_X]), d,
+            mg_tensor_data(W), gw, 0, k->ns == 2 ? G : mg_tensor_data(M), gw);
+  mg_packed pk[2];
+  const mg_packed *P = packs(k, dt, mg_tensor_data(U), u, ra, false, pk);
+  for (int64_t t = 0; t < T && st == MG_OK; t++) {
+    void *Gt = at(dt, G, t * B * 4 * u), *h = at(dt, Hs, t * bu), *hn = at(dt, Hs, (t + 1) * bu);
+    if (k->ns == 2) {
+      char *Cs = mg_tensor_data(r.sv[SV_C]);
+      mg_rec_gemm(dt, P, false, B, 4 * u, u, h, u, mg_tensor_data(U), 4 * u, 1, Gt, 4 * u);
+      if (dt == MG_F64)
+        mg_lstm_gates_f64(0, B, u, Gt, mg_tensor_data(b), at(dt, Cs, t * bu), at(dt, Cs, (t + 1) * bu), hn);
+      else
+        mg_lstm_gates_f32(0, B, u, Gt, mg_tensor_data(b), at(dt, Cs, t * bu), at(dt, Cs, (t + 1) * bu), hn);
+    } else {
+      mg_gru_step_forward(dt, B, u, ra, mg_tensor_data(U), P, mg_tensor_data(b), h,
+                          at(dt, mg_tensor_data(M), t * B * 3 * u), Gt, hn);
+    }
+    st = mg_poll(C, fn);
+  }
+  packs_free(pk);
+  mg_tensor_release(M);
+  if (st == MG_OK) {
+    run_outputs(k, &r, B, T, u);
+    if (mg_recording(C)) {
+      mg_attr a = { .ni = 1, .i = { ra } };
+      st = mg_record(C, k->op, k->nin, in, 1 + k->ns, r.out, k->ns == 2 ? 4 : 3, r.sv, &a);
+    }
+  }
+  mg_cell_release(k->nin, kin);
+  if (st == MG_OK)
+    for (int q = 0; q <= k->ns; q++) { outs[q] = r.out[q]; r.out[q] = NULL; }
+  run_release(&r);
+  return st;
+}
+
+mg_status mg_lstm_seq(mg_ctx *C, mg_tensor *x, mg_tensor *h0, mg_tensor *c0, mg_tensor *W,
+                      mg_tensor *U, mg_tensor *b, mg_tensor **H, mg_tensor **h_out,
+                      mg_tensor **c_out) {
+  mg_tensor *in[6] = { x, h0, c0, W, U, b }, *out[3];
+  mg_status st = seq_forward(C, &LSTM_SEQ, in, false, out);
+  if (st != MG_OK) return st;
+  *H = out[0];
+  *h_out = out[1];
+  *c_out = out[2];
+  return MG_OK;
+}
+
+mg_status mg_gru_seq(mg_ctx *C, mg_tensor *x, mg_tensor *h0, mg_tensor *W, mg_tensor *U,
+                     mg_tensor *b, bool reset_after, mg_tensor **H, mg_tensor **h_out) {
+  mg_tensor *in[5] = { x, h0, W, U, b }, *out[2];
+  mg_status st = seq_forward(C, &GRU_SEQ, in, reset_after, out);
+  if (st != MG_OK) return st;
+  *H = out[0];
+  *h_out = out[1];
+  return MG_OK;
+}
+
+/* ================================================================ fused reverse */
+
+/* dh += g[:, t, :] for a (B, T, u) cotangent g. */
+static void add_step(mg_dtype dt, int64_t B, int64_t T, int64_t u, int64_t t, const void *g,
+                     void *dh) {
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t j = 0; j < u; j++) {
+      int64_t s = b * u + j, q = (b * T + t) * u + j;
+      if (dt == MG_F64) ((double *)dh)[s] += ((const double *)g)[q];
+      else ((float *)dh)[s] += ((const float *)g)[q];
+    }
+}
+
+/* The running state cotangent: a copy of 'g' (B, u) or zeros. New reference. */
+static mg_status state_seed(mg_ctx *C, mg_tensor *g, const mg_tensor *like, mg_tensor **out) {
+  mg_status st = mg_tensor_zeros(C, like->dtype, 2, like->shape, out);
+  if (st == MG_OK && g)
+    memcpy(mg_tensor_data(*out), mg_tensor_data(g), (size_t)(like->shape[0] * like->shape[1]) *
+           mg_dtype_size(like->dtype));
+  return st;
+}
+
+/* gin[QX] (B, T, d) from the time-major dXt, computed by 'gx' into a (T B, d) buffer. */
+static mg_status batch_major(mg_ctx *C, mg_tensor *dXt, int64_t B, int64_t T, mg_tensor **out) {
+  int64_t d = dXt->shape[1], sh[3] = { B, T, d };
+  mg_status st = mg_tensor_empty(C, dXt->dtype, 3, sh, out);
+  if (st == MG_OK) transpose_bt(dXt->dtype, B, T, d, mg_tensor_data(dXt), mg_tensor_data(*out), true);
+  return st;
+}
+
+/* The LSTM's: per step backwards dz_t and dh_(t-1) = dz_t U', dc_(t-1); then dX = dZ W',
+** dW = Xt' dZ, dU = H_(0..T-1)' dZ, db = the column sums of dZ. */
+static mg_status lstm_seq_vjp_fused(mg_ctx *C, const mg_node *n, mg_tensor *const *gk,
+                                    const bool *need, mg_tensor **gin) {
+  mg_tensor *W = n->in[3], *U = n->in[4], *k[2] = { NULL }, *wu[2] = { W, U };
+  mg_status st = mg_cell_contiguous(C, 2, wu, k);
+  if (st != MG_OK) return st;
+  mg_tensor *X = n->saved[SV_X], *G = n->saved[SV_G], *Hs = n->saved[SV_H], *Cs = n->saved[SV_C];
+  mg_dtype dt = X->dtype;
+  int64_t T = X->shape[0], B = X->shape[1], d = X->shape[2], u = Hs->shape[2], bu = B * u;
+  int64_t zs[2] = { T * B, 4 * u };
+  mg_tensor *dZ = NULL, *dh = NULL, *dc = NULL, *dc2 = NULL, *tmp = NULL;
+  const mg_tensor *h0 = n->in[QH];
+  if ((st = mg_tensor_empty(C, dt, 2, zs, &dZ)) == MG_OK &&
+      (st = state_seed(C, gk[1], h0, &dh)) == MG_OK && (st = state_seed(C, gk[2], h0, &dc)) == MG_OK)
+    st = mg_tensor_empty(C, dt, 2, h0->shape, &dc2);
+  mg_packed pk[2];
+  const mg_packed *P = st == MG_OK ? packs(&LSTM_SEQ, dt, mg_tensor_data(k[1]), u, false, true, pk) : NULL;
+  for (int64_t t = T - 1; t >= 0 && st == MG_OK; t--) {
+    void *Gt = at(dt, mg_tensor_data(G), t * B * 4 * u), *dzt = at(dt, mg_tensor_data(dZ), t * B * 4 * u);
+    void *c = at(dt, mg_tensor_data(Cs), t * bu), *cn = at(dt, mg_tensor_data(Cs), (t + 1) * bu);
+    if (gk[0]) add_step(dt, B, T, u, t, mg_tensor_data(gk[0]), mg_tensor_data(dh));
+    if (dt == MG_F64)
+      mg_lstm_dz_f64(0, B, u, Gt, c, cn, mg_tensor_data(dh), mg_tensor_data(dc), dzt, mg_tensor_data(dc2));
+    else
+      mg_lstm_dz_f32(0, B, u, Gt, c, cn, mg_tensor_data(dh), mg_tensor_data(dc), dzt, mg_tensor_data(dc2));
+    tmp = dc; dc = dc2; dc2 = tmp; tmp = NULL;
+    if (t > 0 || need[QH])
+      mg_rec_gemm(dt, P, true, B, u, 4 * u, dzt, 4 * u, mg_tensor_data(k[1]), 4 * u, 0,
+                  mg_tensor_data(dh), u);
+  }
+  if (P) packs_free(pk);
+  int64_t xs[2] = { T * B, d }, ws[2] = { d, 4 * u }, us[2] = { u, 4 * u };
+  if (st == MG_OK && need[QX] && (st = mg_tensor_empty(C, dt, 2, xs, &tmp)) == MG_OK) {
+    mg_gemm(dt, false, true, T * B, d, 4 * u, 1, mg_tensor_data(dZ), 4 * u, mg_tensor_data(k[0]),
+            4 * u, 0, mg_tensor_data(tmp), d);
+    st = batch_major(C, tmp, B, T, &gin[QX]);
+  }
+  if (st == MG_OK && need[3] && (st = mg_tensor_empty(C, dt, 2, ws, &gin[3])) == MG_OK)
+    mg_gemm(dt, true, false, d, 4 * u, T * B, 1, mg_tensor_data(X), d, mg_tensor_data(dZ), 4 * u,
+            0, mg_tensor_data(gin[3]), 4 * u);
+  if (st == MG_OK && need[4] && (st = mg_tensor_empty(C, dt, 2, us, &gin[4])) == MG_OK)
+    mg_gemm(dt, true, false, u, 4 * u, T * B, 1, mg_tensor_data(Hs), u, mg_tensor_data(dZ), 4 * u,
+            0, mg_tensor_data(gin[4]), 4 * u);
+  if (st == MG_OK && need[5] && (st = mg_tensor_empty(C, dt, 1, &zs[1], &gin[5])) == MG_OK)
+    mg_colsum(dt, T * B, 4 * u, mg_tensor_data(dZ), 4 * u, mg_tensor_data(gin[5]));
+  if (st == MG_OK && need[QH]) { gin[QH] = dh; dh = NULL; }
+  if (st == MG_OK && need[2]) { gin[2] = dc; dc = NULL; }
+  mg_tensor *rel[5] = { dZ, dh, dc, dc2, tmp };
+  mg_cell_release(5, rel);
+  mg_cell_release(2, k);
+  return st;
+}
+
+/* The GRU's: per step backwards the gate passes and the recurrent GEMMs (mg_gru_step_reverse)
+** into dMX, dMH (T B, 3u); then the weight gradients over all rows (mg_gru_weight_grads). */
+static mg_status gru_seq_vjp_fused(mg_ctx *C, const mg_node *n, mg_tensor *const *gk,
+                                   const bool *need, mg_tensor **gin) {
+  mg_tensor *wu[2] = { n->in[2], n->in[3] }, *k[2] = { NULL };
+  mg_status st = mg_cell_contiguous(C, 2, wu, k);
+  if (st != MG_OK) return st;
+  mg_tensor *X = n->saved[SV_X], *S = n->saved[SV_G], *Hs = n->saved[SV_H];
+  mg_dtype dt = X->dtype;
+  bool ra = n->attr.i[0] != 0, need4[4] = { need[QX], need[2], need[3], need[4] };
+  int64_t T = X->shape[0], B = X->shape[1], d = X->shape[2], u = Hs->shape[2], bu = B * u;
+  mg_tensor *dmx = NULL, *dmh = NULL, *g[4] = { NULL }, *dh = NULL, *dh2 = NULL, *drh = NULL;
+  const mg_tensor *h0 = n->in[QH];
+  st = mg_gru_grad_buffers(C, dt, T * B, d, u, ra, need4, &dmx, &dmh, g);
+  if (st == MG_OK && (st = state_seed(C, gk[1], h0, &dh)) == MG_OK &&
+      (st = mg_tensor_empty(C, dt, 2, h0->shape, &dh2)) == MG_OK)
+    st = mg_tensor_empty(C, dt, 2, h0->shape, &drh);
+  mg_packed pk[2];
+  const mg_packed *P = st == MG_OK ? packs(&GRU_SEQ, dt, mg_tensor_data(k[1]), u, ra, true, pk) : NULL;
+  for (int64_t t = T - 1; t >= 0 && st == MG_OK; t--) {
+    if (gk[0]) add_step(dt, B, T, u, t, mg_tensor_data(gk[0]), mg_tensor_data(dh));
+    mg_gru_step_reverse(dt, B, u, ra, mg_tensor_data(k[1]), P, at(dt, mg_tensor_data(S), t * B * 4 * u),
+                        at(dt, mg_tensor_data(Hs), t * bu), mg_tensor_data(dh),
+                        at(dt, mg_tensor_data(dmx), t * B * 3 * u),
+                        at(dt, mg_tensor_data(dmh), t * B * 3 * u), mg_tensor_data(drh),
+                        mg_tensor_data(dh2));
+    mg_tensor *sw = dh; dh = dh2; dh2 = sw;
+  }
+  if (P) packs_free(pk);
+  if (st == MG_OK) {
+    mg_gru_weight_grads(dt, T * B, d, u, ra, mg_tensor_data(X), mg_tensor_data(Hs),
+                        mg_tensor_data(S), mg_tensor_data(k[0]), mg_tensor_data(dmx),
+                        mg_tensor_data(dmh), g);
+    if (need[QX]) st = batch_major(C, g[0], B, T, &gin[QX]);
+    for (int i = 1; i < 4; i++) { gin[i + 1] = g[i]; g[i] = NULL; }
+    if (need[QH]) { gin[QH] = dh; dh = NULL; }
+  }
+  mg_tensor *rel[5] = { dmx, dmh, dh, dh2, drh };
+  mg_cell_release(5, rel);
+  mg_cell_release(4, g);
+  mg_cell_release(2, k);
+  return st;
+}
+
+/* ================================================================ per-step rules */
+
+/* One node per step with the cell's layout: saved views when nothing records, else inputs
+** and states recomputed by recorded ops (the per-step cells, selects of x). */
+typedef struct steps {
+  int64_t T;
+  int nin;
+  mg_node *nd;
+  mg_tensor **in;                 /* T nin references */
+} steps;
+
+static void steps_free(steps *s) {
+  for (int64_t t = 0; s->nd && t < s->T; t++) {
+    mg_cell_release(s->nin, s->in + t * s->nin);
+    mg_cell_release(MG_MAXOUT, s->nd[t].out);
+    mg_cell_release(MG_MAXSAVED, s->nd[t].saved);
+  }
+  free(s->nd);
+  free(s->in);
+}
+
+static mg_status steps_build(mg_ctx *C, const mg_node *n, const seqkind *k, steps *s) {
+  int64_t T = n->in[QX]->shape[1];
+  bool live = mg_recording(C), ra = n->attr.i[0] != 0;
+  s->T = T;
+  s->nin = k->nin;
+  s->nd = calloc((size_t)T, sizeof *s->nd);
+  s->in = calloc((size_t)(T * k->nin), sizeof *s->in);
+  if (!s->nd || !s->in) { steps_free(s); s->nd = NULL; s->in = NULL;
+                          return mg_fail(C, MG_ENOMEM, "%s: out of memory", mg_ops[k->op].name); }
+  mg_status st = MG_OK;
+  mg_tensor *state[2] = { n->in[QH], k->ns == 2 ? n->in[2] : NULL };
+  for (int64_t t = 0; t < T && st == MG_OK; t++) {
+    mg_node *nd = &s->nd[t];
+    mg_tensor **in = s->in + t * k->nin;
+    nd->op = k->cell_op;
+    nd->nin = k->nin;
+    nd->nout = k->ns;
+    nd->nsaved = 1;
+    nd->in = in;
+    nd->attr = n->attr;
+    for (int i = k->ns + 1; i < k->nin; i++) in[i] = mg_tensor_retain(n->in[i]);
+    st = mg_tensor_select(C, n->in[QX], 1, t, &in[QX]);
+    if (st == MG_OK) st = mg_tensor_select(C, n->saved[SV_G], 0, t, &nd->saved[0]);
+    for (int q = 0; q < k->ns && st == MG_OK; q++) {
+      in[1 + q] = mg_tensor_retain(state[q]);
+      if (!live) st = mg_tensor_select(C, n->saved[q == 0 ? SV_H : SV_C], 0, t + 1, &nd->out[q]);
+    }
+    if (st == MG_OK && live)
+      st = k->ns == 2 ? mg_lstm_cell(C, in[QX], in[1], in[2], in[3], in[4], in[5], &nd->out[0], &nd->out[1])
+                      : mg_gru_cell(C, in[QX], in[1], in[2], in[3], in[4], ra, &nd->out[0]);
+    for (int q = 0; q < k->ns && st == MG_OK; q++) state[q] = nd->out[q];
+  }
+  if (st != MG_OK) { steps_free(s); s->nd = NULL; s->in = NULL; }
+  return st;
+}
+
+/* Replace '*acc' by *acc + v (either may be NULL); takes over 'v'. */
+static mg_status accumulate(mg_ctx *C, mg_tensor **acc, mg_tensor *v) {
+  if (v == NULL) return MG_OK;
+  if (*acc == NULL) { *acc = v; return MG_OK; }
+  mg_tensor *s = NULL;
+  mg_status st = mg_tensor_binary(C, MG_B_ADD, *acc, v, &s);
+  mg_tensor_release(v);
+  mg_tensor_release(*acc);
+  *acc = s;
+  return st;
+}
+
+/* Stack the T per-step results along 'dim' (zeros for NULL ones; all NULL: NULL). Takes
+** over the references in 'ts'. */
+static mg_status stack_steps(mg_ctx *C, int64_t T, mg_tensor **ts, int dim, mg_tensor **out) {
+  mg_tensor *like = NULL;
+  mg_status st = MG_OK;
+  for (int64_t t = 0; t < T && !like; t++) like = ts[t];
+  for (int64_t t = 0; like && t < T && st == MG_OK; t++)
+    if (ts[t] == NULL) st = mg_tensor_zeros(C, like->dtype, like->ndim, like->shape, &ts[t]);
+  if (like && st == MG_OK) st = mg_tensor_stack(C, (int)T, ts, dim, out);
+  mg_cell_release((int)T, ts);
+  return st;
+}
+
+static mg_status seq_vjp_steps(mg_ctx *C, const mg_node *n, const seqkind *k, int lead,
+                               mg_tensor *const *g, const bool *need, mg_tensor **gin) {
+  steps s;
+  mg_status st = steps_build(C, n, k, &s);
+  if (st != MG_OK) return st;
+  int64_t T = s.T;
+  mg_tensor **gx = calloc((size_t)T, sizeof *gx), *gs[2] = { NULL }, *gw[3] = { NULL };
+  if (!gx) { steps_free(&s); return mg_fail(C, MG_ENOMEM, "%s: out of memory", mg_ops[k->op].name); }
+  for (int q = 0; q < k->ns; q++) gs[q] = g[1 + q] ? mg_tensor_retain(g[1 + q]) : NULL;
+  for (int64_t t = T - 1; t >= 0 && st == MG_OK; t--) {
+    mg_tensor *ht = NULL;
+    if (g[0]) st = mg_tensor_select(C, g[0], lead + 1, t, &ht);
+    if (st == MG_OK) st = accumulate(C, &gs[0], ht);
+    if (st != MG_OK || (gs[0] == NULL && gs[1] == NULL)) continue;
+    bool nd[6];
+    mg_tensor *gi[6] = { NULL };
+    for (int i = 0; i < k->nin; i++) nd[i] = need[i] || (t > 0 && i >= 1 && i <= k->ns);
+    st = k->cell->vjp(C, &s.nd[t], lead, gs, nd, gi);
+    mg_cell_release(2, gs);
+    gx[t] = gi[QX];
+    for (int q = 0; q < k->ns; q++) gs[q] = gi[1 + q];
+    for (int i = 0; i < 3; i++)
+      if (st == MG_OK) st = accumulate(C, &gw[i], gi[k->ns + 1 + i]);
+      else mg_tensor_release(gi[k->ns + 1 + i]);
+  }
+  mg_tensor *X = NULL;
+  if (st == MG_OK && need[QX]) st = stack_steps(C, T, gx, lead + 1, &X);
+  else mg_cell_release((int)T, gx);
+  free(gx);
+  if (st == MG_OK) {
+    gin[QX] = X;
+    for (int q = 0; q < k->ns; q++) { if (need[1 + q]) { gin[1 + q] = gs[q]; gs[q] = NULL; } }
+    for (int i = 0; i < 3; i++) { if (need[k->ns + 1 + i]) { gin[k->ns + 1 + i] = gw[i]; gw[i] = NULL; } }
+  }
+  mg_cell_release(2, gs);
+  mg_cell_release(3, gw);
+  steps_free(&s);
+  return st;
+}
+
+static mg_status seq_jvp_steps(mg_ctx *C, const mg_node *n, const seqkind *k, int lead,
+                               mg_tensor *const *t, mg_tensor **tout) {
+  steps s;
+  mg_status st = steps_build(C, n, k, &s);
+  if (st != MG_OK) return st;
+  int64_t T = s.T;
+  mg_tensor **th = calloc((size_t)T, sizeof *th), *ts[2] = { NULL };
+  if (!th) { steps_free(&s); return mg_fail(C, MG_ENOMEM, "%s: out of memory", mg_ops[k->op].name); }
+  for (int q = 0; q < k->ns; q++) ts[q] = t[1 + q] ? mg_tensor_retain(t[1 + q]) : NULL;
+  for (int64_t i = 0; i < T && st == MG_OK; i++) {
+    mg_tensor *tin[6] = { NULL }, *to[2] = { NULL };
+    if (t[QX]) st = mg_tensor_select(C, t[QX], lead + 1, i, &tin[QX]);
+    for (int q = 0; q < k->ns; q++) tin[1 + q] = ts[q];
+    for (int j = k->ns + 1; j < k->nin; j++) tin[j] = t[j];
+    if (st == MG_OK) st = k->cell->jvp(C, &s.nd[i], lead, tin, to);
+    mg_tensor_release(tin[QX]);
+    mg_cell_release(2, ts);
+    for (int q = 0; q < k->ns; q++) ts[q] = to[q];
+    th[i] = to[0] ? mg_tensor_retain(to[0]) : NULL;
+  }
+  if (st == MG_OK) st = stack_steps(C, T, th, lead + 1, &tout[0]);
+  else mg_cell_release((int)T, th);
+  free(th);
+  if (st == MG_OK)
+    for (int q = 0; q < k->ns; q++) { tout[1 + q] = ts[q]; ts[q] = NULL; }
+  mg_cell_release(2, ts);
+  steps_free(&s);
+  return st;
+}
+
+/* The reverse rule: fused for first order, else the per-step rules. */
+static mg_status seq_vjp(mg_ctx *C, const mg_node *n, const seqkind *k, int lead,
+                         mg_tensor *const *g, const bool *need, mg_tensor **gin) {
+  if (lead != 0 || mg_recording(C)) return seq_vjp_steps(C, n, k, lead, g, need, gin);
+  mg_tensor *gk[3] = { NULL };
+  mg_status st = mg_cell_contiguous(C, 1 + k->ns, g, gk);
+  if (st != MG_OK) return st;
+  st = k->ns == 2 ? lstm_seq_vjp_fused(C, n, gk, need, gin) : gru_seq_vjp_fused(C, n, gk, need, gin);
+  mg_cell_release(3, gk);
+  return st;
+}
+
+/* The rules of both ops (the node's opcode tells which). */
+static const seqkind *kind_of(const mg_node *n) { return n->op == MG_OP_LSTM_SEQ ? &LSTM_SEQ : &GRU_SEQ; }
+
+static mg_status rnn_seq_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *g,
+                             const bool *need, mg_tensor **gin) {
+  return seq_vjp(C, n, kind_of(n), lead, g, need, gin);
+}
+
+static mg_status rnn_seq_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *t,
+                             mg_tensor **tout) {
+  return seq_jvp_steps(C, n, kind_of(n), lead, t, tout);
+}
+
+const mg_rules mg_rules_rnn_seq = { .vjp = rnn_seq_vjp, .jvp = rnn_seq_jvp };

@@ -1,0 +1,123 @@
+/*
+** smallgemm.c - float32 GEMM on a right operand packed once (smallgemm.h, docs/design.md
+** "Recurrent layers"). Panels of 32 columns (AVX-512), K rows each,
+** contiguous: the microkernel streams one panel while MR rows of A are broadcast, keeping
+** MR x NR accumulators in registers.
+*/
+#include "smallgemm.h"
+
+#include <stdlib.h>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define MG_X86_KERNELS 1
+#include <immintrin.h>
+#endif
+
+enum { ISA_NONE, ISA_AVX512 };
+
+/* AVX-512 only: an AVX2+FMA kernel (6 x 16 blocks) measured slower than OpenBLAS's own
+** Haswell kernels at these shapes (docs/design.md), so AVX2 machines keep BLAS. */
+static int isa(void) {
+#ifdef MG_X86_KERNELS
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f")) return ISA_AVX512;
+#endif
+  return ISA_NONE;
+}
+
+bool mg_packed_available(void) { return isa() != ISA_NONE; }
+
+bool mg_pack(mg_packed *P, const float *src, int64_t ld, bool trans, int64_t K, int64_t N) {
+  int which = isa();
+  *P = (mg_packed){ .K = K, .N = N, .src = src, .ld = ld, .trans = trans };
+  if (which == ISA_NONE) return true;
+  int nr = 32;
+  int64_t np = (N + nr - 1) / nr;
+  float *d = aligned_alloc(64, (size_t)(np * K * nr) * sizeof *d);
+  if (d == NULL) return false;
+  for (int64_t p = 0; p < np; p++) {
+    float *o = d + p * K * nr;
+    int nw = (int)(N - p * nr < nr ? N - p * nr : nr);
+    if (nw < nr) memset(o, 0, (size_t)(K * nr) * sizeof *o);
+    if (trans)                                   /* panel column j is src row p nr + j */
+      for (int j = 0; j < nw; j++) {
+        const float *row = src + (p * nr + j) * ld;
+        for (int64_t k = 0; k < K; k++) o[k * nr + j] = row[k];
+      }
+    else
+      for (int64_t k = 0; k < K; k++) memcpy(o + k * nr, src + k * ld + p * nr, (size_t)nw * sizeof *o);
+  }
+  P->nr = nr;
+  P->data = d;
+  return true;
+}
+
+void mg_pack_free(mg_packed *P) {
+  free(P->data);
+  P->data = NULL;
+}
+
+#ifdef MG_X86_KERNELS
+
+/* MR rows of C against one 32-column panel: C[r][0..nw) (+)= sum_k A[r][k] panel[k][..]. */
+#define AVX512_BLOCK(MR) do {                                                      \
+    __m512 c0[MR], c1[MR];                                                         \
+    for (int r = 0; r < MR; r++) { c0[r] = _mm512_setzero_ps(); c1[r] = _mm512_setzero_ps(); } \
+    for (int64_t k = 0; k < K; k++) {                                              \
+      __m512 b0 = _mm512_load_ps(bp + k * 32), b1 = _mm512_load_ps(bp + k * 32 + 16); \
+      _Pragma("GCC unroll 8")                                                      \
+      for (int r = 0; r < MR; r++) {                                               \
+        __m512 a = _mm512_set1_ps(A[r * lda + k]);                                 \
+        c0[r] = _mm512_fmadd_ps(a, b0, c0[r]);                                     \
+        c1[r] = _mm512_fmadd_ps(a, b1, c1[r]);                                     \
+      }                                                                            \
+    }                                                                              \
+    for (int r = 0; r < MR; r++) {                                                 \
+      float *cr = C + r * ldc;                                                     \
+      if (beta) {                                                                  \
+        c0[r] = _mm512_add_ps(c0[r], _mm512_maskz_loadu_ps(m0, cr));               \
+        c1[r] = _mm512_add_ps(c1[r], _mm512_maskz_loadu_ps(m1, cr + 16));          \
+      }                                                                            \
+      _mm512_mask_storeu_ps(cr, m0, c0[r]);                                        \
+      _mm512_mask_storeu_ps(cr + 16, m1, c1[r]);                                   \
+    }                                                                              \
+  } while (0)
+
+__attribute__((target("avx512f,fma"))) static void
+panel_avx512(int mr, int64_t K, const float *A, int64_t lda, const float *bp, int nw, int beta,
+             float *C, int64_t ldc) {
+  __mmask16 m0 = (__mmask16)(nw >= 16 ? 0xffff : (1u << nw) - 1);
+  __mmask16 m1 = (__mmask16)(nw >= 32 ? 0xffff : nw <= 16 ? 0 : (1u << (nw - 16)) - 1);
+  switch (mr) {
+  case 8: AVX512_BLOCK(8); break;
+  case 7: AVX512_BLOCK(7); break;
+  case 6: AVX512_BLOCK(6); break;
+  case 5: AVX512_BLOCK(5); break;
+  case 4: AVX512_BLOCK(4); break;
+  case 3: AVX512_BLOCK(3); break;
+  case 2: AVX512_BLOCK(2); break;
+  default: AVX512_BLOCK(1); break;
+  }
+}
+
+#endif
+
+void mg_gemm_packed(const mg_packed *P, int64_t M, const float *A, int64_t lda, int beta,
+                    float *C, int64_t ldc) {
+  if (P->nr == 0) {
+    mg_gemm(MG_F32, false, P->trans, M, P->N, P->K, 1, A, lda, P->src, P->ld, beta, C, ldc);
+    return;
+  }
+#ifdef MG_X86_KERNELS
+  int nr = P->nr, MR = 8;
+  int64_t np = (P->N + nr - 1) / nr;
+  for (int64_t p = 0; p < np; p++) {
+    const float *bp = P->data + p * P->K * nr;
+    int nw = (int)(P->N - p * nr < nr ? P->N - p * nr : nr);
+    for (int64_t i = 0; i < M; i += MR) {
+      int mr = (int)(M - i < MR ? M - i : MR);
+      panel_avx512(mr, P->K, A + i * lda, lda, bp, nw, beta, C + i * ldc + p * nr, ldc);
+    }
+  }
+#endif
+}

@@ -1,0 +1,33 @@
+/*
+** smallgemm.h - float32 GEMM with a right operand packed once and used many times: the
+** recurrent kernel U of a sequence op, multiplied at every step by a few rows (B of them).
+** BLAS packs its operand again at each call; here the packing is paid once per sequence.
+** An AVX-512 kernel picked at run time (__builtin_cpu_supports); elsewhere (AVX2: BLAS
+** measured faster, docs/design.md) the calls are BLAS (mg_gemm) on the unpacked matrix.
+*/
+#ifndef MG_SMALLGEMM_H
+#define MG_SMALLGEMM_H
+
+#include "mg_impl.h"
+
+typedef struct mg_packed {
+  int64_t K, N;           /* the logical matrix is K x N */
+  int nr;                 /* panel width in floats; 0: not packed (use 'src' with BLAS) */
+  float *data;            /* ceil(N / nr) panels of K x nr floats, zero-padded; owned */
+  const float *src;       /* the matrix as given (row-major K x N, or N x K when 'trans') */
+  int64_t ld;
+  bool trans;
+} mg_packed;
+
+/* Pack op(src) (K x N; 'trans': src is N x K, row-major with leading dimension ld) for
+** mg_gemm_packed. 'src' must stay valid while the packing is used (the BLAS fallback reads
+** it). Returns false when out of memory (then nothing to free). */
+bool mg_pack(mg_packed *P, const float *src, int64_t ld, bool trans, int64_t K, int64_t N);
+void mg_pack_free(mg_packed *P);
+/* C (M x N, ldc) = A (M x K, lda) op(src) + beta C, beta 0 or 1. */
+void mg_gemm_packed(const mg_packed *P, int64_t M, const float *A, int64_t lda, int beta,
+                    float *C, int64_t ldc);
+/* Whether this CPU runs the packed kernels (else mg_gemm_packed is BLAS). */
+bool mg_packed_available(void);
+
+#endif

@@ -1,0 +1,304 @@
+-- Whole-sequence LSTM and GRU ops (runtime/seqcells.c: mg.lstm_seq, mg.gru_seq): the same
+-- numbers as T per-step fused cells (forward, every gradient, float32 and float64), finite
+-- differences (reverse, forward, second order), vectorized cotangents, PyTorch's nn.LSTM and
+-- nn.GRU in float64 (spec/seq_rnn_ref.py), and which calls of nn.LSTM / nn.GRU / nn.RNN take
+-- it (the rest keep the per-step path, with unchanged results).
+local mg = require "moongrad"
+local support = require "support"
+local nn = mg.nn
+
+local F64 = support.F64
+
+local function maxdiff(a, b) return (a - b):abs():max():item() end
+
+local function near(expect, got, tol, what)
+  assert.are.same(expect:shape(), got:shape(), what)
+  local scale = 1 + expect:abs():max():item()
+  local worst = maxdiff(expect, got)
+  assert.is_true(worst <= tol * scale, string.format("%s: max difference %g > %g", what or "", worst, tol * scale))
+end
+
+-- The three kinds: LSTM (states h, c), GRU reset_after, GRU reset_before.
+local KINDS = {
+  { name = "lstm", gates = 4, ns = 2 },
+  { name = "gru reset_after", gates = 3, ns = 1, ra = true },
+  { name = "gru reset_before", gates = 3, ns = 1, ra = false },
+}
+
+-- Arguments x (B, T, d), states, kernel, recurrent_kernel, bias for 'k'.
+local function args(k, B, T, d, u, dt)
+  local function r(...) return mg.randn(...):to(dt) end
+  local a = { r(B, T, d), r(B, u) }
+  if k.ns == 2 then a[#a + 1] = r(B, u) end
+  a[#a + 1] = r(d, k.gates * u) * 0.5
+  a[#a + 1] = r(u, k.gates * u) * 0.5
+  a[#a + 1] = (k.ra and r(2, 3 * u) or r(k.gates * u)) * 0.5
+  return a
+end
+
+-- The sequence op and the per-step loop, both returning H (B, T, u) and the last states.
+local function seq(k)
+  if k.ns == 2 then return function(...) return mg.lstm_seq(...) end end
+  return function(x, h, W, U, b) return mg.gru_seq(x, h, W, U, b, k.ra) end
+end
+local function steps(k)
+  return function(x, ...)
+    local s, hs, rest = { ... }, {}, nil
+    for t = 1, x:size(2) do
+      if k.ns == 2 then
+        s[1], s[2] = mg.lstm_cell(x:select(2, t), s[1], s[2], s[3], s[4], s[5])
+      else
+        s[1] = mg.gru_cell(x:select(2, t), s[1], s[2], s[3], s[4], k.ra)
+      end
+      hs[t] = s[1]
+    end
+    rest = k.ns == 2 and s[2] or nil
+    return mg.stack(hs, 2), s[1], rest
+  end
+end
+
+-- A scalar of every output, weighted (fixed weights per shape).
+local function loss_of(f, w)
+  return function(...)
+    local H, h, c = f(...)
+    local l = (H * w[1]):sum() + (h * w[2]):sum()
+    if c then l = l + (mg.tanh(c) * w[3]):sum() end
+    return l
+  end
+end
+
+local function weights(B, T, u, dt)
+  return { mg.randn(B, T, u):to(dt), mg.randn(B, u):to(dt), mg.randn(B, u):to(dt) }
+end
+
+local function all_argnums(n)
+  local t = {}
+  for i = 1, n do t[i] = i end
+  return t
+end
+
+describe("mg.lstm_seq / mg.gru_seq against the per-step cells", function()
+  setup(function() mg.manual_seed(7) end)
+  for _, k in ipairs(KINDS) do
+    for _, dt in ipairs { "float64", "float32" } do
+      -- float64: both through BLAS, bit for bit; float32: the sequence's recurrent products
+      -- go through the packed kernel (smallgemm.c) on AVX-512, another summation order
+      it(k.name .. " " .. dt .. ": forward " .. (dt == "float64" and "bit for bit" or "to rounding") ..
+         ", gradients to rounding", function()
+        local B, T, d, u = dt == "float32" and 11 or 3, 7, 4, 37   -- rows: 8 + 3; 4u: panels + a tail
+        local a = args(k, B, T, d, u, dt)
+        local r1, r2 = { steps(k)(table.unpack(a)) }, { seq(k)(table.unpack(a)) }
+        for i = 1, 1 + k.ns do
+          if dt == "float64" then assert.are.equal(support.bits(r1[i]), support.bits(r2[i]), "output " .. i)
+          else near(r1[i], r2[i], 2e-6, "output " .. i) end
+        end
+        local w = weights(B, T, u, dt)
+        local an = all_argnums(#a)
+        local g1 = mg.grad(loss_of(steps(k), w), { argnums = an })(table.unpack(a))
+        local g2 = mg.grad(loss_of(seq(k), w), { argnums = an })(table.unpack(a))
+        for i = 1, #a do near(g1[i], g2[i], dt == "float64" and 1e-13 or 1e-5, "gradient " .. i) end
+      end)
+    end
+
+    it(k.name .. ": gradcheck in float64 (reverse and forward rules)", function()
+      local a = args(k, 2, 3, 3, 2, "float64")
+      local f = seq(k)
+      assert.is_true(mg.gradcheck(function(...)
+        local H, h, c = f(...)
+        local parts = { H:reshape(-1), h:reshape(-1) }
+        if c then parts[3] = c:reshape(-1) end
+        return mg.cat(parts, 1)
+      end, a))
+    end)
+
+    it(k.name .. ": second order equals the per-step cells' and finite differences", function()
+      local B, T, d, u = 2, 4, 3, 3
+      local a = args(k, B, T, d, u, "float64")
+      local w = weights(B, T, u, "float64")
+      local an = all_argnums(#a)
+      local function gradnorm(f)
+        return function(...)
+          local g = mg.grad(loss_of(f, w), { argnums = an })(...)
+          local s = (g[1] * g[1]):sum()
+          for i = 2, #g do s = s + (g[i] * g[i]):sum() end
+          return s
+        end
+      end
+      local h1 = mg.grad(gradnorm(steps(k)), { argnums = an })(table.unpack(a))
+      local h2 = mg.grad(gradnorm(seq(k)), { argnums = an })(table.unpack(a))
+      for i = 1, #a do near(h1[i], h2[i], 1e-12, "second-order gradient " .. i) end
+      local nW = k.ns + 2                          -- the kernel's position
+      assert.is_true(mg.gradcheck(function(W)
+        local b = { table.unpack(a) }
+        b[nW] = W
+        return mg.grad(loss_of(seq(k), w), { argnums = { 1, nW } })(table.unpack(b))[2]
+      end, { a[nW] }))
+    end)
+
+    it(k.name .. ": vectorized cotangents (Jacobians) and the JVP equal the per-step cells'", function()
+      local B, T, d, u = 2, 3, 3, 4
+      local a = args(k, B, T, d, u, "float64")
+      for _, f in ipairs { "H", "h" } do
+        local function out(g) return function(x)
+          local H, h = g(x, table.unpack(a, 2))
+          return f == "H" and H or h
+        end end
+        local J1 = mg.jacobian(out(steps(k)), a[1])
+        local J2 = mg.jacobian(out(seq(k)), a[1])
+        near(J1, J2, 1e-13, "jacobian of " .. f)
+      end
+      local Jb1 = mg.batch_jacobian(function(h) local b = { table.unpack(a) }; b[2] = h
+        return select(2, steps(k)(table.unpack(b))) end, a[2])
+      local Jb2 = mg.batch_jacobian(function(h) local b = { table.unpack(a) }; b[2] = h
+        return select(2, seq(k)(table.unpack(b))) end, a[2])
+      near(Jb1, Jb2, 1e-13, "batch_jacobian dh_T/dh_0")
+      local tang = {}
+      for i, t in ipairs(a) do tang[i] = mg.randn(t:shape(), F64) end
+      local function cat_out(g) return function(...)
+        local H, h, c = g(...)
+        return mg.cat({ H:reshape(-1), h:reshape(-1), c and c:reshape(-1) or h:reshape(-1) }, 1)
+      end end
+      local _, t1 = mg.jvp(cat_out(steps(k)), a, tang)
+      local _, t2 = mg.jvp(cat_out(seq(k)), a, tang)
+      near(t1, t2, 1e-13, "jvp")
+    end)
+  end
+
+  it("names itself in errors", function()
+    local x, h, c = mg.randn(2, 3, 4), mg.randn(2, 5), mg.randn(2, 5)
+    local W, U, b = mg.randn(4, 20), mg.randn(5, 20), mg.randn(20)
+    assert.has_error(function() mg.lstm_seq(mg.randn(2, 4), h, c, W, U, b) end,
+      "lstm_seq: input has shape (2,4), expected (B, T, features), T >= 1")
+    assert.has_error(function() mg.lstm_seq(x, h, c, mg.randn(3, 20), U, b) end,
+      "lstm_seq: kernel has shape (3,20), expected (4,20)")
+    assert.has_error(function() mg.lstm_seq(x, h, c, W, U, mg.randn(19)) end,
+      "lstm_seq: bias has shape (19), expected (20)")
+    assert.has_error(function() mg.gru_seq(x, h, mg.randn(4, 15), mg.randn(5, 15), mg.randn(15)) end,
+      "gru_seq: bias has shape (15), expected (2,(15)")
+    assert.has_error(function() mg.gru_seq(x, h:to("float64"), mg.randn(4, 15), mg.randn(5, 15), mg.randn(15), false) end,
+      "gru_seq: mixed dtypes (float32 and float64)")
+  end)
+end)
+
+describe("nn layers and the sequence op", function()
+  setup(function() mg.manual_seed(11) end)
+  -- How many times mg.lstm_seq / mg.gru_seq ran during f().
+  local function seq_calls(f)
+    local n, l, g = 0, mg.lstm_seq, mg.gru_seq
+    mg.lstm_seq = function(...) n = n + 1; return l(...) end
+    mg.gru_seq = function(...) n = n + 1; return g(...) end
+    local ok, err = pcall(f)
+    mg.lstm_seq, mg.gru_seq = l, g
+    assert(ok, err)
+    return n
+  end
+
+  for _, kind in ipairs { "LSTM", "GRU" } do
+    for _, opts in ipairs { {}, { go_backwards = true }, { return_state = true, stateful = true } } do
+      it("nn." .. kind .. " calls take it; results equal rnn:trace's per-step ones " ..
+         (next(opts) and "(" .. table.concat((function() local t = {}; for o in pairs(opts) do t[#t + 1] = o end; table.sort(t); return t end)(), ", ") .. ")" or ""), function()
+        local o = { return_sequences = true, input_size = 3, dtype = "float64" }
+        for key, v in pairs(opts) do o[key] = v end
+        local l1, l2 = nn[kind](4, o), nn[kind](4, o)
+        for i, p in ipairs(l1:parameters()) do l2:parameters()[i]:assign(p) end
+        local x = mg.randn(2, 5, 3, F64)
+        local R = mg.randn(2, 5, 4, F64)
+        local tape = mg.GradientTape()
+        tape:watch(x)
+        local out
+        assert.are.equal(1, seq_calls(function() out = l1(x) end))
+        local g1 = tape:gradient((out * R):sum(), { x, table.unpack(l1:parameters()) })
+        local tape2 = mg.GradientTape()
+        tape2:watch(x)
+        local tr
+        assert.are.equal(0, seq_calls(function() tr = l2:trace(x) end))
+        local out2 = mg.stack(tr.outputs, 2)
+        local g2 = tape2:gradient((out2 * R):sum(), { x, table.unpack(l2:parameters()) })
+        near(out2, out, 1e-15, "outputs")
+        for i = 1, #g1 do near(g2[i], g1[i], 1e-13, "gradient " .. i) end
+        if opts.stateful then       -- the kept states are the same, and used again by the next call
+          near(l2._states[1], l1._states[1], 1e-15, "kept h")
+          near(mg.stack(l2:trace(x).outputs, 2), l1(x), 1e-14, "second call")
+        end
+      end)
+    end
+
+    it("nn." .. kind .. " with a mask, recurrent dropout or training dropout keeps the per-step path", function()
+      local x = mg.randn(2, 5, 3, F64)
+      local l = nn[kind](4, { return_sequences = true, input_size = 3, dtype = "float64" })
+      local mask = mg.tensor({ { 1, 1, 1, 0, 0 }, { 1, 1, 1, 1, 1 } }, F64)
+      assert.are.equal(0, seq_calls(function() l(x, { mask = mask }) end))
+      local ld = nn[kind](4, { return_sequences = true, input_size = 3, dtype = "float64", dropout = 0.3, seed = 1 })
+      assert.are.equal(0, seq_calls(function() ld(x, { training = true }) end))
+      assert.are.equal(1, seq_calls(function() ld(x) end))                -- inference: no dropout
+      local lr = nn[kind](4, { return_sequences = true, input_size = 3, dtype = "float64", recurrent_dropout = 0.3 })
+      assert.are.equal(0, seq_calls(function() lr(x) end))
+      local la = nn[kind](4, { return_sequences = true, input_size = 3, dtype = "float64", activation = "relu" })
+      assert.are.equal(0, seq_calls(function() la(x) end))
+      -- a mask of all ones gives the whole-sequence numbers
+      near(l(x), l(x, { mask = mg.ones(2, 5, F64) }), 1e-15, "all-ones mask")
+    end)
+  end
+
+  it("a cell with a replaced step, a stacked cell and mixed dtypes keep the per-step path", function()
+    local x = mg.randn(2, 4, 3, F64)
+    local cell = nn.LSTMCell(3, 4, { dtype = "float64" })
+    local calls = 0
+    local step = cell.step
+    cell.step = function(...) calls = calls + 1; return step(...) end
+    assert.are.equal(0, seq_calls(function() nn.RNN(cell)(x) end))
+    assert.are.equal(4, calls)
+    local st = nn.RNN { nn.GRUCell(3, 4, { dtype = "float64" }), nn.GRUCell(4, 4, { dtype = "float64" }) }
+    assert.are.equal(0, seq_calls(function() st(x) end))
+    local l32 = nn.LSTM(4, { input_size = 3 })                              -- float32 weights
+    assert.are.equal(0, seq_calls(function() l32(x) end))
+  end)
+
+  it("checks the input size as the cell does", function()
+    local l = nn.LSTM(4, { input_size = 3 })
+    assert.has_error(function() l(mg.randn(2, 5, 2)) end, "LSTMCell: input has 2 features, expected 3 (input shape (2,2))")
+  end)
+end)
+
+describe("nn.LSTM / nn.GRU against PyTorch (spec/seq_rnn_ref.py, float64)", function()
+  if not support.python_can_import("torch, numpy") then
+    pending("needs " .. support.PYTHON .. " with torch and numpy")
+    return
+  end
+  local dir
+  setup(function() dir = support.tmpdir(); mg.manual_seed(5) end)
+  teardown(function() support.rmtree(dir) end)
+  local function put(name, t) mg.save(t:to("float64"):contiguous(), dir .. "/" .. name .. ".npy") end
+  for _, kind in ipairs { "lstm", "gru" } do
+    it(kind .. ": outputs, final states and every gradient", function()
+      local B, T, D, U = 3, 6, 4, 5
+      local l = (kind == "lstm" and nn.LSTM or nn.GRU)(U, { return_sequences = true, return_state = true,
+        input_size = D, dtype = "float64" })
+      for _, p in ipairs(l:parameters()) do p:assign(mg.randn(p:shape(), F64) * 0.4) end
+      local x, R, Rh = mg.randn(B, T, D, F64), mg.randn(B, T, U, F64), mg.randn(B, U, F64)
+      local init = { mg.randn(B, U, F64) }
+      if kind == "lstm" then init[2] = mg.randn(B, U, F64) end
+      put("x", x); put("R", R); put("Rh", Rh); put("h0", init[1])
+      if init[2] then put("c0", init[2]) end
+      put("kernel", l.cell.kernel); put("recurrent_kernel", l.cell.recurrent_kernel); put("bias", l.cell.bias)
+      local script = (os.getenv("MOONGRAD_SOURCE") or ".") .. "/spec/seq_rnn_ref.py"
+      local log = dir .. "/stderr.txt"
+      assert(os.execute(string.format("%s %s %s %s 2>%s", support.PYTHON, support.shq(script), support.shq(dir),
+        kind, support.shq(log))), "seq_rnn_ref.py failed")
+      local function get(name) return mg.load(dir .. "/out_" .. name .. ".npy") end
+      local tape = mg.GradientTape()
+      tape:watch({ x, table.unpack(init) })
+      local out, h, c = l(x, init)
+      local srcs = { x, init[1], init[2] or l.cell.kernel, l.cell.kernel, l.cell.recurrent_kernel, l.cell.bias }
+      local g = tape:gradient((out * R):sum() + (h * Rh):sum(), srcs)
+      near(get("out"), out, 1e-12, "out")
+      near(get("h"), h, 1e-12, "h")
+      if kind == "lstm" then near(get("c"), c, 1e-12, "c"); near(get("gc0"), g[3], 1e-11, "gc0") end
+      near(get("gx"), g[1], 1e-11, "gx")
+      near(get("gh0"), g[2], 1e-11, "gh0")
+      near(get("gkernel"), g[4], 1e-11, "gkernel")
+      near(get("grecurrent_kernel"), g[5], 1e-11, "grecurrent_kernel")
+      near(get("gbias"), g[6], 1e-11, "gbias")
+    end)
+  end
+end)
