@@ -41,16 +41,17 @@ enum {
   MG_TF_EYE = 2
 };
 
+/* The scalar fields come first: a small tensor's header is then mostly its first cache line. */
 struct mg_tensor {
   int64_t refs;
   mg_dtype dtype;
   int ndim;
   uint32_t flags;               /* MG_TF_* */
-  int64_t shape[MG_MAXDIM];     /* elements per dimension */
-  int64_t stride[MG_MAXDIM];    /* elements between neighbours along a dimension */
   int64_t offset;               /* elements from the storage start to element (0,...,0) */
   mg_storage *storage;
   char *name;                   /* Variables only; owned */
+  int64_t shape[MG_MAXDIM];     /* elements per dimension */
+  int64_t stride[MG_MAXDIM];    /* elements between neighbours along a dimension */
 };
 
 /* Note an in-place write into 't' (every view of its storage sees it). */

@@ -110,7 +110,8 @@ void *mg_pool_small_get(mg_pool *p, int cls) {
     p->small[cls] = *(void **)q;
     return q;
   }
-  size_t n = (small_size[cls] + 15) & ~(size_t)15;
+  size_t n = (small_size[cls] + 63) & ~(size_t)63;   /* whole cache lines: a 1-d tensor's
+                                                         header touches two of its four */
   if ((size_t)(p->arena_end - p->arena) < n && !arena_grow(p)) return NULL;
   q = p->arena;
   p->arena += n;
