@@ -217,6 +217,15 @@ _Static_assert(sizeof binary_opcode / sizeof binary_opcode[0] == MG_B_COUNT, "ev
 _Static_assert(sizeof unary_name / sizeof unary_name[0] == MG_U_COUNT, "every unary kernel named");
 _Static_assert(sizeof binary_name / sizeof binary_name[0] == MG_B_COUNT, "every binary kernel named");
 
+/* A kernel over an iteration, as a body of mg_parallel_for (each element computed the same
+** way whichever thread computes it). */
+typedef struct ranged { mg_iter it; mg_loop_fn fn; void *ud; } ranged;
+
+static void run_range(void *arg, int64_t lo, int64_t hi) {
+  const ranged *r = arg;
+  mg_iter_run_range(&r->it, lo, hi, r->fn, r->ud);
+}
+
 /* The element count when every operand in 'in' (each of dtype size as the output) has exactly
 ** 'shape' and is contiguous, so that element i of each is at its data pointer + i: else -1. */
 static int64_t dense_numel(int ndim, const int64_t *shape, int nin, mg_tensor *const *in) {
@@ -251,9 +260,9 @@ static mg_status run_new(mg_ctx *C, const char *name, mg_dtype dt, int ndim,
   }
   ops[0] = y;
   for (int k = 0; k < nin; k++) ops[k + 1] = in[k];
-  mg_iter it;
-  mg_iter_init(&it, ndim, shape, nin + 1, ops);
-  if ((st = mg_iter_run(C, name, &it, fn, ud)) != MG_OK) {
+  ranged r = { .fn = fn, .ud = ud };
+  mg_iter_init(&r.it, ndim, shape, nin + 1, ops);
+  if ((st = mg_parallel_for(C, name, mg_iter_numel(&r.it), MG_PAR_GRAIN, run_range, &r)) != MG_OK) {
     mg_tensor_release(y);
     return st;
   }
@@ -322,9 +331,9 @@ mg_status mg_tensor_add_(mg_ctx *C, mg_tensor *dst, mg_tensor *src) {
   mg_binary op = MG_B_ADD;
   mg_tensor *ops[3] = { dst, dst, src };
   mg_bump_version(dst);       /* out aliases the first operand: elementwise */
-  mg_iter it;
-  mg_iter_init(&it, dst->ndim, dst->shape, 3, ops);
-  return mg_iter_run(NULL, NULL, &it, dst->dtype == MG_F64 ? binary_f64 : binary_f32, &op);
+  ranged r = { .fn = dst->dtype == MG_F64 ? binary_f64 : binary_f32, .ud = &op };
+  mg_iter_init(&r.it, dst->ndim, dst->shape, 3, ops);
+  return mg_parallel_for(C, NULL, mg_iter_numel(&r.it), MG_PAR_GRAIN, run_range, &r);
 }
 
 mg_status mg_tensor_binary_scalar(mg_ctx *C, mg_binary op, mg_tensor *x, double v,
