@@ -96,6 +96,8 @@ struct mg_tape {
   bool spent;                   /* non-persistent and already differentiated */
   int busy;                     /* > 0 while this tape is being differentiated */
   mg_node *blocks[40];          /* nodes in blocks of doubling size: they never move */
+  size_t blockcap[40];          /* ... each from the context's pool, with its size class */
+  mg_pool *pool;                /* that pool (each block holds a reference to it) */
   size_t n, nblocks;
   mg_tensor **watched;          /* strong refs, in watch order */
   size_t nwatched, capwatched;
@@ -170,6 +172,11 @@ mg_pool *mg_pool_new(void);
 void mg_pool_unref(mg_pool *p);
 void *mg_pool_alloc(mg_pool *p, size_t nbytes, size_t *cap);
 void mg_pool_free(mg_pool *p, void *data, size_t cap);
+/* The same blocks, not counted as live storage (a tape's node blocks): a freed one is cached
+** for the next tape instead of going back to the system, whose fresh pages cost their zeroing
+** again. Each block holds a reference to the pool. */
+void *mg_pool_block_get(mg_pool *p, size_t nbytes, size_t *cap);
+void mg_pool_block_put(mg_pool *p, void *data, size_t cap);
 /* Fresh zeroed pages straight from the system (huge pages from 2 MiB on); 'cap' again to free. */
 void *mg_pages_alloc(size_t cap);
 void mg_pages_free(void *q, size_t cap);
