@@ -297,8 +297,11 @@ static mg_status promote(mg_ctx *C, mg_tensor **a, mg_tensor **b) {
 mg_status mg_tensor_binary(mg_ctx *C, mg_binary op, mg_tensor *a, mg_tensor *b,
                            mg_tensor **out) {
   int64_t shape[MG_MAXDIM];
-  int nd;
-  if (!mg_broadcast_shape(a->ndim, a->shape, b->ndim, b->shape, &nd, shape) || nd > MG_MAXDIM) {
+  const int64_t *sh = shape;
+  int nd = a->ndim, same = a->ndim == b->ndim;
+  for (int d = 0; same && d < nd; d++) same = a->shape[d] == b->shape[d];
+  if (same) sh = a->shape;                 /* the common case: nothing to broadcast */
+  else if (!mg_broadcast_shape(a->ndim, a->shape, b->ndim, b->shape, &nd, shape) || nd > MG_MAXDIM) {
     char s1[96], s2[96];
     return mg_fail(C, MG_ESHAPE, "%s: shapes %s and %s cannot be broadcast", binary_name[op],
                    mg_shapestr(s1, sizeof s1, a->ndim, a->shape),
@@ -308,10 +311,10 @@ mg_status mg_tensor_binary(mg_ctx *C, mg_binary op, mg_tensor *a, mg_tensor *b,
   bool cast = a->dtype != b->dtype;
   mg_status st = cast ? promote(C, &in[0], &in[1]) : MG_OK;
   if (st != MG_OK) return st;
-  st = run_new(C, binary_name[op], in[0]->dtype, nd, shape, 2, in,
+  st = run_new(C, binary_name[op], in[0]->dtype, nd, sh, 2, in,
                in[0]->dtype == MG_F64 ? binary_f64 : binary_f32, &op, &y);
   if (st == MG_OK) {
-    if (binary_opcode[op] < 0) *out = y;                             /* not differentiable */
+    if (binary_opcode[op] < 0 || !mg_recording(C)) *out = y;        /* nothing to record */
     else st = mg_record_result(C, binary_opcode[op], 2, in, y, NULL, out);
   }
   if (cast) {
