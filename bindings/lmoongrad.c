@@ -66,6 +66,8 @@ static lstate *getstate(lua_State *L) {
   S->orphans.prev = S->orphans.next = &S->orphans;
   S->gc_threshold = (size_t)16 << 20;
   S->gc_stepped = 0;
+  S->tensor_mt = NULL;
+  S->tensor_mt_ref = LUA_NOREF;
   lua_createtable(L, 0, 1);
   lua_pushcfunction(L, state_gc);
   lua_setfield(L, -2, "__gc");
@@ -87,15 +89,17 @@ lstate *lmg_findstate(lua_State *L) {
 
 /* ================================================================ settings */
 
+/* The state's own kernels (its context) and OpenBLAS (process-wide) alike. */
 static int lib_set_num_threads(lua_State *L) {
   lua_Integer n = luaL_checkinteger(L, 1);
-  luaL_argcheck(L, n >= 1 && n <= 1024, 1, "thread count must be in 1..1024");
+  luaL_argcheck(L, n >= 1 && n <= MG_MAXTHREADS, 1, "thread count must be in 1..1024");
+  mg_ctx_set_num_threads(LSTATE(L)->C, (int)n);
   mg_set_num_threads((int)n);
   return 0;
 }
 
 static int lib_get_num_threads(lua_State *L) {
-  lua_pushinteger(L, mg_get_num_threads());
+  lua_pushinteger(L, mg_ctx_num_threads(LSTATE(L)->C));
   return 1;
 }
 

@@ -33,6 +33,8 @@ typedef struct lstate {
   size_t gc_threshold;    /* live storage bytes that trigger a full collection */
   size_t gc_stepped;      /* live storage bytes when the collector was last stepped */
   lslot orphans;          /* sentinel of the slots made inside finalizers */
+  const void *tensor_mt;  /* the 'moongrad.Tensor' metatable (lua_topointer), for quick tests */
+  int tensor_mt_ref;      /* ... and its registry reference (LUA_NOREF before lmg_open_tensor) */
 } lstate;
 
 /* The running function's state record (upvalue 1), or a Lua error once its context is closed

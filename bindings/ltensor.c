@@ -26,13 +26,34 @@ mg_tensor *lmg_totensor(lua_State *L, int idx) {
   return p ? *p : NULL;
 }
 
-mg_tensor **lmg_newslot(lua_State *L) {
+/* Whether the value at 'idx' is a tensor slot: its metatable compared by address with the one
+** 'S' keeps (luaL_testudata would look the name up in the registry every time). */
+static lslot *testslot(lua_State *L, lstate *S, int idx) {
+  if (lua_type(L, idx) != LUA_TUSERDATA || !lua_getmetatable(L, idx)) return NULL;
+  bool ok = lua_topointer(L, -1) == S->tensor_mt;
+  lua_pop(L, 1);
+  return ok ? lua_touserdata(L, idx) : NULL;
+}
+
+/* The tensor at 'idx', or NULL when it is no tensor or a released one. */
+static mg_tensor *totensor(lua_State *L, lstate *S, int idx) {
+  lslot *p = testslot(L, S, idx);
+  return p ? p->t : NULL;
+}
+
+/* Push an empty slot; 'S' NULL: the state record is looked up only when needed. */
+static mg_tensor **newslot(lua_State *L, lstate *S) {
   lslot *p = lua_newuserdatauv(L, sizeof *p, 0);
   p->t = NULL;
   p->prev = p->next = NULL;
-  luaL_setmetatable(L, MG_TENSOR_MT);
+  if (S != NULL) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, S->tensor_mt_ref);
+    lua_setmetatable(L, -2);
+  } else {
+    luaL_setmetatable(L, MG_TENSOR_MT);
+  }
   if (lua_gc(L, LUA_GCISRUNNING) < 0) {   /* inside a finalizer: perhaps lua_close's */
-    lstate *S = lmg_findstate(L);
+    if (S == NULL) S = lmg_findstate(L);
     if (S != NULL) {
       p->next = S->orphans.next;
       p->prev = &S->orphans;
@@ -42,6 +63,8 @@ mg_tensor **lmg_newslot(lua_State *L) {
   }
   return &p->t;
 }
+
+mg_tensor **lmg_newslot(lua_State *L) { return newslot(L, NULL); }
 
 /* Lua's collector cannot see storage bytes: step it by as many KiB as storage grew (so
 ** garbage tensors go back to the pool while it is still warm), and collect fully when live
@@ -92,14 +115,16 @@ int lmg_fail(lua_State *L, lstate *S, const char *fn) {
 
 int lmg_result(lua_State *L, lstate *S, mg_status st, mg_tensor **t) {
   if (st != MG_OK) return lmg_fail(L, S, NULL);
-  mg_tensor **slot = lmg_newslot(L);
+  mg_tensor **slot = newslot(L, S);
   lmg_settensor(L, S, slot, *t);
   return 1;
 }
 
 /* __gc and __close: one idempotent release */
 static int tensor_release(lua_State *L) {
-  lslot *p = luaL_checkudata(L, 1, MG_TENSOR_MT);
+  lstate *S = lua_touserdata(L, lua_upvalueindex(1));   /* not LSTATE: runs after the close */
+  lslot *p = testslot(L, S, 1);
+  if (p == NULL) p = luaL_checkudata(L, 1, MG_TENSOR_MT);   /* raises the usual error */
   lmg_unlink_slot(p);
   mg_tensor_release(p->t);
   p->t = NULL;
@@ -967,7 +992,7 @@ static int operand_error(lua_State *L, const char *fn, mg_tensor *a, mg_tensor *
 ** "x" * t, where Lua knows no function name. */
 static int binary(lua_State *L, mg_binary op) {
   LSTATE_ARG;
-  mg_tensor *a = lmg_totensor(L, 1), *b = lmg_totensor(L, 2), *y = NULL;
+  mg_tensor *a = totensor(L, S, 1), *b = totensor(L, S, 2), *y = NULL;
   mg_status st;
   if (a && b) st = mg_tensor_binary(S->C, op, a, b, &y);
   else if (a && lua_type(L, 2) == LUA_TNUMBER)
@@ -978,10 +1003,17 @@ static int binary(lua_State *L, mg_binary op) {
   return lmg_result(L, S, st, &y);
 }
 
-/* t:name(u) / mg.name(t, u) for the binary kernel in upvalue 2 (also the metamethods) */
+/* t:name(u) / mg.name(t, u) for the binary kernel in upvalue 2 */
 static int tensor_binary(lua_State *L) {
   return binary(L, (mg_binary)lua_tointeger(L, lua_upvalueindex(2)));
 }
+
+/* The arithmetic metamethods: one function each, so that no upvalue is read per call. */
+static int tensor_add(lua_State *L) { return binary(L, MG_B_ADD); }
+static int tensor_sub(lua_State *L) { return binary(L, MG_B_SUB); }
+static int tensor_mul(lua_State *L) { return binary(L, MG_B_MUL); }
+static int tensor_div(lua_State *L) { return binary(L, MG_B_DIV); }
+static int tensor_pow(lua_State *L) { return binary(L, MG_B_POW); }
 
 static int tensor_clamp(lua_State *L) {
   LSTATE_ARG;
@@ -1469,13 +1501,19 @@ static void setkernels(lua_State *L, lstate *S, bool methods) {
 
 /* Builds 'moongrad.Tensor' and adds the tensor functions to the module at the stack top. */
 void lmg_open_tensor(lua_State *L, lstate *S) {
-  static const struct { const char *name; mg_binary k; } arith[] = {
-    { "__add", MG_B_ADD }, { "__sub", MG_B_SUB }, { "__mul", MG_B_MUL }, { "__div", MG_B_DIV },
-    { "__pow", MG_B_POW } };
+  static const struct { const char *name; lua_CFunction f; mg_binary k; } arith[] = {
+    { "__add", tensor_add, MG_B_ADD }, { "__sub", tensor_sub, MG_B_SUB },
+    { "__mul", tensor_mul, MG_B_MUL }, { "__div", tensor_div, MG_B_DIV },
+    { "__pow", tensor_pow, MG_B_POW } };
   luaL_newmetatable(L, MG_TENSOR_MT);
+  S->tensor_mt = lua_topointer(L, -1);
+  if (S->tensor_mt_ref == LUA_NOREF) {               /* once per state (luaopen may run again) */
+    lua_pushvalue(L, -1);
+    S->tensor_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
   lmg_setfuncs(L, S, tensor_metamethods);
   for (size_t i = 0; i < sizeof arith / sizeof arith[0]; i++)
-    setkernel(L, S, arith[i].name, tensor_binary, arith[i].k);
+    setkernel(L, S, arith[i].name, arith[i].f, arith[i].k);
   setkernel(L, S, "__unm", tensor_unary, MG_U_NEG);
   lua_newtable(L);                                   /* method table */
   lmg_setfuncs(L, S, tensor_methods);

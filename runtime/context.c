@@ -13,6 +13,8 @@ mg_ctx *mg_ctx_new(void) {
   if (C->pool == NULL) { free(C); return NULL; }
   C->default_dtype = MG_F32;
   C->memory_budget = (size_t)1 << 30;
+  C->nthreads = 1;
+  mg_ctx_set_num_threads(C, mg_get_num_threads());
   mg_manual_seed(C, 0);
   return C;
 }
@@ -21,6 +23,7 @@ mg_ctx *mg_ctx_new(void) {
 void mg_ctx_close(mg_ctx *C) {
   if (C == NULL) return;
   while (C->active != NULL) mg_tape_stop(C->active);
+  mg_parallel_close(C);
   mg_pool_unref(C->pool);
   free(C);
 }

@@ -217,6 +217,28 @@ _Static_assert(sizeof binary_opcode / sizeof binary_opcode[0] == MG_B_COUNT, "ev
 _Static_assert(sizeof unary_name / sizeof unary_name[0] == MG_U_COUNT, "every unary kernel named");
 _Static_assert(sizeof binary_name / sizeof binary_name[0] == MG_B_COUNT, "every binary kernel named");
 
+/* A kernel over an iteration, as a body of mg_parallel_for (each element computed the same
+** way whichever thread computes it). */
+typedef struct ranged { mg_iter it; mg_loop_fn fn; void *ud; } ranged;
+
+static void run_range(void *arg, int64_t lo, int64_t hi) {
+  const ranged *r = arg;
+  mg_iter_run_range(&r->it, lo, hi, r->fn, r->ud);
+}
+
+/* The element count when every operand in 'in' (each of dtype size as the output) has exactly
+** 'shape' and is contiguous, so that element i of each is at its data pointer + i: else -1. */
+static int64_t dense_numel(int ndim, const int64_t *shape, int nin, mg_tensor *const *in) {
+  int64_t n = 1;
+  for (int d = ndim - 1; d >= 0; d--) {
+    for (int k = 0; k < nin; k++)
+      if (in[k]->ndim != ndim || in[k]->shape[d] != shape[d] ||
+          (shape[d] != 1 && in[k]->stride[d] != n)) return -1;
+    n *= shape[d];
+  }
+  return n;
+}
+
 /* Run 'fn' with a new contiguous output of 'shape' and the operands 'in' (same dtype); op
 ** 'name' stops with "<name>: interrupted!" when the host's flag is set (output freed). */
 static mg_status run_new(mg_ctx *C, const char *name, mg_dtype dt, int ndim,
@@ -225,11 +247,22 @@ static mg_status run_new(mg_ctx *C, const char *name, mg_dtype dt, int ndim,
   mg_tensor *y = NULL, *ops[MG_MAXOPS];
   mg_status st = mg_tensor_empty(C, dt, ndim, shape, &y);
   if (st != MG_OK) return st;
+  int64_t n = dense_numel(ndim, shape, nin, in);
+  if (n >= 0 && n <= MG_POLL_ELEMS) {      /* one call over the buffers: no iterator, no poll */
+    char *p[MG_MAXOPS];
+    int64_t s[MG_MAXOPS] = { 1, 1, 1, 1 };
+    p[0] = y->storage->data;
+    for (int k = 0; k < nin; k++)
+      p[k + 1] = (char *)in[k]->storage->data + in[k]->offset * (int64_t)mg_dtype_size(dt);
+    fn(n, p, s, ud);
+    *out = y;
+    return MG_OK;
+  }
   ops[0] = y;
   for (int k = 0; k < nin; k++) ops[k + 1] = in[k];
-  mg_iter it;
-  mg_iter_init(&it, ndim, shape, nin + 1, ops);
-  if ((st = mg_iter_run(C, name, &it, fn, ud)) != MG_OK) {
+  ranged r = { .fn = fn, .ud = ud };
+  mg_iter_init(&r.it, ndim, shape, nin + 1, ops);
+  if ((st = mg_parallel_for(C, name, mg_iter_numel(&r.it), MG_PAR_GRAIN, run_range, &r)) != MG_OK) {
     mg_tensor_release(y);
     return st;
   }
@@ -246,7 +279,7 @@ mg_status mg_tensor_unary(mg_ctx *C, mg_unary op, mg_tensor *x, mg_tensor **out)
   return mg_record_result(C, unary_opcode[op], 1, &x, y, NULL, out);
 }
 
-/* Promote both operands to a common dtype (casting is recorded). New references. */
+/* Promote operands of two dtypes to float64 (casting is recorded). New references. */
 static mg_status promote(mg_ctx *C, mg_tensor **a, mg_tensor **b) {
   if ((*a)->dtype == (*b)->dtype) {
     mg_tensor_retain(*a);
@@ -264,25 +297,31 @@ static mg_status promote(mg_ctx *C, mg_tensor **a, mg_tensor **b) {
 mg_status mg_tensor_binary(mg_ctx *C, mg_binary op, mg_tensor *a, mg_tensor *b,
                            mg_tensor **out) {
   int64_t shape[MG_MAXDIM];
-  int nd;
-  if (!mg_broadcast_shape(a->ndim, a->shape, b->ndim, b->shape, &nd, shape) || nd > MG_MAXDIM) {
+  const int64_t *sh = shape;
+  int nd = a->ndim, same = a->ndim == b->ndim;
+  for (int d = 0; same && d < nd; d++) same = a->shape[d] == b->shape[d];
+  if (same) sh = a->shape;                 /* the common case: nothing to broadcast */
+  else if (!mg_broadcast_shape(a->ndim, a->shape, b->ndim, b->shape, &nd, shape) || nd > MG_MAXDIM) {
     char s1[96], s2[96];
     return mg_fail(C, MG_ESHAPE, "%s: shapes %s and %s cannot be broadcast", binary_name[op],
                    mg_shapestr(s1, sizeof s1, a->ndim, a->shape),
                    mg_shapestr(s2, sizeof s2, b->ndim, b->shape));
   }
   mg_tensor *in[2] = { a, b }, *y = NULL;
-  mg_status st = promote(C, &in[0], &in[1]);
+  bool cast = a->dtype != b->dtype;
+  mg_status st = cast ? promote(C, &in[0], &in[1]) : MG_OK;
   if (st != MG_OK) return st;
-  st = run_new(C, binary_name[op], in[0]->dtype, nd, shape, 2, in,
+  st = run_new(C, binary_name[op], in[0]->dtype, nd, sh, 2, in,
                in[0]->dtype == MG_F64 ? binary_f64 : binary_f32, &op, &y);
   if (st == MG_OK) {
-    if (binary_opcode[op] < 0) *out = y;                             /* not differentiable */
+    if (binary_opcode[op] < 0 || !mg_recording(C)) *out = y;        /* nothing to record */
     else st = mg_record_result(C, binary_opcode[op], 2, in, y, NULL, out);
   }
-  mg_tensor_release(in[0]);
-  mg_tensor_release(in[1]);
-  return mg_name_error(C, st, binary_name[op]);
+  if (cast) {
+    mg_tensor_release(in[0]);
+    mg_tensor_release(in[1]);
+  }
+  return st == MG_OK ? st : mg_name_error(C, st, binary_name[op]);
 }
 
 mg_status mg_tensor_add_(mg_ctx *C, mg_tensor *dst, mg_tensor *src) {
@@ -295,9 +334,9 @@ mg_status mg_tensor_add_(mg_ctx *C, mg_tensor *dst, mg_tensor *src) {
   mg_binary op = MG_B_ADD;
   mg_tensor *ops[3] = { dst, dst, src };
   mg_bump_version(dst);       /* out aliases the first operand: elementwise */
-  mg_iter it;
-  mg_iter_init(&it, dst->ndim, dst->shape, 3, ops);
-  return mg_iter_run(NULL, NULL, &it, dst->dtype == MG_F64 ? binary_f64 : binary_f32, &op);
+  ranged r = { .fn = dst->dtype == MG_F64 ? binary_f64 : binary_f32, .ud = &op };
+  mg_iter_init(&r.it, dst->ndim, dst->shape, 3, ops);
+  return mg_parallel_for(C, NULL, mg_iter_numel(&r.it), MG_PAR_GRAIN, run_range, &r);
 }
 
 mg_status mg_tensor_binary_scalar(mg_ctx *C, mg_binary op, mg_tensor *x, double v,

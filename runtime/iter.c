@@ -119,3 +119,42 @@ mg_status mg_iter_run(mg_ctx *C, const char *op, const mg_iter *it, mg_loop_fn f
     if (d < 0) return MG_OK;
   }
 }
+
+int64_t mg_iter_numel(const mg_iter *it) {
+  int64_t n = 1;
+  for (int d = 0; d < it->ndim; d++) n *= it->shape[d];
+  return n;
+}
+
+void mg_iter_run_range(const mg_iter *it, int64_t lo, int64_t hi, mg_loop_fn fn, void *ud) {
+  int nops = it->nops, nd = it->ndim;
+  char *row[MG_MAXOPS], *q[MG_MAXOPS];
+  int64_t s[MG_MAXOPS], idx[MG_MAXDIM];
+  if (lo >= hi) return;
+  if (nd == 0) {                                   /* one element */
+    for (int k = 0; k < nops; k++) { q[k] = it->ptr[k]; s[k] = 0; }
+    fn(1, q, s, ud);
+    return;
+  }
+  int64_t inner = it->shape[nd - 1], col = lo % inner, r = lo / inner;
+  for (int k = 0; k < nops; k++) { row[k] = it->ptr[k]; s[k] = it->stride[k][nd - 1]; }
+  for (int d = nd - 2; d >= 0; d--) {              /* the row's index, outer dims */
+    idx[d] = r % it->shape[d];
+    r /= it->shape[d];
+    for (int k = 0; k < nops; k++) row[k] += idx[d] * it->stride[k][d] * (int64_t)it->esize[k];
+  }
+  for (int64_t left = hi - lo;;) {
+    int64_t m = inner - col < left ? inner - col : left;
+    for (int k = 0; k < nops; k++) q[k] = row[k] + col * s[k] * (int64_t)it->esize[k];
+    fn(m, q, s, ud);
+    if ((left -= m) == 0) return;
+    col = 0;
+    for (int d = nd - 2; d >= 0; d--) {            /* odometer over the outer dims */
+      for (int k = 0; k < nops; k++) row[k] += it->stride[k][d] * (int64_t)it->esize[k];
+      if (++idx[d] < it->shape[d]) break;
+      for (int k = 0; k < nops; k++)
+        row[k] -= it->stride[k][d] * it->shape[d] * (int64_t)it->esize[k];
+      idx[d] = 0;
+    }
+  }
+}

@@ -99,6 +99,13 @@ MG_API mg_status mg_check_result_bytes(mg_ctx *C, const char *fn, int n, const i
 /* BLAS: the only process-wide state of the runtime. */
 MG_API void mg_set_num_threads(int n);
 MG_API int mg_get_num_threads(void);
+/* Threads of one context's own kernels (elementwise ops, reductions; 1..MG_MAXTHREADS, clamped):
+** loops above a size threshold are shared by a pool of n - 1 workers the context starts when
+** first needed and joins in mg_ctx_close. Each context has its own count and pool. The default
+** is mg_get_num_threads() when the context is made. Results do not depend on the count. */
+#define MG_MAXTHREADS 1024
+MG_API void mg_ctx_set_num_threads(mg_ctx *C, int n);
+MG_API int mg_ctx_num_threads(const mg_ctx *C);
 /* Name of the OpenBLAS kernels in use ("Haswell", "SkylakeX", ...), and of the best kernels
 ** this CPU supports; both borrowed static strings. */
 MG_API const char *mg_blas_corename(void);

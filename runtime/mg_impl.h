@@ -41,16 +41,17 @@ enum {
   MG_TF_EYE = 2
 };
 
+/* The scalar fields come first: a small tensor's header is then mostly its first cache line. */
 struct mg_tensor {
   int64_t refs;
   mg_dtype dtype;
   int ndim;
   uint32_t flags;               /* MG_TF_* */
-  int64_t shape[MG_MAXDIM];     /* elements per dimension */
-  int64_t stride[MG_MAXDIM];    /* elements between neighbours along a dimension */
   int64_t offset;               /* elements from the storage start to element (0,...,0) */
   mg_storage *storage;
   char *name;                   /* Variables only; owned */
+  int64_t shape[MG_MAXDIM];     /* elements per dimension */
+  int64_t stride[MG_MAXDIM];    /* elements between neighbours along a dimension */
 };
 
 /* Note an in-place write into 't' (every view of its storage sees it). */
@@ -95,6 +96,8 @@ struct mg_tape {
   bool spent;                   /* non-persistent and already differentiated */
   int busy;                     /* > 0 while this tape is being differentiated */
   mg_node *blocks[40];          /* nodes in blocks of doubling size: they never move */
+  size_t blockcap[40];          /* ... each from the context's pool, with its size class */
+  mg_pool *pool;                /* that pool (each block holds a reference to it) */
   size_t n, nblocks;
   mg_tensor **watched;          /* strong refs, in watch order */
   size_t nwatched, capwatched;
@@ -119,6 +122,8 @@ struct mg_ctx {
   size_t jacobian_limit;        /* most bytes of a Jacobian's result; 0: MemAvailable */
   mg_rng rng;
   volatile sig_atomic_t *interrupt;   /* host-owned flag polled by long loops; NULL: none */
+  int nthreads;                 /* mg_ctx_set_num_threads: shares of a big loop */
+  struct mg_workers *workers;   /* nthreads - 1 workers, started at first need; NULL: none */
 };
 
 /* Set the context's error message and return 'st'. printf-style. */
@@ -167,6 +172,11 @@ mg_pool *mg_pool_new(void);
 void mg_pool_unref(mg_pool *p);
 void *mg_pool_alloc(mg_pool *p, size_t nbytes, size_t *cap);
 void mg_pool_free(mg_pool *p, void *data, size_t cap);
+/* The same blocks, not counted as live storage (a tape's node blocks): a freed one is cached
+** for the next tape instead of going back to the system, whose fresh pages cost their zeroing
+** again. Each block holds a reference to the pool. */
+void *mg_pool_block_get(mg_pool *p, size_t nbytes, size_t *cap);
+void mg_pool_block_put(mg_pool *p, void *data, size_t cap);
 /* Fresh zeroed pages straight from the system (huge pages from 2 MiB on); 'cap' again to free. */
 void *mg_pages_alloc(size_t cap);
 void mg_pages_free(void *q, size_t cap);
@@ -208,11 +218,42 @@ void mg_iter_init(mg_iter *it, int ndim, const int64_t *shape, int nops,
 #define MG_POLL_ELEMS ((int64_t)1 << 16)
 #define MG_POLL_ROW ((int64_t)1 << 22)
 mg_status mg_iter_run(mg_ctx *C, const char *op, const mg_iter *it, mg_loop_fn fn, void *ud);
+/* Call 'fn' over the elements [lo, hi) of the iteration space, counted in row-major order (the
+** order mg_iter_run visits them), without polling: one piece of a parallel loop. */
+void mg_iter_run_range(const mg_iter *it, int64_t lo, int64_t hi, mg_loop_fn fn, void *ud);
+/* Elements of the iteration space. */
+int64_t mg_iter_numel(const mg_iter *it);
 /* Whether 'src' broadcasts to exactly the shape of 'dst' (in-place ops). */
 bool mg_broadcasts_to(const mg_tensor *src, const mg_tensor *dst);
 /* Broadcast shape of two shapes; false when they do not broadcast. */
 bool mg_broadcast_shape(int na, const int64_t *a, int nb, const int64_t *b, int *nout,
                         int64_t *out);
+
+/* ----------------------------------------------------------------------------------------
+** Threads (parallel.c)
+** -------------------------------------------------------------------------------------- */
+
+/* A loop body over the iterations [lo, hi) of a parallel loop. It runs on any thread of the
+** context (perhaps several ranges per thread, in any order): it may write only what its own
+** iterations own, and must not touch the context (no mg_fail, no tensor creation, no poll). */
+typedef void (*mg_range_fn)(void *arg, int64_t lo, int64_t hi);
+
+/* Iterations per piece of the elementwise kernels and reductions: smaller loops run serially. */
+#define MG_PAR_GRAIN MG_POLL_ELEMS
+
+/* Run fn(arg, lo, hi) over disjoint ranges covering [0, n), in pieces of at most 'grain'
+** iterations: shared among the context's threads when there is at least 'grain' for each of
+** two, else all on the calling thread (also when called from inside another parallel loop).
+** Which thread runs a piece never changes what it computes, so the result is the same for any
+** thread count as long as each iteration is computed on its own (a reduction combines
+** per-piece partials in a fixed order: reduce.c). With 'op' non-NULL the interrupt flag is
+** read between pieces; once set, the remaining pieces are skipped and the call returns
+** MG_EINTR "<op>: interrupted!" (for loops filling a new output, which the caller then frees).
+** 'op' NULL: always runs to the end (writes into existing tensors must not stop halfway). */
+mg_status mg_parallel_for(mg_ctx *C, const char *op, int64_t n, int64_t grain, mg_range_fn fn,
+                          void *arg);
+/* Join the context's workers (mg_ctx_close, or a new thread count). */
+void mg_parallel_close(mg_ctx *C);
 
 /* ----------------------------------------------------------------------------------------
 ** Helpers for rules (rules.c)

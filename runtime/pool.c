@@ -110,7 +110,8 @@ void *mg_pool_small_get(mg_pool *p, int cls) {
     p->small[cls] = *(void **)q;
     return q;
   }
-  size_t n = (small_size[cls] + 15) & ~(size_t)15;
+  size_t n = (small_size[cls] + 63) & ~(size_t)63;   /* whole cache lines: a 1-d tensor's
+                                                         header touches two of its four */
   if ((size_t)(p->arena_end - p->arena) < n && !arena_grow(p)) return NULL;
   q = p->arena;
   p->arena += n;
@@ -133,11 +134,17 @@ static void unfresh(void *q, size_t cap) {
 }
 
 void *mg_pool_alloc(mg_pool *p, size_t nbytes, size_t *cap) {
+  void *q = mg_pool_block_get(p, nbytes, cap);
+  if (q != NULL && nbytes < SMALL_MAX) p->live += nbytes;
+  else if (q != NULL) p->live += *cap;
+  return q;
+}
+
+void *mg_pool_block_get(mg_pool *p, size_t nbytes, size_t *cap) {
   if (nbytes < SMALL_MAX) {
     void *q = malloc(nbytes ? nbytes : 1);
     if (q == NULL) return NULL;
     *cap = nbytes;
-    p->live += nbytes;
     p->refs++;
     return q;
   }
@@ -153,7 +160,6 @@ void *mg_pool_alloc(mg_pool *p, size_t nbytes, size_t *cap) {
     if (q == NULL) { mg_pool_trim(p); q = fresh(*cap); }
     if (q == NULL) return NULL;
   }
-  p->live += *cap;
   p->refs++;
   return q;
 }
@@ -168,6 +174,10 @@ static void pool_destroy(mg_pool *p) {
 
 void mg_pool_free(mg_pool *p, void *data, size_t cap) {
   p->live -= cap;
+  mg_pool_block_put(p, data, cap);
+}
+
+void mg_pool_block_put(mg_pool *p, void *data, size_t cap) {
   if (cap < SMALL_MAX) {
     free(data);
   } else if (p->refs > 1 && p->cached + cap <= CACHE_MAX) {  /* context alive: keep it */

@@ -81,6 +81,71 @@ static void reduce_f64(int64_t n, char **p, const int64_t *s, void *ud) {
   }
 }
 
+/* ---------------------------------------------------------------- threads
+** A big reduction is shared out in one of two ways, each giving the same bits for any thread
+** count: split along a dim the output advances in (each output element reduced by one thread,
+** in the serial order), or, for a reduction to one element, fixed chunks of the input reduced
+** into partials that are then combined in chunk order (the chunks depend on the size only). */
+
+#define MAX_CHUNKS 1024
+
+typedef struct rjob {
+  mg_iter it;
+  mg_loop_fn fn;
+  int kind;
+  int dim;                /* split: the iterator dim shared out */
+  int64_t chunk;          /* to one element: elements per chunk */
+  char *part;             /* ... and the partials, one element each */
+} rjob;
+
+static void split_range(void *arg, int64_t lo, int64_t hi) {
+  rjob *r = arg;
+  mg_iter sub = r->it;
+  sub.shape[r->dim] = hi - lo;
+  for (int k = 0; k < sub.nops; k++) sub.ptr[k] += lo * sub.stride[k][r->dim] * (int64_t)sub.esize[k];
+  mg_iter_run(NULL, NULL, &sub, r->fn, &r->kind);
+}
+
+static void chunk_range(void *arg, int64_t lo, int64_t hi) {
+  rjob *r = arg;
+  int64_t n = mg_iter_numel(&r->it);
+  mg_iter sub = r->it;
+  for (int64_t c = lo; c < hi; c++) {
+    sub.ptr[0] = r->part + c * (int64_t)sub.esize[0];      /* output strides are all 0 */
+    int64_t end = (c + 1) * r->chunk;
+    mg_iter_run_range(&sub, c * r->chunk, end < n ? end : n, r->fn, &r->kind);
+  }
+}
+
+/* Run the reduction 'it' (output operand 0, filled with 'init') of kind 'kind'. */
+static mg_status reduce_run(mg_ctx *C, const char *fn, const mg_iter *it, mg_dtype dt, int kind,
+                            double init) {
+  rjob r = { .it = *it, .fn = dt == MG_F64 ? reduce_f64 : reduce_f32, .kind = kind, .dim = -1 };
+  int64_t n = mg_iter_numel(it);
+  if (n <= MG_PAR_GRAIN) return mg_iter_run(C, fn, it, r.fn, &r.kind);
+  for (int d = 0; d < it->ndim && r.dim < 0; d++)
+    if (it->stride[0][d] != 0 && it->shape[d] > 1) r.dim = d;
+  if (r.dim >= 0) {
+    int64_t per = n / it->shape[r.dim], grain = MG_PAR_GRAIN / per;
+    return mg_parallel_for(C, fn, it->shape[r.dim], grain > 1 ? grain : 1, split_range, &r);
+  }
+  double part[MAX_CHUNKS];                     /* room for MAX_CHUNKS of either dtype */
+  r.chunk = (n + MAX_CHUNKS - 1) / MAX_CHUNKS;
+  if (r.chunk < MG_PAR_GRAIN) r.chunk = MG_PAR_GRAIN;
+  int64_t nchunks = (n + r.chunk - 1) / r.chunk;
+  for (int64_t c = 0; c < nchunks; c++) {
+    if (dt == MG_F64) part[c] = init;
+    else ((float *)part)[c] = (float)init;
+  }
+  r.part = (char *)part;
+  mg_status st = mg_parallel_for(C, fn, nchunks, 1, chunk_range, &r);
+  if (st != MG_OK) return st;
+  char *p[2] = { it->ptr[0], r.part };       /* the partials, in order, into the output */
+  int64_t s[2] = { 0, 1 };
+  r.fn(nchunks, p, s, &r.kind);
+  return MG_OK;
+}
+
 /* Reduce into a new tensor; records op 'op' (with attr mask, keepdim). */
 static mg_status reduce(mg_ctx *C, int op, int kind, mg_tensor *x, uint32_t mask,
                         bool keepdim, mg_tensor **out) {
@@ -98,7 +163,7 @@ static mg_status reduce(mg_ctx *C, int op, int kind, mg_tensor *x, uint32_t mask
   mg_tensor *ops[2] = { y, x };
   mg_iter it;
   mg_iter_init(&it, x->ndim, x->shape, 2, ops);
-  if ((s = mg_iter_run(C, fn, &it, x->dtype == MG_F64 ? reduce_f64 : reduce_f32, &kind)) != MG_OK) {
+  if ((s = reduce_run(C, fn, &it, x->dtype, kind, init)) != MG_OK) {
     mg_tensor_release(y);
     return s;
   }

@@ -76,6 +76,7 @@ mg_status mg_tape_new(mg_ctx *C, bool persistent, bool watch_vars, mg_tape **out
   if (T == NULL) return mg_fail(C, MG_ENOMEM, "out of memory");
   T->refs = 1;
   T->ctx = C;
+  T->pool = C->pool;
   T->persistent = persistent;
   T->watch_vars = watch_vars;
   link_active(T);
@@ -95,20 +96,15 @@ static void node_clear(mg_node *n) {
 
 static size_t block_bytes(size_t b) { return ((size_t)MG_NODE_BLOCK0 << b) * sizeof(mg_node); }
 
-/* Node blocks: malloc while small; large ones on (huge) pages of their own. */
-static mg_node *block_new(size_t b) {
-  size_t n = block_bytes(b);
-  return n < ((size_t)1 << 20) ? malloc(n) : mg_pages_alloc(n);
-}
-
-static void block_free(mg_node *blk, size_t b) {
-  if (block_bytes(b) < ((size_t)1 << 20)) free(blk);
-  else mg_pages_free(blk, block_bytes(b));
+/* Node blocks come from the pool's cache of large blocks (huge pages from 2 MiB on), so that
+** the next tape reuses them warm. */
+static mg_node *block_new(mg_tape *T, size_t b) {
+  return mg_pool_block_get(T->pool, block_bytes(b), &T->blockcap[b]);
 }
 
 static void drop_nodes(mg_tape *T) {
   for (size_t i = 0; i < T->n; i++) node_clear(mg_tape_node(T, i));
-  for (size_t b = 0; b < T->nblocks; b++) block_free(T->blocks[b], b);
+  for (size_t b = 0; b < T->nblocks; b++) mg_pool_block_put(T->pool, T->blocks[b], T->blockcap[b]);
   T->n = T->nblocks = 0;
 }
 
@@ -207,7 +203,7 @@ static mg_status record_on(mg_tape *T, int op, int nin, mg_tensor *const *in, in
                            const mg_attr *attr) {
   if (T->n == MG_NODE_BLOCK0 * (((size_t)1 << T->nblocks) - 1)) {   /* full: a new block */
     if (T->nblocks == sizeof T->blocks / sizeof T->blocks[0]) return MG_ENOMEM;
-    if ((T->blocks[T->nblocks] = block_new(T->nblocks)) == NULL) return MG_ENOMEM;
+    if ((T->blocks[T->nblocks] = block_new(T, T->nblocks)) == NULL) return MG_ENOMEM;
     T->nblocks++;
   }
   mg_node *n = mg_tape_node(T, T->n);

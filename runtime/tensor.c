@@ -62,8 +62,9 @@ int64_t mg_shape_numel(int ndim, const int64_t *shape) {
   for (int i = 0; i < ndim; i++) {
     if (shape[i] < 0) return -1;
     if (shape[i] == 0) { empty = true; continue; }   /* the other sizes still make strides */
-    if (n > INT64_MAX / 8 / shape[i]) return -1;     /* keep bytes and strides in range */
-    n *= shape[i];
+    int64_t m;                                       /* keep bytes and strides in range */
+    if (__builtin_mul_overflow(n, shape[i], &m) || m > INT64_MAX / 8) return -1;
+    n = m;
   }
   return empty ? 0 : n;
 }
@@ -164,19 +165,28 @@ static mg_status check_shape(mg_ctx *C, const char *fn, int ndim, const int64_t 
 
 mg_status mg_tensor_empty(mg_ctx *C, mg_dtype dt, int ndim, const int64_t *shape,
                           mg_tensor **out) {
-  int64_t n, stride[MG_MAXDIM];
-  mg_status st = check_shape(C, NULL, ndim, shape, &n);
-  if (st != MG_OK) return st;
+  int64_t n = ndim >= 0 && ndim <= MG_MAXDIM ? mg_shape_numel(ndim, shape) : -1;
+  if (n < 0) return check_shape(C, NULL, ndim, shape, &n);     /* sets the message */
   mg_storage *s = storage_new(C, (size_t)n * mg_dtype_size(dt));
   if (s == NULL) {
     char b[128];
     return mg_fail(C, MG_ENOMEM, "out of memory allocating a %s tensor of shape %s (%lld elements)",
                    mg_dtype_name(dt), mg_shapestr(b, sizeof b, ndim, shape), (long long)n);
   }
-  mg_contiguous_strides(ndim, shape, stride);
-  mg_tensor *t = mg_view_new(C, s, dt, ndim, shape, stride, 0);
-  storage_release(s);
-  if (t == NULL) return mg_fail(C, MG_ENOMEM, "out of memory");
+  mg_tensor *t = mg_pool_small_get(C->pool, MG_SMALL_TENSOR);   /* mg_view_new, inlined */
+  if (t == NULL) {
+    storage_release(s);
+    return mg_fail(C, MG_ENOMEM, "out of memory");
+  }
+  t->refs = 1;
+  t->dtype = dt;
+  t->ndim = ndim;
+  t->flags = 0;
+  t->offset = 0;
+  t->storage = s;                       /* takes storage_new's reference */
+  t->name = NULL;
+  if (ndim > 0) memcpy(t->shape, shape, (size_t)ndim * sizeof *shape);
+  mg_contiguous_strides(ndim, shape, t->stride);
   *out = t;
   return MG_OK;
 }

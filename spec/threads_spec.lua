@@ -1,0 +1,84 @@
+-- Threads (parallel.c): elementwise kernels and reductions above the size threshold give the
+-- same numbers on 1, 2 and 3 threads (elementwise: every element computed the same way;
+-- sum/max/min: split along an output dim or fixed chunks combined in order), and agree with a
+-- float64 reference within float32 rounding; mg.set_num_threads sets the state's count.
+local mg = require "moongrad"
+local support = require "support"
+
+local F64, raises = support.F64, support.raises
+
+local saved
+before_each(function() saved = mg.get_num_threads() end)
+after_each(function() mg.set_num_threads(saved) end)
+
+-- Whether 'a' and 'b' hold the same numbers (NaN equal to NaN) in the same shape.
+local function identical(a, b)
+  if mg.shapestr(a) ~= mg.shapestr(b) or a.dtype ~= b.dtype then return false end
+  local both_nan = mg.ne(a, a) * mg.ne(b, b)
+  local differ = mg.ne(a, b) - both_nan
+  return differ:sum():item() == 0
+end
+
+-- Every kernel family on operands big enough to be shared out (700 x 300 = 210,000 elements).
+local function results(dtype)
+  mg.manual_seed(7)
+  local x = mg.randn(700, 300, { dtype = dtype })
+  local col, row = mg.randn(700, 1, { dtype = dtype }), mg.randn(1, 300, { dtype = dtype })
+  local xt = x:transpose(1, 2)
+  return {
+    col + row, x * x, mg.exp(xt), mg.tanh(x:narrow(2, 2, 250)), x / 3, 2 - x,
+    mg.where(mg.gt(x, 0), x, col), x:clamp(-0.5, 0.5),
+    x:sum(), x:sum(1), x:sum(2), xt:sum(1), x:max(), xt:min(2), x:mean(), x:var(2),
+  }
+end
+
+describe("kernels on several threads", function()
+  for _, dtype in ipairs { "float32", "float64" } do
+    it("give the numbers of one thread (" .. dtype .. ")", function()
+      mg.set_num_threads(1)
+      local ref = results(dtype)
+      for _, n in ipairs { 2, 3 } do
+        mg.set_num_threads(n)
+        local got = results(dtype)
+        assert.are.equal(#ref, #got)
+        for k = 1, #ref do
+          assert.is_true(identical(ref[k], got[k]),
+                         ("result %d differs on %d threads (%s)"):format(k, n, dtype))
+        end
+      end
+    end)
+  end
+
+  it("sum within float32 rounding of a float64 reference", function()
+    mg.manual_seed(3)
+    local x = mg.rand(1000, 500)                       -- 500,000 elements in [0, 1)
+    local ref = x:to("float64")
+    for _, n in ipairs { 1, 2 } do
+      mg.set_num_threads(n)
+      local s, r = x:sum():item(), ref:sum():item()
+      assert.is_true(math.abs(s - r) <= 1e-6 * r, ("sum %g against %g"):format(s, r))
+      local cols = (x:sum(1):to("float64") - ref:sum(1)):abs():max():item()
+      -- 1000 float32 additions of values in [0, 1): the bound n eps sum = 1000 2^-24 1000
+      assert.is_true(cols <= 1000 * 2 ^ -24 * 1000, "column sums off by " .. cols)
+      assert.are.equal(ref:max():item(), x:max():to("float64"):item())
+    end
+  end)
+
+  it("cover every element of a large broadcast", function()
+    mg.set_num_threads(2)
+    local a = mg.arange(600, F64):reshape(600, 1)
+    local b = mg.arange(400, F64):reshape(1, 400) * 1000
+    local y = a + b                                    -- element (i, j) = i + 1000 j, 0-based
+    assert.are.equal(400 * 179700 + 600 * 1000 * 79800, y:sum():item())
+    assert.are.equal(599 + 399000, y:max():item())
+    assert.are.equal(0, y:min():item())
+    assert.are.equal(1234, y[235][2]:item())
+  end)
+end)
+
+describe("mg.set_num_threads", function()
+  it("rejects counts outside 1..1024", function()
+    raises(function() mg.set_num_threads(0) end, "thread count must be in 1..1024")
+    raises(function() mg.set_num_threads(1025) end, "thread count must be in 1..1024")
+  end)
+end)
