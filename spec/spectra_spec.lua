@@ -104,6 +104,52 @@ describe("mg.lyapunov", function()
     assert_close(each.exponents, every.exponents, 1e-9)
   end)
 
+  it("a float32 GRUCell takes the C path (runtime/lyapunov.c), equal to the vectorized JVP", function()
+    mg.manual_seed(9)
+    -- B = 3 and 19: lanes padded (the QR runs 16 trajectories at a time); k = 128: LAPACK's QR
+    for _, c in ipairs { { B = 3, N = 5, k = 5, T = 25 }, { B = 19, N = 20, k = 6, T = 12, warmup = 4 },
+                         { B = 2, N = 7, k = 3, T = 20, reortho_every = 3, backwards = true },
+                         { B = 2, N = 130, k = 128, T = 3 } } do
+      local what = string.format("B=%d N=%d k=%d", c.B, c.N, c.k)
+      local cell = nn.GRUCell(4, c.N)
+      mg.no_grad(function() cell.bias:assign(mg.randn(2, 3 * c.N) * 0.3) end)
+      local x = mg.randn(c.B, c.T, 4)
+      local Q0 = mg.linalg.qr(mg.randn(c.B, c.N, c.k))
+      local opts = { k = c.k, Q0 = Q0, warmup = c.warmup, reortho_every = c.reortho_every }
+      local got = nn.RNN(cell, { go_backwards = c.backwards }):lyapunov(x, opts)
+      local xs = c.backwards and x:flip(2) or x
+      local step = function(xt, h) return cell:step(xt, h) end       -- mg.gru_cell's JVP rule
+      local want = mg.lyapunov(step, mg.zeros(c.B, c.N), xs, opts)
+      assert_close(want.exponents, got.exponents, 2e-6, what)
+      assert_close(want.history, got.history, 2e-6, what .. " history")
+      -- it was the C path: one of its two ways of pushing the tangents (the Jacobian formed,
+      -- or the tangents through U) gives these very numbers, the other the same to rounding
+      local warmup, every, exact = c.warmup or 0, c.reortho_every or 1, 0
+      for mode = 1, 2 do
+        local sum, hist = mg._linalg.lyapunov_gru(x, mg.zeros(c.B, c.N), cell.kernel, cell.recurrent_kernel,
+                                                  cell.bias, Q0, warmup, c.T - warmup, every, c.backwards, mode)
+        local ex = (sum / (c.T - warmup)):totable()
+        for _, row in ipairs(ex) do table.sort(row, function(a, b) return a > b end) end
+        assert_close(mg.tensor(ex), got.exponents, 2e-6, what .. " mode " .. mode)
+        assert_close(hist, got.history, 2e-6, what .. " mode " .. mode)
+        if support.maxdiff(mg.tensor(ex), got.exponents) == 0 and support.maxdiff(hist, got.history) == 0 then
+          exact = exact + 1
+        end
+      end
+      assert.is_true(exact >= 1, what .. ": rnn:lyapunov did not take the C path")
+    end
+    -- not for float64, other activations, reset_after = false: the generic path, same numbers
+    local x = mg.randn(2, 10, 3)
+    for _, cell in ipairs { nn.GRUCell(3, 4, { reset_after = false }), nn.GRUCell(3, 4, { activation = "relu" }) } do
+      local Q0 = mg.linalg.qr(mg.randn(2, 4, 4))
+      local got = nn.RNN(cell):lyapunov(x, { Q0 = Q0 })
+      local want = mg.lyapunov(function(xt, h) local _, s = cell(xt, { h }) return s[1] end, mg.zeros(2, 4), x, { Q0 = Q0 })
+      assert_close(want.exponents, got.exponents, 0)
+    end
+    raises(function() mg._linalg.lyapunov_gru(x, mg.zeros(2, 4), mg.zeros(3, 12), mg.zeros(4, 12), mg.zeros(2, 12),
+                                              mg.zeros(2, 5, 2), 0, 10, 1) end, "lyapunov", "Q0 has shape (2,5,2)")
+  end)
+
   it("errors name the function and the value", function()
     local step = function(_, h) return h end
     raises(function() mg.lyapunov(42, randn(2, 3), nil, { steps = 3 }) end, "lyapunov", "step must be a function")

@@ -6,7 +6,7 @@
 -- and the pictures mg.plot_spectrum and mg.plot_spectrum_bands.
 local mg = require "moongrad"
 
-local ipairs, math, pairs, table, type = ipairs, math, pairs, table, type
+local ipairs, math, pairs, rawget, table, type = ipairs, math, pairs, rawget, table, type
 local debug = debug
 local _ENV = nil
 
@@ -93,8 +93,10 @@ local function to_lead(Q) return Q:permute(3, 1, 2):contiguous() end
 local function from_lead(D) return D:permute(2, 3, 1) end
 
 -- lyapunov(step, h0, xs [, opts]): see docs/linalg.md. 'fn' names the caller in messages,
--- 'order' (t -> index into xs) reverses time for go_backwards layers.
-function spectra.lyapunov(step, h0, xs, opts, fn, order)
+-- 'order' (t -> index into xs) reverses time for go_backwards layers; 'fast' (from cell_run,
+-- for a built-in cell it applies to) runs the whole method in C:
+-- fast(z, Q0, warmup, steps, every) -> sum (B, k) of log|R_ii|, history (steps, k).
+function spectra.lyapunov(step, h0, xs, opts, fn, order, fast)
   fn = fn or "lyapunov"
   if type(step) ~= "function" and not (type(step) == "table" and (debug.getmetatable(step) or {}).__call) then
     raisef("%s: step must be a function, got %s", fn, describe(step))
@@ -116,6 +118,12 @@ function spectra.lyapunov(step, h0, xs, opts, fn, order)
     Q = mg.linalg.qr(mg.randn({ B, N, k }, { dtype = z.dtype }))
   elseif not mg.is_tensor(Q) or Q:dim() ~= 3 or Q:size(1) ~= B or Q:size(2) ~= N or Q:size(3) ~= k then
     raisef("%s: Q0 must be a (%d,%d,%d) tensor with orthonormal columns, got %s", fn, B, N, k, describe(Q))
+  end
+  local fsum, fhistory = nil, nil
+  if fast then fsum, fhistory = fast(z, Q, warmup, steps, every) end
+  if fsum then
+    local exponents = mg.tensor(sort_rows((fsum / steps):totable()), { dtype = z.dtype })
+    return { exponents = exponents, mean = exponents:mean(1), history = fhistory }
   end
   local tan = to_lead(Q:to(z.dtype))
   local eye = mg.eye(k, { dtype = z.dtype })
@@ -335,6 +343,25 @@ local function cell_step(cell)
   end
 end
 
+-- The C path of lyapunov for 'cell' when it applies (nil otherwise): a built-in GRUCell
+-- itself (not a subclass, no method replaced), reset_after, sigmoid and tanh, with a bias,
+-- x, the states and the weights all float32.
+local function gru_fast(cell, x, backwards)
+  local mt = debug.getmetatable(cell)
+  if not (mt and mt.__name == "GRUCell" and rawget(mt, "call") and rawget(cell, "call") == nil
+          and rawget(cell, "step") == nil and rawget(cell, "gates") == nil) then return nil end
+  if not (cell.reset_after and cell.bias and cell.activation_name == "tanh"
+          and cell.recurrent_activation_name == "sigmoid") then return nil end
+  for _, t in ipairs { x, cell.kernel, cell.recurrent_kernel, cell.bias } do
+    if t.dtype ~= "float32" then return nil end
+  end
+  return function(z, Q, warmup, steps, every)
+    if z.dtype ~= "float32" or Q.dtype ~= "float32" then return nil end
+    return mg._linalg.lyapunov_gru(x, z, cell.kernel, cell.recurrent_kernel, cell.bias, Q,
+                                   warmup, steps, every, backwards)
+  end
+end
+
 -- For rnn:lyapunov / cell:lyapunov ('what' = "lyapunov") and the jacobian_spectra methods:
 -- the cell's map over x (B, T, F) from opts.initial (default zero states); 'backwards'
 -- reverses time as go_backwards does.
@@ -347,7 +374,8 @@ function spectra.cell_run(what, fn, cell, x, opts, backwards)
   local order = backwards and function(t) return T - t + 1 end or nil
   local h0 = (opts or {}).initial or cell:initial_state(x:size(1))
   if mg.is_tensor(h0) then h0 = { h0 } end
-  return spectra[what](cell_step(cell), h0, x, o, fn, order)
+  local fast = what == "lyapunov" and gru_fast(cell, x, backwards) or nil
+  return spectra[what](cell_step(cell), h0, x, o, fn, order, fast)
 end
 
 ck.publish(spectra)       -- errors at the user's line, tracebacks from the public function
