@@ -232,38 +232,58 @@ end)
 
 local have_gnuplot = os.execute("command -v gnuplot >/dev/null 2>&1") == true
 
-describe("mg.plot_spectrum and mg.plot_spectrum_bands", function()
+describe("mg.plot.spectrum and mg.plot.spectrum_bands (alias mg.plot_spectrum, mg.plot_spectrum_bands)", function()
   local dir
   setup(function() dir = support.tmpdir() end)
   teardown(function() support.rmtree(dir) end)
   local it_g = have_gnuplot and it or function(name) pending(name .. " (gnuplot is not installed)") end
 
   it_g("spectrum draws each series sorted, one line per condition", function()
-    local path = mg.plot_spectrum({ mg.tensor { -0.5, 0.1, -2 }, { 1, 3, 2 } },
-      { labels = { "before", "after" }, title = "Lyapunov spectra", out = dir .. "/s.txt", width = 80, height = 20 })
+    local series = { mg.tensor { -0.5, 0.1, -2 }, { 1, 3, 2 } }
+    local o = { labels = { "before", "after" }, title = "Lyapunov spectra", width = 80, height = 20 }
+    o.out = dir .. "/s.txt"
+    local path = mg.plot.spectrum(series, o)
     assert.are.equal(dir .. "/s.txt", path)
     local s = support.read_file(path)
     for _, want in ipairs { "Lyapunov spectra", "before", "after", "i (descending)" } do
       assert.is_truthy(s:find(want, 1, true), want)
     end
+    o.out = dir .. "/alias.txt"                               -- the first name draws the same
+    assert.are.equal(s, support.read_file(mg.plot_spectrum(series, o)))
+    o.out, o.width, o.height = dir .. "/s.png", nil, nil
+    local png = support.read_file(mg.plot.spectrum(series, o))
+    assert.are.equal("\137PNG", png:sub(1, 4))
+    assert.is_true(#png > 2000, "a PNG of " .. #png .. " bytes")
   end)
 
   it_g("spectrum_bands draws the quantiles of each row of jacobian_spectra's singular values", function()
     local W = randn(4, 4) * 0.5
     local js = mg.jacobian_spectra(function(_, h) return h:matmul(W) end, randn(2, 4), nil, { steps = 5 })
-    local path = mg.plot_spectrum_bands(js.singular_values, { out = dir .. "/b.txt", width = 80, height = 20 })
+    local path = mg.plot.spectrum_bands(js.singular_values, { out = dir .. "/b.txt", width = 80, height = 20 })
     local s = support.read_file(path)
     for _, want in ipairs { "min", "median", "max", "log10 value" } do assert.is_truthy(s:find(want, 1, true), want) end
+    local alias = mg.plot_spectrum_bands(js.singular_values, { out = dir .. "/b2.txt", width = 80, height = 20 })
+    assert.are.equal(s, support.read_file(alias))
+    local png = support.read_file(mg.plot.spectrum_bands(js.singular_values, { out = dir .. "/b.png" }))
+    assert.are.equal("\137PNG", png:sub(1, 4))
+    assert.is_true(#png > 2000, "a PNG of " .. #png .. " bytes")
   end)
 
   it("errors name the function", function()
-    raises(function() mg.plot_spectrum({}) end, "plot_spectrum", "non-empty")
-    raises(function() mg.plot_spectrum({ randn(2, 2, 2) }) end, "plot_spectrum", "series 1", "1-d")
-    raises(function() mg.plot_spectrum_bands(mg.zeros(3, 2)) end, "plot_spectrum_bands", "positive")
-    raises(function() mg.plot_spectrum_bands(randn(3, 2), { quantiles = { 2 } }) end, "quantile 1", "[0, 1]")
-    raises(function() mg.plot_spectrum_bands(randn(3, 2), { x = { 1 } }) end, "x must be an array of 3")
+    raises(function() mg.plot.spectrum({}) end, "plot.spectrum", "nothing to plot")
+    raises(function() mg.plot.spectrum({ randn(2, 2, 2) }) end, "plot.spectrum", "'series'[1]", "1-d or 2-d")
+    raises(function() mg.plot.spectrum({ 1, 0 / 0 }) end, "plot.spectrum", "series 1 has NaN")
+    raises(function() mg.plot.spectrum({ 1, 2 }, { styles = { "bars" } }) end, "plot.spectrum", "styles")
+    raises(function() mg.plot.spectrum({ 1, -2 }, { logy = true }) end, "plot.spectrum", "positive")
+    raises(function() mg.plot_spectrum({ { 1 }, { 2 } }, { labels = { "a" } }) end, "plot.spectrum", "2 names")
+    raises(function() mg.plot.spectrum_bands(mg.zeros(3, 2)) end, "plot.spectrum_bands", "positive")
+    raises(function() mg.plot.spectrum_bands(randn(3, 2), { quantiles = { 2 } }) end, "quantiles'[1]", "[0, 1]")
+    raises(function() mg.plot.spectrum_bands(randn(3, 2), { x = { 1 } }) end, "option 'x'", "3 values")
+    raises(function() mg.plot.spectrum_bands(randn(3)) end, "plot.spectrum_bands", "(K, ...)")
+    raises(function() mg.plot.spectrum_bands(randn(3, 2), { bins = 3 }) end, "plot.spectrum_bands", "bins")
   end)
 end)
+
 
 ---------------------------------------------------------------- Newman (1986)
 
