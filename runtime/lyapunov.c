@@ -8,36 +8,62 @@
 ** the Jacobian dh'_j/dh_l is  J[l, j] = U_z[l, j] cz_j + U_r[l, j] cr_j + U_h[l, j] ch_j
 ** + [l = j] z_j  with  cz = z (1 - z) (h - hh),  cr = (1 - z)(1 - hh^2) m_h r (1 - r),
 ** ch = (1 - z)(1 - hh^2) r: the recurrent kernel's three blocks with their columns scaled.
-** The k tangents of a trajectory are the rows of a (k, N) matrix T (so the columns of the
-** column-major N x k matrix LAPACK sees), pushed through as T J, two ways that give the same
-** numbers up to rounding:
-**   explicit  J formed (3 N^2 per trajectory), then one (k, N) x (N, N) GEMM: k N^2 each;
-**   direct    P = T U for every trajectory in one (B k, N) x (N, 3N) GEMM (3 k N^2 each),
-**             then T' = P_z cz + P_r cr + P_h ch + T z.
-** Then geqrf + orgqr in place (the same LAPACK calls and signs as mg.linalg.qr), log|R_ii|
-** summed. The generic path (any step function, a vectorized JVP per step) is
+** The k tangents of a trajectory are the rows of a (k, N) matrix T (the columns of the
+** column-major N x k matrix LAPACK sees), pushed through as T J with J formed (3 N^2 per
+** trajectory, against 3 k N^2 for the k JVPs through U), then re-orthonormalized by
+** Householder's QR with LAPACK's arithmetic and signs (those of mg.linalg.qr), log|R_ii| summed.
+** Two ways, the same numbers up to rounding:
+**   lanes (k < 128)  16 trajectories at once, one per lane of a 16-float vector: J formed a
+**                    few columns at a time and applied with register-blocked FMAs, and the
+**                    QR unblocked, every operation 16 trajectories wide (at these sizes the
+**                    per-call overhead of BLAS and LAPACK's unblocked QR took the time);
+**   per trajectory   J formed, one (k, N) x (N, N) GEMM, LAPACK's blocked geqrf + orgqr.
+** The generic path (any step function, a vectorized JVP per step) is
 ** bindings/moongrad/spectra.lua; spec/spectra_spec.lua checks the two agree.
 */
 #include "mg_impl.h"
+#include "fastmath.h"
 
 #include <lapacke.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+/* The vector loops below are compiled for AVX-512 and AVX2 too, picked at load time, with
+** a * b + c fused (ISO C mode leaves it unfused). */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
-#define MG_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define MG_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), \
+                                 optimize("fp-contract=fast")))
 #else
 #define MG_CLONES
 #endif
 
-static double sigm(double v) { return v >= 0 ? 1 / (1 + exp(-v)) : exp(v) / (1 + exp(v)); }
-
 /* Scratch of one run, allocated once. */
 typedef struct {
-  float *h, *mx, *mh, *cz, *cr, *ch, *zz, *T, *A, *P, *J, *tau, *beta, *X, *sum, *row;
+  float *h, *mx, *mh, *cz, *cr, *ch, *zz, *T, *A, *J, *tau, *beta, *X, *sum, *row;
+  float *TL, *AL, *cl, *Jb;   /* the lanes way: tangents, coefficients (4 x N x LANES), J block */
   double *acc;
 } scratch;
+
+/* The gates of one trajectory from a = x_t W (3N) and m = h U (3N): h <- h', and the
+** coefficients of its Jacobian. float32 with fastmath.h's vectorized sigmoid and tanh (about
+** 2 ulp; mg.gru_cell computes them in float64 and rounds). */
+MG_CLONES static void gru_gates_f32(int64_t N, const float *a, const float *m, const float *bi,
+                                    const float *br, float *h, float *cz, float *cr, float *ch,
+                                    float *zz) {
+  for (int64_t j = 0; j < N; j++) {
+    float z = mg_sigmoidf(a[j] + bi[j] + m[j] + br[j]);
+    float r = mg_sigmoidf(a[N + j] + bi[N + j] + m[N + j] + br[N + j]);
+    float mh = m[2 * N + j] + br[2 * N + j];
+    float hh = mg_tanhf(a[2 * N + j] + bi[2 * N + j] + r * mh);
+    float g = (1 - z) * (1 - hh * hh);
+    cz[j] = z * (1 - z) * (h[j] - hh);
+    cr[j] = g * mh * r * (1 - r);
+    ch[j] = g * r;
+    zz[j] = z;
+    h[j] = z * h[j] + (1 - z) * hh;
+  }
+}
 
 /* One GRU step for every trajectory: h <- h', and the coefficients of its Jacobian. */
 static void gru_step_f32(int64_t B, int64_t F, int64_t N, const float *xt, int64_t ldx,
@@ -45,22 +71,11 @@ static void gru_step_f32(int64_t B, int64_t F, int64_t N, const float *xt, int64
   int64_t G = 3 * N;
   mg_gemm(MG_F32, false, false, B, G, F, 1, xt, ldx, W, G, 0, s->mx, G);
   mg_gemm(MG_F32, false, false, B, G, N, 1, s->h, N, U, G, 0, s->mh, G);
-  const float *bi = bias, *br = bias + G;
-  for (int64_t b = 0; b < B; b++)
-    for (int64_t j = 0; j < N; j++) {
-      const float *a = s->mx + b * G, *m = s->mh + b * G;
-      double z = sigm((double)a[j] + bi[j] + m[j] + br[j]);
-      double r = sigm((double)a[N + j] + bi[N + j] + m[N + j] + br[N + j]);
-      double mh = (double)m[2 * N + j] + br[2 * N + j];
-      double hh = tanh((double)a[2 * N + j] + bi[2 * N + j] + r * mh);
-      double h = s->h[b * N + j], g = (1 - z) * (1 - hh * hh);
-      int64_t o = b * N + j;
-      s->cz[o] = (float)(z * (1 - z) * (h - hh));
-      s->cr[o] = (float)(g * mh * r * (1 - r));
-      s->ch[o] = (float)(g * r);
-      s->zz[o] = (float)z;
-      s->h[o] = (float)(z * h + (1 - z) * hh);
-    }
+  for (int64_t b = 0; b < B; b++) {
+    int64_t o = b * N;
+    gru_gates_f32(N, s->mx + b * G, s->mh + b * G, bias, bias + G, s->h + o, s->cz + o, s->cr + o,
+                  s->ch + o, s->zz + o);
+  }
 }
 
 /* J (N, N) of one trajectory from the coefficients at 'o' (explicit way). */
@@ -72,18 +87,6 @@ MG_CLONES static void form_jacobian_f32(int64_t N, const float *U, const float *
     float *Jl = J + l * N;
     for (int64_t j = 0; j < N; j++) Jl[j] = u[j] * cz[j] + u[N + j] * cr[j] + u[2 * N + j] * ch[j];
     Jl[l] += zz[l];
-  }
-}
-
-/* A = P_z cz + P_r cr + P_h ch + T z for the k tangents of one trajectory (direct way). */
-MG_CLONES static void combine_f32(int64_t k, int64_t N, const float *P, const float *T,
-                                  const float *cz, const float *cr, const float *ch,
-                                  const float *zz, float *A) {
-  for (int64_t i = 0; i < k; i++) {
-    const float *p = P + i * 3 * N, *t = T + i * N;
-    float *a = A + i * N;
-    for (int64_t j = 0; j < N; j++)
-      a[j] = p[j] * cz[j] + p[N + j] * cr[j] + p[2 * N + j] * ch[j] + t[j] * zz[j];
   }
 }
 
@@ -99,16 +102,55 @@ MG_CLONES static void combine_f32(int64_t k, int64_t N, const float *P, const fl
 ** and signs, as mg.linalg.qr), written out. X becomes Q; log|R_jj| of lane l is added to
 ** logs[l * k + j]. Lanes past the batch hold the identity (their logs are 0). */
 #define LANES 16
+typedef float lanes_t __attribute__((vector_size(LANES * sizeof(float))));   /* GCC and Clang */
+/* The same at any float's address (an unaligned load or store), for lload and lstore. */
+typedef float lanes_at __attribute__((vector_size(LANES * sizeof(float)), aligned(4), may_alias));
+#define lload(p) (*(const lanes_at *)(p))
+#define lstore(p, v) (*(lanes_at *)(p) = (v))
 
 /* One reflector (v, tau) applied to tangent row a, both from component j on. */
 static inline void reflect_lanes(int64_t j, int64_t N, const float *v, const float *tau, float *a) {
-  float w[LANES];
-  for (int l = 0; l < LANES; l++) w[l] = a[j * LANES + l];
-  for (int64_t i = j + 1; i < N; i++)
-    for (int l = 0; l < LANES; l++) w[l] += v[i * LANES + l] * a[i * LANES + l];
-  for (int l = 0; l < LANES; l++) { w[l] *= tau[l]; a[j * LANES + l] -= w[l]; }
-  for (int64_t i = j + 1; i < N; i++)
-    for (int l = 0; l < LANES; l++) a[i * LANES + l] -= w[l] * v[i * LANES + l];
+  lanes_t w = lload(a + j * LANES), t = lload(tau);
+  for (int64_t i = j + 1; i < N; i++) w += lload(v + i * LANES) * lload(a + i * LANES);
+  w *= t;
+  lstore(a + j * LANES, lload(a + j * LANES) - w);
+  for (int64_t i = j + 1; i < N; i++) lstore(a + i * LANES, lload(a + i * LANES) - w * lload(v + i * LANES));
+}
+
+/* The same for the 4 rows a, a + row, a + 2 row, a + 3 row: independent sums, so the dot
+** products are not one chain of dependent additions. */
+static inline void reflect4_lanes(int64_t j, int64_t N, const float *v, const float *tau,
+                                  float *a, int64_t row) {
+  float *a0 = a, *a1 = a + row, *a2 = a + 2 * row, *a3 = a + 3 * row;
+  lanes_t w0 = lload(a0 + j * LANES), w1 = lload(a1 + j * LANES), w2 = lload(a2 + j * LANES),
+          w3 = lload(a3 + j * LANES), t = lload(tau);
+  for (int64_t i = j + 1; i < N; i++) {
+    lanes_t vi = lload(v + i * LANES);
+    w0 += vi * lload(a0 + i * LANES);
+    w1 += vi * lload(a1 + i * LANES);
+    w2 += vi * lload(a2 + i * LANES);
+    w3 += vi * lload(a3 + i * LANES);
+  }
+  w0 *= t, w1 *= t, w2 *= t, w3 *= t;
+  lstore(a0 + j * LANES, lload(a0 + j * LANES) - w0);
+  lstore(a1 + j * LANES, lload(a1 + j * LANES) - w1);
+  lstore(a2 + j * LANES, lload(a2 + j * LANES) - w2);
+  lstore(a3 + j * LANES, lload(a3 + j * LANES) - w3);
+  for (int64_t i = j + 1; i < N; i++) {
+    lanes_t vi = lload(v + i * LANES);
+    lstore(a0 + i * LANES, lload(a0 + i * LANES) - w0 * vi);
+    lstore(a1 + i * LANES, lload(a1 + i * LANES) - w1 * vi);
+    lstore(a2 + i * LANES, lload(a2 + i * LANES) - w2 * vi);
+    lstore(a3 + i * LANES, lload(a3 + i * LANES) - w3 * vi);
+  }
+}
+
+/* Reflector j applied to rows j + 1 .. k - 1 of X. */
+static inline void reflect_rows(int64_t j, int64_t N, int64_t k, const float *v, const float *tau,
+                                float *X, int64_t row) {
+  int64_t c = j + 1;
+  for (; c + 4 <= k; c += 4) reflect4_lanes(j, N, v, tau, X + c * row, row);
+  for (; c < k; c++) reflect_lanes(j, N, v, tau, X + c * row);
 }
 
 MG_CLONES static void householder_lanes_f32(int64_t N, int64_t k, float *X, float *tau,
@@ -129,17 +171,85 @@ MG_CLONES static void householder_lanes_f32(int64_t N, int64_t k, float *X, floa
     }
     for (int64_t i = j + 1; i < N; i++)
       for (int l = 0; l < LANES; l++) v[i * LANES + l] *= sc[l];
-    for (int64_t c = j + 1; c < k; c++) reflect_lanes(j, N, v, t, X + c * row);
+    reflect_rows(j, N, k, v, t, X, row);
   }
   for (int64_t j = k - 1; j >= 0; j--) {               /* org2r: Q = H_0 ... H_(k-1) E */
     float *v = X + j * row, *t = tau + j * LANES;
-    for (int64_t c = j + 1; c < k; c++) reflect_lanes(j, N, v, t, X + c * row);
+    reflect_rows(j, N, k, v, t, X, row);
     for (int64_t i = j + 1; i < N; i++)
       for (int l = 0; l < LANES; l++) v[i * LANES + l] *= -t[l];
     for (int l = 0; l < LANES; l++) v[j * LANES + l] = 1 - t[l];
     for (int64_t i = 0; i < j; i++)
       for (int l = 0; l < LANES; l++) v[i * LANES + l] = 0;
   }
+}
+
+/* AL = TL J for the 16 trajectories of a group, lanes as in householder_lanes_f32 (TL, AL:
+** k x N x LANES; the coefficients N x LANES): AL[c][j] = sum_i TL[c][i] J[i][j] with
+** J[i][j] = U[i][j] cz[j] + U[i][N + j] cr[j] + U[i][2N + j] ch[j] + [i = j] zz[j], formed
+** JB columns at a time into Jb (N x JB x LANES floats, in cache) and applied CB tangents at a
+** time, the CB x JB lane vectors of AL summed in registers. */
+#define JB 4
+#define CB 4
+MG_CLONES static void tangents_lanes_f32(int64_t N, int64_t k, const float *U, const float *cz,
+                                         const float *cr, const float *ch, const float *zz,
+                                         const float *TL, float *AL, float *Jb) {
+  const int64_t G = 3 * N;
+  for (int64_t j0 = 0; j0 < N; j0 += JB) {
+    int64_t jb = N - j0 < JB ? N - j0 : JB;
+    lanes_t vz[JB], vr[JB], vh[JB];
+    for (int64_t q = 0; q < jb; q++) {
+      vz[q] = lload(cz + (j0 + q) * LANES);
+      vr[q] = lload(cr + (j0 + q) * LANES);
+      vh[q] = lload(ch + (j0 + q) * LANES);
+    }
+    for (int64_t i = 0; i < N; i++) {
+      const float *u = U + i * G + j0;
+      for (int64_t q = 0; q < jb; q++) {
+        lstore(Jb + (i * JB + q) * LANES, u[q] * vz[q] + u[N + q] * vr[q] + u[2 * N + q] * vh[q]);
+      }
+    }
+    for (int64_t q = 0; q < jb; q++)
+      for (int l = 0; l < LANES; l++) Jb[((j0 + q) * JB + q) * LANES + l] += zz[(j0 + q) * LANES + l];
+    int64_t c0 = 0;
+    if (jb == JB)
+      for (; c0 + CB <= k; c0 += CB) {
+        lanes_t acc[CB][JB];
+#pragma GCC unroll 4
+        for (int c = 0; c < CB; c++)
+#pragma GCC unroll 4
+          for (int q = 0; q < JB; q++) acc[c][q] = (lanes_t){ 0 };
+        for (int64_t i = 0; i < N; i++) {
+          lanes_t jr[JB];
+#pragma GCC unroll 4
+          for (int q = 0; q < JB; q++) jr[q] = lload(Jb + (i * JB + q) * LANES);
+#pragma GCC unroll 4
+          for (int c = 0; c < CB; c++) {
+            lanes_t t = lload(TL + ((c0 + c) * N + i) * LANES);
+#pragma GCC unroll 4
+            for (int q = 0; q < JB; q++) acc[c][q] += t * jr[q];
+          }
+        }
+#pragma GCC unroll 4
+        for (int c = 0; c < CB; c++)
+#pragma GCC unroll 4
+          for (int q = 0; q < JB; q++) lstore(AL + ((c0 + c) * N + j0 + q) * LANES, acc[c][q]);
+      }
+    for (; c0 < k; c0++)                                 /* the tangents and columns left */
+      for (int64_t q = 0; q < jb; q++) {
+        float acc[LANES] = { 0 };
+        for (int64_t i = 0; i < N; i++)
+          for (int l = 0; l < LANES; l++) acc[l] += TL[(c0 * N + i) * LANES + l] * Jb[(i * JB + q) * LANES + l];
+        for (int l = 0; l < LANES; l++) AL[(c0 * N + j0 + q) * LANES + l] = acc[l];
+      }
+  }
+}
+
+/* The coefficients of trajectories b0 .. b0 + nl - 1 in lanes (dst[j][l] = src[(b0 + l) N + j]),
+** 'pad' in the lanes past them. */
+static void to_lanes_f32(int64_t N, int64_t b0, int64_t nl, const float *src, float pad, float *dst) {
+  for (int64_t j = 0; j < N; j++)
+    for (int64_t l = 0; l < LANES; l++) dst[j * LANES + l] = l < nl ? src[(b0 + l) * N + j] : pad;
 }
 
 /* QR of the B (k, N) tangent matrices in A (rows: tangents), in place, 16 at a time through
@@ -221,11 +331,14 @@ static mg_status check_gru(mg_ctx *C, const char *fn, mg_tensor *const *in, int6
 static mg_status alloc_scratch(mg_ctx *C, const char *fn, int64_t B, int64_t N, int64_t k,
                                int mode, scratch *s) {
   memset(s, 0, sizeof *s);
-  size_t BN = (size_t)(B * N), Bk = (size_t)(B * k);
+  bool lanes = mode == 2;
+  size_t BN = (size_t)(B * N), Bk = (size_t)(B * k), groups = (size_t)((B + LANES - 1) / LANES);
+  size_t kNL = (size_t)(k * N * LANES), tan = lanes ? groups * kNL : Bk * (size_t)N;
   float **f[] = { &s->h, &s->cz, &s->cr, &s->ch, &s->zz, &s->mx, &s->mh, &s->T, &s->A, &s->sum,
-                  &s->row, &s->tau, &s->beta, &s->X, &s->P, &s->J };
-  size_t n[] = { BN, BN, BN, BN, BN, 3 * BN, 3 * BN, Bk * N, Bk * N, Bk, (size_t)k, (size_t)k * LANES, (size_t)k * LANES,
-                 (size_t)(k * N * LANES), mode == 2 ? 3 * Bk * N : 1, mode == 1 ? (size_t)(N * N) : 1 };
+                  &s->row, &s->tau, &s->beta, &s->X, &s->J, &s->cl, &s->Jb };
+  size_t n[] = { BN, BN, BN, BN, BN, 3 * BN, 3 * BN, tan, tan, Bk, (size_t)k, (size_t)k * LANES,
+                 (size_t)k * LANES, lanes ? 1 : kNL, lanes ? 1 : (size_t)(N * N),
+                 lanes ? 4 * (size_t)N * LANES : 1, lanes ? (size_t)N * JB * LANES : 1 };
   for (size_t i = 0; i < sizeof n / sizeof n[0]; i++)
     if (!(*f[i] = calloc(n[i], sizeof(float)))) return mg_fail(C, MG_ENOMEM, "%s: out of memory", fn);
   if (!(s->acc = calloc((size_t)k, sizeof(double)))) return mg_fail(C, MG_ENOMEM, "%s: out of memory", fn);
@@ -234,15 +347,35 @@ static mg_status alloc_scratch(mg_ctx *C, const char *fn, int64_t B, int64_t N, 
 
 static void free_scratch(scratch *s) {
   float *f[] = { s->h, s->cz, s->cr, s->ch, s->zz, s->mx, s->mh, s->T, s->A, s->sum, s->row,
-                 s->tau, s->beta, s->X, s->P, s->J };
+                 s->tau, s->beta, s->X, s->J, s->cl, s->Jb };
   for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) free(f[i]);
   free(s->acc);
 }
 
-/* Which way to push the tangents: explicit J when it saves work over the direct GEMM. */
-static int pick_mode(int64_t N, int64_t k) {
-  (void)N;
-  return k >= 4 ? 1 : 2;
+/* Which way: the lanes (16 trajectories in vector lanes for the Jacobian product and the QR)
+** below k = 128, from there each trajectory's Jacobian, a GEMM and LAPACK's blocked QR. */
+static int pick_mode(int64_t k) { return k < QR_BLOCKED ? 2 : 1; }
+
+/* One step of the lanes way for every group: T <- QR(T J) (or T J alone when !qr). */
+static void step_lanes_f32(int64_t B, int64_t N, int64_t k, const float *U, bool qr,
+                           float *sum, scratch *s) {
+  int64_t kNL = k * N * LANES;
+  for (int64_t b0 = 0, g = 0; b0 < B; b0 += LANES, g++) {
+    int64_t nl = B - b0 < LANES ? B - b0 : LANES;
+    float *cz = s->cl, *cr = cz + N * LANES, *ch = cr + N * LANES, *zz = ch + N * LANES;
+    to_lanes_f32(N, b0, nl, s->cz, 0, cz);             /* past the batch: J = I */
+    to_lanes_f32(N, b0, nl, s->cr, 0, cr);
+    to_lanes_f32(N, b0, nl, s->ch, 0, ch);
+    to_lanes_f32(N, b0, nl, s->zz, 1, zz);
+    float *TL = s->T + g * kNL, *AL = s->A + g * kNL;
+    tangents_lanes_f32(N, k, U, cz, cr, ch, zz, TL, AL, s->Jb);
+    if (!qr) continue;
+    householder_lanes_f32(N, k, AL, s->tau, s->beta);
+    if (sum)
+      for (int64_t l = 0; l < nl; l++)
+        for (int64_t j = 0; j < k; j++)
+          sum[(b0 + l) * k + j] += (float)log(fabs((double)s->beta[j * LANES + l]));
+  }
 }
 
 mg_status mg_lyapunov_gru(mg_ctx *C, mg_tensor *x, mg_tensor *h0, mg_tensor *W, mg_tensor *U,
@@ -261,7 +394,7 @@ mg_status mg_lyapunov_gru(mg_ctx *C, mg_tensor *x, mg_tensor *h0, mg_tensor *W, 
                  fn, (long long)warmup, (long long)steps, (long long)every, (long long)T);
   if (st == MG_OK && (mode < 0 || mode > 2)) st = mg_fail(C, MG_EARG, "%s: bad mode %d", fn, mode);
   if (st != MG_OK) return st;
-  if (mode == 0) mode = pick_mode(N, k);
+  if (mode == 0) mode = pick_mode(k);
   mg_no_grad_enter(C);
   for (int i = 0; i < 6 && st == MG_OK; i++) st = mg_tensor_contiguous(C, in[i], &c[i]);
   mg_no_grad_exit(C);
@@ -274,32 +407,31 @@ mg_status mg_lyapunov_gru(mg_ctx *C, mg_tensor *x, mg_tensor *h0, mg_tensor *W, 
   const float *q0 = MG_F32P(c[5]);
   float *hist_p = MG_F32P(hist);
   memcpy(s.h, MG_F32P(c[1]), sizeof(float) * (size_t)(B * N));
-  for (int64_t bb = 0; bb < B; bb++)                   /* T_b = Q0_b^T: tangents as rows */
-    for (int64_t i = 0; i < N; i++)
-      for (int64_t j = 0; j < k; j++) s.T[(bb * k + j) * N + i] = q0[(bb * N + i) * k + j];
+  for (int64_t bb = 0; bb < (mode == 2 ? (B + LANES - 1) / LANES * LANES : B); bb++)
+    for (int64_t i = 0; i < N; i++)                    /* T_b = Q0_b^T: tangents as rows */
+      for (int64_t j = 0; j < k; j++) {
+        float v = bb < B ? q0[(bb * N + i) * k + j] : (i == j ? 1.0f : 0.0f);
+        if (mode == 2) s.T[((bb / LANES * k + j) * N + i) * LANES + bb % LANES] = v;
+        else s.T[(bb * k + j) * N + i] = v;
+      }
   int64_t counted = 0, since = 0;
   for (int64_t t = 1; t <= warmup + steps && st == MG_OK; t++) {
     int64_t ti = backwards ? T - t : t - 1;
-    if (mode == 2)   /* before the step overwrites h: P = T U for every trajectory at once */
-      mg_gemm(MG_F32, false, false, B * k, 3 * N, N, 1, s.T, N, Up, 3 * N, 0, s.P, 3 * N);
     gru_step_f32(B, F, N, xs + ti * F, T * F, Wp, Up, bp, &s);
-    for (int64_t bb = 0; bb < B; bb++) {
-      const int64_t o = bb * N;
-      float *Tb = s.T + bb * k * N, *Ab = s.A + bb * k * N;
-      if (mode == 1) {
+    bool count = t > warmup, qr = t % every == 0 || t == warmup + steps || t == warmup;
+    if (mode == 2) {
+      step_lanes_f32(B, N, k, Up, qr, count ? s.sum : NULL, &s);
+    } else {
+      for (int64_t bb = 0; bb < B; bb++) {
+        const int64_t o = bb * N;
         form_jacobian_f32(N, Up, s.cz + o, s.cr + o, s.ch + o, s.zz + o, s.J);
-        mg_gemm(MG_F32, false, false, k, N, N, 1, Tb, N, s.J, N, 0, Ab, N);
-      } else {
-        combine_f32(k, N, s.P + bb * k * 3 * N, Tb, s.cz + o, s.cr + o, s.ch + o, s.zz + o, Ab);
+        mg_gemm(MG_F32, false, false, k, N, N, 1, s.T + bb * k * N, N, s.J, N, 0, s.A + bb * k * N, N);
       }
+      if (qr && k < QR_BLOCKED) qr_batch_f32(B, N, k, s.A, s.X, s.tau, s.beta, count ? s.sum : NULL);
+      else if (qr) st = qr_lapack_f32(C, fn, B, N, k, s.A, s.tau, s.X, count ? s.sum : NULL);
     }
-    bool count = t > warmup;
     if (count) counted++, since++;
-    if (t % every == 0 || t == warmup + steps || t == warmup) {
-      if (k < QR_BLOCKED) qr_batch_f32(B, N, k, s.A, s.X, s.tau, s.beta, count ? s.sum : NULL);
-      else st = qr_lapack_f32(C, fn, B, N, k, s.A, s.tau, s.X, count ? s.sum : NULL);
-      since = 0;
-    }
+    if (qr) since = 0;
     float *tmp = s.T; s.T = s.A; s.A = tmp;            /* the new tangents */
     if (count) {
       int64_t done = counted - since;                 /* steps covered by the last QR */

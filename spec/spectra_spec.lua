@@ -120,18 +120,19 @@ describe("mg.lyapunov", function()
       local xs = c.backwards and x:flip(2) or x
       local step = function(xt, h) return cell:step(xt, h) end       -- mg.gru_cell's JVP rule
       local want = mg.lyapunov(step, mg.zeros(c.B, c.N), xs, opts)
-      assert_close(want.exponents, got.exponents, 2e-6, what)
-      assert_close(want.history, got.history, 2e-6, what .. " history")
-      -- it was the C path: one of its two ways of pushing the tangents (the Jacobian formed,
-      -- or the tangents through U) gives these very numbers, the other the same to rounding
+      -- to float32 rounding, which the QR amplifies by the spread of the exponents
+      assert_close(want.exponents, got.exponents, 1e-5, what)
+      assert_close(want.history, got.history, 1e-5, what .. " history")
+      -- it was the C path: one of its two ways (1: each trajectory's Jacobian, a GEMM, 2: 16
+      -- trajectories in vector lanes) gives these very numbers, the other the same to rounding
       local warmup, every, exact = c.warmup or 0, c.reortho_every or 1, 0
       for mode = 1, 2 do
         local sum, hist = mg._linalg.lyapunov_gru(x, mg.zeros(c.B, c.N), cell.kernel, cell.recurrent_kernel,
                                                   cell.bias, Q0, warmup, c.T - warmup, every, c.backwards, mode)
         local ex = (sum / (c.T - warmup)):totable()
         for _, row in ipairs(ex) do table.sort(row, function(a, b) return a > b end) end
-        assert_close(mg.tensor(ex), got.exponents, 2e-6, what .. " mode " .. mode)
-        assert_close(hist, got.history, 2e-6, what .. " mode " .. mode)
+        assert_close(mg.tensor(ex), got.exponents, 1e-5, what .. " mode " .. mode)
+        assert_close(hist, got.history, 1e-5, what .. " mode " .. mode)
         if support.maxdiff(mg.tensor(ex), got.exponents) == 0 and support.maxdiff(hist, got.history) == 0 then
           exact = exact + 1
         end
