@@ -17,13 +17,15 @@
 **                    few columns at a time and applied with register-blocked FMAs, and the
 **                    QR unblocked, every operation 16 trajectories wide (at these sizes the
 **                    per-call overhead of BLAS and LAPACK's unblocked QR took the time);
-**   per trajectory   J formed, one (k, N) x (N, N) GEMM, LAPACK's blocked geqrf + orgqr.
+**   per trajectory   J formed, one (k, N) x (N, N) GEMM, LAPACK's recursive geqrt3 and Q
+**                    from its compact WY form by one GEMM.
 ** The generic path (any step function, a vectorized JVP per step) is
 ** bindings/moongrad/spectra.lua; spec/spectra_spec.lua checks the two agree.
 */
 #include "mg_impl.h"
 #include "fastmath.h"
 
+#include <cblas.h>
 #include <lapacke.h>
 #include <math.h>
 #include <stdlib.h>
@@ -276,21 +278,35 @@ static void qr_batch_f32(int64_t B, int64_t N, int64_t k, float *A, float *X, fl
   }
 }
 
-/* From this many tangents on, LAPACK's blocked geqrf + orgqr (GEMM-rich from k = 128, its
-** crossover) beat the interleaved unblocked code above. */
+/* From this many tangents on, LAPACK's recursive QR (GEMM-rich) beats the lanes' unblocked
+** code above. */
 #define QR_BLOCKED 128
 
-/* The same QR through LAPACK, one trajectory at a time; 'work' holds k * N * LANES floats. */
+/* The same QR through LAPACK, one trajectory at a time: its recursive compact-WY geqrt3,
+** A = (I - V Tm V^T) [R; 0], so Q = E - V (Tm V1^T) with E the first k columns of the
+** identity and V1 the unit lower k x k top of V: a triangular product and one GEMM, where
+** orgqr takes 12% longer at k = N = 256. 'work' holds k * N * LANES floats. */
 static mg_status qr_lapack_f32(mg_ctx *C, const char *fn, int64_t B, int64_t N, int64_t k,
-                               float *A, float *tau, float *work, float *sum) {
-  lapack_int n = (lapack_int)N, kk = (lapack_int)k, lw = (lapack_int)(k * N * LANES);
+                               float *A, float *work, float *sum) {
+  lapack_int n = (lapack_int)N, kk = (lapack_int)k;
+  float *Tm = work, *Q = work + k * k;
   for (int64_t b = 0; b < B; b++) {
     float *a = A + b * k * N;
-    lapack_int info = LAPACKE_sgeqrf_work(LAPACK_COL_MAJOR, n, kk, a, n, tau, work, lw);
-    if (info == 0 && sum)
-      for (int64_t j = 0; j < k; j++) sum[b * k + j] += (float)log(fabs((double)a[j * N + j]));
-    if (info == 0) info = LAPACKE_sorgqr_work(LAPACK_COL_MAJOR, n, kk, kk, a, n, tau, work, lw);
+    lapack_int info = LAPACKE_sgeqrt3_work(LAPACK_COL_MAJOR, n, kk, a, n, Tm, kk);
     if (info != 0) return mg_fail(C, MG_EARG, "%s: LAPACK's QR failed (info %d)", fn, (int)info);
+    for (int64_t j = 0; j < k; j++) {                  /* log|R_jj|, and A becomes V */
+      float *c = a + j * N;
+      if (sum) sum[b * k + j] += (float)log(fabs((double)c[j]));
+      for (int64_t i = 0; i < j; i++) c[i] = 0;
+      c[j] = 1;
+    }
+    cblas_strmm(CblasColMajor, CblasRight, CblasLower, CblasTrans, CblasUnit, kk, kk, 1.0f, a, n,
+                Tm, kk);                              /* Tm <- Tm V1^T */
+    memset(Q, 0, sizeof(float) * (size_t)(N * k));
+    for (int64_t j = 0; j < k; j++) Q[j * N + j] = 1;
+    cblas_sgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, n, kk, kk, -1.0f, a, n, Tm, kk, 1.0f,
+                Q, n);
+    memcpy(a, Q, sizeof(float) * (size_t)(N * k));
   }
   return MG_OK;
 }
@@ -428,7 +444,7 @@ mg_status mg_lyapunov_gru(mg_ctx *C, mg_tensor *x, mg_tensor *h0, mg_tensor *W, 
         mg_gemm(MG_F32, false, false, k, N, N, 1, s.T + bb * k * N, N, s.J, N, 0, s.A + bb * k * N, N);
       }
       if (qr && k < QR_BLOCKED) qr_batch_f32(B, N, k, s.A, s.X, s.tau, s.beta, count ? s.sum : NULL);
-      else if (qr) st = qr_lapack_f32(C, fn, B, N, k, s.A, s.tau, s.X, count ? s.sum : NULL);
+      else if (qr) st = qr_lapack_f32(C, fn, B, N, k, s.A, s.X, count ? s.sum : NULL);
     }
     if (count) counted++, since++;
     if (qr) since = 0;
