@@ -1,29 +1,40 @@
 """lyapunov.py - PyTorch side of bench/lyapunov.lua: the top-k Lyapunov spectrum of the GRU
 that lyapunov.lua saved in DIR (Keras layout, reset_after: the step written out in torch ops),
 over its inputs x (B, T, 8) from its initial tangents Q0 (B, N, k), two ways, each checked
-against moongrad's saved exponents (sorted descending, within 1e-3):
+against moongrad's saved exponents (sorted descending, within 1e-4):
 
     jacobian + qr     the published way: per step the full Jacobian by
                       torch.autograd.functional.jacobian (vectorize=True, of the batch sum,
                       which holds the (B, N, N) diagonal blocks because trajectories do not
                       interact), then torch.linalg.qr(J @ Q)
-    vmap(jvp) + qr    the best way: per step functorch.vmap over the k tangents of
-                      functorch.jvp (k JVPs at once, no N x N Jacobian), then a batched QR
+    vmap(jvp) + qr    the best way: per step vmap over the k tangents of jvp (k JVPs at
+                      once, no N x N Jacobian; torch.func in torch 2.x, functorch in 1.13),
+                      then a batched QR
 Both accumulate log|diag R| in float32, as moongrad does. Timed: the whole T-step run.
-Usage: /usr/bin/python3 bench/lyapunov.py DIR [N,k,T ...]   (after bench/lyapunov.lua DIR)
+Usage: /usr/bin/python3 bench/lyapunov.py DIR [N,k,T ...]   (after bench/lyapunov.lua DIR);
+any Python with torch 1.13 or 2.x will do (bench/run's venv for current torch)
 """
 import os
 import sys
+import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib as B  # noqa: E402
+
+warnings.filterwarnings("ignore", category=FutureWarning)   # torch 2.x on torch.jit, imported by torch.func
 import torch  # noqa: E402
-import functorch  # noqa: E402
+
+try:                        # torch 2.x: torch.func; Debian's 1.13: the functorch package
+    from torch.func import jvp, vmap  # noqa: E402
+    FUNC = "torch.func"
+except ImportError:
+    from functorch import jvp, vmap  # noqa: E402
+    FUNC = "functorch"
 
 BENCH = "lyapunov"
 USAGE = ("usage: /usr/bin/python3 bench/lyapunov.py DIR [N,k,T ...]  "
          "(default 64,16,1000 64,64,1000 256,16,1000 256,256,1000)")
-ATOL = 1e-3
+ATOL = 1e-4
 
 
 def parse_cases(args):
@@ -77,7 +88,7 @@ def best(step, x, Q0):
         for t in range(T):
             xt = x[:, t]
             f = lambda hh: step(xt, hh)  # noqa: E731
-            D = functorch.vmap(lambda v: functorch.jvp(f, (h,), (v,))[1])(tan)   # (k, B, N)
+            D = vmap(lambda v: jvp(f, (h,), (v,))[1])(tan)   # (k, B, N)
             with torch.no_grad():
                 h = f(h)
                 Q, R = torch.linalg.qr(D.permute(1, 2, 0))
@@ -93,6 +104,7 @@ def main():
     directory = sys.argv[1]
     B.one_thread()
     B.blas_meta(BENCH)
+    B.meta(BENCH, "vmap_jvp_from", FUNC)
     failures = []
     for case in parse_cases(sys.argv[2:]):
         name = "%d,%d,%d" % case

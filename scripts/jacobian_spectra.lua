@@ -70,8 +70,10 @@ local function log10s(v)
   for i, y in ipairs(v) do o[i] = math.log(math.max(y, 1e-300), 10) end
   return o
 end
-local hz = {}
+local hz, horizon, names = {}, {}, {}
 for i = 1, T do hz[i] = i end
+for k = 0, T - 1 do horizon[k + 1] = T - k end               -- row k + 1 of S: horizon T - k
+for ci, c in ipairs(conditions) do names[ci] = c.name end
 local written = {}
 for _, ext in ipairs { "png", "txt" } do
   local w, h = ext == "png" and 1000 or 110, ext == "png" and 560 or 32
@@ -93,6 +95,23 @@ for _, ext in ipairs { "png", "txt" } do
     for i = 1, U do r[i] = math.log(math.max(S:get(T - k, 1, i), 1e-300), 10) end
     rows[k + 1] = r
   end
+  -- the spread of every sequence's singular values over the horizon, per kernel (tanh)
+  for ci = 3, 4 do
+    local c = conditions[ci]
+    local file = out .. "/jacobian_spectra_quantiles_" .. (ci == 3 and "orthogonal" or "glorot") .. "." .. ext
+    p = plot.spectrum_bands(results[ci].S, { x = horizon, width = w, height = h,
+      title = string.format("%s: singular values of dh_T/dh_k, quantiles over %d sequences x %d values", c.name, B, U),
+      xlabel = "horizon T - k (steps)", ylabel = "log10 singular value", out = file })
+    written[#written + 1] = { c.name .. ": quantiles of the singular values against the horizon (" .. ext .. ")", p }
+  end
+  -- the spectrum of dh_T/dh_0 (the longest horizon) of the first sequence, one line per condition
+  local first = {}
+  for ci = 1, #conditions do first[ci] = results[ci].S[1][1] end
+  p = plot.spectrum(first, { logy = true, width = w, height = h,
+    labels = names,
+    title = string.format("Singular values of dh_T/dh_0 (T = %d, first sequence)", T),
+    xlabel = "i (singular value, descending)", ylabel = "singular value", out = out .. "/jacobian_spectra_T." .. ext })
+  written[#written + 1] = { "singular values of dh_T/dh_0 per condition (" .. ext .. ")", p }
   p = plot.heatmap(mg.tensor(rows), { width = w, height = h,
     title = "Glorot + linear: log10 singular values of dh_T/dh_k (first sequence)",
     xlabel = "singular value index (descending)", ylabel = "horizon T - k", out = out .. "/jacobian_spectra_glorot." .. ext })

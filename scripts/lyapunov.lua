@@ -124,16 +124,15 @@ end
 
 ---------------------------------------------------------------- pictures
 
-local idx = {}
-for i = 1, N do idx[i] = i end
 for _, ext in ipairs { "png", "txt" } do
   local w, h = ext == "png" and 900 or 100, ext == "png" and 500 or 28
-  local p = plot.lines({ logs, est, newman, gest }, { x = idx, width = w, height = h,
-    labels = { "log|eig(W)|", "linear RNN: mg.lyapunov", "Newman (exact)", "Gaussian products: mg.lyapunov" },
+  local p = plot.spectrum({ logs, est, newman, gest }, { width = w, height = h,
+    labels = { "log|eig(W)|", "linear: mg.lyapunov", "Newman (exact)", "Gaussian: mg.lyapunov" },
+    styles = { "points", "linespoints", "points", "linespoints" },
     title = string.format("Lyapunov spectra, N = %d, %d steps: exact against estimated", N, T),
     xlabel = "i (exponent, descending)", ylabel = "lambda_i (per step)", out = out .. "/lyapunov_exact." .. ext })
   written[#written + 1] = { "exact vs estimated spectra (" .. ext .. ")", p }
-  p = plot.lines({ nets.LSTM.before, nets.LSTM.after, nets.GRU.before, nets.GRU.after }, {
+  p = plot.spectrum({ nets.LSTM.before, nets.LSTM.after, nets.GRU.before, nets.GRU.after }, {
     width = w, height = h, labels = { "LSTM before", "LSTM after", "GRU before", "GRU after" },
     title = string.format("Lyapunov spectra before and after training on the memory task (%d units)", opt.units),
     xlabel = "i (exponent, descending)", ylabel = "lambda_i (per step)", out = out .. "/lyapunov_trained." .. ext })

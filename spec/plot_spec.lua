@@ -165,6 +165,20 @@ local CASES = {
   { "heatmap, one row as a Lua array", function(o)
       return plot.heatmap({ { -1, 0, 1 } }, o)
     end, { "Heatmap of a 1x3 matrix" } },
+  { "spectrum, an array of a tensor and a Lua array, with labels", function(o)
+      return plot.spectrum({ mg.tensor { -0.5, 0.1, -2 }, { 1, 3, 2, 0.5 } },
+                           merge({ labels = { "before", "after" }, title = "Lyapunov spectra" }, o))
+    end, { "Lyapunov spectra", "before", "after", "i (descending)", "value" } },
+  { "spectrum, 2-d tensor (one per row), styles and logy", function(o)
+      return plot.spectrum(mg.rand(2, 50, F64) + 0.1, merge({ styles = { "points", "lines" }, logy = true }, o))
+    end, { "2 spectra (each sorted, descending)", "spectrum 1", "spectrum 2" } },
+  { "spectrum_bands, (K, B, N) singular values", function(o)
+      return plot.spectrum_bands(mg.rand(12, 3, 5) + 0.01, merge({ title = "singular values over k" }, o))
+    end, { "singular values over k", "log10 value", "k" } },
+  { "spectrum_bands, 2-d, own quantiles and x, log10 = false", function(o)
+      return plot.spectrum_bands(mg.randn(6, 40), merge({ quantiles = { 0.9, 0.1, 0.5 }, log10 = false,
+                                                          x = { 10, 8, 6, 4, 2, 0 }, xlabel = "horizon" }, o))
+    end, { "Spectrum over k: quantiles of each row", "horizon", "value" } },
   { "features_1d, (T, C)", function(o)
       return plot.features_1d(G2, merge({ n_rows = 2 }, o))
     end, { "(Gradients vs. Timesteps) vs. Channels", "Gradients, channel 6", "timestep" } },
@@ -765,6 +779,8 @@ describe("pictures for a paper", function()
     { "features_2d compact", function(o)
         return plot.features_2d(mg.rand(20, 8, 4), merge({ norm = { -1, 1 } }, o)) end, true },
     { "features_0d", function(o) return plot.features_0d(mg.randn(16, 6), o) end },
+    { "spectrum", function(o) return plot.spectrum({ mg.randn(8), mg.randn(8) }, merge({ labels = { "a", "b" } }, o)) end },
+    { "spectrum_bands", function(o) return plot.spectrum_bands(mg.rand(10, 2, 6) + 0.1, o) end },
   }
 
   it("every kind keeps its text inside the canvas, long titles wrapped; heatmaps have a colour box",

@@ -104,6 +104,53 @@ describe("mg.lyapunov", function()
     assert_close(each.exponents, every.exponents, 1e-9)
   end)
 
+  it("a float32 GRUCell takes the C path (runtime/lyapunov.c), equal to the vectorized JVP", function()
+    mg.manual_seed(9)
+    -- B = 3 and 19: lanes padded (the QR runs 16 trajectories at a time); k = 128: LAPACK's QR
+    for _, c in ipairs { { B = 3, N = 5, k = 5, T = 25 }, { B = 19, N = 20, k = 6, T = 12, warmup = 4 },
+                         { B = 2, N = 7, k = 3, T = 20, reortho_every = 3, backwards = true },
+                         { B = 2, N = 130, k = 128, T = 3 } } do
+      local what = string.format("B=%d N=%d k=%d", c.B, c.N, c.k)
+      local cell = nn.GRUCell(4, c.N)
+      mg.no_grad(function() cell.bias:assign(mg.randn(2, 3 * c.N) * 0.3) end)
+      local x = mg.randn(c.B, c.T, 4)
+      local Q0 = mg.linalg.qr(mg.randn(c.B, c.N, c.k))
+      local opts = { k = c.k, Q0 = Q0, warmup = c.warmup, reortho_every = c.reortho_every }
+      local got = nn.RNN(cell, { go_backwards = c.backwards }):lyapunov(x, opts)
+      local xs = c.backwards and x:flip(2) or x
+      local step = function(xt, h) return cell:step(xt, h) end       -- mg.gru_cell's JVP rule
+      local want = mg.lyapunov(step, mg.zeros(c.B, c.N), xs, opts)
+      -- to float32 rounding, which the QR amplifies by the spread of the exponents
+      assert_close(want.exponents, got.exponents, 1e-5, what)
+      assert_close(want.history, got.history, 1e-5, what .. " history")
+      -- it was the C path: one of its two ways (1: each trajectory's Jacobian, a GEMM, 2: 16
+      -- trajectories in vector lanes) gives these very numbers, the other the same to rounding
+      local warmup, every, exact = c.warmup or 0, c.reortho_every or 1, 0
+      for mode = 1, 2 do
+        local sum, hist = mg._linalg.lyapunov_gru(x, mg.zeros(c.B, c.N), cell.kernel, cell.recurrent_kernel,
+                                                  cell.bias, Q0, warmup, c.T - warmup, every, c.backwards, mode)
+        local ex = (sum / (c.T - warmup)):totable()
+        for _, row in ipairs(ex) do table.sort(row, function(a, b) return a > b end) end
+        assert_close(mg.tensor(ex), got.exponents, 1e-5, what .. " mode " .. mode)
+        assert_close(hist, got.history, 1e-5, what .. " mode " .. mode)
+        if support.maxdiff(mg.tensor(ex), got.exponents) == 0 and support.maxdiff(hist, got.history) == 0 then
+          exact = exact + 1
+        end
+      end
+      assert.is_true(exact >= 1, what .. ": rnn:lyapunov did not take the C path")
+    end
+    -- not for float64, other activations, reset_after = false: the generic path, same numbers
+    local x = mg.randn(2, 10, 3)
+    for _, cell in ipairs { nn.GRUCell(3, 4, { reset_after = false }), nn.GRUCell(3, 4, { activation = "relu" }) } do
+      local Q0 = mg.linalg.qr(mg.randn(2, 4, 4))
+      local got = nn.RNN(cell):lyapunov(x, { Q0 = Q0 })
+      local want = mg.lyapunov(function(xt, h) local _, s = cell(xt, { h }) return s[1] end, mg.zeros(2, 4), x, { Q0 = Q0 })
+      assert_close(want.exponents, got.exponents, 0)
+    end
+    raises(function() mg._linalg.lyapunov_gru(x, mg.zeros(2, 4), mg.zeros(3, 12), mg.zeros(4, 12), mg.zeros(2, 12),
+                                              mg.zeros(2, 5, 2), 0, 10, 1) end, "lyapunov", "Q0 has shape (2,5,2)")
+  end)
+
   it("errors name the function and the value", function()
     local step = function(_, h) return h end
     raises(function() mg.lyapunov(42, randn(2, 3), nil, { steps = 3 }) end, "lyapunov", "step must be a function")
@@ -186,36 +233,56 @@ end)
 
 local have_gnuplot = os.execute("command -v gnuplot >/dev/null 2>&1") == true
 
-describe("mg.plot_spectrum and mg.plot_spectrum_bands", function()
+describe("mg.plot.spectrum and mg.plot.spectrum_bands (alias mg.plot_spectrum, mg.plot_spectrum_bands)", function()
   local dir = support.scratch(teardown)
   local it_g = have_gnuplot and it or function(name) pending(name .. " (gnuplot is not installed)") end
 
   it_g("spectrum draws each series sorted, one line per condition", function()
-    local path = mg.plot_spectrum({ mg.tensor { -0.5, 0.1, -2 }, { 1, 3, 2 } },
-      { labels = { "before", "after" }, title = "Lyapunov spectra", out = dir .. "/s.txt", width = 80, height = 20 })
+    local series = { mg.tensor { -0.5, 0.1, -2 }, { 1, 3, 2 } }
+    local o = { labels = { "before", "after" }, title = "Lyapunov spectra", width = 80, height = 20 }
+    o.out = dir .. "/s.txt"
+    local path = mg.plot.spectrum(series, o)
     assert.are.equal(dir .. "/s.txt", path)
     local s = support.read_file(path)
     for _, want in ipairs { "Lyapunov spectra", "before", "after", "i (descending)" } do
       assert.is_truthy(s:find(want, 1, true), want)
     end
+    o.out = dir .. "/alias.txt"                               -- the first name draws the same
+    assert.are.equal(s, support.read_file(mg.plot_spectrum(series, o)))
+    o.out, o.width, o.height = dir .. "/s.png", nil, nil
+    local png = support.read_file(mg.plot.spectrum(series, o))
+    assert.are.equal("\137PNG", png:sub(1, 4))
+    assert.is_true(#png > 2000, "a PNG of " .. #png .. " bytes")
   end)
 
   it_g("spectrum_bands draws the quantiles of each row of jacobian_spectra's singular values", function()
     local W = randn(4, 4) * 0.5
     local js = mg.jacobian_spectra(function(_, h) return h:matmul(W) end, randn(2, 4), nil, { steps = 5 })
-    local path = mg.plot_spectrum_bands(js.singular_values, { out = dir .. "/b.txt", width = 80, height = 20 })
+    local path = mg.plot.spectrum_bands(js.singular_values, { out = dir .. "/b.txt", width = 80, height = 20 })
     local s = support.read_file(path)
     for _, want in ipairs { "min", "median", "max", "log10 value" } do assert.is_truthy(s:find(want, 1, true), want) end
+    local alias = mg.plot_spectrum_bands(js.singular_values, { out = dir .. "/b2.txt", width = 80, height = 20 })
+    assert.are.equal(s, support.read_file(alias))
+    local png = support.read_file(mg.plot.spectrum_bands(js.singular_values, { out = dir .. "/b.png" }))
+    assert.are.equal("\137PNG", png:sub(1, 4))
+    assert.is_true(#png > 2000, "a PNG of " .. #png .. " bytes")
   end)
 
   it("errors name the function", function()
-    raises(function() mg.plot_spectrum({}) end, "plot_spectrum", "non-empty")
-    raises(function() mg.plot_spectrum({ randn(2, 2, 2) }) end, "plot_spectrum", "series 1", "1-d")
-    raises(function() mg.plot_spectrum_bands(mg.zeros(3, 2)) end, "plot_spectrum_bands", "positive")
-    raises(function() mg.plot_spectrum_bands(randn(3, 2), { quantiles = { 2 } }) end, "quantile 1", "[0, 1]")
-    raises(function() mg.plot_spectrum_bands(randn(3, 2), { x = { 1 } }) end, "x must be an array of 3")
+    raises(function() mg.plot.spectrum({}) end, "plot.spectrum", "nothing to plot")
+    raises(function() mg.plot.spectrum({ randn(2, 2, 2) }) end, "plot.spectrum", "'series'[1]", "1-d or 2-d")
+    raises(function() mg.plot.spectrum({ 1, 0 / 0 }) end, "plot.spectrum", "series 1 has NaN")
+    raises(function() mg.plot.spectrum({ 1, 2 }, { styles = { "bars" } }) end, "plot.spectrum", "styles")
+    raises(function() mg.plot.spectrum({ 1, -2 }, { logy = true }) end, "plot.spectrum", "positive")
+    raises(function() mg.plot_spectrum({ { 1 }, { 2 } }, { labels = { "a" } }) end, "plot.spectrum", "2 names")
+    raises(function() mg.plot.spectrum_bands(mg.zeros(3, 2)) end, "plot.spectrum_bands", "positive")
+    raises(function() mg.plot.spectrum_bands(randn(3, 2), { quantiles = { 2 } }) end, "quantiles'[1]", "[0, 1]")
+    raises(function() mg.plot.spectrum_bands(randn(3, 2), { x = { 1 } }) end, "option 'x'", "3 values")
+    raises(function() mg.plot.spectrum_bands(randn(3)) end, "plot.spectrum_bands", "(K, ...)")
+    raises(function() mg.plot.spectrum_bands(randn(3, 2), { bins = 3 }) end, "plot.spectrum_bands", "bins")
   end)
 end)
+
 
 ---------------------------------------------------------------- Newman (1986)
 

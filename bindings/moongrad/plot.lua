@@ -620,32 +620,34 @@ end
 
 ---------------------------------------------------------------- plot.lines
 
--- The series of plot.lines' 'ys': an array of arrays of numbers.
-local function series(ys)
+-- The series of plot.lines' 'ys': an array of arrays of numbers ('what' names the argument
+-- in messages, default 'ys').
+local function series(ys, what)
+  what = what or "'ys'"
   if is_tensor(ys) then
-    local d, s = nested(ys, "'ys'")
+    local d, s = nested(ys, what)
     if #s == 1 then return { d } end
     if #s == 2 then return d end
-    fail("expected 'ys' as a 1-d or 2-d tensor, an array of numbers or an array of those, "
-         .. "got shape %s", shapestr(s))
+    fail("expected %s as a 1-d or 2-d tensor, an array of numbers or an array of those, "
+         .. "got shape %s", what, shapestr(s))
   end
   if type(ys) ~= "table" then
-    fail("'ys' must be a tensor or an array of numbers, got %s", describe(ys))
+    fail("%s must be a tensor or an array of numbers, got %s", what, describe(ys))
   end
   if type(ys[1]) == "number" then
-    local d = nested(ys, "'ys'")
+    local d = nested(ys, what)
     return { d }
   end
   local out = {}
   for i = 1, #ys do
-    local what = "'ys'[" .. i .. "]"
-    local d, s = nested(ys[i], what)
+    local wi = what .. "[" .. i .. "]"
+    local d, s = nested(ys[i], wi)
     if #s == 1 then
       out[#out + 1] = d
     elseif #s == 2 then
       for _, row in ipairs(d) do out[#out + 1] = row end
     else
-      fail("expected %s as a 1-d or 2-d tensor or an array of numbers, got shape %s", what,
+      fail("expected %s as a 1-d or 2-d tensor or an array of numbers, got shape %s", wi,
            shapestr(s))
     end
   end
@@ -714,6 +716,188 @@ end
 -- length). opts: title, xlabel, ylabel, labels (alias legend), x (shared x values), logy,
 -- out, width, height.
 M.lines = api("plot.lines", lines)
+
+---------------------------------------------------------------- plot.spectrum
+
+local SPECTRUM_OPTS = keys("xlabel", "ylabel", "labels", "logy", "styles")
+local SPECTRUM_STYLES = { lines = "lines lw 1.5", points = "points pt 6 ps 1.6",
+                          linespoints = "linespoints lw 1.5 pt 7 ps 0.6" }
+
+local function spectrum(vals, opts)
+  opts = options(opts, SPECTRUM_OPTS)
+  local ss = series(vals, "'series'")
+  if #ss == 0 then fail("nothing to plot ('series' is empty)") end
+  local sorted = {}
+  for i, s in ipairs(ss) do
+    if #s == 0 then fail("series %d is empty", i) end
+    local v = {}
+    for j, x in ipairs(s) do
+      if x ~= x then fail("series %d has NaN at %d", i, j) end
+      v[j] = x
+    end
+    table.sort(v, function(a, b) return a > b end)
+    sorted[i] = v
+  end
+  local names = opts.labels
+  if names ~= nil and (type(names) ~= "table" or is_tensor(names) or #names ~= #sorted) then
+    fail("option 'labels' must be an array of %d names (one per spectrum), got %s", #sorted,
+         type(names) == "table" and not is_tensor(names) and #names .. " names" or describe(names))
+  end
+  local styles = opts.styles
+  if styles ~= nil then
+    if type(styles) ~= "table" or is_tensor(styles) or #styles ~= #sorted then
+      fail("option 'styles' must be an array of %d styles (one per spectrum), got %s", #sorted, describe(styles))
+    end
+    for i, st in ipairs(styles) do
+      if not SPECTRUM_STYLES[st] then
+        fail("option 'styles'[%d] must be \"lines\", \"points\" or \"linespoints\", got %s", i, describe(st))
+      end
+    end
+  end
+  local logy = opt_bool(opts, "logy", false)
+  local blocks, plots, keyed, longest = {}, {}, {}, 0
+  for i, v in ipairs(sorted) do
+    local rows = {}
+    for j, y in ipairs(v) do
+      if logy and not (y > 0) then fail("option 'logy' needs positive values, series %d has %s", i, num(y)) end
+      rows[j] = j .. " " .. num(y)
+    end
+    longest = math.max(longest, #v)
+    blocks[i] = block("s" .. i, rows)
+    local t = names and tostring(names[i]) or (#sorted > 1 and "spectrum " .. i) or nil
+    keyed[#keyed + 1] = t
+    local st = styles and styles[i] or (#v <= 40 and "linespoints" or "lines")
+    plots[i] = string.format("$s%d using 1:2 with %s %s", i, SPECTRUM_STYLES[st],
+                             t and "title " .. gstr(t) or "notitle")
+  end
+  local cv = canvas(opts, { 800, 500, 80, 24 })
+  local title = opt_string(opts, "title", #sorted == 1 and "Spectrum (sorted, descending)"
+                           or string.format("%d spectra (each sorted, descending)", #sorted))
+  local body = labels(cv, title, opt_string(opts, "xlabel", "i (descending)"),
+                      opt_string(opts, "ylabel", "value"), #keyed > 0 and key_width(cv, keyed) or 0)
+               .. grid_cmd(cv) .. "set key outside right\n"
+               .. string.format("set xrange [%s:%s]\n", longest > 1 and "1" or "0.5", longest > 1 and longest or "1.5")
+               .. int_tics("x", longest, cv.text and 8 or 10)
+               .. (logy and "set logscale y\nset format y \"%g\"\n" or "")
+               .. "plot " .. table.concat(plots, ", \\\n     ") .. "\n"
+  return render(cv, table.concat(blocks), body)
+end
+
+--- plot.spectrum(series [, opts]): sorted spectra (Lyapunov exponents, singular values,
+-- eigenvalue moduli), one line per condition, each sorted descending against its index i.
+-- series: a 1-d tensor or array (one spectrum), a 2-d tensor (one per row), or an array of
+-- those (lengths may differ). opts: labels (one per spectrum), styles (one per spectrum:
+-- "lines", "points" (open circles, for exact values under estimates) or "linespoints", the
+-- default up to 40 values), title, xlabel, ylabel, logy, out, width, height.
+M.spectrum = api("plot.spectrum", spectrum)
+
+---------------------------------------------------------------- plot.spectrum_bands
+
+local BANDS_OPTS = keys("xlabel", "ylabel", "quantiles", "log10", "x")
+
+-- The q-quantile (0 <= q <= 1) of the ascending array 'v', interpolated linearly.
+local function quantile(v, q)
+  local pos = 1 + q * (#v - 1)
+  local lo = math.floor(pos)
+  local hi = math.min(lo + 1, #v)
+  return v[lo] + (pos - lo) * (v[hi] - v[lo])
+end
+
+local function qname(q)
+  if q == 0 then return "min" elseif q == 1 then return "max" elseif q == 0.5 then return "median" end
+  return string.format("%g%%", q * 100)
+end
+
+local function spectrum_bands(S, opts)
+  opts = options(opts, BANDS_OPTS)
+  local d, s = ranked(S, "'S'", { 2, 3, 4 }, "to be a (K, ...) tensor of 2 to 4 dims")
+  local qs = opts.quantiles or { 0, 0.25, 0.5, 0.75, 1 }
+  if type(qs) ~= "table" or is_tensor(qs) or #qs == 0 then
+    fail("option 'quantiles' must be a non-empty array of numbers in [0, 1], got %s", describe(qs))
+  end
+  local sq = {}
+  for i, q in ipairs(qs) do
+    if type(q) ~= "number" or not (q >= 0 and q <= 1) then
+      fail("option 'quantiles'[%d] must be in [0, 1], got %s", i, describe(q))
+    end
+    sq[i] = q
+  end
+  table.sort(sq)
+  local log = opt_bool(opts, "log10", true)
+  local K = s[1]
+  local xs = {}
+  if opts.x ~= nil then
+    local xs_s
+    xs, xs_s = nested(opts.x, "option 'x'")
+    if #xs_s ~= 1 or xs_s[1] ~= K then
+      fail("option 'x' must be 1-d with %d values (one per row of 'S'), got shape %s", K, shapestr(xs_s))
+    end
+  else
+    for k = 1, K do xs[k] = k - 1 end
+  end
+  -- per row: its values sorted, then each quantile (as log10 when asked)
+  local at = {}
+  for k = 1, K do
+    local v = {}
+    each(d[k], function(x) if x == x then v[#v + 1] = x end end)
+    if #v == 0 then fail("row %d of 'S' has no values that are not NaN", k) end
+    table.sort(v)
+    at[k] = {}
+    for j, q in ipairs(sq) do
+      local y = quantile(v, q)
+      if log then
+        if not (y > 0) then
+          fail("option 'log10' needs positive values, but row %d has %s (pass log10 = false)", k, num(y))
+        end
+        y = math.log(y, 10)
+      end
+      at[k][j] = y
+    end
+  end
+  local n = #sq
+  local rows = {}
+  for k = 1, K do
+    local r = { num(xs[k]) }
+    for j = 1, n do r[j + 1] = num(at[k][j]) end
+    rows[k] = table.concat(r, " ")
+  end
+  local cv = canvas(opts, { 800, 500, 80, 24 })
+  local plots, keyed = {}, {}
+  local function add(name, spec)
+    keyed[#keyed + 1] = name
+    plots[#plots + 1] = spec .. " title " .. gstr(name)
+  end
+  if cv.text then                   -- text cannot tell fills apart: every quantile a line
+    for j = 1, n do add(qname(sq[j]), string.format("$q using 1:%d with lines", j + 1)) end
+  else                              -- bands between q_1 and q_n, q_2 and q_(n-1), ..., darker
+    local npairs = n // 2           -- inwards; an unpaired middle one (the median) a line
+    for p = 1, npairs do
+      add(qname(sq[p]) .. " to " .. qname(sq[n + 1 - p]),
+          string.format("$q using 1:%d:%d with filledcurves fs transparent solid %.2f noborder "
+                        .. "lc rgb \"#1f77b4\"", p + 1, n + 2 - p, 0.15 + 0.45 * p / npairs))
+    end
+    if n % 2 == 1 then
+      add(qname(sq[npairs + 1]), string.format("$q using 1:%d with lines lw 2 lc rgb \"#d62728\"", npairs + 2))
+    end
+  end
+  local xlo, xhi = math.huge, -math.huge
+  for k = 1, K do xlo, xhi = math.min(xlo, xs[k]), math.max(xhi, xs[k]) end
+  local body = labels(cv, opt_string(opts, "title", "Spectrum over k: quantiles of each row"),
+                      opt_string(opts, "xlabel", "k"),
+                      opt_string(opts, "ylabel", log and "log10 value" or "value"), key_width(cv, keyed))
+               .. grid_cmd(cv) .. "set key outside right\n"
+               .. (xlo < xhi and string.format("set xrange [%s:%s]\n", num(xlo), num(xhi)) or "")
+               .. "plot " .. table.concat(plots, ", \\\n     ") .. "\n"
+  return render(cv, block("q", rows), body)
+end
+
+--- plot.spectrum_bands(S [, opts]): how a spectrum is spread over k: for each row k of S
+-- (K, ...) (mg.jacobian_spectra's singular_values (T, B, N): every sequence's singular values
+-- of dh_T/dh_(k-1)), the quantiles of its values (NaN left out), drawn as filled bands between
+-- the pairs q_1..q_n, q_2..q_(n-1), ... and the middle one (the median) as a line, against x
+-- (default 0 .. K-1). opts: quantiles (default {0, 0.25, 0.5, 0.75, 1}), log10 (default true:
+-- the log10 of the values, which must be > 0), x, title, xlabel, ylabel, out, width, height.
+M.spectrum_bands = api("plot.spectrum_bands", spectrum_bands)
 
 ---------------------------------------------------------------- plot.scatter
 

@@ -3,10 +3,10 @@
 -- each step as one vectorized forward-mode JVP) and mg.jacobian_spectra (singular values of
 -- dh_T/dh_k for every k from one vectorized reverse sweep, and of each step's Jacobian).
 -- Also behind rnn:lyapunov / cell:lyapunov and rnn:jacobian_spectra / cell:jacobian_spectra,
--- and the pictures mg.plot_spectrum and mg.plot_spectrum_bands.
+-- and the aliases mg.plot_spectrum, mg.plot_spectrum_bands of mg.plot.spectrum, spectrum_bands.
 local mg = require "moongrad"
 
-local ipairs, math, pairs, table, type = ipairs, math, pairs, table, type
+local ipairs, math, pairs, rawget, table, type = ipairs, math, pairs, rawget, table, type
 local debug = debug
 local _ENV = nil
 
@@ -93,8 +93,10 @@ local function to_lead(Q) return Q:permute(3, 1, 2):contiguous() end
 local function from_lead(D) return D:permute(2, 3, 1) end
 
 -- lyapunov(step, h0, xs [, opts]): see docs/linalg.md. 'fn' names the caller in messages,
--- 'order' (t -> index into xs) reverses time for go_backwards layers.
-function spectra.lyapunov(step, h0, xs, opts, fn, order)
+-- 'order' (t -> index into xs) reverses time for go_backwards layers; 'fast' (from cell_run,
+-- for a built-in cell it applies to) runs the whole method in C:
+-- fast(z, Q0, warmup, steps, every) -> sum (B, k) of log|R_ii|, history (steps, k).
+function spectra.lyapunov(step, h0, xs, opts, fn, order, fast)
   fn = fn or "lyapunov"
   if type(step) ~= "function" and not (type(step) == "table" and (debug.getmetatable(step) or {}).__call) then
     raisef("%s: step must be a function, got %s", fn, describe(step))
@@ -116,6 +118,12 @@ function spectra.lyapunov(step, h0, xs, opts, fn, order)
     Q = mg.linalg.qr(mg.randn({ B, N, k }, { dtype = z.dtype }))
   elseif not mg.is_tensor(Q) or Q:dim() ~= 3 or Q:size(1) ~= B or Q:size(2) ~= N or Q:size(3) ~= k then
     raisef("%s: Q0 must be a (%d,%d,%d) tensor with orthonormal columns, got %s", fn, B, N, k, describe(Q))
+  end
+  local fsum, fhistory = nil, nil
+  if fast then fsum, fhistory = fast(z, Q, warmup, steps, every) end
+  if fsum then
+    local exponents = mg.tensor(sort_rows((fsum / steps):totable()), { dtype = z.dtype })
+    return { exponents = exponents, mean = exponents:mean(1), history = fhistory }
   end
   local tan = to_lead(Q:to(z.dtype))
   local eye = mg.eye(k, { dtype = z.dtype })
@@ -202,128 +210,11 @@ function spectra.jacobian_spectra(step, h0, xs, opts, fn, order)
 end
 
 ---------------------------------------------------------------- pictures
--- mg.plot_spectrum and mg.plot_spectrum_bands, drawn with mg.plot.lines (so every output
--- mg.plot knows); to move into mg.plot (as plot.spectrum, plot.spectrum_bands) later.
+-- mg.plot_spectrum and mg.plot_spectrum_bands: the first names of mg.plot.spectrum and
+-- mg.plot.spectrum_bands (bindings/moongrad/plot.lua), kept as aliases.
 
--- The numbers of a 1-d tensor or an array, sorted descending.
-local function sorted(fn, v, i)
-  local vals = {}
-  if mg.is_tensor(v) then
-    if v:dim() ~= 1 then raisef("%s: series %d must be 1-d, got shape %s", fn, i, mg.shapestr(v)) end
-    vals = v:totable()
-  elseif type(v) == "table" then
-    for j, x in ipairs(v) do
-      if type(x) ~= "number" then raisef("%s: series %d, entry %d is %s, expected a number", fn, i, j, describe(x)) end
-      vals[j] = x
-    end
-  else
-    raisef("%s: series %d is %s, expected a 1-d tensor or an array of numbers", fn, i, describe(v))
-  end
-  if #vals == 0 then raisef("%s: series %d is empty", fn, i) end
-  table.sort(vals, function(a, b) return a > b end)
-  return vals
-end
-
--- The options mg.plot.lines takes from 'opts', with 'defaults' where absent.
-local PASSED = { "out", "width", "height", "title", "xlabel", "ylabel", "logy" }
-local function lines_opts(opts, defaults)
-  local o = {}
-  for _, k in ipairs(PASSED) do o[k] = opts[k] end
-  for k, v in pairs(defaults) do if o[k] == nil then o[k] = v end end
-  return o
-end
-
-local SPECTRUM_OPTS = { out = true, width = true, height = true, title = true, xlabel = true,
-                        ylabel = true, logy = true, labels = true }
-
--- plot_spectrum(series [, opts]): 'series' a 1-d tensor, a 2-d tensor (one condition per row), or
--- an array of 1-d tensors / arrays of numbers; each drawn sorted descending against its
--- index. Options: labels (one per series), title, xlabel, ylabel, logy, out, width, height.
--- Returns what mg.plot.lines returns (the path written, or nil for standard output).
-function spectra.plot_spectrum(series, opts)
-  local fn = "plot_spectrum"
-  opts = check_opts(fn, opts, SPECTRUM_OPTS)
-  local list = series
-  if mg.is_tensor(series) then
-    if series:dim() == 1 then list = { series }
-    elseif series:dim() == 2 then list = series:unstack(1)
-    else raisef("%s: a tensor of series must be 1-d or 2-d, got shape %s", fn, mg.shapestr(series)) end
-  elseif type(series) ~= "table" or #series == 0 then
-    raisef("%s: series must be a tensor or a non-empty array of series, got %s", fn, describe(series))
-  elseif type(series[1]) == "number" then
-    list = { series }
-  end
-  local ys = {}
-  for i, s in ipairs(list) do ys[i] = sorted(fn, s, i) end
-  local o = lines_opts(opts, { title = "Spectrum (sorted, descending)", xlabel = "i (descending)",
-                               ylabel = "value" })
-  o.labels = opts.labels
-  return mg.plot.lines(ys, o)
-end
-
-local BANDS_OPTS = { out = true, width = true, height = true, title = true, xlabel = true,
-                     ylabel = true, quantiles = true, log10 = true, x = true }
-
-local function quantile(sorted_vals, q)
-  local n = #sorted_vals
-  local pos = 1 + q * (n - 1)
-  local lo = math.floor(pos)
-  local hi = math.min(lo + 1, n)
-  return sorted_vals[lo] + (pos - lo) * (sorted_vals[hi] - sorted_vals[lo])
-end
-
-local function qname(q)
-  if q == 0 then return "min" elseif q == 1 then return "max" elseif q == 0.5 then return "median" end
-  return ("%g%%"):format(q * 100)
-end
-
--- plot_spectrum_bands(S [, opts]): for each row k of S (K, ...) (mg.jacobian_spectra's
--- singular_values (T, B, N): every sequence and index of dh_T/dh_(k-1)), the quantiles of its
--- values, one line per quantile, against x (default 0 .. K-1). Options: quantiles (default
--- {0, 0.25, 0.5, 0.75, 1}), log10 (default true: log10 of the values, which must be > 0),
--- x, title, xlabel, ylabel, out, width, height.
-function spectra.plot_spectrum_bands(S, opts)
-  local fn = "plot_spectrum_bands"
-  opts = check_opts(fn, opts, BANDS_OPTS)
-  if not mg.is_tensor(S) or S:dim() < 2 or S:numel() == 0 then
-    raisef("%s: S must be a non-empty tensor (K, ...) with at least 2 dims, got %s", fn, describe(S))
-  end
-  local qs = opts.quantiles or { 0, 0.25, 0.5, 0.75, 1 }
-  if type(qs) ~= "table" or #qs == 0 then raisef("%s: quantiles must be a non-empty array, got %s", fn, describe(qs)) end
-  for i, q in ipairs(qs) do
-    if type(q) ~= "number" or q < 0 or q > 1 then raisef("%s: quantile %d must be in [0, 1], got %s", fn, i, describe(q)) end
-  end
-  local log = opts.log10 ~= false
-  local K = S:size(1)
-  local x = opts.x
-  if x == nil then
-    x = {}
-    for k = 1, K do x[k] = k - 1 end
-  elseif type(x) ~= "table" or #x ~= K then
-    raisef("%s: x must be an array of %d numbers (one per row of S), got %s", fn, K, describe(x))
-  end
-  local flat = S:contiguous():reshape(K, -1)
-  local ys = {}
-  for j = 1, #qs do ys[j] = {} end
-  for k = 1, K do
-    local v = flat[k]:totable()
-    table.sort(v)
-    for j, q in ipairs(qs) do
-      local y = quantile(v, q)
-      if log then
-        if not (y > 0) then raisef("%s: log10 needs positive values, row %d has %g (pass log10 = false)", fn, k, y) end
-        y = math.log(y, 10)
-      end
-      ys[j][k] = y
-    end
-  end
-  local labels = {}
-  for j, q in ipairs(qs) do labels[j] = qname(q) end
-  local o = lines_opts(opts, { title = "Spectrum over k: quantiles of each row", xlabel = "k",
-                               ylabel = log and "log10 value" or "value" })
-  o.labels, o.x = labels, x
-  return mg.plot.lines(ys, o)
-end
+function spectra.plot_spectrum(series, opts) return mg.plot.spectrum(series, opts) end
+function spectra.plot_spectrum_bands(S, opts) return mg.plot.spectrum_bands(S, opts) end
 
 ---------------------------------------------------------------- cells and RNN layers
 
@@ -332,6 +223,25 @@ local function cell_step(cell)
   return function(x, states)
     local _, new = cell(x, states)
     return new
+  end
+end
+
+-- The C path of lyapunov for 'cell' when it applies (nil otherwise): a built-in GRUCell
+-- itself (not a subclass, no method replaced), reset_after, sigmoid and tanh, with a bias,
+-- x, the states and the weights all float32.
+local function gru_fast(cell, x, backwards)
+  local mt = debug.getmetatable(cell)
+  if not (mt and mt.__name == "GRUCell" and rawget(mt, "call") and rawget(cell, "call") == nil
+          and rawget(cell, "step") == nil and rawget(cell, "gates") == nil) then return nil end
+  if not (cell.reset_after and cell.bias and cell.activation_name == "tanh"
+          and cell.recurrent_activation_name == "sigmoid") then return nil end
+  for _, t in ipairs { x, cell.kernel, cell.recurrent_kernel, cell.bias } do
+    if t.dtype ~= "float32" then return nil end
+  end
+  return function(z, Q, warmup, steps, every)
+    if z.dtype ~= "float32" or Q.dtype ~= "float32" then return nil end
+    return mg._linalg.lyapunov_gru(x, z, cell.kernel, cell.recurrent_kernel, cell.bias, Q,
+                                   warmup, steps, every, backwards)
   end
 end
 
@@ -347,7 +257,8 @@ function spectra.cell_run(what, fn, cell, x, opts, backwards)
   local order = backwards and function(t) return T - t + 1 end or nil
   local h0 = (opts or {}).initial or cell:initial_state(x:size(1))
   if mg.is_tensor(h0) then h0 = { h0 } end
-  return spectra[what](cell_step(cell), h0, x, o, fn, order)
+  local fast = what == "lyapunov" and gru_fast(cell, x, backwards) or nil
+  return spectra[what](cell_step(cell), h0, x, o, fn, order, fast)
 end
 
 ck.publish(spectra)       -- errors at the user's line, tracebacks from the public function

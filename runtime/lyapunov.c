@@ -1,0 +1,472 @@
+/*
+** lyapunov.c - the fast path of mg.lyapunov for the built-in GRU cell (Keras layout,
+** reset_after, sigmoid and tanh), float32: the whole QR method (Benettin et al.) in one call,
+** on buffers allocated once, with nothing recorded.
+**
+** Per step t and trajectory b, with a = x_t W + b_in and m = h U + b_rec (gates z, r, h):
+**   z = sigm(a_z + m_z), r = sigm(a_r + m_r), hh = tanh(a_h + r m_h), h' = z h + (1 - z) hh,
+** the Jacobian dh'_j/dh_l is  J[l, j] = U_z[l, j] cz_j + U_r[l, j] cr_j + U_h[l, j] ch_j
+** + [l = j] z_j  with  cz = z (1 - z) (h - hh),  cr = (1 - z)(1 - hh^2) m_h r (1 - r),
+** ch = (1 - z)(1 - hh^2) r: the recurrent kernel's three blocks with their columns scaled.
+** The k tangents of a trajectory are the rows of a (k, N) matrix T (the columns of the
+** column-major N x k matrix LAPACK sees), pushed through as T J with J formed (3 N^2 per
+** trajectory, against 3 k N^2 for the k JVPs through U), then re-orthonormalized by
+** Householder's QR with LAPACK's arithmetic and signs (those of mg.linalg.qr), log|R_ii| summed.
+** Two ways, the same numbers up to rounding:
+**   lanes (k < 128)  16 trajectories at once, one per lane of a 16-float vector: J formed a
+**                    few columns at a time and applied with register-blocked FMAs, and the
+**                    QR unblocked, every operation 16 trajectories wide (at these sizes the
+**                    per-call overhead of BLAS and LAPACK's unblocked QR took the time);
+**   per trajectory   J formed, one (k, N) x (N, N) GEMM, LAPACK's recursive geqrt3 and Q
+**                    from its compact WY form by one GEMM.
+** The generic path (any step function, a vectorized JVP per step) is
+** bindings/moongrad/spectra.lua; spec/spectra_spec.lua checks the two agree.
+*/
+#include "mg_impl.h"
+#include "fastmath.h"
+
+#include <cblas.h>
+#include <lapacke.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* The vector loops below are compiled for AVX-512 and AVX2 too, picked at load time, with
+** a * b + c fused (ISO C mode leaves it unfused). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define MG_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), \
+                                 optimize("fp-contract=fast")))
+#else
+#define MG_CLONES
+#endif
+
+/* Scratch of one run, allocated once. */
+typedef struct {
+  float *h, *mx, *mh, *cz, *cr, *ch, *zz, *T, *A, *J, *tau, *beta, *X, *sum, *row;
+  float *TL, *AL, *cl, *Jb;   /* the lanes way: tangents, coefficients (4 x N x LANES), J block */
+  double *acc;
+} scratch;
+
+/* The gates of one trajectory from a = x_t W (3N) and m = h U (3N): h <- h', and the
+** coefficients of its Jacobian. float32 with fastmath.h's vectorized sigmoid and tanh (about
+** 2 ulp; mg.gru_cell computes them in float64 and rounds). */
+MG_CLONES static void gru_gates_f32(int64_t N, const float *a, const float *m, const float *bi,
+                                    const float *br, float *h, float *cz, float *cr, float *ch,
+                                    float *zz) {
+  for (int64_t j = 0; j < N; j++) {
+    float z = mg_sigmoidf(a[j] + bi[j] + m[j] + br[j]);
+    float r = mg_sigmoidf(a[N + j] + bi[N + j] + m[N + j] + br[N + j]);
+    float mh = m[2 * N + j] + br[2 * N + j];
+    float hh = mg_tanhf(a[2 * N + j] + bi[2 * N + j] + r * mh);
+    float g = (1 - z) * (1 - hh * hh);
+    cz[j] = z * (1 - z) * (h[j] - hh);
+    cr[j] = g * mh * r * (1 - r);
+    ch[j] = g * r;
+    zz[j] = z;
+    h[j] = z * h[j] + (1 - z) * hh;
+  }
+}
+
+/* One GRU step for every trajectory: h <- h', and the coefficients of its Jacobian. */
+static void gru_step_f32(int64_t B, int64_t F, int64_t N, const float *xt, int64_t ldx,
+                         const float *W, const float *U, const float *bias, scratch *s) {
+  int64_t G = 3 * N;
+  mg_gemm(MG_F32, false, false, B, G, F, 1, xt, ldx, W, G, 0, s->mx, G);
+  mg_gemm(MG_F32, false, false, B, G, N, 1, s->h, N, U, G, 0, s->mh, G);
+  for (int64_t b = 0; b < B; b++) {
+    int64_t o = b * N;
+    gru_gates_f32(N, s->mx + b * G, s->mh + b * G, bias, bias + G, s->h + o, s->cz + o, s->cr + o,
+                  s->ch + o, s->zz + o);
+  }
+}
+
+/* J (N, N) of one trajectory from the coefficients at 'o' (explicit way). */
+MG_CLONES static void form_jacobian_f32(int64_t N, const float *U, const float *cz,
+                                        const float *cr, const float *ch, const float *zz,
+                                        float *J) {
+  for (int64_t l = 0; l < N; l++) {
+    const float *u = U + l * 3 * N;
+    float *Jl = J + l * N;
+    for (int64_t j = 0; j < N; j++) Jl[j] = u[j] * cz[j] + u[N + j] * cr[j] + u[2 * N + j] * ch[j];
+    Jl[l] += zz[l];
+  }
+}
+
+/* The Householder QR of the k rows of A (each of length N: the columns of the N x k matrix
+** LAPACK would see), in place, with LAPACK's conventions (slarfg's reflectors, sorg2r's Q,
+** so the same signs as mg.linalg.qr): A becomes Q; log|R_jj| is added to logs[j] unless
+** 'logs' is NULL. Written out rather than calling geqrf + orgqr, whose unblocked code makes
+** one BLAS call per column: at these sizes the calls, not the arithmetic, took the time. */
+/* The QR of 16 trajectories at once: their k x N tangent matrices interleaved as
+** X[c][i][l] (tangent c, component i, trajectory l < LANES), so every step of Householder's
+** method is one 16-wide vector operation across the trajectories (no reductions inside a
+** vector, no short loops): the arithmetic of LAPACK's geqr2 + org2r (slarfg's reflectors
+** and signs, as mg.linalg.qr), written out. X becomes Q; log|R_jj| of lane l is added to
+** logs[l * k + j]. Lanes past the batch hold the identity (their logs are 0). */
+#define LANES 16
+typedef float lanes_t __attribute__((vector_size(LANES * sizeof(float))));   /* GCC and Clang */
+/* The same at any float's address (an unaligned load or store), for lload and lstore. */
+typedef float lanes_at __attribute__((vector_size(LANES * sizeof(float)), aligned(4), may_alias));
+#define lload(p) (*(const lanes_at *)(p))
+#define lstore(p, v) (*(lanes_at *)(p) = (v))
+
+/* One reflector (v, tau) applied to tangent row a, both from component j on. */
+static inline void reflect_lanes(int64_t j, int64_t N, const float *v, const float *tau, float *a) {
+  lanes_t w = lload(a + j * LANES), t = lload(tau);
+  for (int64_t i = j + 1; i < N; i++) w += lload(v + i * LANES) * lload(a + i * LANES);
+  w *= t;
+  lstore(a + j * LANES, lload(a + j * LANES) - w);
+  for (int64_t i = j + 1; i < N; i++) lstore(a + i * LANES, lload(a + i * LANES) - w * lload(v + i * LANES));
+}
+
+/* The same for the 4 rows a, a + row, a + 2 row, a + 3 row: independent sums, so the dot
+** products are not one chain of dependent additions. */
+static inline void reflect4_lanes(int64_t j, int64_t N, const float *v, const float *tau,
+                                  float *a, int64_t row) {
+  float *a0 = a, *a1 = a + row, *a2 = a + 2 * row, *a3 = a + 3 * row;
+  lanes_t w0 = lload(a0 + j * LANES), w1 = lload(a1 + j * LANES), w2 = lload(a2 + j * LANES),
+          w3 = lload(a3 + j * LANES), t = lload(tau);
+  for (int64_t i = j + 1; i < N; i++) {
+    lanes_t vi = lload(v + i * LANES);
+    w0 += vi * lload(a0 + i * LANES);
+    w1 += vi * lload(a1 + i * LANES);
+    w2 += vi * lload(a2 + i * LANES);
+    w3 += vi * lload(a3 + i * LANES);
+  }
+  w0 *= t, w1 *= t, w2 *= t, w3 *= t;
+  lstore(a0 + j * LANES, lload(a0 + j * LANES) - w0);
+  lstore(a1 + j * LANES, lload(a1 + j * LANES) - w1);
+  lstore(a2 + j * LANES, lload(a2 + j * LANES) - w2);
+  lstore(a3 + j * LANES, lload(a3 + j * LANES) - w3);
+  for (int64_t i = j + 1; i < N; i++) {
+    lanes_t vi = lload(v + i * LANES);
+    lstore(a0 + i * LANES, lload(a0 + i * LANES) - w0 * vi);
+    lstore(a1 + i * LANES, lload(a1 + i * LANES) - w1 * vi);
+    lstore(a2 + i * LANES, lload(a2 + i * LANES) - w2 * vi);
+    lstore(a3 + i * LANES, lload(a3 + i * LANES) - w3 * vi);
+  }
+}
+
+/* Reflector j applied to rows j + 1 .. k - 1 of X. */
+static inline void reflect_rows(int64_t j, int64_t N, int64_t k, const float *v, const float *tau,
+                                float *X, int64_t row) {
+  int64_t c = j + 1;
+  for (; c + 4 <= k; c += 4) reflect4_lanes(j, N, v, tau, X + c * row, row);
+  for (; c < k; c++) reflect_lanes(j, N, v, tau, X + c * row);
+}
+
+MG_CLONES static void householder_lanes_f32(int64_t N, int64_t k, float *X, float *tau,
+                                            float *beta) {
+  const int64_t row = N * LANES;
+  for (int64_t j = 0; j < k; j++) {                    /* geqr2 */
+    float *v = X + j * row, *t = tau + j * LANES, *bt = beta + j * LANES, ss[LANES] = { 0 };
+    for (int64_t i = j + 1; i < N; i++)
+      for (int l = 0; l < LANES; l++) ss[l] += v[i * LANES + l] * v[i * LANES + l];
+    float sc[LANES];
+    for (int l = 0; l < LANES; l++) {
+      float alpha = v[j * LANES + l], b = -copysignf(sqrtf(alpha * alpha + ss[l]), alpha);
+      bool some = ss[l] > 0;
+      bt[l] = some ? b : alpha;
+      t[l] = some ? (b - alpha) / b : 0;
+      sc[l] = some ? 1 / (alpha - b) : 1;
+      v[j * LANES + l] = bt[l];
+    }
+    for (int64_t i = j + 1; i < N; i++)
+      for (int l = 0; l < LANES; l++) v[i * LANES + l] *= sc[l];
+    reflect_rows(j, N, k, v, t, X, row);
+  }
+  for (int64_t j = k - 1; j >= 0; j--) {               /* org2r: Q = H_0 ... H_(k-1) E */
+    float *v = X + j * row, *t = tau + j * LANES;
+    reflect_rows(j, N, k, v, t, X, row);
+    for (int64_t i = j + 1; i < N; i++)
+      for (int l = 0; l < LANES; l++) v[i * LANES + l] *= -t[l];
+    for (int l = 0; l < LANES; l++) v[j * LANES + l] = 1 - t[l];
+    for (int64_t i = 0; i < j; i++)
+      for (int l = 0; l < LANES; l++) v[i * LANES + l] = 0;
+  }
+}
+
+/* AL = TL J for the 16 trajectories of a group, lanes as in householder_lanes_f32 (TL, AL:
+** k x N x LANES; the coefficients N x LANES): AL[c][j] = sum_i TL[c][i] J[i][j] with
+** J[i][j] = U[i][j] cz[j] + U[i][N + j] cr[j] + U[i][2N + j] ch[j] + [i = j] zz[j], formed
+** JB columns at a time into Jb (N x JB x LANES floats, in cache) and applied CB tangents at a
+** time, the CB x JB lane vectors of AL summed in registers. */
+#define JB 4
+#define CB 4
+MG_CLONES static void tangents_lanes_f32(int64_t N, int64_t k, const float *U, const float *cz,
+                                         const float *cr, const float *ch, const float *zz,
+                                         const float *TL, float *AL, float *Jb) {
+  const int64_t G = 3 * N;
+  for (int64_t j0 = 0; j0 < N; j0 += JB) {
+    int64_t jb = N - j0 < JB ? N - j0 : JB;
+    lanes_t vz[JB], vr[JB], vh[JB];
+    for (int64_t q = 0; q < jb; q++) {
+      vz[q] = lload(cz + (j0 + q) * LANES);
+      vr[q] = lload(cr + (j0 + q) * LANES);
+      vh[q] = lload(ch + (j0 + q) * LANES);
+    }
+    for (int64_t i = 0; i < N; i++) {
+      const float *u = U + i * G + j0;
+      for (int64_t q = 0; q < jb; q++) {
+        lstore(Jb + (i * JB + q) * LANES, u[q] * vz[q] + u[N + q] * vr[q] + u[2 * N + q] * vh[q]);
+      }
+    }
+    for (int64_t q = 0; q < jb; q++)
+      for (int l = 0; l < LANES; l++) Jb[((j0 + q) * JB + q) * LANES + l] += zz[(j0 + q) * LANES + l];
+    int64_t c0 = 0;
+    if (jb == JB)
+      for (; c0 + CB <= k; c0 += CB) {
+        lanes_t acc[CB][JB];
+#pragma GCC unroll 4
+        for (int c = 0; c < CB; c++)
+#pragma GCC unroll 4
+          for (int q = 0; q < JB; q++) acc[c][q] = (lanes_t){ 0 };
+        for (int64_t i = 0; i < N; i++) {
+          lanes_t jr[JB];
+#pragma GCC unroll 4
+          for (int q = 0; q < JB; q++) jr[q] = lload(Jb + (i * JB + q) * LANES);
+#pragma GCC unroll 4
+          for (int c = 0; c < CB; c++) {
+            lanes_t t = lload(TL + ((c0 + c) * N + i) * LANES);
+#pragma GCC unroll 4
+            for (int q = 0; q < JB; q++) acc[c][q] += t * jr[q];
+          }
+        }
+#pragma GCC unroll 4
+        for (int c = 0; c < CB; c++)
+#pragma GCC unroll 4
+          for (int q = 0; q < JB; q++) lstore(AL + ((c0 + c) * N + j0 + q) * LANES, acc[c][q]);
+      }
+    for (; c0 < k; c0++)                                 /* the tangents and columns left */
+      for (int64_t q = 0; q < jb; q++) {
+        float acc[LANES] = { 0 };
+        for (int64_t i = 0; i < N; i++)
+          for (int l = 0; l < LANES; l++) acc[l] += TL[(c0 * N + i) * LANES + l] * Jb[(i * JB + q) * LANES + l];
+        for (int l = 0; l < LANES; l++) AL[(c0 * N + j0 + q) * LANES + l] = acc[l];
+      }
+  }
+}
+
+/* The coefficients of trajectories b0 .. b0 + nl - 1 in lanes (dst[j][l] = src[(b0 + l) N + j]),
+** 'pad' in the lanes past them. */
+static void to_lanes_f32(int64_t N, int64_t b0, int64_t nl, const float *src, float pad, float *dst) {
+  for (int64_t j = 0; j < N; j++)
+    for (int64_t l = 0; l < LANES; l++) dst[j * LANES + l] = l < nl ? src[(b0 + l) * N + j] : pad;
+}
+
+/* QR of the B (k, N) tangent matrices in A (rows: tangents), in place, 16 at a time through
+** X; log|R_jj| of trajectory b added to sum[b * k + j] unless sum is NULL. */
+static void qr_batch_f32(int64_t B, int64_t N, int64_t k, float *A, float *X, float *tau,
+                         float *beta, float *sum) {
+  for (int64_t b0 = 0; b0 < B; b0 += LANES) {
+    int64_t nl = B - b0 < LANES ? B - b0 : LANES;
+    for (int64_t c = 0; c < k; c++)
+      for (int64_t i = 0; i < N; i++) {
+        float *x = X + (c * N + i) * LANES;
+        for (int64_t l = 0; l < nl; l++) x[l] = A[((b0 + l) * k + c) * N + i];
+        for (int64_t l = nl; l < LANES; l++) x[l] = c == i ? 1.0f : 0.0f;
+      }
+    householder_lanes_f32(N, k, X, tau, beta);
+    for (int64_t l = 0; l < nl; l++) {
+      float *a = A + (b0 + l) * k * N;
+      for (int64_t c = 0; c < k; c++)
+        for (int64_t i = 0; i < N; i++) a[c * N + i] = X[(c * N + i) * LANES + l];
+      if (sum)
+        for (int64_t j = 0; j < k; j++)
+          sum[(b0 + l) * k + j] += (float)log(fabs((double)beta[j * LANES + l]));
+    }
+  }
+}
+
+/* From this many tangents on, LAPACK's recursive QR (GEMM-rich) beats the lanes' unblocked
+** code above. */
+#define QR_BLOCKED 128
+
+/* The same QR through LAPACK, one trajectory at a time: its recursive compact-WY geqrt3,
+** A = (I - V Tm V^T) [R; 0], so Q = E - V (Tm V1^T) with E the first k columns of the
+** identity and V1 the unit lower k x k top of V: a triangular product and one GEMM, where
+** orgqr takes 12% longer at k = N = 256. 'work' holds k * N * LANES floats. */
+static mg_status qr_lapack_f32(mg_ctx *C, const char *fn, int64_t B, int64_t N, int64_t k,
+                               float *A, float *work, float *sum) {
+  lapack_int n = (lapack_int)N, kk = (lapack_int)k;
+  float *Tm = work, *Q = work + k * k;
+  for (int64_t b = 0; b < B; b++) {
+    float *a = A + b * k * N;
+    lapack_int info = LAPACKE_sgeqrt3_work(LAPACK_COL_MAJOR, n, kk, a, n, Tm, kk);
+    if (info != 0) return mg_fail(C, MG_EARG, "%s: LAPACK's QR failed (info %d)", fn, (int)info);
+    for (int64_t j = 0; j < k; j++) {                  /* log|R_jj|, and A becomes V */
+      float *c = a + j * N;
+      if (sum) sum[b * k + j] += (float)log(fabs((double)c[j]));
+      for (int64_t i = 0; i < j; i++) c[i] = 0;
+      c[j] = 1;
+    }
+    cblas_strmm(CblasColMajor, CblasRight, CblasLower, CblasTrans, CblasUnit, kk, kk, 1.0f, a, n,
+                Tm, kk);                              /* Tm <- Tm V1^T */
+    memset(Q, 0, sizeof(float) * (size_t)(N * k));
+    for (int64_t j = 0; j < k; j++) Q[j * N + j] = 1;
+    cblas_sgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, n, kk, kk, -1.0f, a, n, Tm, kk, 1.0f,
+                Q, n);
+    memcpy(a, Q, sizeof(float) * (size_t)(N * k));
+  }
+  return MG_OK;
+}
+
+static int desc(const void *a, const void *b) {
+  float x = *(const float *)a, y = *(const float *)b;
+  return (x < y) - (x > y);
+}
+
+static mg_status check_gru(mg_ctx *C, const char *fn, mg_tensor *const *in, int64_t *dims) {
+  static const char *names[] = { "x", "h0", "kernel", "recurrent_kernel", "bias", "Q0" };
+  static const int nd[] = { 3, 2, 2, 2, 2, 3 };
+  char s[96];
+  for (int i = 0; i < 6; i++) {
+    if (in[i]->dtype != MG_F32)
+      return mg_fail(C, MG_EARG, "%s: %s must be float32, got %s", fn, names[i],
+                     mg_dtype_name(in[i]->dtype));
+    if (in[i]->ndim != nd[i])
+      return mg_fail(C, MG_ESHAPE, "%s: %s has shape %s, expected %d dims", fn, names[i],
+                     mg_shapestr(s, sizeof s, in[i]->ndim, in[i]->shape), nd[i]);
+  }
+  int64_t B = in[0]->shape[0], T = in[0]->shape[1], F = in[0]->shape[2], N = in[1]->shape[1];
+  int64_t k = in[5]->shape[2];
+  const int64_t want[6][3] = { { B, T, F }, { B, N }, { F, 3 * N }, { N, 3 * N }, { 2, 3 * N },
+                               { B, N, k } };
+  for (int i = 1; i < 6; i++)
+    for (int d = 0; d < nd[i]; d++)
+      if (in[i]->shape[d] != want[i][d])
+        return mg_fail(C, MG_ESHAPE, "%s: %s has shape %s, which does not fit x %s and h0 (%lld,%lld)",
+                       fn, names[i], mg_shapestr(s, sizeof s, in[i]->ndim, in[i]->shape),
+                       mg_shapestr(s + 48, 48, 3, in[0]->shape), (long long)B, (long long)N);
+  if (N < 1 || k < 1 || k > N)
+    return mg_fail(C, MG_EARG, "%s: k = %lld must be in 1..%lld", fn, (long long)k, (long long)N);
+  dims[0] = B, dims[1] = T, dims[2] = F, dims[3] = N, dims[4] = k;
+  return MG_OK;
+}
+
+static mg_status alloc_scratch(mg_ctx *C, const char *fn, int64_t B, int64_t N, int64_t k,
+                               int mode, scratch *s) {
+  memset(s, 0, sizeof *s);
+  bool lanes = mode == 2;
+  size_t BN = (size_t)(B * N), Bk = (size_t)(B * k), groups = (size_t)((B + LANES - 1) / LANES);
+  size_t kNL = (size_t)(k * N * LANES), tan = lanes ? groups * kNL : Bk * (size_t)N;
+  float **f[] = { &s->h, &s->cz, &s->cr, &s->ch, &s->zz, &s->mx, &s->mh, &s->T, &s->A, &s->sum,
+                  &s->row, &s->tau, &s->beta, &s->X, &s->J, &s->cl, &s->Jb };
+  size_t n[] = { BN, BN, BN, BN, BN, 3 * BN, 3 * BN, tan, tan, Bk, (size_t)k, (size_t)k * LANES,
+                 (size_t)k * LANES, lanes ? 1 : kNL, lanes ? 1 : (size_t)(N * N),
+                 lanes ? 4 * (size_t)N * LANES : 1, lanes ? (size_t)N * JB * LANES : 1 };
+  for (size_t i = 0; i < sizeof n / sizeof n[0]; i++)
+    if (!(*f[i] = calloc(n[i], sizeof(float)))) return mg_fail(C, MG_ENOMEM, "%s: out of memory", fn);
+  if (!(s->acc = calloc((size_t)k, sizeof(double)))) return mg_fail(C, MG_ENOMEM, "%s: out of memory", fn);
+  return MG_OK;
+}
+
+static void free_scratch(scratch *s) {
+  float *f[] = { s->h, s->cz, s->cr, s->ch, s->zz, s->mx, s->mh, s->T, s->A, s->sum, s->row,
+                 s->tau, s->beta, s->X, s->J, s->cl, s->Jb };
+  for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) free(f[i]);
+  free(s->acc);
+}
+
+/* Which way: the lanes (16 trajectories in vector lanes for the Jacobian product and the QR)
+** below k = 128, from there each trajectory's Jacobian, a GEMM and LAPACK's blocked QR. */
+static int pick_mode(int64_t k) { return k < QR_BLOCKED ? 2 : 1; }
+
+/* One step of the lanes way for every group: T <- QR(T J) (or T J alone when !qr). */
+static void step_lanes_f32(int64_t B, int64_t N, int64_t k, const float *U, bool qr,
+                           float *sum, scratch *s) {
+  int64_t kNL = k * N * LANES;
+  for (int64_t b0 = 0, g = 0; b0 < B; b0 += LANES, g++) {
+    int64_t nl = B - b0 < LANES ? B - b0 : LANES;
+    float *cz = s->cl, *cr = cz + N * LANES, *ch = cr + N * LANES, *zz = ch + N * LANES;
+    to_lanes_f32(N, b0, nl, s->cz, 0, cz);             /* past the batch: J = I */
+    to_lanes_f32(N, b0, nl, s->cr, 0, cr);
+    to_lanes_f32(N, b0, nl, s->ch, 0, ch);
+    to_lanes_f32(N, b0, nl, s->zz, 1, zz);
+    float *TL = s->T + g * kNL, *AL = s->A + g * kNL;
+    tangents_lanes_f32(N, k, U, cz, cr, ch, zz, TL, AL, s->Jb);
+    if (!qr) continue;
+    householder_lanes_f32(N, k, AL, s->tau, s->beta);
+    if (sum)
+      for (int64_t l = 0; l < nl; l++)
+        for (int64_t j = 0; j < k; j++)
+          sum[(b0 + l) * k + j] += (float)log(fabs((double)s->beta[j * LANES + l]));
+  }
+}
+
+mg_status mg_lyapunov_gru(mg_ctx *C, mg_tensor *x, mg_tensor *h0, mg_tensor *W, mg_tensor *U,
+                          mg_tensor *b, mg_tensor *Q0, int64_t warmup, int64_t steps,
+                          int64_t every, bool backwards, int mode, mg_tensor **sum_out,
+                          mg_tensor **history_out) {
+  const char *fn = "lyapunov";
+  mg_tensor *in[6] = { x, h0, W, U, b, Q0 }, *c[6] = { NULL }, *sum = NULL, *hist = NULL;
+  int64_t d[5] = { 0 };
+  scratch s;
+  memset(&s, 0, sizeof s);
+  mg_status st = check_gru(C, fn, in, d);
+  int64_t B = d[0], T = d[1], F = d[2], N = d[3], k = d[4];
+  if (st == MG_OK && (warmup < 0 || steps < 1 || every < 1 || warmup + steps > T))
+    st = mg_fail(C, MG_EARG, "%s: warmup %lld, steps %lld, reortho_every %lld do not fit %lld timesteps",
+                 fn, (long long)warmup, (long long)steps, (long long)every, (long long)T);
+  if (st == MG_OK && (mode < 0 || mode > 2)) st = mg_fail(C, MG_EARG, "%s: bad mode %d", fn, mode);
+  if (st != MG_OK) return st;
+  if (mode == 0) mode = pick_mode(k);
+  mg_no_grad_enter(C);
+  for (int i = 0; i < 6 && st == MG_OK; i++) st = mg_tensor_contiguous(C, in[i], &c[i]);
+  mg_no_grad_exit(C);
+  int64_t ss[2] = { B, k }, hs[2] = { steps, k };
+  if (st == MG_OK) st = mg_tensor_empty(C, MG_F32, 2, ss, &sum);
+  if (st == MG_OK) st = mg_tensor_empty(C, MG_F32, 2, hs, &hist);
+  if (st == MG_OK) st = alloc_scratch(C, fn, B, N, k, mode, &s);
+  if (st != MG_OK) goto done;
+  const float *xs = MG_F32P(c[0]), *Wp = MG_F32P(c[2]), *Up = MG_F32P(c[3]), *bp = MG_F32P(c[4]);
+  const float *q0 = MG_F32P(c[5]);
+  float *hist_p = MG_F32P(hist);
+  memcpy(s.h, MG_F32P(c[1]), sizeof(float) * (size_t)(B * N));
+  for (int64_t bb = 0; bb < (mode == 2 ? (B + LANES - 1) / LANES * LANES : B); bb++)
+    for (int64_t i = 0; i < N; i++)                    /* T_b = Q0_b^T: tangents as rows */
+      for (int64_t j = 0; j < k; j++) {
+        float v = bb < B ? q0[(bb * N + i) * k + j] : (i == j ? 1.0f : 0.0f);
+        if (mode == 2) s.T[((bb / LANES * k + j) * N + i) * LANES + bb % LANES] = v;
+        else s.T[(bb * k + j) * N + i] = v;
+      }
+  int64_t counted = 0, since = 0;
+  for (int64_t t = 1; t <= warmup + steps && st == MG_OK; t++) {
+    int64_t ti = backwards ? T - t : t - 1;
+    gru_step_f32(B, F, N, xs + ti * F, T * F, Wp, Up, bp, &s);
+    bool count = t > warmup, qr = t % every == 0 || t == warmup + steps || t == warmup;
+    if (mode == 2) {
+      step_lanes_f32(B, N, k, Up, qr, count ? s.sum : NULL, &s);
+    } else {
+      for (int64_t bb = 0; bb < B; bb++) {
+        const int64_t o = bb * N;
+        form_jacobian_f32(N, Up, s.cz + o, s.cr + o, s.ch + o, s.zz + o, s.J);
+        mg_gemm(MG_F32, false, false, k, N, N, 1, s.T + bb * k * N, N, s.J, N, 0, s.A + bb * k * N, N);
+      }
+      if (qr && k < QR_BLOCKED) qr_batch_f32(B, N, k, s.A, s.X, s.tau, s.beta, count ? s.sum : NULL);
+      else if (qr) st = qr_lapack_f32(C, fn, B, N, k, s.A, s.X, count ? s.sum : NULL);
+    }
+    if (count) counted++, since++;
+    if (qr) since = 0;
+    float *tmp = s.T; s.T = s.A; s.A = tmp;            /* the new tangents */
+    if (count) {
+      int64_t done = counted - since;                 /* steps covered by the last QR */
+      for (int64_t i = 0; i < k; i++) s.acc[i] = 0;
+      if (done > 0)
+        for (int64_t bb = 0; bb < B; bb++)
+          for (int64_t i = 0; i < k; i++) s.acc[i] += s.sum[bb * k + i] / (float)done;
+      for (int64_t i = 0; i < k; i++) s.row[i] = (float)(s.acc[i] / (double)B);
+      qsort(s.row, (size_t)k, sizeof(float), desc);
+      memcpy(hist_p + (counted - 1) * k, s.row, sizeof(float) * (size_t)k);
+    }
+    if (st == MG_OK) st = mg_poll(C, fn);
+  }
+  if (st == MG_OK) memcpy(MG_F32P(sum), s.sum, sizeof(float) * (size_t)(B * k));
+done:
+  free_scratch(&s);
+  for (int i = 0; i < 6; i++) mg_tensor_release(c[i]);
+  if (st != MG_OK) { mg_tensor_release(sum); mg_tensor_release(hist); return st; }
+  *sum_out = sum;
+  *history_out = hist;
+  return MG_OK;
+}
