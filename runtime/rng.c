@@ -77,7 +77,10 @@ void mg_fill_uniform(mg_ctx *C, mg_tensor *t, double lo, double hi) {
   mg_bump_version(t);
   int64_t n = mg_tensor_numel(t);
   if (t->dtype == MG_F32) {
-    if (mg_tensor_is_contiguous(t)) {
+    if (mg_tensor_is_contiguous(t) && lo == 0 && hi == 1) {      /* mg.rand: u exactly, below 1 */
+      float *p = MG_F32P(t);
+      for (int64_t k = 0; k < n; k++) p[k] = (float)(next(&C->rng) >> 40) * 0x1.0p-24f;
+    } else if (mg_tensor_is_contiguous(t)) {
       float *p = MG_F32P(t);
       for (int64_t k = 0; k < n; k++) p[k] = uniform_f32(&C->rng, lo, hi);
     } else {

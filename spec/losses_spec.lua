@@ -230,6 +230,9 @@ describe("loss semantics", function()
       { sample_weight = mg.ones(3) })
     assert_error("sparse_categorical_crossentropy: label 4 at position 2 is not a class id in 1..3",
       nn.sparse_categorical_crossentropy, p, { 1, 4 })
+    assert_error("label 0 at position 1 is not a class id", nn.sparse_categorical_crossentropy, p, { 0, 1 })
+    assert_error("label 1.5 at position 2 is not a class id", nn.sparse_categorical_crossentropy, p, { 1, 1.5 })
+    assert_error("at position 2 is not a class id in 1..3", nn.sparse_categorical_crossentropy, p, { 1, 0 / 0 })
     assert_error("sparse_categorical_crossentropy: labels have shape (3), expected class ids of shape (2)",
       nn.sparse_categorical_crossentropy, p, { 1, 2, 3 })
     assert_error("binary_crossentropy: label_smoothing must be a number in [0, 1], got 2", nn.binary_crossentropy, p,
