@@ -1355,6 +1355,17 @@ static int tensor_tostring(lua_State *L) {
   return 1;
 }
 
+/* mg._rmsprop_update(p, v, g, lr, rho, eps, scale): mg_rmsprop_update_ (optim.RMSprop's
+** fused step; p and v written in place). Private: optim.lua checks everything first. */
+static int tensor_rmsprop_update(lua_State *L) {
+  LSTATE_ARG;
+  mg_tensor *p = mg_lua_checktensor(L, 1), *v = mg_lua_checktensor(L, 2), *g = mg_lua_checktensor(L, 3);
+  mg_status st = mg_rmsprop_update_(S->C, p, v, g, luaL_checknumber(L, 4), luaL_checknumber(L, 5),
+                                    luaL_checknumber(L, 6), luaL_checknumber(L, 7));
+  if (st != MG_OK) return lmg_fail(L, S, "_rmsprop_update");
+  return 0;
+}
+
 /* mg._set_tostring(f): tostring(t) of a live tensor returns f(t) (nil: the plain form). */
 static int tensor_set_tostring(lua_State *L) {
   if (!lua_isnil(L, 1)) luaL_checktype(L, 1, LUA_TFUNCTION);
@@ -1444,6 +1455,7 @@ static const luaL_Reg module_functions[] = {
   { "glorot_uniform", tensor_glorot_uniform }, { "orthogonal", tensor_orthogonal },
   { "where", tensor_where }, { "cat", tensor_cat }, { "stack", tensor_stack },
   { "_set_tostring", tensor_set_tostring }, { "_unknown_option", tensor_unknown_option },
+  { "_rmsprop_update", tensor_rmsprop_update },
   { "_add_methods", tensor_add_methods },
   { NULL, NULL } };
 
