@@ -1150,6 +1150,13 @@ static int tensor_min(lua_State *L) { return extreme(L, true); }
 
 static int tensor_logsumexp(lua_State *L) { return reduction(L, mg_tensor_logsumexp); }
 
+/* mg.softmax_cross_entropy(logits, labels): -log_softmax(logits)[label] per row. */
+static int tensor_softmax_cross_entropy(lua_State *L) {
+  LSTATE_ARG;
+  mg_tensor *x = mg_lua_checktensor(L, 1), *labels = mg_lua_checktensor(L, 2), *y = NULL;
+  return lmg_result(L, S, mg_tensor_softmax_cross_entropy(S->C, x, labels, &y), &y);
+}
+
 /* The dim argument at 'idx' for 'fn' on 't', which must have at least one dimension. */
 static int checkdim_of(lua_State *L, mg_tensor *t, int idx, const char *fn) {
   if (mg_tensor_ndim(t) == 0) luaL_error(L, "%s: expected at least 1 dimension", fn);
@@ -1456,6 +1463,7 @@ static const luaL_Reg module_functions[] = {
   { "where", tensor_where }, { "cat", tensor_cat }, { "stack", tensor_stack },
   { "_set_tostring", tensor_set_tostring }, { "_unknown_option", tensor_unknown_option },
   { "_rmsprop_update", tensor_rmsprop_update },
+  { "softmax_cross_entropy", tensor_softmax_cross_entropy },
   { "_add_methods", tensor_add_methods },
   { NULL, NULL } };
 

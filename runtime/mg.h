@@ -260,6 +260,12 @@ MG_API mg_status mg_tensor_norm(mg_ctx *C, mg_tensor *x, uint32_t mask, bool kee
 MG_API mg_status mg_tensor_softmax(mg_ctx *C, mg_tensor *x, int dim, bool log,
                                    mg_tensor **out);
 
+/* -log_softmax(x)[label] per row of the last dimension: 'labels' (x's shape without its last
+** dimension, float32 or float64) hold 1-based class ids; the result has their shape. Recorded
+** (the gradient reaches x only). losses.c. */
+MG_API mg_status mg_tensor_softmax_cross_entropy(mg_ctx *C, mg_tensor *x, mg_tensor *labels,
+                                                 mg_tensor **out);
+
 /* log(sum(exp(x))) over 'mask', stable (shifted by the maximum). */
 MG_API mg_status mg_tensor_logsumexp(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keepdim,
                                      mg_tensor **out);

@@ -233,8 +233,10 @@ function losses.sparse_categorical_crossentropy(pred, labels, opts)
     end
   end
   -- -log p[label]: the labels' entries of the log-probabilities (what the one-hot product
-  -- summed over the classes gives, without the (..., C) one-hot tensor)
-  local picked = mg.take_along_dim(log_probs(pred, opts.from_logits), labels:unsqueeze(-1), -1):squeeze(-1)
+  -- summed over the classes gives, without the (..., C) one-hot tensor); from logits the
+  -- fused mg.softmax_cross_entropy (the same numbers, the gradient in one pass)
+  if opts.from_logits then return reduce(fn, mg.softmax_cross_entropy(pred, labels), opts) end
+  local picked = mg.take_along_dim(log_probs(pred, false), labels:unsqueeze(-1), -1):squeeze(-1)
   return reduce(fn, -picked, opts)
 end
 
