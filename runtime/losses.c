@@ -5,8 +5,9 @@
 ** is computed as log_softmax computes it (the row's maximum m, z = sum exp(x - m) in double
 ** and its log in double, x - m - log z in the tensor's precision), so the numbers are
 ** log_softmax's; the probabilities are saved, and the first-order reverse rule is
-** (p - onehot(label)) g in one pass; higher orders run the same rule from recorded ops. Labels are 1-based and held as
-** numbers (float32 or float64), as gather's indices; they get no gradient.
+** (p - onehot(label)) g in one pass; higher orders run the same rule from recorded ops.
+** Labels are 1-based and held as numbers (float32 or float64), as gather's indices; they get
+** no gradient.
 */
 #include "mg_impl.h"
 
@@ -148,7 +149,8 @@ static mg_status fused_vjp(mg_ctx *C, const mg_node *n, mg_tensor *g, mg_tensor 
 static mg_status ce_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *g,
                         const bool *need, mg_tensor **gin) {
   if (!need[0] || g[0] == NULL) return MG_OK;
-  if (lead == 0 && !mg_recording(C) && g[0]->dtype == n->in[0]->dtype) return fused_vjp(C, n, g[0], &gin[0]);
+  if (lead == 0 && !mg_recording(C) && g[0]->dtype == n->in[0]->dtype)
+    return fused_vjp(C, n, g[0], &gin[0]);
   mg_tensor *d = NULL, *gu = NULL;                /* g (lead.., rows..) -> (lead.., rows.., 1) */
   mg_status st = probs_minus_onehot(C, n, &d);
   if (st == MG_OK) st = mg_tensor_unsqueeze(C, g[0], g[0]->ndim, &gu);
