@@ -22,7 +22,7 @@
 --     states and cross-checked against the trace's c_t and h_t;
 --   ||dL/dh_t|| against the distance back in the text, for the loss at the last position.
 --
---   moongrad scripts/char_lstm.lua [--out out] [--iters 2000] [--quick] ...
+--   moongrad scripts/char_lstm.lua [--out out] [--iters 1000] [--quick] ...
 local common = dofile((arg[0]:match("^(.*)[/\\]") or ".") .. "/common.lua")
 local nn, optim, plot = mg.nn, mg.optim, mg.plot
 
@@ -49,7 +49,7 @@ local SPEC = {
   { "embed", 64, "embedding size", 1 },
   { "seq", 50, "characters per truncated-BPTT chunk", 2 },
   { "batch", 32, "streams per batch", 1 },
-  { "iters", 2000, "training iterations", 1 },
+  { "iters", 1000, "training iterations", 1 },
   { "optimizer", "rmsprop", "rmsprop or adam" },
   { "lr", 2e-3, "learning rate", 0 },
   { "clip", 5.0, "global gradient-norm clip", 0 },
