@@ -1,13 +1,13 @@
 """char_lstm.py - PyTorch side of bench/char_lstm.lua: one training step of the char-rnn
-model of scripts/char_lstm.lua. ids (32, 50) -> one-hot (76) -> nn.LSTM(76, units,
+model of scripts/char_lstm.lua. ids (32, 50) -> nn.Embedding(76, 64) -> nn.LSTM(64, units,
 num_layers=2, dropout=0.2, batch_first=True) -> dropout 0.2 -> Linear(units, 76) on every step
 -> cross_entropy -> backward -> clip_grad_norm_(5) -> RMSprop(lr=2e-3, alpha=0.9), float32,
 with the data and initial weights char_lstm.lua saved in DIR (Keras layout converted as in
-lstm.py, both layers). The input is one-hot as on the moongrad side (the same products as an
-Embedding feeding the first LSTM's kernel). Before timing, the loss and every gradient of one
-step without dropout are checked against moongrad's (within 1e-4 relative to each array's
-largest magnitude).
-Usage: /usr/bin/python3 bench/char_lstm.py DIR [units ...]   (after bench/char_lstm.lua DIR)
+lstm.py, both layers; the embedding table is the same (76, 64) matrix on both sides). Before
+timing, the loss and every gradient of one step without dropout are checked against
+moongrad's (within 1e-4 relative to each array's largest magnitude). Runs under torch 1.13
+and 2.x (only APIs both have).
+Usage: python3 bench/char_lstm.py DIR [units ...]   (after bench/char_lstm.lua DIR)
 """
 import os
 import sys
@@ -20,7 +20,7 @@ import torch.nn.functional as F  # noqa: E402
 BENCH = "char_lstm"
 USAGE = "usage: /usr/bin/python3 bench/char_lstm.py DIR [units ...]  (default units 128 512)"
 RTOL = 1e-4
-V, DROPOUT = 76, 0.2
+V, EMBED, DROPOUT = 76, 64, 0.2
 
 
 def load(directory, units, name):
@@ -30,17 +30,18 @@ def load(directory, units, name):
 class CharLSTM(torch.nn.Module):
     def __init__(self, units):
         super().__init__()
-        self.rnn = torch.nn.LSTM(V, units, num_layers=2, dropout=DROPOUT, batch_first=True)
+        self.embedding = torch.nn.Embedding(V, EMBED)
+        self.rnn = torch.nn.LSTM(EMBED, units, num_layers=2, dropout=DROPOUT, batch_first=True)
         self.head = torch.nn.Linear(units, V)
 
     def forward(self, ids):
-        out, _ = self.rnn(F.one_hot(ids, V).float())
+        out, _ = self.rnn(self.embedding(ids))
         return self.head(F.dropout(out, DROPOUT, self.training))
 
 
 def set_weights(model, directory, units):
     """Copies moongrad's initial weights; returns (parameter, moongrad name, transposed)."""
-    pairs = []
+    pairs = [(model.embedding.weight, "embedding_embeddings", False)]
     for k, layer in ((0, "lstm_1"), (1, "lstm_2")):
         pairs += [(getattr(model.rnn, "weight_ih_l%d" % k), layer + "_kernel", True),
                   (getattr(model.rnn, "weight_hh_l%d" % k), layer + "_recurrent_kernel", True),

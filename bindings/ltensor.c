@@ -1182,6 +1182,13 @@ static int tensor_min(lua_State *L) { return extreme(L, true); }
 
 static int tensor_logsumexp(lua_State *L) { return reduction(L, mg_tensor_logsumexp); }
 
+/* mg.softmax_cross_entropy(logits, labels): -log_softmax(logits)[label] per row. */
+static int tensor_softmax_cross_entropy(lua_State *L) {
+  LSTATE_ARG;
+  mg_tensor *x = mg_lua_checktensor(L, 1), *labels = mg_lua_checktensor(L, 2), *y = NULL;
+  return lmg_result(L, S, mg_tensor_softmax_cross_entropy(S->C, x, labels, &y), &y);
+}
+
 /* The dim argument at 'idx' for 'fn' on 't', which must have at least one dimension. */
 static int checkdim_of(lua_State *L, mg_tensor *t, int idx, const char *fn) {
   if (mg_tensor_ndim(t) == 0) luaL_error(L, "%s: expected at least 1 dimension", fn);
@@ -1387,6 +1394,17 @@ static int tensor_tostring(lua_State *L) {
   return 1;
 }
 
+/* mg._rmsprop_update(p, v, g, lr, rho, eps, scale): mg_rmsprop_update_ (optim.RMSprop's
+** fused step; p and v written in place). Private: optim.lua checks everything first. */
+static int tensor_rmsprop_update(lua_State *L) {
+  LSTATE_ARG;
+  mg_tensor *p = mg_lua_checktensor(L, 1), *v = mg_lua_checktensor(L, 2), *g = mg_lua_checktensor(L, 3);
+  mg_status st = mg_rmsprop_update_(S->C, p, v, g, luaL_checknumber(L, 4), luaL_checknumber(L, 5),
+                                    luaL_checknumber(L, 6), luaL_checknumber(L, 7));
+  if (st != MG_OK) return lmg_fail(L, S, "_rmsprop_update");
+  return 0;
+}
+
 /* mg._set_tostring(f): tostring(t) of a live tensor returns f(t) (nil: the plain form). */
 static int tensor_set_tostring(lua_State *L) {
   if (!lua_isnil(L, 1)) luaL_checktype(L, 1, LUA_TFUNCTION);
@@ -1476,6 +1494,8 @@ static const luaL_Reg module_functions[] = {
   { "glorot_uniform", tensor_glorot_uniform }, { "orthogonal", tensor_orthogonal },
   { "where", tensor_where }, { "cat", tensor_cat }, { "stack", tensor_stack },
   { "_set_tostring", tensor_set_tostring }, { "_unknown_option", tensor_unknown_option },
+  { "_rmsprop_update", tensor_rmsprop_update },
+  { "softmax_cross_entropy", tensor_softmax_cross_entropy },
   { "_add_methods", tensor_add_methods },
   { NULL, NULL } };
 

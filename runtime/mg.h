@@ -231,6 +231,11 @@ MG_API mg_status mg_tensor_copy_(mg_ctx *C, mg_tensor *dst, mg_tensor *src);
 MG_API void mg_tensor_fill_(mg_tensor *dst, double v);
 /* dst += src (same dtype, 'src' broadcast to dst's shape), in place and not recorded. */
 MG_API mg_status mg_tensor_add_(mg_ctx *C, mg_tensor *dst, mg_tensor *src);
+/* RMSprop's step (Keras 3: v = rho v + (1 - rho) g^2, p -= lr g / sqrt(v + eps), with g
+** first multiplied by 'scale' unless it is 1), writing v and p in place, not recorded. p, v and
+** g contiguous, of one dtype and shape. The same numbers as those element-wise ops. */
+MG_API mg_status mg_rmsprop_update_(mg_ctx *C, mg_tensor *p, mg_tensor *v, mg_tensor *g, double lr,
+                                    double rho, double eps, double scale);
 
 /* Reductions over the dims whose bit is set in 'mask' (all dims: mask = ~0). */
 MG_API mg_status mg_tensor_sum(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keepdim,
@@ -261,6 +266,12 @@ MG_API mg_status mg_tensor_norm(mg_ctx *C, mg_tensor *x, uint32_t mask, bool kee
                                 mg_tensor **out);
 MG_API mg_status mg_tensor_softmax(mg_ctx *C, mg_tensor *x, int dim, bool log,
                                    mg_tensor **out);
+
+/* -log_softmax(x)[label] per row of the last dimension: 'labels' (x's shape without its last
+** dimension, float32 or float64) hold 1-based class ids; the result has their shape. Recorded
+** (the gradient reaches x only). losses.c. */
+MG_API mg_status mg_tensor_softmax_cross_entropy(mg_ctx *C, mg_tensor *x, mg_tensor *labels,
+                                                 mg_tensor **out);
 
 /* log(sum(exp(x))) over 'mask', stable (shifted by the maximum). */
 MG_API mg_status mg_tensor_logsumexp(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keepdim,

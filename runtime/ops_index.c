@@ -7,6 +7,7 @@
 #include "mg_impl.h"
 
 #include <math.h>
+#include <string.h>
 
 static mg_status bad_dim(mg_ctx *C, const char *fn, int dim, int ndim) {
   return mg_fail(C, MG_EINDEX, "%s: dimension %d out of range for a %d-d tensor", fn, dim + 1,
@@ -208,13 +209,56 @@ static void put_add(mg_tensor *Y, int64_t a, mg_tensor *S, int64_t b) {
   else ((float *)Y->storage->data)[a] += ((float *)S->storage->data)[b];
 }
 
+/* index_select's pattern (its 1-d index expanded: stride 0 outside 'dim'), with A and B
+** contiguous and of the index's shape outside 'dim', and B of the index's shape: then every
+** index value moves a block of 'inner' contiguous elements (rows of an embedding table), in
+** the order index_walk visits them (the same sums for put_add, the same first bad index). */
+static bool rows_pattern(const mg_tensor *index, int dim, const mg_tensor *A, const mg_tensor *B) {
+  if (!mg_tensor_is_contiguous(A) || !mg_tensor_is_contiguous(B) || !mg_same_shape(index, B) ||
+      A->ndim != index->ndim || A->dtype != B->dtype)
+    return false;
+  for (int d = 0; d < index->ndim; d++)
+    if (d != dim && (index->stride[d] != 0 || A->shape[d] != index->shape[d])) return false;
+  return true;
+}
+
+static mg_status rows_walk(mg_ctx *C, const char *fn_name, mg_tensor *index, int dim,
+                           mg_tensor *A, mg_tensor *B, bool add) {
+  int64_t outer = 1, inner = 1, L = index->shape[dim], SA = A->shape[dim];
+  for (int d = 0; d < dim; d++) outer *= index->shape[d];
+  for (int d = dim + 1; d < index->ndim; d++) inner *= index->shape[d];
+  bool f64 = A->dtype == MG_F64;
+  for (int64_t o = 0; o < outer; o++)
+    for (int64_t k = 0; k < L; k++) {
+      double v = elem(index, index->offset + k * index->stride[dim]);
+      if (v != floor(v))
+        return mg_fail(C, MG_EARG, "%s: index %g is not an integer", fn_name, v + 1);
+      if (v < 0 || v >= (double)SA)
+        return mg_fail(C, MG_EINDEX, "%s: index %g out of range for dimension %d of size %lld",
+                       fn_name, v + 1, dim + 1, (long long)SA);
+      int64_t a = (o * SA + (int64_t)v) * inner, b = (o * L + k) * inner;
+      if (f64) {
+        double *pa = MG_F64P(A) + a, *pb = MG_F64P(B) + b;
+        if (add) for (int64_t j = 0; j < inner; j++) pa[j] += pb[j];
+        else memcpy(pb, pa, (size_t)inner * sizeof *pa);
+      } else {
+        float *pa = MG_F32P(A) + a, *pb = MG_F32P(B) + b;
+        if (add) for (int64_t j = 0; j < inner; j++) pa[j] += pb[j];
+        else memcpy(pb, pa, (size_t)inner * sizeof *pa);
+      }
+    }
+  return MG_OK;
+}
+
 static mg_status gather_named(mg_ctx *C, const char *fn, mg_tensor *x, int dim,
                               mg_tensor *index, mg_tensor **out) {
   mg_status st = check_index_shape(C, fn, index, dim, x->ndim, x->shape);
   if (st != MG_OK) return st;
   mg_tensor *y = NULL;
   if ((st = mg_tensor_empty(C, x->dtype, index->ndim, index->shape, &y)) != MG_OK) return st;
-  if ((st = index_walk(C, fn, index, dim, x->shape[dim], x, y, take)) != MG_OK) {
+  if ((st = rows_pattern(index, dim, x, y) ? rows_walk(C, fn, index, dim, x, y, false)
+                                           : index_walk(C, fn, index, dim, x->shape[dim], x, y, take))
+      != MG_OK) {
     mg_tensor_release(y);
     return st;
   }
@@ -240,7 +284,9 @@ mg_status mg_tensor_scatter_add(mg_ctx *C, mg_tensor *src, int dim, mg_tensor *i
   if (st != MG_OK) return st;
   mg_tensor *y = NULL;
   if ((st = mg_tensor_zeros(C, src->dtype, ndim, shape, &y)) != MG_OK) return st;
-  if ((st = index_walk(C, "scatter_add", index, dim, shape[dim], y, src, put_add)) != MG_OK) {
+  if ((st = rows_pattern(index, dim, y, src) ? rows_walk(C, "scatter_add", index, dim, y, src, true)
+                                              : index_walk(C, "scatter_add", index, dim, shape[dim], y, src,
+                                                           put_add)) != MG_OK) {
     mg_tensor_release(y);
     return st;
   }

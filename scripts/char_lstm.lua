@@ -2,15 +2,18 @@
 -- text every Debian system ships (/usr/share/common-licenses/GPL-3), then the analyses of
 -- "Visualizing and Understanding Recurrent Networks" (Karpathy, Johnson and Fei-Fei, 2015).
 --
--- The model: characters as one-hot rows (an Embedding with a one-hot input is the first
--- LSTM's kernel: the same product), two stacked LSTM layers (nn.RNN over nn.LSTMCell),
--- inverted dropout between the layers and before the head (masks drawn per batch, training
--- only), a Dense softmax head, sparse categorical cross-entropy over every position.
--- Truncated BPTT: the text is cut into 'batch' streams, read 'seq' characters at a time, the
--- final states carried (unrecorded) into the next chunk; RMSprop (or Adam) with global-norm
--- clipping. The last tenth of the text is the validation set. Checkpoints (every parameter
--- and the optimizer's state as .npy files, and a manifest) are written at each validation;
--- text sampled with a temperature is printed at the end.
+-- The model, as a Keras user writes it (an nn.Sequential of the library's layers):
+--   Embedding(V, embed) -> LSTM(units, return_sequences, stateful) -> Dropout
+--   -> LSTM(units, return_sequences, stateful) -> Dropout -> Dense(V) on every step,
+-- the softmax taken in the loss (sparse categorical cross-entropy from logits over every
+-- position). Truncated BPTT: the text is cut into 'batch' streams, read 'seq' characters at a
+-- time; the stateful LSTM layers carry their final states (detached) into the next chunk and
+-- are reset at the start of each pass. RMSprop (or Adam) with global-norm clipping. The last
+-- tenth of the text is the validation set, run by a twin model over the same layers
+-- (its own stateful LSTM layers over the same cells, so validation does not disturb the
+-- training states). At each validation the model and the optimizer's state are written with
+-- nn.save (one safetensors file, written atomically); at the end the checkpoint is read back
+-- into a fresh model and checked. Text sampled with a temperature is printed at the end.
 --
 -- Analyses on a validation batch:
 --   gate saturation: for each unit of each layer, the fraction of timesteps its forget, input
@@ -19,13 +22,14 @@
 --     states and cross-checked against the trace's c_t and h_t;
 --   ||dL/dh_t|| against the distance back in the text, for the loss at the last position.
 --
---   moongrad scripts/char_lstm.lua [--out out] [--iters 600] [--quick] ...
+--   moongrad scripts/char_lstm.lua [--out out] [--iters 1000] [--quick] ...
 local common = dofile((arg[0]:match("^(.*)[/\\]") or ".") .. "/common.lua")
 local nn, optim, plot = mg.nn, mg.optim, mg.plot
 
 -- "--quick" alone means "--quick=true" (common.options takes a value for every option); with
 -- it the defaults are the small ones of QUICK, and options given explicitly still win.
-local QUICK = { units = 48, seq = 25, batch = 16, iters = 200, every = 100, sample_len = 120, lr = 1e-2, dropout = 0.0 }
+local QUICK = { units = 48, embed = 24, seq = 25, batch = 16, iters = 400, every = 200, sample_len = 120, lr = 1e-2,
+  dropout = 0.0 }
 local args, quick = {}, false
 for i = 1, #arg do
   local nxt = arg[i + 1]
@@ -42,17 +46,18 @@ local SPEC = {
   common.opt.out("out"),
   { "text", "/usr/share/common-licenses/GPL-3", "the training text" },
   common.opt.units(128),
+  { "embed", 64, "embedding size", 1 },
   { "seq", 50, "characters per truncated-BPTT chunk", 2 },
-  common.opt.batch(32), common.opt.iters(600),
+  common.opt.batch(32), common.opt.iters(1000),
   { "optimizer", "rmsprop", "rmsprop or adam" },
   common.opt.lr(2e-3),
   { "clip", 5.0, "global gradient-norm clip", 0 },
   { "dropout", 0.2, "dropout rate between layers", 0 },
-  { "every", 100, "validate and checkpoint every this many iterations", 1 },
+  { "every", 200, "validate and checkpoint every this many iterations", 1 },
   { "temperature", 0.8, "sampling temperature", 0 },
   { "sample_len", 400, "characters to sample", 1 },
   common.opt.seed(1),
-  { "quick", false, "small and fast (for specs): 48 units, seq 25, batch 16, 200 iterations, lr 0.01, no dropout" },
+  { "quick", false, "small and fast (for specs): 48 units, embedding 24, seq 25, batch 16, 400 iterations, lr 0.01, no dropout" },
 }
 if quick then
   for _, o in ipairs(SPEC) do
@@ -114,65 +119,40 @@ local function streams(first, len, B, seq)
   end
 end
 
-local classes = mg.arange(1, V + 1)
-local function one_hot(x) return mg.eq(x:unsqueeze(-1), classes) end   -- (B, T) ids -> (B, T, V)
-
 ---------------------------------------------------------------- the model
 
-local U = opt.units
-local layers = { nn.RNN(nn.LSTMCell(V, U, { name = "lstm_1" })), nn.RNN(nn.LSTMCell(U, U, { name = "lstm_2" })) }
+local U, E = opt.units, opt.embed
+local emb = nn.Embedding(V, E, { name = "embedding" })
+local lstm_1 = nn.LSTM(U, { return_sequences = true, stateful = true, name = "lstm_1", input_size = E })
+local lstm_2 = nn.LSTM(U, { return_sequences = true, stateful = true, name = "lstm_2", input_size = U })
 local head = nn.Dense(U, V, { name = "head" })
-local params = {}
-for _, l in ipairs { layers[1], layers[2], head } do
-  for _, p in ipairs(l:parameters()) do params[#params + 1] = p end
-end
+local model = nn.Sequential { emb, lstm_1, nn.Dropout(opt.dropout), lstm_2, nn.Dropout(opt.dropout), head }
+local params = model:parameters()
+local cells = { lstm_1.cell, lstm_2.cell }
 
--- Inverted dropout: zero a fraction 'rate' of x, scale the rest by 1 / (1 - rate).
-local function dropout(x, rate)
-  if rate == 0 then return x end
-  return x * (mg.gt(mg.rand(x:shape()), rate) / (1 - rate))
-end
-
--- The forward pass from 'states' ({ {h1, c1}, {h2, c2} } or nil): logits (B, T, V), the two
--- traces, and the final states.
-local function forward(x, states, training)
-  local h = one_hot(x)
-  local traces, finals = {}, {}
-  for k, layer in ipairs(layers) do
-    if k > 1 and training then h = dropout(h, opt.dropout) end
-    local tr = layer:trace(h, states and states[k])
-    traces[k] = tr
-    finals[k] = { tr.h[#tr.h], tr.c[#tr.c] }
-    h = mg.stack(tr.outputs, 2)
-  end
-  if training then h = dropout(h, opt.dropout) end
-  return head(h), traces, finals
+-- A twin of the model over the same Embedding, cells and head (no dropout: it only infers),
+-- with its own LSTM layers, so its states are its own: validation and sampling run on it.
+local function twin(stateful)
+  local r1 = nn.RNN(cells[1], { return_sequences = true, stateful = stateful })
+  local r2 = nn.RNN(cells[2], { return_sequences = true, stateful = stateful })
+  return nn.Sequential { emb, r1, r2, head }, { r1, r2 }
 end
 
 local function loss_of(logits, y)
   return nn.sparse_categorical_crossentropy(logits, y, { from_logits = true })
 end
 
--- States carried into the next chunk, unrecorded (truncated BPTT).
-local function detach(finals)
-  return mg.no_grad(function()
-    local out = {}
-    for k, s in ipairs(finals) do out[k] = { s[1]:clone(), s[2]:clone() } end
-    return out
-  end)
-end
-
 local val_chunks, val_chunk = streams(n_train + 1, n_val, math.min(opt.batch, n_val // (opt.seq + 1)), opt.seq)
+local validator, val_layers = twin(true)
 
--- The validation loss: every validation chunk in order, states carried, no dropout.
+-- The validation loss: every validation chunk in order, states carried from zero.
 local function validate()
-  local sum, states = 0, nil
+  for _, l in ipairs(val_layers) do l:reset_states() end
+  local sum = 0
   mg.no_grad(function()
     for k = 1, val_chunks do
       local x, y = val_chunk(k)
-      local logits, _, finals = forward(x, states, false)
-      sum = sum + loss_of(logits, y):item()
-      states = finals
+      sum = sum + loss_of(validator(x), y):item()
     end
   end)
   return sum / val_chunks
@@ -180,104 +160,102 @@ end
 
 ---------------------------------------------------------------- checkpoints
 
-local ckdir = common.outdir(out .. "/char_lstm_checkpoint")
+local ckpath = out .. "/char_lstm_checkpoint.safetensors"
 
--- Every parameter and the optimizer's state as .npy files, and a manifest listing them.
-local function checkpoint(o, iter, val)
-  local lines = { string.format("iteration %d", iter), string.format("val_loss %.6f", val),
-    "vocabulary " .. string.format("%q", table.concat(chars)) }
-  for i, p in ipairs(params) do
-    local file = string.format("param_%02d_%s.npy", i, p.name:gsub("[^%w_]", "_"))
-    mg.save(p, ckdir .. "/" .. file)
-    lines[#lines + 1] = "param " .. p.name .. " " .. file
-  end
-  local names = {}
-  for k in pairs(o:state()) do names[#names + 1] = k end
-  table.sort(names)
-  local st = o:state()
-  for _, k in ipairs(names) do
-    if mg.is_tensor(st[k]) then
-      local file = "optimizer_" .. k:gsub("[^%w_]", "_") .. ".npy"
-      mg.save(st[k], ckdir .. "/" .. file)
-      lines[#lines + 1] = "optimizer " .. k .. " " .. file
-    else
-      lines[#lines + 1] = string.format("optimizer %s = %.17g", k, st[k])
-    end
-  end
-  local tmp = ckdir .. "/manifest.txt.tmp"
-  local m = assert(io.open(tmp, "w"))
-  m:write(table.concat(lines, "\n"), "\n")
+-- The model and the optimizer's state (nn.save: one safetensors file, written atomically),
+-- and the vocabulary beside it (written to a temporary name, then renamed).
+local function checkpoint(o)
+  nn.save(model, ckpath, { optimizer = o })
+  local tmp = out .. "/char_lstm_vocabulary.txt.tmp"
+  local m = assert(io.open(tmp, "wb"))
+  m:write(table.concat(chars))
   m:close()
-  assert(os.rename(tmp, ckdir .. "/manifest.txt"))
+  assert(os.rename(tmp, out .. "/char_lstm_vocabulary.txt"))
 end
 
 ---------------------------------------------------------------- training
 
-local o = opt.optimizer == "adam" and optim.Adam(params, { lr = opt.lr, global_clipnorm = opt.clip })
-          or optim.RMSprop(params, { lr = opt.lr, global_clipnorm = opt.clip })
+local function make_optimizer(ps)
+  local o = { lr = opt.lr, global_clipnorm = opt.clip }
+  return opt.optimizer == "adam" and optim.Adam(ps, o) or optim.RMSprop(ps, o)
+end
+local o = make_optimizer(params)
 local train_chunks, train_chunk = streams(1, n_train, opt.batch, opt.seq)
-print(string.format("model: one-hot %d -> LSTM %d -> LSTM %d -> Dense %d (softmax); %d parameters; %s lr %g, "
-  .. "global clipnorm %g, dropout %g; batch %d x %d characters, %d chunks per pass", V, U, U, V,
-  (function() local n = 0 for _, p in ipairs(params) do n = n + p:numel() end return n end)(),
-  opt.optimizer, opt.lr, opt.clip, opt.dropout, opt.batch, opt.seq, train_chunks))
+local n_params = 0
+for _, p in ipairs(params) do n_params = n_params + p:numel() end
+print(string.format("model: Embedding %d -> %d, LSTM %d, Dropout %g, LSTM %d, Dropout %g, Dense %d (softmax in the "
+  .. "loss); %d parameters; %s lr %g, global clipnorm %g; batch %d x %d characters, %d chunks per pass", V, E, U,
+  opt.dropout, U, opt.dropout, V, n_params, opt.optimizer, opt.lr, opt.clip, opt.batch, opt.seq, train_chunks))
 
-local states, first_loss, last_val, vals = nil, nil, nil, {}
+local first_loss, last_val, vals = nil, nil, {}
 local losses, t0 = {}, mg.clock()
 for iter = 1, opt.iters do
   local x, y, fresh = train_chunk(iter)
-  if fresh then states = nil end                      -- a new pass over the text
+  if fresh then lstm_1:reset_states() lstm_2:reset_states() end     -- a new pass over the text
   local tape = mg.GradientTape()
-  local loss, finals = tape:record(function()
-    local logits, _, fin = forward(x, states, true)
-    return loss_of(logits, y), fin
-  end)
+  local loss = tape:record(function() return loss_of(model(x, { training = true }), y) end)
   o:step(tape:gradient(loss, params))
-  states = detach(finals)
   losses[iter] = loss:item()
   first_loss = first_loss or losses[iter]
   common.progress("train", iter, opt.iters, losses[iter])
   if iter % opt.every == 0 or iter == opt.iters then
     last_val = validate()
     vals[#vals + 1] = { iter, last_val }
-    checkpoint(o, iter, last_val)
+    checkpoint(o)
     print(string.format("iteration %d: validation loss %.4f nats/char (unigram entropy %.4f)", iter, last_val, H))
   end
 end
+local train_time = mg.clock() - t0
 local tail = 0
 local k = math.min(20, #losses)
 for i = #losses - k + 1, #losses do tail = tail + losses[i] end
 tail = tail / k
-print(string.format("training loss: first %.4f, mean of the last %d %.4f nats/char; %.1f s", first_loss, k, tail,
-  mg.clock() - t0))
+print(string.format("training loss: first %.4f, mean of the last %d %.4f nats/char; %.1f s (%.1f ms per step)",
+  first_loss, k, tail, train_time, train_time / opt.iters * 1e3))
 print(string.format("final validation loss = %.4f nats/char (unigram entropy %.4f)", last_val, H))
-print("checkpoint (parameters, optimizer state, manifest.txt) in " .. ckdir)
+
+-- The checkpoint read back into a fresh model and optimizer: every weight and slot as saved.
+do
+  local fresh = nn.Sequential { nn.Embedding(V, E, { name = "embedding" }),
+    nn.LSTM(U, { return_sequences = true, name = "lstm_1", input_size = E }), nn.Dropout(opt.dropout),
+    nn.LSTM(U, { return_sequences = true, name = "lstm_2", input_size = U }), nn.Dropout(opt.dropout),
+    nn.Dense(U, V, { name = "head" }) }
+  local fo = make_optimizer(fresh:parameters())
+  nn.load(fresh, ckpath, { optimizer = fo })
+  local worst = 0
+  for i, p in ipairs(fresh:parameters()) do worst = math.max(worst, common.maxdiff(p, params[i])) end
+  local a, b = fo:state(), o:state()
+  for name, v in pairs(b) do
+    worst = math.max(worst, mg.is_tensor(v) and common.maxdiff(a[name], v) or math.abs(a[name] - v))
+  end
+  common.check(worst == 0, "the checkpoint read back differs from the model by %g", worst)
+  print(string.format("checkpoint %s read back into a fresh model and optimizer: %d weights, %d optimizer entries, "
+    .. "max |diff| %g", ckpath, #params, (function() local n = 0 for _ in pairs(b) do n = n + 1 end return n end)(), worst))
+end
 
 ---------------------------------------------------------------- sampling
 
--- Samples 'n' characters after 'primer', one step at a time through the cells.
+-- Samples 'n' characters after 'primer' with a batch-1 stateful twin: the primer in one call,
+-- then one character per call.
 local function sample(primer, n, temperature)
-  local st = { layers[1].cell:initial_state(1), layers[2].cell:initial_state(1) }
+  local sampler, layers = twin(true)
   local outp = {}
-  local function step(id)
-    local h = one_hot(mg.tensor({ id }))              -- (1, V)
-    for kk, layer in ipairs(layers) do
-      h, st[kk] = layer.cell(h, st[kk])
-    end
-    return head(h)                                    -- (1, V) logits
-  end
+  local ids = {}
+  for i = 1, #primer do ids[i] = index[primer:sub(i, i)] or 1 end
   return mg.no_grad(function()
-    local logits
-    for i = 1, #primer do logits = step(index[primer:sub(i, i)] or 1) end
+    local logits = sampler(mg.tensor({ ids }))        -- (1, #primer, V)
     for _ = 1, n do
-      local p = mg.softmax(logits * (1 / temperature), -1):reshape(-1):totable()
+      local last = logits:select(2, logits:size(2)):reshape(-1)
+      local p = mg.softmax(last * (1 / temperature), -1):totable()
       local r, id = mg.rand(1):item(), V
       for c = 1, V do
         r = r - p[c]
         if r <= 0 then id = c break end
       end
       outp[#outp + 1] = chars[id]
-      logits = step(id)
+      logits = sampler(mg.tensor({ { id } }))
     end
+    for _, l in ipairs(layers) do l:reset_states() end
     return primer .. table.concat(outp)
   end)
 end
@@ -287,22 +265,28 @@ print("(end of sample)")
 
 ---------------------------------------------------------------- gate saturation
 
--- One recorded pass over a validation batch: its traces, and the loss at the last position
--- (one record call: a tape records until its record returns).
+-- One recorded pass over a validation batch from zero states, layer by layer with rnn:trace
+-- (a non-stateful twin: each layer's states at every step), and the loss at the last position.
 local ax, ay = val_chunk(1)
 local T = ax:size(2)
+local _, tracer = twin(false)
 local vtape = mg.GradientTape()
-local traces, last_loss = vtape:record(function()
-  local lg, trs = forward(ax, nil, false)
-  return trs, loss_of(lg:narrow(2, T, 1), ay:narrow(2, T, 1))
+local inputs, traces, last_loss = {}, {}, nil
+vtape:record(function()
+  local h = emb(ax)
+  for kk, layer in ipairs(tracer) do
+    inputs[kk] = h
+    traces[kk] = layer:trace(h)
+    h = mg.stack(traces[kk].outputs, 2)
+  end
+  last_loss = loss_of(head(h:narrow(2, T, 1)), ay:narrow(2, T, 1))
 end)
 
--- The gates of 'layer' over the trace 'tr' of its input 'input' (B, T, in): i, f, o as
+-- The gates of 'cell' over the trace 'tr' of its input 'input' (B, T, in): i, f, o as
 -- (B*T, U) tensors, recomputed from x_t and h_(t-1) with the cell's weights (Keras order
 -- i, f, c, o); checked against the trace's c_t and h_t.
-local function gates(layer, input, tr)
-  local cell = layer.cell
-  local B, T = input:size(1), input:size(2)
+local function gates(cell, input, tr)
+  local B = input:size(1)
   local hprev, cprev, hs, cs = {}, {}, {}, {}
   for t = 1, T do hprev[t], cprev[t], hs[t], cs[t] = tr.h[t - 1], tr.c[t - 1], tr.h[t], tr.c[t] end
   local function flat(list) return mg.stack(list, 2):reshape(B * T, -1) end
@@ -320,9 +304,8 @@ local function gates(layer, input, tr)
 end
 
 local saturation = {}
-local layer_input = one_hot(ax)
-for kk, layer in ipairs(layers) do
-  local g, err = gates(layer, layer_input, traces[kk])
+for kk = 1, 2 do
+  local g, err = gates(cells[kk], inputs[kk], traces[kk])
   print(string.format("layer %d: gates recomputed from the trace, max |diff| on c_t and h_t = %.2e", kk, err))
   saturation[kk] = {}
   for _, name in ipairs { "forget", "input", "output" } do
@@ -337,7 +320,6 @@ for kk, layer in ipairs(layers) do
     print(string.format("layer %d %-6s gate: mean fraction left-saturated %.3f, right-saturated %.3f; "
       .. "%d of %d units right-saturated more than half the time", kk, name, ml, mr, nr, U))
   end
-  layer_input = mg.stack(traces[kk].outputs, 2)
 end
 
 ---------------------------------------------------------------- dL/dh_t against distance
@@ -364,22 +346,36 @@ print(string.format("log10 mean ||dL/dh_t|| (loss at the last position), layer 2
 
 local written = {}
 local function picture(what, path) written[#written + 1] = { what, path } end
-for kk = 1, 2 do
-  for _, name in ipairs { "forget", "input", "output" } do
-    local s = saturation[kk][name]
-    picture(string.format("layer %d %s-gate saturation", kk, name), plot.scatter(s.left, s.right, {
-      title = string.format("LSTM layer %d, %s gate: fraction of time each unit is saturated\n"
-        .. "(one point per unit, %d validation sequences of %d characters)", kk, name, ax:size(1), T),
-      xlabel = "fraction left-saturated (< 0.1)", ylabel = "fraction right-saturated (> 0.9)",
-      out = string.format("%s/char_lstm_layer%d_%s_saturation.png", out, kk, name) }))
+-- The paper's figure: one panel per gate, one point per unit (left-saturated fraction
+-- against right-saturated fraction), the two layers in two colours; the points lie below the
+-- line x + y = 1 (a gate cannot be both at once).
+do
+  local GATES = { "forget", "input", "output" }
+  local data, lines = {}, {
+    "set multiplot layout 1,3 title " .. common.gstr(string.format("Gate saturation of the char-LSTM (%d units "
+      .. "per layer; %d validation sequences of %d characters)", U, ax:size(1), T)),
+    "set xrange [0:1]", "set yrange [0:1]", "set size ratio -1", "set grid", "set key top right",
+    "set xlabel 'fraction left-saturated (< 0.1)'", "set ylabel 'fraction right-saturated (> 0.9)'",
+  }
+  for _, name in ipairs(GATES) do
+    for kk = 1, 2 do
+      local sat, rows = saturation[kk][name], {}
+      for u = 1, U do rows[u] = { sat.left[u], sat.right[u] } end
+      data[name .. kk] = rows
+    end
+    lines[#lines + 1] = "set title " .. common.gstr(name .. " gate")
+    lines[#lines + 1] = string.format("plot 1 - x with lines lc rgb 'gray' notitle, "
+      .. "$%s1 using 1:2 with points pt 7 ps 0.7 lc rgb '#1f77b4' title 'layer 1', "
+      .. "$%s2 using 1:2 with points pt 7 ps 0.7 lc rgb '#d62728' title 'layer 2'", name, name)
   end
+  lines[#lines + 1] = "unset multiplot"
+  picture("gate saturation (forget, input, output gates; both layers)", plot.gnuplot(table.concat(lines, "\n"), data,
+    { out = out .. "/char_lstm_gate_saturation.png", width = 1500, height = 600 }))
 end
 picture("log10 ||dL/dh_t|| against distance back", plot.lines({ norms[1], norms[2] }, { x = dist,
   labels = { "layer 1", "layer 2" }, xlabel = "distance back in the text (characters)", ylabel = "log10 mean ||dL/dh_t||",
   title = string.format("Gradient of the loss at the last position w.r.t. each hidden state (T = %d)", T),
   out = out .. "/char_lstm_dL_dh_distance.png" }))
-local vx, vy = {}, {}
-for i, v in ipairs(vals) do vx[i], vy[i] = v[1], v[2] end
 picture("training loss", plot.lines({ losses }, { labels = { "training loss (nats/char)" }, xlabel = "iteration",
   ylabel = "loss", title = string.format("char-LSTM training loss; unigram entropy %.3f", H),
   out = out .. "/char_lstm_loss.png" }))

@@ -228,10 +228,59 @@ describe("loss semantics", function()
       { sample_weight = mg.ones(3) })
     assert_error("sparse_categorical_crossentropy: label 4 at position 2 is not a class id in 1..3",
       nn.sparse_categorical_crossentropy, p, { 1, 4 })
+    assert_error("label 0 at position 1 is not a class id", nn.sparse_categorical_crossentropy, p, { 0, 1 })
+    assert_error("label 1.5 at position 2 is not a class id", nn.sparse_categorical_crossentropy, p, { 1, 1.5 })
+    assert_error("at position 2 is not a class id in 1..3", nn.sparse_categorical_crossentropy, p, { 1, 0 / 0 })
     assert_error("sparse_categorical_crossentropy: labels have shape (3), expected class ids of shape (2)",
       nn.sparse_categorical_crossentropy, p, { 1, 2, 3 })
     assert_error("binary_crossentropy: label_smoothing must be a number in [0, 1], got 2", nn.binary_crossentropy, p,
       p, { label_smoothing = 2 })
     assert_error("categorical_crossentropy: unknown option 'axis'", nn.categorical_crossentropy, p, p, { axis = 1 })
+  end)
+end)
+
+describe("mg.softmax_cross_entropy (runtime/losses.c, what the from_logits loss runs on)", function()
+  local function by_ops(x, labels)
+    return -mg.take_along_dim(mg.log_softmax(x, -1), labels:unsqueeze(-1), -1):squeeze(-1)
+  end
+  it("is -log_softmax at the label, bit for bit, in both dtypes, strided logits and float64 labels", function()
+    for _, dtype in ipairs { "float32", "float64" } do
+      mg.manual_seed(5)
+      local x = mg.randn({ 6, 3, 9 }, { dtype = dtype }) * 4
+      local labels = (mg.rand({ 6, 3 }, F64) * 8.99):floor() + 1
+      assert.are.equal(0, (mg.softmax_cross_entropy(x, labels) - by_ops(x, labels)):abs():max():item())
+      local xt = x:transpose(1, 2)                       -- (3, 6, 9), not contiguous
+      local lt = labels:transpose(1, 2)
+      assert.are.equal(0, (mg.softmax_cross_entropy(xt, lt) - by_ops(xt, lt)):abs():max():item())
+      assert.are.equal(dtype, mg.softmax_cross_entropy(x, labels).dtype)
+    end
+    local big = mg.tensor({ { 1000, 0, -1000 } }, F64)   -- shifted by the maximum: finite
+    assert.are.same({ 1000 }, mg.softmax_cross_entropy(big, mg.tensor({ 2 })):totable())
+  end)
+  it("has the finite-difference gradient, first and second order; labels get none", function()
+    local labels = mg.tensor({ { 2, 1, 4 }, { 4, 4, 3 } })
+    assert.is_true(mg.gradcheck(function(x) return mg.softmax_cross_entropy(x, labels) end,
+      { mg.randn({ 2, 3, 4 }, F64) }))
+    assert.is_true(mg.gradcheck(mg.grad(function(x) return (mg.softmax_cross_entropy(x, labels) ^ 2):sum() end),
+      { mg.randn({ 2, 3, 4 }, F64) }))
+    local x, l = mg.Variable(mg.randn({ 2, 3 }, F64)), mg.Variable(mg.tensor({ 1, 3 }, F64))
+    local tape = mg.GradientTape()
+    local g = tape:gradient(mg.softmax_cross_entropy(x, l):sum(), { x, l })
+    local p = mg.softmax(x, -1):totable()
+    support.near({ { p[1][1] - 1, p[1][2], p[1][3] }, { p[2][1], p[2][2], p[2][3] - 1 } }, g[1]:totable(), 1e-15)
+    assert.is_nil(g[2])
+  end)
+  it("rejects labels that are not class ids, and shapes that do not fit", function()
+    local x = mg.zeros(2, 3)
+    assert_error("softmax_cross_entropy: label 4 at position 2 is not a class id in 1..3", mg.softmax_cross_entropy,
+      x, mg.tensor({ 1, 4 }))
+    assert_error("label 0 at position 1", mg.softmax_cross_entropy, x, mg.tensor({ 0, 1 }))
+    assert_error("label 1.5 at position 1", mg.softmax_cross_entropy, x, mg.tensor({ 1.5, 1 }))
+    assert_error("at position 2 is not a class id", mg.softmax_cross_entropy, x, mg.tensor({ 1, 0 / 0 }))
+    assert_error("softmax_cross_entropy: labels of shape (3) do not fit logits of shape (2,3)",
+      mg.softmax_cross_entropy, x, mg.tensor({ 1, 2, 3 }))
+    assert_error("softmax_cross_entropy: logits must have a class dimension of size >= 1, got shape (2,0)",
+      mg.softmax_cross_entropy, mg.zeros(2, 0), mg.tensor({ 1, 1 }))
+    assert_error("logits must have a class dimension", mg.softmax_cross_entropy, mg.tensor(1), mg.tensor(1))
   end)
 end)

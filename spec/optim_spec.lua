@@ -93,6 +93,44 @@ describe("Adam", function()
   end)
 end)
 
+describe("RMSprop's fused step", function()
+  -- The step runs in one pass (mg._rmsprop_update) for contiguous operands; it must give the
+  -- very numbers of Keras's formula written with tensor ops, bit for bit, in both dtypes,
+  -- with the global-norm clip scaling the gradients first (and leaving them when it is 1).
+  for _, dtype in ipairs { "float32", "float64" } do
+    it("equals the element-wise ops exactly (" .. dtype .. ", with and without clipping)", function()
+      for _, clip in ipairs { 0.5, 1e6 } do
+        mg.manual_seed(3)
+        local p0, grads = mg.randn({ 7, 5 }, { dtype = dtype }), {}
+        for s = 1, 4 do grads[s] = mg.randn({ 7, 5 }, { dtype = dtype }) * s end
+        local p = mg.Variable(p0:clone(), "p")
+        local opt = optim.RMSprop({ p }, { lr = 0.01, rho = 0.8, eps = 1e-3, global_clipnorm = clip })
+        local q, v = p0:clone(), mg.zeros({ 7, 5 }, { dtype = dtype })
+        for s = 1, 4 do
+          local g0 = grads[s]:clone()
+          opt:step({ grads[s] })
+          assert.are.equal(0, (grads[s] - g0):abs():max():item())       -- the gradient is not written
+          local norm = math.sqrt((g0 * g0):sum():item())
+          local g = g0 * (clip * math.min(1 / norm, 1 / clip))
+          v = v * 0.8 + (g * g) * (1 - 0.8)
+          q = q - (g * 0.01) / mg.sqrt(v + 1e-3)
+          assert.are.equal(0, (p - q):abs():max():item())
+          assert.are.equal(0, (opt:state()["velocity.1"] - v):abs():max():item())
+        end
+      end
+    end)
+  end
+  it("a non-contiguous gradient takes the element-wise path, with the same numbers", function()
+    mg.manual_seed(4)
+    local p0, g = mg.randn(4, 6), mg.randn(6, 4)
+    local a, b = mg.Variable(p0:clone(), "a"), mg.Variable(p0:clone(), "b")
+    local oa, ob = optim.RMSprop({ a }, { lr = 0.1 }), optim.RMSprop({ b }, { lr = 0.1 })
+    assert.is_false(g:transpose(1, 2):is_contiguous())
+    for _ = 1, 3 do oa:step({ g:transpose(1, 2) }) ob:step({ g:transpose(1, 2):contiguous() }) end
+    assert.are.equal(0, (a - b):abs():max():item())
+  end)
+end)
+
 describe("optimizer bookkeeping", function()
   it("skips nil gradients, takes a layer as params, keeps float32", function()
     local d = nn.Dense(2, 2)

@@ -389,6 +389,16 @@ local OPS = {
     shape = S.one(1, 4), modes = "fvjJh" },
   { "log_softmax(-2)", function(a) return a:log_softmax(-2) end, "torch.log_softmax(a, -2)", { "any" },
     shape = r2 },
+  -- the fused loss (runtime/losses.c): the first-order VJP in one pass (mode v), the
+  -- composed rule under J, b and h
+  { "softmax_cross_entropy", function(a) return mg.softmax_cross_entropy(a, mg.tensor({ 2, 4, 1 })) end,
+    "F.cross_entropy(a, torch.tensor([1, 3, 0]), reduction='none')", { "any" }, shape = S.fixed({ 3, 4 }) },
+  { "softmax_cross_entropy 3-d", function(a)
+      return mg.softmax_cross_entropy(a, mg.tensor({ { 1, 5, 3 }, { 2, 2, 5 } }, { dtype = "float64" }))
+    end, "F.cross_entropy(a.reshape(6, 5), torch.tensor([0, 4, 2, 1, 1, 4]), reduction='none').reshape(2, 3)",
+    { "any" }, shape = S.fixed({ 2, 3, 5 }) },
+  { "softmax_cross_entropy 1 class", function(a) return mg.softmax_cross_entropy(a, mg.tensor({ 1, 1 })) end,
+    "F.cross_entropy(a, torch.tensor([0, 0]), reduction='none')", { "any" }, shape = S.fixed({ 2, 1 }) },
 
   -- reductions
   { "sum()", function(a) return a:sum() end, "a.sum()", { "any" }, modes = "fvjJh" },

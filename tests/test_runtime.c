@@ -294,6 +294,35 @@ static void test_contexts(void) {
   mg_ctx_close(B);
 }
 
+/* A uniform fill visits the elements in C order: a contiguous tensor (filled through its
+** pointer) and a transposed view (element by element) get the same numbers in that order. */
+static void test_fill_order(void) {
+  for (int f64 = 0; f64 <= 1; f64++) {
+    mg_ctx *A = mg_ctx_new(), *B = mg_ctx_new();
+    mg_dtype dt = f64 ? MG_F64 : MG_F32;
+    int64_t s[2] = { 3, 5 };
+    mg_tensor *a, *b, *bt;
+    mg_manual_seed(A, 11);
+    mg_manual_seed(B, 11);
+    mg_tensor_empty(A, dt, 2, s, &a);
+    mg_tensor_empty(B, dt, 2, s, &b);
+    CHECK(mg_tensor_transpose(B, b, 0, 1, &bt) == MG_OK);          /* (5, 3), not contiguous */
+    CHECK(mg_tensor_is_contiguous(a) && !mg_tensor_is_contiguous(bt));
+    mg_fill_uniform(A, a, -2, 3);
+    mg_fill_uniform(B, bt, -2, 3);
+    for (int64_t k = 0; k < 15; k++) {
+      int64_t ia[2] = { k / 5, k % 5 }, ib[2] = { k / 3, k % 3 };
+      double v = mg_tensor_get(a, ia);
+      CHECK(v >= -2 && v < 3 && v == mg_tensor_get(bt, ib));
+    }
+    mg_tensor_release(bt);
+    mg_tensor_release(a);
+    mg_tensor_release(b);
+    mg_ctx_close(A);
+    mg_ctx_close(B);
+  }
+}
+
 /* ---------------------------------------------------------------- fileio.c */
 
 static char *slurp(const char *path, size_t *len) {
@@ -480,6 +509,7 @@ int main(void) {
   CHECK(mg_cached_bytes(C) == 0);
   mg_ctx_close(C);
   test_contexts();
+  test_fill_order();
   printf("%d passed, %d failed\n", checks - failures, failures);
   return failures != 0;
 }

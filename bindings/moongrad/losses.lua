@@ -221,15 +221,23 @@ function losses.sparse_categorical_crossentropy(pred, labels, opts)
   if shapestr(labels) ~= want then
     raisef("%s: labels have shape %s, expected class ids of shape %s", fn, shapestr(labels), want)
   end
+  -- one tensor comparison (a label equals its floor clamped to 1..C; NaN equals nothing), and
+  -- only when it fails the search for the first bad label, for the message
   local flat = labels:contiguous():reshape(-1)
-  for i = 1, flat:numel() do
-    local v = flat:get(i)
-    if v ~= math.floor(v) or v < 1 or v > C then
-      raisef("%s: label %g at position %d is not a class id in 1..%d", fn, v, i, C)
+  if mg.eq(flat, mg.clamp(mg.floor(flat), 1, C)):sum():item() ~= flat:numel() then
+    for i = 1, flat:numel() do
+      local v = flat:get(i)
+      if v ~= math.floor(v) or v < 1 or v > C then
+        raisef("%s: label %g at position %d is not a class id in 1..%d", fn, v, i, C)
+      end
     end
   end
-  local onehot = mg.eq(labels:unsqueeze(-1), mg.arange(1, C + 1, { dtype = labels.dtype })):to(pred.dtype)
-  return reduce(fn, -(onehot * log_probs(pred, opts.from_logits)):sum(-1), opts)
+  -- -log p[label]: the labels' entries of the log-probabilities (what the one-hot product
+  -- summed over the classes gives, without the (..., C) one-hot tensor); from logits the
+  -- fused mg.softmax_cross_entropy (the same numbers, the gradient in one pass)
+  if opts.from_logits then return reduce(fn, mg.softmax_cross_entropy(pred, labels), opts) end
+  local picked = mg.take_along_dim(log_probs(pred, false), labels:unsqueeze(-1), -1):squeeze(-1)
+  return reduce(fn, -picked, opts)
 end
 
 ---------------------------------------------------------------- publishing

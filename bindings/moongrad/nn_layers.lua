@@ -61,10 +61,13 @@ return function(nn, I)
     return self
   end
 
-  -- Checks that every id is an integer in lo..input_dim.
+  -- Checks that every id is an integer in lo..input_dim; returns the ids flat. One tensor
+  -- comparison (an id equals its floor clamped to the range; NaN equals nothing), and only
+  -- when it fails the element-wise search for the first bad id, for the message.
   local function check_ids(self, ids)
     local lo = self.mask_zero and 0 or 1
     local flat = ids:contiguous():reshape(-1)
+    if mg.eq(flat, mg.clamp(mg.floor(flat), lo, self.input_dim)):sum():item() == flat:numel() then return flat end
     for i = 1, flat:numel() do
       local v = flat:get(i)
       if v ~= math.floor(v) or v < lo or v > self.input_dim then
@@ -72,6 +75,7 @@ return function(nn, I)
           lo == 1 and " (0 is padding only with mask_zero = true)" or "")
       end
     end
+    return flat
   end
 
   -- emb(ids [, {mask=, training=}]): ids (any shape, numbers) -> (ids shape..., output_dim):
@@ -80,9 +84,8 @@ return function(nn, I)
     call_opts("Embedding", opts)
     check_tensor("Embedding", "the ids", ids)
     if ids:dim() == 0 then raisef("Embedding: the ids must have at least one dimension, got a 0-d tensor") end
-    check_ids(self, ids)
-    local flat = ids:contiguous():reshape(-1)
-    local rows = mg.index_select(self.embeddings, 1, mg.clamp(flat, 1, self.input_dim))
+    local flat = check_ids(self, ids)
+    local rows = mg.index_select(self.embeddings, 1, self.mask_zero and mg.clamp(flat, 1, self.input_dim) or flat)
     if self.mask_zero then rows = rows * mg.ne(flat, 0):to(self.dtype):unsqueeze(2) end   -- id 0: zeros
     local shape = ids:shape()
     shape[#shape + 1] = self.output_dim

@@ -134,7 +134,8 @@ function optim.clip_by_global_norm(grads, max_norm)
   return out, norm
 end
 
--- The gradients after the optimizer's clipping option (new tensors; the caller's untouched).
+-- The gradients after the optimizer's clipping option (new tensors, or the caller's where clipping
+-- leaves them as they are; the caller's are never written).
 local function clip_gradients(self, grads, n)
   if self.clipnorm then
     local c, out = self.clipnorm, {}
@@ -150,7 +151,7 @@ local function clip_gradients(self, grads, n)
     local norm, out = global_norm(grads, n), {}
     local scale = self.global_clipnorm * math.min(1 / norm, 1 / self.global_clipnorm) + (norm - norm)
     for i = 1, n do
-      if grads[i] then out[i] = grads[i] * scale end
+      if grads[i] then out[i] = scale == 1 and grads[i] or grads[i] * scale end   -- g * 1 is g
     end
     return out
   elseif self.clipvalue then
@@ -378,6 +379,12 @@ end
 
 function RMSprop:update(i, p, g, lr)
   local rho, S = self.rho, self.slots
+  local v0 = S.velocity[i]
+  if not self.centered and self.momentum == 0 and g.dtype == p.dtype and v0.dtype == p.dtype
+     and p:is_contiguous() and g:is_contiguous() and v0:is_contiguous() then
+    mg._rmsprop_update(p, v0, g, lr, rho, self.eps, 1)    -- the ops below in one pass, in place
+    return
+  end
   local v = S.velocity[i] * rho + (g * g) * (1 - rho)
   S.velocity[i] = v
   local d
