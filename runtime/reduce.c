@@ -524,21 +524,16 @@ static mg_status softmax_apply(mg_ctx *C, const mg_node *n, int lead, mg_tensor 
   return st;
 }
 
+/* Softmax is linear in its cotangent/tangent given the saved output: the rule pair of the
+** linear ops (rules.c) with softmax_apply. */
 static mg_status softmax_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *g,
                              const bool *need, mg_tensor **gin) {
-  if (!need[0] || g[0] == NULL) return MG_OK;
-  return softmax_apply(C, n, lead, g[0], true, &gin[0]);
+  return mg_linear_vjp(softmax_apply, C, n, lead, g, need, gin);
 }
 
 static mg_status softmax_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *t,
                              mg_tensor **tout) {
-  if (t[0] == NULL) return MG_OK;
-  mg_tensor *full = NULL;
-  mg_status st = mg_expand_lead(C, t[0], lead, n->in[0]->ndim, n->in[0]->shape, &full);
-  if (st != MG_OK) return st;
-  st = softmax_apply(C, n, lead, full, false, &tout[0]);
-  mg_tensor_release(full);
-  return st;
+  return mg_linear_jvp(softmax_apply, C, n, lead, t, tout);
 }
 
 const mg_rules mg_rules_sum = { .vjp = sum_vjp, .jvp = sum_jvp, .unread = MG_UNREAD_ALL };
