@@ -274,13 +274,12 @@ int mg_lead_shape(const mg_tensor *g, int lead, int ndim, const int64_t *shape, 
 ** cotangent, ...) from one function 'apply': the op as node 'n' recorded it (adjoint false)
 ** or its adjoint (true) on 'v' (with 'lead' leading dims), a new reference in 'res'.
 ** mg_linear_vjp applies the adjoint to the cotangent g[0]; mg_linear_jvp the op to the
-** tangent t[0] broadcast to the input's shape. As mg_vjp_fn and mg_jvp_fn otherwise. */
-typedef mg_status (*mg_linear_fn)(mg_ctx *C, const mg_node *n, int lead, mg_tensor *v,
-                                  bool adjoint, mg_tensor **res);
-mg_status mg_linear_vjp(mg_linear_fn apply, mg_ctx *C, const mg_node *n, int lead,
-                        mg_tensor *const *g, const bool *need, mg_tensor **gin);
-mg_status mg_linear_jvp(mg_linear_fn apply, mg_ctx *C, const mg_node *n, int lead,
-                        mg_tensor *const *t, mg_tensor **tout);
+** tangent t[0] broadcast to the input's shape. Such an op's rule record is
+** { .vjp = mg_linear_vjp, .jvp = mg_linear_jvp, .linear = apply } (mg_ops.h). */
+mg_status mg_linear_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *g,
+                        const bool *need, mg_tensor **gin);
+mg_status mg_linear_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *t,
+                        mg_tensor **tout);
 
 /* Row-major GEMM on raw buffers: y = alpha op(a) op(b) + beta y (linalg.c). */
 void mg_gemm(mg_dtype dt, bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha,

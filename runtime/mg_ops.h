@@ -54,6 +54,10 @@ typedef mg_status (*mg_vjp_fn)(mg_ctx *C, const struct mg_node *n, int lead,
 ** Set tout[k] to a new reference for each output k, or leave it NULL for zero. */
 typedef mg_status (*mg_jvp_fn)(mg_ctx *C, const struct mg_node *n, int lead,
                                mg_tensor *const *t, mg_tensor **tout);
+/* An op linear in its input in[0]: apply it as node 'n' recorded it (adjoint false) or its
+** adjoint (true) to 'v' (with 'lead' leading dims); a new reference in 'res'. */
+typedef mg_status (*mg_linear_fn)(mg_ctx *C, const struct mg_node *n, int lead, mg_tensor *v,
+                                  bool adjoint, mg_tensor **res);
 
 /* An op's two rules, defined beside its forward ('mg_rules_unary', ... as "mg_ops.def" names
 ** them); ops with the same rules share one. */
@@ -86,6 +90,9 @@ typedef struct mg_rules {
   /* Rules several ops share that read different tensors (the elementwise unary and binary
   ** rows of "mg_ops.def"): the bits per opcode, in place of 'unread'; NULL for most. */
   unsigned (*unread_op)(int op);
+  /* Linear ops: the one function both rules apply (vjp = mg_linear_vjp, jvp = mg_linear_jvp,
+  ** rules.c); NULL for the others. */
+  mg_linear_fn linear;
 } mg_rules;
 
 typedef struct mg_opdef {

@@ -2,7 +2,7 @@
 ** ops_index.c - reordering and indexing (issue 12): flip, diagonal and its adjoint
 ** diag_embed, gather and its adjoint scatter_add, with index_select and take_along_dim made
 ** from gather. Each beside its 'apply' (the op or its adjoint), from which the one pair of
-** rules of these linear ops, linear_vjp and linear_jvp, computes.
+** rules of linear ops (mg_linear_vjp, mg_linear_jvp) compute.
 */
 #include "mg_impl.h"
 
@@ -19,16 +19,8 @@ static mg_status bad_dim(mg_ctx *C, const char *fn, int dim, int ndim) {
 ** dispatched by linear_apply at the end of the file). */
 static mg_status linear_apply(mg_ctx *C, const mg_node *n, int lead, mg_tensor *v, bool adjoint,
                               mg_tensor **res);
+#define LINEAR_RULES { .vjp = mg_linear_vjp, .jvp = mg_linear_jvp, .linear = linear_apply }
 
-static mg_status linear_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *g,
-                            const bool *need, mg_tensor **gin) {
-  return mg_linear_vjp(linear_apply, C, n, lead, g, need, gin);
-}
-
-static mg_status linear_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *t,
-                            mg_tensor **tout) {
-  return mg_linear_jvp(linear_apply, C, n, lead, t, tout);
-}
 
 /* ================================================================ flip */
 
@@ -55,7 +47,7 @@ static mg_status flip_apply(mg_ctx *C, const mg_node *n, int lead, mg_tensor *v,
   return mg_tensor_flip(C, v, (uint32_t)n->attr.i[0] << lead, res);
 }
 
-const mg_rules mg_rules_flip = { .vjp = linear_vjp, .jvp = linear_jvp };
+const mg_rules mg_rules_flip = LINEAR_RULES;
 
 /* ================================================================ diagonal, diag_embed */
 
@@ -143,8 +135,8 @@ static mg_status diag_apply(mg_ctx *C, const mg_node *n, int lead, mg_tensor *v,
   return diag_scatter(C, v, a[0], d1, d2, nd, sh, res);
 }
 
-const mg_rules mg_rules_diagonal = { .vjp = linear_vjp, .jvp = linear_jvp };
-const mg_rules mg_rules_diag_embed = { .vjp = linear_vjp, .jvp = linear_jvp };
+const mg_rules mg_rules_diagonal = LINEAR_RULES;
+const mg_rules mg_rules_diag_embed = LINEAR_RULES;
 
 /* ================================================================ gather, scatter_add */
 
@@ -328,8 +320,8 @@ static mg_status gather_apply(mg_ctx *C, const mg_node *n, int lead, mg_tensor *
   return st;
 }
 
-const mg_rules mg_rules_gather = { .vjp = linear_vjp, .jvp = linear_jvp };
-const mg_rules mg_rules_scatter_add = { .vjp = linear_vjp, .jvp = linear_jvp };
+const mg_rules mg_rules_gather = LINEAR_RULES;
+const mg_rules mg_rules_scatter_add = LINEAR_RULES;
 
 /* ================================================================ index_select, take_along_dim */
 

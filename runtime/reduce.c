@@ -524,21 +524,11 @@ static mg_status softmax_apply(mg_ctx *C, const mg_node *n, int lead, mg_tensor 
   return st;
 }
 
-/* Softmax is linear in its cotangent/tangent given the saved output: the rule pair of the
-** linear ops (rules.c) with softmax_apply. */
-static mg_status softmax_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *g,
-                             const bool *need, mg_tensor **gin) {
-  return mg_linear_vjp(softmax_apply, C, n, lead, g, need, gin);
-}
-
-static mg_status softmax_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *t,
-                             mg_tensor **tout) {
-  return mg_linear_jvp(softmax_apply, C, n, lead, t, tout);
-}
-
 const mg_rules mg_rules_sum = { .vjp = sum_vjp, .jvp = sum_jvp, .unread = MG_UNREAD_ALL };
 const mg_rules mg_rules_extreme = { .vjp = extreme_vjp, .jvp = extreme_jvp };
-const mg_rules mg_rules_softmax = { .vjp = softmax_vjp, .jvp = softmax_jvp,
+/* Softmax is linear in its cotangent/tangent given the saved output. */
+const mg_rules mg_rules_softmax = { .vjp = mg_linear_vjp, .jvp = mg_linear_jvp,
+                                     .linear = softmax_apply,
                                      .unread = MG_UNREAD_INS };     /* from the output */
 
 /* ================================================================ logsumexp (issue 12) */

@@ -29,15 +29,16 @@ mg_status mg_unbroadcast(mg_ctx *C, mg_tensor *g, int lead, int ndim, const int6
   return st;
 }
 
-mg_status mg_linear_vjp(mg_linear_fn apply, mg_ctx *C, const mg_node *n, int lead,
-                        mg_tensor *const *g, const bool *need, mg_tensor **gin) {
+mg_status mg_linear_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *g,
+                        const bool *need, mg_tensor **gin) {
   if (!need[0] || g[0] == NULL) return MG_OK;
-  return apply(C, n, lead, g[0], true, &gin[0]);
+  return mg_ops[n->op].rules->linear(C, n, lead, g[0], true, &gin[0]);
 }
 
-mg_status mg_linear_jvp(mg_linear_fn apply, mg_ctx *C, const mg_node *n, int lead,
-                        mg_tensor *const *t, mg_tensor **tout) {
+mg_status mg_linear_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const *t,
+                        mg_tensor **tout) {
   if (t[0] == NULL) return MG_OK;
+  mg_linear_fn apply = mg_ops[n->op].rules->linear;
   mg_tensor *full = NULL;
   mg_status st = mg_expand_lead(C, t[0], lead, n->in[0]->ndim, n->in[0]->shape, &full);
   if (st != MG_OK) return st;
