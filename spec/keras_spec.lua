@@ -16,13 +16,7 @@ local close = support.closeness { tolerance = "relative" }
 local SCRIPT = (os.getenv("MOONGRAD_SOURCE") or ".") .. "/spec/keras_weights_ref.py"
 local TOL = 1e-5
 
--- Runs 'cmd' (without the sanitizer build's preloaded ASan runtime: JAX cannot start under it).
-local function sh(cmd)
-  local p = io.popen("env -u LD_PRELOAD " .. cmd .. " 2>&1")
-  local out = p:read("a")
-  assert(p:close(), cmd .. " failed:\n" .. out)
-  return out
-end
+local sh = support.sh
 
 local function keras(mode, dir) return sh(shq(support.venv_python()) .. " " .. shq(SCRIPT) .. " " .. mode .. " " .. shq(dir)) end
 

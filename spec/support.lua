@@ -386,15 +386,22 @@ function support.bits(t)
   return mg.shapestr(t) .. t.dtype .. table.concat(parts)
 end
 
+-- support.sh(cmd): runs the shell command 'cmd' without the sanitizer build's preloaded ASan
+-- runtime (Python, and JAX in particular, cannot start under it); its output (stdout and
+-- stderr). Fails with that output when the command fails.
+function support.sh(cmd)
+  local p = io.popen("env -u LD_PRELOAD " .. cmd .. " 2>&1")
+  local out = p:read("a")
+  assert(p:close(), cmd .. " failed:\n" .. out)
+  return out
+end
+
 -- support.venv_run(dir, code): runs the Python 'code' (written to dir/script.py) in the test
 -- venv with 'dir' as argv[1]; its output. Fails with that output when Python fails.
 function support.venv_run(dir, code)
   local script = support.write_file(dir .. "/script.py", code)
-  local p = io.popen(support.shq(support.venv_python()) .. " " .. support.shq(script) .. " "
-                     .. support.shq(dir) .. " 2>&1")
-  local out = p:read("a")
-  assert(p:close(), "python failed:\n" .. out)
-  return out
+  return support.sh(support.shq(support.venv_python()) .. " " .. support.shq(script) .. " "
+                    .. support.shq(dir))
 end
 
 return support

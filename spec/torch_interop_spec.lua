@@ -18,13 +18,7 @@ local HAVE_TORCH = support.python_can_import("torch, numpy")
 local SCRIPT = (os.getenv("MOONGRAD_SOURCE") or ".") .. "/spec/torch_state_ref.py"
 local TOL = { float32 = 1e-5, float64 = 1e-12 }
 
--- Runs 'cmd' (without the sanitizer build's preloaded ASan runtime: Python's, not ours).
-local function sh(cmd)
-  local p = io.popen("env -u LD_PRELOAD " .. cmd .. " 2>&1")
-  local out = p:read("a")
-  assert(p:close(), cmd .. " failed:\n" .. out)
-  return out
-end
+local sh = support.sh
 
 local function rs(cell) return nn.RNN(cell, { return_sequences = true }) end
 local function bi(cell) return nn.Bidirectional(rs(cell)) end
