@@ -116,17 +116,18 @@ static void run_outputs(const seqkind *k, seqrun *r, int64_t B, int64_t T, int64
 /* The packings of a sequence's recurrent products, made once per sequence (smallgemm.h): for
 ** float32 only (NULL otherwise, or when out of memory: then BLAS). Forward: U (LSTM), or the
 ** GRU's U[:, :3u or 2u] and U_h; 'rev': their transposes. Free with packs_free. */
-static const mg_packed *packs(const seqkind *k, mg_dtype dt, const float *U, int64_t u, bool ra,
-                              bool rev, mg_packed *P) {
+static const mg_packed *packs(mg_ctx *C, const seqkind *k, mg_dtype dt, const float *U,
+                              int64_t u, bool ra, bool rev, mg_packed *P) {
+  mg_pool *pool = C->pool;
   memset(P, 0, 2 * sizeof *P);
   if (dt != MG_F32) return NULL;
   bool ok;
   if (k->ns == 2) {
-    ok = rev ? mg_pack(&P[0], U, 4 * u, true, 4 * u, u) : mg_pack(&P[0], U, 4 * u, false, u, 4 * u);
+    ok = rev ? mg_pack(&P[0], pool, U, 4 * u, true, 4 * u, u) : mg_pack(&P[0], pool, U, 4 * u, false, u, 4 * u);
   } else {
     int64_t n = ra ? 3 * u : 2 * u;
-    ok = rev ? mg_pack(&P[0], U, 3 * u, true, n, u) : mg_pack(&P[0], U, 3 * u, false, u, n);
-    if (ok && !ra) ok = mg_pack(&P[1], U + 2 * u, 3 * u, rev, u, u);
+    ok = rev ? mg_pack(&P[0], pool, U, 3 * u, true, n, u) : mg_pack(&P[0], pool, U, 3 * u, false, u, n);
+    if (ok && !ra) ok = mg_pack(&P[1], pool, U + 2 * u, 3 * u, rev, u, u);
   }
   if (!ok) { mg_pack_free(&P[0]); mg_pack_free(&P[1]); return NULL; }
   return P;
@@ -280,7 +281,7 @@ static mg_status seq_forward(mg_ctx *C, const seqkind *k, mg_tensor *const *in, 
     mg_gemm(dt, false, false, T * B, gw, d, 1, mg_tensor_data(r.sv[SV_X]), d,
             mg_tensor_data(W), gw, 0, k->ns == 2 ? G : mg_tensor_data(M), gw);
   mg_packed pk[2];
-  const mg_packed *P = packs(k, dt, mg_tensor_data(U), u, ra, false, pk);
+  const mg_packed *P = packs(C, k, dt, mg_tensor_data(U), u, ra, false, pk);
   if (st == MG_OK) {
     seqpass p = { .k = k, .dt = dt, .T = T, .B = B, .u = u, .ra = ra, .P = P,
                   .U = mg_tensor_data(U), .b = mg_tensor_data(b), .G = G, .Hs = Hs,
@@ -362,7 +363,7 @@ static mg_status lstm_seq_vjp_fused(mg_ctx *C, const mg_node *n, mg_tensor *cons
       (st = state_seed(C, gk[1], h0, &dh)) == MG_OK && (st = state_seed(C, gk[2], h0, &dc)) == MG_OK)
     st = mg_tensor_empty(C, dt, 2, h0->shape, &dc2);
   mg_packed pk[2];
-  const mg_packed *P = st == MG_OK ? packs(&LSTM_SEQ, dt, mg_tensor_data(k[1]), u, false, true, pk) : NULL;
+  const mg_packed *P = st == MG_OK ? packs(C, &LSTM_SEQ, dt, mg_tensor_data(k[1]), u, false, true, pk) : NULL;
   if (st == MG_OK) {
     seqpass p = { .k = &LSTM_SEQ, .dt = dt, .T = T, .B = B, .u = u, .need_h0 = need[QH], .P = P,
                   .U = mg_tensor_data(k[1]), .gH = gk[0] ? mg_tensor_data(gk[0]) : NULL,
@@ -412,7 +413,7 @@ static mg_status gru_seq_vjp_fused(mg_ctx *C, const mg_node *n, mg_tensor *const
       (st = mg_tensor_empty(C, dt, 2, h0->shape, &dh2)) == MG_OK)
     st = mg_tensor_empty(C, dt, 2, h0->shape, &drh);
   mg_packed pk[2];
-  const mg_packed *P = st == MG_OK ? packs(&GRU_SEQ, dt, mg_tensor_data(k[1]), u, ra, true, pk) : NULL;
+  const mg_packed *P = st == MG_OK ? packs(C, &GRU_SEQ, dt, mg_tensor_data(k[1]), u, ra, true, pk) : NULL;
   if (st == MG_OK) {
     seqpass p = { .k = &GRU_SEQ, .dt = dt, .T = T, .B = B, .u = u, .ra = ra, .P = P,
                   .U = mg_tensor_data(k[1]), .gH = gk[0] ? mg_tensor_data(gk[0]) : NULL,
