@@ -151,6 +151,7 @@ typedef struct seqpass {
   const seqkind *k;
   mg_dtype dt;
   int64_t T, B, u;
+  int64_t t0, t1;                 /* LSTM reverse: the steps of this chunk (dZ holds them) */
   bool ra, need_h0;
   const mg_packed *P;
   const void *U, *b, *gH;         /* gH: the cotangent of H (B, T, u) or NULL */
@@ -207,8 +208,9 @@ static void forward_rows(void *arg, int64_t k0, int64_t k1) {
   }
 }
 
-/* The LSTM's reverse: s[0] holds the running dh; the running dc alternates between c[0]
-** (on entry) and c[1] (c[T % 2] at the end). */
+/* The LSTM's reverse over the steps [t0, t1), backwards, into dZ (its first row block is
+** step t0's): s[0] holds the running dh; the running dc alternates between c[0] (on entry)
+** and c[1] (c[(t1 - t0) % 2] at the end). */
 static void lstm_reverse_rows(void *arg, int64_t k0, int64_t k1) {
   const seqpass *p = arg;
   mg_dtype dt = p->dt;
@@ -216,8 +218,8 @@ static void lstm_reverse_rows(void *arg, int64_t k0, int64_t k1) {
   for (int64_t k = k0; k < k1; k++) {
     pass_rows(p, k, &lo, &hi);
     int cur = 0;
-    for (int64_t t = T - 1; t >= 0 && hi > lo && !pass_stopped(p); t--) {
-      void *Gt = at(dt, p->G, t * B * 4 * u), *dzt = at(dt, p->dZ, t * B * 4 * u);
+    for (int64_t t = p->t1 - 1; t >= p->t0 && hi > lo && !pass_stopped(p); t--) {
+      void *Gt = at(dt, p->G, t * B * 4 * u), *dzt = at(dt, p->dZ, (t - p->t0) * B * 4 * u);
       void *c = at(dt, p->Cs, t * bu), *cn = at(dt, p->Cs, (t + 1) * bu), *dh = p->s[0];
       if (p->gH) add_step(dt, lo, hi, T, u, t, p->gH, dh);
       if (dt == MG_F64) mg_lstm_dz_f64(lo, hi, u, Gt, c, cn, dh, (double *)p->c[cur], dzt, (double *)p->c[!cur]);
@@ -346,8 +348,16 @@ static mg_status batch_major(mg_ctx *C, mg_tensor *dXt, int64_t B, int64_t T, mg
   return st;
 }
 
-/* The LSTM's: per step backwards dz_t and dh_(t-1) = dz_t U', dc_(t-1); then dX = dZ W',
-** dW = Xt' dZ, dU = H_(0..T-1)' dZ, db = the column sums of dZ. */
+/* The steps of one chunk of the LSTM's reverse: dZ is kept for a chunk only (about 1 MiB,
+** and at least 256 rows for the weight GEMMs), not for the whole sequence. */
+static int64_t chunk_steps(mg_dtype dt, int64_t T, int64_t B, int64_t u) {
+  int64_t by_bytes = ((int64_t)1 << 20) / (B * 4 * u * (int64_t)mg_dtype_size(dt));
+  int64_t by_rows = (256 + B - 1) / B, n = by_bytes > by_rows ? by_bytes : by_rows;
+  return n < T ? n : T;
+}
+
+/* The LSTM's: per step backwards dz_t and dh_(t-1) = dz_t U', dc_(t-1); then, per chunk of
+** steps, dX = dZ W', dW += Xt' dZ, dU += H_(t-1)' dZ, db += the column sums of dZ. */
 static mg_status lstm_seq_vjp_fused(mg_ctx *C, const mg_node *n, mg_tensor *const *gk,
                                     const bool *need, mg_tensor **gin) {
   mg_tensor *W = n->in[3], *U = n->in[4], *k[2] = { NULL }, *wu[2] = { W, U };
@@ -356,41 +366,58 @@ static mg_status lstm_seq_vjp_fused(mg_ctx *C, const mg_node *n, mg_tensor *cons
   mg_tensor *X = n->saved[SV_X], *G = n->saved[SV_G], *Hs = n->saved[SV_H], *Cs = n->saved[SV_C];
   mg_dtype dt = X->dtype;
   int64_t T = X->shape[0], B = X->shape[1], d = X->shape[2], u = Hs->shape[2];
-  int64_t zs[2] = { T * B, 4 * u };
-  mg_tensor *dZ = NULL, *dh = NULL, *dc = NULL, *dc2 = NULL, *tmp = NULL;
+  int64_t Tc = chunk_steps(dt, T, B, u), zs[2] = { Tc * B, 4 * u }, g4 = 4 * u;
+  int64_t xs[2] = { T * B, d }, ws[2] = { d, 4 * u }, us[2] = { u, 4 * u };
+  mg_tensor *dZ = NULL, *dh = NULL, *dc = NULL, *dc2 = NULL, *tmp = NULL, *bs = NULL;
   const mg_tensor *h0 = n->in[QH];
   if ((st = mg_tensor_empty(C, dt, 2, zs, &dZ)) == MG_OK &&
       (st = state_seed(C, gk[1], h0, &dh)) == MG_OK && (st = state_seed(C, gk[2], h0, &dc)) == MG_OK)
     st = mg_tensor_empty(C, dt, 2, h0->shape, &dc2);
+  if (st == MG_OK && need[QX]) st = mg_tensor_empty(C, dt, 2, xs, &tmp);
+  if (st == MG_OK && need[3]) st = mg_tensor_empty(C, dt, 2, ws, &gin[3]);
+  if (st == MG_OK && need[4]) st = mg_tensor_empty(C, dt, 2, us, &gin[4]);
+  if (st == MG_OK && need[5] && (st = mg_tensor_empty(C, dt, 1, &g4, &gin[5])) == MG_OK)
+    st = mg_tensor_empty(C, dt, 1, &g4, &bs);
   mg_packed pk[2];
   const mg_packed *P = st == MG_OK ? packs(C, &LSTM_SEQ, dt, mg_tensor_data(k[1]), u, false, true, pk) : NULL;
-  if (st == MG_OK) {
-    seqpass p = { .k = &LSTM_SEQ, .dt = dt, .T = T, .B = B, .u = u, .need_h0 = need[QH], .P = P,
-                  .U = mg_tensor_data(k[1]), .gH = gk[0] ? mg_tensor_data(gk[0]) : NULL,
-                  .G = mg_tensor_data(G), .Cs = mg_tensor_data(Cs), .dZ = mg_tensor_data(dZ),
-                  .s = { mg_tensor_data(dh) }, .c = { mg_tensor_data(dc), mg_tensor_data(dc2) } };
-    st = run_pass(C, mg_ops[LSTM_SEQ.op].name, &p, lstm_reverse_rows);
-    if (T % 2) { tmp = dc; dc = dc2; dc2 = tmp; tmp = NULL; }
+  seqpass p = { .k = &LSTM_SEQ, .dt = dt, .T = T, .B = B, .u = u, .need_h0 = need[QH], .P = P,
+                .U = mg_tensor_data(k[1]), .gH = gk[0] ? mg_tensor_data(gk[0]) : NULL,
+                .G = mg_tensor_data(G), .Cs = mg_tensor_data(Cs), .dZ = mg_tensor_data(dZ),
+                .s = { mg_tensor_data(dh) } };
+  for (int64_t t1 = T; t1 > 0 && st == MG_OK; t1 -= Tc) {
+    int64_t t0 = t1 > Tc ? t1 - Tc : 0, R = (t1 - t0) * B, r0 = t0 * B;
+    int beta = t1 < T;                            /* the weight gradients: summed over chunks */
+    p.t0 = t0;
+    p.t1 = t1;
+    p.c[0] = mg_tensor_data(dc);
+    p.c[1] = mg_tensor_data(dc2);
+    if ((st = run_pass(C, mg_ops[LSTM_SEQ.op].name, &p, lstm_reverse_rows)) != MG_OK) break;
+    if ((t1 - t0) % 2) { mg_tensor *sw = dc; dc = dc2; dc2 = sw; }
+    void *dz = mg_tensor_data(dZ);
+    if (tmp)
+      mg_gemm(dt, false, true, R, d, 4 * u, 1, dz, 4 * u, mg_tensor_data(k[0]), 4 * u, 0,
+              at(dt, mg_tensor_data(tmp), r0 * d), d);
+    if (gin[3])
+      mg_gemm(dt, true, false, d, 4 * u, R, 1, at(dt, mg_tensor_data(X), r0 * d), d, dz, 4 * u,
+              beta, mg_tensor_data(gin[3]), 4 * u);
+    if (gin[4])
+      mg_gemm(dt, true, false, u, 4 * u, R, 1, at(dt, mg_tensor_data(Hs), r0 * u), u, dz, 4 * u,
+              beta, mg_tensor_data(gin[4]), 4 * u);
+    if (gin[5]) {
+      mg_colsum(dt, R, 4 * u, dz, 4 * u, beta ? mg_tensor_data(bs) : mg_tensor_data(gin[5]));
+      for (int64_t j = 0; beta && j < 4 * u; j++)
+        if (dt == MG_F64) ((double *)mg_tensor_data(gin[5]))[j] += ((double *)mg_tensor_data(bs))[j];
+        else ((float *)mg_tensor_data(gin[5]))[j] += ((float *)mg_tensor_data(bs))[j];
+    }
   }
   if (P) packs_free(pk);
-  int64_t xs[2] = { T * B, d }, ws[2] = { d, 4 * u }, us[2] = { u, 4 * u };
-  if (st == MG_OK && need[QX] && (st = mg_tensor_empty(C, dt, 2, xs, &tmp)) == MG_OK) {
-    mg_gemm(dt, false, true, T * B, d, 4 * u, 1, mg_tensor_data(dZ), 4 * u, mg_tensor_data(k[0]),
-            4 * u, 0, mg_tensor_data(tmp), d);
-    st = batch_major(C, tmp, B, T, &gin[QX]);
-  }
-  if (st == MG_OK && need[3] && (st = mg_tensor_empty(C, dt, 2, ws, &gin[3])) == MG_OK)
-    mg_gemm(dt, true, false, d, 4 * u, T * B, 1, mg_tensor_data(X), d, mg_tensor_data(dZ), 4 * u,
-            0, mg_tensor_data(gin[3]), 4 * u);
-  if (st == MG_OK && need[4] && (st = mg_tensor_empty(C, dt, 2, us, &gin[4])) == MG_OK)
-    mg_gemm(dt, true, false, u, 4 * u, T * B, 1, mg_tensor_data(Hs), u, mg_tensor_data(dZ), 4 * u,
-            0, mg_tensor_data(gin[4]), 4 * u);
-  if (st == MG_OK && need[5] && (st = mg_tensor_empty(C, dt, 1, &zs[1], &gin[5])) == MG_OK)
-    mg_colsum(dt, T * B, 4 * u, mg_tensor_data(dZ), 4 * u, mg_tensor_data(gin[5]));
+  if (st == MG_OK && tmp) st = batch_major(C, tmp, B, T, &gin[QX]);
   if (st == MG_OK && need[QH]) { gin[QH] = dh; dh = NULL; }
   if (st == MG_OK && need[2]) { gin[2] = dc; dc = NULL; }
-  mg_tensor *rel[5] = { dZ, dh, dc, dc2, tmp };
-  mg_cell_release(5, rel);
+  if (st != MG_OK)
+    for (int i = 3; i < 6; i++) { mg_tensor_release(gin[i]); gin[i] = NULL; }
+  mg_tensor *rel[6] = { dZ, dh, dc, dc2, tmp, bs };
+  mg_cell_release(6, rel);
   mg_cell_release(2, k);
   return st;
 }
