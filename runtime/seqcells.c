@@ -192,7 +192,8 @@ static void forward_rows(void *arg, int64_t k0, int64_t k1) {
   for (int64_t k = k0; k < k1; k++) {
     pass_rows(p, k, &lo, &hi);
     for (int64_t t = 0; t < p->T && hi > lo && !pass_stopped(p); t++) {
-      char *Gt = at(dt, p->G, t * B * 4 * u), *h = at(dt, p->Hs, t * bu), *hn = at(dt, p->Hs, (t + 1) * bu);
+      char *Gt = at(dt, p->G, t * B * 4 * u), *h = at(dt, p->Hs, t * bu);
+      char *hn = at(dt, p->Hs, (t + 1) * bu);
       if (p->k->ns == 2) {
         void *c = at(dt, p->Cs, t * bu), *cn = at(dt, p->Cs, (t + 1) * bu);
         mg_rec_gemm(dt, p->P, false, hi - lo, 4 * u, u, at(dt, h, lo * u), u, p->U, 4 * u, 1,
@@ -208,10 +209,11 @@ static void forward_rows(void *arg, int64_t k0, int64_t k1) {
   }
 }
 
-/* The LSTM's reverse over the steps [t0, t1), backwards, into dZ (its first row block is
-** step t0's): s[0] holds the running dh; the running dc alternates between c[0] (on entry)
-** and c[1] (c[(t1 - t0) % 2] at the end). */
-static void lstm_reverse_rows(void *arg, int64_t k0, int64_t k1) {
+/* The reverse over the steps [t0, t1), backwards. LSTM: into dZ (its first row block is step
+** t0's); s[0] holds the running dh, the running dc alternates between c[0] (on entry) and
+** c[1] (c[(t1 - t0) % 2] at the end). GRU (t0 = 0, t1 = T): the running dh alternates between
+** s[0] and s[1] (s[T % 2] at the end). */
+static void reverse_rows(void *arg, int64_t k0, int64_t k1) {
   const seqpass *p = arg;
   mg_dtype dt = p->dt;
   int64_t u = p->u, B = p->B, T = p->T, bu = B * u, lo, hi;
@@ -219,34 +221,29 @@ static void lstm_reverse_rows(void *arg, int64_t k0, int64_t k1) {
     pass_rows(p, k, &lo, &hi);
     int cur = 0;
     for (int64_t t = p->t1 - 1; t >= p->t0 && hi > lo && !pass_stopped(p); t--) {
-      void *Gt = at(dt, p->G, t * B * 4 * u), *dzt = at(dt, p->dZ, (t - p->t0) * B * 4 * u);
-      void *c = at(dt, p->Cs, t * bu), *cn = at(dt, p->Cs, (t + 1) * bu), *dh = p->s[0];
+      char *dh = p->s[p->k->ns == 2 ? 0 : cur];
       if (p->gH) add_step(dt, lo, hi, T, u, t, p->gH, dh);
-      if (dt == MG_F64) mg_lstm_dz_f64(lo, hi, u, Gt, c, cn, dh, (double *)p->c[cur], dzt, (double *)p->c[!cur]);
-      else mg_lstm_dz_f32(lo, hi, u, Gt, c, cn, dh, (float *)p->c[cur], dzt, (float *)p->c[!cur]);
+      if (p->k->ns == 1) {
+        mg_gru_step_reverse(dt, hi - lo, u, p->ra, p->U, p->P, at(dt, p->G, (t * B + lo) * 4 * u),
+                            at(dt, p->Hs, t * bu + lo * u), at(dt, dh, lo * u),
+                            at(dt, p->dmx, (t * B + lo) * 3 * u),
+                            at(dt, p->dmh, (t * B + lo) * 3 * u),
+                            at(dt, p->drh, lo * u), at(dt, p->s[!cur], lo * u));
+        cur = !cur;
+        continue;
+      }
+      void *Gt = at(dt, p->G, t * B * 4 * u), *dzt = at(dt, p->dZ, (t - p->t0) * B * 4 * u);
+      void *c = at(dt, p->Cs, t * bu), *cn = at(dt, p->Cs, (t + 1) * bu);
+      if (dt == MG_F64)
+        mg_lstm_dz_f64(lo, hi, u, Gt, c, cn, (double *)dh, (double *)p->c[cur], dzt,
+                       (double *)p->c[!cur]);
+      else
+        mg_lstm_dz_f32(lo, hi, u, Gt, c, cn, (float *)dh, (float *)p->c[cur], dzt,
+                       (float *)p->c[!cur]);
       cur = !cur;
       if (t > 0 || p->need_h0)
         mg_rec_gemm(dt, p->P, true, hi - lo, u, 4 * u, at(dt, dzt, lo * 4 * u), 4 * u, p->U,
                     4 * u, 0, at(dt, dh, lo * u), u);
-    }
-  }
-}
-
-/* The GRU's reverse: the running dh alternates between s[0] and s[1] (s[T % 2] at the end). */
-static void gru_reverse_rows(void *arg, int64_t k0, int64_t k1) {
-  const seqpass *p = arg;
-  mg_dtype dt = p->dt;
-  int64_t u = p->u, B = p->B, T = p->T, bu = B * u, lo, hi;
-  for (int64_t k = k0; k < k1; k++) {
-    pass_rows(p, k, &lo, &hi);
-    int cur = 0;
-    for (int64_t t = T - 1; t >= 0 && hi > lo && !pass_stopped(p); t--) {
-      if (p->gH) add_step(dt, lo, hi, T, u, t, p->gH, p->s[cur]);
-      mg_gru_step_reverse(dt, hi - lo, u, p->ra, p->U, p->P, at(dt, p->G, (t * B + lo) * 4 * u),
-                          at(dt, p->Hs, t * bu + lo * u), at(dt, p->s[cur], lo * u),
-                          at(dt, p->dmx, (t * B + lo) * 3 * u), at(dt, p->dmh, (t * B + lo) * 3 * u),
-                          at(dt, p->drh, lo * u), at(dt, p->s[!cur], lo * u));
-      cur = !cur;
     }
   }
 }
@@ -391,7 +388,7 @@ static mg_status lstm_seq_vjp_fused(mg_ctx *C, const mg_node *n, mg_tensor *cons
     p.t1 = t1;
     p.c[0] = mg_tensor_data(dc);
     p.c[1] = mg_tensor_data(dc2);
-    if ((st = run_pass(C, mg_ops[LSTM_SEQ.op].name, &p, lstm_reverse_rows)) != MG_OK) break;
+    if ((st = run_pass(C, mg_ops[LSTM_SEQ.op].name, &p, reverse_rows)) != MG_OK) break;
     if ((t1 - t0) % 2) { mg_tensor *sw = dc; dc = dc2; dc2 = sw; }
     void *dz = mg_tensor_data(dZ);
     if (tmp)
@@ -405,9 +402,10 @@ static mg_status lstm_seq_vjp_fused(mg_ctx *C, const mg_node *n, mg_tensor *cons
               beta, mg_tensor_data(gin[4]), 4 * u);
     if (gin[5]) {
       mg_colsum(dt, R, 4 * u, dz, 4 * u, beta ? mg_tensor_data(bs) : mg_tensor_data(gin[5]));
+      void *db = mg_tensor_data(gin[5]), *part = mg_tensor_data(bs);
       for (int64_t j = 0; beta && j < 4 * u; j++)
-        if (dt == MG_F64) ((double *)mg_tensor_data(gin[5]))[j] += ((double *)mg_tensor_data(bs))[j];
-        else ((float *)mg_tensor_data(gin[5]))[j] += ((float *)mg_tensor_data(bs))[j];
+        if (dt == MG_F64) ((double *)db)[j] += ((double *)part)[j];
+        else ((float *)db)[j] += ((float *)part)[j];
     }
   }
   if (P) packs_free(pk);
@@ -442,12 +440,12 @@ static mg_status gru_seq_vjp_fused(mg_ctx *C, const mg_node *n, mg_tensor *const
   mg_packed pk[2];
   const mg_packed *P = st == MG_OK ? packs(C, &GRU_SEQ, dt, mg_tensor_data(k[1]), u, ra, true, pk) : NULL;
   if (st == MG_OK) {
-    seqpass p = { .k = &GRU_SEQ, .dt = dt, .T = T, .B = B, .u = u, .ra = ra, .P = P,
+    seqpass p = { .k = &GRU_SEQ, .dt = dt, .T = T, .B = B, .u = u, .t1 = T, .ra = ra, .P = P,
                   .U = mg_tensor_data(k[1]), .gH = gk[0] ? mg_tensor_data(gk[0]) : NULL,
                   .G = mg_tensor_data(S), .Hs = mg_tensor_data(Hs), .dmx = mg_tensor_data(dmx),
                   .dmh = mg_tensor_data(dmh), .s = { mg_tensor_data(dh), mg_tensor_data(dh2) },
                   .drh = mg_tensor_data(drh) };
-    st = run_pass(C, mg_ops[GRU_SEQ.op].name, &p, gru_reverse_rows);
+    st = run_pass(C, mg_ops[GRU_SEQ.op].name, &p, reverse_rows);
     if (T % 2) { mg_tensor *sw = dh; dh = dh2; dh2 = sw; }
   }
   if (P) packs_free(pk);
