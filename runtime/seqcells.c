@@ -116,17 +116,18 @@ static void run_outputs(const seqkind *k, seqrun *r, int64_t B, int64_t T, int64
 /* The packings of a sequence's recurrent products, made once per sequence (smallgemm.h): for
 ** float32 only (NULL otherwise, or when out of memory: then BLAS). Forward: U (LSTM), or the
 ** GRU's U[:, :3u or 2u] and U_h; 'rev': their transposes. Free with packs_free. */
-static const mg_packed *packs(const seqkind *k, mg_dtype dt, const float *U, int64_t u, bool ra,
-                              bool rev, mg_packed *P) {
+static const mg_packed *packs(mg_ctx *C, const seqkind *k, mg_dtype dt, const float *U,
+                              int64_t u, bool ra, bool rev, mg_packed *P) {
+  mg_pool *pool = C->pool;
   memset(P, 0, 2 * sizeof *P);
   if (dt != MG_F32) return NULL;
   bool ok;
   if (k->ns == 2) {
-    ok = rev ? mg_pack(&P[0], U, 4 * u, true, 4 * u, u) : mg_pack(&P[0], U, 4 * u, false, u, 4 * u);
+    ok = rev ? mg_pack(&P[0], pool, U, 4 * u, true, 4 * u, u) : mg_pack(&P[0], pool, U, 4 * u, false, u, 4 * u);
   } else {
     int64_t n = ra ? 3 * u : 2 * u;
-    ok = rev ? mg_pack(&P[0], U, 3 * u, true, n, u) : mg_pack(&P[0], U, 3 * u, false, u, n);
-    if (ok && !ra) ok = mg_pack(&P[1], U + 2 * u, 3 * u, rev, u, u);
+    ok = rev ? mg_pack(&P[0], pool, U, 3 * u, true, n, u) : mg_pack(&P[0], pool, U, 3 * u, false, u, n);
+    if (ok && !ra) ok = mg_pack(&P[1], pool, U + 2 * u, 3 * u, rev, u, u);
   }
   if (!ok) { mg_pack_free(&P[0]); mg_pack_free(&P[1]); return NULL; }
   return P;
@@ -135,6 +136,127 @@ static const mg_packed *packs(const seqkind *k, mg_dtype dt, const float *U, int
 static void packs_free(mg_packed *P) {
   mg_pack_free(&P[0]);
   mg_pack_free(&P[1]);
+}
+
+/* ================================================================ recurrences over rows */
+
+/* Row b of h_t depends on row b of h_(t-1) only, so a pass over the T steps (forward: the
+** recurrent product and the gates; reverse: the gates' cotangents and the product with U')
+** splits over batch rows with no synchronisation per step: each thread runs the whole time
+** loop for its block of rows (a multiple of the packed kernel's 8-row block but for the last
+** one), every row computed as on one thread. The big GEMMs over all T B rows stay BLAS. */
+enum { ROWBLK = 8 };
+
+typedef struct seqpass {
+  const seqkind *k;
+  mg_dtype dt;
+  int64_t T, B, u;
+  int64_t t0, t1;                 /* LSTM reverse: the steps of this chunk (dZ holds them) */
+  bool ra, need_h0;
+  const mg_packed *P;
+  const void *U, *b, *gH;         /* gH: the cotangent of H (B, T, u) or NULL */
+  char *G, *Hs, *Cs, *M;          /* saved gates, states; GRU: x W (forward) */
+  char *dZ, *dmx, *dmh;           /* reverse: per-step cotangents (T B rows) */
+  char *s[2], *c[2], *drh;        /* reverse: running state cotangents (B, u), scratch */
+  const volatile sig_atomic_t *intr;
+  int nt;
+} seqpass;
+
+static bool pass_stopped(const seqpass *p) {
+  return p->intr != NULL && __atomic_load_n(p->intr, __ATOMIC_RELAXED) != 0;
+}
+
+/* The rows of share 'k' of 'nt'. */
+static void pass_rows(const seqpass *p, int64_t k, int64_t *lo, int64_t *hi) {
+  int64_t nb = (p->B + ROWBLK - 1) / ROWBLK;
+  *lo = nb * k / p->nt * ROWBLK;
+  *hi = nb * (k + 1) / p->nt * ROWBLK;
+  if (*hi > p->B) *hi = p->B;
+}
+
+/* dh[lo, hi) += g[lo:hi, t, :] for a (B, T, u) cotangent g. */
+static void add_step(mg_dtype dt, int64_t lo, int64_t hi, int64_t T, int64_t u, int64_t t,
+                     const void *g, void *dh) {
+  for (int64_t b = lo; b < hi; b++)
+    for (int64_t j = 0; j < u; j++) {
+      int64_t s = b * u + j, q = (b * T + t) * u + j;
+      if (dt == MG_F64) ((double *)dh)[s] += ((const double *)g)[q];
+      else ((float *)dh)[s] += ((const float *)g)[q];
+    }
+}
+
+static void forward_rows(void *arg, int64_t k0, int64_t k1) {
+  const seqpass *p = arg;
+  mg_dtype dt = p->dt;
+  int64_t u = p->u, B = p->B, bu = B * u, lo, hi;
+  for (int64_t k = k0; k < k1; k++) {
+    pass_rows(p, k, &lo, &hi);
+    for (int64_t t = 0; t < p->T && hi > lo && !pass_stopped(p); t++) {
+      char *Gt = at(dt, p->G, t * B * 4 * u), *h = at(dt, p->Hs, t * bu);
+      char *hn = at(dt, p->Hs, (t + 1) * bu);
+      if (p->k->ns == 2) {
+        void *c = at(dt, p->Cs, t * bu), *cn = at(dt, p->Cs, (t + 1) * bu);
+        mg_rec_gemm(dt, p->P, false, hi - lo, 4 * u, u, at(dt, h, lo * u), u, p->U, 4 * u, 1,
+                    at(dt, Gt, lo * 4 * u), 4 * u);
+        if (dt == MG_F64) mg_lstm_gates_f64(lo, hi, u, (double *)Gt, p->b, c, cn, (double *)hn);
+        else mg_lstm_gates_f32(lo, hi, u, (float *)Gt, p->b, c, cn, (float *)hn);
+      } else {
+        mg_gru_step_forward(dt, hi - lo, u, p->ra, p->U, p->P, p->b, at(dt, h, lo * u),
+                            at(dt, p->M, (t * B + lo) * 3 * u), at(dt, Gt, lo * 4 * u),
+                            at(dt, hn, lo * u));
+      }
+    }
+  }
+}
+
+/* The reverse over the steps [t0, t1), backwards. LSTM: into dZ (its first row block is step
+** t0's); s[0] holds the running dh, the running dc alternates between c[0] (on entry) and
+** c[1] (c[(t1 - t0) % 2] at the end). GRU (t0 = 0, t1 = T): the running dh alternates between
+** s[0] and s[1] (s[T % 2] at the end). */
+static void reverse_rows(void *arg, int64_t k0, int64_t k1) {
+  const seqpass *p = arg;
+  mg_dtype dt = p->dt;
+  int64_t u = p->u, B = p->B, T = p->T, bu = B * u, lo, hi;
+  for (int64_t k = k0; k < k1; k++) {
+    pass_rows(p, k, &lo, &hi);
+    int cur = 0;
+    for (int64_t t = p->t1 - 1; t >= p->t0 && hi > lo && !pass_stopped(p); t--) {
+      char *dh = p->s[p->k->ns == 2 ? 0 : cur];
+      if (p->gH) add_step(dt, lo, hi, T, u, t, p->gH, dh);
+      if (p->k->ns == 1) {
+        mg_gru_step_reverse(dt, hi - lo, u, p->ra, p->U, p->P, at(dt, p->G, (t * B + lo) * 4 * u),
+                            at(dt, p->Hs, t * bu + lo * u), at(dt, dh, lo * u),
+                            at(dt, p->dmx, (t * B + lo) * 3 * u),
+                            at(dt, p->dmh, (t * B + lo) * 3 * u),
+                            at(dt, p->drh, lo * u), at(dt, p->s[!cur], lo * u));
+        cur = !cur;
+        continue;
+      }
+      void *Gt = at(dt, p->G, t * B * 4 * u), *dzt = at(dt, p->dZ, (t - p->t0) * B * 4 * u);
+      void *c = at(dt, p->Cs, t * bu), *cn = at(dt, p->Cs, (t + 1) * bu);
+      if (dt == MG_F64)
+        mg_lstm_dz_f64(lo, hi, u, Gt, c, cn, (double *)dh, (double *)p->c[cur], dzt,
+                       (double *)p->c[!cur]);
+      else
+        mg_lstm_dz_f32(lo, hi, u, Gt, c, cn, (float *)dh, (float *)p->c[cur], dzt,
+                       (float *)p->c[!cur]);
+      cur = !cur;
+      if (t > 0 || p->need_h0)
+        mg_rec_gemm(dt, p->P, true, hi - lo, u, 4 * u, at(dt, dzt, lo * 4 * u), 4 * u, p->U,
+                    4 * u, 0, at(dt, dh, lo * u), u);
+    }
+  }
+}
+
+/* Run one pass: a share of row blocks per thread, then "<op>: interrupted!" if Ctrl-C came
+** (the range functions stop at the next step once the flag is set). */
+static mg_status run_pass(mg_ctx *C, const char *op, seqpass *p, mg_range_fn fn) {
+  int64_t nb = (p->B + ROWBLK - 1) / ROWBLK;
+  p->intr = C->interrupt;
+  p->nt = nb < C->nthreads ? (int)nb : C->nthreads;
+  if (p->nt < 1) p->nt = 1;
+  mg_status st = mg_parallel_for(C, NULL, p->nt, 1, fn, p);
+  return st == MG_OK ? mg_poll(C, op) : st;
 }
 
 /* Runs the sequence, records it, hands out the outputs (H, hT [, cT]). */
@@ -149,7 +271,7 @@ static mg_status seq_forward(mg_ctx *C, const seqkind *k, mg_tensor *const *in, 
   mg_tensor *x = kin[QX], *W = kin[k->ns + 1], *U = kin[k->ns + 2], *b = kin[k->ns + 3];
   mg_dtype dt = x->dtype;
   int64_t B = x->shape[0], T = x->shape[1], d = x->shape[2], u = kin[QH]->shape[1];
-  int64_t gw = k->ns == 2 ? 4 * u : 3 * u, bu = B * u;
+  int64_t gw = k->ns == 2 ? 4 * u : 3 * u;
   char *G = mg_tensor_data(r.sv[SV_G]), *Hs = mg_tensor_data(r.sv[SV_H]);
   mg_tensor *M = NULL;                           /* GRU: x W of every step */
   int64_t ms[2] = { T * B, 3 * u };
@@ -158,21 +280,13 @@ static mg_status seq_forward(mg_ctx *C, const seqkind *k, mg_tensor *const *in, 
     mg_gemm(dt, false, false, T * B, gw, d, 1, mg_tensor_data(r.sv[SV_X]), d,
             mg_tensor_data(W), gw, 0, k->ns == 2 ? G : mg_tensor_data(M), gw);
   mg_packed pk[2];
-  const mg_packed *P = packs(k, dt, mg_tensor_data(U), u, ra, false, pk);
-  for (int64_t t = 0; t < T && st == MG_OK; t++) {
-    void *Gt = at(dt, G, t * B * 4 * u), *h = at(dt, Hs, t * bu), *hn = at(dt, Hs, (t + 1) * bu);
-    if (k->ns == 2) {
-      char *Cs = mg_tensor_data(r.sv[SV_C]);
-      mg_rec_gemm(dt, P, false, B, 4 * u, u, h, u, mg_tensor_data(U), 4 * u, 1, Gt, 4 * u);
-      if (dt == MG_F64)
-        mg_lstm_gates_f64(0, B, u, Gt, mg_tensor_data(b), at(dt, Cs, t * bu), at(dt, Cs, (t + 1) * bu), hn);
-      else
-        mg_lstm_gates_f32(0, B, u, Gt, mg_tensor_data(b), at(dt, Cs, t * bu), at(dt, Cs, (t + 1) * bu), hn);
-    } else {
-      mg_gru_step_forward(dt, B, u, ra, mg_tensor_data(U), P, mg_tensor_data(b), h,
-                          at(dt, mg_tensor_data(M), t * B * 3 * u), Gt, hn);
-    }
-    st = mg_poll(C, fn);
+  const mg_packed *P = packs(C, k, dt, mg_tensor_data(U), u, ra, false, pk);
+  if (st == MG_OK) {
+    seqpass p = { .k = k, .dt = dt, .T = T, .B = B, .u = u, .ra = ra, .P = P,
+                  .U = mg_tensor_data(U), .b = mg_tensor_data(b), .G = G, .Hs = Hs,
+                  .Cs = k->ns == 2 ? mg_tensor_data(r.sv[SV_C]) : NULL,
+                  .M = M ? mg_tensor_data(M) : NULL };
+    st = run_pass(C, fn, &p, forward_rows);
   }
   packs_free(pk);
   mg_tensor_release(M);
@@ -214,17 +328,6 @@ mg_status mg_gru_seq(mg_ctx *C, mg_tensor *x, mg_tensor *h0, mg_tensor *W, mg_te
 
 /* ================================================================ fused reverse */
 
-/* dh += g[:, t, :] for a (B, T, u) cotangent g. */
-static void add_step(mg_dtype dt, int64_t B, int64_t T, int64_t u, int64_t t, const void *g,
-                     void *dh) {
-  for (int64_t b = 0; b < B; b++)
-    for (int64_t j = 0; j < u; j++) {
-      int64_t s = b * u + j, q = (b * T + t) * u + j;
-      if (dt == MG_F64) ((double *)dh)[s] += ((const double *)g)[q];
-      else ((float *)dh)[s] += ((const float *)g)[q];
-    }
-}
-
 /* The running state cotangent: a copy of 'g' (B, u) or zeros. New reference. */
 static mg_status state_seed(mg_ctx *C, mg_tensor *g, const mg_tensor *like, mg_tensor **out) {
   mg_status st = mg_tensor_zeros(C, like->dtype, 2, like->shape, out);
@@ -242,8 +345,16 @@ static mg_status batch_major(mg_ctx *C, mg_tensor *dXt, int64_t B, int64_t T, mg
   return st;
 }
 
-/* The LSTM's: per step backwards dz_t and dh_(t-1) = dz_t U', dc_(t-1); then dX = dZ W',
-** dW = Xt' dZ, dU = H_(0..T-1)' dZ, db = the column sums of dZ. */
+/* The steps of one chunk of the LSTM's reverse: dZ is kept for a chunk only (about 1 MiB,
+** and at least 256 rows for the weight GEMMs), not for the whole sequence. */
+static int64_t chunk_steps(mg_dtype dt, int64_t T, int64_t B, int64_t u) {
+  int64_t by_bytes = ((int64_t)1 << 20) / (B * 4 * u * (int64_t)mg_dtype_size(dt));
+  int64_t by_rows = (256 + B - 1) / B, n = by_bytes > by_rows ? by_bytes : by_rows;
+  return n < T ? n : T;
+}
+
+/* The LSTM's: per step backwards dz_t and dh_(t-1) = dz_t U', dc_(t-1); then, per chunk of
+** steps, dX = dZ W', dW += Xt' dZ, dU += H_(t-1)' dZ, db += the column sums of dZ. */
 static mg_status lstm_seq_vjp_fused(mg_ctx *C, const mg_node *n, mg_tensor *const *gk,
                                     const bool *need, mg_tensor **gin) {
   mg_tensor *W = n->in[3], *U = n->in[4], *k[2] = { NULL }, *wu[2] = { W, U };
@@ -251,47 +362,60 @@ static mg_status lstm_seq_vjp_fused(mg_ctx *C, const mg_node *n, mg_tensor *cons
   if (st != MG_OK) return st;
   mg_tensor *X = n->saved[SV_X], *G = n->saved[SV_G], *Hs = n->saved[SV_H], *Cs = n->saved[SV_C];
   mg_dtype dt = X->dtype;
-  int64_t T = X->shape[0], B = X->shape[1], d = X->shape[2], u = Hs->shape[2], bu = B * u;
-  int64_t zs[2] = { T * B, 4 * u };
-  mg_tensor *dZ = NULL, *dh = NULL, *dc = NULL, *dc2 = NULL, *tmp = NULL;
+  int64_t T = X->shape[0], B = X->shape[1], d = X->shape[2], u = Hs->shape[2];
+  int64_t Tc = chunk_steps(dt, T, B, u), zs[2] = { Tc * B, 4 * u }, g4 = 4 * u;
+  int64_t xs[2] = { T * B, d }, ws[2] = { d, 4 * u }, us[2] = { u, 4 * u };
+  mg_tensor *dZ = NULL, *dh = NULL, *dc = NULL, *dc2 = NULL, *tmp = NULL, *bs = NULL;
   const mg_tensor *h0 = n->in[QH];
   if ((st = mg_tensor_empty(C, dt, 2, zs, &dZ)) == MG_OK &&
       (st = state_seed(C, gk[1], h0, &dh)) == MG_OK && (st = state_seed(C, gk[2], h0, &dc)) == MG_OK)
     st = mg_tensor_empty(C, dt, 2, h0->shape, &dc2);
+  if (st == MG_OK && need[QX]) st = mg_tensor_empty(C, dt, 2, xs, &tmp);
+  if (st == MG_OK && need[3]) st = mg_tensor_empty(C, dt, 2, ws, &gin[3]);
+  if (st == MG_OK && need[4]) st = mg_tensor_empty(C, dt, 2, us, &gin[4]);
+  if (st == MG_OK && need[5] && (st = mg_tensor_empty(C, dt, 1, &g4, &gin[5])) == MG_OK)
+    st = mg_tensor_empty(C, dt, 1, &g4, &bs);
   mg_packed pk[2];
-  const mg_packed *P = st == MG_OK ? packs(&LSTM_SEQ, dt, mg_tensor_data(k[1]), u, false, true, pk) : NULL;
-  for (int64_t t = T - 1; t >= 0 && st == MG_OK; t--) {
-    void *Gt = at(dt, mg_tensor_data(G), t * B * 4 * u), *dzt = at(dt, mg_tensor_data(dZ), t * B * 4 * u);
-    void *c = at(dt, mg_tensor_data(Cs), t * bu), *cn = at(dt, mg_tensor_data(Cs), (t + 1) * bu);
-    if (gk[0]) add_step(dt, B, T, u, t, mg_tensor_data(gk[0]), mg_tensor_data(dh));
-    if (dt == MG_F64)
-      mg_lstm_dz_f64(0, B, u, Gt, c, cn, mg_tensor_data(dh), mg_tensor_data(dc), dzt, mg_tensor_data(dc2));
-    else
-      mg_lstm_dz_f32(0, B, u, Gt, c, cn, mg_tensor_data(dh), mg_tensor_data(dc), dzt, mg_tensor_data(dc2));
-    tmp = dc; dc = dc2; dc2 = tmp; tmp = NULL;
-    if (t > 0 || need[QH])
-      mg_rec_gemm(dt, P, true, B, u, 4 * u, dzt, 4 * u, mg_tensor_data(k[1]), 4 * u, 0,
-                  mg_tensor_data(dh), u);
+  const mg_packed *P = st == MG_OK ? packs(C, &LSTM_SEQ, dt, mg_tensor_data(k[1]), u, false, true, pk) : NULL;
+  seqpass p = { .k = &LSTM_SEQ, .dt = dt, .T = T, .B = B, .u = u, .need_h0 = need[QH], .P = P,
+                .U = mg_tensor_data(k[1]), .gH = gk[0] ? mg_tensor_data(gk[0]) : NULL,
+                .G = mg_tensor_data(G), .Cs = mg_tensor_data(Cs), .dZ = mg_tensor_data(dZ),
+                .s = { mg_tensor_data(dh) } };
+  for (int64_t t1 = T; t1 > 0 && st == MG_OK; t1 -= Tc) {
+    int64_t t0 = t1 > Tc ? t1 - Tc : 0, R = (t1 - t0) * B, r0 = t0 * B;
+    int beta = t1 < T;                            /* the weight gradients: summed over chunks */
+    p.t0 = t0;
+    p.t1 = t1;
+    p.c[0] = mg_tensor_data(dc);
+    p.c[1] = mg_tensor_data(dc2);
+    if ((st = run_pass(C, mg_ops[LSTM_SEQ.op].name, &p, reverse_rows)) != MG_OK) break;
+    if ((t1 - t0) % 2) { mg_tensor *sw = dc; dc = dc2; dc2 = sw; }
+    void *dz = mg_tensor_data(dZ);
+    if (tmp)
+      mg_gemm(dt, false, true, R, d, 4 * u, 1, dz, 4 * u, mg_tensor_data(k[0]), 4 * u, 0,
+              at(dt, mg_tensor_data(tmp), r0 * d), d);
+    if (gin[3])
+      mg_gemm(dt, true, false, d, 4 * u, R, 1, at(dt, mg_tensor_data(X), r0 * d), d, dz, 4 * u,
+              beta, mg_tensor_data(gin[3]), 4 * u);
+    if (gin[4])
+      mg_gemm(dt, true, false, u, 4 * u, R, 1, at(dt, mg_tensor_data(Hs), r0 * u), u, dz, 4 * u,
+              beta, mg_tensor_data(gin[4]), 4 * u);
+    if (gin[5]) {
+      mg_colsum(dt, R, 4 * u, dz, 4 * u, beta ? mg_tensor_data(bs) : mg_tensor_data(gin[5]));
+      void *db = mg_tensor_data(gin[5]), *part = mg_tensor_data(bs);
+      for (int64_t j = 0; beta && j < 4 * u; j++)
+        if (dt == MG_F64) ((double *)db)[j] += ((double *)part)[j];
+        else ((float *)db)[j] += ((float *)part)[j];
+    }
   }
   if (P) packs_free(pk);
-  int64_t xs[2] = { T * B, d }, ws[2] = { d, 4 * u }, us[2] = { u, 4 * u };
-  if (st == MG_OK && need[QX] && (st = mg_tensor_empty(C, dt, 2, xs, &tmp)) == MG_OK) {
-    mg_gemm(dt, false, true, T * B, d, 4 * u, 1, mg_tensor_data(dZ), 4 * u, mg_tensor_data(k[0]),
-            4 * u, 0, mg_tensor_data(tmp), d);
-    st = batch_major(C, tmp, B, T, &gin[QX]);
-  }
-  if (st == MG_OK && need[3] && (st = mg_tensor_empty(C, dt, 2, ws, &gin[3])) == MG_OK)
-    mg_gemm(dt, true, false, d, 4 * u, T * B, 1, mg_tensor_data(X), d, mg_tensor_data(dZ), 4 * u,
-            0, mg_tensor_data(gin[3]), 4 * u);
-  if (st == MG_OK && need[4] && (st = mg_tensor_empty(C, dt, 2, us, &gin[4])) == MG_OK)
-    mg_gemm(dt, true, false, u, 4 * u, T * B, 1, mg_tensor_data(Hs), u, mg_tensor_data(dZ), 4 * u,
-            0, mg_tensor_data(gin[4]), 4 * u);
-  if (st == MG_OK && need[5] && (st = mg_tensor_empty(C, dt, 1, &zs[1], &gin[5])) == MG_OK)
-    mg_colsum(dt, T * B, 4 * u, mg_tensor_data(dZ), 4 * u, mg_tensor_data(gin[5]));
+  if (st == MG_OK && tmp) st = batch_major(C, tmp, B, T, &gin[QX]);
   if (st == MG_OK && need[QH]) { gin[QH] = dh; dh = NULL; }
   if (st == MG_OK && need[2]) { gin[2] = dc; dc = NULL; }
-  mg_tensor *rel[5] = { dZ, dh, dc, dc2, tmp };
-  mg_cell_release(5, rel);
+  if (st != MG_OK)
+    for (int i = 3; i < 6; i++) { mg_tensor_release(gin[i]); gin[i] = NULL; }
+  mg_tensor *rel[6] = { dZ, dh, dc, dc2, tmp, bs };
+  mg_cell_release(6, rel);
   mg_cell_release(2, k);
   return st;
 }
@@ -306,7 +430,7 @@ static mg_status gru_seq_vjp_fused(mg_ctx *C, const mg_node *n, mg_tensor *const
   mg_tensor *X = n->saved[SV_X], *S = n->saved[SV_G], *Hs = n->saved[SV_H];
   mg_dtype dt = X->dtype;
   bool ra = n->attr.i[0] != 0, need4[4] = { need[QX], need[2], need[3], need[4] };
-  int64_t T = X->shape[0], B = X->shape[1], d = X->shape[2], u = Hs->shape[2], bu = B * u;
+  int64_t T = X->shape[0], B = X->shape[1], d = X->shape[2], u = Hs->shape[2];
   mg_tensor *dmx = NULL, *dmh = NULL, *g[4] = { NULL }, *dh = NULL, *dh2 = NULL, *drh = NULL;
   const mg_tensor *h0 = n->in[QH];
   st = mg_gru_grad_buffers(C, dt, T * B, d, u, ra, need4, &dmx, &dmh, g);
@@ -314,15 +438,15 @@ static mg_status gru_seq_vjp_fused(mg_ctx *C, const mg_node *n, mg_tensor *const
       (st = mg_tensor_empty(C, dt, 2, h0->shape, &dh2)) == MG_OK)
     st = mg_tensor_empty(C, dt, 2, h0->shape, &drh);
   mg_packed pk[2];
-  const mg_packed *P = st == MG_OK ? packs(&GRU_SEQ, dt, mg_tensor_data(k[1]), u, ra, true, pk) : NULL;
-  for (int64_t t = T - 1; t >= 0 && st == MG_OK; t--) {
-    if (gk[0]) add_step(dt, B, T, u, t, mg_tensor_data(gk[0]), mg_tensor_data(dh));
-    mg_gru_step_reverse(dt, B, u, ra, mg_tensor_data(k[1]), P, at(dt, mg_tensor_data(S), t * B * 4 * u),
-                        at(dt, mg_tensor_data(Hs), t * bu), mg_tensor_data(dh),
-                        at(dt, mg_tensor_data(dmx), t * B * 3 * u),
-                        at(dt, mg_tensor_data(dmh), t * B * 3 * u), mg_tensor_data(drh),
-                        mg_tensor_data(dh2));
-    mg_tensor *sw = dh; dh = dh2; dh2 = sw;
+  const mg_packed *P = st == MG_OK ? packs(C, &GRU_SEQ, dt, mg_tensor_data(k[1]), u, ra, true, pk) : NULL;
+  if (st == MG_OK) {
+    seqpass p = { .k = &GRU_SEQ, .dt = dt, .T = T, .B = B, .u = u, .t1 = T, .ra = ra, .P = P,
+                  .U = mg_tensor_data(k[1]), .gH = gk[0] ? mg_tensor_data(gk[0]) : NULL,
+                  .G = mg_tensor_data(S), .Hs = mg_tensor_data(Hs), .dmx = mg_tensor_data(dmx),
+                  .dmh = mg_tensor_data(dmh), .s = { mg_tensor_data(dh), mg_tensor_data(dh2) },
+                  .drh = mg_tensor_data(drh) };
+    st = run_pass(C, mg_ops[GRU_SEQ.op].name, &p, reverse_rows);
+    if (T % 2) { mg_tensor *sw = dh; dh = dh2; dh2 = sw; }
   }
   if (P) packs_free(pk);
   if (st == MG_OK) {

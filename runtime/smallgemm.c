@@ -27,14 +27,19 @@ static int isa(void) {
 
 bool mg_packed_available(void) { return isa() != ISA_NONE; }
 
-bool mg_pack(mg_packed *P, const float *src, int64_t ld, bool trans, int64_t K, int64_t N) {
+bool mg_pack(mg_packed *P, mg_pool *pool, const float *src, int64_t ld, bool trans, int64_t K,
+             int64_t N) {
   int which = isa();
   *P = (mg_packed){ .K = K, .N = N, .src = src, .ld = ld, .trans = trans };
   if (which == ISA_NONE) return true;
   int nr = 32;
   int64_t np = (N + nr - 1) / nr;
-  float *d = aligned_alloc(64, (size_t)(np * K * nr) * sizeof *d);
-  if (d == NULL) return false;
+  size_t bytes = (size_t)(np * K * nr) * sizeof(float) + 64;   /* room to align to 64 */
+  void *blk = pool ? mg_pool_alloc(pool, bytes, &P->cap) : malloc(bytes);
+  if (blk == NULL) return false;
+  P->block = blk;
+  P->pool = pool;
+  float *d = (float *)(((uintptr_t)blk + 63) & ~(uintptr_t)63);
   for (int64_t p = 0; p < np; p++) {
     float *o = d + p * K * nr;
     int nw = (int)(N - p * nr < nr ? N - p * nr : nr);
@@ -53,7 +58,9 @@ bool mg_pack(mg_packed *P, const float *src, int64_t ld, bool trans, int64_t K, 
 }
 
 void mg_pack_free(mg_packed *P) {
-  free(P->data);
+  if (P->block && P->pool) mg_pool_free(P->pool, P->block, P->cap);
+  else free(P->block);
+  P->block = NULL;
   P->data = NULL;
 }
 

@@ -13,7 +13,10 @@
 typedef struct mg_packed {
   int64_t K, N;           /* the logical matrix is K x N */
   int nr;                 /* panel width in floats; 0: not packed (use 'src' with BLAS) */
-  float *data;            /* ceil(N / nr) panels of K x nr floats, zero-padded; owned */
+  float *data;            /* ceil(N / nr) panels of K x nr floats, zero-padded, 64-byte aligned */
+  void *block;            /* the allocation holding 'data'; owned */
+  mg_pool *pool;          /* where 'block' came from (NULL: malloc) */
+  size_t cap;
   const float *src;       /* the matrix as given (row-major K x N, or N x K when 'trans') */
   int64_t ld;
   bool trans;
@@ -21,8 +24,10 @@ typedef struct mg_packed {
 
 /* Pack op(src) (K x N; 'trans': src is N x K, row-major with leading dimension ld) for
 ** mg_gemm_packed. 'src' must stay valid while the packing is used (the BLAS fallback reads
-** it). Returns false when out of memory (then nothing to free). */
-bool mg_pack(mg_packed *P, const float *src, int64_t ld, bool trans, int64_t K, int64_t N);
+** it). The panels come from 'pool' (a context's: reused from one sequence to the next; NULL:
+** malloc). Returns false when out of memory (then nothing to free). */
+bool mg_pack(mg_packed *P, mg_pool *pool, const float *src, int64_t ld, bool trans, int64_t K,
+             int64_t N);
 void mg_pack_free(mg_packed *P);
 /* C (M x N, ldc) = A (M x K, lda) op(src) + beta C, beta 0 or 1. */
 void mg_gemm_packed(const mg_packed *P, int64_t M, const float *A, int64_t lda, int beta,

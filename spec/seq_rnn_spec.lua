@@ -180,6 +180,22 @@ describe("mg.lstm_seq / mg.gru_seq against the per-step cells", function()
   end)
 end)
 
+describe("mg.lstm_seq's reverse in chunks of steps", function()
+  -- float64, B = 16, 256 units: dZ is kept for 16 steps at a time (1 MiB), so T = 37 runs in
+  -- chunks of 5, 16 and 16 steps (one of odd length: the running dc changes buffers)
+  it("gives the per-step cells' gradients (float64)", function()
+    mg.manual_seed(5)
+    local k, B, T, d, u = KINDS[1], 16, 37, 3, 256
+    local a = args(k, B, T, d, u, "float64")
+    a[4], a[5] = a[4] * 0.2, a[5] * 0.1              -- keep the gates out of saturation
+    local w = weights(B, T, u, "float64")
+    local an = all_argnums(#a)
+    local g1 = mg.grad(loss_of(steps(k), w), { argnums = an })(table.unpack(a))
+    local g2 = mg.grad(loss_of(seq(k), w), { argnums = an })(table.unpack(a))
+    for i = 1, #a do near(g1[i], g2[i], 1e-12, "gradient " .. i) end
+  end)
+end)
+
 describe("nn layers and the sequence op", function()
   setup(function() mg.manual_seed(11) end)
   -- How many times mg.lstm_seq / mg.gru_seq ran during f().

@@ -2,6 +2,8 @@
 -- same numbers on 1, 2 and 3 threads (elementwise: every element computed the same way;
 -- sum/max/min: split along an output dim or fixed chunks combined in order), and agree with a
 -- float64 reference within float32 rounding; mg.set_num_threads sets the state's count.
+-- The sequence ops (mg.lstm_seq, mg.gru_seq: each thread runs the whole time loop for a block
+-- of batch rows) give bit-identical outputs and gradients on 1, 2 and 3 threads.
 local mg = require "moongrad"
 local support = require "support"
 
@@ -74,6 +76,58 @@ describe("kernels on several threads", function()
     assert.are.equal(0, y:min():item())
     assert.are.equal(1234, y[235][2]:item())
   end)
+end)
+
+-- The outputs of mg.lstm_seq / mg.gru_seq (B = 21 rows: row blocks of 8, 8 and 5) and the
+-- gradients of a weighted sum of them with respect to every input.
+local function seq_results(kind, dtype)
+  mg.manual_seed(11)
+  local B, T, d, u = 21, 9, 5, 40
+  local function r(...) return mg.randn(...):to(dtype) end
+  local gates = kind == "lstm" and 4 or 3
+  local a = { r(B, T, d), r(B, u) }
+  if kind == "lstm" then a[#a + 1] = r(B, u) end
+  a[#a + 1] = r(d, gates * u) * 0.4
+  a[#a + 1] = r(u, gates * u) * 0.4
+  a[#a + 1] = (kind == "gru_ra" and r(2, 3 * u) or r(gates * u)) * 0.4
+  local w1, w2, w3 = r(B, T, u), r(B, u), r(B, u)
+  local function f(...)
+    if kind == "lstm" then return mg.lstm_seq(...) end
+    local x, h, W, U, b = ...
+    return mg.gru_seq(x, h, W, U, b, kind == "gru_ra")
+  end
+  local argnums = {}
+  for i = 1, #a do argnums[i] = i end
+  local out = { f(table.unpack(a)) }
+  local g = mg.grad(function(...)
+    local H, h, c = f(...)
+    local l = (H * w1):sum() + (h * w2):sum()
+    if c then l = l + (mg.tanh(c) * w3):sum() end
+    return l
+  end, { argnums = argnums })(table.unpack(a))
+  for i = 1, #g do out[#out + 1] = g[i] end
+  return out
+end
+
+describe("sequence ops on several threads", function()
+  for _, kind in ipairs { "lstm", "gru_ra", "gru" } do
+    for _, dtype in ipairs { "float32", "float64" } do
+      it(kind .. " " .. dtype .. ": outputs and gradients of one thread, bit for bit", function()
+        mg.set_num_threads(1)
+        local ref = seq_results(kind, dtype)
+        for _, n in ipairs { 2, 3 } do
+          mg.set_num_threads(n)
+          local got = seq_results(kind, dtype)
+          assert.are.equal(#ref, #got)
+          for k = 1, #ref do
+            assert.are.equal(support.bits(ref[k]), support.bits(got[k]),
+                             ("result %d differs on %d threads"):format(k, n))
+          end
+        end
+      end)
+    end
+  end
+
 end)
 
 describe("mg.set_num_threads", function()
