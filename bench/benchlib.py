@@ -53,6 +53,31 @@ def int_cases(args, n, message, default, ok=lambda case: True):
     return cases or default
 
 
+def lstm_case(a):
+    """(kind, units, batch, label, file key) of a bench/lstm case argument, or None: 'units'
+    (an LSTM, batch 16) or 'kind:units:batch' with kind lstm or gru (lstm:512:64, gru:256:16),
+    as bench/lstm.lua parses them and names its files."""
+    if a.isdigit() and int(a) >= 1:
+        return ("lstm", int(a), 16, a, a)
+    parts = a.split(":")
+    if (len(parts) != 3 or parts[0] not in ("lstm", "gru") or not parts[1].isdigit()
+            or not parts[2].isdigit() or int(parts[1]) < 1 or int(parts[2]) < 1):
+        return None
+    return (parts[0], int(parts[1]), int(parts[2]), a, "%s_%s_%s" % tuple(parts))
+
+
+def lstm_cases(script, usage):
+    """bench/lstm's command line after DIR: its cases (lstm_case), default 6 32 256; a bad one
+    exits with a message naming 'script'."""
+    cases = []
+    for a in sys.argv[2:]:
+        c = lstm_case(a)
+        if c is None:
+            sys.exit("%s: bad case '%s', expected units or kind:units:batch; %s" % (script, a, usage))
+        cases.append(c)
+    return cases or [lstm_case(a) for a in ("6", "32", "256")]
+
+
 def data_dir(script, usage):
     """The data directory a pair's Lua side saved into: the first command-line argument, which
     must exist; exits naming 'script' otherwise."""

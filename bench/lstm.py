@@ -26,17 +26,7 @@ USAGE = ("usage: /usr/bin/python3 bench/lstm.py DIR [case ...]  (a case: units, 
          "kind:units:batch with kind lstm or gru; default 6 32 256)")
 RTOL = 1e-4
 RSS_STEPS = 200
-
-
-def parse_case(a):
-    """(kind, units, batch, label, file key) of a case argument, or None."""
-    if a.isdigit() and int(a) >= 1:
-        return ("lstm", int(a), 16, a, a)
-    parts = a.split(":")
-    if (len(parts) != 3 or parts[0] not in ("lstm", "gru") or not parts[1].isdigit()
-            or not parts[2].isdigit() or int(parts[1]) < 1 or int(parts[2]) < 1):
-        return None
-    return (parts[0], int(parts[1]), int(parts[2]), a, "%s_%s_%s" % tuple(parts))
+RSS_CASE = "256"   # as lstm.lua: the peak RSS at this case only
 
 
 def load(directory, key, name):
@@ -164,16 +154,11 @@ def main():
     directory = sys.argv[1]
     if not os.path.isdir(directory):
         sys.exit("lstm.py: directory '%s' does not exist" % directory)
-    cases = []
-    for a in sys.argv[2:]:
-        c = parse_case(a)
-        if c is None:
-            sys.exit("lstm.py: bad case '%s', expected units or kind:units:batch; %s" % (a, USAGE))
-        cases.append(c)
+    cases = B.lstm_cases("lstm.py", USAGE)
     B.one_thread()
     B.blas_meta(BENCH)
     failed = []
-    for kind, units, _, label, key in cases or [parse_case(a) for a in ("6", "32", "256")]:
+    for kind, units, _, label, key in cases:
         x, y = load(directory, key, "x"), load(directory, key, "y")
         for name, cls in (("nn.LSTM fused", Fused), ("LSTMCell loop + retain_grad", CellLoop)):
             model = cls(kind, units)
@@ -188,7 +173,7 @@ def main():
             B.result(BENCH, label, name, m)
             B.log("pytorch   %-12s %-28s %9.3f ms CPU, %9.3f ms wall",
                   label, name, m["cpu"] * 1e3, m["wall"] * 1e3)
-            if name == "nn.LSTM fused":
+            if name == "nn.LSTM fused" and label == RSS_CASE:
                 # the peak RSS once RSS_STEPS steps in all have run (as lstm.lua)
                 for _ in range(max(0, RSS_STEPS - m["calls"])):
                     train_step(model, opt, x, y)

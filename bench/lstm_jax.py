@@ -1,13 +1,15 @@
-"""lstm_jax.py - JAX side of bench/lstm.lua: one training step of the same LSTM regressor,
-x (16, 100, 8) -> LSTM(8, units) over all steps (jax.lax.scan; Keras layout and gate order
-i, f, g, o, as moongrad's nn.LSTMCell) -> Dense(units, 1) on every step -> MSE against
-y (16, 100, 1) -> gradients (jax.value_and_grad) -> Adam (lr 1e-3, written out: JAX has no
+"""lstm_jax.py - JAX side of bench/lstm.lua: one training step of the same LSTM (or GRU)
+regressor, x (batch, 100, 8) -> LSTM(8, units) over all steps (jax.lax.scan; Keras layout and
+gate order i, f, g, o, as moongrad's nn.LSTMCell; a GRU: z, r, h with reset_after and the
+(2, 3u) bias, as nn.GRUCell) -> Dense(units, 1) on every step -> MSE against
+y (batch, 100, 1) -> gradients (jax.value_and_grad) -> Adam (lr 1e-3, written out: JAX has no
 optimizer of its own), the whole step one jax.jit with the parameters and the optimizer's
 state donated, float32, from the data and initial weights that lstm.lua saved in DIR.
 Before timing, the loss and the parameter gradients are checked against moongrad's (within
 1e-4 relative to each array's largest magnitude). Compilation is not timed (the warm-up call
 compiles). After the timing, the peak RSS once 200 steps in all have run.
-Usage: $(bench/venv)/bin/python bench/lstm_jax.py DIR [units ...]   (after bench/lstm.lua DIR)
+Usage: $(bench/venv)/bin/python bench/lstm_jax.py DIR [case ...]   (after bench/lstm.lua DIR;
+cases as lstm.lua's: units, or kind:units:batch)
 """
 import os
 import sys
@@ -20,14 +22,18 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 BENCH = "lstm"
-USAGE = "usage: $(bench/venv)/bin/python bench/lstm_jax.py DIR [units ...]  (default units 6 32 256)"
+USAGE = ("usage: $(bench/venv)/bin/python bench/lstm_jax.py DIR [case ...]  (a case: units, or "
+         "kind:units:batch with kind lstm or gru; default 6 32 256)")
 RTOL = 1e-4
 RSS_STEPS = 200
-NAMES = ("lstm_kernel", "lstm_recurrent_kernel", "lstm_bias", "dense_kernel", "dense_bias")
+RSS_CASE = "256"   # as lstm.lua: the peak RSS at this case only
 
 
-def loss_fn(params, x, y):
-    K, R, b, Wd, bd = params
+def names(kind):
+    return (kind + "_kernel", kind + "_recurrent_kernel", kind + "_bias", "dense_kernel", "dense_bias")
+
+
+def lstm_scan(K, R, b, xs):
     u = R.shape[0]
 
     def cell(carry, xt):
@@ -39,8 +45,27 @@ def loss_fn(params, x, y):
         h = o * jnp.tanh(c)
         return (h, c), h
 
-    zeros = jnp.zeros((x.shape[0], u), x.dtype)
-    _, hs = jax.lax.scan(cell, (zeros, zeros), jnp.swapaxes(x, 0, 1))   # (T, B, u)
+    zeros = jnp.zeros((xs.shape[1], u), xs.dtype)
+    return jax.lax.scan(cell, (zeros, zeros), xs)[1]
+
+
+def gru_scan(K, R, b, xs):
+    u = R.shape[0]
+
+    def cell(h, xt):
+        mx, mh = xt @ K + b[0], h @ R + b[1]
+        z = jax.nn.sigmoid(mx[:, :u] + mh[:, :u])
+        r = jax.nn.sigmoid(mx[:, u:2 * u] + mh[:, u:2 * u])
+        hh = jnp.tanh(mx[:, 2 * u:] + r * mh[:, 2 * u:])
+        h = z * h + (1 - z) * hh
+        return h, h
+
+    return jax.lax.scan(cell, jnp.zeros((xs.shape[1], u), xs.dtype), xs)[1]
+
+
+def loss_fn(params, x, y, kind):
+    K, R, b, Wd, bd = params
+    hs = (lstm_scan if kind == "lstm" else gru_scan)(K, R, b, jnp.swapaxes(x, 0, 1))   # (T, B, u)
     pred = jnp.swapaxes(hs, 0, 1) @ Wd + bd
     return jnp.mean((pred - y) ** 2)
 
@@ -64,52 +89,51 @@ def adam(lr=1e-3, b1=0.9, b2=0.999, eps=1e-7):
 
 def main():
     directory = B.data_dir("lstm_jax.py", USAGE)
-    sizes = [u for (u,) in B.int_cases(sys.argv[2:], 1, "lstm_jax.py: bad units '%s', expected a "
-                                       "positive integer; " + USAGE, [(6,), (32,), (256,)])]
+    cases = B.lstm_cases("lstm_jax.py", USAGE)
     B.jax_meta(BENCH, jax)
     B.settle()
     opt_init, opt_update = adam()
 
-    @jax.jit
-    def loss_and_grads(params, x, y):
-        return jax.value_and_grad(loss_fn)(params, x, y)
+    loss_and_grads = jax.jit(jax.value_and_grad(loss_fn), static_argnums=(3,))
 
-    def step(params, state, x, y):
-        loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
+    def step(params, state, x, y, kind):
+        loss, grads = jax.value_and_grad(loss_fn)(params, x, y, kind)
         params, state = opt_update(params, grads, state)
         return params, state, loss
-    train_step = jax.jit(step, donate_argnums=(0, 1))
+    train_step = jax.jit(step, donate_argnums=(0, 1), static_argnums=(4,))
 
     failed = []
-    for units in sizes:
+    for kind, _, _, label, key in cases:
         def load(name):
-            return B.load_array("lstm_jax.py", directory, "%d_%s.npy" % (units, name))
+            return B.load_array("lstm_jax.py", directory, "%s_%s.npy" % (key, name))
         x, y = jnp.asarray(load("x")), jnp.asarray(load("y"))
-        params = [jnp.asarray(load(n)) for n in NAMES]
-        loss, grads = loss_and_grads(params, x, y)
+        params = [jnp.asarray(load(n)) for n in names(kind)]
+        loss, grads = loss_and_grads(params, x, y, kind)
         errs = {"loss": B.relerr(loss, load("loss"))}
-        for n, g in zip(NAMES, grads):
+        for n, g in zip(names(kind), grads):
             errs["grad " + n] = B.relerr(g, load("grad_" + n))
         for what, err in errs.items():
-            B.meta(BENCH, "relerr %d %s" % (units, what), "%.3g" % err)
+            B.meta(BENCH, "relerr %s %s" % (label, what), "%.3g" % err)
             if not err <= RTOL:
-                failed.append("units %d: %s differs from moongrad's by %g relative" % (units, what, err))
+                failed.append("case %s: %s differs from moongrad's by %g relative" % (label, what, err))
         state = [params, opt_init(params)]
 
         def one():
-            state[0], state[1], loss = train_step(state[0], state[1], x, y)
+            state[0], state[1], loss = train_step(state[0], state[1], x, y, kind)
             return loss.block_until_ready()
         name = "jit(value_and_grad + Adam), lax.scan"
         m = B.measure(one, reps=7, min_time=0.2)
-        B.result(BENCH, str(units), name, m)
-        B.log("%s units %-4d %-36s %9.3f ms CPU, %9.3f ms wall", B.peer(), units, name,
+        B.result(BENCH, label, name, m)
+        B.log("%s case %-12s %-36s %9.3f ms CPU, %9.3f ms wall", B.peer(), label, name,
               m["cpu"] * 1e3, m["wall"] * 1e3)
+        if label != RSS_CASE:
+            continue
         for _ in range(max(0, RSS_STEPS - m["calls"])):
             one()
         rss = B.peak_rss_mib()
         if rss is not None:
-            B.meta(BENCH, "peak_rss_mib_peer %d" % units, "%.1f" % rss)
-            B.log("%s units %-4d peak RSS after %d steps: %.1f MiB", B.peer(), units,
+            B.meta(BENCH, "peak_rss_mib_peer %s" % label, "%.1f" % rss)
+            B.log("%s case %-12s peak RSS after %d steps: %.1f MiB", B.peer(), label,
                   max(RSS_STEPS, m["calls"]), rss)
     B.exit_if_failed("lstm_jax.py", failed)
 

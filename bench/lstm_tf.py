@@ -1,16 +1,18 @@
-"""lstm_tf.py - TensorFlow side of bench/lstm.lua: one training step of the same LSTM
+"""lstm_tf.py - TensorFlow side of bench/lstm.lua: one training step of the same LSTM (or GRU)
 regressor in Keras on the TensorFlow backend (KERAS_BACKEND=tensorflow), the seeds' way:
-keras.layers.LSTM(units, return_sequences=True) on x (16, 100, 8) -> keras.layers.Dense(1) on
+keras.layers.LSTM(units, return_sequences=True) (or GRU, reset_after) on x (batch, 100, 8) ->
+keras.layers.Dense(1) on
 every step, compiled with loss "mse" and keras.optimizers.Adam(1e-3), one
 model.train_on_batch(x, y) per step, float32, from the data and initial weights that
-lstm.lua saved in DIR (the layouts are Keras's, gate order i, f, g, o).
+lstm.lua saved in DIR (the layouts are Keras's, gate order i, f, g, o; GRU z, r, h).
     train_on_batch (graph)  compile(jit_compile=False): a tf.function train step
     train_on_batch (XLA)    compile(jit_compile=True): the same step compiled by XLA
 Before timing, each model's loss and parameter gradients (under a tf.GradientTape) and the
 loss train_on_batch returns on its first call are checked against moongrad's (within 1e-4
 relative). Tracing and compiling are not timed (the warm-up call does them). After the
 timing, the peak RSS once 200 steps in all have run.
-Usage: $(bench/venv)/bin/python bench/lstm_tf.py DIR [units ...]   (after bench/lstm.lua DIR)
+Usage: $(bench/venv)/bin/python bench/lstm_tf.py DIR [case ...]   (after bench/lstm.lua DIR;
+cases as lstm.lua's: units, or kind:units:batch)
 """
 import os
 import sys
@@ -24,38 +26,39 @@ import tensorflow as tf  # noqa: E402
 import keras  # noqa: E402
 
 BENCH = "lstm"
-USAGE = "usage: $(bench/venv)/bin/python bench/lstm_tf.py DIR [units ...]  (default units 6 32 256)"
+USAGE = ("usage: $(bench/venv)/bin/python bench/lstm_tf.py DIR [case ...]  (a case: units, or "
+         "kind:units:batch with kind lstm or gru; default 6 32 256)")
 RTOL = 1e-4
 RSS_STEPS = 200
+RSS_CASE = "256"   # as lstm.lua: the peak RSS at this case only
 
 
-def model_for(units, load, jit):
-    inp = keras.Input((100, 8), batch_size=16)
-    lstm = keras.layers.LSTM(units, return_sequences=True)
+def model_for(kind, units, batch, load, jit):
+    inp = keras.Input((100, 8), batch_size=batch)
+    rnn = (keras.layers.LSTM if kind == "lstm" else keras.layers.GRU)(units, return_sequences=True)
     dense = keras.layers.Dense(1)
-    model = keras.Model(inp, dense(lstm(inp)))
-    lstm.set_weights([load("lstm_kernel"), load("lstm_recurrent_kernel"), load("lstm_bias")])
+    model = keras.Model(inp, dense(rnn(inp)))
+    rnn.set_weights([load(kind + "_kernel"), load(kind + "_recurrent_kernel"), load(kind + "_bias")])
     dense.set_weights([load("dense_kernel"), load("dense_bias")])
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse", jit_compile=jit)
-    grads_of = [("lstm_kernel", lstm.cell.kernel), ("lstm_recurrent_kernel", lstm.cell.recurrent_kernel),
-                ("lstm_bias", lstm.cell.bias), ("dense_kernel", dense.kernel), ("dense_bias", dense.bias)]
+    grads_of = [(kind + "_kernel", rnn.cell.kernel), (kind + "_recurrent_kernel", rnn.cell.recurrent_kernel),
+                (kind + "_bias", rnn.cell.bias), ("dense_kernel", dense.kernel), ("dense_bias", dense.bias)]
     return model, grads_of
 
 
 def main():
     directory = B.data_dir("lstm_tf.py", USAGE)
-    sizes = [u for (u,) in B.int_cases(sys.argv[2:], 1, "lstm_tf.py: bad units '%s', expected a "
-                                       "positive integer; " + USAGE, [(6,), (32,), (256,)])]
+    cases = B.lstm_cases("lstm_tf.py", USAGE)
     B.tf_threads(tf)
     B.tf_meta(BENCH, tf)
     B.meta(BENCH, "keras_version", keras.__version__)
     failed = []
-    for units in sizes:
+    for kind, units, batch, label, key in cases:
         def load(name):
-            return B.load_array("lstm_tf.py", directory, "%d_%s.npy" % (units, name))
+            return B.load_array("lstm_tf.py", directory, "%s_%s.npy" % (key, name))
         x, y = load("x"), load("y")
         for name, jit in (("train_on_batch (graph)", False), ("train_on_batch (XLA)", True)):
-            model, grads_of = model_for(units, load, jit)
+            model, grads_of = model_for(kind, units, batch, load, jit)
             with tf.GradientTape() as tape:
                 loss = tf.reduce_mean(tf.square(model(x, training=True) - y))
             grads = tape.gradient(loss, [v.value for _, v in grads_of])
@@ -64,21 +67,21 @@ def main():
                 errs["grad " + n] = B.relerr(g, load("grad_" + n))
             errs["train_on_batch loss"] = B.relerr(model.train_on_batch(x, y), load("loss"))
             for what, err in errs.items():
-                B.meta(BENCH, "relerr %d %s %s" % (units, name, what), "%.3g" % err)
+                B.meta(BENCH, "relerr %s %s %s" % (label, name, what), "%.3g" % err)
                 if not err <= RTOL:
-                    failed.append("units %d, %s: %s differs from moongrad's by %g relative"
-                                  % (units, name, what, err))
+                    failed.append("case %s, %s: %s differs from moongrad's by %g relative"
+                                  % (label, name, what, err))
             m = B.measure(lambda: model.train_on_batch(x, y), reps=7, min_time=0.2)
-            B.result(BENCH, str(units), name, m)
-            B.log("%s units %-4d %-24s %9.3f ms CPU, %9.3f ms wall", B.peer(), units, name,
+            B.result(BENCH, label, name, m)
+            B.log("%s case %-12s %-24s %9.3f ms CPU, %9.3f ms wall", B.peer(), label, name,
                   m["cpu"] * 1e3, m["wall"] * 1e3)
-            if not jit:
+            if not jit and label == RSS_CASE:
                 for _ in range(max(0, RSS_STEPS - m["calls"] - 1)):
                     model.train_on_batch(x, y)
                 rss = B.peak_rss_mib()
                 if rss is not None:
-                    B.meta(BENCH, "peak_rss_mib_peer %d" % units, "%.1f" % rss)
-                    B.log("%s units %-4d peak RSS after %d steps: %.1f MiB", B.peer(), units,
+                    B.meta(BENCH, "peak_rss_mib_peer %s" % label, "%.1f" % rss)
+                    B.log("%s case %-12s peak RSS after %d steps: %.1f MiB", B.peer(), label,
                           max(RSS_STEPS, m["calls"] + 1), rss)
     B.exit_if_failed("lstm_tf.py", failed)
 
