@@ -66,6 +66,18 @@ def lstm_case(a):
     return (parts[0], int(parts[1]), int(parts[2]), a, "%s_%s_%s" % tuple(parts))
 
 
+# bench/lstm's sides: the relative tolerance of the checks against moongrad's results, and
+# the peak RSS, taken once LSTM_RSS_STEPS steps have run at case LSTM_RSS_CASE only (the
+# issue's model; a process's VmHWM only grows).
+LSTM_RTOL, LSTM_RSS_STEPS, LSTM_RSS_CASE = 1e-4, 200, "256"
+
+
+def lstm_usage(command):
+    """The usage line of a bench/lstm side run as 'command'."""
+    return ("usage: %s DIR [case ...]  (a case: units, or kind:units:batch with kind lstm or gru; "
+            "default 6 32 256)" % command)
+
+
 def lstm_cases(script, usage):
     """bench/lstm's command line after DIR: its cases (lstm_case), default 6 32 256; a bad one
     exits with a message naming 'script'."""

@@ -22,11 +22,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 BENCH = "lstm"
-USAGE = ("usage: /usr/bin/python3 bench/lstm.py DIR [case ...]  (a case: units, or "
-         "kind:units:batch with kind lstm or gru; default 6 32 256)")
-RTOL = 1e-4
-RSS_STEPS = 200
-RSS_CASE = "256"   # as lstm.lua: the peak RSS at this case only
+USAGE = B.lstm_usage("/usr/bin/python3 bench/lstm.py")
+RTOL, RSS_STEPS, RSS_CASE = B.LSTM_RTOL, B.LSTM_RSS_STEPS, B.LSTM_RSS_CASE
 
 
 def load(directory, key, name):

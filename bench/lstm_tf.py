@@ -26,11 +26,8 @@ import tensorflow as tf  # noqa: E402
 import keras  # noqa: E402
 
 BENCH = "lstm"
-USAGE = ("usage: $(bench/venv)/bin/python bench/lstm_tf.py DIR [case ...]  (a case: units, or "
-         "kind:units:batch with kind lstm or gru; default 6 32 256)")
-RTOL = 1e-4
-RSS_STEPS = 200
-RSS_CASE = "256"   # as lstm.lua: the peak RSS at this case only
+USAGE = B.lstm_usage("$(bench/venv)/bin/python bench/lstm_tf.py")
+RTOL, RSS_STEPS, RSS_CASE = B.LSTM_RTOL, B.LSTM_RSS_STEPS, B.LSTM_RSS_CASE
 
 
 def model_for(kind, units, batch, load, jit):

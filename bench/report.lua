@@ -34,7 +34,7 @@ local CONFIG = {
            title = "LSTM train step: T=100, B=16, in=8, forward + MSE on a Dense head + backward + Adam",
            pair = { ["LSTMCell loop + retain_grad"] = "moongrad + dL/dh_t" } },
   char_lstm = { unit = "ms", scale = 1e3, row = "units", target = 2,
-                title = "char-LSTM train step: one-hot 76 -> 2 x LSTM (dropout 0.2) -> Dense, B=32, T=50, "
+                title = "char-LSTM train step: Embedding(76, 64) -> 2 x LSTM (dropout 0.2) -> Dense, B=32, T=50, "
                         .. "cross-entropy + backward + global-norm clip + RMSprop" },
   lyapunov = { unit = "ms", scale = 1e3, row = "N,k,T", target = 10,
                title = "top-k Lyapunov spectrum of a GRU, B=16, float32, the whole run" },
