@@ -16,7 +16,7 @@ static void broken(const char *what, const mg_ctx *C);
 /* The invariants of a tensor a reader accepted: a contiguous float32/float64 tensor of at
 ** most MG_MAXDIM dims whose every element can be read (out of bounds shows in ASan).
 ** Returns its number of elements. */
-static int64_t fuzz_check_tensor(const mg_ctx *C, const mg_tensor *t) {
+static inline int64_t fuzz_check_tensor(const mg_ctx *C, const mg_tensor *t) {
   int nd = mg_tensor_ndim(t);
   mg_dtype dt = mg_tensor_dtype(t);
   if (nd < 0 || nd > MG_MAXDIM || (dt != MG_F32 && dt != MG_F64))
@@ -34,7 +34,7 @@ static int64_t fuzz_check_tensor(const mg_ctx *C, const mg_tensor *t) {
 
 /* What an 'ok_*' file promises: the elements of 't' in C order are 0, 1, 2, ... Returns 0
 ** if they are, else 1 after a message naming 'path' (and 'name', the tensor's, if not NULL). */
-static int fuzz_check_counting(const char *path, const char *name, const mg_tensor *t) {
+static inline int fuzz_check_counting(const char *path, const char *name, const mg_tensor *t) {
   const char *p = mg_tensor_data(t);
   for (int64_t i = 0, n = mg_tensor_numel(t); i < n; i++) {
     double v = mg_tensor_dtype(t) == MG_F64 ? ((const double *)p)[i] : ((const float *)p)[i];
