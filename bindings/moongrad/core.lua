@@ -99,6 +99,21 @@ local function check_opts(fn, opts, allowed)
   return opts
 end
 
+-- The set of the option names given: each argument a name or an array of names (a shared
+-- list followed by a function's own names), as check_opts takes them.
+local function names(...)
+  local s = {}
+  for i = 1, select("#", ...) do
+    local v = select(i, ...)
+    if type(v) == "table" then
+      for _, k in ipairs(v) do s[k] = true end
+    else
+      s[v] = true
+    end
+  end
+  return s
+end
+
 -- Every function of the tables given becomes a public entry point: api(nil, f).
 local function publish(...)
   for _, t in ipairs { ... } do
@@ -116,6 +131,7 @@ end
 --   raise, raisef           the same as fail
 --   describe(v)             "a tensor of shape (2,3)", "a table", "a nil", ...
 --   check_opts(fn, opts, allowed)
+--   names(...)              the set of the option names given (names or arrays of names)
 --   publish(t, ...)         api(nil, f) for every function f of the tables t, ...
 --   message(e)              the error 'e' caught from a call, as text without the library's
 --                           position ("orthogonal: matrix too large")
@@ -124,7 +140,7 @@ local function message(e) return library_message(e) or tostring(e) end
 function mg._checks(source)
   library_source(source)
   return { api = api, fail = fail, raise = fail, raisef = fail, describe = describe,
-           check_opts = check_opts, publish = publish, message = message }
+           check_opts = check_opts, names = names, publish = publish, message = message }
 end
 
 ---------------------------------------------------------------- printing

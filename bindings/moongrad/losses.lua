@@ -108,12 +108,7 @@ local function reduce(fn, values, opts)
 end
 
 local COMMON = { "sample_weight", "mask", "reduction" }
-local function allowed(...)
-  local s = {}
-  for _, k in ipairs(COMMON) do s[k] = true end
-  for _, k in ipairs { ... } do s[k] = true end
-  return s
-end
+local function allowed(...) return checks.names(COMMON, ...) end
 
 -- (pred, target) checked as tensors of the same shape, target in pred's dtype.
 local function pair(fn, pred, target, tname)

@@ -38,11 +38,7 @@ local function check_size(fn, what, n)
   return math.tointeger(n)
 end
 
-local function set(...)
-  local s = {}
-  for i = 1, select("#", ...) do s[select(i, ...)] = true end
-  return s
-end
+local set = checks.names
 
 local function check_dtype(fn, dtype)
   if dtype == nil then return mg.get_default_dtype() end

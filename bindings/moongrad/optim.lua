@@ -89,11 +89,6 @@ local function check_grads(fn, grads, params)
   end
 end
 
-local function set(list)
-  local s = {}
-  for _, k in ipairs(list) do s[k] = true end
-  return s
-end
 
 ---------------------------------------------------------------- clipping
 
@@ -189,9 +184,7 @@ end
 -- 'own' lists the class's own option names, 'lr' is its default learning rate.
 local function new(cls, params, opts, own, lr, wd)
   local fn = cls.__name
-  local allowed = set(COMMON)
-  for _, k in ipairs(own) do allowed[k] = true end
-  opts = check_opts(fn, opts, allowed)
+  opts = check_opts(fn, opts, checks.names(COMMON, own))
   local self = setmetatable({ params = check_params(fn, params), iterations = 0, slots = {}, slot_names = {},
     lr = check_lr(fn, opts, lr),
     clipnorm = check_number(fn, "clipnorm", opts.clipnorm, nil, 0, math.huge, true),
