@@ -56,10 +56,6 @@ def set_weights(model, directory, units):
     return pairs
 
 
-def relerr(a, ref):
-    return (a - ref).abs().max().item() / max(ref.abs().max().item(), 1e-30)
-
-
 def train_step(model, opt, ids, y):
     opt.zero_grad(set_to_none=True)
     loss = F.cross_entropy(model(ids).reshape(-1, V), y.reshape(-1))
@@ -70,27 +66,22 @@ def train_step(model, opt, ids, y):
 
 
 def main():
-    if len(sys.argv) < 2:
-        sys.exit("char_lstm.py: no data directory given; " + USAGE)
-    directory = sys.argv[1]
-    sizes = []
-    for a in sys.argv[2:]:
-        if not a.isdigit() or int(a) < 1:
-            sys.exit("char_lstm.py: bad units '%s', expected a positive integer; %s" % (a, USAGE))
-        sizes.append(int(a))
+    directory = B.data_dir("char_lstm.py", USAGE)
+    sizes = [u for (u,) in B.int_cases(sys.argv[2:], 1, "char_lstm.py: bad units '%s', expected a "
+                                       "positive integer; " + USAGE, [(128,), (512,)])]
     B.one_thread()
     B.blas_meta(BENCH)
     failed = []
-    for units in sizes or [128, 512]:
+    for units in sizes:
         ids, y = load(directory, units, "ids").long(), load(directory, units, "y").long()
         model = CharLSTM(units)
         pairs = set_weights(model, directory, units)
         model.eval()                                   # the check: no dropout
         loss = F.cross_entropy(model(ids).reshape(-1, V), y.reshape(-1))
         loss.backward()
-        errs = {"loss": relerr(loss.detach(), load(directory, units, "loss"))}
+        errs = {"loss": B.relerr(loss.detach(), load(directory, units, "loss"))}
         for p, name, transposed in pairs:
-            errs["grad " + name] = relerr(p.grad.t() if transposed else p.grad, load(directory, units, "grad_" + name))
+            errs["grad " + name] = B.relerr(p.grad.t() if transposed else p.grad, load(directory, units, "grad_" + name))
         for what, err in errs.items():
             B.meta(BENCH, "relerr %d %s" % (units, what), "%.3g" % err)
             if not err <= RTOL:

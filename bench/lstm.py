@@ -110,17 +110,13 @@ def set_weights(model, directory, key, units):
     return pairs
 
 
-def relerr(a, ref):
-    return (a - ref).abs().max().item() / max(ref.abs().max().item(), 1e-30)
-
-
 def check(model, pairs, directory, key, x, y):
     """Loss, parameter gradients and (for the cell loop) dL/dh_t against moongrad's."""
     model.zero_grad(set_to_none=True)
     pred, hs = model(x)
     loss = torch.nn.functional.mse_loss(pred, y)
     loss.backward()
-    errs = {"loss": relerr(loss.detach(), load(directory, key, "loss"))}
+    errs = {"loss": B.relerr(loss.detach(), load(directory, key, "loss"))}
     for p, name, to_keras in pairs:
         g = load(directory, key, "grad_" + name)
         if to_keras is None:       # the GRU's two bias rows
@@ -128,9 +124,9 @@ def check(model, pairs, directory, key, x, y):
             mine = torch.stack([gru_order(q.grad, units, 0) for q in p])
         else:
             mine = to_keras(p.grad)
-        errs["grad " + name] = relerr(mine, g)
+        errs["grad " + name] = B.relerr(mine, g)
     if hs is not None:
-        errs["dL/dh_t"] = relerr(torch.stack([h.grad for h in hs], 1),
+        errs["dL/dh_t"] = B.relerr(torch.stack([h.grad for h in hs], 1),
                                  load(directory, key, "dL_dh"))
     model.zero_grad(set_to_none=True)
     return errs
@@ -146,11 +142,7 @@ def train_step(model, opt, x, y):
 
 
 def main():
-    if len(sys.argv) < 2:
-        sys.exit("lstm.py: no data directory given; " + USAGE)
-    directory = sys.argv[1]
-    if not os.path.isdir(directory):
-        sys.exit("lstm.py: directory '%s' does not exist" % directory)
+    directory = B.data_dir("lstm.py", USAGE)
     cases = B.lstm_cases("lstm.py", USAGE)
     B.one_thread()
     B.blas_meta(BENCH)
