@@ -556,14 +556,19 @@ local function load_legacy(fn, model, path, data, meta, g)
   return model
 end
 
+-- The arguments of load_keras and save_keras: a layer or model, and a file name.
+local function check_model_path(fn, model, path)
+  if not is_layer(model) then raisef("%s: expected a model, got %s", fn, describe(model)) end
+  if type(path) ~= "string" then raisef("%s: path must be a string, got %s", fn, describe(path)) end
+end
+
 -- nn.load_keras(model, path): the weights of a Keras model saved with save_weights (Keras 3
 -- '.weights.h5', or a legacy Keras 2 / tf.keras '.h5', told apart by their layout) into a
 -- moongrad model built with the same layers in the same order (a Sequential, or one layer).
 -- Unbuilt layers are built from the file's shapes. Every weight is checked before any changes.
 function nn.load_keras(model, path)
   local fn = "load_keras"
-  if not is_layer(model) then raisef("%s: expected a model, got %s", fn, describe(model)) end
-  if type(path) ~= "string" then raisef("%s: path must be a string, got %s", fn, describe(path)) end
+  check_model_path(fn, model, path)
   local data, meta = call(mg._h5_load, path, fn)
   if meta["@layer_names"] then return load_legacy(fn, model, path, data, meta, "") end
   if meta["model_weights@layer_names"] then return load_legacy(fn, model, path, data, meta, "model_weights/") end
@@ -596,8 +601,7 @@ end
 -- model.load_weights(path) of a Keras model built with the same layers reads. Atomic.
 function nn.save_keras(model, path)
   local fn = "save_keras"
-  if not is_layer(model) then raisef("%s: expected a model, got %s", fn, describe(model)) end
-  if type(path) ~= "string" then raisef("%s: path must be a string, got %s", fn, describe(path)) end
+  check_model_path(fn, model, path)
   local data, attrs = {}, { ["vars@name"] = class_of(model) == "Sequential" and "sequential" or "model" }
   mg.no_grad(function()
     for _, e in ipairs(keras3_plan(fn, model)) do
