@@ -15,6 +15,8 @@
 
 enum { ISA_NONE, ISA_AVX512 };
 
+
+
 /* AVX-512 only: an AVX2+FMA kernel (6 x 16 blocks) measured slower than OpenBLAS's own
 ** Haswell kernels at these shapes (docs/design.md), so AVX2 machines keep BLAS. */
 static int isa(void) {
@@ -44,11 +46,13 @@ bool mg_pack(mg_packed *P, mg_pool *pool, const float *src, int64_t ld, bool tra
     float *o = d + p * K * nr;
     int nw = (int)(N - p * nr < nr ? N - p * nr : nr);
     if (nw < nr) memset(o, 0, (size_t)(K * nr) * sizeof *o);
-    if (trans)                                   /* panel column j is src row p nr + j */
-      for (int j = 0; j < nw; j++) {
-        const float *row = src + (p * nr + j) * ld;
-        for (int64_t k = 0; k < K; k++) o[k * nr + j] = row[k];
-      }
+    if (trans)                                   /* panel column j is src row p nr + j; in */
+      for (int64_t k0 = 0; k0 < K; k0 += 64)     /* blocks of 64 k (8 KiB written) that stay */
+        for (int j = 0; j < nw; j++) {            /* in L1 while the 32 rows are read */
+          const float *row = src + (p * nr + j) * ld;
+          int64_t k1 = K - k0 < 64 ? K : k0 + 64;
+          for (int64_t k = k0; k < k1; k++) o[k * nr + j] = row[k];
+        }
     else
       for (int64_t k = 0; k < K; k++) memcpy(o + k * nr, src + k * ld + p * nr, (size_t)nw * sizeof *o);
   }
@@ -66,12 +70,21 @@ void mg_pack_free(mg_packed *P) {
 
 #ifdef MG_X86_KERNELS
 
-/* MR rows of C against one 32-column panel: C[r][0..nw) (+)= sum_k A[r][k] panel[k][..]. */
+/* MR rows of C against kc rows of one 32-column panel: C[r][0..nw) = (acc ? C[r] : 0) +
+** sum_k A[r][k] panel[k][..]. The accumulators start from C (acc) so that the partial sums
+** of successive kc blocks add up in place. */
 #define AVX512_BLOCK(MR) do {                                                      \
     __m512 c0[MR], c1[MR];                                                         \
-    for (int r = 0; r < MR; r++) { c0[r] = _mm512_setzero_ps(); c1[r] = _mm512_setzero_ps(); } \
-    for (int64_t k = 0; k < K; k++) {                                              \
+    for (int r = 0; r < MR; r++) {                                                 \
+      c0[r] = acc ? _mm512_maskz_loadu_ps(m0, C + r * ldc) : _mm512_setzero_ps();  \
+      c1[r] = acc ? _mm512_maskz_loadu_ps(m1, C + r * ldc + 16) : _mm512_setzero_ps(); \
+    }                                                                              \
+    for (int64_t k = 0; k < kc; k++) {                                             \
       __m512 b0 = _mm512_load_ps(bp + k * 32), b1 = _mm512_load_ps(bp + k * 32 + 16); \
+      if (pf) {                                                                    \
+        _mm_prefetch((const char *)(pf + k * 32), _MM_HINT_T1);                    \
+        _mm_prefetch((const char *)(pf + k * 32 + 16), _MM_HINT_T1);               \
+      }                                                                            \
       _Pragma("GCC unroll 8")                                                      \
       for (int r = 0; r < MR; r++) {                                               \
         __m512 a = _mm512_set1_ps(A[r * lda + k]);                                 \
@@ -80,19 +93,14 @@ void mg_pack_free(mg_packed *P) {
       }                                                                            \
     }                                                                              \
     for (int r = 0; r < MR; r++) {                                                 \
-      float *cr = C + r * ldc;                                                     \
-      if (beta) {                                                                  \
-        c0[r] = _mm512_add_ps(c0[r], _mm512_maskz_loadu_ps(m0, cr));               \
-        c1[r] = _mm512_add_ps(c1[r], _mm512_maskz_loadu_ps(m1, cr + 16));          \
-      }                                                                            \
-      _mm512_mask_storeu_ps(cr, m0, c0[r]);                                        \
-      _mm512_mask_storeu_ps(cr + 16, m1, c1[r]);                                   \
+      _mm512_mask_storeu_ps(C + r * ldc, m0, c0[r]);                               \
+      _mm512_mask_storeu_ps(C + r * ldc + 16, m1, c1[r]);                          \
     }                                                                              \
   } while (0)
 
 __attribute__((target("avx512f,fma"))) static void
-panel_avx512(int mr, int64_t K, const float *A, int64_t lda, const float *bp, int nw, int beta,
-             float *C, int64_t ldc) {
+panel_avx512(int mr, int64_t kc, const float *A, int64_t lda, const float *bp, const float *pf,
+             int nw, int acc, float *C, int64_t ldc) {
   __mmask16 m0 = (__mmask16)(nw >= 16 ? 0xffff : (1u << nw) - 1);
   __mmask16 m1 = (__mmask16)(nw >= 32 ? 0xffff : nw <= 16 ? 0 : (1u << (nw - 16)) - 1);
   switch (mr) {
@@ -116,15 +124,28 @@ void mg_gemm_packed(const mg_packed *P, int64_t M, const float *A, int64_t lda, 
     return;
   }
 #ifdef MG_X86_KERNELS
-  int nr = P->nr, MR = 8;
-  int64_t np = (P->N + nr - 1) / nr;
+  /* Per panel, K in blocks of KC rows (KC x 32 floats: 16 KiB, kept in L1 while every row
+  ** block of A passes over it), the row blocks inside. The first row block prefetches into
+  ** L2 the block two ahead (the panels are contiguous): a 512-unit LSTM's U is 4 MiB, more
+  ** than L2, so each step streams it from L3 (measured in docs/design.md). */
+  enum { MR = 8, KC = 128, AHEAD = 2 };
+  int nr = P->nr;
+  int64_t np = (P->N + nr - 1) / nr, K = P->K, total = np * K * nr;
   for (int64_t p = 0; p < np; p++) {
-    const float *bp = P->data + p * P->K * nr;
+    const float *bp = P->data + p * K * nr;
     int nw = (int)(P->N - p * nr < nr ? P->N - p * nr : nr);
-    for (int64_t i = 0; i < M; i += MR) {
-      int mr = (int)(M - i < MR ? M - i : MR);
-      panel_avx512(mr, P->K, A + i * lda, lda, bp, nw, beta, C + i * ldc + p * nr, ldc);
-    }
+    int64_t k0 = 0;
+    do {                                          /* at least once: K = 0 still writes C */
+      int64_t kc = K - k0 < KC ? K - k0 : KC, ahead = p * K * nr + (k0 + AHEAD * kc) * nr;
+      int acc = beta || k0 > 0;
+      for (int64_t i = 0; i < M; i += MR) {
+        int mr = (int)(M - i < MR ? M - i : MR);
+        const float *pf = i == 0 && ahead + kc * nr <= total ? P->data + ahead : NULL;
+        panel_avx512(mr, kc, A + i * lda + k0, lda, bp + k0 * nr, pf, nw, acc, C + i * ldc + p * nr,
+                     ldc);
+      }
+      k0 += kc;
+    } while (k0 < K);
   }
 #endif
 }
