@@ -1405,6 +1405,16 @@ static int tensor_rmsprop_update(lua_State *L) {
   return 0;
 }
 
+/* mg._sumsq(t) -> number: mg_sumsq_ (global-norm clipping without a temporary). Private:
+** optim.lua passes contiguous float tensors. */
+static int tensor_sumsq(lua_State *L) {
+  LSTATE_ARG;
+  double v = 0;
+  if (mg_sumsq_(S->C, mg_lua_checktensor(L, 1), &v) != MG_OK) return lmg_fail(L, S, "_sumsq");
+  lua_pushnumber(L, v);
+  return 1;
+}
+
 /* mg._set_tostring(f): tostring(t) of a live tensor returns f(t) (nil: the plain form). */
 static int tensor_set_tostring(lua_State *L) {
   if (!lua_isnil(L, 1)) luaL_checktype(L, 1, LUA_TFUNCTION);
@@ -1494,7 +1504,7 @@ static const luaL_Reg module_functions[] = {
   { "glorot_uniform", tensor_glorot_uniform }, { "orthogonal", tensor_orthogonal },
   { "where", tensor_where }, { "cat", tensor_cat }, { "stack", tensor_stack },
   { "_set_tostring", tensor_set_tostring }, { "_unknown_option", tensor_unknown_option },
-  { "_rmsprop_update", tensor_rmsprop_update },
+  { "_rmsprop_update", tensor_rmsprop_update }, { "_sumsq", tensor_sumsq },
   { "softmax_cross_entropy", tensor_softmax_cross_entropy },
   { "_add_methods", tensor_add_methods },
   { NULL, NULL } };

@@ -236,6 +236,9 @@ MG_API mg_status mg_tensor_add_(mg_ctx *C, mg_tensor *dst, mg_tensor *src);
 ** g contiguous, of one dtype and shape. The same numbers as those element-wise ops. */
 MG_API mg_status mg_rmsprop_update_(mg_ctx *C, mg_tensor *p, mg_tensor *v, mg_tensor *g, double lr,
                                     double rho, double eps, double scale);
+/* The sum of the squares of a contiguous float32/float64 tensor's elements into *out, as
+** (t * t):sum() computes it up to the order of its double additions (global-norm clipping). */
+MG_API mg_status mg_sumsq_(mg_ctx *C, mg_tensor *t, double *out);
 
 /* Reductions over the dims whose bit is set in 'mask' (all dims: mask = ~0). */
 MG_API mg_status mg_tensor_sum(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keepdim,

@@ -120,6 +120,25 @@ describe("RMSprop's fused step", function()
       end
     end)
   end
+  it("the clip's sum of squares in one pass (mg._sumsq): (g * g):sum() up to float32 rounding", function()
+    mg.manual_seed(5)
+    for _, n in ipairs { 1, 7, 8, 9, 1001, 40000 } do
+      local g32, g64 = mg.randn(n), mg.randn(n, { dtype = "float64" })
+      local want32 = (g32 * g32):sum():item()
+      assert.is_true(math.abs(mg._sumsq(g32) - want32) <= 2 * 2^-24 * want32)
+      assert.are.equal((g64 * g64):sum():item(), mg._sumsq(g64))        -- float64: the same order
+    end
+    local t = mg.randn(6, 4):transpose(1, 2)
+    assert.has_error(function() mg._sumsq(t) end, "_sumsq: expected a contiguous float32 or float64 tensor, got float32 (4,6)")
+    -- clipped steps on a non-contiguous gradient (the composed path) scale it as the fused one
+    local p0 = mg.randn(4, 6)
+    local a, b = mg.Variable(p0:clone(), "a"), mg.Variable(p0:clone(), "b")
+    local oa = optim.RMSprop({ a }, { lr = 0.1, global_clipnorm = 0.5 })
+    local ob = optim.RMSprop({ b }, { lr = 0.1, global_clipnorm = 0.5 })
+    for _ = 1, 3 do oa:step({ t }) ob:step({ t:contiguous() }) end
+    assert.are.equal(0, (a - b):abs():max():item())
+    assert.is_true((a - p0):abs():max():item() > 0)
+  end)
   it("a non-contiguous gradient takes the element-wise path, with the same numbers", function()
     mg.manual_seed(4)
     local p0, g = mg.randn(4, 6), mg.randn(6, 4)

@@ -92,12 +92,18 @@ end
 
 ---------------------------------------------------------------- clipping
 
+-- (g * g):sum():item(), in one pass without the temporary where it can be.
+local function sumsq(g)
+  if (g.dtype == "float32" or g.dtype == "float64") and g:is_contiguous() then return mg._sumsq(g) end
+  return (g * g):sum():item()
+end
+
 -- The global L2 norm of an array of tensors (nil entries skipped), a Lua number.
 local function global_norm(grads, n)
   local sq = 0
   for i = 1, n do
     local g = grads[i]
-    if g then sq = sq + (g * g):sum():item() end
+    if g then sq = sq + sumsq(g) end
   end
   return math.sqrt(sq)
 end
@@ -130,7 +136,8 @@ function optim.clip_by_global_norm(grads, max_norm)
 end
 
 -- The gradients after the optimizer's clipping option (new tensors, or the caller's where clipping
--- leaves them as they are; the caller's are never written).
+-- leaves them as they are; the caller's are never written). An optimizer whose update takes
+-- the global clip's scale (takes_scale) gets the caller's gradients and the scale instead.
 local function clip_gradients(self, grads, n)
   if self.clipnorm then
     local c, out = self.clipnorm, {}
@@ -145,6 +152,7 @@ local function clip_gradients(self, grads, n)
   elseif self.global_clipnorm then
     local norm, out = global_norm(grads, n), {}
     local scale = self.global_clipnorm * math.min(1 / norm, 1 / self.global_clipnorm) + (norm - norm)
+    if self.takes_scale then return grads, scale end
     for i = 1, n do
       if grads[i] then out[i] = scale == 1 and grads[i] or grads[i] * scale end   -- g * 1 is g
     end
@@ -235,7 +243,7 @@ function Optimizer:step(grads)
   local t = self.iterations + 1
   local ps, n = self.params, #self.params
   mg.no_grad(function()
-    local gs = clip_gradients(self, grads, n)
+    local gs, scale = clip_gradients(self, grads, n)
     local wd = self.weight_decay
     if wd then
       for i = 1, n do
@@ -244,7 +252,7 @@ function Optimizer:step(grads)
     end
     if self.begin_step then self:begin_step(t) end
     for i = 1, n do
-      if gs[i] then self:update(i, ps[i], gs[i], lr, t) end
+      if gs[i] then self:update(i, ps[i], gs[i], lr, t, scale) end
     end
     local constraint = constraint_lookup()
     for i = 1, n do
@@ -352,6 +360,7 @@ end
 ---------------------------------------------------------------- RMSprop
 
 local RMSprop = class("RMSprop")
+RMSprop.takes_scale = true      -- clip_gradients: the update scales the gradient in its pass
 
 -- optim.RMSprop(params [, {lr=1e-3, rho=0.9, momentum=0, eps=1e-7, centered=false}]): Keras's
 -- v = rho v + (1 - rho) g^2; centered: a = rho a + (1 - rho) g, d = v - a^2 + eps, else
@@ -370,14 +379,16 @@ function optim.RMSprop(params, opts)
   return self
 end
 
-function RMSprop:update(i, p, g, lr)
+-- 'scale': global-norm clipping's (takes_scale), applied here: g * scale in the fused pass.
+function RMSprop:update(i, p, g, lr, _, scale)
   local rho, S = self.rho, self.slots
   local v0 = S.velocity[i]
   if not self.centered and self.momentum == 0 and g.dtype == p.dtype and v0.dtype == p.dtype
      and p:is_contiguous() and g:is_contiguous() and v0:is_contiguous() then
-    mg._rmsprop_update(p, v0, g, lr, rho, self.eps, 1)    -- the ops below in one pass, in place
+    mg._rmsprop_update(p, v0, g, lr, rho, self.eps, scale or 1)   -- the ops below in one pass
     return
   end
+  if scale and scale ~= 1 then g = g * scale end
   local v = S.velocity[i] * rho + (g * g) * (1 - rho)
   S.velocity[i] = v
   local d
