@@ -1405,6 +1405,23 @@ static int tensor_rmsprop_update(lua_State *L) {
   return 0;
 }
 
+/* mg._dropout_mask(rate, shape [, {dtype=}]) -> tensor or nil: mg_dropout_mask_ (what
+** K.dropout_mask composes from mg.rand, mg.ge and a product, in one pass); nil for dtypes it
+** does not make (the caller composes them). Private: keras_names.lua checks 'rate'. */
+static int tensor_dropout_mask(lua_State *L) {
+  LSTATE_ARG;
+  double rate = luaL_checknumber(L, 1);
+  int opt = lmg_options(L, 2);
+  int64_t shape[MG_MAXDIM];
+  int nd = lmg_checkshape(L, 2, shape);
+  mg_dtype dt = lmg_optdtype(L, S, opt, "_dropout_mask");
+  mg_tensor **slot = lmg_newslot(L), *t = NULL;
+  if (mg_tensor_empty(S->C, dt, nd, shape, &t) != MG_OK) return lmg_fail(L, S, "_dropout_mask");
+  lmg_settensor(L, S, slot, t);
+  if (!mg_dropout_mask_(S->C, t, rate)) lua_pushnil(L);
+  return 1;
+}
+
 /* mg._sumsq(t) -> number: mg_sumsq_ (global-norm clipping without a temporary). Private:
 ** optim.lua passes contiguous float tensors. */
 static int tensor_sumsq(lua_State *L) {
@@ -1504,7 +1521,7 @@ static const luaL_Reg module_functions[] = {
   { "glorot_uniform", tensor_glorot_uniform }, { "orthogonal", tensor_orthogonal },
   { "where", tensor_where }, { "cat", tensor_cat }, { "stack", tensor_stack },
   { "_set_tostring", tensor_set_tostring }, { "_unknown_option", tensor_unknown_option },
-  { "_rmsprop_update", tensor_rmsprop_update }, { "_sumsq", tensor_sumsq },
+  { "_rmsprop_update", tensor_rmsprop_update }, { "_sumsq", tensor_sumsq }, { "_dropout_mask", tensor_dropout_mask },
   { "softmax_cross_entropy", tensor_softmax_cross_entropy },
   { "_add_methods", tensor_add_methods },
   { NULL, NULL } };

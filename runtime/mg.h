@@ -380,6 +380,9 @@ MG_API void mg_manual_seed(mg_ctx *C, uint64_t seed);
 /* Fill 't' in place: uniform in [lo, hi), normal(mean, std). */
 MG_API void mg_fill_uniform(mg_ctx *C, mg_tensor *t, double lo, double hi);
 MG_API void mg_fill_normal(mg_ctx *C, mg_tensor *t, double mean, double std);
+/* Fill contiguous float 't' with a dropout mask from C's generator: 1 / (1 - rate) where
+** mg.rand's draw is >= rate, else 0 (nn.Dropout). False (nothing drawn) for other tensors. */
+MG_API bool mg_dropout_mask_(mg_ctx *C, mg_tensor *t, double rate);
 /* Keras initializers on a 2-d 't' (fan_in = rows, fan_out = cols). */
 MG_API mg_status mg_init_glorot_uniform(mg_ctx *C, mg_tensor *t);
 MG_API mg_status mg_init_orthogonal(mg_ctx *C, mg_tensor *t, double gain);

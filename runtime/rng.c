@@ -6,6 +6,7 @@
 #include "mg_impl.h"
 
 #include <math.h>
+#include <string.h>
 
 static uint64_t splitmix(uint64_t *x) {
   uint64_t z = (*x += 0x9e3779b97f4a7c15ULL);
@@ -92,6 +93,31 @@ void mg_fill_uniform(mg_ctx *C, mg_tensor *t, double lo, double hi) {
   } else {
     FILL(t, below_f64(lo + (hi - lo) * uniform01(&C->rng), lo, hi));
   }
+}
+
+/* A dropout mask in one pass: each entry 1 / (1 - rate) where mg.rand's draw (the same
+** numbers, in the same order) is >= rate, else 0; the scalars rounded to t's dtype first, so
+** that it equals mg.ge(mg.rand(...), rate):to(dtype) * (1 / (1 - rate)) bit for bit. The draw
+** u 2^-b (b = 24 or 53 bits) is >= r exactly when u >= ceil(r 2^b) (both sides exact), and
+** the entry is keep's bits or +0's, without a branch (a fifth of them would be mispredicted).
+** 't' contiguous float32 or float64 (else false, nothing drawn). */
+bool mg_dropout_mask_(mg_ctx *C, mg_tensor *t, double rate) {
+  if (!mg_tensor_is_contiguous(t) || (t->dtype != MG_F32 && t->dtype != MG_F64)) return false;
+  mg_bump_version(t);
+  int64_t n = mg_tensor_numel(t);
+  if (t->dtype == MG_F32) {
+    float keep = (float)(1 / (1 - rate));
+    uint64_t thr = (uint64_t)ceil((double)(float)rate * 0x1.0p24);
+    uint32_t kb, *p = (uint32_t *)mg_tensor_data(t);
+    memcpy(&kb, &keep, sizeof kb);
+    for (int64_t k = 0; k < n; k++) p[k] = kb & (0u - (uint32_t)((next(&C->rng) >> 40) >= thr));
+  } else {
+    double keep = 1 / (1 - rate);
+    uint64_t thr = (uint64_t)ceil(rate * 0x1.0p53), kb, *p = (uint64_t *)mg_tensor_data(t);
+    memcpy(&kb, &keep, sizeof kb);
+    for (int64_t k = 0; k < n; k++) p[k] = kb & (0u - (uint64_t)((next(&C->rng) >> 11) >= thr));
+  }
+  return true;
 }
 
 void mg_fill_normal(mg_ctx *C, mg_tensor *t, double mean, double std) {

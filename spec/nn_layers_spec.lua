@@ -80,6 +80,25 @@ describe("nn.Dropout", function()
       assert.are.equal(0, odd:sum():item())
     end
   end)
+  it("draws its mask in one pass: mg.ge(mg.rand(...), rate) * (1 / (1 - rate)) bit for bit", function()
+    for _, dtype in ipairs { "float32", "float64" } do
+      for _, rate in ipairs { 0.2, 0.5, 1 / 3, 0.999 } do
+        for _, shape in ipairs { { 1 }, { 7, 13 }, { 3, 50, 17 } } do
+          mg.manual_seed(21)
+          local d = nn.Dropout(rate)
+          local y = d(mg.ones(shape, { dtype = dtype }), { training = true })
+          local next_draw = mg.rand(1):item()                -- the generator moved on as mg.rand
+          mg.manual_seed(21)
+          local want = mg.ge(mg.rand(shape, { dtype = dtype }), rate):to(dtype) * (1 / (1 - rate))
+          assert.are.equal(mg.rand(1):item(), next_draw)
+          assert.are.equal(dtype, d.last_mask.dtype)
+          assert.are.same(shape, d.last_mask:shape())
+          assert.are.equal(0, (d.last_mask - want):abs():max():item())
+          assert.are.equal(0, (y - want):abs():max():item())
+        end
+      end
+    end
+  end)
   it("with a seed draws the same masks in every run; calls draw new ones", function()
     local x = mg.ones(4, 50)
     local a, b = nn.Dropout(0.5, { seed = 11 }), nn.Dropout(0.5, { seed = 11 })

@@ -118,6 +118,8 @@ end
 -- A dropout mask of 'shape' as keras.random.dropout makes it from ones: each entry
 -- 1 / (1 - rate) with probability 1 - rate, else 0.
 function K.dropout_mask(gen, rate, shape, dtype)
+  local m = gen == nil and mg._dropout_mask(rate, shape, { dtype = dtype })   -- in one pass
+  if m then return m end
   local keep = mg.ge(K.uniform(gen, shape, dtype), rate):to(dtype)
   return keep * (1 / (1 - rate))
 end
