@@ -126,23 +126,29 @@ void mg_gemm_packed(const mg_packed *P, int64_t M, const float *A, int64_t lda, 
 #ifdef MG_X86_KERNELS
   /* Per panel, K in blocks of KC rows (KC x 32 floats: 16 KiB, kept in L1 while every row
   ** block of A passes over it), the row blocks inside. The first row block prefetches into
-  ** L2 the block two ahead (the panels are contiguous): a 512-unit LSTM's U is 4 MiB, more
-  ** than L2, so each step streams it from L3 (measured in docs/design.md). */
+  ** L2 the block two ahead: a 512-unit LSTM's U is 4 MiB, more than L2, so each step streams
+  ** it from L3 (measured in docs/design.md). Every other call on a thread takes the panels
+  ** in reverse, starting with those the previous call left in L2 (the bits do not depend on
+  ** the order: each panel's columns are summed alone). */
   enum { MR = 8, KC = 128, AHEAD = 2 };
+  static _Thread_local unsigned calls;
+  bool back = calls++ & 1;
   int nr = P->nr;
-  int64_t np = (P->N + nr - 1) / nr, K = P->K, total = np * K * nr;
-  for (int64_t p = 0; p < np; p++) {
+  int64_t np = (P->N + nr - 1) / nr, K = P->K;
+  for (int64_t q = 0; q < np; q++) {
+    int64_t p = back ? np - 1 - q : q, pn = back ? p - 1 : p + 1;    /* pn: the next panel */
     const float *bp = P->data + p * K * nr;
     int nw = (int)(P->N - p * nr < nr ? P->N - p * nr : nr);
     int64_t k0 = 0;
     do {                                          /* at least once: K = 0 still writes C */
-      int64_t kc = K - k0 < KC ? K - k0 : KC, ahead = p * K * nr + (k0 + AHEAD * kc) * nr;
+      int64_t kc = K - k0 < KC ? K - k0 : KC, ka = k0 + AHEAD * KC, pa = p;
+      if (ka >= K) { ka -= K; pa = pn; }          /* the block two ahead, if a whole one */
+      const float *ahead = pa >= 0 && pa < np && ka + kc <= K ? P->data + (pa * K + ka) * nr : NULL;
       int acc = beta || k0 > 0;
       for (int64_t i = 0; i < M; i += MR) {
         int mr = (int)(M - i < MR ? M - i : MR);
-        const float *pf = i == 0 && ahead + kc * nr <= total ? P->data + ahead : NULL;
-        panel_avx512(mr, kc, A + i * lda + k0, lda, bp + k0 * nr, pf, nw, acc, C + i * ldc + p * nr,
-                     ldc);
+        panel_avx512(mr, kc, A + i * lda + k0, lda, bp + k0 * nr, i == 0 ? ahead : NULL, nw, acc,
+                     C + i * ldc + p * nr, ldc);
       }
       k0 += kc;
     } while (k0 < K);
