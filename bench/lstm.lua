@@ -111,6 +111,7 @@ for _, c in ipairs(cases) do
   local x = mg.randn(c.batch, STEPS, NIN)
   local y = mg.randn(c.batch, STEPS, 1) * 0.5
   save_case(string.format("%s/%s_", dir, c.key), m, x, y)
+  B.meta(BENCH, "flops " .. c.label, flops(c))
   for _, impl in ipairs { { "moongrad", false }, { "moongrad + dL/dh_t", true } } do
     local r = B.measure(function() return m.step(x, y, impl[2]) end, { reps = 7, min_time = 0.2 })
     B.result(BENCH, c.label, impl[1], r)
