@@ -21,6 +21,15 @@ end, { 128, 512 })
 
 B.blas_meta(mg, BENCH)
 
+-- FLOPs of one training step's GEMMs: per step and layer x W + h U (2 B (in + u) 4u), and the
+-- head's h V (2 B u V); backward twice that (the input and the weight gradients), over SEQ
+-- steps. The floor bench/report.lua gives the case (meta 'flops UNITS').
+local function flops(units)
+  local per_step = 2 * BATCH * (EMBED + units) * 4 * units + 2 * BATCH * (2 * units) * 4 * units
+                   + 2 * BATCH * units * V
+  return 3 * per_step * SEQ
+end
+
 local function model(units)
   local net = nn.Sequential {
     nn.Embedding(V, EMBED, { name = "embedding" }),
@@ -66,5 +75,6 @@ for _, units in ipairs(sizes) do
   for i, p in ipairs(m.params) do mg.save(g[i], prefix .. "grad_" .. p.name:gsub("/", "_") .. ".npy") end
   local r = B.measure(function() return m.step(ids, y) end, { reps = 5, min_time = 0.2 })
   B.result(BENCH, tostring(units), "moongrad", r)
+  B.meta(BENCH, "flops " .. units, flops(units))
   B.log("moongrad  units %-4d %9.3f ms CPU, %9.3f ms wall", units, r.cpu * 1e3, r.wall * 1e3)
 end
