@@ -109,6 +109,27 @@ void mg_colsum(mg_dtype dt, int64_t rows, int64_t n, const void *a, int64_t ld, 
   free(acc);
 }
 
+typedef struct colsum_job {
+  mg_dtype dt;
+  int64_t rows, ld;
+  const void *a;
+  void *out;
+} colsum_job;
+
+static void colsum_cols(void *arg, int64_t lo, int64_t hi) {
+  const colsum_job *j = arg;
+  mg_colsum(j->dt, j->rows, hi - lo, at(j->dt, j->a, lo), j->ld, at(j->dt, j->out, lo));
+}
+
+/* Blocks of whole columns (each summed as above, by one thread) of about 64K elements. */
+void mg_colsum_par(mg_ctx *C, mg_dtype dt, int64_t rows, int64_t n, const void *a, int64_t ld,
+                   void *out) {
+  colsum_job j = { .dt = dt, .rows = rows, .ld = ld, .a = a, .out = out };
+  int64_t grain = rows > 0 ? ((int64_t)1 << 16) / rows : n;
+  grain = (grain + 15) / 16 * 16;
+  mg_parallel_for(C, NULL, n, grain, colsum_cols, &j);
+}
+
 /* ================================================================ LSTM */
 
 enum { LX, LH, LC, LW, LU, LB, LSTM_NIN };
@@ -549,23 +570,23 @@ void mg_gru_step_reverse(mg_dtype dt, int64_t B, int64_t u, bool ra, const void 
 /* The weight gradients of 'rows' GRU rows (one step, or all T B of a sequence) from x, h
 ** (the state each row started from), S and the cotangents: into the tensors of 'gin' that
 ** are not NULL (gx (rows, d), gW (d, 3u), gU (u, 3u), gb (2, 3u) or (3u)). */
-void mg_gru_weight_grads(mg_dtype dt, int64_t rows, int64_t d, int64_t u, bool ra,
+void mg_gru_weight_grads(mg_ctx *C, mg_dtype dt, int64_t rows, int64_t d, int64_t u, bool ra,
                          const void *x, const void *h, const void *S, const void *W,
                          const void *dmx, const void *dmh, mg_tensor *const *g) {
-  if (g[0]) mg_gemm(dt, false, true, rows, d, 3 * u, 1, dmx, 3 * u, W, 3 * u, 0,
-                    mg_tensor_data(g[0]), d);
-  if (g[1]) mg_gemm(dt, true, false, d, 3 * u, rows, 1, x, d, dmx, 3 * u, 0,
-                    mg_tensor_data(g[1]), 3 * u);
+  if (g[0]) mg_gemm_par(C, dt, false, true, rows, d, 3 * u, 1, dmx, 3 * u, W, 3 * u, 0,
+                        mg_tensor_data(g[0]), d);
+  if (g[1]) mg_gemm_par(C, dt, true, false, d, 3 * u, rows, 1, x, d, dmx, 3 * u, 0,
+                        mg_tensor_data(g[1]), 3 * u);
   if (g[2]) {
     void *gu = mg_tensor_data(g[2]);
-    mg_gemm(dt, true, false, u, ra ? 3 * u : 2 * u, rows, 1, h, u, dmh, 3 * u, 0, gu, 3 * u);
+    mg_gemm_par(C, dt, true, false, u, ra ? 3 * u : 2 * u, rows, 1, h, u, dmh, 3 * u, 0, gu, 3 * u);
     if (!ra)                                     /* U_h's from m = r h */
-      mg_gemm(dt, true, false, u, u, rows, 1, at(dt, S, 3 * u), 4 * u, at(dt, dmh, 2 * u), 3 * u,
+      mg_gemm_par(C, dt, true, false, u, u, rows, 1, at(dt, S, 3 * u), 4 * u, at(dt, dmh, 2 * u), 3 * u,
               0, at(dt, gu, 2 * u), 3 * u);
   }
   if (g[3]) {
-    mg_colsum(dt, rows, 3 * u, dmx, 3 * u, mg_tensor_data(g[3]));
-    if (ra) mg_colsum(dt, rows, 3 * u, dmh, 3 * u, at(dt, mg_tensor_data(g[3]), 3 * u));
+    mg_colsum_par(C, dt, rows, 3 * u, dmx, 3 * u, mg_tensor_data(g[3]));
+    if (ra) mg_colsum_par(C, dt, rows, 3 * u, dmh, 3 * u, at(dt, mg_tensor_data(g[3]), 3 * u));
   }
 }
 
@@ -657,7 +678,7 @@ static mg_status gru_vjp_fused(mg_ctx *C, const mg_node *n, mg_tensor *gh, const
     mg_gru_step_reverse(dt, B, u, ra, mg_tensor_data(k[GU]), NULL, S, h, mg_tensor_data(gk[0]),
                         mg_tensor_data(dmx), mg_tensor_data(dmh), mg_tensor_data(drh),
                         mg_tensor_data(dh));
-    mg_gru_weight_grads(dt, B, d, u, ra, mg_tensor_data(k[GX]), h, S, mg_tensor_data(k[GW]),
+    mg_gru_weight_grads(C, dt, B, d, u, ra, mg_tensor_data(k[GX]), h, S, mg_tensor_data(k[GW]),
                         mg_tensor_data(dmx), mg_tensor_data(dmh), g);
     int map[4] = { GX, GW, GU, GB };
     for (int i = 0; i < 4; i++) { gin[map[i]] = g[i]; g[i] = NULL; }

@@ -285,6 +285,15 @@ mg_status mg_linear_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const 
 void mg_gemm(mg_dtype dt, bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha,
              const void *a, int64_t lda, const void *b, int64_t ldb, double beta, void *y,
              int64_t ldy);
+/* The same, shared over C's threads in blocks of whole output rows or columns set by the
+** shape alone (never along K), so the bits do not depend on the thread count. Called from
+** inside a shared loop, it runs on the calling thread. */
+void mg_gemm_par(mg_ctx *C, mg_dtype dt, bool ta, bool tb, int64_t M, int64_t N, int64_t K,
+                 double alpha, const void *a, int64_t lda, const void *b, int64_t ldb,
+                 double beta, void *y, int64_t ldy);
+/* The default thread count of a new context: OpenBLAS's count before the first call, which
+** sets OpenBLAS to one thread for the process (linalg.c). */
+int mg_default_threads(void);
 
 /* ----------------------------------------------------------------------------------------
 ** Expressions for composite rules (rules.c): each mg_ex_* returns a borrowed tensor
