@@ -96,13 +96,16 @@ MG_API size_t mg_jacobian_limit(const mg_ctx *C);
 MG_API mg_status mg_check_result_bytes(mg_ctx *C, const char *fn, int n, const int *ndims,
                                        const int64_t *const *shapes, double esize);
 
-/* BLAS: the only process-wide state of the runtime. */
+/* OpenBLAS's own thread count: the only process-wide state of the runtime. The first context
+** made sets it to 1 (each context shares its GEMMs over its own threads instead); a host may
+** set it again for its own BLAS calls: moongrad's results stay the same. */
 MG_API void mg_set_num_threads(int n);
 MG_API int mg_get_num_threads(void);
-/* Threads of one context's own kernels (elementwise ops, reductions; 1..MG_MAXTHREADS, clamped):
-** loops above a size threshold are shared by a pool of n - 1 workers the context starts when
-** first needed and joins in mg_ctx_close. Each context has its own count and pool. The default
-** is mg_get_num_threads() when the context is made. Results do not depend on the count. */
+/* Threads of one context's own kernels (elementwise ops, reductions, GEMMs; 1..MG_MAXTHREADS,
+** clamped): loops above a size threshold are shared by a pool of n - 1 workers the context
+** starts when first needed and joins in mg_ctx_close. Each context has its own count and pool.
+** The default is OpenBLAS's count before the first context was made (the cores, or
+** OPENBLAS_NUM_THREADS). Results do not depend on the count. */
 #define MG_MAXTHREADS 1024
 MG_API void mg_ctx_set_num_threads(mg_ctx *C, int n);
 MG_API int mg_ctx_num_threads(const mg_ctx *C);
