@@ -82,8 +82,17 @@ mg_status mg_cell_contiguous(mg_ctx *C, int n, mg_tensor *const *in, mg_tensor *
 void mg_cell_release(int n, mg_tensor **t);
 /* Column sums of a (rows, n) buffer with leading dimension ld into 'out' (n). */
 void mg_colsum(mg_dtype dt, int64_t rows, int64_t n, const void *a, int64_t ld, void *out);
-/* The same, shared over C's threads in blocks of whole columns (the same bits). */
-void mg_colsum_par(mg_ctx *C, mg_dtype dt, int64_t rows, int64_t n, const void *a, int64_t ld,
-                   void *out);
+/* The column sums of a (rows, n) buffer 'a' (leading dimension ld) into 'out', as mg_colsum. */
+typedef struct mg_colsum_spec {
+  mg_dtype dt;
+  int64_t rows, n, ld;
+  const void *a;
+  void *out;
+} mg_colsum_spec;
+/* np products (mg_gemm_plan_make'd) and ns (at most 2) column sums as one list of blocks
+** shared over C's threads (mg_parallel_blocks): one hand-over for a layer's weight
+** gradients; the bits of mg_gemm_par and mg_colsum, whoever computes a block. */
+enum { MG_GRADS_MAX = 4 };
+void mg_grads_par(mg_ctx *C, int np, const mg_gemm_plan *pl, int ns, const mg_colsum_spec *cs);
 
 #endif

@@ -107,28 +107,22 @@ void mg_gemm(mg_dtype dt, bool ta, bool tb, int64_t M, int64_t N, int64_t K, dou
 enum { GEMM_ALIGN = 16, GEMM_MAXBLOCKS = 16 };
 #define GEMM_BLOCK_WORK 2097152.0
 
-typedef struct gemm_job {
-  mg_dtype dt;
-  bool ta, tb, rows;
-  int64_t M, N, K, blk, lda, ldb, ldy;
-  double alpha, beta;
-  const char *a, *b;
-  char *y;
-} gemm_job;
+void mg_gemm_block(const mg_gemm_plan *g, int64_t k) {
+  int64_t esz = (int64_t)mg_dtype_size(g->dt), lo = k * g->blk;
+  int64_t n = (g->rows ? g->M : g->N) - lo;
+  const char *a = g->a, *b = g->b;
+  char *y = g->y;
+  if (n > g->blk) n = g->blk;
+  if (g->rows)
+    mg_gemm(g->dt, g->ta, g->tb, n, g->N, g->K, g->alpha, a + (g->ta ? lo : lo * g->lda) * esz,
+            g->lda, b, g->ldb, g->beta, y + lo * g->ldy * esz, g->ldy);
+  else
+    mg_gemm(g->dt, g->ta, g->tb, g->M, n, g->K, g->alpha, a, g->lda,
+            b + (g->tb ? lo * g->ldb : lo) * esz, g->ldb, g->beta, y + lo * esz, g->ldy);
+}
 
 static void gemm_blocks(void *arg, int64_t k0, int64_t k1) {
-  const gemm_job *g = arg;
-  int64_t esz = (int64_t)mg_dtype_size(g->dt);
-  for (int64_t k = k0; k < k1; k++) {
-    int64_t lo = k * g->blk, n = (g->rows ? g->M : g->N) - lo;
-    if (n > g->blk) n = g->blk;
-    if (g->rows)
-      mg_gemm(g->dt, g->ta, g->tb, n, g->N, g->K, g->alpha, g->a + (g->ta ? lo : lo * g->lda) * esz,
-              g->lda, g->b, g->ldb, g->beta, g->y + lo * g->ldy * esz, g->ldy);
-    else
-      mg_gemm(g->dt, g->ta, g->tb, g->M, n, g->K, g->alpha, g->a, g->lda,
-              g->b + (g->tb ? lo * g->ldb : lo) * esz, g->ldb, g->beta, g->y + lo * esz, g->ldy);
-  }
+  for (int64_t k = k0; k < k1; k++) mg_gemm_block(arg, k);
 }
 
 /* How many blocks (and of how many rows or columns) a product of this shape is cut into. */
@@ -142,15 +136,25 @@ static int64_t gemm_cut(int64_t M, int64_t N, int64_t K, bool rows, int64_t *blk
   return (dim + *blk - 1) / *blk;
 }
 
+int64_t mg_gemm_plan_make(mg_gemm_plan *g, mg_dtype dt, bool ta, bool tb, int64_t M, int64_t N,
+                          int64_t K, double alpha, const void *a, int64_t lda, const void *b,
+                          int64_t ldb, double beta, void *y, int64_t ldy) {
+  *g = (mg_gemm_plan){ .dt = dt, .ta = ta, .tb = tb, .rows = M >= N, .M = M, .N = N, .K = K,
+                       .lda = lda, .ldb = ldb, .ldy = ldy, .alpha = alpha, .beta = beta, .a = a,
+                       .b = b, .y = y };
+  if (M == 0 || N == 0) return g->nb = 0;
+  if (K > 0) return g->nb = gemm_cut(M, N, K, g->rows, &g->blk);
+  g->blk = g->rows ? M : N;                       /* y = beta y: one block */
+  return g->nb = 1;
+}
+
 void mg_gemm_par(mg_ctx *C, mg_dtype dt, bool ta, bool tb, int64_t M, int64_t N, int64_t K,
                  double alpha, const void *a, int64_t lda, const void *b, int64_t ldb,
                  double beta, void *y, int64_t ldy) {
-  gemm_job g = { .dt = dt, .ta = ta, .tb = tb, .rows = M >= N, .M = M, .N = N, .K = K,
-                 .lda = lda, .ldb = ldb, .ldy = ldy, .alpha = alpha, .beta = beta, .a = a,
-                 .b = b, .y = y };
-  int64_t nb = K > 0 ? gemm_cut(M, N, K, g.rows, &g.blk) : 1;
-  if (nb <= 1) mg_gemm(dt, ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, y, ldy);
-  else mg_parallel_for(C, NULL, nb, 1, gemm_blocks, &g);  /* no op name: never interrupted */
+  mg_gemm_plan g;
+  int64_t nb = mg_gemm_plan_make(&g, dt, ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, y, ldy);
+  if (nb == 1) mg_gemm_block(&g, 0);
+  else if (nb > 1) mg_parallel_blocks(C, nb, gemm_blocks, &g);
 }
 
 static void gemm(mg_ctx *C, mg_dtype dt, layout la, layout lb, int64_t M, int64_t N, int64_t K,

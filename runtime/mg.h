@@ -239,6 +239,12 @@ MG_API mg_status mg_tensor_add_(mg_ctx *C, mg_tensor *dst, mg_tensor *src);
 ** g contiguous, of one dtype and shape. The same numbers as those element-wise ops. */
 MG_API mg_status mg_rmsprop_update_(mg_ctx *C, mg_tensor *p, mg_tensor *v, mg_tensor *g, double lr,
                                     double rho, double eps, double scale);
+/* Adam's step: m += (g - m) a1, v += (g^2 - v) a2, then p -= (m s1) / (sqrt(v) + eps) ('keras')
+** or p -= (m s1) / (sqrt(v s2) + eps), writing p, m and v in place, not recorded, shared over
+** C's threads. p, m, v and g contiguous, of one dtype and shape. The same numbers as those
+** element-wise ops (each number rounded to the dtype first). */
+MG_API mg_status mg_adam_update_(mg_ctx *C, mg_tensor *p, mg_tensor *m, mg_tensor *v, mg_tensor *g,
+                                 double a1, double a2, double s1, double s2, double eps, bool keras);
 
 /* Reductions over the dims whose bit is set in 'mask' (all dims: mask = ~0). */
 MG_API mg_status mg_tensor_sum(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keepdim,

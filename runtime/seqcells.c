@@ -423,18 +423,21 @@ static mg_status lstm_seq_vjp_fused(mg_ctx *C, const mg_node *n, mg_tensor *cons
     p.c[1] = mg_tensor_data(dc2);
     if ((st = run_pass(C, mg_ops[LSTM_SEQ.op].name, &p, reverse_rows)) != MG_OK) break;
     if ((t1 - t0) % 2) { mg_tensor *sw = dc; dc = dc2; dc2 = sw; }
-    void *dz = mg_tensor_data(dZ);
+    void *dz = mg_tensor_data(dZ);             /* the chunk's products and bias sums at once */
+    mg_gemm_plan pl[3];
+    mg_colsum_spec cs = { dt, R, 4 * u, 4 * u, dz, gin[5] ? mg_tensor_data(beta ? bs : gin[5]) : NULL };
+    int np = 0;
+    if (gin[4])                                   /* the largest first: the blocks balance */
+      mg_gemm_plan_make(&pl[np++], dt, true, false, u, 4 * u, R, 1, at(dt, mg_tensor_data(Hs), r0 * u),
+                        u, dz, 4 * u, beta, mg_tensor_data(gin[4]), 4 * u);
     if (tmp)
-      mg_gemm_par(C, dt, false, true, R, d, 4 * u, 1, dz, 4 * u, mg_tensor_data(k[0]), 4 * u, 0,
-              at(dt, mg_tensor_data(tmp), r0 * d), d);
+      mg_gemm_plan_make(&pl[np++], dt, false, true, R, d, 4 * u, 1, dz, 4 * u, mg_tensor_data(k[0]),
+                        4 * u, 0, at(dt, mg_tensor_data(tmp), r0 * d), d);
     if (gin[3])
-      mg_gemm_par(C, dt, true, false, d, 4 * u, R, 1, at(dt, mg_tensor_data(X), r0 * d), d, dz, 4 * u,
-              beta, mg_tensor_data(gin[3]), 4 * u);
-    if (gin[4])
-      mg_gemm_par(C, dt, true, false, u, 4 * u, R, 1, at(dt, mg_tensor_data(Hs), r0 * u), u, dz, 4 * u,
-              beta, mg_tensor_data(gin[4]), 4 * u);
+      mg_gemm_plan_make(&pl[np++], dt, true, false, d, 4 * u, R, 1, at(dt, mg_tensor_data(X), r0 * d),
+                        d, dz, 4 * u, beta, mg_tensor_data(gin[3]), 4 * u);
+    mg_grads_par(C, np, pl, gin[5] ? 1 : 0, &cs);
     if (gin[5]) {
-      mg_colsum_par(C, dt, R, 4 * u, dz, 4 * u, beta ? mg_tensor_data(bs) : mg_tensor_data(gin[5]));
       void *db = mg_tensor_data(gin[5]), *part = mg_tensor_data(bs);
       for (int64_t j = 0; beta && j < 4 * u; j++)
         if (dt == MG_F64) ((double *)db)[j] += ((double *)part)[j];
