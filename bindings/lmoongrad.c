@@ -89,12 +89,12 @@ lstate *lmg_findstate(lua_State *L) {
 
 /* ================================================================ settings */
 
-/* The state's own kernels (its context) and OpenBLAS (process-wide) alike. */
+/* The state's own threads (its context): its kernels and its GEMMs, which it shares out
+** itself (OpenBLAS stays on one thread, linalg.c). */
 static int lib_set_num_threads(lua_State *L) {
   lua_Integer n = luaL_checkinteger(L, 1);
   luaL_argcheck(L, n >= 1 && n <= MG_MAXTHREADS, 1, "thread count must be in 1..1024");
   mg_ctx_set_num_threads(LSTATE(L)->C, (int)n);
-  mg_set_num_threads((int)n);
   return 0;
 }
 

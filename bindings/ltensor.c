@@ -1432,6 +1432,19 @@ static int tensor_sumsq(lua_State *L) {
   return 1;
 }
 
+/* mg._adam_update(p, m, v, g, a1, a2, s1, s2, eps, keras): mg_adam_update_ (optim.Adam's
+** fused step; p, m and v written in place). Private: optim.lua checks everything first. */
+static int tensor_adam_update(lua_State *L) {
+  LSTATE_ARG;
+  mg_tensor *p = mg_lua_checktensor(L, 1), *m = mg_lua_checktensor(L, 2);
+  mg_tensor *v = mg_lua_checktensor(L, 3), *g = mg_lua_checktensor(L, 4);
+  mg_status st = mg_adam_update_(S->C, p, m, v, g, luaL_checknumber(L, 5), luaL_checknumber(L, 6),
+                                 luaL_checknumber(L, 7), luaL_checknumber(L, 8),
+                                 luaL_checknumber(L, 9), lua_toboolean(L, 10));
+  if (st != MG_OK) return lmg_fail(L, S, "_adam_update");
+  return 0;
+}
+
 /* mg._set_tostring(f): tostring(t) of a live tensor returns f(t) (nil: the plain form). */
 static int tensor_set_tostring(lua_State *L) {
   if (!lua_isnil(L, 1)) luaL_checktype(L, 1, LUA_TFUNCTION);
@@ -1522,6 +1535,7 @@ static const luaL_Reg module_functions[] = {
   { "where", tensor_where }, { "cat", tensor_cat }, { "stack", tensor_stack },
   { "_set_tostring", tensor_set_tostring }, { "_unknown_option", tensor_unknown_option },
   { "_rmsprop_update", tensor_rmsprop_update }, { "_sumsq", tensor_sumsq }, { "_dropout_mask", tensor_dropout_mask },
+  { "_adam_update", tensor_adam_update },
   { "softmax_cross_entropy", tensor_softmax_cross_entropy },
   { "_add_methods", tensor_add_methods },
   { NULL, NULL } };

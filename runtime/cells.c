@@ -9,6 +9,7 @@
 #include "cells.h"
 #include "fastmath.h"
 
+#include <assert.h>
 #include <math.h>
 #include <stdlib.h>
 
@@ -107,6 +108,44 @@ void mg_colsum(mg_dtype dt, int64_t rows, int64_t n, const void *a, int64_t ld, 
   if (acc) COLSUM(float, double);
   else COLSUM(float, float);                    /* no scratch: in float32 */
   free(acc);
+}
+
+/* One list of blocks: each product's (as mg_gemm_par cuts it), then each column sum's (whole
+** columns, about 64K elements a block, each summed as mg_colsum does). */
+typedef struct grads_job {
+  int np, ns;
+  const mg_gemm_plan *pl;
+  const mg_colsum_spec *cs;
+  int64_t nb[MG_GRADS_MAX], sblk[2], snb[2];
+} grads_job;
+
+static void grads_blocks(void *arg, int64_t k0, int64_t k1) {
+  const grads_job *j = arg;
+  for (int64_t k = k0; k < k1; k++) {
+    int64_t i = k;
+    int p = 0;
+    while (p < j->np && i >= j->nb[p]) i -= j->nb[p++];
+    if (p < j->np) { mg_gemm_block(&j->pl[p], i); continue; }
+    int q = 0;
+    while (i >= j->snb[q]) i -= j->snb[q++];
+    const mg_colsum_spec *s = &j->cs[q];
+    int64_t lo = i * j->sblk[q], n = s->n - lo < j->sblk[q] ? s->n - lo : j->sblk[q];
+    mg_colsum(s->dt, s->rows, n, at(s->dt, s->a, lo), s->ld, at(s->dt, s->out, lo));
+  }
+}
+
+void mg_grads_par(mg_ctx *C, int np, const mg_gemm_plan *pl, int ns, const mg_colsum_spec *cs) {
+  grads_job j = { .np = np, .ns = ns, .pl = pl, .cs = cs };
+  int64_t total = 0;
+  assert(np <= MG_GRADS_MAX && ns <= 2);
+  for (int p = 0; p < np; p++) total += j.nb[p] = pl[p].nb;
+  for (int q = 0; q < ns; q++) {
+    int64_t grain = cs[q].rows > 0 ? ((int64_t)1 << 16) / cs[q].rows : cs[q].n;
+    j.sblk[q] = grain < 16 ? 16 : (grain + 15) / 16 * 16;
+    j.snb[q] = (cs[q].n + j.sblk[q] - 1) / j.sblk[q];
+    total += j.snb[q];
+  }
+  mg_parallel_blocks(C, total, grads_blocks, &j);
 }
 
 /* ================================================================ LSTM */
@@ -549,24 +588,29 @@ void mg_gru_step_reverse(mg_dtype dt, int64_t B, int64_t u, bool ra, const void 
 /* The weight gradients of 'rows' GRU rows (one step, or all T B of a sequence) from x, h
 ** (the state each row started from), S and the cotangents: into the tensors of 'gin' that
 ** are not NULL (gx (rows, d), gW (d, 3u), gU (u, 3u), gb (2, 3u) or (3u)). */
-void mg_gru_weight_grads(mg_dtype dt, int64_t rows, int64_t d, int64_t u, bool ra,
+void mg_gru_weight_grads(mg_ctx *C, mg_dtype dt, int64_t rows, int64_t d, int64_t u, bool ra,
                          const void *x, const void *h, const void *S, const void *W,
                          const void *dmx, const void *dmh, mg_tensor *const *g) {
-  if (g[0]) mg_gemm(dt, false, true, rows, d, 3 * u, 1, dmx, 3 * u, W, 3 * u, 0,
-                    mg_tensor_data(g[0]), d);
-  if (g[1]) mg_gemm(dt, true, false, d, 3 * u, rows, 1, x, d, dmx, 3 * u, 0,
-                    mg_tensor_data(g[1]), 3 * u);
-  if (g[2]) {
+  mg_gemm_plan pl[MG_GRADS_MAX];
+  mg_colsum_spec cs[2];
+  int np = 0, ns = 0;
+  if (g[2]) {                                    /* the largest first: the blocks balance */
     void *gu = mg_tensor_data(g[2]);
-    mg_gemm(dt, true, false, u, ra ? 3 * u : 2 * u, rows, 1, h, u, dmh, 3 * u, 0, gu, 3 * u);
+    mg_gemm_plan_make(&pl[np++], dt, true, false, u, ra ? 3 * u : 2 * u, rows, 1, h, u, dmh,
+                      3 * u, 0, gu, 3 * u);
     if (!ra)                                     /* U_h's from m = r h */
-      mg_gemm(dt, true, false, u, u, rows, 1, at(dt, S, 3 * u), 4 * u, at(dt, dmh, 2 * u), 3 * u,
-              0, at(dt, gu, 2 * u), 3 * u);
+      mg_gemm_plan_make(&pl[np++], dt, true, false, u, u, rows, 1, at(dt, S, 3 * u), 4 * u,
+                        at(dt, dmh, 2 * u), 3 * u, 0, at(dt, gu, 2 * u), 3 * u);
   }
+  if (g[0]) mg_gemm_plan_make(&pl[np++], dt, false, true, rows, d, 3 * u, 1, dmx, 3 * u, W,
+                              3 * u, 0, mg_tensor_data(g[0]), d);
+  if (g[1]) mg_gemm_plan_make(&pl[np++], dt, true, false, d, 3 * u, rows, 1, x, d, dmx, 3 * u,
+                              0, mg_tensor_data(g[1]), 3 * u);
   if (g[3]) {
-    mg_colsum(dt, rows, 3 * u, dmx, 3 * u, mg_tensor_data(g[3]));
-    if (ra) mg_colsum(dt, rows, 3 * u, dmh, 3 * u, at(dt, mg_tensor_data(g[3]), 3 * u));
+    cs[ns++] = (mg_colsum_spec){ dt, rows, 3 * u, 3 * u, dmx, mg_tensor_data(g[3]) };
+    if (ra) cs[ns++] = (mg_colsum_spec){ dt, rows, 3 * u, 3 * u, dmh, at(dt, mg_tensor_data(g[3]), 3 * u) };
   }
+  mg_grads_par(C, np, pl, ns, cs);
 }
 
 mg_status mg_gru_cell(mg_ctx *C, mg_tensor *x, mg_tensor *h, mg_tensor *W, mg_tensor *U,
@@ -657,7 +701,7 @@ static mg_status gru_vjp_fused(mg_ctx *C, const mg_node *n, mg_tensor *gh, const
     mg_gru_step_reverse(dt, B, u, ra, mg_tensor_data(k[GU]), NULL, S, h, mg_tensor_data(gk[0]),
                         mg_tensor_data(dmx), mg_tensor_data(dmh), mg_tensor_data(drh),
                         mg_tensor_data(dh));
-    mg_gru_weight_grads(dt, B, d, u, ra, mg_tensor_data(k[GX]), h, S, mg_tensor_data(k[GW]),
+    mg_gru_weight_grads(C, dt, B, d, u, ra, mg_tensor_data(k[GX]), h, S, mg_tensor_data(k[GW]),
                         mg_tensor_data(dmx), mg_tensor_data(dmh), g);
     int map[4] = { GX, GW, GU, GB };
     for (int i = 0; i < 4; i++) { gin[map[i]] = g[i]; g[i] = NULL; }

@@ -60,8 +60,9 @@ void mg_gru_step_reverse(mg_dtype dt, int64_t B, int64_t u, bool ra, const void 
 
 /* GRU weight gradients over 'rows' rows (one step or a whole sequence: x (rows, d), h the
 ** states the rows started from, S their saved gates): into g[0..3] = gx, gW, gU, gb, each
-** when not NULL; mg_gru_grad_buffers makes dmx, dmh and the g[i] with need4[i]. */
-void mg_gru_weight_grads(mg_dtype dt, int64_t rows, int64_t d, int64_t u, bool ra,
+** when not NULL; mg_gru_grad_buffers makes dmx, dmh and the g[i] with need4[i]. The GEMMs
+** are shared over C's threads (mg_gemm_par). */
+void mg_gru_weight_grads(mg_ctx *C, mg_dtype dt, int64_t rows, int64_t d, int64_t u, bool ra,
                          const void *x, const void *h, const void *S, const void *W,
                          const void *dmx, const void *dmh, mg_tensor *const *g);
 mg_status mg_gru_grad_buffers(mg_ctx *C, mg_dtype dt, int64_t rows, int64_t d, int64_t u,
@@ -81,5 +82,17 @@ mg_status mg_cell_contiguous(mg_ctx *C, int n, mg_tensor *const *in, mg_tensor *
 void mg_cell_release(int n, mg_tensor **t);
 /* Column sums of a (rows, n) buffer with leading dimension ld into 'out' (n). */
 void mg_colsum(mg_dtype dt, int64_t rows, int64_t n, const void *a, int64_t ld, void *out);
+/* The column sums of a (rows, n) buffer 'a' (leading dimension ld) into 'out', as mg_colsum. */
+typedef struct mg_colsum_spec {
+  mg_dtype dt;
+  int64_t rows, n, ld;
+  const void *a;
+  void *out;
+} mg_colsum_spec;
+/* np products (mg_gemm_plan_make'd) and ns (at most 2) column sums as one list of blocks
+** shared over C's threads (mg_parallel_blocks): one hand-over for a layer's weight
+** gradients; the bits of mg_gemm_par and mg_colsum, whoever computes a block. */
+enum { MG_GRADS_MAX = 4 };
+void mg_grads_par(mg_ctx *C, int np, const mg_gemm_plan *pl, int ns, const mg_colsum_spec *cs);
 
 #endif

@@ -14,7 +14,7 @@ mg_ctx *mg_ctx_new(void) {
   C->default_dtype = MG_F32;
   C->memory_budget = (size_t)1 << 30;
   C->nthreads = 1;
-  mg_ctx_set_num_threads(C, mg_get_num_threads());
+  mg_ctx_set_num_threads(C, mg_default_threads());
   mg_manual_seed(C, 0);
   return C;
 }

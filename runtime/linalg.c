@@ -7,6 +7,7 @@
 
 #include <assert.h>
 #include <cblas.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -16,6 +17,24 @@ extern int openblas_get_num_threads(void);
 
 void mg_set_num_threads(int n) { openblas_set_num_threads(n < 1 ? 1 : n); }
 int mg_get_num_threads(void) { return openblas_get_num_threads(); }
+
+/* OpenBLAS on one thread, once per process, before the first context: moongrad shares its
+** GEMMs over each context's own pool (mg_gemm_par), and OpenBLAS's workers, which spin after
+** each threaded call, would take the cores that pool needs (docs/performance.md). The count
+** OpenBLAS had (the cores, or OPENBLAS_NUM_THREADS) stays every new context's default. Set
+** once under pthread_once and only read after: the same for every context. */
+static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
+static int blas_threads_at_start = 1;
+
+static void blas_single(void) {
+  blas_threads_at_start = openblas_get_num_threads();
+  openblas_set_num_threads(1);
+}
+
+int mg_default_threads(void) {
+  pthread_once(&blas_once, blas_single);
+  return blas_threads_at_start < 1 ? 1 : blas_threads_at_start;
+}
 const char *mg_blas_corename(void) { return openblas_get_corename(); }
 
 const char *mg_cpu_best_corename(void) {
@@ -75,9 +94,74 @@ void mg_gemm(mg_dtype dt, bool ta, bool tb, int64_t M, int64_t N, int64_t K, dou
                 (int)ldb, (float)beta, y, (int)ldy);
 }
 
-static void gemm(mg_dtype dt, layout la, layout lb, int64_t M, int64_t N, int64_t K,
+/* ================================================================ GEMMs over threads */
+
+/* A product shared over a context's threads is cut into blocks of whole output rows (when
+** M >= N: each block re-reads all of op(b)) or columns (else), never along K, with the cut
+** set by the shape alone: each block is one BLAS call, the same calls whatever the thread
+** count, which only decides who makes them; so are the bits. Blocks of GEMM_ALIGN rows or
+** columns (SGEMM's widest register block, 64 bytes of float32 output), of at least
+** GEMM_BLOCK_WORK each, at most GEMM_MAXBLOCKS of them (each block copies the operand it
+** re-reads again: 16 measured slower than 8 on the LSTM step). The work: the multiply-adds
+** and 32 per element read or written (BLAS copies both operands into its own blocks first; a
+** product with a short K, such as the weight gradients of a narrow input, is mostly those
+** copies). */
+enum { GEMM_ALIGN = 16, GEMM_MAXBLOCKS = 8 };
+#define GEMM_BLOCK_WORK 2097152.0
+
+void mg_gemm_block(const mg_gemm_plan *g, int64_t k) {
+  int64_t esz = (int64_t)mg_dtype_size(g->dt), lo = k * g->blk;
+  int64_t n = (g->rows ? g->M : g->N) - lo;
+  const char *a = g->a, *b = g->b;
+  char *y = g->y;
+  if (n > g->blk) n = g->blk;
+  if (g->rows)
+    mg_gemm(g->dt, g->ta, g->tb, n, g->N, g->K, g->alpha, a + (g->ta ? lo : lo * g->lda) * esz,
+            g->lda, b, g->ldb, g->beta, y + lo * g->ldy * esz, g->ldy);
+  else
+    mg_gemm(g->dt, g->ta, g->tb, g->M, n, g->K, g->alpha, a, g->lda,
+            b + (g->tb ? lo * g->ldb : lo) * esz, g->ldb, g->beta, y + lo * esz, g->ldy);
+}
+
+static void gemm_blocks(void *arg, int64_t k0, int64_t k1) {
+  for (int64_t k = k0; k < k1; k++) mg_gemm_block(arg, k);
+}
+
+/* How many blocks (and of how many rows or columns) a product of this shape is cut into. */
+static int64_t gemm_cut(int64_t M, int64_t N, int64_t K, bool rows, int64_t *blk) {
+  int64_t dim = rows ? M : N, most = (dim + GEMM_ALIGN - 1) / GEMM_ALIGN;
+  double m = (double)M, n = (double)N, k = (double)K, work = m * n * k + 32 * (m * k + k * n + m * n);
+  int64_t nb = work / GEMM_BLOCK_WORK < GEMM_MAXBLOCKS ? (int64_t)(work / GEMM_BLOCK_WORK) : GEMM_MAXBLOCKS;
+  if (nb > most) nb = most;
+  if (nb < 1) nb = 1;
+  *blk = ((dim + nb - 1) / nb + GEMM_ALIGN - 1) / GEMM_ALIGN * GEMM_ALIGN;
+  return (dim + *blk - 1) / *blk;
+}
+
+int64_t mg_gemm_plan_make(mg_gemm_plan *g, mg_dtype dt, bool ta, bool tb, int64_t M, int64_t N,
+                          int64_t K, double alpha, const void *a, int64_t lda, const void *b,
+                          int64_t ldb, double beta, void *y, int64_t ldy) {
+  *g = (mg_gemm_plan){ .dt = dt, .ta = ta, .tb = tb, .rows = M >= N, .M = M, .N = N, .K = K,
+                       .lda = lda, .ldb = ldb, .ldy = ldy, .alpha = alpha, .beta = beta, .a = a,
+                       .b = b, .y = y };
+  if (M == 0 || N == 0) return g->nb = 0;
+  if (K > 0) return g->nb = gemm_cut(M, N, K, g->rows, &g->blk);
+  g->blk = g->rows ? M : N;                       /* y = beta y: one block */
+  return g->nb = 1;
+}
+
+void mg_gemm_par(mg_ctx *C, mg_dtype dt, bool ta, bool tb, int64_t M, int64_t N, int64_t K,
+                 double alpha, const void *a, int64_t lda, const void *b, int64_t ldb,
+                 double beta, void *y, int64_t ldy) {
+  mg_gemm_plan g;
+  int64_t nb = mg_gemm_plan_make(&g, dt, ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, y, ldy);
+  if (nb == 1) mg_gemm_block(&g, 0);
+  else if (nb > 1) mg_parallel_blocks(C, nb, gemm_blocks, &g);
+}
+
+static void gemm(mg_ctx *C, mg_dtype dt, layout la, layout lb, int64_t M, int64_t N, int64_t K,
                  const void *a, const void *b, void *y, int64_t ldy) {
-  mg_gemm(dt, la.trans, lb.trans, M, N, K, 1, a, la.ld, b, lb.ld, 0, y, ldy);
+  mg_gemm_par(C, dt, la.trans, lb.trans, M, N, K, 1, a, la.ld, b, lb.ld, 0, y, ldy);
 }
 
 /* The left operand's batch dims and rows as one (batch * rows, K) matrix with the same 'ld',
@@ -138,7 +222,7 @@ static mg_status matmul_nd(mg_ctx *C, mg_tensor *a, mg_tensor *b, mg_tensor **ou
   bool b_single = true;
   for (int i = 0; i < nb - 2; i++) b_single = b_single && (bc->shape[i] == 1 || bc->stride[i] == 0);
   if (b_single && rows_foldable(ac, la, nbatch, batch)) {
-    gemm(a->dtype, la, lb, M * nmat, N, K, mg_tensor_data(ac), mg_tensor_data(bc), mg_tensor_data(y), N);
+    gemm(C, a->dtype, la, lb, M * nmat, N, K, mg_tensor_data(ac), mg_tensor_data(bc), mg_tensor_data(y), N);
     goto done;
   }
   int64_t idx[MG_MAXDIM] = { 0 };
@@ -149,7 +233,7 @@ static mg_status matmul_nd(mg_ctx *C, mg_tensor *a, mg_tensor *b, mg_tensor **ou
       if (ad >= 0 && ac->shape[ad] != 1) oa += idx[i] * ac->stride[ad];
       if (bd >= 0 && bc->shape[bd] != 1) ob += idx[i] * bc->stride[bd];
     }
-    gemm(a->dtype, la, lb, M, N, K, (char *)mg_tensor_data(ac) + oa * esz,
+    gemm(C, a->dtype, la, lb, M, N, K, (char *)mg_tensor_data(ac) + oa * esz,
          (char *)mg_tensor_data(bc) + ob * esz, (char *)mg_tensor_data(y) + m * M * N * esz, N);
     for (int i = nbatch - 1; i >= 0 && ++idx[i] == batch[i]; i--) idx[i] = 0;
   }

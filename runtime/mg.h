@@ -96,13 +96,16 @@ MG_API size_t mg_jacobian_limit(const mg_ctx *C);
 MG_API mg_status mg_check_result_bytes(mg_ctx *C, const char *fn, int n, const int *ndims,
                                        const int64_t *const *shapes, double esize);
 
-/* BLAS: the only process-wide state of the runtime. */
+/* OpenBLAS's own thread count: the only process-wide state of the runtime. The first context
+** made sets it to 1 (each context shares its GEMMs over its own threads instead); a host may
+** set it again for its own BLAS calls: moongrad's results stay the same. */
 MG_API void mg_set_num_threads(int n);
 MG_API int mg_get_num_threads(void);
-/* Threads of one context's own kernels (elementwise ops, reductions; 1..MG_MAXTHREADS, clamped):
-** loops above a size threshold are shared by a pool of n - 1 workers the context starts when
-** first needed and joins in mg_ctx_close. Each context has its own count and pool. The default
-** is mg_get_num_threads() when the context is made. Results do not depend on the count. */
+/* Threads of one context's own kernels (elementwise ops, reductions, GEMMs; 1..MG_MAXTHREADS,
+** clamped): loops above a size threshold are shared by a pool of n - 1 workers the context
+** starts when first needed and joins in mg_ctx_close. Each context has its own count and pool.
+** The default is OpenBLAS's count before the first context was made (the cores, or
+** OPENBLAS_NUM_THREADS). Results do not depend on the count. */
 #define MG_MAXTHREADS 1024
 MG_API void mg_ctx_set_num_threads(mg_ctx *C, int n);
 MG_API int mg_ctx_num_threads(const mg_ctx *C);
@@ -239,6 +242,12 @@ MG_API mg_status mg_rmsprop_update_(mg_ctx *C, mg_tensor *p, mg_tensor *v, mg_te
 /* The sum of the squares of a contiguous float32/float64 tensor's elements into *out, as
 ** (t * t):sum() computes it up to the order of its double additions (global-norm clipping). */
 MG_API mg_status mg_sumsq_(mg_ctx *C, mg_tensor *t, double *out);
+/* Adam's step: m += (g - m) a1, v += (g^2 - v) a2, then p -= (m s1) / (sqrt(v) + eps) ('keras')
+** or p -= (m s1) / (sqrt(v s2) + eps), writing p, m and v in place, not recorded, shared over
+** C's threads. p, m, v and g contiguous, of one dtype and shape. The same numbers as those
+** element-wise ops (each number rounded to the dtype first). */
+MG_API mg_status mg_adam_update_(mg_ctx *C, mg_tensor *p, mg_tensor *m, mg_tensor *v, mg_tensor *g,
+                                 double a1, double a2, double s1, double s2, double eps, bool keras);
 
 /* Reductions over the dims whose bit is set in 'mask' (all dims: mask = ~0). */
 MG_API mg_status mg_tensor_sum(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keepdim,

@@ -252,6 +252,11 @@ typedef void (*mg_range_fn)(void *arg, int64_t lo, int64_t hi);
 ** 'op' NULL: always runs to the end (writes into existing tensors must not stop halfway). */
 mg_status mg_parallel_for(mg_ctx *C, const char *op, int64_t n, int64_t grain, mg_range_fn fn,
                           void *arg);
+/* Run fn(arg, k, k + 1) for every block k in [0, n): each of the context's threads takes the
+** next block not yet taken until none is left, so a thread slowed down (another process on
+** its core) takes fewer. For blocks of uneven sizes, each computed on its own (the same bits
+** whoever runs it); never interrupted. */
+void mg_parallel_blocks(mg_ctx *C, int64_t n, mg_range_fn fn, void *arg);
 /* Join the context's workers (mg_ctx_close, or a new thread count). */
 void mg_parallel_close(mg_ctx *C);
 
@@ -285,6 +290,30 @@ mg_status mg_linear_jvp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *const 
 void mg_gemm(mg_dtype dt, bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha,
              const void *a, int64_t lda, const void *b, int64_t ldb, double beta, void *y,
              int64_t ldy);
+/* The same, shared over C's threads in blocks of whole output rows or columns set by the
+** shape alone (never along K), so the bits do not depend on the thread count. Called from
+** inside a shared loop, it runs on the calling thread. */
+void mg_gemm_par(mg_ctx *C, mg_dtype dt, bool ta, bool tb, int64_t M, int64_t N, int64_t K,
+                 double alpha, const void *a, int64_t lda, const void *b, int64_t ldb,
+                 double beta, void *y, int64_t ldy);
+/* A product cut as mg_gemm_par cuts it, for a caller sharing the blocks of several products
+** (and other work) in one parallel loop: mg_gemm_plan_make fills 'g' and returns its number
+** of blocks (0 for an empty product); mg_gemm_block computes block k, on any thread. */
+typedef struct mg_gemm_plan {
+  mg_dtype dt;
+  bool ta, tb, rows;              /* 'rows': blocks of output rows, else of columns */
+  int64_t M, N, K, blk, nb, lda, ldb, ldy;  /* blk: rows (columns) per block; nb blocks */
+  double alpha, beta;
+  const void *a, *b;
+  void *y;
+} mg_gemm_plan;
+int64_t mg_gemm_plan_make(mg_gemm_plan *g, mg_dtype dt, bool ta, bool tb, int64_t M, int64_t N,
+                          int64_t K, double alpha, const void *a, int64_t lda, const void *b,
+                          int64_t ldb, double beta, void *y, int64_t ldy);
+void mg_gemm_block(const mg_gemm_plan *g, int64_t k);
+/* The default thread count of a new context: OpenBLAS's count before the first call, which
+** sets OpenBLAS to one thread for the process (linalg.c). */
+int mg_default_threads(void);
 
 /* ----------------------------------------------------------------------------------------
 ** Expressions for composite rules (rules.c): each mg_ex_* returns a borrowed tensor

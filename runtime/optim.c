@@ -94,3 +94,54 @@ mg_status mg_sumsq_(mg_ctx *C, mg_tensor *t, double *out) {
   *out = t->dtype == MG_F64 ? sumsq_f64(n, mg_tensor_data(t)) : sumsq_f32(n, mg_tensor_data(t));
   return MG_OK;
 }
+
+/* Adam's step (optim.lua's Adam:update, both variants), over the elements [lo, hi), in the
+** order and precision of its element-wise ops, each number operand rounded to the dtype. */
+typedef struct adam_job {
+  mg_tensor *p, *m, *v;
+  const mg_tensor *g;
+  double a1, a2, s1, s2, eps;
+  bool keras;
+} adam_job;
+
+#define ADAM_LOOP(T, SQRT) do {                                                       \
+    T *pp = (T *)mg_tensor_data(j->p), *mp = (T *)mg_tensor_data(j->m);                \
+    T *vp = (T *)mg_tensor_data(j->v);                                                 \
+    const T *gp = (const T *)mg_tensor_data(j->g);                                     \
+    T a1 = (T)j->a1, a2 = (T)j->a2, s1 = (T)j->s1, s2 = (T)j->s2, eps = (T)j->eps;     \
+    for (int64_t k = lo; k < hi; k++) {                                                \
+      T gk = gp[k];                                                                    \
+      T mk = mp[k] + (gk - mp[k]) * a1;                                                \
+      T vk = vp[k] + (gk * gk - vp[k]) * a2;                                           \
+      mp[k] = mk;                                                                      \
+      vp[k] = vk;                                                                      \
+      T den = j->keras ? SQRT(vk) + eps : SQRT(vk * s2) + eps;                         \
+      pp[k] = pp[k] - (mk * s1) / den;                                                 \
+    }                                                                                  \
+  } while (0)
+
+static void adam_range(void *arg, int64_t lo, int64_t hi) {
+  const adam_job *j = arg;
+  if (j->p->dtype == MG_F64) ADAM_LOOP(double, sqrt);
+  else ADAM_LOOP(float, sqrtf);
+}
+
+mg_status mg_adam_update_(mg_ctx *C, mg_tensor *p, mg_tensor *m, mg_tensor *v, mg_tensor *g,
+                          double a1, double a2, double s1, double s2, double eps, bool keras) {
+  if (!mg_tensor_is_contiguous(p) || !fits(p, m) || !fits(p, v) || !fits(p, g) ||
+      (p->dtype != MG_F32 && p->dtype != MG_F64)) {
+    char s[4][96];
+    return mg_fail(C, MG_EARG, "adam_update: expected contiguous tensors of one dtype and shape, "
+                   "got %s, %s, %s and %s", mg_shapestr(s[0], sizeof s[0], p->ndim, p->shape),
+                   mg_shapestr(s[1], sizeof s[1], m->ndim, m->shape),
+                   mg_shapestr(s[2], sizeof s[2], v->ndim, v->shape),
+                   mg_shapestr(s[3], sizeof s[3], g->ndim, g->shape));
+  }
+  adam_job j = { .p = p, .m = m, .v = v, .g = g, .a1 = a1, .a2 = a2, .s1 = s1, .s2 = s2,
+                 .eps = eps, .keras = keras };
+  mg_parallel_for(C, NULL, mg_tensor_numel(p), MG_PAR_GRAIN, adam_range, &j);
+  mg_bump_version(p);
+  mg_bump_version(m);
+  mg_bump_version(v);
+  return MG_OK;
+}

@@ -144,6 +144,22 @@ mg_status mg_parallel_for(mg_ctx *C, const char *op, int64_t n, int64_t grain, m
   return MG_OK;
 }
 
+typedef struct blocks { mg_range_fn fn; void *arg; int64_t n, next; } blocks;
+
+static void take_blocks(void *arg, int64_t lo, int64_t hi) {
+  (void)lo;
+  (void)hi;
+  blocks *b = arg;
+  for (int64_t k; (k = __atomic_fetch_add(&b->next, 1, __ATOMIC_RELAXED)) < b->n;)
+    b->fn(b->arg, k, k + 1);
+}
+
+void mg_parallel_blocks(mg_ctx *C, int64_t n, mg_range_fn fn, void *arg) {
+  blocks b = { .fn = fn, .arg = arg, .n = n, .next = 0 };
+  if (n <= 0) return;
+  mg_parallel_for(C, NULL, n < C->nthreads ? n : C->nthreads, 1, take_blocks, &b);
+}
+
 void mg_ctx_set_num_threads(mg_ctx *C, int n) {
   if (n < 1) n = 1;
   if (n > MG_MAXTHREADS) n = MG_MAXTHREADS;

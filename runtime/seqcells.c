@@ -32,15 +32,32 @@ static void *at(mg_dtype dt, const void *p, int64_t k) {
   return (char *)p + k * (int64_t)mg_dtype_size(dt);
 }
 
-/* dst (T, B, n) from src (B, T, n), or back when 'back'. */
-static void transpose_bt(mg_dtype dt, int64_t B, int64_t T, int64_t n, const void *src,
-                         void *dst, bool back) {
-  size_t row = (size_t)n * mg_dtype_size(dt);
-  for (int64_t b = 0; b < B; b++)
-    for (int64_t t = 0; t < T; t++) {
-      int64_t bt = (b * T + t) * n, tb = (t * B + b) * n;
-      memcpy(at(dt, dst, back ? bt : tb), at(dt, src, back ? tb : bt), row);
+typedef struct bt_job {
+  mg_dtype dt;
+  int64_t B, T, n;
+  const void *src;
+  void *dst;
+  bool back;
+} bt_job;
+
+/* Batch rows [lo, hi) of a transpose_bt. */
+static void bt_rows(void *arg, int64_t lo, int64_t hi) {
+  const bt_job *j = arg;
+  size_t row = (size_t)j->n * mg_dtype_size(j->dt);
+  for (int64_t b = lo; b < hi; b++)
+    for (int64_t t = 0; t < j->T; t++) {
+      int64_t bt = (b * j->T + t) * j->n, tb = (t * j->B + b) * j->n;
+      memcpy(at(j->dt, j->dst, j->back ? bt : tb), at(j->dt, j->src, j->back ? tb : bt), row);
     }
+}
+
+/* dst (T, B, n) from src (B, T, n), or back when 'back'; shared over C's threads by batch
+** rows (about 64K elements or more each). */
+static void transpose_bt(mg_ctx *C, mg_dtype dt, int64_t B, int64_t T, int64_t n,
+                         const void *src, void *dst, bool back) {
+  bt_job j = { .dt = dt, .B = B, .T = T, .n = n, .src = src, .dst = dst, .back = back };
+  int64_t per = T * n > 0 ? T * n : 1;
+  mg_parallel_for(C, NULL, B, (((int64_t)1 << 16) + per - 1) / per, bt_rows, &j);
 }
 
 /* The checks of a sequence op: x (B, T, d) with T >= 1, then the cell's on step 0's shapes. */
@@ -97,18 +114,18 @@ static mg_status run_alloc(mg_ctx *C, const seqkind *k, mg_tensor *const *kin, s
     st = mg_tensor_empty(C, dt, 2, kin[QH]->shape, &r->out[1 + q]);
   if (st != MG_OK) { run_release(r); return st; }
   size_t bu = (size_t)(B * u) * mg_dtype_size(dt);
-  transpose_bt(dt, B, T, d, mg_tensor_data(x), mg_tensor_data(r->sv[SV_X]), false);
+  transpose_bt(C, dt, B, T, d, mg_tensor_data(x), mg_tensor_data(r->sv[SV_X]), false);
   memcpy(mg_tensor_data(r->sv[SV_H]), mg_tensor_data(kin[QH]), bu);
   if (k->ns == 2) memcpy(mg_tensor_data(r->sv[SV_C]), mg_tensor_data(kin[2]), bu);
   return MG_OK;
 }
 
 /* The outputs from the states: H (B, T, u) from h_1..h_T, the last states. */
-static void run_outputs(const seqkind *k, seqrun *r, int64_t B, int64_t T, int64_t u) {
+static void run_outputs(mg_ctx *C, const seqkind *k, seqrun *r, int64_t B, int64_t T, int64_t u) {
   mg_dtype dt = r->out[0]->dtype;
   size_t bu = (size_t)(B * u) * mg_dtype_size(dt);
   char *Hs = mg_tensor_data(r->sv[SV_H]);
-  transpose_bt(dt, B, T, u, at(dt, Hs, B * u), mg_tensor_data(r->out[0]), true);
+  transpose_bt(C, dt, B, T, u, at(dt, Hs, B * u), mg_tensor_data(r->out[0]), true);
   memcpy(mg_tensor_data(r->out[1]), at(dt, Hs, T * B * u), bu);
   if (k->ns == 2) memcpy(mg_tensor_data(r->out[2]), at(dt, mg_tensor_data(r->sv[SV_C]), T * B * u), bu);
 }
@@ -144,7 +161,11 @@ static void packs_free(mg_packed *P) {
 ** recurrent product and the gates; reverse: the gates' cotangents and the product with U')
 ** splits over batch rows with no synchronisation per step: each thread runs the whole time
 ** loop for its block of rows (a multiple of the packed kernel's 8-row block but for the last
-** one), every row computed as on one thread. The big GEMMs over all T B rows stay BLAS. */
+** one), every row computed as on one thread: the packed kernel computes a row the same in
+** any block of rows, but BLAS's result can depend on the rows of the call (OpenBLAS picks
+** another kernel for a small product), so without the packed kernel the recurrent products
+** go to BLAS ROWBLK rows at a time, the same calls whatever the thread count. The GEMMs over
+** all T B rows are shared out by mg_gemm_par. */
 enum { ROWBLK = 8 };
 
 typedef struct seqpass {
@@ -160,6 +181,7 @@ typedef struct seqpass {
   char *s[2], *c[2], *drh;        /* reverse: running state cotangents (B, u), scratch */
   const volatile sig_atomic_t *intr;
   int nt;
+  int64_t step;                   /* rows per recurrent product: B packed, else ROWBLK */
 } seqpass;
 
 static bool pass_stopped(const seqpass *p) {
@@ -185,28 +207,61 @@ static void add_step(mg_dtype dt, int64_t lo, int64_t hi, int64_t T, int64_t u, 
     }
 }
 
+/* Step t of the forward pass over rows [lo, hi). */
+static void forward_step(const seqpass *p, int64_t t, int64_t lo, int64_t hi) {
+  mg_dtype dt = p->dt;
+  int64_t u = p->u, B = p->B, bu = B * u;
+  char *Gt = at(dt, p->G, t * B * 4 * u), *h = at(dt, p->Hs, t * bu);
+  char *hn = at(dt, p->Hs, (t + 1) * bu);
+  if (p->k->ns == 2) {
+    void *c = at(dt, p->Cs, t * bu), *cn = at(dt, p->Cs, (t + 1) * bu);
+    mg_rec_gemm(dt, p->P, false, hi - lo, 4 * u, u, at(dt, h, lo * u), u, p->U, 4 * u, 1,
+                at(dt, Gt, lo * 4 * u), 4 * u);
+    if (dt == MG_F64) mg_lstm_gates_f64(lo, hi, u, (double *)Gt, p->b, c, cn, (double *)hn);
+    else mg_lstm_gates_f32(lo, hi, u, (float *)Gt, p->b, c, cn, (float *)hn);
+  } else {
+    mg_gru_step_forward(dt, hi - lo, u, p->ra, p->U, p->P, p->b, at(dt, h, lo * u),
+                        at(dt, p->M, (t * B + lo) * 3 * u), at(dt, Gt, lo * 4 * u),
+                        at(dt, hn, lo * u));
+  }
+}
+
 static void forward_rows(void *arg, int64_t k0, int64_t k1) {
   const seqpass *p = arg;
-  mg_dtype dt = p->dt;
-  int64_t u = p->u, B = p->B, bu = B * u, lo, hi;
+  int64_t lo, hi;
   for (int64_t k = k0; k < k1; k++) {
     pass_rows(p, k, &lo, &hi);
-    for (int64_t t = 0; t < p->T && hi > lo && !pass_stopped(p); t++) {
-      char *Gt = at(dt, p->G, t * B * 4 * u), *h = at(dt, p->Hs, t * bu);
-      char *hn = at(dt, p->Hs, (t + 1) * bu);
-      if (p->k->ns == 2) {
-        void *c = at(dt, p->Cs, t * bu), *cn = at(dt, p->Cs, (t + 1) * bu);
-        mg_rec_gemm(dt, p->P, false, hi - lo, 4 * u, u, at(dt, h, lo * u), u, p->U, 4 * u, 1,
-                    at(dt, Gt, lo * 4 * u), 4 * u);
-        if (dt == MG_F64) mg_lstm_gates_f64(lo, hi, u, (double *)Gt, p->b, c, cn, (double *)hn);
-        else mg_lstm_gates_f32(lo, hi, u, (float *)Gt, p->b, c, cn, (float *)hn);
-      } else {
-        mg_gru_step_forward(dt, hi - lo, u, p->ra, p->U, p->P, p->b, at(dt, h, lo * u),
-                            at(dt, p->M, (t * B + lo) * 3 * u), at(dt, Gt, lo * 4 * u),
-                            at(dt, hn, lo * u));
-      }
-    }
+    for (int64_t t = 0; t < p->T && hi > lo && !pass_stopped(p); t++)
+      for (int64_t r = lo; r < hi; r += p->step)
+        forward_step(p, t, r, hi - r < p->step ? hi : r + p->step);
   }
+}
+
+/* Step t of the reverse over rows [lo, hi), the running cotangents in s[cur] / c[cur]. */
+static void reverse_step(const seqpass *p, int64_t t, int cur, int64_t lo, int64_t hi) {
+  mg_dtype dt = p->dt;
+  int64_t u = p->u, B = p->B, T = p->T, bu = B * u;
+  char *dh = p->s[p->k->ns == 2 ? 0 : cur];
+  if (p->gH) add_step(dt, lo, hi, T, u, t, p->gH, dh);
+  if (p->k->ns == 1) {
+    mg_gru_step_reverse(dt, hi - lo, u, p->ra, p->U, p->P, at(dt, p->G, (t * B + lo) * 4 * u),
+                        at(dt, p->Hs, t * bu + lo * u), at(dt, dh, lo * u),
+                        at(dt, p->dmx, (t * B + lo) * 3 * u),
+                        at(dt, p->dmh, (t * B + lo) * 3 * u),
+                        at(dt, p->drh, lo * u), at(dt, p->s[!cur], lo * u));
+    return;
+  }
+  void *Gt = at(dt, p->G, t * B * 4 * u), *dzt = at(dt, p->dZ, (t - p->t0) * B * 4 * u);
+  void *c = at(dt, p->Cs, t * bu), *cn = at(dt, p->Cs, (t + 1) * bu);
+  if (dt == MG_F64)
+    mg_lstm_dz_f64(lo, hi, u, Gt, c, cn, (double *)dh, (double *)p->c[cur], dzt,
+                   (double *)p->c[!cur]);
+  else
+    mg_lstm_dz_f32(lo, hi, u, Gt, c, cn, (float *)dh, (float *)p->c[cur], dzt,
+                   (float *)p->c[!cur]);
+  if (t > 0 || p->need_h0)
+    mg_rec_gemm(dt, p->P, true, hi - lo, u, 4 * u, at(dt, dzt, lo * 4 * u), 4 * u, p->U,
+                4 * u, 0, at(dt, dh, lo * u), u);
 }
 
 /* The reverse over the steps [t0, t1), backwards. LSTM: into dZ (its first row block is step
@@ -215,36 +270,13 @@ static void forward_rows(void *arg, int64_t k0, int64_t k1) {
 ** s[0] and s[1] (s[T % 2] at the end). */
 static void reverse_rows(void *arg, int64_t k0, int64_t k1) {
   const seqpass *p = arg;
-  mg_dtype dt = p->dt;
-  int64_t u = p->u, B = p->B, T = p->T, bu = B * u, lo, hi;
+  int64_t lo, hi;
   for (int64_t k = k0; k < k1; k++) {
     pass_rows(p, k, &lo, &hi);
     int cur = 0;
-    for (int64_t t = p->t1 - 1; t >= p->t0 && hi > lo && !pass_stopped(p); t--) {
-      char *dh = p->s[p->k->ns == 2 ? 0 : cur];
-      if (p->gH) add_step(dt, lo, hi, T, u, t, p->gH, dh);
-      if (p->k->ns == 1) {
-        mg_gru_step_reverse(dt, hi - lo, u, p->ra, p->U, p->P, at(dt, p->G, (t * B + lo) * 4 * u),
-                            at(dt, p->Hs, t * bu + lo * u), at(dt, dh, lo * u),
-                            at(dt, p->dmx, (t * B + lo) * 3 * u),
-                            at(dt, p->dmh, (t * B + lo) * 3 * u),
-                            at(dt, p->drh, lo * u), at(dt, p->s[!cur], lo * u));
-        cur = !cur;
-        continue;
-      }
-      void *Gt = at(dt, p->G, t * B * 4 * u), *dzt = at(dt, p->dZ, (t - p->t0) * B * 4 * u);
-      void *c = at(dt, p->Cs, t * bu), *cn = at(dt, p->Cs, (t + 1) * bu);
-      if (dt == MG_F64)
-        mg_lstm_dz_f64(lo, hi, u, Gt, c, cn, (double *)dh, (double *)p->c[cur], dzt,
-                       (double *)p->c[!cur]);
-      else
-        mg_lstm_dz_f32(lo, hi, u, Gt, c, cn, (float *)dh, (float *)p->c[cur], dzt,
-                       (float *)p->c[!cur]);
-      cur = !cur;
-      if (t > 0 || p->need_h0)
-        mg_rec_gemm(dt, p->P, true, hi - lo, u, 4 * u, at(dt, dzt, lo * 4 * u), 4 * u, p->U,
-                    4 * u, 0, at(dt, dh, lo * u), u);
-    }
+    for (int64_t t = p->t1 - 1; t >= p->t0 && hi > lo && !pass_stopped(p); t--, cur = !cur)
+      for (int64_t r = lo; r < hi; r += p->step)
+        reverse_step(p, t, cur, r, hi - r < p->step ? hi : r + p->step);
   }
 }
 
@@ -253,6 +285,7 @@ static void reverse_rows(void *arg, int64_t k0, int64_t k1) {
 static mg_status run_pass(mg_ctx *C, const char *op, seqpass *p, mg_range_fn fn) {
   int64_t nb = (p->B + ROWBLK - 1) / ROWBLK;
   p->intr = C->interrupt;
+  p->step = p->P && mg_packed_available() ? p->B : ROWBLK;
   p->nt = nb < C->nthreads ? (int)nb : C->nthreads;
   if (p->nt < 1) p->nt = 1;
   mg_status st = mg_parallel_for(C, NULL, p->nt, 1, fn, p);
@@ -277,7 +310,7 @@ static mg_status seq_forward(mg_ctx *C, const seqkind *k, mg_tensor *const *in, 
   int64_t ms[2] = { T * B, 3 * u };
   if (k->ns == 1) st = mg_tensor_empty(C, dt, 2, ms, &M);
   if (st == MG_OK)                                /* the input projection of all steps */
-    mg_gemm(dt, false, false, T * B, gw, d, 1, mg_tensor_data(r.sv[SV_X]), d,
+    mg_gemm_par(C, dt, false, false, T * B, gw, d, 1, mg_tensor_data(r.sv[SV_X]), d,
             mg_tensor_data(W), gw, 0, k->ns == 2 ? G : mg_tensor_data(M), gw);
   mg_packed pk[2];
   const mg_packed *P = packs(C, k, dt, mg_tensor_data(U), u, ra, false, pk);
@@ -291,7 +324,7 @@ static mg_status seq_forward(mg_ctx *C, const seqkind *k, mg_tensor *const *in, 
   packs_free(pk);
   mg_tensor_release(M);
   if (st == MG_OK) {
-    run_outputs(k, &r, B, T, u);
+    run_outputs(C, k, &r, B, T, u);
     if (mg_recording(C)) {
       mg_attr a = { .ni = 1, .i = { ra } };
       st = mg_record(C, k->op, k->nin, in, 1 + k->ns, r.out, k->ns == 2 ? 4 : 3, r.sv, &a);
@@ -341,7 +374,7 @@ static mg_status state_seed(mg_ctx *C, mg_tensor *g, const mg_tensor *like, mg_t
 static mg_status batch_major(mg_ctx *C, mg_tensor *dXt, int64_t B, int64_t T, mg_tensor **out) {
   int64_t d = dXt->shape[1], sh[3] = { B, T, d };
   mg_status st = mg_tensor_empty(C, dXt->dtype, 3, sh, out);
-  if (st == MG_OK) transpose_bt(dXt->dtype, B, T, d, mg_tensor_data(dXt), mg_tensor_data(*out), true);
+  if (st == MG_OK) transpose_bt(C, dXt->dtype, B, T, d, mg_tensor_data(dXt), mg_tensor_data(*out), true);
   return st;
 }
 
@@ -390,18 +423,21 @@ static mg_status lstm_seq_vjp_fused(mg_ctx *C, const mg_node *n, mg_tensor *cons
     p.c[1] = mg_tensor_data(dc2);
     if ((st = run_pass(C, mg_ops[LSTM_SEQ.op].name, &p, reverse_rows)) != MG_OK) break;
     if ((t1 - t0) % 2) { mg_tensor *sw = dc; dc = dc2; dc2 = sw; }
-    void *dz = mg_tensor_data(dZ);
+    void *dz = mg_tensor_data(dZ);             /* the chunk's products and bias sums at once */
+    mg_gemm_plan pl[3];
+    mg_colsum_spec cs = { dt, R, 4 * u, 4 * u, dz, gin[5] ? mg_tensor_data(beta ? bs : gin[5]) : NULL };
+    int np = 0;
+    if (gin[4])                                   /* the largest first: the blocks balance */
+      mg_gemm_plan_make(&pl[np++], dt, true, false, u, 4 * u, R, 1, at(dt, mg_tensor_data(Hs), r0 * u),
+                        u, dz, 4 * u, beta, mg_tensor_data(gin[4]), 4 * u);
     if (tmp)
-      mg_gemm(dt, false, true, R, d, 4 * u, 1, dz, 4 * u, mg_tensor_data(k[0]), 4 * u, 0,
-              at(dt, mg_tensor_data(tmp), r0 * d), d);
+      mg_gemm_plan_make(&pl[np++], dt, false, true, R, d, 4 * u, 1, dz, 4 * u, mg_tensor_data(k[0]),
+                        4 * u, 0, at(dt, mg_tensor_data(tmp), r0 * d), d);
     if (gin[3])
-      mg_gemm(dt, true, false, d, 4 * u, R, 1, at(dt, mg_tensor_data(X), r0 * d), d, dz, 4 * u,
-              beta, mg_tensor_data(gin[3]), 4 * u);
-    if (gin[4])
-      mg_gemm(dt, true, false, u, 4 * u, R, 1, at(dt, mg_tensor_data(Hs), r0 * u), u, dz, 4 * u,
-              beta, mg_tensor_data(gin[4]), 4 * u);
+      mg_gemm_plan_make(&pl[np++], dt, true, false, d, 4 * u, R, 1, at(dt, mg_tensor_data(X), r0 * d),
+                        d, dz, 4 * u, beta, mg_tensor_data(gin[3]), 4 * u);
+    mg_grads_par(C, np, pl, gin[5] ? 1 : 0, &cs);
     if (gin[5]) {
-      mg_colsum(dt, R, 4 * u, dz, 4 * u, beta ? mg_tensor_data(bs) : mg_tensor_data(gin[5]));
       void *db = mg_tensor_data(gin[5]), *part = mg_tensor_data(bs);
       for (int64_t j = 0; beta && j < 4 * u; j++)
         if (dt == MG_F64) ((double *)db)[j] += ((double *)part)[j];
@@ -450,7 +486,7 @@ static mg_status gru_seq_vjp_fused(mg_ctx *C, const mg_node *n, mg_tensor *const
   }
   if (P) packs_free(pk);
   if (st == MG_OK) {
-    mg_gru_weight_grads(dt, T * B, d, u, ra, mg_tensor_data(X), mg_tensor_data(Hs),
+    mg_gru_weight_grads(C, dt, T * B, d, u, ra, mg_tensor_data(X), mg_tensor_data(Hs),
                         mg_tensor_data(S), mg_tensor_data(k[0]), mg_tensor_data(dmx),
                         mg_tensor_data(dmh), g);
     if (need[QX]) st = batch_major(C, g[0], B, T, &gin[QX]);

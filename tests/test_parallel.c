@@ -1,7 +1,8 @@
 /*
 ** test_parallel.c - each context's worker threads (runtime/parallel.c): mg_parallel_for covers
 ** its range exactly once (also nested, also with more threads than work); elementwise kernels
-** and reductions give the same bits on 1, 2 and 3 threads; two contexts in two threads, two
+** and reductions, and GEMMs cut into blocks of rows or columns, give the same bits on 1, 2 and
+** 3 threads; two contexts in two threads, two
 ** workers each, run at once (the ThreadSanitizer build of tools/test-sanitize runs this too);
 ** a set interrupt flag still stops a shared loop. Exit status 0 when every check passes.
 */
@@ -73,7 +74,7 @@ static bool same_bits(const mg_tensor *a, const mg_tensor *b) {
          mg_tensor_is_contiguous(b) && memcmp(mg_tensor_data(a), mg_tensor_data(b), n) == 0;
 }
 
-#define NRES 9
+#define NRES 11
 
 /* Every kernel family above the threshold, into 'res' (new references). */
 static void compute(mg_ctx *C, mg_tensor *x, mg_tensor *col, mg_tensor *row, mg_tensor **res) {
@@ -90,6 +91,13 @@ static void compute(mg_ctx *C, mg_tensor *x, mg_tensor *col, mg_tensor *row, mg_
   CHECK(mg_tensor_empty(C, mg_tensor_dtype(x), 2, mg_tensor_shape(x), &res[8]) == MG_OK);
   mg_tensor_fill_(res[8], 0.5);
   CHECK(mg_tensor_add_(C, res[8], row) == MG_OK);                        /* in place */
+  mg_tensor *x40 = NULL, *x40t = NULL;                 /* GEMMs cut into blocks (mg_gemm_par) */
+  CHECK(mg_tensor_narrow(C, x, 1, 0, 40, &x40) == MG_OK);
+  CHECK(mg_tensor_transpose(C, x40, 0, 1, &x40t) == MG_OK);
+  CHECK(mg_tensor_matmul(C, xt, x40, &res[9]) == MG_OK);                /* blocks of rows */
+  CHECK(mg_tensor_matmul(C, x40t, x, &res[10]) == MG_OK);               /* of columns */
+  mg_tensor_release(x40);
+  mg_tensor_release(x40t);
   mg_tensor_release(xt);
 }
 

@@ -459,6 +459,14 @@ end
 function Adam:update(i, p, g, lr, t)
   local b1, b2, S = self.beta1, self.beta2, self.slots
   local c1, c2 = 1 - b1 ^ t, 1 - b2 ^ t
+  local m0, v0, keras = S.momentum[i], S.velocity[i], self.variant == "keras"
+  if not self.amsgrad and g.dtype == p.dtype and m0.dtype == p.dtype and v0.dtype == p.dtype
+     and p:is_contiguous() and g:is_contiguous() and m0:is_contiguous() and v0:is_contiguous() then
+    -- the ops below in one pass, in place (shared over the threads)
+    mg._adam_update(p, m0, v0, g, 1 - b1, 1 - b2, keras and lr * math.sqrt(c2) / c1 or lr / c1,
+                    1 / c2, self.eps, keras)
+    return
+  end
   local m = S.momentum[i] + (g - S.momentum[i]) * (1 - b1)
   local v = S.velocity[i] + (g * g - S.velocity[i]) * (1 - b2)
   S.momentum[i], S.velocity[i] = m, v
