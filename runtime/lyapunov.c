@@ -23,7 +23,7 @@
 ** bindings/moongrad/spectra.lua; spec/spectra_spec.lua checks the two agree.
 */
 #include "mg_impl.h"
-#include "fastmath.h"
+#include "cells.h"
 
 #include <cblas.h>
 #include <lapacke.h>
@@ -42,42 +42,25 @@
 
 /* Scratch of one run, allocated once. */
 typedef struct {
-  float *h, *mx, *mh, *cz, *cr, *ch, *zz, *T, *A, *J, *tau, *beta, *X, *sum, *row;
-  float *TL, *AL, *cl, *Jb;   /* the lanes way: tangents, coefficients (4 x N x LANES), J block */
+  float *h, *hn, *mx, *S, *dmx, *co, *zz, *ones, *T, *A, *J, *tau, *beta, *X, *sum, *row;
+  float *cl, *Jb;             /* the lanes way: coefficients (4 x N x LANES), J block */
+  float *Vb, *Wb, *Tb;        /* the lanes' blocked QR: a panel's reflectors, V^T C, the T factors */
   double *acc;
+  mg_packed P;                /* U packed once for the recurrent products */
+  bool packed;
 } scratch;
 
-/* The gates of one trajectory from a = x_t W (3N) and m = h U (3N): h <- h', and the
-** coefficients of its Jacobian. float32 with fastmath.h's vectorized sigmoid and tanh (about
-** 2 ulp; mg.gru_cell computes them in float64 and rounds). */
-MG_CLONES static void gru_gates_f32(int64_t N, const float *a, const float *m, const float *bi,
-                                    const float *br, float *h, float *cz, float *cr, float *ch,
-                                    float *zz) {
-  for (int64_t j = 0; j < N; j++) {
-    float z = mg_sigmoidf(a[j] + bi[j] + m[j] + br[j]);
-    float r = mg_sigmoidf(a[N + j] + bi[N + j] + m[N + j] + br[N + j]);
-    float mh = m[2 * N + j] + br[2 * N + j];
-    float hh = mg_tanhf(a[2 * N + j] + bi[2 * N + j] + r * mh);
-    float g = (1 - z) * (1 - hh * hh);
-    cz[j] = z * (1 - z) * (h[j] - hh);
-    cr[j] = g * mh * r * (1 - r);
-    ch[j] = g * r;
-    zz[j] = z;
-    h[j] = z * h[j] + (1 - z) * hh;
-  }
-}
-
-/* One GRU step for every trajectory: h <- h', and the coefficients of its Jacobian. */
+/* One GRU step for every trajectory through the fused cell's own kernels (cells.c): h <- h',
+** and the coefficients of its Jacobian, which are the reverse pass's with a cotangent of
+** ones: co = [cz cr ch] (B, 3N) as mg_gru_d1's dmh, zz = z its dh. */
 static void gru_step_f32(int64_t B, int64_t F, int64_t N, const float *xt, int64_t ldx,
                          const float *W, const float *U, const float *bias, scratch *s) {
   int64_t G = 3 * N;
   mg_gemm(MG_F32, false, false, B, G, F, 1, xt, ldx, W, G, 0, s->mx, G);
-  mg_gemm(MG_F32, false, false, B, G, N, 1, s->h, N, U, G, 0, s->mh, G);
-  for (int64_t b = 0; b < B; b++) {
-    int64_t o = b * N;
-    gru_gates_f32(N, s->mx + b * G, s->mh + b * G, bias, bias + G, s->h + o, s->cz + o, s->cr + o,
-                  s->ch + o, s->zz + o);
-  }
+  mg_gru_step_forward(MG_F32, B, N, true, U, s->packed ? &s->P : NULL, bias, s->h, s->mx, s->S,
+                      s->hn);
+  mg_gru_d1(MG_F32, 0, B, N, true, s->S, s->h, s->ones, s->dmx, s->co, s->zz);
+  float *t = s->h; s->h = s->hn; s->hn = t;
 }
 
 /* J (N, N) of one trajectory from the coefficients at 'o' (explicit way). */
@@ -104,6 +87,7 @@ MG_CLONES static void form_jacobian_f32(int64_t N, const float *U, const float *
 ** and signs, as mg.linalg.qr), written out. X becomes Q; log|R_jj| of lane l is added to
 ** logs[l * k + j]. Lanes past the batch hold the identity (their logs are 0). */
 #define LANES 16
+#define MG_INLINE static inline __attribute__((always_inline))
 typedef float lanes_t __attribute__((vector_size(LANES * sizeof(float))));   /* GCC and Clang */
 /* The same at any float's address (an unaligned load or store), for lload and lstore. */
 typedef float lanes_at __attribute__((vector_size(LANES * sizeof(float)), aligned(4), may_alias));
@@ -155,10 +139,10 @@ static inline void reflect_rows(int64_t j, int64_t N, int64_t k, const float *v,
   for (; c < k; c++) reflect_lanes(j, N, v, tau, X + c * row);
 }
 
-MG_CLONES static void householder_lanes_f32(int64_t N, int64_t k, float *X, float *tau,
-                                            float *beta) {
+/* Steps j0 .. j1 - 1 of geqr2 (slarfg's reflectors) on the columns j0 .. j1 - 1 of X only. */
+MG_INLINE void geqr2_lanes(int64_t N, int64_t j0, int64_t j1, float *X, float *tau, float *beta) {
   const int64_t row = N * LANES;
-  for (int64_t j = 0; j < k; j++) {                    /* geqr2 */
+  for (int64_t j = j0; j < j1; j++) {
     float *v = X + j * row, *t = tau + j * LANES, *bt = beta + j * LANES, ss[LANES] = { 0 };
     for (int64_t i = j + 1; i < N; i++)
       for (int l = 0; l < LANES; l++) ss[l] += v[i * LANES + l] * v[i * LANES + l];
@@ -173,16 +157,163 @@ MG_CLONES static void householder_lanes_f32(int64_t N, int64_t k, float *X, floa
     }
     for (int64_t i = j + 1; i < N; i++)
       for (int l = 0; l < LANES; l++) v[i * LANES + l] *= sc[l];
-    reflect_rows(j, N, k, v, t, X, row);
+    reflect_rows(j, N, j1, v, t, X, row);
   }
-  for (int64_t j = k - 1; j >= 0; j--) {               /* org2r: Q = H_0 ... H_(k-1) E */
-    float *v = X + j * row, *t = tau + j * LANES;
-    reflect_rows(j, N, k, v, t, X, row);
+}
+
+/* Steps j1 - 1 .. j0 of org2r on the columns j0 .. j1 - 1 of X (those after j1 already Q's). */
+MG_INLINE void org2r_lanes(int64_t N, int64_t j0, int64_t j1, float *X, const float *tau) {
+  const int64_t row = N * LANES;
+  for (int64_t j = j1 - 1; j >= j0; j--) {
+    float *v = X + j * row;
+    const float *t = tau + j * LANES;
+    reflect_rows(j, N, j1, v, t, X, row);
     for (int64_t i = j + 1; i < N; i++)
       for (int l = 0; l < LANES; l++) v[i * LANES + l] *= -t[l];
     for (int l = 0; l < LANES; l++) v[j * LANES + l] = 1 - t[l];
     for (int64_t i = 0; i < j; i++)
       for (int l = 0; l < LANES; l++) v[i * LANES + l] = 0;
+  }
+}
+
+/* The blocked QR (LAPACK's geqrf + orgqr in compact WY form, Schreiber and Van Loan) works on
+** panels of NB columns: a panel is factored as above, its reflectors copied out as V (NB x N
+** lane vectors, unit lower trapezoidal from row j0, zero above) with their triangular T
+** (slarft: H_j0 ... H_(j0+NB-1) = I - V T V^T), and the columns after it updated at once by
+** C <- (I - V T^T V^T) C (Q^T C); Q is then built panel by panel from the last, each block
+** applied as C <- (I - V T V^T) C. Each update is two register-blocked products over the
+** rows (W = V^T C, C -= V W), reading C once per panel where the unblocked code reads it
+** once per column. */
+#define NB 8
+
+/* V (NB rows, row stride N LANES) of the panel at j0 from X's columns j0 .. j0 + NB - 1. */
+MG_INLINE void panel_v(int64_t N, int64_t j0, const float *X, float *V) {
+  const int64_t row = N * LANES;
+  for (int64_t p = 0; p < NB; p++) {
+    float *v = V + p * row;
+    const float *x = X + (j0 + p) * row;
+    for (int64_t i = j0; i < N; i++)
+      for (int l = 0; l < LANES; l++)
+        v[i * LANES + l] = i < j0 + p ? 0.0f : i == j0 + p ? 1.0f : x[i * LANES + l];
+  }
+}
+
+/* slarft (forward, columnwise): Tm (NB x NB lane vectors, upper) of the panel at j0. */
+MG_INLINE void panel_t(int64_t N, int64_t j0, const float *V, const float *tau, float *Tm) {
+  const int64_t row = N * LANES;
+  for (int64_t i = 0; i < NB; i++) {
+    lanes_t ti = lload(tau + (j0 + i) * LANES), w[NB];
+    for (int64_t p = 0; p < i; p++) {
+      lanes_t d = (lanes_t){ 0 };
+      for (int64_t r = j0 + i; r < N; r++) d += lload(V + p * row + r * LANES) * lload(V + i * row + r * LANES);
+      w[p] = d;
+    }
+    for (int64_t p = 0; p < i; p++) {
+      lanes_t a = (lanes_t){ 0 };
+      for (int64_t q = p; q < i; q++) a += lload(Tm + (p * NB + q) * LANES) * w[q];
+      lstore(Tm + (p * NB + i) * LANES, -ti * a);
+    }
+    lstore(Tm + (i * NB + i) * LANES, ti);
+    for (int64_t p = i + 1; p < NB; p++) lstore(Tm + (p * NB + i) * LANES, (lanes_t){ 0 });
+  }
+}
+
+/* W[p][c] = sum over rows i >= r0 of V[p][i] X[c][i], for the columns c in [c0, c1) (W: NB
+** x k lane vectors, W[(p k + c) LANES]). */
+static inline __attribute__((always_inline)) void vtc_cols(int cb, int64_t r0, int64_t N, int64_t k,
+                                                           int64_t c, const float *V, const float *X, float *W) {
+  const int64_t row = N * LANES;
+  lanes_t acc[NB][2];
+#pragma GCC unroll 8
+  for (int p = 0; p < NB; p++)
+    for (int q = 0; q < cb; q++) acc[p][q] = (lanes_t){ 0 };
+  for (int64_t i = r0; i < N; i++) {
+    lanes_t a[2];
+    for (int q = 0; q < cb; q++) a[q] = lload(X + (c + q) * row + i * LANES);
+#pragma GCC unroll 8
+    for (int p = 0; p < NB; p++) {
+      lanes_t v = lload(V + p * row + i * LANES);
+      for (int q = 0; q < cb; q++) acc[p][q] += v * a[q];
+    }
+  }
+#pragma GCC unroll 8
+  for (int p = 0; p < NB; p++)
+    for (int q = 0; q < cb; q++) lstore(W + (p * k + c + q) * LANES, acc[p][q]);
+}
+
+/* X[c][i] -= sum_p V[p][i] W[p][c] for a tile of cb columns from c and ib rows from i. */
+static inline __attribute__((always_inline)) void vw_tile(int cb, int ib, int64_t N, int64_t k, int64_t c,
+                                                          int64_t i, const float *V, const float *W, float *X) {
+  const int64_t row = N * LANES;
+  lanes_t acc[4][4];
+  for (int q = 0; q < cb; q++)
+    for (int r = 0; r < ib; r++) acc[q][r] = lload(X + (c + q) * row + (i + r) * LANES);
+#pragma GCC unroll 8
+  for (int p = 0; p < NB; p++) {
+    lanes_t w[4], v[4];
+    for (int q = 0; q < cb; q++) w[q] = lload(W + (p * k + c + q) * LANES);
+    for (int r = 0; r < ib; r++) v[r] = lload(V + p * row + (i + r) * LANES);
+    for (int q = 0; q < cb; q++)
+      for (int r = 0; r < ib; r++) acc[q][r] -= w[q] * v[r];
+  }
+  for (int q = 0; q < cb; q++)
+    for (int r = 0; r < ib; r++) lstore(X + (c + q) * row + (i + r) * LANES, acc[q][r]);
+}
+
+/* C <- (I - V op(T) V^T) C on the columns [c0, k) and rows [j0, N) of X: op(T) = T^T
+** (trans: Q^T C, geqrf) or T (orgqr). */
+MG_INLINE void apply_block(int64_t N, int64_t k, int64_t j0, int64_t c0, bool trans, const float *V,
+                        const float *Tm, float *W, float *X) {
+  int64_t c = c0;
+  for (; c + 2 <= k; c += 2) vtc_cols(2, j0, N, k, c, V, X, W);
+  for (; c < k; c++) vtc_cols(1, j0, N, k, c, V, X, W);
+  for (int64_t cc = c0; cc < k; cc++) {                 /* W <- op(T) W, in place */
+    lanes_t w[NB];
+    for (int p = 0; p < NB; p++) w[p] = lload(W + (p * k + cc) * LANES);
+    for (int p = 0; p < NB; p++) {
+      lanes_t a = (lanes_t){ 0 };
+      if (trans) for (int q = 0; q <= p; q++) a += lload(Tm + (q * NB + p) * LANES) * w[q];
+      else for (int q = p; q < NB; q++) a += lload(Tm + (p * NB + q) * LANES) * w[q];
+      lstore(W + (p * k + cc) * LANES, a);
+    }
+  }
+  for (c = c0; c + 4 <= k; c += 4) {
+    int64_t i = j0;
+    for (; i + 4 <= N; i += 4) vw_tile(4, 4, N, k, c, i, V, W, X);
+    for (; i < N; i++) vw_tile(4, 1, N, k, c, i, V, W, X);
+  }
+  for (; c < k; c++) {
+    int64_t i = j0;
+    for (; i + 4 <= N; i += 4) vw_tile(1, 4, N, k, c, i, V, W, X);
+    for (; i < N; i++) vw_tile(1, 1, N, k, c, i, V, W, X);
+  }
+}
+
+/* Householder's QR of the 16 interleaved N x k matrices in X, in place: X becomes Q, beta
+** holds R's diagonal (lane l of beta[j]). Unblocked up to 2 NB columns, else blocked. */
+MG_CLONES static void householder_lanes_f32(int64_t N, int64_t k, float *X, float *tau,
+                                            float *beta, float *V, float *W, float *Tall) {
+  if (k < 2 * NB) {
+    geqr2_lanes(N, 0, k, X, tau, beta);
+    org2r_lanes(N, 0, k, X, tau);
+    return;
+  }
+  const int64_t blocks = (k - 1) / NB;                   /* panels with columns after them */
+  for (int64_t b = 0; b < blocks; b++) {
+    int64_t j0 = b * NB;
+    float *Tm = Tall + b * NB * NB * LANES;
+    geqr2_lanes(N, j0, j0 + NB, X, tau, beta);
+    panel_v(N, j0, X, V);
+    panel_t(N, j0, V, tau, Tm);
+    apply_block(N, k, j0, j0 + NB, true, V, Tm, W, X);
+  }
+  geqr2_lanes(N, blocks * NB, k, X, tau, beta);
+  org2r_lanes(N, blocks * NB, k, X, tau);
+  for (int64_t b = blocks - 1; b >= 0; b--) {
+    int64_t j0 = b * NB;
+    panel_v(N, j0, X, V);
+    apply_block(N, k, j0, j0 + NB, false, V, Tall + b * NB * NB * LANES, W, X);
+    org2r_lanes(N, j0, j0 + NB, X, tau);
   }
 }
 
@@ -247,17 +378,19 @@ MG_CLONES static void tangents_lanes_f32(int64_t N, int64_t k, const float *U, c
   }
 }
 
-/* The coefficients of trajectories b0 .. b0 + nl - 1 in lanes (dst[j][l] = src[(b0 + l) N + j]),
+/* The coefficients of trajectories b0 .. b0 + nl - 1 in lanes (dst[j][l] = src[(b0 + l) ld + j]),
 ** 'pad' in the lanes past them. */
-static void to_lanes_f32(int64_t N, int64_t b0, int64_t nl, const float *src, float pad, float *dst) {
+static void to_lanes_f32(int64_t N, int64_t b0, int64_t nl, const float *src, int64_t ld, float pad,
+                         float *dst) {
   for (int64_t j = 0; j < N; j++)
-    for (int64_t l = 0; l < LANES; l++) dst[j * LANES + l] = l < nl ? src[(b0 + l) * N + j] : pad;
+    for (int64_t l = 0; l < LANES; l++) dst[j * LANES + l] = l < nl ? src[(b0 + l) * ld + j] : pad;
 }
 
 /* QR of the B (k, N) tangent matrices in A (rows: tangents), in place, 16 at a time through
 ** X; log|R_jj| of trajectory b added to sum[b * k + j] unless sum is NULL. */
-static void qr_batch_f32(int64_t B, int64_t N, int64_t k, float *A, float *X, float *tau,
-                         float *beta, float *sum) {
+static void qr_batch_f32(int64_t B, int64_t N, int64_t k, float *A, float *X, float *sum,
+                         scratch *s) {
+  float *tau = s->tau, *beta = s->beta;
   for (int64_t b0 = 0; b0 < B; b0 += LANES) {
     int64_t nl = B - b0 < LANES ? B - b0 : LANES;
     for (int64_t c = 0; c < k; c++)
@@ -266,7 +399,7 @@ static void qr_batch_f32(int64_t B, int64_t N, int64_t k, float *A, float *X, fl
         for (int64_t l = 0; l < nl; l++) x[l] = A[((b0 + l) * k + c) * N + i];
         for (int64_t l = nl; l < LANES; l++) x[l] = c == i ? 1.0f : 0.0f;
       }
-    householder_lanes_f32(N, k, X, tau, beta);
+    householder_lanes_f32(N, k, X, tau, beta, s->Vb, s->Wb, s->Tb);
     for (int64_t l = 0; l < nl; l++) {
       float *a = A + (b0 + l) * k * N;
       for (int64_t c = 0; c < k; c++)
@@ -345,27 +478,33 @@ static mg_status check_gru(mg_ctx *C, const char *fn, mg_tensor *const *in, int6
 }
 
 static mg_status alloc_scratch(mg_ctx *C, const char *fn, int64_t B, int64_t N, int64_t k,
-                               int mode, scratch *s) {
+                               int mode, const float *U, scratch *s) {
   memset(s, 0, sizeof *s);
   bool lanes = mode == 2;
   size_t BN = (size_t)(B * N), Bk = (size_t)(B * k), groups = (size_t)((B + LANES - 1) / LANES);
   size_t kNL = (size_t)(k * N * LANES), tan = lanes ? groups * kNL : Bk * (size_t)N;
-  float **f[] = { &s->h, &s->cz, &s->cr, &s->ch, &s->zz, &s->mx, &s->mh, &s->T, &s->A, &s->sum,
-                  &s->row, &s->tau, &s->beta, &s->X, &s->J, &s->cl, &s->Jb };
-  size_t n[] = { BN, BN, BN, BN, BN, 3 * BN, 3 * BN, tan, tan, Bk, (size_t)k, (size_t)k * LANES,
-                 (size_t)k * LANES, lanes ? 1 : kNL, lanes ? 1 : (size_t)(N * N),
-                 lanes ? 4 * (size_t)N * LANES : 1, lanes ? (size_t)N * JB * LANES : 1 };
+  size_t NL = (size_t)N * LANES, panels = (size_t)((k - 1) / NB + 1);
+  float **f[] = { &s->h, &s->hn, &s->zz, &s->ones, &s->mx, &s->dmx, &s->co, &s->S, &s->T, &s->A,
+                  &s->sum, &s->row, &s->tau, &s->beta, &s->X, &s->J, &s->cl, &s->Jb, &s->Vb,
+                  &s->Wb, &s->Tb };
+  size_t n[] = { BN, BN, BN, BN, 3 * BN, 3 * BN, 3 * BN, 4 * BN, tan, tan, Bk, (size_t)k,
+                 (size_t)k * LANES, (size_t)k * LANES, lanes ? 1 : kNL,
+                 lanes ? 1 : (size_t)(N * N), lanes ? 4 * NL : 1, lanes ? NL * JB : 1, NB * NL,
+                 NB * (size_t)k * LANES, panels * NB * NB * LANES };
   for (size_t i = 0; i < sizeof n / sizeof n[0]; i++)
     if (!(*f[i] = calloc(n[i], sizeof(float)))) return mg_fail(C, MG_ENOMEM, "%s: out of memory", fn);
   if (!(s->acc = calloc((size_t)k, sizeof(double)))) return mg_fail(C, MG_ENOMEM, "%s: out of memory", fn);
+  for (size_t i = 0; i < BN; i++) s->ones[i] = 1;
+  s->packed = mg_pack(&s->P, NULL, U, 3 * N, false, N, 3 * N);   /* else BLAS on U */
   return MG_OK;
 }
 
 static void free_scratch(scratch *s) {
-  float *f[] = { s->h, s->cz, s->cr, s->ch, s->zz, s->mx, s->mh, s->T, s->A, s->sum, s->row,
-                 s->tau, s->beta, s->X, s->J, s->cl, s->Jb };
+  float *f[] = { s->h, s->hn, s->zz, s->ones, s->mx, s->dmx, s->co, s->S, s->T, s->A, s->sum,
+                 s->row, s->tau, s->beta, s->X, s->J, s->cl, s->Jb, s->Vb, s->Wb, s->Tb };
   for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) free(f[i]);
   free(s->acc);
+  if (s->packed) mg_pack_free(&s->P);
 }
 
 /* Which way: the lanes (16 trajectories in vector lanes for the Jacobian product and the QR)
@@ -379,14 +518,14 @@ static void step_lanes_f32(int64_t B, int64_t N, int64_t k, const float *U, bool
   for (int64_t b0 = 0, g = 0; b0 < B; b0 += LANES, g++) {
     int64_t nl = B - b0 < LANES ? B - b0 : LANES;
     float *cz = s->cl, *cr = cz + N * LANES, *ch = cr + N * LANES, *zz = ch + N * LANES;
-    to_lanes_f32(N, b0, nl, s->cz, 0, cz);             /* past the batch: J = I */
-    to_lanes_f32(N, b0, nl, s->cr, 0, cr);
-    to_lanes_f32(N, b0, nl, s->ch, 0, ch);
-    to_lanes_f32(N, b0, nl, s->zz, 1, zz);
+    to_lanes_f32(N, b0, nl, s->co, 3 * N, 0, cz);      /* past the batch: J = I */
+    to_lanes_f32(N, b0, nl, s->co + N, 3 * N, 0, cr);
+    to_lanes_f32(N, b0, nl, s->co + 2 * N, 3 * N, 0, ch);
+    to_lanes_f32(N, b0, nl, s->zz, N, 1, zz);
     float *TL = s->T + g * kNL, *AL = s->A + g * kNL;
     tangents_lanes_f32(N, k, U, cz, cr, ch, zz, TL, AL, s->Jb);
     if (!qr) continue;
-    householder_lanes_f32(N, k, AL, s->tau, s->beta);
+    householder_lanes_f32(N, k, AL, s->tau, s->beta, s->Vb, s->Wb, s->Tb);
     if (sum)
       for (int64_t l = 0; l < nl; l++)
         for (int64_t j = 0; j < k; j++)
@@ -417,7 +556,7 @@ mg_status mg_lyapunov_gru(mg_ctx *C, mg_tensor *x, mg_tensor *h0, mg_tensor *W, 
   int64_t ss[2] = { B, k }, hs[2] = { steps, k };
   if (st == MG_OK) st = mg_tensor_empty(C, MG_F32, 2, ss, &sum);
   if (st == MG_OK) st = mg_tensor_empty(C, MG_F32, 2, hs, &hist);
-  if (st == MG_OK) st = alloc_scratch(C, fn, B, N, k, mode, &s);
+  if (st == MG_OK) st = alloc_scratch(C, fn, B, N, k, mode, MG_F32P(c[3]), &s);
   if (st != MG_OK) goto done;
   const float *xs = MG_F32P(c[0]), *Wp = MG_F32P(c[2]), *Up = MG_F32P(c[3]), *bp = MG_F32P(c[4]);
   const float *q0 = MG_F32P(c[5]);
@@ -439,11 +578,11 @@ mg_status mg_lyapunov_gru(mg_ctx *C, mg_tensor *x, mg_tensor *h0, mg_tensor *W, 
       step_lanes_f32(B, N, k, Up, qr, count ? s.sum : NULL, &s);
     } else {
       for (int64_t bb = 0; bb < B; bb++) {
-        const int64_t o = bb * N;
-        form_jacobian_f32(N, Up, s.cz + o, s.cr + o, s.ch + o, s.zz + o, s.J);
+        const float *co = s.co + bb * 3 * N;
+        form_jacobian_f32(N, Up, co, co + N, co + 2 * N, s.zz + bb * N, s.J);
         mg_gemm(MG_F32, false, false, k, N, N, 1, s.T + bb * k * N, N, s.J, N, 0, s.A + bb * k * N, N);
       }
-      if (qr && k < QR_BLOCKED) qr_batch_f32(B, N, k, s.A, s.X, s.tau, s.beta, count ? s.sum : NULL);
+      if (qr && k < QR_BLOCKED) qr_batch_f32(B, N, k, s.A, s.X, count ? s.sum : NULL, &s);
       else if (qr) st = qr_lapack_f32(C, fn, B, N, k, s.A, s.X, count ? s.sum : NULL);
     }
     if (count) counted++, since++;
