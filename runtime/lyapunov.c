@@ -449,28 +449,28 @@ static int desc(const void *a, const void *b) {
   return (x < y) - (x > y);
 }
 
+/* x (B, T, F) and Q0 (B, N, k) here; h0, the kernels and the bias as the fused cell checks
+** them (cells.c), all float32. */
 static mg_status check_gru(mg_ctx *C, const char *fn, mg_tensor *const *in, int64_t *dims) {
-  static const char *names[] = { "x", "h0", "kernel", "recurrent_kernel", "bias", "Q0" };
-  static const int nd[] = { 3, 2, 2, 2, 2, 3 };
-  char s[96];
-  for (int i = 0; i < 6; i++) {
-    if (in[i]->dtype != MG_F32)
-      return mg_fail(C, MG_EARG, "%s: %s must be float32, got %s", fn, names[i],
-                     mg_dtype_name(in[i]->dtype));
-    if (in[i]->ndim != nd[i])
-      return mg_fail(C, MG_ESHAPE, "%s: %s has shape %s, expected %d dims", fn, names[i],
-                     mg_shapestr(s, sizeof s, in[i]->ndim, in[i]->shape), nd[i]);
-  }
-  int64_t B = in[0]->shape[0], T = in[0]->shape[1], F = in[0]->shape[2], N = in[1]->shape[1];
-  int64_t k = in[5]->shape[2];
-  const int64_t want[6][3] = { { B, T, F }, { B, N }, { F, 3 * N }, { N, 3 * N }, { 2, 3 * N },
-                               { B, N, k } };
-  for (int i = 1; i < 6; i++)
-    for (int d = 0; d < nd[i]; d++)
-      if (in[i]->shape[d] != want[i][d])
-        return mg_fail(C, MG_ESHAPE, "%s: %s has shape %s, which does not fit x %s and h0 (%lld,%lld)",
-                       fn, names[i], mg_shapestr(s, sizeof s, in[i]->ndim, in[i]->shape),
-                       mg_shapestr(s + 48, 48, 3, in[0]->shape), (long long)B, (long long)N);
+  mg_tensor *x = in[0], *h0 = in[1], *Q0 = in[5];
+  char s[96], s2[96];
+  mg_status st = mg_cell_same_dtype(C, fn, 6, in);
+  if (st == MG_OK && x->dtype != MG_F32)
+    st = mg_fail(C, MG_EARG, "%s: x must be float32, got %s", fn, mg_dtype_name(x->dtype));
+  if (st != MG_OK) return st;
+  if (x->ndim != 3)
+    return mg_fail(C, MG_ESHAPE, "%s: x has shape %s, expected (B, T, F)", fn,
+                   mg_shapestr(s, sizeof s, x->ndim, x->shape));
+  int64_t B = x->shape[0], T = x->shape[1], F = x->shape[2], N = h0->ndim == 2 ? h0->shape[1] : -1;
+  if ((st = mg_cell_want2(C, fn, "h0", h0, B, N)) || (st = mg_cell_want2(C, fn, "kernel", in[2], F, 3 * N)) ||
+      (st = mg_cell_want2(C, fn, "recurrent_kernel", in[3], N, 3 * N)) ||
+      (st = mg_gru_bias_check(C, fn, in[4], true, N)))
+    return st;
+  int64_t k = Q0->ndim == 3 ? Q0->shape[2] : 0;
+  if (Q0->ndim != 3 || Q0->shape[0] != B || Q0->shape[1] != N)
+    return mg_fail(C, MG_ESHAPE, "%s: Q0 has shape %s, which does not fit x %s and h0 (%lld,%lld)",
+                   fn, mg_shapestr(s, sizeof s, Q0->ndim, Q0->shape),
+                   mg_shapestr(s2, sizeof s2, 3, x->shape), (long long)B, (long long)N);
   if (N < 1 || k < 1 || k > N)
     return mg_fail(C, MG_EARG, "%s: k = %lld must be in 1..%lld", fn, (long long)k, (long long)N);
   dims[0] = B, dims[1] = T, dims[2] = F, dims[3] = N, dims[4] = k;

@@ -149,6 +149,13 @@ describe("mg.lyapunov", function()
     end
     raises(function() mg._linalg.lyapunov_gru(x, mg.zeros(2, 4), mg.zeros(3, 12), mg.zeros(4, 12), mg.zeros(2, 12),
                                               mg.zeros(2, 5, 2), 0, 10, 1) end, "lyapunov", "Q0 has shape (2,5,2)")
+    -- h0, the kernels and the bias checked as the fused cell checks them
+    raises(function() mg._linalg.lyapunov_gru(x, mg.zeros(2, 4), mg.zeros(3, 11), mg.zeros(4, 12), mg.zeros(2, 12),
+                                              mg.zeros(2, 4, 2), 0, 10, 1) end, "lyapunov", "kernel has shape (3,11)")
+    raises(function() mg._linalg.lyapunov_gru(x, mg.zeros(2, 4), mg.zeros(3, 12), mg.zeros(4, 12), mg.zeros(12),
+                                              mg.zeros(2, 4, 2), 0, 10, 1) end, "lyapunov", "bias has shape (12)")
+    raises(function() mg._linalg.lyapunov_gru(x, mg.zeros(2, 4), mg.zeros(3, 12), mg.zeros(4, 12, F64), mg.zeros(2, 12),
+                                              mg.zeros(2, 4, 2), 0, 10, 1) end, "lyapunov", "mixed dtypes")
   end)
 
   it("errors name the function and the value", function()
