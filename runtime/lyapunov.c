@@ -95,7 +95,7 @@ typedef float lanes_at __attribute__((vector_size(LANES * sizeof(float)), aligne
 #define lstore(p, v) (*(lanes_at *)(p) = (v))
 
 /* One reflector (v, tau) applied to tangent row a, both from component j on. */
-static inline void reflect_lanes(int64_t j, int64_t N, const float *v, const float *tau, float *a) {
+MG_INLINE void reflect_lanes(int64_t j, int64_t N, const float *v, const float *tau, float *a) {
   lanes_t w = lload(a + j * LANES), t = lload(tau);
   for (int64_t i = j + 1; i < N; i++) w += lload(v + i * LANES) * lload(a + i * LANES);
   w *= t;
@@ -105,7 +105,7 @@ static inline void reflect_lanes(int64_t j, int64_t N, const float *v, const flo
 
 /* The same for the 4 rows a, a + row, a + 2 row, a + 3 row: independent sums, so the dot
 ** products are not one chain of dependent additions. */
-static inline void reflect4_lanes(int64_t j, int64_t N, const float *v, const float *tau,
+MG_INLINE void reflect4_lanes(int64_t j, int64_t N, const float *v, const float *tau,
                                   float *a, int64_t row) {
   float *a0 = a, *a1 = a + row, *a2 = a + 2 * row, *a3 = a + 3 * row;
   lanes_t w0 = lload(a0 + j * LANES), w1 = lload(a1 + j * LANES), w2 = lload(a2 + j * LANES),
@@ -132,7 +132,7 @@ static inline void reflect4_lanes(int64_t j, int64_t N, const float *v, const fl
 }
 
 /* Reflector j applied to rows j + 1 .. k - 1 of X. */
-static inline void reflect_rows(int64_t j, int64_t N, int64_t k, const float *v, const float *tau,
+MG_INLINE void reflect_rows(int64_t j, int64_t N, int64_t k, const float *v, const float *tau,
                                 float *X, int64_t row) {
   int64_t c = j + 1;
   for (; c + 4 <= k; c += 4) reflect4_lanes(j, N, v, tau, X + c * row, row);
@@ -191,10 +191,11 @@ MG_INLINE void panel_v(int64_t N, int64_t j0, const float *X, float *V) {
   const int64_t row = N * LANES;
   for (int64_t p = 0; p < NB; p++) {
     float *v = V + p * row;
-    const float *x = X + (j0 + p) * row;
-    for (int64_t i = j0; i < N; i++)
-      for (int l = 0; l < LANES; l++)
-        v[i * LANES + l] = i < j0 + p ? 0.0f : i == j0 + p ? 1.0f : x[i * LANES + l];
+    int64_t d = j0 + p;
+    memset(v + j0 * LANES, 0, sizeof(float) * (size_t)(p * LANES));
+    lstore(v + d * LANES, (lanes_t){ 0 } + 1.0f);
+    memcpy(v + (d + 1) * LANES, X + (j0 + p) * row + (d + 1) * LANES,
+           sizeof(float) * (size_t)((N - d - 1) * LANES));
   }
 }
 
@@ -218,16 +219,16 @@ MG_INLINE void panel_t(int64_t N, int64_t j0, const float *V, const float *tau, 
   }
 }
 
-/* W[p][c] = sum over rows i >= r0 of V[p][i] X[c][i], for the columns c in [c0, c1) (W: NB
-** x k lane vectors, W[(p k + c) LANES]). */
-static inline __attribute__((always_inline)) void vtc_cols(int cb, int64_t r0, int64_t N, int64_t k,
-                                                           int64_t c, const float *V, const float *X, float *W) {
+/* W[p][c] (+)= sum over rows i in [r0, r1) of V[p][i] X[c][i], for cb columns from c (W: NB
+** x k lane vectors, W[(p k + c) LANES]; 'first': W starts at 0, else it accumulates). */
+MG_INLINE void vtc_cols(int cb, bool first, int64_t r0, int64_t r1, int64_t N, int64_t k, int64_t c,
+                        const float *V, const float *X, float *W) {
   const int64_t row = N * LANES;
   lanes_t acc[NB][2];
 #pragma GCC unroll 8
   for (int p = 0; p < NB; p++)
-    for (int q = 0; q < cb; q++) acc[p][q] = (lanes_t){ 0 };
-  for (int64_t i = r0; i < N; i++) {
+    for (int q = 0; q < cb; q++) acc[p][q] = first ? (lanes_t){ 0 } : (lanes_t)lload(W + (p * k + c + q) * LANES);
+  for (int64_t i = r0; i < r1; i++) {
     lanes_t a[2];
     for (int q = 0; q < cb; q++) a[q] = lload(X + (c + q) * row + i * LANES);
 #pragma GCC unroll 8
@@ -242,8 +243,8 @@ static inline __attribute__((always_inline)) void vtc_cols(int cb, int64_t r0, i
 }
 
 /* X[c][i] -= sum_p V[p][i] W[p][c] for a tile of cb columns from c and ib rows from i. */
-static inline __attribute__((always_inline)) void vw_tile(int cb, int ib, int64_t N, int64_t k, int64_t c,
-                                                          int64_t i, const float *V, const float *W, float *X) {
+MG_INLINE void vw_tile(int cb, int ib, int64_t N, int64_t k, int64_t c, int64_t i, const float *V,
+                       const float *W, float *X) {
   const int64_t row = N * LANES;
   lanes_t acc[4][4];
   for (int q = 0; q < cb; q++)
@@ -260,13 +261,35 @@ static inline __attribute__((always_inline)) void vw_tile(int cb, int ib, int64_
     for (int r = 0; r < ib; r++) lstore(X + (c + q) * row + (i + r) * LANES, acc[q][r]);
 }
 
+/* The rows [r0, r1) of X's columns [c0, k) less V W (tiles of 4 x 4). */
+MG_INLINE void vw_rows(int64_t r0, int64_t r1, int64_t N, int64_t k, int64_t c0, const float *V,
+                       const float *W, float *X) {
+  int64_t c = c0;
+  for (; c + 4 <= k; c += 4) {
+    int64_t i = r0;
+    for (; i + 4 <= r1; i += 4) vw_tile(4, 4, N, k, c, i, V, W, X);
+    for (; i < r1; i++) vw_tile(4, 1, N, k, c, i, V, W, X);
+  }
+  for (; c < k; c++) {
+    int64_t i = r0;
+    for (; i + 4 <= r1; i += 4) vw_tile(1, 4, N, k, c, i, V, W, X);
+    for (; i < r1; i++) vw_tile(1, 1, N, k, c, i, V, W, X);
+  }
+}
+
+/* Rows per chunk of the block updates: NB x RB lane vectors of V (16 KiB) stay in L1 while
+** every column passes. */
+#define RB 32
+
 /* C <- (I - V op(T) V^T) C on the columns [c0, k) and rows [j0, N) of X: op(T) = T^T
 ** (trans: Q^T C, geqrf) or T (orgqr). */
 MG_INLINE void apply_block(int64_t N, int64_t k, int64_t j0, int64_t c0, bool trans, const float *V,
-                        const float *Tm, float *W, float *X) {
-  int64_t c = c0;
-  for (; c + 2 <= k; c += 2) vtc_cols(2, j0, N, k, c, V, X, W);
-  for (; c < k; c++) vtc_cols(1, j0, N, k, c, V, X, W);
+                           const float *Tm, float *W, float *X) {
+  for (int64_t r0 = j0; r0 < N; r0 += RB) {
+    int64_t r1 = N - r0 < RB ? N : r0 + RB, c = c0;
+    for (; c + 2 <= k; c += 2) vtc_cols(2, r0 == j0, r0, r1, N, k, c, V, X, W);
+    for (; c < k; c++) vtc_cols(1, r0 == j0, r0, r1, N, k, c, V, X, W);
+  }
   for (int64_t cc = c0; cc < k; cc++) {                 /* W <- op(T) W, in place */
     lanes_t w[NB];
     for (int p = 0; p < NB; p++) w[p] = lload(W + (p * k + cc) * LANES);
@@ -277,16 +300,7 @@ MG_INLINE void apply_block(int64_t N, int64_t k, int64_t j0, int64_t c0, bool tr
       lstore(W + (p * k + cc) * LANES, a);
     }
   }
-  for (c = c0; c + 4 <= k; c += 4) {
-    int64_t i = j0;
-    for (; i + 4 <= N; i += 4) vw_tile(4, 4, N, k, c, i, V, W, X);
-    for (; i < N; i++) vw_tile(4, 1, N, k, c, i, V, W, X);
-  }
-  for (; c < k; c++) {
-    int64_t i = j0;
-    for (; i + 4 <= N; i += 4) vw_tile(1, 4, N, k, c, i, V, W, X);
-    for (; i < N; i++) vw_tile(1, 1, N, k, c, i, V, W, X);
-  }
+  for (int64_t r0 = j0; r0 < N; r0 += RB) vw_rows(r0, N - r0 < RB ? N : r0 + RB, N, k, c0, V, W, X);
 }
 
 /* Householder's QR of the 16 interleaved N x k matrices in X, in place: X becomes Q, beta
