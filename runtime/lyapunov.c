@@ -334,61 +334,69 @@ MG_CLONES static void householder_lanes_f32(int64_t N, int64_t k, float *X, floa
 /* AL = TL J for the 16 trajectories of a group, lanes as in householder_lanes_f32 (TL, AL:
 ** k x N x LANES; the coefficients N x LANES): AL[c][j] = sum_i TL[c][i] J[i][j] with
 ** J[i][j] = U[i][j] cz[j] + U[i][N + j] cr[j] + U[i][2N + j] ch[j] + [i = j] zz[j], formed
-** JB columns at a time into Jb (N x JB x LANES floats, in cache) and applied CB tangents at a
-** time, the CB x JB lane vectors of AL summed in registers. */
+** JB columns by RJ rows at a time into Jb (RJ x JB lane vectors, 16 KiB: in L1) and applied
+** CB tangents at a time, the CB x JB lane vectors of AL summed in registers over the chunk. */
 #define JB 4
 #define CB 4
+#define RJ 64
+_Static_assert(JB == 4, "tangents_lanes_f32 takes the last columns as 1, 2 or 3");
+
+/* AL[c .. c + cb)[j0 .. j0 + jb) (+)= TL[c ..][i0 .. i1) Jb. */
+MG_INLINE void tan_tile(int cb, int jb, bool first, int64_t N, int64_t c, int64_t j0, int64_t i0,
+                        int64_t i1, const float *TL, const float *Jb, float *AL) {
+  lanes_t acc[CB][JB];
+#pragma GCC unroll 8
+  for (int q = 0; q < jb; q++)
+    for (int d = 0; d < cb; d++)
+      acc[d][q] = first ? (lanes_t){ 0 } : (lanes_t)lload(AL + ((c + d) * N + j0 + q) * LANES);
+  for (int64_t i = i0; i < i1; i++) {
+    lanes_t t[CB];
+    for (int d = 0; d < cb; d++) t[d] = lload(TL + ((c + d) * N + i) * LANES);
+#pragma GCC unroll 8
+    for (int q = 0; q < jb; q++) {
+      lanes_t jr = lload(Jb + ((i - i0) * JB + q) * LANES);
+      for (int d = 0; d < cb; d++) acc[d][q] += t[d] * jr;
+    }
+  }
+#pragma GCC unroll 8
+  for (int q = 0; q < jb; q++)
+    for (int d = 0; d < cb; d++) lstore(AL + ((c + d) * N + j0 + q) * LANES, acc[d][q]);
+}
+
 MG_CLONES static void tangents_lanes_f32(int64_t N, int64_t k, const float *U, const float *cz,
                                          const float *cr, const float *ch, const float *zz,
                                          const float *TL, float *AL, float *Jb) {
   const int64_t G = 3 * N;
   for (int64_t j0 = 0; j0 < N; j0 += JB) {
-    int64_t jb = N - j0 < JB ? N - j0 : JB;
+    int jb = N - j0 < JB ? (int)(N - j0) : JB;
     lanes_t vz[JB], vr[JB], vh[JB];
-    for (int64_t q = 0; q < jb; q++) {
+    for (int q = 0; q < jb; q++) {
       vz[q] = lload(cz + (j0 + q) * LANES);
       vr[q] = lload(cr + (j0 + q) * LANES);
       vh[q] = lload(ch + (j0 + q) * LANES);
     }
-    for (int64_t i = 0; i < N; i++) {
-      const float *u = U + i * G + j0;
-      for (int64_t q = 0; q < jb; q++) {
-        lstore(Jb + (i * JB + q) * LANES, u[q] * vz[q] + u[N + q] * vr[q] + u[2 * N + q] * vh[q]);
+    for (int64_t i0 = 0; i0 < N; i0 += RJ) {
+      int64_t i1 = N - i0 < RJ ? N : i0 + RJ;
+      for (int64_t i = i0; i < i1; i++) {
+        const float *u = U + i * G + j0;
+        float *jr = Jb + (i - i0) * JB * LANES;
+        for (int q = 0; q < jb; q++)
+          lstore(jr + q * LANES, u[q] * vz[q] + u[N + q] * vr[q] + u[2 * N + q] * vh[q]);
+        if (i >= j0 && i < j0 + jb)                   /* the diagonal: + z */
+          lstore(jr + (i - j0) * LANES, lload(jr + (i - j0) * LANES) + lload(zz + i * LANES));
+      }
+      bool first = i0 == 0;
+      int64_t c = 0;
+      if (jb == JB) {
+        for (; c + CB <= k; c += CB) tan_tile(CB, JB, first, N, c, j0, i0, i1, TL, Jb, AL);
+        for (; c < k; c++) tan_tile(1, JB, first, N, c, j0, i0, i1, TL, Jb, AL);
+      } else {                                       /* the last 1 to 3 columns */
+        for (; c < k; c++)
+          if (jb == 1) tan_tile(1, 1, first, N, c, j0, i0, i1, TL, Jb, AL);
+          else if (jb == 2) tan_tile(1, 2, first, N, c, j0, i0, i1, TL, Jb, AL);
+          else tan_tile(1, 3, first, N, c, j0, i0, i1, TL, Jb, AL);
       }
     }
-    for (int64_t q = 0; q < jb; q++)
-      for (int l = 0; l < LANES; l++) Jb[((j0 + q) * JB + q) * LANES + l] += zz[(j0 + q) * LANES + l];
-    int64_t c0 = 0;
-    if (jb == JB)
-      for (; c0 + CB <= k; c0 += CB) {
-        lanes_t acc[CB][JB];
-#pragma GCC unroll 4
-        for (int c = 0; c < CB; c++)
-#pragma GCC unroll 4
-          for (int q = 0; q < JB; q++) acc[c][q] = (lanes_t){ 0 };
-        for (int64_t i = 0; i < N; i++) {
-          lanes_t jr[JB];
-#pragma GCC unroll 4
-          for (int q = 0; q < JB; q++) jr[q] = lload(Jb + (i * JB + q) * LANES);
-#pragma GCC unroll 4
-          for (int c = 0; c < CB; c++) {
-            lanes_t t = lload(TL + ((c0 + c) * N + i) * LANES);
-#pragma GCC unroll 4
-            for (int q = 0; q < JB; q++) acc[c][q] += t * jr[q];
-          }
-        }
-#pragma GCC unroll 4
-        for (int c = 0; c < CB; c++)
-#pragma GCC unroll 4
-          for (int q = 0; q < JB; q++) lstore(AL + ((c0 + c) * N + j0 + q) * LANES, acc[c][q]);
-      }
-    for (; c0 < k; c0++)                                 /* the tangents and columns left */
-      for (int64_t q = 0; q < jb; q++) {
-        float acc[LANES] = { 0 };
-        for (int64_t i = 0; i < N; i++)
-          for (int l = 0; l < LANES; l++) acc[l] += TL[(c0 * N + i) * LANES + l] * Jb[(i * JB + q) * LANES + l];
-        for (int l = 0; l < LANES; l++) AL[(c0 * N + j0 + q) * LANES + l] = acc[l];
-      }
   }
 }
 
@@ -503,7 +511,7 @@ static mg_status alloc_scratch(mg_ctx *C, const char *fn, int64_t B, int64_t N, 
                   &s->Wb, &s->Tb };
   size_t n[] = { BN, BN, BN, BN, 3 * BN, 3 * BN, 3 * BN, 4 * BN, tan, tan, Bk, (size_t)k,
                  (size_t)k * LANES, (size_t)k * LANES, lanes ? 1 : kNL,
-                 lanes ? 1 : (size_t)(N * N), lanes ? 4 * NL : 1, lanes ? NL * JB : 1, NB * NL,
+                 lanes ? 1 : (size_t)(N * N), lanes ? 4 * NL : 1, lanes ? (size_t)RJ * JB * LANES : 1, NB * NL,
                  NB * (size_t)k * LANES, panels * NB * NB * LANES };
   for (size_t i = 0; i < sizeof n / sizeof n[0]; i++)
     if (!(*f[i] = calloc(n[i], sizeof(float)))) return mg_fail(C, MG_ENOMEM, "%s: out of memory", fn);
