@@ -100,10 +100,25 @@ static int linalg_lyapunov_gru(lua_State *L) {
   return results(L, S, st, 2, y, sl);
 }
 
+/* lyapunov_lstm(x, h0, c0, W, U, b, Q0, warmup, steps, every, backwards) -> sum, history */
+static int linalg_lyapunov_lstm(lua_State *L) {
+  lstate *S = LSTATE(L);
+  mg_tensor *a[7], *y[2] = { NULL, NULL };
+  for (int i = 0; i < 7; i++) a[i] = mg_lua_checktensor(L, i + 1);
+  int64_t warmup = luaL_checkinteger(L, 8), steps = luaL_checkinteger(L, 9);
+  int64_t every = luaL_checkinteger(L, 10);
+  bool backwards = lua_toboolean(L, 11);
+  lua_settop(L, 11);
+  SLOTS(2);
+  mg_status st = mg_lyapunov_lstm(S->C, a[0], a[1], a[2], a[3], a[4], a[5], a[6], warmup, steps,
+                                  every, backwards, &y[0], &y[1]);
+  return results(L, S, st, 2, y, sl);
+}
+
 static const luaL_Reg linalg_functions[] = {
   { "qr", linalg_qr }, { "svd", linalg_svd }, { "eigh", linalg_eigh }, { "eig", linalg_eig },
   { "solve", linalg_solve }, { "slogdet", linalg_slogdet }, { "cholesky", linalg_cholesky },
-  { "lyapunov_gru", linalg_lyapunov_gru },
+  { "lyapunov_gru", linalg_lyapunov_gru }, { "lyapunov_lstm", linalg_lyapunov_lstm },
   { NULL, NULL } };
 
 /* Adds 'mg._linalg' to the module at the stack top. */
