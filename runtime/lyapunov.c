@@ -436,8 +436,9 @@ static mg_status lyapunov_run(mg_ctx *C, bool lstm, mg_tensor *const *in, int64_
                  fn, (long long)warmup, (long long)steps, (long long)every, (long long)T);
   mg_dtype dt = in[IX]->dtype;
   bool each_ok = !lstm && dt == MG_F32;
-  if (st == MG_OK && (mode < 0 || mode > 2 || (mode == 1 && !each_ok)))
-    st = mg_fail(C, MG_EARG, "%s: bad mode %d", fn, mode);
+  if (st == MG_OK && (mode < 0 || mode > 2)) st = mg_fail(C, MG_EARG, "%s: bad mode %d", fn, mode);
+  if (st == MG_OK && mode == 1 && !each_ok)
+    st = mg_fail(C, MG_EARG, "%s: mode 1 (each trajectory's Jacobian) is for the float32 GRU only", fn);
   if (st != MG_OK) return st;
   if (mode == 0) mode = each_ok && k >= QR_BLOCKED ? 1 : 2;
   mg_no_grad_enter(C);
