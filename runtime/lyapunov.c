@@ -26,8 +26,10 @@
 **                    operation as wide as the lanes; the groups of lanes run on the context's
 **                    threads (mg_parallel_for), each on its own, so that the numbers are the
 **                    same for any thread count;
-**   per trajectory   float32 GRU from k = 128: J formed, one (k, N) x (N, N) GEMM, LAPACK's
-**                    recursive geqrt3 and Q from its compact WY form by one GEMM.
+**   per trajectory   float32 GRU, on request (mode 1): J formed, one (k, N) x (N, N) GEMM,
+**                    LAPACK's recursive geqrt3 and Q from its compact WY form by one GEMM
+**                    from k = 128, the lanes' QR below; slower than the lanes at every size
+**                    measured (3.8x at N = k = 128), kept as an independent check.
 ** The generic path (any step function, a vectorized JVP per step) is
 ** bindings/moongrad/spectra.lua; spec/spectra_spec.lua checks the two agree.
 */
@@ -52,12 +54,16 @@
 
 /* Block sizes of the lanes' kernels (lyapunov_lanes.h): the QR's panels of NB columns,
 ** updated RB rows at a time; the Jacobian product's JB columns by RJ rows of J, CB tangents
-** at a time. */
+** at a time, from slabs of at most KC_BYTES of tangents; the QR's panels VALL_BYTES of
+** reflectors at a time over slabs of CSLAB_BYTES of the columns after them. */
 #define NB 8
 #define RB 32
 #define JB 4
 #define CB 4
 #define RJ 64
+#define KC_BYTES (512 * 1024)
+#define VALL_BYTES (1024 * 1024)
+#define CSLAB_BYTES (256 * 1024)
 _Static_assert(JB == 4, "LX(tangents) takes the last columns as 1, 2 or 3");
 /* Steps per parallel round: the groups run this many steps, then the history is summed and
 ** the interrupt flag read. */
@@ -154,6 +160,15 @@ static mg_status check_cell(mg_ctx *C, const char *fn, bool lstm, mg_tensor *con
 
 /* ---------------------------------------------------------------- the lanes way */
 
+/* Elements of the QR's reflector buffer V for rows of S components in L lanes of es bytes:
+** the panels householder_lanes takes at a time. */
+static int64_t v_elems(int64_t S, int64_t L, int64_t es, int64_t k) {
+  int64_t per = VALL_BYTES / (NB * S * L * es), blocks = (k - 1) / NB;
+  if (per > blocks) per = blocks;
+  if (per < 1) per = 1;
+  return per * NB * S * L;
+}
+
 /* Group g's buffers in one allocation: returns false when out of memory. */
 static bool group_alloc(lgroup *g, mg_dtype dt, bool lstm, int64_t N, int64_t k) {
   int64_t L = dt == MG_F64 ? LANES_F64 : LANES_F32, S = lstm ? 2 * N : N, NL = N * L;
@@ -162,7 +177,7 @@ static bool group_alloc(lgroup *g, mg_dtype dt, bool lstm, int64_t N, int64_t k)
                  &g->S, &g->dmx, &g->co, &g->dz1, &g->dz2, &g->cl, &g->TL, &g->AL, &g->Jb,
                  &g->Vb, &g->Wb, &g->Tb, &g->tau, &g->beta, &g->sum };
   int64_t n[] = { NL, NL, NL, NL, NL, NL, NL, NL, 4 * NL, 4 * NL, 3 * NL, 3 * NL, 4 * NL,
-                  4 * NL, 9 * NL, k * S * L, k * S * L, RJ * JB * L, NB * S * L, NB * k * L,
+                  4 * NL, 9 * NL, k * S * L, k * S * L, RJ * JB * L, v_elems(S, L, (int64_t)mg_dtype_size(dt), k), NB * k * L,
                   panels * NB * NB * L, k * L, k * L, L * k };
   size_t es = mg_dtype_size(dt), total = 0, at[sizeof n / sizeof n[0]];
   for (size_t i = 0; i < sizeof n / sizeof n[0]; i++) {
@@ -355,7 +370,7 @@ static mg_status alloc_scratch(mg_ctx *C, const char *fn, int64_t B, int64_t N, 
                   &s->sum, &s->row, &s->tau, &s->beta, &s->X, &s->J, &s->Vb, &s->Wb, &s->Tb };
   size_t n[] = { BN, BN, BN, BN, 3 * BN, 3 * BN, 3 * BN, 4 * BN, Bk * (size_t)N, Bk * (size_t)N,
                  Bk, (size_t)k, (size_t)k * L, (size_t)k * L, kNL, (size_t)(N * N),
-                 NB * (size_t)N * L, NB * (size_t)k * L, panels * NB * NB * L };
+                 (size_t)v_elems(N, (int64_t)L, 4, k), NB * (size_t)k * L, panels * NB * NB * L };
   for (size_t i = 0; i < sizeof n / sizeof n[0]; i++)
     if (!(*f[i] = calloc(n[i], sizeof(float)))) return mg_fail(C, MG_ENOMEM, "%s: out of memory", fn);
   if (!(s->acc = calloc((size_t)k, sizeof(double)))) return mg_fail(C, MG_ENOMEM, "%s: out of memory", fn);
@@ -421,8 +436,8 @@ static mg_status lyapunov_each(mg_ctx *C, const char *fn, mg_tensor *const *c, c
 
 /* ---------------------------------------------------------------- entry points */
 
-/* Checks, contiguous copies, the outputs, then the run: mode 0 picks (the lanes, or per
-** trajectory for a float32 GRU from k = QR_BLOCKED), 1 per trajectory, 2 the lanes. */
+/* Checks, contiguous copies, the outputs, then the run: mode 0 or 2 the lanes, 1 per
+** trajectory (float32 GRU: an independent check of the lanes, through LAPACK). */
 static mg_status lyapunov_run(mg_ctx *C, bool lstm, mg_tensor *const *in, int64_t warmup,
                               int64_t steps, int64_t every, bool backwards, int mode,
                               mg_tensor **sum_out, mg_tensor **history_out) {
@@ -440,7 +455,7 @@ static mg_status lyapunov_run(mg_ctx *C, bool lstm, mg_tensor *const *in, int64_
   if (st == MG_OK && mode == 1 && !each_ok)
     st = mg_fail(C, MG_EARG, "%s: mode 1 (each trajectory's Jacobian) is for the float32 GRU only", fn);
   if (st != MG_OK) return st;
-  if (mode == 0) mode = each_ok && k >= QR_BLOCKED ? 1 : 2;
+  if (mode == 0) mode = 2;                            /* the lanes: faster at every size measured */
   mg_no_grad_enter(C);
   for (int i = 0; i < NIN && st == MG_OK; i++)
     if (in[i]) st = mg_tensor_contiguous(C, in[i], &c[i]);

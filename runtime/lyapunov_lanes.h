@@ -177,16 +177,16 @@ MG_INLINE void LX(vw_tile)(int cb, int ib, int64_t N, int64_t k, int64_t c, int6
     for (int r = 0; r < ib; r++) lstore(X + (c + q) * row + (i + r) * LANES, acc[q][r]);
 }
 
-/* The rows [r0, r1) of X's columns [c0, k) less V W (tiles of 4 x 4). */
-MG_INLINE void LX(vw_rows)(int64_t r0, int64_t r1, int64_t N, int64_t k, int64_t c0, const LT *V,
+/* The rows [r0, r1) of X's columns [c0, c1) less V W (tiles of 4 x 4). */
+MG_INLINE void LX(vw_rows)(int64_t r0, int64_t r1, int64_t N, int64_t k, int64_t c0, int64_t c1, const LT *V,
                        const LT *W, LT *X) {
   int64_t c = c0;
-  for (; c + 4 <= k; c += 4) {
+  for (; c + 4 <= c1; c += 4) {
     int64_t i = r0;
     for (; i + 4 <= r1; i += 4) LX(vw_tile)(4, 4, N, k, c, i, V, W, X);
     for (; i < r1; i++) LX(vw_tile)(4, 1, N, k, c, i, V, W, X);
   }
-  for (; c < k; c++) {
+  for (; c < c1; c++) {
     int64_t i = r0;
     for (; i + 4 <= r1; i += 4) LX(vw_tile)(1, 4, N, k, c, i, V, W, X);
     for (; i < r1; i++) LX(vw_tile)(1, 1, N, k, c, i, V, W, X);
@@ -196,16 +196,17 @@ MG_INLINE void LX(vw_rows)(int64_t r0, int64_t r1, int64_t N, int64_t k, int64_t
 /* Rows per chunk of the block updates: NB x RB lane vectors of V (16 KiB) stay in L1 while
 ** every column passes. */
 
-/* C <- (I - V op(T) V^T) C on the columns [c0, k) and rows [j0, N) of X: op(T) = T^T
-** (trans: Q^T C, geqrf) or T (orgqr). */
-MG_INLINE void LX(apply_block)(int64_t N, int64_t k, int64_t j0, int64_t c0, bool trans, const LT *V,
-                           const LT *Tm, LT *W, LT *X) {
+/* C <- (I - V op(T) V^T) C on the columns [c0, c1) and rows [j0, N) of X: op(T) = T^T
+** (trans: Q^T C, geqrf) or T (orgqr). Each column on its own: the same numbers whichever
+** columns go together. */
+MG_INLINE void LX(apply_block)(int64_t N, int64_t k, int64_t j0, int64_t c0, int64_t c1, bool trans,
+                               const LT *V, const LT *Tm, LT *W, LT *X) {
   for (int64_t r0 = j0; r0 < N; r0 += RB) {
     int64_t r1 = N - r0 < RB ? N : r0 + RB, c = c0;
-    for (; c + 2 <= k; c += 2) LX(vtc_cols)(2, r0 == j0, r0, r1, N, k, c, V, X, W);
-    for (; c < k; c++) LX(vtc_cols)(1, r0 == j0, r0, r1, N, k, c, V, X, W);
+    for (; c + 2 <= c1; c += 2) LX(vtc_cols)(2, r0 == j0, r0, r1, N, k, c, V, X, W);
+    for (; c < c1; c++) LX(vtc_cols)(1, r0 == j0, r0, r1, N, k, c, V, X, W);
   }
-  for (int64_t cc = c0; cc < k; cc++) {                 /* W <- op(T) W, in place */
+  for (int64_t cc = c0; cc < c1; cc++) {                /* W <- op(T) W, in place */
     VT w[NB];
     for (int p = 0; p < NB; p++) w[p] = lload(W + (p * k + cc) * LANES);
     for (int p = 0; p < NB; p++) {
@@ -215,11 +216,16 @@ MG_INLINE void LX(apply_block)(int64_t N, int64_t k, int64_t j0, int64_t c0, boo
       lstore(W + (p * k + cc) * LANES, a);
     }
   }
-  for (int64_t r0 = j0; r0 < N; r0 += RB) LX(vw_rows)(r0, N - r0 < RB ? N : r0 + RB, N, k, c0, V, W, X);
+  for (int64_t r0 = j0; r0 < N; r0 += RB)
+    LX(vw_rows)(r0, N - r0 < RB ? N : r0 + RB, N, k, c0, c1, V, W, X);
 }
 
 /* Householder's QR of the 16 interleaved N x k matrices in X, in place: X becomes Q, beta
-** holds R's diagonal (lane l of beta[j]). Unblocked up to 2 NB columns, else blocked. */
+** holds R's diagonal (lane l of beta[j]). Unblocked up to 2 NB columns, else blocked, the
+** panels taken 'per' at a time (V: their reflectors, at most VALL_BYTES) so that the columns
+** after them are updated a slab of CSLAB_BYTES at a time by all of them (once through the
+** cache where a panel at a time would stream the whole trailing matrix per panel). Each
+** column sees the same operations in the same order either way. */
 MG_CLONES static void LX(householder_lanes)(int64_t N, int64_t k, LT *X, LT *tau,
                                             LT *beta, LT *V, LT *W, LT *Tall) {
   if (k < 2 * NB) {
@@ -227,23 +233,41 @@ MG_CLONES static void LX(householder_lanes)(int64_t N, int64_t k, LT *X, LT *tau
     LX(org2r_lanes)(N, 0, k, X, tau);
     return;
   }
-  const int64_t blocks = (k - 1) / NB;                   /* panels with columns after them */
-  for (int64_t b = 0; b < blocks; b++) {
-    int64_t j0 = b * NB;
-    LT *Tm = Tall + b * NB * NB * LANES;
-    LX(geqr2_lanes)(N, j0, j0 + NB, X, tau, beta);
-    LX(panel_v)(N, j0, X, V);
-    LX(panel_t)(N, j0, V, tau, Tm);
-    LX(apply_block)(N, k, j0, j0 + NB, true, V, Tm, W, X);
+  const int64_t blocks = (k - 1) / NB, row = N * LANES;   /* panels with columns after them */
+  int64_t per = VALL_BYTES / (NB * row * (int64_t)sizeof(LT)), cs = CSLAB_BYTES / (row * (int64_t)sizeof(LT));
+  if (per < 1) per = 1;
+  if (cs < 1) cs = 1;
+#define TM(b) (Tall + (b) * NB * NB * LANES)
+#define VB(b) (V + ((b) - o) * NB * row)
+  for (int64_t o = 0; o < blocks; o += per) {            /* geqrf */
+    int64_t oe = blocks - o < per ? blocks : o + per, p1 = oe * NB;
+    for (int64_t b = o; b < oe; b++) {
+      int64_t j0 = b * NB;
+      LX(geqr2_lanes)(N, j0, j0 + NB, X, tau, beta);
+      LX(panel_v)(N, j0, X, VB(b));
+      LX(panel_t)(N, j0, VB(b), tau, TM(b));
+      LX(apply_block)(N, k, j0, j0 + NB, p1, true, VB(b), TM(b), W, X);
+    }
+    for (int64_t c = p1; c < k; c += cs)
+      for (int64_t b = o; b < oe; b++)
+        LX(apply_block)(N, k, b * NB, c, k - c < cs ? k : c + cs, true, VB(b), TM(b), W, X);
   }
   LX(geqr2_lanes)(N, blocks * NB, k, X, tau, beta);
   LX(org2r_lanes)(N, blocks * NB, k, X, tau);
-  for (int64_t b = blocks - 1; b >= 0; b--) {
-    int64_t j0 = b * NB;
-    LX(panel_v)(N, j0, X, V);
-    LX(apply_block)(N, k, j0, j0 + NB, false, V, Tall + b * NB * NB * LANES, W, X);
-    LX(org2r_lanes)(N, j0, j0 + NB, X, tau);
+  for (int64_t o = (blocks - 1) / per * per; o >= 0; o -= per) {   /* orgqr */
+    int64_t oe = blocks - o < per ? blocks : o + per, p1 = oe * NB;
+    for (int64_t b = o; b < oe; b++) LX(panel_v)(N, b * NB, X, VB(b));
+    for (int64_t c = p1; c < k; c += cs)
+      for (int64_t b = oe - 1; b >= o; b--)
+        LX(apply_block)(N, k, b * NB, c, k - c < cs ? k : c + cs, false, VB(b), TM(b), W, X);
+    for (int64_t b = oe - 1; b >= o; b--) {
+      int64_t j0 = b * NB;
+      LX(apply_block)(N, k, j0, j0 + NB, p1, false, VB(b), TM(b), W, X);
+      LX(org2r_lanes)(N, j0, j0 + NB, X, tau);
+    }
   }
+#undef TM
+#undef VB
 }
 
 /* The product of the tangents with one Jacobian block: AL[c][j] = sum_(i < N) TL[c][i] J[i][j]
@@ -276,8 +300,9 @@ MG_INLINE void LX(tan_tile)(int cb, int jb, bool first, int64_t S, int64_t c, in
     for (int d = 0; d < cb; d++) lstore(AL + ((c + d) * S + j0 + q) * LANES, acc[d][q]);
 }
 
-MG_INLINE void LX(tangents)(int nblk, int64_t N, int64_t S, int64_t G, int64_t k, const LT *U,
-                            const LT *cf, const LT *zz, const LT *TL, LT *AL, LT *Jb) {
+MG_INLINE void LX(tangents_slab)(int nblk, int64_t N, int64_t S, int64_t G, int64_t c0,
+                                 int64_t c1, const LT *U, const LT *cf, const LT *zz, const LT *TL,
+                                 LT *AL, LT *Jb) {
   for (int64_t j0 = 0; j0 < N; j0 += JB) {
     int jb = N - j0 < JB ? (int)(N - j0) : JB;
     VT vc[4][JB];
@@ -297,17 +322,29 @@ MG_INLINE void LX(tangents)(int nblk, int64_t N, int64_t S, int64_t G, int64_t k
           lstore(jr + (i - j0) * LANES, lload(jr + (i - j0) * LANES) + lload(zz + i * LANES));
       }
       bool first = i0 == 0;
-      int64_t c = 0;
+      int64_t c = c0;
       if (jb == JB) {
-        for (; c + CB <= k; c += CB) LX(tan_tile)(CB, JB, first, S, c, j0, i0, i1, TL, Jb, AL);
-        for (; c < k; c++) LX(tan_tile)(1, JB, first, S, c, j0, i0, i1, TL, Jb, AL);
+        for (; c + CB <= c1; c += CB) LX(tan_tile)(CB, JB, first, S, c, j0, i0, i1, TL, Jb, AL);
+        for (; c < c1; c++) LX(tan_tile)(1, JB, first, S, c, j0, i0, i1, TL, Jb, AL);
       } else {                                       /* the last 1 to 3 columns */
-        for (; c < k; c++)
+        for (; c < c1; c++)
           if (jb == 1) LX(tan_tile)(1, 1, first, S, c, j0, i0, i1, TL, Jb, AL);
           else if (jb == 2) LX(tan_tile)(1, 2, first, S, c, j0, i0, i1, TL, Jb, AL);
           else LX(tan_tile)(1, 3, first, S, c, j0, i0, i1, TL, Jb, AL);
       }
     }
+  }
+}
+
+MG_INLINE void LX(tangents)(int nblk, int64_t N, int64_t S, int64_t G, int64_t k, const LT *U,
+                            const LT *cf, const LT *zz, const LT *TL, LT *AL, LT *Jb) {
+  /* KC tangents at a time (a slab of TL and AL of at most KC_BYTES, in L2): J formed again
+  ** for each slab, a few percent of the work when there is more than one */
+  int64_t kc = KC_BYTES / (S * LANES * (int64_t)sizeof(LT)) / CB * CB;
+  if (kc < CB) kc = CB;
+  for (int64_t c0 = 0; c0 < k; c0 += kc) {
+    int64_t c1 = k - c0 < kc ? k : c0 + kc;
+    LX(tangents_slab)(nblk, N, S, G, c0, c1, U, cf, zz, TL, AL, Jb);
   }
 }
 

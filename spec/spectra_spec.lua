@@ -114,7 +114,7 @@ describe("mg.lyapunov", function()
 
   it("a float32 GRUCell takes the C path (runtime/lyapunov.c), equal to the vectorized JVP", function()
     mg.manual_seed(9)
-    -- B = 3 and 19: lanes padded (the QR runs 16 trajectories at a time); k = 128: LAPACK's QR
+    -- B = 3 and 19: lanes padded (the QR runs 16 trajectories at a time); k = 128: LAPACK's QR in mode 1
     for _, c in ipairs { { B = 3, N = 5, k = 5, T = 25 }, { B = 19, N = 20, k = 6, T = 12, warmup = 4 },
                          { B = 2, N = 7, k = 3, T = 20, reortho_every = 3, backwards = true },
                          { B = 2, N = 130, k = 128, T = 3 } } do
