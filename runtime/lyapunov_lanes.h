@@ -2,7 +2,8 @@
 ** lyapunov_lanes.h - the lanes way of lyapunov.c, typed: included by lyapunov.c once for
 ** float32 (LT float, 16 lanes of a 512-bit vector) and once for float64 (LT double, 8 lanes),
 ** with LX(name) naming each copy (name_f32, name_f64) and LDT the mg_dtype. Not a public
-** header: lyapunov.c defines ljob, lgroup, NB, RB, JB, CB, RJ, LCHUNK, MG_CLONES and MG_INLINE.
+** header: lyapunov.c defines ljob, lgroup, the block sizes (NB, RB, JB, CB, RJ, KC_BYTES,
+** VALL_BYTES, CSLAB_BYTES), LCHUNK, MG_CLONES and MG_INLINE.
 */
 typedef LT LX(lanes_t) __attribute__((vector_size(LANES * sizeof(LT))));   /* GCC and Clang */
 /* The same at any address of an LT (an unaligned load or store), for lload and lstore. */
@@ -192,9 +193,6 @@ MG_INLINE void LX(vw_rows)(int64_t r0, int64_t r1, int64_t N, int64_t k, int64_t
     for (; i < r1; i++) LX(vw_tile)(1, 1, N, k, c, i, V, W, X);
   }
 }
-
-/* Rows per chunk of the block updates: NB x RB lane vectors of V (16 KiB) stay in L1 while
-** every column passes. */
 
 /* C <- (I - V op(T) V^T) C on the columns [c0, c1) and rows [j0, N) of X: op(T) = T^T
 ** (trans: Q^T C, geqrf) or T (orgqr). Each column on its own: the same numbers whichever
