@@ -342,9 +342,9 @@ MG_API mg_status mg_linalg_cholesky(mg_ctx *C, mg_tensor *A, mg_tensor **L);
 ** path): x (B, T, F), h0 (and c0) (B, N), kernel W (F, 3N or 4N), recurrent U (N, 3N or 4N),
 ** bias b (2, 3N) or (4N), Q0 (B, S, k) orthonormal tangents (S = N, or 2N for the LSTM's
 ** (h, c)); 'warmup' steps uncounted, then 'steps' counted, a QR every 'every' steps (and after
-** the last of each); 'backwards' reads x from its last step; GRU 'mode' 0 picks, 1 forms
-** each trajectory's Jacobian (float32 only), 2 runs 16 (float64: 8) trajectories in vector
-** lanes, the groups of lanes on the context's threads (the same numbers for any count).
+** the last of each); 'backwards' reads x from its last step; 'mode' 0 or 2 runs 16 (float64:
+** 8) trajectories in vector lanes, the groups of lanes on the context's threads (the same
+** numbers for any count), GRU 'mode' 1 each trajectory through LAPACK (float32 only).
 ** sum (B, k): log|R_ii| summed over the counted steps; history (steps, k): after each counted
 ** step, the batch mean of sum / (steps the last QR covers), sorted descending. */
 MG_API mg_status mg_lyapunov_gru(mg_ctx *C, mg_tensor *x, mg_tensor *h0, mg_tensor *W,
