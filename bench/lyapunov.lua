@@ -2,8 +2,9 @@
 -- lyapunov.py and the JAX side lyapunov_jax.py, which check their exponents against the ones
 -- saved here). For each case N,k,T: a GRUCell(8, N) float32 (Keras layout, reset_after),
 -- inputs x (B=16, T, 8), initial tangents Q0 (B, N, k) from a fixed seed are saved as .npy in
--- DIR with moongrad's exponents (B, k) (mg.lyapunov: k tangents as one vectorized JVP per
--- step, batched QR, log|diag R| accumulated; sorted descending).
+-- DIR with moongrad's exponents (B, k) (rnn:lyapunov, which for this cell takes the C path of
+-- runtime/lyapunov.c: each step's Jacobian formed and applied to the k tangents, a blocked
+-- Householder QR, log|diag R| accumulated; sorted descending).
 -- Timed: the whole T-step run, rnn:lyapunov(x, {k = k, Q0 = Q0}).
 -- Usage: LUA_CPATH='build/lua/?.so' lua5.4 bench/lyapunov.lua DIR [N,k,T ...]
 --   (default cases 64,16,1000 64,64,1000 256,16,1000 256,256,1000: minutes in all)

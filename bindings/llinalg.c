@@ -84,26 +84,32 @@ static int linalg_cholesky(lua_State *L) {
   return lmg_result(L, S, mg_linalg_cholesky(S->C, A, &y), &y);
 }
 
-/* lyapunov_gru(x, h0, W, U, b, Q0, warmup, steps, every, backwards, mode) -> sum, history */
-static int linalg_lyapunov_gru(lua_State *L) {
+/* lyapunov_gru(x, h0, W, U, b, Q0, warmup, steps, every, backwards [, mode]) and
+** lyapunov_lstm(x, h0, c0, W, U, b, Q0, warmup, steps, every, backwards) -> sum, history */
+static int lyapunov_call(lua_State *L, bool lstm) {
   lstate *S = LSTATE(L);
-  mg_tensor *a[6], *y[2] = { NULL, NULL };
-  for (int i = 0; i < 6; i++) a[i] = mg_lua_checktensor(L, i + 1);
-  int64_t warmup = luaL_checkinteger(L, 7), steps = luaL_checkinteger(L, 8);
-  int64_t every = luaL_checkinteger(L, 9);
-  bool backwards = lua_toboolean(L, 10);
-  int mode = (int)luaL_optinteger(L, 11, 0);
-  lua_settop(L, 11);
+  int n = lstm ? 7 : 6;
+  mg_tensor *a[7], *y[2] = { NULL, NULL };
+  for (int i = 0; i < n; i++) a[i] = mg_lua_checktensor(L, i + 1);
+  int64_t warmup = luaL_checkinteger(L, n + 1), steps = luaL_checkinteger(L, n + 2);
+  int64_t every = luaL_checkinteger(L, n + 3);
+  bool backwards = lua_toboolean(L, n + 4);
+  int mode = lstm ? 2 : (int)luaL_optinteger(L, n + 5, 0);
+  lua_settop(L, n + 5);
   SLOTS(2);
-  mg_status st = mg_lyapunov_gru(S->C, a[0], a[1], a[2], a[3], a[4], a[5], warmup, steps, every,
-                                 backwards, mode, &y[0], &y[1]);
+  mg_status st = lstm ? mg_lyapunov_lstm(S->C, a[0], a[1], a[2], a[3], a[4], a[5], a[6], warmup,
+                                         steps, every, backwards, &y[0], &y[1])
+                      : mg_lyapunov_gru(S->C, a[0], a[1], a[2], a[3], a[4], a[5], warmup, steps,
+                                        every, backwards, mode, &y[0], &y[1]);
   return results(L, S, st, 2, y, sl);
 }
+static int linalg_lyapunov_gru(lua_State *L) { return lyapunov_call(L, false); }
+static int linalg_lyapunov_lstm(lua_State *L) { return lyapunov_call(L, true); }
 
 static const luaL_Reg linalg_functions[] = {
   { "qr", linalg_qr }, { "svd", linalg_svd }, { "eigh", linalg_eigh }, { "eig", linalg_eig },
   { "solve", linalg_solve }, { "slogdet", linalg_slogdet }, { "cholesky", linalg_cholesky },
-  { "lyapunov_gru", linalg_lyapunov_gru },
+  { "lyapunov_gru", linalg_lyapunov_gru }, { "lyapunov_lstm", linalg_lyapunov_lstm },
   { NULL, NULL } };
 
 /* Adds 'mg._linalg' to the module at the stack top. */

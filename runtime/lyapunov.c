@@ -1,29 +1,40 @@
 /*
-** lyapunov.c - the fast path of mg.lyapunov for the built-in GRU cell (Keras layout,
-** reset_after, sigmoid and tanh), float32: the whole QR method (Benettin et al.) in one call,
-** on buffers allocated once, with nothing recorded.
+** lyapunov.c - the fast path of mg.lyapunov for the built-in GRU (Keras layout, reset_after,
+** sigmoid and tanh) and LSTM (sigmoid and tanh, state (h, c)) cells, float32 and float64: the
+** whole QR method (Benettin et al.) in one call, on buffers allocated once, with nothing
+** recorded. The cell's step is cells.c's (mg_gru_step_forward, mg_lstm_gates), and so are
+** the coefficients of its Jacobian: the reverse pass's (mg_gru_d1, mg_lstm_dz) with
+** cotangents of ones.
 **
-** Per step t and trajectory b, with a = x_t W + b_in and m = h U + b_rec (gates z, r, h):
+** GRU, per step and trajectory, with a = x_t W + b_in and m = h U + b_rec (gates z, r, h):
 **   z = sigm(a_z + m_z), r = sigm(a_r + m_r), hh = tanh(a_h + r m_h), h' = z h + (1 - z) hh,
 ** the Jacobian dh'_j/dh_l is  J[l, j] = U_z[l, j] cz_j + U_r[l, j] cr_j + U_h[l, j] ch_j
 ** + [l = j] z_j  with  cz = z (1 - z) (h - hh),  cr = (1 - z)(1 - hh^2) m_h r (1 - r),
 ** ch = (1 - z)(1 - hh^2) r: the recurrent kernel's three blocks with their columns scaled.
-** The k tangents of a trajectory are the rows of a (k, N) matrix T (the columns of the
-** column-major N x k matrix LAPACK sees), pushed through as T J with J formed (3 N^2 per
-** trajectory, against 3 k N^2 for the k JVPs through U), then re-orthonormalized by
-** Householder's QR with LAPACK's arithmetic and signs (those of mg.linalg.qr), log|R_ii| summed.
+** LSTM (gates i, f, g, o; c' = f c + i g, h' = o tanh(c')), tangents (dh, dc) of 2N:
+**   dh' = dh sum_(4 blocks) U_q diag(a_q) + dc diag(f o (1 - tanh^2 c')),
+**   dc' = dh sum_(i, f, g) U_q diag(b_q) + dc diag(f),
+** a = mg_lstm_dz's dz for the cotangents (gh, gc) = (1, 0), b for (0, 1).
+** The k tangents of a trajectory are the rows of a (k, S) matrix T (S = N, or 2N: the
+** columns of the column-major S x k matrix LAPACK sees), pushed through as T J with J formed
+** (3 N^2 per trajectory, against 3 k N^2 for the k JVPs through U), then re-orthonormalized
+** by Householder's QR with LAPACK's signs (those of mg.linalg.qr), log|R_ii| summed.
 ** Two ways, the same numbers up to rounding:
-**   lanes (k < 128)  16 trajectories at once, one per lane of a 16-float vector: J formed a
-**                    few columns at a time and applied with register-blocked FMAs, and the
-**                    QR unblocked, every operation 16 trajectories wide (at these sizes the
-**                    per-call overhead of BLAS and LAPACK's unblocked QR took the time);
-**   per trajectory   J formed, one (k, N) x (N, N) GEMM, LAPACK's recursive geqrt3 and Q
-**                    from its compact WY form by one GEMM.
+**   lanes            16 trajectories at once (float64: 8), one per lane of a 512-bit vector
+**                    (lyapunov_lanes.h): J formed a few columns at a time and applied with
+**                    register-blocked FMAs, and the QR blocked in compact WY form, every
+**                    operation as wide as the lanes; the groups of lanes run on the context's
+**                    threads (mg_parallel_for), each on its own, so that the numbers are the
+**                    same for any thread count;
+**   per trajectory   float32 GRU, on request (mode 1): J formed, one (k, N) x (N, N) GEMM,
+**                    LAPACK's recursive geqrt3 and Q from its compact WY form by one GEMM
+**                    from k = 128, the lanes' QR below; slower than the lanes at every size
+**                    measured (3.8x at N = k = 128), kept as an independent check.
 ** The generic path (any step function, a vectorized JVP per step) is
 ** bindings/moongrad/spectra.lua; spec/spectra_spec.lua checks the two agree.
 */
 #include "mg_impl.h"
-#include "fastmath.h"
+#include "cells.h"
 
 #include <cblas.h>
 #include <lapacke.h>
@@ -39,45 +50,246 @@
 #else
 #define MG_CLONES
 #endif
+#define MG_INLINE static inline __attribute__((always_inline))
+
+/* Block sizes of the lanes' kernels (lyapunov_lanes.h): the QR's panels of NB columns,
+** updated RB rows at a time (NB x RB lane vectors of V, 32 KiB, stay in L1 while the columns
+** pass; 64 rows measured 3% faster than 32 at N = k = 64); the Jacobian product's JB columns by RJ rows of J, CB tangents
+** at a time, from slabs of at most KC_BYTES of tangents; the QR's panels VALL_BYTES of
+** reflectors at a time over slabs of CSLAB_BYTES of the columns after them. */
+#define NB 8
+#define RB 64
+#define JB 4
+#define CB 4
+#define RJ 64
+#define KC_BYTES (512 * 1024)
+#define VALL_BYTES (1024 * 1024)
+#define CSLAB_BYTES (256 * 1024)
+_Static_assert(JB == 4, "LX(tangents) takes the last columns as 1, 2 or 3");
+/* Steps per parallel round: the groups run this many steps, then the history is summed and
+** the interrupt flag read. */
+#define LCHUNK 64
+#define LANES_F32 16
+#define LANES_F64 8
+
+/* One group of trajectories (rows b0 .. b0 + nl - 1) through the run: its buffers (LT of
+** its type), all allocated once. */
+typedef struct {
+  int64_t b0, nl, counted, since;
+  void *h, *hn, *c, *cn, *M, *S, *dmx, *co, *zz, *ones, *dz1, *dz2, *dc1, *dc2, *cl, *TL, *AL,
+      *Jb, *Vb, *Wb, *Tb, *tau, *beta, *sum;
+  void *block;            /* the allocation holding them */
+} lgroup;
+
+/* A run, as the groups see it. */
+typedef struct {
+  bool lstm, backwards;
+  int64_t T, F, N, S, k, warmup, steps, every, t0, t1;
+  const void *x, *W, *U, *b;
+  const mg_packed *P;     /* U packed (float32), or NULL */
+  const volatile int *intr;
+  double *part;           /* (groups, LCHUNK, k): each group's history share */
+  lgroup *g;
+} ljob;
+
+#define LT float
+#define LANES LANES_F32
+#define LX(name) name##_f32
+#define LDT MG_F32
+#define LSQRT sqrtf
+#define LCOPYSIGN copysignf
+#include "lyapunov_lanes.h"
+
+#define LT double
+#define LANES LANES_F64
+#define LX(name) name##_f64
+#define LDT MG_F64
+#define LSQRT sqrt
+#define LCOPYSIGN copysign
+#include "lyapunov_lanes.h"
+
+static int desc_f32(const void *a, const void *b) {
+  float x = *(const float *)a, y = *(const float *)b;
+  return (x < y) - (x > y);
+}
+static int desc_f64(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x < y) - (x > y);
+}
+
+/* ---------------------------------------------------------------- checks */
+
+enum { IX, IH, IC, IW, IU, IB, IQ, NIN };   /* x, h0, c0 (LSTM), kernel, recurrent, bias, Q0 */
+
+/* x (B, T, F) and Q0 (B, S, k) here; h0 (and c0), the kernels and the bias as the fused
+** cells check them (cells.c); one dtype, float32 or float64. dims: B, T, F, N, k. */
+static mg_status check_cell(mg_ctx *C, const char *fn, bool lstm, mg_tensor *const *in,
+                            int64_t *dims) {
+  mg_tensor *x = in[IX], *h0 = in[IH], *Q0 = in[IQ], *all[NIN];
+  char s[96], s2[96];
+  int n = 0;
+  for (int i = 0; i < NIN; i++)
+    if (in[i]) all[n++] = in[i];
+  mg_status st = mg_cell_same_dtype(C, fn, n, all);
+  if (st == MG_OK && x->dtype != MG_F32 && x->dtype != MG_F64)
+    st = mg_fail(C, MG_EARG, "%s: x must be float32 or float64, got %s", fn, mg_dtype_name(x->dtype));
+  if (st != MG_OK) return st;
+  if (x->ndim != 3)
+    return mg_fail(C, MG_ESHAPE, "%s: x has shape %s, expected (B, T, F)", fn,
+                   mg_shapestr(s, sizeof s, x->ndim, x->shape));
+  int64_t B = x->shape[0], T = x->shape[1], F = x->shape[2], N = h0->ndim == 2 ? h0->shape[1] : -1;
+  int64_t gates = lstm ? 4 : 3, S = lstm ? 2 * N : N;
+  if ((st = mg_cell_want2(C, fn, "h0", h0, B, N)) ||
+      (lstm && (st = mg_cell_want2(C, fn, "c0", in[IC], B, N))) ||
+      (st = mg_cell_want2(C, fn, "kernel", in[IW], F, gates * N)) ||
+      (st = mg_cell_want2(C, fn, "recurrent_kernel", in[IU], N, gates * N)))
+    return st;
+  if (lstm && (in[IB]->ndim != 1 || in[IB]->shape[0] != 4 * N))
+    return mg_fail(C, MG_ESHAPE, "%s: bias has shape %s, expected (%lld)", fn,
+                   mg_shapestr(s, sizeof s, in[IB]->ndim, in[IB]->shape), (long long)(4 * N));
+  if (!lstm && (st = mg_gru_bias_check(C, fn, in[IB], true, N))) return st;
+  int64_t k = Q0->ndim == 3 ? Q0->shape[2] : 0;
+  if (Q0->ndim != 3 || Q0->shape[0] != B || Q0->shape[1] != S)
+    return mg_fail(C, MG_ESHAPE, "%s: Q0 has shape %s, which does not fit x %s and a state of %lld",
+                   fn, mg_shapestr(s, sizeof s, Q0->ndim, Q0->shape),
+                   mg_shapestr(s2, sizeof s2, 3, x->shape), (long long)S);
+  if (N < 1 || k < 1 || k > S)
+    return mg_fail(C, MG_EARG, "%s: k = %lld must be in 1..%lld", fn, (long long)k, (long long)S);
+  dims[0] = B, dims[1] = T, dims[2] = F, dims[3] = N, dims[4] = k;
+  return MG_OK;
+}
+
+/* ---------------------------------------------------------------- the lanes way */
+
+/* Elements of the QR's reflector buffer V for rows of S components in L lanes of es bytes:
+** the panels householder_lanes takes at a time. */
+static int64_t v_elems(int64_t S, int64_t L, int64_t es, int64_t k) {
+  int64_t per = VALL_BYTES / (NB * S * L * es), blocks = (k - 1) / NB;
+  if (per > blocks) per = blocks;
+  if (per < 1) per = 1;
+  return per * NB * S * L;
+}
+
+/* Group g's buffers in one allocation: returns false when out of memory. */
+static bool group_alloc(lgroup *g, mg_dtype dt, bool lstm, int64_t N, int64_t k) {
+  int64_t L = dt == MG_F64 ? LANES_F64 : LANES_F32, S = lstm ? 2 * N : N, NL = N * L;
+  int64_t panels = (k - 1) / NB + 1;
+  void **p[] = { &g->h, &g->hn, &g->c, &g->cn, &g->zz, &g->ones, &g->dc1, &g->dc2, &g->M,
+                 &g->S, &g->dmx, &g->co, &g->dz1, &g->dz2, &g->cl, &g->TL, &g->AL, &g->Jb,
+                 &g->Vb, &g->Wb, &g->Tb, &g->tau, &g->beta, &g->sum };
+  int64_t n[] = { NL, NL, NL, NL, NL, NL, NL, NL, 4 * NL, 4 * NL, 3 * NL, 3 * NL, 4 * NL,
+                  4 * NL, 9 * NL, k * S * L, k * S * L, RJ * JB * L, v_elems(S, L, (int64_t)mg_dtype_size(dt), k), NB * k * L,
+                  panels * NB * NB * L, k * L, k * L, L * k };
+  size_t es = mg_dtype_size(dt), total = 0, at[sizeof n / sizeof n[0]];
+  for (size_t i = 0; i < sizeof n / sizeof n[0]; i++) {
+    at[i] = total;
+    total += ((size_t)n[i] * es + 63) / 64 * 64;
+  }
+  if (!(g->block = calloc(1, total + 64))) return false;
+  char *base = (char *)(((uintptr_t)g->block + 63) / 64 * 64);
+  for (size_t i = 0; i < sizeof n / sizeof n[0]; i++) *p[i] = base + at[i];
+  if (dt == MG_F64) for (int64_t i = 0; i < NL; i++) ((double *)g->ones)[i] = 1;
+  else for (int64_t i = 0; i < NL; i++) ((float *)g->ones)[i] = 1;
+  return true;
+}
+
+/* The initial state and tangents of group g (T_b = Q0_b^T: tangents as rows; the identity in
+** the lanes past the batch). */
+static void group_init(lgroup *g, mg_dtype dt, bool lstm, int64_t N, int64_t k, const void *h0,
+                       const void *c0, const void *Q0) {
+  int64_t L = dt == MG_F64 ? LANES_F64 : LANES_F32, S = lstm ? 2 * N : N, es = (int64_t)mg_dtype_size(dt);
+  memcpy(g->h, (const char *)h0 + g->b0 * N * es, (size_t)(g->nl * N * es));
+  if (lstm) memcpy(g->c, (const char *)c0 + g->b0 * N * es, (size_t)(g->nl * N * es));
+  for (int64_t l = 0; l < L; l++)
+    for (int64_t i = 0; i < S; i++)
+      for (int64_t j = 0; j < k; j++) {
+        int64_t o = (j * S + i) * L + l, q = ((g->b0 + l) * S + i) * k + j;
+        if (dt == MG_F64) ((double *)g->TL)[o] = l < g->nl ? ((const double *)Q0)[q] : i == j;
+        else ((float *)g->TL)[o] = l < g->nl ? ((const float *)Q0)[q] : i == j;
+      }
+}
+
+/* The whole run, the lanes way: sum (B, k), history (steps, k) of x's dtype. */
+static mg_status lyapunov_lanes(mg_ctx *C, const char *fn, bool lstm, mg_tensor *const *c,
+                                const int64_t *d, int64_t warmup, int64_t steps, int64_t every,
+                                bool backwards, mg_tensor *sum, mg_tensor *hist) {
+  mg_dtype dt = c[IX]->dtype;
+  int64_t B = d[0], T = d[1], F = d[2], N = d[3], k = d[4], L = dt == MG_F64 ? LANES_F64 : LANES_F32;
+  int64_t groups = (B + L - 1) / L, total = warmup + steps, es = (int64_t)mg_dtype_size(dt);
+  ljob J = { .lstm = lstm, .backwards = backwards, .T = T, .F = F, .N = N, .S = lstm ? 2 * N : N,
+             .k = k, .warmup = warmup, .steps = steps, .every = every, .x = mg_tensor_data(c[IX]),
+             .W = mg_tensor_data(c[IW]), .U = mg_tensor_data(c[IU]), .b = mg_tensor_data(c[IB]),
+             .intr = C->interrupt };
+  mg_packed P;
+  bool packed = dt == MG_F32 && mg_pack(&P, NULL, J.U, (lstm ? 4 : 3) * N, false, N, (lstm ? 4 : 3) * N);
+  J.P = packed ? &P : NULL;                           /* else BLAS on U */
+  J.g = calloc((size_t)groups, sizeof *J.g);
+  J.part = calloc((size_t)(groups * LCHUNK * k), sizeof(double));
+  double *acc = calloc((size_t)k, sizeof(double));
+  void *row = calloc((size_t)k, (size_t)es);
+  mg_status st = J.g && J.part && acc && row ? MG_OK : mg_fail(C, MG_ENOMEM, "%s: out of memory", fn);
+  for (int64_t gi = 0; gi < groups && st == MG_OK; gi++) {
+    lgroup *g = &J.g[gi];
+    g->b0 = gi * L, g->nl = B - g->b0 < L ? B - g->b0 : L;
+    if (!group_alloc(g, dt, lstm, N, k)) st = mg_fail(C, MG_ENOMEM, "%s: out of memory", fn);
+    else group_init(g, dt, lstm, N, k, mg_tensor_data(c[IH]), lstm ? mg_tensor_data(c[IC]) : NULL,
+                    mg_tensor_data(c[IQ]));
+  }
+  int64_t counted = 0;
+  for (int64_t t0 = 1; t0 <= total && st == MG_OK; t0 += LCHUNK) {
+    J.t0 = t0, J.t1 = total + 1 - t0 < LCHUNK ? total + 1 : t0 + LCHUNK;
+    st = mg_parallel_for(C, NULL, groups, 1, dt == MG_F64 ? groups_fn_f64 : groups_fn_f32, &J);
+    if (st == MG_OK) st = mg_poll(C, fn);
+    for (int64_t t = J.t0; t < J.t1 && st == MG_OK; t++) {
+      if (t <= warmup) continue;
+      for (int64_t i = 0; i < k; i++) acc[i] = 0;     /* the batch mean, groups in order */
+      for (int64_t gi = 0; gi < groups; gi++)
+        for (int64_t i = 0; i < k; i++) acc[i] += J.part[(gi * LCHUNK + t - t0) * k + i];
+      if (dt == MG_F64) {
+        double *r = row;
+        for (int64_t i = 0; i < k; i++) r[i] = acc[i] / (double)B;
+        qsort(r, (size_t)k, sizeof(double), desc_f64);
+      } else {
+        float *r = row;
+        for (int64_t i = 0; i < k; i++) r[i] = (float)(acc[i] / (double)B);
+        qsort(r, (size_t)k, sizeof(float), desc_f32);
+      }
+      memcpy((char *)mg_tensor_data(hist) + counted * k * es, row, (size_t)(k * es));
+      counted++;
+    }
+  }
+  for (int64_t gi = 0; gi < groups && st == MG_OK; gi++)
+    memcpy((char *)mg_tensor_data(sum) + J.g[gi].b0 * k * es, J.g[gi].sum, (size_t)(J.g[gi].nl * k * es));
+  for (int64_t gi = 0; J.g && gi < groups; gi++) free(J.g[gi].block);
+  free(J.g);
+  free(J.part);
+  free(acc);
+  free(row);
+  if (packed) mg_pack_free(&P);
+  return st;
+}
+
+/* ---------------------------------------------------------------- per trajectory (float32 GRU) */
 
 /* Scratch of one run, allocated once. */
 typedef struct {
-  float *h, *mx, *mh, *cz, *cr, *ch, *zz, *T, *A, *J, *tau, *beta, *X, *sum, *row;
-  float *TL, *AL, *cl, *Jb;   /* the lanes way: tangents, coefficients (4 x N x LANES), J block */
+  float *h, *hn, *mx, *S, *dmx, *co, *zz, *ones, *T, *A, *J, *tau, *beta, *X, *sum, *row;
+  float *Vb, *Wb, *Tb;        /* the lanes' blocked QR (k < QR_BLOCKED) */
   double *acc;
+  mg_packed P;                /* U packed once for the recurrent products */
+  bool packed;
 } scratch;
 
-/* The gates of one trajectory from a = x_t W (3N) and m = h U (3N): h <- h', and the
-** coefficients of its Jacobian. float32 with fastmath.h's vectorized sigmoid and tanh (about
-** 2 ulp; mg.gru_cell computes them in float64 and rounds). */
-MG_CLONES static void gru_gates_f32(int64_t N, const float *a, const float *m, const float *bi,
-                                    const float *br, float *h, float *cz, float *cr, float *ch,
-                                    float *zz) {
-  for (int64_t j = 0; j < N; j++) {
-    float z = mg_sigmoidf(a[j] + bi[j] + m[j] + br[j]);
-    float r = mg_sigmoidf(a[N + j] + bi[N + j] + m[N + j] + br[N + j]);
-    float mh = m[2 * N + j] + br[2 * N + j];
-    float hh = mg_tanhf(a[2 * N + j] + bi[2 * N + j] + r * mh);
-    float g = (1 - z) * (1 - hh * hh);
-    cz[j] = z * (1 - z) * (h[j] - hh);
-    cr[j] = g * mh * r * (1 - r);
-    ch[j] = g * r;
-    zz[j] = z;
-    h[j] = z * h[j] + (1 - z) * hh;
-  }
-}
-
-/* One GRU step for every trajectory: h <- h', and the coefficients of its Jacobian. */
+/* One GRU step for every trajectory through the fused cell's own kernels (cells.c): h <- h',
+** and the coefficients of its Jacobian: co = [cz cr ch] (B, 3N) as mg_gru_d1's dmh, zz = z. */
 static void gru_step_f32(int64_t B, int64_t F, int64_t N, const float *xt, int64_t ldx,
                          const float *W, const float *U, const float *bias, scratch *s) {
   int64_t G = 3 * N;
   mg_gemm(MG_F32, false, false, B, G, F, 1, xt, ldx, W, G, 0, s->mx, G);
-  mg_gemm(MG_F32, false, false, B, G, N, 1, s->h, N, U, G, 0, s->mh, G);
-  for (int64_t b = 0; b < B; b++) {
-    int64_t o = b * N;
-    gru_gates_f32(N, s->mx + b * G, s->mh + b * G, bias, bias + G, s->h + o, s->cz + o, s->cr + o,
-                  s->ch + o, s->zz + o);
-  }
+  mg_gru_step_forward(MG_F32, B, N, true, U, s->packed ? &s->P : NULL, bias, s->h, s->mx, s->S,
+                      s->hn);
+  mg_gru_d1(MG_F32, 0, B, N, true, s->S, s->h, s->ones, s->dmx, s->co, s->zz);
+  float *t = s->h; s->h = s->hn; s->hn = t;
 }
 
 /* J (N, N) of one trajectory from the coefficients at 'o' (explicit way). */
@@ -92,188 +304,27 @@ MG_CLONES static void form_jacobian_f32(int64_t N, const float *U, const float *
   }
 }
 
-/* The Householder QR of the k rows of A (each of length N: the columns of the N x k matrix
-** LAPACK would see), in place, with LAPACK's conventions (slarfg's reflectors, sorg2r's Q,
-** so the same signs as mg.linalg.qr): A becomes Q; log|R_jj| is added to logs[j] unless
-** 'logs' is NULL. Written out rather than calling geqrf + orgqr, whose unblocked code makes
-** one BLAS call per column: at these sizes the calls, not the arithmetic, took the time. */
-/* The QR of 16 trajectories at once: their k x N tangent matrices interleaved as
-** X[c][i][l] (tangent c, component i, trajectory l < LANES), so every step of Householder's
-** method is one 16-wide vector operation across the trajectories (no reductions inside a
-** vector, no short loops): the arithmetic of LAPACK's geqr2 + org2r (slarfg's reflectors
-** and signs, as mg.linalg.qr), written out. X becomes Q; log|R_jj| of lane l is added to
-** logs[l * k + j]. Lanes past the batch hold the identity (their logs are 0). */
-#define LANES 16
-typedef float lanes_t __attribute__((vector_size(LANES * sizeof(float))));   /* GCC and Clang */
-/* The same at any float's address (an unaligned load or store), for lload and lstore. */
-typedef float lanes_at __attribute__((vector_size(LANES * sizeof(float)), aligned(4), may_alias));
-#define lload(p) (*(const lanes_at *)(p))
-#define lstore(p, v) (*(lanes_at *)(p) = (v))
-
-/* One reflector (v, tau) applied to tangent row a, both from component j on. */
-static inline void reflect_lanes(int64_t j, int64_t N, const float *v, const float *tau, float *a) {
-  lanes_t w = lload(a + j * LANES), t = lload(tau);
-  for (int64_t i = j + 1; i < N; i++) w += lload(v + i * LANES) * lload(a + i * LANES);
-  w *= t;
-  lstore(a + j * LANES, lload(a + j * LANES) - w);
-  for (int64_t i = j + 1; i < N; i++) lstore(a + i * LANES, lload(a + i * LANES) - w * lload(v + i * LANES));
-}
-
-/* The same for the 4 rows a, a + row, a + 2 row, a + 3 row: independent sums, so the dot
-** products are not one chain of dependent additions. */
-static inline void reflect4_lanes(int64_t j, int64_t N, const float *v, const float *tau,
-                                  float *a, int64_t row) {
-  float *a0 = a, *a1 = a + row, *a2 = a + 2 * row, *a3 = a + 3 * row;
-  lanes_t w0 = lload(a0 + j * LANES), w1 = lload(a1 + j * LANES), w2 = lload(a2 + j * LANES),
-          w3 = lload(a3 + j * LANES), t = lload(tau);
-  for (int64_t i = j + 1; i < N; i++) {
-    lanes_t vi = lload(v + i * LANES);
-    w0 += vi * lload(a0 + i * LANES);
-    w1 += vi * lload(a1 + i * LANES);
-    w2 += vi * lload(a2 + i * LANES);
-    w3 += vi * lload(a3 + i * LANES);
-  }
-  w0 *= t, w1 *= t, w2 *= t, w3 *= t;
-  lstore(a0 + j * LANES, lload(a0 + j * LANES) - w0);
-  lstore(a1 + j * LANES, lload(a1 + j * LANES) - w1);
-  lstore(a2 + j * LANES, lload(a2 + j * LANES) - w2);
-  lstore(a3 + j * LANES, lload(a3 + j * LANES) - w3);
-  for (int64_t i = j + 1; i < N; i++) {
-    lanes_t vi = lload(v + i * LANES);
-    lstore(a0 + i * LANES, lload(a0 + i * LANES) - w0 * vi);
-    lstore(a1 + i * LANES, lload(a1 + i * LANES) - w1 * vi);
-    lstore(a2 + i * LANES, lload(a2 + i * LANES) - w2 * vi);
-    lstore(a3 + i * LANES, lload(a3 + i * LANES) - w3 * vi);
-  }
-}
-
-/* Reflector j applied to rows j + 1 .. k - 1 of X. */
-static inline void reflect_rows(int64_t j, int64_t N, int64_t k, const float *v, const float *tau,
-                                float *X, int64_t row) {
-  int64_t c = j + 1;
-  for (; c + 4 <= k; c += 4) reflect4_lanes(j, N, v, tau, X + c * row, row);
-  for (; c < k; c++) reflect_lanes(j, N, v, tau, X + c * row);
-}
-
-MG_CLONES static void householder_lanes_f32(int64_t N, int64_t k, float *X, float *tau,
-                                            float *beta) {
-  const int64_t row = N * LANES;
-  for (int64_t j = 0; j < k; j++) {                    /* geqr2 */
-    float *v = X + j * row, *t = tau + j * LANES, *bt = beta + j * LANES, ss[LANES] = { 0 };
-    for (int64_t i = j + 1; i < N; i++)
-      for (int l = 0; l < LANES; l++) ss[l] += v[i * LANES + l] * v[i * LANES + l];
-    float sc[LANES];
-    for (int l = 0; l < LANES; l++) {
-      float alpha = v[j * LANES + l], b = -copysignf(sqrtf(alpha * alpha + ss[l]), alpha);
-      bool some = ss[l] > 0;
-      bt[l] = some ? b : alpha;
-      t[l] = some ? (b - alpha) / b : 0;
-      sc[l] = some ? 1 / (alpha - b) : 1;
-      v[j * LANES + l] = bt[l];
-    }
-    for (int64_t i = j + 1; i < N; i++)
-      for (int l = 0; l < LANES; l++) v[i * LANES + l] *= sc[l];
-    reflect_rows(j, N, k, v, t, X, row);
-  }
-  for (int64_t j = k - 1; j >= 0; j--) {               /* org2r: Q = H_0 ... H_(k-1) E */
-    float *v = X + j * row, *t = tau + j * LANES;
-    reflect_rows(j, N, k, v, t, X, row);
-    for (int64_t i = j + 1; i < N; i++)
-      for (int l = 0; l < LANES; l++) v[i * LANES + l] *= -t[l];
-    for (int l = 0; l < LANES; l++) v[j * LANES + l] = 1 - t[l];
-    for (int64_t i = 0; i < j; i++)
-      for (int l = 0; l < LANES; l++) v[i * LANES + l] = 0;
-  }
-}
-
-/* AL = TL J for the 16 trajectories of a group, lanes as in householder_lanes_f32 (TL, AL:
-** k x N x LANES; the coefficients N x LANES): AL[c][j] = sum_i TL[c][i] J[i][j] with
-** J[i][j] = U[i][j] cz[j] + U[i][N + j] cr[j] + U[i][2N + j] ch[j] + [i = j] zz[j], formed
-** JB columns at a time into Jb (N x JB x LANES floats, in cache) and applied CB tangents at a
-** time, the CB x JB lane vectors of AL summed in registers. */
-#define JB 4
-#define CB 4
-MG_CLONES static void tangents_lanes_f32(int64_t N, int64_t k, const float *U, const float *cz,
-                                         const float *cr, const float *ch, const float *zz,
-                                         const float *TL, float *AL, float *Jb) {
-  const int64_t G = 3 * N;
-  for (int64_t j0 = 0; j0 < N; j0 += JB) {
-    int64_t jb = N - j0 < JB ? N - j0 : JB;
-    lanes_t vz[JB], vr[JB], vh[JB];
-    for (int64_t q = 0; q < jb; q++) {
-      vz[q] = lload(cz + (j0 + q) * LANES);
-      vr[q] = lload(cr + (j0 + q) * LANES);
-      vh[q] = lload(ch + (j0 + q) * LANES);
-    }
-    for (int64_t i = 0; i < N; i++) {
-      const float *u = U + i * G + j0;
-      for (int64_t q = 0; q < jb; q++) {
-        lstore(Jb + (i * JB + q) * LANES, u[q] * vz[q] + u[N + q] * vr[q] + u[2 * N + q] * vh[q]);
-      }
-    }
-    for (int64_t q = 0; q < jb; q++)
-      for (int l = 0; l < LANES; l++) Jb[((j0 + q) * JB + q) * LANES + l] += zz[(j0 + q) * LANES + l];
-    int64_t c0 = 0;
-    if (jb == JB)
-      for (; c0 + CB <= k; c0 += CB) {
-        lanes_t acc[CB][JB];
-#pragma GCC unroll 4
-        for (int c = 0; c < CB; c++)
-#pragma GCC unroll 4
-          for (int q = 0; q < JB; q++) acc[c][q] = (lanes_t){ 0 };
-        for (int64_t i = 0; i < N; i++) {
-          lanes_t jr[JB];
-#pragma GCC unroll 4
-          for (int q = 0; q < JB; q++) jr[q] = lload(Jb + (i * JB + q) * LANES);
-#pragma GCC unroll 4
-          for (int c = 0; c < CB; c++) {
-            lanes_t t = lload(TL + ((c0 + c) * N + i) * LANES);
-#pragma GCC unroll 4
-            for (int q = 0; q < JB; q++) acc[c][q] += t * jr[q];
-          }
-        }
-#pragma GCC unroll 4
-        for (int c = 0; c < CB; c++)
-#pragma GCC unroll 4
-          for (int q = 0; q < JB; q++) lstore(AL + ((c0 + c) * N + j0 + q) * LANES, acc[c][q]);
-      }
-    for (; c0 < k; c0++)                                 /* the tangents and columns left */
-      for (int64_t q = 0; q < jb; q++) {
-        float acc[LANES] = { 0 };
-        for (int64_t i = 0; i < N; i++)
-          for (int l = 0; l < LANES; l++) acc[l] += TL[(c0 * N + i) * LANES + l] * Jb[(i * JB + q) * LANES + l];
-        for (int l = 0; l < LANES; l++) AL[(c0 * N + j0 + q) * LANES + l] = acc[l];
-      }
-  }
-}
-
-/* The coefficients of trajectories b0 .. b0 + nl - 1 in lanes (dst[j][l] = src[(b0 + l) N + j]),
-** 'pad' in the lanes past them. */
-static void to_lanes_f32(int64_t N, int64_t b0, int64_t nl, const float *src, float pad, float *dst) {
-  for (int64_t j = 0; j < N; j++)
-    for (int64_t l = 0; l < LANES; l++) dst[j * LANES + l] = l < nl ? src[(b0 + l) * N + j] : pad;
-}
-
 /* QR of the B (k, N) tangent matrices in A (rows: tangents), in place, 16 at a time through
 ** X; log|R_jj| of trajectory b added to sum[b * k + j] unless sum is NULL. */
-static void qr_batch_f32(int64_t B, int64_t N, int64_t k, float *A, float *X, float *tau,
-                         float *beta, float *sum) {
-  for (int64_t b0 = 0; b0 < B; b0 += LANES) {
-    int64_t nl = B - b0 < LANES ? B - b0 : LANES;
+static void qr_batch_f32(int64_t B, int64_t N, int64_t k, float *A, float *X, float *sum,
+                         scratch *s) {
+  float *tau = s->tau, *beta = s->beta;
+  for (int64_t b0 = 0; b0 < B; b0 += LANES_F32) {
+    int64_t nl = B - b0 < LANES_F32 ? B - b0 : LANES_F32;
     for (int64_t c = 0; c < k; c++)
       for (int64_t i = 0; i < N; i++) {
-        float *x = X + (c * N + i) * LANES;
+        float *x = X + (c * N + i) * LANES_F32;
         for (int64_t l = 0; l < nl; l++) x[l] = A[((b0 + l) * k + c) * N + i];
-        for (int64_t l = nl; l < LANES; l++) x[l] = c == i ? 1.0f : 0.0f;
+        for (int64_t l = nl; l < LANES_F32; l++) x[l] = c == i ? 1.0f : 0.0f;
       }
-    householder_lanes_f32(N, k, X, tau, beta);
+    householder_lanes_f32(N, k, X, tau, beta, s->Vb, s->Wb, s->Tb);
     for (int64_t l = 0; l < nl; l++) {
       float *a = A + (b0 + l) * k * N;
       for (int64_t c = 0; c < k; c++)
-        for (int64_t i = 0; i < N; i++) a[c * N + i] = X[(c * N + i) * LANES + l];
+        for (int64_t i = 0; i < N; i++) a[c * N + i] = X[(c * N + i) * LANES_F32 + l];
       if (sum)
         for (int64_t j = 0; j < k; j++)
-          sum[(b0 + l) * k + j] += (float)log(fabs((double)beta[j * LANES + l]));
+          sum[(b0 + l) * k + j] += (float)log(fabs((double)beta[j * LANES_F32 + l]));
     }
   }
 }
@@ -285,7 +336,7 @@ static void qr_batch_f32(int64_t B, int64_t N, int64_t k, float *A, float *X, fl
 /* The same QR through LAPACK, one trajectory at a time: its recursive compact-WY geqrt3,
 ** A = (I - V Tm V^T) [R; 0], so Q = E - V (Tm V1^T) with E the first k columns of the
 ** identity and V1 the unit lower k x k top of V: a triangular product and one GEMM, where
-** orgqr takes 12% longer at k = N = 256. 'work' holds k * N * LANES floats. */
+** orgqr takes 12% longer at k = N = 256. 'work' holds k * (k + N) floats. */
 static mg_status qr_lapack_f32(mg_ctx *C, const char *fn, int64_t B, int64_t N, int64_t k,
                                float *A, float *work, float *sum) {
   lapack_int n = (lapack_int)N, kk = (lapack_int)k;
@@ -311,141 +362,59 @@ static mg_status qr_lapack_f32(mg_ctx *C, const char *fn, int64_t B, int64_t N, 
   return MG_OK;
 }
 
-static int desc(const void *a, const void *b) {
-  float x = *(const float *)a, y = *(const float *)b;
-  return (x < y) - (x > y);
-}
-
-static mg_status check_gru(mg_ctx *C, const char *fn, mg_tensor *const *in, int64_t *dims) {
-  static const char *names[] = { "x", "h0", "kernel", "recurrent_kernel", "bias", "Q0" };
-  static const int nd[] = { 3, 2, 2, 2, 2, 3 };
-  char s[96];
-  for (int i = 0; i < 6; i++) {
-    if (in[i]->dtype != MG_F32)
-      return mg_fail(C, MG_EARG, "%s: %s must be float32, got %s", fn, names[i],
-                     mg_dtype_name(in[i]->dtype));
-    if (in[i]->ndim != nd[i])
-      return mg_fail(C, MG_ESHAPE, "%s: %s has shape %s, expected %d dims", fn, names[i],
-                     mg_shapestr(s, sizeof s, in[i]->ndim, in[i]->shape), nd[i]);
-  }
-  int64_t B = in[0]->shape[0], T = in[0]->shape[1], F = in[0]->shape[2], N = in[1]->shape[1];
-  int64_t k = in[5]->shape[2];
-  const int64_t want[6][3] = { { B, T, F }, { B, N }, { F, 3 * N }, { N, 3 * N }, { 2, 3 * N },
-                               { B, N, k } };
-  for (int i = 1; i < 6; i++)
-    for (int d = 0; d < nd[i]; d++)
-      if (in[i]->shape[d] != want[i][d])
-        return mg_fail(C, MG_ESHAPE, "%s: %s has shape %s, which does not fit x %s and h0 (%lld,%lld)",
-                       fn, names[i], mg_shapestr(s, sizeof s, in[i]->ndim, in[i]->shape),
-                       mg_shapestr(s + 48, 48, 3, in[0]->shape), (long long)B, (long long)N);
-  if (N < 1 || k < 1 || k > N)
-    return mg_fail(C, MG_EARG, "%s: k = %lld must be in 1..%lld", fn, (long long)k, (long long)N);
-  dims[0] = B, dims[1] = T, dims[2] = F, dims[3] = N, dims[4] = k;
-  return MG_OK;
-}
-
 static mg_status alloc_scratch(mg_ctx *C, const char *fn, int64_t B, int64_t N, int64_t k,
-                               int mode, scratch *s) {
+                               const float *U, scratch *s) {
   memset(s, 0, sizeof *s);
-  bool lanes = mode == 2;
-  size_t BN = (size_t)(B * N), Bk = (size_t)(B * k), groups = (size_t)((B + LANES - 1) / LANES);
-  size_t kNL = (size_t)(k * N * LANES), tan = lanes ? groups * kNL : Bk * (size_t)N;
-  float **f[] = { &s->h, &s->cz, &s->cr, &s->ch, &s->zz, &s->mx, &s->mh, &s->T, &s->A, &s->sum,
-                  &s->row, &s->tau, &s->beta, &s->X, &s->J, &s->cl, &s->Jb };
-  size_t n[] = { BN, BN, BN, BN, BN, 3 * BN, 3 * BN, tan, tan, Bk, (size_t)k, (size_t)k * LANES,
-                 (size_t)k * LANES, lanes ? 1 : kNL, lanes ? 1 : (size_t)(N * N),
-                 lanes ? 4 * (size_t)N * LANES : 1, lanes ? (size_t)N * JB * LANES : 1 };
+  size_t BN = (size_t)(B * N), Bk = (size_t)(B * k), L = LANES_F32;
+  size_t kNL = (size_t)(k * N) * L, panels = (size_t)((k - 1) / NB + 1);
+  float **f[] = { &s->h, &s->hn, &s->zz, &s->ones, &s->mx, &s->dmx, &s->co, &s->S, &s->T, &s->A,
+                  &s->sum, &s->row, &s->tau, &s->beta, &s->X, &s->J, &s->Vb, &s->Wb, &s->Tb };
+  size_t n[] = { BN, BN, BN, BN, 3 * BN, 3 * BN, 3 * BN, 4 * BN, Bk * (size_t)N, Bk * (size_t)N,
+                 Bk, (size_t)k, (size_t)k * L, (size_t)k * L, kNL, (size_t)(N * N),
+                 (size_t)v_elems(N, (int64_t)L, 4, k), NB * (size_t)k * L, panels * NB * NB * L };
   for (size_t i = 0; i < sizeof n / sizeof n[0]; i++)
     if (!(*f[i] = calloc(n[i], sizeof(float)))) return mg_fail(C, MG_ENOMEM, "%s: out of memory", fn);
   if (!(s->acc = calloc((size_t)k, sizeof(double)))) return mg_fail(C, MG_ENOMEM, "%s: out of memory", fn);
+  for (size_t i = 0; i < BN; i++) s->ones[i] = 1;
+  s->packed = mg_pack(&s->P, NULL, U, 3 * N, false, N, 3 * N);   /* else BLAS on U */
   return MG_OK;
 }
 
 static void free_scratch(scratch *s) {
-  float *f[] = { s->h, s->cz, s->cr, s->ch, s->zz, s->mx, s->mh, s->T, s->A, s->sum, s->row,
-                 s->tau, s->beta, s->X, s->J, s->cl, s->Jb };
+  float *f[] = { s->h, s->hn, s->zz, s->ones, s->mx, s->dmx, s->co, s->S, s->T, s->A, s->sum,
+                 s->row, s->tau, s->beta, s->X, s->J, s->Vb, s->Wb, s->Tb };
   for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) free(f[i]);
   free(s->acc);
+  if (s->packed) mg_pack_free(&s->P);
 }
 
-/* Which way: the lanes (16 trajectories in vector lanes for the Jacobian product and the QR)
-** below k = 128, from there each trajectory's Jacobian, a GEMM and LAPACK's blocked QR. */
-static int pick_mode(int64_t k) { return k < QR_BLOCKED ? 2 : 1; }
-
-/* One step of the lanes way for every group: T <- QR(T J) (or T J alone when !qr). */
-static void step_lanes_f32(int64_t B, int64_t N, int64_t k, const float *U, bool qr,
-                           float *sum, scratch *s) {
-  int64_t kNL = k * N * LANES;
-  for (int64_t b0 = 0, g = 0; b0 < B; b0 += LANES, g++) {
-    int64_t nl = B - b0 < LANES ? B - b0 : LANES;
-    float *cz = s->cl, *cr = cz + N * LANES, *ch = cr + N * LANES, *zz = ch + N * LANES;
-    to_lanes_f32(N, b0, nl, s->cz, 0, cz);             /* past the batch: J = I */
-    to_lanes_f32(N, b0, nl, s->cr, 0, cr);
-    to_lanes_f32(N, b0, nl, s->ch, 0, ch);
-    to_lanes_f32(N, b0, nl, s->zz, 1, zz);
-    float *TL = s->T + g * kNL, *AL = s->A + g * kNL;
-    tangents_lanes_f32(N, k, U, cz, cr, ch, zz, TL, AL, s->Jb);
-    if (!qr) continue;
-    householder_lanes_f32(N, k, AL, s->tau, s->beta);
-    if (sum)
-      for (int64_t l = 0; l < nl; l++)
-        for (int64_t j = 0; j < k; j++)
-          sum[(b0 + l) * k + j] += (float)log(fabs((double)s->beta[j * LANES + l]));
-  }
-}
-
-mg_status mg_lyapunov_gru(mg_ctx *C, mg_tensor *x, mg_tensor *h0, mg_tensor *W, mg_tensor *U,
-                          mg_tensor *b, mg_tensor *Q0, int64_t warmup, int64_t steps,
-                          int64_t every, bool backwards, int mode, mg_tensor **sum_out,
-                          mg_tensor **history_out) {
-  const char *fn = "lyapunov";
-  mg_tensor *in[6] = { x, h0, W, U, b, Q0 }, *c[6] = { NULL }, *sum = NULL, *hist = NULL;
-  int64_t d[5] = { 0 };
-  scratch s;
-  memset(&s, 0, sizeof s);
-  mg_status st = check_gru(C, fn, in, d);
+/* The whole run per trajectory (float32 GRU): sum (B, k), history (steps, k). */
+static mg_status lyapunov_each(mg_ctx *C, const char *fn, mg_tensor *const *c, const int64_t *d,
+                               int64_t warmup, int64_t steps, int64_t every, bool backwards,
+                               mg_tensor *sum, mg_tensor *hist) {
   int64_t B = d[0], T = d[1], F = d[2], N = d[3], k = d[4];
-  if (st == MG_OK && (warmup < 0 || steps < 1 || every < 1 || warmup + steps > T))
-    st = mg_fail(C, MG_EARG, "%s: warmup %lld, steps %lld, reortho_every %lld do not fit %lld timesteps",
-                 fn, (long long)warmup, (long long)steps, (long long)every, (long long)T);
-  if (st == MG_OK && (mode < 0 || mode > 2)) st = mg_fail(C, MG_EARG, "%s: bad mode %d", fn, mode);
-  if (st != MG_OK) return st;
-  if (mode == 0) mode = pick_mode(k);
-  mg_no_grad_enter(C);
-  for (int i = 0; i < 6 && st == MG_OK; i++) st = mg_tensor_contiguous(C, in[i], &c[i]);
-  mg_no_grad_exit(C);
-  int64_t ss[2] = { B, k }, hs[2] = { steps, k };
-  if (st == MG_OK) st = mg_tensor_empty(C, MG_F32, 2, ss, &sum);
-  if (st == MG_OK) st = mg_tensor_empty(C, MG_F32, 2, hs, &hist);
-  if (st == MG_OK) st = alloc_scratch(C, fn, B, N, k, mode, &s);
-  if (st != MG_OK) goto done;
-  const float *xs = MG_F32P(c[0]), *Wp = MG_F32P(c[2]), *Up = MG_F32P(c[3]), *bp = MG_F32P(c[4]);
-  const float *q0 = MG_F32P(c[5]);
+  scratch s;
+  mg_status st = alloc_scratch(C, fn, B, N, k, MG_F32P(c[IU]), &s);
+  if (st != MG_OK) { free_scratch(&s); return st; }
+  const float *xs = MG_F32P(c[IX]), *Wp = MG_F32P(c[IW]), *Up = MG_F32P(c[IU]), *bp = MG_F32P(c[IB]);
+  const float *q0 = MG_F32P(c[IQ]);
   float *hist_p = MG_F32P(hist);
-  memcpy(s.h, MG_F32P(c[1]), sizeof(float) * (size_t)(B * N));
-  for (int64_t bb = 0; bb < (mode == 2 ? (B + LANES - 1) / LANES * LANES : B); bb++)
+  memcpy(s.h, MG_F32P(c[IH]), sizeof(float) * (size_t)(B * N));
+  for (int64_t bb = 0; bb < B; bb++)
     for (int64_t i = 0; i < N; i++)                    /* T_b = Q0_b^T: tangents as rows */
-      for (int64_t j = 0; j < k; j++) {
-        float v = bb < B ? q0[(bb * N + i) * k + j] : (i == j ? 1.0f : 0.0f);
-        if (mode == 2) s.T[((bb / LANES * k + j) * N + i) * LANES + bb % LANES] = v;
-        else s.T[(bb * k + j) * N + i] = v;
-      }
+      for (int64_t j = 0; j < k; j++) s.T[(bb * k + j) * N + i] = q0[(bb * N + i) * k + j];
   int64_t counted = 0, since = 0;
   for (int64_t t = 1; t <= warmup + steps && st == MG_OK; t++) {
     int64_t ti = backwards ? T - t : t - 1;
     gru_step_f32(B, F, N, xs + ti * F, T * F, Wp, Up, bp, &s);
     bool count = t > warmup, qr = t % every == 0 || t == warmup + steps || t == warmup;
-    if (mode == 2) {
-      step_lanes_f32(B, N, k, Up, qr, count ? s.sum : NULL, &s);
-    } else {
-      for (int64_t bb = 0; bb < B; bb++) {
-        const int64_t o = bb * N;
-        form_jacobian_f32(N, Up, s.cz + o, s.cr + o, s.ch + o, s.zz + o, s.J);
-        mg_gemm(MG_F32, false, false, k, N, N, 1, s.T + bb * k * N, N, s.J, N, 0, s.A + bb * k * N, N);
-      }
-      if (qr && k < QR_BLOCKED) qr_batch_f32(B, N, k, s.A, s.X, s.tau, s.beta, count ? s.sum : NULL);
-      else if (qr) st = qr_lapack_f32(C, fn, B, N, k, s.A, s.X, count ? s.sum : NULL);
+    for (int64_t bb = 0; bb < B; bb++) {
+      const float *co = s.co + bb * 3 * N;
+      form_jacobian_f32(N, Up, co, co + N, co + 2 * N, s.zz + bb * N, s.J);
+      mg_gemm(MG_F32, false, false, k, N, N, 1, s.T + bb * k * N, N, s.J, N, 0, s.A + bb * k * N, N);
     }
+    if (qr && k < QR_BLOCKED) qr_batch_f32(B, N, k, s.A, s.X, count ? s.sum : NULL, &s);
+    else if (qr) st = qr_lapack_f32(C, fn, B, N, k, s.A, s.X, count ? s.sum : NULL);
     if (count) counted++, since++;
     if (qr) since = 0;
     float *tmp = s.T; s.T = s.A; s.A = tmp;            /* the new tangents */
@@ -456,17 +425,67 @@ mg_status mg_lyapunov_gru(mg_ctx *C, mg_tensor *x, mg_tensor *h0, mg_tensor *W, 
         for (int64_t bb = 0; bb < B; bb++)
           for (int64_t i = 0; i < k; i++) s.acc[i] += s.sum[bb * k + i] / (float)done;
       for (int64_t i = 0; i < k; i++) s.row[i] = (float)(s.acc[i] / (double)B);
-      qsort(s.row, (size_t)k, sizeof(float), desc);
+      qsort(s.row, (size_t)k, sizeof(float), desc_f32);
       memcpy(hist_p + (counted - 1) * k, s.row, sizeof(float) * (size_t)k);
     }
     if (st == MG_OK) st = mg_poll(C, fn);
   }
   if (st == MG_OK) memcpy(MG_F32P(sum), s.sum, sizeof(float) * (size_t)(B * k));
-done:
   free_scratch(&s);
-  for (int i = 0; i < 6; i++) mg_tensor_release(c[i]);
+  return st;
+}
+
+/* ---------------------------------------------------------------- entry points */
+
+/* Checks, contiguous copies, the outputs, then the run: mode 0 or 2 the lanes, 1 per
+** trajectory (float32 GRU: an independent check of the lanes, through LAPACK). */
+static mg_status lyapunov_run(mg_ctx *C, bool lstm, mg_tensor *const *in, int64_t warmup,
+                              int64_t steps, int64_t every, bool backwards, int mode,
+                              mg_tensor **sum_out, mg_tensor **history_out) {
+  const char *fn = "lyapunov";
+  mg_tensor *c[NIN] = { NULL }, *sum = NULL, *hist = NULL;
+  int64_t d[5] = { 0 };
+  mg_status st = check_cell(C, fn, lstm, in, d);
+  int64_t T = d[1], k = d[4];
+  if (st == MG_OK && (warmup < 0 || steps < 1 || every < 1 || warmup + steps > T))
+    st = mg_fail(C, MG_EARG, "%s: warmup %lld, steps %lld, reortho_every %lld do not fit %lld timesteps",
+                 fn, (long long)warmup, (long long)steps, (long long)every, (long long)T);
+  mg_dtype dt = in[IX]->dtype;
+  bool each_ok = !lstm && dt == MG_F32;
+  if (st == MG_OK && (mode < 0 || mode > 2)) st = mg_fail(C, MG_EARG, "%s: bad mode %d", fn, mode);
+  if (st == MG_OK && mode == 1 && !each_ok)
+    st = mg_fail(C, MG_EARG, "%s: mode 1 (each trajectory's Jacobian) is for the float32 GRU only", fn);
+  if (st != MG_OK) return st;
+  if (mode == 0) mode = 2;                            /* the lanes: faster at every size measured */
+  mg_no_grad_enter(C);
+  for (int i = 0; i < NIN && st == MG_OK; i++)
+    if (in[i]) st = mg_tensor_contiguous(C, in[i], &c[i]);
+  mg_no_grad_exit(C);
+  int64_t ss[2] = { d[0], k }, hs[2] = { steps, k };
+  if (st == MG_OK) st = mg_tensor_empty(C, dt, 2, ss, &sum);
+  if (st == MG_OK) st = mg_tensor_empty(C, dt, 2, hs, &hist);
+  if (st == MG_OK)
+    st = mode == 1 ? lyapunov_each(C, fn, c, d, warmup, steps, every, backwards, sum, hist)
+                   : lyapunov_lanes(C, fn, lstm, c, d, warmup, steps, every, backwards, sum, hist);
+  for (int i = 0; i < NIN; i++) mg_tensor_release(c[i]);
   if (st != MG_OK) { mg_tensor_release(sum); mg_tensor_release(hist); return st; }
   *sum_out = sum;
   *history_out = hist;
   return MG_OK;
+}
+
+mg_status mg_lyapunov_gru(mg_ctx *C, mg_tensor *x, mg_tensor *h0, mg_tensor *W, mg_tensor *U,
+                          mg_tensor *b, mg_tensor *Q0, int64_t warmup, int64_t steps,
+                          int64_t every, bool backwards, int mode, mg_tensor **sum_out,
+                          mg_tensor **history_out) {
+  mg_tensor *in[NIN] = { x, h0, NULL, W, U, b, Q0 };
+  return lyapunov_run(C, false, in, warmup, steps, every, backwards, mode, sum_out, history_out);
+}
+
+mg_status mg_lyapunov_lstm(mg_ctx *C, mg_tensor *x, mg_tensor *h0, mg_tensor *c0, mg_tensor *W,
+                           mg_tensor *U, mg_tensor *b, mg_tensor *Q0, int64_t warmup,
+                           int64_t steps, int64_t every, bool backwards, mg_tensor **sum_out,
+                           mg_tensor **history_out) {
+  mg_tensor *in[NIN] = { x, h0, c0, W, U, b, Q0 };
+  return lyapunov_run(C, true, in, warmup, steps, every, backwards, 2, sum_out, history_out);
 }

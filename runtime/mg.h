@@ -349,18 +349,24 @@ MG_API mg_status mg_linalg_slogdet(mg_ctx *C, mg_tensor *A, mg_tensor **sign,
                                    mg_tensor **logabsdet);
 MG_API mg_status mg_linalg_cholesky(mg_ctx *C, mg_tensor *A, mg_tensor **L);
 
-/* The QR-method Lyapunov sums of the built-in GRU (reset_after, sigmoid/tanh), float32, in
-** one call (lyapunov.c; mg.lyapunov's fast path): x (B, T, F), h0 (B, N), kernel W (F, 3N),
-** recurrent U (N, 3N), bias b (2, 3N), Q0 (B, N, k) orthonormal tangents; 'warmup' steps
-** uncounted, then 'steps' counted, a QR every 'every' steps (and after the last of each);
-** 'backwards' reads x from its last step; 'mode' 0 picks, 1 forms each step's Jacobian,
-** 2 pushes the tangents through U directly. sum (B, k): log|R_ii| summed over the counted
-** steps; history (steps, k): after each counted step, the batch mean of sum / (steps the
-** last QR covers), sorted descending. */
+/* The QR-method Lyapunov sums of the built-in GRU (reset_after, sigmoid/tanh) or LSTM
+** (sigmoid/tanh, state (h, c)), float32 or float64, in one call (lyapunov.c; mg.lyapunov's fast
+** path): x (B, T, F), h0 (and c0) (B, N), kernel W (F, 3N or 4N), recurrent U (N, 3N or 4N),
+** bias b (2, 3N) or (4N), Q0 (B, S, k) orthonormal tangents (S = N, or 2N for the LSTM's
+** (h, c)); 'warmup' steps uncounted, then 'steps' counted, a QR every 'every' steps (and after
+** the last of each); 'backwards' reads x from its last step; 'mode' 0 or 2 runs 16 (float64:
+** 8) trajectories in vector lanes, the groups of lanes on the context's threads (the same
+** numbers for any count), GRU 'mode' 1 each trajectory through LAPACK (float32 only).
+** sum (B, k): log|R_ii| summed over the counted steps; history (steps, k): after each counted
+** step, the batch mean of sum / (steps the last QR covers), sorted descending. */
 MG_API mg_status mg_lyapunov_gru(mg_ctx *C, mg_tensor *x, mg_tensor *h0, mg_tensor *W,
                                  mg_tensor *U, mg_tensor *b, mg_tensor *Q0, int64_t warmup,
                                  int64_t steps, int64_t every, bool backwards, int mode,
                                  mg_tensor **sum, mg_tensor **history);
+MG_API mg_status mg_lyapunov_lstm(mg_ctx *C, mg_tensor *x, mg_tensor *h0, mg_tensor *c0,
+                                  mg_tensor *W, mg_tensor *U, mg_tensor *b, mg_tensor *Q0,
+                                  int64_t warmup, int64_t steps, int64_t every, bool backwards,
+                                  mg_tensor **sum, mg_tensor **history);
 
 /* Fused recurrent cells, Keras layouts (docs/cells.md), one recorded node per step.
 ** LSTM (gates i, f, c, o): x (B, d), h and c (B, u), kernel (d, 4u), recurrent (u, 4u),

@@ -74,11 +74,16 @@ describe("mg.lyapunov", function()
   it("equals the QR method on full Jacobians (GRU, SimpleRNN, LSTM with (h, c) together)", function()
     mg.manual_seed(3)
     local x = randn(2, 15, 3)
+    -- rnn:lyapunov (the C path for the float64 GRU and LSTM) and mg.lyapunov on the cell's
+    -- step (the vectorized JVP), both against the reference
     for _, cell in ipairs { nn.GRUCell(3, 5, F64), nn.SimpleRNNCell(3, 5, F64) } do
       local Q0 = mg.linalg.qr(randn(2, 5, 3))
       local got = nn.RNN(cell):lyapunov(x, { k = 3, Q0 = Q0 })
       local step = function(xt, h) local _, s = cell(xt, { h }) return s[1] end
-      assert_close(reference(step, mg.zeros(2, 5, F64), x, 15, Q0), got.exponents, 1e-10, tostring(cell))
+      local want = reference(step, mg.zeros(2, 5, F64), x, 15, Q0)
+      assert_close(want, got.exponents, 1e-10, tostring(cell))
+      assert_close(want, mg.lyapunov(step, mg.zeros(2, 5, F64), x, { k = 3, Q0 = Q0 }).exponents, 1e-10,
+                   tostring(cell) .. " generic")
     end
     local lstm = nn.LSTMCell(3, 4, F64)
     local Q0 = mg.linalg.qr(randn(2, 8, 5))
@@ -87,7 +92,10 @@ describe("mg.lyapunov", function()
       local _, s = lstm(xt, { z:narrow(2, 1, 4), z:narrow(2, 5, 4) })
       return mg.cat(s, 2)
     end
-    assert_close(reference(step, mg.zeros(2, 8, F64), x, 15, Q0), got.exponents, 1e-10, "LSTM")
+    local want = reference(step, mg.zeros(2, 8, F64), x, 15, Q0)
+    assert_close(want, got.exponents, 1e-10, "LSTM")
+    assert_close(want, mg.lyapunov(step, mg.zeros(2, 8, F64), x, { k = 5, Q0 = Q0 }).exponents, 1e-10,
+                 "LSTM generic")
   end)
 
   it("warmup steps are not counted; reortho_every > 1 gives the same exponents", function()
@@ -106,7 +114,7 @@ describe("mg.lyapunov", function()
 
   it("a float32 GRUCell takes the C path (runtime/lyapunov.c), equal to the vectorized JVP", function()
     mg.manual_seed(9)
-    -- B = 3 and 19: lanes padded (the QR runs 16 trajectories at a time); k = 128: LAPACK's QR
+    -- B = 3 and 19: lanes padded (the QR runs 16 trajectories at a time); k = 128: LAPACK's QR in mode 1
     for _, c in ipairs { { B = 3, N = 5, k = 5, T = 25 }, { B = 19, N = 20, k = 6, T = 12, warmup = 4 },
                          { B = 2, N = 7, k = 3, T = 20, reortho_every = 3, backwards = true },
                          { B = 2, N = 130, k = 128, T = 3 } } do
@@ -139,7 +147,7 @@ describe("mg.lyapunov", function()
       end
       assert.is_true(exact >= 1, what .. ": rnn:lyapunov did not take the C path")
     end
-    -- not for float64, other activations, reset_after = false: the generic path, same numbers
+    -- not for other activations, reset_after = false: the generic path, same numbers
     local x = mg.randn(2, 10, 3)
     for _, cell in ipairs { nn.GRUCell(3, 4, { reset_after = false }), nn.GRUCell(3, 4, { activation = "relu" }) } do
       local Q0 = mg.linalg.qr(mg.randn(2, 4, 4))
@@ -149,6 +157,93 @@ describe("mg.lyapunov", function()
     end
     raises(function() mg._linalg.lyapunov_gru(x, mg.zeros(2, 4), mg.zeros(3, 12), mg.zeros(4, 12), mg.zeros(2, 12),
                                               mg.zeros(2, 5, 2), 0, 10, 1) end, "lyapunov", "Q0 has shape (2,5,2)")
+    -- h0, the kernels and the bias checked as the fused cell checks them
+    raises(function() mg._linalg.lyapunov_gru(x, mg.zeros(2, 4), mg.zeros(3, 11), mg.zeros(4, 12), mg.zeros(2, 12),
+                                              mg.zeros(2, 4, 2), 0, 10, 1) end, "lyapunov", "kernel has shape (3,11)")
+    raises(function() mg._linalg.lyapunov_gru(x, mg.zeros(2, 4), mg.zeros(3, 12), mg.zeros(4, 12), mg.zeros(12),
+                                              mg.zeros(2, 4, 2), 0, 10, 1) end, "lyapunov", "bias has shape (12)")
+    raises(function() mg._linalg.lyapunov_gru(x, mg.zeros(2, 4), mg.zeros(3, 12), mg.zeros(4, 12, F64), mg.zeros(2, 12),
+                                              mg.zeros(2, 4, 2), 0, 10, 1) end, "lyapunov", "mixed dtypes")
+  end)
+
+  it("the LSTM (h, c) in float32 and float64 and the float64 GRU take the C path, equal to the vectorized JVP", function()
+    mg.manual_seed(10)
+    -- float32: the top of the spectrum (its tail near -11 per step is as far from float32
+    -- rounding as exp(-11 T) is); float64: all 2N of the LSTM's
+    for _, c in ipairs { { lstm = true, dt = "float32", B = 3, N = 5, k = 6, T = 25 },
+                         { lstm = true, dt = "float64", B = 3, N = 5, k = 10, T = 25 },
+                         { lstm = true, dt = "float64", B = 11, N = 6, k = 7, T = 20, warmup = 3 },
+                         { lstm = true, dt = "float32", B = 19, N = 20, k = 17, T = 12, reortho_every = 3, backwards = true },
+                         { lstm = false, dt = "float64", B = 10, N = 20, k = 18, T = 15, reortho_every = 2 },
+                         { lstm = false, dt = "float64", B = 2, N = 7, k = 3, T = 20, backwards = true } } do
+      local what = string.format("%s %s B=%d N=%d k=%d", c.lstm and "LSTM" or "GRU", c.dt, c.B, c.N, c.k)
+      local o = { dtype = c.dt }
+      local cell = c.lstm and nn.LSTMCell(4, c.N, o) or nn.GRUCell(4, c.N, o)
+      local G = c.lstm and 4 * c.N or 3 * c.N
+      mg.no_grad(function() cell.bias:assign(mg.randn(cell.bias:shape(), o) * 0.3) end)
+      local x = mg.randn(c.B, c.T, 4, o)
+      local S = c.lstm and 2 * c.N or c.N
+      local Q0 = mg.linalg.qr(mg.randn(c.B, S, c.k, o))
+      local opts = { k = c.k, Q0 = Q0, warmup = c.warmup, reortho_every = c.reortho_every }
+      local got = nn.RNN(cell, { go_backwards = c.backwards }):lyapunov(x, opts)
+      local xs = c.backwards and x:flip(2) or x
+      local step = function(xt, z)                  -- the fused cell's JVP rules
+        if not c.lstm then return cell:step(xt, z) end
+        return mg.cat({ cell:step(xt, z:narrow(2, 1, c.N), z:narrow(2, c.N + 1, c.N)) }, 2)
+      end
+      local want = mg.lyapunov(step, mg.zeros(c.B, S, o), xs, opts)
+      local tol = c.dt == "float32" and 1e-5 or 1e-12
+      assert_close(want.exponents, got.exponents, tol, what)
+      assert_close(want.history, got.history, tol, what .. " history")
+      assert.are.equal(c.dt, got.exponents.dtype)
+      -- it was the C path: these very numbers
+      local warmup, every, z = c.warmup or 0, c.reortho_every or 1, mg.zeros(c.B, c.N, o)
+      local sum, hist
+      if c.lstm then
+        sum, hist = mg._linalg.lyapunov_lstm(x, z, z, cell.kernel, cell.recurrent_kernel, cell.bias, Q0,
+                                             warmup, c.T - warmup, every, c.backwards)
+      else
+        sum, hist = mg._linalg.lyapunov_gru(x, z, cell.kernel, cell.recurrent_kernel, cell.bias, Q0,
+                                            warmup, c.T - warmup, every, c.backwards)
+      end
+      local ex = (sum / (c.T - warmup)):totable()
+      for _, row in ipairs(ex) do table.sort(row, function(a, b) return a > b end) end
+      assert_close(mg.tensor(ex, o), got.exponents, 0, what .. ": rnn:lyapunov did not take the C path")
+      assert_close(hist, got.history, 0, what .. " history")
+      assert.are.equal(G, cell.recurrent_kernel:size(2))
+    end
+    local x = mg.randn(2, 10, 3)
+    raises(function() mg._linalg.lyapunov_lstm(x, mg.zeros(2, 4), mg.zeros(2, 4), mg.zeros(3, 16), mg.zeros(4, 16),
+                                               mg.zeros(16), mg.zeros(2, 4, 2), 0, 10, 1) end, "lyapunov", "Q0 has shape (2,4,2)")
+    raises(function() mg._linalg.lyapunov_lstm(x, mg.zeros(2, 4), mg.zeros(2, 5), mg.zeros(3, 16), mg.zeros(4, 16),
+                                               mg.zeros(16), mg.zeros(2, 8, 2), 0, 10, 1) end, "lyapunov", "c0 has shape (2,5)")
+    raises(function() mg._linalg.lyapunov_lstm(x, mg.zeros(2, 4), mg.zeros(2, 4), mg.zeros(3, 16), mg.zeros(4, 16),
+                                               mg.zeros(2, 16), mg.zeros(2, 8, 2), 0, 10, 1) end, "lyapunov", "bias has shape (2,16)")
+    -- each trajectory's Jacobian and LAPACK's QR (mode 1): the float32 GRU only
+    raises(function() mg._linalg.lyapunov_gru(x:to("float64"), mg.zeros(2, 4, F64), mg.zeros(3, 12, F64),
+                                              mg.zeros(4, 12, F64), mg.zeros(2, 12, F64), mg.zeros(2, 4, 2, F64),
+                                              0, 10, 1, false, 1) end, "lyapunov", "mode 1")
+  end)
+
+  it("the C path's groups of trajectories on 1 or 2 threads: the same numbers", function()
+    local saved = mg.get_num_threads()
+    mg.manual_seed(11)
+    -- B = 35: three groups of 16 float32 lanes; B = 19: three groups of 8 float64 lanes
+    for _, c in ipairs { { lstm = false, dt = "float32", B = 35, N = 12, k = 9, T = 150 },
+                         { lstm = true, dt = "float64", B = 19, N = 6, k = 12, T = 70, reortho_every = 2 } } do
+      local o = { dtype = c.dt }
+      local cell = c.lstm and nn.LSTMCell(3, c.N, o) or nn.GRUCell(3, c.N, o)
+      local x = mg.randn(c.B, c.T, 3, o)
+      local Q0 = mg.linalg.qr(mg.randn(c.B, c.lstm and 2 * c.N or c.N, c.k, o))
+      local runs = {}
+      for n = 1, 2 do
+        mg.set_num_threads(n)
+        runs[n] = nn.RNN(cell):lyapunov(x, { k = c.k, Q0 = Q0, reortho_every = c.reortho_every })
+      end
+      mg.set_num_threads(saved)
+      assert.are.equal(0, support.maxdiff(runs[1].exponents, runs[2].exponents))
+      assert.are.equal(0, support.maxdiff(runs[1].history, runs[2].history))
+    end
   end)
 
   it("errors name the function and the value", function()

@@ -226,22 +226,30 @@ local function cell_step(cell)
   end
 end
 
--- The C path of lyapunov for 'cell' when it applies (nil otherwise): a built-in GRUCell
--- itself (not a subclass, no method replaced), reset_after, sigmoid and tanh, with a bias,
--- x, the states and the weights all float32.
-local function gru_fast(cell, x, backwards)
+-- The C path of lyapunov for 'cell' when it applies (nil otherwise): a built-in GRUCell or
+-- LSTMCell itself (not a subclass, no method replaced), sigmoid and tanh, with a bias (the
+-- GRU's reset_after), x, the states, Q0 and the weights all of one dtype, float32 or float64.
+local FAST = { GRUCell = "lyapunov_gru", LSTMCell = "lyapunov_lstm" }
+local function cell_fast(cell, x, backwards)
   local mt = debug.getmetatable(cell)
-  if not (mt and mt.__name == "GRUCell" and rawget(mt, "call") and rawget(cell, "call") == nil
+  local name = mt and mt.__name
+  if not (FAST[name] and rawget(mt, "call") and rawget(cell, "call") == nil
           and rawget(cell, "step") == nil and rawget(cell, "gates") == nil) then return nil end
-  if not (cell.reset_after and cell.bias and cell.activation_name == "tanh"
-          and cell.recurrent_activation_name == "sigmoid") then return nil end
-  for _, t in ipairs { x, cell.kernel, cell.recurrent_kernel, cell.bias } do
-    if t.dtype ~= "float32" then return nil end
+  if not (cell.bias and cell.activation_name == "tanh" and cell.recurrent_activation_name == "sigmoid"
+          and (name ~= "GRUCell" or cell.reset_after)) then return nil end
+  local dt = x.dtype
+  if dt ~= "float32" and dt ~= "float64" then return nil end
+  for _, t in ipairs { cell.kernel, cell.recurrent_kernel, cell.bias } do
+    if t.dtype ~= dt then return nil end
   end
+  local W, U, b, u = cell.kernel, cell.recurrent_kernel, cell.bias, cell.units
   return function(z, Q, warmup, steps, every)
-    if z.dtype ~= "float32" or Q.dtype ~= "float32" then return nil end
-    return mg._linalg.lyapunov_gru(x, z, cell.kernel, cell.recurrent_kernel, cell.bias, Q,
-                                   warmup, steps, every, backwards)
+    if z.dtype ~= dt or Q.dtype ~= dt then return nil end
+    if name == "GRUCell" then
+      return mg._linalg.lyapunov_gru(x, z, W, U, b, Q, warmup, steps, every, backwards)
+    end
+    return mg._linalg.lyapunov_lstm(x, z:narrow(2, 1, u), z:narrow(2, u + 1, u), W, U, b, Q,
+                                    warmup, steps, every, backwards)
   end
 end
 
@@ -257,7 +265,7 @@ function spectra.cell_run(what, fn, cell, x, opts, backwards)
   local order = backwards and function(t) return T - t + 1 end or nil
   local h0 = (opts or {}).initial or cell:initial_state(x:size(1))
   if mg.is_tensor(h0) then h0 = { h0 } end
-  local fast = what == "lyapunov" and gru_fast(cell, x, backwards) or nil
+  local fast = what == "lyapunov" and cell_fast(cell, x, backwards) or nil
   return spectra[what](cell_step(cell), h0, x, o, fn, order, fast)
 end
 

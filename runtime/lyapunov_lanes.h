@@ -1,0 +1,454 @@
+/*
+** lyapunov_lanes.h - the lanes way of lyapunov.c, typed: included by lyapunov.c once for
+** float32 (LT float, 16 lanes of a 512-bit vector) and once for float64 (LT double, 8 lanes),
+** with LX(name) naming each copy (name_f32, name_f64) and LDT the mg_dtype. Not a public
+** header: lyapunov.c defines ljob, lgroup, the block sizes (NB, RB, JB, CB, RJ, KC_BYTES,
+** VALL_BYTES, CSLAB_BYTES), LCHUNK, MG_CLONES and MG_INLINE.
+*/
+typedef LT LX(lanes_t) __attribute__((vector_size(LANES * sizeof(LT))));   /* GCC and Clang */
+/* The same at any address of an LT (an unaligned load or store), for lload and lstore. */
+typedef LT LX(lanes_at) __attribute__((vector_size(LANES * sizeof(LT)), aligned(sizeof(LT)), may_alias));
+#define VT LX(lanes_t)
+#define lload(p) (*(const LX(lanes_at) *)(p))
+#define lstore(p, v) (*(LX(lanes_at) *)(p) = (v))
+
+/* One reflector (v, tau) applied to tangent row a, both from component j on. */
+MG_INLINE void LX(reflect_lanes)(int64_t j, int64_t N, const LT *v, const LT *tau, LT *a) {
+  VT w = lload(a + j * LANES), t = lload(tau);
+  for (int64_t i = j + 1; i < N; i++) w += lload(v + i * LANES) * lload(a + i * LANES);
+  w *= t;
+  lstore(a + j * LANES, lload(a + j * LANES) - w);
+  for (int64_t i = j + 1; i < N; i++) lstore(a + i * LANES, lload(a + i * LANES) - w * lload(v + i * LANES));
+}
+
+/* The same for the 4 rows a, a + row, a + 2 row, a + 3 row: independent sums, so the dot
+** products are not one chain of dependent additions. */
+MG_INLINE void LX(reflect4_lanes)(int64_t j, int64_t N, const LT *v, const LT *tau,
+                                  LT *a, int64_t row) {
+  LT *a0 = a, *a1 = a + row, *a2 = a + 2 * row, *a3 = a + 3 * row;
+  VT w0 = lload(a0 + j * LANES), w1 = lload(a1 + j * LANES), w2 = lload(a2 + j * LANES),
+          w3 = lload(a3 + j * LANES), t = lload(tau);
+  for (int64_t i = j + 1; i < N; i++) {
+    VT vi = lload(v + i * LANES);
+    w0 += vi * lload(a0 + i * LANES);
+    w1 += vi * lload(a1 + i * LANES);
+    w2 += vi * lload(a2 + i * LANES);
+    w3 += vi * lload(a3 + i * LANES);
+  }
+  w0 *= t, w1 *= t, w2 *= t, w3 *= t;
+  lstore(a0 + j * LANES, lload(a0 + j * LANES) - w0);
+  lstore(a1 + j * LANES, lload(a1 + j * LANES) - w1);
+  lstore(a2 + j * LANES, lload(a2 + j * LANES) - w2);
+  lstore(a3 + j * LANES, lload(a3 + j * LANES) - w3);
+  for (int64_t i = j + 1; i < N; i++) {
+    VT vi = lload(v + i * LANES);
+    lstore(a0 + i * LANES, lload(a0 + i * LANES) - w0 * vi);
+    lstore(a1 + i * LANES, lload(a1 + i * LANES) - w1 * vi);
+    lstore(a2 + i * LANES, lload(a2 + i * LANES) - w2 * vi);
+    lstore(a3 + i * LANES, lload(a3 + i * LANES) - w3 * vi);
+  }
+}
+
+/* Reflector j applied to rows j + 1 .. k - 1 of X. */
+MG_INLINE void LX(reflect_rows)(int64_t j, int64_t N, int64_t k, const LT *v, const LT *tau,
+                                LT *X, int64_t row) {
+  int64_t c = j + 1;
+  for (; c + 4 <= k; c += 4) LX(reflect4_lanes)(j, N, v, tau, X + c * row, row);
+  for (; c < k; c++) LX(reflect_lanes)(j, N, v, tau, X + c * row);
+}
+
+/* Steps j0 .. j1 - 1 of geqr2 (slarfg's reflectors) on the columns j0 .. j1 - 1 of X only. */
+MG_INLINE void LX(geqr2_lanes)(int64_t N, int64_t j0, int64_t j1, LT *X, LT *tau, LT *beta) {
+  const int64_t row = N * LANES;
+  for (int64_t j = j0; j < j1; j++) {
+    LT *v = X + j * row, *t = tau + j * LANES, *bt = beta + j * LANES, ss[LANES] = { 0 };
+    for (int64_t i = j + 1; i < N; i++)
+      for (int l = 0; l < LANES; l++) ss[l] += v[i * LANES + l] * v[i * LANES + l];
+    LT sc[LANES];
+    for (int l = 0; l < LANES; l++) {
+      LT alpha = v[j * LANES + l], b = -LCOPYSIGN(LSQRT(alpha * alpha + ss[l]), alpha);
+      bool some = ss[l] > 0;
+      bt[l] = some ? b : alpha;
+      t[l] = some ? (b - alpha) / b : 0;
+      sc[l] = some ? 1 / (alpha - b) : 1;
+      v[j * LANES + l] = bt[l];
+    }
+    for (int64_t i = j + 1; i < N; i++)
+      for (int l = 0; l < LANES; l++) v[i * LANES + l] *= sc[l];
+    LX(reflect_rows)(j, N, j1, v, t, X, row);
+  }
+}
+
+/* Steps j1 - 1 .. j0 of org2r on the columns j0 .. j1 - 1 of X (those after j1 already Q's). */
+MG_INLINE void LX(org2r_lanes)(int64_t N, int64_t j0, int64_t j1, LT *X, const LT *tau) {
+  const int64_t row = N * LANES;
+  for (int64_t j = j1 - 1; j >= j0; j--) {
+    LT *v = X + j * row;
+    const LT *t = tau + j * LANES;
+    LX(reflect_rows)(j, N, j1, v, t, X, row);
+    for (int64_t i = j + 1; i < N; i++)
+      for (int l = 0; l < LANES; l++) v[i * LANES + l] *= -t[l];
+    for (int l = 0; l < LANES; l++) v[j * LANES + l] = 1 - t[l];
+    for (int64_t i = 0; i < j; i++)
+      for (int l = 0; l < LANES; l++) v[i * LANES + l] = 0;
+  }
+}
+
+/* The blocked QR (LAPACK's geqrf + orgqr in compact WY form, Schreiber and Van Loan) works on
+** panels of NB columns: a panel is factored as above, its reflectors copied out as V (NB x N
+** lane vectors, unit lower trapezoidal from row j0, zero above) with their triangular T
+** (slarft: H_j0 ... H_(j0+NB-1) = I - V T V^T), and the columns after it updated at once by
+** C <- (I - V T^T V^T) C (Q^T C); Q is then built panel by panel from the last, each block
+** applied as C <- (I - V T V^T) C. Each update is two register-blocked products over the
+** rows (W = V^T C, C -= V W), reading C once per panel where the unblocked code reads it
+** once per column. */
+
+/* V (NB rows, row stride N LANES) of the panel at j0 from X's columns j0 .. j0 + NB - 1. */
+MG_INLINE void LX(panel_v)(int64_t N, int64_t j0, const LT *X, LT *V) {
+  const int64_t row = N * LANES;
+  for (int64_t p = 0; p < NB; p++) {
+    LT *v = V + p * row;
+    int64_t d = j0 + p;
+    memset(v + j0 * LANES, 0, sizeof(LT) * (size_t)(p * LANES));
+    lstore(v + d * LANES, (VT){ 0 } + (LT)1);
+    memcpy(v + (d + 1) * LANES, X + (j0 + p) * row + (d + 1) * LANES,
+           sizeof(LT) * (size_t)((N - d - 1) * LANES));
+  }
+}
+
+/* slarft (forward, columnwise): Tm (NB x NB lane vectors, upper) of the panel at j0. */
+MG_INLINE void LX(panel_t)(int64_t N, int64_t j0, const LT *V, const LT *tau, LT *Tm) {
+  const int64_t row = N * LANES;
+  for (int64_t i = 0; i < NB; i++) {
+    VT ti = lload(tau + (j0 + i) * LANES), w[NB];
+    for (int64_t p = 0; p < i; p++) {
+      VT d = (VT){ 0 };
+      for (int64_t r = j0 + i; r < N; r++) d += lload(V + p * row + r * LANES) * lload(V + i * row + r * LANES);
+      w[p] = d;
+    }
+    for (int64_t p = 0; p < i; p++) {
+      VT a = (VT){ 0 };
+      for (int64_t q = p; q < i; q++) a += lload(Tm + (p * NB + q) * LANES) * w[q];
+      lstore(Tm + (p * NB + i) * LANES, -ti * a);
+    }
+    lstore(Tm + (i * NB + i) * LANES, ti);
+    for (int64_t p = i + 1; p < NB; p++) lstore(Tm + (p * NB + i) * LANES, (VT){ 0 });
+  }
+}
+
+/* W[p][c] (+)= sum over rows i in [r0, r1) of V[p][i] X[c][i], for cb columns from c (W: NB
+** x k lane vectors, W[(p k + c) LANES]; 'first': W starts at 0, else it accumulates). */
+MG_INLINE void LX(vtc_cols)(int cb, bool first, int64_t r0, int64_t r1, int64_t N, int64_t k, int64_t c,
+                        const LT *V, const LT *X, LT *W) {
+  const int64_t row = N * LANES;
+  VT acc[NB][2];
+#pragma GCC unroll 8
+  for (int p = 0; p < NB; p++)
+    for (int q = 0; q < cb; q++) acc[p][q] = first ? (VT){ 0 } : (VT)lload(W + (p * k + c + q) * LANES);
+  for (int64_t i = r0; i < r1; i++) {
+    VT a[2];
+    for (int q = 0; q < cb; q++) a[q] = lload(X + (c + q) * row + i * LANES);
+#pragma GCC unroll 8
+    for (int p = 0; p < NB; p++) {
+      VT v = lload(V + p * row + i * LANES);
+      for (int q = 0; q < cb; q++) acc[p][q] += v * a[q];
+    }
+  }
+#pragma GCC unroll 8
+  for (int p = 0; p < NB; p++)
+    for (int q = 0; q < cb; q++) lstore(W + (p * k + c + q) * LANES, acc[p][q]);
+}
+
+/* X[c][i] -= sum_p V[p][i] W[p][c] for a tile of cb columns from c and ib rows from i. */
+MG_INLINE void LX(vw_tile)(int cb, int ib, int64_t N, int64_t k, int64_t c, int64_t i, const LT *V,
+                       const LT *W, LT *X) {
+  const int64_t row = N * LANES;
+  VT acc[4][4];
+  for (int q = 0; q < cb; q++)
+    for (int r = 0; r < ib; r++) acc[q][r] = lload(X + (c + q) * row + (i + r) * LANES);
+#pragma GCC unroll 8
+  for (int p = 0; p < NB; p++) {
+    VT w[4], v[4];
+    for (int q = 0; q < cb; q++) w[q] = lload(W + (p * k + c + q) * LANES);
+    for (int r = 0; r < ib; r++) v[r] = lload(V + p * row + (i + r) * LANES);
+    for (int q = 0; q < cb; q++)
+      for (int r = 0; r < ib; r++) acc[q][r] -= w[q] * v[r];
+  }
+  for (int q = 0; q < cb; q++)
+    for (int r = 0; r < ib; r++) lstore(X + (c + q) * row + (i + r) * LANES, acc[q][r]);
+}
+
+/* The rows [r0, r1) of X's columns [c0, c1) less V W (tiles of 4 x 4). */
+MG_INLINE void LX(vw_rows)(int64_t r0, int64_t r1, int64_t N, int64_t k, int64_t c0, int64_t c1, const LT *V,
+                       const LT *W, LT *X) {
+  int64_t c = c0;
+  for (; c + 4 <= c1; c += 4) {
+    int64_t i = r0;
+    for (; i + 4 <= r1; i += 4) LX(vw_tile)(4, 4, N, k, c, i, V, W, X);
+    for (; i < r1; i++) LX(vw_tile)(4, 1, N, k, c, i, V, W, X);
+  }
+  for (; c < c1; c++) {
+    int64_t i = r0;
+    for (; i + 4 <= r1; i += 4) LX(vw_tile)(1, 4, N, k, c, i, V, W, X);
+    for (; i < r1; i++) LX(vw_tile)(1, 1, N, k, c, i, V, W, X);
+  }
+}
+
+/* C <- (I - V op(T) V^T) C on the columns [c0, c1) and rows [j0, N) of X: op(T) = T^T
+** (trans: Q^T C, geqrf) or T (orgqr). Each column on its own: the same numbers whichever
+** columns go together. */
+MG_INLINE void LX(apply_block)(int64_t N, int64_t k, int64_t j0, int64_t c0, int64_t c1, bool trans,
+                               const LT *V, const LT *Tm, LT *W, LT *X) {
+  for (int64_t r0 = j0; r0 < N; r0 += RB) {
+    int64_t r1 = N - r0 < RB ? N : r0 + RB, c = c0;
+    for (; c + 2 <= c1; c += 2) LX(vtc_cols)(2, r0 == j0, r0, r1, N, k, c, V, X, W);
+    for (; c < c1; c++) LX(vtc_cols)(1, r0 == j0, r0, r1, N, k, c, V, X, W);
+  }
+  for (int64_t cc = c0; cc < c1; cc++) {                /* W <- op(T) W, in place */
+    VT w[NB];
+    for (int p = 0; p < NB; p++) w[p] = lload(W + (p * k + cc) * LANES);
+    for (int p = 0; p < NB; p++) {
+      VT a = (VT){ 0 };
+      if (trans) for (int q = 0; q <= p; q++) a += lload(Tm + (q * NB + p) * LANES) * w[q];
+      else for (int q = p; q < NB; q++) a += lload(Tm + (p * NB + q) * LANES) * w[q];
+      lstore(W + (p * k + cc) * LANES, a);
+    }
+  }
+  for (int64_t r0 = j0; r0 < N; r0 += RB)
+    LX(vw_rows)(r0, N - r0 < RB ? N : r0 + RB, N, k, c0, c1, V, W, X);
+}
+
+/* Householder's QR of the 16 interleaved N x k matrices in X, in place: X becomes Q, beta
+** holds R's diagonal (lane l of beta[j]). Unblocked up to 2 NB columns, else blocked, the
+** panels taken 'per' at a time (V: their reflectors, at most VALL_BYTES) so that the columns
+** after them are updated a slab of CSLAB_BYTES at a time by all of them (once through the
+** cache where a panel at a time would stream the whole trailing matrix per panel). Each
+** column sees the same operations in the same order either way. */
+MG_CLONES static void LX(householder_lanes)(int64_t N, int64_t k, LT *X, LT *tau,
+                                            LT *beta, LT *V, LT *W, LT *Tall) {
+  if (k < 2 * NB) {
+    LX(geqr2_lanes)(N, 0, k, X, tau, beta);
+    LX(org2r_lanes)(N, 0, k, X, tau);
+    return;
+  }
+  const int64_t blocks = (k - 1) / NB, row = N * LANES;   /* panels with columns after them */
+  int64_t per = VALL_BYTES / (NB * row * (int64_t)sizeof(LT)), cs = CSLAB_BYTES / (row * (int64_t)sizeof(LT));
+  if (per < 1) per = 1;
+  if (cs < 1) cs = 1;
+#define TM(b) (Tall + (b) * NB * NB * LANES)
+#define VB(b) (V + ((b) - o) * NB * row)
+  for (int64_t o = 0; o < blocks; o += per) {            /* geqrf */
+    int64_t oe = blocks - o < per ? blocks : o + per, p1 = oe * NB;
+    for (int64_t b = o; b < oe; b++) {
+      int64_t j0 = b * NB;
+      LX(geqr2_lanes)(N, j0, j0 + NB, X, tau, beta);
+      LX(panel_v)(N, j0, X, VB(b));
+      LX(panel_t)(N, j0, VB(b), tau, TM(b));
+      LX(apply_block)(N, k, j0, j0 + NB, p1, true, VB(b), TM(b), W, X);
+    }
+    for (int64_t c = p1; c < k; c += cs)
+      for (int64_t b = o; b < oe; b++)
+        LX(apply_block)(N, k, b * NB, c, k - c < cs ? k : c + cs, true, VB(b), TM(b), W, X);
+  }
+  LX(geqr2_lanes)(N, blocks * NB, k, X, tau, beta);
+  LX(org2r_lanes)(N, blocks * NB, k, X, tau);
+  for (int64_t o = (blocks - 1) / per * per; o >= 0; o -= per) {   /* orgqr */
+    int64_t oe = blocks - o < per ? blocks : o + per, p1 = oe * NB;
+    for (int64_t b = o; b < oe; b++) LX(panel_v)(N, b * NB, X, VB(b));
+    for (int64_t c = p1; c < k; c += cs)
+      for (int64_t b = oe - 1; b >= o; b--)
+        LX(apply_block)(N, k, b * NB, c, k - c < cs ? k : c + cs, false, VB(b), TM(b), W, X);
+    for (int64_t b = oe - 1; b >= o; b--) {
+      int64_t j0 = b * NB;
+      LX(apply_block)(N, k, j0, j0 + NB, p1, false, VB(b), TM(b), W, X);
+      LX(org2r_lanes)(N, j0, j0 + NB, X, tau);
+    }
+  }
+#undef TM
+#undef VB
+}
+
+/* The product of the tangents with one Jacobian block: AL[c][j] = sum_(i < N) TL[c][i] J[i][j]
+** for j < N, where the rows of TL and AL are S lane vectors long (S = N: GRU; 2N: LSTM,
+** whose h part TL[c][0 .. N) is what U sees) and J[i][j] = sum_(g < nblk) U[i][g N + j]
+** cf[g][j] (+ [i = j] zz[j] when zz is not NULL): the recurrent kernel's blocks (row
+** stride G) with their columns scaled (cf: nblk arrays of N lane vectors). J is formed JB
+** columns by RJ rows at a time into Jb (RJ x JB lane vectors, 16 KiB: in L1) and applied
+** CB tangents at a time, the CB x JB lane vectors of AL summed in registers over the chunk. */
+
+/* AL[c .. c + cb)[j0 .. j0 + jb) (+)= TL[c ..][i0 .. i1) Jb. */
+MG_INLINE void LX(tan_tile)(int cb, int jb, bool first, int64_t S, int64_t c, int64_t j0, int64_t i0,
+                            int64_t i1, const LT *TL, const LT *Jb, LT *AL) {
+  VT acc[CB][JB];
+#pragma GCC unroll 8
+  for (int q = 0; q < jb; q++)
+    for (int d = 0; d < cb; d++)
+      acc[d][q] = first ? (VT){ 0 } : (VT)lload(AL + ((c + d) * S + j0 + q) * LANES);
+  for (int64_t i = i0; i < i1; i++) {
+    VT t[CB];
+    for (int d = 0; d < cb; d++) t[d] = lload(TL + ((c + d) * S + i) * LANES);
+#pragma GCC unroll 8
+    for (int q = 0; q < jb; q++) {
+      VT jr = lload(Jb + ((i - i0) * JB + q) * LANES);
+      for (int d = 0; d < cb; d++) acc[d][q] += t[d] * jr;
+    }
+  }
+#pragma GCC unroll 8
+  for (int q = 0; q < jb; q++)
+    for (int d = 0; d < cb; d++) lstore(AL + ((c + d) * S + j0 + q) * LANES, acc[d][q]);
+}
+
+MG_INLINE void LX(tangents_slab)(int nblk, int64_t N, int64_t S, int64_t G, int64_t c0,
+                                 int64_t c1, const LT *U, const LT *cf, const LT *zz, const LT *TL,
+                                 LT *AL, LT *Jb) {
+  for (int64_t j0 = 0; j0 < N; j0 += JB) {
+    int jb = N - j0 < JB ? (int)(N - j0) : JB;
+    VT vc[4][JB];
+    for (int g = 0; g < nblk; g++)
+      for (int q = 0; q < jb; q++) vc[g][q] = lload(cf + (g * N + j0 + q) * LANES);
+    for (int64_t i0 = 0; i0 < N; i0 += RJ) {
+      int64_t i1 = N - i0 < RJ ? N : i0 + RJ;
+      for (int64_t i = i0; i < i1; i++) {
+        const LT *u = U + i * G + j0;
+        LT *jr = Jb + (i - i0) * JB * LANES;
+        for (int q = 0; q < jb; q++) {
+          VT v = u[q] * vc[0][q];
+          for (int g = 1; g < nblk; g++) v += u[g * N + q] * vc[g][q];
+          lstore(jr + q * LANES, v);
+        }
+        if (zz && i >= j0 && i < j0 + jb)             /* the diagonal */
+          lstore(jr + (i - j0) * LANES, lload(jr + (i - j0) * LANES) + lload(zz + i * LANES));
+      }
+      bool first = i0 == 0;
+      int64_t c = c0;
+      if (jb == JB) {
+        for (; c + CB <= c1; c += CB) LX(tan_tile)(CB, JB, first, S, c, j0, i0, i1, TL, Jb, AL);
+        for (; c < c1; c++) LX(tan_tile)(1, JB, first, S, c, j0, i0, i1, TL, Jb, AL);
+      } else {                                       /* the last 1 to 3 columns */
+        for (; c < c1; c++)
+          if (jb == 1) LX(tan_tile)(1, 1, first, S, c, j0, i0, i1, TL, Jb, AL);
+          else if (jb == 2) LX(tan_tile)(1, 2, first, S, c, j0, i0, i1, TL, Jb, AL);
+          else LX(tan_tile)(1, 3, first, S, c, j0, i0, i1, TL, Jb, AL);
+      }
+    }
+  }
+}
+
+MG_INLINE void LX(tangents)(int nblk, int64_t N, int64_t S, int64_t G, int64_t k, const LT *U,
+                            const LT *cf, const LT *zz, const LT *TL, LT *AL, LT *Jb) {
+  /* KC tangents at a time (a slab of TL and AL of at most KC_BYTES, in L2): J formed again
+  ** for each slab, a few percent of the work when there is more than one */
+  int64_t kc = KC_BYTES / (S * LANES * (int64_t)sizeof(LT)) / CB * CB;
+  if (kc < CB) kc = CB;
+  for (int64_t c0 = 0; c0 < k; c0 += kc) {
+    int64_t c1 = k - c0 < kc ? k : c0 + kc;
+    LX(tangents_slab)(nblk, N, S, G, c0, c1, U, cf, zz, TL, AL, Jb);
+  }
+}
+
+/* The block counts in use: 3 (GRU; LSTM's c'), 4 (LSTM's h'). */
+MG_CLONES static void LX(tangents3)(int64_t N, int64_t S, int64_t G, int64_t k, const LT *U,
+                                    const LT *cf, const LT *zz, const LT *TL, LT *AL, LT *Jb) {
+  LX(tangents)(3, N, S, G, k, U, cf, zz, TL, AL, Jb);
+}
+MG_CLONES static void LX(tangents4)(int64_t N, int64_t S, int64_t G, int64_t k, const LT *U,
+                                    const LT *cf, const LT *zz, const LT *TL, LT *AL, LT *Jb) {
+  LX(tangents)(4, N, S, G, k, U, cf, zz, TL, AL, Jb);
+}
+
+/* The coefficients of rows 0 .. nl - 1 in lanes (dst[j][l] = src[l ld + j]), 'pad' in the
+** lanes past them. */
+static void LX(to_lanes)(int64_t N, int64_t nl, const LT *src, int64_t ld, LT pad, LT *dst) {
+  for (int64_t j = 0; j < N; j++)
+    for (int64_t l = 0; l < LANES; l++) dst[j * LANES + l] = l < nl ? src[l * ld + j] : pad;
+}
+
+/* LSTM: AL[c][j] += TL[c][N + j] dh[j] and AL[c][N + j] += TL[c][N + j] dc[j]: what the old
+** c part of each tangent adds to h' and c' (diagonal blocks: f o (1 - tanh^2 c') and f). */
+MG_CLONES static void LX(lstm_diag)(int64_t N, int64_t k, const LT *dh, const LT *dc, const LT *TL,
+                                    LT *AL) {
+  for (int64_t c = 0; c < k; c++) {
+    const LT *tc = TL + (c * 2 * N + N) * LANES;
+    LT *ah = AL + c * 2 * N * LANES, *ac = ah + N * LANES;
+    for (int64_t j = 0; j < N; j++) {
+      VT t = lload(tc + j * LANES);
+      lstore(ah + j * LANES, lload(ah + j * LANES) + t * lload(dh + j * LANES));
+      lstore(ac + j * LANES, lload(ac + j * LANES) + t * lload(dc + j * LANES));
+    }
+  }
+}
+
+/* Steps [J->t0, J->t1) of group 'gi' (its rows b0 .. b0 + nl - 1 in the lanes): the cell's
+** step through cells.c's kernels (the Jacobian's coefficients are the reverse pass's with
+** cotangents of ones), the tangents through the Jacobian, the QR, the sums, and the group's
+** share of the history (part, per step of the chunk: sum over its lanes of sum / done). */
+static void LX(group_steps)(const ljob *J, lgroup *g, int64_t gi) {
+  const int64_t N = J->N, S = J->S, k = J->k, nl = g->nl, NL = N * LANES, T = J->T, F = J->F;
+  const LT *W = J->W, *U = J->U, *b = J->b, *xt0 = (const LT *)J->x + g->b0 * T * F;
+  LT *h = g->h, *hn = g->hn, *c = g->c, *cn = g->cn, *M = g->M, *cl = g->cl, *ones = g->ones;
+  for (int64_t t = J->t0; t < J->t1; t++) {
+    if (J->intr && __atomic_load_n(J->intr, __ATOMIC_RELAXED)) return;   /* the caller reports it */
+    int64_t ti = J->backwards ? T - t : t - 1;
+    const LT *xt = xt0 + ti * F;
+    LT *TL = g->TL, *AL = g->AL;
+    if (!J->lstm) {
+      mg_gemm(LDT, false, false, nl, 3 * N, F, 1, xt, T * F, W, 3 * N, 0, M, 3 * N);
+      mg_gru_step_forward(LDT, nl, N, true, U, J->P, b, h, M, g->S, hn);
+      mg_gru_d1(LDT, 0, nl, N, true, g->S, h, ones, g->dmx, g->co, g->zz);
+      for (int q = 0; q < 3; q++) LX(to_lanes)(N, nl, (LT *)g->co + q * N, 3 * N, 0, cl + q * NL);
+      LX(to_lanes)(N, nl, g->zz, N, 1, cl + 3 * NL);   /* past the batch: J = I */
+      LX(tangents3)(N, N, 3 * N, k, U, cl, cl + 3 * NL, TL, AL, g->Jb);
+    } else {
+      mg_gemm(LDT, false, false, nl, 4 * N, F, 1, xt, T * F, W, 4 * N, 0, M, 4 * N);
+      mg_rec_gemm(LDT, J->P, false, nl, 4 * N, N, h, N, U, 4 * N, 1, M, 4 * N);
+      LX(mg_lstm_gates)(0, nl, N, M, b, c, cn, hn);
+      LX(mg_lstm_dz)(0, nl, N, M, c, cn, ones, NULL, g->dz1, g->dc1);   /* of h' */
+      LX(mg_lstm_dz)(0, nl, N, M, c, cn, NULL, ones, g->dz2, g->dc2);   /* of c' */
+      for (int q = 0; q < 4; q++) LX(to_lanes)(N, nl, (LT *)g->dz1 + q * N, 4 * N, 0, cl + q * NL);
+      LX(to_lanes)(N, nl, g->dc1, N, 0, cl + 4 * NL);
+      for (int q = 0; q < 3; q++) LX(to_lanes)(N, nl, (LT *)g->dz2 + q * N, 4 * N, 0, cl + (5 + q) * NL);
+      LX(to_lanes)(N, nl, g->dc2, N, 1, cl + 8 * NL);  /* past the batch: c' = c */
+      LX(tangents4)(N, S, 4 * N, k, U, cl, NULL, TL, AL, g->Jb);
+      LX(tangents3)(N, S, 4 * N, k, U, cl + 5 * NL, NULL, TL, AL + NL, g->Jb);
+      LX(lstm_diag)(N, k, cl + 4 * NL, cl + 8 * NL, TL, AL);
+      LT *s = c; c = cn; cn = s;
+    }
+    LT *s = h; h = hn; hn = s;
+    bool count = t > J->warmup, qr = t % J->every == 0 || t == J->warmup + J->steps || t == J->warmup;
+    if (qr) {
+      LX(householder_lanes)(S, k, AL, g->tau, g->beta, g->Vb, g->Wb, g->Tb);
+      LT *sum = g->sum, *beta = g->beta;
+      if (count)
+        for (int64_t l = 0; l < nl; l++)
+          for (int64_t j = 0; j < k; j++) sum[l * k + j] += (LT)log(fabs((double)beta[j * LANES + l]));
+    }
+    if (count) g->counted++, g->since++;
+    if (qr) g->since = 0;
+    g->TL = AL, g->AL = TL;                            /* the new tangents */
+    if (count) {
+      double *part = J->part + (gi * LCHUNK + (t - J->t0)) * k;
+      int64_t done = g->counted - g->since;           /* steps covered by the last QR */
+      const LT *sum = g->sum;
+      for (int64_t i = 0; i < k; i++) part[i] = 0;
+      if (done > 0)
+        for (int64_t l = 0; l < nl; l++)
+          for (int64_t i = 0; i < k; i++) part[i] += sum[l * k + i] / (LT)done;
+    }
+  }
+  g->h = h, g->hn = hn, g->c = c, g->cn = cn;
+}
+
+static void LX(groups_fn)(void *arg, int64_t lo, int64_t hi) {
+  const ljob *J = arg;
+  for (int64_t gi = lo; gi < hi; gi++) LX(group_steps)(J, &J->g[gi], gi);
+}
+
+#undef VT
+#undef lload
+#undef lstore
+#undef LT
+#undef LANES
+#undef LX
+#undef LDT
+#undef LSQRT
+#undef LCOPYSIGN
