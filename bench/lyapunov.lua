@@ -24,6 +24,13 @@ end, { { 64, 16, 1000 }, { 64, 64, 1000 }, { 256, 16, 1000 }, { 256, 256, 1000 }
 B.blas_meta(mg, BENCH)
 B.meta(BENCH, "batch", BATCH)
 
+-- FLOPs of the run by the algorithm (docs/performance.md, "Lyapunov"), per trajectory and
+-- step: the GRU step 2 F 3N + 6 N^2, forming J 6 N^2, the tangents J Q 2 k N^2, the QR with Q
+-- formed 4 k^2 (N - k/3). The floor bench/report.lua gives the case (meta 'flops CASE').
+local function flops(n, k, t)
+  return BATCH * t * (2 * FEATURES * 3 * n + 12 * n * n + 2 * k * n * n + 4 * k * k * (n - k / 3))
+end
+
 for _, c in ipairs(cases) do
   local n, k, t = c[1], c[2], c[3]
   local case = string.format("%d,%d,%d", n, k, t)
@@ -44,6 +51,7 @@ for _, c in ipairs(cases) do
   mg.save(r.exponents, prefix .. "exponents.npy")
   local m = B.measure(run, { reps = 3, warmup = 1, inner = 1 })
   B.result(BENCH, case, "moongrad", m)
+  B.meta(BENCH, "flops " .. case, string.format("%.0f", flops(n, k, t)))
   B.log("moongrad  (%s) lyapunov %10.1f ms CPU, %10.1f ms wall; top exponent %.4f", case,
         m.cpu * 1e3, m.wall * 1e3, r.mean:get(1))
   collectgarbage()
