@@ -12,8 +12,10 @@
 /* ================================================================ pointer map */
 
 /* Open-addressing map from a tensor to a slot: its cotangent/tangent and whether it is
-** reachable from a source. */
-typedef struct { const mg_tensor *key; mg_tensor *val; bool reach; } slot;
+** reachable from a source. In a Jacobian's reverse sweep (lead 1) the cotangent may be held
+** as a product 'val * diag' not yet computed ('diag': the key's shape, broadcast along the
+** basis dim; NULL: none): see "deferred diagonals" below. */
+typedef struct { const mg_tensor *key; mg_tensor *val; bool reach; mg_tensor *diag; } slot;
 typedef struct { slot *s; size_t cap, n; } tmap;
 
 static size_t hashp(const void *p) {
@@ -51,13 +53,16 @@ static slot *map_get(tmap *m, const mg_tensor *k) {
   }
   size_t i = hashp(k) & (m->cap - 1);
   while (m->s[i].key != NULL) i = (i + 1) & (m->cap - 1);
-  m->s[i] = (slot){ k, NULL, false };
+  m->s[i] = (slot){ k, NULL, false, NULL };
   m->n++;
   return &m->s[i];
 }
 
 static void map_free(tmap *m) {
-  for (size_t i = 0; i < m->cap; i++) mg_tensor_release(m->s[i].val);
+  for (size_t i = 0; i < m->cap; i++) {
+    mg_tensor_release(m->s[i].val);
+    mg_tensor_release(m->s[i].diag);
+  }
   free(m->s);
 }
 
@@ -321,6 +326,78 @@ static mg_status accumulate(mg_ctx *C, slot *s, mg_tensor *g) {
   return MG_OK;
 }
 
+/* ---------------------------------------------------------------- deferred diagonals
+** A Jacobian's reverse sweep (lead 1) carries K basis cotangents at once: for a batch
+** Jacobian of f(h) = relu(h) @ W + b, (K, B, N) numbers per tensor. An elementwise op's rule
+** multiplies its cotangent by a diagonal f'(x) of the primal's shape (B, N): one pass over
+** all K * B * N numbers per op, for what depends on B * N of them. So in a lead-1 sweep that
+** no tape records, an elementwise unary op (rules mg_rules_unary, one input) does not
+** multiply: its rule runs at lead 0 on the pending diagonal (ones when there is none), which
+** gives diag * f'(x), and the input's slot holds (val, that product); add hands both on to
+** each input of its output's shape and dtype. Any other consumer first computes val * diag
+** ('settle'), as does the sum of two cotangents, and so does the end of the sweep unless the
+** caller takes the diagonals (mg_tape_jacobian_sweep: the Jacobian then writes val * diag
+** once, straight into its result's layout; jacobian.c). */
+
+/* The slot's pending product val * diag computed: it then holds a plain cotangent. */
+static mg_status settle(mg_ctx *C, slot *s) {
+  if (s->diag == NULL) return MG_OK;
+  mg_tensor *p = NULL;
+  mg_status st = mg_tensor_binary(C, MG_B_MUL, s->val, s->diag, &p);
+  if (st != MG_OK) return st;
+  mg_tensor_release(s->val);
+  mg_tensor_release(s->diag);
+  s->val = p;
+  s->diag = NULL;
+  return MG_OK;
+}
+
+/* acc += g * gdiag (gdiag NULL: g alone); both new references, owned by the slot after. */
+static mg_status accumulate_diag(mg_ctx *C, slot *s, mg_tensor *g, mg_tensor *gdiag) {
+  if (s->val == NULL) {
+    s->val = g;
+    s->diag = gdiag;
+    return MG_OK;
+  }
+  slot in = { s->key, g, false, gdiag };
+  mg_status st = settle(C, s);
+  if (st == MG_OK) st = settle(C, &in);
+  if (st == MG_OK) return accumulate(C, s, in.val);
+  mg_tensor_release(in.val);
+  mg_tensor_release(in.diag);
+  return st;
+}
+
+/* Whether node 'n' passes its output's cotangent on with a pending diagonal. */
+static bool defers(mg_ctx *C, const mg_node *n, int lead, const bool *need) {
+  if (lead != 1 || mg_recording(C) || n->nout != 1) return false;
+  if (mg_ops[n->op].rules == &mg_rules_unary) return n->nin == 1;
+  if (n->op != MG_OP_ADD) return false;
+  for (int k = 0; k < n->nin; k++)
+    if (need[k] && (!mg_same_shape(n->in[k], n->out[0]) || n->in[k]->dtype != n->out[0]->dtype))
+      return false;
+  return true;
+}
+
+/* The deferred rule of 'n' (defers): gin[k] val, gdiag[k] the input's pending diagonal. */
+static mg_status defer_node(mg_ctx *C, const mg_node *n, const slot *out, const bool *need,
+                            mg_tensor **gin, mg_tensor **gdiag) {
+  if (n->op == MG_OP_ADD) {                              /* both inputs: the same cotangent */
+    for (int k = 0; k < n->nin; k++)
+      if (need[k]) {
+        gin[k] = mg_tensor_retain(out->val);
+        gdiag[k] = out->diag ? mg_tensor_retain(out->diag) : NULL;
+      }
+    return MG_OK;
+  }
+  mg_tensor *d = out->diag ? mg_tensor_retain(out->diag) : NULL, *y = n->out[0];
+  mg_status st = d ? MG_OK : mg_tensor_full(C, y->dtype, y->ndim, y->shape, 1.0, &d);
+  if (st == MG_OK) st = mg_ops[n->op].rules->vjp(C, n, 0, &d, need, &gdiag[0]);
+  mg_tensor_release(d);
+  if (st == MG_OK && gdiag[0]) gin[0] = mg_tensor_retain(out->val);   /* NULL: a zero */
+  return st;
+}
+
 static bool is_source(const mg_tensor *t, int nsources, mg_tensor *const *sources) {
   for (int j = 0; j < nsources; j++)
     if (sources[j] == t) return true;
@@ -373,48 +450,68 @@ static mg_status run_vjp(mg_ctx *C, tmap *m, const mg_node *n, int lead, mg_tens
 static mg_status backward_node(mg_ctx *C, tmap *m, const mg_node *n, int lead,
                                int nsources, mg_tensor *const *sources) {
   mg_tensor *g[MG_MAXOUT] = { NULL };
+  slot *os[MG_MAXOUT] = { NULL };                      /* valid until the first map_get */
   bool anyg = false, anyneed = false;
   for (int k = 0; k < n->nout; k++) {
-    slot *s = map_find(m, n->out[k]);
-    anyg |= (g[k] = s ? s->val : NULL) != NULL;
+    os[k] = map_find(m, n->out[k]);
+    anyg |= (g[k] = os[k] ? os[k]->val : NULL) != NULL;
   }
   if (!anyg) return MG_OK;
   bool stackneed[8], *need = n->nin <= 8 ? stackneed : calloc((size_t)n->nin, sizeof *need);
   mg_tensor *stackgin[8] = { NULL }, **gin = n->nin <= 8 ? stackgin : calloc((size_t)n->nin, sizeof *gin);
-  mg_status st = need && gin ? MG_OK : mg_fail(C, MG_ENOMEM, "out of memory");
+  mg_tensor *stackgd[8] = { NULL }, **gdiag = n->nin <= 8 ? stackgd : calloc((size_t)n->nin, sizeof *gdiag);
+  mg_status st = need && gin && gdiag ? MG_OK : mg_fail(C, MG_ENOMEM, "out of memory");
   for (int k = 0; st == MG_OK && k < n->nin; k++) {
     slot *s = map_find(m, n->in[k]);
     anyneed |= (need[k] = s && s->reach);
   }
-  if (st == MG_OK && anyneed && (st = check_versions(C, n)) == MG_OK)
-    st = run_vjp(C, m, n, lead, g, need, gin);
+  if (st == MG_OK && anyneed && (st = check_versions(C, n)) == MG_OK) {
+    if (defers(C, n, lead, need)) {
+      st = defer_node(C, n, os[0], need, gin, gdiag);
+    } else {
+      for (int k = 0; k < n->nout && st == MG_OK; k++)
+        if (os[k] && (st = settle(C, os[k])) == MG_OK) g[k] = os[k]->val;
+      if (st == MG_OK) st = run_vjp(C, m, n, lead, g, need, gin);
+    }
+  }
   for (int k = 0; gin && k < n->nin; k++) {
-    if (gin[k] == NULL) continue;
-    if (st != MG_OK) { mg_tensor_release(gin[k]); continue; }
+    if (gin[k] == NULL) { mg_tensor_release(gdiag[k]); continue; }
+    if (st != MG_OK) { mg_tensor_release(gin[k]); mg_tensor_release(gdiag[k]); continue; }
     slot *s = map_get(m, n->in[k]);
-    st = s ? accumulate(C, s, gin[k]) : mg_fail(C, MG_ENOMEM, "out of memory");
+    if (s) st = accumulate_diag(C, s, gin[k], gdiag[k]);
+    else {
+      mg_tensor_release(gin[k]);
+      mg_tensor_release(gdiag[k]);
+      st = mg_fail(C, MG_ENOMEM, "out of memory");
+    }
   }
   if (need != stackneed) free(need);
   if (gin != stackgin) free(gin);
+  if (gdiag != stackgd) free(gdiag);
   for (int k = 0; k < n->nout; k++) {                  /* consumed: free unless asked for */
     slot *s = map_find(m, n->out[k]);
     if (s && s->val && !is_source(n->out[k], nsources, sources)) {
       mg_tensor_release(s->val);
-      s->val = NULL;
+      mg_tensor_release(s->diag);
+      s->val = s->diag = NULL;
     }
   }
   return st;
 }
 
-mg_status mg_tape_gradient_sweep(mg_tape *T, int ntargets, mg_tensor *const *targets,
-                                 mg_tensor *const *seeds, int lead, int nsources,
-                                 mg_tensor *const *sources, bool unconnected_zero,
-                                 mg_tensor **grads) {
+/* The reverse sweep; 'diags' non-NULL: a source's pending diagonal goes there (NULL: none)
+** instead of being multiplied into its gradient. */
+static mg_status sweep(mg_tape *T, int ntargets, mg_tensor *const *targets,
+                       mg_tensor *const *seeds, int lead, int nsources, mg_tensor *const *sources,
+                       bool unconnected_zero, mg_tensor **grads, mg_tensor **diags) {
   mg_ctx *C = T->ctx;
   tmap m;
   bool oom;
   mg_tensor *like = NULL;
-  for (int j = 0; j < nsources; j++) grads[j] = NULL;
+  for (int j = 0; j < nsources; j++) {
+    grads[j] = NULL;
+    if (diags) diags[j] = NULL;
+  }
   if (!map_init(&m, T->n + (size_t)nsources)) return mg_fail(C, MG_ENOMEM, "out of memory");
   size_t first = mark_reach(T, &m, nsources, sources, &oom);
   mg_status st = oom ? mg_fail(C, MG_ENOMEM, "out of memory")
@@ -424,6 +521,9 @@ mg_status mg_tape_gradient_sweep(mg_tape *T, int ntargets, mg_tensor *const *tar
       st = backward_node(C, &m, mg_tape_node(T, i), lead, nsources, sources);
   for (int j = 0; j < nsources && st == MG_OK; j++) {
     slot *s = map_find(&m, sources[j]);
+    if (s && s->val && diags && s->diag) diags[j] = mg_tensor_retain(s->diag);
+    else if (s && s->val) st = settle(C, s);
+    if (st != MG_OK) break;
     if (s && s->val)
       st = mg_expand_lead(C, s->val, lead, sources[j]->ndim, sources[j]->shape, &grads[j]);
     else if (unconnected_zero && lead && like)
@@ -432,9 +532,26 @@ mg_status mg_tape_gradient_sweep(mg_tape *T, int ntargets, mg_tensor *const *tar
       st = mg_tensor_zeros(C, sources[j]->dtype, sources[j]->ndim, sources[j]->shape, &grads[j]);
   }
   if (st != MG_OK)
-    for (int j = 0; j < nsources; j++) { mg_tensor_release(grads[j]); grads[j] = NULL; }
+    for (int j = 0; j < nsources; j++) {
+      mg_tensor_release(grads[j]);
+      grads[j] = NULL;
+      if (diags) { mg_tensor_release(diags[j]); diags[j] = NULL; }
+    }
   map_free(&m);
   return st;
+}
+
+mg_status mg_tape_gradient_sweep(mg_tape *T, int ntargets, mg_tensor *const *targets,
+                                 mg_tensor *const *seeds, int lead, int nsources,
+                                 mg_tensor *const *sources, bool unconnected_zero,
+                                 mg_tensor **grads) {
+  return sweep(T, ntargets, targets, seeds, lead, nsources, sources, unconnected_zero, grads, NULL);
+}
+
+mg_status mg_tape_jacobian_sweep(mg_tape *T, mg_tensor *target, mg_tensor *seed, int nsources,
+                                 mg_tensor *const *sources, bool unconnected_zero,
+                                 mg_tensor **grads, mg_tensor **diags) {
+  return sweep(T, 1, &target, &seed, 1, nsources, sources, unconnected_zero, grads, diags);
 }
 
 /* Bracket a differentiation of 'T': its own recording is suspended meanwhile, and a
