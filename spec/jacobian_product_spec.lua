@@ -68,6 +68,43 @@ describe("batch_jacobian through deferred diagonals", function()
     for name, f in pairs(fs) do check(mg.batch_jacobian, f, h, 1e-13, name) end
   end)
 
+  it("tanh(h @ W + b), the RNN step: rows of W^T scaled by tanh'(z), no GEMM; with a relu before", function()
+    for case, s in ipairs { { 1, 4, 4 }, { 5, 3, 6 }, { 4, 8, 2 } } do
+      local B, I, N = s[1], s[2], s[3]
+      local W, b, h = rnd(60 + case, { I, N }, F64), rnd(70 + case, { N }, F64), rnd(80 + case, { B, I }, F64)
+      local J = check(mg.batch_jacobian, function(x) return mg.tanh(mg.matmul(x, W) + b) end, h,
+                      1e-15, "rnn " .. case)
+      assert.is_true(J:is_contiguous())
+      local t = mg.tanh(mg.matmul(h, W) + b)
+      local closed = W:transpose(1, 2):unsqueeze(1) * (1 - t * t):unsqueeze(3)   -- [b, k, j]
+      support.assert_close(J, closed, 1e-15, "rnn closed form " .. case)
+      local J2 = check(mg.batch_jacobian, function(x) return mg.sigmoid(mg.matmul(mg.relu(x), W) + b) end,
+                       h, 1e-15, "relu rnn " .. case)
+      assert.is_true(J2:is_contiguous())
+    end
+    local W, h = rnd(90, 40, 300) / 7, rnd(91, 20, 40)                       -- float32, streamed
+    local J = check(mg.batch_jacobian, function(x) return mg.tanh(mg.matmul(mg.relu(x), W)) end, h,
+                    1e-6, "f32 rnn")
+    assert.is_true(J:is_contiguous() and J.dtype == "float32")
+  end)
+
+  it("where the identity's rows must not be used: W from the source, a multi-dim target, batched matmul", function()
+    local W = rnd(92, { 4, 4 }, F64)
+    local h = rnd(93, { 3, 4 }, F64)
+    -- W from the source mixes the batch: reverse mode gives J[b, k, j] = sum over b' of
+    -- d f[b', k] / d x[b, j], from the full Jacobian by the forward mode (which never defers)
+    local mix = function(x) return mg.tanh(mg.matmul(x, W * x:sum())) end
+    local full = mg.jacobian(mix, h, { mode = "fwd" })                      -- (3, 4, 3, 4)
+    local want = full:sum(1):permute(2, 1, 3)                                -- [b, k, j]
+    support.assert_close(mg.batch_jacobian(mix, h), want, 1e-13, "W from the source")
+    for name, f in pairs {
+      reshaped = function(x) return mg.tanh(mg.matmul(x, W)):reshape(3, 2, 2) end,
+      tanh_of_reshape = function(x) return mg.tanh(mg.matmul(x, W):reshape(3, 2, 2)) end,
+      batched = function(x) return mg.tanh(mg.matmul(x:unsqueeze(2), W):squeeze(2)) end,
+      twice = function(x) return mg.tanh(mg.matmul(mg.tanh(mg.matmul(x, W)), W)) end,
+    } do check(mg.batch_jacobian, f, h, 1e-13, name) end
+  end)
+
   it("ops that must not defer: mul, sub, a broadcast add needing its gradient, two sources", function()
     local W, c = rnd(6, { 5, 5 }, F64), rnd(7, { 3, 5 }, F64)
     local h = rnd(8, { 3, 5 }, F64)
