@@ -205,12 +205,16 @@ static void row_f64(double *y, const double *a, const double *b, double s, int64
   else for (; i < n; i++) y[i] = s * a[i];
 }
 
-/* Rows [lo, hi) of the result, row r = b * K + k (one piece of a parallel loop). */
+/* Rows [lo, hi) of the result in the order (k, b): row b * K + k for i = k * B + b, so that
+** val's row k is read once for all b (one piece of a parallel loop). The result's own order
+** rereads all of val for every b: at (32, 100) 0.080 ms a call against 0.072 this way, and
+** at (32, 512) 2.4 to 4.5 ms (val, 1 MiB, falls out of a loaded machine's L2) against 2.3-2.5. */
 static void product_rows(void *arg, int64_t lo, int64_t hi) {
   const product_job *p = arg;
   size_t es = p->f64 ? sizeof(double) : sizeof(float);
-  for (int64_t r = lo; r < hi; r++) {
-    int64_t b = r / p->K, k = r % p->K;
+  int64_t k = lo / p->B, b = lo % p->B;
+  for (int64_t i = lo; i < hi; i++) {         /* (b, k) counted: no division a row */
+    int64_t r = b * p->K + k;
     char *y = p->y + (size_t)(r * p->m) * es;
     const char *v = p->v + (size_t)(k * p->sk + b * p->sb) * es;
     const char *d = p->d ? p->d + (size_t)(b * p->m) * es : NULL;
@@ -221,6 +225,7 @@ static void product_rows(void *arg, int64_t lo, int64_t hi) {
     else
       row_f32((float *)y, (const float *)v, (const float *)d,
               p->r ? ((const float *)p->r)[ri] : 1.0f, p->m, p->stream);
+    if (++b == p->B) { b = 0; k++; }
   }
 #if defined(__SSE2__)
   if (p->stream) _mm_sfence();             /* the streamed rows visible before the join */
