@@ -169,41 +169,34 @@ typedef struct {
   bool f64, stream;
 } product_job;
 
-/* y[i] = s * a[i] * b[i] (b NULL: s * a[i]), i < n; streaming stores where y is 16-byte
+/* row_f32 / row_f64: y[i] = s * a[i] * b[i] (b NULL: s * a[i]), i < n; streaming stores
+** (SSE2: vectors of W elements of type V, suffix X of the intrinsics) where y is 16-byte
 ** aligned. */
-static void row_f32(float *y, const float *a, const float *b, float s, int64_t n, bool stream) {
-  int64_t i = 0;
 #if defined(__SSE2__)
-  if (stream) {
-    __m128 vs = _mm_set1_ps(s);
-    for (; i < n && ((uintptr_t)(y + i) & 15) != 0; i++) y[i] = s * a[i] * (b ? b[i] : 1.0f);
-    if (b)
-      for (; i + 4 <= n; i += 4)
-        _mm_stream_ps(y + i, _mm_mul_ps(_mm_mul_ps(vs, _mm_loadu_ps(a + i)), _mm_loadu_ps(b + i)));
-    else
-      for (; i + 4 <= n; i += 4) _mm_stream_ps(y + i, _mm_mul_ps(vs, _mm_loadu_ps(a + i)));
-  }
+#  define STREAMED(T, V, X, W)                                                               \
+    if (stream) {                                                                          \
+      V vs = _mm_set1_##X(s);                                                              \
+      for (; i < n && ((uintptr_t)(y + i) & 15) != 0; i++) y[i] = s * a[i] * (b ? b[i] : (T)1); \
+      if (b)                                                                               \
+        for (; i + W <= n; i += W)                                                         \
+          _mm_stream_##X(y + i, _mm_mul_##X(_mm_mul_##X(vs, _mm_loadu_##X(a + i)), _mm_loadu_##X(b + i))); \
+      else                                                                                 \
+        for (; i + W <= n; i += W) _mm_stream_##X(y + i, _mm_mul_##X(vs, _mm_loadu_##X(a + i))); \
+    }
+#else
+#  define STREAMED(T, V, X, W) (void)stream;
 #endif
-  if (b) for (; i < n; i++) y[i] = s * a[i] * b[i];
-  else for (; i < n; i++) y[i] = s * a[i];
-}
-
-static void row_f64(double *y, const double *a, const double *b, double s, int64_t n, bool stream) {
-  int64_t i = 0;
-#if defined(__SSE2__)
-  if (stream) {
-    __m128d vs = _mm_set1_pd(s);
-    for (; i < n && ((uintptr_t)(y + i) & 15) != 0; i++) y[i] = s * a[i] * (b ? b[i] : 1.0);
-    if (b)
-      for (; i + 2 <= n; i += 2)
-        _mm_stream_pd(y + i, _mm_mul_pd(_mm_mul_pd(vs, _mm_loadu_pd(a + i)), _mm_loadu_pd(b + i)));
-    else
-      for (; i + 2 <= n; i += 2) _mm_stream_pd(y + i, _mm_mul_pd(vs, _mm_loadu_pd(a + i)));
+#define ROW(NAME, T, V, X, W)                                                                \
+  static void NAME(T *y, const T *a, const T *b, T s, int64_t n, bool stream) {              \
+    int64_t i = 0;                                                                         \
+    STREAMED(T, V, X, W)                                                                   \
+    if (b) for (; i < n; i++) y[i] = s * a[i] * b[i];                                      \
+    else for (; i < n; i++) y[i] = s * a[i];                                               \
   }
-#endif
-  if (b) for (; i < n; i++) y[i] = s * a[i] * b[i];
-  else for (; i < n; i++) y[i] = s * a[i];
-}
+ROW(row_f32, float, __m128, ps, 4)
+ROW(row_f64, double, __m128d, pd, 2)
+#undef ROW
+#undef STREAMED
 
 /* Rows [lo, hi) of the result in the order (k, b): row b * K + k for i = k * B + b, so that
 ** val's row k is read once for all b (one piece of a parallel loop). The result's own order
