@@ -392,6 +392,18 @@ mg_status mg_tape_gradient_sweep(mg_tape *T, int ntargets, mg_tensor *const *tar
                                  mg_tensor *const *seeds, int lead, int nsources,
                                  mg_tensor *const *sources, bool unconnected_zero,
                                  mg_tensor **grads);
+/* A Jacobian's sweep: mg_tape_gradient_sweep of one target with one seed at lead 1, except
+** that a source's gradient may come as rows[j] * grads[j] * diags[j] not yet multiplied
+** (diags[j] of the source's shape, broadcast along the basis dim; rows[j] (K, B), broadcast
+** along the source's dims after the batch; NULL where there is none): tape.c's deferred
+** diagonals, for the caller to write the product once, where it wants it. */
+mg_status mg_tape_jacobian_sweep(mg_tape *T, mg_tensor *target, mg_tensor *seed, int nsources,
+                                 mg_tensor *const *sources, bool unconnected_zero,
+                                 mg_tensor **grads, mg_tensor **diags, mg_tensor **rows);
+/* rows * val * diag of such a gradient (either factor NULL: none) by the multiply's kernel.
+** New reference. */
+mg_status mg_factors_product(mg_ctx *C, mg_tensor *val, mg_tensor *diag, mg_tensor *rows,
+                             mg_tensor **out);
 mg_status mg_tape_forward_sweep(mg_tape *T, int nsources, mg_tensor *const *sources,
                                 mg_tensor *const *tangents, int lead, int ntargets,
                                 mg_tensor *const *targets, mg_tensor **out);

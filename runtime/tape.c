@@ -12,8 +12,11 @@
 /* ================================================================ pointer map */
 
 /* Open-addressing map from a tensor to a slot: its cotangent/tangent and whether it is
-** reachable from a source. */
-typedef struct { const mg_tensor *key; mg_tensor *val; bool reach; } slot;
+** reachable from a source. In a Jacobian's reverse sweep (lead 1) the cotangent may be held
+** as a product 'rows * val * diag' not yet computed ('diag': the key's shape, broadcast along
+** the basis dim; 'rows': (K, B), one factor per basis vector and batch entry; NULL: none): see
+** "deferred diagonals" below. */
+typedef struct { const mg_tensor *key; mg_tensor *val; bool reach; mg_tensor *diag, *rows; } slot;
 typedef struct { slot *s; size_t cap, n; } tmap;
 
 static size_t hashp(const void *p) {
@@ -51,13 +54,17 @@ static slot *map_get(tmap *m, const mg_tensor *k) {
   }
   size_t i = hashp(k) & (m->cap - 1);
   while (m->s[i].key != NULL) i = (i + 1) & (m->cap - 1);
-  m->s[i] = (slot){ k, NULL, false };
+  m->s[i] = (slot){ k, NULL, false, NULL, NULL };
   m->n++;
   return &m->s[i];
 }
 
 static void map_free(tmap *m) {
-  for (size_t i = 0; i < m->cap; i++) mg_tensor_release(m->s[i].val);
+  for (size_t i = 0; i < m->cap; i++) {
+    mg_tensor_release(m->s[i].val);
+    mg_tensor_release(m->s[i].diag);
+    mg_tensor_release(m->s[i].rows);
+  }
   free(m->s);
 }
 
@@ -321,6 +328,134 @@ static mg_status accumulate(mg_ctx *C, slot *s, mg_tensor *g) {
   return MG_OK;
 }
 
+/* ---------------------------------------------------------------- deferred diagonals
+** A Jacobian's reverse sweep (lead 1) carries K basis cotangents at once: for a batch
+** Jacobian of f(h) = relu(h) @ W + b, (K, B, N) numbers per tensor. An elementwise op's rule
+** multiplies its cotangent by a diagonal f'(x) of the primal's shape (B, N): one pass over
+** all K * B * N numbers per op, for what depends on B * N of them. So in a lead-1 sweep that
+** no tape records, an elementwise unary op (rules mg_rules_unary, one input) does not
+** multiply: its rule runs at lead 0 on the pending diagonal (ones when there is none), which
+** gives diag * f'(x), and the input's slot holds (val, that product); add hands both on to
+** each input of its output's shape and dtype.
+** A matmul (B, I) @ (I, K) meeting the batch-Jacobian identity seed E (MG_TF_EYE) with a
+** pending diagonal D (B, K), as in tanh(h @ W + b), does not multiply either: (E * D)[k, b, :]
+** is D[b, k] E[k, b, :], and the rule acts on each (k, b) row alone, so the cotangent of its
+** input is rows[k, b] = D[b, k] times the rule's result for E itself (a view of W^T, no GEMM).
+** Any other consumer first computes rows * val * diag ('settle'), as does the sum of two
+** cotangents, and so does the end of the sweep unless the caller takes the factors
+** (mg_tape_jacobian_sweep: the Jacobian then writes the product once, straight into its
+** result's layout; jacobian.c). */
+
+mg_status mg_factors_product(mg_ctx *C, mg_tensor *val, mg_tensor *diag, mg_tensor *rows,
+                             mg_tensor **out) {
+  mg_tensor *p = mg_tensor_retain(val), *q = NULL, *r = NULL;
+  mg_status st = MG_OK;
+  if (rows) {                                  /* (K, B) as (K, B, 1, ...) against val */
+    int64_t sh[MG_MAXDIM];
+    for (int d = 0; d < val->ndim; d++) sh[d] = d < 2 ? val->shape[d] : 1;
+    if ((st = mg_tensor_reshape(C, rows, val->ndim, sh, &r)) == MG_OK &&
+        (st = mg_tensor_binary(C, MG_B_MUL, p, r, &q)) == MG_OK) {
+      mg_tensor_release(p);
+      p = q;
+    }
+    mg_tensor_release(r);
+  }
+  if (st == MG_OK && diag && (st = mg_tensor_binary(C, MG_B_MUL, p, diag, &q)) == MG_OK) {
+    mg_tensor_release(p);
+    p = q;
+  }
+  if (st != MG_OK) { mg_tensor_release(p); return st; }
+  *out = p;
+  return MG_OK;
+}
+
+/* The slot's pending product rows * val * diag computed: it then holds a plain cotangent. */
+static mg_status settle(mg_ctx *C, slot *s) {
+  if (s->diag == NULL && s->rows == NULL) return MG_OK;
+  mg_tensor *p = NULL;
+  mg_status st = mg_factors_product(C, s->val, s->diag, s->rows, &p);
+  if (st != MG_OK) return st;
+  mg_tensor_release(s->val);
+  mg_tensor_release(s->diag);
+  mg_tensor_release(s->rows);
+  s->val = p;
+  s->diag = s->rows = NULL;
+  return MG_OK;
+}
+
+/* acc += grows * g * gdiag (either factor NULL: none); new references, owned by the slot. */
+static mg_status accumulate_diag(mg_ctx *C, slot *s, mg_tensor *g, mg_tensor *gdiag,
+                                 mg_tensor *grows) {
+  if (s->val == NULL) {
+    s->val = g;
+    s->diag = gdiag;
+    s->rows = grows;
+    return MG_OK;
+  }
+  slot in = { s->key, g, false, gdiag, grows };
+  mg_status st = settle(C, s);
+  if (st == MG_OK) st = settle(C, &in);
+  if (st == MG_OK) return accumulate(C, s, in.val);
+  mg_tensor_release(in.val);
+  mg_tensor_release(in.diag);
+  mg_tensor_release(in.rows);
+  return st;
+}
+
+/* Whether matmul node 'n' meets the identity seed with a pending diagonal (see above). */
+static bool eye_rows(const mg_node *n, const slot *out, const bool *need) {
+  const mg_tensor *a = n->in[0], *w = n->in[1], *y = n->out[0];
+  return n->op == MG_OP_MATMUL && n->nin == 2 && !need[1] && out->diag && !out->rows &&
+         (out->val->flags & MG_TF_EYE) && a->ndim == 2 && w->ndim == 2 && y->ndim == 2 &&
+         a->dtype == y->dtype && mg_same_shape(out->diag, y) && out->diag->dtype == y->dtype &&
+         out->val->ndim == 3 && out->val->shape[0] == y->shape[1];
+}
+
+/* Whether node 'n' passes its output's cotangent on with pending factors. */
+static bool defers(mg_ctx *C, const mg_node *n, int lead, const slot *out, const bool *need) {
+  if (lead != 1 || mg_recording(C) || n->nout != 1) return false;
+  if (mg_ops[n->op].rules == &mg_rules_unary) return n->nin == 1;
+  if (n->op == MG_OP_MATMUL) return eye_rows(n, out, need);
+  if (n->op != MG_OP_ADD) return false;
+  for (int k = 0; k < n->nin; k++)
+    if (need[k] && (!mg_same_shape(n->in[k], n->out[0]) || n->in[k]->dtype != n->out[0]->dtype))
+      return false;
+  return true;
+}
+
+/* The deferred rule of 'n' (defers): gin[k] val, gdiag[k] and grows[k] the input's pending
+** factors. */
+static mg_status defer_node(mg_ctx *C, const mg_node *n, const slot *out,
+                            const bool *need, mg_tensor **gin, mg_tensor **gdiag,
+                            mg_tensor **grows) {
+  if (n->op == MG_OP_ADD) {                              /* both inputs: the same cotangent */
+    for (int k = 0; k < n->nin; k++)
+      if (need[k]) {
+        gin[k] = mg_tensor_retain(out->val);
+        gdiag[k] = out->diag ? mg_tensor_retain(out->diag) : NULL;
+        grows[k] = out->rows ? mg_tensor_retain(out->rows) : NULL;
+      }
+    return MG_OK;
+  }
+  if (n->op == MG_OP_MATMUL) {                           /* rows[k, b] = D[b, k] */
+    mg_tensor *dt = NULL, *val = out->val;
+    mg_status st = mg_tensor_transpose(C, out->diag, 0, 1, &dt);
+    if (st == MG_OK) st = mg_tensor_contiguous(C, dt, &grows[0]);
+    mg_tensor_release(dt);
+    if (st == MG_OK) st = mg_ops[n->op].rules->vjp(C, n, 1, &val, need, gin);
+    return st;
+  }
+  mg_tensor *d = out->diag ? mg_tensor_retain(out->diag) : NULL, *y = n->out[0];
+  mg_status st = d ? MG_OK : mg_tensor_full(C, y->dtype, y->ndim, y->shape, 1.0, &d);
+  if (st == MG_OK) st = mg_ops[n->op].rules->vjp(C, n, 0, &d, need, &gdiag[0]);
+  mg_tensor_release(d);
+  if (st == MG_OK && gdiag[0]) {                         /* NULL: a zero */
+    gin[0] = mg_tensor_retain(out->val);
+    grows[0] = out->rows ? mg_tensor_retain(out->rows) : NULL;
+  }
+  return st;
+}
+
 static bool is_source(const mg_tensor *t, int nsources, mg_tensor *const *sources) {
   for (int j = 0; j < nsources; j++)
     if (sources[j] == t) return true;
@@ -373,48 +508,72 @@ static mg_status run_vjp(mg_ctx *C, tmap *m, const mg_node *n, int lead, mg_tens
 static mg_status backward_node(mg_ctx *C, tmap *m, const mg_node *n, int lead,
                                int nsources, mg_tensor *const *sources) {
   mg_tensor *g[MG_MAXOUT] = { NULL };
+  slot *os[MG_MAXOUT] = { NULL };                      /* valid until the first map_get */
   bool anyg = false, anyneed = false;
   for (int k = 0; k < n->nout; k++) {
-    slot *s = map_find(m, n->out[k]);
-    anyg |= (g[k] = s ? s->val : NULL) != NULL;
+    os[k] = map_find(m, n->out[k]);
+    anyg |= (g[k] = os[k] ? os[k]->val : NULL) != NULL;
   }
   if (!anyg) return MG_OK;
   bool stackneed[8], *need = n->nin <= 8 ? stackneed : calloc((size_t)n->nin, sizeof *need);
   mg_tensor *stackgin[8] = { NULL }, **gin = n->nin <= 8 ? stackgin : calloc((size_t)n->nin, sizeof *gin);
-  mg_status st = need && gin ? MG_OK : mg_fail(C, MG_ENOMEM, "out of memory");
+  mg_tensor *stackgd[8] = { NULL }, **gdiag = n->nin <= 8 ? stackgd : calloc((size_t)n->nin, sizeof *gdiag);
+  mg_tensor *stackgr[8] = { NULL }, **grows = n->nin <= 8 ? stackgr : calloc((size_t)n->nin, sizeof *grows);
+  mg_status st = need && gin && gdiag && grows ? MG_OK : mg_fail(C, MG_ENOMEM, "out of memory");
   for (int k = 0; st == MG_OK && k < n->nin; k++) {
     slot *s = map_find(m, n->in[k]);
     anyneed |= (need[k] = s && s->reach);
   }
-  if (st == MG_OK && anyneed && (st = check_versions(C, n)) == MG_OK)
-    st = run_vjp(C, m, n, lead, g, need, gin);
-  for (int k = 0; gin && k < n->nin; k++) {
-    if (gin[k] == NULL) continue;
-    if (st != MG_OK) { mg_tensor_release(gin[k]); continue; }
-    slot *s = map_get(m, n->in[k]);
-    st = s ? accumulate(C, s, gin[k]) : mg_fail(C, MG_ENOMEM, "out of memory");
+  if (st == MG_OK && anyneed && (st = check_versions(C, n)) == MG_OK) {
+    if (defers(C, n, lead, os[0], need)) {
+      st = defer_node(C, n, os[0], need, gin, gdiag, grows);
+    } else {
+      for (int k = 0; k < n->nout && st == MG_OK; k++)
+        if (os[k] && (st = settle(C, os[k])) == MG_OK) g[k] = os[k]->val;
+      if (st == MG_OK) st = run_vjp(C, m, n, lead, g, need, gin);
+    }
+  }
+  for (int k = 0; gin && gdiag && grows && k < n->nin; k++) {
+    slot *s = gin[k] && st == MG_OK ? map_get(m, n->in[k]) : NULL;
+    if (s) {
+      st = accumulate_diag(C, s, gin[k], gdiag[k], grows[k]);
+      continue;
+    }
+    if (gin[k] && st == MG_OK) st = mg_fail(C, MG_ENOMEM, "out of memory");
+    mg_tensor_release(gin[k]);
+    mg_tensor_release(gdiag[k]);
+    mg_tensor_release(grows[k]);
   }
   if (need != stackneed) free(need);
   if (gin != stackgin) free(gin);
+  if (gdiag != stackgd) free(gdiag);
+  if (grows != stackgr) free(grows);
   for (int k = 0; k < n->nout; k++) {                  /* consumed: free unless asked for */
     slot *s = map_find(m, n->out[k]);
     if (s && s->val && !is_source(n->out[k], nsources, sources)) {
       mg_tensor_release(s->val);
-      s->val = NULL;
+      mg_tensor_release(s->diag);
+      mg_tensor_release(s->rows);
+      s->val = s->diag = s->rows = NULL;
     }
   }
   return st;
 }
 
-mg_status mg_tape_gradient_sweep(mg_tape *T, int ntargets, mg_tensor *const *targets,
-                                 mg_tensor *const *seeds, int lead, int nsources,
-                                 mg_tensor *const *sources, bool unconnected_zero,
-                                 mg_tensor **grads) {
+/* The reverse sweep; 'diags' non-NULL: a source's pending factors go to diags[j] and rows[j]
+** (NULL: none) instead of being multiplied into its gradient. */
+static mg_status sweep(mg_tape *T, int ntargets, mg_tensor *const *targets,
+                       mg_tensor *const *seeds, int lead, int nsources, mg_tensor *const *sources,
+                       bool unconnected_zero, mg_tensor **grads, mg_tensor **diags,
+                       mg_tensor **rows) {
   mg_ctx *C = T->ctx;
   tmap m;
   bool oom;
   mg_tensor *like = NULL;
-  for (int j = 0; j < nsources; j++) grads[j] = NULL;
+  for (int j = 0; j < nsources; j++) {
+    grads[j] = NULL;
+    if (diags) diags[j] = rows[j] = NULL;
+  }
   if (!map_init(&m, T->n + (size_t)nsources)) return mg_fail(C, MG_ENOMEM, "out of memory");
   size_t first = mark_reach(T, &m, nsources, sources, &oom);
   mg_status st = oom ? mg_fail(C, MG_ENOMEM, "out of memory")
@@ -424,6 +583,13 @@ mg_status mg_tape_gradient_sweep(mg_tape *T, int ntargets, mg_tensor *const *tar
       st = backward_node(C, &m, mg_tape_node(T, i), lead, nsources, sources);
   for (int j = 0; j < nsources && st == MG_OK; j++) {
     slot *s = map_find(&m, sources[j]);
+    if (s && s->val && diags) {
+      diags[j] = s->diag ? mg_tensor_retain(s->diag) : NULL;
+      rows[j] = s->rows ? mg_tensor_retain(s->rows) : NULL;
+    } else if (s && s->val) {
+      st = settle(C, s);
+    }
+    if (st != MG_OK) break;
     if (s && s->val)
       st = mg_expand_lead(C, s->val, lead, sources[j]->ndim, sources[j]->shape, &grads[j]);
     else if (unconnected_zero && lead && like)
@@ -432,9 +598,31 @@ mg_status mg_tape_gradient_sweep(mg_tape *T, int ntargets, mg_tensor *const *tar
       st = mg_tensor_zeros(C, sources[j]->dtype, sources[j]->ndim, sources[j]->shape, &grads[j]);
   }
   if (st != MG_OK)
-    for (int j = 0; j < nsources; j++) { mg_tensor_release(grads[j]); grads[j] = NULL; }
+    for (int j = 0; j < nsources; j++) {
+      mg_tensor_release(grads[j]);
+      grads[j] = NULL;
+      if (diags) {
+        mg_tensor_release(diags[j]);
+        mg_tensor_release(rows[j]);
+        diags[j] = rows[j] = NULL;
+      }
+    }
   map_free(&m);
   return st;
+}
+
+mg_status mg_tape_gradient_sweep(mg_tape *T, int ntargets, mg_tensor *const *targets,
+                                 mg_tensor *const *seeds, int lead, int nsources,
+                                 mg_tensor *const *sources, bool unconnected_zero,
+                                 mg_tensor **grads) {
+  return sweep(T, ntargets, targets, seeds, lead, nsources, sources, unconnected_zero, grads,
+               NULL, NULL);
+}
+
+mg_status mg_tape_jacobian_sweep(mg_tape *T, mg_tensor *target, mg_tensor *seed, int nsources,
+                                 mg_tensor *const *sources, bool unconnected_zero,
+                                 mg_tensor **grads, mg_tensor **diags, mg_tensor **rows) {
+  return sweep(T, 1, &target, &seed, 1, nsources, sources, unconnected_zero, grads, diags, rows);
 }
 
 /* Bracket a differentiation of 'T': its own recording is suspended meanwhile, and a

@@ -1,0 +1,200 @@
+-- jacobian_product_spec.lua: Jacobians through elementwise ops with the product written once
+-- (tape.c's deferred diagonals, jacobian.c's write_product): the reverse sweep hands the
+-- source's cotangent as val * diag and the result is written from the two, contiguous, in its
+-- final layout. Checked against the forward mode (which never defers), against one
+-- basis vector per sweep (chunks: the sweep multiplies), and against PyTorch in float64;
+-- on random shapes, B = 1, non-square weights, strided / expanded / transposed inputs, fan-in,
+-- and functions where no diagonal may be deferred.
+local mg = require "moongrad"
+local support = require "support"
+local F64 = support.F64
+
+-- The same Jacobian by the general paths: forward mode, and reverse with one basis vector
+-- per sweep (the sweep multiplies each chunk itself).
+local function general(jac, f, x)
+  local fwd = jac(f, x, { mode = "fwd" })
+  local budget = mg.memory().budget
+  mg.set_memory_budget(1)
+  local ok, chunked = pcall(jac, f, x)
+  mg.set_memory_budget(budget)
+  assert(ok, chunked)
+  return fwd, chunked
+end
+
+local function check(jac, f, x, tol, what)
+  local J = jac(f, x)
+  local fwd, chunked = general(jac, f, x)
+  support.assert_close(J, fwd, tol, what .. " vs forward mode")
+  support.assert_close(J, chunked, tol, what .. " vs chunked reverse")
+  return J
+end
+
+local function rnd(seed, ...) mg.manual_seed(seed); return mg.randn(...) end
+
+describe("batch_jacobian through deferred diagonals", function()
+  it("relu(h) @ W + b: contiguous (B, N, I), exact W^T relu'(h), random shapes, B = 1, non-square", function()
+    for case, s in ipairs { { 1, 5, 5 }, { 3, 4, 7 }, { 7, 9, 2 }, { 2, 1, 3 }, { 5, 33, 17 } } do
+      local B, I, N = s[1], s[2], s[3]
+      local W, b, h = rnd(case, { I, N }, F64), rnd(case + 10, { N }, F64), rnd(case + 20, { B, I }, F64)
+      local J = check(mg.batch_jacobian, function(x) return mg.matmul(mg.relu(x), W) + b end, h,
+                      1e-15, "case " .. case)
+      assert.are.equal(string.format("(%d,%d,%d)", B, N, I), mg.shapestr(J))
+      assert.is_true(J:is_contiguous())
+      local closed = W:transpose(1, 2):unsqueeze(1) * mg.gt(h, 0):unsqueeze(2)
+      support.assert_close(J, closed, 0, "closed form")
+    end
+  end)
+
+  it("float32 and large enough for streaming stores (> 4 MiB): the same as the general path", function()
+    local W, h = rnd(1, 300, 300) / 17, rnd(2, 13, 300)                 -- 13 * 300 * 300 * 4 bytes
+    local J = check(mg.batch_jacobian, function(x) return mg.matmul(mg.relu(x), W) end, h, 1e-6, "f32")
+    assert.is_true(J:is_contiguous() and J.dtype == "float32")
+    local closed = W:transpose(1, 2):unsqueeze(1) * mg.gt(h, 0):unsqueeze(2)
+    support.assert_close(J, closed, 0, "closed form")
+  end)
+
+  it("chains of elementwise ops, fan-in, zero-gradient ops, add of one tensor to itself", function()
+    local W, W2 = rnd(3, { 6, 5 }, F64), rnd(4, { 5, 5 }, F64)
+    local h = rnd(5, { 4, 6 }, F64)
+    local fs = {
+      chain = function(x) return mg.matmul(mg.tanh(mg.sigmoid(mg.leaky_relu(x, 0.1))), W) end,
+      after = function(x) return mg.tanh(mg.matmul(x, W)) end,            -- deferred, then settled
+      both = function(x) return mg.matmul(mg.tanh(mg.matmul(mg.sin(x), W)) + 1, W2) end,
+      fanin = function(x) return mg.matmul(mg.exp(x) + mg.relu(x) + x, W) end,
+      self = function(x) local r = mg.relu(x); return mg.matmul(r + r, W) end,
+      zero = function(x) return mg.matmul(mg.sign(x) + mg.tanh(x), W) end,
+      square = function(x) return mg.matmul(mg.square(mg.cos(x)), W) + mg.matmul(x, W) end,
+    }
+    for name, f in pairs(fs) do check(mg.batch_jacobian, f, h, 1e-13, name) end
+  end)
+
+  it("tanh(h @ W + b), the RNN step: rows of W^T scaled by tanh'(z), no GEMM; with a relu before", function()
+    for case, s in ipairs { { 1, 4, 4 }, { 5, 3, 6 }, { 4, 8, 2 } } do
+      local B, I, N = s[1], s[2], s[3]
+      local W, b, h = rnd(60 + case, { I, N }, F64), rnd(70 + case, { N }, F64), rnd(80 + case, { B, I }, F64)
+      local J = check(mg.batch_jacobian, function(x) return mg.tanh(mg.matmul(x, W) + b) end, h,
+                      1e-15, "rnn " .. case)
+      assert.is_true(J:is_contiguous())
+      local t = mg.tanh(mg.matmul(h, W) + b)
+      local closed = W:transpose(1, 2):unsqueeze(1) * (1 - t * t):unsqueeze(3)   -- [b, k, j]
+      support.assert_close(J, closed, 1e-15, "rnn closed form " .. case)
+      local J2 = check(mg.batch_jacobian, function(x) return mg.sigmoid(mg.matmul(mg.relu(x), W) + b) end,
+                       h, 1e-15, "relu rnn " .. case)
+      assert.is_true(J2:is_contiguous())
+    end
+    local W, h = rnd(90, 40, 300) / 7, rnd(91, 20, 40)                       -- float32, streamed
+    local J = check(mg.batch_jacobian, function(x) return mg.tanh(mg.matmul(mg.relu(x), W)) end, h,
+                    1e-6, "f32 rnn")
+    assert.is_true(J:is_contiguous() and J.dtype == "float32")
+  end)
+
+  it("where the identity's rows must not be used: W from the source, a multi-dim target, batched matmul", function()
+    local W = rnd(92, { 4, 4 }, F64)
+    local h = rnd(93, { 3, 4 }, F64)
+    -- W from the source mixes the batch: reverse mode gives J[b, k, j] = sum over b' of
+    -- d f[b', k] / d x[b, j], from the full Jacobian by the forward mode (which never defers)
+    local mix = function(x) return mg.tanh(mg.matmul(x, W * x:sum())) end
+    local full = mg.jacobian(mix, h, { mode = "fwd" })                      -- (3, 4, 3, 4)
+    local want = full:sum(1):permute(2, 1, 3)                                -- [b, k, j]
+    support.assert_close(mg.batch_jacobian(mix, h), want, 1e-13, "W from the source")
+    for name, f in pairs {
+      reshaped = function(x) return mg.tanh(mg.matmul(x, W)):reshape(3, 2, 2) end,
+      tanh_of_reshape = function(x) return mg.tanh(mg.matmul(x, W):reshape(3, 2, 2)) end,
+      batched = function(x) return mg.tanh(mg.matmul(x:unsqueeze(2), W):squeeze(2)) end,
+      twice = function(x) return mg.tanh(mg.matmul(mg.tanh(mg.matmul(x, W)), W)) end,
+    } do check(mg.batch_jacobian, f, h, 1e-13, name) end
+  end)
+
+  it("ops that must not defer: mul, sub, a broadcast add needing its gradient, two sources", function()
+    local W, c = rnd(6, { 5, 5 }, F64), rnd(7, { 3, 5 }, F64)
+    local h = rnd(8, { 3, 5 }, F64)
+    for name, f in pairs {
+      mul = function(x) return mg.matmul(mg.relu(x) * c, W) end,
+      sub = function(x) return mg.matmul(c - mg.tanh(x), W) end,
+      square_x = function(x) return mg.matmul(mg.relu(x) * x, W) end,
+    } do check(mg.batch_jacobian, f, h, 1e-13, name) end
+    -- tape form, two sources: h and a per-entry bias added after the relu
+    local bias = rnd(9, { 3, 5 }, F64)
+    local tape = mg.GradientTape { persistent = true }
+    tape:watch(h); tape:watch(bias)
+    local y = mg.matmul(mg.tanh(mg.relu(h) + bias), W)
+    local Js = tape:batch_jacobian(y, { h, bias })
+    local Jf = tape:batch_jacobian(y, { h, bias }, { mode = "fwd" })
+    for k = 1, 2 do support.assert_close(Js[k], Jf[k], 1e-13, "source " .. k) end
+  end)
+
+  it("strided, transposed and expanded inputs; a transposed weight", function()
+    local X, W = rnd(10, { 6, 4 }, F64), rnd(11, { 7, 6 }, F64)
+    local row = rnd(12, { 1, 6 }, F64)
+    local Wt = W:transpose(1, 2)                                            -- (6, 7), strided
+    local f = function(x) return mg.matmul(mg.relu(x), Wt) + 1 end
+    for name, x in pairs {
+      transposed = X:transpose(1, 2),                                       -- (4, 6)
+      expanded = row:expand(5, 6),
+      narrowed = rnd(13, { 4, 9 }, F64):narrow(2, 2, 6),
+    } do
+      local J = check(mg.batch_jacobian, f, x, 1e-15, name)
+      local closed = Wt:transpose(1, 2):unsqueeze(1) * mg.gt(x, 0):unsqueeze(2)
+      support.assert_close(J, closed, 0, name .. " closed form")
+    end
+  end)
+
+  it("check = true, and plain jacobian (no batch dim), through the same path", function()
+    local W, h = rnd(14, { 5, 3 }, F64), rnd(15, { 4, 5 }, F64)
+    local f = function(x) return mg.matmul(mg.softplus(x), W) end
+    local J = mg.batch_jacobian(f, h, { check = true })
+    support.assert_close(J, mg.batch_jacobian(f, h, { mode = "fwd" }), 1e-15, "check")
+    local v = rnd(16, { 5 }, F64)
+    local g = function(x) return mg.matmul(mg.gelu(mg.relu(x)), W) end
+    local Jp = check(mg.jacobian, g, v, 1e-15, "plain")
+    assert.are.equal("(3,5)", mg.shapestr(Jp))
+    assert.is_true(Jp:is_contiguous())
+  end)
+
+  it("hessian (recorded sweeps: nothing is deferred) is unchanged", function()
+    local W = rnd(17, { 4, 1 }, F64)
+    local x = rnd(18, { 4 }, F64)
+    local f = function(v) return mg.matmul(mg.tanh(v):unsqueeze(1), W):sum() end
+    local H = mg.hessian(f, x)
+    -- d2/dx2 of sum_i tanh(x_i) W_i: diag(-2 tanh(x) (1 - tanh(x)^2) W)
+    local t = mg.tanh(x)
+    local want = mg.diag(-2 * t * (1 - t * t) * W:reshape(4))
+    support.assert_close(H, want, 1e-12, "hessian")
+  end)
+end)
+
+describe("batch_jacobian through deferred diagonals against PyTorch (float64)", function()
+  local have = support.python_can_import("torch")
+  local dir
+  setup(function() dir = support.tmpdir() end)
+  teardown(function() if dir then support.rmtree(dir) end end)
+
+  it("relu / tanh / sigmoid chains on random shapes, B = 1 included", function()
+    if not have then pending("torch is not importable") return end
+    local cases = { { 1, 4, 3 }, { 3, 5, 5 }, { 6, 2, 7 } }
+    for i, s in ipairs(cases) do
+      local B, I, N = s[1], s[2], s[3]
+      local W, b, h = rnd(30 + i, { I, N }, F64), rnd(40 + i, { N }, F64), rnd(50 + i, { B, I }, F64)
+      mg.save(W, dir .. "/W" .. i .. ".npy"); mg.save(b, dir .. "/b" .. i .. ".npy")
+      mg.save(h, dir .. "/h" .. i .. ".npy")
+      local f = function(x) return mg.matmul(mg.sigmoid(mg.tanh(mg.relu(x))), W) + b end
+      mg.save(mg.batch_jacobian(f, h), dir .. "/J" .. i .. ".npy")
+    end
+    local script = dir .. "/ref.py"
+    support.write_file(script, ([[
+import sys, numpy as np, torch
+d = sys.argv[1]
+for i in range(1, %d):
+    W, b, h = (torch.from_numpy(np.load(f"{d}/{n}{i}.npy")) for n in "Wbh")
+    f = lambda x: torch.sigmoid(torch.tanh(torch.relu(x))) @ W + b
+    J = torch.stack([torch.autograd.functional.jacobian(f, h[k:k+1])[0, :, 0, :] for k in range(h.shape[0])])
+    got = np.load(f"{d}/J{i}.npy")
+    err = np.abs(got - J.numpy()).max()
+    if got.shape != tuple(J.shape) or not err <= 1e-14:
+        sys.exit(f"case {i}: shape {got.shape} vs {tuple(J.shape)}, max difference {err}")
+]]):format(#cases + 1))
+    local ok = os.execute(string.format("%s %s %s 2>%s/err.txt", support.PYTHON, support.shq(script),
+                                        support.shq(dir), dir))
+    assert(ok, support.read_file(dir .. "/err.txt"))
+  end)
+end)
