@@ -1405,6 +1405,46 @@ static int tensor_rmsprop_update(lua_State *L) {
   return 0;
 }
 
+static bool same_shape(const mg_tensor *a, const mg_tensor *b) {
+  int n = mg_tensor_ndim(a);
+  if (n != mg_tensor_ndim(b)) return false;
+  const int64_t *sa = mg_tensor_shape(a), *sb = mg_tensor_shape(b);
+  for (int i = 0; i < n; i++)
+    if (sa[i] != sb[i]) return false;
+  return true;
+}
+
+/* mg._same_shape(a, b): whether two tensors have one shape (optim.lua's gradient check,
+** without building shape strings). */
+static int tensor_same_shape(lua_State *L) {
+  lua_pushboolean(L, same_shape(mg_lua_checktensor(L, 1), mg_lua_checktensor(L, 2)));
+  return 1;
+}
+
+/* mg._adam_update(p, m, v, g, lr, beta1, beta2, eps, t, pytorch) -> whether it ran:
+** mg_adam_update_ (optim.Adam's fused step; p, m and v written in place) when the four are
+** contiguous tensors of one dtype and shape, float32 or float64; false (nothing done)
+** otherwise, and optim.lua then takes the element-wise ops. Private: optim.lua checks the
+** rest first. */
+static int tensor_adam_update(lua_State *L) {
+  LSTATE_ARG;
+  mg_tensor *t[4];
+  for (int i = 0; i < 4; i++) t[i] = mg_lua_checktensor(L, i + 1);
+  mg_dtype dt = mg_tensor_dtype(t[0]);
+  bool fits = dt == MG_F32 || dt == MG_F64;
+  for (int i = 0; i < 4 && fits; i++)
+    fits = mg_tensor_dtype(t[i]) == dt && mg_tensor_is_contiguous(t[i]) && same_shape(t[i], t[0]);
+  if (fits) {
+    mg_status st = mg_adam_update_(S->C, t[0], t[1], t[2], t[3], luaL_checknumber(L, 5),
+                                   luaL_checknumber(L, 6), luaL_checknumber(L, 7),
+                                   luaL_checknumber(L, 8), luaL_checknumber(L, 9),
+                                   lua_toboolean(L, 10));
+    if (st != MG_OK) return lmg_fail(L, S, "_adam_update");
+  }
+  lua_pushboolean(L, fits);
+  return 1;
+}
+
 /* mg._set_tostring(f): tostring(t) of a live tensor returns f(t) (nil: the plain form). */
 static int tensor_set_tostring(lua_State *L) {
   if (!lua_isnil(L, 1)) luaL_checktype(L, 1, LUA_TFUNCTION);
@@ -1494,7 +1534,8 @@ static const luaL_Reg module_functions[] = {
   { "glorot_uniform", tensor_glorot_uniform }, { "orthogonal", tensor_orthogonal },
   { "where", tensor_where }, { "cat", tensor_cat }, { "stack", tensor_stack },
   { "_set_tostring", tensor_set_tostring }, { "_unknown_option", tensor_unknown_option },
-  { "_rmsprop_update", tensor_rmsprop_update },
+  { "_rmsprop_update", tensor_rmsprop_update }, { "_adam_update", tensor_adam_update },
+  { "_same_shape", tensor_same_shape },
   { "softmax_cross_entropy", tensor_softmax_cross_entropy },
   { "_add_methods", tensor_add_methods },
   { NULL, NULL } };

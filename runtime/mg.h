@@ -236,6 +236,12 @@ MG_API mg_status mg_tensor_add_(mg_ctx *C, mg_tensor *dst, mg_tensor *src);
 ** g contiguous, of one dtype and shape. The same numbers as those element-wise ops. */
 MG_API mg_status mg_rmsprop_update_(mg_ctx *C, mg_tensor *p, mg_tensor *v, mg_tensor *g, double lr,
                                     double rho, double eps, double scale);
+/* Adam's step (optim.lua's Adam without amsgrad, at iteration t; 'pytorch': eps added to the
+** corrected sqrt(v), else Keras's), writing m, v and p in place, not recorded; p, m, v and g
+** contiguous, of one dtype and shape. The same numbers as those element-wise ops. */
+MG_API mg_status mg_adam_update_(mg_ctx *C, mg_tensor *p, mg_tensor *m, mg_tensor *v,
+                                 mg_tensor *g, double lr, double b1, double b2, double eps,
+                                 double t, bool pytorch);
 
 /* Reductions over the dims whose bit is set in 'mask' (all dims: mask = ~0). */
 MG_API mg_status mg_tensor_sum(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keepdim,

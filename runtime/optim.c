@@ -44,3 +44,47 @@ mg_status mg_rmsprop_update_(mg_ctx *C, mg_tensor *p, mg_tensor *v, mg_tensor *g
   mg_bump_version(v);
   return MG_OK;
 }
+
+/* Adam's step as optim.lua's element-wise ops compute it, the scalars rounded to the tensors'
+** dtype first: m += (g - m) (1 - b1); v += (g g - v) (1 - b2); then
+** keras: p -= (m a) / (sqrt(v) + eps), a = lr sqrt(c2) / c1;
+** pytorch: p -= (m a) / (sqrt(v s) + eps), a = lr / c1, s = 1 / c2 (c_i = 1 - b_i^t). */
+#define ADAM_LOOP(T, SQRT) do {                                                       \
+    T *restrict pp = mg_tensor_data(p), *restrict mp = mg_tensor_data(m), *restrict vp = mg_tensor_data(v); \
+    const T *restrict gp = mg_tensor_data(g);                                         \
+    T om1 = (T)(1 - b1), om2 = (T)(1 - b2), a_ = (T)a, s_ = (T)s, eps_ = (T)eps;       \
+    if (pytorch)                                                                      \
+      for (int64_t k = 0; k < n; k++) {                                               \
+        T gk = gp[k], mk = mp[k] + (gk - mp[k]) * om1, vk = vp[k] + (gk * gk - vp[k]) * om2; \
+        mp[k] = mk;                                                                   \
+        vp[k] = vk;                                                                   \
+        pp[k] = pp[k] - (mk * a_) / (SQRT(vk * s_) + eps_);                           \
+      }                                                                               \
+    else                                                                              \
+      for (int64_t k = 0; k < n; k++) {                                               \
+        T gk = gp[k], mk = mp[k] + (gk - mp[k]) * om1, vk = vp[k] + (gk * gk - vp[k]) * om2; \
+        mp[k] = mk;                                                                   \
+        vp[k] = vk;                                                                   \
+        pp[k] = pp[k] - (mk * a_) / (SQRT(vk) + eps_);                                \
+      }                                                                               \
+  } while (0)
+
+mg_status mg_adam_update_(mg_ctx *C, mg_tensor *p, mg_tensor *m, mg_tensor *v, mg_tensor *g,
+                          double lr, double b1, double b2, double eps, double t, bool pytorch) {
+  if (!mg_tensor_is_contiguous(p) || !fits(p, m) || !fits(p, v) || !fits(p, g) ||
+      (p->dtype != MG_F32 && p->dtype != MG_F64)) {
+    char s1[96], s2[96];
+    return mg_fail(C, MG_EARG, "adam_update: expected contiguous tensors of one dtype and shape, "
+                   "got %s and a gradient of %s", mg_shapestr(s1, sizeof s1, p->ndim, p->shape),
+                   mg_shapestr(s2, sizeof s2, g->ndim, g->shape));
+  }
+  double c1 = 1 - pow(b1, t), c2 = 1 - pow(b2, t);
+  double a = pytorch ? lr / c1 : lr * sqrt(c2) / c1, s = 1 / c2;
+  int64_t n = mg_tensor_numel(p);
+  if (p->dtype == MG_F64) ADAM_LOOP(double, sqrt);
+  else ADAM_LOOP(float, sqrtf);
+  mg_bump_version(p);
+  mg_bump_version(m);
+  mg_bump_version(v);
+  return MG_OK;
+}
