@@ -38,6 +38,13 @@ void mg_lstm_gates_small(int64_t lo, int64_t hi, int64_t u, float *G, const floa
 void mg_lstm_dz_small(int64_t lo, int64_t hi, int64_t u, const float *G, const float *c,
                       const float *cn, const float *gh, const float *gc, float *dz, float *dc);
 bool mg_lstm_small(int64_t u);
+/* A whole forward step for few units: G's rows [lo, hi) hold x W on entry; adds h U (U (u, 4u)
+** row-major) then runs mg_lstm_gates_small, with the numbers of mg_rec_gemm through the
+** packing P and then that pass. Does nothing and returns false unless P packs for the
+** AVX-512 kernel and mg_lstm_small(u) (the caller then takes those two calls). */
+bool mg_lstm_step_small(const mg_packed *P, int64_t lo, int64_t hi, int64_t u, float *G,
+                        const float *h, const float *U, const float *b, const float *c,
+                        float *cn, float *hn);
 
 /* GRU forward, first pass: M = x W (ld 3u, no bias), S (ld 4u) holding h U in its first
 ** 3u (reset_after 'ra') or 2u columns; writes z, r into S[:, 0:2u] and m into S[:, 3u:4u]

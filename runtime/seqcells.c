@@ -196,6 +196,9 @@ static void forward_rows(void *arg, int64_t k0, int64_t k1) {
       char *hn = at(dt, p->Hs, (t + 1) * bu);
       if (p->k->ns == 2) {
         void *c = at(dt, p->Cs, t * bu), *cn = at(dt, p->Cs, (t + 1) * bu);
+        if (dt == MG_F32 && mg_lstm_step_small(p->P, lo, hi, u, (float *)Gt, (float *)h, p->U, p->b,
+                                               c, cn, (float *)hn))
+          continue;
         mg_rec_gemm(dt, p->P, false, hi - lo, 4 * u, u, at(dt, h, lo * u), u, p->U, 4 * u, 1,
                     at(dt, Gt, lo * 4 * u), 4 * u);
         if (dt == MG_F64) mg_lstm_gates_f64(lo, hi, u, (double *)Gt, p->b, c, cn, (double *)hn);
