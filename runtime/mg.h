@@ -376,8 +376,7 @@ MG_API mg_status mg_gru_seq(mg_ctx *C, mg_tensor *x, mg_tensor *h0, mg_tensor *W
                             mg_tensor **h_out);
 /* mg_lstm_seq's float32 gate passes run gate-major (seqsmall.c, the same numbers) for units
 ** below 'max' that are not a multiple of 16 (default and at most 64; 0: never); max < 0 leaves
-** it. Returns
-** the previous bound. Process-wide; for tests and benchmarks of the two paths. */
+** it. Returns the previous bound. Process-wide; for tests and benchmarks of the two paths. */
 MG_API int64_t mg_lstm_small_max(int64_t max);
 
 /* ----------------------------------------------------------------------------------------
