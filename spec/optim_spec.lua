@@ -93,6 +93,19 @@ describe("Adam", function()
   end)
 end)
 
+-- Two copies of one Variable, each stepped 3 times by its optimizer make({v}): 'a' with a
+-- transposed (non-contiguous) gradient, 'b' with a contiguous copy of it. Returns a, b, a's
+-- optimizer, the gradient (untransposed) and the starting value.
+local function transposed_steps(make)
+  mg.manual_seed(4)
+  local p0, g = mg.randn(4, 6), mg.randn(6, 4)
+  local a, b = mg.Variable(p0:clone(), "a"), mg.Variable(p0:clone(), "b")
+  local oa, ob = make({ a }), make({ b })
+  assert.is_false(g:transpose(1, 2):is_contiguous())
+  for _ = 1, 3 do oa:step({ g:transpose(1, 2) }) ob:step({ g:transpose(1, 2):contiguous() }) end
+  return a, b, oa, g, p0
+end
+
 describe("RMSprop's fused step", function()
   -- The step runs in one pass (mg._rmsprop_update) for contiguous operands; it must give the
   -- very numbers of Keras's formula written with tensor ops, bit for bit, in both dtypes,
@@ -121,12 +134,7 @@ describe("RMSprop's fused step", function()
     end)
   end
   it("a non-contiguous gradient takes the element-wise path, with the same numbers", function()
-    mg.manual_seed(4)
-    local p0, g = mg.randn(4, 6), mg.randn(6, 4)
-    local a, b = mg.Variable(p0:clone(), "a"), mg.Variable(p0:clone(), "b")
-    local oa, ob = optim.RMSprop({ a }, { lr = 0.1 }), optim.RMSprop({ b }, { lr = 0.1 })
-    assert.is_false(g:transpose(1, 2):is_contiguous())
-    for _ = 1, 3 do oa:step({ g:transpose(1, 2) }) ob:step({ g:transpose(1, 2):contiguous() }) end
+    local a, b = transposed_steps(function(ps) return optim.RMSprop(ps, { lr = 0.1 }) end)
     assert.are.equal(0, (a - b):abs():max():item())
   end)
 end)
@@ -172,12 +180,7 @@ describe("Adam's fused step", function()
     end
   end
   it("non-contiguous operands and amsgrad take the element-wise path, with the same numbers", function()
-    mg.manual_seed(4)
-    local p0, g = mg.randn(4, 6), mg.randn(6, 4)
-    local a, b = mg.Variable(p0:clone(), "a"), mg.Variable(p0:clone(), "b")
-    local oa, ob = optim.Adam({ a }, { lr = 0.1 }), optim.Adam({ b }, { lr = 0.1 })
-    assert.is_false(g:transpose(1, 2):is_contiguous())
-    for _ = 1, 3 do oa:step({ g:transpose(1, 2) }) ob:step({ g:transpose(1, 2):contiguous() }) end
+    local a, b, oa, g, p0 = transposed_steps(function(ps) return optim.Adam(ps, { lr = 0.1 }) end)
     assert.are.equal(support.bits(a), support.bits(b))
     assert.is_false(mg._adam_update(a, oa.slots.momentum[1], oa.slots.velocity[1], g:transpose(1, 2), 0.1,
                                     0.9, 0.999, 1e-7, 4, false))
