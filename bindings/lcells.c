@@ -60,9 +60,19 @@ static int cell_gru_seq(lua_State *L) {
   return 2;
 }
 
+/* mg._lstm_small_max([max]) -> the previous bound: mg.lstm_seq's float32 gate passes run
+** gate-major (runtime/seqsmall.c) for units below it that are not a multiple of 16; 0 turns
+** that path off. Private: for specs and benchmarks comparing the two paths. */
+static int cell_lstm_small_max(lua_State *L) {
+  lua_Integer max = luaL_optinteger(L, 1, -1);
+  lua_pushinteger(L, (lua_Integer)mg_lstm_small_max(max));
+  return 1;
+}
+
 static const luaL_Reg cell_functions[] = {
   { "lstm_cell", cell_lstm }, { "gru_cell", cell_gru },
   { "lstm_seq", cell_lstm_seq }, { "gru_seq", cell_gru_seq },
+  { "_lstm_small_max", cell_lstm_small_max },
   { NULL, NULL } };
 
 /* Adds the cell functions to the module at the stack top. */

@@ -1432,17 +1432,44 @@ static int tensor_sumsq(lua_State *L) {
   return 1;
 }
 
-/* mg._adam_update(p, m, v, g, a1, a2, s1, s2, eps, keras): mg_adam_update_ (optim.Adam's
-** fused step; p, m and v written in place). Private: optim.lua checks everything first. */
+static bool same_shape(const mg_tensor *a, const mg_tensor *b) {
+  int n = mg_tensor_ndim(a);
+  if (n != mg_tensor_ndim(b)) return false;
+  const int64_t *sa = mg_tensor_shape(a), *sb = mg_tensor_shape(b);
+  for (int i = 0; i < n; i++)
+    if (sa[i] != sb[i]) return false;
+  return true;
+}
+
+/* mg._same_shape(a, b): whether two tensors have one shape (optim.lua's gradient check,
+** without building shape strings). */
+static int tensor_same_shape(lua_State *L) {
+  lua_pushboolean(L, same_shape(mg_lua_checktensor(L, 1), mg_lua_checktensor(L, 2)));
+  return 1;
+}
+
+/* mg._adam_update(p, m, v, g, lr, beta1, beta2, eps, t, pytorch) -> whether it ran:
+** mg_adam_update_ (optim.Adam's fused step; p, m and v written in place) when the four are
+** contiguous tensors of one dtype and shape, float32 or float64; false (nothing done)
+** otherwise, and optim.lua then takes the element-wise ops. Private: optim.lua checks the
+** rest first. */
 static int tensor_adam_update(lua_State *L) {
   LSTATE_ARG;
-  mg_tensor *p = mg_lua_checktensor(L, 1), *m = mg_lua_checktensor(L, 2);
-  mg_tensor *v = mg_lua_checktensor(L, 3), *g = mg_lua_checktensor(L, 4);
-  mg_status st = mg_adam_update_(S->C, p, m, v, g, luaL_checknumber(L, 5), luaL_checknumber(L, 6),
-                                 luaL_checknumber(L, 7), luaL_checknumber(L, 8),
-                                 luaL_checknumber(L, 9), lua_toboolean(L, 10));
-  if (st != MG_OK) return lmg_fail(L, S, "_adam_update");
-  return 0;
+  mg_tensor *t[4];
+  for (int i = 0; i < 4; i++) t[i] = mg_lua_checktensor(L, i + 1);
+  mg_dtype dt = mg_tensor_dtype(t[0]);
+  bool fits = dt == MG_F32 || dt == MG_F64;
+  for (int i = 0; i < 4 && fits; i++)
+    fits = mg_tensor_dtype(t[i]) == dt && mg_tensor_is_contiguous(t[i]) && same_shape(t[i], t[0]);
+  if (fits) {
+    mg_status st = mg_adam_update_(S->C, t[0], t[1], t[2], t[3], luaL_checknumber(L, 5),
+                                   luaL_checknumber(L, 6), luaL_checknumber(L, 7),
+                                   luaL_checknumber(L, 8), luaL_checknumber(L, 9),
+                                   lua_toboolean(L, 10));
+    if (st != MG_OK) return lmg_fail(L, S, "_adam_update");
+  }
+  lua_pushboolean(L, fits);
+  return 1;
 }
 
 /* mg._set_tostring(f): tostring(t) of a live tensor returns f(t) (nil: the plain form). */
@@ -1535,7 +1562,7 @@ static const luaL_Reg module_functions[] = {
   { "where", tensor_where }, { "cat", tensor_cat }, { "stack", tensor_stack },
   { "_set_tostring", tensor_set_tostring }, { "_unknown_option", tensor_unknown_option },
   { "_rmsprop_update", tensor_rmsprop_update }, { "_sumsq", tensor_sumsq }, { "_dropout_mask", tensor_dropout_mask },
-  { "_adam_update", tensor_adam_update },
+  { "_adam_update", tensor_adam_update }, { "_same_shape", tensor_same_shape },
   { "softmax_cross_entropy", tensor_softmax_cross_entropy },
   { "_add_methods", tensor_add_methods },
   { NULL, NULL } };

@@ -13,13 +13,6 @@
 #include <math.h>
 #include <stdlib.h>
 
-/* The float32 gate loops are compiled for AVX-512 and AVX2 too, picked at load time. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
-#define MG_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define MG_CLONES
-#endif
-
 /* Contiguous copies of node inputs, made without recording. New references. */
 mg_status mg_cell_contiguous(mg_ctx *C, int n, mg_tensor *const *in, mg_tensor **out) {
   mg_status st = MG_OK;

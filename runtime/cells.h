@@ -9,6 +9,13 @@
 #include "mg_impl.h"
 #include "smallgemm.h"
 
+/* The float32 gate loops are compiled for AVX-512 and AVX2 too, picked at load time. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define MG_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define MG_CLONES
+#endif
+
 /* LSTM gates: G holds z = x W + h U (ld 4u) on entry and [i f g o] on exit (bias b added);
 ** c' = f c + i g, h' = o tanh(c'). */
 void mg_lstm_gates_f32(int64_t lo, int64_t hi, int64_t u, float *G, const float *b,
@@ -22,6 +29,22 @@ void mg_lstm_dz_f32(int64_t lo, int64_t hi, int64_t u, const float *G, const flo
 void mg_lstm_dz_f64(int64_t lo, int64_t hi, int64_t u, const double *G, const double *c,
                     const double *cn, const double *gh, const double *gc, double *dz,
                     double *dc);
+
+/* The same two passes over gate-major blocks of rows, for few units (seqsmall.c): the same
+** numbers, vectorized over rows x units instead of units. The sequence op takes them when
+** mg_lstm_small(u) (mg.h: mg_lstm_small_max); dz needs both cotangents. */
+void mg_lstm_gates_small(int64_t lo, int64_t hi, int64_t u, float *G, const float *b,
+                         const float *c, float *cn, float *hn);
+void mg_lstm_dz_small(int64_t lo, int64_t hi, int64_t u, const float *G, const float *c,
+                      const float *cn, const float *gh, const float *gc, float *dz, float *dc);
+bool mg_lstm_small(int64_t u);
+/* A whole forward step for few units: G's rows [lo, hi) hold x W on entry; adds h U (U (u, 4u)
+** row-major) then runs mg_lstm_gates_small, with the numbers of mg_rec_gemm through the
+** packing P and then that pass. Does nothing and returns false unless P packs for the
+** AVX-512 kernel and mg_lstm_small(u) (the caller then takes those two calls). */
+bool mg_lstm_step_small(const mg_packed *P, int64_t lo, int64_t hi, int64_t u, float *G,
+                        const float *h, const float *U, const float *b, const float *c,
+                        float *cn, float *hn);
 
 /* GRU forward, first pass: M = x W (ld 3u, no bias), S (ld 4u) holding h U in its first
 ** 3u (reset_after 'ra') or 2u columns; writes z, r into S[:, 0:2u] and m into S[:, 3u:4u]

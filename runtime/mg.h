@@ -242,12 +242,13 @@ MG_API mg_status mg_rmsprop_update_(mg_ctx *C, mg_tensor *p, mg_tensor *v, mg_te
 /* The sum of the squares of a contiguous float32/float64 tensor's elements into *out, as
 ** (t * t):sum() computes it up to the order of its double additions (global-norm clipping). */
 MG_API mg_status mg_sumsq_(mg_ctx *C, mg_tensor *t, double *out);
-/* Adam's step: m += (g - m) a1, v += (g^2 - v) a2, then p -= (m s1) / (sqrt(v) + eps) ('keras')
-** or p -= (m s1) / (sqrt(v s2) + eps), writing p, m and v in place, not recorded, shared over
-** C's threads. p, m, v and g contiguous, of one dtype and shape. The same numbers as those
-** element-wise ops (each number rounded to the dtype first). */
-MG_API mg_status mg_adam_update_(mg_ctx *C, mg_tensor *p, mg_tensor *m, mg_tensor *v, mg_tensor *g,
-                                 double a1, double a2, double s1, double s2, double eps, bool keras);
+/* Adam's step (optim.lua's Adam without amsgrad, at iteration t; 'pytorch': eps added to the
+** corrected sqrt(v), else Keras's), writing m, v and p in place, not recorded; p, m, v and g
+** contiguous, of one dtype and shape; shared over C's threads. The same numbers as those
+** element-wise ops. */
+MG_API mg_status mg_adam_update_(mg_ctx *C, mg_tensor *p, mg_tensor *m, mg_tensor *v,
+                                 mg_tensor *g, double lr, double b1, double b2, double eps,
+                                 double t, bool pytorch);
 
 /* Reductions over the dims whose bit is set in 'mask' (all dims: mask = ~0). */
 MG_API mg_status mg_tensor_sum(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keepdim,
@@ -386,6 +387,10 @@ MG_API mg_status mg_lstm_seq(mg_ctx *C, mg_tensor *x, mg_tensor *h0, mg_tensor *
 MG_API mg_status mg_gru_seq(mg_ctx *C, mg_tensor *x, mg_tensor *h0, mg_tensor *W,
                             mg_tensor *U, mg_tensor *b, bool reset_after, mg_tensor **H,
                             mg_tensor **h_out);
+/* mg_lstm_seq's float32 gate passes run gate-major (seqsmall.c, the same numbers) for units
+** below 'max' that are not a multiple of 16 (default and at most 64; 0: never); max < 0 leaves
+** it. Returns the previous bound. Process-wide; for tests and benchmarks of the two paths. */
+MG_API int64_t mg_lstm_small_max(int64_t max);
 
 /* ----------------------------------------------------------------------------------------
 ** Random numbers (per context; the same sequence on every machine for a seed)

@@ -95,51 +95,64 @@ mg_status mg_sumsq_(mg_ctx *C, mg_tensor *t, double *out) {
   return MG_OK;
 }
 
-/* Adam's step (optim.lua's Adam:update, both variants), over the elements [lo, hi), in the
-** order and precision of its element-wise ops, each number operand rounded to the dtype. */
+/* Adam's step as optim.lua's element-wise ops compute it, the scalars rounded to the tensors'
+** dtype first: m += (g - m) (1 - b1); v += (g g - v) (1 - b2); then
+** keras: p -= (m a) / (sqrt(v) + eps), a = lr sqrt(c2) / c1;
+** pytorch: p -= (m a) / (sqrt(v s) + eps), a = lr / c1, s = 1 / c2 (c_i = 1 - b_i^t).
+** Over the elements [lo, hi) of one block of the context's threads. */
 typedef struct adam_job {
   mg_tensor *p, *m, *v;
   const mg_tensor *g;
-  double a1, a2, s1, s2, eps;
-  bool keras;
+  double om1, om2, a, s, eps;
+  bool pytorch;
 } adam_job;
 
 #define ADAM_LOOP(T, SQRT) do {                                                       \
-    T *pp = (T *)mg_tensor_data(j->p), *mp = (T *)mg_tensor_data(j->m);                \
-    T *vp = (T *)mg_tensor_data(j->v);                                                 \
-    const T *gp = (const T *)mg_tensor_data(j->g);                                     \
-    T a1 = (T)j->a1, a2 = (T)j->a2, s1 = (T)j->s1, s2 = (T)j->s2, eps = (T)j->eps;     \
-    for (int64_t k = lo; k < hi; k++) {                                                \
-      T gk = gp[k];                                                                    \
-      T mk = mp[k] + (gk - mp[k]) * a1;                                                \
-      T vk = vp[k] + (gk * gk - vp[k]) * a2;                                           \
-      mp[k] = mk;                                                                      \
-      vp[k] = vk;                                                                      \
-      T den = j->keras ? SQRT(vk) + eps : SQRT(vk * s2) + eps;                         \
-      pp[k] = pp[k] - (mk * s1) / den;                                                 \
-    }                                                                                  \
+    T *restrict pp = mg_tensor_data(j->p), *restrict mp = mg_tensor_data(j->m);       \
+    T *restrict vp = mg_tensor_data(j->v);                                            \
+    const T *restrict gp = mg_tensor_data(j->g);                                      \
+    T om1 = (T)j->om1, om2 = (T)j->om2, a_ = (T)j->a, s_ = (T)j->s, eps_ = (T)j->eps;  \
+    if (j->pytorch)                                                                   \
+      for (int64_t k = lo; k < hi; k++) {                                             \
+        T gk = gp[k], mk = mp[k] + (gk - mp[k]) * om1, vk = vp[k] + (gk * gk - vp[k]) * om2; \
+        mp[k] = mk;                                                                   \
+        vp[k] = vk;                                                                   \
+        pp[k] = pp[k] - (mk * a_) / (SQRT(vk * s_) + eps_);                           \
+      }                                                                               \
+    else                                                                              \
+      for (int64_t k = lo; k < hi; k++) {                                             \
+        T gk = gp[k], mk = mp[k] + (gk - mp[k]) * om1, vk = vp[k] + (gk * gk - vp[k]) * om2; \
+        mp[k] = mk;                                                                   \
+        vp[k] = vk;                                                                   \
+        pp[k] = pp[k] - (mk * a_) / (SQRT(vk) + eps_);                                \
+      }                                                                               \
   } while (0)
 
-static void adam_range(void *arg, int64_t lo, int64_t hi) {
+OPT_CLONES static void adam_range_f32(void *arg, int64_t lo, int64_t hi) {
   const adam_job *j = arg;
-  if (j->p->dtype == MG_F64) ADAM_LOOP(double, sqrt);
-  else ADAM_LOOP(float, sqrtf);
+  ADAM_LOOP(float, sqrtf);
+}
+
+static void adam_range_f64(void *arg, int64_t lo, int64_t hi) {
+  const adam_job *j = arg;
+  ADAM_LOOP(double, sqrt);
 }
 
 mg_status mg_adam_update_(mg_ctx *C, mg_tensor *p, mg_tensor *m, mg_tensor *v, mg_tensor *g,
-                          double a1, double a2, double s1, double s2, double eps, bool keras) {
+                          double lr, double b1, double b2, double eps, double t, bool pytorch) {
   if (!mg_tensor_is_contiguous(p) || !fits(p, m) || !fits(p, v) || !fits(p, g) ||
       (p->dtype != MG_F32 && p->dtype != MG_F64)) {
-    char s[4][96];
+    char s1[96], s2[96];
     return mg_fail(C, MG_EARG, "adam_update: expected contiguous tensors of one dtype and shape, "
-                   "got %s, %s, %s and %s", mg_shapestr(s[0], sizeof s[0], p->ndim, p->shape),
-                   mg_shapestr(s[1], sizeof s[1], m->ndim, m->shape),
-                   mg_shapestr(s[2], sizeof s[2], v->ndim, v->shape),
-                   mg_shapestr(s[3], sizeof s[3], g->ndim, g->shape));
+                   "got %s and a gradient of %s", mg_shapestr(s1, sizeof s1, p->ndim, p->shape),
+                   mg_shapestr(s2, sizeof s2, g->ndim, g->shape));
   }
-  adam_job j = { .p = p, .m = m, .v = v, .g = g, .a1 = a1, .a2 = a2, .s1 = s1, .s2 = s2,
-                 .eps = eps, .keras = keras };
-  mg_parallel_for(C, NULL, mg_tensor_numel(p), MG_PAR_GRAIN, adam_range, &j);
+  double c1 = 1 - pow(b1, t), c2 = 1 - pow(b2, t);
+  adam_job j = { .p = p, .m = m, .v = v, .g = g, .om1 = 1 - b1, .om2 = 1 - b2,
+                 .a = pytorch ? lr / c1 : lr * sqrt(c2) / c1, .s = 1 / c2, .eps = eps,
+                 .pytorch = pytorch };
+  mg_parallel_for(C, NULL, mg_tensor_numel(p), MG_PAR_GRAIN,
+                  p->dtype == MG_F64 ? adam_range_f64 : adam_range_f32, &j);
   mg_bump_version(p);
   mg_bump_version(m);
   mg_bump_version(v);

@@ -215,9 +215,13 @@ static void forward_step(const seqpass *p, int64_t t, int64_t lo, int64_t hi) {
   char *hn = at(dt, p->Hs, (t + 1) * bu);
   if (p->k->ns == 2) {
     void *c = at(dt, p->Cs, t * bu), *cn = at(dt, p->Cs, (t + 1) * bu);
+    if (dt == MG_F32 && mg_lstm_step_small(p->P, lo, hi, u, (float *)Gt, (float *)h, p->U, p->b,
+                                           c, cn, (float *)hn))
+      return;
     mg_rec_gemm(dt, p->P, false, hi - lo, 4 * u, u, at(dt, h, lo * u), u, p->U, 4 * u, 1,
                 at(dt, Gt, lo * 4 * u), 4 * u);
     if (dt == MG_F64) mg_lstm_gates_f64(lo, hi, u, (double *)Gt, p->b, c, cn, (double *)hn);
+    else if (mg_lstm_small(u)) mg_lstm_gates_small(lo, hi, u, (float *)Gt, p->b, c, cn, (float *)hn);
     else mg_lstm_gates_f32(lo, hi, u, (float *)Gt, p->b, c, cn, (float *)hn);
   } else {
     mg_gru_step_forward(dt, hi - lo, u, p->ra, p->U, p->P, p->b, at(dt, h, lo * u),
@@ -256,6 +260,9 @@ static void reverse_step(const seqpass *p, int64_t t, int cur, int64_t lo, int64
   if (dt == MG_F64)
     mg_lstm_dz_f64(lo, hi, u, Gt, c, cn, (double *)dh, (double *)p->c[cur], dzt,
                    (double *)p->c[!cur]);
+  else if (mg_lstm_small(u))
+    mg_lstm_dz_small(lo, hi, u, Gt, c, cn, (float *)dh, (float *)p->c[cur], dzt,
+                     (float *)p->c[!cur]);
   else
     mg_lstm_dz_f32(lo, hi, u, Gt, c, cn, (float *)dh, (float *)p->c[cur], dzt,
                    (float *)p->c[!cur]);

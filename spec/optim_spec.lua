@@ -93,6 +93,19 @@ describe("Adam", function()
   end)
 end)
 
+-- Two copies of one Variable, each stepped 3 times by its optimizer make({v}): 'a' with a
+-- transposed (non-contiguous) gradient, 'b' with a contiguous copy of it. Returns a, b, a's
+-- optimizer, the gradient (untransposed) and the starting value.
+local function transposed_steps(make)
+  mg.manual_seed(4)
+  local p0, g = mg.randn(4, 6), mg.randn(6, 4)
+  local a, b = mg.Variable(p0:clone(), "a"), mg.Variable(p0:clone(), "b")
+  local oa, ob = make({ a }), make({ b })
+  assert.is_false(g:transpose(1, 2):is_contiguous())
+  for _ = 1, 3 do oa:step({ g:transpose(1, 2) }) ob:step({ g:transpose(1, 2):contiguous() }) end
+  return a, b, oa, g, p0
+end
+
 describe("RMSprop's fused step", function()
   -- The step runs in one pass (mg._rmsprop_update) for contiguous operands; it must give the
   -- very numbers of Keras's formula written with tensor ops, bit for bit, in both dtypes,
@@ -140,12 +153,7 @@ describe("RMSprop's fused step", function()
     assert.is_true((a - p0):abs():max():item() > 0)
   end)
   it("a non-contiguous gradient takes the element-wise path, with the same numbers", function()
-    mg.manual_seed(4)
-    local p0, g = mg.randn(4, 6), mg.randn(6, 4)
-    local a, b = mg.Variable(p0:clone(), "a"), mg.Variable(p0:clone(), "b")
-    local oa, ob = optim.RMSprop({ a }, { lr = 0.1 }), optim.RMSprop({ b }, { lr = 0.1 })
-    assert.is_false(g:transpose(1, 2):is_contiguous())
-    for _ = 1, 3 do oa:step({ g:transpose(1, 2) }) ob:step({ g:transpose(1, 2):contiguous() }) end
+    local a, b = transposed_steps(function(ps) return optim.RMSprop(ps, { lr = 0.1 }) end)
     assert.are.equal(0, (a - b):abs():max():item())
   end)
 end)
@@ -192,6 +200,59 @@ describe("Adam's fused step", function()
       end)
     end
   end
+  -- The step runs in one pass (mg._adam_update) for contiguous operands of one dtype, without
+  -- amsgrad; it must give the very numbers of the formula written with tensor ops (the
+  -- element-wise path of Adam:update), bit for bit, in both dtypes and variants, after the
+  -- global-norm clip and AdamW's weight decay.
+  for _, dtype in ipairs { "float32", "float64" } do
+    for _, variant in ipairs { "keras", "pytorch" } do
+      it("equals the element-wise ops exactly (" .. dtype .. ", " .. variant .. ", clipping, AdamW)", function()
+        for _, o in ipairs { { global_clipnorm = 0.5 }, { global_clipnorm = 1e6 }, { weight_decay = 0.1, w = true } } do
+          mg.manual_seed(6)
+          local p0, grads = mg.randn({ 7, 5 }, { dtype = dtype }), {}
+          for s = 1, 4 do grads[s] = mg.randn({ 7, 5 }, { dtype = dtype }) * s end
+          local p = mg.Variable(p0:clone(), "p")
+          local opts = { lr = 0.01, beta1 = 0.8, beta2 = 0.95, eps = 1e-3, variant = variant,
+                         global_clipnorm = o.global_clipnorm, weight_decay = o.weight_decay }
+          local opt = (o.w and optim.AdamW or optim.Adam)({ p }, opts)
+          local q, m, v = p0:clone(), mg.zeros({ 7, 5 }, { dtype = dtype }), mg.zeros({ 7, 5 }, { dtype = dtype })
+          for s = 1, 4 do
+            local g = grads[s]:clone()
+            opt:step({ grads[s] })
+            assert.are.equal(0, (grads[s] - g):abs():max():item())       -- the gradient is not written
+            if o.global_clipnorm then
+              local norm = math.sqrt((g * g):sum():item())
+              local sc = o.global_clipnorm * math.min(1 / norm, 1 / o.global_clipnorm) + (norm - norm)
+              if sc ~= 1 then g = g * sc end
+            end
+            if o.w then q = q - q * (0.1 * 0.01) end
+            local c1, c2 = 1 - 0.8 ^ s, 1 - 0.95 ^ s
+            m = m + (g - m) * (1 - 0.8)
+            v = v + (g * g - v) * (1 - 0.95)
+            if variant == "keras" then q = q - (m * (0.01 * math.sqrt(c2) / c1)) / (mg.sqrt(v) + 1e-3)
+            else q = q - (m * (0.01 / c1)) / (mg.sqrt(v * (1 / c2)) + 1e-3) end
+            assert.are.equal(support.bits(q), support.bits(p), "step " .. s)
+            assert.are.equal(support.bits(m), support.bits(opt:state()["momentum.1"]), "momentum " .. s)
+            assert.are.equal(support.bits(v), support.bits(opt:state()["velocity.1"]), "velocity " .. s)
+          end
+        end
+      end)
+    end
+  end
+  it("non-contiguous operands and amsgrad take the element-wise path, with the same numbers", function()
+    local a, b, oa, g, p0 = transposed_steps(function(ps) return optim.Adam(ps, { lr = 0.1 }) end)
+    assert.are.equal(support.bits(a), support.bits(b))
+    assert.is_false(mg._adam_update(a, oa.slots.momentum[1], oa.slots.velocity[1], g:transpose(1, 2), 0.1,
+                                    0.9, 0.999, 1e-7, 4, false))
+    assert.are.equal(support.bits(b), support.bits(a))                     -- nothing written
+    local c, d = mg.Variable(p0:clone(), "c"), mg.Variable(p0:clone(), "d")
+    local oc, od = optim.Adam({ c }, { lr = 0.1, amsgrad = true }), optim.Adam({ d }, { lr = 0.1 })
+    for s = 1, 3 do                                -- v falls after step 1: amsgrad keeps its maximum
+      local gs = g:transpose(1, 2):contiguous() * (s == 1 and 3 or 0.01)
+      oc:step({ gs }) od:step({ gs })
+    end
+    assert.is_true((c - d):abs():max():item() > 1e-6)
+  end)
 end)
 
 describe("optimizer bookkeeping", function()

@@ -180,6 +180,76 @@ describe("mg.lstm_seq / mg.gru_seq against the per-step cells", function()
   end)
 end)
 
+describe("mg.lstm_seq's small-units path (runtime/seqsmall.c, float32)", function()
+  -- float32 with u below the bound and not a multiple of 16: the gate passes run gate-major,
+  -- in blocks of 256 / u rows; the same operations as the per-row loops, so every output and
+  -- gradient is bit for bit the one of the path without it (mg._lstm_small_max(0))
+  local k = KINDS[1]
+  local function run(a, w)
+    local r = { mg.lstm_seq(table.unpack(a)) }
+    local g = mg.grad(loss_of(seq(k), w), { argnums = all_argnums(#a) })(table.unpack(a))
+    for i = 1, #g do r[#r + 1] = g[i] end
+    return r
+  end
+  local function both(a, w)
+    local old = mg._lstm_small_max(0)
+    local ok, base = pcall(run, a, w)
+    mg._lstm_small_max(old)
+    assert(ok, base)
+    return base, run(a, w)
+  end
+  local function same(base, small, what)
+    for i = 1, #base do assert.are.equal(support.bits(base[i]), support.bits(small[i]), what .. ", result " .. i) end
+  end
+
+  it("is on by default below 64 units and off when set to 0", function()
+    local old = mg._lstm_small_max()
+    assert.are.equal(64, old)
+    assert.are.equal(64, mg._lstm_small_max(0))
+    assert.are.equal(0, mg._lstm_small_max(1000))
+    assert.are.equal(64, mg._lstm_small_max(old))                -- at most 64
+  end)
+
+  it("gives the numbers of the per-row path bit for bit (units, batch across the blocks)", function()
+    mg.manual_seed(23)
+    for _, s in ipairs { { 1, 3 }, { 5, 16 }, { 6, 16 }, { 6, 45 }, { 7, 37 }, { 15, 18 }, { 16, 5 },
+                         { 17, 16 }, { 37, 11 }, { 63, 5 }, { 64, 3 } } do
+      local u, B = s[1], s[2]
+      local T, d = 1 + (u + B) % 6, 1 + u % 5
+      local a = args(k, B, T, d, u, "float32")
+      local base, small = both(a, weights(B, T, u, "float32"))
+      same(base, small, string.format("u=%d B=%d T=%d d=%d", u, B, T, d))
+    end
+  end)
+
+  it("on 2 threads, through nn.LSTM with go_backwards and initial states, equals the per-row path", function()
+    mg.manual_seed(29)
+    local n = mg.get_num_threads()
+    mg.set_num_threads(2)
+    local ok, err = pcall(function()
+      local l = nn.LSTM(6, { return_sequences = true, return_state = true, go_backwards = true, input_size = 8 })
+      local x, R = mg.randn(20, 9, 8), mg.randn(20, 9, 6)
+      local init = { mg.randn(20, 6), mg.randn(20, 6) }
+      local function f()
+        local tape = mg.GradientTape()
+        tape:watch({ x, table.unpack(init) })
+        local out, h, c = l(x, init)
+        local srcs = { x, init[1], init[2], table.unpack(l:parameters()) }
+        local g = tape:gradient((out * R):sum() + (h * c):sum(), srcs)
+        table.insert(g, 1, out)
+        return g
+      end
+      local old = mg._lstm_small_max(0)
+      local okb, base = pcall(f)
+      mg._lstm_small_max(old)
+      assert(okb, base)
+      same(base, f(), "nn.LSTM go_backwards")
+    end)
+    mg.set_num_threads(n)
+    assert(ok, err)
+  end)
+end)
+
 describe("mg.lstm_seq's reverse in chunks of steps", function()
   -- float64, B = 16, 256 units: dZ is kept for 16 steps at a time (1 MiB), so T = 37 runs in
   -- chunks of 5, 16 and 16 steps (one of odd length: the running dc changes buffers)
@@ -285,15 +355,20 @@ describe("nn.LSTM / nn.GRU against PyTorch (spec/seq_rnn_ref.py, float64)", func
   setup(function() dir = support.tmpdir(); mg.manual_seed(5) end)
   teardown(function() support.rmtree(dir) end)
   local function put(name, t) mg.save(t:to("float64"):contiguous(), dir .. "/" .. name .. ".npy") end
-  for _, kind in ipairs { "lstm", "gru" } do
-    it(kind .. ": outputs, final states and every gradient", function()
-      local B, T, D, U = 3, 6, 4, 5
+  -- float32 with 6 units: mg.lstm_seq's small-units path (runtime/seqsmall.c), against
+  -- PyTorch in float64 on the same (float32) numbers, to float32 rounding
+  for _, case in ipairs { { "lstm", "float64", 5, 1e-12, 1e-11 }, { "gru", "float64", 5, 1e-12, 1e-11 },
+                          { "lstm", "float32", 6, 2e-6, 2e-5 } } do
+    local kind, dt, U, tol, gtol = table.unpack(case)
+    it(kind .. " " .. dt .. ", " .. U .. " units: outputs, final states and every gradient", function()
+      local B, T, D = 3, 6, 4
       local l = (kind == "lstm" and nn.LSTM or nn.GRU)(U, { return_sequences = true, return_state = true,
-        input_size = D, dtype = "float64" })
-      for _, p in ipairs(l:parameters()) do p:assign(mg.randn(p:shape(), F64) * 0.4) end
-      local x, R, Rh = mg.randn(B, T, D, F64), mg.randn(B, T, U, F64), mg.randn(B, U, F64)
-      local init = { mg.randn(B, U, F64) }
-      if kind == "lstm" then init[2] = mg.randn(B, U, F64) end
+        input_size = D, dtype = dt })
+      local function r(...) return mg.randn(...):to(dt) end
+      for _, p in ipairs(l:parameters()) do p:assign(r(p:shape()) * 0.4) end
+      local x, R, Rh = r(B, T, D), r(B, T, U), r(B, U)
+      local init = { r(B, U) }
+      if kind == "lstm" then init[2] = r(B, U) end
       put("x", x); put("R", R); put("Rh", Rh); put("h0", init[1])
       if init[2] then put("c0", init[2]) end
       put("kernel", l.cell.kernel); put("recurrent_kernel", l.cell.recurrent_kernel); put("bias", l.cell.bias)
@@ -307,14 +382,15 @@ describe("nn.LSTM / nn.GRU against PyTorch (spec/seq_rnn_ref.py, float64)", func
       local out, h, c = l(x, init)
       local srcs = { x, init[1], init[2] or l.cell.kernel, l.cell.kernel, l.cell.recurrent_kernel, l.cell.bias }
       local g = tape:gradient((out * R):sum() + (h * Rh):sum(), srcs)
-      near(get("out"), out, 1e-12, "out")
-      near(get("h"), h, 1e-12, "h")
-      if kind == "lstm" then near(get("c"), c, 1e-12, "c"); near(get("gc0"), g[3], 1e-11, "gc0") end
-      near(get("gx"), g[1], 1e-11, "gx")
-      near(get("gh0"), g[2], 1e-11, "gh0")
-      near(get("gkernel"), g[4], 1e-11, "gkernel")
-      near(get("grecurrent_kernel"), g[5], 1e-11, "grecurrent_kernel")
-      near(get("gbias"), g[6], 1e-11, "gbias")
+      local function cmp(name, t, tl) near(get(name), t:to("float64"), tl, name) end
+      cmp("out", out, tol)
+      cmp("h", h, tol)
+      if kind == "lstm" then cmp("c", c, tol); cmp("gc0", g[3], gtol) end
+      cmp("gx", g[1], gtol)
+      cmp("gh0", g[2], gtol)
+      cmp("gkernel", g[4], gtol)
+      cmp("grecurrent_kernel", g[5], gtol)
+      cmp("gbias", g[6], gtol)
     end)
   end
 end)

@@ -28,7 +28,7 @@ local function check_tensor(fn, what, x)
 end
 
 local function check_same_shape(fn, a, b, an, bn)
-  if shapestr(a) ~= shapestr(b) then
+  if not mg._same_shape(a, b) then
     raisef("%s: %s has shape %s but %s has shape %s", fn, an, shapestr(a), bn, shapestr(b))
   end
 end

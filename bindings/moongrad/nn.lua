@@ -1356,7 +1356,7 @@ require("moongrad.nn_layers")(nn, { class = class, Layer = Layer, variable = var
 ---------------------------------------------------------------- losses
 
 local function check_same_shape(fn, a, b, an, bn)
-  if shapestr(a) ~= shapestr(b) then
+  if not mg._same_shape(a, b) then
     raisef("%s: %s has shape %s but %s has shape %s", fn, an, shapestr(a), bn, shapestr(b))
   end
 end

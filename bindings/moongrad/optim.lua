@@ -9,14 +9,14 @@
 -- new value), if it has one.
 local mg = require "moongrad"
 
-local getmetatable, ipairs, pairs, rawget, setmetatable, tostring, type = getmetatable, ipairs, pairs, rawget,
-      setmetatable, tostring, type
+local error, getmetatable, ipairs, pairs, pcall, rawget, setmetatable, tostring, type = error, getmetatable, ipairs,
+      pairs, pcall, rawget, setmetatable, tostring, type
 local debug, math, string, table = debug, math, string, table
 local loaded = package.loaded
 local _ENV = nil
 
 local optim = {}
-local is_tensor, shapestr = mg.is_tensor, mg.shapestr
+local is_tensor, shapestr, same_shape = mg.is_tensor, mg.shapestr, mg._same_shape
 
 -- Errors: raisef inside; every public function and method goes through checks.api
 -- (published at the end of this file), so messages point at the user's line.
@@ -64,7 +64,7 @@ local function grad_for(fn, p, grads, i)
   local g = grads[i]
   if g == nil then return nil end
   if not is_tensor(g) then raisef("%s: gradient %d is %s, expected a tensor", fn, i, describe(g)) end
-  if shapestr(g) ~= shapestr(p) then
+  if not same_shape(g, p) then
     raisef("%s: gradient %d has shape %s, expected %s (the shape of '%s')", fn, i, shapestr(g), shapestr(p),
       tostring(p.name))
   end
@@ -224,7 +224,8 @@ local function constraint_lookup()
 end
 
 -- opt:get_lr(): the learning rate the next step uses (a schedule evaluated at opt.iterations).
-function Optimizer:get_lr()
+-- (step calls it as get_lr(self), not through the api wrapper published below.)
+local function get_lr(self)
   local lr = self.lr
   if type(lr) == "number" then return lr end
   local v = lr(self.iterations)
@@ -234,40 +235,47 @@ function Optimizer:get_lr()
   end
   return v
 end
+Optimizer.get_lr = get_lr
+
+-- The body of opt:step, run without recording.
+local function step_body(self, grads, lr, t)
+  local fn = self.__name
+  local ps, n = self.params, #self.params
+  local gs, scale = clip_gradients(self, grads, n)
+  local wd = self.weight_decay
+  if wd then
+    for i = 1, n do
+      if gs[i] then ps[i]:assign(ps[i] - ps[i] * (wd * lr)) end
+    end
+  end
+  if self.begin_step then self:begin_step(t) end
+  for i = 1, n do
+    if gs[i] then self:update(i, ps[i], gs[i], lr, t, scale) end
+  end
+  local constraint = constraint_lookup()
+  for i = 1, n do
+    local p = ps[i]
+    local c = gs[i] and constraint and constraint(p)
+    if c then
+      local v = c(p)
+      if not is_tensor(v) or shapestr(v) ~= shapestr(p) then
+        raisef("%s: the constraint of '%s' returned %s, expected a tensor of shape %s", fn, tostring(p.name),
+          describe(v), shapestr(p))
+      end
+      p:assign(v)
+    end
+  end
+end
 
 -- opt:step(grads): one update from an array of gradients parallel to params (nil skipped).
 function Optimizer:step(grads)
-  local fn = self.__name
-  check_grads(fn, grads, self.params)
-  local lr = self:get_lr()
+  check_grads(self.__name, grads, self.params)
+  local lr = get_lr(self)
   local t = self.iterations + 1
-  local ps, n = self.params, #self.params
-  mg.no_grad(function()
-    local gs, scale = clip_gradients(self, grads, n)
-    local wd = self.weight_decay
-    if wd then
-      for i = 1, n do
-        if gs[i] then ps[i]:assign(ps[i] - ps[i] * (wd * lr)) end
-      end
-    end
-    if self.begin_step then self:begin_step(t) end
-    for i = 1, n do
-      if gs[i] then self:update(i, ps[i], gs[i], lr, t, scale) end
-    end
-    local constraint = constraint_lookup()
-    for i = 1, n do
-      local p = ps[i]
-      local c = gs[i] and constraint and constraint(p)
-      if c then
-        local v = c(p)
-        if not is_tensor(v) or shapestr(v) ~= shapestr(p) then
-          raisef("%s: the constraint of '%s' returned %s, expected a tensor of shape %s", fn, tostring(p.name),
-            describe(v), shapestr(p))
-        end
-        p:assign(v)
-      end
-    end
-  end)
+  mg._no_grad_enter()
+  local ok, e = pcall(step_body, self, grads, lr, t)
+  mg._no_grad_exit()
+  if not ok then error(e, 0) end
   self.iterations = t
 end
 
@@ -458,15 +466,13 @@ end
 
 function Adam:update(i, p, g, lr, t)
   local b1, b2, S = self.beta1, self.beta2, self.slots
-  local c1, c2 = 1 - b1 ^ t, 1 - b2 ^ t
-  local m0, v0, keras = S.momentum[i], S.velocity[i], self.variant == "keras"
-  if not self.amsgrad and g.dtype == p.dtype and m0.dtype == p.dtype and v0.dtype == p.dtype
-     and p:is_contiguous() and g:is_contiguous() and m0:is_contiguous() and v0:is_contiguous() then
-    -- the ops below in one pass, in place (shared over the threads)
-    mg._adam_update(p, m0, v0, g, 1 - b1, 1 - b2, keras and lr * math.sqrt(c2) / c1 or lr / c1,
-                    1 / c2, self.eps, keras)
+  -- the ops below in one pass, in place, shared over the threads (when the operands are
+  -- contiguous, of one dtype)
+  if not self.amsgrad and mg._adam_update(p, S.momentum[i], S.velocity[i], g, lr, b1, b2, self.eps, t,
+                                      self.variant == "pytorch") then
     return
   end
+  local c1, c2 = 1 - b1 ^ t, 1 - b2 ^ t
   local m = S.momentum[i] + (g - S.momentum[i]) * (1 - b1)
   local v = S.velocity[i] + (g * g - S.velocity[i]) * (1 - b2)
   S.momentum[i], S.velocity[i] = m, v
