@@ -1409,6 +1409,20 @@ static int tensor_rmsprop_update(lua_State *L) {
   return 0;
 }
 
+/* mg._adam_update(p, m, v, g, lr, beta1, beta2, eps, c1, c2, keras): mg_adam_update_
+** (optim.Adam's fused step; p, m and v written in place). Private, as _rmsprop_update. */
+static int tensor_adam_update(lua_State *L) {
+  LSTATE_ARG;
+  mg_tensor *t[4];
+  for (int i = 0; i < 4; i++) t[i] = mg_lua_checktensor(L, i + 1);
+  double x[6];
+  for (int i = 0; i < 6; i++) x[i] = luaL_checknumber(L, i + 5);
+  mg_status st = mg_adam_update_(S->C, t[0], t[1], t[2], t[3], x[0], x[1], x[2], x[3], x[4], x[5],
+                                 lua_toboolean(L, 11));
+  if (st != MG_OK) return lmg_fail(L, S, "_adam_update");
+  return 0;
+}
+
 /* mg._set_tostring(f): tostring(t) of a live tensor returns f(t) (nil: the plain form). */
 static int tensor_set_tostring(lua_State *L) {
   if (!lua_isnil(L, 1)) luaL_checktype(L, 1, LUA_TFUNCTION);
@@ -1498,7 +1512,7 @@ static const luaL_Reg module_functions[] = {
   { "glorot_uniform", tensor_glorot_uniform }, { "orthogonal", tensor_orthogonal },
   { "where", tensor_where }, { "cat", tensor_cat }, { "stack", tensor_stack },
   { "_set_tostring", tensor_set_tostring }, { "_unknown_option", tensor_unknown_option },
-  { "_rmsprop_update", tensor_rmsprop_update },
+  { "_rmsprop_update", tensor_rmsprop_update }, { "_adam_update", tensor_adam_update },
   { "softmax_cross_entropy", tensor_softmax_cross_entropy },
   { "_add_methods", tensor_add_methods },
   { NULL, NULL } };

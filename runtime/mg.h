@@ -240,6 +240,13 @@ MG_API mg_status mg_tensor_add_(mg_ctx *C, mg_tensor *dst, mg_tensor *src);
 ** g contiguous, of one dtype and shape. The same numbers as those element-wise ops. */
 MG_API mg_status mg_rmsprop_update_(mg_ctx *C, mg_tensor *p, mg_tensor *v, mg_tensor *g, double lr,
                                     double rho, double eps, double scale);
+/* Adam's step (optim.Adam without amsgrad; c1 = 1 - beta1^t, c2 = 1 - beta2^t): m and v move
+** toward g and g^2, then p -= lr sqrt(c2) / c1 m / (sqrt(v) + eps) ('keras') or
+** p -= lr / c1 m / (sqrt(v / c2) + eps), writing m, v and p in place, not recorded. All
+** contiguous, of one dtype and shape. The same numbers as Adam's element-wise ops. */
+MG_API mg_status mg_adam_update_(mg_ctx *C, mg_tensor *p, mg_tensor *m, mg_tensor *v, mg_tensor *g,
+                                 double lr, double beta1, double beta2, double eps, double c1,
+                                 double c2, bool keras);
 
 /* Reductions over the dims whose bit is set in 'mask' (all dims: mask = ~0). */
 MG_API mg_status mg_tensor_sum(mg_ctx *C, mg_tensor *x, uint32_t mask, bool keepdim,

@@ -44,3 +44,44 @@ mg_status mg_rmsprop_update_(mg_ctx *C, mg_tensor *p, mg_tensor *v, mg_tensor *g
   mg_bump_version(v);
   return MG_OK;
 }
+
+/* Adam's step as Adam:update writes it with element-wise ops, each scalar rounded to the
+** tensors' dtype first: m += (g - m) (1 - beta1); v += (g g - v) (1 - beta2); then Keras's
+** p -= (m a) / (sqrt(v) + eps) with a = lr sqrt(c2) / c1, or PyTorch's
+** p -= (m a) / (sqrt(v (1 / c2)) + eps) with a = lr / c1. */
+#define ADAM_LOOP(T, SQRT) do {                                                      \
+    T *pp = (T *)mg_tensor_data(p), *mp = (T *)mg_tensor_data(m);                    \
+    T *vp = (T *)mg_tensor_data(v);                                                  \
+    const T *gp = (const T *)mg_tensor_data(g);                                      \
+    T b1_ = (T)(1 - beta1), b2_ = (T)(1 - beta2), a_ = (T)a, eps_ = (T)eps;          \
+    T ic2 = (T)(1 / c2);                                                             \
+    for (int64_t k = 0; k < n; k++) {                                                \
+      T gk = gp[k];                                                                  \
+      T mk = mp[k] + (gk - mp[k]) * b1_;                                             \
+      T vk = vp[k] + (gk * gk - vp[k]) * b2_;                                        \
+      mp[k] = mk;                                                                    \
+      vp[k] = vk;                                                                    \
+      pp[k] = pp[k] - (mk * a_) / ((keras ? SQRT(vk) : SQRT(vk * ic2)) + eps_);      \
+    }                                                                                \
+  } while (0)
+
+mg_status mg_adam_update_(mg_ctx *C, mg_tensor *p, mg_tensor *m, mg_tensor *v, mg_tensor *g,
+                          double lr, double beta1, double beta2, double eps, double c1,
+                          double c2, bool keras) {
+  if (!mg_tensor_is_contiguous(p) || !fits(p, m) || !fits(p, v) || !fits(p, g) ||
+      (p->dtype != MG_F32 && p->dtype != MG_F64)) {
+    char s1[96], s2[96], s3[96];
+    return mg_fail(C, MG_EARG, "adam_update: expected contiguous tensors of one dtype and shape, "
+                   "got %s, %s and %s", mg_shapestr(s1, sizeof s1, p->ndim, p->shape),
+                   mg_shapestr(s2, sizeof s2, m->ndim, m->shape),
+                   mg_shapestr(s3, sizeof s3, g->ndim, g->shape));
+  }
+  int64_t n = mg_tensor_numel(p);
+  double a = keras ? lr * sqrt(c2) / c1 : lr / c1;
+  if (p->dtype == MG_F64) ADAM_LOOP(double, sqrt);
+  else ADAM_LOOP(float, sqrtf);
+  mg_bump_version(p);
+  mg_bump_version(m);
+  mg_bump_version(v);
+  return MG_OK;
+}

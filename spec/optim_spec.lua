@@ -93,6 +93,64 @@ describe("Adam", function()
   end)
 end)
 
+describe("Adam's fused step", function()
+  -- For contiguous operands without amsgrad, the step runs in one pass (mg._adam_update); it
+  -- must give the very numbers of Adam:update's element-wise ops, bit for bit, in both dtypes
+  -- and both variants.
+  local function by_ops(q, m, v, g, t, variant, eps)
+    local b1, b2, lr = 0.8, 0.95, 0.01
+    local c1, c2 = 1 - b1 ^ t, 1 - b2 ^ t
+    m = m + (g - m) * (1 - b1)
+    v = v + (g * g - v) * (1 - b2)
+    if variant == "keras" then
+      q = q - (m * (lr * math.sqrt(c2) / c1)) / (mg.sqrt(v) + eps)
+    else
+      q = q - (m * (lr / c1)) / (mg.sqrt(v * (1 / c2)) + eps)
+    end
+    return q, m, v
+  end
+  for _, dtype in ipairs { "float32", "float64" } do
+    for _, variant in ipairs { "keras", "pytorch" } do
+      it("equals the element-wise ops exactly (" .. dtype .. ", " .. variant .. ")", function()
+        mg.manual_seed(5)
+        local p0 = mg.randn({ 6, 7 }, { dtype = dtype })
+        local p = mg.Variable(p0:clone(), "p")
+        local opt = optim.Adam({ p }, { lr = 0.01, beta1 = 0.8, beta2 = 0.95, eps = 1e-3, variant = variant })
+        local q, m, v = p0:clone(), mg.zeros({ 6, 7 }, { dtype = dtype }), mg.zeros({ 6, 7 }, { dtype = dtype })
+        for t = 1, 5 do
+          local g = mg.randn({ 6, 7 }, { dtype = dtype }) * t
+          local g0 = g:clone()
+          opt:step({ g })
+          assert.are.equal(0, (g - g0):abs():max():item())           -- the gradient is not written
+          q, m, v = by_ops(q, m, v, g0, t, variant, 1e-3)
+          assert.are.equal(0, (p - q):abs():max():item())
+          assert.are.equal(0, (opt:state()["momentum.1"] - m):abs():max():item())
+          assert.are.equal(0, (opt:state()["velocity.1"] - v):abs():max():item())
+        end
+      end)
+    end
+  end
+  it("a non-contiguous gradient takes the element-wise path, with the same numbers", function()
+    mg.manual_seed(6)
+    local p0, g = mg.randn(4, 6), mg.randn(6, 4)
+    local a, b = mg.Variable(p0:clone(), "a"), mg.Variable(p0:clone(), "b")
+    local oa, ob = optim.Adam({ a }, { lr = 0.1 }), optim.Adam({ b }, { lr = 0.1 })
+    for _ = 1, 3 do oa:step({ g:transpose(1, 2) }) ob:step({ g:transpose(1, 2):contiguous() }) end
+    assert.are.equal(0, (a - b):abs():max():item())
+  end)
+  it("leaves no temporaries: a step adds no storage", function()
+    local p = mg.Variable(mg.randn(256, 256), "p")
+    local opt, g = optim.Adam({ p }), mg.randn(256, 256)
+    opt:step({ g })
+    collectgarbage()
+    collectgarbage()
+    mg.reset_peak_memory()
+    local live = mg.memory().live
+    opt:step({ g })
+    assert.are.equal(live, mg.memory().peak)
+  end)
+end)
+
 describe("RMSprop's fused step", function()
   -- The step runs in one pass (mg._rmsprop_update) for contiguous operands; it must give the
   -- very numbers of Keras's formula written with tensor ops, bit for bit, in both dtypes,

@@ -448,6 +448,13 @@ end
 function Adam:update(i, p, g, lr, t)
   local b1, b2, S = self.beta1, self.beta2, self.slots
   local c1, c2 = 1 - b1 ^ t, 1 - b2 ^ t
+  local m0, v0 = S.momentum[i], S.velocity[i]
+  if not self.amsgrad and g.dtype == p.dtype and m0.dtype == p.dtype and v0.dtype == p.dtype
+     and p:is_contiguous() and g:is_contiguous() and m0:is_contiguous() and v0:is_contiguous() then
+    -- the ops below in one pass, in place: none of their temporaries
+    mg._adam_update(p, m0, v0, g, lr, b1, b2, self.eps, c1, c2, self.variant == "keras")
+    return
+  end
   local m = S.momentum[i] + (g - S.momentum[i]) * (1 - b1)
   local v = S.velocity[i] + (g * g - S.velocity[i]) * (1 - b2)
   S.momentum[i], S.velocity[i] = m, v
