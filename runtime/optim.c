@@ -12,6 +12,21 @@ static bool fits(const mg_tensor *a, const mg_tensor *b) {
   return a->dtype == b->dtype && mg_same_shape(a, b) && mg_tensor_is_contiguous(b);
 }
 
+/* The operands of an update: p and every state in 's' (n of them) and g contiguous, of one
+** floating dtype and shape; else "<fn>: expected ..." naming p's, the first state's and g's
+** shapes. */
+static mg_status check_update(mg_ctx *C, const char *fn, const mg_tensor *p, int n,
+                              mg_tensor *const *s, const mg_tensor *g) {
+  bool ok = mg_tensor_is_contiguous(p) && fits(p, g) && (p->dtype == MG_F32 || p->dtype == MG_F64);
+  for (int i = 0; i < n; i++) ok = ok && fits(p, s[i]);
+  if (ok) return MG_OK;
+  char s1[96], s2[96], s3[96];
+  return mg_fail(C, MG_EARG, "%s: expected contiguous tensors of one dtype and shape, got %s, %s "
+                 "and %s", fn, mg_shapestr(s1, sizeof s1, p->ndim, p->shape),
+                 mg_shapestr(s2, sizeof s2, s[0]->ndim, s[0]->shape),
+                 mg_shapestr(s3, sizeof s3, g->ndim, g->shape));
+}
+
 /* The RMSprop step with the scalars rounded to the tensors' dtype first, as a number operand
 ** of an element-wise op is: */
 #define RMSPROP_LOOP(T, SQRT) do {                                                   \
@@ -28,14 +43,8 @@ static bool fits(const mg_tensor *a, const mg_tensor *b) {
 
 mg_status mg_rmsprop_update_(mg_ctx *C, mg_tensor *p, mg_tensor *v, mg_tensor *g, double lr,
                              double rho, double eps, double scale) {
-  if (!mg_tensor_is_contiguous(p) || !fits(p, v) || !fits(p, g) ||
-      (p->dtype != MG_F32 && p->dtype != MG_F64)) {
-    char s1[96], s2[96], s3[96];
-    return mg_fail(C, MG_EARG, "rmsprop_update: expected contiguous tensors of one dtype and shape, "
-                   "got %s, %s and %s", mg_shapestr(s1, sizeof s1, p->ndim, p->shape),
-                   mg_shapestr(s2, sizeof s2, v->ndim, v->shape),
-                   mg_shapestr(s3, sizeof s3, g->ndim, g->shape));
-  }
+  mg_status st = check_update(C, "rmsprop_update", p, 1, &v, g);
+  if (st != MG_OK) return st;
   int64_t n = mg_tensor_numel(p);
   bool scaled = scale != 1;
   if (p->dtype == MG_F64) RMSPROP_LOOP(double, sqrt);
@@ -68,14 +77,9 @@ mg_status mg_rmsprop_update_(mg_ctx *C, mg_tensor *p, mg_tensor *v, mg_tensor *g
 mg_status mg_adam_update_(mg_ctx *C, mg_tensor *p, mg_tensor *m, mg_tensor *v, mg_tensor *g,
                           double lr, double beta1, double beta2, double eps, double c1,
                           double c2, bool keras) {
-  if (!mg_tensor_is_contiguous(p) || !fits(p, m) || !fits(p, v) || !fits(p, g) ||
-      (p->dtype != MG_F32 && p->dtype != MG_F64)) {
-    char s1[96], s2[96], s3[96];
-    return mg_fail(C, MG_EARG, "adam_update: expected contiguous tensors of one dtype and shape, "
-                   "got %s, %s and %s", mg_shapestr(s1, sizeof s1, p->ndim, p->shape),
-                   mg_shapestr(s2, sizeof s2, m->ndim, m->shape),
-                   mg_shapestr(s3, sizeof s3, g->ndim, g->shape));
-  }
+  mg_tensor *mv[2] = { m, v };
+  mg_status st = check_update(C, "adam_update", p, 2, mv, g);
+  if (st != MG_OK) return st;
   int64_t n = mg_tensor_numel(p);
   double a = keras ? lr * sqrt(c2) / c1 : lr / c1;
   if (p->dtype == MG_F64) ADAM_LOOP(double, sqrt);

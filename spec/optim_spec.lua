@@ -93,6 +93,18 @@ describe("Adam", function()
   end)
 end)
 
+-- An optimizer with a one-pass step: three steps on a transposed (non-contiguous) gradient,
+-- which takes the element-wise path, give the numbers of three on its contiguous copy.
+local function same_for_strided_gradient(make, seed)
+  mg.manual_seed(seed)
+  local p0, g = mg.randn(4, 6), mg.randn(6, 4)
+  local a, b = mg.Variable(p0:clone(), "a"), mg.Variable(p0:clone(), "b")
+  local oa, ob = make({ a }, { lr = 0.1 }), make({ b }, { lr = 0.1 })
+  assert.is_false(g:transpose(1, 2):is_contiguous())
+  for _ = 1, 3 do oa:step({ g:transpose(1, 2) }) ob:step({ g:transpose(1, 2):contiguous() }) end
+  assert.are.equal(0, (a - b):abs():max():item())
+end
+
 describe("Adam's fused step", function()
   -- For contiguous operands without amsgrad, the step runs in one pass (mg._adam_update); it
   -- must give the very numbers of Adam:update's element-wise ops, bit for bit, in both dtypes
@@ -131,12 +143,7 @@ describe("Adam's fused step", function()
     end
   end
   it("a non-contiguous gradient takes the element-wise path, with the same numbers", function()
-    mg.manual_seed(6)
-    local p0, g = mg.randn(4, 6), mg.randn(6, 4)
-    local a, b = mg.Variable(p0:clone(), "a"), mg.Variable(p0:clone(), "b")
-    local oa, ob = optim.Adam({ a }, { lr = 0.1 }), optim.Adam({ b }, { lr = 0.1 })
-    for _ = 1, 3 do oa:step({ g:transpose(1, 2) }) ob:step({ g:transpose(1, 2):contiguous() }) end
-    assert.are.equal(0, (a - b):abs():max():item())
+    same_for_strided_gradient(optim.Adam, 6)
   end)
   it("leaves no temporaries: a step adds no storage", function()
     local p = mg.Variable(mg.randn(256, 256), "p")
@@ -179,13 +186,7 @@ describe("RMSprop's fused step", function()
     end)
   end
   it("a non-contiguous gradient takes the element-wise path, with the same numbers", function()
-    mg.manual_seed(4)
-    local p0, g = mg.randn(4, 6), mg.randn(6, 4)
-    local a, b = mg.Variable(p0:clone(), "a"), mg.Variable(p0:clone(), "b")
-    local oa, ob = optim.RMSprop({ a }, { lr = 0.1 }), optim.RMSprop({ b }, { lr = 0.1 })
-    assert.is_false(g:transpose(1, 2):is_contiguous())
-    for _ = 1, 3 do oa:step({ g:transpose(1, 2) }) ob:step({ g:transpose(1, 2):contiguous() }) end
-    assert.are.equal(0, (a - b):abs():max():item())
+    same_for_strided_gradient(optim.RMSprop, 4)
   end)
 end)
 
