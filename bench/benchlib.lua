@@ -39,6 +39,36 @@ function M.peak_rss_mib()
   return kb and tonumber(kb) / 1024
 end
 
+-- The peak RSS of one loop alone: the script runs again in a fresh process with the same
+-- interpreter and MG_BENCH_RSS=1 in its environment, on 'args' (an array of strings), and
+-- there runs that loop only and ends with M.report_peak_rss(). Returns the child's figure in
+-- MiB, or nil when it could not run (the reason is logged).
+function M.rss_child() return os.getenv("MG_BENCH_RSS") == "1" end
+
+local function shquote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+
+function M.peak_rss_in_child(args)
+  local lo = 0
+  while arg[lo - 1] do lo = lo - 1 end
+  local words = {}
+  for i = lo, #args do words[#words + 1] = shquote(i <= 0 and arg[i] or args[i]) end
+  local p = io.popen("MG_BENCH_RSS=1 " .. table.concat(words, " "))
+  local out = p:read("a")
+  local ok, how, code = p:close()
+  local mib = out:match("peak_rss_mib\t([%d.]+)")
+  if not ok or not mib then
+    M.log("benchlib: the peak RSS run failed (%s %s)", tostring(how), tostring(code))
+    return nil
+  end
+  return tonumber(mib)
+end
+
+-- The child's report: its peak RSS so far (VmHWM), for M.peak_rss_in_child.
+function M.report_peak_rss()
+  local rss = M.peak_rss_mib()
+  if rss then io.stdout:write(string.format("peak_rss_mib\t%.1f\n", rss)) end
+end
+
 -- Load moongrad with M.threads() threads (one by default); a clear message when LUA_CPATH
 -- does not reach the build.
 function M.moongrad()

@@ -17,6 +17,7 @@ import gc
 import math
 import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -67,8 +68,8 @@ def lstm_case(a):
 
 
 # bench/lstm's sides: the relative tolerance of the checks against moongrad's results, and
-# the peak RSS, taken once LSTM_RSS_STEPS steps have run at case LSTM_RSS_CASE only (the
-# issue's model; a process's VmHWM only grows).
+# the peak RSS at case LSTM_RSS_CASE only (the issue's model), of LSTM_RSS_STEPS training
+# steps (lstm.py and lstm.lua: the plain steps alone, in a process that runs nothing else).
 LSTM_RTOL, LSTM_RSS_STEPS, LSTM_RSS_CASE = 1e-4, 200, "256"
 
 
@@ -234,6 +235,32 @@ def threads():
     if not v.isdigit() or int(v) < 1:
         sys.exit("benchlib: bad MOONGRAD_BENCH_THREADS '%s'" % v)
     return int(v)
+
+
+def rss_child():
+    """Whether this process is the peak RSS run that peak_rss_in_child started."""
+    return os.environ.get("MG_BENCH_RSS") == "1"
+
+
+def peak_rss_in_child(args):
+    """The peak RSS of one loop alone, as benchlib.lua's: this script again in a fresh process
+    (the same interpreter) with MG_BENCH_RSS=1, on 'args', which there runs that loop only and
+    ends with report_peak_rss(). Returns the child's figure in MiB, or None (reason logged)."""
+    r = subprocess.run([sys.executable, os.path.abspath(sys.argv[0])] + list(args),
+                       env=dict(os.environ, MG_BENCH_RSS="1"), stdout=subprocess.PIPE)
+    for line in r.stdout.decode().splitlines():
+        if r.returncode == 0 and line.startswith("peak_rss_mib\t"):
+            return float(line.split("\t")[1])
+    log("benchlib: the peak RSS run failed (exit status %d)", r.returncode)
+    return None
+
+
+def report_peak_rss():
+    """The child's report: its peak RSS so far (VmHWM), for peak_rss_in_child."""
+    rss = peak_rss_mib()
+    if rss is not None:
+        sys.stdout.write("peak_rss_mib\t%.1f\n" % rss)
+        sys.stdout.flush()
 
 
 def peak_rss_mib():

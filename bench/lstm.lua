@@ -12,8 +12,10 @@
 -- For each case, DIR receives x, y, the initial weights, the loss, the first step's
 -- gradients and dL/dh_t (stacked to (B, 100, units)) as .npy files named '<case key>_...'.
 -- Beside each time: moongrad's achieved GFLOP/s (the step's GEMM FLOPs, see 'flops', over
--- the CPU time; the wall clock with more than one thread), and after the timing (case 256 only), the peak RSS (VmHWM) once RSS_STEPS training
--- steps in all have run at that size (meta lines 'gflops CASE IMPL', 'peak_rss_mib CASE').
+-- the CPU time; the wall clock with more than one thread), and after the timing (case 256
+-- only), the peak RSS (VmHWM) of RSS_STEPS plain training steps (no rnn:trace) in a process
+-- that runs nothing else: this script again with MG_BENCH_RSS=1 (benchlib.peak_rss_in_child)
+-- (meta lines 'gflops CASE IMPL', 'peak_rss_mib CASE').
 -- Usage: LUA_CPATH='build/lua/?.so' lua5.4 bench/lstm.lua DIR [case ...]  (default 6 32 256)
 package.path = (arg[0]:match("^(.*/)") or "./") .. "?.lua;" .. package.path
 local B = require "benchlib"
@@ -37,10 +39,8 @@ end
 local dir, cases = B.args("lstm.lua", USAGE, "case", "units or kind:units:batch", parse_case,
                           { parse_case("6"), parse_case("32"), parse_case("256") })
 
-B.blas_meta(mg, BENCH)
-
 local RSS_STEPS = 200
-local RSS_CASE = "256"   -- the issue's model: the peak RSS is measured at this case only (VmHWM only grows)
+local RSS_CASE = "256"   -- the issue's model: the peak RSS is measured at this case only
 
 -- FLOPs of one training step's GEMMs: forward x W + h U (2 B (in + u) G u per step, G gates:
 -- 4 for the LSTM, 3 for the GRU), and backward the same twice over (dx, dh; dW, dU), over T
@@ -104,12 +104,25 @@ local function save_case(prefix, m, x, y)
   end
 end
 
-for _, c in ipairs(cases) do
+-- The model of case 'c' and its data, as every run makes them.
+local function setup(c)
   mg.manual_seed(c.units)
   local m = model(c)
   m.label = c.label
-  local x = mg.randn(c.batch, STEPS, NIN)
-  local y = mg.randn(c.batch, STEPS, 1) * 0.5
+  return m, mg.randn(c.batch, STEPS, NIN), mg.randn(c.batch, STEPS, 1) * 0.5
+end
+
+if B.rss_child() then                     -- the peak RSS run: the plain loop, nothing else
+  local m, x, y = setup(cases[1])
+  while m.steps < RSS_STEPS do m.step(x, y, false) end
+  B.report_peak_rss()
+  return
+end
+
+B.blas_meta(mg, BENCH)
+
+for _, c in ipairs(cases) do
+  local m, x, y = setup(c)
   save_case(string.format("%s/%s_", dir, c.key), m, x, y)
   B.meta(BENCH, "flops " .. c.label, flops(c))
   for _, impl in ipairs { { "moongrad", false }, { "moongrad + dL/dh_t", true } } do
@@ -122,10 +135,9 @@ for _, c in ipairs(cases) do
     B.log("moongrad  %-12s %-20s %9.3f ms CPU, %9.3f ms wall, %6.1f GFLOP/s", c.label,
           impl[1], r.cpu * 1e3, r.wall * 1e3, gf)
   end
-  while c.label == RSS_CASE and m.steps < RSS_STEPS do m.step(x, y, false) end
-  local rss = c.label == RSS_CASE and B.peak_rss_mib()
+  local rss = c.label == RSS_CASE and B.peak_rss_in_child({ dir, c.label })
   if rss then
     B.meta(BENCH, string.format("peak_rss_mib %s", c.label), string.format("%.1f", rss))
-    B.log("moongrad  %-12s peak RSS after %d steps: %.1f MiB", c.label, m.steps, rss)
+    B.log("moongrad  %-12s peak RSS of %d plain steps alone: %.1f MiB", c.label, RSS_STEPS, rss)
   end
 end

@@ -10,7 +10,9 @@ kind:units:batch (lstm:512:64, gru:256:16).
     LSTMCell loop + retain_grad    torch.nn.LSTMCell / nn.GRUCell stepped in Python,
                                    retain_grad() on every h_t (the way to get dL/dh_t)
 Before timing, both are checked against moongrad's loss, parameter gradients and dL/dh_t
-(within 1e-4 relative to each array's largest magnitude: float32 through 100 steps).
+(within 1e-4 relative to each array's largest magnitude: float32 through 100 steps). At
+case 256, the peak RSS of 200 steps of the fused model alone, in a fresh process (this
+script again with MG_BENCH_RSS=1), as lstm.lua measures moongrad's.
 Usage: /usr/bin/python3 bench/lstm.py DIR [case ...]   (after bench/lstm.lua DIR)
 """
 import os
@@ -141,10 +143,25 @@ def train_step(model, opt, x, y):
     return loss
 
 
+def rss_run(directory, case):
+    """The peak RSS run (benchlib.peak_rss_in_child): RSS_STEPS steps of the fused model, from
+    moongrad's initial weights, and nothing else."""
+    kind, units, _, _, key = case
+    x, y = load(directory, key, "x"), load(directory, key, "y")
+    model = Fused(kind, units)
+    set_weights(model, directory, key, units)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(RSS_STEPS):
+        train_step(model, opt, x, y)
+    B.report_peak_rss()
+
+
 def main():
     directory = B.data_dir("lstm.py", USAGE)
     cases = B.lstm_cases("lstm.py", USAGE)
     B.one_thread()
+    if B.rss_child():
+        return rss_run(directory, cases[0])
     B.blas_meta(BENCH)
     failed = []
     for kind, units, _, label, key in cases:
@@ -163,14 +180,12 @@ def main():
             B.log("pytorch   %-12s %-28s %9.3f ms CPU, %9.3f ms wall",
                   label, name, m["cpu"] * 1e3, m["wall"] * 1e3)
             if name == "nn.LSTM fused" and label == RSS_CASE:
-                # the peak RSS once RSS_STEPS steps in all have run (as lstm.lua)
-                for _ in range(max(0, RSS_STEPS - m["calls"])):
-                    train_step(model, opt, x, y)
-                rss = B.peak_rss_mib()
+                # the peak RSS of RSS_STEPS steps alone, in a fresh process (as lstm.lua)
+                rss = B.peak_rss_in_child([directory, label])
                 if rss is not None:
                     B.meta(BENCH, "peak_rss_mib_torch %s" % label, "%.1f" % rss)
-                    B.log("pytorch   %-12s peak RSS after %d steps: %.1f MiB",
-                          label, max(RSS_STEPS, m["calls"]), rss)
+                    B.log("pytorch   %-12s peak RSS of %d steps alone: %.1f MiB",
+                          label, RSS_STEPS, rss)
     if failed:
         sys.exit("lstm.py: results differ from moongrad's:\n  " + "\n  ".join(failed))
 

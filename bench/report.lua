@@ -302,7 +302,7 @@ local function table_for(label, name, b, machine)
     end
   end
   if #extra > 0 then
-    emit("moongrad per " .. cfg.row .. " (GFLOP/s of the time shown; peak RSS = VmHWM after at least 200 steps): " ..
+    emit("moongrad per " .. cfg.row .. " (GFLOP/s of the time shown; peak RSS = VmHWM of 200 steps): " ..
          table.concat(extra, "; ") .. ".")
     emit("")
   end

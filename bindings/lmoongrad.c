@@ -119,11 +119,18 @@ static int lib_empty_cache(lua_State *L) {
   return 0;
 }
 
+static int lib_reset_peak_memory(lua_State *L) {
+  mg_reset_peak_bytes(LSTATE(L)->C);
+  return 0;
+}
+
 static int lib_memory(lua_State *L) {
   mg_ctx *C = LSTATE(L)->C;
-  lua_createtable(L, 0, 3);
+  lua_createtable(L, 0, 5);
   lua_pushinteger(L, (lua_Integer)mg_live_bytes(C));
   lua_setfield(L, -2, "live");
+  lua_pushinteger(L, (lua_Integer)mg_peak_bytes(C));
+  lua_setfield(L, -2, "peak");
   lua_pushinteger(L, (lua_Integer)mg_cached_bytes(C));
   lua_setfield(L, -2, "cached");
   lua_pushinteger(L, (lua_Integer)mg_memory_budget(C));
@@ -253,6 +260,7 @@ static const luaL_Reg settings[] = {
   { "set_num_threads", lib_set_num_threads }, { "get_num_threads", lib_get_num_threads },
   { "set_default_dtype", lib_set_default_dtype }, { "get_default_dtype", lib_get_default_dtype },
   { "empty_cache", lib_empty_cache }, { "memory", lib_memory },
+  { "reset_peak_memory", lib_reset_peak_memory },
   { "set_memory_budget", lib_set_memory_budget }, { "blas", lib_blas }, { "clock", lib_clock },
   { "set_jacobian_limit", lib_set_jacobian_limit }, { "_check_result", lib_check_result },
   { "_no_grad_enter", lib_no_grad_enter }, { "_no_grad_exit", lib_no_grad_exit },

@@ -67,23 +67,27 @@ static mg_tensor **newslot(lua_State *L, lstate *S) {
 mg_tensor **lmg_newslot(lua_State *L) { return newslot(L, NULL); }
 
 /* Lua's collector cannot see storage bytes: step it by as many KiB as storage grew (so
-** garbage tensors go back to the pool while it is still warm), and collect fully when live
-** storage doubles (the safety net for a collector that was stopped or fell behind). */
+** garbage tensors go back to the pool while it is still warm), and collect fully once live
+** storage is twice its low point since the last full collection (at least that plus 8 MiB).
+** Steps alone do not bound it: in the generational mode (lua5.4's default) a step is a minor
+** collection, and a tensor alive across two of them is freed only by a full one. The low
+** point, not the bytes alive at the collection, since these hold the working set of the
+** moment (a training step's saved tensors), which would let garbage pile up to as much. */
 static void gc_pressure(lua_State *L, lstate *S) {
   size_t live = mg_live_bytes(S->C);
   if (live > S->gc_stepped + ((size_t)1 << 20)) {
     lua_gc(L, LUA_GCSTEP, (int)((live - S->gc_stepped) >> 10));
-    S->gc_stepped = mg_live_bytes(S->C);
+    live = S->gc_stepped = mg_live_bytes(S->C);
   } else if (live < S->gc_stepped) {
     S->gc_stepped = live;
   }
-  if (live > S->gc_threshold) {
+  bool full = live > S->gc_threshold;
+  if (full) {
     lua_gc(L, LUA_GCCOLLECT);
-    live = mg_live_bytes(S->C);
-    size_t floor = (size_t)16 << 20;
-    S->gc_threshold = live * 2 > floor ? live * 2 : floor;
-    S->gc_stepped = live;
+    live = S->gc_stepped = mg_live_bytes(S->C);
   }
+  size_t floor = (size_t)8 << 20, next = live + (live > floor ? live : floor);
+  if (full || next < S->gc_threshold) S->gc_threshold = next;
 }
 
 void lmg_settensor(lua_State *L, lstate *S, mg_tensor **slot, mg_tensor *t) {

@@ -32,6 +32,8 @@ mg_dtype mg_default_dtype(const mg_ctx *C) { return C->default_dtype; }
 void mg_set_default_dtype(mg_ctx *C, mg_dtype dt) { C->default_dtype = dt; }
 size_t mg_live_bytes(const mg_ctx *C) { return mg_pool_live(C->pool); }
 size_t mg_cached_bytes(const mg_ctx *C) { return mg_pool_cached(C->pool); }
+size_t mg_peak_bytes(const mg_ctx *C) { return mg_pool_peak(C->pool); }
+void mg_reset_peak_bytes(mg_ctx *C) { mg_pool_reset_peak(C->pool); }
 void mg_empty_cache(mg_ctx *C) { mg_pool_trim(C->pool); }
 void mg_set_memory_budget(mg_ctx *C, size_t bytes) { C->memory_budget = bytes; }
 size_t mg_memory_budget(const mg_ctx *C) { return C->memory_budget; }

@@ -67,6 +67,10 @@ MG_API void mg_set_default_dtype(mg_ctx *C, mg_dtype dt);
 /* Bytes of tensor storage currently alive, and cached by the pool for reuse. */
 MG_API size_t mg_live_bytes(const mg_ctx *C);
 MG_API size_t mg_cached_bytes(const mg_ctx *C);
+/* The most bytes of tensor storage alive at once since the context began or since the last
+** 'mg_reset_peak_bytes' (which starts it again at the bytes alive now). */
+MG_API size_t mg_peak_bytes(const mg_ctx *C);
+MG_API void mg_reset_peak_bytes(mg_ctx *C);
 /* Return every cached block to the system. */
 MG_API void mg_empty_cache(mg_ctx *C);
 /* Bytes a vectorized Jacobian may use before it is split in chunks (default 1 GiB). */

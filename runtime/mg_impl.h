@@ -188,6 +188,8 @@ void mg_pool_small_put(mg_pool *p, int cls, void *q);
 void mg_pool_account(mg_pool *p, size_t bytes, bool add);
 size_t mg_pool_live(const mg_pool *p);
 size_t mg_pool_cached(const mg_pool *p);
+size_t mg_pool_peak(const mg_pool *p);
+void mg_pool_reset_peak(mg_pool *p);
 void mg_pool_trim(mg_pool *p);
 
 /* ----------------------------------------------------------------------------------------

@@ -21,6 +21,21 @@ static bool fits(const mg_tensor *a, const mg_tensor *b) {
 #define OPT_CLONES
 #endif
 
+/* The operands of an update: p and every state in 's' (n of them) and g contiguous, of one
+** floating dtype and shape; else "<fn>: expected ..." naming p's, the first state's and g's
+** shapes. */
+static mg_status check_update(mg_ctx *C, const char *fn, const mg_tensor *p, int n,
+                              mg_tensor *const *s, const mg_tensor *g) {
+  bool ok = mg_tensor_is_contiguous(p) && fits(p, g) && (p->dtype == MG_F32 || p->dtype == MG_F64);
+  for (int i = 0; i < n; i++) ok = ok && fits(p, s[i]);
+  if (ok) return MG_OK;
+  char s1[96], s2[96], s3[96];
+  return mg_fail(C, MG_EARG, "%s: expected contiguous tensors of one dtype and shape, got %s, %s "
+                 "and %s", fn, mg_shapestr(s1, sizeof s1, p->ndim, p->shape),
+                 mg_shapestr(s2, sizeof s2, s[0]->ndim, s[0]->shape),
+                 mg_shapestr(s3, sizeof s3, g->ndim, g->shape));
+}
+
 /* The RMSprop step with the scalars rounded to the tensors' dtype first, as a number operand
 ** of an element-wise op is (g * 1 is g, so the unscaled step multiplies by sc = 1): */
 #define RMSPROP_LOOP(T, SQRT) do {                                                   \
@@ -46,14 +61,8 @@ static void rmsprop_f64(int64_t n, double *restrict pp, double *restrict vp,
 
 mg_status mg_rmsprop_update_(mg_ctx *C, mg_tensor *p, mg_tensor *v, mg_tensor *g, double lr,
                              double rho, double eps, double scale) {
-  if (!mg_tensor_is_contiguous(p) || !fits(p, v) || !fits(p, g) ||
-      (p->dtype != MG_F32 && p->dtype != MG_F64)) {
-    char s1[96], s2[96], s3[96];
-    return mg_fail(C, MG_EARG, "rmsprop_update: expected contiguous tensors of one dtype and shape, "
-                   "got %s, %s and %s", mg_shapestr(s1, sizeof s1, p->ndim, p->shape),
-                   mg_shapestr(s2, sizeof s2, v->ndim, v->shape),
-                   mg_shapestr(s3, sizeof s3, g->ndim, g->shape));
-  }
+  mg_status st = check_update(C, "rmsprop_update", p, 1, &v, g);
+  if (st != MG_OK) return st;
   int64_t n = mg_tensor_numel(p);
   if (p->dtype == MG_F64)
     rmsprop_f64(n, mg_tensor_data(p), mg_tensor_data(v), mg_tensor_data(g), lr, rho, 1 - rho, eps,
@@ -140,13 +149,9 @@ static void adam_range_f64(void *arg, int64_t lo, int64_t hi) {
 
 mg_status mg_adam_update_(mg_ctx *C, mg_tensor *p, mg_tensor *m, mg_tensor *v, mg_tensor *g,
                           double lr, double b1, double b2, double eps, double t, bool pytorch) {
-  if (!mg_tensor_is_contiguous(p) || !fits(p, m) || !fits(p, v) || !fits(p, g) ||
-      (p->dtype != MG_F32 && p->dtype != MG_F64)) {
-    char s1[96], s2[96];
-    return mg_fail(C, MG_EARG, "adam_update: expected contiguous tensors of one dtype and shape, "
-                   "got %s and a gradient of %s", mg_shapestr(s1, sizeof s1, p->ndim, p->shape),
-                   mg_shapestr(s2, sizeof s2, g->ndim, g->shape));
-  }
+  mg_tensor *mv[2] = { m, v };
+  mg_status st = check_update(C, "adam_update", p, 2, mv, g);
+  if (st != MG_OK) return st;
   double c1 = 1 - pow(b1, t), c2 = 1 - pow(b2, t);
   adam_job j = { .p = p, .m = m, .v = v, .g = g, .om1 = 1 - b1, .om2 = 1 - b2,
                  .a = pytorch ? lr / c1 : lr * sqrt(c2) / c1, .s = 1 / c2, .eps = eps,

@@ -41,6 +41,7 @@ struct mg_pool {
   int64_t refs;            /* the context + every live storage */
   size_t live;             /* bytes in use by storage */
   size_t cached;           /* bytes in the free lists */
+  size_t peak;             /* most bytes live at once since the last mg_pool_reset_peak */
   void *free[NCLASS];      /* per class: singly linked through each block's first word */
   void *small[MG_SMALL_COUNT];     /* free tensor headers and small storages */
   char *arena, *arena_end;         /* where new small objects are carved from */
@@ -137,6 +138,7 @@ void *mg_pool_alloc(mg_pool *p, size_t nbytes, size_t *cap) {
   void *q = mg_pool_block_get(p, nbytes, cap);
   if (q != NULL && nbytes < SMALL_MAX) p->live += nbytes;
   else if (q != NULL) p->live += *cap;
+  if (p->live > p->peak) p->peak = p->live;
   return q;
 }
 
@@ -213,6 +215,7 @@ void mg_pool_trim(mg_pool *p) {
 void mg_pool_account(mg_pool *p, size_t bytes, bool add) {
   if (add) {
     p->live += bytes;
+    if (p->live > p->peak) p->peak = p->live;
     p->refs++;
   } else {
     p->live -= bytes;
@@ -222,5 +225,7 @@ void mg_pool_account(mg_pool *p, size_t bytes, bool add) {
 
 size_t mg_pool_live(const mg_pool *p) { return p->live; }
 size_t mg_pool_cached(const mg_pool *p) { return p->cached; }
+size_t mg_pool_peak(const mg_pool *p) { return p->peak; }
+void mg_pool_reset_peak(mg_pool *p) { p->peak = p->live; }
 
 void mg_pages_free(void *q, size_t cap) { munmap(q, cap); }

@@ -1,6 +1,7 @@
 -- Memory (pool.c and the collector trigger in ltensor.c): loops that make thousands of 4 MB
--- temporaries stay under 400 MB of peak RSS without the script calling collectgarbage(), and
--- mg.memory() / mg.empty_cache() report and release storage bytes.
+-- temporaries stay under 400 MB of peak RSS without the script calling collectgarbage(), a
+-- loop's garbage is freed within about an iteration in either collector mode, and
+-- mg.memory() / mg.empty_cache() / mg.reset_peak_memory() report and release storage bytes.
 local mg = require "moongrad"
 local support = require "support"
 
@@ -80,6 +81,76 @@ describe("temporaries in a loop", function()
   end)
 end)
 
+describe("the garbage of a loop", function()
+  -- Each iteration: 16 MB of working set released at the end of its block (<close>, as a
+  -- spent tape releases what it saved), and 4 MB of garbage alive through the iteration
+  -- (so that it outlives the generational collector's minor collections).
+  local function iteration()
+    local a = mg.zeros(512, 1024)                                  -- 2 MB of garbage
+    do
+      local w1 <close> = mg.ones(1024, 1024)                       -- 4 MB each
+      local w2 <close> = mg.ones(1024, 1024)
+      local w3 <close> = mg.ones(1024, 1024)
+      local w4 <close> = mg.ones(1024, 1024)
+      assert(w1:numel() + w2:numel() + w3:numel() + w4:numel() == 4 * 1024 * 1024)
+    end
+    local b = mg.zeros(512, 1024)                                  -- 2 MB more
+    return a, b
+  end
+
+  -- bench/lstm's model at 256 units: a step keeps about 17 MB alive at its peak (the saved
+  -- gates and states, the cotangents) and leaves the layer's output and the gradients
+  -- (2.6 MB) to the collector.
+  local function training_step()
+    local nn = mg.nn
+    mg.manual_seed(256)
+    local rnn = nn.RNN(nn.LSTMCell(8, 256), { return_sequences = true })
+    local head = nn.Dense(256, 1)
+    local params = rnn:parameters()
+    for _, p in ipairs(head:parameters()) do params[#params + 1] = p end
+    local opt = mg.optim.Adam(params, { lr = 1e-3 })
+    local x, y = mg.randn(16, 100, 8), mg.randn(16, 100, 1)
+    local function grads()
+      local tape = mg.GradientTape()
+      local loss = nn.mse(head(rnn(x)), y)
+      tape:stop()
+      return tape:gradient(loss, params)
+    end
+    return function() opt:step(grads()) end
+  end
+
+  -- The peak live storage of 'n' runs of 'step' with the collector on its own, against that
+  -- of one run from a heap without garbage (after two warm-up runs).
+  local function peaks(mode, step, n)
+    local old = collectgarbage(mode)
+    step()
+    step()
+    collectgarbage()
+    collectgarbage()
+    mg.reset_peak_memory()
+    step()
+    local one = mg.memory().peak
+    for _ = 1, n do step() end
+    local many = mg.memory().peak
+    collectgarbage(old)
+    return one, many
+  end
+
+  for _, mode in ipairs { "generational", "incremental" } do
+    it("stays within one iteration's peak plus 8 MB (" .. mode .. " collector)", function()
+      local one, many = peaks(mode, iteration, 20)
+      assert.is_true(many <= one + 8 * MB, ("20 iterations peaked at %.1f MB of live storage, "
+                     .. "one from a heap without garbage at %.1f MB"):format(many / MB, one / MB))
+    end)
+  end
+
+  it("of bench/lstm's training step stays within one step's peak plus 8 MB", function()
+    local one, many = peaks("generational", training_step(), 12)
+    assert.is_true(many <= one + 8 * MB, ("12 steps peaked at %.1f MB of live storage, one "
+                   .. "from a heap without garbage at %.1f MB"):format(many / MB, one / MB))
+  end)
+end)
+
 describe("mg.memory and mg.empty_cache", function()
   it("report live and cached storage in bytes", function()
     local m = mg.memory()
@@ -88,6 +159,27 @@ describe("mg.memory and mg.empty_cache", function()
     assert.are.equal("number", type(m.budget))
     assert.is_true(math.type(m.live) == "integer" and m.live >= 0)
     assert.is_true(m.budget > 0)
+    assert.is_true(math.type(m.peak) == "integer" and m.peak >= m.live)
+  end)
+
+  it("peak holds the most storage alive at once since reset_peak_memory", function()
+    collectgarbage()
+    collectgarbage()
+    mg.reset_peak_memory()
+    local base = mg.memory()
+    assert.are.equal(base.live, base.peak)
+    local a = mg.zeros(1024, 1024)                                -- 4 MB
+    local b = mg.zeros(512, 1024)                                 -- 2 MB
+    a, b = nil, nil
+    collectgarbage()
+    collectgarbage()
+    local c = mg.zeros(256, 1024)                                 -- 1 MB
+    local m = mg.memory()
+    assert.is_true(m.peak >= base.live + 6 * MB and m.peak < base.live + 7 * MB)
+    assert.is_true(m.live < base.live + 2 * MB)
+    mg.reset_peak_memory()
+    assert.are.equal(mg.memory().live, mg.memory().peak)
+    assert.are.equal(1024, c:size(2))
   end)
 
   it("count a new tensor's bytes as live, and cache them once it is collected", function()

@@ -253,6 +253,17 @@ describe("Adam's fused step", function()
     end
     assert.is_true((c - d):abs():max():item() > 1e-6)
   end)
+  it("leaves no temporaries: a step adds no storage", function()
+    local p = mg.Variable(mg.randn(256, 256), "p")
+    local opt, g = optim.Adam({ p }), mg.randn(256, 256)
+    opt:step({ g })
+    collectgarbage()
+    collectgarbage()
+    mg.reset_peak_memory()
+    local live = mg.memory().live
+    opt:step({ g })
+    assert.are.equal(live, mg.memory().peak)
+  end)
 end)
 
 describe("optimizer bookkeeping", function()
