@@ -45,10 +45,10 @@
 /* The vector loops below are compiled for AVX-512 and AVX2 too, picked at load time, with
 ** a * b + c fused (ISO C mode leaves it unfused). */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
-#define MG_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), \
+#define LYAP_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), \
                                  optimize("fp-contract=fast")))
 #else
-#define MG_CLONES
+#define LYAP_CLONES
 #endif
 #define MG_INLINE static inline __attribute__((always_inline))
 
@@ -293,7 +293,7 @@ static void gru_step_f32(int64_t B, int64_t F, int64_t N, const float *xt, int64
 }
 
 /* J (N, N) of one trajectory from the coefficients at 'o' (explicit way). */
-MG_CLONES static void form_jacobian_f32(int64_t N, const float *U, const float *cz,
+LYAP_CLONES static void form_jacobian_f32(int64_t N, const float *U, const float *cz,
                                         const float *cr, const float *ch, const float *zz,
                                         float *J) {
   for (int64_t l = 0; l < N; l++) {

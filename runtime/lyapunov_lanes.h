@@ -3,7 +3,7 @@
 ** float32 (LT float, 16 lanes of a 512-bit vector) and once for float64 (LT double, 8 lanes),
 ** with LX(name) naming each copy (name_f32, name_f64) and LDT the mg_dtype. Not a public
 ** header: lyapunov.c defines ljob, lgroup, the block sizes (NB, RB, JB, CB, RJ, KC_BYTES,
-** VALL_BYTES, CSLAB_BYTES), LCHUNK, MG_CLONES and MG_INLINE.
+** VALL_BYTES, CSLAB_BYTES), LCHUNK, LYAP_CLONES and MG_INLINE.
 */
 typedef LT LX(lanes_t) __attribute__((vector_size(LANES * sizeof(LT))));   /* GCC and Clang */
 /* The same at any address of an LT (an unaligned load or store), for lload and lstore. */
@@ -224,7 +224,7 @@ MG_INLINE void LX(apply_block)(int64_t N, int64_t k, int64_t j0, int64_t c0, int
 ** after them are updated a slab of CSLAB_BYTES at a time by all of them (once through the
 ** cache where a panel at a time would stream the whole trailing matrix per panel). Each
 ** column sees the same operations in the same order either way. */
-MG_CLONES static void LX(householder_lanes)(int64_t N, int64_t k, LT *X, LT *tau,
+LYAP_CLONES static void LX(householder_lanes)(int64_t N, int64_t k, LT *X, LT *tau,
                                             LT *beta, LT *V, LT *W, LT *Tall) {
   if (k < 2 * NB) {
     LX(geqr2_lanes)(N, 0, k, X, tau, beta);
@@ -347,11 +347,11 @@ MG_INLINE void LX(tangents)(int nblk, int64_t N, int64_t S, int64_t G, int64_t k
 }
 
 /* The block counts in use: 3 (GRU; LSTM's c'), 4 (LSTM's h'). */
-MG_CLONES static void LX(tangents3)(int64_t N, int64_t S, int64_t G, int64_t k, const LT *U,
+LYAP_CLONES static void LX(tangents3)(int64_t N, int64_t S, int64_t G, int64_t k, const LT *U,
                                     const LT *cf, const LT *zz, const LT *TL, LT *AL, LT *Jb) {
   LX(tangents)(3, N, S, G, k, U, cf, zz, TL, AL, Jb);
 }
-MG_CLONES static void LX(tangents4)(int64_t N, int64_t S, int64_t G, int64_t k, const LT *U,
+LYAP_CLONES static void LX(tangents4)(int64_t N, int64_t S, int64_t G, int64_t k, const LT *U,
                                     const LT *cf, const LT *zz, const LT *TL, LT *AL, LT *Jb) {
   LX(tangents)(4, N, S, G, k, U, cf, zz, TL, AL, Jb);
 }
@@ -365,7 +365,7 @@ static void LX(to_lanes)(int64_t N, int64_t nl, const LT *src, int64_t ld, LT pa
 
 /* LSTM: AL[c][j] += TL[c][N + j] dh[j] and AL[c][N + j] += TL[c][N + j] dc[j]: what the old
 ** c part of each tangent adds to h' and c' (diagonal blocks: f o (1 - tanh^2 c') and f). */
-MG_CLONES static void LX(lstm_diag)(int64_t N, int64_t k, const LT *dh, const LT *dc, const LT *TL,
+LYAP_CLONES static void LX(lstm_diag)(int64_t N, int64_t k, const LT *dh, const LT *dc, const LT *TL,
                                     LT *AL) {
   for (int64_t c = 0; c < k; c++) {
     const LT *tc = TL + (c * 2 * N + N) * LANES;
