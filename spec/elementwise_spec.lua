@@ -71,6 +71,22 @@ describe("arithmetic", function()
     raises(function() return a / nil end, "div", "nil")
     raises(function() return mg.pow(a, "2x") end, "pow", "string")
   end)
+
+  -- operands are told apart by their size and owner, not their metatable (ltensor.c testslot)
+  it("rejects other userdata and released tensors, naming the op", function()
+    local tape = mg.GradientTape()
+    tape:stop()
+    for _, u in ipairs { io.stdout, tape, io.stderr } do
+      raises(function() return a + u end, "add", "operand 2", "userdata")
+      raises(function() return u * a end, "mul", "operand 1", "userdata")
+    end
+    local released = mg.zeros(3)
+    getmetatable(released).__close(released)
+    raises(function() return a + released end, "add", "operand 2 is a released tensor")
+    raises(function() return getmetatable(a).__gc(io.stdout) end, "moongrad.Tensor expected")
+    raises(function() return getmetatable(a).__close(tape) end, "moongrad.Tensor expected")
+    assert.are.same({ { 2, 4, 6 }, { 8, 10, 12 } }, (a + a):totable())
+  end)
 end)
 
 describe("broadcasting", function()
