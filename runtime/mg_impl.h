@@ -67,23 +67,25 @@ static inline void mg_bump_version(mg_tensor *t) { t->storage->version++; }
 
 /* Op-specific parameters of a recorded node. */
 typedef struct mg_attr {
+  int ni;                     /* first: all a node without attributes writes (record_on) */
   int64_t i[MG_MAXDIM];       /* dims, sizes, flags: meaning set by each op */
-  int ni;
   double f[2];                /* scalars (clamp bounds, ...) */
 } mg_attr;
 
+/* The fields every node writes come first: recording a binary op writes its first 108 bytes
+** (two or three cache lines of a fresh block), not four lines spread over all 272. */
 typedef struct mg_node {
   int op;                         /* MG_OP_* */
   int nin, nout, nsaved;
   mg_tensor **in;                 /* strong refs; points at 'in_inline' or the heap (cat) */
   mg_tensor *in_inline[MG_MAXIN_INLINE];
   mg_tensor *out[MG_MAXOUT];      /* strong refs */
-  mg_tensor *saved[MG_MAXSAVED];  /* strong refs: whatever the op's rules need */
-  mg_attr attr;
   /* Storage versions when recorded, checked before a rule reads the tensors' values. */
   uint32_t *ver_in;               /* 'ver_in_inline' or after the heap 'in' array */
   uint32_t ver_in_inline[MG_MAXIN_INLINE];
   uint32_t ver_out[MG_MAXOUT];
+  mg_attr attr;
+  mg_tensor *saved[MG_MAXSAVED];  /* strong refs: whatever the op's rules need */
   uint32_t ver_saved[MG_MAXSAVED];
 } mg_node;
 
