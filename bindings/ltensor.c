@@ -127,7 +127,8 @@ static int tensor_release(lua_State *L) {
   lslot *p = testslot(L, S, 1);
   if (p == NULL) p = luaL_checkudata(L, 1, MG_TENSOR_MT);   /* raises the usual error */
   lmg_unlink_slot(p);
-  mg_tensor_release(p->t);
+  if (S->C != NULL) mg_tensor_release_reader(S->C, p->t);   /* data only tapes hold goes now */
+  else mg_tensor_release(p->t);
   p->t = NULL;
   return 0;
 }

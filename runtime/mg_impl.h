@@ -38,7 +38,10 @@ enum {
   /* A batch-Jacobian seed, shape (K, B, K): element [k, b, j] is 1 if k == j, else 0.
   ** Rules may use the structure instead of multiplying by it (matmul: a view of W^T); the
   ** protocol is the rule contract in mg_ops.h. */
-  MG_TF_EYE = 2
+  MG_TF_EYE = 2,
+  /* Its storage went (mg_tensor_release_reader): only tape nodes that read its shape hold it,
+  ** over the context's zero-byte storage; its header's bytes still count as live. */
+  MG_TF_HOLLOW = 4
 };
 
 /* The scalar fields come first: a small tensor's header is then mostly its first cache line. */
@@ -47,6 +50,7 @@ struct mg_tensor {
   mg_dtype dtype;
   int ndim;
   uint32_t flags;               /* MG_TF_* */
+  uint32_t blind;               /* of 'refs': tape nodes that read only the shape (MG_UNREAD_*) */
   int64_t offset;               /* elements from the storage start to element (0,...,0) */
   mg_storage *storage;
   char *name;                   /* Variables only; owned */
@@ -126,6 +130,8 @@ struct mg_ctx {
   volatile sig_atomic_t *interrupt;   /* host-owned flag polled by long loops; NULL: none */
   int nthreads;                 /* mg_ctx_set_num_threads: shares of a big loop */
   struct mg_workers *workers;   /* nthreads - 1 workers, started at first need; NULL: none */
+  mg_storage *hollow;           /* zero bytes: of the tensors only shape readers hold
+                                   (mg_tensor_release_reader); NULL until needed */
 };
 
 /* Set the context's error message and return 'st'. printf-style. */
@@ -153,6 +159,8 @@ char *mg_shapestr(char *buf, size_t n, int ndim, const int64_t *shape);
 mg_tensor *mg_view_new(mg_ctx *C, mg_storage *s, mg_dtype dt, int ndim, const int64_t *shape,
                        const int64_t *stride, int64_t offset);
 void mg_contiguous_strides(int ndim, const int64_t *shape, int64_t *stride);
+/* mg_ctx_close: the context's reference to its zero-byte storage (mg_tensor_release_reader). */
+void mg_hollow_release(mg_ctx *C);
 /* numel of a shape, or -1 when it overflows or a size is negative. */
 /* npy.c: the .npy header of 't' into 'out' (MG_NPY_HEADER_MAX bytes); returns its length. */
 #define MG_NPY_HEADER_MAX 522
