@@ -58,6 +58,9 @@ struct mg_tensor {
   int64_t stride[MG_MAXDIM];    /* elements between neighbours along a dimension */
 };
 
+/* Bytes per element: mg_dtype_size inlined (an exported function is called through the PLT). */
+static inline size_t mg_dtsize(mg_dtype dt) { return dt == MG_F64 ? 8 : 4; }
+
 /* Note an in-place write into 't' (every view of its storage sees it). */
 static inline void mg_bump_version(mg_tensor *t) { t->storage->version++; }
 
@@ -159,6 +162,9 @@ char *mg_shapestr(char *buf, size_t n, int ndim, const int64_t *shape);
 mg_tensor *mg_view_new(mg_ctx *C, mg_storage *s, mg_dtype dt, int ndim, const int64_t *shape,
                        const int64_t *stride, int64_t offset);
 void mg_contiguous_strides(int ndim, const int64_t *shape, int64_t *stride);
+/* mg_tensor_empty for a shape known valid (an existing tensor's) of 'n' elements. */
+mg_status mg_tensor_empty_n(mg_ctx *C, mg_dtype dt, int ndim, const int64_t *shape, int64_t n,
+                            mg_tensor **out);
 /* mg_ctx_close: the context's reference to its zero-byte storage (mg_tensor_release_reader). */
 void mg_hollow_release(mg_ctx *C);
 /* numel of a shape, or -1 when it overflows or a size is negative. */

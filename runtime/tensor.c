@@ -8,7 +8,7 @@
 #include <stdlib.h>
 
 const char *mg_dtype_name(mg_dtype dt) { return dt == MG_F64 ? "float64" : "float32"; }
-size_t mg_dtype_size(mg_dtype dt) { return dt == MG_F64 ? 8 : 4; }
+size_t mg_dtype_size(mg_dtype dt) { return mg_dtsize(dt); }
 
 /* ---------------------------------------------------------------- storage */
 
@@ -196,11 +196,9 @@ static mg_status check_shape(mg_ctx *C, const char *fn, int ndim, const int64_t 
   return MG_OK;
 }
 
-mg_status mg_tensor_empty(mg_ctx *C, mg_dtype dt, int ndim, const int64_t *shape,
-                          mg_tensor **out) {
-  int64_t n = ndim >= 0 && ndim <= MG_MAXDIM ? mg_shape_numel(ndim, shape) : -1;
-  if (n < 0) return check_shape(C, NULL, ndim, shape, &n);     /* sets the message */
-  mg_storage *s = storage_new(C, (size_t)n * mg_dtype_size(dt));
+mg_status mg_tensor_empty_n(mg_ctx *C, mg_dtype dt, int ndim, const int64_t *shape, int64_t n,
+                            mg_tensor **out) {
+  mg_storage *s = storage_new(C, (size_t)n * mg_dtsize(dt));
   if (s == NULL) {
     char b[128];
     return mg_fail(C, MG_ENOMEM, "out of memory allocating a %s tensor of shape %s (%lld elements)",
@@ -219,10 +217,21 @@ mg_status mg_tensor_empty(mg_ctx *C, mg_dtype dt, int ndim, const int64_t *shape
   t->offset = 0;
   t->storage = s;                       /* takes storage_new's reference */
   t->name = NULL;
-  if (ndim > 0) memcpy(t->shape, shape, (size_t)ndim * sizeof *shape);
-  mg_contiguous_strides(ndim, shape, t->stride);
+  int64_t step = 1;                     /* the shape and contiguous strides in one pass */
+  for (int d = ndim - 1; d >= 0; d--) {
+    t->shape[d] = shape[d];
+    t->stride[d] = step;
+    step *= shape[d] > 0 ? shape[d] : 1;
+  }
   *out = t;
   return MG_OK;
+}
+
+mg_status mg_tensor_empty(mg_ctx *C, mg_dtype dt, int ndim, const int64_t *shape,
+                          mg_tensor **out) {
+  int64_t n = ndim >= 0 && ndim <= MG_MAXDIM ? mg_shape_numel(ndim, shape) : -1;
+  if (n < 0) return check_shape(C, NULL, ndim, shape, &n);     /* sets the message */
+  return mg_tensor_empty_n(C, dt, ndim, shape, n, out);
 }
 
 mg_status mg_tensor_zeros(mg_ctx *C, mg_dtype dt, int ndim, const int64_t *shape,
