@@ -63,10 +63,10 @@ static lstate *getstate(lua_State *L) {
   lstate *S = lua_newuserdatauv(L, sizeof *S, 0);
   S->C = NULL;
   S->orphans.t = NULL;
+  S->orphans.owner = S;
   S->orphans.prev = S->orphans.next = &S->orphans;
   S->gc_threshold = (size_t)16 << 20;
   S->gc_stepped = 0;
-  S->tensor_mt = NULL;
   S->tensor_mt_ref = LUA_NOREF;
   lua_createtable(L, 0, 1);
   lua_pushcfunction(L, state_gc);

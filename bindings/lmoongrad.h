@@ -18,11 +18,13 @@
 #define MG_TENSOR_MT "moongrad.Tensor"
 #define MG_TAPE_MT "moongrad.GradientTape"
 
-/* A tensor's Lua value. 'prev'/'next' link the slots made inside a finalizer into their
-** state's 'orphans' list (else NULL): while lua_close runs finalizers, objects made get no
-** finalizer of their own, so the state's __gc releases what is still on the list. */
+/* A tensor's Lua value. 'owner' tells a slot from any other userdata without fetching its
+** metatable (ltensor.c's testslot). 'prev'/'next' link the slots made inside a finalizer into
+** their state's 'orphans' list (else NULL): while lua_close runs finalizers, objects made get
+** no finalizer of their own, so the state's __gc releases what is still on the list. */
 typedef struct lslot {
   mg_tensor *t;           /* first: a slot is used as a 'mg_tensor **' */
+  const struct lstate *owner;   /* the state record of the lua_State that made it */
   struct lslot *prev, *next;
 } lslot;
 
@@ -33,8 +35,8 @@ typedef struct lstate {
   size_t gc_threshold;    /* live storage bytes that trigger a full collection */
   size_t gc_stepped;      /* live storage bytes when the collector was last stepped */
   lslot orphans;          /* sentinel of the slots made inside finalizers */
-  const void *tensor_mt;  /* the 'moongrad.Tensor' metatable (lua_topointer), for quick tests */
-  int tensor_mt_ref;      /* ... and its registry reference (LUA_NOREF before lmg_open_tensor) */
+  int tensor_mt_ref;      /* the 'moongrad.Tensor' metatable's registry reference (LUA_NOREF
+                             before lmg_open_tensor), pushed for every new slot */
 } lstate;
 
 /* The running function's state record (upvalue 1), or a Lua error once its context is closed

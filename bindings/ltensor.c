@@ -26,13 +26,13 @@ mg_tensor *lmg_totensor(lua_State *L, int idx) {
   return p ? *p : NULL;
 }
 
-/* Whether the value at 'idx' is a tensor slot: its metatable compared by address with the one
-** 'S' keeps (luaL_testudata would look the name up in the registry every time). */
+/* Whether the value at 'idx' is a tensor slot of 'S': a full userdata (a light one has raw
+** length 0) of a slot's size whose 'owner' is 'S'. Two API calls where a metatable test takes
+** five (type, getmetatable, topointer, pop, touserdata: about 120 instructions, three tests per
+** 'a + b' with its __gc); only C code could forge a userdata that passes. */
 static lslot *testslot(lua_State *L, lstate *S, int idx) {
-  if (lua_type(L, idx) != LUA_TUSERDATA || !lua_getmetatable(L, idx)) return NULL;
-  bool ok = lua_topointer(L, -1) == S->tensor_mt;
-  lua_pop(L, 1);
-  return ok ? lua_touserdata(L, idx) : NULL;
+  lslot *p = lua_touserdata(L, idx);
+  return p && lua_rawlen(L, idx) == sizeof *p && p->owner == S ? p : NULL;
 }
 
 /* The tensor at 'idx', or NULL when it is no tensor or a released one. */
@@ -41,10 +41,12 @@ static mg_tensor *totensor(lua_State *L, lstate *S, int idx) {
   return p ? p->t : NULL;
 }
 
-/* Push an empty slot; 'S' NULL: the state record is looked up only when needed. */
+/* Push an empty slot of state 'S' ('S' NULL: looked up in the registry). */
 static mg_tensor **newslot(lua_State *L, lstate *S) {
   lslot *p = lua_newuserdatauv(L, sizeof *p, 0);
+  if (S == NULL) S = lmg_findstate(L);
   p->t = NULL;
+  p->owner = S;
   p->prev = p->next = NULL;
   if (S != NULL) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, S->tensor_mt_ref);
@@ -53,7 +55,6 @@ static mg_tensor **newslot(lua_State *L, lstate *S) {
     luaL_setmetatable(L, MG_TENSOR_MT);
   }
   if (lua_gc(L, LUA_GCISRUNNING) < 0) {   /* inside a finalizer: perhaps lua_close's */
-    if (S == NULL) S = lmg_findstate(L);
     if (S != NULL) {
       p->next = S->orphans.next;
       p->prev = &S->orphans;
@@ -130,7 +131,8 @@ static int tensor_release(lua_State *L) {
   lslot *p = testslot(L, S, 1);
   if (p == NULL) p = luaL_checkudata(L, 1, MG_TENSOR_MT);   /* raises the usual error */
   lmg_unlink_slot(p);
-  mg_tensor_release(p->t);
+  if (S->C != NULL) mg_tensor_release_reader(S->C, p->t);   /* data only tapes hold goes now */
+  else mg_tensor_release(p->t);
   p->t = NULL;
   return 0;
 }
@@ -1598,7 +1600,6 @@ void lmg_open_tensor(lua_State *L, lstate *S) {
     { "__mul", tensor_mul, MG_B_MUL }, { "__div", tensor_div, MG_B_DIV },
     { "__pow", tensor_pow, MG_B_POW } };
   luaL_newmetatable(L, MG_TENSOR_MT);
-  S->tensor_mt = lua_topointer(L, -1);
   if (S->tensor_mt_ref == LUA_NOREF) {               /* once per state (luaopen may run again) */
     lua_pushvalue(L, -1);
     S->tensor_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);

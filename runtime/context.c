@@ -24,6 +24,7 @@ void mg_ctx_close(mg_ctx *C) {
   if (C == NULL) return;
   while (C->active != NULL) mg_tape_stop(C->active);
   mg_parallel_close(C);
+  mg_hollow_release(C);
   mg_pool_unref(C->pool);
   free(C);
 }

@@ -253,7 +253,7 @@ static mg_status run_new(mg_ctx *C, const char *name, mg_dtype dt, int ndim,
     int64_t s[MG_MAXOPS] = { 1, 1, 1, 1 };
     p[0] = y->storage->data;
     for (int k = 0; k < nin; k++)
-      p[k + 1] = (char *)in[k]->storage->data + in[k]->offset * (int64_t)mg_dtype_size(dt);
+      p[k + 1] = (char *)in[k]->storage->data + in[k]->offset * (int64_t)mg_dtsize(dt);
     fn(n, p, s, ud);
     *out = y;
     return MG_OK;
@@ -294,25 +294,64 @@ static mg_status promote(mg_ctx *C, mg_tensor **a, mg_tensor **b) {
   return MG_OK;
 }
 
-mg_status mg_tensor_binary(mg_ctx *C, mg_binary op, mg_tensor *a, mg_tensor *b,
-                           mg_tensor **out) {
+/* The element count when 'a' and 'b' have one dtype and one shape and both are dense (element
+** i at data + i: contiguous, any stride along a size-1 dim), at most MG_POLL_ELEMS; else -1. */
+static int64_t dense_pair(const mg_tensor *a, const mg_tensor *b) {
+  if (a->dtype != b->dtype || a->ndim != b->ndim) return -1;
+  int64_t n = 1;
+  for (int d = a->ndim - 1; d >= 0; d--) {
+    int64_t m = a->shape[d];
+    if (b->shape[d] != m || (m != 1 && (a->stride[d] != n || b->stride[d] != n))) return -1;
+    n *= m;
+  }
+  return n <= MG_POLL_ELEMS ? n : -1;
+}
+
+/* The common case, 'a' and 'b' as dense_pair found them ('n' elements): one kernel call over
+** the buffers into a new tensor, with no broadcast shape, cast, iterator or poll. */
+static mg_status binary_dense(mg_ctx *C, mg_binary op, mg_tensor *a, mg_tensor *b, int64_t n,
+                              mg_tensor **y) {
+  mg_status st = mg_tensor_empty_n(C, a->dtype, a->ndim, a->shape, n, y);
+  if (st != MG_OK) return st;
+  size_t es = mg_dtsize(a->dtype);
+  char *p[3] = { (*y)->storage->data, (char *)a->storage->data + a->offset * (int64_t)es,
+                 (char *)b->storage->data + b->offset * (int64_t)es };
+  static const int64_t unit[3] = { 1, 1, 1 };
+  (a->dtype == MG_F64 ? binary_f64 : binary_f32)(n, p, unit, &op);
+  return MG_OK;
+}
+
+/* Any other operands: broadcast, cast to float64 when the dtypes differ ('in' then holds new
+** references and '*cast' is set), strided. */
+static mg_status binary_general(mg_ctx *C, mg_binary op, mg_tensor **in, bool *cast,
+                                mg_tensor **y) {
+  mg_tensor *a = in[0], *b = in[1];
   int64_t shape[MG_MAXDIM];
   const int64_t *sh = shape;
   int nd = a->ndim, same = a->ndim == b->ndim;
   for (int d = 0; same && d < nd; d++) same = a->shape[d] == b->shape[d];
-  if (same) sh = a->shape;                 /* the common case: nothing to broadcast */
+  if (same) sh = a->shape;                 /* nothing to broadcast */
   else if (!mg_broadcast_shape(a->ndim, a->shape, b->ndim, b->shape, &nd, shape) || nd > MG_MAXDIM) {
     char s1[96], s2[96];
     return mg_fail(C, MG_ESHAPE, "%s: shapes %s and %s cannot be broadcast", binary_name[op],
                    mg_shapestr(s1, sizeof s1, a->ndim, a->shape),
                    mg_shapestr(s2, sizeof s2, b->ndim, b->shape));
   }
+  if (a->dtype != b->dtype) {
+    mg_status st = promote(C, &in[0], &in[1]);
+    if (st != MG_OK) return st;
+    *cast = true;
+  }
+  return run_new(C, binary_name[op], in[0]->dtype, nd, sh, 2, in,
+                 in[0]->dtype == MG_F64 ? binary_f64 : binary_f32, &op, y);
+}
+
+mg_status mg_tensor_binary(mg_ctx *C, mg_binary op, mg_tensor *a, mg_tensor *b,
+                           mg_tensor **out) {
   mg_tensor *in[2] = { a, b }, *y = NULL;
-  bool cast = a->dtype != b->dtype;
-  mg_status st = cast ? promote(C, &in[0], &in[1]) : MG_OK;
-  if (st != MG_OK) return st;
-  st = run_new(C, binary_name[op], in[0]->dtype, nd, sh, 2, in,
-               in[0]->dtype == MG_F64 ? binary_f64 : binary_f32, &op, &y);
+  bool cast = false;
+  int64_t n = dense_pair(a, b);
+  mg_status st = n >= 0 ? binary_dense(C, op, a, b, n, &y) : binary_general(C, op, in, &cast, &y);
   if (st == MG_OK) {
     if (binary_opcode[op] < 0 || !mg_recording(C)) *out = y;        /* nothing to record */
     else st = mg_record_result(C, binary_opcode[op], 2, in, y, NULL, out);

@@ -127,6 +127,11 @@ MG_API size_t mg_dtype_size(mg_dtype dt);
 
 MG_API mg_tensor *mg_tensor_retain(mg_tensor *t);
 MG_API void mg_tensor_release(mg_tensor *t);
+/* mg_tensor_release for a reference that could read the values (a host's, a Lua value's): when
+** what is left are only tape nodes that read no more than its shape (the add on a tape keeps
+** its operands and result for their identity and shape), the storage goes back to 'C' at once
+** instead of when the tape goes; the header stays, over a zero-byte storage. */
+MG_API void mg_tensor_release_reader(mg_ctx *C, mg_tensor *t);
 
 MG_API int mg_tensor_ndim(const mg_tensor *t);
 MG_API const int64_t *mg_tensor_shape(const mg_tensor *t);    /* elements per dim */

@@ -38,7 +38,10 @@ enum {
   /* A batch-Jacobian seed, shape (K, B, K): element [k, b, j] is 1 if k == j, else 0.
   ** Rules may use the structure instead of multiplying by it (matmul: a view of W^T); the
   ** protocol is the rule contract in mg_ops.h. */
-  MG_TF_EYE = 2
+  MG_TF_EYE = 2,
+  /* Its storage went (mg_tensor_release_reader): only tape nodes that read its shape hold it,
+  ** over the context's zero-byte storage; its header's bytes still count as live. */
+  MG_TF_HOLLOW = 4
 };
 
 /* The scalar fields come first: a small tensor's header is then mostly its first cache line. */
@@ -47,12 +50,16 @@ struct mg_tensor {
   mg_dtype dtype;
   int ndim;
   uint32_t flags;               /* MG_TF_* */
+  uint32_t blind;               /* of 'refs': tape nodes that read only the shape (MG_UNREAD_*) */
   int64_t offset;               /* elements from the storage start to element (0,...,0) */
   mg_storage *storage;
   char *name;                   /* Variables only; owned */
   int64_t shape[MG_MAXDIM];     /* elements per dimension */
   int64_t stride[MG_MAXDIM];    /* elements between neighbours along a dimension */
 };
+
+/* Bytes per element: mg_dtype_size inlined (an exported function is called through the PLT). */
+static inline size_t mg_dtsize(mg_dtype dt) { return dt == MG_F64 ? 8 : 4; }
 
 /* Note an in-place write into 't' (every view of its storage sees it). */
 static inline void mg_bump_version(mg_tensor *t) { t->storage->version++; }
@@ -67,23 +74,25 @@ static inline void mg_bump_version(mg_tensor *t) { t->storage->version++; }
 
 /* Op-specific parameters of a recorded node. */
 typedef struct mg_attr {
+  int ni;                     /* first: all a node without attributes writes (record_on) */
   int64_t i[MG_MAXDIM];       /* dims, sizes, flags: meaning set by each op */
-  int ni;
   double f[2];                /* scalars (clamp bounds, ...) */
 } mg_attr;
 
+/* The fields every node writes come first: recording a binary op writes its first 108 bytes
+** (two or three cache lines of a fresh block), not four lines spread over all 272. */
 typedef struct mg_node {
   int op;                         /* MG_OP_* */
   int nin, nout, nsaved;
   mg_tensor **in;                 /* strong refs; points at 'in_inline' or the heap (cat) */
   mg_tensor *in_inline[MG_MAXIN_INLINE];
   mg_tensor *out[MG_MAXOUT];      /* strong refs */
-  mg_tensor *saved[MG_MAXSAVED];  /* strong refs: whatever the op's rules need */
-  mg_attr attr;
   /* Storage versions when recorded, checked before a rule reads the tensors' values. */
   uint32_t *ver_in;               /* 'ver_in_inline' or after the heap 'in' array */
   uint32_t ver_in_inline[MG_MAXIN_INLINE];
   uint32_t ver_out[MG_MAXOUT];
+  mg_attr attr;
+  mg_tensor *saved[MG_MAXSAVED];  /* strong refs: whatever the op's rules need */
   uint32_t ver_saved[MG_MAXSAVED];
 } mg_node;
 
@@ -124,6 +133,8 @@ struct mg_ctx {
   volatile sig_atomic_t *interrupt;   /* host-owned flag polled by long loops; NULL: none */
   int nthreads;                 /* mg_ctx_set_num_threads: shares of a big loop */
   struct mg_workers *workers;   /* nthreads - 1 workers, started at first need; NULL: none */
+  mg_storage *hollow;           /* zero bytes: of the tensors only shape readers hold
+                                   (mg_tensor_release_reader); NULL until needed */
 };
 
 /* Set the context's error message and return 'st'. printf-style. */
@@ -151,6 +162,11 @@ char *mg_shapestr(char *buf, size_t n, int ndim, const int64_t *shape);
 mg_tensor *mg_view_new(mg_ctx *C, mg_storage *s, mg_dtype dt, int ndim, const int64_t *shape,
                        const int64_t *stride, int64_t offset);
 void mg_contiguous_strides(int ndim, const int64_t *shape, int64_t *stride);
+/* mg_tensor_empty for a shape known valid (an existing tensor's) of 'n' elements. */
+mg_status mg_tensor_empty_n(mg_ctx *C, mg_dtype dt, int ndim, const int64_t *shape, int64_t n,
+                            mg_tensor **out);
+/* mg_ctx_close: the context's reference to its zero-byte storage (mg_tensor_release_reader). */
+void mg_hollow_release(mg_ctx *C);
 /* numel of a shape, or -1 when it overflows or a size is negative. */
 /* npy.c: the .npy header of 't' into 'out' (MG_NPY_HEADER_MAX bytes); returns its length. */
 #define MG_NPY_HEADER_MAX 522

@@ -94,9 +94,30 @@ mg_status mg_tape_new(mg_ctx *C, bool persistent, bool watch_vars, mg_tape **out
 
 mg_tape *mg_tape_retain(mg_tape *T) { T->refs++; return T; }
 
+/* The tensors of op 'op''s nodes that no rule reads (MG_UNREAD_* bits, mg_ops.h), as its
+** rules declare them. */
+static unsigned unread_bits(int op) {
+  const mg_rules *r = mg_ops[op].rules;
+  return r->unread_op ? r->unread_op(op) : r->unread;
+}
+
+/* Whether input 'k' of a node with unread bits 'skip' is read for its shape only; past the
+** 8th input, only when every input is. Such references count in the tensor's 'blind' too, so
+** that its storage can go once nothing else holds it (mg_tensor_release_reader). */
+static bool blind_input(unsigned skip, int k) {
+  return k < 8 ? (skip & (1u << k)) != 0 : (skip & MG_UNREAD_INS) == MG_UNREAD_INS;
+}
+
 static void node_clear(mg_node *n) {
-  for (int i = 0; i < n->nin; i++) mg_tensor_release(n->in[i]);
-  for (int i = 0; i < n->nout; i++) mg_tensor_release(n->out[i]);
+  unsigned skip = unread_bits(n->op);
+  for (int i = 0; i < n->nin; i++) {
+    if (blind_input(skip, i)) n->in[i]->blind--;
+    mg_tensor_release(n->in[i]);
+  }
+  for (int i = 0; i < n->nout; i++) {
+    if (skip & MG_UNREAD_OUT) n->out[i]->blind--;
+    mg_tensor_release(n->out[i]);
+  }
   for (int i = 0; i < n->nsaved; i++) mg_tensor_release(n->saved[i]);
   if (n->in != n->in_inline) free(n->in);
 }
@@ -162,13 +183,6 @@ mg_tensor *mg_tape_watched_at(const mg_tape *T, size_t i) {
 
 /* ================================================================ versions */
 
-/* The tensors of node 'n' that no rule of its op reads (MG_UNREAD_* bits, mg_ops.h), as
-** the op's rules declare them. */
-static unsigned unread(const mg_node *n) {
-  const mg_rules *r = mg_ops[n->op].rules;
-  return r->unread_op ? r->unread_op(n->op) : r->unread;
-}
-
 static void describe_stale(char *buf, size_t n, const char *role, int k, const mg_tensor *t) {
   char sh[96];
   mg_shapestr(sh, sizeof sh, t->ndim, t->shape);
@@ -189,7 +203,7 @@ static mg_status stale_error(mg_ctx *C, const mg_node *n, const char *role, int 
 
 /* Before a rule of 'n' runs: the tensors it reads still hold the values it recorded. */
 static mg_status check_versions(mg_ctx *C, const mg_node *n) {
-  unsigned skip = unread(n);
+  unsigned skip = unread_bits(n->op);
   if (skip == MG_UNREAD_ALL && n->nsaved == 0) return MG_OK;
   for (int k = 0; k < n->nin; k++)
     if (!(skip & (k < 8 ? 1u << k : (unsigned)MG_UNREAD_INS)) && n->in[k]->storage->version != n->ver_in[k])
@@ -226,15 +240,18 @@ static mg_status record_on(mg_tape *T, int op, int nin, mg_tensor *const *in, in
     if (n->in == NULL) return MG_ENOMEM;
     n->ver_in = (uint32_t *)(n->in + nin);
   }
+  unsigned skip = unread_bits(op);
   for (int i = 0; i < nin; i++) {
     n->in[i] = mg_tensor_retain(in[i]);
     n->ver_in[i] = in[i]->storage->version;
+    if (blind_input(skip, i)) in[i]->blind++;
     if (T->watch_vars && mg_tensor_is_variable(in[i]) && mg_tape_watch(T, in[i]) != MG_OK)
       return MG_ENOMEM;   /* the node is complete but for this; the caller reports it */
   }
   for (int i = 0; i < nout; i++) {
     n->out[i] = mg_tensor_retain(out[i]);
     n->ver_out[i] = out[i]->storage->version;
+    if (skip & MG_UNREAD_OUT) out[i]->blind++;
   }
   for (int i = 0; i < nsaved; i++) {
     n->saved[i] = mg_tensor_retain(saved[i]);

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 
 const char *mg_dtype_name(mg_dtype dt) { return dt == MG_F64 ? "float64" : "float32"; }
-size_t mg_dtype_size(mg_dtype dt) { return dt == MG_F64 ? 8 : 4; }
+size_t mg_dtype_size(mg_dtype dt) { return mg_dtsize(dt); }
 
 /* ---------------------------------------------------------------- storage */
 
@@ -100,6 +100,7 @@ mg_tensor *mg_view_new(mg_ctx *C, mg_storage *s, mg_dtype dt, int ndim, const in
   t->dtype = dt;
   t->ndim = ndim;
   t->flags = 0;
+  t->blind = 0;
   if (ndim > 0) {                       /* a 0-d shape may be NULL */
     memcpy(t->shape, shape, (size_t)ndim * sizeof *shape);
     memcpy(t->stride, stride, (size_t)ndim * sizeof *stride);
@@ -119,10 +120,42 @@ mg_tensor *mg_tensor_retain(mg_tensor *t) {
 void mg_tensor_release(mg_tensor *t) {
   if (t == NULL || --t->refs > 0) return;
   mg_storage *s = t->storage;
+  if (t->flags & MG_TF_HOLLOW) mg_pool_account(s->pool, sizeof *t, false);
   free(t->name);
   if (s->pool) mg_pool_small_put(s->pool, MG_SMALL_TENSOR, t);   /* while 's' keeps the pool */
   else free(t);
   storage_release(s);
+}
+
+/* The context's zero-byte storage, with a new reference; NULL when out of memory. */
+static mg_storage *hollow_storage(mg_ctx *C) {
+  if (C->hollow == NULL) C->hollow = storage_new(C, 0);
+  if (C->hollow != NULL) C->hollow->refs++;
+  return C->hollow;
+}
+
+void mg_hollow_release(mg_ctx *C) {
+  if (C->hollow != NULL) storage_release(C->hollow);
+  C->hollow = NULL;
+}
+
+/* Only the blind references are left once this one goes, and nothing else sees the storage
+** (no view shares it): nobody can read the values again. The header stays (the tape maps
+** tensors by address and reads their shapes); one of the context's own pool, so that the
+** header still goes back where it came from. */
+void mg_tensor_release_reader(mg_ctx *C, mg_tensor *t) {
+  if (t != NULL && t->blind > 0 && t->refs - 1 == t->blind) {
+    mg_storage *s = t->storage;
+    mg_storage *h = s->refs == 1 && s->pool == C->pool && s != C->hollow ? hollow_storage(C) : NULL;
+    if (h != NULL) {
+      mg_pool_account(C->pool, sizeof *t, true);    /* the header stays: storage_release */
+      t->storage = h;                               /* counts it out with the storage */
+      t->offset = 0;
+      t->flags |= MG_TF_HOLLOW;
+      storage_release(s);
+    }
+  }
+  mg_tensor_release(t);
 }
 
 int mg_tensor_ndim(const mg_tensor *t) { return t->ndim; }
@@ -163,11 +196,9 @@ static mg_status check_shape(mg_ctx *C, const char *fn, int ndim, const int64_t 
   return MG_OK;
 }
 
-mg_status mg_tensor_empty(mg_ctx *C, mg_dtype dt, int ndim, const int64_t *shape,
-                          mg_tensor **out) {
-  int64_t n = ndim >= 0 && ndim <= MG_MAXDIM ? mg_shape_numel(ndim, shape) : -1;
-  if (n < 0) return check_shape(C, NULL, ndim, shape, &n);     /* sets the message */
-  mg_storage *s = storage_new(C, (size_t)n * mg_dtype_size(dt));
+mg_status mg_tensor_empty_n(mg_ctx *C, mg_dtype dt, int ndim, const int64_t *shape, int64_t n,
+                            mg_tensor **out) {
+  mg_storage *s = storage_new(C, (size_t)n * mg_dtsize(dt));
   if (s == NULL) {
     char b[128];
     return mg_fail(C, MG_ENOMEM, "out of memory allocating a %s tensor of shape %s (%lld elements)",
@@ -182,13 +213,25 @@ mg_status mg_tensor_empty(mg_ctx *C, mg_dtype dt, int ndim, const int64_t *shape
   t->dtype = dt;
   t->ndim = ndim;
   t->flags = 0;
+  t->blind = 0;
   t->offset = 0;
   t->storage = s;                       /* takes storage_new's reference */
   t->name = NULL;
-  if (ndim > 0) memcpy(t->shape, shape, (size_t)ndim * sizeof *shape);
-  mg_contiguous_strides(ndim, shape, t->stride);
+  int64_t step = 1;                     /* the shape and contiguous strides in one pass */
+  for (int d = ndim - 1; d >= 0; d--) {
+    t->shape[d] = shape[d];
+    t->stride[d] = step;
+    step *= shape[d] > 0 ? shape[d] : 1;
+  }
   *out = t;
   return MG_OK;
+}
+
+mg_status mg_tensor_empty(mg_ctx *C, mg_dtype dt, int ndim, const int64_t *shape,
+                          mg_tensor **out) {
+  int64_t n = ndim >= 0 && ndim <= MG_MAXDIM ? mg_shape_numel(ndim, shape) : -1;
+  if (n < 0) return check_shape(C, NULL, ndim, shape, &n);     /* sets the message */
+  return mg_tensor_empty_n(C, dt, ndim, shape, n, out);
 }
 
 mg_status mg_tensor_zeros(mg_ctx *C, mg_dtype dt, int ndim, const int64_t *shape,

@@ -71,6 +71,75 @@ describe("arithmetic", function()
     raises(function() return a / nil end, "div", "nil")
     raises(function() return mg.pow(a, "2x") end, "pow", "string")
   end)
+
+  -- operands are told apart by their size and owner, not their metatable (ltensor.c testslot)
+  it("rejects other userdata and released tensors, naming the op", function()
+    local tape = mg.GradientTape()
+    tape:stop()
+    for _, u in ipairs { io.stdout, tape, io.stderr } do
+      raises(function() return a + u end, "add", "operand 2", "userdata")
+      raises(function() return u * a end, "mul", "operand 1", "userdata")
+    end
+    local released = mg.zeros(3)
+    getmetatable(released).__close(released)
+    raises(function() return a + released end, "add", "operand 2 is a released tensor")
+    raises(function() return getmetatable(a).__gc(io.stdout) end, "moongrad.Tensor expected")
+    raises(function() return getmetatable(a).__close(tape) end, "moongrad.Tensor expected")
+    assert.are.same({ { 2, 4, 6 }, { 8, 10, 12 } }, (a + a):totable())
+  end)
+end)
+
+-- Operands of one dtype and shape, both dense (contiguous, any stride on a size-1 dim, any
+-- offset), take one kernel call over the buffers (elementwise.c, binary_dense); every other
+-- pair takes the broadcasting iterator. Both give the same bits.
+describe("the dense path", function()
+  local KERNELS = { "add", "sub", "mul", "div", "pow", "maximum", "minimum",
+                    "eq", "ne", "lt", "le", "gt", "ge" }
+  local support_bits = support.bits
+
+  -- the values of contiguous 'v' as other layouts: transposed, expanded from a copy, strided
+  -- (every other element of a larger storage), and dense ones: narrowed along dim 1 (an
+  -- offset), a size-1 dim with an odd stride
+  local function layouts(v)
+    local out = { strided = v:unsqueeze(1):expand(2, table.unpack(v:shape())):contiguous():select(1, 2) }
+    if v:dim() >= 2 then
+      out.transposed = v:transpose(1, 2):contiguous():transpose(1, 2)
+    end
+    local pad = mg.cat({ mg.full(v:shape(), 0 / 0, { dtype = v.dtype }), v }, 1)   -- NaN, then v
+    out.offset = pad:narrow(1, v:shape()[1] + 1, v:shape()[1])     -- dense, offset > 0
+    out.unit = v:unsqueeze(1)                                      -- a size-1 dim in front
+    out.wide = mg.stack({ v, v }, v:dim() + 1):select(v:dim() + 1, 1)   -- stride 2: not dense
+    return out
+  end
+
+  it("gives the broadcasting iterator's bits for every kernel, float32 and float64", function()
+    mg.manual_seed(7)
+    for _, dt in ipairs { "float32", "float64" } do
+      for _, shape in ipairs { { 16 }, { 3, 5 }, { 2, 1, 4 }, { 1 } } do
+        local a = mg.rand(shape, { dtype = dt }) + 0.5
+        local b = mg.rand(shape, { dtype = dt }) * 2 - 1
+        b = mg.where(mg.gt(mg.rand(shape, { dtype = dt }), 0.7), a, b)   -- ties for eq, le, ...
+        local la, lb = layouts(a), layouts(b)
+        for _, k in ipairs(KERNELS) do
+          local want = support_bits(mg[k](a, b))
+          for name, x in pairs(la) do
+            local msg = k .. " " .. dt .. " " .. mg.shapestr(a) .. " " .. name
+            local r, rb = mg[k](x, lb[name]), mg[k](x, b)            -- unit: one more dim
+            assert.are.equal(want, support_bits(r:reshape(shape)), msg)
+            assert.are.equal(want, support_bits(rb:reshape(shape)), msg .. " with a contiguous b")
+          end
+        end
+      end
+    end
+  end)
+
+  it("is taken for 0-d, empty and size-1 operands too, and not for two dtypes", function()
+    assert.are.equal(12, (mg.tensor(3) * mg.tensor(4)):item())
+    assert.are.same({ 0, 3 }, (mg.ones(0, 3) + mg.ones(0, 3)):shape())
+    local y = mg.ones(2, { dtype = "float32" }) + mg.full({ 2 }, 0.5, F64)
+    assert.are.equal("float64", y.dtype)
+    assert.are.same({ 1.5, 1.5 }, y:totable())
+  end)
 end)
 
 describe("broadcasting", function()

@@ -51,6 +51,8 @@
 --           differentiable one whose dim 1 is the outputs')
 --   dtype = the output dtype when it is not the operands' ("float64" for argmax), or an array
 --           of them for several outputs (nil entries: the operands')
+--   same_layout = true: every operand of a case gets the same layout (the rotation gives each
+--           its own otherwise), so that some cases have every operand contiguous
 --   tol   = the tolerance for both dtypes, when the row itself rounds to float32 (say why)
 --   known = "reason": a known failure (a bug outside this spec's reach, with its issue):
 --           the row reports pending with its first mismatch instead of failing, and says so
@@ -357,6 +359,23 @@ local OPS = {
   { "minimum (method)", function(a, b) return a:minimum(b) end, "torch.minimum(a, b)", { "any", "any" } },
   { "float32 + float64", function(a, b) return a:to("float32") + b:to("float64") end,
     "a.float().double() + b", { "any", "any" }, dtype = "float64" },
+  -- one shape, one layout: the contiguous cases take elementwise.c's dense path (binary_dense)
+  { "add (same shape and layout)", function(a, b) return a + b end, "a + b", { "any", "any" },
+    shape = S.same(2, 0, 3), same_layout = true },
+  { "sub (same shape and layout)", function(a, b) return a - b end, "a - b", { "any", "any" },
+    shape = S.same(2, 0, 3), same_layout = true },
+  { "mul (same shape and layout)", function(a, b) return a * b end, "a * b", { "any", "any" },
+    shape = S.same(2, 0, 3), same_layout = true },
+  { "div (same shape and layout)", function(a, b) return a / b end, "a / b", { "any", "nonzero" },
+    shape = S.same(2, 0, 3), same_layout = true },
+  { "pow (same shape and layout)", function(a, b) return a ^ b end, "a ** b", { "pos", "any" },
+    shape = S.same(2, 0, 3), same_layout = true },
+  { "maximum (same shape and layout)", function(a, b) return mg.maximum(a, b) end,
+    "torch.maximum(a, b)", { "any", "any" }, shape = S.same(2, 0, 3), same_layout = true },
+  { "minimum (same shape and layout)", function(a, b) return mg.minimum(a, b) end,
+    "torch.minimum(a, b)", { "any", "any" }, shape = S.same(2, 0, 3), same_layout = true },
+  { "le (same shape and layout)", function(a, b) return mg.le(a, b) end, "torch.le(a, b)",
+    { "int", "int" }, modes = "f", shape = S.same(2, 0, 3), same_layout = true },
 
   -- comparisons (forward only; integers, so that ties occur)
   { "eq", function(a, b) return mg.eq(a, b) end, "torch.eq(a, b)", { "int", "int" }, modes = "f" },
@@ -857,7 +876,7 @@ local function make_case(row, dtype, k, manifest)
   local flags = {}
   for i, dom in ipairs(domains) do
     local gen = assert(DOMAINS[dom], "unknown domain " .. tostring(dom))
-    local t, name, storage = apply_layout(gen(shapes[i], dtype), k, i, dom)
+    local t, name, storage = apply_layout(gen(shapes[i], dtype), k, row.same_layout and 1 or i, dom)
     c.args[i], c.layouts[i] = t, name
     c.storage[i], c.stored[i] = storage, flatten(storage:totable())
     c.diff[i] = not NOT_DIFFERENTIABLE[dom]
