@@ -78,21 +78,22 @@ MG_CLONES void mg_lstm_gates_small(int64_t lo, int64_t hi, int64_t u, float *res
   }
 }
 
-/* z for the rows [r0, r1) gate-major: (h U + xW) + b, h U summed over k from 0 with fused
-** multiply-adds as the packed kernel (smallgemm.c) does, so that the sum is its sum bit for bit. */
+/* z for the rows [r0, r1) gate-major: (xW + h U) + b, h U added to xW over k with fused
+** multiply-adds as the packed kernel (smallgemm.c) does when it accumulates into C (beta = 1;
+** u < 128 is one of its K blocks), so that the sum is its sum bit for bit. */
 static inline __attribute__((always_inline)) void
 project_rows(int64_t r0, int64_t r1, int64_t u, const float *restrict G, const float *restrict h,
              const float *restrict U, const float *restrict b, float (*restrict z)[SPAN]) {
   for (int64_t r = r0; r < r1; r++) {
     float acc[4 * MAX_UNITS];
-    for (int64_t n = 0; n < 4 * u; n++) acc[n] = 0;
+    for (int64_t n = 0; n < 4 * u; n++) acc[n] = G[r * 4 * u + n];
     for (int64_t k = 0; k < u; k++) {
       float hk = h[r * u + k];
       for (int64_t n = 0; n < 4 * u; n++) acc[n] = fmaf(hk, U[k * 4 * u + n], acc[n]);
     }
     for (int q = 0; q < 4; q++)
       for (int64_t j = 0; j < u; j++)
-        z[q][(r - r0) * u + j] = (acc[q * u + j] + G[r * 4 * u + q * u + j]) + b[q * u + j];
+        z[q][(r - r0) * u + j] = acc[q * u + j] + b[q * u + j];
   }
 }
 
