@@ -232,7 +232,10 @@ local function table_for(label, name, b, machine)
     emit("| " .. table.concat(row, " | ") .. " |")
     local target = (cfg.case_target and cfg.case_target[case]) or cfg.target
     if cfg.notarget and cfg.notarget[case] then target = nil end
-    b.ratios[case] = { ratio = ratio, target = target, peer = best_peer, reachable = reachable }
+    -- a floor from the store bandwidth of a plain fill is no bound: streaming stores, which do
+    -- not read a line before writing it, beat it (moongrad's Jacobians use them past 4 MiB)
+    b.ratios[case] = { ratio = ratio, target = target, peer = best_peer,
+                       reachable = cfg.ceiling ~= "bytes" and reachable or nil }
     if target and ratio then
       checked = checked + 1
       if ratio < target then misses[#misses + 1] = string.format("%s (%s < %s)", case, fmt_ratio(ratio), fmt_ratio(target)) end
@@ -244,8 +247,9 @@ local function table_for(label, name, b, machine)
       "against the best peer on this machine.", ({
         flops = string.format("the case's GEMM FLOPs at this run's measured SGEMM rate (%s GFLOP/s)",
                               machine.sgemm_gflops),
-        bytes = string.format("the bytes of the result written at this run's measured store bandwidth (%s GB/s)",
-                              machine.write_gbs),
+        bytes = string.format("the bytes of the result written at the store bandwidth of a plain fill in " ..
+                              "this run (%s GB/s; streaming stores, which moongrad uses past 4 MiB, can beat " ..
+                              "it, so here it is a guide, not a bound)", machine.write_gbs),
         call = string.format("one Lua-to-C call per op (%s us, measured in this run)", machine.call_us) })[cfg.ceiling]))
     emit("")
   end
