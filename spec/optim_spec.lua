@@ -165,6 +165,18 @@ describe("Adam's fused step", function()
   local saved
   before_each(function() saved = mg.get_num_threads() end)
   after_each(function() mg.set_num_threads(saved) end)
+  -- One step t of Adam:update's element-wise formula on q, m, v with the gradient g.
+  local function by_ops(q, m, v, g, t, variant, lr, b1, b2, eps)
+    local c1, c2 = 1 - b1 ^ t, 1 - b2 ^ t
+    m = m + (g - m) * (1 - b1)
+    v = v + (g * g - v) * (1 - b2)
+    if variant == "keras" then
+      q = q - (m * (lr * math.sqrt(c2) / c1)) / (mg.sqrt(v) + eps)
+    else
+      q = q - (m * (lr / c1)) / (mg.sqrt(v * (1 / c2)) + eps)
+    end
+    return q, m, v
+  end
   for _, dtype in ipairs { "float32", "float64" } do
     for _, variant in ipairs { "keras", "pytorch" } do
       it(("equals the element-wise ops exactly (%s, %s)"):format(dtype, variant), function()
@@ -180,16 +192,8 @@ describe("Adam's fused step", function()
           mg._adam_update = function(...) calls = calls + 1 return fused(...) end
           local q, m, v = p0:clone(), mg.zeros({ 700, 300 }, { dtype = dtype }), mg.zeros({ 700, 300 }, { dtype = dtype })
           for t = 1, 3 do
-            local g = grads[t]
-            opt:step({ g })
-            local c1, c2 = 1 - b1 ^ t, 1 - b2 ^ t
-            m = m + (g - m) * (1 - b1)
-            v = v + (g * g - v) * (1 - b2)
-            if variant == "keras" then
-              q = q - (m * (lr * math.sqrt(c2) / c1)) / (mg.sqrt(v) + eps)
-            else
-              q = q - (m * (lr / c1)) / (mg.sqrt(v * (1 / c2)) + eps)
-            end
+            opt:step({ grads[t] })
+            q, m, v = by_ops(q, m, v, grads[t], t, variant, lr, b1, b2, eps)
             assert.are.equal(support.bits(q), support.bits(p))
             assert.are.equal(support.bits(m), support.bits(opt:state()["momentum.1"]))
             assert.are.equal(support.bits(v), support.bits(opt:state()["velocity.1"]))
@@ -226,11 +230,7 @@ describe("Adam's fused step", function()
               if sc ~= 1 then g = g * sc end
             end
             if o.w then q = q - q * (0.1 * 0.01) end
-            local c1, c2 = 1 - 0.8 ^ s, 1 - 0.95 ^ s
-            m = m + (g - m) * (1 - 0.8)
-            v = v + (g * g - v) * (1 - 0.95)
-            if variant == "keras" then q = q - (m * (0.01 * math.sqrt(c2) / c1)) / (mg.sqrt(v) + 1e-3)
-            else q = q - (m * (0.01 / c1)) / (mg.sqrt(v * (1 / c2)) + 1e-3) end
+            q, m, v = by_ops(q, m, v, g, s, variant, 0.01, 0.8, 0.95, 1e-3)
             assert.are.equal(support.bits(q), support.bits(p), "step " .. s)
             assert.are.equal(support.bits(m), support.bits(opt:state()["momentum.1"]), "momentum " .. s)
             assert.are.equal(support.bits(v), support.bits(opt:state()["velocity.1"]), "velocity " .. s)
