@@ -9,12 +9,7 @@
 #include "mg_impl.h"
 #include "smallgemm.h"
 
-/* The float32 gate loops are compiled for AVX-512 and AVX2 too, picked at load time. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
-#define MG_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define MG_CLONES
-#endif
+/* The float32 gate loops are compiled for AVX-512 and AVX2 too (MG_CLONES, mg_impl.h). */
 
 /* LSTM gates: G holds z = x W + h U (ld 4u) on entry and [i f g o] on exit (bias b added);
 ** c' = f c + i g, h' = o tanh(c'). */

@@ -11,6 +11,14 @@
 #include <stdarg.h>
 #include <string.h>
 
+/* A vector loop compiled for AVX-512 and AVX2 too, the variant picked at load time (GCC on
+** x86-64, outside the ASan build). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define MG_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define MG_CLONES
+#endif
+
 #define MG_MAXIN_INLINE 3   /* node inputs stored inline; more go to the heap (cat) */
 #define MG_MAXOUT 3         /* most outputs an op produces (linalg.svd: U, S, Vh) */
 #define MG_MAXSAVED 4       /* extra tensors a node keeps for its rules */

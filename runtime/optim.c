@@ -12,14 +12,9 @@ static bool fits(const mg_tensor *a, const mg_tensor *b) {
   return a->dtype == b->dtype && mg_same_shape(a, b) && mg_tensor_is_contiguous(b);
 }
 
-/* The float32 loops are compiled for AVX-512 and AVX2 too, picked at load time; this file is
-** compiled with -fno-math-errno (CMakeLists.txt) so that sqrtf vectorizes: the vector square
-** root and division are correctly rounded as the scalar ones are (the same bits). */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
-#define OPT_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define OPT_CLONES
-#endif
+/* The float32 loops are compiled for AVX-512 and AVX2 too (MG_CLONES); this file is compiled
+** with -fno-math-errno (CMakeLists.txt) so that sqrtf vectorizes: the vector square root and
+** division are correctly rounded as the scalar ones are (the same bits). */
 
 /* The operands of an update: p and every state in 's' (n of them) and g contiguous, of one
 ** floating dtype and shape; else "<fn>: expected ..." naming p's, the first state's and g's
@@ -47,7 +42,7 @@ static mg_status check_update(mg_ctx *C, const char *fn, const mg_tensor *p, int
     }                                                                                \
   } while (0)
 
-OPT_CLONES static void rmsprop_f32(int64_t n, float *restrict pp, float *restrict vp,
+MG_CLONES static void rmsprop_f32(int64_t n, float *restrict pp, float *restrict vp,
                                    const float *restrict gp, float lr, float rho, float one_rho,
                                    float eps, float sc) {
   RMSPROP_LOOP(float, sqrtf);
@@ -78,7 +73,7 @@ mg_status mg_rmsprop_update_(mg_ctx *C, mg_tensor *p, mg_tensor *v, mg_tensor *g
 /* The sum of squares (what (t * t):sum() gives: each square in t's dtype, summed in double,
 ** a float32 sum rounded to float32), without the temporary. float32: eight partial sums so
 ** that the loop vectorizes (another order of the double additions, below float32's rounding). */
-OPT_CLONES static double sumsq_f32(int64_t n, const float *restrict x) {
+MG_CLONES static double sumsq_f32(int64_t n, const float *restrict x) {
   double acc[8] = { 0 };
   int64_t k = 0;
   for (; k + 8 <= n; k += 8)
@@ -137,7 +132,7 @@ typedef struct adam_job {
       }                                                                               \
   } while (0)
 
-OPT_CLONES static void adam_range_f32(void *arg, int64_t lo, int64_t hi) {
+MG_CLONES static void adam_range_f32(void *arg, int64_t lo, int64_t hi) {
   const adam_job *j = arg;
   ADAM_LOOP(float, sqrtf);
 }
