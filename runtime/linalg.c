@@ -103,11 +103,14 @@ void mg_gemm(mg_dtype dt, bool ta, bool tb, int64_t M, int64_t N, int64_t K, dou
 ** columns (SGEMM's widest register block, 64 bytes of float32 output), of at least
 ** GEMM_BLOCK_WORK each, at most GEMM_MAXBLOCKS of them (each block copies the operand it
 ** re-reads again: 16 measured slower than 8 on the LSTM step, 8 slower than 4 on one
-** thread: 25.7 against 24.5 ms for the char-LSTM step at 128 units). The work: the multiply-adds
+** thread: 25.7 against 24.5 ms for the char-LSTM step at 128 units, 4 slower than 2: 23.0
+** against 21.8 ms there, 242 against 234 ms at 512 units; with 2 blocks a product still
+** gives each of 2 threads one, and a layer's weight gradients, several products in one
+** list (mg_grads_par), more). The work: the multiply-adds
 ** and 32 per element read or written (BLAS copies both operands into its own blocks first; a
 ** product with a short K, such as the weight gradients of a narrow input, is mostly those
 ** copies). */
-enum { GEMM_ALIGN = 16, GEMM_MAXBLOCKS = 4 };
+enum { GEMM_ALIGN = 16, GEMM_MAXBLOCKS = 2 };
 #define GEMM_BLOCK_WORK 2097152.0
 
 void mg_gemm_block(const mg_gemm_plan *g, int64_t k) {
