@@ -1,7 +1,8 @@
 /*
 ** seqcells.c - whole LSTM and GRU layers over T steps as one recorded node each (the fused
 ** cells' semantics and Keras layouts, docs/cells.md): the input projection of every step is
-** one GEMM over T B rows, then per step the recurrent GEMM and the gate pass. Internally
+** one GEMM over T B rows (for a narrow input, float32: made per step by the packed kernel,
+** in_per_step), then per step the recurrent GEMM and the gate pass. Internally
 ** time-major: step t's rows are contiguous.
 ** Reverse rule (first order: lead 0, no tape recording): per step, backwards, the gate pass
 ** and the recurrent GEMM only; dX, dW and dU are then one GEMM each over all T B rows.
@@ -175,6 +176,9 @@ typedef struct seqpass {
   int64_t t0, t1;                 /* LSTM reverse: the steps of this chunk (dZ holds them) */
   bool ra, need_h0;
   const mg_packed *P;
+  const mg_packed *PW;            /* forward: W packed, x_t W made per step (in_per_step) */
+  int64_t d;
+  const char *X;                  /* forward: x time-major (T B, d) */
   const void *U, *b, *gH;         /* gH: the cotangent of H (B, T, u) or NULL */
   char *G, *Hs, *Cs, *M;          /* saved gates, states; GRU: x W (forward) */
   char *dZ, *dmx, *dmh;           /* reverse: per-step cotangents (T B rows) */
@@ -207,12 +211,18 @@ static void add_step(mg_dtype dt, int64_t lo, int64_t hi, int64_t T, int64_t u, 
     }
 }
 
-/* Step t of the forward pass over rows [lo, hi). */
+/* Step t of the forward pass over rows [lo, hi). With PW, x_t W first: into the step's gates
+** (LSTM), or into the rows [lo, hi) of the GRU's (B, 3u) M. */
 static void forward_step(const seqpass *p, int64_t t, int64_t lo, int64_t hi) {
   mg_dtype dt = p->dt;
   int64_t u = p->u, B = p->B, bu = B * u;
   char *Gt = at(dt, p->G, t * B * 4 * u), *h = at(dt, p->Hs, t * bu);
   char *hn = at(dt, p->Hs, (t + 1) * bu);
+  char *Mt = p->M ? at(dt, p->M, (p->PW ? lo : t * B + lo) * 3 * u) : NULL;
+  if (p->PW)
+    mg_gemm_packed(p->PW, hi - lo, (const float *)at(dt, p->X, (t * B + lo) * p->d), p->d, 0,
+                   p->k->ns == 2 ? (float *)at(dt, Gt, lo * 4 * u) : (float *)Mt,
+                   p->k->ns == 2 ? 4 * u : 3 * u);
   if (p->k->ns == 2) {
     void *c = at(dt, p->Cs, t * bu), *cn = at(dt, p->Cs, (t + 1) * bu);
     if (dt == MG_F32 && mg_lstm_step_small(p->P, lo, hi, u, (float *)Gt, (float *)h, p->U, p->b,
@@ -224,9 +234,8 @@ static void forward_step(const seqpass *p, int64_t t, int64_t lo, int64_t hi) {
     else if (mg_lstm_small(u)) mg_lstm_gates_small(lo, hi, u, (float *)Gt, p->b, c, cn, (float *)hn);
     else mg_lstm_gates_f32(lo, hi, u, (float *)Gt, p->b, c, cn, (float *)hn);
   } else {
-    mg_gru_step_forward(dt, hi - lo, u, p->ra, p->U, p->P, p->b, at(dt, h, lo * u),
-                        at(dt, p->M, (t * B + lo) * 3 * u), at(dt, Gt, lo * 4 * u),
-                        at(dt, hn, lo * u));
+    mg_gru_step_forward(dt, hi - lo, u, p->ra, p->U, p->P, p->b, at(dt, h, lo * u), Mt,
+                        at(dt, Gt, lo * 4 * u), at(dt, hn, lo * u));
   }
 }
 
@@ -305,6 +314,20 @@ static mg_status run_pass(mg_ctx *C, const char *op, seqpass *p, mg_range_fn fn)
   return st == MG_OK ? mg_poll(C, op) : st;
 }
 
+/* Whether the forward pass makes x_t W at each step through the packed kernel (float32, the
+** kernel available: the caller has P) instead of one GEMM over all T B rows first: when the
+** packed W is at most 64 KiB (a narrow input: d = 8 at 512 units), the product over all rows
+** is a K = d GEMM that only writes memory (the GRU's x W of a 512-unit layer, T B = 1600: a
+** 9.8 MB buffer written twice, BLAS zeroing it first, and read back), while per step it is
+** made in cache just before the step reads it. Not for few units (the LSTM's seqsmall.c step
+** takes x W from the product over all rows). float32 rounding: the packed kernel sums the d
+** products in order, BLAS in its own. */
+static bool in_per_step(const seqkind *k, int64_t d, int64_t u) {
+  int64_t gw = (k->ns == 2 ? 4 : 3) * u, panels = (gw + 31) / 32;
+  if (!mg_packed_available() || (k->ns == 2 && mg_lstm_small(u))) return false;
+  return d * panels * 32 * (int64_t)sizeof(float) <= ((int64_t)64 << 10);
+}
+
 /* Runs the sequence, records it, hands out the outputs (H, hT [, cT]). */
 static mg_status seq_forward(mg_ctx *C, const seqkind *k, mg_tensor *const *in, bool ra,
                              mg_tensor **outs) {
@@ -319,21 +342,24 @@ static mg_status seq_forward(mg_ctx *C, const seqkind *k, mg_tensor *const *in, 
   int64_t B = x->shape[0], T = x->shape[1], d = x->shape[2], u = kin[QH]->shape[1];
   int64_t gw = k->ns == 2 ? 4 * u : 3 * u;
   char *G = mg_tensor_data(r.sv[SV_G]), *Hs = mg_tensor_data(r.sv[SV_H]);
-  mg_tensor *M = NULL;                           /* GRU: x W of every step */
-  int64_t ms[2] = { T * B, 3 * u };
+  mg_packed pk[2], pw = { 0 };
+  const mg_packed *P = packs(C, k, dt, mg_tensor_data(U), u, ra, false, pk);
+  bool step_x = P && in_per_step(k, d, u) && mg_pack(&pw, C->pool, mg_tensor_data(W), gw, false, d, gw);
+  mg_tensor *M = NULL;                           /* GRU: x W of every step, or of one */
+  int64_t ms[2] = { step_x ? B : T * B, 3 * u };
   if (k->ns == 1) st = mg_tensor_empty(C, dt, 2, ms, &M);
-  if (st == MG_OK)                                /* the input projection of all steps */
+  if (st == MG_OK && !step_x)                     /* the input projection of all steps */
     mg_gemm_par(C, dt, false, false, T * B, gw, d, 1, mg_tensor_data(r.sv[SV_X]), d,
             mg_tensor_data(W), gw, 0, k->ns == 2 ? G : mg_tensor_data(M), gw);
-  mg_packed pk[2];
-  const mg_packed *P = packs(C, k, dt, mg_tensor_data(U), u, ra, false, pk);
   if (st == MG_OK) {
     seqpass p = { .k = k, .dt = dt, .T = T, .B = B, .u = u, .ra = ra, .P = P,
+                  .PW = step_x ? &pw : NULL, .d = d, .X = mg_tensor_data(r.sv[SV_X]),
                   .U = mg_tensor_data(U), .b = mg_tensor_data(b), .G = G, .Hs = Hs,
                   .Cs = k->ns == 2 ? mg_tensor_data(r.sv[SV_C]) : NULL,
                   .M = M ? mg_tensor_data(M) : NULL };
     st = run_pass(C, fn, &p, forward_rows);
   }
+  if (step_x) mg_pack_free(&pw);
   packs_free(pk);
   mg_tensor_release(M);
   if (st == MG_OK) {

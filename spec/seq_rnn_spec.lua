@@ -100,6 +100,35 @@ describe("mg.lstm_seq / mg.gru_seq against the per-step cells", function()
       end)
     end
 
+    -- A narrow input (packed W at most 64 KiB) has its x_t W made per step by the packed
+    -- kernel, a wide one by one GEMM over all T B rows first (seqcells.c, in_per_step); 70
+    -- units: above the LSTM's few-unit path. Both against the per-step cells and float64.
+    for _, d in ipairs { 4, 64 } do
+      it(("%s float32, %d units, input %d (x W %s): forward and gradients to rounding"):format(
+           k.name, 70, d, d == 4 and "per step" or "over all rows"), function()
+        local B, T, u = 11, 6, 70
+        local a = args(k, B, T, d, u, "float32")
+        local a64 = {}
+        for i = 1, #a do a64[i] = a[i]:to("float64") end
+        local r1, r2, r3 = { steps(k)(table.unpack(a)) }, { seq(k)(table.unpack(a)) },
+                           { seq(k)(table.unpack(a64)) }
+        for i = 1, 1 + k.ns do
+          near(r1[i], r2[i], 2e-6, "output " .. i)
+          near(r3[i], r2[i]:to("float64"), 2e-6, "output " .. i .. " against float64")
+        end
+        local w = weights(B, T, u, "float32")
+        local w64 = { w[1]:to("float64"), w[2]:to("float64"), w[3]:to("float64") }
+        local an = all_argnums(#a)
+        local g1 = mg.grad(loss_of(steps(k), w), { argnums = an })(table.unpack(a))
+        local g2 = mg.grad(loss_of(seq(k), w), { argnums = an })(table.unpack(a))
+        local g3 = mg.grad(loss_of(seq(k), w64), { argnums = an })(table.unpack(a64))
+        for i = 1, #a do
+          near(g1[i], g2[i], 1e-5, "gradient " .. i)
+          near(g3[i], g2[i]:to("float64"), 1e-5, "gradient " .. i .. " against float64")
+        end
+      end)
+    end
+
     it(k.name .. ": gradcheck in float64 (reverse and forward rules)", function()
       local a = args(k, 2, 3, 3, 2, "float64")
       local f = seq(k)
