@@ -124,13 +124,17 @@ void mg_gemm_packed(const mg_packed *P, int64_t M, const float *A, int64_t lda, 
     return;
   }
 #ifdef MG_X86_KERNELS
-  /* Per panel, K in blocks of KC rows (KC x 32 floats: 16 KiB, kept in L1 while every row
-  ** block of A passes over it), the row blocks inside. The first row block prefetches into
-  ** L2 the block two ahead: a 512-unit LSTM's U is 4 MiB, more than L2, so each step streams
-  ** it from L3 (measured in docs/design.md). Every other call on a thread takes the panels
-  ** in reverse, starting with those the previous call left in L2 (the bits do not depend on
-  ** the order: each panel's columns are summed alone). */
-  enum { MR = 8, KC = 128, AHEAD = 2 };
+  /* Per panel, K in blocks of KC rows (KC x 32 floats: 32 KiB, kept in the 48 KiB L1 while
+  ** every row block of A, 8 KiB, passes over it), the row blocks inside. The first row block
+  ** prefetches into L2 the next block (32 KiB ahead): a 512-unit LSTM's U is 4 MiB, more
+  ** than L2, so each step streams it from L3 (measured in docs/design.md). KC = 256 against
+  ** 128 (with the same 32 KiB ahead): half the reloads of C and calls, 148-154 -> 158-165
+  ** GFLOP/s at (32, 512) x (512, 2048) and (32, 2048) x (2048, 512), 146 -> 156 at (16, 512)
+  ** x (512, 1536) (best of 6 under load, docs/performance.md). Every other call on a thread
+  ** takes the panels in reverse, starting with those the previous call left in L2. The bits
+  ** depend neither on the order (each panel's columns are summed alone) nor on KC (the
+  ** partial sums go through C exactly, float to float). */
+  enum { MR = 8, KC = 256, AHEAD = 1 };
   static _Thread_local unsigned calls;
   bool back = calls++ & 1;
   int nr = P->nr;
@@ -142,7 +146,7 @@ void mg_gemm_packed(const mg_packed *P, int64_t M, const float *A, int64_t lda, 
     int64_t k0 = 0;
     do {                                          /* at least once: K = 0 still writes C */
       int64_t kc = K - k0 < KC ? K - k0 : KC, ka = k0 + AHEAD * KC, pa = p;
-      if (ka >= K) { ka -= K; pa = pn; }          /* the block two ahead, if a whole one */
+      if (ka >= K) { ka -= K; pa = pn; }          /* the block AHEAD on, if a whole one */
       const float *ahead = pa >= 0 && pa < np && ka + kc <= K ? P->data + (pa * K + ka) * nr : NULL;
       int acc = beta || k0 > 0;
       for (int64_t i = 0; i < M; i += MR) {

@@ -1,7 +1,7 @@
 /*
 ** test_smallgemm.c - the packed float32 GEMM (runtime/smallgemm.c) against a float64 reference
 ** on random and odd sizes: M below, at and above the 8-row block, N not a multiple of the
-** 32-column panel, K below, at and across the 128-row blocks (and K = 0), both layouts of
+** 32-column panel, K below, at and across the 256-row blocks (and K = 0), both layouts of
 ** the packed operand (trans), beta 0 and 1, leading dimensions larger than the rows, a pool
 ** and malloc. Every element within float32 rounding of the sum of |terms|. On CPUs without
 ** AVX-512 this checks the BLAS fallback. Exit status 0 when every check passes.
@@ -62,7 +62,7 @@ static void check(mg_pool *pool, int64_t M, int64_t N, int64_t K, bool trans, in
 int main(void) {
   mg_pool *pool = mg_pool_new();
   int64_t Ms[] = { 1, 7, 8, 9, 13, 32, 33 }, Ns[] = { 1, 5, 31, 32, 33, 100 },
-          Ks[] = { 0, 1, 17, 127, 128, 129, 300 };
+          Ks[] = { 0, 1, 17, 128, 255, 256, 257, 600 };
   for (size_t a = 0; a < sizeof Ms / sizeof *Ms; a++)
     for (size_t b = 0; b < sizeof Ns / sizeof *Ns; b++)
       for (size_t c = 0; c < sizeof Ks / sizeof *Ks; c++)
@@ -70,7 +70,7 @@ int main(void) {
           check((a + b + c) % 2 ? pool : NULL, Ms[a], Ns[b], Ks[c], t, (int)((a + c) % 2));
   for (int r = 0; r < 40; r++) {                /* random sizes, up to a few blocks each way */
     int64_t M = 1 + (int64_t)((frand() + 1) * 20), N = 1 + (int64_t)((frand() + 1) * 80),
-            K = (int64_t)((frand() + 1) * 200);
+            K = (int64_t)((frand() + 1) * 400);
     check(pool, M, N, K, r % 2, r % 3 == 0);
   }
   mg_pool_unref(pool);
