@@ -200,15 +200,23 @@ static void pass_rows(const seqpass *p, int64_t k, int64_t *lo, int64_t *hi) {
   if (*hi > p->B) *hi = p->B;
 }
 
-/* dh[lo, hi) += g[lo:hi, t, :] for a (B, T, u) cotangent g. */
+/* dh[lo, hi) += g[lo:hi, t, :] for a (B, T, u) cotangent g: one typed loop per dtype, so
+** that it vectorizes (MG_CLONES). */
+#define ADD_STEP(TY) do {                                                          \
+    for (int64_t b = lo; b < hi; b++) {                                            \
+      TY *restrict d = (TY *)dh + b * u;                                           \
+      const TY *restrict s = (const TY *)g + (b * T + t) * u;                      \
+      for (int64_t j = 0; j < u; j++) d[j] += s[j];                                \
+    }                                                                              \
+  } while (0)
+MG_CLONES static void add_step_f32(int64_t lo, int64_t hi, int64_t T, int64_t u, int64_t t,
+                                   const float *g, float *dh) { ADD_STEP(float); }
+MG_CLONES static void add_step_f64(int64_t lo, int64_t hi, int64_t T, int64_t u, int64_t t,
+                                   const double *g, double *dh) { ADD_STEP(double); }
 static void add_step(mg_dtype dt, int64_t lo, int64_t hi, int64_t T, int64_t u, int64_t t,
                      const void *g, void *dh) {
-  for (int64_t b = lo; b < hi; b++)
-    for (int64_t j = 0; j < u; j++) {
-      int64_t s = b * u + j, q = (b * T + t) * u + j;
-      if (dt == MG_F64) ((double *)dh)[s] += ((const double *)g)[q];
-      else ((float *)dh)[s] += ((const float *)g)[q];
-    }
+  if (dt == MG_F64) add_step_f64(lo, hi, T, u, t, g, dh);
+  else add_step_f32(lo, hi, T, u, t, g, dh);
 }
 
 /* Step t of the forward pass over rows [lo, hi). With PW, x_t W first: into the step's gates
