@@ -259,7 +259,10 @@ function CellBase:state_size()
     raisef("%s: state_size must be a positive integer or an array of them, got %s", self.__name, describe(s))
   end
   local out = {}
-  for i, n in ipairs(s) do out[i] = check_size(self.__name, "state_size[" .. i .. "]", n) end
+  for i, n in ipairs(s) do            -- the entry's name is made only for the message
+    local k = type(n) == "number" and math.tointeger(n)
+    out[i] = k and k >= 1 and k < 2 ^ 31 and k or check_size(self.__name, "state_size[" .. i .. "]", n)
+  end
   return out
 end
 
