@@ -253,8 +253,8 @@ MG_API mg_status mg_rmsprop_update_(mg_ctx *C, mg_tensor *p, mg_tensor *v, mg_te
 MG_API mg_status mg_sumsq_(mg_ctx *C, mg_tensor *t, double *out);
 /* Adam's step (optim.lua's Adam without amsgrad, at iteration t; 'pytorch': eps added to the
 ** corrected sqrt(v), else Keras's), writing m, v and p in place, not recorded; p, m, v and g
-** contiguous, of one dtype and shape; shared over C's threads. The same numbers as those
-** element-wise ops. */
+** contiguous, of one dtype and shape (else MG_EARG, nothing written); shared over C's
+** threads. The same numbers as those element-wise ops. */
 MG_API mg_status mg_adam_update_(mg_ctx *C, mg_tensor *p, mg_tensor *m, mg_tensor *v,
                                  mg_tensor *g, double lr, double b1, double b2, double eps,
                                  double t, bool pytorch);

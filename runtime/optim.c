@@ -151,8 +151,10 @@ mg_status mg_adam_update_(mg_ctx *C, mg_tensor *p, mg_tensor *m, mg_tensor *v, m
   adam_job j = { .p = p, .m = m, .v = v, .g = g, .om1 = 1 - b1, .om2 = 1 - b2,
                  .a = pytorch ? lr / c1 : lr * sqrt(c2) / c1, .s = 1 / c2, .eps = eps,
                  .pytorch = pytorch };
-  mg_parallel_for(C, NULL, mg_tensor_numel(p), MG_PAR_GRAIN,
-                  p->dtype == MG_F64 ? adam_range_f64 : adam_range_f32, &j);
+  int64_t n = mg_tensor_numel(p);
+  mg_range_fn fn = p->dtype == MG_F64 ? adam_range_f64 : adam_range_f32;
+  if (n < 2 * MG_PAR_GRAIN || C->nthreads == 1) fn(&j, 0, n);   /* one share: called directly */
+  else mg_parallel_for(C, NULL, n, MG_PAR_GRAIN, fn, &j);
   mg_bump_version(p);
   mg_bump_version(m);
   mg_bump_version(v);

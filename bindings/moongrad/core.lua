@@ -70,15 +70,17 @@ end
 
 local function api(name, impl)
   local prefix = name and name .. ": " or ""
-  return function(...)             -- raises itself (no tail call): tracebacks start here
-    local r = table.pack(pcall(impl, ...))
-    if r[1] then return table.unpack(r, 2, r.n) end
-    local e = r[2]
+  -- The results of pcall(impl, ...) passed on as they are (no table per call), or the error
+  -- raised here: the wrapper tail-calls this, so that tracebacks start at it.
+  local function finish(ok, ...)
+    if ok then return ... end
+    local e = ...
     if getmetatable(e) == Failure then error(where() .. prefix .. e.msg, 0) end
     local moved = library_message(e)
     if moved then error(where() .. moved, 0) end
     error(e, 0)
   end
+  return function(...) return finish(pcall(impl, ...)) end
 end
 
 local function describe(v)

@@ -177,12 +177,12 @@ end
 -- Splits a layer call's trailing arguments (x [, states] [, {mask=, training=}]): a table with
 -- string keys (or an empty one) is the options. Returns states, options (never nil).
 local CALL_OPTS = set("mask", "training", "initial_state")
+local function is_opts(t)
+  if type(t) ~= "table" or is_tensor(t) then return false end
+  local k = next(t)
+  return k == nil or type(k) == "string"
+end
 local function call_args(fn, a, b)
-  local function is_opts(t)
-    if type(t) ~= "table" or is_tensor(t) then return false end
-    local k = next(t)
-    return k == nil or type(k) == "string"
-  end
   local states, opts = a, b
   if b == nil and is_opts(a) then states, opts = nil, a end
   opts = check_opts(fn, opts, CALL_OPTS)
@@ -259,7 +259,10 @@ function CellBase:state_size()
     raisef("%s: state_size must be a positive integer or an array of them, got %s", self.__name, describe(s))
   end
   local out = {}
-  for i, n in ipairs(s) do out[i] = check_size(self.__name, "state_size[" .. i .. "]", n) end
+  for i, n in ipairs(s) do            -- the entry's name is made only for the message
+    local k = type(n) == "number" and math.tointeger(n)
+    out[i] = k and k >= 1 and k < 2 ^ 31 and k or check_size(self.__name, "state_size[" .. i .. "]", n)
+  end
   return out
 end
 
@@ -273,8 +276,8 @@ end
 -- cell:initial_state(B): an array of zero (B, size) tensors, one per state.
 function CellBase:initial_state(B)
   check_size(self.__name .. ":initial_state", "the batch size", B)
-  local out = {}
-  for i, n in ipairs(self:state_size()) do out[i] = mg.zeros({ B, n }, { dtype = self:state_dtype() }) end
+  local out, opts = {}, { dtype = self:state_dtype() }
+  for i, n in ipairs(self:state_size()) do out[i] = mg.zeros({ B, n }, opts) end
   return out
 end
 
@@ -927,8 +930,10 @@ end
 
 -- The states a run starts from: the given ones, else the kept ones (stateful), else zeros.
 function RNN:start_states(x, initial)
-  local B, sizes = x:size(1), self.cell:state_size()
-  if initial ~= nil then return check_states(self.__name, flat_states(self.cell, initial), sizes, B) end
+  local B = x:size(1)
+  if initial ~= nil then
+    return check_states(self.__name, flat_states(self.cell, initial), self.cell:state_size(), B)
+  end
   local kept = self._states
   if kept then
     if kept[1]:size(1) ~= B then
@@ -995,18 +1000,19 @@ function RNN:run(x, initial, opts, whole)
   local cell = self.cell
   local states = self:start_states(x, initial)
   local mask = check_mask(fn, opts.mask, x, states[1].dtype)
-  local copts, oi = { training = opts.training == true }, cell:output_state_index()
-  local tr = { outputs = {}, states = {} }
-  for k, s in ipairs(states) do tr.states[k] = { [0] = s } end
+  local training = opts.training == true
   cell:reset_dropout_mask()
   if whole then
-    local H, final = seq_run(self, x, states, mask, copts.training)
+    local H, final = seq_run(self, x, states, mask, training)
     if H then
       cell:reset_dropout_mask()
       if self.stateful then self:keep(final) end
       return { sequence = H, final = final }
     end
   end
+  local copts, oi = { training = training }, cell:output_state_index()
+  local tr = { outputs = {}, states = {} }
+  for k, s in ipairs(states) do tr.states[k] = { [0] = s } end
   for t = 1, T do
     local ti = self.go_backwards and T - t + 1 or t
     local o, new = cell(x:select(2, ti), states, copts)
