@@ -141,19 +141,30 @@ static void grads_blocks(void *arg, int64_t k0, int64_t k1) {
   }
 }
 
+/* Below GRADS_SHARE_MIN multiply-adds in all (the 6-unit LSTM's weight gradients over
+** T B = 1600 rows: ~0.6M) waking a second thread costs more than it saves (the 6-unit
+** training step on 2 threads was slower than on 1): the caller computes every block itself,
+** the same blocks, so the same bits. */
+enum { GRADS_SHARE_MIN = 1 << 20 };
+
 void mg_grads_par(mg_ctx *C, int np, const mg_gemm_plan *pl, int ns, const mg_colsum_spec *cs) {
   grads_job j = { .np = np, .ns = ns, .pl = pl, .cs = cs };
-  int64_t total = 0;
+  int64_t total = 0, work = 0;
   assert(np <= MG_GRADS_MAX && ns <= 2);
-  for (int p = 0; p < np; p++) total += j.nb[p] = pl[p].nb;
+  for (int p = 0; p < np; p++) {
+    total += j.nb[p] = pl[p].nb;
+    work += pl[p].M * pl[p].N * pl[p].K;
+  }
   for (int q = 0; q < ns; q++) {
     int64_t grain = cs[q].rows > 0 ? ((int64_t)1 << 16) / cs[q].rows : cs[q].n;
     if (grain < COLSUM_MINCOLS) grain = COLSUM_MINCOLS;
     j.sblk[q] = (grain + 15) / 16 * 16;
     j.snb[q] = (cs[q].n + j.sblk[q] - 1) / j.sblk[q];
     total += j.snb[q];
+    work += cs[q].rows * cs[q].n;
   }
-  mg_parallel_blocks(C, total, grads_blocks, &j);
+  if (work < GRADS_SHARE_MIN) grads_blocks(&j, 0, total);
+  else mg_parallel_blocks(C, total, grads_blocks, &j);
 }
 
 /* ================================================================ LSTM */
