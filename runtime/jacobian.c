@@ -242,7 +242,8 @@ static void product_rows(void *arg, int64_t lo, int64_t hi) {
 
 /* gather_f32 / gather_f64: t[q * ts + j] = v[q * sk + j * sj], q < kn, j < m: 'kn' rows of
 ** val made contiguous (a copy: the same bits). Rows side by side in memory (sk = 1, a full
-** block) go by in-register transposes of W x W (SSE2: vectors V, intrinsics' suffix X). */
+** block of KB) go by in-register transposes (SSE2: 4 x 4 floats, 2 x 2 doubles), the rest
+** element by element. */
 #if defined(__SSE2__)
 #  define TRANSPOSED_f32                                                                   \
     for (; j + 4 <= m; j += 4)                                                             \
@@ -266,15 +267,15 @@ static void product_rows(void *arg, int64_t lo, int64_t hi) {
 #  define TRANSPOSED_f32
 #  define TRANSPOSED_f64
 #endif
-#define GATHER(NAME, T)                                                                      \
-  static void gather_##NAME(T *t, const T *v, int64_t kn, int64_t m, int64_t ts, int64_t sk, int64_t sj) { \
+#define GATHER(NAME, T, TRANSPOSED)                                                          \
+  static void NAME(T *t, const T *v, int64_t kn, int64_t m, int64_t ts, int64_t sk, int64_t sj) { \
     int64_t j = 0;                                                                         \
-    if (sk == 1 && kn == KB) { TRANSPOSED_##NAME }                                         \
+    if (sk == 1 && kn == KB) { TRANSPOSED }                                                \
     for (; j < m; j++)                                                                     \
       for (int64_t q = 0; q < kn; q++) t[q * ts + j] = v[q * sk + j * sj];                  \
   }
-GATHER(f32, float)
-GATHER(f64, double)
+GATHER(gather_f32, float, TRANSPOSED_f32)
+GATHER(gather_f64, double, TRANSPOSED_f64)
 #undef GATHER
 #undef TRANSPOSED_f32
 #undef TRANSPOSED_f64
