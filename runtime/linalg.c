@@ -295,18 +295,38 @@ static mg_status mT(mg_ctx *C, mg_tensor *x, mg_tensor **out) {
   return mg_tensor_transpose(C, x, x->ndim - 2, x->ndim - 1, out);
 }
 
-/* The cotangent of a (B, I) @ (I, N) product when it is the batch-Jacobian seed: row k of
-** the result is column k of W for every b, a broadcast view of W^T. No GEMM by the identity.
-** When nothing records, the view itself, no copy: the batch Jacobian's writer
-** (jacobian.c, write_product) gathers its rows in blocks, in cache; recorded, a contiguous
-** W^T, so that the rules after read unit strides. */
-static mg_status eye_vjp(mg_ctx *C, const mg_node *n, mg_tensor **out) {
+/* A new contiguous transpose of the contiguous matrix 'w', not recorded. */
+static mg_status transpose_copy(mg_ctx *C, mg_tensor *w, mg_tensor **out) {
+  int64_t r = w->shape[0], c = w->shape[1], sh[2] = { c, r };
+  mg_status st = mg_tensor_empty(C, w->dtype, 2, sh, out);
+  if (st != MG_OK || r == 0 || c == 0) return st;
+  if (w->dtype == MG_F64)
+    cblas_domatcopy(CblasRowMajor, CblasTrans, (int)r, (int)c, 1.0, mg_tensor_data(w), (int)c,
+                    mg_tensor_data(*out), (int)r);
+  else
+    cblas_somatcopy(CblasRowMajor, CblasTrans, (int)r, (int)c, 1.0f, mg_tensor_data(w), (int)c,
+                    mg_tensor_data(*out), (int)r);
+  return MG_OK;
+}
+
+/* The cotangent of a (B, I) @ (I, N) product when it is the batch-Jacobian seed 'g': row k
+** of the result is column k of W for every b, a broadcast view of W^T. No GEMM by the
+** identity. With MG_TF_EYE_VIEW (nothing recording), the view of W itself: the Jacobian's
+** writer (jacobian.c, write_product) gathers its rows in blocks, in cache; otherwise made
+** contiguous first, so that the rules after read unit strides. */
+static mg_status eye_vjp(mg_ctx *C, const mg_node *n, const mg_tensor *g, mg_tensor **out) {
   mg_tensor *w = n->in[1], *wt = NULL, *wc = NULL, *r = NULL;
   int64_t K = w->shape[1], rows = w->shape[0], B = n->in[0]->shape[0];
   int64_t sh[3] = { K, 1, rows };
-  mg_status st = mT(C, w, &wt);
-  if (st == MG_OK && !mg_recording(C)) wc = mg_tensor_retain(wt);
-  else if (st == MG_OK) st = mg_tensor_contiguous(C, wt, &wc);
+  mg_status st = MG_OK;
+  if (!mg_recording(C) && (g->flags & MG_TF_EYE_VIEW)) {
+    st = mT(C, w, &wc);
+  } else if (!mg_recording(C) && mg_tensor_is_contiguous(w)) {
+    st = transpose_copy(C, w, &wc);           /* nothing records: BLAS's own transpose */
+  } else {
+    st = mT(C, w, &wt);
+    if (st == MG_OK) st = mg_tensor_contiguous(C, wt, &wc);
+  }
   if (st == MG_OK) st = mg_tensor_reshape(C, wc, 3, sh, &r);
   sh[1] = B;
   if (st == MG_OK) st = mg_tensor_expand(C, r, 3, sh, out);
@@ -327,7 +347,7 @@ static mg_status matmul_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *co
   for (int k = 0; k < 2; k++) {
     if (!need[k]) continue;
     if (k == 0 && is_eye_seed(n, lead, g[0])) {
-      mg_status st = eye_vjp(C, n, &gin[0]);
+      mg_status st = eye_vjp(C, n, g[0], &gin[0]);
       if (st != MG_OK) return st;
       continue;
     }

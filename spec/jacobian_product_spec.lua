@@ -247,6 +247,22 @@ describe("batch_jacobian from a view of the weight (gathered blocks)", function(
     end
   end)
 
+  it("graphs where W^T is copied instead (a mul, fan-in, two matmuls, a settled product): the same values", function()
+    local W, W2, c = rnd(250, { 21, 18 }, F64), rnd(251, { 21, 18 }, F64), rnd(252, { 5, 21 }, F64)
+    local x = rnd(253, { 5, 21 }, F64)
+    for name, f in pairs {
+      mul = function(v) return mg.matmul(v * c, W) + 1 end,
+      settled = function(v) return mg.tanh(mg.matmul(mg.relu(v * c), W)) end,
+      fanin = function(v) return mg.matmul(mg.relu(v) + v, W) end,
+      two = function(v) return mg.matmul(mg.relu(v), W) + mg.matmul(mg.tanh(v), W2) end,
+      reused = function(v) local r = mg.relu(v); return mg.matmul(r, W) + r:sum(2, true) end,
+    } do
+      local J = on_threads(function() return mg.batch_jacobian(f, x) end)
+      support.assert_close(J, per_row(f, x), 1e-14, name .. " vs per-row VJPs")
+      support.assert_close(J, mg.batch_jacobian(f, x, { mode = "fwd" }), 1e-14, name .. " vs forward mode")
+    end
+  end)
+
   it("h @ W + b (no factors): a Jacobian of its own storage, not a view of W", function()
     local W, h = rnd(240, { 5, 7 }, F64), rnd(241, { 3, 5 }, F64)
     local J = mg.batch_jacobian(function(x) return mg.matmul(x, W) + 1 end, h)
