@@ -156,15 +156,16 @@ static mg_status assemble(mg_ctx *C, int nch, mg_tensor **parts, bool batch, boo
 ** once, straight in the result's layout (B, K, N), contiguous: no (K, B, N) product from the
 ** multiply's kernel, no transposition of it after, no GEMM by a diagonal.
 ** val = W^T comes as a view of W when 'view_ok' (below) sets MG_TF_EYE_VIEW on the seed
-** (linalg.c's eye_vjp then makes no copy): its rows are columns of W, so blocks of KB of them are gathered into a small buffer (4 x 4 transposes, in cache)
-** and each serves every batch entry: no K x N transposed copy of W written out and read back
-** (0.65 ms of 3.0 at (8, 1024), where W is 4 MiB).
+** (linalg.c's eye_vjp then makes no copy): its rows are columns of W, so blocks of KB of
+** them are gathered into a small buffer (4 x 4 transposes, in cache) and each serves every
+** batch entry: no K x N transposed copy of W written out and read back (0.65 ms of 3.0 at
+** (8, 1024), where W is 4 MiB).
 ** Results larger than NT_MIN go around the caches (streaming stores): they do not fit, and
 ** an ordinary store reads each line in before writing it, about twice the memory traffic
 ** (measured on the (32, 512) case: 1.6 ms for 33.5 MB this way, 3 to 4.5 ms with ordinary
 ** stores). Only those are shared over threads: a smaller result is written from L2 by one
 ** thread in less time than a hand-over takes on this hypervisor (tens of us; (32, 100), a
-** 1.28 MB result: 0.064 ms on 1 thread, 0.13 on 2). */
+** 1.28 MB result: 0.064 ms on 1 thread, 0.074-0.106 shared by 2). */
 #define NT_MIN ((int64_t)4 << 20)
 #define SHARE_MIN NT_MIN
 #define KB 16                /* val's rows per gathered block */
@@ -457,7 +458,7 @@ static bool view_ok(const mg_tape *T, mg_tensor *target) {
   while (n && mm == NULL) {                  /* target .. the matmul */
     if (n->op == MG_OP_MATMUL && n->nin == 2) {
       mm = n;
-    } else if (n->op == MG_OP_ADD && n->nout == 1) {        /* one input on the path, the rest bias */
+    } else if (n->op == MG_OP_ADD && n->nout == 1) {   /* one input on the path; leaves */
       const mg_node *next = NULL;
       for (int k = 0; k < n->nin; k++) {
         const mg_node *m = maker(T, n->in[k]);
