@@ -155,17 +155,29 @@ static mg_status assemble(mg_ctx *C, int nch, mg_tensor **parts, bool batch, boo
 ** rows[k, b] = tanh'(z)[b, k] and no diag). The Jacobian is then written here, each element
 ** once, straight in the result's layout (B, K, N), contiguous: no (K, B, N) product from the
 ** multiply's kernel, no transposition of it after, no GEMM by a diagonal.
+** val = W^T comes as a view of W when 'view_ok' (below) sets MG_TF_EYE_VIEW on the seed
+** (linalg.c's eye_vjp then makes no copy): its rows are columns of W, so blocks of KB of
+** them are gathered into a small buffer (4 x 4 transposes, in cache) and each serves every
+** batch entry: no K x N transposed copy of W written out and read back (0.65 ms of 3.0 at
+** (8, 1024), where W is 4 MiB).
 ** Results larger than NT_MIN go around the caches (streaming stores): they do not fit, and
 ** an ordinary store reads each line in before writing it, about twice the memory traffic
 ** (measured on the (32, 512) case: 1.6 ms for 33.5 MB this way, 3 to 4.5 ms with ordinary
-** stores). */
+** stores). Only those are shared over threads: a smaller result is written from L2 by one
+** thread in less time than a hand-over takes on this hypervisor (tens of us; (32, 100), a
+** 1.28 MB result: 0.064 ms on 1 thread, 0.074-0.106 shared by 2). */
 #define NT_MIN ((int64_t)4 << 20)
+#define SHARE_MIN NT_MIN
+#define KB 16                /* val's rows per gathered block */
+#define TS_PAD 16            /* elements after each gathered row: rows m apart, m a multiple
+                                of 1024, would meet in a few cache sets (and alias 4 KiB apart
+                                with the loads): (8, 1024) 3.3 -> 2.7 ms */
 
 typedef struct {
   char *y;                   /* the result, rows of m elements */
-  const char *v, *d, *r;     /* val at (k, b): v + (k * sk + b * sb) elements; diag row b:
-                                d + b * m (NULL: ones); rows: r[k * B + b] (NULL: ones) */
-  int64_t B, K, m, sk, sb;
+  const char *v, *d, *r;     /* val at (k, b, j): v + (k * sk + b * sb + j * sj) elements; diag
+                                row b: d + b * m (NULL: ones); rows: r[k * B + b] (NULL: ones) */
+  int64_t B, K, m, sk, sb, sj;
   bool f64, stream;
 } product_job;
 
@@ -198,6 +210,19 @@ ROW(row_f64, double, __m128d, pd, 2)
 #undef ROW
 #undef STREAMED
 
+/* One row of the result: y = s * val(k, b, :) * diag(b, :), val's row 'a' of unit stride. */
+static void product_row(const product_job *p, char *y, const char *a, int64_t k, int64_t b) {
+  size_t es = p->f64 ? sizeof(double) : sizeof(float);
+  const char *d = p->d ? p->d + (size_t)(b * p->m) * es : NULL;
+  size_t ri = (size_t)(k * p->B + b);
+  if (p->f64)
+    row_f64((double *)y, (const double *)a, (const double *)d,
+            p->r ? ((const double *)p->r)[ri] : 1.0, p->m, p->stream);
+  else
+    row_f32((float *)y, (const float *)a, (const float *)d,
+            p->r ? ((const float *)p->r)[ri] : 1.0f, p->m, p->stream);
+}
+
 /* Rows [lo, hi) of the result in the order (k, b): row b * K + k for i = k * B + b, so that
 ** val's row k is read once for all b (one piece of a parallel loop). The result's own order
 ** rereads all of val for every b: at (32, 100) 0.080 ms a call against 0.072 this way, and
@@ -207,21 +232,84 @@ static void product_rows(void *arg, int64_t lo, int64_t hi) {
   size_t es = p->f64 ? sizeof(double) : sizeof(float);
   int64_t k = lo / p->B, b = lo % p->B;
   for (int64_t i = lo; i < hi; i++) {         /* (b, k) counted: no division a row */
-    int64_t r = b * p->K + k;
-    char *y = p->y + (size_t)(r * p->m) * es;
-    const char *v = p->v + (size_t)(k * p->sk + b * p->sb) * es;
-    const char *d = p->d ? p->d + (size_t)(b * p->m) * es : NULL;
-    size_t ri = (size_t)(k * p->B + b);
-    if (p->f64)
-      row_f64((double *)y, (const double *)v, (const double *)d,
-              p->r ? ((const double *)p->r)[ri] : 1.0, p->m, p->stream);
-    else
-      row_f32((float *)y, (const float *)v, (const float *)d,
-              p->r ? ((const float *)p->r)[ri] : 1.0f, p->m, p->stream);
+    char *y = p->y + (size_t)((b * p->K + k) * p->m) * es;
+    product_row(p, y, p->v + (size_t)(k * p->sk + b * p->sb) * es, k, b);
     if (++b == p->B) { b = 0; k++; }
   }
 #if defined(__SSE2__)
   if (p->stream) _mm_sfence();             /* the streamed rows visible before the join */
+#endif
+}
+
+/* gather_f32 / gather_f64: t[q * ts + j] = v[q * sk + j * sj], q < kn, j < m: 'kn' rows of
+** val made contiguous (a copy: the same bits). Rows side by side in memory (sk = 1, a full
+** block of KB) go by in-register transposes (SSE2: 4 x 4 floats, 2 x 2 doubles), the rest
+** element by element. */
+#if defined(__SSE2__)
+#  define TRANSPOSED_f32                                                                   \
+    for (; j + 4 <= m; j += 4)                                                             \
+      for (int q = 0; q < KB; q += 4) {                                                    \
+        __m128 r0 = _mm_loadu_ps(v + j * sj + q), r1 = _mm_loadu_ps(v + (j + 1) * sj + q);  \
+        __m128 r2 = _mm_loadu_ps(v + (j + 2) * sj + q), r3 = _mm_loadu_ps(v + (j + 3) * sj + q); \
+        _MM_TRANSPOSE4_PS(r0, r1, r2, r3);                                                 \
+        _mm_storeu_ps(t + q * ts + j, r0);                                                  \
+        _mm_storeu_ps(t + (q + 1) * ts + j, r1);                                            \
+        _mm_storeu_ps(t + (q + 2) * ts + j, r2);                                            \
+        _mm_storeu_ps(t + (q + 3) * ts + j, r3);                                            \
+      }
+#  define TRANSPOSED_f64                                                                   \
+    for (; j + 2 <= m; j += 2)                                                             \
+      for (int q = 0; q < KB; q += 2) {                                                    \
+        __m128d r0 = _mm_loadu_pd(v + j * sj + q), r1 = _mm_loadu_pd(v + (j + 1) * sj + q); \
+        _mm_storeu_pd(t + q * ts + j, _mm_unpacklo_pd(r0, r1));                             \
+        _mm_storeu_pd(t + (q + 1) * ts + j, _mm_unpackhi_pd(r0, r1));                       \
+      }
+#else
+#  define TRANSPOSED_f32
+#  define TRANSPOSED_f64
+#endif
+#define GATHER(NAME, T, TRANSPOSED)                                                          \
+  static void NAME(T *t, const T *v, int64_t kn, int64_t m, int64_t ts, int64_t sk, int64_t sj) { \
+    int64_t j = 0;                                                                         \
+    if (sk == 1 && kn == KB) { TRANSPOSED }                                                \
+    for (; j < m; j++)                                                                     \
+      for (int64_t q = 0; q < kn; q++) t[q * ts + j] = v[q * sk + j * sj];                  \
+  }
+GATHER(gather_f32, float, TRANSPOSED_f32)
+GATHER(gather_f64, double, TRANSPOSED_f64)
+#undef GATHER
+#undef TRANSPOSED_f32
+#undef TRANSPOSED_f64
+
+/* Blocks [lo, hi) of KB rows k of val whose elements are not of unit stride (val = W^T, a
+** view): each block gathered, then its rows written for every b (rows b * K + k0 .. of the
+** result, side by side). Without the buffer (no memory), row by row from a gathered row. */
+static void product_blocks(void *arg, int64_t lo, int64_t hi) {
+  const product_job *p = arg;
+  size_t es = p->f64 ? sizeof(double) : sizeof(float);
+  int64_t kb = KB, ts = p->m + TS_PAD;
+  char *t = malloc((size_t)KB * (size_t)ts * es);
+  if (t == NULL) {
+    kb = 1;
+    t = malloc((size_t)ts * es);
+  }
+  for (int64_t c = lo; c < hi && t != NULL; c++)
+    for (int64_t k0 = c * KB, k1 = k0 + KB < p->K ? k0 + KB : p->K; k0 < k1; k0 += kb) {
+      int64_t kn = k1 - k0 < kb ? k1 - k0 : kb;
+      for (int64_t b = 0; b < p->B; b++) {
+        if (b == 0 || p->sb != 0) {           /* a batch stride 0: one block for every b */
+          const char *v = p->v + (size_t)(k0 * p->sk + b * p->sb) * es;
+          if (p->f64) gather_f64((double *)t, (const double *)v, kn, p->m, ts, p->sk, p->sj);
+          else gather_f32((float *)t, (const float *)v, kn, p->m, ts, p->sk, p->sj);
+        }
+        for (int64_t q = 0; q < kn; q++)
+          product_row(p, p->y + (size_t)((b * p->K + k0 + q) * p->m) * es,
+                      t + (size_t)(q * ts) * es, k0 + q, b);
+      }
+    }
+  free(t);
+#if defined(__SSE2__)
+  if (p->stream) _mm_sfence();
 #endif
 }
 
@@ -244,7 +332,8 @@ static mg_status write_product(mg_ctx *C, mg_tensor *val, mg_tensor *diag, mg_te
                                bool batch, int ndim, const int64_t *shape, mg_tensor **out) {
   mg_tensor *vc = NULL, *dc = NULL, *rc = NULL;
   mg_status st = MG_OK;
-  if (unit_run(val, batch ? 2 : 1)) vc = mg_tensor_retain(val);
+  bool unit = unit_run(val, batch ? 2 : 1), gathered = !unit && batch && val->ndim == 3;
+  if (unit || gathered) vc = mg_tensor_retain(val);
   else st = mg_tensor_contiguous(C, val, &vc);             /* rare: a rule's strided result */
   if (st == MG_OK && diag) st = mg_tensor_contiguous(C, diag, &dc);  /* small: the source's size */
   if (st == MG_OK && rows) st = mg_tensor_contiguous(C, rows, &rc);  /* (K, B) */
@@ -255,11 +344,17 @@ static mg_status write_product(mg_ctx *C, mg_tensor *val, mg_tensor *diag, mg_te
       .y = mg_tensor_data(*out), .v = mg_tensor_data(vc), .d = dc ? mg_tensor_data(dc) : NULL,
       .r = rc ? mg_tensor_data(rc) : NULL, .B = B, .K = K,
       .m = n ? mg_tensor_numel(*out) / n : 0, .sk = vc->stride[0],
-      .sb = batch && vc->shape[1] > 1 ? vc->stride[1] : 0, .f64 = val->dtype == MG_F64,
+      .sb = batch && vc->shape[1] > 1 ? vc->stride[1] : 0, .sj = gathered ? vc->stride[2] : 1,
+      .f64 = val->dtype == MG_F64,
     };
-    p.stream = (double)mg_tensor_numel(*out) * (double)mg_dtype_size(val->dtype) >= (double)NT_MIN;
-    int64_t grain = p.m > 0 && MG_PAR_GRAIN / p.m > 1 ? MG_PAR_GRAIN / p.m : 1;
-    st = mg_parallel_for(C, batch ? "batch_jacobian" : "jacobian", n, grain, product_rows, &p);
+    double bytes = (double)mg_tensor_numel(*out) * (double)mg_dtype_size(val->dtype);
+    p.stream = bytes >= (double)NT_MIN;
+    /* pieces: rows (k, b), or blocks of KB rows k for every b */
+    int64_t per = gathered ? KB * B * p.m : p.m, pieces = gathered ? (K + KB - 1) / KB : n;
+    int64_t grain = per > 0 && MG_PAR_GRAIN / per > 1 ? MG_PAR_GRAIN / per : 1;
+    if (bytes < (double)SHARE_MIN) grain = pieces;          /* one thread */
+    st = mg_parallel_for(C, batch ? "batch_jacobian" : "jacobian", pieces, grain,
+                         gathered ? product_blocks : product_rows, &p);
     if (st != MG_OK) { mg_tensor_release(*out); *out = NULL; }
   }
   mg_tensor_release(vc);
@@ -316,6 +411,107 @@ static mg_status unfused(mg_ctx *C, mg_tensor *val, mg_tensor *diag, mg_tensor *
   return st;
 }
 
+/* ---------------------------------------------------------------- may W^T be a view? */
+
+/* The tape's node that made 't' (NULL: a leaf). */
+static const mg_node *maker(const mg_tape *T, const mg_tensor *t) {
+  for (size_t i = T->n; i-- > 0;) {
+    const mg_node *n = mg_tape_node(T, i);
+    for (int k = 0; k < n->nout; k++)
+      if (n->out[k] == t) return n;
+  }
+  return NULL;
+}
+
+/* How many inputs of the tape's nodes are 't'. */
+static int readers(const mg_tape *T, const mg_tensor *t) {
+  int c = 0;
+  for (size_t i = 0; i < T->n; i++) {
+    const mg_node *n = mg_tape_node(T, i);
+    for (int k = 0; k < n->nin; k++) c += n->in[k] == t;
+  }
+  return c;
+}
+
+/* Whether node 'n' passes its output's cotangent on unmultiplied in a batch-Jacobian sweep
+** (as tape.c's 'defers' decides): an elementwise unary op, or an add of same-shaped inputs. */
+static bool passes_on(const mg_node *n) {
+  if (n->nout != 1) return false;
+  if (mg_ops[n->op].rules == &mg_rules_unary) return n->nin == 1;
+  if (n->op != MG_OP_ADD) return false;
+  for (int k = 0; k < n->nin; k++)
+    if (!mg_same_shape(n->in[k], n->out[0]) || n->in[k]->dtype != n->out[0]->dtype) return false;
+  return true;
+}
+
+#define WALK 32              /* most tensors a walk below keeps to visit */
+
+/* Whether the matmul's rule may hand W^T as a view of W (MG_TF_EYE_VIEW): the identity seed
+** reaches one matmul through ops that pass it on (an add may add a broadcast bias), and
+** from the matmul's first input down to the leaves every op passes the cotangent on and
+** every tensor is read once, so it arrives at write_product still a view with its factors.
+** Anything else (a mul, a sum of two cotangents, a second matmul) would read the view with
+** the stride of W's rows: there the copy is faster ((32, 512), matmul(h * c, W): 5.3 ms with
+** the copy, 8.3 with the view). */
+static bool view_ok(const mg_tape *T, mg_tensor *target) {
+  const mg_node *mm = NULL, *n = maker(T, target);
+  while (n && mm == NULL) {                  /* target .. the matmul */
+    if (n->op == MG_OP_MATMUL && n->nin == 2) {
+      mm = n;
+    } else if (n->op == MG_OP_ADD && n->nout == 1) {   /* one input on the path; leaves */
+      const mg_node *next = NULL;
+      for (int k = 0; k < n->nin; k++) {
+        const mg_node *m = maker(T, n->in[k]);
+        if (m && next) return false;
+        if (m) next = m;
+      }
+      n = next;
+    } else if (passes_on(n)) {
+      n = maker(T, n->in[0]);
+    } else {
+      return false;
+    }
+  }
+  if (mm == NULL) return false;
+  mg_tensor *todo[WALK];
+  int nt = 0;
+  todo[nt++] = mm->in[0];
+  while (nt > 0) {                           /* the matmul's input .. the leaves */
+    mg_tensor *t = todo[--nt];
+    if (readers(T, t) != 1) return false;
+    const mg_node *m = maker(T, t);
+    if (m == NULL) continue;
+    if (!passes_on(m) || nt + m->nin > WALK) return false;
+    for (int k = 0; k < m->nin; k++) todo[nt++] = m->in[k];
+  }
+  return true;
+}
+
+/* Whether 't' shares its storage with a tensor the tape holds: linalg.c's eye_vjp hands a
+** view of W itself, which a Jacobian without factors to write (f(h) = h @ W + b) must not
+** return, or a later write into W would change it. */
+static bool on_tape(const mg_tape *T, const mg_tensor *t) {
+  for (size_t i = 0; i < T->n; i++) {
+    const mg_node *n = mg_tape_node(T, i);
+    for (int k = 0; k < n->nin; k++)
+      if (n->in[k]->storage == t->storage) return true;
+  }
+  return false;
+}
+
+/* A copy of 'v' (K, B, ...) of storage of its own, still broadcast over a batch stride 0. */
+static mg_status own_copy(mg_ctx *C, mg_tensor *v, bool batch, mg_tensor **out) {
+  if (!(batch && v->ndim >= 2 && v->shape[1] > 1 && v->stride[1] == 0))
+    return mg_tensor_contiguous(C, v, out);
+  mg_tensor *one = NULL, *c = NULL;
+  mg_status st = mg_tensor_narrow(C, v, 1, 0, 1, &one);
+  if (st == MG_OK) st = mg_tensor_contiguous(C, one, &c);
+  if (st == MG_OK) st = mg_tensor_expand(C, c, v->ndim, v->shape, out);
+  mg_tensor_release(one);
+  mg_tensor_release(c);
+  return st;
+}
+
 /* Reverse mode: chunks of basis cotangents of the target, all sources in each sweep. */
 static mg_status jac_reverse(const jac_job *J, int nsrc, mg_tensor *const *srcs, mg_tensor **jac) {
   mg_ctx *C = J->T->ctx;
@@ -334,7 +530,8 @@ static mg_status jac_reverse(const jac_job *J, int nsrc, mg_tensor *const *srcs,
     if ((st = mg_poll(C, "jacobian")) != MG_OK) break;
     st = basis(C, J->target->dtype, k0, n, J->K, J->batch ? J->B : -1, nt, ts, &seed);
     if (st != MG_OK) break;
-    if (J->batch && nt == 1 && nch == 1) seed->flags |= MG_TF_EYE;   /* exactly (K, B, K) */
+    if (J->batch && nt == 1 && nch == 1)                             /* exactly (K, B, K) */
+      seed->flags |= MG_TF_EYE | (view_ok(J->T, J->target) ? MG_TF_EYE_VIEW : 0);
     /* one sweep: pending factors are written with their product below (chunks: multiplied
     ** in the sweep, each chunk then a part of the cat) */
     st = mg_tape_jacobian_sweep(J->T, J->target, seed, nsrc, srcs, true, g,
@@ -350,6 +547,11 @@ static mg_status jac_reverse(const jac_job *J, int nsrc, mg_tensor *const *srcs,
       st = write_product(C, v, diag[j], rows[j], J->batch, nd, sh, &jac[j]);
     } else if (diag[j] || rows[j]) {                         /* dtypes apart: the multiplies */
       st = unfused(C, v, diag[j], rows[j], J->batch, nd, sh, &jac[j]);
+    } else if (nch == 1 && on_tape(J->T, v)) {                /* a view of a weight */
+      mg_tensor *own = NULL;
+      if ((st = own_copy(C, v, J->batch, &own)) == MG_OK)
+        st = assemble(C, 1, &own, J->batch, false, nd, sh, &jac[j]);
+      mg_tensor_release(own);
     } else {
       st = assemble(C, nch, parts + (size_t)j * nch, J->batch, false, nd, sh, &jac[j]);
     }

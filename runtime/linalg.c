@@ -312,15 +312,19 @@ static mg_status transpose_copy(mg_ctx *C, mg_tensor *w, mg_tensor **out) {
   return MG_OK;
 }
 
-/* The cotangent of a (B, I) @ (I, N) product when it is the batch-Jacobian seed: row k of
-** the result is column k of W for every b, a broadcast view of W^T (made contiguous first,
-** so that what consumes it reads unit strides). No GEMM by the identity. */
-static mg_status eye_vjp(mg_ctx *C, const mg_node *n, mg_tensor **out) {
+/* The cotangent of a (B, I) @ (I, N) product when it is the batch-Jacobian seed 'g': row k
+** of the result is column k of W for every b, a broadcast view of W^T. No GEMM by the
+** identity. With MG_TF_EYE_VIEW (nothing recording), the view of W itself: the Jacobian's
+** writer (jacobian.c, write_product) gathers its rows in blocks, in cache; otherwise made
+** contiguous first, so that the rules after read unit strides. */
+static mg_status eye_vjp(mg_ctx *C, const mg_node *n, const mg_tensor *g, mg_tensor **out) {
   mg_tensor *w = n->in[1], *wt = NULL, *wc = NULL, *r = NULL;
   int64_t K = w->shape[1], rows = w->shape[0], B = n->in[0]->shape[0];
   int64_t sh[3] = { K, 1, rows };
   mg_status st = MG_OK;
-  if (!mg_recording(C) && mg_tensor_is_contiguous(w)) {
+  if (!mg_recording(C) && (g->flags & MG_TF_EYE_VIEW)) {
+    st = mT(C, w, &wc);
+  } else if (!mg_recording(C) && mg_tensor_is_contiguous(w)) {
     st = transpose_copy(C, w, &wc);           /* nothing records: BLAS's own transpose */
   } else {
     st = mT(C, w, &wt);
@@ -346,7 +350,7 @@ static mg_status matmul_vjp(mg_ctx *C, const mg_node *n, int lead, mg_tensor *co
   for (int k = 0; k < 2; k++) {
     if (!need[k]) continue;
     if (k == 0 && is_eye_seed(n, lead, g[0])) {
-      mg_status st = eye_vjp(C, n, &gin[0]);
+      mg_status st = eye_vjp(C, n, g[0], &gin[0]);
       if (st != MG_OK) return st;
       continue;
     }

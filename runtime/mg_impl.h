@@ -49,7 +49,10 @@ enum {
   MG_TF_EYE = 2,
   /* Its storage went (mg_tensor_release_reader): only tape nodes that read its shape hold it,
   ** over the context's zero-byte storage; its header's bytes still count as live. */
-  MG_TF_HOLLOW = 4
+  MG_TF_HOLLOW = 4,
+  /* With MG_TF_EYE: the matmul's rule may hand a view of W^T, not a copy (jacobian.c sets it
+  ** when every consumer of that cotangent passes it on to the Jacobian's writer). */
+  MG_TF_EYE_VIEW = 8
 };
 
 /* The scalar fields come first: a small tensor's header is then mostly its first cache line. */

@@ -41,6 +41,9 @@ struct mg_node;
 **                     rule may use the structure instead of multiplying by it (matmul_vjp's
 **                     'is_eye_seed' in linalg.c: the result is a view of W^T), after checking
 **                     the shapes it relies on; any other rule treats it as an ordinary tensor.
+**     MG_TF_EYE_VIEW  with MG_TF_EYE: the matmul's result may be a view of W^T rather than a
+**                     contiguous copy ('eye_vjp'); jacobian.c sets it only when each rule
+**                     after passes that cotangent on unmultiplied to the Jacobian's writer.
 **     MG_TF_VARIABLE  when the caller's seed is a Variable; meaningless to rules.
 **   Tangents (JVP) never carry MG_TF_EYE.
 ** -------------------------------------------------------------------------------------- */

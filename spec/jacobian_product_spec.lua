@@ -163,6 +163,116 @@ describe("batch_jacobian through deferred diagonals", function()
   end)
 end)
 
+-- W^T reaches the writer as a view of W (linalg.c's eye_vjp makes no copy): write_product
+-- gathers blocks of 16 of its rows (4 x 4 transposes where the rows lie side by side, element
+-- by element otherwise) and writes each for every batch entry; results past 4 MiB are streamed
+-- and shared over threads, smaller ones written by one thread.
+describe("batch_jacobian from a view of the weight (gathered blocks)", function()
+  local saved
+  before_each(function() saved = mg.get_num_threads() end)
+  after_each(function() mg.set_num_threads(saved) end)
+
+  -- J[b, k, :] by one reverse sweep per output entry k (the tape's VJP with the seed e_k on
+  -- every batch row): the rows of a batch Jacobian without any Jacobian code.
+  local function per_row(f, x)
+    local tape = mg.GradientTape { persistent = true }
+    tape:watch(x)
+    local y = f(x)
+    tape:stop()                                         -- nothing after this is recorded
+    local B, K = y:shape()[1], y:shape()[2]
+    local rows = {}
+    for k = 1, K do
+      local e = mg.zeros({ B, K }, { dtype = y.dtype })
+      for b = 1, B do e:set(1, b, k) end
+      rows[k] = tape:gradient(y, x, { output_gradients = e }):unsqueeze(2)   -- (B, 1, N)
+    end
+    return mg.cat(rows, 2)
+  end
+
+  -- The same bits on 1, 2 and 3 threads; returns the 1-thread result.
+  local function on_threads(fn)
+    mg.set_num_threads(1)
+    local ref = fn()
+    for _, n in ipairs { 2, 3 } do
+      mg.set_num_threads(n)
+      assert.are.equal(support.bits(ref), support.bits(fn()), n .. " threads")
+    end
+    return ref
+  end
+
+  it("odd sizes, float64 and float32, small and streamed: the per-row VJPs' bits, any thread count", function()
+    local F32 = { dtype = "float32" }
+    for case, s in ipairs { { 3, 7, 5, F64 }, { 2, 17, 33, F64 }, { 5, 16, 16, F64 },
+                            { 1, 37, 3, F32 }, { 31, 131, 301, F32 },      -- 4.9 MB: streamed
+                            { 9, 250, 259, F64 } } do                      -- 4.7 MB: streamed
+      local B, I, N, o = s[1], s[2], s[3], s[4]
+      local dt = o.dtype
+      local W, b, h = rnd(200 + case, { I, N }, o), rnd(210 + case, { N }, o), rnd(220 + case, { B, I }, o)
+      local f = function(x) return mg.matmul(mg.relu(x), W) + b end
+      local J = on_threads(function() return mg.batch_jacobian(f, h) end)
+      assert.are.equal(string.format("(%d,%d,%d)", B, N, I), mg.shapestr(J))
+      assert.is_true(J:is_contiguous() and J.dtype == dt, "contiguous " .. dt .. ", case " .. case)
+      assert.are.equal(support.bits(per_row(f, h)), support.bits(J), "per-row VJPs, case " .. case)
+      local closed = W:transpose(1, 2):unsqueeze(1) * mg.gt(h, 0):unsqueeze(2)
+      assert.are.equal(support.bits(closed), support.bits(J), "closed form, case " .. case)
+    end
+  end)
+
+  it("weights as strided, narrowed, expanded and transposed views; strided and expanded inputs", function()
+    local big = rnd(230, { 9, 40 }, F64)
+    local cube = rnd(231, { 9, 21, 2 }, F64)
+    local row = rnd(232, { 1, 21 }, F64)
+    local Ws = {                                        -- K = 21: a block of 16 rows of W^T and 5
+      narrowed = big:narrow(2, 4, 21),                  -- rows of W^T side by side, W's rows 40 apart
+      stepped = cube:select(3, 2),                      -- strides (42, 2): element by element
+      expanded = row:expand(9, 21),                     -- W^T's rows have stride 0
+      transposed = rnd(233, { 21, 9 }, F64):transpose(1, 2),   -- W^T contiguous: rows of unit stride
+    }
+    local xs = {
+      plain = rnd(234, { 6, 9 }, F64),
+      strided = rnd(235, { 9, 6 }, F64):transpose(1, 2),
+      expanded = rnd(236, { 1, 9 }, F64):expand(4, 9),
+    }
+    for wname, W in pairs(Ws) do
+      for xname, x in pairs(xs) do
+        local what = wname .. " W, " .. xname .. " x"
+        local f = function(v) return mg.tanh(mg.matmul(mg.relu(v), W) + 0.5) end
+        local J = on_threads(function() return mg.batch_jacobian(f, x) end)
+        support.assert_close(J, per_row(f, x), 1e-15, what .. " vs per-row VJPs")
+        support.assert_close(J, mg.batch_jacobian(f, x, { mode = "fwd" }), 1e-15, what .. " vs forward mode")
+        local g = function(v) return mg.matmul(mg.relu(v), W) end
+        local closed = W:transpose(1, 2):unsqueeze(1) * mg.gt(x, 0):unsqueeze(2)
+        assert.are.equal(support.bits(closed), support.bits(mg.batch_jacobian(g, x)), what .. " closed form")
+      end
+    end
+  end)
+
+  it("graphs where W^T is copied instead (a mul, fan-in, two matmuls, a settled product): the same values", function()
+    local W, W2, c = rnd(250, { 21, 18 }, F64), rnd(251, { 21, 18 }, F64), rnd(252, { 5, 21 }, F64)
+    local x = rnd(253, { 5, 21 }, F64)
+    for name, f in pairs {
+      mul = function(v) return mg.matmul(v * c, W) + 1 end,
+      settled = function(v) return mg.tanh(mg.matmul(mg.relu(v * c), W)) end,
+      fanin = function(v) return mg.matmul(mg.relu(v) + v, W) end,
+      two = function(v) return mg.matmul(mg.relu(v), W) + mg.matmul(mg.tanh(v), W2) end,
+      reused = function(v) local r = mg.relu(v); return mg.matmul(r, W) + r:sum(2, true) end,
+    } do
+      local J = on_threads(function() return mg.batch_jacobian(f, x) end)
+      support.assert_close(J, per_row(f, x), 1e-14, name .. " vs per-row VJPs")
+      support.assert_close(J, mg.batch_jacobian(f, x, { mode = "fwd" }), 1e-14, name .. " vs forward mode")
+    end
+  end)
+
+  it("h @ W + b (no factors): a Jacobian of its own storage, not a view of W", function()
+    local W, h = rnd(240, { 5, 7 }, F64), rnd(241, { 3, 5 }, F64)
+    local J = mg.batch_jacobian(function(x) return mg.matmul(x, W) + 1 end, h)
+    local want = W:transpose(1, 2):unsqueeze(1):expand(3, 7, 5):contiguous()
+    assert.are.equal(support.bits(want), support.bits(J))
+    W:set(100, 2, 3)                                    -- J[b, 3, 2] was W[2, 3]
+    assert.are.equal(support.bits(want), support.bits(J), "J changed with W")
+  end)
+end)
+
 describe("batch_jacobian through deferred diagonals against PyTorch (float64)", function()
   local have = support.python_can_import("torch")
   local dir
