@@ -187,7 +187,7 @@ def jacobian_cases(script):
         for nb, n in sizes:
             W, b, h, J = (load_array(script, directory, "%d_%d_%s.npy" % (nb, n, k)) for k in ("W", "b", "h", "J"))
             big = nb * n * n > 1e6
-            yield "%d,%d" % (nb, n), W, b, h, J, {"reps": 5 if big else 11, "min_time": 0 if big else 0.05}
+            yield "%d,%d" % (nb, n), W, b, h, J, {"reps": 5 if big else 11, "min_time": 0 if big else 0.05, "warmup": 3 if big else 1}
     return load()      # the command line is checked now, the arrays read one size at a time
 
 

@@ -50,7 +50,8 @@ for _, s in ipairs(sizes) do
 
   local big = nb * n * n > 1e6
   local m = B.measure(function() return mg.batch_jacobian(f, h) end,
-                      { reps = big and 5 or 11, min_time = big and 0 or 0.05 })
+                      { reps = big and 5 or 11, min_time = big and 0 or 0.05,
+                        warmup = big and 3 or 1 })
   B.result(BENCH, case, "moongrad", m)
   B.meta(BENCH, "bytes " .. case, nb * n * n * 4)   -- the float32 Jacobian every side must write
   B.log("moongrad  (%s) batch_jacobian %10.4f ms CPU, %10.4f ms wall", case, m.cpu * 1e3,
