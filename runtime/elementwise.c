@@ -363,6 +363,60 @@ mg_status mg_tensor_binary(mg_ctx *C, mg_binary op, mg_tensor *a, mg_tensor *b,
   return st == MG_OK ? st : mg_name_error(C, st, binary_name[op]);
 }
 
+/* ---------------------------------------------------------------- placed results */
+
+#define PLACED_MAX 256   /* most data bytes of a placed result */
+
+size_t mg_tensor_binary_placed_size(const mg_ctx *C, mg_binary op, const mg_tensor *a,
+                                    const mg_tensor *b) {
+  if (binary_opcode[op] >= 0 && mg_recording(C)) return 0;
+  int64_t n = dense_pair(a, b);
+  size_t bytes = (size_t)n * mg_dtsize(a->dtype);
+  if (n < 0 || bytes > PLACED_MAX) return 0;
+  return sizeof(mg_tensor) + sizeof(mg_storage) + bytes;
+}
+
+/* The header, then the storage, then the data: binary_dense's work without the pool. */
+mg_tensor *mg_tensor_binary_placed(mg_ctx *C, mg_binary op, const mg_tensor *a,
+                                   const mg_tensor *b, void *mem) {
+  (void)C;
+  mg_tensor *t = mem;
+  mg_storage *s = (mg_storage *)(t + 1);
+  int64_t step = 1, n = 1;                  /* the shape, contiguous strides and size */
+  for (int d = a->ndim - 1; d >= 0; d--) {
+    int64_t m = a->shape[d];
+    t->shape[d] = m;
+    t->stride[d] = step;
+    step *= m > 0 ? m : 1;
+    n *= m;
+  }
+  size_t es = mg_dtsize(a->dtype);
+  *s = (mg_storage){ .refs = 1, .data = s + 1, .nbytes = (size_t)n * es };
+  t->refs = 1;
+  t->dtype = a->dtype;
+  t->ndim = a->ndim;
+  t->flags = MG_TF_PLACED;
+  t->blind = 0;
+  t->offset = 0;
+  t->storage = s;
+  t->name = NULL;
+  char *p[3] = { s->data, (char *)a->storage->data + a->offset * (int64_t)es,
+                 (char *)b->storage->data + b->offset * (int64_t)es };
+  static const int64_t unit[3] = { 1, 1, 1 };
+  (a->dtype == MG_F64 ? binary_f64 : binary_f32)(n, p, unit, &op);
+  return t;
+}
+
+mg_status mg_tensor_unplace(mg_ctx *C, const mg_tensor *t, mg_tensor **out) {
+  mg_tensor *y = NULL;
+  mg_status st = mg_tensor_empty_n(C, t->dtype, t->ndim, t->shape,
+                                   (int64_t)(t->storage->nbytes / mg_dtsize(t->dtype)), &y);
+  if (st != MG_OK) return st;
+  memcpy(y->storage->data, t->storage->data, t->storage->nbytes);
+  *out = y;
+  return MG_OK;
+}
+
 mg_status mg_tensor_add_(mg_ctx *C, mg_tensor *dst, mg_tensor *src) {
   if (src->dtype != dst->dtype || !mg_broadcasts_to(src, dst)) {
     char s1[96], s2[96];

@@ -49,7 +49,10 @@ enum {
   MG_TF_EYE = 2,
   /* Its storage went (mg_tensor_release_reader): only tape nodes that read its shape hold it,
   ** over the context's zero-byte storage; its header's bytes still count as live. */
-  MG_TF_HOLLOW = 4
+  MG_TF_HOLLOW = 4,
+  /* Built in caller memory by mg_tensor_binary_placed, with its storage and data: never
+  ** retained or released (mg.h) */
+  MG_TF_PLACED = 8
 };
 
 /* The scalar fields come first: a small tensor's header is then mostly its first cache line. */
