@@ -60,9 +60,9 @@ static lslot *toslot(lua_State *L, int idx) {
   return p;
 }
 
-/* The tensor at 'idx' (copied out when placed), or NULL when it is no tensor or a released one. */
-static mg_tensor *totensor(lua_State *L, lstate *S, int idx) {
-  lslot *p = testslot(L, S, idx);
+/* The tensor of slot 'p' (testslot's answer for 'idx'), copied out when placed, or NULL when
+** 'p' is NULL or released. */
+static mg_tensor *slottensor(lua_State *L, lstate *S, int idx, lslot *p) {
   if (p != NULL && p->t != NULL && isplaced(p)) unplace(L, S, idx, p);
   return p ? p->t : NULL;
 }
@@ -1034,8 +1034,7 @@ static int operand_error(lua_State *L, const char *fn, mg_tensor *a, mg_tensor *
 ** returns true, or pushes nothing and returns false (then binary's general path runs). The
 ** operands are read again once the userdata exists: making it may run finalizers, which may
 ** copy them out (same shape and dtype: 'n' holds) or release them (__close). */
-static bool placed_binary(lua_State *L, lstate *S, mg_binary op) {
-  lslot *pa = testslot(L, S, 1), *pb = testslot(L, S, 2);
+static bool placed_binary(lua_State *L, lstate *S, mg_binary op, lslot *pa, lslot *pb) {
   if (pa == NULL || pb == NULL || pa->t == NULL || pb->t == NULL) return false;
   size_t n = mg_tensor_binary_placed_size(S->C, op, pa->t, pb->t);
   if (n == 0) return false;
@@ -1058,8 +1057,9 @@ static bool placed_binary(lua_State *L, lstate *S, mg_binary op) {
 ** "x" * t, where Lua knows no function name. */
 static int binary(lua_State *L, mg_binary op) {
   LSTATE_ARG;
-  if (placed_binary(L, S, op)) return 1;
-  mg_tensor *a = totensor(L, S, 1), *b = totensor(L, S, 2), *y = NULL;
+  lslot *pa = testslot(L, S, 1), *pb = testslot(L, S, 2);
+  if (placed_binary(L, S, op, pa, pb)) return 1;
+  mg_tensor *a = slottensor(L, S, 1, pa), *b = slottensor(L, S, 2, pb), *y = NULL;
   mg_status st;
   if (a && b) st = mg_tensor_binary(S->C, op, a, b, &y);
   else if (a && lua_type(L, 2) == LUA_TNUMBER)
