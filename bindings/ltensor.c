@@ -99,6 +99,27 @@ static mg_tensor **newslot(lua_State *L, lstate *S) {
   return &p->t;
 }
 
+/* The fast paths of elementwise ops: a small result that no tape records is built inside its
+** own userdata, which has no finalizer (lmoongrad.h's placed slots). newplaced pushes that
+** userdata ('n' bytes placed) and returns its slot, or NULL (nothing pushed) when the operand
+** slots 'pa', 'pb' (NULL: none) lost their tensors meanwhile: making the userdata may run
+** finalizers, which may copy the operands out (same shape and dtype: 'n' holds) or release
+** them (__close). The caller fills the slot's 't' at once. */
+static lslot *newplaced(lua_State *L, lstate *S, size_t n, const lslot *pa, const lslot *pb) {
+  lslot *p = lua_newuserdatauv(L, sizeof *p + n, 0);
+  if (pa->t == NULL || (pb != NULL && pb->t == NULL)) {
+    lua_pop(L, 1);
+    return NULL;
+  }
+  p->t = NULL;
+  p->owner = S;
+  p->prev = p->next = NULL;
+  p->placed = n;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, S->placed_mt_ref);
+  lua_setmetatable(L, -2);
+  return p;
+}
+
 mg_tensor **lmg_newslot(lua_State *L) { return newslot(L, NULL); }
 
 /* Lua's collector cannot see storage bytes: step it by as many KiB as storage grew (so
@@ -994,6 +1015,12 @@ static int tensor_newindex(lua_State *L) {
 static int tensor_unary(lua_State *L) {
   LSTATE_ARG;
   mg_unary op = (mg_unary)lua_tointeger(L, lua_upvalueindex(2));
+  lslot *px = testslot(L, S, 1), *p;
+  size_t n = px && px->t ? mg_tensor_unary_placed_size(S->C, op, px->t) : 0;
+  if (n > 0 && (p = newplaced(L, S, n, px, NULL)) != NULL) {
+    p->t = mg_tensor_unary_placed(S->C, op, px->t, p + 1);
+    return 1;
+  }
   mg_tensor *t = mg_lua_checktensor(L, 1), *y = NULL;
   return lmg_result(L, S, mg_tensor_unary(S->C, op, t, &y), &y);
 }
@@ -1029,26 +1056,17 @@ static int operand_error(lua_State *L, const char *fn, mg_tensor *a, mg_tensor *
                     luaL_typename(L, bad));
 }
 
-/* The fast path of 'a op b': two tensors whose small result no tape records gets built
-** inside its own userdata, which has no finalizer (lmoongrad.h's placed slots). Pushes it and
-** returns true, or pushes nothing and returns false (then binary's general path runs). The
-** operands are read again once the userdata exists: making it may run finalizers, which may
-** copy them out (same shape and dtype: 'n' holds) or release them (__close). */
+/* 'a op b' placed (pushed: true), or false with nothing pushed: then binary's general path
+** runs. Tensors or a tensor and a number, either way round. */
 static bool placed_binary(lua_State *L, lstate *S, mg_binary op, lslot *pa, lslot *pb) {
-  if (pa == NULL || pb == NULL || pa->t == NULL || pb->t == NULL) return false;
-  size_t n = mg_tensor_binary_placed_size(S->C, op, pa->t, pb->t);
-  if (n == 0) return false;
-  lslot *p = lua_newuserdatauv(L, sizeof *p + n, 0);
-  if (pa->t == NULL || pb->t == NULL) {
-    lua_pop(L, 1);
-    return false;
-  }
-  p->owner = S;
-  p->prev = p->next = NULL;
-  p->placed = n;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, S->placed_mt_ref);
-  lua_setmetatable(L, -2);
-  p->t = mg_tensor_binary_placed(S->C, op, pa->t, pb->t, p + 1);
+  lslot *px = pa ? pa : pb, *pt = pa && pb ? pb : NULL, *p;
+  if (px == NULL || px->t == NULL || (pt != NULL && pt->t == NULL)) return false;
+  if (pt == NULL && lua_type(L, pa ? 2 : 1) != LUA_TNUMBER) return false;
+  size_t n = mg_tensor_binary_placed_size(S->C, op, px->t, pt ? pt->t : NULL);
+  if (n == 0 || (p = newplaced(L, S, n, px, pt)) == NULL) return false;
+  if (pt != NULL) p->t = mg_tensor_binary_placed(S->C, op, px->t, pt->t, p + 1);
+  else p->t = mg_tensor_binary_scalar_placed(S->C, op, px->t, lua_tonumber(L, pa ? 2 : 1),
+                                             pa == NULL, p + 1);
   return true;
 }
 

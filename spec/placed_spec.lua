@@ -44,6 +44,29 @@ describe("a small a + b outside a tape", function()
     end
   end)
 
+  it("gives the general path's very values, for numbers on either side and unary ops", function()
+    -- a transposed operand is not dense: the same op then runs through the broadcast iterator
+    for _, dt in ipairs { "float32", "float64" } do
+      local x = mg.randn(4, 4, { dtype = dt })
+      local xt = x:transpose(1, 2):contiguous():transpose(1, 2)     -- x's values, strided
+      assert.is_false(xt:is_contiguous())
+      local cases = {
+        function(u) return u + 0.1 end, function(u) return 0.1 - u end,
+        function(u) return u * 3 end, function(u) return 2 / u end, function(u) return u ^ 2 end,
+        function(u) return 1.5 ^ u end, function(u) return -u end, function(u) return u:tanh() end,
+        function(u) return u:exp() end, function(u) return mg.sigmoid(u) end,
+        function(u) return u:abs():sqrt() end, function(u) return mg.gt(u, 0) end,
+      }
+      for k, f in ipairs(cases) do
+        assert.are.same(values(f(xt)), values(f(x)), ("case %d, %s"):format(k, dt))
+      end
+      local z = mg.tensor(2.5, { dtype = dt })                        -- 0-d
+      assert.are.equal(5, (z * 2):item())
+      assert.are.equal(-2.5, (-z):item())
+      assert.are.same({}, (z + z):shape())
+    end
+  end)
+
   it("holds its values across collections (the placed bytes are its own)", function()
     local cs = {}
     for i = 1, 200 do cs[i] = a + mg.full({ 16 }, i) end
