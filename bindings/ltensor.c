@@ -42,7 +42,7 @@ static void adopt(lua_State *L, lstate *S, lslot *p) {
 /* Copy the placed tensor of slot 'p' (the value at 'idx') out into an ordinary tensor that the
 ** slot owns, and give the value the metatable with __gc: from here on it is a tensor like any
 ** other. The placed bytes stay unused in the userdata. Raises when out of memory. */
-static void unplace(lua_State *L, lstate *S, int idx, lslot *p) {
+__attribute__((noinline, cold)) static void unplace(lua_State *L, lstate *S, int idx, lslot *p) {
   mg_tensor *y = NULL;
   if (mg_tensor_unplace(S->C, p->t, &y) != MG_OK) lmg_fail(L, S, NULL);
   idx = lua_absindex(L, idx);
