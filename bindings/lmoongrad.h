@@ -21,11 +21,18 @@
 /* A tensor's Lua value. 'owner' tells a slot from any other userdata without fetching its
 ** metatable (ltensor.c's testslot). 'prev'/'next' link the slots made inside a finalizer into
 ** their state's 'orphans' list (else NULL): while lua_close runs finalizers, objects made get
-** no finalizer of their own, so the state's __gc releases what is still on the list. */
+** no finalizer of their own, so the state's __gc releases what is still on the list.
+** A placed slot (ltensor.c's binary fast path) is followed in its userdata by 'placed' bytes
+** holding a tensor built by mg_tensor_binary_placed, header, storage and data, and has the
+** metatable without __gc: it owns nothing outside its userdata. While 't' points there
+** (right after the slot) that tensor goes to no runtime call but the placed ones; every
+** other use first copies it out (ltensor.c's unplace: then 't' is an ordinary reference and
+** the metatable the one with __gc). */
 typedef struct lslot {
   mg_tensor *t;           /* first: a slot is used as a 'mg_tensor **' */
   const struct lstate *owner;   /* the state record of the lua_State that made it */
   struct lslot *prev, *next;
+  size_t placed;          /* bytes after the slot in its userdata (0: an ordinary slot) */
 } lslot;
 
 /* Per lua_State: the runtime context and the collector's trigger. Every C function of the
@@ -37,6 +44,7 @@ typedef struct lstate {
   lslot orphans;          /* sentinel of the slots made inside finalizers */
   int tensor_mt_ref;      /* the 'moongrad.Tensor' metatable's registry reference (LUA_NOREF
                              before lmg_open_tensor), pushed for every new slot */
+  int placed_mt_ref;      /* the same metatable without __gc, for placed slots */
 } lstate;
 
 /* The running function's state record (upvalue 1), or a Lua error once its context is closed
@@ -69,7 +77,7 @@ void lmg_settensor(lua_State *L, lstate *S, mg_tensor **slot, mg_tensor *t);
 ** anything else raises the context's message. A pointer, so that '*t' is read after the
 ** call that fills it: lmg_result(L, S, mg_tensor_exp(C, x, &y), &y). */
 int lmg_result(lua_State *L, lstate *S, mg_status st, mg_tensor **t);
-/* Tensor at 'idx', or NULL when it is not a tensor. */
+/* Tensor at 'idx', or NULL when it is not a tensor (a released one: NULL too). */
 mg_tensor *lmg_totensor(lua_State *L, int idx);
 /* Tensor or number at 'idx' (numbers become 0-d tensors of dtype 'dt'): a new reference. */
 mg_tensor *lmg_checkoperand(lua_State *L, lstate *S, int idx, mg_dtype dt);

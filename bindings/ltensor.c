@@ -13,31 +13,71 @@
 
 /* ================================================================ userdata */
 
-static mg_tensor **checkslot(lua_State *L, int idx) {
-  mg_tensor **p = luaL_checkudata(L, idx, MG_TENSOR_MT);
-  if (*p == NULL) luaL_argerror(L, idx, "tensor was released");
+/* Whether the value at 'idx' is a tensor slot of 'S': a full userdata (a light one has raw
+** length 0) of a slot's size (with its placed bytes) whose 'owner' is 'S'. Two API calls where
+** a metatable test takes five (type, getmetatable, topointer, pop, touserdata: about 120
+** instructions, three tests per 'a + b' with its __gc); only C code could forge a userdata
+** that passes. */
+static lslot *testslot(lua_State *L, lstate *S, int idx) {
+  lslot *p = lua_touserdata(L, idx);
+  if (p == NULL) return NULL;
+  size_t n = lua_rawlen(L, idx);
+  return n >= sizeof *p && n == sizeof *p + p->placed && p->owner == S ? p : NULL;
+}
+
+/* Whether the slot still holds the tensor placed after it (lmoongrad.h). */
+static bool isplaced(const lslot *p) { return p->t == (const mg_tensor *)(p + 1); }
+
+/* Link a slot made or changed inside a finalizer (perhaps lua_close's, where the collector
+** gives new objects no finalizer) into its state's orphans. */
+static void adopt(lua_State *L, lstate *S, lslot *p) {
+  if (S != NULL && lua_gc(L, LUA_GCISRUNNING) < 0) {
+    p->next = S->orphans.next;
+    p->prev = &S->orphans;
+    S->orphans.next->prev = p;
+    S->orphans.next = p;
+  }
+}
+
+/* Copy the placed tensor of slot 'p' (the value at 'idx') out into an ordinary tensor that the
+** slot owns, and give the value the metatable with __gc: from here on it is a tensor like any
+** other. The placed bytes stay unused in the userdata. Raises when out of memory. */
+__attribute__((noinline, cold)) static void unplace(lua_State *L, lstate *S, int idx, lslot *p) {
+  mg_tensor *y = NULL;
+  if (mg_tensor_unplace(S->C, p->t, &y) != MG_OK) lmg_fail(L, S, NULL);
+  idx = lua_absindex(L, idx);
+  p->t = y;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, S->tensor_mt_ref);
+  lua_setmetatable(L, idx);                  /* registers the finalizer (no allocation) */
+  adopt(L, S, p);
+}
+
+/* The slot at 'idx' of this state's tensors, placed tensors copied out, or NULL. */
+static lslot *toslot(lua_State *L, int idx) {
+  lstate *S = lmg_findstate(L);
+  lslot *p = S != NULL ? testslot(L, S, idx) : NULL;
+  if (p != NULL && p->t != NULL && isplaced(p)) unplace(L, S, idx, p);
   return p;
+}
+
+/* The tensor of slot 'p' (testslot's answer for 'idx'), copied out when placed, or NULL when
+** 'p' is NULL or released. */
+static mg_tensor *slottensor(lua_State *L, lstate *S, int idx, lslot *p) {
+  if (p != NULL && p->t != NULL && isplaced(p)) unplace(L, S, idx, p);
+  return p ? p->t : NULL;
+}
+
+static mg_tensor **checkslot(lua_State *L, int idx) {
+  lslot *p = toslot(L, idx);
+  if (p == NULL) luaL_checkudata(L, idx, MG_TENSOR_MT);   /* raises the usual error */
+  if (p->t == NULL) luaL_argerror(L, idx, "tensor was released");
+  return &p->t;
 }
 
 mg_tensor *mg_lua_checktensor(lua_State *L, int idx) { return *checkslot(L, idx); }
 
 mg_tensor *lmg_totensor(lua_State *L, int idx) {
-  mg_tensor **p = luaL_testudata(L, idx, MG_TENSOR_MT);
-  return p ? *p : NULL;
-}
-
-/* Whether the value at 'idx' is a tensor slot of 'S': a full userdata (a light one has raw
-** length 0) of a slot's size whose 'owner' is 'S'. Two API calls where a metatable test takes
-** five (type, getmetatable, topointer, pop, touserdata: about 120 instructions, three tests per
-** 'a + b' with its __gc); only C code could forge a userdata that passes. */
-static lslot *testslot(lua_State *L, lstate *S, int idx) {
-  lslot *p = lua_touserdata(L, idx);
-  return p && lua_rawlen(L, idx) == sizeof *p && p->owner == S ? p : NULL;
-}
-
-/* The tensor at 'idx', or NULL when it is no tensor or a released one. */
-static mg_tensor *totensor(lua_State *L, lstate *S, int idx) {
-  lslot *p = testslot(L, S, idx);
+  lslot *p = toslot(L, idx);
   return p ? p->t : NULL;
 }
 
@@ -48,21 +88,36 @@ static mg_tensor **newslot(lua_State *L, lstate *S) {
   p->t = NULL;
   p->owner = S;
   p->prev = p->next = NULL;
+  p->placed = 0;
   if (S != NULL) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, S->tensor_mt_ref);
     lua_setmetatable(L, -2);
   } else {
     luaL_setmetatable(L, MG_TENSOR_MT);
   }
-  if (lua_gc(L, LUA_GCISRUNNING) < 0) {   /* inside a finalizer: perhaps lua_close's */
-    if (S != NULL) {
-      p->next = S->orphans.next;
-      p->prev = &S->orphans;
-      S->orphans.next->prev = p;
-      S->orphans.next = p;
-    }
-  }
+  adopt(L, S, p);
   return &p->t;
+}
+
+/* The fast paths of elementwise ops: a small result that no tape records is built inside its
+** own userdata, which has no finalizer (lmoongrad.h's placed slots). newplaced pushes that
+** userdata ('n' bytes placed) and returns its slot, or NULL (nothing pushed) when the operand
+** slots 'pa', 'pb' (NULL: none) lost their tensors meanwhile: making the userdata may run
+** finalizers, which may copy the operands out (same shape and dtype: 'n' holds) or release
+** them (__close). The caller fills the slot's 't' at once. */
+static lslot *newplaced(lua_State *L, lstate *S, size_t n, const lslot *pa, const lslot *pb) {
+  lslot *p = lua_newuserdatauv(L, sizeof *p + n, 0);
+  if (pa->t == NULL || (pb != NULL && pb->t == NULL)) {
+    lua_pop(L, 1);
+    return NULL;
+  }
+  p->t = NULL;
+  p->owner = S;
+  p->prev = p->next = NULL;
+  p->placed = n;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, S->placed_mt_ref);
+  lua_setmetatable(L, -2);
+  return p;
 }
 
 mg_tensor **lmg_newslot(lua_State *L) { return newslot(L, NULL); }
@@ -131,6 +186,7 @@ static int tensor_release(lua_State *L) {
   lslot *p = testslot(L, S, 1);
   if (p == NULL) p = luaL_checkudata(L, 1, MG_TENSOR_MT);   /* raises the usual error */
   lmg_unlink_slot(p);
+  if (p->t != NULL && isplaced(p)) p->t = NULL;             /* nothing outside the userdata */
   if (S->C != NULL) mg_tensor_release_reader(S->C, p->t);   /* data only tapes hold goes now */
   else mg_tensor_release(p->t);
   p->t = NULL;
@@ -867,7 +923,8 @@ static int tensor_copy(lua_State *L) {
 ** assign ops. 'op' < 0: plain assignment. Errors name 'fn'. */
 static int assign(lua_State *L, const char *fn, int op) {
   LSTATE_ARG;
-  mg_tensor **p = luaL_testudata(L, 1, MG_TENSOR_MT);
+  lslot *q = toslot(L, 1);
+  mg_tensor **p = q ? &q->t : NULL;
   if (p == NULL || *p == NULL || !mg_tensor_is_variable(*p))
     return luaL_error(L, "%s: expected a Variable, got %s", fn, p == NULL ? luaL_typename(L, 1)
                       : *p == NULL ? "a released tensor" : "a plain tensor");
@@ -958,6 +1015,12 @@ static int tensor_newindex(lua_State *L) {
 static int tensor_unary(lua_State *L) {
   LSTATE_ARG;
   mg_unary op = (mg_unary)lua_tointeger(L, lua_upvalueindex(2));
+  lslot *px = testslot(L, S, 1), *p;
+  size_t n = px && px->t ? mg_tensor_unary_placed_size(S->C, op, px->t) : 0;
+  if (n > 0 && (p = newplaced(L, S, n, px, NULL)) != NULL) {
+    p->t = mg_tensor_unary_placed(S->C, op, px->t, p + 1);
+    return 1;
+  }
   mg_tensor *t = mg_lua_checktensor(L, 1), *y = NULL;
   return lmg_result(L, S, mg_tensor_unary(S->C, op, t, &y), &y);
 }
@@ -982,8 +1045,8 @@ _Static_assert(sizeof binary_kernels / sizeof binary_kernels[0] == MG_B_COUNT, "
 ** ('a', 'b': the tensors among them, else NULL). */
 static int operand_error(lua_State *L, const char *fn, mg_tensor *a, mg_tensor *b) {
   for (int i = 1; i <= 2; i++) {
-    mg_tensor **p = luaL_testudata(L, i, MG_TENSOR_MT);
-    if (p && *p == NULL) return luaL_error(L, "%s: operand %d is a released tensor", fn, i);
+    lslot *p = testslot(L, lmg_findstate(L), i);
+    if (p && p->t == NULL) return luaL_error(L, "%s: operand %d is a released tensor", fn, i);
   }
   if (!a && !b)
     return luaL_error(L, "%s: expected a tensor operand, got %s and %s", fn, luaL_typename(L, 1),
@@ -993,12 +1056,28 @@ static int operand_error(lua_State *L, const char *fn, mg_tensor *a, mg_tensor *
                     luaL_typename(L, bad));
 }
 
+/* 'a op b' placed (pushed: true), or false with nothing pushed: then binary's general path
+** runs. Tensors or a tensor and a number, either way round. */
+static bool placed_binary(lua_State *L, lstate *S, mg_binary op, lslot *pa, lslot *pb) {
+  lslot *px = pa ? pa : pb, *pt = pa && pb ? pb : NULL, *p;
+  if (px == NULL || px->t == NULL || (pt != NULL && pt->t == NULL)) return false;
+  if (pt == NULL && lua_type(L, pa ? 2 : 1) != LUA_TNUMBER) return false;
+  size_t n = mg_tensor_binary_placed_size(S->C, op, px->t, pt ? pt->t : NULL);
+  if (n == 0 || (p = newplaced(L, S, n, px, pt)) == NULL) return false;
+  if (pt != NULL) p->t = mg_tensor_binary_placed(S->C, op, px->t, pt->t, p + 1);
+  else p->t = mg_tensor_binary_scalar_placed(S->C, op, px->t, lua_tonumber(L, pa ? 2 : 1),
+                                             pa == NULL, p + 1);
+  return true;
+}
+
 /* Binary op with numbers allowed on either side (one coercion point for every metamethod).
 ** Errors name the op themselves: the string library calls these metamethods from C for
 ** "x" * t, where Lua knows no function name. */
 static int binary(lua_State *L, mg_binary op) {
   LSTATE_ARG;
-  mg_tensor *a = totensor(L, S, 1), *b = totensor(L, S, 2), *y = NULL;
+  lslot *pa = testslot(L, S, 1), *pb = testslot(L, S, 2);
+  if (placed_binary(L, S, op, pa, pb)) return 1;
+  mg_tensor *a = slottensor(L, S, 1, pa), *b = slottensor(L, S, 2, pb), *y = NULL;
   mg_status st;
   if (a && b) st = mg_tensor_binary(S->C, op, a, b, &y);
   else if (a && lua_type(L, 2) == LUA_TNUMBER)
@@ -1375,7 +1454,9 @@ static int tensor_unstack(lua_State *L) {
 ** mg._set_tostring returns (core.lua's formatter, values as PyTorch prints them), or
 ** without a hook "tensor(shape=(2,3), dtype=float32)". */
 static int tensor_tostring(lua_State *L) {
-  mg_tensor **p = luaL_checkudata(L, 1, MG_TENSOR_MT);
+  lslot *q = toslot(L, 1);
+  if (q == NULL) luaL_checkudata(L, 1, MG_TENSOR_MT);      /* raises the usual error */
+  mg_tensor **p = &q->t;
   if (*p == NULL) {
     lua_pushliteral(L, "tensor(released)");
     return 1;
@@ -1587,6 +1668,22 @@ static void setkernels(lua_State *L, lstate *S, bool methods) {
       setkernel(L, S, binary_kernels[i].name, tensor_binary, binary_kernels[i].k);
 }
 
+/* Of the metatable at the top, a copy without __gc for placed slots, kept in the registry
+** (once per state, as 'tensor_mt_ref'). */
+static void placed_metatable(lua_State *L, lstate *S) {
+  if (S->placed_mt_ref != LUA_NOREF) return;
+  lua_newtable(L);
+  lua_pushnil(L);
+  while (lua_next(L, -3)) {
+    lua_pushvalue(L, -2);
+    lua_insert(L, -2);
+    lua_rawset(L, -4);
+  }
+  lua_pushnil(L);
+  lua_setfield(L, -2, "__gc");
+  S->placed_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
 /* Builds 'moongrad.Tensor' and adds the tensor functions to the module at the stack top. */
 void lmg_open_tensor(lua_State *L, lstate *S) {
   static const struct { const char *name; lua_CFunction f; mg_binary k; } arith[] = {
@@ -1612,6 +1709,7 @@ void lmg_open_tensor(lua_State *L, lstate *S) {
   lua_insert(L, -2);
   lua_pushcclosure(L, tensor_index, 2);              /* upvalues: state, method table */
   lua_setfield(L, -2, "__index");
+  placed_metatable(L, S);
   lua_pop(L, 1);
   lmg_setfuncs(L, S, module_functions);
   lmg_setfuncs(L, S, tensor_shared);

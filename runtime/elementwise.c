@@ -363,6 +363,111 @@ mg_status mg_tensor_binary(mg_ctx *C, mg_binary op, mg_tensor *a, mg_tensor *b,
   return st == MG_OK ? st : mg_name_error(C, st, binary_name[op]);
 }
 
+/* ---------------------------------------------------------------- placed results */
+
+#define PLACED_MAX 256   /* most data bytes of a placed result */
+
+/* Bytes of a placed result of 'n' elements of dtype 'dt' (dense_pair's answer: -1 is none). */
+static size_t placed_size(mg_dtype dt, int64_t n) {
+  size_t bytes = (size_t)n * mg_dtsize(dt);
+  if (n < 0 || bytes > PLACED_MAX) return 0;
+  return sizeof(mg_tensor) + sizeof(mg_storage) + bytes;
+}
+
+size_t mg_tensor_binary_placed_size(const mg_ctx *C, mg_binary op, const mg_tensor *a,
+                                    const mg_tensor *b) {
+  if (binary_opcode[op] >= 0 && mg_recording(C)) return 0;
+  return placed_size(a->dtype, dense_pair(a, b ? b : a));
+}
+
+size_t mg_tensor_unary_placed_size(const mg_ctx *C, mg_unary op, const mg_tensor *x) {
+  if (unary_opcode[op] >= 0 && mg_recording(C)) return 0;
+  return placed_size(x->dtype, dense_pair(x, x));
+}
+
+/* A tensor shaped as 'x' placed at 'mem' (the header, then the storage, then the data),
+** contiguous, its element count in '*n'. */
+static mg_tensor *place_like(const mg_tensor *x, void *mem, int64_t *n) {
+  mg_tensor *t = mem;
+  mg_storage *s = (mg_storage *)(t + 1);
+  int64_t step = 1, m = 1;                  /* the shape, contiguous strides and size */
+  for (int d = x->ndim - 1; d >= 0; d--) {
+    int64_t k = x->shape[d];
+    t->shape[d] = k;
+    t->stride[d] = step;
+    step *= k > 0 ? k : 1;
+    m *= k;
+  }
+  *s = (mg_storage){ .refs = 1, .data = s + 1, .nbytes = (size_t)m * mg_dtsize(x->dtype) };
+  t->refs = 1;
+  t->dtype = x->dtype;
+  t->ndim = x->ndim;
+  t->flags = MG_TF_PLACED;
+  t->blind = 0;
+  t->offset = 0;
+  t->storage = s;
+  t->name = NULL;
+  *n = m;
+  return t;
+}
+
+/* Address of element (0,...,0) of 'x'. */
+static char *first(const mg_tensor *x) {
+  return (char *)x->storage->data + x->offset * (int64_t)mg_dtsize(x->dtype);
+}
+
+/* binary_dense's work without the pool; with a NULL 'b' the scalar 'v' (in the dtype of 'a',
+** as mg_tensor_binary_scalar's 0-d tensor holds it) is the operand on the side 'vfirst' says. */
+static mg_tensor *binary_placed(mg_binary op, const mg_tensor *a, const mg_tensor *b, double v,
+                                bool vfirst, void *mem) {
+  int64_t n;
+  mg_tensor *t = place_like(a, mem, &n);
+  float vf = (float)v;
+  char *vp = a->dtype == MG_F64 ? (char *)&v : (char *)&vf;
+  char *p[3] = { t->storage->data, first(a), b ? first(b) : vp };
+  int64_t st[3] = { 1, 1, b ? 1 : 0 };
+  if (vfirst) {
+    p[2] = p[1];
+    p[1] = vp;
+    st[1] = 0;
+    st[2] = 1;
+  }
+  (a->dtype == MG_F64 ? binary_f64 : binary_f32)(n, p, st, &op);
+  return t;
+}
+
+mg_tensor *mg_tensor_binary_placed(mg_ctx *C, mg_binary op, const mg_tensor *a,
+                                   const mg_tensor *b, void *mem) {
+  (void)C;
+  return binary_placed(op, a, b, 0, false, mem);
+}
+
+mg_tensor *mg_tensor_binary_scalar_placed(mg_ctx *C, mg_binary op, const mg_tensor *x, double v,
+                                          bool scalar_first, void *mem) {
+  (void)C;
+  return binary_placed(op, x, NULL, v, scalar_first, mem);
+}
+
+mg_tensor *mg_tensor_unary_placed(mg_ctx *C, mg_unary op, const mg_tensor *x, void *mem) {
+  (void)C;
+  int64_t n;
+  mg_tensor *t = place_like(x, mem, &n);
+  char *p[2] = { t->storage->data, first(x) };
+  static const int64_t unit[2] = { 1, 1 };
+  (x->dtype == MG_F64 ? unary_f64 : unary_f32)(n, p, unit, &op);
+  return t;
+}
+
+mg_status mg_tensor_unplace(mg_ctx *C, const mg_tensor *t, mg_tensor **out) {
+  mg_tensor *y = NULL;
+  mg_status st = mg_tensor_empty_n(C, t->dtype, t->ndim, t->shape,
+                                   (int64_t)(t->storage->nbytes / mg_dtsize(t->dtype)), &y);
+  if (st != MG_OK) return st;
+  memcpy(y->storage->data, t->storage->data, t->storage->nbytes);
+  *out = y;
+  return MG_OK;
+}
+
 mg_status mg_tensor_add_(mg_ctx *C, mg_tensor *dst, mg_tensor *src) {
   if (src->dtype != dst->dtype || !mg_broadcasts_to(src, dst)) {
     char s1[96], s2[96];

@@ -190,6 +190,26 @@ typedef enum mg_binary {
 MG_API mg_status mg_tensor_unary(mg_ctx *C, mg_unary op, mg_tensor *x, mg_tensor **out);
 MG_API mg_status mg_tensor_binary(mg_ctx *C, mg_binary op, mg_tensor *a, mg_tensor *b,
                                   mg_tensor **out);
+/* Placed results: a small elementwise result that no tape records, built in memory the caller
+** owns (the Lua bindings put it inside the result's userdata: one allocation and no finalizer).
+** The *_placed_size functions give the bytes it needs (8-byte aligned memory), or 0 when the op
+** must go through the ordinary function (a tape records it, the operands are not dense tensors
+** of one shape and dtype, or the result has more than 256 bytes of data); a NULL 'b' asks for
+** mg_tensor_binary_scalar_placed. The *_placed functions compute it into 'mem' (that many
+** bytes) with the same kernels and results as mg_tensor_binary, mg_tensor_binary_scalar and
+** mg_tensor_unary, and return it; they cannot fail.
+** A placed tensor is borrowed, never owned: it goes only to these functions and to
+** mg_tensor_unplace; never retain or release it, nor hand it to any other call.
+** mg_tensor_unplace copies it into a new ordinary tensor (not recorded). */
+MG_API size_t mg_tensor_binary_placed_size(const mg_ctx *C, mg_binary op, const mg_tensor *a,
+                                           const mg_tensor *b);
+MG_API size_t mg_tensor_unary_placed_size(const mg_ctx *C, mg_unary op, const mg_tensor *x);
+MG_API mg_tensor *mg_tensor_binary_placed(mg_ctx *C, mg_binary op, const mg_tensor *a,
+                                          const mg_tensor *b, void *mem);
+MG_API mg_tensor *mg_tensor_binary_scalar_placed(mg_ctx *C, mg_binary op, const mg_tensor *x,
+                                                 double v, bool scalar_first, void *mem);
+MG_API mg_tensor *mg_tensor_unary_placed(mg_ctx *C, mg_unary op, const mg_tensor *x, void *mem);
+MG_API mg_status mg_tensor_unplace(mg_ctx *C, const mg_tensor *t, mg_tensor **out);
 /* 'x' op 'v' (or 'v' op 'x' when 'scalar_first'), 'v' taking the dtype of 'x'. */
 MG_API mg_status mg_tensor_binary_scalar(mg_ctx *C, mg_binary op, mg_tensor *x, double v,
                                          bool scalar_first, mg_tensor **out);

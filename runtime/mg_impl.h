@@ -52,7 +52,10 @@ enum {
   MG_TF_HOLLOW = 4,
   /* With MG_TF_EYE: the matmul's rule may hand a view of W^T, not a copy (jacobian.c sets it
   ** when every consumer of that cotangent passes it on to the Jacobian's writer). */
-  MG_TF_EYE_VIEW = 8
+  MG_TF_EYE_VIEW = 8,
+  /* Built in caller memory by mg_tensor_binary_placed, with its storage and data: never
+  ** retained or released (mg.h) */
+  MG_TF_PLACED = 16
 };
 
 /* The scalar fields come first: a small tensor's header is then mostly its first cache line. */

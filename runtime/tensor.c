@@ -113,11 +113,13 @@ mg_tensor *mg_view_new(mg_ctx *C, mg_storage *s, mg_dtype dt, int ndim, const in
 }
 
 mg_tensor *mg_tensor_retain(mg_tensor *t) {
+  assert(!(t->flags & MG_TF_PLACED));
   t->refs++;
   return t;
 }
 
 void mg_tensor_release(mg_tensor *t) {
+  assert(t == NULL || !(t->flags & MG_TF_PLACED));   /* its memory is its caller's */
   if (t == NULL || --t->refs > 0) return;
   mg_storage *s = t->storage;
   if (t->flags & MG_TF_HOLLOW) mg_pool_account(s->pool, sizeof *t, false);

@@ -4,6 +4,8 @@
 **    still released when the state goes: the release callback of wrapped host memory runs;
 ** 2. a host that writes into wrapped memory after an op recorded it and says so with
 **    mg_tensor_bump_version gets the in-place error from the gradient, not a wrong gradient;
+** 2b. small results kept inside their userdata (placed) behave in two states and through the
+**    host API (mg_lua_checktensor copies them out: the host may keep what it gets);
 ** 3. under AddressSanitizer, a tensor header used after its release is reported (the pool
 **    hands its blocks back to malloc/free there instead of recycling them unseen).
 ** Exit status 0 when every check passes, 1 otherwise.
@@ -58,6 +60,22 @@ static int l_poke(lua_State *L) {
   return 0;
 }
 
+/* hostsum(t): the sum of a float32 tensor's elements, read through the host API */
+static int l_hostsum(lua_State *L) {
+  mg_tensor *t = mg_lua_checktensor(L, 1);
+  const float *x = mg_tensor_data(t);
+  double s = 0;
+  for (int64_t i = 0; i < mg_tensor_numel(t); i++) s += x[i];
+  lua_pushnumber(L, s);
+  return 1;
+}
+
+static mg_tensor *kept;                  /* keep(t): a reference the host holds on to */
+static int l_keep(lua_State *L) {
+  kept = mg_tensor_retain(mg_lua_checktensor(L, 1));
+  return 0;
+}
+
 static lua_State *newstate(void) {
   lua_State *L = luaL_newstate();
   luaL_openlibs(L);
@@ -65,6 +83,8 @@ static lua_State *newstate(void) {
   lua_setglobal(L, "mg");
   lua_register(L, "wrapped", l_wrapped);
   lua_register(L, "poke", l_poke);
+  lua_register(L, "hostsum", l_hostsum);
+  lua_register(L, "keep", l_keep);
   return L;
 }
 
@@ -101,6 +121,25 @@ static void host_write(void) {
   check(ok && released == 1, "a host write announced by mg_tensor_bump_version is detected");
 }
 
+/* Small results of 'a + b' live inside their userdata (placed, no finalizer) until the host
+** API or any other use copies them out: two states make and use them independently, one
+** closing first, and a reference the host keeps outlives the Lua value. */
+static void two_states_placed(void) {
+  lua_State *L1 = newstate(), *L2 = newstate();
+  int ok = run(L1, "A = mg.ones(16) + mg.ones(16); B = A * 3; V = (A + B):reshape(4, 4)") &&
+           run(L2, "A = mg.full({16}, 5) - 1; S = hostsum(A); keep(A * 2); collectgarbage()") &&
+           run(L1, "assert(hostsum(B) == 96 and V:sum():item() == 128)");
+  lua_close(L1);
+  ok = ok && run(L2, "collectgarbage(); assert(S == 64 and hostsum(A) == 64)\n"
+                     "local C = A + A; collectgarbage(); assert(C:sum():item() == 128)");
+  lua_close(L2);
+  const float *k = kept ? mg_tensor_data(kept) : NULL;
+  ok = ok && k != NULL && k[0] == 8 && k[15] == 8;
+  mg_tensor_release(kept);
+  kept = NULL;
+  check(ok, "placed results in two states, one closed first, and a host reference that outlives its value");
+}
+
 static void asan_sees_use_after_free(void) {
 #ifdef HAVE_ASAN
   fflush(stdout);
@@ -129,6 +168,7 @@ static void asan_sees_use_after_free(void) {
 int main(void) {
   finalizer_tensor();
   host_write();
+  two_states_placed();
   asan_sees_use_after_free();
   return failures ? 1 : 0;
 }
