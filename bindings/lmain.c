@@ -867,6 +867,16 @@ static bool has_own_tostring(lua_State *L, int i) {
 
 /* Push a one-line form of the tensor at 'i': its 'tostring' when short and on one line, else
 ** "tensor(shape=(2,3), dtype=float32)". */
+/* Whether the value at 'i' is a tensor: a userdata whose metatable is named TENSOR_MT (a
+** small result of an unrecorded op has a copy of that metatable without __gc, so the
+** registry's own metatable cannot be the test). */
+static bool is_tensor(lua_State *L, int i) {
+  if (lua_type(L, i) != LUA_TUSERDATA || luaL_getmetafield(L, i, "__name") == LUA_TNIL) return false;
+  bool yes = lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), TENSOR_MT) == 0;
+  lua_pop(L, 1);
+  return yes;
+}
+
 static void show_tensor(lua_State *L, int i) {
   size_t n;
   const char *s = luaL_tolstring(L, i, &n);
@@ -956,7 +966,7 @@ static size_t push_entries(lua_State *L, int t, lua_Integer n, int keys, int dep
       lua_rawgeti(L, keys, i - n);
       lua_rawget(L, t);
     }
-    *tall |= luaL_testudata(L, -1, TENSOR_MT) != NULL;
+    *tall |= is_tensor(L, -1);
     show(L, lua_gettop(L), depth + 1, seen);
     lua_remove(L, -2);                          /* the value */
     if (i > n) { lua_remove(L, top + 1); lua_concat(L, 2); }   /* key text .. value text */
@@ -1058,7 +1068,7 @@ static void show(lua_State *L, int i, int depth, int seen) {
   const void *p = lua_topointer(L, i);
   if (lua_type(L, i) == LUA_TSTRING) {
     show_string(L, i);
-  } else if (luaL_testudata(L, i, TENSOR_MT)) {
+  } else if (is_tensor(L, i)) {
     show_tensor(L, i);
   } else if (lua_type(L, i) != LUA_TTABLE || has_own_tostring(L, i)) {
     luaL_tolstring(L, i, NULL);

@@ -86,6 +86,11 @@ a:shape()
       "}", "" }, "\n"), out)
   end)
 
+  it("a small result of an unrecorded op (built without a finalizer) shows as a tensor too", function()
+    local out = repl("{mg.ones(8, 8) + mg.ones(8, 8), -mg.ones(8, 8)}\n")
+    assert.are.equal("{\n  tensor(shape=(8,8), dtype=float32),\n  tensor(shape=(8,8), dtype=float32)\n}\n", out)
+  end)
+
   it("nested tables to depth 3, then {...}; a table inside itself as <cycle>", function()
     local out = repl("{1, {2, {3, {4, {5}}}}}\nt = {n = 1}; t.self = t; t.list = {t}\nt\n")
     assert.are.equal("{1, {2, {3, {...}}}}\n{list = {<cycle>}, n = 1, self = <cycle>}\n", out)
