@@ -12,59 +12,59 @@ typedef LT LX(lanes_at) __attribute__((vector_size(LANES * sizeof(LT)), aligned(
 #define lload(p) (*(const LX(lanes_at) *)(p))
 #define lstore(p, v) (*(LX(lanes_at) *)(p) = (v))
 
-/* One reflector (v, tau) applied to tangent row a, both from component j on. */
-MG_INLINE void LX(reflect_lanes)(int64_t j, int64_t N, const LT *v, const LT *tau, LT *a) {
-  VT w = lload(a + j * LANES), t = lload(tau);
-  for (int64_t i = j + 1; i < N; i++) w += lload(v + i * LANES) * lload(a + i * LANES);
-  w *= t;
-  lstore(a + j * LANES, lload(a + j * LANES) - w);
-  for (int64_t i = j + 1; i < N; i++) lstore(a + i * LANES, lload(a + i * LANES) - w * lload(v + i * LANES));
-}
-
-/* The same for the 4 rows a, a + row, a + 2 row, a + 3 row: independent sums, so the dot
-** products are not one chain of dependent additions. */
-MG_INLINE void LX(reflect4_lanes)(int64_t j, int64_t N, const LT *v, const LT *tau,
+/* One reflector (v, tau) applied to the cb (1 .. 8) tangent rows a, a + row, ..., from
+** component j on: cb independent sums in one pass over v, so the dot products are not one
+** chain of dependent additions (each row's own sum in the same order for any cb). */
+MG_INLINE void LX(reflectn_lanes)(int cb, int64_t j, int64_t N, const LT *v, const LT *tau,
                                   LT *a, int64_t row) {
-  LT *a0 = a, *a1 = a + row, *a2 = a + 2 * row, *a3 = a + 3 * row;
-  VT w0 = lload(a0 + j * LANES), w1 = lload(a1 + j * LANES), w2 = lload(a2 + j * LANES),
-          w3 = lload(a3 + j * LANES), t = lload(tau);
+  VT w[8], t = lload(tau);
+#pragma GCC unroll 8
+  for (int q = 0; q < cb; q++) w[q] = lload(a + q * row + j * LANES);
   for (int64_t i = j + 1; i < N; i++) {
     VT vi = lload(v + i * LANES);
-    w0 += vi * lload(a0 + i * LANES);
-    w1 += vi * lload(a1 + i * LANES);
-    w2 += vi * lload(a2 + i * LANES);
-    w3 += vi * lload(a3 + i * LANES);
+#pragma GCC unroll 8
+    for (int q = 0; q < cb; q++) w[q] += vi * lload(a + q * row + i * LANES);
   }
-  w0 *= t, w1 *= t, w2 *= t, w3 *= t;
-  lstore(a0 + j * LANES, lload(a0 + j * LANES) - w0);
-  lstore(a1 + j * LANES, lload(a1 + j * LANES) - w1);
-  lstore(a2 + j * LANES, lload(a2 + j * LANES) - w2);
-  lstore(a3 + j * LANES, lload(a3 + j * LANES) - w3);
+#pragma GCC unroll 8
+  for (int q = 0; q < cb; q++) {
+    w[q] *= t;
+    lstore(a + q * row + j * LANES, lload(a + q * row + j * LANES) - w[q]);
+  }
   for (int64_t i = j + 1; i < N; i++) {
     VT vi = lload(v + i * LANES);
-    lstore(a0 + i * LANES, lload(a0 + i * LANES) - w0 * vi);
-    lstore(a1 + i * LANES, lload(a1 + i * LANES) - w1 * vi);
-    lstore(a2 + i * LANES, lload(a2 + i * LANES) - w2 * vi);
-    lstore(a3 + i * LANES, lload(a3 + i * LANES) - w3 * vi);
+#pragma GCC unroll 8
+    for (int q = 0; q < cb; q++) lstore(a + q * row + i * LANES, lload(a + q * row + i * LANES) - w[q] * vi);
   }
 }
 
-/* Reflector j applied to rows j + 1 .. k - 1 of X. */
+/* Reflector j applied to rows j + 1 .. k - 1 of X, 8 at a time. */
 MG_INLINE void LX(reflect_rows)(int64_t j, int64_t N, int64_t k, const LT *v, const LT *tau,
                                 LT *X, int64_t row) {
   int64_t c = j + 1;
-  for (; c + 4 <= k; c += 4) LX(reflect4_lanes)(j, N, v, tau, X + c * row, row);
-  for (; c < k; c++) LX(reflect_lanes)(j, N, v, tau, X + c * row);
+  for (; c + 8 <= k; c += 8) LX(reflectn_lanes)(8, j, N, v, tau, X + c * row, row);
+  switch (k - c) {                                     /* constant counts: unrolled */
+  case 7: LX(reflectn_lanes)(7, j, N, v, tau, X + c * row, row); break;
+  case 6: LX(reflectn_lanes)(6, j, N, v, tau, X + c * row, row); break;
+  case 5: LX(reflectn_lanes)(5, j, N, v, tau, X + c * row, row); break;
+  case 4: LX(reflectn_lanes)(4, j, N, v, tau, X + c * row, row); break;
+  case 3: LX(reflectn_lanes)(3, j, N, v, tau, X + c * row, row); break;
+  case 2: LX(reflectn_lanes)(2, j, N, v, tau, X + c * row, row); break;
+  case 1: LX(reflectn_lanes)(1, j, N, v, tau, X + c * row, row); break;
+  default: break;
+  }
 }
 
 /* Steps j0 .. j1 - 1 of geqr2 (slarfg's reflectors) on the columns j0 .. j1 - 1 of X only. */
 MG_INLINE void LX(geqr2_lanes)(int64_t N, int64_t j0, int64_t j1, LT *X, LT *tau, LT *beta) {
   const int64_t row = N * LANES;
   for (int64_t j = j0; j < j1; j++) {
-    LT *v = X + j * row, *t = tau + j * LANES, *bt = beta + j * LANES, ss[LANES] = { 0 };
-    for (int64_t i = j + 1; i < N; i++)
-      for (int l = 0; l < LANES; l++) ss[l] += v[i * LANES + l] * v[i * LANES + l];
-    LT sc[LANES];
+    LT *v = X + j * row, *t = tau + j * LANES, *bt = beta + j * LANES, ss[LANES], sc[LANES];
+    VT s2 = (VT){ 0 };                                 /* whole vectors: v and tau may alias */
+    for (int64_t i = j + 1; i < N; i++) {
+      VT vi = lload(v + i * LANES);
+      s2 += vi * vi;
+    }
+    lstore(ss, s2);
     for (int l = 0; l < LANES; l++) {
       LT alpha = v[j * LANES + l], b = -LCOPYSIGN(LSQRT(alpha * alpha + ss[l]), alpha);
       bool some = ss[l] > 0;
@@ -73,8 +73,8 @@ MG_INLINE void LX(geqr2_lanes)(int64_t N, int64_t j0, int64_t j1, LT *X, LT *tau
       sc[l] = some ? 1 / (alpha - b) : 1;
       v[j * LANES + l] = bt[l];
     }
-    for (int64_t i = j + 1; i < N; i++)
-      for (int l = 0; l < LANES; l++) v[i * LANES + l] *= sc[l];
+    VT vs = lload(sc);
+    for (int64_t i = j + 1; i < N; i++) lstore(v + i * LANES, lload(v + i * LANES) * vs);
     LX(reflect_rows)(j, N, j1, v, t, X, row);
   }
 }
@@ -86,11 +86,10 @@ MG_INLINE void LX(org2r_lanes)(int64_t N, int64_t j0, int64_t j1, LT *X, const L
     LT *v = X + j * row;
     const LT *t = tau + j * LANES;
     LX(reflect_rows)(j, N, j1, v, t, X, row);
-    for (int64_t i = j + 1; i < N; i++)
-      for (int l = 0; l < LANES; l++) v[i * LANES + l] *= -t[l];
-    for (int l = 0; l < LANES; l++) v[j * LANES + l] = 1 - t[l];
-    for (int64_t i = 0; i < j; i++)
-      for (int l = 0; l < LANES; l++) v[i * LANES + l] = 0;
+    VT nt = -(VT)lload(t);
+    for (int64_t i = j + 1; i < N; i++) lstore(v + i * LANES, lload(v + i * LANES) * nt);
+    lstore(v + j * LANES, nt + (LT)1);
+    memset(v, 0, sizeof(LT) * (size_t)(j * LANES));
   }
 }
 
@@ -103,27 +102,28 @@ MG_INLINE void LX(org2r_lanes)(int64_t N, int64_t j0, int64_t j1, LT *X, const L
 ** rows (W = V^T C, C -= V W), reading C once per panel where the unblocked code reads it
 ** once per column. */
 
-/* V (NB rows, row stride N LANES) of the panel at j0 from X's columns j0 .. j0 + NB - 1. */
+/* V of the panel at j0 from X's columns j0 .. j0 + NB - 1: component i of reflector p at
+** VI(i, p), the NB reflectors of one component side by side (one pointer walks the rows). */
+#define VI(i, p) (((i) * NB + (p)) * LANES)
 MG_INLINE void LX(panel_v)(int64_t N, int64_t j0, const LT *X, LT *V) {
   const int64_t row = N * LANES;
-  for (int64_t p = 0; p < NB; p++) {
-    LT *v = V + p * row;
-    int64_t d = j0 + p;
-    memset(v + j0 * LANES, 0, sizeof(LT) * (size_t)(p * LANES));
-    lstore(v + d * LANES, (VT){ 0 } + (LT)1);
-    memcpy(v + (d + 1) * LANES, X + (j0 + p) * row + (d + 1) * LANES,
-           sizeof(LT) * (size_t)((N - d - 1) * LANES));
-  }
+  for (int64_t i = j0; i < j0 + NB; i++)               /* the unit upper triangle */
+    for (int64_t p = 0; p < NB; p++) {
+      int64_t d = j0 + p;
+      lstore(V + VI(i, p), i < d ? (VT){ 0 } : i == d ? (VT){ 0 } + (LT)1 : (VT)lload(X + d * row + i * LANES));
+    }
+  for (int64_t i = j0 + NB; i < N; i++)
+#pragma GCC unroll 8
+    for (int64_t p = 0; p < NB; p++) lstore(V + VI(i, p), lload(X + (j0 + p) * row + i * LANES));
 }
 
 /* slarft (forward, columnwise): Tm (NB x NB lane vectors, upper) of the panel at j0. */
 MG_INLINE void LX(panel_t)(int64_t N, int64_t j0, const LT *V, const LT *tau, LT *Tm) {
-  const int64_t row = N * LANES;
   for (int64_t i = 0; i < NB; i++) {
     VT ti = lload(tau + (j0 + i) * LANES), w[NB];
     for (int64_t p = 0; p < i; p++) {
       VT d = (VT){ 0 };
-      for (int64_t r = j0 + i; r < N; r++) d += lload(V + p * row + r * LANES) * lload(V + i * row + r * LANES);
+      for (int64_t r = j0 + i; r < N; r++) d += lload(V + VI(r, p)) * lload(V + VI(r, i));
       w[p] = d;
     }
     for (int64_t p = 0; p < i; p++) {
@@ -150,7 +150,7 @@ MG_INLINE void LX(vtc_cols)(int cb, bool first, int64_t r0, int64_t r1, int64_t 
     for (int q = 0; q < cb; q++) a[q] = lload(X + (c + q) * row + i * LANES);
 #pragma GCC unroll 8
     for (int p = 0; p < NB; p++) {
-      VT v = lload(V + p * row + i * LANES);
+      VT v = lload(V + VI(i, p));
       for (int q = 0; q < cb; q++) acc[p][q] += v * a[q];
     }
   }
@@ -170,7 +170,7 @@ MG_INLINE void LX(vw_tile)(int cb, int ib, int64_t N, int64_t k, int64_t c, int6
   for (int p = 0; p < NB; p++) {
     VT w[4], v[4];
     for (int q = 0; q < cb; q++) w[q] = lload(W + (p * k + c + q) * LANES);
-    for (int r = 0; r < ib; r++) v[r] = lload(V + p * row + (i + r) * LANES);
+    for (int r = 0; r < ib; r++) v[r] = lload(V + VI(i + r, p));
     for (int q = 0; q < cb; q++)
       for (int r = 0; r < ib; r++) acc[q][r] -= w[q] * v[r];
   }
@@ -443,6 +443,7 @@ static void LX(groups_fn)(void *arg, int64_t lo, int64_t hi) {
   for (int64_t gi = lo; gi < hi; gi++) LX(group_steps)(J, &J->g[gi], gi);
 }
 
+#undef VI
 #undef VT
 #undef lload
 #undef lstore
