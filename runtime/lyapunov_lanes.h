@@ -37,12 +37,12 @@ MG_INLINE void LX(reflectn_lanes)(int cb, int64_t j, int64_t N, const LT *v, con
   }
 }
 
-/* Reflector j applied to rows j + 1 .. k - 1 of X, 8 at a time. */
-MG_INLINE void LX(reflect_rows)(int64_t j, int64_t N, int64_t k, const LT *v, const LT *tau,
-                                LT *X, int64_t row) {
-  int64_t c = j + 1;
-  for (; c + 8 <= k; c += 8) LX(reflectn_lanes)(8, j, N, v, tau, X + c * row, row);
-  switch (k - c) {                                     /* constant counts: unrolled */
+/* Reflector j applied to rows c0 .. c1 - 1 of X, 8 at a time. */
+MG_INLINE void LX(reflect_cols)(int64_t j, int64_t N, int64_t c0, int64_t c1, const LT *v,
+                                const LT *tau, LT *X, int64_t row) {
+  int64_t c = c0;
+  for (; c + 8 <= c1; c += 8) LX(reflectn_lanes)(8, j, N, v, tau, X + c * row, row);
+  switch (c1 - c) {                                    /* constant counts: unrolled */
   case 7: LX(reflectn_lanes)(7, j, N, v, tau, X + c * row, row); break;
   case 6: LX(reflectn_lanes)(6, j, N, v, tau, X + c * row, row); break;
   case 5: LX(reflectn_lanes)(5, j, N, v, tau, X + c * row, row); break;
@@ -52,6 +52,12 @@ MG_INLINE void LX(reflect_rows)(int64_t j, int64_t N, int64_t k, const LT *v, co
   case 1: LX(reflectn_lanes)(1, j, N, v, tau, X + c * row, row); break;
   default: break;
   }
+}
+
+/* Reflector j applied to rows j + 1 .. k - 1 of X. */
+MG_INLINE void LX(reflect_rows)(int64_t j, int64_t N, int64_t k, const LT *v, const LT *tau,
+                                LT *X, int64_t row) {
+  LX(reflect_cols)(j, N, j + 1, k, v, tau, X, row);
 }
 
 /* Steps j0 .. j1 - 1 of geqr2 (slarfg's reflectors) on the columns j0 .. j1 - 1 of X only. */
@@ -218,27 +224,26 @@ MG_INLINE void LX(apply_block)(int64_t N, int64_t k, int64_t j0, int64_t c0, int
     LX(vw_rows)(r0, N - r0 < RB ? N : r0 + RB, N, k, c0, c1, V, W, X);
 }
 
-/* Householder's QR of the 16 interleaved N x k matrices in X, in place: X becomes Q, beta
-** holds R's diagonal (lane l of beta[j]). Unblocked up to 2 NB columns, else blocked, the
-** panels taken 'per' at a time (V: their reflectors, at most VALL_BYTES) so that the columns
+/* Panels of reflectors held in V at a time, and columns updated together (the slabs). */
+MG_INLINE int64_t LX(qr_fit)(int64_t bytes, int64_t unit) {
+  int64_t n = bytes / (unit * (int64_t)sizeof(LT));
+  return n < 1 ? 1 : n;
+}
+#define TM(b) (Tall + (b) * NB * NB * LANES)
+#define VB(b) (V + ((b) - o) * NB * row)
+
+/* geqrf on the 16 interleaved N x k matrices in X, in place: panels 0 .. blocks - 1 blocked
+** (their T kept in Tall), the columns from blocks NB on unblocked; X is left with R above the
+** diagonal and the reflectors below, beta holds R's diagonal (lane l of beta[j]). The panels
+** are taken 'per' at a time (V: their reflectors, at most VALL_BYTES) so that the columns
 ** after them are updated a slab of CSLAB_BYTES at a time by all of them (once through the
 ** cache where a panel at a time would stream the whole trailing matrix per panel). Each
 ** column sees the same operations in the same order either way. */
-LYAP_CLONES static void LX(householder_lanes)(int64_t N, int64_t k, LT *X, LT *tau,
-                                            LT *beta, LT *V, LT *W, LT *Tall) {
-  if (k < 2 * NB) {
-    LX(geqr2_lanes)(N, 0, k, X, tau, beta);
-    LX(org2r_lanes)(N, 0, k, X, tau);
-    return;
-  }
-  const int64_t blocks = (k - 1) / NB, row = N * LANES;   /* panels with columns after them */
-  int64_t per = VALL_BYTES / (NB * row * (int64_t)sizeof(LT)), cs = CSLAB_BYTES / (row * (int64_t)sizeof(LT));
-  if (per < 1) per = 1;
-  if (cs < 1) cs = 1;
-#define TM(b) (Tall + (b) * NB * NB * LANES)
-#define VB(b) (V + ((b) - o) * NB * row)
-  for (int64_t o = 0; o < blocks; o += per) {            /* geqrf */
-    int64_t oe = blocks - o < per ? blocks : o + per, p1 = oe * NB;
+MG_INLINE void LX(geqrf_lanes)(int64_t N, int64_t k, int64_t blocks, LT *X, LT *tau, LT *beta,
+                               LT *V, LT *W, LT *Tall) {
+  const int64_t row = N * LANES, per = LX(qr_fit)(VALL_BYTES, NB * row), cs = LX(qr_fit)(CSLAB_BYTES, row);
+  for (int64_t o = 0; o < blocks; o += per) {
+    int64_t oe = blocks - o < per ? blocks : o + per, p1 = oe * NB < k ? oe * NB : k;
     for (int64_t b = o; b < oe; b++) {
       int64_t j0 = b * NB;
       LX(geqr2_lanes)(N, j0, j0 + NB, X, tau, beta);
@@ -251,8 +256,14 @@ LYAP_CLONES static void LX(householder_lanes)(int64_t N, int64_t k, LT *X, LT *t
         LX(apply_block)(N, k, b * NB, c, k - c < cs ? k : c + cs, true, VB(b), TM(b), W, X);
   }
   LX(geqr2_lanes)(N, blocks * NB, k, X, tau, beta);
+}
+
+/* orgqr after geqrf_lanes: X becomes Q (N x k), panel by panel from the last. */
+MG_INLINE void LX(orgqr_lanes)(int64_t N, int64_t k, int64_t blocks, LT *X, const LT *tau,
+                               LT *V, LT *W, const LT *Tall) {
+  const int64_t row = N * LANES, per = LX(qr_fit)(VALL_BYTES, NB * row), cs = LX(qr_fit)(CSLAB_BYTES, row);
   LX(org2r_lanes)(N, blocks * NB, k, X, tau);
-  for (int64_t o = (blocks - 1) / per * per; o >= 0; o -= per) {   /* orgqr */
+  for (int64_t o = (blocks - 1) / per * per; blocks > 0 && o >= 0; o -= per) {
     int64_t oe = blocks - o < per ? blocks : o + per, p1 = oe * NB;
     for (int64_t b = o; b < oe; b++) LX(panel_v)(N, b * NB, X, VB(b));
     for (int64_t c = p1; c < k; c += cs)
@@ -264,8 +275,66 @@ LYAP_CLONES static void LX(householder_lanes)(int64_t N, int64_t k, LT *X, LT *t
       LX(org2r_lanes)(N, j0, j0 + NB, X, tau);
     }
   }
+}
+
+/* The reflectors geqrf_lanes left in X (k of them, 'blocks' panels with their T) applied
+** as Q^T = H_k ... H_1 to the n columns of C (N components each), in place: the panels in
+** order, 'per' at a time over slabs of C's columns, then the unblocked ones one by one. */
+MG_INLINE void LX(apply_qt_lanes)(int64_t N, int64_t k, int64_t blocks, const LT *X, const LT *tau,
+                                  LT *V, LT *W, const LT *Tall, int64_t n, LT *C) {
+  const int64_t row = N * LANES, per = LX(qr_fit)(VALL_BYTES, NB * row), cs = LX(qr_fit)(CSLAB_BYTES, row);
+  for (int64_t o = 0; o < blocks; o += per) {
+    int64_t oe = blocks - o < per ? blocks : o + per;
+    for (int64_t b = o; b < oe; b++) LX(panel_v)(N, b * NB, X, VB(b));
+    for (int64_t c = 0; c < n; c += cs)
+      for (int64_t b = o; b < oe; b++)
+        LX(apply_block)(N, n, b * NB, c, n - c < cs ? n : c + cs, true, VB(b), TM(b), W, C);
+  }
+  for (int64_t j = blocks * NB; j < k; j++) LX(reflect_cols)(j, N, 0, n, X + j * row, tau + j * LANES, C, row);
+}
 #undef TM
 #undef VB
+
+/* Householder's QR of the 16 interleaved N x k matrices in X, in place: X becomes Q, beta
+** holds R's diagonal. Unblocked up to 2 NB columns, else blocked but for the last panel. */
+LYAP_CLONES static void LX(householder_lanes)(int64_t N, int64_t k, LT *X, LT *tau,
+                                            LT *beta, LT *V, LT *W, LT *Tall) {
+  int64_t blocks = k < 2 * NB ? 0 : (k - 1) / NB;      /* panels with columns after them */
+  LX(geqrf_lanes)(N, k, blocks, X, tau, beta, V, W, Tall);
+  LX(orgqr_lanes)(N, k, blocks, X, tau, V, W, Tall);
+}
+
+/* The tangents kept as the last QR's reflectors ('implicit'; lyapunov.c uses it when k is
+** near S, where it takes fewer operations): the GRU's Jacobian formed whole by columns, Jc[j][i]
+** = J[i][j] (S = N), then Q^T J by the reflectors in TL, the first k of its rows the new
+** tangents AL[c][j]; geqrf_qt then factors AL leaving reflectors for the next step, every
+** panel blocked. Q^T J and Q's product T J are the same matrix to rounding; this takes
+** 2 k S^2 - k^3 / 3 multiply-adds with the QR where forming Q and T J take k S^2 + 2 k^2 S
+** - 2 k^3 / 3 (5/3 against 7/3 S^3 at k = S). */
+LYAP_CLONES static void LX(tangents_qt)(int64_t N, int64_t k, int64_t G, const LT *U, const LT *cf,
+                                      const LT *zz, const LT *TL, const LT *tau, LT *V, LT *W,
+                                      const LT *Tall, LT *Jc, LT *AL) {
+  for (int64_t j = 0; j < N; j++) {
+    VT c0 = lload(cf + j * LANES), c1 = lload(cf + (N + j) * LANES), c2 = lload(cf + (2 * N + j) * LANES);
+    const LT *u = U + j;
+    LT *o = Jc + j * N * LANES;
+    for (int64_t i = 0; i < N; i++, u += G) {
+      VT v = u[0] * c0;
+      v += u[N] * c1;
+      v += u[2 * N] * c2;
+      lstore(o + i * LANES, v);
+    }
+    lstore(o + j * LANES, lload(o + j * LANES) + lload(zz + j * LANES));
+  }
+  LX(apply_qt_lanes)(N, k, k / NB, TL, tau, V, W, Tall, N, Jc);
+  for (int64_t c = 0; c < k; c++)
+    for (int64_t j = 0; j < N; j++) lstore(AL + (c * N + j) * LANES, lload(Jc + (j * N + c) * LANES));
+}
+
+/* geqrf of the k tangents in X (S components each) for tangents_qt: every panel blocked. */
+LYAP_CLONES static void LX(geqrf_qt)(int64_t S, int64_t k, LT *X, LT *tau, LT *beta, LT *V, LT *W,
+                                   LT *Tall) {
+  LX(geqrf_lanes)(S, k, k / NB, X, tau, beta, V, W, Tall);
 }
 
 /* The product of the tangents with one Jacobian block: AL[c][j] = sum_(i < N) TL[c][i] J[i][j]
@@ -397,7 +466,9 @@ static void LX(group_steps)(const ljob *J, lgroup *g, int64_t gi) {
       mg_gru_d1(LDT, 0, nl, N, true, g->S, h, ones, g->dmx, g->co, g->zz);
       for (int q = 0; q < 3; q++) LX(to_lanes)(N, nl, (LT *)g->co + q * N, 3 * N, 0, cl + q * NL);
       LX(to_lanes)(N, nl, g->zz, N, 1, cl + 3 * NL);   /* past the batch: J = I */
-      LX(tangents3)(N, N, 3 * N, k, U, cl, cl + 3 * NL, TL, AL, g->Jb);
+      if (g->qt)
+        LX(tangents_qt)(N, k, 3 * N, U, cl, cl + 3 * NL, TL, g->tau, g->Vb, g->Wb, g->Tb, g->Jf, AL);
+      else LX(tangents3)(N, N, 3 * N, k, U, cl, cl + 3 * NL, TL, AL, g->Jb);
     } else {
       mg_gemm(LDT, false, false, nl, 4 * N, F, 1, xt, T * F, W, 4 * N, 0, M, 4 * N);
       mg_rec_gemm(LDT, J->P, false, nl, 4 * N, N, h, N, U, 4 * N, 1, M, 4 * N);
@@ -416,7 +487,9 @@ static void LX(group_steps)(const ljob *J, lgroup *g, int64_t gi) {
     LT *s = h; h = hn; hn = s;
     bool count = t > J->warmup, qr = t % J->every == 0 || t == J->warmup + J->steps || t == J->warmup;
     if (qr) {
-      LX(householder_lanes)(S, k, AL, g->tau, g->beta, g->Vb, g->Wb, g->Tb);
+      if (J->implicit) LX(geqrf_qt)(S, k, AL, g->tau, g->beta, g->Vb, g->Wb, g->Tb);
+      else LX(householder_lanes)(S, k, AL, g->tau, g->beta, g->Vb, g->Wb, g->Tb);
+      g->qt = J->implicit;
       LT *sum = g->sum, *beta = g->beta;
       if (count)
         for (int64_t l = 0; l < nl; l++)
