@@ -143,7 +143,9 @@ MG_INLINE void LX(panel_t)(int64_t N, int64_t j0, const LT *V, const LT *tau, LT
 }
 
 /* W[p][c] (+)= sum over rows i in [r0, r1) of V[p][i] X[c][i], for cb columns from c (W: NB
-** x k lane vectors, W[(p k + c) LANES]; 'first': W starts at 0, else it accumulates). */
+** x k lane vectors, W[(p k + c) LANES]; 'first': W starts at 0, else it accumulates, and the
+** rows start at the panel's first, where V is unit upper triangular: its zeros skipped, the
+** same numbers as adding their products). */
 MG_INLINE void LX(vtc_cols)(int cb, bool first, int64_t r0, int64_t r1, int64_t N, int64_t k, int64_t c,
                         const LT *V, const LT *X, LT *W) {
   const int64_t row = N * LANES;
@@ -151,6 +153,19 @@ MG_INLINE void LX(vtc_cols)(int cb, bool first, int64_t r0, int64_t r1, int64_t 
 #pragma GCC unroll 8
   for (int p = 0; p < NB; p++)
     for (int q = 0; q < cb; q++) acc[p][q] = first ? (VT){ 0 } : (VT)lload(W + (p * k + c + q) * LANES);
+  if (first) {
+#pragma GCC unroll 8
+    for (int t = 0; t < NB; t++) {
+      VT a[2];
+      for (int q = 0; q < cb; q++) a[q] = lload(X + (c + q) * row + (r0 + t) * LANES);
+#pragma GCC unroll 8
+      for (int p = 0; p <= t; p++) {
+        VT v = lload(V + VI(r0 + t, p));
+        for (int q = 0; q < cb; q++) acc[p][q] += v * a[q];
+      }
+    }
+    r0 += NB;
+  }
   for (int64_t i = r0; i < r1; i++) {
     VT a[2];
     for (int q = 0; q < cb; q++) a[q] = lload(X + (c + q) * row + i * LANES);
@@ -184,10 +199,45 @@ MG_INLINE void LX(vw_tile)(int cb, int ib, int64_t N, int64_t k, int64_t c, int6
     for (int r = 0; r < ib; r++) lstore(X + (c + q) * row + (i + r) * LANES, acc[q][r]);
 }
 
-/* The rows [r0, r1) of X's columns [c0, c1) less V W (tiles of 4 x 4). */
-MG_INLINE void LX(vw_rows)(int64_t r0, int64_t r1, int64_t N, int64_t k, int64_t c0, int64_t c1, const LT *V,
-                       const LT *W, LT *X) {
+/* vw_tile for 4 rows from the panel's row j0 + t0 (t0 = 0, 4), where V[p][i] = 0 for p > i - j0:
+** those products skipped. */
+MG_INLINE void LX(vw_tri)(int cb, int t0, int64_t N, int64_t k, int64_t c, int64_t i, const LT *V,
+                      const LT *W, LT *X) {
+  const int64_t row = N * LANES;
+  VT acc[4][4];
+  for (int q = 0; q < cb; q++)
+    for (int r = 0; r < 4; r++) acc[q][r] = lload(X + (c + q) * row + (i + r) * LANES);
+#pragma GCC unroll 8
+  for (int p = 0; p < t0 + 4; p++) {
+    VT w[4], v[4];
+    for (int q = 0; q < cb; q++) w[q] = lload(W + (p * k + c + q) * LANES);
+    for (int r = 0; r < 4; r++) v[r] = lload(V + VI(i + r, p));
+    for (int q = 0; q < cb; q++)
+#pragma GCC unroll 4
+      for (int r = 0; r < 4; r++)
+        if (p <= t0 + r) acc[q][r] -= w[q] * v[r];
+  }
+  for (int q = 0; q < cb; q++)
+    for (int r = 0; r < 4; r++) lstore(X + (c + q) * row + (i + r) * LANES, acc[q][r]);
+}
+
+/* The rows [r0, r1) of X's columns [c0, c1) less V W (tiles of 4 x 4); 'tri': r0 is the
+** panel's first row (V's triangle in the first NB rows). */
+MG_INLINE void LX(vw_rows)(bool tri, int64_t r0, int64_t r1, int64_t N, int64_t k, int64_t c0, int64_t c1,
+                       const LT *V, const LT *W, LT *X) {
+  _Static_assert(NB == 8, "vw_tri covers the triangle in two tiles of 4 rows");
   int64_t c = c0;
+  if (tri) {
+    for (; c + 4 <= c1; c += 4) {
+      LX(vw_tri)(4, 0, N, k, c, r0, V, W, X);
+      LX(vw_tri)(4, 4, N, k, c, r0 + 4, V, W, X);
+    }
+    for (; c < c1; c++) {
+      LX(vw_tri)(1, 0, N, k, c, r0, V, W, X);
+      LX(vw_tri)(1, 4, N, k, c, r0 + 4, V, W, X);
+    }
+    c = c0, r0 += NB;
+  }
   for (; c + 4 <= c1; c += 4) {
     int64_t i = r0;
     for (; i + 4 <= r1; i += 4) LX(vw_tile)(4, 4, N, k, c, i, V, W, X);
@@ -221,7 +271,7 @@ MG_INLINE void LX(apply_block)(int64_t N, int64_t k, int64_t j0, int64_t c0, int
     }
   }
   for (int64_t r0 = j0; r0 < N; r0 += RB)
-    LX(vw_rows)(r0, N - r0 < RB ? N : r0 + RB, N, k, c0, c1, V, W, X);
+    LX(vw_rows)(r0 == j0, r0, N - r0 < RB ? N : r0 + RB, N, k, c0, c1, V, W, X);
 }
 
 /* Panels of reflectors held in V at a time, and columns updated together (the slabs). */
