@@ -25,7 +25,10 @@
 **                    register-blocked FMAs, and the QR blocked in compact WY form, every
 **                    operation as wide as the lanes; the groups of lanes run on the context's
 **                    threads (mg_parallel_for), each on its own, so that the numbers are the
-**                    same for any thread count;
+**                    same for any thread count; for the GRU with k >= 0.9 N and a QR every
+**                    step the tangents stay the last QR's reflectors: J formed whole and
+**                    Q^T J taken by the blocked reflectors (fewer operations than forming Q
+**                    and then T J: 5/3 against 7/3 N^3 at k = N), then the QR's first half;
 **   per trajectory   float32 GRU, on request (mode 1): J formed, one (k, N) x (N, N) GEMM,
 **                    LAPACK's recursive geqrt3 and Q from its compact WY form by one GEMM
 **                    from k = 128, the lanes' QR below; slower than the lanes at every size
@@ -76,14 +79,16 @@ _Static_assert(JB == 4, "LX(tangents) takes the last columns as 1, 2 or 3");
 ** its type), all allocated once. */
 typedef struct {
   int64_t b0, nl, counted, since;
+  bool qt;                /* TL holds the last QR's reflectors (the implicit way), not tangents */
   void *h, *hn, *c, *cn, *M, *S, *dmx, *co, *zz, *ones, *dz1, *dz2, *dc1, *dc2, *cl, *TL, *AL,
-      *Jb, *Vb, *Wb, *Tb, *tau, *beta, *sum;
+      *Jb, *Vb, *Wb, *Tb, *tau, *beta, *sum, *Jf;
   void *block;            /* the allocation holding them */
 } lgroup;
 
 /* A run, as the groups see it. */
 typedef struct {
   bool lstm, backwards;
+  bool implicit;          /* tangents as reflectors (tangents_qt): GRU, a QR every step, k near N */
   int64_t T, F, N, S, k, warmup, steps, every, t0, t1;
   const void *x, *W, *U, *b;
   const mg_packed *P;     /* U packed (float32), or NULL */
@@ -164,22 +169,22 @@ static mg_status check_cell(mg_ctx *C, const char *fn, bool lstm, mg_tensor *con
 /* Elements of the QR's reflector buffer V for rows of S components in L lanes of es bytes:
 ** the panels householder_lanes takes at a time. */
 static int64_t v_elems(int64_t S, int64_t L, int64_t es, int64_t k) {
-  int64_t per = VALL_BYTES / (NB * S * L * es), blocks = (k - 1) / NB;
+  int64_t per = VALL_BYTES / (NB * S * L * es), blocks = k / NB;
   if (per > blocks) per = blocks;
   if (per < 1) per = 1;
   return per * NB * S * L;
 }
 
 /* Group g's buffers in one allocation: returns false when out of memory. */
-static bool group_alloc(lgroup *g, mg_dtype dt, bool lstm, int64_t N, int64_t k) {
+static bool group_alloc(lgroup *g, mg_dtype dt, bool lstm, bool implicit, int64_t N, int64_t k) {
   int64_t L = dt == MG_F64 ? LANES_F64 : LANES_F32, S = lstm ? 2 * N : N, NL = N * L;
   int64_t panels = (k - 1) / NB + 1;
   void **p[] = { &g->h, &g->hn, &g->c, &g->cn, &g->zz, &g->ones, &g->dc1, &g->dc2, &g->M,
                  &g->S, &g->dmx, &g->co, &g->dz1, &g->dz2, &g->cl, &g->TL, &g->AL, &g->Jb,
-                 &g->Vb, &g->Wb, &g->Tb, &g->tau, &g->beta, &g->sum };
+                 &g->Vb, &g->Wb, &g->Tb, &g->tau, &g->beta, &g->sum, &g->Jf };
   int64_t n[] = { NL, NL, NL, NL, NL, NL, NL, NL, 4 * NL, 4 * NL, 3 * NL, 3 * NL, 4 * NL,
-                  4 * NL, 9 * NL, k * S * L, k * S * L, RJ * JB * L, v_elems(S, L, (int64_t)mg_dtype_size(dt), k), NB * k * L,
-                  panels * NB * NB * L, k * L, k * L, L * k };
+                  4 * NL, 9 * NL, k * S * L, k * S * L, RJ * JB * L, v_elems(S, L, (int64_t)mg_dtype_size(dt), k), NB * S * L,
+                  panels * NB * NB * L, k * L, k * L, L * k, implicit ? S * S * L : 0 };
   size_t es = mg_dtype_size(dt), total = 0, at[sizeof n / sizeof n[0]];
   for (size_t i = 0; i < sizeof n / sizeof n[0]; i++) {
     at[i] = total;
@@ -209,17 +214,19 @@ static void group_init(lgroup *g, mg_dtype dt, bool lstm, int64_t N, int64_t k, 
       }
 }
 
-/* The whole run, the lanes way: sum (B, k), history (steps, k) of x's dtype. */
+/* The whole run, the lanes way: sum (B, k), history (steps, k) of x's dtype; 'qt_ok': the
+** GRU's tangents may be kept as reflectors (tangents_qt) where that takes fewer operations:
+** a QR every step and k >= 0.9 N (break-even measured near 0.9: 64,56 and 128,116 alike). */
 static mg_status lyapunov_lanes(mg_ctx *C, const char *fn, bool lstm, mg_tensor *const *c,
                                 const int64_t *d, int64_t warmup, int64_t steps, int64_t every,
-                                bool backwards, mg_tensor *sum, mg_tensor *hist) {
+                                bool backwards, bool qt_ok, mg_tensor *sum, mg_tensor *hist) {
   mg_dtype dt = c[IX]->dtype;
   int64_t B = d[0], T = d[1], F = d[2], N = d[3], k = d[4], L = dt == MG_F64 ? LANES_F64 : LANES_F32;
   int64_t groups = (B + L - 1) / L, total = warmup + steps, es = (int64_t)mg_dtype_size(dt);
   ljob J = { .lstm = lstm, .backwards = backwards, .T = T, .F = F, .N = N, .S = lstm ? 2 * N : N,
              .k = k, .warmup = warmup, .steps = steps, .every = every, .x = mg_tensor_data(c[IX]),
              .W = mg_tensor_data(c[IW]), .U = mg_tensor_data(c[IU]), .b = mg_tensor_data(c[IB]),
-             .intr = C->interrupt };
+             .intr = C->interrupt, .implicit = qt_ok && !lstm && every == 1 && 10 * k >= 9 * N };
   mg_packed P;
   bool packed = dt == MG_F32 && mg_pack(&P, NULL, J.U, (lstm ? 4 : 3) * N, false, N, (lstm ? 4 : 3) * N);
   J.P = packed ? &P : NULL;                           /* else BLAS on U */
@@ -231,7 +238,7 @@ static mg_status lyapunov_lanes(mg_ctx *C, const char *fn, bool lstm, mg_tensor 
   for (int64_t gi = 0; gi < groups && st == MG_OK; gi++) {
     lgroup *g = &J.g[gi];
     g->b0 = gi * L, g->nl = B - g->b0 < L ? B - g->b0 : L;
-    if (!group_alloc(g, dt, lstm, N, k)) st = mg_fail(C, MG_ENOMEM, "%s: out of memory", fn);
+    if (!group_alloc(g, dt, lstm, J.implicit, N, k)) st = mg_fail(C, MG_ENOMEM, "%s: out of memory", fn);
     else group_init(g, dt, lstm, N, k, mg_tensor_data(c[IH]), lstm ? mg_tensor_data(c[IC]) : NULL,
                     mg_tensor_data(c[IQ]));
   }
@@ -438,7 +445,8 @@ static mg_status lyapunov_each(mg_ctx *C, const char *fn, mg_tensor *const *c, c
 /* ---------------------------------------------------------------- entry points */
 
 /* Checks, contiguous copies, the outputs, then the run: mode 0 or 2 the lanes, 1 per
-** trajectory (float32 GRU: an independent check of the lanes, through LAPACK). */
+** trajectory (float32 GRU: an independent check of the lanes, through LAPACK), 3 the lanes
+** with the tangents always formed (Q, then T J: a check of tangents_qt). */
 static mg_status lyapunov_run(mg_ctx *C, bool lstm, mg_tensor *const *in, int64_t warmup,
                               int64_t steps, int64_t every, bool backwards, int mode,
                               mg_tensor **sum_out, mg_tensor **history_out) {
@@ -452,7 +460,7 @@ static mg_status lyapunov_run(mg_ctx *C, bool lstm, mg_tensor *const *in, int64_
                  fn, (long long)warmup, (long long)steps, (long long)every, (long long)T);
   mg_dtype dt = in[IX]->dtype;
   bool each_ok = !lstm && dt == MG_F32;
-  if (st == MG_OK && (mode < 0 || mode > 2)) st = mg_fail(C, MG_EARG, "%s: bad mode %d", fn, mode);
+  if (st == MG_OK && (mode < 0 || mode > 3)) st = mg_fail(C, MG_EARG, "%s: bad mode %d", fn, mode);
   if (st == MG_OK && mode == 1 && !each_ok)
     st = mg_fail(C, MG_EARG, "%s: mode 1 (each trajectory's Jacobian) is for the float32 GRU only", fn);
   if (st != MG_OK) return st;
@@ -466,7 +474,8 @@ static mg_status lyapunov_run(mg_ctx *C, bool lstm, mg_tensor *const *in, int64_
   if (st == MG_OK) st = mg_tensor_empty(C, dt, 2, hs, &hist);
   if (st == MG_OK)
     st = mode == 1 ? lyapunov_each(C, fn, c, d, warmup, steps, every, backwards, sum, hist)
-                   : lyapunov_lanes(C, fn, lstm, c, d, warmup, steps, every, backwards, sum, hist);
+                   : lyapunov_lanes(C, fn, lstm, c, d, warmup, steps, every, backwards, mode != 3,
+                                    sum, hist);
   for (int i = 0; i < NIN; i++) mg_tensor_release(c[i]);
   if (st != MG_OK) { mg_tensor_release(sum); mg_tensor_release(hist); return st; }
   *sum_out = sum;

@@ -12,59 +12,65 @@ typedef LT LX(lanes_at) __attribute__((vector_size(LANES * sizeof(LT)), aligned(
 #define lload(p) (*(const LX(lanes_at) *)(p))
 #define lstore(p, v) (*(LX(lanes_at) *)(p) = (v))
 
-/* One reflector (v, tau) applied to tangent row a, both from component j on. */
-MG_INLINE void LX(reflect_lanes)(int64_t j, int64_t N, const LT *v, const LT *tau, LT *a) {
-  VT w = lload(a + j * LANES), t = lload(tau);
-  for (int64_t i = j + 1; i < N; i++) w += lload(v + i * LANES) * lload(a + i * LANES);
-  w *= t;
-  lstore(a + j * LANES, lload(a + j * LANES) - w);
-  for (int64_t i = j + 1; i < N; i++) lstore(a + i * LANES, lload(a + i * LANES) - w * lload(v + i * LANES));
+/* One reflector (v, tau) applied to the cb (1 .. 8) tangent rows a, a + row, ..., from
+** component j on: cb independent sums in one pass over v, so the dot products are not one
+** chain of dependent additions (each row's own sum in the same order for any cb). */
+MG_INLINE void LX(reflectn_lanes)(int cb, int64_t j, int64_t N, const LT *v, const LT *tau,
+                                  LT *a, int64_t row) {
+  VT w[8], t = lload(tau);
+#pragma GCC unroll 8
+  for (int q = 0; q < cb; q++) w[q] = lload(a + q * row + j * LANES);
+  for (int64_t i = j + 1; i < N; i++) {
+    VT vi = lload(v + i * LANES);
+#pragma GCC unroll 8
+    for (int q = 0; q < cb; q++) w[q] += vi * lload(a + q * row + i * LANES);
+  }
+#pragma GCC unroll 8
+  for (int q = 0; q < cb; q++) {
+    w[q] *= t;
+    lstore(a + q * row + j * LANES, lload(a + q * row + j * LANES) - w[q]);
+  }
+  for (int64_t i = j + 1; i < N; i++) {
+    VT vi = lload(v + i * LANES);
+#pragma GCC unroll 8
+    for (int q = 0; q < cb; q++) lstore(a + q * row + i * LANES, lload(a + q * row + i * LANES) - w[q] * vi);
+  }
 }
 
-/* The same for the 4 rows a, a + row, a + 2 row, a + 3 row: independent sums, so the dot
-** products are not one chain of dependent additions. */
-MG_INLINE void LX(reflect4_lanes)(int64_t j, int64_t N, const LT *v, const LT *tau,
-                                  LT *a, int64_t row) {
-  LT *a0 = a, *a1 = a + row, *a2 = a + 2 * row, *a3 = a + 3 * row;
-  VT w0 = lload(a0 + j * LANES), w1 = lload(a1 + j * LANES), w2 = lload(a2 + j * LANES),
-          w3 = lload(a3 + j * LANES), t = lload(tau);
-  for (int64_t i = j + 1; i < N; i++) {
-    VT vi = lload(v + i * LANES);
-    w0 += vi * lload(a0 + i * LANES);
-    w1 += vi * lload(a1 + i * LANES);
-    w2 += vi * lload(a2 + i * LANES);
-    w3 += vi * lload(a3 + i * LANES);
-  }
-  w0 *= t, w1 *= t, w2 *= t, w3 *= t;
-  lstore(a0 + j * LANES, lload(a0 + j * LANES) - w0);
-  lstore(a1 + j * LANES, lload(a1 + j * LANES) - w1);
-  lstore(a2 + j * LANES, lload(a2 + j * LANES) - w2);
-  lstore(a3 + j * LANES, lload(a3 + j * LANES) - w3);
-  for (int64_t i = j + 1; i < N; i++) {
-    VT vi = lload(v + i * LANES);
-    lstore(a0 + i * LANES, lload(a0 + i * LANES) - w0 * vi);
-    lstore(a1 + i * LANES, lload(a1 + i * LANES) - w1 * vi);
-    lstore(a2 + i * LANES, lload(a2 + i * LANES) - w2 * vi);
-    lstore(a3 + i * LANES, lload(a3 + i * LANES) - w3 * vi);
+/* Reflector j applied to rows c0 .. c1 - 1 of X, 8 at a time. */
+MG_INLINE void LX(reflect_cols)(int64_t j, int64_t N, int64_t c0, int64_t c1, const LT *v,
+                                const LT *tau, LT *X, int64_t row) {
+  int64_t c = c0;
+  for (; c + 8 <= c1; c += 8) LX(reflectn_lanes)(8, j, N, v, tau, X + c * row, row);
+  switch (c1 - c) {                                    /* constant counts: unrolled */
+  case 7: LX(reflectn_lanes)(7, j, N, v, tau, X + c * row, row); break;
+  case 6: LX(reflectn_lanes)(6, j, N, v, tau, X + c * row, row); break;
+  case 5: LX(reflectn_lanes)(5, j, N, v, tau, X + c * row, row); break;
+  case 4: LX(reflectn_lanes)(4, j, N, v, tau, X + c * row, row); break;
+  case 3: LX(reflectn_lanes)(3, j, N, v, tau, X + c * row, row); break;
+  case 2: LX(reflectn_lanes)(2, j, N, v, tau, X + c * row, row); break;
+  case 1: LX(reflectn_lanes)(1, j, N, v, tau, X + c * row, row); break;
+  default: break;
   }
 }
 
 /* Reflector j applied to rows j + 1 .. k - 1 of X. */
 MG_INLINE void LX(reflect_rows)(int64_t j, int64_t N, int64_t k, const LT *v, const LT *tau,
                                 LT *X, int64_t row) {
-  int64_t c = j + 1;
-  for (; c + 4 <= k; c += 4) LX(reflect4_lanes)(j, N, v, tau, X + c * row, row);
-  for (; c < k; c++) LX(reflect_lanes)(j, N, v, tau, X + c * row);
+  LX(reflect_cols)(j, N, j + 1, k, v, tau, X, row);
 }
 
 /* Steps j0 .. j1 - 1 of geqr2 (slarfg's reflectors) on the columns j0 .. j1 - 1 of X only. */
 MG_INLINE void LX(geqr2_lanes)(int64_t N, int64_t j0, int64_t j1, LT *X, LT *tau, LT *beta) {
   const int64_t row = N * LANES;
   for (int64_t j = j0; j < j1; j++) {
-    LT *v = X + j * row, *t = tau + j * LANES, *bt = beta + j * LANES, ss[LANES] = { 0 };
-    for (int64_t i = j + 1; i < N; i++)
-      for (int l = 0; l < LANES; l++) ss[l] += v[i * LANES + l] * v[i * LANES + l];
-    LT sc[LANES];
+    LT *v = X + j * row, *t = tau + j * LANES, *bt = beta + j * LANES, ss[LANES], sc[LANES];
+    VT s2 = (VT){ 0 };                                 /* whole vectors: v and tau may alias */
+    for (int64_t i = j + 1; i < N; i++) {
+      VT vi = lload(v + i * LANES);
+      s2 += vi * vi;
+    }
+    lstore(ss, s2);
     for (int l = 0; l < LANES; l++) {
       LT alpha = v[j * LANES + l], b = -LCOPYSIGN(LSQRT(alpha * alpha + ss[l]), alpha);
       bool some = ss[l] > 0;
@@ -73,8 +79,8 @@ MG_INLINE void LX(geqr2_lanes)(int64_t N, int64_t j0, int64_t j1, LT *X, LT *tau
       sc[l] = some ? 1 / (alpha - b) : 1;
       v[j * LANES + l] = bt[l];
     }
-    for (int64_t i = j + 1; i < N; i++)
-      for (int l = 0; l < LANES; l++) v[i * LANES + l] *= sc[l];
+    VT vs = lload(sc);
+    for (int64_t i = j + 1; i < N; i++) lstore(v + i * LANES, lload(v + i * LANES) * vs);
     LX(reflect_rows)(j, N, j1, v, t, X, row);
   }
 }
@@ -86,11 +92,10 @@ MG_INLINE void LX(org2r_lanes)(int64_t N, int64_t j0, int64_t j1, LT *X, const L
     LT *v = X + j * row;
     const LT *t = tau + j * LANES;
     LX(reflect_rows)(j, N, j1, v, t, X, row);
-    for (int64_t i = j + 1; i < N; i++)
-      for (int l = 0; l < LANES; l++) v[i * LANES + l] *= -t[l];
-    for (int l = 0; l < LANES; l++) v[j * LANES + l] = 1 - t[l];
-    for (int64_t i = 0; i < j; i++)
-      for (int l = 0; l < LANES; l++) v[i * LANES + l] = 0;
+    VT nt = -(VT)lload(t);
+    for (int64_t i = j + 1; i < N; i++) lstore(v + i * LANES, lload(v + i * LANES) * nt);
+    lstore(v + j * LANES, nt + (LT)1);
+    memset(v, 0, sizeof(LT) * (size_t)(j * LANES));
   }
 }
 
@@ -103,27 +108,28 @@ MG_INLINE void LX(org2r_lanes)(int64_t N, int64_t j0, int64_t j1, LT *X, const L
 ** rows (W = V^T C, C -= V W), reading C once per panel where the unblocked code reads it
 ** once per column. */
 
-/* V (NB rows, row stride N LANES) of the panel at j0 from X's columns j0 .. j0 + NB - 1. */
+/* V of the panel at j0 from X's columns j0 .. j0 + NB - 1: component i of reflector p at
+** VI(i, p), the NB reflectors of one component side by side (one pointer walks the rows). */
+#define VI(i, p) (((i) * NB + (p)) * LANES)
 MG_INLINE void LX(panel_v)(int64_t N, int64_t j0, const LT *X, LT *V) {
   const int64_t row = N * LANES;
-  for (int64_t p = 0; p < NB; p++) {
-    LT *v = V + p * row;
-    int64_t d = j0 + p;
-    memset(v + j0 * LANES, 0, sizeof(LT) * (size_t)(p * LANES));
-    lstore(v + d * LANES, (VT){ 0 } + (LT)1);
-    memcpy(v + (d + 1) * LANES, X + (j0 + p) * row + (d + 1) * LANES,
-           sizeof(LT) * (size_t)((N - d - 1) * LANES));
-  }
+  for (int64_t i = j0; i < j0 + NB; i++)               /* the unit upper triangle */
+    for (int64_t p = 0; p < NB; p++) {
+      int64_t d = j0 + p;
+      lstore(V + VI(i, p), i < d ? (VT){ 0 } : i == d ? (VT){ 0 } + (LT)1 : (VT)lload(X + d * row + i * LANES));
+    }
+  for (int64_t i = j0 + NB; i < N; i++)
+#pragma GCC unroll 8
+    for (int64_t p = 0; p < NB; p++) lstore(V + VI(i, p), lload(X + (j0 + p) * row + i * LANES));
 }
 
 /* slarft (forward, columnwise): Tm (NB x NB lane vectors, upper) of the panel at j0. */
 MG_INLINE void LX(panel_t)(int64_t N, int64_t j0, const LT *V, const LT *tau, LT *Tm) {
-  const int64_t row = N * LANES;
   for (int64_t i = 0; i < NB; i++) {
     VT ti = lload(tau + (j0 + i) * LANES), w[NB];
     for (int64_t p = 0; p < i; p++) {
       VT d = (VT){ 0 };
-      for (int64_t r = j0 + i; r < N; r++) d += lload(V + p * row + r * LANES) * lload(V + i * row + r * LANES);
+      for (int64_t r = j0 + i; r < N; r++) d += lload(V + VI(r, p)) * lload(V + VI(r, i));
       w[p] = d;
     }
     for (int64_t p = 0; p < i; p++) {
@@ -137,7 +143,9 @@ MG_INLINE void LX(panel_t)(int64_t N, int64_t j0, const LT *V, const LT *tau, LT
 }
 
 /* W[p][c] (+)= sum over rows i in [r0, r1) of V[p][i] X[c][i], for cb columns from c (W: NB
-** x k lane vectors, W[(p k + c) LANES]; 'first': W starts at 0, else it accumulates). */
+** x k lane vectors, W[(p k + c) LANES]; 'first': W starts at 0, else it accumulates, and the
+** rows start at the panel's first, where V is unit upper triangular: its zeros skipped, the
+** same numbers as adding their products). */
 MG_INLINE void LX(vtc_cols)(int cb, bool first, int64_t r0, int64_t r1, int64_t N, int64_t k, int64_t c,
                         const LT *V, const LT *X, LT *W) {
   const int64_t row = N * LANES;
@@ -145,12 +153,25 @@ MG_INLINE void LX(vtc_cols)(int cb, bool first, int64_t r0, int64_t r1, int64_t 
 #pragma GCC unroll 8
   for (int p = 0; p < NB; p++)
     for (int q = 0; q < cb; q++) acc[p][q] = first ? (VT){ 0 } : (VT)lload(W + (p * k + c + q) * LANES);
+  if (first) {
+#pragma GCC unroll 8
+    for (int t = 0; t < NB; t++) {
+      VT a[2];
+      for (int q = 0; q < cb; q++) a[q] = lload(X + (c + q) * row + (r0 + t) * LANES);
+#pragma GCC unroll 8
+      for (int p = 0; p <= t; p++) {
+        VT v = lload(V + VI(r0 + t, p));
+        for (int q = 0; q < cb; q++) acc[p][q] += v * a[q];
+      }
+    }
+    r0 += NB;
+  }
   for (int64_t i = r0; i < r1; i++) {
     VT a[2];
     for (int q = 0; q < cb; q++) a[q] = lload(X + (c + q) * row + i * LANES);
 #pragma GCC unroll 8
     for (int p = 0; p < NB; p++) {
-      VT v = lload(V + p * row + i * LANES);
+      VT v = lload(V + VI(i, p));
       for (int q = 0; q < cb; q++) acc[p][q] += v * a[q];
     }
   }
@@ -170,7 +191,7 @@ MG_INLINE void LX(vw_tile)(int cb, int ib, int64_t N, int64_t k, int64_t c, int6
   for (int p = 0; p < NB; p++) {
     VT w[4], v[4];
     for (int q = 0; q < cb; q++) w[q] = lload(W + (p * k + c + q) * LANES);
-    for (int r = 0; r < ib; r++) v[r] = lload(V + p * row + (i + r) * LANES);
+    for (int r = 0; r < ib; r++) v[r] = lload(V + VI(i + r, p));
     for (int q = 0; q < cb; q++)
       for (int r = 0; r < ib; r++) acc[q][r] -= w[q] * v[r];
   }
@@ -178,10 +199,45 @@ MG_INLINE void LX(vw_tile)(int cb, int ib, int64_t N, int64_t k, int64_t c, int6
     for (int r = 0; r < ib; r++) lstore(X + (c + q) * row + (i + r) * LANES, acc[q][r]);
 }
 
-/* The rows [r0, r1) of X's columns [c0, c1) less V W (tiles of 4 x 4). */
-MG_INLINE void LX(vw_rows)(int64_t r0, int64_t r1, int64_t N, int64_t k, int64_t c0, int64_t c1, const LT *V,
-                       const LT *W, LT *X) {
+/* vw_tile for 4 rows from the panel's row j0 + t0 (t0 = 0, 4), where V[p][i] = 0 for p > i - j0:
+** those products skipped. */
+MG_INLINE void LX(vw_tri)(int cb, int t0, int64_t N, int64_t k, int64_t c, int64_t i, const LT *V,
+                      const LT *W, LT *X) {
+  const int64_t row = N * LANES;
+  VT acc[4][4];
+  for (int q = 0; q < cb; q++)
+    for (int r = 0; r < 4; r++) acc[q][r] = lload(X + (c + q) * row + (i + r) * LANES);
+#pragma GCC unroll 8
+  for (int p = 0; p < t0 + 4; p++) {
+    VT w[4], v[4];
+    for (int q = 0; q < cb; q++) w[q] = lload(W + (p * k + c + q) * LANES);
+    for (int r = 0; r < 4; r++) v[r] = lload(V + VI(i + r, p));
+    for (int q = 0; q < cb; q++)
+#pragma GCC unroll 4
+      for (int r = 0; r < 4; r++)
+        if (p <= t0 + r) acc[q][r] -= w[q] * v[r];
+  }
+  for (int q = 0; q < cb; q++)
+    for (int r = 0; r < 4; r++) lstore(X + (c + q) * row + (i + r) * LANES, acc[q][r]);
+}
+
+/* The rows [r0, r1) of X's columns [c0, c1) less V W (tiles of 4 x 4); 'tri': r0 is the
+** panel's first row (V's triangle in the first NB rows). */
+MG_INLINE void LX(vw_rows)(bool tri, int64_t r0, int64_t r1, int64_t N, int64_t k, int64_t c0, int64_t c1,
+                       const LT *V, const LT *W, LT *X) {
+  _Static_assert(NB == 8, "vw_tri covers the triangle in two tiles of 4 rows");
   int64_t c = c0;
+  if (tri) {
+    for (; c + 4 <= c1; c += 4) {
+      LX(vw_tri)(4, 0, N, k, c, r0, V, W, X);
+      LX(vw_tri)(4, 4, N, k, c, r0 + 4, V, W, X);
+    }
+    for (; c < c1; c++) {
+      LX(vw_tri)(1, 0, N, k, c, r0, V, W, X);
+      LX(vw_tri)(1, 4, N, k, c, r0 + 4, V, W, X);
+    }
+    c = c0, r0 += NB;
+  }
   for (; c + 4 <= c1; c += 4) {
     int64_t i = r0;
     for (; i + 4 <= r1; i += 4) LX(vw_tile)(4, 4, N, k, c, i, V, W, X);
@@ -215,30 +271,29 @@ MG_INLINE void LX(apply_block)(int64_t N, int64_t k, int64_t j0, int64_t c0, int
     }
   }
   for (int64_t r0 = j0; r0 < N; r0 += RB)
-    LX(vw_rows)(r0, N - r0 < RB ? N : r0 + RB, N, k, c0, c1, V, W, X);
+    LX(vw_rows)(r0 == j0, r0, N - r0 < RB ? N : r0 + RB, N, k, c0, c1, V, W, X);
 }
 
-/* Householder's QR of the 16 interleaved N x k matrices in X, in place: X becomes Q, beta
-** holds R's diagonal (lane l of beta[j]). Unblocked up to 2 NB columns, else blocked, the
-** panels taken 'per' at a time (V: their reflectors, at most VALL_BYTES) so that the columns
+/* Panels of reflectors held in V at a time, and columns updated together (the slabs). */
+MG_INLINE int64_t LX(qr_fit)(int64_t bytes, int64_t unit) {
+  int64_t n = bytes / (unit * (int64_t)sizeof(LT));
+  return n < 1 ? 1 : n;
+}
+#define TM(b) (Tall + (b) * NB * NB * LANES)
+#define VB(b) (V + ((b) - o) * NB * row)
+
+/* geqrf on the 16 interleaved N x k matrices in X, in place: panels 0 .. blocks - 1 blocked
+** (their T kept in Tall), the columns from blocks NB on unblocked; X is left with R above the
+** diagonal and the reflectors below, beta holds R's diagonal (lane l of beta[j]). The panels
+** are taken 'per' at a time (V: their reflectors, at most VALL_BYTES) so that the columns
 ** after them are updated a slab of CSLAB_BYTES at a time by all of them (once through the
 ** cache where a panel at a time would stream the whole trailing matrix per panel). Each
 ** column sees the same operations in the same order either way. */
-LYAP_CLONES static void LX(householder_lanes)(int64_t N, int64_t k, LT *X, LT *tau,
-                                            LT *beta, LT *V, LT *W, LT *Tall) {
-  if (k < 2 * NB) {
-    LX(geqr2_lanes)(N, 0, k, X, tau, beta);
-    LX(org2r_lanes)(N, 0, k, X, tau);
-    return;
-  }
-  const int64_t blocks = (k - 1) / NB, row = N * LANES;   /* panels with columns after them */
-  int64_t per = VALL_BYTES / (NB * row * (int64_t)sizeof(LT)), cs = CSLAB_BYTES / (row * (int64_t)sizeof(LT));
-  if (per < 1) per = 1;
-  if (cs < 1) cs = 1;
-#define TM(b) (Tall + (b) * NB * NB * LANES)
-#define VB(b) (V + ((b) - o) * NB * row)
-  for (int64_t o = 0; o < blocks; o += per) {            /* geqrf */
-    int64_t oe = blocks - o < per ? blocks : o + per, p1 = oe * NB;
+MG_INLINE void LX(geqrf_lanes)(int64_t N, int64_t k, int64_t blocks, LT *X, LT *tau, LT *beta,
+                               LT *V, LT *W, LT *Tall) {
+  const int64_t row = N * LANES, per = LX(qr_fit)(VALL_BYTES, NB * row), cs = LX(qr_fit)(CSLAB_BYTES, row);
+  for (int64_t o = 0; o < blocks; o += per) {
+    int64_t oe = blocks - o < per ? blocks : o + per, p1 = oe * NB < k ? oe * NB : k;
     for (int64_t b = o; b < oe; b++) {
       int64_t j0 = b * NB;
       LX(geqr2_lanes)(N, j0, j0 + NB, X, tau, beta);
@@ -251,8 +306,14 @@ LYAP_CLONES static void LX(householder_lanes)(int64_t N, int64_t k, LT *X, LT *t
         LX(apply_block)(N, k, b * NB, c, k - c < cs ? k : c + cs, true, VB(b), TM(b), W, X);
   }
   LX(geqr2_lanes)(N, blocks * NB, k, X, tau, beta);
+}
+
+/* orgqr after geqrf_lanes: X becomes Q (N x k), panel by panel from the last. */
+MG_INLINE void LX(orgqr_lanes)(int64_t N, int64_t k, int64_t blocks, LT *X, const LT *tau,
+                               LT *V, LT *W, const LT *Tall) {
+  const int64_t row = N * LANES, per = LX(qr_fit)(VALL_BYTES, NB * row), cs = LX(qr_fit)(CSLAB_BYTES, row);
   LX(org2r_lanes)(N, blocks * NB, k, X, tau);
-  for (int64_t o = (blocks - 1) / per * per; o >= 0; o -= per) {   /* orgqr */
+  for (int64_t o = (blocks - 1) / per * per; blocks > 0 && o >= 0; o -= per) {
     int64_t oe = blocks - o < per ? blocks : o + per, p1 = oe * NB;
     for (int64_t b = o; b < oe; b++) LX(panel_v)(N, b * NB, X, VB(b));
     for (int64_t c = p1; c < k; c += cs)
@@ -264,8 +325,66 @@ LYAP_CLONES static void LX(householder_lanes)(int64_t N, int64_t k, LT *X, LT *t
       LX(org2r_lanes)(N, j0, j0 + NB, X, tau);
     }
   }
+}
+
+/* The reflectors geqrf_lanes left in X (k of them, 'blocks' panels with their T) applied
+** as Q^T = H_k ... H_1 to the n columns of C (N components each), in place: the panels in
+** order, 'per' at a time over slabs of C's columns, then the unblocked ones one by one. */
+MG_INLINE void LX(apply_qt_lanes)(int64_t N, int64_t k, int64_t blocks, const LT *X, const LT *tau,
+                                  LT *V, LT *W, const LT *Tall, int64_t n, LT *C) {
+  const int64_t row = N * LANES, per = LX(qr_fit)(VALL_BYTES, NB * row), cs = LX(qr_fit)(CSLAB_BYTES, row);
+  for (int64_t o = 0; o < blocks; o += per) {
+    int64_t oe = blocks - o < per ? blocks : o + per;
+    for (int64_t b = o; b < oe; b++) LX(panel_v)(N, b * NB, X, VB(b));
+    for (int64_t c = 0; c < n; c += cs)
+      for (int64_t b = o; b < oe; b++)
+        LX(apply_block)(N, n, b * NB, c, n - c < cs ? n : c + cs, true, VB(b), TM(b), W, C);
+  }
+  for (int64_t j = blocks * NB; j < k; j++) LX(reflect_cols)(j, N, 0, n, X + j * row, tau + j * LANES, C, row);
+}
 #undef TM
 #undef VB
+
+/* Householder's QR of the 16 interleaved N x k matrices in X, in place: X becomes Q, beta
+** holds R's diagonal. Unblocked up to 2 NB columns, else blocked but for the last panel. */
+LYAP_CLONES static void LX(householder_lanes)(int64_t N, int64_t k, LT *X, LT *tau,
+                                            LT *beta, LT *V, LT *W, LT *Tall) {
+  int64_t blocks = k < 2 * NB ? 0 : (k - 1) / NB;      /* panels with columns after them */
+  LX(geqrf_lanes)(N, k, blocks, X, tau, beta, V, W, Tall);
+  LX(orgqr_lanes)(N, k, blocks, X, tau, V, W, Tall);
+}
+
+/* The tangents kept as the last QR's reflectors ('implicit'; lyapunov.c uses it when k is
+** near S, where it takes fewer operations): the GRU's Jacobian formed whole by columns, Jc[j][i]
+** = J[i][j] (S = N), then Q^T J by the reflectors in TL, the first k of its rows the new
+** tangents AL[c][j]; geqrf_qt then factors AL leaving reflectors for the next step, every
+** panel blocked. Q^T J and Q's product T J are the same matrix to rounding; this takes
+** 2 k S^2 - k^3 / 3 multiply-adds with the QR where forming Q and T J take k S^2 + 2 k^2 S
+** - 2 k^3 / 3 (5/3 against 7/3 S^3 at k = S). */
+LYAP_CLONES static void LX(tangents_qt)(int64_t N, int64_t k, int64_t G, const LT *U, const LT *cf,
+                                      const LT *zz, const LT *TL, const LT *tau, LT *V, LT *W,
+                                      const LT *Tall, LT *Jc, LT *AL) {
+  for (int64_t j = 0; j < N; j++) {
+    VT c0 = lload(cf + j * LANES), c1 = lload(cf + (N + j) * LANES), c2 = lload(cf + (2 * N + j) * LANES);
+    const LT *u = U + j;
+    LT *o = Jc + j * N * LANES;
+    for (int64_t i = 0; i < N; i++, u += G) {
+      VT v = u[0] * c0;
+      v += u[N] * c1;
+      v += u[2 * N] * c2;
+      lstore(o + i * LANES, v);
+    }
+    lstore(o + j * LANES, lload(o + j * LANES) + lload(zz + j * LANES));
+  }
+  LX(apply_qt_lanes)(N, k, k / NB, TL, tau, V, W, Tall, N, Jc);
+  for (int64_t c = 0; c < k; c++)
+    for (int64_t j = 0; j < N; j++) lstore(AL + (c * N + j) * LANES, lload(Jc + (j * N + c) * LANES));
+}
+
+/* geqrf of the k tangents in X (S components each) for tangents_qt: every panel blocked. */
+LYAP_CLONES static void LX(geqrf_qt)(int64_t S, int64_t k, LT *X, LT *tau, LT *beta, LT *V, LT *W,
+                                   LT *Tall) {
+  LX(geqrf_lanes)(S, k, k / NB, X, tau, beta, V, W, Tall);
 }
 
 /* The product of the tangents with one Jacobian block: AL[c][j] = sum_(i < N) TL[c][i] J[i][j]
@@ -397,7 +516,9 @@ static void LX(group_steps)(const ljob *J, lgroup *g, int64_t gi) {
       mg_gru_d1(LDT, 0, nl, N, true, g->S, h, ones, g->dmx, g->co, g->zz);
       for (int q = 0; q < 3; q++) LX(to_lanes)(N, nl, (LT *)g->co + q * N, 3 * N, 0, cl + q * NL);
       LX(to_lanes)(N, nl, g->zz, N, 1, cl + 3 * NL);   /* past the batch: J = I */
-      LX(tangents3)(N, N, 3 * N, k, U, cl, cl + 3 * NL, TL, AL, g->Jb);
+      if (g->qt)
+        LX(tangents_qt)(N, k, 3 * N, U, cl, cl + 3 * NL, TL, g->tau, g->Vb, g->Wb, g->Tb, g->Jf, AL);
+      else LX(tangents3)(N, N, 3 * N, k, U, cl, cl + 3 * NL, TL, AL, g->Jb);
     } else {
       mg_gemm(LDT, false, false, nl, 4 * N, F, 1, xt, T * F, W, 4 * N, 0, M, 4 * N);
       mg_rec_gemm(LDT, J->P, false, nl, 4 * N, N, h, N, U, 4 * N, 1, M, 4 * N);
@@ -416,7 +537,9 @@ static void LX(group_steps)(const ljob *J, lgroup *g, int64_t gi) {
     LT *s = h; h = hn; hn = s;
     bool count = t > J->warmup, qr = t % J->every == 0 || t == J->warmup + J->steps || t == J->warmup;
     if (qr) {
-      LX(householder_lanes)(S, k, AL, g->tau, g->beta, g->Vb, g->Wb, g->Tb);
+      if (J->implicit) LX(geqrf_qt)(S, k, AL, g->tau, g->beta, g->Vb, g->Wb, g->Tb);
+      else LX(householder_lanes)(S, k, AL, g->tau, g->beta, g->Vb, g->Wb, g->Tb);
+      g->qt = J->implicit;
       LT *sum = g->sum, *beta = g->beta;
       if (count)
         for (int64_t l = 0; l < nl; l++)
@@ -443,6 +566,7 @@ static void LX(groups_fn)(void *arg, int64_t lo, int64_t hi) {
   for (int64_t gi = lo; gi < hi; gi++) LX(group_steps)(J, &J->g[gi], gi);
 }
 
+#undef VI
 #undef VT
 #undef lload
 #undef lstore

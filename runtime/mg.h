@@ -386,7 +386,9 @@ MG_API mg_status mg_linalg_cholesky(mg_ctx *C, mg_tensor *A, mg_tensor **L);
 ** (h, c)); 'warmup' steps uncounted, then 'steps' counted, a QR every 'every' steps (and after
 ** the last of each); 'backwards' reads x from its last step; 'mode' 0 or 2 runs 16 (float64:
 ** 8) trajectories in vector lanes, the groups of lanes on the context's threads (the same
-** numbers for any count), GRU 'mode' 1 each trajectory through LAPACK (float32 only).
+** numbers for any count), GRU 'mode' 1 each trajectory through LAPACK (float32 only), GRU
+** 'mode' 3 the lanes with the tangents always formed (mode 2 keeps them as the last QR's
+** reflectors when k >= 0.9 N and every == 1).
 ** sum (B, k): log|R_ii| summed over the counted steps; history (steps, k): after each counted
 ** step, the batch mean of sum / (steps the last QR covers), sorted descending. */
 MG_API mg_status mg_lyapunov_gru(mg_ctx *C, mg_tensor *x, mg_tensor *h0, mg_tensor *W,

@@ -225,11 +225,53 @@ describe("mg.lyapunov", function()
                                               0, 10, 1, false, 1) end, "lyapunov", "mode 1")
   end)
 
+  it("the C path's GRU with k >= 0.9 N keeps its tangents as reflectors (Q^T J): equal to forming them and to the JVP", function()
+    mg.manual_seed(12)
+    -- k = N = 5: every reflector unblocked; 17: two panels of 8 and one column; 24: three
+    -- panels; k = 19 < N = 20: the first k rows of Q^T J; B = 19 and 9: lanes padded
+    for _, c in ipairs { { dt = "float32", B = 3, N = 5, k = 5, T = 30 },
+                         { dt = "float32", B = 19, N = 17, k = 17, T = 20, warmup = 3 },
+                         { dt = "float32", B = 2, N = 24, k = 24, T = 15, backwards = true },
+                         { dt = "float32", B = 5, N = 20, k = 19, T = 20 },
+                         { dt = "float64", B = 9, N = 13, k = 12, T = 20 },
+                         { dt = "float64", B = 3, N = 16, k = 16, T = 15, warmup = 2 } } do
+      local what = string.format("%s B=%d N=%d k=%d", c.dt, c.B, c.N, c.k)
+      local o = { dtype = c.dt }
+      local cell = nn.GRUCell(4, c.N, o)
+      mg.no_grad(function() cell.bias:assign(mg.randn(2, 3 * c.N, o) * 0.3) end)
+      local x = mg.randn(c.B, c.T, 4, o)
+      local Q0 = mg.linalg.qr(mg.randn(c.B, c.N, c.k, o))
+      local opts = { k = c.k, Q0 = Q0, warmup = c.warmup }
+      local got = nn.RNN(cell, { go_backwards = c.backwards }):lyapunov(x, opts)
+      local xs = c.backwards and x:flip(2) or x
+      local want = mg.lyapunov(function(xt, h) return cell:step(xt, h) end, mg.zeros(c.B, c.N, o), xs, opts)
+      local tol = c.dt == "float32" and 1e-5 or 1e-12
+      assert_close(want.exponents, got.exponents, tol, what)
+      assert_close(want.history, got.history, tol, what .. " history")
+      local warmup, z, runs = c.warmup or 0, mg.zeros(c.B, c.N, o), {}
+      for _, mode in ipairs { 2, 3 } do            -- 2: as rnn:lyapunov (reflectors), 3: Q formed
+        local sum, hist = mg._linalg.lyapunov_gru(x, z, cell.kernel, cell.recurrent_kernel, cell.bias, Q0,
+                                                  warmup, c.T - warmup, 1, c.backwards, mode)
+        local ex = (sum / (c.T - warmup)):totable()
+        for _, row in ipairs(ex) do table.sort(row, function(a, b) return a > b end) end
+        runs[mode] = { ex = mg.tensor(ex, o), hist = hist }
+      end
+      assert_close(runs[2].ex, got.exponents, 0, what .. ": rnn:lyapunov did not take mode 2")
+      assert_close(runs[2].hist, got.history, 0, what .. " history")
+      assert_close(runs[3].ex, runs[2].ex, tol, what .. ": reflectors against Q formed")
+      assert_close(runs[3].hist, runs[2].hist, tol, what .. " history: reflectors against Q formed")
+    end
+    raises(function() mg._linalg.lyapunov_gru(mg.zeros(2, 5, 3), mg.zeros(2, 4), mg.zeros(3, 12), mg.zeros(4, 12),
+                                              mg.zeros(2, 12), mg.zeros(2, 4, 4), 0, 5, 1, false, 4) end,
+           "lyapunov", "bad mode 4")
+  end)
+
   it("the C path's groups of trajectories on 1 or 2 threads: the same numbers", function()
     local saved = mg.get_num_threads()
     mg.manual_seed(11)
     -- B = 35: three groups of 16 float32 lanes; B = 19: three groups of 8 float64 lanes
     for _, c in ipairs { { lstm = false, dt = "float32", B = 35, N = 12, k = 9, T = 150 },
+                         { lstm = false, dt = "float32", B = 40, N = 18, k = 18, T = 60 },
                          { lstm = true, dt = "float64", B = 19, N = 6, k = 12, T = 70, reortho_every = 2 } } do
       local o = { dtype = c.dt }
       local cell = c.lstm and nn.LSTMCell(3, c.N, o) or nn.GRUCell(3, c.N, o)
