@@ -324,12 +324,14 @@ static mg_status run_pass(mg_ctx *C, const char *op, seqpass *p, mg_range_fn fn)
 
 /* Whether the forward pass makes x_t W at each step through the packed kernel (float32, the
 ** kernel available: the caller has P) instead of one GEMM over all T B rows first: when the
-** packed W is at most 64 KiB (a narrow input: d = 8 at 512 units), the product over all rows
-** is a K = d GEMM that only writes memory (the GRU's x W of a 512-unit layer, T B = 1600: a
-** 9.8 MB buffer written twice, BLAS zeroing it first, and read back), while per step it is
-** made in cache just before the step reads it. Not for few units (the LSTM's seqsmall.c step
-** takes x W from the product over all rows). float32 rounding: the packed kernel sums the d
-** products in order, BLAS in its own. */
+** packed W is at most 512 KiB (a narrow input: d = 8 at 512 units, or the char-LSTM's 64-wide
+** embedding at 512 units), the product over all rows is a K = d GEMM that only writes memory
+** (the GRU's x W of a 512-unit layer, T B = 1600: a 9.8 MB buffer, the LSTM's gates 13 MB,
+** written twice, BLAS zeroing it first, and read back), while per step it is made in cache
+** just before the step reads it. At 512 KiB: the char-LSTM step at 512 units went from 243 to
+** 235 ms (median of 6, under load), the same bits. Not for few units (the LSTM's seqsmall.c
+** step takes x W from the product over all rows). float32 rounding: the packed kernel sums
+** the d products in order, BLAS in its own. */
 static bool in_per_step(const seqkind *k, int64_t d, int64_t u) {
   int64_t gw = (k->ns == 2 ? 4 : 3) * u, panels = (gw + 31) / 32;
   if (!mg_packed_available() || (k->ns == 2 && mg_lstm_small(u))) return false;
