@@ -328,14 +328,15 @@ static mg_status run_pass(mg_ctx *C, const char *op, seqpass *p, mg_range_fn fn)
 ** embedding at 512 units), the product over all rows is a K = d GEMM that only writes memory
 ** (the GRU's x W of a 512-unit layer, T B = 1600: a 9.8 MB buffer, the LSTM's gates 13 MB,
 ** written twice, BLAS zeroing it first, and read back), while per step it is made in cache
-** just before the step reads it. At 512 KiB: the char-LSTM step at 512 units went from 243 to
-** 235 ms (median of 6, under load), the same bits. Not for few units (the LSTM's seqsmall.c
-** step takes x W from the product over all rows). float32 rounding: the packed kernel sums
-** the d products in order, BLAS in its own. */
+** just before the step reads it. At 512 KiB against 64 KiB: the char-LSTM step at 512 units
+** 224.3 -> 221.5 ms (medians of 6 A/B runs, best 215.6 -> 210.0, at load 4), the same bits;
+** all of a 4 MiB W (the second layer) per step measured no faster. Not for few units (the
+** LSTM's seqsmall.c step takes x W from the product over all rows). float32 rounding: the
+** packed kernel sums the d products in order, BLAS in its own. */
 static bool in_per_step(const seqkind *k, int64_t d, int64_t u) {
   int64_t gw = (k->ns == 2 ? 4 : 3) * u, panels = (gw + 31) / 32;
   if (!mg_packed_available() || (k->ns == 2 && mg_lstm_small(u))) return false;
-  return d * panels * 32 * (int64_t)sizeof(float) <= ((int64_t)64 << 10);
+  return d * panels * 32 * (int64_t)sizeof(float) <= ((int64_t)512 << 10);
 }
 
 /* Runs the sequence, records it, hands out the outputs (H, hT [, cT]). */
