@@ -161,8 +161,7 @@ static void packs_free(mg_packed *P) {
 /* Row b of h_t depends on row b of h_(t-1) only, so a pass over the T steps (forward: the
 ** recurrent product and the gates; reverse: the gates' cotangents and the product with U')
 ** splits over batch rows with no synchronisation per step: each thread runs the whole time
-** loop for its block of rows (a multiple of the packed kernel's 8-row block but for the last
-** one), every row computed as on one thread: the packed kernel computes a row the same in
+** loop for its block of rows (a multiple of ROWBLK rows but for the last one), every row computed as on one thread: the packed kernel computes a row the same in
 ** any block of rows, but BLAS's result can depend on the rows of the call (OpenBLAS picks
 ** another kernel for a small product), so without the packed kernel the recurrent products
 ** go to BLAS ROWBLK rows at a time, the same calls whatever the thread count. The GEMMs over
