@@ -161,8 +161,7 @@ static void packs_free(mg_packed *P) {
 /* Row b of h_t depends on row b of h_(t-1) only, so a pass over the T steps (forward: the
 ** recurrent product and the gates; reverse: the gates' cotangents and the product with U')
 ** splits over batch rows with no synchronisation per step: each thread runs the whole time
-** loop for its block of rows (a multiple of the packed kernel's 8-row block but for the last
-** one), every row computed as on one thread: the packed kernel computes a row the same in
+** loop for its block of rows (a multiple of ROWBLK rows but for the last one), every row computed as on one thread: the packed kernel computes a row the same in
 ** any block of rows, but BLAS's result can depend on the rows of the call (OpenBLAS picks
 ** another kernel for a small product), so without the packed kernel the recurrent products
 ** go to BLAS ROWBLK rows at a time, the same calls whatever the thread count. The GEMMs over
@@ -324,16 +323,19 @@ static mg_status run_pass(mg_ctx *C, const char *op, seqpass *p, mg_range_fn fn)
 
 /* Whether the forward pass makes x_t W at each step through the packed kernel (float32, the
 ** kernel available: the caller has P) instead of one GEMM over all T B rows first: when the
-** packed W is at most 64 KiB (a narrow input: d = 8 at 512 units), the product over all rows
-** is a K = d GEMM that only writes memory (the GRU's x W of a 512-unit layer, T B = 1600: a
-** 9.8 MB buffer written twice, BLAS zeroing it first, and read back), while per step it is
-** made in cache just before the step reads it. Not for few units (the LSTM's seqsmall.c step
-** takes x W from the product over all rows). float32 rounding: the packed kernel sums the d
-** products in order, BLAS in its own. */
+** packed W is at most 512 KiB (a narrow input: d = 8 at 512 units, or the char-LSTM's 64-wide
+** embedding at 512 units), the product over all rows is a K = d GEMM that only writes memory
+** (the GRU's x W of a 512-unit layer, T B = 1600: a 9.8 MB buffer, the LSTM's gates 13 MB,
+** written twice, BLAS zeroing it first, and read back), while per step it is made in cache
+** just before the step reads it. At 512 KiB against 64 KiB: the char-LSTM step at 512 units
+** 224.3 -> 221.5 ms (medians of 6 A/B runs, best 215.6 -> 210.0, at load 4), the same bits;
+** all of a 4 MiB W (the second layer) per step measured no faster. Not for few units (the
+** LSTM's seqsmall.c step takes x W from the product over all rows). float32 rounding: the
+** packed kernel sums the d products in order, BLAS in its own. */
 static bool in_per_step(const seqkind *k, int64_t d, int64_t u) {
   int64_t gw = (k->ns == 2 ? 4 : 3) * u, panels = (gw + 31) / 32;
   if (!mg_packed_available() || (k->ns == 2 && mg_lstm_small(u))) return false;
-  return d * panels * 32 * (int64_t)sizeof(float) <= ((int64_t)64 << 10);
+  return d * panels * 32 * (int64_t)sizeof(float) <= ((int64_t)512 << 10);
 }
 
 /* Runs the sequence, records it, hands out the outputs (H, hT [, cT]). */

@@ -85,7 +85,7 @@ void mg_pack_free(mg_packed *P) {
         _mm_prefetch((const char *)(pf + k * 32), _MM_HINT_T1);                    \
         _mm_prefetch((const char *)(pf + k * 32 + 16), _MM_HINT_T1);               \
       }                                                                            \
-      _Pragma("GCC unroll 8")                                                      \
+      _Pragma("GCC unroll 12")                                                      \
       for (int r = 0; r < MR; r++) {                                               \
         __m512 a = _mm512_set1_ps(A[r * lda + k]);                                 \
         c0[r] = _mm512_fmadd_ps(a, b0, c0[r]);                                     \
@@ -104,6 +104,10 @@ panel_avx512(int mr, int64_t kc, const float *A, int64_t lda, const float *bp, c
   __mmask16 m0 = (__mmask16)(nw >= 16 ? 0xffff : (1u << nw) - 1);
   __mmask16 m1 = (__mmask16)(nw >= 32 ? 0xffff : nw <= 16 ? 0 : (1u << (nw - 16)) - 1);
   switch (mr) {
+  case 12: AVX512_BLOCK(12); break;
+  case 11: AVX512_BLOCK(11); break;
+  case 10: AVX512_BLOCK(10); break;
+  case 9: AVX512_BLOCK(9); break;
   case 8: AVX512_BLOCK(8); break;
   case 7: AVX512_BLOCK(7); break;
   case 6: AVX512_BLOCK(6); break;
@@ -134,7 +138,7 @@ void mg_gemm_packed(const mg_packed *P, int64_t M, const float *A, int64_t lda, 
   ** takes the panels in reverse, starting with those the previous call left in L2. The bits
   ** depend neither on the order (each panel's columns are summed alone) nor on KC (the
   ** partial sums go through C exactly, float to float). */
-  enum { MR = 8, KC = 256, AHEAD = 1 };
+  enum { MR = 12, KC = 256, AHEAD = 1 };
   static _Thread_local unsigned calls;
   bool back = calls++ & 1;
   int nr = P->nr;

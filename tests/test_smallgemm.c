@@ -61,7 +61,7 @@ static void check(mg_pool *pool, int64_t M, int64_t N, int64_t K, bool trans, in
 
 int main(void) {
   mg_pool *pool = mg_pool_new();
-  int64_t Ms[] = { 1, 7, 8, 9, 13, 32, 33 }, Ns[] = { 1, 5, 31, 32, 33, 100 },
+  int64_t Ms[] = { 1, 7, 8, 9, 12, 13, 16, 25, 32, 33 }, Ns[] = { 1, 5, 31, 32, 33, 100 },
           Ks[] = { 0, 1, 17, 128, 255, 256, 257, 600 };
   for (size_t a = 0; a < sizeof Ms / sizeof *Ms; a++)
     for (size_t b = 0; b < sizeof Ns / sizeof *Ns; b++)
