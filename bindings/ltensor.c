@@ -52,19 +52,19 @@ __attribute__((noinline, cold)) static void unplace(lua_State *L, lstate *S, int
   adopt(L, S, p);
 }
 
-/* The slot at 'idx' of this state's tensors, placed tensors copied out, or NULL. */
-static lslot *toslot(lua_State *L, int idx) {
-  lstate *S = lmg_findstate(L);
-  lslot *p = S != NULL ? testslot(L, S, idx) : NULL;
-  if (p != NULL && p->t != NULL && isplaced(p)) unplace(L, S, idx, p);
-  return p;
-}
-
 /* The tensor of slot 'p' (testslot's answer for 'idx'), copied out when placed, or NULL when
 ** 'p' is NULL or released. */
 static mg_tensor *slottensor(lua_State *L, lstate *S, int idx, lslot *p) {
   if (p != NULL && p->t != NULL && isplaced(p)) unplace(L, S, idx, p);
   return p ? p->t : NULL;
+}
+
+/* The slot at 'idx' of this state's tensors, placed tensors copied out, or NULL. */
+static lslot *toslot(lua_State *L, int idx) {
+  lstate *S = lmg_findstate(L);
+  lslot *p = S != NULL ? testslot(L, S, idx) : NULL;
+  slottensor(L, S, idx, p);
+  return p;
 }
 
 static mg_tensor **checkslot(lua_State *L, int idx) {
@@ -81,14 +81,20 @@ mg_tensor *lmg_totensor(lua_State *L, int idx) {
   return p ? p->t : NULL;
 }
 
+/* A new slot's fields: no tensor yet, owned by 'S', on no orphans list, 'placed' bytes
+** after it. */
+static void initslot(lslot *p, const lstate *S, size_t placed) {
+  p->t = NULL;
+  p->owner = S;
+  p->prev = p->next = NULL;
+  p->placed = placed;
+}
+
 /* Push an empty slot of state 'S' ('S' NULL: looked up in the registry). */
 static mg_tensor **newslot(lua_State *L, lstate *S) {
   lslot *p = lua_newuserdatauv(L, sizeof *p, 0);
   if (S == NULL) S = lmg_findstate(L);
-  p->t = NULL;
-  p->owner = S;
-  p->prev = p->next = NULL;
-  p->placed = 0;
+  initslot(p, S, 0);
   if (S != NULL) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, S->tensor_mt_ref);
     lua_setmetatable(L, -2);
@@ -111,10 +117,7 @@ static lslot *newplaced(lua_State *L, lstate *S, size_t n, const lslot *pa, cons
     lua_pop(L, 1);
     return NULL;
   }
-  p->t = NULL;
-  p->owner = S;
-  p->prev = p->next = NULL;
-  p->placed = n;
+  initslot(p, S, n);
   lua_rawgeti(L, LUA_REGISTRYINDEX, S->placed_mt_ref);
   lua_setmetatable(L, -2);
   return p;

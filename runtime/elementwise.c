@@ -386,7 +386,9 @@ size_t mg_tensor_unary_placed_size(const mg_ctx *C, mg_unary op, const mg_tensor
 }
 
 /* A tensor shaped as 'x' placed at 'mem' (the header, then the storage, then the data),
-** contiguous, its element count in '*n'. */
+** contiguous, its element count in '*n'. The strides and, below, 'first' are tensor.c's
+** mg_contiguous_strides and mg_tensor_data written out here: calling them across files made
+** the unrecorded add 0.094 -> 0.103 us. */
 static mg_tensor *place_like(const mg_tensor *x, void *mem, int64_t *n) {
   mg_tensor *t = mem;
   mg_storage *s = (mg_storage *)(t + 1);
