@@ -433,17 +433,6 @@ static int readers(const mg_tape *T, const mg_tensor *t) {
   return c;
 }
 
-/* Whether node 'n' passes its output's cotangent on unmultiplied in a batch-Jacobian sweep
-** (as tape.c's 'defers' decides): an elementwise unary op, or an add of same-shaped inputs. */
-static bool passes_on(const mg_node *n) {
-  if (n->nout != 1) return false;
-  if (mg_ops[n->op].rules == &mg_rules_unary) return n->nin == 1;
-  if (n->op != MG_OP_ADD) return false;
-  for (int k = 0; k < n->nin; k++)
-    if (!mg_same_shape(n->in[k], n->out[0]) || n->in[k]->dtype != n->out[0]->dtype) return false;
-  return true;
-}
-
 #define WALK 32              /* most tensors a walk below keeps to visit */
 
 /* Whether the matmul's rule may hand W^T as a view of W (MG_TF_EYE_VIEW): the identity seed
@@ -466,7 +455,7 @@ static bool view_ok(const mg_tape *T, mg_tensor *target) {
         if (m) next = m;
       }
       n = next;
-    } else if (passes_on(n)) {
+    } else if (mg_node_passes_on(n, NULL)) {
       n = maker(T, n->in[0]);
     } else {
       return false;
@@ -481,7 +470,7 @@ static bool view_ok(const mg_tape *T, mg_tensor *target) {
     if (readers(T, t) != 1) return false;
     const mg_node *m = maker(T, t);
     if (m == NULL) continue;
-    if (!passes_on(m) || nt + m->nin > WALK) return false;
+    if (!mg_node_passes_on(m, NULL) || nt + m->nin > WALK) return false;
     for (int k = 0; k < m->nin; k++) todo[nt++] = m->in[k];
   }
   return true;

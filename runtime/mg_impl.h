@@ -412,6 +412,11 @@ static inline mg_node *mg_tape_node(const mg_tape *T, size_t i) {
   return &T->blocks[b][i - MG_NODE_BLOCK0 * (((size_t)1 << b) - 1)];
 }
 
+/* Whether node 'n' passes its output's cotangent on unmultiplied in a batch-Jacobian sweep:
+** an elementwise unary op, or an add whose inputs (those 'need' marks; NULL: all) have its
+** output's shape and dtype (tape.c's deferred rules; jacobian.c's view_ok). */
+bool mg_node_passes_on(const mg_node *n, const bool *need);
+
 /* Hand out 'y', the only output of op(in...), recording it first when a tape records; on
 ** failure 'y' is released. What every single-output op ends with. */
 mg_status mg_record_result(mg_ctx *C, int op, int nin, mg_tensor *const *in, mg_tensor *y,

@@ -428,16 +428,23 @@ static bool eye_rows(const mg_node *n, const slot *out, const bool *need) {
          out->val->ndim == 3 && out->val->shape[0] == y->shape[1];
 }
 
+/* mg_impl.h */
+bool mg_node_passes_on(const mg_node *n, const bool *need) {
+  if (n->nout != 1) return false;
+  if (mg_ops[n->op].rules == &mg_rules_unary) return n->nin == 1;
+  if (n->op != MG_OP_ADD) return false;
+  for (int k = 0; k < n->nin; k++)
+    if ((need == NULL || need[k]) &&
+        (!mg_same_shape(n->in[k], n->out[0]) || n->in[k]->dtype != n->out[0]->dtype))
+      return false;
+  return true;
+}
+
 /* Whether node 'n' passes its output's cotangent on with pending factors. */
 static bool defers(mg_ctx *C, const mg_node *n, int lead, const slot *out, const bool *need) {
   if (lead != 1 || mg_recording(C) || n->nout != 1) return false;
-  if (mg_ops[n->op].rules == &mg_rules_unary) return n->nin == 1;
   if (n->op == MG_OP_MATMUL) return eye_rows(n, out, need);
-  if (n->op != MG_OP_ADD) return false;
-  for (int k = 0; k < n->nin; k++)
-    if (need[k] && (!mg_same_shape(n->in[k], n->out[0]) || n->in[k]->dtype != n->out[0]->dtype))
-      return false;
-  return true;
+  return mg_node_passes_on(n, need);
 }
 
 /* The deferred rule of 'n' (defers): gin[k] val, gdiag[k] and grows[k] the input's pending
