@@ -143,6 +143,161 @@ function M.blas_meta(mg, bench)
   M.meta(bench, "moongrad_threads", mg.get_num_threads())
 end
 
+-- Checks against a float64 reference (bench/README.md, "How results are checked"). The
+-- float32 results of every side (moongrad's included) are compared with the same step done in
+-- float64, never with each other. A gradient of these models is a sum over the batch and the
+-- steps, sum_t u_t^T d_t (u_t an input of the step's GEMM, d_t the gradient of its output; a
+-- bias: the rows of d_t), and float32 rounds its terms, not its result: the error of such a
+-- sum scales with the unit roundoff u = 2^-24 times the sum of the terms' magnitudes,
+-- sum_t |u_t|^T |d_t|, which can be far larger than the sum itself when the terms cancel
+-- (lstm:512:64's Dense-bias gradient: 6,400 terms, 2e4 times their sum).
+-- So a tensor's error is max |a - ref| over its entries divided by its scale, the largest
+-- entry of that sum of magnitudes (computed in float64), and must be <= REF_TOL: the
+-- probabilistic bound of a float32 sum of n terms, lambda sqrt(n) u with lambda = 2, at the
+-- largest n of these cases (B T = 64 x 100 = 6,400): 9.5e-6, rounded up to 1e-5. The errors
+-- seen on every side are at most 3 u (1.8e-7); a gradient with one step dropped is off by
+-- 1.4e-3 or more, and check_reference tests that it fails.
+M.REF_TOL = 1e-5
+
+-- sum_terms(mg, steps, t0): 'steps' an array over t of {u_t, d_t} (u_t (B, m), d_t (B, n);
+-- u_t false for a bias, whose term is the sum of d_t's rows): the scale of sum_t u_t^T d_t
+-- (the largest entry of sum_t |u_t|^T |d_t|) and step t0's term u_t0^T d_t0, (m, n) or (n).
+function M.sum_terms(mg, steps, t0)
+  local function term(s, abs)
+    local u, d = s[1], abs and s[2]:abs() or s[2]
+    if not u then return d:sum(1) end
+    return mg.matmul((abs and u:abs() or u):transpose(1, 2), d)
+  end
+  local S = term(steps[1], true)
+  for t = 2, #steps do S = S + term(steps[t], true) end
+  return S:max():item(), term(steps[t0], false)
+end
+
+-- rnn_f64(mg, kind, xs, K, R, b): an LSTM or GRU layer (reset_after; Keras layout and gate
+-- order, as nn.LSTMCell / nn.GRUCell) written out in ops, for a float64 reference that does
+-- not go through the fused kernels: xs an array over steps of (B, in) inputs. Returns the
+-- states h_t (an array) and per step the GEMM outputs: {z} (LSTM), {mx, mh, gate} (GRU, with
+-- its update gate z).
+function M.rnn_f64(mg, kind, xs, K, R, b)
+  local u = R:shape()[1]
+  local h = mg.zeros({ xs[1]:shape()[1], u }, { dtype = "float64" })
+  local c = h
+  local hs, pre = {}, {}
+  for t, x in ipairs(xs) do
+    if kind == "lstm" then
+      local z = mg.matmul(x, K) + mg.matmul(h, R) + b
+      local i, f = z:narrow(2, 1, u):sigmoid(), z:narrow(2, u + 1, u):sigmoid()
+      local g, o = z:narrow(2, 2 * u + 1, u):tanh(), z:narrow(2, 3 * u + 1, u):sigmoid()
+      c = f * c + i * g
+      h = o * c:tanh()
+      pre[t] = { z = z }
+    else
+      local mx, mh = mg.matmul(x, K) + b[1], mg.matmul(h, R) + b[2]
+      local zg = (mx:narrow(2, 1, u) + mh:narrow(2, 1, u)):sigmoid()
+      local r = (mx:narrow(2, u + 1, u) + mh:narrow(2, u + 1, u)):sigmoid()
+      local hh = (mx:narrow(2, 2 * u + 1, u) + r * mh:narrow(2, 2 * u + 1, u)):tanh()
+      h = zg * h + (1 - zg) * hh
+      pre[t] = { mx = mx, mh = mh, gate = zg }
+    end
+    hs[t] = h
+  end
+  return hs, pre
+end
+
+-- The GEMM outputs of rnn_f64's 'pre' as gradient sources (appended to 'sources'); returns
+-- a function mapping the gradients array to per-step {z} / {mx, mh} gradients.
+function M.rnn_sources(kind, pre, sources)
+  local first = #sources + 1
+  for _, p in ipairs(pre) do
+    if kind == "lstm" then sources[#sources + 1] = p.z
+    else sources[#sources + 1] = p.mx; sources[#sources + 1] = p.mh end
+  end
+  return function(g)
+    local d, j = {}, first
+    for t = 1, #pre do
+      if kind == "lstm" then d[t] = { z = g[j] }; j = j + 1
+      else d[t] = { mx = g[j], mh = g[j + 1] }; j = j + 2 end
+    end
+    return d
+  end
+end
+
+-- rnn_terms(mg, kind, xs, hs, dpre, t0): {kernel=, recurrent_kernel=, bias=}, each {scale,
+-- step t0's term}, of the layer's parameter gradients (rnn_f64's xs and hs, rnn_sources's
+-- dpre): kernel sum_t x_t^T dz_t, recurrent kernel sum_t h_(t-1)^T dz_t, bias sum_t dz_t
+-- (GRU: dm_x for the kernel and the bias's first row, dm_h for the recurrent kernel and the
+-- second).
+function M.rnn_terms(mg, kind, xs, hs, dpre, t0)
+  local h0 = mg.zeros(hs[1]:shape(), { dtype = "float64" })
+  local kin, krec, b1, b2 = {}, {}, {}, {}
+  for t = 1, #xs do
+    local dx = kind == "lstm" and dpre[t].z or dpre[t].mx
+    local dh = kind == "lstm" and dpre[t].z or dpre[t].mh
+    kin[t], krec[t] = { xs[t], dx }, { hs[t - 1] or h0, dh }
+    b1[t], b2[t] = { false, dx }, { false, dh }
+  end
+  local r = {}
+  r.kernel = { M.sum_terms(mg, kin, t0) }
+  r.recurrent_kernel = { M.sum_terms(mg, krec, t0) }
+  if kind == "lstm" then
+    r.bias = { M.sum_terms(mg, b1, t0) }
+  else
+    local s1, d1 = M.sum_terms(mg, b1, t0)
+    local s2, d2 = M.sum_terms(mg, b2, t0)
+    r.bias = { math.max(s1, s2), mg.stack({ d1, d2 }, 1) }
+  end
+  return r
+end
+
+-- save_reference(mg, prefix, refs): each refs[name] = {ref (float64), scale, drop} saved as
+-- '<prefix>ref_<name>.npy' and '<prefix>scale_<name>.npy' (one element) for the peers.
+function M.save_reference(mg, prefix, refs)
+  for name, r in pairs(refs) do
+    mg.save(r.ref, prefix .. "ref_" .. name .. ".npy")
+    mg.save(mg.tensor({ r.scale }, { dtype = "float64" }), prefix .. "scale_" .. name .. ".npy")
+  end
+end
+
+-- ref_err(a, ref, scale): max |a - ref| / scale, in float64 (a float32 or float64 'a' of
+-- ref's shape).
+function M.ref_err(a, ref, scale)
+  local sa, sr = a:shape(), ref:shape()
+  if #sa ~= #sr then return math.huge end
+  for i = 1, #sa do if sa[i] ~= sr[i] then return math.huge end end
+  return (a:to("float64") - ref):abs():max():item() / scale
+end
+
+-- check_reference(bench, case, who, got, refs): got[name] each of this side's results against
+-- refs[name] = {ref, scale, drop} (ref_err, meta 'referr CASE WHO NAME'); raises naming every
+-- one beyond REF_TOL. The self-test: each result with its step-t0 term 'drop' taken out (a
+-- gradient that misses one step) must fail the same bound, or the check is too weak to trust
+-- and this raises too. Returns the largest error and the smallest error of a dropped step.
+function M.check_reference(bench, case, who, got, refs)
+  local bad, worst, least = {}, 0, math.huge
+  local names = {}
+  for name in pairs(refs) do names[#names + 1] = name end
+  table.sort(names)
+  for _, name in ipairs(names) do
+    local r = refs[name]
+    local err = M.ref_err(got[name], r.ref, r.scale)
+    local dropped = M.ref_err(got[name]:to("float64") - r.drop:reshape(r.ref:shape()), r.ref, r.scale)
+    M.meta(bench, string.format("referr %s %s %s", case, who, name), string.format("%.3g", err))
+    worst, least = math.max(worst, err), math.min(least, dropped)
+    if not (err <= M.REF_TOL) then
+      bad[#bad + 1] = string.format("%s: error %.3g of the float64 reference's scale (bound %g)", name, err, M.REF_TOL)
+    end
+    if not (dropped > M.REF_TOL) then
+      bad[#bad + 1] = string.format("%s: with one step dropped the error is only %.3g, within the bound %g: " ..
+                                    "the check would not catch it", name, dropped, M.REF_TOL)
+    end
+  end
+  if #bad > 0 then
+    error(string.format("%s: case %s: %s against the float64 reference:\n  %s", bench, case, who,
+                        table.concat(bad, "\n  ")), 0)
+  end
+  return worst, least
+end
+
 -- M.args(script, usage, what, expect, parse, default): the command line of a bench that saves
 -- into a directory: arg[1] the directory (it must exist), arg[2..] its cases, each turned into
 -- a value by parse(string) (nil when malformed: an error "<script>: bad <what> '<arg>',

@@ -67,10 +67,50 @@ def lstm_case(a):
     return (parts[0], int(parts[1]), int(parts[2]), a, "%s_%s_%s" % tuple(parts))
 
 
-# bench/lstm's sides: the relative tolerance of the checks against moongrad's results, and
-# the peak RSS at case LSTM_RSS_CASE only (the issue's model), of LSTM_RSS_STEPS training
-# steps (lstm.py and lstm.lua: the plain steps alone, in a process that runs nothing else).
-LSTM_RTOL, LSTM_RSS_STEPS, LSTM_RSS_CASE = 1e-4, 200, "256"
+# bench/lstm's sides: the peak RSS at case LSTM_RSS_CASE only (the issue's model), of
+# LSTM_RSS_STEPS training steps (lstm.py and lstm.lua: the plain steps alone, in a process
+# that runs nothing else).
+LSTM_RSS_STEPS, LSTM_RSS_CASE = 200, "256"
+
+# bench/lstm's and bench/char_lstm's checks: every side's float32 results against the float64
+# reference of the same step that the Lua side saved (ref_<name>.npy) with its scale
+# (scale_<name>.npy: the largest entry of the sum of the magnitudes of the terms summed, which
+# is what float32 rounding errors scale with; benchlib.lua's check_reference, which checks
+# moongrad's own results the same way, says why). The error max |a - ref| / scale must be
+# <= REF_TOL, as benchlib.lua's (which says why 1e-5).
+REF_TOL = 1e-5
+
+
+def reference(script, directory, prefix, name):
+    """(ref, scale) of result 'name' ("loss", "grad_lstm_kernel", "dL_dh") from the Lua side's
+    files '<prefix>ref_<name>.npy' and '<prefix>scale_<name>.npy' in 'directory'."""
+    ref = load_array(script, directory, "%sref_%s.npy" % (prefix, name))
+    scale = load_array(script, directory, "%sscale_%s.npy" % (prefix, name))
+    return ref.astype(np.float64), float(scale.reshape(-1)[0])
+
+
+def ref_err(a, ref_scale):
+    """max |a - ref| / scale of an array (anything np.asarray takes; torch tensors detached)
+    against reference()'s (ref, scale), in float64; inf when the shapes differ."""
+    ref, scale = ref_scale
+    if hasattr(a, "detach"):
+        a = a.detach().numpy()
+    a = np.asarray(a, dtype=np.float64)
+    if a.shape != ref.shape:
+        return float("inf")
+    return float(np.abs(a - ref).max() / scale)
+
+
+def check_errors(bench, label, errs, failed, what="", tol=None):
+    """Writes each of errs (name -> ref_err) as the meta line 'referr LABEL [WHAT ]NAME' and
+    appends a message to 'failed' for each beyond tol (default REF_TOL)."""
+    tol = REF_TOL if tol is None else tol
+    prefix = (what + " ") if what else ""
+    for name, err in errs.items():
+        meta(bench, "referr %s %s%s" % (label, prefix, name), "%.3g" % err)
+        if not err <= tol:
+            failed.append("case %s, %s%s: error %.3g of the float64 reference's scale (bound %g)"
+                          % (label, prefix, name, err, tol))
 
 
 def lstm_usage(command):
@@ -142,10 +182,10 @@ def check_and_time(bench, case, name, fn, ref, rtol, failed, timed=None, **opts)
     return m
 
 
-def exit_if_failed(script, failed):
+def exit_if_failed(script, failed, against="moongrad's"):
     """Exits with every message in 'failed', after all the result lines were written."""
     if failed:
-        sys.exit("%s: results differ from moongrad's:\n  %s" % (script, "\n  ".join(failed)))
+        sys.exit("%s: results differ from %s:\n  %s" % (script, against, "\n  ".join(failed)))
 
 
 def add_operands():

@@ -4,9 +4,9 @@ num_layers=2, dropout=0.2, batch_first=True) -> dropout 0.2 -> Linear(units, 76)
 -> cross_entropy -> backward -> clip_grad_norm_(5) -> RMSprop(lr=2e-3, alpha=0.9), float32,
 with the data and initial weights char_lstm.lua saved in DIR (Keras layout converted as in
 lstm.py, both layers; the embedding table is the same (76, 64) matrix on both sides). Before
-timing, the loss and every gradient of one step without dropout are checked against
-moongrad's (within 1e-4 relative to each array's largest magnitude). Runs under torch 1.13
-and 2.x (only APIs both have).
+timing, the loss and every gradient of one step without dropout are checked against the
+float64 reference char_lstm.lua saved (within benchlib.REF_TOL, 1e-5, of the scale of their
+terms: benchlib.ref_err). Runs under torch 1.13 and 2.x (only APIs both have).
 Usage: python3 bench/char_lstm.py DIR [units ...]   (after bench/char_lstm.lua DIR)
 """
 import os
@@ -19,7 +19,6 @@ import torch.nn.functional as F  # noqa: E402
 
 BENCH = "char_lstm"
 USAGE = "usage: /usr/bin/python3 bench/char_lstm.py DIR [units ...]  (default units 128 512)"
-RTOL = 1e-4
 V, EMBED, DROPOUT = 76, 64, 0.2
 
 
@@ -79,20 +78,19 @@ def main():
         model.eval()                                   # the check: no dropout
         loss = F.cross_entropy(model(ids).reshape(-1, V), y.reshape(-1))
         loss.backward()
-        errs = {"loss": B.relerr(loss.detach(), load(directory, units, "loss"))}
+        def ref(name):
+            return B.reference("char_lstm.py", directory, "%d_" % units, name)
+        errs = {"loss": B.ref_err(loss, ref("loss"))}
         for p, name, transposed in pairs:
-            errs["grad " + name] = B.relerr(p.grad.t() if transposed else p.grad, load(directory, units, "grad_" + name))
-        for what, err in errs.items():
-            B.meta(BENCH, "relerr %d %s" % (units, what), "%.3g" % err)
-            if not err <= RTOL:
-                failed.append("units %d: %s differs from moongrad's by %g relative" % (units, what, err))
+            errs["grad " + name] = B.ref_err(p.grad.t() if transposed else p.grad, ref("grad_" + name))
+        B.check_errors(BENCH, str(units), errs, failed)
         model.train()
         opt = torch.optim.RMSprop(model.parameters(), lr=2e-3, alpha=0.9, eps=1e-7)
         m = B.measure(lambda: train_step(model, opt, ids, y), reps=5, min_time=0.2)
         B.result(BENCH, str(units), "nn.LSTM (2 layers, dropout)", m)
         B.log("pytorch   units %-4d %9.3f ms CPU, %9.3f ms wall", units, m["cpu"] * 1e3, m["wall"] * 1e3)
     if failed:
-        sys.exit("char_lstm.py: results differ from moongrad's:\n  " + "\n  ".join(failed))
+        B.exit_if_failed("char_lstm.py", failed, "the float64 reference")
 
 
 if __name__ == "__main__":

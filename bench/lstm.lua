@@ -9,8 +9,10 @@
 --   moongrad + dL/dh_t the same, with rnn:trace (one op per step), also taking the gradient
 --                      with respect to every h_t in the same sweep (PyTorch: an nn.LSTMCell /
 --                      nn.GRUCell loop with retain_grad() on every h_t)
--- For each case, DIR receives x, y, the initial weights, the loss, the first step's
--- gradients and dL/dh_t (stacked to (B, 100, units)) as .npy files named '<case key>_...'.
+-- For each case, DIR receives x, y, the initial weights and the float64 reference of the
+-- first step (its loss, gradients and dL/dh_t stacked to (B, 100, units), each with its
+-- scale: ref_*, scale_*) as .npy files named '<case key>_...'; moongrad's own results are
+-- checked against it here, the peers' by their sides.
 -- Beside each time: moongrad's achieved GFLOP/s (the step's GEMM FLOPs, see 'flops', over
 -- the CPU time; the wall clock with more than one thread), and after the timing (case 256
 -- only), the peak RSS (VmHWM) of RSS_STEPS plain training steps (no rnn:trace) in a process
@@ -86,13 +88,84 @@ local function model(c)
   return m
 end
 
-local function save_case(prefix, m, x, y)
+-- The float64 reference of the step every side is checked against (benchlib's "Checks
+-- against a float64 reference"): the same weights and data in float64, the layer written out
+-- in ops (benchlib.rnn_f64, not the fused kernels), the Dense head and the MSE; per result
+-- (loss, grad_<param>, dL_dh) {ref, scale, drop}: the float64 value, the scale of its last sum
+-- (the largest entry of the sum of its terms' magnitudes) and the term of step T/2 (the
+-- self-test's dropped step).
+local function reference(c, m, x, y)
+  local P = {}
+  for _, p in ipairs(m.params) do P[p.name:gsub("/", "_")] = p:to("float64") end
+  local kind, t0 = c.kind, STEPS // 2
+  local K, R, b = P[kind .. "_kernel"], P[kind .. "_recurrent_kernel"], P[kind .. "_bias"]
+  local Wd, bd = P.dense_kernel, P.dense_bias
+  local X, Y = x:to("float64"), y:to("float64")
+  local xs = {}
+  for t = 1, STEPS do xs[t] = X:select(2, t) end
+  local tape = mg.GradientTape()
+  local hs, pre = B.rnn_f64(mg, kind, xs, K, R, b)
+  local H = mg.stack(hs, 2)                                   -- (B, T, u)
+  local pred = mg.matmul(H, Wd) + bd                          -- (B, T, 1)
+  local sq = (pred - Y) * (pred - Y)
+  local loss = sq:mean()
+  tape:stop()
+  local sources = { K, R, b, Wd, bd, pred }
+  local dpre_of = B.rnn_sources(kind, pre, sources)
+  local first_h = #sources + 1
+  for t = 1, STEPS do sources[#sources + 1] = hs[t] end
+  local g = tape:gradient(loss, sources)
+  local dpre, dpred = dpre_of(g), g[6]
+  local refs = {}
+  -- the loss: a mean of squares, terms all positive: its scale is itself
+  refs.loss = { ref = loss, scale = loss:item(), drop = sq:select(2, t0):sum() / sq:numel() }
+  local head_k, head_b = {}, {}
+  for t = 1, STEPS do
+    local d = dpred:select(2, t)                              -- (B, 1)
+    head_k[t], head_b[t] = { hs[t], d }, { false, d }
+  end
+  refs.grad_dense_kernel = { ref = g[4] }
+  refs.grad_dense_kernel.scale, refs.grad_dense_kernel.drop = B.sum_terms(mg, head_k, t0)
+  refs.grad_dense_bias = { ref = g[5] }
+  refs.grad_dense_bias.scale, refs.grad_dense_bias.drop = B.sum_terms(mg, head_b, t0)
+  local terms = B.rnn_terms(mg, kind, xs, hs, dpre, t0)
+  for i, what in ipairs { "kernel", "recurrent_kernel", "bias" } do
+    refs["grad_" .. kind .. "_" .. what] = { ref = g[i], scale = terms[what][1], drop = terms[what][2] }
+  end
+  -- dL/dh_t = dz_(t+1) R^T + dpred_t Wd^T (LSTM); a GRU's adds dh_(t+1) * z_(t+1) and takes
+  -- dm_h for dz. Its scale: the largest entry of the terms' magnitudes; the dropped step: the
+  -- head's term at t0.
+  local dh = table.move(g, first_h, first_h + STEPS - 1, 1, {})
+  local aR, aW, S = R:abs():transpose(1, 2), Wd:abs():transpose(1, 2), 0
+  for t = 1, STEPS do
+    local s = mg.matmul(dpred:select(2, t):abs(), aW)
+    if t < STEPS then
+      local dz = kind == "lstm" and dpre[t + 1].z or dpre[t + 1].mh
+      s = s + mg.matmul(dz:abs(), aR)
+      if kind == "gru" then s = s + (dh[t + 1] * pre[t + 1].gate):abs() end
+    end
+    S = math.max(S, s:max():item())
+  end
+  local drop = {}
+  for t = 1, STEPS do
+    drop[t] = t == t0 and mg.matmul(dpred:select(2, t), Wd:transpose(1, 2)) or dh[t] * 0
+  end
+  refs.dL_dh = { ref = mg.stack(dh, 2), scale = S, drop = mg.stack(drop, 2) }
+  return refs
+end
+
+local function save_case(prefix, m, x, y, c)
   mg.save(x, prefix .. "x.npy"); mg.save(y, prefix .. "y.npy")
   for _, p in ipairs(m.params) do mg.save(p, prefix .. p.name:gsub("/", "_") .. ".npy") end
   local loss, g = m.loss_and_grads(x, y, true)
-  mg.save(loss, prefix .. "loss.npy")
-  for i, p in ipairs(m.params) do mg.save(g[i], prefix .. "grad_" .. p.name:gsub("/", "_") .. ".npy") end
-  mg.save(mg.stack(table.move(g, #m.params + 1, #g, 1, {}), 2), prefix .. "dL_dh.npy")
+  -- moongrad's float32 results against the float64 reference, which the peers read too
+  local refs = reference(c, m, x, y)
+  B.save_reference(mg, prefix, refs)
+  local got = { loss = loss, dL_dh = mg.stack(table.move(g, #m.params + 1, #g, 1, {}), 2) }
+  for i, p in ipairs(m.params) do got["grad_" .. p.name:gsub("/", "_")] = g[i] end
+  local worst, least = B.check_reference(BENCH, m.label, "moongrad", got, refs)
+  B.log("moongrad  %-12s error vs the float64 reference at most %.3g of its scale (bound %g; " ..
+        "a dropped step: at least %.3g)", m.label, worst, B.REF_TOL, least)
   -- the plain step's gradients must be the per-step run's first ones
   local _, g2 = m.loss_and_grads(x, y, false)
   for i = 1, #m.params do
@@ -123,7 +196,7 @@ B.blas_meta(mg, BENCH)
 
 for _, c in ipairs(cases) do
   local m, x, y = setup(c)
-  save_case(string.format("%s/%s_", dir, c.key), m, x, y)
+  save_case(string.format("%s/%s_", dir, c.key), m, x, y, c)
   B.meta(BENCH, "flops " .. c.label, flops(c))
   for _, impl in ipairs { { "moongrad", false }, { "moongrad + dL/dh_t", true } } do
     local r = B.measure(function() return m.step(x, y, impl[2]) end, { reps = 7, min_time = 0.2 })

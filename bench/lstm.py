@@ -9,10 +9,11 @@ kind:units:batch (lstm:512:64, gru:256:16).
     nn.LSTM fused                  torch.nn.LSTM / nn.GRU (batch_first=True)
     LSTMCell loop + retain_grad    torch.nn.LSTMCell / nn.GRUCell stepped in Python,
                                    retain_grad() on every h_t (the way to get dL/dh_t)
-Before timing, both are checked against moongrad's loss, parameter gradients and dL/dh_t
-(within 1e-4 relative to each array's largest magnitude: float32 through 100 steps). At
-case 256, the peak RSS of 200 steps of the fused model alone, in a fresh process (this
-script again with MG_BENCH_RSS=1), as lstm.lua measures moongrad's.
+Before timing, both are checked against the float64 reference of the step that lstm.lua
+saved: loss, parameter gradients and dL/dh_t, each within benchlib.REF_TOL (1e-5) of the
+scale of its terms (benchlib.ref_err; bench/README.md, "How results are checked"). At case
+256, the peak RSS of 200 steps of the fused model alone, in a fresh process (this script
+again with MG_BENCH_RSS=1), as lstm.lua measures moongrad's.
 Usage: /usr/bin/python3 bench/lstm.py DIR [case ...]   (after bench/lstm.lua DIR)
 """
 import os
@@ -25,7 +26,7 @@ import torch  # noqa: E402
 
 BENCH = "lstm"
 USAGE = B.lstm_usage("/usr/bin/python3 bench/lstm.py")
-RTOL, RSS_STEPS, RSS_CASE = B.LSTM_RTOL, B.LSTM_RSS_STEPS, B.LSTM_RSS_CASE
+RSS_STEPS, RSS_CASE = B.LSTM_RSS_STEPS, B.LSTM_RSS_CASE
 
 
 def load(directory, key, name):
@@ -113,23 +114,24 @@ def set_weights(model, directory, key, units):
 
 
 def check(model, pairs, directory, key, x, y):
-    """Loss, parameter gradients and (for the cell loop) dL/dh_t against moongrad's."""
+    """Loss, parameter gradients and (for the cell loop) dL/dh_t against the float64
+    reference lstm.lua saved (benchlib.ref_err)."""
+    def ref(name):
+        return B.reference("lstm.py", directory, key + "_", name)
     model.zero_grad(set_to_none=True)
     pred, hs = model(x)
     loss = torch.nn.functional.mse_loss(pred, y)
     loss.backward()
-    errs = {"loss": B.relerr(loss.detach(), load(directory, key, "loss"))}
+    errs = {"loss": B.ref_err(loss, ref("loss"))}
     for p, name, to_keras in pairs:
-        g = load(directory, key, "grad_" + name)
         if to_keras is None:       # the GRU's two bias rows
-            units = g.shape[1] // 3
+            units = p[0].shape[0] // 3
             mine = torch.stack([gru_order(q.grad, units, 0) for q in p])
         else:
             mine = to_keras(p.grad)
-        errs["grad " + name] = B.relerr(mine, g)
+        errs["grad " + name] = B.ref_err(mine, ref("grad_" + name))
     if hs is not None:
-        errs["dL/dh_t"] = B.relerr(torch.stack([h.grad for h in hs], 1),
-                                 load(directory, key, "dL_dh"))
+        errs["dL/dh_t"] = B.ref_err(torch.stack([h.grad for h in hs], 1), ref("dL_dh"))
     model.zero_grad(set_to_none=True)
     return errs
 
@@ -169,11 +171,7 @@ def main():
         for name, cls in (("nn.LSTM fused", Fused), ("LSTMCell loop + retain_grad", CellLoop)):
             model = cls(kind, units)
             pairs = set_weights(model, directory, key, units)
-            for what, err in check(model, pairs, directory, key, x, y).items():
-                B.meta(BENCH, "relerr %s %s %s" % (label, name, what), "%.3g" % err)
-                if not err <= RTOL:
-                    failed.append("case %s, %s: %s differs from moongrad's by %g relative"
-                                  % (label, name, what, err))
+            B.check_errors(BENCH, label, check(model, pairs, directory, key, x, y), failed, name)
             opt = torch.optim.Adam(model.parameters(), lr=1e-3)
             m = B.measure(lambda: train_step(model, opt, x, y), reps=7, min_time=0.2)
             B.result(BENCH, label, name, m)
@@ -187,7 +185,7 @@ def main():
                     B.log("pytorch   %-12s peak RSS of %d steps alone: %.1f MiB",
                           label, RSS_STEPS, rss)
     if failed:
-        sys.exit("lstm.py: results differ from moongrad's:\n  " + "\n  ".join(failed))
+        sys.exit("lstm.py: results differ from the float64 reference:\n  " + "\n  ".join(failed))
 
 
 if __name__ == "__main__":

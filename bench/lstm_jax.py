@@ -5,9 +5,10 @@ gate order i, f, g, o, as moongrad's nn.LSTMCell; a GRU: z, r, h with reset_afte
 y (batch, 100, 1) -> gradients (jax.value_and_grad) -> Adam (lr 1e-3, written out: JAX has no
 optimizer of its own), the whole step one jax.jit with the parameters and the optimizer's
 state donated, float32, from the data and initial weights that lstm.lua saved in DIR.
-Before timing, the loss and the parameter gradients are checked against moongrad's (within
-1e-4 relative to each array's largest magnitude). Compilation is not timed (the warm-up call
-compiles). After the timing, the peak RSS once 200 steps in all have run.
+Before timing, the loss and the parameter gradients are checked against the float64
+reference lstm.lua saved (within benchlib.REF_TOL, 1e-5, of the scale of their terms:
+benchlib.ref_err). Compilation is not timed (the warm-up call compiles). After the timing,
+the peak RSS once 200 steps in all have run.
 Usage: $(bench/venv)/bin/python bench/lstm_jax.py DIR [case ...]   (after bench/lstm.lua DIR;
 cases as lstm.lua's: units, or kind:units:batch)
 """
@@ -23,7 +24,7 @@ import jax.numpy as jnp  # noqa: E402
 
 BENCH = "lstm"
 USAGE = B.lstm_usage("$(bench/venv)/bin/python bench/lstm_jax.py")
-RTOL, RSS_STEPS, RSS_CASE = B.LSTM_RTOL, B.LSTM_RSS_STEPS, B.LSTM_RSS_CASE
+RSS_STEPS, RSS_CASE = B.LSTM_RSS_STEPS, B.LSTM_RSS_CASE
 
 
 def names(kind):
@@ -106,13 +107,12 @@ def main():
         x, y = jnp.asarray(load("x")), jnp.asarray(load("y"))
         params = [jnp.asarray(load(n)) for n in names(kind)]
         loss, grads = loss_and_grads(params, x, y, kind)
-        errs = {"loss": B.relerr(loss, load("loss"))}
+        def ref(name):
+            return B.reference("lstm_jax.py", directory, key + "_", name)
+        errs = {"loss": B.ref_err(loss, ref("loss"))}
         for n, g in zip(names(kind), grads):
-            errs["grad " + n] = B.relerr(g, load("grad_" + n))
-        for what, err in errs.items():
-            B.meta(BENCH, "relerr %s %s" % (label, what), "%.3g" % err)
-            if not err <= RTOL:
-                failed.append("case %s: %s differs from moongrad's by %g relative" % (label, what, err))
+            errs["grad " + n] = B.ref_err(g, ref("grad_" + n))
+        B.check_errors(BENCH, label, errs, failed)
         state = [params, opt_init(params)]
 
         def one():
@@ -132,7 +132,7 @@ def main():
             B.meta(BENCH, "peak_rss_mib_peer %s" % label, "%.1f" % rss)
             B.log("%s case %-12s peak RSS after %d steps: %.1f MiB", B.peer(), label,
                   max(RSS_STEPS, m["calls"]), rss)
-    B.exit_if_failed("lstm_jax.py", failed)
+    B.exit_if_failed("lstm_jax.py", failed, "the float64 reference")
 
 
 if __name__ == "__main__":

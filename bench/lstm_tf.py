@@ -8,9 +8,10 @@ lstm.lua saved in DIR (the layouts are Keras's, gate order i, f, g, o; GRU z, r,
     train_on_batch (graph)  compile(jit_compile=False): a tf.function train step
     train_on_batch (XLA)    compile(jit_compile=True): the same step compiled by XLA
 Before timing, each model's loss and parameter gradients (under a tf.GradientTape) and the
-loss train_on_batch returns on its first call are checked against moongrad's (within 1e-4
-relative). Tracing and compiling are not timed (the warm-up call does them). After the
-timing, the peak RSS once 200 steps in all have run.
+loss train_on_batch returns on its first call are checked against the float64 reference
+lstm.lua saved (within benchlib.REF_TOL, 1e-5, of the scale of their terms:
+benchlib.ref_err). Tracing and compiling are not timed (the warm-up call does them). After
+the timing, the peak RSS once 200 steps in all have run.
 Usage: $(bench/venv)/bin/python bench/lstm_tf.py DIR [case ...]   (after bench/lstm.lua DIR;
 cases as lstm.lua's: units, or kind:units:batch)
 """
@@ -27,7 +28,7 @@ import keras  # noqa: E402
 
 BENCH = "lstm"
 USAGE = B.lstm_usage("$(bench/venv)/bin/python bench/lstm_tf.py")
-RTOL, RSS_STEPS, RSS_CASE = B.LSTM_RTOL, B.LSTM_RSS_STEPS, B.LSTM_RSS_CASE
+RSS_STEPS, RSS_CASE = B.LSTM_RSS_STEPS, B.LSTM_RSS_CASE
 
 
 def model_for(kind, units, batch, load, jit):
@@ -53,21 +54,20 @@ def main():
     for kind, units, batch, label, key in cases:
         def load(name):
             return B.load_array("lstm_tf.py", directory, "%s_%s.npy" % (key, name))
+
+        def ref(name):
+            return B.reference("lstm_tf.py", directory, key + "_", name)
         x, y = load("x"), load("y")
         for name, jit in (("train_on_batch (graph)", False), ("train_on_batch (XLA)", True)):
             model, grads_of = model_for(kind, units, batch, load, jit)
             with tf.GradientTape() as tape:
                 loss = tf.reduce_mean(tf.square(model(x, training=True) - y))
             grads = tape.gradient(loss, [v.value for _, v in grads_of])
-            errs = {"loss": B.relerr(loss, load("loss"))}
+            errs = {"loss": B.ref_err(loss, ref("loss"))}
             for (n, _), g in zip(grads_of, grads):
-                errs["grad " + n] = B.relerr(g, load("grad_" + n))
-            errs["train_on_batch loss"] = B.relerr(model.train_on_batch(x, y), load("loss"))
-            for what, err in errs.items():
-                B.meta(BENCH, "relerr %s %s %s" % (label, name, what), "%.3g" % err)
-                if not err <= RTOL:
-                    failed.append("case %s, %s: %s differs from moongrad's by %g relative"
-                                  % (label, name, what, err))
+                errs["grad " + n] = B.ref_err(g, ref("grad_" + n))
+            errs["train_on_batch loss"] = B.ref_err(model.train_on_batch(x, y), ref("loss"))
+            B.check_errors(BENCH, label, errs, failed, name)
             m = B.measure(lambda: model.train_on_batch(x, y), reps=7, min_time=0.2)
             B.result(BENCH, label, name, m)
             B.log("%s case %-12s %-24s %9.3f ms CPU, %9.3f ms wall", B.peer(), label, name,
@@ -80,7 +80,7 @@ def main():
                     B.meta(BENCH, "peak_rss_mib_peer %s" % label, "%.1f" % rss)
                     B.log("%s case %-12s peak RSS after %d steps: %.1f MiB", B.peer(), label,
                           max(RSS_STEPS, m["calls"] + 1), rss)
-    B.exit_if_failed("lstm_tf.py", failed)
+    B.exit_if_failed("lstm_tf.py", failed, "the float64 reference")
 
 
 if __name__ == "__main__":
