@@ -92,18 +92,40 @@ function M.median(xs)
   return (s[n // 2] + s[n // 2 + 1]) / 2
 end
 
--- measure(fn [, {reps=7, min_time=0.1, warmup=1, inner=, collect=false}]): timings of fn()
--- as {cpu=, wall= (median seconds per call), cpu_reps=, wall_reps= (per repetition),
--- calls= (how many calls of fn ran)}.
+-- A call that takes longer than this (CPU seconds) is timed once: bench/lyapunov's T = 1000
+-- runs at N = 256 take 20 to 100 s a call, and repeating them would cost an hour a session.
+-- benchlib.py has the same figure.
+M.SINGLE_RUN_SECONDS = 3
+
+-- timed(fn): calls fn once; returns its results' first value and the call's timing {cpu=,
+-- wall=}, for measure's 'first' (e.g. the run whose result is checked).
+function M.timed(fn)
+  local c, w = os.clock(), M.now()
+  local r = fn()
+  return r, { cpu = os.clock() - c, wall = M.now() - w }
+end
+
+-- measure(fn [, {reps=7, min_time=0.1, warmup=1, inner=, collect=false, first=, single=}]):
+-- timings of fn() as {cpu=, wall= (median seconds per call), cpu_reps=, wall_reps= (per
+-- repetition), calls= (how many calls of fn ran), runs= (how many timed repetitions)}.
 -- Each repetition runs fn 'inner' times back to back (chosen so a repetition lasts about
 -- 'min_time' seconds unless given). The collector is left to its own pace, as in a user's
 -- loop, unless 'collect' asks for a full collection before each repetition.
+-- 'first' is the timing of a call already made (timed's): it stands for the warm-up; when
+-- 'single' is given too and that call took more than 'single' CPU seconds, it is the only
+-- measurement (runs = 1, no further call).
 function M.measure(fn, opts)
   opts = opts or {}
   local reps, min_time = opts.reps or 7, opts.min_time or 0.1
+  local first = opts.first
+  if first and opts.single and first.cpu > opts.single then
+    return { cpu = first.cpu, wall = first.wall, cpu_reps = { first.cpu }, wall_reps = { first.wall },
+             calls = 0, runs = 1 }
+  end
+  local warmup = first and 0 or (opts.warmup or 1)
   local t0 = os.clock()
-  for _ = 1, opts.warmup or 1 do fn() end
-  local once = (os.clock() - t0) / (opts.warmup or 1)
+  for _ = 1, warmup do fn() end
+  local once = first and first.cpu or (os.clock() - t0) / warmup
   local inner = opts.inner or math.max(1, math.ceil(min_time / math.max(once, 1e-9)))
   local cpu, wall = {}, {}
   for r = 1, reps do
@@ -114,7 +136,7 @@ function M.measure(fn, opts)
     cpu[r] = (os.clock() - c) / inner
   end
   return { cpu = M.median(cpu), wall = M.median(wall), cpu_reps = cpu, wall_reps = wall,
-           calls = (opts.warmup or 1) + reps * inner }
+           calls = warmup + reps * inner, runs = reps }
 end
 
 -- result(bench, case, impl, m [, per]): one result line from measure's 'm', divided by 'per'

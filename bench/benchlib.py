@@ -428,13 +428,34 @@ def tf_meta(bench, tf):
             tf.config.threading.get_inter_op_parallelism_threads()))
 
 
-def measure(fn, reps=7, min_time=0.1, warmup=1, inner=None, collect=False):
+# A call that takes longer than this (CPU seconds) is timed once (as benchlib.lua's).
+SINGLE_RUN_SECONDS = 3
+
+
+def timed(fn):
+    """Calls fn once; returns its result and the call's timing {cpu, wall}, for measure's
+    'first' (e.g. the run whose result is checked)."""
+    c, w = time.process_time(), time.perf_counter()
+    r = fn()
+    return r, {"cpu": time.process_time() - c, "wall": time.perf_counter() - w}
+
+
+def measure(fn, reps=7, min_time=0.1, warmup=1, inner=None, collect=False, first=None, single=None):
     """Timings of fn() as benchlib.lua's measure: a dict with cpu, wall (median seconds per
-    call), cpu_reps, wall_reps (per repetition) and calls (how many calls of fn ran)."""
-    t0 = time.process_time()
-    for _ in range(warmup):
-        fn()
-    once = (time.process_time() - t0) / warmup
+    call), cpu_reps, wall_reps (per repetition), calls (how many calls of fn ran) and runs
+    (how many timed repetitions). 'first' is the timing of a call already made (timed's): it
+    stands for the warm-up; when 'single' is given too and that call took more than 'single'
+    CPU seconds, it is the only measurement (runs 1, no further call)."""
+    if first is not None and single is not None and first["cpu"] > single:
+        return {"cpu": first["cpu"], "wall": first["wall"], "cpu_reps": [first["cpu"]],
+                "wall_reps": [first["wall"]], "calls": 0, "runs": 1}
+    if first is not None:
+        warmup, once = 0, first["cpu"]
+    else:
+        t0 = time.process_time()
+        for _ in range(warmup):
+            fn()
+        once = (time.process_time() - t0) / warmup
     if inner is None:
         inner = max(1, math.ceil(min_time / max(once, 1e-9)))
     cpu, wall = [], []
@@ -447,7 +468,7 @@ def measure(fn, reps=7, min_time=0.1, warmup=1, inner=None, collect=False):
         wall.append((time.perf_counter() - w) / inner)
         cpu.append((time.process_time() - c) / inner)
     return {"cpu": statistics.median(cpu), "wall": statistics.median(wall),
-            "cpu_reps": cpu, "wall_reps": wall, "calls": warmup + reps * inner}
+            "cpu_reps": cpu, "wall_reps": wall, "calls": warmup + reps * inner, "runs": reps}
 
 
 def result(bench, case, impl, m, per=1):

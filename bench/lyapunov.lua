@@ -5,7 +5,9 @@
 -- DIR with moongrad's exponents (B, k) (rnn:lyapunov, which for this cell takes the C path of
 -- runtime/lyapunov.c: each step's Jacobian formed and applied to the k tangents, a blocked
 -- Householder QR, log|diag R| accumulated; sorted descending).
--- Timed: the whole T-step run, rnn:lyapunov(x, {k = k, Q0 = Q0}).
+-- Timed: the whole T-step run, rnn:lyapunov(x, {k = k, Q0 = Q0}): the run whose exponents are
+-- saved, then the median of 3 more (meta 'runs CASE moongrad' 3), or that run alone when it
+-- took more than benchlib.SINGLE_RUN_SECONDS (runs 1: the report marks it n=1).
 -- Usage: LUA_CPATH='build/lua/?.so' lua5.4 bench/lyapunov.lua DIR [N,k,T ...]
 --   (default cases 64,16,1000 64,64,1000 256,16,1000 256,256,1000: minutes in all)
 package.path = (arg[0]:match("^(.*/)") or "./") .. "?.lua;" .. package.path
@@ -23,6 +25,7 @@ end, { { 64, 16, 1000 }, { 64, 64, 1000 }, { 256, 16, 1000 }, { 256, 256, 1000 }
 
 B.blas_meta(mg, BENCH)
 B.meta(BENCH, "batch", BATCH)
+B.meta(BENCH, "single_run_seconds", B.SINGLE_RUN_SECONDS)
 
 -- FLOPs of the run by the algorithm (docs/performance.md, "Lyapunov"), per trajectory and
 -- step: the GRU step 2 F 3N + 6 N^2, forming J 6 N^2, the tangents J Q 2 k N^2, the QR with Q
@@ -41,7 +44,7 @@ for _, c in ipairs(cases) do
   local Q0 = mg.linalg.qr(mg.randn(BATCH, n, k))
   local rnn = mg.nn.RNN(cell)
   local function run() return rnn:lyapunov(x, { k = k, Q0 = Q0 }) end
-  local r = run()
+  local r, first = B.timed(run)          -- the checked run, also the first timing
   local prefix = string.format("%s/%d_%d_%d_", dir, n, k, t)
   mg.save(cell.kernel, prefix .. "kernel.npy")
   mg.save(cell.recurrent_kernel, prefix .. "recurrent_kernel.npy")
@@ -49,10 +52,11 @@ for _, c in ipairs(cases) do
   mg.save(x, prefix .. "x.npy")
   mg.save(Q0:contiguous(), prefix .. "Q0.npy")
   mg.save(r.exponents, prefix .. "exponents.npy")
-  local m = B.measure(run, { reps = 3, warmup = 1, inner = 1 })
+  local m = B.measure(run, { reps = 3, inner = 1, first = first, single = B.SINGLE_RUN_SECONDS })
   B.result(BENCH, case, "moongrad", m)
+  B.meta(BENCH, "runs " .. case .. " moongrad", m.runs)
   B.meta(BENCH, "flops " .. case, string.format("%.0f", flops(n, k, t)))
-  B.log("moongrad  (%s) lyapunov %10.1f ms CPU, %10.1f ms wall; top exponent %.4f", case,
-        m.cpu * 1e3, m.wall * 1e3, r.mean:get(1))
+  B.log("moongrad  (%s) lyapunov %10.1f ms CPU, %10.1f ms wall (n=%d); top exponent %.4f", case,
+        m.cpu * 1e3, m.wall * 1e3, m.runs, r.mean:get(1))
   collectgarbage()
 end

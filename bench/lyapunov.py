@@ -10,7 +10,9 @@ against moongrad's saved exponents (sorted descending, within 1e-4):
     vmap(jvp) + qr    the best way: per step vmap over the k tangents of jvp (k JVPs at
                       once, no N x N Jacobian; torch.func in torch 2.x, functorch in 1.13),
                       then a batched QR
-Both accumulate log|diag R| in float32, as moongrad does. Timed: the whole T-step run.
+Both accumulate log|diag R| in float32, as moongrad does. Timed: the whole T-step run, the
+checked run then the median of 3 more, or the checked run alone when it took more than
+benchlib.SINGLE_RUN_SECONDS (meta 'runs CASE METHOD': 3 or 1).
 Usage: /usr/bin/python3 bench/lyapunov.py DIR [N,k,T ...]   (after bench/lyapunov.lua DIR);
 any Python with torch 1.13 or 2.x will do (bench/run's venv for current torch)
 """
@@ -114,15 +116,17 @@ def main():
         x, Q0, want = load(directory, case, "x"), load(directory, case, "Q0"), load(directory, case, "exponents")
         for impl, make in (("jacobian + qr", published), ("vmap(jvp) + qr", best)):
             run = make(step, x, Q0)
-            got = torch.sort(run(), dim=1, descending=True).values
+            exps, first = B.timed(run)            # the checked run, also the first timing
+            got = torch.sort(exps, dim=1, descending=True).values
             err = (got - want).abs().max().item()
             if not err <= ATOL:
                 failures.append("%s %s: exponents differ from moongrad's by %g" % (name, impl, err))
                 continue
-            m = B.measure(run, reps=3, warmup=1, inner=1)
+            m = B.measure(run, reps=3, inner=1, first=first, single=B.SINGLE_RUN_SECONDS)
             B.result(BENCH, name, impl, m)
-            B.log("pytorch   (%s) %-15s %10.1f ms CPU, %10.1f ms wall (max |diff| %.2g)", name, impl,
-                  m["cpu"] * 1e3, m["wall"] * 1e3, err)
+            B.meta(BENCH, "runs %s %s" % (name, impl), m["runs"])
+            B.log("pytorch   (%s) %-15s %10.1f ms CPU, %10.1f ms wall (n=%d; max |diff| %.2g)", name, impl,
+                  m["cpu"] * 1e3, m["wall"] * 1e3, m["runs"], err)
     if failures:
         sys.exit("lyapunov.py: " + "; ".join(failures))
 

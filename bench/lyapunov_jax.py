@@ -1,35 +1,33 @@
 """lyapunov_jax.py - JAX side of bench/lyapunov.lua: the same top-k Lyapunov spectrum as
 lyapunov.py, as one jax.jit of the whole loop (lax.scan over the steps; per step jax.vmap
 over the k tangents of jax.jvp, then a batched jnp.linalg.qr), float32, checked against
-moongrad's saved exponents (sorted descending, within 1e-4). Compilation is excluded from
-the time (a warm-up call). Result lines as benchlib.py's (impl "jax jit vmap(jvp) + qr").
-Runs in the test virtual environment (tools/venv: JAX, no torch):
-    $(tools/venv)/bin/python bench/lyapunov_jax.py DIR [N,k,T ...]   (after bench/lyapunov.lua DIR)
+moongrad's saved exponents (sorted descending, within 1e-4). Compiled ahead of the timing
+(jit(...).lower(x, Q0).compile()), so that the first run is already the compiled one: it is
+the checked run and the first timing; then the median of 3 more, or that run alone when it
+took more than benchlib.SINGLE_RUN_SECONDS (meta 'runs CASE METHOD': 3 or 1). Every run waits
+for its result (block_until_ready).
+Usage: $(bench/venv)/bin/python bench/lyapunov_jax.py DIR [N,k,T ...]   (after bench/lyapunov.lua DIR)
 """
 import os
-import statistics
 import sys
-import time
 
-os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchlib as B  # noqa: E402
+
+B.xla_flags()
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 BENCH = "lyapunov"
+USAGE = ("usage: $(bench/venv)/bin/python bench/lyapunov_jax.py DIR [N,k,T ...]  "
+         "(default 64,16,1000 64,64,1000 256,16,1000 256,256,1000)")
 ATOL = 1e-4
-
-
-def parse_cases(args):
-    cases = [tuple(int(p) for p in a.split(",")) for a in args]
-    return cases or [(64, 16, 1000), (64, 64, 1000), (256, 16, 1000), (256, 256, 1000)]
+METHOD = "jit vmap(jvp) + qr"
 
 
 def load(directory, case, name):
-    path = os.path.join(directory, "%d_%d_%d_%s.npy" % (case + (name,)))
-    if not os.path.exists(path):
-        sys.exit("lyapunov_jax.py: %s is missing; run bench/lyapunov.lua %s first" % (path, directory))
-    return jnp.asarray(np.load(path))
+    return jnp.asarray(B.load_array("lyapunov_jax.py", directory, "%d_%d_%d_%s.npy" % (case + (name,))))
 
 
 def spectrum(W, U, b, n):
@@ -60,30 +58,33 @@ def spectrum(W, U, b, n):
 
 
 def main():
-    if len(sys.argv) < 2:
-        sys.exit("lyapunov_jax.py: no directory given")
-    directory = sys.argv[1]
-    sys.stdout.write("meta\t%s\tjax_version\t%s\n" % (BENCH, jax.__version__))
-    for case in parse_cases(sys.argv[2:]):
+    directory = B.data_dir("lyapunov_jax.py", USAGE)
+    cases = B.int_cases(sys.argv[2:], 3, "lyapunov_jax.py: bad case '%s', expected N,k,T with 1 <= k <= N; "
+                        + USAGE, [(64, 16, 1000), (64, 64, 1000), (256, 16, 1000), (256, 256, 1000)],
+                        ok=lambda case: case[1] <= case[0])
+    B.jax_meta(BENCH, jax)
+    B.settle()
+    failed = []
+    for case in cases:
         name = "%d,%d,%d" % case
-        run = spectrum(load(directory, case, "kernel"), load(directory, case, "recurrent_kernel"),
-                       load(directory, case, "bias"), case[0])
         x, Q0 = load(directory, case, "x"), load(directory, case, "Q0")
-        got = -np.sort(-np.asarray(run(x, Q0).block_until_ready()), axis=1)
+        compiled = spectrum(load(directory, case, "kernel"), load(directory, case, "recurrent_kernel"),
+                            load(directory, case, "bias"), case[0]).lower(x, Q0).compile()
+
+        def run():
+            return compiled(x, Q0).block_until_ready()
+        exps, first = B.timed(run)
+        got = -np.sort(-np.asarray(exps), axis=1)
         err = float(np.max(np.abs(got - np.asarray(load(directory, case, "exponents")))))
         if not err <= ATOL:
-            sys.exit("lyapunov_jax.py: %s: exponents differ from moongrad's by %g" % (name, err))
-        cpu, wall = [], []
-        for _ in range(3):
-            c, w = time.process_time(), time.perf_counter()
-            run(x, Q0).block_until_ready()
-            wall.append(time.perf_counter() - w)
-            cpu.append(time.process_time() - c)
-        sys.stdout.write("result\t%s\t%s\t%s\t%.9g\t%.9g\n" % (BENCH, name, "jax jit vmap(jvp) + qr",
-                         statistics.median(cpu), statistics.median(wall)))
-        sys.stdout.flush()
-        sys.stderr.write("jax       (%s) jit vmap(jvp) + qr %10.1f ms CPU, %10.1f ms wall (max |diff| %.2g)\n"
-                         % (name, statistics.median(cpu) * 1e3, statistics.median(wall) * 1e3, err))
+            failed.append("%s: exponents differ by %g" % (name, err))
+            continue
+        m = B.measure(run, reps=3, inner=1, first=first, single=B.SINGLE_RUN_SECONDS)
+        B.result(BENCH, name, METHOD, m)
+        B.meta(BENCH, "runs %s %s" % (name, METHOD), m["runs"])
+        B.log("%s (%s) %s %10.1f ms CPU, %10.1f ms wall (n=%d; max |diff| %.2g)", B.peer(), name, METHOD,
+              m["cpu"] * 1e3, m["wall"] * 1e3, m["runs"], err)
+    B.exit_if_failed("lyapunov_jax.py", failed)
 
 
 main()

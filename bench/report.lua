@@ -182,6 +182,16 @@ local function table_for(label, name, b, machine)
   local cfg = CONFIG[name] or { unit = "s", scale = 1, title = name, row = "case" }
   local out = {}
   local function emit(s) out[#out + 1] = s end
+  -- a time from a single timed run (meta 'runs CASE METHOD' 1: a call too long to repeat,
+  -- benchlib's SINGLE_RUN_SECONDS) is marked n=1
+  local function single(case, peer, method)
+    return (peer and b.peer_meta[peer] or b.meta)["runs " .. case .. " " .. method] == "1"
+  end
+  local singles, metas = false, { b.meta }
+  for _, peer in ipairs(b.peer_order) do metas[#metas + 1] = b.peer_meta[peer] end
+  for _, m in ipairs(metas) do
+    for k, v in pairs(m) do if v == "1" and k:match("^runs ") then singles = true end end
+  end
   emit(string.format("#### %s: %s (%s)", name, cfg.title, label))
   emit("")
   emit(string.format("moongrad's BLAS kernels %s (best for this CPU: %s); %s each; medians of %s time; " ..
@@ -210,13 +220,16 @@ local function table_for(label, name, b, machine)
     local r = b.cases[case]
     local mg_t = r.moongrad
     local row = { (cfg.rows and cfg.rows[case]) or case }
-    for _, m in ipairs(b.moongrad) do row[#row + 1] = r[m] and fmt_time(r[m], cfg.scale) or "-" end
+    for _, m in ipairs(b.moongrad) do
+      row[#row + 1] = r[m] and fmt_time(r[m], cfg.scale) .. (single(case, nil, m) and " (n=1)" or "") or "-"
+    end
     local best, best_peer
     for _, peer in ipairs(b.peer_order) do
       if #b.methods[peer] > 0 then
         local t, method = peer_best(cfg, b, case, peer)
-        row[#row + 1] = t and string.format("%s (%s%s)", fmt_time(t, cfg.scale), method,
-                                            mg_t and ", " .. fmt_ratio(t / mg_t) or "") or "-"
+        row[#row + 1] = t and string.format("%s (%s%s%s)", fmt_time(t, cfg.scale), method,
+                                            mg_t and ", " .. fmt_ratio(t / mg_t) or "",
+                                            single(case, peer, method) and ", n=1" or "") or "-"
         if t and (not best or t < best) then best, best_peer = t, peer end
       end
     end
@@ -242,6 +255,12 @@ local function table_for(label, name, b, machine)
     end
   end
   emit("")
+  if singles then
+    emit(string.format("n=1: a single timed run (a call of more than %s s CPU is not repeated: " ..
+                       "bench/benchlib's SINGLE_RUN_SECONDS); the other times are medians of several.",
+                       b.meta.single_run_seconds or "a few"))
+    emit("")
+  end
   if floors then
     emit(string.format("Floor: %s; best / floor is the largest ratio any implementation could show " ..
       "against the best peer on this machine.", ({
@@ -273,7 +292,7 @@ local function table_for(label, name, b, machine)
     local row = { "moongrad", m }
     for _, case in ipairs(b.case_order) do
       local t = b.cases[case][m]
-      row[#row + 1] = t and fmt_time(t, cfg.scale) or "-"
+      row[#row + 1] = t and fmt_time(t, cfg.scale) .. (single(case, nil, m) and " (n=1)" or "") or "-"
     end
     emit("| " .. table.concat(row, " | ") .. " |")
   end
@@ -284,7 +303,9 @@ local function table_for(label, name, b, machine)
                           (other and " (vs " .. other .. ")" or "") }
       for _, case in ipairs(b.case_order) do
         local t, ref = b.cases[case][peer .. "\0" .. method], b.cases[case][other or "moongrad"]
-        row[#row + 1] = t and (fmt_time(t, cfg.scale) .. (ref and " (" .. fmt_ratio(t / ref) .. ")" or "")) or "-"
+        local note = (ref and fmt_ratio(t / ref) or "") ..
+                     ((t and single(case, peer, method)) and (ref and ", " or "") .. "n=1" or "")
+        row[#row + 1] = t and (fmt_time(t, cfg.scale) .. (note ~= "" and " (" .. note .. ")" or "")) or "-"
       end
       emit("| " .. table.concat(row, " | ") .. " |")
     end
