@@ -177,8 +177,8 @@ end
 -- entry of that sum of magnitudes (computed in float64), and must be <= REF_TOL: the
 -- probabilistic bound of a float32 sum of n terms, lambda sqrt(n) u with lambda = 2, at the
 -- largest n of these cases (B T = 64 x 100 = 6,400): 9.5e-6, rounded up to 1e-5. The errors
--- seen on every side are at most 3 u (1.8e-7); a gradient with one step dropped is off by
--- 1.4e-3 or more, and check_reference tests that it fails.
+-- seen on every side are at most 10 u (5.8e-7); a gradient with one step dropped is off by
+-- 9.5e-4 or more, and check_reference tests that it fails.
 M.REF_TOL = 1e-5
 
 -- sum_terms(mg, steps, t0): 'steps' an array over t of {u_t, d_t} (u_t (B, m), d_t (B, n);
