@@ -303,9 +303,10 @@ local function table_for(label, name, b, machine)
                           (other and " (vs " .. other .. ")" or "") }
       for _, case in ipairs(b.case_order) do
         local t, ref = b.cases[case][peer .. "\0" .. method], b.cases[case][other or "moongrad"]
-        local note = (ref and fmt_ratio(t / ref) or "") ..
-                     ((t and single(case, peer, method)) and (ref and ", " or "") .. "n=1" or "")
-        row[#row + 1] = t and (fmt_time(t, cfg.scale) .. (note ~= "" and " (" .. note .. ")" or "")) or "-"
+        local notes = {}
+        if t and ref then notes[#notes + 1] = fmt_ratio(t / ref) end
+        if t and single(case, peer, method) then notes[#notes + 1] = "n=1" end
+        row[#row + 1] = t and (fmt_time(t, cfg.scale) .. (#notes > 0 and " (" .. table.concat(notes, ", ") .. ")" or "")) or "-"
       end
       emit("| " .. table.concat(row, " | ") .. " |")
     end
