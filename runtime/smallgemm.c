@@ -119,6 +119,16 @@ panel_avx512(int mr, int64_t kc, const float *A, int64_t lda, const float *bp, c
   }
 }
 
+/* All M rows of C against kc rows of one panel, MR rows at a time; the first row block
+** prefetches 'pf' (the next block) into L2. */
+static void rows_avx512(int64_t M, int64_t kc, const float *A, int64_t lda, const float *bp,
+                        const float *pf, int nw, int acc, float *C, int64_t ldc) {
+  enum { MR = 12 };
+  for (int64_t i = 0; i < M; i += MR)
+    panel_avx512((int)(M - i < MR ? M - i : MR), kc, A + i * lda, lda, bp, i == 0 ? pf : NULL, nw,
+                 acc, C + i * ldc, ldc);
+}
+
 #endif
 
 void mg_gemm_packed(const mg_packed *P, int64_t M, const float *A, int64_t lda, int beta,
@@ -138,11 +148,29 @@ void mg_gemm_packed(const mg_packed *P, int64_t M, const float *A, int64_t lda, 
   ** takes the panels in reverse, starting with those the previous call left in L2. The bits
   ** depend neither on the order (each panel's columns are summed alone) nor on KC (the
   ** partial sums go through C exactly, float to float). */
-  enum { MR = 12, KC = 256, AHEAD = 1 };
+  enum { KC = 256, AHEAD = 1, TALL = 64 };
   static _Thread_local unsigned calls;
   bool back = calls++ & 1;
   int nr = P->nr;
   int64_t np = (P->N + nr - 1) / nr, K = P->K;
+  if (M > TALL && K > KC) {
+    /* Many rows (a chunk of the LSTM reverse's dX = dZ W'): the K blocks outside, the
+    ** panels inside, so that A's block (M x KC) stays in L2 for every panel while each
+    ** panel block is read once (panels outside read all of A again for every panel, from
+    ** L3 when A is larger than L2). Best of 40 under load: (256, 2048) x (2048, 512) 140-143
+    ** -> 153 GFLOP/s, (512, 512) x (512, 128) 164-166 -> 175-177. The same sums (each
+    ** element's k in order, through C). The block AHEAD is the next panel's. */
+    for (int64_t k0 = 0; k0 < K; k0 += KC) {
+      int64_t kc = K - k0 < KC ? K - k0 : KC;
+      for (int64_t p = 0; p < np; p++) {
+        const float *ahead = p + 1 < np ? P->data + ((p + 1) * K + k0) * nr : NULL;
+        int nw = (int)(P->N - p * nr < nr ? P->N - p * nr : nr);
+        rows_avx512(M, kc, A + k0, lda, P->data + (p * K + k0) * nr, ahead, nw, beta || k0 > 0,
+                    C + p * nr, ldc);
+      }
+    }
+    return;
+  }
   for (int64_t q = 0; q < np; q++) {
     int64_t p = back ? np - 1 - q : q, pn = back ? p - 1 : p + 1;    /* pn: the next panel */
     const float *bp = P->data + p * K * nr;
@@ -152,12 +180,7 @@ void mg_gemm_packed(const mg_packed *P, int64_t M, const float *A, int64_t lda, 
       int64_t kc = K - k0 < KC ? K - k0 : KC, ka = k0 + AHEAD * KC, pa = p;
       if (ka >= K) { ka -= K; pa = pn; }          /* the block AHEAD on, if a whole one */
       const float *ahead = pa >= 0 && pa < np && ka + kc <= K ? P->data + (pa * K + ka) * nr : NULL;
-      int acc = beta || k0 > 0;
-      for (int64_t i = 0; i < M; i += MR) {
-        int mr = (int)(M - i < MR ? M - i : MR);
-        panel_avx512(mr, kc, A + i * lda + k0, lda, bp + k0 * nr, i == 0 ? ahead : NULL, nw, acc,
-                     C + i * ldc + p * nr, ldc);
-      }
+      rows_avx512(M, kc, A + k0, lda, bp + k0 * nr, ahead, nw, beta || k0 > 0, C + p * nr, ldc);
       k0 += kc;
     } while (k0 < K);
   }

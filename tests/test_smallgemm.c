@@ -1,6 +1,7 @@
 /*
 ** test_smallgemm.c - the packed float32 GEMM (runtime/smallgemm.c) against a float64 reference
-** on random and odd sizes: M below, at and above the 8-row block, N not a multiple of the
+** on random and odd sizes: M below, at and above the 12-row block and the 64 rows above
+** which the K blocks go outside the panels, N not a multiple of the
 ** 32-column panel, K below, at and across the 256-row blocks (and K = 0), both layouts of
 ** the packed operand (trans), beta 0 and 1, leading dimensions larger than the rows, a pool
 ** and malloc. Every element within float32 rounding of the sum of |terms|. On CPUs without
@@ -61,7 +62,7 @@ static void check(mg_pool *pool, int64_t M, int64_t N, int64_t K, bool trans, in
 
 int main(void) {
   mg_pool *pool = mg_pool_new();
-  int64_t Ms[] = { 1, 7, 8, 9, 12, 13, 16, 25, 32, 33 }, Ns[] = { 1, 5, 31, 32, 33, 100 },
+  int64_t Ms[] = { 1, 7, 8, 9, 12, 13, 16, 25, 32, 33, 64, 65, 130 }, Ns[] = { 1, 5, 31, 32, 33, 100 },
           Ks[] = { 0, 1, 17, 128, 255, 256, 257, 600 };
   for (size_t a = 0; a < sizeof Ms / sizeof *Ms; a++)
     for (size_t b = 0; b < sizeof Ns / sizeof *Ns; b++)
