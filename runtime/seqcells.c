@@ -493,7 +493,8 @@ static mg_status lstm_seq_vjp_fused(mg_ctx *C, const mg_node *n, mg_tensor *cons
     if ((t1 - t0) % 2) { mg_tensor *sw = dc; dc = dc2; dc2 = sw; }
     void *dz = mg_tensor_data(dZ);             /* the chunk's products and bias sums at once */
     mg_gemm_plan pl[3];
-    mg_colsum_spec cs = { dt, R, 4 * u, 4 * u, dz, gin[5] ? mg_tensor_data(beta ? bs : gin[5]) : NULL };
+    mg_colsum_spec cs = { .dt = dt, .rows = R, .n = 4 * u, .ld = 4 * u, .a = dz,
+                          .out = gin[5] ? mg_tensor_data(beta ? bs : gin[5]) : NULL };
     int np = 0;
     if (gin[4])                                   /* the largest first: the blocks balance */
       mg_gemm_plan_make(&pl[np++], dt, true, false, u, 4 * u, R, 1, at(dt, mg_tensor_data(Hs), r0 * u),
@@ -505,9 +506,16 @@ static mg_status lstm_seq_vjp_fused(mg_ctx *C, const mg_node *n, mg_tensor *cons
       mg_gemm_plan_make(&pl[np++], dt, false, true, R, d, 4 * u, 1, dz, 4 * u, mg_tensor_data(k[0]),
                         4 * u, 0, at(dt, mg_tensor_data(tmp), r0 * d), d);
     }
-    if (gin[3])
+    if (gin[3] && gin[5] && dt == MG_F32 && mg_xsum_available(d)) {   /* a narrow input's dW */
+      cs.x = (const float *)mg_tensor_data(X) + r0 * d;                 /* with the bias sums */
+      cs.d = cs.ldx = d;
+      cs.gw = mg_tensor_data(gin[3]);
+      cs.ldw = 4 * u;
+      cs.beta = beta;
+    } else if (gin[3]) {
       mg_gemm_plan_make(&pl[np++], dt, true, false, d, 4 * u, R, 1, at(dt, mg_tensor_data(X), r0 * d),
                         d, dz, 4 * u, beta, mg_tensor_data(gin[3]), 4 * u);
+    }
     mg_grads_par(C, np, pl, gin[5] ? 1 : 0, &cs);
     if (gin[5]) {
       void *db = mg_tensor_data(gin[5]), *part = mg_tensor_data(bs);

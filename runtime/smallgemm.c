@@ -129,6 +129,70 @@ static void rows_avx512(int64_t M, int64_t kc, const float *A, int64_t lda, cons
                  acc, C + i * ldc, ldc);
 }
 
+/* mg_xsum_f32's rows [r0, r1) for the 32 columns at a (nw of them), D rows of gw: the
+** accumulators start from gw and acc (the sums so far) unless 'first'. Each row's two
+** cache lines are prefetched into L2 XSUM_AHEAD rows on. */
+enum { XSUM_AHEAD = 16 };
+#define XSUM_BLOCK(D) do {                                                         \
+    __m512 g0[D], g1[D];                                                           \
+    __m512d s0, s1, s2, s3;                                                        \
+    for (int i = 0; i < D; i++) {                                                  \
+      g0[i] = first && !beta ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m0, gw + i * ldw); \
+      g1[i] = first && !beta ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m1, gw + i * ldw + 16); \
+    }                                                                              \
+    if (first) {                                                                   \
+      s0 = s1 = s2 = s3 = _mm512_setzero_pd();                                     \
+    } else {                                                                       \
+      s0 = _mm512_maskz_loadu_pd((__mmask8)m0, acc);                               \
+      s1 = _mm512_maskz_loadu_pd((__mmask8)(m0 >> 8), acc + 8);                    \
+      s2 = _mm512_maskz_loadu_pd((__mmask8)m1, acc + 16);                          \
+      s3 = _mm512_maskz_loadu_pd((__mmask8)(m1 >> 8), acc + 24);                   \
+    }                                                                              \
+    for (int64_t k = r0; k < r1; k++) {                                            \
+      const float *row = a + k * ld;                                               \
+      if (k + XSUM_AHEAD < rows) {                                                 \
+        _mm_prefetch((const char *)(row + XSUM_AHEAD * ld), _MM_HINT_T1);          \
+        _mm_prefetch((const char *)(row + XSUM_AHEAD * ld + 16), _MM_HINT_T1);     \
+      }                                                                            \
+      __m512 b0 = _mm512_maskz_loadu_ps(m0, row), b1 = _mm512_maskz_loadu_ps(m1, row + 16); \
+      s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(_mm512_castps512_ps256(b0)));         \
+      s1 = _mm512_add_pd(s1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(b0), 1)))); \
+      s2 = _mm512_add_pd(s2, _mm512_cvtps_pd(_mm512_castps512_ps256(b1)));         \
+      s3 = _mm512_add_pd(s3, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(b1), 1)))); \
+      for (int i = 0; i < D; i++) {                                                \
+        __m512 xv = _mm512_set1_ps(x[k * ldx + i]);                                \
+        g0[i] = _mm512_fmadd_ps(xv, b0, g0[i]);                                    \
+        g1[i] = _mm512_fmadd_ps(xv, b1, g1[i]);                                    \
+      }                                                                            \
+    }                                                                              \
+    for (int i = 0; i < D; i++) {                                                  \
+      _mm512_mask_storeu_ps(gw + i * ldw, m0, g0[i]);                              \
+      _mm512_mask_storeu_ps(gw + i * ldw + 16, m1, g1[i]);                         \
+    }                                                                              \
+    _mm512_mask_storeu_pd(acc, (__mmask8)m0, s0);                                  \
+    _mm512_mask_storeu_pd(acc + 8, (__mmask8)(m0 >> 8), s1);                       \
+    _mm512_mask_storeu_pd(acc + 16, (__mmask8)m1, s2);                             \
+    _mm512_mask_storeu_pd(acc + 24, (__mmask8)(m1 >> 8), s3);                      \
+  } while (0)
+
+__attribute__((target("avx512f,avx512dq,fma"))) static void
+xsum_avx512(int d, int64_t rows, int64_t r0, int64_t r1, const float *a, int64_t ld,
+            const float *x, int64_t ldx, int nw, float *gw, int64_t ldw, int beta, bool first,
+            double *acc) {
+  __mmask16 m0 = (__mmask16)(nw >= 16 ? 0xffff : (1u << nw) - 1);
+  __mmask16 m1 = (__mmask16)(nw >= 32 ? 0xffff : nw <= 16 ? 0 : (1u << (nw - 16)) - 1);
+  switch (d) {
+  case 8: XSUM_BLOCK(8); break;
+  case 7: XSUM_BLOCK(7); break;
+  case 6: XSUM_BLOCK(6); break;
+  case 5: XSUM_BLOCK(5); break;
+  case 4: XSUM_BLOCK(4); break;
+  case 3: XSUM_BLOCK(3); break;
+  case 2: XSUM_BLOCK(2); break;
+  default: XSUM_BLOCK(1); break;
+  }
+}
+
 #endif
 
 void mg_gemm_packed(const mg_packed *P, int64_t M, const float *A, int64_t lda, int beta,
@@ -184,5 +248,51 @@ void mg_gemm_packed(const mg_packed *P, int64_t M, const float *A, int64_t lda, 
       k0 += kc;
     } while (k0 < K);
   }
+#endif
+}
+
+/* Rows in blocks of XSUM_ROWS (96 KiB of a GRU's (T B, 3u) dmx at 256 units), the 32-column
+** blocks inside, so that a block's rows are read from L2 (prefetched while the previous block's
+** columns pass) and the accumulators come back from L1: one pass over a, which BLAS would
+** copy whole for a product of d rows. */
+bool mg_xsum_available(int64_t d) {
+#ifdef MG_X86_KERNELS
+  if (isa() == ISA_AVX512 && __builtin_cpu_supports("avx512dq")) return d >= 1 && d <= MG_XSUM_MAXD;
+#endif
+  (void)d;
+  return false;
+}
+
+void mg_xsum_f32(int64_t rows, int64_t n, const float *a, int64_t ld, const float *x,
+                 int64_t ldx, int d, float *gw, int64_t ldw, int beta, float *out) {
+#ifdef MG_X86_KERNELS
+  enum { XSUM_ROWS = 32 };
+  double *acc = malloc((size_t)(n > 0 ? n : 1) * sizeof *acc);
+  if (acc == NULL) {                              /* the same sums, one column at a time */
+    for (int64_t j = 0; j < n; j++) {
+      double s = 0;
+      for (int64_t i = 0; i < d; i++) gw[i * ldw + j] = beta ? gw[i * ldw + j] : 0;
+      for (int64_t k = 0; k < rows; k++) {
+        for (int64_t i = 0; i < d; i++)
+          gw[i * ldw + j] = __builtin_fmaf(x[k * ldx + i], a[k * ld + j], gw[i * ldw + j]);
+        s += a[k * ld + j];
+      }
+      out[j] = (float)s;
+    }
+    return;
+  }
+  int64_t r0 = 0;
+  do {                                            /* at least once: rows = 0 writes zeros */
+    int64_t r1 = rows - r0 < XSUM_ROWS ? rows : r0 + XSUM_ROWS;
+    for (int64_t c = 0; c < n; c += 32)
+      xsum_avx512(d, rows, r0, r1, a + c, ld, x, ldx, (int)(n - c < 32 ? n - c : 32), gw + c, ldw,
+                  beta, r0 == 0, acc + c);
+    r0 = r1;
+  } while (r0 < rows);
+  for (int64_t j = 0; j < n; j++) out[j] = (float)acc[j];
+  free(acc);
+#else
+  (void)rows; (void)n; (void)a; (void)ld; (void)x; (void)ldx; (void)d; (void)gw; (void)ldw;
+  (void)beta; (void)out;
 #endif
 }
