@@ -70,14 +70,43 @@ void mg_pack_free(mg_packed *P) {
 
 #ifdef MG_X86_KERNELS
 
+/* The mask of the first n of 16 lanes (none for n <= 0, all for n >= 16). */
+static inline __mmask16 lanes(int n) {
+  return (__mmask16)(n >= 16 ? 0xffff : n <= 0 ? 0 : (1u << n) - 1);
+}
+
+/* The cases 8 down to 1 (the default) of a switch on a block's row count, each running
+** BLOCK with that count as a constant. */
+#define UP_TO_8(BLOCK)                                                             \
+  case 8: BLOCK(8); break;                                                         \
+  case 7: BLOCK(7); break;                                                         \
+  case 6: BLOCK(6); break;                                                         \
+  case 5: BLOCK(5); break;                                                         \
+  case 4: BLOCK(4); break;                                                         \
+  case 3: BLOCK(3); break;                                                         \
+  case 2: BLOCK(2); break;                                                         \
+  default: BLOCK(1); break
+
+/* Row i of a block's 32 accumulators (g0[i], g1[i]) += the float 'av' times the panel row in
+** b0, b1; stored to p under the column masks m0, m1. */
+#define FMA_PAIR(i, av) do {                                                       \
+    __m512 a_ = _mm512_set1_ps(av);                                                \
+    g0[i] = _mm512_fmadd_ps(a_, b0, g0[i]);                                        \
+    g1[i] = _mm512_fmadd_ps(a_, b1, g1[i]);                                        \
+  } while (0)
+#define STORE_PAIR(i, p) do {                                                      \
+    _mm512_mask_storeu_ps((p), m0, g0[i]);                                         \
+    _mm512_mask_storeu_ps((p) + 16, m1, g1[i]);                                    \
+  } while (0)
+
 /* MR rows of C against kc rows of one 32-column panel: C[r][0..nw) = (acc ? C[r] : 0) +
 ** sum_k A[r][k] panel[k][..]. The accumulators start from C (acc) so that the partial sums
 ** of successive kc blocks add up in place. */
 #define AVX512_BLOCK(MR) do {                                                      \
-    __m512 c0[MR], c1[MR];                                                         \
+    __m512 g0[MR], g1[MR];                                                         \
     for (int r = 0; r < MR; r++) {                                                 \
-      c0[r] = acc ? _mm512_maskz_loadu_ps(m0, C + r * ldc) : _mm512_setzero_ps();  \
-      c1[r] = acc ? _mm512_maskz_loadu_ps(m1, C + r * ldc + 16) : _mm512_setzero_ps(); \
+      g0[r] = acc ? _mm512_maskz_loadu_ps(m0, C + r * ldc) : _mm512_setzero_ps();  \
+      g1[r] = acc ? _mm512_maskz_loadu_ps(m1, C + r * ldc + 16) : _mm512_setzero_ps(); \
     }                                                                              \
     for (int64_t k = 0; k < kc; k++) {                                             \
       __m512 b0 = _mm512_load_ps(bp + k * 32), b1 = _mm512_load_ps(bp + k * 32 + 16); \
@@ -86,36 +115,21 @@ void mg_pack_free(mg_packed *P) {
         _mm_prefetch((const char *)(pf + k * 32 + 16), _MM_HINT_T1);               \
       }                                                                            \
       _Pragma("GCC unroll 12")                                                      \
-      for (int r = 0; r < MR; r++) {                                               \
-        __m512 a = _mm512_set1_ps(A[r * lda + k]);                                 \
-        c0[r] = _mm512_fmadd_ps(a, b0, c0[r]);                                     \
-        c1[r] = _mm512_fmadd_ps(a, b1, c1[r]);                                     \
-      }                                                                            \
+      for (int r = 0; r < MR; r++) FMA_PAIR(r, A[r * lda + k]);                    \
     }                                                                              \
-    for (int r = 0; r < MR; r++) {                                                 \
-      _mm512_mask_storeu_ps(C + r * ldc, m0, c0[r]);                               \
-      _mm512_mask_storeu_ps(C + r * ldc + 16, m1, c1[r]);                          \
-    }                                                                              \
+    for (int r = 0; r < MR; r++) STORE_PAIR(r, C + r * ldc);                       \
   } while (0)
 
 __attribute__((target("avx512f,fma"))) static void
 panel_avx512(int mr, int64_t kc, const float *A, int64_t lda, const float *bp, const float *pf,
              int nw, int acc, float *C, int64_t ldc) {
-  __mmask16 m0 = (__mmask16)(nw >= 16 ? 0xffff : (1u << nw) - 1);
-  __mmask16 m1 = (__mmask16)(nw >= 32 ? 0xffff : nw <= 16 ? 0 : (1u << (nw - 16)) - 1);
+  __mmask16 m0 = lanes(nw), m1 = lanes(nw - 16);
   switch (mr) {
   case 12: AVX512_BLOCK(12); break;
   case 11: AVX512_BLOCK(11); break;
   case 10: AVX512_BLOCK(10); break;
   case 9: AVX512_BLOCK(9); break;
-  case 8: AVX512_BLOCK(8); break;
-  case 7: AVX512_BLOCK(7); break;
-  case 6: AVX512_BLOCK(6); break;
-  case 5: AVX512_BLOCK(5); break;
-  case 4: AVX512_BLOCK(4); break;
-  case 3: AVX512_BLOCK(3); break;
-  case 2: AVX512_BLOCK(2); break;
-  default: AVX512_BLOCK(1); break;
+  UP_TO_8(AVX512_BLOCK);
   }
 }
 
@@ -164,17 +178,10 @@ enum { XSUM_AHEAD = 16 };
         s3 = _mm512_add_pd(s3, XSUM_HI(b1));                                       \
       }                                                                            \
       _Pragma("GCC unroll 8")                                                      \
-      for (int i = 0; i < D; i++) {                                                \
-        __m512 xv = _mm512_set1_ps(x[k * ldx + i]);                                \
-        g0[i] = _mm512_fmadd_ps(xv, b0, g0[i]);                                    \
-        g1[i] = _mm512_fmadd_ps(xv, b1, g1[i]);                                    \
-      }                                                                            \
+      for (int i = 0; i < D; i++) FMA_PAIR(i, x[k * ldx + i]);                     \
     }                                                                              \
     _Pragma("GCC unroll 8")                                                        \
-    for (int i = 0; i < D; i++) {                                                  \
-      _mm512_mask_storeu_ps(gw + i * ldw, m0, g0[i]);                              \
-      _mm512_mask_storeu_ps(gw + i * ldw + 16, m1, g1[i]);                         \
-    }                                                                              \
+    for (int i = 0; i < D; i++) STORE_PAIR(i, gw + i * ldw);                       \
     if (sums) {                                                                    \
       _mm512_mask_storeu_pd(acc, (__mmask8)m0, s0);                                \
       _mm512_mask_storeu_pd(acc + 8, (__mmask8)(m0 >> 8), s1);                     \
@@ -187,17 +194,9 @@ __attribute__((target("avx512f,avx512dq,fma"))) static void
 xsum_avx512(int d, int64_t rows, int64_t r0, int64_t r1, const float *a, int64_t ld,
             const float *x, int64_t ldx, int nw, float *gw, int64_t ldw, int beta, bool first,
             bool sums, double *acc) {
-  __mmask16 m0 = (__mmask16)(nw >= 16 ? 0xffff : (1u << nw) - 1);
-  __mmask16 m1 = (__mmask16)(nw >= 32 ? 0xffff : nw <= 16 ? 0 : (1u << (nw - 16)) - 1);
+  __mmask16 m0 = lanes(nw), m1 = lanes(nw - 16);
   switch (d) {
-  case 8: XSUM_BLOCK(8); break;
-  case 7: XSUM_BLOCK(7); break;
-  case 6: XSUM_BLOCK(6); break;
-  case 5: XSUM_BLOCK(5); break;
-  case 4: XSUM_BLOCK(4); break;
-  case 3: XSUM_BLOCK(3); break;
-  case 2: XSUM_BLOCK(2); break;
-  default: XSUM_BLOCK(1); break;
+  UP_TO_8(XSUM_BLOCK);
   }
 }
 
