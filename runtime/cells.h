@@ -100,12 +100,18 @@ mg_status mg_cell_contiguous(mg_ctx *C, int n, mg_tensor *const *in, mg_tensor *
 void mg_cell_release(int n, mg_tensor **t);
 /* Column sums of a (rows, n) buffer with leading dimension ld into 'out' (n). */
 void mg_colsum(mg_dtype dt, int64_t rows, int64_t n, const void *a, int64_t ld, void *out);
-/* The column sums of a (rows, n) buffer 'a' (leading dimension ld) into 'out', as mg_colsum. */
+/* The column sums of a (rows, n) buffer 'a' (leading dimension ld) into 'out', as mg_colsum.
+** With x (float32, mg_xsum_available(d)), in the same pass the weight gradient of a narrow
+** input: gw (d, n; ldw) = beta gw + x' a, x (rows, d; ldx) (mg_xsum_f32). */
 typedef struct mg_colsum_spec {
   mg_dtype dt;
   int64_t rows, n, ld;
   const void *a;
   void *out;
+  const float *x;
+  int64_t d, ldx, ldw;
+  float *gw;
+  int beta;
 } mg_colsum_spec;
 /* np products (mg_gemm_plan_make'd) and ns (at most 2) column sums as one list of blocks
 ** shared over C's threads (mg_parallel_blocks): one hand-over for a layer's weight

@@ -32,6 +32,14 @@ void mg_pack_free(mg_packed *P);
 /* C (M x N, ldc) = A (M x K, lda) op(src) + beta C, beta 0 or 1. */
 void mg_gemm_packed(const mg_packed *P, int64_t M, const float *A, int64_t lda, int beta,
                     float *C, int64_t ldc);
+/* The weight gradient of a narrow input and a bias gradient in one pass over a (rows x n,
+** ld): gw (d x n, ldw) = beta gw + x' a, x (rows x d, ldx), 1 <= d <= MG_XSUM_MAXD, each element's
+** products summed over the rows in order; out (n) = the column sums of a, in double over the
+** rows in order (the bits of mg_colsum). Only where mg_xsum_available(d). */
+enum { MG_XSUM_MAXD = 64 };
+bool mg_xsum_available(int64_t d);
+void mg_xsum_f32(int64_t rows, int64_t n, const float *a, int64_t ld, const float *x,
+                 int64_t ldx, int d, float *gw, int64_t ldw, int beta, float *out);
 /* Whether this CPU runs the packed kernels (else mg_gemm_packed is BLAS). */
 bool mg_packed_available(void);
 

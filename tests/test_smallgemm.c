@@ -1,15 +1,20 @@
 /*
 ** test_smallgemm.c - the packed float32 GEMM (runtime/smallgemm.c) against a float64 reference
-** on random and odd sizes: M below, at and above the 8-row block, N not a multiple of the
-** 32-column panel, K below, at and across the 256-row blocks (and K = 0), both layouts of
-** the packed operand (trans), beta 0 and 1, leading dimensions larger than the rows, a pool
-** and malloc. Every element within float32 rounding of the sum of |terms|. On CPUs without
-** AVX-512 this checks the BLAS fallback. Exit status 0 when every check passes.
+** on random and odd sizes: M below, at and above the 12-row block and the 64 rows above which
+** the K blocks go outside the panels, N not a multiple of the 32-column panel, K below, at and
+** across the 256-row blocks (and K = 0), both layouts of the packed operand (trans), beta 0
+** and 1, leading dimensions larger than the rows, a pool and malloc. Every element within
+** float32 rounding of the sum of |terms|. mg_xsum_f32 (a narrow input's weight gradient with
+** the column sums) for d from 1 to 64: the product within float32 rounding, the sums bit for
+** bit those of mg_colsum. On CPUs without AVX-512 this checks the BLAS fallback (and skips
+** mg_xsum_f32). Exit status 0 when every check passes.
 */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
+#include "cells.h"
 #include "smallgemm.h"
 
 static int failures, checks;
@@ -59,9 +64,44 @@ static void check(mg_pool *pool, int64_t M, int64_t N, int64_t K, bool trans, in
   free(A); free(B); free(C); free(C0);
 }
 
+/* mg_xsum_f32: gw = beta gw0 + x' a within float32 rounding, out bit for bit mg_colsum's. */
+static void check_xsum(int64_t rows, int64_t n, int d, int beta) {
+  int64_t ld = n + 3, ldx = d + 2, ldw = n + 5;
+  float *a = malloc(sizeof(float) * (size_t)(rows * ld + 1)), *x = malloc(sizeof(float) * (size_t)(rows * ldx + 1));
+  float *gw = malloc(sizeof(float) * (size_t)(d * ldw)), *gw0 = malloc(sizeof(float) * (size_t)(d * ldw));
+  float *out = malloc(sizeof(float) * (size_t)(n + 1)), *want = malloc(sizeof(float) * (size_t)(n + 1));
+  if (!a || !x || !gw || !gw0 || !out || !want) { fprintf(stderr, "out of memory\n"); exit(2); }
+  for (int64_t i = 0; i < rows * ld; i++) a[i] = frand();
+  for (int64_t i = 0; i < rows * ldx; i++) x[i] = frand();
+  for (int64_t i = 0; i < d * ldw; i++) gw0[i] = gw[i] = frand();
+  mg_xsum_f32(rows, n, a, ld, x, ldx, d, gw, ldw, beta, out);
+  mg_colsum(MG_F32, rows, n, a, ld, want);
+  int bad = 0;
+  for (int64_t j = 0; j < n; j++)
+    if (memcmp(&out[j], &want[j], sizeof out[j]) != 0 && bad++ == 0)
+      fprintf(stderr, "xsum rows %lld n %lld d %d: out[%lld] = %.9g, mg_colsum %.9g\n", (long long)rows,
+              (long long)n, d, (long long)j, out[j], want[j]);
+  for (int i = 0; i < d; i++)
+    for (int64_t j = 0; j < ldw; j++) {
+      double w = j < n && !beta ? 0 : gw0[i * ldw + j], mag = fabs(w);
+      for (int64_t k = 0; j < n && k < rows; k++) {
+        double t = (double)x[k * ldx + i] * a[k * ld + j];
+        w += t;
+        mag += fabs(t);
+      }
+      double tol = j < n ? 4 * (double)(rows + 2) * 6e-8 * mag : 0;
+      if (fabs(gw[i * ldw + j] - w) > tol && bad++ == 0)
+        fprintf(stderr, "xsum rows %lld n %lld d %d beta %d: gw[%d][%lld] = %.9g, want %.9g\n",
+                (long long)rows, (long long)n, d, beta, i, (long long)j, gw[i * ldw + j], w);
+    }
+  checks++;
+  failures += bad != 0;
+  free(a); free(x); free(gw); free(gw0); free(out); free(want);
+}
+
 int main(void) {
   mg_pool *pool = mg_pool_new();
-  int64_t Ms[] = { 1, 7, 8, 9, 12, 13, 16, 25, 32, 33 }, Ns[] = { 1, 5, 31, 32, 33, 100 },
+  int64_t Ms[] = { 1, 7, 8, 9, 12, 13, 16, 25, 32, 33, 64, 65, 130 }, Ns[] = { 1, 5, 31, 32, 33, 100 },
           Ks[] = { 0, 1, 17, 128, 255, 256, 257, 600 };
   for (size_t a = 0; a < sizeof Ms / sizeof *Ms; a++)
     for (size_t b = 0; b < sizeof Ns / sizeof *Ns; b++)
@@ -73,6 +113,12 @@ int main(void) {
             K = (int64_t)((frand() + 1) * 400);
     check(pool, M, N, K, r % 2, r % 3 == 0);
   }
+  int64_t xr[] = { 0, 1, 31, 32, 33, 100, 300 }, xn[] = { 1, 5, 16, 31, 32, 33, 100 };
+  int xd[] = { 1, 2, 3, 4, 5, 6, 7, 8, 9, 15, 16, 17, 33, MG_XSUM_MAXD };
+  for (size_t c = 0; mg_xsum_available(1) && c < sizeof xd / sizeof *xd; c++)
+    for (size_t a = 0; a < sizeof xr / sizeof *xr; a++)
+      for (size_t b = 0; b < sizeof xn / sizeof *xn; b++)
+        check_xsum(xr[a], xn[b], xd[c], (int)((a + b + c) % 2));
   mg_pool_unref(pool);
   printf("test_smallgemm: %d of %d products wrong (packed kernels: %s)\n", failures, checks,
          mg_packed_available() ? "AVX-512" : "none, BLAS");
