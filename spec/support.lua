@@ -404,31 +404,4 @@ function support.venv_run(dir, code)
                     .. support.shq(dir))
 end
 
-
--- support.finalizers_mid_op(on_gc, step, n): runs 'step()' (true when its op succeeded, false
--- when it raised) up to 'n' times while the collector runs without pause (incremental, pause
--- 100) and a chain of 50 finalizers calls 'on_gc(hits)', each arming the next, so that
--- finalizers run in the middle of ops; stops once all 50 ran and a step failed. Returns the
--- finalizers run and the steps that succeeded.
-function support.finalizers_mid_op(on_gc, step, n)
-  local hits, ok, errs = 0, 0, 0
-  local function arm()
-    setmetatable({}, { __gc = function()
-      hits = hits + 1
-      on_gc(hits)
-      if hits < 50 then arm() end
-    end })
-  end
-  arm()
-  local old = collectgarbage("incremental")
-  collectgarbage("setpause", 100)
-  for _ = 1, n do
-    if step() then ok = ok + 1 else errs = errs + 1 end
-    if hits >= 50 and errs > 0 then break end
-  end
-  collectgarbage(old)
-  collectgarbage("setpause", 200)
-  return hits, ok
-end
-
 return support
