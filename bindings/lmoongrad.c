@@ -66,9 +66,10 @@ static lstate *getstate(lua_State *L) {
   S->orphans.owner = S;
   S->orphans.prev = S->orphans.next = &S->orphans;
   S->orphans.placed = 0;
+  S->orphans.batch = NULL;
   S->gc_threshold = (size_t)16 << 20;
   S->gc_stepped = 0;
-  S->tensor_mt_ref = S->placed_mt_ref = LUA_NOREF;
+  S->tensor_mt_ref = S->nogc_mt_ref = S->batch_ref = S->batch_mt_ref = LUA_NOREF;
   lua_createtable(L, 0, 1);
   lua_pushcfunction(L, state_gc);
   lua_setfield(L, -2, "__gc");

@@ -27,12 +27,19 @@
 ** metatable without __gc: it owns nothing outside its userdata. While 't' points there
 ** (right after the slot) that tensor goes to no runtime call but the placed ones; every
 ** other use first copies it out (ltensor.c's unplace: then 't' is an ordinary reference and
-** the metatable the one with __gc). */
+** the metatable the one with __gc).
+** A batched slot (ltensor.c's pushresult: the small results of runtime calls) has the
+** metatable without __gc and one user value, its batch: a userdata that holds the tensors of
+** up to 64 slots and releases them all with its __gc, once none of the slots is reachable.
+** Its 't' is borrowed from the batch, and 'released' once the batch's __gc has run. */
+typedef struct lbatch lbatch;
+
 typedef struct lslot {
   mg_tensor *t;           /* first: a slot is used as a 'mg_tensor **' */
   const struct lstate *owner;   /* the state record of the lua_State that made it */
   struct lslot *prev, *next;
   size_t placed;          /* bytes after the slot in its userdata (0: an ordinary slot) */
+  lbatch *batch;          /* the batch that holds 't' (a batched slot), else NULL */
 } lslot;
 
 /* Per lua_State: the runtime context and the collector's trigger. Every C function of the
@@ -44,7 +51,9 @@ typedef struct lstate {
   lslot orphans;          /* sentinel of the slots made inside finalizers */
   int tensor_mt_ref;      /* the 'moongrad.Tensor' metatable's registry reference (LUA_NOREF
                              before lmg_open_tensor), pushed for every new slot */
-  int placed_mt_ref;      /* the same metatable without __gc, for placed slots */
+  int nogc_mt_ref;        /* the same metatable without __gc, for placed and batched slots */
+  int batch_ref;          /* a weak-valued table: [1] is the batch new small results join */
+  int batch_mt_ref;       /* the batches' metatable (their __gc) */
 } lstate;
 
 /* The running function's state record (upvalue 1), or a Lua error once its context is closed

@@ -13,6 +13,15 @@
 
 /* ================================================================ userdata */
 
+#define BATCH_MAX 64      /* slots per batch (lmoongrad.h; below under "batches") */
+#define BATCH_BYTES 256   /* most storage bytes of a batched result */
+
+struct lbatch {
+  int n;                        /* tensors held so far */
+  bool closed;                  /* its __gc ran: holds nothing, takes nothing */
+  mg_tensor *t[BATCH_MAX];      /* strong references, released by its __gc */
+};
+
 /* Whether the value at 'idx' is a tensor slot of 'S': a full userdata (a light one has raw
 ** length 0) of a slot's size (with its placed bytes) whose 'owner' is 'S'. Two API calls where
 ** a metatable test takes five (type, getmetatable, topointer, pop, touserdata: about 120
@@ -22,7 +31,9 @@ static lslot *testslot(lua_State *L, lstate *S, int idx) {
   lslot *p = lua_touserdata(L, idx);
   if (p == NULL) return NULL;
   size_t n = lua_rawlen(L, idx);
-  return n >= sizeof *p && n == sizeof *p + p->placed && p->owner == S ? p : NULL;
+  if (n < sizeof *p || n != sizeof *p + p->placed || p->owner != S) return NULL;
+  if (p->batch != NULL && p->batch->closed) p->t = NULL;   /* released with its batch */
+  return p;
 }
 
 /* Whether the slot still holds the tensor placed after it (lmoongrad.h). */
@@ -88,6 +99,7 @@ static void initslot(lslot *p, const lstate *S, size_t placed) {
   p->owner = S;
   p->prev = p->next = NULL;
   p->placed = placed;
+  p->batch = NULL;
 }
 
 /* Push an empty slot of state 'S' ('S' NULL: looked up in the registry). */
@@ -118,12 +130,86 @@ static lslot *newplaced(lua_State *L, lstate *S, size_t n, const lslot *pa, cons
     return NULL;
   }
   initslot(p, S, n);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, S->placed_mt_ref);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, S->nogc_mt_ref);
   lua_setmetatable(L, -2);
   return p;
 }
 
 mg_tensor **lmg_newslot(lua_State *L) { return newslot(L, NULL); }
+
+/* ---------------------------------------------------------------- batches */
+
+/* Small results (at most BATCH_BYTES of storage) have no finalizer of their own: a batch, a
+** userdata with a __gc, holds the tensors of up to BATCH_MAX of them, and each of their slots
+** has the batch as its one user value (lmoongrad.h). The batch lives while any of its slots
+** does; when none does, its __gc releases all the tensors. Registering a finalizer and having
+** the collector resurrect and call it cost about 600 instructions per object; linking a slot
+** about 150. The batch keeps no Lua reference to its slots (the collector would traverse
+** them all again when it finalizes the batch), so its __gc cannot clear them: it sets
+** 'closed', and testslot treats the slots of a closed batch as released (the objects that
+** see them then are the ones finalized with them in one cycle, or made reachable again by
+** such a finalizer). */
+static int batch_gc(lua_State *L) {
+  lstate *S = lua_touserdata(L, lua_upvalueindex(1));   /* not LSTATE: runs after the close */
+  lbatch *k = lua_touserdata(L, 1);
+  k->closed = true;
+  for (int i = 0; i < k->n; i++) {
+    if (S->C != NULL) mg_tensor_release_reader(S->C, k->t[i]);
+    else mg_tensor_release(k->t[i]);
+  }
+  k->n = 0;
+  return 0;
+}
+
+/* Push the weak table that holds the batch new small results join, then that batch (a new
+** one when there is none or it is full), and return the batch; or return NULL with
+** nothing pushed inside a finalizer, where a new batch might get no __gc of its own
+** (lua_close's): the caller makes an ordinary slot. The weak table lets the current batch go
+** with its slots. Making a batch may run finalizers, which may take places in it: the caller
+** reads 'n' only after this returns. */
+static lbatch *curbatch(lua_State *L, lstate *S) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, S->batch_ref);
+  lua_rawgeti(L, -1, 1);
+  lbatch *k = lua_touserdata(L, -1);
+  if (k != NULL && !k->closed && k->n < BATCH_MAX) return k;
+  lua_pop(L, 1);
+  if (lua_gc(L, LUA_GCISRUNNING) < 0) {
+    lua_pop(L, 1);
+    return NULL;
+  }
+  k = lua_newuserdatauv(L, sizeof *k, 0);
+  k->n = 0;
+  k->closed = false;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, S->batch_mt_ref);
+  lua_setmetatable(L, -2);
+  lua_pushvalue(L, -1);
+  lua_rawseti(L, -3, 1);
+  return k;
+}
+
+/* Push a slot holding 't' (a new reference, consumed): in a batch when its storage is small. */
+static void pushresult(lua_State *L, lstate *S, mg_tensor *t) {
+  if (mg_tensor_storage_bytes(t) > BATCH_BYTES) {
+    *newslot(L, S) = t;
+    return;
+  }
+  lslot *p = lua_newuserdatauv(L, sizeof *p, 1);
+  initslot(p, S, 0);
+  lbatch *k = curbatch(L, S);
+  if (k == NULL) {                                        /* inside a finalizer */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, S->tensor_mt_ref);
+    lua_setmetatable(L, -2);
+    adopt(L, S, p);
+  } else {
+    k->t[k->n++] = t;
+    p->batch = k;
+    lua_setiuservalue(L, -3, 1);                          /* slot -> batch */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, S->nogc_mt_ref);    /* slot, weak table, metatable */
+    lua_setmetatable(L, -3);
+    lua_pop(L, 1);
+  }
+  p->t = t;
+}
 
 /* Lua's collector cannot see storage bytes: step it by as many KiB as storage grew (so
 ** garbage tensors go back to the pool while it is still warm), and collect fully once live
@@ -178,8 +264,8 @@ int lmg_fail(lua_State *L, lstate *S, const char *fn) {
 
 int lmg_result(lua_State *L, lstate *S, mg_status st, mg_tensor **t) {
   if (st != MG_OK) return lmg_fail(L, S, NULL);
-  mg_tensor **slot = newslot(L, S);
-  lmg_settensor(L, S, slot, *t);
+  pushresult(L, S, *t);
+  gc_pressure(L, S);
   return 1;
 }
 
@@ -189,7 +275,8 @@ static int tensor_release(lua_State *L) {
   lslot *p = testslot(L, S, 1);
   if (p == NULL) p = luaL_checkudata(L, 1, MG_TENSOR_MT);   /* raises the usual error */
   lmg_unlink_slot(p);
-  if (p->t != NULL && isplaced(p)) p->t = NULL;             /* nothing outside the userdata */
+  if (p->t != NULL && (isplaced(p) || p->batch != NULL))
+    p->t = NULL;                      /* nothing outside the userdata, or its batch's to release */
   if (S->C != NULL) mg_tensor_release_reader(S->C, p->t);   /* data only tapes hold goes now */
   else mg_tensor_release(p->t);
   p->t = NULL;
@@ -1671,10 +1758,24 @@ static void setkernels(lua_State *L, lstate *S, bool methods) {
       setkernel(L, S, binary_kernels[i].name, tensor_binary, binary_kernels[i].k);
 }
 
-/* Of the metatable at the top, a copy without __gc for placed slots, kept in the registry
-** (once per state, as 'tensor_mt_ref'). */
-static void placed_metatable(lua_State *L, lstate *S) {
-  if (S->placed_mt_ref != LUA_NOREF) return;
+/* Of the metatable at the top, a copy without __gc for placed and batched slots, kept in the
+** registry with the batches' metatable and the weak table of the current batch (once per
+** state, as 'tensor_mt_ref'). */
+static void nogc_metatables(lua_State *L, lstate *S) {
+  if (S->nogc_mt_ref != LUA_NOREF) return;
+  lua_createtable(L, 0, 2);                          /* batches: __gc */
+  lua_pushlightuserdata(L, S);
+  lua_pushcclosure(L, batch_gc, 1);
+  lua_setfield(L, -2, "__gc");
+  lua_pushliteral(L, "moongrad.batch");
+  lua_setfield(L, -2, "__name");
+  S->batch_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_createtable(L, 1, 0);                          /* the current batch, weakly */
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "v");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  S->batch_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_newtable(L);
   lua_pushnil(L);
   while (lua_next(L, -3)) {
@@ -1684,7 +1785,7 @@ static void placed_metatable(lua_State *L, lstate *S) {
   }
   lua_pushnil(L);
   lua_setfield(L, -2, "__gc");
-  S->placed_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  S->nogc_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
 /* Builds 'moongrad.Tensor' and adds the tensor functions to the module at the stack top. */
@@ -1712,7 +1813,7 @@ void lmg_open_tensor(lua_State *L, lstate *S) {
   lua_insert(L, -2);
   lua_pushcclosure(L, tensor_index, 2);              /* upvalues: state, method table */
   lua_setfield(L, -2, "__index");
-  placed_metatable(L, S);
+  nogc_metatables(L, S);
   lua_pop(L, 1);
   lmg_setfuncs(L, S, module_functions);
   lmg_setfuncs(L, S, tensor_shared);

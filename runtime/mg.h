@@ -139,6 +139,8 @@ MG_API const int64_t *mg_tensor_strides(const mg_tensor *t);  /* in elements */
 MG_API int64_t mg_tensor_numel(const mg_tensor *t);
 MG_API mg_dtype mg_tensor_dtype(const mg_tensor *t);
 MG_API bool mg_tensor_is_contiguous(const mg_tensor *t);
+/* Bytes of the storage 't' views (a view's base's; 0 once only shape readers hold it). */
+MG_API size_t mg_tensor_storage_bytes(const mg_tensor *t);
 /* Address of element (0,...,0): borrowed, valid while 't' lives. */
 MG_API void *mg_tensor_data(const mg_tensor *t);
 

@@ -169,6 +169,8 @@ void *mg_tensor_data(const mg_tensor *t) {
   return (char *)t->storage->data + t->offset * (int64_t)mg_dtype_size(t->dtype);
 }
 
+size_t mg_tensor_storage_bytes(const mg_tensor *t) { return t->storage->nbytes; }
+
 bool mg_tensor_is_contiguous(const mg_tensor *t) {
   for (int i = 0; i < t->ndim; i++)
     if (t->shape[i] == 0) return true;              /* no elements: any strides will do */

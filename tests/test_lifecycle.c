@@ -122,22 +122,30 @@ static void host_write(void) {
 }
 
 /* Small results of 'a + b' live inside their userdata (placed, no finalizer) until the host
-** API or any other use copies them out: two states make and use them independently, one
-** closing first, and a reference the host keeps outlives the Lua value. */
+** API or any other use copies them out, and recorded ones are finalized in batches
+** (ltensor.c): two states make and use both independently, one closing first with its
+** results, tape and batches alive, and a reference the host keeps outlives the Lua value. */
 static void two_states_placed(void) {
   lua_State *L1 = newstate(), *L2 = newstate();
+  const char *rec =
+    "T = mg.GradientTape(); T:watch(A); X = A\n"
+    "for i = 1, 150 do X = X * 0.5 + A; if i == 70 then MID = X end end\n"
+    "G = X:sum(); T:stop()";
   int ok = run(L1, "A = mg.ones(16) + mg.ones(16); B = A * 3; V = (A + B):reshape(4, 4)") &&
            run(L2, "A = mg.full({16}, 5) - 1; S = hostsum(A); keep(A * 2); collectgarbage()") &&
-           run(L1, "assert(hostsum(B) == 96 and V:sum():item() == 128)");
+           run(L1, rec) && run(L2, rec) && run(L2, "T = nil; collectgarbage()") &&
+           run(L1, "assert(hostsum(B) == 96 and V:sum():item() == 128)\n"
+                   "assert(T:gradient(G, A):get(1) == 2)");
   lua_close(L1);
   ok = ok && run(L2, "collectgarbage(); assert(S == 64 and hostsum(A) == 64)\n"
+                     "assert(MID:get(1) == 8 and X:get(16) == 8)\n"
                      "local C = A + A; collectgarbage(); assert(C:sum():item() == 128)");
   lua_close(L2);
   const float *k = kept ? mg_tensor_data(kept) : NULL;
   ok = ok && k != NULL && k[0] == 8 && k[15] == 8;
   mg_tensor_release(kept);
   kept = NULL;
-  check(ok, "placed results in two states, one closed first, and a host reference that outlives its value");
+  check(ok, "placed and batched results in two states, one closed first, and a host reference that outlives its value");
 }
 
 static void asan_sees_use_after_free(void) {
