@@ -280,32 +280,21 @@ void mg_xsum_f32(int64_t rows, int64_t n, const float *a, int64_t ld, const floa
                  int64_t ldx, int d, float *gw, int64_t ldw, int beta, float *out) {
 #ifdef MG_X86_KERNELS
   int64_t XSUM_ROWS = d > 8 ? 256 : 32;
-  double *acc = malloc((size_t)(n > 0 ? n : 1) * sizeof *acc);
-  if (acc == NULL) {                              /* the same sums, one column at a time */
-    for (int64_t j = 0; j < n; j++) {
-      double s = 0;
-      for (int64_t i = 0; i < d; i++) gw[i * ldw + j] = beta ? gw[i * ldw + j] : 0;
-      for (int64_t k = 0; k < rows; k++) {
-        for (int64_t i = 0; i < d; i++)
-          gw[i * ldw + j] = __builtin_fmaf(x[k * ldx + i], a[k * ld + j], gw[i * ldw + j]);
-        s += a[k * ld + j];
-      }
-      out[j] = (float)s;
-    }
-    return;
+  enum { XSUM_COLS = 1024 };                      /* columns per pass: acc on the stack */
+  double acc[XSUM_COLS];
+  for (int64_t c0 = 0; c0 < n; c0 += XSUM_COLS) {   /* each column's sums alone */
+    int64_t nc = n - c0 < XSUM_COLS ? n - c0 : XSUM_COLS, r0 = 0;
+    do {                                          /* at least once: rows = 0 writes zeros */
+      int64_t r1 = rows - r0 < XSUM_ROWS ? rows : r0 + XSUM_ROWS;
+      for (int64_t c = 0; c < nc; c += 32)
+        for (int i = 0; i < d; i += 8)            /* x's columns 8 at a time */
+          xsum_avx512(d - i < 8 ? d - i : 8, rows, r0, r1, a + c0 + c, ld, x + i, ldx,
+                      (int)(nc - c < 32 ? nc - c : 32), gw + i * ldw + c0 + c, ldw, beta,
+                      r0 == 0, i == 0, acc + c);
+      r0 = r1;
+    } while (r0 < rows);
+    for (int64_t j = 0; j < nc; j++) out[c0 + j] = (float)acc[j];
   }
-  int64_t r0 = 0;
-  do {                                            /* at least once: rows = 0 writes zeros */
-    int64_t r1 = rows - r0 < XSUM_ROWS ? rows : r0 + XSUM_ROWS;
-    for (int64_t c = 0; c < n; c += 32)
-      for (int i = 0; i < d; i += 8)                /* x's columns 8 at a time */
-        xsum_avx512(d - i < 8 ? d - i : 8, rows, r0, r1, a + c, ld, x + i, ldx,
-                    (int)(n - c < 32 ? n - c : 32), gw + i * ldw + c, ldw, beta, r0 == 0, i == 0,
-                    acc + c);
-    r0 = r1;
-  } while (r0 < rows);
-  for (int64_t j = 0; j < n; j++) out[j] = (float)acc[j];
-  free(acc);
 #else
   (void)rows; (void)n; (void)a; (void)ld; (void)x; (void)ldx; (void)d; (void)gw; (void)ldw;
   (void)beta; (void)out;

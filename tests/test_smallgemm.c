@@ -119,6 +119,10 @@ int main(void) {
     for (size_t a = 0; a < sizeof xr / sizeof *xr; a++)
       for (size_t b = 0; b < sizeof xn / sizeof *xn; b++)
         check_xsum(xr[a], xn[b], xd[c], (int)((a + b + c) % 2));
+  for (int beta = 0; mg_xsum_available(1) && beta < 2; beta++) {   /* past one pass's 1024 columns */
+    check_xsum(33, 1024 + 33, 8, beta);
+    check_xsum(40, 2048, 17, beta);
+  }
   mg_pool_unref(pool);
   printf("test_smallgemm: %d of %d products wrong (packed kernels: %s)\n", failures, checks,
          mg_packed_available() ? "AVX-512" : "none, BLAS");
