@@ -204,6 +204,9 @@ describe("batch_jacobian from a view of the weight (gathered blocks)", function(
     local F32 = { dtype = "float32" }
     for case, s in ipairs { { 3, 7, 5, F64 }, { 2, 17, 33, F64 }, { 5, 16, 16, F64 },
                             { 1, 37, 3, F32 }, { 31, 131, 301, F32 },      -- 4.9 MB: streamed
+                            { 7, 45, 50, F32 }, { 4, 19, 21, F64 },        -- rows of several
+                            -- vectors and a tail, blocks of 16 and a partial one, several b:
+                            -- the rows written next fetched meanwhile (AVX-512 rows)
                             { 9, 250, 259, F64 } } do                      -- 4.7 MB: streamed
       local B, I, N, o = s[1], s[2], s[3], s[4]
       local dt = o.dtype
