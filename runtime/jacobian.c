@@ -216,15 +216,15 @@ ROW(row_f64, double, __m128d, pd, 2)
 
 /* row_f32_wide / row_f64_wide: the same products in the same order (s * a, then * b: the
 ** same bits) with AVX-512, for ordinary stores (the streamed rows keep the SSE2 ones, which
-** measured as fast or faster: (32, 512) 2.24-2.40 ms against 2.43-2.64). 'next' (non-NULL):
+** measured faster: (32, 512) 2.18-2.37 ms against 2.35-2.51). 'next' (non-NULL):
 ** a row written later, each of whose lines is fetched for writing (PREFETCHW) as the line at
 ** the same offset of this one is stored. The rows of one gathered block for one b lie side
 ** by side, but the next b's are 40 KB further at (32, 100), and the pool's block for the
 ** result was last written two calls before (the bench's loop frees a result when the next
-** one is made), so its lines come from L3 or further: (32, 100) went from 0.127-0.137 to
-** 0.100-0.105 ms a call (loaded machine, A/B). Neither half alone gains: the SSE2 rows with
-** the next row prefetched before each row, or these without 'next', took as long as before.
-** The tail goes by a masked load and store. */
+** one is made), so its lines come from L3 or further: (32, 100) went from 0.123-0.134 to
+** 0.095-0.107 ms a call (loaded machine, A/B). Neither half alone gains: the SSE2 rows with
+** the next row prefetched before each row, or these without 'next', took about as long as
+** before. The tail goes by a masked load and store. */
 #ifdef MG_WIDE_ROWS
 #  define ROW_WIDE(NAME, T, V, M, X, W)                                                      \
   __attribute__((target("avx512f,prfchw"))) static void                                     \
