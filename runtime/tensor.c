@@ -123,7 +123,7 @@ void mg_tensor_release(mg_tensor *t) {
   if (t == NULL || --t->refs > 0) return;
   mg_storage *s = t->storage;
   if (t->flags & MG_TF_HOLLOW) mg_pool_account(s->pool, sizeof *t, false);
-  free(t->name);
+  if (t->name != NULL) free(t->name);           /* Variables only: no call for the others */
   if (s->pool) mg_pool_small_put(s->pool, MG_SMALL_TENSOR, t);   /* while 's' keeps the pool */
   else free(t);
   storage_release(s);
