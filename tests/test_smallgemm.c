@@ -65,6 +65,29 @@ static void check(mg_pool *pool, int64_t M, int64_t N, int64_t K, bool trans, in
   free(A); free(B); free(C); free(C0);
 }
 
+/* Whether C (M x ldc) is beta C0 + A' B within float32 rounding (A K x M, B K x N) with its
+** columns past N untouched; the first wrong element reported under 'what'. */
+static bool at_wrong(const char *what, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+                     const float *B, int64_t ldb, int beta, const float *C0, const float *C, int64_t ldc) {
+  for (int64_t i = 0; i < M; i++)
+    for (int64_t j = 0; j < ldc; j++) {
+      double want = j < N && !beta ? 0 : C0[i * ldc + j], mag = fabs(want);
+      for (int64_t k = 0; j < N && k < K; k++) {
+        double t = (double)A[k * lda + i] * B[k * ldb + j];
+        want += t;
+        mag += fabs(t);
+      }
+      double tol = j < N ? 4 * (double)(K + 2) * 6e-8 * mag : 0;
+      if (fabs(C[i * ldc + j] - want) > tol) {
+        fprintf(stderr, "%s M %lld N %lld K %lld beta %d: C[%lld][%lld] = %.9g, want %.9g\n", what,
+                (long long)M, (long long)N, (long long)K, beta, (long long)i, (long long)j,
+                C[i * ldc + j], want);
+        return true;
+      }
+    }
+  return false;
+}
+
 /* mg_gemm_at_f32: C = A' B + beta C0 (A K x M, B K x N), element by element within float32
 ** rounding; the columns past N untouched. */
 static void check_at(int64_t M, int64_t N, int64_t K, int beta) {
@@ -76,23 +99,8 @@ static void check_at(int64_t M, int64_t N, int64_t K, int beta) {
   for (int64_t i = 0; i < K * ldb; i++) B[i] = frand();
   for (int64_t i = 0; i < M * ldc; i++) C0[i] = C[i] = frand();
   if (!mg_gemm_at_f32(M, N, K, A, lda, B, ldb, beta, C, ldc)) { fprintf(stderr, "mg_gemm_at_f32 failed\n"); exit(2); }
-  int bad = 0;
-  for (int64_t i = 0; i < M; i++)
-    for (int64_t j = 0; j < ldc; j++) {
-      double want = j < N && !beta ? 0 : C0[i * ldc + j], mag = fabs(want);
-      for (int64_t k = 0; j < N && k < K; k++) {
-        double t = (double)A[k * lda + i] * B[k * ldb + j];
-        want += t;
-        mag += fabs(t);
-      }
-      double tol = j < N ? 4 * (double)(K + 2) * 6e-8 * mag : 0;
-      if (fabs(C[i * ldc + j] - want) > tol && bad++ == 0)
-        fprintf(stderr, "at M %lld N %lld K %lld beta %d: C[%lld][%lld] = %.9g, want %.9g\n",
-                (long long)M, (long long)N, (long long)K, beta, (long long)i, (long long)j,
-                C[i * ldc + j], want);
-    }
   checks++;
-  failures += bad != 0;
+  failures += at_wrong("at", M, N, K, A, lda, B, ldb, beta, C0, C, ldc);
   free(A); free(B); free(C); free(C0);
 }
 
@@ -113,19 +121,7 @@ static void check_xsum(int64_t rows, int64_t n, int d, int beta) {
     if (memcmp(&out[j], &want[j], sizeof out[j]) != 0 && bad++ == 0)
       fprintf(stderr, "xsum rows %lld n %lld d %d: out[%lld] = %.9g, mg_colsum %.9g\n", (long long)rows,
               (long long)n, d, (long long)j, out[j], want[j]);
-  for (int i = 0; i < d; i++)
-    for (int64_t j = 0; j < ldw; j++) {
-      double w = j < n && !beta ? 0 : gw0[i * ldw + j], mag = fabs(w);
-      for (int64_t k = 0; j < n && k < rows; k++) {
-        double t = (double)x[k * ldx + i] * a[k * ld + j];
-        w += t;
-        mag += fabs(t);
-      }
-      double tol = j < n ? 4 * (double)(rows + 2) * 6e-8 * mag : 0;
-      if (fabs(gw[i * ldw + j] - w) > tol && bad++ == 0)
-        fprintf(stderr, "xsum rows %lld n %lld d %d beta %d: gw[%d][%lld] = %.9g, want %.9g\n",
-                (long long)rows, (long long)n, d, beta, i, (long long)j, gw[i * ldw + j], w);
-    }
+  bad += at_wrong("xsum", d, n, rows, x, ldx, a, ld, beta, gw0, gw, ldw);
   checks++;
   failures += bad != 0;
   free(a); free(x); free(gw); free(gw0); free(out); free(want);
