@@ -126,13 +126,34 @@ typedef struct grads_job {
   int64_t nb[MG_GRADS_MAX], sblk[2], snb[2];
 } grads_job;
 
+/* Block k of a weight gradient's product: A' B in float32 (H' dZ over many rows) through
+** mg_gemm_at_f32, which the block's cut does not change the bits of, else BLAS. From
+** AT_MIN rows and columns and AT_MINK rows of the operands: the 32-unit LSTM's products and
+** the single steps' keep BLAS. */
+enum { AT_MIN = 64, AT_MINK = 128 };
+static void grads_gemm(const mg_gemm_plan *g, int64_t k) {
+  if (g->dt == MG_F32 && g->ta && !g->tb && g->alpha == 1 && g->M >= AT_MIN && g->N >= AT_MIN &&
+      g->K >= AT_MINK) {
+    int64_t lo = k * g->blk, n = (g->rows ? g->M : g->N) - lo;
+    const float *a = g->a, *b = g->b;
+    float *y = g->y;
+    if (n > g->blk) n = g->blk;
+    if (g->rows ? mg_gemm_at_f32(n, g->N, g->K, a + lo, g->lda, b, g->ldb, g->beta != 0,
+                                 y + lo * g->ldy, g->ldy)
+                : mg_gemm_at_f32(g->M, n, g->K, a, g->lda, b + lo, g->ldb, g->beta != 0, y + lo,
+                                 g->ldy))
+      return;
+  }
+  mg_gemm_block(g, k);
+}
+
 static void grads_blocks(void *arg, int64_t k0, int64_t k1) {
   const grads_job *j = arg;
   for (int64_t k = k0; k < k1; k++) {
     int64_t i = k;
     int p = 0;
     while (p < j->np && i >= j->nb[p]) i -= j->nb[p++];
-    if (p < j->np) { mg_gemm_block(&j->pl[p], i); continue; }
+    if (p < j->np) { grads_gemm(&j->pl[p], i); continue; }
     int q = 0;
     while (i >= j->snb[q]) i -= j->snb[q++];
     const mg_colsum_spec *s = &j->cs[q];

@@ -100,9 +100,12 @@ static inline __mmask16 lanes(int n) {
   } while (0)
 
 /* MR rows of C against kc rows of one 32-column panel: C[r][0..nw) = (acc ? C[r] : 0) +
-** sum_k A[r][k] panel[k][..]. The accumulators start from C (acc) so that the partial sums
-** of successive kc blocks add up in place. */
-#define AVX512_BLOCK(MR) do {                                                      \
+** sum_k A[r][k] panel[k][..], A's element read as AK(r) (A_ROWS: A row-major; A_TILE: a
+** tile of mg_gemm_at_f32, k-major). The accumulators start from C (acc) so that the partial
+** sums of successive kc blocks add up in place. */
+#define A_ROWS(r) A[(r) * lda + k]
+#define A_TILE(r) A[k * 12 + (r)]
+#define AVX512_BLOCK_OF(MR, AK) do {                                                      \
     __m512 g0[MR], g1[MR];                                                         \
     for (int r = 0; r < MR; r++) {                                                 \
       g0[r] = acc ? _mm512_maskz_loadu_ps(m0, C + r * ldc) : _mm512_setzero_ps();  \
@@ -115,21 +118,57 @@ static inline __mmask16 lanes(int n) {
         _mm_prefetch((const char *)(pf + k * 32 + 16), _MM_HINT_T1);               \
       }                                                                            \
       _Pragma("GCC unroll 12")                                                      \
-      for (int r = 0; r < MR; r++) FMA_PAIR(r, A[r * lda + k]);                    \
+      for (int r = 0; r < MR; r++) FMA_PAIR(r, AK(r));                             \
     }                                                                              \
     for (int r = 0; r < MR; r++) STORE_PAIR(r, C + r * ldc);                       \
   } while (0)
+#define AVX512_BLOCK(MR) AVX512_BLOCK_OF(MR, A_ROWS)
+#define TILE_BLOCK(MR) AVX512_BLOCK_OF(MR, A_TILE)
+#define UP_TO_12(BLOCK)                                                            \
+  case 12: BLOCK(12); break;                                                       \
+  case 11: BLOCK(11); break;                                                       \
+  case 10: BLOCK(10); break;                                                       \
+  case 9: BLOCK(9); break;                                                         \
+  UP_TO_8(BLOCK)
 
 __attribute__((target("avx512f,fma"))) static void
 panel_avx512(int mr, int64_t kc, const float *A, int64_t lda, const float *bp, const float *pf,
              int nw, int acc, float *C, int64_t ldc) {
   __mmask16 m0 = lanes(nw), m1 = lanes(nw - 16);
   switch (mr) {
-  case 12: AVX512_BLOCK(12); break;
-  case 11: AVX512_BLOCK(11); break;
-  case 10: AVX512_BLOCK(10); break;
-  case 9: AVX512_BLOCK(9); break;
-  UP_TO_8(AVX512_BLOCK);
+  UP_TO_12(AVX512_BLOCK);
+  }
+}
+
+/* mg_gemm_at_f32's tile: mr rows of C, A a tile of kc x 12 floats (row r of C at k is
+** A[k 12 + r]), the panel bp (kc x 32). */
+__attribute__((target("avx512f,fma"))) static void
+tile_avx512(int mr, int64_t kc, const float *A, const float *bp, int nw, int acc, float *C,
+            int64_t ldc) {
+  __mmask16 m0 = lanes(nw), m1 = lanes(nw - 16);
+  const float *pf = NULL;
+  switch (mr) {
+  UP_TO_12(TILE_BLOCK);
+  }
+}
+
+/* Rows [k0, k0 + kc) of A's columns [0, M) into mg_gemm_at_f32's tiles (ap: ceil(M / 12)
+** of kc x 12, row k of tile t A's columns 12 t ..), or (M: the columns 0..N of B, tile 32)
+** into panels of kc x 32, the columns past M zero (bp). Read row by row, as stored. */
+__attribute__((target("avx512f"))) static void
+at_pack(int64_t M, int tile, int64_t k0, int64_t kc, const float *A, int64_t lda, float *ap) {
+  for (int64_t k = 0; k < kc; k++) {
+    const float *a = A + (k0 + k) * lda;
+    for (int64_t i = 0; i < M; i += tile) {
+      int n = (int)(M - i < tile ? M - i : tile);
+      float *o = ap + i * kc + k * tile;
+      if (tile == 12) {
+        _mm512_mask_storeu_ps(o, lanes(n), _mm512_maskz_loadu_ps(lanes(n), a + i));
+      } else {
+        _mm512_store_ps(o, _mm512_maskz_loadu_ps(lanes(n), a + i));
+        _mm512_store_ps(o + 16, _mm512_maskz_loadu_ps(lanes(n - 16), a + i + 16));
+      }
+    }
   }
 }
 
@@ -255,6 +294,53 @@ void mg_gemm_packed(const mg_packed *P, int64_t M, const float *A, int64_t lda, 
       k0 += kc;
     } while (k0 < K);
   }
+#endif
+}
+
+/* C = A' B + beta C with A and B read by rows: per block of AT_KC rows, both packed row by
+** row as stored (at_pack: the reads stream, which the hardware prefetcher follows), A into
+** tiles of kc x 12 (12 rows of C: a tile is 12 KiB, all of them 512 KiB at 512 columns, kept
+** in L2), B into panels of kc x 32 (32 KiB, in L1 while every tile passes over it: the
+** packed kernel's loop). Read in place neither would stay in L1: rows 1-8 KiB apart fall
+** into 2-8 of its 64 sets (a transposition of A and a copy of each panel of B in place cost
+** about as much as the products: 7 and 9 ms of the GRU's 15 ms gU). BLAS (sgemm_nt) ran the
+** GRU's gU = H' dmh at 113-126 GFLOP/s, the char-LSTM's dU, dW at 140-150. Each element's
+** k are summed in order, partial sums through C: the bits depend neither on how the caller
+** cuts M or N nor on the thread count. */
+bool mg_gemm_at_f32(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B,
+                    int64_t ldb, int beta, float *C, int64_t ldc) {
+#ifdef MG_X86_KERNELS
+  enum { AT_KC = 256, AT_PANELS = 8 };          /* B packed 8 panels at a time: 256 KiB */
+  if (isa() != ISA_AVX512) return false;
+  if (M == 0 || N == 0) return true;
+  if (K == 0) {                                   /* C = beta C */
+    for (int64_t i = 0; !beta && i < M; i++) memset(C + i * ldc, 0, (size_t)N * sizeof *C);
+    return true;
+  }
+  int64_t kcm = K < AT_KC ? K : AT_KC, mt = (M + 11) / 12, np = (N + 31) / 32;
+  int64_t asz = (mt * 12 * kcm + 15) / 16 * 16;
+  float *ap = aligned_alloc(64, (size_t)(asz + AT_PANELS * 32 * kcm) * sizeof(float));
+  if (ap == NULL) return false;
+  float *bp = ap + asz;
+  for (int64_t k0 = 0; k0 < K; k0 += AT_KC) {
+    int64_t kc = K - k0 < AT_KC ? K - k0 : AT_KC;
+    at_pack(M, 12, k0, kc, A, lda, ap);
+    for (int64_t p0 = 0; p0 < np; p0 += AT_PANELS) {
+      int64_t j0 = p0 * 32, nj = N - j0 < AT_PANELS * 32 ? N - j0 : AT_PANELS * 32;
+      at_pack(nj, 32, k0, kc, B + j0, ldb, bp);
+      for (int64_t p = 0; p * 32 < nj; p++) {
+        int nw = (int)(nj - p * 32 < 32 ? nj - p * 32 : 32);
+        for (int64_t t = 0; t < mt; t++)
+          tile_avx512((int)(M - t * 12 < 12 ? M - t * 12 : 12), kc, ap + t * 12 * kc,
+                      bp + p * 32 * kc, nw, beta || k0 > 0, C + t * 12 * ldc + j0 + p * 32, ldc);
+      }
+    }
+  }
+  free(ap);
+  return true;
+#else
+  (void)M; (void)N; (void)K; (void)A; (void)lda; (void)B; (void)ldb; (void)beta; (void)C; (void)ldc;
+  return false;
 #endif
 }
 

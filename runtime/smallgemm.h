@@ -40,6 +40,12 @@ enum { MG_XSUM_MAXD = 64 };
 bool mg_xsum_available(int64_t d);
 void mg_xsum_f32(int64_t rows, int64_t n, const float *a, int64_t ld, const float *x,
                  int64_t ldx, int d, float *gw, int64_t ldw, int beta, float *out);
+/* C (M x N, ldc) = A' B + beta C, beta 0 or 1, A (K x M, lda) and B (K x N, ldb) row-major
+** (weight gradients such as H' dZ over many rows); each element's products summed in k
+** order. False (C untouched) where the packed kernels do not run or out of memory: then
+** the caller uses BLAS. */
+bool mg_gemm_at_f32(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B,
+                    int64_t ldb, int beta, float *C, int64_t ldc);
 /* Whether this CPU runs the packed kernels (else mg_gemm_packed is BLAS). */
 bool mg_packed_available(void);
 

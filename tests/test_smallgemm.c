@@ -6,8 +6,9 @@
 ** and 1, leading dimensions larger than the rows, a pool and malloc. Every element within
 ** float32 rounding of the sum of |terms|. mg_xsum_f32 (a narrow input's weight gradient with
 ** the column sums) for d from 1 to 64: the product within float32 rounding, the sums bit for
-** bit those of mg_colsum. On CPUs without AVX-512 this checks the BLAS fallback (and skips
-** mg_xsum_f32). Exit status 0 when every check passes.
+** bit those of mg_colsum. mg_gemm_at_f32 (A' B, A and B read by rows) on the same sizes and
+** random ones. On CPUs without AVX-512 this checks the BLAS fallback (and skips
+** mg_xsum_f32 and mg_gemm_at_f32). Exit status 0 when every check passes.
 */
 #include <math.h>
 #include <stdio.h>
@@ -64,6 +65,45 @@ static void check(mg_pool *pool, int64_t M, int64_t N, int64_t K, bool trans, in
   free(A); free(B); free(C); free(C0);
 }
 
+/* Whether C (M x ldc) is beta C0 + A' B within float32 rounding (A K x M, B K x N) with its
+** columns past N untouched; the first wrong element reported under 'what'. */
+static bool at_wrong(const char *what, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+                     const float *B, int64_t ldb, int beta, const float *C0, const float *C, int64_t ldc) {
+  for (int64_t i = 0; i < M; i++)
+    for (int64_t j = 0; j < ldc; j++) {
+      double want = j < N && !beta ? 0 : C0[i * ldc + j], mag = fabs(want);
+      for (int64_t k = 0; j < N && k < K; k++) {
+        double t = (double)A[k * lda + i] * B[k * ldb + j];
+        want += t;
+        mag += fabs(t);
+      }
+      double tol = j < N ? 4 * (double)(K + 2) * 6e-8 * mag : 0;
+      if (fabs(C[i * ldc + j] - want) > tol) {
+        fprintf(stderr, "%s M %lld N %lld K %lld beta %d: C[%lld][%lld] = %.9g, want %.9g\n", what,
+                (long long)M, (long long)N, (long long)K, beta, (long long)i, (long long)j,
+                C[i * ldc + j], want);
+        return true;
+      }
+    }
+  return false;
+}
+
+/* mg_gemm_at_f32: C = A' B + beta C0 (A K x M, B K x N), element by element within float32
+** rounding; the columns past N untouched. */
+static void check_at(int64_t M, int64_t N, int64_t K, int beta) {
+  int64_t lda = M + 3, ldb = N + 5, ldc = N + 7;
+  float *A = malloc(sizeof(float) * (size_t)(K * lda + 1)), *B = malloc(sizeof(float) * (size_t)(K * ldb + 1));
+  float *C = malloc(sizeof(float) * (size_t)(M * ldc + 1)), *C0 = malloc(sizeof(float) * (size_t)(M * ldc + 1));
+  if (!A || !B || !C || !C0) { fprintf(stderr, "out of memory\n"); exit(2); }
+  for (int64_t i = 0; i < K * lda; i++) A[i] = frand();
+  for (int64_t i = 0; i < K * ldb; i++) B[i] = frand();
+  for (int64_t i = 0; i < M * ldc; i++) C0[i] = C[i] = frand();
+  if (!mg_gemm_at_f32(M, N, K, A, lda, B, ldb, beta, C, ldc)) { fprintf(stderr, "mg_gemm_at_f32 failed\n"); exit(2); }
+  checks++;
+  failures += at_wrong("at", M, N, K, A, lda, B, ldb, beta, C0, C, ldc);
+  free(A); free(B); free(C); free(C0);
+}
+
 /* mg_xsum_f32: gw = beta gw0 + x' a within float32 rounding, out bit for bit mg_colsum's. */
 static void check_xsum(int64_t rows, int64_t n, int d, int beta) {
   int64_t ld = n + 3, ldx = d + 2, ldw = n + 5;
@@ -81,19 +121,7 @@ static void check_xsum(int64_t rows, int64_t n, int d, int beta) {
     if (memcmp(&out[j], &want[j], sizeof out[j]) != 0 && bad++ == 0)
       fprintf(stderr, "xsum rows %lld n %lld d %d: out[%lld] = %.9g, mg_colsum %.9g\n", (long long)rows,
               (long long)n, d, (long long)j, out[j], want[j]);
-  for (int i = 0; i < d; i++)
-    for (int64_t j = 0; j < ldw; j++) {
-      double w = j < n && !beta ? 0 : gw0[i * ldw + j], mag = fabs(w);
-      for (int64_t k = 0; j < n && k < rows; k++) {
-        double t = (double)x[k * ldx + i] * a[k * ld + j];
-        w += t;
-        mag += fabs(t);
-      }
-      double tol = j < n ? 4 * (double)(rows + 2) * 6e-8 * mag : 0;
-      if (fabs(gw[i * ldw + j] - w) > tol && bad++ == 0)
-        fprintf(stderr, "xsum rows %lld n %lld d %d beta %d: gw[%d][%lld] = %.9g, want %.9g\n",
-                (long long)rows, (long long)n, d, beta, i, (long long)j, gw[i * ldw + j], w);
-    }
+  bad += at_wrong("xsum", d, n, rows, x, ldx, a, ld, beta, gw0, gw, ldw);
   checks++;
   failures += bad != 0;
   free(a); free(x); free(gw); free(gw0); free(out); free(want);
@@ -112,6 +140,19 @@ int main(void) {
     int64_t M = 1 + (int64_t)((frand() + 1) * 20), N = 1 + (int64_t)((frand() + 1) * 80),
             K = (int64_t)((frand() + 1) * 400);
     check(pool, M, N, K, r % 2, r % 3 == 0);
+  }
+  for (size_t a = 0; mg_packed_available() && a < sizeof Ms / sizeof *Ms; a++)   /* A' B */
+    for (size_t b = 0; b < sizeof Ns / sizeof *Ns; b++)
+      for (size_t c = 0; c < sizeof Ks / sizeof *Ks; c++)
+        check_at(Ms[a], Ns[b], Ks[c], (int)((a + b + c) % 2));
+  for (int beta = 0; mg_packed_available() && beta < 2; beta++) {   /* past 8 panels of B */
+    check_at(70, 600, 300, beta);
+    check_at(13, 257, 513, beta);
+  }
+  for (int r = 0; mg_packed_available() && r < 20; r++) {
+    int64_t M = 1 + (int64_t)((frand() + 1) * 70), N = 1 + (int64_t)((frand() + 1) * 80),
+            K = (int64_t)((frand() + 1) * 400);
+    check_at(M, N, K, r % 2);
   }
   int64_t xr[] = { 0, 1, 31, 32, 33, 100, 300 }, xn[] = { 1, 5, 16, 31, 32, 33, 100 };
   int xd[] = { 1, 2, 3, 4, 5, 6, 7, 8, 9, 15, 16, 17, 33, MG_XSUM_MAXD };
