@@ -132,6 +132,40 @@ describe("mg.lstm_seq / mg.gru_seq against the per-step cells", function()
       end)
     end
 
+    -- The LSTM's per-step input projection and recurrent product as one product of [x_t h_t]
+    -- and [W; U] (seqcells.c, pack_step_x): ragged units (panels of 32 columns and a tail)
+    -- and batches (the packed kernel's 12-row blocks and the rows of a second thread).
+    if k.name == "lstm" then
+      it("lstm float32, units 16 to 80, batches 1 to 17, input 8 (one product per step): " ..
+         "forward and gradients to rounding of float64 and of the per-step cells", function()
+        for _, u in ipairs { 16, 32, 48, 80 } do
+          for _, B in ipairs { 1, 5, 16, 17 } do
+            mg.manual_seed(100 * u + B)
+            local a = args(k, B, 3, 8, u, "float32")
+            local a64 = {}
+            for i = 1, #a do a64[i] = a[i]:to("float64") end
+            local r1, r2, r3 = { steps(k)(table.unpack(a)) }, { seq(k)(table.unpack(a)) },
+                               { seq(k)(table.unpack(a64)) }
+            local what = (" (%d units, batch %d)"):format(u, B)
+            for i = 1, 3 do
+              near(r1[i], r2[i], 2e-6, "output " .. i .. what)
+              near(r3[i], r2[i]:to("float64"), 2e-6, "output " .. i .. " against float64" .. what)
+            end
+            local w = weights(B, 3, u, "float32")
+            local w64 = { w[1]:to("float64"), w[2]:to("float64"), w[3]:to("float64") }
+            local an = all_argnums(#a)
+            local g1 = mg.grad(loss_of(steps(k), w), { argnums = an })(table.unpack(a))
+            local g2 = mg.grad(loss_of(seq(k), w), { argnums = an })(table.unpack(a))
+            local g3 = mg.grad(loss_of(seq(k), w64), { argnums = an })(table.unpack(a64))
+            for i = 1, #a do
+              near(g1[i], g2[i], 1e-5, "gradient " .. i .. what)
+              near(g3[i], g2[i]:to("float64"), 1e-5, "gradient " .. i .. " against float64" .. what)
+            end
+          end
+        end
+      end)
+    end
+
     it(k.name .. ": gradcheck in float64 (reverse and forward rules)", function()
       local a = args(k, 2, 3, 3, 2, "float64")
       local f = seq(k)
