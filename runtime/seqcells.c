@@ -175,8 +175,9 @@ typedef struct seqpass {
   int64_t t0, t1;                 /* LSTM reverse: the steps of this chunk (dZ holds them) */
   bool ra, need_h0;
   const mg_packed *P;
-  const mg_packed *PW;            /* forward: W packed, x_t W made per step (in_per_step) */
-  int64_t d;
+  const mg_packed *PW;            /* forward: W packed, x_t W made per step (in_per_step); */
+  int64_t d;                      /* LSTM: [W; U] packed (d + u rows), one product per step */
+  float *XH;                      /* forward, LSTM with PW: [x_t h_t] rows (B, d + u) */
   const char *X;                  /* forward: x time-major (T B, d) */
   const void *U, *b, *gH;         /* gH: the cotangent of H (B, T, u) or NULL */
   char *G, *Hs, *Cs, *M;          /* saved gates, states; GRU: x W (forward) */
@@ -226,10 +227,21 @@ static void forward_step(const seqpass *p, int64_t t, int64_t lo, int64_t hi) {
   char *Gt = at(dt, p->G, t * B * 4 * u), *h = at(dt, p->Hs, t * bu);
   char *hn = at(dt, p->Hs, (t + 1) * bu);
   char *Mt = p->M ? at(dt, p->M, (p->PW ? lo : t * B + lo) * 3 * u) : NULL;
+  if (p->PW && p->k->ns == 2) {                  /* z = [x_t h_t] [W; U]: one product */
+    int64_t d = p->d, kw = d + u;
+    float *a = p->XH + lo * kw;
+    for (int64_t r = lo; r < hi; r++, a += kw) {
+      memcpy(a, at(dt, p->X, (t * B + r) * d), (size_t)d * sizeof *a);
+      memcpy(a + d, at(dt, h, r * u), (size_t)u * sizeof *a);
+    }
+    mg_gemm_packed(p->PW, hi - lo, p->XH + lo * kw, kw, 0, (float *)at(dt, Gt, lo * 4 * u), 4 * u);
+    void *c = at(dt, p->Cs, t * bu), *cn = at(dt, p->Cs, (t + 1) * bu);
+    mg_lstm_gates_f32(lo, hi, u, (float *)Gt, p->b, c, cn, (float *)hn);
+    return;
+  }
   if (p->PW)
     mg_gemm_packed(p->PW, hi - lo, (const float *)at(dt, p->X, (t * B + lo) * p->d), p->d, 0,
-                   p->k->ns == 2 ? (float *)at(dt, Gt, lo * 4 * u) : (float *)Mt,
-                   p->k->ns == 2 ? 4 * u : 3 * u);
+                   (float *)Mt, 3 * u);
   if (p->k->ns == 2) {
     void *c = at(dt, p->Cs, t * bu), *cn = at(dt, p->Cs, (t + 1) * bu);
     if (dt == MG_F32 && mg_lstm_step_small(p->P, lo, hi, u, (float *)Gt, (float *)h, p->U, p->b,
@@ -338,6 +350,36 @@ static bool in_per_step(const seqkind *k, int64_t d, int64_t u) {
   return d * panels * 32 * (int64_t)sizeof(float) <= ((int64_t)512 << 10);
 }
 
+/* The packing of a per-step input projection (in_per_step): the GRU's W; the LSTM's [W; U]
+** ((d + u) rows, copied into *WU), so that z = [x_t h_t] [W; U] is one product per step,
+** its rows assembled in *XH (B, d + u). The same sums bit for bit as x_t W and then h_t U
+** accumulated into it: each element's d + u products in order, from zero. False when out of
+** memory (nothing to free: the caller then takes the product over all rows). */
+static bool pack_step_x(mg_ctx *C, const seqkind *k, mg_tensor *W, mg_tensor *U, int64_t B,
+                        mg_tensor **WU, mg_tensor **XH, mg_packed *pw) {
+  int64_t d = W->shape[0], n = W->shape[1], u = U->shape[0];
+  const float *src = mg_tensor_data(W);
+  if (k->ns == 2) {
+    int64_t ws[2] = { d + u, n }, xs[2] = { B, d + u };
+    if (mg_tensor_empty(C, MG_F32, 2, ws, WU) != MG_OK ||
+        mg_tensor_empty(C, MG_F32, 2, xs, XH) != MG_OK) {
+      mg_tensor_release(*WU);
+      *WU = NULL;
+      return false;
+    }
+    float *wu = mg_tensor_data(*WU);
+    memcpy(wu, src, (size_t)(d * n) * sizeof *wu);
+    memcpy(wu + d * n, mg_tensor_data(U), (size_t)(u * n) * sizeof *wu);
+    src = wu;
+    d += u;
+  }
+  if (mg_pack(pw, C->pool, src, n, false, d, n)) return true;
+  mg_tensor_release(*WU);
+  mg_tensor_release(*XH);
+  *WU = *XH = NULL;
+  return false;
+}
+
 /* Runs the sequence, records it, hands out the outputs (H, hT [, cT]). */
 static mg_status seq_forward(mg_ctx *C, const seqkind *k, mg_tensor *const *in, bool ra,
                              mg_tensor **outs) {
@@ -354,8 +396,8 @@ static mg_status seq_forward(mg_ctx *C, const seqkind *k, mg_tensor *const *in, 
   char *G = mg_tensor_data(r.sv[SV_G]), *Hs = mg_tensor_data(r.sv[SV_H]);
   mg_packed pk[2], pw = { 0 };
   const mg_packed *P = packs(C, k, dt, mg_tensor_data(U), u, ra, false, pk);
-  bool step_x = P && in_per_step(k, d, u) && mg_pack(&pw, C->pool, mg_tensor_data(W), gw, false, d, gw);
-  mg_tensor *M = NULL;                           /* GRU: x W of every step, or of one */
+  mg_tensor *M = NULL, *WU = NULL;               /* GRU: x W of every step, or of one */
+  bool step_x = P && in_per_step(k, d, u) && pack_step_x(C, k, W, U, B, &WU, &M, &pw);
   int64_t ms[2] = { step_x ? B : T * B, 3 * u };
   if (k->ns == 1) st = mg_tensor_empty(C, dt, 2, ms, &M);
   if (st == MG_OK && !step_x)                     /* the input projection of all steps */
@@ -366,12 +408,14 @@ static mg_status seq_forward(mg_ctx *C, const seqkind *k, mg_tensor *const *in, 
                   .PW = step_x ? &pw : NULL, .d = d, .X = mg_tensor_data(r.sv[SV_X]),
                   .U = mg_tensor_data(U), .b = mg_tensor_data(b), .G = G, .Hs = Hs,
                   .Cs = k->ns == 2 ? mg_tensor_data(r.sv[SV_C]) : NULL,
-                  .M = M ? mg_tensor_data(M) : NULL };
+                  .M = M && k->ns == 1 ? mg_tensor_data(M) : NULL,
+                  .XH = M && k->ns == 2 ? mg_tensor_data(M) : NULL };
     st = run_pass(C, fn, &p, forward_rows);
   }
   if (step_x) mg_pack_free(&pw);
   packs_free(pk);
   mg_tensor_release(M);
+  mg_tensor_release(WU);
   if (st == MG_OK) {
     run_outputs(C, k, &r, B, T, u);
     if (mg_recording(C)) {

@@ -77,6 +77,31 @@ local function all_argnums(n)
   return t
 end
 
+-- float32 outputs and gradients of the sequence op against the per-step cells' and its own in
+-- float64, at (B, T, d, u), to rounding ('wide' scales the float64 bounds); 'what' ends the
+-- messages.
+local function against_float64(k, B, T, d, u, wide, what)
+  local a = args(k, B, T, d, u, "float32")
+  local a64 = {}
+  for i = 1, #a do a64[i] = a[i]:to("float64") end
+  local r1, r2, r3 = { steps(k)(table.unpack(a)) }, { seq(k)(table.unpack(a)) },
+                     { seq(k)(table.unpack(a64)) }
+  for i = 1, 1 + k.ns do
+    near(r1[i], r2[i], 2e-6, "output " .. i .. what)
+    near(r3[i], r2[i]:to("float64"), 2e-6 * wide, "output " .. i .. " against float64" .. what)
+  end
+  local w = weights(B, T, u, "float32")
+  local w64 = { w[1]:to("float64"), w[2]:to("float64"), w[3]:to("float64") }
+  local an = all_argnums(#a)
+  local g1 = mg.grad(loss_of(steps(k), w), { argnums = an })(table.unpack(a))
+  local g2 = mg.grad(loss_of(seq(k), w), { argnums = an })(table.unpack(a))
+  local g3 = mg.grad(loss_of(seq(k), w64), { argnums = an })(table.unpack(a64))
+  for i = 1, #a do
+    near(g1[i], g2[i], 1e-5, "gradient " .. i .. what)
+    near(g3[i], g2[i]:to("float64"), 1e-5 * wide, "gradient " .. i .. " against float64" .. what)
+  end
+end
+
 describe("mg.lstm_seq / mg.gru_seq against the per-step cells", function()
   setup(function() mg.manual_seed(7) end)
   for _, k in ipairs(KINDS) do
@@ -107,27 +132,22 @@ describe("mg.lstm_seq / mg.gru_seq against the per-step cells", function()
     for _, d in ipairs { 4, 64, 600 } do
       it(("%s float32, %d units, input %d (x W %s): forward and gradients to rounding"):format(
            k.name, 70, d, d <= 64 and "per step" or "over all rows"), function()
-        local B, T, u = 11, 6, 70
-        local wide = math.max(1, d / 64)             -- float32 rounding grows with the d terms
         mg.manual_seed(d)                            -- each case its own draws, whatever runs before
-        local a = args(k, B, T, d, u, "float32")
-        local a64 = {}
-        for i = 1, #a do a64[i] = a[i]:to("float64") end
-        local r1, r2, r3 = { steps(k)(table.unpack(a)) }, { seq(k)(table.unpack(a)) },
-                           { seq(k)(table.unpack(a64)) }
-        for i = 1, 1 + k.ns do
-          near(r1[i], r2[i], 2e-6, "output " .. i)
-          near(r3[i], r2[i]:to("float64"), 2e-6 * wide, "output " .. i .. " against float64")
-        end
-        local w = weights(B, T, u, "float32")
-        local w64 = { w[1]:to("float64"), w[2]:to("float64"), w[3]:to("float64") }
-        local an = all_argnums(#a)
-        local g1 = mg.grad(loss_of(steps(k), w), { argnums = an })(table.unpack(a))
-        local g2 = mg.grad(loss_of(seq(k), w), { argnums = an })(table.unpack(a))
-        local g3 = mg.grad(loss_of(seq(k), w64), { argnums = an })(table.unpack(a64))
-        for i = 1, #a do
-          near(g1[i], g2[i], 1e-5, "gradient " .. i)
-          near(g3[i], g2[i]:to("float64"), 1e-5 * wide, "gradient " .. i .. " against float64")
+        against_float64(k, 11, 6, d, 70, math.max(1, d / 64), "")  -- rounding grows with d terms
+      end)
+    end
+
+    -- The LSTM's per-step input projection and recurrent product as one product of [x_t h_t]
+    -- and [W; U] (seqcells.c, pack_step_x): ragged units (panels of 32 columns and a tail)
+    -- and batches (the packed kernel's 12-row blocks and the rows of a second thread).
+    if k.name == "lstm" then
+      it("lstm float32, units 16 to 80, batches 1 to 17, input 8 (one product per step): " ..
+         "forward and gradients to rounding of float64 and of the per-step cells", function()
+        for _, u in ipairs { 16, 32, 48, 80 } do
+          for _, B in ipairs { 1, 5, 16, 17 } do
+            mg.manual_seed(100 * u + B)
+            against_float64(k, B, 3, 8, u, 1, (" (%d units, batch %d)"):format(u, B))
+          end
         end
       end)
     end
