@@ -46,7 +46,8 @@
 #include <string.h>
 
 /* The vector loops below are compiled for AVX-512 and AVX2 too, picked at load time, with
-** a * b + c fused (ISO C mode leaves it unfused). */
+** a * b + c fused (ISO C mode leaves it unfused); CMakeLists.txt compiles this file with
+** -fno-math-errno, so that slarfg's lane loop (sqrt) runs as whole vectors. */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
 #define LYAP_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), \
                                  optimize("fp-contract=fast")))

@@ -64,22 +64,26 @@ MG_INLINE void LX(reflect_rows)(int64_t j, int64_t N, int64_t k, const LT *v, co
 MG_INLINE void LX(geqr2_lanes)(int64_t N, int64_t j0, int64_t j1, LT *X, LT *tau, LT *beta) {
   const int64_t row = N * LANES;
   for (int64_t j = j0; j < j1; j++) {
-    LT *v = X + j * row, *t = tau + j * LANES, *bt = beta + j * LANES, ss[LANES], sc[LANES];
-    VT s2 = (VT){ 0 };                                 /* whole vectors: v and tau may alias */
+    LT *v = X + j * row, al[LANES], ss[LANES], ob[LANES], ot[LANES], sc[LANES];
+    VT s2 = (VT){ 0 };
     for (int64_t i = j + 1; i < N; i++) {
       VT vi = lload(v + i * LANES);
       s2 += vi * vi;
     }
     lstore(ss, s2);
-    for (int l = 0; l < LANES; l++) {
-      LT alpha = v[j * LANES + l], b = -LCOPYSIGN(LSQRT(alpha * alpha + ss[l]), alpha);
+    lstore(al, lload(v + j * LANES));
+    for (int l = 0; l < LANES; l++) {                 /* on local arrays: one vector each */
+      LT alpha = al[l], b = -LCOPYSIGN(LSQRT(alpha * alpha + ss[l]), alpha);
       bool some = ss[l] > 0;
-      bt[l] = some ? b : alpha;
-      t[l] = some ? (b - alpha) / b : 0;
+      ob[l] = some ? b : alpha;
+      ot[l] = some ? (b - alpha) / b : 0;
       sc[l] = some ? 1 / (alpha - b) : 1;
-      v[j * LANES + l] = bt[l];
     }
-    VT vs = lload(sc);
+    VT vs = lload(sc), vb = lload(ob);
+    lstore(beta + j * LANES, vb);
+    lstore(tau + j * LANES, lload(ot));
+    lstore(v + j * LANES, vb);
+    const LT *t = tau + j * LANES;
     for (int64_t i = j + 1; i < N; i++) lstore(v + i * LANES, lload(v + i * LANES) * vs);
     LX(reflect_rows)(j, N, j1, v, t, X, row);
   }
