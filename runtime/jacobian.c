@@ -4,6 +4,7 @@
 ** one sweep, split in chunks of basis vectors when it would exceed the memory budget.
 */
 #include "mg_impl.h"
+#include "smallgemm.h"   /* mg_packed_available: whether this CPU runs the AVX-512 kernels */
 
 #include <math.h>
 #include <stdio.h>
@@ -12,7 +13,7 @@
 #  include <emmintrin.h>
 #endif
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#  define MG_WIDE_ROWS 1     /* AVX-512 rows, picked at run time (wide_rows) */
+#  define MG_WIDE_ROWS 1     /* AVX-512 rows, picked at run time where smallgemm.c's kernels run (mg_packed_available) */
 #  include <immintrin.h>
 #endif
 
@@ -248,16 +249,6 @@ ROW_WIDE(row_f64_wide, double, __m512d, __mmask8, pd, 8)
 #  undef ROW_WIDE
 #endif
 
-/* Whether this CPU runs the AVX-512 rows. */
-static bool wide_rows(void) {
-#ifdef MG_WIDE_ROWS
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f");
-#else
-  return false;
-#endif
-}
-
 /* One row of the result: y = s * val(k, b, :) * diag(b, :), val's row 'a' of unit stride;
 ** 'next' the row written after it (NULL: none, or not known). */
 static void product_row(const product_job *p, char *y, const char *a, int64_t k, int64_t b,
@@ -416,7 +407,7 @@ static mg_status write_product(mg_ctx *C, mg_tensor *val, mg_tensor *diag, mg_te
       .r = rc ? mg_tensor_data(rc) : NULL, .B = B, .K = K,
       .m = n ? mg_tensor_numel(*out) / n : 0, .sk = vc->stride[0],
       .sb = batch && vc->shape[1] > 1 ? vc->stride[1] : 0, .sj = gathered ? vc->stride[2] : 1,
-      .f64 = val->dtype == MG_F64, .wide = wide_rows(),
+      .f64 = val->dtype == MG_F64, .wide = mg_packed_available(),
     };
     double bytes = (double)mg_tensor_numel(*out) * (double)mg_dtype_size(val->dtype);
     p.stream = bytes >= (double)NT_MIN;

@@ -75,6 +75,22 @@ struct mg_tensor {
 /* Bytes per element: mg_dtype_size inlined (an exported function is called through the PLT). */
 static inline size_t mg_dtsize(mg_dtype dt) { return dt == MG_F64 ? 8 : 4; }
 
+/* mg_tensor_retain and mg_tensor_release inlined for the runtime's hot paths (the tape takes
+** and drops three of each per recorded binary op; an exported function is called through the
+** PLT). mg_unref calls out only for the last reference. */
+static inline mg_tensor *mg_ref(mg_tensor *t) {
+  assert(!(t->flags & MG_TF_PLACED));   /* a placed tensor's memory is its caller's */
+  t->refs++;
+  return t;
+}
+
+static inline void mg_unref(mg_tensor *t) {
+  if (t->refs > 1) t->refs--;
+  else mg_tensor_release(t);
+}
+
+static inline bool mg_is_variable(const mg_tensor *t) { return (t->flags & MG_TF_VARIABLE) != 0; }
+
 /* Note an in-place write into 't' (every view of its storage sees it). */
 static inline void mg_bump_version(mg_tensor *t) { t->storage->version++; }
 

@@ -46,7 +46,8 @@ void mg_xsum_f32(int64_t rows, int64_t n, const float *a, int64_t ld, const floa
 ** the caller uses BLAS. */
 bool mg_gemm_at_f32(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B,
                     int64_t ldb, int beta, float *C, int64_t ldc);
-/* Whether this CPU runs the packed kernels (else mg_gemm_packed is BLAS). */
+/* Whether this build and CPU run moongrad's AVX-512 kernels (the packed ones here, and
+** jacobian.c's rows); else mg_gemm_packed is BLAS. */
 bool mg_packed_available(void);
 
 #endif

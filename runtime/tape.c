@@ -108,31 +108,17 @@ static bool blind_input(unsigned skip, int k) {
   return k < 8 ? (skip & (1u << k)) != 0 : (skip & MG_UNREAD_INS) == MG_UNREAD_INS;
 }
 
-/* A node's counted reference to 't', taken and dropped here without a call into tensor.c for
-** each (mg_tensor_retain, and mg_tensor_release but for the last reference): three of each per
-** recorded binary op. */
-static inline mg_tensor *node_ref(mg_tensor *t) {
-  assert(!(t->flags & MG_TF_PLACED));
-  t->refs++;
-  return t;
-}
-
-static inline void node_unref(mg_tensor *t) {
-  if (t->refs > 1) t->refs--;
-  else mg_tensor_release(t);
-}
-
 /* Drop node 'n''s references; 'skip' is unread_bits(n->op). */
 static void node_clear(mg_node *n, unsigned skip) {
   for (int i = 0; i < n->nin; i++) {
     if (blind_input(skip, i)) n->in[i]->blind--;
-    node_unref(n->in[i]);
+    mg_unref(n->in[i]);
   }
   for (int i = 0; i < n->nout; i++) {
     if (skip & MG_UNREAD_OUT) n->out[i]->blind--;
-    node_unref(n->out[i]);
+    mg_unref(n->out[i]);
   }
-  for (int i = 0; i < n->nsaved; i++) node_unref(n->saved[i]);
+  for (int i = 0; i < n->nsaved; i++) mg_unref(n->saved[i]);
   if (n->in != n->in_inline) free(n->in);
 }
 
@@ -262,19 +248,19 @@ static mg_status record_on(mg_tape *T, int op, int nin, mg_tensor *const *in, in
   }
   unsigned skip = unread_bits(op);
   for (int i = 0; i < nin; i++) {
-    n->in[i] = node_ref(in[i]);
+    n->in[i] = mg_ref(in[i]);
     n->ver_in[i] = in[i]->storage->version;
     if (blind_input(skip, i)) in[i]->blind++;
-    if (T->watch_vars && (in[i]->flags & MG_TF_VARIABLE) && mg_tape_watch(T, in[i]) != MG_OK)
+    if (T->watch_vars && mg_is_variable(in[i]) && mg_tape_watch(T, in[i]) != MG_OK)
       return MG_ENOMEM;   /* the node is complete but for this; the caller reports it */
   }
   for (int i = 0; i < nout; i++) {
-    n->out[i] = node_ref(out[i]);
+    n->out[i] = mg_ref(out[i]);
     n->ver_out[i] = out[i]->storage->version;
     if (skip & MG_UNREAD_OUT) out[i]->blind++;
   }
   for (int i = 0; i < nsaved; i++) {
-    n->saved[i] = node_ref(saved[i]);
+    n->saved[i] = mg_ref(saved[i]);
     n->ver_saved[i] = saved[i]->storage->version;
   }
   if (attr) n->attr = *attr;

@@ -112,11 +112,7 @@ mg_tensor *mg_view_new(mg_ctx *C, mg_storage *s, mg_dtype dt, int ndim, const in
   return t;
 }
 
-mg_tensor *mg_tensor_retain(mg_tensor *t) {
-  assert(!(t->flags & MG_TF_PLACED));
-  t->refs++;
-  return t;
-}
+mg_tensor *mg_tensor_retain(mg_tensor *t) { return mg_ref(t); }
 
 void mg_tensor_release(mg_tensor *t) {
   assert(t == NULL || !(t->flags & MG_TF_PLACED));   /* its memory is its caller's */
@@ -318,7 +314,7 @@ void mg_tensor_set_variable(mg_tensor *t, bool on) {
   if (on) t->flags |= MG_TF_VARIABLE;
   else t->flags &= ~(uint32_t)MG_TF_VARIABLE;
 }
-bool mg_tensor_is_variable(const mg_tensor *t) { return (t->flags & MG_TF_VARIABLE) != 0; }
+bool mg_tensor_is_variable(const mg_tensor *t) { return mg_is_variable(t); }
 
 const char *mg_tensor_name(const mg_tensor *t) { return t->name ? t->name : ""; }
 
