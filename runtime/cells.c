@@ -124,6 +124,10 @@ typedef struct grads_job {
   const mg_gemm_plan *pl;
   const mg_colsum_spec *cs;
   int64_t nb[MG_GRADS_MAX], sblk[2], snb[2];
+  int nslot;                   /* packing buffers for mg_gemm_at_f32: one per thread at work */
+  size_t slot_bytes;
+  char *slots;                 /* nslot x slot_bytes, from the pool; NULL: BLAS instead */
+  int *busy;                   /* per slot: taken (atomically) by a block while it runs */
 } grads_job;
 
 /* Block k of a weight gradient's product: A' B in float32 (H' dZ over many rows) through
@@ -131,18 +135,42 @@ typedef struct grads_job {
 ** AT_MIN rows and columns and AT_MINK rows of the operands: the 32-unit LSTM's products and
 ** the single steps' keep BLAS. */
 enum { AT_MIN = 64, AT_MINK = 128 };
-static void grads_gemm(const mg_gemm_plan *g, int64_t k) {
-  if (g->dt == MG_F32 && g->ta && !g->tb && g->alpha == 1 && g->M >= AT_MIN && g->N >= AT_MIN &&
-      g->K >= AT_MINK) {
+static bool at_product(const mg_gemm_plan *g) {
+  return g->dt == MG_F32 && g->ta && !g->tb && g->alpha == 1 && g->M >= AT_MIN &&
+         g->N >= AT_MIN && g->K >= AT_MINK && mg_packed_available();
+}
+
+/* The packing buffer a block of 'g' needs (mg_gemm_at_scratch of its M), 0 for BLAS's. */
+static size_t at_bytes(const mg_gemm_plan *g) {
+  if (!at_product(g)) return 0;
+  return mg_gemm_at_scratch(g->rows && g->blk < g->M ? g->blk : g->M, g->K);
+}
+
+/* A free packing buffer of the job's, or -1 (none: BLAS). At most one block per thread
+** runs at once and there are as many buffers as threads, so one is always free. */
+static int slot_take(const grads_job *j) {
+  for (int i = 0; j->slots != NULL && i < j->nslot; i++) {
+    int no = 0;
+    if (__atomic_compare_exchange_n(&j->busy[i], &no, 1, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+      return i;
+  }
+  return -1;
+}
+
+static void grads_gemm(const grads_job *j, const mg_gemm_plan *g, int64_t k) {
+  int i = at_product(g) ? slot_take(j) : -1;
+  if (i >= 0) {
     int64_t lo = k * g->blk, n = (g->rows ? g->M : g->N) - lo;
     const float *a = g->a, *b = g->b;
     float *y = g->y;
+    void *buf = j->slots + (size_t)i * j->slot_bytes;
     if (n > g->blk) n = g->blk;
-    if (g->rows ? mg_gemm_at_f32(n, g->N, g->K, a + lo, g->lda, b, g->ldb, g->beta != 0,
-                                 y + lo * g->ldy, g->ldy)
-                : mg_gemm_at_f32(g->M, n, g->K, a, g->lda, b + lo, g->ldb, g->beta != 0, y + lo,
-                                 g->ldy))
-      return;
+    bool done = g->rows ? mg_gemm_at_f32(n, g->N, g->K, a + lo, g->lda, b, g->ldb, g->beta != 0,
+                                         y + lo * g->ldy, g->ldy, buf)
+                        : mg_gemm_at_f32(g->M, n, g->K, a, g->lda, b + lo, g->ldb, g->beta != 0,
+                                         y + lo, g->ldy, buf);
+    __atomic_store_n(&j->busy[i], 0, __ATOMIC_RELEASE);
+    if (done) return;
   }
   mg_gemm_block(g, k);
 }
@@ -153,7 +181,7 @@ static void grads_blocks(void *arg, int64_t k0, int64_t k1) {
     int64_t i = k;
     int p = 0;
     while (p < j->np && i >= j->nb[p]) i -= j->nb[p++];
-    if (p < j->np) { grads_gemm(&j->pl[p], i); continue; }
+    if (p < j->np) { grads_gemm(j, &j->pl[p], i); continue; }
     int q = 0;
     while (i >= j->snb[q]) i -= j->snb[q++];
     const mg_colsum_spec *s = &j->cs[q];
@@ -188,8 +216,31 @@ void mg_grads_par(mg_ctx *C, int np, const mg_gemm_plan *pl, int ns, const mg_co
     total += j.snb[q];
     work += cs[q].rows * cs[q].n;
   }
-  if (work < GRADS_SHARE_MIN) grads_blocks(&j, 0, total);
+  /* mg_gemm_at_f32's packing buffers (520 KiB each for the 256-unit LSTM's dU): from the
+  ** pool, cached there from step to step. Its own aligned_alloc per call, once glibc had
+  ** raised its mmap threshold past that size, came from the heap, which fragmented and
+  ** grew to 6-14 MiB (docs/performance.md, "Memory of the LSTM training loop"). */
+  bool share = work >= GRADS_SHARE_MIN;
+  int64_t at_blocks = 0;
+  for (int p = 0; p < np; p++) {
+    size_t b = at_bytes(&pl[p]);
+    if (b > j.slot_bytes) j.slot_bytes = (b + 63) & ~(size_t)63;
+    if (b) at_blocks += pl[p].nb;
+  }
+  int busy[MG_MAXTHREADS] = { 0 };
+  size_t cap = 0;
+  void *blk = NULL;
+  if (at_blocks > 0) {
+    int64_t nt = share ? C->nthreads : 1;
+    if (nt > at_blocks) nt = at_blocks;
+    j.nslot = (int)nt;
+    j.busy = busy;
+    blk = mg_pool_alloc(C->pool, (size_t)nt * j.slot_bytes, &cap);
+    j.slots = blk;
+  }
+  if (!share) grads_blocks(&j, 0, total);
   else mg_parallel_blocks(C, total, grads_blocks, &j);
+  if (blk != NULL) mg_pool_free(C->pool, blk, cap);
 }
 
 /* ================================================================ LSTM */

@@ -307,10 +307,20 @@ void mg_gemm_packed(const mg_packed *P, int64_t M, const float *A, int64_t lda, 
 ** GRU's gU = H' dmh at 113-126 GFLOP/s, the char-LSTM's dU, dW at 140-150. Each element's
 ** k are summed in order, partial sums through C: the bits depend neither on how the caller
 ** cuts M or N nor on the thread count. */
+enum { AT_KC = 256, AT_PANELS = 8 };            /* B packed 8 panels at a time: 256 KiB */
+
+/* The packing buffer's floats: A's tiles of one block of k (mt tiles of kc x 12), then
+** AT_PANELS panels of B. */
+static size_t at_floats(int64_t M, int64_t K) {
+  int64_t kcm = K < AT_KC ? K : AT_KC, mt = (M + 11) / 12;
+  return (size_t)((mt * 12 * kcm + 15) / 16 * 16 + AT_PANELS * 32 * kcm);
+}
+
+size_t mg_gemm_at_scratch(int64_t M, int64_t K) { return at_floats(M, K) * sizeof(float) + 64; }
+
 bool mg_gemm_at_f32(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B,
-                    int64_t ldb, int beta, float *C, int64_t ldc) {
+                    int64_t ldb, int beta, float *C, int64_t ldc, void *scratch) {
 #ifdef MG_X86_KERNELS
-  enum { AT_KC = 256, AT_PANELS = 8 };          /* B packed 8 panels at a time: 256 KiB */
   if (isa() != ISA_AVX512) return false;
   if (M == 0 || N == 0) return true;
   if (K == 0) {                                   /* C = beta C */
@@ -319,8 +329,9 @@ bool mg_gemm_at_f32(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda
   }
   int64_t kcm = K < AT_KC ? K : AT_KC, mt = (M + 11) / 12, np = (N + 31) / 32;
   int64_t asz = (mt * 12 * kcm + 15) / 16 * 16;
-  float *ap = aligned_alloc(64, (size_t)(asz + AT_PANELS * 32 * kcm) * sizeof(float));
-  if (ap == NULL) return false;
+  void *own = scratch ? NULL : malloc(mg_gemm_at_scratch(M, K));
+  if (scratch == NULL && (scratch = own) == NULL) return false;
+  float *ap = (float *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
   float *bp = ap + asz;
   for (int64_t k0 = 0; k0 < K; k0 += AT_KC) {
     int64_t kc = K - k0 < AT_KC ? K - k0 : AT_KC;
@@ -336,10 +347,11 @@ bool mg_gemm_at_f32(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda
       }
     }
   }
-  free(ap);
+  free(own);
   return true;
 #else
   (void)M; (void)N; (void)K; (void)A; (void)lda; (void)B; (void)ldb; (void)beta; (void)C; (void)ldc;
+  (void)scratch;
   return false;
 #endif
 }

@@ -42,10 +42,13 @@ void mg_xsum_f32(int64_t rows, int64_t n, const float *a, int64_t ld, const floa
                  int64_t ldx, int d, float *gw, int64_t ldw, int beta, float *out);
 /* C (M x N, ldc) = A' B + beta C, beta 0 or 1, A (K x M, lda) and B (K x N, ldb) row-major
 ** (weight gradients such as H' dZ over many rows); each element's products summed in k
-** order. False (C untouched) where the packed kernels do not run or out of memory: then
-** the caller uses BLAS. */
+** order. 'scratch': the packing buffer, mg_gemm_at_scratch(M, K) bytes at any alignment
+** (the caller's, reused from call to call: mg_grads_par takes it from the pool), or NULL:
+** allocated and freed here. False (C untouched) where the packed kernels do not run or out
+** of memory: then the caller uses BLAS. */
 bool mg_gemm_at_f32(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B,
-                    int64_t ldb, int beta, float *C, int64_t ldc);
+                    int64_t ldb, int beta, float *C, int64_t ldc, void *scratch);
+size_t mg_gemm_at_scratch(int64_t M, int64_t K);
 /* Whether this build and CPU run moongrad's AVX-512 kernels (the packed ones here, and
 ** jacobian.c's rows); else mg_gemm_packed is BLAS. */
 bool mg_packed_available(void);

@@ -98,9 +98,24 @@ static void check_at(int64_t M, int64_t N, int64_t K, int beta) {
   for (int64_t i = 0; i < K * lda; i++) A[i] = frand();
   for (int64_t i = 0; i < K * ldb; i++) B[i] = frand();
   for (int64_t i = 0; i < M * ldc; i++) C0[i] = C[i] = frand();
-  if (!mg_gemm_at_f32(M, N, K, A, lda, B, ldb, beta, C, ldc)) { fprintf(stderr, "mg_gemm_at_f32 failed\n"); exit(2); }
+  if (!mg_gemm_at_f32(M, N, K, A, lda, B, ldb, beta, C, ldc, NULL)) { fprintf(stderr, "mg_gemm_at_f32 failed\n"); exit(2); }
   checks++;
   failures += at_wrong("at", M, N, K, A, lda, B, ldb, beta, C0, C, ldc);
+  /* with the caller's packing buffer, exactly mg_gemm_at_scratch bytes at an address 4 bytes
+  ** past a 64-byte boundary (under MG_SANITIZE an overrun is caught): the same bits */
+  size_t sb = mg_gemm_at_scratch(M, K);
+  char *raw = aligned_alloc(64, (sb + 4 + 63) / 64 * 64);
+  float *C2 = malloc(sizeof(float) * (size_t)(M * ldc + 1));
+  if (!raw || !C2) { fprintf(stderr, "out of memory\n"); exit(2); }
+  memcpy(C2, C0, sizeof(float) * (size_t)(M * ldc));
+  if (!mg_gemm_at_f32(M, N, K, A, lda, B, ldb, beta, C2, ldc, raw + 4)) { fprintf(stderr, "mg_gemm_at_f32 failed\n"); exit(2); }
+  checks++;
+  if (memcmp(C, C2, sizeof(float) * (size_t)(M * ldc)) != 0) {
+    fprintf(stderr, "at M %lld N %lld K %lld beta %d: the caller's buffer changes the result\n",
+            (long long)M, (long long)N, (long long)K, beta);
+    failures++;
+  }
+  free(raw); free(C2);
   free(A); free(B); free(C); free(C0);
 }
 
