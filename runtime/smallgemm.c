@@ -304,7 +304,8 @@ void mg_gemm_packed(const mg_packed *P, int64_t M, const float *A, int64_t lda, 
 ** packed kernel's loop). Read in place neither would stay in L1: rows 1-8 KiB apart fall
 ** into 2-8 of its 64 sets (a transposition of A and a copy of each panel of B in place cost
 ** about as much as the products: 7 and 9 ms of the GRU's 15 ms gU). BLAS (sgemm_nt) ran the
-** GRU's gU = H' dmh at 113-126 GFLOP/s, the char-LSTM's dU, dW at 140-150. Each element's
+** GRU's gU = H' dmh at 113-126 GFLOP/s, the char-LSTM's dU, dW at 140-150 (its Haswell
+** kernels; its AVX-512 ones are faster than this, so cells.c then keeps BLAS). Each element's
 ** k are summed in order, partial sums through C: the bits depend neither on how the caller
 ** cuts M or N nor on the thread count. */
 bool mg_gemm_at_f32(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B,
