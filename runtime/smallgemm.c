@@ -69,6 +69,16 @@ pack_trans_avx512(const float *src, int64_t ld, int64_t K, float *o) {
   for (; k0 < K; k0++)
     for (int j = 0; j < 32; j++) o[k0 * 32 + j] = src[j * ld + k0];
 }
+
+/* A full panel of a plain pack: row k of the panel is 32 floats of src row k (a memcpy call
+** per 128 bytes cost more than the copy). */
+__attribute__((target("avx512f"))) static void
+pack_rows_avx512(const float *src, int64_t ld, int64_t K, float *o) {
+  for (int64_t k = 0; k < K; k++) {
+    _mm512_store_ps(o + k * 32, _mm512_loadu_ps(src + k * ld));
+    _mm512_store_ps(o + k * 32 + 16, _mm512_loadu_ps(src + k * ld + 16));
+  }
+}
 #endif
 
 bool mg_pack(mg_packed *P, mg_pool *pool, const float *src, int64_t ld, bool trans, int64_t K,
@@ -89,8 +99,9 @@ bool mg_pack(mg_packed *P, mg_pool *pool, const float *src, int64_t ld, bool tra
     int nw = (int)(N - p * nr < nr ? N - p * nr : nr);
     if (nw < nr) memset(o, 0, (size_t)(K * nr) * sizeof *o);
 #ifdef MG_X86_KERNELS
-    if (trans && nw == nr && which == ISA_AVX512) {
-      pack_trans_avx512(src + p * nr * ld, ld, K, o);
+    if (nw == nr && which == ISA_AVX512) {
+      if (trans) pack_trans_avx512(src + p * nr * ld, ld, K, o);
+      else pack_rows_avx512(src + p * nr, ld, K, o);
       continue;
     }
 #endif
