@@ -133,11 +133,15 @@ typedef struct grads_job {
 /* Block k of a weight gradient's product: A' B in float32 (H' dZ over many rows) through
 ** mg_gemm_at_f32, which the block's cut does not change the bits of, else BLAS. From
 ** AT_MIN rows and columns and AT_MINK rows of the operands: the 32-unit LSTM's products and
-** the single steps' keep BLAS. */
+** the single steps' keep BLAS. Only while OpenBLAS runs AVX2 kernels (Haswell, Zen): its
+** AVX-512 ones (Cooperlake here) ran every such product at least as fast, the 512-unit
+** char-LSTM's dU, dW (256 x 512)' (256 x 2048) at ~205-215 GFLOP/s against ~165-175
+** (docs/performance.md). */
 enum { AT_MIN = 64, AT_MINK = 128 };
 static bool at_product(const mg_gemm_plan *g) {
   return g->dt == MG_F32 && g->ta && !g->tb && g->alpha == 1 && g->M >= AT_MIN &&
-         g->N >= AT_MIN && g->K >= AT_MINK && mg_packed_available();
+         g->N >= AT_MIN && g->K >= AT_MINK && mg_packed_available() &&
+         !mg_blas_avx512();
 }
 
 /* The packing buffer a block of 'g' needs (mg_gemm_at_scratch of its M), 0 for BLAS's. */

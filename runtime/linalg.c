@@ -10,6 +10,7 @@
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <strings.h>
 
 extern char *openblas_get_corename(void);
 extern void openblas_set_num_threads(int);
@@ -36,6 +37,21 @@ int mg_default_threads(void) {
   return blas_threads_at_start < 1 ? 1 : blas_threads_at_start;
 }
 const char *mg_blas_corename(void) { return openblas_get_corename(); }
+
+static pthread_once_t avx512_once = PTHREAD_ONCE_INIT;
+static bool blas_avx512;
+
+static void blas_avx512_probe(void) {
+  static const char *const cores[] = { "skylakex", "cooperlake", "sapphirerapids" };
+  const char *name = openblas_get_corename();
+  for (size_t i = 0; name && i < sizeof cores / sizeof *cores; i++)
+    if (strcasecmp(name, cores[i]) == 0) blas_avx512 = true;
+}
+
+bool mg_blas_avx512(void) {
+  pthread_once(&avx512_once, blas_avx512_probe);
+  return blas_avx512;
+}
 
 const char *mg_cpu_best_corename(void) {
 #if defined(__x86_64__)

@@ -362,6 +362,10 @@ void mg_gemm_block(const mg_gemm_plan *g, int64_t k);
 /* The default thread count of a new context: OpenBLAS's count before the first call, which
 ** sets OpenBLAS to one thread for the process (linalg.c). */
 int mg_default_threads(void);
+/* Whether OpenBLAS runs its AVX-512 kernels (SkylakeX, Cooperlake, SapphireRapids): then its
+** SGEMM is at least as fast as smallgemm.c's mg_gemm_at_f32 on the weight gradients' A' B
+** (cells.c, docs/performance.md). Read once per process. */
+bool mg_blas_avx512(void);
 
 /* ----------------------------------------------------------------------------------------
 ** Expressions for composite rules (rules.c): each mg_ex_* returns a borrowed tensor

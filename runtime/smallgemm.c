@@ -29,6 +29,58 @@ static int isa(void) {
 
 bool mg_packed_available(void) { return isa() != ISA_NONE; }
 
+#ifdef MG_X86_KERNELS
+/* A full panel of a transposed pack: panel column j (of 32) is src row j, K floats: 16 rows x
+** 16 k at a time transposed in registers (in-lane unpacks of floats, then of pairs, then
+** 128-bit lane shuffles: vector m of the second stage holds, in its lane L, rows 4i..4i+3 at
+** k = 4L + m), stored as 16 panel rows of 16 columns. The k past the last multiple of 16 one
+** by one. A copy: the same bits as the scalar loop. */
+__attribute__((target("avx512f"))) static void
+pack_trans_avx512(const float *src, int64_t ld, int64_t K, float *o) {
+  int64_t k0 = 0;
+  for (; k0 + 16 <= K; k0 += 16)
+    for (int h = 0; h < 2; h++) {
+      __m512 r[16], t[16];
+      for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(src + (h * 16 + i) * ld + k0);
+      for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+      }
+      for (int i = 0; i < 4; i++) {
+        __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]);
+        __m512d c = _mm512_castps_pd(t[4 * i + 2]), d = _mm512_castps_pd(t[4 * i + 3]);
+        r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+        r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+      }
+      for (int m = 0; m < 4; m++) {
+        __m512 u0 = _mm512_shuffle_f32x4(r[m], r[4 + m], 0x44);
+        __m512 u1 = _mm512_shuffle_f32x4(r[8 + m], r[12 + m], 0x44);
+        __m512 u2 = _mm512_shuffle_f32x4(r[m], r[4 + m], 0xEE);
+        __m512 u3 = _mm512_shuffle_f32x4(r[8 + m], r[12 + m], 0xEE);
+        float *q = o + (k0 + m) * 32 + h * 16;
+        _mm512_store_ps(q, _mm512_shuffle_f32x4(u0, u1, 0x88));
+        _mm512_store_ps(q + 4 * 32, _mm512_shuffle_f32x4(u0, u1, 0xDD));
+        _mm512_store_ps(q + 8 * 32, _mm512_shuffle_f32x4(u2, u3, 0x88));
+        _mm512_store_ps(q + 12 * 32, _mm512_shuffle_f32x4(u2, u3, 0xDD));
+      }
+    }
+  for (; k0 < K; k0++)
+    for (int j = 0; j < 32; j++) o[k0 * 32 + j] = src[j * ld + k0];
+}
+
+/* A full panel of a plain pack: row k of the panel is 32 floats of src row k (a memcpy call
+** per 128 bytes cost more than the copy). */
+__attribute__((target("avx512f"))) static void
+pack_rows_avx512(const float *src, int64_t ld, int64_t K, float *o) {
+  for (int64_t k = 0; k < K; k++) {
+    _mm512_store_ps(o + k * 32, _mm512_loadu_ps(src + k * ld));
+    _mm512_store_ps(o + k * 32 + 16, _mm512_loadu_ps(src + k * ld + 16));
+  }
+}
+#endif
+
 bool mg_pack(mg_packed *P, mg_pool *pool, const float *src, int64_t ld, bool trans, int64_t K,
              int64_t N) {
   int which = isa();
@@ -46,6 +98,13 @@ bool mg_pack(mg_packed *P, mg_pool *pool, const float *src, int64_t ld, bool tra
     float *o = d + p * K * nr;
     int nw = (int)(N - p * nr < nr ? N - p * nr : nr);
     if (nw < nr) memset(o, 0, (size_t)(K * nr) * sizeof *o);
+#ifdef MG_X86_KERNELS
+    if (nw == nr && which == ISA_AVX512) {
+      if (trans) pack_trans_avx512(src + p * nr * ld, ld, K, o);
+      else pack_rows_avx512(src + p * nr, ld, K, o);
+      continue;
+    }
+#endif
     if (trans)                                   /* panel column j is src row p nr + j; in */
       for (int64_t k0 = 0; k0 < K; k0 += 64)     /* blocks of 64 k (8 KiB written) that stay */
         for (int j = 0; j < nw; j++) {            /* in L1 while the 32 rows are read */
@@ -304,7 +363,8 @@ void mg_gemm_packed(const mg_packed *P, int64_t M, const float *A, int64_t lda, 
 ** packed kernel's loop). Read in place neither would stay in L1: rows 1-8 KiB apart fall
 ** into 2-8 of its 64 sets (a transposition of A and a copy of each panel of B in place cost
 ** about as much as the products: 7 and 9 ms of the GRU's 15 ms gU). BLAS (sgemm_nt) ran the
-** GRU's gU = H' dmh at 113-126 GFLOP/s, the char-LSTM's dU, dW at 140-150. Each element's
+** GRU's gU = H' dmh at 113-126 GFLOP/s, the char-LSTM's dU, dW at 140-150 (its Haswell
+** kernels; its AVX-512 ones are faster than this, so cells.c then keeps BLAS). Each element's
 ** k are summed in order, partial sums through C: the bits depend neither on how the caller
 ** cuts M or N nor on the thread count. */
 enum { AT_KC = 256, AT_PANELS = 8 };            /* B packed 8 panels at a time: 256 KiB */
