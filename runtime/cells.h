@@ -33,6 +33,9 @@ void mg_lstm_gates_small(int64_t lo, int64_t hi, int64_t u, float *G, const floa
 void mg_lstm_dz_small(int64_t lo, int64_t hi, int64_t u, const float *G, const float *c,
                       const float *cn, const float *gh, const float *gc, float *dz, float *dc);
 bool mg_lstm_small(int64_t u);
+/* u < 64 and not a multiple of 16: the units mg_lstm_small takes by default, independent of
+** mg_lstm_small_max (seqcells.c's in_per_step). */
+bool mg_lstm_few_units(int64_t u);
 /* A whole forward step for few units: G's rows [lo, hi) hold x W on entry; adds h U (U (u, 4u)
 ** row-major) then runs mg_lstm_gates_small, with the numbers of mg_rec_gemm through the
 ** packing P and then that pass. Does nothing and returns false unless P packs for the

@@ -341,12 +341,18 @@ static mg_status run_pass(mg_ctx *C, const char *op, seqpass *p, mg_range_fn fn)
 ** written twice, BLAS zeroing it first, and read back), while per step it is made in cache
 ** just before the step reads it. At 512 KiB against 64 KiB: the char-LSTM step at 512 units
 ** 224.3 -> 221.5 ms (medians of 6 A/B runs, best 215.6 -> 210.0, at load 4), the same bits;
-** all of a 4 MiB W (the second layer) per step measured no faster. Not for few units (the
-** LSTM's seqsmall.c step takes x W from the product over all rows). float32 rounding: the
-** packed kernel sums the d products in order, BLAS in its own. */
+** all of a 4 MiB W (the second layer) per step measured no faster. Not for an LSTM with few
+** units (mg_lstm_few_units: seqsmall.c's step takes x W from the product over all rows),
+** whether or not mg_lstm_small_max has switched seqsmall.c off: its step adds h U onto BLAS's
+** x W in the packed kernel's order, and the per-row path then does the same (the one GEMM,
+** then mg_rec_gemm with beta = 1), so that the switch leaves every bit as it was under any
+** BLAS kernel. (With x W per step here, the per-row path summed x_t W in order from zero and
+** the seqsmall.c one took BLAS's sum of the same d products: the same bits under OpenBLAS's
+** SkylakeX kernels, not under its Haswell ones, whose order depends on the row's place in the
+** call.) float32 rounding: the packed kernel sums the d products in order, BLAS in its own. */
 static bool in_per_step(const seqkind *k, int64_t d, int64_t u) {
   int64_t gw = (k->ns == 2 ? 4 : 3) * u, panels = (gw + 31) / 32;
-  if (!mg_packed_available() || (k->ns == 2 && mg_lstm_small(u))) return false;
+  if (!mg_packed_available() || (k->ns == 2 && mg_lstm_few_units(u))) return false;
   return d * panels * 32 * (int64_t)sizeof(float) <= ((int64_t)512 << 10);
 }
 

@@ -19,6 +19,10 @@ static int64_t small_max = MAX_UNITS;
 
 bool mg_lstm_small(int64_t u) { return u < small_max && u % 16 != 0; }
 
+/* The units this path is for, whatever mg_lstm_small_max says: where seqcells.c makes x W
+** depends on this alone, so that the A/B switch changes the gate passes and nothing else. */
+bool mg_lstm_few_units(int64_t u) { return u < MAX_UNITS && u % 16 != 0; }
+
 int64_t mg_lstm_small_max(int64_t max) {
   int64_t old = small_max;
   if (max >= 0) small_max = max < MAX_UNITS ? max : MAX_UNITS;
