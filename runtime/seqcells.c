@@ -402,8 +402,9 @@ static mg_status seq_forward(mg_ctx *C, const seqkind *k, mg_tensor *const *in, 
   char *G = mg_tensor_data(r.sv[SV_G]), *Hs = mg_tensor_data(r.sv[SV_H]);
   mg_packed pk[2], pw = { 0 };
   const mg_packed *P = packs(C, k, dt, mg_tensor_data(U), u, ra, false, pk);
-  mg_tensor *M = NULL, *WU = NULL;               /* GRU: x W of every step, or of one */
-  bool step_x = P && in_per_step(k, d, u) && pack_step_x(C, k, W, U, B, &WU, &M, &pw);
+  mg_tensor *M = NULL;                            /* GRU: x W of every step, or of one */
+  mg_tensor *XH = NULL, *WU = NULL;               /* LSTM per step: rows [x_t h_t], [W; U] */
+  bool step_x = P && in_per_step(k, d, u) && pack_step_x(C, k, W, U, B, &WU, &XH, &pw);
   int64_t ms[2] = { step_x ? B : T * B, 3 * u };
   if (k->ns == 1) st = mg_tensor_empty(C, dt, 2, ms, &M);
   if (st == MG_OK && !step_x)                     /* the input projection of all steps */
@@ -414,13 +415,13 @@ static mg_status seq_forward(mg_ctx *C, const seqkind *k, mg_tensor *const *in, 
                   .PW = step_x ? &pw : NULL, .d = d, .X = mg_tensor_data(r.sv[SV_X]),
                   .U = mg_tensor_data(U), .b = mg_tensor_data(b), .G = G, .Hs = Hs,
                   .Cs = k->ns == 2 ? mg_tensor_data(r.sv[SV_C]) : NULL,
-                  .M = M && k->ns == 1 ? mg_tensor_data(M) : NULL,
-                  .XH = M && k->ns == 2 ? mg_tensor_data(M) : NULL };
+                  .M = M ? mg_tensor_data(M) : NULL, .XH = XH ? mg_tensor_data(XH) : NULL };
     st = run_pass(C, fn, &p, forward_rows);
   }
   if (step_x) mg_pack_free(&pw);
   packs_free(pk);
   mg_tensor_release(M);
+  mg_tensor_release(XH);
   mg_tensor_release(WU);
   if (st == MG_OK) {
     run_outputs(C, k, &r, B, T, u);
