@@ -1,9 +1,10 @@
 /*
-** lyapunov_lanes.h - the lanes way of lyapunov.c, typed: included by lyapunov.c once for
-** float32 (LT float, 16 lanes of a 512-bit vector) and once for float64 (LT double, 8 lanes),
-** with LX(name) naming each copy (name_f32, name_f64) and LDT the mg_dtype. Not a public
-** header: lyapunov.c defines ljob, lgroup, the block sizes (NB, RB, JB, CB, RJ, KC_BYTES,
-** VALL_BYTES, CSLAB_BYTES), LCHUNK, LYAP_CLONES and MG_INLINE.
+** lyapunov_lanes.h - the lanes way of lyapunov.c, typed: included once by lyapunov_f32.c (LT
+** float, 16 lanes of a 512-bit vector) and once by lyapunov_f64.c (LT double, 8 lanes), with
+** LX(name) naming each copy (name_f32, name_f64) and LDT the mg_dtype. Not a public header:
+** lyapunov.h defines ljob, lgroup, the block sizes (NB, RB, JB, CB, RJ, KC_BYTES, VALL_BYTES,
+** CSLAB_BYTES), LCHUNK, LYAP_CLONES and MG_INLINE; this file defines the two entry points it
+** declares (mg_lyap_groups_*, mg_lyap_householder_*).
 */
 typedef LT LX(lanes_t) __attribute__((vector_size(LANES * sizeof(LT))));   /* GCC and Clang */
 /* The same at any address of an LT (an unaligned load or store), for lload and lstore. */
@@ -565,9 +566,13 @@ static void LX(group_steps)(const ljob *J, lgroup *g, int64_t gi) {
   g->h = h, g->hn = hn, g->c = c, g->cn = cn;
 }
 
-static void LX(groups_fn)(void *arg, int64_t lo, int64_t hi) {
+void LX(mg_lyap_groups)(void *arg, int64_t lo, int64_t hi) {
   const ljob *J = arg;
   for (int64_t gi = lo; gi < hi; gi++) LX(group_steps)(J, &J->g[gi], gi);
+}
+
+void LX(mg_lyap_householder)(int64_t N, int64_t k, LT *X, LT *tau, LT *beta, LT *V, LT *W, LT *Tall) {
+  LX(householder_lanes)(N, k, X, tau, beta, V, W, Tall);
 }
 
 #undef VI
