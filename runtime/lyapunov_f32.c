@@ -10,4 +10,6 @@
 #define LDT MG_F32
 #define LSQRT sqrtf
 #define LCOPYSIGN copysignf
+#define LLOG logf
+#define LFABS fabsf
 #include "lyapunov_lanes.h"

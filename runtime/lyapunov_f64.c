@@ -10,4 +10,6 @@
 #define LDT MG_F64
 #define LSQRT sqrt
 #define LCOPYSIGN copysign
+#define LLOG log
+#define LFABS fabs
 #include "lyapunov_lanes.h"

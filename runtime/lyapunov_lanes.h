@@ -14,27 +14,43 @@ typedef LT LX(lanes_at) __attribute__((vector_size(LANES * sizeof(LT)), aligned(
 #define lstore(p, v) (*(LX(lanes_at) *)(p) = (v))
 
 /* One reflector (v, tau) applied to the cb (1 .. 8) tangent rows a, a + row, ..., from
-** component j on: cb independent sums in one pass over v, so the dot products are not one
-** chain of dependent additions (each row's own sum in the same order for any cb). */
+** component j on: cb independent dot products in one pass over v, each split into P partial
+** sums over the components i = j + 1 + p (mod P) (P = 4 for up to 3 rows, else 2) added at the
+** end, so that the dot products are not one chain of dependent FMAs (latency 4 cycles, two a
+** cycle: 8 chains keep the FMA units busy). */
 MG_INLINE void LX(reflectn_lanes)(int cb, int64_t j, int64_t N, const LT *v, const LT *tau,
                                   LT *a, int64_t row) {
-  VT w[8], t = lload(tau);
+  const int P = cb <= 3 ? 4 : 2;
+  VT w[8][4], t = lload(tau);
 #pragma GCC unroll 8
-  for (int q = 0; q < cb; q++) w[q] = lload(a + q * row + j * LANES);
-  for (int64_t i = j + 1; i < N; i++) {
+  for (int q = 0; q < cb; q++) {
+    w[q][0] = lload(a + q * row + j * LANES);
+#pragma GCC unroll 4
+    for (int p = 1; p < P; p++) w[q][p] = (VT){ 0 };
+  }
+  int64_t i = j + 1;
+  for (; i + P <= N; i += P)
+#pragma GCC unroll 4
+    for (int p = 0; p < P; p++) {
+      VT vi = lload(v + (i + p) * LANES);
+#pragma GCC unroll 8
+      for (int q = 0; q < cb; q++) w[q][p] += vi * lload(a + q * row + (i + p) * LANES);
+    }
+  for (; i < N; i++) {
     VT vi = lload(v + i * LANES);
 #pragma GCC unroll 8
-    for (int q = 0; q < cb; q++) w[q] += vi * lload(a + q * row + i * LANES);
+    for (int q = 0; q < cb; q++) w[q][0] += vi * lload(a + q * row + i * LANES);
   }
 #pragma GCC unroll 8
   for (int q = 0; q < cb; q++) {
-    w[q] *= t;
-    lstore(a + q * row + j * LANES, lload(a + q * row + j * LANES) - w[q]);
+    VT d = P == 4 ? (w[q][0] + w[q][1]) + (w[q][2] + w[q][3]) : w[q][0] + w[q][1];
+    w[q][0] = d * t;
+    lstore(a + q * row + j * LANES, lload(a + q * row + j * LANES) - w[q][0]);
   }
   for (int64_t i = j + 1; i < N; i++) {
     VT vi = lload(v + i * LANES);
 #pragma GCC unroll 8
-    for (int q = 0; q < cb; q++) lstore(a + q * row + i * LANES, lload(a + q * row + i * LANES) - w[q] * vi);
+    for (int q = 0; q < cb; q++) lstore(a + q * row + i * LANES, lload(a + q * row + i * LANES) - w[q][0] * vi);
   }
 }
 
@@ -66,11 +82,19 @@ MG_INLINE void LX(geqr2_lanes)(int64_t N, int64_t j0, int64_t j1, LT *X, LT *tau
   const int64_t row = N * LANES;
   for (int64_t j = j0; j < j1; j++) {
     LT *v = X + j * row, al[LANES], ss[LANES], ob[LANES], ot[LANES], sc[LANES];
-    VT s2 = (VT){ 0 };
-    for (int64_t i = j + 1; i < N; i++) {
+    VT s4[4] = { (VT){ 0 }, (VT){ 0 }, (VT){ 0 }, (VT){ 0 } };   /* 4 partial sums: 4 chains */
+    int64_t i = j + 1;
+    for (; i + 4 <= N; i += 4)
+#pragma GCC unroll 4
+      for (int p = 0; p < 4; p++) {
+        VT vi = lload(v + (i + p) * LANES);
+        s4[p] += vi * vi;
+      }
+    for (; i < N; i++) {
       VT vi = lload(v + i * LANES);
-      s2 += vi * vi;
+      s4[0] += vi * vi;
     }
+    VT s2 = (s4[0] + s4[1]) + (s4[2] + s4[3]);
     lstore(ss, s2);
     lstore(al, lload(v + j * LANES));
     for (int l = 0; l < LANES; l++) {                 /* on local arrays: one vector each */
@@ -130,12 +154,14 @@ MG_INLINE void LX(panel_v)(int64_t N, int64_t j0, const LT *X, LT *V) {
 
 /* slarft (forward, columnwise): Tm (NB x NB lane vectors, upper) of the panel at j0. */
 MG_INLINE void LX(panel_t)(int64_t N, int64_t j0, const LT *V, const LT *tau, LT *Tm) {
+#pragma GCC unroll 8
   for (int64_t i = 0; i < NB; i++) {
     VT ti = lload(tau + (j0 + i) * LANES), w[NB];
-    for (int64_t p = 0; p < i; p++) {
-      VT d = (VT){ 0 };
-      for (int64_t r = j0 + i; r < N; r++) d += lload(V + VI(r, p)) * lload(V + VI(r, i));
-      w[p] = d;
+    for (int64_t p = 0; p < i; p++) w[p] = (VT){ 0 };
+    for (int64_t r = j0 + i; r < N; r++) {            /* the i dot products in one pass */
+      VT vr = lload(V + VI(r, i));
+#pragma GCC unroll 8
+      for (int64_t p = 0; p < i; p++) w[p] += lload(V + VI(r, p)) * vr;
     }
     for (int64_t p = 0; p < i; p++) {
       VT a = (VT){ 0 };
@@ -548,7 +574,7 @@ static void LX(group_steps)(const ljob *J, lgroup *g, int64_t gi) {
       LT *sum = g->sum, *beta = g->beta;
       if (count)
         for (int64_t l = 0; l < nl; l++)
-          for (int64_t j = 0; j < k; j++) sum[l * k + j] += (LT)log(fabs((double)beta[j * LANES + l]));
+          for (int64_t j = 0; j < k; j++) sum[l * k + j] += LLOG(LFABS(beta[j * LANES + l]));
     }
     if (count) g->counted++, g->since++;
     if (qr) g->since = 0;
@@ -585,3 +611,5 @@ void LX(mg_lyap_householder)(int64_t N, int64_t k, LT *X, LT *tau, LT *beta, LT 
 #undef LDT
 #undef LSQRT
 #undef LCOPYSIGN
+#undef LLOG
+#undef LFABS
