@@ -508,11 +508,31 @@ LYAP_CLONES static void LX(tangents4)(int64_t N, int64_t S, int64_t G, int64_t k
 
 /* The coefficients of rows 0 .. nl - 1 in lanes (dst[j][l] = src[l ld + j]), 'pad' in the
 ** lanes past them. */
+#if LANES == 16
 typedef int32_t LX(lanes_idx) __attribute__((vector_size(LANES * sizeof(int32_t))));
-typedef int64_t LX(lanes_idx64) __attribute__((vector_size(LANES * sizeof(int64_t))));
+#else
+typedef int64_t LX(lanes_idx) __attribute__((vector_size(LANES * sizeof(int64_t))));
+#endif
+/* One round of the transpose below: the off-diagonal d x d blocks of every 2d x 2d block of
+** the LANES x LANES matrix in r swapped (d a constant once inlined: so are the masks). */
+MG_INLINE void LX(swap_blocks)(LX(lanes_t) *r, int d) {
+  LX(lanes_idx) lo, hi;
+#pragma GCC unroll 16
+  for (int c = 0; c < LANES; c++) {
+    lo[c] = (c & d) == 0 ? c : LANES + c - d;
+    hi[c] = (c & d) == 0 ? c + d : LANES + c;
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < LANES; i++)
+    if ((i & d) == 0) {
+      VT a = r[i], b = r[i + d];
+      r[i] = __builtin_shuffle(a, b, lo);
+      r[i + d] = __builtin_shuffle(a, b, hi);
+    }
+}
+
 /* A full group (nl = LANES) LANES columns at a time as a transpose of LANES x LANES in
-** registers (log2 LANES rounds of two-vector shuffles, each swapping the off-diagonal d x d
-** blocks of every 2d x 2d block); the same values as the element loop. */
+** registers (log2 LANES rounds of two-vector shuffles); the same values as the element loop. */
 LYAP_CLONES static void LX(to_lanes)(int64_t N, int64_t nl, const LT *src, int64_t ld, LT pad, LT *dst) {
   int64_t j0 = 0;
   if (nl == LANES)
@@ -520,26 +540,10 @@ LYAP_CLONES static void LX(to_lanes)(int64_t N, int64_t nl, const LT *src, int64
       VT r[LANES];
 #pragma GCC unroll 16
       for (int l = 0; l < LANES; l++) r[l] = lload(src + l * ld + j0);
-#pragma GCC unroll 4
-      for (int d = LANES / 2; d >= 1; d /= 2) {
-#if LANES == 16
-        typedef LX(lanes_idx) IX;
-#else
-        typedef LX(lanes_idx64) IX;
-#endif
-        IX lo, hi;
-        for (int c = 0; c < LANES; c++) {
-          lo[c] = (c & d) == 0 ? c : LANES + c - d;
-          hi[c] = (c & d) == 0 ? c + d : LANES + c;
-        }
-#pragma GCC unroll 16
-        for (int i = 0; i < LANES; i++)
-          if ((i & d) == 0) {
-            VT a = r[i], b = r[i + d];
-            r[i] = __builtin_shuffle(a, b, lo);
-            r[i + d] = __builtin_shuffle(a, b, hi);
-          }
-      }
+      if (LANES == 16) LX(swap_blocks)(r, 8);
+      LX(swap_blocks)(r, 4);
+      LX(swap_blocks)(r, 2);
+      LX(swap_blocks)(r, 1);
 #pragma GCC unroll 16
       for (int l = 0; l < LANES; l++) lstore(dst + (j0 + l) * LANES, r[l]);
     }
