@@ -36,83 +36,10 @@
 ** The generic path (any step function, a vectorized JVP per step) is
 ** bindings/moongrad/spectra.lua; spec/spectra_spec.lua checks the two agree.
 */
-#include "mg_impl.h"
-#include "cells.h"
+#include "lyapunov.h"
 
 #include <cblas.h>
 #include <lapacke.h>
-#include <math.h>
-#include <stdlib.h>
-#include <string.h>
-
-/* The vector loops below are compiled for AVX-512 and AVX2 too, picked at load time, with
-** a * b + c fused (ISO C mode leaves it unfused); CMakeLists.txt compiles this file with
-** -fno-math-errno, so that slarfg's lane loop (sqrt) runs as whole vectors. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
-#define LYAP_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), \
-                                 optimize("fp-contract=fast")))
-#else
-#define LYAP_CLONES
-#endif
-#define MG_INLINE static inline __attribute__((always_inline))
-
-/* Block sizes of the lanes' kernels (lyapunov_lanes.h): the QR's panels of NB columns,
-** updated RB rows at a time (NB x RB lane vectors of V, 32 KiB, stay in L1 while the columns
-** pass; 64 rows measured 3% faster than 32 at N = k = 64); the Jacobian product's JB columns by RJ rows of J, CB tangents
-** at a time, from slabs of at most KC_BYTES of tangents; the QR's panels VALL_BYTES of
-** reflectors at a time over slabs of CSLAB_BYTES of the columns after them. */
-#define NB 8
-#define RB 64
-#define JB 4
-#define CB 4
-#define RJ 64
-#define KC_BYTES (512 * 1024)
-#define VALL_BYTES (1024 * 1024)
-#define CSLAB_BYTES (256 * 1024)
-_Static_assert(JB == 4, "LX(tangents) takes the last columns as 1, 2 or 3");
-/* Steps per parallel round: the groups run this many steps, then the history is summed and
-** the interrupt flag read. */
-#define LCHUNK 64
-#define LANES_F32 16
-#define LANES_F64 8
-
-/* One group of trajectories (rows b0 .. b0 + nl - 1) through the run: its buffers (LT of
-** its type), all allocated once. */
-typedef struct {
-  int64_t b0, nl, counted, since;
-  bool qt;                /* TL holds the last QR's reflectors (the implicit way), not tangents */
-  void *h, *hn, *c, *cn, *M, *S, *dmx, *co, *zz, *ones, *dz1, *dz2, *dc1, *dc2, *cl, *TL, *AL,
-      *Jb, *Vb, *Wb, *Tb, *tau, *beta, *sum, *Jf;
-  void *block;            /* the allocation holding them */
-} lgroup;
-
-/* A run, as the groups see it. */
-typedef struct {
-  bool lstm, backwards;
-  bool implicit;          /* tangents as reflectors (tangents_qt): GRU, a QR every step, k near N */
-  int64_t T, F, N, S, k, warmup, steps, every, t0, t1;
-  const void *x, *W, *U, *b;
-  const mg_packed *P;     /* U packed (float32), or NULL */
-  const volatile int *intr;
-  double *part;           /* (groups, LCHUNK, k): each group's history share */
-  lgroup *g;
-} ljob;
-
-#define LT float
-#define LANES LANES_F32
-#define LX(name) name##_f32
-#define LDT MG_F32
-#define LSQRT sqrtf
-#define LCOPYSIGN copysignf
-#include "lyapunov_lanes.h"
-
-#define LT double
-#define LANES LANES_F64
-#define LX(name) name##_f64
-#define LDT MG_F64
-#define LSQRT sqrt
-#define LCOPYSIGN copysign
-#include "lyapunov_lanes.h"
 
 static int desc_f32(const void *a, const void *b) {
   float x = *(const float *)a, y = *(const float *)b;
@@ -246,7 +173,7 @@ static mg_status lyapunov_lanes(mg_ctx *C, const char *fn, bool lstm, mg_tensor 
   int64_t counted = 0;
   for (int64_t t0 = 1; t0 <= total && st == MG_OK; t0 += LCHUNK) {
     J.t0 = t0, J.t1 = total + 1 - t0 < LCHUNK ? total + 1 : t0 + LCHUNK;
-    st = mg_parallel_for(C, NULL, groups, 1, dt == MG_F64 ? groups_fn_f64 : groups_fn_f32, &J);
+    st = mg_parallel_for(C, NULL, groups, 1, dt == MG_F64 ? mg_lyap_groups_f64 : mg_lyap_groups_f32, &J);
     if (st == MG_OK) st = mg_poll(C, fn);
     for (int64_t t = J.t0; t < J.t1 && st == MG_OK; t++) {
       if (t <= warmup) continue;
@@ -325,7 +252,7 @@ static void qr_batch_f32(int64_t B, int64_t N, int64_t k, float *A, float *X, fl
         for (int64_t l = 0; l < nl; l++) x[l] = A[((b0 + l) * k + c) * N + i];
         for (int64_t l = nl; l < LANES_F32; l++) x[l] = c == i ? 1.0f : 0.0f;
       }
-    householder_lanes_f32(N, k, X, tau, beta, s->Vb, s->Wb, s->Tb);
+    mg_lyap_householder_f32(N, k, X, tau, beta, s->Vb, s->Wb, s->Tb);
     for (int64_t l = 0; l < nl; l++) {
       float *a = A + (b0 + l) * k * N;
       for (int64_t c = 0; c < k; c++)

@@ -1,9 +1,10 @@
 /*
-** lyapunov_lanes.h - the lanes way of lyapunov.c, typed: included by lyapunov.c once for
-** float32 (LT float, 16 lanes of a 512-bit vector) and once for float64 (LT double, 8 lanes),
-** with LX(name) naming each copy (name_f32, name_f64) and LDT the mg_dtype. Not a public
-** header: lyapunov.c defines ljob, lgroup, the block sizes (NB, RB, JB, CB, RJ, KC_BYTES,
-** VALL_BYTES, CSLAB_BYTES), LCHUNK, LYAP_CLONES and MG_INLINE.
+** lyapunov_lanes.h - the lanes way of lyapunov.c, typed: included once by lyapunov_f32.c (LT
+** float, 16 lanes of a 512-bit vector) and once by lyapunov_f64.c (LT double, 8 lanes), with
+** LX(name) naming each copy (name_f32, name_f64) and LDT the mg_dtype. Not a public header:
+** lyapunov.h defines ljob, lgroup, the block sizes (NB, RB, JB, CB, RJ, KC_BYTES, VALL_BYTES,
+** CSLAB_BYTES), LCHUNK, LYAP_CLONES and MG_INLINE; this file defines the two entry points it
+** declares (mg_lyap_groups_*, mg_lyap_householder_*).
 */
 typedef LT LX(lanes_t) __attribute__((vector_size(LANES * sizeof(LT))));   /* GCC and Clang */
 /* The same at any address of an LT (an unaligned load or store), for lload and lstore. */
@@ -13,27 +14,43 @@ typedef LT LX(lanes_at) __attribute__((vector_size(LANES * sizeof(LT)), aligned(
 #define lstore(p, v) (*(LX(lanes_at) *)(p) = (v))
 
 /* One reflector (v, tau) applied to the cb (1 .. 8) tangent rows a, a + row, ..., from
-** component j on: cb independent sums in one pass over v, so the dot products are not one
-** chain of dependent additions (each row's own sum in the same order for any cb). */
+** component j on: cb independent dot products in one pass over v, each split into P partial
+** sums over the components i = j + 1 + p (mod P) (P = 4 for up to 3 rows, else 2) added at the
+** end, so that the dot products are not one chain of dependent FMAs (latency 4 cycles, two a
+** cycle: 8 chains keep the FMA units busy). */
 MG_INLINE void LX(reflectn_lanes)(int cb, int64_t j, int64_t N, const LT *v, const LT *tau,
                                   LT *a, int64_t row) {
-  VT w[8], t = lload(tau);
+  const int P = cb <= 3 ? 4 : 2;
+  VT w[8][4], t = lload(tau);
 #pragma GCC unroll 8
-  for (int q = 0; q < cb; q++) w[q] = lload(a + q * row + j * LANES);
-  for (int64_t i = j + 1; i < N; i++) {
+  for (int q = 0; q < cb; q++) {
+    w[q][0] = lload(a + q * row + j * LANES);
+#pragma GCC unroll 4
+    for (int p = 1; p < P; p++) w[q][p] = (VT){ 0 };
+  }
+  int64_t i = j + 1;
+  for (; i + P <= N; i += P)
+#pragma GCC unroll 4
+    for (int p = 0; p < P; p++) {
+      VT vi = lload(v + (i + p) * LANES);
+#pragma GCC unroll 8
+      for (int q = 0; q < cb; q++) w[q][p] += vi * lload(a + q * row + (i + p) * LANES);
+    }
+  for (; i < N; i++) {
     VT vi = lload(v + i * LANES);
 #pragma GCC unroll 8
-    for (int q = 0; q < cb; q++) w[q] += vi * lload(a + q * row + i * LANES);
+    for (int q = 0; q < cb; q++) w[q][0] += vi * lload(a + q * row + i * LANES);
   }
 #pragma GCC unroll 8
   for (int q = 0; q < cb; q++) {
-    w[q] *= t;
-    lstore(a + q * row + j * LANES, lload(a + q * row + j * LANES) - w[q]);
+    VT d = P == 4 ? (w[q][0] + w[q][1]) + (w[q][2] + w[q][3]) : w[q][0] + w[q][1];
+    w[q][0] = d * t;
+    lstore(a + q * row + j * LANES, lload(a + q * row + j * LANES) - w[q][0]);
   }
   for (int64_t i = j + 1; i < N; i++) {
     VT vi = lload(v + i * LANES);
 #pragma GCC unroll 8
-    for (int q = 0; q < cb; q++) lstore(a + q * row + i * LANES, lload(a + q * row + i * LANES) - w[q] * vi);
+    for (int q = 0; q < cb; q++) lstore(a + q * row + i * LANES, lload(a + q * row + i * LANES) - w[q][0] * vi);
   }
 }
 
@@ -65,11 +82,19 @@ MG_INLINE void LX(geqr2_lanes)(int64_t N, int64_t j0, int64_t j1, LT *X, LT *tau
   const int64_t row = N * LANES;
   for (int64_t j = j0; j < j1; j++) {
     LT *v = X + j * row, al[LANES], ss[LANES], ob[LANES], ot[LANES], sc[LANES];
-    VT s2 = (VT){ 0 };
-    for (int64_t i = j + 1; i < N; i++) {
+    VT s4[4] = { (VT){ 0 }, (VT){ 0 }, (VT){ 0 }, (VT){ 0 } };   /* 4 partial sums: 4 chains */
+    int64_t i = j + 1;
+    for (; i + 4 <= N; i += 4)
+#pragma GCC unroll 4
+      for (int p = 0; p < 4; p++) {
+        VT vi = lload(v + (i + p) * LANES);
+        s4[p] += vi * vi;
+      }
+    for (; i < N; i++) {
       VT vi = lload(v + i * LANES);
-      s2 += vi * vi;
+      s4[0] += vi * vi;
     }
+    VT s2 = (s4[0] + s4[1]) + (s4[2] + s4[3]);
     lstore(ss, s2);
     lstore(al, lload(v + j * LANES));
     for (int l = 0; l < LANES; l++) {                 /* on local arrays: one vector each */
@@ -129,12 +154,14 @@ MG_INLINE void LX(panel_v)(int64_t N, int64_t j0, const LT *X, LT *V) {
 
 /* slarft (forward, columnwise): Tm (NB x NB lane vectors, upper) of the panel at j0. */
 MG_INLINE void LX(panel_t)(int64_t N, int64_t j0, const LT *V, const LT *tau, LT *Tm) {
+#pragma GCC unroll 8
   for (int64_t i = 0; i < NB; i++) {
     VT ti = lload(tau + (j0 + i) * LANES), w[NB];
-    for (int64_t p = 0; p < i; p++) {
-      VT d = (VT){ 0 };
-      for (int64_t r = j0 + i; r < N; r++) d += lload(V + VI(r, p)) * lload(V + VI(r, i));
-      w[p] = d;
+    for (int64_t p = 0; p < i; p++) w[p] = (VT){ 0 };
+    for (int64_t r = j0 + i; r < N; r++) {            /* the i dot products in one pass */
+      VT vr = lload(V + VI(r, i));
+#pragma GCC unroll 8
+      for (int64_t p = 0; p < i; p++) w[p] += lload(V + VI(r, p)) * vr;
     }
     for (int64_t p = 0; p < i; p++) {
       VT a = (VT){ 0 };
@@ -481,8 +508,46 @@ LYAP_CLONES static void LX(tangents4)(int64_t N, int64_t S, int64_t G, int64_t k
 
 /* The coefficients of rows 0 .. nl - 1 in lanes (dst[j][l] = src[l ld + j]), 'pad' in the
 ** lanes past them. */
-static void LX(to_lanes)(int64_t N, int64_t nl, const LT *src, int64_t ld, LT pad, LT *dst) {
-  for (int64_t j = 0; j < N; j++)
+#if LANES == 16
+typedef int32_t LX(lanes_idx) __attribute__((vector_size(LANES * sizeof(int32_t))));
+#else
+typedef int64_t LX(lanes_idx) __attribute__((vector_size(LANES * sizeof(int64_t))));
+#endif
+/* One round of the transpose below: the off-diagonal d x d blocks of every 2d x 2d block of
+** the LANES x LANES matrix in r swapped (d a constant once inlined: so are the masks). */
+MG_INLINE void LX(swap_blocks)(LX(lanes_t) *r, int d) {
+  LX(lanes_idx) lo, hi;
+#pragma GCC unroll 16
+  for (int c = 0; c < LANES; c++) {
+    lo[c] = (c & d) == 0 ? c : LANES + c - d;
+    hi[c] = (c & d) == 0 ? c + d : LANES + c;
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < LANES; i++)
+    if ((i & d) == 0) {
+      VT a = r[i], b = r[i + d];
+      r[i] = __builtin_shuffle(a, b, lo);
+      r[i + d] = __builtin_shuffle(a, b, hi);
+    }
+}
+
+/* A full group (nl = LANES) LANES columns at a time as a transpose of LANES x LANES in
+** registers (log2 LANES rounds of two-vector shuffles); the same values as the element loop. */
+LYAP_CLONES static void LX(to_lanes)(int64_t N, int64_t nl, const LT *src, int64_t ld, LT pad, LT *dst) {
+  int64_t j0 = 0;
+  if (nl == LANES)
+    for (; j0 + LANES <= N; j0 += LANES) {
+      VT r[LANES];
+#pragma GCC unroll 16
+      for (int l = 0; l < LANES; l++) r[l] = lload(src + l * ld + j0);
+      if (LANES == 16) LX(swap_blocks)(r, 8);
+      LX(swap_blocks)(r, 4);
+      LX(swap_blocks)(r, 2);
+      LX(swap_blocks)(r, 1);
+#pragma GCC unroll 16
+      for (int l = 0; l < LANES; l++) lstore(dst + (j0 + l) * LANES, r[l]);
+    }
+  for (int64_t j = j0; j < N; j++)
     for (int64_t l = 0; l < LANES; l++) dst[j * LANES + l] = l < nl ? src[l * ld + j] : pad;
 }
 
@@ -547,7 +612,7 @@ static void LX(group_steps)(const ljob *J, lgroup *g, int64_t gi) {
       LT *sum = g->sum, *beta = g->beta;
       if (count)
         for (int64_t l = 0; l < nl; l++)
-          for (int64_t j = 0; j < k; j++) sum[l * k + j] += (LT)log(fabs((double)beta[j * LANES + l]));
+          for (int64_t j = 0; j < k; j++) sum[l * k + j] += LLOG(LFABS(beta[j * LANES + l]));
     }
     if (count) g->counted++, g->since++;
     if (qr) g->since = 0;
@@ -565,9 +630,13 @@ static void LX(group_steps)(const ljob *J, lgroup *g, int64_t gi) {
   g->h = h, g->hn = hn, g->c = c, g->cn = cn;
 }
 
-static void LX(groups_fn)(void *arg, int64_t lo, int64_t hi) {
+void LX(mg_lyap_groups)(void *arg, int64_t lo, int64_t hi) {
   const ljob *J = arg;
   for (int64_t gi = lo; gi < hi; gi++) LX(group_steps)(J, &J->g[gi], gi);
+}
+
+void LX(mg_lyap_householder)(int64_t N, int64_t k, LT *X, LT *tau, LT *beta, LT *V, LT *W, LT *Tall) {
+  LX(householder_lanes)(N, k, X, tau, beta, V, W, Tall);
 }
 
 #undef VI
@@ -580,3 +649,5 @@ static void LX(groups_fn)(void *arg, int64_t lo, int64_t hi) {
 #undef LDT
 #undef LSQRT
 #undef LCOPYSIGN
+#undef LLOG
+#undef LFABS

@@ -1,0 +1,15 @@
+/*
+** lyapunov_f32.c - the lanes way of lyapunov.c for float32 (lyapunov_lanes.h with LT float):
+** a translation unit of its own, compiled in parallel with the other type's.
+*/
+#include "lyapunov.h"
+
+#define LT float
+#define LANES LANES_F32
+#define LX(name) name##_f32
+#define LDT MG_F32
+#define LSQRT sqrtf
+#define LCOPYSIGN copysignf
+#define LLOG logf
+#define LFABS fabsf
+#include "lyapunov_lanes.h"

@@ -1,0 +1,15 @@
+/*
+** lyapunov_f64.c - the lanes way of lyapunov.c for float64 (lyapunov_lanes.h with LT double):
+** a translation unit of its own, compiled in parallel with the other type's.
+*/
+#include "lyapunov.h"
+
+#define LT double
+#define LANES LANES_F64
+#define LX(name) name##_f64
+#define LDT MG_F64
+#define LSQRT sqrt
+#define LCOPYSIGN copysign
+#define LLOG log
+#define LFABS fabs
+#include "lyapunov_lanes.h"
