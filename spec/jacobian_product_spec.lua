@@ -115,7 +115,7 @@ describe("batch_jacobian through deferred diagonals", function()
     } do check(mg.batch_jacobian, f, h, 1e-13, name) end
     -- tape form, two sources: h and a per-entry bias added after the relu
     local bias = rnd(9, { 3, 5 }, F64)
-    local tape = mg.GradientTape { persistent = true }
+    local tape <close> = mg.GradientTape { persistent = true }
     tape:watch(h); tape:watch(bias)
     local y = mg.matmul(mg.tanh(mg.relu(h) + bias), W)
     local Js = tape:batch_jacobian(y, { h, bias })
@@ -175,7 +175,7 @@ describe("batch_jacobian from a view of the weight (gathered blocks)", function(
   -- J[b, k, :] by one reverse sweep per output entry k (the tape's VJP with the seed e_k on
   -- every batch row): the rows of a batch Jacobian without any Jacobian code.
   local function per_row(f, x)
-    local tape = mg.GradientTape { persistent = true }
+    local tape <close> = mg.GradientTape { persistent = true }
     tape:watch(x)
     local y = f(x)
     tape:stop()                                         -- nothing after this is recorded
@@ -337,7 +337,7 @@ describe("batch_jacobian and jacobian: a contiguous result whatever else records
           local what = name .. " " .. o.dtype .. (jac == mg.jacobian and " jacobian" or " batch_jacobian")
           local want = jac(f, h)
           assert.is_true(want:is_contiguous(), what .. ": contiguous alone")
-          local outer = mg.GradientTape()
+          local outer <close> = mg.GradientTape()
           local J = jac(f, h)
           outer:stop()
           same(J, want, what .. " under a recording tape")
@@ -358,7 +358,7 @@ describe("batch_jacobian and jacobian: a contiguous result whatever else records
 
   it("the recording tape still differentiates through the Jacobian (its copy is recorded)", function()
     local W, b, h = rnd(330, { 7, 5 }, F64), rnd(331, { 5 }, F64), rnd(332, { 3, 7 }, F64)
-    local outer = mg.GradientTape()
+    local outer <close> = mg.GradientTape()
     outer:watch(W)
     local J = mg.batch_jacobian(function(x) return mg.matmul(mg.relu(x), W) + b end, h)
     assert.is_true(J:is_contiguous())
