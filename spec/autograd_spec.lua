@@ -73,7 +73,7 @@ describe("gradcheck of binary ops with broadcasting", function()
   end)
   it("mixed dtypes promote and differentiate through the cast", function()
     local a32 = mg.randn(3)
-    local tape = mg.GradientTape()
+    local tape <close> = mg.GradientTape()
     tape:watch(a32)
     local y = (a32 * mg.tensor({ 1, 2, 3 }, F64)):sum()
     assert.are.equal("float64", y.dtype)
@@ -166,11 +166,11 @@ describe("second order", function()
   end)
   it("third derivative of x^4 through three nested tapes", function()
     local x = mg.tensor(1.5, F64)
-    local t1 = mg.GradientTape { persistent = true }
+    local t1 <close> = mg.GradientTape { persistent = true }
     t1:watch(x)
-    local t2 = mg.GradientTape { persistent = true }
+    local t2 <close> = mg.GradientTape { persistent = true }
     t2:watch(x)
-    local t3 = mg.GradientTape()
+    local t3 <close> = mg.GradientTape()
     t3:watch(x)
     local y = x ^ 4
     local d1 = t3:gradient(y, x)    -- 4x^3, recorded by t1 and t2

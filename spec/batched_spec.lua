@@ -15,7 +15,7 @@ describe("small recorded results", function()
   local a, b = mg.arange(1, 17), mg.full({ 16 }, 0.5)
 
   it("are tensors like any other, with the values of the unrecorded op", function()
-    local tape = mg.GradientTape()
+    local tape <close> = mg.GradientTape()
     tape:watch(a)
     local c = a + b
     local d = (c * 2):tanh()
@@ -50,7 +50,7 @@ describe("small recorded results", function()
     tape = nil
     collect()
     for k, t in ipairs(keep) do assert.are.same(want[k], t:totable()) end
-    local t2 = mg.GradientTape()                -- and are sources of a new tape
+    local t2 <close> = mg.GradientTape()                -- and are sources of a new tape
     t2:watch(keep[2])
     local g = t2:gradient((keep[2] * keep[2]):sum(), keep[2])
     assert.are.same((keep[2] * 2):totable(), g:totable())
@@ -73,7 +73,7 @@ describe("small recorded results", function()
     collect()
     local live = mg.memory().live
     do
-      local tape = mg.GradientTape()
+      local tape <close> = mg.GradientTape()
       tape:watch(a)
       local keep = {}
       for i = 1, 500 do keep[i % 7 + 1] = a * b + i end
@@ -84,7 +84,7 @@ describe("small recorded results", function()
   end)
 
   it("are released by __close; the batch releases the tensor, the value raises", function()
-    local tape = mg.GradientTape()
+    local tape <close> = mg.GradientTape()
     tape:watch(a)
     local c, other
     do
@@ -99,7 +99,7 @@ describe("small recorded results", function()
   end)
 
   it("seen from finalizers that run with their batch: values or 'released', never freed memory", function()
-    local tape = mg.GradientTape()
+    local tape <close> = mg.GradientTape()
     tape:watch(a)
     local seen = { ok = 0, released = 0 }
     local again = {}
@@ -128,7 +128,7 @@ describe("small recorded results", function()
   end)
 
   it("survive finalizers that release their operands or make results mid-op", function()
-    local tape = mg.GradientTape()
+    local tape <close> = mg.GradientTape()
     local x, y = a + b, a * b
     tape:watch(x)
     local hits, made, chain = 0, 0, nil

@@ -10,7 +10,7 @@ local mg = require "moongrad"
 -- per step (recorded copies) when 'per_step'.
 local function run(case, per_step)
   local W, U, b, x, h0, c0, ws = case.W, case.U, case.b, case.x, case.h0, case.c0, case.ws
-  local tape = mg.GradientTape()
+  local tape <close> = mg.GradientTape()
   tape:watch(h0); tape:watch(c0); tape:watch(x)
   local h, c, loss = h0, c0, nil
   for t = 1, #ws do
@@ -54,7 +54,7 @@ describe("LSTM cell: weight gradients summed in place over the steps", function(
   it("a weight also used outside the cell still gets the full sum", function()
     local case = make("float64", 4, 5, 3, 6)
     local function loss_grads(per_step)
-      local tape = mg.GradientTape()
+      local tape <close> = mg.GradientTape()
       local h, c, loss = case.h0, case.c0, (case.U * case.U):sum()
       for t = 1, 5 do
         local Ut = per_step and case.U:clone() or case.U

@@ -63,7 +63,7 @@ end
 -- Gradients of sum(out * v) by the fused rule (tape:gradient, no other tape, no lead dim)
 -- and by contracting the composite rule's Jacobian with v.
 local function fused_vs_composite(f, args)
-  local tape = mg.GradientTape { persistent = true }
+  local tape <close> = mg.GradientTape { persistent = true }
   tape:watch(args)
   local out = f(table.unpack(args))
   local v = mg.randn(out:shape(), F64)
@@ -159,7 +159,7 @@ describe("cells with an input of 0 features", function()
     local hr, cr = lstm_ref(mg.zeros(B, 1, F64), a[2], a[3], mg.zeros(1, 4 * u, F64), a[5], a[6])
     near(hr, h, 1e-14)
     near(cr, c, 1e-14)
-    local tape = mg.GradientTape()
+    local tape <close> = mg.GradientTape()
     tape:watch(a)
     local out = tape:record(function() return lstm_out(table.unpack(a)) end)
     local g = tape:gradient(out, a)

@@ -57,6 +57,13 @@ end
 
 local ALIASES = { nn = "mg.nn", optim = "mg.optim", plot = "mg.plot" }
 
+-- The GradientTape method table, from a tape stopped at once (one left recording would record
+-- every op after it until collected).
+local function tape_methods()
+  local tape <close> = mg.GradientTape()
+  return getmetatable(tape).__index
+end
+
 -- The Tensor method table: an upvalue of the tensors' __index (a C closure), the table
 -- among them that holds 'sum'.
 local function tensor_methods()
@@ -96,7 +103,7 @@ local function required_names()
     end
   end
   for _, k in ipairs(public_functions(tensor_methods())) do req[#req + 1] = { "t:" .. k } end
-  for _, k in ipairs(public_functions(getmetatable(mg.GradientTape()).__index)) do
+  for _, k in ipairs(public_functions(tape_methods())) do
     req[#req + 1] = { "tape:" .. k }
   end
   table.sort(req, function(a, b) return a[1] < b[1] end)
@@ -110,7 +117,7 @@ local function exists(name)
     if prefix == "t" then
       return type(tensor_methods()[rest]) == "function"
     elseif prefix == "tape" then
-      return type(getmetatable(mg.GradientTape()).__index[rest]) == "function"
+      return type(tape_methods()[rest]) == "function"
     end
     return true                 -- layer:, cell:, rnn:, opt: ... : objects' methods, not checked
   end

@@ -98,7 +98,7 @@ describe("max and min with ties", function()
   end)
   it("maximum/minimum at ties: half to each side; with NaN: the whole to both (torch)", function()
     local a, b = mg.tensor({ 1, 2, nan, 1 }, F), mg.tensor({ 1, 3, 1, nan }, F)
-    local tape = mg.GradientTape { persistent = true }
+    local tape <close> = mg.GradientTape { persistent = true }
     tape:watch(a, b)
     local y1, y2 = mg.maximum(a, b):sum(), mg.minimum(a, b):sum()
     local g1, g2 = tape:gradient(y1, { a, b }), tape:gradient(y2, { a, b })

@@ -74,7 +74,7 @@ describe("arithmetic", function()
 
   -- operands are told apart by their size and owner, not their metatable (ltensor.c testslot)
   it("rejects other userdata and released tensors, naming the op", function()
-    local tape = mg.GradientTape()
+    local tape <close> = mg.GradientTape()
     tape:stop()
     for _, u in ipairs { io.stdout, tape, io.stderr } do
       raises(function() return a + u end, "add", "operand 2", "userdata")

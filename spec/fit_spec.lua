@@ -115,7 +115,7 @@ describe("nn.fit", function()
         -- the gradient of this batch's loss, taken by hand before the step (lr = 0: no step)
         local first = (b - 1) * 4 + 1
         local xb, yb = x:narrow(1, first, logs.size), y:narrow(1, first, logs.size)
-        local tape = mg.GradientTape()
+        local tape <close> = mg.GradientTape()
         local l = tape:record(function() return nn.mse(m(xb), yb) end)
         local want = tape:gradient(l, m:parameters())
         assert.are.equal(#want, #logs.grads)
@@ -214,7 +214,7 @@ describe("nn.fit", function()
     local want = nn.mse(d(x), y):item() + (d.kernel * d.kernel):sum():item() * 0.1
     assert.is_near(want, logs.loss, 1e-14)
     -- and its gradient: 2 * 0.1 * kernel more than the data term's
-    local tape = mg.GradientTape()
+    local tape <close> = mg.GradientTape()
     local l = tape:record(function() return nn.mse(d(x), y) end)
     local g = tape:gradient(l, { d.kernel })[1]
     assert.is_true((logs.grads[1] - g - d.kernel * 0.2):abs():max():item() < 1e-14)

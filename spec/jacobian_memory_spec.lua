@@ -24,7 +24,7 @@ describe("Jacobians that cannot fit", function()
     local b = mg.zeros(10, 1e5)
     support.raises(function() mg.batch_jacobian(function(v) return v * 2 end, b) end,
                    "batch_jacobian: ", "(10,100000,100000)", "400000000000 bytes")
-    local tape = mg.GradientTape { persistent = true }
+    local tape <close> = mg.GradientTape { persistent = true }
     tape:watch(x)
     local y = x * 2
     support.raises(function() tape:jacobian(y, x) end, "jacobian: ", "(100000,100000)")
@@ -45,7 +45,7 @@ describe("Jacobians that cannot fit", function()
     support.raises(function() mg.jacobian(function(v) return v * 2 end, mg.ones(12, F)) end,
                    "jacobian: ", "(12,12)", "1152 bytes", "1000 bytes of mg.set_jacobian_limit")
     local a, b = mg.ones(8, F), mg.ones(8, F)                  -- 2 x 8 x 8 x 8 = 1024
-    local tape = mg.GradientTape()
+    local tape <close> = mg.GradientTape()
     tape:watch(a, b)
     local y = a * b
     support.raises(function() tape:jacobian(y, { a, b }) end, "jacobian: ", "largest part", "1024 bytes")

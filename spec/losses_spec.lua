@@ -65,7 +65,7 @@ end
 -- Our loss and its gradient with respect to pred, in 'dtype'.
 local function ours(fn, pred, target, opts, dtype)
   local p = mg.Variable(pred:to(dtype), "pred")
-  local tape = mg.GradientTape()
+  local tape <close> = mg.GradientTape()
   local l = tape:record(function() return nn[fn](p, target:to(dtype), opts) end)
   return l:item(), tape:gradient(l, { p })[1]
 end
@@ -264,7 +264,7 @@ describe("mg.softmax_cross_entropy (runtime/losses.c, what the from_logits loss 
     assert.is_true(mg.gradcheck(mg.grad(function(x) return (mg.softmax_cross_entropy(x, labels) ^ 2):sum() end),
       { mg.randn({ 2, 3, 4 }, F64) }))
     local x, l = mg.Variable(mg.randn({ 2, 3 }, F64)), mg.Variable(mg.tensor({ 1, 3 }, F64))
-    local tape = mg.GradientTape()
+    local tape <close> = mg.GradientTape()
     local g = tape:gradient(mg.softmax_cross_entropy(x, l):sum(), { x, l })
     local p = mg.softmax(x, -1):totable()
     support.near({ { p[1][1] - 1, p[1][2], p[1][3] }, { p[2][1], p[2][2], p[2][3] - 1 } }, g[1]:totable(), 1e-15)

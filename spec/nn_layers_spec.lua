@@ -28,7 +28,7 @@ describe("nn.Embedding", function()
       return (e(ids) * R):sum()
     end, { mg.randn(3, 2, F64) }))
     local e2 = nn.Embedding(3, 2, { mask_zero = true, dtype = "float64" })
-    local tape = mg.GradientTape()
+    local tape <close> = mg.GradientTape()
     local g = tape:gradient((e2(ids) * R):sum(), e2.embeddings)
     assert_close(R[1][2], g[1], 0)                      -- id 1 appears once
     assert_close(R[2][2] + R[2][3], g[2], 1e-15)        -- id 2 twice

@@ -287,7 +287,7 @@ describe("nn.Cell custom cells", function()
       local cell = TwoState(2, units, { activation = act, dtype = "float64" })
       local rnn = nn.RNN(cell, { return_sequences = true, return_state = true })
       local x, h0, c0 = randn(16, T, 2), randn(16, units), randn(16, units)
-      local tape = mg.GradientTape { persistent = true }
+      local tape <close> = mg.GradientTape { persistent = true }
       local tr = tape:record(function() return rnn:trace(x, { h0, c0 }) end)
       local s = 0
       for t = 1, T do
@@ -305,7 +305,7 @@ describe("nn.Cell custom cells", function()
     local cell = TwoState(2, 5, F64)
     local rnn = nn.RNN(cell)
     local x, h0, c0 = randn(2, 3, 2), randn(2, 5), randn(2, 5)
-    local tape = mg.GradientTape { persistent = true }
+    local tape <close> = mg.GradientTape { persistent = true }
     local tr = tape:record(function() return rnn:trace(x, { h0, c0 }) end)
     local J = tape:batch_jacobian(tr.h[2], tr.h[1])
     local Wt = cell.linear_rec.kernel:transpose(1, 2)
@@ -462,7 +462,7 @@ describe("nn.RNN", function()
     local cell = nn.LSTMCell(D, U, F64)
     local R = randn(B, T, U)
     local rnn = nn.RNN(cell)
-    local tape = mg.GradientTape()
+    local tape <close> = mg.GradientTape()
     local tr, loss = tape:record(function()
       local tr = rnn:trace(x)
       return tr, (mg.stack(tr.outputs, 2) * R):sum()
@@ -484,7 +484,7 @@ describe("nn.RNN", function()
 
   it("batch_jacobian(tr.h[t], tr.h[t-1]) is dh_t/dh_(t-1)", function()
     local cell = nn.GRUCell(D, U, F64)
-    local tape = mg.GradientTape { persistent = true }
+    local tape <close> = mg.GradientTape { persistent = true }
     local tr = tape:record(function() return nn.RNN(cell):trace(x) end)
     for t = 1, T do
       local J = tape:batch_jacobian(tr.h[t], tr.h[t - 1])

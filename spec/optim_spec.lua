@@ -279,7 +279,7 @@ describe("optimizer bookkeeping", function()
   end)
   it("updates unrecorded: a live tape sees nothing", function()
     local v = mg.Variable(mg.ones(2, F64), "v")
-    local tape = mg.GradientTape()
+    local tape <close> = mg.GradientTape()
     local y = (v * v):sum()
     local opt = optim.Adam({ v }, { lr = 0.1 })
     opt:step(tape:gradient(y, { v }))
@@ -294,7 +294,7 @@ describe("optimizer bookkeeping", function()
       local target = mg.tensor({ 1, 1 }, F64)
       local opt = make({ w })
       for _ = 1, 300 do
-        local tape = mg.GradientTape()
+        local tape <close> = mg.GradientTape()
         local loss = ((w - target) ^ 2):sum()
         opt:step(tape:gradient(loss, { w }))
       end
@@ -332,7 +332,7 @@ describe("training", function()
     local opt = optim.Adam(params, { lr = 0.02 })
     local first
     for step = 1, 150 do
-      local tape = mg.GradientTape()
+      local tape <close> = mg.GradientTape()
       local loss = tape:record(function() return nn.mse(model(x), y) end)
       if step == 1 then first = loss:item() end
       opt:step(tape:gradient(loss, params))

@@ -59,7 +59,7 @@ describe("strict options", function()
     fails_at_call("GradientTape: unknown option 'persistant' (did you mean 'persistent'?)",
                   function() local r = mg.GradientTape { persistant = true } return r end)
     local x = mg.ones(2, 3, F64)
-    local tape = mg.GradientTape { persistent = true, watch_accessed_variables = false }
+    local tape <close> = mg.GradientTape { persistent = true, watch_accessed_variables = false }
     tape:watch(x)
     local y = mg.tanh(x)
     fails_at_call("gradient: unknown option 'output_gradient' (did you mean 'output_gradients'?)",
@@ -203,7 +203,7 @@ describe("optimizer gradient count", function()
     opt:step({ mg.ones(2), nil, mg.ones(2) })
     assert.are.same({ 0, 0 }, a:totable())
     assert.are.same({ 1, 1 }, b:totable())
-    local tape = mg.GradientTape()
+    local tape <close> = mg.GradientTape()
     local loss = (a * b):sum()                       -- c unconnected: the last gradient is nil
     local g = tape:gradient(loss, { a, b, c })
     assert.are.equal(3, g.n)

@@ -75,7 +75,7 @@ describe("a small a + b outside a tape", function()
 
   it("as a tape's input, after the Lua value is gone", function()
     local c = a + b
-    local tape = mg.GradientTape()
+    local tape <close> = mg.GradientTape()
     local x = mg.ones(16)
     tape:watch(x)
     local y = (c * x):sum()
@@ -89,7 +89,7 @@ describe("a small a + b outside a tape", function()
 
   it("as a watched source: the gradient is with respect to that same value", function()
     local c = a + b
-    local tape = mg.GradientTape()
+    local tape <close> = mg.GradientTape()
     tape:watch(c)
     local y = (c * c):sum()
     tape:stop()
@@ -100,7 +100,7 @@ describe("a small a + b outside a tape", function()
 
   it("gets recorded results under a tape, placed operands or not", function()
     local c = a + b
-    local tape = mg.GradientTape()
+    local tape <close> = mg.GradientTape()
     local x = mg.ones(16, F)
     tape:watch(x)
     local y = ((c:to("float64") + x) * (x + x)):sum()

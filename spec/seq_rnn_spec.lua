@@ -311,7 +311,7 @@ describe("mg.lstm_seq's small-units path (runtime/seqsmall.c, float32)", functio
       local x, R = mg.randn(20, 9, 8), mg.randn(20, 9, 6)
       local init = { mg.randn(20, 6), mg.randn(20, 6) }
       local function f()
-        local tape = mg.GradientTape()
+        local tape <close> = mg.GradientTape()
         tape:watch({ x, table.unpack(init) })
         local out, h, c = l(x, init)
         local srcs = { x, init[1], init[2], table.unpack(l:parameters()) }
@@ -369,12 +369,12 @@ describe("nn layers and the sequence op", function()
         for i, p in ipairs(l1:parameters()) do l2:parameters()[i]:assign(p) end
         local x = mg.randn(2, 5, 3, F64)
         local R = mg.randn(2, 5, 4, F64)
-        local tape = mg.GradientTape()
+        local tape <close> = mg.GradientTape()
         tape:watch(x)
         local out
         assert.are.equal(1, seq_calls(function() out = l1(x) end))
         local g1 = tape:gradient((out * R):sum(), { x, table.unpack(l1:parameters()) })
-        local tape2 = mg.GradientTape()
+        local tape2 <close> = mg.GradientTape()
         tape2:watch(x)
         local tr
         assert.are.equal(0, seq_calls(function() tr = l2:trace(x) end))
@@ -457,7 +457,7 @@ describe("nn.LSTM / nn.GRU against PyTorch (spec/seq_rnn_ref.py, float64)", func
       assert(os.execute(string.format("%s %s %s %s 2>%s", support.PYTHON, support.shq(script), support.shq(dir),
         kind, support.shq(log))), "seq_rnn_ref.py failed")
       local function get(name) return mg.load(dir .. "/out_" .. name .. ".npy") end
-      local tape = mg.GradientTape()
+      local tape <close> = mg.GradientTape()
       tape:watch({ x, table.unpack(init) })
       local out, h, c = l(x, init)
       local srcs = { x, init[1], init[2] or l.cell.kernel, l.cell.kernel, l.cell.recurrent_kernel, l.cell.bias }

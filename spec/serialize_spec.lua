@@ -250,7 +250,7 @@ describe("resuming training from a checkpoint", function()
   local function train(m, opt, x, y, steps)
     local params = m:parameters()
     for _ = 1, steps do
-      local tape = mg.GradientTape()
+      local tape <close> = mg.GradientTape()
       local loss = tape:record(function() return nn.mse(m(x), y) end)
       opt:step(tape:gradient(loss, params))
     end

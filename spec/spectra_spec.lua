@@ -310,7 +310,7 @@ describe("tape:forward with {lead = 1}", function()
     local W = randn(3, 3)
     local x = randn(2, 3)
     local V = randn(4, 2, 3)
-    local tape = mg.GradientTape { persistent = true }
+    local tape <close> = mg.GradientTape { persistent = true }
     tape:watch(x)
     local y = tape:record(function() return (x:matmul(W)):tanh() end)
     local D = tape:forward(x, V, y, { lead = 1 })
@@ -352,7 +352,7 @@ describe("mg.jacobian_spectra", function()
     local x = randn(2, 5, 2)
     local js = nn.RNN(cell):jacobian_spectra(x)
     local tr = nn.RNN(cell):trace(x)
-    local tape = mg.GradientTape { persistent = true }
+    local tape <close> = mg.GradientTape { persistent = true }
     tape:watch(tr.h[0])
     local h = tr.h[0]
     local hs = { [0] = h }

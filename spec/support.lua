@@ -7,6 +7,47 @@ local luassert = require "luassert"
 
 local support = {}
 
+-- No test may leave a tape recording: one left to the collector keeps recording every op of
+-- the tests after it (every spec file runs in one busted process too) until it is collected,
+-- and while another tape records a Jacobian defers nothing, so what those tests measure
+-- depends on the collector's timing. Every tape mg.GradientTape makes in a spec is kept
+-- (weakly); at the end of each test one still recording fails that test, named, and is
+-- stopped so the tests after it run as they would alone. The list and the hook live in the
+-- registry: busted gives each spec file fresh modules, the tapes outlive them.
+do
+  local R = debug.getregistry()
+  local K = "moongrad spec support: tapes"
+  if R[K] == nil then
+    R[K] = setmetatable({}, { __mode = "k" })
+    local ok, busted = pcall(require, "busted")
+    if ok and type(busted) == "table" and busted.subscribe then
+      busted.subscribe({ "test", "end" }, function(element)
+        local left = {}
+        for tape in pairs(R[K]) do
+          if tostring(tape):find("(recording", 1, true) then
+            left[#left + 1] = tostring(tape)
+            tape:stop()
+          end
+        end
+        if #left > 0 then
+          error(("%s: a tape left recording (stop it, or use 'local tape <close>'): %s")
+                :format(element.name or "test", table.concat(left, "; ")), 0)
+        end
+      end)
+    end
+  end
+  local new = mg.GradientTape
+  local tapes = R[K]
+  mg.GradientTape = function(...)
+    local ok, tape = pcall(new, ...)
+    if not ok then                         -- the error at the caller's line, as without this
+      error(type(tape) == "string" and tape:gsub("^[^\n]-:%d+: ", "", 1) or tape, 2)
+    end
+    tapes[tape] = true
+    return tape
+  end
+end
+
 -- Options for float64 tensors: mg.tensor(t, support.F64), mg.randn(3, 4, support.F64).
 support.F64 = { dtype = "float64" }
 

@@ -7,7 +7,7 @@ local support = require "support"
 local function rss_kib() return support.proc_status("VmRSS") // 1024 end
 
 local function run_once(W, x0)
-  local tape = mg.GradientTape()
+  local tape <close> = mg.GradientTape()
   tape:watch(W)
   local h = x0
   for _ = 1, 1000 do h = mg.tanh(mg.matmul(h, W) + x0) end
@@ -31,7 +31,7 @@ describe("tape memory", function()
   end)
   it("a spent tape holds nothing and records nothing", function()
     local x = mg.randn(1000)
-    local tape = mg.GradientTape()
+    local tape <close> = mg.GradientTape()
     tape:watch(x)
     local y = (x * x):sum()
     tape:gradient(y, x)
@@ -52,7 +52,7 @@ describe("storage only shape-reading nodes hold", function()
     local a, b = mg.randn(4096, F64), mg.randn(4096, F64)
     collectgarbage()
     local live = mg.memory().live
-    local tape = mg.GradientTape()
+    local tape <close> = mg.GradientTape()
     tape:watch(a)
     local x = a
     for _ = 1, 200 do x = x + b end                  -- 200 results of 32 KiB: 6.4 MiB
@@ -68,7 +68,7 @@ describe("storage only shape-reading nodes hold", function()
   it("keeps what a rule reads: products, broadcasting shapes, a persistent tape twice", function()
     local w = mg.tensor({ { 0.5 }, { -2 }, { 3 } }, F64)          -- (3, 1)
     local b = mg.tensor({ { 1, 2, 3, 4 } }, F64)                   -- (1, 4)
-    local tape = mg.GradientTape { persistent = true }
+    local tape <close> = mg.GradientTape { persistent = true }
     tape:watch(w)
     tape:watch(b)
     local y = w
@@ -108,7 +108,7 @@ describe("storage only shape-reading nodes hold", function()
 
   it("stays with a view that shares it, and with a second holder", function()
     local a = mg.randn(6, F64)
-    local tape = mg.GradientTape()
+    local tape <close> = mg.GradientTape()
     tape:watch(a)
     local s = a + 1
     local v = s:reshape(2, 3)                       -- shares s's storage

@@ -14,14 +14,14 @@ describe("seed 002: manual derivatives against the tape", function()
   end)
   it("the squared loss at x = 1 with target 10 gives -36", function()
     local x = mg.tensor(1.0, F64)
-    local tape = mg.GradientTape()
+    local tape <close> = mg.GradientTape()
     tape:watch(x)
     local loss = (10 - x ^ 2) ^ 2
     assert.are.equal(-36, tape:gradient(loss, x):item())
   end)
   it("the linear loss y_pred - y_actual gives -2x", function()
     local x = mg.tensor(0.75, F64)
-    local tape = mg.GradientTape()
+    local tape <close> = mg.GradientTape()
     tape:watch(x)
     local loss = 10 - x ^ 2        -- the seed passes its arguments swapped: y_actual - y_pred
     assert.are.equal(-1.5, tape:gradient(loss, x):item())
@@ -33,7 +33,7 @@ describe("seed 002: manual derivatives against the tape", function()
   end)
   it("z = w x + b gives (x, 1)", function()
     local w, b = mg.tensor(5.0, F64), mg.tensor(4.0, F64)
-    local tape = mg.GradientTape()
+    local tape <close> = mg.GradientTape()
     tape:watch(w, b)
     local z = w * 2.5 + b
     local g = tape:gradient(z, { w, b })
@@ -43,7 +43,7 @@ describe("seed 002: manual derivatives against the tape", function()
   it("tensordot: dO/dX rows are the row sums of W, dO/dW columns the column sums of X", function()
     mg.manual_seed(6)
     local X, W, B = mg.randn(5, 2, F64), mg.randn(2, 3, F64), mg.randn(1, 3, F64)
-    local tape = mg.GradientTape()
+    local tape <close> = mg.GradientTape()
     tape:watch(X, W, B)
     local Q = mg.matmul(X, W)
     local Z = Q + B
@@ -57,7 +57,7 @@ describe("seed 002: manual derivatives against the tape", function()
   end)
   it("h2 = w h1, h1 = w h0 with w = 2, h0 = 0.5: dh2/dw = 2, dh2/dh0 = 4", function()
     local w, h0 = mg.tensor(2.0, F64), mg.tensor(0.5, F64)
-    local tape = mg.GradientTape()
+    local tape <close> = mg.GradientTape()
     tape:watch(w, h0)
     local h1 = w * h0
     local h2 = w * h1
@@ -72,7 +72,7 @@ describe("seed 002: manual derivatives against the tape", function()
   local function y2_grads(dt)
     local o = { dtype = dt }
     local wh, wy, h0 = mg.tensor(2.0, o), mg.tensor(40.0, o), mg.tensor(0.5, o)
-    local tape = mg.GradientTape()
+    local tape <close> = mg.GradientTape()
     tape:watch(wh, wy)
     local h1 = mg.tanh(wh * h0)
     local h2 = mg.tanh(wh * h1)
@@ -99,7 +99,7 @@ describe("seed 002: manual derivatives against the tape", function()
     local Y = mg.tensor({ { 5 }, { 10 }, { 15 } }, F64)
     local N = 2
     local params = { Wx, Bx, Wh, Bh, Wy, By }
-    local tape = mg.GradientTape()
+    local tape <close> = mg.GradientTape()
     tape:watch(params)
     local H, J, Hs = mg.zeros(1, 3, F64), 0, {}
     Hs[0] = H
@@ -136,7 +136,7 @@ end)
 describe("GradientTape", function()
   it("a non-persistent tape can be used once, with a message saying what to do", function()
     local x = mg.tensor(3.0, F64)
-    local tape = mg.GradientTape()
+    local tape <close> = mg.GradientTape()
     tape:watch(x)
     local y = x * x
     assert.are.equal(6, tape:gradient(y, x):item())
@@ -147,7 +147,7 @@ describe("GradientTape", function()
   end)
   it("a persistent tape answers many questions", function()
     local x = mg.tensor(3.0, F64)
-    local tape = mg.GradientTape { persistent = true }
+    local tape <close> = mg.GradientTape { persistent = true }
     tape:watch(x)
     local y = x * x
     local z = y * y
@@ -170,14 +170,14 @@ describe("GradientTape", function()
     local after = y * x                              -- not recorded
     assert.are.equal(4, tape:gradient(y, x):item())
     assert.is_nil(tape:gradient(after, x))
-    local t2 = mg.GradientTape()
+    local t2 <close> = mg.GradientTape()
     assert.has_error(function() t2:record(function() error("boom") end) end, nil)
     local z = x * x
     assert.is_nil(t2:gradient(z, x))                 -- stopped by the error
   end)
   it("unconnected sources give nil, or zeros on request", function()
     local x, u = mg.tensor(2.0, F64), mg.tensor({ 1, 2 }, F64)
-    local tape = mg.GradientTape { persistent = true }
+    local tape <close> = mg.GradientTape { persistent = true }
     tape:watch(x, u)
     local y = x * 3
     local g = tape:gradient(y, { x, u })
@@ -188,7 +188,7 @@ describe("GradientTape", function()
   end)
   it("output_gradients weight the targets, and a table of targets is summed", function()
     local x = mg.tensor({ 1, 2 }, F64)
-    local tape = mg.GradientTape { persistent = true }
+    local tape <close> = mg.GradientTape { persistent = true }
     tape:watch(x)
     local y = x * x
     local g = tape:gradient(y, x, { output_gradients = mg.tensor({ 10, 100 }, F64) })
@@ -199,11 +199,11 @@ describe("GradientTape", function()
   it("Variables are watched when accessed, unless watch_accessed_variables=false", function()
     local v = mg.Variable(mg.tensor({ 1, 2 }, F64), "v")
     assert.are.equal("v", v.name)
-    local tape = mg.GradientTape()
+    local tape <close> = mg.GradientTape()
     local y = (v * v):sum()
     assert.are.equal(1, #tape:watched())
     assert.are.same({ 2, 4 }, tape:gradient(y, v):totable())
-    local t2 = mg.GradientTape { watch_accessed_variables = false }
+    local t2 <close> = mg.GradientTape { watch_accessed_variables = false }
     local _ = v * 2
     assert.are.equal(0, #t2:watched())
     v:assign_sub(mg.tensor({ 1, 1 }, F64))
@@ -239,7 +239,7 @@ describe("GradientTape", function()
   end)
   it("a 1,000-step recurrence differentiates without deep C recursion", function()
     local x = mg.tensor(0.5, F64)
-    local tape = mg.GradientTape()
+    local tape <close> = mg.GradientTape()
     tape:watch(x)
     local h = x
     for _ = 1, 1000 do h = mg.tanh(h * 1.01) + x * 0.001 end
@@ -247,7 +247,7 @@ describe("GradientTape", function()
     assert.is_true(g:item() == g:item())
   end)
   it("errors on bad arguments name the function", function()
-    local tape = mg.GradientTape()
+    local tape <close> = mg.GradientTape()
     assert.has_error(function() tape:gradient(1, mg.zeros(1)) end)
     local ok, err = pcall(tape.gradient, tape, mg.zeros(2), { mg.zeros(1), "x" })
     assert.is_false(ok)
@@ -264,11 +264,13 @@ describe("Jacobians", function()
     W = mg.randn(4, 3, F64)
   end)
   local function f(h) return mg.matmul(mg.tanh(h), W) end
-  -- A persistent tape that watched 'x' and recorded y = f(x): the tape and y.
+  -- A persistent tape that watched 'x' and recorded y = f(x), stopped: the tape and y.
   local function recorded(x)
     local tape = mg.GradientTape { persistent = true }
     tape:watch(x)
-    return tape, f(x)
+    local y = f(x)
+    tape:stop()
+    return tape, y
   end
 
   it("jacobian equals a loop of single gradients, in reverse, forward and auto mode", function()
@@ -299,7 +301,7 @@ describe("Jacobians", function()
   it("a Jacobian w.r.t. an array of sources (h_T w.r.t. every h_k)", function()
     local h0 = mg.randn(2, 4, F64)
     local U = mg.randn(4, 4, F64) * 0.5
-    local tape = mg.GradientTape { persistent = true }
+    local tape <close> = mg.GradientTape { persistent = true }
     tape:watch(h0)
     local hs = { [0] = h0 }
     for t = 1, 5 do hs[t] = mg.tanh(mg.matmul(hs[t - 1], U)) end
@@ -328,7 +330,7 @@ describe("Jacobians", function()
   end)
   it("batch_jacobian{check=true} refuses cross-batch dependence (TF silently returns wrong numbers)", function()
     local x = mg.randn(3, 4, F64)
-    local tape = mg.GradientTape { persistent = true }
+    local tape <close> = mg.GradientTape { persistent = true }
     tape:watch(x)
     local y = f(x) + x:sum(1, true):narrow(2, 1, 3)   -- every row depends on every row
     local ok, err = pcall(tape.batch_jacobian, tape, y, x, { check = true })
@@ -339,7 +341,7 @@ describe("Jacobians", function()
   end)
   it("batch sizes must agree", function()
     local x = mg.randn(3, 4, F64)
-    local tape = mg.GradientTape()
+    local tape <close> = mg.GradientTape()
     tape:watch(x)
     local y = f(x):narrow(1, 1, 2)
     local ok, err = pcall(tape.batch_jacobian, tape, y, x)
@@ -377,7 +379,7 @@ describe("function transforms", function()
     assert.are.same({ { 2, 0 }, { 0, 4 } }, J:totable())
     local B = mg.batch_jacobian(function(v) return v * 3 end, mg.ones(2, 2, F64))
     assert.are.same({ { { 3, 0 }, { 0, 3 } }, { { 3, 0 }, { 0, 3 } } }, B:totable())
-    local tape = mg.GradientTape()
+    local tape <close> = mg.GradientTape()
     tape:watch(x)
     local y = mg.no_grad(function() return x * x end)
     assert.is_nil(tape:gradient(y, x))

@@ -66,7 +66,7 @@ local function compare(case, layer, cells, nstates)
   torch_run(case)
 
   local params = layer:parameters()
-  local tape = mg.GradientTape()
+  local tape <close> = mg.GradientTape()
   tape:watch(x, table.unpack(init))
   local res = table.pack(tape:record(function()
     local r = table.pack(layer(x, init))

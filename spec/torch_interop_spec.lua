@@ -108,7 +108,7 @@ for d in glob.glob(sys.argv[1] + "/*_*"):
         local file = (case == "gru" and dt == "float64") and d .. "/state.npz" or d .. "/state.safetensors"
         nn.from_torch(model, file)
         local x, cot = mg.load(d .. "/x.npy"), mg.load(d .. "/cot.npy")
-        local tape = mg.GradientTape()
+        local tape <close> = mg.GradientTape()
         tape:watch(x)
         local out, loss = tape:record(function()
           local o = model(x)
@@ -136,7 +136,7 @@ for d in glob.glob(sys.argv[1] + "/*_*"):
         local x = ids or mg.load(d .. "/x.npy")
         local cot = mg.load(d .. "/cot.npy")
         local params = model:parameters()
-        local tape = mg.GradientTape()
+        local tape <close> = mg.GradientTape()
         if not ids then tape:watch(x) end
         local out, loss = tape:record(function()
           local o = model(x)

@@ -1016,7 +1016,7 @@ local function check_case(row, c, done)
       end, c.args[i1], { mode = mode })
       local why = mismatch(J, get(pre .. "_J" .. i1), tol)
       if why then return ("jacobian (%s) w.r.t. argument %d: %s"):format(mode, i1, why) end
-      local tape = mg.GradientTape()
+      local tape <close> = mg.GradientTape()
       tape:watch(dk)
       local y = tape:record(F, table.unpack(c.args))
       local Js = tape:jacobian(y, dk, { mode = mode, unconnected = "zero" })
@@ -1068,7 +1068,7 @@ local function check_case(row, c, done)
     local function H(...)
       local xs, src = table.pack(...), {}
       for j, i in ipairs(dk) do src[j] = xs[i] end
-      local tape = mg.GradientTape()
+      local tape <close> = mg.GradientTape()
       tape:watch(src)
       local y = tape:record(F, table.unpack(xs, 1, xs.n))
       local gs = tape:gradient(y, src, { output_gradients = { c.ct }, unconnected = "zero" })
