@@ -11,5 +11,6 @@
 #define LSQRT sqrt
 #define LCOPYSIGN copysign
 #define LLOG log
+#define LSPLIT 0   /* the QR's dot products and norms one chain each, in order: the float64 bits of the spec's comparison with the generic JVP path (spectra_spec, 1e-12) stay those of before the split */
 #define LFABS fabs
 #include "lyapunov_lanes.h"

@@ -15,12 +15,12 @@ typedef LT LX(lanes_at) __attribute__((vector_size(LANES * sizeof(LT)), aligned(
 
 /* One reflector (v, tau) applied to the cb (1 .. 8) tangent rows a, a + row, ..., from
 ** component j on: cb independent dot products in one pass over v, each split into P partial
-** sums over the components i = j + 1 + p (mod P) (P = 4 for up to 3 rows, else 2) added at the
+** sums over the components i = j + 1 + p (mod P) (P = 4 for up to 3 rows, else 2; float64, LSPLIT 0: P = 1, in order) added at the
 ** end, so that the dot products are not one chain of dependent FMAs (latency 4 cycles, two a
 ** cycle: 8 chains keep the FMA units busy). */
 MG_INLINE void LX(reflectn_lanes)(int cb, int64_t j, int64_t N, const LT *v, const LT *tau,
                                   LT *a, int64_t row) {
-  const int P = cb <= 3 ? 4 : 2;
+  const int P = !LSPLIT ? 1 : cb <= 3 ? 4 : 2;
   VT w[8][4], t = lload(tau);
 #pragma GCC unroll 8
   for (int q = 0; q < cb; q++) {
@@ -43,7 +43,7 @@ MG_INLINE void LX(reflectn_lanes)(int cb, int64_t j, int64_t N, const LT *v, con
   }
 #pragma GCC unroll 8
   for (int q = 0; q < cb; q++) {
-    VT d = P == 4 ? (w[q][0] + w[q][1]) + (w[q][2] + w[q][3]) : w[q][0] + w[q][1];
+    VT d = P == 4 ? (w[q][0] + w[q][1]) + (w[q][2] + w[q][3]) : P == 2 ? w[q][0] + w[q][1] : w[q][0];
     w[q][0] = d * t;
     lstore(a + q * row + j * LANES, lload(a + q * row + j * LANES) - w[q][0]);
   }
@@ -84,7 +84,7 @@ MG_INLINE void LX(geqr2_lanes)(int64_t N, int64_t j0, int64_t j1, LT *X, LT *tau
     LT *v = X + j * row, al[LANES], ss[LANES], ob[LANES], ot[LANES], sc[LANES];
     VT s4[4] = { (VT){ 0 }, (VT){ 0 }, (VT){ 0 }, (VT){ 0 } };   /* 4 partial sums: 4 chains */
     int64_t i = j + 1;
-    for (; i + 4 <= N; i += 4)
+    for (; LSPLIT && i + 4 <= N; i += 4)
 #pragma GCC unroll 4
       for (int p = 0; p < 4; p++) {
         VT vi = lload(v + (i + p) * LANES);
@@ -94,7 +94,7 @@ MG_INLINE void LX(geqr2_lanes)(int64_t N, int64_t j0, int64_t j1, LT *X, LT *tau
       VT vi = lload(v + i * LANES);
       s4[0] += vi * vi;
     }
-    VT s2 = (s4[0] + s4[1]) + (s4[2] + s4[3]);
+    VT s2 = LSPLIT ? (s4[0] + s4[1]) + (s4[2] + s4[3]) : s4[0];
     lstore(ss, s2);
     lstore(al, lload(v + j * LANES));
     for (int l = 0; l < LANES; l++) {                 /* on local arrays: one vector each */
@@ -651,3 +651,4 @@ void LX(mg_lyap_householder)(int64_t N, int64_t k, LT *X, LT *tau, LT *beta, LT 
 #undef LCOPYSIGN
 #undef LLOG
 #undef LFABS
+#undef LSPLIT
