@@ -513,6 +513,19 @@ typedef int32_t LX(lanes_idx) __attribute__((vector_size(LANES * sizeof(int32_t)
 #else
 typedef int64_t LX(lanes_idx) __attribute__((vector_size(LANES * sizeof(int64_t))));
 #endif
+/* r = (a b)[m]: GCC's two-vector shuffle; clang (the TSan tree) has no variable-mask form,
+** so there element by element, the same values (a macro: a function taking the vectors by
+** value draws clang's ABI warning for 64-byte vectors). */
+#if defined(__clang__)
+#  define LSHUFFLE2(r, a, b, m)                                                            \
+    do {                                                                                   \
+      for (int c_ = 0; c_ < LANES; c_++)                                                   \
+        (r)[c_] = (m)[c_] < LANES ? (a)[(m)[c_]] : (b)[(m)[c_] - LANES];                   \
+    } while (0)
+#else
+#  define LSHUFFLE2(r, a, b, m) ((r) = __builtin_shuffle((a), (b), (m)))
+#endif
+
 /* One round of the transpose below: the off-diagonal d x d blocks of every 2d x 2d block of
 ** the LANES x LANES matrix in r swapped (d a constant once inlined: so are the masks). */
 MG_INLINE void LX(swap_blocks)(LX(lanes_t) *r, int d) {
@@ -526,8 +539,8 @@ MG_INLINE void LX(swap_blocks)(LX(lanes_t) *r, int d) {
   for (int i = 0; i < LANES; i++)
     if ((i & d) == 0) {
       VT a = r[i], b = r[i + d];
-      r[i] = __builtin_shuffle(a, b, lo);
-      r[i + d] = __builtin_shuffle(a, b, hi);
+      LSHUFFLE2(r[i], a, b, lo);
+      LSHUFFLE2(r[i + d], a, b, hi);
     }
 }
 
@@ -652,3 +665,4 @@ void LX(mg_lyap_householder)(int64_t N, int64_t k, LT *X, LT *tau, LT *beta, LT 
 #undef LLOG
 #undef LFABS
 #undef LSPLIT
+#undef LSHUFFLE2
