@@ -11,6 +11,8 @@
 #define LSQRT sqrtf
 #define LCOPYSIGN copysignf
 #define LLOG logf
-#define LSPLIT 1   /* the QR's dot products and norms split into partial sums (lyapunov_lanes.h): float32 is the fast path */
+/* the QR's dot products and norms split into partial sums (lyapunov_lanes.h): float32 is
+** the fast path */
+#define LSPLIT 1
 #define LFABS fabsf
 #include "lyapunov_lanes.h"

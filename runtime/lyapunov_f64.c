@@ -11,6 +11,8 @@
 #define LSQRT sqrt
 #define LCOPYSIGN copysign
 #define LLOG log
-#define LSPLIT 0   /* the QR's dot products and norms one chain each, in order: the float64 bits of the spec's comparison with the generic JVP path (spectra_spec, 1e-12) stay those of before the split */
+/* the QR's dot products and norms one chain each, in order: the float64 bits, which
+** spectra_spec compares with the generic JVP path's to 1e-12, stay those of before the split */
+#define LSPLIT 0
 #define LFABS fabs
 #include "lyapunov_lanes.h"

@@ -15,9 +15,10 @@ typedef LT LX(lanes_at) __attribute__((vector_size(LANES * sizeof(LT)), aligned(
 
 /* One reflector (v, tau) applied to the cb (1 .. 8) tangent rows a, a + row, ..., from
 ** component j on: cb independent dot products in one pass over v, each split into P partial
-** sums over the components i = j + 1 + p (mod P) (P = 4 for up to 3 rows, else 2; float64, LSPLIT 0: P = 1, in order) added at the
-** end, so that the dot products are not one chain of dependent FMAs (latency 4 cycles, two a
-** cycle: 8 chains keep the FMA units busy). */
+** sums over the components i = j + 1 + p (mod P) (P = 4 for up to 3 rows, else 2; where
+** LSPLIT is 0, float64, P = 1: in order) added at the end, so that the dot products are not
+** one chain of dependent FMAs (latency 4 cycles, two a cycle: 8 chains keep the FMA units
+** busy). */
 MG_INLINE void LX(reflectn_lanes)(int cb, int64_t j, int64_t N, const LT *v, const LT *tau,
                                   LT *a, int64_t row) {
   const int P = !LSPLIT ? 1 : cb <= 3 ? 4 : 2;

@@ -17,11 +17,11 @@ enum { SPAN = 256,              /* elements of each gate in a block (4 KiB of st
 /* Units below this (and not a multiple of 16) take this path; 0: never (mg_lstm_small_max). */
 static int64_t small_max = MAX_UNITS;
 
-bool mg_lstm_small(int64_t u) { return u < small_max && u % 16 != 0; }
-
 /* The units this path is for, whatever mg_lstm_small_max says: where seqcells.c makes x W
 ** depends on this alone, so that the A/B switch changes the gate passes and nothing else. */
 bool mg_lstm_few_units(int64_t u) { return u < MAX_UNITS && u % 16 != 0; }
+
+bool mg_lstm_small(int64_t u) { return u < small_max && mg_lstm_few_units(u); }
 
 int64_t mg_lstm_small_max(int64_t max) {
   int64_t old = small_max;

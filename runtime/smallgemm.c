@@ -369,14 +369,17 @@ void mg_gemm_packed(const mg_packed *P, int64_t M, const float *A, int64_t lda, 
 ** cuts M or N nor on the thread count. */
 enum { AT_KC = 256, AT_PANELS = 8 };            /* B packed 8 panels at a time: 256 KiB */
 
-/* The packing buffer's floats: A's tiles of one block of k (mt tiles of kc x 12), then
-** AT_PANELS panels of B. */
-static size_t at_floats(int64_t M, int64_t K) {
-  int64_t kcm = K < AT_KC ? K : AT_KC, mt = (M + 11) / 12;
-  return (size_t)((mt * 12 * kcm + 15) / 16 * 16 + AT_PANELS * 32 * kcm);
+/* The packing buffer: A's tiles of one block of k (ceil(M / 12) tiles of kc x 12 floats,
+** rounded up to 16 floats: at_tiles_floats), then AT_PANELS panels of B. */
+static int64_t at_tiles_floats(int64_t M, int64_t K) {
+  int64_t kcm = K < AT_KC ? K : AT_KC;
+  return ((M + 11) / 12 * 12 * kcm + 15) / 16 * 16;
 }
 
-size_t mg_gemm_at_scratch(int64_t M, int64_t K) { return at_floats(M, K) * sizeof(float) + 64; }
+size_t mg_gemm_at_scratch(int64_t M, int64_t K) {
+  int64_t kcm = K < AT_KC ? K : AT_KC;
+  return (size_t)(at_tiles_floats(M, K) + AT_PANELS * 32 * kcm) * sizeof(float) + 64;
+}
 
 bool mg_gemm_at_f32(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B,
                     int64_t ldb, int beta, float *C, int64_t ldc, void *scratch) {
@@ -387,12 +390,11 @@ bool mg_gemm_at_f32(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda
     for (int64_t i = 0; !beta && i < M; i++) memset(C + i * ldc, 0, (size_t)N * sizeof *C);
     return true;
   }
-  int64_t kcm = K < AT_KC ? K : AT_KC, mt = (M + 11) / 12, np = (N + 31) / 32;
-  int64_t asz = (mt * 12 * kcm + 15) / 16 * 16;
+  int64_t mt = (M + 11) / 12, np = (N + 31) / 32;
   void *own = scratch ? NULL : malloc(mg_gemm_at_scratch(M, K));
   if (scratch == NULL && (scratch = own) == NULL) return false;
   float *ap = (float *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
-  float *bp = ap + asz;
+  float *bp = ap + at_tiles_floats(M, K);
   for (int64_t k0 = 0; k0 < K; k0 += AT_KC) {
     int64_t kc = K - k0 < AT_KC ? K - k0 : AT_KC;
     at_pack(M, 12, k0, kc, A, lda, ap);
