@@ -310,22 +310,6 @@ static int handle_luainit(lua_State *L) {
 
 /* ================================================================ -v: versions and kernels */
 
-/* OpenBLAS x86-64 kernel families by vector width (the wider, the faster the matmul); names
-** not listed (other architectures) rank -1 and are never compared. */
-static int kernel_rank(const char *name) {
-  static const char *const avx512[] = { "SkylakeX", "Cooperlake", "SapphireRapids", NULL };
-  static const char *const avx2[] = { "Haswell", "Zen", "Excavator", NULL };
-  static const char *const avx[] = { "Sandybridge", "Bulldozer", "Piledriver", "Steamroller",
-                                     NULL };
-  static const char *const sse[] = { "generic", "Prescott", "Core2", "Penryn", "Dunnington",
-                                     "Nehalem", "Atom", "Barcelona", "Opteron", "Nano", NULL };
-  static const char *const *const ranks[] = { sse, avx, avx2, avx512 };
-  for (int r = 3; r >= 0; r--)
-    for (const char *const *n = ranks[r]; *n != NULL; n++)
-      if (strcasecmp(name, *n) == 0) return r;
-  return -1;
-}
-
 /* Field 'k' of the table at absolute index 't' through 'tostring' ("?" when absent); the
 ** string stays on the stack (anchored) until the caller clears it. */
 static const char *field(lua_State *L, int t, const char *k) {
@@ -341,7 +325,7 @@ static const char *field(lua_State *L, int t, const char *k) {
 /* A warning when OpenBLAS runs older kernels than this CPU supports, and what to do. Never
 ** changes OPENBLAS_CORETYPE: an explicit setting is respected. */
 static void kernel_warning(FILE *f, const char *core, const char *best, const char *env) {
-  int rc = kernel_rank(core), rb = kernel_rank(best);
+  int rc = mg_blas_kernel_rank(core), rb = mg_blas_kernel_rank(best);
   if (rc < 0 || rb < 0 || rc >= rb) return;
   const char *gain = rc == 2 && rb == 3 ? "about 2x faster for matmul" : "faster for matmul";
   fprintf(f, "warning: OpenBLAS uses its %s kernels", core);
@@ -357,11 +341,11 @@ static void kernel_warning(FILE *f, const char *core, const char *best, const ch
 ** missing), as strings anchored on the stack (the caller restores its top). The module is
 ** package.loaded.moongrad, whatever a script made of the global 'mg'. */
 typedef struct blasinfo {
-  const char *version, *core, *best, *threads, *env;
+  const char *version, *core, *best, *threads, *env, *detected;
 } blasinfo;
 
 static blasinfo getblasinfo(lua_State *L) {
-  blasinfo b = { "?", "?", "?", "?", getenv("OPENBLAS_CORETYPE") };
+  blasinfo b = { "?", "?", "?", "?", getenv("OPENBLAS_CORETYPE"), NULL };
   lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
   if (lua_getfield(L, -1, "moongrad") != LUA_TTABLE) return b;
   int mg = lua_gettop(L);
@@ -373,6 +357,8 @@ static blasinfo getblasinfo(lua_State *L) {
   b.core = field(L, t, "core");
   b.best = field(L, t, "best");
   b.threads = field(L, t, "threads");
+  if (lua_getfield(L, t, "detected") == LUA_TSTRING) b.detected = lua_tostring(L, -1);
+  else lua_pop(L, 1);
   return b;
 }
 
@@ -382,6 +368,9 @@ static void print_version(lua_State *L) {
   blasinfo b = getblasinfo(L);
   printf("moongrad %s (%s)\n", b.version, LUA_RELEASE);
   printf("OpenBLAS kernels in use: %s\n", b.core);
+  if (b.detected)
+    printf("  (chosen by moongrad: OpenBLAS picked its %s kernels, not knowing this CPU)\n",
+           b.detected);
   printf("best kernels for this CPU: %s\n", b.best);
   printf("OPENBLAS_CORETYPE: %s\n", b.env ? b.env : "(not set)");
   printf("BLAS threads: %s\n", b.threads);

@@ -178,13 +178,19 @@ static int lib_set_memory_budget(lua_State *L) {
   return 0;
 }
 
-/* blas(): kernels in use, the best this CPU supports, and OPENBLAS_CORETYPE if set */
+/* blas(): kernels in use, the best this CPU supports, OpenBLAS's own choice when moongrad
+** replaced it, and OPENBLAS_CORETYPE if set */
 static int lib_blas(lua_State *L) {
-  lua_createtable(L, 0, 4);
+  lua_createtable(L, 0, 5);
   lua_pushstring(L, mg_blas_corename());
   lua_setfield(L, -2, "core");
   lua_pushstring(L, mg_cpu_best_corename());
   lua_setfield(L, -2, "best");
+  const char *detected = mg_blas_detected_corename();
+  if (detected) {
+    lua_pushstring(L, detected);
+    lua_setfield(L, -2, "detected");
+  }
   const char *env = getenv("OPENBLAS_CORETYPE");
   if (env) {
     lua_pushstring(L, env);

@@ -9,6 +9,7 @@
 #include <cblas.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <strings.h>
 
@@ -19,38 +20,20 @@ extern int openblas_get_num_threads(void);
 void mg_set_num_threads(int n) { openblas_set_num_threads(n < 1 ? 1 : n); }
 int mg_get_num_threads(void) { return openblas_get_num_threads(); }
 
-/* OpenBLAS on one thread, once per process, before the first context: moongrad shares its
-** GEMMs over each context's own pool (mg_gemm_par), and OpenBLAS's workers, which spin after
-** each threaded call, would take the cores that pool needs (docs/performance.md). The count
-** OpenBLAS had (the cores, or OPENBLAS_NUM_THREADS) stays every new context's default. Set
-** once under pthread_once and only read after: the same for every context. */
-static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
-static int blas_threads_at_start = 1;
-
-static void blas_single(void) {
-  blas_threads_at_start = openblas_get_num_threads();
-  openblas_set_num_threads(1);
-}
-
-int mg_default_threads(void) {
-  pthread_once(&blas_once, blas_single);
-  return blas_threads_at_start < 1 ? 1 : blas_threads_at_start;
-}
-const char *mg_blas_corename(void) { return openblas_get_corename(); }
-
-static pthread_once_t avx512_once = PTHREAD_ONCE_INIT;
-static bool blas_avx512;
-
-static void blas_avx512_probe(void) {
-  static const char *const cores[] = { "skylakex", "cooperlake", "sapphirerapids" };
-  const char *name = openblas_get_corename();
-  for (size_t i = 0; name && i < sizeof cores / sizeof *cores; i++)
-    if (strcasecmp(name, cores[i]) == 0) blas_avx512 = true;
-}
-
-bool mg_blas_avx512(void) {
-  pthread_once(&avx512_once, blas_avx512_probe);
-  return blas_avx512;
+/* OpenBLAS's x86-64 kernel families by vector width (the wider, the faster the matmul);
+** names not listed (other architectures) rank -1 and are never compared. */
+int mg_blas_kernel_rank(const char *name) {
+  static const char *const avx512[] = { "SkylakeX", "Cooperlake", "SapphireRapids", NULL };
+  static const char *const avx2[] = { "Haswell", "Zen", "Excavator", NULL };
+  static const char *const avx[] = { "Sandybridge", "Bulldozer", "Piledriver", "Steamroller",
+                                     NULL };
+  static const char *const sse[] = { "generic", "Prescott", "Core2", "Penryn", "Dunnington",
+                                     "Nehalem", "Atom", "Barcelona", "Opteron", "Nano", NULL };
+  static const char *const *const ranks[] = { sse, avx, avx2, avx512 };
+  for (int r = 3; name && r >= 0; r--)
+    for (const char *const *n = ranks[r]; *n != NULL; n++)
+      if (strcasecmp(name, *n) == 0) return r;
+  return -1;
 }
 
 const char *mg_cpu_best_corename(void) {
@@ -63,6 +46,90 @@ const char *mg_cpu_best_corename(void) {
 #else
   return "generic";
 #endif
+}
+
+/* OpenBLAS's kernel choice, made in its constructor: with DYNAMIC_ARCH (Debian's build) it
+** reads OPENBLAS_CORETYPE, else detects the CPU, and falls back to its SSE3 kernels
+** (Prescott) for a CPU model it does not know: Debian 12's 0.3.21 on Emerald Rapids runs
+** SGEMM at a fifth of what its Cooperlake kernels do there (docs/performance.md). When
+** OPENBLAS_CORETYPE is not set and OpenBLAS picked a narrower family than the CPU supports,
+** moongrad makes the choice again through OpenBLAS's own entry points: set the variable to
+** the best family, drop the choice, choose again, and keep the first family OpenBLAS
+** actually took (an older OpenBLAS lacks the newer names and falls back again); the
+** variable is then unset again. The entry points are weak: a BLAS without them (not
+** DYNAMIC_ARCH) is left as it is. Runs once, before the first context, so before any BLAS
+** call. */
+extern void gotoblas_dynamic_init(void) __attribute__((weak));
+extern void gotoblas_dynamic_quit(void) __attribute__((weak));
+
+static char blas_detected[32];          /* OpenBLAS's own choice when moongrad replaced it */
+
+static bool blas_choose(const char *core) {
+  if (core) setenv("OPENBLAS_CORETYPE", core, 1); else unsetenv("OPENBLAS_CORETYPE");
+  gotoblas_dynamic_quit();
+  gotoblas_dynamic_init();
+  unsetenv("OPENBLAS_CORETYPE");
+  const char *now = openblas_get_corename();
+  return core == NULL || (now && strcasecmp(now, core) == 0);
+}
+
+static void blas_best_kernels(void) {
+  static const char *const wider[] = { "Cooperlake", "SkylakeX", "Haswell", "Sandybridge" };
+  const char *now = openblas_get_corename(), *best = mg_cpu_best_corename();
+  int have = mg_blas_kernel_rank(now), can = mg_blas_kernel_rank(best);
+  if (getenv("OPENBLAS_CORETYPE") || !gotoblas_dynamic_init || !gotoblas_dynamic_quit ||
+      have < 0 || can <= have)
+    return;
+  snprintf(blas_detected, sizeof blas_detected, "%s", now);
+  bool from_best = false;
+  for (size_t i = 0; i < sizeof wider / sizeof *wider; i++) {
+    from_best = from_best || strcasecmp(wider[i], best) == 0;
+    if (from_best && mg_blas_kernel_rank(wider[i]) > have && blas_choose(wider[i])) return;
+  }
+  blas_choose(NULL);                    /* none taken: OpenBLAS's own choice again */
+  blas_detected[0] = '\0';
+}
+
+/* OpenBLAS on one thread, once per process, before the first context: moongrad shares its
+** GEMMs over each context's own pool (mg_gemm_par), and OpenBLAS's workers, which spin after
+** each threaded call, would take the cores that pool needs (docs/performance.md). The count
+** OpenBLAS had (the cores, or OPENBLAS_NUM_THREADS) stays every new context's default. Set
+** once under pthread_once and only read after: the same for every context. The kernels are
+** chosen again here first (blas_best_kernels). */
+static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
+static int blas_threads_at_start = 1;
+
+static void blas_single(void) {
+  blas_best_kernels();
+  blas_threads_at_start = openblas_get_num_threads();
+  openblas_set_num_threads(1);
+}
+
+int mg_default_threads(void) {
+  pthread_once(&blas_once, blas_single);
+  return blas_threads_at_start < 1 ? 1 : blas_threads_at_start;
+}
+
+const char *mg_blas_corename(void) {
+  pthread_once(&blas_once, blas_single);
+  return openblas_get_corename();
+}
+
+const char *mg_blas_detected_corename(void) {
+  pthread_once(&blas_once, blas_single);
+  return blas_detected[0] ? blas_detected : NULL;
+}
+
+static pthread_once_t avx512_once = PTHREAD_ONCE_INIT;
+static bool blas_avx512;
+
+static void blas_avx512_probe(void) {
+  blas_avx512 = mg_blas_kernel_rank(mg_blas_corename()) == 3;
+}
+
+bool mg_blas_avx512(void) {
+  pthread_once(&avx512_once, blas_avx512_probe);
+  return blas_avx512;
 }
 
 /* How to hand one matrix (the last two dims of 't') to BLAS without a copy. BLAS reads

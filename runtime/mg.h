@@ -114,9 +114,15 @@ MG_API int mg_get_num_threads(void);
 MG_API void mg_ctx_set_num_threads(mg_ctx *C, int n);
 MG_API int mg_ctx_num_threads(const mg_ctx *C);
 /* Name of the OpenBLAS kernels in use ("Haswell", "SkylakeX", ...), and of the best kernels
-** this CPU supports; both borrowed static strings. */
+** this CPU supports; both borrowed static strings. When OPENBLAS_CORETYPE is not set and
+** OpenBLAS picked a narrower kernel family than the CPU supports (a CPU model it does not
+** know), moongrad chooses again before the first context; mg_blas_detected_corename is then
+** OpenBLAS's own choice, else NULL. mg_blas_kernel_rank: 3 for OpenBLAS's AVX-512 kernel
+** families, 2 AVX2, 1 AVX, 0 SSE, -1 for a name it does not rank. */
 MG_API const char *mg_blas_corename(void);
 MG_API const char *mg_cpu_best_corename(void);
+MG_API const char *mg_blas_detected_corename(void);
+MG_API int mg_blas_kernel_rank(const char *name);
 
 /* ----------------------------------------------------------------------------------------
 ** Tensors

@@ -152,6 +152,25 @@ describe("moongrad -v", function()
     contains(out, "OPENBLAS_CORETYPE: Haswell\n", "env=Haswell\n")
   end)
 
+  it("runs the best kernel family this CPU supports when OPENBLAS_CORETYPE is not set, "
+     .. "choosing again if OpenBLAS fell back, and leaves the variable unset", function()
+    local family = { SkylakeX = 3, Cooperlake = 3, SapphireRapids = 3, Haswell = 2, Zen = 2,
+                     Excavator = 2, Sandybridge = 1, Prescott = 0, generic = 0 }
+    if not family[blas.best] or blas.best == "generic" then
+      pending("no x86-64 kernel family to expect on this CPU (" .. blas.best .. ")") return
+    end
+    local out, err, code = run("-v -e " .. q "print('env=' .. tostring(os.getenv('OPENBLAS_CORETYPE')))",
+                               nil, "env -u OPENBLAS_CORETYPE")
+    local core = out:match("OpenBLAS kernels in use: (%S+)")
+    assert.are.equal(family[blas.best], family[core], out)
+    local detected = out:match("chosen by moongrad: OpenBLAS picked its (%S+) kernels")
+    if detected then assert.is_true(family[detected] < family[core], out) end
+    contains(out, "OPENBLAS_CORETYPE: (not set)\n", "env=nil\n")
+    lacks(out, "warning")
+    assert.are.equal("", err)
+    assert.are.equal(0, code)
+  end)
+
   it("does not warn when OpenBLAS picks its own kernels of the best family", function()
     local out, _, code = run("-v", nil, "env -u OPENBLAS_CORETYPE")
     contains(out, "OPENBLAS_CORETYPE: (not set)\n")
