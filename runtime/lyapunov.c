@@ -40,6 +40,30 @@
 
 #include <cblas.h>
 #include <lapacke.h>
+#include <pthread.h>
+
+/* ---------------------------------------------------------------- the kernels' width */
+
+static pthread_once_t width_once = PTHREAD_ONCE_INIT;
+static bool width_wide;
+
+static void width_pick(void) {
+  const char *w = getenv("MG_LYAP_WIDTH");
+  if (w && strcmp(w, "512") == 0) width_wide = true;
+  else if (w && strcmp(w, "256") == 0) width_wide = false;
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+  else width_wide = __builtin_cpu_supports("x86-64-v4");
+#elif defined(__AVX512F__)
+  else width_wide = true;
+#else
+  else width_wide = false;
+#endif
+}
+
+bool mg_lyap_wide(void) {
+  pthread_once(&width_once, width_pick);
+  return width_wide;
+}
 
 static int desc_f32(const void *a, const void *b) {
   float x = *(const float *)a, y = *(const float *)b;

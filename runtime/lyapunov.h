@@ -20,9 +20,21 @@
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
 #define LYAP_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), \
                                  optimize("fp-contract=fast")))
+/* the kernels of each width (mg_lyap_wide): compiled for the machines that run them (and the
+** baseline, for MG_LYAP_WIDTH's other choice), a third fewer clones to compile */
+#define LYAP_CLONES_WIDE __attribute__((target_clones("arch=x86-64-v4", "default"), \
+                                      optimize("fp-contract=fast")))
+#define LYAP_CLONES_NARROW __attribute__((target_clones("arch=x86-64-v3", "default"), \
+                                        optimize("fp-contract=fast")))
 #else
 #define LYAP_CLONES
+#define LYAP_CLONES_WIDE
+#define LYAP_CLONES_NARROW
 #endif
+/* Whether the lanes' kernels run 512 bits at a time (machines with 32 vector registers, for
+** which the register tiles are sized) or half that, twice (lyapunov_lanes.h): x86-64-v4 or
+** not, unless MG_LYAP_WIDTH (512 or 256) says; read once. */
+bool mg_lyap_wide(void);
 #define MG_INLINE static inline __attribute__((always_inline))
 
 /* Block sizes of the lanes' kernels (lyapunov_lanes.h): the QR's panels of NB columns,

@@ -6,7 +6,6 @@
 
 #define LT float
 #define LANES LANES_F32
-#define LX(name) name##_f32
 #define LDT MG_F32
 #define LSQRT sqrtf
 #define LCOPYSIGN copysignf
@@ -15,4 +14,11 @@
 ** the fast path */
 #define LSPLIT 1
 #define LFABS fabsf
+/* the narrow kernels (LW = LANES / 2: machines with 16 vector registers), then the rest */
+#define LKERNELS_ONLY
+#define LW (LANES / 2)
+#define LX(name) name##_f32n
+#include "lyapunov_lanes.h"
+#define LX(name) name##_f32
+#define LXN(name) name##_f32n
 #include "lyapunov_lanes.h"

@@ -6,7 +6,6 @@
 
 #define LT double
 #define LANES LANES_F64
-#define LX(name) name##_f64
 #define LDT MG_F64
 #define LSQRT sqrt
 #define LCOPYSIGN copysign
@@ -15,4 +14,11 @@
 ** spectra_spec compares with the generic JVP path's to 1e-12, stay those of before the split */
 #define LSPLIT 0
 #define LFABS fabs
+/* the narrow kernels (LW = LANES / 2: machines with 16 vector registers), then the rest */
+#define LKERNELS_ONLY
+#define LW (LANES / 2)
+#define LX(name) name##_f64n
+#include "lyapunov_lanes.h"
+#define LX(name) name##_f64
+#define LXN(name) name##_f64n
 #include "lyapunov_lanes.h"

@@ -1,14 +1,34 @@
 /*
-** lyapunov_lanes.h - the lanes way of lyapunov.c, typed: included once by lyapunov_f32.c (LT
-** float, 16 lanes of a 512-bit vector) and once by lyapunov_f64.c (LT double, 8 lanes), with
-** LX(name) naming each copy (name_f32, name_f64) and LDT the mg_dtype. Not a public header:
-** lyapunov.h defines ljob, lgroup, the block sizes (NB, RB, JB, CB, RJ, KC_BYTES, VALL_BYTES,
-** CSLAB_BYTES), LCHUNK, LYAP_CLONES and MG_INLINE; this file defines the two entry points it
-** declares (mg_lyap_groups_*, mg_lyap_householder_*).
+** lyapunov_lanes.h - the lanes way of lyapunov.c, typed: included by lyapunov_f32.c (LT
+** float, 16 lanes) and by lyapunov_f64.c (LT double, 8 lanes), with LX(name) naming each copy
+** (name_f32, name_f64) and LDT the mg_dtype. Not a public header: lyapunov.h defines ljob,
+** lgroup, the block sizes (NB, RB, JB, CB, RJ, KC_BYTES, VALL_BYTES, CSLAB_BYTES), LCHUNK,
+** LYAP_CLONES, mg_lyap_wide and MG_INLINE; this file defines the two entry points it declares
+** (mg_lyap_groups_*, mg_lyap_householder_*).
+**
+** The data hold LANES trajectories side by side (component i of lane l at i LANES + l), and
+** every kernel works lane by lane, so it can run on any width of vector LW: the whole LANES
+** (512 bits) where there are 32 vector registers (AVX-512), or LANES / 2 at a time, twice,
+** with every lane pointer offset by LW, where there are 16 (AVX2: a 512-bit vector is two
+** registers there, and the register tiles below, sized for 32 of them, spilled on every
+** step: 4-5x slower). Each file includes this one twice: first with LKERNELS_ONLY, LW =
+** LANES / 2 and LX(name) name_f32n (the narrow kernels), then with LW = LANES, the wide
+** kernels and the rest, which calls the narrow ones through LXN. Each lane sees the same
+** operations in the same order at either width: the same numbers (float32: the same bits
+** in the checks; float64 LSTM once differed in the last place, the compiler fusing a
+** multiply-add differently).
 */
-typedef LT LX(lanes_t) __attribute__((vector_size(LANES * sizeof(LT))));   /* GCC and Clang */
+#ifndef LW
+#define LW LANES
+#endif
+#ifdef LKERNELS_ONLY
+#define LCLONES LYAP_CLONES_NARROW
+#else
+#define LCLONES LYAP_CLONES_WIDE
+#endif
+typedef LT LX(lanes_t) __attribute__((vector_size(LW * sizeof(LT))));   /* GCC and Clang */
 /* The same at any address of an LT (an unaligned load or store), for lload and lstore. */
-typedef LT LX(lanes_at) __attribute__((vector_size(LANES * sizeof(LT)), aligned(sizeof(LT)), may_alias));
+typedef LT LX(lanes_at) __attribute__((vector_size(LW * sizeof(LT)), aligned(sizeof(LT)), may_alias));
 #define VT LX(lanes_t)
 #define lload(p) (*(const LX(lanes_at) *)(p))
 #define lstore(p, v) (*(LX(lanes_at) *)(p) = (v))
@@ -82,7 +102,7 @@ MG_INLINE void LX(reflect_rows)(int64_t j, int64_t N, int64_t k, const LT *v, co
 MG_INLINE void LX(geqr2_lanes)(int64_t N, int64_t j0, int64_t j1, LT *X, LT *tau, LT *beta) {
   const int64_t row = N * LANES;
   for (int64_t j = j0; j < j1; j++) {
-    LT *v = X + j * row, al[LANES], ss[LANES], ob[LANES], ot[LANES], sc[LANES];
+    LT *v = X + j * row, al[LW], ss[LW], ob[LW], ot[LW], sc[LW];
     VT s4[4] = { (VT){ 0 }, (VT){ 0 }, (VT){ 0 }, (VT){ 0 } };   /* 4 partial sums: 4 chains */
     int64_t i = j + 1;
     for (; LSPLIT && i + 4 <= N; i += 4)
@@ -98,7 +118,7 @@ MG_INLINE void LX(geqr2_lanes)(int64_t N, int64_t j0, int64_t j1, LT *X, LT *tau
     VT s2 = LSPLIT ? (s4[0] + s4[1]) + (s4[2] + s4[3]) : s4[0];
     lstore(ss, s2);
     lstore(al, lload(v + j * LANES));
-    for (int l = 0; l < LANES; l++) {                 /* on local arrays: one vector each */
+    for (int l = 0; l < LW; l++) {                    /* on local arrays: one vector each */
       LT alpha = al[l], b = -LCOPYSIGN(LSQRT(alpha * alpha + ss[l]), alpha);
       bool some = ss[l] > 0;
       ob[l] = some ? b : alpha;
@@ -125,7 +145,7 @@ MG_INLINE void LX(org2r_lanes)(int64_t N, int64_t j0, int64_t j1, LT *X, const L
     VT nt = -(VT)lload(t);
     for (int64_t i = j + 1; i < N; i++) lstore(v + i * LANES, lload(v + i * LANES) * nt);
     lstore(v + j * LANES, nt + (LT)1);
-    memset(v, 0, sizeof(LT) * (size_t)(j * LANES));
+    for (int64_t i = 0; i < j; i++) lstore(v + i * LANES, (VT){ 0 });   /* this width's lanes only */
   }
 }
 
@@ -379,7 +399,7 @@ MG_INLINE void LX(apply_qt_lanes)(int64_t N, int64_t k, int64_t blocks, const LT
 
 /* Householder's QR of the 16 interleaved N x k matrices in X, in place: X becomes Q, beta
 ** holds R's diagonal. Unblocked up to 2 NB columns, else blocked but for the last panel. */
-LYAP_CLONES static void LX(householder_lanes)(int64_t N, int64_t k, LT *X, LT *tau,
+LCLONES static void LX(householder_lanes)(int64_t N, int64_t k, LT *X, LT *tau,
                                             LT *beta, LT *V, LT *W, LT *Tall) {
   int64_t blocks = k < 2 * NB ? 0 : (k - 1) / NB;      /* panels with columns after them */
   LX(geqrf_lanes)(N, k, blocks, X, tau, beta, V, W, Tall);
@@ -393,7 +413,7 @@ LYAP_CLONES static void LX(householder_lanes)(int64_t N, int64_t k, LT *X, LT *t
 ** panel blocked. Q^T J and Q's product T J are the same matrix to rounding; this takes
 ** 2 k S^2 - k^3 / 3 multiply-adds with the QR where forming Q and T J take k S^2 + 2 k^2 S
 ** - 2 k^3 / 3 (5/3 against 7/3 S^3 at k = S). */
-LYAP_CLONES static void LX(tangents_qt)(int64_t N, int64_t k, int64_t G, const LT *U, const LT *cf,
+LCLONES static void LX(tangents_qt)(int64_t N, int64_t k, int64_t G, const LT *U, const LT *cf,
                                       const LT *zz, const LT *TL, const LT *tau, LT *V, LT *W,
                                       const LT *Tall, LT *Jc, LT *AL) {
   for (int64_t j = 0; j < N; j++) {
@@ -414,7 +434,7 @@ LYAP_CLONES static void LX(tangents_qt)(int64_t N, int64_t k, int64_t G, const L
 }
 
 /* geqrf of the k tangents in X (S components each) for tangents_qt: every panel blocked. */
-LYAP_CLONES static void LX(geqrf_qt)(int64_t S, int64_t k, LT *X, LT *tau, LT *beta, LT *V, LT *W,
+LCLONES static void LX(geqrf_qt)(int64_t S, int64_t k, LT *X, LT *tau, LT *beta, LT *V, LT *W,
                                    LT *Tall) {
   LX(geqrf_lanes)(S, k, k / NB, X, tau, beta, V, W, Tall);
 }
@@ -498,14 +518,32 @@ MG_INLINE void LX(tangents)(int nblk, int64_t N, int64_t S, int64_t G, int64_t k
 }
 
 /* The block counts in use: 3 (GRU; LSTM's c'), 4 (LSTM's h'). */
-LYAP_CLONES static void LX(tangents3)(int64_t N, int64_t S, int64_t G, int64_t k, const LT *U,
+LCLONES static void LX(tangents3)(int64_t N, int64_t S, int64_t G, int64_t k, const LT *U,
                                     const LT *cf, const LT *zz, const LT *TL, LT *AL, LT *Jb) {
   LX(tangents)(3, N, S, G, k, U, cf, zz, TL, AL, Jb);
 }
-LYAP_CLONES static void LX(tangents4)(int64_t N, int64_t S, int64_t G, int64_t k, const LT *U,
+LCLONES static void LX(tangents4)(int64_t N, int64_t S, int64_t G, int64_t k, const LT *U,
                                     const LT *cf, const LT *zz, const LT *TL, LT *AL, LT *Jb) {
   LX(tangents)(4, N, S, G, k, U, cf, zz, TL, AL, Jb);
 }
+
+/* LSTM: AL[c][j] += TL[c][N + j] dh[j] and AL[c][N + j] += TL[c][N + j] dc[j]: what the old
+** c part of each tangent adds to h' and c' (diagonal blocks: f o (1 - tanh^2 c') and f). */
+LCLONES static void LX(lstm_diag)(int64_t N, int64_t k, const LT *dh, const LT *dc, const LT *TL,
+                                    LT *AL) {
+  for (int64_t c = 0; c < k; c++) {
+    const LT *tc = TL + (c * 2 * N + N) * LANES;
+    LT *ah = AL + c * 2 * N * LANES, *ac = ah + N * LANES;
+    for (int64_t j = 0; j < N; j++) {
+      VT t = lload(tc + j * LANES);
+      lstore(ah + j * LANES, lload(ah + j * LANES) + t * lload(dh + j * LANES));
+      lstore(ac + j * LANES, lload(ac + j * LANES) + t * lload(dc + j * LANES));
+    }
+  }
+}
+
+#ifndef LKERNELS_ONLY
+/* The rest only once per type, at the full width (LW = LANES). */
 
 /* The coefficients of rows 0 .. nl - 1 in lanes (dst[j][l] = src[l ld + j]), 'pad' in the
 ** lanes past them. */
@@ -565,19 +603,48 @@ LYAP_CLONES static void LX(to_lanes)(int64_t N, int64_t nl, const LT *src, int64
     for (int64_t l = 0; l < LANES; l++) dst[j * LANES + l] = l < nl ? src[l * ld + j] : pad;
 }
 
-/* LSTM: AL[c][j] += TL[c][N + j] dh[j] and AL[c][N + j] += TL[c][N + j] dc[j]: what the old
-** c part of each tangent adds to h' and c' (diagonal blocks: f o (1 - tanh^2 c') and f). */
-LYAP_CLONES static void LX(lstm_diag)(int64_t N, int64_t k, const LT *dh, const LT *dc, const LT *TL,
-                                    LT *AL) {
-  for (int64_t c = 0; c < k; c++) {
-    const LT *tc = TL + (c * 2 * N + N) * LANES;
-    LT *ah = AL + c * 2 * N * LANES, *ac = ah + N * LANES;
-    for (int64_t j = 0; j < N; j++) {
-      VT t = lload(tc + j * LANES);
-      lstore(ah + j * LANES, lload(ah + j * LANES) + t * lload(dh + j * LANES));
-      lstore(ac + j * LANES, lload(ac + j * LANES) + t * lload(dc + j * LANES));
-    }
+/* The kernels at the width this machine runs best ('wide': mg_lyap_wide): all the lanes at once,
+** or each half of them in turn through the narrow copy, every lane pointer offset by LN. */
+#define LN (LANES / 2)
+static void LX(run_tangents)(bool wide, int nblk, int64_t N, int64_t S, int64_t G, int64_t k,
+                             const LT *U, const LT *cf, const LT *zz, const LT *TL, LT *AL, LT *Jb) {
+  if (wide) {
+    if (nblk == 3) LX(tangents3)(N, S, G, k, U, cf, zz, TL, AL, Jb);
+    else LX(tangents4)(N, S, G, k, U, cf, zz, TL, AL, Jb);
+    return;
   }
+  for (int64_t o = 0; o < LANES; o += LN) {
+    const LT *z = zz ? zz + o : NULL;
+    if (nblk == 3) LXN(tangents3)(N, S, G, k, U, cf + o, z, TL + o, AL + o, Jb + o);
+    else LXN(tangents4)(N, S, G, k, U, cf + o, z, TL + o, AL + o, Jb + o);
+  }
+}
+
+static void LX(run_tangents_qt)(bool wide, int64_t N, int64_t k, int64_t G, const LT *U, const LT *cf,
+                                const LT *zz, const LT *TL, const LT *tau, LT *V, LT *W,
+                                const LT *Tall, LT *Jc, LT *AL) {
+  if (wide) LX(tangents_qt)(N, k, G, U, cf, zz, TL, tau, V, W, Tall, Jc, AL);
+  else
+    for (int64_t o = 0; o < LANES; o += LN)
+      LXN(tangents_qt)(N, k, G, U, cf + o, zz + o, TL + o, tau + o, V + o, W + o, Tall + o, Jc + o, AL + o);
+}
+
+/* Householder's QR (qt: geqrf_qt's, reflectors only; else householder_lanes's, Q). */
+static void LX(run_qr)(bool wide, bool qt, int64_t N, int64_t k, LT *X, LT *tau, LT *beta, LT *V,
+                       LT *W, LT *Tall) {
+  for (int64_t o = 0; o < LANES; o += wide ? LANES : LN) {
+    LT *x = X + o, *ta = tau + o, *be = beta + o, *v = V + o, *w = W + o, *tm = Tall + o;
+    if (wide && qt) LX(geqrf_qt)(N, k, x, ta, be, v, w, tm);
+    else if (wide) LX(householder_lanes)(N, k, x, ta, be, v, w, tm);
+    else if (qt) LXN(geqrf_qt)(N, k, x, ta, be, v, w, tm);
+    else LXN(householder_lanes)(N, k, x, ta, be, v, w, tm);
+  }
+}
+
+static void LX(run_lstm_diag)(bool wide, int64_t N, int64_t k, const LT *dh, const LT *dc,
+                              const LT *TL, LT *AL) {
+  if (wide) LX(lstm_diag)(N, k, dh, dc, TL, AL);
+  else for (int64_t o = 0; o < LANES; o += LN) LXN(lstm_diag)(N, k, dh + o, dc + o, TL + o, AL + o);
 }
 
 /* Steps [J->t0, J->t1) of group 'gi' (its rows b0 .. b0 + nl - 1 in the lanes): the cell's
@@ -588,6 +655,7 @@ static void LX(group_steps)(const ljob *J, lgroup *g, int64_t gi) {
   const int64_t N = J->N, S = J->S, k = J->k, nl = g->nl, NL = N * LANES, T = J->T, F = J->F;
   const LT *W = J->W, *U = J->U, *b = J->b, *xt0 = (const LT *)J->x + g->b0 * T * F;
   LT *h = g->h, *hn = g->hn, *c = g->c, *cn = g->cn, *M = g->M, *cl = g->cl, *ones = g->ones;
+  const bool wide = mg_lyap_wide();
   for (int64_t t = J->t0; t < J->t1; t++) {
     if (J->intr && __atomic_load_n(J->intr, __ATOMIC_RELAXED)) return;   /* the caller reports it */
     int64_t ti = J->backwards ? T - t : t - 1;
@@ -600,8 +668,8 @@ static void LX(group_steps)(const ljob *J, lgroup *g, int64_t gi) {
       for (int q = 0; q < 3; q++) LX(to_lanes)(N, nl, (LT *)g->co + q * N, 3 * N, 0, cl + q * NL);
       LX(to_lanes)(N, nl, g->zz, N, 1, cl + 3 * NL);   /* past the batch: J = I */
       if (g->qt)
-        LX(tangents_qt)(N, k, 3 * N, U, cl, cl + 3 * NL, TL, g->tau, g->Vb, g->Wb, g->Tb, g->Jf, AL);
-      else LX(tangents3)(N, N, 3 * N, k, U, cl, cl + 3 * NL, TL, AL, g->Jb);
+        LX(run_tangents_qt)(wide, N, k, 3 * N, U, cl, cl + 3 * NL, TL, g->tau, g->Vb, g->Wb, g->Tb, g->Jf, AL);
+      else LX(run_tangents)(wide, 3, N, N, 3 * N, k, U, cl, cl + 3 * NL, TL, AL, g->Jb);
     } else {
       mg_gemm(LDT, false, false, nl, 4 * N, F, 1, xt, T * F, W, 4 * N, 0, M, 4 * N);
       mg_rec_gemm(LDT, J->P, false, nl, 4 * N, N, h, N, U, 4 * N, 1, M, 4 * N);
@@ -612,16 +680,15 @@ static void LX(group_steps)(const ljob *J, lgroup *g, int64_t gi) {
       LX(to_lanes)(N, nl, g->dc1, N, 0, cl + 4 * NL);
       for (int q = 0; q < 3; q++) LX(to_lanes)(N, nl, (LT *)g->dz2 + q * N, 4 * N, 0, cl + (5 + q) * NL);
       LX(to_lanes)(N, nl, g->dc2, N, 1, cl + 8 * NL);  /* past the batch: c' = c */
-      LX(tangents4)(N, S, 4 * N, k, U, cl, NULL, TL, AL, g->Jb);
-      LX(tangents3)(N, S, 4 * N, k, U, cl + 5 * NL, NULL, TL, AL + NL, g->Jb);
-      LX(lstm_diag)(N, k, cl + 4 * NL, cl + 8 * NL, TL, AL);
+      LX(run_tangents)(wide, 4, N, S, 4 * N, k, U, cl, NULL, TL, AL, g->Jb);
+      LX(run_tangents)(wide, 3, N, S, 4 * N, k, U, cl + 5 * NL, NULL, TL, AL + NL, g->Jb);
+      LX(run_lstm_diag)(wide, N, k, cl + 4 * NL, cl + 8 * NL, TL, AL);
       LT *s = c; c = cn; cn = s;
     }
     LT *s = h; h = hn; hn = s;
     bool count = t > J->warmup, qr = t % J->every == 0 || t == J->warmup + J->steps || t == J->warmup;
     if (qr) {
-      if (J->implicit) LX(geqrf_qt)(S, k, AL, g->tau, g->beta, g->Vb, g->Wb, g->Tb);
-      else LX(householder_lanes)(S, k, AL, g->tau, g->beta, g->Vb, g->Wb, g->Tb);
+      LX(run_qr)(wide, J->implicit, S, k, AL, g->tau, g->beta, g->Vb, g->Wb, g->Tb);
       g->qt = J->implicit;
       LT *sum = g->sum, *beta = g->beta;
       if (count)
@@ -650,16 +717,24 @@ void LX(mg_lyap_groups)(void *arg, int64_t lo, int64_t hi) {
 }
 
 void LX(mg_lyap_householder)(int64_t N, int64_t k, LT *X, LT *tau, LT *beta, LT *V, LT *W, LT *Tall) {
-  LX(householder_lanes)(N, k, X, tau, beta, V, W, Tall);
+  LX(run_qr)(mg_lyap_wide(), false, N, k, X, tau, beta, V, W, Tall);
 }
+#undef LN
+#endif /* LKERNELS_ONLY */
 
 #undef VI
 #undef VT
 #undef lload
 #undef lstore
+#undef LX
+#undef LW
+#undef LCLONES
+#ifdef LKERNELS_ONLY
+#undef LKERNELS_ONLY
+#else
+#undef LXN
 #undef LT
 #undef LANES
-#undef LX
 #undef LDT
 #undef LSQRT
 #undef LCOPYSIGN
@@ -667,3 +742,4 @@ void LX(mg_lyap_householder)(int64_t N, int64_t k, LT *X, LT *tau, LT *beta, LT 
 #undef LFABS
 #undef LSPLIT
 #undef LSHUFFLE2
+#endif

@@ -7,6 +7,7 @@ local support = require "support"
 local nn = mg.nn
 
 local F64, randn, assert_close, raises = support.F64, support.randn, support.assert_close, support.raises
+local tmpname = support.tmpnames(teardown)
 
 -- The reference: full (B, N, N) Jacobians of each step by mg.batch_jacobian, their product
 -- with Q re-orthonormalized by QR every step; exponents sorted descending per trajectory.
@@ -285,6 +286,45 @@ describe("mg.lyapunov", function()
       mg.set_num_threads(saved)
       assert.are.equal(0, support.maxdiff(runs[1].exponents, runs[2].exponents))
       assert.are.equal(0, support.maxdiff(runs[1].history, runs[2].history))
+    end
+  end)
+
+  it("the C path's kernels 512 bits at a time or 256 twice (MG_LYAP_WIDTH; the CPU picks one): the same numbers", function()
+    -- blocked QR (GRU k = 20), reflectors kept (GRU k >= 0.9 N), LSTM (h, c); both dtypes
+    local cases = { { "GRU", "float32", 24, 20 }, { "GRU", "float32", 12, 11 }, { "LSTM", "float32", 10, 14 },
+                    { "LSTM", "float64", 7, 9 }, { "GRU", "float64", 16, 16 } }
+    local script = tmpname([[
+local mg = require "moongrad"
+local out = arg[1]
+mg.manual_seed(3)
+for i, c in ipairs { ]] .. table.concat((function()
+      local t = {}
+      for _, c in ipairs(cases) do t[#t + 1] = ("{ %q, %q, %d, %d }"):format(table.unpack(c)) end
+      return t
+    end)(), ", ") .. [[ } do
+  local o = { dtype = c[2] }
+  local cell = mg.nn[c[1] .. "Cell"](3, c[3], o)
+  local x = mg.randn(21, 40, 3, o)
+  mg.save(mg.nn.RNN(cell):lyapunov(x, { k = c[4], reortho_every = 2 }).exponents, out .. i .. ".npy")
+end
+]])
+    local res = {}
+    for _, w in ipairs { "512", "256" } do
+      local out = tmpname()
+      local ok = os.execute(("MG_LYAP_WIDTH=%s LUA_CPATH=%s lua5.4 %s %s"):format(w, support.shq(package.cpath),
+                                                                              support.shq(script), support.shq(out)))
+      assert.is_true(ok)
+      res[w] = {}
+      for i = 1, #cases do
+        res[w][i] = mg.load(out .. i .. ".npy")
+        os.remove(out .. i .. ".npy")
+      end
+    end
+    for i, c in ipairs(cases) do
+      assert.are.equal(c[4], res["512"][i]:size(2))
+      -- to rounding: float32 came out bit-identical here, the float64 LSTM 1.1e-13 apart (one
+      -- multiply-add fused differently, carried through 40 steps)
+      assert_close(res["512"][i], res["256"][i], c[2] == "float32" and 1e-6 or 1e-11, c[1] .. " " .. c[2])
     end
   end)
 
