@@ -14,9 +14,8 @@
 ** step: 4-5x slower). Each file includes this one twice: first with LKERNELS_ONLY, LW =
 ** LANES / 2 and LX(name) name_f32n (the narrow kernels), then with LW = LANES, the wide
 ** kernels and the rest, which calls the narrow ones through LXN. Each lane sees the same
-** operations in the same order at either width: the same numbers (float32: the same bits
-** in the checks; float64 LSTM once differed in the last place, the compiler fusing a
-** multiply-add differently).
+** operations in the same order at either width: the same numbers, to the multiply-adds that
+** each clone fuses (spectra_spec compares the widths).
 */
 #ifndef LW
 #define LW LANES

@@ -290,8 +290,12 @@ describe("mg.lyapunov", function()
   end)
 
   it("the C path's kernels 512 bits at a time or 256 twice (MG_LYAP_WIDTH; the CPU picks one): the same numbers", function()
-    -- blocked QR (GRU k = 20), reflectors kept (GRU k >= 0.9 N), LSTM (h, c); both dtypes
-    local cases = { { "GRU", "float32", 24, 20 }, { "GRU", "float32", 12, 11 }, { "LSTM", "float32", 10, 14 },
+    -- blocked QR (GRU k = 20), reflectors kept (GRU k >= 0.9 N), LSTM (h, c); both dtypes.
+    -- The float32 LSTM keeps to its top 10 exponents (of 20): past them the c directions
+    -- contract by e^-4 a step, and their exponents move by up to 3e-3 between builds that fuse
+    -- multiply-adds (AVX2) and builds that do not (the baseline clone, which runs the 512-bit
+    -- kernels on a machine without AVX-512): float32's conditioning there, not the width
+    local cases = { { "GRU", "float32", 24, 20 }, { "GRU", "float32", 12, 11 }, { "LSTM", "float32", 10, 10 },
                     { "LSTM", "float64", 7, 9 }, { "GRU", "float64", 16, 16 } }
     local script = tmpname([[
 local mg = require "moongrad"
@@ -322,9 +326,10 @@ end
     end
     for i, c in ipairs(cases) do
       assert.are.equal(c[4], res["512"][i]:size(2))
-      -- to rounding: float32 came out bit-identical here, the float64 LSTM 1.1e-13 apart (one
-      -- multiply-add fused differently, carried through 40 steps)
-      assert_close(res["512"][i], res["256"][i], c[2] == "float32" and 1e-6 or 1e-11, c[1] .. " " .. c[2])
+      -- to rounding: on an AVX2 machine the 512-bit side is the baseline clone, without fused
+      -- multiply-adds (float32 up to 6.6e-7 apart there, the float64 LSTM 2.3e-12; a kernel
+      -- that mixed up the halves' lanes was 0.06 off)
+      assert_close(res["512"][i], res["256"][i], c[2] == "float32" and 1e-5 or 1e-10, c[1] .. " " .. c[2])
     end
   end)
 
