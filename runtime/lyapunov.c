@@ -49,15 +49,21 @@ static bool width_wide;
 
 static void width_pick(void) {
   const char *w = getenv("MG_LYAP_WIDTH");
-  if (w && strcmp(w, "512") == 0) width_wide = true;
-  else if (w && strcmp(w, "256") == 0) width_wide = false;
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-  else width_wide = __builtin_cpu_supports("x86-64-v4");
+  bool v4 = __builtin_cpu_supports("x86-64-v4");
 #elif defined(__AVX512F__)
-  else width_wide = true;
+  bool v4 = true;
 #else
-  else width_wide = false;
+  bool v4 = false;
 #endif
+#ifdef LYAP_HAVE_CLONES
+  bool can = v4;                         /* the 512-bit kernels are compiled for x86-64-v4 alone */
+#else
+  bool can = true;
+#endif
+  if (w && strcmp(w, "512") == 0) width_wide = can;
+  else if (w && strcmp(w, "256") == 0) width_wide = false;
+  else width_wide = v4;
 }
 
 bool mg_lyap_wide(void) {

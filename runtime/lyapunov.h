@@ -20,10 +20,11 @@
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
 #define LYAP_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), \
                                  optimize("fp-contract=fast")))
-/* the kernels of each width (mg_lyap_wide): compiled for the machines that run them (and the
-** baseline, for MG_LYAP_WIDTH's other choice), a third fewer clones to compile */
-#define LYAP_CLONES_WIDE __attribute__((target_clones("arch=x86-64-v4", "default"), \
-                                      optimize("fp-contract=fast")))
+/* the kernels of each width (mg_lyap_wide) compiled for the machines that run them: the
+** 512-bit ones for AVX-512 alone (mg_lyap_wide is true only there), the 256-bit ones for AVX2
+** and the baseline; as many versions to compile as before the split */
+#define LYAP_HAVE_CLONES 1
+#define LYAP_CLONES_WIDE __attribute__((target("arch=x86-64-v4"), optimize("fp-contract=fast")))
 #define LYAP_CLONES_NARROW __attribute__((target_clones("arch=x86-64-v3", "default"), \
                                         optimize("fp-contract=fast")))
 #else
@@ -33,7 +34,8 @@
 #endif
 /* Whether the lanes' kernels run 512 bits at a time (machines with 32 vector registers, for
 ** which the register tiles are sized) or half that, twice (lyapunov_lanes.h): x86-64-v4 or
-** not, unless MG_LYAP_WIDTH (512 or 256) says; read once. */
+** not, unless MG_LYAP_WIDTH (512 or 256) says (512 only on x86-64-v4 where the kernels are
+** compiled for it); read once. */
 bool mg_lyap_wide(void);
 #define MG_INLINE static inline __attribute__((always_inline))
 
