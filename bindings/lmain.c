@@ -341,11 +341,11 @@ static void kernel_warning(FILE *f, const char *core, const char *best, const ch
 ** missing), as strings anchored on the stack (the caller restores its top). The module is
 ** package.loaded.moongrad, whatever a script made of the global 'mg'. */
 typedef struct blasinfo {
-  const char *version, *core, *best, *threads, *env, *detected;
+  const char *version, *core, *best, *threads, *env, *detected, *lyap;
 } blasinfo;
 
 static blasinfo getblasinfo(lua_State *L) {
-  blasinfo b = { "?", "?", "?", "?", getenv("OPENBLAS_CORETYPE"), NULL };
+  blasinfo b = { "?", "?", "?", "?", getenv("OPENBLAS_CORETYPE"), NULL, "?" };
   lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
   if (lua_getfield(L, -1, "moongrad") != LUA_TTABLE) return b;
   int mg = lua_gettop(L);
@@ -357,6 +357,7 @@ static blasinfo getblasinfo(lua_State *L) {
   b.core = field(L, t, "core");
   b.best = field(L, t, "best");
   b.threads = field(L, t, "threads");
+  b.lyap = field(L, t, "lyapunov_bits");
   if (lua_getfield(L, t, "detected") == LUA_TSTRING) b.detected = lua_tostring(L, -1);
   else lua_pop(L, 1);
   return b;
@@ -374,6 +375,7 @@ static void print_version(lua_State *L) {
   printf("best kernels for this CPU: %s\n", b.best);
   printf("OPENBLAS_CORETYPE: %s\n", b.env ? b.env : "(not set)");
   printf("BLAS threads: %s\n", b.threads);
+  printf("Lyapunov kernels: %s-bit\n", b.lyap);
   kernel_warning(stdout, b.core, b.best, b.env);
   fflush(stdout);
   lua_settop(L, top);

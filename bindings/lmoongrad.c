@@ -179,9 +179,9 @@ static int lib_set_memory_budget(lua_State *L) {
 }
 
 /* blas(): kernels in use, the best this CPU supports, OpenBLAS's own choice when moongrad
-** replaced it, and OPENBLAS_CORETYPE if set */
+** replaced it, and OPENBLAS_CORETYPE if set; the Lyapunov kernels' width */
 static int lib_blas(lua_State *L) {
-  lua_createtable(L, 0, 5);
+  lua_createtable(L, 0, 6);
   lua_pushstring(L, mg_blas_corename());
   lua_setfield(L, -2, "core");
   lua_pushstring(L, mg_cpu_best_corename());
@@ -198,6 +198,8 @@ static int lib_blas(lua_State *L) {
   }
   lua_pushinteger(L, mg_get_num_threads());
   lua_setfield(L, -2, "threads");
+  lua_pushinteger(L, mg_lyapunov_bits());
+  lua_setfield(L, -2, "lyapunov_bits");
   return 1;
 }
 

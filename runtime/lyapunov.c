@@ -71,6 +71,8 @@ bool mg_lyap_wide(void) {
   return width_wide;
 }
 
+int mg_lyapunov_bits(void) { return mg_lyap_wide() ? 512 : 256; }
+
 static int desc_f32(const void *a, const void *b) {
   float x = *(const float *)a, y = *(const float *)b;
   return (x < y) - (x > y);

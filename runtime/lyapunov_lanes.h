@@ -607,25 +607,22 @@ LYAP_CLONES static void LX(to_lanes)(int64_t N, int64_t nl, const LT *src, int64
 #define LN (LANES / 2)
 static void LX(run_tangents)(bool wide, int nblk, int64_t N, int64_t S, int64_t G, int64_t k,
                              const LT *U, const LT *cf, const LT *zz, const LT *TL, LT *AL, LT *Jb) {
-  if (wide) {
-    if (nblk == 3) LX(tangents3)(N, S, G, k, U, cf, zz, TL, AL, Jb);
-    else LX(tangents4)(N, S, G, k, U, cf, zz, TL, AL, Jb);
-    return;
-  }
-  for (int64_t o = 0; o < LANES; o += LN) {
-    const LT *z = zz ? zz + o : NULL;
-    if (nblk == 3) LXN(tangents3)(N, S, G, k, U, cf + o, z, TL + o, AL + o, Jb + o);
-    else LXN(tangents4)(N, S, G, k, U, cf + o, z, TL + o, AL + o, Jb + o);
+  for (int64_t o = 0; o < LANES; o += wide ? LANES : LN) {
+    const LT *c = cf + o, *z = zz ? zz + o : NULL, *tl = TL + o;
+    LT *al = AL + o, *jb = Jb + o;
+    if (wide && nblk == 3) LX(tangents3)(N, S, G, k, U, c, z, tl, al, jb);
+    else if (wide) LX(tangents4)(N, S, G, k, U, c, z, tl, al, jb);
+    else if (nblk == 3) LXN(tangents3)(N, S, G, k, U, c, z, tl, al, jb);
+    else LXN(tangents4)(N, S, G, k, U, c, z, tl, al, jb);
   }
 }
 
 static void LX(run_tangents_qt)(bool wide, int64_t N, int64_t k, int64_t G, const LT *U, const LT *cf,
                                 const LT *zz, const LT *TL, const LT *tau, LT *V, LT *W,
                                 const LT *Tall, LT *Jc, LT *AL) {
-  if (wide) LX(tangents_qt)(N, k, G, U, cf, zz, TL, tau, V, W, Tall, Jc, AL);
-  else
-    for (int64_t o = 0; o < LANES; o += LN)
-      LXN(tangents_qt)(N, k, G, U, cf + o, zz + o, TL + o, tau + o, V + o, W + o, Tall + o, Jc + o, AL + o);
+  for (int64_t o = 0; o < LANES; o += wide ? LANES : LN)
+    (wide ? LX(tangents_qt) : LXN(tangents_qt))(N, k, G, U, cf + o, zz + o, TL + o, tau + o, V + o,
+                                                W + o, Tall + o, Jc + o, AL + o);
 }
 
 /* Householder's QR (qt: geqrf_qt's, reflectors only; else householder_lanes's, Q). */
@@ -642,8 +639,8 @@ static void LX(run_qr)(bool wide, bool qt, int64_t N, int64_t k, LT *X, LT *tau,
 
 static void LX(run_lstm_diag)(bool wide, int64_t N, int64_t k, const LT *dh, const LT *dc,
                               const LT *TL, LT *AL) {
-  if (wide) LX(lstm_diag)(N, k, dh, dc, TL, AL);
-  else for (int64_t o = 0; o < LANES; o += LN) LXN(lstm_diag)(N, k, dh + o, dc + o, TL + o, AL + o);
+  for (int64_t o = 0; o < LANES; o += wide ? LANES : LN)
+    (wide ? LX(lstm_diag) : LXN(lstm_diag))(N, k, dh + o, dc + o, TL + o, AL + o);
 }
 
 /* Steps [J->t0, J->t1) of group 'gi' (its rows b0 .. b0 + nl - 1 in the lanes): the cell's

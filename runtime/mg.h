@@ -123,6 +123,10 @@ MG_API const char *mg_blas_corename(void);
 MG_API const char *mg_cpu_best_corename(void);
 MG_API const char *mg_blas_detected_corename(void);
 MG_API int mg_blas_kernel_rank(const char *name);
+/* The vector width, in bits, that the Lyapunov C path's own kernels run at (mg_lyapunov_*):
+** 512 on x86-64-v4 (AVX-512), else 256, each half of the lanes in turn; MG_LYAP_WIDTH=256 or
+** 512 overrides it (512 only where the 512-bit kernels were compiled to run). */
+MG_API int mg_lyapunov_bits(void);
 
 /* ----------------------------------------------------------------------------------------
 ** Tensors

@@ -123,13 +123,17 @@ describe("moongrad -v", function()
   local older = { SapphireRapids = "Haswell", Cooperlake = "Haswell", SkylakeX = "Haswell",
                   Haswell = "Sandybridge" }                       -- one family below
 
-  it("prints the versions, the kernels in use and the best for this CPU, and BLAS threads",
+  it("prints the versions, the kernels in use and the best for this CPU, BLAS threads and the Lyapunov kernels' width",
      function()
     local out, err, code = run("-v")
     contains(out, "moongrad " .. mg._VERSION, "Lua 5.4",
              "OpenBLAS kernels in use: " .. blas.core .. "\n",
              "best kernels for this CPU: " .. blas.best .. "\n",
-             "BLAS threads: " .. blas.threads .. "\n")
+             "BLAS threads: " .. blas.threads .. "\n",
+             "Lyapunov kernels: " .. blas.lyapunov_bits .. "-bit\n")
+    assert.is_true(blas.lyapunov_bits == 512 or blas.lyapunov_bits == 256)
+    out = run("-v", nil, "MG_LYAP_WIDTH=256")
+    contains(out, "Lyapunov kernels: 256-bit\n")
     assert.are.equal("", err)
     assert.are.equal(0, code)
   end)
