@@ -357,7 +357,7 @@ static blasinfo getblasinfo(lua_State *L) {
   b.core = field(L, t, "core");
   b.best = field(L, t, "best");
   b.threads = field(L, t, "threads");
-  b.lyap = field(L, t, "lyapunov_bits");
+  b.lyap = field(L, t, "lyapunov");
   if (lua_getfield(L, t, "detected") == LUA_TSTRING) b.detected = lua_tostring(L, -1);
   else lua_pop(L, 1);
   return b;
@@ -375,7 +375,7 @@ static void print_version(lua_State *L) {
   printf("best kernels for this CPU: %s\n", b.best);
   printf("OPENBLAS_CORETYPE: %s\n", b.env ? b.env : "(not set)");
   printf("BLAS threads: %s\n", b.threads);
-  printf("Lyapunov kernels: %s-bit\n", b.lyap);
+  printf("Lyapunov kernels: %s\n", b.lyap);
   kernel_warning(stdout, b.core, b.best, b.env);
   fflush(stdout);
   lua_settop(L, top);

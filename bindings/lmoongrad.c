@@ -198,8 +198,8 @@ static int lib_blas(lua_State *L) {
   }
   lua_pushinteger(L, mg_get_num_threads());
   lua_setfield(L, -2, "threads");
-  lua_pushinteger(L, mg_lyapunov_bits());
-  lua_setfield(L, -2, "lyapunov_bits");
+  lua_pushstring(L, mg_lyapunov_kernels());
+  lua_setfield(L, -2, "lyapunov");
   return 1;
 }
 

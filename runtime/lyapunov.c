@@ -45,33 +45,45 @@
 /* ---------------------------------------------------------------- the kernels' width */
 
 static pthread_once_t width_once = PTHREAD_ONCE_INIT;
-static bool width_wide;
+static lyap_kernels width_kernels;
 
 static void width_pick(void) {
   const char *w = getenv("MG_LYAP_WIDTH");
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-  bool v4 = __builtin_cpu_supports("x86-64-v4");
+  bool v4 = __builtin_cpu_supports("x86-64-v4"), v3 = __builtin_cpu_supports("x86-64-v3");
 #elif defined(__AVX512F__)
-  bool v4 = true;
+  bool v4 = true, v3 = true;
 #else
-  bool v4 = false;
+  bool v4 = false, v3 = true;
 #endif
 #ifdef LYAP_HAVE_CLONES
   bool can = v4;                         /* the 512-bit kernels are compiled for x86-64-v4 alone */
+  lyap_kernels narrow = v3 ? LYAP_NARROW : LYAP_BASE;
 #else
   bool can = true;
+  lyap_kernels narrow = LYAP_NARROW;
 #endif
-  if (w && strcmp(w, "512") == 0) width_wide = can;
-  else if (w && strcmp(w, "256") == 0) width_wide = false;
-  else width_wide = v4;
+  if (w && strcmp(w, "512") == 0) width_kernels = can ? LYAP_WIDE : narrow;
+  else if (w && strcmp(w, "256") == 0) width_kernels = narrow;
+#ifdef LYAP_HAVE_CLONES
+  else if (w && strcmp(w, "baseline") == 0) width_kernels = LYAP_BASE;
+#endif
+  else width_kernels = v4 ? LYAP_WIDE : narrow;
 }
 
-bool mg_lyap_wide(void) {
+lyap_kernels mg_lyap_kernels(void) {
   pthread_once(&width_once, width_pick);
-  return width_wide;
+  return width_kernels;
 }
 
-int mg_lyapunov_bits(void) { return mg_lyap_wide() ? 512 : 256; }
+const char *mg_lyapunov_kernels(void) {
+  lyap_kernels kk = mg_lyap_kernels();
+#ifdef LYAP_HAVE_CLONES
+  return kk == LYAP_WIDE ? "512-bit, x86-64-v4" : kk == LYAP_NARROW ? "256-bit, x86-64-v3" : "256-bit, x86-64";
+#else
+  return kk == LYAP_WIDE ? "512-bit" : "256-bit";
+#endif
+}
 
 static int desc_f32(const void *a, const void *b) {
   float x = *(const float *)a, y = *(const float *)b;

@@ -20,23 +20,27 @@
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
 #define LYAP_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), \
                                  optimize("fp-contract=fast")))
-/* the kernels of each width (mg_lyap_wide) compiled for the machines that run them: the
-** 512-bit ones for AVX-512 alone (mg_lyap_wide is true only there), the 256-bit ones for AVX2
-** and the baseline; as many versions to compile as before the split */
+/* the lanes' kernels (lyapunov_lanes.h) in three copies, each compiled for the machines that
+** run it: 512 bits wide for AVX-512, 256 bits wide for AVX2, and 256 bits wide for x86-64 CPUs
+** without AVX2 at -O1 (correct there, not fast: as a clone at -O3 that copy alone took about
+** two thirds of each file's compile) */
 #define LYAP_HAVE_CLONES 1
 #define LYAP_CLONES_WIDE __attribute__((target("arch=x86-64-v4"), optimize("fp-contract=fast")))
-#define LYAP_CLONES_NARROW __attribute__((target_clones("arch=x86-64-v3", "default"), \
-                                        optimize("fp-contract=fast")))
+#define LYAP_CLONES_NARROW __attribute__((target("arch=x86-64-v3"), optimize("fp-contract=fast")))
+#define LYAP_CLONES_BASE __attribute__((optimize("O1")))
 #else
 #define LYAP_CLONES
 #define LYAP_CLONES_WIDE
 #define LYAP_CLONES_NARROW
 #endif
-/* Whether the lanes' kernels run 512 bits at a time (machines with 32 vector registers, for
-** which the register tiles are sized) or half that, twice (lyapunov_lanes.h): x86-64-v4 or
-** not, unless MG_LYAP_WIDTH (512 or 256) says (512 only on x86-64-v4 where the kernels are
-** compiled for it); read once. */
-bool mg_lyap_wide(void);
+/* Which copy of the lanes' kernels runs (lyapunov_lanes.h): 512 bits at a time (machines with
+** 32 vector registers, for which the register tiles are sized), or 256 at a time, on each half
+** of the lanes in turn, compiled for AVX2 or for the x86-64 baseline. x86-64-v4 takes the
+** first, x86-64-v3 the second, unless MG_LYAP_WIDTH (512 or 256) says (512 only on
+** x86-64-v4 where the kernels are compiled for it); read once. Without the clones (the
+** sanitizer trees, other compilers and CPUs) every copy is built for the target. */
+typedef enum { LYAP_WIDE, LYAP_NARROW, LYAP_BASE } lyap_kernels;
+lyap_kernels mg_lyap_kernels(void);
 #define MG_INLINE static inline __attribute__((always_inline))
 
 /* Block sizes of the lanes' kernels (lyapunov_lanes.h): the QR's panels of NB columns,

@@ -14,11 +14,23 @@
 ** the fast path */
 #define LSPLIT 1
 #define LFABS fabsf
-/* the narrow kernels (LW = LANES / 2: machines with 16 vector registers), then the rest */
+/* the narrow kernels (LW = LANES / 2: machines with 16 vector registers) for AVX2 and, where
+** there are clones, again for the baseline; then the rest */
 #define LKERNELS_ONLY
 #define LW (LANES / 2)
+#define LCLONES LYAP_CLONES_NARROW
 #define LX(name) name##_f32n
 #include "lyapunov_lanes.h"
+#ifdef LYAP_HAVE_CLONES
+#define LKERNELS_ONLY
+#define LW (LANES / 2)
+#define LCLONES LYAP_CLONES_BASE
+#define LX(name) name##_f32b
+#include "lyapunov_lanes.h"
+#define LXB(name) name##_f32b
+#else
+#define LXB(name) name##_f32n
+#endif
 #define LX(name) name##_f32
 #define LXN(name) name##_f32n
 #include "lyapunov_lanes.h"

@@ -14,11 +14,23 @@
 ** spectra_spec compares with the generic JVP path's to 1e-12, stay those of before the split */
 #define LSPLIT 0
 #define LFABS fabs
-/* the narrow kernels (LW = LANES / 2: machines with 16 vector registers), then the rest */
+/* the narrow kernels (LW = LANES / 2: machines with 16 vector registers) for AVX2 and, where
+** there are clones, again for the baseline; then the rest */
 #define LKERNELS_ONLY
 #define LW (LANES / 2)
+#define LCLONES LYAP_CLONES_NARROW
 #define LX(name) name##_f64n
 #include "lyapunov_lanes.h"
+#ifdef LYAP_HAVE_CLONES
+#define LKERNELS_ONLY
+#define LW (LANES / 2)
+#define LCLONES LYAP_CLONES_BASE
+#define LX(name) name##_f64b
+#include "lyapunov_lanes.h"
+#define LXB(name) name##_f64b
+#else
+#define LXB(name) name##_f64n
+#endif
 #define LX(name) name##_f64
 #define LXN(name) name##_f64n
 #include "lyapunov_lanes.h"

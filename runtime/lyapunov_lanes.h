@@ -3,7 +3,7 @@
 ** float, 16 lanes) and by lyapunov_f64.c (LT double, 8 lanes), with LX(name) naming each copy
 ** (name_f32, name_f64) and LDT the mg_dtype. Not a public header: lyapunov.h defines ljob,
 ** lgroup, the block sizes (NB, RB, JB, CB, RJ, KC_BYTES, VALL_BYTES, CSLAB_BYTES), LCHUNK,
-** LYAP_CLONES, mg_lyap_wide and MG_INLINE; this file defines the two entry points it declares
+** LYAP_CLONES, mg_lyap_kernels and MG_INLINE; this file defines the two entry points it declares
 ** (mg_lyap_groups_*, mg_lyap_householder_*).
 **
 ** The data hold LANES trajectories side by side (component i of lane l at i LANES + l), and
@@ -11,18 +11,17 @@
 ** (512 bits) where there are 32 vector registers (AVX-512), or LANES / 2 at a time, twice,
 ** with every lane pointer offset by LW, where there are 16 (AVX2: a 512-bit vector is two
 ** registers there, and the register tiles below, sized for 32 of them, spilled on every
-** step: 4-5x slower). Each file includes this one twice: first with LKERNELS_ONLY, LW =
-** LANES / 2 and LX(name) name_f32n (the narrow kernels), then with LW = LANES, the wide
-** kernels and the rest, which calls the narrow ones through LXN. Each lane sees the same
+** step: 4-5x slower). Each file includes this one three times: twice with LKERNELS_ONLY, LW
+** = LANES / 2 and LCLONES saying for which machines (the narrow kernels: LX(name) name_f32n
+** for AVX2, name_f32b for the baseline, lyapunov.h), then with LW = LANES, the wide kernels
+** and the rest, which calls the narrow ones through LXN and LXB. Each lane sees the same
 ** operations in the same order at either width: the same numbers, to the multiply-adds that
 ** each clone fuses (spectra_spec compares the widths).
 */
 #ifndef LW
 #define LW LANES
 #endif
-#ifdef LKERNELS_ONLY
-#define LCLONES LYAP_CLONES_NARROW
-#else
+#ifndef LCLONES
 #define LCLONES LYAP_CLONES_WIDE
 #endif
 typedef LT LX(lanes_t) __attribute__((vector_size(LW * sizeof(LT))));   /* GCC and Clang */
@@ -602,45 +601,38 @@ LYAP_CLONES static void LX(to_lanes)(int64_t N, int64_t nl, const LT *src, int64
     for (int64_t l = 0; l < LANES; l++) dst[j * LANES + l] = l < nl ? src[l * ld + j] : pad;
 }
 
-/* The kernels at the width this machine runs best ('wide': mg_lyap_wide): all the lanes at once,
-** or each half of them in turn through the narrow copy, every lane pointer offset by LN. */
+/* The kernels of the copy that runs here (kk: mg_lyap_kernels): the wide ones on all the lanes
+** at once, or a narrow copy on each half of them in turn, every lane pointer offset by LN. */
 #define LN (LANES / 2)
-static void LX(run_tangents)(bool wide, int nblk, int64_t N, int64_t S, int64_t G, int64_t k,
+#define LSTEP(kk) ((kk) == LYAP_WIDE ? LANES : LN)
+#define LKERNEL(kk, name) ((kk) == LYAP_WIDE ? LX(name) : (kk) == LYAP_NARROW ? LXN(name) : LXB(name))
+static void LX(run_tangents)(lyap_kernels kk, int nblk, int64_t N, int64_t S, int64_t G, int64_t k,
                              const LT *U, const LT *cf, const LT *zz, const LT *TL, LT *AL, LT *Jb) {
-  for (int64_t o = 0; o < LANES; o += wide ? LANES : LN) {
-    const LT *c = cf + o, *z = zz ? zz + o : NULL, *tl = TL + o;
-    LT *al = AL + o, *jb = Jb + o;
-    if (wide && nblk == 3) LX(tangents3)(N, S, G, k, U, c, z, tl, al, jb);
-    else if (wide) LX(tangents4)(N, S, G, k, U, c, z, tl, al, jb);
-    else if (nblk == 3) LXN(tangents3)(N, S, G, k, U, c, z, tl, al, jb);
-    else LXN(tangents4)(N, S, G, k, U, c, z, tl, al, jb);
-  }
+  for (int64_t o = 0; o < LANES; o += LSTEP(kk))
+    (nblk == 3 ? LKERNEL(kk, tangents3) : LKERNEL(kk, tangents4))(N, S, G, k, U, cf + o, zz ? zz + o : NULL,
+                                                                  TL + o, AL + o, Jb + o);
 }
 
-static void LX(run_tangents_qt)(bool wide, int64_t N, int64_t k, int64_t G, const LT *U, const LT *cf,
-                                const LT *zz, const LT *TL, const LT *tau, LT *V, LT *W,
-                                const LT *Tall, LT *Jc, LT *AL) {
-  for (int64_t o = 0; o < LANES; o += wide ? LANES : LN)
-    (wide ? LX(tangents_qt) : LXN(tangents_qt))(N, k, G, U, cf + o, zz + o, TL + o, tau + o, V + o,
-                                                W + o, Tall + o, Jc + o, AL + o);
+static void LX(run_tangents_qt)(lyap_kernels kk, int64_t N, int64_t k, int64_t G, const LT *U,
+                                const LT *cf, const LT *zz, const LT *TL, const LT *tau, LT *V,
+                                LT *W, const LT *Tall, LT *Jc, LT *AL) {
+  for (int64_t o = 0; o < LANES; o += LSTEP(kk))
+    LKERNEL(kk, tangents_qt)(N, k, G, U, cf + o, zz + o, TL + o, tau + o, V + o, W + o, Tall + o,
+                             Jc + o, AL + o);
 }
 
 /* Householder's QR (qt: geqrf_qt's, reflectors only; else householder_lanes's, Q). */
-static void LX(run_qr)(bool wide, bool qt, int64_t N, int64_t k, LT *X, LT *tau, LT *beta, LT *V,
-                       LT *W, LT *Tall) {
-  for (int64_t o = 0; o < LANES; o += wide ? LANES : LN) {
-    LT *x = X + o, *ta = tau + o, *be = beta + o, *v = V + o, *w = W + o, *tm = Tall + o;
-    if (wide && qt) LX(geqrf_qt)(N, k, x, ta, be, v, w, tm);
-    else if (wide) LX(householder_lanes)(N, k, x, ta, be, v, w, tm);
-    else if (qt) LXN(geqrf_qt)(N, k, x, ta, be, v, w, tm);
-    else LXN(householder_lanes)(N, k, x, ta, be, v, w, tm);
-  }
+static void LX(run_qr)(lyap_kernels kk, bool qt, int64_t N, int64_t k, LT *X, LT *tau, LT *beta,
+                       LT *V, LT *W, LT *Tall) {
+  for (int64_t o = 0; o < LANES; o += LSTEP(kk))
+    (qt ? LKERNEL(kk, geqrf_qt) : LKERNEL(kk, householder_lanes))(N, k, X + o, tau + o, beta + o,
+                                                                  V + o, W + o, Tall + o);
 }
 
-static void LX(run_lstm_diag)(bool wide, int64_t N, int64_t k, const LT *dh, const LT *dc,
+static void LX(run_lstm_diag)(lyap_kernels kk, int64_t N, int64_t k, const LT *dh, const LT *dc,
                               const LT *TL, LT *AL) {
-  for (int64_t o = 0; o < LANES; o += wide ? LANES : LN)
-    (wide ? LX(lstm_diag) : LXN(lstm_diag))(N, k, dh + o, dc + o, TL + o, AL + o);
+  for (int64_t o = 0; o < LANES; o += LSTEP(kk))
+    LKERNEL(kk, lstm_diag)(N, k, dh + o, dc + o, TL + o, AL + o);
 }
 
 /* Steps [J->t0, J->t1) of group 'gi' (its rows b0 .. b0 + nl - 1 in the lanes): the cell's
@@ -651,7 +643,7 @@ static void LX(group_steps)(const ljob *J, lgroup *g, int64_t gi) {
   const int64_t N = J->N, S = J->S, k = J->k, nl = g->nl, NL = N * LANES, T = J->T, F = J->F;
   const LT *W = J->W, *U = J->U, *b = J->b, *xt0 = (const LT *)J->x + g->b0 * T * F;
   LT *h = g->h, *hn = g->hn, *c = g->c, *cn = g->cn, *M = g->M, *cl = g->cl, *ones = g->ones;
-  const bool wide = mg_lyap_wide();
+  const lyap_kernels kk = mg_lyap_kernels();
   for (int64_t t = J->t0; t < J->t1; t++) {
     if (J->intr && __atomic_load_n(J->intr, __ATOMIC_RELAXED)) return;   /* the caller reports it */
     int64_t ti = J->backwards ? T - t : t - 1;
@@ -664,8 +656,8 @@ static void LX(group_steps)(const ljob *J, lgroup *g, int64_t gi) {
       for (int q = 0; q < 3; q++) LX(to_lanes)(N, nl, (LT *)g->co + q * N, 3 * N, 0, cl + q * NL);
       LX(to_lanes)(N, nl, g->zz, N, 1, cl + 3 * NL);   /* past the batch: J = I */
       if (g->qt)
-        LX(run_tangents_qt)(wide, N, k, 3 * N, U, cl, cl + 3 * NL, TL, g->tau, g->Vb, g->Wb, g->Tb, g->Jf, AL);
-      else LX(run_tangents)(wide, 3, N, N, 3 * N, k, U, cl, cl + 3 * NL, TL, AL, g->Jb);
+        LX(run_tangents_qt)(kk, N, k, 3 * N, U, cl, cl + 3 * NL, TL, g->tau, g->Vb, g->Wb, g->Tb, g->Jf, AL);
+      else LX(run_tangents)(kk, 3, N, N, 3 * N, k, U, cl, cl + 3 * NL, TL, AL, g->Jb);
     } else {
       mg_gemm(LDT, false, false, nl, 4 * N, F, 1, xt, T * F, W, 4 * N, 0, M, 4 * N);
       mg_rec_gemm(LDT, J->P, false, nl, 4 * N, N, h, N, U, 4 * N, 1, M, 4 * N);
@@ -676,15 +668,15 @@ static void LX(group_steps)(const ljob *J, lgroup *g, int64_t gi) {
       LX(to_lanes)(N, nl, g->dc1, N, 0, cl + 4 * NL);
       for (int q = 0; q < 3; q++) LX(to_lanes)(N, nl, (LT *)g->dz2 + q * N, 4 * N, 0, cl + (5 + q) * NL);
       LX(to_lanes)(N, nl, g->dc2, N, 1, cl + 8 * NL);  /* past the batch: c' = c */
-      LX(run_tangents)(wide, 4, N, S, 4 * N, k, U, cl, NULL, TL, AL, g->Jb);
-      LX(run_tangents)(wide, 3, N, S, 4 * N, k, U, cl + 5 * NL, NULL, TL, AL + NL, g->Jb);
-      LX(run_lstm_diag)(wide, N, k, cl + 4 * NL, cl + 8 * NL, TL, AL);
+      LX(run_tangents)(kk, 4, N, S, 4 * N, k, U, cl, NULL, TL, AL, g->Jb);
+      LX(run_tangents)(kk, 3, N, S, 4 * N, k, U, cl + 5 * NL, NULL, TL, AL + NL, g->Jb);
+      LX(run_lstm_diag)(kk, N, k, cl + 4 * NL, cl + 8 * NL, TL, AL);
       LT *s = c; c = cn; cn = s;
     }
     LT *s = h; h = hn; hn = s;
     bool count = t > J->warmup, qr = t % J->every == 0 || t == J->warmup + J->steps || t == J->warmup;
     if (qr) {
-      LX(run_qr)(wide, J->implicit, S, k, AL, g->tau, g->beta, g->Vb, g->Wb, g->Tb);
+      LX(run_qr)(kk, J->implicit, S, k, AL, g->tau, g->beta, g->Vb, g->Wb, g->Tb);
       g->qt = J->implicit;
       LT *sum = g->sum, *beta = g->beta;
       if (count)
@@ -713,8 +705,10 @@ void LX(mg_lyap_groups)(void *arg, int64_t lo, int64_t hi) {
 }
 
 void LX(mg_lyap_householder)(int64_t N, int64_t k, LT *X, LT *tau, LT *beta, LT *V, LT *W, LT *Tall) {
-  LX(run_qr)(mg_lyap_wide(), false, N, k, X, tau, beta, V, W, Tall);
+  LX(run_qr)(mg_lyap_kernels(), false, N, k, X, tau, beta, V, W, Tall);
 }
+#undef LKERNEL
+#undef LSTEP
 #undef LN
 #endif /* LKERNELS_ONLY */
 
@@ -729,6 +723,7 @@ void LX(mg_lyap_householder)(int64_t N, int64_t k, LT *X, LT *tau, LT *beta, LT 
 #undef LKERNELS_ONLY
 #else
 #undef LXN
+#undef LXB
 #undef LT
 #undef LANES
 #undef LDT

@@ -123,10 +123,13 @@ MG_API const char *mg_blas_corename(void);
 MG_API const char *mg_cpu_best_corename(void);
 MG_API const char *mg_blas_detected_corename(void);
 MG_API int mg_blas_kernel_rank(const char *name);
-/* The vector width, in bits, that the Lyapunov C path's own kernels run at (mg_lyapunov_*):
-** 512 on x86-64-v4 (AVX-512), else 256, each half of the lanes in turn; MG_LYAP_WIDTH=256 or
-** 512 overrides it (512 only where the 512-bit kernels were compiled to run). */
-MG_API int mg_lyapunov_bits(void);
+/* The Lyapunov C path's own kernels (mg_lyapunov_*): their vector width and, on x86-64, the
+** machines they were compiled for: "512-bit, x86-64-v4" (AVX-512), else 256 bits at a time on
+** each half of the lanes, "256-bit, x86-64-v3" (AVX2) or "256-bit, x86-64" (the baseline);
+** "512-bit" or "256-bit" where they were built for the target alone. MG_LYAP_WIDTH=512, 256
+** or baseline overrides the choice (512 only where the 512-bit kernels can run). A borrowed
+** static string. */
+MG_API const char *mg_lyapunov_kernels(void);
 
 /* ----------------------------------------------------------------------------------------
 ** Tensors
