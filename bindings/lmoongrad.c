@@ -179,7 +179,7 @@ static int lib_set_memory_budget(lua_State *L) {
 }
 
 /* blas(): kernels in use, the best this CPU supports, OpenBLAS's own choice when moongrad
-** replaced it, and OPENBLAS_CORETYPE if set; the Lyapunov kernels' width */
+** replaced it, and OPENBLAS_CORETYPE if set; the Lyapunov kernels that run (width, machines) */
 static int lib_blas(lua_State *L) {
   lua_createtable(L, 0, 6);
   lua_pushstring(L, mg_blas_corename());

@@ -50,15 +50,15 @@ static lyap_kernels width_kernels;
 static void width_pick(void) {
   const char *w = getenv("MG_LYAP_WIDTH");
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-  bool v4 = __builtin_cpu_supports("x86-64-v4"), v3 = __builtin_cpu_supports("x86-64-v3");
+  bool v4 = __builtin_cpu_supports("x86-64-v4");
 #elif defined(__AVX512F__)
-  bool v4 = true, v3 = true;
+  bool v4 = true;
 #else
-  bool v4 = false, v3 = true;
+  bool v4 = false;
 #endif
-#ifdef LYAP_HAVE_CLONES
+#ifdef LYAP_HAVE_CLONES                  /* (GCC on x86-64: lyapunov.h) */
   bool can = v4;                         /* the 512-bit kernels are compiled for x86-64-v4 alone */
-  lyap_kernels narrow = v3 ? LYAP_NARROW : LYAP_BASE;
+  lyap_kernels narrow = __builtin_cpu_supports("x86-64-v3") ? LYAP_NARROW : LYAP_BASE;
 #else
   bool can = true;
   lyap_kernels narrow = LYAP_NARROW;

@@ -36,8 +36,8 @@
 /* Which copy of the lanes' kernels runs (lyapunov_lanes.h): 512 bits at a time (machines with
 ** 32 vector registers, for which the register tiles are sized), or 256 at a time, on each half
 ** of the lanes in turn, compiled for AVX2 or for the x86-64 baseline. x86-64-v4 takes the
-** first, x86-64-v3 the second, unless MG_LYAP_WIDTH (512 or 256) says (512 only on
-** x86-64-v4 where the kernels are compiled for it); read once. Without the clones (the
+** first, x86-64-v3 the second, unless MG_LYAP_WIDTH (512, 256 or baseline) says (512 only
+** on x86-64-v4 where the kernels are compiled for it); read once. Without the clones (the
 ** sanitizer trees, other compilers and CPUs) every copy is built for the target. */
 typedef enum { LYAP_WIDE, LYAP_NARROW, LYAP_BASE } lyap_kernels;
 lyap_kernels mg_lyap_kernels(void);
